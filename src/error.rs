@@ -1,0 +1,121 @@
+//! Typed errors of the mlc library. Every variant carries what a user needs to
+//! find the problem: the file, the node and its op, the input.
+
+use std::path::PathBuf;
+
+/// One problem found while importing a model. Import collects all of them
+/// before failing, so a user sees every unsupported op at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportProblem {
+    /// Node name, or the initializer / value name the problem is about.
+    pub node: String,
+    /// ONNX op type, or "initializer", "input", "graph".
+    pub op_type: String,
+    pub opset: i64,
+    pub message: String,
+}
+
+impl std::fmt::Display for ImportProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} '{}' (opset {}): {}",
+            self.op_type, self.node, self.opset, self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file is not a model mlc can read at all (empty, truncated, not
+    /// protobuf, wrong container).
+    #[error("{}: {message}", path.display())]
+    Malformed { path: PathBuf, message: String },
+
+    /// The model parsed but cannot be imported; lists every problem.
+    #[error("{} problem{} importing the model: {}", problems.len(), if problems.len() == 1 { "" } else { "s" }, problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Import { problems: Vec<ImportProblem> },
+
+    /// The graph breaks an IR invariant (cycle, undefined input, type clash).
+    #[error("invalid graph: {0}")]
+    InvalidGraph(String),
+
+    /// Type or shape inference failed, or a kernel rejected its inputs; the
+    /// op is named, the node is added by [`Error::at_node`].
+    #[error("{op}: {message}")]
+    Op { op: &'static str, message: String },
+
+    /// An error that happened while handling one node.
+    #[error("node '{node}' ({op}): {message}")]
+    AtNode {
+        node: String,
+        op: &'static str,
+        message: String,
+        /// The underlying error was a bug in mlc, not bad input.
+        internal: bool,
+    },
+
+    /// Inputs given to a run do not fit the model.
+    #[error("input '{name}': {message}")]
+    Input { name: String, message: String },
+
+    /// A NumPy file that cannot be read or written.
+    #[error("{}: {message}", path.display())]
+    Npy { path: PathBuf, message: String },
+
+    /// A bug in mlc: an invariant that should hold did not.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Error raised by an op's inference or kernel.
+    pub fn op(op: &'static str, message: impl Into<String>) -> Error {
+        Error::Op {
+            op,
+            message: message.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Adds the node this error happened at.
+    pub fn at_node(self, node: &str, op: &'static str) -> Error {
+        let internal = !self.is_user_error();
+        let message = match self {
+            Error::AtNode { .. } => return self,
+            Error::Op { message, .. } => message,
+            other => other.to_string(),
+        };
+        Error::AtNode {
+            node: node.to_string(),
+            op,
+            message,
+            internal,
+        }
+    }
+
+    /// Whether this error is the user's input (exit code 2) rather than a bug
+    /// in mlc (exit code 1).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Internal(_) => false,
+            Error::AtNode { internal, .. } => !internal,
+            _ => true,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Model summaries for `mlc inspect`.

@@ -1,0 +1,158 @@
+//! The reference interpreter: runs a graph node by node with the reference
+//! kernels. It is the numerical oracle for every pass and optimized kernel, so
+//! it favours plain, checkable behaviour over speed: inputs are checked
+//! against the graph's declared types and symbolic dims, and every kernel
+//! output is checked against the inferred type of its value.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ir::{Graph, SymbolBindings, Tensor, ValueDef};
+use crate::kernels::reference;
+use crate::{Error, Result};
+
+/// Runs `g` on positional inputs (in the order of `g.inputs`) and returns the
+/// graph outputs in order.
+pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    if inputs.len() != g.inputs.len() {
+        return Err(Error::Input {
+            name: "*".into(),
+            message: format!(
+                "the model takes {} inputs, {} were given",
+                g.inputs.len(),
+                inputs.len()
+            ),
+        });
+    }
+    let mut bindings = SymbolBindings::default();
+    for (&id, t) in g.inputs.iter().zip(&inputs) {
+        let v = g.value(id);
+        if t.dtype() != v.ty.dtype {
+            return Err(Error::Input {
+                name: v.name.clone(),
+                message: format!("expected {} data, got {}", v.ty.dtype, t.dtype()),
+            });
+        }
+        if !v.ty.shape.admits(t.shape()) {
+            return Err(Error::Input {
+                name: v.name.clone(),
+                message: format!("expected shape {}, got {:?}", v.ty.shape, t.shape()),
+            });
+        }
+        bindings
+            .bind(&v.ty.shape, t.shape())
+            .map_err(|(sym, a, b)| Error::Input {
+                name: v.name.clone(),
+                message: format!("dim '{sym}' is {b} here but {a} in an earlier input"),
+            })?;
+    }
+
+    let order = g
+        .topo_order()
+        .map_err(|_| Error::InvalidGraph("the graph has a cycle".into()))?;
+
+    // Remaining uses of each value, so intermediates are dropped as soon as
+    // their last consumer ran (keeps peak memory near the live set).
+    let mut uses = vec![0usize; g.values.len()];
+    for (_, node) in g.nodes() {
+        for v in node.inputs.iter().flatten() {
+            uses[v.0 as usize] += 1;
+        }
+    }
+    for o in &g.outputs {
+        uses[o.0 as usize] += 1;
+    }
+
+    let mut env: Vec<Option<Arc<Tensor>>> = vec![None; g.values.len()];
+    for (&id, t) in g.inputs.iter().zip(inputs) {
+        env[id.0 as usize] = Some(Arc::new(t));
+    }
+    for (&id, t) in &g.consts {
+        env[id.0 as usize] = Some(t.clone());
+    }
+
+    for id in order {
+        let Some(node) = g.node(id) else { continue };
+        let op_name = node.op.onnx_type();
+        let args: Vec<Option<Arc<Tensor>>> = node
+            .inputs
+            .iter()
+            .map(|i| match i {
+                None => Ok(None),
+                Some(v) => env[v.0 as usize].clone().map(Some).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "value '{}' is not computed before node '{}'",
+                        g.value(*v).name,
+                        node.name
+                    ))
+                }),
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
+        let outs = reference::eval(&node.op, &refs, node.outputs.len())
+            .map_err(|e| e.at_node(&node.name, op_name))?;
+        drop(args);
+        if outs.len() < node.outputs.len() {
+            return Err(Error::Internal(format!(
+                "node '{}' ({op_name}) produced {} outputs, {} declared",
+                node.name,
+                outs.len(),
+                node.outputs.len()
+            )));
+        }
+        for (&o, t) in node.outputs.iter().zip(outs) {
+            let ty = g.ty(o);
+            if t.dtype() != ty.dtype || !ty.shape.admits(t.shape()) {
+                return Err(Error::Internal(format!(
+                    "node '{}' ({op_name}): output '{}' is {}{:?} but was inferred as {}",
+                    node.name,
+                    g.value(o).name,
+                    t.dtype(),
+                    t.shape(),
+                    ty
+                )));
+            }
+            env[o.0 as usize] = Some(Arc::new(t));
+        }
+        for v in node.inputs.iter().flatten() {
+            let u = &mut uses[v.0 as usize];
+            *u -= 1;
+            if *u == 0 && !matches!(g.value(*v).def, ValueDef::Const) {
+                env[v.0 as usize] = None;
+            }
+        }
+    }
+
+    g.outputs
+        .iter()
+        .map(|o| {
+            env[o.0 as usize]
+                .as_ref()
+                .map(|t| t.as_ref().clone())
+                .ok_or_else(|| {
+                    Error::Internal(format!("output '{}' was not computed", g.value(*o).name))
+                })
+        })
+        .collect()
+}
+
+/// Runs `g` on inputs given by name. Every graph input must be given.
+pub fn run_named(g: &Graph, mut inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+    let mut ordered = Vec::with_capacity(g.inputs.len());
+    for &id in &g.inputs {
+        let name = &g.value(id).name;
+        let t = inputs.remove(name).ok_or_else(|| Error::Input {
+            name: name.clone(),
+            message: "no value given for this model input".into(),
+        })?;
+        ordered.push(t);
+    }
+    if let Some(extra) = inputs.keys().next() {
+        let known: Vec<&str> = g.inputs.iter().map(|&i| g.value(i).name.as_str()).collect();
+        return Err(Error::Input {
+            name: extra.clone(),
+            message: format!("the model has no such input (inputs: {})", known.join(", ")),
+        });
+    }
+    run(g, ordered)
+}

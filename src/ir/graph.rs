@@ -1,0 +1,245 @@
+//! The graph: values, nodes and the constant store.
+//!
+//! Ids are indices and stay stable for the life of a graph: removing a node
+//! leaves a tombstone, so a pass can hold ids across rewrites. Every value has
+//! exactly one definition: a graph input, a constant, or one output of one
+//! node.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::{Op, Tensor, TensorType};
+
+/// Index of a value in [`Graph::values`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+/// Index of a node in the graph's node list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// How a value comes to exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueDef {
+    Input,
+    Const,
+    /// Output `1` of node `0`.
+    Node(NodeId, usize),
+    /// Declared but not yet defined (only while a graph is being built).
+    Undefined,
+}
+
+/// A value: a name (from the source model, for messages), its static type and
+/// its definition.
+#[derive(Clone, Debug)]
+pub struct Value {
+    pub name: String,
+    pub ty: TensorType,
+    pub def: ValueDef,
+}
+
+/// One operator application.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    /// Positional inputs; `None` for an omitted optional input.
+    pub inputs: Vec<Option<ValueId>>,
+    pub outputs: Vec<ValueId>,
+}
+
+impl Node {
+    /// The value at input position `i`, if present.
+    pub fn input(&self, i: usize) -> Option<ValueId> {
+        self.inputs.get(i).copied().flatten()
+    }
+}
+
+/// A computation graph in mlc's IR.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub name: String,
+    /// The default-domain opset the graph was imported at.
+    pub opset: i64,
+    pub values: Vec<Value>,
+    nodes: Vec<Option<Node>>,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+    /// Weights and other constants, keyed by the value they define.
+    pub consts: BTreeMap<ValueId, Arc<Tensor>>,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>, opset: i64) -> Graph {
+        Graph {
+            name: name.into(),
+            opset,
+            ..Graph::default()
+        }
+    }
+
+    pub fn value(&self, id: ValueId) -> &Value {
+        &self.values[id.0 as usize]
+    }
+
+    pub fn value_mut(&mut self, id: ValueId) -> &mut Value {
+        &mut self.values[id.0 as usize]
+    }
+
+    pub fn ty(&self, id: ValueId) -> &TensorType {
+        &self.value(id).ty
+    }
+
+    /// Adds a value with no definition yet.
+    pub fn add_value(&mut self, name: impl Into<String>, ty: TensorType) -> ValueId {
+        let id = ValueId(self.values.len() as u32);
+        self.values.push(Value {
+            name: name.into(),
+            ty,
+            def: ValueDef::Undefined,
+        });
+        id
+    }
+
+    pub fn add_input(&mut self, name: impl Into<String>, ty: TensorType) -> ValueId {
+        let id = self.add_value(name, ty);
+        self.value_mut(id).def = ValueDef::Input;
+        self.inputs.push(id);
+        id
+    }
+
+    /// Adds a constant value; its type is taken from the tensor.
+    pub fn add_const(&mut self, name: impl Into<String>, t: impl Into<Arc<Tensor>>) -> ValueId {
+        let t = t.into();
+        let ty = TensorType::new(t.dtype(), super::Shape::known(t.shape()));
+        let id = self.add_value(name, ty);
+        self.value_mut(id).def = ValueDef::Const;
+        self.consts.insert(id, t);
+        id
+    }
+
+    /// Adds a node whose outputs are existing, not yet defined values, and
+    /// marks them as defined by it.
+    pub fn add_node(&mut self, node: Node) -> NodeId {
+        let id = NodeId(self.nodes.len() as u32);
+        for (i, &o) in node.outputs.iter().enumerate() {
+            self.value_mut(o).def = ValueDef::Node(id, i);
+        }
+        self.nodes.push(Some(node));
+        id
+    }
+
+    /// Removes a node, leaving a tombstone. Its outputs become undefined.
+    pub fn remove_node(&mut self, id: NodeId) -> Option<Node> {
+        let node = self.nodes.get_mut(id.0 as usize)?.take()?;
+        for &o in &node.outputs {
+            self.value_mut(o).def = ValueDef::Undefined;
+        }
+        Some(node)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+        self.nodes.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+
+    /// Live nodes in insertion order.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (NodeId(i as u32), n)))
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.is_some()).count()
+    }
+
+    /// Slots in the node list, tombstones included (an upper bound for ids).
+    pub fn node_capacity(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_const(&self, id: ValueId) -> bool {
+        self.consts.contains_key(&id)
+    }
+
+    pub fn const_value(&self, id: ValueId) -> Option<&Tensor> {
+        self.consts.get(&id).map(|t| t.as_ref())
+    }
+
+    /// The node defining `id`, if a node does.
+    pub fn producer(&self, id: ValueId) -> Option<NodeId> {
+        match self.value(id).def {
+            ValueDef::Node(n, _) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Live nodes in an order where every node comes after the producers of
+    /// its inputs. Fails with the nodes left over when the graph has a cycle.
+    pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
+        let cap = self.nodes.len();
+        let mut indegree = vec![0usize; cap];
+        let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); cap];
+        for (id, node) in self.nodes() {
+            for v in node.inputs.iter().flatten() {
+                if let Some(p) = self.producer(*v) {
+                    if self.node(p).is_some() {
+                        indegree[id.0 as usize] += 1;
+                        users[p.0 as usize].push(id);
+                    }
+                }
+            }
+        }
+        let mut ready: Vec<NodeId> = self
+            .nodes()
+            .filter(|(id, _)| indegree[id.0 as usize] == 0)
+            .map(|(id, _)| id)
+            .collect();
+        // Pop from the front in id order so the order is deterministic and
+        // keeps the source order whenever the source was already sorted.
+        ready.reverse();
+        let mut order = Vec::with_capacity(cap);
+        while let Some(n) = ready.pop() {
+            order.push(n);
+            let mut newly = Vec::new();
+            for &u in &users[n.0 as usize] {
+                let d = &mut indegree[u.0 as usize];
+                *d -= 1;
+                if *d == 0 {
+                    newly.push(u);
+                }
+            }
+            newly.sort();
+            for u in newly.into_iter().rev() {
+                ready.push(u);
+            }
+        }
+        if order.len() == self.node_count() {
+            Ok(order)
+        } else {
+            let done: std::collections::HashSet<NodeId> = order.into_iter().collect();
+            Err(self
+                .nodes()
+                .map(|(id, _)| id)
+                .filter(|id| !done.contains(id))
+                .collect())
+        }
+    }
+
+    /// Number of weight elements held in constants.
+    pub fn param_count(&self) -> usize {
+        self.consts.values().map(|t| t.numel()).sum()
+    }
+}

@@ -1,0 +1,18 @@
+//! mlc's graph IR: typed values with symbolic shapes, a closed op enum, a
+//! constant store, shape/type inference, a verifier and a deterministic text
+//! form.
+
+pub mod dtype;
+pub mod graph;
+pub mod infer;
+pub mod op;
+pub mod shape;
+pub mod tensor;
+pub mod text;
+pub mod verify;
+
+pub use dtype::DType;
+pub use graph::{Graph, Node, NodeId, Value, ValueDef, ValueId};
+pub use op::*;
+pub use shape::{Dim, Shape, SymbolBindings, TensorType};
+pub use tensor::{checked_numel, ShapeMismatch, Tensor, TensorData};

@@ -1,0 +1,421 @@
+//! The closed set of operators mlc understands, with typed attributes.
+//!
+//! Ops mirror the newest ONNX form of each operator: where an older opset
+//! carried something as an attribute that a newer one takes as an input
+//! (Squeeze/Unsqueeze axes, Slice starts/ends, Split sizes, Reduce axes, Clip
+//! bounds, Pad pads), the importer turns the attribute into a constant input,
+//! so every later stage sees one form. Optional inputs keep their ONNX
+//! positions; an absent one is `None` in `Node::inputs`.
+
+use super::{DType, Tensor};
+
+/// Elementwise ops of one input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UnaryOp {
+    Sqrt,
+    Reciprocal,
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Erf,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Not,
+    Floor,
+    Ceil,
+    Sign,
+    LeakyRelu {
+        alpha: f32,
+    },
+    Elu {
+        alpha: f32,
+    },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    HardSwish,
+    /// `approximate = "tanh"` selects the tanh approximation.
+    Gelu {
+        tanh_approx: bool,
+    },
+}
+
+/// Elementwise ops of two inputs with multidirectional broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Equal,
+    Greater,
+    Less,
+    GreaterOrEqual,
+    LessOrEqual,
+    And,
+    Or,
+    Xor,
+}
+
+impl BinaryOp {
+    /// Comparisons and logic ops produce bool.
+    pub fn returns_bool(self) -> bool {
+        !matches!(
+            self,
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Pow
+        )
+    }
+}
+
+/// Elementwise ops over any number of broadcast inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VariadicOp {
+    Sum,
+    Mean,
+    Min,
+    Max,
+}
+
+/// Reductions. Axes come from the optional second input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Mean,
+    Sum,
+    Max,
+    Min,
+    Prod,
+    L1,
+    L2,
+    SumSquare,
+    LogSumExp,
+}
+
+/// ONNX `auto_pad`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AutoPad {
+    #[default]
+    NotSet,
+    SameUpper,
+    SameLower,
+    Valid,
+}
+
+/// Attributes shared by Conv and ConvTranspose. Spatial lists have one entry
+/// per spatial axis; `pads` is `[begin_0, begin_1, .., end_0, end_1, ..]`.
+/// The importer fills defaults (strides and dilations of 1, zero pads) and
+/// takes the kernel shape from the weight when the attribute is absent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConvAttrs {
+    pub kernel_shape: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub auto_pad: AutoPad,
+    pub group: usize,
+}
+
+/// ConvTranspose adds output padding and an optional explicit output shape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConvTransposeAttrs {
+    pub conv: ConvAttrs,
+    pub output_padding: Vec<usize>,
+    /// Spatial output size (without batch and channel), when given.
+    pub output_shape: Option<Vec<usize>>,
+}
+
+/// MaxPool / AveragePool attributes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolAttrs {
+    pub kernel_shape: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub auto_pad: AutoPad,
+    pub ceil_mode: bool,
+    /// AveragePool only: count padding cells in the divisor.
+    pub count_include_pad: bool,
+}
+
+/// Pad modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+    Wrap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResizeMode {
+    Nearest,
+    Linear,
+}
+
+/// Resize `coordinate_transformation_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CoordTransform {
+    HalfPixel,
+    HalfPixelSymmetric,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    TfCropAndResize,
+}
+
+/// Resize `nearest_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// Resize `keep_aspect_ratio_policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AspectPolicy {
+    Stretch,
+    NotLarger,
+    NotSmaller,
+}
+
+/// Resize attributes (inputs: X, roi?, scales?, sizes?).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResizeAttrs {
+    pub mode: ResizeMode,
+    pub coord: CoordTransform,
+    pub nearest: NearestMode,
+    pub exclude_outside: bool,
+    pub extrapolation_value: f32,
+    pub antialias: bool,
+    /// Axes that `scales`/`sizes` refer to; `None` means all axes.
+    pub axes: Option<Vec<i64>>,
+    pub aspect: AspectPolicy,
+}
+
+/// An operator with its attributes. Input and output counts follow ONNX.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Variadic(VariadicOp),
+    /// Inputs: x, min?, max?.
+    Clip,
+    /// Inputs: cond, x, y.
+    Where,
+    Cast {
+        to: DType,
+    },
+    /// `legacy` is the opset < 13 form: the input is coerced to 2-D at `axis`
+    /// and the softmax runs over the whole trailing block.
+    Softmax {
+        axis: i64,
+        legacy: bool,
+    },
+    LogSoftmax {
+        axis: i64,
+        legacy: bool,
+    },
+    MatMul,
+    /// Inputs: A, B, C?.
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    /// Inputs: X, W, B?.
+    Conv(ConvAttrs),
+    /// Inputs: X, W, B?.
+    ConvTranspose(ConvTransposeAttrs),
+    /// Inference form. Inputs: X, scale, B, mean, var.
+    BatchNormalization {
+        epsilon: f32,
+    },
+    /// Inputs: X, scale, B?. Outputs: Y (mean and inv-std-dev outputs are not
+    /// supported).
+    LayerNormalization {
+        axis: i64,
+        epsilon: f32,
+    },
+    /// Inputs: X, scale, B.
+    InstanceNormalization {
+        epsilon: f32,
+    },
+    /// Outputs: Y (the Indices output is not supported).
+    MaxPool(PoolAttrs),
+    AveragePool(PoolAttrs),
+    GlobalAveragePool,
+    GlobalMaxPool,
+    Flatten {
+        axis: i64,
+    },
+    /// Inputs: data, shape.
+    Reshape {
+        allowzero: bool,
+    },
+    /// Always explicit (the importer expands the default reversal).
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// Inputs: data, axes?.
+    Squeeze,
+    /// Inputs: data, axes.
+    Unsqueeze,
+    Concat {
+        axis: i64,
+    },
+    /// Inputs: input, split?. `num_outputs` is the node's output count.
+    Split {
+        axis: i64,
+        num_outputs: usize,
+    },
+    /// Inputs: data, starts, ends, axes?, steps?.
+    Slice,
+    Gather {
+        axis: i64,
+    },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
+    Size,
+    /// Input: shape. `value` is a one-element tensor giving dtype and fill.
+    ConstantOfShape {
+        value: Tensor,
+    },
+    /// Inputs: input, shape.
+    Expand,
+    /// Inputs: input, repeats.
+    Tile,
+    Identity,
+    /// Inference only: the output is the input; the optional mask output is
+    /// all true. Inputs: data, ratio?, training_mode? (must be false).
+    Dropout,
+    /// Inputs: data, pads, constant_value?, axes?.
+    Pad {
+        mode: PadMode,
+    },
+    /// Inputs: start, limit, delta (scalars).
+    Range,
+    /// Inputs: data, axes?.
+    Reduce {
+        op: ReduceOp,
+        keepdims: bool,
+        noop_with_empty_axes: bool,
+    },
+    ArgMax {
+        axis: i64,
+        keepdims: bool,
+        select_last_index: bool,
+    },
+    ArgMin {
+        axis: i64,
+        keepdims: bool,
+        select_last_index: bool,
+    },
+    /// Inputs: X, roi?, scales?, sizes?.
+    Resize(ResizeAttrs),
+}
+
+impl Op {
+    /// The ONNX operator type this op corresponds to.
+    pub fn onnx_type(&self) -> &'static str {
+        match self {
+            Op::Unary(u) => match u {
+                UnaryOp::Sqrt => "Sqrt",
+                UnaryOp::Reciprocal => "Reciprocal",
+                UnaryOp::Neg => "Neg",
+                UnaryOp::Abs => "Abs",
+                UnaryOp::Exp => "Exp",
+                UnaryOp::Log => "Log",
+                UnaryOp::Erf => "Erf",
+                UnaryOp::Tanh => "Tanh",
+                UnaryOp::Sigmoid => "Sigmoid",
+                UnaryOp::Relu => "Relu",
+                UnaryOp::Not => "Not",
+                UnaryOp::Floor => "Floor",
+                UnaryOp::Ceil => "Ceil",
+                UnaryOp::Sign => "Sign",
+                UnaryOp::LeakyRelu { .. } => "LeakyRelu",
+                UnaryOp::Elu { .. } => "Elu",
+                UnaryOp::HardSigmoid { .. } => "HardSigmoid",
+                UnaryOp::HardSwish => "HardSwish",
+                UnaryOp::Gelu { .. } => "Gelu",
+            },
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "Add",
+                BinaryOp::Sub => "Sub",
+                BinaryOp::Mul => "Mul",
+                BinaryOp::Div => "Div",
+                BinaryOp::Pow => "Pow",
+                BinaryOp::Equal => "Equal",
+                BinaryOp::Greater => "Greater",
+                BinaryOp::Less => "Less",
+                BinaryOp::GreaterOrEqual => "GreaterOrEqual",
+                BinaryOp::LessOrEqual => "LessOrEqual",
+                BinaryOp::And => "And",
+                BinaryOp::Or => "Or",
+                BinaryOp::Xor => "Xor",
+            },
+            Op::Variadic(v) => match v {
+                VariadicOp::Sum => "Sum",
+                VariadicOp::Mean => "Mean",
+                VariadicOp::Min => "Min",
+                VariadicOp::Max => "Max",
+            },
+            Op::Reduce { op, .. } => match op {
+                ReduceOp::Mean => "ReduceMean",
+                ReduceOp::Sum => "ReduceSum",
+                ReduceOp::Max => "ReduceMax",
+                ReduceOp::Min => "ReduceMin",
+                ReduceOp::Prod => "ReduceProd",
+                ReduceOp::L1 => "ReduceL1",
+                ReduceOp::L2 => "ReduceL2",
+                ReduceOp::SumSquare => "ReduceSumSquare",
+                ReduceOp::LogSumExp => "ReduceLogSumExp",
+            },
+            Op::Clip => "Clip",
+            Op::Where => "Where",
+            Op::Cast { .. } => "Cast",
+            Op::Softmax { .. } => "Softmax",
+            Op::LogSoftmax { .. } => "LogSoftmax",
+            Op::MatMul => "MatMul",
+            Op::Gemm { .. } => "Gemm",
+            Op::Conv(_) => "Conv",
+            Op::ConvTranspose(_) => "ConvTranspose",
+            Op::BatchNormalization { .. } => "BatchNormalization",
+            Op::LayerNormalization { .. } => "LayerNormalization",
+            Op::InstanceNormalization { .. } => "InstanceNormalization",
+            Op::MaxPool(_) => "MaxPool",
+            Op::AveragePool(_) => "AveragePool",
+            Op::GlobalAveragePool => "GlobalAveragePool",
+            Op::GlobalMaxPool => "GlobalMaxPool",
+            Op::Flatten { .. } => "Flatten",
+            Op::Reshape { .. } => "Reshape",
+            Op::Transpose { .. } => "Transpose",
+            Op::Squeeze => "Squeeze",
+            Op::Unsqueeze => "Unsqueeze",
+            Op::Concat { .. } => "Concat",
+            Op::Split { .. } => "Split",
+            Op::Slice => "Slice",
+            Op::Gather { .. } => "Gather",
+            Op::Shape { .. } => "Shape",
+            Op::Size => "Size",
+            Op::ConstantOfShape { .. } => "ConstantOfShape",
+            Op::Expand => "Expand",
+            Op::Tile => "Tile",
+            Op::Identity => "Identity",
+            Op::Dropout => "Dropout",
+            Op::Pad { .. } => "Pad",
+            Op::Range => "Range",
+            Op::ArgMax { .. } => "ArgMax",
+            Op::ArgMin { .. } => "ArgMin",
+            Op::Resize(_) => "Resize",
+        }
+    }
+}

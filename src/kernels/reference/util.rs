@@ -1,0 +1,141 @@
+//! Helpers shared by the reference kernels: broadcasting, strides, axis
+//! normalization and input access with clear errors.
+
+use crate::ir::Tensor;
+use crate::{Error, Result};
+
+/// The multidirectional (numpy) broadcast of two shapes, `None` if they are
+/// incompatible.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+/// Row-major strides of a shape.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// For each element of `out_shape` (row-major), the flat index of the element
+/// of a tensor of shape `in_shape` that broadcasts onto it.
+pub fn broadcast_index_map(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    let n: usize = out_shape.iter().product();
+    let rank = out_shape.len();
+    let offset = rank - in_shape.len();
+    let in_strides = strides(in_shape);
+    // Stride 0 on broadcast axes.
+    let eff: Vec<usize> = (0..rank)
+        .map(|i| {
+            if i < offset || in_shape[i - offset] == 1 {
+                0
+            } else {
+                in_strides[i - offset]
+            }
+        })
+        .collect();
+    let mut idx = vec![0usize; rank];
+    let mut map = Vec::with_capacity(n);
+    let mut flat = 0usize;
+    for _ in 0..n {
+        map.push(flat);
+        // Increment the multi-index, adjusting the flat input offset.
+        for ax in (0..rank).rev() {
+            idx[ax] += 1;
+            flat += eff[ax];
+            if idx[ax] < out_shape[ax] {
+                break;
+            }
+            flat -= eff[ax] * idx[ax];
+            idx[ax] = 0;
+        }
+    }
+    map
+}
+
+/// Normalizes a possibly negative axis against `rank`.
+pub fn normalize_axis(op: &'static str, axis: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    if axis < -r || axis >= r {
+        return Err(Error::op(
+            op,
+            format!("axis {axis} is out of range for rank {rank}"),
+        ));
+    }
+    Ok(if axis < 0 {
+        (axis + r) as usize
+    } else {
+        axis as usize
+    })
+}
+
+/// The required input at `i`.
+pub fn input<'a>(op: &'static str, inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor> {
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| Error::op(op, format!("missing required input {i}")))
+}
+
+/// The optional input at `i`.
+pub fn opt_input<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Option<&'a Tensor> {
+    inputs.get(i).copied().flatten()
+}
+
+/// An integer input (shape, axes, pads, ...) as i64 values.
+pub fn i64_values(op: &'static str, what: &str, t: &Tensor) -> Result<Vec<i64>> {
+    t.to_i64_vec().ok_or_else(|| {
+        Error::op(
+            op,
+            format!("{what} must be an integer tensor, got {}", t.dtype()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_shapes() {
+        assert_eq!(broadcast_shape(&[2, 1, 4], &[3, 1]), Some(vec![2, 3, 4]));
+        assert_eq!(broadcast_shape(&[], &[5]), Some(vec![5]));
+        assert_eq!(broadcast_shape(&[2], &[3]), None);
+        assert_eq!(broadcast_shape(&[0, 1], &[1, 4]), Some(vec![0, 4]));
+    }
+
+    #[test]
+    fn index_map_broadcasts_rows_and_columns() {
+        // [2,1] onto [2,3]: each row repeats its element.
+        assert_eq!(
+            broadcast_index_map(&[2, 1], &[2, 3]),
+            vec![0, 0, 0, 1, 1, 1]
+        );
+        // [3] onto [2,3]: rows repeat.
+        assert_eq!(broadcast_index_map(&[3], &[2, 3]), vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(broadcast_index_map(&[], &[2]), vec![0, 0]);
+    }
+}

@@ -1,0 +1,16 @@
+//! mlc: a model compression and compilation toolchain.
+//!
+//! Models are imported ([`import`]) into mlc's own graph IR ([`ir`]) and run by
+//! the reference interpreter ([`interp`]), the numerical oracle every later
+//! pass and kernel is checked against.
+
+pub mod error;
+pub mod import;
+pub mod inspect;
+pub mod interp;
+pub mod ir;
+pub mod kernels;
+pub mod npy;
+
+pub use error::{Error, Result};
+pub use ir::{DType, Graph, Tensor};
