@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod import;
+pub mod inputs;
 pub mod inspect;
 pub mod interp;
 pub mod ir;

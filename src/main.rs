@@ -1,1 +1,245 @@
-fn main() {}
+//! The `mlc` command line: parses arguments, calls the library, prints, and
+//! maps errors to exit codes (0 success, 2 bad input or unsupported model,
+//! 1 internal error).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mlc::ir::{text, Tensor};
+use mlc::{inputs, inspect, interp, npy, Error};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "mlc", version, about = "Model compression and compilation toolchain")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Summarize a model: inputs/outputs, op histogram, parameters, unsupported ops.
+    Inspect {
+        model: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Print the imported graph in mlc's IR text form.
+        #[arg(long, conflicts_with = "json")]
+        ir: bool,
+    },
+    /// Run a model with the reference interpreter.
+    Run {
+        model: PathBuf,
+        /// Input as NAME=FILE.npy; repeat for several inputs.
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        input: Vec<String>,
+        /// All inputs from one .npz, keyed by input name.
+        #[arg(long, value_name = "FILE.npz")]
+        inputs: Option<PathBuf>,
+        /// Feed seeded random inputs to every input not given otherwise.
+        #[arg(long, value_name = "SEED")]
+        random: Option<u64>,
+        /// Size of a symbolic dim for random inputs, as NAME=SIZE (default 1).
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dim: Vec<String>,
+        /// Write the outputs to this .npz (or .npy when the model has one output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { model, json, ir } => cmd_inspect(&model, json, ir),
+        Command::Run { model, input, inputs, random, dim, output, json } => {
+            cmd_run(&model, &input, inputs.as_deref(), random, &dim, output.as_deref(), json)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_user_error() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn cmd_inspect(model: &Path, json: bool, ir: bool) -> Result<(), Error> {
+    if ir {
+        let g = mlc::import::load(model)?;
+        print!("{}", text::print(&g));
+        return Ok(());
+    }
+    let summary = inspect::inspect_onnx(model)?;
+    if json {
+        println!("{}", to_json(&summary)?);
+    } else {
+        print!("{}", inspect::render(&summary));
+    }
+    Ok(())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, Error> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Internal(format!("JSON encoding failed: {e}")))
+}
+
+/// Splits `NAME=VALUE`; the name may not be empty.
+fn split_assignment<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str), Error> {
+    match arg.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k, v)),
+        _ => Err(Error::Input { name: arg.to_string(), message: format!("{flag} takes NAME=VALUE") }),
+    }
+}
+
+fn cmd_run(
+    model: &Path,
+    input_args: &[String],
+    inputs_npz: Option<&Path>,
+    random: Option<u64>,
+    dim_args: &[String],
+    output: Option<&Path>,
+    json: bool,
+) -> Result<(), Error> {
+    let g = mlc::import::load(model)?;
+
+    let mut given: HashMap<String, Tensor> = HashMap::new();
+    if let Some(p) = inputs_npz {
+        given.extend(npy::read_npz(p)?);
+    }
+    for arg in input_args {
+        let (name, file) = split_assignment(arg, "--input")?;
+        given.insert(name.to_string(), npy::read_npy(Path::new(file))?);
+    }
+    let mut dims = BTreeMap::new();
+    for arg in dim_args {
+        let (name, size) = split_assignment(arg, "--dim")?;
+        let size = size.parse::<usize>().map_err(|_| Error::Input {
+            name: name.to_string(),
+            message: format!("--dim size '{size}' is not a non-negative integer"),
+        })?;
+        dims.insert(name.to_string(), size);
+    }
+    if let Some(seed) = random {
+        // Symbolic dims bound by the inputs that were given take those sizes.
+        let mut bindings = mlc::ir::SymbolBindings::default();
+        for &id in &g.inputs {
+            let v = g.value(id);
+            if let Some(t) = given.get(&v.name) {
+                let _ = bindings.bind(&v.ty.shape, t.shape());
+            }
+        }
+        for (k, v) in bindings.0 {
+            dims.entry(k).or_insert(v);
+        }
+        let random = inputs::random_inputs(&g, seed, &dims)?;
+        for (&id, t) in g.inputs.iter().zip(random) {
+            given.entry(g.value(id).name.clone()).or_insert(t);
+        }
+    }
+
+    let outputs = interp::run_named(&g, given)?;
+    let named: Vec<(String, Tensor)> = g.outputs.iter().map(|&o| g.value(o).name.clone()).zip(outputs).collect();
+
+    if let Some(path) = output {
+        write_outputs(path, &named)?;
+    }
+    let report = RunReport {
+        model: model.display().to_string(),
+        outputs: named.iter().map(|(n, t)| OutputSummary::new(n, t)).collect(),
+        output_file: output.map(|p| p.display().to_string()),
+    };
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        print_run_report(&report);
+    }
+    Ok(())
+}
+
+fn write_outputs(path: &Path, named: &[(String, Tensor)]) -> Result<(), Error> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npz") => npy::write_npz(path, named),
+        Some("npy") if named.len() == 1 => npy::write_npy(path, &named[0].1),
+        Some("npy") => Err(Error::Input {
+            name: path.display().to_string(),
+            message: format!("the model has {} outputs; write them to a .npz", named.len()),
+        }),
+        _ => Err(Error::Input {
+            name: path.display().to_string(),
+            message: "the output file must end in .npz or .npy".into(),
+        }),
+    }
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    model: String,
+    outputs: Vec<OutputSummary>,
+    output_file: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OutputSummary {
+    name: String,
+    dtype: String,
+    shape: Vec<usize>,
+    min: Option<f64>,
+    max: Option<f64>,
+    mean: Option<f64>,
+    /// The first few values, for a quick look.
+    head: Vec<f64>,
+}
+
+impl OutputSummary {
+    fn new(name: &str, t: &Tensor) -> OutputSummary {
+        let v = t.to_f64_vec();
+        let finite = || v.iter().copied().filter(|x| x.is_finite());
+        let (min, max, mean) = if v.is_empty() {
+            (None, None, None)
+        } else {
+            let n = finite().count().max(1) as f64;
+            (finite().reduce(f64::min), finite().reduce(f64::max), Some(finite().sum::<f64>() / n))
+        };
+        OutputSummary {
+            name: name.to_string(),
+            dtype: t.dtype().to_string(),
+            shape: t.shape().to_vec(),
+            min,
+            max,
+            mean,
+            head: v.iter().take(6).copied().collect(),
+        }
+    }
+}
+
+fn print_run_report(r: &RunReport) {
+    for o in &r.outputs {
+        let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.6}"));
+        let head: Vec<String> = o.head.iter().map(|x| format!("{x:.6}")).collect();
+        println!(
+            "{}: {}{:?}  min {}  max {}  mean {}  [{}{}]",
+            o.name,
+            o.dtype,
+            o.shape,
+            fmt(o.min),
+            fmt(o.max),
+            fmt(o.mean),
+            head.join(", "),
+            if o.shape.iter().product::<usize>() > head.len() { ", ..." } else { "" }
+        );
+    }
+    if let Some(f) = &r.output_file {
+        println!("wrote {f}");
+    }
+}
