@@ -59,7 +59,11 @@ fn index_bound(g: &Graph, id: ValueId) -> Option<u64> {
             let data = g.ty(n.input(0)?);
             let rank = data.shape.rank() as i64;
             let ax = if axis < 0 { axis + rank } else { axis };
-            data.shape.dims().get(usize::try_from(ax).ok()?)?.known().map(|d| d as u64)
+            data.shape
+                .dims()
+                .get(usize::try_from(ax).ok()?)?
+                .known()
+                .map(|d| d as u64)
         }
         _ => None,
     })
@@ -73,17 +77,29 @@ pub fn random_inputs(g: &Graph, seed: u64, dims: &BTreeMap<String, usize>) -> Re
         .map(|&id| {
             let v = g.value(id);
             let shape = concrete_shape(g, id, dims);
-            let n = checked_numel(&shape).filter(|&n| n <= 1 << 31).ok_or_else(|| Error::Input {
-                name: v.name.clone(),
-                message: format!("shape {shape:?} is too large for random data"),
-            })?;
+            let n = checked_numel(&shape)
+                .filter(|&n| n <= 1 << 31)
+                .ok_or_else(|| Error::Input {
+                    name: v.name.clone(),
+                    message: format!("shape {shape:?} is too large for random data"),
+                })?;
             let bound = index_bound(g, id).unwrap_or(2);
-            let mut ints = || (0..n).map(|_| rng.below(bound) as i64).collect::<Vec<i64>>();
+            let mut ints = || {
+                (0..n)
+                    .map(|_| rng.below(bound) as i64)
+                    .collect::<Vec<i64>>()
+            };
             let data = match v.ty.dtype {
-                DType::F32 => TensorData::F32((0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect()),
+                DType::F32 => TensorData::F32(
+                    (0..n)
+                        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                        .collect(),
+                ),
                 DType::F64 => TensorData::F64((0..n).map(|_| rng.next_f64() * 2.0 - 1.0).collect()),
                 DType::F16 => TensorData::F16(
-                    (0..n).map(|_| half::f16::from_f64(rng.next_f64() * 2.0 - 1.0)).collect(),
+                    (0..n)
+                        .map(|_| half::f16::from_f64(rng.next_f64() * 2.0 - 1.0))
+                        .collect(),
                 ),
                 DType::Bool => TensorData::Bool((0..n).map(|_| rng.below(2) == 1).collect()),
                 DType::I64 => TensorData::I64(ints()),

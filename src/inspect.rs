@@ -36,7 +36,12 @@ pub struct Problem {
 
 impl From<&ImportProblem> for Problem {
     fn from(p: &ImportProblem) -> Problem {
-        Problem { node: p.node.clone(), op_type: p.op_type.clone(), opset: p.opset, message: p.message.clone() }
+        Problem {
+            node: p.node.clone(),
+            op_type: p.op_type.clone(),
+            opset: p.opset,
+            message: p.message.clone(),
+        }
     }
 }
 
@@ -68,13 +73,22 @@ pub struct Summary {
 /// parsed at all; import problems are part of the summary.
 pub fn inspect_onnx(path: &Path) -> Result<Summary> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let base_dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let base_dir = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
     let imported = crate::import::onnx::load_bytes(&bytes, base_dir);
     let problems = match &imported {
         Ok(_) => Vec::new(),
         Err(Error::Import { problems }) => problems.iter().map(Problem::from).collect(),
         Err(Error::Malformed { message, .. }) => {
-            return Err(Error::Malformed { path: path.into(), message: message.clone() })
+            return Err(Error::Malformed {
+                path: path.into(),
+                message: message.clone(),
+            })
         }
         Err(other) => vec![Problem {
             node: String::new(),
@@ -85,8 +99,10 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
     };
     // The importer parsed these bytes already; a failure here is unexpected
     // but still reported as a malformed file rather than a panic.
-    let model = ModelProto::parse_from_bytes(&bytes)
-        .map_err(|e| Error::Malformed { path: path.into(), message: format!("not an ONNX model: {e}") })?;
+    let model = ModelProto::parse_from_bytes(&bytes).map_err(|e| Error::Malformed {
+        path: path.into(),
+        message: format!("not an ONNX model: {e}"),
+    })?;
     let graph = model.graph.get_or_default();
 
     let opset = model
@@ -111,7 +127,9 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
     let mut parameters = 0u64;
     let mut weight_bytes = BTreeMap::new();
     for t in tensors {
-        let numel = t.dims.iter().try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
+        let numel = t.dims.iter().try_fold(1u64, |acc, &d| {
+            u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+        });
         let Some(numel) = numel else { continue };
         parameters = parameters.saturating_add(numel);
         let (name, size) = match DType::from_onnx_code(t.data_type) {
@@ -124,9 +142,15 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
     let (inputs, outputs) = match &imported {
         Ok(g) => (io_from_graph(g, &g.inputs), io_from_graph(g, &g.outputs)),
         Err(_) => {
-            let init: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+            let init: std::collections::HashSet<&str> =
+                graph.initializer.iter().map(|t| t.name.as_str()).collect();
             (
-                graph.input.iter().filter(|v| !init.contains(v.name.as_str())).map(io_from_proto).collect(),
+                graph
+                    .input
+                    .iter()
+                    .filter(|v| !init.contains(v.name.as_str()))
+                    .map(io_from_proto)
+                    .collect(),
                 graph.output.iter().map(io_from_proto).collect(),
             )
         }
@@ -136,7 +160,9 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
         path: path.display().to_string(),
         format: "onnx",
         ir_version: model.ir_version,
-        producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+        producer: format!("{} {}", model.producer_name, model.producer_version)
+            .trim()
+            .to_string(),
         opset,
         inputs,
         outputs,
@@ -167,8 +193,10 @@ fn io_from_proto(v: &onnx_protobuf::ValueInfoProto) -> IoInfo {
     use onnx_protobuf::type_proto::Value as TypeValue;
     let (dtype, shape) = match v.type_.as_ref().and_then(|t| t.value.as_ref()) {
         Some(TypeValue::TensorType(t)) => {
-            let dtype = DType::from_onnx_code(t.elem_type)
-                .map_or_else(|| DType::onnx_code_name(t.elem_type).to_lowercase(), |d| d.name().to_string());
+            let dtype = DType::from_onnx_code(t.elem_type).map_or_else(
+                || DType::onnx_code_name(t.elem_type).to_lowercase(),
+                |d| d.name().to_string(),
+            );
             let shape = t
                 .shape
                 .as_ref()
@@ -187,7 +215,11 @@ fn io_from_proto(v: &onnx_protobuf::ValueInfoProto) -> IoInfo {
         }
         _ => ("not a tensor".to_string(), Vec::new()),
     };
-    IoInfo { name: v.name.clone(), dtype, shape }
+    IoInfo {
+        name: v.name.clone(),
+        dtype,
+        shape,
+    }
 }
 
 /// Human-readable rendering of a summary.
@@ -195,7 +227,17 @@ pub fn render(s: &Summary) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "model     {}", s.path);
-    let _ = writeln!(out, "format    ONNX (ir_version {}, opset {}), producer {}", s.ir_version, s.opset, if s.producer.is_empty() { "unknown" } else { &s.producer });
+    let _ = writeln!(
+        out,
+        "format    ONNX (ir_version {}, opset {}), producer {}",
+        s.ir_version,
+        s.opset,
+        if s.producer.is_empty() {
+            "unknown"
+        } else {
+            &s.producer
+        }
+    );
     let io = |v: &IoInfo| format!("{}: {}[{}]", v.name, v.dtype, v.shape.join(","));
     let _ = writeln!(out, "inputs");
     for v in &s.inputs {
@@ -205,7 +247,12 @@ pub fn render(s: &Summary) -> String {
     for v in &s.outputs {
         let _ = writeln!(out, "  {}", io(v));
     }
-    let _ = writeln!(out, "parameters {} ({})", s.parameters, human_bytes(s.weight_bytes.values().sum()));
+    let _ = writeln!(
+        out,
+        "parameters {} ({})",
+        s.parameters,
+        human_bytes(s.weight_bytes.values().sum())
+    );
     for (d, b) in &s.weight_bytes {
         let _ = writeln!(out, "  {d:<6} {}", human_bytes(*b));
     }
@@ -220,7 +267,11 @@ pub fn render(s: &Summary) -> String {
     } else {
         let _ = writeln!(out, "supported no: {} problem(s)", s.problems.len());
         for p in &s.problems {
-            let _ = writeln!(out, "  {} '{}' (opset {}): {}", p.op_type, p.node, p.opset, p.message);
+            let _ = writeln!(
+                out,
+                "  {} '{}' (opset {}): {}",
+                p.op_type, p.node, p.opset, p.message
+            );
         }
     }
     out

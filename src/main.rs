@@ -12,7 +12,11 @@ use mlc::{inputs, inspect, interp, npy, Error};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(name = "mlc", version, about = "Model compression and compilation toolchain")]
+#[command(
+    name = "mlc",
+    version,
+    about = "Model compression and compilation toolchain"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,9 +62,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { model, json, ir } => cmd_inspect(&model, json, ir),
-        Command::Run { model, input, inputs, random, dim, output, json } => {
-            cmd_run(&model, &input, inputs.as_deref(), random, &dim, output.as_deref(), json)
-        }
+        Command::Run {
+            model,
+            input,
+            inputs,
+            random,
+            dim,
+            output,
+            json,
+        } => cmd_run(
+            &model,
+            &input,
+            inputs.as_deref(),
+            random,
+            &dim,
+            output.as_deref(),
+            json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,14 +109,18 @@ fn cmd_inspect(model: &Path, json: bool, ir: bool) -> Result<(), Error> {
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, Error> {
-    serde_json::to_string_pretty(v).map_err(|e| Error::Internal(format!("JSON encoding failed: {e}")))
+    serde_json::to_string_pretty(v)
+        .map_err(|e| Error::Internal(format!("JSON encoding failed: {e}")))
 }
 
 /// Splits `NAME=VALUE`; the name may not be empty.
 fn split_assignment<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str), Error> {
     match arg.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k, v)),
-        _ => Err(Error::Input { name: arg.to_string(), message: format!("{flag} takes NAME=VALUE") }),
+        _ => Err(Error::Input {
+            name: arg.to_string(),
+            message: format!("{flag} takes NAME=VALUE"),
+        }),
     }
 }
 
@@ -149,14 +171,22 @@ fn cmd_run(
     }
 
     let outputs = interp::run_named(&g, given)?;
-    let named: Vec<(String, Tensor)> = g.outputs.iter().map(|&o| g.value(o).name.clone()).zip(outputs).collect();
+    let named: Vec<(String, Tensor)> = g
+        .outputs
+        .iter()
+        .map(|&o| g.value(o).name.clone())
+        .zip(outputs)
+        .collect();
 
     if let Some(path) = output {
         write_outputs(path, &named)?;
     }
     let report = RunReport {
         model: model.display().to_string(),
-        outputs: named.iter().map(|(n, t)| OutputSummary::new(n, t)).collect(),
+        outputs: named
+            .iter()
+            .map(|(n, t)| OutputSummary::new(n, t))
+            .collect(),
         output_file: output.map(|p| p.display().to_string()),
     };
     if json {
@@ -173,7 +203,10 @@ fn write_outputs(path: &Path, named: &[(String, Tensor)]) -> Result<(), Error> {
         Some("npy") if named.len() == 1 => npy::write_npy(path, &named[0].1),
         Some("npy") => Err(Error::Input {
             name: path.display().to_string(),
-            message: format!("the model has {} outputs; write them to a .npz", named.len()),
+            message: format!(
+                "the model has {} outputs; write them to a .npz",
+                named.len()
+            ),
         }),
         _ => Err(Error::Input {
             name: path.display().to_string(),
@@ -209,7 +242,11 @@ impl OutputSummary {
             (None, None, None)
         } else {
             let n = finite().count().max(1) as f64;
-            (finite().reduce(f64::min), finite().reduce(f64::max), Some(finite().sum::<f64>() / n))
+            (
+                finite().reduce(f64::min),
+                finite().reduce(f64::max),
+                Some(finite().sum::<f64>() / n),
+            )
         };
         OutputSummary {
             name: name.to_string(),
@@ -236,7 +273,11 @@ fn print_run_report(r: &RunReport) {
             fmt(o.max),
             fmt(o.mean),
             head.join(", "),
-            if o.shape.iter().product::<usize>() > head.len() { ", ..." } else { "" }
+            if o.shape.iter().product::<usize>() > head.len() {
+                ", ..."
+            } else {
+                ""
+            }
         );
     }
     if let Some(f) = &r.output_file {

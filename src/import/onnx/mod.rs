@@ -12,5 +12,8 @@ pub fn load(path: &Path) -> Result<Graph> {
 }
 
 pub fn load_bytes(_bytes: &[u8], _base_dir: Option<&Path>) -> Result<Graph> {
-    Err(Error::Malformed { path: "<bytes>".into(), message: "ONNX import not implemented yet".into() })
+    Err(Error::Malformed {
+        path: "<bytes>".into(),
+        message: "ONNX import not implemented yet".into(),
+    })
 }

@@ -1,0 +1,265 @@
+//! Bad input gets one clear error line and exit code 2: never a panic, a
+//! backtrace or an output file. Each case builds its hostile model in a fresh
+//! temporary directory and runs the real `mlc` binary on it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use onnx_protobuf::{
+    tensor_proto::DataLocation, tensor_shape_proto, type_proto, GraphProto, Message, ModelProto,
+    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
+};
+
+/// A fresh, empty directory for one test case.
+fn scratch(case: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mlc-cli-errors-{}-{case}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let shape = TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|&d| tensor_shape_proto::Dimension {
+                value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let tensor = type_proto::Tensor {
+        elem_type: 1,
+        shape: Some(shape).into(),
+        ..Default::default()
+    };
+    ValueInfoProto {
+        name: name.into(),
+        type_: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(tensor)),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn model(nodes: Vec<NodeProto>, initializers: Vec<TensorProto>, output: &str) -> ModelProto {
+    let graph = GraphProto {
+        name: "g".into(),
+        node: nodes,
+        initializer: initializers,
+        input: vec![value_info("x", &[2, 3])],
+        output: vec![value_info(output, &[2, 3])],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+            ..Default::default()
+        }],
+        graph: Some(graph).into(),
+        ..Default::default()
+    }
+}
+
+fn write_model(dir: &Path, m: &ModelProto) -> PathBuf {
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// Runs `mlc run MODEL --random 0 -o OUT.npz` and checks the failure is a
+/// clean one: exit code 2, a single `error:` line mentioning every expected
+/// fragment, no panic, no output file. Returns stderr.
+fn expect_clean_failure(dir: &Path, model: &Path, fragments: &[&str]) -> String {
+    let out_file = dir.join("out.npz");
+    let out = Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .arg("run")
+        .arg(model)
+        .args(["--random", "0", "-o"])
+        .arg(&out_file)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code for {}: stderr = {stderr}",
+        model.display()
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "panic: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for f in fragments {
+        assert!(stderr.contains(f), "error should mention '{f}': {stderr}");
+    }
+    assert!(
+        !out_file.exists(),
+        "no output file may be written on failure"
+    );
+    stderr
+}
+
+fn f32_tensor(name: &str, dims: &[i64], raw_len: usize) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        raw_data: vec![0u8; raw_len],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn two_unsupported_ops_are_both_named() {
+    let dir = scratch("unsupported");
+    let m = model(
+        vec![
+            node("FancyOp", "first_bad", &["x"], &["a"]),
+            node("Relu", "ok", &["a"], &["b"]),
+            node("OtherOp", "second_bad", &["b"], &["y"]),
+        ],
+        vec![],
+        "y",
+    );
+    let path = write_model(&dir, &m);
+    expect_clean_failure(
+        &dir,
+        &path,
+        &["FancyOp", "first_bad", "OtherOp", "second_bad"],
+    );
+}
+
+#[test]
+fn empty_file() {
+    let dir = scratch("empty");
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, b"").unwrap();
+    expect_clean_failure(&dir, &path, &["empty"]);
+}
+
+#[test]
+fn truncated_file() {
+    let dir = scratch("truncated");
+    let m = model(
+        vec![node("Relu", "r", &["x"], &["y"])],
+        vec![f32_tensor("w", &[64], 256)],
+        "y",
+    );
+    let bytes = m.write_to_bytes().unwrap();
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    expect_clean_failure(&dir, &path, &["model.onnx"]);
+}
+
+#[test]
+fn not_protobuf() {
+    let dir = scratch("garbage");
+    let path = dir.join("model.onnx");
+    std::fs::write(
+        &path,
+        b"\xff\xff\xff\xff this is not a protobuf message at all \x00\x01",
+    )
+    .unwrap();
+    expect_clean_failure(&dir, &path, &["model.onnx"]);
+}
+
+#[test]
+fn initializer_length_mismatch() {
+    let dir = scratch("init-mismatch");
+    // [2,3] f32 needs 24 bytes; give 10.
+    let m = model(
+        vec![node("Add", "add", &["x", "w"], &["y"])],
+        vec![f32_tensor("w", &[2, 3], 10)],
+        "y",
+    );
+    let path = write_model(&dir, &m);
+    expect_clean_failure(&dir, &path, &["'w'"]);
+}
+
+#[test]
+fn external_data_escaping_the_model_folder() {
+    let dir = scratch("external-escape");
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(dir.join("secret.bin"), [0u8; 24]).unwrap();
+    let cases: Vec<String> = vec![
+        "../secret.bin".into(),
+        dir.join("secret.bin").display().to_string(),
+    ];
+    for location in cases {
+        let mut w = f32_tensor("w", &[2, 3], 0);
+        w.data_location = DataLocation::EXTERNAL.into();
+        w.external_data = vec![StringStringEntryProto {
+            key: "location".into(),
+            value: location,
+            ..Default::default()
+        }];
+        let m = model(vec![node("Add", "add", &["x", "w"], &["y"])], vec![w], "y");
+        let path = write_model(&model_dir, &m);
+        expect_clean_failure(&model_dir, &path, &["'w'"]);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn external_data_symlink_out_of_the_model_folder() {
+    let dir = scratch("external-symlink");
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(dir.join("secret.bin"), [0u8; 24]).unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.bin"), model_dir.join("weights.bin")).unwrap();
+    let mut w = f32_tensor("w", &[2, 3], 0);
+    w.data_location = DataLocation::EXTERNAL.into();
+    w.external_data = vec![StringStringEntryProto {
+        key: "location".into(),
+        value: "weights.bin".into(),
+        ..Default::default()
+    }];
+    let m = model(vec![node("Add", "add", &["x", "w"], &["y"])], vec![w], "y");
+    let path = write_model(&model_dir, &m);
+    expect_clean_failure(&model_dir, &path, &["'w'"]);
+}
+
+#[test]
+fn graph_with_a_cycle() {
+    let dir = scratch("cycle");
+    // a = Add(x, c); c = Relu(a): a cycle through two nodes.
+    let m = model(
+        vec![
+            node("Add", "add", &["x", "c"], &["a"]),
+            node("Relu", "relu", &["a"], &["c"]),
+            node("Relu", "out", &["a"], &["y"]),
+        ],
+        vec![],
+        "y",
+    );
+    let path = write_model(&dir, &m);
+    expect_clean_failure(&dir, &path, &["cycle"]);
+}
+
+#[test]
+fn missing_model_file() {
+    let dir = scratch("missing");
+    expect_clean_failure(&dir, &dir.join("nope.onnx"), &["nope.onnx"]);
+}
