@@ -1,0 +1,568 @@
+//! The table of ONNX operators mlc imports, and what an op's import returns.
+//!
+//! Each [`OpSpec`] says, as data, for which opsets an importer handles an
+//! operator, how many inputs and outputs the node may have, and which function
+//! turns the node into an [`Op`]. An operator whose form changed (an attribute
+//! became an input) has one entry per form. The import functions normalize
+//! every legacy form to the newest one, so later stages see a single shape of
+//! each op: legacy attributes become constant inputs ([`In::Const`]).
+//!
+//! Specs: `https://onnx.ai/onnx/operators/onnx__<Op>.html` (see [`spec_url`]).
+
+use std::ops::RangeInclusive;
+use std::path::Path;
+
+use onnx_protobuf::NodeProto;
+
+use super::attrs::{Attrs, Problem};
+use super::{array, math, nn};
+use crate::ir::{DType, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
+
+/// One input of an imported node.
+pub enum In {
+    /// A value named in the ONNX graph.
+    Name(String),
+    /// An omitted optional input.
+    Absent,
+    /// A constant made from a legacy attribute; the label names it
+    /// (`<node>.<label>`).
+    Const(&'static str, Tensor),
+}
+
+/// Completes an op once the types of the node's inputs are known (e.g. the
+/// default Transpose permutation needs the input's rank). Called with the
+/// input types in input order.
+pub type Fixup = Box<dyn FnOnce(&mut Op, &[Option<TensorType>]) -> Result<(), Problem>>;
+
+/// What importing one node gives.
+pub struct Imported {
+    pub op: Op,
+    pub inputs: Vec<In>,
+    /// How many of the node's outputs mlc computes; later declared outputs
+    /// are dropped (an error if anything uses them).
+    pub outputs: usize,
+    pub fixup: Option<Fixup>,
+}
+
+/// An importer of one operator form.
+pub type ImportFn = fn(&Ctx) -> Result<Imported, Problem>;
+
+/// Where and how an ONNX operator is imported.
+#[derive(Debug)]
+pub struct OpSpec {
+    pub name: &'static str,
+    /// Opsets (of the default domain) this entry handles.
+    pub opsets: RangeInclusive<i64>,
+    /// Allowed input count (trailing empty names not counted).
+    pub inputs: RangeInclusive<usize>,
+    /// Allowed output count (trailing empty names not counted).
+    pub outputs: RangeInclusive<usize>,
+    pub import: ImportFn,
+}
+
+/// The ONNX specification page of an operator.
+pub fn spec_url(op_type: &str) -> String {
+    format!("https://onnx.ai/onnx/operators/onnx__{op_type}.html")
+}
+
+/// Everything an import function may look at.
+pub struct Ctx<'a> {
+    pub node: &'a NodeProto,
+    /// The node's (deduplicated) name.
+    pub name: &'a str,
+    pub opset: i64,
+    pub attrs: Attrs<'a>,
+    pub base_dir: Option<&'a Path>,
+    /// The graph so far: inputs, initializers and Constant node outputs.
+    pub graph: &'a Graph,
+    pub names: &'a std::collections::HashMap<String, ValueId>,
+}
+
+impl Ctx<'_> {
+    /// Number of inputs, trailing empty names not counted.
+    pub fn n_inputs(&self) -> usize {
+        trimmed_len(&self.node.input)
+    }
+
+    /// Number of outputs, trailing empty names not counted.
+    pub fn n_outputs(&self) -> usize {
+        trimmed_len(&self.node.output)
+    }
+
+    /// Input `i` as named by the node (absent when empty or not given).
+    pub fn input(&self, i: usize) -> In {
+        match self.node.input.get(i) {
+            Some(n) if !n.is_empty() => In::Name(n.clone()),
+            _ => In::Absent,
+        }
+    }
+
+    /// The node's inputs as given.
+    pub fn given(&self) -> Vec<In> {
+        (0..self.n_inputs()).map(|i| self.input(i)).collect()
+    }
+
+    fn input_id(&self, i: usize) -> Option<ValueId> {
+        let n = self.node.input.get(i)?;
+        if n.is_empty() {
+            return None;
+        }
+        self.names.get(n).copied()
+    }
+
+    /// The value of input `i` when it is a constant (an initializer or a
+    /// Constant node).
+    pub fn const_input(&self, i: usize) -> Option<&Tensor> {
+        self.graph.const_value(self.input_id(i)?)
+    }
+
+    /// The type of input `i` when it is known at import time (graph inputs
+    /// and constants; node outputs are typed by inference later).
+    pub fn known_type(&self, i: usize) -> Option<&TensorType> {
+        let id = self.input_id(i)?;
+        match self.graph.value(id).def {
+            ValueDef::Input | ValueDef::Const => Some(self.graph.ty(id)),
+            _ => None,
+        }
+    }
+
+    /// The element type for constants made from legacy float attributes that
+    /// must match input `i` (Clip bounds, Pad value): its known type, else
+    /// f32 (the type of nearly all legacy models).
+    pub fn dtype_hint(&self, i: usize) -> DType {
+        self.known_type(i).map(|t| t.dtype).unwrap_or(DType::F32)
+    }
+
+    /// The node's inputs unchanged, one output.
+    pub fn simple(&self, op: Op) -> Result<Imported, Problem> {
+        Ok(Imported {
+            op,
+            inputs: self.given(),
+            outputs: 1,
+            fixup: None,
+        })
+    }
+}
+
+pub(crate) fn trimmed_len(names: &[String]) -> usize {
+    names
+        .iter()
+        .rposition(|n| !n.is_empty())
+        .map_or(0, |i| i + 1)
+}
+
+/// A scalar of `dtype` holding `v` (for constants made from float
+/// attributes).
+pub fn scalar_of(dtype: DType, v: f64) -> Tensor {
+    use crate::ir::TensorData as D;
+    let data = match dtype {
+        DType::F32 => D::F32(vec![v as f32]),
+        DType::F64 => D::F64(vec![v]),
+        DType::F16 => D::F16(vec![half::f16::from_f64(v)]),
+        DType::I8 => D::I8(vec![v as i8]),
+        DType::I16 => D::I16(vec![v as i16]),
+        DType::I32 => D::I32(vec![v as i32]),
+        DType::I64 => D::I64(vec![v as i64]),
+        DType::U8 => D::U8(vec![v as u8]),
+        DType::U16 => D::U16(vec![v as u16]),
+        DType::U32 => D::U32(vec![v as u32]),
+        DType::U64 => D::U64(vec![v as u64]),
+        DType::Bool => D::Bool(vec![v != 0.0]),
+    };
+    // A one-element vector always fits the scalar shape.
+    Tensor::new(vec![], data).unwrap_or_else(|_| Tensor::scalar_f32(v as f32))
+}
+
+/// Variadic input count.
+const MANY: usize = i32::MAX as usize;
+
+const fn s(
+    name: &'static str,
+    opsets: RangeInclusive<i64>,
+    inputs: RangeInclusive<usize>,
+    outputs: RangeInclusive<usize>,
+    import: ImportFn,
+) -> OpSpec {
+    OpSpec {
+        name,
+        opsets,
+        inputs,
+        outputs,
+        import,
+    }
+}
+
+use crate::ir::{BinaryOp as B, ReduceOp as R, UnaryOp as U, VariadicOp as V};
+
+/// Every operator form mlc imports. Opset ranges start at the version that
+/// introduced the form (or 7, mlc's oldest opset) and end where a newer form
+/// replaces it (or 21, mlc's newest).
+pub static SPECS: &[OpSpec] = &[
+    // Elementwise, one input. Versions 6/13/14 only widened the types.
+    s("Abs", 7..=21, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Abs))),
+    s("Neg", 7..=21, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Neg))),
+    s("Sqrt", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Sqrt))
+    }),
+    s("Reciprocal", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Reciprocal))
+    }),
+    s("Exp", 7..=21, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Exp))),
+    s("Log", 7..=21, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Log))),
+    s("Erf", 9..=21, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Erf))),
+    s("Tanh", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Tanh))
+    }),
+    s("Sigmoid", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Sigmoid))
+    }),
+    s("Relu", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Relu))
+    }),
+    s("Not", 7..=21, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Not))),
+    s("Floor", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Floor))
+    }),
+    s("Ceil", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Ceil))
+    }),
+    s("Sign", 9..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Sign))
+    }),
+    s("HardSwish", 14..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::HardSwish))
+    }),
+    s("LeakyRelu", 7..=21, 1..=1, 1..=1, math::leaky_relu),
+    s("Elu", 7..=21, 1..=1, 1..=1, math::elu),
+    s("HardSigmoid", 7..=21, 1..=1, 1..=1, math::hard_sigmoid),
+    s("Gelu", 20..=21, 1..=1, 1..=1, math::gelu),
+    // Elementwise, two inputs with numpy broadcasting (from opset 7).
+    s("Add", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Add))
+    }),
+    s("Sub", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Sub))
+    }),
+    s("Mul", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Mul))
+    }),
+    s("Div", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Div))
+    }),
+    s("Pow", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Pow))
+    }),
+    s("Equal", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Equal))
+    }),
+    s("Greater", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Greater))
+    }),
+    s("Less", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Less))
+    }),
+    s("GreaterOrEqual", 12..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::GreaterOrEqual))
+    }),
+    s("LessOrEqual", 12..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::LessOrEqual))
+    }),
+    s("And", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::And))
+    }),
+    s("Or", 7..=21, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::Or))),
+    s("Xor", 7..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Binary(B::Xor))
+    }),
+    // Variadic (opset 6/7 lacked broadcasting; the broadcasting form is a
+    // superset).
+    s("Sum", 7..=21, 1..=MANY, 1..=1, |c| {
+        c.simple(Op::Variadic(V::Sum))
+    }),
+    s("Mean", 7..=21, 1..=MANY, 1..=1, |c| {
+        c.simple(Op::Variadic(V::Mean))
+    }),
+    s("Min", 7..=21, 1..=MANY, 1..=1, |c| {
+        c.simple(Op::Variadic(V::Min))
+    }),
+    s("Max", 7..=21, 1..=MANY, 1..=1, |c| {
+        c.simple(Op::Variadic(V::Max))
+    }),
+    s("Clip", 7..=10, 1..=1, 1..=1, math::clip_v6),
+    s("Clip", 11..=21, 1..=3, 1..=1, |c| c.simple(Op::Clip)),
+    s("Where", 9..=21, 3..=3, 1..=1, |c| c.simple(Op::Where)),
+    s("Cast", 7..=21, 1..=1, 1..=1, math::cast),
+    s("Softmax", 7..=21, 1..=1, 1..=1, math::softmax),
+    s("LogSoftmax", 7..=21, 1..=1, 1..=1, math::softmax),
+    s("MatMul", 7..=21, 2..=2, 1..=1, |c| c.simple(Op::MatMul)),
+    s("Gemm", 7..=10, 3..=3, 1..=1, math::gemm),
+    s("Gemm", 11..=21, 2..=3, 1..=1, math::gemm),
+    // Reductions: `axes` is an attribute until opset 18 (ReduceSum: 13).
+    s("ReduceMean", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::Mean)
+    }),
+    s("ReduceMean", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::Mean)
+    }),
+    s("ReduceSum", 7..=12, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::Sum)
+    }),
+    s("ReduceSum", 13..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::Sum)
+    }),
+    s("ReduceMax", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::Max)
+    }),
+    s("ReduceMax", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::Max)
+    }),
+    s("ReduceMin", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::Min)
+    }),
+    s("ReduceMin", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::Min)
+    }),
+    s("ReduceProd", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::Prod)
+    }),
+    s("ReduceProd", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::Prod)
+    }),
+    s("ReduceL1", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::L1)
+    }),
+    s("ReduceL1", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::L1)
+    }),
+    s("ReduceL2", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::L2)
+    }),
+    s("ReduceL2", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::L2)
+    }),
+    s("ReduceSumSquare", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::SumSquare)
+    }),
+    s("ReduceSumSquare", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::SumSquare)
+    }),
+    s("ReduceLogSumExp", 7..=17, 1..=1, 1..=1, |c| {
+        math::reduce_v1(c, R::LogSumExp)
+    }),
+    s("ReduceLogSumExp", 18..=21, 1..=2, 1..=1, |c| {
+        math::reduce_v18(c, R::LogSumExp)
+    }),
+    s("ArgMax", 7..=21, 1..=1, 1..=1, math::arg_max_min),
+    s("ArgMin", 7..=21, 1..=1, 1..=1, math::arg_max_min),
+    // Neural network ops.
+    s("Conv", 7..=21, 2..=3, 1..=1, nn::conv),
+    s("ConvTranspose", 7..=21, 2..=3, 1..=1, nn::conv_transpose),
+    s("MaxPool", 7..=7, 1..=1, 1..=1, nn::max_pool),
+    s("MaxPool", 8..=21, 1..=1, 1..=2, nn::max_pool),
+    s("AveragePool", 7..=21, 1..=1, 1..=1, nn::average_pool),
+    s("GlobalAveragePool", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::GlobalAveragePool)
+    }),
+    s("GlobalMaxPool", 7..=21, 1..=1, 1..=1, |c| {
+        c.simple(Op::GlobalMaxPool)
+    }),
+    s("BatchNormalization", 7..=13, 5..=5, 1..=5, nn::batch_norm),
+    s("BatchNormalization", 14..=21, 5..=5, 1..=3, nn::batch_norm),
+    s("LayerNormalization", 17..=21, 2..=3, 1..=3, nn::layer_norm),
+    s(
+        "InstanceNormalization",
+        7..=21,
+        3..=3,
+        1..=1,
+        nn::instance_norm,
+    ),
+    s("Dropout", 7..=11, 1..=1, 1..=2, nn::dropout),
+    s("Dropout", 12..=21, 1..=3, 1..=2, nn::dropout),
+    s("Resize", 10..=10, 2..=2, 1..=1, nn::resize_v10),
+    s("Resize", 11..=12, 3..=4, 1..=1, nn::resize),
+    s("Resize", 13..=21, 1..=4, 1..=1, nn::resize),
+    s("Upsample", 7..=8, 1..=1, 1..=1, nn::upsample),
+    s("Upsample", 9..=9, 2..=2, 1..=1, nn::upsample),
+    // Shape and data movement.
+    s("Flatten", 7..=21, 1..=1, 1..=1, array::flatten),
+    s("Reshape", 7..=21, 2..=2, 1..=1, array::reshape),
+    s("Transpose", 7..=21, 1..=1, 1..=1, array::transpose),
+    s("Squeeze", 7..=12, 1..=1, 1..=1, array::squeeze_v1),
+    s("Squeeze", 13..=21, 1..=2, 1..=1, |c| c.simple(Op::Squeeze)),
+    s("Unsqueeze", 7..=12, 1..=1, 1..=1, array::unsqueeze_v1),
+    s("Unsqueeze", 13..=21, 2..=2, 1..=1, |c| {
+        c.simple(Op::Unsqueeze)
+    }),
+    s("Concat", 7..=21, 1..=MANY, 1..=1, array::concat),
+    s("Split", 7..=12, 1..=1, 1..=MANY, array::split),
+    s("Split", 13..=21, 1..=2, 1..=MANY, array::split),
+    s("Slice", 7..=9, 1..=1, 1..=1, array::slice_v1),
+    s("Slice", 10..=21, 3..=5, 1..=1, |c| c.simple(Op::Slice)),
+    s("Gather", 7..=21, 2..=2, 1..=1, array::gather),
+    s("Shape", 7..=14, 1..=1, 1..=1, |c| {
+        c.simple(Op::Shape {
+            start: 0,
+            end: None,
+        })
+    }),
+    s("Shape", 15..=21, 1..=1, 1..=1, array::shape),
+    s("Size", 7..=21, 1..=1, 1..=1, |c| c.simple(Op::Size)),
+    s(
+        "ConstantOfShape",
+        9..=21,
+        1..=1,
+        1..=1,
+        array::constant_of_shape,
+    ),
+    s("Expand", 8..=21, 2..=2, 1..=1, |c| c.simple(Op::Expand)),
+    s("Tile", 7..=21, 2..=2, 1..=1, |c| c.simple(Op::Tile)),
+    s("Identity", 7..=21, 1..=1, 1..=1, |c| c.simple(Op::Identity)),
+    s("Pad", 7..=10, 1..=1, 1..=1, array::pad_v2),
+    s("Pad", 11..=17, 2..=3, 1..=1, array::pad),
+    s("Pad", 18..=21, 2..=4, 1..=1, array::pad),
+    s("Range", 11..=21, 3..=3, 1..=1, |c| c.simple(Op::Range)),
+];
+
+/// The entry importing `op_type` at `opset`, or why there is none.
+pub fn find(op_type: &str, opset: i64) -> Result<&'static OpSpec, Problem> {
+    let mut forms = SPECS.iter().filter(|s| s.name == op_type).peekable();
+    if forms.peek().is_none() {
+        return Err(format!("operator '{op_type}' is not supported by mlc"));
+    }
+    let forms: Vec<&OpSpec> = forms.collect();
+    if let Some(s) = forms.iter().find(|s| s.opsets.contains(&opset)) {
+        return Ok(s);
+    }
+    let first = forms.iter().map(|s| *s.opsets.start()).min().unwrap_or(0);
+    let last = forms.iter().map(|s| *s.opsets.end()).max().unwrap_or(0);
+    Err(format!(
+        "{op_type} is not defined at opset {opset} (mlc imports it at opsets {first}..{last}; see {})",
+        spec_url(op_type)
+    ))
+}
+
+/// Formats an allowed count range for messages.
+pub fn fmt_count(r: &RangeInclusive<usize>) -> String {
+    if r.start() == r.end() {
+        r.start().to_string()
+    } else if *r.end() >= MANY {
+        format!("at least {}", r.start())
+    } else {
+        format!("{} to {}", r.start(), r.end())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_ranges_do_not_overlap_and_stay_in_bounds() {
+        for a in SPECS {
+            assert!(*a.opsets.start() >= super::super::MIN_OPSET, "{}", a.name);
+            assert!(*a.opsets.end() <= super::super::MAX_OPSET, "{}", a.name);
+            assert!(a.opsets.start() <= a.opsets.end(), "{}", a.name);
+            for b in SPECS {
+                if std::ptr::eq(a, b) || a.name != b.name {
+                    continue;
+                }
+                let disjoint =
+                    a.opsets.end() < b.opsets.start() || b.opsets.end() < a.opsets.start();
+                assert!(disjoint, "{} has overlapping forms", a.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_op_of_the_ir_has_an_importer() {
+        let names = [
+            "Sqrt",
+            "Reciprocal",
+            "Neg",
+            "Abs",
+            "Exp",
+            "Log",
+            "Erf",
+            "Tanh",
+            "Sigmoid",
+            "Relu",
+            "Not",
+            "Floor",
+            "Ceil",
+            "Sign",
+            "LeakyRelu",
+            "Elu",
+            "HardSigmoid",
+            "HardSwish",
+            "Gelu",
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Pow",
+            "Equal",
+            "Greater",
+            "Less",
+            "GreaterOrEqual",
+            "LessOrEqual",
+            "And",
+            "Or",
+            "Xor",
+            "Sum",
+            "Mean",
+            "Min",
+            "Max",
+            "ReduceMean",
+            "ReduceSum",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceSumSquare",
+            "ReduceLogSumExp",
+            "Clip",
+            "Where",
+            "Cast",
+            "Softmax",
+            "LogSoftmax",
+            "MatMul",
+            "Gemm",
+            "Conv",
+            "ConvTranspose",
+            "BatchNormalization",
+            "LayerNormalization",
+            "InstanceNormalization",
+            "MaxPool",
+            "AveragePool",
+            "GlobalAveragePool",
+            "GlobalMaxPool",
+            "Flatten",
+            "Reshape",
+            "Transpose",
+            "Squeeze",
+            "Unsqueeze",
+            "Concat",
+            "Split",
+            "Slice",
+            "Gather",
+            "Shape",
+            "Size",
+            "ConstantOfShape",
+            "Expand",
+            "Tile",
+            "Identity",
+            "Dropout",
+            "Pad",
+            "Range",
+            "ArgMax",
+            "ArgMin",
+            "Resize",
+        ];
+        for n in names {
+            assert!(find(n, 21).is_ok(), "{n}");
+        }
+        assert!(find("Range", 10).unwrap_err().contains("opsets 11..21"));
+        assert!(find("Loop", 13).unwrap_err().contains("not supported"));
+    }
+}
