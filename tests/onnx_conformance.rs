@@ -249,9 +249,16 @@ fn onnx_node_conformance() {
         .collect();
     names.sort();
 
-    // Panics are caught per case; keep the default hook from printing each.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    // Panics are caught per case; keep the default hook from printing each
+    // of them (only on this thread: other tests run in parallel).
+    let hook = std::sync::Arc::new(std::panic::take_hook());
+    let this_thread = std::thread::current().id();
+    let fallback = hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != this_thread {
+            fallback(info);
+        }
+    }));
     let mut results: Vec<(String, Outcome)> = Vec::with_capacity(names.len());
     for name in &names {
         let dir = node_dir.join(name);
@@ -261,7 +268,10 @@ fn onnx_node_conformance() {
         };
         results.push((name.clone(), outcome));
     }
-    std::panic::set_hook(hook);
+    let _ = std::panic::take_hook();
+    if let Ok(hook) = std::sync::Arc::try_unwrap(hook) {
+        std::panic::set_hook(hook);
+    }
 
     let in_manifest = |n: &str| manifest.cases.contains_key(n);
     let mut report = String::new();
