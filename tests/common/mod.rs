@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests: tolerant tensor comparison.
+
+#![allow(dead_code)]
+
+use mlc::Tensor;
+
+/// Whether `got` matches `want`: same dtype and shape; floating point within
+/// `|got - want| <= atol + rtol * |want|` (NaN matches NaN, an infinity only
+/// the same infinity); integers and bools exactly. The error names the first
+/// mismatching element and how many differ.
+pub fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), String> {
+    if got.dtype() != want.dtype() {
+        return Err(format!(
+            "dtype {} but expected {}",
+            got.dtype(),
+            want.dtype()
+        ));
+    }
+    if got.shape() != want.shape() {
+        return Err(format!(
+            "shape {:?} but expected {:?}",
+            got.shape(),
+            want.shape()
+        ));
+    }
+    let float = got.dtype().is_float();
+    if !float && got.data() == want.data() {
+        return Ok(());
+    }
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let close = |a: f64, b: f64| {
+        if float {
+            if a == b || (a.is_nan() && b.is_nan()) {
+                true
+            } else if !a.is_finite() || !b.is_finite() {
+                false
+            } else {
+                (a - b).abs() <= atol + rtol * b.abs()
+            }
+        } else {
+            a == b
+        }
+    };
+    let bad: Vec<usize> = (0..g.len()).filter(|&i| !close(g[i], w[i])).collect();
+    if bad.is_empty() {
+        if float {
+            return Ok(());
+        }
+        // Only reachable for 64-bit integers that differ beyond f64 precision.
+        return Err("integer values differ beyond f64 precision".into());
+    }
+    let i = bad[0];
+    let max_abs = bad
+        .iter()
+        .map(|&i| (g[i] - w[i]).abs())
+        .fold(
+            0.0f64,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        );
+    Err(format!(
+        "{} of {} elements differ; first at flat index {i}: got {} expected {}{}",
+        bad.len(),
+        g.len(),
+        g[i],
+        w[i],
+        if float {
+            format!(" (max abs diff {max_abs:e}, rtol {rtol}, atol {atol})")
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// Short type description for messages, e.g. `f32[2, 3]`.
+pub fn describe(t: &Tensor) -> String {
+    format!("{}{:?}", t.dtype(), t.shape())
+}
