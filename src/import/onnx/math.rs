@@ -57,14 +57,15 @@ pub fn clip_v6(c: &Ctx) -> Result<Imported, Problem> {
     })
 }
 
-/// https://onnx.ai/onnx/operators/onnx__Cast.html (`saturate`, opset 19,
-/// only concerns float8 targets, which mlc does not have).
+/// https://onnx.ai/onnx/operators/onnx__Cast.html (`saturate`, opset 19, and
+/// `round_mode`, opset 24, only concern float8/float4 targets, which mlc does
+/// not have).
 pub fn cast(c: &Ctx) -> Result<Imported, Problem> {
     let to = c.attrs.opt_int("to")?.ok_or("attribute 'to' is required")?;
     let code =
         i32::try_from(to).map_err(|_| format!("attribute 'to' has an invalid type code {to}"))?;
     let to = dtype_of(code).map_err(|e| format!("cast target: {e}"))?;
-    c.attrs.ignore(&["saturate"]);
+    c.attrs.ignore(&["saturate", "round_mode"]);
     c.simple(Op::Cast { to })
 }
 

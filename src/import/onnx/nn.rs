@@ -19,9 +19,11 @@ fn auto_pad(c: &Ctx) -> Result<AutoPad, Problem> {
         "SAME_UPPER" => AutoPad::SameUpper,
         "SAME_LOWER" => AutoPad::SameLower,
         "VALID" => AutoPad::Valid,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "attribute 'auto_pad' must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got \"{other}\""
-        )),
+        ))
+        }
     })
 }
 

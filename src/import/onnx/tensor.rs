@@ -229,14 +229,14 @@ fn read_external(
             full.display()
         ));
     }
-    let mut f = File::open(&full)
-        .map_err(|e| format!("cannot open external data file '{location}': {e}"))?;
-    let meta = f
-        .metadata()
+    // Check the kind before opening: opening a FIFO would block.
+    let meta = std::fs::metadata(&full)
         .map_err(|e| format!("cannot read external data file '{location}': {e}"))?;
     if !meta.is_file() {
         return Err(format!("external data path '{location}' is not a file"));
     }
+    let mut f = File::open(&full)
+        .map_err(|e| format!("cannot open external data file '{location}': {e}"))?;
     let file_len = meta.len();
     if offset > file_len {
         return Err(format!(
@@ -435,6 +435,8 @@ mod tests {
         std::fs::write(dir.join("x.bin"), [0u8; 8]).unwrap();
         std::fs::write(model_dir.join("sub/ok.bin"), [0u8; 8]).unwrap();
         assert!(decode(&external("sub/ok.bin", None, None), Some(&model_dir)).is_ok());
+        let e = decode(&external("sub", None, None), Some(&model_dir)).unwrap_err();
+        assert!(e.contains("not a file"), "{e}");
         for bad in ["../x.bin", "sub/../../x.bin"] {
             let e = decode(&external(bad, None, None), Some(&model_dir)).unwrap_err();
             assert!(e.contains("refused") && e.contains(bad), "{e}");

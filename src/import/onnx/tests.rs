@@ -956,3 +956,66 @@ fn hostile_bytes_never_panic() {
         let _ = load_bytes(&b, None);
     }
 }
+
+/// Imports every ONNX backend node test model found under
+/// `$MLC_ONNX_NODE_TESTS/<case>/model.onnx` and prints one line per case
+/// (`name<TAB>ok|error`). A survey tool, not a check: run with
+/// `cargo test --lib survey_node_tests -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn survey_node_tests() {
+    let Ok(root) = std::env::var("MLC_ONNX_NODE_TESTS") else {
+        return;
+    };
+    let mut cases: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    cases.sort();
+    for dir in cases {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let r = load(&dir.join("model.onnx"));
+        let line = match r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string().replace('\n', " "),
+        };
+        println!("SURVEY\t{name}\t{line}");
+    }
+}
+
+/// Longer fuzzing of real files: every `<dir>/*/model.onnx` under
+/// `$MLC_FUZZ_DIR`, truncated at many lengths and with random bit flips
+/// (`$MLC_FUZZ_ITERS` per file). Every result must be Ok or Err.
+#[test]
+#[ignore]
+fn fuzz_model_files() {
+    let Ok(root) = std::env::var("MLC_FUZZ_DIR") else {
+        return;
+    };
+    let iters: usize = std::env::var("MLC_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let mut state = 0x2545f4914f6cdd1du64;
+    let mut files = 0;
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        let Ok(bytes) = std::fs::read(e.path().join("model.onnx")) else {
+            continue;
+        };
+        files += 1;
+        let step = (bytes.len() / 64).max(1);
+        for len in (0..bytes.len()).step_by(step) {
+            let _ = load_bytes(&bytes[..len], None);
+        }
+        for _ in 0..iters {
+            let mut b = bytes.clone();
+            for _ in 0..1 + next(&mut state) % 3 {
+                let i = (next(&mut state) % b.len() as u64) as usize;
+                b[i] = next(&mut state) as u8;
+            }
+            let _ = load_bytes(&b, None);
+        }
+    }
+    println!("fuzzed {files} files");
+}
