@@ -13,7 +13,7 @@
 
 use half::f16;
 
-use super::util::{broadcast_index_map, broadcast_shape, input, opt_input};
+use super::util::{broadcast_shape, input, opt_input};
 use crate::ir::{checked_numel, BinaryOp, DType, Op, Tensor, TensorData, UnaryOp, VariadicOp};
 use crate::{Error, Result};
 
@@ -355,6 +355,17 @@ fn broadcast_all(op: &'static str, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// For each element of `out_shape`, the flat index of the `in_shape` element
+/// broadcast onto it. Empty outputs short-cut so that no stride products of
+/// shapes like `[0, 2^40, 2^40]` are ever formed.
+fn index_map(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    if out_shape.contains(&0) {
+        Vec::new()
+    } else {
+        super::util::broadcast_index_map(in_shape, out_shape)
+    }
+}
+
 /// Applies `f` to every pair of broadcast elements of `a` and `b`.
 fn zip2<A: Copy, B: Copy, R>(
     op: &'static str,
@@ -365,8 +376,8 @@ fn zip2<A: Copy, B: Copy, R>(
     mut f: impl FnMut(A, B) -> Result<R>,
 ) -> Result<(Vec<usize>, Vec<R>)> {
     let shape = broadcast_all(op, &[ash, bsh])?;
-    let ma = broadcast_index_map(ash, &shape);
-    let mb = broadcast_index_map(bsh, &shape);
+    let ma = index_map(ash, &shape);
+    let mb = index_map(bsh, &shape);
     let out = ma
         .iter()
         .zip(&mb)
@@ -685,7 +696,7 @@ fn variadic(op: &'static str, v: VariadicOp, inputs: &[Option<&Tensor>]) -> Resu
         let mut acc: Vec<T> = Vec::new();
         for (k, t) in ts.iter().enumerate() {
             let vals = typed::<T>(op, &format!("input {k}"), t, dt)?;
-            let map = broadcast_index_map(t.shape(), &shape);
+            let map = index_map(t.shape(), &shape);
             if k == 0 {
                 acc = map.iter().map(|&i| vals[i]).collect();
                 continue;
@@ -726,7 +737,15 @@ fn clip_bound<T: Num>(
             format!("{what} must be a scalar, got shape {:?}", t.shape()),
         ));
     }
-    Ok(Some(typed::<T>(op, what, t, dt)?[0]))
+    if t.dtype() == dt {
+        return Ok(Some(typed::<T>(op, what, t, dt)?[0]));
+    }
+    // A bound of another numeric dtype (e.g. an f32 constant made from the
+    // opset < 11 attributes for an f16 input) converts to the input's dtype.
+    match t.dtype() {
+        DType::Bool => Err(Error::op(op, format!("{what} must be numeric, got bool"))),
+        _ => Ok(t.to_f64_vec().first().map(|&v| T::from_f64(v))),
+    }
 }
 
 fn clip(op: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
@@ -767,9 +786,9 @@ fn where_op(op: &'static str, c: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tens
         ));
     }
     let shape = broadcast_all(op, &[c.shape(), x.shape(), y.shape()])?;
-    let mc = broadcast_index_map(c.shape(), &shape);
-    let mx = broadcast_index_map(x.shape(), &shape);
-    let my = broadcast_index_map(y.shape(), &shape);
+    let mc = index_map(c.shape(), &shape);
+    let mx = index_map(x.shape(), &shape);
+    let my = index_map(y.shape(), &shape);
     fn pick<T: Elem>(
         cond: &[bool],
         a: &[T],
@@ -1035,6 +1054,21 @@ mod tests {
     }
 
     #[test]
+    fn hostile_shapes() {
+        let huge = t_f32(&[0, 1 << 40, 1 << 40], &[]);
+        let s = t_f32(&[], &[1.0]);
+        let y = run(Op::Binary(BinaryOp::Add), &[&huge, &s]).unwrap();
+        assert_eq!(y.shape(), huge.shape());
+        let c = t(&[1], TensorData::Bool(vec![true]));
+        let y = run(Op::Where, &[&c, &huge, &s]).unwrap();
+        assert_eq!(y.shape(), huge.shape());
+        // A broadcast that would not fit in memory is an error.
+        let a = t_f32(&[1 << 20, 1], &vec![0.0; 1 << 20]);
+        let b = t_f32(&[1, 1 << 20], &vec![0.0; 1 << 20]);
+        assert!(run(Op::Binary(BinaryOp::Mul), &[&a, &b]).is_err());
+    }
+
+    #[test]
     fn integer_arithmetic() {
         let a = t(&[4], TensorData::I32(vec![-3, 3, -3, 3]));
         let b = t(&[4], TensorData::I32(vec![2, 2, -2, -2]));
@@ -1154,7 +1188,11 @@ mod tests {
         // min > max gives max, like numpy.
         let y = eval(&Op::Clip, &[Some(&xi), Some(&hii), Some(&loi)]).unwrap();
         assert_data!(y[0], TensorData::I32(vec![0, 0, 0]));
-        assert!(eval(&Op::Clip, &[Some(&xi), Some(&lo)]).is_err());
+        // Bounds of another dtype convert; bool bounds are rejected.
+        let y = eval(&Op::Clip, &[Some(&xi), Some(&t_f32(&[], &[1.5]))]).unwrap();
+        assert_data!(y[0], TensorData::I32(vec![1, 2, 9]));
+        let bt = t(&[], TensorData::Bool(vec![true]));
+        assert!(eval(&Op::Clip, &[Some(&xi), Some(&bt)]).is_err());
         assert!(eval(&Op::Clip, &[Some(&x), Some(&t_f32(&[2], &[0., 1.]))]).is_err());
     }
 

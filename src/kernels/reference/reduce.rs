@@ -13,8 +13,11 @@
 use half::f16;
 
 use super::util::{i64_values, input, normalize_axis, opt_input};
-use crate::ir::{DType, Op, ReduceOp, Tensor, TensorData};
+use crate::ir::{checked_numel, DType, Op, ReduceOp, Tensor, TensorData};
 use crate::{Error, Result};
+
+/// Largest output element count a reduction will materialize.
+const MAX_ELEMENTS: usize = 1 << 31;
 
 /// Evaluates Reduce*, ArgMax/ArgMin, Softmax and LogSoftmax.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
@@ -207,12 +210,17 @@ fn reduce(
             (true, false) => None,
         })
         .collect();
+    let dt = x.dtype();
+    if x.numel() == 0 {
+        // Every group is empty (or there are none): identity values.
+        return empty_reduction(op, r, dt, out_shape);
+    }
+    // All dims are non-zero here, so these products are bounded by numel.
     let count: usize = (0..rank)
         .filter(|&a| reduced[a])
         .map(|a| shape[a])
         .product();
     let (map, n_out) = reduce_map(shape, &reduced);
-    let dt = x.dtype();
 
     let data = match lift(x) {
         Vals::F(v) => {
@@ -326,6 +334,65 @@ fn reduce(
     tensor(op, out_shape, data)
 }
 
+/// The result of reducing an empty input: the operator's identity in every
+/// output element (an empty output when a kept axis has size 0).
+fn empty_reduction(
+    op: &'static str,
+    r: ReduceOp,
+    dt: DType,
+    out_shape: Vec<usize>,
+) -> Result<Tensor> {
+    let n = match checked_numel(&out_shape) {
+        Some(n) if n <= MAX_ELEMENTS => n,
+        _ => {
+            return Err(Error::op(
+                op,
+                format!("output shape {out_shape:?} is too large"),
+            ))
+        }
+    };
+    let data = match dt {
+        DType::Bool => match r {
+            ReduceOp::Max => TensorData::Bool(vec![false; n]),
+            ReduceOp::Min => TensorData::Bool(vec![true; n]),
+            _ => {
+                return Err(Error::op(
+                    op,
+                    "bool input is only supported by ReduceMax/ReduceMin",
+                ))
+            }
+        },
+        d if d.is_float() => {
+            let v = match r {
+                ReduceOp::Max | ReduceOp::LogSumExp => f64::NEG_INFINITY,
+                ReduceOp::Min => f64::INFINITY,
+                ReduceOp::Prod => 1.0,
+                ReduceOp::Mean => f64::NAN,
+                _ => 0.0,
+            };
+            lower_f64(dt, vec![v; n])
+        }
+        _ => {
+            let (lo, hi) = int_range(dt);
+            let v = match r {
+                ReduceOp::Max => lo,
+                ReduceOp::Min => hi,
+                ReduceOp::Prod => 1,
+                ReduceOp::Sum | ReduceOp::L1 | ReduceOp::L2 | ReduceOp::SumSquare => 0,
+                _ if n == 0 => 0,
+                _ => {
+                    return Err(Error::op(
+                        op,
+                        format!("{op} of an empty set is undefined for integer input ({dt})"),
+                    ))
+                }
+            };
+            lower_i128(dt, vec![v; n])
+        }
+    };
+    tensor(op, out_shape, data)
+}
+
 /// Wraps an i128 into the value range of integer dtype `dt` (two's
 /// complement), as fixed-width arithmetic in that dtype would.
 fn wrap_int(dt: DType, x: i128) -> i128 {
@@ -364,6 +431,16 @@ fn arg_extreme(
             op,
             format!("cannot take {op} over axis {a} of size 0"),
         ));
+    }
+    let mut out_shape = shape.to_vec();
+    if keepdims {
+        out_shape[a] = 1;
+    } else {
+        out_shape.remove(a);
+    }
+    if x.numel() == 0 {
+        // Another axis is empty: so is the output.
+        return tensor(op, out_shape, TensorData::I64(Vec::new()));
     }
     // Compare in f64 for floats (exact for every float dtype) and as i128
     // otherwise; NaN counts as the extreme (like numpy).
@@ -421,12 +498,6 @@ fn arg_extreme(
             }
             out.push(best.unwrap_or(0) as i64);
         }
-    }
-    let mut out_shape = shape.to_vec();
-    if keepdims {
-        out_shape[a] = 1;
-    } else {
-        out_shape.remove(a);
     }
     tensor(op, out_shape, TensorData::I64(out))
 }
@@ -527,7 +598,7 @@ mod tests {
         let y = red(ReduceOp::L2, &x, Some(vec![2]), false, false).unwrap();
         close(
             y.as_f32().unwrap(),
-            &[5.0990195, 20.099751, 30.016663, 40.04997, 55.00909, 60.0333],
+            &[5.0990195, 20.09975, 30.016663, 40.04997, 55.00909, 60.0333],
         );
         let y = red(ReduceOp::SumSquare, &x, Some(vec![2]), false, false).unwrap();
         close(y.as_f32().unwrap(), &[26., 404., 901., 1604., 3026., 3604.]);
@@ -631,6 +702,22 @@ mod tests {
         let n = t_f32(&[2], &[1.0, f32::NAN]);
         let y = red(ReduceOp::Max, &n, None, false, false).unwrap();
         assert!(y.as_f32().unwrap()[0].is_nan());
+    }
+
+    #[test]
+    fn hostile_empty_shapes() {
+        let huge = t_f32(&[0, 1 << 40, 1 << 40], &[]);
+        assert!(red(ReduceOp::Sum, &huge, Some(vec![0]), true, false).is_err());
+        let y = red(ReduceOp::Sum, &huge, Some(vec![1, 2]), true, false).unwrap();
+        assert_eq!(y.shape(), &[0, 1, 1]);
+        let y = red(ReduceOp::Max, &huge, None, false, false).unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[f32::NEG_INFINITY]);
+        let y = arg(true, &huge, 2, false, false).unwrap();
+        assert_eq!(y.shape(), &[0, 1 << 40]);
+        let y = sm(&huge, 1, true, false).unwrap();
+        assert_eq!(y.shape(), huge.shape());
+        let xi = t(&[0, 3], TensorData::I32(vec![]));
+        assert!(red(ReduceOp::Mean, &xi, Some(vec![0]), false, false).is_err());
     }
 
     fn arg(max: bool, x: &Tensor, axis: i64, keepdims: bool, last: bool) -> Result<Tensor> {
