@@ -409,7 +409,7 @@ fn opsets_out_of_range_are_refused() {
         assert_eq!(p.len(), 1);
         assert_eq!(
             p[0].message,
-            format!("opset {opset} is not supported (mlc supports 7..21)")
+            format!("opset {opset} is not supported (mlc supports 7..28)")
         );
     }
     let mut m = M::new(13).proto();
