@@ -11,6 +11,7 @@
 //! error rather than a panic.
 
 use super::util::{broadcast_index_map, broadcast_shape, i64_values, input, opt_input, strides};
+use crate::ir::infer::{range_len_f64, range_len_i64, shape_range, slice_axis, split_sizes};
 use crate::ir::{checked_numel, DType, Op, PadMode, Tensor, TensorData};
 use crate::{Error, Result};
 
@@ -401,25 +402,6 @@ fn concat(name: &'static str, inputs: &[Option<&Tensor>], axis: i64) -> Result<T
     make(name, out_shape, gather_multi(name, &datas, &picks)?)
 }
 
-/// Chunk sizes of Split without an explicit `split` input: equal chunks, the
-/// last one smaller when the size is not divisible (opset 18).
-pub(crate) fn split_sizes(name: &'static str, dim: usize, n: usize) -> Result<Vec<usize>> {
-    if n == 0 {
-        return Err(Error::op(name, "needs at least one output"));
-    }
-    let chunk = dim.div_ceil(n);
-    let mut sizes = vec![chunk; n];
-    let used = chunk * (n - 1);
-    if used > dim {
-        return Err(Error::op(
-            name,
-            format!("cannot split a dim of {dim} into {n} outputs"),
-        ));
-    }
-    sizes[n - 1] = dim - used;
-    Ok(sizes)
-}
-
 fn split(
     name: &'static str,
     inputs: &[Option<&Tensor>],
@@ -466,32 +448,10 @@ fn split(
     Ok(outs)
 }
 
-/// Clamped start and length of one sliced axis, following Python's slice
-/// semantics (`PySlice_AdjustIndices`).
-pub(crate) fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> (i64, usize) {
-    let d = dim as i64;
-    let clamp = |v: i64, lo: i64, hi: i64| {
-        let v = if v < 0 { v.saturating_add(d) } else { v };
-        v.clamp(lo, hi)
-    };
-    if step > 0 {
-        let s = clamp(start, 0, d);
-        let e = clamp(end, 0, d);
-        let len = if e > s { (e - s - 1) / step + 1 } else { 0 };
-        (s, len as usize)
-    } else {
-        let s = clamp(start, -1, d - 1);
-        let e = clamp(end, -1, d - 1);
-        let len = if e < s {
-            (s - e - 1) / step.saturating_neg() + 1
-        } else {
-            0
-        };
-        (s, len as usize)
-    }
-}
-
 /// Per-axis `(start, step)` and the output shape of Slice.
+type SlicePlan = (Vec<(i64, i64)>, Vec<usize>);
+
+/// Works out the [`SlicePlan`] of a Slice, validating its arguments.
 pub(crate) fn slice_plan(
     name: &'static str,
     in_shape: &[usize],
@@ -499,7 +459,7 @@ pub(crate) fn slice_plan(
     ends: &[i64],
     axes: Option<&[i64]>,
     steps: Option<&[i64]>,
-) -> Result<(Vec<(i64, i64)>, Vec<usize>)> {
+) -> Result<SlicePlan> {
     let r = in_shape.len();
     if starts.len() != ends.len() {
         return Err(Error::op(
@@ -627,15 +587,6 @@ fn gather(name: &'static str, inputs: &[Option<&Tensor>], axis: i64) -> Result<T
         flat
     });
     make(name, out_shape, x.data().gather(&map))
-}
-
-/// The `[start, end)` range of dims Shape returns (opset 15), clamped.
-pub(crate) fn shape_range(rank: usize, start: i64, end: Option<i64>) -> (usize, usize) {
-    let r = rank as i64;
-    let norm = |v: i64| (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r) as usize;
-    let s = norm(start);
-    let e = end.map_or(rank, norm);
-    (s, e.max(s))
 }
 
 /// Non-negative sizes from a shape-like input.
@@ -841,49 +792,6 @@ fn pad(name: &'static str, inputs: &[Option<&Tensor>], mode: PadMode) -> Result<
         out_shape,
         gather_multi(name, &[x.data(), &fill], &picks)?,
     )
-}
-
-/// Number of elements of Range, `max(ceil((limit - start) / delta), 0)`.
-pub(crate) fn range_len_f64(
-    name: &'static str,
-    start: f64,
-    limit: f64,
-    delta: f64,
-) -> Result<usize> {
-    if delta == 0.0 {
-        return Err(Error::op(name, "delta must not be 0"));
-    }
-    let n = ((limit - start) / delta).ceil();
-    if !n.is_finite() {
-        return Err(Error::op(name, "the number of elements is not finite"));
-    }
-    if n > MAX_ELEMENTS as f64 {
-        return Err(Error::op(name, format!("{n} elements is too many")));
-    }
-    Ok(n.max(0.0) as usize)
-}
-
-/// Integer Range length, exact.
-pub(crate) fn range_len_i64(
-    name: &'static str,
-    start: i64,
-    limit: i64,
-    delta: i64,
-) -> Result<usize> {
-    if delta == 0 {
-        return Err(Error::op(name, "delta must not be 0"));
-    }
-    let (diff, d) = (limit as i128 - start as i128, delta as i128);
-    let q = diff / d;
-    let n = if diff % d != 0 && (diff < 0) == (d < 0) {
-        q + 1
-    } else {
-        q
-    };
-    if n > MAX_ELEMENTS as i128 {
-        return Err(Error::op(name, format!("{n} elements is too many")));
-    }
-    Ok(n.max(0) as usize)
 }
 
 fn range(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
