@@ -814,8 +814,12 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
         }
         Op::Dropout => {
             let x = in_ty(cx, node, 0)?;
+            let zero_ratio = node
+                .input(1)
+                .and_then(|r| cx.g.const_value(r))
+                .is_some_and(|r| r.to_f64_vec().first() == Some(&0.0));
             if let Some(t) = cx.known_ints(node.input(2)) {
-                if t.first().is_some_and(|&v| v != 0) {
+                if t.first().is_some_and(|&v| v != 0) && !zero_ratio {
                     return Err(Error::op(name, "training mode is not supported"));
                 }
             }
@@ -991,7 +995,7 @@ fn window_out(
         let same = match auto_pad {
             AutoPad::SameUpper | AutoPad::SameLower => s == 1,
             AutoPad::Valid => s == 1 && ek == 1,
-            AutoPad::NotSet => s == 1 && pb + pe + 1 == ek,
+            AutoPad::NotSet => s == 1 && pb.saturating_add(pe).saturating_add(1) == ek,
         };
         return Ok(if same { input.clone() } else { cx.fresh() });
     };
@@ -1004,7 +1008,7 @@ fn window_out(
             } else {
                 (pb, pe)
             };
-            let padded = x + pb + pe;
+            let padded = x.saturating_add(pb).saturating_add(pe);
             if padded < ek {
                 return Err(Error::op(
                     op,
@@ -1016,7 +1020,7 @@ fn window_out(
             if ceil_mode {
                 let mut o = (padded - ek).div_ceil(s) + 1;
                 // The last window must start inside the input or left pad.
-                if (o - 1) * s >= x + pb {
+                if (o - 1) * s >= x.saturating_add(pb) {
                     o -= 1;
                 }
                 o
@@ -1047,13 +1051,12 @@ fn conv(cx: &mut Ctx, node: &Node, c: &ConvAttrs) -> Result<TensorType> {
     }
     let (xd, wd) = (x.shape.dims(), w.shape.dims());
     if let (Dim::Known(cin), Dim::Known(wc)) = (&xd[1], &wd[1]) {
-        if *cin != wc * c.group {
+        if wc.checked_mul(c.group) != Some(*cin) {
             return Err(Error::op(
                 name,
                 format!(
-                    "X has {cin} channels but W expects {wc} x group {} = {}",
-                    c.group,
-                    wc * c.group
+                    "X has {cin} channels but W expects {wc} per group x group {}",
+                    c.group
                 ),
             ));
         }
@@ -1167,17 +1170,19 @@ fn conv_transpose(cx: &mut Ctx, node: &Node, c: &super::ConvTransposeAttrs) -> R
     let opad = spatial(name, "output_padding", &c.output_padding, n, 0)?;
     for i in 0..n {
         let (k, s, d) = (win.kernel[i], win.strides[i], win.dilations[i]);
-        let ek = (k - 1) * d + 1;
+        let ek = (k - 1).saturating_mul(d).saturating_add(1);
         let (pb, pe) = match a.auto_pad {
             AutoPad::Valid => (0, 0),
             _ => (win.pads[i], win.pads[n + i]),
         };
         let dim = match (&xd[2 + i], a.auto_pad) {
-            (Dim::Known(v), AutoPad::SameUpper | AutoPad::SameLower) => Dim::Known(v * s),
+            (Dim::Known(v), AutoPad::SameUpper | AutoPad::SameLower) => {
+                Dim::Known(v.saturating_mul(s))
+            }
             (Dim::Known(v), _) => {
-                let full = (s * v.saturating_sub(1) + opad[i] + ek) as i64;
-                let o = full - (pb + pe) as i64;
-                if *v == 0 || o < 0 {
+                let full = s as i128 * (*v as i128 - 1) + opad[i] as i128 + ek as i128;
+                let o = full - pb as i128 - pe as i128;
+                if *v == 0 || o < 0 || o > usize::MAX as i128 {
                     return Err(Error::op(
                         name,
                         format!("spatial axis {i}: the output size {o} is not positive"),
@@ -1186,7 +1191,9 @@ fn conv_transpose(cx: &mut Ctx, node: &Node, c: &super::ConvTransposeAttrs) -> R
                 Dim::Known(o as usize)
             }
             (sym, AutoPad::SameUpper | AutoPad::SameLower) if s == 1 => sym.clone(),
-            (sym, _) if s == 1 && opad[i] + ek == 1 + pb + pe => sym.clone(),
+            (sym, _) if s == 1 && opad[i] as u128 + ek as u128 == 1 + pb as u128 + pe as u128 => {
+                sym.clone()
+            }
             _ => cx.fresh(),
         };
         out.push(dim);
@@ -1942,8 +1949,11 @@ fn zip_vals(
     let ins: Vec<SymVec> = (0..node.inputs.len())
         .map(|i| {
             let v = node.input(i)?;
-            cx.val(Some(v))
-                .or_else(|| prop_len(cx, Some(v)).map(|n| vec![None; n]))
+            cx.val(Some(v)).or_else(|| {
+                prop_len(cx, Some(v))
+                    .filter(|&n| n <= len)
+                    .map(|n| vec![None; n])
+            })
         })
         .collect::<Option<_>>()?;
     if ins.iter().any(|v| v.len() != 1 && v.len() != len) {
@@ -2059,7 +2069,10 @@ fn propagate_one(cx: &Ctx, node: &Node, out: &TensorType, len: usize) -> Option<
                 let i = (*i)?;
                 match cx.val(Some(i)) {
                     Some(p) => v.extend(p),
-                    None => v.extend(std::iter::repeat_n(None, prop_len(cx, Some(i))?)),
+                    None => {
+                        let n = prop_len(cx, Some(i)).filter(|&n| n <= len)?;
+                        v.extend(std::iter::repeat_n(None, n));
+                    }
                 }
             }
             Some(v)

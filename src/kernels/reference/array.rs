@@ -665,7 +665,10 @@ fn dropout(
     let x = input(name, inputs, 0)?;
     if let Some(t) = opt_input(inputs, 2) {
         let on = t.to_f64_vec().first().is_some_and(|&v| v != 0.0);
-        if on {
+        // Training with a zero ratio drops nothing: the same as inference.
+        let zero_ratio =
+            opt_input(inputs, 1).is_some_and(|r| r.to_f64_vec().first().is_some_and(|&v| v == 0.0));
+        if on && !zero_ratio {
             return Err(Error::op(name, "training mode is not supported"));
         }
     }
@@ -820,9 +823,9 @@ fn range(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
         DType::F32 | DType::F64 => {
             let (a, b, c) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
             let n = range_len_f64(name, a, b, c)?;
+            // Like numpy's arange: computed in f64, then narrowed.
             if dt == DType::F32 {
-                let (a, c) = (a as f32, c as f32);
-                TensorData::F32((0..n).map(|i| a + i as f32 * c).collect())
+                TensorData::F32((0..n).map(|i| (a + i as f64 * c) as f32).collect())
             } else {
                 TensorData::F64((0..n).map(|i| a + i as f64 * c).collect())
             }
@@ -1061,6 +1064,9 @@ mod tests {
         let tm = Tensor::new(vec![], TensorData::Bool(vec![true])).unwrap();
         let e = eval(&Op::Dropout, &[Some(&x), None, Some(&tm)], 1).unwrap_err();
         assert!(e.to_string().contains("training mode is not supported"));
+        let zero = Tensor::scalar_f32(0.0);
+        let outs = eval(&Op::Dropout, &[Some(&x), Some(&zero), Some(&tm)], 2).unwrap();
+        assert_eq!(outs[0], x);
         assert_eq!(run1(Op::Identity, &[Some(&x)]).unwrap(), x);
     }
 
