@@ -2639,6 +2639,102 @@ mod tests {
         assert_eq!(ty(&g, rz2), "f32[1,3,7,9]");
     }
 
+    /// Inference and the reference kernels agree on concrete shapes (the
+    /// interpreter checks every kernel output against its inferred type).
+    #[test]
+    fn inference_matches_kernels() {
+        let mut g = Graph::new("t", 18);
+        let x = g.add_input("x", f32t(&["3", "5", "4"]));
+        let mut outs = Vec::new();
+        let (st, en, ax, sp) = (
+            ci(&mut g, &[-1, 4]),
+            ci(&mut g, &[i64::MIN, 0]),
+            ci(&mut g, &[2, -2]),
+            ci(&mut g, &[-2, -3]),
+        );
+        outs.push(node1(&mut g, Op::Slice, &[x, st, en, ax, sp]));
+        let pads = ci(&mut g, &[1, -1, 0, 2, 0, 3]);
+        for mode in [
+            PadMode::Constant,
+            PadMode::Reflect,
+            PadMode::Edge,
+            PadMode::Wrap,
+        ] {
+            outs.push(node1(&mut g, Op::Pad { mode }, &[x, pads]));
+        }
+        let reps = ci(&mut g, &[1, 2, 3]);
+        outs.push(node1(&mut g, Op::Tile, &[x, reps]));
+        outs.extend(node(
+            &mut g,
+            Op::Split {
+                axis: 1,
+                num_outputs: 2,
+            },
+            &[Some(x)],
+            2,
+        ));
+        let idx = g.add_const(
+            "idx",
+            Tensor::from_i64(vec![2, 2], vec![0, -1, 2, 1]).unwrap(),
+        );
+        outs.push(node1(&mut g, Op::Gather { axis: 1 }, &[x, idx]));
+        let es = ci(&mut g, &[2, 1, 1, 4]);
+        outs.push(node1(&mut g, Op::Expand, &[x, es]));
+        let sh = node1(
+            &mut g,
+            Op::Shape {
+                start: 1,
+                end: None,
+            },
+            &[x],
+        );
+        // Only array ops here (the other kernels live elsewhere).
+        let (s1, s2) = (ci(&mut g, &[1]), ci(&mut g, &[2]));
+        let prod = node1(&mut g, Op::Slice, &[sh, s1, s2]);
+        let m1 = ci(&mut g, &[-1]);
+        let cat = node1(&mut g, Op::Concat { axis: 0 }, &[m1, prod]);
+        outs.push(node1(&mut g, Op::Reshape { allowzero: false }, &[x, cat]));
+        outs.push(node1(
+            &mut g,
+            Op::ConstantOfShape {
+                value: Tensor::scalar_f32(1.0),
+            },
+            &[sh],
+        ));
+        let (a, b, c) = (
+            g.add_const("a", Tensor::scalar_i64(10)),
+            g.add_const("b", Tensor::scalar_i64(-3)),
+            g.add_const("c", Tensor::scalar_i64(-4)),
+        );
+        outs.push(node1(&mut g, Op::Range, &[a, b, c]));
+        let un = ci(&mut g, &[0, 4]);
+        outs.push(node1(&mut g, Op::Unsqueeze, &[x, un]));
+        outs.push(node1(&mut g, Op::Flatten { axis: -2 }, &[x]));
+        outs.push(node1(
+            &mut g,
+            Op::Transpose {
+                perm: vec![2, 0, 1],
+            },
+            &[x],
+        ));
+        g.outputs = outs.clone();
+        infer_graph(&mut g).unwrap();
+        crate::ir::verify::verify(&g).unwrap();
+        let input = Tensor::from_f32(vec![3, 5, 4], (0..60).map(|v| v as f32).collect()).unwrap();
+        let res = crate::interp::run(&g, vec![input]).unwrap();
+        for (o, t) in outs.iter().zip(&res) {
+            assert_eq!(
+                g.ty(*o).shape,
+                Shape::known(t.shape()),
+                "{}",
+                g.value(*o).name
+            );
+        }
+        assert_eq!(ty(&g, outs[0]), "f32[3,2,2]");
+        assert_eq!(ty(&g, outs[12]), "i64[4]");
+        assert_eq!(ty(&g, outs[10]), "f32[15,4]");
+    }
+
     #[test]
     fn cycle_is_an_error() {
         let mut g = Graph::new("t", 17);
