@@ -6,9 +6,9 @@
 //! then lists, for every output position, which kernel tap reads which input
 //! position (or padding). Conv sums `x * w` over the taps of each output;
 //! ConvTranspose scatters each input element through the kernel into the
-//! output (`o = i * stride + k * dilation - pad_begin`), following
-//! `onnx/reference/ops/op_conv_transpose.py` for the output shape and the
-//! `auto_pad` / `output_shape` padding rules. Floating point inputs (f16, f32,
+//! output (`o = i * stride + k * dilation - pad_begin`); its output shape
+//! and padding follow `onnx/reference/ops/op_conv_transpose.py`, and ONNX
+//! Runtime where that reference fails (see [`transpose_axes`]). Floating point inputs (f16, f32,
 //! f64) are widened to f64, accumulated in f64 and rounded once to the input
 //! type at the end.
 
@@ -136,7 +136,19 @@ pub(super) fn window_axes(
             AutoPad::NotSet => {
                 let (pb, pe) = (pads[d] as i128, pads[d + n] as i128);
                 let span = inp_w + pb + pe - dk;
-                if span < 0 {
+                let mut out = span.div_euclid(s_w) + 1;
+                if ceil_mode {
+                    // ceil(span / s) + 1, with span possibly negative (a
+                    // window larger than the padded input still gets one
+                    // output in ceil mode, as in the ONNX reference).
+                    out = -((-span).div_euclid(s_w)) + 1;
+                    // The last window must start inside the input or the
+                    // begin padding, not entirely in the end padding.
+                    if (out - 1) * s_w >= inp_w + pb {
+                        out -= 1;
+                    }
+                }
+                if out < 1 {
                     return Err(Error::op(
                         op,
                         format!(
@@ -144,15 +156,6 @@ pub(super) fn window_axes(
                             inp_w + pb + pe
                         ),
                     ));
-                }
-                let mut out = span / s_w + 1;
-                if ceil_mode {
-                    out = (span + s_w - 1) / s_w + 1;
-                    // The last window must start inside the input or the
-                    // begin padding, not entirely in the end padding.
-                    if (out - 1) * s_w >= inp_w + pb {
-                        out -= 1;
-                    }
                 }
                 (out, pb, pe)
             }
@@ -185,7 +188,7 @@ pub(super) type Tap = (usize, Option<usize>);
 /// `count_include_pad` divides by.
 pub(super) fn window_taps(op: &'static str, axes: &[Axis]) -> Result<Vec<Vec<Tap>>> {
     // Per axis: for each output index, the (kernel index, input index) taps.
-    let mut per_axis: Vec<Vec<Vec<(usize, Option<usize>)>>> = Vec::with_capacity(axes.len());
+    let mut per_axis: Vec<Vec<Vec<Tap>>> = Vec::with_capacity(axes.len());
     for a in axes {
         let mut rows = Vec::with_capacity(a.output);
         for o in 0..a.output {
@@ -554,25 +557,26 @@ fn conv_transpose(attrs: &ConvTransposeAttrs, inputs: &[Option<&Tensor>]) -> Res
     finish(OP, x.dtype(), out_shape, y)
 }
 
-/// Geometry of one ConvTranspose axis (`pad_begin` may be negative when an
-/// `output_shape` larger than the natural one is requested with SAME).
+/// Geometry of one ConvTranspose axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TAxis {
     input: usize,
     kernel: usize,
     stride: usize,
     dilation: usize,
-    pad_begin: i64,
+    pad_begin: usize,
     output: usize,
 }
 
-/// ConvTranspose output size and begin padding per axis, following
-/// `op_conv_transpose.py`: with SAME_UPPER / SAME_LOWER the output is
-/// `output_shape` (default `in * stride`) and the total padding
-/// `stride * (in - 1) + output_padding + dilated_kernel - out` is split
-/// (floor half at the begin for UPPER, at the end for LOWER); otherwise the
-/// explicit pads (zero for VALID) are used and the output is `output_shape`
-/// if given, else `stride * (in - 1) + output_padding + dilated_kernel -
+/// ConvTranspose output size and begin padding per axis. The natural
+/// extent is `stride * (in - 1) + output_padding + dilated_kernel`. When
+/// `output_shape` is given (explicit pads are then ignored), or with
+/// SAME_UPPER / SAME_LOWER (output `in * stride`), the total padding is
+/// `max(0, natural - out)`, split with the odd cell at the end for
+/// SAME_UPPER and at the begin otherwise; this matches the ONNX reference
+/// on every conformance case and ONNX Runtime where the reference breaks
+/// down (output smaller than natural, negative padding). Otherwise the
+/// explicit pads (zero for VALID) are used and the output is `natural -
 /// pad_begin - pad_end`.
 fn transpose_axes(
     attrs: &ConvTransposeAttrs,
@@ -620,32 +624,33 @@ fn transpose_axes(
         let dk = (k as i128 - 1) * dil as i128 + 1;
         // The natural (unpadded) output extent of the scatter.
         let full = s_w * (inp_w - 1) + out_pad[d] as i128 + dk;
-        let (out, pb) = match ca.auto_pad {
-            AutoPad::SameUpper | AutoPad::SameLower => {
-                let out = match &out_shape {
-                    Some(o) => o[d] as i128,
-                    None => inp_w * s_w,
-                };
-                let total = full - out;
-                let half = total.div_euclid(2);
+        let same = matches!(ca.auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
+        let requested = match &out_shape {
+            Some(o) => Some(o[d] as i128),
+            None if same => Some(inp_w * s_w),
+            None => None,
+        };
+        let (out, pb) = match requested {
+            // The output size is fixed: pad the natural extent down to it
+            // (never negative padding: a larger output gets zeros at the
+            // end), the odd cell at the end for SAME_UPPER and at the begin
+            // otherwise, as ONNX Runtime does.
+            Some(out) => {
+                let total = (full - out).max(0);
                 let pb = if ca.auto_pad == AutoPad::SameUpper {
-                    half
+                    total / 2
                 } else {
-                    total - half
+                    total - total / 2
                 };
                 (out, pb)
             }
-            AutoPad::Valid | AutoPad::NotSet => {
+            None => {
                 let (pb, pe) = if ca.auto_pad == AutoPad::Valid {
                     (0, 0)
                 } else {
                     (pads[d] as i128, pads[d + n] as i128)
                 };
-                let out = match &out_shape {
-                    Some(o) => o[d] as i128,
-                    None => full - pb - pe,
-                };
-                (out, pb)
+                (full - pb - pe, pb)
             }
         };
         if out < 0 {
@@ -656,7 +661,7 @@ fn transpose_axes(
         }
         let output = usize::try_from(out)
             .map_err(|_| Error::op(OP, format!("axis {d}: output size {out} is too large")))?;
-        let pad_begin = i64::try_from(pb)
+        let pad_begin = usize::try_from(pb)
             .map_err(|_| Error::op(OP, format!("axis {d}: padding {pb} is out of range")))?;
         axes.push(TAxis {
             input: inp,
@@ -994,6 +999,55 @@ mod tests {
                 1., 1., 1., 1.25, 2., 2., 2.5, 2.75, 5., 5.5, 6., 6.75, 7., 7.5, 8.5, 9.25, 1., 2.,
                 1., 2.25, 4., 5., 4.5, 5.75, 9., 10.5, 10., 11.75, 13., 14.5, 14.5, 16.25,
             ],
+        );
+    }
+
+    #[test]
+    fn conv_transpose_output_shape_and_same_rules() {
+        // Values checked against onnxruntime 1-D ConvTranspose.
+        let x = t(&[1, 1, 4], vec![1., 10., 100., 1000.]);
+        let w1 = ones(&[1, 1, 1]);
+        let w3 = t(&[1, 1, 3], vec![1., 2., 3.]);
+        // Output smaller than natural: odd cell of padding at the begin.
+        let mut a = tattrs(&[1]);
+        a.output_shape = Some(vec![1]);
+        let y = run(&Op::ConvTranspose(a), &[&x, &w1]).unwrap();
+        assert_close(&y, &[1, 1, 1], &[100.]);
+        let mut a = tattrs(&[3]);
+        a.output_shape = Some(vec![3]);
+        let y = run(&Op::ConvTranspose(a.clone()), &[&x, &w3]).unwrap();
+        assert_close(&y, &[1, 1, 3], &[123., 1230., 2300.]);
+        a.conv.auto_pad = AutoPad::SameUpper;
+        let y = run(&Op::ConvTranspose(a), &[&x, &w3]).unwrap();
+        assert_close(&y, &[1, 1, 3], &[12., 123., 1230.]);
+        // SAME with stride 2: output in * stride.
+        let mut a = tattrs(&[3]);
+        a.conv.strides = vec![2];
+        a.conv.auto_pad = AutoPad::SameLower;
+        let y = run(&Op::ConvTranspose(a), &[&x, &w3]).unwrap();
+        assert_close(
+            &y,
+            &[1, 1, 8],
+            &[2., 13., 20., 130., 200., 1300., 2000., 3000.],
+        );
+        // SAME where the natural extent is shorter than in * stride: no
+        // negative padding, zeros at the end.
+        let mut a = tattrs(&[1]);
+        a.conv.strides = vec![2];
+        a.conv.auto_pad = AutoPad::SameUpper;
+        let y = run(&Op::ConvTranspose(a), &[&x, &w1]).unwrap();
+        assert_close(&y, &[1, 1, 8], &[1., 0., 10., 0., 100., 0., 1000., 0.]);
+        // output_shape overrides explicit pads.
+        let x3 = t(&[1, 1, 3], vec![1., 10., 100.]);
+        let mut a = tattrs(&[3]);
+        a.conv.strides = vec![3];
+        a.conv.pads = vec![1, 1];
+        a.output_shape = Some(vec![10]);
+        let y = run(&Op::ConvTranspose(a), &[&x3, &w3]).unwrap();
+        assert_close(
+            &y,
+            &[1, 1, 10],
+            &[1., 2., 3., 10., 20., 30., 100., 200., 300., 0.],
         );
     }
 

@@ -9,8 +9,9 @@
 //! the number of input cells, or with `count_include_pad` by the number of
 //! cells inside the padded input: cells that only exist because `ceil_mode`
 //! let the last window run past the end padding are never counted (as in
-//! `onnx/reference/ops/op_pool_common.py`, ONNX Runtime and PyTorch). Values
-//! are widened to f64 and rounded back to the input type.
+//! ONNX Runtime and PyTorch; `onnx/reference/ops/op_pool_common.py` agrees
+//! whenever that overhang is one cell, which covers every conformance case).
+//! Values are widened to f64 and rounded back to the input type.
 
 use super::conv::{f64_to_data, float_values, output_len, window_axes, window_taps};
 use super::util::input;
@@ -372,6 +373,31 @@ mod tests {
         let xi = Tensor::from_i64(vec![1, 1, 2], vec![1, 2]).unwrap();
         assert!(run(&Op::GlobalAveragePool, &xi).is_err());
         assert!(run(&Op::GlobalMaxPool, &seq(&[3])).is_err());
+    }
+
+    #[test]
+    fn ceil_mode_window_larger_than_padded_input() {
+        // k 3, dilation 2 (extent 5) over 2 cells + 1 begin pad: ceil mode
+        // still yields one window (taps -1, 1, 3), floor mode none.
+        let x = t(&[1, 1, 2], vec![1., 2.]);
+        let mut a = pa(&[3]);
+        a.strides = vec![3];
+        a.dilations = vec![2];
+        a.pads = vec![1, 0];
+        a.ceil_mode = true;
+        let y = run(&Op::MaxPool(a.clone()), &x).unwrap();
+        assert_close(&y, &[1, 1, 1], &[2.]);
+        a.count_include_pad = true;
+        // Taps -1 (pad, counted) and 1; tap 3 lies beyond the padded input.
+        // (onnxruntime agrees; the ONNX Python reference, which splits the
+        // ceil overhang over both ends, shifts this window and gets 0.5.)
+        let y = run(&Op::AveragePool(a.clone()), &x).unwrap();
+        assert_close(&y, &[1, 1, 1], &[1.]);
+        a.count_include_pad = false;
+        let y = run(&Op::AveragePool(a.clone()), &x).unwrap();
+        assert_close(&y, &[1, 1, 1], &[2.]);
+        a.ceil_mode = false;
+        assert!(run(&Op::MaxPool(a), &x).is_err());
     }
 
     #[test]
