@@ -2,9 +2,9 @@
 //!
 //! Both ops are written as explicit window walks. The window geometry (output
 //! size, begin/end padding per axis, from explicit pads or `auto_pad`) is
-//! computed once by [`window_axes`], which pooling shares; [`window_taps`]
-//! then lists, for every output position, which kernel tap reads which input
-//! position (or padding). Conv sums `x * w` over the taps of each output;
+//! computed once by [`window_axes`], which pooling shares; [`for_each_window`]
+//! then visits every output position with the list of which kernel tap reads
+//! which input position (or padding). Conv sums `x * w` over the taps of each output;
 //! ConvTranspose scatters each input element through the kernel into the
 //! output (`o = i * stride + k * dilation - pad_begin`); its output shape
 //! and padding follow `onnx/reference/ops/op_conv_transpose.py`, and ONNX
@@ -182,11 +182,55 @@ pub(super) fn window_axes(
 /// `None` when the tap lands on padding.
 pub(super) type Tap = (usize, Option<usize>);
 
-/// For every output position (row-major over the output spatial shape), the
-/// taps of its window. Taps past the end padding (only possible with
-/// `ceil_mode`) are left out, so `taps.len()` is the window size that
-/// `count_include_pad` divides by.
-pub(super) fn window_taps(op: &'static str, axes: &[Axis]) -> Result<Vec<Vec<Tap>>> {
+/// Calls `f(flat_position, taps)` for every cell of a grid, row-major. The
+/// grid has `per_axis[d].len()` cells along axis `d`; the taps of a cell are
+/// the Cartesian product of its per-axis taps `(kernel index, target
+/// index)`, combined row-major over `kernel` and `target` dims (the target is
+/// `None` when it is on any axis). Taps are built on the fly into one
+/// buffer, so memory stays at one window whatever the grid size.
+fn for_each_cell(
+    per_axis: &[Vec<Vec<Tap>>],
+    kernel: &[usize],
+    target: &[usize],
+    mut f: impl FnMut(usize, &[Tap]),
+) {
+    let dims: Vec<usize> = per_axis.iter().map(|a| a.len()).collect();
+    let cells: usize = dims.iter().product();
+    let mut idx = vec![0usize; dims.len()];
+    let mut taps: Vec<Tap> = Vec::new();
+    let mut next: Vec<Tap> = Vec::new();
+    for flat in 0..cells {
+        taps.clear();
+        taps.push((0, Some(0)));
+        for d in 0..dims.len() {
+            next.clear();
+            for &(kf, tf) in &taps {
+                for &(k, t) in &per_axis[d][idx[d]] {
+                    let pos = match (tf, t) {
+                        (Some(tf), Some(t)) => Some(tf * target[d] + t),
+                        _ => None,
+                    };
+                    next.push((kf * kernel[d] + k, pos));
+                }
+            }
+            std::mem::swap(&mut taps, &mut next);
+        }
+        f(flat, &taps);
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Calls `f(output_position, taps)` for every output position (row-major
+/// over the output spatial shape) with the taps of its window. Taps past the
+/// end padding (only possible with `ceil_mode`) are left out, so
+/// `taps.len()` is the window size that `count_include_pad` divides by.
+pub(super) fn for_each_window(axes: &[Axis], f: impl FnMut(usize, &[Tap])) {
     // Per axis: for each output index, the (kernel index, input index) taps.
     let mut per_axis: Vec<Vec<Vec<Tap>>> = Vec::with_capacity(axes.len());
     for a in axes {
@@ -210,43 +254,9 @@ pub(super) fn window_taps(op: &'static str, axes: &[Axis]) -> Result<Vec<Vec<Tap
         }
         per_axis.push(rows);
     }
-    let out_shape: Vec<usize> = axes.iter().map(|a| a.output).collect();
-    let n_out = checked_numel(&out_shape)
-        .filter(|&n| n <= MAX_OUTPUT_ELEMENTS)
-        .ok_or_else(|| {
-            Error::op(
-                op,
-                format!("output spatial shape {out_shape:?} is too large"),
-            )
-        })?;
-    let mut result = Vec::with_capacity(n_out);
-    let mut idx = vec![0usize; axes.len()];
-    for _ in 0..n_out {
-        // Cartesian product of the per-axis taps for this output position.
-        let mut taps: Vec<Tap> = vec![(0, Some(0))];
-        for (d, a) in axes.iter().enumerate() {
-            let mut next = Vec::with_capacity(taps.len() * per_axis[d][idx[d]].len());
-            for &(kf, pf) in &taps {
-                for &(k, p) in &per_axis[d][idx[d]] {
-                    let pos = match (pf, p) {
-                        (Some(pf), Some(p)) => Some(pf * a.input + p),
-                        _ => None,
-                    };
-                    next.push((kf * a.kernel + k, pos));
-                }
-            }
-            taps = next;
-        }
-        result.push(taps);
-        for d in (0..axes.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < axes[d].output {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    Ok(result)
+    let kernel: Vec<usize> = axes.iter().map(|a| a.kernel).collect();
+    let input: Vec<usize> = axes.iter().map(|a| a.input).collect();
+    for_each_cell(&per_axis, &kernel, &input, f);
 }
 
 /// Float data widened to f64, or an error naming the dtype.
@@ -410,19 +420,17 @@ fn conv(attrs: &ConvAttrs, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
     let mut out_shape = vec![n, m];
     out_shape.extend(axes.iter().map(|a| a.output));
     let len = output_len(OP, &out_shape)?;
-    let taps = window_taps(OP, &axes)?;
     let xv = x.to_f64_vec();
     let wv = w.to_f64_vec();
     let in_sp: usize = xs[2..].iter().product();
     let k_sp: usize = ws[2..].iter().product();
-    let out_sp = taps.len();
+    let out_sp: usize = axes.iter().map(|a| a.output).product();
     let mut y = vec![0.0f64; len];
-    for ni in 0..n {
-        for mi in 0..m {
-            let g = mi / mg;
-            let b = bias.as_ref().map_or(0.0, |b| b[mi]);
-            for (op_idx, window) in taps.iter().enumerate() {
-                let mut acc = b;
+    for_each_window(&axes, |op_idx, window| {
+        for ni in 0..n {
+            for mi in 0..m {
+                let g = mi / mg;
+                let mut acc = bias.as_ref().map_or(0.0, |b| b[mi]);
                 for ci in 0..cg {
                     let x_base = (ni * c + g * cg + ci) * in_sp;
                     let w_base = (mi * cg + ci) * k_sp;
@@ -435,7 +443,7 @@ fn conv(attrs: &ConvAttrs, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
                 y[(ni * m + mi) * out_sp + op_idx] = acc;
             }
         }
-    }
+    });
     finish(OP, x.dtype(), out_shape, y)
 }
 
@@ -482,9 +490,9 @@ fn conv_transpose(attrs: &ConvTransposeAttrs, inputs: &[Option<&Tensor>]) -> Res
     out_shape.extend(geo.iter().map(|a| a.output));
     let len = output_len(OP, &out_shape)?;
 
-    // For every input position, the (kernel tap, output position) pairs it
-    // feeds; built per axis, then combined.
-    let mut per_axis: Vec<Vec<Vec<(usize, usize)>>> = Vec::with_capacity(geo.len());
+    // Per axis: for every input index, the (kernel tap, output index) pairs
+    // it feeds; taps landing outside the output are dropped.
+    let mut per_axis: Vec<Vec<Vec<Tap>>> = Vec::with_capacity(geo.len());
     for a in &geo {
         let mut rows = Vec::with_capacity(a.input);
         for i in 0..a.input {
@@ -493,67 +501,45 @@ fn conv_transpose(attrs: &ConvTransposeAttrs, inputs: &[Option<&Tensor>]) -> Res
                 let o = (i as i128) * (a.stride as i128) + (k as i128) * (a.dilation as i128)
                     - a.pad_begin as i128;
                 if o >= 0 && o < a.output as i128 {
-                    row.push((k, o as usize));
+                    row.push((k, Some(o as usize)));
                 }
             }
             rows.push(row);
         }
         per_axis.push(rows);
     }
+    let kernel: Vec<usize> = geo.iter().map(|a| a.kernel).collect();
+    let out_dims: Vec<usize> = geo.iter().map(|a| a.output).collect();
     let in_sp: usize = xs[2..].iter().product();
     let k_sp: usize = ws[2..].iter().product();
-    let out_sp: usize = geo.iter().map(|a| a.output).product();
-    let mut scatter: Vec<Vec<(usize, usize)>> = Vec::with_capacity(in_sp);
-    let mut idx = vec![0usize; geo.len()];
-    for _ in 0..in_sp {
-        let mut taps = vec![(0usize, 0usize)];
-        for (d, a) in geo.iter().enumerate() {
-            let mut next = Vec::with_capacity(taps.len() * per_axis[d][idx[d]].len());
-            for &(kf, of) in &taps {
-                for &(k, o) in &per_axis[d][idx[d]] {
-                    next.push((kf * a.kernel + k, of * a.output + o));
-                }
-            }
-            taps = next;
-        }
-        scatter.push(taps);
-        for d in (0..geo.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < geo[d].input {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-
+    let out_sp: usize = out_dims.iter().product();
     let xv = x.to_f64_vec();
     let wv = w.to_f64_vec();
     let mut y = vec![0.0f64; len];
-    for ni in 0..n {
-        for mi in 0..m {
-            if let Some(b) = &bias {
-                let base = (ni * m + mi) * out_sp;
-                y[base..base + out_sp].iter_mut().for_each(|v| *v = b[mi]);
-            }
+    if let Some(b) = &bias {
+        for (i, v) in y.iter_mut().enumerate() {
+            // out_sp > 0 here: an empty spatial output leaves `y` empty.
+            *v = b[(i / out_sp) % m];
         }
-        for g in 0..group {
-            for ci in 0..cg {
-                let ch = g * cg + ci;
-                let x_base = (ni * c + ch) * in_sp;
-                for (ip, taps) in scatter.iter().enumerate() {
-                    let xval = xv[x_base + ip];
-                    for mj in 0..mg {
-                        let mi = g * mg + mj;
-                        let w_base = (ch * mg + mj) * k_sp;
-                        let y_base = (ni * m + mi) * out_sp;
-                        for &(kf, of) in taps {
+    }
+    for_each_cell(&per_axis, &kernel, &out_dims, |ip, taps| {
+        for ni in 0..n {
+            for ch in 0..c {
+                let g = ch / cg;
+                let xval = xv[(ni * c + ch) * in_sp + ip];
+                for mj in 0..mg {
+                    let mi = g * mg + mj;
+                    let w_base = (ch * mg + mj) * k_sp;
+                    let y_base = (ni * m + mi) * out_sp;
+                    for &(kf, of) in taps {
+                        if let Some(of) = of {
                             y[y_base + of] += xval * wv[w_base + kf];
                         }
                     }
                 }
             }
         }
-    }
+    });
     finish(OP, x.dtype(), out_shape, y)
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The window geometry (output size, padding from explicit pads or
 //! `auto_pad`, `ceil_mode` with the rule that the last window starts inside
-//! the input or the begin padding) and the per-output list of window taps
+//! the input or the begin padding) and the walk over every window's taps
 //! come from the Conv helpers in `conv.rs`. Padding never takes part in a
 //! maximum. An average divides the sum of the input cells in the window by
 //! the number of input cells, or with `count_include_pad` by the number of
@@ -13,7 +13,7 @@
 //! whenever that overhang is one cell, which covers every conformance case).
 //! Values are widened to f64 and rounded back to the input type.
 
-use super::conv::{f64_to_data, float_values, output_len, window_axes, window_taps};
+use super::conv::{f64_to_data, float_values, for_each_window, output_len, window_axes};
 use super::util::input;
 use crate::ir::{DType, Op, PoolAttrs, Tensor};
 use crate::{Error, Result};
@@ -109,15 +109,15 @@ fn pool(
     let mut out_shape = vec![xs[0], xs[1]];
     out_shape.extend(axes.iter().map(|a| a.output));
     let len = output_len(op, &out_shape)?;
-    let taps = window_taps(op, &axes)?;
     let planes = xs[0] * xs[1];
     let in_sp: usize = xs[2..].iter().product();
-    let mut y = Vec::with_capacity(len);
-    for plane in 0..planes {
-        let base = plane * in_sp;
-        for window in &taps {
+    let out_sp: usize = axes.iter().map(|a| a.output).product();
+    let mut y = vec![0.0; len];
+    for_each_window(&axes, |o, window| {
+        for plane in 0..planes {
+            let base = plane * in_sp;
             let cells = window.iter().filter_map(|&(_, p)| p.map(|p| xv[base + p]));
-            let v = if average {
+            y[plane * out_sp + o] = if average {
                 let (sum, count) = cells.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
                 let divisor = if attrs.count_include_pad {
                     window.len()
@@ -128,9 +128,8 @@ fn pool(
             } else {
                 max_of(cells)
             };
-            y.push(v);
         }
-    }
+    });
     Tensor::new(out_shape, f64_to_data(x.dtype(), y))
         .map_err(|e| Error::op(op, format!("internal: output does not fit its shape: {e}")))
 }
