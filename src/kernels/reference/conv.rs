@@ -2,13 +2,13 @@
 //!
 //! Both ops are written as explicit window walks. The window geometry (output
 //! size, begin/end padding per axis, from explicit pads or `auto_pad`) is
-//! computed once by [`window_axes`], which pooling shares; [`window_taps`]
-//! then lists, for every output position, which kernel tap reads which input
-//! position (or padding). Conv sums `x * w` over the taps of each output;
+//! computed once by [`window_axes`], which pooling shares; [`for_each_window`]
+//! then visits every output position with the list of which kernel tap reads
+//! which input position (or padding). Conv sums `x * w` over the taps of each output;
 //! ConvTranspose scatters each input element through the kernel into the
-//! output (`o = i * stride + k * dilation - pad_begin`), following
-//! `onnx/reference/ops/op_conv_transpose.py` for the output shape and the
-//! `auto_pad` / `output_shape` padding rules. Floating point inputs (f16, f32,
+//! output (`o = i * stride + k * dilation - pad_begin`); its output shape
+//! and padding follow `onnx/reference/ops/op_conv_transpose.py`, and ONNX
+//! Runtime where that reference fails (see [`transpose_axes`]). Floating point inputs (f16, f32,
 //! f64) are widened to f64, accumulated in f64 and rounded once to the input
 //! type at the end.
 
@@ -136,7 +136,19 @@ pub(super) fn window_axes(
             AutoPad::NotSet => {
                 let (pb, pe) = (pads[d] as i128, pads[d + n] as i128);
                 let span = inp_w + pb + pe - dk;
-                if span < 0 {
+                let mut out = span.div_euclid(s_w) + 1;
+                if ceil_mode {
+                    // ceil(span / s) + 1, with span possibly negative (a
+                    // window larger than the padded input still gets one
+                    // output in ceil mode, as in the ONNX reference).
+                    out = -((-span).div_euclid(s_w)) + 1;
+                    // The last window must start inside the input or the
+                    // begin padding, not entirely in the end padding.
+                    if (out - 1) * s_w >= inp_w + pb {
+                        out -= 1;
+                    }
+                }
+                if out < 1 {
                     return Err(Error::op(
                         op,
                         format!(
@@ -144,15 +156,6 @@ pub(super) fn window_axes(
                             inp_w + pb + pe
                         ),
                     ));
-                }
-                let mut out = span / s_w + 1;
-                if ceil_mode {
-                    out = (span + s_w - 1) / s_w + 1;
-                    // The last window must start inside the input or the
-                    // begin padding, not entirely in the end padding.
-                    if (out - 1) * s_w >= inp_w + pb {
-                        out -= 1;
-                    }
                 }
                 (out, pb, pe)
             }
@@ -179,13 +182,57 @@ pub(super) fn window_axes(
 /// `None` when the tap lands on padding.
 pub(super) type Tap = (usize, Option<usize>);
 
-/// For every output position (row-major over the output spatial shape), the
-/// taps of its window. Taps past the end padding (only possible with
-/// `ceil_mode`) are left out, so `taps.len()` is the window size that
-/// `count_include_pad` divides by.
-pub(super) fn window_taps(op: &'static str, axes: &[Axis]) -> Result<Vec<Vec<Tap>>> {
+/// Calls `f(flat_position, taps)` for every cell of a grid, row-major. The
+/// grid has `per_axis[d].len()` cells along axis `d`; the taps of a cell are
+/// the Cartesian product of its per-axis taps `(kernel index, target
+/// index)`, combined row-major over `kernel` and `target` dims (the target is
+/// `None` when it is on any axis). Taps are built on the fly into one
+/// buffer, so memory stays at one window whatever the grid size.
+fn for_each_cell(
+    per_axis: &[Vec<Vec<Tap>>],
+    kernel: &[usize],
+    target: &[usize],
+    mut f: impl FnMut(usize, &[Tap]),
+) {
+    let dims: Vec<usize> = per_axis.iter().map(|a| a.len()).collect();
+    let cells: usize = dims.iter().product();
+    let mut idx = vec![0usize; dims.len()];
+    let mut taps: Vec<Tap> = Vec::new();
+    let mut next: Vec<Tap> = Vec::new();
+    for flat in 0..cells {
+        taps.clear();
+        taps.push((0, Some(0)));
+        for d in 0..dims.len() {
+            next.clear();
+            for &(kf, tf) in &taps {
+                for &(k, t) in &per_axis[d][idx[d]] {
+                    let pos = match (tf, t) {
+                        (Some(tf), Some(t)) => Some(tf * target[d] + t),
+                        _ => None,
+                    };
+                    next.push((kf * kernel[d] + k, pos));
+                }
+            }
+            std::mem::swap(&mut taps, &mut next);
+        }
+        f(flat, &taps);
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Calls `f(output_position, taps)` for every output position (row-major
+/// over the output spatial shape) with the taps of its window. Taps past the
+/// end padding (only possible with `ceil_mode`) are left out, so
+/// `taps.len()` is the window size that `count_include_pad` divides by.
+pub(super) fn for_each_window(axes: &[Axis], f: impl FnMut(usize, &[Tap])) {
     // Per axis: for each output index, the (kernel index, input index) taps.
-    let mut per_axis: Vec<Vec<Vec<(usize, Option<usize>)>>> = Vec::with_capacity(axes.len());
+    let mut per_axis: Vec<Vec<Vec<Tap>>> = Vec::with_capacity(axes.len());
     for a in axes {
         let mut rows = Vec::with_capacity(a.output);
         for o in 0..a.output {
@@ -207,43 +254,9 @@ pub(super) fn window_taps(op: &'static str, axes: &[Axis]) -> Result<Vec<Vec<Tap
         }
         per_axis.push(rows);
     }
-    let out_shape: Vec<usize> = axes.iter().map(|a| a.output).collect();
-    let n_out = checked_numel(&out_shape)
-        .filter(|&n| n <= MAX_OUTPUT_ELEMENTS)
-        .ok_or_else(|| {
-            Error::op(
-                op,
-                format!("output spatial shape {out_shape:?} is too large"),
-            )
-        })?;
-    let mut result = Vec::with_capacity(n_out);
-    let mut idx = vec![0usize; axes.len()];
-    for _ in 0..n_out {
-        // Cartesian product of the per-axis taps for this output position.
-        let mut taps: Vec<Tap> = vec![(0, Some(0))];
-        for (d, a) in axes.iter().enumerate() {
-            let mut next = Vec::with_capacity(taps.len() * per_axis[d][idx[d]].len());
-            for &(kf, pf) in &taps {
-                for &(k, p) in &per_axis[d][idx[d]] {
-                    let pos = match (pf, p) {
-                        (Some(pf), Some(p)) => Some(pf * a.input + p),
-                        _ => None,
-                    };
-                    next.push((kf * a.kernel + k, pos));
-                }
-            }
-            taps = next;
-        }
-        result.push(taps);
-        for d in (0..axes.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < axes[d].output {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    Ok(result)
+    let kernel: Vec<usize> = axes.iter().map(|a| a.kernel).collect();
+    let input: Vec<usize> = axes.iter().map(|a| a.input).collect();
+    for_each_cell(&per_axis, &kernel, &input, f);
 }
 
 /// Float data widened to f64, or an error naming the dtype.
@@ -407,19 +420,17 @@ fn conv(attrs: &ConvAttrs, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
     let mut out_shape = vec![n, m];
     out_shape.extend(axes.iter().map(|a| a.output));
     let len = output_len(OP, &out_shape)?;
-    let taps = window_taps(OP, &axes)?;
     let xv = x.to_f64_vec();
     let wv = w.to_f64_vec();
     let in_sp: usize = xs[2..].iter().product();
     let k_sp: usize = ws[2..].iter().product();
-    let out_sp = taps.len();
+    let out_sp: usize = axes.iter().map(|a| a.output).product();
     let mut y = vec![0.0f64; len];
-    for ni in 0..n {
-        for mi in 0..m {
-            let g = mi / mg;
-            let b = bias.as_ref().map_or(0.0, |b| b[mi]);
-            for (op_idx, window) in taps.iter().enumerate() {
-                let mut acc = b;
+    for_each_window(&axes, |op_idx, window| {
+        for ni in 0..n {
+            for mi in 0..m {
+                let g = mi / mg;
+                let mut acc = bias.as_ref().map_or(0.0, |b| b[mi]);
                 for ci in 0..cg {
                     let x_base = (ni * c + g * cg + ci) * in_sp;
                     let w_base = (mi * cg + ci) * k_sp;
@@ -432,7 +443,7 @@ fn conv(attrs: &ConvAttrs, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
                 y[(ni * m + mi) * out_sp + op_idx] = acc;
             }
         }
-    }
+    });
     finish(OP, x.dtype(), out_shape, y)
 }
 
@@ -479,9 +490,9 @@ fn conv_transpose(attrs: &ConvTransposeAttrs, inputs: &[Option<&Tensor>]) -> Res
     out_shape.extend(geo.iter().map(|a| a.output));
     let len = output_len(OP, &out_shape)?;
 
-    // For every input position, the (kernel tap, output position) pairs it
-    // feeds; built per axis, then combined.
-    let mut per_axis: Vec<Vec<Vec<(usize, usize)>>> = Vec::with_capacity(geo.len());
+    // Per axis: for every input index, the (kernel tap, output index) pairs
+    // it feeds; taps landing outside the output are dropped.
+    let mut per_axis: Vec<Vec<Vec<Tap>>> = Vec::with_capacity(geo.len());
     for a in &geo {
         let mut rows = Vec::with_capacity(a.input);
         for i in 0..a.input {
@@ -490,89 +501,68 @@ fn conv_transpose(attrs: &ConvTransposeAttrs, inputs: &[Option<&Tensor>]) -> Res
                 let o = (i as i128) * (a.stride as i128) + (k as i128) * (a.dilation as i128)
                     - a.pad_begin as i128;
                 if o >= 0 && o < a.output as i128 {
-                    row.push((k, o as usize));
+                    row.push((k, Some(o as usize)));
                 }
             }
             rows.push(row);
         }
         per_axis.push(rows);
     }
+    let kernel: Vec<usize> = geo.iter().map(|a| a.kernel).collect();
+    let out_dims: Vec<usize> = geo.iter().map(|a| a.output).collect();
     let in_sp: usize = xs[2..].iter().product();
     let k_sp: usize = ws[2..].iter().product();
-    let out_sp: usize = geo.iter().map(|a| a.output).product();
-    let mut scatter: Vec<Vec<(usize, usize)>> = Vec::with_capacity(in_sp);
-    let mut idx = vec![0usize; geo.len()];
-    for _ in 0..in_sp {
-        let mut taps = vec![(0usize, 0usize)];
-        for (d, a) in geo.iter().enumerate() {
-            let mut next = Vec::with_capacity(taps.len() * per_axis[d][idx[d]].len());
-            for &(kf, of) in &taps {
-                for &(k, o) in &per_axis[d][idx[d]] {
-                    next.push((kf * a.kernel + k, of * a.output + o));
-                }
-            }
-            taps = next;
-        }
-        scatter.push(taps);
-        for d in (0..geo.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < geo[d].input {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-
+    let out_sp: usize = out_dims.iter().product();
     let xv = x.to_f64_vec();
     let wv = w.to_f64_vec();
     let mut y = vec![0.0f64; len];
-    for ni in 0..n {
-        for mi in 0..m {
-            if let Some(b) = &bias {
-                let base = (ni * m + mi) * out_sp;
-                y[base..base + out_sp].iter_mut().for_each(|v| *v = b[mi]);
-            }
+    if let Some(b) = &bias {
+        for (i, v) in y.iter_mut().enumerate() {
+            // out_sp > 0 here: an empty spatial output leaves `y` empty.
+            *v = b[(i / out_sp) % m];
         }
-        for g in 0..group {
-            for ci in 0..cg {
-                let ch = g * cg + ci;
-                let x_base = (ni * c + ch) * in_sp;
-                for (ip, taps) in scatter.iter().enumerate() {
-                    let xval = xv[x_base + ip];
-                    for mj in 0..mg {
-                        let mi = g * mg + mj;
-                        let w_base = (ch * mg + mj) * k_sp;
-                        let y_base = (ni * m + mi) * out_sp;
-                        for &(kf, of) in taps {
+    }
+    for_each_cell(&per_axis, &kernel, &out_dims, |ip, taps| {
+        for ni in 0..n {
+            for ch in 0..c {
+                let g = ch / cg;
+                let xval = xv[(ni * c + ch) * in_sp + ip];
+                for mj in 0..mg {
+                    let mi = g * mg + mj;
+                    let w_base = (ch * mg + mj) * k_sp;
+                    let y_base = (ni * m + mi) * out_sp;
+                    for &(kf, of) in taps {
+                        if let Some(of) = of {
                             y[y_base + of] += xval * wv[w_base + kf];
                         }
                     }
                 }
             }
         }
-    }
+    });
     finish(OP, x.dtype(), out_shape, y)
 }
 
-/// Geometry of one ConvTranspose axis (`pad_begin` may be negative when an
-/// `output_shape` larger than the natural one is requested with SAME).
+/// Geometry of one ConvTranspose axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TAxis {
     input: usize,
     kernel: usize,
     stride: usize,
     dilation: usize,
-    pad_begin: i64,
+    pad_begin: usize,
     output: usize,
 }
 
-/// ConvTranspose output size and begin padding per axis, following
-/// `op_conv_transpose.py`: with SAME_UPPER / SAME_LOWER the output is
-/// `output_shape` (default `in * stride`) and the total padding
-/// `stride * (in - 1) + output_padding + dilated_kernel - out` is split
-/// (floor half at the begin for UPPER, at the end for LOWER); otherwise the
-/// explicit pads (zero for VALID) are used and the output is `output_shape`
-/// if given, else `stride * (in - 1) + output_padding + dilated_kernel -
+/// ConvTranspose output size and begin padding per axis. The natural
+/// extent is `stride * (in - 1) + output_padding + dilated_kernel`. When
+/// `output_shape` is given (explicit pads are then ignored), or with
+/// SAME_UPPER / SAME_LOWER (output `in * stride`), the total padding is
+/// `max(0, natural - out)`, split with the odd cell at the end for
+/// SAME_UPPER and at the begin otherwise; this matches the ONNX reference
+/// on every conformance case and ONNX Runtime where the reference breaks
+/// down (output smaller than natural, negative padding). Otherwise the
+/// explicit pads (zero for VALID) are used and the output is `natural -
 /// pad_begin - pad_end`.
 fn transpose_axes(
     attrs: &ConvTransposeAttrs,
@@ -620,32 +610,33 @@ fn transpose_axes(
         let dk = (k as i128 - 1) * dil as i128 + 1;
         // The natural (unpadded) output extent of the scatter.
         let full = s_w * (inp_w - 1) + out_pad[d] as i128 + dk;
-        let (out, pb) = match ca.auto_pad {
-            AutoPad::SameUpper | AutoPad::SameLower => {
-                let out = match &out_shape {
-                    Some(o) => o[d] as i128,
-                    None => inp_w * s_w,
-                };
-                let total = full - out;
-                let half = total.div_euclid(2);
+        let same = matches!(ca.auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
+        let requested = match &out_shape {
+            Some(o) => Some(o[d] as i128),
+            None if same => Some(inp_w * s_w),
+            None => None,
+        };
+        let (out, pb) = match requested {
+            // The output size is fixed: pad the natural extent down to it
+            // (never negative padding: a larger output gets zeros at the
+            // end), the odd cell at the end for SAME_UPPER and at the begin
+            // otherwise, as ONNX Runtime does.
+            Some(out) => {
+                let total = (full - out).max(0);
                 let pb = if ca.auto_pad == AutoPad::SameUpper {
-                    half
+                    total / 2
                 } else {
-                    total - half
+                    total - total / 2
                 };
                 (out, pb)
             }
-            AutoPad::Valid | AutoPad::NotSet => {
+            None => {
                 let (pb, pe) = if ca.auto_pad == AutoPad::Valid {
                     (0, 0)
                 } else {
                     (pads[d] as i128, pads[d + n] as i128)
                 };
-                let out = match &out_shape {
-                    Some(o) => o[d] as i128,
-                    None => full - pb - pe,
-                };
-                (out, pb)
+                (full - pb - pe, pb)
             }
         };
         if out < 0 {
@@ -656,7 +647,7 @@ fn transpose_axes(
         }
         let output = usize::try_from(out)
             .map_err(|_| Error::op(OP, format!("axis {d}: output size {out} is too large")))?;
-        let pad_begin = i64::try_from(pb)
+        let pad_begin = usize::try_from(pb)
             .map_err(|_| Error::op(OP, format!("axis {d}: padding {pb} is out of range")))?;
         axes.push(TAxis {
             input: inp,
@@ -994,6 +985,55 @@ mod tests {
                 1., 1., 1., 1.25, 2., 2., 2.5, 2.75, 5., 5.5, 6., 6.75, 7., 7.5, 8.5, 9.25, 1., 2.,
                 1., 2.25, 4., 5., 4.5, 5.75, 9., 10.5, 10., 11.75, 13., 14.5, 14.5, 16.25,
             ],
+        );
+    }
+
+    #[test]
+    fn conv_transpose_output_shape_and_same_rules() {
+        // Values checked against onnxruntime 1-D ConvTranspose.
+        let x = t(&[1, 1, 4], vec![1., 10., 100., 1000.]);
+        let w1 = ones(&[1, 1, 1]);
+        let w3 = t(&[1, 1, 3], vec![1., 2., 3.]);
+        // Output smaller than natural: odd cell of padding at the begin.
+        let mut a = tattrs(&[1]);
+        a.output_shape = Some(vec![1]);
+        let y = run(&Op::ConvTranspose(a), &[&x, &w1]).unwrap();
+        assert_close(&y, &[1, 1, 1], &[100.]);
+        let mut a = tattrs(&[3]);
+        a.output_shape = Some(vec![3]);
+        let y = run(&Op::ConvTranspose(a.clone()), &[&x, &w3]).unwrap();
+        assert_close(&y, &[1, 1, 3], &[123., 1230., 2300.]);
+        a.conv.auto_pad = AutoPad::SameUpper;
+        let y = run(&Op::ConvTranspose(a), &[&x, &w3]).unwrap();
+        assert_close(&y, &[1, 1, 3], &[12., 123., 1230.]);
+        // SAME with stride 2: output in * stride.
+        let mut a = tattrs(&[3]);
+        a.conv.strides = vec![2];
+        a.conv.auto_pad = AutoPad::SameLower;
+        let y = run(&Op::ConvTranspose(a), &[&x, &w3]).unwrap();
+        assert_close(
+            &y,
+            &[1, 1, 8],
+            &[2., 13., 20., 130., 200., 1300., 2000., 3000.],
+        );
+        // SAME where the natural extent is shorter than in * stride: no
+        // negative padding, zeros at the end.
+        let mut a = tattrs(&[1]);
+        a.conv.strides = vec![2];
+        a.conv.auto_pad = AutoPad::SameUpper;
+        let y = run(&Op::ConvTranspose(a), &[&x, &w1]).unwrap();
+        assert_close(&y, &[1, 1, 8], &[1., 0., 10., 0., 100., 0., 1000., 0.]);
+        // output_shape overrides explicit pads.
+        let x3 = t(&[1, 1, 3], vec![1., 10., 100.]);
+        let mut a = tattrs(&[3]);
+        a.conv.strides = vec![3];
+        a.conv.pads = vec![1, 1];
+        a.output_shape = Some(vec![10]);
+        let y = run(&Op::ConvTranspose(a), &[&x3, &w3]).unwrap();
+        assert_close(
+            &y,
+            &[1, 1, 10],
+            &[1., 2., 3., 10., 20., 30., 100., 200., 300., 0.],
         );
     }
 

@@ -3,16 +3,17 @@
 //!
 //! The window geometry (output size, padding from explicit pads or
 //! `auto_pad`, `ceil_mode` with the rule that the last window starts inside
-//! the input or the begin padding) and the per-output list of window taps
+//! the input or the begin padding) and the walk over every window's taps
 //! come from the Conv helpers in `conv.rs`. Padding never takes part in a
 //! maximum. An average divides the sum of the input cells in the window by
 //! the number of input cells, or with `count_include_pad` by the number of
 //! cells inside the padded input: cells that only exist because `ceil_mode`
 //! let the last window run past the end padding are never counted (as in
-//! `onnx/reference/ops/op_pool_common.py`, ONNX Runtime and PyTorch). Values
-//! are widened to f64 and rounded back to the input type.
+//! ONNX Runtime and PyTorch; `onnx/reference/ops/op_pool_common.py` agrees
+//! whenever that overhang is one cell, which covers every conformance case).
+//! Values are widened to f64 and rounded back to the input type.
 
-use super::conv::{f64_to_data, float_values, output_len, window_axes, window_taps};
+use super::conv::{f64_to_data, float_values, for_each_window, output_len, window_axes};
 use super::util::input;
 use crate::ir::{DType, Op, PoolAttrs, Tensor};
 use crate::{Error, Result};
@@ -108,15 +109,15 @@ fn pool(
     let mut out_shape = vec![xs[0], xs[1]];
     out_shape.extend(axes.iter().map(|a| a.output));
     let len = output_len(op, &out_shape)?;
-    let taps = window_taps(op, &axes)?;
     let planes = xs[0] * xs[1];
     let in_sp: usize = xs[2..].iter().product();
-    let mut y = Vec::with_capacity(len);
-    for plane in 0..planes {
-        let base = plane * in_sp;
-        for window in &taps {
+    let out_sp: usize = axes.iter().map(|a| a.output).product();
+    let mut y = vec![0.0; len];
+    for_each_window(&axes, |o, window| {
+        for plane in 0..planes {
+            let base = plane * in_sp;
             let cells = window.iter().filter_map(|&(_, p)| p.map(|p| xv[base + p]));
-            let v = if average {
+            y[plane * out_sp + o] = if average {
                 let (sum, count) = cells.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
                 let divisor = if attrs.count_include_pad {
                     window.len()
@@ -127,9 +128,8 @@ fn pool(
             } else {
                 max_of(cells)
             };
-            y.push(v);
         }
-    }
+    });
     Tensor::new(out_shape, f64_to_data(x.dtype(), y))
         .map_err(|e| Error::op(op, format!("internal: output does not fit its shape: {e}")))
 }
@@ -372,6 +372,31 @@ mod tests {
         let xi = Tensor::from_i64(vec![1, 1, 2], vec![1, 2]).unwrap();
         assert!(run(&Op::GlobalAveragePool, &xi).is_err());
         assert!(run(&Op::GlobalMaxPool, &seq(&[3])).is_err());
+    }
+
+    #[test]
+    fn ceil_mode_window_larger_than_padded_input() {
+        // k 3, dilation 2 (extent 5) over 2 cells + 1 begin pad: ceil mode
+        // still yields one window (taps -1, 1, 3), floor mode none.
+        let x = t(&[1, 1, 2], vec![1., 2.]);
+        let mut a = pa(&[3]);
+        a.strides = vec![3];
+        a.dilations = vec![2];
+        a.pads = vec![1, 0];
+        a.ceil_mode = true;
+        let y = run(&Op::MaxPool(a.clone()), &x).unwrap();
+        assert_close(&y, &[1, 1, 1], &[2.]);
+        a.count_include_pad = true;
+        // Taps -1 (pad, counted) and 1; tap 3 lies beyond the padded input.
+        // (onnxruntime agrees; the ONNX Python reference, which splits the
+        // ceil overhang over both ends, shifts this window and gets 0.5.)
+        let y = run(&Op::AveragePool(a.clone()), &x).unwrap();
+        assert_close(&y, &[1, 1, 1], &[1.]);
+        a.count_include_pad = false;
+        let y = run(&Op::AveragePool(a.clone()), &x).unwrap();
+        assert_close(&y, &[1, 1, 1], &[2.]);
+        a.ceil_mode = false;
+        assert!(run(&Op::MaxPool(a), &x).is_err());
     }
 
     #[test]
