@@ -490,7 +490,7 @@ fn onnx_node_conformance() {
         100.0 * listed_rate
     ));
     line(format!(
-        "onnx node conformance: {passed} passed, {failed} failed, {skipped} skipped (unsupported)"
+        "onnx node conformance: passed {passed}, failed {failed}, skipped as unsupported {skipped}"
     ));
     let report_path =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("onnx_conformance_report.txt");
