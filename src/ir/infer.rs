@@ -658,13 +658,39 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
         }
         Op::Conv(c) => conv(cx, node, c).map(|t| vec![t]),
         Op::ConvTranspose(c) => conv_transpose(cx, node, c).map(|t| vec![t]),
-        Op::BatchNormalization { .. } | Op::InstanceNormalization { .. } => {
-            if node.outputs.len() > 1 {
+        Op::BatchNormalization {
+            training_momentum, ..
+        } => {
+            let x = in_ty(cx, node, 0)?;
+            if x.shape.rank() < 2 {
                 return Err(Error::op(
                     name,
-                    "only the Y output (inference mode) is supported",
+                    format!("input must have rank >= 2, got {}", x.shape),
                 ));
             }
+            match (training_momentum, node.outputs.len()) {
+                (_, 0 | 1) => single(x.clone()),
+                // running_mean and running_var have the shape of the mean
+                // and var inputs: one value per channel.
+                (Some(_), 2 | 3) => {
+                    // Typed like the mean input.
+                    let mean = in_ty(cx, node, 3)?;
+                    let c = tt(mean.dtype, vec![x.shape.dims()[1].clone()]);
+                    let mut out = vec![x.clone(), c];
+                    out.resize(node.outputs.len(), out[1].clone());
+                    Ok(out)
+                }
+                (Some(_), n) => Err(Error::op(
+                    name,
+                    format!("training mode has at most 3 outputs, the node has {n}"),
+                )),
+                (None, _) => Err(Error::op(
+                    name,
+                    "only the Y output is supported outside training mode",
+                )),
+            }
+        }
+        Op::InstanceNormalization { .. } => {
             let x = in_ty(cx, node, 0)?;
             if x.shape.rank() < 2 {
                 return Err(Error::op(
@@ -675,19 +701,39 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
             single(x.clone())
         }
         Op::LayerNormalization { axis, .. } => {
-            if node.outputs.len() > 1 {
-                return Err(Error::op(
-                    name,
-                    "only the Y output is supported (not Mean and InvStdDev)",
-                ));
-            }
             let x = in_ty(cx, node, 0)?;
-            norm_axis(name, *axis, x.shape.rank())?;
-            single(x.clone())
+            let a = norm_axis(name, *axis, x.shape.rank())?;
+            // Mean and InvStdDev: X's leading dims, ones from `axis` on.
+            let mut stat = x.shape.dims()[..a].to_vec();
+            stat.resize(x.shape.rank(), Dim::Known(1));
+            let stat = tt(DType::F32, stat);
+            match node.outputs.len() {
+                0 | 1 => single(x.clone()),
+                2 => Ok(vec![x.clone(), stat]),
+                3 => Ok(vec![x.clone(), stat.clone(), stat]),
+                n => Err(Error::op(
+                    name,
+                    format!("has at most 3 outputs, the node has {n}"),
+                )),
+            }
         }
-        Op::MaxPool(p) | Op::AveragePool(p) => {
+        Op::MaxPool(p) => {
+            let y = pool(cx, node, p)?;
+            match node.outputs.len() {
+                0 | 1 => single(y),
+                2 => {
+                    let i = tt(DType::I64, y.shape.0.clone());
+                    Ok(vec![y, i])
+                }
+                n => Err(Error::op(
+                    name,
+                    format!("has at most 2 outputs (Y, Indices), the node has {n}"),
+                )),
+            }
+        }
+        Op::AveragePool(p) => {
             if node.outputs.len() > 1 {
-                return Err(Error::op(name, "the Indices output is not supported"));
+                return Err(Error::op(name, "has a single output"));
             }
             pool(cx, node, p).map(|t| vec![t])
         }
@@ -2425,6 +2471,7 @@ mod tests {
             auto_pad: AutoPad::NotSet,
             ceil_mode: ceil,
             count_include_pad: false,
+            column_major: false,
         };
         let y = g.add_input("y", f32t(&["1", "1", "6", "5"]));
         let p1 = node1(&mut g, Op::MaxPool(pool(false)), &[y]);
@@ -2614,6 +2661,7 @@ mod tests {
             antialias: false,
             axes: None,
             aspect: AspectPolicy::Stretch,
+            cubic_coeff_a: -0.75,
         };
         let rz = node(
             &mut g,

@@ -138,6 +138,9 @@ pub struct PoolAttrs {
     pub ceil_mode: bool,
     /// AveragePool only: count padding cells in the divisor.
     pub count_include_pad: bool,
+    /// MaxPool only: `storage_order = 1`, the Indices output numbers the
+    /// cells of each (batch, channel) plane column-major.
+    pub column_major: bool,
 }
 
 /// Pad modes.
@@ -153,6 +156,8 @@ pub enum PadMode {
 pub enum ResizeMode {
     Nearest,
     Linear,
+    /// Cubic convolution with coefficient `ResizeAttrs::cubic_coeff_a`.
+    Cubic,
 }
 
 /// Resize `coordinate_transformation_mode`.
@@ -195,6 +200,8 @@ pub struct ResizeAttrs {
     /// Axes that `scales`/`sizes` refer to; `None` means all axes.
     pub axes: Option<Vec<i64>>,
     pub aspect: AspectPolicy,
+    /// The `A` of the cubic convolution kernel (cubic mode only).
+    pub cubic_coeff_a: f32,
 }
 
 /// An operator with its attributes. Input and output counts follow ONNX.
@@ -232,12 +239,16 @@ pub enum Op {
     Conv(ConvAttrs),
     /// Inputs: X, W, B?.
     ConvTranspose(ConvTransposeAttrs),
-    /// Inference form. Inputs: X, scale, B, mean, var.
+    /// Inputs: X, scale, B, mean, var. With `training_momentum` (opset 14+
+    /// `training_mode = 1`) Y normalizes with the batch statistics and the
+    /// outputs are Y, running_mean, running_var (the inputs blended with the
+    /// batch statistics by `momentum`); otherwise the inference form: Y only.
     BatchNormalization {
         epsilon: f32,
+        training_momentum: Option<f32>,
     },
-    /// Inputs: X, scale, B?. Outputs: Y (mean and inv-std-dev outputs are not
-    /// supported).
+    /// Inputs: X, scale, B?. Outputs: Y, Mean?, InvStdDev? (the statistics
+    /// are f32: the default `stash_type`).
     LayerNormalization {
         axis: i64,
         epsilon: f32,
@@ -246,7 +257,7 @@ pub enum Op {
     InstanceNormalization {
         epsilon: f32,
     },
-    /// Outputs: Y (the Indices output is not supported).
+    /// Outputs: Y, Indices? (i64).
     MaxPool(PoolAttrs),
     AveragePool(PoolAttrs),
     GlobalAveragePool,

@@ -13,7 +13,7 @@
 
 use std::fmt::Write;
 
-use super::{AutoPad, ConvAttrs, Graph, Op, PoolAttrs, UnaryOp};
+use super::{AutoPad, ConvAttrs, Graph, Op, PoolAttrs, ResizeMode, UnaryOp};
 
 /// Renders the graph in the text form.
 pub fn print(g: &Graph) -> String {
@@ -113,9 +113,16 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
                 a.push(("output_shape", format!("{s:?}")));
             }
         }
-        Op::BatchNormalization { epsilon } | Op::InstanceNormalization { epsilon } => {
-            a.push(("epsilon", epsilon.to_string()))
+        Op::BatchNormalization {
+            epsilon,
+            training_momentum,
+        } => {
+            a.push(("epsilon", epsilon.to_string()));
+            if let Some(m) = training_momentum {
+                a.push(("training_momentum", m.to_string()));
+            }
         }
+        Op::InstanceNormalization { epsilon } => a.push(("epsilon", epsilon.to_string())),
         Op::LayerNormalization { axis, epsilon } => {
             a.push(("axis", axis.to_string()));
             a.push(("epsilon", epsilon.to_string()));
@@ -179,6 +186,9 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             if r.antialias {
                 a.push(("antialias", "true".into()));
             }
+            if r.mode == ResizeMode::Cubic {
+                a.push(("cubic_coeff_a", r.cubic_coeff_a.to_string()));
+            }
             if let Some(ax) = &r.axes {
                 a.push(("axes", format!("{ax:?}")));
             }
@@ -238,5 +248,8 @@ fn pool_attrs(p: &PoolAttrs, a: &mut Vec<(&'static str, String)>, average: bool)
     }
     if average && p.count_include_pad {
         a.push(("count_include_pad", "true".into()));
+    }
+    if !average && p.column_major {
+        a.push(("storage_order", "1".into()));
     }
 }

@@ -235,6 +235,17 @@ fn pool_attrs(c: &Ctx, average: bool) -> Result<PoolAttrs, Problem> {
     } else {
         false
     };
+    let column_major = if average {
+        false
+    } else {
+        match c.attrs.int("storage_order", 0)? {
+            0 => false,
+            1 => true,
+            other => return Err(format!(
+                "attribute 'storage_order' must be 0 (row-major) or 1 (column-major), got {other}"
+            )),
+        }
+    };
     Ok(PoolAttrs {
         kernel_shape,
         strides,
@@ -243,16 +254,18 @@ fn pool_attrs(c: &Ctx, average: bool) -> Result<PoolAttrs, Problem> {
         auto_pad,
         ceil_mode,
         count_include_pad,
+        column_major,
     })
 }
 
-/// https://onnx.ai/onnx/operators/onnx__MaxPool.html: only the values
-/// output; using the Indices output is an import error. `storage_order`
-/// only affects Indices.
+/// https://onnx.ai/onnx/operators/onnx__MaxPool.html: Y and (opset 8+)
+/// Indices. `storage_order` only affects Indices.
 pub fn max_pool(c: &Ctx) -> Result<Imported, Problem> {
     let attrs = pool_attrs(c, false)?;
-    c.attrs.ignore(&["storage_order"]);
-    c.simple(Op::MaxPool(attrs))
+    Ok(Imported {
+        outputs: c.n_outputs().max(1),
+        ..c.simple(Op::MaxPool(attrs))?
+    })
 }
 
 /// https://onnx.ai/onnx/operators/onnx__AveragePool.html
@@ -261,11 +274,22 @@ pub fn average_pool(c: &Ctx) -> Result<Imported, Problem> {
     c.simple(Op::AveragePool(attrs))
 }
 
-/// https://onnx.ai/onnx/operators/onnx__BatchNormalization.html, inference
-/// form only: training mode (the attribute, or the running statistics
-/// outputs of the older forms) is an import error.
+/// https://onnx.ai/onnx/operators/onnx__BatchNormalization.html: the
+/// inference form, and from opset 14 training mode (`training_mode = 1`:
+/// outputs Y, running_mean, running_var). The training outputs of the older
+/// forms (which also had saved statistics) are an import error.
 pub fn batch_norm(c: &Ctx) -> Result<Imported, Problem> {
     let epsilon = c.attrs.float("epsilon", 1e-5)?;
+    if c.opset >= 14 && c.attrs.bool("training_mode", false)? {
+        let momentum = c.attrs.float("momentum", 0.9)?;
+        return Ok(Imported {
+            outputs: c.n_outputs().max(1),
+            ..c.simple(Op::BatchNormalization {
+                epsilon,
+                training_momentum: Some(momentum),
+            })?
+        });
+    }
     c.attrs.ignore(&["momentum"]);
     if c.opset < 9 {
         let spatial = c.attrs.int("spatial", 1)?;
@@ -275,26 +299,36 @@ pub fn batch_norm(c: &Ctx) -> Result<Imported, Problem> {
             ));
         }
     }
-    if c.opset >= 14 && c.attrs.bool("training_mode", false)? {
-        return Err("training mode (training_mode=1) is not supported".into());
-    }
     if c.n_outputs() > 1 {
         return Err(format!(
-            "training mode is not supported: the node declares {} outputs, the inference form has one",
+            "training mode is not supported before opset 14: the node declares {} outputs, the inference form has one",
             c.n_outputs()
         ));
     }
-    c.simple(Op::BatchNormalization { epsilon })
+    c.simple(Op::BatchNormalization {
+        epsilon,
+        training_momentum: None,
+    })
 }
 
-/// https://onnx.ai/onnx/operators/onnx__LayerNormalization.html: only Y;
-/// using Mean or InvStdDev is an import error. `stash_type` only chooses the
-/// precision of intermediates (mlc computes them in f32).
+/// https://onnx.ai/onnx/operators/onnx__LayerNormalization.html: Y, Mean
+/// and InvStdDev. `stash_type` chooses the precision of intermediates and
+/// the type of Mean and InvStdDev; mlc computes in f64 and gives f32
+/// statistics (the default `stash_type = 1`), so another `stash_type` is an
+/// import error when the statistics are outputs.
 pub fn layer_norm(c: &Ctx) -> Result<Imported, Problem> {
     let axis = c.attrs.int("axis", -1)?;
     let epsilon = c.attrs.float("epsilon", 1e-5)?;
-    c.attrs.ignore(&["stash_type"]);
-    c.simple(Op::LayerNormalization { axis, epsilon })
+    let stash_type = c.attrs.int("stash_type", 1)?;
+    if stash_type != 1 && c.n_outputs() > 1 {
+        return Err(format!(
+            "stash_type {stash_type} is not supported for the Mean and InvStdDev outputs (only 1, float32)"
+        ));
+    }
+    Ok(Imported {
+        outputs: c.n_outputs().max(1),
+        ..c.simple(Op::LayerNormalization { axis, epsilon })?
+    })
 }
 
 /// https://onnx.ai/onnx/operators/onnx__InstanceNormalization.html
@@ -332,9 +366,7 @@ fn resize_mode(c: &Ctx) -> Result<ResizeMode, Problem> {
     match c.attrs.string("mode", "nearest")? {
         "nearest" => Ok(ResizeMode::Nearest),
         "linear" | "bilinear" | "trilinear" => Ok(ResizeMode::Linear),
-        "cubic" | "bicubic" => {
-            Err("mode \"cubic\" is not supported (only nearest and linear)".into())
-        }
+        "cubic" | "bicubic" => Ok(ResizeMode::Cubic),
         other => Err(format!("unknown mode \"{other}\"")),
     }
 }
@@ -351,6 +383,7 @@ fn legacy_resize(mode: ResizeMode) -> ResizeAttrs {
         antialias: false,
         axes: None,
         aspect: AspectPolicy::Stretch,
+        cubic_coeff_a: -0.75,
     }
 }
 
@@ -391,12 +424,10 @@ pub fn upsample(c: &Ctx) -> Result<Imported, Problem> {
 }
 
 /// https://onnx.ai/onnx/operators/onnx__Resize.html, opset 11+ (antialias,
-/// axes and keep_aspect_ratio_policy from 18). Cubic mode is not supported;
-/// `cubic_coeff_a` is then irrelevant. Constant empty `roi`/`scales` inputs
-/// (how opset 11-12 models say "not given") become absent inputs.
+/// axes and keep_aspect_ratio_policy from 18). Constant empty `roi`/`scales`
+/// inputs (how opset 11-12 models say "not given") become absent inputs.
 pub fn resize(c: &Ctx) -> Result<Imported, Problem> {
     let mode = resize_mode(c)?;
-    c.attrs.ignore(&["cubic_coeff_a"]);
     let coord = match c
         .attrs
         .string("coordinate_transformation_mode", "half_pixel")?
@@ -439,6 +470,7 @@ pub fn resize(c: &Ctx) -> Result<Imported, Problem> {
         antialias: c.attrs.bool("antialias", false)?,
         axes: c.attrs.opt_ints("axes")?.map(<[i64]>::to_vec),
         aspect,
+        cubic_coeff_a: c.attrs.float("cubic_coeff_a", -0.75)?,
     };
     let mut inputs = c.given();
     for i in [1, 2] {

@@ -706,31 +706,39 @@ fn cycles_end_in_a_clear_error() {
 fn unsupported_outputs_and_attribute_values() {
     let mut m = M::new(13);
     m.inputs = vec![vi("x", DType::F32, &[1, 1, 4, 4])];
-    // MaxPool Indices: fine when unused, a problem when used.
+    // MaxPool Indices: typed i64 like Y; storage_order must be 0 or 1.
     m.nodes = vec![node(
         "MaxPool",
         &["x"],
         &["y", "idx"],
         vec![a_ints("kernel_shape", &[2, 2]), a_int("storage_order", 1)],
     )];
-    m.outputs = vec!["y"];
-    let g = m.load().unwrap();
-    assert_eq!(only_node(&g).outputs.len(), 1);
     m.outputs = vec!["y", "idx"];
+    let g = m.load().unwrap();
+    let n = only_node(&g);
+    assert!(matches!(&n.op, Op::MaxPool(p) if p.column_major));
+    assert_eq!(n.outputs.len(), 2);
+    assert_eq!(g.ty(n.outputs[1]).dtype, DType::I64);
+    assert_eq!(g.ty(n.outputs[1]).shape, g.ty(n.outputs[0]).shape);
+    m.nodes = vec![node(
+        "MaxPool",
+        &["x"],
+        &["y", "idx"],
+        vec![a_ints("kernel_shape", &[2, 2]), a_int("storage_order", 2)],
+    )];
     let p = problems(m.load());
-    assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].op_type, "MaxPool");
-    assert!(p[0].message.contains("output #1"), "{p:?}");
+    assert!(p[0].message.contains("storage_order"), "{p:?}");
 
     m.outputs = vec!["y"];
     m.nodes = vec![node(
         "Resize",
         &["x", "", "s"],
         &["y"],
-        vec![a_str("mode", "cubic")],
+        vec![a_str("mode", "quintic")],
     )];
     m.inits = vec![f32_init("s", &[4], &[1.0, 1.0, 2.0, 2.0])];
-    assert!(problems(m.load())[0].message.contains("cubic"));
+    assert!(problems(m.load())[0].message.contains("quintic"));
     m.nodes = vec![node(
         "Conv",
         &["x", "w"],
@@ -756,6 +764,103 @@ fn unsupported_outputs_and_attribute_values() {
     assert!(problems(m.load())[0].message.contains("BFLOAT16"));
     m.nodes = vec![node("Relu", &["x", "x"], &["y"], vec![])];
     assert!(problems(m.load())[0].message.contains("has 2 inputs"));
+}
+
+#[test]
+fn statistics_and_training_outputs() {
+    // LayerNormalization Mean and InvStdDev: f32, X's leading dims then ones.
+    let mut m = M::new(17);
+    m.inputs = vec![
+        vi("x", DType::F32, &[2, 3, 4]),
+        vi("s", DType::F32, &[3, 4]),
+    ];
+    m.nodes = vec![node(
+        "LayerNormalization",
+        &["x", "s"],
+        &["y", "mean", "inv"],
+        vec![a_int("axis", 1)],
+    )];
+    m.outputs = vec!["y", "mean", "inv"];
+    let g = m.load().unwrap();
+    let n = only_node(&g);
+    let shapes: Vec<String> = n.outputs.iter().map(|&o| g.ty(o).to_string()).collect();
+    assert_eq!(shapes, ["f32[2,3,4]", "f32[2,1,1]", "f32[2,1,1]"]);
+    // Only InvStdDev (Mean unnamed) works too.
+    m.nodes[0].output = vec!["y".into(), "".into(), "inv".into()];
+    m.outputs = vec!["inv"];
+    let g = m.load().unwrap();
+    assert_eq!(only_node(&g).outputs.len(), 3);
+    // Another stash_type is fine for Y alone, a problem for the statistics.
+    m.nodes[0].attribute.push(a_int("stash_type", 16));
+    assert!(problems(m.load())[0].message.contains("stash_type"));
+    m.nodes[0].output = vec!["y".into()];
+    m.outputs = vec!["y"];
+    assert!(m.load().is_ok());
+
+    // BatchNormalization training mode (opset 14+).
+    let mut m = M::new(15);
+    m.inputs = vec![vi("x", DType::F32, &[2, 3, 4]), vi("p", DType::F32, &[3])];
+    m.nodes = vec![node(
+        "BatchNormalization",
+        &["x", "p", "p", "p", "p"],
+        &["y", "rm", "rv"],
+        vec![a_int("training_mode", 1), a_float("momentum", 0.5)],
+    )];
+    m.outputs = vec!["y", "rm", "rv"];
+    let g = m.load().unwrap();
+    let n = only_node(&g);
+    assert_eq!(
+        n.op,
+        Op::BatchNormalization {
+            epsilon: 1e-5,
+            training_momentum: Some(0.5)
+        }
+    );
+    let shapes: Vec<String> = n.outputs.iter().map(|&o| g.ty(o).to_string()).collect();
+    assert_eq!(shapes, ["f32[2,3,4]", "f32[3]", "f32[3]"]);
+    // Inference form: one output, no momentum.
+    m.nodes[0].attribute = vec![a_int("training_mode", 0), a_float("momentum", 0.5)];
+    m.nodes[0].output = vec!["y".into()];
+    m.outputs = vec!["y"];
+    let g = m.load().unwrap();
+    assert!(matches!(
+        only_node(&g).op,
+        Op::BatchNormalization {
+            training_momentum: None,
+            ..
+        }
+    ));
+    // The training outputs of the opset 9-13 form are not supported.
+    let mut m9 = M::new(9);
+    m9.inputs = m.inputs.clone();
+    m9.nodes = vec![node(
+        "BatchNormalization",
+        &["x", "p", "p", "p", "p"],
+        &["y", "rm", "rv"],
+        vec![],
+    )];
+    m9.outputs = vec!["y", "rm", "rv"];
+    assert!(problems(m9.load())[0].message.contains("training"));
+
+    // Resize cubic keeps cubic_coeff_a.
+    let mut m = M::new(19);
+    m.inputs = vec![vi("x", DType::F32, &[1, 1, 4, 4])];
+    m.inits = vec![f32_init("s", &[4], &[1.0, 1.0, 2.0, 2.0])];
+    m.nodes = vec![node(
+        "Resize",
+        &["x", "", "s"],
+        &["y"],
+        vec![a_str("mode", "cubic"), a_float("cubic_coeff_a", -0.5)],
+    )];
+    m.outputs = vec!["y"];
+    let g = m.load().unwrap();
+    match &only_node(&g).op {
+        Op::Resize(a) => {
+            assert_eq!(a.mode, crate::ir::ResizeMode::Cubic);
+            assert_eq!(a.cubic_coeff_a, -0.5);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -1,9 +1,12 @@
-//! Reference BatchNormalization (inference form), LayerNormalization and
+//! Reference BatchNormalization, LayerNormalization and
 //! InstanceNormalization.
 //!
 //! All three compute `scale * (x - mean) / sqrt(var + epsilon) + bias`; they
 //! differ in where the statistics come from. BatchNormalization reads them
-//! from its inputs, one per channel (axis 1). LayerNormalization computes them
+//! from its inputs, one per channel (axis 1), or in training mode computes
+//! them per channel over the batch and spatial dims (population variance)
+//! and also returns the running statistics `input * momentum + batch * (1 -
+//! momentum)`. LayerNormalization computes them
 //! over the trailing dims `axis..rank` of every leading index, and its scale
 //! and bias broadcast (numpy rules) onto X. InstanceNormalization computes
 //! them over the spatial dims of every (batch, channel) pair, with per-channel
@@ -18,11 +21,16 @@ use crate::{Error, Result};
 
 /// Evaluates BatchNormalization, LayerNormalization or
 /// InstanceNormalization. Returns `Y`; LayerNormalization also returns its
-/// optional `Mean` and `InvStdDev` outputs (f32, the default `stash_type`),
-/// which the interpreter drops when the node does not declare them.
+/// optional `Mean` and `InvStdDev` outputs (f32, the default `stash_type`)
+/// and training-mode BatchNormalization its `running_mean` and
+/// `running_var`, which the interpreter drops when the node does not
+/// declare them.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     let y = match op {
-        Op::BatchNormalization { epsilon } => batch_norm(*epsilon as f64, inputs)?,
+        Op::BatchNormalization {
+            epsilon,
+            training_momentum,
+        } => return batch_norm(*epsilon as f64, training_momentum.map(f64::from), inputs),
         Op::LayerNormalization { axis, epsilon } => {
             return layer_norm(*axis, *epsilon as f64, inputs)
         }
@@ -85,7 +93,11 @@ fn moments(v: &[f64]) -> (f64, f64) {
     (mean, var)
 }
 
-fn batch_norm(eps: f64, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
+fn batch_norm(
+    eps: f64,
+    training_momentum: Option<f64>,
+    inputs: &[Option<&Tensor>],
+) -> Result<Vec<Tensor>> {
     const OP: &str = "BatchNormalization";
     let x = input(OP, inputs, 0)?;
     if x.rank() < 2 {
@@ -101,9 +113,25 @@ fn batch_norm(eps: f64, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
     let c = x.shape()[1];
     let scale = per_channel(OP, "scale", input(OP, inputs, 1)?, c)?;
     let bias = per_channel(OP, "B", input(OP, inputs, 2)?, c)?;
-    let mean = per_channel(OP, "input_mean", input(OP, inputs, 3)?, c)?;
-    let var = per_channel(OP, "input_var", input(OP, inputs, 4)?, c)?;
+    let mean_t = input(OP, inputs, 3)?;
+    let in_mean = per_channel(OP, "input_mean", mean_t, c)?;
+    let in_var = per_channel(OP, "input_var", input(OP, inputs, 4)?, c)?;
     let inner: usize = x.shape()[2..].iter().product();
+    // The statistics Y normalizes with: the inputs, or in training mode the
+    // batch's per-channel mean and population variance.
+    let (mean, var) = match training_momentum {
+        None => (in_mean.clone(), in_var.clone()),
+        Some(_) => {
+            let mut per_ch: Vec<Vec<f64>> = vec![Vec::new(); c];
+            if inner > 0 {
+                for (plane, vals) in xv.chunks(inner).enumerate() {
+                    per_ch[plane % c].extend_from_slice(vals);
+                }
+            }
+            // An empty channel has NaN statistics, as in numpy.
+            per_ch.iter().map(|v| moments(v)).unzip()
+        }
+    };
     let y: Vec<f64> = xv
         .iter()
         .enumerate()
@@ -113,7 +141,24 @@ fn batch_norm(eps: f64, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
             scale[ch] * (v - mean[ch]) / (var[ch] + eps).sqrt() + bias[ch]
         })
         .collect();
-    finish(OP, x.dtype(), x.shape().to_vec(), y)
+    let y = finish(OP, x.dtype(), x.shape().to_vec(), y)?;
+    let Some(m) = training_momentum else {
+        return Ok(vec![y]);
+    };
+    let blend = |input: &[f64], batch: &[f64]| -> Vec<f64> {
+        input
+            .iter()
+            .zip(batch)
+            .map(|(&i, &b)| i * m + b * (1.0 - m))
+            .collect()
+    };
+    let running_mean = blend(&in_mean, &mean);
+    let running_var = blend(&in_var, &var);
+    Ok(vec![
+        y,
+        finish(OP, mean_t.dtype(), vec![c], running_mean)?,
+        finish(OP, mean_t.dtype(), vec![c], running_var)?,
+    ])
 }
 
 /// Values of an affine parameter broadcast onto X's shape (one per element
@@ -252,7 +297,10 @@ mod tests {
         let b = t(&[2], vec![0., 1.]);
         let mean = t(&[2], vec![0., 3.]);
         let var = t(&[2], vec![1., 1.5]);
-        let op = Op::BatchNormalization { epsilon: 1e-5 };
+        let op = Op::BatchNormalization {
+            epsilon: 1e-5,
+            training_momentum: None,
+        };
         let y = run(
             &op,
             &[Some(&x), Some(&s), Some(&b), Some(&mean), Some(&var)],

@@ -12,18 +12,25 @@
 //! ONNX Runtime and PyTorch; `onnx/reference/ops/op_pool_common.py` agrees
 //! whenever that overhang is one cell, which covers every conformance case).
 //! Values are widened to f64 and rounded back to the input type.
+//!
+//! MaxPool's Indices output gives, for every output cell, the flat index
+//! into X of the (first) maximum: the (batch, channel) plane's offset plus
+//! the cell's index inside the plane, row-major or, with `storage_order =
+//! 1`, column-major (the first spatial axis varies fastest), as in
+//! `onnx/reference/ops/op_max_pool.py`.
 
 use super::conv::{f64_to_data, float_values, for_each_window, output_len, window_axes};
 use super::util::input;
-use crate::ir::{DType, Op, PoolAttrs, Tensor};
+use crate::ir::{DType, Op, PoolAttrs, Tensor, TensorData};
 use crate::{Error, Result};
 
-/// Evaluates MaxPool, AveragePool, GlobalMaxPool or GlobalAveragePool (the
-/// `Y` output only).
+/// Evaluates MaxPool (`[Y, Indices]`; the interpreter drops Indices when the
+/// node does not declare it), AveragePool, GlobalMaxPool or
+/// GlobalAveragePool (`[Y]`).
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     let y = match op {
-        Op::MaxPool(a) => pool(op.onnx_type(), a, inputs, false)?,
-        Op::AveragePool(a) => pool(op.onnx_type(), a, inputs, true)?,
+        Op::MaxPool(a) => return pool(op.onnx_type(), a, inputs, false),
+        Op::AveragePool(a) => pool(op.onnx_type(), a, inputs, true)?.remove(0),
         Op::GlobalMaxPool => global(op.onnx_type(), inputs, false)?,
         Op::GlobalAveragePool => global(op.onnx_type(), inputs, true)?,
         other => {
@@ -60,27 +67,50 @@ fn pool_values(op: &'static str, x: &Tensor, average: bool) -> Result<Vec<f64>> 
 /// Maximum of the values, ignoring NaN (as the ONNX reference does);
 /// NaN if every value is NaN, -inf for an empty window.
 fn max_of(values: impl Iterator<Item = f64>) -> f64 {
-    let mut best: Option<f64> = None;
-    let mut any = false;
-    for v in values {
-        any = true;
-        if !v.is_nan() && best.is_none_or(|b| v > b) {
-            best = Some(v);
+    argmax_of(values.map(|v| (0, v))).0
+}
+
+/// Maximum of `(position, value)` pairs as [`max_of`], with the position of
+/// the first maximum (of the first value when all are NaN; `None` for no
+/// values).
+fn argmax_of(values: impl Iterator<Item = (usize, f64)>) -> (f64, Option<usize>) {
+    let mut best: Option<(usize, f64)> = None;
+    let mut first: Option<usize> = None;
+    for (p, v) in values {
+        first = first.or(Some(p));
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((p, v));
         }
     }
     match best {
-        Some(b) => b,
-        None if any => f64::NAN,
-        None => f64::NEG_INFINITY,
+        Some((p, b)) => (b, Some(p)),
+        None if first.is_some() => (f64::NAN, first),
+        None => (f64::NEG_INFINITY, None),
     }
 }
 
+/// The column-major index of the cell at row-major index `p` of a grid of
+/// `dims`.
+fn column_major(mut p: usize, dims: &[usize]) -> usize {
+    let mut idx = vec![0; dims.len()];
+    for (i, &d) in dims.iter().enumerate().rev() {
+        idx[i] = p % d;
+        p /= d;
+    }
+    let mut out = 0;
+    for (i, &d) in dims.iter().enumerate().rev() {
+        out = out * d + idx[i];
+    }
+    out
+}
+
+/// A pooling window op: `[Y]` for an average, `[Y, Indices]` for a maximum.
 fn pool(
     op: &'static str,
     attrs: &PoolAttrs,
     inputs: &[Option<&Tensor>],
     average: bool,
-) -> Result<Tensor> {
+) -> Result<Vec<Tensor>> {
     let x = input(op, inputs, 0)?;
     if x.rank() < 3 {
         return Err(Error::op(
@@ -113,25 +143,45 @@ fn pool(
     let in_sp: usize = xs[2..].iter().product();
     let out_sp: usize = axes.iter().map(|a| a.output).product();
     let mut y = vec![0.0; len];
+    let mut indices = vec![-1i64; if average { 0 } else { len }];
     for_each_window(&axes, |o, window| {
         for plane in 0..planes {
             let base = plane * in_sp;
-            let cells = window.iter().filter_map(|&(_, p)| p.map(|p| xv[base + p]));
-            y[plane * out_sp + o] = if average {
-                let (sum, count) = cells.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+            let cells = window
+                .iter()
+                .filter_map(|&(_, p)| p.map(|p| (p, xv[base + p])));
+            let out = plane * out_sp + o;
+            if average {
+                let (sum, count) = cells.fold((0.0, 0usize), |(s, n), (_, v)| (s + v, n + 1));
                 let divisor = if attrs.count_include_pad {
                     window.len()
                 } else {
                     count
                 };
-                sum / divisor as f64
+                y[out] = sum / divisor as f64;
             } else {
-                max_of(cells)
-            };
+                let (v, at) = argmax_of(cells);
+                y[out] = v;
+                if let Some(p) = at {
+                    let p = if attrs.column_major {
+                        column_major(p, &xs[2..])
+                    } else {
+                        p
+                    };
+                    // X holds base + p < X.numel() elements in memory, so
+                    // the index fits in i64.
+                    indices[out] = (base + p) as i64;
+                }
+            }
         }
     });
-    Tensor::new(out_shape, f64_to_data(x.dtype(), y))
-        .map_err(|e| Error::op(op, format!("internal: output does not fit its shape: {e}")))
+    let internal = |e| Error::op(op, format!("internal: output does not fit its shape: {e}"));
+    let y = Tensor::new(out_shape.clone(), f64_to_data(x.dtype(), y)).map_err(internal)?;
+    if average {
+        return Ok(vec![y]);
+    }
+    let indices = Tensor::new(out_shape, TensorData::I64(indices)).map_err(internal)?;
+    Ok(vec![y, indices])
 }
 
 fn global(op: &'static str, inputs: &[Option<&Tensor>], average: bool) -> Result<Tensor> {
@@ -167,7 +217,7 @@ fn global(op: &'static str, inputs: &[Option<&Tensor>], average: bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{AutoPad, TensorData};
+    use crate::ir::AutoPad;
 
     fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
         Tensor::from_f32(shape.to_vec(), v).unwrap()
@@ -188,6 +238,7 @@ mod tests {
             auto_pad: AutoPad::NotSet,
             ceil_mode: false,
             count_include_pad: false,
+            column_major: false,
         }
     }
 

@@ -1,10 +1,13 @@
-//! Resize (nearest and linear), following `onnx/reference/ops/op_resize.py`.
+//! Resize (nearest, linear and cubic), following
+//! `onnx/reference/ops/op_resize.py`.
 //!
 //! Interpolation is separable: the tensor (held as f64) is resized one axis at
 //! a time. For each output coordinate along an axis, the coordinate
 //! transformation maps it to a fractional source coordinate `x`; a small
 //! kernel of coefficients (nearest: a one-hot pair, linear: `[1 - r, r]`,
-//! antialiased linear: a triangle filter stretched by `1 / scale`) is laid on
+//! cubic: the cubic convolution kernel with coefficient `A` at distances
+//! `r + 1, r, 1 - r, 2 - r`, antialiased linear and cubic: the triangle or
+//! cubic filter stretched by `1 / scale` and normalized) is laid on
 //! the neighbouring source elements, whose indices are clamped into range
 //! (edge padding). `exclude_outside` drops out-of-range taps and renormalizes;
 //! `tf_crop_and_resize` returns `extrapolation_value` for source coordinates
@@ -345,6 +348,35 @@ fn coeffs(attrs: &ResizeAttrs, ratio: f64, scale: f64) -> Vec<f64> {
             c.into_iter().map(|v| v / sum).collect()
         }
         ResizeMode::Linear => vec![1.0 - ratio, ratio],
+        ResizeMode::Cubic if attrs.antialias => {
+            let a = attrs.cubic_coeff_a as f64;
+            let s = scale.min(1.0);
+            let start = (-2.0 / s).floor() as i64 + 1;
+            let c: Vec<f64> = (start..2 - start)
+                .map(|i| cubic_kernel(a, s * (i as f64 - ratio)))
+                .collect();
+            let sum: f64 = c.iter().sum();
+            c.into_iter().map(|v| v / sum).collect()
+        }
+        ResizeMode::Cubic => {
+            let a = attrs.cubic_coeff_a as f64;
+            [ratio + 1.0, ratio, 1.0 - ratio, 2.0 - ratio]
+                .into_iter()
+                .map(|d| cubic_kernel(a, d))
+                .collect()
+        }
+    }
+}
+
+/// The cubic convolution kernel with coefficient `a` at distance `x`.
+fn cubic_kernel(a: f64, x: f64) -> f64 {
+    let x = x.abs();
+    if x <= 1.0 {
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    } else {
+        0.0
     }
 }
 
@@ -477,6 +509,7 @@ mod tests {
             antialias: false,
             axes: None,
             aspect: AspectPolicy::Stretch,
+            cubic_coeff_a: -0.75,
         }
     }
 
