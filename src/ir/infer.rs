@@ -2841,4 +2841,77 @@ mod tests {
         );
         assert!(m.div(&Mono::known(2)).is_none());
     }
+
+    #[test]
+    fn statistics_and_indices_outputs() {
+        let mut g = Graph::new("t", 17);
+        let x = g.add_input("x", f32t(&["b", "s", "8"]));
+        let w = g.add_input("w", f32t(&["8"]));
+        let ln = |axis| Op::LayerNormalization {
+            axis,
+            epsilon: 1e-5,
+        };
+        let l3 = node(&mut g, ln(-1), &[Some(x), Some(w)], 3);
+        let l2 = node(&mut g, ln(1), &[Some(x), Some(w)], 2);
+        let l1 = node(&mut g, ln(0), &[Some(x), Some(w)], 1);
+        let bn = |m| Op::BatchNormalization {
+            epsilon: 1e-5,
+            training_momentum: m,
+        };
+        let p = g.add_input("p", TensorType::new(DType::F64, s(&["s"])));
+        let bins = [Some(x), Some(w), Some(w), Some(p), Some(p)];
+        let bt = node(&mut g, bn(Some(0.9)), &bins, 3);
+        let bi = node(&mut g, bn(None), &bins, 1);
+        let xi = g.add_input("xi", f32t(&["b", "3", "7", "7"]));
+        let pool = PoolAttrs {
+            kernel_shape: vec![3, 3],
+            strides: vec![2, 2],
+            dilations: vec![],
+            pads: vec![],
+            auto_pad: AutoPad::NotSet,
+            ceil_mode: false,
+            count_include_pad: false,
+            column_major: true,
+        };
+        let mp = node(&mut g, Op::MaxPool(pool), &[Some(xi)], 2);
+        infer_graph(&mut g).unwrap();
+        let tys = |v: &[ValueId]| v.iter().map(|&o| ty(&g, o)).collect::<Vec<_>>();
+        assert_eq!(tys(&l3), ["f32[b,s,8]", "f32[b,s,1]", "f32[b,s,1]"]);
+        assert_eq!(tys(&l2), ["f32[b,s,8]", "f32[b,1,1]"]);
+        assert_eq!(tys(&l1), ["f32[b,s,8]"]);
+        assert_eq!(tys(&bt), ["f32[b,s,8]", "f64[s]", "f64[s]"]);
+        assert_eq!(tys(&bi), ["f32[b,s,8]"]);
+        assert_eq!(tys(&mp), ["f32[b,3,3,3]", "i64[b,3,3,3]"]);
+
+        // Too many outputs, and the inference form's statistics outputs.
+        for (op, n) in [
+            (ln(-1), 4),
+            (bn(None), 3),
+            (bn(Some(0.9)), 4),
+            (
+                Op::MaxPool(PoolAttrs {
+                    kernel_shape: vec![1, 1],
+                    strides: vec![1, 1],
+                    dilations: vec![1, 1],
+                    pads: vec![0; 4],
+                    auto_pad: AutoPad::NotSet,
+                    ceil_mode: false,
+                    count_include_pad: false,
+                    column_major: false,
+                }),
+                3,
+            ),
+        ] {
+            let mut g = Graph::new("t", 17);
+            let x = g.add_input("x", f32t(&["2", "8", "3", "3"]));
+            let w = g.add_input("w", f32t(&["8"]));
+            let ins: Vec<Option<ValueId>> = match op {
+                Op::MaxPool(_) => vec![Some(x)],
+                Op::LayerNormalization { .. } => vec![Some(x), Some(w)],
+                _ => vec![Some(x), Some(w), Some(w), Some(w), Some(w)],
+            };
+            node(&mut g, op, &ins, n);
+            assert!(infer_graph(&mut g).is_err());
+        }
+    }
 }

@@ -241,9 +241,12 @@ fn pool_attrs(c: &Ctx, average: bool) -> Result<PoolAttrs, Problem> {
         match c.attrs.int("storage_order", 0)? {
             0 => false,
             1 => true,
-            other => return Err(format!(
-                "attribute 'storage_order' must be 0 (row-major) or 1 (column-major), got {other}"
-            )),
+            other => {
+                return Err(format!(
+                    "attribute 'storage_order' must be 0 (row-major) or 1 (column-major), \
+                     got {other}"
+                ))
+            }
         }
     };
     Ok(PoolAttrs {

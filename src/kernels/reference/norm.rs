@@ -336,6 +336,65 @@ mod tests {
     }
 
     #[test]
+    fn batch_norm_training_mode() {
+        // onnx.reference _batchnorm_training_mode, momentum 0.8, epsilon
+        // 1e-2, x = arange(12).reshape(2, 3, 2) ** 1.5.
+        let x = t(&[2, 3, 2], (0..12).map(|i| (i as f32).powf(1.5)).collect());
+        let s = t(&[3], vec![1.0, 1.5, 2.0]);
+        let b = t(&[3], vec![0., 1., -1.]);
+        let mean = t(&[3], vec![0.5, 1., 2.]);
+        let var = t(&[3], vec![1., 2., 3.]);
+        let op = Op::BatchNormalization {
+            epsilon: 1e-2,
+            training_momentum: Some(0.8),
+        };
+        let ins = [Some(&x), Some(&s), Some(&b), Some(&mean), Some(&var)];
+        let outs = eval(&op, &ins).unwrap();
+        assert_eq!(outs.len(), 3);
+        assert_close(
+            &outs[0],
+            &[2, 3, 2],
+            &[
+                -1.0463713, -0.9240502, -0.6472958, -0.3106115, -3.2287507, -2.7159128, 0.7513744,
+                1.219047, 2.1680684, 2.7898383, 0.580_48, 1.3641825,
+            ],
+        );
+        assert_close(&outs[1], &[3], &[2.11086, 3.6826, 5.9642997]);
+        assert_close(&outs[2], &[3], &[14.164792, 23.853092, 33.164448]);
+        // The running statistics take the mean input's type.
+        let mean64 = Tensor::new(vec![3], TensorData::F64(vec![0.5, 1., 2.])).unwrap();
+        let ins = [Some(&x), Some(&s), Some(&b), Some(&mean64), Some(&var)];
+        let outs = eval(&op, &ins).unwrap();
+        assert_eq!(outs[0].dtype(), DType::F32);
+        assert_eq!(outs[1].dtype(), DType::F64);
+        // Inference form: one output, the given statistics.
+        let op = Op::BatchNormalization {
+            epsilon: 1e-2,
+            training_momentum: None,
+        };
+        let outs = eval(
+            &op,
+            &[Some(&x), Some(&s), Some(&b), Some(&mean), Some(&var)],
+        )
+        .unwrap();
+        assert_eq!(outs.len(), 1);
+        assert!((outs[0].to_f32_vec()[0] - (-0.5 / 1.01f32.sqrt())).abs() < 1e-6);
+        // An empty batch gives NaN statistics, not a panic.
+        let xe = t(&[0, 3, 2], vec![]);
+        let op = Op::BatchNormalization {
+            epsilon: 1e-2,
+            training_momentum: Some(0.8),
+        };
+        let outs = eval(
+            &op,
+            &[Some(&xe), Some(&s), Some(&b), Some(&mean), Some(&var)],
+        )
+        .unwrap();
+        assert_eq!(outs[0].shape(), &[0, 3, 2]);
+        assert!(outs[1].to_f32_vec().iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
     fn layer_norm_axes() {
         // torch.nn.functional.layer_norm(arange(12).reshape(2,2,3)**2,
         // [3], w=[1,2,3], b=[0.5,0,-0.5]).
@@ -396,6 +455,18 @@ mod tests {
         ];
         let want: Vec<f32> = row.iter().chain(row.iter()).copied().collect();
         assert_close(&y, &[2, 2, 3], &want);
+        // axis 0: one row; the statistics are f32 even for f64 X.
+        let op0 = Op::LayerNormalization {
+            axis: 0,
+            epsilon: 1e-5,
+        };
+        let x64 = Tensor::new(vec![2, 3], TensorData::F64(vec![1., 2., 3., 4., 5., 6.])).unwrap();
+        let s64 = Tensor::new(vec![2, 3], TensorData::F64(vec![1.; 6])).unwrap();
+        let outs = eval(&op0, &[Some(&x64), Some(&s64)]).unwrap();
+        assert_eq!(outs[0].dtype(), DType::F64);
+        assert_eq!(outs[1].dtype(), DType::F32);
+        assert_close(&outs[1], &[1, 1], &[3.5]);
+        assert_close(&outs[2], &[1, 1], &[0.58553904]);
         // Scale that does not broadcast.
         let bad = t(&[2], vec![1.; 2]);
         assert!(run(&op, &[Some(&x), Some(&bad)]).is_err());

@@ -450,6 +450,77 @@ mod tests {
         assert!(run(&Op::MaxPool(a), &x).is_err());
     }
 
+    fn indices(op: &Op, x: &Tensor) -> Vec<i64> {
+        let outs = eval(op, &[Some(x)]).unwrap();
+        assert_eq!(outs.len(), 2);
+        assert_eq!(outs[1].shape(), outs[0].shape());
+        outs[1].as_i64().unwrap().to_vec()
+    }
+
+    #[test]
+    fn max_pool_indices() {
+        // test_maxpool_with_argmax_2d_precomputed_strides (storage_order 1)
+        // and its row-major form.
+        let x = t(&[1, 1, 5, 5], (1..=25).map(|i| i as f32).collect());
+        let mut a = pa(&[2, 2]);
+        a.strides = vec![2, 2];
+        assert_eq!(indices(&Op::MaxPool(a.clone()), &x), [6, 8, 16, 18]);
+        a.column_major = true;
+        assert_eq!(indices(&Op::MaxPool(a), &x), [6, 16, 8, 18]);
+        // test_maxpool_with_argmax_2d_precomputed_pads.
+        let mut a = pa(&[5, 5]);
+        a.pads = vec![2, 2, 2, 2];
+        let want: Vec<i64> = [12, 13, 14, 14, 14, 17, 18, 19, 19, 19]
+            .into_iter()
+            .chain([22, 23, 24, 24, 24].repeat(3))
+            .collect();
+        assert_eq!(indices(&Op::MaxPool(a), &x), want);
+
+        // 3-D, batch 2, channel 2 (plane offsets), asymmetric pads; x =
+        // (i * 37) % 96. Values from onnx.reference's MaxPool.
+        let x = t(
+            &[2, 2, 3, 4, 2],
+            (0..96).map(|i| ((i * 37) % 96) as f32).collect(),
+        );
+        let mut a = pa(&[2, 2, 2]);
+        a.strides = vec![1, 2, 1];
+        a.pads = vec![0, 1, 0, 0, 0, 1];
+        let y = run(&Op::MaxPool(a.clone()), &x).unwrap();
+        assert_close(
+            &y,
+            &[2, 2, 2, 2, 2],
+            &[
+                45., 45., 89., 89., 53., 53., 90., 31., 69., 69., 84., 47., 77., 77., 92., 55.,
+                93., 93., 71., 71., 93., 93., 79., 79., 80., 21., 95., 95., 88., 29., 95., 95.,
+            ],
+        );
+        assert_eq!(
+            indices(&Op::MaxPool(a.clone()), &x),
+            [
+                9, 9, 5, 5, 17, 17, 18, 19, 33, 33, 36, 35, 41, 41, 44, 43, 57, 57, 59, 59, 57, 57,
+                67, 67, 80, 81, 83, 83, 88, 89, 83, 83
+            ]
+        );
+        a.column_major = true;
+        assert_eq!(
+            indices(&Op::MaxPool(a), &x),
+            [
+                13, 13, 18, 18, 14, 14, 5, 17, 37, 37, 31, 40, 38, 38, 32, 41, 61, 61, 64, 64, 61,
+                61, 65, 65, 73, 85, 88, 88, 74, 86, 88, 88
+            ]
+        );
+
+        // Ties pick the first cell; NaN is skipped unless all are NaN.
+        let x = t(&[1, 1, 6], vec![3., 3., f32::NAN, 1., f32::NAN, f32::NAN]);
+        let mut a = pa(&[2]);
+        a.strides = vec![2];
+        assert_eq!(indices(&Op::MaxPool(a.clone()), &x), [0, 3, 4]);
+        // Integer input and AveragePool (no Indices).
+        let xi = Tensor::new(vec![1, 1, 4], TensorData::I8(vec![-3, -7, 5, 5])).unwrap();
+        assert_eq!(indices(&Op::MaxPool(a.clone()), &xi), [0, 2]);
+        assert_eq!(eval(&Op::AveragePool(a), &[Some(&x)]).unwrap().len(), 1);
+    }
+
     #[test]
     fn errors() {
         let x = seq(&[1, 1, 4, 4]);

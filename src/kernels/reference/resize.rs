@@ -678,6 +678,62 @@ mod tests {
     }
 
     #[test]
+    fn cubic() {
+        // Values from onnx.reference's Resize (opset 19) on x4x4.
+        // test_resize_upsample_scales_cubic (first two rows).
+        let mut a = attrs(ResizeMode::Cubic, CoordTransform::HalfPixel);
+        let y = run(&a, &x4x4(), None, Some(&[1., 1., 2., 2.]), None).unwrap();
+        assert_eq!(y.shape(), &[1, 1, 8, 8]);
+        close(
+            &y.as_f32().unwrap()[..16],
+            &[
+                0.47265625, 0.76953125, 1.2460938, 1.875, 2.28125, 2.9101563, 3.3867188, 3.6835938,
+                1.6601563, 1.9570313, 2.4335938, 3.0625, 3.46875, 4.0976563, 4.5742188, 4.8710938,
+            ],
+        );
+        // test_resize_downsample_scales_cubic_antialias
+        a.antialias = true;
+        let y = run(&a, &x4x4(), None, Some(&[1., 1., 0.6, 0.6]), None).unwrap();
+        close(
+            y.as_f32().unwrap(),
+            &[2.5180695, 4.285886, 9.589335, 11.357152],
+        );
+        // A = -0.5 with exclude_outside, downsampling by 0.8.
+        let mut a = attrs(ResizeMode::Cubic, CoordTransform::HalfPixel);
+        a.cubic_coeff_a = -0.5;
+        a.exclude_outside = true;
+        let y = run(&a, &x4x4(), None, Some(&[1., 1., 0.8, 0.8]), None).unwrap();
+        assert_eq!(y.shape(), &[1, 1, 3, 3]);
+        close(
+            y.as_f32().unwrap(),
+            &[
+                1.3681267, 2.6695013, 4.0133367, 6.5736256, 7.875, 9.218835, 11.948966, 13.250341,
+                14.594176,
+            ],
+        );
+        // test_resize_upsample_scales_cubic_asymmetric (first two rows).
+        let a = attrs(ResizeMode::Cubic, CoordTransform::Asymmetric);
+        let y = run(&a, &x4x4(), None, Some(&[1., 1., 2., 2.]), None).unwrap();
+        close(
+            &y.as_f32().unwrap()[..8],
+            &[1., 1.40625, 2., 2.5, 3., 3.59375, 4., 4.09375],
+        );
+        // 1-D antialias by sizes, with and without exclude_outside.
+        let x = Tensor::from_f32(vec![1, 6], vec![1., 4., 2., 8., 5., 7.]).unwrap();
+        let mut a = attrs(ResizeMode::Cubic, CoordTransform::HalfPixel);
+        a.antialias = true;
+        let y = run(&a, &x, None, None, Some(&[1, 4])).unwrap();
+        close(
+            y.as_f32().unwrap(),
+            &[2.0486128, 3.3171284, 6.4884257, 6.208332],
+        );
+        a.cubic_coeff_a = -0.5;
+        a.exclude_outside = true;
+        let y = run(&a, &x, None, None, Some(&[1, 2])).unwrap();
+        close(y.as_f32().unwrap(), &[3.0131578, 6.131579]);
+    }
+
+    #[test]
     fn int_types_and_errors() {
         let x = Tensor::new(vec![1, 2], TensorData::U8(vec![0, 255])).unwrap();
         let a = attrs(ResizeMode::Linear, CoordTransform::AlignCorners);
