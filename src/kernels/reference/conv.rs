@@ -664,15 +664,7 @@ fn transpose_axes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
-        Tensor::from_f32(shape.to_vec(), v).unwrap()
-    }
-
-    fn seq(shape: &[usize]) -> Tensor {
-        let n: usize = shape.iter().product();
-        t(shape, (0..n).map(|i| i as f32).collect())
-    }
+    use crate::kernels::reference::util::testing::{self, seq, t};
 
     fn attrs(kernel: &[usize]) -> ConvAttrs {
         let n = kernel.len();
@@ -692,15 +684,7 @@ mod tests {
     }
 
     fn assert_close(got: &Tensor, shape: &[usize], want: &[f32]) {
-        assert_eq!(got.shape(), shape);
-        let g = got.as_f32().unwrap();
-        assert_eq!(g.len(), want.len());
-        for (i, (a, b)) in g.iter().zip(want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "at {i}: {a} vs {b}"
-            );
-        }
+        testing::assert_close(got, shape, want, 1e-4);
     }
 
     fn ones(shape: &[usize]) -> Tensor {

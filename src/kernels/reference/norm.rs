@@ -263,30 +263,14 @@ fn instance_norm(eps: f64, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
-        Tensor::from_f32(shape.to_vec(), v).unwrap()
-    }
-
-    fn seq(shape: &[usize]) -> Tensor {
-        let n: usize = shape.iter().product();
-        t(shape, (0..n).map(|i| i as f32).collect())
-    }
+    use crate::kernels::reference::util::testing::{self, seq, t};
 
     fn run(op: &Op, ins: &[Option<&Tensor>]) -> Result<Tensor> {
         eval(op, ins).map(|mut v| v.remove(0))
     }
 
     fn assert_close(got: &Tensor, shape: &[usize], want: &[f32]) {
-        assert_eq!(got.shape(), shape);
-        let g = got.to_f32_vec();
-        assert_eq!(g.len(), want.len());
-        for (i, (a, b)) in g.iter().zip(want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                "at {i}: {a} vs {b}"
-            );
-        }
+        testing::assert_close(got, shape, want, 1e-5);
     }
 
     #[test]

@@ -139,3 +139,30 @@ mod tests {
         assert_eq!(broadcast_index_map(&[], &[2]), vec![0, 0]);
     }
 }
+
+/// Tensor builders and comparisons shared by the kernels' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::ir::Tensor;
+
+    /// An f32 tensor of the given shape.
+    pub fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
+        Tensor::from_f32(shape.to_vec(), v).expect("test tensor data fits its shape")
+    }
+
+    /// An f32 tensor holding 0, 1, 2, ... in row-major order.
+    pub fn seq(shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        t(shape, (0..n).map(|i| i as f32).collect())
+    }
+
+    /// Checks shape and values with a relative-plus-absolute tolerance `tol`.
+    pub fn assert_close(got: &Tensor, shape: &[usize], want: &[f32], tol: f32) {
+        assert_eq!(got.shape(), shape);
+        let g = got.to_f32_vec();
+        assert_eq!(g.len(), want.len());
+        for (i, (a, b)) in g.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "at {i}: {a} vs {b}");
+        }
+    }
+}
