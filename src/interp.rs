@@ -47,9 +47,7 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
             })?;
     }
 
-    let order = g
-        .topo_order()
-        .map_err(|_| Error::InvalidGraph("the graph has a cycle".into()))?;
+    let order = g.topo_order()?;
 
     // Remaining uses of each value, so intermediates are dropped as soon as
     // their last consumer ran (keeps peak memory near the live set).

@@ -187,8 +187,9 @@ impl Graph {
     }
 
     /// Live nodes in an order where every node comes after the producers of
-    /// its inputs. Fails with the nodes left over when the graph has a cycle.
-    pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
+    /// its inputs. Fails, naming some of the nodes involved, when the graph has
+    /// a cycle.
+    pub fn topo_order(&self) -> crate::Result<Vec<NodeId>> {
         let cap = self.nodes.len();
         let mut indegree = vec![0usize; cap];
         let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); cap];
@@ -230,11 +231,16 @@ impl Graph {
             Ok(order)
         } else {
             let done: std::collections::HashSet<NodeId> = order.into_iter().collect();
-            Err(self
+            let stuck: Vec<String> = self
                 .nodes()
-                .map(|(id, _)| id)
-                .filter(|id| !done.contains(id))
-                .collect())
+                .filter(|(id, _)| !done.contains(id))
+                .take(5)
+                .map(|(_, n)| format!("'{}'", n.name))
+                .collect();
+            Err(crate::Error::InvalidGraph(format!(
+                "the graph has a cycle through nodes {}",
+                stuck.join(", ")
+            )))
         }
     }
 

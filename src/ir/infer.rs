@@ -57,17 +57,7 @@ pub fn infer_node(g: &Graph, node: &Node) -> Result<Vec<TensorType>> {
 /// Infers every node output in topological order, propagating the values of
 /// small integer tensors, and stores the types in `g.values`.
 pub fn infer_graph(g: &mut Graph) -> Result<()> {
-    let order = g.topo_order().map_err(|stuck| {
-        let names: Vec<String> = stuck
-            .iter()
-            .take(5)
-            .filter_map(|&n| g.node(n).map(|n| format!("'{}'", n.name)))
-            .collect();
-        Error::InvalidGraph(format!(
-            "the graph has a cycle through nodes {}",
-            names.join(", ")
-        ))
-    })?;
+    let order = g.topo_order()?;
     // Symbols already used by the inputs are never minted.
     let taken: HashSet<String> = g
         .inputs

@@ -260,7 +260,7 @@ impl<'a> Builder<'a> {
             });
         }
         let mut g = self.g;
-        check_acyclic(&g)?;
+        g.topo_order()?;
         run_fixups(&mut g, pending)?;
         infer::infer_graph(&mut g)?;
         verify::verify(&g)?;
@@ -673,20 +673,6 @@ fn import_node(c: &Ctx) -> std::result::Result<Imported, String> {
     Ok(imp)
 }
 
-fn check_acyclic(g: &Graph) -> Result<()> {
-    g.topo_order().map(|_| ()).map_err(|stuck| {
-        let names: Vec<String> = stuck
-            .iter()
-            .take(5)
-            .filter_map(|&n| g.node(n).map(|n| format!("'{}'", n.name)))
-            .collect();
-        Error::InvalidGraph(format!(
-            "the graph has a cycle through nodes {}",
-            names.join(", ")
-        ))
-    })
-}
-
 /// Completes the ops that needed input types, walking the graph in
 /// topological order and typing node outputs with inference up to the last
 /// such op.
@@ -695,9 +681,7 @@ fn run_fixups(g: &mut Graph, pending: Vec<(NodeId, Fixup)>) -> Result<()> {
         return Ok(());
     }
     let mut pending: HashMap<NodeId, Fixup> = pending.into_iter().collect();
-    let order = g
-        .topo_order()
-        .map_err(|_| Error::InvalidGraph("the graph has a cycle".into()))?;
+    let order = g.topo_order()?;
     for id in order {
         if pending.is_empty() {
             break;
