@@ -13,7 +13,7 @@
 
 use std::fmt::Write;
 
-use super::{AutoPad, ConvAttrs, Graph, Op, PoolAttrs, UnaryOp};
+use super::{AutoPad, ConvAttrs, E8M0Round, Graph, Op, PoolAttrs, UnaryOp};
 
 /// Renders the graph in the text form.
 pub fn print(g: &Graph) -> String {
@@ -87,7 +87,19 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             UnaryOp::Gelu { tanh_approx: true } => a.push(("approximate", "tanh".into())),
             _ => {}
         },
-        Op::Cast { to } => a.push(("to", to.to_string())),
+        Op::Cast {
+            to,
+            saturate,
+            round_mode,
+        } => {
+            a.push(("to", to.to_string()));
+            if !*saturate {
+                a.push(("saturate", "false".into()));
+            }
+            if *round_mode != E8M0Round::Up {
+                a.push(("round_mode", round_mode.name().into()));
+            }
+        }
         Op::Softmax { axis, legacy } | Op::LogSoftmax { axis, legacy } => {
             a.push(("axis", axis.to_string()));
             if *legacy {

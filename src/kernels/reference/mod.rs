@@ -18,9 +18,45 @@ pub mod util;
 use crate::ir::{Op, Tensor};
 use crate::Result;
 
+/// Ops that only move, copy or describe elements, which therefore take every
+/// dtype, the storage-only ones (float8, float4, 4- and 2-bit integers)
+/// included. Cast converts them.
+fn takes_storage_only_types(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Cast { .. }
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Squeeze
+            | Op::Unsqueeze
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Slice
+            | Op::Gather { .. }
+            | Op::Shape { .. }
+            | Op::Size
+            | Op::ConstantOfShape { .. }
+            | Op::Expand
+            | Op::Tile
+            | Op::Identity
+            | Op::Dropout
+            | Op::Pad { .. }
+    )
+}
+
 /// Evaluates one op on concrete inputs. `n_outputs` is the number of outputs
 /// the node declares (ops such as Split and Dropout depend on it).
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec<Tensor>> {
+    if !takes_storage_only_types(op) {
+        if let Some(t) = inputs
+            .iter()
+            .flatten()
+            .find(|t| t.dtype().is_storage_only())
+        {
+            return Err(util::storage_only(op.onnx_type(), t.dtype()));
+        }
+    }
     match op {
         Op::Unary(_) | Op::Binary(_) | Op::Variadic(_) | Op::Clip | Op::Where | Op::Cast { .. } => {
             elementwise::eval(op, inputs)
