@@ -357,7 +357,7 @@ pub fn sign_extend(code: u8, bits: usize) -> i8 {
 /// truncated toward zero, then wrapped. NaN, infinities and magnitudes of
 /// 2^63 or more give 0 (floats that large are multiples of 16 anyway).
 pub fn small_int_from_f64(dtype: DType, x: f64) -> i128 {
-    let i = if x.is_finite() && x.abs() < 9.223372036854775808e18 {
+    let i = if x.is_finite() && x.abs() < pow2(63) {
         x.trunc() as i128
     } else {
         0

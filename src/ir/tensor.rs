@@ -479,3 +479,68 @@ impl fmt::Debug for Tensor {
         write!(f, "[{}{}]", head.join(", "), more)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_precision_values_and_sizes() {
+        let t = |d: TensorData| Tensor::new(vec![d.len()], d).unwrap();
+        let i4 = t(TensorData::I4(vec![-8, 7, -1]));
+        assert_eq!(i4.to_i64_vec().unwrap(), [-8, 7, -1]);
+        assert_eq!(i4.to_f64_vec(), [-8.0, 7.0, -1.0]);
+        assert_eq!(i4.size_bytes(), 2);
+        assert_eq!(t(TensorData::U2(vec![3; 5])).size_bytes(), 2);
+        assert_eq!(t(TensorData::BF16(vec![bf16::ONE; 3])).size_bytes(), 6);
+        let f8 = t(TensorData::F8E5M2(vec![0x3c, 0xc0, 0x7c]));
+        assert_eq!(f8.to_f64_vec(), [1.0, -2.0, f64::INFINITY]);
+        assert_eq!(f8.to_i64_vec(), None);
+        assert_eq!(f8.dtype(), DType::F8E5M2);
+        let e = t(TensorData::F8E8M0(vec![127, 130]));
+        assert_eq!(e.to_f32_vec(), [1.0, 8.0]);
+        assert_eq!(format!("{f8:?}"), "Tensor<f8e5m2[3]>[1, -2, inf]");
+        // Zeros of every dtype read back as 0 (e8m0's smallest is 2^-127).
+        for d in DType::ALL {
+            let z = TensorData::zeros(d, 2);
+            assert_eq!(z.dtype(), d);
+            let v = Tensor::new(vec![2], z).unwrap().to_f64_vec();
+            assert!(v.iter().all(|&x| x.abs() < 1e-30), "{d}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn from_f64_follows_cast_defaults() {
+        let v = [1.5, -2.7, 1e6, f64::NAN];
+        let f = |d| TensorData::from_f64(d, &v);
+        assert!(f(DType::I8) == TensorData::I8(vec![1, -2, 127, 0]));
+        assert!(f(DType::I4) == TensorData::I4(vec![1, -2, 0, 0]));
+        assert!(f(DType::U2) == TensorData::U2(vec![1, 2, 0, 0]));
+        assert!(f(DType::F8E4M3FN) == TensorData::F8E4M3FN(vec![0x3c, 0xc3, 0x7e, 0x7f]));
+        assert!(f(DType::F4E2M1) == TensorData::F4E2M1(vec![0x3, 0xd, 0x7, 0x8]));
+        let b = Tensor::new(vec![4], f(DType::BF16)).unwrap().to_f64_vec();
+        assert_eq!(b[..3], [1.5, -2.703125, 999424.0]);
+        assert!(b[3].is_nan());
+        for d in DType::ALL {
+            assert_eq!(TensorData::from_f64(d, &v).dtype(), d);
+        }
+    }
+
+    #[test]
+    fn extend_and_gather_every_dtype() {
+        for d in DType::ALL {
+            let mut a = TensorData::from_f64(d, &[1.0, 2.0]);
+            let b = TensorData::from_f64(d, &[3.0]);
+            assert!(a.extend_from(&b), "{d}");
+            assert_eq!(a.len(), 3);
+            assert!(
+                a.gather(&[2, 0]) == TensorData::from_f64(d, &[3.0, 1.0]),
+                "{d}"
+            );
+        }
+        let mut a = TensorData::I4(vec![1]);
+        assert!(!a.extend_from(&TensorData::I8(vec![1])));
+        assert!(!a.extend_from(&TensorData::U4(vec![1])));
+        assert_eq!(a.len(), 1);
+    }
+}

@@ -252,3 +252,29 @@ fn pool_attrs(p: &PoolAttrs, a: &mut Vec<(&'static str, String)>, average: bool)
         a.push(("count_include_pad", "true".into()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::DType;
+
+    #[test]
+    fn cast_shows_only_non_default_conversion_attributes() {
+        let cast = |to, saturate, round_mode| {
+            attrs_text(&Op::Cast {
+                to,
+                saturate,
+                round_mode,
+            })
+        };
+        assert_eq!(cast(DType::F16, true, E8M0Round::Up), "[to=f16]");
+        assert_eq!(
+            cast(DType::F8E5M2, false, E8M0Round::Up),
+            "[to=f8e5m2, saturate=false]"
+        );
+        assert_eq!(
+            cast(DType::F8E8M0, true, E8M0Round::Nearest),
+            "[to=f8e8m0, round_mode=nearest]"
+        );
+    }
+}

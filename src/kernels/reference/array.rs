@@ -816,12 +816,14 @@ fn range(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
                 _ => TensorData::I64(vals.collect()),
             }
         }
-        other => return Err(Error::op(
-            name,
-            format!(
+        other => {
+            return Err(Error::op(
+                name,
+                format!(
                 "start, limit and delta must be f32, f64, f16, bf16, i16, i32 or i64, got {other}"
             ),
-        )),
+            ))
+        }
     };
     let n = data.len();
     make(name, vec![n], data)
@@ -1116,5 +1118,26 @@ mod tests {
         let s16 = |v| Tensor::new(vec![], TensorData::I16(vec![v])).unwrap();
         let y = r(s16(0), s16(5), s16(2)).unwrap();
         assert!(y.data() == &TensorData::I16(vec![0, 2, 4]));
+        // f16 and bf16 compute in f32 and round.
+        // Delta 0.3 is 1229/4096 in f16 and 77/256 in bf16; the
+        // last f16 value ties and rounds to even.
+        for (d, want) in [
+            (
+                DType::F16,
+                [0.0, 1229.0 / 4096.0, 1229.0 / 2048.0, 461.0 / 512.0],
+            ),
+            (
+                DType::BF16,
+                [0.0, 77.0 / 256.0, 77.0 / 128.0, 231.0 / 256.0],
+            ),
+        ] {
+            let s = |v: f64| Tensor::new(vec![], TensorData::from_f64(d, &[v])).unwrap();
+            let y = r(s(1.0), s(5.0), s(2.0)).unwrap();
+            assert_eq!((y.dtype(), vals(&y)), (d, vec![1., 3.]));
+            let y = r(s(0.0), s(1.0), s(0.3)).unwrap();
+            assert_eq!((y.dtype(), vals(&y)), (d, want.to_vec()));
+        }
+        let f8 = Tensor::new(vec![], TensorData::F8E4M3FN(vec![0x38])).unwrap();
+        assert!(r(f8.clone(), f8.clone(), f8).is_err());
     }
 }

@@ -1433,7 +1433,10 @@ mod tests {
             TensorData::I32(vec![240, 0, -2])
         );
         // bf16 rounds to nearest even; back to f32 exactly.
-        let b = cast_default(&t_f32(&[2], &[1.00390625, 1.01171875]), DType::BF16);
+        let b = cast_default(
+            &t_f32(&[2], &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0]),
+            DType::BF16,
+        );
         assert_data!(
             b,
             TensorData::BF16(vec![bf16::from_bits(0x3f80), bf16::from_bits(0x3f82)])
