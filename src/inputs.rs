@@ -110,6 +110,22 @@ pub fn random_inputs(g: &Graph, seed: u64, dims: &BTreeMap<String, usize>) -> Re
                 DType::U16 => TensorData::U16(ints().into_iter().map(|x| x as u16).collect()),
                 DType::U32 => TensorData::U32(ints().into_iter().map(|x| x as u32).collect()),
                 DType::U64 => TensorData::U64(ints().into_iter().map(|x| x as u64).collect()),
+                // Low-precision floats: uniform in [-1, 1), rounded.
+                d @ (DType::BF16
+                | DType::F8E4M3FN
+                | DType::F8E4M3FNUZ
+                | DType::F8E5M2
+                | DType::F8E5M2FNUZ
+                | DType::F8E8M0
+                | DType::F4E2M1) => {
+                    let v: Vec<f64> = (0..n).map(|_| rng.next_f64() * 2.0 - 1.0).collect();
+                    TensorData::from_f64(d, &v)
+                }
+                // 4- and 2-bit integers: the bounded values, wrapped.
+                d @ (DType::I4 | DType::U4 | DType::I2 | DType::U2) => {
+                    let v: Vec<f64> = ints().into_iter().map(|x| x as f64).collect();
+                    TensorData::from_f64(d, &v)
+                }
             };
             Tensor::new(shape, data).map_err(|e| Error::Internal(e.to_string()))
         })

@@ -132,11 +132,19 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
         });
         let Some(numel) = numel else { continue };
         parameters = parameters.saturating_add(numel);
-        let (name, size) = match DType::from_onnx_code(t.data_type) {
-            Some(d) => (d.name().to_string(), d.size() as u64),
+        let (name, bytes) = match DType::from_onnx_code(t.data_type) {
+            // Sub-byte types (int4, ...) are counted packed, as stored.
+            Some(d) => (
+                d.name().to_string(),
+                usize::try_from(numel)
+                    .ok()
+                    .and_then(|n| d.packed_bytes(n))
+                    .map_or(u64::MAX, |b| b as u64),
+            ),
             None => (DType::onnx_code_name(t.data_type).to_lowercase(), 0),
         };
-        *weight_bytes.entry(name).or_insert(0) += numel.saturating_mul(size);
+        let total = weight_bytes.entry(name).or_insert(0u64);
+        *total = total.saturating_add(bytes);
     }
 
     let (inputs, outputs) = match &imported {

@@ -66,16 +66,36 @@ pub fn read_npy_bytes(bytes: &[u8], what: &Path) -> Result<Tensor> {
 }
 
 /// Writes `t` as an `.npy` file (little-endian, C order), atomically.
+/// Element types numpy lacks (bf16, float8, float4, 4- and 2-bit integers)
+/// are refused.
 pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    check_writable(path, t)?;
     write_atomic(path, |w| write_npy_to(w, t))
 }
 
-/// The bytes of an `.npy` file holding `t`.
-pub fn npy_bytes(t: &Tensor) -> Vec<u8> {
+/// The bytes of an `.npy` file holding `t`; `Error::Npy` for element types
+/// numpy lacks.
+pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    check_writable(Path::new("<memory>"), t)?;
     let mut out = Vec::with_capacity(t.size_bytes() + 128);
     // Writing into a Vec cannot fail.
     let _ = write_npy_to(&mut out, t);
-    out
+    Ok(out)
+}
+
+/// Refuses tensors whose element type has no numpy dtype.
+fn check_writable(path: &Path, t: &Tensor) -> Result<()> {
+    match descr(t.dtype()) {
+        Some(_) => Ok(()),
+        None => Err(npy_err(
+            path,
+            format!(
+                "cannot write a {} tensor: numpy has no {} type (cast it to f32 first)",
+                t.dtype(),
+                t.dtype()
+            ),
+        )),
+    }
 }
 
 /// Reads every array of an `.npz` archive (`np.savez` or
@@ -114,7 +134,8 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Writes named arrays as an uncompressed `.npz` archive (like `np.savez`),
 /// atomically. Each name gets a `.npy` suffix inside the archive.
 pub fn write_npz(path: &Path, arrays: &[(String, Tensor)]) -> Result<()> {
-    for (i, (name, _)) in arrays.iter().enumerate() {
+    for (i, (name, t)) in arrays.iter().enumerate() {
+        check_writable(&path.join(name), t)?;
         if name.is_empty() {
             return Err(npy_err(path, format!("array {i} has an empty name")));
         }
@@ -384,6 +405,8 @@ fn read_data<R: Read>(
             |b| b[0] != 0,
             what,
         )?),
+        // parse_descr never yields these.
+        other => return Err(npy_err(what, format!("numpy has no {other} type"))),
     })
 }
 
@@ -666,8 +689,9 @@ fn parse_header(text: &str) -> Result<Header, String> {
 
 // ---------------------------------------------------------------- writing
 
-fn descr(d: DType) -> &'static str {
-    match d {
+/// numpy's spelling of a dtype; `None` for types numpy lacks.
+fn descr(d: DType) -> Option<&'static str> {
+    Some(match d {
         DType::F32 => "<f4",
         DType::F64 => "<f8",
         DType::F16 => "<f2",
@@ -680,11 +704,12 @@ fn descr(d: DType) -> &'static str {
         DType::U32 => "<u4",
         DType::U64 => "<u8",
         DType::Bool => "|b1",
-    }
+        _ => return None,
+    })
 }
 
 /// The preamble and padded header for `t`, exactly as `np.save` writes it.
-fn header_bytes(t: &Tensor) -> Vec<u8> {
+fn header_bytes(t: &Tensor, descr: &str) -> Vec<u8> {
     let shape = match t.shape() {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
@@ -698,7 +723,7 @@ fn header_bytes(t: &Tensor) -> Vec<u8> {
     };
     let mut dict = format!(
         "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
-        descr(t.dtype())
+        descr
     );
     // numpy: padlen = ALIGN - ((magic + version + len field + hlen) % ALIGN),
     // where hlen counts the final newline.
@@ -724,7 +749,9 @@ fn header_bytes(t: &Tensor) -> Vec<u8> {
 }
 
 fn write_npy_to<W: Write>(w: &mut W, t: &Tensor) -> io::Result<()> {
-    w.write_all(&header_bytes(t))?;
+    // The public writers refuse types numpy lacks first (check_writable).
+    let no_type = || io::Error::other(format!("numpy has no {} type", t.dtype()));
+    w.write_all(&header_bytes(t, descr(t.dtype()).ok_or_else(no_type)?))?;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 8);
     macro_rules! emit {
         ($v:expr, $f:expr) => {{
@@ -750,6 +777,7 @@ fn write_npy_to<W: Write>(w: &mut W, t: &Tensor) -> io::Result<()> {
         TensorData::U32(v) => emit!(v, |x: &u32| x.to_le_bytes()),
         TensorData::U64(v) => emit!(v, |x: &u64| x.to_le_bytes()),
         TensorData::Bool(v) => emit!(v, |x: &bool| [*x as u8]),
+        _ => return Err(no_type()),
     }
     w.write_all(&buf)
 }
@@ -823,8 +851,42 @@ mod tests {
             DType::U32 => TensorData::U32(vec![0, 1, 2, 3, 1 << 31, u32::MAX]),
             DType::U64 => TensorData::U64(vec![0, 1, 2, 3, 1 << 63, u64::MAX]),
             DType::Bool => TensorData::Bool(vec![true, false, true, false, false, true]),
+            other => TensorData::from_f64(other, &[0.0, -1.5, 1.0, 0.5, 2.0, 7.0]),
         };
         Tensor::new(shape, data).unwrap()
+    }
+
+    /// The dtypes numpy has.
+    fn numpy_dtypes() -> Vec<DType> {
+        DType::ALL
+            .into_iter()
+            .filter(|d| descr(*d).is_some())
+            .collect()
+    }
+
+    #[test]
+    fn types_numpy_lacks_are_refused() {
+        let dir = tmpdir("lowp");
+        for d in DType::ALL {
+            if descr(d).is_some() {
+                continue;
+            }
+            let t = sample(d);
+            let e = npy_bytes(&t).unwrap_err().to_string();
+            assert!(e.contains(&format!("numpy has no {d} type")), "{e}");
+            let f = dir.join("x.npy");
+            assert!(matches!(write_npy(&f, &t), Err(Error::Npy { .. })), "{d}");
+            assert!(!f.exists());
+            let z = dir.join("x.npz");
+            let arrays = [("ok".to_string(), Tensor::scalar_f32(1.0)), ("w".into(), t)];
+            assert!(
+                matches!(write_npz(&z, &arrays), Err(Error::Npy { .. })),
+                "{d}"
+            );
+            assert!(!z.exists());
+        }
+        assert_eq!(numpy_dtypes().len(), 12);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Equality that treats NaN as equal to NaN (bitwise for floats).
@@ -863,7 +925,7 @@ mod tests {
     fn header_matches_numpy() {
         // np.save(f, np.arange(3, dtype='<f4')): header padded to 64 bytes.
         let t = Tensor::from_f32(vec![3], vec![0.0, 1.0, 2.0]).unwrap();
-        let b = npy_bytes(&t);
+        let b = npy_bytes(&t).unwrap();
         let expected = "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }";
         assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
         assert_eq!(u16::from_le_bytes([b[8], b[9]]), 118);
@@ -872,9 +934,9 @@ mod tests {
         assert_eq!(b.len(), 128 + 12);
         assert_eq!(&b[128..132], &0f32.to_le_bytes());
         // 0-d and rank-2 shapes are spelled like Python tuples.
-        let s = npy_bytes(&Tensor::scalar_i64(5));
+        let s = npy_bytes(&Tensor::scalar_i64(5)).unwrap();
         assert!(String::from_utf8_lossy(&s).contains("'shape': (), }"));
-        let m = npy_bytes(&Tensor::zeros(DType::U8, vec![2, 0, 4]));
+        let m = npy_bytes(&Tensor::zeros(DType::U8, vec![2, 0, 4])).unwrap();
         assert!(String::from_utf8_lossy(&m).contains("'descr': '|u1'"));
         assert!(String::from_utf8_lossy(&m).contains("'shape': (2, 0, 4), }"));
     }
@@ -882,9 +944,9 @@ mod tests {
     #[test]
     fn round_trip_every_dtype_bytes_and_file() {
         let dir = tmpdir("rt");
-        for d in DType::ALL {
+        for d in numpy_dtypes() {
             let t = sample(d);
-            let back = read_npy_bytes(&npy_bytes(&t), p()).unwrap();
+            let back = read_npy_bytes(&npy_bytes(&t).unwrap(), p()).unwrap();
             assert!(same(&t, &back), "{d}: {back:?}");
             let f = dir.join(format!("{d}.npy"));
             write_npy(&f, &t).unwrap();
@@ -893,7 +955,7 @@ mod tests {
             for shape in [vec![], vec![0], vec![3, 0, 2], vec![1, 2, 1, 3]] {
                 let n = checked_numel(&shape).unwrap();
                 let t = Tensor::new(shape.clone(), sample(d).data().gather(&vec![5; n])).unwrap();
-                let back = read_npy_bytes(&npy_bytes(&t), p()).unwrap();
+                let back = read_npy_bytes(&npy_bytes(&t).unwrap(), p()).unwrap();
                 assert!(same(&t, &back), "{d} {shape:?}");
             }
         }
@@ -926,7 +988,7 @@ mod tests {
     #[test]
     fn npz_round_trip_keeps_order_and_names() {
         let dir = tmpdir("npz");
-        let arrays: Vec<(String, Tensor)> = DType::ALL
+        let arrays: Vec<(String, Tensor)> = numpy_dtypes()
             .iter()
             .rev()
             .map(|&d| (format!("arr_{d}"), sample(d)))
@@ -999,7 +1061,7 @@ mod tests {
 
     #[test]
     fn hostile_inputs_give_npy_errors() {
-        let good = npy_bytes(&sample(DType::F32));
+        let good = npy_bytes(&sample(DType::F32)).unwrap();
         // Every truncation of a valid file fails cleanly.
         for n in 0..good.len() {
             let m = err_msg(read_npy_bytes(&good[..n], p()));
@@ -1060,7 +1122,7 @@ mod tests {
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated);
         zw.start_file("x.npy", opts).unwrap();
-        let good = npy_bytes(&sample(DType::I64));
+        let good = npy_bytes(&sample(DType::I64)).unwrap();
         zw.write_all(&good[..good.len() - 3]).unwrap();
         zw.finish().unwrap();
         match read_npz(&z) {

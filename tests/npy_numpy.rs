@@ -60,7 +60,11 @@ fn every_dtype_matches_make_py() {
             );
         }
         // Writing it back gives NumPy's exact bytes.
-        assert_eq!(npy_bytes(&t), std::fs::read(&path).unwrap(), "{code} bytes");
+        assert_eq!(
+            npy_bytes(&t).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "{code} bytes"
+        );
     }
     // 64-bit extremes do not survive f64, check them exactly.
     let i8s = read_npy(&data("i8.npy")).unwrap();
@@ -70,7 +74,11 @@ fn every_dtype_matches_make_py() {
     for code in ["i8", "u8"] {
         let path = data(&format!("{code}.npy"));
         let t = read_npy(&path).unwrap();
-        assert_eq!(npy_bytes(&t), std::fs::read(&path).unwrap(), "{code} bytes");
+        assert_eq!(
+            npy_bytes(&t).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "{code} bytes"
+        );
     }
     let f2 = read_npy(&data("f2.npy")).unwrap();
     let TensorData::F16(v) = f2.data() else {
@@ -83,7 +91,10 @@ fn every_dtype_matches_make_py() {
 fn special_layouts() {
     let s = read_npy(&data("scalar_f8.npy")).unwrap();
     assert_eq!((s.shape(), s.to_f64_vec()), (&[][..], vec![2.5]));
-    assert_eq!(npy_bytes(&s), std::fs::read(data("scalar_f8.npy")).unwrap());
+    assert_eq!(
+        npy_bytes(&s).unwrap(),
+        std::fs::read(data("scalar_f8.npy")).unwrap()
+    );
 
     let e = read_npy(&data("empty_i4.npy")).unwrap();
     assert_eq!(

@@ -294,7 +294,7 @@ const LISTED_OPS: &[&str] = &[
 ];
 
 /// Share of the listed-op cases that must pass.
-const MIN_LISTED_PASS_RATE: f64 = 0.80;
+const MIN_LISTED_PASS_RATE: f64 = 0.95;
 
 /// Whether every node of the model is a default-domain op from LISTED_OPS.
 fn uses_only_listed_ops(model: &Path) -> bool {

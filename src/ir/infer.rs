@@ -604,7 +604,7 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
                 broadcast(name, &[&c.shape, &x.shape, &y.shape])?,
             ))
         }
-        Op::Cast { to } => single(tt(*to, in_ty(cx, node, 0)?.shape.0.clone())),
+        Op::Cast { to, .. } => single(tt(*to, in_ty(cx, node, 0)?.shape.0.clone())),
         Op::Softmax { axis, .. } | Op::LogSoftmax { axis, .. } => {
             let x = in_ty(cx, node, 0)?;
             norm_axis(name, *axis, x.shape.rank())?;
@@ -1749,11 +1749,13 @@ fn range(cx: &mut Ctx, node: &Node) -> Result<TensorType> {
     let dt = tys[0].dtype;
     if !matches!(
         dt,
-        DType::F32 | DType::F64 | DType::I16 | DType::I32 | DType::I64
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::I16 | DType::I32 | DType::I64
     ) {
         return Err(Error::op(
             name,
-            format!("start, limit and delta must be f32, f64, i16, i32 or i64, got {dt}"),
+            format!(
+                "start, limit and delta must be f32, f64, f16, bf16, i16, i32 or i64, got {dt}"
+            ),
         ));
     }
     for t in &tys {
@@ -2064,9 +2066,12 @@ fn propagate_one(cx: &Ctx, node: &Node, out: &TensorType, len: usize) -> Option<
         | Op::Unsqueeze
         | Op::Flatten { .. }
         | Op::Dropout => cx.val(x),
-        Op::Cast { to } => {
+        Op::Cast { to, .. } => {
             let v = cx.val(x)?;
-            if *to == DType::Bool {
+            if to.is_storage_only() {
+                // Values wrap or round in these types; not worth tracking.
+                None
+            } else if *to == DType::Bool {
                 Some(
                     v.into_iter()
                         .map(|e| match e {
@@ -2230,7 +2235,7 @@ fn propagate_one(cx: &Ctx, node: &Node, out: &TensorType, len: usize) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{ConvTransposeAttrs, PadMode, Tensor};
+    use crate::ir::{ConvTransposeAttrs, E8M0Round, PadMode, Tensor};
 
     fn s(dims: &[&str]) -> Shape {
         Shape(
@@ -2385,7 +2390,15 @@ mod tests {
             },
             &[a],
         );
-        let cast = node1(&mut g, Op::Cast { to: DType::F16 }, &[c]);
+        let cast = node1(
+            &mut g,
+            Op::Cast {
+                to: DType::F16,
+                saturate: true,
+                round_mode: E8M0Round::Up,
+            },
+            &[c],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, sum), "f32[b,3,4]");
         assert_eq!(ty(&g, cmp), "bool[b,3,4]");

@@ -5,6 +5,7 @@
 pub mod dtype;
 pub mod graph;
 pub mod infer;
+pub mod lowp;
 pub mod op;
 pub mod shape;
 pub mod tensor;
@@ -13,6 +14,7 @@ pub mod verify;
 
 pub use dtype::DType;
 pub use graph::{Graph, Node, NodeId, Value, ValueDef, ValueId};
+pub use lowp::E8M0Round;
 pub use op::*;
 pub use shape::{Dim, Shape, SymbolBindings, TensorType};
 pub use tensor::{checked_numel, ShapeMismatch, Tensor, TensorData};

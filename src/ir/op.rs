@@ -7,7 +7,7 @@
 //! so every later stage sees one form. Optional inputs keep their ONNX
 //! positions; an absent one is `None` in `Node::inputs`.
 
-use super::{DType, Tensor};
+use super::{DType, E8M0Round, Tensor};
 
 /// Elementwise ops of one input.
 #[derive(Clone, Debug, PartialEq)]
@@ -214,8 +214,13 @@ pub enum Op {
     Clip,
     /// Inputs: cond, x, y.
     Where,
+    /// `saturate` (opset 19, default true) clamps out-of-range values
+    /// converted to float8 to its largest finite value; `round_mode` (opset
+    /// 24) rounds conversions to float8 e8m0. Both only affect those targets.
     Cast {
         to: DType,
+        saturate: bool,
+        round_mode: E8M0Round,
     },
     /// `legacy` is the opset < 13 form: the input is coerced to 2-D at `axis`
     /// and the softmax runs over the whole trailing block.

@@ -13,7 +13,7 @@
 
 use std::fmt::Write;
 
-use super::{AutoPad, ConvAttrs, Graph, Op, PoolAttrs, ResizeMode, UnaryOp};
+use super::{AutoPad, ConvAttrs, E8M0Round, Graph, Op, PoolAttrs, ResizeMode, UnaryOp};
 
 /// Renders the graph in the text form.
 pub fn print(g: &Graph) -> String {
@@ -87,7 +87,19 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             UnaryOp::Gelu { tanh_approx: true } => a.push(("approximate", "tanh".into())),
             _ => {}
         },
-        Op::Cast { to } => a.push(("to", to.to_string())),
+        Op::Cast {
+            to,
+            saturate,
+            round_mode,
+        } => {
+            a.push(("to", to.to_string()));
+            if !*saturate {
+                a.push(("saturate", "false".into()));
+            }
+            if *round_mode != E8M0Round::Up {
+                a.push(("round_mode", round_mode.name().into()));
+            }
+        }
         Op::Softmax { axis, legacy } | Op::LogSoftmax { axis, legacy } => {
             a.push(("axis", axis.to_string()));
             if *legacy {
@@ -251,5 +263,31 @@ fn pool_attrs(p: &PoolAttrs, a: &mut Vec<(&'static str, String)>, average: bool)
     }
     if !average && p.column_major {
         a.push(("storage_order", "1".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::DType;
+
+    #[test]
+    fn cast_shows_only_non_default_conversion_attributes() {
+        let cast = |to, saturate, round_mode| {
+            attrs_text(&Op::Cast {
+                to,
+                saturate,
+                round_mode,
+            })
+        };
+        assert_eq!(cast(DType::F16, true, E8M0Round::Up), "[to=f16]");
+        assert_eq!(
+            cast(DType::F8E5M2, false, E8M0Round::Up),
+            "[to=f8e5m2, saturate=false]"
+        );
+        assert_eq!(
+            cast(DType::F8E8M0, true, E8M0Round::Nearest),
+            "[to=f8e8m0, round_mode=nearest]"
+        );
     }
 }

@@ -4,10 +4,12 @@
 
 use mlc::Tensor;
 
-/// Whether `got` matches `want`: same dtype and shape; floating point within
+/// Whether `got` matches `want`: same dtype and shape; floating point (every
+/// format: f16, bf16, float8, float4 decoded exactly to their values) within
 /// `|got - want| <= atol + rtol * |want|` (NaN matches NaN, an infinity only
-/// the same infinity); integers and bools exactly. The error names the first
-/// mismatching element and how many differ.
+/// the same infinity, -0 equals 0); integers (4- and 2-bit included) and
+/// bools exactly. The error names the first mismatching element and how many
+/// differ.
 pub fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), String> {
     if got.dtype() != want.dtype() {
         return Err(format!(

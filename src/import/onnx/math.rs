@@ -3,7 +3,7 @@
 use super::attrs::Problem;
 use super::ops::{scalar_of, Ctx, Imported, In};
 use super::tensor::dtype_of;
-use crate::ir::{Op, ReduceOp, Tensor, UnaryOp};
+use crate::ir::{E8M0Round, Op, ReduceOp, Tensor, UnaryOp};
 
 /// https://onnx.ai/onnx/operators/onnx__LeakyRelu.html
 pub fn leaky_relu(c: &Ctx) -> Result<Imported, Problem> {
@@ -57,16 +57,24 @@ pub fn clip_v6(c: &Ctx) -> Result<Imported, Problem> {
     })
 }
 
-/// https://onnx.ai/onnx/operators/onnx__Cast.html (`saturate`, opset 19, and
-/// `round_mode`, opset 24, only concern float8/float4 targets, which mlc does
-/// not have).
+/// https://onnx.ai/onnx/operators/onnx__Cast.html. `saturate` (opset 19,
+/// default 1) and `round_mode` (opset 24, default "up") only change
+/// conversions to float8 (and e8m0); older opsets saturate too.
 pub fn cast(c: &Ctx) -> Result<Imported, Problem> {
     let to = c.attrs.opt_int("to")?.ok_or("attribute 'to' is required")?;
     let code =
         i32::try_from(to).map_err(|_| format!("attribute 'to' has an invalid type code {to}"))?;
     let to = dtype_of(code).map_err(|e| format!("cast target: {e}"))?;
-    c.attrs.ignore(&["saturate", "round_mode"]);
-    c.simple(Op::Cast { to })
+    let saturate = c.attrs.bool("saturate", true)?;
+    let mode = c.attrs.string("round_mode", "up")?;
+    let round_mode = E8M0Round::from_name(mode).ok_or_else(|| {
+        format!("attribute 'round_mode' must be \"up\", \"down\" or \"nearest\", got {mode:?}")
+    })?;
+    c.simple(Op::Cast {
+        to,
+        saturate,
+        round_mode,
+    })
 }
 
 /// https://onnx.ai/onnx/operators/onnx__Softmax.html and LogSoftmax: before

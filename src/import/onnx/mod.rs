@@ -39,9 +39,9 @@ use ops::{Ctx, Fixup, Imported, In};
 /// Oldest default-domain opset mlc imports.
 pub const MIN_OPSET: i64 = 7;
 /// Newest default-domain opset mlc imports. Opsets 22..28 changed the ops mlc
-/// supports only by adding element types (bfloat16, float8, 4-bit) that mlc
-/// refuses anyway, plus Cast `round_mode` and Range `stash_type`, which only
-/// matter for those types.
+/// supports only by adding element types (bfloat16, float8, float4, 4- and
+/// 2-bit integers), plus Cast `round_mode` (read) and Range `stash_type`
+/// (f16/bf16 Range computes in f32, the default stash type).
 pub const MAX_OPSET: i64 = 28;
 
 /// Reads and imports an ONNX model; external data is resolved against the

@@ -154,21 +154,7 @@ pub(crate) fn trimmed_len(names: &[String]) -> usize {
 /// A scalar of `dtype` holding `v` (for constants made from float
 /// attributes).
 pub fn scalar_of(dtype: DType, v: f64) -> Tensor {
-    use crate::ir::TensorData as D;
-    let data = match dtype {
-        DType::F32 => D::F32(vec![v as f32]),
-        DType::F64 => D::F64(vec![v]),
-        DType::F16 => D::F16(vec![half::f16::from_f64(v)]),
-        DType::I8 => D::I8(vec![v as i8]),
-        DType::I16 => D::I16(vec![v as i16]),
-        DType::I32 => D::I32(vec![v as i32]),
-        DType::I64 => D::I64(vec![v as i64]),
-        DType::U8 => D::U8(vec![v as u8]),
-        DType::U16 => D::U16(vec![v as u16]),
-        DType::U32 => D::U32(vec![v as u32]),
-        DType::U64 => D::U64(vec![v as u64]),
-        DType::Bool => D::Bool(vec![v != 0.0]),
-    };
+    let data = crate::ir::TensorData::from_f64(dtype, &[v]);
     // A one-element vector always fits the scalar shape.
     Tensor::new(vec![], data).unwrap_or_else(|_| Tensor::scalar_f32(v as f32))
 }

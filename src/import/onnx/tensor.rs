@@ -2,9 +2,12 @@
 //!
 //! A tensor's data can live in `raw_data` (little-endian bytes), in one of the
 //! typed repeated fields (`float_data`, `int32_data` which also carries the
-//! 8- and 16-bit types, bool and the bits of float16, `int64_data`,
-//! `double_data`, `uint64_data` which also carries uint32), or in an external
-//! file next to the model. Every path checks that the amount of data matches
+//! 8- and 16-bit types, bool, the bits of float16, bfloat16 and float8, and
+//! the packed bytes of the 4- and 2-bit types, `int64_data`, `double_data`,
+//! `uint64_data` which also carries uint32), or in an external file next to
+//! the model. The 4-bit types (int4, uint4, float4) pack two elements per
+//! byte and the 2-bit types four, first element in the low bits, in every
+//! form. Every path checks that the amount of data matches
 //! the shape and dtype exactly before allocating, guards against hostile dims
 //! (negative, overflowing products) and confines external files to the
 //! model's directory (no absolute paths, no `..`, no symlinks that lead out).
@@ -13,11 +16,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path};
 
-use half::f16;
+use half::{bf16, f16};
 use onnx_protobuf::tensor_proto::DataLocation;
 use onnx_protobuf::TensorProto;
 
-use crate::ir::{checked_numel, DType, Tensor, TensorData};
+use crate::ir::{checked_numel, lowp, DType, Tensor, TensorData};
 
 /// Formats dims the way messages show shapes: `[2,3]`.
 pub(crate) fn fmt_dims(dims: &[usize]) -> String {
@@ -48,8 +51,8 @@ pub(crate) fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor,
     }
     let numel =
         checked_numel(&shape).ok_or_else(|| format!("shape {:?} has too many elements", t.dims))?;
-    let nbytes = numel
-        .checked_mul(dtype.size())
+    let nbytes = dtype
+        .packed_bytes(numel)
         .ok_or_else(|| format!("shape {:?} has too many elements", t.dims))?;
     if t.segment.is_some() {
         return Err("is segmented, which is not supported".into());
@@ -57,7 +60,7 @@ pub(crate) fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor,
     let data = match t.data_location.enum_value() {
         Ok(DataLocation::EXTERNAL) => {
             let bytes = read_external(t, base_dir, nbytes, &shape, dtype)?;
-            from_le_bytes(dtype, &bytes)
+            from_le_bytes(dtype, &bytes, numel)
         }
         Ok(DataLocation::DEFAULT) => {
             if !t.raw_data.is_empty() || (numel == 0 && typed_len(t, dtype) == 0) {
@@ -68,16 +71,18 @@ pub(crate) fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor,
                         fmt_dims(&shape)
                     ));
                 }
-                from_le_bytes(dtype, &t.raw_data)
+                from_le_bytes(dtype, &t.raw_data, numel)
             } else {
                 let n = typed_len(t, dtype);
-                if n != numel {
+                // Sub-byte types carry one packed byte per value.
+                let want = if dtype.bits() < 8 { nbytes } else { numel };
+                if n != want {
                     return Err(format!(
-                        "has {n} values but its shape {} of {dtype} needs {numel}",
+                        "has {n} values but its shape {} of {dtype} needs {want}",
                         fmt_dims(&shape)
                     ));
                 }
-                from_typed(t, dtype)?
+                from_typed(t, dtype, numel)?
             }
         }
         Err(code) => return Err(format!("has an unknown data location {code}")),
@@ -92,14 +97,30 @@ fn typed_len(t: &TensorProto, dtype: DType) -> usize {
         DType::F64 => t.double_data.len(),
         DType::I64 => t.int64_data.len(),
         DType::U32 | DType::U64 => t.uint64_data.len(),
-        DType::F16 | DType::I8 | DType::I16 | DType::I32 | DType::U8 | DType::U16 | DType::Bool => {
-            t.int32_data.len()
-        }
+        DType::F16
+        | DType::BF16
+        | DType::I8
+        | DType::I16
+        | DType::I32
+        | DType::U8
+        | DType::U16
+        | DType::Bool
+        | DType::F8E4M3FN
+        | DType::F8E4M3FNUZ
+        | DType::F8E5M2
+        | DType::F8E5M2FNUZ
+        | DType::F8E8M0
+        | DType::F4E2M1
+        | DType::I4
+        | DType::U4
+        | DType::I2
+        | DType::U2 => t.int32_data.len(),
     }
 }
 
-/// Values from the typed fields; the caller checked the count.
-fn from_typed(t: &TensorProto, dtype: DType) -> Result<TensorData, String> {
+/// Values from the typed fields; the caller checked the count (`numel`
+/// elements, packed for the sub-byte types).
+fn from_typed(t: &TensorProto, dtype: DType, numel: usize) -> Result<TensorData, String> {
     fn narrow<T: TryFrom<i64>>(v: &[i32], what: DType) -> Result<Vec<T>, String> {
         v.iter()
             .map(|&x| T::try_from(x as i64).map_err(|_| format!("value {x} does not fit {what}")))
@@ -122,8 +143,36 @@ fn from_typed(t: &TensorProto, dtype: DType) -> Result<TensorData, String> {
                 .map(|&x| f16::from_bits((x as u32 & 0xffff) as u16))
                 .collect(),
         ),
+        DType::BF16 => TensorData::BF16(
+            t.int32_data
+                .iter()
+                .map(|&x| bf16::from_bits((x as u32 & 0xffff) as u16))
+                .collect(),
+        ),
         DType::U64 => TensorData::U64(t.uint64_data.clone()),
         DType::U32 => TensorData::U32(narrow_u64(&t.uint64_data)?),
+        // float8 bit patterns and the packed bytes of the sub-byte types,
+        // one per value.
+        DType::F8E4M3FN
+        | DType::F8E4M3FNUZ
+        | DType::F8E5M2
+        | DType::F8E5M2FNUZ
+        | DType::F8E8M0
+        | DType::F4E2M1
+        | DType::I4
+        | DType::U4
+        | DType::I2
+        | DType::U2 => {
+            let bytes: Vec<u8> = t
+                .int32_data
+                .iter()
+                .map(|&x| {
+                    u8::try_from(x)
+                        .map_err(|_| format!("value {x} does not fit a byte of {dtype} data"))
+                })
+                .collect::<Result<_, _>>()?;
+            from_le_bytes(dtype, &bytes, numel)
+        }
     })
 }
 
@@ -133,9 +182,10 @@ fn narrow_u64(v: &[u64]) -> Result<Vec<u32>, String> {
         .collect()
 }
 
-/// Little-endian bytes into typed data. `bytes.len()` is a multiple of the
-/// element size (checked by the callers against the shape).
-fn from_le_bytes(dtype: DType, bytes: &[u8]) -> TensorData {
+/// Little-endian bytes into `numel` elements of typed data. `bytes.len()` is
+/// `dtype.packed_bytes(numel)` (checked by the callers against the shape).
+fn from_le_bytes(dtype: DType, bytes: &[u8], numel: usize) -> TensorData {
+    let codes = |bits: usize| lowp::unpack(bits, bytes, numel);
     macro_rules! le {
         ($t:ty, $n:expr) => {
             bytes
@@ -161,6 +211,27 @@ fn from_le_bytes(dtype: DType, bytes: &[u8]) -> TensorData {
         DType::U32 => TensorData::U32(le!(u32, 4)),
         DType::U64 => TensorData::U64(le!(u64, 8)),
         DType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        DType::BF16 => TensorData::BF16(le!(bf16, 2)),
+        DType::F8E4M3FN => TensorData::F8E4M3FN(bytes.to_vec()),
+        DType::F8E4M3FNUZ => TensorData::F8E4M3FNUZ(bytes.to_vec()),
+        DType::F8E5M2 => TensorData::F8E5M2(bytes.to_vec()),
+        DType::F8E5M2FNUZ => TensorData::F8E5M2FNUZ(bytes.to_vec()),
+        DType::F8E8M0 => TensorData::F8E8M0(bytes.to_vec()),
+        DType::F4E2M1 => TensorData::F4E2M1(codes(4)),
+        DType::U4 => TensorData::U4(codes(4)),
+        DType::U2 => TensorData::U2(codes(2)),
+        DType::I4 => TensorData::I4(
+            codes(4)
+                .into_iter()
+                .map(|c| lowp::sign_extend(c, 4))
+                .collect(),
+        ),
+        DType::I2 => TensorData::I2(
+            codes(2)
+                .into_iter()
+                .map(|c| lowp::sign_extend(c, 2))
+                .collect(),
+        ),
     }
 }
 
@@ -338,6 +409,81 @@ mod tests {
     }
 
     #[test]
+    fn low_precision_raw_data() {
+        let mut t = proto(DType::BF16, &[2]);
+        t.raw_data = vec![0x80, 0x3f, 0x00, 0xc0];
+        assert_eq!(decode(&t, None).unwrap().to_f32_vec(), [1.0, -2.0]);
+
+        let mut t = proto(DType::F8E4M3FN, &[3]);
+        t.raw_data = vec![0x7e, 0x38, 0xff];
+        let x = decode(&t, None).unwrap();
+        assert!(x.data() == &TensorData::F8E4M3FN(vec![0x7e, 0x38, 0xff]));
+        let v = x.to_f32_vec();
+        assert_eq!(v[..2], [448.0, 1.0]);
+        assert!(v[2].is_nan());
+
+        // 4-bit: two per byte, low nibble first, odd counts padded.
+        let mut t = proto(DType::I4, &[3]);
+        t.raw_data = vec![0x8f, 0x07];
+        assert!(decode(&t, None).unwrap().data() == &TensorData::I4(vec![-1, -8, 7]));
+        t.data_type = DType::U4.onnx_code();
+        assert!(decode(&t, None).unwrap().data() == &TensorData::U4(vec![15, 8, 7]));
+        t.data_type = DType::F4E2M1.onnx_code();
+        assert_eq!(decode(&t, None).unwrap().to_f32_vec(), [-6.0, -0.0, 6.0]);
+        t.raw_data = vec![0x8f, 0x07, 0x00];
+        assert_eq!(
+            decode(&t, None).unwrap_err(),
+            "has 3 bytes of data but its shape [3] of f4e2m1 needs 2"
+        );
+
+        // 2-bit: four per byte.
+        let mut t = proto(DType::I2, &[5]);
+        t.raw_data = vec![0b00_11_10_01, 0b10];
+        assert!(decode(&t, None).unwrap().data() == &TensorData::I2(vec![1, -2, -1, 0, -2]));
+        t.data_type = DType::U2.onnx_code();
+        assert!(decode(&t, None).unwrap().data() == &TensorData::U2(vec![1, 2, 3, 0, 2]));
+
+        // Empty.
+        let t = proto(DType::I4, &[0]);
+        assert_eq!(decode(&t, None).unwrap().numel(), 0);
+    }
+
+    #[test]
+    fn low_precision_int32_data() {
+        let mut t = proto(DType::BF16, &[1]);
+        t.int32_data = vec![0x3f80];
+        assert_eq!(decode(&t, None).unwrap().to_f32_vec(), [1.0]);
+
+        let mut t = proto(DType::F8E5M2, &[2]);
+        t.int32_data = vec![0x3c, 0xfc];
+        assert_eq!(
+            decode(&t, None).unwrap().to_f32_vec(),
+            [1.0, f32::NEG_INFINITY]
+        );
+        t.int32_data = vec![0x3c, 256];
+        assert!(decode(&t, None)
+            .unwrap_err()
+            .contains("does not fit a byte"));
+
+        let mut t = proto(DType::F8E8M0, &[1]);
+        t.int32_data = vec![128];
+        assert_eq!(decode(&t, None).unwrap().to_f32_vec(), [2.0]);
+
+        // Sub-byte types: one packed byte per int32 value.
+        let mut t = proto(DType::I4, &[3]);
+        t.int32_data = vec![0x8f, 0x07];
+        assert!(decode(&t, None).unwrap().data() == &TensorData::I4(vec![-1, -8, 7]));
+        t.int32_data = vec![0x8f, 0x07, 0x01];
+        assert_eq!(
+            decode(&t, None).unwrap_err(),
+            "has 3 values but its shape [3] of i4 needs 2"
+        );
+        let mut t = proto(DType::U2, &[6]);
+        t.int32_data = vec![0b11_10_01_00, 0b0111];
+        assert!(decode(&t, None).unwrap().data() == &TensorData::U2(vec![0, 1, 2, 3, 3, 1]));
+    }
+
+    #[test]
     fn empty_tensors_and_hostile_dims() {
         let t = proto(DType::F32, &[0, 3]);
         assert_eq!(decode(&t, None).unwrap().shape(), &[0, 3]);
@@ -352,8 +498,8 @@ mod tests {
     #[test]
     fn unsupported_dtypes_are_named() {
         let mut t = proto(DType::F32, &[1]);
-        t.data_type = 16;
-        assert!(decode(&t, None).unwrap_err().contains("BFLOAT16"));
+        t.data_type = 27;
+        assert!(decode(&t, None).unwrap_err().contains("FLOAT6E2M3"));
         t.data_type = 8;
         assert!(decode(&t, None).unwrap_err().contains("STRING"));
     }

@@ -316,15 +316,15 @@ fn unsupported_initializer_dtype_is_named() {
     m.inputs = vec![vi("x", DType::F32, &[1])];
     m.inits = vec![TensorProto {
         name: "b".into(),
-        data_type: 16,
+        data_type: 14,
         dims: vec![1],
-        raw_data: vec![0, 0],
+        raw_data: vec![0; 8],
         ..Default::default()
     }];
     m.nodes = vec![node("Add", &["x", "b"], &["y"], vec![])];
     m.outputs = vec!["y"];
     let p = problems(m.load());
-    assert!(p[0].message.contains("BFLOAT16"), "{p:?}");
+    assert!(p[0].message.contains("COMPLEX64"), "{p:?}");
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -589,6 +589,45 @@ fn legacy_split_clip_pad_forms() {
 }
 
 #[test]
+fn cast_reads_saturate_and_round_mode() {
+    let mut m = M::new(24);
+    m.inputs = vec![vi("x", DType::F32, &[2])];
+    m.outputs = vec!["y"];
+    m.nodes = vec![node("Cast", &["x"], &["y"], vec![a_int("to", 17)])];
+    let cast = |to, saturate, round_mode| Op::Cast {
+        to,
+        saturate,
+        round_mode,
+    };
+    let g = m.load().unwrap();
+    assert_eq!(
+        only_node(&g).op,
+        cast(DType::F8E4M3FN, true, crate::ir::E8M0Round::Up)
+    );
+    assert_eq!(g.ty(g.outputs[0]).dtype, DType::F8E4M3FN);
+    m.nodes = vec![node(
+        "Cast",
+        &["x"],
+        &["y"],
+        vec![
+            a_int("to", 24),
+            a_int("saturate", 0),
+            a_str("round_mode", "nearest"),
+        ],
+    )];
+    assert_eq!(
+        only_node(&m.load().unwrap()).op,
+        cast(DType::F8E8M0, false, crate::ir::E8M0Round::Nearest)
+    );
+    // Graph inputs of the new types import too.
+    m.inputs = vec![vi("x", DType::I4, &[2])];
+    m.nodes = vec![node("Cast", &["x"], &["y"], vec![a_int("to", 16)])];
+    let g = m.load().unwrap();
+    assert_eq!(g.ty(g.inputs[0]).dtype, DType::I4);
+    assert_eq!(g.ty(g.outputs[0]).dtype, DType::BF16);
+}
+
+#[test]
 fn softmax_defaults_depend_on_opset() {
     let mut m = M::new(12);
     m.inputs = vec![vi("x", DType::F32, &[2, 3])];
@@ -760,8 +799,15 @@ fn unsupported_outputs_and_attribute_values() {
         vec![a_int("training_mode", 1)],
     )];
     assert!(problems(m.load())[0].message.contains("training"));
-    m.nodes = vec![node("Cast", &["x"], &["y"], vec![a_int("to", 16)])];
-    assert!(problems(m.load())[0].message.contains("BFLOAT16"));
+    m.nodes = vec![node("Cast", &["x"], &["y"], vec![a_int("to", 27)])];
+    assert!(problems(m.load())[0].message.contains("FLOAT6E2M3"));
+    m.nodes = vec![node(
+        "Cast",
+        &["x"],
+        &["y"],
+        vec![a_int("to", 24), a_str("round_mode", "sideways")],
+    )];
+    assert!(problems(m.load())[0].message.contains("round_mode"));
     m.nodes = vec![node("Relu", &["x", "x"], &["y"], vec![])];
     assert!(problems(m.load())[0].message.contains("has 2 inputs"));
 }
@@ -1038,6 +1084,7 @@ fn hostile_bytes_never_panic() {
             &["c"],
             vec![a_ints("kernel_shape", &[1, 1])],
         ),
+        // The default perm reverses: [1,2,4,4] -> [4,4,2,1].
         node("Transpose", &["c"], &["t"], vec![]),
         node("Squeeze", &["t"], &["s"], vec![a_ints("axes", &[3])]),
         node("Reshape", &["s", "shape"], &["r"], vec![]),

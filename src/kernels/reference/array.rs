@@ -103,74 +103,45 @@ fn index_map(out_shape: &[usize], mut f: impl FnMut(&[usize]) -> usize) -> Vec<u
     map
 }
 
-/// Typed access to the storage of a [`TensorData`] variant.
-trait Elem: Copy {
-    fn slice(d: &TensorData) -> Option<&[Self]>;
-}
-
-macro_rules! impl_elem {
-    ($($t:ty => $v:ident),* $(,)?) => {$(
-        impl Elem for $t {
-            fn slice(d: &TensorData) -> Option<&[$t]> {
-                match d {
-                    TensorData::$v(x) => Some(x),
-                    _ => None,
-                }
-            }
-        }
-    )*};
-}
-
-impl_elem!(
-    f32 => F32, f64 => F64, half::f16 => F16, i8 => I8, i16 => I16, i32 => I32, i64 => I64,
-    u8 => U8, u16 => U16, u32 => U32, u64 => U64, bool => Bool,
-);
-
-fn gather_typed<T: Elem>(
-    name: &'static str,
-    parts: &[&TensorData],
-    picks: &[(usize, usize)],
-) -> Result<Vec<T>> {
-    let slices: Vec<&[T]> = parts
-        .iter()
-        .map(|p| T::slice(p))
-        .collect::<Option<_>>()
-        .ok_or_else(|| Error::op(name, "inputs must all have the same element type"))?;
-    picks
-        .iter()
-        .map(|&(s, i)| {
-            slices
-                .get(s)
-                .and_then(|v| v.get(i))
-                .copied()
-                .ok_or_else(|| Error::Internal(format!("{name}: element index out of bounds")))
-        })
-        .collect()
-}
-
 /// Elements picked from several same-dtype tensors: `(part, flat index)`.
+/// The parts are laid end to end and the picks gathered from that, which
+/// serves every dtype with one code path.
 fn gather_multi(
     name: &'static str,
     parts: &[&TensorData],
     picks: &[(usize, usize)],
 ) -> Result<TensorData> {
-    let first = parts
-        .first()
+    let (first, rest) = parts
+        .split_first()
         .ok_or_else(|| Error::Internal(format!("{name}: nothing to gather from")))?;
-    Ok(match first {
-        TensorData::F32(_) => TensorData::F32(gather_typed(name, parts, picks)?),
-        TensorData::F64(_) => TensorData::F64(gather_typed(name, parts, picks)?),
-        TensorData::F16(_) => TensorData::F16(gather_typed(name, parts, picks)?),
-        TensorData::I8(_) => TensorData::I8(gather_typed(name, parts, picks)?),
-        TensorData::I16(_) => TensorData::I16(gather_typed(name, parts, picks)?),
-        TensorData::I32(_) => TensorData::I32(gather_typed(name, parts, picks)?),
-        TensorData::I64(_) => TensorData::I64(gather_typed(name, parts, picks)?),
-        TensorData::U8(_) => TensorData::U8(gather_typed(name, parts, picks)?),
-        TensorData::U16(_) => TensorData::U16(gather_typed(name, parts, picks)?),
-        TensorData::U32(_) => TensorData::U32(gather_typed(name, parts, picks)?),
-        TensorData::U64(_) => TensorData::U64(gather_typed(name, parts, picks)?),
-        TensorData::Bool(_) => TensorData::Bool(gather_typed(name, parts, picks)?),
-    })
+    let mut all = (*first).clone();
+    let mut offsets = vec![0usize];
+    for p in rest {
+        offsets.push(all.len());
+        if !all.extend_from(p) {
+            return Err(Error::op(
+                name,
+                "inputs must all have the same element type",
+            ));
+        }
+    }
+    let idx = picks
+        .iter()
+        .map(|&(s, i)| {
+            let (start, len) = match offsets.get(s) {
+                Some(&o) => (o, parts[s].len()),
+                None => (0, 0),
+            };
+            if i < len {
+                Ok(start + i)
+            } else {
+                Err(Error::Internal(format!(
+                    "{name}: element index out of bounds"
+                )))
+            }
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    Ok(all.gather(&idx))
 }
 
 /// Normalizes an axis against `rank`, with the op's name in the error.
@@ -820,14 +791,17 @@ fn range(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
         }
     }
     let data = match dt {
-        DType::F32 | DType::F64 => {
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
             let (a, b, c) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
             let n = range_len_f64(name, a, b, c)?;
-            // Like numpy's arange: computed in f64, then narrowed.
-            if dt == DType::F32 {
-                TensorData::F32((0..n).map(|i| (a + i as f64 * c) as f32).collect())
-            } else {
-                TensorData::F64((0..n).map(|i| a + i as f64 * c).collect())
+            // Like numpy's arange: computed in f64, then narrowed. f16 and
+            // bf16 go through f32, Range's default `stash_type`.
+            let f32s = || (0..n).map(|i| (a + i as f64 * c) as f32);
+            match dt {
+                DType::F64 => TensorData::F64((0..n).map(|i| a + i as f64 * c).collect()),
+                DType::F16 => TensorData::F16(f32s().map(half::f16::from_f32).collect()),
+                DType::BF16 => TensorData::BF16(f32s().map(half::bf16::from_f32).collect()),
+                _ => TensorData::F32(f32s().collect()),
             }
         }
         DType::I16 | DType::I32 | DType::I64 => {
@@ -845,7 +819,9 @@ fn range(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
         other => {
             return Err(Error::op(
                 name,
-                format!("start, limit and delta must be f32, f64, i16, i32 or i64, got {other}"),
+                format!(
+                "start, limit and delta must be f32, f64, f16, bf16, i16, i32 or i64, got {other}"
+            ),
             ))
         }
     };
@@ -1142,5 +1118,26 @@ mod tests {
         let s16 = |v| Tensor::new(vec![], TensorData::I16(vec![v])).unwrap();
         let y = r(s16(0), s16(5), s16(2)).unwrap();
         assert!(y.data() == &TensorData::I16(vec![0, 2, 4]));
+        // f16 and bf16 compute in f32 and round.
+        // Delta 0.3 is 1229/4096 in f16 and 77/256 in bf16; the
+        // last f16 value ties and rounds to even.
+        for (d, want) in [
+            (
+                DType::F16,
+                [0.0, 1229.0 / 4096.0, 1229.0 / 2048.0, 461.0 / 512.0],
+            ),
+            (
+                DType::BF16,
+                [0.0, 77.0 / 256.0, 77.0 / 128.0, 231.0 / 256.0],
+            ),
+        ] {
+            let s = |v: f64| Tensor::new(vec![], TensorData::from_f64(d, &[v])).unwrap();
+            let y = r(s(1.0), s(5.0), s(2.0)).unwrap();
+            assert_eq!((y.dtype(), vals(&y)), (d, vec![1., 3.]));
+            let y = r(s(0.0), s(1.0), s(0.3)).unwrap();
+            assert_eq!((y.dtype(), vals(&y)), (d, want.to_vec()));
+        }
+        let f8 = Tensor::new(vec![], TensorData::F8E4M3FN(vec![0x38])).unwrap();
+        assert!(r(f8.clone(), f8.clone(), f8).is_err());
     }
 }

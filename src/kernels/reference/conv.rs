@@ -288,6 +288,7 @@ pub(super) fn f64_to_data(dtype: DType, v: Vec<f64>) -> TensorData {
         DType::U32 => TensorData::U32(v.into_iter().map(|x| x as u32).collect()),
         DType::U64 => TensorData::U64(v.into_iter().map(|x| x as u64).collect()),
         DType::Bool => TensorData::Bool(v.into_iter().map(|x| x != 0.0).collect()),
+        other => TensorData::from_f64(other, &v),
     }
 }
 

@@ -11,10 +11,13 @@
 //! numpy does), integer arithmetic wraps, and integer division by zero is an
 //! error rather than a panic.
 
-use half::f16;
+use half::{bf16, f16};
 
-use super::util::{broadcast_shape, input, opt_input};
-use crate::ir::{checked_numel, BinaryOp, DType, Op, Tensor, TensorData, UnaryOp, VariadicOp};
+use super::util::{broadcast_shape, input, opt_input, storage_only};
+use crate::ir::lowp::{self, Minifloat};
+use crate::ir::{
+    checked_numel, BinaryOp, DType, E8M0Round, Op, Tensor, TensorData, UnaryOp, VariadicOp,
+};
 use crate::{Error, Result};
 
 /// Largest element count a kernel here will materialize; protects against
@@ -35,7 +38,11 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             input(name, inputs, 1)?,
             input(name, inputs, 2)?,
         )?,
-        Op::Cast { to } => cast(input(name, inputs, 0)?, *to),
+        Op::Cast {
+            to,
+            saturate,
+            round_mode,
+        } => cast(input(name, inputs, 0)?, *to, *saturate, *round_mode)?,
         other => {
             return Err(Error::op(
                 other.onnx_type(),
@@ -110,6 +117,7 @@ impl_elem!(u16, U16);
 impl_elem!(u32, U32);
 impl_elem!(u64, U64);
 impl_elem!(bool, Bool);
+impl_elem!(bf16, BF16);
 
 macro_rules! impl_num_int {
     ($t:ty, $signed:expr) => {
@@ -233,11 +241,59 @@ impl Num for f16 {
     }
 }
 
+/// bf16 arithmetic widens to f32 and rounds back (round to nearest even).
+impl Num for bf16 {
+    const IS_FLOAT: bool = true;
+    const SIGNED: bool = true;
+    fn add(self, o: Self) -> Self {
+        bf16::from_f32(self.to_f32() + o.to_f32())
+    }
+    fn sub(self, o: Self) -> Self {
+        bf16::from_f32(self.to_f32() - o.to_f32())
+    }
+    fn mul(self, o: Self) -> Self {
+        bf16::from_f32(self.to_f32() * o.to_f32())
+    }
+    fn div(self, o: Self) -> Option<Self> {
+        Some(bf16::from_f32(self.to_f32() / o.to_f32()))
+    }
+    fn to_f64(self) -> f64 {
+        bf16::to_f64(self)
+    }
+    fn from_f64(v: f64) -> Self {
+        bf16::from_f64(v)
+    }
+    fn to_i128(self) -> Option<i128> {
+        None
+    }
+    fn from_i128(v: i128) -> Self {
+        bf16::from_f64(v as f64)
+    }
+    fn is_nan(self) -> bool {
+        bf16::is_nan(self)
+    }
+}
+
 /// Binds `$T` to the Rust type of a numeric `DType` and evaluates `$body`;
-/// evaluates `$bool` for `DType::Bool`.
+/// evaluates `$bool` for `DType::Bool`. Storage-only dtypes return the
+/// [`storage_only`] error for op `$op` from the enclosing function.
 macro_rules! with_num_type {
-    ($dtype:expr, $T:ident => $body:expr, bool => $bool:expr) => {
+    ($op:expr, $dtype:expr, $T:ident => $body:expr, bool => $bool:expr) => {
         match $dtype {
+            DType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            d @ (DType::F8E4M3FN
+            | DType::F8E4M3FNUZ
+            | DType::F8E5M2
+            | DType::F8E5M2FNUZ
+            | DType::F8E8M0
+            | DType::F4E2M1
+            | DType::I4
+            | DType::U4
+            | DType::I2
+            | DType::U2) => return Err(storage_only($op, d)),
             DType::F32 => {
                 type $T = f32;
                 $body
@@ -494,7 +550,7 @@ fn unary(op: &'static str, u: &UnaryOp, x: &Tensor) -> Result<Tensor> {
             .ok_or_else(|| Error::op(op, format!("input must be bool, got {dt}")))?;
         return tensor(op, shape, TensorData::Bool(v.iter().map(|b| !b).collect()));
     }
-    let data = with_num_type!(dt, T => {
+    let data = with_num_type!(op, dt, T => {
         let v = typed::<T>(op, "input", x, dt)?;
         if T::IS_FLOAT {
             T::wrap(v.iter().map(|&e| T::from_f64(unary_float(u, e.to_f64()))).collect())
@@ -565,7 +621,7 @@ fn binary(op: &'static str, b: BinaryOp, x: &Tensor, y: &Tensor) -> Result<Tenso
         ));
     }
     if b.returns_bool() {
-        let (shape, out) = with_num_type!(dt, T => compare::<T>(op, b, x, y)?, bool => {
+        let (shape, out) = with_num_type!(op, dt, T => compare::<T>(op, b, x, y)?, bool => {
             if b != BinaryOp::Equal {
                 return Err(Error::op(op, "bool inputs are only supported by Equal"));
             }
@@ -573,7 +629,7 @@ fn binary(op: &'static str, b: BinaryOp, x: &Tensor, y: &Tensor) -> Result<Tenso
         });
         return tensor(op, shape, TensorData::Bool(out));
     }
-    let (shape, data) = with_num_type!(dt, T => arith::<T>(op, b, x, y)?,
+    let (shape, data) = with_num_type!(op, dt, T => arith::<T>(op, b, x, y)?,
         bool => return Err(Error::op(op, "bool inputs are not supported")));
     tensor(op, shape, data)
 }
@@ -655,12 +711,12 @@ fn pow(op: &'static str, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     let exps = match y.dtype() {
         DType::Bool => return Err(Error::op(op, "exponent must be numeric, got bool")),
         d if d.is_float() => Exponents::Float(y.to_f64_vec()),
-        _ => Exponents::Int(with_num_type!(y.dtype(), T => {
+        _ => Exponents::Int(with_num_type!(op, y.dtype(), T => {
             typed::<T>(op, "exponent", y, y.dtype())?.iter().map(|e| e.to_i128().unwrap_or(0)).collect()
         }, bool => Vec::new())),
     };
     let dt = x.dtype();
-    let (shape, data) = with_num_type!(dt, T => {
+    let (shape, data) = with_num_type!(op, dt, T => {
         let base = typed::<T>(op, "base", x, dt)?;
         let (shape, out) = match &exps {
             Exponents::Float(e) => zip2(op, base, x.shape(), e, y.shape(), |b, e| {
@@ -689,7 +745,7 @@ fn variadic(op: &'static str, v: VariadicOp, inputs: &[Option<&Tensor>]) -> Resu
     let dt = ts[0].dtype();
     let shapes: Vec<&[usize]> = ts.iter().map(|t| t.shape()).collect();
     let shape = broadcast_all(op, &shapes)?;
-    let data = with_num_type!(dt, T => {
+    let data = with_num_type!(op, dt, T => {
         if v == VariadicOp::Mean && !T::IS_FLOAT {
             return Err(Error::op(op, format!("Mean needs floating point inputs, got {dt}")));
         }
@@ -751,7 +807,7 @@ fn clip_bound<T: Num>(
 fn clip(op: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
     let x = input(op, inputs, 0)?;
     let dt = x.dtype();
-    let data = with_num_type!(dt, T => {
+    let data = with_num_type!(op, dt, T => {
         let v = typed::<T>(op, "input", x, dt)?;
         let lo = clip_bound::<T>(op, "min", opt_input(inputs, 1), dt)?;
         let hi = clip_bound::<T>(op, "max", opt_input(inputs, 2), dt)?;
@@ -803,7 +859,7 @@ fn where_op(op: &'static str, c: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tens
                 .collect(),
         )
     }
-    let data = with_num_type!(dt, T => pick::<T>(cond, typed(op, "X", x, dt)?, typed(op, "Y", y, dt)?, &mc, &mx, &my),
+    let data = with_num_type!(op, dt, T => pick::<T>(cond, typed(op, "X", x, dt)?, typed(op, "Y", y, dt)?, &mc, &mx, &my),
         bool => pick::<bool>(cond, typed(op, "X", x, dt)?, typed(op, "Y", y, dt)?, &mc, &mx, &my));
     tensor(op, shape, data)
 }
@@ -820,6 +876,7 @@ enum Scalar {
 }
 
 fn scalars(t: &Tensor) -> Vec<Scalar> {
+    let floats = |t: &Tensor| t.to_f64_vec().into_iter().map(Scalar::F).collect();
     match t.data() {
         TensorData::Bool(v) => v.iter().map(|&b| Scalar::B(b)).collect(),
         TensorData::F32(v) => v.iter().map(|&x| Scalar::F(x as f64)).collect(),
@@ -833,6 +890,16 @@ fn scalars(t: &Tensor) -> Vec<Scalar> {
         TensorData::U16(v) => v.iter().map(|&x| Scalar::I(x as i128)).collect(),
         TensorData::U32(v) => v.iter().map(|&x| Scalar::I(x as i128)).collect(),
         TensorData::U64(v) => v.iter().map(|&x| Scalar::I(x as i128)).collect(),
+        TensorData::I4(v) | TensorData::I2(v) => v.iter().map(|&x| Scalar::I(x as i128)).collect(),
+        TensorData::U4(v) | TensorData::U2(v) => v.iter().map(|&x| Scalar::I(x as i128)).collect(),
+        // Decoded exactly (every value of these formats is an f32).
+        TensorData::BF16(_)
+        | TensorData::F8E4M3FN(_)
+        | TensorData::F8E4M3FNUZ(_)
+        | TensorData::F8E5M2(_)
+        | TensorData::F8E5M2FNUZ(_)
+        | TensorData::F8E8M0(_)
+        | TensorData::F4E2M1(_) => floats(t),
     }
 }
 
@@ -848,9 +915,26 @@ fn cast_to<T: Num>(s: &[Scalar]) -> TensorData {
     )
 }
 
+/// Each element as f64 (bool as 0/1; integers past 2^53 rounded, which only
+/// matters for targets far narrower anyway).
+fn as_f64(e: Scalar) -> f64 {
+    match e {
+        Scalar::I(i) => i as f64,
+        Scalar::F(f) => f,
+        Scalar::B(b) => b as u8 as f64,
+    }
+}
+
 /// Cast: integers wrap (two's complement), floats to integers truncate toward
 /// zero and saturate (NaN -> 0), anything to bool is `!= 0`, bool is 0/1.
-fn cast(x: &Tensor, to: DType) -> Tensor {
+/// Floats round to nearest even. The low-precision targets follow the ONNX
+/// reference: float8 clamps out-of-range values and infinities to its largest
+/// finite value when `saturate` (else infinity or NaN, see
+/// [`Minifloat::encode`]), float4 always clamps, float8 e8m0 rounds the f32
+/// exponent by `round` ([`lowp::e8m0_encode`]), and the 4- and 2-bit integers
+/// wrap, floats being truncated toward zero first (non-finite values give 0),
+/// as `ml_dtypes` does.
+fn cast(x: &Tensor, to: DType, saturate: bool, round: E8M0Round) -> Result<Tensor> {
     let s = scalars(x);
     let data = match to {
         // i128 -> f32 directly (one rounding) rather than through f64.
@@ -872,10 +956,54 @@ fn cast(x: &Tensor, to: DType) -> Tensor {
                 })
                 .collect(),
         ),
-        other => with_num_type!(other, T => cast_to::<T>(&s), bool => TensorData::Bool(Vec::new())),
+        DType::BF16 => {
+            TensorData::BF16(s.iter().map(|&e| lowp::bf16_from_f64(as_f64(e))).collect())
+        }
+        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F4E2M1 => {
+            let f = Minifloat::of(to)
+                .ok_or_else(|| Error::Internal(format!("{to} has no minifloat format")))?;
+            let bits: Vec<u8> = s.iter().map(|&e| f.encode(as_f64(e), saturate)).collect();
+            match to {
+                DType::F8E4M3FN => TensorData::F8E4M3FN(bits),
+                DType::F8E4M3FNUZ => TensorData::F8E4M3FNUZ(bits),
+                DType::F8E5M2 => TensorData::F8E5M2(bits),
+                DType::F8E5M2FNUZ => TensorData::F8E5M2FNUZ(bits),
+                _ => TensorData::F4E2M1(bits),
+            }
+        }
+        // The reference converts to f32 first.
+        DType::F8E8M0 => TensorData::F8E8M0(
+            s.iter()
+                .map(|&e| {
+                    let f = match e {
+                        Scalar::I(i) => i as f32,
+                        Scalar::F(f) => f as f32,
+                        Scalar::B(b) => b as u8 as f32,
+                    };
+                    lowp::e8m0_encode(f, saturate, round)
+                })
+                .collect(),
+        ),
+        DType::I4 | DType::U4 | DType::I2 | DType::U2 => {
+            let vals = s.iter().map(|&e| match e {
+                Scalar::I(i) => lowp::wrap_small_int(to, i),
+                Scalar::F(f) => lowp::small_int_from_f64(to, f),
+                Scalar::B(b) => b as i128,
+            });
+            // wrap_small_int keeps the value in the type's range, so the
+            // narrowing casts are exact.
+            match to {
+                DType::I4 => TensorData::I4(vals.map(|v| v as i8).collect()),
+                DType::U4 => TensorData::U4(vals.map(|v| v as u8).collect()),
+                DType::I2 => TensorData::I2(vals.map(|v| v as i8).collect()),
+                _ => TensorData::U2(vals.map(|v| v as u8).collect()),
+            }
+        }
+        other => {
+            with_num_type!("Cast", other, T => cast_to::<T>(&s), bool => TensorData::Bool(Vec::new()))
+        }
     };
-    // Same element count as the input, so the shape fits.
-    Tensor::new(x.shape().to_vec(), data).unwrap_or_else(|_| Tensor::zeros(to, x.shape().to_vec()))
+    tensor("Cast", x.shape().to_vec(), data)
 }
 
 #[cfg(test)]
@@ -887,6 +1015,10 @@ mod tests {
             let t: &Tensor = &$t;
             assert!(t.data() == &$d, "got {:?}", t);
         }};
+    }
+
+    fn cast_default(x: &Tensor, to: DType) -> Tensor {
+        cast(x, to, true, E8M0Round::Up).unwrap()
     }
 
     fn t_f32(shape: &[usize], v: &[f32]) -> Tensor {
@@ -1212,16 +1344,16 @@ mod tests {
     #[test]
     fn cast_between_types() {
         let x = t_f32(&[6], &[-1.7, 2.9, 300.0, f32::NAN, -1e10, 0.0]);
-        let y = cast(&x, DType::I8);
+        let y = cast_default(&x, DType::I8);
         assert_data!(y, TensorData::I8(vec![-1, 2, 127, 0, -128, 0]));
-        let y = cast(&x, DType::U8);
+        let y = cast_default(&x, DType::U8);
         assert_data!(y, TensorData::U8(vec![0, 2, 255, 0, 0, 0]));
-        let y = cast(&x, DType::Bool);
+        let y = cast_default(&x, DType::Bool);
         assert_data!(
             y,
             TensorData::Bool(vec![true, true, true, true, true, false])
         );
-        let y = cast(&x, DType::F16);
+        let y = cast_default(&x, DType::F16);
         let h = match y.data() {
             TensorData::F16(v) => v.clone(),
             _ => panic!("not f16"),
@@ -1231,28 +1363,200 @@ mod tests {
         assert!(h[3].is_nan());
         assert!(h[4].is_infinite());
         let i = t(&[3], TensorData::I64(vec![300, -1, 1 << 40]));
-        assert_data!(cast(&i, DType::U8), TensorData::U8(vec![44, 255, 0]));
         assert_data!(
-            cast(&i, DType::F64),
+            cast_default(&i, DType::U8),
+            TensorData::U8(vec![44, 255, 0])
+        );
+        assert_data!(
+            cast_default(&i, DType::F64),
             TensorData::F64(vec![300.0, -1.0, (1u64 << 40) as f64])
         );
         let b = t(&[2], TensorData::Bool(vec![true, false]));
-        assert_eq!(cast(&b, DType::F32).as_f32().unwrap(), &[1.0, 0.0]);
-        assert_data!(cast(&b, DType::I16), TensorData::I16(vec![1, 0]));
+        assert_eq!(cast_default(&b, DType::F32).as_f32().unwrap(), &[1.0, 0.0]);
+        assert_data!(cast_default(&b, DType::I16), TensorData::I16(vec![1, 0]));
         let u = t(&[1], TensorData::U64(vec![u64::MAX]));
-        assert_data!(cast(&u, DType::I64), TensorData::I64(vec![-1]));
+        assert_data!(cast_default(&u, DType::I64), TensorData::I64(vec![-1]));
         let h16 = t(&[1], TensorData::F16(vec![f16::from_f32(0.1)]));
         assert_eq!(
-            cast(&h16, DType::F32).as_f32().unwrap(),
+            cast_default(&h16, DType::F32).as_f32().unwrap(),
             &[f16::from_f32(0.1).to_f32()]
         );
         // Through eval, shape preserved.
         let y = run(
-            Op::Cast { to: DType::I32 },
+            Op::Cast {
+                to: DType::I32,
+                saturate: true,
+                round_mode: E8M0Round::Up,
+            },
             &[&t_f32(&[2, 1], &[1.5, -2.5])],
         )
         .unwrap();
         assert_eq!(y.shape(), &[2, 1]);
         assert_data!(y, TensorData::I32(vec![1, -2]));
+    }
+
+    #[test]
+    fn cast_to_and_from_low_precision() {
+        let x = t_f32(
+            &[6],
+            &[0.47892547, 1e6, f32::NEG_INFINITY, f32::NAN, -1e-7, 464.0],
+        );
+        // float8 e4m3fn, saturating (the default) and not.
+        assert_data!(
+            cast_default(&x, DType::F8E4M3FN),
+            TensorData::F8E4M3FN(vec![0x2f, 0x7e, 0xfe, 0x7f, 0x80, 0x7e])
+        );
+        let y = cast(&x, DType::F8E4M3FN, false, E8M0Round::Up).unwrap();
+        assert_data!(
+            y,
+            TensorData::F8E4M3FN(vec![0x2f, 0x7f, 0xff, 0x7f, 0x80, 0x7e])
+        );
+        // e5m2 without saturation overflows to infinity.
+        let y = cast(&x, DType::F8E5M2, false, E8M0Round::Up).unwrap();
+        let back = cast_default(&y, DType::F32);
+        let v = back.as_f32().unwrap();
+        assert_eq!(v[0], 0.5);
+        assert_eq!((v[1], v[2]), (f32::INFINITY, f32::NEG_INFINITY));
+        assert!(v[3].is_nan());
+        // float8 -> f16 and -> int (through the value).
+        let f8 = t(&[3], TensorData::F8E4M3FNUZ(vec![0x7f, 0x80, 0xc8]));
+        let h = cast_default(&f8, DType::F16);
+        let hv: Vec<f32> = match h.data() {
+            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            _ => panic!("{h:?}"),
+        };
+        assert_eq!(hv[0], 240.0);
+        assert!(hv[1].is_nan());
+        assert_eq!(hv[2], -2.0);
+        assert_data!(
+            cast_default(&f8, DType::I32),
+            TensorData::I32(vec![240, 0, -2])
+        );
+        // bf16 rounds to nearest even; back to f32 exactly.
+        let b = cast_default(
+            &t_f32(&[2], &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0]),
+            DType::BF16,
+        );
+        assert_data!(
+            b,
+            TensorData::BF16(vec![bf16::from_bits(0x3f80), bf16::from_bits(0x3f82)])
+        );
+        assert_eq!(
+            cast_default(&b, DType::F32).as_f32().unwrap(),
+            &[1.0, 1.015625]
+        );
+        // 4- and 2-bit integers wrap; floats truncate first; NaN gives 0.
+        let v = t_f32(&[6], &[-9.0, 7.6, 8.0, -2.5, f32::NAN, 15.0]);
+        assert_data!(
+            cast_default(&v, DType::I4),
+            TensorData::I4(vec![7, 7, -8, -2, 0, -1])
+        );
+        assert_data!(
+            cast_default(&v, DType::U4),
+            TensorData::U4(vec![7, 7, 8, 14, 0, 15])
+        );
+        assert_data!(
+            cast_default(&v, DType::I2),
+            TensorData::I2(vec![-1, -1, 0, -2, 0, -1])
+        );
+        assert_data!(
+            cast_default(&v, DType::U2),
+            TensorData::U2(vec![3, 3, 0, 2, 0, 3])
+        );
+        let i4 = t(&[3], TensorData::I4(vec![-8, 7, -1]));
+        assert_data!(
+            cast_default(&i4, DType::I8),
+            TensorData::I8(vec![-8, 7, -1])
+        );
+        assert_data!(cast_default(&i4, DType::U4), TensorData::U4(vec![8, 7, 15]));
+        assert_data!(
+            cast_default(&i4, DType::I2),
+            TensorData::I2(vec![0, -1, -1])
+        );
+        let wide = t(&[2], TensorData::I64(vec![-9, 300]));
+        assert_data!(cast_default(&wide, DType::I4), TensorData::I4(vec![7, -4]));
+        // Integer sources round and saturate too.
+        let wide = t(&[3], TensorData::I64(vec![-9, 300, 1000]));
+        assert_data!(
+            cast_default(&wide, DType::F8E4M3FN),
+            TensorData::F8E4M3FN(vec![0xd1, 0x79, 0x7e])
+        );
+        // float4 saturates always; e8m0 rounds up, or as asked.
+        let f4 = cast(
+            &t_f32(&[3], &[9.0, 0.25, -3.5]),
+            DType::F4E2M1,
+            false,
+            E8M0Round::Up,
+        );
+        assert_data!(f4.unwrap(), TensorData::F4E2M1(vec![0x7, 0x0, 0xe]));
+        let e = t_f32(&[3], &[0.0, 1.1, 1.6]);
+        assert_data!(
+            cast_default(&e, DType::F8E8M0),
+            TensorData::F8E8M0(vec![0, 128, 128])
+        );
+        let d = cast(&e, DType::F8E8M0, true, E8M0Round::Down).unwrap();
+        assert_data!(d, TensorData::F8E8M0(vec![0, 127, 127]));
+        let n = cast(&e, DType::F8E8M0, true, E8M0Round::Nearest).unwrap();
+        assert_data!(n, TensorData::F8E8M0(vec![0, 127, 128]));
+        assert_eq!(
+            cast_default(&n, DType::F64).to_f64_vec(),
+            [2f64.powi(-127), 1.0, 2.0]
+        );
+        // Bool in and out.
+        let bo = t(&[2], TensorData::Bool(vec![true, false]));
+        assert_data!(cast_default(&bo, DType::U2), TensorData::U2(vec![1, 0]));
+        assert_data!(
+            cast_default(&f8, DType::Bool),
+            TensorData::Bool(vec![true, true, true])
+        );
+        // Every pair converts without error and keeps the shape.
+        for from in DType::ALL {
+            let src = Tensor::new(vec![2, 1], TensorData::from_f64(from, &[1.0, -2.0])).unwrap();
+            for to in DType::ALL {
+                let y = cast_default(&src, to);
+                assert_eq!((y.dtype(), y.shape()), (to, &[2usize, 1][..]));
+            }
+        }
+    }
+
+    #[test]
+    fn storage_only_inputs_are_refused() {
+        let x = t(&[2], TensorData::F8E5M2(vec![0x3c, 0x40]));
+        for op in [
+            Op::Unary(UnaryOp::Neg),
+            Op::Binary(BinaryOp::Add),
+            Op::Variadic(VariadicOp::Sum),
+            Op::Clip,
+        ] {
+            let ins: Vec<&Tensor> = match op {
+                Op::Binary(_) => vec![&x, &x],
+                _ => vec![&x],
+            };
+            let e = run(op, &ins).unwrap_err().to_string();
+            assert!(e.contains("f8e5m2 inputs are not supported"), "{e}");
+        }
+        let c = t(&[2], TensorData::Bool(vec![true, false]));
+        let e = run(Op::Where, &[&c, &x, &x]).unwrap_err().to_string();
+        assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn bf16_arithmetic_rounds_through_f32() {
+        let a = t(
+            &[2],
+            TensorData::BF16(vec![bf16::from_f32(1.0), bf16::from_f32(3.0)]),
+        );
+        let b = t(&[1], TensorData::BF16(vec![bf16::from_f32(0.00390625)]));
+        // 1 + 2^-8 ties to 1; 3 + 2^-8 rounds to 3 as well.
+        let y = run(Op::Binary(BinaryOp::Add), &[&a, &b]).unwrap();
+        assert_data!(
+            y,
+            TensorData::BF16(vec![bf16::from_f32(1.0), bf16::from_f32(3.0)])
+        );
+        let y = run(Op::Unary(UnaryOp::Sqrt), &[&a]).unwrap();
+        assert_eq!(y.dtype(), DType::BF16);
+        assert_eq!(y.to_f32_vec(), [1.0, bf16::from_f64(3f64.sqrt()).to_f32()]);
+        let y = run(Op::Binary(BinaryOp::Less), &[&a, &b]).unwrap();
+        assert_data!(y, TensorData::Bool(vec![false, false]));
     }
 }

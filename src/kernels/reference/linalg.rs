@@ -46,7 +46,9 @@ enum Vals {
 /// Widens a tensor to its compute domain; bool is rejected.
 fn vals(op: &'static str, what: &str, t: &Tensor) -> Result<Vals> {
     Ok(match t.data() {
-        TensorData::F32(_) | TensorData::F64(_) | TensorData::F16(_) => Vals::F(t.to_f64_vec()),
+        TensorData::F32(_) | TensorData::F64(_) | TensorData::F16(_) | TensorData::BF16(_) => {
+            Vals::F(t.to_f64_vec())
+        }
         TensorData::I8(v) => Vals::I(v.iter().map(|&x| x as i64).collect()),
         TensorData::I16(v) => Vals::I(v.iter().map(|&x| x as i64).collect()),
         TensorData::I32(v) => Vals::I(v.iter().map(|&x| x as i64).collect()),
@@ -62,6 +64,7 @@ fn vals(op: &'static str, what: &str, t: &Tensor) -> Result<Vals> {
                 format!("{what} must be a numeric tensor, got bool"),
             ))
         }
+        _ => return Err(super::util::storage_only(op, t.dtype())),
     })
 }
 
@@ -71,6 +74,7 @@ fn to_data(dtype: DType, v: Vals) -> TensorData {
         Vals::F(v) => match dtype {
             DType::F64 => TensorData::F64(v),
             DType::F16 => TensorData::F16(v.into_iter().map(f16::from_f64).collect()),
+            DType::BF16 => TensorData::from_f64(DType::BF16, &v),
             _ => TensorData::F32(v.into_iter().map(|x| x as f32).collect()),
         },
         Vals::I(v) => match dtype {

@@ -79,6 +79,7 @@ fn finish(op: &'static str, dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> Res
     let data = match dtype {
         DType::F64 => TensorData::F64(v),
         DType::F16 => TensorData::F16(v.into_iter().map(f16::from_f64).collect()),
+        DType::BF16 => TensorData::from_f64(DType::BF16, &v),
         _ => TensorData::F32(v.into_iter().map(|x| x as f32).collect()),
     };
     Tensor::new(shape, data)

@@ -68,7 +68,6 @@ enum Vals {
 fn lift(t: &Tensor) -> Vals {
     match t.data() {
         TensorData::Bool(v) => Vals::B(v.clone()),
-        TensorData::F32(_) | TensorData::F64(_) | TensorData::F16(_) => Vals::F(t.to_f64_vec()),
         TensorData::I8(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
         TensorData::I16(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
         TensorData::I32(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
@@ -77,6 +76,10 @@ fn lift(t: &Tensor) -> Vals {
         TensorData::U16(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
         TensorData::U32(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
         TensorData::U64(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
+        TensorData::I4(v) | TensorData::I2(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
+        TensorData::U4(v) | TensorData::U2(v) => Vals::I(v.iter().map(|&x| x as i128).collect()),
+        // Every float format, decoded exactly.
+        _ => Vals::F(t.to_f64_vec()),
     }
 }
 
@@ -87,6 +90,8 @@ fn lower_f64(dt: DType, v: Vec<f64>) -> TensorData {
         DType::F32 => TensorData::F32(v.into_iter().map(|x| x as f32).collect()),
         DType::F64 => TensorData::F64(v),
         DType::F16 => TensorData::F16(v.into_iter().map(f16::from_f64).collect()),
+        // bf16 and the storage-only types (which the kernels refuse first).
+        d if d == DType::BF16 || d.is_storage_only() => TensorData::from_f64(d, &v),
         _ => lower_i128(dt, v.into_iter().map(|x| x as i128).collect()),
     }
 }

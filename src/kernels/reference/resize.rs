@@ -492,6 +492,7 @@ fn lower(dt: DType, v: Vec<f64>) -> TensorData {
         DType::U32 => TensorData::U32(int(v, 0.0, u32::MAX as f64, |x| x as u32)),
         DType::U64 => TensorData::U64(int(v, 0.0, u64::MAX as f64, |x| x as u64)),
         DType::Bool => TensorData::Bool(v.into_iter().map(|x| x != 0.0).collect()),
+        other => TensorData::from_f64(other, &v),
     }
 }
 

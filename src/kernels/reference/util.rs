@@ -1,7 +1,7 @@
 //! Helpers shared by the reference kernels: broadcasting, strides, axis
 //! normalization and input access with clear errors.
 
-use crate::ir::Tensor;
+use crate::ir::{DType, Tensor};
 use crate::{Error, Result};
 
 /// The multidirectional (numpy) broadcast of two shapes, `None` if they are
@@ -89,6 +89,17 @@ pub fn normalize_axis(op: &'static str, axis: i64, rank: usize) -> Result<usize>
     } else {
         axis as usize
     })
+}
+
+/// The error for a storage-only dtype (float8, float4, 4- and 2-bit
+/// integers) reaching an op that computes on elements.
+pub fn storage_only(op: &'static str, dt: DType) -> Error {
+    Error::op(
+        op,
+        format!(
+            "{dt} inputs are not supported (float8, float4, 4-bit and 2-bit types only go through Cast and data-movement ops)"
+        ),
+    )
 }
 
 /// The required input at `i`.
