@@ -12,8 +12,6 @@
 //! f64) are widened to f64, accumulated in f64 and rounded once to the input
 //! type at the end.
 
-use half::f16;
-
 use super::util::{input, opt_input};
 use crate::ir::tensor::checked_numel;
 use crate::ir::{AutoPad, ConvAttrs, ConvTransposeAttrs, DType, Op, Tensor, TensorData};
@@ -273,25 +271,6 @@ pub(super) fn float_values(op: &'static str, what: &str, t: &Tensor) -> Result<V
     Ok(t.to_f64_vec())
 }
 
-/// Rounds f64 results to `dtype` (saturating `as` casts for integers).
-pub(super) fn f64_to_data(dtype: DType, v: Vec<f64>) -> TensorData {
-    match dtype {
-        DType::F32 => TensorData::F32(v.into_iter().map(|x| x as f32).collect()),
-        DType::F64 => TensorData::F64(v),
-        DType::F16 => TensorData::F16(v.into_iter().map(f16::from_f64).collect()),
-        DType::I8 => TensorData::I8(v.into_iter().map(|x| x as i8).collect()),
-        DType::I16 => TensorData::I16(v.into_iter().map(|x| x as i16).collect()),
-        DType::I32 => TensorData::I32(v.into_iter().map(|x| x as i32).collect()),
-        DType::I64 => TensorData::I64(v.into_iter().map(|x| x as i64).collect()),
-        DType::U8 => TensorData::U8(v.into_iter().map(|x| x as u8).collect()),
-        DType::U16 => TensorData::U16(v.into_iter().map(|x| x as u16).collect()),
-        DType::U32 => TensorData::U32(v.into_iter().map(|x| x as u32).collect()),
-        DType::U64 => TensorData::U64(v.into_iter().map(|x| x as u64).collect()),
-        DType::Bool => TensorData::Bool(v.into_iter().map(|x| x != 0.0).collect()),
-        other => TensorData::from_f64(other, &v),
-    }
-}
-
 /// Element count of an output shape, refusing overflow and absurd sizes.
 pub(super) fn output_len(op: &'static str, shape: &[usize]) -> Result<usize> {
     checked_numel(shape)
@@ -301,7 +280,7 @@ pub(super) fn output_len(op: &'static str, shape: &[usize]) -> Result<usize> {
 
 /// Builds the output tensor from f64 values.
 fn finish(op: &'static str, dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> Result<Tensor> {
-    Tensor::new(shape, f64_to_data(dtype, v))
+    Tensor::new(shape, TensorData::from_f64(dtype, &v))
         .map_err(|e| Error::op(op, format!("internal: output does not fit its shape: {e}")))
 }
 
@@ -666,6 +645,7 @@ fn transpose_axes(
 mod tests {
     use super::*;
     use crate::kernels::reference::util::testing::{self, seq, t};
+    use half::f16;
 
     fn attrs(kernel: &[usize]) -> ConvAttrs {
         let n = kernel.len();

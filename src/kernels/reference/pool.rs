@@ -19,7 +19,7 @@
 //! 1`, column-major (the first spatial axis varies fastest), as in
 //! `onnx/reference/ops/op_max_pool.py`.
 
-use super::conv::{f64_to_data, float_values, for_each_window, output_len, window_axes};
+use super::conv::{float_values, for_each_window, output_len, window_axes};
 use super::util::input;
 use crate::ir::{DType, Op, PoolAttrs, Tensor, TensorData};
 use crate::{Error, Result};
@@ -176,7 +176,8 @@ fn pool(
         }
     });
     let internal = |e| Error::op(op, format!("internal: output does not fit its shape: {e}"));
-    let y = Tensor::new(out_shape.clone(), f64_to_data(x.dtype(), y)).map_err(internal)?;
+    let y =
+        Tensor::new(out_shape.clone(), TensorData::from_f64(x.dtype(), &y)).map_err(internal)?;
     if average {
         return Ok(vec![y]);
     }
@@ -210,7 +211,7 @@ fn global(op: &'static str, inputs: &[Option<&Tensor>], average: bool) -> Result
             }
         })
         .collect();
-    Tensor::new(out_shape, f64_to_data(x.dtype(), y))
+    Tensor::new(out_shape, TensorData::from_f64(x.dtype(), &y))
         .map_err(|e| Error::op(op, format!("internal: output does not fit its shape: {e}")))
 }
 
