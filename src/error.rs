@@ -70,6 +70,26 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Npy { path: PathBuf, message: String },
 
+    /// A pipeline recipe that cannot be used (unknown pass or parameter, bad
+    /// TOML).
+    #[error("recipe: {0}")]
+    Recipe(String),
+
+    /// An error raised while running a pass, or the IR it left behind failing
+    /// verification.
+    #[error("pass '{pass}': {message}")]
+    Pass {
+        pass: String,
+        message: String,
+        /// The pass broke an IR invariant or hit a bug (not the user's input).
+        internal: bool,
+    },
+
+    /// `--verify` found that a pass changed the model's outputs beyond the
+    /// tolerance: a bug in that pass.
+    #[error("pass '{pass}' changed the model's outputs: {message}")]
+    Drift { pass: String, message: String },
+
     /// A bug in mlc: an invariant that should hold did not.
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,7 +133,8 @@ impl Error {
     /// in mlc (exit code 1).
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Internal(_) => false,
+            Error::Internal(_) | Error::Drift { .. } => false,
+            Error::Pass { internal, .. } => !internal,
             Error::AtNode { internal, .. } => !internal,
             _ => true,
         }

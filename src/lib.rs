@@ -5,6 +5,7 @@
 //! pass and kernel is checked against.
 
 pub mod error;
+pub mod fsutil;
 pub mod import;
 pub mod inputs;
 pub mod inspect;
@@ -12,6 +13,7 @@ pub mod interp;
 pub mod ir;
 pub mod kernels;
 pub mod npy;
+pub mod transform;
 
 pub use error::{Error, Result};
 pub use ir::{DType, Graph, Tensor};

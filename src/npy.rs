@@ -15,10 +15,9 @@
 //! way `np.save` does, into a temporary file that is renamed over the target
 //! only once it is complete.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use half::f16;
 
@@ -70,7 +69,7 @@ pub fn read_npy_bytes(bytes: &[u8], what: &Path) -> Result<Tensor> {
 /// are refused.
 pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
     check_writable(path, t)?;
-    write_atomic(path, |w| write_npy_to(w, t))
+    crate::fsutil::write_atomic(path, |w| write_npy_to(w, t))
 }
 
 /// The bytes of an `.npy` file holding `t`; `Error::Npy` for element types
@@ -143,7 +142,7 @@ pub fn write_npz(path: &Path, arrays: &[(String, Tensor)]) -> Result<()> {
             return Err(npy_err(path, format!("array name '{name}' is used twice")));
         }
     }
-    let (tmp, file) = create_temp(path)?;
+    let (tmp, file) = crate::fsutil::create_temp(path)?;
     let result = (|| -> io::Result<()> {
         let mut zw = zip::ZipWriter::new(BufWriter::new(file));
         for (name, t) in arrays {
@@ -159,7 +158,7 @@ pub fn write_npz(path: &Path, arrays: &[(String, Tensor)]) -> Result<()> {
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
     })();
-    finish_temp(path, &tmp, result)
+    crate::fsutil::finish_temp(path, &tmp, result)
 }
 
 // ---------------------------------------------------------------- reading
@@ -782,54 +781,10 @@ fn write_npy_to<W: Write>(w: &mut W, t: &Tensor) -> io::Result<()> {
     w.write_all(&buf)
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Creates a fresh temporary file beside `path`.
-fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| npy_err(path, "not a file path"))?;
-    loop {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{base}.{}.{n}.tmp", std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
-}
-
-/// Renames the finished temporary file over `path`, or removes it on error.
-fn finish_temp(path: &Path, tmp: &Path, result: io::Result<()>) -> Result<()> {
-    let result = result.and_then(|()| std::fs::rename(tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
-
-/// Writes a file through `f` into a temporary beside `path`, then renames.
-fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> Result<()> {
-    let (tmp, file) = create_temp(path)?;
-    let result = (|| {
-        let mut w = BufWriter::new(file);
-        f(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-    })();
-    finish_temp(path, &tmp, result)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn sample(dtype: DType) -> Tensor {
         let shape = vec![2, 3];

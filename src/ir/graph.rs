@@ -244,6 +244,54 @@ impl Graph {
         }
     }
 
+    /// Every (node, input position) that reads `v`, in node order.
+    pub fn users(&self, v: ValueId) -> Vec<(NodeId, usize)> {
+        self.nodes()
+            .flat_map(|(id, n)| {
+                n.inputs
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, i)| **i == Some(v))
+                    .map(move |(pos, _)| (id, pos))
+            })
+            .collect()
+    }
+
+    pub fn is_output(&self, v: ValueId) -> bool {
+        self.outputs.contains(&v)
+    }
+
+    /// Reads of `v` by nodes plus its appearances among the graph outputs.
+    pub fn use_count(&self, v: ValueId) -> usize {
+        self.users(v).len() + self.outputs.iter().filter(|&&o| o == v).count()
+    }
+
+    /// Redirects every read of `old` (node inputs and graph outputs) to `new`.
+    /// When `old` is a graph output, `new` takes over its name, so the
+    /// model's interface keeps the names its users know.
+    pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
+        if old == new {
+            return;
+        }
+        for n in self.nodes.iter_mut().flatten() {
+            for i in n.inputs.iter_mut() {
+                if *i == Some(old) {
+                    *i = Some(new);
+                }
+            }
+        }
+        if self.outputs.contains(&old) {
+            for o in self.outputs.iter_mut() {
+                if *o == old {
+                    *o = new;
+                }
+            }
+            let name = std::mem::take(&mut self.value_mut(old).name);
+            self.value_mut(old).name = format!("{name}.replaced");
+            self.value_mut(new).name = name;
+        }
+    }
+
     /// Number of weight elements held in constants.
     pub fn param_count(&self) -> usize {
         self.consts.values().map(|t| t.numel()).sum()

@@ -539,6 +539,7 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
     let name = op.onnx_type();
     let single = |t: TensorType| Ok(vec![t]);
     match op {
+        Op::FusedConv { .. } | Op::FusedMatMul { .. } | Op::Elementwise { .. } => fused(cx, node),
         Op::Unary(u) => {
             let x = in_ty(cx, node, 0)?;
             if matches!(u, UnaryOp::Not) && x.dtype != DType::Bool {
@@ -2917,4 +2918,12 @@ mod tests {
             assert!(infer_graph(&mut g).is_err());
         }
     }
+}
+
+/// Inference for the ops mlc's passes create.
+fn fused(_cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
+    Err(Error::op(
+        node.op.onnx_type(),
+        "inference not implemented yet",
+    ))
 }

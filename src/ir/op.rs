@@ -336,6 +336,72 @@ pub enum Op {
     },
     /// Inputs: X, roi?, scales?, sizes?.
     Resize(ResizeAttrs),
+
+    // Ops made by mlc's passes; they have no single ONNX counterpart and are
+    // expanded back into standard ops by the ONNX exporter.
+    /// Conv with an epilogue: `act(conv(X, W) + B + R)`. Inputs: X, W, B?, R?
+    /// (R, a residual of the output's shape, is added before the activation).
+    FusedConv {
+        conv: ConvAttrs,
+        act: Option<Activation>,
+    },
+    /// Matrix product with an epilogue: `act(alpha * op(A) @ op(B) + bias)`,
+    /// numpy matmul batching, `op` transposing the last two dims when the
+    /// flag is set. Inputs: A, B, bias? (broadcast onto the product).
+    FusedMatMul {
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        act: Option<Activation>,
+    },
+    /// A chain of f32 elementwise ops evaluated in one pass over broadcast
+    /// inputs; the result is the last step's value.
+    Elementwise {
+        steps: Vec<EwStep>,
+    },
+}
+
+/// Activations that can close a fused op's epilogue.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activation {
+    Relu,
+    /// Clip to [min, max] (Relu6 is `Clip { min: 0, max: 6 }`).
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    Sigmoid,
+    Tanh,
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    HardSwish,
+    LeakyRelu {
+        alpha: f32,
+    },
+    Gelu {
+        tanh_approx: bool,
+    },
+}
+
+/// An operand of an elementwise step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EwArg {
+    /// The node's input at this position.
+    Input(usize),
+    /// The result of an earlier step.
+    Step(usize),
+    Scalar(f32),
+}
+
+/// One step of an [`Op::Elementwise`] chain.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EwStep {
+    Unary(UnaryOp, EwArg),
+    /// Arithmetic only (Add, Sub, Mul, Div, Pow).
+    Binary(BinaryOp, EwArg, EwArg),
+    Clip(EwArg, f32, f32),
 }
 
 impl Op {
@@ -432,6 +498,9 @@ impl Op {
             Op::ArgMax { .. } => "ArgMax",
             Op::ArgMin { .. } => "ArgMin",
             Op::Resize(_) => "Resize",
+            Op::FusedConv { .. } => "FusedConv",
+            Op::FusedMatMul { .. } => "FusedMatMul",
+            Op::Elementwise { .. } => "Elementwise",
         }
     }
 }

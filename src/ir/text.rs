@@ -76,6 +76,7 @@ pub fn attrs_text(op: &Op) -> String {
 fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     let mut a = Vec::new();
     match op {
+        Op::FusedConv { .. } | Op::FusedMatMul { .. } | Op::Elementwise { .. } => {}
         Op::Unary(u) => match u {
             UnaryOp::LeakyRelu { alpha } | UnaryOp::Elu { alpha } => {
                 a.push(("alpha", alpha.to_string()))

@@ -8,6 +8,7 @@
 mod array;
 mod conv;
 mod elementwise;
+mod fused;
 mod linalg;
 mod norm;
 mod pool;
@@ -58,6 +59,9 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec
         }
     }
     match op {
+        Op::FusedConv { .. } | Op::FusedMatMul { .. } | Op::Elementwise { .. } => {
+            fused::eval(op, inputs)
+        }
         Op::Unary(_) | Op::Binary(_) | Op::Variadic(_) | Op::Clip | Op::Where | Op::Cast { .. } => {
             elementwise::eval(op, inputs)
         }

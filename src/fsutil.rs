@@ -1,0 +1,68 @@
+//! Filesystem helpers: atomic writes. Every file mlc writes goes to a fresh
+//! temporary beside its target and is renamed over it only when complete, so
+//! an interrupted run leaves either nothing or a whole file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Error, Result};
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates a fresh temporary file beside `path`.
+pub fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            Error::io(
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
+            )
+        })?;
+    loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{base}.{}.{n}.tmp", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+}
+
+/// Renames the finished temporary file over `path`, or removes it on error.
+pub fn finish_temp(path: &Path, tmp: &Path, result: io::Result<()>) -> Result<()> {
+    let result = result.and_then(|()| std::fs::rename(tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Writes a file through `f` into a temporary beside `path`, then renames.
+pub fn write_atomic(
+    path: &Path,
+    f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<()> {
+    let (tmp, file) = create_temp(path)?;
+    let result = (|| {
+        let mut w = BufWriter::new(file);
+        f(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    })();
+    finish_temp(path, &tmp, result)
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
