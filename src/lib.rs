@@ -4,6 +4,7 @@
 //! the reference interpreter ([`interp`]), the numerical oracle every later
 //! pass and kernel is checked against.
 
+pub mod emit;
 pub mod error;
 pub mod fsutil;
 pub mod import;

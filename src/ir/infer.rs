@@ -539,7 +539,8 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
     let name = op.onnx_type();
     let single = |t: TensorType| Ok(vec![t]);
     match op {
-        Op::FusedConv { .. } | Op::FusedMatMul { .. } | Op::Elementwise { .. } => fused(cx, node),
+        Op::FusedConv { .. } | Op::FusedMatMul { .. } => fused_linear(cx, node),
+        Op::Elementwise { .. } => elementwise_chain(cx, node),
         Op::Unary(u) => {
             let x = in_ty(cx, node, 0)?;
             if matches!(u, UnaryOp::Not) && x.dtype != DType::Bool {

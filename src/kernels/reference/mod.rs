@@ -8,6 +8,7 @@
 mod array;
 mod conv;
 mod elementwise;
+mod ew_chain;
 mod fused;
 mod linalg;
 mod norm;

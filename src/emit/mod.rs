@@ -1,0 +1,4 @@
+//! Artifacts mlc writes: the `.mlc` bundle and standard ONNX.
+
+pub mod bundle;
+pub mod onnx;
