@@ -2921,8 +2921,16 @@ mod tests {
     }
 }
 
-/// Inference for the ops mlc's passes create.
-fn fused(_cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
+/// Inference for FusedConv and FusedMatMul.
+fn fused_linear(_cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
+    Err(Error::op(
+        node.op.onnx_type(),
+        "inference not implemented yet",
+    ))
+}
+
+/// Inference for Elementwise chains.
+fn elementwise_chain(_cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
     Err(Error::op(
         node.op.onnx_type(),
         "inference not implemented yet",
