@@ -60,9 +60,8 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec
         }
     }
     match op {
-        Op::FusedConv { .. } | Op::FusedMatMul { .. } | Op::Elementwise { .. } => {
-            fused::eval(op, inputs)
-        }
+        Op::FusedConv { .. } | Op::FusedMatMul { .. } => fused::eval(op, inputs),
+        Op::Elementwise { .. } => ew_chain::eval(op, inputs),
         Op::Unary(_) | Op::Binary(_) | Op::Variadic(_) | Op::Clip | Op::Where | Op::Cast { .. } => {
             elementwise::eval(op, inputs)
         }
