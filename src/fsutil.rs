@@ -66,3 +66,19 @@ pub fn write_atomic(
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
+
+/// Refuses an output path that names the input file (directly or through a
+/// link), so a compile can never overwrite its own source.
+pub fn ensure_distinct(output: &Path, input: &Path) -> Result<()> {
+    let same = match (std::fs::canonicalize(output), std::fs::canonicalize(input)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(Error::Input {
+            name: output.display().to_string(),
+            message: "the output would overwrite the input model".into(),
+        });
+    }
+    Ok(())
+}

@@ -127,7 +127,33 @@ fn pass_ref(name: &str, params: &BTreeMap<String, toml::Value>) -> Result<PassRe
     })
 }
 
+/// The recipes in `passes/`, built into the binary so `--pipeline O2`
+/// works wherever mlc is installed.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("O0", include_str!("../../passes/O0.toml")),
+    ("O1", include_str!("../../passes/O1.toml")),
+    ("O2", include_str!("../../passes/O2.toml")),
+];
+
 impl Recipe {
+    /// A built-in recipe by name (`O0`, `O1`, `O2`), or else a recipe file.
+    pub fn resolve(spec: &str) -> Result<Recipe> {
+        match BUILTIN.iter().find(|(n, _)| *n == spec) {
+            Some((name, text)) => Recipe::parse(text, name),
+            None => {
+                let path = Path::new(spec);
+                if !path.exists() && !spec.contains(['/', '.']) {
+                    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                    return Err(Error::Recipe(format!(
+                        "no built-in pipeline '{spec}' (built-in: {}) and no such file",
+                        names.join(", ")
+                    )));
+                }
+                Recipe::load(path)
+            }
+        }
+    }
+
     /// Parses and checks a recipe; `fallback_name` names it when the file
     /// does not.
     pub fn parse(text: &str, fallback_name: &str) -> Result<Recipe> {
