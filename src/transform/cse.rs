@@ -87,8 +87,15 @@ fn bit_pattern(t: &Tensor) -> Vec<u64> {
 struct Plan {
     /// Duplicate constant -> survivor.
     consts: Vec<(ValueId, ValueId)>,
-    /// Duplicate node, its op name, and (duplicate output, survivor output).
-    nodes: Vec<(NodeId, &'static str, Vec<(ValueId, ValueId)>)>,
+    nodes: Vec<NodeMerge>,
+}
+
+/// A duplicate node, its op name, and (duplicate output, survivor output)
+/// pairs.
+struct NodeMerge {
+    node: NodeId,
+    op: &'static str,
+    outputs: Vec<(ValueId, ValueId)>,
 }
 
 impl Pass for Cse {
@@ -107,12 +114,12 @@ impl Pass for Cse {
             g.value_mut(dup).def = ValueDef::Undefined;
             cx.count("merge const");
         }
-        for (id, op, outs) in plan.nodes {
-            g.remove_node(id);
-            for (dup, keep) in outs {
+        for m in plan.nodes {
+            g.remove_node(m.node);
+            for (dup, keep) in m.outputs {
                 g.replace_uses(dup, keep);
             }
-            cx.count(&format!("merge {op}"));
+            cx.count(&format!("merge {}", m.op));
         }
         crate::ir::infer::infer_graph(g)?;
         Ok(Changed::Yes)
@@ -202,7 +209,11 @@ impl Cse {
             for &(dup, k) in &pairs {
                 may_merge(dup, k, &mut outputs);
             }
-            plan.nodes.push((id, node.op.onnx_type(), pairs));
+            plan.nodes.push(NodeMerge {
+                node: id,
+                op: node.op.onnx_type(),
+                outputs: pairs,
+            });
         }
         Ok(plan)
     }
@@ -215,7 +226,10 @@ mod tests {
     use crate::transform::fold_constants::testutil::{assert_text, counts, node1, run};
 
     fn input(g: &mut Graph, name: &str) -> ValueId {
-        g.add_input(name, TensorType::new(DType::F32, Shape(vec![Dim::sym("n")])))
+        g.add_input(
+            name,
+            TensorType::new(DType::F32, Shape(vec![Dim::sym("n")])),
+        )
     }
 
     #[test]

@@ -210,7 +210,9 @@ fn shape_fold(g: &Graph, node: &Node) -> Option<Tensor> {
 pub(crate) mod testutil {
     use std::collections::BTreeMap;
 
-    use crate::ir::{infer, text, verify, DType, Graph, Node, Op, Shape, TensorType, ValueId};
+    use crate::ir::{
+        infer, text, verify, DType, Graph, Node, Op, Shape, Tensor, TensorType, ValueId,
+    };
     use crate::transform::{lookup, Changed, PassCx};
 
     /// Adds a node with `n_out` outputs typed by inference; returns them.
@@ -269,6 +271,53 @@ pub(crate) mod testutil {
         assert_eq!(norm(&got), norm(want), "got:\n{got}");
     }
 
+    /// Loads `fixtures/<name>/model.onnx` with its sample inputs and the
+    /// ONNX Runtime outputs (files `input_<name>.npy`, `expected_<name>.npy`).
+    pub fn fixture(name: &str) -> (Graph, Vec<Tensor>, Vec<Tensor>) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name);
+        let g = crate::import::onnx::load(&dir.join("model.onnx")).expect("fixture loads");
+        let read = |prefix: &str, v: ValueId| {
+            let f = dir.join(format!("{prefix}_{}.npy", g.value(v).name));
+            crate::npy::read_npy(&f).expect("fixture data")
+        };
+        let inputs = g.inputs.iter().map(|&v| read("input", v)).collect();
+        let expected = g.outputs.iter().map(|&v| read("expected", v)).collect();
+        (g, inputs, expected)
+    }
+
+    /// Gives every graph input the concrete shape of `inputs` and re-infers.
+    pub fn specialize(g: &mut Graph, inputs: &[Tensor]) {
+        for (&v, t) in g.inputs.clone().iter().zip(inputs) {
+            g.value_mut(v).ty.shape = Shape::known(t.shape());
+        }
+        infer::infer_graph(g).expect("specialized graph infers");
+    }
+
+    /// Runs `g` with the interpreter and compares with `expected` within
+    /// rtol 1e-4 / atol 1e-5.
+    pub fn assert_runs_like(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) {
+        let got = crate::interp::run(g, inputs.to_vec()).expect("the graph runs");
+        assert_eq!(got.len(), expected.len());
+        for (i, (a, b)) in got.iter().zip(expected).enumerate() {
+            assert_eq!(a.shape(), b.shape(), "output {i}");
+            for (x, y) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+                assert!(
+                    (x - y).abs() <= 1e-5 + 1e-4 * y.abs(),
+                    "output {i}: {x} vs {y}"
+                );
+            }
+        }
+    }
+
+    /// Live nodes whose op is `onnx_type`.
+    pub fn count_ops(g: &Graph, onnx_type: &str) -> usize {
+        g.nodes()
+            .filter(|(_, n)| n.op.onnx_type() == onnx_type)
+            .count()
+    }
+
     /// The rewrites map as `[("name", count)]` for compact assertions.
     pub fn counts(r: &BTreeMap<String, usize>) -> Vec<(&str, usize)> {
         r.iter().map(|(k, &v)| (k.as_str(), v)).collect()
@@ -317,10 +366,28 @@ mod tests {
     #[test]
     fn shape_and_size_fold_from_types() {
         let mut g = Graph::new("t", 17);
-        let x = f32_in(&mut g, "x", vec![Dim::sym("batch"), Dim::Known(3), Dim::Known(4)]);
+        let x = f32_in(
+            &mut g,
+            "x",
+            vec![Dim::sym("batch"), Dim::Known(3), Dim::Known(4)],
+        );
         // Full shape: has a symbol, stays. Slice [1:]: known, folds.
-        let full = node1(&mut g, Op::Shape { start: 0, end: None }, &[x]);
-        let tail = node1(&mut g, Op::Shape { start: -2, end: None }, &[x]);
+        let full = node1(
+            &mut g,
+            Op::Shape {
+                start: 0,
+                end: None,
+            },
+            &[x],
+        );
+        let tail = node1(
+            &mut g,
+            Op::Shape {
+                start: -2,
+                end: None,
+            },
+            &[x],
+        );
         let size = node1(&mut g, Op::Size, &[x]);
         g.outputs.extend([full, tail, size]);
         let (_, r) = run("fold-constants", &mut g);
@@ -342,13 +409,21 @@ mod tests {
         let (_, r) = run("fold-constants", &mut g);
         assert_eq!(counts(&r), [("fold Shape", 1), ("fold Size", 1)]);
         assert_eq!(g.node_count(), 0);
-        let outs: Vec<_> = g.outputs.iter().map(|&o| g.const_value(o).unwrap()).collect();
+        let outs: Vec<_> = g
+            .outputs
+            .iter()
+            .map(|&o| g.const_value(o).unwrap())
+            .collect();
         assert_eq!(outs[0].as_i64().unwrap(), [2, 3, 4]);
         assert_eq!(outs[1].as_i64().unwrap(), [3, 4]);
         assert_eq!(outs[2].as_i64().unwrap(), [24]);
         assert_eq!(outs[2].shape(), &[] as &[usize]);
         // Output names survive.
-        let names: Vec<_> = g.outputs.iter().map(|&o| g.value(o).name.as_str()).collect();
+        let names: Vec<_> = g
+            .outputs
+            .iter()
+            .map(|&o| g.value(o).name.as_str())
+            .collect();
         assert_eq!(names, ["v0", "v1", "v2"]);
     }
 
@@ -358,7 +433,14 @@ mod tests {
         let build = |dims: Vec<Dim>| {
             let mut g = Graph::new("t", 17);
             let x = f32_in(&mut g, "x", dims);
-            let s = node1(&mut g, Op::Shape { start: 0, end: None }, &[x]);
+            let s = node1(
+                &mut g,
+                Op::Shape {
+                    start: 0,
+                    end: None,
+                },
+                &[x],
+            );
             let i0 = g.add_const("i0", Tensor::scalar_i64(0));
             let d0 = node1(&mut g, Op::Gather { axis: 0 }, &[s, i0]);
             let ax = g.add_const("ax", Tensor::vec_i64(vec![0]));
@@ -425,7 +507,10 @@ mod tests {
     fn multi_output_nodes_fold_every_output() {
         let mut g = Graph::new("t", 17);
         let x = f32_in(&mut g, "x", vec![Dim::Known(2)]);
-        let c = g.add_const("c", Tensor::from_f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]).unwrap());
+        let c = g.add_const(
+            "c",
+            Tensor::from_f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]).unwrap(),
+        );
         let parts = node(
             &mut g,
             Op::Split {
@@ -464,5 +549,42 @@ mod tests {
         assert!(msg.contains("n0") && msg.contains("Gather"), "{msg}");
         // Nothing was changed.
         assert_eq!(g.node_count(), 2);
+    }
+
+    #[test]
+    fn transformer_fixture_still_matches_after_folding() {
+        use super::testutil::{assert_runs_like, count_ops, fixture, specialize};
+        // Dynamic dims: weight transposes and constant shape pieces fold,
+        // the Shape chains of symbolic dims stay.
+        let (mut g, inputs, expected) = fixture("transformer");
+        let before = g.node_count();
+        let shapes = count_ops(&g, "Shape");
+        assert!(shapes > 0);
+        let (_, r) = run("fold-constants", &mut g);
+        assert!(r.get("fold Transpose").is_some_and(|&n| n > 0), "{r:?}");
+        run("dce", &mut g);
+        assert!(g.node_count() < before);
+        assert_runs_like(&g, &inputs, &expected);
+
+        // Known dims: every Shape -> Gather -> Unsqueeze -> Concat chain
+        // (and the position Range) becomes a constant.
+        let (mut g, inputs, expected) = fixture("transformer");
+        specialize(&mut g, &inputs);
+        let concats = count_ops(&g, "Concat");
+        assert!(concats > 0);
+        let (_, r) = run("fold-constants", &mut g);
+        assert_eq!(r.get("fold Shape"), Some(&shapes), "{r:?}");
+        assert_eq!(r.get("fold Concat"), Some(&concats), "{r:?}");
+        run("dce", &mut g);
+        // (The Unsqueezes of the attention mask are data, and stay.)
+        for op in ["Shape", "Concat", "Range"] {
+            assert_eq!(
+                count_ops(&g, op),
+                0,
+                "{op} left:\n{}",
+                crate::ir::text::print(&g)
+            );
+        }
+        assert_runs_like(&g, &inputs, &expected);
     }
 }

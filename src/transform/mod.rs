@@ -192,12 +192,7 @@ impl PassInfo {
 
 /// Every registered pass, in the order `mlc passes` lists them.
 pub fn registry() -> &'static [PassInfo] {
-    &[
-        fold_constants::INFO,
-        dce::INFO,
-        cse::INFO,
-        noops::INFO,
-    ]
+    &[fold_constants::INFO, dce::INFO, cse::INFO, noops::INFO]
 }
 
 /// The registered pass called `name`.

@@ -29,7 +29,8 @@ fn make(_: &Params) -> Box<dyn Pass> {
 /// Registry entry of `remove-noops`.
 pub const INFO: PassInfo = PassInfo {
     name: "remove-noops",
-    summary: "remove nodes that return their input unchanged (Identity, x*1, same-shape Reshape, ...)",
+    summary:
+        "remove nodes that return their input unchanged (Identity, x*1, same-shape Reshape, ...)",
     params: &[],
     make,
 };
@@ -154,13 +155,9 @@ impl Matcher<'_> {
                 };
                 (mask_unused && inference).then_some((0, "remove Dropout"))
             }
-            Op::Reshape { .. } if single && self.same_type(node, 0) => {
-                Some((0, "remove Reshape"))
-            }
+            Op::Reshape { .. } if single && self.same_type(node, 0) => Some((0, "remove Reshape")),
             Op::Expand if single && self.same_type(node, 0) => Some((0, "remove Expand")),
-            Op::Flatten { .. } if single && self.same_type(node, 0) => {
-                Some((0, "remove Flatten"))
-            }
+            Op::Flatten { .. } if single && self.same_type(node, 0) => Some((0, "remove Flatten")),
             Op::Tile if single => {
                 let ones = self
                     .ints(node, 1)
@@ -197,9 +194,7 @@ impl Matcher<'_> {
                 (self.g.ty(x).dtype == *to).then_some((0, "remove Cast"))
             }
             Op::Slice if single && self.full_slice(node) => Some((0, "remove Slice")),
-            Op::Concat { .. } if single && node.inputs.len() == 1 => {
-                Some((0, "remove Concat"))
-            }
+            Op::Concat { .. } if single && node.inputs.len() == 1 => Some((0, "remove Concat")),
             Op::Pad { .. } if single => self
                 .ints(node, 1)
                 .is_some_and(|p| p.iter().all(|&k| k == 0))
@@ -215,7 +210,9 @@ impl Matcher<'_> {
     fn full_slice(&self, node: &Node) -> bool {
         let steps_one = match node.input(4) {
             None => true,
-            Some(_) => self.ints(node, 4).is_some_and(|s| s.iter().all(|&k| k == 1)),
+            Some(_) => self
+                .ints(node, 4)
+                .is_some_and(|s| s.iter().all(|&k| k == 1)),
         };
         if !steps_one {
             return false;
@@ -240,17 +237,19 @@ impl Matcher<'_> {
         if axes.len() != starts.len() || ends.len() != starts.len() {
             return false;
         }
-        axes.iter().zip(starts.iter().zip(&ends)).all(|(&a, (&s, &e))| {
-            let a = if a < 0 { a + rank } else { a };
-            let Some(dim) = usize::try_from(a).ok().and_then(|a| shape.dims().get(a)) else {
-                return false;
-            };
-            match dim.known() {
-                Some(d) => infer::slice_axis(d, s, e, 1) == (0, d),
-                // Open end: the same rule inference uses for symbolic dims.
-                None => s == 0 && e >= i32::MAX as i64,
-            }
-        })
+        axes.iter()
+            .zip(starts.iter().zip(&ends))
+            .all(|(&a, (&s, &e))| {
+                let a = if a < 0 { a + rank } else { a };
+                let Some(dim) = usize::try_from(a).ok().and_then(|a| shape.dims().get(a)) else {
+                    return false;
+                };
+                match dim.known() {
+                    Some(d) => infer::slice_axis(d, s, e, 1) == (0, d),
+                    // Open end: the same rule inference uses for symbolic dims.
+                    None => s == 0 && e >= i32::MAX as i64,
+                }
+            })
     }
 
     /// `x + 0`, `0 + x`, `x - 0`, `x * 1`, `1 * x`, `x / 1` with `x`'s type
@@ -365,7 +364,10 @@ mod tests {
         let mut g = Graph::new("t", 17);
         let x = input(&mut g, "x", vec![Dim::Known(3), Dim::Known(3)]);
         let row = input(&mut g, "row", vec![Dim::Known(3)]);
-        let zero_big = g.add_const("zb", Tensor::from_f32(vec![2, 3, 3], vec![0.0; 18]).unwrap());
+        let zero_big = g.add_const(
+            "zb",
+            Tensor::from_f32(vec![2, 3, 3], vec![0.0; 18]).unwrap(),
+        );
         let ones = g.add_const("ones", Tensor::from_f32(vec![2, 3], vec![1.0; 6]).unwrap());
         let half = g.add_const("half", Tensor::scalar_f32(0.5));
         let st = g.add_const("st", Tensor::vec_i64(vec![1]));
@@ -449,7 +451,7 @@ mod tests {
             r#"graph "t" opset 17
               input  %0 x: f32[b,3]
               %1 v0: f32[b,3] = Identity(%0)  # n0
-              %2 v1: f32[b,3] = Exp(%0)  # n1
+              %2 v2: f32[b,3] = Exp(%0)  # n1
               %4 v3: f32[b,3] = Identity(%2)  # n3
               %5 v4: f32[b,3] = Neg(%0)  # n4
               %6 v5: f32[b,3] = Identity(%5)  # n5
@@ -469,7 +471,14 @@ mod tests {
         let mut g = Graph::new("t", 17);
         let x = input(&mut g, "x", bn());
         // Reshape(x, Shape(x)): inference propagates the symbolic shape.
-        let s = node1(&mut g, Op::Shape { start: 0, end: None }, &[x]);
+        let s = node1(
+            &mut g,
+            Op::Shape {
+                start: 0,
+                end: None,
+            },
+            &[x],
+        );
         let r = node1(&mut g, Op::Reshape { allowzero: false }, &[x, s]);
         let y = node1(&mut g, Op::Unary(crate::ir::UnaryOp::Relu), &[r]);
         g.outputs.push(y);
@@ -479,5 +488,31 @@ mod tests {
         assert_eq!(counts(&rw), [("remove Reshape", 1)]);
         let relu = g.producer(g.outputs[0]).unwrap();
         assert_eq!(g.node(relu).unwrap().input(0), Some(x));
+    }
+
+    #[test]
+    fn cleanup_pipeline_keeps_every_fixture_numerically_equal() {
+        use crate::transform::fold_constants::testutil::{assert_runs_like, fixture, specialize};
+        for name in ["mlp", "cnn", "transformer"] {
+            for known_dims in [false, true] {
+                let (mut g, inputs, expected) = fixture(name);
+                if known_dims {
+                    specialize(&mut g, &inputs);
+                }
+                let before = g.node_count();
+                for pass in ["fold-constants", "remove-noops", "cse", "dce"] {
+                    run(pass, &mut g);
+                }
+                assert!(g.node_count() <= before, "{name}");
+                // A second round finds nothing left to do.
+                for pass in ["fold-constants", "remove-noops", "cse", "dce"] {
+                    assert_eq!(run(pass, &mut g).0, Changed::No, "{name}: {pass}");
+                }
+                if std::env::var("MLC_DUMP").is_ok() {
+                    eprintln!("{}", crate::ir::text::print(&g));
+                }
+                assert_runs_like(&g, &inputs, &expected);
+            }
+        }
     }
 }
