@@ -18,6 +18,8 @@ pub mod fold_constants;
 pub mod noops;
 pub mod recipe;
 pub mod runner;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::fmt;
