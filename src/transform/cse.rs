@@ -223,7 +223,7 @@ impl Cse {
 mod tests {
     use super::*;
     use crate::ir::{BinaryOp, Dim, Op, Shape, TensorType, UnaryOp};
-    use crate::transform::fold_constants::testutil::{assert_text, counts, node1, run};
+    use crate::transform::fold_constants::testutil::{counts, golden, node1, run};
 
     fn input(g: &mut Graph, name: &str) -> ValueId {
         g.add_input(
@@ -234,34 +234,31 @@ mod tests {
 
     #[test]
     fn duplicated_chain_collapses_in_one_run() {
-        let mut g = Graph::new("t", 17);
-        let x = input(&mut g, "x");
-        let c1 = g.add_const("c1", Tensor::scalar_f32(2.0));
-        let c2 = g.add_const("c2", Tensor::scalar_f32(2.0));
         // Two copies of exp(x * 2), each with its own constant.
-        let m1 = node1(&mut g, Op::Binary(BinaryOp::Mul), &[x, c1]);
-        let e1 = node1(&mut g, Op::Unary(UnaryOp::Exp), &[m1]);
-        let m2 = node1(&mut g, Op::Binary(BinaryOp::Mul), &[x, c2]);
-        let e2 = node1(&mut g, Op::Unary(UnaryOp::Exp), &[m2]);
-        let y = node1(&mut g, Op::Binary(BinaryOp::Add), &[e1, e2]);
-        g.outputs.push(y);
-        let (changed, r) = run("cse", &mut g);
-        assert_eq!(changed, Changed::Yes);
+        let r = golden(
+            "cse",
+            r#"graph "t" opset 17
+              input  %0 x: f32[n]
+              const  %1 c1: f32[] = [2]
+              const  %2 c2: f32[] = [2]
+              %3 m1: f32[n] = Mul(%0, %1)  # n0
+              %4 e1: f32[n] = Exp(%3)  # n1
+              %5 m2: f32[n] = Mul(%0, %2)  # n2
+              %6 e2: f32[n] = Exp(%5)  # n3
+              %7 y: f32[n] = Add(%4, %6)  # n4
+              output %7 y"#,
+            r#"graph "t" opset 17
+              input  %0 x: f32[n]
+              const  %1 c1: f32[] = [2]
+              %2 m1: f32[n] = Mul(%0, %1)  # n0
+              %3 e1: f32[n] = Exp(%2)  # n1
+              %4 y: f32[n] = Add(%3, %3)  # n4
+              output %4 y"#,
+        );
         assert_eq!(
             counts(&r),
             [("merge Exp", 1), ("merge Mul", 1), ("merge const", 1)]
         );
-        assert_text(
-            &g,
-            r#"graph "t" opset 17
-              input  %0 x: f32[n]
-              const  %1 c1: f32[] = [2]
-              %3 v0: f32[n] = Mul(%0, %1)  # n0
-              %4 v1: f32[n] = Exp(%3)  # n1
-              %7 v4: f32[n] = Add(%4, %4)  # n4
-              output %7 v4"#,
-        );
-        assert_eq!(run("cse", &mut g).0, Changed::No);
     }
 
     #[test]
@@ -288,30 +285,31 @@ mod tests {
 
     #[test]
     fn graph_outputs_stay_distinct() {
-        let mut g = Graph::new("t", 17);
-        let x = input(&mut g, "x");
-        let a = node1(&mut g, Op::Unary(UnaryOp::Neg), &[x]);
-        let b = node1(&mut g, Op::Unary(UnaryOp::Neg), &[x]);
-        let c = node1(&mut g, Op::Unary(UnaryOp::Neg), &[x]);
-        let _ea = node1(&mut g, Op::Unary(UnaryOp::Exp), &[a]);
-        let eb = node1(&mut g, Op::Unary(UnaryOp::Exp), &[b]);
-        // b and c are outputs, a is not: b merges into a (a takes the name
-        // "v1"); c cannot (it would alias b's survivor) and stays; eb
-        // merges into ea through b's merge (ea takes the name "v4").
-        g.outputs.extend([b, c, eb]);
-        let (_, r) = run("cse", &mut g);
-        assert_eq!(counts(&r), [("merge Exp", 1), ("merge Neg", 1)]);
-        assert_text(
-            &g,
+        // b and c are outputs, a is not: b merges into a, which takes b's
+        // name; c cannot (it would alias b's survivor) and stays; eb merges
+        // into ea through b's merge, and ea takes eb's name.
+        let r = golden(
+            "cse",
             r#"graph "t" opset 17
               input  %0 x: f32[n]
-              %1 v1: f32[n] = Neg(%0)  # n0
-              %4 v4: f32[n] = Exp(%1)  # n3
-              %3 v2: f32[n] = Neg(%0)  # n2
-              output %1 v1
-              output %3 v2
-              output %4 v4"#,
+              %1 a: f32[n] = Neg(%0)  # n0
+              %2 b: f32[n] = Neg(%0)  # n1
+              %3 c: f32[n] = Neg(%0)  # n2
+              %4 ea: f32[n] = Exp(%1)  # n3
+              %5 eb: f32[n] = Exp(%2)  # n4
+              output %2 b
+              output %3 c
+              output %5 eb"#,
+            r#"graph "t" opset 17
+              input  %0 x: f32[n]
+              %1 b: f32[n] = Neg(%0)  # n0
+              %2 eb: f32[n] = Exp(%1)  # n3
+              %3 c: f32[n] = Neg(%0)  # n2
+              output %1 b
+              output %3 c
+              output %2 eb"#,
         );
+        assert_eq!(counts(&r), [("merge Exp", 1), ("merge Neg", 1)]);
     }
 
     #[test]

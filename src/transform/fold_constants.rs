@@ -259,16 +259,12 @@ pub(crate) mod testutil {
         (changed, cx.rewrites)
     }
 
-    /// Asserts the text form of `g` equals `want`, comparing trimmed lines.
-    pub fn assert_text(g: &Graph, want: &str) {
-        let got = text::print(g);
-        let norm = |s: &str| -> Vec<String> {
-            s.lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect()
-        };
-        assert_eq!(norm(&got), norm(want), "got:\n{got}");
+    /// The golden check ([`crate::transform::testing::check_pass`]) of
+    /// `name` on `before`, plus the rewrites the pass counted.
+    pub fn golden(name: &str, before: &str, after: &str) -> BTreeMap<String, usize> {
+        crate::transform::testing::check_pass(name, before, after);
+        let mut g = text::parse(before).expect("BEFORE parses");
+        run(name, &mut g).1
     }
 
     /// Loads `fixtures/<name>/model.onnx` with its sample inputs and the
@@ -326,7 +322,7 @@ pub(crate) mod testutil {
 
 #[cfg(test)]
 mod tests {
-    use super::testutil::{assert_text, counts, node, node1, run};
+    use super::testutil::{counts, golden, node, node1, run};
     use super::*;
     use crate::ir::{BinaryOp, DType, Dim, Shape, TensorType};
     use crate::transform::Changed;
@@ -337,126 +333,106 @@ mod tests {
 
     #[test]
     fn folds_a_constant_chain_and_keeps_only_what_is_read() {
-        let mut g = Graph::new("t", 17);
-        let x = f32_in(&mut g, "x", vec![Dim::Known(2)]);
-        let a = g.add_const("a", Tensor::from_f32(vec![2], vec![1.0, 2.0]).unwrap());
-        let b = g.add_const("b", Tensor::scalar_f32(3.0));
-        let ab = node1(&mut g, Op::Binary(BinaryOp::Mul), &[a, b]);
-        let neg = node1(&mut g, Op::Unary(crate::ir::UnaryOp::Neg), &[ab]);
-        let y = node1(&mut g, Op::Binary(BinaryOp::Add), &[x, neg]);
-        g.outputs.push(y);
-        let (changed, r) = run("fold-constants", &mut g);
-        assert_eq!(changed, Changed::Yes);
-        assert_eq!(counts(&r), [("fold Mul", 1), ("fold Neg", 1)]);
-        // The intermediate v0 was only read by the folded Neg: no constant.
-        assert_text(
-            &g,
+        let r = golden(
+            "fold-constants",
             r#"graph "t" opset 17
               input  %0 x: f32[2]
               const  %1 a: f32[2] = [1, 2]
               const  %2 b: f32[] = [3]
-              const  %6 v1: f32[2] = [-3, -6]
-              %5 v2: f32[2] = Add(%0, %6)  # n2
-              output %5 v2"#,
+              %3 ab: f32[2] = Mul(%1, %2)  # n0
+              %4 neg: f32[2] = Neg(%3)  # n1
+              %5 y: f32[2] = Add(%0, %4)  # n2
+              output %5 y"#,
+            // `ab` only fed the folded Neg: no constant for it; the old
+            // constants are left to dce.
+            r#"graph "t" opset 17
+              input  %0 x: f32[2]
+              const  %1 a: f32[2] = [1, 2]
+              const  %2 b: f32[] = [3]
+              const  %3 neg: f32[2] = [-3, -6]
+              %4 y: f32[2] = Add(%0, %3)  # n2
+              output %4 y"#,
         );
-        // A second run finds nothing.
-        assert_eq!(run("fold-constants", &mut g).0, Changed::No);
+        assert_eq!(counts(&r), [("fold Mul", 1), ("fold Neg", 1)]);
     }
 
     #[test]
-    fn shape_and_size_fold_from_types() {
-        let mut g = Graph::new("t", 17);
-        let x = f32_in(
-            &mut g,
-            "x",
-            vec![Dim::sym("batch"), Dim::Known(3), Dim::Known(4)],
-        );
-        // Full shape: has a symbol, stays. Slice [1:]: known, folds.
-        let full = node1(
-            &mut g,
-            Op::Shape {
-                start: 0,
-                end: None,
-            },
-            &[x],
-        );
-        let tail = node1(
-            &mut g,
-            Op::Shape {
-                start: -2,
-                end: None,
-            },
-            &[x],
-        );
-        let size = node1(&mut g, Op::Size, &[x]);
-        g.outputs.extend([full, tail, size]);
-        let (_, r) = run("fold-constants", &mut g);
-        assert_eq!(counts(&r), [("fold Shape", 1)]);
-        assert_text(
-            &g,
+    fn shape_slices_fold_when_their_dims_are_known() {
+        let r = golden(
+            "fold-constants",
             r#"graph "t" opset 17
               input  %0 x: f32[batch,3,4]
-              const  %4 v1: i64[2] = [3, 4]
-              %1 v0: i64[3] = Shape[start=0](%0)  # n0
-              %3 v2: i64[] = Size(%0)  # n2
-              output %1 v0
-              output %4 v1
-              output %3 v2"#,
+              %1 full: i64[3] = Shape[start=0](%0)  # n0
+              %2 tail: i64[2] = Shape[start=-2](%0)  # n1
+              %3 head: i64[1] = Shape[start=0, end=1](%0)  # n2
+              %4 size: i64[] = Size(%0)  # n3
+              output %1 full
+              output %2 tail
+              output %3 head
+              output %4 size"#,
+            r#"graph "t" opset 17
+              input  %0 x: f32[batch,3,4]
+              const  %1 tail: i64[2] = [3, 4]
+              %2 full: i64[3] = Shape[start=0](%0)  # n0
+              %3 head: i64[1] = Shape[start=0, end=1](%0)  # n2
+              %4 size: i64[] = Size(%0)  # n3
+              output %2 full
+              output %1 tail
+              output %3 head
+              output %4 size"#,
         );
-
-        // Once every dim is known, Size and the full Shape fold too.
-        g.value_mut(x).ty.shape = Shape::known(&[2, 3, 4]);
-        let (_, r) = run("fold-constants", &mut g);
-        assert_eq!(counts(&r), [("fold Shape", 1), ("fold Size", 1)]);
-        assert_eq!(g.node_count(), 0);
-        let outs: Vec<_> = g
-            .outputs
-            .iter()
-            .map(|&o| g.const_value(o).unwrap())
-            .collect();
-        assert_eq!(outs[0].as_i64().unwrap(), [2, 3, 4]);
-        assert_eq!(outs[1].as_i64().unwrap(), [3, 4]);
-        assert_eq!(outs[2].as_i64().unwrap(), [24]);
-        assert_eq!(outs[2].shape(), &[] as &[usize]);
-        // Output names survive.
-        let names: Vec<_> = g
-            .outputs
-            .iter()
-            .map(|&o| g.value(o).name.as_str())
-            .collect();
-        assert_eq!(names, ["v0", "v1", "v2"]);
+        assert_eq!(counts(&r), [("fold Shape", 1)]);
+        golden(
+            "fold-constants",
+            r#"graph "t" opset 17
+              input  %0 x: f32[2,3,4]
+              %1 full: i64[3] = Shape[start=0](%0)  # n0
+              %2 size: i64[] = Size(%0)  # n1
+              output %1 full
+              output %2 size"#,
+            r#"graph "t" opset 17
+              input  %0 x: f32[2,3,4]
+              const  %1 full: i64[3] = [2, 3, 4]
+              const  %2 size: i64[] = [24]
+              output %1 full
+              output %2 size"#,
+        );
     }
 
     #[test]
     fn torch_shape_chain_folds_with_known_dims() {
         // Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])).
-        let build = |dims: Vec<Dim>| {
-            let mut g = Graph::new("t", 17);
-            let x = f32_in(&mut g, "x", dims);
-            let s = node1(
-                &mut g,
-                Op::Shape {
-                    start: 0,
-                    end: None,
-                },
-                &[x],
-            );
-            let i0 = g.add_const("i0", Tensor::scalar_i64(0));
-            let d0 = node1(&mut g, Op::Gather { axis: 0 }, &[s, i0]);
-            let ax = g.add_const("ax", Tensor::vec_i64(vec![0]));
-            let u = node1(&mut g, Op::Unsqueeze, &[d0, ax]);
-            let m1 = g.add_const("m1", Tensor::vec_i64(vec![-1]));
-            let shp = node1(&mut g, Op::Concat { axis: 0 }, &[u, m1]);
-            let y = node1(&mut g, Op::Reshape { allowzero: false }, &[x, shp]);
-            g.outputs.push(y);
-            g
+        let chain = |dims: &str| {
+            format!(
+                r#"graph "t" opset 17
+                  input  %0 x: f32[{dims}]
+                  const  %1 i0: i64[] = [0]
+                  const  %2 ax: i64[1] = [0]
+                  const  %3 m1: i64[1] = [-1]
+                  %4 s: i64[3] = Shape[start=0](%0)  # n0
+                  %5 d0: i64[] = Gather[axis=0](%4, %1)  # n1
+                  %6 u: i64[1] = Unsqueeze(%5, %2)  # n2
+                  %7 shp: i64[2] = Concat[axis=0](%6, %3)  # n3
+                  %8 y: f32[{first},12] = Reshape(%0, %7)  # n4
+                  output %8 y"#,
+                first = dims.split(',').next().unwrap_or_default()
+            )
         };
-        let mut g = build(vec![Dim::sym("b"), Dim::Known(3), Dim::Known(4)]);
-        assert_eq!(run("fold-constants", &mut g).0, Changed::No);
-        assert_eq!(g.node_count(), 5);
-
-        let mut g = build(vec![Dim::Known(2), Dim::Known(3), Dim::Known(4)]);
-        let (_, r) = run("fold-constants", &mut g);
+        let symbolic = chain("b,3,4");
+        let r = golden("fold-constants", &symbolic, &symbolic);
+        assert!(r.is_empty());
+        let r = golden(
+            "fold-constants",
+            &chain("2,3,4"),
+            r#"graph "t" opset 17
+              input  %0 x: f32[2,3,4]
+              const  %1 i0: i64[] = [0]
+              const  %2 ax: i64[1] = [0]
+              const  %3 m1: i64[1] = [-1]
+              const  %4 shp: i64[2] = [2, -1]
+              %5 y: f32[2,12] = Reshape(%0, %4)  # n4
+              output %5 y"#,
+        );
         assert_eq!(
             counts(&r),
             [
@@ -465,17 +441,6 @@ mod tests {
                 ("fold Shape", 1),
                 ("fold Unsqueeze", 1)
             ]
-        );
-        assert_text(
-            &g,
-            r#"graph "t" opset 17
-              input  %0 x: f32[2,3,4]
-              const  %2 i0: i64[] = [0]
-              const  %4 ax: i64[1] = [0]
-              const  %6 m1: i64[1] = [-1]
-              const  %9 v3: i64[2] = [2, -1]
-              %8 v4: f32[2,12] = Reshape(%0, %9)  # n4
-              output %8 v4"#,
         );
     }
 

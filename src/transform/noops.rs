@@ -276,7 +276,7 @@ impl Matcher<'_> {
 mod tests {
     use super::*;
     use crate::ir::{DType, Dim, Shape, TensorType};
-    use crate::transform::fold_constants::testutil::{assert_text, counts, node, node1, run};
+    use crate::transform::fold_constants::testutil::{counts, golden, node, node1, run};
     use crate::transform::Changed;
 
     fn input(g: &mut Graph, name: &str, dims: Vec<Dim>) -> ValueId {
@@ -426,44 +426,84 @@ mod tests {
 
     #[test]
     fn graph_output_names_and_distinctness() {
-        let mut g = Graph::new("t", 17);
-        let x = input(&mut g, "x", bn());
-        // y0 = Identity(x) with x a graph input: kept (renaming the input
-        // would change the model's interface).
-        let y0 = node1(&mut g, Op::Identity, &[x]);
-        let e = node1(&mut g, Op::Unary(crate::ir::UnaryOp::Exp), &[x]);
-        // y1 = Identity(e): e takes y1's name. y2 = Identity(e): e is now
-        // an output, so y2 stays. y3 = Identity(e2) with e2 already a graph
-        // output: kept.
-        let y1 = node1(&mut g, Op::Identity, &[e]);
-        let y2 = node1(&mut g, Op::Identity, &[e]);
-        let e2 = node1(&mut g, Op::Unary(crate::ir::UnaryOp::Neg), &[x]);
-        let y3 = node1(&mut g, Op::Identity, &[e2]);
-        // A chain of no-ops ending in an output collapses onto its source.
-        let e3 = node1(&mut g, Op::Unary(crate::ir::UnaryOp::Abs), &[x]);
-        let i1 = node1(&mut g, Op::Identity, &[e3]);
-        let y4 = node1(&mut g, Op::Identity, &[i1]);
-        g.outputs.extend([y0, y1, y2, e2, y3, y4]);
-        let (_, r) = run("remove-noops", &mut g);
-        assert_eq!(counts(&r), [("remove Identity", 3)]);
-        assert_text(
-            &g,
+        // y0 = Identity(x) with x a graph input stays (renaming the input
+        // would change the model's interface). y1 = Identity(e): e takes
+        // y1's name. y2 = Identity(e): e is now an output, so y2 stays.
+        // y3 = Identity(e2) with e2 already a graph output stays. The chain
+        // i1 -> y4 collapses onto e3, which takes y4's name.
+        let r = golden(
+            "remove-noops",
             r#"graph "t" opset 17
               input  %0 x: f32[b,3]
-              %1 v0: f32[b,3] = Identity(%0)  # n0
-              %2 v2: f32[b,3] = Exp(%0)  # n1
-              %4 v3: f32[b,3] = Identity(%2)  # n3
-              %5 v4: f32[b,3] = Neg(%0)  # n4
-              %6 v5: f32[b,3] = Identity(%5)  # n5
-              %7 v8: f32[b,3] = Abs(%0)  # n6
-              output %1 v0
-              output %2 v2
-              output %4 v3
-              output %5 v4
-              output %6 v5
-              output %7 v8"#,
+              %1 y0: f32[b,3] = Identity(%0)  # n0
+              %2 e: f32[b,3] = Exp(%0)  # n1
+              %3 y1: f32[b,3] = Identity(%2)  # n2
+              %4 y2: f32[b,3] = Identity(%2)  # n3
+              %5 e2: f32[b,3] = Neg(%0)  # n4
+              %6 y3: f32[b,3] = Identity(%5)  # n5
+              %7 e3: f32[b,3] = Abs(%0)  # n6
+              %8 i1: f32[b,3] = Identity(%7)  # n7
+              %9 y4: f32[b,3] = Identity(%8)  # n8
+              output %1 y0
+              output %3 y1
+              output %4 y2
+              output %5 e2
+              output %6 y3
+              output %9 y4"#,
+            r#"graph "t" opset 17
+              input  %0 x: f32[b,3]
+              %1 y0: f32[b,3] = Identity(%0)  # n0
+              %2 y1: f32[b,3] = Exp(%0)  # n1
+              %3 y2: f32[b,3] = Identity(%2)  # n3
+              %4 e2: f32[b,3] = Neg(%0)  # n4
+              %5 y3: f32[b,3] = Identity(%4)  # n5
+              %6 y4: f32[b,3] = Abs(%0)  # n6
+              output %1 y0
+              output %2 y1
+              output %3 y2
+              output %4 e2
+              output %5 y3
+              output %6 y4"#,
         );
-        assert_eq!(run("remove-noops", &mut g).0, Changed::No);
+        assert_eq!(counts(&r), [("remove Identity", 3)]);
+    }
+
+    #[test]
+    fn neutral_arithmetic_and_shape_noops_golden() {
+        let r = golden(
+            "remove-noops",
+            r#"graph "t" opset 17
+              input  %0 x: f32[b,3]
+              const  %1 zero: f32[3] = [0, 0, 0]
+              const  %2 one: f32[] = [1]
+              const  %3 two: f32[] = [2]
+              const  %4 shp: i64[2] = [0, 3]
+              %5 a: f32[b,3] = Add(%1, %0)  # add0
+              %6 m: f32[b,3] = Mul(%5, %2)  # mul1
+              %7 d: f32[b,3] = Div(%2, %6)  # recip
+              %8 r: f32[b,3] = Reshape(%7, %4)  # reshape
+              %9 t: f32[b,3] = Transpose[perm=[0, 1]](%8)  # tr
+              %10 y: f32[b,3] = Mul(%9, %3)  # mul2
+              output %10 y"#,
+            r#"graph "t" opset 17
+              input  %0 x: f32[b,3]
+              const  %1 zero: f32[3] = [0, 0, 0]
+              const  %2 one: f32[] = [1]
+              const  %3 two: f32[] = [2]
+              const  %4 shp: i64[2] = [0, 3]
+              %5 d: f32[b,3] = Div(%2, %0)  # recip
+              %6 y: f32[b,3] = Mul(%5, %3)  # mul2
+              output %6 y"#,
+        );
+        assert_eq!(
+            counts(&r),
+            [
+                ("remove Add zero", 1),
+                ("remove Mul one", 1),
+                ("remove Reshape", 1),
+                ("remove Transpose", 1)
+            ]
+        );
     }
 
     #[test]
