@@ -12,8 +12,14 @@
 //! early when the pattern does not apply, then apply the patch and count the
 //! rewrite in [`PassCx`] so the pass log can say what fired and how often.
 
+pub mod cse;
+pub mod dce;
+pub mod fold_constants;
+pub mod noops;
 pub mod recipe;
 pub mod runner;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -188,7 +194,7 @@ impl PassInfo {
 
 /// Every registered pass, in the order `mlc passes` lists them.
 pub fn registry() -> &'static [PassInfo] {
-    &[]
+    &[fold_constants::INFO, dce::INFO, cse::INFO, noops::INFO]
 }
 
 /// The registered pass called `name`.
