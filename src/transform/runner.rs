@@ -68,8 +68,10 @@ impl DriftCheck {
             for (j, (p, q)) in x.iter().zip(&y).enumerate() {
                 let same = p == q || (p.is_nan() && q.is_nan());
                 let err = (p - q).abs();
+                // NaN errors count as outside the tolerance.
+                let within = err <= self.atol + self.rtol * q.abs();
                 if !same
-                    && !(err <= self.atol + self.rtol * q.abs())
+                    && !within
                     && worst.is_none_or(|(_, w)| err > w || err.is_nan())
                 {
                     worst = Some((j, err));
