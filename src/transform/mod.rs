@@ -14,6 +14,8 @@
 
 pub mod recipe;
 pub mod runner;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::fmt;
