@@ -162,6 +162,16 @@ pub fn is_bundle(path: &Path) -> bool {
         && has_magic(&head)
 }
 
+/// Whether `path` should be read as a bundle: it starts with the magic, or
+/// its extension is `.mlc` (so a damaged bundle gets the bundle reader's
+/// message rather than the ONNX importer's).
+pub fn looks_like_bundle(path: &Path) -> bool {
+    is_bundle(path)
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case(EXTENSION))
+}
+
 /// Serializes a graph and its metadata into bundle bytes. The graph must
 /// pass the verifier (a bundle that could not be read back is never made).
 pub fn to_bytes(g: &Graph, meta: &Metadata) -> Result<Vec<u8>> {
