@@ -5,6 +5,9 @@
 //! inspected; the import is attempted alongside, and every problem it finds is
 //! listed. When the import succeeds, input and output shapes come from mlc's
 //! own inference instead of the file's declarations.
+//!
+//! An `.mlc` bundle is summarized from the graph it holds (op histogram by
+//! mlc op, constants by element type) plus the metadata it was written with.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,7 +52,9 @@ impl From<&ImportProblem> for Problem {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub path: String,
+    /// `"onnx"` or `"mlc"` (a bundle).
     pub format: &'static str,
+    /// ONNX `ir_version`; 0 for bundles.
     pub ir_version: i64,
     pub producer: String,
     /// Opset of the default ONNX domain.
@@ -67,6 +72,9 @@ pub struct Summary {
     pub supported: bool,
     /// Every problem found by the import (empty when supported).
     pub problems: Vec<Problem>,
+    /// How a bundle was made (bundles only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<crate::emit::bundle::Metadata>,
 }
 
 /// Summarizes an ONNX model file. Fails only when the file cannot be read or
@@ -180,6 +188,43 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
         weight_bytes,
         supported: imported.is_ok(),
         problems,
+        bundle: None,
+    })
+}
+
+/// Summarizes an `.mlc` bundle. Fails when the bundle cannot be read.
+pub fn inspect_bundle(path: &Path) -> Result<Summary> {
+    let (g, meta) = crate::emit::bundle::read(path)?;
+    let mut op_histogram = BTreeMap::new();
+    for (_, n) in g.nodes() {
+        *op_histogram
+            .entry(n.op.onnx_type().to_string())
+            .or_insert(0) += 1;
+    }
+    let mut parameters = 0u64;
+    let mut weight_bytes = BTreeMap::new();
+    for t in g.consts.values() {
+        parameters = parameters.saturating_add(t.numel() as u64);
+        let total = weight_bytes
+            .entry(t.dtype().name().to_string())
+            .or_insert(0u64);
+        *total = total.saturating_add(t.size_bytes() as u64);
+    }
+    Ok(Summary {
+        path: path.display().to_string(),
+        format: "mlc",
+        ir_version: 0,
+        producer: format!("mlc {}", meta.mlc_version),
+        opset: g.opset,
+        inputs: io_from_graph(&g, &g.inputs),
+        outputs: io_from_graph(&g, &g.outputs),
+        node_count: g.node_count(),
+        op_histogram,
+        parameters,
+        weight_bytes,
+        supported: true,
+        problems: Vec::new(),
+        bundle: Some(meta),
     })
 }
 
@@ -235,17 +280,45 @@ pub fn render(s: &Summary) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "model     {}", s.path);
-    let _ = writeln!(
-        out,
-        "format    ONNX (ir_version {}, opset {}), producer {}",
-        s.ir_version,
-        s.opset,
-        if s.producer.is_empty() {
-            "unknown"
-        } else {
-            &s.producer
+    if let Some(m) = &s.bundle {
+        let _ = writeln!(
+            out,
+            "format    mlc bundle (format {}, opset {}), written by mlc {}",
+            m.format_version, s.opset, m.mlc_version
+        );
+        let _ = writeln!(
+            out,
+            "source    {} (sha256 {})",
+            m.source.file_name, m.source.sha256
+        );
+        let _ = writeln!(out, "pipeline  {}", m.pipeline.name);
+        for line in m.pipeline.summary.lines() {
+            let _ = writeln!(out, "  {line}");
         }
-    );
+        let _ = writeln!(out, "target    {}", m.target);
+        let _ = writeln!(
+            out,
+            "compiled  {} nodes -> {} nodes, {} pass run(s)",
+            m.nodes.before,
+            m.nodes.after,
+            m.pass_log.len()
+        );
+        for line in crate::transform::runner::render_log(&m.pass_log).lines() {
+            let _ = writeln!(out, "  {}", line.trim_end());
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "format    ONNX (ir_version {}, opset {}), producer {}",
+            s.ir_version,
+            s.opset,
+            if s.producer.is_empty() {
+                "unknown"
+            } else {
+                &s.producer
+            }
+        );
+    }
     let io = |v: &IoInfo| format!("{}: {}[{}]", v.name, v.dtype, v.shape.join(","));
     let _ = writeln!(out, "inputs");
     for v in &s.inputs {

@@ -99,7 +99,11 @@ fn cmd_inspect(model: &Path, json: bool, ir: bool) -> Result<(), Error> {
         print!("{}", text::print(&g));
         return Ok(());
     }
-    let summary = inspect::inspect_onnx(model)?;
+    let summary = if mlc::emit::bundle::looks_like_bundle(model) {
+        inspect::inspect_bundle(model)?
+    } else {
+        inspect::inspect_onnx(model)?
+    };
     if json {
         println!("{}", to_json(&summary)?);
     } else {

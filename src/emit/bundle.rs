@@ -1,1 +1,960 @@
-//! The `.mlc` bundle.
+//! The `.mlc` bundle: mlc's self-contained compiled artifact (see
+//! `docs/bundle.md`).
+//!
+//! One file holds the compiled graph in the IR text form, its weights as a
+//! safetensors blob and a JSON record of how it was made:
+//!
+//! ```text
+//! "MLCB"  u32 format version (1)            little-endian throughout
+//! section*: u8 name length, name (ASCII), u64 payload length, payload
+//!   graph    UTF-8 IR text of the canonical graph, every constant printed
+//!            without values (`%N` is the constant's value number)
+//!   weights  safetensors: one tensor per constant, named by its value number
+//!   meta     JSON [`Metadata`]
+//! 32 bytes: SHA-256 of every byte before it
+//! ```
+//!
+//! The three sections appear exactly once each, in that order when written;
+//! the reader accepts any order but refuses unknown or repeated sections. The
+//! trailing checksum makes any corruption (a flipped bit in a weight) a clear
+//! error instead of silently different numbers.
+//!
+//! Writing is deterministic: the graph is canonicalized
+//! ([`crate::ir::text::canonicalize`]) before printing, weights are laid out
+//! in value-number order with a header written by hand in that order, and the
+//! metadata holds no time stamps and no hash-map iteration. The safetensors
+//! blob follows the public format (a `u64` header length, a JSON header padded
+//! with spaces to a multiple of 8, then the data) so other tools can read the
+//! weights; the low-precision types safetensors has no dtype for (float8,
+//! float4, 4- and 2-bit integers) are stored as `U8`, one byte per element as
+//! mlc holds them in memory, with the real dtype recorded in `__metadata__`
+//! under `mlc.dtype.<name>`.
+//!
+//! Reading trusts nothing: every length, offset, shape, dtype and element
+//! value is checked, and any problem is one [`Error::Malformed`] naming the
+//! file and what is wrong, never a panic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ir::text::{self, PrintOptions};
+use crate::ir::{checked_numel, verify, DType, Graph, Tensor, TensorData};
+use crate::transform::runner::PassLogEntry;
+use crate::{Error, Result};
+
+/// First four bytes of every bundle.
+pub const MAGIC: &[u8; 4] = b"MLCB";
+/// The bundle format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// File extension of bundles.
+pub const EXTENSION: &str = "mlc";
+
+const CHECKSUM_LEN: usize = 32;
+const HEADER_LEN: usize = 8;
+const SECTIONS: [&str; 3] = ["graph", "weights", "meta"];
+
+/// How a bundle was made, stored as its `meta` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Always [`FORMAT_VERSION`] when written.
+    pub format_version: u32,
+    /// Version of the mlc that wrote the bundle.
+    pub mlc_version: String,
+    pub source: SourceInfo,
+    pub pipeline: PipelineInfo,
+    /// What the bundle is compiled for; `"host"` (the reference interpreter).
+    pub target: String,
+    /// Node counts of the imported and of the compiled graph.
+    pub nodes: NodeCounts,
+    /// Every pass run, in order.
+    pub pass_log: Vec<PassLogEntry>,
+}
+
+/// The model the bundle was compiled from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// File name only (no directories, so bundles do not leak paths).
+    pub file_name: String,
+    /// SHA-256 of the source file, lowercase hex.
+    pub sha256: String,
+}
+
+/// The pipeline (recipe) that compiled the graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineInfo {
+    pub name: String,
+    /// Human-readable description of its steps.
+    pub summary: String,
+}
+
+/// Node counts before and after the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    pub before: usize,
+    pub after: usize,
+}
+
+impl Metadata {
+    /// Metadata for this build of mlc, targeting the host.
+    pub fn new(
+        source: SourceInfo,
+        pipeline: PipelineInfo,
+        pass_log: Vec<PassLogEntry>,
+        nodes: NodeCounts,
+    ) -> Metadata {
+        Metadata {
+            format_version: FORMAT_VERSION,
+            mlc_version: env!("CARGO_PKG_VERSION").to_string(),
+            source,
+            pipeline,
+            target: "host".to_string(),
+            nodes,
+            pass_log,
+        }
+    }
+}
+
+impl SourceInfo {
+    /// Names and hashes bytes read from `file_name`.
+    pub fn from_bytes(file_name: impl Into<String>, bytes: &[u8]) -> SourceInfo {
+        SourceInfo {
+            file_name: file_name.into(),
+            sha256: sha256_hex(bytes),
+        }
+    }
+
+    /// Reads and hashes the source model file.
+    pub fn from_file(path: &Path) -> Result<SourceInfo> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(SourceInfo::from_bytes(name, &bytes))
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `bytes` start like a bundle.
+pub fn has_magic(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
+/// Whether the file at `path` starts with the bundle magic (`false` when it
+/// cannot be read).
+pub fn is_bundle(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && has_magic(&head)
+}
+
+/// Whether `path` should be read as a bundle: it starts with the magic, or
+/// its extension is `.mlc` (so a damaged bundle gets the bundle reader's
+/// message rather than the ONNX importer's).
+pub fn looks_like_bundle(path: &Path) -> bool {
+    is_bundle(path)
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case(EXTENSION))
+}
+
+/// Serializes a graph and its metadata into bundle bytes. The graph must
+/// pass the verifier (a bundle that could not be read back is never made).
+pub fn to_bytes(g: &Graph, meta: &Metadata) -> Result<Vec<u8>> {
+    verify::verify(g)?;
+    let canon = text::canonicalize(g);
+    let graph_text = text::print_with(
+        &canon,
+        &PrintOptions {
+            inline_const_limit: 0,
+        },
+    );
+    let tensors: Vec<(String, &Tensor)> = canon
+        .consts
+        .iter()
+        .map(|(id, t)| (id.0.to_string(), t.as_ref()))
+        .collect();
+    let weights = safetensors::encode(&tensors);
+    let meta = Metadata {
+        format_version: FORMAT_VERSION,
+        ..meta.clone()
+    };
+    let meta_json = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| Error::Internal(format!("encoding the bundle metadata: {e}")))?;
+    Ok(container::encode(&[
+        ("graph", graph_text.as_bytes()),
+        ("weights", &weights),
+        ("meta", &meta_json),
+    ]))
+}
+
+/// Writes a bundle atomically: a temporary file beside `path`, renamed over
+/// it only when complete. Callers writing a compiled model should first call
+/// [`ensure_not_input`] so the source model is never overwritten.
+pub fn write(path: &Path, g: &Graph, meta: &Metadata) -> Result<()> {
+    let bytes = to_bytes(g, meta)?;
+    crate::fsutil::write_bytes_atomic(path, &bytes)
+}
+
+/// Refuses an output path that is the input model itself (same canonical
+/// path, or on Unix the same file through another link).
+pub fn ensure_not_input(out: &Path, input: &Path) -> Result<()> {
+    let same = match (std::fs::canonicalize(out), std::fs::canonicalize(input)) {
+        (Ok(a), Ok(b)) => a == b || same_file(&a, &b),
+        // An output that does not exist yet cannot be the input.
+        _ => false,
+    };
+    if same {
+        return Err(Error::io(
+            out,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "is the model being compiled ({}); refusing to overwrite it, choose another output path",
+                    input.display()
+                ),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &Path, _: &Path) -> bool {
+    false
+}
+
+/// Reads a bundle file.
+pub fn read(path: &Path) -> Result<(Graph, Metadata)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_bytes(&bytes, path)
+}
+
+/// Decodes bundle bytes; `what` names them in errors.
+pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
+    let malformed = |message: String| Error::Malformed {
+        path: what.to_path_buf(),
+        message,
+    };
+    let sections = container::decode(bytes).map_err(&malformed)?;
+    let meta: Metadata = serde_json::from_slice(sections.meta)
+        .map_err(|e| malformed(format!("bad metadata (meta section): {e}")))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(malformed(format!(
+            "the metadata says format version {} but the file header says {FORMAT_VERSION}",
+            meta.format_version
+        )));
+    }
+    let graph_text = std::str::from_utf8(sections.graph)
+        .map_err(|e| malformed(format!("the graph section is not UTF-8: {e}")))?;
+    let mut weights = safetensors::decode(sections.weights)
+        .map_err(|m| malformed(format!("bad weights section: {m}")))?;
+
+    // The first missing weight, reported as such rather than as whatever the
+    // parser makes of the callback's error.
+    let mut missing: Option<String> = None;
+    let parsed = text::parse_with(graph_text, &mut |n: usize, name: &str| match weights
+        .remove(&n.to_string())
+    {
+        Some(t) => Ok(t),
+        None => {
+            let m = format!("the weights section has no tensor for constant %{n} '{name}'");
+            missing.get_or_insert(m.clone());
+            Err(Error::Malformed {
+                path: what.to_path_buf(),
+                message: m,
+            })
+        }
+    });
+    let g = match (parsed, missing) {
+        (Ok(g), None) => g,
+        (_, Some(m)) => return Err(malformed(m)),
+        (Err(e), None) => return Err(malformed(format!("bad graph section: {e}"))),
+    };
+    if !weights.is_empty() {
+        let extra: Vec<&str> = weights.keys().take(5).map(String::as_str).collect();
+        return Err(malformed(format!(
+            "the weights section holds {} tensor(s) the graph does not use ({})",
+            weights.len(),
+            extra.join(", ")
+        )));
+    }
+    verify::verify(&g).map_err(|e| malformed(format!("the graph is not valid: {e}")))?;
+    Ok((g, meta))
+}
+
+/// The container: magic, version, named sections, checksum.
+mod container {
+    use super::*;
+
+    /// The payloads of a bundle's sections.
+    pub struct Sections<'a> {
+        pub graph: &'a [u8],
+        pub weights: &'a [u8],
+        pub meta: &'a [u8],
+    }
+
+    pub fn encode(sections: &[(&str, &[u8])]) -> Vec<u8> {
+        let total: usize = sections.iter().map(|(n, p)| 9 + n.len() + p.len()).sum();
+        let mut out = Vec::with_capacity(HEADER_LEN + total + CHECKSUM_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        for (name, payload) in sections {
+            // Section names are the fixed short ASCII names above.
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            out.extend_from_slice(payload);
+        }
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Sections<'_>, String> {
+        if bytes.len() < MAGIC.len() || !has_magic(bytes) {
+            return Err("not an mlc bundle (the file does not start with \"MLCB\")".into());
+        }
+        let Some(version) = bytes.get(4..8) else {
+            return Err("truncated bundle: the header is cut short".into());
+        };
+        // get(4..8) returned exactly four bytes.
+        let version = u32::from_le_bytes([version[0], version[1], version[2], version[3]]);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "bundle format version {version} is not supported (this mlc reads version {FORMAT_VERSION}); rebuild the bundle with this mlc"
+            ));
+        }
+        if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
+            return Err("truncated bundle: too short to hold its checksum".into());
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err("checksum mismatch: the bundle is truncated or corrupted".into());
+        }
+        let mut found: [Option<&[u8]>; 3] = [None; 3];
+        let mut pos = HEADER_LEN;
+        while pos < body.len() {
+            let name_len = body[pos] as usize;
+            let name = body
+                .get(pos + 1..pos + 1 + name_len)
+                .ok_or_else(|| format!("section header at byte {pos} runs past the end"))?;
+            let name = std::str::from_utf8(name)
+                .map_err(|_| format!("section name at byte {pos} is not text"))?;
+            let len_at = pos + 1 + name_len;
+            let len = body
+                .get(len_at..len_at + 8)
+                .ok_or_else(|| format!("section '{name}' header runs past the end"))?;
+            let mut len8 = [0u8; 8];
+            len8.copy_from_slice(len);
+            let start = len_at + 8;
+            let end = usize::try_from(u64::from_le_bytes(len8))
+                .ok()
+                .and_then(|l| start.checked_add(l))
+                .filter(|&e| e <= body.len())
+                .ok_or_else(|| {
+                    format!(
+                        "section '{name}' claims {} bytes, past the end of the file",
+                        u64::from_le_bytes(len8)
+                    )
+                })?;
+            let slot = SECTIONS
+                .iter()
+                .position(|&s| s == name)
+                .ok_or_else(|| format!("unknown section '{name}'"))?;
+            if found[slot].is_some() {
+                return Err(format!("section '{name}' appears twice"));
+            }
+            found[slot] = Some(&body[start..end]);
+            pos = end;
+        }
+        let get =
+            |i: usize| found[i].ok_or_else(|| format!("the '{}' section is missing", SECTIONS[i]));
+        Ok(Sections {
+            graph: get(0)?,
+            weights: get(1)?,
+            meta: get(2)?,
+        })
+    }
+}
+
+/// A minimal safetensors reader and writer (the format: `u64` header length,
+/// a JSON header, the data). Written here rather than taken from the
+/// `safetensors` crate to fix the header's key order and to check hostile
+/// input with our own messages.
+pub mod safetensors {
+    use super::*;
+    use serde_json::Value;
+
+    const META_KEY: &str = "__metadata__";
+    const DTYPE_PREFIX: &str = "mlc.dtype.";
+
+    /// The safetensors dtype an mlc dtype is stored as; `U8` for the
+    /// low-precision types safetensors lacks.
+    pub fn st_dtype(d: DType) -> &'static str {
+        match d {
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I8 => "I8",
+            DType::I16 => "I16",
+            DType::I32 => "I32",
+            DType::I64 => "I64",
+            DType::U8 => "U8",
+            DType::U16 => "U16",
+            DType::U32 => "U32",
+            DType::U64 => "U64",
+            DType::Bool => "BOOL",
+            _ => "U8",
+        }
+    }
+
+    fn from_st_dtype(s: &str) -> Option<DType> {
+        [
+            DType::F32,
+            DType::F64,
+            DType::F16,
+            DType::BF16,
+            DType::I8,
+            DType::I16,
+            DType::I32,
+            DType::I64,
+            DType::U8,
+            DType::U16,
+            DType::U32,
+            DType::U64,
+            DType::Bool,
+        ]
+        .into_iter()
+        .find(|&d| st_dtype(d) == s)
+    }
+
+    /// Little-endian bytes of a tensor's elements, one byte per element for
+    /// bool and the low-precision types.
+    pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+        fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+            v.iter().flat_map(|&x| f(x)).collect()
+        }
+        match t.data() {
+            TensorData::F32(v) => le(v, f32::to_le_bytes),
+            TensorData::F64(v) => le(v, f64::to_le_bytes),
+            TensorData::F16(v) => le(v, |x: f16| x.to_bits().to_le_bytes()),
+            TensorData::BF16(v) => le(v, |x: bf16| x.to_bits().to_le_bytes()),
+            TensorData::I8(v) | TensorData::I4(v) | TensorData::I2(v) => {
+                v.iter().map(|&x| x as u8).collect()
+            }
+            TensorData::I16(v) => le(v, i16::to_le_bytes),
+            TensorData::I32(v) => le(v, i32::to_le_bytes),
+            TensorData::I64(v) => le(v, i64::to_le_bytes),
+            TensorData::U16(v) => le(v, u16::to_le_bytes),
+            TensorData::U32(v) => le(v, u32::to_le_bytes),
+            TensorData::U64(v) => le(v, u64::to_le_bytes),
+            TensorData::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+            TensorData::U8(v)
+            | TensorData::F8E4M3FN(v)
+            | TensorData::F8E4M3FNUZ(v)
+            | TensorData::F8E5M2(v)
+            | TensorData::F8E5M2FNUZ(v)
+            | TensorData::F8E8M0(v)
+            | TensorData::F4E2M1(v)
+            | TensorData::U4(v)
+            | TensorData::U2(v) => v.clone(),
+        }
+    }
+
+    /// Rebuilds the elements of `dtype` from their bytes (whose length is a
+    /// multiple of the element size), checking that the values are ones
+    /// mlc can hold.
+    pub fn data_from_bytes(dtype: DType, b: &[u8]) -> std::result::Result<TensorData, String> {
+        fn chunks<T, const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+            b.chunks_exact(N)
+                .map(|c| {
+                    let mut a = [0u8; N];
+                    a.copy_from_slice(c);
+                    f(a)
+                })
+                .collect()
+        }
+        let in_range = |lo: i16, hi: i16, signed: bool| -> std::result::Result<(), String> {
+            match b.iter().position(|&x| {
+                let v = if signed { x as i8 as i16 } else { x as i16 };
+                v < lo || v > hi
+            }) {
+                Some(i) => Err(format!(
+                    "element {i} of a {dtype} tensor is out of range ({lo}..={hi})"
+                )),
+                None => Ok(()),
+            }
+        };
+        let signed = |b: &[u8]| b.iter().map(|&x| x as i8).collect::<Vec<i8>>();
+        Ok(match dtype {
+            DType::F32 => TensorData::F32(chunks(b, f32::from_le_bytes)),
+            DType::F64 => TensorData::F64(chunks(b, f64::from_le_bytes)),
+            DType::F16 => TensorData::F16(chunks(b, |a| f16::from_bits(u16::from_le_bytes(a)))),
+            DType::BF16 => TensorData::BF16(chunks(b, |a| bf16::from_bits(u16::from_le_bytes(a)))),
+            DType::I8 => TensorData::I8(signed(b)),
+            DType::I16 => TensorData::I16(chunks(b, i16::from_le_bytes)),
+            DType::I32 => TensorData::I32(chunks(b, i32::from_le_bytes)),
+            DType::I64 => TensorData::I64(chunks(b, i64::from_le_bytes)),
+            DType::U8 => TensorData::U8(b.to_vec()),
+            DType::U16 => TensorData::U16(chunks(b, u16::from_le_bytes)),
+            DType::U32 => TensorData::U32(chunks(b, u32::from_le_bytes)),
+            DType::U64 => TensorData::U64(chunks(b, u64::from_le_bytes)),
+            DType::Bool => {
+                in_range(0, 1, false)?;
+                TensorData::Bool(b.iter().map(|&x| x != 0).collect())
+            }
+            DType::F8E4M3FN => TensorData::F8E4M3FN(b.to_vec()),
+            DType::F8E4M3FNUZ => TensorData::F8E4M3FNUZ(b.to_vec()),
+            DType::F8E5M2 => TensorData::F8E5M2(b.to_vec()),
+            DType::F8E5M2FNUZ => TensorData::F8E5M2FNUZ(b.to_vec()),
+            DType::F8E8M0 => TensorData::F8E8M0(b.to_vec()),
+            DType::F4E2M1 => {
+                in_range(0, 15, false)?;
+                TensorData::F4E2M1(b.to_vec())
+            }
+            DType::I4 => {
+                in_range(-8, 7, true)?;
+                TensorData::I4(signed(b))
+            }
+            DType::U4 => {
+                in_range(0, 15, false)?;
+                TensorData::U4(b.to_vec())
+            }
+            DType::I2 => {
+                in_range(-2, 1, true)?;
+                TensorData::I2(signed(b))
+            }
+            DType::U2 => {
+                in_range(0, 3, false)?;
+                TensorData::U2(b.to_vec())
+            }
+        })
+    }
+
+    /// Encodes named tensors, in the order given, as a safetensors blob.
+    pub fn encode(tensors: &[(String, &Tensor)]) -> Vec<u8> {
+        let js = |s: &str| Value::String(s.to_string()).to_string();
+        let mut entries: Vec<String> = Vec::new();
+        let lowp: Vec<String> = tensors
+            .iter()
+            .filter(|(_, t)| t.dtype().is_storage_only())
+            .map(|(n, t)| {
+                format!(
+                    "{}:{}",
+                    js(&format!("{DTYPE_PREFIX}{n}")),
+                    js(t.dtype().name())
+                )
+            })
+            .collect();
+        if !lowp.is_empty() {
+            entries.push(format!("{}:{{{}}}", js(META_KEY), lowp.join(",")));
+        }
+        let mut data = Vec::new();
+        for (name, t) in tensors {
+            let bytes = tensor_bytes(t);
+            let begin = data.len();
+            data.extend_from_slice(&bytes);
+            let shape: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+            entries.push(format!(
+                "{}:{{\"dtype\":{},\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+                js(name),
+                js(st_dtype(t.dtype())),
+                shape.join(","),
+                begin,
+                data.len()
+            ));
+        }
+        let mut header = format!("{{{}}}", entries.join(",")).into_bytes();
+        // Pad so the data starts 8-byte aligned, as the reference writer does.
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + header.len() + data.len());
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&data);
+        out
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: [usize; 2],
+    }
+
+    /// Decodes a safetensors blob into named tensors. The tensors must cover
+    /// the data exactly, without gaps or overlaps.
+    pub fn decode(blob: &[u8]) -> std::result::Result<BTreeMap<String, Tensor>, String> {
+        let Some(len) = blob.get(..8) else {
+            return Err("too short to hold the header length".into());
+        };
+        let mut len8 = [0u8; 8];
+        len8.copy_from_slice(len);
+        let hlen = u64::from_le_bytes(len8);
+        let data_start = usize::try_from(hlen)
+            .ok()
+            .and_then(|h| h.checked_add(8))
+            .filter(|&e| e <= blob.len())
+            .ok_or_else(|| format!("the header claims {hlen} bytes, past the end"))?;
+        let header = std::str::from_utf8(&blob[8..data_start])
+            .map_err(|e| format!("the header is not UTF-8: {e}"))?;
+        let header: serde_json::Map<String, Value> =
+            serde_json::from_str(header).map_err(|e| format!("bad JSON header: {e}"))?;
+        let data = &blob[data_start..];
+
+        let mut real_dtypes: BTreeMap<String, DType> = BTreeMap::new();
+        if let Some(meta) = header.get(META_KEY) {
+            let meta = meta
+                .as_object()
+                .ok_or_else(|| format!("{META_KEY} is not an object"))?;
+            for (k, v) in meta {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| format!("{META_KEY} entry '{k}' is not a string"))?;
+                if let Some(name) = k.strip_prefix(DTYPE_PREFIX) {
+                    let d = DType::from_name(v)
+                        .filter(|d| d.is_storage_only())
+                        .ok_or_else(|| format!("tensor '{name}' has unknown dtype '{v}'"))?;
+                    real_dtypes.insert(name.to_string(), d);
+                }
+            }
+        }
+
+        let mut spans: Vec<(usize, usize, String)> = Vec::new();
+        let mut out = BTreeMap::new();
+        for (name, v) in &header {
+            if name == META_KEY {
+                continue;
+            }
+            let e: Entry = serde_json::from_value(v.clone())
+                .map_err(|err| format!("tensor '{name}': {err}"))?;
+            let st = from_st_dtype(&e.dtype)
+                .ok_or_else(|| format!("tensor '{name}' has unsupported dtype '{}'", e.dtype))?;
+            let dtype = match real_dtypes.remove(name) {
+                Some(d) if st == DType::U8 => d,
+                Some(d) => {
+                    return Err(format!(
+                        "tensor '{name}' is marked {d} but stored as {}, not U8",
+                        e.dtype
+                    ))
+                }
+                None => st,
+            };
+            let [begin, end] = e.data_offsets;
+            if begin > end || end > data.len() {
+                return Err(format!(
+                    "tensor '{name}' data offsets [{begin}, {end}] are outside the {} data bytes",
+                    data.len()
+                ));
+            }
+            let numel = checked_numel(&e.shape)
+                .ok_or_else(|| format!("tensor '{name}' shape {:?} is too large", e.shape))?;
+            let want = numel.checked_mul(dtype.size());
+            if want != Some(end - begin) {
+                return Err(format!(
+                    "tensor '{name}' is {dtype}{:?} but holds {} bytes",
+                    e.shape,
+                    end - begin
+                ));
+            }
+            let td = data_from_bytes(dtype, &data[begin..end])
+                .map_err(|m| format!("tensor '{name}': {m}"))?;
+            let t = Tensor::new(e.shape, td).map_err(|m| format!("tensor '{name}': {m}"))?;
+            spans.push((begin, end, name.clone()));
+            out.insert(name.clone(), t);
+        }
+        if let Some(name) = real_dtypes.keys().next() {
+            return Err(format!(
+                "{META_KEY} names a dtype for tensor '{name}', which does not exist"
+            ));
+        }
+        spans.sort();
+        let mut at = 0;
+        for (begin, end, name) in &spans {
+            if *begin != at {
+                return Err(format!(
+                    "tensor '{name}' starts at byte {begin}, expected {at} (gap or overlap)"
+                ));
+            }
+            at = *end;
+        }
+        if at != data.len() {
+            return Err(format!(
+                "{} data bytes after the last tensor",
+                data.len() - at
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: Vec<usize>, d: TensorData) -> Tensor {
+        Tensor::new(shape, d).unwrap()
+    }
+
+    fn every_dtype() -> Vec<(String, Tensor)> {
+        DType::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                let v: Vec<f64> = (0..6).map(|k| k as f64 * 0.5 - 1.0).collect();
+                (i.to_string(), t(vec![2, 3], TensorData::from_f64(d, &v)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn safetensors_round_trips_every_dtype() {
+        let ts = every_dtype();
+        let refs: Vec<(String, &Tensor)> = ts.iter().map(|(n, t)| (n.clone(), t)).collect();
+        let blob = safetensors::encode(&refs);
+        // Header length is a multiple of 8 and the data follows it.
+        let hlen = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+        assert_eq!(hlen % 8, 0);
+        let back = safetensors::decode(&blob).unwrap();
+        assert_eq!(back.len(), ts.len());
+        for (n, t) in &ts {
+            assert!(back[n] == *t, "{n}: {:?} vs {t:?}", back[n]);
+            assert_eq!(back[n].dtype(), t.dtype());
+        }
+        // Scalars and empty tensors too.
+        let s = Tensor::scalar_f32(-0.0);
+        let e = t(vec![0, 4], TensorData::I64(vec![]));
+        let blob = safetensors::encode(&[("a".into(), &s), ("b".into(), &e)]);
+        let back = safetensors::decode(&blob).unwrap();
+        assert_eq!(
+            back["a"].as_f32().unwrap()[0].to_bits(),
+            (-0.0f32).to_bits()
+        );
+        assert_eq!(back["b"].shape(), [0, 4]);
+    }
+
+    #[test]
+    fn safetensors_header_is_the_documented_format() {
+        let a = t(vec![2], TensorData::F32(vec![1.0, 2.0]));
+        let b = t(vec![3], TensorData::I4(vec![-8, 7, 0]));
+        let blob = safetensors::encode(&[("3".into(), &a), ("10".into(), &b)]);
+        let hlen = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&blob[8..8 + hlen]).unwrap().trim_end();
+        assert_eq!(
+            header,
+            r#"{"__metadata__":{"mlc.dtype.10":"i4"},"3":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"10":{"dtype":"U8","shape":[3],"data_offsets":[8,11]}}"#
+        );
+        assert_eq!(&blob[8 + hlen..8 + hlen + 4], &1.0f32.to_le_bytes());
+        assert_eq!(&blob[8 + hlen + 8..], &[0xf8, 7, 0]);
+    }
+
+    fn st_blob(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn safetensors_rejects_hostile_blobs() {
+        let cases: &[(&str, &[u8], &str)] = &[
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                &[0; 4],
+                "holds 4 bytes",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#,
+                &[0; 4],
+                "outside",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+                &[0; 4],
+                "outside",
+            ),
+            (
+                r#"{"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}}"#,
+                &[0; 8],
+                "unsupported dtype",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,1]}}"#,
+                &[0],
+                "too large",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                &[0, 0],
+                "after the last",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                &[0],
+                "gap or overlap",
+            ),
+            (
+                r#"{"a":{"dtype":"BOOL","shape":[1],"data_offsets":[0,1]}}"#,
+                &[2],
+                "out of range",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.dtype.a":"i4"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                &[8],
+                "out of range",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.dtype.a":"i4"},"a":{"dtype":"I8","shape":[1],"data_offsets":[0,1]}}"#,
+                &[1],
+                "not U8",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.dtype.a":"f32"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                &[1],
+                "unknown dtype",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.dtype.b":"i4"}}"#,
+                &[],
+                "does not exist",
+            ),
+            (r#"{"__metadata__":[1]}"#, &[], "not an object"),
+            (r#"{"a":{"dtype":"U8","shape":[1]}}"#, &[0], "data_offsets"),
+            (
+                r#"{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#,
+                &[0],
+                "tensor 'a'",
+            ),
+            (r#"[1,2]"#, &[], "bad JSON"),
+            ("{\"a\":", &[], "bad JSON"),
+        ];
+        for (header, data, want) in cases {
+            let err = safetensors::decode(&st_blob(header, data)).unwrap_err();
+            assert!(err.contains(want), "{header}: {err}");
+        }
+        // A header length past the end, and a blob too short for it.
+        let mut b = st_blob("{}", &[]);
+        b[0] = 200;
+        assert!(safetensors::decode(&b)
+            .unwrap_err()
+            .contains("past the end"));
+        let mut b = st_blob("{}", &[]);
+        b[7] = 0xff;
+        assert!(safetensors::decode(&b)
+            .unwrap_err()
+            .contains("past the end"));
+        assert!(safetensors::decode(&[1, 2])
+            .unwrap_err()
+            .contains("too short"));
+        assert!(safetensors::decode(&st_blob("{}", &[])).unwrap().is_empty());
+        let mut bad = st_blob("{}", &[]);
+        bad[8] = 0xff;
+        assert!(safetensors::decode(&bad).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn container_round_trips_and_checks() {
+        let bytes = container::encode(&[("graph", b"g"), ("weights", b"ww"), ("meta", b"{}")]);
+        assert_eq!(&bytes[..4], b"MLCB");
+        assert_eq!(&bytes[4..8], &1u32.to_le_bytes());
+        let s = container::decode(&bytes).unwrap();
+        assert_eq!(
+            (s.graph, s.weights, s.meta),
+            (&b"g"[..], &b"ww"[..], &b"{}"[..])
+        );
+
+        let err = |b: &[u8]| container::decode(b).err().unwrap();
+        assert!(err(b"ONNX....").contains("not an mlc bundle"));
+        assert!(err(b"ML").contains("not an mlc bundle"));
+        assert!(err(b"MLCB\x01").contains("header"));
+        assert!(err(b"MLCB\x02\0\0\0").contains("version 2"));
+        let mut b = bytes.clone();
+        b[12] ^= 1;
+        assert!(err(&b).contains("checksum"));
+        assert!(err(&bytes[..bytes.len() - 1]).contains("checksum"));
+        // Structural problems behind a valid checksum.
+        let seal = |body: &[u8]| {
+            let mut v = body.to_vec();
+            v.extend_from_slice(&Sha256::digest(body));
+            v
+        };
+        let body = &bytes[..bytes.len() - CHECKSUM_LEN];
+        assert!(err(&seal(&body[..body.len() - 1])).contains("past the end"));
+        assert!(err(&seal(&body[..HEADER_LEN + 3])).contains("past the end"));
+        let missing = container::encode(&[("graph", b"g"), ("meta", b"{}")]);
+        assert!(err(&missing).contains("'weights' section is missing"));
+        let twice = container::encode(&[("graph", b"g"), ("graph", b"g")]);
+        assert!(err(&twice).contains("twice"));
+        let unknown = container::encode(&[("extra", b"g")]);
+        assert!(err(&unknown).contains("unknown section 'extra'"));
+        let mut huge = body.to_vec();
+        huge[HEADER_LEN + 6..HEADER_LEN + 14].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(err(&seal(&huge)).contains("past the end"));
+    }
+
+    #[test]
+    fn metadata_json_is_stable() {
+        let mut rewrites = BTreeMap::new();
+        rewrites.insert("b".to_string(), 2);
+        rewrites.insert("a".to_string(), 1);
+        let m = Metadata::new(
+            SourceInfo::from_bytes("m.onnx", b"abc"),
+            PipelineInfo {
+                name: "O1".into(),
+                summary: "fold".into(),
+            },
+            vec![PassLogEntry {
+                pass: "fold".into(),
+                iteration: Some(1),
+                nodes_before: 3,
+                nodes_after: 2,
+                changed: true,
+                rewrites,
+            }],
+            NodeCounts {
+                before: 3,
+                after: 2,
+            },
+        );
+        assert_eq!(
+            m.source.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let a = serde_json::to_string(&m).unwrap();
+        let back: Metadata = serde_json::from_str(&a).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(serde_json::to_string(&back).unwrap(), a);
+        assert!(a.contains(r#""rewrites":{"a":1,"b":2}"#), "{a}");
+        assert!(
+            a.starts_with(r#"{"format_version":1,"mlc_version":""#),
+            "{a}"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::recipe::{PassRef, Recipe, Step};
 use super::{Changed, PassCx};
@@ -12,7 +12,7 @@ use crate::ir::{verify, Graph, Tensor};
 use crate::{interp, Error, Result};
 
 /// What one pass run did, for `mlc compile -v` and the bundle metadata.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PassLogEntry {
     pub pass: String,
     /// Round of its fixpoint group (1-based), when it ran in one.

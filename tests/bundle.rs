@@ -1,0 +1,583 @@
+//! The `.mlc` bundle end to end: every fixture survives import -> bundle ->
+//! read with bit-identical outputs and identical IR text, writing is
+//! deterministic, hostile bundles (truncated, flipped, structurally wrong
+//! behind a valid checksum) are clear `Malformed` errors and never panics,
+//! failed writes leave nothing behind, and the CLI runs and inspects bundles.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use mlc::emit::bundle::{self, safetensors, Metadata, NodeCounts, PipelineInfo, SourceInfo};
+use mlc::ir::{text, DType, Graph, Shape, TensorData, TensorType};
+use mlc::transform::runner::PassLogEntry;
+use mlc::{Error, Tensor};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh empty folder for one test.
+fn scratch(case: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bundle-{}-{case}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn meta_for(source: &Path, nodes: usize) -> Metadata {
+    let mut rewrites = BTreeMap::new();
+    rewrites.insert("fold-const".to_string(), 2);
+    Metadata::new(
+        SourceInfo::from_file(source).unwrap(),
+        PipelineInfo {
+            name: "test".into(),
+            summary: "no passes\nreally".into(),
+        },
+        vec![PassLogEntry {
+            pass: "fold".into(),
+            iteration: Some(1),
+            nodes_before: nodes,
+            nodes_after: nodes,
+            changed: false,
+            rewrites,
+        }],
+        NodeCounts {
+            before: nodes,
+            after: nodes,
+        },
+    )
+}
+
+/// Bit-level identity of two tensors (NaN payloads and -0 included).
+fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+    a.dtype() == b.dtype()
+        && a.shape() == b.shape()
+        && safetensors::tensor_bytes(a) == safetensors::tensor_bytes(b)
+}
+
+#[derive(Deserialize)]
+struct IoFile {
+    name: String,
+    file: String,
+}
+
+#[derive(Deserialize)]
+struct IoSpec {
+    model: String,
+    inputs: Vec<IoFile>,
+}
+
+fn fixture_inputs(dir: &Path, g: &Graph) -> Vec<Tensor> {
+    let spec: IoSpec =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("io.json")).unwrap()).unwrap();
+    g.inputs
+        .iter()
+        .map(|&id| {
+            let name = &g.value(id).name;
+            let f = spec.inputs.iter().find(|i| &i.name == name).unwrap();
+            mlc::npy::read_npy(&dir.join(&f.file)).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn every_fixture_round_trips_bit_for_bit() {
+    let out_dir = scratch("fixtures");
+    let mut seen = 0;
+    for name in ["mlp", "cnn", "transformer"] {
+        let dir = repo().join("fixtures").join(name);
+        let spec: IoSpec =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("io.json")).unwrap()).unwrap();
+        let model = dir.join(&spec.model);
+        let g = mlc::import::load(&model).unwrap();
+        let inputs = fixture_inputs(&dir, &g);
+        let want = mlc::interp::run(&g, inputs.clone()).unwrap();
+
+        let meta = meta_for(&model, g.node_count());
+        let path = out_dir.join(format!("{name}.mlc"));
+        bundle::ensure_not_input(&path, &model).unwrap();
+        bundle::write(&path, &g, &meta).unwrap();
+        let (back, back_meta) = bundle::read(&path).unwrap();
+        assert_eq!(back_meta, meta, "{name}");
+        assert_eq!(text::print(&back), text::print(&g), "{name}");
+        assert_eq!(back.param_count(), g.param_count());
+        let got = mlc::interp::run(&back, inputs.clone()).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!(same_bits(a, b), "{name}: {a:?} vs {b:?}");
+        }
+        // The generic loader recognizes the bundle, even under another name.
+        let renamed = out_dir.join(format!("{name}.bin"));
+        std::fs::copy(&path, &renamed).unwrap();
+        let via_load = mlc::import::load(&renamed).unwrap();
+        assert_eq!(text::print(&via_load), text::print(&g));
+        // Writing what was read gives the same bytes again.
+        assert_eq!(
+            bundle::to_bytes(&back, &back_meta).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "{name}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    assert_eq!(
+        listing(&out_dir),
+        [
+            "cnn.bin",
+            "cnn.mlc",
+            "mlp.bin",
+            "mlp.mlc",
+            "transformer.bin",
+            "transformer.mlc"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn output_is_byte_identical() {
+    let model = repo().join("fixtures/transformer/model.onnx");
+    let g = mlc::import::load(&model).unwrap();
+    let meta = meta_for(&model, g.node_count());
+    let a = bundle::to_bytes(&g, &meta).unwrap();
+    let b = bundle::to_bytes(&g, &meta).unwrap();
+    assert!(a == b);
+    // A second import of the same model too.
+    let g2 = mlc::import::load(&model).unwrap();
+    assert!(bundle::to_bytes(&g2, &meta).unwrap() == a);
+    let dir = scratch("twice");
+    bundle::write(&dir.join("a.mlc"), &g, &meta).unwrap();
+    bundle::write(&dir.join("b.mlc"), &g, &meta).unwrap();
+    assert!(std::fs::read(dir.join("a.mlc")).unwrap() == std::fs::read(dir.join("b.mlc")).unwrap());
+    assert!(std::fs::read(dir.join("a.mlc")).unwrap() == a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Constants of every element type, low-precision ones included, read back
+/// with their exact values and types.
+#[test]
+fn every_dtype_round_trips() {
+    let mut g = Graph::new("dtypes", 21);
+    let x = g.add_input("x", TensorType::new(DType::F32, Shape::known(&[2])));
+    let mut outs = vec![x];
+    for d in DType::ALL {
+        let v: Vec<f64> = (0..6).map(|k| k as f64 * 0.75 - 2.0).collect();
+        let t = Tensor::new(vec![3, 2], TensorData::from_f64(d, &v)).unwrap();
+        outs.push(g.add_const(format!("c_{}", d.name()), Arc::new(t)));
+    }
+    g.outputs = outs;
+    let meta = Metadata::new(
+        SourceInfo::from_bytes("x.onnx", b""),
+        PipelineInfo {
+            name: "none".into(),
+            summary: String::new(),
+        },
+        Vec::new(),
+        NodeCounts {
+            before: 0,
+            after: 0,
+        },
+    );
+    let bytes = bundle::to_bytes(&g, &meta).unwrap();
+    let (back, _) = bundle::from_bytes(&bytes, Path::new("mem.mlc")).unwrap();
+    assert_eq!(back.consts.len(), DType::ALL.len());
+    for (&id, t) in &g.consts {
+        let b = back.const_value(id).unwrap();
+        assert!(same_bits(b, t), "{}: {b:?} vs {t:?}", t.dtype());
+    }
+    assert_eq!(text::print(&back), text::print(&g));
+}
+
+/// A small graph: input, a few constants of different types, three nodes.
+const SMALL: &str = r#"graph "small" opset 17
+  input  %0 x: f32[2,3]
+  const  %1 w: f32[3,2] = [1, 2, 3, 4, 5, 6]
+  const  %2 b: f32[2] = [0.5, -1]
+  const  %3 shape: i64[1] = [4]
+  %4 y: f32[2,2] = MatMul(%0, %1)
+  %5 z: f32[2,2] = Add(%4, %2)
+  %6 r: f32[4] = Reshape(%5, %3)
+  output %6 r
+"#;
+
+fn small_bundle() -> Vec<u8> {
+    let g = text::parse(SMALL).unwrap();
+    let meta = Metadata::new(
+        SourceInfo::from_bytes("small.onnx", SMALL.as_bytes()),
+        PipelineInfo {
+            name: "p".into(),
+            summary: "s".into(),
+        },
+        Vec::new(),
+        NodeCounts {
+            before: 3,
+            after: 3,
+        },
+    );
+    bundle::to_bytes(&g, &meta).unwrap()
+}
+
+fn expect_malformed(bytes: &[u8], what: &str) -> String {
+    let path = Path::new("hostile.mlc");
+    match bundle::from_bytes(bytes, path) {
+        Err(Error::Malformed { path: p, message }) => {
+            assert_eq!(p, path, "{what}");
+            message
+        }
+        Err(e) => panic!("{what}: expected Malformed, got {e:?}"),
+        Ok(_) => panic!("{what}: a hostile bundle was accepted"),
+    }
+}
+
+#[test]
+fn truncated_and_flipped_bundles_are_malformed() {
+    let bytes = small_bundle();
+    assert!(bundle::from_bytes(&bytes, Path::new("ok.mlc")).is_ok());
+    for len in 0..bytes.len() {
+        expect_malformed(&bytes[..len], &format!("truncated to {len}"));
+    }
+    for i in 0..bytes.len() {
+        for bit in [0x01u8, 0x80, 0xff] {
+            let mut b = bytes.clone();
+            b[i] ^= bit;
+            expect_malformed(&b, &format!("byte {i} ^ {bit:#x}"));
+        }
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    expect_malformed(&longer, "trailing byte");
+    assert!(expect_malformed(b"PK\x03\x04", "zip").contains("not an mlc bundle"));
+    let mut v2 = bytes.clone();
+    v2[4] = 2;
+    assert!(expect_malformed(&v2, "version 2").contains("version 2 is not supported"));
+}
+
+/// Builds a bundle from raw section payloads with a valid checksum, to reach
+/// the checks behind it.
+fn seal(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = b"MLCB".to_vec();
+    out.extend_from_slice(&1u32.to_le_bytes());
+    for (name, payload) in sections {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+/// The sections of a bundle (written graph, weights, meta in that order).
+fn unseal(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let body = &bytes[8..bytes.len() - 32];
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while pos < body.len() {
+        let n = body[pos] as usize;
+        let name = String::from_utf8(body[pos + 1..pos + 1 + n].to_vec()).unwrap();
+        let len = u64::from_le_bytes(body[pos + 1 + n..pos + 9 + n].try_into().unwrap()) as usize;
+        out.push((name, body[pos + 9 + n..pos + 9 + n + len].to_vec()));
+        pos += 9 + n + len;
+    }
+    out
+}
+
+fn with_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    let secs = unseal(bytes);
+    let secs: Vec<(&str, &[u8])> = secs
+        .iter()
+        .map(|(n, p)| (n.as_str(), if n == name { payload } else { p.as_slice() }))
+        .collect();
+    seal(&secs)
+}
+
+fn weights_blob(tensors: &[(&str, Tensor)]) -> Vec<u8> {
+    let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.to_string(), t)).collect();
+    safetensors::encode(&refs)
+}
+
+#[test]
+fn structural_problems_behind_a_valid_checksum() {
+    let bytes = small_bundle();
+    let secs = unseal(&bytes);
+    assert_eq!(
+        secs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["graph", "weights", "meta"]
+    );
+    // Re-sealing unchanged sections gives the same file.
+    assert!(with_section(&bytes, "meta", &secs[2].1) == bytes);
+
+    let w = Tensor::from_f32(vec![3, 2], vec![1.0; 6]).unwrap();
+    let b = Tensor::from_f32(vec![2], vec![0.0; 2]).unwrap();
+    let s = Tensor::vec_i64(vec![4]);
+    let ok = weights_blob(&[("1", w.clone()), ("2", b.clone()), ("3", s.clone())]);
+    assert!(bundle::from_bytes(&with_section(&bytes, "weights", &ok), Path::new("x")).is_ok());
+
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            with_section(
+                &bytes,
+                "weights",
+                &weights_blob(&[("1", w.clone()), ("3", s.clone())]),
+            ),
+            "no tensor for constant %2 'b'",
+        ),
+        (
+            with_section(
+                &bytes,
+                "weights",
+                &weights_blob(&[
+                    ("1", w.clone()),
+                    ("2", b.clone()),
+                    ("3", s.clone()),
+                    ("9", s.clone()),
+                ]),
+            ),
+            "does not use (9)",
+        ),
+        (
+            with_section(
+                &bytes,
+                "weights",
+                &weights_blob(&[
+                    ("1", w.clone().reshape(vec![2, 3]).unwrap()),
+                    ("2", b.clone()),
+                    ("3", s.clone()),
+                ]),
+            ),
+            "'w' is declared f32[3,2] but its data is f32[2,3]",
+        ),
+        (
+            with_section(
+                &bytes,
+                "weights",
+                &weights_blob(&[
+                    ("1", w.clone()),
+                    ("2", Tensor::vec_i64(vec![1, 2])),
+                    ("3", s.clone()),
+                ]),
+            ),
+            "'b' is declared f32[2] but its data is i64[2]",
+        ),
+        (
+            with_section(&bytes, "weights", b"garbage!"),
+            "bad weights section",
+        ),
+        (
+            with_section(&bytes, "meta", b"{\"format_version\": 1"),
+            "bad metadata",
+        ),
+        (with_section(&bytes, "meta", b"[]"), "bad metadata"),
+        (
+            with_section(
+                &bytes,
+                "meta",
+                String::from_utf8(secs[2].1.clone())
+                    .unwrap()
+                    .replacen("\"format_version\": 1", "\"format_version\": 7", 1)
+                    .as_bytes(),
+            ),
+            "format version 7",
+        ),
+        (
+            with_section(&bytes, "graph", b"graph \"g\" opset 17\n  bogus\n"),
+            "bad graph section",
+        ),
+        (with_section(&bytes, "graph", b"\xff\xfe"), "not UTF-8"),
+        (with_section(&bytes, "graph", b""), "bad graph section"),
+        (
+            seal(&[("graph", &secs[0].1), ("meta", &secs[2].1)]),
+            "'weights' section is missing",
+        ),
+        (
+            seal(&[
+                ("graph", &secs[0].1),
+                ("weights", &secs[1].1),
+                ("meta", &secs[2].1),
+                ("meta", &secs[2].1),
+            ]),
+            "twice",
+        ),
+        (
+            seal(&[
+                ("graph", &secs[0].1),
+                ("weights", &secs[1].1),
+                ("meta", &secs[2].1),
+                ("notes", b""),
+            ]),
+            "unknown section 'notes'",
+        ),
+    ];
+    for (b, want) in &cases {
+        let m = expect_malformed(b, want);
+        assert!(m.contains(want), "expected '{want}' in: {m}");
+    }
+
+    // Any single byte changed in any section (checksum re-sealed) is either
+    // a different valid bundle or a Malformed error, never a panic.
+    for (k, (name, payload)) in secs.iter().enumerate() {
+        for i in 0..payload.len() {
+            for bit in [0x01u8, 0x20, 0x80] {
+                let mut p = payload.clone();
+                p[i] ^= bit;
+                let b = with_section(&bytes, name, &p);
+                match bundle::from_bytes(&b, Path::new("x")) {
+                    Ok(_) | Err(Error::Malformed { .. }) => {}
+                    Err(e) => panic!("section {k} byte {i} ^ {bit:#x}: {e:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn failed_writes_leave_nothing_behind() {
+    let dir = scratch("atomic");
+    let g = text::parse(SMALL).unwrap();
+    let meta = Metadata::new(
+        SourceInfo::from_bytes("s.onnx", b""),
+        PipelineInfo {
+            name: "p".into(),
+            summary: String::new(),
+        },
+        Vec::new(),
+        NodeCounts {
+            before: 3,
+            after: 3,
+        },
+    );
+    // The target is a folder: the temporary is written, the rename fails,
+    // and the temporary is removed.
+    std::fs::create_dir(dir.join("taken.mlc")).unwrap();
+    let err = bundle::write(&dir.join("taken.mlc"), &g, &meta).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert_eq!(listing(&dir), ["taken.mlc"]);
+    assert!(listing(&dir.join("taken.mlc")).is_empty());
+    // A folder that does not exist.
+    assert!(bundle::write(&dir.join("missing/x.mlc"), &g, &meta).is_err());
+    assert_eq!(listing(&dir), ["taken.mlc"]);
+    // A graph that fails verification is refused before any file is made.
+    let mut broken = g.clone();
+    let dangling = broken.add_value("dangling", TensorType::new(DType::F32, Shape::known(&[1])));
+    broken.outputs.push(dangling);
+    assert!(bundle::write(&dir.join("broken.mlc"), &broken, &meta).is_err());
+    assert_eq!(listing(&dir), ["taken.mlc"]);
+    // An existing bundle is replaced whole.
+    std::fs::write(dir.join("old.mlc"), b"old contents").unwrap();
+    bundle::write(&dir.join("old.mlc"), &g, &meta).unwrap();
+    assert!(bundle::read(&dir.join("old.mlc")).is_ok());
+    assert_eq!(listing(&dir), ["old.mlc", "taken.mlc"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn refuses_to_overwrite_the_input_model() {
+    let dir = scratch("not-input");
+    let model = dir.join("model.onnx");
+    std::fs::copy(repo().join("fixtures/mlp/model.onnx"), &model).unwrap();
+    let err = bundle::ensure_not_input(&model, &model).unwrap_err();
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+    // The same file through another spelling, a symlink and a hard link.
+    let dotted = dir.join(".").join("model.onnx");
+    assert!(bundle::ensure_not_input(&dotted, &model).is_err());
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&model, dir.join("link.mlc")).unwrap();
+        assert!(bundle::ensure_not_input(&dir.join("link.mlc"), &model).is_err());
+        std::fs::hard_link(&model, dir.join("hard.mlc")).unwrap();
+        assert!(bundle::ensure_not_input(&dir.join("hard.mlc"), &model).is_err());
+    }
+    bundle::ensure_not_input(&dir.join("new.mlc"), &model).unwrap();
+    std::fs::copy(&model, dir.join("copy.onnx")).unwrap();
+    bundle::ensure_not_input(&dir.join("copy.onnx"), &model).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn mlc(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_runs_and_inspects_bundles() {
+    let dir = scratch("cli");
+    let model = repo().join("fixtures/mlp/model.onnx");
+    let g = mlc::import::load(&model).unwrap();
+    let path = dir.join("mlp.mlc");
+    bundle::write(&path, &g, &meta_for(&model, g.node_count())).unwrap();
+    let p = path.to_str().unwrap();
+    let m = model.to_str().unwrap();
+
+    let run = |model: &str| {
+        let out = mlc(&["run", model, "--random", "3", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .replace(model, "MODEL")
+    };
+    assert_eq!(run(p), run(m));
+
+    let out = mlc(&["inspect", p, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "mlc");
+    assert_eq!(v["supported"], true);
+    assert_eq!(v["bundle"]["pipeline"]["name"], "test");
+    assert_eq!(v["bundle"]["source"]["file_name"], "model.onnx");
+    assert_eq!(v["bundle"]["pass_log"][0]["rewrites"]["fold-const"], 2);
+    assert_eq!(v["node_count"], g.node_count());
+    assert_eq!(v["parameters"], g.param_count());
+    let onnx: serde_json::Value =
+        serde_json::from_slice(&mlc(&["inspect", m, "--json"]).stdout).unwrap();
+    assert_eq!(v["inputs"], onnx["inputs"]);
+    assert_eq!(v["outputs"], onnx["outputs"]);
+    assert!(onnx.get("bundle").is_none());
+
+    let out = mlc(&["inspect", p]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("mlc bundle (format 1"), "{text}");
+    assert!(text.contains("pipeline  test"), "{text}");
+
+    let out = mlc(&["inspect", p, "--ir"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), text::print(&g));
+
+    // A damaged bundle: exit code 2 and the bundle reader's message.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(dir.join("bad.mlc"), &bytes).unwrap();
+    let bad = dir.join("bad.mlc");
+    let bad = bad.to_str().unwrap();
+    for args in [&["run", bad, "--random", "0"][..], &["inspect", bad][..]] {
+        let out = mlc(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("checksum mismatch"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
