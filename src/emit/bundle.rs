@@ -210,42 +210,7 @@ pub fn write(path: &Path, g: &Graph, meta: &Metadata) -> Result<()> {
     crate::fsutil::write_bytes_atomic(path, &bytes)
 }
 
-/// Refuses an output path that is the input model itself (same canonical
-/// path, or on Unix the same file through another link).
-pub fn ensure_not_input(out: &Path, input: &Path) -> Result<()> {
-    let same = match (std::fs::canonicalize(out), std::fs::canonicalize(input)) {
-        (Ok(a), Ok(b)) => a == b || same_file(&a, &b),
-        // An output that does not exist yet cannot be the input.
-        _ => false,
-    };
-    if same {
-        return Err(Error::io(
-            out,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "is the model being compiled ({}); refusing to overwrite it, choose another output path",
-                    input.display()
-                ),
-            ),
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}
-
-#[cfg(not(unix))]
-fn same_file(_: &Path, _: &Path) -> bool {
-    false
-}
+pub use crate::fsutil::ensure_not_input;
 
 /// Reads a bundle file.
 pub fn read(path: &Path) -> Result<(Graph, Metadata)> {
