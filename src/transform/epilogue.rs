@@ -530,4 +530,45 @@ mod tests {
             assert_eq!(count_ops(&after, "FusedMatMul"), 1);
         }
     }
+
+    /// The CNN fixture (Conv+BN+Relu, a residual block, Gemm head): the
+    /// three fusion passes leave no BatchNormalization, one node per conv,
+    /// and the outputs still match ONNX Runtime's.
+    #[test]
+    fn cnn_fixture_fuses_and_matches_onnx_runtime() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cnn");
+        let g = crate::import::load(&dir.join("model.onnx")).expect("fixture loads");
+        let mut after = g.clone();
+        let mut log = std::collections::BTreeMap::new();
+        for pass in ["fold-batchnorm", "merge-bias-add", "fuse-epilogue"] {
+            let info = crate::transform::lookup(pass).unwrap();
+            let params = info.params(&Default::default()).unwrap();
+            let mut cx = PassCx::default();
+            (info.make)(&params).run(&mut after, &mut cx).unwrap();
+            crate::ir::verify::verify(&after).unwrap();
+            log.insert(pass, cx.rewrites);
+        }
+        assert_eq!(count_ops(&after, "BatchNormalization"), 0);
+        assert_eq!(count_ops(&after, "Conv"), 0);
+        assert_eq!(count_ops(&after, "FusedConv"), 3);
+        assert_eq!(count_ops(&after, "Relu"), 0);
+        assert_eq!(count_ops(&after, "Add"), 0);
+        assert_eq!(log["fold-batchnorm"].get("conv"), Some(&3), "{log:?}");
+        assert_eq!(log["fuse-epilogue"].get("conv+residual"), Some(&1));
+        assert_eq!(log["fuse-epilogue"].get("conv+relu"), Some(&3));
+        assert_eq!(after.value(after.outputs[0]).name, "logits");
+        for variant in [".", "batch2"] {
+            let vdir = dir.join(variant);
+            let x = crate::npy::read_npy(&vdir.join("input_x.npy")).unwrap();
+            let want = crate::npy::read_npy(&vdir.join("expected_logits.npy")).unwrap();
+            let got = crate::interp::run(&after, vec![x]).unwrap().remove(0);
+            assert_eq!(got.shape(), want.shape());
+            for (a, b) in got.to_f64_vec().iter().zip(want.to_f64_vec()) {
+                assert!(
+                    (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
+                    "{variant}: {a} vs {b}"
+                );
+            }
+        }
+    }
 }
