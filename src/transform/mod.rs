@@ -17,6 +17,8 @@ pub mod fold_batchnorm;
 pub mod merge_bias;
 pub mod recipe;
 pub mod runner;
+#[cfg(test)]
+pub mod testing;
 pub mod transpose_matmul;
 
 use std::collections::BTreeMap;
