@@ -461,3 +461,106 @@ mod tests {
         assert_eq!(count_ops(&after, "BatchNormalization"), 1);
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use crate::transform::testing::check_pass;
+
+    #[test]
+    fn conv_bn() {
+        // s = scale / sqrt(var) = [2, 0.5], t = B - mean * s = [0, -0.5]:
+        // W rows scale by s, bias = b * s + t.
+        check_pass(
+            "fold-batchnorm",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[1,2,3,3]
+              const  %1 w: f32[2,2,1,1] = [1, 2, 3, 4]
+              const  %2 b: f32[2] = [0.5, -1]
+              const  %3 scale: f32[2] = [2, 1]
+              const  %4 shift: f32[2] = [1, 0]
+              const  %5 mean: f32[2] = [0.5, 1]
+              const  %6 var: f32[2] = [1, 4]
+              %7 y: f32[1,2,3,3] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1, %2)  # conv
+              %8 z: f32[1,2,3,3] = BatchNormalization[epsilon=0](%7, %3, %4, %5, %6)  # bn
+              output %8 z
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[1,2,3,3]
+              const  %1 conv.w_bn: f32[2,2,1,1] = [2, 4, 1.5, 2]
+              const  %2 conv.b_bn: f32[2] = [1, -1]
+              %3 z: f32[1,2,3,3] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1, %2)  # conv
+              output %3 z
+            "#,
+        );
+    }
+
+    #[test]
+    fn gemm_bn() {
+        // s = [1, 2, 4], t = [0, 1, -4]; B is [N, K] (trans_b): rows scale;
+        // C = beta * C * s + t = [1, 5, 8] and beta becomes 1.
+        check_pass(
+            "fold-batchnorm",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[batch,2]
+              const  %1 w: f32[3,2] = [1, 2, 3, 4, 5, 6]
+              const  %2 c: f32[3] = [2, 4, 6]
+              const  %3 scale: f32[3] = [1, 2, 4]
+              const  %4 shift: f32[3] = [0, 1, 0]
+              const  %5 mean: f32[3] = [0, 0, 1]
+              const  %6 var: f32[3] = [1, 1, 1]
+              %7 y: f32[batch,3] = Gemm[alpha=2, beta=0.5, trans_a=false, trans_b=true](%0, %1, %2)  # fc
+              %8 z: f32[batch,3] = BatchNormalization[epsilon=0](%7, %3, %4, %5, %6)  # bn
+              output %8 z
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[batch,2]
+              const  %1 fc.w_bn: f32[3,2] = [1, 2, 6, 8, 20, 24]
+              const  %2 fc.c_bn: f32[3] = [1, 5, 8]
+              %3 z: f32[batch,3] = Gemm[alpha=2, beta=1, trans_a=false, trans_b=true](%0, %1, %2)  # fc
+              output %3 z
+            "#,
+        );
+    }
+
+    #[test]
+    fn matmul_bn_and_unfoldable() {
+        // MatMul becomes FusedMatMul with bias t; the BN after the Relu stays.
+        check_pass(
+            "fold-batchnorm",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[4,2]
+              const  %1 w: f32[2,2] = [1, 2, 3, 4]
+              const  %3 scale: f32[2] = [3, 1]
+              const  %4 shift: f32[2] = [1, 1]
+              const  %5 mean: f32[2] = [1, 2]
+              const  %6 var: f32[2] = [1, 1]
+              %7 y: f32[4,2] = MatMul(%0, %1)  # mm
+              %8 z: f32[4,2] = BatchNormalization[epsilon=0](%7, %3, %4, %5, %6)  # bn
+              %9 r: f32[4,2] = Relu(%0)  # relu
+              %10 q: f32[4,2] = BatchNormalization[epsilon=0](%9, %3, %4, %5, %6)  # bn2
+              output %8 z
+              output %10 q
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[4,2]
+              const  %1 scale: f32[2] = [3, 1]
+              const  %2 shift: f32[2] = [1, 1]
+              const  %3 mean: f32[2] = [1, 2]
+              const  %4 var: f32[2] = [1, 1]
+              const  %5 mm.w_bn: f32[2,2] = [3, 2, 9, 4]
+              const  %6 mm.bias_bn: f32[2] = [-2, -1]
+              %7 z: f32[4,2] = FusedMatMul[trans_a=false, trans_b=false, alpha=1](%0, %5, %6)  # mm
+              %8 r: f32[4,2] = Relu(%0)  # relu
+              %9 q: f32[4,2] = BatchNormalization[epsilon=0](%8, %1, %2, %3, %4)  # bn2
+              output %7 z
+              output %9 q
+            "#,
+        );
+    }
+}
