@@ -572,3 +572,73 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use crate::transform::testing::check_pass;
+
+    #[test]
+    fn residual_block() {
+        // Conv + Add(x) + Relu becomes one FusedConv with R = x.
+        check_pass(
+            "fuse-epilogue",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[n,2,3,3]
+              const  %1 w: f32[2,2,1,1] = [1, 2, 3, 4]
+              const  %2 b: f32[2] = [0.5, -1]
+              %3 y: f32[n,2,3,3] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1, %2)  # conv
+              %4 s: f32[n,2,3,3] = Add(%0, %3)  # add
+              %5 z: f32[n,2,3,3] = Relu(%4)  # relu
+              output %5 z
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[n,2,3,3]
+              const  %1 w: f32[2,2,1,1] = [1, 2, 3, 4]
+              const  %2 b: f32[2] = [0.5, -1]
+              %3 z: f32[n,2,3,3] = FusedConv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0], act=relu](%0, %1, %2, %0)  # conv
+              output %3 z
+            "#,
+        );
+    }
+
+    #[test]
+    fn relu6_gemm_and_gelu_matmul() {
+        // Clip(0, 6) on Gemm(beta=2, C) -> FusedMatMul with bias 2 * C;
+        // Gelu on MatMul -> FusedMatMul; Tanh on a graph input stays.
+        check_pass(
+            "fuse-epilogue",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[batch,2]
+              const  %1 w: f32[3,2] = [1, 2, 3, 4, 5, 6]
+              const  %2 c: f32[3] = [1, 2, 3]
+              const  %3 lo: f32[] = [0]
+              const  %4 hi: f32[] = [6]
+              const  %5 w2: f32[2,2] = [1, 0, 0, 1]
+              %6 y: f32[batch,3] = Gemm[alpha=1, beta=2, trans_a=false, trans_b=true](%0, %1, %2)  # fc
+              %7 z: f32[batch,3] = Clip(%6, %3, %4)  # relu6
+              %8 m: f32[batch,2] = MatMul(%0, %5)  # mm
+              %9 q: f32[batch,2] = Gelu[approximate=tanh](%8)  # gelu
+              %10 t: f32[batch,2] = Tanh(%0)  # tanh
+              output %7 z
+              output %9 q
+              output %10 t
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[batch,2]
+              const  %1 w: f32[3,2] = [1, 2, 3, 4, 5, 6]
+              const  %2 w2: f32[2,2] = [1, 0, 0, 1]
+              const  %3 fc.bias: f32[3] = [2, 4, 6]
+              %4 z: f32[batch,3] = FusedMatMul[trans_a=false, trans_b=true, alpha=1, act=clip(0, 6)](%0, %1, %3)  # fc
+              %5 q: f32[batch,2] = FusedMatMul[trans_a=false, trans_b=false, alpha=1, act=gelu_tanh](%0, %2)  # mm
+              %6 t: f32[batch,2] = Tanh(%0)  # tanh
+              output %4 z
+              output %5 q
+              output %6 t
+            "#,
+        );
+    }
+}

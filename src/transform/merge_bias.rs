@@ -769,3 +769,76 @@ mod tests {
         assert!(!fits_onto(&[1, 1, 5], &Shape::known(&[3, 5])));
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use crate::transform::testing::check_pass;
+
+    #[test]
+    fn conv_channel_bias() {
+        // [1,2,1,1] is per channel: summed into B. The [3] constant aligns
+        // with the last spatial axis and stays an Add.
+        check_pass(
+            "merge-bias-add",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[n,1,3,3]
+              const  %1 w: f32[2,1,1,1] = [1, 2]
+              const  %2 b: f32[2] = [0.5, -1]
+              const  %3 k: f32[1,2,1,1] = [10, 20]
+              const  %4 k3: f32[3] = [1, 2, 3]
+              %5 y: f32[n,2,3,3] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1, %2)  # conv
+              %6 z: f32[n,2,3,3] = Add(%3, %5)  # add
+              %7 y2: f32[n,2,3,3] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1)  # conv2
+              %8 z2: f32[n,2,3,3] = Add(%7, %4)  # add2
+              output %6 z
+              output %8 z2
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[n,1,3,3]
+              const  %1 w: f32[2,1,1,1] = [1, 2]
+              const  %2 k3: f32[3] = [1, 2, 3]
+              const  %3 conv.bias: f32[2] = [10.5, 19]
+              %4 z: f32[n,2,3,3] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1, %3)  # conv
+              %5 y2: f32[n,2,3,3] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1)  # conv2
+              %6 z2: f32[n,2,3,3] = Add(%5, %2)  # add2
+              output %4 z
+              output %6 z2
+            "#,
+        );
+    }
+
+    #[test]
+    fn matmul_and_gemm_bias() {
+        // MatMul + [1,3] -> FusedMatMul with that bias; Gemm(beta=2, C) + k
+        // -> FusedMatMul with bias 2 * C + k.
+        check_pass(
+            "merge-bias-add",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[batch,2]
+              const  %1 w: f32[2,3] = [1, 2, 3, 4, 5, 6]
+              const  %2 k: f32[1,3] = [1, 2, 3]
+              const  %3 c: f32[3] = [1, 1, 2]
+              %4 y: f32[batch,3] = MatMul(%0, %1)  # mm
+              %5 z: f32[batch,3] = Add(%4, %2)  # add
+              %6 g: f32[batch,3] = Gemm[alpha=0.5, beta=2, trans_a=false, trans_b=false](%0, %1, %3)  # fc
+              %7 h: f32[batch,3] = Add(%6, %2)  # add2
+              output %5 z
+              output %7 h
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[batch,2]
+              const  %1 w: f32[2,3] = [1, 2, 3, 4, 5, 6]
+              const  %2 mm.bias: f32[1,3] = [1, 2, 3]
+              const  %3 fc.bias: f32[1,3] = [3, 4, 7]
+              %4 z: f32[batch,3] = FusedMatMul[trans_a=false, trans_b=false, alpha=1](%0, %1, %2)  # mm
+              %5 h: f32[batch,3] = FusedMatMul[trans_a=false, trans_b=false, alpha=0.5](%0, %1, %3)  # fc
+              output %4 z
+              output %5 h
+            "#,
+        );
+    }
+}

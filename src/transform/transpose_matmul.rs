@@ -200,3 +200,35 @@ mod tests {
         assert_eq!(count_ops(&after, "Transpose"), 3);
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use crate::transform::testing::check_pass;
+
+    #[test]
+    fn transposes_fold_into_flags() {
+        check_pass(
+            "fold-transpose-matmul",
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[b,4,3]
+              input  %1 w: f32[5,4]
+              %2 xt: f32[b,3,4] = Transpose[perm=[0, 2, 1]](%0)  # tx
+              %3 wt: f32[4,5] = Transpose[perm=[1, 0]](%1)  # tw
+              %4 y: f32[b,3,5] = MatMul(%2, %3)  # mm
+              %5 x2: f32[4,b,3] = Transpose[perm=[1, 0, 2]](%0)  # other
+              output %4 y
+              output %5 x2
+            "#,
+            r#"
+            graph "t" opset 21
+              input  %0 x: f32[b,4,3]
+              input  %1 w: f32[5,4]
+              %2 y: f32[b,3,5] = FusedMatMul[trans_a=true, trans_b=true, alpha=1](%0, %1)  # mm
+              %3 x2: f32[4,b,3] = Transpose[perm=[1, 0, 2]](%0)  # other
+              output %2 y
+              output %3 x2
+            "#,
+        );
+    }
+}
