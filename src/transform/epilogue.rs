@@ -17,7 +17,7 @@
 //! Nodes are visited in topological order, so `Conv -> Add -> Relu` residual
 //! blocks become a single FusedConv. The `activations` parameter restricts
 //! which activations fuse (`all`, `none`, or a comma list of lower-case op
-//! names such as `relu,clip`); `residual` turns the residual rewrite off.
+//! names such as `relu,clip`, underscores ignored); `residual` turns the residual rewrite off.
 
 use super::merge_bias::{absorb, f_tensor, float_const, sole_producer, Rewrite};
 use super::{Changed, ParamSpec, ParamValue, Params, Pass, PassCx, PassInfo};
@@ -82,9 +82,11 @@ impl FuseEpilogue {
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
             .map(|s| {
+                // `leaky_relu` (the text form's spelling) names `leakyrelu`.
+                let bare = s.replace('_', "");
                 ACTIVATION_NAMES
                     .iter()
-                    .find(|&&n| n == s)
+                    .find(|&&n| n == bare)
                     .copied()
                     .ok_or_else(|| {
                         Error::Recipe(format!(
@@ -443,7 +445,7 @@ mod tests {
         let z2 = b.op("act2", Op::Unary(UnaryOp::Relu), &[m2]);
         let g = b.finish(&[z, z2]);
         let only = |s: &str| [("activations", ParamValue::Str(s.into()))];
-        let (after, _) = run_checked(&g, "fuse-epilogue", &only("relu, Clip"));
+        let (after, _) = run_checked(&g, "fuse-epilogue", &only("relu, Clip, leaky_relu"));
         assert_eq!(count_ops(&after, "Sigmoid"), 1);
         assert_eq!(count_ops(&after, "Relu"), 0);
         let (after, _) = run_checked(&g, "fuse-epilogue", &only("none"));
