@@ -772,7 +772,7 @@ pub fn parse_with(
     load_const: &mut dyn FnMut(usize, &str) -> Result<Tensor>,
 ) -> Result<Graph> {
     let (mut g, parsed) = build(text, load_const)?;
-    infer::infer_graph(&mut g).map_err(|e| locate(e, &parsed))?;
+    infer::infer_graph(&mut g).map_err(|e| locate(e, &parsed, &g))?;
     for (&v, &(line, num)) in &parsed.declared {
         let have = g.ty(v);
         let want = &parsed.types[&v];
@@ -788,7 +788,7 @@ pub fn parse_with(
             ));
         }
     }
-    verify::verify(&g).map_err(|e| locate(e, &parsed))?;
+    verify::verify(&g).map_err(|e| locate(e, &parsed, &g))?;
     Ok(g)
 }
 
@@ -808,19 +808,33 @@ struct Parsed {
     declared: BTreeMap<ValueId, (usize, usize)>,
     /// Declared types of node outputs.
     types: HashMap<ValueId, TensorType>,
-    /// Node name -> line, for names given once.
+    /// Node name -> line, `None` for a name given more than once.
     node_lines: HashMap<String, Option<usize>>,
+    /// The line of each node, indexed by node id.
+    lines_by_node: Vec<usize>,
 }
 
 fn at_line(line: usize, msg: impl std::fmt::Display) -> Error {
     Error::InvalidGraph(format!("line {line}: {msg}"))
 }
 
-/// Adds the line of the node an inference or verification error names.
-fn locate(e: Error, parsed: &Parsed) -> Error {
-    if let Error::AtNode { node, .. } = &e {
-        if let Some(Some(line)) = parsed.node_lines.get(node) {
-            return at_line(*line, e);
+/// Adds the line of the node an inference or verification error is about:
+/// the node it names when that name is unique, else the first node (in
+/// topological order) whose inference fails on the types known so far.
+fn locate(e: Error, parsed: &Parsed, g: &Graph) -> Error {
+    let Error::AtNode { node, .. } = &e else {
+        return e;
+    };
+    if let Some(Some(line)) = parsed.node_lines.get(node) {
+        return at_line(*line, e);
+    }
+    let order = g.topo_order().unwrap_or_default();
+    for id in order {
+        let Some(n) = g.node(id) else { continue };
+        if infer::infer_node(g, n).is_err() {
+            if let Some(&line) = parsed.lines_by_node.get(id.0 as usize) {
+                return at_line(line, e);
+            }
         }
     }
     e
@@ -1022,6 +1036,7 @@ fn build(
         declared: BTreeMap::new(),
         types: HashMap::new(),
         node_lines: HashMap::new(),
+        lines_by_node: Vec::new(),
     };
     for d in defs {
         if let Some((_, first)) = ids.get(&d.num) {
@@ -1091,6 +1106,7 @@ fn build(
             .entry(n.name.clone())
             .and_modify(|l| *l = None)
             .or_insert(Some(n.line));
+        parsed.lines_by_node.push(n.line);
         g.add_node(Node {
             name: n.name,
             op: n.op,
@@ -1232,9 +1248,21 @@ fn tensor_from_values(
             .collect()
     }
     let small = |lo: i64, hi: i64| move |v: &AV| av_int::<i64>(v).filter(|x| (lo..=hi).contains(x));
+    // Low-precision floats: the code whose value is exactly the one written
+    // (so every printed value reads back to its bit pattern), else the value
+    // rounded the way Cast rounds.
+    let exact = |codes: u32, decode: &dyn Fn(u8) -> f32, x: f32| -> Option<u8> {
+        if x.is_nan() {
+            return None;
+        }
+        (0..codes)
+            .map(|c| c as u8)
+            .find(|&c| decode(c).to_bits() == x.to_bits())
+    };
     let mini = |m: Minifloat| {
+        let codes = if dtype == DType::F4E2M1 { 16 } else { 256 };
         each(items, "a number", |v| {
-            av_f32(v).map(|x| m.encode(x as f64, true))
+            av_f32(v).map(|x| exact(codes, &|c| m.decode(c), x).unwrap_or_else(|| m.encode(x as f64, true)))
         })
     };
     let data = match dtype {
@@ -1267,7 +1295,10 @@ fn tensor_from_values(
             small(0, 3)(v).map(|x| x as u8)
         })?),
         DType::F8E8M0 => TensorData::F8E8M0(each(items, "a number", |v| {
-            av_f32(v).map(|x| lowp::e8m0_encode(x, true, E8M0Round::Up))
+            av_f32(v).map(|x| {
+                exact(256, &lowp::e8m0_decode, x)
+                    .unwrap_or_else(|| lowp::e8m0_encode(x, true, E8M0Round::Up))
+            })
         })?),
         DType::F8E4M3FN => TensorData::F8E4M3FN(mini(lowp::F8E4M3FN)?),
         DType::F8E4M3FNUZ => TensorData::F8E4M3FNUZ(mini(lowp::F8E4M3FNUZ)?),
@@ -2160,7 +2191,8 @@ mod tests {
     /// Parses, checks that printing gives the text back, returns the graph.
     fn round(text: &str) -> Graph {
         let g = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(print(&g), text);
+        let got = print(&g);
+        assert!(got == text, "printed:\n{got}\nexpected:\n{text}");
         g
     }
 
@@ -2283,5 +2315,510 @@ mod tests {
             g.const_value(ValueId(2)).unwrap().as_f32(),
             Some(&[0.5, -1.0][..])
         );
+    }
+
+    #[test]
+    fn elementwise_families() {
+        round(
+            r#"graph "ew" opset 21
+  input  %0 x: f32[2,3]
+  input  %1 m: bool[2,3]
+  const  %2 lo: f32[] = [-1]
+  %3 a: f32[2,3] = Relu(%0)
+  %4 b: f32[2,3] = LeakyRelu[alpha=0.1](%3)
+  %5 c: f32[2,3] = Elu[alpha=1](%4)
+  %6 d: f32[2,3] = HardSigmoid[alpha=0.2, beta=0.5](%5)
+  %7 e: f32[2,3] = Gelu[approximate=tanh](%6)
+  %8 f: f32[2,3] = Gelu(%7)
+  %9 g: f32[2,3] = HardSwish(%8)
+  %10 h: f32[2,3] = Clip(%9, %2, _)
+  %11 i: f32[2,3] = Sum(%10, %9, %8)
+  %12 j: bool[2,3] = Greater(%11, %2)
+  %13 k: bool[2,3] = And(%12, %1)
+  %14 l: bool[2,3] = Not(%13)
+  %15 n: f32[2,3] = Where(%14, %11, %2)
+  %16 o: f16[2,3] = Cast[to=f16](%15)
+  %17 p: f8e5m2[2,3] = Cast[to=f8e5m2, saturate=false](%15)
+  %18 q: f8e8m0[2,3] = Cast[to=f8e8m0, round_mode=nearest](%15)
+  %19 r: f32[2,3] = Softmax[axis=-1](%15)
+  %20 s: f32[2,3] = LogSoftmax[axis=1, legacy=true](%19)
+  %21 t: f32[2,3] = Pow(%20, %2)
+  output %16 o
+  output %17 p
+  output %18 q
+  output %21 t
+"#,
+        );
+    }
+
+    #[test]
+    fn nn_families() {
+        round(
+            r#"graph "nn" opset 21
+  input  %0 x: f32[batch,3,8,8]
+  input  %1 w: f32[4,3,3,3]
+  input  %2 b: f32[4]
+  input  %3 s: f32[4]
+  input  %4 dw: f32[4,1,1,1]
+  %5 c: f32[batch,4,4,4] = Conv[kernel=[3, 3], strides=[2, 2], dilations=[1, 1], pads=[1, 1, 1, 1]](%0, %1, %2)  # conv
+  %6 g: f32[batch,4,4,4] = Conv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0], auto_pad=same_upper, group=4](%5, %4, _)
+  %7 bn: f32[batch,4,4,4], %8 rm: f32[4], %9 rv: f32[4] = BatchNormalization[epsilon=0.001, training_momentum=0.9](%5, %3, %2, %2, %3)
+  %10 mp: f32[batch,4,2,2], %11 mi: i64[batch,4,2,2] = MaxPool[kernel=[2, 2], strides=[2, 2], dilations=[1, 1], pads=[0, 0, 0, 0], ceil_mode=true, storage_order=1](%7)
+  %12 gmp: f32[batch,4,1,1] = GlobalMaxPool(%10)
+  %13 ap: f32[batch,4,2,2] = AveragePool[kernel=[3, 3], strides=[2, 2], dilations=[1, 1], pads=[1, 1, 1, 1], count_include_pad=true](%7)
+  %14 in: f32[batch,4,2,2] = InstanceNormalization[epsilon=1e-5](%13, %3, %2)
+  %15 ln: f32[batch,4,2,2] = LayerNormalization[axis=-1, epsilon=1e-5](%14, %8, _)
+  %16 gap: f32[batch,4,1,1] = GlobalAveragePool(%15)
+  %17 ct: f32[batch,3,8,8] = ConvTranspose[kernel=[3, 3], strides=[2, 2], dilations=[1, 1], pads=[1, 1, 1, 1], output_padding=[1, 1]](%5, %1, _)
+  output %6 g
+  output %9 rv
+  output %11 mi
+  output %16 gap
+  output %12 gmp
+  output %17 ct
+"#,
+        );
+    }
+
+    #[test]
+    fn shape_families() {
+        round(
+            r#"graph "shapes" opset 21
+  input  %0 x: f32[batch,seq,4]
+  const  %1 shape: i64[3] = [0, -1, 2]
+  const  %2 axes: i64[1] = [1]
+  const  %3 starts: i64[1] = [0]
+  const  %4 ends: i64[1] = [1]
+  const  %5 idx: i64[2] = [1, 0]
+  const  %6 pads: i64[6] = [0, 0, 1, 0, 0, 1]
+  const  %7 reps: i64[3] = [1, 1, 2]
+  const  %8 zero: i64[] = [0]
+  const  %9 five: i64[] = [5]
+  const  %10 one: i64[] = [1]
+  const  %11 cshape: i64[2] = [2, 3]
+  const  %12 axis2: i64[1] = [2]
+  %13 r: f32[batch,2*seq,2] = Reshape(%0, %1)
+  %14 t: f32[4,seq,batch] = Transpose[perm=[2, 1, 0]](%0)
+  %15 u: f32[batch,1,seq,4] = Unsqueeze(%0, %2)
+  %16 q: f32[batch,seq,4] = Squeeze(%15, %2)
+  %17 c: f32[batch,seq,8] = Concat[axis=-1](%16, %0)
+  %18 s0: f32[batch,seq,4], %19 s1: f32[batch,seq,4] = Split[axis=2, num_outputs=2](%17)
+  %20 sl: f32[batch,seq,1] = Slice(%18, %3, %4, %12)
+  %21 ga: f32[batch,2,4] = Gather[axis=1](%0, %5)
+  %22 fl: f32[batch,8] = Flatten[axis=1](%21)
+  %23 sh: i64[2] = Shape[start=1, end=3](%0)
+  %24 ex: f32[batch,seq,4] = Expand(%20, %23)
+  %25 ti: f32[batch,seq,8] = Tile(%24, %7)
+  %26 id: f32[batch,seq,8] = Identity(%25)
+  %27 dr: f32[batch,seq,8] = Dropout(%26)
+  %28 pa: f32[batch,seq,10] = Pad[mode=reflect](%27, %6)
+  %29 sz: i64[] = Size(%0)
+  %30 cs: i32[2,3] = ConstantOfShape[value=i32[1](7)](%11)
+  %31 ra: i64[5] = Range(%8, %9, %10)
+  output %13 r
+  output %14 t
+  output %19 s1
+  output %29 sz
+  output %30 cs
+  output %28 pa
+  output %31 ra
+  output %22 fl
+"#,
+        );
+    }
+
+    #[test]
+    fn reduction_and_resize_families() {
+        round(
+            r#"graph "red" opset 21
+  input  %0 x: f32[1,2,4,4]
+  const  %1 axes: i64[1] = [-1]
+  const  %2 scales: f32[4] = [1, 1, 2, 2]
+  const  %3 sizes: i64[2] = [3, 5]
+  %4 a: f32[1,2,4,1] = ReduceMean[keepdims=true](%0, %1)
+  %5 b: f32[1,2,4] = ReduceLogSumExp[keepdims=false](%0, %1)
+  %6 c: f32[1,2,4,4] = ReduceSum[keepdims=true, noop_with_empty_axes=true](%0)
+  %7 m: f32[1,2,4,4] = Max(%0, %6)
+  %8 d: i64[1,2,4,1] = ArgMax[axis=3, keepdims=true, select_last_index=true](%0)
+  %9 e: i64[2,4,4] = ArgMin[axis=0, keepdims=false](%0)
+  %10 f: f32[1,2,8,8] = Resize[mode=linear, coord=align_corners, nearest=round_prefer_floor](%0, _, %2)
+  %11 g: f32[1,2,5,5] = Resize[mode=cubic, coord=half_pixel, nearest=floor, exclude_outside=true, cubic_coeff_a=-0.5, extrapolation_value=-1, aspect=not_smaller, axes=[2, 3]](%0, _, _, %3)
+  %12 h: f32[1,2,8,8] = Resize[mode=nearest, coord=asymmetric, nearest=ceil, antialias=true](%0, _, %2)
+  output %4 a
+  output %5 b
+  output %8 d
+  output %9 e
+  output %10 f
+  output %11 g
+  output %12 h
+  output %7 m
+"#,
+        );
+    }
+
+    fn no_consts(n: usize, name: &str) -> Result<Tensor> {
+        Err(Error::InvalidGraph(format!("unexpected load of %{n} {name}")))
+    }
+
+    #[test]
+    fn fused_ops_print_and_parse() {
+        let f32t = |dims: &[usize]| TensorType::new(DType::F32, Shape::known(dims));
+        let mut g = Graph::new("fused", 21);
+        let x = g.add_input("x", f32t(&[1, 3, 4, 4]));
+        let w = g.add_input("w", f32t(&[2, 3, 1, 1]));
+        let a = g.add_input("a", f32t(&[4, 3]));
+        let conv = ConvAttrs {
+            kernel_shape: vec![1, 1],
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pads: vec![0, 0, 0, 0],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        let acts = [
+            None,
+            Some(Activation::Relu),
+            Some(Activation::Clip { min: 0.0, max: 6.0 }),
+            Some(Activation::Sigmoid),
+            Some(Activation::Tanh),
+            Some(Activation::HardSigmoid {
+                alpha: 0.2,
+                beta: 0.5,
+            }),
+            Some(Activation::HardSwish),
+            Some(Activation::LeakyRelu { alpha: 0.01 }),
+            Some(Activation::Gelu { tanh_approx: false }),
+            Some(Activation::Gelu { tanh_approx: true }),
+        ];
+        let mut ops = Vec::new();
+        for act in &acts {
+            ops.push((
+                Op::FusedConv {
+                    conv: conv.clone(),
+                    act: act.clone(),
+                },
+                vec![Some(x), Some(w), None, None],
+                f32t(&[1, 2, 4, 4]),
+            ));
+            ops.push((
+                Op::FusedMatMul {
+                    trans_a: false,
+                    trans_b: true,
+                    alpha: 0.125,
+                    act: act.clone(),
+                },
+                vec![Some(a), Some(a)],
+                f32t(&[4, 4]),
+            ));
+        }
+        let steps = vec![
+            EwStep::Binary(BinaryOp::Mul, EwArg::Input(0), EwArg::Scalar(0.5)),
+            EwStep::Unary(UnaryOp::Erf, EwArg::Step(0)),
+            EwStep::Binary(BinaryOp::Add, EwArg::Step(1), EwArg::Scalar(1.0)),
+            EwStep::Binary(BinaryOp::Mul, EwArg::Input(1), EwArg::Step(2)),
+            EwStep::Clip(EwArg::Step(3), 0.0, 6.0),
+            EwStep::Unary(UnaryOp::LeakyRelu { alpha: 0.1 }, EwArg::Step(4)),
+            EwStep::Unary(UnaryOp::Elu { alpha: 2.0 }, EwArg::Step(5)),
+            EwStep::Unary(
+                UnaryOp::HardSigmoid {
+                    alpha: 0.25,
+                    beta: -0.5,
+                },
+                EwArg::Step(6),
+            ),
+            EwStep::Unary(UnaryOp::Gelu { tanh_approx: true }, EwArg::Step(7)),
+            EwStep::Unary(UnaryOp::HardSwish, EwArg::Step(8)),
+            EwStep::Binary(BinaryOp::Pow, EwArg::Scalar(f32::NEG_INFINITY), EwArg::Step(9)),
+        ];
+        ops.push((
+            Op::Elementwise {
+                steps: steps.clone(),
+            },
+            vec![Some(a), Some(a)],
+            f32t(&[4, 3]),
+        ));
+        for (i, (op, inputs, ty)) in ops.into_iter().enumerate() {
+            let y = g.add_value(format!("y{i}"), ty);
+            g.add_node(Node {
+                name: format!("n{i}"),
+                op,
+                inputs,
+                outputs: vec![y],
+            });
+            g.outputs.push(y);
+        }
+        let text = print(&g);
+        assert!(text.contains(
+            "FusedConv[kernel=[1, 1], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0], act=clip(0, 6)](%0, %1, _, _)"
+        ), "{text}");
+        assert!(text.contains(
+            "FusedMatMul[trans_a=false, trans_b=true, alpha=0.125, act=leaky_relu(0.01)](%2, %2)"
+        ), "{text}");
+        assert!(text.contains("act=gelu_tanh"), "{text}");
+        assert!(text.contains("act=hard_sigmoid(0.2, 0.5)"), "{text}");
+        assert!(text.contains(
+            "Elementwise[steps=[mul(in0, 0.5), erf(s0), add(s1, 1), mul(in1, s2), clip(s3, 0, 6), \
+             leaky_relu(s4, 0.1), elu(s5, 2), hard_sigmoid(s6, 0.25, -0.5), gelu_tanh(s7), \
+             hard_swish(s8), pow(-inf, s9)]](%2, %2)"
+        ), "{text}");
+        let p = parse_unchecked(&text, &mut no_consts).unwrap();
+        assert_eq!(print(&p), text);
+        assert_same(&p, &canonicalize(&g));
+        let last = p.nodes().last().unwrap().1;
+        assert_eq!(last.op, Op::Elementwise { steps });
+    }
+
+    #[test]
+    fn every_dtype_and_special_floats_round_trip_in_constants() {
+        let mut g = Graph::new("consts", 21);
+        let vals = [0.0, -0.0, 1.5, -2.0, 0.25, 448.0, f64::NAN, f64::INFINITY];
+        for d in DType::ALL {
+            let t = Tensor::new(vec![2, 4], TensorData::from_f64(d, &vals)).unwrap();
+            let c = g.add_const(format!("c_{d}"), t);
+            g.outputs.push(c);
+        }
+        let odd = [
+            f32::MIN_POSITIVE,
+            1e-45,
+            f32::MAX,
+            -f32::NAN,
+            0.1,
+            1e-7,
+            123456790.0,
+            -3.4028235e38,
+        ];
+        let c = g.add_const("odd", Tensor::from_f32(vec![8], odd.to_vec()).unwrap());
+        g.outputs.push(c);
+        let big = g.add_const(
+            "big",
+            Tensor::new(vec![2], TensorData::U64(vec![u64::MAX, 1 << 60])).unwrap(),
+        );
+        g.outputs.push(big);
+        let i = g.add_const(
+            "i",
+            Tensor::new(vec![2], TensorData::I64(vec![i64::MIN, i64::MAX])).unwrap(),
+        );
+        g.outputs.push(i);
+        let e = g.add_const("empty", Tensor::from_f32(vec![0, 3], vec![]).unwrap());
+        g.outputs.push(e);
+        let text = print(&g);
+        assert!(text.contains("const  %23 odd: f32[8] = [1.1754944e-38, 1e-45, 3.4028235e38, -nan, 0.1, 1e-7, 123456790, -3.4028235e38]"), "{text}");
+        assert!(text.contains("const  %11 c_bool: bool[2,4] = [false, false, true, true, true, true, true, true]"), "{text}");
+        assert!(text.contains("empty: f32[0,3] = []"), "{text}");
+        let p = parse(&text).unwrap();
+        assert_eq!(print(&p), text);
+        assert_same(&p, &g);
+        // Bit patterns survive, including NaN signs where the format has them.
+        for (a, b) in g.consts.values().zip(p.consts.values()) {
+            let raw = |t: &Tensor| match t.data() {
+                TensorData::F32(v) => v.iter().map(|x| x.to_bits() as u64).collect(),
+                TensorData::F16(v) => v.iter().map(|x| x.to_bits() as u64).collect(),
+                TensorData::BF16(v) => v.iter().map(|x| x.to_bits() as u64).collect(),
+                TensorData::F64(v) => v.iter().map(|x| x.to_bits()).collect(),
+                TensorData::F8E4M3FN(v)
+                | TensorData::F8E4M3FNUZ(v)
+                | TensorData::F8E5M2(v)
+                | TensorData::F8E5M2FNUZ(v)
+                | TensorData::F8E8M0(v)
+                | TensorData::F4E2M1(v) => v.iter().map(|&x| x as u64).collect(),
+                _ => Vec::<u64>::new(),
+            };
+            assert_eq!(raw(a), raw(b), "{:?}", a.dtype());
+        }
+    }
+
+    #[test]
+    fn attribute_floats_are_bit_exact() {
+        for x in [0.1f32, 1e-5, -0.0, 3.4028235e38, 1e-45, 0.30000001, 16777217.0] {
+            let op = Op::Gemm {
+                alpha: x,
+                beta: -x,
+                trans_a: true,
+                trans_b: false,
+            };
+            let text = format!(
+                "graph g opset 21\n  input  %0 a: f32[2,2]\n  %1 y: f32[2,2] = Gemm{}(%0, %0, _)\n  output %1 y\n",
+                attrs_text(&op)
+            );
+            let g = parse(&text).unwrap();
+            assert_eq!(g.nodes().next().unwrap().1.op, op);
+            let Op::Gemm { alpha, beta, .. } = g.nodes().next().unwrap().1.op else {
+                unreachable!()
+            };
+            assert_eq!((alpha.to_bits(), beta.to_bits()), (x.to_bits(), (-x).to_bits()));
+        }
+    }
+
+    #[test]
+    fn defaults_fill_omitted_attributes() {
+        let t = r#"graph g opset 21
+  input %5 x: f32[1,2,6,6]
+  input %9 w: f32[2,2,3,3]
+  %1 c: f32[1,2,4,4] = Conv[kernel=[3, 3]](%5, %9)
+  %2 p: f32[1,2,2,2] = MaxPool[kernel=[2, 2], strides=[2, 2]](%1)
+  %3 s: f32[1,2,2,2] = Softmax(%2)
+  %4 g: f32[1,2,2,2] = Gemm(%3, %3)
+  output %4
+"#;
+        // Gemm needs 2-D inputs: that is an inference error on line 7.
+        let e = err(t);
+        assert!(e.contains("line 7"), "{e}");
+        let t = t.replace(
+            "  %4 g: f32[1,2,2,2] = Gemm(%3, %3)\n  output %4\n",
+            "  %7 r: f32[1,2,2,2] = LeakyRelu(%3)\n  const %10 sc: f32[4] = [1, 1, 1, 1]\n  \
+             %8 y: f32[1,2,2,2] = Resize(%7, _, %10)\n  output %8 y\n",
+        );
+        let g = parse(&t).unwrap();
+        let ops: Vec<&Op> = g.nodes().map(|(_, n)| &n.op).collect();
+        assert_eq!(
+            *ops[0],
+            Op::Conv(ConvAttrs {
+                kernel_shape: vec![3, 3],
+                strides: vec![1, 1],
+                dilations: vec![1, 1],
+                pads: vec![0, 0, 0, 0],
+                auto_pad: AutoPad::NotSet,
+                group: 1
+            })
+        );
+        assert_eq!(*ops[2], Op::Softmax { axis: -1, legacy: false });
+        assert_eq!(*ops[3], Op::Unary(UnaryOp::LeakyRelu { alpha: 0.01 }));
+        let Op::Resize(r) = ops[4] else { panic!() };
+        assert_eq!((r.mode, r.coord, r.nearest), (ResizeMode::Nearest, CoordTransform::HalfPixel, NearestMode::RoundPreferFloor));
+        // Renumbered canonically, in the order inputs, nodes.
+        let text = print(&g);
+        assert!(text.contains("input  %0 x: f32[1,2,6,6]\n  input  %1 w:"), "{text}");
+        assert!(text.contains("const  %2 sc: f32[4] = [1, 1, 1, 1]\n  %3 c: f32[1,2,4,4] = \
+            Conv[kernel=[3, 3], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1)"), "{text}");
+        assert!(text.contains("LeakyRelu[alpha=0.01](%5)"), "{text}");
+        assert_eq!(print(&parse(&text).unwrap()), text);
+        // Parsed ids follow the text's line order, not its numbers.
+        assert_eq!(ValueId(2), g.nodes().next().unwrap().1.outputs[0]);
+    }
+
+    #[test]
+    fn forward_references_and_unusual_names() {
+        let t = r#"graph "my graph" opset 18
+  %2 "y:0": f32["batch size",3] = Relu(%1)  # "node \u00e9 1"
+  input %1 x: f32["batch size",3]
+  output %2 "y:0"
+"#;
+        let g = parse(t).unwrap();
+        let text = print(&g);
+        assert_eq!(
+            text,
+            "graph \"my graph\" opset 18\n  input  %0 x: f32[\"batch size\",3]\n  %1 \"y:0\": f32[\"batch size\",3] = Relu(%0)  # \"node é 1\"\n  output %1 \"y:0\"\n"
+        );
+        assert_eq!(g.nodes().next().unwrap().1.name, "node é 1");
+        round(&text);
+        // Dims that look like numbers or hold odd characters are quoted.
+        let ty = TensorType::new(
+            DType::I64,
+            Shape(vec![Dim::sym("12"), Dim::sym("a b"), Dim::sym("384*seq"), Dim::Known(0)]),
+        );
+        assert_eq!(type_text(&ty), "i64[\"12\",\"a b\",384*seq,0]");
+        assert_eq!(name_text("a/b.c-d_1"), "a/b.c-d_1");
+        assert_eq!(name_text("/a"), "\"/a\"");
+        assert_eq!(name_text(""), "\"\"");
+    }
+
+    #[test]
+    fn canonicalize_drops_tombstones_and_is_idempotent() {
+        let t = |dims: &[usize]| TensorType::new(DType::F32, Shape::known(dims));
+        let mut g = Graph::new("g", 17);
+        let x = g.add_input("x", t(&[2]));
+        let a = g.add_value("a", t(&[2]));
+        let dead = g.add_value("dead", t(&[2]));
+        let b = g.add_value("b", t(&[2]));
+        let c = g.add_const("c", Tensor::from_f32(vec![2], vec![1.0, 2.0]).unwrap());
+        // Nodes inserted out of topological order, plus one removed.
+        let nb = g.add_node(Node {
+            name: "nb".into(),
+            op: Op::Binary(BinaryOp::Add),
+            inputs: vec![Some(a), Some(c)],
+            outputs: vec![b],
+        });
+        let nd = g.add_node(Node {
+            name: "nd".into(),
+            op: Op::Unary(UnaryOp::Neg),
+            inputs: vec![Some(x)],
+            outputs: vec![dead],
+        });
+        g.add_node(Node {
+            name: "na".into(),
+            op: Op::Unary(UnaryOp::Relu),
+            inputs: vec![Some(x)],
+            outputs: vec![a],
+        });
+        g.remove_node(nd);
+        g.outputs.push(b);
+        let cg = canonicalize(&g);
+        assert_eq!(cg.node_count(), 2);
+        assert_eq!(cg.node_capacity(), 2);
+        assert_eq!(cg.values.len(), 4);
+        let text = print(&g);
+        assert_eq!(print(&cg), text);
+        assert_eq!(
+            text,
+            "graph \"g\" opset 17\n  input  %0 x: f32[2]\n  const  %1 c: f32[2] = [1, 2]\n  %2 a: f32[2] = Relu(%0)  # na\n  %3 b: f32[2] = Add(%2, %1)  # nb\n  output %3 b\n"
+        );
+        assert_same(&canonicalize(&cg), &cg);
+        assert_eq!(g.node(nb).unwrap().name, "nb");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_problem() {
+        let head = "graph g opset 21\n  input  %0 x: f32[2,3]\n";
+        let case = |body: &str| err(&format!("{head}{body}"));
+        let e = case("  %1 y: f32[2,3] = Conv2d(%0)\n  output %1 y\n");
+        assert!(e.contains("line 3: unknown op 'Conv2d'"), "{e}");
+        let e = case("  %1 y: f32[2,3] = Conv[kernel=3](%0, %0)\n");
+        assert!(e.contains("line 3: attribute 'kernel' expects a list"), "{e}");
+        let e = case("  %1 y: f32[2,3] = Relu(%7)\n  output %1 y\n");
+        assert!(e.contains("line 3: %7 is not defined"), "{e}");
+        let e = case("  %1 y: f32[2,4] = Relu(%0)\n  output %1 y\n");
+        assert!(
+            e.contains("line 3: %1 'y' is declared f32[2,4] but inference gives f32[2,3]"),
+            "{e}"
+        );
+        let e = case("  %1 y: f32[2,3] = Relu(%0\n");
+        assert!(e.contains("line 3: expected ',' between inputs"), "{e}");
+        let e = case("  %1 y: f32[2,3] = Relu[alpha=1](%0)\n");
+        assert!(e.contains("line 3: Relu has no attribute 'alpha'"), "{e}");
+        let e = case("  %1 y: f32[2,3] = LeakyRelu[alpha=x](%0)\n");
+        assert!(e.contains("attribute 'alpha' expects a number"), "{e}");
+        let e = case("  %0 y: f32[2,3] = Relu(%0)\n");
+        assert!(e.contains("line 3: %0 is already defined on line 2"), "{e}");
+        let e = case("  const  %1 c: f32[2] = [1]\n");
+        assert!(e.contains("line 3: constant %1: f32[2] needs 2 values, 1 given"), "{e}");
+        let e = case("  const  %1 c: f32[2]\n");
+        assert!(e.contains("line 3:") && e.contains("no values"), "{e}");
+        let e = case("  const  %1 c: i8[1] = [300]\n");
+        assert!(e.contains("value 0 is not an i8"), "{e}");
+        let e = case("  input  %1 z: f33[2]\n");
+        assert!(e.contains("line 3: unknown dtype 'f33'"), "{e}");
+        let e = case("  output %0 y\n");
+        assert!(e.contains("line 3: output %0 is named 'y' but the value is 'x'"), "{e}");
+        let e = case("  %1 y: f32[2,3] = Relu(%0)  # n\n  %2 z: f32[2,3] = Add(%1, %0) extra\n");
+        assert!(e.contains("line 4: unexpected 'extra'"), "{e}");
+        let e = case("  %1 a: f32[2,3] = Relu(%2)\n  %2 b: f32[2,3] = Relu(%1)\n");
+        assert!(e.contains("cycle"), "{e}");
+        let e = case("  %1 y: f32[2,3] = Elementwise[steps=[foo(in0)]](%0)\n");
+        assert!(e.contains("line 3: unknown elementwise step 'foo'"), "{e}");
+        let e = case("  %1 y: f32[2,3] = FusedConv[kernel=[1], act=swish](%0, %0)\n");
+        assert!(e.contains("line 3: unknown activation 'swish'"), "{e}");
+        let e = case("  %1 y: f32[2,3] = Relu[](%0)  # \"unterminated\n");
+        assert!(e.contains("unterminated string"), "{e}");
+        assert!(err("").contains("empty"));
+        assert!(err("input %0 x: f32[1]\n").contains("line 1: expected the header"));
+        // An inference failure of an unnamed node still gets its line.
+        let e = case("  %1 y: f32[2,3] = Relu(%0)\n  %2 z: f32[3,3] = MatMul(%1, %1)\n");
+        assert!(e.contains("line 4:"), "{e}");
+        // Load errors and mismatched loaded data.
+        let text = format!("{head}  const  %1 c: f32[2]\n");
+        let e = parse_with(&text, &mut |_, _| Ok(Tensor::from_f32(vec![3], vec![0.0; 3]).unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3: constant %1 'c' is declared f32[2] but its data is f32[3]"), "{e}");
     }
 }

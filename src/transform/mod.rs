@@ -14,12 +14,16 @@
 
 pub mod cse;
 pub mod dce;
+pub mod epilogue;
+pub mod fold_batchnorm;
 pub mod fold_constants;
+pub mod merge_bias;
 pub mod noops;
 pub mod recipe;
 pub mod runner;
 #[cfg(test)]
 pub mod testing;
+pub mod transpose_matmul;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -194,7 +198,16 @@ impl PassInfo {
 
 /// Every registered pass, in the order `mlc passes` lists them.
 pub fn registry() -> &'static [PassInfo] {
-    &[fold_constants::INFO, dce::INFO, cse::INFO, noops::INFO]
+    &[
+        fold_constants::INFO,
+        dce::INFO,
+        cse::INFO,
+        noops::INFO,
+        fold_batchnorm::INFO,
+        merge_bias::INFO,
+        epilogue::INFO,
+        transpose_matmul::INFO,
+    ]
 }
 
 /// The registered pass called `name`.
