@@ -12,6 +12,9 @@
 //! early when the pattern does not apply, then apply the patch and count the
 //! rewrite in [`PassCx`] so the pass log can say what fired and how often.
 
+pub mod fuse_elementwise;
+pub mod fuse_gelu;
+pub mod fuse_layernorm;
 pub mod recipe;
 pub mod runner;
 
@@ -188,7 +191,11 @@ impl PassInfo {
 
 /// Every registered pass, in the order `mlc passes` lists them.
 pub fn registry() -> &'static [PassInfo] {
-    &[]
+    &[
+        fuse_layernorm::INFO,
+        fuse_gelu::INFO,
+        fuse_elementwise::INFO,
+    ]
 }
 
 /// The registered pass called `name`.
