@@ -17,6 +17,8 @@ pub mod fuse_gelu;
 pub mod fuse_layernorm;
 pub mod recipe;
 pub mod runner;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::fmt;
