@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::fuse_layernorm::{drop_dead_consts, remove_nodes};
 use super::{Changed, ParamSpec, ParamValue, Params, Pass, PassCx, PassInfo};
 use crate::ir::{DType, EwArg, EwStep, Graph, Node, NodeId, Op, UnaryOp, ValueId};
 use crate::Result;
@@ -101,10 +102,9 @@ impl Pass for FuseElementwise {
             }
         }
         for f in &groups {
-            for &n in &f.members {
-                g.remove_node(n);
-            }
+            let read = remove_nodes(g, &f.members);
             g.add_node(f.node.clone());
+            drop_dead_consts(g, &read);
             cx.count("elementwise-chain");
         }
         Ok(Changed::from_bool(!groups.is_empty()))
@@ -199,8 +199,7 @@ fn plan(g: &Graph, root: NodeId, absorbed: &HashSet<NodeId>, min_ops: usize) -> 
             _ => 1,
         })
         .sum();
-    let lone_chain =
-        members.len() == 1 && matches!(g.node(root)?.op, Op::Elementwise { .. });
+    let lone_chain = members.len() == 1 && matches!(g.node(root)?.op, Op::Elementwise { .. });
     if ops < min_ops || lone_chain {
         return None;
     }
@@ -294,6 +293,7 @@ fn plan(g: &Graph, root: NodeId, absorbed: &HashSet<NodeId>, min_ops: usize) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::check_pass;
     use super::*;
     use crate::interp;
     use crate::ir::{verify, BinaryOp, Shape, Tensor, TensorType};
@@ -387,8 +387,7 @@ mod tests {
         verify::verify(g).unwrap();
         let after = interp::run(g, inputs).unwrap();
         assert_eq!(bits(&after), bits(&before));
-        let names_after: Vec<String> =
-            g.outputs.iter().map(|&o| g.value(o).name.clone()).collect();
+        let names_after: Vec<String> = g.outputs.iter().map(|&o| g.value(o).name.clone()).collect();
         assert_eq!(names, names_after);
         cx.rewrites.get("elementwise-chain").copied().unwrap_or(0)
     }
@@ -400,6 +399,69 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A bias-add + scale + clip + tanh chain; the shared `y` becomes one
+    /// input, scalars fold into the steps and the dead constants go away.
+    #[test]
+    fn golden_chain() {
+        check_pass(
+            "fuse-elementwise",
+            r#"
+graph "ew" opset 17
+  input  %0 x: f32[batch,4]
+  input  %1 y: f32[4]
+  const  %2 two: f32[] = [2]
+  const  %3 lo: f32[] = [0]
+  const  %4 hi: f32[] = [6]
+  %5 a: f32[batch,4] = Add(%0, %1)
+  %6 m: f32[batch,4] = Mul(%5, %2)
+  %7 c: f32[batch,4] = Clip(%6, %3, %4)
+  %8 d: f32[batch,4] = Div(%7, %1)
+  %9 t: f32[batch,4] = Tanh(%8)  # out
+  %10 s: f32[batch,4] = Sigmoid(%5)
+  output %9 t
+"#,
+            r#"
+graph "ew" opset 17
+  input  %0 x: f32[batch,4]
+  input  %1 y: f32[4]
+  %2 a: f32[batch,4] = Add(%0, %1)
+  %3 s: f32[batch,4] = Sigmoid(%2)
+  %4 t: f32[batch,4] = Elementwise[steps=[mul(in0, 2), clip(s0, 0, 6), div(s1, in1), tanh(s2)]](%2, %1)  # out
+  output %4 t
+"#,
+        );
+    }
+
+    /// The chain stops at a value with two readers and at a graph output;
+    /// Gelu and Elementwise nodes join as steps; a lone op stays.
+    #[test]
+    fn golden_groups() {
+        check_pass(
+            "fuse-elementwise",
+            r#"
+graph "ew" opset 17
+  input  %0 x: f32[3]
+  %1 g: f32[3] = Gelu(%0)
+  %2 e: f32[3] = Elementwise[steps=[mul(in0, 0.5), exp(s0)]](%1)
+  %3 n: f32[3] = Neg(%2)
+  %4 a: f32[3] = Abs(%3)
+  %5 b: f32[3] = Sqrt(%3)
+  %6 c: f32[3] = Floor(%5)
+  output %4 a
+  output %6 c
+"#,
+            r#"
+graph "ew" opset 17
+  input  %0 x: f32[3]
+  %1 n: f32[3] = Elementwise[steps=[gelu(in0), mul(s0, 0.5), exp(s1), neg(s2)]](%0)
+  %2 a: f32[3] = Abs(%1)
+  %3 c: f32[3] = Elementwise[steps=[sqrt(in0), floor(s0)]](%1)
+  output %2 a
+  output %3 c
+"#,
+        );
     }
 
     #[test]
@@ -494,9 +556,8 @@ mod tests {
         );
         // A [1, 1] "scalar" would raise the rank from 1 to 2: it must stay
         // an input.
-        let k = b
-            .g
-            .add_const("k", Tensor::from_f32(vec![1, 1], vec![2.0]).unwrap());
+        let k =
+            b.g.add_const("k", Tensor::from_f32(vec![1, 1], vec![2.0]).unwrap());
         let m = b.bin(BinaryOp::Mul, inner, k);
         let z = b.bin(BinaryOp::Add, m, x);
         let mut g = b.finish(&[z]);
@@ -556,7 +617,9 @@ mod tests {
         }
         g.outputs = vec![prev];
         let mut cx = PassCx::default();
-        let r = (INFO.make)(&Params::default()).run(&mut g, &mut cx).unwrap();
+        let r = (INFO.make)(&Params::default())
+            .run(&mut g, &mut cx)
+            .unwrap();
         assert_eq!(r, Changed::No);
 
         // min_ops 1 turns a lone op into a one-step chain.

@@ -18,7 +18,10 @@
 //! used by the pattern alone; `x` itself may have any number of users. The
 //! output keeps its value (and so its name and graph-output role).
 
-use super::fuse_layernorm::{binary, const_near, other_operand, producer, sole_user, unary};
+use super::fuse_layernorm::{
+    binary, const_near, derived_name, drop_dead_consts, other_operand, producer, remove_nodes,
+    sole_user, unary,
+};
 use super::{Changed, ParamSpec, Params, Pass, PassCx, PassInfo};
 use crate::ir::{BinaryOp, Graph, Node, NodeId, Op, UnaryOp, ValueId};
 use crate::Result;
@@ -228,21 +231,21 @@ fn rewrite(g: &mut Graph, m: Match) {
         .and_then(|&n| g.node(n))
         .map(|n| n.name.clone())
         .unwrap_or_default();
-    for &n in &m.nodes {
-        g.remove_node(n);
-    }
+    let read = remove_nodes(g, &m.nodes);
     g.add_node(Node {
-        name: format!("{name}.gelu"),
+        name: derived_name(&name, "gelu"),
         op: Op::Unary(UnaryOp::Gelu {
             tanh_approx: m.tanh_approx,
         }),
         inputs: vec![Some(m.x)],
         outputs: vec![m.out],
     });
+    drop_dead_consts(g, &read);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::check_pass;
     use super::*;
     use crate::interp;
     use crate::ir::{verify, DType, Shape, Tensor, TensorType};
@@ -292,7 +295,9 @@ mod tests {
 
     fn rand(shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
-        let v = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 12.5).collect();
+        let v = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 12.5)
+            .collect();
         Tensor::from_f32(shape.to_vec(), v).unwrap()
     }
 
@@ -422,6 +427,69 @@ mod tests {
         }
     }
 
+    /// torch's export of `nn.GELU()`: x is also read by another node.
+    #[test]
+    fn golden_torch_erf() {
+        check_pass(
+            "fuse-gelu",
+            r#"
+graph "g" opset 14
+  input  %0 x: f32[batch,8]
+  const  %1 s2: f32[] = [1.4142135]
+  const  %2 one: f32[] = [1]
+  const  %3 half: f32[] = [0.5]
+  %4 u: f32[batch,8] = Div(%0, %1)
+  %5 e: f32[batch,8] = Erf(%4)
+  %6 a: f32[batch,8] = Add(%5, %2)
+  %7 m: f32[batch,8] = Mul(%0, %6)
+  %8 y: f32[batch,8] = Mul(%7, %3)  # gelu_out
+  %9 z: f32[batch,8] = Neg(%0)
+  output %8 y
+  output %9 z
+"#,
+            r#"
+graph "g" opset 14
+  input  %0 x: f32[batch,8]
+  %1 z: f32[batch,8] = Neg(%0)
+  %2 y: f32[batch,8] = Gelu(%0)  # gelu_out.gelu
+  output %2 y
+  output %1 z
+"#,
+        );
+    }
+
+    /// torch's export of `nn.GELU(approximate="tanh")`.
+    #[test]
+    fn golden_torch_tanh() {
+        check_pass(
+            "fuse-gelu",
+            r#"
+graph "g" opset 14
+  input  %0 x: f32[4]
+  const  %1 k: f32[] = [0.044715]
+  const  %2 s: f32[] = [0.7978846]
+  const  %3 one: f32[] = [1]
+  const  %4 half: f32[] = [0.5]
+  %5 sq: f32[4] = Mul(%0, %0)
+  %6 cube: f32[4] = Mul(%0, %5)
+  %7 p: f32[4] = Mul(%1, %6)
+  %8 w: f32[4] = Add(%0, %7)
+  %9 u: f32[4] = Mul(%2, %8)
+  %10 t: f32[4] = Tanh(%9)
+  %11 a: f32[4] = Add(%3, %10)
+  %12 m: f32[4] = Mul(%0, %11)
+  %13 y: f32[4] = Mul(%4, %12)
+  output %13 y
+"#,
+            r#"
+graph "g" opset 14
+  input  %0 x: f32[4]
+  %1 y: f32[4] = Gelu[approximate=tanh](%0)  # gelu
+  output %1 y
+"#,
+        );
+    }
+
     #[test]
     fn near_misses_stay() {
         // Wrong constant (0.6 instead of 0.5).
@@ -474,9 +542,8 @@ mod tests {
         let one = b.c(1.0);
         let a = b.add(e, one);
         let m = b.mul(x, a);
-        let half = b
-            .g
-            .add_const("h", Tensor::from_f32(vec![1, 1], vec![0.5]).unwrap());
+        let half =
+            b.g.add_const("h", Tensor::from_f32(vec![1, 1], vec![0.5]).unwrap());
         let y = b.mul(m, half);
         let mut g = b.finish(&[y]);
         assert!(fuse(&mut g).is_empty());

@@ -53,7 +53,13 @@ impl Pass for FuseLayerNorm {
         for id in g.topo_order()? {
             // An earlier rewrite may have removed this node.
             let Some(node) = g.node(id) else { continue };
-            if !matches!(node.op, Op::Reduce { op: ReduceOp::Mean, .. }) {
+            if !matches!(
+                node.op,
+                Op::Reduce {
+                    op: ReduceOp::Mean,
+                    ..
+                }
+            ) {
                 continue;
             }
             if let Some(m) = match_at(g, id) {
@@ -135,6 +141,41 @@ pub(super) fn unary(node: &Node, u: UnaryOp) -> Option<ValueId> {
         return None;
     }
     node.input(0)
+}
+
+/// The name of a node (or constant) made from the node named `base`:
+/// `base.what`, or just `what` when `base` is empty.
+pub(super) fn derived_name(base: &str, what: &str) -> String {
+    if base.is_empty() {
+        what.to_string()
+    } else {
+        format!("{base}.{what}")
+    }
+}
+
+/// Removes the nodes `nodes`; returns the constants they read.
+pub(super) fn remove_nodes(g: &mut Graph, nodes: &[NodeId]) -> Vec<ValueId> {
+    let mut read: Vec<ValueId> = Vec::new();
+    for &n in nodes {
+        if let Some(node) = g.remove_node(n) {
+            read.extend(node.inputs.iter().flatten().filter(|v| g.is_const(**v)));
+        }
+    }
+    read.sort_unstable();
+    read.dedup();
+    read
+}
+
+/// Drops the constants among `consts` that nothing reads any more (and that
+/// are no graph output), so a fused pattern leaves no dead weights behind.
+/// Call it after the replacement node is in place.
+pub(super) fn drop_dead_consts(g: &mut Graph, consts: &[ValueId]) {
+    for &v in consts {
+        if g.is_const(v) && g.use_count(v) == 0 {
+            g.consts.remove(&v);
+            g.value_mut(v).def = crate::ir::ValueDef::Undefined;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -221,8 +262,7 @@ fn param(g: &Graph, c: ValueId, dtype: DType, dims: &[usize]) -> Option<Param> {
         return None;
     }
     let off = dims.len() - t.rank();
-    if t
-        .shape()
+    if t.shape()
         .iter()
         .enumerate()
         .any(|(i, &s)| s != 1 && s != dims[off + i])
@@ -360,8 +400,11 @@ fn match_at(g: &Graph, mean_id: NodeId) -> Option<Match> {
 
 /// Replaces the matched nodes by one LayerNormalization defining `m.out`.
 fn rewrite(g: &mut Graph, m: Match) {
-    let name = g
-        .node(m.nodes[0])
+    // The pattern's last node names the fused one.
+    let name = m
+        .nodes
+        .last()
+        .and_then(|&n| g.node(n))
         .map(|n| n.name.clone())
         .unwrap_or_default();
     let dtype = g.ty(m.x).dtype;
@@ -375,7 +418,7 @@ fn rewrite(g: &mut Graph, m: Match) {
     };
     let materialize = |g: &mut Graph, p: Param, what: &str| match p {
         Param::Value(v) => v,
-        Param::New(t) => g.add_const(format!("{name}.{what}"), Arc::new(t)),
+        Param::New(t) => g.add_const(derived_name(&name, what), Arc::new(t)),
     };
     let scale = match m.scale {
         Some(p) => materialize(g, p, "scale"),
@@ -390,15 +433,13 @@ fn rewrite(g: &mut Graph, m: Match) {
         }
     };
     let bias = m.bias.map(|p| materialize(g, p, "bias"));
-    for &n in &m.nodes {
-        g.remove_node(n);
-    }
+    let read = remove_nodes(g, &m.nodes);
     let mut inputs = vec![Some(m.x), Some(scale)];
     if let Some(b) = bias {
         inputs.push(Some(b));
     }
     g.add_node(Node {
-        name: format!("{name}.layernorm"),
+        name: derived_name(&name, "layernorm"),
         op: Op::LayerNormalization {
             axis: -(m.k as i64),
             epsilon: m.epsilon,
@@ -406,11 +447,13 @@ fn rewrite(g: &mut Graph, m: Match) {
         inputs,
         outputs: vec![m.out],
     });
+    drop_dead_consts(g, &read);
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::fuse_gelu;
+    use super::super::testing::check_pass;
     use super::*;
     use crate::ir::{verify, Shape, TensorType};
     use crate::{interp, Error};
@@ -610,6 +653,76 @@ mod tests {
         crate::ir::infer::infer_graph(&mut g).unwrap();
         run_pass(&mut g, &INFO);
         assert_eq!(ops(&g), ["LayerNormalization", "Mul"]);
+    }
+
+    /// torch's opset-14 export of `nn.LayerNorm(8)`.
+    #[test]
+    fn golden_torch_layernorm() {
+        check_pass(
+            "fuse-layernorm",
+            r#"
+graph "ln" opset 14
+  input  %0 x: f32[batch,3,8]
+  const  %1 axes: i64[1] = [-1]
+  const  %2 two: f32[] = [2]
+  const  %3 eps: f32[] = [0.00001]
+  const  %4 w: f32[8] = [1, 2, 3, 4, 5, 6, 7, 8]
+  const  %5 b: f32[8] = [0, 0, 0, 0, 1, 1, 1, 1]
+  %6 mean: f32[batch,3,1] = ReduceMean(%0, %1)
+  %7 d: f32[batch,3,8] = Sub(%0, %6)
+  %8 sq: f32[batch,3,8] = Pow(%7, %2)
+  %9 var: f32[batch,3,1] = ReduceMean(%8, %1)
+  %10 ve: f32[batch,3,1] = Add(%9, %3)
+  %11 sd: f32[batch,3,1] = Sqrt(%10)
+  %12 n: f32[batch,3,8] = Div(%7, %11)
+  %13 m: f32[batch,3,8] = Mul(%12, %4)
+  %14 y: f32[batch,3,8] = Add(%13, %5)  # last
+  output %14 y
+"#,
+            r#"
+graph "ln" opset 14
+  input  %0 x: f32[batch,3,8]
+  const  %1 w: f32[8] = [1, 2, 3, 4, 5, 6, 7, 8]
+  const  %2 b: f32[8] = [0, 0, 0, 0, 1, 1, 1, 1]
+  %3 y: f32[batch,3,8] = LayerNormalization[axis=-1, epsilon=1e-5](%0, %1, %2)  # last.layernorm
+  output %3 y
+"#,
+        );
+    }
+
+    /// No affine part, two normalized axes, `Mul(d, d)` and the reciprocal
+    /// form; `x` feeds another node too.
+    #[test]
+    fn golden_plain_two_axes() {
+        check_pass(
+            "fuse-layernorm",
+            r#"
+graph "ln" opset 14
+  input  %0 x: f32[2,3,4]
+  const  %1 axes: i64[2] = [-2, -1]
+  const  %3 eps: f32[] = [0.001]
+  %6 mean: f32[2,1,1] = ReduceMean(%0, %1)
+  %7 d: f32[2,3,4] = Sub(%0, %6)
+  %8 sq: f32[2,3,4] = Mul(%7, %7)
+  %9 var: f32[2,1,1] = ReduceMean(%8, %1)
+  %10 ve: f32[2,1,1] = Add(%3, %9)
+  %11 sd: f32[2,1,1] = Sqrt(%10)
+  %12 r: f32[2,1,1] = Reciprocal(%11)
+  %13 y: f32[2,3,4] = Mul(%12, %7)
+  %14 z: f32[2,3,4] = Relu(%0)
+  output %13 y
+  output %14 z
+"#,
+            r#"
+graph "ln" opset 14
+  input  %0 x: f32[2,3,4]
+  const  %1 scale: f32[3,4] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+  %2 z: f32[2,3,4] = Relu(%0)
+  %3 y: f32[2,3,4] = LayerNormalization[axis=-2, epsilon=0.001](%0, %1)  # layernorm
+  output %3 y
+  output %2 z
+"#,
+        );
     }
 
     /// The model torch exports at opset 14 for LayerNorm(8) -> GELU ->
