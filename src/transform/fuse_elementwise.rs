@@ -464,6 +464,45 @@ graph "ew" opset 17
         );
     }
 
+    /// The transformer fixture (a torch export): its two erf GELUs become
+    /// Gelu ops, then the elementwise chains left fuse, and the outputs on
+    /// the fixture's inputs stay within 1e-5 of the unfused graph's.
+    #[test]
+    fn transformer_fixture_pipeline() -> crate::Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/transformer");
+        let mut g = crate::import::load(&dir.join("model.onnx"))?;
+        let inputs = vec![
+            crate::npy::read_npy(&dir.join("input_input_ids.npy"))?,
+            crate::npy::read_npy(&dir.join("input_attention_mask.npy"))?,
+        ];
+        let before = interp::run(&g, inputs.clone())?;
+        let mut counts = Vec::new();
+        for name in ["fuse-layernorm", "fuse-gelu", "fuse-elementwise"] {
+            let info = super::super::lookup(name)?;
+            let mut cx = PassCx::default();
+            (info.make)(&info.params(&Default::default())?).run(&mut g, &mut cx)?;
+            crate::ir::infer::infer_graph(&mut g)?;
+            verify::verify(&g)?;
+            counts.push(cx.rewrites);
+        }
+        // LayerNorm is native at opset 17: nothing to collapse.
+        assert!(counts[0].is_empty());
+        assert_eq!(counts[1].get("gelu-erf"), Some(&2));
+        // Bias adds before the Gelus, attention scaling + mask, ...
+        assert!(counts[2].get("elementwise-chain").is_some_and(|&n| n >= 2));
+        assert!(g
+            .nodes()
+            .all(|(_, n)| !matches!(n.op, Op::Unary(UnaryOp::Erf))));
+        let after = interp::run(&g, inputs)?;
+        for (a, b) in after.iter().zip(&before) {
+            assert_eq!(a.shape(), b.shape());
+            for (p, q) in a.to_f32_vec().iter().zip(b.to_f32_vec()) {
+                assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn fuses_a_broadcasting_chain_bit_for_bit() {
         let mut b = B::new();
