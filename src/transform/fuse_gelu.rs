@@ -244,6 +244,9 @@ fn rewrite(g: &mut Graph, m: Match) {
 }
 
 #[cfg(test)]
+// The tests use the rounded literals exporters write (1.4142135, ...):
+// accepting them is the point.
+#[allow(clippy::approx_constant)]
 mod tests {
     use super::super::testing::check_pass;
     use super::*;
