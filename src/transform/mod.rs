@@ -19,6 +19,9 @@ pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod merge_bias;
 pub mod noops;
+pub mod fuse_elementwise;
+pub mod fuse_gelu;
+pub mod fuse_layernorm;
 pub mod recipe;
 pub mod runner;
 #[cfg(test)]
@@ -207,6 +210,9 @@ pub fn registry() -> &'static [PassInfo] {
         merge_bias::INFO,
         epilogue::INFO,
         transpose_matmul::INFO,
+        fuse_layernorm::INFO,
+        fuse_gelu::INFO,
+        fuse_elementwise::INFO,
     ]
 }
 
