@@ -13,11 +13,11 @@
 //! ```text
 //! graph "mlp" opset 17
 //!   input  %0 x: f32[batch,4]
-//!   const  %1 w: f32[4,8]
+//!   const  %1 w: f32[4,2]
 //!   const  %2 b: f32[2] = [0.5, -1]
-//!   %3 y: f32[batch,8] = MatMul(%0, %1)  # mm
-//!   %4 z: f32[batch,8] = Gemm[alpha=1, beta=1, trans_a=false, trans_b=true](%3, %1, _)
-//!   output %4 z
+//!   %3 h: f32[batch,2] = MatMul(%0, %1)  # mm
+//!   %4 y: f32[batch,2] = Add(%3, %2)  # "/fc/Add"
+//!   output %4 y
 //! ```
 //!
 //! Names are bare when they match `[A-Za-z_][A-Za-z0-9_./-]*` and JSON-quoted
@@ -29,11 +29,13 @@
 //! `steps=[mul(in0, 0.5), erf(s0)]`) and `f32[1](0)` for a tensor.
 //!
 //! [`parse`] reads the form back (blank lines and whole-line `#` comments
-//! are skipped): the opset comes from the header, the
-//! numbering may be any set of distinct numbers (definitions may even come
-//! after their uses), attributes the printer always shows may be left out
-//! where ONNX has a default, and the result is re-inferred and verified; the
-//! declared type of every node output must equal the inferred one.
+//! are skipped): the opset comes from the header, the numbering may be any
+//! set of distinct numbers (values get ids in line order; definitions may
+//! come after their uses), attributes the printer always shows may be left
+//! out where ONNX has a default, and the result is re-inferred and verified:
+//! the declared type of every node output must equal the inferred one,
+//! symbolic dim names included. Errors are [`Error::InvalidGraph`] messages
+//! starting with the line number.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
