@@ -15,8 +15,7 @@ fn same_graph(a: &Graph, b: &Graph) -> Result<(), String> {
         && a.inputs == b.inputs
         && a.outputs == b.outputs
         && a.values.len() == b.values.len()
-        && a
-            .values
+        && a.values
             .iter()
             .zip(&b.values)
             .all(|(x, y)| x.name == y.name && x.ty == y.ty && x.def == y.def)
@@ -29,8 +28,7 @@ fn same_graph(a: &Graph, b: &Graph) -> Result<(), String> {
                 && x.outputs == y.outputs
         })
         && a.consts.len() == b.consts.len()
-        && a
-            .consts
+        && a.consts
             .iter()
             .zip(&b.consts)
             .all(|((i, x), (j, y))| i == j && same_tensor(x, y));
@@ -87,8 +85,10 @@ fn check(dir: &std::path::Path) -> Result<u8, String> {
     }
     let t = text::print_with(&g, &PrintOptions::default());
     let p = text::parse_with(&t, &mut load).map_err(|e| e.to_string())?;
-    let (Ok(want), got) = (mlc::interp::run(&g, inputs.clone()), mlc::interp::run(&p, inputs))
-    else {
+    let (Ok(want), got) = (
+        mlc::interp::run(&g, inputs.clone()),
+        mlc::interp::run(&p, inputs),
+    ) else {
         return Ok(1);
     };
     let got = got.map_err(|e| format!("the parsed graph fails to run: {e}"))?;
@@ -114,7 +114,11 @@ fn conformance_models_round_trip() {
             continue;
         }
         n += 1;
-        let name = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let r = std::panic::catch_unwind(|| check(&dir))
             .unwrap_or_else(|_| Err("panicked".to_string()));
         match r {

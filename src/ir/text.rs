@@ -13,11 +13,11 @@
 //! ```text
 //! graph "mlp" opset 17
 //!   input  %0 x: f32[batch,4]
-//!   const  %1 w: f32[4,8]
+//!   const  %1 w: f32[4,2]
 //!   const  %2 b: f32[2] = [0.5, -1]
-//!   %3 y: f32[batch,8] = MatMul(%0, %1)  # mm
-//!   %4 z: f32[batch,8] = Gemm[alpha=1, beta=1, trans_a=false, trans_b=true](%3, %1, _)
-//!   output %4 z
+//!   %3 h: f32[batch,2] = MatMul(%0, %1)  # mm
+//!   %4 y: f32[batch,2] = Add(%3, %2)  # "/fc/Add"
+//!   output %4 y
 //! ```
 //!
 //! Names are bare when they match `[A-Za-z_][A-Za-z0-9_./-]*` and JSON-quoted
@@ -28,11 +28,14 @@
 //! calls for activations and elementwise steps (`act=clip(0, 6)`,
 //! `steps=[mul(in0, 0.5), erf(s0)]`) and `f32[1](0)` for a tensor.
 //!
-//! [`parse`] reads the form back: the opset comes from the header, the
-//! numbering may be any set of distinct numbers (definitions may even come
-//! after their uses), attributes the printer always shows may be left out
-//! where ONNX has a default, and the result is re-inferred and verified; the
-//! declared type of every node output must equal the inferred one.
+//! [`parse`] reads the form back (blank lines and whole-line `#` comments
+//! are skipped): the opset comes from the header, the numbering may be any
+//! set of distinct numbers (values get ids in line order; definitions may
+//! come after their uses), attributes the printer always shows may be left
+//! out where ONNX has a default, and the result is re-inferred and verified:
+//! the declared type of every node output must equal the inferred one,
+//! symbolic dim names included. Errors are [`Error::InvalidGraph`] messages
+//! starting with the line number.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -877,7 +880,8 @@ fn build(
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let mut c = Cur::new(raw, line);
-        if c.at_end() {
+        // Blank lines and whole-line `#` comments are skipped.
+        if c.at_end() || c.peek() == Some(b'#') {
             continue;
         }
         if header.is_none() {
@@ -1262,7 +1266,9 @@ fn tensor_from_values(
     let mini = |m: Minifloat| {
         let codes = if dtype == DType::F4E2M1 { 16 } else { 256 };
         each(items, "a number", |v| {
-            av_f32(v).map(|x| exact(codes, &|c| m.decode(c), x).unwrap_or_else(|| m.encode(x as f64, true)))
+            av_f32(v).map(|x| {
+                exact(codes, &|c| m.decode(c), x).unwrap_or_else(|| m.encode(x as f64, true))
+            })
         })
     };
     let data = match dtype {
@@ -1927,11 +1933,22 @@ struct Cur<'a> {
     s: &'a str,
     pos: usize,
     line: usize,
+    /// Nesting of lists and calls being read (bounded, so hostile input
+    /// cannot exhaust the stack).
+    depth: usize,
 }
+
+/// Deepest nesting of lists and calls in an attribute value.
+const MAX_DEPTH: usize = 16;
 
 impl<'a> Cur<'a> {
     fn new(s: &'a str, line: usize) -> Cur<'a> {
-        Cur { s, pos: 0, line }
+        Cur {
+            s,
+            pos: 0,
+            line,
+            depth: 0,
+        }
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
@@ -2169,6 +2186,16 @@ impl<'a> Cur<'a> {
 
     /// Comma-separated values up to `close` (already past the opener).
     fn items(&mut self, close: u8) -> Result<Vec<AV>> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.err("attribute value nested too deeply"));
+        }
+        self.depth += 1;
+        let r = self.items_inner(close);
+        self.depth -= 1;
+        r
+    }
+
+    fn items_inner(&mut self, close: u8) -> Result<Vec<AV>> {
         let mut out = Vec::new();
         if self.eat(close) {
             return Ok(out);
@@ -2457,7 +2484,9 @@ mod tests {
     }
 
     fn no_consts(n: usize, name: &str) -> Result<Tensor> {
-        Err(Error::InvalidGraph(format!("unexpected load of %{n} {name}")))
+        Err(Error::InvalidGraph(format!(
+            "unexpected load of %{n} {name}"
+        )))
     }
 
     #[test]
@@ -2528,7 +2557,11 @@ mod tests {
             ),
             EwStep::Unary(UnaryOp::Gelu { tanh_approx: true }, EwArg::Step(7)),
             EwStep::Unary(UnaryOp::HardSwish, EwArg::Step(8)),
-            EwStep::Binary(BinaryOp::Pow, EwArg::Scalar(f32::NEG_INFINITY), EwArg::Step(9)),
+            EwStep::Binary(
+                BinaryOp::Pow,
+                EwArg::Scalar(f32::NEG_INFINITY),
+                EwArg::Step(9),
+            ),
         ];
         ops.push((
             Op::Elementwise {
@@ -2603,7 +2636,12 @@ mod tests {
         g.outputs.push(e);
         let text = print(&g);
         assert!(text.contains("const  %23 odd: f32[8] = [1.1754944e-38, 1e-45, 3.4028235e38, -nan, 0.1, 1e-7, 123456790, -3.4028235e38]"), "{text}");
-        assert!(text.contains("const  %11 c_bool: bool[2,4] = [false, false, true, true, true, true, true, true]"), "{text}");
+        assert!(
+            text.contains(
+                "const  %11 c_bool: bool[2,4] = [false, false, true, true, true, true, true, true]"
+            ),
+            "{text}"
+        );
         assert!(text.contains("empty: f32[0,3] = []"), "{text}");
         let p = parse(&text).unwrap();
         assert_eq!(print(&p), text);
@@ -2629,7 +2667,7 @@ mod tests {
 
     #[test]
     fn attribute_floats_are_bit_exact() {
-        for x in [0.1f32, 1e-5, -0.0, 3.4028235e38, 1e-45, 0.30000001, 16777217.0] {
+        for x in [0.1f32, 1e-5, -0.0, 3.4028235e38, 1e-45, 0.3, 16777217.0] {
             let op = Op::Gemm {
                 alpha: x,
                 beta: -x,
@@ -2645,7 +2683,10 @@ mod tests {
             let Op::Gemm { alpha, beta, .. } = g.nodes().next().unwrap().1.op else {
                 unreachable!()
             };
-            assert_eq!((alpha.to_bits(), beta.to_bits()), (x.to_bits(), (-x).to_bits()));
+            assert_eq!(
+                (alpha.to_bits(), beta.to_bits()),
+                (x.to_bits(), (-x).to_bits())
+            );
         }
     }
 
@@ -2681,15 +2722,36 @@ mod tests {
                 group: 1
             })
         );
-        assert_eq!(*ops[2], Op::Softmax { axis: -1, legacy: false });
+        assert_eq!(
+            *ops[2],
+            Op::Softmax {
+                axis: -1,
+                legacy: false
+            }
+        );
         assert_eq!(*ops[3], Op::Unary(UnaryOp::LeakyRelu { alpha: 0.01 }));
         let Op::Resize(r) = ops[4] else { panic!() };
-        assert_eq!((r.mode, r.coord, r.nearest), (ResizeMode::Nearest, CoordTransform::HalfPixel, NearestMode::RoundPreferFloor));
+        assert_eq!(
+            (r.mode, r.coord, r.nearest),
+            (
+                ResizeMode::Nearest,
+                CoordTransform::HalfPixel,
+                NearestMode::RoundPreferFloor
+            )
+        );
         // Renumbered canonically, in the order inputs, nodes.
         let text = print(&g);
-        assert!(text.contains("input  %0 x: f32[1,2,6,6]\n  input  %1 w:"), "{text}");
-        assert!(text.contains("const  %2 sc: f32[4] = [1, 1, 1, 1]\n  %3 c: f32[1,2,4,4] = \
-            Conv[kernel=[3, 3], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1)"), "{text}");
+        assert!(
+            text.contains("input  %0 x: f32[1,2,6,6]\n  input  %1 w:"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "const  %2 sc: f32[4] = [1, 1, 1, 1]\n  %3 c: f32[1,2,4,4] = \
+            Conv[kernel=[3, 3], strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0]](%0, %1)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("LeakyRelu[alpha=0.01](%5)"), "{text}");
         assert_eq!(print(&parse(&text).unwrap()), text);
         // Parsed ids follow the text's line order, not its numbers.
@@ -2714,7 +2776,12 @@ mod tests {
         // Dims that look like numbers or hold odd characters are quoted.
         let ty = TensorType::new(
             DType::I64,
-            Shape(vec![Dim::sym("12"), Dim::sym("a b"), Dim::sym("384*seq"), Dim::Known(0)]),
+            Shape(vec![
+                Dim::sym("12"),
+                Dim::sym("a b"),
+                Dim::sym("384*seq"),
+                Dim::Known(0),
+            ]),
         );
         assert_eq!(type_text(&ty), "i64[\"12\",\"a b\",384*seq,0]");
         assert_eq!(name_text("a/b.c-d_1"), "a/b.c-d_1");
@@ -2773,7 +2840,10 @@ mod tests {
         let e = case("  %1 y: f32[2,3] = Conv2d(%0)\n  output %1 y\n");
         assert!(e.contains("line 3: unknown op 'Conv2d'"), "{e}");
         let e = case("  %1 y: f32[2,3] = Conv[kernel=3](%0, %0)\n");
-        assert!(e.contains("line 3: attribute 'kernel' expects a list"), "{e}");
+        assert!(
+            e.contains("line 3: attribute 'kernel' expects a list"),
+            "{e}"
+        );
         let e = case("  %1 y: f32[2,3] = Relu(%7)\n  output %1 y\n");
         assert!(e.contains("line 3: %7 is not defined"), "{e}");
         let e = case("  %1 y: f32[2,4] = Relu(%0)\n  output %1 y\n");
@@ -2790,7 +2860,10 @@ mod tests {
         let e = case("  %0 y: f32[2,3] = Relu(%0)\n");
         assert!(e.contains("line 3: %0 is already defined on line 2"), "{e}");
         let e = case("  const  %1 c: f32[2] = [1]\n");
-        assert!(e.contains("line 3: constant %1: f32[2] needs 2 values, 1 given"), "{e}");
+        assert!(
+            e.contains("line 3: constant %1: f32[2] needs 2 values, 1 given"),
+            "{e}"
+        );
         let e = case("  const  %1 c: f32[2]\n");
         assert!(e.contains("line 3:") && e.contains("no values"), "{e}");
         let e = case("  const  %1 c: i8[1] = [300]\n");
@@ -2798,7 +2871,10 @@ mod tests {
         let e = case("  input  %1 z: f33[2]\n");
         assert!(e.contains("line 3: unknown dtype 'f33'"), "{e}");
         let e = case("  output %0 y\n");
-        assert!(e.contains("line 3: output %0 is named 'y' but the value is 'x'"), "{e}");
+        assert!(
+            e.contains("line 3: output %0 is named 'y' but the value is 'x'"),
+            "{e}"
+        );
         let e = case("  %1 y: f32[2,3] = Relu(%0)  # n\n  %2 z: f32[2,3] = Add(%1, %0) extra\n");
         assert!(e.contains("line 4: unexpected 'extra'"), "{e}");
         let e = case("  %1 a: f32[2,3] = Relu(%2)\n  %2 b: f32[2,3] = Relu(%1)\n");
@@ -2810,15 +2886,209 @@ mod tests {
         let e = case("  %1 y: f32[2,3] = Relu[](%0)  # \"unterminated\n");
         assert!(e.contains("unterminated string"), "{e}");
         assert!(err("").contains("empty"));
+        let deep = format!("  %1 y: f32[2,3] = Relu[a={}](%0)\n", "[".repeat(100_000));
+        assert!(case(&deep).contains("nested too deeply"));
+        // Whole-line comments are allowed.
+        parse(&format!("# a comment\n{head}  # another\n  output %0 x\n")).unwrap();
         assert!(err("input %0 x: f32[1]\n").contains("line 1: expected the header"));
         // An inference failure of an unnamed node still gets its line.
         let e = case("  %1 y: f32[2,3] = Relu(%0)\n  %2 z: f32[3,3] = MatMul(%1, %1)\n");
         assert!(e.contains("line 4:"), "{e}");
         // Load errors and mismatched loaded data.
         let text = format!("{head}  const  %1 c: f32[2]\n");
-        let e = parse_with(&text, &mut |_, _| Ok(Tensor::from_f32(vec![3], vec![0.0; 3]).unwrap()))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("line 3: constant %1 'c' is declared f32[2] but its data is f32[3]"), "{e}");
+        let e = parse_with(&text, &mut |_, _| {
+            Ok(Tensor::from_f32(vec![3], vec![0.0; 3]).unwrap())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3: constant %1 'c' is declared f32[2] but its data is f32[3]"),
+            "{e}"
+        );
+    }
+
+    /// Every op (every variant and enum value) reads back from its printed
+    /// attributes, without inference.
+    #[test]
+    fn every_op_reads_back_from_its_attributes() {
+        let conv = ConvAttrs {
+            kernel_shape: vec![3],
+            strides: vec![2],
+            dilations: vec![1],
+            pads: vec![1, 0],
+            auto_pad: AutoPad::SameLower,
+            group: 2,
+        };
+        let pool = PoolAttrs {
+            kernel_shape: vec![2, 2],
+            strides: vec![1, 2],
+            dilations: vec![2, 1],
+            pads: vec![0, 1, 1, 0],
+            auto_pad: AutoPad::Valid,
+            ceil_mode: true,
+            count_include_pad: true,
+            column_major: true,
+        };
+        let resize = |mode, coord, nearest, aspect| {
+            Op::Resize(ResizeAttrs {
+                mode,
+                coord,
+                nearest,
+                exclude_outside: false,
+                extrapolation_value: 0.0,
+                antialias: false,
+                axes: None,
+                aspect,
+                cubic_coeff_a: -0.75,
+            })
+        };
+        let mut ops = vec![
+            Op::Clip,
+            Op::Where,
+            Op::MatMul,
+            Op::GlobalAveragePool,
+            Op::GlobalMaxPool,
+            Op::Squeeze,
+            Op::Unsqueeze,
+            Op::Slice,
+            Op::Size,
+            Op::Expand,
+            Op::Tile,
+            Op::Identity,
+            Op::Dropout,
+            Op::Range,
+            Op::Softmax {
+                axis: 0,
+                legacy: true,
+            },
+            Op::LogSoftmax {
+                axis: -2,
+                legacy: false,
+            },
+            Op::Gemm {
+                alpha: 0.5,
+                beta: 0.0,
+                trans_a: true,
+                trans_b: false,
+            },
+            Op::Conv(conv.clone()),
+            Op::ConvTranspose(ConvTransposeAttrs {
+                conv: conv.clone(),
+                output_padding: vec![1],
+                output_shape: Some(vec![7]),
+            }),
+            Op::BatchNormalization {
+                epsilon: 1e-3,
+                training_momentum: None,
+            },
+            Op::LayerNormalization {
+                axis: 1,
+                epsilon: 1e-6,
+            },
+            Op::InstanceNormalization { epsilon: 0.5 },
+            Op::MaxPool(pool.clone()),
+            Op::AveragePool(PoolAttrs {
+                auto_pad: AutoPad::NotSet,
+                ..pool
+            }),
+            Op::Flatten { axis: 0 },
+            Op::Reshape { allowzero: true },
+            Op::Reshape { allowzero: false },
+            Op::Transpose { perm: vec![] },
+            Op::Concat { axis: -3 },
+            Op::Split {
+                axis: 1,
+                num_outputs: 3,
+            },
+            Op::Gather { axis: -1 },
+            Op::Shape {
+                start: -2,
+                end: None,
+            },
+            Op::ConstantOfShape {
+                value: Tensor::scalar_i64(-4),
+            },
+            Op::ConstantOfShape {
+                value: Tensor::new(vec![1], TensorData::Bool(vec![true])).unwrap(),
+            },
+            Op::ArgMax {
+                axis: 1,
+                keepdims: false,
+                select_last_index: false,
+            },
+            Op::ArgMin {
+                axis: -1,
+                keepdims: true,
+                select_last_index: true,
+            },
+            Op::FusedConv { conv, act: None },
+            Op::FusedMatMul {
+                trans_a: true,
+                trans_b: false,
+                alpha: 2.0,
+                act: None,
+            },
+            Op::Elementwise { steps: vec![] },
+            Op::Cast {
+                to: DType::U2,
+                saturate: false,
+                round_mode: E8M0Round::Down,
+            },
+            Op::Unary(UnaryOp::Gelu { tanh_approx: false }),
+            Op::Unary(UnaryOp::HardSwish),
+        ];
+        ops.extend(UNARY_OPS.iter().map(|(_, u)| Op::Unary(u.clone())));
+        ops.extend(BINARY_OPS.iter().map(|(_, b)| Op::Binary(*b)));
+        ops.extend(VARIADIC_OPS.iter().map(|(_, v)| Op::Variadic(*v)));
+        for (_, op) in REDUCE_OPS {
+            for (keepdims, noop) in [(true, false), (false, true)] {
+                ops.push(Op::Reduce {
+                    op,
+                    keepdims,
+                    noop_with_empty_axes: noop,
+                });
+            }
+        }
+        for mode in [
+            PadMode::Constant,
+            PadMode::Reflect,
+            PadMode::Edge,
+            PadMode::Wrap,
+        ] {
+            ops.push(Op::Pad { mode });
+        }
+        use CoordTransform as C;
+        use NearestMode as N;
+        for (i, coord) in [
+            C::HalfPixel,
+            C::HalfPixelSymmetric,
+            C::PytorchHalfPixel,
+            C::AlignCorners,
+            C::Asymmetric,
+            C::TfCropAndResize,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mode = [ResizeMode::Nearest, ResizeMode::Linear, ResizeMode::Cubic][i % 3];
+            let nearest = [N::RoundPreferFloor, N::RoundPreferCeil, N::Floor, N::Ceil][i % 4];
+            let aspect = [
+                AspectPolicy::Stretch,
+                AspectPolicy::NotLarger,
+                AspectPolicy::NotSmaller,
+            ][i % 3];
+            ops.push(resize(mode, coord, nearest, aspect));
+        }
+        for op in ops {
+            let text = format!(
+                "graph g opset 21\n  %0 y: f32[] = {}{}()\n",
+                op.onnx_type(),
+                attrs_text(&op)
+            );
+            let g =
+                parse_unchecked(&text, &mut no_consts).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let back = &g.nodes().next().unwrap().1.op;
+            assert_eq!(*back, op, "{text}");
+        }
     }
 }

@@ -38,3 +38,29 @@ fn normalize(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_trims_lines_and_drops_blank_ones() {
+        assert_eq!(normalize("\n  a  \n\n   b\n"), "a\nb");
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown pass 'no-such-pass'")]
+    fn unknown_pass_panics_with_its_name() {
+        check_pass(
+            "no-such-pass",
+            "graph g opset 17\n  input %0 x: f32[1]\n  output %0 x\n",
+            "",
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "BEFORE does not parse")]
+    fn bad_before_text_panics() {
+        check_pass("x", "graph g opset 17\n  %1 y: f32[1] = Nope(%0)\n", "");
+    }
+}
