@@ -311,8 +311,8 @@ fn add_node(g: &mut Graph, name: &str, op: Op, inputs: Vec<ValueId>, out: Tensor
 }
 
 fn erf(x: f64) -> f64 {
-    // Abramowitz-Stegun 7.1.26 is too coarse; use the series / continued
-    // fraction split for ~1e-12 accuracy.
+    // The Taylor series near 0, the erfc continued fraction further out
+    // (about 1e-12 accurate either way).
     if x.abs() < 2.5 {
         let mut sum = x;
         let mut term = x;
@@ -328,7 +328,8 @@ fn erf(x: f64) -> f64 {
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
     } else {
-        // erfc continued fraction (Lentz), accurate for |x| >= 2.5.
+        // erfc by its continued fraction, evaluated backwards; accurate for
+        // |x| >= 2.5.
         let a = x.abs();
         let mut f = 0.0;
         for k in (1..60).rev() {
@@ -345,7 +346,8 @@ fn gelu(x: f32) -> f32 {
 }
 
 /// The graph with FusedConv(X, W, B, R) + Relu, 3x3 kernel, pads 1,
-/// stride 1, and its inputs.
+/// stride 1, its inputs and its output computed with plain loops.
+#[allow(clippy::needless_range_loop)]
 fn fused_conv_graph() -> (Graph, Vec<Tensor>, Tensor) {
     let (n, ci, co, h, w) = (2usize, 3usize, 4usize, 5usize, 6usize);
     let mut g = Graph::new("fused_conv", 21);
@@ -659,7 +661,13 @@ fn export_node_conformance_round_trip() {
     for case in &cases {
         let cdir = cases_dir.join(case);
         let g = match load(&cdir.join("model.onnx")) {
-            Ok(g) => g,
+            // ORT 1.31 runs opsets up to 26. Opsets 27 and 28 changed none
+            // of mlc's ops (the ops of 22..28 only gained element types), so
+            // newer cases are checked exported at 26.
+            Ok(mut g) => {
+                g.opset = g.opset.min(26);
+                g
+            }
             Err(e) => {
                 failures.push(format!("{case}: import: {e}"));
                 continue;

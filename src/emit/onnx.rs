@@ -71,8 +71,14 @@ fn dtype_opset(d: DType) -> i64 {
 /// The opset a graph is exported at (see the module docs).
 pub fn export_opset(g: &Graph) -> i64 {
     let mut opset = BASE_OPSET.max(g.opset);
-    for v in &g.values {
-        opset = opset.max(dtype_opset(v.ty.dtype));
+    let dtype_of = |v: &ValueId| g.values.get(v.0 as usize).map(|x| x.ty.dtype);
+    let live = g
+        .inputs
+        .iter()
+        .chain(g.consts.keys())
+        .chain(g.nodes().flat_map(|(_, n)| n.outputs.iter()));
+    for d in live.filter_map(dtype_of) {
+        opset = opset.max(dtype_opset(d));
     }
     for (_, n) in g.nodes() {
         match &n.op {

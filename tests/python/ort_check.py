@@ -22,6 +22,7 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
+import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnx.numpy_helper as nh  # noqa: E402
@@ -55,13 +56,27 @@ def load_session(model_path):
     )
 
 
+# ORT hands back tensors of these types as raw integers of the same width.
+RAW_OUTPUTS = {
+    "tensor(bfloat16)": ml_dtypes.bfloat16,
+    "tensor(float8e4m3fn)": ml_dtypes.float8_e4m3fn,
+    "tensor(float8e4m3fnuz)": ml_dtypes.float8_e4m3fnuz,
+    "tensor(float8e5m2)": ml_dtypes.float8_e5m2,
+    "tensor(float8e5m2fnuz)": ml_dtypes.float8_e5m2fnuz,
+}
+
+
 def run_case(sess, case_dir):
     feeds = {}
     for k, inp in enumerate(sess.get_inputs()):
         feeds[inp.name] = read_input(case_dir, k)
     outs = sess.run(None, feeds)
     for k, (meta, value) in enumerate(zip(sess.get_outputs(), outs)):
-        t = nh.from_array(np.asarray(value), meta.name)
+        value = np.asarray(value)
+        raw = RAW_OUTPUTS.get(meta.type)
+        if raw is not None and value.dtype != raw and value.dtype.itemsize == np.dtype(raw).itemsize:
+            value = value.view(raw)
+        t = nh.from_array(value, meta.name)
         with open(os.path.join(case_dir, f"ort_output_{k}.pb"), "wb") as f:
             f.write(t.SerializeToString())
 
