@@ -2921,12 +2921,297 @@ mod tests {
     }
 }
 
-/// Inference for FusedConv and FusedMatMul.
-fn fused_linear(_cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
-    Err(Error::op(
-        node.op.onnx_type(),
-        "inference not implemented yet",
-    ))
+/// Inference for FusedConv and FusedMatMul: the output is the underlying
+/// Conv / MatMul output (the latter on the operands with their last two dims
+/// swapped where flagged); the bias (FusedMatMul) and the residual
+/// (FusedConv) must have the output's dtype and broadcast onto it without
+/// changing its shape. FusedConv's B is checked by the Conv rule.
+fn fused_linear(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
+    let name = node.op.onnx_type();
+    match &node.op {
+        Op::FusedConv { conv: attrs, .. } => {
+            let out = conv(cx, node, attrs)?;
+            if let Some(r) = opt_ty(cx, node, 3) {
+                fused_epilogue_operand(name, "the residual R", r, &out)?;
+            }
+            Ok(vec![out])
+        }
+        Op::FusedMatMul {
+            trans_a, trans_b, ..
+        } => {
+            let a = fused_operand(name, "A", in_ty(cx, node, 0)?, *trans_a)?;
+            let b = fused_operand(name, "B", in_ty(cx, node, 1)?, *trans_b)?;
+            let out = fused_matmul_type(name, &a, &b)?;
+            if let Some(bias) = opt_ty(cx, node, 2) {
+                fused_epilogue_operand(name, "the bias", bias, &out)?;
+            }
+            Ok(vec![out])
+        }
+        _ => Err(Error::op(name, "internal: routed to fused inference")),
+    }
+}
+
+/// A FusedMatMul operand's type, its last two dims swapped when `trans`.
+fn fused_operand(op: &'static str, what: &str, t: &TensorType, trans: bool) -> Result<TensorType> {
+    let mut t = t.clone();
+    if trans {
+        let r = t.shape.rank();
+        if r < 2 {
+            return Err(Error::op(
+                op,
+                format!(
+                    "{what} is transposed but has shape {}; it needs rank >= 2",
+                    t.shape
+                ),
+            ));
+        }
+        t.shape.0.swap(r - 2, r - 1);
+    }
+    Ok(t)
+}
+
+/// numpy matmul of two operand types (the MatMul rule on types).
+fn fused_matmul_type(op: &'static str, a: &TensorType, b: &TensorType) -> Result<TensorType> {
+    if a.dtype != b.dtype {
+        return Err(Error::op(
+            op,
+            format!("inputs mix {} and {}", a.dtype, b.dtype),
+        ));
+    }
+    let (ra, rb) = (a.shape.rank(), b.shape.rank());
+    if ra == 0 || rb == 0 {
+        return Err(Error::op(
+            op,
+            format!(
+                "inputs must have rank >= 1, got {} and {}",
+                a.shape, b.shape
+            ),
+        ));
+    }
+    let mut ad = a.shape.0.clone();
+    if ra == 1 {
+        ad.insert(0, Dim::Known(1));
+    }
+    let mut bd = b.shape.0.clone();
+    if rb == 1 {
+        bd.push(Dim::Known(1));
+    }
+    if let (Dim::Known(x), Dim::Known(y)) = (&ad[ad.len() - 1], &bd[bd.len() - 2]) {
+        if x != y {
+            return Err(Error::op(
+                op,
+                format!(
+                    "cannot multiply {} by {} (after the transpose flags): inner dims {x} and {y} differ",
+                    a.shape, b.shape
+                ),
+            ));
+        }
+    }
+    let mut out = broadcast(
+        op,
+        &[
+            &Shape(ad[..ad.len() - 2].to_vec()),
+            &Shape(bd[..bd.len() - 2].to_vec()),
+        ],
+    )?;
+    if ra > 1 {
+        out.push(ad[ad.len() - 2].clone());
+    }
+    if rb > 1 {
+        out.push(bd[bd.len() - 1].clone());
+    }
+    Ok(tt(a.dtype, out))
+}
+
+/// Checks that `e` (bias or residual) has `out`'s dtype and broadcasts onto
+/// `out` unidirectionally: no more dims, each dim 1 or equal to the output's.
+fn fused_epilogue_operand(
+    op: &'static str,
+    what: &str,
+    e: &TensorType,
+    out: &TensorType,
+) -> Result<()> {
+    if e.dtype != out.dtype {
+        return Err(Error::op(
+            op,
+            format!(
+                "{what} has dtype {} but the output has {}",
+                e.dtype, out.dtype
+            ),
+        ));
+    }
+    let bad = || {
+        Error::op(
+            op,
+            format!(
+                "{what} of shape {} does not broadcast onto the output {}",
+                e.shape, out.shape
+            ),
+        )
+    };
+    if e.shape.rank() > out.shape.rank() {
+        return Err(bad());
+    }
+    for (d, o) in e
+        .shape
+        .dims()
+        .iter()
+        .rev()
+        .zip(out.shape.dims().iter().rev())
+    {
+        if d.is_one() || d == o {
+            continue;
+        }
+        // Sizes that cannot be compared statically are accepted; the kernel
+        // checks them at run time.
+        if let (Dim::Known(_), Dim::Known(_)) = (d, o) {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod fused_linear_tests {
+    use super::*;
+    use crate::ir::{Activation, AutoPad};
+
+    fn ty(dims: &[&str]) -> TensorType {
+        let d = dims
+            .iter()
+            .map(|d| match d.parse::<usize>() {
+                Ok(n) => Dim::Known(n),
+                Err(_) => Dim::Sym(d.to_string()),
+            })
+            .collect();
+        TensorType::new(DType::F32, Shape(d))
+    }
+
+    /// Infers one node over inputs of the given types (`None`: absent).
+    fn infer(op: Op, ins: &[Option<TensorType>]) -> Result<String> {
+        let mut g = Graph::new("t", 17);
+        let inputs: Vec<Option<ValueId>> = ins
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.clone().map(|t| g.add_input(format!("i{i}"), t)))
+            .collect();
+        let out = g.add_value("y", ty(&[]));
+        let node = Node {
+            name: "n".into(),
+            op,
+            inputs,
+            outputs: vec![out],
+        };
+        infer_node(&g, &node).map(|t| t[0].to_string())
+    }
+
+    fn fmm(trans_a: bool, trans_b: bool) -> Op {
+        Op::FusedMatMul {
+            trans_a,
+            trans_b,
+            alpha: 0.5,
+            act: Some(Activation::Relu),
+        }
+    }
+
+    fn fconv() -> Op {
+        Op::FusedConv {
+            conv: ConvAttrs {
+                kernel_shape: vec![3, 3],
+                strides: vec![1, 1],
+                dilations: vec![1, 1],
+                pads: vec![1, 1, 1, 1],
+                auto_pad: AutoPad::NotSet,
+                group: 1,
+            },
+            act: Some(Activation::Relu),
+        }
+    }
+
+    #[test]
+    fn fused_matmul_types() {
+        let (a, b) = (Some(ty(&["batch", "3", "4"])), Some(ty(&["4", "5"])));
+        assert_eq!(
+            infer(fmm(false, false), &[a.clone(), b.clone()]).unwrap(),
+            "f32[batch,3,5]"
+        );
+        let at = Some(ty(&["batch", "4", "3"]));
+        let bt = Some(ty(&["5", "4"]));
+        assert_eq!(
+            infer(fmm(true, true), &[at.clone(), bt.clone()]).unwrap(),
+            "f32[batch,3,5]"
+        );
+        // Bias of [5], [1,5], [3,1] and [batch,1,5] broadcast; [4] and [2,3,5] do not.
+        for bias in [
+            &["5"][..],
+            &["1", "5"],
+            &["3", "1"],
+            &["batch", "1", "5"],
+            &[],
+        ] {
+            let got = infer(fmm(true, false), &[at.clone(), b.clone(), Some(ty(bias))]);
+            assert_eq!(got.unwrap(), "f32[batch,3,5]", "{bias:?}");
+        }
+        for bias in [&["4"][..], &["2", "5"], &["1", "1", "1", "5"]] {
+            let e = infer(fmm(false, false), &[a.clone(), b.clone(), Some(ty(bias))]).unwrap_err();
+            assert!(
+                e.to_string().contains("does not broadcast onto the output"),
+                "{e}"
+            );
+        }
+        // Inner dims clash only once the flag is applied.
+        assert!(infer(fmm(false, true), &[a.clone(), b.clone()]).is_err());
+        // Transposing a 1-D operand is an error; plain 1-D operands are numpy matmul.
+        assert!(infer(fmm(false, true), &[a.clone(), Some(ty(&["4"]))]).is_err());
+        assert_eq!(
+            infer(fmm(false, false), &[a.clone(), Some(ty(&["4"]))]).unwrap(),
+            "f32[batch,3]"
+        );
+        // Dtype mismatch of the bias.
+        let ib = Some(TensorType::new(DType::I64, Shape::known(&[5])));
+        assert!(infer(fmm(false, false), &[a, b, ib]).is_err());
+    }
+
+    #[test]
+    fn fused_conv_types() {
+        let x = Some(ty(&["n", "2", "8", "8"]));
+        let w = Some(ty(&["4", "2", "3", "3"]));
+        let b = Some(ty(&["4"]));
+        let r = Some(ty(&["n", "4", "8", "8"]));
+        assert_eq!(
+            infer(fconv(), &[x.clone(), w.clone(), b.clone(), r.clone()]).unwrap(),
+            "f32[n,4,8,8]"
+        );
+        assert_eq!(
+            infer(fconv(), &[x.clone(), w.clone(), None, r.clone()]).unwrap(),
+            "f32[n,4,8,8]"
+        );
+        // Bias of the wrong length (Conv's rule) and a residual of another shape.
+        assert!(infer(fconv(), &[x.clone(), w.clone(), Some(ty(&["3"]))]).is_err());
+        let e = infer(
+            fconv(),
+            &[
+                x.clone(),
+                w.clone(),
+                b.clone(),
+                Some(ty(&["n", "4", "7", "8"])),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("residual"), "{e}");
+        assert!(infer(
+            fconv(),
+            &[
+                x.clone(),
+                w.clone(),
+                b,
+                Some(ty(&["2", "n", "4", "8", "8"]))
+            ]
+        )
+        .is_err());
+        // Channel mismatch between X and W.
+        assert!(infer(fconv(), &[Some(ty(&["1", "3", "8", "8"])), w]).is_err());
+    }
 }
 
 /// Inference for Elementwise chains.

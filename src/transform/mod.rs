@@ -12,8 +12,14 @@
 //! early when the pattern does not apply, then apply the patch and count the
 //! rewrite in [`PassCx`] so the pass log can say what fired and how often.
 
+pub mod epilogue;
+pub mod fold_batchnorm;
+pub mod merge_bias;
 pub mod recipe;
 pub mod runner;
+#[cfg(test)]
+pub mod testing;
+pub mod transpose_matmul;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -188,7 +194,12 @@ impl PassInfo {
 
 /// Every registered pass, in the order `mlc passes` lists them.
 pub fn registry() -> &'static [PassInfo] {
-    &[]
+    &[
+        fold_batchnorm::INFO,
+        merge_bias::INFO,
+        epilogue::INFO,
+        transpose_matmul::INFO,
+    ]
 }
 
 /// The registered pass called `name`.
