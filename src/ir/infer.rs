@@ -3214,10 +3214,137 @@ mod fused_linear_tests {
     }
 }
 
-/// Inference for Elementwise chains.
-fn elementwise_chain(_cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
-    Err(Error::op(
-        node.op.onnx_type(),
-        "inference not implemented yet",
-    ))
+/// Inference for Elementwise chains: every input is f32 and the output is
+/// the f32 broadcast of all inputs. The steps must be non-empty, arithmetic
+/// (no comparisons, no Not) and read only existing inputs and earlier steps.
+fn elementwise_chain(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
+    let name = node.op.onnx_type();
+    let Op::Elementwise { steps } = &node.op else {
+        return Err(Error::op(name, "is not an Elementwise chain"));
+    };
+    let tys: Vec<&TensorType> = (0..node.inputs.len())
+        .map(|i| in_ty(cx, node, i))
+        .collect::<Result<_>>()?;
+    if let Some((i, t)) = tys.iter().enumerate().find(|(_, t)| t.dtype != DType::F32) {
+        return Err(Error::op(
+            name,
+            format!("input {i} must be f32, got {}", t.dtype),
+        ));
+    }
+    ew_check_steps(name, steps, tys.len())?;
+    let shapes: Vec<&Shape> = tys.iter().map(|t| &t.shape).collect();
+    Ok(vec![tt(DType::F32, broadcast(name, &shapes)?)])
+}
+
+/// Validates the step list of an Elementwise chain with `n_inputs` inputs.
+fn ew_check_steps(name: &'static str, steps: &[super::EwStep], n_inputs: usize) -> Result<()> {
+    use super::{EwArg, EwStep};
+    if steps.is_empty() {
+        return Err(Error::op(name, "the chain has no steps"));
+    }
+    for (k, step) in steps.iter().enumerate() {
+        let args: Vec<&EwArg> = match step {
+            EwStep::Unary(UnaryOp::Not, _) => {
+                return Err(Error::op(
+                    name,
+                    format!("step {k}: Not is bool-only and cannot be a step"),
+                ))
+            }
+            EwStep::Unary(_, a) | EwStep::Clip(a, _, _) => vec![a],
+            EwStep::Binary(b, _, _) if b.returns_bool() => {
+                return Err(Error::op(
+                    name,
+                    format!("step {k}: {b:?} is not an arithmetic op"),
+                ))
+            }
+            EwStep::Binary(_, x, y) => vec![x, y],
+        };
+        for a in args {
+            match *a {
+                EwArg::Input(i) if i >= n_inputs => {
+                    return Err(Error::op(
+                        name,
+                        format!("step {k} reads input {i}, but the node has {n_inputs} inputs"),
+                    ))
+                }
+                EwArg::Step(j) if j >= k => {
+                    return Err(Error::op(
+                        name,
+                        format!("step {k} reads step {j}, which does not come before it"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod elementwise_chain_tests {
+    use super::*;
+    use crate::ir::{EwArg, EwStep};
+
+    fn chain(g: &mut Graph, steps: Vec<EwStep>, ins: &[ValueId]) -> Result<()> {
+        let out = g.add_value("y", TensorType::new(DType::F32, Shape::scalar()));
+        g.add_node(Node {
+            name: "ew".into(),
+            op: Op::Elementwise { steps },
+            inputs: ins.iter().map(|&v| Some(v)).collect(),
+            outputs: vec![out],
+        });
+        g.outputs = vec![out];
+        infer_graph(g)
+    }
+
+    fn ty(dt: DType, dims: Vec<Dim>) -> TensorType {
+        TensorType::new(dt, Shape(dims))
+    }
+
+    #[test]
+    fn broadcasts_inputs_and_checks_steps() {
+        let add = |a, b| EwStep::Binary(BinaryOp::Add, a, b);
+        let mut g = Graph::new("t", 17);
+        let x = g.add_input(
+            "x",
+            ty(DType::F32, vec![Dim::Sym("b".into()), Dim::Known(1)]),
+        );
+        let y = g.add_input("y", ty(DType::F32, vec![Dim::Known(4)]));
+        let steps = vec![
+            add(EwArg::Input(0), EwArg::Input(1)),
+            EwStep::Unary(UnaryOp::Tanh, EwArg::Step(0)),
+        ];
+        chain(&mut g, steps, &[x, y]).unwrap();
+        assert_eq!(g.ty(g.outputs[0]).to_string(), "f32[b,4]");
+
+        // Bad references, ops and dtypes.
+        for steps in [
+            vec![add(EwArg::Input(2), EwArg::Scalar(1.0))],
+            vec![add(EwArg::Step(0), EwArg::Scalar(1.0))],
+            vec![],
+            vec![EwStep::Binary(
+                BinaryOp::Equal,
+                EwArg::Input(0),
+                EwArg::Input(1),
+            )],
+            vec![EwStep::Unary(UnaryOp::Not, EwArg::Input(0))],
+        ] {
+            let mut g = Graph::new("t", 17);
+            let x = g.add_input("x", ty(DType::F32, vec![Dim::Known(4)]));
+            let y = g.add_input("y", ty(DType::F32, vec![Dim::Known(4)]));
+            assert!(chain(&mut g, steps, &[x, y]).is_err());
+        }
+        let mut g = Graph::new("t", 17);
+        let x = g.add_input("x", ty(DType::F16, vec![Dim::Known(4)]));
+        let e = chain(
+            &mut g,
+            vec![EwStep::Unary(UnaryOp::Relu, EwArg::Input(0))],
+            &[x],
+        );
+        assert!(e.unwrap_err().to_string().contains("must be f32"));
+        let mut g = Graph::new("t", 17);
+        let x = g.add_input("x", ty(DType::F32, vec![Dim::Known(3)]));
+        let y = g.add_input("y", ty(DType::F32, vec![Dim::Known(4)]));
+        assert!(chain(&mut g, vec![add(EwArg::Input(0), EwArg::Input(1))], &[x, y]).is_err());
+    }
 }

@@ -15,6 +15,9 @@
 pub mod epilogue;
 pub mod fold_batchnorm;
 pub mod merge_bias;
+pub mod fuse_elementwise;
+pub mod fuse_gelu;
+pub mod fuse_layernorm;
 pub mod recipe;
 pub mod runner;
 #[cfg(test)]
@@ -199,6 +202,9 @@ pub fn registry() -> &'static [PassInfo] {
         merge_bias::INFO,
         epilogue::INFO,
         transpose_matmul::INFO,
+        fuse_layernorm::INFO,
+        fuse_gelu::INFO,
+        fuse_elementwise::INFO,
     ]
 }
 

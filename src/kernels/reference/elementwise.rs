@@ -478,7 +478,10 @@ pub(super) fn erf(x: f64) -> f64 {
     r.copysign(x)
 }
 
-fn unary_float(u: &UnaryOp, x: f64) -> f64 {
+/// A floating-point unary op on one element, computed in f64 (the caller
+/// rounds to the tensor's type). Shared with the Elementwise chain kernel so a
+/// fused chain is bit-identical to the standalone op.
+pub(super) fn unary_float(u: &UnaryOp, x: f64) -> f64 {
     match u {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Reciprocal => 1.0 / x,
