@@ -6,7 +6,8 @@
 //! - fixtures (`fixtures/*/io.json`): import, export, ORT on every variant
 //!   vs the fixture's expected outputs (rtol 1e-4, atol 1e-5); the re-import
 //!   has the same ops, runs to the same outputs in mlc's interpreter, and
-//!   exports to the same bytes;
+//!   exports to the same bytes; the same after every registered pass ran
+//!   (fused ops expanded by the export);
 //! - fused ops built with the Graph API (FusedConv with bias + residual +
 //!   relu, FusedMatMul with trans_b + alpha + bias + gelu, an Elementwise
 //!   chain): ORT on the export vs plain loops computing the fused semantics,
@@ -177,12 +178,42 @@ struct IoSpec {
     variants: Vec<String>,
 }
 
-fn check_fixture(name: &str) {
+/// A recipe running every registered pass to a fixpoint.
+fn all_passes() -> mlc::transform::recipe::Recipe {
+    let passes: Vec<String> = mlc::transform::registry()
+        .iter()
+        .map(|p| format!("{{ pass = \"{}\" }}", p.name))
+        .collect();
+    let text = format!("[[step]]\nfixpoint = [{}]\n", passes.join(", "));
+    mlc::transform::recipe::Recipe::parse(&text, "all").expect("recipe")
+}
+
+fn is_fused(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::FusedConv { .. } | Op::FusedMatMul { .. } | Op::Elementwise { .. }
+    )
+}
+
+/// Exports a fixture (after every registered pass when `optimize`), checks
+/// the round trip through mlc and runs the export in ORT.
+fn check_fixture(name: &str, optimize: bool) {
     let dir = repo().join("fixtures").join(name);
     let spec: IoSpec =
         serde_json::from_str(&std::fs::read_to_string(dir.join("io.json")).expect("read io.json"))
             .expect("parse io.json");
-    let g = load(&dir.join(&spec.model)).unwrap_or_else(|e| panic!("{name}: import: {e}"));
+    let mut g = load(&dir.join(&spec.model)).unwrap_or_else(|e| panic!("{name}: import: {e}"));
+    let tag = if optimize {
+        let opts = mlc::transform::runner::RunOptions { drift: None };
+        mlc::transform::runner::run(&mut g, &all_passes(), &opts)
+            .unwrap_or_else(|e| panic!("{name}: passes: {e}"));
+        let fused = g.nodes().filter(|(_, n)| is_fused(&n.op)).count();
+        eprintln!("{name}: {fused} fused ops after the passes");
+        format!("{name}_optimized")
+    } else {
+        name.to_string()
+    };
+    let name = tag.as_str();
 
     // Inputs in graph order and expected outputs, per variant.
     let mut cases = Vec::new();
@@ -227,15 +258,24 @@ fn check_fixture(name: &str) {
     let back = load(&path).unwrap_or_else(|e| panic!("{name}: re-import: {e}"));
     assert_eq!(names(&back, &back.inputs), names(&g, &g.inputs), "{name}");
     assert_eq!(names(&back, &back.outputs), names(&g, &g.outputs), "{name}");
-    assert!(
-        ops_in_order(&back) == ops_in_order(&g),
-        "{name}: the re-imported ops differ"
-    );
-    assert!(
-        export::to_bytes(&back).expect("re-export") == bytes,
-        "{name}: re-exporting the re-imported model gives other bytes"
-    );
+    assert!(back.nodes().all(|(_, n)| !is_fused(&n.op)));
+    if !optimize {
+        assert!(
+            ops_in_order(&back) == ops_in_order(&g),
+            "{name}: the re-imported ops differ"
+        );
+        assert!(
+            export::to_bytes(&back).expect("re-export") == bytes,
+            "{name}: re-exporting the re-imported model gives other bytes"
+        );
+    }
     for ((v, inputs), want) in spec.variants.iter().zip(&cases).zip(&expected) {
+        if optimize {
+            match mlc::interp::run(&g, inputs.clone()) {
+                Ok(got) => compare_all(&format!("{name}/{v} (mlc)"), &got, want, &mut problems),
+                Err(e) => problems.push(format!("{name}/{v}: run: {e}")),
+            }
+        }
         match mlc::interp::run(&back, inputs.clone()) {
             Ok(got) => compare_all(
                 &format!("{name}/{v} (mlc, re-imported)"),
@@ -259,17 +299,32 @@ fn check_fixture(name: &str) {
 
 #[test]
 fn export_fixture_mlp() {
-    check_fixture("mlp");
+    check_fixture("mlp", false);
+}
+
+#[test]
+fn export_optimized_fixture_mlp() {
+    check_fixture("mlp", true);
 }
 
 #[test]
 fn export_fixture_cnn() {
-    check_fixture("cnn");
+    check_fixture("cnn", false);
+}
+
+#[test]
+fn export_optimized_fixture_cnn() {
+    check_fixture("cnn", true);
 }
 
 #[test]
 fn export_fixture_transformer() {
-    check_fixture("transformer");
+    check_fixture("transformer", false);
+}
+
+#[test]
+fn export_optimized_fixture_transformer() {
+    check_fixture("transformer", true);
 }
 
 // ---------------------------------------------------------------------------
