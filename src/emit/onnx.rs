@@ -1,1 +1,1692 @@
-//! ONNX export.
+//! ONNX export: mlc's graph IR back to a standard ONNX `ModelProto`.
+//!
+//! The exporter writes the default domain only, at one opset: at least
+//! [`BASE_OPSET`] (21, where every op mlc holds exists in its newest form:
+//! Reduce axes, Squeeze/Unsqueeze axes, Clip bounds and Pad pads as inputs,
+//! Split `num_outputs`, Resize with every mode, LayerNormalization, Gelu),
+//! raised to the graph's own opset and to the opset that introduced the
+//! newest element type the graph holds (float4 e2m1: 23, float8 e8m0: 24,
+//! 2-bit integers: 25). Every op is written in that opset's form; the IR
+//! version is the one that opset shipped with. Ops without a single ONNX
+//! counterpart expand into standard ones: `FusedConv` into Conv (+ Add of the
+//! residual) (+ the activation), `FusedMatMul` into Gemm when both operands
+//! are matrices and the bias fits Gemm's broadcasting, otherwise (Transpose)
+//! MatMul (+ Mul by alpha) (+ Add of the bias) (+ the activation),
+//! `Elementwise` into its chain of ops with the scalars as initializers. The
+//! legacy (opset < 13) Softmax/LogSoftmax becomes Flatten + Softmax(axis 1) +
+//! Reshape back, unless the axis is already the last one.
+//!
+//! Names: graph inputs keep theirs, graph outputs and other values keep
+//! theirs where they are unique (a clash gets a `_<n>` suffix, an empty name
+//! `v<id>`), values made by expansions are named after their node. Constants
+//! become initializers stored as little-endian `raw_data` (4- and 2-bit
+//! types packed). The output is deterministic: the same graph gives the same
+//! bytes.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_shape_proto::dimension::Value as DimValue;
+use onnx_protobuf::tensor_shape_proto::Dimension;
+use onnx_protobuf::type_proto::{Tensor as TypeTensor, Value as TypeValue};
+use onnx_protobuf::{
+    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use protobuf::{EnumOrUnknown, MessageField};
+
+use crate::ir::{
+    lowp, Activation, AspectPolicy, AutoPad, ConvAttrs, CoordTransform, DType, Dim, EwArg, EwStep,
+    NearestMode, Node, Op, PadMode, PoolAttrs, ResizeMode, TensorData, TensorType, UnaryOp,
+    ValueDef, ValueId,
+};
+use crate::{Error, Graph, Result, Tensor};
+
+/// The lowest opset mlc exports at.
+pub const BASE_OPSET: i64 = 21;
+
+/// The IR version an opset of the default domain shipped with.
+pub fn ir_version_for(opset: i64) -> i64 {
+    match opset {
+        ..=22 => 10,
+        23 => 11,
+        24 => 12,
+        25..=27 => 13,
+        _ => 14,
+    }
+}
+
+/// The opset that introduced an element type (types older than
+/// [`BASE_OPSET`] give 0).
+fn dtype_opset(d: DType) -> i64 {
+    match d {
+        DType::F4E2M1 => 23,
+        DType::F8E8M0 => 24,
+        DType::I2 | DType::U2 => 25,
+        _ => 0,
+    }
+}
+
+/// The opset a graph is exported at (see the module docs).
+pub fn export_opset(g: &Graph) -> i64 {
+    let mut opset = BASE_OPSET.max(g.opset);
+    let dtype_of = |v: &ValueId| g.values.get(v.0 as usize).map(|x| x.ty.dtype);
+    let live = g
+        .inputs
+        .iter()
+        .chain(g.consts.keys())
+        .chain(g.nodes().flat_map(|(_, n)| n.outputs.iter()));
+    for d in live.filter_map(dtype_of) {
+        opset = opset.max(dtype_opset(d));
+    }
+    for (_, n) in g.nodes() {
+        match &n.op {
+            Op::Cast { to, round_mode, .. } => {
+                opset = opset.max(dtype_opset(*to));
+                if *round_mode != crate::ir::E8M0Round::default() {
+                    opset = opset.max(24);
+                }
+            }
+            Op::ConstantOfShape { value } => opset = opset.max(dtype_opset(value.dtype())),
+            _ => {}
+        }
+    }
+    opset
+}
+
+/// Converts the graph to an ONNX model.
+pub fn to_model(g: &Graph) -> Result<ModelProto> {
+    let opset = export_opset(g);
+    if opset > crate::import::onnx::MAX_OPSET {
+        return Err(Error::InvalidGraph(format!(
+            "the graph is at opset {opset}, newer than the newest opset mlc knows ({})",
+            crate::import::onnx::MAX_OPSET
+        )));
+    }
+    let graph = Emitter::new(g)?.run()?;
+    Ok(ModelProto {
+        ir_version: ir_version_for(opset),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+            ..Default::default()
+        }],
+        producer_name: "mlc".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: MessageField::some(graph),
+        ..Default::default()
+    })
+}
+
+/// The serialized ONNX model.
+pub fn to_bytes(g: &Graph) -> Result<Vec<u8>> {
+    let model = to_model(g)?;
+    model
+        .write_to_bytes()
+        .map_err(|e| Error::Internal(format!("serializing the ONNX model: {e}")))
+}
+
+/// Writes the graph as an ONNX model file, atomically.
+pub fn write(path: &Path, g: &Graph) -> Result<()> {
+    let bytes = to_bytes(g)?;
+    crate::fsutil::write_bytes_atomic(path, &bytes)
+}
+
+/// An ONNX tensor holding `t`: `raw_data` little endian, the 4-bit types two
+/// per byte and the 2-bit types four per byte, first element in the low bits.
+pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
+    fn le<T, const N: usize>(v: &[T], f: impl Fn(&T) -> [u8; N]) -> Vec<u8> {
+        v.iter().flat_map(f).collect()
+    }
+    let raw = match t.data() {
+        TensorData::F32(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::F64(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::F16(v) => le(v, |x| x.to_bits().to_le_bytes()),
+        TensorData::BF16(v) => le(v, |x| x.to_bits().to_le_bytes()),
+        TensorData::I8(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::I16(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::I32(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::I64(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::U8(v) => v.clone(),
+        TensorData::U16(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::U32(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::U64(v) => le(v, |x| x.to_le_bytes()),
+        TensorData::Bool(v) => v.iter().map(|&b| b as u8).collect(),
+        TensorData::F8E4M3FN(v)
+        | TensorData::F8E4M3FNUZ(v)
+        | TensorData::F8E5M2(v)
+        | TensorData::F8E5M2FNUZ(v)
+        | TensorData::F8E8M0(v) => v.clone(),
+        TensorData::F4E2M1(v) | TensorData::U4(v) => lowp::pack(4, v),
+        TensorData::U2(v) => lowp::pack(2, v),
+        // Two's complement codes; `pack` keeps the low bits.
+        TensorData::I4(v) => lowp::pack(4, &v.iter().map(|&x| x as u8).collect::<Vec<_>>()),
+        TensorData::I2(v) => lowp::pack(2, &v.iter().map(|&x| x as u8).collect::<Vec<_>>()),
+    };
+    TensorProto {
+        name: name.to_string(),
+        dims: t.shape().iter().map(|&d| d as i64).collect(),
+        data_type: t.dtype().onnx_code(),
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+/// The ONNX type of a value: element type and shape, symbols as `dim_param`.
+fn type_proto(ty: &TensorType) -> TypeProto {
+    let dim = ty
+        .shape
+        .dims()
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Known(n) => DimValue::DimValue(*n as i64),
+                Dim::Sym(s) => DimValue::DimParam(s.clone()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    TypeProto {
+        value: Some(TypeValue::TensorType(TypeTensor {
+            elem_type: ty.dtype.onnx_code(),
+            shape: MessageField::some(TensorShapeProto {
+                dim,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, ty: &TensorType) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.to_string(),
+        type_: MessageField::some(type_proto(ty)),
+        ..Default::default()
+    }
+}
+
+// Attribute constructors.
+
+fn attr(name: &str, ty: AttributeType) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        type_: EnumOrUnknown::new(ty),
+        ..Default::default()
+    }
+}
+
+fn attr_i(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        i: v,
+        ..attr(name, AttributeType::INT)
+    }
+}
+
+fn attr_b(name: &str, v: bool) -> AttributeProto {
+    attr_i(name, v as i64)
+}
+
+fn attr_f(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        f: v,
+        ..attr(name, AttributeType::FLOAT)
+    }
+}
+
+fn attr_s(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        s: v.as_bytes().to_vec(),
+        ..attr(name, AttributeType::STRING)
+    }
+}
+
+fn attr_ints(name: &str, v: impl IntoIterator<Item = i64>) -> AttributeProto {
+    AttributeProto {
+        ints: v.into_iter().collect(),
+        ..attr(name, AttributeType::INTS)
+    }
+}
+
+fn attr_usizes(name: &str, v: &[usize]) -> AttributeProto {
+    attr_ints(name, v.iter().map(|&x| x as i64))
+}
+
+fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
+    AttributeProto {
+        t: MessageField::some(t),
+        ..attr(name, AttributeType::TENSOR)
+    }
+}
+
+fn auto_pad_name(a: AutoPad) -> &'static str {
+    match a {
+        AutoPad::NotSet => "NOTSET",
+        AutoPad::SameUpper => "SAME_UPPER",
+        AutoPad::SameLower => "SAME_LOWER",
+        AutoPad::Valid => "VALID",
+    }
+}
+
+/// Spatial attributes shared by Conv, ConvTranspose and the pools. Pads are
+/// written only without `auto_pad` (the two exclude each other) and when
+/// some pad is non-zero.
+fn spatial_attrs(
+    kernel: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+    pads: &[usize],
+    auto_pad: AutoPad,
+) -> Vec<AttributeProto> {
+    let mut a = vec![
+        attr_usizes("kernel_shape", kernel),
+        attr_usizes("strides", strides),
+        attr_usizes("dilations", dilations),
+    ];
+    if auto_pad == AutoPad::NotSet {
+        if pads.iter().any(|&p| p != 0) {
+            a.push(attr_usizes("pads", pads));
+        }
+    } else {
+        a.push(attr_s("auto_pad", auto_pad_name(auto_pad)));
+    }
+    a
+}
+
+fn conv_attrs(c: &ConvAttrs) -> Vec<AttributeProto> {
+    let mut a = spatial_attrs(
+        &c.kernel_shape,
+        &c.strides,
+        &c.dilations,
+        &c.pads,
+        c.auto_pad,
+    );
+    a.push(attr_i("group", c.group as i64));
+    a
+}
+
+fn pool_attrs(p: &PoolAttrs, average: bool) -> Vec<AttributeProto> {
+    let mut a = spatial_attrs(
+        &p.kernel_shape,
+        &p.strides,
+        &p.dilations,
+        &p.pads,
+        p.auto_pad,
+    );
+    a.push(attr_b("ceil_mode", p.ceil_mode));
+    if average {
+        a.push(attr_b("count_include_pad", p.count_include_pad));
+    } else if p.column_major {
+        a.push(attr_i("storage_order", 1));
+    }
+    a
+}
+
+/// Op type and attributes of a unary op.
+fn unary(u: &UnaryOp) -> (&'static str, Vec<AttributeProto>) {
+    let name = Op::Unary(u.clone()).onnx_type();
+    let attrs = match u {
+        UnaryOp::LeakyRelu { alpha } | UnaryOp::Elu { alpha } => vec![attr_f("alpha", *alpha)],
+        UnaryOp::HardSigmoid { alpha, beta } => {
+            vec![attr_f("alpha", *alpha), attr_f("beta", *beta)]
+        }
+        UnaryOp::Gelu { tanh_approx: true } => vec![attr_s("approximate", "tanh")],
+        _ => vec![],
+    };
+    (name, attrs)
+}
+
+/// One op applied to the running result of an expansion: the result is its
+/// first input, `extra` the others.
+struct Stage {
+    op_type: &'static str,
+    extra: Vec<String>,
+    attrs: Vec<AttributeProto>,
+}
+
+impl Stage {
+    fn new(op_type: &'static str, extra: Vec<String>, attrs: Vec<AttributeProto>) -> Stage {
+        Stage {
+            op_type,
+            extra,
+            attrs,
+        }
+    }
+}
+
+/// Builds the ONNX graph.
+struct Emitter<'g> {
+    g: &'g Graph,
+    /// ONNX name of each value (`None`: not referenced by the export).
+    names: Vec<Option<String>>,
+    /// Every value name in use.
+    used: HashSet<String>,
+    /// Every node name in use.
+    used_nodes: HashSet<String>,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    /// Name of the node being expanded (prefix of the names it makes).
+    cur: String,
+}
+
+/// `base`, or `base_<n>` with the first `n >= 1` not in `used`; marks it used.
+fn unique(used: &mut HashSet<String>, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut k = 1;
+    while used.contains(&name) {
+        name = format!("{base}_{k}");
+        k += 1;
+    }
+    used.insert(name.clone());
+    name
+}
+
+impl<'g> Emitter<'g> {
+    fn new(g: &'g Graph) -> Result<Emitter<'g>> {
+        let mut e = Emitter {
+            g,
+            names: vec![None; g.values.len()],
+            used: HashSet::new(),
+            used_nodes: HashSet::new(),
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            cur: String::new(),
+        };
+        e.assign_names()?;
+        Ok(e)
+    }
+
+    fn check_value(&self, v: ValueId, user: &str) -> Result<()> {
+        if (v.0 as usize) < self.g.values.len() {
+            Ok(())
+        } else {
+            Err(Error::InvalidGraph(format!(
+                "{user} refers to value {v}, which does not exist"
+            )))
+        }
+    }
+
+    /// Names every value the export references: graph inputs first (their
+    /// names are the model's interface), then graph outputs, constants and
+    /// node outputs in topological order.
+    fn assign_names(&mut self) -> Result<()> {
+        let g = self.g;
+        let mut order: Vec<ValueId> = Vec::new();
+        for &v in &g.inputs {
+            self.check_value(v, "the graph input list")?;
+            order.push(v);
+        }
+        for &v in &g.outputs {
+            self.check_value(v, "the graph output list")?;
+            if matches!(g.value(v).def, ValueDef::Node(..)) {
+                order.push(v);
+            }
+        }
+        let topo = g.topo_order()?;
+        let mut consts = BTreeSet::new();
+        for &id in &topo {
+            let Some(node) = g.node(id) else { continue };
+            let who = format!("node '{}' ({})", node.name, node.op.onnx_type());
+            for v in node.inputs.iter().flatten() {
+                self.check_value(*v, &who)?;
+                match g.value(*v).def {
+                    ValueDef::Const => {
+                        consts.insert(*v);
+                    }
+                    ValueDef::Input | ValueDef::Node(..) => {}
+                    ValueDef::Undefined => {
+                        return Err(Error::InvalidGraph(format!(
+                            "{who} uses '{}' ({v}), which nothing defines",
+                            g.value(*v).name
+                        )))
+                    }
+                }
+            }
+        }
+        for &v in &g.outputs {
+            match g.value(v).def {
+                ValueDef::Const => {
+                    consts.insert(v);
+                }
+                ValueDef::Undefined => {
+                    return Err(Error::InvalidGraph(format!(
+                        "the graph output '{}' ({v}) is not defined by anything",
+                        g.value(v).name
+                    )))
+                }
+                _ => {}
+            }
+        }
+        for &v in &consts {
+            if g.const_value(v).is_none() {
+                return Err(Error::InvalidGraph(format!(
+                    "value '{}' ({v}) is marked constant but has no data",
+                    g.value(v).name
+                )));
+            }
+        }
+        order.extend(consts.iter().copied());
+        for &id in &topo {
+            if let Some(node) = g.node(id) {
+                for &o in &node.outputs {
+                    self.check_value(o, &format!("node '{}'", node.name))?;
+                    order.push(o);
+                }
+            }
+        }
+        for v in order {
+            if self.names[v.0 as usize].is_some() {
+                continue;
+            }
+            let name = &g.value(v).name;
+            let base = if name.is_empty() {
+                format!("v{}", v.0)
+            } else {
+                name.clone()
+            };
+            self.names[v.0 as usize] = Some(unique(&mut self.used, &base));
+        }
+        Ok(())
+    }
+
+    fn name(&self, v: ValueId) -> Result<String> {
+        self.names
+            .get(v.0 as usize)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::Internal(format!("value {v} was not named for export")))
+    }
+
+    /// A new value name derived from the current node.
+    fn fresh(&mut self, label: &str) -> String {
+        let base = format!("{}/{label}", self.cur);
+        unique(&mut self.used, &base)
+    }
+
+    fn push(
+        &mut self,
+        op_type: &str,
+        inputs: Vec<String>,
+        outputs: Vec<String>,
+        attrs: Vec<AttributeProto>,
+    ) {
+        let base = if self.cur.is_empty() {
+            op_type.to_string()
+        } else {
+            self.cur.clone()
+        };
+        let name = unique(&mut self.used_nodes, &base);
+        let mut inputs = inputs;
+        while inputs.last().is_some_and(|s| s.is_empty()) {
+            inputs.pop();
+        }
+        self.nodes.push(NodeProto {
+            name,
+            op_type: op_type.to_string(),
+            input: inputs,
+            output: outputs,
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+
+    /// An initializer holding `t`, named after the current node.
+    fn constant(&mut self, label: &str, t: &Tensor) -> String {
+        let name = self.fresh(label);
+        self.initializers.push(tensor_to_proto(&name, t));
+        name
+    }
+
+    /// A scalar initializer of `dtype` holding `v`.
+    fn scalar(&mut self, label: &str, dtype: DType, v: f64) -> Result<String> {
+        let data = TensorData::from_f64(dtype, &[v]);
+        let t = Tensor::new(vec![], data)
+            .map_err(|e| Error::Internal(format!("scalar constant: {e}")))?;
+        Ok(self.constant(label, &t))
+    }
+
+    fn i64s(&mut self, label: &str, v: Vec<i64>) -> String {
+        self.constant(label, &Tensor::vec_i64(v))
+    }
+
+    /// Applies `stages` to `first` (the first stage's full inputs); the last
+    /// stage writes `out`, the others fresh values.
+    fn pipeline(&mut self, first: Vec<String>, stages: Vec<Stage>, out: String) {
+        let n = stages.len();
+        let mut cur: Option<String> = None;
+        for (i, st) in stages.into_iter().enumerate() {
+            let inputs = match cur.take() {
+                None => first.iter().cloned().chain(st.extra).collect(),
+                Some(c) => std::iter::once(c).chain(st.extra).collect(),
+            };
+            let o = if i + 1 == n {
+                out.clone()
+            } else {
+                self.fresh(&st.op_type.to_ascii_lowercase())
+            };
+            self.push(st.op_type, inputs, vec![o.clone()], st.attrs);
+            cur = Some(o);
+        }
+    }
+
+    fn activation(&mut self, act: &Activation, dtype: DType) -> Result<Stage> {
+        Ok(match act {
+            Activation::Relu => Stage::new("Relu", vec![], vec![]),
+            Activation::Clip { min, max } => {
+                let lo = self.scalar("clip_min", dtype, *min as f64)?;
+                let hi = self.scalar("clip_max", dtype, *max as f64)?;
+                Stage::new("Clip", vec![lo, hi], vec![])
+            }
+            Activation::Sigmoid => Stage::new("Sigmoid", vec![], vec![]),
+            Activation::Tanh => Stage::new("Tanh", vec![], vec![]),
+            Activation::HardSigmoid { alpha, beta } => Stage::new(
+                "HardSigmoid",
+                vec![],
+                vec![attr_f("alpha", *alpha), attr_f("beta", *beta)],
+            ),
+            Activation::HardSwish => Stage::new("HardSwish", vec![], vec![]),
+            Activation::LeakyRelu { alpha } => {
+                Stage::new("LeakyRelu", vec![], vec![attr_f("alpha", *alpha)])
+            }
+            Activation::Gelu { tanh_approx } => {
+                let (t, a) = unary(&UnaryOp::Gelu {
+                    tanh_approx: *tanh_approx,
+                });
+                Stage::new(t, vec![], a)
+            }
+        })
+    }
+
+    fn run(mut self) -> Result<GraphProto> {
+        let g = self.g;
+        for id in g.topo_order()? {
+            let Some(node) = g.node(id) else { continue };
+            self.cur = if node.name.is_empty() {
+                format!("{}_{}", node.op.onnx_type(), id.0)
+            } else {
+                node.name.clone()
+            };
+            self.node(node)
+                .map_err(|e| e.at_node(&node.name, node.op.onnx_type()))?;
+        }
+
+        // Outputs that are graph inputs, constants or listed twice get an
+        // Identity so every graph output is a distinct node output.
+        let mut outputs = Vec::new();
+        let mut seen = HashSet::new();
+        for &v in &g.outputs {
+            let mut name = self.name(v)?;
+            let direct = matches!(g.value(v).def, ValueDef::Node(..));
+            if !direct || !seen.insert(v) {
+                self.cur = name.clone();
+                let out = unique(&mut self.used, &format!("{name}_out"));
+                self.push("Identity", vec![name], vec![out.clone()], vec![]);
+                name = out;
+            }
+            outputs.push(value_info(&name, g.ty(v)));
+        }
+
+        let mut inputs = Vec::new();
+        for &v in &g.inputs {
+            inputs.push(value_info(&self.name(v)?, g.ty(v)));
+        }
+
+        // Constants first, in id order, then those the expansions made.
+        let mut initializers = Vec::new();
+        for (&v, t) in &g.consts {
+            if let Some(Some(name)) = self.names.get(v.0 as usize) {
+                initializers.push(tensor_to_proto(name, t));
+            }
+        }
+        initializers.append(&mut self.initializers);
+
+        // Types of the other values mlc knows.
+        let out_set: HashSet<ValueId> = g.outputs.iter().copied().collect();
+        let mut infos = Vec::new();
+        for id in g.topo_order()? {
+            let Some(node) = g.node(id) else { continue };
+            for &o in &node.outputs {
+                if !out_set.contains(&o) {
+                    infos.push(value_info(&self.name(o)?, g.ty(o)));
+                }
+            }
+        }
+
+        Ok(GraphProto {
+            name: if g.name.is_empty() {
+                "mlc".into()
+            } else {
+                g.name.clone()
+            },
+            node: self.nodes,
+            initializer: initializers,
+            input: inputs,
+            output: outputs,
+            value_info: infos,
+            ..Default::default()
+        })
+    }
+
+    /// The ONNX names of a node's inputs ("" for an absent one).
+    fn input_names(&self, node: &Node) -> Result<Vec<String>> {
+        node.inputs
+            .iter()
+            .map(|i| match i {
+                Some(v) => self.name(*v),
+                None => Ok(String::new()),
+            })
+            .collect()
+    }
+
+    fn output_names(&self, node: &Node) -> Result<Vec<String>> {
+        node.outputs.iter().map(|&v| self.name(v)).collect()
+    }
+
+    /// The name and type of input `i`, which must be present.
+    fn required(&self, node: &Node, i: usize, what: &str) -> Result<(String, &'g TensorType)> {
+        let v = node
+            .input(i)
+            .ok_or_else(|| Error::op(node.op.onnx_type(), format!("input {what} is missing")))?;
+        Ok((self.name(v)?, self.g.ty(v)))
+    }
+
+    fn single_output(&self, node: &Node) -> Result<(String, &'g TensorType)> {
+        match node.outputs.as_slice() {
+            [o] => Ok((self.name(*o)?, self.g.ty(*o))),
+            outs => Err(Error::op(
+                node.op.onnx_type(),
+                format!("has {} outputs, expected 1", outs.len()),
+            )),
+        }
+    }
+
+    /// Emits one node as one or more ONNX nodes.
+    fn node(&mut self, node: &Node) -> Result<()> {
+        let ins = self.input_names(node)?;
+        let outs = self.output_names(node)?;
+        let t = node.op.onnx_type();
+        let attrs = match &node.op {
+            Op::Unary(u) => unary(u).1,
+            Op::Binary(_)
+            | Op::Variadic(_)
+            | Op::Clip
+            | Op::Where
+            | Op::MatMul
+            | Op::GlobalAveragePool
+            | Op::GlobalMaxPool
+            | Op::Squeeze
+            | Op::Unsqueeze
+            | Op::Slice
+            | Op::Size
+            | Op::Expand
+            | Op::Tile
+            | Op::Identity
+            | Op::Dropout
+            | Op::Range => vec![],
+            Op::Cast {
+                to,
+                saturate,
+                round_mode,
+            } => {
+                let mut a = vec![attr_i("to", to.onnx_code() as i64)];
+                if !saturate {
+                    a.push(attr_b("saturate", false));
+                }
+                if *round_mode != crate::ir::E8M0Round::default() {
+                    a.push(attr_s("round_mode", round_mode.name()));
+                }
+                a
+            }
+            Op::Softmax { axis, legacy } | Op::LogSoftmax { axis, legacy } => {
+                return self.softmax(node, *axis, *legacy);
+            }
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => vec![
+                attr_f("alpha", *alpha),
+                attr_f("beta", *beta),
+                attr_b("transA", *trans_a),
+                attr_b("transB", *trans_b),
+            ],
+            Op::Conv(c) => conv_attrs(c),
+            Op::ConvTranspose(c) => {
+                let mut a = conv_attrs(&c.conv);
+                a.push(attr_usizes("output_padding", &c.output_padding));
+                if let Some(s) = &c.output_shape {
+                    a.push(attr_usizes("output_shape", s));
+                }
+                a
+            }
+            Op::BatchNormalization {
+                epsilon,
+                training_momentum,
+            } => {
+                let mut a = vec![attr_f("epsilon", *epsilon)];
+                if let Some(m) = training_momentum {
+                    a.push(attr_f("momentum", *m));
+                    a.push(attr_i("training_mode", 1));
+                }
+                a
+            }
+            Op::LayerNormalization { axis, epsilon } => {
+                vec![attr_i("axis", *axis), attr_f("epsilon", *epsilon)]
+            }
+            Op::InstanceNormalization { epsilon } => vec![attr_f("epsilon", *epsilon)],
+            Op::MaxPool(p) => pool_attrs(p, false),
+            Op::AveragePool(p) => pool_attrs(p, true),
+            Op::Flatten { axis } => vec![attr_i("axis", *axis)],
+            Op::Reshape { allowzero } => {
+                if *allowzero {
+                    vec![attr_i("allowzero", 1)]
+                } else {
+                    vec![]
+                }
+            }
+            Op::Transpose { perm } => vec![attr_usizes("perm", perm)],
+            Op::Concat { axis } | Op::Gather { axis } => vec![attr_i("axis", *axis)],
+            Op::Split { axis, num_outputs } => {
+                let mut a = vec![attr_i("axis", *axis)];
+                if node.input(1).is_none() {
+                    a.push(attr_i("num_outputs", *num_outputs as i64));
+                }
+                a
+            }
+            Op::Shape { start, end } => {
+                let mut a = vec![];
+                if *start != 0 {
+                    a.push(attr_i("start", *start));
+                }
+                if let Some(e) = end {
+                    a.push(attr_i("end", *e));
+                }
+                a
+            }
+            Op::ConstantOfShape { value } => {
+                // The spec asks for a one-element 1-D tensor.
+                let v = value
+                    .clone()
+                    .reshape(vec![1])
+                    .map_err(|e| Error::op(t, format!("attribute 'value': {e}")))?;
+                vec![attr_t("value", tensor_to_proto("value", &v))]
+            }
+            Op::Pad { mode } => vec![attr_s(
+                "mode",
+                match mode {
+                    PadMode::Constant => "constant",
+                    PadMode::Reflect => "reflect",
+                    PadMode::Edge => "edge",
+                    PadMode::Wrap => "wrap",
+                },
+            )],
+            Op::Reduce {
+                keepdims,
+                noop_with_empty_axes,
+                ..
+            } => {
+                let mut a = vec![attr_b("keepdims", *keepdims)];
+                if *noop_with_empty_axes {
+                    a.push(attr_i("noop_with_empty_axes", 1));
+                }
+                a
+            }
+            Op::ArgMax {
+                axis,
+                keepdims,
+                select_last_index,
+            }
+            | Op::ArgMin {
+                axis,
+                keepdims,
+                select_last_index,
+            } => vec![
+                attr_i("axis", *axis),
+                attr_b("keepdims", *keepdims),
+                attr_b("select_last_index", *select_last_index),
+            ],
+            Op::Resize(r) => {
+                let mut a = vec![
+                    attr_s(
+                        "mode",
+                        match r.mode {
+                            ResizeMode::Nearest => "nearest",
+                            ResizeMode::Linear => "linear",
+                            ResizeMode::Cubic => "cubic",
+                        },
+                    ),
+                    attr_s(
+                        "coordinate_transformation_mode",
+                        match r.coord {
+                            CoordTransform::HalfPixel => "half_pixel",
+                            CoordTransform::HalfPixelSymmetric => "half_pixel_symmetric",
+                            CoordTransform::PytorchHalfPixel => "pytorch_half_pixel",
+                            CoordTransform::AlignCorners => "align_corners",
+                            CoordTransform::Asymmetric => "asymmetric",
+                            CoordTransform::TfCropAndResize => "tf_crop_and_resize",
+                        },
+                    ),
+                    attr_s(
+                        "nearest_mode",
+                        match r.nearest {
+                            NearestMode::RoundPreferFloor => "round_prefer_floor",
+                            NearestMode::RoundPreferCeil => "round_prefer_ceil",
+                            NearestMode::Floor => "floor",
+                            NearestMode::Ceil => "ceil",
+                        },
+                    ),
+                    attr_s(
+                        "keep_aspect_ratio_policy",
+                        match r.aspect {
+                            AspectPolicy::Stretch => "stretch",
+                            AspectPolicy::NotLarger => "not_larger",
+                            AspectPolicy::NotSmaller => "not_smaller",
+                        },
+                    ),
+                    attr_b("exclude_outside", r.exclude_outside),
+                    attr_f("extrapolation_value", r.extrapolation_value),
+                    attr_b("antialias", r.antialias),
+                    attr_f("cubic_coeff_a", r.cubic_coeff_a),
+                ];
+                if let Some(axes) = &r.axes {
+                    a.push(attr_ints("axes", axes.iter().copied()));
+                }
+                a
+            }
+            Op::FusedConv { conv, act } => return self.fused_conv(node, conv, act.as_ref()),
+            Op::FusedMatMul {
+                trans_a,
+                trans_b,
+                alpha,
+                act,
+            } => return self.fused_matmul(node, *trans_a, *trans_b, *alpha, act.as_ref()),
+            Op::Elementwise { steps } => return self.elementwise(node, steps),
+        };
+        self.push(t, ins, outs, attrs);
+        Ok(())
+    }
+
+    /// Softmax and LogSoftmax. The legacy form coerces the input to 2-D at
+    /// `axis` and normalizes over the whole trailing block: Flatten, the op
+    /// over axis 1, Reshape back (the same as the opset-13 op when `axis` is
+    /// the last one).
+    fn softmax(&mut self, node: &Node, axis: i64, legacy: bool) -> Result<()> {
+        let t = node.op.onnx_type();
+        let ins = self.input_names(node)?;
+        let (out, _) = self.single_output(node)?;
+        let x = node
+            .input(0)
+            .ok_or_else(|| Error::op(t, "input 'input' is missing"))?;
+        let xty = self.g.ty(x);
+        let rank = xty.shape.rank() as i64;
+        let a = if axis < 0 { axis + rank } else { axis };
+        if !legacy || a == rank - 1 {
+            let axis = if legacy { a } else { axis };
+            self.push(t, ins, vec![out], vec![attr_i("axis", axis)]);
+            return Ok(());
+        }
+        if !(0..=rank).contains(&a) {
+            return Err(Error::op(
+                t,
+                format!("axis {axis} is out of range for rank {rank}"),
+            ));
+        }
+        let x = self.name(x)?;
+        let shape = match xty.shape.concrete() {
+            Some(dims) => self.i64s("shape", dims.iter().map(|&d| d as i64).collect()),
+            None => {
+                let s = self.fresh("shape");
+                self.push("Shape", vec![x.clone()], vec![s.clone()], vec![]);
+                s
+            }
+        };
+        self.pipeline(
+            vec![x],
+            vec![
+                Stage::new("Flatten", vec![], vec![attr_i("axis", a)]),
+                Stage::new(t, vec![], vec![attr_i("axis", 1)]),
+                Stage::new("Reshape", vec![shape], vec![attr_i("allowzero", 1)]),
+            ],
+            out,
+        );
+        Ok(())
+    }
+
+    /// `act(conv(X, W) + B + R)`: Conv with the bias, Add of the residual,
+    /// the activation.
+    fn fused_conv(
+        &mut self,
+        node: &Node,
+        conv: &ConvAttrs,
+        act: Option<&Activation>,
+    ) -> Result<()> {
+        let t = node.op.onnx_type();
+        let (out, oty) = self.single_output(node)?;
+        let ins = self.input_names(node)?;
+        if node.input(0).is_none() || node.input(1).is_none() {
+            return Err(Error::op(t, "inputs X and W are required"));
+        }
+        if ins.len() > 4 {
+            return Err(Error::op(t, format!("has {} inputs, at most 4", ins.len())));
+        }
+        let first: Vec<String> = ins.iter().take(3).cloned().collect();
+        let mut stages = vec![Stage::new("Conv", vec![], conv_attrs(conv))];
+        if let Some(r) = node.input(3) {
+            stages.push(Stage::new("Add", vec![self.name(r)?], vec![]));
+        }
+        if let Some(a) = act {
+            stages.push(self.activation(a, oty.dtype)?);
+        }
+        self.pipeline(first, stages, out);
+        Ok(())
+    }
+
+    /// `act(alpha * op(A) @ op(B) + bias)`.
+    fn fused_matmul(
+        &mut self,
+        node: &Node,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        act: Option<&Activation>,
+    ) -> Result<()> {
+        let t = node.op.onnx_type();
+        let (out, oty) = self.single_output(node)?;
+        if node.inputs.len() > 3 {
+            return Err(Error::op(
+                t,
+                format!("has {} inputs, at most 3", node.inputs.len()),
+            ));
+        }
+        let (a, aty) = self.required(node, 0, "A")?;
+        let (b, bty) = self.required(node, 1, "B")?;
+        let bias = node.input(2);
+        let (ra, rb) = (aty.shape.rank(), bty.shape.rank());
+        for (flag, r, which) in [(trans_a, ra, "A"), (trans_b, rb, "B")] {
+            if flag && r < 2 {
+                return Err(Error::op(
+                    t,
+                    format!("{which} has rank {r}; transposing needs at least 2 dims"),
+                ));
+            }
+        }
+        let act_stage = match act {
+            Some(a) => Some(self.activation(a, oty.dtype)?),
+            None => None,
+        };
+
+        // Gemm when both operands are matrices and the bias broadcasts
+        // one-directionally onto the [M, N] product.
+        if ra == 2 && rb == 2 {
+            let m = &aty.shape.dims()[if trans_a { 1 } else { 0 }];
+            let n = &bty.shape.dims()[if trans_b { 0 } else { 1 }];
+            let fits = match bias {
+                None => true,
+                Some(c) => {
+                    let cd = self.g.ty(c).shape.dims();
+                    let target = [m, n];
+                    cd.len() <= 2
+                        && cd
+                            .iter()
+                            .rev()
+                            .zip(target.iter().rev())
+                            .all(|(d, t)| d.is_one() || d == *t)
+                }
+            };
+            if fits {
+                let mut first = vec![a, b];
+                if let Some(c) = bias {
+                    first.push(self.name(c)?);
+                }
+                let mut stages = vec![Stage::new(
+                    "Gemm",
+                    vec![],
+                    vec![
+                        attr_f("alpha", alpha),
+                        attr_f("beta", 1.0),
+                        attr_b("transA", trans_a),
+                        attr_b("transB", trans_b),
+                    ],
+                )];
+                stages.extend(act_stage);
+                self.pipeline(first, stages, out);
+                return Ok(());
+            }
+        }
+
+        let swap_last = |r: usize| -> Vec<i64> {
+            let mut p: Vec<i64> = (0..r as i64).collect();
+            p.swap(r - 2, r - 1);
+            p
+        };
+        let a = if trans_a {
+            let o = self.fresh("a_t");
+            self.push(
+                "Transpose",
+                vec![a],
+                vec![o.clone()],
+                vec![attr_ints("perm", swap_last(ra))],
+            );
+            o
+        } else {
+            a
+        };
+        let b = if trans_b {
+            let o = self.fresh("b_t");
+            self.push(
+                "Transpose",
+                vec![b],
+                vec![o.clone()],
+                vec![attr_ints("perm", swap_last(rb))],
+            );
+            o
+        } else {
+            b
+        };
+        let mut stages = vec![Stage::new("MatMul", vec![], vec![])];
+        if alpha != 1.0 {
+            let s = self.scalar("alpha", oty.dtype, alpha as f64)?;
+            stages.push(Stage::new("Mul", vec![s], vec![]));
+        }
+        if let Some(c) = bias {
+            stages.push(Stage::new("Add", vec![self.name(c)?], vec![]));
+        }
+        stages.extend(act_stage);
+        self.pipeline(vec![a, b], stages, out);
+        Ok(())
+    }
+
+    /// An elementwise chain: one ONNX node per step, scalars as
+    /// initializers. The chain's result has the broadcast shape of all the
+    /// node's inputs, so inputs the last step does not depend on are
+    /// broadcast in with Expand(result, Shape(input)).
+    fn elementwise(&mut self, node: &Node, steps: &[EwStep]) -> Result<()> {
+        let t = node.op.onnx_type();
+        let (out, oty) = self.single_output(node)?;
+        let dtype = oty.dtype;
+        if steps.is_empty() {
+            return Err(Error::op(t, "the chain has no steps"));
+        }
+        let mut ins = Vec::with_capacity(node.inputs.len());
+        for (i, v) in node.inputs.iter().enumerate() {
+            let v = v.ok_or_else(|| Error::op(t, format!("input {i} is missing")))?;
+            ins.push(self.name(v)?);
+        }
+        // Check the operands and find the inputs each step depends on.
+        let mut deps: Vec<BTreeSet<usize>> = Vec::with_capacity(steps.len());
+        for (j, s) in steps.iter().enumerate() {
+            if let EwStep::Binary(b, ..) = s {
+                if b.returns_bool() {
+                    return Err(Error::op(
+                        t,
+                        format!("step {j}: {b:?} is not an arithmetic op"),
+                    ));
+                }
+            }
+            let mut d = BTreeSet::new();
+            for a in step_args(s) {
+                match a {
+                    EwArg::Input(i) if *i < ins.len() => {
+                        d.insert(*i);
+                    }
+                    EwArg::Input(i) => {
+                        return Err(Error::op(
+                            t,
+                            format!(
+                                "step {j} reads input {i}, but the node has {} inputs",
+                                ins.len()
+                            ),
+                        ))
+                    }
+                    EwArg::Step(k) if *k < j => d.extend(deps[*k].iter().copied()),
+                    EwArg::Step(k) => {
+                        return Err(Error::op(
+                            t,
+                            format!("step {j} reads step {k}, which does not come before it"),
+                        ))
+                    }
+                    EwArg::Scalar(_) => {}
+                }
+            }
+            deps.push(d);
+        }
+        let last = steps.len() - 1;
+        let missing: Vec<usize> = (0..ins.len()).filter(|i| !deps[last].contains(i)).collect();
+
+        let mut results: Vec<String> = Vec::with_capacity(steps.len());
+        for (j, step) in steps.iter().enumerate() {
+            let arg = |e: &mut Self, a: &EwArg, label: &str| -> Result<String> {
+                Ok(match a {
+                    EwArg::Input(i) => ins[*i].clone(),
+                    EwArg::Step(k) => results[*k].clone(),
+                    EwArg::Scalar(s) => e.scalar(&format!("s{j}_{label}"), dtype, *s as f64)?,
+                })
+            };
+            let (op_type, inputs, attrs) = match step {
+                EwStep::Unary(u, a) => {
+                    let x = arg(self, a, "x")?;
+                    let (ty, attrs) = unary(u);
+                    (ty, vec![x], attrs)
+                }
+                EwStep::Binary(b, x, y) => {
+                    let x = arg(self, x, "a")?;
+                    let y = arg(self, y, "b")?;
+                    (Op::Binary(*b).onnx_type(), vec![x, y], vec![])
+                }
+                EwStep::Clip(a, lo, hi) => {
+                    let x = arg(self, a, "x")?;
+                    let lo = self.scalar(&format!("s{j}_min"), dtype, *lo as f64)?;
+                    let hi = self.scalar(&format!("s{j}_max"), dtype, *hi as f64)?;
+                    ("Clip", vec![x, lo, hi], vec![])
+                }
+            };
+            let o = if j == last && missing.is_empty() {
+                out.clone()
+            } else {
+                self.fresh(&format!("s{j}"))
+            };
+            self.push(op_type, inputs, vec![o.clone()], attrs);
+            results.push(o);
+        }
+        let mut cur = results[last].clone();
+        for (k, &i) in missing.iter().enumerate() {
+            let s = self.fresh(&format!("shape{i}"));
+            self.push("Shape", vec![ins[i].clone()], vec![s.clone()], vec![]);
+            let o = if k + 1 == missing.len() {
+                out.clone()
+            } else {
+                self.fresh(&format!("expand{i}"))
+            };
+            self.push("Expand", vec![cur, s], vec![o.clone()], vec![]);
+            cur = o;
+        }
+        Ok(())
+    }
+}
+
+/// The operands of a chain step.
+fn step_args(s: &EwStep) -> Vec<&EwArg> {
+    match s {
+        EwStep::Unary(_, a) | EwStep::Clip(a, ..) => vec![a],
+        EwStep::Binary(_, a, b) => vec![a, b],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::onnx::{load_bytes, tensor_from_proto};
+    use crate::ir::{infer, Shape, UnaryOp};
+
+    fn f32_ty(dims: &[usize]) -> TensorType {
+        TensorType::new(DType::F32, Shape::known(dims))
+    }
+
+    /// Adds a node with fresh outputs of the given types.
+    fn node(
+        g: &mut Graph,
+        name: &str,
+        op: Op,
+        inputs: Vec<ValueId>,
+        outs: Vec<TensorType>,
+    ) -> Vec<ValueId> {
+        let outputs: Vec<ValueId> = outs
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| g.add_value(format!("{name}_out{i}"), t))
+            .collect();
+        g.add_node(Node {
+            name: name.into(),
+            op,
+            inputs: inputs.into_iter().map(Some).collect(),
+            outputs: outputs.clone(),
+        });
+        outputs
+    }
+
+    fn op_types(m: &ModelProto) -> Vec<String> {
+        m.graph.node.iter().map(|n| n.op_type.clone()).collect()
+    }
+
+    fn t_f32(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_f32(shape.to_vec(), v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn tensors_round_trip_for_every_dtype() {
+        let vals = [1.0, -2.0, 3.0, 0.5, 0.0];
+        for d in DType::ALL {
+            let t = Tensor::new(vec![5], TensorData::from_f64(d, &vals)).unwrap();
+            let p = tensor_to_proto("w", &t);
+            assert_eq!(p.data_type, d.onnx_code(), "{d}");
+            assert_eq!(p.raw_data.len(), d.packed_bytes(5).unwrap(), "{d}");
+            let back = tensor_from_proto(&p, None).unwrap();
+            assert!(back == t, "{d}: {back:?} vs {t:?}");
+        }
+        // Packing: low nibble first; two's complement codes.
+        let t = Tensor::new(vec![3], TensorData::I4(vec![-1, -8, 7])).unwrap();
+        assert_eq!(tensor_to_proto("w", &t).raw_data, vec![0x8f, 0x07]);
+        let t = Tensor::new(vec![5], TensorData::I2(vec![1, -2, -1, 0, -2])).unwrap();
+        assert_eq!(tensor_to_proto("w", &t).raw_data, vec![0b00_11_10_01, 0b10]);
+        // Scalars and empty tensors.
+        let p = tensor_to_proto("s", &Tensor::scalar_i64(-3));
+        assert!(p.dims.is_empty());
+        assert_eq!(p.raw_data, (-3i64).to_le_bytes());
+        let p = tensor_to_proto("e", &Tensor::zeros(DType::F32, vec![0, 4]));
+        assert_eq!(p.dims, vec![0, 4]);
+        assert!(p.raw_data.is_empty());
+    }
+
+    fn relu_graph(dtype: DType, opset: i64) -> Graph {
+        let mut g = Graph::new("g", opset);
+        let x = g.add_input("x", TensorType::new(dtype, Shape::known(&[2])));
+        let ty = g.ty(x).clone();
+        let y = node(&mut g, "id", Op::Identity, vec![x], vec![ty]);
+        g.outputs.push(y[0]);
+        g
+    }
+
+    #[test]
+    fn opset_and_ir_version() {
+        let m = to_model(&relu_graph(DType::F32, 13)).unwrap();
+        assert_eq!((m.opset_import[0].version, m.ir_version), (21, 10));
+        assert!(m.opset_import[0].domain.is_empty());
+        let m = to_model(&relu_graph(DType::F32, 23)).unwrap();
+        assert_eq!((m.opset_import[0].version, m.ir_version), (23, 11));
+        for (d, opset, ir) in [
+            (DType::I4, 21, 10),
+            (DType::F8E4M3FN, 21, 10),
+            (DType::F4E2M1, 23, 11),
+            (DType::F8E8M0, 24, 12),
+            (DType::U2, 25, 13),
+        ] {
+            let m = to_model(&relu_graph(d, 7)).unwrap();
+            assert_eq!(
+                (m.opset_import[0].version, m.ir_version),
+                (opset, ir),
+                "{d}"
+            );
+        }
+        assert!(to_model(&relu_graph(DType::F32, 29)).is_err());
+    }
+
+    /// x -> Relu -> Softmax -> y with a weight added, named with clashes.
+    fn small_graph() -> Graph {
+        let mut g = Graph::new("small", 17);
+        let x = g.add_input(
+            "x",
+            TensorType::new(DType::F32, Shape(vec![Dim::sym("n"), 3.into()])),
+        );
+        let w = g.add_const("x", t_f32(&[3], &[0.5, -1.0, 2.0]));
+        let a = node(
+            &mut g,
+            "n",
+            Op::Binary(crate::ir::BinaryOp::Add),
+            vec![x, w],
+            vec![f32_ty(&[1])],
+        );
+        let r = node(
+            &mut g,
+            "n",
+            Op::Unary(UnaryOp::Relu),
+            vec![a[0]],
+            vec![f32_ty(&[1])],
+        );
+        g.value_mut(r[0]).name = String::new();
+        let s = node(
+            &mut g,
+            "sm",
+            Op::Softmax {
+                axis: -1,
+                legacy: false,
+            },
+            vec![r[0]],
+            vec![f32_ty(&[1])],
+        );
+        g.value_mut(s[0]).name = "y".into();
+        g.outputs.push(s[0]);
+        infer::infer_graph(&mut g).unwrap();
+        g
+    }
+
+    #[test]
+    fn names_types_and_determinism() {
+        let g = small_graph();
+        let m = to_model(&g).unwrap();
+        let gp = m.graph.as_ref().unwrap();
+        assert_eq!(gp.input[0].name, "x");
+        assert_eq!(gp.output[0].name, "y");
+        // The constant named like the input gets a suffix; the unnamed value
+        // a made-up name; node names are unique.
+        assert_eq!(gp.initializer[0].name, "x_1");
+        assert_eq!(gp.node[0].input, vec!["x", "x_1"]);
+        assert_eq!(gp.node[1].output, vec!["v3"]);
+        let names: Vec<&str> = gp.node.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n", "n_1", "sm"]);
+        // Symbolic dims become dim_param.
+        let Some(TypeValue::TensorType(tt)) = &gp.input[0].type_.value else {
+            panic!("no tensor type")
+        };
+        assert_eq!(tt.shape.dim[0].value, Some(DimValue::DimParam("n".into())));
+        assert_eq!(tt.shape.dim[1].value, Some(DimValue::DimValue(3)));
+        assert_eq!(gp.value_info.len(), 2);
+        // Same graph, same bytes; the re-imported graph computes the same.
+        let bytes = to_bytes(&g).unwrap();
+        assert_eq!(bytes, to_bytes(&g).unwrap());
+        let back = load_bytes(&bytes, None).unwrap();
+        let x = t_f32(&[2, 3], &[1.0, 2.0, 3.0, -4.0, 0.0, 1.0]);
+        let want = crate::interp::run(&g, vec![x.clone()]).unwrap();
+        let got = crate::interp::run(&back, vec![x]).unwrap();
+        assert!(want == got);
+        // Exporting the re-imported graph gives the same bytes.
+        assert_eq!(to_bytes(&back).unwrap(), bytes);
+    }
+
+    #[test]
+    fn inputs_constants_and_repeats_as_outputs_get_identities() {
+        let mut g = small_graph();
+        let x = g.inputs[0];
+        let w = *g.consts.keys().next().unwrap();
+        let y = g.outputs[0];
+        g.outputs = vec![y, x, w, y];
+        let m = to_model(&g).unwrap();
+        let gp = m.graph.as_ref().unwrap();
+        let outs: Vec<&str> = gp.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outs, ["y", "x_out", "x_1_out", "y_out"]);
+        assert_eq!(op_types(&m)[3..], ["Identity", "Identity", "Identity"]);
+        let back = load_bytes(&to_bytes(&g).unwrap(), None).unwrap();
+        let input = t_f32(&[1, 3], &[1.0, 2.0, 3.0]);
+        let want = crate::interp::run(&g, vec![input.clone()]).unwrap();
+        assert!(want == crate::interp::run(&back, vec![input]).unwrap());
+    }
+
+    #[test]
+    fn legacy_softmax_is_flatten_softmax_reshape() {
+        for (axis, dims, expect) in [
+            (
+                1,
+                vec![Dim::sym("b"), 3.into(), 4.into()],
+                vec!["Shape", "Flatten", "LogSoftmax", "Reshape"],
+            ),
+            (
+                0,
+                vec![2.into(), 3.into(), 4.into()],
+                vec!["Flatten", "LogSoftmax", "Reshape"],
+            ),
+            (-1, vec![2.into(), 3.into(), 4.into()], vec!["LogSoftmax"]),
+            (2, vec![2.into(), 3.into(), 4.into()], vec!["LogSoftmax"]),
+        ] {
+            let mut g = Graph::new("g", 11);
+            let x = g.add_input("x", TensorType::new(DType::F32, Shape(dims)));
+            let y = node(
+                &mut g,
+                "sm",
+                Op::LogSoftmax { axis, legacy: true },
+                vec![x],
+                vec![f32_ty(&[1])],
+            );
+            g.outputs.push(y[0]);
+            infer::infer_graph(&mut g).unwrap();
+            let m = to_model(&g).unwrap();
+            assert_eq!(op_types(&m), expect, "axis {axis}");
+            let back = load_bytes(&to_bytes(&g).unwrap(), None).unwrap();
+            let v: Vec<f32> = (0..24).map(|i| ((i * 7) % 11) as f32 * 0.3).collect();
+            let input = t_f32(&[2, 3, 4], &v);
+            let want = crate::interp::run(&g, vec![input.clone()]).unwrap();
+            let got = crate::interp::run(&back, vec![input]).unwrap();
+            let (w, o) = (want[0].as_f32().unwrap(), got[0].as_f32().unwrap());
+            assert!(
+                w.iter().zip(o).all(|(a, b)| (a - b).abs() < 1e-5),
+                "axis {axis}"
+            );
+        }
+    }
+
+    #[test]
+    fn attributes_of_legacy_forms() {
+        let mut g = Graph::new("g", 14);
+        let x = g.add_input("x", f32_ty(&[2, 3, 4, 4]));
+        let pool = PoolAttrs {
+            kernel_shape: vec![2, 2],
+            strides: vec![2, 2],
+            dilations: vec![1, 1],
+            pads: vec![0, 0, 0, 0],
+            auto_pad: AutoPad::NotSet,
+            ceil_mode: false,
+            count_include_pad: false,
+            column_major: true,
+        };
+        let p = node(
+            &mut g,
+            "pool",
+            Op::MaxPool(pool),
+            vec![x],
+            vec![
+                f32_ty(&[1]),
+                TensorType::new(DType::I64, Shape::known(&[1])),
+            ],
+        );
+        let stats: Vec<ValueId> = (0..4)
+            .map(|i| g.add_const(format!("s{i}"), t_f32(&[3], &[1.0, 0.5, 2.0])))
+            .collect();
+        let bn = node(
+            &mut g,
+            "bn",
+            Op::BatchNormalization {
+                epsilon: 1e-3,
+                training_momentum: Some(0.8),
+            },
+            [vec![p[0]], stats].concat(),
+            vec![f32_ty(&[1]), f32_ty(&[1]), f32_ty(&[1])],
+        );
+        g.outputs.extend([bn[0], bn[1], bn[2], p[1]]);
+        infer::infer_graph(&mut g).unwrap();
+        let m = to_model(&g).unwrap();
+        let gp = m.graph.as_ref().unwrap();
+        let find = |n: &NodeProto, a: &str| n.attribute.iter().find(|x| x.name == a).cloned();
+        assert_eq!(find(&gp.node[0], "storage_order").unwrap().i, 1);
+        assert!(find(&gp.node[0], "pads").is_none());
+        assert_eq!(gp.node[0].output.len(), 2);
+        assert_eq!(find(&gp.node[1], "training_mode").unwrap().i, 1);
+        assert_eq!(find(&gp.node[1], "momentum").unwrap().f, 0.8);
+        assert_eq!(gp.node[1].output.len(), 3);
+        let back = load_bytes(&to_bytes(&g).unwrap(), None).unwrap();
+        let ops: Vec<Op> = back.nodes().map(|(_, n)| n.op.clone()).collect();
+        let orig: Vec<Op> = g.nodes().map(|(_, n)| n.op.clone()).collect();
+        assert_eq!(ops, orig);
+    }
+
+    #[test]
+    fn fused_ops_expand() {
+        let mut g = Graph::new("g", 21);
+        let x = g.add_input("x", f32_ty(&[1, 2, 4, 4]));
+        let w = g.add_const("w", Tensor::zeros(DType::F32, vec![3, 2, 1, 1]));
+        let b = g.add_const("b", Tensor::zeros(DType::F32, vec![3]));
+        let r = g.add_input("r", f32_ty(&[1, 3, 4, 4]));
+        let conv = ConvAttrs {
+            kernel_shape: vec![1, 1],
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pads: vec![0; 4],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        let c = node(
+            &mut g,
+            "fc",
+            Op::FusedConv {
+                conv: conv.clone(),
+                act: Some(Activation::Clip { min: 0.0, max: 6.0 }),
+            },
+            vec![x, w, b, r],
+            vec![f32_ty(&[1, 3, 4, 4])],
+        );
+        let c2 = node(
+            &mut g,
+            "fc2",
+            Op::FusedConv { conv, act: None },
+            vec![x, w],
+            vec![f32_ty(&[1, 3, 4, 4])],
+        );
+        // Gemm form: 2-D operands, bias [N].
+        let a = g.add_input("a", f32_ty(&[3, 4]));
+        let bm = g.add_const("bm", Tensor::zeros(DType::F32, vec![5, 4]));
+        let bias = g.add_const("bias", Tensor::zeros(DType::F32, vec![5]));
+        let fm = |trans_b, act| Op::FusedMatMul {
+            trans_a: false,
+            trans_b,
+            alpha: 0.5,
+            act,
+        };
+        let m1 = node(
+            &mut g,
+            "mm",
+            fm(true, Some(Activation::Gelu { tanh_approx: true })),
+            vec![a, bm, bias],
+            vec![f32_ty(&[3, 5])],
+        );
+        // MatMul form: batched A.
+        let a3 = g.add_input("a3", f32_ty(&[2, 3, 4]));
+        let m2 = node(
+            &mut g,
+            "mm3",
+            fm(true, None),
+            vec![a3, bm, bias],
+            vec![f32_ty(&[2, 3, 5])],
+        );
+        g.outputs.extend([c[0], c2[0], m1[0], m2[0]]);
+        let m = to_model(&g).unwrap();
+        assert_eq!(
+            op_types(&m),
+            [
+                "Conv",
+                "Add",
+                "Clip",
+                "Conv",
+                "Gemm",
+                "Gelu",
+                "Transpose",
+                "MatMul",
+                "Mul",
+                "Add"
+            ]
+        );
+        let gp = m.graph.as_ref().unwrap();
+        assert_eq!(gp.node[0].input, ["x", "w", "b"]);
+        assert_eq!(gp.node[1].input[1], "r");
+        assert_eq!(gp.node[2].output, ["fc_out0"]);
+        assert_eq!(gp.node[3].input, ["x", "w"]);
+        // Transpose swaps the last two dims of B.
+        assert_eq!(gp.node[6].attribute[0].ints, [1, 0]);
+        // Scalars of the clip and alpha are initializers.
+        let inits: Vec<&str> = gp.initializer.iter().map(|t| t.name.as_str()).collect();
+        assert!(
+            inits.contains(&"fc/clip_min") && inits.contains(&"mm3/alpha"),
+            "{inits:?}"
+        );
+        // Importable as standard ONNX.
+        let back = load_bytes(&to_bytes(&g).unwrap(), None).unwrap();
+        assert_eq!(back.node_count(), 10);
+    }
+
+    #[test]
+    fn elementwise_chains_expand() {
+        let mut g = Graph::new("g", 21);
+        let x = g.add_input("x", f32_ty(&[2, 3]));
+        let y = g.add_input("y", f32_ty(&[3]));
+        let steps = vec![
+            EwStep::Binary(
+                crate::ir::BinaryOp::Mul,
+                EwArg::Input(0),
+                EwArg::Scalar(2.0),
+            ),
+            EwStep::Binary(crate::ir::BinaryOp::Add, EwArg::Step(0), EwArg::Input(1)),
+            EwStep::Unary(UnaryOp::Tanh, EwArg::Step(1)),
+            EwStep::Clip(EwArg::Step(2), -0.5, 0.5),
+        ];
+        let e = node(
+            &mut g,
+            "ew",
+            Op::Elementwise {
+                steps: steps.clone(),
+            },
+            vec![x, y],
+            vec![f32_ty(&[2, 3])],
+        );
+        // The result does not read input 1: it is broadcast in.
+        let z = g.add_input("z", f32_ty(&[4, 1, 1]));
+        let e2 = node(
+            &mut g,
+            "ew2",
+            Op::Elementwise {
+                steps: vec![EwStep::Unary(UnaryOp::Neg, EwArg::Input(0))],
+            },
+            vec![x, z],
+            vec![f32_ty(&[4, 2, 3])],
+        );
+        g.outputs.extend([e[0], e2[0]]);
+        let m = to_model(&g).unwrap();
+        assert_eq!(
+            op_types(&m),
+            ["Mul", "Add", "Tanh", "Clip", "Neg", "Shape", "Expand"]
+        );
+        let back = load_bytes(&to_bytes(&g).unwrap(), None).unwrap();
+        let xv = t_f32(&[2, 3], &[0.1, -0.2, 0.3, 1.0, -1.0, 0.0]);
+        let yv = t_f32(&[3], &[0.05, 0.1, -0.3]);
+        let zv = Tensor::zeros(DType::F32, vec![4, 1, 1]);
+        let out = crate::interp::run(&back, vec![xv, yv, zv]).unwrap();
+        let want: Vec<f32> = [0.1f32, -0.2, 0.3, 1.0, -1.0, 0.0]
+            .iter()
+            .zip([0.05f32, 0.1, -0.3].iter().cycle())
+            .map(|(a, b)| (a * 2.0 + b).tanh().clamp(-0.5, 0.5))
+            .collect();
+        let got = out[0].as_f32().unwrap();
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{got:?}"
+        );
+        assert_eq!(out[1].shape(), &[4, 2, 3]);
+        assert_eq!(out[1].as_f32().unwrap()[6 * 3 + 3], -1.0);
+
+        // Malformed chains are errors, not panics.
+        for bad in [
+            vec![],
+            vec![EwStep::Unary(UnaryOp::Neg, EwArg::Step(0))],
+            vec![EwStep::Unary(UnaryOp::Neg, EwArg::Input(5))],
+            vec![EwStep::Binary(
+                crate::ir::BinaryOp::Less,
+                EwArg::Input(0),
+                EwArg::Input(0),
+            )],
+        ] {
+            let mut g = Graph::new("g", 21);
+            let x = g.add_input("x", f32_ty(&[2]));
+            let e = node(
+                &mut g,
+                "ew",
+                Op::Elementwise { steps: bad.clone() },
+                vec![x],
+                vec![f32_ty(&[2])],
+            );
+            g.outputs.push(e[0]);
+            let err = to_model(&g).unwrap_err().to_string();
+            assert!(err.contains("node 'ew' (Elementwise)"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn broken_graphs_are_errors() {
+        let mut g = small_graph();
+        let first = g.nodes().next().unwrap().0;
+        g.remove_node(first);
+        let e = to_model(&g).unwrap_err().to_string();
+        assert!(e.contains("nothing defines"), "{e}");
+        let mut g = small_graph();
+        g.outputs.push(ValueId(999));
+        let e = to_model(&g).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+}
