@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mlc::emit::bundle;
 use mlc::ir::{text, Tensor};
-use mlc::{inputs, inspect, interp, npy, Error};
+use mlc::transform::recipe::Recipe;
+use mlc::transform::runner::{self, DriftCheck, RunOptions};
+use mlc::{inputs, inspect, interp, npy, transform, Error};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -22,6 +25,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Emit {
+    Mlc,
+    Onnx,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Summarize a model: inputs/outputs, op histogram, parameters, unsupported ops.
@@ -33,6 +42,39 @@ enum Command {
         /// Print the imported graph in mlc's IR text form.
         #[arg(long, conflicts_with = "json")]
         ir: bool,
+    },
+    /// List every registered pass with its summary and parameters.
+    Passes {
+        /// Print one JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Optimize a model with a pass pipeline and write a .mlc bundle or ONNX.
+    Compile {
+        model: PathBuf,
+        /// Output file (.mlc bundle, or .onnx with --emit onnx).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Pipeline: a built-in recipe name (O0, O1, O2) or a recipe file.
+        #[arg(long, default_value = "O2")]
+        pipeline: String,
+        /// What to write: an mlc bundle or standard ONNX (default: from the
+        /// output's extension, else mlc).
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+        /// After every pass, run the reference interpreter on seeded sample
+        /// inputs and stop at the first pass whose outputs drift.
+        #[arg(long)]
+        verify: bool,
+        /// Size of a symbolic dim for --verify's sample inputs, as NAME=SIZE.
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dim: Vec<String>,
+        /// Print what each pass changed.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a model with the reference interpreter.
     Run {
@@ -62,6 +104,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { model, json, ir } => cmd_inspect(&model, json, ir),
+        Command::Passes { json } => cmd_passes(json),
+        Command::Compile {
+            model,
+            output,
+            pipeline,
+            emit,
+            verify,
+            dim,
+            verbose,
+            json,
+        } => cmd_compile(
+            &model, &output, &pipeline, emit, verify, &dim, verbose, json,
+        ),
         Command::Run {
             model,
             input,
@@ -112,6 +167,171 @@ fn cmd_inspect(model: &Path, json: bool, ir: bool) -> Result<(), Error> {
     Ok(())
 }
 
+#[derive(Serialize)]
+struct PassListing {
+    name: &'static str,
+    summary: &'static str,
+    params: Vec<ParamListing>,
+}
+
+#[derive(Serialize)]
+struct ParamListing {
+    name: &'static str,
+    default: String,
+    help: &'static str,
+}
+
+fn cmd_passes(json: bool) -> Result<(), Error> {
+    let list: Vec<PassListing> = transform::registry()
+        .iter()
+        .map(|p| PassListing {
+            name: p.name,
+            summary: p.summary,
+            params: p
+                .params
+                .iter()
+                .map(|q| ParamListing {
+                    name: q.name,
+                    default: (q.default)().to_string(),
+                    help: q.help,
+                })
+                .collect(),
+        })
+        .collect();
+    if json {
+        println!("{}", to_json(&list)?);
+        return Ok(());
+    }
+    for p in &list {
+        println!("{:<24} {}", p.name, p.summary);
+        for q in &p.params {
+            println!("{:<26} {} = {}  {}", "", q.name, q.default, q.help);
+        }
+    }
+    Ok(())
+}
+
+fn parse_dims(dim_args: &[String]) -> Result<BTreeMap<String, usize>, Error> {
+    let mut dims = BTreeMap::new();
+    for arg in dim_args {
+        let (name, size) = split_assignment(arg, "--dim")?;
+        let size = size.parse::<usize>().map_err(|_| Error::Input {
+            name: name.to_string(),
+            message: format!("--dim size '{size}' is not a non-negative integer"),
+        })?;
+        dims.insert(name.to_string(), size);
+    }
+    Ok(dims)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_compile(
+    model: &Path,
+    output: &Path,
+    pipeline: &str,
+    emit: Option<Emit>,
+    verify: bool,
+    dim_args: &[String],
+    verbose: bool,
+    json: bool,
+) -> Result<(), Error> {
+    let recipe = Recipe::resolve(pipeline)?;
+    let emit = emit.unwrap_or(match output.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => Emit::Onnx,
+        _ => Emit::Mlc,
+    });
+    mlc::fsutil::ensure_not_input(output, model)?;
+    let source = std::fs::read(model).map_err(|e| Error::io(model, e))?;
+    let mut g = mlc::import::load(model)?;
+    let nodes_before = g.node_count();
+    let dims = parse_dims(dim_args)?;
+    let opts = RunOptions {
+        drift: if verify {
+            let sample = inputs::random_inputs(&g, 0, &dims)?;
+            Some(DriftCheck::new(&g, sample, 1e-4, 1e-5)?)
+        } else {
+            None
+        },
+    };
+    let log = runner::run(&mut g, &recipe, &opts)?;
+    let written = match emit {
+        Emit::Mlc => {
+            let file_name = model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let meta = bundle::Metadata::new(
+                bundle::SourceInfo::from_bytes(file_name, &source),
+                bundle::PipelineInfo {
+                    name: recipe.name.clone(),
+                    summary: recipe.summary(),
+                },
+                log.clone(),
+                bundle::NodeCounts {
+                    before: nodes_before,
+                    after: g.node_count(),
+                },
+            );
+            bundle::write(output, &g, &meta)?;
+            "mlc bundle"
+        }
+        Emit::Onnx => {
+            mlc::emit::onnx::write(output, &g)?;
+            "ONNX"
+        }
+    };
+    let size = std::fs::metadata(output)
+        .map_err(|e| Error::io(output, e))?
+        .len();
+    let report = CompileReport {
+        model: model.display().to_string(),
+        output: output.display().to_string(),
+        format: written,
+        pipeline: recipe.name.clone(),
+        nodes_before,
+        nodes_after: g.node_count(),
+        bytes: size,
+        verified: verify,
+        pass_log: log,
+    };
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        if verbose {
+            print!("{}", runner::render_log(&report.pass_log));
+        }
+        println!(
+            "{} -> {} ({}, pipeline {}): nodes {} -> {}, {}{}",
+            report.model,
+            report.output,
+            report.format,
+            report.pipeline,
+            report.nodes_before,
+            report.nodes_after,
+            inspect::human_bytes(report.bytes),
+            if verify {
+                ", outputs verified after every pass"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CompileReport {
+    model: String,
+    output: String,
+    format: &'static str,
+    pipeline: String,
+    nodes_before: usize,
+    nodes_after: usize,
+    bytes: u64,
+    verified: bool,
+    pass_log: Vec<runner::PassLogEntry>,
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<String, Error> {
     serde_json::to_string_pretty(v)
         .map_err(|e| Error::Internal(format!("JSON encoding failed: {e}")))
@@ -147,15 +367,7 @@ fn cmd_run(
         let (name, file) = split_assignment(arg, "--input")?;
         given.insert(name.to_string(), npy::read_npy(Path::new(file))?);
     }
-    let mut dims = BTreeMap::new();
-    for arg in dim_args {
-        let (name, size) = split_assignment(arg, "--dim")?;
-        let size = size.parse::<usize>().map_err(|_| Error::Input {
-            name: name.to_string(),
-            message: format!("--dim size '{size}' is not a non-negative integer"),
-        })?;
-        dims.insert(name.to_string(), size);
-    }
+    let mut dims = parse_dims(dim_args)?;
     if let Some(seed) = random {
         // Symbolic dims bound by the inputs that were given take those sizes.
         let mut bindings = mlc::ir::SymbolBindings::default();

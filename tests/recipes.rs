@@ -28,23 +28,35 @@ fn builtin_recipes_load_and_match_the_files() {
 
 #[test]
 fn unknown_pass_is_refused_with_its_name() {
-    let err = Recipe::parse("[[step]]\npass = \"fold-everything\"\n", "t").unwrap_err().to_string();
-    assert!(err.contains("unknown pass 'fold-everything'"), "{err}");
-    let err = Recipe::parse("[[step]]\nfixpoint = [{ pass = \"dce\" }, { pass = \"nope\" }]\n", "t")
+    let err = Recipe::parse("[[step]]\npass = \"fold-everything\"\n", "t")
         .unwrap_err()
         .to_string();
+    assert!(err.contains("unknown pass 'fold-everything'"), "{err}");
+    let err = Recipe::parse(
+        "[[step]]\nfixpoint = [{ pass = \"dce\" }, { pass = \"nope\" }]\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("unknown pass 'nope'"), "{err}");
 }
 
 #[test]
 fn unknown_parameter_and_keys_are_refused() {
-    let err = Recipe::parse("[[step]]\npass = \"dce\"\nparams = { speed = 11 }\n", "t").unwrap_err().to_string();
-    assert!(err.contains("no parameter 'speed'"), "{err}");
-    let err = Recipe::parse("[[step]]\npas = \"dce\"\n", "t").unwrap_err().to_string();
-    assert!(err.contains("pas"), "{err}");
-    let err = Recipe::parse("[[step]]\nfixpoint = [{ pass = \"dce\" }]\nmax_iterations = 0\n", "t")
+    let err = Recipe::parse("[[step]]\npass = \"dce\"\nparams = { speed = 11 }\n", "t")
         .unwrap_err()
         .to_string();
+    assert!(err.contains("no parameter 'speed'"), "{err}");
+    let err = Recipe::parse("[[step]]\npas = \"dce\"\n", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pas"), "{err}");
+    let err = Recipe::parse(
+        "[[step]]\nfixpoint = [{ pass = \"dce\" }]\nmax_iterations = 0\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("max_iterations"), "{err}");
 }
 
@@ -52,11 +64,21 @@ fn unknown_parameter_and_keys_are_refused() {
 fn cli_refuses_a_recipe_with_an_unknown_pass_in_one_line() {
     let dir = scratch("cli");
     let recipe = dir.join("bad.toml");
-    std::fs::write(&recipe, "[[step]]\npass = \"dce\"\n\n[[step]]\npass = \"make-it-fast\"\n").unwrap();
+    std::fs::write(
+        &recipe,
+        "[[step]]\npass = \"dce\"\n\n[[step]]\npass = \"make-it-fast\"\n",
+    )
+    .unwrap();
     let out_file = dir.join("out.mlc");
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp/model.onnx");
     let out = Command::new(env!("CARGO_BIN_EXE_mlc"))
-        .args(["compile", model.to_str().unwrap(), "-o", out_file.to_str().unwrap(), "--pipeline"])
+        .args([
+            "compile",
+            model.to_str().unwrap(),
+            "-o",
+            out_file.to_str().unwrap(),
+            "--pipeline",
+        ])
         .arg(&recipe)
         .output()
         .unwrap();

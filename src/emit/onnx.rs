@@ -57,6 +57,9 @@ pub fn ir_version_for(opset: i64) -> i64 {
     }
 }
 
+/// The newest opset the exporter targets unless an element type needs more.
+const NEWEST_WIDELY_LOADED: i64 = 26;
+
 /// The opset that introduced an element type (types older than
 /// [`BASE_OPSET`] give 0).
 fn dtype_opset(d: DType) -> i64 {
@@ -70,7 +73,10 @@ fn dtype_opset(d: DType) -> i64 {
 
 /// The opset a graph is exported at (see the module docs).
 pub fn export_opset(g: &Graph) -> i64 {
-    let mut opset = BASE_OPSET.max(g.opset);
+    // Opsets 22..28 changed mlc's ops only by adding element types, so a
+    // graph imported above NEWEST_WIDELY_LOADED is written at that opset
+    // (ONNX Runtime 1.31 loads up to 26); only the types below raise it.
+    let mut opset = BASE_OPSET.max(g.opset.min(NEWEST_WIDELY_LOADED));
     let dtype_of = |v: &ValueId| g.values.get(v.0 as usize).map(|x| x.ty.dtype);
     let live = g
         .inputs
@@ -97,13 +103,14 @@ pub fn export_opset(g: &Graph) -> i64 {
 
 /// Converts the graph to an ONNX model.
 pub fn to_model(g: &Graph) -> Result<ModelProto> {
-    let opset = export_opset(g);
-    if opset > crate::import::onnx::MAX_OPSET {
+    if g.opset > crate::import::onnx::MAX_OPSET {
         return Err(Error::InvalidGraph(format!(
-            "the graph is at opset {opset}, newer than the newest opset mlc knows ({})",
+            "the graph is at opset {}, newer than the newest opset mlc knows ({})",
+            g.opset,
             crate::import::onnx::MAX_OPSET
         )));
     }
+    let opset = export_opset(g);
     let graph = Emitter::new(g)?.run()?;
     Ok(ModelProto {
         ir_version: ir_version_for(opset),

@@ -17,11 +17,11 @@ pub mod dce;
 pub mod epilogue;
 pub mod fold_batchnorm;
 pub mod fold_constants;
-pub mod merge_bias;
-pub mod noops;
 pub mod fuse_elementwise;
 pub mod fuse_gelu;
 pub mod fuse_layernorm;
+pub mod merge_bias;
+pub mod noops;
 pub mod recipe;
 pub mod runner;
 #[cfg(test)]

@@ -70,10 +70,7 @@ impl DriftCheck {
                 let err = (p - q).abs();
                 // NaN errors count as outside the tolerance.
                 let within = err <= self.atol + self.rtol * q.abs();
-                if !same
-                    && !within
-                    && worst.is_none_or(|(_, w)| err > w || err.is_nan())
-                {
+                if !same && !within && worst.is_none_or(|(_, w)| err > w || err.is_nan()) {
                     worst = Some((j, err));
                 }
             }
