@@ -195,21 +195,22 @@ fn is_fused(op: &Op) -> bool {
     )
 }
 
-/// Exports a fixture (after every registered pass when `optimize`), checks
-/// the round trip through mlc and runs the export in ORT.
-fn check_fixture(name: &str, optimize: bool) {
+/// Exports a fixture (after `recipe`'s passes when given), checks the round
+/// trip through mlc and runs the export in ORT.
+fn check_fixture(name: &str, recipe: Option<mlc::transform::recipe::Recipe>) {
+    let optimize = recipe.is_some();
     let dir = repo().join("fixtures").join(name);
     let spec: IoSpec =
         serde_json::from_str(&std::fs::read_to_string(dir.join("io.json")).expect("read io.json"))
             .expect("parse io.json");
     let mut g = load(&dir.join(&spec.model)).unwrap_or_else(|e| panic!("{name}: import: {e}"));
-    let tag = if optimize {
+    let tag = if let Some(recipe) = &recipe {
         let opts = mlc::transform::runner::RunOptions { drift: None };
-        mlc::transform::runner::run(&mut g, &all_passes(), &opts)
+        mlc::transform::runner::run(&mut g, recipe, &opts)
             .unwrap_or_else(|e| panic!("{name}: passes: {e}"));
         let fused = g.nodes().filter(|(_, n)| is_fused(&n.op)).count();
-        eprintln!("{name}: {fused} fused ops after the passes");
-        format!("{name}_optimized")
+        eprintln!("{name}: {fused} fused ops after {}", recipe.name);
+        format!("{name}_{}", recipe.name)
     } else {
         name.to_string()
     };
@@ -299,32 +300,56 @@ fn check_fixture(name: &str, optimize: bool) {
 
 #[test]
 fn export_fixture_mlp() {
-    check_fixture("mlp", false);
+    check_fixture("mlp", None);
+}
+
+#[test]
+fn export_o2_fixture_mlp() {
+    check_fixture(
+        "mlp",
+        Some(mlc::transform::recipe::Recipe::resolve("O2").unwrap()),
+    );
 }
 
 #[test]
 fn export_optimized_fixture_mlp() {
-    check_fixture("mlp", true);
+    check_fixture("mlp", Some(all_passes()));
 }
 
 #[test]
 fn export_fixture_cnn() {
-    check_fixture("cnn", false);
+    check_fixture("cnn", None);
+}
+
+#[test]
+fn export_o2_fixture_cnn() {
+    check_fixture(
+        "cnn",
+        Some(mlc::transform::recipe::Recipe::resolve("O2").unwrap()),
+    );
 }
 
 #[test]
 fn export_optimized_fixture_cnn() {
-    check_fixture("cnn", true);
+    check_fixture("cnn", Some(all_passes()));
 }
 
 #[test]
 fn export_fixture_transformer() {
-    check_fixture("transformer", false);
+    check_fixture("transformer", None);
+}
+
+#[test]
+fn export_o2_fixture_transformer() {
+    check_fixture(
+        "transformer",
+        Some(mlc::transform::recipe::Recipe::resolve("O2").unwrap()),
+    );
 }
 
 #[test]
 fn export_optimized_fixture_transformer() {
-    check_fixture("transformer", true);
+    check_fixture("transformer", Some(all_passes()));
 }
 
 // ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/python/setup_venv.sh
 bash tests/python/gen_node_cases.sh
-MLC_REQUIRE_CONFORMANCE=1 cargo test --release --all-targets
+MLC_REQUIRE_CONFORMANCE=1 MLC_REQUIRE_PYTHON=1 cargo test --release --all-targets
 # The conformance test's summary (its stdout is captured when it passes).
 echo
 echo "ONNX node conformance (full report: target/tmp/onnx_conformance_report.txt):"
