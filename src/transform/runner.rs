@@ -181,3 +181,149 @@ pub fn render_log(log: &[PassLogEntry]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{text, TensorData};
+    use crate::transform::recipe::PassRef;
+    use crate::transform::{Params, Pass, PassInfo};
+    use std::sync::Arc;
+
+    const MODEL: &str = "graph \"g\" opset 17
+  input  %0 x: f32[2]
+  const  %1 w: f32[2] = [1, 2]
+  %2 y: f32[2] = Mul(%0, %1)
+  output %2 y
+";
+
+    /// Doubles every f32 constant: changes the numbers, keeps the IR valid.
+    struct Doubler;
+    impl Pass for Doubler {
+        fn name(&self) -> &'static str {
+            "doubler"
+        }
+        fn run(&mut self, g: &mut Graph, _cx: &mut PassCx) -> Result<Changed> {
+            for t in g.consts.values_mut() {
+                let v: Vec<f32> = t.to_f32_vec().iter().map(|x| x * 2.0).collect();
+                *t = Arc::new(Tensor::new(t.shape().to_vec(), TensorData::F32(v)).unwrap());
+            }
+            Ok(Changed::Yes)
+        }
+    }
+
+    /// Removes every node: leaves the graph output undefined.
+    struct Breaker;
+    impl Pass for Breaker {
+        fn name(&self) -> &'static str {
+            "breaker"
+        }
+        fn run(&mut self, g: &mut Graph, _cx: &mut PassCx) -> Result<Changed> {
+            let ids: Vec<_> = g.nodes().map(|(id, _)| id).collect();
+            for id in ids {
+                g.remove_node(id);
+            }
+            Ok(Changed::Yes)
+        }
+    }
+
+    static DOUBLER: PassInfo = PassInfo {
+        name: "doubler",
+        summary: "test",
+        params: &[],
+        make: |_| Box::new(Doubler),
+    };
+    static BREAKER: PassInfo = PassInfo {
+        name: "breaker",
+        summary: "test",
+        params: &[],
+        make: |_| Box::new(Breaker),
+    };
+
+    fn recipe(passes: &[&'static PassInfo]) -> Recipe {
+        let steps = passes
+            .iter()
+            .map(|&info| {
+                Step::Pass(PassRef {
+                    info,
+                    params: Params::default(),
+                })
+            })
+            .collect();
+        Recipe {
+            name: "t".into(),
+            description: String::new(),
+            steps,
+        }
+    }
+
+    #[test]
+    fn drift_check_names_the_pass_that_changed_the_outputs() {
+        let mut g = text::parse(MODEL).unwrap();
+        let x = Tensor::from_f32(vec![2], vec![3.0, 4.0]).unwrap();
+        let drift = DriftCheck::new(&g, vec![x], 1e-4, 1e-5).unwrap();
+        let dce = crate::transform::lookup("dce").unwrap();
+        let r = recipe(&[dce, &DOUBLER]);
+        let err = run(&mut g, &r, &RunOptions { drift: Some(drift) }).unwrap_err();
+        match &err {
+            Error::Drift { pass, message } => {
+                assert_eq!(pass, "doubler");
+                assert!(message.contains("output 'y'"), "{message}");
+            }
+            other => panic!("expected a drift error, got {other}"),
+        }
+        assert!(!err.is_user_error());
+        // Without the check the same pipeline runs through.
+        let mut g = text::parse(MODEL).unwrap();
+        assert_eq!(run(&mut g, &r, &RunOptions::default()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_pass_leaving_invalid_ir_is_named() {
+        let mut g = text::parse(MODEL).unwrap();
+        let err = run(&mut g, &recipe(&[&BREAKER]), &RunOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("pass 'breaker': left an invalid graph"),
+            "{msg}"
+        );
+        assert!(!err.is_user_error());
+    }
+
+    #[test]
+    fn fixpoint_groups_stop_when_nothing_changes_or_at_the_cap() {
+        let mut g = text::parse(MODEL).unwrap();
+        let dce = crate::transform::lookup("dce").unwrap();
+        let quiet = Recipe {
+            name: "t".into(),
+            description: String::new(),
+            steps: vec![Step::Fixpoint {
+                passes: vec![PassRef {
+                    info: dce,
+                    params: Params::default(),
+                }],
+                max_iterations: 5,
+            }],
+        };
+        assert_eq!(
+            run(&mut g, &quiet, &RunOptions::default()).unwrap().len(),
+            1
+        );
+        let busy = Recipe {
+            name: "t".into(),
+            description: String::new(),
+            steps: vec![Step::Fixpoint {
+                passes: vec![PassRef {
+                    info: &DOUBLER,
+                    params: Params::default(),
+                }],
+                max_iterations: 3,
+            }],
+        };
+        let log = run(&mut g, &busy, &RunOptions::default()).unwrap();
+        assert_eq!(
+            log.iter().map(|e| e.iteration).collect::<Vec<_>>(),
+            [Some(1), Some(2), Some(3)]
+        );
+    }
+}
