@@ -497,17 +497,7 @@ mod tests {
 
     /// Pseudo-random values in [-2, 2).
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_add(0x9e3779b97f4a7c15);
-        let v = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect();
-        Tensor::from_f32(shape.to_vec(), v).unwrap()
+        crate::kernels::reference::util::testing::random(shape, seed, 2.0)
     }
 
     fn run_pass(g: &mut Graph, info: &PassInfo) -> PassCx {

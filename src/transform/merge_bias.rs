@@ -373,19 +373,7 @@ pub(super) mod testkit {
 
     /// Deterministic pseudo-random f32 values in [-1, 1).
     pub fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(0xD1B5_4A32_D192_ED03);
-        let v = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_f32(shape.to_vec(), v).expect("data fits the shape")
+        crate::kernels::reference::util::testing::random(shape, seed, 1.0)
     }
 
     /// Positive values in [0.5, 1.5) (BatchNormalization variances, scales).

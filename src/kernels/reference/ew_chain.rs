@@ -189,19 +189,7 @@ mod tests {
 
     /// Deterministic pseudo-random f32s in [-3, 3).
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let v = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
-            })
-            .collect();
-        t(shape, v)
+        crate::kernels::reference::util::testing::random(shape, seed, 3.0)
     }
 
     fn bits(x: &Tensor) -> Vec<u32> {

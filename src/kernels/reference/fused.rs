@@ -209,19 +209,7 @@ mod tests {
 
     /// Deterministic pseudo-random values in [-2, 2).
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let v = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-            })
-            .collect();
-        t(shape, v)
+        crate::kernels::reference::util::testing::random(shape, seed, 2.0)
     }
 
     fn run1(op: &Op, ins: &[Option<&Tensor>]) -> Tensor {

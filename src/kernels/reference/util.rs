@@ -167,6 +167,16 @@ pub(crate) mod testing {
         t(shape, (0..n).map(|i| i as f32).collect())
     }
 
+    /// Seeded pseudo-random f32 values, uniform in [-half_range, half_range).
+    pub fn random(shape: &[usize], seed: u64, half_range: f32) -> Tensor {
+        let mut rng = crate::inputs::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        let v = (0..n)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * half_range)
+            .collect();
+        t(shape, v)
+    }
+
     /// Checks shape and values with a relative-plus-absolute tolerance `tol`.
     pub fn assert_close(got: &Tensor, shape: &[usize], want: &[f32], tol: f32) {
         assert_eq!(got.shape(), shape);
