@@ -14,6 +14,7 @@ pub mod interp;
 pub mod ir;
 pub mod kernels;
 pub mod npy;
+pub mod runtime;
 pub mod transform;
 
 pub use error::{Error, Result};

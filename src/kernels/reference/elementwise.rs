@@ -449,7 +449,7 @@ fn zip2<A: Copy, B: Copy, R>(
 /// all-positive series `erf(x) = 2/sqrt(pi) exp(-x^2) sum 2^n x^(2n+1) /
 /// (1*3*..*(2n+1))` (no cancellation); beyond, it evaluates the continued
 /// fraction of erfc backwards.
-pub(super) fn erf(x: f64) -> f64 {
+pub(crate) fn erf(x: f64) -> f64 {
     if x.is_nan() {
         return x;
     }
@@ -481,7 +481,7 @@ pub(super) fn erf(x: f64) -> f64 {
 /// A floating-point unary op on one element, computed in f64 (the caller
 /// rounds to the tensor's type). Shared with the Elementwise chain kernel so a
 /// fused chain is bit-identical to the standalone op.
-pub(super) fn unary_float(u: &UnaryOp, x: f64) -> f64 {
+pub(crate) fn unary_float(u: &UnaryOp, x: f64) -> f64 {
     match u {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Reciprocal => 1.0 / x,

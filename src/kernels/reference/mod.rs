@@ -7,7 +7,7 @@
 
 mod array;
 mod conv;
-mod elementwise;
+pub(crate) mod elementwise;
 mod ew_chain;
 mod fused;
 mod linalg;

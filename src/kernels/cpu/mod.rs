@@ -1,0 +1,163 @@
+//! Fast CPU kernels for f32 inference: packed, cache-blocked GEMM with an
+//! AVX2/FMA micro-kernel chosen at run time (portable fallback everywhere),
+//! convolution through im2col + GEMM with direct depthwise and 1x1 paths, and
+//! vectorizable elementwise, pooling and normalization loops.
+//!
+//! Kernels read and write flat row-major f32 slices ([`View`], [`ViewMut`]):
+//! the runtime owns the memory (one arena per plan) and hands each kernel its
+//! inputs and preallocated outputs. [`run_node`] is the single entry point: it
+//! runs a node on the fast path or says it has none, in which case the runtime
+//! falls back to the reference kernel.
+
+pub mod conv;
+pub mod gemm;
+pub mod linalg;
+pub mod ops;
+
+use crate::ir::Op;
+use crate::Result;
+
+/// A read-only f32 tensor view.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub shape: &'a [usize],
+    pub data: &'a [f32],
+}
+
+/// A writable f32 tensor view (an output buffer of the right size).
+#[derive(Debug)]
+pub struct ViewMut<'a> {
+    pub shape: &'a [usize],
+    pub data: &'a mut [f32],
+}
+
+/// CPU features the fast kernels can use, detected once at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    pub avx2_fma: bool,
+}
+
+impl Features {
+    pub fn detect() -> Features {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Features {
+                avx2_fma: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Features { avx2_fma: false }
+        }
+    }
+
+    /// No SIMD: the portable kernels only (used to test them on any machine).
+    pub fn portable() -> Features {
+        Features { avx2_fma: false }
+    }
+}
+
+/// What every fast kernel gets besides its data: the thread pool to split
+/// work on and the CPU features to use.
+#[derive(Clone)]
+pub struct CpuCtx {
+    /// Threads to use (1 = run on the calling thread).
+    pub threads: usize,
+    pub pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    pub features: Features,
+}
+
+impl CpuCtx {
+    /// A context with `threads` threads (0 = the machine's cores).
+    pub fn new(threads: usize) -> Result<CpuCtx> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = if threads > 1 {
+            let p = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| {
+                    crate::Error::Internal(format!("cannot start {threads} threads: {e}"))
+                })?;
+            Some(std::sync::Arc::new(p))
+        } else {
+            None
+        };
+        Ok(CpuCtx {
+            threads,
+            pool,
+            features: Features::detect(),
+        })
+    }
+
+    /// Single-threaded, with the given features.
+    pub fn single(features: Features) -> CpuCtx {
+        CpuCtx {
+            threads: 1,
+            pool: None,
+            features,
+        }
+    }
+
+    /// Runs `f` inside the pool (so rayon's parallel iterators use it), or
+    /// directly when single-threaded.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+}
+
+/// Runs `op` on the fast path: inputs are f32 views (`None` for an absent
+/// optional input), outputs are preallocated views with the inferred shapes.
+/// Returns `Ok(false)`, having written nothing, when there is no fast kernel
+/// for this op, these shapes or these inputs (non-f32 inputs never reach
+/// here: the runtime sends such nodes to the reference kernels).
+pub fn run_node(
+    op: &Op,
+    inputs: &[Option<View>],
+    outputs: &mut [ViewMut],
+    cx: &CpuCtx,
+) -> Result<bool> {
+    if linalg::run(op, inputs, outputs, cx)? {
+        return Ok(true);
+    }
+    if conv::run(op, inputs, outputs, cx)? {
+        return Ok(true);
+    }
+    ops::run(op, inputs, outputs, cx)
+}
+
+/// Applies a fused epilogue activation in place, with the reference
+/// interpreter's scalar definition of each activation (so fused and unfused
+/// results agree to f32 rounding).
+pub fn apply_activation(act: &crate::ir::Activation, data: &mut [f32]) {
+    use crate::ir::{Activation as A, UnaryOp};
+    use crate::kernels::reference::elementwise::unary_float;
+    match act {
+        A::Relu => data.iter_mut().for_each(|x| *x = x.max(0.0)),
+        A::Clip { min, max } => data.iter_mut().for_each(|x| *x = x.max(*min).min(*max)),
+        other => {
+            let u = match other {
+                A::Sigmoid => UnaryOp::Sigmoid,
+                A::Tanh => UnaryOp::Tanh,
+                A::HardSigmoid { alpha, beta } => UnaryOp::HardSigmoid {
+                    alpha: *alpha,
+                    beta: *beta,
+                },
+                A::HardSwish => UnaryOp::HardSwish,
+                A::LeakyRelu { alpha } => UnaryOp::LeakyRelu { alpha: *alpha },
+                A::Gelu { tanh_approx } => UnaryOp::Gelu {
+                    tanh_approx: *tanh_approx,
+                },
+                A::Relu | A::Clip { .. } => unreachable!("handled above"),
+            };
+            data.iter_mut()
+                .for_each(|x| *x = unary_float(&u, *x as f64) as f32);
+        }
+    }
+}
