@@ -1,10 +1,47 @@
 //! f32 GEMM: `C = alpha * op(A) * op(B)` followed by a fused epilogue.
 //!
-//! (The packed, cache-blocked implementation with the AVX2/FMA micro-kernel
-//! is being written; this naive version fixes the interface.)
+//! The classic Goto/BLIS structure. B is cut into column blocks of `NC` and
+//! depth blocks of `KC`; each block is packed into micro-panels of `NR = 16`
+//! columns (`kc × 16`, contiguous, zero-padded), which stay in L3/L2. A is
+//! cut into row blocks of `MC` packed into micro-panels of `MR` rows
+//! (`kc × MR`), which stay in L2. The micro-kernel multiplies one A
+//! micro-panel by one B micro-panel into an `MR × 16` register tile, the B
+//! micro-panel staying in L1 while the kernel walks down the A block. The
+//! micro-kernel is an AVX2/FMA `6 × 16` kernel written with intrinsics when
+//! the CPU has them (checked at run time through [`Features`]), and a
+//! portable `4 × 16` kernel in plain Rust that the compiler vectorizes for
+//! whatever the target offers. Transposed operands are handled by the
+//! packing routines, `alpha` when the tile is stored, and the epilogue (bias
+//! by column or row, residual, activation) on the tile right after its last
+//! depth block is stored, while it is still in L1.
+//!
+//! With several threads, C is split into a grid of rectangles whose edges
+//! are multiples of the tile, one per task, each computed with its own
+//! packing buffers. Every element of C is then computed by exactly one task
+//! with the same sequence of operations as single-threaded (the depth blocks
+//! always start at 0), so results do not depend on the thread count.
+//! Packing buffers are thread-local and reused, so steady-state calls do not
+//! allocate.
 
-use super::CpuCtx;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{CpuCtx, Features};
 use crate::ir::Activation;
+
+/// Columns of a packed B micro-panel (the micro-kernel's tile width, shared
+/// by every kernel so a [`PackedB`] suits all of them).
+pub const NR: usize = 16;
+/// Depth of a packed block: a `KC × 16` B micro-panel (16 KiB) stays in L1.
+const KC: usize = 256;
+/// Rows of a packed A block (a multiple of every kernel's MR): `MC × KC`
+/// (144 KiB) stays in L2.
+const MC: usize = 144;
+/// Columns of a packed B block (a multiple of NR): `KC × NC` fits in L3.
+const NC: usize = 3072;
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MIN_MACS: usize = 1 << 17;
 
 /// What happens to each element of C after the product, in this order:
 /// bias by column, bias by row, residual, activation.
@@ -22,6 +59,10 @@ pub struct Epilogue<'a> {
 /// `C[m×n] = alpha · op(A)[m×k] · op(B)[k×n]`, then the epilogue; C is
 /// overwritten. Row-major with leading dimensions `lda`, `ldb`, `ldc`;
 /// `op(A)` is A transposed when `trans_a` (then A is stored k×m).
+///
+/// # Panics
+/// When a slice is too short for its dimensions and leading dimension (a
+/// caller bug: the kernel writes through raw pointers and checks first).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
@@ -37,38 +78,1079 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
     ep: &Epilogue,
-    _cx: &CpuCtx,
+    cx: &CpuCtx,
 ) {
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0f32;
-            for p in 0..k {
-                let av = if trans_a {
-                    a[p * lda + i]
-                } else {
-                    a[i * lda + p]
-                };
-                let bv = if trans_b {
-                    b[j * ldb + p]
-                } else {
-                    b[p * ldb + j]
-                };
-                acc += av * bv;
-            }
-            let mut v = alpha * acc;
-            if let Some(bc) = ep.bias_col {
-                v += bc[j];
-            }
-            if let Some(br) = ep.bias_row {
-                v += br[i];
-            }
-            if let Some(r) = ep.residual {
-                v += r[i * ldc + j];
-            }
-            c[i * ldc + j] = v;
+    check_operand("B", b, ldb, k, n, trans_b);
+    let src = BSrc::Raw {
+        b,
+        ldb,
+        trans: trans_b,
+    };
+    gemm_impl(m, n, k, alpha, a, lda, trans_a, src, c, ldc, ep, cx);
+}
+
+/// B packed once into the micro-panel layout (all of k, panels of [`NR`]
+/// columns, zero-padded), for a constant weight used by many products.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    buf: Vec<f32>,
+    /// Offset of the 64-byte aligned start in `buf`.
+    off: usize,
+}
+
+impl PackedB {
+    /// Rows of op(B).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Columns of op(B).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    fn data(&self) -> &[f32] {
+        &self.buf[self.off..]
+    }
+}
+
+/// Packs op(B) (`k × n`; B stored `n × k` when `trans_b`) for [`sgemm_packed`].
+///
+/// # Panics
+/// When `b` is too short for `k`, `n` and `ldb`.
+pub fn pack_b(k: usize, n: usize, b: &[f32], ldb: usize, trans_b: bool) -> PackedB {
+    check_operand("B", b, ldb, k, n, trans_b);
+    let len = n.div_ceil(NR) * NR * k;
+    let mut buf = Vec::new();
+    let off = aligned(&mut buf, len);
+    pack_b_panels(&mut buf[off..off + len], b, ldb, trans_b, 0, k, 0, n);
+    PackedB { k, n, buf, off }
+}
+
+/// [`sgemm`] with B already packed by [`pack_b`] (n and k come from it).
+///
+/// # Panics
+/// Like [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed(
+    m: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    ep: &Epilogue,
+    cx: &CpuCtx,
+) {
+    let (n, k) = (b.n, b.k);
+    gemm_impl(
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        trans_a,
+        BSrc::Packed(b),
+        c,
+        ldc,
+        ep,
+        cx,
+    );
+}
+
+/// Where the B operand comes from.
+#[derive(Clone, Copy)]
+enum BSrc<'a> {
+    Raw {
+        b: &'a [f32],
+        ldb: usize,
+        trans: bool,
+    },
+    Packed(&'a PackedB),
+}
+
+/// The micro-kernel in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    fn select(f: Features) -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if f.avx2_fma {
+            return Kernel::Avx2;
         }
-        if let Some(act) = ep.act {
-            super::apply_activation(act, &mut c[i * ldc..i * ldc + n]);
+        let _ = f;
+        Kernel::Portable
+    }
+
+    /// Rows of the register tile.
+    fn mr(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 6,
+            Kernel::Portable => 4,
+        }
+    }
+}
+
+/// Checks that a `rows × cols` operand (stored transposed when `trans`) fits
+/// in `v` with leading dimension `ld`.
+fn check_operand(what: &str, v: &[f32], ld: usize, rows: usize, cols: usize, trans: bool) {
+    let (sr, sc) = if trans { (cols, rows) } else { (rows, cols) };
+    if sr == 0 || sc == 0 {
+        return;
+    }
+    assert!(
+        ld >= sc && v.len() >= (sr - 1) * ld + sc,
+        "sgemm: {what} ({sr}x{sc} stored, ld {ld}) does not fit in {} elements",
+        v.len()
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: BSrc,
+    c: &mut [f32],
+    ldc: usize,
+    ep: &Epilogue,
+    cx: &CpuCtx,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    check_operand("A", a, lda, m, k, trans_a);
+    check_operand("C", c, ldc, m, n, false);
+    if let Some(r) = ep.residual {
+        check_operand("the residual", r, ldc, m, n, false);
+    }
+    if let Some(bc) = ep.bias_col {
+        assert!(bc.len() >= n, "sgemm: bias_col shorter than n = {n}");
+    }
+    if let Some(br) = ep.bias_row {
+        assert!(br.len() >= m, "sgemm: bias_row shorter than m = {m}");
+    }
+    if k == 0 {
+        for i in 0..m {
+            c[i * ldc..i * ldc + n].fill(0.0);
+            epilogue_rows(c, ldc, i, i + 1, 0, n, ep);
+        }
+        return;
+    }
+    let kern = Kernel::select(cx.features);
+    let mr = kern.mr();
+    let g = Gemm {
+        kern,
+        k,
+        alpha,
+        a,
+        lda,
+        trans_a,
+        b,
+        c: CPtr(c.as_mut_ptr()),
+        ldc,
+        ep: *ep,
+    };
+    let (tm, tn) = if cx.threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        grid(m, n, mr, cx.threads)
+    } else {
+        (1, 1)
+    };
+    if tm * tn == 1 {
+        g.region(0, m, 0, n);
+        return;
+    }
+    // Row chunks are multiples of MR and column chunks multiples of NR, so
+    // every element sees the same tiles' arithmetic as single-threaded.
+    let rows = m.div_ceil(mr).div_ceil(tm) * mr;
+    let cols = n.div_ceil(NR).div_ceil(tn) * NR;
+    let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
+    cx.install(|| {
+        (0..tm * tn).into_par_iter().for_each(|t| {
+            let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
+            g.region(i0, (i0 + rows).min(m), j0, (j0 + cols).min(n));
+        })
+    });
+}
+
+/// Splits `threads` into a `tm × tn` grid giving the squarest pieces that
+/// still hold at least one tile each way.
+fn grid(m: usize, n: usize, mr: usize, threads: usize) -> (usize, usize) {
+    let (mt, nt) = (m.div_ceil(mr), n.div_ceil(NR));
+    let mut best = (1, 1);
+    let mut best_score = f64::MAX;
+    for tm in 1..=threads {
+        if threads % tm != 0 {
+            continue;
+        }
+        let tn = threads / tm;
+        if tm > mt || tn > nt {
+            continue;
+        }
+        // Shape imbalance of a piece; prefer wider pieces slightly (the B
+        // panel is shared along a row of tiles).
+        let (pm, pn) = (m as f64 / tm as f64, n as f64 / tn as f64);
+        let score = (pm / pn).ln().abs() + if tm > tn { 0.1 } else { 0.0 };
+        if score < best_score {
+            best_score = score;
+            best = (tm, tn);
+        }
+    }
+    if best == (1, 1) && threads > 1 {
+        // Not enough tiles for a full grid: split the longer side as far as
+        // it goes.
+        if nt >= mt {
+            best = (1, threads.min(nt));
+        } else {
+            best = (threads.min(mt), 1);
+        }
+    }
+    best
+}
+
+/// C's base pointer, shared by the tasks of one product.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: the tasks of one product write disjoint rectangles of C (see
+// `gemm_impl`), and the pointer outlives them (the `&mut` it came from is
+// held by `gemm_impl` until `install` returns).
+unsafe impl Send for CPtr {}
+unsafe impl Sync for CPtr {}
+
+/// One product, ready to compute any rectangle of C.
+#[derive(Clone, Copy)]
+struct Gemm<'a> {
+    kern: Kernel,
+    k: usize,
+    alpha: f32,
+    a: &'a [f32],
+    lda: usize,
+    trans_a: bool,
+    b: BSrc<'a>,
+    c: CPtr,
+    ldc: usize,
+    ep: Epilogue<'a>,
+}
+
+thread_local! {
+    static BUF_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static BUF_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable buffer (a fresh one if it is in use,
+/// say by an outer product on the same thread).
+fn with_buf<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    f: impl FnOnce(&mut Vec<f32>) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Grows `v` to hold `len` floats from a 64-byte aligned start; returns the
+/// start's offset.
+fn aligned(v: &mut Vec<f32>, len: usize) -> usize {
+    const ALIGN_F32: usize = 16;
+    if v.len() < len + ALIGN_F32 {
+        v.clear();
+        v.resize(len + ALIGN_F32, 0.0);
+    }
+    let addr = v.as_ptr() as usize;
+    (64 - addr % 64) % 64 / std::mem::size_of::<f32>()
+}
+
+impl Gemm<'_> {
+    /// Computes rows `i0..i1` and columns `j0..j1` of C (j0 a multiple of NR
+    /// when B is prepacked).
+    fn region(&self, i0: usize, i1: usize, j0: usize, j1: usize) {
+        with_buf(&BUF_A, |abuf| {
+            with_buf(&BUF_B, |bbuf| self.region_in(abuf, bbuf, i0, i1, j0, j1))
+        })
+    }
+
+    fn region_in(
+        &self,
+        abuf: &mut Vec<f32>,
+        bbuf: &mut Vec<f32>,
+        i0: usize,
+        i1: usize,
+        j0: usize,
+        j1: usize,
+    ) {
+        let mr = self.kern.mr();
+        let k = self.k;
+        let a_off = aligned(abuf, MC.min((i1 - i0).div_ceil(mr) * mr) * KC.min(k));
+        let b_off = match self.b {
+            BSrc::Raw { .. } => aligned(bbuf, NC.min((j1 - j0).div_ceil(NR) * NR) * KC.min(k)),
+            BSrc::Packed(_) => 0,
+        };
+        for jc in (j0..j1).step_by(NC) {
+            let nc = NC.min(j1 - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                // Packed B block: micro-panel q starts at q * bstride.
+                let (bblock, bstride): (&[f32], usize) = match self.b {
+                    BSrc::Raw { b, ldb, trans } => {
+                        let len = nc.div_ceil(NR) * NR * kc;
+                        let dst = &mut bbuf[b_off..b_off + len];
+                        pack_b_panels(dst, b, ldb, trans, pc, kc, jc, nc);
+                        (&bbuf[b_off..b_off + len], kc * NR)
+                    }
+                    BSrc::Packed(p) => {
+                        let data = p.data();
+                        let start = (jc / NR) * k * NR + pc * NR;
+                        (&data[start..], k * NR)
+                    }
+                };
+                let first = pc == 0;
+                let last = pc + kc == k;
+                for ic in (i0..i1).step_by(MC) {
+                    let mc = MC.min(i1 - ic);
+                    let alen = mc.div_ceil(mr) * mr * kc;
+                    let ablock = &mut abuf[a_off..a_off + alen];
+                    pack_a_panels(ablock, mr, self.a, self.lda, self.trans_a, ic, mc, pc, kc);
+                    self.macro_kernel(ablock, bblock, bstride, ic, mc, jc, nc, kc, first, last);
+                }
+            }
+        }
+    }
+
+    /// Multiplies a packed A block by a packed B block into C.
+    #[allow(clippy::too_many_arguments)]
+    fn macro_kernel(
+        &self,
+        ablock: &[f32],
+        bblock: &[f32],
+        bstride: usize,
+        ic: usize,
+        mc: usize,
+        jc: usize,
+        nc: usize,
+        kc: usize,
+        first: bool,
+        last: bool,
+    ) {
+        let mr = self.kern.mr();
+        for q in 0..nc.div_ceil(NR) {
+            let j = jc + q * NR;
+            let nr = NR.min(nc - q * NR);
+            let bp = &bblock[q * bstride..q * bstride + kc * NR];
+            for t in 0..mc.div_ceil(mr) {
+                let i = ic + t * mr;
+                let rows = mr.min(mc - t * mr);
+                let ap = &ablock[t * kc * mr..(t + 1) * kc * mr];
+                // SAFETY: the tile rows i..i+rows, columns j..j+nr lie inside
+                // C (checked against its length in `gemm_impl`) and inside
+                // this task's rectangle, which no other task touches.
+                let cp = unsafe { self.c.0.add(i * self.ldc + j) };
+                let tile = Tile {
+                    c: cp,
+                    ldc: self.ldc,
+                    rows,
+                    cols: nr,
+                    alpha: self.alpha,
+                    accumulate: !first,
+                };
+                match self.kern {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Avx2 is only selected when the CPU has AVX2
+                    // and FMA; `ap`/`bp` hold kc*6 and kc*16 floats.
+                    Kernel::Avx2 => unsafe { kernel_avx2(kc, ap, bp, &tile) },
+                    Kernel::Portable => kernel_portable(kc, ap, bp, &tile),
+                }
+                if last {
+                    // SAFETY: as above; the slice view covers exactly the
+                    // tile's rows, which this task owns.
+                    self.epilogue_tile(i, rows, j, nr);
+                }
+            }
+        }
+    }
+
+    /// Applies the epilogue to a stored tile.
+    fn epilogue_tile(&self, i: usize, rows: usize, j: usize, cols: usize) {
+        let ep = &self.ep;
+        if ep.bias_col.is_none()
+            && ep.bias_row.is_none()
+            && ep.residual.is_none()
+            && ep.act.is_none()
+        {
+            return;
+        }
+        for r in i..i + rows {
+            // SAFETY: row r, columns j..j+cols of C belong to this task's
+            // rectangle and lie inside C; no other reference to them is live.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(self.c.0.add(r * self.ldc + j), cols) };
+            epilogue_row(row, r, j, self.ldc, ep);
+        }
+    }
+}
+
+/// Epilogue on rows `i0..i1`, columns `j0..j1` of a C slice.
+fn epilogue_rows(
+    c: &mut [f32],
+    ldc: usize,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+    ep: &Epilogue,
+) {
+    for r in i0..i1 {
+        epilogue_row(&mut c[r * ldc + j0..r * ldc + j1], r, j0, ldc, ep);
+    }
+}
+
+/// Epilogue on one row segment: row `r` of C, starting at column `j`.
+fn epilogue_row(row: &mut [f32], r: usize, j: usize, ldc: usize, ep: &Epilogue) {
+    let n = row.len();
+    if let Some(bc) = ep.bias_col {
+        for (x, &b) in row.iter_mut().zip(&bc[j..j + n]) {
+            *x += b;
+        }
+    }
+    if let Some(br) = ep.bias_row {
+        let b = br[r];
+        row.iter_mut().for_each(|x| *x += b);
+    }
+    if let Some(res) = ep.residual {
+        let s = r * ldc + j;
+        for (x, &v) in row.iter_mut().zip(&res[s..s + n]) {
+            *x += v;
+        }
+    }
+    if let Some(act) = ep.act {
+        super::apply_activation(act, row);
+    }
+}
+
+/// Packs rows `i0..i0+mc`, depths `p0..p0+kc` of op(A) into micro-panels of
+/// `mr` rows: element (i, p) of panel t at `t*kc*mr + p*mr + i`, padded with
+/// zero rows.
+#[allow(clippy::too_many_arguments)]
+fn pack_a_panels(
+    dst: &mut [f32],
+    mr: usize,
+    a: &[f32],
+    lda: usize,
+    trans: bool,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+) {
+    for (t, panel) in dst.chunks_exact_mut(kc * mr).enumerate() {
+        let ib = i0 + t * mr;
+        let rows = mr.min(i0 + mc - ib);
+        if trans {
+            // A stored k × m: each depth is a contiguous run of rows.
+            for (p, out) in panel.chunks_exact_mut(mr).enumerate() {
+                let s = (p0 + p) * lda + ib;
+                out[..rows].copy_from_slice(&a[s..s + rows]);
+                out[rows..].fill(0.0);
+            }
+        } else {
+            for r in 0..mr {
+                if r < rows {
+                    let s = (ib + r) * lda + p0;
+                    for (p, &v) in a[s..s + kc].iter().enumerate() {
+                        panel[p * mr + r] = v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * mr + r] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs depths `p0..p0+kc`, columns `j0..j0+nc` of op(B) into micro-panels
+/// of NR columns: element (p, j) of panel q at `q*kc*NR + p*NR + j`, padded
+/// with zero columns.
+#[allow(clippy::too_many_arguments)]
+fn pack_b_panels(
+    dst: &mut [f32],
+    b: &[f32],
+    ldb: usize,
+    trans: bool,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+) {
+    if kc == 0 {
+        return;
+    }
+    for (q, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
+        let jb = j0 + q * NR;
+        let cols = NR.min(j0 + nc - jb);
+        if trans {
+            // B stored n × k: column j of op(B) is row j of B.
+            for c in 0..NR {
+                if c < cols {
+                    let s = (jb + c) * ldb + p0;
+                    for (p, &v) in b[s..s + kc].iter().enumerate() {
+                        panel[p * NR + c] = v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * NR + c] = 0.0;
+                    }
+                }
+            }
+        } else {
+            for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
+                let s = (p0 + p) * ldb + jb;
+                out[..cols].copy_from_slice(&b[s..s + cols]);
+                out[cols..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Where a micro-kernel stores its tile: `rows × cols` (at most MR × NR) of
+/// C at `c` with stride `ldc`; `C = alpha·acc`, or `C += alpha·acc` when
+/// `accumulate` (a later depth block).
+struct Tile {
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    accumulate: bool,
+}
+
+/// Portable micro-kernel: a `4 × 16` tile in plain Rust (the inner loops are
+/// fixed-width, so the compiler keeps the tile in vector registers).
+fn kernel_portable(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
+    const MR: usize = 4;
+    let mut acc = [[0.0f32; NR]; MR];
+    for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for r in 0..MR {
+            let x = av[r];
+            for c in 0..NR {
+                acc[r][c] += x * bv[c];
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate().take(t.rows) {
+        // SAFETY: the tile (rows × cols at c, stride ldc) lies inside C and
+        // belongs to the calling task (see `Gemm::macro_kernel`).
+        let out = unsafe { std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), t.cols) };
+        if t.accumulate {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += t.alpha * v;
+            }
+        } else {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = t.alpha * v;
+            }
+        }
+    }
+}
+
+/// AVX2/FMA micro-kernel: a `6 × 16` tile in 12 ymm accumulators; per depth
+/// step two loads of B, six broadcasts of A, twelve FMAs.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` holds `kc*6` floats, `b` `kc*16`,
+/// and the tile lies inside C with no other live reference to it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    let mut ap = a.as_ptr();
+    let mut bp = b.as_ptr();
+    let mut c0 = [_mm256_setzero_ps(); MR];
+    let mut c1 = [_mm256_setzero_ps(); MR];
+    macro_rules! step {
+        () => {{
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            for r in 0..MR {
+                let x = _mm256_broadcast_ss(&*ap.add(r));
+                c0[r] = _mm256_fmadd_ps(x, b0, c0[r]);
+                c1[r] = _mm256_fmadd_ps(x, b1, c1[r]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }};
+    }
+    let mut p = 0;
+    while p + 4 <= kc {
+        step!();
+        step!();
+        step!();
+        step!();
+        p += 4;
+    }
+    while p < kc {
+        step!();
+        p += 1;
+    }
+    let alpha = _mm256_set1_ps(t.alpha);
+    if t.rows == MR && t.cols == NR {
+        for r in 0..MR {
+            let cp = t.c.add(r * t.ldc);
+            let (mut v0, mut v1) = (c0[r], c1[r]);
+            if t.accumulate {
+                v0 = _mm256_fmadd_ps(v0, alpha, _mm256_loadu_ps(cp));
+                v1 = _mm256_fmadd_ps(v1, alpha, _mm256_loadu_ps(cp.add(8)));
+            } else {
+                v0 = _mm256_mul_ps(v0, alpha);
+                v1 = _mm256_mul_ps(v1, alpha);
+            }
+            _mm256_storeu_ps(cp, v0);
+            _mm256_storeu_ps(cp.add(8), v1);
+        }
+    } else {
+        let mut buf = [0.0f32; MR * NR];
+        for r in 0..MR {
+            _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR), c0[r]);
+            _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR + 8), c1[r]);
+        }
+        for r in 0..t.rows {
+            let cp = t.c.add(r * t.ldc);
+            for c in 0..t.cols {
+                let v = buf[r * NR + c];
+                let o = &mut *cp.add(c);
+                // Same rounding as the full-tile path (one fused op).
+                *o = if t.accumulate {
+                    v.mul_add(t.alpha, *o)
+                } else {
+                    v * t.alpha
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::SplitMix64;
+
+    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..len)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * 2.0)
+            .collect()
+    }
+
+    /// One test problem: op(A) m×k, op(B) k×n, with padded leading dims.
+    struct Prob {
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        alpha: f32,
+        a: Vec<f32>,
+        lda: usize,
+        b: Vec<f32>,
+        ldb: usize,
+        ldc: usize,
+    }
+
+    fn prob(m: usize, n: usize, k: usize, ta: bool, tb: bool, alpha: f32, seed: u64) -> Prob {
+        // Leading dims larger than needed catch stride mistakes.
+        let (ar, ac) = if ta { (k, m) } else { (m, k) };
+        let (br, bc) = if tb { (n, k) } else { (k, n) };
+        let (lda, ldb, ldc) = (ac + 3, bc + 1, n + 2);
+        Prob {
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            alpha,
+            a: rand_vec(ar * lda, seed),
+            lda,
+            b: rand_vec(br * ldb, seed + 1),
+            ldb,
+            ldc,
+        }
+    }
+
+    /// f64 triple loop with the epilogue, reference activation math; also
+    /// returns per element the worst-case f32 rounding bound of the sum.
+    fn naive(p: &Prob, ep: &Epilogue) -> Vec<(f64, f64)> {
+        let mut out = vec![(0.0f64, 0.0f64); p.m * p.n];
+        for i in 0..p.m {
+            for j in 0..p.n {
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for q in 0..p.k {
+                    let av = if p.ta {
+                        p.a[q * p.lda + i]
+                    } else {
+                        p.a[i * p.lda + q]
+                    };
+                    let bv = if p.tb {
+                        p.b[j * p.ldb + q]
+                    } else {
+                        p.b[q * p.ldb + j]
+                    };
+                    s += av as f64 * bv as f64;
+                    mag += (av as f64 * bv as f64).abs();
+                }
+                let mut v = p.alpha as f64 * s;
+                mag *= p.alpha.abs() as f64;
+                if let Some(bc) = ep.bias_col {
+                    v += bc[j] as f64;
+                    mag += bc[j].abs() as f64;
+                }
+                if let Some(br) = ep.bias_row {
+                    v += br[i] as f64;
+                    mag += br[i].abs() as f64;
+                }
+                if let Some(r) = ep.residual {
+                    v += r[i * p.ldc + j] as f64;
+                    mag += r[i * p.ldc + j].abs() as f64;
+                }
+                if let Some(act) = ep.act {
+                    let mut x = [v as f32];
+                    super::super::apply_activation(act, &mut x);
+                    v = x[0] as f64;
+                }
+                // Each of the k + 4 roundings is at most 2^-24 of the
+                // running magnitude; activations here are 1.2-Lipschitz.
+                let bound = 1.2 * (p.k as f64 + 4.0) * 6.0e-8 * mag + 1e-6 * v.abs() + 1e-7;
+                out[i * p.n + j] = (v, bound);
+            }
+        }
+        out
+    }
+
+    fn run(p: &Prob, ep: &Epilogue, cx: &CpuCtx) -> Vec<f32> {
+        // Poisoned C: every element must be overwritten; padding untouched.
+        let mut c = vec![f32::NAN; p.m.max(1) * p.ldc];
+        sgemm(
+            p.m, p.n, p.k, p.alpha, &p.a, p.lda, p.ta, &p.b, p.ldb, p.tb, &mut c, p.ldc, ep, cx,
+        );
+        for i in 0..p.m {
+            for j in p.n..p.ldc {
+                assert!(c[i * p.ldc + j].is_nan(), "padding of row {i} written");
+            }
+        }
+        c
+    }
+
+    fn check(p: &Prob, ep: &Epilogue, got: &[f32], what: &str) {
+        let want = naive(p, ep);
+        for i in 0..p.m {
+            for j in 0..p.n {
+                let (g, (w, tol)) = (got[i * p.ldc + j] as f64, want[i * p.n + j]);
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{what}: m{} n{} k{} ta{} tb{} at ({i},{j}): {g} vs {w}",
+                    p.m,
+                    p.n,
+                    p.k,
+                    p.ta,
+                    p.tb
+                );
+            }
+        }
+    }
+
+    fn ctxs() -> Vec<(&'static str, CpuCtx)> {
+        let mut v = vec![("portable", CpuCtx::single(Features::portable()))];
+        let det = Features::detect();
+        if det != Features::portable() {
+            v.push(("detected", CpuCtx::single(det)));
+        }
+        v
+    }
+
+    fn two_threads(f: Features) -> CpuCtx {
+        let mut cx = CpuCtx::new(2).expect("a 2-thread pool starts");
+        cx.features = f;
+        cx
+    }
+
+    const SIZES: [usize; 9] = [1, 2, 5, 7, 13, 16, 17, 33, 97];
+
+    #[test]
+    fn shapes_and_transposes_match_naive() {
+        let ep = Epilogue::default();
+        let mut seed = 1;
+        for (name, cx) in ctxs() {
+            for &m in &SIZES {
+                for &n in &[1usize, 7, 13, 16, 31, 97] {
+                    for &k in &[1usize, 3, 13, 64] {
+                        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)]
+                        {
+                            seed += 2;
+                            let p = prob(m, n, k, ta, tb, 1.0, seed);
+                            check(&p, &ep, &run(&p, &ep, &cx), name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_and_multi_block_shapes() {
+        // 257x129x300 crosses a KC boundary; 150x40x600 crosses MC and KC
+        // several times with accumulate-into-C; alpha != 1 on all of them.
+        let ep = Epilogue::default();
+        for (name, cx) in ctxs() {
+            for (i, &(m, n, k)) in [(257, 129, 300), (150, 40, 600), (6, 3100, 20)]
+                .iter()
+                .enumerate()
+            {
+                for (ta, tb) in [(false, false), (true, true)] {
+                    let p = prob(m, n, k, ta, tb, -0.75, 100 + i as u64);
+                    check(&p, &ep, &run(&p, &ep, &cx), name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn epilogue_parts() {
+        let (m, n, k) = (13, 37, 29);
+        let bias_col = rand_vec(n, 7);
+        let bias_row = rand_vec(m, 8);
+        let acts = [
+            Activation::Relu,
+            Activation::Clip {
+                min: -0.5,
+                max: 1.5,
+            },
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Gelu { tanh_approx: false },
+            Activation::LeakyRelu { alpha: 0.1 },
+        ];
+        for (name, cx) in ctxs() {
+            let p = prob(m, n, k, false, true, 0.5, 9);
+            let residual = rand_vec(m * p.ldc, 10);
+            let mut eps = vec![
+                Epilogue {
+                    bias_col: Some(&bias_col),
+                    ..Default::default()
+                },
+                Epilogue {
+                    bias_row: Some(&bias_row),
+                    ..Default::default()
+                },
+                Epilogue {
+                    residual: Some(&residual),
+                    ..Default::default()
+                },
+            ];
+            for act in &acts {
+                eps.push(Epilogue {
+                    act: Some(act),
+                    ..Default::default()
+                });
+            }
+            eps.push(Epilogue {
+                bias_col: Some(&bias_col),
+                bias_row: Some(&bias_row),
+                residual: Some(&residual),
+                act: Some(&acts[0]),
+            });
+            for ep in &eps {
+                check(&p, ep, &run(&p, ep, &cx), name);
+                // k = 0: the epilogue on a zero product.
+                let z = prob(m, n, 0, false, false, 1.0, 11);
+                check(&z, ep, &run(&z, ep, &cx), name);
+            }
+            // The epilogue is applied once even when k spans several blocks.
+            let big = prob(m, n, 2 * KC + 5, false, false, 1.0, 12);
+            let big_res = rand_vec(m * big.ldc, 13);
+            let ep = Epilogue {
+                bias_col: Some(&bias_col),
+                residual: Some(&big_res),
+                act: Some(&acts[1]),
+                ..Default::default()
+            };
+            check(&big, &ep, &run(&big, &ep, &cx), name);
+        }
+    }
+
+    #[test]
+    fn thread_count_does_not_change_results() {
+        let bias = rand_vec(300, 21);
+        let act = Activation::Relu;
+        let ep = Epilogue {
+            bias_col: Some(&bias),
+            act: Some(&act),
+            ..Default::default()
+        };
+        for f in [Features::portable(), Features::detect()] {
+            let one = CpuCtx::single(f);
+            let two = two_threads(f);
+            for (i, &(m, n, k)) in [(257, 129, 300), (97, 300, 97), (300, 17, 64), (7, 250, 130)]
+                .iter()
+                .enumerate()
+            {
+                let p = prob(m, n, k, i % 2 == 1, i >= 2, 1.25, 30 + i as u64);
+                let (a, b) = (run(&p, &ep, &one), run(&p, &ep, &two));
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{f:?} m{m} n{n} k{k}: 1 and 2 threads differ"
+                );
+                check(&p, &ep, &b, "2 threads");
+            }
+        }
+    }
+
+    #[test]
+    fn prepacked_b_matches_sgemm() {
+        let bias = rand_vec(200, 41);
+        let ep = Epilogue {
+            bias_col: Some(&bias),
+            ..Default::default()
+        };
+        for f in [Features::portable(), Features::detect()] {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for &(m, n, k, tb) in &[(5, 33, 7, false), (64, 200, 300, true), (1, 17, 1, false)]
+                {
+                    let p = prob(m, n, k, false, tb, 2.0, 50 + m as u64);
+                    let packed = pack_b(k, n, &p.b, p.ldb, tb);
+                    assert_eq!((packed.k(), packed.n()), (k, n));
+                    let mut c = vec![0.0f32; m * p.ldc];
+                    sgemm_packed(
+                        m, p.alpha, &p.a, p.lda, false, &packed, &mut c, p.ldc, &ep, &cx,
+                    );
+                    let direct = run(&p, &ep, &cx);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (x, y) = (c[i * p.ldc + j], direct[i * p.ldc + j]);
+                            assert_eq!(x.to_bits(), y.to_bits(), "({i},{j}) {x} vs {y}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_products_touch_nothing() {
+        let cx = CpuCtx::single(Features::detect());
+        let mut c = vec![7.0f32; 4];
+        sgemm(
+            0,
+            2,
+            3,
+            1.0,
+            &[],
+            3,
+            false,
+            &[0.0; 6],
+            2,
+            false,
+            &mut c,
+            2,
+            &Epilogue::default(),
+            &cx,
+        );
+        sgemm(
+            2,
+            0,
+            3,
+            1.0,
+            &[0.0; 6],
+            3,
+            false,
+            &[],
+            0,
+            false,
+            &mut c,
+            2,
+            &Epilogue::default(),
+            &cx,
+        );
+        assert_eq!(c, vec![7.0; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn short_operand_is_caught_before_any_write() {
+        let cx = CpuCtx::single(Features::detect());
+        let mut c = vec![0.0f32; 4];
+        sgemm(
+            2,
+            2,
+            3,
+            1.0,
+            &[0.0; 5],
+            3,
+            false,
+            &[0.0; 6],
+            2,
+            false,
+            &mut c,
+            2,
+            &Epilogue::default(),
+            &cx,
+        );
+    }
+
+    #[test]
+    fn grid_keeps_pieces_tile_sized() {
+        assert_eq!(grid(1024, 1024, 6, 2), (1, 2));
+        assert_eq!(grid(4, 1024, 6, 4), (1, 4));
+        assert_eq!(grid(1000, 10, 6, 4), (4, 1));
+        assert_eq!(grid(1024, 1024, 6, 4), (2, 2));
+    }
+
+    /// Single-thread GFLOP/s at 1024³ (run in release:
+    /// `cargo test --release --lib gemm_speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn gemm_speed() {
+        let threads: usize = std::env::var("GEMM_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let cx = CpuCtx::new(threads).expect("pool");
+        for &(m, n, k) in &[
+            (1024usize, 1024usize, 1024usize),
+            (128, 384, 384),
+            (256, 256, 256),
+        ] {
+            let a = rand_vec(m * k, 1);
+            let b = rand_vec(k * n, 2);
+            let mut c = vec![0.0f32; m * n];
+            let ep = Epilogue::default();
+            let mut best = f64::MAX;
+            let reps = (2e10 / (2.0 * (m * n * k) as f64)).clamp(3.0, 200.0) as usize;
+            for _ in 0..reps {
+                let t = std::time::Instant::now();
+                sgemm(
+                    m, n, k, 1.0, &a, k, false, &b, n, false, &mut c, n, &ep, &cx,
+                );
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{m}x{n}x{k} threads {threads}: {:.1} GFLOP/s (best of {reps})",
+                2.0 * (m * n * k) as f64 / best / 1e9
+            );
         }
     }
 }
