@@ -98,6 +98,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time a model on the CPU runtime: latency percentiles, throughput,
+    /// peak memory, and per-op time with --profile.
+    Bench {
+        model: PathBuf,
+        /// Threads for the kernels (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Batch size: binds the first symbolic dim of each input (default 1).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Size of another symbolic dim, as NAME=SIZE (default 1; e.g. seq=128).
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dim: Vec<String>,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Pipeline to compile with first: a built-in recipe or a recipe file
+        /// (default O2, or none for an .mlc bundle; O0 skips compilation).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Input as NAME=FILE.npy; others get seeded random values.
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        input: Vec<String>,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Time every node and report time, share and GFLOP/s per op type.
+        #[arg(long)]
+        profile: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,6 +170,31 @@ fn main() -> ExitCode {
             output.as_deref(),
             json,
         ),
+        Command::Bench {
+            model,
+            threads,
+            batch,
+            dim,
+            warmup,
+            runs,
+            pipeline,
+            input,
+            seed,
+            profile,
+            json,
+        } => cmd_bench(&BenchArgs {
+            model,
+            threads,
+            batch,
+            dim,
+            warmup,
+            runs,
+            pipeline,
+            input,
+            seed,
+            profile,
+            json,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -498,5 +559,322 @@ fn print_run_report(r: &RunReport) {
     }
     if let Some(f) = &r.output_file {
         println!("wrote {f}");
+    }
+}
+
+struct BenchArgs {
+    model: PathBuf,
+    threads: Option<usize>,
+    batch: Option<usize>,
+    dim: Vec<String>,
+    warmup: usize,
+    runs: usize,
+    pipeline: Option<String>,
+    input: Vec<String>,
+    seed: u64,
+    profile: bool,
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    model: String,
+    /// The recipe the model was compiled with, or "none".
+    pipeline: String,
+    threads: usize,
+    batch: usize,
+    inputs: BTreeMap<String, Vec<usize>>,
+    warmup: usize,
+    runs: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    /// Items (batch elements) per second at the mean latency.
+    throughput_per_s: f64,
+    /// Peak resident memory of the process; null where unknown.
+    peak_rss_bytes: Option<u64>,
+    arena_bytes: usize,
+    plan: mlc::runtime::PlanStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<mlc::runtime::Profile>,
+}
+
+/// The `p`-th percentile (0..=100) of sorted samples, linearly interpolated.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    let w = rank - lo as f64;
+    sorted[lo] * (1.0 - w) + sorted[hi.min(sorted.len() - 1)] * w
+}
+
+/// Peak resident set size of this process (Linux: VmHWM), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn cmd_bench(a: &BenchArgs) -> Result<(), Error> {
+    use mlc::ir::Dim;
+    use std::io::IsTerminal;
+
+    if a.runs == 0 {
+        return Err(Error::Input {
+            name: "--runs".into(),
+            message: "at least one timed run is needed".into(),
+        });
+    }
+    if a.threads == Some(0) {
+        return Err(Error::Input {
+            name: "--threads".into(),
+            message: "at least one thread is needed".into(),
+        });
+    }
+    let mut g = mlc::import::load(&a.model)?;
+    let is_bundle = bundle::looks_like_bundle(&a.model);
+    let pipeline = match (&a.pipeline, is_bundle) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => Some("O2".to_string()),
+    };
+    let pipeline_name = match pipeline.as_deref() {
+        None | Some("O0") => "none".to_string(),
+        Some(spec) => {
+            let recipe = Recipe::resolve(spec)?;
+            runner::run(&mut g, &recipe, &RunOptions::default())?;
+            recipe.name
+        }
+    };
+
+    // Inputs given as files, by name.
+    let mut given: HashMap<String, Tensor> = HashMap::new();
+    for arg in &a.input {
+        let (name, file) = split_assignment(arg, "--input")?;
+        if !g.inputs.iter().any(|&i| g.value(i).name == name) {
+            let known: Vec<&str> = g.inputs.iter().map(|&i| g.value(i).name.as_str()).collect();
+            return Err(Error::Input {
+                name: name.to_string(),
+                message: format!("the model has no such input (inputs: {})", known.join(", ")),
+            });
+        }
+        given.insert(name.to_string(), npy::read_npy(Path::new(file))?);
+    }
+
+    // Symbolic dims: from --dim, the given inputs, and --batch for the first
+    // symbolic dim of each input.
+    let mut dims = parse_dims(&a.dim)?;
+    let mut bound = mlc::ir::SymbolBindings::default();
+    for &id in &g.inputs {
+        let v = g.value(id);
+        if let Some(t) = given.get(&v.name) {
+            bound
+                .bind(&v.ty.shape, t.shape())
+                .map_err(|(sym, x, y)| Error::Input {
+                    name: v.name.clone(),
+                    message: format!("dim '{sym}' is {y} here but {x} in an earlier input"),
+                })?;
+        }
+    }
+    for (k, v) in bound.0 {
+        match dims.get(&k) {
+            Some(&d) if d != v => {
+                return Err(Error::Input {
+                    name: k.clone(),
+                    message: format!("--dim {k}={d} conflicts with the given inputs ({v})"),
+                })
+            }
+            _ => {
+                dims.insert(k, v);
+            }
+        }
+    }
+    let first_syms: Vec<String> = g
+        .inputs
+        .iter()
+        .filter_map(|&id| {
+            g.ty(id).shape.dims().iter().find_map(|d| match d {
+                Dim::Sym(s) => Some(s.clone()),
+                Dim::Known(_) => None,
+            })
+        })
+        .collect();
+    if let Some(b) = a.batch {
+        if first_syms.is_empty() {
+            return Err(Error::Input {
+                name: "--batch".into(),
+                message: "the model's inputs have no symbolic dim to bind the batch size to".into(),
+            });
+        }
+        for s in &first_syms {
+            match dims.get(s) {
+                Some(&d) if d != b => {
+                    return Err(Error::Input {
+                        name: s.clone(),
+                        message: format!("--batch {b} conflicts with {s}={d}"),
+                    })
+                }
+                _ => {
+                    dims.insert(s.clone(), b);
+                }
+            }
+        }
+    }
+    let batch = match first_syms.first() {
+        Some(s) => dims.get(s).copied().unwrap_or(1),
+        None => g
+            .inputs
+            .first()
+            .and_then(|&i| g.ty(i).shape.dims().first().and_then(Dim::known))
+            .unwrap_or(1),
+    };
+
+    let random = inputs::random_inputs(&g, a.seed, &dims)?;
+    let feed: Vec<Tensor> = g
+        .inputs
+        .iter()
+        .zip(random)
+        .map(|(&id, r)| given.remove(&g.value(id).name).unwrap_or(r))
+        .collect();
+    let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+    let cx = mlc::kernels::cpu::CpuCtx::new(a.threads.unwrap_or(0))?;
+    let mut plan = mlc::runtime::Plan::new(&g, &shapes, cx)?;
+
+    for _ in 0..a.warmup {
+        plan.run(&feed)?;
+    }
+    if a.profile {
+        plan.set_profiling(true);
+    }
+    let bar = if a.json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(a.runs as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} bench [{bar:30}] {pos}/{len} runs ({eta} left)",
+        ) {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b
+    };
+    let mut ms: Vec<f64> = Vec::with_capacity(a.runs);
+    for _ in 0..a.runs {
+        let t0 = std::time::Instant::now();
+        let out = plan.run(&feed)?;
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        drop(out);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    ms.sort_by(f64::total_cmp);
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    let report = BenchReport {
+        model: a.model.display().to_string(),
+        pipeline: pipeline_name,
+        threads: plan.threads(),
+        batch,
+        inputs: g
+            .inputs
+            .iter()
+            .zip(&shapes)
+            .map(|(&id, s)| (g.value(id).name.clone(), s.clone()))
+            .collect(),
+        warmup: a.warmup,
+        runs: a.runs,
+        p50_ms: percentile(&ms, 50.0),
+        p90_ms: percentile(&ms, 90.0),
+        p99_ms: percentile(&ms, 99.0),
+        mean_ms: mean,
+        min_ms: ms[0],
+        max_ms: ms[ms.len() - 1],
+        throughput_per_s: if mean > 0.0 {
+            batch as f64 / (mean / 1e3)
+        } else {
+            0.0
+        },
+        peak_rss_bytes: peak_rss_bytes(),
+        arena_bytes: plan.stats().arena_bytes,
+        plan: plan.stats().clone(),
+        profile: plan.profile(),
+    };
+    if a.json {
+        println!("{}", to_json(&report)?);
+        return Ok(());
+    }
+    let ins: Vec<String> = report
+        .inputs
+        .iter()
+        .map(|(n, s)| format!("{n}{s:?}"))
+        .collect();
+    println!(
+        "{} (pipeline {}): threads {}, batch {}, inputs {}",
+        report.model,
+        report.pipeline,
+        report.threads,
+        report.batch,
+        ins.join(" ")
+    );
+    println!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  mean {:.3}  min {:.3}  max {:.3}  ({} runs after {} warmup)",
+        report.p50_ms,
+        report.p90_ms,
+        report.p99_ms,
+        report.mean_ms,
+        report.min_ms,
+        report.max_ms,
+        report.runs,
+        report.warmup
+    );
+    println!("throughput {:.2} items/s", report.throughput_per_s);
+    let p = &report.plan;
+    println!(
+        "peak RSS {}; arena {} ({} unshared, reuse {:.2}x); nodes {}: {} fast, {} in place, {} aliased, {} copies, {} reference",
+        report
+            .peak_rss_bytes
+            .map_or("unknown".to_string(), |b| format!(
+                "{} ({b} bytes)",
+                inspect::human_bytes(b)
+            )),
+        inspect::human_bytes(p.arena_bytes as u64),
+        inspect::human_bytes(p.unshared_bytes as u64),
+        p.reuse_ratio,
+        p.nodes,
+        p.fast_nodes,
+        p.in_place_nodes,
+        p.aliased_nodes,
+        p.copy_nodes,
+        p.reference_nodes
+    );
+    if let Some(prof) = &report.profile {
+        print!("{}", prof.render());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_interpolate() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 50.0), 3.0);
+        assert_eq!(percentile(&v, 100.0), 5.0);
+        assert!((percentile(&v, 90.0) - 4.6).abs() < 1e-12);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
     }
 }

@@ -1,2 +1,22 @@
-//! The CPU runtime (being written): execution plan, arena memory planning,
-//! fast kernels with reference fallback, threads.
+//! The CPU runtime: runs a graph fast on f32 data with a precomputed plan.
+//!
+//! A [`Plan`] is built once per set of input shapes: the graph is
+//! specialized to those shapes (every value gets a concrete shape), nodes
+//! are scheduled in topological order, and every f32 intermediate gets a
+//! range of one arena, allocated once, with buffers reused as soon as their
+//! values die ([`arena`]) and elementwise nodes writing over a dying input
+//! ([`inplace`]). [`Plan::run`] then executes the schedule on the fast
+//! kernels of [`crate::kernels::cpu`] over views of the arena, falling back
+//! to the reference kernels for anything they do not cover, so every model
+//! the interpreter runs also runs here, with the same results up to float
+//! rounding. Optional per-node timing ([`profile`]) reports where the time
+//! goes.
+
+pub mod arena;
+mod executor;
+pub mod inplace;
+pub mod plan;
+pub mod profile;
+
+pub use plan::{specialize, ExecKind, Plan, PlanStats, StepInfo};
+pub use profile::{OpProfile, Profile};

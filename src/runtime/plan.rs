@@ -1,0 +1,667 @@
+//! Building an execution plan: the graph specialized to concrete input
+//! shapes, a schedule, where every value lives, and how each node runs.
+//!
+//! [`Plan::new`] binds the input shapes, re-infers every type and folds the
+//! shape arithmetic with the `O1` recipe, so that Reshape targets and the
+//! like become constants and every value has a concrete shape (a shape that
+//! still depends on input *data* is an error). The schedule is the
+//! topological order. Each f32 value a node produces gets a range of one
+//! arena, planned by liveness ([`super::arena`]) so buffers whose lifetimes
+//! do not overlap share memory; graph inputs are read from the caller's
+//! tensors and constants from the graph, never copied. Values of other types
+//! (i64 shapes, bool masks) are held as tensors and only the reference
+//! kernels touch them.
+//!
+//! Each node is classified once: `Fast` (all f32: offered to the fast
+//! kernels, falling back to the reference kernel when they decline),
+//! `Reference` (other types), `Copy`/`Alias` for reshape-like ops (a memcpy,
+//! or nothing at all when the output can share the dying input's buffer) and
+//! `InPlace` for elementwise ops whose input dies at the node: the output
+//! takes over the input's buffer and [`super::inplace`] computes over it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::arena::{self, Interval};
+use super::inplace::{self, ChainKernel};
+use super::profile::{self, Profiler};
+use crate::ir::{infer, DType, Graph, Op, Shape, SymbolBindings, Tensor, ValueId};
+use crate::kernels::cpu::CpuCtx;
+use crate::transform::recipe::Recipe;
+use crate::transform::runner::{self, RunOptions};
+use crate::{Error, Result};
+
+/// Largest arena, in f32 elements (16 GiB): a bigger plan is surely a
+/// mistake in the input shapes.
+const MAX_ARENA: usize = 1 << 32;
+
+/// Where a value's data lives while a plan runs.
+#[derive(Clone, Debug)]
+pub(crate) enum Loc {
+    /// Graph input `i`: read from the caller's tensors.
+    Input(usize),
+    /// A constant of the specialized graph.
+    Const(Arc<Tensor>),
+    /// f32 data at `offset..offset + len` of the arena.
+    Arena { offset: usize, len: usize },
+    /// A value of another type, held as a tensor in this slot.
+    Boxed(usize),
+}
+
+/// A value's concrete type and location.
+#[derive(Clone, Debug)]
+pub(crate) struct ValueInfo {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub loc: Loc,
+}
+
+/// How a step runs.
+#[derive(Clone, Debug)]
+pub(crate) enum Exec {
+    /// All inputs and outputs f32: the fast kernels, else the reference.
+    Fast,
+    /// The reference kernel on tensors.
+    Reference,
+    /// A reshape-like op copying its f32 data input.
+    Copy,
+    /// A reshape-like op whose output shares its input's buffer: no work.
+    Alias,
+    /// An elementwise chain overwriting its dying input `kernel.inplace`.
+    InPlace(ChainKernel),
+}
+
+/// How a step runs, as [`Plan::steps`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecKind {
+    Fast,
+    Reference,
+    Copy,
+    Alias,
+    InPlace,
+}
+
+/// One node of the schedule.
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    pub name: String,
+    pub op: Op,
+    pub op_type: &'static str,
+    pub inputs: Vec<Option<ValueId>>,
+    pub outputs: Vec<ValueId>,
+    pub exec: Exec,
+    /// Floating-point work of one run (products and convolutions).
+    pub flops: Option<u64>,
+    /// Tensor slots whose last reader is this step, emptied after it.
+    pub frees: Vec<usize>,
+}
+
+/// A step as reported by [`Plan::steps`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepInfo {
+    pub node: String,
+    pub op: &'static str,
+    pub exec: ExecKind,
+    pub inputs: Vec<Option<ValueId>>,
+    pub outputs: Vec<ValueId>,
+    /// The input whose buffer the output takes over (in place or aliased).
+    pub reuses: Option<ValueId>,
+}
+
+/// Memory statistics of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanStats {
+    pub nodes: usize,
+    /// f32 values held in the arena.
+    pub arena_values: usize,
+    /// Size of the arena.
+    pub arena_bytes: usize,
+    /// What the arena values would take with one buffer each.
+    pub unshared_bytes: usize,
+    /// `unshared_bytes / arena_bytes` (1 when nothing is shared or the arena
+    /// is empty).
+    pub reuse_ratio: f64,
+    /// Lower bound for any layout: the most bytes live at one step.
+    pub live_peak_bytes: usize,
+    pub fast_nodes: usize,
+    pub reference_nodes: usize,
+    pub copy_nodes: usize,
+    pub aliased_nodes: usize,
+    pub in_place_nodes: usize,
+}
+
+/// An executable plan for one set of input shapes (see the module docs).
+pub struct Plan {
+    pub(crate) graph: Graph,
+    pub(crate) values: Vec<Option<ValueInfo>>,
+    pub(crate) steps: Vec<Step>,
+    /// Graph inputs: value, concrete shape, dtype.
+    pub(crate) inputs: Vec<(ValueId, Vec<usize>, DType)>,
+    pub(crate) outputs: Vec<ValueId>,
+    /// The arena; planned offsets start at `arena_base` (64-byte aligned).
+    pub(crate) arena: Vec<f32>,
+    pub(crate) arena_base: usize,
+    pub(crate) arena_len: usize,
+    pub(crate) boxed: Vec<Option<Tensor>>,
+    pub(crate) scratch: Vec<f32>,
+    pub(crate) cx: CpuCtx,
+    pub(crate) stats: PlanStats,
+    pub(crate) profiler: Option<Profiler>,
+}
+
+/// Ops that only reinterpret their first input's shape.
+fn reshape_like(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze | Op::Unsqueeze | Op::Identity
+    )
+}
+
+/// Copies `g` with the inputs bound to `input_shapes`, re-inferred and with
+/// shape arithmetic folded (`O1`). Every value then has a concrete shape.
+pub fn specialize(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Graph> {
+    if input_shapes.len() != g.inputs.len() {
+        return Err(Error::Input {
+            name: "*".into(),
+            message: format!(
+                "the model takes {} inputs, {} shapes were given",
+                g.inputs.len(),
+                input_shapes.len()
+            ),
+        });
+    }
+    let mut s = g.clone();
+    let mut bindings = SymbolBindings::default();
+    for (&id, shape) in g.inputs.iter().zip(input_shapes) {
+        let v = g.value(id);
+        if !v.ty.shape.admits(shape) {
+            return Err(Error::Input {
+                name: v.name.clone(),
+                message: format!("expected shape {}, got {shape:?}", v.ty.shape),
+            });
+        }
+        bindings
+            .bind(&v.ty.shape, shape)
+            .map_err(|(sym, a, b)| Error::Input {
+                name: v.name.clone(),
+                message: format!("dim '{sym}' is {b} here but {a} in an earlier input"),
+            })?;
+        s.value_mut(id).ty.shape = Shape::known(shape);
+    }
+    infer::infer_graph(&mut s)?;
+    runner::run(&mut s, &Recipe::resolve("O1")?, &RunOptions::default())?;
+    infer::infer_graph(&mut s)?;
+    Ok(s)
+}
+
+impl Plan {
+    /// Plans `g` for inputs of `input_shapes` (in the order of `g.inputs`),
+    /// running kernels with `cx`. The arena is allocated here, once.
+    pub fn new(g: &Graph, input_shapes: &[Vec<usize>], cx: CpuCtx) -> Result<Plan> {
+        let g = specialize(g, input_shapes)?;
+        let order = g.topo_order()?;
+        let n_steps = order.len();
+
+        // Concrete shapes and storage classes.
+        let mut values: Vec<Option<ValueInfo>> = vec![None; g.values.len()];
+        let concrete = |id: ValueId, what: &str| -> Result<Vec<usize>> {
+            let v = g.value(id);
+            v.ty.shape.concrete().ok_or_else(|| {
+                Error::Input {
+                    name: v.name.clone(),
+                    message: format!(
+                        "{what} has shape {} even with the input shapes bound; the runtime needs static shapes (this size depends on input data)",
+                        v.ty.shape
+                    ),
+                }
+            })
+        };
+        let mut inputs = Vec::with_capacity(g.inputs.len());
+        for (i, &id) in g.inputs.iter().enumerate() {
+            let shape = concrete(id, "input")?;
+            inputs.push((id, shape.clone(), g.ty(id).dtype));
+            values[id.0 as usize] = Some(ValueInfo {
+                shape,
+                dtype: g.ty(id).dtype,
+                loc: Loc::Input(i),
+            });
+        }
+        for (&id, t) in &g.consts {
+            values[id.0 as usize] = Some(ValueInfo {
+                shape: t.shape().to_vec(),
+                dtype: t.dtype(),
+                loc: Loc::Const(t.clone()),
+            });
+        }
+        let mut n_boxed = 0usize;
+        for &nid in &order {
+            let Some(node) = g.node(nid) else { continue };
+            for &o in &node.outputs {
+                let shape = concrete(o, &format!("output of node '{}'", node.name))?;
+                let dtype = g.ty(o).dtype;
+                let loc = if dtype == DType::F32 {
+                    // The offset is filled in by the memory plan below.
+                    Loc::Arena { offset: 0, len: 0 }
+                } else {
+                    n_boxed += 1;
+                    Loc::Boxed(n_boxed - 1)
+                };
+                values[o.0 as usize] = Some(ValueInfo { shape, dtype, loc });
+            }
+        }
+        for &o in &g.outputs {
+            if values[o.0 as usize].is_none() {
+                return Err(Error::Internal(format!(
+                    "graph output '{}' has no definition",
+                    g.value(o).name
+                )));
+            }
+        }
+
+        // Liveness: the step defining each node output and the last step
+        // reading each value (graph outputs live past the last step).
+        let mut def = vec![usize::MAX; g.values.len()];
+        let mut last = vec![None::<usize>; g.values.len()];
+        for (t, &nid) in order.iter().enumerate() {
+            let Some(node) = g.node(nid) else { continue };
+            for v in node.inputs.iter().flatten() {
+                last[v.0 as usize] = Some(t);
+            }
+            for &o in &node.outputs {
+                def[o.0 as usize] = t;
+            }
+        }
+        let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
+        for &o in &outputs {
+            last[o.0 as usize] = Some(n_steps);
+        }
+
+        let info = |v: ValueId| values[v.0 as usize].as_ref();
+        let is_f32 = |v: ValueId| info(v).is_some_and(|i| i.dtype == DType::F32);
+        let in_arena = |v: ValueId| info(v).is_some_and(|i| matches!(i.loc, Loc::Arena { .. }));
+
+        // Classify the steps.
+        let mut steps: Vec<Step> = Vec::with_capacity(n_steps);
+        for (t, &nid) in order.iter().enumerate() {
+            let node = g
+                .node(nid)
+                .ok_or_else(|| Error::Internal("the schedule names a removed node".into()))?;
+            let op_type = node.op.onnx_type();
+            let at = |e: Error| e.at_node(&node.name, op_type);
+            let shape_of = |v: ValueId| -> &[usize] { info(v).map_or(&[], |i| &i.shape) };
+            // An input whose buffer the single output may take over: an
+            // arena value read only here, for the last time, not an output.
+            let reusable = |pos: usize| -> Option<ValueId> {
+                let v = node.input(pos)?;
+                let single_read = node.inputs.iter().filter(|i| **i == Some(v)).count() == 1;
+                (node.outputs.len() == 1
+                    && in_arena(v)
+                    && in_arena(node.outputs[0])
+                    && single_read
+                    && last[v.0 as usize] == Some(t)
+                    && !outputs.contains(&v))
+                .then_some(v)
+            };
+            let all_f32 = node.inputs.iter().flatten().all(|&v| is_f32(v))
+                && node.outputs.iter().all(|&o| is_f32(o));
+            let numel = |v: ValueId| shape_of(v).iter().product::<usize>();
+
+            let mut exec = if all_f32 { Exec::Fast } else { Exec::Reference };
+            if reshape_like(&node.op)
+                && node.outputs.len() == 1
+                && node
+                    .input(0)
+                    .is_some_and(|v| is_f32(v) && numel(v) == numel(node.outputs[0]))
+                && is_f32(node.outputs[0])
+            {
+                exec = if reusable(0).is_some() {
+                    Exec::Alias
+                } else {
+                    Exec::Copy
+                };
+            } else if all_f32 && node.outputs.len() == 1 {
+                let bounds = clip_bounds(&g, node);
+                if let Some(steps_) = inplace::chain_of(&node.op, bounds) {
+                    // Clip's chain reads only x; the others read every input.
+                    let n_in = if matches!(node.op, Op::Clip) {
+                        1
+                    } else {
+                        node.inputs.len()
+                    };
+                    let out_shape = shape_of(node.outputs[0]);
+                    let ins_present = node.inputs[..n_in.min(node.inputs.len())]
+                        .iter()
+                        .all(Option::is_some);
+                    let pick =
+                        (0..n_in).find(|&p| reusable(p).is_some_and(|v| shape_of(v) == out_shape));
+                    if let (true, Some(p)) = (ins_present, pick) {
+                        let shapes: Vec<&[usize]> = node.inputs[..n_in]
+                            .iter()
+                            .map(|v| v.map_or(&[][..], shape_of))
+                            .collect();
+                        let k = ChainKernel::new(steps_, &shapes, out_shape, p).map_err(at)?;
+                        exec = Exec::InPlace(k);
+                    }
+                }
+            }
+            let in_shapes: Vec<Option<&[usize]>> =
+                node.inputs.iter().map(|v| v.map(shape_of)).collect();
+            let out_shapes: Vec<&[usize]> = node.outputs.iter().map(|&o| shape_of(o)).collect();
+            steps.push(Step {
+                name: node.name.clone(),
+                op: node.op.clone(),
+                op_type,
+                inputs: node.inputs.clone(),
+                outputs: node.outputs.clone(),
+                flops: profile::flops(&node.op, &in_shapes, &out_shapes),
+                exec,
+                frees: Vec::new(),
+            });
+        }
+
+        // Buffers: one per arena value, except that an in-place or aliased
+        // output joins its input's buffer (the union lives from the input's
+        // definition to the output's last use).
+        let mut group_of: BTreeMap<ValueId, usize> = BTreeMap::new();
+        let mut groups: Vec<Interval> = Vec::new();
+        let mut unshared = 0usize;
+        let mut arena_values = 0usize;
+        let size_of = |v: ValueId| -> Result<usize> {
+            let i = info(v).ok_or_else(|| Error::Internal(format!("value {v} has no type")))?;
+            i.shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .and_then(arena::round_up)
+                .filter(|&n| n <= MAX_ARENA)
+                .ok_or_else(|| Error::Input {
+                    name: g.value(v).name.clone(),
+                    message: format!("shape {:?} is too large for the runtime's arena", i.shape),
+                })
+        };
+        for (t, step) in steps.iter().enumerate() {
+            let reused = match &step.exec {
+                Exec::Alias => step.inputs[0],
+                Exec::InPlace(k) => step.inputs[k.inplace],
+                _ => None,
+            };
+            for &o in &step.outputs {
+                if !in_arena(o) {
+                    continue;
+                }
+                let size = size_of(o)?;
+                unshared += size;
+                arena_values += 1;
+                let end = last[o.0 as usize].unwrap_or(t);
+                match reused.and_then(|r| group_of.get(&r).copied()) {
+                    Some(gi) => {
+                        let b = &mut groups[gi];
+                        b.size = b.size.max(size);
+                        b.last = b.last.max(end);
+                        group_of.insert(o, gi);
+                    }
+                    None => {
+                        group_of.insert(o, groups.len());
+                        groups.push(Interval {
+                            size,
+                            first: t,
+                            last: end,
+                        });
+                    }
+                }
+            }
+        }
+        let layout = arena::plan(&groups);
+        if cfg!(debug_assertions) {
+            arena::check(&groups, &layout).map_err(Error::Internal)?;
+        }
+        if layout.total > MAX_ARENA {
+            return Err(Error::Input {
+                name: "*".into(),
+                message: format!(
+                    "the plan needs {} bytes of activations, more than the runtime's limit",
+                    layout.total * 4
+                ),
+            });
+        }
+        for (&v, &gi) in &group_of {
+            if let Some(i) = values[v.0 as usize].as_mut() {
+                i.loc = Loc::Arena {
+                    offset: layout.offsets[gi],
+                    len: i.shape.iter().product(),
+                };
+            }
+        }
+
+        // Tensor slots are emptied after their last reader.
+        for (t, step) in steps.iter_mut().enumerate() {
+            for v in step.inputs.iter().flatten().chain(&step.outputs) {
+                if let Some(ValueInfo {
+                    loc: Loc::Boxed(s), ..
+                }) = values[v.0 as usize]
+                {
+                    let end = last[v.0 as usize].unwrap_or(def[v.0 as usize]);
+                    if end == t && !step.frees.contains(&s) {
+                        step.frees.push(s);
+                    }
+                }
+            }
+        }
+
+        let scratch_len = steps
+            .iter()
+            .map(|s| match &s.exec {
+                Exec::InPlace(k) => k.scratch_len(),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let count = |f: fn(&Exec) -> bool| steps.iter().filter(|s| f(&s.exec)).count();
+        let arena_bytes = layout.total * 4;
+        let stats = PlanStats {
+            nodes: steps.len(),
+            arena_values,
+            arena_bytes,
+            unshared_bytes: unshared * 4,
+            reuse_ratio: if arena_bytes == 0 {
+                1.0
+            } else {
+                (unshared * 4) as f64 / arena_bytes as f64
+            },
+            live_peak_bytes: arena::lower_bound(&groups) * 4,
+            fast_nodes: count(|e| matches!(e, Exec::Fast)),
+            reference_nodes: count(|e| matches!(e, Exec::Reference)),
+            copy_nodes: count(|e| matches!(e, Exec::Copy)),
+            aliased_nodes: count(|e| matches!(e, Exec::Alias)),
+            in_place_nodes: count(|e| matches!(e, Exec::InPlace(_))),
+        };
+
+        // One allocation for the whole run, with room to start on a
+        // 64-byte boundary.
+        let arena = vec![0f32; layout.total + arena::ALIGN];
+        let misalign = (arena.as_ptr() as usize) % 64;
+        let arena_base = if misalign == 0 {
+            0
+        } else {
+            (64 - misalign) / 4
+        };
+        let outputs_list = g.outputs.clone();
+        let plan = Plan {
+            graph: g,
+            values,
+            steps,
+            inputs,
+            outputs: outputs_list,
+            arena,
+            arena_base,
+            arena_len: layout.total,
+            boxed: vec![None; n_boxed],
+            scratch: vec![0f32; scratch_len],
+            cx,
+            stats,
+            profiler: None,
+        };
+        plan.check_views()?;
+        Ok(plan)
+    }
+
+    /// Hook for weight pre-packing: once the GEMM kernels offer `pack_b`,
+    /// constant B operands of MatMul/Gemm/FusedMatMul (and convolution
+    /// weights) are packed here, once per plan, and handed to the kernels
+    /// with each step. Nothing is packed yet.
+    #[allow(dead_code)]
+    fn prepack(&mut self) {}
+
+    /// Checks the invariant the executor's unchecked views rely on: for every
+    /// step, each arena output range is disjoint from every other output and
+    /// from every arena input it reads through a view (an aliased or
+    /// in-place input shares the output's buffer by design and is read
+    /// through the output instead), and every range lies inside the arena.
+    pub(crate) fn check_views(&self) -> Result<()> {
+        let range = |v: ValueId| -> Option<Range<usize>> {
+            match self.values.get(v.0 as usize)?.as_ref()?.loc {
+                Loc::Arena { offset, len } if len > 0 => Some(offset..offset + len),
+                _ => None,
+            }
+        };
+        for s in &self.steps {
+            let bad = |msg: String| {
+                Err(Error::Internal(format!(
+                    "memory plan for node '{}' ({}): {msg}",
+                    s.name, s.op_type
+                )))
+            };
+            let outs: Vec<Range<usize>> = s.outputs.iter().filter_map(|&o| range(o)).collect();
+            for r in s
+                .inputs
+                .iter()
+                .flatten()
+                .chain(&s.outputs)
+                .filter_map(|&v| range(v))
+            {
+                if r.end > self.arena_len {
+                    return bad(format!("range {r:?} ends past the arena"));
+                }
+            }
+            let shared = match &s.exec {
+                Exec::Alias => s.inputs[0],
+                Exec::InPlace(k) => s.inputs[k.inplace],
+                _ => None,
+            };
+            if let Some(v) = shared {
+                if range(v) != range(s.outputs[0]) {
+                    return bad("the reused input and the output differ".into());
+                }
+            }
+            let overlap = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
+            for (i, a) in outs.iter().enumerate() {
+                for b in &outs[i + 1..] {
+                    if overlap(a, b) {
+                        return bad(format!("outputs {a:?} and {b:?} overlap"));
+                    }
+                }
+            }
+            for &v in s.inputs.iter().flatten() {
+                if Some(v) == shared {
+                    continue;
+                }
+                if let Some(r) = range(v) {
+                    if let Some(o) = outs.iter().find(|o| overlap(o, &r)) {
+                        return bad(format!("input {r:?} overlaps output {o:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The specialized graph the plan runs (value ids as in [`Plan::steps`]).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Memory statistics.
+    pub fn stats(&self) -> &PlanStats {
+        &self.stats
+    }
+
+    /// Threads the kernels use.
+    pub fn threads(&self) -> usize {
+        self.cx.threads
+    }
+
+    /// The concrete input shapes the plan was built for.
+    pub fn input_shapes(&self) -> Vec<Vec<usize>> {
+        self.inputs.iter().map(|(_, s, _)| s.clone()).collect()
+    }
+
+    /// The schedule: every node with how it runs.
+    pub fn steps(&self) -> Vec<StepInfo> {
+        self.steps
+            .iter()
+            .map(|s| StepInfo {
+                node: s.name.clone(),
+                op: s.op_type,
+                exec: match s.exec {
+                    Exec::Fast => ExecKind::Fast,
+                    Exec::Reference => ExecKind::Reference,
+                    Exec::Copy => ExecKind::Copy,
+                    Exec::Alias => ExecKind::Alias,
+                    Exec::InPlace(_) => ExecKind::InPlace,
+                },
+                inputs: s.inputs.clone(),
+                outputs: s.outputs.clone(),
+                reuses: match &s.exec {
+                    Exec::Alias => s.inputs[0],
+                    Exec::InPlace(k) => s.inputs[k.inplace],
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+
+    /// The arena range (in f32 elements) of an f32 value a node produces.
+    pub fn buffer(&self, v: ValueId) -> Option<Range<usize>> {
+        match self.values.get(v.0 as usize)?.as_ref()?.loc {
+            Loc::Arena { offset, len } => Some(offset..offset + len),
+            _ => None,
+        }
+    }
+
+    /// Turns per-node timing on (resetting what was collected) or off.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiler = on.then(|| Profiler::new(self.steps.len()));
+    }
+
+    /// Timings collected since profiling was turned on.
+    pub fn profile(&self) -> Option<profile::Profile> {
+        let p = self.profiler.as_ref()?;
+        let ops: Vec<&'static str> = self.steps.iter().map(|s| s.op_type).collect();
+        let flops: Vec<Option<u64>> = self.steps.iter().map(|s| s.flops).collect();
+        Some(profile::Profile::build(p, &ops, &flops))
+    }
+}
+
+/// Clip's bounds when both are constant f32 scalars or absent (absent =
+/// infinite); `None` otherwise.
+fn clip_bounds(g: &Graph, node: &crate::ir::Node) -> Option<(f32, f32)> {
+    if !matches!(node.op, Op::Clip) {
+        return None;
+    }
+    let bound = |pos: usize, absent: f32| -> Option<f32> {
+        match node.input(pos) {
+            None => Some(absent),
+            Some(v) => {
+                let t = g.const_value(v)?;
+                match t.as_f32()? {
+                    [x] => Some(*x),
+                    _ => None,
+                }
+            }
+        }
+    };
+    Some((bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?))
+}

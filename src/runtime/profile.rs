@@ -1,0 +1,262 @@
+//! Per-node timing of plan runs, aggregated by op type.
+//!
+//! When profiling is on, the executor reads the clock around every node and
+//! adds the time to that node's total; [`Profile`] sums the nodes of each op
+//! type and reports time per run, share of the total and, for the
+//! matrix-product and convolution ops, the achieved GFLOP/s computed from
+//! the shapes (`2·M·N·K` for a product, `2·N·Cout·Hout·Wout·(Cin/group)·kh·kw`
+//! for a convolution, generalized to any rank).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::ir::Op;
+
+/// Floating-point operations of one run of `op`, from its input and output
+/// shapes; `None` for ops whose work is not counted.
+pub fn flops(op: &Op, in_shapes: &[Option<&[usize]>], out_shapes: &[&[usize]]) -> Option<u64> {
+    let out: u64 = out_shapes.first()?.iter().map(|&d| d as u64).product();
+    let a = in_shapes.first().copied().flatten()?;
+    let k = match op {
+        Op::MatMul => *a.last()?,
+        Op::FusedMatMul { trans_a, .. } => {
+            if *trans_a && a.len() >= 2 {
+                a[a.len() - 2]
+            } else {
+                *a.last()?
+            }
+        }
+        Op::Gemm { trans_a, .. } => {
+            if a.len() != 2 {
+                return None;
+            }
+            if *trans_a {
+                a[0]
+            } else {
+                a[1]
+            }
+        }
+        Op::Conv(_) | Op::FusedConv { .. } => {
+            // W is [Cout, Cin/group, k...]: each output element takes
+            // Cin/group · prod(k) multiply-adds.
+            let w = in_shapes.get(1).copied().flatten()?;
+            w.iter().skip(1).product()
+        }
+        _ => return None,
+    };
+    Some(2 * out * k as u64)
+}
+
+/// Accumulated timings of a plan's nodes.
+#[derive(Clone, Debug, Default)]
+pub struct Profiler {
+    pub(crate) runs: u64,
+    /// Per schedule step: total time and how often the reference kernels ran it.
+    pub(crate) time: Vec<Duration>,
+    pub(crate) reference_runs: Vec<u64>,
+}
+
+impl Profiler {
+    pub(crate) fn new(steps: usize) -> Profiler {
+        Profiler {
+            runs: 0,
+            time: vec![Duration::ZERO; steps],
+            reference_runs: vec![0; steps],
+        }
+    }
+}
+
+/// One op type's line of a profile.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OpProfile {
+    pub op: String,
+    /// Nodes of this type in the plan.
+    pub nodes: usize,
+    /// Mean time per run of all of them, in milliseconds.
+    pub ms_per_run: f64,
+    /// Fraction of the total node time (0..1).
+    pub share: f64,
+    /// Achieved GFLOP/s (products and convolutions only).
+    pub gflops: Option<f64>,
+    /// Floating-point operations per run (products and convolutions only).
+    pub flops_per_run: Option<u64>,
+    /// Node runs that went to the reference kernels (no fast path).
+    pub reference_runs: u64,
+}
+
+/// A profile: per-op-type lines, most expensive first.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Profile {
+    pub runs: u64,
+    /// Sum of node times per run, in milliseconds.
+    pub total_ms_per_run: f64,
+    pub ops: Vec<OpProfile>,
+}
+
+impl Profile {
+    /// Aggregates per-step timings: `ops[i]` and `flops[i]` describe step i.
+    pub(crate) fn build(p: &Profiler, ops: &[&'static str], flops: &[Option<u64>]) -> Profile {
+        struct Acc {
+            nodes: usize,
+            time: Duration,
+            flops: Option<u64>,
+            reference_runs: u64,
+        }
+        let mut by_op: BTreeMap<&'static str, Acc> = BTreeMap::new();
+        for (i, &op) in ops.iter().enumerate() {
+            let a = by_op.entry(op).or_insert(Acc {
+                nodes: 0,
+                time: Duration::ZERO,
+                flops: None,
+                reference_runs: 0,
+            });
+            a.nodes += 1;
+            a.time += p.time.get(i).copied().unwrap_or_default();
+            a.reference_runs += p.reference_runs.get(i).copied().unwrap_or(0);
+            if let Some(f) = flops.get(i).copied().flatten() {
+                a.flops = Some(a.flops.unwrap_or(0) + f);
+            }
+        }
+        let runs = p.runs.max(1) as f64;
+        let total: f64 = by_op.values().map(|a| a.time.as_secs_f64()).sum();
+        let mut lines: Vec<OpProfile> = by_op
+            .into_iter()
+            .map(|(op, a)| {
+                let secs = a.time.as_secs_f64() / runs;
+                OpProfile {
+                    op: op.to_string(),
+                    nodes: a.nodes,
+                    ms_per_run: secs * 1e3,
+                    share: if total > 0.0 {
+                        a.time.as_secs_f64() / total
+                    } else {
+                        0.0
+                    },
+                    gflops: a
+                        .flops
+                        .filter(|_| secs > 0.0 && p.runs > 0)
+                        .map(|f| f as f64 / secs / 1e9),
+                    flops_per_run: a.flops,
+                    reference_runs: a.reference_runs,
+                }
+            })
+            .collect();
+        lines.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run).then(a.op.cmp(&b.op)));
+        Profile {
+            runs: p.runs,
+            total_ms_per_run: total / runs * 1e3,
+            ops: lines,
+        }
+    }
+
+    /// The profile as an aligned text table.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{:<24} {:>6} {:>11} {:>7} {:>10} {:>10}\n",
+            "op", "nodes", "ms/run", "share", "GFLOP/s", "reference"
+        );
+        for l in &self.ops {
+            s.push_str(&format!(
+                "{:<24} {:>6} {:>11.4} {:>6.1}% {:>10} {:>10}\n",
+                l.op,
+                l.nodes,
+                l.ms_per_run,
+                l.share * 100.0,
+                l.gflops.map_or("-".to_string(), |g| format!("{g:.2}")),
+                l.reference_runs
+            ));
+        }
+        s.push_str(&format!(
+            "{:<24} {:>6} {:>11.4}   ({} runs)\n",
+            "total",
+            self.ops.iter().map(|l| l.nodes).sum::<usize>(),
+            self.total_ms_per_run,
+            self.runs
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{AutoPad, ConvAttrs};
+
+    #[test]
+    fn flops_of_products_and_convs() {
+        let mm = flops(
+            &Op::MatMul,
+            &[Some(&[2, 8, 16]), Some(&[16, 4])],
+            &[&[2, 8, 4]],
+        );
+        assert_eq!(mm, Some(2 * 2 * 8 * 4 * 16));
+        let gemm = flops(
+            &Op::Gemm {
+                alpha: 1.0,
+                beta: 1.0,
+                trans_a: true,
+                trans_b: false,
+            },
+            &[Some(&[16, 8]), Some(&[16, 4]), None],
+            &[&[8, 4]],
+        );
+        assert_eq!(gemm, Some(2 * 8 * 4 * 16));
+        let fmm = flops(
+            &Op::FusedMatMul {
+                trans_a: true,
+                trans_b: false,
+                alpha: 1.0,
+                act: None,
+            },
+            &[Some(&[16, 8]), Some(&[16, 4])],
+            &[&[8, 4]],
+        );
+        assert_eq!(fmm, Some(2 * 8 * 4 * 16));
+        let conv = ConvAttrs {
+            kernel_shape: vec![3, 3],
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pads: vec![1, 1, 1, 1],
+            auto_pad: AutoPad::NotSet,
+            group: 2,
+        };
+        // N=2, Cin=4, group 2, Cout=6, 5x5 out: 2·2·6·5·5·(4/2)·3·3.
+        let c = flops(
+            &Op::Conv(conv),
+            &[Some(&[2, 4, 5, 5]), Some(&[6, 2, 3, 3])],
+            &[&[2, 6, 5, 5]],
+        );
+        assert_eq!(c, Some(2 * 2 * 6 * 5 * 5 * 2 * 9));
+        assert_eq!(flops(&Op::Identity, &[Some(&[3])], &[&[3]]), None);
+    }
+
+    #[test]
+    fn aggregates_by_op() {
+        let mut p = Profiler::new(3);
+        p.runs = 2;
+        p.time = vec![
+            Duration::from_millis(6),
+            Duration::from_millis(2),
+            Duration::from_millis(2),
+        ];
+        p.reference_runs = vec![0, 2, 0];
+        let prof = Profile::build(
+            &p,
+            &["MatMul", "Add", "MatMul"],
+            &[Some(1000), None, Some(1000)],
+        );
+        assert_eq!(prof.runs, 2);
+        assert!((prof.total_ms_per_run - 5.0).abs() < 1e-9);
+        assert_eq!(prof.ops[0].op, "MatMul");
+        assert_eq!(prof.ops[0].nodes, 2);
+        assert!((prof.ops[0].ms_per_run - 4.0).abs() < 1e-9);
+        assert!((prof.ops[0].share - 0.8).abs() < 1e-9);
+        // 2000 flops in 4 ms per run.
+        assert!((prof.ops[0].gflops.unwrap() - 2000.0 / 0.004 / 1e9).abs() < 1e-12);
+        assert_eq!(prof.ops[1].reference_runs, 2);
+        assert_eq!(prof.ops[1].gflops, None);
+        assert!(prof.render().contains("MatMul"));
+    }
+}
