@@ -60,6 +60,9 @@ pub struct ProbeReport {
     pub mem_buffer_bytes: usize,
     /// Wall time the probe took, seconds.
     pub elapsed_s: f64,
+    /// Built without optimizations: the loops run far below the machine's
+    /// speed and the figures mean little.
+    pub debug_build: bool,
 }
 
 /// Threads to use for "all threads": what the OS lets this process run.
@@ -129,6 +132,7 @@ pub fn run(seconds: f64) -> ProbeReport {
         mem_read_gbps_all,
         mem_buffer_bytes: buf.len() * 4,
         elapsed_s: start.elapsed().as_secs_f64(),
+        debug_build: cfg!(debug_assertions),
     }
 }
 
@@ -143,8 +147,14 @@ pub fn render(r: &ProbeReport) -> String {
     } else {
         r.features.join(" ")
     };
+    let warning = if r.debug_build {
+        "warning: this is a debug build; its loops are unoptimized and the figures \
+         are far below the machine's (use a release build)\n"
+    } else {
+        ""
+    };
     format!(
-        "cpu:          {} ({cores})\n\
+        "{warning}cpu:          {} ({cores})\n\
          features:     {features}\n\
          f32 FMA peak: {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads ({} loop)\n\
          memory read:  {:.1} GB/s on 1 thread, {:.1} GB/s on {} threads ({} MiB buffer)\n\
@@ -288,8 +298,10 @@ fn timed_on_threads(threads: usize, work: impl Fn() + Sync) -> f64 {
 }
 
 /// Wall seconds for one thread per item of `items`, each running `work` on
-/// its item, started together at a barrier (thread start-up is not timed).
-/// A single item runs on the calling thread.
+/// its item, released together by a barrier (thread start-up is not timed).
+/// Each worker stamps its own start and end; the wall time is from the
+/// earliest start to the latest end, so a descheduled coordinating thread
+/// cannot shorten it. A single item runs on the calling thread.
 fn timed_on_threads_each<T: Sync>(items: &[T], work: impl Fn(&T) + Sync) -> f64 {
     if items.len() <= 1 {
         let start = Instant::now();
@@ -298,27 +310,32 @@ fn timed_on_threads_each<T: Sync>(items: &[T], work: impl Fn(&T) + Sync) -> f64 
         }
         return start.elapsed().as_secs_f64();
     }
-    let barrier = Barrier::new(items.len() + 1);
-    std::thread::scope(|s| {
+    let barrier = Barrier::new(items.len());
+    let spans: Vec<Option<(Instant, Instant)>> = std::thread::scope(|s| {
         let handles: Vec<_> = items
             .iter()
             .map(|item| {
                 let (barrier, work) = (&barrier, &work);
                 s.spawn(move || {
                     barrier.wait();
+                    let start = Instant::now();
                     work(item);
+                    (start, Instant::now())
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for h in handles {
-            // A panicking worker would be a bug in the loops above; its
-            // time is simply dropped from the measurement.
-            let _ = h.join();
-        }
-        start.elapsed().as_secs_f64()
-    })
+        // A panicking worker would be a bug in the loops below; its span is
+        // simply dropped from the measurement.
+        handles.into_iter().map(|h| h.join().ok()).collect()
+    });
+    let spans: Vec<(Instant, Instant)> = spans.into_iter().flatten().collect();
+    match (
+        spans.iter().map(|s| s.0).min(),
+        spans.iter().map(|s| s.1).max(),
+    ) {
+        (Some(start), Some(end)) => end.duration_since(start).as_secs_f64(),
+        _ => f64::INFINITY,
+    }
 }
 
 /// The FMA loop: `iters` iterations of FMA_ACCS independent
@@ -533,6 +550,7 @@ mod tests {
             mem_read_gbps_all: 40.0,
             mem_buffer_bytes: 256 << 20,
             elapsed_s: 1.5,
+            debug_build: false,
         };
         let s = render(&r);
         assert!(s.contains("Test CPU (4 logical CPUs, 2 cores)"), "{s}");
@@ -541,6 +559,15 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("256 MiB buffer"), "{s}");
+        assert!(!s.contains("debug build"), "{s}");
+        let debug = render(&ProbeReport {
+            debug_build: true,
+            ..r.clone()
+        });
+        assert!(
+            debug.starts_with("warning: this is a debug build"),
+            "{debug}"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["fma_gflops_all"], 400.0);
     }
