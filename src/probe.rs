@@ -52,6 +52,11 @@ pub struct ProbeReport {
     pub fma_gflops_1t: f64,
     /// f32 FMA peak with all threads, GFLOP/s.
     pub fma_gflops_all: f64,
+    /// The same with 512-bit AVX-512F FMAs, when the CPU has them (the
+    /// runtime's kernels use 256-bit AVX2; other engines may use AVX-512, and
+    /// on cores with full-width AVX-512 units this is twice the AVX2 peak).
+    pub fma512_gflops_1t: Option<f64>,
+    pub fma512_gflops_all: Option<f64>,
     /// Memory read bandwidth on one thread, GB/s (10^9 bytes).
     pub mem_read_gbps_1t: f64,
     /// Memory read bandwidth with all threads, GB/s.
@@ -85,6 +90,12 @@ pub fn fma_peak_gflops(threads: usize) -> f64 {
     measure_fma(threads, Features::detect(), Duration::from_millis(250))
 }
 
+/// f32 FMA peak in GFLOP/s with 512-bit AVX-512F FMAs and `threads` threads
+/// (0 = all); `None` when the CPU lacks AVX-512F.
+pub fn fma512_peak_gflops(threads: usize) -> Option<f64> {
+    has_avx512f().then(|| measure_fma_with(threads, FmaLoop::Avx512, Duration::from_millis(250)))
+}
+
 /// Memory read bandwidth in GB/s with `threads` threads (0 = all), summing a
 /// 256 MiB buffer for about half a second.
 pub fn mem_read_gbps(threads: usize) -> f64 {
@@ -109,8 +120,16 @@ pub fn run(seconds: f64) -> ProbeReport {
     let share = |f: f64| Duration::from_secs_f64(seconds * f);
     let features = Features::detect();
     let threads = available_threads();
-    let fma_gflops_1t = measure_fma(1, features, share(0.2));
-    let fma_gflops_all = measure_fma(threads, features, share(0.2));
+    let fma_gflops_1t = measure_fma(1, features, share(0.15));
+    let fma_gflops_all = measure_fma(threads, features, share(0.15));
+    let (fma512_gflops_1t, fma512_gflops_all) = if has_avx512f() {
+        (
+            Some(measure_fma_with(1, FmaLoop::Avx512, share(0.1))),
+            Some(measure_fma_with(threads, FmaLoop::Avx512, share(0.1))),
+        )
+    } else {
+        (None, None)
+    };
     let buf = filled_buffer(DEFAULT_MEM_BYTES);
     let mem_read_gbps_1t = measure_mem_read(&buf, 1, features, share(0.25));
     let mem_read_gbps_all = measure_mem_read(&buf, threads, features, share(0.25));
@@ -128,6 +147,8 @@ pub fn run(seconds: f64) -> ProbeReport {
         threads,
         fma_gflops_1t,
         fma_gflops_all,
+        fma512_gflops_1t,
+        fma512_gflops_all,
         mem_read_gbps_1t,
         mem_read_gbps_all,
         mem_buffer_bytes: buf.len() * 4,
@@ -153,11 +174,18 @@ pub fn render(r: &ProbeReport) -> String {
     } else {
         ""
     };
+    let avx512 = match (r.fma512_gflops_1t, r.fma512_gflops_all) {
+        (Some(one), Some(all)) => format!(
+            "              {one:.1} GFLOP/s on 1 thread, {all:.1} GFLOP/s on {} threads with AVX-512\n",
+            r.threads
+        ),
+        _ => String::new(),
+    };
     format!(
         "{warning}cpu:          {} ({cores})\n\
          features:     {features}\n\
          f32 FMA peak: {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads ({} loop)\n\
-         memory read:  {:.1} GB/s on 1 thread, {:.1} GB/s on {} threads ({} MiB buffer)\n\
+         {avx512}memory read:  {:.1} GB/s on 1 thread, {:.1} GB/s on {} threads ({} MiB buffer)\n\
          probe took {:.2} s\n",
         r.cpu_model.as_deref().unwrap_or("unknown"),
         r.fma_gflops_1t,
@@ -242,11 +270,42 @@ fn parse_cpuinfo(text: &str) -> (Option<String>, Option<usize>) {
 /// register-only FMA loop; repeated for about `budget`, best kept. Uses the
 /// AVX2+FMA loop when `features` allow it, the portable one otherwise.
 pub fn measure_fma(threads: usize, features: Features, budget: Duration) -> f64 {
+    let which = if features.avx2_fma {
+        FmaLoop::Avx2
+    } else {
+        FmaLoop::Portable
+    };
+    measure_fma_with(threads, which, budget)
+}
+
+/// Which FMA loop to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FmaLoop {
+    Portable,
+    /// Needs avx2 and fma (checked by the caller).
+    Avx2,
+    /// Needs avx512f (checked by the caller).
+    Avx512,
+}
+
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn measure_fma_with(threads: usize, which: FmaLoop, budget: Duration) -> f64 {
     let threads = resolve_threads(threads);
-    let flops = (FMA_ITERS * (FMA_ACCS * LANES * 2) as u64 * threads as u64) as f64;
+    let lanes = if which == FmaLoop::Avx512 { 16 } else { LANES };
+    let flops = (FMA_ITERS * (FMA_ACCS * lanes * 2) as u64 * threads as u64) as f64;
     best_rate(budget, || {
         timed_on_threads(threads, || {
-            black_box(fma_loop(features, black_box(FMA_ITERS)));
+            black_box(fma_loop(which, black_box(FMA_ITERS)));
         })
     }) * flops
         / 1e9
@@ -341,15 +400,18 @@ fn timed_on_threads_each<T: Sync>(items: &[T], work: impl Fn(&T) + Sync) -> f64 
 /// The FMA loop: `iters` iterations of FMA_ACCS independent
 /// `acc = acc * m + c` updates of LANES lanes each. With m just below 1 the
 /// accumulators converge to c / (1 - m): no overflow, no denormals.
-fn fma_loop(features: Features, iters: u64) -> f32 {
+fn fma_loop(which: FmaLoop, iters: u64) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if features.avx2_fma {
-            // SAFETY: avx2 and fma were detected at run time (Features::detect).
-            return unsafe { fma_loop_avx2(iters) };
+        match which {
+            // SAFETY: the callers pick Avx2 only when Features::detect found
+            // avx2 and fma, and Avx512 only when has_avx512f().
+            FmaLoop::Avx2 => return unsafe { fma_loop_avx2(iters) },
+            FmaLoop::Avx512 => return unsafe { fma_loop_avx512(iters) },
+            FmaLoop::Portable => {}
         }
     }
-    let _ = features;
+    let _ = which;
     fma_loop_portable(iters)
 }
 
@@ -418,6 +480,30 @@ unsafe fn fma_loop_avx2(iters: u64) -> f32 {
     lanes.iter().sum()
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm512_set1_ps(black_box(0.999_99));
+    let c = _mm512_set1_ps(black_box(1e-3));
+    let mut acc = [_mm512_setzero_ps(); FMA_ACCS];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = _mm512_set1_ps(i as f32 * 0.01);
+    }
+    for _ in 0..iters {
+        // A fixed-size array indexed by constants: LLVM keeps it in 12 zmm
+        // registers.
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, m, c);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for a in acc {
+        s = _mm512_add_ps(s, a);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
 /// Sum of `x` with independent partial sums, so the loop is bound by loads.
 fn sum(features: Features, x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -477,6 +563,9 @@ mod tests {
             assert!(positive_finite(measure_fma(1, features, short)));
             assert!(positive_finite(measure_fma(2, features, short)));
         }
+        if has_avx512f() {
+            assert!(positive_finite(measure_fma_with(2, FmaLoop::Avx512, short)));
+        }
     }
 
     #[test]
@@ -507,12 +596,17 @@ mod tests {
         assert_eq!(sum(Features::detect(), &x), want);
         // The FMA loop converges to c / (1 - m) = 100 per lane, with no
         // overflow; both paths agree.
-        let p = fma_loop(Features::portable(), 10);
-        let d = fma_loop(Features::detect(), 10);
-        assert!(
-            p.is_finite() && (p - d).abs() <= 1e-3 * p.abs().max(1.0),
-            "{p} vs {d}"
-        );
+        let p = fma_loop(FmaLoop::Portable, 10);
+        assert!(p.is_finite() && p > 0.0, "{p}");
+        if Features::detect().avx2_fma {
+            let d = fma_loop(FmaLoop::Avx2, 10);
+            assert!((p - d).abs() <= 1e-3 * p, "{p} vs {d}");
+        }
+        if has_avx512f() {
+            // Twice the lanes, the same per-lane values.
+            let d = fma_loop(FmaLoop::Avx512, 10);
+            assert!((2.0 * p - d).abs() <= 1e-3 * p, "{p} vs {d}");
+        }
         let long = fma_loop_portable(1_000_000) / (FMA_ACCS * LANES) as f32;
         assert!((long - 100.0).abs() < 1.0, "{long}");
     }
@@ -546,6 +640,8 @@ mod tests {
             threads: 4,
             fma_gflops_1t: 100.0,
             fma_gflops_all: 400.0,
+            fma512_gflops_1t: None,
+            fma512_gflops_all: None,
             mem_read_gbps_1t: 20.0,
             mem_read_gbps_all: 40.0,
             mem_buffer_bytes: 256 << 20,
@@ -559,7 +655,16 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("256 MiB buffer"), "{s}");
-        assert!(!s.contains("debug build"), "{s}");
+        assert!(!s.contains("debug build") && !s.contains("AVX-512"), "{s}");
+        let wide = render(&ProbeReport {
+            fma512_gflops_1t: Some(200.0),
+            fma512_gflops_all: Some(800.0),
+            ..r.clone()
+        });
+        assert!(
+            wide.contains("200.0 GFLOP/s on 1 thread, 800.0 GFLOP/s on 4 threads with AVX-512"),
+            "{wide}"
+        );
         let debug = render(&ProbeReport {
             debug_build: true,
             ..r.clone()
