@@ -14,6 +14,7 @@ pub mod interp;
 pub mod ir;
 pub mod kernels;
 pub mod npy;
+pub mod probe;
 pub mod runtime;
 pub mod transform;
 

@@ -134,6 +134,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure this machine: f32 FMA peak and memory read bandwidth, on one
+    /// thread and on all threads.
+    Probe {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Rough time budget for the whole probe, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -195,6 +205,7 @@ fn main() -> ExitCode {
             profile,
             json,
         }),
+        Command::Probe { json, seconds } => cmd_probe(json, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -470,6 +481,22 @@ fn cmd_run(
         println!("{}", to_json(&report)?);
     } else {
         print_run_report(&report);
+    }
+    Ok(())
+}
+
+fn cmd_probe(json: bool, seconds: f64) -> Result<(), Error> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
+        return Err(Error::Input {
+            name: "--seconds".into(),
+            message: format!("{seconds} is not a time between 0 and 600 seconds"),
+        });
+    }
+    let report = mlc::probe::run(seconds);
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        print!("{}", mlc::probe::render(&report));
     }
     Ok(())
 }
