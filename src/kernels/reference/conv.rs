@@ -36,7 +36,7 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
 
 /// Geometry of one spatial axis of a sliding-window op (Conv, pooling).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Axis {
+pub(crate) struct Axis {
     pub input: usize,
     pub kernel: usize,
     pub stride: usize,
@@ -58,7 +58,7 @@ pub(super) struct Axis {
 /// dilated_kernel) / stride) + 1`, and with `ceil_mode` the last window must
 /// start inside the input or the begin padding (the PyTorch / ONNX rule).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn window_axes(
+pub(crate) fn window_axes(
     op: &'static str,
     input: &[usize],
     kernel: &[usize],

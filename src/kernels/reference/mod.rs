@@ -6,7 +6,7 @@
 //! optional input) and returns its outputs in ONNX order.
 
 mod array;
-mod conv;
+pub(crate) mod conv;
 pub(crate) mod elementwise;
 mod ew_chain;
 mod fused;
