@@ -521,12 +521,14 @@ impl Plan {
     /// in-place input shares the output's buffer by design and is read
     /// through the output instead), and every range lies inside the arena.
     pub(crate) fn check_views(&self) -> Result<()> {
+        // Allocation-free: it also runs (as a debug assertion) on every run.
         let range = |v: ValueId| -> Option<Range<usize>> {
             match self.values.get(v.0 as usize)?.as_ref()?.loc {
                 Loc::Arena { offset, len } if len > 0 => Some(offset..offset + len),
                 _ => None,
             }
         };
+        let overlap = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
         for s in &self.steps {
             let bad = |msg: String| {
                 Err(Error::Internal(format!(
@@ -534,18 +536,6 @@ impl Plan {
                     s.name, s.op_type
                 )))
             };
-            let outs: Vec<Range<usize>> = s.outputs.iter().filter_map(|&o| range(o)).collect();
-            for r in s
-                .inputs
-                .iter()
-                .flatten()
-                .chain(&s.outputs)
-                .filter_map(|&v| range(v))
-            {
-                if r.end > self.arena_len {
-                    return bad(format!("range {r:?} ends past the arena"));
-                }
-            }
             let shared = match &s.exec {
                 Exec::Alias => s.inputs[0],
                 Exec::InPlace(k) => s.inputs[k.inplace],
@@ -556,21 +546,27 @@ impl Plan {
                     return bad("the reused input and the output differ".into());
                 }
             }
-            let overlap = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
-            for (i, a) in outs.iter().enumerate() {
-                for b in &outs[i + 1..] {
-                    if overlap(a, b) {
+            for (i, &o) in s.outputs.iter().enumerate() {
+                let Some(a) = range(o) else { continue };
+                if a.end > self.arena_len {
+                    return bad(format!("output range {a:?} ends past the arena"));
+                }
+                for &o2 in &s.outputs[i + 1..] {
+                    if let Some(b) = range(o2).filter(|b| overlap(&a, b)) {
                         return bad(format!("outputs {a:?} and {b:?} overlap"));
                     }
                 }
-            }
-            for &v in s.inputs.iter().flatten() {
-                if Some(v) == shared {
-                    continue;
-                }
-                if let Some(r) = range(v) {
-                    if let Some(o) = outs.iter().find(|o| overlap(o, &r)) {
-                        return bad(format!("input {r:?} overlaps output {o:?}"));
+                for &v in s.inputs.iter().flatten() {
+                    if Some(v) == shared {
+                        continue;
+                    }
+                    if let Some(r) = range(v) {
+                        if r.end > self.arena_len {
+                            return bad(format!("input range {r:?} ends past the arena"));
+                        }
+                        if overlap(&a, &r) {
+                            return bad(format!("input {r:?} overlaps output {a:?}"));
+                        }
                     }
                 }
             }
