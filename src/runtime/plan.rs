@@ -16,8 +16,10 @@
 //! kernels, falling back to the reference kernel when they decline),
 //! `Reference` (other types), `Copy`/`Alias` for reshape-like ops (a memcpy,
 //! or nothing at all when the output can share the dying input's buffer) and
-//! `InPlace` for elementwise ops whose input dies at the node: the output
-//! takes over the input's buffer and [`super::inplace`] computes over it.
+//! `InPlace` for cheap elementwise ops (arithmetic, piecewise-linear
+//! activations, Clip) whose input dies at the node: the output takes over
+//! the input's buffer and [`super::inplace`] computes over it. (Chains with
+//! transcendental steps stay out of place on the vectorized kernels.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -325,7 +327,9 @@ impl Plan {
                 };
             } else if all_f32 && node.outputs.len() == 1 {
                 let bounds = clip_bounds(&g, node);
-                if let Some(steps_) = inplace::chain_of(&node.op, bounds) {
+                if let Some(steps_) =
+                    inplace::chain_of(&node.op, bounds).filter(|c| inplace::is_cheap(c))
+                {
                     // Clip's chain reads only x; the others read every input.
                     let n_in = if matches!(node.op, Op::Clip) {
                         1
@@ -489,7 +493,7 @@ impl Plan {
             (64 - misalign) / 4
         };
         let outputs_list = g.outputs.clone();
-        let plan = Plan {
+        let mut plan = Plan {
             graph: g,
             values,
             steps,
@@ -505,6 +509,7 @@ impl Plan {
             profiler: None,
         };
         plan.check_views()?;
+        plan.prepack();
         Ok(plan)
     }
 
@@ -512,7 +517,6 @@ impl Plan {
     /// constant B operands of MatMul/Gemm/FusedMatMul (and convolution
     /// weights) are packed here, once per plan, and handed to the kernels
     /// with each step. Nothing is packed yet.
-    #[allow(dead_code)]
     fn prepack(&mut self) {}
 
     /// Checks the invariant the executor's unchecked views rely on: for every
