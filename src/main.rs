@@ -840,10 +840,11 @@ fn cmd_bench(a: &BenchArgs) -> Result<(), Error> {
         println!("{}", to_json(&report)?);
         return Ok(());
     }
-    let ins: Vec<String> = report
+    let ins: Vec<String> = g
         .inputs
         .iter()
-        .map(|(n, s)| format!("{n}{s:?}"))
+        .zip(&shapes)
+        .map(|(&id, s)| format!("{}{s:?}", g.value(id).name))
         .collect();
     println!(
         "{} (pipeline {}): threads {}, batch {}, inputs {}",

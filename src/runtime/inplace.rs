@@ -57,6 +57,37 @@ pub fn chain_of(op: &Op, clip_bounds: Option<(f32, f32)>) -> Option<Vec<EwStep>>
     }
 }
 
+/// Whether every step of a chain is cheap scalar arithmetic (no
+/// transcendental function). Only such chains are planned in place: this
+/// module evaluates transcendental steps with the reference's scalar f64
+/// math, while the fast kernels vectorize them, so an `exp`, `erf`, `tanh`,
+/// `sigmoid`, `gelu`, `elu`, `log` or `pow` step runs faster out of place.
+pub fn is_cheap(steps: &[EwStep]) -> bool {
+    steps.iter().all(|s| match s {
+        EwStep::Unary(u, _) => matches!(
+            u,
+            UnaryOp::Relu
+                | UnaryOp::LeakyRelu { .. }
+                | UnaryOp::Neg
+                | UnaryOp::Abs
+                | UnaryOp::Sqrt
+                | UnaryOp::Reciprocal
+                | UnaryOp::Floor
+                | UnaryOp::Ceil
+                | UnaryOp::Sign
+                | UnaryOp::HardSigmoid { .. }
+                | UnaryOp::HardSwish
+        ),
+        EwStep::Binary(b, _, _) => {
+            matches!(
+                b,
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div
+            )
+        }
+        EwStep::Clip(..) => true,
+    })
+}
+
 impl ChainKernel {
     /// Plans `steps` over inputs of `in_shapes` (numpy broadcasting) giving
     /// `out_shape`, overwriting input `inplace`. Fails when the chain is
@@ -451,6 +482,23 @@ mod tests {
             EwStep::Clip(EwArg::Step(3), -1.0, 1.0),
         ];
         check(&Op::Elementwise { steps }, &[x, bias], 0, None);
+    }
+
+    #[test]
+    fn only_cheap_chains_count_as_cheap() {
+        let cheap = |op: Op| is_cheap(&chain_of(&op, Some((0.0, 1.0))).unwrap());
+        assert!(cheap(Op::Unary(UnaryOp::Relu)));
+        assert!(cheap(Op::Binary(BinaryOp::Add)));
+        assert!(cheap(Op::Clip));
+        assert!(!cheap(Op::Unary(UnaryOp::Tanh)));
+        assert!(!cheap(Op::Unary(UnaryOp::Gelu { tanh_approx: true })));
+        assert!(!cheap(Op::Binary(BinaryOp::Pow)));
+        assert!(!cheap(Op::Elementwise {
+            steps: vec![
+                EwStep::Binary(BinaryOp::Mul, EwArg::Input(0), EwArg::Scalar(0.5)),
+                EwStep::Unary(UnaryOp::Erf, EwArg::Step(0)),
+            ]
+        }));
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //! kernels, falling back to the reference kernel when they decline),
 //! `Reference` (other types), `Copy`/`Alias` for reshape-like ops (a memcpy,
 //! or nothing at all when the output can share the dying input's buffer) and
-//! `InPlace` for elementwise ops whose input dies at the node: the output
-//! takes over the input's buffer and [`super::inplace`] computes over it.
+//! `InPlace` for cheap elementwise ops (arithmetic, piecewise-linear
+//! activations, Clip) whose input dies at the node: the output takes over
+//! the input's buffer and [`super::inplace`] computes over it. (Chains with
+//! transcendental steps stay out of place on the vectorized kernels.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -325,7 +327,9 @@ impl Plan {
                 };
             } else if all_f32 && node.outputs.len() == 1 {
                 let bounds = clip_bounds(&g, node);
-                if let Some(steps_) = inplace::chain_of(&node.op, bounds) {
+                if let Some(steps_) =
+                    inplace::chain_of(&node.op, bounds).filter(|c| inplace::is_cheap(c))
+                {
                     // Clip's chain reads only x; the others read every input.
                     let n_in = if matches!(node.op, Op::Clip) {
                         1
@@ -489,7 +493,7 @@ impl Plan {
             (64 - misalign) / 4
         };
         let outputs_list = g.outputs.clone();
-        let plan = Plan {
+        let mut plan = Plan {
             graph: g,
             values,
             steps,
@@ -505,6 +509,7 @@ impl Plan {
             profiler: None,
         };
         plan.check_views()?;
+        plan.prepack();
         Ok(plan)
     }
 
@@ -512,7 +517,6 @@ impl Plan {
     /// constant B operands of MatMul/Gemm/FusedMatMul (and convolution
     /// weights) are packed here, once per plan, and handed to the kernels
     /// with each step. Nothing is packed yet.
-    #[allow(dead_code)]
     fn prepack(&mut self) {}
 
     /// Checks the invariant the executor's unchecked views rely on: for every
@@ -521,12 +525,14 @@ impl Plan {
     /// in-place input shares the output's buffer by design and is read
     /// through the output instead), and every range lies inside the arena.
     pub(crate) fn check_views(&self) -> Result<()> {
+        // Allocation-free: it also runs (as a debug assertion) on every run.
         let range = |v: ValueId| -> Option<Range<usize>> {
             match self.values.get(v.0 as usize)?.as_ref()?.loc {
                 Loc::Arena { offset, len } if len > 0 => Some(offset..offset + len),
                 _ => None,
             }
         };
+        let overlap = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
         for s in &self.steps {
             let bad = |msg: String| {
                 Err(Error::Internal(format!(
@@ -534,18 +540,6 @@ impl Plan {
                     s.name, s.op_type
                 )))
             };
-            let outs: Vec<Range<usize>> = s.outputs.iter().filter_map(|&o| range(o)).collect();
-            for r in s
-                .inputs
-                .iter()
-                .flatten()
-                .chain(&s.outputs)
-                .filter_map(|&v| range(v))
-            {
-                if r.end > self.arena_len {
-                    return bad(format!("range {r:?} ends past the arena"));
-                }
-            }
             let shared = match &s.exec {
                 Exec::Alias => s.inputs[0],
                 Exec::InPlace(k) => s.inputs[k.inplace],
@@ -556,21 +550,27 @@ impl Plan {
                     return bad("the reused input and the output differ".into());
                 }
             }
-            let overlap = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
-            for (i, a) in outs.iter().enumerate() {
-                for b in &outs[i + 1..] {
-                    if overlap(a, b) {
+            for (i, &o) in s.outputs.iter().enumerate() {
+                let Some(a) = range(o) else { continue };
+                if a.end > self.arena_len {
+                    return bad(format!("output range {a:?} ends past the arena"));
+                }
+                for &o2 in &s.outputs[i + 1..] {
+                    if let Some(b) = range(o2).filter(|b| overlap(&a, b)) {
                         return bad(format!("outputs {a:?} and {b:?} overlap"));
                     }
                 }
-            }
-            for &v in s.inputs.iter().flatten() {
-                if Some(v) == shared {
-                    continue;
-                }
-                if let Some(r) = range(v) {
-                    if let Some(o) = outs.iter().find(|o| overlap(o, &r)) {
-                        return bad(format!("input {r:?} overlaps output {o:?}"));
+                for &v in s.inputs.iter().flatten() {
+                    if Some(v) == shared {
+                        continue;
+                    }
+                    if let Some(r) = range(v) {
+                        if r.end > self.arena_len {
+                            return bad(format!("input range {r:?} ends past the arena"));
+                        }
+                        if overlap(&a, &r) {
+                            return bad(format!("input {r:?} overlaps output {a:?}"));
+                        }
                     }
                 }
             }
