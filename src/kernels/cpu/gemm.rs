@@ -293,7 +293,7 @@ fn grid(m: usize, n: usize, mr: usize, threads: usize) -> (usize, usize) {
     let mut best = (1, 1);
     let mut best_score = f64::MAX;
     for tm in 1..=threads {
-        if threads % tm != 0 {
+        if !threads.is_multiple_of(tm) {
             continue;
         }
         let tn = threads / tm;
