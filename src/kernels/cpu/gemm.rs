@@ -40,8 +40,10 @@ const KC: usize = 256;
 const MC: usize = 144;
 /// Columns of a packed B block (a multiple of NR): `KC × NC` fits in L3.
 const NC: usize = 3072;
-/// Below this many multiply-adds a product runs on one thread.
-const PARALLEL_MIN_MACS: usize = 1 << 17;
+/// Below this many multiply-adds a product runs on one thread: waking the
+/// pool costs about as much as ~1M multiply-adds on one core (a 64³ product
+/// is 3x slower on two threads than on one).
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// What happens to each element of C after the product, in this order:
 /// bias by column, bias by row, residual, activation.

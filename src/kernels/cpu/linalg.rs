@@ -15,7 +15,9 @@
 //! not match the preallocated output) return `Ok(false)`, so the reference
 //! kernel reports the error.
 
-use super::gemm::{sgemm, Epilogue};
+use rayon::prelude::*;
+
+use super::gemm::{sgemm, Epilogue, PARALLEL_MIN_MACS};
 use super::{CpuCtx, View, ViewMut};
 use crate::ir::{Activation, Op};
 use crate::kernels::reference::util::broadcast_shape;
@@ -275,15 +277,15 @@ fn matmul(
         return Ok(true);
     }
 
-    let mut scalar_row = Vec::new();
-    for bi in 0..nbatch {
+    // Output batch `bi` into `c` (one `m × n` block).
+    let one = |bi: usize, c: &mut [f32], scalar_row: &mut Vec<f32>, cx: &CpuCtx| {
         let ao = batch_index(bi, &batch, a_batch) * a_blk;
         let bo = batch_index(bi, &batch, b_batch) * b_blk;
         let bias_bi = match &bias {
             Some((_, bb, _)) => batch_index(bi, &batch, bb),
             None => 0,
         };
-        let ep = epilogue(&bias, bias_bi, m, n, act, &mut scalar_row);
+        let ep = epilogue(&bias, bias_bi, m, n, act, scalar_row);
         sgemm(
             m,
             n,
@@ -295,11 +297,28 @@ fn matmul(
             &b.data[bo..bo + b_blk],
             ldb,
             trans_b,
-            &mut out.data[bi * c_blk..(bi + 1) * c_blk],
+            c,
             n,
             &ep,
             cx,
         );
+    };
+    let small = m * n * k < PARALLEL_MIN_MACS;
+    if cx.threads > 1 && nbatch > 1 && small && m * n * k * nbatch >= PARALLEL_MIN_MACS {
+        // Many small products (attention heads): one batch per task, each
+        // single-threaded, so every element is still computed the same way.
+        let single = CpuCtx::single(cx.features);
+        cx.install(|| {
+            out.data
+                .par_chunks_mut(c_blk)
+                .enumerate()
+                .for_each_init(Vec::new, |row, (bi, c)| one(bi, c, row, &single))
+        });
+    } else {
+        let mut scalar_row = Vec::new();
+        for (bi, c) in out.data.chunks_mut(c_blk).enumerate() {
+            one(bi, c, &mut scalar_row, cx);
+        }
     }
     Ok(true)
 }
@@ -457,9 +476,21 @@ mod tests {
             .expect("reference runs")
             .remove(0);
         let w = want.to_f32_vec();
+        let mut prev: Option<(Features, Vec<f32>)> = None;
         for cx in ctxs() {
             let got = fast(op, ins, want.shape(), &cx)
                 .unwrap_or_else(|| panic!("{op:?} {:?}: fast path declined", shapes(ins)));
+            // Same features, more threads: bit-identical.
+            if let Some((f, p)) = &prev {
+                if *f == cx.features {
+                    assert!(
+                        p.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{op:?} {:?}: thread count changed the result",
+                        shapes(ins)
+                    );
+                }
+            }
+            prev = Some((cx.features, got.clone()));
             for (i, (g, w)) in got.iter().zip(&w).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
@@ -498,6 +529,11 @@ mod tests {
             (&[3, 0], &[0, 4]),
             (&[1, 1], &[1, 1]),
             (&[2, 33, 70], &[70, 40]),
+            // Attention-like: many small products, split across threads.
+            (&[12, 64, 32], &[12, 32, 64]),
+            (&[2, 6, 64, 32], &[1, 6, 32, 64]),
+            // Large enough to split one product across threads.
+            (&[300, 70], &[70, 129]),
         ];
         for (i, (sa, sb)) in cases.iter().enumerate() {
             let (a, b) = (r(sa, 2 * i as u64), r(sb, 2 * i as u64 + 1));
@@ -561,6 +597,11 @@ mod tests {
                 &[&[7], &[2, 3, 5, 7], &[3, 1, 1], &[2, 1, 1, 7]],
             ),
             (&[2, 17, 33], &[2, 33, 19], &[&[19], &[2, 17, 19]]),
+            (
+                &[12, 64, 32],
+                &[12, 32, 64],
+                &[&[64], &[12, 1, 64], &[12, 64, 64], &[64, 1]],
+            ),
         ];
         let mut seed = 500;
         for (sa, sb, biases) in cases {
