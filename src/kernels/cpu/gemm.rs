@@ -473,11 +473,11 @@ impl Gemm<'_> {
                     // SAFETY: Avx2 is only selected when the CPU has AVX2
                     // and FMA; `ap`/`bp` hold kc*6 and kc*16 floats.
                     Kernel::Avx2 => unsafe { kernel_avx2(kc, ap, bp, &tile) },
-                    Kernel::Portable => kernel_portable(kc, ap, bp, &tile),
+                    // SAFETY: `ap`/`bp` hold kc*4 and kc*16 floats.
+                    Kernel::Portable => unsafe { kernel_portable(kc, ap, bp, &tile) },
                 }
                 if last {
-                    // SAFETY: as above; the slice view covers exactly the
-                    // tile's rows, which this task owns.
+                    // The tile is still in L1: finish it now.
                     self.epilogue_tile(i, rows, j, nr);
                 }
             }
@@ -657,7 +657,10 @@ struct Tile {
 
 /// Portable micro-kernel: a `4 × 16` tile in plain Rust (the inner loops are
 /// fixed-width, so the compiler keeps the tile in vector registers).
-fn kernel_portable(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
+///
+/// # Safety
+/// The tile must lie inside C with no other live reference to it.
+unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
     const MR: usize = 4;
     let mut acc = [[0.0f32; NR]; MR];
     for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
