@@ -1,15 +1,705 @@
-//! (being written)
+//! Fast MatMul, Gemm and FusedMatMul on f32 views, all through [`sgemm`].
+//!
+//! MatMul and FusedMatMul follow numpy `matmul`: a 1-D left operand is a
+//! row vector and a 1-D right operand a column vector (their unit dim is
+//! dropped from the result), and the batch dims broadcast; each output
+//! batch is one `sgemm` call at the operands' batch offsets. When B has no
+//! batch and A is neither broadcast nor transposed, the batches are stacked
+//! into one tall product (`[B·M, K] × [K, N]`), which is both faster and
+//! what a transformer's projections look like. Transposes, `alpha` and the
+//! bias/C term go to `sgemm`'s packing and epilogue: a term shaped like a
+//! row (`[.., 1, N]`) is a column bias, one shaped like a column
+//! (`[.., M, 1]`) a row bias, one shaped like the output block (`[.., M, N]`)
+//! a residual, a single value is spread into a row. FusedMatMul's activation
+//! runs in the epilogue too. Shapes the reference would reject (or that do
+//! not match the preallocated output) return `Ok(false)`, so the reference
+//! kernel reports the error.
 
+use rayon::prelude::*;
+
+use super::gemm::{sgemm, Epilogue, PARALLEL_MIN_MACS};
 use super::{CpuCtx, View, ViewMut};
-use crate::ir::Op;
-use crate::Result;
+use crate::ir::{Activation, Op};
+use crate::kernels::reference::util::broadcast_shape;
+use crate::{Error, Result};
 
-/// Fast path for this family; `Ok(false)` when not handled.
-pub fn run(
-    _op: &Op,
-    _inputs: &[Option<View>],
-    _outputs: &mut [ViewMut],
-    _cx: &CpuCtx,
+/// Fast path for MatMul, Gemm and FusedMatMul; `Ok(false)` for any other op
+/// or for inputs it does not handle.
+pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCtx) -> Result<bool> {
+    let [out] = outputs else { return Ok(false) };
+    match op {
+        Op::MatMul => {
+            if inputs.len() != 2 {
+                return Ok(false);
+            }
+            matmul(op.onnx_type(), inputs, false, false, 1.0, None, out, cx)
+        }
+        Op::FusedMatMul {
+            trans_a,
+            trans_b,
+            alpha,
+            act,
+        } => {
+            if inputs.len() > 3 {
+                return Ok(false);
+            }
+            let op_name = op.onnx_type();
+            matmul(
+                op_name,
+                inputs,
+                *trans_a,
+                *trans_b,
+                *alpha,
+                act.as_ref(),
+                out,
+                cx,
+            )
+        }
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => {
+            if inputs.len() > 3 {
+                return Ok(false);
+            }
+            gemm(inputs, *alpha, *beta, *trans_a, *trans_b, out, cx)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Input `i` if present.
+fn arg<'a>(inputs: &[Option<View<'a>>], i: usize) -> Option<View<'a>> {
+    inputs.get(i).copied().flatten()
+}
+
+/// Checks that a view's data matches its shape (a runtime bug otherwise).
+fn consistent(op: &'static str, what: &str, shape: &[usize], len: usize) -> Result<()> {
+    match shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
+        Some(n) if n == len => Ok(()),
+        _ => Err(Error::op(
+            op,
+            format!("internal: {what} view of shape {shape:?} holds {len} values"),
+        )),
+    }
+}
+
+/// Flat index, in a tensor with batch dims `inb` (right-aligned,
+/// broadcasting onto `outb`), of the batch that output batch `bi` reads.
+fn batch_index(bi: usize, outb: &[usize], inb: &[usize]) -> usize {
+    let off = outb.len() - inb.len();
+    let (mut rem, mut idx, mut stride) = (bi, 0, 1);
+    for ax in (0..outb.len()).rev() {
+        let i = rem % outb[ax];
+        rem /= outb[ax];
+        if ax >= off {
+            let d = inb[ax - off];
+            if d != 1 {
+                idx += i * stride;
+            }
+            stride *= d;
+        }
+    }
+    idx
+}
+
+/// How the bias (FusedMatMul) or C (Gemm) term enters the epilogue, per
+/// output batch block of `m × n`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Term {
+    /// A row of n (`[.., 1, N]`).
+    Col,
+    /// A column of m (`[.., M, 1]`).
+    Row,
+    /// A full `m × n` block.
+    Full,
+    /// One value.
+    Scalar,
+}
+
+impl Term {
+    /// The kind of a term whose block is `bm × bn` against `m × n` (None if
+    /// it does not broadcast onto it).
+    fn of(bm: usize, bn: usize, m: usize, n: usize) -> Option<Term> {
+        match (bm == m, bn == n, bm == 1, bn == 1) {
+            (true, true, _, _) => Some(Term::Full),
+            (_, true, true, _) => Some(Term::Col),
+            (true, _, _, true) => Some(Term::Row),
+            (_, _, true, true) => Some(Term::Scalar),
+            _ => None,
+        }
+    }
+
+    fn block_len(self, m: usize, n: usize) -> usize {
+        match self {
+            Term::Col => n,
+            Term::Row => m,
+            Term::Full => m * n,
+            Term::Scalar => 1,
+        }
+    }
+}
+
+/// `act(alpha · op(A) @ op(B) + bias)` with numpy matmul batching.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    op: &'static str,
+    inputs: &[Option<View>],
+    trans_a: bool,
+    trans_b: bool,
+    alpha: f32,
+    act: Option<&Activation>,
+    out: &mut ViewMut,
+    cx: &CpuCtx,
 ) -> Result<bool> {
-    Ok(false)
+    let (Some(a), Some(b)) = (arg(inputs, 0), arg(inputs, 1)) else {
+        return Ok(false);
+    };
+    let bias = arg(inputs, 2);
+    consistent(op, "A", a.shape, a.data.len())?;
+    consistent(op, "B", b.shape, b.data.len())?;
+    consistent(op, "the output", out.shape, out.data.len())?;
+    if let Some(t) = bias {
+        consistent(op, "the bias", t.shape, t.data.len())?;
+    }
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    if ra == 0 || rb == 0 || (trans_a && ra < 2) || (trans_b && rb < 2) {
+        return Ok(false);
+    }
+    let a_vec = ra == 1;
+    let b_vec = rb == 1;
+    // Stored matrix dims and op() dims.
+    let (am, ak) = if a_vec {
+        (1, a.shape[0])
+    } else {
+        (a.shape[ra - 2], a.shape[ra - 1])
+    };
+    let (bk, bn) = if b_vec {
+        (b.shape[0], 1)
+    } else {
+        (b.shape[rb - 2], b.shape[rb - 1])
+    };
+    let (m, k) = if trans_a { (ak, am) } else { (am, ak) };
+    let (k2, n) = if trans_b { (bn, bk) } else { (bk, bn) };
+    if k != k2 {
+        return Ok(false);
+    }
+    let a_batch = &a.shape[..ra.saturating_sub(2)];
+    let b_batch = &b.shape[..rb.saturating_sub(2)];
+    let Some(batch) = broadcast_shape(a_batch, b_batch) else {
+        return Ok(false);
+    };
+    // The real output shape (unit dims of vectors dropped) must be the
+    // preallocated one.
+    let real_rank = batch.len() + usize::from(!a_vec) + usize::from(!b_vec);
+    if out.shape.len() != real_rank
+        || out.shape[..batch.len()] != batch[..]
+        || (!a_vec && out.shape[batch.len()] != m)
+        || (!b_vec && out.shape[real_rank - 1] != n)
+    {
+        return Ok(false);
+    }
+    let nbatch: usize = batch.iter().product();
+    // The bias as (batch dims, block kind).
+    let bias = match bias {
+        None => None,
+        Some(t) => {
+            if t.shape.len() > real_rank {
+                return Ok(false);
+            }
+            // Pad to the real output rank, then reinsert the dropped unit
+            // dims to get [batch.., bm, bn].
+            let mut s = vec![1usize; real_rank - t.shape.len()];
+            s.extend_from_slice(t.shape);
+            if s.iter()
+                .zip(out.shape.iter())
+                .any(|(&d, &o)| d != o && d != 1)
+            {
+                return Ok(false);
+            }
+            let tail = &s[batch.len()..];
+            let (tm, tn) = match (a_vec, b_vec) {
+                (true, true) => (1, 1),
+                (true, false) => (1, tail[0]),
+                (false, true) => (tail[0], 1),
+                (false, false) => (tail[0], tail[1]),
+            };
+            let Some(kind) = Term::of(tm, tn, m, n) else {
+                return Ok(false);
+            };
+            s.truncate(batch.len());
+            Some((t.data, s, kind))
+        }
+    };
+    if nbatch == 0 || m == 0 || n == 0 {
+        return Ok(true);
+    }
+    let lda = if trans_a { m } else { k };
+    let ldb = if trans_b { k } else { n };
+    let (a_blk, b_blk, c_blk) = (m * k, k * n, m * n);
+
+    // One tall product when the batches of A are contiguous rows sharing B.
+    let a_nb: usize = a_batch.iter().product();
+    let b_nb: usize = b_batch.iter().product();
+    let bias_foldable = match &bias {
+        None => true,
+        Some((_, bb, kind)) => {
+            let nb: usize = bb.iter().product();
+            match kind {
+                Term::Col | Term::Scalar => nb == 1,
+                // Per-batch rows or blocks stack like the output only when
+                // the bias has every batch.
+                Term::Row | Term::Full => nb == nbatch,
+            }
+        }
+    };
+    if !trans_a && b_nb == 1 && a_nb == nbatch && nbatch > 1 && bias_foldable {
+        let mut scalar_row = Vec::new();
+        let ep = epilogue(&bias, 0, m * nbatch, n, act, &mut scalar_row);
+        sgemm(
+            m * nbatch,
+            n,
+            k,
+            alpha,
+            a.data,
+            lda,
+            false,
+            b.data,
+            ldb,
+            trans_b,
+            out.data,
+            n,
+            &ep,
+            cx,
+        );
+        return Ok(true);
+    }
+
+    // Output batch `bi` into `c` (one `m × n` block).
+    let one = |bi: usize, c: &mut [f32], scalar_row: &mut Vec<f32>, cx: &CpuCtx| {
+        let ao = batch_index(bi, &batch, a_batch) * a_blk;
+        let bo = batch_index(bi, &batch, b_batch) * b_blk;
+        let bias_bi = match &bias {
+            Some((_, bb, _)) => batch_index(bi, &batch, bb),
+            None => 0,
+        };
+        let ep = epilogue(&bias, bias_bi, m, n, act, scalar_row);
+        sgemm(
+            m,
+            n,
+            k,
+            alpha,
+            &a.data[ao..ao + a_blk],
+            lda,
+            trans_a,
+            &b.data[bo..bo + b_blk],
+            ldb,
+            trans_b,
+            c,
+            n,
+            &ep,
+            cx,
+        );
+    };
+    let small = m * n * k < PARALLEL_MIN_MACS;
+    if cx.threads > 1 && nbatch > 1 && small && m * n * k * nbatch >= PARALLEL_MIN_MACS {
+        // Many small products (attention heads): one batch per task, each
+        // single-threaded, so every element is still computed the same way.
+        let single = CpuCtx::single(cx.features);
+        cx.install(|| {
+            out.data
+                .par_chunks_mut(c_blk)
+                .enumerate()
+                .for_each_init(Vec::new, |row, (bi, c)| one(bi, c, row, &single))
+        });
+    } else {
+        let mut scalar_row = Vec::new();
+        for (bi, c) in out.data.chunks_mut(c_blk).enumerate() {
+            one(bi, c, &mut scalar_row, cx);
+        }
+    }
+    Ok(true)
+}
+
+/// The epilogue for bias batch `bi` of an `m × n` product (a scalar bias is
+/// spread into `scalar_row`).
+fn epilogue<'a>(
+    bias: &Option<(&'a [f32], Vec<usize>, Term)>,
+    bi: usize,
+    m: usize,
+    n: usize,
+    act: Option<&'a Activation>,
+    scalar_row: &'a mut Vec<f32>,
+) -> Epilogue<'a> {
+    let mut ep = Epilogue {
+        act,
+        ..Default::default()
+    };
+    if let Some((data, _, kind)) = bias {
+        let len = kind.block_len(m, n);
+        let block = &data[bi * len..(bi + 1) * len];
+        match kind {
+            Term::Col => ep.bias_col = Some(block),
+            Term::Row => ep.bias_row = Some(block),
+            Term::Full => ep.residual = Some(block),
+            Term::Scalar => {
+                scalar_row.clear();
+                scalar_row.resize(n, block[0]);
+                ep.bias_col = Some(scalar_row);
+            }
+        }
+    }
+    ep
+}
+
+/// ONNX Gemm: `alpha · op(A) · op(B) + beta · C`, A and B 2-D, C
+/// broadcasting onto `[M, N]`.
+fn gemm(
+    inputs: &[Option<View>],
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+    out: &mut ViewMut,
+    cx: &CpuCtx,
+) -> Result<bool> {
+    const OP: &str = "Gemm";
+    let (Some(a), Some(b)) = (arg(inputs, 0), arg(inputs, 1)) else {
+        return Ok(false);
+    };
+    consistent(OP, "A", a.shape, a.data.len())?;
+    consistent(OP, "B", b.shape, b.data.len())?;
+    consistent(OP, "the output", out.shape, out.data.len())?;
+    if a.shape.len() != 2 || b.shape.len() != 2 {
+        return Ok(false);
+    }
+    let (m, k) = if trans_a {
+        (a.shape[1], a.shape[0])
+    } else {
+        (a.shape[0], a.shape[1])
+    };
+    let (k2, n) = if trans_b {
+        (b.shape[1], b.shape[0])
+    } else {
+        (b.shape[0], b.shape[1])
+    };
+    if k != k2 || out.shape != [m, n] {
+        return Ok(false);
+    }
+    let mut scaled = Vec::new();
+    let mut ep = Epilogue::default();
+    if let Some(c) = arg(inputs, 2).filter(|_| beta != 0.0) {
+        consistent(OP, "C", c.shape, c.data.len())?;
+        if c.shape.len() > 2 {
+            return Ok(false);
+        }
+        let mut s = vec![1usize; 2 - c.shape.len()];
+        s.extend_from_slice(c.shape);
+        let Some(kind) = Term::of(s[0], s[1], m, n) else {
+            return Ok(false);
+        };
+        let term: &[f32] = if kind == Term::Scalar {
+            scaled.push(c.data[0] * beta);
+            scaled.resize(n, scaled[0]);
+            &scaled
+        } else if beta != 1.0 {
+            scaled.extend(c.data.iter().map(|&v| v * beta));
+            &scaled
+        } else {
+            c.data
+        };
+        match kind {
+            Term::Col | Term::Scalar => ep.bias_col = Some(term),
+            Term::Row => ep.bias_row = Some(term),
+            Term::Full => ep.residual = Some(term),
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(true);
+    }
+    let lda = if trans_a { m } else { k };
+    let ldb = if trans_b { k } else { n };
+    sgemm(
+        m, n, k, alpha, a.data, lda, trans_a, b.data, ldb, trans_b, out.data, n, &ep, cx,
+    );
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Tensor;
+    use crate::kernels::cpu::Features;
+    use crate::kernels::reference::util::testing::random;
+
+    fn ctxs() -> Vec<CpuCtx> {
+        let mut two = CpuCtx::new(2).expect("a 2-thread pool starts");
+        two.features = Features::detect();
+        vec![
+            CpuCtx::single(Features::portable()),
+            CpuCtx::single(Features::detect()),
+            two,
+        ]
+    }
+
+    /// Runs the fast path into an output of `out_shape`; None if declined.
+    fn fast(
+        op: &Op,
+        ins: &[Option<&Tensor>],
+        out_shape: &[usize],
+        cx: &CpuCtx,
+    ) -> Option<Vec<f32>> {
+        let vals: Vec<Option<(Vec<usize>, Vec<f32>)>> = ins
+            .iter()
+            .map(|t| t.map(|t| (t.shape().to_vec(), t.to_f32_vec())))
+            .collect();
+        let views: Vec<Option<View>> = vals
+            .iter()
+            .map(|v| v.as_ref().map(|(s, d)| View { shape: s, data: d }))
+            .collect();
+        let n: usize = out_shape.iter().product();
+        let mut data = vec![f32::NAN; n];
+        let mut outs = [ViewMut {
+            shape: out_shape,
+            data: &mut data,
+        }];
+        run(op, &views, &mut outs, cx)
+            .expect("no error")
+            .then_some(data)
+    }
+
+    /// The fast path agrees with the reference within rtol 1e-4.
+    fn agree(op: &Op, ins: &[Option<&Tensor>]) {
+        let want = crate::kernels::reference::eval(op, ins, 1)
+            .expect("reference runs")
+            .remove(0);
+        let w = want.to_f32_vec();
+        let mut prev: Option<(Features, Vec<f32>)> = None;
+        for cx in ctxs() {
+            let got = fast(op, ins, want.shape(), &cx)
+                .unwrap_or_else(|| panic!("{op:?} {:?}: fast path declined", shapes(ins)));
+            // Same features, more threads: bit-identical.
+            if let Some((f, p)) = &prev {
+                if *f == cx.features {
+                    assert!(
+                        p.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{op:?} {:?}: thread count changed the result",
+                        shapes(ins)
+                    );
+                }
+            }
+            prev = Some((cx.features, got.clone()));
+            for (i, (g, w)) in got.iter().zip(&w).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{op:?} {:?} threads {} {:?} at {i}: {g} vs {w}",
+                    shapes(ins),
+                    cx.threads,
+                    cx.features
+                );
+            }
+        }
+    }
+
+    fn shapes(ins: &[Option<&Tensor>]) -> Vec<Option<Vec<usize>>> {
+        ins.iter().map(|t| t.map(|t| t.shape().to_vec())).collect()
+    }
+
+    fn r(shape: &[usize], seed: u64) -> Tensor {
+        random(shape, seed, 1.0)
+    }
+
+    #[test]
+    fn matmul_matches_reference() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[3, 4], &[4, 5]),
+            (&[7, 13], &[13, 97]),
+            (&[2, 3, 4], &[4, 5]),
+            (&[2, 3, 4], &[2, 4, 5]),
+            (&[2, 1, 3, 4], &[3, 4, 5]),
+            (&[1, 3, 4], &[2, 4, 5]),
+            (&[4], &[4, 5]),
+            (&[3, 4], &[4]),
+            (&[4], &[4]),
+            (&[5], &[2, 5, 3]),
+            (&[2, 3, 5], &[5]),
+            (&[0, 3, 4], &[4, 5]),
+            (&[3, 0], &[0, 4]),
+            (&[1, 1], &[1, 1]),
+            (&[2, 33, 70], &[70, 40]),
+            // Attention-like: many small products, split across threads.
+            (&[12, 64, 32], &[12, 32, 64]),
+            (&[2, 6, 64, 32], &[1, 6, 32, 64]),
+            // Large enough to split one product across threads.
+            (&[300, 70], &[70, 129]),
+        ];
+        for (i, (sa, sb)) in cases.iter().enumerate() {
+            let (a, b) = (r(sa, 2 * i as u64), r(sb, 2 * i as u64 + 1));
+            agree(&Op::MatMul, &[Some(&a), Some(&b)]);
+        }
+    }
+
+    #[test]
+    fn gemm_matches_reference() {
+        let (m, n, k) = (7, 13, 5);
+        let c_shapes: &[&[usize]] = &[&[n], &[1, n], &[m, 1], &[m, n], &[], &[1], &[1, 1]];
+        let mut seed = 100;
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = r(&if ta { [k, m] } else { [m, k] }, seed);
+            let b = r(&if tb { [n, k] } else { [k, n] }, seed + 1);
+            seed += 2;
+            for (alpha, beta) in [(1.0, 1.0), (0.5, -2.0), (1.5, 0.0)] {
+                let op = Op::Gemm {
+                    alpha,
+                    beta,
+                    trans_a: ta,
+                    trans_b: tb,
+                };
+                agree(&op, &[Some(&a), Some(&b)]);
+                for cs in c_shapes {
+                    let c = r(cs, seed);
+                    seed += 1;
+                    agree(&op, &[Some(&a), Some(&b), Some(&c)]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_matmul_matches_reference() {
+        let acts = [
+            None,
+            Some(Activation::Relu),
+            Some(Activation::Gelu { tanh_approx: false }),
+            Some(Activation::Clip {
+                min: -0.2,
+                max: 0.3,
+            }),
+        ];
+        // (A op-shape, B op-shape, bias shapes)
+        type Case<'a> = (&'a [usize], &'a [usize], &'a [&'a [usize]]);
+        let cases: &[Case] = &[
+            (
+                &[5, 6],
+                &[6, 7],
+                &[&[7], &[1, 7], &[5, 7], &[5, 1], &[], &[1]],
+            ),
+            (
+                &[3, 5, 6],
+                &[6, 7],
+                &[&[7], &[3, 5, 7], &[3, 1, 7], &[5, 7], &[3, 5, 1]],
+            ),
+            (
+                &[2, 1, 5, 6],
+                &[3, 6, 7],
+                &[&[7], &[2, 3, 5, 7], &[3, 1, 1], &[2, 1, 1, 7]],
+            ),
+            (&[2, 17, 33], &[2, 33, 19], &[&[19], &[2, 17, 19]]),
+            (
+                &[12, 64, 32],
+                &[12, 32, 64],
+                &[&[64], &[12, 1, 64], &[12, 64, 64], &[64, 1]],
+            ),
+        ];
+        let mut seed = 500;
+        for (sa, sb, biases) in cases {
+            for (ta, tb) in [(false, false), (true, true), (false, true), (true, false)] {
+                let stored = |s: &[usize], t: bool| {
+                    let mut s = s.to_vec();
+                    let l = s.len();
+                    if t {
+                        s.swap(l - 2, l - 1);
+                    }
+                    s
+                };
+                let a = r(&stored(sa, ta), seed);
+                let b = r(&stored(sb, tb), seed + 1);
+                seed += 2;
+                for (ai, act) in acts.iter().enumerate() {
+                    let op = Op::FusedMatMul {
+                        trans_a: ta,
+                        trans_b: tb,
+                        alpha: if ai % 2 == 0 { 1.0 } else { -0.7 },
+                        act: act.clone(),
+                    };
+                    agree(&op, &[Some(&a), Some(&b)]);
+                    for bs in biases.iter() {
+                        let bias = r(bs, seed);
+                        seed += 1;
+                        agree(&op, &[Some(&a), Some(&b), Some(&bias)]);
+                    }
+                }
+            }
+        }
+        // 1-D operands with a bias.
+        let op = Op::FusedMatMul {
+            trans_a: false,
+            trans_b: false,
+            alpha: 2.0,
+            act: Some(Activation::Relu),
+        };
+        let (v, m) = (r(&[6], 1), r(&[2, 6, 7], 2));
+        agree(&op, &[Some(&v), Some(&m), Some(&r(&[7], 3))]);
+        agree(&op, &[Some(&v), Some(&m), Some(&r(&[2, 7], 4))]);
+        let w = r(&[2, 7, 6], 5);
+        agree(&op, &[Some(&w), Some(&v), Some(&r(&[2, 7], 6))]);
+        agree(&op, &[Some(&w), Some(&v), Some(&r(&[1], 7))]);
+    }
+
+    #[test]
+    fn declines_what_it_does_not_handle() {
+        let cx = CpuCtx::single(Features::detect());
+        let (a, b) = (r(&[3, 4], 1), r(&[5, 6], 2));
+        // Inner dims differ: the reference reports it.
+        assert!(fast(&Op::MatMul, &[Some(&a), Some(&b)], &[3, 6], &cx).is_none());
+        // Output buffer of the wrong shape.
+        let b = r(&[4, 6], 3);
+        assert!(fast(&Op::MatMul, &[Some(&a), Some(&b)], &[3, 5], &cx).is_none());
+        // A bias that would grow the output.
+        let fm = Op::FusedMatMul {
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            act: None,
+        };
+        let big = r(&[2, 3, 6], 4);
+        assert!(fast(&fm, &[Some(&a), Some(&b), Some(&big)], &[3, 6], &cx).is_none());
+        // A transposed vector.
+        let fmt = Op::FusedMatMul {
+            trans_a: true,
+            trans_b: false,
+            alpha: 1.0,
+            act: None,
+        };
+        let v = r(&[4], 5);
+        assert!(fast(&fmt, &[Some(&v), Some(&b)], &[6], &cx).is_none());
+        // Not a linalg op.
+        assert!(fast(
+            &Op::Unary(crate::ir::UnaryOp::Relu),
+            &[Some(&a)],
+            &[3, 4],
+            &cx
+        )
+        .is_none());
+        // A view whose data does not match its shape is an internal error.
+        let short = [0.0f32; 5];
+        let views = [
+            Some(View {
+                shape: &[3, 4],
+                data: &short,
+            }),
+            Some(View {
+                shape: &[4, 6],
+                data: &[0.0; 24],
+            }),
+        ];
+        let mut out = vec![0.0f32; 18];
+        let mut outs = [ViewMut {
+            shape: &[3, 6],
+            data: &mut out,
+        }];
+        assert!(run(&Op::MatMul, &views, &mut outs, &cx).is_err());
+    }
 }
