@@ -856,7 +856,7 @@ mod tests {
                 }
                 if let Some(act) = ep.act {
                     let mut x = [v as f32];
-                    super::super::apply_activation(act, &mut x);
+                    super::super::apply_activation_exact(act, &mut x);
                     v = x[0] as f64;
                 }
                 // Each of the k + 4 roundings is at most 2^-24 of the

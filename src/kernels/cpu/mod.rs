@@ -132,10 +132,16 @@ pub fn run_node(
     ops::run(op, inputs, outputs, cx)
 }
 
-/// Applies a fused epilogue activation in place, with the reference
-/// interpreter's scalar definition of each activation (so fused and unfused
-/// results agree to f32 rounding).
+/// Applies a fused epilogue activation in place with the vectorized
+/// kernels of [`ops`] (within the runtime's tolerance of the reference).
 pub fn apply_activation(act: &crate::ir::Activation, data: &mut [f32]) {
+    ops::activation(act, data, Features::detect().avx2_fma);
+}
+
+/// Applies an activation with the reference interpreter's scalar definition
+/// (f64 math, exact to f32 rounding): the oracle the fast path is tested
+/// against.
+pub fn apply_activation_exact(act: &crate::ir::Activation, data: &mut [f32]) {
     use crate::ir::{Activation as A, UnaryOp};
     use crate::kernels::reference::elementwise::unary_float;
     match act {
