@@ -893,60 +893,9 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
 }
 
 fn matmul(cx: &mut Ctx, node: &Node) -> Result<TensorType> {
-    let name = node.op.onnx_type();
     let a = in_ty(cx, node, 0)?;
     let b = in_ty(cx, node, 1)?;
-    if a.dtype != b.dtype {
-        return Err(Error::op(
-            name,
-            format!("inputs mix {} and {}", a.dtype, b.dtype),
-        ));
-    }
-    let (ra, rb) = (a.shape.rank(), b.shape.rank());
-    if ra == 0 || rb == 0 {
-        return Err(Error::op(
-            name,
-            format!(
-                "inputs must have rank >= 1, got {} and {}",
-                a.shape, b.shape
-            ),
-        ));
-    }
-    let mut ad = a.shape.0.clone();
-    if ra == 1 {
-        ad.insert(0, Dim::Known(1));
-    }
-    let mut bd = b.shape.0.clone();
-    if rb == 1 {
-        bd.push(Dim::Known(1));
-    }
-    let (ka, kb) = (&ad[ad.len() - 1], &bd[bd.len() - 2]);
-    if let (Dim::Known(x), Dim::Known(y)) = (ka, kb) {
-        if x != y {
-            return Err(Error::op(
-                name,
-                format!(
-                    "cannot multiply {} by {}: inner dims {x} and {y} differ",
-                    a.shape, b.shape
-                ),
-            ));
-        }
-    }
-    let batch = broadcast(
-        name,
-        &[
-            &Shape(ad[..ad.len() - 2].to_vec()),
-            &Shape(bd[..bd.len() - 2].to_vec()),
-        ],
-    )?;
-    let mut out = batch;
-    if ra > 1 {
-        out.push(ad[ad.len() - 2].clone());
-    }
-    if rb > 1 {
-        out.push(bd[bd.len() - 1].clone());
-    }
-    Ok(tt(a.dtype, out))
+    matmul_type(node.op.onnx_type(), a, b)
 }
 
 /// A spatial list attribute, defaulted when empty, checked for length.
@@ -2941,7 +2890,7 @@ fn fused_linear(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
         } => {
             let a = fused_operand(name, "A", in_ty(cx, node, 0)?, *trans_a)?;
             let b = fused_operand(name, "B", in_ty(cx, node, 1)?, *trans_b)?;
-            let out = fused_matmul_type(name, &a, &b)?;
+            let out = matmul_type(name, &a, &b)?;
             if let Some(bias) = opt_ty(cx, node, 2) {
                 fused_epilogue_operand(name, "the bias", bias, &out)?;
             }
@@ -2970,8 +2919,9 @@ fn fused_operand(op: &'static str, what: &str, t: &TensorType, trans: bool) -> R
     Ok(t)
 }
 
-/// numpy matmul of two operand types (the MatMul rule on types).
-fn fused_matmul_type(op: &'static str, a: &TensorType, b: &TensorType) -> Result<TensorType> {
+/// numpy matmul of two operand types: the MatMul rule, shared with
+/// FusedMatMul (whose operands arrive already transposed).
+fn matmul_type(op: &'static str, a: &TensorType, b: &TensorType) -> Result<TensorType> {
     if a.dtype != b.dtype {
         return Err(Error::op(
             op,
@@ -3001,7 +2951,7 @@ fn fused_matmul_type(op: &'static str, a: &TensorType, b: &TensorType) -> Result
             return Err(Error::op(
                 op,
                 format!(
-                    "cannot multiply {} by {} (after the transpose flags): inner dims {x} and {y} differ",
+                    "cannot multiply {} by {}: inner dims {x} and {y} differ",
                     a.shape, b.shape
                 ),
             ));
