@@ -15,6 +15,12 @@
 //! by column or row, residual, activation) on the tile right after its last
 //! depth block is stored, while it is still in L1.
 //!
+//! Either operand can also come ready-made ([`ASrc`], [`BSrc`]): packed
+//! once for the whole model ([`pack_a`], [`pack_b`]: constant weights are
+//! then never repacked), or, for B, generated block by block by the caller
+//! ([`PackB`]: a convolution packs its im2col columns straight from the
+//! input, with no im2col matrix in memory).
+//!
 //! With several threads, C is split into a grid of rectangles whose edges
 //! are multiples of the tile, one per task, each computed with its own
 //! packing buffers. Every element of C is then computed by exactly one task
@@ -82,21 +88,67 @@ pub fn sgemm(
     ep: &Epilogue,
     cx: &CpuCtx,
 ) {
-    check_operand("B", b, ldb, k, n, trans_b);
-    let src = BSrc::Raw {
+    let a = ASrc::Raw {
+        a,
+        lda,
+        trans: trans_a,
+    };
+    let b = BSrc::Raw {
         b,
         ldb,
         trans: trans_b,
     };
-    gemm_impl(m, n, k, alpha, a, lda, trans_a, src, c, ldc, ep, cx);
+    gemm(m, n, k, alpha, a, b, c, ldc, ep, cx);
 }
 
-/// B packed once into the micro-panel layout (all of k, panels of [`NR`]
-/// columns, zero-padded), for a constant weight used by many products.
+/// Where op(A) (`m × k`) comes from.
+#[derive(Clone, Copy)]
+pub enum ASrc<'a> {
+    /// Row-major A with leading dimension `lda`, stored `k × m` when `trans`.
+    Raw {
+        a: &'a [f32],
+        lda: usize,
+        trans: bool,
+    },
+    /// Packed once by [`pack_a`] (for a constant weight, e.g. a convolution's).
+    Packed(&'a PackedA),
+}
+
+/// Where op(B) (`k × n`) comes from.
+#[derive(Clone, Copy)]
+pub enum BSrc<'a> {
+    /// Row-major B with leading dimension `ldb`, stored `n × k` when `trans`.
+    Raw {
+        b: &'a [f32],
+        ldb: usize,
+        trans: bool,
+    },
+    /// Packed once by [`pack_b`] (for a constant weight of a MatMul).
+    Packed(&'a PackedB),
+    /// Generated block by block by the caller, e.g. im2col columns packed
+    /// straight from a convolution's input.
+    Gen(&'a dyn PackB),
+}
+
+/// A B operand that packs itself: the GEMM asks for one block at a time.
+pub trait PackB: Sync {
+    /// Writes depths `p0..p0+kc`, columns `j0..j0+nc` of op(B) into `dst` as
+    /// panels of `nr` columns: element (p, j) at `((j - j0) / nr) * kc * nr +
+    /// (p - p0) * nr + (j - j0) % nr`, with zeros in the last panel's
+    /// columns past `nc`. `dst` holds exactly `nc.div_ceil(nr) * nr * kc`
+    /// floats.
+    fn pack(&self, dst: &mut [f32], nr: usize, p0: usize, kc: usize, j0: usize, nc: usize);
+}
+
+/// op(B) packed once into the micro-panel layout (all of k, panels of the
+/// kernel's NR columns, zero-padded), for a constant weight used by many
+/// products.
 #[derive(Clone, Debug)]
 pub struct PackedB {
     k: usize,
     n: usize,
+    /// Columns per panel (the micro-kernel's NR).
+    nr: usize,
     buf: Vec<f32>,
     /// Offset of the 64-byte aligned start in `buf`.
     off: usize,
@@ -116,17 +168,74 @@ impl PackedB {
     }
 }
 
-/// Packs op(B) (`k × n`; B stored `n × k` when `trans_b`) for [`sgemm_packed`].
+/// op(A) packed once into micro-panels of the kernel's MR rows over all of
+/// k (element (i, p) of panel t at `t*k*MR + p*MR + i`, zero-padded rows).
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    /// Rows per panel (the micro-kernel's MR).
+    mr: usize,
+    buf: Vec<f32>,
+    off: usize,
+}
+
+impl PackedA {
+    /// Rows of op(A).
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    /// Columns of op(A).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    fn data(&self) -> &[f32] {
+        &self.buf[self.off..]
+    }
+}
+
+/// Packs op(B) (`k × n`; B stored `n × k` when `trans_b`) for the kernel
+/// that `features` select, to pass as [`BSrc::Packed`].
 ///
 /// # Panics
 /// When `b` is too short for `k`, `n` and `ldb`.
-pub fn pack_b(k: usize, n: usize, b: &[f32], ldb: usize, trans_b: bool) -> PackedB {
+pub fn pack_b(
+    k: usize,
+    n: usize,
+    b: &[f32],
+    ldb: usize,
+    trans_b: bool,
+    features: Features,
+) -> PackedB {
     check_operand("B", b, ldb, k, n, trans_b);
-    let len = n.div_ceil(NR) * NR * k;
+    let nr = Kernel::select(features).nr();
+    let len = n.div_ceil(nr) * nr * k;
     let mut buf = Vec::new();
     let off = aligned(&mut buf, len);
-    pack_b_panels(&mut buf[off..off + len], b, ldb, trans_b, 0, k, 0, n);
-    PackedB { k, n, buf, off }
+    pack_b_panels(&mut buf[off..off + len], nr, b, ldb, trans_b, 0, k, 0, n);
+    PackedB { k, n, nr, buf, off }
+}
+
+/// Packs op(A) (`m × k`; A stored `k × m` when `trans_a`) for the kernel
+/// that `features` select, to pass as [`ASrc::Packed`].
+///
+/// # Panics
+/// When `a` is too short for `m`, `k` and `lda`.
+pub fn pack_a(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    features: Features,
+) -> PackedA {
+    check_operand("A", a, lda, m, k, trans_a);
+    let mr = Kernel::select(features).mr();
+    let len = m.div_ceil(mr) * mr * k;
+    let mut buf = Vec::new();
+    let off = aligned(&mut buf, len);
+    pack_a_panels(&mut buf[off..off + len], mr, a, lda, trans_a, 0, m, 0, k);
+    PackedA { m, k, mr, buf, off }
 }
 
 /// [`sgemm`] with B already packed by [`pack_b`] (n and k come from it).
@@ -146,32 +255,12 @@ pub fn sgemm_packed(
     ep: &Epilogue,
     cx: &CpuCtx,
 ) {
-    let (n, k) = (b.n, b.k);
-    gemm_impl(
-        m,
-        n,
-        k,
-        alpha,
+    let a = ASrc::Raw {
         a,
         lda,
-        trans_a,
-        BSrc::Packed(b),
-        c,
-        ldc,
-        ep,
-        cx,
-    );
-}
-
-/// Where the B operand comes from.
-#[derive(Clone, Copy)]
-enum BSrc<'a> {
-    Raw {
-        b: &'a [f32],
-        ldb: usize,
-        trans: bool,
-    },
-    Packed(&'a PackedB),
+        trans: trans_a,
+    };
+    gemm(m, b.n, b.k, alpha, a, BSrc::Packed(b), c, ldc, ep, cx);
 }
 
 /// The micro-kernel in use.
@@ -200,6 +289,15 @@ impl Kernel {
             Kernel::Portable => 4,
         }
     }
+
+    /// Columns of the register tile (and of a packed B panel).
+    fn nr(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 16,
+            Kernel::Portable => 16,
+        }
+    }
 }
 
 /// Checks that a `rows × cols` operand (stored transposed when `trans`) fits
@@ -216,25 +314,51 @@ fn check_operand(what: &str, v: &[f32], ld: usize, rows: usize, cols: usize, tra
     );
 }
 
+/// The general product: [`sgemm`] with each operand raw, prepacked or
+/// generated (see [`ASrc`], [`BSrc`]).
+///
+/// # Panics
+/// When a slice is too short for its dimensions, or a packed operand does
+/// not have the shape given or was packed for another kernel (caller bugs).
 #[allow(clippy::too_many_arguments)]
-fn gemm_impl(
+pub fn gemm(
     m: usize,
     n: usize,
     k: usize,
     alpha: f32,
-    a: &[f32],
-    lda: usize,
-    trans_a: bool,
+    a: ASrc,
     b: BSrc,
     c: &mut [f32],
     ldc: usize,
     ep: &Epilogue,
     cx: &CpuCtx,
 ) {
+    let kern = Kernel::select(cx.features);
+    let (mr, nr) = (kern.mr(), kern.nr());
+    match a {
+        ASrc::Raw { a, lda, trans } => check_operand("A", a, lda, m, k, trans),
+        ASrc::Packed(p) => assert!(
+            (p.m, p.k, p.mr) == (m, k, mr),
+            "sgemm: A packed as {}x{} in panels of {} rows, used as {m}x{k} with {mr}",
+            p.m,
+            p.k,
+            p.mr
+        ),
+    }
+    match b {
+        BSrc::Raw { b, ldb, trans } => check_operand("B", b, ldb, k, n, trans),
+        BSrc::Packed(p) => assert!(
+            (p.k, p.n, p.nr) == (k, n, nr),
+            "sgemm: B packed as {}x{} in panels of {} columns, used as {k}x{n} with {nr}",
+            p.k,
+            p.n,
+            p.nr
+        ),
+        BSrc::Gen(_) => {}
+    }
     if m == 0 || n == 0 {
         return;
     }
-    check_operand("A", a, lda, m, k, trans_a);
     check_operand("C", c, ldc, m, n, false);
     if let Some(r) = ep.residual {
         check_operand("the residual", r, ldc, m, n, false);
@@ -252,22 +376,18 @@ fn gemm_impl(
         }
         return;
     }
-    let kern = Kernel::select(cx.features);
-    let mr = kern.mr();
     let g = Gemm {
         kern,
         k,
         alpha,
         a,
-        lda,
-        trans_a,
         b,
         c: CPtr(c.as_mut_ptr()),
         ldc,
         ep: *ep,
     };
     let (tm, tn) = if cx.threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
-        grid(m, n, mr, cx.threads)
+        grid(m, n, mr, nr, cx.threads)
     } else {
         (1, 1)
     };
@@ -278,7 +398,7 @@ fn gemm_impl(
     // Row chunks are multiples of MR and column chunks multiples of NR, so
     // every element sees the same tiles' arithmetic as single-threaded.
     let rows = m.div_ceil(mr).div_ceil(tm) * mr;
-    let cols = n.div_ceil(NR).div_ceil(tn) * NR;
+    let cols = n.div_ceil(nr).div_ceil(tn) * nr;
     let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
     cx.install(|| {
         (0..tm * tn).into_par_iter().for_each(|t| {
@@ -290,8 +410,8 @@ fn gemm_impl(
 
 /// Splits `threads` into a `tm × tn` grid giving the squarest pieces that
 /// still hold at least one tile each way.
-fn grid(m: usize, n: usize, mr: usize, threads: usize) -> (usize, usize) {
-    let (mt, nt) = (m.div_ceil(mr), n.div_ceil(NR));
+fn grid(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> (usize, usize) {
+    let (mt, nt) = (m.div_ceil(mr), n.div_ceil(nr));
     let mut best = (1, 1);
     let mut best_score = f64::MAX;
     for tm in 1..=threads {
@@ -338,9 +458,7 @@ struct Gemm<'a> {
     kern: Kernel,
     k: usize,
     alpha: f32,
-    a: &'a [f32],
-    lda: usize,
-    trans_a: bool,
+    a: ASrc<'a>,
     b: BSrc<'a>,
     c: CPtr,
     ldc: usize,
@@ -394,11 +512,16 @@ impl Gemm<'_> {
         j0: usize,
         j1: usize,
     ) {
-        let mr = self.kern.mr();
+        let (mr, nr) = (self.kern.mr(), self.kern.nr());
         let k = self.k;
-        let a_off = aligned(abuf, MC.min((i1 - i0).div_ceil(mr) * mr) * KC.min(k));
+        let a_off = match self.a {
+            ASrc::Raw { .. } => aligned(abuf, MC.min((i1 - i0).div_ceil(mr) * mr) * KC.min(k)),
+            ASrc::Packed(_) => 0,
+        };
         let b_off = match self.b {
-            BSrc::Raw { .. } => aligned(bbuf, NC.min((j1 - j0).div_ceil(NR) * NR) * KC.min(k)),
+            BSrc::Raw { .. } | BSrc::Gen(_) => {
+                aligned(bbuf, NC.min((j1 - j0).div_ceil(nr) * nr) * KC.min(k))
+            }
             BSrc::Packed(_) => 0,
         };
         for jc in (j0..j1).step_by(NC) {
@@ -406,27 +529,47 @@ impl Gemm<'_> {
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
                 // Packed B block: micro-panel q starts at q * bstride.
+                let blen = nc.div_ceil(nr) * nr * kc;
                 let (bblock, bstride): (&[f32], usize) = match self.b {
                     BSrc::Raw { b, ldb, trans } => {
-                        let len = nc.div_ceil(NR) * NR * kc;
-                        let dst = &mut bbuf[b_off..b_off + len];
-                        pack_b_panels(dst, b, ldb, trans, pc, kc, jc, nc);
-                        (&bbuf[b_off..b_off + len], kc * NR)
+                        let dst = &mut bbuf[b_off..b_off + blen];
+                        pack_b_panels(dst, nr, b, ldb, trans, pc, kc, jc, nc);
+                        (&bbuf[b_off..b_off + blen], kc * nr)
+                    }
+                    BSrc::Gen(g) => {
+                        let dst = &mut bbuf[b_off..b_off + blen];
+                        g.pack(dst, nr, pc, kc, jc, nc);
+                        (&bbuf[b_off..b_off + blen], kc * nr)
                     }
                     BSrc::Packed(p) => {
-                        let data = p.data();
-                        let start = (jc / NR) * k * NR + pc * NR;
-                        (&data[start..], k * NR)
+                        let start = (jc / nr) * k * nr + pc * nr;
+                        (&p.data()[start..], k * nr)
                     }
                 };
                 let first = pc == 0;
                 let last = pc + kc == k;
                 for ic in (i0..i1).step_by(MC) {
                     let mc = MC.min(i1 - ic);
-                    let alen = mc.div_ceil(mr) * mr * kc;
-                    let ablock = &mut abuf[a_off..a_off + alen];
-                    pack_a_panels(ablock, mr, self.a, self.lda, self.trans_a, ic, mc, pc, kc);
-                    self.macro_kernel(ablock, bblock, bstride, ic, mc, jc, nc, kc, first, last);
+                    // Packed A block: micro-panel t starts at t * astride.
+                    let (ablock, astride): (&[f32], usize) = match self.a {
+                        ASrc::Raw { a, lda, trans } => {
+                            let alen = mc.div_ceil(mr) * mr * kc;
+                            let dst = &mut abuf[a_off..a_off + alen];
+                            pack_a_panels(dst, mr, a, lda, trans, ic, mc, pc, kc);
+                            (&abuf[a_off..a_off + alen], kc * mr)
+                        }
+                        ASrc::Packed(p) => {
+                            let start = (ic / mr) * k * mr + pc * mr;
+                            (&p.data()[start..], k * mr)
+                        }
+                    };
+                    let blocks = Blocks {
+                        a: ablock,
+                        astride,
+                        b: bblock,
+                        bstride,
+                    };
+                    self.macro_kernel(&blocks, ic, mc, jc, nc, kc, first, last);
                 }
             }
         }
@@ -436,9 +579,7 @@ impl Gemm<'_> {
     #[allow(clippy::too_many_arguments)]
     fn macro_kernel(
         &self,
-        ablock: &[f32],
-        bblock: &[f32],
-        bstride: usize,
+        blk: &Blocks,
         ic: usize,
         mc: usize,
         jc: usize,
@@ -447,16 +588,16 @@ impl Gemm<'_> {
         first: bool,
         last: bool,
     ) {
-        let mr = self.kern.mr();
-        for q in 0..nc.div_ceil(NR) {
-            let j = jc + q * NR;
-            let nr = NR.min(nc - q * NR);
-            let bp = &bblock[q * bstride..q * bstride + kc * NR];
+        let (mr, nr) = (self.kern.mr(), self.kern.nr());
+        for q in 0..nc.div_ceil(nr) {
+            let j = jc + q * nr;
+            let cols = nr.min(nc - q * nr);
+            let bp = &blk.b[q * blk.bstride..q * blk.bstride + kc * nr];
             for t in 0..mc.div_ceil(mr) {
                 let i = ic + t * mr;
                 let rows = mr.min(mc - t * mr);
-                let ap = &ablock[t * kc * mr..(t + 1) * kc * mr];
-                // SAFETY: the tile rows i..i+rows, columns j..j+nr lie inside
+                let ap = &blk.a[t * blk.astride..t * blk.astride + kc * mr];
+                // SAFETY: the tile rows i..i+rows, columns j..j+cols lie inside
                 // C (checked against its length in `gemm_impl`) and inside
                 // this task's rectangle, which no other task touches.
                 let cp = unsafe { self.c.0.add(i * self.ldc + j) };
@@ -464,7 +605,7 @@ impl Gemm<'_> {
                     c: cp,
                     ldc: self.ldc,
                     rows,
-                    cols: nr,
+                    cols,
                     alpha: self.alpha,
                     accumulate: !first,
                 };
@@ -478,7 +619,7 @@ impl Gemm<'_> {
                 }
                 if last {
                     // The tile is still in L1: finish it now.
-                    self.epilogue_tile(i, rows, j, nr);
+                    self.epilogue_tile(i, rows, j, cols);
                 }
             }
         }
@@ -502,6 +643,15 @@ impl Gemm<'_> {
             epilogue_row(row, r, j, self.ldc, ep);
         }
     }
+}
+
+/// One depth block of both operands, packed: A micro-panel t at
+/// `a[t * astride..]`, B micro-panel q at `b[q * bstride..]`.
+struct Blocks<'a> {
+    a: &'a [f32],
+    astride: usize,
+    b: &'a [f32],
+    bstride: usize,
 }
 
 /// Epilogue on rows `i0..i1`, columns `j0..j1` of a C slice.
@@ -565,11 +715,12 @@ fn pack_a_panels(
 }
 
 /// Packs depths `p0..p0+kc`, columns `j0..j0+nc` of op(B) into micro-panels
-/// of NR columns: element (p, j) of panel q at `q*kc*NR + p*NR + j`, padded
+/// of `nr` columns: element (p, j) of panel q at `q*kc*nr + p*nr + j`, padded
 /// with zero columns.
 #[allow(clippy::too_many_arguments)]
 fn pack_b_panels(
     dst: &mut [f32],
+    nr: usize,
     b: &[f32],
     ldb: usize,
     trans: bool,
@@ -578,7 +729,10 @@ fn pack_b_panels(
     j0: usize,
     nc: usize,
 ) {
-    pack_panels::<NR>(dst, b, ldb, trans, j0, nc, p0, kc);
+    match nr {
+        16 => pack_panels::<16>(dst, b, ldb, trans, j0, nc, p0, kc),
+        _ => unreachable!("every kernel has NR 16"),
+    }
 }
 
 /// The packing both operands share: `W` "lanes" (rows of op(A) or columns
@@ -1046,29 +1200,75 @@ mod tests {
         }
     }
 
+    /// A generated B operand that packs from a plain row-major matrix, with
+    /// a row offset so a wrong `p0` cannot go unnoticed.
+    struct ShiftedB<'a> {
+        b: &'a [f32],
+        ldb: usize,
+        trans: bool,
+    }
+
+    impl PackB for ShiftedB<'_> {
+        fn pack(&self, dst: &mut [f32], nr: usize, p0: usize, kc: usize, j0: usize, nc: usize) {
+            pack_b_panels(dst, nr, self.b, self.ldb, self.trans, p0, kc, j0, nc);
+        }
+    }
+
     #[test]
-    fn prepacked_b_matches_sgemm() {
-        let bias = rand_vec(200, 41);
+    fn prepacked_and_generated_operands_match_sgemm() {
+        let bias = rand_vec(600, 41);
         let ep = Epilogue {
             bias_col: Some(&bias),
             ..Default::default()
         };
         for f in [Features::portable(), Features::detect()] {
             for cx in [CpuCtx::single(f), two_threads(f)] {
-                for &(m, n, k, tb) in &[(5, 33, 7, false), (64, 200, 300, true), (1, 17, 1, false)]
-                {
-                    let p = prob(m, n, k, false, tb, 2.0, 50 + m as u64);
-                    let packed = pack_b(k, n, &p.b, p.ldb, tb);
-                    assert_eq!((packed.k(), packed.n()), (k, n));
-                    let mut c = vec![0.0f32; m * p.ldc];
-                    sgemm_packed(
-                        m, p.alpha, &p.a, p.lda, false, &packed, &mut c, p.ldc, &ep, &cx,
-                    );
+                for &(m, n, k, ta, tb) in &[
+                    (5, 33, 7, false, false),
+                    (64, 200, 300, true, true),
+                    (1, 17, 1, false, false),
+                    (157, 531, 600, false, true),
+                ] {
+                    let p = prob(m, n, k, ta, tb, 2.0, 50 + m as u64);
                     let direct = run(&p, &ep, &cx);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (x, y) = (c[i * p.ldc + j], direct[i * p.ldc + j]);
-                            assert_eq!(x.to_bits(), y.to_bits(), "({i},{j}) {x} vs {y}");
+                    let pa = pack_a(m, k, &p.a, p.lda, ta, f);
+                    let pb = pack_b(k, n, &p.b, p.ldb, tb, f);
+                    assert_eq!((pa.m(), pa.k(), pb.k(), pb.n()), (m, k, k, n));
+                    let gen = ShiftedB {
+                        b: &p.b,
+                        ldb: p.ldb,
+                        trans: tb,
+                    };
+                    let raw_a = ASrc::Raw {
+                        a: &p.a,
+                        lda: p.lda,
+                        trans: ta,
+                    };
+                    let combos = [
+                        ("packed A", ASrc::Packed(&pa), BSrc::Gen(&gen)),
+                        ("packed B", raw_a, BSrc::Packed(&pb)),
+                        ("both packed", ASrc::Packed(&pa), BSrc::Packed(&pb)),
+                        ("generated B", raw_a, BSrc::Gen(&gen)),
+                    ];
+                    for (what, a, b) in combos {
+                        let mut c = vec![0.0f32; m * p.ldc];
+                        gemm(m, n, k, p.alpha, a, b, &mut c, p.ldc, &ep, &cx);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let (x, y) = (c[i * p.ldc + j], direct[i * p.ldc + j]);
+                                assert_eq!(x.to_bits(), y.to_bits(), "{what} ({i},{j}) {x} vs {y}");
+                            }
+                        }
+                    }
+                    if !ta {
+                        let mut c = vec![0.0f32; m * p.ldc];
+                        sgemm_packed(m, p.alpha, &p.a, p.lda, false, &pb, &mut c, p.ldc, &ep, &cx);
+                        for i in 0..m {
+                            let (x, y) = (
+                                &c[i * p.ldc..i * p.ldc + n],
+                                &direct[i * p.ldc..i * p.ldc + n],
+                            );
+                            assert!(x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits()));
                         }
                     }
                 }
@@ -1140,10 +1340,10 @@ mod tests {
 
     #[test]
     fn grid_keeps_pieces_tile_sized() {
-        assert_eq!(grid(1024, 1024, 6, 2), (1, 2));
-        assert_eq!(grid(4, 1024, 6, 4), (1, 4));
-        assert_eq!(grid(1000, 10, 6, 4), (4, 1));
-        assert_eq!(grid(1024, 1024, 6, 4), (2, 2));
+        assert_eq!(grid(1024, 1024, 6, 16, 2), (1, 2));
+        assert_eq!(grid(4, 1024, 6, 16, 4), (1, 4));
+        assert_eq!(grid(1000, 10, 6, 16, 4), (4, 1));
+        assert_eq!(grid(1024, 1024, 6, 16, 4), (2, 2));
     }
 
     /// Single-thread GFLOP/s at 1024³ (run in release:
