@@ -35,25 +35,41 @@ pub struct ViewMut<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
     pub avx2_fma: bool,
+    /// AVX-512 F (implies `avx2_fma` when set by [`Features::detect`]).
+    pub avx512f: bool,
 }
 
 impl Features {
     pub fn detect() -> Features {
         #[cfg(target_arch = "x86_64")]
         {
+            let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             Features {
-                avx2_fma: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                avx2_fma,
+                avx512f: avx2_fma && is_x86_feature_detected!("avx512f"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            Features { avx2_fma: false }
+            Features::portable()
         }
     }
 
     /// No SIMD: the portable kernels only (used to test them on any machine).
     pub fn portable() -> Features {
-        Features { avx2_fma: false }
+        Features {
+            avx2_fma: false,
+            avx512f: false,
+        }
+    }
+
+    /// AVX2 and FMA but no AVX-512, when the CPU has them (to test the AVX2
+    /// kernels on an AVX-512 machine); portable otherwise.
+    pub fn avx2_only() -> Features {
+        Features {
+            avx512f: false,
+            ..Features::detect()
+        }
     }
 }
 
