@@ -347,7 +347,7 @@ fn run_fast(step: &Step, env: &mut Env) -> Result<bool> {
             }
             &mut out_spill
         };
-        cpu::run_node(&step.op, ins, outs, env.cx)
+        cpu::run_node_packed(&step.op, ins, outs, step.packed.as_deref(), env.cx)
     }
 }
 

@@ -31,7 +31,7 @@ use super::arena::{self, Interval};
 use super::inplace::{self, ChainKernel};
 use super::profile::{self, Profiler};
 use crate::ir::{infer, DType, Graph, Op, Shape, SymbolBindings, Tensor, ValueId};
-use crate::kernels::cpu::CpuCtx;
+use crate::kernels::cpu::{CpuCtx, Prepacked, View};
 use crate::transform::recipe::Recipe;
 use crate::transform::runner::{self, RunOptions};
 use crate::{Error, Result};
@@ -100,6 +100,9 @@ pub(crate) struct Step {
     pub flops: Option<u64>,
     /// Tensor slots whose last reader is this step, emptied after it.
     pub frees: Vec<usize>,
+    /// Constant operands packed for the fast kernel (weights of products
+    /// and convolutions), made once by [`Plan::prepack`].
+    pub packed: Option<Arc<Prepacked>>,
 }
 
 /// A step as reported by [`Plan::steps`].
@@ -364,6 +367,7 @@ impl Plan {
                 flops: profile::flops(&node.op, &in_shapes, &out_shapes),
                 exec,
                 frees: Vec::new(),
+                packed: None,
             });
         }
 
@@ -513,11 +517,34 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Hook for weight pre-packing: once the GEMM kernels offer `pack_b`,
-    /// constant B operands of MatMul/Gemm/FusedMatMul (and convolution
-    /// weights) are packed here, once per plan, and handed to the kernels
-    /// with each step. Nothing is packed yet.
-    fn prepack(&mut self) {}
+    /// Packs the constant weights of fast-path products and convolutions
+    /// once, in the layout their kernels consume, so that no run repacks
+    /// them. The packed copies live beside the constants (which the
+    /// reference fallback still reads).
+    fn prepack(&mut self) {
+        for i in 0..self.steps.len() {
+            let step = &self.steps[i];
+            if !matches!(step.exec, Exec::Fast) {
+                continue;
+            }
+            let views: Vec<Option<View>> = step
+                .inputs
+                .iter()
+                .map(|v| {
+                    let info = self.values.get(v.as_ref()?.0 as usize)?.as_ref()?;
+                    match &info.loc {
+                        Loc::Const(t) => Some(View {
+                            shape: &info.shape,
+                            data: t.as_f32()?,
+                        }),
+                        _ => None,
+                    }
+                })
+                .collect();
+            let packed = crate::kernels::cpu::prepack(&step.op, &views, &self.cx).map(Arc::new);
+            self.steps[i].packed = packed;
+        }
+    }
 
     /// Checks the invariant the executor's unchecked views rely on: for every
     /// step, each arena output range is disjoint from every other output and

@@ -25,8 +25,8 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, Epilogue};
-use super::{ops, CpuCtx, View, ViewMut};
+use super::gemm::{gemm, pack_a, ASrc, BSrc, Epilogue, PackB, PackedA};
+use super::{ops, CpuCtx, Prepacked, View, ViewMut};
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::kernels::reference::conv::{window_axes, Axis};
 use crate::Result;
@@ -36,6 +36,47 @@ const PAR_MIN_WORK: usize = 1 << 14;
 
 /// Runs Conv / FusedConv on the fast path; `Ok(false)` when not handled.
 pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCtx) -> Result<bool> {
+    run_packed(op, inputs, outputs, None, cx)
+}
+
+/// Packs a constant weight of a convolution that runs through GEMM, one
+/// packed A operand `[M/G, C/G * kh * kw]` per group (see
+/// [`super::prepack`]); depthwise weights are used as they are.
+pub fn prepack(op: &Op, inputs: &[Option<View>], cx: &CpuCtx) -> Option<Prepacked> {
+    let attrs = match op {
+        Op::Conv(a) | Op::FusedConv { conv: a, .. } => a,
+        _ => return None,
+    };
+    let w = inputs.get(1).copied().flatten()?;
+    let (m, group) = (*w.shape.first()?, attrs.group);
+    if w.shape.len() < 3 || group == 0 || m % group != 0 || m == 0 {
+        return None;
+    }
+    if w.data.len() != w.shape.iter().product::<usize>() {
+        return None;
+    }
+    if w.shape[1] == 1 && group == m {
+        return None;
+    }
+    let (mg, k) = (m / group, w.data.len() / m);
+    let packs = (0..group)
+        .map(|gi| {
+            let wg = &w.data[gi * mg * k..(gi + 1) * mg * k];
+            pack_a(mg, k, wg, k, false, cx.features)
+        })
+        .collect();
+    Some(Prepacked::ConvWeights(packs))
+}
+
+/// [`run`] with the weights packed by [`prepack`] (ignored when they do
+/// not fit).
+pub fn run_packed(
+    op: &Op,
+    inputs: &[Option<View>],
+    outputs: &mut [ViewMut],
+    packed: Option<&Prepacked>,
+    cx: &CpuCtx,
+) -> Result<bool> {
     let (attrs, act, fused) = match op {
         Op::Conv(a) => (a, None, false),
         Op::FusedConv { conv, act } => (conv, act.as_ref(), true),
@@ -93,7 +134,17 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
     if g.group == g.c && g.m == g.c {
         depthwise(&g, x.data, w.data, &fused, out.data, cx);
     } else {
-        via_gemm(&g, x.data, w.data, &fused, out.data, cx);
+        let packed = match packed {
+            Some(Prepacked::ConvWeights(p))
+                if p.len() == g.group
+                    && p.iter()
+                        .all(|a| a.m() == g.mg && a.k() == g.cg * g.win.kh * g.win.kw) =>
+            {
+                Some(p.as_slice())
+            }
+            _ => None,
+        };
+        via_gemm(&g, x.data, w.data, packed, &fused, out.data, cx);
     }
     Ok(true)
 }
@@ -417,8 +468,20 @@ fn axpy_strided(a: f32, src: &[f32], stride: usize, dst: &mut [f32]) {
     }
 }
 
-/// Pointwise and general convolution through GEMM.
-fn via_gemm(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &CpuCtx) {
+/// Pointwise and general convolution through GEMM, per batch item and
+/// group: `Y[M/G, OH*OW] = W[M/G, C/G*kh*kw] · cols`, where `cols` is the
+/// input itself for a pointwise convolution and otherwise its im2col
+/// matrix, which is never stored: the GEMM packs it block by block straight
+/// from the input ([`Im2col`]).
+fn via_gemm(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    packed: Option<&[PackedA]>,
+    f: &Fused,
+    y: &mut [f32],
+    cx: &CpuCtx,
+) {
     let win = &g.win;
     let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
     let k = g.cg * win.kh * win.kw;
@@ -430,24 +493,27 @@ fn via_gemm(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &C
         && win.pad_left == 0
         && win.oh == win.h
         && win.ow == win.w;
-    // The im2col matrix of one (batch item, group), reused for all of them.
-    // TODO(runtime): the execution plan could hand out this scratch from its
-    // arena (size `cg * kh * kw * oh * ow` floats) instead of a per-call
-    // allocation.
-    let mut cols = if pointwise {
-        Vec::new()
-    } else {
-        vec![0f32; k * out_plane]
-    };
     for ni in 0..g.n {
         for gi in 0..g.group {
             let x0 = (ni * g.c + gi * g.cg) * in_plane;
             let xg = &x[x0..x0 + g.cg * in_plane];
-            let b: &[f32] = if pointwise {
-                xg
+            let cols = Im2col { win, x: xg };
+            let b = if pointwise {
+                BSrc::Raw {
+                    b: xg,
+                    ldb: out_plane,
+                    trans: false,
+                }
             } else {
-                im2col(win, g.cg, xg, &mut cols, cx);
-                &cols
+                BSrc::Gen(&cols)
+            };
+            let a = match packed {
+                Some(p) => ASrc::Packed(&p[gi]),
+                None => ASrc::Raw {
+                    a: &w[gi * g.mg * k..(gi + 1) * g.mg * k],
+                    lda: k,
+                    trans: false,
+                },
             };
             let y0 = (ni * g.m + gi * g.mg) * out_plane;
             let ylen = g.mg * out_plane;
@@ -457,17 +523,13 @@ fn via_gemm(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &C
                 residual: f.residual.map(|r| &r[y0..y0 + ylen]),
                 act: f.act,
             };
-            sgemm(
+            gemm(
                 g.mg,
                 out_plane,
                 k,
                 1.0,
-                &w[gi * g.mg * k..(gi + 1) * g.mg * k],
-                k,
-                false,
+                a,
                 b,
-                out_plane,
-                false,
                 &mut y[y0..y0 + ylen],
                 out_plane,
                 &ep,
@@ -477,48 +539,87 @@ fn via_gemm(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &C
     }
 }
 
-/// Fills `cols[(c * kh + ki) * kw + kj, oh * OW + ow]` with the input value
-/// that tap (ki, kj) of output (oh, ow) reads in channel `c`, 0 on padding.
-fn im2col(win: &Window2d, channels: usize, x: &[f32], cols: &mut [f32], cx: &CpuCtx) {
-    let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
-    let per_channel = win.kh * win.kw * out_plane;
-    let ranges: Vec<(usize, usize, usize)> = (0..win.kw).map(|kj| win.col_range(kj)).collect();
-    let channel = |c: usize, dst: &mut [f32]| {
-        let xc = &x[c * in_plane..(c + 1) * in_plane];
-        for (r, row) in dst.chunks_exact_mut(out_plane).enumerate() {
-            let (ki, kj) = (r / win.kw, r % win.kw);
-            let (lo, hi, start) = ranges[kj];
-            for (oh, seg) in row.chunks_exact_mut(win.ow).enumerate() {
-                match win.in_row(oh, ki) {
-                    Some(ih) if lo < hi => {
-                        let xrow = &xc[ih * win.w..(ih + 1) * win.w];
-                        seg[..lo].fill(0.0);
-                        seg[hi..].fill(0.0);
-                        let dst = &mut seg[lo..hi];
-                        if win.sw == 1 {
-                            dst.copy_from_slice(&xrow[start..start + (hi - lo)]);
-                        } else {
-                            for (d, s) in dst.iter_mut().zip(xrow[start..].iter().step_by(win.sw)) {
-                                *d = *s;
-                            }
+/// The im2col matrix of one (batch item, group) as a generated GEMM
+/// operand: row `(c * kh + ki) * kw + kj`, column `oh * OW + ow` holds the
+/// input value that tap (ki, kj) of output (oh, ow) reads in channel `c`, 0
+/// on padding.
+struct Im2col<'a> {
+    win: &'a Window2d,
+    /// The group's input channels, `[C/G, H, W]`.
+    x: &'a [f32],
+}
+
+impl PackB for Im2col<'_> {
+    fn pack(&self, dst: &mut [f32], nr: usize, p0: usize, kc: usize, j0: usize, nc: usize) {
+        let win = self.win;
+        let taps = win.kh * win.kw;
+        let panel_len = kc * nr;
+        for pp in 0..kc {
+            let p = p0 + pp;
+            let (c, tap) = (p / taps, p % taps);
+            let (ki, kj) = (tap / win.kw, tap % win.kw);
+            let (lo, hi, start) = win.col_range(kj);
+            let xc = &self.x[c * win.in_plane()..(c + 1) * win.in_plane()];
+            // Walk the columns j0..j0+nc one output-row segment at a time.
+            let mut j = j0;
+            while j < j0 + nc {
+                let (oh, ow0) = (j / win.ow, j % win.ow);
+                let ow1 = win.ow.min(ow0 + (j0 + nc - j));
+                let row = win.in_row(oh, ki).filter(|_| lo < hi);
+                let mut ow = ow0;
+                while ow < ow1 {
+                    // The run of columns up to the next panel edge.
+                    let jrel = j - j0 + (ow - ow0);
+                    let (q, r) = (jrel / nr, jrel % nr);
+                    let len = (nr - r).min(ow1 - ow);
+                    let at = q * panel_len + pp * nr + r;
+                    let out = &mut dst[at..at + len];
+                    match row {
+                        Some(ih) => {
+                            let xrow = &xc[ih * win.w..(ih + 1) * win.w];
+                            gather_run(out, xrow, ow, lo, hi, start, win.sw);
                         }
+                        None => out.fill(0.0),
                     }
-                    _ => seg.fill(0.0),
+                    ow += len;
                 }
+                j += ow1 - ow0;
+            }
+            // Zero columns past nc in the last panel.
+            if nc % nr != 0 {
+                let at = (nc / nr) * panel_len + pp * nr + nc % nr;
+                dst[at..at + nr - nc % nr].fill(0.0);
             }
         }
-    };
-    let cols = &mut cols[..channels * per_channel];
-    if cx.threads > 1 && cols.len() >= PAR_MIN_WORK && channels > 1 {
-        cx.install(|| {
-            cols.par_chunks_mut(per_channel)
-                .enumerate()
-                .for_each(|(c, d)| channel(c, d))
-        });
-    } else {
-        cols.chunks_exact_mut(per_channel)
-            .enumerate()
-            .for_each(|(c, d)| channel(c, d));
+    }
+}
+
+/// `out[t] = xrow[start + (ow + t - lo) * sw]` for output columns `ow + t`
+/// inside `lo..hi`, 0 outside (padding).
+#[inline]
+fn gather_run(
+    out: &mut [f32],
+    xrow: &[f32],
+    ow: usize,
+    lo: usize,
+    hi: usize,
+    start: usize,
+    sw: usize,
+) {
+    let end = ow + out.len();
+    let (a, b) = (ow.max(lo).min(end), hi.min(end).max(ow.max(lo).min(end)));
+    out[..a - ow].fill(0.0);
+    out[b - ow..].fill(0.0);
+    if a < b {
+        let s0 = start + (a - lo) * sw;
+        let body = &mut out[a - ow..b - ow];
+        if sw == 1 {
+            body.copy_from_slice(&xrow[s0..s0 + body.len()]);
+        } else {
+            for (d, s) in body.iter_mut().zip(xrow[s0..].iter().step_by(sw)) {
+                *d = *s;
+            }
+        }
     }
 }
 
@@ -636,6 +737,23 @@ mod tests {
             run(&op, &views, &mut outs, cx).unwrap(),
             "{c:?}: not handled"
         );
+        // With the weight treated as a constant and prepacked: the same bits.
+        let consts = [None, views[1]];
+        if let Some(packed) = prepack(&op, &consts, cx) {
+            let mut again = vec![f32::NAN; want.numel()];
+            let mut outs = [ViewMut {
+                shape: want.shape(),
+                data: &mut again,
+            }];
+            assert!(run_packed(&op, &views, &mut outs, Some(&packed), cx).unwrap());
+            assert!(
+                again
+                    .iter()
+                    .zip(&got)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{c:?}: prepacked weights changed the result"
+            );
+        }
         for (i, (g, w)) in got.iter().zip(want.as_f32().unwrap()).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
@@ -679,6 +797,14 @@ mod tests {
         c.pads = vec![1; 4];
         c.bias = true;
         check(&c, 8);
+        // Deep enough for two depth blocks (K = 360), output rows that
+        // straddle the packed panels, and a fused residual and activation.
+        let mut c = case(&[1, 40, 19, 21], 7, &[3, 3]);
+        c.pads = vec![1, 0, 1, 2];
+        c.strides = vec![2, 1];
+        c.residual = true;
+        c.act = Some(Activation::Relu);
+        check(&c, 9);
     }
 
     #[test]

@@ -17,7 +17,8 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, Epilogue, PARALLEL_MIN_MACS};
+use super::gemm::{gemm as gemm_product, pack_b, ASrc, BSrc, Epilogue, PackedB, PARALLEL_MIN_MACS};
+use super::Prepacked;
 use super::{CpuCtx, View, ViewMut};
 use crate::ir::{Activation, Op};
 use crate::kernels::reference::util::broadcast_shape;
@@ -25,14 +26,25 @@ use crate::{Error, Result};
 
 /// Fast path for MatMul, Gemm and FusedMatMul; `Ok(false)` for any other op
 /// or for inputs it does not handle.
-pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCtx) -> Result<bool> {
+pub fn run(
+    op: &Op,
+    inputs: &[Option<View>],
+    outputs: &mut [ViewMut],
+    packed: Option<&Prepacked>,
+    cx: &CpuCtx,
+) -> Result<bool> {
     let [out] = outputs else { return Ok(false) };
+    let packed_b = match packed {
+        Some(Prepacked::B(p)) => Some(p),
+        _ => None,
+    };
     match op {
         Op::MatMul => {
             if inputs.len() != 2 {
                 return Ok(false);
             }
-            matmul(op.onnx_type(), inputs, false, false, 1.0, None, out, cx)
+            let op_name = op.onnx_type();
+            matmul(op_name, inputs, packed_b, false, false, 1.0, None, out, cx)
         }
         Op::FusedMatMul {
             trans_a,
@@ -47,6 +59,7 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
             matmul(
                 op_name,
                 inputs,
+                packed_b,
                 *trans_a,
                 *trans_b,
                 *alpha,
@@ -64,9 +77,56 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
             if inputs.len() > 3 {
                 return Ok(false);
             }
-            gemm(inputs, *alpha, *beta, *trans_a, *trans_b, out, cx)
+            gemm(inputs, packed_b, *alpha, *beta, *trans_a, *trans_b, out, cx)
         }
         _ => Ok(false),
+    }
+}
+
+/// Packs a constant 2-D B operand (see [`super::prepack`]).
+pub fn prepack(op: &Op, inputs: &[Option<View>], cx: &CpuCtx) -> Option<Prepacked> {
+    let trans_b = match op {
+        Op::MatMul => false,
+        Op::FusedMatMul { trans_b, .. } | Op::Gemm { trans_b, .. } => *trans_b,
+        _ => return None,
+    };
+    let b = arg(inputs, 1)?;
+    let &[r, c] = b.shape else { return None };
+    if r * c != b.data.len() || r == 0 || c == 0 {
+        return None;
+    }
+    let (k, n) = if trans_b { (c, r) } else { (r, c) };
+    let ldb = c;
+    Some(Prepacked::B(pack_b(
+        k,
+        n,
+        b.data,
+        ldb,
+        trans_b,
+        cx.features,
+    )))
+}
+
+/// B as the product's operand: the prepacked panels when they are this
+/// (unbatched) B, else the raw matrix at batch offset `bo`.
+#[allow(clippy::too_many_arguments)]
+fn b_operand<'a>(
+    packed: Option<&'a PackedB>,
+    b: &'a [f32],
+    bo: usize,
+    blk: usize,
+    ldb: usize,
+    trans: bool,
+    k: usize,
+    n: usize,
+) -> BSrc<'a> {
+    match packed {
+        Some(p) if bo == 0 && blk == b.len() && p.k() == k && p.n() == n => BSrc::Packed(p),
+        _ => BSrc::Raw {
+            b: &b[bo..bo + blk],
+            ldb,
+            trans,
+        },
     }
 }
 
@@ -147,6 +207,7 @@ impl Term {
 fn matmul(
     op: &'static str,
     inputs: &[Option<View>],
+    packed_b: Option<&PackedB>,
     trans_a: bool,
     trans_b: bool,
     alpha: f32,
@@ -258,22 +319,13 @@ fn matmul(
     if !trans_a && b_nb == 1 && a_nb == nbatch && nbatch > 1 && bias_foldable {
         let mut scalar_row = Vec::new();
         let ep = epilogue(&bias, 0, m * nbatch, n, act, &mut scalar_row);
-        sgemm(
-            m * nbatch,
-            n,
-            k,
-            alpha,
-            a.data,
+        let a = ASrc::Raw {
+            a: a.data,
             lda,
-            false,
-            b.data,
-            ldb,
-            trans_b,
-            out.data,
-            n,
-            &ep,
-            cx,
-        );
+            trans: false,
+        };
+        let b = b_operand(packed_b, b.data, 0, b_blk, ldb, trans_b, k, n);
+        gemm_product(m * nbatch, n, k, alpha, a, b, out.data, n, &ep, cx);
         return Ok(true);
     }
 
@@ -286,22 +338,13 @@ fn matmul(
             None => 0,
         };
         let ep = epilogue(&bias, bias_bi, m, n, act, scalar_row);
-        sgemm(
-            m,
-            n,
-            k,
-            alpha,
-            &a.data[ao..ao + a_blk],
+        let a = ASrc::Raw {
+            a: &a.data[ao..ao + a_blk],
             lda,
-            trans_a,
-            &b.data[bo..bo + b_blk],
-            ldb,
-            trans_b,
-            c,
-            n,
-            &ep,
-            cx,
-        );
+            trans: trans_a,
+        };
+        let b = b_operand(packed_b, b.data, bo, b_blk, ldb, trans_b, k, n);
+        gemm_product(m, n, k, alpha, a, b, c, n, &ep, cx);
     };
     let small = m * n * k < PARALLEL_MIN_MACS;
     if cx.threads > 1 && nbatch > 1 && small && m * n * k * nbatch >= PARALLEL_MIN_MACS {
@@ -356,8 +399,10 @@ fn epilogue<'a>(
 
 /// ONNX Gemm: `alpha · op(A) · op(B) + beta · C`, A and B 2-D, C
 /// broadcasting onto `[M, N]`.
+#[allow(clippy::too_many_arguments)]
 fn gemm(
     inputs: &[Option<View>],
+    packed_b: Option<&PackedB>,
     alpha: f32,
     beta: f32,
     trans_a: bool,
@@ -421,9 +466,13 @@ fn gemm(
     }
     let lda = if trans_a { m } else { k };
     let ldb = if trans_b { k } else { n };
-    sgemm(
-        m, n, k, alpha, a.data, lda, trans_a, b.data, ldb, trans_b, out.data, n, &ep, cx,
-    );
+    let a = ASrc::Raw {
+        a: a.data,
+        lda,
+        trans: trans_a,
+    };
+    let b = b_operand(packed_b, b.data, 0, b.data.len(), ldb, trans_b, k, n);
+    gemm_product(m, n, k, alpha, a, b, out.data, n, &ep, cx);
     Ok(true)
 }
 
@@ -465,9 +514,29 @@ mod tests {
             shape: out_shape,
             data: &mut data,
         }];
-        run(op, &views, &mut outs, cx)
-            .expect("no error")
-            .then_some(data)
+        if !run(op, &views, &mut outs, None, cx).expect("no error") {
+            return None;
+        }
+        // With B treated as a constant and prepacked: the same bits.
+        let consts: Vec<Option<View>> = (0..views.len())
+            .map(|i| if i == 1 { views[1] } else { None })
+            .collect();
+        if let Some(packed) = prepack(op, &consts, cx) {
+            let mut again = vec![f32::NAN; n];
+            let mut outs = [ViewMut {
+                shape: out_shape,
+                data: &mut again,
+            }];
+            assert!(run(op, &views, &mut outs, Some(&packed), cx).expect("no error"));
+            assert!(
+                again
+                    .iter()
+                    .zip(&data)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{op:?}: prepacked B changed the result"
+            );
+        }
+        Some(data)
     }
 
     /// The fast path agrees with the reference within rtol 1e-4.
@@ -700,6 +769,6 @@ mod tests {
             shape: &[3, 6],
             data: &mut out,
         }];
-        assert!(run(&Op::MatMul, &views, &mut outs, &cx).is_err());
+        assert!(run(&Op::MatMul, &views, &mut outs, None, &cx).is_err());
     }
 }

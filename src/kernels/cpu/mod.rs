@@ -139,13 +139,47 @@ pub fn run_node(
     outputs: &mut [ViewMut],
     cx: &CpuCtx,
 ) -> Result<bool> {
-    if linalg::run(op, inputs, outputs, cx)? {
+    run_node_packed(op, inputs, outputs, None, cx)
+}
+
+/// [`run_node`] with the node's constant operands packed by [`prepack`]
+/// (from the same inputs and features; a kernel ignores packs that do not
+/// fit its inputs).
+pub fn run_node_packed(
+    op: &Op,
+    inputs: &[Option<View>],
+    outputs: &mut [ViewMut],
+    packed: Option<&Prepacked>,
+    cx: &CpuCtx,
+) -> Result<bool> {
+    if linalg::run(op, inputs, outputs, packed, cx)? {
         return Ok(true);
     }
-    if conv::run(op, inputs, outputs, cx)? {
+    if conv::run_packed(op, inputs, outputs, packed, cx)? {
         return Ok(true);
     }
     ops::run(op, inputs, outputs, cx)
+}
+
+/// A node's constant operands in the layout its kernel consumes, made once
+/// per plan so that weights are not repacked on every run.
+#[derive(Clone, Debug)]
+pub enum Prepacked {
+    /// The B operand of a MatMul, FusedMatMul or Gemm.
+    B(gemm::PackedB),
+    /// A convolution's weights, one packed A operand per group.
+    ConvWeights(Vec<gemm::PackedA>),
+}
+
+/// Packs the constant operands of `op` for the kernels `cx` selects.
+/// `inputs` holds the node's constant inputs (`None` for the others). None
+/// when the node has nothing worth packing.
+pub fn prepack(op: &Op, inputs: &[Option<View>], cx: &CpuCtx) -> Option<Prepacked> {
+    match op {
+        Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => linalg::prepack(op, inputs, cx),
+        Op::Conv(_) | Op::FusedConv { .. } => conv::prepack(op, inputs, cx),
+        _ => None,
+    }
 }
 
 /// Applies a fused epilogue activation in place with the vectorized
