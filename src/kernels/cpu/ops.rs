@@ -90,6 +90,7 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
         Op::AveragePool(a) => pool(a, true, inputs, out, cx),
         Op::GlobalAveragePool => global_pool(true, inputs, out, cx),
         Op::GlobalMaxPool => global_pool(false, inputs, out, cx),
+        Op::Transpose { perm } => transpose(perm, inputs, out, cx),
         _ => false,
     };
     Ok(handled)
@@ -1066,6 +1067,278 @@ fn global_pool(average: bool, inputs: &[Option<View>], out: &mut ViewMut, cx: &C
     true
 }
 
+// ---------------------------------------------------------------------------
+// Transpose
+
+/// Most axes a transpose keeps after dropping size-1 axes and merging runs;
+/// larger ranks go to the reference kernel.
+const TR_MAX_RANK: usize = 16;
+
+/// A transpose reduced to its essential axes: output axis `k` has `dims[k]`
+/// elements and steps the input by `strides[k]`.
+#[derive(Clone, Copy, Debug)]
+struct TrShape {
+    rank: usize,
+    dims: [usize; TR_MAX_RANK],
+    strides: [usize; TR_MAX_RANK],
+}
+
+impl TrShape {
+    /// Drops size-1 axes and merges output axes `k, k+1` whenever
+    /// `stride[k] == dims[k+1] * stride[k+1]` (they walk the input as one
+    /// axis). `None` when more than [`TR_MAX_RANK`] axes remain.
+    fn reduce(xs: &[usize], perm: &[usize]) -> Option<TrShape> {
+        if xs.len() > TR_MAX_RANK {
+            return None;
+        }
+        let mut st = [0usize; TR_MAX_RANK];
+        let mut s = 1usize;
+        for i in (0..xs.len()).rev() {
+            st[i] = s;
+            s = s.saturating_mul(xs[i]);
+        }
+        let mut t = TrShape {
+            rank: 0,
+            dims: [0; TR_MAX_RANK],
+            strides: [0; TR_MAX_RANK],
+        };
+        for &p in perm {
+            let d = xs[p];
+            if d == 1 {
+                continue;
+            }
+            let n = t.rank;
+            if n > 0 && t.strides[n - 1] == d * st[p] {
+                t.dims[n - 1] *= d;
+                t.strides[n - 1] = st[p];
+            } else {
+                t.dims[n] = d;
+                t.strides[n] = st[p];
+                t.rank += 1;
+            }
+        }
+        Some(t)
+    }
+}
+
+/// `dst[a * s_out + b] = src[b * s_in + a]` for `a < na`, `b < nb`, in
+/// blocks that keep both sides in cache (plain loops).
+#[inline(always)]
+fn tile_portable(src: &[f32], s_in: usize, dst: &mut [f32], s_out: usize, na: usize, nb: usize) {
+    const B: usize = 16;
+    for a0 in (0..na).step_by(B) {
+        let a1 = (a0 + B).min(na);
+        for b0 in (0..nb).step_by(B) {
+            let b1 = (b0 + B).min(nb);
+            for a in a0..a1 {
+                let row = &mut dst[a * s_out + b0..a * s_out + b1];
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = src[(b0 + j) * s_in + a];
+                }
+            }
+        }
+    }
+}
+
+/// [`tile_portable`] with AVX 8x8 register transposes for the full blocks.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_avx2(src: &[f32], s_in: usize, dst: &mut [f32], s_out: usize, na: usize, nb: usize) {
+    use std::arch::x86_64::*;
+    if na == 0 || nb == 0 {
+        return;
+    }
+    // Every access below is at most these indices: the raw-pointer loads
+    // and stores stay in bounds.
+    assert!(src.len() > (nb - 1) * s_in + (na - 1) && dst.len() > (na - 1) * s_out + (nb - 1));
+    let (na8, nb8) = (na / 8 * 8, nb / 8 * 8);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // Two 8-column groups (one 64-byte input line) per pass over the rows.
+    for a0 in (0..na8).step_by(16) {
+        for b0 in (0..nb8).step_by(8) {
+            for a in (a0..(a0 + 16).min(na8)).step_by(8) {
+                // SAFETY: a + 7 < na and b0 + 7 < nb: in bounds (asserted).
+                unsafe {
+                    let s = sp.add(b0 * s_in + a);
+                    let r0 = _mm256_loadu_ps(s);
+                    let r1 = _mm256_loadu_ps(s.add(s_in));
+                    let r2 = _mm256_loadu_ps(s.add(2 * s_in));
+                    let r3 = _mm256_loadu_ps(s.add(3 * s_in));
+                    let r4 = _mm256_loadu_ps(s.add(4 * s_in));
+                    let r5 = _mm256_loadu_ps(s.add(5 * s_in));
+                    let r6 = _mm256_loadu_ps(s.add(6 * s_in));
+                    let r7 = _mm256_loadu_ps(s.add(7 * s_in));
+                    let t0 = _mm256_unpacklo_ps(r0, r1);
+                    let t1 = _mm256_unpackhi_ps(r0, r1);
+                    let t2 = _mm256_unpacklo_ps(r2, r3);
+                    let t3 = _mm256_unpackhi_ps(r2, r3);
+                    let t4 = _mm256_unpacklo_ps(r4, r5);
+                    let t5 = _mm256_unpackhi_ps(r4, r5);
+                    let t6 = _mm256_unpacklo_ps(r6, r7);
+                    let t7 = _mm256_unpackhi_ps(r6, r7);
+                    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                    let d = dp.add(a * s_out + b0);
+                    _mm256_storeu_ps(d, _mm256_permute2f128_ps::<0x20>(u0, u4));
+                    _mm256_storeu_ps(d.add(s_out), _mm256_permute2f128_ps::<0x20>(u1, u5));
+                    _mm256_storeu_ps(d.add(2 * s_out), _mm256_permute2f128_ps::<0x20>(u2, u6));
+                    _mm256_storeu_ps(d.add(3 * s_out), _mm256_permute2f128_ps::<0x20>(u3, u7));
+                    _mm256_storeu_ps(d.add(4 * s_out), _mm256_permute2f128_ps::<0x31>(u0, u4));
+                    _mm256_storeu_ps(d.add(5 * s_out), _mm256_permute2f128_ps::<0x31>(u1, u5));
+                    _mm256_storeu_ps(d.add(6 * s_out), _mm256_permute2f128_ps::<0x31>(u2, u6));
+                    _mm256_storeu_ps(d.add(7 * s_out), _mm256_permute2f128_ps::<0x31>(u3, u7));
+                }
+            }
+        }
+        // The columns past the last full block of 8.
+        for a in a0..(a0 + 16).min(na8) {
+            for b in nb8..nb {
+                dst[a * s_out + b] = src[b * s_in + a];
+            }
+        }
+    }
+    // The rows past the last full block of 8.
+    for a in na8..na {
+        for b in 0..nb {
+            dst[a * s_out + b] = src[b * s_in + a];
+        }
+    }
+}
+
+/// One 2-D tile transpose on the best available path.
+fn tile(avx: bool, src: &[f32], s_in: usize, dst: &mut [f32], s_out: usize, na: usize, nb: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx && has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { tile_avx2(src, s_in, dst, s_out, na, nb) };
+    }
+    let _ = avx;
+    tile_portable(src, s_in, dst, s_out, na, nb)
+}
+
+/// Writes output axis-0 indices `lo..hi` of the reduced transpose `t` of
+/// `x` into `y` (exactly that part of the output).
+fn transpose_part(avx: bool, t: &TrShape, x: &[f32], y: &mut [f32], lo: usize, hi: usize) {
+    let n = t.rank;
+    if n == 1 {
+        // Nothing moves (the one axis is contiguous on both sides).
+        y.copy_from_slice(&x[lo..hi]);
+        return;
+    }
+    let (dims, is) = (&t.dims[..n], &t.strides[..n]);
+    let mut os = [0usize; TR_MAX_RANK];
+    let mut s = 1;
+    for k in (0..n).rev() {
+        os[k] = s;
+        s *= dims[k];
+    }
+    let last = n - 1;
+    // The input's contiguous axis: the output's last one (row copies) or
+    // an earlier one (tile transposes over it and the last).
+    let q = (0..n).find(|&k| is[k] == 1).unwrap_or(last);
+    // Loop ranges of the other axes (axis 0 limited to this part).
+    let mut lo_k = [0usize; TR_MAX_RANK];
+    let mut hi_k = [0usize; TR_MAX_RANK];
+    for k in 0..last {
+        hi_k[k] = dims[k];
+    }
+    lo_k[0] = lo;
+    hi_k[0] = hi;
+    let (qlo, qhi) = (lo_k[q], hi_k[q]);
+    if q != last {
+        // Axis q is run by the tile, not by the odometer.
+        lo_k[q] = 0;
+        hi_k[q] = 1;
+    }
+    let base = lo * os[0];
+    let mut idx = lo_k;
+    loop {
+        let mut src = 0;
+        let mut dst = 0;
+        for k in 0..last {
+            src += idx[k] * is[k];
+            dst += idx[k] * os[k];
+        }
+        if q == last {
+            let run = dims[last];
+            let d = dst - base;
+            y[d..d + run].copy_from_slice(&x[src..src + run]);
+        } else {
+            src += qlo;
+            let d = dst + qlo * os[q] - base;
+            tile(
+                avx,
+                &x[src..],
+                is[last],
+                &mut y[d..],
+                os[q],
+                qhi - qlo,
+                dims[last],
+            );
+        }
+        // Next index of axes 0..last (the innermost moves fastest).
+        let mut k = last;
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < hi_k[k] {
+                break;
+            }
+            idx[k] = lo_k[k];
+        }
+    }
+}
+
+fn transpose(perm: &[usize], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) -> bool {
+    let Some(x) = data(inputs.first()) else {
+        return false;
+    };
+    let xs = match inputs[0] {
+        Some(v) => v.shape,
+        None => return false,
+    };
+    let r = xs.len();
+    if inputs.len() != 1 || perm.len() != r || out.shape.len() != r {
+        return false;
+    }
+    // A permutation whose output shape is the permuted input shape.
+    let mut seen = [false; TR_MAX_RANK];
+    for (k, &p) in perm.iter().enumerate() {
+        if p >= r || r > TR_MAX_RANK || seen[p] || out.shape[k] != xs[p] {
+            return false;
+        }
+        seen[p] = true;
+    }
+    if x.is_empty() {
+        return true;
+    }
+    let Some(t) = TrShape::reduce(xs, perm) else {
+        return false;
+    };
+    if t.rank == 0 {
+        out.data.copy_from_slice(x);
+        return true;
+    }
+    let unit = out.data.len() / t.dims[0];
+    let avx = cx.features.avx2_fma;
+    split(cx, out.data, unit, 1, |off, d| {
+        transpose_part(avx, &t, x, d, off / unit, (off + d.len()) / unit)
+    });
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Features;
@@ -1481,6 +1754,100 @@ mod tests {
             &[Some(&x), Some(&s)],
             &[2, 3, 4],
         );
+    }
+
+    /// All permutations of `0..n` (Heap's algorithm).
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        fn go(k: usize, a: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+            if k <= 1 {
+                out.push(a.clone());
+                return;
+            }
+            for i in 0..k {
+                go(k - 1, a, out);
+                let j = if k % 2 == 0 { i } else { 0 };
+                a.swap(j, k - 1);
+            }
+        }
+        let mut out = Vec::new();
+        go(n, &mut (0..n).collect(), &mut out);
+        out
+    }
+
+    /// Transpose must be exact: the fast path against the reference, bit
+    /// for bit, portable and AVX2, one and two threads.
+    fn check_transpose(shape: &[usize], perm: &[usize], seed: u64) {
+        let x = random(shape, seed, 5.0);
+        let op = Op::Transpose {
+            perm: perm.to_vec(),
+        };
+        let want = crate::kernels::reference::eval(&op, &[Some(&x)], 1)
+            .unwrap()
+            .remove(0);
+        let w = want.as_f32().unwrap();
+        for cx in [
+            CpuCtx::single(Features::detect()),
+            CpuCtx::single(Features::portable()),
+            CpuCtx::new(2).unwrap(),
+        ] {
+            let got = fast(&op, &[Some(&x)], want.shape(), &cx);
+            assert!(
+                got.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "Transpose {perm:?} of {shape:?} ({:?}, {} threads)",
+                cx.features,
+                cx.threads
+            );
+        }
+    }
+
+    #[test]
+    fn transpose_vs_reference() {
+        let sizes = [1usize, 2, 3, 5, 7, 8, 9, 16, 17];
+        let mut rng = crate::inputs::SplitMix64::new(42);
+        let mut pick = |n: usize| (rng.next_f64() * n as f64) as usize % n;
+        for rank in 1..=6usize {
+            let perms = permutations(rank);
+            let cases = if rank <= 3 { perms.len() * 4 } else { 60 };
+            for c in 0..cases {
+                let perm = &perms[if rank <= 3 {
+                    c % perms.len()
+                } else {
+                    pick(perms.len())
+                }];
+                // Keep the tensors small at high ranks.
+                let cap = [0, 17, 17, 17, 9, 5, 3][rank];
+                let shape: Vec<usize> = (0..rank)
+                    .map(|_| loop {
+                        let s = sizes[pick(sizes.len())];
+                        if s <= cap {
+                            break s;
+                        }
+                    })
+                    .collect();
+                check_transpose(&shape, perm, c as u64);
+            }
+        }
+        // Larger planes (full 8x8 blocks plus ragged edges, the 16-column
+        // passes), the BERT head permutations, and splitting across threads.
+        check_transpose(&[128, 384], &[1, 0], 1);
+        check_transpose(&[67, 131], &[1, 0], 2);
+        check_transpose(&[1, 128, 12, 32], &[0, 2, 1, 3], 3);
+        check_transpose(&[1, 128, 12, 32], &[0, 2, 3, 1], 4);
+        check_transpose(&[1, 12, 128, 32], &[0, 2, 1, 3], 5);
+        check_transpose(&[2, 12, 33, 40], &[0, 1, 3, 2], 6);
+        check_transpose(&[3, 40, 1, 41, 2], &[4, 2, 3, 0, 1], 7);
+        check_transpose(&[256, 3, 64], &[2, 1, 0], 8);
+        // Empty tensors, scalars and all-ones shapes.
+        check_transpose(&[0, 3], &[1, 0], 9);
+        check_transpose(&[2, 0, 5], &[2, 0, 1], 10);
+        check_transpose(&[], &[], 11);
+        check_transpose(&[1, 1, 1], &[2, 0, 1], 12);
+        // Not a permutation, or a wrong output shape: declined.
+        let x = random(&[2, 3], 1, 1.0);
+        declines(&Op::Transpose { perm: vec![0, 0] }, &[Some(&x)], &[2, 2]);
+        declines(&Op::Transpose { perm: vec![1, 2] }, &[Some(&x)], &[3, 2]);
+        declines(&Op::Transpose { perm: vec![1, 0] }, &[Some(&x)], &[2, 3]);
+        declines(&Op::Transpose { perm: vec![0] }, &[Some(&x)], &[2, 3]);
     }
 
     fn pa(kernel: &[usize], strides: &[usize], pads: &[usize]) -> PoolAttrs {
