@@ -72,6 +72,46 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// Like [`multiversion!`] for an `imp::<const FMA: bool>`: the AVX2 build
+/// gets `FMA = true` (fused multiply-adds in the transcendental
+/// polynomials, see [`fmadd`]), the portable one `FMA = false`.
+macro_rules! multiversion_fma {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(avx: bool, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $imp::<true>($($arg),*)
+                }
+                if avx && has_avx2_fma() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            let _ = avx;
+            $imp::<false>($($arg),*)
+        }
+    };
+}
+
+/// `a * b + c`, fused (one rounding) when `FMA`: only for the polynomial
+/// approximations, never for ops whose f32 arithmetic must match the
+/// reference. Call it with `FMA = true` only where FMA is enabled (in a
+/// [`multiversion_fma!`] fast body); elsewhere `mul_add` is a slow libm
+/// call.
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Runs the op on the fast path; `Ok(false)` when not handled.
 pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCtx) -> Result<bool> {
     let [out] = outputs else { return Ok(false) };
@@ -147,18 +187,19 @@ fn data<'a>(v: Option<&Option<View<'a>>>) -> Option<&'a [f32]> {
 /// the reference; below -87 it returns `e^-87` instead of a subnormal
 /// (an absolute error under 1e-37). NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const F: bool>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = x.clamp(-87.0, 88.722_83);
-    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let t = fmadd::<F>(xc, std::f32::consts::LOG2_E, MAGIC);
     let n = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let nf = t - MAGIC;
-    let r = xc - nf * 0.693_359_4 - nf * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5e-1;
-    let p = p * r * r + r + 1.0;
+    let r = fmadd::<F>(nf, 2.121_944_4e-4, fmadd::<F>(nf, -0.693_359_4, xc));
+    let mut p = fmadd::<F>(1.987_569_1e-4, r, 1.398_199_9e-3);
+    p = fmadd::<F>(p, r, 8.333_452e-3);
+    p = fmadd::<F>(p, r, 4.166_579_6e-2);
+    p = fmadd::<F>(p, r, 1.666_666_5e-1);
+    p = fmadd::<F>(p, r, 5e-1);
+    let p = fmadd::<F>(p, r * r, r + 1.0);
     // 2^n as 2^(n-1) * 2 so that n = 128 (just below the overflow
     // threshold) still has a normal exponent.
     let pow2 = f32::from_bits((n.wrapping_add(126) as u32) << 23);
@@ -173,19 +214,18 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `tanh(x)`: the Cephes odd polynomial below 0.625, else `1 - 2 / (e^2|x|
 /// + 1)` with the sign of x.
 #[inline(always)]
-pub(crate) fn tanh(x: f32) -> f32 {
+pub(crate) fn tanh<const F: bool>(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let small =
-        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328e-1)
-            * z
-            * x
-            + x;
+    let mut q = fmadd::<F>(-5.704_988_7e-3, z, 2.063_909e-2);
+    q = fmadd::<F>(q, z, -5.373_971_6e-2);
+    q = fmadd::<F>(q, z, 1.333_144_2e-1);
+    q = fmadd::<F>(q, z, -3.333_328e-1);
+    let small = fmadd::<F>(q * z, x, x);
     // Beyond 9.01, tanh rounds to ±1 in f32: return exactly that (GELU's
     // `1 + tanh` must be 0 far left). The cap keeps `e` finite.
     let ac = if a > 9.01 { 9.01 } else { a };
-    let e = exp(2.0 * ac);
+    let e = exp::<F>(2.0 * ac);
     let big = (1.0 - 2.0 / (e + 1.0)).copysign(x);
     if a > 9.01 {
         1f32.copysign(x)
@@ -198,8 +238,8 @@ pub(crate) fn tanh(x: f32) -> f32 {
 
 /// `1 / (1 + e^-x)`, as `e^x / (1 + e^x)` for negative x (no cancellation).
 #[inline(always)]
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    let e = exp(-x.abs());
+pub(crate) fn sigmoid<const F: bool>(x: f32) -> f32 {
+    let e = exp::<F>(-x.abs());
     let s = 1.0 / (1.0 + e);
     if x >= 0.0 {
         s
@@ -212,22 +252,22 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 /// exact value; exactly ±1 beyond 3.92, where erf rounds to ±1 in f32 (so
 /// that GELU's `1 + erf` is exactly 0 far left).
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
+pub(crate) fn erf<const F: bool>(x: f32) -> f32 {
     let saturated = x.abs() > 3.92;
     let one = 1f32.copysign(x);
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = -2.726_142_3e-10 * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_600_1e-3;
-    p = p * x2 - 1.609_603_3e-2;
+    let mut p = fmadd::<F>(-2.726_142_3e-10, x2, 2.770_681_4e-8);
+    p = fmadd::<F>(p, x2, -2.101_024e-6);
+    p = fmadd::<F>(p, x2, -5.692_506_4e-5);
+    p = fmadd::<F>(p, x2, -7.349_906_3e-4);
+    p = fmadd::<F>(p, x2, -2.954_600_1e-3);
+    p = fmadd::<F>(p, x2, -1.609_603_3e-2);
     p *= x;
-    let mut q = -1.456_607_2e-5 * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329_2e-3;
-    q = q * x2 - 1.426_473_9e-2;
+    let mut q = fmadd::<F>(-1.456_607_2e-5, x2, -2.133_740_6e-4);
+    q = fmadd::<F>(q, x2, -1.682_827e-3);
+    q = fmadd::<F>(q, x2, -7.373_329_2e-3);
+    q = fmadd::<F>(q, x2, -1.426_473_9e-2);
     if saturated {
         one
     } else {
@@ -254,35 +294,36 @@ fn map_in_place(d: &mut [f32], f: impl Fn(f32) -> f32) {
 /// Binds `$f` to the f32 function of unary op `$u` and evaluates `$body`;
 /// `Not` (bool only) evaluates `$none`.
 macro_rules! with_unary {
-    ($u:expr, $f:ident => $body:expr, $none:expr) => {
+    ($fma:ident, $u:expr, $f:ident => $body:expr, $none:expr) => {
         match $u {
             UnaryOp::Relu => {
                 let $f = |x: f32| if x < 0.0 { 0.0 } else { x };
                 $body
             }
             UnaryOp::Sigmoid => {
-                let $f = sigmoid;
+                let $f = sigmoid::<$fma>;
                 $body
             }
             UnaryOp::Tanh => {
-                let $f = tanh;
+                let $f = tanh::<$fma>;
                 $body
             }
             UnaryOp::Exp => {
-                let $f = exp;
+                let $f = exp::<$fma>;
                 $body
             }
             UnaryOp::Erf => {
-                let $f = erf;
+                let $f = erf::<$fma>;
                 $body
             }
             UnaryOp::Gelu { tanh_approx: false } => {
-                let $f = |x: f32| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                let $f =
+                    |x: f32| 0.5 * x * (1.0 + erf::<$fma>(x * std::f32::consts::FRAC_1_SQRT_2));
                 $body
             }
             UnaryOp::Gelu { tanh_approx: true } => {
                 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-                let $f = |x: f32| 0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)));
+                let $f = |x: f32| 0.5 * x * (1.0 + tanh::<$fma>(C * (x + 0.044_715 * x * x * x)));
                 $body
             }
             UnaryOp::Sqrt => {
@@ -332,7 +373,13 @@ macro_rules! with_unary {
             }
             UnaryOp::Elu { alpha } => {
                 let a = *alpha;
-                let $f = move |x: f32| if x < 0.0 { a * (exp(x) - 1.0) } else { x };
+                let $f = move |x: f32| {
+                    if x < 0.0 {
+                        a * (exp::<$fma>(x) - 1.0)
+                    } else {
+                        x
+                    }
+                };
                 $body
             }
             UnaryOp::HardSigmoid { alpha, beta } => {
@@ -350,17 +397,17 @@ macro_rules! with_unary {
 }
 
 #[inline(always)]
-fn unary_impl(u: &UnaryOp, src: &[f32], dst: &mut [f32]) {
-    with_unary!(u, f => map(src, dst, f), ())
+fn unary_impl<const F: bool>(u: &UnaryOp, src: &[f32], dst: &mut [f32]) {
+    with_unary!(F, u, f => map(src, dst, f), ())
 }
 
 #[inline(always)]
-fn unary_in_place_impl(u: &UnaryOp, d: &mut [f32]) {
-    with_unary!(u, f => map_in_place(d, f), ())
+fn unary_in_place_impl<const F: bool>(u: &UnaryOp, d: &mut [f32]) {
+    with_unary!(F, u, f => map_in_place(d, f), ())
 }
 
-multiversion!(fn unary_slice(u: &UnaryOp, src: &[f32], dst: &mut [f32]) => unary_impl);
-multiversion!(fn unary_in_place(u: &UnaryOp, d: &mut [f32]) => unary_in_place_impl);
+multiversion_fma!(fn unary_slice(u: &UnaryOp, src: &[f32], dst: &mut [f32]) => unary_impl);
+multiversion_fma!(fn unary_in_place(u: &UnaryOp, d: &mut [f32]) => unary_in_place_impl);
 
 #[inline(always)]
 fn clip_impl(src: &[f32], dst: &mut [f32], lo: f32, hi: f32) {
@@ -633,7 +680,13 @@ fn binary(b: BinaryOp, inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) 
 const CHAIN_BLOCK: usize = 256;
 
 #[inline(always)]
-fn chain_impl(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], scratch: &mut [f32]) {
+fn chain_impl<const F: bool>(
+    steps: &[EwStep],
+    ins: &[Operand],
+    off: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     for (b, dst) in out.chunks_mut(CHAIN_BLOCK).enumerate() {
         let start = off + b * CHAIN_BLOCK;
         let len = dst.len();
@@ -649,10 +702,10 @@ fn chain_impl(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], sc
             };
             match step {
                 EwStep::Unary(u, a) => match arg(a) {
-                    Seg::Slice(s) => unary_impl(u, s, cur),
+                    Seg::Slice(s) => unary_impl::<F>(u, s, cur),
                     Seg::Const(c) => {
                         cur.fill(c);
-                        unary_in_place_impl(u, cur);
+                        unary_in_place_impl::<F>(u, cur);
                     }
                 },
                 EwStep::Binary(op, x, y) => binary_impl(*op, arg(x), arg(y), cur),
@@ -670,7 +723,7 @@ fn chain_impl(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], sc
     }
 }
 
-multiversion!(fn chain_chunk(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], scratch: &mut [f32]) => chain_impl);
+multiversion_fma!(fn chain_chunk(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], scratch: &mut [f32]) => chain_impl);
 
 fn chain(steps: &[EwStep], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) -> bool {
     if steps.is_empty() {
@@ -697,12 +750,12 @@ fn chain(steps: &[EwStep], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuC
     // Arguments must name existing inputs and earlier steps; only
     // arithmetic binaries; no Not.
     for (k, step) in steps.iter().enumerate() {
-        let (args, ok): (Vec<&EwArg>, bool) = match step {
-            EwStep::Unary(u, a) => (vec![a], !matches!(u, UnaryOp::Not)),
-            EwStep::Binary(b, x, y) => (vec![x, y], !b.returns_bool()),
-            EwStep::Clip(a, _, _) => (vec![a], true),
+        let (args, ok): ([Option<&EwArg>; 2], bool) = match step {
+            EwStep::Unary(u, a) => ([Some(a), None], !matches!(u, UnaryOp::Not)),
+            EwStep::Binary(b, x, y) => ([Some(x), Some(y)], !b.returns_bool()),
+            EwStep::Clip(a, _, _) => ([Some(a), None], true),
         };
-        let args_ok = args.iter().all(|a| match **a {
+        let args_ok = args.iter().flatten().all(|a| match **a {
             EwArg::Input(i) => i < ins.len(),
             EwArg::Step(j) => j < k,
             EwArg::Scalar(_) => true,
@@ -741,6 +794,24 @@ fn sum(v: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
 }
 
+/// `sum((v - mean)^2)` over `v`, added in the same lanes as [`sum`] (no
+/// store of the squares).
+#[inline(always)]
+fn sum_sq_dev(v: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += (x - mean) * (x - mean);
+        }
+    }
+    let mut s = 0f32;
+    for &x in it.remainder() {
+        s += (x - mean) * (x - mean);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+}
+
 /// Largest value of a non-empty slice, NaN ignored (-inf when all are).
 #[inline(always)]
 fn max(v: &[f32]) -> f32 {
@@ -758,14 +829,36 @@ fn max(v: &[f32]) -> f32 {
     m
 }
 
+/// Writes `e^(v - m)` of every `v` of `x` into `y` and returns their sum
+/// (added in the same eight lanes as [`sum`]).
 #[inline(always)]
-fn softmax_impl(x: &[f32], y: &mut [f32], len: usize, log: bool) {
+fn exp_sum<const F: bool>(x: &[f32], y: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut xs = x.chunks_exact(8);
+    let mut ys = y.chunks_exact_mut(8);
+    for (xc, yc) in (&mut xs).zip(&mut ys) {
+        for ((a, o), &v) in acc.iter_mut().zip(yc).zip(xc) {
+            let e = exp::<F>(v - m);
+            *o = e;
+            *a += e;
+        }
+    }
+    let mut s = 0f32;
+    for (o, &v) in ys.into_remainder().iter_mut().zip(xs.remainder()) {
+        let e = exp::<F>(v - m);
+        *o = e;
+        s += e;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+}
+
+#[inline(always)]
+fn softmax_impl<const F: bool>(x: &[f32], y: &mut [f32], len: usize, log: bool) {
     for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
         // A NaN in the row is skipped by max but makes the sum NaN, so the
         // whole row is NaN as in the reference.
         let m = max(xr);
-        map(xr, yr, |v| exp(v - m));
-        let s = sum(yr);
+        let s = exp_sum::<F>(xr, yr, m);
         if log {
             let ls = (s as f64).ln() as f32;
             map(xr, yr, |v| (v - m) - ls);
@@ -776,7 +869,7 @@ fn softmax_impl(x: &[f32], y: &mut [f32], len: usize, log: bool) {
     }
 }
 
-multiversion!(fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, log: bool) => softmax_impl);
+multiversion_fma!(fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, log: bool) => softmax_impl);
 
 fn softmax(
     axis: i64,
@@ -819,8 +912,7 @@ fn layer_norm_impl(x: &[f32], y: &mut [f32], scale: &[f32], bias: Option<&[f32]>
     let n = scale.len();
     for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
         let mean = (sum(xr) as f64 / n as f64) as f32;
-        map(xr, yr, |v| (v - mean) * (v - mean));
-        let var = sum(yr) as f64 / n as f64;
+        let var = sum_sq_dev(xr, mean) as f64 / n as f64;
         let inv = (1.0 / (var + eps).sqrt()) as f32;
         match bias {
             Some(b) => {
@@ -842,9 +934,11 @@ multiversion!(fn layer_norm_rows(x: &[f32], y: &mut [f32], scale: &[f32], bias: 
 /// Whether a LayerNormalization parameter of shape `p` is one value per
 /// element of the normalized block `block` (broadcast over the rows only).
 fn per_block(p: &View, block: &[usize], rank: usize) -> bool {
-    let strip = |s: &[usize]| -> Vec<usize> { s.iter().copied().skip_while(|&d| d == 1).collect() };
+    fn strip(s: &[usize]) -> impl Iterator<Item = usize> + '_ {
+        s.iter().copied().skip_while(|&d| d == 1)
+    }
     p.shape.len() <= rank
-        && strip(p.shape) == strip(block)
+        && strip(p.shape).eq(strip(block))
         && p.data.len() == block.iter().product::<usize>()
 }
 
