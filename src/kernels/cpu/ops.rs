@@ -829,36 +829,16 @@ fn max(v: &[f32]) -> f32 {
     m
 }
 
-/// Writes `e^(v - m)` of every `v` of `x` into `y` and returns their sum
-/// (added in the same eight lanes as [`sum`]).
-#[inline(always)]
-fn exp_sum<const F: bool>(x: &[f32], y: &mut [f32], m: f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut xs = x.chunks_exact(8);
-    let mut ys = y.chunks_exact_mut(8);
-    for (xc, yc) in (&mut xs).zip(&mut ys) {
-        for ((a, o), &v) in acc.iter_mut().zip(yc).zip(xc) {
-            let e = exp::<F>(v - m);
-            *o = e;
-            *a += e;
-        }
-    }
-    let mut s = 0f32;
-    for (o, &v) in ys.into_remainder().iter_mut().zip(xs.remainder()) {
-        let e = exp::<F>(v - m);
-        *o = e;
-        s += e;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
-}
-
 #[inline(always)]
 fn softmax_impl<const F: bool>(x: &[f32], y: &mut [f32], len: usize, log: bool) {
     for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
         // A NaN in the row is skipped by max but makes the sum NaN, so the
         // whole row is NaN as in the reference.
         let m = max(xr);
-        let s = exp_sum::<F>(xr, yr, m);
+        // Two passes (the row is in L1): a plain map vectorizes fully,
+        // where a fused exp-and-add loop does not.
+        map(xr, yr, |v| exp::<F>(v - m));
+        let s = sum(yr);
         if log {
             let ls = (s as f64).ln() as f32;
             map(xr, yr, |v| (v - m) - ls);
@@ -1342,9 +1322,7 @@ fn transpose_part(avx: bool, t: &TrShape, x: &[f32], y: &mut [f32], lo: usize, h
     // Loop ranges of the other axes (axis 0 limited to this part).
     let mut lo_k = [0usize; TR_MAX_RANK];
     let mut hi_k = [0usize; TR_MAX_RANK];
-    for k in 0..last {
-        hi_k[k] = dims[k];
-    }
+    hi_k[..last].copy_from_slice(&dims[..last]);
     lo_k[0] = lo;
     hi_k[0] = hi;
     let (qlo, qhi) = (lo_k[q], hi_k[q]);
@@ -1859,7 +1837,7 @@ mod tests {
             }
             for i in 0..k {
                 go(k - 1, a, out);
-                let j = if k % 2 == 0 { i } else { 0 };
+                let j = if k.is_multiple_of(2) { i } else { 0 };
                 a.swap(j, k - 1);
             }
         }
