@@ -72,6 +72,46 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// Like [`multiversion!`] for an `imp::<const FMA: bool>`: the AVX2 build
+/// gets `FMA = true` (fused multiply-adds in the transcendental
+/// polynomials, see [`fmadd`]), the portable one `FMA = false`.
+macro_rules! multiversion_fma {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(avx: bool, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $imp::<true>($($arg),*)
+                }
+                if avx && has_avx2_fma() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            let _ = avx;
+            $imp::<false>($($arg),*)
+        }
+    };
+}
+
+/// `a * b + c`, fused (one rounding) when `FMA`: only for the polynomial
+/// approximations, never for ops whose f32 arithmetic must match the
+/// reference. Call it with `FMA = true` only where FMA is enabled (in a
+/// [`multiversion_fma!`] fast body); elsewhere `mul_add` is a slow libm
+/// call.
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Runs the op on the fast path; `Ok(false)` when not handled.
 pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCtx) -> Result<bool> {
     let [out] = outputs else { return Ok(false) };
@@ -90,6 +130,7 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
         Op::AveragePool(a) => pool(a, true, inputs, out, cx),
         Op::GlobalAveragePool => global_pool(true, inputs, out, cx),
         Op::GlobalMaxPool => global_pool(false, inputs, out, cx),
+        Op::Transpose { perm } => transpose(perm, inputs, out, cx),
         _ => false,
     };
     Ok(handled)
@@ -146,18 +187,19 @@ fn data<'a>(v: Option<&Option<View<'a>>>) -> Option<&'a [f32]> {
 /// the reference; below -87 it returns `e^-87` instead of a subnormal
 /// (an absolute error under 1e-37). NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const F: bool>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = x.clamp(-87.0, 88.722_83);
-    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let t = fmadd::<F>(xc, std::f32::consts::LOG2_E, MAGIC);
     let n = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let nf = t - MAGIC;
-    let r = xc - nf * 0.693_359_4 - nf * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5e-1;
-    let p = p * r * r + r + 1.0;
+    let r = fmadd::<F>(nf, 2.121_944_4e-4, fmadd::<F>(nf, -0.693_359_4, xc));
+    let mut p = fmadd::<F>(1.987_569_1e-4, r, 1.398_199_9e-3);
+    p = fmadd::<F>(p, r, 8.333_452e-3);
+    p = fmadd::<F>(p, r, 4.166_579_6e-2);
+    p = fmadd::<F>(p, r, 1.666_666_5e-1);
+    p = fmadd::<F>(p, r, 5e-1);
+    let p = fmadd::<F>(p, r * r, r + 1.0);
     // 2^n as 2^(n-1) * 2 so that n = 128 (just below the overflow
     // threshold) still has a normal exponent.
     let pow2 = f32::from_bits((n.wrapping_add(126) as u32) << 23);
@@ -172,19 +214,18 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `tanh(x)`: the Cephes odd polynomial below 0.625, else `1 - 2 / (e^2|x|
 /// + 1)` with the sign of x.
 #[inline(always)]
-pub(crate) fn tanh(x: f32) -> f32 {
+pub(crate) fn tanh<const F: bool>(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let small =
-        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328e-1)
-            * z
-            * x
-            + x;
+    let mut q = fmadd::<F>(-5.704_988_7e-3, z, 2.063_909e-2);
+    q = fmadd::<F>(q, z, -5.373_971_6e-2);
+    q = fmadd::<F>(q, z, 1.333_144_2e-1);
+    q = fmadd::<F>(q, z, -3.333_328e-1);
+    let small = fmadd::<F>(q * z, x, x);
     // Beyond 9.01, tanh rounds to ±1 in f32: return exactly that (GELU's
     // `1 + tanh` must be 0 far left). The cap keeps `e` finite.
     let ac = if a > 9.01 { 9.01 } else { a };
-    let e = exp(2.0 * ac);
+    let e = exp::<F>(2.0 * ac);
     let big = (1.0 - 2.0 / (e + 1.0)).copysign(x);
     if a > 9.01 {
         1f32.copysign(x)
@@ -197,8 +238,8 @@ pub(crate) fn tanh(x: f32) -> f32 {
 
 /// `1 / (1 + e^-x)`, as `e^x / (1 + e^x)` for negative x (no cancellation).
 #[inline(always)]
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    let e = exp(-x.abs());
+pub(crate) fn sigmoid<const F: bool>(x: f32) -> f32 {
+    let e = exp::<F>(-x.abs());
     let s = 1.0 / (1.0 + e);
     if x >= 0.0 {
         s
@@ -211,22 +252,22 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 /// exact value; exactly ±1 beyond 3.92, where erf rounds to ±1 in f32 (so
 /// that GELU's `1 + erf` is exactly 0 far left).
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
+pub(crate) fn erf<const F: bool>(x: f32) -> f32 {
     let saturated = x.abs() > 3.92;
     let one = 1f32.copysign(x);
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = -2.726_142_3e-10 * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_600_1e-3;
-    p = p * x2 - 1.609_603_3e-2;
+    let mut p = fmadd::<F>(-2.726_142_3e-10, x2, 2.770_681_4e-8);
+    p = fmadd::<F>(p, x2, -2.101_024e-6);
+    p = fmadd::<F>(p, x2, -5.692_506_4e-5);
+    p = fmadd::<F>(p, x2, -7.349_906_3e-4);
+    p = fmadd::<F>(p, x2, -2.954_600_1e-3);
+    p = fmadd::<F>(p, x2, -1.609_603_3e-2);
     p *= x;
-    let mut q = -1.456_607_2e-5 * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329_2e-3;
-    q = q * x2 - 1.426_473_9e-2;
+    let mut q = fmadd::<F>(-1.456_607_2e-5, x2, -2.133_740_6e-4);
+    q = fmadd::<F>(q, x2, -1.682_827e-3);
+    q = fmadd::<F>(q, x2, -7.373_329_2e-3);
+    q = fmadd::<F>(q, x2, -1.426_473_9e-2);
     if saturated {
         one
     } else {
@@ -253,35 +294,36 @@ fn map_in_place(d: &mut [f32], f: impl Fn(f32) -> f32) {
 /// Binds `$f` to the f32 function of unary op `$u` and evaluates `$body`;
 /// `Not` (bool only) evaluates `$none`.
 macro_rules! with_unary {
-    ($u:expr, $f:ident => $body:expr, $none:expr) => {
+    ($fma:ident, $u:expr, $f:ident => $body:expr, $none:expr) => {
         match $u {
             UnaryOp::Relu => {
                 let $f = |x: f32| if x < 0.0 { 0.0 } else { x };
                 $body
             }
             UnaryOp::Sigmoid => {
-                let $f = sigmoid;
+                let $f = sigmoid::<$fma>;
                 $body
             }
             UnaryOp::Tanh => {
-                let $f = tanh;
+                let $f = tanh::<$fma>;
                 $body
             }
             UnaryOp::Exp => {
-                let $f = exp;
+                let $f = exp::<$fma>;
                 $body
             }
             UnaryOp::Erf => {
-                let $f = erf;
+                let $f = erf::<$fma>;
                 $body
             }
             UnaryOp::Gelu { tanh_approx: false } => {
-                let $f = |x: f32| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                let $f =
+                    |x: f32| 0.5 * x * (1.0 + erf::<$fma>(x * std::f32::consts::FRAC_1_SQRT_2));
                 $body
             }
             UnaryOp::Gelu { tanh_approx: true } => {
                 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-                let $f = |x: f32| 0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)));
+                let $f = |x: f32| 0.5 * x * (1.0 + tanh::<$fma>(C * (x + 0.044_715 * x * x * x)));
                 $body
             }
             UnaryOp::Sqrt => {
@@ -331,7 +373,13 @@ macro_rules! with_unary {
             }
             UnaryOp::Elu { alpha } => {
                 let a = *alpha;
-                let $f = move |x: f32| if x < 0.0 { a * (exp(x) - 1.0) } else { x };
+                let $f = move |x: f32| {
+                    if x < 0.0 {
+                        a * (exp::<$fma>(x) - 1.0)
+                    } else {
+                        x
+                    }
+                };
                 $body
             }
             UnaryOp::HardSigmoid { alpha, beta } => {
@@ -349,17 +397,17 @@ macro_rules! with_unary {
 }
 
 #[inline(always)]
-fn unary_impl(u: &UnaryOp, src: &[f32], dst: &mut [f32]) {
-    with_unary!(u, f => map(src, dst, f), ())
+fn unary_impl<const F: bool>(u: &UnaryOp, src: &[f32], dst: &mut [f32]) {
+    with_unary!(F, u, f => map(src, dst, f), ())
 }
 
 #[inline(always)]
-fn unary_in_place_impl(u: &UnaryOp, d: &mut [f32]) {
-    with_unary!(u, f => map_in_place(d, f), ())
+fn unary_in_place_impl<const F: bool>(u: &UnaryOp, d: &mut [f32]) {
+    with_unary!(F, u, f => map_in_place(d, f), ())
 }
 
-multiversion!(fn unary_slice(u: &UnaryOp, src: &[f32], dst: &mut [f32]) => unary_impl);
-multiversion!(fn unary_in_place(u: &UnaryOp, d: &mut [f32]) => unary_in_place_impl);
+multiversion_fma!(fn unary_slice(u: &UnaryOp, src: &[f32], dst: &mut [f32]) => unary_impl);
+multiversion_fma!(fn unary_in_place(u: &UnaryOp, d: &mut [f32]) => unary_in_place_impl);
 
 #[inline(always)]
 fn clip_impl(src: &[f32], dst: &mut [f32], lo: f32, hi: f32) {
@@ -632,7 +680,13 @@ fn binary(b: BinaryOp, inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) 
 const CHAIN_BLOCK: usize = 256;
 
 #[inline(always)]
-fn chain_impl(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], scratch: &mut [f32]) {
+fn chain_impl<const F: bool>(
+    steps: &[EwStep],
+    ins: &[Operand],
+    off: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     for (b, dst) in out.chunks_mut(CHAIN_BLOCK).enumerate() {
         let start = off + b * CHAIN_BLOCK;
         let len = dst.len();
@@ -648,10 +702,10 @@ fn chain_impl(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], sc
             };
             match step {
                 EwStep::Unary(u, a) => match arg(a) {
-                    Seg::Slice(s) => unary_impl(u, s, cur),
+                    Seg::Slice(s) => unary_impl::<F>(u, s, cur),
                     Seg::Const(c) => {
                         cur.fill(c);
-                        unary_in_place_impl(u, cur);
+                        unary_in_place_impl::<F>(u, cur);
                     }
                 },
                 EwStep::Binary(op, x, y) => binary_impl(*op, arg(x), arg(y), cur),
@@ -669,7 +723,7 @@ fn chain_impl(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], sc
     }
 }
 
-multiversion!(fn chain_chunk(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], scratch: &mut [f32]) => chain_impl);
+multiversion_fma!(fn chain_chunk(steps: &[EwStep], ins: &[Operand], off: usize, out: &mut [f32], scratch: &mut [f32]) => chain_impl);
 
 fn chain(steps: &[EwStep], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) -> bool {
     if steps.is_empty() {
@@ -696,12 +750,12 @@ fn chain(steps: &[EwStep], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuC
     // Arguments must name existing inputs and earlier steps; only
     // arithmetic binaries; no Not.
     for (k, step) in steps.iter().enumerate() {
-        let (args, ok): (Vec<&EwArg>, bool) = match step {
-            EwStep::Unary(u, a) => (vec![a], !matches!(u, UnaryOp::Not)),
-            EwStep::Binary(b, x, y) => (vec![x, y], !b.returns_bool()),
-            EwStep::Clip(a, _, _) => (vec![a], true),
+        let (args, ok): ([Option<&EwArg>; 2], bool) = match step {
+            EwStep::Unary(u, a) => ([Some(a), None], !matches!(u, UnaryOp::Not)),
+            EwStep::Binary(b, x, y) => ([Some(x), Some(y)], !b.returns_bool()),
+            EwStep::Clip(a, _, _) => ([Some(a), None], true),
         };
-        let args_ok = args.iter().all(|a| match **a {
+        let args_ok = args.iter().flatten().all(|a| match **a {
             EwArg::Input(i) => i < ins.len(),
             EwArg::Step(j) => j < k,
             EwArg::Scalar(_) => true,
@@ -740,6 +794,24 @@ fn sum(v: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
 }
 
+/// `sum((v - mean)^2)` over `v`, added in the same lanes as [`sum`] (no
+/// store of the squares).
+#[inline(always)]
+fn sum_sq_dev(v: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += (x - mean) * (x - mean);
+        }
+    }
+    let mut s = 0f32;
+    for &x in it.remainder() {
+        s += (x - mean) * (x - mean);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+}
+
 /// Largest value of a non-empty slice, NaN ignored (-inf when all are).
 #[inline(always)]
 fn max(v: &[f32]) -> f32 {
@@ -758,12 +830,14 @@ fn max(v: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn softmax_impl(x: &[f32], y: &mut [f32], len: usize, log: bool) {
+fn softmax_impl<const F: bool>(x: &[f32], y: &mut [f32], len: usize, log: bool) {
     for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
         // A NaN in the row is skipped by max but makes the sum NaN, so the
         // whole row is NaN as in the reference.
         let m = max(xr);
-        map(xr, yr, |v| exp(v - m));
+        // Two passes (the row is in L1): a plain map vectorizes fully,
+        // where a fused exp-and-add loop does not.
+        map(xr, yr, |v| exp::<F>(v - m));
         let s = sum(yr);
         if log {
             let ls = (s as f64).ln() as f32;
@@ -775,7 +849,7 @@ fn softmax_impl(x: &[f32], y: &mut [f32], len: usize, log: bool) {
     }
 }
 
-multiversion!(fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, log: bool) => softmax_impl);
+multiversion_fma!(fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, log: bool) => softmax_impl);
 
 fn softmax(
     axis: i64,
@@ -818,8 +892,7 @@ fn layer_norm_impl(x: &[f32], y: &mut [f32], scale: &[f32], bias: Option<&[f32]>
     let n = scale.len();
     for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
         let mean = (sum(xr) as f64 / n as f64) as f32;
-        map(xr, yr, |v| (v - mean) * (v - mean));
-        let var = sum(yr) as f64 / n as f64;
+        let var = sum_sq_dev(xr, mean) as f64 / n as f64;
         let inv = (1.0 / (var + eps).sqrt()) as f32;
         match bias {
             Some(b) => {
@@ -841,9 +914,11 @@ multiversion!(fn layer_norm_rows(x: &[f32], y: &mut [f32], scale: &[f32], bias: 
 /// Whether a LayerNormalization parameter of shape `p` is one value per
 /// element of the normalized block `block` (broadcast over the rows only).
 fn per_block(p: &View, block: &[usize], rank: usize) -> bool {
-    let strip = |s: &[usize]| -> Vec<usize> { s.iter().copied().skip_while(|&d| d == 1).collect() };
+    fn strip(s: &[usize]) -> impl Iterator<Item = usize> + '_ {
+        s.iter().copied().skip_while(|&d| d == 1)
+    }
     p.shape.len() <= rank
-        && strip(p.shape) == strip(block)
+        && strip(p.shape).eq(strip(block))
         && p.data.len() == block.iter().product::<usize>()
 }
 
@@ -1062,6 +1137,276 @@ fn global_pool(average: bool, inputs: &[Option<View>], out: &mut ViewMut, cx: &C
             plane,
             average,
         )
+    });
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Transpose
+
+/// Most axes a transpose keeps after dropping size-1 axes and merging runs;
+/// larger ranks go to the reference kernel.
+const TR_MAX_RANK: usize = 16;
+
+/// A transpose reduced to its essential axes: output axis `k` has `dims[k]`
+/// elements and steps the input by `strides[k]`.
+#[derive(Clone, Copy, Debug)]
+struct TrShape {
+    rank: usize,
+    dims: [usize; TR_MAX_RANK],
+    strides: [usize; TR_MAX_RANK],
+}
+
+impl TrShape {
+    /// Drops size-1 axes and merges output axes `k, k+1` whenever
+    /// `stride[k] == dims[k+1] * stride[k+1]` (they walk the input as one
+    /// axis). `None` when more than [`TR_MAX_RANK`] axes remain.
+    fn reduce(xs: &[usize], perm: &[usize]) -> Option<TrShape> {
+        if xs.len() > TR_MAX_RANK {
+            return None;
+        }
+        let mut st = [0usize; TR_MAX_RANK];
+        let mut s = 1usize;
+        for i in (0..xs.len()).rev() {
+            st[i] = s;
+            s = s.saturating_mul(xs[i]);
+        }
+        let mut t = TrShape {
+            rank: 0,
+            dims: [0; TR_MAX_RANK],
+            strides: [0; TR_MAX_RANK],
+        };
+        for &p in perm {
+            let d = xs[p];
+            if d == 1 {
+                continue;
+            }
+            let n = t.rank;
+            if n > 0 && t.strides[n - 1] == d * st[p] {
+                t.dims[n - 1] *= d;
+                t.strides[n - 1] = st[p];
+            } else {
+                t.dims[n] = d;
+                t.strides[n] = st[p];
+                t.rank += 1;
+            }
+        }
+        Some(t)
+    }
+}
+
+/// `dst[a * s_out + b] = src[b * s_in + a]` for `a < na`, `b < nb`, in
+/// blocks that keep both sides in cache (plain loops).
+#[inline(always)]
+fn tile_portable(src: &[f32], s_in: usize, dst: &mut [f32], s_out: usize, na: usize, nb: usize) {
+    const B: usize = 16;
+    for a0 in (0..na).step_by(B) {
+        let a1 = (a0 + B).min(na);
+        for b0 in (0..nb).step_by(B) {
+            let b1 = (b0 + B).min(nb);
+            for a in a0..a1 {
+                let row = &mut dst[a * s_out + b0..a * s_out + b1];
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = src[(b0 + j) * s_in + a];
+                }
+            }
+        }
+    }
+}
+
+/// [`tile_portable`] with AVX 8x8 register transposes for the full blocks.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_avx2(src: &[f32], s_in: usize, dst: &mut [f32], s_out: usize, na: usize, nb: usize) {
+    use std::arch::x86_64::*;
+    if na == 0 || nb == 0 {
+        return;
+    }
+    // Every access below is at most these indices: the raw-pointer loads
+    // and stores stay in bounds.
+    assert!(src.len() > (nb - 1) * s_in + (na - 1) && dst.len() > (na - 1) * s_out + (nb - 1));
+    let (na8, nb8) = (na / 8 * 8, nb / 8 * 8);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // Two 8-column groups (one 64-byte input line) per pass over the rows.
+    for a0 in (0..na8).step_by(16) {
+        for b0 in (0..nb8).step_by(8) {
+            for a in (a0..(a0 + 16).min(na8)).step_by(8) {
+                // SAFETY: a + 7 < na and b0 + 7 < nb: in bounds (asserted).
+                unsafe {
+                    let s = sp.add(b0 * s_in + a);
+                    let r0 = _mm256_loadu_ps(s);
+                    let r1 = _mm256_loadu_ps(s.add(s_in));
+                    let r2 = _mm256_loadu_ps(s.add(2 * s_in));
+                    let r3 = _mm256_loadu_ps(s.add(3 * s_in));
+                    let r4 = _mm256_loadu_ps(s.add(4 * s_in));
+                    let r5 = _mm256_loadu_ps(s.add(5 * s_in));
+                    let r6 = _mm256_loadu_ps(s.add(6 * s_in));
+                    let r7 = _mm256_loadu_ps(s.add(7 * s_in));
+                    let t0 = _mm256_unpacklo_ps(r0, r1);
+                    let t1 = _mm256_unpackhi_ps(r0, r1);
+                    let t2 = _mm256_unpacklo_ps(r2, r3);
+                    let t3 = _mm256_unpackhi_ps(r2, r3);
+                    let t4 = _mm256_unpacklo_ps(r4, r5);
+                    let t5 = _mm256_unpackhi_ps(r4, r5);
+                    let t6 = _mm256_unpacklo_ps(r6, r7);
+                    let t7 = _mm256_unpackhi_ps(r6, r7);
+                    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                    let d = dp.add(a * s_out + b0);
+                    _mm256_storeu_ps(d, _mm256_permute2f128_ps::<0x20>(u0, u4));
+                    _mm256_storeu_ps(d.add(s_out), _mm256_permute2f128_ps::<0x20>(u1, u5));
+                    _mm256_storeu_ps(d.add(2 * s_out), _mm256_permute2f128_ps::<0x20>(u2, u6));
+                    _mm256_storeu_ps(d.add(3 * s_out), _mm256_permute2f128_ps::<0x20>(u3, u7));
+                    _mm256_storeu_ps(d.add(4 * s_out), _mm256_permute2f128_ps::<0x31>(u0, u4));
+                    _mm256_storeu_ps(d.add(5 * s_out), _mm256_permute2f128_ps::<0x31>(u1, u5));
+                    _mm256_storeu_ps(d.add(6 * s_out), _mm256_permute2f128_ps::<0x31>(u2, u6));
+                    _mm256_storeu_ps(d.add(7 * s_out), _mm256_permute2f128_ps::<0x31>(u3, u7));
+                }
+            }
+        }
+        // The columns past the last full block of 8.
+        for a in a0..(a0 + 16).min(na8) {
+            for b in nb8..nb {
+                dst[a * s_out + b] = src[b * s_in + a];
+            }
+        }
+    }
+    // The rows past the last full block of 8.
+    for a in na8..na {
+        for b in 0..nb {
+            dst[a * s_out + b] = src[b * s_in + a];
+        }
+    }
+}
+
+/// One 2-D tile transpose on the best available path.
+fn tile(avx: bool, src: &[f32], s_in: usize, dst: &mut [f32], s_out: usize, na: usize, nb: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx && has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { tile_avx2(src, s_in, dst, s_out, na, nb) };
+    }
+    let _ = avx;
+    tile_portable(src, s_in, dst, s_out, na, nb)
+}
+
+/// Writes output axis-0 indices `lo..hi` of the reduced transpose `t` of
+/// `x` into `y` (exactly that part of the output).
+fn transpose_part(avx: bool, t: &TrShape, x: &[f32], y: &mut [f32], lo: usize, hi: usize) {
+    let n = t.rank;
+    if n == 1 {
+        // Nothing moves (the one axis is contiguous on both sides).
+        y.copy_from_slice(&x[lo..hi]);
+        return;
+    }
+    let (dims, is) = (&t.dims[..n], &t.strides[..n]);
+    let mut os = [0usize; TR_MAX_RANK];
+    let mut s = 1;
+    for k in (0..n).rev() {
+        os[k] = s;
+        s *= dims[k];
+    }
+    let last = n - 1;
+    // The input's contiguous axis: the output's last one (row copies) or
+    // an earlier one (tile transposes over it and the last).
+    let q = (0..n).find(|&k| is[k] == 1).unwrap_or(last);
+    // Loop ranges of the other axes (axis 0 limited to this part).
+    let mut lo_k = [0usize; TR_MAX_RANK];
+    let mut hi_k = [0usize; TR_MAX_RANK];
+    hi_k[..last].copy_from_slice(&dims[..last]);
+    lo_k[0] = lo;
+    hi_k[0] = hi;
+    let (qlo, qhi) = (lo_k[q], hi_k[q]);
+    if q != last {
+        // Axis q is run by the tile, not by the odometer.
+        lo_k[q] = 0;
+        hi_k[q] = 1;
+    }
+    let base = lo * os[0];
+    let mut idx = lo_k;
+    loop {
+        let mut src = 0;
+        let mut dst = 0;
+        for k in 0..last {
+            src += idx[k] * is[k];
+            dst += idx[k] * os[k];
+        }
+        if q == last {
+            let run = dims[last];
+            let d = dst - base;
+            y[d..d + run].copy_from_slice(&x[src..src + run]);
+        } else {
+            src += qlo;
+            let d = dst + qlo * os[q] - base;
+            tile(
+                avx,
+                &x[src..],
+                is[last],
+                &mut y[d..],
+                os[q],
+                qhi - qlo,
+                dims[last],
+            );
+        }
+        // Next index of axes 0..last (the innermost moves fastest).
+        let mut k = last;
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < hi_k[k] {
+                break;
+            }
+            idx[k] = lo_k[k];
+        }
+    }
+}
+
+fn transpose(perm: &[usize], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) -> bool {
+    let Some(x) = data(inputs.first()) else {
+        return false;
+    };
+    let xs = match inputs[0] {
+        Some(v) => v.shape,
+        None => return false,
+    };
+    let r = xs.len();
+    if inputs.len() != 1 || perm.len() != r || out.shape.len() != r {
+        return false;
+    }
+    // A permutation whose output shape is the permuted input shape.
+    let mut seen = [false; TR_MAX_RANK];
+    for (k, &p) in perm.iter().enumerate() {
+        if p >= r || r > TR_MAX_RANK || seen[p] || out.shape[k] != xs[p] {
+            return false;
+        }
+        seen[p] = true;
+    }
+    if x.is_empty() {
+        return true;
+    }
+    let Some(t) = TrShape::reduce(xs, perm) else {
+        return false;
+    };
+    if t.rank == 0 {
+        out.data.copy_from_slice(x);
+        return true;
+    }
+    let unit = out.data.len() / t.dims[0];
+    let avx = cx.features.avx2_fma;
+    split(cx, out.data, unit, 1, |off, d| {
+        transpose_part(avx, &t, x, d, off / unit, (off + d.len()) / unit)
     });
     true
 }
@@ -1481,6 +1826,100 @@ mod tests {
             &[Some(&x), Some(&s)],
             &[2, 3, 4],
         );
+    }
+
+    /// All permutations of `0..n` (Heap's algorithm).
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        fn go(k: usize, a: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+            if k <= 1 {
+                out.push(a.clone());
+                return;
+            }
+            for i in 0..k {
+                go(k - 1, a, out);
+                let j = if k.is_multiple_of(2) { i } else { 0 };
+                a.swap(j, k - 1);
+            }
+        }
+        let mut out = Vec::new();
+        go(n, &mut (0..n).collect(), &mut out);
+        out
+    }
+
+    /// Transpose must be exact: the fast path against the reference, bit
+    /// for bit, portable and AVX2, one and two threads.
+    fn check_transpose(shape: &[usize], perm: &[usize], seed: u64) {
+        let x = random(shape, seed, 5.0);
+        let op = Op::Transpose {
+            perm: perm.to_vec(),
+        };
+        let want = crate::kernels::reference::eval(&op, &[Some(&x)], 1)
+            .unwrap()
+            .remove(0);
+        let w = want.as_f32().unwrap();
+        for cx in [
+            CpuCtx::single(Features::detect()),
+            CpuCtx::single(Features::portable()),
+            CpuCtx::new(2).unwrap(),
+        ] {
+            let got = fast(&op, &[Some(&x)], want.shape(), &cx);
+            assert!(
+                got.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "Transpose {perm:?} of {shape:?} ({:?}, {} threads)",
+                cx.features,
+                cx.threads
+            );
+        }
+    }
+
+    #[test]
+    fn transpose_vs_reference() {
+        let sizes = [1usize, 2, 3, 5, 7, 8, 9, 16, 17];
+        let mut rng = crate::inputs::SplitMix64::new(42);
+        let mut pick = |n: usize| (rng.next_f64() * n as f64) as usize % n;
+        for rank in 1..=6usize {
+            let perms = permutations(rank);
+            let cases = if rank <= 3 { perms.len() * 4 } else { 60 };
+            for c in 0..cases {
+                let perm = &perms[if rank <= 3 {
+                    c % perms.len()
+                } else {
+                    pick(perms.len())
+                }];
+                // Keep the tensors small at high ranks.
+                let cap = [0, 17, 17, 17, 9, 5, 3][rank];
+                let shape: Vec<usize> = (0..rank)
+                    .map(|_| loop {
+                        let s = sizes[pick(sizes.len())];
+                        if s <= cap {
+                            break s;
+                        }
+                    })
+                    .collect();
+                check_transpose(&shape, perm, c as u64);
+            }
+        }
+        // Larger planes (full 8x8 blocks plus ragged edges, the 16-column
+        // passes), the BERT head permutations, and splitting across threads.
+        check_transpose(&[128, 384], &[1, 0], 1);
+        check_transpose(&[67, 131], &[1, 0], 2);
+        check_transpose(&[1, 128, 12, 32], &[0, 2, 1, 3], 3);
+        check_transpose(&[1, 128, 12, 32], &[0, 2, 3, 1], 4);
+        check_transpose(&[1, 12, 128, 32], &[0, 2, 1, 3], 5);
+        check_transpose(&[2, 12, 33, 40], &[0, 1, 3, 2], 6);
+        check_transpose(&[3, 40, 1, 41, 2], &[4, 2, 3, 0, 1], 7);
+        check_transpose(&[256, 3, 64], &[2, 1, 0], 8);
+        // Empty tensors, scalars and all-ones shapes.
+        check_transpose(&[0, 3], &[1, 0], 9);
+        check_transpose(&[2, 0, 5], &[2, 0, 1], 10);
+        check_transpose(&[], &[], 11);
+        check_transpose(&[1, 1, 1], &[2, 0, 1], 12);
+        // Not a permutation, or a wrong output shape: declined.
+        let x = random(&[2, 3], 1, 1.0);
+        declines(&Op::Transpose { perm: vec![0, 0] }, &[Some(&x)], &[2, 2]);
+        declines(&Op::Transpose { perm: vec![1, 2] }, &[Some(&x)], &[3, 2]);
+        declines(&Op::Transpose { perm: vec![1, 0] }, &[Some(&x)], &[2, 3]);
+        declines(&Op::Transpose { perm: vec![0] }, &[Some(&x)], &[2, 3]);
     }
 
     fn pa(kernel: &[usize], strides: &[usize], pads: &[usize]) -> PoolAttrs {
