@@ -586,7 +586,7 @@ impl PackB for Im2col<'_> {
                 j += ow1 - ow0;
             }
             // Zero columns past nc in the last panel.
-            if nc % nr != 0 {
+            if !nc.is_multiple_of(nr) {
                 let at = (nc / nr) * panel_len + pp * nr + nc % nr;
                 dst[at..at + nr - nc % nr].fill(0.0);
             }
