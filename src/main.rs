@@ -146,7 +146,26 @@ enum Command {
     },
 }
 
+/// Lets a closed pipe end the process quietly (`mlc bench m.onnx | head`),
+/// as it does for other command-line tools, instead of `println!`
+/// panicking on the write error.
+#[cfg(unix)]
+fn default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: restoring the default disposition of one signal before any
+    // thread starts; `signal` has this C signature on every Unix.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { model, json, ir } => cmd_inspect(&model, json, ir),
