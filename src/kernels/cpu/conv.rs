@@ -549,48 +549,108 @@ struct Im2col<'a> {
     x: &'a [f32],
 }
 
+/// What one im2col row (a depth of the GEMM) reads: kernel row `ki` and
+/// the column range of [`Window2d::col_range`] in channel plane `plane`.
+#[derive(Clone, Copy, Default)]
+struct Tap {
+    plane: usize,
+    ki: usize,
+    lo: usize,
+    hi: usize,
+    start: usize,
+}
+
 impl PackB for Im2col<'_> {
     fn pack(&self, dst: &mut [f32], nr: usize, p0: usize, kc: usize, j0: usize, nc: usize) {
+        const CHUNK: usize = 256;
         let win = self.win;
-        let taps = win.kh * win.kw;
+        let (taps, in_plane) = (win.kh * win.kw, win.in_plane());
         let panel_len = kc * nr;
-        for pp in 0..kc {
-            let p = p0 + pp;
-            let (c, tap) = (p / taps, p % taps);
-            let (ki, kj) = (tap / win.kw, tap % win.kw);
-            let (lo, hi, start) = win.col_range(kj);
-            let xc = &self.x[c * win.in_plane()..(c + 1) * win.in_plane()];
-            // Walk the columns j0..j0+nc one output-row segment at a time.
-            let mut j = j0;
-            while j < j0 + nc {
-                let (oh, ow0) = (j / win.ow, j % win.ow);
-                let ow1 = win.ow.min(ow0 + (j0 + nc - j));
-                let row = win.in_row(oh, ki).filter(|_| lo < hi);
-                let mut ow = ow0;
-                while ow < ow1 {
-                    // The run of columns up to the next panel edge.
-                    let jrel = j - j0 + (ow - ow0);
-                    let (q, r) = (jrel / nr, jrel % nr);
-                    let len = (nr - r).min(ow1 - ow);
-                    let at = q * panel_len + pp * nr + r;
-                    let out = &mut dst[at..at + len];
-                    match row {
-                        Some(ih) => {
-                            let xrow = &xc[ih * win.w..(ih + 1) * win.w];
-                            gather_run(out, xrow, ow, lo, hi, start, win.sw);
-                        }
-                        None => out.fill(0.0),
-                    }
-                    ow += len;
-                }
-                j += ow1 - ow0;
+        let mut table = [Tap::default(); CHUNK];
+        for d0 in (0..kc).step_by(CHUNK) {
+            let depths = CHUNK.min(kc - d0);
+            for (d, t) in table[..depths].iter_mut().enumerate() {
+                let p = p0 + d0 + d;
+                let (c, tap) = (p / taps, p % taps);
+                let (lo, hi, start) = win.col_range(tap % win.kw);
+                *t = Tap {
+                    plane: c * in_plane,
+                    ki: tap / win.kw,
+                    lo,
+                    hi,
+                    start,
+                };
             }
-            // Zero columns past nc in the last panel.
-            if !nc.is_multiple_of(nr) {
-                let at = (nc / nr) * panel_len + pp * nr + nc % nr;
-                dst[at..at + nr - nc % nr].fill(0.0);
+            // Panel by panel, so that the writes run through each panel in
+            // order; (oh, ow) is the output position of its first column.
+            let (mut oh, mut ow) = (j0 / win.ow, j0 % win.ow);
+            for (q, jq) in (0..nc).step_by(nr).enumerate() {
+                let cnt = nr.min(nc - jq);
+                for (d, t) in table[..depths].iter().enumerate() {
+                    let at = q * panel_len + (d0 + d) * nr;
+                    let out = &mut dst[at..at + nr];
+                    self.panel_row(t, out, cnt, oh, ow);
+                }
+                ow += cnt;
+                oh += ow / win.ow;
+                ow %= win.ow;
             }
         }
+    }
+}
+
+impl Im2col<'_> {
+    /// Fills one panel row: `cnt` columns from output position (oh, ow) of
+    /// the im2col row `t`, zeros after them.
+    #[inline(always)]
+    fn panel_row(&self, t: &Tap, out: &mut [f32], cnt: usize, oh: usize, ow: usize) {
+        let win = self.win;
+        let xrow = |oh: usize| {
+            win.in_row(oh, t.ki).filter(|_| t.lo < t.hi).map(|ih| {
+                let s = t.plane + ih * win.w;
+                &self.x[s..s + win.w]
+            })
+        };
+        let nr = out.len();
+        if ow + cnt <= win.ow {
+            match xrow(oh) {
+                // The common case: a full panel row inside one input row.
+                Some(x) if win.sw == 1 && cnt == nr && ow >= t.lo && ow + nr <= t.hi => {
+                    copy_panel(out, &x[t.start + ow - t.lo..])
+                }
+                Some(x) => gather_run(&mut out[..cnt], x, ow, t.lo, t.hi, t.start, win.sw),
+                None => out[..cnt].fill(0.0),
+            }
+        } else {
+            // The panel spans output rows: one segment per row.
+            let (mut i, mut h, mut o) = (0, oh, ow);
+            while i < cnt {
+                let len = (win.ow - o).min(cnt - i);
+                let seg = &mut out[i..i + len];
+                match xrow(h) {
+                    Some(x) => gather_run(seg, x, o, t.lo, t.hi, t.start, win.sw),
+                    None => seg.fill(0.0),
+                }
+                i += len;
+                (h, o) = (h + 1, 0);
+            }
+        }
+        out[cnt..].fill(0.0);
+    }
+}
+
+/// Copies one full panel row (`out.len()` = nr values) with a fixed-width
+/// copy for the usual panel widths (no call to memcpy for 64 bytes).
+#[inline(always)]
+fn copy_panel(out: &mut [f32], src: &[f32]) {
+    fn fixed<const W: usize>(out: &mut [f32], src: &[f32]) {
+        let s: &[f32; W] = src[..W].try_into().expect("a slice of length W");
+        out[..W].copy_from_slice(s);
+    }
+    match out.len() {
+        16 => fixed::<16>(out, src),
+        32 => fixed::<32>(out, src),
+        n => out.copy_from_slice(&src[..n]),
     }
 }
 
