@@ -1689,7 +1689,23 @@ mod tests {
             let a = rand_vec(m * k, 1);
             let b = rand_vec(k * n, 2);
             let mut c = vec![0.0f32; m * n];
-            let ep = Epilogue::default();
+            // GEMM_EP=relu: a convolution's bias by row and Relu; gelu: a
+            // MatMul's bias by column and Gelu (not fused into the store).
+            let (bias_row, bias_col) = (rand_vec(m, 3), rand_vec(n, 4));
+            let (relu, gelu) = (Activation::Relu, Activation::Gelu { tanh_approx: false });
+            let ep = match std::env::var("GEMM_EP").as_deref() {
+                Ok("relu") => Epilogue {
+                    bias_row: Some(&bias_row),
+                    act: Some(&relu),
+                    ..Default::default()
+                },
+                Ok("gelu") => Epilogue {
+                    bias_col: Some(&bias_col),
+                    act: Some(&gelu),
+                    ..Default::default()
+                },
+                _ => Epilogue::default(),
+            };
             let (mut best, mut best_cpu) = (f64::MAX, f64::MAX);
             let reps = (6e10 / (2.0 * (m * n * k) as f64)).clamp(3.0, 200.0) as usize;
             // GEMM_PACK=a or b: that operand prepacked (a convolution's or a
