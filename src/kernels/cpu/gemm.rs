@@ -1,19 +1,27 @@
 //! f32 GEMM: `C = alpha * op(A) * op(B)` followed by a fused epilogue.
 //!
 //! The classic Goto/BLIS structure. B is cut into column blocks of `NC` and
-//! depth blocks of `KC`; each block is packed into micro-panels of `NR = 16`
-//! columns (`kc × 16`, contiguous, zero-padded), which stay in L3/L2. A is
+//! depth blocks of `KC`; each block is packed into micro-panels of `NR`
+//! columns (`kc × NR`, contiguous, zero-padded), which stay in L3/L2. A is
 //! cut into row blocks of `MC` packed into micro-panels of `MR` rows
 //! (`kc × MR`), which stay in L2. The micro-kernel multiplies one A
-//! micro-panel by one B micro-panel into an `MR × 16` register tile, the B
-//! micro-panel staying in L1 while the kernel walks down the A block. The
-//! micro-kernel is an AVX2/FMA `6 × 16` kernel written with intrinsics when
-//! the CPU has them (checked at run time through [`Features`]), and a
-//! portable `4 × 16` kernel in plain Rust that the compiler vectorizes for
-//! whatever the target offers. Transposed operands are handled by the
-//! packing routines, `alpha` when the tile is stored, and the epilogue (bias
-//! by column or row, residual, activation) on the tile right after its last
-//! depth block is stored, while it is still in L1.
+//! micro-panel by one B micro-panel into an `MR × NR` register tile, the B
+//! micro-panel staying in L1 while the kernel walks down the A block.
+//! Three micro-kernels, picked at run time through [`Features`]:
+//! AVX-512F `12 × 32` (24 zmm accumulators: two FMA pipes of latency 4 need
+//! at least 8 independent chains, and 2 B loads + 12 broadcasts per 24 FMAs
+//! leave the load ports idle half the time), AVX2/FMA `6 × 16`, and a
+//! portable `4 × 16` in plain Rust that the compiler vectorizes for whatever
+//! the target offers. The AVX-512 kernel has an instance per tile height and
+//! width in vectors, so edge tiles cost what they compute, and masked loads
+//! and stores for partial columns; it also reads a raw B in place (depth
+//! steps `ldb` apart) when each B panel would serve a single A block, where
+//! packing would cost as much as it saves (small-M products such as 1x1
+//! convolutions). Transposed operands are handled by the packing routines,
+//! `alpha` when the tile is stored. On the last depth block the kernels
+//! apply the epilogue's adds (bias by column or row, residual) and a Relu or
+//! Clip on the registers before the store; other activations run on the
+//! stored tile right after, while it is still in L1.
 //!
 //! Either operand can also come ready-made ([`ASrc`], [`BSrc`]): packed
 //! once for the whole model ([`pack_a`], [`pack_b`]: constant weights are
@@ -36,10 +44,11 @@ use rayon::prelude::*;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
 
-/// Columns of a packed B micro-panel (the micro-kernel's tile width, shared
-/// by every kernel so a [`PackedB`] suits all of them).
+/// Columns of a packed B micro-panel for the AVX2 and portable kernels (the
+/// AVX-512 kernel's are `NR_AVX512` wide; a [`PackedB`] records its own).
 pub const NR: usize = 16;
-/// Depth of a packed block: a `KC × 16` B micro-panel (16 KiB) stays in L1.
+/// Depth of a packed block: a `KC × 32` B micro-panel (32 KiB) stays in L1
+/// (48 KiB on Zen 5) next to the A micro-panel being streamed.
 const KC: usize = 256;
 /// Rows of a packed A block (a multiple of every kernel's MR): `MC × KC`
 /// (144 KiB) stays in L2.
@@ -267,15 +276,27 @@ pub fn sgemm_packed(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
     Avx2,
     Portable,
 }
 
+/// Rows of the AVX-512 register tile.
+const MR_AVX512: usize = 12;
+/// Columns of the AVX-512 register tile (two zmm vectors).
+const NR_AVX512: usize = 32;
+
 impl Kernel {
     fn select(f: Features) -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if f.avx2_fma {
-            return Kernel::Avx2;
+        {
+            if f.avx512f && f.avx2_fma {
+                return Kernel::Avx512;
+            }
+            if f.avx2_fma {
+                return Kernel::Avx2;
+            }
         }
         let _ = f;
         Kernel::Portable
@@ -285,14 +306,28 @@ impl Kernel {
     fn mr(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => MR_AVX512,
+            #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => 6,
             Kernel::Portable => 4,
         }
     }
 
+    /// Whether the kernel can read B's panels in place (depth steps any
+    /// stride apart) rather than packed.
+    fn reads_b_in_place(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            return true;
+        }
+        false
+    }
+
     /// Columns of the register tile (and of a packed B panel).
     fn nr(self) -> usize {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => NR_AVX512,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => 16,
             Kernel::Portable => 16,
@@ -376,6 +411,7 @@ pub fn gemm(
         }
         return;
     }
+    let (clamp, late_act) = split_act(ep.act);
     let g = Gemm {
         kern,
         k,
@@ -385,6 +421,8 @@ pub fn gemm(
         c: CPtr(c.as_mut_ptr()),
         ldc,
         ep: *ep,
+        clamp,
+        late_act,
     };
     let (tm, tn) = if cx.threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
         grid(m, n, mr, nr, cx.threads)
@@ -463,6 +501,10 @@ struct Gemm<'a> {
     c: CPtr,
     ldc: usize,
     ep: Epilogue<'a>,
+    /// Relu or Clip as `(lo, hi)`, fused into the kernels' store.
+    clamp: Option<(f32, f32)>,
+    /// Any other activation, applied to each tile once stored.
+    late_act: Option<&'a Activation>,
 }
 
 thread_local! {
@@ -524,28 +566,49 @@ impl Gemm<'_> {
             }
             BSrc::Packed(_) => 0,
         };
+        // A raw B whose panels are each used by a single A block is read in
+        // place rather than packed (packing would cost as much as it saves).
+        let direct = self.kern.reads_b_in_place() && i1 - i0 <= MC;
         for jc in (j0..j1).step_by(NC) {
             let nc = NC.min(j1 - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
                 // Packed B block: micro-panel q starts at q * bstride.
                 let blen = nc.div_ceil(nr) * nr * kc;
-                let (bblock, bstride): (&[f32], usize) = match self.b {
-                    BSrc::Raw { b, ldb, trans } => {
-                        let dst = &mut bbuf[b_off..b_off + blen];
-                        pack_b_panels(dst, nr, b, ldb, trans, pc, kc, jc, nc);
-                        (&bbuf[b_off..b_off + blen], kc * nr)
-                    }
-                    BSrc::Gen(g) => {
-                        let dst = &mut bbuf[b_off..b_off + blen];
-                        g.pack(dst, nr, pc, kc, jc, nc);
-                        (&bbuf[b_off..b_off + blen], kc * nr)
-                    }
-                    BSrc::Packed(p) => {
-                        let start = (jc / nr) * k * nr + pc * nr;
-                        (&p.data()[start..], k * nr)
-                    }
-                };
+                let (bblock, bstride, bstep, tail): (&[f32], usize, usize, Option<&[f32]>) =
+                    match self.b {
+                        BSrc::Raw {
+                            b,
+                            ldb,
+                            trans: false,
+                        } if direct => {
+                            // Full panels are read in place; a partial last one
+                            // is packed.
+                            let (full, rem) = (nc / nr * nr, nc % nr);
+                            let tail = if rem > 0 {
+                                let dst = &mut bbuf[b_off..b_off + kc * nr];
+                                pack_b_panels(dst, nr, b, ldb, false, pc, kc, jc + full, rem);
+                                Some(&bbuf[b_off..b_off + kc * nr])
+                            } else {
+                                None
+                            };
+                            (&b[pc * ldb + jc..], nr, ldb, tail)
+                        }
+                        BSrc::Raw { b, ldb, trans } => {
+                            let dst = &mut bbuf[b_off..b_off + blen];
+                            pack_b_panels(dst, nr, b, ldb, trans, pc, kc, jc, nc);
+                            (&bbuf[b_off..b_off + blen], kc * nr, nr, None)
+                        }
+                        BSrc::Gen(g) => {
+                            let dst = &mut bbuf[b_off..b_off + blen];
+                            g.pack(dst, nr, pc, kc, jc, nc);
+                            (&bbuf[b_off..b_off + blen], kc * nr, nr, None)
+                        }
+                        BSrc::Packed(p) => {
+                            let start = (jc / nr) * k * nr + pc * nr;
+                            (&p.data()[start..], k * nr, nr, None)
+                        }
+                    };
                 let first = pc == 0;
                 let last = pc + kc == k;
                 for ic in (i0..i1).step_by(MC) {
@@ -568,6 +631,8 @@ impl Gemm<'_> {
                         astride,
                         b: bblock,
                         bstride,
+                        bstep,
+                        tail,
                     };
                     self.macro_kernel(&blocks, ic, mc, jc, nc, kc, first, last);
                 }
@@ -575,7 +640,9 @@ impl Gemm<'_> {
         }
     }
 
-    /// Multiplies a packed A block by a packed B block into C.
+    /// Multiplies a packed A block by a packed B block into C; on the last
+    /// depth block the kernels also apply the epilogue's adds and clamp as
+    /// they store, and any other activation follows on the stored tile.
     #[allow(clippy::too_many_arguments)]
     fn macro_kernel(
         &self,
@@ -592,14 +659,20 @@ impl Gemm<'_> {
         for q in 0..nc.div_ceil(nr) {
             let j = jc + q * nr;
             let cols = nr.min(nc - q * nr);
-            let bp = &blk.b[q * blk.bstride..q * blk.bstride + kc * nr];
+            let (bp, bstep) = match blk.tail {
+                Some(tail) if cols < nr => (&tail[..kc * nr], nr),
+                _ => {
+                    let s = q * blk.bstride;
+                    (&blk.b[s..s + (kc - 1) * blk.bstep + nr], blk.bstep)
+                }
+            };
             for t in 0..mc.div_ceil(mr) {
                 let i = ic + t * mr;
                 let rows = mr.min(mc - t * mr);
                 let ap = &blk.a[t * blk.astride..t * blk.astride + kc * mr];
                 // SAFETY: the tile rows i..i+rows, columns j..j+cols lie inside
-                // C (checked against its length in `gemm_impl`) and inside
-                // this task's rectangle, which no other task touches.
+                // C (checked against its length in `gemm`) and inside this
+                // task's rectangle, which no other task touches.
                 let cp = unsafe { self.c.0.add(i * self.ldc + j) };
                 let tile = Tile {
                     c: cp,
@@ -608,8 +681,17 @@ impl Gemm<'_> {
                     cols,
                     alpha: self.alpha,
                     accumulate: !first,
+                    ep: if last {
+                        self.tile_ep(i, j)
+                    } else {
+                        TileEp::NONE
+                    },
                 };
                 match self.kern {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Avx512 is only selected when the CPU has
+                    // AVX-512F; `ap`/`bp` hold kc*12 and kc*32 floats.
+                    Kernel::Avx512 => unsafe { kernel_avx512(kc, ap, bp, bstep, &tile) },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: Avx2 is only selected when the CPU has AVX2
                     // and FMA; `ap`/`bp` hold kc*6 and kc*16 floats.
@@ -617,41 +699,61 @@ impl Gemm<'_> {
                     // SAFETY: `ap`/`bp` hold kc*4 and kc*16 floats.
                     Kernel::Portable => unsafe { kernel_portable(kc, ap, bp, &tile) },
                 }
-                if last {
+                if let (true, Some(act)) = (last, self.late_act) {
                     // The tile is still in L1: finish it now.
-                    self.epilogue_tile(i, rows, j, cols);
+                    self.activate_tile(i, rows, j, cols, act);
                 }
             }
         }
     }
 
-    /// Applies the epilogue to a stored tile.
-    fn epilogue_tile(&self, i: usize, rows: usize, j: usize, cols: usize) {
+    /// The fused part of the epilogue for the tile at row `i`, column `j`.
+    fn tile_ep(&self, i: usize, j: usize) -> TileEp {
         let ep = &self.ep;
-        if ep.bias_col.is_none()
-            && ep.bias_row.is_none()
-            && ep.residual.is_none()
-            && ep.act.is_none()
-        {
-            return;
+        TileEp {
+            bias_col: ep.bias_col.map_or(std::ptr::null(), |b| b[j..].as_ptr()),
+            bias_row: ep.bias_row.map_or(std::ptr::null(), |b| b[i..].as_ptr()),
+            residual: ep
+                .residual
+                .map_or(std::ptr::null(), |r| r[i * self.ldc + j..].as_ptr()),
+            clamp: self.clamp,
         }
+    }
+
+    /// Applies an activation that is not fused into the kernels to a stored
+    /// tile.
+    fn activate_tile(&self, i: usize, rows: usize, j: usize, cols: usize, act: &Activation) {
         for r in i..i + rows {
             // SAFETY: row r, columns j..j+cols of C belong to this task's
             // rectangle and lie inside C; no other reference to them is live.
             let row =
                 unsafe { std::slice::from_raw_parts_mut(self.c.0.add(r * self.ldc + j), cols) };
-            epilogue_row(row, r, j, self.ldc, ep);
+            super::apply_activation(act, row);
         }
     }
 }
 
-/// One depth block of both operands, packed: A micro-panel t at
-/// `a[t * astride..]`, B micro-panel q at `b[q * bstride..]`.
+/// How the epilogue's activation runs: as a clamp fused into the kernels'
+/// store (Relu, Clip), or afterwards on the stored tile (the others).
+fn split_act(act: Option<&Activation>) -> (Option<(f32, f32)>, Option<&Activation>) {
+    match act {
+        Some(Activation::Relu) => (Some((0.0, f32::INFINITY)), None),
+        Some(Activation::Clip { min, max }) => (Some((*min, *max)), None),
+        other => (None, other),
+    }
+}
+
+/// One depth block of both operands: A micro-panel t at `a[t * astride..]`,
+/// B micro-panel q at `b[q * bstride..]` with its depth steps `bstep`
+/// apart (NR when packed; B's `ldb` when read in place, in which case the
+/// last panel, if partial, is packed in `tail`).
 struct Blocks<'a> {
     a: &'a [f32],
     astride: usize,
     b: &'a [f32],
     bstride: usize,
+    bstep: usize,
+    tail: Option<&'a [f32]>,
 }
 
 /// Epilogue on rows `i0..i1`, columns `j0..j1` of a C slice.
@@ -708,9 +810,10 @@ fn pack_a_panels(
     kc: usize,
 ) {
     match mr {
+        MR_AVX512 => pack_panels::<MR_AVX512>(dst, a, lda, !trans, i0, mc, p0, kc),
         6 => pack_panels::<6>(dst, a, lda, !trans, i0, mc, p0, kc),
         4 => pack_panels::<4>(dst, a, lda, !trans, i0, mc, p0, kc),
-        _ => unreachable!("every kernel has MR 4 or 6"),
+        _ => unreachable!("every kernel has MR 4, 6 or {MR_AVX512}"),
     }
 }
 
@@ -731,7 +834,8 @@ fn pack_b_panels(
 ) {
     match nr {
         16 => pack_panels::<16>(dst, b, ldb, trans, j0, nc, p0, kc),
-        _ => unreachable!("every kernel has NR 16"),
+        NR_AVX512 => pack_panels::<NR_AVX512>(dst, b, ldb, trans, j0, nc, p0, kc),
+        _ => unreachable!("every kernel has NR 16 or {NR_AVX512}"),
     }
 }
 
@@ -799,7 +903,7 @@ fn pack_panels<const W: usize>(
 
 /// Where a micro-kernel stores its tile: `rows × cols` (at most MR × NR) of
 /// C at `c` with stride `ldc`; `C = alpha·acc`, or `C += alpha·acc` when
-/// `accumulate` (a later depth block).
+/// `accumulate` (a later depth block); then the fused epilogue `ep`.
 struct Tile {
     c: *mut f32,
     ldc: usize,
@@ -807,6 +911,53 @@ struct Tile {
     cols: usize,
     alpha: f32,
     accumulate: bool,
+    ep: TileEp,
+}
+
+/// The part of the epilogue a kernel applies to its registers before the
+/// store (on the last depth block only), in this order: `+ bias_col[c]`,
+/// `+ bias_row[r]`, `+ residual[r * ldc + c]`, then `min(max(x, lo), hi)`.
+/// Pointers are offset to the tile's first row and column; null when
+/// absent.
+#[derive(Clone, Copy)]
+struct TileEp {
+    bias_col: *const f32,
+    bias_row: *const f32,
+    residual: *const f32,
+    clamp: Option<(f32, f32)>,
+}
+
+impl TileEp {
+    const NONE: TileEp = TileEp {
+        bias_col: std::ptr::null(),
+        bias_row: std::ptr::null(),
+        residual: std::ptr::null(),
+        clamp: None,
+    };
+}
+
+/// The fused epilogue on one value `v` (already `alpha·acc`, plus C when
+/// accumulating) at row `r`, column `c` of the tile; the same operations in
+/// the same order as the vector stores, so every path rounds alike.
+///
+/// # Safety
+/// `(r, c)` lies inside the tile, and the tile's epilogue pointers cover it.
+#[inline(always)]
+unsafe fn ep_scalar(t: &Tile, r: usize, c: usize, mut v: f32) -> f32 {
+    let ep = &t.ep;
+    if !ep.bias_col.is_null() {
+        v += *ep.bias_col.add(c);
+    }
+    if !ep.bias_row.is_null() {
+        v += *ep.bias_row.add(r);
+    }
+    if !ep.residual.is_null() {
+        v += *ep.residual.add(r * t.ldc + c);
+    }
+    if let Some((lo, hi)) = ep.clamp {
+        v = v.max(lo).min(hi);
+    }
+    v
 }
 
 /// Portable micro-kernel: a `4 × 16` tile in plain Rust (the inner loops are
@@ -816,6 +967,7 @@ struct Tile {
 /// The tile must lie inside C with no other live reference to it.
 unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
     const MR: usize = 4;
+    const NR: usize = 16;
     let mut acc = [[0.0f32; NR]; MR];
     for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
         for r in 0..MR {
@@ -829,14 +981,14 @@ unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
         // SAFETY: the tile (rows × cols at c, stride ldc) lies inside C and
         // belongs to the calling task (see `Gemm::macro_kernel`).
         let out = unsafe { std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), t.cols) };
-        if t.accumulate {
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o += t.alpha * v;
-            }
-        } else {
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = t.alpha * v;
-            }
+        for (c, (o, &v)) in out.iter_mut().zip(row).enumerate() {
+            let x = if t.accumulate {
+                *o + t.alpha * v
+            } else {
+                t.alpha * v
+            };
+            // SAFETY: (r, c) is inside the tile.
+            *o = unsafe { ep_scalar(t, r, c, x) };
         }
     }
 }
@@ -852,6 +1004,7 @@ unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
 unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
+    const NR: usize = 16;
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     // C is read (accumulate) or written at the end: start fetching its
     // lines now so the store does not wait on L3 or memory.
@@ -890,7 +1043,10 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
         p += 1;
     }
     let alpha = _mm256_set1_ps(t.alpha);
+    let ep = t.ep;
     if t.rows == MR && t.cols == NR {
+        let (lo, hi) = ep.clamp.unwrap_or((0.0, 0.0));
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
         for r in 0..MR {
             let cp = t.c.add(r * t.ldc);
             let (mut v0, mut v1) = (c0[r], c1[r]);
@@ -900,6 +1056,25 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
             } else {
                 v0 = _mm256_mul_ps(v0, alpha);
                 v1 = _mm256_mul_ps(v1, alpha);
+            }
+            if !ep.bias_col.is_null() {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ep.bias_col));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ep.bias_col.add(8)));
+            }
+            if !ep.bias_row.is_null() {
+                let br = _mm256_set1_ps(*ep.bias_row.add(r));
+                v0 = _mm256_add_ps(v0, br);
+                v1 = _mm256_add_ps(v1, br);
+            }
+            if !ep.residual.is_null() {
+                let rp = ep.residual.add(r * t.ldc);
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rp));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8)));
+            }
+            if ep.clamp.is_some() {
+                // max first, then min: NaN becomes lo like f32::max.
+                v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
+                v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
             }
             _mm256_storeu_ps(cp, v0);
             _mm256_storeu_ps(cp.add(8), v1);
@@ -916,11 +1091,141 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
                 let v = buf[r * NR + c];
                 let o = &mut *cp.add(c);
                 // Same rounding as the full-tile path (one fused op).
-                *o = if t.accumulate {
+                let x = if t.accumulate {
                     v.mul_add(t.alpha, *o)
                 } else {
                     v * t.alpha
                 };
+                *o = ep_scalar(t, r, c, x);
+            }
+        }
+    }
+}
+
+/// AVX-512 micro-kernel for a tile of any size up to `12 × 32`: picks the
+/// instance of [`tile_avx512`] that computes just the tile's rows and
+/// column vectors.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `a` holds `kc*12` floats, `b` `kc` rows
+/// of 32 floats `bstep` apart,
+/// and the tile lies inside C with no other live reference to it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], bstep: usize, t: &Tile) {
+    debug_assert!(a.len() >= kc * MR_AVX512 && b.len() >= (kc - 1) * bstep + NR_AVX512);
+    debug_assert!(t.rows >= 1 && t.rows <= MR_AVX512 && t.cols >= 1 && t.cols <= NR_AVX512);
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    macro_rules! by_rows {
+        ($($r:literal)*) => {
+            match (t.rows, t.cols > 16) {
+                $(
+                    ($r, true) => tile_avx512::<$r, 2>(kc, a, b, bstep, t),
+                    ($r, false) => tile_avx512::<$r, 1>(kc, a, b, bstep, t),
+                )*
+                _ => unreachable!("a tile has 1 to {MR_AVX512} rows"),
+            }
+        };
+    }
+    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// AVX-512 micro-kernel body: rows `0..R` of a `12 × 32` panel pair, `NV`
+/// (1 or 2) vectors of 16 columns, in `R·NV` zmm accumulators (24 for a
+/// full tile: enough independent FMA chains to cover two FMA pipes of
+/// latency 4, with registers left for two B vectors and a broadcast). Per
+/// depth step: `NV` loads of B, `R` broadcasts of A, `R·NV` FMAs. The store
+/// scales by alpha, applies the fused epilogue and masks the columns past
+/// the tile.
+///
+/// # Safety
+/// As [`kernel_avx512`], with `R` the tile's rows and `NV` covering its
+/// columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    bstep: usize,
+    t: &Tile,
+) {
+    use std::arch::x86_64::*;
+    // Start fetching C's lines (read when accumulating, written at the end).
+    for r in 0..R {
+        let cp = t.c.add(r * t.ldc) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(cp);
+        _mm_prefetch::<_MM_HINT_T0>(cp.add((t.cols - 1) * 2));
+        _mm_prefetch::<_MM_HINT_T0>(cp.add((t.cols - 1) * 4));
+    }
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    let (mut ap, mut bp) = (a, b);
+    macro_rules! step {
+        () => {{
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = if NV == 2 {
+                _mm512_loadu_ps(bp.add(16))
+            } else {
+                b0
+            };
+            for r in 0..R {
+                let x = _mm512_set1_ps(*ap.add(r));
+                acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+                if NV == 2 {
+                    acc[r][NV - 1] = _mm512_fmadd_ps(x, b1, acc[r][NV - 1]);
+                }
+            }
+            ap = ap.add(MR_AVX512);
+            bp = bp.add(bstep);
+        }};
+    }
+    let mut p = 0;
+    while p + 4 <= kc {
+        step!();
+        step!();
+        step!();
+        step!();
+        p += 4;
+    }
+    while p < kc {
+        step!();
+        p += 1;
+    }
+    let alpha = _mm512_set1_ps(t.alpha);
+    let ep = t.ep;
+    let (lo, hi) = ep.clamp.unwrap_or((0.0, 0.0));
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+        let c = t.cols.saturating_sub(v * 16).min(16);
+        ((1u32 << c) - 1) as __mmask16
+    });
+    for (r, acc_r) in acc.iter().enumerate() {
+        let cp = t.c.add(r * t.ldc);
+        for (v, (&m, &acc_v)) in masks.iter().zip(acc_r).enumerate() {
+            let off = v * 16;
+            let mut x = if t.accumulate {
+                _mm512_fmadd_ps(acc_v, alpha, _mm512_maskz_loadu_ps(m, cp.add(off)))
+            } else {
+                _mm512_mul_ps(acc_v, alpha)
+            };
+            if !ep.bias_col.is_null() {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, ep.bias_col.add(off)));
+            }
+            if !ep.bias_row.is_null() {
+                x = _mm512_add_ps(x, _mm512_set1_ps(*ep.bias_row.add(r)));
+            }
+            if !ep.residual.is_null() {
+                let rp = ep.residual.add(r * t.ldc + off);
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, rp));
+            }
+            if ep.clamp.is_some() {
+                // max first, then min: NaN becomes lo like f32::max.
+                x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+            }
+            if m == 0xFFFF {
+                _mm512_storeu_ps(cp.add(off), x);
+            } else {
+                _mm512_mask_storeu_ps(cp.add(off), m, x);
             }
         }
     }
@@ -1054,13 +1359,26 @@ mod tests {
         }
     }
 
-    fn ctxs() -> Vec<(&'static str, CpuCtx)> {
-        let mut v = vec![("portable", CpuCtx::single(Features::portable()))];
+    /// Every feature set with its own kernel on this machine: portable,
+    /// AVX2 (when present), AVX-512 (when present).
+    fn features() -> Vec<(&'static str, Features)> {
+        let mut v = vec![("portable", Features::portable())];
+        let avx2 = Features::avx2_only();
+        if avx2 != Features::portable() {
+            v.push(("avx2", avx2));
+        }
         let det = Features::detect();
-        if det != Features::portable() {
-            v.push(("detected", CpuCtx::single(det)));
+        if det != avx2 {
+            v.push(("avx512", det));
         }
         v
+    }
+
+    fn ctxs() -> Vec<(&'static str, CpuCtx)> {
+        features()
+            .into_iter()
+            .map(|(name, f)| (name, CpuCtx::single(f)))
+            .collect()
     }
 
     fn two_threads(f: Features) -> CpuCtx {
@@ -1182,7 +1500,7 @@ mod tests {
             act: Some(&act),
             ..Default::default()
         };
-        for f in [Features::portable(), Features::detect()] {
+        for (_, f) in features() {
             let one = CpuCtx::single(f);
             let two = two_threads(f);
             for (i, &(m, n, k)) in [(257, 129, 300), (97, 300, 97), (300, 17, 64), (7, 250, 130)]
@@ -1221,7 +1539,7 @@ mod tests {
             bias_col: Some(&bias),
             ..Default::default()
         };
-        for f in [Features::portable(), Features::detect()] {
+        for (_, f) in features() {
             for cx in [CpuCtx::single(f), two_threads(f)] {
                 for &(m, n, k, ta, tb) in &[
                     (5, 33, 7, false, false),
@@ -1371,21 +1689,55 @@ mod tests {
             let a = rand_vec(m * k, 1);
             let b = rand_vec(k * n, 2);
             let mut c = vec![0.0f32; m * n];
-            let ep = Epilogue::default();
+            // GEMM_EP=relu: a convolution's bias by row and Relu; gelu: a
+            // MatMul's bias by column and Gelu (not fused into the store).
+            let (bias_row, bias_col) = (rand_vec(m, 3), rand_vec(n, 4));
+            let (relu, gelu) = (Activation::Relu, Activation::Gelu { tanh_approx: false });
+            let ep = match std::env::var("GEMM_EP").as_deref() {
+                Ok("relu") => Epilogue {
+                    bias_row: Some(&bias_row),
+                    act: Some(&relu),
+                    ..Default::default()
+                },
+                Ok("gelu") => Epilogue {
+                    bias_col: Some(&bias_col),
+                    act: Some(&gelu),
+                    ..Default::default()
+                },
+                _ => Epilogue::default(),
+            };
             let (mut best, mut best_cpu) = (f64::MAX, f64::MAX);
             let reps = (6e10 / (2.0 * (m * n * k) as f64)).clamp(3.0, 200.0) as usize;
+            // GEMM_PACK=a or b: that operand prepacked (a convolution's or a
+            // MatMul's constant weight), as the runtime runs them.
+            let pack = std::env::var("GEMM_PACK").unwrap_or_default();
+            let pa = pack_a(m, k, &a, k, false, cx.features);
+            let pb = pack_b(k, n, &b, n, false, cx.features);
+            let raw_a = ASrc::Raw {
+                a: &a,
+                lda: k,
+                trans: false,
+            };
+            let raw_b = BSrc::Raw {
+                b: &b,
+                ldb: n,
+                trans: false,
+            };
+            let (asrc, bsrc) = match pack.as_str() {
+                "a" => (ASrc::Packed(&pa), raw_b),
+                "b" => (raw_a, BSrc::Packed(&pb)),
+                _ => (raw_a, raw_b),
+            };
             for _ in 0..reps {
                 let cpu0 = thread_cpu_s();
                 let t = std::time::Instant::now();
-                sgemm(
-                    m, n, k, 1.0, &a, k, false, &b, n, false, &mut c, n, &ep, &cx,
-                );
+                gemm(m, n, k, 1.0, asrc, bsrc, &mut c, n, &ep, &cx);
                 best = best.min(t.elapsed().as_secs_f64());
                 best_cpu = best_cpu.min(thread_cpu_s() - cpu0);
             }
             let gf = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
             println!(
-                "{m}x{n}x{k} threads {threads}: {:.1} GFLOP/s wall, {:.1} on-CPU (best of {reps})",
+                "{m}x{n}x{k} threads {threads} pack {pack:?}: {:.1} GFLOP/s wall, {:.1} on-CPU (best of {reps})",
                 gf(best),
                 gf(best_cpu)
             );
