@@ -493,103 +493,194 @@ fn via_gemm(
         && win.pad_left == 0
         && win.oh == win.h
         && win.ow == win.w;
-    for ni in 0..g.n {
-        for gi in 0..g.group {
-            let x0 = (ni * g.c + gi * g.cg) * in_plane;
-            let xg = &x[x0..x0 + g.cg * in_plane];
-            let cols = Im2col { win, x: xg };
-            let b = if pointwise {
-                BSrc::Raw {
-                    b: xg,
-                    ldb: out_plane,
-                    trans: false,
-                }
-            } else {
-                BSrc::Gen(&cols)
-            };
-            let a = match packed {
-                Some(p) => ASrc::Packed(&p[gi]),
-                None => ASrc::Raw {
-                    a: &w[gi * g.mg * k..(gi + 1) * g.mg * k],
-                    lda: k,
-                    trans: false,
-                },
-            };
-            let y0 = (ni * g.m + gi * g.mg) * out_plane;
-            let ylen = g.mg * out_plane;
-            let ep = Epilogue {
-                bias_col: None,
-                bias_row: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
-                residual: f.residual.map(|r| &r[y0..y0 + ylen]),
-                act: f.act,
-            };
-            gemm(
-                g.mg,
-                out_plane,
-                k,
-                1.0,
-                a,
-                b,
-                &mut y[y0..y0 + ylen],
-                out_plane,
-                &ep,
-                cx,
-            );
+    let product = |ni: usize, gi: usize, y: &mut [f32], padded: &mut Vec<f32>| {
+        let x0 = (ni * g.c + gi * g.cg) * in_plane;
+        let xg = &x[x0..x0 + g.cg * in_plane];
+        let cols;
+        let b = if pointwise {
+            BSrc::Raw {
+                b: xg,
+                ldb: out_plane,
+                trans: false,
+            }
+        } else {
+            cols = Im2col::new(win, g.cg, xg, padded, cx);
+            BSrc::Gen(&cols)
+        };
+        let a = match packed {
+            Some(p) => ASrc::Packed(&p[gi]),
+            None => ASrc::Raw {
+                a: &w[gi * g.mg * k..(gi + 1) * g.mg * k],
+                lda: k,
+                trans: false,
+            },
+        };
+        let y0 = (ni * g.m + gi * g.mg) * out_plane;
+        let ylen = g.mg * out_plane;
+        let ep = Epilogue {
+            bias_col: None,
+            bias_row: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
+            residual: f.residual.map(|r| &r[y0..y0 + ylen]),
+            act: f.act,
+        };
+        let c = &mut y[y0..y0 + ylen];
+        gemm(g.mg, out_plane, k, 1.0, a, b, c, out_plane, &ep, cx);
+    };
+    PADDED.with(|cell| {
+        // A fresh buffer if this thread's is in use (never, in practice:
+        // convolutions do not nest).
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let padded = match guard.as_deref_mut() {
+            Ok(v) => v,
+            Err(_) => &mut fresh,
+        };
+        for ni in 0..g.n {
+            for gi in 0..g.group {
+                product(ni, gi, y, padded);
+            }
         }
-    }
+    });
+}
+
+thread_local! {
+    /// The zero-padded input of the convolution being packed, reused so
+    /// that steady-state runs do not allocate.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The im2col matrix of one (batch item, group) as a generated GEMM
 /// operand: row `(c * kh + ki) * kw + kj`, column `oh * OW + ow` holds the
 /// input value that tap (ki, kj) of output (oh, ow) reads in channel `c`, 0
-/// on padding.
+/// on padding. It reads a zero-padded copy of the input, so that every tap
+/// reads inside it and an im2col row is, along each output row, a plain
+/// (strided) run of the padded input.
 struct Im2col<'a> {
     win: &'a Window2d,
-    /// The group's input channels, `[C/G, H, W]`.
-    x: &'a [f32],
+    /// The group's channels, `[C/G, hp, wp]`, zero-padded, with slack at
+    /// the end for over-long vector copies.
+    xp: &'a [f32],
+    hp: usize,
+    wp: usize,
 }
 
-/// What one im2col row (a depth of the GEMM) reads: kernel row `ki` and
-/// the column range of [`Window2d::col_range`] in channel plane `plane`.
-#[derive(Clone, Copy, Default)]
-struct Tap {
-    plane: usize,
-    ki: usize,
-    lo: usize,
-    hi: usize,
-    start: usize,
+/// Floats of slack after the padded input: a run copy may read one vector
+/// past its end.
+const PAD_SLACK: usize = 32;
+
+impl<'a> Im2col<'a> {
+    /// Copies `x` (`channels` planes of `h × w`) into `buf` with the zero
+    /// borders the window reads.
+    fn new(
+        win: &'a Window2d,
+        channels: usize,
+        x: &[f32],
+        buf: &'a mut Vec<f32>,
+        cx: &CpuCtx,
+    ) -> Im2col<'a> {
+        // Padded extent along one axis: everything any output reads.
+        let extent = |o: usize, s: usize, k: usize, d: usize, pad: usize, n: usize| {
+            (pad + n).max((o - 1) * s + (k - 1) * d + 1)
+        };
+        let hp = extent(win.oh, win.sh, win.kh, win.dh, win.pad_top, win.h);
+        let wp = extent(win.ow, win.sw, win.kw, win.dw, win.pad_left, win.w);
+        let plane = hp * wp;
+        let len = channels * plane + PAD_SLACK;
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        let dst = &mut buf[..len];
+        let fill = |c: usize, p: &mut [f32]| {
+            let xc = &x[c * win.in_plane()..(c + 1) * win.in_plane()];
+            p[..win.pad_top * wp].fill(0.0);
+            for (r, row) in p[win.pad_top * wp..].chunks_exact_mut(wp).enumerate() {
+                if r < win.h {
+                    row[..win.pad_left].fill(0.0);
+                    row[win.pad_left..win.pad_left + win.w]
+                        .copy_from_slice(&xc[r * win.w..(r + 1) * win.w]);
+                    row[win.pad_left + win.w..].fill(0.0);
+                } else {
+                    row.fill(0.0);
+                }
+            }
+        };
+        let (planes, slack) = dst.split_at_mut(channels * plane);
+        slack.fill(0.0);
+        if cx.threads > 1 && planes.len() >= PAR_MIN_WORK && channels > 1 {
+            cx.install(|| {
+                planes
+                    .par_chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(c, p)| fill(c, p))
+            });
+        } else {
+            planes
+                .chunks_exact_mut(plane)
+                .enumerate()
+                .for_each(|(c, p)| fill(c, p));
+        }
+        Im2col {
+            win,
+            xp: &buf[..len],
+            hp,
+            wp,
+        }
+    }
+
+    /// Fills one panel row: `cnt` columns from output position (oh, ow) of
+    /// the im2col row whose tap reads the padded input from `base`, zeros
+    /// after them.
+    #[inline(always)]
+    fn panel_row(&self, base: usize, out: &mut [f32], cnt: usize, oh: usize, ow: usize) {
+        let win = self.win;
+        let (mut i, mut h, mut o) = (0, oh, ow);
+        // One run per output row the panel touches.
+        while i < cnt {
+            let len = (win.ow - o).min(cnt - i);
+            let s = base + h * win.sh * self.wp + o * win.sw;
+            if win.sw == 1 {
+                copy_run(&mut out[i..], &self.xp[s..], len);
+            } else {
+                for (d, v) in out[i..i + len]
+                    .iter_mut()
+                    .zip(self.xp[s..].iter().step_by(win.sw))
+                {
+                    *d = *v;
+                }
+            }
+            i += len;
+            (h, o) = (h + 1, 0);
+        }
+        if cnt < out.len() {
+            out[cnt..].fill(0.0);
+        }
+    }
 }
 
 impl PackB for Im2col<'_> {
     fn pack(&self, dst: &mut [f32], nr: usize, p0: usize, kc: usize, j0: usize, nc: usize) {
         const CHUNK: usize = 256;
         let win = self.win;
-        let (taps, in_plane) = (win.kh * win.kw, win.in_plane());
+        let taps = win.kh * win.kw;
         let panel_len = kc * nr;
-        let mut table = [Tap::default(); CHUNK];
+        // Where each depth's tap starts reading in the padded input.
+        let mut bases = [0usize; CHUNK];
         for d0 in (0..kc).step_by(CHUNK) {
             let depths = CHUNK.min(kc - d0);
-            for (d, t) in table[..depths].iter_mut().enumerate() {
+            for (d, b) in bases[..depths].iter_mut().enumerate() {
                 let p = p0 + d0 + d;
                 let (c, tap) = (p / taps, p % taps);
-                let (lo, hi, start) = win.col_range(tap % win.kw);
-                *t = Tap {
-                    plane: c * in_plane,
-                    ki: tap / win.kw,
-                    lo,
-                    hi,
-                    start,
-                };
+                let (ki, kj) = (tap / win.kw, tap % win.kw);
+                *b = c * self.hp * self.wp + ki * win.dh * self.wp + kj * win.dw;
             }
             // Panel by panel, so that the writes run through each panel in
             // order; (oh, ow) is the output position of its first column.
             let (mut oh, mut ow) = (j0 / win.ow, j0 % win.ow);
             for (q, jq) in (0..nc).step_by(nr).enumerate() {
                 let cnt = nr.min(nc - jq);
-                for (d, t) in table[..depths].iter().enumerate() {
+                for (d, &base) in bases[..depths].iter().enumerate() {
                     let at = q * panel_len + (d0 + d) * nr;
-                    let out = &mut dst[at..at + nr];
-                    self.panel_row(t, out, cnt, oh, ow);
+                    self.panel_row(base, &mut dst[at..at + nr], cnt, oh, ow);
                 }
                 ow += cnt;
                 oh += ow / win.ow;
@@ -599,87 +690,21 @@ impl PackB for Im2col<'_> {
     }
 }
 
-impl Im2col<'_> {
-    /// Fills one panel row: `cnt` columns from output position (oh, ow) of
-    /// the im2col row `t`, zeros after them.
-    #[inline(always)]
-    fn panel_row(&self, t: &Tap, out: &mut [f32], cnt: usize, oh: usize, ow: usize) {
-        let win = self.win;
-        let xrow = |oh: usize| {
-            win.in_row(oh, t.ki).filter(|_| t.lo < t.hi).map(|ih| {
-                let s = t.plane + ih * win.w;
-                &self.x[s..s + win.w]
-            })
-        };
-        let nr = out.len();
-        if ow + cnt <= win.ow {
-            match xrow(oh) {
-                // The common case: a full panel row inside one input row.
-                Some(x) if win.sw == 1 && cnt == nr && ow >= t.lo && ow + nr <= t.hi => {
-                    copy_panel(out, &x[t.start + ow - t.lo..])
-                }
-                Some(x) => gather_run(&mut out[..cnt], x, ow, t.lo, t.hi, t.start, win.sw),
-                None => out[..cnt].fill(0.0),
-            }
-        } else {
-            // The panel spans output rows: one segment per row.
-            let (mut i, mut h, mut o) = (0, oh, ow);
-            while i < cnt {
-                let len = (win.ow - o).min(cnt - i);
-                let seg = &mut out[i..i + len];
-                match xrow(h) {
-                    Some(x) => gather_run(seg, x, o, t.lo, t.hi, t.start, win.sw),
-                    None => seg.fill(0.0),
-                }
-                i += len;
-                (h, o) = (h + 1, 0);
-            }
-        }
-        out[cnt..].fill(0.0);
-    }
-}
-
-/// Copies one full panel row (`out.len()` = nr values) with a fixed-width
-/// copy for the usual panel widths (no call to memcpy for 64 bytes).
+/// Copies `len` values of `src` to `out` in 8-wide vector moves. The last
+/// move may write past `len` while `out` has room (the caller writes those
+/// positions afterwards) and read past it (`src` has [`PAD_SLACK`]).
 #[inline(always)]
-fn copy_panel(out: &mut [f32], src: &[f32]) {
-    fn fixed<const W: usize>(out: &mut [f32], src: &[f32]) {
-        let s: &[f32; W] = src[..W].try_into().expect("a slice of length W");
-        out[..W].copy_from_slice(s);
+fn copy_run(out: &mut [f32], src: &[f32], len: usize) {
+    const V: usize = 8;
+    let mut t = 0;
+    while t < len && t + V <= out.len() {
+        let s: &[f32; V] = src[t..t + V].try_into().expect("a slice of length V");
+        out[t..t + V].copy_from_slice(s);
+        t += V;
     }
-    match out.len() {
-        16 => fixed::<16>(out, src),
-        32 => fixed::<32>(out, src),
-        n => out.copy_from_slice(&src[..n]),
-    }
-}
-
-/// `out[t] = xrow[start + (ow + t - lo) * sw]` for output columns `ow + t`
-/// inside `lo..hi`, 0 outside (padding).
-#[inline]
-fn gather_run(
-    out: &mut [f32],
-    xrow: &[f32],
-    ow: usize,
-    lo: usize,
-    hi: usize,
-    start: usize,
-    sw: usize,
-) {
-    let end = ow + out.len();
-    let (a, b) = (ow.max(lo).min(end), hi.min(end).max(ow.max(lo).min(end)));
-    out[..a - ow].fill(0.0);
-    out[b - ow..].fill(0.0);
-    if a < b {
-        let s0 = start + (a - lo) * sw;
-        let body = &mut out[a - ow..b - ow];
-        if sw == 1 {
-            body.copy_from_slice(&xrow[s0..s0 + body.len()]);
-        } else {
-            for (d, s) in body.iter_mut().zip(xrow[s0..].iter().step_by(sw)) {
-                *d = *s;
-            }
-        }
+    while t < len {
+        out[t] = src[t];
+        t += 1;
     }
 }
 
