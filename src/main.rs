@@ -130,6 +130,11 @@ enum Command {
         /// Time every node and report time, share and GFLOP/s per op type.
         #[arg(long)]
         profile: bool,
+        /// Also run the reference interpreter on the original model with the
+        /// same inputs and check the outputs agree (rtol 1e-3, atol 1e-5);
+        /// exit 1 when they do not.
+        #[arg(long)]
+        verify: bool,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -210,6 +215,7 @@ fn main() -> ExitCode {
             input,
             seed,
             profile,
+            verify,
             json,
         } => cmd_bench(&BenchArgs {
             model,
@@ -222,6 +228,7 @@ fn main() -> ExitCode {
             input,
             seed,
             profile,
+            verify,
             json,
         }),
         Command::Probe { json, seconds } => cmd_probe(json, seconds),
@@ -619,6 +626,7 @@ struct BenchArgs {
     input: Vec<String>,
     seed: u64,
     profile: bool,
+    verify: bool,
     json: bool,
 }
 
@@ -646,7 +654,24 @@ struct BenchReport {
     plan: mlc::runtime::PlanStats,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<mlc::runtime::Profile>,
+    /// With --verify: each output against the reference interpreter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify: Option<VerifyReport>,
 }
+
+/// `mlc bench --verify`: the runtime against the reference interpreter.
+#[derive(Serialize)]
+struct VerifyReport {
+    rtol: f64,
+    atol: f64,
+    ok: bool,
+    outputs: Vec<mlc::runtime::OutputCheck>,
+}
+
+/// Tolerance of `--verify` for f32 model outputs (GUIDE: rtol 1e-3, atol
+/// 1e-5 against the reference).
+const VERIFY_RTOL: f64 = 1e-3;
+const VERIFY_ATOL: f64 = 1e-5;
 
 /// The `p`-th percentile (0..=100) of sorted samples, linearly interpolated.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -690,6 +715,8 @@ fn cmd_bench(a: &BenchArgs) -> Result<(), Error> {
         });
     }
     let mut g = mlc::import::load(&a.model)?;
+    // The oracle for --verify: the model as loaded, before any pass.
+    let original = a.verify.then(|| g.clone());
     let is_bundle = bundle::looks_like_bundle(&a.model);
     let pipeline = match (&a.pipeline, is_bundle) {
         (Some(p), _) => Some(p.clone()),
@@ -824,6 +851,21 @@ fn cmd_bench(a: &BenchArgs) -> Result<(), Error> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let verify = match &original {
+        Some(original) => {
+            let got = plan.run(&feed)?;
+            let want = mlc::interp::run(original, feed.clone())?;
+            let names: Vec<String> = g.outputs.iter().map(|&o| g.value(o).name.clone()).collect();
+            let outputs = mlc::runtime::compare(&names, &got, &want, VERIFY_RTOL, VERIFY_ATOL);
+            Some(VerifyReport {
+                rtol: VERIFY_RTOL,
+                atol: VERIFY_ATOL,
+                ok: outputs.iter().all(|o| o.ok()),
+                outputs,
+            })
+        }
+        None => None,
+    };
     ms.sort_by(f64::total_cmp);
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
     let report = BenchReport {
@@ -854,10 +896,31 @@ fn cmd_bench(a: &BenchArgs) -> Result<(), Error> {
         arena_bytes: plan.stats().arena_bytes,
         plan: plan.stats().clone(),
         profile: plan.profile(),
+        verify,
+    };
+    let verdict = match &report.verify {
+        Some(v) if !v.ok => Err(Error::Internal(format!(
+            "the runtime's outputs differ from the reference interpreter's beyond rtol {} atol {}: {}",
+            v.rtol,
+            v.atol,
+            v.outputs
+                .iter()
+                .filter(|o| !o.ok())
+                .map(|o| match &o.mismatch {
+                    Some(m) => format!("'{}' {m}", o.name),
+                    None => format!(
+                        "'{}' {} of {} elements outside (max |diff| {:.3e})",
+                        o.name, o.outside, o.elements, o.max_abs_err
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
+        _ => Ok(()),
     };
     if a.json {
         println!("{}", to_json(&report)?);
-        return Ok(());
+        return verdict;
     }
     let ins: Vec<String> = g
         .inputs
@@ -907,7 +970,20 @@ fn cmd_bench(a: &BenchArgs) -> Result<(), Error> {
     if let Some(prof) = &report.profile {
         print!("{}", prof.render());
     }
-    Ok(())
+    if let Some(v) = &report.verify {
+        for o in &v.outputs {
+            println!(
+                "verify {}: {} against the reference interpreter (max |diff| {:.3e}, {:.3} of the tolerance rtol {} atol {})",
+                o.name,
+                if o.ok() { "ok" } else { "DIFFERS" },
+                o.max_abs_err,
+                o.worst_tolerance_share,
+                v.rtol,
+                v.atol
+            );
+        }
+    }
+    verdict
 }
 
 #[cfg(test)]

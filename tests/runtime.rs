@@ -672,6 +672,40 @@ fn bench_json_has_the_promised_keys() {
 }
 
 #[test]
+fn bench_verify_checks_every_fixture_against_the_reference() {
+    let exe = env!("CARGO_BIN_EXE_mlc");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for (model, extra) in [
+        ("mlp", &["--batch", "3"][..]),
+        ("cnn", &[][..]),
+        ("transformer", &["--batch", "2", "--dim", "seq=7"][..]),
+    ] {
+        let out = std::process::Command::new(exe)
+            .arg("bench")
+            .arg(root.join("fixtures").join(model).join("model.onnx"))
+            .args(["--runs", "1", "--warmup", "0", "--verify", "--json"])
+            .args(["--threads", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let verify = &v["verify"];
+        assert_eq!(verify["ok"], true, "{model}: {verify}");
+        let outputs = verify["outputs"].as_array().unwrap();
+        assert!(!outputs.is_empty());
+        for o in outputs {
+            assert!(o["elements"].as_u64().unwrap() > 0, "{o}");
+            assert!(o["worst_tolerance_share"].as_f64().unwrap() <= 1.0, "{o}");
+        }
+    }
+}
+
+#[test]
 fn bench_text_and_batch_and_errors() {
     let exe = env!("CARGO_BIN_EXE_mlc");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

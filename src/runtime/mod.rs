@@ -13,10 +13,12 @@
 //! goes.
 
 pub mod arena;
+pub mod check;
 mod executor;
 pub mod inplace;
 pub mod plan;
 pub mod profile;
 
+pub use check::{compare, OutputCheck};
 pub use plan::{specialize, ExecKind, Plan, PlanStats, StepInfo};
 pub use profile::{OpProfile, Profile};
