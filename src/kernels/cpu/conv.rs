@@ -329,42 +329,540 @@ fn finish_plane(f: &Fused, i: usize, plane: usize, p: &mut [f32], cx: &CpuCtx) {
     }
 }
 
-/// Depthwise convolution: one (batch, channel) plane per task.
+/// Depthwise convolution. The (batch, channel) planes are split across
+/// threads in chunks of whole planes; each plane is copied into a padded
+/// scratch plane ([`DwPad`]) and run through the register-blocked kernel
+/// ([`dw_padded`]), or, when that scratch would be unreasonably large (huge
+/// pads or strides), through the plain per-tap loop ([`dw_plane`]).
 fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &CpuCtx) {
     let win = &g.win;
     let (in_plane, out_plane, k) = (win.in_plane(), win.out_plane(), win.kh * win.kw);
-    let ranges: Vec<(usize, usize, usize)> = (0..win.kw).map(|kj| win.col_range(kj)).collect();
-    let avx = cx.features.avx2_fma;
-    let plane = |i: usize, p: &mut [f32]| {
-        let ch = i % g.c;
-        dw_plane(
-            avx,
-            win,
-            &ranges,
-            &x[i * in_plane..(i + 1) * in_plane],
-            &w[ch * k..(ch + 1) * k],
-            f.bias.map_or(0.0, |b| b[ch]),
-            p,
-        );
-        finish_plane(f, i, out_plane, p, cx);
+    let avx = cx.features.avx2_fma && ops::has_avx2_fma();
+    let pad = DwPad::new(win);
+    // Relu and Clip are applied in registers; other activations on the
+    // finished plane while it is still in cache.
+    let clamp = match f.act {
+        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+        Some(Activation::Clip { min, max }) => Some((*min, *max)),
+        _ => None,
     };
-    if cx.threads > 1 && y.len() >= PAR_MIN_WORK && g.n * g.c > 1 {
+    let ranges: Vec<(usize, usize, usize)> = match pad {
+        Some(_) => Vec::new(),
+        None => (0..win.kw).map(|kj| win.col_range(kj)).collect(),
+    };
+    // Planes `i0..` of the output chunk `ys`.
+    let planes = |i0: usize, ys: &mut [f32]| {
+        let one = |i: usize, p: &mut [f32], scratch: Option<&mut [f32]>| {
+            let ch = i % g.c;
+            let xp = &x[i * in_plane..(i + 1) * in_plane];
+            let wk = &w[ch * k..(ch + 1) * k];
+            let bias = f.bias.map_or(0.0, |b| b[ch]);
+            match (pad, scratch) {
+                (Some(pad), Some(buf)) => {
+                    pad.fill(win, xp, buf);
+                    let res = f.residual.map(|r| &r[i * out_plane..(i + 1) * out_plane]);
+                    dw_padded(avx, win, pad.pw, buf, wk, bias, res, clamp, p);
+                    if clamp.is_none() {
+                        if let Some(act) = f.act {
+                            ops::activation(act, p, avx);
+                        }
+                    }
+                }
+                _ => {
+                    dw_plane(avx, win, &ranges, xp, wk, bias, p);
+                    finish_plane(f, i, out_plane, p, cx);
+                }
+            }
+        };
+        let mut run_all = |scratch: Option<&mut [f32]>| match scratch {
+            Some(buf) => {
+                for (j, p) in ys.chunks_exact_mut(out_plane).enumerate() {
+                    one(i0 + j, p, Some(&mut *buf));
+                }
+            }
+            None => {
+                for (j, p) in ys.chunks_exact_mut(out_plane).enumerate() {
+                    one(i0 + j, p, None);
+                }
+            }
+        };
+        match pad {
+            Some(pad) => pad.with_scratch(|buf| run_all(Some(buf))),
+            None => run_all(None),
+        }
+    };
+    let nplanes = g.n * g.c;
+    if cx.threads > 1 && y.len() >= PAR_MIN_WORK && nplanes > 1 {
+        // Several small planes per task (7x7 planes are ~50 outputs), but
+        // enough tasks to balance the threads.
+        let per_task = (DW_TASK_WORK / out_plane)
+            .min(nplanes.div_ceil(4 * cx.threads))
+            .max(1);
         cx.install(|| {
-            y.par_chunks_mut(out_plane)
+            y.par_chunks_mut(per_task * out_plane)
                 .enumerate()
-                .for_each(|(i, p)| plane(i, p))
+                .for_each(|(t, ys)| planes(t * per_task, ys))
         });
     } else {
-        y.chunks_exact_mut(out_plane)
-            .enumerate()
-            .for_each(|(i, p)| plane(i, p));
+        planes(0, y);
+    }
+}
+
+/// Output elements a parallel depthwise task aims at.
+const DW_TASK_WORK: usize = 4096;
+
+/// Scratch planes larger than this (floats) are not kept per thread.
+const DW_KEEP_MAX: usize = 1 << 22;
+
+thread_local! {
+    /// A thread's depthwise scratch plane and the layout whose padding it
+    /// holds zeros for.
+    static DW_SCRATCH: std::cell::RefCell<(Vec<f32>, Option<DwPad>)> =
+        const { std::cell::RefCell::new((Vec::new(), None)) };
+}
+
+/// The padded scratch plane of a depthwise convolution: `ph` rows of `pw`
+/// floats, the input at row `pad_top`, column `pad_left`, zeros elsewhere.
+/// It covers every input position any output reads, in full chunks of 8
+/// output columns (`ow` rounded up to 8, plus the extra lane a stride-2
+/// de-interleave loads), so the kernels need no bounds tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DwPad {
+    ph: usize,
+    pw: usize,
+    /// Input columns copied per row (those inside the scratch).
+    ncols: usize,
+    /// Input rows copied (those inside the scratch).
+    nrows: usize,
+    /// Padding offsets (part of the layout: zeros elsewhere).
+    top: usize,
+    left: usize,
+}
+
+impl DwPad {
+    /// `None` when the scratch would be much larger than the input and the
+    /// output together, or the window is degenerate.
+    fn new(win: &Window2d) -> Option<DwPad> {
+        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 {
+            return None;
+        }
+        let ow8 = win.ow.div_ceil(LANES) * LANES;
+        let ph = (win.oh - 1)
+            .checked_mul(win.sh)?
+            .checked_add((win.kh - 1).checked_mul(win.dh)?)?
+            .checked_add(1)?;
+        let pw = win
+            .sw
+            .checked_mul(ow8)?
+            .checked_add((win.kw - 1).checked_mul(win.dw)?)?
+            .checked_add(1)?;
+        let size = ph.checked_mul(pw)?;
+        let budget = win
+            .sh
+            .checked_mul(win.sw)?
+            .checked_mul(win.out_plane())?
+            .checked_add(win.in_plane())?
+            .checked_mul(4)?
+            .checked_add(4096)?;
+        if size > budget || i32::try_from(size).is_err() {
+            return None;
+        }
+        Some(DwPad {
+            ph,
+            pw,
+            ncols: pw.saturating_sub(win.pad_left).min(win.w),
+            nrows: ph.saturating_sub(win.pad_top).min(win.h),
+            top: win.pad_top,
+            left: win.pad_left,
+        })
+    }
+
+    /// Runs `f` on a zeroed-padding scratch plane of this layout: the
+    /// thread's kept one when free and small enough, else a fresh one.
+    fn with_scratch(self, f: impl FnOnce(&mut [f32])) {
+        let size = self.ph * self.pw;
+        let mut f = Some(f);
+        if size <= DW_KEEP_MAX {
+            DW_SCRATCH.with(|cell| {
+                // Busy only if a kernel re-entered on this thread; then the
+                // fresh buffer below is used.
+                let Ok(mut s) = cell.try_borrow_mut() else {
+                    return;
+                };
+                let (buf, layout) = &mut *s;
+                if *layout != Some(self) || buf.len() != size {
+                    // Only the input region is rewritten per plane, so the
+                    // padding stays zero while the layout is kept.
+                    buf.clear();
+                    buf.resize(size, 0.0);
+                    *layout = Some(self);
+                }
+                if let Some(f) = f.take() {
+                    f(buf);
+                }
+            });
+        }
+        if let Some(f) = f {
+            f(&mut vec![0.0; size]);
+        }
+    }
+
+    /// Copies input plane `xp` into the scratch (the padding is already 0).
+    fn fill(&self, win: &Window2d, xp: &[f32], buf: &mut [f32]) {
+        if self.ncols == 0 {
+            return;
+        }
+        for ih in 0..self.nrows {
+            let d = (ih + self.top) * self.pw + self.left;
+            buf[d..d + self.ncols].copy_from_slice(&xp[ih * win.w..ih * win.w + self.ncols]);
+        }
+    }
+}
+
+/// Width of the kernels' vectors.
+const LANES: usize = 8;
+
+/// The few vector operations the depthwise kernel needs, on 8 f32 lanes:
+/// AVX2/FMA registers or a portable array. All loads read through raw
+/// pointers; callers guarantee the addresses are inside the scratch plane.
+trait Lanes: Copy {
+    unsafe fn splat(v: f32) -> Self;
+    /// `p[0..8]`.
+    unsafe fn load(p: *const f32) -> Self;
+    /// `p[0], p[2], .., p[14]` (reads `p[0..16]`).
+    unsafe fn load_s2(p: *const f32) -> Self;
+    /// `p[0], p[s], .., p[7 * s]`.
+    unsafe fn load_strided(p: *const f32, s: usize) -> Self;
+    /// `p[0..n]`, zeros after (`n <= 8`).
+    unsafe fn load_n(p: *const f32, n: usize) -> Self;
+    /// `a * b + c`.
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// Raises to `lo`, then lowers to `hi`, like Clip; NaN stays NaN.
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// Stores lanes `0..n` (`n <= 8`).
+    unsafe fn store_n(self, p: *mut f32, n: usize);
+}
+
+/// Portable lanes (plain arrays the compiler may vectorize).
+#[derive(Clone, Copy)]
+struct P8([f32; LANES]);
+
+impl Lanes for P8 {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        P8([v; LANES])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        P8(std::ptr::read_unaligned(p as *const [f32; LANES]))
+    }
+    #[inline(always)]
+    unsafe fn load_s2(p: *const f32) -> Self {
+        Self::load_strided(p, 2)
+    }
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f32, s: usize) -> Self {
+        P8(std::array::from_fn(|l| *p.add(l * s)))
+    }
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self {
+        P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+        P8(std::array::from_fn(|l| {
+            let y = if self.0[l] < lo.0[l] { lo.0[l] } else { self.0[l] };
+            if y > hi.0[l] {
+                hi.0[l]
+            } else {
+                y
+            }
+        }))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; LANES], self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_n(self, p: *mut f32, n: usize) {
+        for l in 0..n.min(LANES) {
+            *p.add(l) = self.0[l];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    //! AVX2/FMA lanes; only used inside `#[target_feature(enable =
+    //! "avx2,fma")]` functions, after run-time detection.
+    use super::{Lanes, LANES};
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct A8(__m256);
+
+    /// Mask of the first `n` lanes.
+    #[inline(always)]
+    unsafe fn first(n: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(LANES) as i32), idx)
+    }
+
+    impl Lanes for A8 {
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            A8(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            A8(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_s2(p: *const f32) -> Self {
+            let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit
+            // pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
+            let e = _mm256_shuffle_ps::<0x88>(a, b);
+            A8(_mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(
+                _mm256_castps_pd(e),
+            )))
+        }
+        #[inline(always)]
+        unsafe fn load_strided(p: *const f32, s: usize) -> Self {
+            // s * 7 fits in i32: the scratch plane is smaller than i32::MAX.
+            let s = s as i32;
+            let idx = _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(s),
+            );
+            A8(_mm256_i32gather_ps::<4>(p, idx))
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            A8(_mm256_maskload_ps(p, first(n)))
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            A8(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            A8(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            // max_ps(a, b) / min_ps(a, b) return b when either is NaN.
+            A8(_mm256_min_ps(hi.0, _mm256_max_ps(lo.0, self.0)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            _mm256_maskstore_ps(p, first(n), self.0)
+        }
+    }
+
+    /// [`super::dw_kernel`] on AVX2/FMA registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and the arguments must satisfy
+    /// [`super::dw_kernel`]'s contract.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dw_avx(
+        win: &super::Window2d,
+        pw: usize,
+        xs: &[f32],
+        wk: &[f32],
+        bias: f32,
+        res: Option<&[f32]>,
+        clamp: Option<(f32, f32)>,
+        p: &mut [f32],
+    ) {
+        super::dw_dispatch::<A8>(win, pw, xs, wk, bias, res, clamp, p)
+    }
+}
+
+/// One depthwise plane from its padded scratch `xs` (row length `pw`):
+/// `p[oh, ow] = act(bias + sum_{ki, kj} wk[ki, kj] * xs[oh * sh + ki * dh,
+/// ow * sw + kj * dw] + res[oh, ow])`, where the activation is `clamp` (or
+/// none; the caller applies the others).
+#[allow(clippy::too_many_arguments)]
+fn dw_padded(
+    avx: bool,
+    win: &Window2d,
+    pw: usize,
+    xs: &[f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    clamp: Option<(f32, f32)>,
+    p: &mut [f32],
+) {
+    let ok = DwPad::new(win).is_some_and(|d| d.pw == pw && xs.len() >= d.ph * d.pw)
+        && wk.len() == win.kh * win.kw
+        && p.len() == win.out_plane()
+        && res.is_none_or(|r| r.len() == p.len());
+    if !ok {
+        // Unreachable from `depthwise`, which builds the scratch from the same
+        // window; kept so the unsafe kernels below never see a bad call.
+        debug_assert!(false, "dw_padded: inconsistent arguments");
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx && ops::has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; the arguments were checked above.
+        unsafe { avx::dw_avx(win, pw, xs, wk, bias, res, clamp, p) };
+        return;
+    }
+    let _ = avx;
+    // SAFETY: the arguments were checked above.
+    unsafe { dw_dispatch::<P8>(win, pw, xs, wk, bias, res, clamp, p) }
+}
+
+/// Picks the kernel instance: 3x3 or any kernel, stride 1, 2 or any.
+///
+/// # Safety
+/// `xs` holds the scratch plane of [`DwPad::new`]`(win)` with row length
+/// `pw`, `wk` has `kh * kw` weights, `p` (and `res`) `oh * ow` floats.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_dispatch<V: Lanes>(
+    win: &Window2d,
+    pw: usize,
+    xs: &[f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    clamp: Option<(f32, f32)>,
+    p: &mut [f32],
+) {
+    let k3 = win.kh == 3 && win.kw == 3;
+    match (k3, win.sw) {
+        (true, 1) => dw_kernel::<V, true, 1>(win, pw, xs, wk, bias, res, clamp, p),
+        (true, 2) => dw_kernel::<V, true, 2>(win, pw, xs, wk, bias, res, clamp, p),
+        (true, _) => dw_kernel::<V, true, 0>(win, pw, xs, wk, bias, res, clamp, p),
+        (false, 1) => dw_kernel::<V, false, 1>(win, pw, xs, wk, bias, res, clamp, p),
+        (false, 2) => dw_kernel::<V, false, 2>(win, pw, xs, wk, bias, res, clamp, p),
+        (false, _) => dw_kernel::<V, false, 0>(win, pw, xs, wk, bias, res, clamp, p),
+    }
+}
+
+/// The register-blocked depthwise kernel: for each output row, chunks of 8
+/// outputs accumulate every tap in a register (starting from the bias),
+/// add the residual, clamp, and are stored once; the last partial chunk is
+/// computed in full (the scratch has the room) and stored masked. `K3`: a
+/// 3x3 kernel whose 9 weights stay in registers; `S`: the column stride
+/// when 1 or 2 (0: `win.sw`, loaded with a gather).
+///
+/// # Safety
+/// As [`dw_dispatch`], plus `K3` implies a 3x3 kernel and a nonzero `S`
+/// equals `win.sw`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_kernel<V: Lanes, const K3: bool, const S: usize>(
+    win: &Window2d,
+    pw: usize,
+    xs: &[f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    clamp: Option<(f32, f32)>,
+    p: &mut [f32],
+) {
+    let (kh, kw) = if K3 { (3, 3) } else { (win.kh, win.kw) };
+    let sw = if S == 0 { win.sw } else { S };
+    let (ow, dh, dw) = (win.ow, win.dh, win.dw);
+    let xs = xs.as_ptr();
+    let out = p.as_mut_ptr();
+    let res = res.map(|r| r.as_ptr());
+    let vb = V::splat(bias);
+    let w3: [V; 9] = if K3 {
+        std::array::from_fn(|t| V::splat(wk[t]))
+    } else {
+        [vb; 9]
+    };
+    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (vlo, vhi) = (V::splat(lo), V::splat(hi));
+    let load = |q: *const f32| {
+        if S == 1 {
+            V::load(q)
+        } else if S == 2 {
+            V::load_s2(q)
+        } else {
+            V::load_strided(q, sw)
+        }
+    };
+    // Sum of the taps for the 8 outputs `o..o + 8` of a row starting at `xr`.
+    let chunk = |xr: *const f32, o: usize| {
+        let mut acc = vb;
+        let x0 = xr.add(o * sw);
+        if K3 {
+            for ki in 0..3 {
+                let xk = x0.add(ki * dh * pw);
+                for kj in 0..3 {
+                    acc = V::mul_add(w3[ki * 3 + kj], load(xk.add(kj * dw)), acc);
+                }
+            }
+        } else {
+            for ki in 0..kh {
+                let xk = x0.add(ki * dh * pw);
+                for kj in 0..kw {
+                    let wv = V::splat(*wk.get_unchecked(ki * kw + kj));
+                    acc = V::mul_add(wv, load(xk.add(kj * dw)), acc);
+                }
+            }
+        }
+        acc
+    };
+    let full = ow / LANES * LANES;
+    for oh in 0..win.oh {
+        let xr = xs.add(oh * win.sh * pw);
+        let yr = out.add(oh * ow);
+        let rr = res.map(|r| r.add(oh * ow));
+        let mut o = 0;
+        while o < full {
+            let mut acc = chunk(xr, o);
+            if let Some(rr) = rr {
+                acc = V::add(acc, V::load(rr.add(o)));
+            }
+            if clamp.is_some() {
+                acc = acc.clamp(vlo, vhi);
+            }
+            acc.store(yr.add(o));
+            o += LANES;
+        }
+        if o < ow {
+            let n = ow - o;
+            let mut acc = chunk(xr, o);
+            if let Some(rr) = rr {
+                acc = V::add(acc, V::load_n(rr.add(o), n));
+            }
+            if clamp.is_some() {
+                acc = acc.clamp(vlo, vhi);
+            }
+            acc.store_n(yr.add(o), n);
+        }
     }
 }
 
 super::ops::multiversion!(
-    /// One depthwise plane: `p[oh, ow] = bias + sum_{ki, kj} wk[ki, kj] *
-    /// xp[in_row(oh, ki), ow * sw + kj * dw - pad_left]` over the taps
-    /// inside the input.
+    /// One depthwise plane without scratch (the fallback for geometries
+    /// whose scratch would be huge): `p[oh, ow] = bias + sum_{ki, kj}
+    /// wk[ki, kj] * xp[in_row(oh, ki), ow * sw + kj * dw - pad_left]` over
+    /// the taps inside the input.
     fn dw_plane(
         win: &Window2d,
         ranges: &[(usize, usize, usize)],
