@@ -330,15 +330,15 @@ fn finish_plane(f: &Fused, i: usize, plane: usize, p: &mut [f32], cx: &CpuCtx) {
 }
 
 /// Depthwise convolution. The (batch, channel) planes are split across
-/// threads in chunks of whole planes; each plane is copied into a padded
-/// scratch plane ([`DwPad`]) and run through the register-blocked kernel
-/// ([`dw_padded`]), or, when that scratch would be unreasonably large (huge
-/// pads or strides), through the plain per-tap loop ([`dw_plane`]).
+/// threads in chunks of whole planes; each plane is copied into a padded,
+/// phase-split scratch plane ([`DwPad`]) and run through the
+/// register-blocked kernel ([`dw_kernel`]), or, when that scratch would be
+/// unreasonably large (huge pads or strides), through the plain per-tap
+/// loop ([`dw_plane`]).
 fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &CpuCtx) {
     let win = &g.win;
     let (in_plane, out_plane, k) = (win.in_plane(), win.out_plane(), win.kh * win.kw);
     let avx = cx.features.avx2_fma && ops::has_avx2_fma();
-    let pad = DwPad::new(win);
     // Relu and Clip are applied in registers; other activations on the
     // finished plane while it is still in cache.
     let clamp = match f.act {
@@ -346,49 +346,43 @@ fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &
         Some(Activation::Clip { min, max }) => Some((*min, *max)),
         _ => None,
     };
-    let ranges: Vec<(usize, usize, usize)> = match pad {
+    let plan = DwPlan::new(win, clamp);
+    let ranges: Vec<(usize, usize, usize)> = match plan {
         Some(_) => Vec::new(),
         None => (0..win.kw).map(|kj| win.col_range(kj)).collect(),
     };
-    // Planes `i0..` of the output chunk `ys`.
-    let planes = |i0: usize, ys: &mut [f32]| {
-        let one = |i: usize, p: &mut [f32], scratch: Option<&mut [f32]>| {
-            let ch = i % g.c;
-            let xp = &x[i * in_plane..(i + 1) * in_plane];
-            let wk = &w[ch * k..(ch + 1) * k];
-            let bias = f.bias.map_or(0.0, |b| b[ch]);
-            match (pad, scratch) {
-                (Some(pad), Some(buf)) => {
-                    pad.fill(win, xp, buf);
-                    let res = f.residual.map(|r| &r[i * out_plane..(i + 1) * out_plane]);
-                    dw_padded(avx, win, pad.pw, buf, wk, bias, res, clamp, p);
-                    if clamp.is_none() {
-                        if let Some(act) = f.act {
-                            ops::activation(act, p, avx);
-                        }
+    // One plane `i` (batch * C + channel) into `p`.
+    let one = |i: usize, p: &mut [f32], scratch: &mut [f32]| {
+        let ch = i % g.c;
+        let xp = &x[i * in_plane..(i + 1) * in_plane];
+        let wk = &w[ch * k..(ch + 1) * k];
+        let bias = f.bias.map_or(0.0, |b| b[ch]);
+        match &plan {
+            Some(plan) => {
+                let res = f.residual.map(|r| &r[i * out_plane..(i + 1) * out_plane]);
+                dw_padded(avx, plan, xp, scratch, wk, bias, res, p);
+                if clamp.is_none() {
+                    if let Some(act) = f.act {
+                        ops::activation(act, p, avx);
                     }
-                }
-                _ => {
-                    dw_plane(avx, win, &ranges, xp, wk, bias, p);
-                    finish_plane(f, i, out_plane, p, cx);
-                }
-            }
-        };
-        let mut run_all = |scratch: Option<&mut [f32]>| match scratch {
-            Some(buf) => {
-                for (j, p) in ys.chunks_exact_mut(out_plane).enumerate() {
-                    one(i0 + j, p, Some(&mut *buf));
                 }
             }
             None => {
-                for (j, p) in ys.chunks_exact_mut(out_plane).enumerate() {
-                    one(i0 + j, p, None);
-                }
+                dw_plane(avx, win, &ranges, xp, wk, bias, p);
+                finish_plane(f, i, out_plane, p, cx);
+            }
+        }
+    };
+    // Planes `i0..` of the output chunk `ys`.
+    let planes = |i0: usize, ys: &mut [f32]| {
+        let mut each = |buf: &mut [f32]| {
+            for (j, p) in ys.chunks_exact_mut(out_plane).enumerate() {
+                one(i0 + j, p, buf);
             }
         };
-        match pad {
-            Some(pad) => pad.with_scratch(|buf| run_all(Some(buf))),
-            None => run_all(None),
+        match &plan {
+            Some(plan) => plan.pad.with_scratch(each),
+            None => each(&mut []),
         }
     };
     let nplanes = g.n * g.c;
@@ -414,6 +408,9 @@ const DW_TASK_WORK: usize = 4096;
 /// Scratch planes larger than this (floats) are not kept per thread.
 const DW_KEEP_MAX: usize = 1 << 22;
 
+/// Width of the kernels' vectors.
+const LANES: usize = 8;
+
 thread_local! {
     /// A thread's depthwise scratch plane and the layout whose padding it
     /// holds zeros for.
@@ -421,20 +418,25 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), None)) };
 }
 
-/// The padded scratch plane of a depthwise convolution: `ph` rows of `pw`
-/// floats, the input at row `pad_top`, column `pad_left`, zeros elsewhere.
-/// It covers every input position any output reads, in full chunks of 8
-/// output columns (`ow` rounded up to 8, plus the extra lane a stride-2
-/// de-interleave loads), so the kernels need no bounds tests.
+/// Layout of the scratch plane of a depthwise convolution with column
+/// stride `s`: `ph` blocks of `s * l` floats, one per padded input row,
+/// each split into `s` phases of `l` floats, phase `q` holding the padded
+/// columns `q, q + s, q + 2s, ..`. Input `(ih, iw)` sits at padded position
+/// `(ih + top, iw + left)`; everything else is zero. Output column `ow`,
+/// kernel column `kj` reads padded column `ow * s + kj * dw`, that is phase
+/// `(kj * dw) % s`, index `ow + (kj * dw) / s`: consecutive outputs read
+/// consecutive floats at every stride. The layout covers all that full
+/// chunks of 8 outputs read (`ow` rounded up to 8), so the kernel needs no
+/// bounds tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct DwPad {
     ph: usize,
-    pw: usize,
-    /// Input columns copied per row (those inside the scratch).
-    ncols: usize,
+    s: usize,
+    l: usize,
     /// Input rows copied (those inside the scratch).
     nrows: usize,
-    /// Padding offsets (part of the layout: zeros elsewhere).
+    /// Input columns copied per row (those inside the scratch).
+    ncols: usize,
     top: usize,
     left: usize,
 }
@@ -443,7 +445,7 @@ impl DwPad {
     /// `None` when the scratch would be much larger than the input and the
     /// output together, or the window is degenerate.
     fn new(win: &Window2d) -> Option<DwPad> {
-        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 {
+        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
             return None;
         }
         let ow8 = win.ow.div_ceil(LANES) * LANES;
@@ -451,12 +453,9 @@ impl DwPad {
             .checked_mul(win.sh)?
             .checked_add((win.kh - 1).checked_mul(win.dh)?)?
             .checked_add(1)?;
-        let pw = win
-            .sw
-            .checked_mul(ow8)?
-            .checked_add((win.kw - 1).checked_mul(win.dw)?)?
-            .checked_add(1)?;
-        let size = ph.checked_mul(pw)?;
+        let s = win.sw;
+        let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
+        let size = ph.checked_mul(s)?.checked_mul(l)?;
         let budget = win
             .sh
             .checked_mul(win.sw)?
@@ -469,18 +468,28 @@ impl DwPad {
         }
         Some(DwPad {
             ph,
-            pw,
-            ncols: pw.saturating_sub(win.pad_left).min(win.w),
+            s,
+            l,
             nrows: ph.saturating_sub(win.pad_top).min(win.h),
+            ncols: (s * l).saturating_sub(win.pad_left).min(win.w),
             top: win.pad_top,
             left: win.pad_left,
         })
     }
 
-    /// Runs `f` on a zeroed-padding scratch plane of this layout: the
+    /// Floats per padded row.
+    fn row(&self) -> usize {
+        self.s * self.l
+    }
+
+    fn size(&self) -> usize {
+        self.ph * self.row()
+    }
+
+    /// Runs `f` on a scratch plane of this layout with zero padding: the
     /// thread's kept one when free and small enough, else a fresh one.
     fn with_scratch(self, f: impl FnOnce(&mut [f32])) {
-        let size = self.ph * self.pw;
+        let size = self.size();
         let mut f = Some(f);
         if size <= DW_KEEP_MAX {
             DW_SCRATCH.with(|cell| {
@@ -491,8 +500,8 @@ impl DwPad {
                 };
                 let (buf, layout) = &mut *s;
                 if *layout != Some(self) || buf.len() != size {
-                    // Only the input region is rewritten per plane, so the
-                    // padding stays zero while the layout is kept.
+                    // Only the input positions are rewritten per plane, so
+                    // the padding stays zero while the layout is kept.
                     buf.clear();
                     buf.resize(size, 0.0);
                     *layout = Some(self);
@@ -506,35 +515,238 @@ impl DwPad {
             f(&mut vec![0.0; size]);
         }
     }
+}
 
-    /// Copies input plane `xp` into the scratch (the padding is already 0).
-    fn fill(&self, win: &Window2d, xp: &[f32], buf: &mut [f32]) {
-        if self.ncols == 0 {
-            return;
+/// Everything about a depthwise convolution the kernel needs besides one
+/// plane's data.
+struct DwPlan<'a> {
+    win: &'a Window2d,
+    pad: DwPad,
+    /// Offset of tap `ki * kw + kj` from an output's first read:
+    /// `ki * dh * row + ((kj * dw) % s) * l + (kj * dw) / s`.
+    taps: Vec<usize>,
+    clamp: Option<(f32, f32)>,
+}
+
+impl<'a> DwPlan<'a> {
+    fn new(win: &'a Window2d, clamp: Option<(f32, f32)>) -> Option<DwPlan<'a>> {
+        let pad = DwPad::new(win)?;
+        let mut taps = Vec::with_capacity(win.kh * win.kw);
+        for ki in 0..win.kh {
+            for kj in 0..win.kw {
+                let off = kj * win.dw;
+                taps.push(ki * win.dh * pad.row() + (off % pad.s) * pad.l + off / pad.s);
+            }
         }
-        for ih in 0..self.nrows {
-            let d = (ih + self.top) * self.pw + self.left;
-            buf[d..d + self.ncols].copy_from_slice(&xp[ih * win.w..ih * win.w + self.ncols]);
+        Some(DwPlan {
+            win,
+            pad,
+            taps,
+            clamp,
+        })
+    }
+}
+
+/// One depthwise plane: copies input plane `xp` into the scratch `buf`,
+/// then `p[oh, ow] = act(bias + sum_{ki, kj} wk[ki, kj] * padded[oh * sh +
+/// ki * dh, ow * sw + kj * dw] + res[oh, ow])`, where the activation is
+/// the plan's clamp (or none; the caller applies the others).
+#[allow(clippy::too_many_arguments)]
+fn dw_padded(
+    avx: bool,
+    plan: &DwPlan,
+    xp: &[f32],
+    buf: &mut [f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    let win = plan.win;
+    let ok = xp.len() == win.in_plane()
+        && buf.len() == plan.pad.size()
+        && wk.len() == plan.taps.len()
+        && p.len() == win.out_plane()
+        && res.is_none_or(|r| r.len() == p.len());
+    if !ok {
+        // Unreachable from `depthwise`, which sizes everything from the same
+        // window; kept so the unsafe kernels below never see a bad call.
+        debug_assert!(false, "dw_padded: inconsistent arguments");
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx && ops::has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; the sizes were checked above.
+        unsafe { avx::dw_avx(plan, xp, buf, wk, bias, res, p) };
+        return;
+    }
+    let _ = avx;
+    // SAFETY: the sizes were checked above.
+    unsafe { dw_dispatch::<P8>(plan, xp, buf, wk, bias, res, p) }
+}
+
+/// Fills the scratch and picks the kernel instance (3x3 or any kernel).
+///
+/// # Safety
+/// The slices have the sizes [`dw_padded`] checks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_dispatch<V: Lanes>(
+    plan: &DwPlan,
+    xp: &[f32],
+    buf: &mut [f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    dw_fill::<V>(plan.win, &plan.pad, xp, buf);
+    if plan.taps.len() == 9 && plan.win.kh == 3 {
+        dw_kernel::<V, true>(plan, buf, wk, bias, res, p)
+    } else {
+        dw_kernel::<V, false>(plan, buf, wk, bias, res, p)
+    }
+}
+
+/// Copies input plane `xp` into the scratch positions of [`DwPad`] (the
+/// padding is already zero): a plain copy per row at stride 1, a vector
+/// even/odd split at stride 2, a scalar scatter otherwise.
+#[inline(always)]
+unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &DwPad, xp: &[f32], buf: &mut [f32]) {
+    let (s, l, n) = (pad.s, pad.l, pad.ncols);
+    for ih in 0..pad.nrows {
+        let src = &xp[ih * win.w..ih * win.w + n];
+        let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
+        let mut j = 0;
+        if s == 1 {
+            let d = &mut dst[pad.left..pad.left + n];
+            while j + LANES <= n {
+                V::load(src.as_ptr().add(j)).store(d.as_mut_ptr().add(j));
+                j += LANES;
+            }
+            d[j..].copy_from_slice(&src[j..]);
+            continue;
+        }
+        if s == 2 {
+            // Input column iw goes to padded column iw + left: the even
+            // ones to phase left % 2 from index left / 2, the odd ones to
+            // the other phase from (left + 1) / 2.
+            let ev = (pad.left % 2) * l + pad.left / 2;
+            let od = ((pad.left + 1) % 2) * l + (pad.left + 1) / 2;
+            while j + 2 * LANES <= n {
+                let (e, o) = V::deinterleave2(src.as_ptr().add(j));
+                e.store(dst[ev + j / 2..ev + j / 2 + LANES].as_mut_ptr());
+                o.store(dst[od + j / 2..od + j / 2 + LANES].as_mut_ptr());
+                j += 2 * LANES;
+            }
+        }
+        for (iw, &v) in src.iter().enumerate().skip(j) {
+            let c = iw + pad.left;
+            dst[(c % s) * l + c / s] = v;
         }
     }
 }
 
-/// Width of the kernels' vectors.
-const LANES: usize = 8;
+/// The register-blocked depthwise kernel: for each output row, chunks of 8
+/// outputs accumulate every tap in a register (starting from the bias),
+/// add the residual, clamp, and are stored once; the last partial chunk is
+/// computed in full (the scratch has the room) and stored masked. `K3`: a
+/// 3x3 kernel, its 9 weights and tap offsets kept in registers.
+///
+/// # Safety
+/// As [`dw_dispatch`], with `buf` filled; `K3` implies 9 taps.
+#[inline(always)]
+unsafe fn dw_kernel<V: Lanes, const K3: bool>(
+    plan: &DwPlan,
+    buf: &[f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    let win = plan.win;
+    let (ow, rows) = (win.ow, win.sh * plan.pad.row());
+    let xs = buf.as_ptr();
+    let out = p.as_mut_ptr();
+    let res = res.map(|r| r.as_ptr());
+    let vb = V::splat(bias);
+    let (w3, t3): ([V; 9], [usize; 9]) = if K3 {
+        (
+            std::array::from_fn(|t| V::splat(wk[t])),
+            std::array::from_fn(|t| plan.taps[t]),
+        )
+    } else {
+        ([vb; 9], [0; 9])
+    };
+    let (lo, hi) = plan.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (vlo, vhi) = (V::splat(lo), V::splat(hi));
+    let clamp = plan.clamp.is_some();
+    // Sum of the taps for the 8 outputs whose first reads start at `x0`.
+    // (A function, not a closure, so that it inlines into the
+    // `target_feature` caller and the intrinsics with it.)
+    #[inline(always)]
+    unsafe fn chunk<V: Lanes, const K3: bool>(
+        x0: *const f32,
+        vb: V,
+        w3: &[V; 9],
+        t3: &[usize; 9],
+        wk: &[f32],
+        taps: &[usize],
+    ) -> V {
+        let mut acc = vb;
+        if K3 {
+            for t in 0..9 {
+                acc = V::mul_add(w3[t], V::load(x0.add(t3[t])), acc);
+            }
+        } else {
+            for (&wv, &off) in wk.iter().zip(taps) {
+                acc = V::mul_add(V::splat(wv), V::load(x0.add(off)), acc);
+            }
+        }
+        acc
+    }
+    let full = ow / LANES * LANES;
+    for oh in 0..win.oh {
+        let xr = xs.add(oh * rows);
+        let yr = out.add(oh * ow);
+        let rr = res.map(|r| r.add(oh * ow));
+        let mut o = 0;
+        while o < full {
+            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, &t3, wk, &plan.taps);
+            if let Some(rr) = rr {
+                acc = V::add(acc, V::load(rr.add(o)));
+            }
+            if clamp {
+                acc = acc.clamp(vlo, vhi);
+            }
+            acc.store(yr.add(o));
+            o += LANES;
+        }
+        if o < ow {
+            let n = ow - o;
+            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, &t3, wk, &plan.taps);
+            if let Some(rr) = rr {
+                acc = V::add(acc, V::load_n(rr.add(o), n));
+            }
+            if clamp {
+                acc = acc.clamp(vlo, vhi);
+            }
+            acc.store_n(yr.add(o), n);
+        }
+    }
+}
 
 /// The few vector operations the depthwise kernel needs, on 8 f32 lanes:
-/// AVX2/FMA registers or a portable array. All loads read through raw
-/// pointers; callers guarantee the addresses are inside the scratch plane.
+/// AVX2/FMA registers or a portable array. Pointers must be valid for the
+/// lanes they read or write.
 trait Lanes: Copy {
     unsafe fn splat(v: f32) -> Self;
     /// `p[0..8]`.
     unsafe fn load(p: *const f32) -> Self;
-    /// `p[0], p[2], .., p[14]` (reads `p[0..16]`).
-    unsafe fn load_s2(p: *const f32) -> Self;
-    /// `p[0], p[s], .., p[7 * s]`.
-    unsafe fn load_strided(p: *const f32, s: usize) -> Self;
     /// `p[0..n]`, zeros after (`n <= 8`).
     unsafe fn load_n(p: *const f32, n: usize) -> Self;
+    /// (`p[0], p[2], .., p[14]`, `p[1], p[3], .., p[15]`).
+    unsafe fn deinterleave2(p: *const f32) -> (Self, Self);
     /// `a * b + c`.
     unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;
@@ -559,16 +771,15 @@ impl Lanes for P8 {
         P8(std::ptr::read_unaligned(p as *const [f32; LANES]))
     }
     #[inline(always)]
-    unsafe fn load_s2(p: *const f32) -> Self {
-        Self::load_strided(p, 2)
-    }
-    #[inline(always)]
-    unsafe fn load_strided(p: *const f32, s: usize) -> Self {
-        P8(std::array::from_fn(|l| *p.add(l * s)))
-    }
-    #[inline(always)]
     unsafe fn load_n(p: *const f32, n: usize) -> Self {
         P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
+    }
+    #[inline(always)]
+    unsafe fn deinterleave2(p: *const f32) -> (Self, Self) {
+        (
+            P8(std::array::from_fn(|l| *p.add(2 * l))),
+            P8(std::array::from_fn(|l| *p.add(2 * l + 1))),
+        )
     }
     #[inline(always)]
     unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
@@ -581,7 +792,11 @@ impl Lanes for P8 {
     #[inline(always)]
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
         P8(std::array::from_fn(|l| {
-            let y = if self.0[l] < lo.0[l] { lo.0[l] } else { self.0[l] };
+            let y = if self.0[l] < lo.0[l] {
+                lo.0[l]
+            } else {
+                self.0[l]
+            };
             if y > hi.0[l] {
                 hi.0[l]
             } else {
@@ -603,9 +818,10 @@ impl Lanes for P8 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    //! AVX2/FMA lanes; only used inside `#[target_feature(enable =
-    //! "avx2,fma")]` functions, after run-time detection.
-    use super::{Lanes, LANES};
+    //! AVX2/FMA lanes. The methods are `#[inline(always)]` and only called
+    //! from [`dw_avx`] (`#[target_feature(enable = "avx2,fma")]`, after
+    //! run-time detection), into which they and the intrinsics inline.
+    use super::{DwPlan, Lanes, LANES};
     use std::arch::x86_64::*;
 
     #[derive(Clone, Copy)]
@@ -618,6 +834,12 @@ mod avx {
         _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(LANES) as i32), idx)
     }
 
+    /// Puts the 64-bit pairs of `v` in the order 0, 2, 1, 3.
+    #[inline(always)]
+    unsafe fn fix(v: __m256) -> __m256 {
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
+    }
+
     impl Lanes for A8 {
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
@@ -628,28 +850,17 @@ mod avx {
             A8(_mm256_loadu_ps(p))
         }
         #[inline(always)]
-        unsafe fn load_s2(p: *const f32) -> Self {
-            let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
-            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit
-            // pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
-            let e = _mm256_shuffle_ps::<0x88>(a, b);
-            A8(_mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(
-                _mm256_castps_pd(e),
-            )))
-        }
-        #[inline(always)]
-        unsafe fn load_strided(p: *const f32, s: usize) -> Self {
-            // s * 7 fits in i32: the scratch plane is smaller than i32::MAX.
-            let s = s as i32;
-            let idx = _mm256_mullo_epi32(
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                _mm256_set1_epi32(s),
-            );
-            A8(_mm256_i32gather_ps::<4>(p, idx))
-        }
-        #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
             A8(_mm256_maskload_ps(p, first(n)))
+        }
+        #[inline(always)]
+        unsafe fn deinterleave2(p: *const f32) -> (Self, Self) {
+            let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 ..);
+            // then the 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
+            let e = _mm256_shuffle_ps::<0x88>(a, b);
+            let o = _mm256_shuffle_ps::<0xDD>(a, b);
+            (A8(fix(e)), A8(fix(o)))
         }
         #[inline(always)]
         unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
@@ -674,187 +885,23 @@ mod avx {
         }
     }
 
-    /// [`super::dw_kernel`] on AVX2/FMA registers.
+    /// [`super::dw_dispatch`] on AVX2/FMA registers.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA, and the arguments must satisfy
-    /// [`super::dw_kernel`]'s contract.
+    /// [`super::dw_dispatch`]'s contract.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dw_avx(
-        win: &super::Window2d,
-        pw: usize,
-        xs: &[f32],
+        plan: &DwPlan,
+        xp: &[f32],
+        buf: &mut [f32],
         wk: &[f32],
         bias: f32,
         res: Option<&[f32]>,
-        clamp: Option<(f32, f32)>,
         p: &mut [f32],
     ) {
-        super::dw_dispatch::<A8>(win, pw, xs, wk, bias, res, clamp, p)
-    }
-}
-
-/// One depthwise plane from its padded scratch `xs` (row length `pw`):
-/// `p[oh, ow] = act(bias + sum_{ki, kj} wk[ki, kj] * xs[oh * sh + ki * dh,
-/// ow * sw + kj * dw] + res[oh, ow])`, where the activation is `clamp` (or
-/// none; the caller applies the others).
-#[allow(clippy::too_many_arguments)]
-fn dw_padded(
-    avx: bool,
-    win: &Window2d,
-    pw: usize,
-    xs: &[f32],
-    wk: &[f32],
-    bias: f32,
-    res: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    p: &mut [f32],
-) {
-    let ok = DwPad::new(win).is_some_and(|d| d.pw == pw && xs.len() >= d.ph * d.pw)
-        && wk.len() == win.kh * win.kw
-        && p.len() == win.out_plane()
-        && res.is_none_or(|r| r.len() == p.len());
-    if !ok {
-        // Unreachable from `depthwise`, which builds the scratch from the same
-        // window; kept so the unsafe kernels below never see a bad call.
-        debug_assert!(false, "dw_padded: inconsistent arguments");
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx && ops::has_avx2_fma() {
-        // SAFETY: AVX2 and FMA are present; the arguments were checked above.
-        unsafe { avx::dw_avx(win, pw, xs, wk, bias, res, clamp, p) };
-        return;
-    }
-    let _ = avx;
-    // SAFETY: the arguments were checked above.
-    unsafe { dw_dispatch::<P8>(win, pw, xs, wk, bias, res, clamp, p) }
-}
-
-/// Picks the kernel instance: 3x3 or any kernel, stride 1, 2 or any.
-///
-/// # Safety
-/// `xs` holds the scratch plane of [`DwPad::new`]`(win)` with row length
-/// `pw`, `wk` has `kh * kw` weights, `p` (and `res`) `oh * ow` floats.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_dispatch<V: Lanes>(
-    win: &Window2d,
-    pw: usize,
-    xs: &[f32],
-    wk: &[f32],
-    bias: f32,
-    res: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    p: &mut [f32],
-) {
-    let k3 = win.kh == 3 && win.kw == 3;
-    match (k3, win.sw) {
-        (true, 1) => dw_kernel::<V, true, 1>(win, pw, xs, wk, bias, res, clamp, p),
-        (true, 2) => dw_kernel::<V, true, 2>(win, pw, xs, wk, bias, res, clamp, p),
-        (true, _) => dw_kernel::<V, true, 0>(win, pw, xs, wk, bias, res, clamp, p),
-        (false, 1) => dw_kernel::<V, false, 1>(win, pw, xs, wk, bias, res, clamp, p),
-        (false, 2) => dw_kernel::<V, false, 2>(win, pw, xs, wk, bias, res, clamp, p),
-        (false, _) => dw_kernel::<V, false, 0>(win, pw, xs, wk, bias, res, clamp, p),
-    }
-}
-
-/// The register-blocked depthwise kernel: for each output row, chunks of 8
-/// outputs accumulate every tap in a register (starting from the bias),
-/// add the residual, clamp, and are stored once; the last partial chunk is
-/// computed in full (the scratch has the room) and stored masked. `K3`: a
-/// 3x3 kernel whose 9 weights stay in registers; `S`: the column stride
-/// when 1 or 2 (0: `win.sw`, loaded with a gather).
-///
-/// # Safety
-/// As [`dw_dispatch`], plus `K3` implies a 3x3 kernel and a nonzero `S`
-/// equals `win.sw`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_kernel<V: Lanes, const K3: bool, const S: usize>(
-    win: &Window2d,
-    pw: usize,
-    xs: &[f32],
-    wk: &[f32],
-    bias: f32,
-    res: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    p: &mut [f32],
-) {
-    let (kh, kw) = if K3 { (3, 3) } else { (win.kh, win.kw) };
-    let sw = if S == 0 { win.sw } else { S };
-    let (ow, dh, dw) = (win.ow, win.dh, win.dw);
-    let xs = xs.as_ptr();
-    let out = p.as_mut_ptr();
-    let res = res.map(|r| r.as_ptr());
-    let vb = V::splat(bias);
-    let w3: [V; 9] = if K3 {
-        std::array::from_fn(|t| V::splat(wk[t]))
-    } else {
-        [vb; 9]
-    };
-    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    let (vlo, vhi) = (V::splat(lo), V::splat(hi));
-    let load = |q: *const f32| {
-        if S == 1 {
-            V::load(q)
-        } else if S == 2 {
-            V::load_s2(q)
-        } else {
-            V::load_strided(q, sw)
-        }
-    };
-    // Sum of the taps for the 8 outputs `o..o + 8` of a row starting at `xr`.
-    let chunk = |xr: *const f32, o: usize| {
-        let mut acc = vb;
-        let x0 = xr.add(o * sw);
-        if K3 {
-            for ki in 0..3 {
-                let xk = x0.add(ki * dh * pw);
-                for kj in 0..3 {
-                    acc = V::mul_add(w3[ki * 3 + kj], load(xk.add(kj * dw)), acc);
-                }
-            }
-        } else {
-            for ki in 0..kh {
-                let xk = x0.add(ki * dh * pw);
-                for kj in 0..kw {
-                    let wv = V::splat(*wk.get_unchecked(ki * kw + kj));
-                    acc = V::mul_add(wv, load(xk.add(kj * dw)), acc);
-                }
-            }
-        }
-        acc
-    };
-    let full = ow / LANES * LANES;
-    for oh in 0..win.oh {
-        let xr = xs.add(oh * win.sh * pw);
-        let yr = out.add(oh * ow);
-        let rr = res.map(|r| r.add(oh * ow));
-        let mut o = 0;
-        while o < full {
-            let mut acc = chunk(xr, o);
-            if let Some(rr) = rr {
-                acc = V::add(acc, V::load(rr.add(o)));
-            }
-            if clamp.is_some() {
-                acc = acc.clamp(vlo, vhi);
-            }
-            acc.store(yr.add(o));
-            o += LANES;
-        }
-        if o < ow {
-            let n = ow - o;
-            let mut acc = chunk(xr, o);
-            if let Some(rr) = rr {
-                acc = V::add(acc, V::load_n(rr.add(o), n));
-            }
-            if clamp.is_some() {
-                acc = acc.clamp(vlo, vhi);
-            }
-            acc.store_n(yr.add(o), n);
-        }
+        super::dw_dispatch::<A8>(plan, xp, buf, wk, bias, res, p)
     }
 }
 
