@@ -613,37 +613,71 @@ unsafe fn dw_dispatch<V: Lanes>(
 /// even/odd split at stride 2, a scalar scatter otherwise.
 #[inline(always)]
 unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &DwPad, xp: &[f32], buf: &mut [f32]) {
-    let (s, l, n) = (pad.s, pad.l, pad.ncols);
+    let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
+    // Input column iw goes to padded column iw + left; at stride 2 the even
+    // ones to phase left % 2 from index left / 2, the odd ones to the other
+    // phase from (left + 1) / 2.
+    let ev = (left % 2) * l + left / 2;
+    let od = ((left + 1) % 2) * l + (left + 1) / 2;
     for ih in 0..pad.nrows {
         let src = &xp[ih * win.w..ih * win.w + n];
         let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
-        let mut j = 0;
+        let sp = src.as_ptr();
         if s == 1 {
-            let d = &mut dst[pad.left..pad.left + n];
+            let mut j = 0;
             while j + LANES <= n {
-                V::load(src.as_ptr().add(j)).store(d.as_mut_ptr().add(j));
+                V::load(sp.add(j)).store(dst[left + j..left + j + LANES].as_mut_ptr());
                 j += LANES;
             }
-            d[j..].copy_from_slice(&src[j..]);
-            continue;
-        }
-        if s == 2 {
-            // Input column iw goes to padded column iw + left: the even
-            // ones to phase left % 2 from index left / 2, the odd ones to
-            // the other phase from (left + 1) / 2.
-            let ev = (pad.left % 2) * l + pad.left / 2;
-            let od = ((pad.left + 1) % 2) * l + (pad.left + 1) / 2;
+            if j < n {
+                put::<V>(dst, left + j, V::load_n(sp.add(j), n - j), n - j);
+            }
+        } else if s == 2 {
+            let mut j = 0;
             while j + 2 * LANES <= n {
-                let (e, o) = V::deinterleave2(src.as_ptr().add(j));
+                let (e, o) = V::deinterleave(V::load(sp.add(j)), V::load(sp.add(j + LANES)));
                 e.store(dst[ev + j / 2..ev + j / 2 + LANES].as_mut_ptr());
                 o.store(dst[od + j / 2..od + j / 2 + LANES].as_mut_ptr());
                 j += 2 * LANES;
             }
+            if j < n {
+                let r = n - j;
+                let a = V::load_n(sp.add(j), r.min(LANES));
+                let b = if r > LANES {
+                    V::load_n(sp.add(j + LANES), r - LANES)
+                } else {
+                    V::splat(0.0)
+                };
+                let (e, o) = V::deinterleave(a, b);
+                put::<V>(dst, ev + j / 2, e, r.div_ceil(2));
+                if r > 1 {
+                    put::<V>(dst, od + j / 2, o, r / 2);
+                }
+            }
+        } else {
+            for q in 0..s {
+                // Phase q gets input columns iw0, iw0 + s, .. from index d.
+                let mut iw = (q + s - left % s) % s;
+                let mut d = q * l + (iw + left) / s;
+                while iw < n {
+                    dst[d] = src[iw];
+                    iw += s;
+                    d += 1;
+                }
+            }
         }
-        for (iw, &v) in src.iter().enumerate().skip(j) {
-            let c = iw + pad.left;
-            dst[(c % s) * l + c / s] = v;
-        }
+    }
+}
+
+/// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
+/// (A function, not a closure: closures in the generic kernels do not
+/// inline into the `target_feature` callers, and the intrinsics with them.)
+#[inline(always)]
+unsafe fn put<V: Lanes>(dst: &mut [f32], at: usize, v: V, k: usize) {
+    if at + LANES <= dst.len() {
+        v.blend_store(dst.as_mut_ptr().add(at), k)
+    } else {
+        v.store_n(dst[at..at + k].as_mut_ptr(), k)
     }
 }
 
@@ -670,13 +704,18 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
     let out = p.as_mut_ptr();
     let res = res.map(|r| r.as_ptr());
     let vb = V::splat(bias);
-    let (w3, t3): ([V; 9], [usize; 9]) = if K3 {
+    // 3x3: the weights, and the taps as row step + 3 column offsets (few
+    // registers, so nothing spills).
+    let (w3, t3): ([V; 9], (usize, [usize; 3])) = if K3 {
         (
             std::array::from_fn(|t| V::splat(wk[t])),
-            std::array::from_fn(|t| plan.taps[t]),
+            (
+                win.dh * plan.pad.row(),
+                [plan.taps[0], plan.taps[1], plan.taps[2]],
+            ),
         )
     } else {
-        ([vb; 9], [0; 9])
+        ([vb; 9], (0, [0; 3]))
     };
     let (lo, hi) = plan.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (vlo, vhi) = (V::splat(lo), V::splat(hi));
@@ -689,14 +728,18 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
         x0: *const f32,
         vb: V,
         w3: &[V; 9],
-        t3: &[usize; 9],
+        t3: (usize, [usize; 3]),
         wk: &[f32],
         taps: &[usize],
     ) -> V {
         let mut acc = vb;
         if K3 {
-            for t in 0..9 {
-                acc = V::mul_add(w3[t], V::load(x0.add(t3[t])), acc);
+            let (step, c) = t3;
+            for ki in 0..3 {
+                let xk = x0.add(ki * step);
+                for kj in 0..3 {
+                    acc = V::mul_add(w3[ki * 3 + kj], V::load(xk.add(c[kj])), acc);
+                }
             }
         } else {
             for (&wv, &off) in wk.iter().zip(taps) {
@@ -712,7 +755,7 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
         let rr = res.map(|r| r.add(oh * ow));
         let mut o = 0;
         while o < full {
-            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, &t3, wk, &plan.taps);
+            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, t3, wk, &plan.taps);
             if let Some(rr) = rr {
                 acc = V::add(acc, V::load(rr.add(o)));
             }
@@ -724,14 +767,26 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
         }
         if o < ow {
             let n = ow - o;
-            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, &t3, wk, &plan.taps);
+            // Lanes past the row land in the next rows, rewritten later: a
+            // full store while inside the plane, a masked one at its end.
+            let whole = oh * ow + o + LANES <= p.len();
+            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, t3, wk, &plan.taps);
             if let Some(rr) = rr {
-                acc = V::add(acc, V::load_n(rr.add(o), n));
+                let r = if whole {
+                    V::load(rr.add(o))
+                } else {
+                    V::load_n(rr.add(o), n)
+                };
+                acc = V::add(acc, r);
             }
             if clamp {
                 acc = acc.clamp(vlo, vhi);
             }
-            acc.store_n(yr.add(o), n);
+            if whole {
+                acc.store(yr.add(o));
+            } else {
+                acc.store_n(yr.add(o), n);
+            }
         }
     }
 }
@@ -745,8 +800,8 @@ trait Lanes: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// `p[0..n]`, zeros after (`n <= 8`).
     unsafe fn load_n(p: *const f32, n: usize) -> Self;
-    /// (`p[0], p[2], .., p[14]`, `p[1], p[3], .., p[15]`).
-    unsafe fn deinterleave2(p: *const f32) -> (Self, Self);
+    /// (even lanes, odd lanes) of the 16 lanes `a, b`.
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
     /// `a * b + c`.
     unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;
@@ -755,6 +810,9 @@ trait Lanes: Copy {
     unsafe fn store(self, p: *mut f32);
     /// Stores lanes `0..n` (`n <= 8`).
     unsafe fn store_n(self, p: *mut f32, n: usize);
+    /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
+    /// `p[0..8]` must be valid; cheaper than a masked store).
+    unsafe fn blend_store(self, p: *mut f32, n: usize);
 }
 
 /// Portable lanes (plain arrays the compiler may vectorize).
@@ -775,10 +833,11 @@ impl Lanes for P8 {
         P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
     }
     #[inline(always)]
-    unsafe fn deinterleave2(p: *const f32) -> (Self, Self) {
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+        let at = |i: usize| if i < LANES { a.0[i] } else { b.0[i - LANES] };
         (
-            P8(std::array::from_fn(|l| *p.add(2 * l))),
-            P8(std::array::from_fn(|l| *p.add(2 * l + 1))),
+            P8(std::array::from_fn(|l| at(2 * l))),
+            P8(std::array::from_fn(|l| at(2 * l + 1))),
         )
     }
     #[inline(always)]
@@ -813,6 +872,10 @@ impl Lanes for P8 {
         for l in 0..n.min(LANES) {
             *p.add(l) = self.0[l];
         }
+    }
+    #[inline(always)]
+    unsafe fn blend_store(self, p: *mut f32, n: usize) {
+        self.store_n(p, n)
     }
 }
 
@@ -854,12 +917,11 @@ mod avx {
             A8(_mm256_maskload_ps(p, first(n)))
         }
         #[inline(always)]
-        unsafe fn deinterleave2(p: *const f32) -> (Self, Self) {
-            let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+        unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
             // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 ..);
             // then the 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
-            let e = _mm256_shuffle_ps::<0x88>(a, b);
-            let o = _mm256_shuffle_ps::<0xDD>(a, b);
+            let e = _mm256_shuffle_ps::<0x88>(a.0, b.0);
+            let o = _mm256_shuffle_ps::<0xDD>(a.0, b.0);
             (A8(fix(e)), A8(fix(o)))
         }
         #[inline(always)]
@@ -882,6 +944,12 @@ mod avx {
         #[inline(always)]
         unsafe fn store_n(self, p: *mut f32, n: usize) {
             _mm256_maskstore_ps(p, first(n), self.0)
+        }
+        #[inline(always)]
+        unsafe fn blend_store(self, p: *mut f32, n: usize) {
+            let old = _mm256_loadu_ps(p);
+            let m = _mm256_castsi256_ps(first(n));
+            _mm256_storeu_ps(p, _mm256_blendv_ps(old, self.0, m))
         }
     }
 
