@@ -5,12 +5,12 @@
 //! agree on every shape; a 1-D convolution is run as a 2-D one of height 1.
 //! Three paths, tried in order:
 //!
-//! * **depthwise** (`group == C == M`): a direct loop per (batch, channel)
-//!   plane and output row, accumulating one kernel tap at a time over the
-//!   whole output row (`out[ow] += w * x[ow * stride + offset]`), with the
-//!   valid column range of each tap precomputed so the inner loop has no
-//!   padding tests and, at stride 1, is a plain slice FMA the compiler
-//!   vectorizes;
+//! * **depthwise** (`group == C == M`): per (batch, channel) plane, the
+//!   input is copied into a zero-padded scratch plane whose rows are split
+//!   into stride phases (so every tap of 8 consecutive outputs is one
+//!   contiguous load at any stride), then each chunk of 8 outputs
+//!   accumulates all taps in a register (AVX2/FMA, or portable lanes),
+//!   with bias, residual and Relu/Clip applied before its single store;
 //! * **pointwise** (1x1 kernel, stride 1, no padding): for every batch item
 //!   and group, one GEMM straight on the input, `Y[M, H*W] = W[M, C] ·
 //!   X[C, H*W]`;
@@ -18,7 +18,8 @@
 //!   (zeros where a tap reads padding), then the same GEMM.
 //!
 //! Bias, the FusedConv residual and activation are fused: into the GEMM
-//! epilogue, or applied per plane right after the depthwise loop. Anything
+//! epilogue, or into the depthwise kernel (other activations than
+//! Relu/Clip run on each finished plane while it is in cache). Anything
 //! else (3-D convolution, inputs that do not fit the attributes, a residual
 //! that broadcasts) returns `Ok(false)` and runs on the reference kernel,
 //! which also produces the error messages for invalid nodes.
@@ -456,14 +457,14 @@ impl DwPad {
         let s = win.sw;
         let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
         let size = ph.checked_mul(s)?.checked_mul(l)?;
+        // About the input plane for usual geometries; far more only with
+        // strides or pads much larger than the kernel.
         let budget = win
-            .sh
-            .checked_mul(win.sw)?
-            .checked_mul(win.out_plane())?
-            .checked_add(win.in_plane())?
-            .checked_mul(4)?
+            .in_plane()
+            .checked_add(win.out_plane())?
+            .checked_mul(2)?
             .checked_add(4096)?;
-        if size > budget || i32::try_from(size).is_err() {
+        if size > budget {
             return None;
         }
         Some(DwPad {
@@ -618,7 +619,7 @@ unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &DwPad, xp: &[f32], buf: &mut [
     // ones to phase left % 2 from index left / 2, the odd ones to the other
     // phase from (left + 1) / 2.
     let ev = (left % 2) * l + left / 2;
-    let od = ((left + 1) % 2) * l + (left + 1) / 2;
+    let od = ((left + 1) % 2) * l + left.div_ceil(2);
     for ih in 0..pad.nrows {
         let src = &xp[ih * win.w..ih * win.w + n];
         let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
@@ -1396,6 +1397,204 @@ mod tests {
             p.act = act;
             check(&p, seed + 2);
         }
+    }
+
+    /// Whether the reference accepts the case (the dilated kernel fits the
+    /// padded input on every axis).
+    fn valid(c: &Case) -> bool {
+        let n = c.k.len();
+        (0..n).all(|a| {
+            let ek = (c.k[a] - 1) * c.dilations[a] + 1;
+            let padded = c.x[2 + a] + c.pads.get(a).unwrap_or(&0) + c.pads.get(a + n).unwrap_or(&0);
+            padded >= ek
+        })
+    }
+
+    fn dw_case(x: &[usize], k: &[usize]) -> Case {
+        let mut c = case(x, x[1], k);
+        c.group = x[1];
+        c
+    }
+
+    #[test]
+    fn depthwise_widths_strides_dilations_and_kernels() {
+        let mut seed = 100;
+        for w in [1, 2, 7, 8, 9, 17] {
+            for (k, s, d, pads) in [
+                (1, 1, 1, [0, 0, 0, 0]),
+                (1, 2, 1, [0, 1, 1, 0]),
+                (3, 1, 1, [1, 1, 1, 1]),
+                (3, 2, 1, [1, 1, 1, 1]),
+                (3, 3, 1, [1, 0, 2, 1]),
+                (3, 1, 2, [2, 2, 2, 2]),
+                (3, 2, 2, [0, 2, 1, 0]),
+                (3, 1, 1, [0, 0, 0, 0]),
+                (5, 1, 1, [2, 2, 2, 2]),
+                (5, 2, 1, [2, 1, 0, 2]),
+                (5, 3, 1, [0, 3, 4, 1]),
+            ] {
+                let mut c = dw_case(&[1, 3, 5, w], &[k, k]);
+                c.strides = vec![s, s];
+                c.dilations = vec![d, d];
+                c.pads = pads.to_vec();
+                c.bias = seed % 2 == 0;
+                if valid(&c) {
+                    check(&c, seed);
+                }
+                seed += 1;
+            }
+        }
+        // Different strides and dilations per axis.
+        let mut c = dw_case(&[2, 4, 9, 19], &[3, 5]);
+        c.strides = vec![2, 3];
+        c.dilations = vec![1, 2];
+        c.pads = vec![1, 3, 0, 2];
+        c.bias = true;
+        check(&c, 200);
+    }
+
+    #[test]
+    fn depthwise_auto_pad_and_one_d() {
+        let mut seed = 300;
+        for ap in [AutoPad::SameUpper, AutoPad::SameLower, AutoPad::Valid] {
+            for (w, k, s) in [(7, 3, 2), (8, 3, 2), (9, 5, 1), (17, 3, 3), (16, 5, 2)] {
+                let mut c = dw_case(&[1, 2, w - 1, w], &[k, k]);
+                c.auto_pad = ap;
+                c.pads = vec![];
+                c.strides = vec![s, s];
+                c.bias = true;
+                check(&c, seed);
+                seed += 1;
+            }
+        }
+        for w in [1, 2, 7, 8, 9, 17, 40] {
+            for (k, s, d, pads) in [
+                (1, 1, 1, [0, 0]),
+                (3, 1, 1, [1, 1]),
+                (3, 2, 1, [1, 1]),
+                (3, 3, 2, [2, 0]),
+                (5, 2, 1, [2, 2]),
+            ] {
+                let mut c = dw_case(&[2, 3, w], &[k]);
+                c.strides = vec![s];
+                c.dilations = vec![d];
+                c.pads = pads.to_vec();
+                c.bias = seed % 2 == 1;
+                if valid(&c) {
+                    check(&c, seed);
+                }
+                seed += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_residual_and_activations() {
+        let mut seed = 400;
+        let acts = [
+            Some(Activation::Relu),
+            Some(Activation::Clip { min: 0.0, max: 6.0 }),
+            Some(Activation::Clip {
+                min: -0.25,
+                max: 0.5,
+            }),
+            Some(Activation::Sigmoid),
+            None,
+        ];
+        for act in acts {
+            for (w, s, residual) in [(7, 1, true), (9, 2, true), (17, 1, false), (8, 2, false)] {
+                let mut c = dw_case(&[2, 3, 6, w], &[3, 3]);
+                c.strides = vec![s, s];
+                c.pads = vec![1; 4];
+                c.bias = seed % 2 == 0;
+                c.residual = residual;
+                c.act = act.clone();
+                check(&c, seed);
+                seed += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_many_small_planes_and_big_ones_in_parallel() {
+        // 7x7 planes, several per task; 14x14 at stride 2.
+        let mut c = dw_case(&[1, 400, 7, 7], &[3, 3]);
+        c.pads = vec![1; 4];
+        c.bias = true;
+        c.act = Some(Activation::Clip { min: 0.0, max: 6.0 });
+        check(&c, 500);
+        let mut c = dw_case(&[2, 96, 14, 14], &[3, 3]);
+        c.strides = vec![2, 2];
+        c.pads = vec![1; 4];
+        c.residual = true;
+        check(&c, 501);
+        // A wide plane: many full vectors per row, at strides 1 and 2.
+        for s in [1, 2] {
+            let mut c = dw_case(&[1, 3, 20, 115], &[3, 3]);
+            c.strides = vec![s, s];
+            c.pads = vec![1; 4];
+            c.bias = true;
+            c.act = Some(Activation::Relu);
+            check(&c, 502 + s as u64);
+        }
+    }
+
+    #[test]
+    fn depthwise_huge_strides_and_pads_take_the_plain_loop() {
+        // The padded scratch would be far larger than the data.
+        let mut c = dw_case(&[1, 3, 3, 3], &[1, 1]);
+        c.strides = vec![3000, 3000];
+        c.pads = vec![3000; 4];
+        c.bias = true;
+        let win = Window2d {
+            h: 3,
+            w: 3,
+            kh: 1,
+            kw: 1,
+            sh: 3000,
+            sw: 3000,
+            dh: 1,
+            dw: 1,
+            pad_top: 3000,
+            pad_left: 3000,
+            pad_bottom: 3000,
+            pad_right: 3000,
+            oh: 3,
+            ow: 3,
+        };
+        assert!(DwPad::new(&win).is_none());
+        check(&c, 600);
+    }
+
+    #[test]
+    fn dw_pad_layout_is_small_and_covers_the_reads() {
+        // MobileNet 7x7 stride 1 and 14x14 stride 2, pad 1.
+        let mut win = Window2d {
+            h: 7,
+            w: 7,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            pad_top: 1,
+            pad_left: 1,
+            pad_bottom: 1,
+            pad_right: 1,
+            oh: 7,
+            ow: 7,
+        };
+        let p = DwPad::new(&win).unwrap();
+        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (9, 1, 10, 7, 7));
+        (win.h, win.w, win.sh, win.sw) = (14, 14, 2, 2);
+        let p = DwPad::new(&win).unwrap();
+        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (15, 2, 9, 14, 14));
+        let plan = DwPlan::new(&win, None).unwrap();
+        // Taps: row step 15 * 2 * 9 / 15 = 18 floats; kj = 0, 1, 2 read
+        // phase 0 index 0, phase 1 index 0, phase 0 index 1.
+        assert_eq!(&plan.taps[..3], &[0, 9, 1]);
+        assert_eq!(plan.taps[3], 18);
     }
 
     #[test]
