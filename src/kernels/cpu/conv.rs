@@ -5,12 +5,12 @@
 //! agree on every shape; a 1-D convolution is run as a 2-D one of height 1.
 //! Three paths, tried in order:
 //!
-//! * **depthwise** (`group == C == M`): a direct loop per (batch, channel)
-//!   plane and output row, accumulating one kernel tap at a time over the
-//!   whole output row (`out[ow] += w * x[ow * stride + offset]`), with the
-//!   valid column range of each tap precomputed so the inner loop has no
-//!   padding tests and, at stride 1, is a plain slice FMA the compiler
-//!   vectorizes;
+//! * **depthwise** (`group == C == M`): per (batch, channel) plane, the
+//!   input is copied into a zero-padded scratch plane whose rows are split
+//!   into stride phases (so every tap of 8 consecutive outputs is one
+//!   contiguous load at any stride), then each chunk of 8 outputs
+//!   accumulates all taps in a register (AVX2/FMA, or portable lanes),
+//!   with bias, residual and Relu/Clip applied before its single store;
 //! * **pointwise** (1x1 kernel, stride 1, no padding): for every batch item
 //!   and group, one GEMM straight on the input, `Y[M, H*W] = W[M, C] ·
 //!   X[C, H*W]`;
@@ -18,7 +18,8 @@
 //!   (zeros where a tap reads padding), then the same GEMM.
 //!
 //! Bias, the FusedConv residual and activation are fused: into the GEMM
-//! epilogue, or applied per plane right after the depthwise loop. Anything
+//! epilogue, or into the depthwise kernel (other activations than
+//! Relu/Clip run on each finished plane while it is in cache). Anything
 //! else (3-D convolution, inputs that do not fit the attributes, a residual
 //! that broadcasts) returns `Ok(false)` and runs on the reference kernel,
 //! which also produces the error messages for invalid nodes.
@@ -380,42 +381,655 @@ fn finish_plane(f: &Fused, i: usize, plane: usize, p: &mut [f32], cx: &CpuCtx) {
     }
 }
 
-/// Depthwise convolution: one (batch, channel) plane per task.
+/// Depthwise convolution. The (batch, channel) planes are split across
+/// threads in chunks of whole planes; each plane is copied into a padded,
+/// phase-split scratch plane ([`DwPad`]) and run through the
+/// register-blocked kernel ([`dw_kernel`]), or, when that scratch would be
+/// unreasonably large (huge pads or strides), through the plain per-tap
+/// loop ([`dw_plane`]).
 fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &CpuCtx) {
     let win = &g.win;
     let (in_plane, out_plane, k) = (win.in_plane(), win.out_plane(), win.kh * win.kw);
-    let ranges: Vec<(usize, usize, usize)> = (0..win.kw).map(|kj| win.col_range(kj)).collect();
-    let avx = cx.features.avx2_fma;
-    let plane = |i: usize, p: &mut [f32]| {
-        let ch = i % g.c;
-        dw_plane(
-            avx,
-            win,
-            &ranges,
-            &x[i * in_plane..(i + 1) * in_plane],
-            &w[ch * k..(ch + 1) * k],
-            f.bias.map_or(0.0, |b| b[ch]),
-            p,
-        );
-        finish_plane(f, i, out_plane, p, cx);
+    let avx = cx.features.avx2_fma && ops::has_avx2_fma();
+    // Relu and Clip are applied in registers; other activations on the
+    // finished plane while it is still in cache.
+    let clamp = match f.act {
+        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
+        Some(Activation::Clip { min, max }) => Some((*min, *max)),
+        _ => None,
     };
-    if cx.threads > 1 && y.len() >= PAR_MIN_WORK && g.n * g.c > 1 {
+    let plan = DwPlan::new(win, clamp);
+    let ranges: Vec<(usize, usize, usize)> = match plan {
+        Some(_) => Vec::new(),
+        None => (0..win.kw).map(|kj| win.col_range(kj)).collect(),
+    };
+    // One plane `i` (batch * C + channel) into `p`.
+    let one = |i: usize, p: &mut [f32], scratch: &mut [f32]| {
+        let ch = i % g.c;
+        let xp = &x[i * in_plane..(i + 1) * in_plane];
+        let wk = &w[ch * k..(ch + 1) * k];
+        let bias = f.bias.map_or(0.0, |b| b[ch]);
+        match &plan {
+            Some(plan) => {
+                let res = f.residual.map(|r| &r[i * out_plane..(i + 1) * out_plane]);
+                dw_padded(avx, plan, xp, scratch, wk, bias, res, p);
+                if clamp.is_none() {
+                    if let Some(act) = f.act {
+                        ops::activation(act, p, avx);
+                    }
+                }
+            }
+            None => {
+                dw_plane(avx, win, &ranges, xp, wk, bias, p);
+                finish_plane(f, i, out_plane, p, cx);
+            }
+        }
+    };
+    // Planes `i0..` of the output chunk `ys`.
+    let planes = |i0: usize, ys: &mut [f32]| {
+        let mut each = |buf: &mut [f32]| {
+            for (j, p) in ys.chunks_exact_mut(out_plane).enumerate() {
+                one(i0 + j, p, buf);
+            }
+        };
+        match &plan {
+            Some(plan) => plan.pad.with_scratch(each),
+            None => each(&mut []),
+        }
+    };
+    let nplanes = g.n * g.c;
+    if cx.threads > 1 && y.len() >= PAR_MIN_WORK && nplanes > 1 {
+        // Several small planes per task (7x7 planes are ~50 outputs), but
+        // enough tasks to balance the threads.
+        let per_task = (DW_TASK_WORK / out_plane)
+            .min(nplanes.div_ceil(4 * cx.threads))
+            .max(1);
         cx.install(|| {
-            y.par_chunks_mut(out_plane)
+            y.par_chunks_mut(per_task * out_plane)
                 .enumerate()
-                .for_each(|(i, p)| plane(i, p))
+                .for_each(|(t, ys)| planes(t * per_task, ys))
         });
     } else {
-        y.chunks_exact_mut(out_plane)
-            .enumerate()
-            .for_each(|(i, p)| plane(i, p));
+        planes(0, y);
+    }
+}
+
+/// Output elements a parallel depthwise task aims at.
+const DW_TASK_WORK: usize = 4096;
+
+/// Scratch planes larger than this (floats) are not kept per thread.
+const DW_KEEP_MAX: usize = 1 << 22;
+
+/// Width of the kernels' vectors.
+const LANES: usize = 8;
+
+thread_local! {
+    /// A thread's depthwise scratch plane and the layout whose padding it
+    /// holds zeros for.
+    static DW_SCRATCH: std::cell::RefCell<(Vec<f32>, Option<DwPad>)> =
+        const { std::cell::RefCell::new((Vec::new(), None)) };
+}
+
+/// Layout of the scratch plane of a depthwise convolution with column
+/// stride `s`: `ph` blocks of `s * l` floats, one per padded input row,
+/// each split into `s` phases of `l` floats, phase `q` holding the padded
+/// columns `q, q + s, q + 2s, ..`. Input `(ih, iw)` sits at padded position
+/// `(ih + top, iw + left)`; everything else is zero. Output column `ow`,
+/// kernel column `kj` reads padded column `ow * s + kj * dw`, that is phase
+/// `(kj * dw) % s`, index `ow + (kj * dw) / s`: consecutive outputs read
+/// consecutive floats at every stride. The layout covers all that full
+/// chunks of 8 outputs read (`ow` rounded up to 8), so the kernel needs no
+/// bounds tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DwPad {
+    ph: usize,
+    s: usize,
+    l: usize,
+    /// Input rows copied (those inside the scratch).
+    nrows: usize,
+    /// Input columns copied per row (those inside the scratch).
+    ncols: usize,
+    top: usize,
+    left: usize,
+}
+
+impl DwPad {
+    /// `None` when the scratch would be much larger than the input and the
+    /// output together, or the window is degenerate.
+    fn new(win: &Window2d) -> Option<DwPad> {
+        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
+            return None;
+        }
+        let ow8 = win.ow.div_ceil(LANES) * LANES;
+        let ph = (win.oh - 1)
+            .checked_mul(win.sh)?
+            .checked_add((win.kh - 1).checked_mul(win.dh)?)?
+            .checked_add(1)?;
+        let s = win.sw;
+        let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
+        let size = ph.checked_mul(s)?.checked_mul(l)?;
+        // About the input plane for usual geometries; far more only with
+        // strides or pads much larger than the kernel.
+        let budget = win
+            .in_plane()
+            .checked_add(win.out_plane())?
+            .checked_mul(2)?
+            .checked_add(4096)?;
+        if size > budget {
+            return None;
+        }
+        Some(DwPad {
+            ph,
+            s,
+            l,
+            nrows: ph.saturating_sub(win.pad_top).min(win.h),
+            ncols: (s * l).saturating_sub(win.pad_left).min(win.w),
+            top: win.pad_top,
+            left: win.pad_left,
+        })
+    }
+
+    /// Floats per padded row.
+    fn row(&self) -> usize {
+        self.s * self.l
+    }
+
+    fn size(&self) -> usize {
+        self.ph * self.row()
+    }
+
+    /// Runs `f` on a scratch plane of this layout with zero padding: the
+    /// thread's kept one when free and small enough, else a fresh one.
+    fn with_scratch(self, f: impl FnOnce(&mut [f32])) {
+        let size = self.size();
+        let mut f = Some(f);
+        if size <= DW_KEEP_MAX {
+            DW_SCRATCH.with(|cell| {
+                // Busy only if a kernel re-entered on this thread; then the
+                // fresh buffer below is used.
+                let Ok(mut s) = cell.try_borrow_mut() else {
+                    return;
+                };
+                let (buf, layout) = &mut *s;
+                if *layout != Some(self) || buf.len() != size {
+                    // Only the input positions are rewritten per plane, so
+                    // the padding stays zero while the layout is kept.
+                    buf.clear();
+                    buf.resize(size, 0.0);
+                    *layout = Some(self);
+                }
+                if let Some(f) = f.take() {
+                    f(buf);
+                }
+            });
+        }
+        if let Some(f) = f {
+            f(&mut vec![0.0; size]);
+        }
+    }
+}
+
+/// Everything about a depthwise convolution the kernel needs besides one
+/// plane's data.
+struct DwPlan<'a> {
+    win: &'a Window2d,
+    pad: DwPad,
+    /// Offset of tap `ki * kw + kj` from an output's first read:
+    /// `ki * dh * row + ((kj * dw) % s) * l + (kj * dw) / s`.
+    taps: Vec<usize>,
+    clamp: Option<(f32, f32)>,
+}
+
+impl<'a> DwPlan<'a> {
+    fn new(win: &'a Window2d, clamp: Option<(f32, f32)>) -> Option<DwPlan<'a>> {
+        let pad = DwPad::new(win)?;
+        let mut taps = Vec::with_capacity(win.kh * win.kw);
+        for ki in 0..win.kh {
+            for kj in 0..win.kw {
+                let off = kj * win.dw;
+                taps.push(ki * win.dh * pad.row() + (off % pad.s) * pad.l + off / pad.s);
+            }
+        }
+        Some(DwPlan {
+            win,
+            pad,
+            taps,
+            clamp,
+        })
+    }
+}
+
+/// One depthwise plane: copies input plane `xp` into the scratch `buf`,
+/// then `p[oh, ow] = act(bias + sum_{ki, kj} wk[ki, kj] * padded[oh * sh +
+/// ki * dh, ow * sw + kj * dw] + res[oh, ow])`, where the activation is
+/// the plan's clamp (or none; the caller applies the others).
+#[allow(clippy::too_many_arguments)]
+fn dw_padded(
+    avx: bool,
+    plan: &DwPlan,
+    xp: &[f32],
+    buf: &mut [f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    let win = plan.win;
+    let ok = xp.len() == win.in_plane()
+        && buf.len() == plan.pad.size()
+        && wk.len() == plan.taps.len()
+        && p.len() == win.out_plane()
+        && res.is_none_or(|r| r.len() == p.len());
+    if !ok {
+        // Unreachable from `depthwise`, which sizes everything from the same
+        // window; kept so the unsafe kernels below never see a bad call.
+        debug_assert!(false, "dw_padded: inconsistent arguments");
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx && ops::has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; the sizes were checked above.
+        unsafe { avx::dw_avx(plan, xp, buf, wk, bias, res, p) };
+        return;
+    }
+    let _ = avx;
+    // SAFETY: the sizes were checked above.
+    unsafe { dw_dispatch::<P8>(plan, xp, buf, wk, bias, res, p) }
+}
+
+/// Fills the scratch and picks the kernel instance (3x3 or any kernel).
+///
+/// # Safety
+/// The slices have the sizes [`dw_padded`] checks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_dispatch<V: Lanes>(
+    plan: &DwPlan,
+    xp: &[f32],
+    buf: &mut [f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    dw_fill::<V>(plan.win, &plan.pad, xp, buf);
+    if plan.taps.len() == 9 && plan.win.kh == 3 {
+        dw_kernel::<V, true>(plan, buf, wk, bias, res, p)
+    } else {
+        dw_kernel::<V, false>(plan, buf, wk, bias, res, p)
+    }
+}
+
+/// Copies input plane `xp` into the scratch positions of [`DwPad`] (the
+/// padding is already zero): a plain copy per row at stride 1, a vector
+/// even/odd split at stride 2, a scalar scatter otherwise.
+#[inline(always)]
+unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &DwPad, xp: &[f32], buf: &mut [f32]) {
+    let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
+    // Input column iw goes to padded column iw + left; at stride 2 the even
+    // ones to phase left % 2 from index left / 2, the odd ones to the other
+    // phase from (left + 1) / 2.
+    let ev = (left % 2) * l + left / 2;
+    let od = ((left + 1) % 2) * l + left.div_ceil(2);
+    for ih in 0..pad.nrows {
+        let src = &xp[ih * win.w..ih * win.w + n];
+        let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
+        let sp = src.as_ptr();
+        if s == 1 {
+            let mut j = 0;
+            while j + LANES <= n {
+                V::load(sp.add(j)).store(dst[left + j..left + j + LANES].as_mut_ptr());
+                j += LANES;
+            }
+            if j < n {
+                put::<V>(dst, left + j, V::load_n(sp.add(j), n - j), n - j);
+            }
+        } else if s == 2 {
+            let mut j = 0;
+            while j + 2 * LANES <= n {
+                let (e, o) = V::deinterleave(V::load(sp.add(j)), V::load(sp.add(j + LANES)));
+                e.store(dst[ev + j / 2..ev + j / 2 + LANES].as_mut_ptr());
+                o.store(dst[od + j / 2..od + j / 2 + LANES].as_mut_ptr());
+                j += 2 * LANES;
+            }
+            if j < n {
+                let r = n - j;
+                let a = V::load_n(sp.add(j), r.min(LANES));
+                let b = if r > LANES {
+                    V::load_n(sp.add(j + LANES), r - LANES)
+                } else {
+                    V::splat(0.0)
+                };
+                let (e, o) = V::deinterleave(a, b);
+                put::<V>(dst, ev + j / 2, e, r.div_ceil(2));
+                if r > 1 {
+                    put::<V>(dst, od + j / 2, o, r / 2);
+                }
+            }
+        } else {
+            for q in 0..s {
+                // Phase q gets input columns iw0, iw0 + s, .. from index d.
+                let mut iw = (q + s - left % s) % s;
+                let mut d = q * l + (iw + left) / s;
+                while iw < n {
+                    dst[d] = src[iw];
+                    iw += s;
+                    d += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
+/// (A function, not a closure: closures in the generic kernels do not
+/// inline into the `target_feature` callers, and the intrinsics with them.)
+#[inline(always)]
+unsafe fn put<V: Lanes>(dst: &mut [f32], at: usize, v: V, k: usize) {
+    if at + LANES <= dst.len() {
+        v.blend_store(dst.as_mut_ptr().add(at), k)
+    } else {
+        v.store_n(dst[at..at + k].as_mut_ptr(), k)
+    }
+}
+
+/// The register-blocked depthwise kernel: for each output row, chunks of 8
+/// outputs accumulate every tap in a register (starting from the bias),
+/// add the residual, clamp, and are stored once; the last partial chunk is
+/// computed in full (the scratch has the room) and stored masked. `K3`: a
+/// 3x3 kernel, its 9 weights and tap offsets kept in registers.
+///
+/// # Safety
+/// As [`dw_dispatch`], with `buf` filled; `K3` implies 9 taps.
+#[inline(always)]
+unsafe fn dw_kernel<V: Lanes, const K3: bool>(
+    plan: &DwPlan,
+    buf: &[f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    let win = plan.win;
+    let (ow, rows) = (win.ow, win.sh * plan.pad.row());
+    let xs = buf.as_ptr();
+    let out = p.as_mut_ptr();
+    let res = res.map(|r| r.as_ptr());
+    let vb = V::splat(bias);
+    // 3x3: the weights, and the taps as row step + 3 column offsets (few
+    // registers, so nothing spills).
+    let (w3, t3): ([V; 9], (usize, [usize; 3])) = if K3 {
+        (
+            std::array::from_fn(|t| V::splat(wk[t])),
+            (
+                win.dh * plan.pad.row(),
+                [plan.taps[0], plan.taps[1], plan.taps[2]],
+            ),
+        )
+    } else {
+        ([vb; 9], (0, [0; 3]))
+    };
+    let (lo, hi) = plan.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (vlo, vhi) = (V::splat(lo), V::splat(hi));
+    let clamp = plan.clamp.is_some();
+    // Sum of the taps for the 8 outputs whose first reads start at `x0`.
+    // (A function, not a closure, so that it inlines into the
+    // `target_feature` caller and the intrinsics with it.)
+    #[inline(always)]
+    unsafe fn chunk<V: Lanes, const K3: bool>(
+        x0: *const f32,
+        vb: V,
+        w3: &[V; 9],
+        t3: (usize, [usize; 3]),
+        wk: &[f32],
+        taps: &[usize],
+    ) -> V {
+        let mut acc = vb;
+        if K3 {
+            let (step, c) = t3;
+            for ki in 0..3 {
+                let xk = x0.add(ki * step);
+                for kj in 0..3 {
+                    acc = V::mul_add(w3[ki * 3 + kj], V::load(xk.add(c[kj])), acc);
+                }
+            }
+        } else {
+            for (&wv, &off) in wk.iter().zip(taps) {
+                acc = V::mul_add(V::splat(wv), V::load(x0.add(off)), acc);
+            }
+        }
+        acc
+    }
+    let full = ow / LANES * LANES;
+    for oh in 0..win.oh {
+        let xr = xs.add(oh * rows);
+        let yr = out.add(oh * ow);
+        let rr = res.map(|r| r.add(oh * ow));
+        let mut o = 0;
+        while o < full {
+            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, t3, wk, &plan.taps);
+            if let Some(rr) = rr {
+                acc = V::add(acc, V::load(rr.add(o)));
+            }
+            if clamp {
+                acc = acc.clamp(vlo, vhi);
+            }
+            acc.store(yr.add(o));
+            o += LANES;
+        }
+        if o < ow {
+            let n = ow - o;
+            // Lanes past the row land in the next rows, rewritten later: a
+            // full store while inside the plane, a masked one at its end.
+            let whole = oh * ow + o + LANES <= p.len();
+            let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, t3, wk, &plan.taps);
+            if let Some(rr) = rr {
+                let r = if whole {
+                    V::load(rr.add(o))
+                } else {
+                    V::load_n(rr.add(o), n)
+                };
+                acc = V::add(acc, r);
+            }
+            if clamp {
+                acc = acc.clamp(vlo, vhi);
+            }
+            if whole {
+                acc.store(yr.add(o));
+            } else {
+                acc.store_n(yr.add(o), n);
+            }
+        }
+    }
+}
+
+/// The few vector operations the depthwise kernel needs, on 8 f32 lanes:
+/// AVX2/FMA registers or a portable array. Pointers must be valid for the
+/// lanes they read or write.
+trait Lanes: Copy {
+    unsafe fn splat(v: f32) -> Self;
+    /// `p[0..8]`.
+    unsafe fn load(p: *const f32) -> Self;
+    /// `p[0..n]`, zeros after (`n <= 8`).
+    unsafe fn load_n(p: *const f32, n: usize) -> Self;
+    /// (even lanes, odd lanes) of the 16 lanes `a, b`.
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
+    /// `a * b + c`.
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// Raises to `lo`, then lowers to `hi`, like Clip; NaN stays NaN.
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// Stores lanes `0..n` (`n <= 8`).
+    unsafe fn store_n(self, p: *mut f32, n: usize);
+    /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
+    /// `p[0..8]` must be valid; cheaper than a masked store).
+    unsafe fn blend_store(self, p: *mut f32, n: usize);
+}
+
+/// Portable lanes (plain arrays the compiler may vectorize).
+#[derive(Clone, Copy)]
+struct P8([f32; LANES]);
+
+impl Lanes for P8 {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        P8([v; LANES])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        P8(std::ptr::read_unaligned(p as *const [f32; LANES]))
+    }
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self {
+        P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
+    }
+    #[inline(always)]
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+        let at = |i: usize| if i < LANES { a.0[i] } else { b.0[i - LANES] };
+        (
+            P8(std::array::from_fn(|l| at(2 * l))),
+            P8(std::array::from_fn(|l| at(2 * l + 1))),
+        )
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+        P8(std::array::from_fn(|l| {
+            let y = if self.0[l] < lo.0[l] {
+                lo.0[l]
+            } else {
+                self.0[l]
+            };
+            if y > hi.0[l] {
+                hi.0[l]
+            } else {
+                y
+            }
+        }))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; LANES], self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_n(self, p: *mut f32, n: usize) {
+        for l in 0..n.min(LANES) {
+            *p.add(l) = self.0[l];
+        }
+    }
+    #[inline(always)]
+    unsafe fn blend_store(self, p: *mut f32, n: usize) {
+        self.store_n(p, n)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    //! AVX2/FMA lanes. The methods are `#[inline(always)]` and only called
+    //! from [`dw_avx`] (`#[target_feature(enable = "avx2,fma")]`, after
+    //! run-time detection), into which they and the intrinsics inline.
+    use super::{DwPlan, Lanes, LANES};
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct A8(__m256);
+
+    /// Mask of the first `n` lanes.
+    #[inline(always)]
+    unsafe fn first(n: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(LANES) as i32), idx)
+    }
+
+    /// Puts the 64-bit pairs of `v` in the order 0, 2, 1, 3.
+    #[inline(always)]
+    unsafe fn fix(v: __m256) -> __m256 {
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
+    }
+
+    impl Lanes for A8 {
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            A8(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            A8(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            A8(_mm256_maskload_ps(p, first(n)))
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 ..);
+            // then the 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
+            let e = _mm256_shuffle_ps::<0x88>(a.0, b.0);
+            let o = _mm256_shuffle_ps::<0xDD>(a.0, b.0);
+            (A8(fix(e)), A8(fix(o)))
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            A8(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            A8(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            // max_ps(a, b) / min_ps(a, b) return b when either is NaN.
+            A8(_mm256_min_ps(hi.0, _mm256_max_ps(lo.0, self.0)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            _mm256_maskstore_ps(p, first(n), self.0)
+        }
+        #[inline(always)]
+        unsafe fn blend_store(self, p: *mut f32, n: usize) {
+            let old = _mm256_loadu_ps(p);
+            let m = _mm256_castsi256_ps(first(n));
+            _mm256_storeu_ps(p, _mm256_blendv_ps(old, self.0, m))
+        }
+    }
+
+    /// [`super::dw_dispatch`] on AVX2/FMA registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and the arguments must satisfy
+    /// [`super::dw_dispatch`]'s contract.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dw_avx(
+        plan: &DwPlan,
+        xp: &[f32],
+        buf: &mut [f32],
+        wk: &[f32],
+        bias: f32,
+        res: Option<&[f32]>,
+        p: &mut [f32],
+    ) {
+        super::dw_dispatch::<A8>(plan, xp, buf, wk, bias, res, p)
     }
 }
 
 super::ops::multiversion!(
-    /// One depthwise plane: `p[oh, ow] = bias + sum_{ki, kj} wk[ki, kj] *
-    /// xp[in_row(oh, ki), ow * sw + kj * dw - pad_left]` over the taps
-    /// inside the input.
+    /// One depthwise plane without scratch (the fallback for geometries
+    /// whose scratch would be huge): `p[oh, ow] = bias + sum_{ki, kj}
+    /// wk[ki, kj] * xp[in_row(oh, ki), ow * sw + kj * dw - pad_left]` over
+    /// the taps inside the input.
     fn dw_plane(
         win: &Window2d,
         ranges: &[(usize, usize, usize)],
@@ -994,6 +1608,204 @@ mod tests {
             p.act = act;
             check(&p, seed + 2);
         }
+    }
+
+    /// Whether the reference accepts the case (the dilated kernel fits the
+    /// padded input on every axis).
+    fn valid(c: &Case) -> bool {
+        let n = c.k.len();
+        (0..n).all(|a| {
+            let ek = (c.k[a] - 1) * c.dilations[a] + 1;
+            let padded = c.x[2 + a] + c.pads.get(a).unwrap_or(&0) + c.pads.get(a + n).unwrap_or(&0);
+            padded >= ek
+        })
+    }
+
+    fn dw_case(x: &[usize], k: &[usize]) -> Case {
+        let mut c = case(x, x[1], k);
+        c.group = x[1];
+        c
+    }
+
+    #[test]
+    fn depthwise_widths_strides_dilations_and_kernels() {
+        let mut seed = 100;
+        for w in [1, 2, 7, 8, 9, 17] {
+            for (k, s, d, pads) in [
+                (1, 1, 1, [0, 0, 0, 0]),
+                (1, 2, 1, [0, 1, 1, 0]),
+                (3, 1, 1, [1, 1, 1, 1]),
+                (3, 2, 1, [1, 1, 1, 1]),
+                (3, 3, 1, [1, 0, 2, 1]),
+                (3, 1, 2, [2, 2, 2, 2]),
+                (3, 2, 2, [0, 2, 1, 0]),
+                (3, 1, 1, [0, 0, 0, 0]),
+                (5, 1, 1, [2, 2, 2, 2]),
+                (5, 2, 1, [2, 1, 0, 2]),
+                (5, 3, 1, [0, 3, 4, 1]),
+            ] {
+                let mut c = dw_case(&[1, 3, 5, w], &[k, k]);
+                c.strides = vec![s, s];
+                c.dilations = vec![d, d];
+                c.pads = pads.to_vec();
+                c.bias = seed % 2 == 0;
+                if valid(&c) {
+                    check(&c, seed);
+                }
+                seed += 1;
+            }
+        }
+        // Different strides and dilations per axis.
+        let mut c = dw_case(&[2, 4, 9, 19], &[3, 5]);
+        c.strides = vec![2, 3];
+        c.dilations = vec![1, 2];
+        c.pads = vec![1, 3, 0, 2];
+        c.bias = true;
+        check(&c, 200);
+    }
+
+    #[test]
+    fn depthwise_auto_pad_and_one_d() {
+        let mut seed = 300;
+        for ap in [AutoPad::SameUpper, AutoPad::SameLower, AutoPad::Valid] {
+            for (w, k, s) in [(7, 3, 2), (8, 3, 2), (9, 5, 1), (17, 3, 3), (16, 5, 2)] {
+                let mut c = dw_case(&[1, 2, w - 1, w], &[k, k]);
+                c.auto_pad = ap;
+                c.pads = vec![];
+                c.strides = vec![s, s];
+                c.bias = true;
+                check(&c, seed);
+                seed += 1;
+            }
+        }
+        for w in [1, 2, 7, 8, 9, 17, 40] {
+            for (k, s, d, pads) in [
+                (1, 1, 1, [0, 0]),
+                (3, 1, 1, [1, 1]),
+                (3, 2, 1, [1, 1]),
+                (3, 3, 2, [2, 0]),
+                (5, 2, 1, [2, 2]),
+            ] {
+                let mut c = dw_case(&[2, 3, w], &[k]);
+                c.strides = vec![s];
+                c.dilations = vec![d];
+                c.pads = pads.to_vec();
+                c.bias = seed % 2 == 1;
+                if valid(&c) {
+                    check(&c, seed);
+                }
+                seed += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_residual_and_activations() {
+        let mut seed = 400;
+        let acts = [
+            Some(Activation::Relu),
+            Some(Activation::Clip { min: 0.0, max: 6.0 }),
+            Some(Activation::Clip {
+                min: -0.25,
+                max: 0.5,
+            }),
+            Some(Activation::Sigmoid),
+            None,
+        ];
+        for act in acts {
+            for (w, s, residual) in [(7, 1, true), (9, 2, true), (17, 1, false), (8, 2, false)] {
+                let mut c = dw_case(&[2, 3, 6, w], &[3, 3]);
+                c.strides = vec![s, s];
+                c.pads = vec![1; 4];
+                c.bias = seed % 2 == 0;
+                c.residual = residual;
+                c.act = act.clone();
+                check(&c, seed);
+                seed += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_many_small_planes_and_big_ones_in_parallel() {
+        // 7x7 planes, several per task; 14x14 at stride 2.
+        let mut c = dw_case(&[1, 400, 7, 7], &[3, 3]);
+        c.pads = vec![1; 4];
+        c.bias = true;
+        c.act = Some(Activation::Clip { min: 0.0, max: 6.0 });
+        check(&c, 500);
+        let mut c = dw_case(&[2, 96, 14, 14], &[3, 3]);
+        c.strides = vec![2, 2];
+        c.pads = vec![1; 4];
+        c.residual = true;
+        check(&c, 501);
+        // A wide plane: many full vectors per row, at strides 1 and 2.
+        for s in [1, 2] {
+            let mut c = dw_case(&[1, 3, 20, 115], &[3, 3]);
+            c.strides = vec![s, s];
+            c.pads = vec![1; 4];
+            c.bias = true;
+            c.act = Some(Activation::Relu);
+            check(&c, 502 + s as u64);
+        }
+    }
+
+    #[test]
+    fn depthwise_huge_strides_and_pads_take_the_plain_loop() {
+        // The padded scratch would be far larger than the data.
+        let mut c = dw_case(&[1, 3, 3, 3], &[1, 1]);
+        c.strides = vec![3000, 3000];
+        c.pads = vec![3000; 4];
+        c.bias = true;
+        let win = Window2d {
+            h: 3,
+            w: 3,
+            kh: 1,
+            kw: 1,
+            sh: 3000,
+            sw: 3000,
+            dh: 1,
+            dw: 1,
+            pad_top: 3000,
+            pad_left: 3000,
+            pad_bottom: 3000,
+            pad_right: 3000,
+            oh: 3,
+            ow: 3,
+        };
+        assert!(DwPad::new(&win).is_none());
+        check(&c, 600);
+    }
+
+    #[test]
+    fn dw_pad_layout_is_small_and_covers_the_reads() {
+        // MobileNet 7x7 stride 1 and 14x14 stride 2, pad 1.
+        let mut win = Window2d {
+            h: 7,
+            w: 7,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            pad_top: 1,
+            pad_left: 1,
+            pad_bottom: 1,
+            pad_right: 1,
+            oh: 7,
+            ow: 7,
+        };
+        let p = DwPad::new(&win).unwrap();
+        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (9, 1, 10, 7, 7));
+        (win.h, win.w, win.sh, win.sw) = (14, 14, 2, 2);
+        let p = DwPad::new(&win).unwrap();
+        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (15, 2, 9, 14, 14));
+        let plan = DwPlan::new(&win, None).unwrap();
+        // Taps: row step 15 * 2 * 9 / 15 = 18 floats; kj = 0, 1, 2 read
+        // phase 0 index 0, phase 1 index 0, phase 0 index 1.
+        assert_eq!(&plan.taps[..3], &[0, 9, 1]);
+        assert_eq!(plan.taps[3], 18);
     }
 
     #[test]
