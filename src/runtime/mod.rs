@@ -21,4 +21,4 @@ pub mod profile;
 
 pub use check::{compare, OutputCheck};
 pub use plan::{specialize, ExecKind, Plan, PlanStats, StepInfo};
-pub use profile::{OpProfile, Profile};
+pub use profile::{NodeProfile, OpProfile, Profile};

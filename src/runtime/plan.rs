@@ -666,9 +666,10 @@ impl Plan {
     /// Timings collected since profiling was turned on.
     pub fn profile(&self) -> Option<profile::Profile> {
         let p = self.profiler.as_ref()?;
+        let names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
         let ops: Vec<&'static str> = self.steps.iter().map(|s| s.op_type).collect();
         let flops: Vec<Option<u64>> = self.steps.iter().map(|s| s.flops).collect();
-        Some(profile::Profile::build(p, &ops, &flops))
+        Some(profile::Profile::build(p, &names, &ops, &flops))
     }
 }
 

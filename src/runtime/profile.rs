@@ -86,18 +86,40 @@ pub struct OpProfile {
     pub reference_runs: u64,
 }
 
-/// A profile: per-op-type lines, most expensive first.
+/// One node's line of a profile.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NodeProfile {
+    pub node: String,
+    pub op: String,
+    pub ms_per_run: f64,
+    pub share: f64,
+    pub gflops: Option<f64>,
+}
+
+/// A profile: per-op-type lines and the most expensive nodes, most
+/// expensive first.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Profile {
     pub runs: u64,
     /// Sum of node times per run, in milliseconds.
     pub total_ms_per_run: f64,
     pub ops: Vec<OpProfile>,
+    /// The [`Profile::TOP_NODES`] nodes that take the most time.
+    pub top_nodes: Vec<NodeProfile>,
 }
 
 impl Profile {
-    /// Aggregates per-step timings: `ops[i]` and `flops[i]` describe step i.
-    pub(crate) fn build(p: &Profiler, ops: &[&'static str], flops: &[Option<u64>]) -> Profile {
+    /// How many nodes [`Profile::top_nodes`] lists.
+    pub const TOP_NODES: usize = 10;
+
+    /// Aggregates per-step timings: `names[i]`, `ops[i]` and `flops[i]`
+    /// describe step i.
+    pub(crate) fn build(
+        p: &Profiler,
+        names: &[&str],
+        ops: &[&'static str],
+        flops: &[Option<u64>],
+    ) -> Profile {
         struct Acc {
             nodes: usize,
             time: Duration,
@@ -144,10 +166,33 @@ impl Profile {
             })
             .collect();
         lines.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run).then(a.op.cmp(&b.op)));
+        let mut nodes: Vec<NodeProfile> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, &op)| {
+                let t = p.time.get(i).copied().unwrap_or_default().as_secs_f64();
+                let secs = t / runs;
+                NodeProfile {
+                    node: names.get(i).map_or(String::new(), |n| n.to_string()),
+                    op: op.to_string(),
+                    ms_per_run: secs * 1e3,
+                    share: if total > 0.0 { t / total } else { 0.0 },
+                    gflops: flops
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .filter(|_| secs > 0.0 && p.runs > 0)
+                        .map(|f| f as f64 / secs / 1e9),
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
+        nodes.truncate(Profile::TOP_NODES);
         Profile {
             runs: p.runs,
             total_ms_per_run: total / runs * 1e3,
             ops: lines,
+            top_nodes: nodes,
         }
     }
 
@@ -175,6 +220,22 @@ impl Profile {
             self.total_ms_per_run,
             self.runs
         ));
+        if !self.top_nodes.is_empty() {
+            s.push_str(&format!(
+                "\n{:<40} {:<16} {:>9} {:>7} {:>10}\n",
+                "slowest nodes", "op", "ms/run", "share", "GFLOP/s"
+            ));
+            for n in &self.top_nodes {
+                s.push_str(&format!(
+                    "{:<40} {:<16} {:>9.4} {:>6.1}% {:>10}\n",
+                    n.node,
+                    n.op,
+                    n.ms_per_run,
+                    n.share * 100.0,
+                    n.gflops.map_or("-".to_string(), |g| format!("{g:.2}"))
+                ));
+            }
+        }
         s
     }
 }
@@ -244,6 +305,7 @@ mod tests {
         p.reference_runs = vec![0, 2, 0];
         let prof = Profile::build(
             &p,
+            &["mm0", "add", "mm1"],
             &["MatMul", "Add", "MatMul"],
             &[Some(1000), None, Some(1000)],
         );
@@ -258,5 +320,9 @@ mod tests {
         assert_eq!(prof.ops[1].reference_runs, 2);
         assert_eq!(prof.ops[1].gflops, None);
         assert!(prof.render().contains("MatMul"));
+        assert_eq!(prof.top_nodes[0].node, "mm0");
+        assert!((prof.top_nodes[0].ms_per_run - 3.0).abs() < 1e-9);
+        assert!((prof.top_nodes[0].gflops.unwrap() - 1000.0 / 0.003 / 1e9).abs() < 1e-12);
+        assert_eq!(prof.top_nodes.len(), 3);
     }
 }
