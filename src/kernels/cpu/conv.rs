@@ -1166,16 +1166,19 @@ thread_local! {
 /// The im2col matrix of one (batch item, group) as a generated GEMM
 /// operand: row `(c * kh + ki) * kw + kj`, column `oh * OW + ow` holds the
 /// input value that tap (ki, kj) of output (oh, ow) reads in channel `c`, 0
-/// on padding. It reads a zero-padded copy of the input, so that every tap
-/// reads inside it and an im2col row is, along each output row, a plain
-/// (strided) run of the padded input.
+/// on padding. It reads a zero-padded copy of the input in which every row
+/// is stored de-interleaved by the column stride (columns `0, s, 2s, ..`,
+/// then `1, s+1, ..`): every tap then reads inside the copy, and an im2col
+/// row is, along each output row, one contiguous run of it at any stride.
 struct Im2col<'a> {
     win: &'a Window2d,
-    /// The group's channels, `[C/G, hp, wp]`, zero-padded, with slack at
-    /// the end for over-long vector copies.
+    /// The group's channels, `[C/G, hp, row]`, with slack at the end for
+    /// over-long vector copies.
     xp: &'a [f32],
     hp: usize,
-    wp: usize,
+    /// Floats per padded row: `sw` phases of `phase` columns.
+    row: usize,
+    phase: usize,
 }
 
 /// Floats of slack after the padded input: a run copy may read one vector
@@ -1184,7 +1187,7 @@ const PAD_SLACK: usize = 32;
 
 impl<'a> Im2col<'a> {
     /// Copies `x` (`channels` planes of `h × w`) into `buf` with the zero
-    /// borders the window reads.
+    /// borders the window reads, each row de-interleaved by the stride.
     fn new(
         win: &'a Window2d,
         channels: usize,
@@ -1198,7 +1201,9 @@ impl<'a> Im2col<'a> {
         };
         let hp = extent(win.oh, win.sh, win.kh, win.dh, win.pad_top, win.h);
         let wp = extent(win.ow, win.sw, win.kw, win.dw, win.pad_left, win.w);
-        let plane = hp * wp;
+        let phase = wp.div_ceil(win.sw);
+        let row = phase * win.sw;
+        let plane = hp * row;
         let len = channels * plane + PAD_SLACK;
         if buf.len() < len {
             buf.resize(len, 0.0);
@@ -1206,15 +1211,25 @@ impl<'a> Im2col<'a> {
         let dst = &mut buf[..len];
         let fill = |c: usize, p: &mut [f32]| {
             let xc = &x[c * win.in_plane()..(c + 1) * win.in_plane()];
-            p[..win.pad_top * wp].fill(0.0);
-            for (r, row) in p[win.pad_top * wp..].chunks_exact_mut(wp).enumerate() {
-                if r < win.h {
-                    row[..win.pad_left].fill(0.0);
-                    row[win.pad_left..win.pad_left + win.w]
-                        .copy_from_slice(&xc[r * win.w..(r + 1) * win.w]);
-                    row[win.pad_left + win.w..].fill(0.0);
-                } else {
-                    row.fill(0.0);
+            for (r, prow) in p.chunks_exact_mut(row).enumerate() {
+                let src = r
+                    .checked_sub(win.pad_top)
+                    .filter(|&ih| ih < win.h)
+                    .map(|ih| &xc[ih * win.w..(ih + 1) * win.w]);
+                match src {
+                    None => prow.fill(0.0),
+                    Some(src) if win.sw == 1 => {
+                        prow[..win.pad_left].fill(0.0);
+                        prow[win.pad_left..win.pad_left + win.w].copy_from_slice(src);
+                        prow[win.pad_left + win.w..].fill(0.0);
+                    }
+                    Some(src) => {
+                        prow.fill(0.0);
+                        for (i, &v) in src.iter().enumerate() {
+                            let xcol = i + win.pad_left;
+                            prow[(xcol % win.sw) * phase + xcol / win.sw] = v;
+                        }
+                    }
                 }
             }
         };
@@ -1237,13 +1252,24 @@ impl<'a> Im2col<'a> {
             win,
             xp: &buf[..len],
             hp,
-            wp,
+            row,
+            phase,
         }
     }
 
+    /// Where tap (c, ki, kj) of output (0, 0) reads; output (oh, ow) reads
+    /// `oh * sh * row + ow` further.
+    fn tap_base(&self, c: usize, ki: usize, kj: usize) -> usize {
+        let win = self.win;
+        let xcol = kj * win.dw;
+        c * self.hp * self.row
+            + ki * win.dh * self.row
+            + (xcol % win.sw) * self.phase
+            + xcol / win.sw
+    }
+
     /// Fills one panel row: `cnt` columns from output position (oh, ow) of
-    /// the im2col row whose tap reads the padded input from `base`, zeros
-    /// after them.
+    /// the im2col row whose tap reads from `base`, zeros after them.
     #[inline(always)]
     fn panel_row(&self, base: usize, out: &mut [f32], cnt: usize, oh: usize, ow: usize) {
         let win = self.win;
@@ -1251,17 +1277,8 @@ impl<'a> Im2col<'a> {
         // One run per output row the panel touches.
         while i < cnt {
             let len = (win.ow - o).min(cnt - i);
-            let s = base + h * win.sh * self.wp + o * win.sw;
-            if win.sw == 1 {
-                copy_run(&mut out[i..], &self.xp[s..], len);
-            } else {
-                for (d, v) in out[i..i + len]
-                    .iter_mut()
-                    .zip(self.xp[s..].iter().step_by(win.sw))
-                {
-                    *d = *v;
-                }
-            }
+            let s = base + h * win.sh * self.row + o;
+            copy_run(&mut out[i..], &self.xp[s..], len);
             i += len;
             (h, o) = (h + 1, 0);
         }
@@ -1284,8 +1301,7 @@ impl PackB for Im2col<'_> {
             for (d, b) in bases[..depths].iter_mut().enumerate() {
                 let p = p0 + d0 + d;
                 let (c, tap) = (p / taps, p % taps);
-                let (ki, kj) = (tap / win.kw, tap % win.kw);
-                *b = c * self.hp * self.wp + ki * win.dh * self.wp + kj * win.dw;
+                *b = self.tap_base(c, tap / win.kw, tap % win.kw);
             }
             // Panel by panel, so that the writes run through each panel in
             // order; (oh, ow) is the output position of its first column.
