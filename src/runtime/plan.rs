@@ -541,7 +541,13 @@ impl Plan {
                     }
                 })
                 .collect();
-            let packed = crate::kernels::cpu::prepack(&step.op, &views, &self.cx).map(Arc::new);
+            let out_shape = step
+                .outputs
+                .first()
+                .and_then(|o| self.values.get(o.0 as usize)?.as_ref())
+                .map_or(&[][..], |info| info.shape.as_slice());
+            let packed =
+                crate::kernels::cpu::prepack(&step.op, &views, out_shape, &self.cx).map(Arc::new);
             self.steps[i].packed = packed;
         }
     }

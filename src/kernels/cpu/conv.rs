@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, pack_a, ASrc, BSrc, Epilogue, PackB, PackedA};
+use super::gemm::{gemm, pack_a, pack_b, ASrc, BSrc, Epilogue, PackB, PackedA, PackedB};
 use super::{ops, CpuCtx, Prepacked, View, ViewMut};
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::kernels::reference::conv::{window_axes, Axis};
@@ -41,9 +41,16 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
 }
 
 /// Packs a constant weight of a convolution that runs through GEMM, one
-/// packed A operand `[M/G, C/G * kh * kw]` per group (see
-/// [`super::prepack`]); depthwise weights are used as they are.
-pub fn prepack(op: &Op, inputs: &[Option<View>], cx: &CpuCtx) -> Option<Prepacked> {
+/// packed operand per group (see [`super::prepack`]): A `[M/G, C/G * kh *
+/// kw]` as a rule, or B = Wᵀ for the transposed product when the output
+/// planes are small (see [`transposed_product`]). Depthwise weights are used
+/// as they are.
+pub fn prepack(
+    op: &Op,
+    inputs: &[Option<View>],
+    out_shape: &[usize],
+    cx: &CpuCtx,
+) -> Option<Prepacked> {
     let attrs = match op {
         Op::Conv(a) | Op::FusedConv { conv: a, .. } => a,
         _ => return None,
@@ -60,6 +67,16 @@ pub fn prepack(op: &Op, inputs: &[Option<View>], cx: &CpuCtx) -> Option<Prepacke
         return None;
     }
     let (mg, k) = (m / group, w.data.len() / m);
+    let out_plane: usize = out_shape.iter().skip(2).product();
+    if out_shape.len() == w.shape.len() && transposed_product(mg, out_plane) {
+        let packs = (0..group)
+            .map(|gi| {
+                let wg = &w.data[gi * mg * k..(gi + 1) * mg * k];
+                pack_b(k, mg, wg, k, true, cx.features)
+            })
+            .collect();
+        return Some(Prepacked::ConvWeightsT(packs));
+    }
     let packs = (0..group)
         .map(|gi| {
             let wg = &w.data[gi * mg * k..(gi + 1) * mg * k];
@@ -135,17 +152,20 @@ pub fn run_packed(
     if g.group == g.c && g.m == g.c {
         depthwise(&g, x.data, w.data, &fused, out.data, cx);
     } else {
-        let packed = match packed {
-            Some(Prepacked::ConvWeights(p))
-                if p.len() == g.group
-                    && p.iter()
-                        .all(|a| a.m() == g.mg && a.k() == g.cg * g.win.kh * g.win.kw) =>
+        let k = g.cg * g.win.kh * g.win.kw;
+        match packed {
+            Some(Prepacked::ConvWeightsT(p))
+                if p.len() == g.group && p.iter().all(|b| b.k() == k && b.n() == g.mg) =>
             {
-                Some(p.as_slice())
+                via_transposed_gemm(&g, x.data, p, &fused, out.data, cx)
             }
-            _ => None,
-        };
-        via_gemm(&g, x.data, w.data, packed, &fused, out.data, cx);
+            Some(Prepacked::ConvWeights(p))
+                if p.len() == g.group && p.iter().all(|a| a.m() == g.mg && a.k() == k) =>
+            {
+                via_gemm(&g, x.data, w.data, Some(p), &fused, out.data, cx)
+            }
+            _ => via_gemm(&g, x.data, w.data, None, &fused, out.data, cx),
+        }
     }
     Ok(true)
 }
@@ -1161,6 +1181,90 @@ thread_local! {
     /// The zero-padded input of the convolution being packed, reused so
     /// that steady-state runs do not allocate.
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The im2col matrix and the transposed output of
+    /// [`via_transposed_gemm`], reused likewise.
+    static TRANSPOSED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Output planes below this many pixels may take the transposed product.
+const SMALL_PLANE: usize = 64;
+
+/// Whether a convolution with `mg` output channels per group and output
+/// planes of `out_plane` pixels runs as the transposed product `Yᵀ =
+/// colsᵀ · Wᵀ`: when the plane is small and the channels many, the pixels
+/// make better register-tile rows than columns (49 pixels fill 49 of 64
+/// columns of two 32-wide tiles, but 49 of 49 rows of 12-row tiles).
+fn transposed_product(mg: usize, out_plane: usize) -> bool {
+    out_plane < SMALL_PLANE && mg > out_plane
+}
+
+/// Convolution through the transposed product, per batch item and group:
+/// the im2col matrix `cols[K, P]` (P = OH*OW pixels) is built whole (it is
+/// small: P < [`SMALL_PLANE`]), `Cᵀ[P, M/G] = colsᵀ · Wᵀ + bias` with Wᵀ
+/// prepacked, then `Cᵀ` is transposed into the output planes, which get
+/// the residual and activation. Every element sees the same arithmetic as
+/// in [`via_gemm`].
+fn via_transposed_gemm(
+    g: &ConvGeom,
+    x: &[f32],
+    wt: &[PackedB],
+    f: &Fused,
+    y: &mut [f32],
+    cx: &CpuCtx,
+) {
+    let win = &g.win;
+    let (in_plane, p) = (win.in_plane(), win.out_plane());
+    let k = g.cg * win.kh * win.kw;
+    PADDED.with(|pad_cell| {
+        TRANSPOSED.with(|cell| {
+            let (mut fresh_pad, mut fresh) = (Vec::new(), (Vec::new(), Vec::new()));
+            let mut pad_guard = pad_cell.try_borrow_mut();
+            let padded = match pad_guard.as_deref_mut() {
+                Ok(v) => v,
+                Err(_) => &mut fresh_pad,
+            };
+            let mut guard = cell.try_borrow_mut();
+            let (cols, ct) = match guard.as_deref_mut() {
+                Ok(v) => v,
+                Err(_) => &mut fresh,
+            };
+            // Room for the im2col rows plus one copy's overrun.
+            if cols.len() < k * p + PAD_SLACK {
+                cols.resize(k * p + PAD_SLACK, 0.0);
+            }
+            if ct.len() < p * g.mg {
+                ct.resize(p * g.mg, 0.0);
+            }
+            for ni in 0..g.n {
+                for gi in 0..g.group {
+                    let x0 = (ni * g.c + gi * g.cg) * in_plane;
+                    let xg = &x[x0..x0 + g.cg * in_plane];
+                    // One panel of P columns is the row-major matrix.
+                    Im2col::new(win, g.cg, xg, padded, cx).pack(&mut cols[..k * p], p, 0, k, 0, p);
+                    let a = ASrc::Raw {
+                        a: &cols[..k * p],
+                        lda: p,
+                        trans: true,
+                    };
+                    let ep = Epilogue {
+                        bias_col: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
+                        ..Default::default()
+                    };
+                    let c = &mut ct[..p * g.mg];
+                    gemm(p, g.mg, k, 1.0, a, BSrc::Packed(&wt[gi]), c, g.mg, &ep, cx);
+                    for ch in 0..g.mg {
+                        let i = ni * g.m + gi * g.mg + ch;
+                        let plane = &mut y[i * p..(i + 1) * p];
+                        for (j, v) in plane.iter_mut().enumerate() {
+                            *v = c[j * g.mg + ch];
+                        }
+                        finish_plane(f, i, p, plane, cx);
+                    }
+                }
+            }
+        })
+    });
 }
 
 /// The im2col matrix of one (batch item, group) as a generated GEMM
@@ -1454,7 +1558,7 @@ mod tests {
         );
         // With the weight treated as a constant and prepacked: the same bits.
         let consts = [None, views[1]];
-        if let Some(packed) = prepack(&op, &consts, cx) {
+        if let Some(packed) = prepack(&op, &consts, want.shape(), cx) {
             let mut again = vec![f32::NAN; want.numel()];
             let mut outs = [ViewMut {
                 shape: want.shape(),
@@ -1520,6 +1624,21 @@ mod tests {
         c.residual = true;
         c.act = Some(Activation::Relu);
         check(&c, 9);
+        // Small planes and more channels than pixels: with prepacked
+        // weights these take the transposed product.
+        let mut c = case(&[2, 20, 5, 6], 33, &[3, 3]);
+        c.pads = vec![1; 4];
+        c.bias = true;
+        c.residual = true;
+        c.act = Some(Activation::Clip { min: 0.0, max: 6.0 });
+        check(&c, 21);
+        let mut c = case(&[1, 8, 4, 4], 40, &[1, 1]);
+        c.group = 2;
+        c.bias = true;
+        check(&c, 22);
+        let mut c = case(&[1, 300, 9, 9], 70, &[3, 3]);
+        c.strides = vec![2, 2];
+        check(&c, 23);
     }
 
     #[test]

@@ -169,15 +169,24 @@ pub enum Prepacked {
     B(gemm::PackedB),
     /// A convolution's weights, one packed A operand per group.
     ConvWeights(Vec<gemm::PackedA>),
+    /// A convolution's weights transposed, one packed B operand per group,
+    /// for convolutions with small output planes (computed transposed).
+    ConvWeightsT(Vec<gemm::PackedB>),
 }
 
 /// Packs the constant operands of `op` for the kernels `cx` selects.
-/// `inputs` holds the node's constant inputs (`None` for the others). None
-/// when the node has nothing worth packing.
-pub fn prepack(op: &Op, inputs: &[Option<View>], cx: &CpuCtx) -> Option<Prepacked> {
+/// `inputs` holds the node's constant inputs (`None` for the others),
+/// `out_shape` is the shape of its first output. None when the node has
+/// nothing worth packing.
+pub fn prepack(
+    op: &Op,
+    inputs: &[Option<View>],
+    out_shape: &[usize],
+    cx: &CpuCtx,
+) -> Option<Prepacked> {
     match op {
         Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => linalg::prepack(op, inputs, cx),
-        Op::Conv(_) | Op::FusedConv { .. } => conv::prepack(op, inputs, cx),
+        Op::Conv(_) | Op::FusedConv { .. } => conv::prepack(op, inputs, out_shape, cx),
         _ => None,
     }
 }
