@@ -1328,10 +1328,21 @@ impl<'a> Im2col<'a> {
                         prow[win.pad_left + win.w..].fill(0.0);
                     }
                     Some(src) => {
-                        prow.fill(0.0);
-                        for (i, &v) in src.iter().enumerate() {
-                            let xcol = i + win.pad_left;
-                            prow[(xcol % win.sw) * phase + xcol / win.sw] = v;
+                        // Phase ph holds padded columns ph, ph + sw, ..:
+                        // input columns from ph - pad_left on, every sw-th.
+                        for (ph, out) in prow.chunks_exact_mut(phase).enumerate() {
+                            // Leading padding columns of this phase.
+                            let skip = win.pad_left.saturating_sub(ph).div_ceil(win.sw);
+                            let first = (skip * win.sw + ph).saturating_sub(win.pad_left);
+                            let vals = src.iter().skip(first).step_by(win.sw);
+                            let (lead, rest) = out.split_at_mut(skip.min(phase));
+                            lead.fill(0.0);
+                            let mut n = 0;
+                            for (o, &v) in rest.iter_mut().zip(vals) {
+                                *o = v;
+                                n += 1;
+                            }
+                            rest[n..].fill(0.0);
                         }
                     }
                 }
