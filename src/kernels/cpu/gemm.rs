@@ -425,7 +425,16 @@ pub fn gemm(
         late_act,
     };
     let (tm, tn) = if cx.threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
-        grid(m, n, mr, nr, cx.threads)
+        // Floats each task packs per row of A / column of B it covers.
+        let a_pack = match a {
+            ASrc::Packed(_) => 0,
+            ASrc::Raw { .. } => k,
+        };
+        let b_pack = match b {
+            BSrc::Packed(_) => 0,
+            BSrc::Raw { .. } | BSrc::Gen(_) => k,
+        };
+        grid(m, n, k, (mr, nr), (a_pack, b_pack), cx.threads)
     } else {
         (1, 1)
     };
@@ -446,12 +455,26 @@ pub fn gemm(
     });
 }
 
-/// Splits `threads` into a `tm × tn` grid giving the squarest pieces that
-/// still hold at least one tile each way.
-fn grid(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> (usize, usize) {
+/// Multiply-adds that packing one float costs about as much time as (a
+/// strided read and a write against ~100 FMAs a nanosecond).
+const PACK_COST_MACS: usize = 16;
+
+/// Splits `threads` into a `tm × tn` grid of pieces of whole tiles that
+/// finishes soonest: each task computes its piece and packs the rows of A
+/// and the columns of B it covers (`pack.0` / `pack.1` floats each; 0 for a
+/// prepacked operand), so splitting C's rows makes every task pack all of
+/// B's columns, and the other way round.
+fn grid(
+    m: usize,
+    n: usize,
+    k: usize,
+    (mr, nr): (usize, usize),
+    pack: (usize, usize),
+    threads: usize,
+) -> (usize, usize) {
     let (mt, nt) = (m.div_ceil(mr), n.div_ceil(nr));
     let mut best = (1, 1);
-    let mut best_score = f64::MAX;
+    let mut best_cost = usize::MAX;
     for tm in 1..=threads {
         if !threads.is_multiple_of(tm) {
             continue;
@@ -460,12 +483,12 @@ fn grid(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> (usize, usi
         if tm > mt || tn > nt {
             continue;
         }
-        // Shape imbalance of a piece; prefer wider pieces slightly (the B
-        // panel is shared along a row of tiles).
-        let (pm, pn) = (m as f64 / tm as f64, n as f64 / tn as f64);
-        let score = (pm / pn).ln().abs() + if tm > tn { 0.1 } else { 0.0 };
-        if score < best_score {
-            best_score = score;
+        // The largest piece, in whole tiles.
+        let (rows, cols) = (mt.div_ceil(tm) * mr, nt.div_ceil(tn) * nr);
+        let cost = rows * cols * k + PACK_COST_MACS * (rows * pack.0 + cols * pack.1);
+        // Ties go to wider pieces (a B panel is shared along a row of tiles).
+        if cost < best_cost {
+            best_cost = cost;
             best = (tm, tn);
         }
     }
@@ -1658,10 +1681,15 @@ mod tests {
 
     #[test]
     fn grid_keeps_pieces_tile_sized() {
-        assert_eq!(grid(1024, 1024, 6, 16, 2), (1, 2));
-        assert_eq!(grid(4, 1024, 6, 16, 4), (1, 4));
-        assert_eq!(grid(1000, 10, 6, 16, 4), (4, 1));
-        assert_eq!(grid(1024, 1024, 6, 16, 4), (2, 2));
+        let raw = (1024, 1024);
+        assert_eq!(grid(1024, 1024, 1024, (6, 16), raw, 2), (1, 2));
+        assert_eq!(grid(4, 1024, 1024, (6, 16), raw, 4), (1, 4));
+        assert_eq!(grid(1000, 10, 1024, (6, 16), raw, 4), (4, 1));
+        assert_eq!(grid(1024, 1024, 1024, (6, 16), raw, 4), (2, 2));
+        // A prepacked A (conv weights): split the columns, so no task packs
+        // all of B; a prepacked B (MatMul weights): split the rows.
+        assert_eq!(grid(128, 784, 1152, (12, 32), (0, 1152), 2), (1, 2));
+        assert_eq!(grid(512, 512, 384, (12, 32), (384, 0), 2), (2, 1));
     }
 
     /// Single-thread GFLOP/s at 1024³ (run in release:
