@@ -4,7 +4,7 @@
     .venv/bin/python benches/compare.py [--models-dir benches/models/out]
         [--models resnet18,mobilenetv2,bert] [--threads 1,2] [--batches 1,8]
         [--rounds 5] [--runs 10] [--warmup 3] [--mlc target/release/mlc]
-        [--dim seq=128] [--ort-only] [--json results.json]
+        [--dim seq=128] [--ort-only] [--verify] [--json results.json]
 
 For every model, thread count and batch size the two engines run in
 alternating rounds (ORT then mlc, then mlc then ORT, ...), each round being
@@ -279,6 +279,28 @@ def mlc_round(binary, model, threads, batch, runs, warmup, sym_dims):
     return obj
 
 
+def mlc_verify(binary, model, threads, sym_dims):
+    """`mlc bench --verify` once: the runtime's outputs against the reference
+    interpreter (rtol 1e-3, atol 1e-5). Returns its `verify` object; a run
+    whose outputs differ exits 1 and still prints the object."""
+    cmd = [binary, "bench", model, "--threads", str(threads), "--runs", "1", "--warmup", "0",
+           "--verify", "--json"]
+    for k, v in sorted(sym_dims.items()):
+        cmd += ["--dim", f"{k}={v}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode not in (0, 1) or "{" not in r.stdout:
+        raise CompareError(f"`{' '.join(cmd)}` exited {r.returncode}: {r.stderr.strip()[-500:]}")
+    return parse_mlc_json(r.stdout)["verify"]
+
+
+def verify_line(name, v):
+    worst = max((o["max_abs_err"] for o in v["outputs"]), default=0.0)
+    share = max((o["worst_tolerance_share"] for o in v["outputs"]), default=0.0)
+    verdict = "ok" if v["ok"] else "DIFFERS"
+    return (f"verify {name}: {verdict} against the reference interpreter "
+            f"(max |diff| {worst:.3e}, {share:.3f} of the tolerance rtol {v['rtol']} atol {v['atol']})")
+
+
 # --------------------------------------------------------------------------
 # Statistics and the table.
 # --------------------------------------------------------------------------
@@ -377,6 +399,12 @@ def run_compare(a, out=sys.stdout):
         models.append((os.path.splitext(os.path.basename(path))[0], path))
     if not a.ort_only:
         check_mlc(a.mlc)
+    verified = {}
+    if getattr(a, "verify", False) and not a.ort_only:
+        for name, path in models:
+            v = mlc_verify(a.mlc, path, max(a.threads), a.dim)
+            verified[name] = v
+            print(verify_line(name, v), file=out, flush=True)
     rows = []
     for name, path in models:
         ort = OrtRunner(path, a.dim, a.seed)
@@ -384,7 +412,8 @@ def run_compare(a, out=sys.stdout):
             for threads in a.threads:
                 for batch in a.batches:
                     row = {"model": name, "path": path, "threads": threads, "batch": batch,
-                           "ort_rounds": [], "mlc_rounds": [], "ort_rss": 0, "mlc_rss": 0}
+                           "ort_rounds": [], "mlc_rounds": [], "ort_rss": 0, "mlc_rss": 0,
+                           "verify": verified.get(name)}
                     for rnd in range(a.rounds):
                         # Alternate which engine goes first, so drift hits both alike.
                         order = ("ort", "mlc") if rnd % 2 == 0 else ("mlc", "ort")
@@ -429,6 +458,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="input seed (mlc bench's is 0; default: %(default)s)")
     p.add_argument("--mlc", default=os.path.join(REPO, "target", "release", "mlc"), help="mlc binary (default: %(default)s)")
     p.add_argument("--ort-only", action="store_true", help="time ONNX Runtime alone (no mlc binary needed)")
+    p.add_argument("--verify", action="store_true",
+                   help="first check each model's mlc outputs against the reference interpreter "
+                        "(mlc bench --verify, rtol 1e-3)")
     p.add_argument("--json", metavar="FILE", help="also write every round's numbers to FILE")
     p.add_argument("--self-test", action="store_true", help="check this script's own logic and exit")
     a = p.parse_args(argv)

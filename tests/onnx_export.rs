@@ -41,22 +41,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The venv's python, or `None` (after a note) when there is none and
-/// `MLC_REQUIRE_PYTHON` is not set.
+/// The venv's python (see [`common::venv_python`]).
 fn python() -> Option<PathBuf> {
-    let py = repo().join(".venv/bin/python");
-    if py.exists() {
-        return Some(py);
-    }
-    let msg = format!(
-        "{} is missing: run tests/python/setup_venv.sh to create the test venv (numpy, onnx, onnxruntime)",
-        py.display()
-    );
-    if std::env::var("MLC_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("MLC_REQUIRE_PYTHON=1: {msg}");
-    }
-    eprintln!("note: skipping the ONNX Runtime checks: {msg}");
-    None
+    common::venv_python("the ONNX Runtime checks")
 }
 
 /// A fresh scratch folder for one test.

@@ -705,6 +705,66 @@ fn bench_verify_checks_every_fixture_against_the_reference() {
     }
 }
 
+/// The side-by-side script (benches/compare.py) runs both engines on a
+/// fixture, verifies mlc against the reference and prints the ratio table
+/// (its timings are not judged here).
+#[test]
+fn compare_script_runs_side_by_side_and_verifies() {
+    let Some(py) = common::venv_python("the side-by-side script") else {
+        return;
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("benches/compare.py");
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .arg("--self-test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .arg("--models")
+        .arg(root.join("fixtures/cnn/model.onnx"))
+        .args([
+            "--threads",
+            "1,2",
+            "--batches",
+            "1",
+            "--rounds",
+            "2",
+            "--runs",
+            "2",
+        ])
+        .args([
+            "--warmup",
+            "1",
+            "--verify",
+            "--mlc",
+            env!("CARGO_BIN_EXE_mlc"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verify model: ok"), "{text}");
+    assert!(
+        text.contains("geo-mean mlc/ORT, batch 1, 1 thread"),
+        "{text}"
+    );
+    assert!(
+        text.contains("geo-mean mlc/ORT, batch 1, 2 threads"),
+        "{text}"
+    );
+}
+
 #[test]
 fn bench_text_and_batch_and_errors() {
     let exe = env!("CARGO_BIN_EXE_mlc");

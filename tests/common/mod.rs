@@ -2,7 +2,28 @@
 
 #![allow(dead_code)]
 
+use std::path::PathBuf;
+
 use mlc::Tensor;
+
+/// The repository's test venv python (made by tests/python/setup_venv.sh),
+/// or `None` after a note that `what` is skipped; with
+/// `MLC_REQUIRE_PYTHON=1` (as CI runs) a missing venv fails the test.
+pub fn venv_python(what: &str) -> Option<PathBuf> {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    let msg = format!(
+        "{} is missing: run tests/python/setup_venv.sh to create the test venv (numpy, onnx, onnxruntime)",
+        py.display()
+    );
+    if std::env::var("MLC_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
+        panic!("MLC_REQUIRE_PYTHON=1: {msg}");
+    }
+    eprintln!("note: skipping {what}: {msg}");
+    None
+}
 
 /// Whether `got` matches `want`: same dtype and shape; floating point (every
 /// format: f16, bf16, float8, float4 decoded exactly to their values) within

@@ -14,10 +14,19 @@
 //! * **pointwise** (1x1 kernel, stride 1, no padding): for every batch item
 //!   and group, one GEMM straight on the input, `Y[M, H*W] = W[M, C] ·
 //!   X[C, H*W]`;
-//! * **general**: im2col into a scratch matrix `[C/G * kh * kw, OH * OW]`
-//!   (zeros where a tap reads padding), then the same GEMM.
+//! * **general**: the same GEMM with B the im2col matrix `[C/G * kh * kw,
+//!   OH * OW]` (zeros where a tap reads padding), which is never stored:
+//!   the GEMM asks for it block by block ([`PackB`]) and it is packed
+//!   straight from a zero-padded, stride-de-interleaved copy of the input,
+//!   where every run of a panel row is one contiguous copy;
+//! * **transposed** (small output planes, more channels than pixels, as in
+//!   the last stages of CNNs): `Yᵀ = colsᵀ · Wᵀ`, so the few pixels become
+//!   register-tile rows (12 at a time) instead of filling a fraction of a
+//!   32-wide tile.
 //!
-//! Bias, the FusedConv residual and activation are fused: into the GEMM
+//! Weights are packed once per plan ([`prepack`]) into the layout the
+//! chosen path consumes. Bias, the FusedConv residual and activation are
+//! fused: into the GEMM
 //! epilogue, or into the depthwise kernel (other activations than
 //! Relu/Clip run on each finished plane while it is in cache). Anything
 //! else (3-D convolution, inputs that do not fit the attributes, a residual
