@@ -65,8 +65,8 @@ pub fn compare(
                 }
                 let err = (p - q).abs();
                 let share = err / (atol + rtol * q.abs());
-                // NaN comparisons are false: count them as outside.
-                if !(share <= 1.0) {
+                // A NaN share (NaN on one side) counts as outside.
+                if share > 1.0 || share.is_nan() {
                     c.outside += 1;
                 }
                 c.max_abs_err = c.max_abs_err.max(err);
