@@ -14,7 +14,7 @@ in ONNX Runtime to check that it loads and to print its output shapes.
                              "attention_mask" [batch, seq] i64 (0/1)
                       -> "hidden" [batch, seq, 384]
 
-Needs torch, onnx and onnxruntime (see benches/models/README.md).
+Needs torch, onnx and onnxruntime (see benches/README.md).
 """
 
 import argparse
