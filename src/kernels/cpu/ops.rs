@@ -1169,7 +1169,6 @@ fn pool_padded(avx: bool, plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut 
 /// The slices have the sizes [`pool_padded`] checks.
 #[inline(always)]
 unsafe fn pool_dispatch<V: PoolLanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
-    pool_fill::<V>(plan.win, &plan.pad, xp, buf);
     let k3 = plan.win.kh == 3 && plan.win.kw == 3;
     match (plan.average, k3) {
         (false, true) => pool_kernel::<V, true, false>(plan, xp, buf, p),
@@ -1179,21 +1178,28 @@ unsafe fn pool_dispatch<V: PoolLanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f3
     }
 }
 
-/// Copies input plane `xp` into the scratch positions of [`PoolPad`] (the
-/// padding is already in place): a plain copy per row at stride 1, a vector
-/// even/odd split at stride 2, a scalar scatter otherwise.
+/// Copies rows `rows` of input plane `xp` into the scratch positions of
+/// [`PoolPad`] (the padding is already in place): a plain copy per row at
+/// stride 1, a vector even/odd split at stride 2, a scalar scatter
+/// otherwise.
 ///
 /// # Safety
-/// As [`pool_dispatch`].
+/// As [`pool_dispatch`], with `rows.end <= pad.nrows`.
 #[inline(always)]
-unsafe fn pool_fill<V: PoolLanes>(win: &Window2d, pad: &PoolPad, xp: &[f32], buf: &mut [f32]) {
+unsafe fn pool_fill<V: PoolLanes>(
+    win: &Window2d,
+    pad: &PoolPad,
+    xp: &[f32],
+    buf: &mut [f32],
+    rows: std::ops::Range<usize>,
+) {
     let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
     // Input column iw goes to padded column iw + left; at stride 2 the even
     // ones to phase left % 2 from index left / 2, the odd ones to the other
     // phase from (left + 1) / 2.
     let ev = (left % 2) * l + left / 2;
     let od = ((left + 1) % 2) * l + left.div_ceil(2);
-    for ih in 0..pad.nrows {
+    for ih in rows {
         let src = &xp[ih * win.w..ih * win.w + n];
         let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
         let sp = src.as_ptr();
@@ -1284,25 +1290,27 @@ unsafe fn pool_chunk<V: PoolLanes, const K3: bool, const AVG: bool>(
     acc
 }
 
-/// The register-blocked pooling kernel: for each output row, chunks of 8
-/// outputs reduce every tap in a register and are stored once; the last
+/// The register-blocked pooling kernel: for each output row, the input
+/// rows it is the first to read are copied into the scratch (so the rows
+/// in use stay in L1 cache), then chunks of 8 outputs reduce every tap in a
+/// register and are stored once; the last
 /// partial chunk is computed in full (the scratch has the room) and stored
 /// masked at the plane's end. A max of -inf (every input tap NaN or -inf,
 /// or none inside the input: the padding is -inf and NaN taps are skipped)
 /// is recomputed from `xp` by [`pool_max_at`] to tell these apart.
 ///
 /// # Safety
-/// As [`pool_dispatch`], with `buf` filled; `K3` implies a 3x3 kernel.
+/// As [`pool_dispatch`]; `K3` implies a 3x3 kernel.
 #[inline(always)]
 unsafe fn pool_kernel<V: PoolLanes, const K3: bool, const AVG: bool>(
     plan: &PoolPlan,
     xp: &[f32],
-    buf: &[f32],
+    buf: &mut [f32],
     p: &mut [f32],
 ) {
-    let win = plan.win;
-    let (ow, rows) = (win.ow, win.sh * plan.pad.row());
-    let xs = buf.as_ptr();
+    let (win, pad) = (plan.win, &plan.pad);
+    let (ow, rows) = (win.ow, win.sh * pad.row());
+    let mut filled = 0;
     let len = p.len();
     let out = p.as_mut_ptr();
     let t3 = if K3 {
@@ -1315,7 +1323,15 @@ unsafe fn pool_kernel<V: PoolLanes, const K3: bool, const AVG: bool>(
     };
     let colc = plan.colc.as_ptr();
     for oh in 0..win.oh {
-        let xr = xs.add(oh * rows);
+        // Input rows up to the last one this output row reads.
+        let need = (oh * win.sh + (win.kh - 1) * win.dh + 1)
+            .saturating_sub(pad.top)
+            .min(pad.nrows);
+        if need > filled {
+            pool_fill::<V>(win, pad, xp, buf, filled..need);
+            filled = need;
+        }
+        let xr = buf.as_ptr().add(oh * rows);
         let yr = out.add(oh * ow);
         let rdiv = V::splat(if AVG { plan.rowc[oh] } else { 1.0 });
         let mut o = 0;
@@ -2561,6 +2577,161 @@ mod tests {
             ceil_mode: false,
             count_include_pad: false,
             column_major: false,
+        }
+    }
+
+    /// Whether a pooling geometry takes the padded-scratch kernels.
+    fn padded_pool(shape: &[usize], a: &PoolAttrs) -> bool {
+        let axes = window_axes(
+            "Pool",
+            &shape[2..],
+            &a.kernel_shape,
+            &a.strides,
+            &a.dilations,
+            &a.pads,
+            a.auto_pad,
+            a.ceil_mode,
+        )
+        .unwrap();
+        let win = Window2d::from_axes(&axes).unwrap();
+        PoolPlan::new(&win, false, false).is_some()
+    }
+
+    /// MaxPool and both AveragePools against the reference (portable and
+    /// AVX2, one and two threads, see [`check`]).
+    fn check_pools(a: &PoolAttrs, x: &Tensor) {
+        check(&Op::MaxPool(a.clone()), &[Some(x)]);
+        for include in [false, true] {
+            let mut a = a.clone();
+            a.count_include_pad = include;
+            check(&Op::AveragePool(a), &[Some(x)]);
+        }
+    }
+
+    #[test]
+    fn pooling_padded_kernels_vs_reference() {
+        let mut seed = 2000;
+        let mut run = |shape: &[usize], a: &PoolAttrs| {
+            seed += 1;
+            assert!(padded_pool(shape, a), "{shape:?} {a:?}: not padded");
+            let x = random(shape, seed, 5.0);
+            check_pools(a, &x);
+        };
+        // Every width class (1, under a vector, one vector, one past, two
+        // past) with 3x3 and other kernels, strides 1/2/3, symmetric and
+        // asymmetric pads, ceil mode, dilation 2.
+        for w in [1usize, 7, 8, 9, 17] {
+            for (k, s, pads) in [
+                ([3, 3], [1, 1], [1, 1, 1, 1]),
+                ([3, 3], [2, 2], [1, 1, 1, 1]),
+                ([3, 3], [2, 2], [0, 0, 0, 0]),
+                ([3, 3], [3, 3], [1, 2, 2, 0]),
+                ([2, 2], [2, 2], [0, 0, 0, 0]),
+                ([2, 3], [1, 2], [0, 1, 1, 2]),
+                ([1, 3], [3, 1], [0, 2, 0, 1]),
+                ([5, 4], [2, 3], [2, 3, 2, 1]),
+            ] {
+                let shape = [1, 3, 6, w];
+                let a = pa(&k, &s, &pads);
+                // Windows wider than the padded input have no output.
+                let fits = |i: usize| w + pads[1] + pads[3] >= k[1] && 6 + pads[i] >= k[0];
+                if !fits(0) {
+                    continue;
+                }
+                run(&shape, &a);
+                let mut c = a.clone();
+                c.ceil_mode = true;
+                run(&shape, &c);
+                if w + pads[1] + pads[3] > 2 * (k[1] - 1) && 6 + pads[0] + pads[2] > 2 * (k[0] - 1)
+                {
+                    let mut d = a.clone();
+                    d.dilations = vec![2, 2];
+                    run(&shape, &d);
+                    d.ceil_mode = true;
+                    run(&shape, &d);
+                }
+            }
+        }
+        // 1-D pooling.
+        for w in [1usize, 7, 8, 9, 17, 40] {
+            for (k, s, pads) in [
+                (3, 1, [1, 1]),
+                (3, 2, [1, 0]),
+                (2, 3, [0, 1]),
+                (4, 2, [2, 2]),
+            ] {
+                if w + pads[0] + pads[1] < k {
+                    continue;
+                }
+                let mut a = pa(&[k], &[s], &pads);
+                run(&[2, 3, w], &a);
+                a.ceil_mode = true;
+                run(&[2, 3, w], &a);
+            }
+        }
+        // ResNet-18's MaxPool on a smaller plane, and enough planes that two
+        // threads split them.
+        run(&[1, 64, 28, 28], &pa(&[3, 3], &[2, 2], &[1, 1, 1, 1]));
+        run(&[2, 40, 17, 9], &pa(&[3, 3], &[1, 1], &[1, 1, 1, 1]));
+        run(&[1, 32, 33, 30], &pa(&[2, 2], &[2, 2], &[0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn max_pool_nan_and_infinities() {
+        // NaN is skipped; a window whose input taps are all NaN gives NaN
+        // (also next to padding), -inf stays -inf, and -inf beside NaN is
+        // -inf.
+        for (shape, a) in [
+            (vec![1, 2, 7, 9], pa(&[3, 3], &[2, 2], &[1, 1, 1, 1])),
+            (vec![1, 2, 7, 17], pa(&[3, 3], &[1, 1], &[1, 1, 1, 1])),
+            (vec![1, 2, 8, 8], pa(&[2, 2], &[2, 2], &[0, 0, 0, 0])),
+            (vec![2, 2, 17], pa(&[3], &[2], &[1, 1])),
+        ] {
+            assert!(padded_pool(&shape, &a));
+            let n: usize = shape.iter().product();
+            for (fill, rate) in [(f32::NAN, 3), (f32::NAN, 2), (f32::NEG_INFINITY, 3)] {
+                let mut v = random(&shape, 7, 5.0).as_f32().unwrap().to_vec();
+                for (i, x) in v.iter_mut().enumerate() {
+                    if (i * 7 + i / 5) % rate == 0 {
+                        *x = fill;
+                    }
+                }
+                let x = Tensor::from_f32(shape.clone(), v).unwrap();
+                check(&Op::MaxPool(a.clone()), &[Some(&x)]);
+            }
+            let mut v = vec![f32::NAN; n];
+            for (i, x) in v.iter_mut().enumerate() {
+                if i % 5 == 0 {
+                    *x = f32::NEG_INFINITY;
+                } else if i % 11 == 0 {
+                    *x = 1.5;
+                }
+            }
+            let x = Tensor::from_f32(shape.clone(), v).unwrap();
+            check(&Op::MaxPool(a.clone()), &[Some(&x)]);
+            let x = Tensor::from_f32(shape.clone(), vec![f32::NAN; n]).unwrap();
+            check(&Op::MaxPool(a.clone()), &[Some(&x)]);
+        }
+        // Windows entirely on padding (ceil mode past the end, stride 3 over
+        // a large pad) are -inf; their averages divide by the padded count
+        // or give NaN.
+        let mut a = pa(&[2, 2], &[3, 3], &[1, 1, 1, 1]);
+        a.ceil_mode = true;
+        let x = random(&[1, 2, 4, 4], 9, 1.0);
+        assert!(padded_pool(&[1, 2, 4, 4], &a));
+        check_pools(&a, &x);
+    }
+
+    #[test]
+    fn pooling_huge_strides_take_the_plain_loop() {
+        for (shape, k, s) in [
+            (vec![1, 2, 1, 1], [1, 1], [1, 5000]),
+            (vec![1, 2, 3, 3000], [1, 2], [2, 3000]),
+        ] {
+            let a = pa(&k, &s, &[0, 0, 0, 0]);
+            assert!(!padded_pool(&shape, &a));
+            let x = random(&shape, 3, 2.0);
+            check_pools(&a, &x);
         }
     }
 
