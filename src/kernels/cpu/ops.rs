@@ -1045,10 +1045,12 @@ impl PoolPad {
 /// Scratch planes larger than this (floats) are not kept per thread.
 const POOL_KEEP_MAX: usize = 1 << 22;
 
+/// A thread's pooling scratch plane, with the layout and the padding value
+/// (its bits) it holds.
+type PoolScratch = (Vec<f32>, Option<(PoolPad, u32)>);
+
 thread_local! {
-    /// A thread's pooling scratch plane, with the layout and the padding
-    /// value (its bits) it holds.
-    static POOL_SCRATCH: std::cell::RefCell<(Vec<f32>, Option<(PoolPad, u32)>)> =
+    static POOL_SCRATCH: std::cell::RefCell<PoolScratch> =
         const { std::cell::RefCell::new((Vec::new(), None)) };
 }
 
