@@ -962,10 +962,641 @@ fn layer_norm(
 
 // ---------------------------------------------------------------------------
 // Pooling
+//
+// Each (batch, channel) plane is copied into a scratch plane ([`PoolPad`])
+// that holds the padding (-inf for a max, 0 for an average) and splits each
+// row by the column stride, so that a kernel tap reads 8 neighbouring
+// outputs' inputs as one contiguous vector load without bounds tests. The
+// kernel ([`pool_kernel`]) then keeps the running max / sum of all the taps
+// of 8 outputs in a register and stores them once. Geometries whose scratch
+// would be huge (pads or strides far beyond the kernel) take the plain
+// per-tap loop ([`pool_plain`]).
 
+/// Width of the pooling kernels' vectors.
+const PL: usize = 8;
+
+/// Layout of the scratch plane of a pooling window with column stride `s`:
+/// `ph` blocks of `s * l` floats, one per padded input row, each split into
+/// `s` phases of `l` floats, phase `q` holding the padded columns `q, q + s,
+/// q + 2s, ..`. Input `(ih, iw)` sits at padded position `(ih + top, iw +
+/// left)`; everything else holds the padding value. Output column `ow`,
+/// kernel column `kj` reads padded column `ow * s + kj * dw`, that is phase
+/// `(kj * dw) % s`, index `ow + (kj * dw) / s`: consecutive outputs read
+/// consecutive floats at every stride. The layout covers all that full
+/// chunks of 8 outputs read (`ow` rounded up to 8), and every row a window
+/// reaches (also past the bottom padding in ceil mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PoolPad {
+    ph: usize,
+    s: usize,
+    l: usize,
+    /// Input rows copied (those inside the scratch).
+    nrows: usize,
+    /// Input columns copied per row (those inside the scratch).
+    ncols: usize,
+    top: usize,
+    left: usize,
+}
+
+impl PoolPad {
+    /// `None` when the scratch would be much larger than the input and the
+    /// output together, or the window is degenerate.
+    fn new(win: &Window2d) -> Option<PoolPad> {
+        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
+            return None;
+        }
+        let ow8 = win.ow.div_ceil(PL) * PL;
+        let ph = (win.oh - 1)
+            .checked_mul(win.sh)?
+            .checked_add((win.kh - 1).checked_mul(win.dh)?)?
+            .checked_add(1)?;
+        let s = win.sw;
+        let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
+        let size = ph.checked_mul(s)?.checked_mul(l)?;
+        let budget = win
+            .in_plane()
+            .checked_add(win.out_plane())?
+            .checked_mul(2)?
+            .checked_add(4096)?;
+        if size > budget {
+            return None;
+        }
+        Some(PoolPad {
+            ph,
+            s,
+            l,
+            nrows: ph.saturating_sub(win.pad_top).min(win.h),
+            ncols: (s * l).saturating_sub(win.pad_left).min(win.w),
+            top: win.pad_top,
+            left: win.pad_left,
+        })
+    }
+
+    /// Floats per padded row.
+    fn row(&self) -> usize {
+        self.s * self.l
+    }
+
+    fn size(&self) -> usize {
+        self.ph * self.row()
+    }
+}
+
+/// Scratch planes larger than this (floats) are not kept per thread.
+const POOL_KEEP_MAX: usize = 1 << 22;
+
+/// A thread's pooling scratch plane, with the layout and the padding value
+/// (its bits) it holds.
+type PoolScratch = (Vec<f32>, Option<(PoolPad, u32)>);
+
+thread_local! {
+    static POOL_SCRATCH: std::cell::RefCell<PoolScratch> =
+        const { std::cell::RefCell::new((Vec::new(), None)) };
+}
+
+/// Runs `f` on a scratch plane of layout `pad` filled with `fill` (the
+/// kernels rewrite only the input positions, so the padding stays): the
+/// thread's kept one when free and small enough, else a fresh one.
+fn with_pool_scratch(pad: PoolPad, fill: f32, f: impl FnOnce(&mut [f32])) {
+    let size = pad.size();
+    let key = Some((pad, fill.to_bits()));
+    let mut f = Some(f);
+    if size <= POOL_KEEP_MAX {
+        POOL_SCRATCH.with(|cell| {
+            // Busy only if a kernel re-entered on this thread; then the
+            // fresh buffer below is used.
+            let Ok(mut s) = cell.try_borrow_mut() else {
+                return;
+            };
+            let (buf, layout) = &mut *s;
+            if *layout != key || buf.len() != size {
+                buf.clear();
+                buf.resize(size, fill);
+                *layout = key;
+            }
+            if let Some(f) = f.take() {
+                f(buf);
+            }
+        });
+    }
+    if let Some(f) = f {
+        f(&mut vec![fill; size]);
+    }
+}
+
+/// Everything the padded pooling kernel needs besides one plane's data.
+struct PoolPlan<'a> {
+    win: &'a Window2d,
+    pad: PoolPad,
+    /// Offset of tap `ki * kw + kj` from an output's first read:
+    /// `ki * dh * row + ((kj * dw) % s) * l + (kj * dw) / s`.
+    taps: Vec<usize>,
+    average: bool,
+    /// AveragePool's divisor of output `(oh, ow)` is `rowc[oh] * colc[ow]`
+    /// (taps counted per axis; `colc` is padded with ones to whole vectors).
+    rowc: Vec<f32>,
+    colc: Vec<f32>,
+}
+
+impl<'a> PoolPlan<'a> {
+    fn new(win: &'a Window2d, average: bool, include_pad: bool) -> Option<PoolPlan<'a>> {
+        let pad = PoolPad::new(win)?;
+        let mut taps = Vec::with_capacity(win.kh * win.kw);
+        for ki in 0..win.kh {
+            for kj in 0..win.kw {
+                let off = kj * win.dw;
+                taps.push(ki * win.dh * pad.row() + (off % pad.s) * pad.l + off / pad.s);
+            }
+        }
+        let pick =
+            |(padded, inside): (usize, usize)| (if include_pad { padded } else { inside }) as f32;
+        let (rowc, colc) = if average {
+            let mut colc: Vec<f32> = (0..win.ow).map(|o| pick(win.col_counts(o))).collect();
+            colc.resize(win.ow.div_ceil(PL) * PL, 1.0);
+            ((0..win.oh).map(|o| pick(win.row_counts(o))).collect(), colc)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Some(PoolPlan {
+            win,
+            pad,
+            taps,
+            average,
+            rowc,
+            colc,
+        })
+    }
+
+    /// The scratch padding value.
+    fn fill(&self) -> f32 {
+        if self.average {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
+}
+
+/// One pooling plane: copies input plane `xp` into the scratch `buf` (of
+/// the plan's layout, padding filled with [`PoolPlan::fill`]) and writes
+/// `p[oh, ow]`, the max (NaN ignored, NaN when all the input taps are NaN,
+/// -inf when none is inside the input) or the average of the window.
+fn pool_padded(avx: bool, plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
+    let win = plan.win;
+    let ok = xp.len() == win.in_plane()
+        && buf.len() == plan.pad.size()
+        && p.len() == win.out_plane()
+        && plan.taps.len() == win.kh * win.kw
+        && (!plan.average || (plan.rowc.len() == win.oh && plan.colc.len() >= win.ow));
+    if !ok {
+        // Unreachable from `pool`, which sizes everything from the same
+        // window; kept so the unsafe kernels below never see a bad call.
+        debug_assert!(false, "pool_padded: inconsistent arguments");
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx && has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; the sizes were checked above.
+        unsafe { pool_avx::pool_avx(plan, xp, buf, p) };
+        return;
+    }
+    let _ = avx;
+    // SAFETY: the sizes were checked above.
+    unsafe { pool_dispatch::<PoolP8>(plan, xp, buf, p) }
+}
+
+/// Fills the scratch and picks the kernel instance.
+///
+/// # Safety
+/// The slices have the sizes [`pool_padded`] checks.
+#[inline(always)]
+unsafe fn pool_dispatch<V: PoolLanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
+    let k3 = plan.win.kh == 3 && plan.win.kw == 3;
+    match (plan.average, k3) {
+        (false, true) => pool_kernel::<V, true, false>(plan, xp, buf, p),
+        (false, false) => pool_kernel::<V, false, false>(plan, xp, buf, p),
+        (true, true) => pool_kernel::<V, true, true>(plan, xp, buf, p),
+        (true, false) => pool_kernel::<V, false, true>(plan, xp, buf, p),
+    }
+}
+
+/// Copies rows `rows` of input plane `xp` into the scratch positions of
+/// [`PoolPad`] (the padding is already in place): a plain copy per row at
+/// stride 1, a vector even/odd split at stride 2, a scalar scatter
+/// otherwise.
+///
+/// # Safety
+/// As [`pool_dispatch`], with `rows.end <= pad.nrows`.
+#[inline(always)]
+unsafe fn pool_fill<V: PoolLanes>(
+    win: &Window2d,
+    pad: &PoolPad,
+    xp: &[f32],
+    buf: &mut [f32],
+    rows: std::ops::Range<usize>,
+) {
+    let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
+    // Input column iw goes to padded column iw + left; at stride 2 the even
+    // ones to phase left % 2 from index left / 2, the odd ones to the other
+    // phase from (left + 1) / 2.
+    let ev = (left % 2) * l + left / 2;
+    let od = ((left + 1) % 2) * l + left.div_ceil(2);
+    for ih in rows {
+        let src = &xp[ih * win.w..ih * win.w + n];
+        let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
+        let sp = src.as_ptr();
+        if s == 1 {
+            dst[left..left + n].copy_from_slice(src);
+        } else if s == 2 {
+            let mut j = 0;
+            while j + 2 * PL <= n {
+                let (e, o) = V::deinterleave(V::load(sp.add(j)), V::load(sp.add(j + PL)));
+                e.store(dst[ev + j / 2..ev + j / 2 + PL].as_mut_ptr());
+                o.store(dst[od + j / 2..od + j / 2 + PL].as_mut_ptr());
+                j += 2 * PL;
+            }
+            if j < n {
+                let r = n - j;
+                let a = V::load_n(sp.add(j), r.min(PL));
+                let b = if r > PL {
+                    V::load_n(sp.add(j + PL), r - PL)
+                } else {
+                    V::splat(0.0)
+                };
+                let (e, o) = V::deinterleave(a, b);
+                pool_put::<V>(dst, ev + j / 2, e, r.div_ceil(2));
+                if r > 1 {
+                    pool_put::<V>(dst, od + j / 2, o, r / 2);
+                }
+            }
+        } else {
+            for q in 0..s {
+                // Phase q gets input columns iw0, iw0 + s, .. from index d.
+                let mut iw = (q + s - left % s) % s;
+                let mut d = q * l + (iw + left) / s;
+                while iw < n {
+                    dst[d] = src[iw];
+                    iw += s;
+                    d += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
+#[inline(always)]
+unsafe fn pool_put<V: PoolLanes>(dst: &mut [f32], at: usize, v: V, k: usize) {
+    if at + PL <= dst.len() {
+        v.blend_store(dst.as_mut_ptr().add(at), k)
+    } else {
+        v.store_n(dst[at..at + k].as_mut_ptr(), k)
+    }
+}
+
+/// One tap into the running sum (`AVG`) or max. (A function, not a
+/// closure: closures in the generic kernels do not inline into the
+/// `target_feature` callers, and the intrinsics with them.)
+#[inline(always)]
+unsafe fn pool_tap<V: PoolLanes, const AVG: bool>(acc: V, v: V) -> V {
+    if AVG {
+        V::add(acc, v)
+    } else {
+        V::max(acc, v)
+    }
+}
+
+/// The max (`AVG = false`) or sum of the taps of the 8 outputs whose first
+/// reads start at `x0`. `K3`: a 3x3 kernel, its taps as the row step `t3.0`
+/// and 3 column offsets `t3.1`.
+#[inline(always)]
+unsafe fn pool_chunk<V: PoolLanes, const K3: bool, const AVG: bool>(
+    x0: *const f32,
+    t3: (usize, [usize; 3]),
+    taps: &[usize],
+) -> V {
+    let mut acc = V::splat(if AVG { 0.0 } else { f32::NEG_INFINITY });
+    if K3 {
+        let (step, c) = t3;
+        for ki in 0..3 {
+            let xk = x0.add(ki * step);
+            for &cj in &c {
+                acc = pool_tap::<V, AVG>(acc, V::load(xk.add(cj)));
+            }
+        }
+    } else {
+        for &off in taps {
+            acc = pool_tap::<V, AVG>(acc, V::load(x0.add(off)));
+        }
+    }
+    acc
+}
+
+/// The register-blocked pooling kernel: for each output row, the input
+/// rows it is the first to read are copied into the scratch (so the rows
+/// in use stay in L1 cache), then chunks of 8 outputs reduce every tap in a
+/// register and are stored once; the last
+/// partial chunk is computed in full (the scratch has the room) and stored
+/// masked at the plane's end. A max of -inf (every input tap NaN or -inf,
+/// or none inside the input: the padding is -inf and NaN taps are skipped)
+/// is recomputed from `xp` by [`pool_max_at`] to tell these apart.
+///
+/// # Safety
+/// As [`pool_dispatch`]; `K3` implies a 3x3 kernel.
+#[inline(always)]
+unsafe fn pool_kernel<V: PoolLanes, const K3: bool, const AVG: bool>(
+    plan: &PoolPlan,
+    xp: &[f32],
+    buf: &mut [f32],
+    p: &mut [f32],
+) {
+    let (win, pad) = (plan.win, &plan.pad);
+    let (ow, rows) = (win.ow, win.sh * pad.row());
+    let mut filled = 0;
+    let len = p.len();
+    let out = p.as_mut_ptr();
+    let t3 = if K3 {
+        (
+            win.dh * plan.pad.row(),
+            [plan.taps[0], plan.taps[1], plan.taps[2]],
+        )
+    } else {
+        (0, [0; 3])
+    };
+    let colc = plan.colc.as_ptr();
+    for oh in 0..win.oh {
+        // Input rows up to the last one this output row reads.
+        let need = (oh * win.sh + (win.kh - 1) * win.dh + 1)
+            .saturating_sub(pad.top)
+            .min(pad.nrows);
+        if need > filled {
+            pool_fill::<V>(win, pad, xp, buf, filled..need);
+            filled = need;
+        }
+        let xr = buf.as_ptr().add(oh * rows);
+        let yr = out.add(oh * ow);
+        let rdiv = V::splat(if AVG { plan.rowc[oh] } else { 1.0 });
+        let mut o = 0;
+        while o < ow {
+            let mut acc = pool_chunk::<V, K3, AVG>(xr.add(o), t3, &plan.taps);
+            if AVG {
+                acc = V::div(acc, V::mul(rdiv, V::load(colc.add(o))));
+            }
+            let n = (ow - o).min(PL);
+            // Lanes past the row land in the next rows, rewritten later: a
+            // full store while inside the plane, a masked one at its end.
+            if oh * ow + o + PL <= len {
+                acc.store(yr.add(o));
+            } else {
+                acc.store_n(yr.add(o), n);
+            }
+            if !AVG {
+                let m = acc.neg_inf_mask() & ((1u32 << n) - 1);
+                if m != 0 {
+                    pool_max_fix(win, xp, oh, o, m, std::slice::from_raw_parts_mut(yr, ow));
+                }
+            }
+            o += PL;
+        }
+    }
+}
+
+/// Recomputes the outputs `o + lane` (lanes set in `mask`) of output row
+/// `row` (row `oh`) with [`pool_max_at`].
+#[cold]
+#[inline(never)]
+fn pool_max_fix(win: &Window2d, xp: &[f32], oh: usize, o: usize, mask: u32, row: &mut [f32]) {
+    for lane in 0..PL {
+        if mask & (1 << lane) != 0 {
+            row[o + lane] = pool_max_at(win, xp, oh, o + lane);
+        }
+    }
+}
+
+/// The max of window `(oh, ow)` over the taps inside plane `xp`, as the
+/// reference: NaN ignored, NaN when every tap is NaN, -inf with no taps.
+fn pool_max_at(win: &Window2d, xp: &[f32], oh: usize, ow: usize) -> f32 {
+    let mut m = f32::NEG_INFINITY;
+    let (mut any, mut all_nan) = (false, true);
+    for ki in 0..win.kh {
+        let Some(ih) = win.in_row(oh, ki) else {
+            continue;
+        };
+        for kj in 0..win.kw {
+            let c = ow * win.sw + kj * win.dw;
+            let Some(iw) = c.checked_sub(win.pad_left).filter(|&iw| iw < win.w) else {
+                continue;
+            };
+            let v = xp[ih * win.w + iw];
+            any = true;
+            all_nan &= v.is_nan();
+            m = m.max(v);
+        }
+    }
+    if any && all_nan {
+        f32::NAN
+    } else {
+        m
+    }
+}
+
+/// The few vector operations the pooling kernels need, on 8 f32 lanes:
+/// AVX2 registers or a portable array. Pointers must be valid for the
+/// lanes they read or write.
+trait PoolLanes: Copy {
+    unsafe fn splat(v: f32) -> Self;
+    /// `p[0..8]`.
+    unsafe fn load(p: *const f32) -> Self;
+    /// `p[0..n]`, zeros after (`n <= 8`).
+    unsafe fn load_n(p: *const f32, n: usize) -> Self;
+    /// (even lanes, odd lanes) of the 16 lanes `a, b`.
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
+    /// Per lane `if x > acc { x } else { acc }`: a NaN `x` is skipped.
+    unsafe fn max(acc: Self, x: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    unsafe fn div(a: Self, b: Self) -> Self;
+    /// Bit `l` set when lane `l` is -inf.
+    unsafe fn neg_inf_mask(self) -> u32;
+    unsafe fn store(self, p: *mut f32);
+    /// Stores lanes `0..n` (`n <= 8`).
+    unsafe fn store_n(self, p: *mut f32, n: usize);
+    /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
+    /// `p[0..8]` must be valid).
+    unsafe fn blend_store(self, p: *mut f32, n: usize);
+}
+
+/// Portable pooling lanes (plain arrays the compiler may vectorize).
+#[derive(Clone, Copy)]
+struct PoolP8([f32; PL]);
+
+impl PoolLanes for PoolP8 {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        PoolP8([v; PL])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        PoolP8(std::ptr::read_unaligned(p as *const [f32; PL]))
+    }
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self {
+        PoolP8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
+    }
+    #[inline(always)]
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+        let at = |i: usize| if i < PL { a.0[i] } else { b.0[i - PL] };
+        (
+            PoolP8(std::array::from_fn(|l| at(2 * l))),
+            PoolP8(std::array::from_fn(|l| at(2 * l + 1))),
+        )
+    }
+    #[inline(always)]
+    unsafe fn max(acc: Self, x: Self) -> Self {
+        PoolP8(std::array::from_fn(|l| {
+            if x.0[l] > acc.0[l] {
+                x.0[l]
+            } else {
+                acc.0[l]
+            }
+        }))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        PoolP8(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        PoolP8(std::array::from_fn(|l| a.0[l] * b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self, b: Self) -> Self {
+        PoolP8(std::array::from_fn(|l| a.0[l] / b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn neg_inf_mask(self) -> u32 {
+        let mut m = 0;
+        for (l, &v) in self.0.iter().enumerate() {
+            m |= ((v == f32::NEG_INFINITY) as u32) << l;
+        }
+        m
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; PL], self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_n(self, p: *mut f32, n: usize) {
+        for l in 0..n.min(PL) {
+            *p.add(l) = self.0[l];
+        }
+    }
+    #[inline(always)]
+    unsafe fn blend_store(self, p: *mut f32, n: usize) {
+        self.store_n(p, n)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod pool_avx {
+    //! AVX2 pooling lanes. The methods are `#[inline(always)]` and only
+    //! called from [`pool_avx`] (`#[target_feature(enable = "avx2,fma")]`,
+    //! after run-time detection), into which they and the intrinsics inline.
+    use super::{PoolLanes, PoolPlan, PL};
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct A8(__m256);
+
+    /// Mask of the first `n` lanes.
+    #[inline(always)]
+    unsafe fn first(n: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(PL) as i32), idx)
+    }
+
+    /// Puts the 64-bit pairs of `v` in the order 0, 2, 1, 3.
+    #[inline(always)]
+    unsafe fn fix(v: __m256) -> __m256 {
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
+    }
+
+    impl PoolLanes for A8 {
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            A8(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            A8(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            A8(_mm256_maskload_ps(p, first(n)))
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 ..);
+            // then the 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
+            let e = _mm256_shuffle_ps::<0x88>(a.0, b.0);
+            let o = _mm256_shuffle_ps::<0xDD>(a.0, b.0);
+            (A8(fix(e)), A8(fix(o)))
+        }
+        #[inline(always)]
+        unsafe fn max(acc: Self, x: Self) -> Self {
+            // max_ps(x, acc) is `x > acc ? x : acc` (acc when x is NaN).
+            A8(_mm256_max_ps(x.0, acc.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            A8(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            A8(_mm256_mul_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn div(a: Self, b: Self) -> Self {
+            A8(_mm256_div_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn neg_inf_mask(self) -> u32 {
+            let e = _mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, _mm256_set1_ps(f32::NEG_INFINITY));
+            _mm256_movemask_ps(e) as u32
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            _mm256_maskstore_ps(p, first(n), self.0)
+        }
+        #[inline(always)]
+        unsafe fn blend_store(self, p: *mut f32, n: usize) {
+            let old = _mm256_loadu_ps(p);
+            let m = _mm256_castsi256_ps(first(n));
+            _mm256_storeu_ps(p, _mm256_blendv_ps(old, self.0, m))
+        }
+    }
+
+    /// [`super::pool_dispatch`] on AVX2 registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and the arguments must satisfy
+    /// [`super::pool_dispatch`]'s contract.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pool_avx(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
+        super::pool_dispatch::<A8>(plan, xp, buf, p)
+    }
+}
+
+/// The plain pooling loop (no scratch) for geometries whose scratch plane
+/// would be huge: per output row, every kernel tap updates the output
+/// columns whose input lies inside the plane.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pool_impl(
+fn pool_plain_impl(
     win: &Window2d,
     ranges: &[(usize, usize, usize)],
     cols: &[(usize, usize)],
@@ -1022,7 +1653,7 @@ fn pool_impl(
     }
 }
 
-multiversion!(fn pool_planes(
+multiversion!(fn pool_plain(
     win: &Window2d,
     ranges: &[(usize, usize, usize)],
     cols: &[(usize, usize)],
@@ -1030,7 +1661,7 @@ multiversion!(fn pool_planes(
     y: &mut [f32],
     average: bool,
     include_pad: bool,
-) => pool_impl);
+) => pool_plain_impl);
 
 fn pool(
     a: &PoolAttrs,
@@ -1072,16 +1703,32 @@ fn pool(
     if out.data.is_empty() {
         return true;
     }
-    let ranges: Vec<(usize, usize, usize)> = (0..win.kw).map(|kj| win.col_range(kj)).collect();
-    let cols: Vec<(usize, usize)> = (0..win.ow).map(|ow| win.col_counts(ow)).collect();
     let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
     let avx = cx.features.avx2_fma;
     let include_pad = a.count_include_pad;
-    split(cx, out.data, out_plane, win.kh * win.kw, |off, d| {
+    // Work per output: its taps, or the input it reads when that is more
+    // (the copy into the scratch).
+    let cost = (win.kh * win.kw).max(in_plane / out_plane.max(1));
+    if let Some(plan) = PoolPlan::new(&win, average, include_pad) {
+        let fill = plan.fill();
+        split(cx, out.data, out_plane, cost, |off, d| {
+            let p0 = off / out_plane;
+            with_pool_scratch(plan.pad, fill, |buf| {
+                for (j, p) in d.chunks_exact_mut(out_plane).enumerate() {
+                    let i = p0 + j;
+                    pool_padded(avx, &plan, &xd[i * in_plane..(i + 1) * in_plane], buf, p);
+                }
+            })
+        });
+        return true;
+    }
+    let ranges: Vec<(usize, usize, usize)> = (0..win.kw).map(|kj| win.col_range(kj)).collect();
+    let cols: Vec<(usize, usize)> = (0..win.ow).map(|ow| win.col_counts(ow)).collect();
+    split(cx, out.data, out_plane, cost, |off, d| {
         let p0 = off / out_plane;
         let np = d.len() / out_plane;
         let x = &xd[p0 * in_plane..(p0 + np) * in_plane];
-        pool_planes(avx, &win, &ranges, &cols, x, d, average, include_pad)
+        pool_plain(avx, &win, &ranges, &cols, x, d, average, include_pad)
     });
     true
 }
@@ -1932,6 +2579,161 @@ mod tests {
             ceil_mode: false,
             count_include_pad: false,
             column_major: false,
+        }
+    }
+
+    /// Whether a pooling geometry takes the padded-scratch kernels.
+    fn padded_pool(shape: &[usize], a: &PoolAttrs) -> bool {
+        let axes = window_axes(
+            "Pool",
+            &shape[2..],
+            &a.kernel_shape,
+            &a.strides,
+            &a.dilations,
+            &a.pads,
+            a.auto_pad,
+            a.ceil_mode,
+        )
+        .unwrap();
+        let win = Window2d::from_axes(&axes).unwrap();
+        PoolPlan::new(&win, false, false).is_some()
+    }
+
+    /// MaxPool and both AveragePools against the reference (portable and
+    /// AVX2, one and two threads, see [`check`]).
+    fn check_pools(a: &PoolAttrs, x: &Tensor) {
+        check(&Op::MaxPool(a.clone()), &[Some(x)]);
+        for include in [false, true] {
+            let mut a = a.clone();
+            a.count_include_pad = include;
+            check(&Op::AveragePool(a), &[Some(x)]);
+        }
+    }
+
+    #[test]
+    fn pooling_padded_kernels_vs_reference() {
+        let mut seed = 2000;
+        let mut run = |shape: &[usize], a: &PoolAttrs| {
+            seed += 1;
+            assert!(padded_pool(shape, a), "{shape:?} {a:?}: not padded");
+            let x = random(shape, seed, 5.0);
+            check_pools(a, &x);
+        };
+        // Every width class (1, under a vector, one vector, one past, two
+        // past) with 3x3 and other kernels, strides 1/2/3, symmetric and
+        // asymmetric pads, ceil mode, dilation 2.
+        for w in [1usize, 7, 8, 9, 17] {
+            for (k, s, pads) in [
+                ([3, 3], [1, 1], [1, 1, 1, 1]),
+                ([3, 3], [2, 2], [1, 1, 1, 1]),
+                ([3, 3], [2, 2], [0, 0, 0, 0]),
+                ([3, 3], [3, 3], [1, 2, 2, 0]),
+                ([2, 2], [2, 2], [0, 0, 0, 0]),
+                ([2, 3], [1, 2], [0, 1, 1, 2]),
+                ([1, 3], [3, 1], [0, 2, 0, 1]),
+                ([5, 4], [2, 3], [2, 3, 2, 1]),
+            ] {
+                let shape = [1, 3, 6, w];
+                let a = pa(&k, &s, &pads);
+                // Windows wider than the padded input have no output.
+                let fits = |i: usize| w + pads[1] + pads[3] >= k[1] && 6 + pads[i] >= k[0];
+                if !fits(0) {
+                    continue;
+                }
+                run(&shape, &a);
+                let mut c = a.clone();
+                c.ceil_mode = true;
+                run(&shape, &c);
+                if w + pads[1] + pads[3] > 2 * (k[1] - 1) && 6 + pads[0] + pads[2] > 2 * (k[0] - 1)
+                {
+                    let mut d = a.clone();
+                    d.dilations = vec![2, 2];
+                    run(&shape, &d);
+                    d.ceil_mode = true;
+                    run(&shape, &d);
+                }
+            }
+        }
+        // 1-D pooling.
+        for w in [1usize, 7, 8, 9, 17, 40] {
+            for (k, s, pads) in [
+                (3, 1, [1, 1]),
+                (3, 2, [1, 0]),
+                (2, 3, [0, 1]),
+                (4, 2, [2, 2]),
+            ] {
+                if w + pads[0] + pads[1] < k {
+                    continue;
+                }
+                let mut a = pa(&[k], &[s], &pads);
+                run(&[2, 3, w], &a);
+                a.ceil_mode = true;
+                run(&[2, 3, w], &a);
+            }
+        }
+        // ResNet-18's MaxPool on a smaller plane, and enough planes that two
+        // threads split them.
+        run(&[1, 64, 28, 28], &pa(&[3, 3], &[2, 2], &[1, 1, 1, 1]));
+        run(&[2, 40, 17, 9], &pa(&[3, 3], &[1, 1], &[1, 1, 1, 1]));
+        run(&[1, 32, 33, 30], &pa(&[2, 2], &[2, 2], &[0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn max_pool_nan_and_infinities() {
+        // NaN is skipped; a window whose input taps are all NaN gives NaN
+        // (also next to padding), -inf stays -inf, and -inf beside NaN is
+        // -inf.
+        for (shape, a) in [
+            (vec![1, 2, 7, 9], pa(&[3, 3], &[2, 2], &[1, 1, 1, 1])),
+            (vec![1, 2, 7, 17], pa(&[3, 3], &[1, 1], &[1, 1, 1, 1])),
+            (vec![1, 2, 8, 8], pa(&[2, 2], &[2, 2], &[0, 0, 0, 0])),
+            (vec![2, 2, 17], pa(&[3], &[2], &[1, 1])),
+        ] {
+            assert!(padded_pool(&shape, &a));
+            let n: usize = shape.iter().product();
+            for (fill, rate) in [(f32::NAN, 3), (f32::NAN, 2), (f32::NEG_INFINITY, 3)] {
+                let mut v = random(&shape, 7, 5.0).as_f32().unwrap().to_vec();
+                for (i, x) in v.iter_mut().enumerate() {
+                    if (i * 7 + i / 5) % rate == 0 {
+                        *x = fill;
+                    }
+                }
+                let x = Tensor::from_f32(shape.clone(), v).unwrap();
+                check(&Op::MaxPool(a.clone()), &[Some(&x)]);
+            }
+            let mut v = vec![f32::NAN; n];
+            for (i, x) in v.iter_mut().enumerate() {
+                if i % 5 == 0 {
+                    *x = f32::NEG_INFINITY;
+                } else if i % 11 == 0 {
+                    *x = 1.5;
+                }
+            }
+            let x = Tensor::from_f32(shape.clone(), v).unwrap();
+            check(&Op::MaxPool(a.clone()), &[Some(&x)]);
+            let x = Tensor::from_f32(shape.clone(), vec![f32::NAN; n]).unwrap();
+            check(&Op::MaxPool(a.clone()), &[Some(&x)]);
+        }
+        // Windows entirely on padding (ceil mode past the end, stride 3 over
+        // a large pad) are -inf; their averages divide by the padded count
+        // or give NaN.
+        let mut a = pa(&[2, 2], &[3, 3], &[1, 1, 1, 1]);
+        a.ceil_mode = true;
+        let x = random(&[1, 2, 4, 4], 9, 1.0);
+        assert!(padded_pool(&[1, 2, 4, 4], &a));
+        check_pools(&a, &x);
+    }
+
+    #[test]
+    fn pooling_huge_strides_take_the_plain_loop() {
+        for (shape, k, s) in [
+            (vec![1, 2, 1, 1], [1, 1], [1, 5000]),
+            (vec![1, 2, 3, 3000], [1, 2], [2, 3000]),
+        ] {
+            let a = pa(&k, &s, &[0, 0, 0, 0]);
+            assert!(!padded_pool(&shape, &a));
+            let x = random(&shape, 3, 2.0);
+            check_pools(&a, &x);
         }
     }
 
