@@ -1256,8 +1256,11 @@ fn via_transposed_gemm(
                         lda: p,
                         trans: true,
                     };
+                    // Without a residual the activation commutes with the
+                    // transposition: fuse it into the product.
                     let ep = Epilogue {
                         bias_col: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
+                        act: f.act.filter(|_| f.residual.is_none()),
                         ..Default::default()
                     };
                     let c = &mut ct[..p * g.mg];
@@ -1268,7 +1271,9 @@ fn via_transposed_gemm(
                         for (j, v) in plane.iter_mut().enumerate() {
                             *v = c[j * g.mg + ch];
                         }
-                        finish_plane(f, i, p, plane, cx);
+                        if f.residual.is_some() {
+                            finish_plane(f, i, p, plane, cx);
+                        }
                     }
                 }
             }
@@ -1655,9 +1660,11 @@ mod tests {
         let mut c = case(&[1, 8, 4, 4], 40, &[1, 1]);
         c.group = 2;
         c.bias = true;
+        c.act = Some(Activation::Sigmoid);
         check(&c, 22);
         let mut c = case(&[1, 300, 9, 9], 70, &[3, 3]);
         c.strides = vec![2, 2];
+        c.act = Some(Activation::Relu);
         check(&c, 23);
     }
 
