@@ -36,6 +36,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, pack_a, pack_b, ASrc, BSrc, Epilogue, PackB, PackedA, PackedB};
+use super::lanes::{self, Lanes, LANES, P8};
 use super::{ops, CpuCtx, Prepacked, View, ViewMut};
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::kernels::reference::conv::{window_axes, Axis};
@@ -489,9 +490,6 @@ const DW_TASK_WORK: usize = 4096;
 /// Scratch planes larger than this (floats) are not kept per thread.
 const DW_KEEP_MAX: usize = 1 << 22;
 
-/// Width of the kernels' vectors.
-const LANES: usize = 8;
-
 thread_local! {
     /// A thread's depthwise scratch plane and the layout whose padding it
     /// holds zeros for.
@@ -658,7 +656,7 @@ fn dw_padded(
     #[cfg(target_arch = "x86_64")]
     if avx && ops::has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present; the sizes were checked above.
-        unsafe { avx::dw_avx(plan, xp, buf, wk, bias, res, p) };
+        unsafe { dw_avx(plan, xp, buf, wk, bias, res, p) };
         return;
     }
     let _ = avx;
@@ -690,75 +688,30 @@ unsafe fn dw_dispatch<V: Lanes>(
 }
 
 /// Copies input plane `xp` into the scratch positions of [`DwPad`] (the
-/// padding is already zero): a plain copy per row at stride 1, a vector
-/// even/odd split at stride 2, a scalar scatter otherwise.
+/// padding is already zero): a vector copy per row at stride 1, else
+/// [`lanes::fill_phases`].
+///
+/// # Safety
+/// As [`dw_dispatch`].
 #[inline(always)]
 unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &DwPad, xp: &[f32], buf: &mut [f32]) {
     let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
-    // Input column iw goes to padded column iw + left; at stride 2 the even
-    // ones to phase left % 2 from index left / 2, the odd ones to the other
-    // phase from (left + 1) / 2.
-    let ev = (left % 2) * l + left / 2;
-    let od = ((left + 1) % 2) * l + left.div_ceil(2);
     for ih in 0..pad.nrows {
         let src = &xp[ih * win.w..ih * win.w + n];
         let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
-        let sp = src.as_ptr();
         if s == 1 {
+            let sp = src.as_ptr();
             let mut j = 0;
             while j + LANES <= n {
                 V::load(sp.add(j)).store(dst[left + j..left + j + LANES].as_mut_ptr());
                 j += LANES;
             }
             if j < n {
-                put::<V>(dst, left + j, V::load_n(sp.add(j), n - j), n - j);
-            }
-        } else if s == 2 {
-            let mut j = 0;
-            while j + 2 * LANES <= n {
-                let (e, o) = V::deinterleave(V::load(sp.add(j)), V::load(sp.add(j + LANES)));
-                e.store(dst[ev + j / 2..ev + j / 2 + LANES].as_mut_ptr());
-                o.store(dst[od + j / 2..od + j / 2 + LANES].as_mut_ptr());
-                j += 2 * LANES;
-            }
-            if j < n {
-                let r = n - j;
-                let a = V::load_n(sp.add(j), r.min(LANES));
-                let b = if r > LANES {
-                    V::load_n(sp.add(j + LANES), r - LANES)
-                } else {
-                    V::splat(0.0)
-                };
-                let (e, o) = V::deinterleave(a, b);
-                put::<V>(dst, ev + j / 2, e, r.div_ceil(2));
-                if r > 1 {
-                    put::<V>(dst, od + j / 2, o, r / 2);
-                }
+                lanes::put::<V>(dst, left + j, V::load_n(sp.add(j), n - j), n - j);
             }
         } else {
-            for q in 0..s {
-                // Phase q gets input columns iw0, iw0 + s, .. from index d.
-                let mut iw = (q + s - left % s) % s;
-                let mut d = q * l + (iw + left) / s;
-                while iw < n {
-                    dst[d] = src[iw];
-                    iw += s;
-                    d += 1;
-                }
-            }
+            lanes::fill_phases::<V>(src, dst, s, l, left);
         }
-    }
-}
-
-/// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
-/// (A function, not a closure: closures in the generic kernels do not
-/// inline into the `target_feature` callers, and the intrinsics with them.)
-#[inline(always)]
-unsafe fn put<V: Lanes>(dst: &mut [f32], at: usize, v: V, k: usize) {
-    if at + LANES <= dst.len() {
-        v.blend_store(dst.as_mut_ptr().add(at), k)
-    } else {
-        v.store_n(dst[at..at + k].as_mut_ptr(), k)
     }
 }
 
@@ -872,186 +825,25 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
     }
 }
 
-/// The few vector operations the depthwise kernel needs, on 8 f32 lanes:
-/// AVX2/FMA registers or a portable array. Pointers must be valid for the
-/// lanes they read or write.
-trait Lanes: Copy {
-    unsafe fn splat(v: f32) -> Self;
-    /// `p[0..8]`.
-    unsafe fn load(p: *const f32) -> Self;
-    /// `p[0..n]`, zeros after (`n <= 8`).
-    unsafe fn load_n(p: *const f32, n: usize) -> Self;
-    /// (even lanes, odd lanes) of the 16 lanes `a, b`.
-    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
-    /// `a * b + c`.
-    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn add(a: Self, b: Self) -> Self;
-    /// Raises to `lo`, then lowers to `hi`, like Clip; NaN stays NaN.
-    unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
-    unsafe fn store(self, p: *mut f32);
-    /// Stores lanes `0..n` (`n <= 8`).
-    unsafe fn store_n(self, p: *mut f32, n: usize);
-    /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
-    /// `p[0..8]` must be valid; cheaper than a masked store).
-    unsafe fn blend_store(self, p: *mut f32, n: usize);
-}
-
-/// Portable lanes (plain arrays the compiler may vectorize).
-#[derive(Clone, Copy)]
-struct P8([f32; LANES]);
-
-impl Lanes for P8 {
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> Self {
-        P8([v; LANES])
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        P8(std::ptr::read_unaligned(p as *const [f32; LANES]))
-    }
-    #[inline(always)]
-    unsafe fn load_n(p: *const f32, n: usize) -> Self {
-        P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
-    }
-    #[inline(always)]
-    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
-        let at = |i: usize| if i < LANES { a.0[i] } else { b.0[i - LANES] };
-        (
-            P8(std::array::from_fn(|l| at(2 * l))),
-            P8(std::array::from_fn(|l| at(2 * l + 1))),
-        )
-    }
-    #[inline(always)]
-    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
-        P8(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self, b: Self) -> Self {
-        P8(std::array::from_fn(|l| a.0[l] + b.0[l]))
-    }
-    #[inline(always)]
-    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
-        P8(std::array::from_fn(|l| {
-            let y = if self.0[l] < lo.0[l] {
-                lo.0[l]
-            } else {
-                self.0[l]
-            };
-            if y > hi.0[l] {
-                hi.0[l]
-            } else {
-                y
-            }
-        }))
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        std::ptr::write_unaligned(p as *mut [f32; LANES], self.0)
-    }
-    #[inline(always)]
-    unsafe fn store_n(self, p: *mut f32, n: usize) {
-        for l in 0..n.min(LANES) {
-            *p.add(l) = self.0[l];
-        }
-    }
-    #[inline(always)]
-    unsafe fn blend_store(self, p: *mut f32, n: usize) {
-        self.store_n(p, n)
-    }
-}
-
+/// [`dw_dispatch`] on AVX2/FMA registers, into which the [`lanes::A8`]
+/// methods and their intrinsics inline.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and the arguments must satisfy
+/// [`dw_dispatch`]'s contract.
 #[cfg(target_arch = "x86_64")]
-mod avx {
-    //! AVX2/FMA lanes. The methods are `#[inline(always)]` and only called
-    //! from [`dw_avx`] (`#[target_feature(enable = "avx2,fma")]`, after
-    //! run-time detection), into which they and the intrinsics inline.
-    use super::{DwPlan, Lanes, LANES};
-    use std::arch::x86_64::*;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct A8(__m256);
-
-    /// Mask of the first `n` lanes.
-    #[inline(always)]
-    unsafe fn first(n: usize) -> __m256i {
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(LANES) as i32), idx)
-    }
-
-    /// Puts the 64-bit pairs of `v` in the order 0, 2, 1, 3.
-    #[inline(always)]
-    unsafe fn fix(v: __m256) -> __m256 {
-        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
-    }
-
-    impl Lanes for A8 {
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            A8(_mm256_set1_ps(v))
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            A8(_mm256_loadu_ps(p))
-        }
-        #[inline(always)]
-        unsafe fn load_n(p: *const f32, n: usize) -> Self {
-            A8(_mm256_maskload_ps(p, first(n)))
-        }
-        #[inline(always)]
-        unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
-            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 ..);
-            // then the 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
-            let e = _mm256_shuffle_ps::<0x88>(a.0, b.0);
-            let o = _mm256_shuffle_ps::<0xDD>(a.0, b.0);
-            (A8(fix(e)), A8(fix(o)))
-        }
-        #[inline(always)]
-        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
-            A8(_mm256_fmadd_ps(a.0, b.0, c.0))
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            A8(_mm256_add_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
-            // max_ps(a, b) / min_ps(a, b) return b when either is NaN.
-            A8(_mm256_min_ps(hi.0, _mm256_max_ps(lo.0, self.0)))
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            _mm256_storeu_ps(p, self.0)
-        }
-        #[inline(always)]
-        unsafe fn store_n(self, p: *mut f32, n: usize) {
-            _mm256_maskstore_ps(p, first(n), self.0)
-        }
-        #[inline(always)]
-        unsafe fn blend_store(self, p: *mut f32, n: usize) {
-            let old = _mm256_loadu_ps(p);
-            let m = _mm256_castsi256_ps(first(n));
-            _mm256_storeu_ps(p, _mm256_blendv_ps(old, self.0, m))
-        }
-    }
-
-    /// [`super::dw_dispatch`] on AVX2/FMA registers.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA, and the arguments must satisfy
-    /// [`super::dw_dispatch`]'s contract.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dw_avx(
-        plan: &DwPlan,
-        xp: &[f32],
-        buf: &mut [f32],
-        wk: &[f32],
-        bias: f32,
-        res: Option<&[f32]>,
-        p: &mut [f32],
-    ) {
-        super::dw_dispatch::<A8>(plan, xp, buf, wk, bias, res, p)
-    }
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_avx(
+    plan: &DwPlan,
+    xp: &[f32],
+    buf: &mut [f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    dw_dispatch::<lanes::A8>(plan, xp, buf, wk, bias, res, p)
 }
 
 super::ops::multiversion!(

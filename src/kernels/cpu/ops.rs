@@ -24,6 +24,7 @@
 use rayon::prelude::*;
 
 use super::conv::Window2d;
+use super::lanes::{self, Lanes, LANES, P8};
 use super::{CpuCtx, View, ViewMut};
 use crate::ir::{Activation, BinaryOp, EwArg, EwStep, Op, PoolAttrs, UnaryOp};
 use crate::kernels::reference::conv::window_axes;
@@ -972,9 +973,6 @@ fn layer_norm(
 // would be huge (pads or strides far beyond the kernel) take the plain
 // per-tap loop ([`pool_plain`]).
 
-/// Width of the pooling kernels' vectors.
-const PL: usize = 8;
-
 /// Layout of the scratch plane of a pooling window with column stride `s`:
 /// `ph` blocks of `s * l` floats, one per padded input row, each split into
 /// `s` phases of `l` floats, phase `q` holding the padded columns `q, q + s,
@@ -1005,7 +1003,7 @@ impl PoolPad {
         if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
             return None;
         }
-        let ow8 = win.ow.div_ceil(PL) * PL;
+        let ow8 = win.ow.div_ceil(LANES) * LANES;
         let ph = (win.oh - 1)
             .checked_mul(win.sh)?
             .checked_add((win.kh - 1).checked_mul(win.dh)?)?
@@ -1112,7 +1110,7 @@ impl<'a> PoolPlan<'a> {
             |(padded, inside): (usize, usize)| (if include_pad { padded } else { inside }) as f32;
         let (rowc, colc) = if average {
             let mut colc: Vec<f32> = (0..win.ow).map(|o| pick(win.col_counts(o))).collect();
-            colc.resize(win.ow.div_ceil(PL) * PL, 1.0);
+            colc.resize(win.ow.div_ceil(LANES) * LANES, 1.0);
             ((0..win.oh).map(|o| pick(win.row_counts(o))).collect(), colc)
         } else {
             (Vec::new(), Vec::new())
@@ -1157,12 +1155,12 @@ fn pool_padded(avx: bool, plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut 
     #[cfg(target_arch = "x86_64")]
     if avx && has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present; the sizes were checked above.
-        unsafe { pool_avx::pool_avx(plan, xp, buf, p) };
+        unsafe { pool_avx(plan, xp, buf, p) };
         return;
     }
     let _ = avx;
     // SAFETY: the sizes were checked above.
-    unsafe { pool_dispatch::<PoolP8>(plan, xp, buf, p) }
+    unsafe { pool_dispatch::<P8>(plan, xp, buf, p) }
 }
 
 /// Fills the scratch and picks the kernel instance.
@@ -1170,7 +1168,7 @@ fn pool_padded(avx: bool, plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut 
 /// # Safety
 /// The slices have the sizes [`pool_padded`] checks.
 #[inline(always)]
-unsafe fn pool_dispatch<V: PoolLanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
+unsafe fn pool_dispatch<V: Lanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
     let k3 = plan.win.kh == 3 && plan.win.kw == 3;
     match (plan.average, k3) {
         (false, true) => pool_kernel::<V, true, false>(plan, xp, buf, p),
@@ -1182,13 +1180,12 @@ unsafe fn pool_dispatch<V: PoolLanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f3
 
 /// Copies rows `rows` of input plane `xp` into the scratch positions of
 /// [`PoolPad`] (the padding is already in place): a plain copy per row at
-/// stride 1, a vector even/odd split at stride 2, a scalar scatter
-/// otherwise.
+/// stride 1, else [`lanes::fill_phases`].
 ///
 /// # Safety
 /// As [`pool_dispatch`], with `rows.end <= pad.nrows`.
 #[inline(always)]
-unsafe fn pool_fill<V: PoolLanes>(
+unsafe fn pool_fill<V: Lanes>(
     win: &Window2d,
     pad: &PoolPad,
     xp: &[f32],
@@ -1196,61 +1193,14 @@ unsafe fn pool_fill<V: PoolLanes>(
     rows: std::ops::Range<usize>,
 ) {
     let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
-    // Input column iw goes to padded column iw + left; at stride 2 the even
-    // ones to phase left % 2 from index left / 2, the odd ones to the other
-    // phase from (left + 1) / 2.
-    let ev = (left % 2) * l + left / 2;
-    let od = ((left + 1) % 2) * l + left.div_ceil(2);
     for ih in rows {
         let src = &xp[ih * win.w..ih * win.w + n];
         let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
-        let sp = src.as_ptr();
         if s == 1 {
             dst[left..left + n].copy_from_slice(src);
-        } else if s == 2 {
-            let mut j = 0;
-            while j + 2 * PL <= n {
-                let (e, o) = V::deinterleave(V::load(sp.add(j)), V::load(sp.add(j + PL)));
-                e.store(dst[ev + j / 2..ev + j / 2 + PL].as_mut_ptr());
-                o.store(dst[od + j / 2..od + j / 2 + PL].as_mut_ptr());
-                j += 2 * PL;
-            }
-            if j < n {
-                let r = n - j;
-                let a = V::load_n(sp.add(j), r.min(PL));
-                let b = if r > PL {
-                    V::load_n(sp.add(j + PL), r - PL)
-                } else {
-                    V::splat(0.0)
-                };
-                let (e, o) = V::deinterleave(a, b);
-                pool_put::<V>(dst, ev + j / 2, e, r.div_ceil(2));
-                if r > 1 {
-                    pool_put::<V>(dst, od + j / 2, o, r / 2);
-                }
-            }
         } else {
-            for q in 0..s {
-                // Phase q gets input columns iw0, iw0 + s, .. from index d.
-                let mut iw = (q + s - left % s) % s;
-                let mut d = q * l + (iw + left) / s;
-                while iw < n {
-                    dst[d] = src[iw];
-                    iw += s;
-                    d += 1;
-                }
-            }
+            lanes::fill_phases::<V>(src, dst, s, l, left);
         }
-    }
-}
-
-/// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
-#[inline(always)]
-unsafe fn pool_put<V: PoolLanes>(dst: &mut [f32], at: usize, v: V, k: usize) {
-    if at + PL <= dst.len() {
-        v.blend_store(dst.as_mut_ptr().add(at), k)
-    } else {
-        v.store_n(dst[at..at + k].as_mut_ptr(), k)
     }
 }
 
@@ -1258,7 +1208,7 @@ unsafe fn pool_put<V: PoolLanes>(dst: &mut [f32], at: usize, v: V, k: usize) {
 /// closure: closures in the generic kernels do not inline into the
 /// `target_feature` callers, and the intrinsics with them.)
 #[inline(always)]
-unsafe fn pool_tap<V: PoolLanes, const AVG: bool>(acc: V, v: V) -> V {
+unsafe fn pool_tap<V: Lanes, const AVG: bool>(acc: V, v: V) -> V {
     if AVG {
         V::add(acc, v)
     } else {
@@ -1270,7 +1220,7 @@ unsafe fn pool_tap<V: PoolLanes, const AVG: bool>(acc: V, v: V) -> V {
 /// reads start at `x0`. `K3`: a 3x3 kernel, its taps as the row step `t3.0`
 /// and 3 column offsets `t3.1`.
 #[inline(always)]
-unsafe fn pool_chunk<V: PoolLanes, const K3: bool, const AVG: bool>(
+unsafe fn pool_chunk<V: Lanes, const K3: bool, const AVG: bool>(
     x0: *const f32,
     t3: (usize, [usize; 3]),
     taps: &[usize],
@@ -1304,7 +1254,7 @@ unsafe fn pool_chunk<V: PoolLanes, const K3: bool, const AVG: bool>(
 /// # Safety
 /// As [`pool_dispatch`]; `K3` implies a 3x3 kernel.
 #[inline(always)]
-unsafe fn pool_kernel<V: PoolLanes, const K3: bool, const AVG: bool>(
+unsafe fn pool_kernel<V: Lanes, const K3: bool, const AVG: bool>(
     plan: &PoolPlan,
     xp: &[f32],
     buf: &mut [f32],
@@ -1342,10 +1292,10 @@ unsafe fn pool_kernel<V: PoolLanes, const K3: bool, const AVG: bool>(
             if AVG {
                 acc = V::div(acc, V::mul(rdiv, V::load(colc.add(o))));
             }
-            let n = (ow - o).min(PL);
+            let n = (ow - o).min(LANES);
             // Lanes past the row land in the next rows, rewritten later: a
             // full store while inside the plane, a masked one at its end.
-            if oh * ow + o + PL <= len {
+            if oh * ow + o + LANES <= len {
                 acc.store(yr.add(o));
             } else {
                 acc.store_n(yr.add(o), n);
@@ -1356,7 +1306,7 @@ unsafe fn pool_kernel<V: PoolLanes, const K3: bool, const AVG: bool>(
                     pool_max_fix(win, xp, oh, o, m, std::slice::from_raw_parts_mut(yr, ow));
                 }
             }
-            o += PL;
+            o += LANES;
         }
     }
 }
@@ -1366,7 +1316,7 @@ unsafe fn pool_kernel<V: PoolLanes, const K3: bool, const AVG: bool>(
 #[cold]
 #[inline(never)]
 fn pool_max_fix(win: &Window2d, xp: &[f32], oh: usize, o: usize, mask: u32, row: &mut [f32]) {
-    for lane in 0..PL {
+    for lane in 0..LANES {
         if mask & (1 << lane) != 0 {
             row[o + lane] = pool_max_at(win, xp, oh, o + lane);
         }
@@ -1400,195 +1350,16 @@ fn pool_max_at(win: &Window2d, xp: &[f32], oh: usize, ow: usize) -> f32 {
     }
 }
 
-/// The few vector operations the pooling kernels need, on 8 f32 lanes:
-/// AVX2 registers or a portable array. Pointers must be valid for the
-/// lanes they read or write.
-trait PoolLanes: Copy {
-    unsafe fn splat(v: f32) -> Self;
-    /// `p[0..8]`.
-    unsafe fn load(p: *const f32) -> Self;
-    /// `p[0..n]`, zeros after (`n <= 8`).
-    unsafe fn load_n(p: *const f32, n: usize) -> Self;
-    /// (even lanes, odd lanes) of the 16 lanes `a, b`.
-    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
-    /// Per lane `if x > acc { x } else { acc }`: a NaN `x` is skipped.
-    unsafe fn max(acc: Self, x: Self) -> Self;
-    unsafe fn add(a: Self, b: Self) -> Self;
-    unsafe fn mul(a: Self, b: Self) -> Self;
-    unsafe fn div(a: Self, b: Self) -> Self;
-    /// Bit `l` set when lane `l` is -inf.
-    unsafe fn neg_inf_mask(self) -> u32;
-    unsafe fn store(self, p: *mut f32);
-    /// Stores lanes `0..n` (`n <= 8`).
-    unsafe fn store_n(self, p: *mut f32, n: usize);
-    /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
-    /// `p[0..8]` must be valid).
-    unsafe fn blend_store(self, p: *mut f32, n: usize);
-}
-
-/// Portable pooling lanes (plain arrays the compiler may vectorize).
-#[derive(Clone, Copy)]
-struct PoolP8([f32; PL]);
-
-impl PoolLanes for PoolP8 {
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> Self {
-        PoolP8([v; PL])
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        PoolP8(std::ptr::read_unaligned(p as *const [f32; PL]))
-    }
-    #[inline(always)]
-    unsafe fn load_n(p: *const f32, n: usize) -> Self {
-        PoolP8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
-    }
-    #[inline(always)]
-    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
-        let at = |i: usize| if i < PL { a.0[i] } else { b.0[i - PL] };
-        (
-            PoolP8(std::array::from_fn(|l| at(2 * l))),
-            PoolP8(std::array::from_fn(|l| at(2 * l + 1))),
-        )
-    }
-    #[inline(always)]
-    unsafe fn max(acc: Self, x: Self) -> Self {
-        PoolP8(std::array::from_fn(|l| {
-            if x.0[l] > acc.0[l] {
-                x.0[l]
-            } else {
-                acc.0[l]
-            }
-        }))
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self, b: Self) -> Self {
-        PoolP8(std::array::from_fn(|l| a.0[l] + b.0[l]))
-    }
-    #[inline(always)]
-    unsafe fn mul(a: Self, b: Self) -> Self {
-        PoolP8(std::array::from_fn(|l| a.0[l] * b.0[l]))
-    }
-    #[inline(always)]
-    unsafe fn div(a: Self, b: Self) -> Self {
-        PoolP8(std::array::from_fn(|l| a.0[l] / b.0[l]))
-    }
-    #[inline(always)]
-    unsafe fn neg_inf_mask(self) -> u32 {
-        let mut m = 0;
-        for (l, &v) in self.0.iter().enumerate() {
-            m |= ((v == f32::NEG_INFINITY) as u32) << l;
-        }
-        m
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        std::ptr::write_unaligned(p as *mut [f32; PL], self.0)
-    }
-    #[inline(always)]
-    unsafe fn store_n(self, p: *mut f32, n: usize) {
-        for l in 0..n.min(PL) {
-            *p.add(l) = self.0[l];
-        }
-    }
-    #[inline(always)]
-    unsafe fn blend_store(self, p: *mut f32, n: usize) {
-        self.store_n(p, n)
-    }
-}
-
+/// [`pool_dispatch`] on AVX2 registers, into which the [`lanes::A8`]
+/// methods and their intrinsics inline.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and the arguments must satisfy
+/// [`pool_dispatch`]'s contract.
 #[cfg(target_arch = "x86_64")]
-mod pool_avx {
-    //! AVX2 pooling lanes. The methods are `#[inline(always)]` and only
-    //! called from [`pool_avx`] (`#[target_feature(enable = "avx2,fma")]`,
-    //! after run-time detection), into which they and the intrinsics inline.
-    use super::{PoolLanes, PoolPlan, PL};
-    use std::arch::x86_64::*;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct A8(__m256);
-
-    /// Mask of the first `n` lanes.
-    #[inline(always)]
-    unsafe fn first(n: usize) -> __m256i {
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(PL) as i32), idx)
-    }
-
-    /// Puts the 64-bit pairs of `v` in the order 0, 2, 1, 3.
-    #[inline(always)]
-    unsafe fn fix(v: __m256) -> __m256 {
-        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
-    }
-
-    impl PoolLanes for A8 {
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            A8(_mm256_set1_ps(v))
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            A8(_mm256_loadu_ps(p))
-        }
-        #[inline(always)]
-        unsafe fn load_n(p: *const f32, n: usize) -> Self {
-            A8(_mm256_maskload_ps(p, first(n)))
-        }
-        #[inline(always)]
-        unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
-            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 ..);
-            // then the 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
-            let e = _mm256_shuffle_ps::<0x88>(a.0, b.0);
-            let o = _mm256_shuffle_ps::<0xDD>(a.0, b.0);
-            (A8(fix(e)), A8(fix(o)))
-        }
-        #[inline(always)]
-        unsafe fn max(acc: Self, x: Self) -> Self {
-            // max_ps(x, acc) is `x > acc ? x : acc` (acc when x is NaN).
-            A8(_mm256_max_ps(x.0, acc.0))
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            A8(_mm256_add_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self, b: Self) -> Self {
-            A8(_mm256_mul_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn div(a: Self, b: Self) -> Self {
-            A8(_mm256_div_ps(a.0, b.0))
-        }
-        #[inline(always)]
-        unsafe fn neg_inf_mask(self) -> u32 {
-            let e = _mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, _mm256_set1_ps(f32::NEG_INFINITY));
-            _mm256_movemask_ps(e) as u32
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            _mm256_storeu_ps(p, self.0)
-        }
-        #[inline(always)]
-        unsafe fn store_n(self, p: *mut f32, n: usize) {
-            _mm256_maskstore_ps(p, first(n), self.0)
-        }
-        #[inline(always)]
-        unsafe fn blend_store(self, p: *mut f32, n: usize) {
-            let old = _mm256_loadu_ps(p);
-            let m = _mm256_castsi256_ps(first(n));
-            _mm256_storeu_ps(p, _mm256_blendv_ps(old, self.0, m))
-        }
-    }
-
-    /// [`super::pool_dispatch`] on AVX2 registers.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA, and the arguments must satisfy
-    /// [`super::pool_dispatch`]'s contract.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn pool_avx(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
-        super::pool_dispatch::<A8>(plan, xp, buf, p)
-    }
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pool_avx(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], p: &mut [f32]) {
+    pool_dispatch::<lanes::A8>(plan, xp, buf, p)
 }
 
 /// The plain pooling loop (no scratch) for geometries whose scratch plane

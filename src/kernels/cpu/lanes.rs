@@ -1,0 +1,310 @@
+//! The 8-lane f32 vectors shared by the register-blocked depthwise
+//! convolution ([`super::conv`]) and pooling ([`super::ops`]) kernels.
+//!
+//! The kernels are written once, generic over [`Lanes`], and instantiated
+//! twice: with [`P8`] (a plain array the compiler may vectorize) for any
+//! CPU, and with [`A8`] (an AVX2 register) inside a
+//! `#[target_feature(enable = "avx2,fma")]` entry point that is called only
+//! after run-time detection. Every method and helper here is
+//! `#[inline(always)]` and a plain function (no closures): it must inline
+//! into that entry point, intrinsics included, or the kernel loses most of
+//! its speed.
+
+/// Width of the vectors.
+pub(super) const LANES: usize = 8;
+
+/// The vector operations the depthwise and pooling kernels need, on 8 f32
+/// lanes.
+///
+/// # Safety
+/// Every method is `unsafe`: pointers must be valid for the lanes they
+/// read or write (as each method says), and [`A8`]'s methods may only run
+/// on a CPU with AVX2 and FMA.
+pub(super) trait Lanes: Copy {
+    unsafe fn splat(v: f32) -> Self;
+    /// `p[0..8]`.
+    unsafe fn load(p: *const f32) -> Self;
+    /// `p[0..n]`, zeros after (`n <= 8`).
+    unsafe fn load_n(p: *const f32, n: usize) -> Self;
+    /// (even lanes, odd lanes) of the 16 lanes `a, b`.
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
+    /// `a * b + c` (fused on AVX2/FMA).
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    unsafe fn div(a: Self, b: Self) -> Self;
+    /// Per lane `if x > acc { x } else { acc }`: a NaN `x` is skipped.
+    unsafe fn max(acc: Self, x: Self) -> Self;
+    /// Raises to `lo`, then lowers to `hi`, like Clip; NaN stays NaN.
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
+    /// Bit `l` set when lane `l` is -inf.
+    unsafe fn neg_inf_mask(self) -> u32;
+    /// Stores `p[0..8]`.
+    unsafe fn store(self, p: *mut f32);
+    /// Stores lanes `0..n` (`n <= 8`).
+    unsafe fn store_n(self, p: *mut f32, n: usize);
+    /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
+    /// `p[0..8]` must be valid; cheaper than a masked store).
+    unsafe fn blend_store(self, p: *mut f32, n: usize);
+}
+
+/// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
+///
+/// # Safety
+/// The CPU must support `V`'s instructions (the positions are checked:
+/// `at + k` past `dst` panics).
+#[inline(always)]
+pub(super) unsafe fn put<V: Lanes>(dst: &mut [f32], at: usize, v: V, k: usize) {
+    if at + LANES <= dst.len() {
+        v.blend_store(dst.as_mut_ptr().add(at), k)
+    } else {
+        v.store_n(dst[at..at + k].as_mut_ptr(), k)
+    }
+}
+
+/// Copies input row `src` into padded row `dst` split into `s >= 2` stride
+/// phases of `l` floats (phase `q` holds the padded columns `q, q + s, ..`;
+/// input column `iw` is padded column `iw + left`): a vector even/odd split
+/// at stride 2, a scalar scatter otherwise.
+///
+/// # Safety
+/// The CPU must support `V`'s instructions (the positions are checked: a
+/// `dst` too short for them panics).
+#[inline(always)]
+pub(super) unsafe fn fill_phases<V: Lanes>(
+    src: &[f32],
+    dst: &mut [f32],
+    s: usize,
+    l: usize,
+    left: usize,
+) {
+    let n = src.len();
+    let sp = src.as_ptr();
+    if s == 2 {
+        // Input column iw goes to padded column iw + left; the even ones to
+        // phase left % 2 from index left / 2, the odd ones to the other
+        // phase from (left + 1) / 2.
+        let ev = (left % 2) * l + left / 2;
+        let od = ((left + 1) % 2) * l + left.div_ceil(2);
+        let mut j = 0;
+        while j + 2 * LANES <= n {
+            let (e, o) = V::deinterleave(V::load(sp.add(j)), V::load(sp.add(j + LANES)));
+            e.store(dst[ev + j / 2..ev + j / 2 + LANES].as_mut_ptr());
+            o.store(dst[od + j / 2..od + j / 2 + LANES].as_mut_ptr());
+            j += 2 * LANES;
+        }
+        if j < n {
+            let r = n - j;
+            let a = V::load_n(sp.add(j), r.min(LANES));
+            let b = if r > LANES {
+                V::load_n(sp.add(j + LANES), r - LANES)
+            } else {
+                V::splat(0.0)
+            };
+            let (e, o) = V::deinterleave(a, b);
+            put::<V>(dst, ev + j / 2, e, r.div_ceil(2));
+            if r > 1 {
+                put::<V>(dst, od + j / 2, o, r / 2);
+            }
+        }
+    } else {
+        for q in 0..s {
+            // Phase q gets input columns iw0, iw0 + s, .. from index d.
+            let mut iw = (q + s - left % s) % s;
+            let mut d = q * l + (iw + left) / s;
+            while iw < n {
+                dst[d] = src[iw];
+                iw += s;
+                d += 1;
+            }
+        }
+    }
+}
+
+/// Portable lanes (plain arrays the compiler may vectorize).
+#[derive(Clone, Copy)]
+pub(super) struct P8([f32; LANES]);
+
+impl Lanes for P8 {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        P8([v; LANES])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        P8(std::ptr::read_unaligned(p as *const [f32; LANES]))
+    }
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self {
+        P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
+    }
+    #[inline(always)]
+    unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+        let at = |i: usize| if i < LANES { a.0[i] } else { b.0[i - LANES] };
+        (
+            P8(std::array::from_fn(|l| at(2 * l))),
+            P8(std::array::from_fn(|l| at(2 * l + 1))),
+        )
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] * b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self, b: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] / b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn max(acc: Self, x: Self) -> Self {
+        P8(std::array::from_fn(|l| {
+            if x.0[l] > acc.0[l] {
+                x.0[l]
+            } else {
+                acc.0[l]
+            }
+        }))
+    }
+    #[inline(always)]
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+        P8(std::array::from_fn(|l| {
+            let y = if self.0[l] < lo.0[l] {
+                lo.0[l]
+            } else {
+                self.0[l]
+            };
+            if y > hi.0[l] {
+                hi.0[l]
+            } else {
+                y
+            }
+        }))
+    }
+    #[inline(always)]
+    unsafe fn neg_inf_mask(self) -> u32 {
+        let mut m = 0;
+        for (l, &v) in self.0.iter().enumerate() {
+            m |= ((v == f32::NEG_INFINITY) as u32) << l;
+        }
+        m
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; LANES], self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_n(self, p: *mut f32, n: usize) {
+        for l in 0..n.min(LANES) {
+            *p.add(l) = self.0[l];
+        }
+    }
+    #[inline(always)]
+    unsafe fn blend_store(self, p: *mut f32, n: usize) {
+        self.store_n(p, n)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx::A8;
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    //! AVX2/FMA lanes. The methods are `#[inline(always)]` and only called
+    //! from the kernels' `#[target_feature(enable = "avx2,fma")]` entry
+    //! points (after run-time detection), into which they and the
+    //! intrinsics inline.
+    use super::{Lanes, LANES};
+    use std::arch::x86_64::*;
+
+    /// AVX2 lanes: one `__m256` register.
+    #[derive(Clone, Copy)]
+    pub(in crate::kernels::cpu) struct A8(__m256);
+
+    /// Mask of the first `n` lanes.
+    #[inline(always)]
+    unsafe fn first(n: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(LANES) as i32), idx)
+    }
+
+    /// Puts the 64-bit pairs of `v` in the order 0, 2, 1, 3.
+    #[inline(always)]
+    unsafe fn fix(v: __m256) -> __m256 {
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
+    }
+
+    impl Lanes for A8 {
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            A8(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            A8(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            A8(_mm256_maskload_ps(p, first(n)))
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 ..);
+            // then the 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6.
+            let e = _mm256_shuffle_ps::<0x88>(a.0, b.0);
+            let o = _mm256_shuffle_ps::<0xDD>(a.0, b.0);
+            (A8(fix(e)), A8(fix(o)))
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            A8(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            A8(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            A8(_mm256_mul_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn div(a: Self, b: Self) -> Self {
+            A8(_mm256_div_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn max(acc: Self, x: Self) -> Self {
+            // max_ps(x, acc) is `x > acc ? x : acc` (acc when x is NaN).
+            A8(_mm256_max_ps(x.0, acc.0))
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            // max_ps(a, b) / min_ps(a, b) return b when either is NaN.
+            A8(_mm256_min_ps(hi.0, _mm256_max_ps(lo.0, self.0)))
+        }
+        #[inline(always)]
+        unsafe fn neg_inf_mask(self) -> u32 {
+            let e = _mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, _mm256_set1_ps(f32::NEG_INFINITY));
+            _mm256_movemask_ps(e) as u32
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            _mm256_maskstore_ps(p, first(n), self.0)
+        }
+        #[inline(always)]
+        unsafe fn blend_store(self, p: *mut f32, n: usize) {
+            let old = _mm256_loadu_ps(p);
+            let m = _mm256_castsi256_ps(first(n));
+            _mm256_storeu_ps(p, _mm256_blendv_ps(old, self.0, m))
+        }
+    }
+}
