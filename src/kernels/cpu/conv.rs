@@ -36,7 +36,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, pack_a, pack_b, ASrc, BSrc, Epilogue, PackB, PackedA, PackedB};
-use super::lanes::{self, Lanes, LANES, P8};
+use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{ops, CpuCtx, Prepacked, View, ViewMut};
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::kernels::reference::conv::{window_axes, Axis};
@@ -413,7 +413,7 @@ fn finish_plane(f: &Fused, i: usize, plane: usize, p: &mut [f32], cx: &CpuCtx) {
 
 /// Depthwise convolution. The (batch, channel) planes are split across
 /// threads in chunks of whole planes; each plane is copied into a padded,
-/// phase-split scratch plane ([`DwPad`]) and run through the
+/// phase-split scratch plane ([`PhasePad`]) and run through the
 /// register-blocked kernel ([`dw_kernel`]), or, when that scratch would be
 /// unreasonably large (huge pads or strides), through the plain per-tap
 /// loop ([`dw_plane`]).
@@ -463,7 +463,7 @@ fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &
             }
         };
         match &plan {
-            Some(plan) => plan.pad.with_scratch(each),
+            Some(plan) => lanes::with_scratch(&DW_SCRATCH, plan.pad, 0.0, each),
             None => each(&mut []),
         }
     };
@@ -487,136 +487,25 @@ fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &
 /// Output elements a parallel depthwise task aims at.
 const DW_TASK_WORK: usize = 4096;
 
-/// Scratch planes larger than this (floats) are not kept per thread.
-const DW_KEEP_MAX: usize = 1 << 22;
-
 thread_local! {
-    /// A thread's depthwise scratch plane and the layout whose padding it
-    /// holds zeros for.
-    static DW_SCRATCH: std::cell::RefCell<(Vec<f32>, Option<DwPad>)> =
-        const { std::cell::RefCell::new((Vec::new(), None)) };
-}
-
-/// Layout of the scratch plane of a depthwise convolution with column
-/// stride `s`: `ph` blocks of `s * l` floats, one per padded input row,
-/// each split into `s` phases of `l` floats, phase `q` holding the padded
-/// columns `q, q + s, q + 2s, ..`. Input `(ih, iw)` sits at padded position
-/// `(ih + top, iw + left)`; everything else is zero. Output column `ow`,
-/// kernel column `kj` reads padded column `ow * s + kj * dw`, that is phase
-/// `(kj * dw) % s`, index `ow + (kj * dw) / s`: consecutive outputs read
-/// consecutive floats at every stride. The layout covers all that full
-/// chunks of 8 outputs read (`ow` rounded up to 8), so the kernel needs no
-/// bounds tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DwPad {
-    ph: usize,
-    s: usize,
-    l: usize,
-    /// Input rows copied (those inside the scratch).
-    nrows: usize,
-    /// Input columns copied per row (those inside the scratch).
-    ncols: usize,
-    top: usize,
-    left: usize,
-}
-
-impl DwPad {
-    /// `None` when the scratch would be much larger than the input and the
-    /// output together, or the window is degenerate.
-    fn new(win: &Window2d) -> Option<DwPad> {
-        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
-            return None;
-        }
-        let ow8 = win.ow.div_ceil(LANES) * LANES;
-        let ph = (win.oh - 1)
-            .checked_mul(win.sh)?
-            .checked_add((win.kh - 1).checked_mul(win.dh)?)?
-            .checked_add(1)?;
-        let s = win.sw;
-        let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
-        let size = ph.checked_mul(s)?.checked_mul(l)?;
-        // About the input plane for usual geometries; far more only with
-        // strides or pads much larger than the kernel.
-        let budget = win
-            .in_plane()
-            .checked_add(win.out_plane())?
-            .checked_mul(2)?
-            .checked_add(4096)?;
-        if size > budget {
-            return None;
-        }
-        Some(DwPad {
-            ph,
-            s,
-            l,
-            nrows: ph.saturating_sub(win.pad_top).min(win.h),
-            ncols: (s * l).saturating_sub(win.pad_left).min(win.w),
-            top: win.pad_top,
-            left: win.pad_left,
-        })
-    }
-
-    /// Floats per padded row.
-    fn row(&self) -> usize {
-        self.s * self.l
-    }
-
-    fn size(&self) -> usize {
-        self.ph * self.row()
-    }
-
-    /// Runs `f` on a scratch plane of this layout with zero padding: the
-    /// thread's kept one when free and small enough, else a fresh one.
-    fn with_scratch(self, f: impl FnOnce(&mut [f32])) {
-        let size = self.size();
-        let mut f = Some(f);
-        if size <= DW_KEEP_MAX {
-            DW_SCRATCH.with(|cell| {
-                // Busy only if a kernel re-entered on this thread; then the
-                // fresh buffer below is used.
-                let Ok(mut s) = cell.try_borrow_mut() else {
-                    return;
-                };
-                let (buf, layout) = &mut *s;
-                if *layout != Some(self) || buf.len() != size {
-                    // Only the input positions are rewritten per plane, so
-                    // the padding stays zero while the layout is kept.
-                    buf.clear();
-                    buf.resize(size, 0.0);
-                    *layout = Some(self);
-                }
-                if let Some(f) = f.take() {
-                    f(buf);
-                }
-            });
-        }
-        if let Some(f) = f {
-            f(&mut vec![0.0; size]);
-        }
-    }
+    /// A thread's depthwise scratch plane.
+    static DW_SCRATCH: lanes::Scratch = const { lanes::Scratch::new((Vec::new(), None)) };
 }
 
 /// Everything about a depthwise convolution the kernel needs besides one
 /// plane's data.
 struct DwPlan<'a> {
     win: &'a Window2d,
-    pad: DwPad,
-    /// Offset of tap `ki * kw + kj` from an output's first read:
-    /// `ki * dh * row + ((kj * dw) % s) * l + (kj * dw) / s`.
+    pad: PhasePad,
+    /// [`PhasePad::taps`].
     taps: Vec<usize>,
     clamp: Option<(f32, f32)>,
 }
 
 impl<'a> DwPlan<'a> {
     fn new(win: &'a Window2d, clamp: Option<(f32, f32)>) -> Option<DwPlan<'a>> {
-        let pad = DwPad::new(win)?;
-        let mut taps = Vec::with_capacity(win.kh * win.kw);
-        for ki in 0..win.kh {
-            for kj in 0..win.kw {
-                let off = kj * win.dw;
-                taps.push(ki * win.dh * pad.row() + (off % pad.s) * pad.l + off / pad.s);
-            }
-        }
+        let pad = PhasePad::new(win)?;
+        let taps = pad.taps(win);
         Some(DwPlan {
             win,
             pad,
@@ -687,14 +576,14 @@ unsafe fn dw_dispatch<V: Lanes>(
     }
 }
 
-/// Copies input plane `xp` into the scratch positions of [`DwPad`] (the
+/// Copies input plane `xp` into the scratch positions of [`PhasePad`] (the
 /// padding is already zero): a vector copy per row at stride 1, else
 /// [`lanes::fill_phases`].
 ///
 /// # Safety
 /// As [`dw_dispatch`].
 #[inline(always)]
-unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &DwPad, xp: &[f32], buf: &mut [f32]) {
+unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &PhasePad, xp: &[f32], buf: &mut [f32]) {
     let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
     for ih in 0..pad.nrows {
         let src = &xp[ih * win.w..ih * win.w + n];
@@ -1727,7 +1616,7 @@ mod tests {
             oh: 3,
             ow: 3,
         };
-        assert!(DwPad::new(&win).is_none());
+        assert!(PhasePad::new(&win).is_none());
         check(&c, 600);
     }
 
@@ -1750,10 +1639,10 @@ mod tests {
             oh: 7,
             ow: 7,
         };
-        let p = DwPad::new(&win).unwrap();
+        let p = PhasePad::new(&win).unwrap();
         assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (9, 1, 10, 7, 7));
         (win.h, win.w, win.sh, win.sw) = (14, 14, 2, 2);
-        let p = DwPad::new(&win).unwrap();
+        let p = PhasePad::new(&win).unwrap();
         assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (15, 2, 9, 14, 14));
         let plan = DwPlan::new(&win, None).unwrap();
         // Taps: row step 15 * 2 * 9 / 15 = 18 floats; kj = 0, 1, 2 read

@@ -1,5 +1,11 @@
-//! The 8-lane f32 vectors shared by the register-blocked depthwise
-//! convolution ([`super::conv`]) and pooling ([`super::ops`]) kernels.
+//! The 8-lane f32 vectors and the stride-phase scratch planes shared by
+//! the register-blocked depthwise convolution ([`super::conv`]) and pooling
+//! ([`super::ops`]) kernels.
+//!
+//! Both kernels copy each input plane into a padded scratch plane whose
+//! rows are split by the column stride ([`PhasePad`]), so that every tap of
+//! 8 neighbouring outputs is one contiguous vector load without bounds
+//! tests, and keep the 8 outputs' running result in a register.
 //!
 //! The kernels are written once, generic over [`Lanes`], and instantiated
 //! twice: with [`P8`] (a plain array the compiler may vectorize) for any
@@ -10,8 +16,140 @@
 //! into that entry point, intrinsics included, or the kernel loses most of
 //! its speed.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use super::conv::Window2d;
+
 /// Width of the vectors.
 pub(super) const LANES: usize = 8;
+
+/// Layout of the scratch plane of a window with column stride `s`: `ph`
+/// blocks of `s * l` floats, one per padded input row, each split into `s`
+/// phases of `l` floats, phase `q` holding the padded columns `q`, `q + s`,
+/// `q + 2s`, ... Input `(ih, iw)` sits at padded position `(ih + top, iw +
+/// left)`; everything else holds the padding value (0 for a convolution or
+/// an average, -inf for a max). Output column `ow`, kernel column `kj`
+/// reads padded column `ow * s + kj * dw`, that is phase `(kj * dw) % s`,
+/// index `ow + (kj * dw) / s`: consecutive outputs read consecutive floats
+/// at every stride. The layout covers all that full chunks of 8 outputs
+/// read (`ow` rounded up to 8) and every row a window reaches (also past
+/// the bottom padding in ceil mode), so the kernels need no bounds tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PhasePad {
+    pub(super) ph: usize,
+    pub(super) s: usize,
+    pub(super) l: usize,
+    /// Input rows copied (those inside the scratch).
+    pub(super) nrows: usize,
+    /// Input columns copied per row (those inside the scratch).
+    pub(super) ncols: usize,
+    pub(super) top: usize,
+    pub(super) left: usize,
+}
+
+impl PhasePad {
+    /// `None` when the scratch would be much larger than the input and the
+    /// output together, or the window is degenerate.
+    pub(super) fn new(win: &Window2d) -> Option<PhasePad> {
+        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
+            return None;
+        }
+        let ow8 = win.ow.div_ceil(LANES) * LANES;
+        let ph = (win.oh - 1)
+            .checked_mul(win.sh)?
+            .checked_add((win.kh - 1).checked_mul(win.dh)?)?
+            .checked_add(1)?;
+        let s = win.sw;
+        let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
+        let size = ph.checked_mul(s)?.checked_mul(l)?;
+        // About the input plane for usual geometries; far more only with
+        // strides or pads much larger than the kernel.
+        let budget = win
+            .in_plane()
+            .checked_add(win.out_plane())?
+            .checked_mul(2)?
+            .checked_add(4096)?;
+        if size > budget {
+            return None;
+        }
+        Some(PhasePad {
+            ph,
+            s,
+            l,
+            nrows: ph.saturating_sub(win.pad_top).min(win.h),
+            ncols: (s * l).saturating_sub(win.pad_left).min(win.w),
+            top: win.pad_top,
+            left: win.pad_left,
+        })
+    }
+
+    /// Floats per padded row.
+    pub(super) fn row(&self) -> usize {
+        self.s * self.l
+    }
+
+    pub(super) fn size(&self) -> usize {
+        self.ph * self.row()
+    }
+
+    /// Offset of tap `ki * kw + kj` of window `win` (the one this layout
+    /// was made for) from an output's first read: `ki * dh * row + ((kj *
+    /// dw) % s) * l + (kj * dw) / s`.
+    pub(super) fn taps(&self, win: &Window2d) -> Vec<usize> {
+        let mut taps = Vec::with_capacity(win.kh * win.kw);
+        for ki in 0..win.kh {
+            for kj in 0..win.kw {
+                let off = kj * win.dw;
+                taps.push(ki * win.dh * self.row() + (off % self.s) * self.l + off / self.s);
+            }
+        }
+        taps
+    }
+}
+
+/// A thread's kept scratch plane, with the layout and the padding value
+/// (its bits) it holds.
+pub(super) type Scratch = RefCell<(Vec<f32>, Option<(PhasePad, u32)>)>;
+
+/// Scratch planes larger than this (floats) are not kept per thread.
+const KEEP_MAX: usize = 1 << 22;
+
+/// Runs `f` on a scratch plane of layout `pad` with padding `fill` (the
+/// kernels rewrite only the input positions, so the padding stays while
+/// the layout is kept): the thread's plane in `kept` when free and small
+/// enough, else a fresh one.
+pub(super) fn with_scratch(
+    kept: &'static LocalKey<Scratch>,
+    pad: PhasePad,
+    fill: f32,
+    f: impl FnOnce(&mut [f32]),
+) {
+    let size = pad.size();
+    let key = Some((pad, fill.to_bits()));
+    let mut f = Some(f);
+    if size <= KEEP_MAX {
+        kept.with(|cell| {
+            // Busy only if a kernel re-entered on this thread; then the
+            // fresh buffer below is used.
+            let Ok(mut s) = cell.try_borrow_mut() else {
+                return;
+            };
+            let (buf, layout) = &mut *s;
+            if *layout != key || buf.len() != size {
+                buf.clear();
+                buf.resize(size, fill);
+                *layout = key;
+            }
+            if let Some(f) = f.take() {
+                f(buf);
+            }
+        });
+    }
+    if let Some(f) = f {
+        f(&mut vec![fill; size]);
+    }
+}
 
 /// The vector operations the depthwise and pooling kernels need, on 8 f32
 /// lanes.

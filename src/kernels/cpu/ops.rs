@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 
 use super::conv::Window2d;
-use super::lanes::{self, Lanes, LANES, P8};
+use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{CpuCtx, View, ViewMut};
 use crate::ir::{Activation, BinaryOp, EwArg, EwStep, Op, PoolAttrs, UnaryOp};
 use crate::kernels::reference::conv::window_axes;
@@ -964,7 +964,7 @@ fn layer_norm(
 // ---------------------------------------------------------------------------
 // Pooling
 //
-// Each (batch, channel) plane is copied into a scratch plane ([`PoolPad`])
+// Each (batch, channel) plane is copied into a scratch plane ([`PhasePad`])
 // that holds the padding (-inf for a max, 0 for an average) and splits each
 // row by the column stride, so that a kernel tap reads 8 neighbouring
 // outputs' inputs as one contiguous vector load without bounds tests. The
@@ -973,121 +973,16 @@ fn layer_norm(
 // would be huge (pads or strides far beyond the kernel) take the plain
 // per-tap loop ([`pool_plain`]).
 
-/// Layout of the scratch plane of a pooling window with column stride `s`:
-/// `ph` blocks of `s * l` floats, one per padded input row, each split into
-/// `s` phases of `l` floats, phase `q` holding the padded columns `q, q + s,
-/// q + 2s, ..`. Input `(ih, iw)` sits at padded position `(ih + top, iw +
-/// left)`; everything else holds the padding value. Output column `ow`,
-/// kernel column `kj` reads padded column `ow * s + kj * dw`, that is phase
-/// `(kj * dw) % s`, index `ow + (kj * dw) / s`: consecutive outputs read
-/// consecutive floats at every stride. The layout covers all that full
-/// chunks of 8 outputs read (`ow` rounded up to 8), and every row a window
-/// reaches (also past the bottom padding in ceil mode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct PoolPad {
-    ph: usize,
-    s: usize,
-    l: usize,
-    /// Input rows copied (those inside the scratch).
-    nrows: usize,
-    /// Input columns copied per row (those inside the scratch).
-    ncols: usize,
-    top: usize,
-    left: usize,
-}
-
-impl PoolPad {
-    /// `None` when the scratch would be much larger than the input and the
-    /// output together, or the window is degenerate.
-    fn new(win: &Window2d) -> Option<PoolPad> {
-        if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
-            return None;
-        }
-        let ow8 = win.ow.div_ceil(LANES) * LANES;
-        let ph = (win.oh - 1)
-            .checked_mul(win.sh)?
-            .checked_add((win.kh - 1).checked_mul(win.dh)?)?
-            .checked_add(1)?;
-        let s = win.sw;
-        let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
-        let size = ph.checked_mul(s)?.checked_mul(l)?;
-        let budget = win
-            .in_plane()
-            .checked_add(win.out_plane())?
-            .checked_mul(2)?
-            .checked_add(4096)?;
-        if size > budget {
-            return None;
-        }
-        Some(PoolPad {
-            ph,
-            s,
-            l,
-            nrows: ph.saturating_sub(win.pad_top).min(win.h),
-            ncols: (s * l).saturating_sub(win.pad_left).min(win.w),
-            top: win.pad_top,
-            left: win.pad_left,
-        })
-    }
-
-    /// Floats per padded row.
-    fn row(&self) -> usize {
-        self.s * self.l
-    }
-
-    fn size(&self) -> usize {
-        self.ph * self.row()
-    }
-}
-
-/// Scratch planes larger than this (floats) are not kept per thread.
-const POOL_KEEP_MAX: usize = 1 << 22;
-
-/// A thread's pooling scratch plane, with the layout and the padding value
-/// (its bits) it holds.
-type PoolScratch = (Vec<f32>, Option<(PoolPad, u32)>);
-
 thread_local! {
-    static POOL_SCRATCH: std::cell::RefCell<PoolScratch> =
-        const { std::cell::RefCell::new((Vec::new(), None)) };
-}
-
-/// Runs `f` on a scratch plane of layout `pad` filled with `fill` (the
-/// kernels rewrite only the input positions, so the padding stays): the
-/// thread's kept one when free and small enough, else a fresh one.
-fn with_pool_scratch(pad: PoolPad, fill: f32, f: impl FnOnce(&mut [f32])) {
-    let size = pad.size();
-    let key = Some((pad, fill.to_bits()));
-    let mut f = Some(f);
-    if size <= POOL_KEEP_MAX {
-        POOL_SCRATCH.with(|cell| {
-            // Busy only if a kernel re-entered on this thread; then the
-            // fresh buffer below is used.
-            let Ok(mut s) = cell.try_borrow_mut() else {
-                return;
-            };
-            let (buf, layout) = &mut *s;
-            if *layout != key || buf.len() != size {
-                buf.clear();
-                buf.resize(size, fill);
-                *layout = key;
-            }
-            if let Some(f) = f.take() {
-                f(buf);
-            }
-        });
-    }
-    if let Some(f) = f {
-        f(&mut vec![fill; size]);
-    }
+    /// A thread's pooling scratch plane.
+    static POOL_SCRATCH: lanes::Scratch = const { lanes::Scratch::new((Vec::new(), None)) };
 }
 
 /// Everything the padded pooling kernel needs besides one plane's data.
 struct PoolPlan<'a> {
     win: &'a Window2d,
-    pad: PoolPad,
-    /// Offset of tap `ki * kw + kj` from an output's first read:
-    /// `ki * dh * row + ((kj * dw) % s) * l + (kj * dw) / s`.
+    pad: PhasePad,
+    /// [`PhasePad::taps`].
     taps: Vec<usize>,
     average: bool,
     /// AveragePool's divisor of output `(oh, ow)` is `rowc[oh] * colc[ow]`
@@ -1098,14 +993,8 @@ struct PoolPlan<'a> {
 
 impl<'a> PoolPlan<'a> {
     fn new(win: &'a Window2d, average: bool, include_pad: bool) -> Option<PoolPlan<'a>> {
-        let pad = PoolPad::new(win)?;
-        let mut taps = Vec::with_capacity(win.kh * win.kw);
-        for ki in 0..win.kh {
-            for kj in 0..win.kw {
-                let off = kj * win.dw;
-                taps.push(ki * win.dh * pad.row() + (off % pad.s) * pad.l + off / pad.s);
-            }
-        }
+        let pad = PhasePad::new(win)?;
+        let taps = pad.taps(win);
         let pick =
             |(padded, inside): (usize, usize)| (if include_pad { padded } else { inside }) as f32;
         let (rowc, colc) = if average {
@@ -1179,7 +1068,7 @@ unsafe fn pool_dispatch<V: Lanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], 
 }
 
 /// Copies rows `rows` of input plane `xp` into the scratch positions of
-/// [`PoolPad`] (the padding is already in place): a plain copy per row at
+/// [`PhasePad`] (the padding is already in place): a plain copy per row at
 /// stride 1, else [`lanes::fill_phases`].
 ///
 /// # Safety
@@ -1187,7 +1076,7 @@ unsafe fn pool_dispatch<V: Lanes>(plan: &PoolPlan, xp: &[f32], buf: &mut [f32], 
 #[inline(always)]
 unsafe fn pool_fill<V: Lanes>(
     win: &Window2d,
-    pad: &PoolPad,
+    pad: &PhasePad,
     xp: &[f32],
     buf: &mut [f32],
     rows: std::ops::Range<usize>,
@@ -1484,7 +1373,7 @@ fn pool(
         let fill = plan.fill();
         split(cx, out.data, out_plane, cost, |off, d| {
             let p0 = off / out_plane;
-            with_pool_scratch(plan.pad, fill, |buf| {
+            lanes::with_scratch(&POOL_SCRATCH, plan.pad, fill, |buf| {
                 for (j, p) in d.chunks_exact_mut(out_plane).enumerate() {
                     let i = p0 + j;
                     pool_padded(avx, &plan, &xd[i * in_plane..(i + 1) * in_plane], buf, p);
