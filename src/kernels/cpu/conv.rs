@@ -239,6 +239,18 @@ impl Window2d {
         self.oh * self.ow
     }
 
+    /// A 1x1 window with stride 1 and no padding: output = input pixels.
+    pub fn pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+
     pub fn in_plane(&self) -> usize {
         self.h * self.w
     }
@@ -809,14 +821,7 @@ fn via_gemm(
     let win = &g.win;
     let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
     let k = g.cg * win.kh * win.kw;
-    let pointwise = win.kh == 1
-        && win.kw == 1
-        && win.sh == 1
-        && win.sw == 1
-        && win.pad_top == 0
-        && win.pad_left == 0
-        && win.oh == win.h
-        && win.ow == win.w;
+    let pointwise = win.pointwise();
     let product = |ni: usize, gi: usize, y: &mut [f32], padded: &mut Vec<f32>| {
         let x0 = (ni * g.c + gi * g.cg) * in_plane;
         let xg = &x[x0..x0 + g.cg * in_plane];
@@ -930,10 +935,17 @@ fn via_transposed_gemm(
                 for gi in 0..g.group {
                     let x0 = (ni * g.c + gi * g.cg) * in_plane;
                     let xg = &x[x0..x0 + g.cg * in_plane];
-                    // One panel of P columns is the row-major matrix.
-                    Im2col::new(win, g.cg, xg, padded, cx).pack(&mut cols[..k * p], p, 0, k, 0, p);
+                    let cols: &[f32] = if win.pointwise() {
+                        // The input is its own im2col matrix.
+                        xg
+                    } else {
+                        // One panel of P columns is the row-major matrix.
+                        let m = &mut cols[..k * p];
+                        Im2col::new(win, g.cg, xg, padded, cx).pack(m, p, 0, k, 0, p);
+                        m
+                    };
                     let a = ASrc::Raw {
-                        a: &cols[..k * p],
+                        a: cols,
                         lda: p,
                         trans: true,
                     };
@@ -946,15 +958,32 @@ fn via_transposed_gemm(
                     };
                     let c = &mut ct[..p * g.mg];
                     gemm(p, g.mg, k, 1.0, a, BSrc::Packed(&wt[gi]), c, g.mg, &ep, cx);
-                    for ch in 0..g.mg {
-                        let i = ni * g.m + gi * g.mg + ch;
-                        let plane = &mut y[i * p..(i + 1) * p];
-                        for (j, v) in plane.iter_mut().enumerate() {
-                            *v = c[j * g.mg + ch];
+                    // Cᵀ into the group's output planes, channels split
+                    // across the threads.
+                    let c: &[f32] = c;
+                    let first = ni * g.m + gi * g.mg;
+                    let planes = &mut y[first * p..(first + g.mg) * p];
+                    let channels = |ch0: usize, out: &mut [f32]| {
+                        for (d, plane) in out.chunks_exact_mut(p).enumerate() {
+                            let ch = ch0 + d;
+                            for (j, v) in plane.iter_mut().enumerate() {
+                                *v = c[j * g.mg + ch];
+                            }
+                            if f.residual.is_some() {
+                                finish_plane(f, first + ch, p, plane, cx);
+                            }
                         }
-                        if f.residual.is_some() {
-                            finish_plane(f, i, p, plane, cx);
-                        }
+                    };
+                    if cx.threads > 1 && planes.len() >= PAR_MIN_WORK {
+                        let per = g.mg.div_ceil(4 * cx.threads);
+                        cx.install(|| {
+                            planes
+                                .par_chunks_mut(per * p)
+                                .enumerate()
+                                .for_each(|(t, out)| channels(t * per, out))
+                        });
+                    } else {
+                        channels(0, planes);
                     }
                 }
             }
@@ -1347,6 +1376,13 @@ mod tests {
         c.strides = vec![2, 2];
         c.act = Some(Activation::Relu);
         check(&c, 23);
+        // Pointwise on a 7x7 plane, big enough to split the output planes
+        // across threads, with a residual.
+        let mut c = case(&[1, 32, 7, 7], 400, &[1, 1]);
+        c.bias = true;
+        c.residual = true;
+        c.act = Some(Activation::Clip { min: 0.0, max: 6.0 });
+        check(&c, 24);
     }
 
     #[test]
