@@ -35,7 +35,9 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, pack_a, pack_b, ASrc, BSrc, Epilogue, PackB, PackedA, PackedB};
+use super::gemm::{
+    gemm, gemm_direct, pack_a, pack_b, ASrc, BSrc, DirectSeg, Epilogue, PackB, PackedA, PackedB,
+};
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{ops, CpuCtx, Prepacked, View, ViewMut};
 use crate::ir::{Activation, ConvAttrs, Op};
@@ -172,9 +174,25 @@ pub fn run_packed(
             Some(Prepacked::ConvWeights(p))
                 if p.len() == g.group && p.iter().all(|a| a.m() == g.mg && a.k() == k) =>
             {
-                via_gemm(&g, x.data, w.data, Some(p), &fused, out.data, cx)
+                if !(direct(&g, cx) && via_direct(&g, x.data, p, &fused, out.data, cx)) {
+                    via_gemm(&g, x.data, w.data, Some(p), &fused, out.data, cx)
+                }
             }
-            _ => via_gemm(&g, x.data, w.data, None, &fused, out.data, cx),
+            _ => {
+                let done = direct(&g, cx) && {
+                    // Weights not prepacked (not constant): packed here.
+                    let packs: Vec<PackedA> = (0..g.group)
+                        .map(|gi| {
+                            let wg = &w.data[gi * g.mg * k..(gi + 1) * g.mg * k];
+                            pack_a(g.mg, k, wg, k, false, cx.features)
+                        })
+                        .collect();
+                    via_direct(&g, x.data, &packs, &fused, out.data, cx)
+                };
+                if !done {
+                    via_gemm(&g, x.data, w.data, None, &fused, out.data, cx)
+                }
+            }
         }
     }
     Ok(true)
@@ -991,6 +1009,97 @@ fn via_transposed_gemm(
     });
 }
 
+/// Output rows narrower than this stay on the im2col path (a direct
+/// segment computes whole vectors of 16 pixels).
+const DIRECT_MIN_OW: usize = 16;
+/// Fewer output channels per group than this stay on the im2col path.
+const DIRECT_MIN_MG: usize = 16;
+
+/// Whether a convolution runs direct ([`via_direct`]): on the AVX-512
+/// kernel, with a real window (a plain pointwise convolution reads its
+/// input in place already), output rows wide enough to fill 16-pixel
+/// vectors and enough output channels to share each B row.
+fn direct(g: &ConvGeom, cx: &CpuCtx) -> bool {
+    let f = cx.features;
+    f.avx512f
+        && f.avx2_fma
+        && !g.win.pointwise()
+        && g.win.ow >= DIRECT_MIN_OW
+        && g.mg >= DIRECT_MIN_MG
+}
+
+/// Direct convolution, per batch item and group: `Y[M/G, OH*OW] = W ·
+/// cols` on the AVX-512 kernel with no im2col panel ever packed. The input
+/// is copied once into the padded, stride-de-interleaved layout of
+/// [`Im2col`], where the taps of consecutive output pixels along a row read
+/// consecutive floats: B's row for depth p over pixels (oh, ow0..) is the
+/// run at `tap_base(p) + oh * sh * row + ow0` ([`gemm_direct`] with a
+/// per-depth offset table and one segment per run of at most 32 pixels of
+/// an output row). Bias, residual and activation go into the epilogue.
+/// `false` (nothing written) when the GEMM does not take the direct path
+/// (the weights were packed for another kernel).
+fn via_direct(
+    g: &ConvGeom,
+    x: &[f32],
+    packs: &[PackedA],
+    f: &Fused,
+    y: &mut [f32],
+    cx: &CpuCtx,
+) -> bool {
+    let win = &g.win;
+    let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
+    let (taps, k) = (win.kh * win.kw, g.cg * win.kh * win.kw);
+    PADDED.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let padded = match guard.as_deref_mut() {
+            Ok(v) => v,
+            Err(_) => &mut fresh,
+        };
+        let mut offs = Vec::with_capacity(k);
+        let mut segs = Vec::with_capacity(win.oh * win.ow.div_ceil(32));
+        for ni in 0..g.n {
+            for gi in 0..g.group {
+                let x0 = (ni * g.c + gi * g.cg) * in_plane;
+                let xg = &x[x0..x0 + g.cg * in_plane];
+                let cols = Im2col::new(win, g.cg, xg, padded, cx);
+                if offs.is_empty() {
+                    // The same table and segments for every (batch, group).
+                    offs.extend((0..k).map(|p| {
+                        let (c, tap) = (p / taps, p % taps);
+                        cols.tap_base(c, tap / win.kw, tap % win.kw)
+                    }));
+                    for oh in 0..win.oh {
+                        for ow0 in (0..win.ow).step_by(32) {
+                            segs.push(DirectSeg {
+                                col: oh * win.ow + ow0,
+                                b_off: oh * win.sh * cols.row + ow0,
+                                width: 32.min(win.ow - ow0),
+                            });
+                        }
+                    }
+                }
+                let y0 = (ni * g.m + gi * g.mg) * out_plane;
+                let ylen = g.mg * out_plane;
+                let ep = Epilogue {
+                    bias_col: None,
+                    bias_row: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
+                    residual: f.residual.map(|r| &r[y0..y0 + ylen]),
+                    act: f.act,
+                };
+                let c = &mut y[y0..y0 + ylen];
+                if !gemm_direct(&packs[gi], cols.xp, &offs, &segs, c, out_plane, &ep, cx) {
+                    // Every call takes the same decision: only the first
+                    // can decline, before anything is written.
+                    debug_assert!(ni == 0 && gi == 0);
+                    return false;
+                }
+            }
+        }
+        true
+    })
+}
+
 /// The im2col matrix of one (batch item, group) as a generated GEMM
 /// operand: row `(c * kh + ki) * kw + kj`, column `oh * OW + ow` holds the
 /// input value that tap (ki, kj) of output (oh, ow) reads in channel `c`, 0
@@ -1383,6 +1492,98 @@ mod tests {
         c.residual = true;
         c.act = Some(Activation::Clip { min: 0.0, max: 6.0 });
         check(&c, 24);
+    }
+
+    /// Whether `c` takes the direct path with the detected features (so
+    /// that [`check`] exercises it).
+    fn takes_direct(c: &Case) -> bool {
+        let attrs = ConvAttrs {
+            kernel_shape: c.k.clone(),
+            strides: c.strides.clone(),
+            dilations: c.dilations.clone(),
+            pads: c.pads.clone(),
+            auto_pad: c.auto_pad,
+            group: c.group,
+        };
+        let x = random(&c.x, 0, 1.0);
+        let mut ws = vec![c.m, c.x[1] / c.group];
+        ws.extend(&c.k);
+        let w = random(&ws, 0, 1.0);
+        let out =
+            crate::kernels::reference::eval(&Op::Conv(attrs.clone()), &[Some(&x), Some(&w)], 1)
+                .unwrap()
+                .remove(0);
+        fn view(t: &Tensor) -> View<'_> {
+            View {
+                shape: t.shape(),
+                data: t.as_f32().unwrap(),
+            }
+        }
+        let g = ConvGeom::new(&attrs, &view(&x), &view(&w), out.shape()).unwrap();
+        direct(&g, &CpuCtx::single(Features::detect()))
+    }
+
+    #[test]
+    fn direct_convolutions() {
+        let f = Features::detect();
+        let avx512 = f.avx512f && f.avx2_fma;
+        let mut cases = Vec::new();
+        // Rows of 40 pixels (a 32-wide and an 8-wide segment), bias,
+        // residual and a fused Relu, big enough for two threads.
+        let mut c = case(&[1, 8, 12, 40], 20, &[3, 3]);
+        c.pads = vec![1; 4];
+        c.bias = true;
+        c.residual = true;
+        c.act = Some(Activation::Relu);
+        cases.push(c);
+        // Strides, dilations and uneven pads (de-interleaved rows).
+        let mut c = case(&[1, 5, 30, 70], 17, &[3, 3]);
+        c.pads = vec![1, 2, 0, 1];
+        c.strides = vec![2, 2];
+        c.dilations = vec![2, 1];
+        c.bias = true;
+        cases.push(c);
+        let mut c = case(&[2, 3, 9, 50], 16, &[2, 3]);
+        c.strides = vec![1, 3];
+        c.dilations = vec![1, 2];
+        cases.push(c);
+        // Two depth blocks (K = 360), a residual and an activation applied
+        // after the store.
+        let mut c = case(&[1, 40, 10, 20], 33, &[3, 3]);
+        c.pads = vec![1; 4];
+        c.residual = true;
+        c.act = Some(Activation::Sigmoid);
+        cases.push(c);
+        // Groups, and two batch items.
+        let mut c = case(&[2, 32, 6, 24], 32, &[3, 3]);
+        c.group = 2;
+        c.pads = vec![0, 1, 0, 1];
+        c.bias = true;
+        c.act = Some(Activation::Clip { min: 0.0, max: 6.0 });
+        cases.push(c);
+        // 1-D, and a 7x7 stride-2 stem.
+        let mut c = case(&[2, 6, 50], 16, &[5]);
+        c.pads = vec![2, 2];
+        cases.push(c);
+        let mut c = case(&[1, 3, 40, 40], 16, &[7, 7]);
+        c.pads = vec![3; 4];
+        c.strides = vec![2, 2];
+        c.bias = true;
+        c.act = Some(Activation::Relu);
+        cases.push(c);
+        // A strided 1x1 (not a plain pointwise convolution).
+        let mut c = case(&[1, 24, 34, 34], 48, &[1, 1]);
+        c.strides = vec![2, 2];
+        c.residual = true;
+        cases.push(c);
+        for (i, c) in cases.iter().enumerate() {
+            assert_eq!(takes_direct(c), avx512, "{c:?}");
+            check(c, 300 + i as u64);
+        }
+        // Too narrow or too few channels: the im2col path.
+        assert!(!takes_direct(&case(&[1, 8, 30, 15], 32, &[3, 3])));
+        assert!(!takes_direct(&case(&[1, 8, 30, 30], 8, &[3, 3])));
+        assert!(!takes_direct(&case(&[1, 8, 30, 30], 32, &[1, 1])));
     }
 
     #[test]

@@ -272,6 +272,174 @@ pub fn sgemm_packed(
     gemm(m, b.n, b.k, alpha, a, BSrc::Packed(b), c, ldc, ep, cx);
 }
 
+/// A run of up to 32 columns of a B read in place through a depth offset
+/// table (see [`gemm_direct`]): columns `col..col + width` of C, whose B
+/// row p starts at `offs[p] + b_off` in the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectSeg {
+    pub col: usize,
+    pub b_off: usize,
+    pub width: usize,
+}
+
+/// `C[m × ·] = A · B + epilogue` with A prepacked ([`pack_a`]) and B never
+/// packed: the columns of C come in segments ([`DirectSeg`]), and the B
+/// values of a segment's depth p are the `width` consecutive floats at
+/// `data[offs[p] + b_off..]`. A direct convolution is this product with
+/// `data` the padded input, `offs` where each tap reads and a segment per
+/// run of output pixels along a row. Columns of C outside the segments are
+/// not touched. AVX-512 only: returns `false` (touching nothing) when
+/// `cx.features` select another kernel or A was packed for one, or when
+/// the depth is 0.
+///
+/// # Panics
+/// When `offs` does not have A's depth, or a segment reads (32 floats per
+/// row, whatever its width) or writes out of bounds (caller bugs).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_direct(
+    a: &PackedA,
+    data: &[f32],
+    offs: &[usize],
+    segs: &[DirectSeg],
+    c: &mut [f32],
+    ldc: usize,
+    ep: &Epilogue,
+    cx: &CpuCtx,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if Kernel::select(cx.features) != Kernel::Avx512 || a.mr != MR_AVX512 {
+            return false;
+        }
+        let (m, k) = (a.m, a.k);
+        assert_eq!(offs.len(), k, "gemm_direct: one offset per depth step");
+        if k == 0 {
+            // Nothing to multiply: the caller's general path writes the
+            // epilogue alone.
+            return false;
+        }
+        if m == 0 || segs.is_empty() {
+            return true;
+        }
+        let max_off = offs.iter().copied().max().unwrap_or(0);
+        for s in segs {
+            assert!(
+                (1..=NR_AVX512).contains(&s.width) && s.col + s.width <= ldc,
+                "gemm_direct: segment {s:?} does not fit a row of C (ldc {ldc})"
+            );
+            assert!(
+                k == 0 || max_off + s.b_off + NR_AVX512 <= data.len(),
+                "gemm_direct: segment {s:?} reads past the {} floats of B",
+                data.len()
+            );
+        }
+        let c_len = (m - 1) * ldc + ldc;
+        assert!(
+            c.len() >= c_len,
+            "gemm_direct: C shorter than {m} rows of {ldc}"
+        );
+        if let Some(r) = ep.residual {
+            assert!(r.len() >= c_len, "gemm_direct: residual shorter than C");
+        }
+        if let Some(b) = ep.bias_col {
+            assert!(b.len() >= ldc, "gemm_direct: bias_col shorter than ldc");
+        }
+        if let Some(b) = ep.bias_row {
+            assert!(b.len() >= m, "gemm_direct: bias_row shorter than m = {m}");
+        }
+        let (clamp, late_act) = split_act(ep.act);
+        let cp = CPtr(c.as_mut_ptr());
+        let run = |chunk: &[DirectSeg]| {
+            for s in chunk {
+                // SAFETY: AVX-512F is present (the kernel was selected); the
+                // segment's reads and C's rectangle were checked above, and
+                // each segment's columns belong to one task only.
+                unsafe { direct_seg(a, data, offs, s, cp, ldc, ep, clamp, late_act) }
+            }
+        };
+        let macs = m * k * segs.len() * NR_AVX512;
+        if cx.threads > 1 && macs >= PARALLEL_MIN_MACS && segs.len() > 1 {
+            let per = segs.len().div_ceil(4 * cx.threads);
+            cx.install(|| segs.par_chunks(per).for_each(run));
+        } else {
+            run(segs);
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, data, offs, segs, c, ldc, ep, cx);
+        false
+    }
+}
+
+/// One segment of [`gemm_direct`]: depth blocks of `KC`, each through every
+/// A panel, the segment's B rows staying in L1 across the panels.
+///
+/// # Safety
+/// AVX-512F is present; the segment's B rows (32 floats at `offs[p] +
+/// b_off`) lie in `data`, and its C columns (all of A's rows) lie in C and
+/// belong to the caller alone.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_seg(
+    a: &PackedA,
+    data: &[f32],
+    offs: &[usize],
+    s: &DirectSeg,
+    c: CPtr,
+    ldc: usize,
+    ep: &Epilogue,
+    clamp: Option<(f32, f32)>,
+    late_act: Option<&Activation>,
+) {
+    let (m, k, mr) = (a.m, a.k, MR_AVX512);
+    let ad = a.data();
+    let base = data.as_ptr().add(s.b_off);
+    let j = s.col;
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let (first, last) = (pc == 0, pc + kc == k);
+        for t in 0..m.div_ceil(mr) {
+            let i = t * mr;
+            let rows = mr.min(m - i);
+            let ap = ad[t * k * mr + pc * mr..].as_ptr();
+            let tep = if last {
+                TileEp {
+                    bias_col: ep.bias_col.map_or(std::ptr::null(), |b| b[j..].as_ptr()),
+                    bias_row: ep.bias_row.map_or(std::ptr::null(), |b| b[i..].as_ptr()),
+                    residual: ep
+                        .residual
+                        .map_or(std::ptr::null(), |r| r[i * ldc + j..].as_ptr()),
+                    clamp,
+                }
+            } else {
+                TileEp::NONE
+            };
+            let tile = Tile {
+                c: c.0.add(i * ldc + j),
+                ldc,
+                rows,
+                cols: s.width,
+                alpha: 1.0,
+                accumulate: !first,
+                ep: tep,
+            };
+            let b = Offsets {
+                base,
+                offs: offs[pc..].as_ptr(),
+            };
+            kernel_avx512_rows(kc, ap, b, &tile);
+            if let (true, Some(act)) = (last, late_act) {
+                for r in i..i + rows {
+                    let row = std::slice::from_raw_parts_mut(c.0.add(r * ldc + j), s.width);
+                    super::apply_activation(act, row);
+                }
+            }
+        }
+    }
+}
+
 /// The micro-kernel in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
@@ -1125,6 +1293,49 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
     }
 }
 
+/// How the AVX-512 kernel finds B's row (32 floats) at each depth step:
+/// a cursor that yields the row of step 0, then 1, and so on.
+trait BRows: Copy {
+    /// The current depth step's row; moves to the next step.
+    ///
+    /// # Safety
+    /// At most as many calls as the depth the cursor was made for.
+    unsafe fn next_row(&mut self) -> *const f32;
+}
+
+/// B rows a fixed stride apart (a packed panel, or B read in place).
+#[derive(Clone, Copy)]
+struct Strided {
+    p: *const f32,
+    step: usize,
+}
+
+impl BRows for Strided {
+    #[inline(always)]
+    unsafe fn next_row(&mut self) -> *const f32 {
+        let r = self.p;
+        self.p = self.p.add(self.step);
+        r
+    }
+}
+
+/// B rows at `base + offs[p]`: a direct convolution's taps, each row the
+/// pixels one tap reads.
+#[derive(Clone, Copy)]
+struct Offsets {
+    base: *const f32,
+    offs: *const usize,
+}
+
+impl BRows for Offsets {
+    #[inline(always)]
+    unsafe fn next_row(&mut self) -> *const f32 {
+        let r = self.base.add(*self.offs);
+        self.offs = self.offs.add(1);
+        r
+    }
+}
+
 /// AVX-512 micro-kernel for a tile of any size up to `12 × 32`: picks the
 /// instance of [`tile_avx512`] that computes just the tile's rows and
 /// column vectors.
@@ -1137,14 +1348,28 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], bstep: usize, t: &Tile) {
     debug_assert!(a.len() >= kc * MR_AVX512 && b.len() >= (kc - 1) * bstep + NR_AVX512);
+    let b = Strided {
+        p: b.as_ptr(),
+        step: bstep,
+    };
+    kernel_avx512_rows(kc, a.as_ptr(), b, t)
+}
+
+/// [`kernel_avx512`] with B's rows given by a cursor.
+///
+/// # Safety
+/// As [`kernel_avx512`]: `a` points at `kc*12` floats and `b` yields `kc`
+/// rows of 32 readable floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512_rows<B: BRows>(kc: usize, a: *const f32, b: B, t: &Tile) {
     debug_assert!(t.rows >= 1 && t.rows <= MR_AVX512 && t.cols >= 1 && t.cols <= NR_AVX512);
-    let (a, b) = (a.as_ptr(), b.as_ptr());
     macro_rules! by_rows {
         ($($r:literal)*) => {
             match (t.rows, t.cols > 16) {
                 $(
-                    ($r, true) => tile_avx512::<$r, 2>(kc, a, b, bstep, t),
-                    ($r, false) => tile_avx512::<$r, 1>(kc, a, b, bstep, t),
+                    ($r, true) => tile_avx512::<$r, 2, B>(kc, a, b, t),
+                    ($r, false) => tile_avx512::<$r, 1, B>(kc, a, b, t),
                 )*
                 _ => unreachable!("a tile has 1 to {MR_AVX512} rows"),
             }
@@ -1162,15 +1387,14 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], bstep: usize, t: &Tile)
 /// the tile.
 ///
 /// # Safety
-/// As [`kernel_avx512`], with `R` the tile's rows and `NV` covering its
-/// columns.
+/// As [`kernel_avx512_rows`], with `R` the tile's rows and `NV` covering
+/// its columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize, const NV: usize>(
+unsafe fn tile_avx512<const R: usize, const NV: usize, B: BRows>(
     kc: usize,
     a: *const f32,
-    b: *const f32,
-    bstep: usize,
+    mut b: B,
     t: &Tile,
 ) {
     use std::arch::x86_64::*;
@@ -1182,9 +1406,10 @@ unsafe fn tile_avx512<const R: usize, const NV: usize>(
         _mm_prefetch::<_MM_HINT_T0>(cp.add((t.cols - 1) * 4));
     }
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
-    let (mut ap, mut bp) = (a, b);
+    let mut ap = a;
     macro_rules! step {
         () => {{
+            let bp = b.next_row();
             let b0 = _mm512_loadu_ps(bp);
             let b1 = if NV == 2 {
                 _mm512_loadu_ps(bp.add(16))
@@ -1199,7 +1424,6 @@ unsafe fn tile_avx512<const R: usize, const NV: usize>(
                 }
             }
             ap = ap.add(MR_AVX512);
-            bp = bp.add(bstep);
         }};
     }
     let mut p = 0;
