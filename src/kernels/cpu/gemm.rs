@@ -349,12 +349,15 @@ pub fn gemm_direct(
         }
         let (clamp, late_act) = split_act(ep.act);
         let cp = CPtr(c.as_mut_ptr());
+        // Segments go in blocks whose C columns (all of A's rows) stay in
+        // L2 while every depth block of A streams through them.
+        let block = (DIRECT_C_BLOCK / (m * NR_AVX512)).max(1);
         let run = |chunk: &[DirectSeg]| {
-            for s in chunk {
+            for blk in chunk.chunks(block) {
                 // SAFETY: AVX-512F is present (the kernel was selected); the
-                // segment's reads and C's rectangle were checked above, and
+                // segments' reads and C's rectangle were checked above, and
                 // each segment's columns belong to one task only.
-                unsafe { direct_seg(a, data, offs, s, cp, ldc, ep, clamp, late_act) }
+                unsafe { direct_block(a, data, offs, blk, cp, ldc, ep, clamp, late_act) }
             }
         };
         let macs = m * k * segs.len() * NR_AVX512;
@@ -373,20 +376,26 @@ pub fn gemm_direct(
     }
 }
 
-/// One segment of [`gemm_direct`]: depth blocks of `KC`, each through every
-/// A panel, the segment's B rows staying in L1 across the panels.
+/// Floats of C that one block of [`gemm_direct`]'s segments covers (256
+/// KiB, in L2 with a depth block of A).
+const DIRECT_C_BLOCK: usize = 1 << 16;
+
+/// A block of segments of [`gemm_direct`]: depth blocks of `KC`, each
+/// through every segment and, per segment, every A panel (the segment's B
+/// rows stay in L1 across the panels, the A depth block in L2 across the
+/// segments).
 ///
 /// # Safety
-/// AVX-512F is present; the segment's B rows (32 floats at `offs[p] +
+/// AVX-512F is present; each segment's B rows (32 floats at `offs[p] +
 /// b_off`) lie in `data`, and its C columns (all of A's rows) lie in C and
 /// belong to the caller alone.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn direct_seg(
+unsafe fn direct_block(
     a: &PackedA,
     data: &[f32],
     offs: &[usize],
-    s: &DirectSeg,
+    segs: &[DirectSeg],
     c: CPtr,
     ldc: usize,
     ep: &Epilogue,
@@ -395,12 +404,15 @@ unsafe fn direct_seg(
 ) {
     let (m, k, mr) = (a.m, a.k, MR_AVX512);
     let ad = a.data();
-    let base = data.as_ptr().add(s.b_off);
-    let j = s.col;
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         let (first, last) = (pc == 0, pc + kc == k);
-        for t in 0..m.div_ceil(mr) {
+        for (s, t) in segs
+            .iter()
+            .flat_map(|s| (0..m.div_ceil(mr)).map(move |t| (s, t)))
+        {
+            let base = data.as_ptr().add(s.b_off);
+            let j = s.col;
             let i = t * mr;
             let rows = mr.min(m - i);
             let ap = ad[t * k * mr + pc * mr..].as_ptr();
