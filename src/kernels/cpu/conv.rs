@@ -36,7 +36,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{
-    gemm, gemm_direct, pack_a, pack_b, ASrc, BSrc, DirectSeg, Epilogue, PackB, PackedA, PackedB,
+    gemm, gemm_direct, pack_a, pack_b, ASrc, BSrc, DirectPiece, DirectSeg, Epilogue, PackB,
+    PackedA, PackedB, DIRECT_PIECES,
 };
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{ops, CpuCtx, Prepacked, View, ViewMut};
@@ -1059,7 +1060,7 @@ fn via_direct(
             Err(_) => &mut fresh,
         };
         let mut offs = Vec::with_capacity(k);
-        let mut segs = Vec::with_capacity(win.oh * win.ow.div_ceil(32));
+        let mut segs = Vec::new();
         for ni in 0..g.n {
             for gi in 0..g.group {
                 let x0 = (ni * g.c + gi * g.cg) * in_plane;
@@ -1071,15 +1072,7 @@ fn via_direct(
                         let (c, tap) = (p / taps, p % taps);
                         cols.tap_base(c, tap / win.kw, tap % win.kw)
                     }));
-                    for oh in 0..win.oh {
-                        for ow0 in (0..win.ow).step_by(32) {
-                            segs.push(DirectSeg {
-                                col: oh * win.ow + ow0,
-                                b_off: oh * win.sh * cols.row + ow0,
-                                width: 32.min(win.ow - ow0),
-                            });
-                        }
-                    }
+                    segs = direct_segments(win.oh, win.ow, win.sh * cols.row);
                 }
                 let y0 = (ni * g.m + gi * g.mg) * out_plane;
                 let ylen = g.mg * out_plane;
@@ -1100,6 +1093,50 @@ fn via_direct(
         }
         true
     })
+}
+
+/// The segments of a direct convolution with `oh × ow` outputs, where
+/// output (oh, ow) reads at `oh * step + ow` from where its taps start: 32
+/// consecutive floats at a time along the padded input, each output row
+/// met a piece, so that with stride-1 rows a segment runs on into the next
+/// output row (just the padding columns between them wasted) instead of
+/// leaving the rest of its vectors empty.
+fn direct_segments(oh: usize, ow: usize, step: usize) -> Vec<DirectSeg> {
+    const LANES: usize = 32;
+    let mut segs = Vec::new();
+    let empty = DirectSeg {
+        b_off: 0,
+        width: 0,
+        pieces: [DirectPiece::default(); DIRECT_PIECES],
+        n: 0,
+    };
+    let mut cur = empty;
+    for h in 0..oh {
+        let (mut q, mut col, mut left) = (h * step, h * ow, ow);
+        while left > 0 {
+            if cur.n > 0 && (q - cur.b_off >= LANES || cur.n == DIRECT_PIECES) {
+                segs.push(cur);
+                cur = empty;
+            }
+            if cur.n == 0 {
+                cur.b_off = q;
+            }
+            let lo = q - cur.b_off;
+            let take = left.min(LANES - lo);
+            cur.pieces[cur.n] = DirectPiece {
+                lo,
+                hi: lo + take,
+                col,
+            };
+            cur.n += 1;
+            cur.width = lo + take;
+            (q, col, left) = (q + take, col + take, left - take);
+        }
+    }
+    if cur.n > 0 {
+        segs.push(cur);
+    }
+    segs
 }
 
 /// The im2col matrix of one (batch item, group) as a generated GEMM
@@ -1556,6 +1593,12 @@ mod tests {
         c.residual = true;
         c.act = Some(Activation::Sigmoid);
         cases.push(c);
+        // Segments with two and three pieces (rows of 26 and 7).
+        let mut c = case(&[1, 16, 5, 26], 16, &[3, 3]);
+        c.pads = vec![0, 1, 0, 1];
+        c.residual = true;
+        c.act = Some(Activation::HardSwish);
+        cases.push(c);
         // Groups, and two batch items.
         let mut c = case(&[2, 32, 6, 24], 32, &[3, 3]);
         c.group = 2;
@@ -1592,6 +1635,29 @@ mod tests {
         assert!(!takes_direct(&case(&[1, 8, 30, 15], 32, &[3, 3])));
         assert!(!takes_direct(&case(&[1, 8, 30, 30], 8, &[3, 3])));
         assert!(!takes_direct(&case(&[1, 8, 30, 30], 32, &[1, 1])));
+    }
+
+    #[test]
+    fn direct_segments_cover_each_output_once() {
+        for (oh, ow, step) in [(56, 56, 58), (28, 28, 116), (5, 26, 28), (3, 7, 9), (1, 40, 42)] {
+            let segs = direct_segments(oh, ow, step);
+            let mut next = 0;
+            for s in &segs {
+                assert!(s.width <= 32 && (1..=DIRECT_PIECES).contains(&s.n), "{s:?}");
+                for pc in &s.pieces[..s.n] {
+                    // Lane l reads at b_off + l: output (h, w) reads h*step + w.
+                    assert_eq!(pc.col, next, "{s:?}");
+                    let q = s.b_off + pc.lo;
+                    assert_eq!(q, (pc.col / ow) * step + pc.col % ow, "{s:?}");
+                    assert!(pc.hi <= s.width && pc.col % ow + (pc.hi - pc.lo) <= ow);
+                    next += pc.hi - pc.lo;
+                }
+            }
+            assert_eq!(next, oh * ow);
+        }
+        // Stride-1 rows share segments: 56 wide rows, 2 padding columns.
+        let n = direct_segments(56, 56, 58).len();
+        assert!(n <= (55 * 58 + 56usize).div_ceil(32) && n >= (56 * 56usize).div_ceil(32));
     }
 
     #[test]

@@ -272,29 +272,47 @@ pub fn sgemm_packed(
     gemm(m, b.n, b.k, alpha, a, BSrc::Packed(b), c, ldc, ep, cx);
 }
 
-/// A run of up to 32 columns of a B read in place through a depth offset
-/// table (see [`gemm_direct`]): columns `col..col + width` of C, whose B
-/// row p starts at `offs[p] + b_off` in the data.
+/// Most pieces a [`DirectSeg`] has.
+pub const DIRECT_PIECES: usize = 3;
+
+/// Lanes `lo..hi` of a [`DirectSeg`] go to columns `col..col + hi - lo`
+/// of C.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectPiece {
+    pub lo: usize,
+    pub hi: usize,
+    pub col: usize,
+}
+
+/// Up to 32 consecutive columns ("lanes") of a B read in place through a
+/// depth offset table (see [`gemm_direct`]): B row p of the segment is the
+/// `width` floats at `offs[p] + b_off`. Its lanes land in C as up to
+/// [`DIRECT_PIECES`] runs (`pieces[..n]`); lanes in no piece are computed
+/// and dropped (a convolution's padding columns between output rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirectSeg {
-    pub col: usize,
     pub b_off: usize,
     pub width: usize,
+    pub pieces: [DirectPiece; DIRECT_PIECES],
+    pub n: usize,
 }
 
 /// `C[m × ·] = A · B + epilogue` with A prepacked ([`pack_a`]) and B never
 /// packed: the columns of C come in segments ([`DirectSeg`]), and the B
 /// values of a segment's depth p are the `width` consecutive floats at
 /// `data[offs[p] + b_off..]`. A direct convolution is this product with
-/// `data` the padded input, `offs` where each tap reads and a segment per
-/// run of output pixels along a row. Columns of C outside the segments are
-/// not touched. AVX-512 only: returns `false` (touching nothing) when
+/// `data` the padded input, `offs` where each tap reads and segments
+/// running along the padded rows, their pieces the output pixels. Columns
+/// of C outside the segments are not touched; the epilogue's `bias_col`
+/// is not supported (a convolution's bias is by row). AVX-512 only: returns `false` (touching nothing) when
 /// `cx.features` select another kernel or A was packed for one, or when
 /// the depth is 0.
 ///
 /// # Panics
-/// When `offs` does not have A's depth, or a segment reads (32 floats per
-/// row, whatever its width) or writes out of bounds (caller bugs).
+/// When `offs` does not have A's depth, a segment reads (32 floats per
+/// row, whatever its width) or writes out of bounds, the pieces of the
+/// segments do not come in increasing, disjoint column order (which makes
+/// the segments' columns disjoint) or `bias_col` is given (caller bugs).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_direct(
     a: &PackedA,
@@ -322,11 +340,20 @@ pub fn gemm_direct(
             return true;
         }
         let max_off = offs.iter().copied().max().unwrap_or(0);
+        let mut end = 0;
         for s in segs {
             assert!(
-                (1..=NR_AVX512).contains(&s.width) && s.col + s.width <= ldc,
-                "gemm_direct: segment {s:?} does not fit a row of C (ldc {ldc})"
+                (1..=NR_AVX512).contains(&s.width) && (1..=DIRECT_PIECES).contains(&s.n),
+                "gemm_direct: segment {s:?} has no lanes, too many or no pieces"
             );
+            for pc in &s.pieces[..s.n] {
+                assert!(
+                    pc.lo < pc.hi && pc.hi <= s.width && pc.col >= end,
+                    "gemm_direct: segment {s:?}: pieces out of order"
+                );
+                end = pc.col + (pc.hi - pc.lo);
+                assert!(end <= ldc, "gemm_direct: segment {s:?} past ldc {ldc}");
+            }
             assert!(
                 k == 0 || max_off + s.b_off + NR_AVX512 <= data.len(),
                 "gemm_direct: segment {s:?} reads past the {} floats of B",
@@ -341,9 +368,7 @@ pub fn gemm_direct(
         if let Some(r) = ep.residual {
             assert!(r.len() >= c_len, "gemm_direct: residual shorter than C");
         }
-        if let Some(b) = ep.bias_col {
-            assert!(b.len() >= ldc, "gemm_direct: bias_col shorter than ldc");
-        }
+        assert!(ep.bias_col.is_none(), "gemm_direct: no bias_col");
         if let Some(b) = ep.bias_row {
             assert!(b.len() >= m, "gemm_direct: bias_row shorter than m = {m}");
         }
@@ -412,30 +437,30 @@ unsafe fn direct_block(
             .flat_map(|s| (0..m.div_ceil(mr)).map(move |t| (s, t)))
         {
             let base = data.as_ptr().add(s.b_off);
-            let j = s.col;
             let i = t * mr;
             let rows = mr.min(m - i);
             let ap = ad[t * k * mr + pc * mr..].as_ptr();
             let tep = if last {
                 TileEp {
-                    bias_col: ep.bias_col.map_or(std::ptr::null(), |b| b[j..].as_ptr()),
+                    bias_col: std::ptr::null(),
                     bias_row: ep.bias_row.map_or(std::ptr::null(), |b| b[i..].as_ptr()),
                     residual: ep
                         .residual
-                        .map_or(std::ptr::null(), |r| r[i * ldc + j..].as_ptr()),
+                        .map_or(std::ptr::null(), |r| r[i * ldc..].as_ptr()),
                     clamp,
                 }
             } else {
                 TileEp::NONE
             };
             let tile = Tile {
-                c: c.0.add(i * ldc + j),
+                c: c.0.add(i * ldc),
                 ldc,
                 rows,
                 cols: s.width,
                 alpha: 1.0,
                 accumulate: !first,
                 ep: tep,
+                pieces: &s.pieces[..s.n],
             };
             let b = Offsets {
                 base,
@@ -444,8 +469,13 @@ unsafe fn direct_block(
             kernel_avx512_rows(kc, ap, b, &tile);
             if let (true, Some(act)) = (last, late_act) {
                 for r in i..i + rows {
-                    let row = std::slice::from_raw_parts_mut(c.0.add(r * ldc + j), s.width);
-                    super::apply_activation(act, row);
+                    for pc in &s.pieces[..s.n] {
+                        let row = std::slice::from_raw_parts_mut(
+                            c.0.add(r * ldc + pc.col),
+                            pc.hi - pc.lo,
+                        );
+                        super::apply_activation(act, row);
+                    }
                 }
             }
         }
@@ -884,6 +914,7 @@ impl Gemm<'_> {
                     cols,
                     alpha: self.alpha,
                     accumulate: !first,
+                    pieces: &[],
                     ep: if last {
                         self.tile_ep(i, j)
                     } else {
@@ -1107,7 +1138,7 @@ fn pack_panels<const W: usize>(
 /// Where a micro-kernel stores its tile: `rows × cols` (at most MR × NR) of
 /// C at `c` with stride `ldc`; `C = alpha·acc`, or `C += alpha·acc` when
 /// `accumulate` (a later depth block); then the fused epilogue `ep`.
-struct Tile {
+struct Tile<'a> {
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -1115,6 +1146,10 @@ struct Tile {
     alpha: f32,
     accumulate: bool,
     ep: TileEp,
+    /// When not empty (AVX-512 kernel only): the tile's columns are lanes
+    /// that land in C by pieces, `c` pointing at column 0 of C (and the
+    /// residual likewise); lanes in no piece are dropped.
+    pieces: &'a [DirectPiece],
 }
 
 /// The part of the epilogue a kernel applies to its registers before the
@@ -1450,6 +1485,10 @@ unsafe fn tile_avx512<const R: usize, const NV: usize, B: BRows>(
         step!();
         p += 1;
     }
+    if !t.pieces.is_empty() {
+        store_pieces::<R, NV>(&acc, t);
+        return;
+    }
     let alpha = _mm512_set1_ps(t.alpha);
     let ep = t.ep;
     let (lo, hi) = ep.clamp.unwrap_or((0.0, 0.0));
@@ -1485,6 +1524,77 @@ unsafe fn tile_avx512<const R: usize, const NV: usize, B: BRows>(
                 _mm512_storeu_ps(cp.add(off), x);
             } else {
                 _mm512_mask_storeu_ps(cp.add(off), m, x);
+            }
+        }
+    }
+}
+
+/// The store of [`tile_avx512`] for a tile stored by pieces
+/// ([`Tile::pieces`]): each vector is read (when accumulating, and the
+/// residual) and written with one masked access per piece it overlaps, at
+/// the piece's own offset. The same operations in the same order as the
+/// plain store.
+///
+/// # Safety
+/// As [`tile_avx512`]; the pieces' columns lie in C (and the residual) on
+/// every row of the tile, and `bias_col` is null.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_pieces<const R: usize, const NV: usize>(
+    acc: &[[std::arch::x86_64::__m512; NV]; R],
+    t: &Tile,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(t.ep.bias_col.is_null());
+    let alpha = _mm512_set1_ps(t.alpha);
+    let ep = t.ep;
+    let (lo, hi) = ep.clamp.unwrap_or((0.0, 0.0));
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    // Per piece: its lanes' mask in each vector and where lane 0 of the
+    // vector would land (only masked lanes are ever accessed).
+    let mut parts = [[(0 as __mmask16, 0isize); NV]; DIRECT_PIECES];
+    for (pc, part) in t.pieces.iter().zip(parts.iter_mut()) {
+        let lanes = ((1u64 << pc.hi) - (1u64 << pc.lo)) as u32;
+        for (v, pv) in part.iter_mut().enumerate() {
+            let m = (lanes >> (16 * v)) as __mmask16;
+            *pv = (m, pc.col as isize - pc.lo as isize + 16 * v as isize);
+        }
+    }
+    let parts = &parts[..t.pieces.len()];
+    macro_rules! gather {
+        ($p:expr, $v:expr) => {{
+            let mut x = _mm512_setzero_ps();
+            for part in parts {
+                let (m, off) = part[$v];
+                if m != 0 {
+                    x = _mm512_mask_loadu_ps(x, m, $p.wrapping_offset(off));
+                }
+            }
+            x
+        }};
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let cp = t.c.add(r * t.ldc);
+        for (v, &acc_v) in acc_r.iter().enumerate() {
+            let mut x = if t.accumulate {
+                _mm512_fmadd_ps(acc_v, alpha, gather!(cp as *const f32, v))
+            } else {
+                _mm512_mul_ps(acc_v, alpha)
+            };
+            if !ep.bias_row.is_null() {
+                x = _mm512_add_ps(x, _mm512_set1_ps(*ep.bias_row.add(r)));
+            }
+            if !ep.residual.is_null() {
+                x = _mm512_add_ps(x, gather!(ep.residual.add(r * t.ldc), v));
+            }
+            if ep.clamp.is_some() {
+                x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+            }
+            for part in parts {
+                let (m, off) = part[v];
+                if m != 0 {
+                    _mm512_mask_storeu_ps(cp.wrapping_offset(off), m, x);
+                }
             }
         }
     }
