@@ -405,7 +405,12 @@ pub fn gemm_direct(
 /// KiB, in L2 with a depth block of A).
 const DIRECT_C_BLOCK: usize = 1 << 16;
 
-/// A block of segments of [`gemm_direct`]: depth blocks of `KC`, each
+/// Depth of a block of [`gemm_direct`]: there is no packing to amortize,
+/// so deeper than `KC` (fewer passes over C); measured on ResNet-18's 3x3
+/// convolutions, 384 runs 5-10% faster than 256 and as fast as 768.
+const DIRECT_KC: usize = 384;
+
+/// A block of segments of [`gemm_direct`]: depth blocks of `DIRECT_KC`, each
 /// through every segment and, per segment, every A panel (the segment's B
 /// rows stay in L1 across the panels, the A depth block in L2 across the
 /// segments).
@@ -429,8 +434,8 @@ unsafe fn direct_block(
 ) {
     let (m, k, mr) = (a.m, a.k, MR_AVX512);
     let ad = a.data();
-    for pc in (0..k).step_by(KC) {
-        let kc = KC.min(k - pc);
+    for pc in (0..k).step_by(DIRECT_KC) {
+        let kc = DIRECT_KC.min(k - pc);
         let (first, last) = (pc == 0, pc + kc == k);
         for (s, t) in segs
             .iter()
