@@ -377,20 +377,38 @@ pub fn gemm_direct(
         // Segments go in blocks whose C columns (all of A's rows) stay in
         // L2 while every depth block of A streams through them.
         let block = (DIRECT_C_BLOCK / (m * NR_AVX512)).max(1);
-        let run = |chunk: &[DirectSeg]| {
+        let panels = m.div_ceil(MR_AVX512);
+        // Segments `chunk` on A panels `p0..p1`.
+        let run = |chunk: &[DirectSeg], p0: usize, p1: usize| {
             for blk in chunk.chunks(block) {
                 // SAFETY: AVX-512F is present (the kernel was selected); the
                 // segments' reads and C's rectangle were checked above, and
-                // each segment's columns belong to one task only.
-                unsafe { direct_block(a, data, offs, blk, cp, ldc, ep, clamp, late_act) }
+                // each (segment, panel) tile belongs to one task only.
+                unsafe { direct_block(a, data, offs, blk, p0..p1, cp, ldc, ep, clamp, late_act) }
             }
         };
-        let macs = m * k * segs.len() * NR_AVX512;
-        if cx.threads > 1 && macs >= PARALLEL_MIN_MACS && segs.len() > 1 {
-            let per = segs.len().div_ceil(4 * cx.threads);
-            cx.install(|| segs.par_chunks(per).for_each(run));
+        let (t, n_seg) = (cx.threads, segs.len());
+        let macs = m * k * n_seg * NR_AVX512;
+        if t > 1 && macs >= PARALLEL_MIN_MACS && (n_seg > 1 || panels > 1) {
+            if n_seg >= 8 * t || panels < t {
+                // Even ranges of segments, a few per thread.
+                let tasks = n_seg.min(16 * t);
+                cx.install(|| {
+                    (0..tasks).into_par_iter().for_each(|i| {
+                        run(&segs[i * n_seg / tasks..(i + 1) * n_seg / tasks], 0, panels)
+                    })
+                });
+            } else {
+                // Few segments (small planes): the threads split A's panels
+                // instead, each running every segment.
+                cx.install(|| {
+                    (0..t)
+                        .into_par_iter()
+                        .for_each(|i| run(segs, i * panels / t, (i + 1) * panels / t))
+                });
+            }
         } else {
-            run(segs);
+            run(segs, 0, panels);
         }
         true
     }
@@ -411,7 +429,7 @@ const DIRECT_C_BLOCK: usize = 1 << 16;
 const DIRECT_KC: usize = 384;
 
 /// A block of segments of [`gemm_direct`]: depth blocks of `DIRECT_KC`, each
-/// through every segment and, per segment, every A panel (the segment's B
+/// through every segment and, per segment, the A panels `panels` (the segment's B
 /// rows stay in L1 across the panels, the A depth block in L2 across the
 /// segments).
 ///
@@ -426,6 +444,7 @@ unsafe fn direct_block(
     data: &[f32],
     offs: &[usize],
     segs: &[DirectSeg],
+    panels: std::ops::Range<usize>,
     c: CPtr,
     ldc: usize,
     ep: &Epilogue,
@@ -439,7 +458,7 @@ unsafe fn direct_block(
         let (first, last) = (pc == 0, pc + kc == k);
         for (s, t) in segs
             .iter()
-            .flat_map(|s| (0..m.div_ceil(mr)).map(move |t| (s, t)))
+            .flat_map(|s| panels.clone().map(move |t| (s, t)))
         {
             let base = data.as_ptr().add(s.b_off);
             let i = t * mr;
