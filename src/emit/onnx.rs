@@ -37,9 +37,9 @@ use onnx_protobuf::{
 use protobuf::{EnumOrUnknown, MessageField};
 
 use crate::ir::{
-    lowp, Activation, AspectPolicy, AutoPad, ConvAttrs, CoordTransform, DType, Dim, EwArg, EwStep,
-    NearestMode, Node, Op, PadMode, PoolAttrs, ResizeMode, TensorData, TensorType, UnaryOp,
-    ValueDef, ValueId,
+    lowp, ActQuant, Activation, AspectPolicy, AutoPad, ConvAttrs, CoordTransform, DType, Dim,
+    EwArg, EwStep, NearestMode, Node, Op, PadMode, PoolAttrs, ResizeMode, TensorData, TensorType,
+    UnaryOp, ValueDef, ValueId,
 };
 use crate::{Error, Graph, Result, Tensor};
 
@@ -911,6 +911,36 @@ impl<'g> Emitter<'g> {
                 act,
             } => return self.fused_matmul(node, *trans_a, *trans_b, *alpha, act.as_ref()),
             Op::Elementwise { steps } => return self.elementwise(node, steps),
+            Op::QConv { conv, x_quant, act } => {
+                return self.qconv(node, conv, *x_quant, act.as_ref())
+            }
+            Op::QMatMul { a_quant, act } => return self.qmatmul(node, *a_quant, act.as_ref()),
+            Op::QuantizeLinear {
+                axis,
+                block_size,
+                saturate,
+                output_dtype,
+            } => {
+                let mut a = vec![attr_i("axis", *axis)];
+                if *block_size > 0 {
+                    a.push(attr_i("block_size", *block_size as i64));
+                }
+                if !saturate {
+                    a.push(attr_b("saturate", false));
+                }
+                if let (Some(d), None) = (output_dtype, node.input(2)) {
+                    a.push(attr_i("output_dtype", d.onnx_code() as i64));
+                }
+                a
+            }
+            Op::DequantizeLinear { axis, block_size } => {
+                let mut a = vec![attr_i("axis", *axis)];
+                if *block_size > 0 {
+                    a.push(attr_i("block_size", *block_size as i64));
+                }
+                a
+            }
+            Op::DynamicQuantizeLinear => vec![],
         };
         self.push(t, ins, outs, attrs);
         Ok(())
@@ -980,14 +1010,123 @@ impl<'g> Emitter<'g> {
             return Err(Error::op(t, format!("has {} inputs, at most 4", ins.len())));
         }
         let first: Vec<String> = ins.iter().take(3).cloned().collect();
+        let residual = node.input(3).map(|r| self.name(r)).transpose()?;
+        self.conv_epilogue(first, conv, residual, act, oty.dtype, out)
+    }
+
+    /// Conv over `first` (X, W, B?), then Add of the residual, then the
+    /// activation, into `out`.
+    fn conv_epilogue(
+        &mut self,
+        first: Vec<String>,
+        conv: &ConvAttrs,
+        residual: Option<String>,
+        act: Option<&Activation>,
+        dtype: DType,
+        out: String,
+    ) -> Result<()> {
         let mut stages = vec![Stage::new("Conv", vec![], conv_attrs(conv))];
-        if let Some(r) = node.input(3) {
-            stages.push(Stage::new("Add", vec![self.name(r)?], vec![]));
+        if let Some(r) = residual {
+            stages.push(Stage::new("Add", vec![r], vec![]));
+        }
+        if let Some(a) = act {
+            stages.push(self.activation(a, dtype)?);
+        }
+        self.pipeline(first, stages, out);
+        Ok(())
+    }
+
+    /// The f32 activation `x` quantized to u8 and dequantized again (QDQ):
+    /// DynamicQuantizeLinear or QuantizeLinear with the calibrated
+    /// parameters, then DequantizeLinear. Returns the dequantized value.
+    fn qdq_activation(&mut self, x: String, q: ActQuant) -> Result<String> {
+        let xq = self.fresh("x_quantized");
+        let (scale, zp) = match q {
+            ActQuant::Dynamic => {
+                let (s, z) = (self.fresh("x_scale"), self.fresh("x_zero_point"));
+                self.push(
+                    "DynamicQuantizeLinear",
+                    vec![x],
+                    vec![xq.clone(), s.clone(), z.clone()],
+                    vec![],
+                );
+                (s, z)
+            }
+            ActQuant::Static { scale, zero_point } => {
+                let s = self.scalar("x_scale", DType::F32, scale as f64)?;
+                let z = self.scalar("x_zero_point", DType::U8, zero_point as f64)?;
+                self.push(
+                    "QuantizeLinear",
+                    vec![x, s.clone(), z.clone()],
+                    vec![xq.clone()],
+                    vec![],
+                );
+                (s, z)
+            }
+        };
+        let xd = self.fresh("x_dequantized");
+        self.push(
+            "DequantizeLinear",
+            vec![xq, scale, zp],
+            vec![xd.clone()],
+            vec![],
+        );
+        Ok(xd)
+    }
+
+    /// A symmetric int8 weight dequantized along `axis` (per tensor when
+    /// its scale has one value).
+    fn dequantized_weight(&mut self, w: String, scale: String, axis: i64) -> String {
+        let wd = self.fresh("w_dequantized");
+        self.push(
+            "DequantizeLinear",
+            vec![w, scale],
+            vec![wd.clone()],
+            vec![attr_i("axis", axis)],
+        );
+        wd
+    }
+
+    /// QConv as QDQ: the dequantized activation and weight into the
+    /// FusedConv expansion.
+    fn qconv(
+        &mut self,
+        node: &Node,
+        conv: &ConvAttrs,
+        x_quant: ActQuant,
+        act: Option<&Activation>,
+    ) -> Result<()> {
+        let (out, oty) = self.single_output(node)?;
+        let (x, _) = self.required(node, 0, "X")?;
+        let (w, _) = self.required(node, 1, "W")?;
+        let (ws, _) = self.required(node, 2, "w_scale")?;
+        let xd = self.qdq_activation(x, x_quant)?;
+        let wd = self.dequantized_weight(w, ws, 0);
+        let mut first = vec![xd, wd];
+        if let Some(b) = node.input(3) {
+            first.push(self.name(b)?);
+        }
+        let residual = node.input(4).map(|r| self.name(r)).transpose()?;
+        self.conv_epilogue(first, conv, residual, act, oty.dtype, out)
+    }
+
+    /// QMatMul as QDQ: MatMul of the dequantized operands, Add of the bias,
+    /// the activation.
+    fn qmatmul(&mut self, node: &Node, a_quant: ActQuant, act: Option<&Activation>) -> Result<()> {
+        let (out, oty) = self.single_output(node)?;
+        let (a, _) = self.required(node, 0, "A")?;
+        let (b, _) = self.required(node, 1, "B")?;
+        let (bs, _) = self.required(node, 2, "b_scale")?;
+        let ad = self.qdq_activation(a, a_quant)?;
+        let bd = self.dequantized_weight(b, bs, 1);
+        let mut stages = vec![Stage::new("MatMul", vec![], vec![])];
+        if let Some(bias) = node.input(3) {
+            stages.push(Stage::new("Add", vec![self.name(bias)?], vec![]));
         }
         if let Some(a) = act {
             stages.push(self.activation(a, oty.dtype)?);
         }
-        self.pipeline(first, stages, out);
+        self.pipeline(vec![ad, bd], stages, out);
         Ok(())
     }
 

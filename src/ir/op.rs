@@ -336,6 +336,26 @@ pub enum Op {
     },
     /// Inputs: X, roi?, scales?, sizes?.
     Resize(ResizeAttrs),
+    /// Inputs: x, y_scale, y_zero_point?. `y = saturate(round(x / scale) +
+    /// zero_point)`, per tensor (scalar scale), per axis (1-D scale along
+    /// `axis`) or per block (`block_size` > 0: the scale has x's shape with
+    /// `axis` divided into blocks). The output type is the zero point's,
+    /// else `output_dtype`, else u8.
+    QuantizeLinear {
+        axis: i64,
+        block_size: usize,
+        saturate: bool,
+        output_dtype: Option<DType>,
+    },
+    /// Inputs: x, x_scale, x_zero_point?. `y = (x - zero_point) * scale` in
+    /// the scale's type, with QuantizeLinear's granularities.
+    DequantizeLinear {
+        axis: i64,
+        block_size: usize,
+    },
+    /// Outputs: y (u8), y_scale (f32 scalar), y_zero_point (u8 scalar), the
+    /// scale and zero point computed from the data's range.
+    DynamicQuantizeLinear,
 
     // Ops made by mlc's passes; they have no single ONNX counterpart and are
     // expanded back into standard ops by the ONNX exporter.
@@ -359,6 +379,44 @@ pub enum Op {
     Elementwise {
         steps: Vec<EwStep>,
     },
+    /// Int8 convolution with a dequantizing epilogue (see [`ActQuant`] for
+    /// the arithmetic): X (f32) is quantized to u8, convolved exactly in
+    /// int32 with the symmetric int8 weights, and the result is
+    /// `act(acc * (x_scale * w_scale[m]) + B + R)` in f32. Inputs: X,
+    /// W (i8), w_scale (f32, `[M]` or `[1]`), B?, R?.
+    QConv {
+        conv: ConvAttrs,
+        x_quant: ActQuant,
+        act: Option<Activation>,
+    },
+    /// Int8 matrix product `act(acc * (a_scale * b_scale[n]) + bias)`: A
+    /// (f32, `[.., M, K]`) quantized to u8, B a 2-D symmetric int8 weight
+    /// `[K, N]`. Inputs: A, B (i8), b_scale (f32, `[N]` or `[1]`), bias?
+    /// (f32 `[N]`).
+    QMatMul {
+        a_quant: ActQuant,
+        act: Option<Activation>,
+    },
+}
+
+/// How a quantized product turns its f32 activation into u8 (asymmetric).
+///
+/// The arithmetic every implementation follows, bit for bit:
+/// - dynamic parameters (ONNX DynamicQuantizeLinear): `lo = min(0, min x)`,
+///   `hi = max(0, max x)` over the finite values; when `hi == lo` the scale
+///   is 1 and the zero point 0, else `scale = (hi - lo) / 255` and
+///   `zp = clamp(round_half_even(-lo / scale), 0, 255)`;
+/// - `q = clamp(round_half_even(x / scale) + zp, 0, 255)` (a division, so
+///   that vector and scalar code agree; NaN gives 0);
+/// - `acc = Σ (q - zp) * w`, exact in int32;
+/// - `y = acc as f32 * (x_scale * w_scale)`, then `+ bias`, then
+///   `+ residual`, each rounded to f32, then the activation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ActQuant {
+    /// Scale and zero point from each run's data.
+    Dynamic,
+    /// Scale and zero point fixed by calibration.
+    Static { scale: f32, zero_point: u8 },
 }
 
 /// Activations that can close a fused op's epilogue.
@@ -500,6 +558,11 @@ impl Op {
             Op::Resize(_) => "Resize",
             Op::FusedConv { .. } => "FusedConv",
             Op::FusedMatMul { .. } => "FusedMatMul",
+            Op::QConv { .. } => "QConv",
+            Op::QMatMul { .. } => "QMatMul",
+            Op::QuantizeLinear { .. } => "QuantizeLinear",
+            Op::DequantizeLinear { .. } => "DequantizeLinear",
+            Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
             Op::Elementwise { .. } => "Elementwise",
         }
     }

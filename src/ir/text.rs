@@ -45,10 +45,10 @@ use half::{bf16, f16};
 
 use super::lowp::{self, Minifloat};
 use super::{
-    infer, verify, Activation, AspectPolicy, AutoPad, BinaryOp, ConvAttrs, ConvTransposeAttrs,
-    CoordTransform, DType, Dim, E8M0Round, EwArg, EwStep, Graph, NearestMode, Node, NodeId, Op,
-    PadMode, PoolAttrs, ReduceOp, ResizeAttrs, ResizeMode, Shape, Tensor, TensorData, TensorType,
-    UnaryOp, ValueDef, ValueId, VariadicOp,
+    infer, verify, ActQuant, Activation, AspectPolicy, AutoPad, BinaryOp, ConvAttrs,
+    ConvTransposeAttrs, CoordTransform, DType, Dim, E8M0Round, EwArg, EwStep, Graph, NearestMode,
+    Node, NodeId, Op, PadMode, PoolAttrs, ReduceOp, ResizeAttrs, ResizeMode, Shape, Tensor,
+    TensorData, TensorType, UnaryOp, ValueDef, ValueId, VariadicOp,
 };
 use crate::{Error, Result};
 
@@ -405,6 +405,42 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
                 a.push(("act", activation_text(act)));
             }
         }
+        Op::QConv { conv, x_quant, act } => {
+            conv_attrs(conv, &mut a);
+            a.push(("x_quant", act_quant_text(x_quant)));
+            if let Some(act) = act {
+                a.push(("act", activation_text(act)));
+            }
+        }
+        Op::QMatMul { a_quant, act } => {
+            a.push(("a_quant", act_quant_text(a_quant)));
+            if let Some(act) = act {
+                a.push(("act", activation_text(act)));
+            }
+        }
+        Op::QuantizeLinear {
+            axis,
+            block_size,
+            saturate,
+            output_dtype,
+        } => {
+            a.push(("axis", axis.to_string()));
+            if *block_size > 0 {
+                a.push(("block_size", block_size.to_string()));
+            }
+            if !*saturate {
+                a.push(("saturate", "false".into()));
+            }
+            if let Some(d) = output_dtype {
+                a.push(("output_dtype", d.to_string()));
+            }
+        }
+        Op::DequantizeLinear { axis, block_size } => {
+            a.push(("axis", axis.to_string()));
+            if *block_size > 0 {
+                a.push(("block_size", block_size.to_string()));
+            }
+        }
         Op::Elementwise { steps } => {
             let s: Vec<String> = steps.iter().map(step_text).collect();
             a.push(("steps", format!("[{}]", s.join(", "))));
@@ -557,6 +593,7 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         | Op::Expand
         | Op::Tile
         | Op::Identity
+        | Op::DynamicQuantizeLinear
         | Op::Dropout
         | Op::Range => {}
     }
@@ -646,6 +683,16 @@ fn pool_attrs(p: &PoolAttrs, a: &mut Vec<(&'static str, String)>) {
     }
     if p.column_major {
         a.push(("storage_order", "1".into()));
+    }
+}
+
+/// `dynamic` or `static(scale, zero_point)`.
+pub fn act_quant_text(q: &ActQuant) -> String {
+    match q {
+        ActQuant::Dynamic => "dynamic".into(),
+        ActQuant::Static { scale, zero_point } => {
+            format!("static({}, {zero_point})", f32_text(*scale))
+        }
     }
 }
 
@@ -1543,6 +1590,27 @@ fn f32_args(name: &str, args: &[AV], n: usize) -> Msg<Vec<f32>> {
         .collect()
 }
 
+fn act_quant_from(a: &mut Attrs, key: &str) -> Msg<ActQuant> {
+    let bad = || Attrs::expects(key, "dynamic or static(scale, zero_point)");
+    match a.take(key) {
+        None => Err(format!("missing attribute '{key}'")),
+        Some(v) if v.word() == Some("dynamic") => Ok(ActQuant::Dynamic),
+        Some(AV::Ident {
+            name,
+            shape: None,
+            args: Some(args),
+        }) if name == "static" && args.len() == 2 => {
+            let scale = av_f32(&args[0]).ok_or_else(bad)?;
+            let zero_point = args[1]
+                .num_text()
+                .and_then(|t| t.parse::<u8>().ok())
+                .ok_or_else(bad)?;
+            Ok(ActQuant::Static { scale, zero_point })
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
 fn activation_from(v: &AV) -> Msg<Activation> {
     let AV::Ident {
         name,
@@ -1913,6 +1981,33 @@ fn build_op(name: &str, mut a: Attrs, n_out: usize) -> Msg<Op> {
                 alpha: a.f32_or("alpha", 1.0)?,
                 act: a.take("act").map(|v| activation_from(&v)).transpose()?,
             },
+            "QConv" => Op::QConv {
+                conv: conv_from(a)?,
+                x_quant: act_quant_from(a, "x_quant")?,
+                act: a.take("act").map(|v| activation_from(&v)).transpose()?,
+            },
+            "QMatMul" => Op::QMatMul {
+                a_quant: act_quant_from(a, "a_quant")?,
+                act: a.take("act").map(|v| activation_from(&v)).transpose()?,
+            },
+            "QuantizeLinear" => Op::QuantizeLinear {
+                axis: a.i64_or("axis", 1)?,
+                block_size: a.usize_or("block_size", 0)?,
+                saturate: a.bool_or("saturate", true)?,
+                output_dtype: match a.take("output_dtype") {
+                    None => None,
+                    Some(v) => Some(
+                        v.word()
+                            .and_then(DType::from_name)
+                            .ok_or_else(|| Attrs::expects("output_dtype", "a dtype such as i8"))?,
+                    ),
+                },
+            },
+            "DequantizeLinear" => Op::DequantizeLinear {
+                axis: a.i64_or("axis", 1)?,
+                block_size: a.usize_or("block_size", 0)?,
+            },
+            "DynamicQuantizeLinear" => Op::DynamicQuantizeLinear,
             "Elementwise" => {
                 let steps = match a.take("steps") {
                     Some(AV::List(items)) => items.iter().map(step_from).collect::<Msg<_>>()?,

@@ -20,6 +20,7 @@ mod attrs;
 mod math;
 mod nn;
 pub mod ops;
+mod quant;
 mod tensor;
 
 use std::collections::{HashMap, HashSet};

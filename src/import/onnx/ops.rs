@@ -15,7 +15,7 @@ use std::path::Path;
 use onnx_protobuf::NodeProto;
 
 use super::attrs::{Attrs, Problem};
-use super::{array, math, nn};
+use super::{array, math, nn, quant};
 use crate::ir::{DType, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
 
 /// One input of an imported node.
@@ -267,6 +267,26 @@ pub static SPECS: &[OpSpec] = &[
     s("Clip", 11..=M, 1..=3, 1..=1, |c| c.simple(Op::Clip)),
     s("Where", 9..=M, 3..=3, 1..=1, |c| c.simple(Op::Where)),
     s("Cast", 7..=M, 1..=1, 1..=1, math::cast),
+    s(
+        "QuantizeLinear",
+        10..=M,
+        2..=3,
+        1..=1,
+        quant::quantize_linear,
+    ),
+    s(
+        "DequantizeLinear",
+        10..=M,
+        2..=3,
+        1..=1,
+        quant::dequantize_linear,
+    ),
+    s("DynamicQuantizeLinear", 11..=M, 1..=1, 3..=3, |c| {
+        Ok(Imported {
+            outputs: 3,
+            ..c.simple(Op::DynamicQuantizeLinear)?
+        })
+    }),
     s("Softmax", 7..=M, 1..=1, 1..=1, math::softmax),
     s("LogSoftmax", 7..=M, 1..=1, 1..=1, math::softmax),
     s("MatMul", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::MatMul)),

@@ -81,7 +81,7 @@ fn single(op: &'static str, mut out: Vec<Tensor>) -> Result<Tensor> {
 }
 
 /// `y + e` with numpy broadcasting, where `e` must not change `y`'s shape.
-fn add_onto(op: &'static str, what: &str, y: Tensor, e: &Tensor) -> Result<Tensor> {
+pub(crate) fn add_onto(op: &'static str, what: &str, y: Tensor, e: &Tensor) -> Result<Tensor> {
     if e.dtype() != y.dtype() {
         return Err(Error::op(
             op,

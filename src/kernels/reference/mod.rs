@@ -13,6 +13,7 @@ mod fused;
 mod linalg;
 mod norm;
 mod pool;
+pub mod quant;
 mod reduce;
 mod resize;
 pub mod util;
@@ -44,6 +45,8 @@ fn takes_storage_only_types(op: &Op) -> bool {
             | Op::Identity
             | Op::Dropout
             | Op::Pad { .. }
+            | Op::QuantizeLinear { .. }
+            | Op::DequantizeLinear { .. }
     )
 }
 
@@ -62,6 +65,11 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec
     match op {
         Op::FusedConv { .. } | Op::FusedMatMul { .. } => fused::eval(op, inputs),
         Op::Elementwise { .. } => ew_chain::eval(op, inputs),
+        Op::QConv { .. }
+        | Op::QMatMul { .. }
+        | Op::QuantizeLinear { .. }
+        | Op::DequantizeLinear { .. }
+        | Op::DynamicQuantizeLinear => quant::eval(op, inputs),
         Op::Unary(_) | Op::Binary(_) | Op::Variadic(_) | Op::Clip | Op::Where | Op::Cast { .. } => {
             elementwise::eval(op, inputs)
         }
