@@ -5,6 +5,7 @@
         [--models resnet18,mobilenetv2,bert] [--threads 1,2] [--batches 1,8]
         [--rounds 5] [--runs 10] [--warmup 3] [--mlc target/release/mlc]
         [--dim seq=128] [--ort-only] [--verify] [--json results.json]
+        [--int8 [--int8-dir DIR] [--calib-samples 16] [--calib-seed 1]]
 
 For every model, thread count and batch size the two engines run in
 alternating rounds (ORT then mlc, then mlc then ORT, ...), each round being
@@ -20,6 +21,25 @@ model's), with intra_op_num_threads = threads, inter_op_num_threads = 1,
 ORT_ENABLE_ALL and sequential execution. mlc runs as
 `mlc bench MODEL --threads T --batch B --runs R --warmup W --json [--dim ..]`
 once per round and reports its own p50.
+
+With --int8 every round also times two int8 models of each model, in the
+same alternation (ORT, mlc, ORT int8, mlc int8, then the reverse):
+- ONNX Runtime's own: for a model whose inputs are all floating point
+  (images), quantize_static in QDQ format, per-channel, u8 activations / s8
+  weights, MinMax calibration on --calib-samples seeded inputs (sample i is
+  the batch-1 input of seed --calib-seed + i); for a model with an integer
+  input (token ids), quantize_dynamic with per-channel s8 weights;
+- mlc's: `mlc compress MODEL --int8 -o MODEL.int8.mlc`, with `--calib
+  MODEL.calib.npz` (the same calibration samples, keyed by input name, the
+  samples along the first axis) or `--dynamic` as above, then timed by
+  `mlc bench` exactly like the f32 model. A binary without `compress` (or
+  without its --int8) prints "mlc int8: not available (...)" and the rest is
+  still timed.
+A second block of the table gives ORT int8 and mlc int8 latencies and the
+ratios ORT-int8/ORT-f32, mlc-int8/mlc-f32 and mlc-int8/ORT-int8, with their
+geo-means at batch 1. The int8 files go to a temporary folder, or to
+--int8-dir, where ORT's int8 models are kept and reused while the source file
+and the settings are unchanged (mlc's are always remade).
 
 Inputs are seeded exactly as mlc's `inputs::random_inputs` makes them
 (SplitMix64, seed 0): floats uniform in [-1, 1), integer inputs that feed a
