@@ -14,6 +14,8 @@ pub mod gemm;
 mod lanes;
 pub mod linalg;
 pub mod ops;
+pub mod qconv;
+pub mod qgemm;
 
 use crate::ir::Op;
 use crate::Result;

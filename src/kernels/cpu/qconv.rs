@@ -1,0 +1,689 @@
+//! Exact int8 2-D convolution (NCHW, any strides, pads, dilations and
+//! groups) on u8 activations and i8 weights, with the epilogues of
+//! [`super::qgemm`]: raw i32, dequantized f32 (scale, bias per output
+//! channel, NCHW residual, activation) or requantized u8.
+//!
+//! Each (batch item, group) is one int8 GEMM computed transposed: the
+//! pixels are the rows, `Yᵀ[P, M/G] = colsᵀ[P, K] · Wᵀ[K, M/G]` with
+//! `K = C/G · kh · kw`, so the constant weights are the packed B operand
+//! ([`QPackedB`] built from `[M/G, K]` rows, i.e. transposed) and the
+//! output is stored channel-major straight from the tiles. The im2col
+//! columns (`[K, P]` u8) are padded with the activations' **zero point**,
+//! so a padding tap contributes `(za − za) · w = 0` exactly; a 1x1,
+//! stride-1, unpadded convolution reads the input in place. Convolutions
+//! with one input channel per group (depthwise) run a direct loop instead:
+//! per output plane, `Σ_taps (x − za) · w` in i32 over a plane padded with
+//! zeros after the zero point is subtracted. Both are exact, so every path
+//! and thread count gives the same accumulators, and the same epilogue
+//! code order as the GEMM.
+
+use rayon::prelude::*;
+
+use super::qgemm::{qgemm_strided, QEpilogue, QMatA, QOut, QPackedB, QRequant};
+use super::{CpuCtx, Features};
+
+/// Output elements below which planes are not spread over threads.
+const PAR_MIN_WORK: usize = 1 << 14;
+
+/// Geometry of a 2-D convolution window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QConvGeom {
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    /// `[top, left, bottom, right]` (ONNX's begins, then ends).
+    pub pads: [usize; 4],
+    pub group: usize,
+}
+
+impl QConvGeom {
+    /// Output height and width for an `h × w` input; None when the
+    /// (dilated) kernel does not fit in the padded input or a stride or
+    /// dilation is 0.
+    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let axis = |len: usize, a: usize| {
+            let (k, s, d) = (self.kernel[a], self.strides[a], self.dilations[a]);
+            let padded = len + self.pads[a] + self.pads[a + 2];
+            let span = k.checked_sub(1)? * d + 1;
+            if s == 0 || d == 0 || padded < span {
+                return None;
+            }
+            Some((padded - span) / s + 1)
+        };
+        Some((axis(h, 0)?, axis(w, 1)?))
+    }
+}
+
+/// Convolution weights `[M, C/G, kh, kw]` packed once for [`qconv2d`].
+#[derive(Clone, Debug)]
+pub struct QPackedConv {
+    m: usize,
+    /// Input channels per group.
+    cg: usize,
+    kernel: [usize; 2],
+    group: usize,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    /// One input channel per group: the weights as they are, `[M, kh·kw]`.
+    Direct(Vec<i8>),
+    /// One packed B (`Wᵀ`, `K × M/G`) per group.
+    Gemm(Vec<QPackedB>),
+}
+
+impl QPackedConv {
+    /// Output channels.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    /// Whether the direct (depthwise) loop runs this convolution.
+    pub fn is_direct(&self) -> bool {
+        matches!(self.kind, Kind::Direct(_))
+    }
+    /// The packed B operand of each group (empty for the direct loop).
+    pub fn packs(&self) -> &[QPackedB] {
+        match &self.kind {
+            Kind::Gemm(v) => v,
+            Kind::Direct(_) => &[],
+        }
+    }
+}
+
+/// Packs i8 convolution weights of shape `w_shape = [M, C/G, kh, kw]`
+/// (row-major, symmetric) for the kernels `features` select. None when the
+/// shape is inconsistent (`M` not a multiple of `group`, `w` of the wrong
+/// length, a zero dimension) or `C/G · kh · kw` exceeds
+/// [`super::qgemm::MAX_K`] (keep f32 then).
+pub fn pack_conv(
+    w: &[i8],
+    w_shape: [usize; 4],
+    group: usize,
+    features: Features,
+) -> Option<QPackedConv> {
+    let [m, cg, kh, kw] = w_shape;
+    if group == 0 || m == 0 || cg == 0 || kh == 0 || kw == 0 || m % group != 0 {
+        return None;
+    }
+    if w.len() != m * cg * kh * kw {
+        return None;
+    }
+    let k = cg * kh * kw;
+    if k > super::qgemm::MAX_K {
+        return None;
+    }
+    let kind = if cg == 1 {
+        Kind::Direct(w.to_vec())
+    } else {
+        let mg = m / group;
+        let packs = (0..group)
+            .map(|g| QPackedB::new(k, mg, &w[g * mg * k..(g + 1) * mg * k], k, true, features))
+            .collect::<Option<Vec<_>>>()?;
+        Kind::Gemm(packs)
+    };
+    Some(QPackedConv {
+        m,
+        cg,
+        kernel: [kh, kw],
+        group,
+        kind,
+    })
+}
+
+/// `Y = conv(X, W)` through `out`'s epilogue: `x` is u8 NCHW of shape
+/// `x_shape` with zero point `x_zp`, `w` packed by [`pack_conv`], and the
+/// output (and any residual) is NCHW `[N, M, OH, OW]` with `(OH, OW)` from
+/// [`QConvGeom::out_hw`]. Per-channel scales and the bias have M elements.
+///
+/// # Panics
+/// When the shapes do not agree (input channels, kernel size, group, the
+/// geometry does not fit, slices too short, scales neither 1 nor M long)
+/// or the pack was made for a kernel `cx.features` cannot run: caller bugs.
+pub fn qconv2d(
+    x: &[u8],
+    x_shape: [usize; 4],
+    x_zp: u8,
+    geom: &QConvGeom,
+    w: &QPackedConv,
+    out: QOut,
+    cx: &CpuCtx,
+) {
+    let [nb, c, h, wd] = x_shape;
+    assert!(
+        geom.kernel == w.kernel && geom.group == w.group && c == w.cg * w.group,
+        "qconv2d: weights [{}, {}, {}, {}] / group {} do not fit input channels {c}, {geom:?}",
+        w.m,
+        w.cg,
+        w.kernel[0],
+        w.kernel[1],
+        w.group
+    );
+    assert!(
+        x.len() >= nb * c * h * wd,
+        "qconv2d: input shorter than {x_shape:?}"
+    );
+    let (oh, ow) = geom
+        .out_hw(h, wd)
+        .unwrap_or_else(|| panic!("qconv2d: {geom:?} does not fit a {h}x{wd} input"));
+    let (m, p) = (w.m, oh * ow);
+    if nb == 0 || p == 0 {
+        return;
+    }
+    match &out {
+        QOut::F32(_, ep) | QOut::U8(_, ep, _) => {
+            assert!(
+                ep.b_scales.len() == 1 || ep.b_scales.len() == m,
+                "qconv2d: {} weight scales for {m} channels",
+                ep.b_scales.len()
+            );
+            assert!(
+                ep.bias.is_none_or(|b| b.len() >= m),
+                "qconv2d: bias shorter than {m}"
+            );
+            assert!(
+                ep.residual.is_none_or(|r| r.len() >= nb * m * p),
+                "qconv2d: residual shorter than the output"
+            );
+        }
+        QOut::I32(_) => {}
+    }
+    let plane_in = h * wd;
+    match &w.kind {
+        Kind::Direct(wt) => {
+            // One task per output plane (batch item, channel).
+            let tasks = split_out(out, nb * m * p, 1, m, p);
+            let mg = m / w.group;
+            let run = |(t, o): (usize, QOut)| {
+                let (b, ch) = (t / m, t % m);
+                let ci = ch / mg;
+                let xs = &x[(b * c + ci) * plane_in..(b * c + ci + 1) * plane_in];
+                let taps = geom.kernel[0] * geom.kernel[1];
+                direct_plane(
+                    xs,
+                    (h, wd),
+                    x_zp,
+                    geom,
+                    (oh, ow),
+                    &wt[ch * taps..(ch + 1) * taps],
+                    o,
+                );
+            };
+            if cx.threads > 1 && nb * m * p * geom.kernel[0] * geom.kernel[1] >= PAR_MIN_WORK {
+                cx.install(|| tasks.into_par_iter().enumerate().for_each(run));
+            } else {
+                tasks.into_iter().enumerate().for_each(run);
+            }
+        }
+        Kind::Gemm(packs) => {
+            let (g_n, mg, cg) = (w.group, m / w.group, w.cg);
+            let k = cg * geom.kernel[0] * geom.kernel[1];
+            let tasks = split_out(out, nb * m * p, mg, m, p);
+            let in_place = geom.kernel == [1, 1] && geom.strides == [1, 1] && geom.pads == [0; 4];
+            let one = CpuCtx::single(cx.features);
+            // Small groups run side by side, one thread each; a large
+            // product uses all threads itself.
+            let by_task = cx.threads > 1 && tasks.len() > 1 && p * mg * k < (1 << 20);
+            let run = |(t, o): (usize, QOut), cx: &CpuCtx, cols: &mut Vec<u8>| {
+                let (b, g) = (t / g_n, t % g_n);
+                let xs = &x[(b * c + g * cg) * plane_in..(b * c + (g + 1) * cg) * plane_in];
+                let a = if in_place {
+                    xs
+                } else {
+                    cols.resize(k * p, 0);
+                    im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), cols, cx);
+                    &cols[..]
+                };
+                let qa = QMatA {
+                    data: a,
+                    ld: p,
+                    trans: true,
+                    zero_point: x_zp,
+                };
+                qgemm_strided(p, qa, &packs[g], o, (1, p), cx);
+            };
+            if by_task {
+                cx.install(|| {
+                    tasks
+                        .into_par_iter()
+                        .enumerate()
+                        .for_each_init(Vec::new, |cols, to| run(to, &one, cols))
+                });
+            } else {
+                let mut cols = Vec::new();
+                for to in tasks.into_iter().enumerate() {
+                    run(to, cx, &mut cols);
+                }
+            }
+        }
+    }
+}
+
+/// Splits an NCHW output of `len` elements (`M` channels of `p` pixels)
+/// into consecutive pieces of `cpc` channels each, each with its slice of
+/// the epilogue (scales, bias, residual).
+fn split_out<'a>(out: QOut<'a>, len: usize, cpc: usize, m: usize, p: usize) -> Vec<QOut<'a>> {
+    let chunk = cpc * p;
+    let sub = |ep: &QEpilogue<'a>, t: usize| sub_epilogue(ep, t, cpc, m, chunk);
+    match out {
+        QOut::I32(c) => {
+            assert!(c.len() >= len, "qconv2d: output shorter than {len}");
+            c[..len].chunks_mut(chunk).map(QOut::I32).collect()
+        }
+        QOut::F32(c, ep) => {
+            assert!(c.len() >= len, "qconv2d: output shorter than {len}");
+            let e = ep;
+            c[..len]
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(t, c)| QOut::F32(c, sub(&e, t)))
+                .collect()
+        }
+        QOut::U8(c, ep, rq) => {
+            assert!(c.len() >= len, "qconv2d: output shorter than {len}");
+            let e = ep;
+            c[..len]
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(t, c)| QOut::U8(c, sub(&e, t), rq))
+                .collect()
+        }
+    }
+}
+
+/// Piece `t` of an epilogue split by [`split_out`].
+fn sub_epilogue<'a>(
+    ep: &QEpilogue<'a>,
+    t: usize,
+    cpc: usize,
+    m: usize,
+    chunk: usize,
+) -> QEpilogue<'a> {
+    let c0 = (t * cpc) % m;
+    let mut e = *ep;
+    if e.b_scales.len() != 1 {
+        e.b_scales = &ep.b_scales[c0..c0 + cpc];
+    }
+    e.bias = ep.bias.map(|b| &b[c0..c0 + cpc]);
+    e.residual = ep.residual.map(|r| &r[t * chunk..(t + 1) * chunk]);
+    e
+}
+
+/// The output positions `o` in `0..n_out` whose input index `o * s + off
+/// - pad` lies in `0..len`, as a range.
+fn valid_range(n_out: usize, s: usize, off: usize, pad: usize, len: usize) -> (usize, usize) {
+    // o * s + off >= pad  and  o * s + off < pad + len.
+    let lo = if off >= pad {
+        0
+    } else {
+        (pad - off).div_ceil(s)
+    };
+    let hi = if pad + len > off {
+        (pad + len - off).div_ceil(s)
+    } else {
+        0
+    };
+    (lo.min(n_out), hi.min(n_out).max(lo.min(n_out)))
+}
+
+/// Writes the im2col columns of one group's `cg` input planes into `dst`
+/// (`[cg · kh · kw, oh · ow]`, row `(ci · kh + ki) · kw + kj`), with `za`
+/// wherever a tap reads padding. Rows are filled in parallel on `cx`'s
+/// threads when there are many.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    x: &[u8],
+    cg: usize,
+    (h, w): (usize, usize),
+    za: u8,
+    geom: &QConvGeom,
+    (oh, ow): (usize, usize),
+    dst: &mut [u8],
+    cx: &CpuCtx,
+) {
+    let [kh, kw] = geom.kernel;
+    let [sh, sw] = geom.strides;
+    let [dh, dw] = geom.dilations;
+    let [pt, pl, _, _] = geom.pads;
+    let p = oh * ow;
+    let fill_row = |row: usize, d: &mut [u8]| {
+        let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        let (y0, y1) = valid_range(oh, sh, ki * dh, pt, h);
+        let (x0, x1) = valid_range(ow, sw, kj * dw, pl, w);
+        d[..y0 * ow].fill(za);
+        d[y1 * ow..].fill(za);
+        for oy in y0..y1 {
+            let iy = oy * sh + ki * dh - pt;
+            let src = &plane[iy * w..(iy + 1) * w];
+            let out = &mut d[oy * ow..(oy + 1) * ow];
+            out[..x0].fill(za);
+            out[x1..].fill(za);
+            if x1 > x0 {
+                let ix0 = x0 * sw + kj * dw - pl;
+                if sw == 1 {
+                    out[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                } else {
+                    for (o, v) in out[x0..x1].iter_mut().zip(src[ix0..].iter().step_by(sw)) {
+                        *o = *v;
+                    }
+                }
+            }
+        }
+    };
+    let rows = cg * kh * kw;
+    let d = &mut dst[..rows * p];
+    if cx.threads > 1 && rows * p >= 1 << 16 {
+        cx.install(|| {
+            d.par_chunks_mut(p)
+                .enumerate()
+                .for_each(|(r, d)| fill_row(r, d))
+        });
+    } else {
+        d.chunks_mut(p)
+            .enumerate()
+            .for_each(|(r, d)| fill_row(r, d));
+    }
+}
+
+/// One output plane of a convolution with one input channel per group:
+/// `acc = Σ_taps (x − za) · w` (exact i32: at most `kh·kw · 255 · 128`,
+/// bounded by `MAX_K` at packing), then the epilogue of `out` (one
+/// channel: its piece of the epilogue has one scale and one bias).
+#[allow(clippy::too_many_arguments)]
+fn direct_plane(
+    x: &[u8],
+    (h, w): (usize, usize),
+    za: u8,
+    geom: &QConvGeom,
+    (oh, ow): (usize, usize),
+    wt: &[i8],
+    out: QOut,
+) {
+    let [kh, kw] = geom.kernel;
+    let [sh, sw] = geom.strides;
+    let [dh, dw] = geom.dilations;
+    let [pt, pl, pb, pr] = geom.pads;
+    let (ph, pw) = (h + pt + pb, w + pl + pr);
+    // The plane minus the zero point, in i16, padded with exact zeros.
+    let mut xp = vec![0i16; ph * pw];
+    for iy in 0..h {
+        let d = &mut xp[(iy + pt) * pw + pl..(iy + pt) * pw + pl + w];
+        for (o, &v) in d.iter_mut().zip(&x[iy * w..(iy + 1) * w]) {
+            *o = v as i16 - za as i16;
+        }
+    }
+    let mut acc = vec![0i32; oh * ow];
+    for (oy, arow) in acc.chunks_exact_mut(ow).enumerate() {
+        for ki in 0..kh {
+            let base = (oy * sh + ki * dh) * pw;
+            for kj in 0..kw {
+                let wv = wt[ki * kw + kj] as i32;
+                let src = &xp[base + kj * dw..];
+                if sw == 1 {
+                    for (a, &v) in arow.iter_mut().zip(&src[..ow]) {
+                        *a += wv * v as i32;
+                    }
+                } else {
+                    for (a, &v) in arow.iter_mut().zip(src.iter().step_by(sw)) {
+                        *a += wv * v as i32;
+                    }
+                }
+            }
+        }
+    }
+    finish_plane(&acc, out);
+}
+
+/// The epilogue of one output channel's plane of accumulators, in the
+/// order of the GEMM's: `(acc as f32) · (sa · sb)`, `+ bias`, `+ residual`,
+/// activation, then the store or requantization.
+fn finish_plane(acc: &[i32], out: QOut) {
+    let dequant = |ep: &QEpilogue| {
+        let s = ep.a_scale * ep.b_scales[0];
+        let mut y: Vec<f32> = acc.iter().map(|&v| v as f32 * s).collect();
+        if let Some(b) = ep.bias {
+            let b = b[0];
+            y.iter_mut().for_each(|v| *v += b);
+        }
+        if let Some(r) = ep.residual {
+            y.iter_mut().zip(r).for_each(|(v, &x)| *v += x);
+        }
+        if let Some(act) = ep.act {
+            super::apply_activation(act, &mut y);
+        }
+        y
+    };
+    match out {
+        QOut::I32(c) => c.copy_from_slice(acc),
+        QOut::F32(c, ep) => c.copy_from_slice(&dequant(&ep)),
+        QOut::U8(c, ep, QRequant { scale, zero_point }) => {
+            super::qgemm::quantize_u8(&dequant(&ep), scale, zero_point, c)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Activation;
+    use crate::kernels::cpu::qgemm::tests::{features, rand_f32, rand_i8, rand_u8, two_threads};
+
+    /// One convolution problem.
+    struct Case {
+        x: [usize; 4],
+        m: usize,
+        geom: QConvGeom,
+    }
+
+    fn case(x: [usize; 4], m: usize, k: [usize; 2], s: usize, pad: usize, group: usize) -> Case {
+        Case {
+            x,
+            m,
+            geom: QConvGeom {
+                kernel: k,
+                strides: [s, s],
+                dilations: [1, 1],
+                pads: [pad; 4],
+                group,
+            },
+        }
+    }
+
+    /// ResNet / MobileNet shapes at small sizes, plus odd geometries.
+    fn cases() -> Vec<(&'static str, Case)> {
+        let mut v = vec![
+            ("3x3 s1 p1", case([1, 16, 9, 9], 24, [3, 3], 1, 1, 1)),
+            ("3x3 s2 p1", case([2, 8, 11, 10], 16, [3, 3], 2, 1, 1)),
+            ("1x1", case([1, 32, 7, 7], 20, [1, 1], 1, 0, 1)),
+            ("1x1 s2", case([2, 16, 7, 8], 9, [1, 1], 2, 0, 1)),
+            ("7x7 s2 p3 stem", case([1, 3, 23, 23], 16, [7, 7], 2, 3, 1)),
+            ("dw 3x3 s1", case([2, 12, 10, 9], 12, [3, 3], 1, 1, 12)),
+            ("dw 3x3 s2", case([1, 17, 11, 12], 17, [3, 3], 2, 1, 17)),
+            ("dw x2", case([1, 4, 6, 6], 8, [3, 3], 1, 1, 4)),
+            ("grouped", case([1, 8, 7, 7], 12, [3, 3], 1, 1, 4)),
+            ("big 3x3", case([1, 64, 20, 20], 64, [3, 3], 1, 1, 1)),
+        ];
+        let mut odd = case([1, 6, 9, 8], 10, [3, 2], 1, 0, 2);
+        odd.geom.dilations = [2, 3];
+        odd.geom.pads = [0, 1, 2, 1];
+        odd.geom.strides = [2, 1];
+        v.push(("dilated asym", odd));
+        let mut dw = case([1, 5, 9, 8], 5, [3, 3], 1, 0, 5);
+        dw.geom.dilations = [2, 2];
+        dw.geom.pads = [2, 1, 0, 3];
+        v.push(("dw dilated asym", dw));
+        v
+    }
+
+    /// The reference accumulators, NCHW: i64 sums over every tap, padding
+    /// read as the zero point.
+    fn reference(c: &Case, x: &[u8], za: u8, w: &[i8]) -> Vec<i32> {
+        let [nb, ch, h, wd] = c.x;
+        let g = &c.geom;
+        let (oh, ow) = g.out_hw(h, wd).expect("case fits");
+        let (cg, mg) = (ch / g.group, c.m / g.group);
+        let [kh, kw] = g.kernel;
+        let mut out = vec![0i32; nb * c.m * oh * ow];
+        for b in 0..nb {
+            for o in 0..c.m {
+                let gi = o / mg;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0i64;
+                        for ci in 0..cg {
+                            for ki in 0..kh {
+                                for kj in 0..kw {
+                                    let iy = (oy * g.strides[0] + ki * g.dilations[0]) as i64
+                                        - g.pads[0] as i64;
+                                    let ix = (ox * g.strides[1] + kj * g.dilations[1]) as i64
+                                        - g.pads[1] as i64;
+                                    let v = if iy < 0 || ix < 0 || iy >= h as i64 || ix >= wd as i64
+                                    {
+                                        za
+                                    } else {
+                                        x[((b * ch + gi * cg + ci) * h + iy as usize) * wd
+                                            + ix as usize]
+                                    };
+                                    let wv = w[((o * cg + ci) * kh + ki) * kw + kj];
+                                    s += (v as i64 - za as i64) * wv as i64;
+                                }
+                            }
+                        }
+                        out[((b * c.m + o) * oh + oy) * ow + ox] =
+                            i32::try_from(s).expect("fits i32");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conv_accumulators_and_epilogues_match_reference() {
+        let mut seed = 3u64;
+        for (name, f) in features() {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for (what, c) in cases() {
+                    for wr in [(-128i8, 127i8), (-64, 63)] {
+                        seed += 1;
+                        let za = [0u8, 128, 255, 17][seed as usize % 4];
+                        let [nb, ch, h, wd] = c.x;
+                        let [kh, kw] = c.geom.kernel;
+                        let x = rand_u8(nb * ch * h * wd, seed);
+                        let w = rand_i8(c.m * (ch / c.geom.group) * kh * kw, wr.0, wr.1, seed + 1);
+                        let pk = pack_conv(&w, [c.m, ch / c.geom.group, kh, kw], c.geom.group, f)
+                            .expect("packs");
+                        let want = reference(&c, &x, za, &w);
+                        let mut got = vec![0i32; want.len()];
+                        qconv2d(&x, c.x, za, &c.geom, &pk, QOut::I32(&mut got), &cx);
+                        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+                            panic!(
+                                "{name} {what} za{za} {wr:?} at {i}: {} vs {}",
+                                got[i], want[i]
+                            );
+                        }
+                        // Epilogues: per-channel scales, bias, NCHW residual.
+                        let (oh, ow) = c.geom.out_hw(h, wd).expect("fits");
+                        let p = oh * ow;
+                        let scales: Vec<f32> = rand_f32(c.m, seed + 2, 0.01)
+                            .iter()
+                            .map(|v| v.abs() + 1e-4)
+                            .collect();
+                        let bias = rand_f32(c.m, seed + 3, 2.0);
+                        let res = rand_f32(want.len(), seed + 4, 2.0);
+                        for act in [
+                            None,
+                            Some(Activation::Relu),
+                            Some(Activation::Clip { min: 0.0, max: 6.0 }),
+                        ] {
+                            let ep = QEpilogue {
+                                a_scale: 0.03,
+                                b_scales: &scales,
+                                bias: Some(&bias),
+                                residual: seed.is_multiple_of(2).then_some(&res[..]),
+                                act: act.as_ref(),
+                            };
+                            let mut y = vec![f32::NAN; want.len()];
+                            qconv2d(&x, c.x, za, &c.geom, &pk, QOut::F32(&mut y, ep), &cx);
+                            let rq = QRequant {
+                                scale: 0.05,
+                                zero_point: 3,
+                            };
+                            let mut q = vec![0u8; want.len()];
+                            qconv2d(&x, c.x, za, &c.geom, &pk, QOut::U8(&mut q, ep, rq), &cx);
+                            for (i, (&acc, (&g, &gq))) in
+                                want.iter().zip(y.iter().zip(&q)).enumerate()
+                            {
+                                let o = (i / p) % c.m;
+                                let mut v = acc as f32 * (0.03 * scales[o]);
+                                v += bias[o];
+                                if let Some(r) = ep.residual {
+                                    v += r[i];
+                                }
+                                if let Some(a) = &act {
+                                    let mut t = [v];
+                                    crate::kernels::cpu::apply_activation_exact(a, &mut t);
+                                    v = t[0];
+                                }
+                                assert_eq!(
+                                    g.to_bits(),
+                                    v.to_bits(),
+                                    "{name} {what} {act:?} f32 at {i}"
+                                );
+                                let mut wq = [0u8];
+                                crate::kernels::cpu::qgemm::quantize_u8_with(
+                                    Features::portable(),
+                                    &[v],
+                                    0.05,
+                                    3,
+                                    &mut wq,
+                                );
+                                assert_eq!(gq, wq[0], "{name} {what} {act:?} u8 at {i}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adversarial_conv_is_exact() {
+        // All-255 inputs against extreme weights, deep enough (C·9 = 2304)
+        // for saturation to show, with padding read as the zero point.
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            let c = case([1, 256, 5, 5], 18, [3, 3], 1, 1, 1);
+            let x = vec![255u8; 256 * 25];
+            for (wname, wv) in [("-128", -128i8), ("+127", 127), ("-64", -64)] {
+                let mut w = vec![wv; 18 * 256 * 9];
+                for (i, v) in w.iter_mut().enumerate() {
+                    if wname == "+127" && i % 2 == 1 {
+                        *v = -128;
+                    }
+                }
+                for za in [0u8, 255, 128] {
+                    let pk = pack_conv(&w, [18, 256, 3, 3], 1, f).expect("packs");
+                    let want = reference(&c, &x, za, &w);
+                    let mut got = vec![0i32; want.len()];
+                    qconv2d(&x, c.x, za, &c.geom, &pk, QOut::I32(&mut got), &cx);
+                    assert_eq!(got, want, "{name} w {wname} za {za}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_packs_are_refused() {
+        let f = Features::portable();
+        assert!(pack_conv(&[1; 8], [2, 1, 2, 2], 3, f).is_none());
+        assert!(pack_conv(&[1; 7], [2, 1, 2, 2], 1, f).is_none());
+        assert!(pack_conv(&[], [0, 1, 2, 2], 1, f).is_none());
+        let big = vec![0i8; 7400 * 9];
+        assert!(pack_conv(&big, [1, 7400, 3, 3], 1, f).is_none());
+        assert!(pack_conv(&[1; 8], [2, 1, 2, 2], 2, f).is_some_and(|p| p.is_direct()));
+        assert!(pack_conv(&[1; 8], [1, 2, 2, 2], 1, f).is_some_and(|p| !p.is_direct()));
+    }
+}

@@ -1,0 +1,1510 @@
+//! Exact int8 GEMM: `C[m×n] = epilogue(A_u8[m×k] · B_i8[k×n])`, with u8
+//! asymmetric activations (zero point `za`) and i8 symmetric weights.
+//!
+//! The accumulator is `acc[i,n] = Σ_k (a[i,k] − za) · b[k,n]`, exact in i32
+//! (`k ≤` [`MAX_K`] keeps every partial sum in range). B is a constant
+//! weight packed once ([`QPackedB`]), which also records each column's
+//! weight sum so that the zero point folds out of the inner loop:
+//! `acc = Σ a·b − za·Σ_k b` (computed with wrapping i32 arithmetic, exact
+//! because the true result fits in i32). The structure follows the f32
+//! GEMM ([`super::gemm`]): C is cut into column blocks of `NC`, row blocks
+//! of `MC` whose A rows are packed into micro-panels, and depth blocks of
+//! `KC`; a micro-kernel multiplies one A micro-panel by one B micro-panel
+//! into an `MR × NR` tile of i32 accumulators (kept in a small per-thread
+//! i32 block between depth blocks). On the last depth block the tile goes
+//! through the epilogue: raw i32, dequantized f32
+//! (`(acc as f32) · (sa · sb[n])`, `+ bias[n]`, `+ residual`, activation,
+//! each step rounded on its own), or requantized u8.
+//!
+//! Three micro-kernels, chosen when B is packed:
+//!
+//! * **AVX2 `vpmaddubsw`** (`6 × 16`, 4 depths per instruction) when every
+//!   weight is in `[−64, 63]`. `vpmaddubsw` adds two u8 × s8 products into
+//!   an i16 with saturation; with `|b| ≤ 64` a pair is at most
+//!   `255 · 64 · 2 = 32640 ≤ 32767` in magnitude, so it never saturates.
+//!   The pair sums are then widened and added by `vpmaddwd` with ones
+//!   (i16 × 1 pairs into i32: exact).
+//! * **AVX2 `vpmaddwd`** (`6 × 16`, 2 depths per instruction) for any i8
+//!   weights: A is zero-extended to i16 and B sign-extended to i16 at
+//!   packing, and `vpmaddwd` adds two i16 × i16 products into an i32.
+//!   Its only overflow is `(−32768)² · 2`; here each product is at most
+//!   `255 · 128` in magnitude, so the pair is exact.
+//! * **portable** (`4 × 16`): plain i32 multiply-adds the compiler
+//!   vectorizes for the target.
+//!
+//! All three give the same i32 accumulators bit for bit, and the epilogue
+//! is the same scalar-order code on every path, so results depend neither
+//! on the kernel nor on the thread count (each element of C is computed by
+//! exactly one task, with the same operations as single-threaded).
+//!
+//! [`dynamic_params`] and [`quantize_u8`] implement ONNX
+//! DynamicQuantizeLinear's parameters and the quantization that feeds A.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{CpuCtx, Features};
+use crate::ir::Activation;
+
+/// Largest depth for which no i32 accumulator can overflow: every product
+/// is at most `255 · 128 = 32640` in magnitude, and `65793 · 32640 =
+/// 2_147_483_520 < 2^31`.
+pub const MAX_K: usize = 65793;
+
+/// Rows of a packed A block (a multiple of every kernel's MR).
+const MC: usize = 72;
+/// Columns of a C block (a multiple of NR): the block's i32 accumulators
+/// (`MC × NC`, 72 KiB) and B's `KC`-deep slice of it stay in L2.
+const NC: usize = 256;
+/// Depth of a block, in bytes of a packed B row (`KC_BYTES / elem` depths):
+/// a B micro-panel (`16 × KC_BYTES`, 8 KiB) stays in L1.
+const KC_BYTES: usize = 512;
+/// Columns of every micro-kernel's tile and of a packed B panel.
+const NR: usize = 16;
+/// The tallest tile (MR) of any kernel.
+const MR_MAX: usize = 6;
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// The micro-kernel a [`QPackedB`] was packed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QKernel {
+    /// Plain Rust, `4 × 16` tiles, one depth at a time.
+    Portable,
+    /// AVX2 `vpmaddwd` on i16-widened operands, `6 × 16`: exact for any i8
+    /// weights.
+    Avx2Madd16,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd`, `6 × 16`: only for weights in
+    /// `[−64, 63]` (7-bit), where it cannot saturate.
+    Avx2Maddubs,
+}
+
+impl QKernel {
+    /// The kernel for weights whose values all lie in `[lo, hi]`.
+    fn select(f: Features, lo: i8, hi: i8) -> QKernel {
+        #[cfg(target_arch = "x86_64")]
+        if f.avx2_fma {
+            return if lo >= -64 && hi <= 63 {
+                QKernel::Avx2Maddubs
+            } else {
+                QKernel::Avx2Madd16
+            };
+        }
+        let _ = (f, lo, hi);
+        QKernel::Portable
+    }
+
+    /// Rows of the register tile.
+    fn mr(self) -> usize {
+        match self {
+            QKernel::Portable => 4,
+            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => 6,
+        }
+    }
+
+    /// Depths per group: a packed row of a panel holds `group` consecutive
+    /// depths of each lane side by side.
+    fn group(self) -> usize {
+        match self {
+            QKernel::Portable => 1,
+            QKernel::Avx2Madd16 => 2,
+            QKernel::Avx2Maddubs => 4,
+        }
+    }
+
+    /// Bytes per packed element (2 when widened to i16).
+    fn elem(self) -> usize {
+        match self {
+            QKernel::Avx2Madd16 => 2,
+            QKernel::Portable | QKernel::Avx2Maddubs => 1,
+        }
+    }
+
+    /// Depths per block (a multiple of the group).
+    fn kc(self) -> usize {
+        KC_BYTES / self.elem()
+    }
+
+    /// Whether `f` can run this kernel.
+    fn runs_on(self, f: Features) -> bool {
+        match self {
+            QKernel::Portable => true,
+            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => f.avx2_fma,
+        }
+    }
+}
+
+/// A constant i8 weight `B[k×n]` packed once for the int8 micro-kernels:
+/// panels of 16 columns over all of k (depths in groups of the kernel's
+/// width, zero-padded), plus the sum of each column (to fold A's zero
+/// point out of the product).
+#[derive(Clone, Debug)]
+pub struct QPackedB {
+    k: usize,
+    n: usize,
+    kern: QKernel,
+    /// Bytes of one panel: `k.div_ceil(group) * group * NR * elem`.
+    panel_bytes: usize,
+    buf: Vec<u8>,
+    /// Offset of the 64-byte aligned start in `buf`.
+    off: usize,
+    /// `Σ_k b[k, j]` for each column, zero past n up to a whole panel.
+    col_sums: Vec<i32>,
+}
+
+impl QPackedB {
+    /// Packs `B[k×n]`, stored row-major with leading dimension `ldb`, or
+    /// stored `n × k` (B transposed, e.g. a convolution's `[M, C·kh·kw]`
+    /// weights) when `trans`. The kernel is chosen from `features` and the
+    /// weights' range (7-bit weights get the `vpmaddubsw` kernel). None when
+    /// `k > MAX_K` (the i32 accumulators could overflow: keep f32).
+    ///
+    /// # Panics
+    /// When `b` is too short for `k`, `n` and `ldb`.
+    pub fn new(
+        k: usize,
+        n: usize,
+        b: &[i8],
+        ldb: usize,
+        trans: bool,
+        features: Features,
+    ) -> Option<QPackedB> {
+        if k > MAX_K {
+            return None;
+        }
+        let (sr, sc) = if trans { (n, k) } else { (k, n) };
+        if sr > 0 && sc > 0 {
+            assert!(
+                ldb >= sc && b.len() >= (sr - 1) * ldb + sc,
+                "QPackedB: B ({sr}x{sc} stored, ld {ldb}) does not fit in {} elements",
+                b.len()
+            );
+        }
+        let at = |p: usize, j: usize| {
+            if trans {
+                b[j * ldb + p]
+            } else {
+                b[p * ldb + j]
+            }
+        };
+        let (mut lo, mut hi) = (0i8, 0i8);
+        let mut col_sums = vec![0i32; n.div_ceil(NR) * NR];
+        for p in 0..k {
+            for (j, s) in col_sums.iter_mut().enumerate().take(n) {
+                let v = at(p, j);
+                lo = lo.min(v);
+                hi = hi.max(v);
+                *s += v as i32;
+            }
+        }
+        let kern = QKernel::select(features, lo, hi);
+        let (g, e) = (kern.group(), kern.elem());
+        let panel_bytes = k.div_ceil(g) * g * NR * e;
+        let len = n.div_ceil(NR) * panel_bytes;
+        let mut buf = Vec::new();
+        let off = aligned(&mut buf, len);
+        let dst = &mut buf[off..off + len];
+        for (q, panel) in dst.chunks_exact_mut(panel_bytes.max(1)).enumerate() {
+            let j0 = q * NR;
+            for c in 0..NR.min(n - j0) {
+                for p in 0..k {
+                    let v = at(p, j0 + c);
+                    let o = ((p / g) * NR + c) * g * e + (p % g) * e;
+                    if e == 2 {
+                        panel[o..o + 2].copy_from_slice(&(v as i16).to_le_bytes());
+                    } else {
+                        panel[o] = v as u8;
+                    }
+                }
+            }
+        }
+        Some(QPackedB {
+            k,
+            n,
+            kern,
+            panel_bytes,
+            buf,
+            off,
+            col_sums,
+        })
+    }
+
+    /// Rows of B (the depth).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Columns of B.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// The micro-kernel the pack is laid out for.
+    pub fn kernel(&self) -> QKernel {
+        self.kern
+    }
+    /// `Σ_k b[k, j]` for each column j (length n).
+    pub fn col_sums(&self) -> &[i32] {
+        &self.col_sums[..self.n]
+    }
+    fn data(&self) -> &[u8] {
+        &self.buf[self.off..]
+    }
+}
+
+/// Grows `v` to hold `len` bytes from a 64-byte aligned start; returns the
+/// start's offset.
+fn aligned<T: Default + Clone>(v: &mut Vec<T>, len: usize) -> usize {
+    let sz = std::mem::size_of::<T>();
+    let extra = 64 / sz;
+    if v.len() < len + extra {
+        v.clear();
+        v.resize(len + extra, T::default());
+    }
+    let addr = v.as_ptr() as usize;
+    (64 - addr % 64) % 64 / sz
+}
+
+/// The u8 A operand of a product: `m × k`, row-major with leading dimension
+/// `ld`, or stored `k × m` when `trans` (a convolution's im2col columns);
+/// its quantization zero point is `zero_point`.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatA<'a> {
+    pub data: &'a [u8],
+    pub ld: usize,
+    pub trans: bool,
+    pub zero_point: u8,
+}
+
+/// The dequantizing epilogue: `y = (acc as f32) · (a_scale · b_scales[j])`,
+/// then `+ bias[j]`, then `+ residual` (laid out like C), then the
+/// activation, each step rounded separately.
+#[derive(Clone, Copy, Debug)]
+pub struct QEpilogue<'a> {
+    /// A's scale.
+    pub a_scale: f32,
+    /// B's scales: one per column (length n), or one for all (length 1).
+    pub b_scales: &'a [f32],
+    /// Added to every row (length n).
+    pub bias: Option<&'a [f32]>,
+    /// Added elementwise, laid out like C (same ldc).
+    pub residual: Option<&'a [f32]>,
+    pub act: Option<&'a Activation>,
+}
+
+/// Requantization of the dequantized result to u8:
+/// `clamp(round_ties_even(y / scale) + zero_point, 0, 255)` (NaN → 0).
+#[derive(Clone, Copy, Debug)]
+pub struct QRequant {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+/// Where a product goes, and in what form.
+#[derive(Debug)]
+pub enum QOut<'a> {
+    /// The exact accumulators `Σ_k (a − za) · b`.
+    I32(&'a mut [i32]),
+    /// Dequantized through the epilogue.
+    F32(&'a mut [f32], QEpilogue<'a>),
+    /// Dequantized through the epilogue, then requantized.
+    U8(&'a mut [u8], QEpilogue<'a>, QRequant),
+}
+
+/// `C[m×n] = A · B` for u8 A and a packed i8 B, through `out`'s epilogue;
+/// C (row-major, leading dimension `ldc`) is overwritten, columns past n
+/// are not touched.
+///
+/// # Panics
+/// When a slice is too short for its dimensions, `b_scales` has neither 1
+/// nor n elements, or B was packed for a kernel `cx.features` cannot run
+/// (caller bugs: the kernel writes through raw pointers and checks first).
+pub fn qgemm(m: usize, a: QMatA, b: &QPackedB, out: QOut, ldc: usize, cx: &CpuCtx) {
+    let n = b.n;
+    if m > 0 && n > 0 {
+        assert!(ldc >= n, "qgemm: ldc {ldc} < n = {n}");
+    }
+    qgemm_strided(m, a, b, out, (ldc, 1), cx);
+}
+
+/// [`qgemm`] with C element (i, j) at `i * strides.0 + j * strides.1` (the
+/// residual likewise): a convolution stores `Cᵀ`, channels by pixels.
+pub(crate) fn qgemm_strided(
+    m: usize,
+    a: QMatA,
+    b: &QPackedB,
+    out: QOut,
+    strides: (usize, usize),
+    cx: &CpuCtx,
+) {
+    let (n, k) = (b.n, b.k);
+    assert!(
+        b.kern.runs_on(cx.features),
+        "qgemm: B packed for {:?}, which {:?} cannot run",
+        b.kern,
+        cx.features
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (sa, sl) = if a.trans { (k, m) } else { (m, k) };
+    if sa > 0 && sl > 0 {
+        assert!(
+            a.ld >= sl && a.data.len() >= (sa - 1) * a.ld + sl,
+            "qgemm: A ({sa}x{sl} stored, ld {}) does not fit in {} elements",
+            a.ld,
+            a.data.len()
+        );
+    }
+    let span = (m - 1) * strides.0 + (n - 1) * strides.1 + 1;
+    let (dst, ep) = match out {
+        QOut::I32(c) => {
+            assert!(c.len() >= span, "qgemm: C shorter than {span}");
+            (Dst::I32(c.as_mut_ptr()), None)
+        }
+        QOut::F32(c, ep) => {
+            assert!(c.len() >= span, "qgemm: C shorter than {span}");
+            (Dst::F32(c.as_mut_ptr()), Some(ep))
+        }
+        QOut::U8(c, ep, rq) => {
+            assert!(c.len() >= span, "qgemm: C shorter than {span}");
+            (Dst::U8(c.as_mut_ptr(), rq), Some(ep))
+        }
+    };
+    if let Some(ep) = &ep {
+        assert!(
+            ep.b_scales.len() == 1 || ep.b_scales.len() == n,
+            "qgemm: {} B scales for {n} columns",
+            ep.b_scales.len()
+        );
+        if let Some(bias) = ep.bias {
+            assert!(bias.len() >= n, "qgemm: bias shorter than n = {n}");
+        }
+        if let Some(r) = ep.residual {
+            assert!(r.len() >= span, "qgemm: residual shorter than C");
+        }
+    }
+    let g = QGemm {
+        a,
+        b,
+        m,
+        dst,
+        strides,
+        ep,
+    };
+    let kern = b.kern;
+    let (mr, tiles_m, tiles_n) = (kern.mr(), m.div_ceil(kern.mr()), n.div_ceil(NR));
+    let threads = if m * n * k >= PARALLEL_MIN_MACS {
+        cx.threads
+    } else {
+        1
+    };
+    if threads <= 1 || tiles_m * tiles_n < 2 {
+        g.region(0, m, 0, n);
+        return;
+    }
+    // Split rows when there are enough row tiles (each task packs only its
+    // own rows of A); otherwise columns (each task packs all of A). Chunks
+    // are whole tiles, so every element's arithmetic is that of one thread.
+    let (tm, tn) = if tiles_m >= 2 * threads || tiles_m >= tiles_n {
+        (threads.min(tiles_m), 1)
+    } else {
+        (1, threads.min(tiles_n))
+    };
+    let rows = tiles_m.div_ceil(tm) * mr;
+    let cols = tiles_n.div_ceil(tn) * NR;
+    let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
+    cx.install(|| {
+        (0..tm * tn).into_par_iter().for_each(|t| {
+            let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
+            g.region(i0, (i0 + rows).min(m), j0, (j0 + cols).min(n));
+        })
+    });
+}
+
+/// C's base pointer and element type.
+#[derive(Clone, Copy)]
+enum Dst {
+    I32(*mut i32),
+    F32(*mut f32),
+    U8(*mut u8, QRequant),
+}
+// SAFETY: the tasks of one product write disjoint rectangles of C, and the
+// pointer outlives them (the `&mut` it came from is held by
+// `qgemm_strided` until `install` returns).
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+/// One product, ready to compute any rectangle of C.
+struct QGemm<'a> {
+    a: QMatA<'a>,
+    b: &'a QPackedB,
+    m: usize,
+    dst: Dst,
+    strides: (usize, usize),
+    ep: Option<QEpilogue<'a>>,
+}
+
+thread_local! {
+    static BUF_A: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static BUF_ACC: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable buffer (a fresh one if it is in use).
+fn with_buf<T: 'static, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+impl QGemm<'_> {
+    /// Computes rows `i0..i1`, columns `j0..j1` of C (`j0` a multiple of NR).
+    fn region(&self, i0: usize, i1: usize, j0: usize, j1: usize) {
+        with_buf(&BUF_A, |abuf| {
+            with_buf(&BUF_ACC, |acc| self.region_in(abuf, acc, i0, i1, j0, j1))
+        })
+    }
+
+    fn region_in(
+        &self,
+        abuf: &mut Vec<u8>,
+        accbuf: &mut Vec<i32>,
+        i0: usize,
+        i1: usize,
+        j0: usize,
+        j1: usize,
+    ) {
+        let kern = self.b.kern;
+        let (mr, g, e, kc_max) = (kern.mr(), kern.group(), kern.elem(), kern.kc());
+        let k = self.b.k;
+        let a_len = MC * kc_max * e;
+        let a_off = aligned(abuf, a_len);
+        let acc_off = aligned(accbuf, MC * NC);
+        let bdata = self.b.data();
+        for jc in (j0..j1).step_by(NC) {
+            let nc = NC.min(j1 - jc);
+            let panels = nc.div_ceil(NR);
+            for ic in (i0..i1).step_by(MC) {
+                let mc = MC.min(i1 - ic);
+                let tiles = mc.div_ceil(mr);
+                let acc = &mut accbuf[acc_off..acc_off + MC * NC];
+                if k == 0 {
+                    acc.fill(0);
+                }
+                for pc in (0..k).step_by(kc_max) {
+                    let kc = kc_max.min(k - pc);
+                    let groups = kc.div_ceil(g);
+                    let ablock = &mut abuf[a_off..a_off + tiles * mr * groups * g * e];
+                    pack_a(ablock, kern, &self.a, self.m, ic, mc, pc, kc);
+                    let first = pc == 0;
+                    for q in 0..panels {
+                        let boff = ((jc / NR) + q) * self.b.panel_bytes + (pc / g) * NR * g * e;
+                        let bp = &bdata[boff..boff + groups * NR * g * e];
+                        for t in 0..tiles {
+                            let ap =
+                                &ablock[t * mr * groups * g * e..(t + 1) * mr * groups * g * e];
+                            let tile = &mut acc[(q * (MC / mr) + t) * mr * NR..][..mr * NR];
+                            run_kernel(kern, groups, ap, bp, tile, !first);
+                        }
+                    }
+                }
+                for q in 0..panels {
+                    for t in 0..tiles {
+                        let tile = &acc[(q * (MC / mr) + t) * mr * NR..][..mr * NR];
+                        let (i, j) = (ic + t * mr, jc + q * NR);
+                        let rows = mr.min(i1 - i);
+                        let cols = NR.min(j1 - j);
+                        self.finish_tile(kern, tile, i, rows, j, cols);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The epilogue of one tile of accumulators (`rows × cols` of an
+    /// `mr × NR` tile at row `i`, column `j` of C).
+    fn finish_tile(
+        &self,
+        kern: QKernel,
+        tile: &[i32],
+        i: usize,
+        rows: usize,
+        j: usize,
+        cols: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if kern != QKernel::Portable {
+            // SAFETY: AVX2 kernels are only packed for CPUs that have AVX2
+            // (`runs_on` is checked in `qgemm_strided`).
+            unsafe { finish_tile_avx2(self, tile, i, rows, j, cols) };
+            return;
+        }
+        let _ = kern;
+        finish_tile_impl(self, tile, i, rows, j, cols);
+    }
+}
+
+/// [`finish_tile_impl`] compiled for AVX2 (vector rounding and conversions).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (no FMA is emitted: Rust never
+/// contracts a multiply and an add).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_tile_avx2(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
+    finish_tile_impl(g, tile, i, rows, j, cols)
+}
+
+/// Corrects a tile for A's zero point, then stores it through the output's
+/// epilogue. Element (r, c) of the tile is `tile[r * NR + c]`.
+#[inline(always)]
+fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
+    let za = g.a.zero_point as i32;
+    let sums: &[i32; NR] = g.b.col_sums[j..j + NR]
+        .try_into()
+        .expect("col_sums is padded to whole panels");
+    let mut accs = [[0i32; NR]; MR_MAX];
+    for (r, row) in accs.iter_mut().enumerate().take(rows) {
+        for c in 0..NR {
+            row[c] = tile[r * NR + c].wrapping_sub(za.wrapping_mul(sums[c]));
+        }
+    }
+    let (rs, cs) = g.strides;
+    let base = i * rs + j * cs;
+    let ep = match (g.dst, &g.ep) {
+        (Dst::I32(p), _) => {
+            for (r, row) in accs.iter().enumerate().take(rows) {
+                for (c, &v) in row.iter().enumerate().take(cols) {
+                    // SAFETY: (i + r, j + c) lies inside C (checked against
+                    // its length in `qgemm_strided`) and inside this task's
+                    // rectangle, which no other task touches.
+                    unsafe { *p.add(base + r * rs + c * cs) = v };
+                }
+            }
+            return;
+        }
+        (_, Some(ep)) => ep,
+        (_, None) => unreachable!("f32 and u8 outputs carry an epilogue"),
+    };
+    let mut scale = [0.0f32; NR];
+    let mut bias = [0.0f32; NR];
+    for c in 0..cols {
+        let sb = if ep.b_scales.len() == 1 {
+            ep.b_scales[0]
+        } else {
+            ep.b_scales[j + c]
+        };
+        scale[c] = ep.a_scale * sb;
+        if let Some(bv) = ep.bias {
+            bias[c] = bv[j + c];
+        }
+    }
+    let mut y = [[0.0f32; NR]; MR_MAX];
+    for r in 0..rows {
+        for c in 0..NR {
+            y[r][c] = accs[r][c] as f32 * scale[c];
+        }
+        if ep.bias.is_some() {
+            for c in 0..NR {
+                y[r][c] += bias[c];
+            }
+        }
+        if let Some(res) = ep.residual {
+            let s = base + r * rs;
+            if cs == 1 {
+                for (v, &x) in y[r].iter_mut().zip(&res[s..s + cols]) {
+                    *v += x;
+                }
+            } else {
+                for (c, v) in y[r].iter_mut().enumerate().take(cols) {
+                    *v += res[s + c * cs];
+                }
+            }
+        }
+    }
+    if let Some(act) = ep.act {
+        super::apply_activation(act, &mut y.as_flattened_mut()[..rows * NR]);
+    }
+    match g.dst {
+        Dst::F32(p) => {
+            for (r, row) in y.iter().enumerate().take(rows) {
+                for (c, &v) in row.iter().enumerate().take(cols) {
+                    // SAFETY: as for the i32 store above.
+                    unsafe { *p.add(base + r * rs + c * cs) = v };
+                }
+            }
+        }
+        Dst::U8(p, rq) => {
+            let zp = rq.zero_point as f32;
+            for (r, row) in y.iter().enumerate().take(rows) {
+                let mut q = [0u8; NR];
+                for c in 0..NR {
+                    q[c] = quantize_one(row[c], rq.scale, zp);
+                }
+                for (c, &v) in q.iter().enumerate().take(cols) {
+                    // SAFETY: as for the i32 store above.
+                    unsafe { *p.add(base + r * rs + c * cs) = v };
+                }
+            }
+        }
+        Dst::I32(_) => unreachable!("handled above"),
+    }
+}
+
+/// The quantization of one value: `clamp(round_ties_even(x / scale) + zp,
+/// 0, 255) as u8`, NaN → 0.
+#[inline(always)]
+fn quantize_one(x: f32, scale: f32, zp: f32) -> u8 {
+    // A NaN stays NaN through `clamp` and `as u8` makes it 0 (the AVX2
+    // kernel's `vmaxps` order does the same).
+    let v = (x / scale).round_ties_even() + zp;
+    v.clamp(0.0, 255.0) as u8
+}
+
+/// Packs rows `i0..i0+mc`, depths `p0..p0+kc` of A into micro-panels of
+/// the kernel's MR rows: depths in groups of G, element (row r, depth p)
+/// of panel t at byte `t*mr*groups*G*E + ((p/G)*mr + r)*G*E + (p%G)*E`
+/// (u8 zero-extended to two bytes when E = 2), zero-padded to whole
+/// panels and groups.
+#[allow(clippy::too_many_arguments)]
+fn pack_a(
+    dst: &mut [u8],
+    kern: QKernel,
+    a: &QMatA,
+    m: usize,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+) {
+    match kern {
+        QKernel::Portable => pack_a_impl::<4, 1, 1>(dst, a, m, i0, mc, p0, kc),
+        QKernel::Avx2Madd16 => pack_a_impl::<6, 2, 2>(dst, a, m, i0, mc, p0, kc),
+        QKernel::Avx2Maddubs => pack_a_impl::<6, 4, 1>(dst, a, m, i0, mc, p0, kc),
+    }
+}
+
+fn pack_a_impl<const MR: usize, const G: usize, const E: usize>(
+    dst: &mut [u8],
+    a: &QMatA,
+    m: usize,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+) {
+    let groups = kc.div_ceil(G);
+    let step = MR * G * E;
+    debug_assert!(i0 + mc <= m);
+    let _ = m;
+    for (t, panel) in dst.chunks_exact_mut(groups * step).enumerate() {
+        let ib = i0 + t * MR;
+        let rows = MR.min(i0 + mc - ib);
+        if rows < MR || !kc.is_multiple_of(G) || E == 2 {
+            panel.fill(0);
+        }
+        if a.trans {
+            // Depth p of the block is the `rows` bytes at (p0+p)*ld + ib.
+            for p in 0..kc {
+                let s = (p0 + p) * a.ld + ib;
+                let src = &a.data[s..s + rows];
+                let o = (p / G) * step + (p % G) * E;
+                for (r, &v) in src.iter().enumerate() {
+                    panel[o + r * G * E] = v;
+                }
+            }
+        } else {
+            for r in 0..rows {
+                let s = (ib + r) * a.ld + p0;
+                let src = &a.data[s..s + kc];
+                let mut full = src.chunks_exact(G);
+                for (gi, grp) in full.by_ref().enumerate() {
+                    let o = gi * step + r * G * E;
+                    for (x, &v) in grp.iter().enumerate() {
+                        panel[o + x * E] = v;
+                    }
+                }
+                let rem = full.remainder();
+                let o = (kc / G) * step + r * G * E;
+                for (x, &v) in rem.iter().enumerate() {
+                    panel[o + x * E] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one micro-kernel over `groups` depth groups: `a` is an A panel,
+/// `b` a B panel (both at the block's first group), `tile` the `mr × NR`
+/// i32 tile, added to when `accumulate`, else overwritten.
+fn run_kernel(
+    kern: QKernel,
+    groups: usize,
+    a: &[u8],
+    b: &[u8],
+    tile: &mut [i32],
+    accumulate: bool,
+) {
+    let mr = kern.mr();
+    let (g, e) = (kern.group(), kern.elem());
+    assert!(
+        a.len() >= groups * mr * g * e && b.len() >= groups * NR * g * e && tile.len() >= mr * NR,
+        "qgemm: micro-panel shorter than its depth"
+    );
+    match kern {
+        QKernel::Portable => kernel_portable(groups, a, b, tile, accumulate),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 packs are only run when the CPU has AVX2 (checked in
+        // `qgemm_strided`); the panels and tile have the lengths checked
+        // above.
+        QKernel::Avx2Madd16 => unsafe {
+            kernel_madd16(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QKernel::Avx2Maddubs => unsafe {
+            kernel_maddubs(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("AVX2 kernels are only selected on x86_64"),
+    }
+}
+
+/// Portable micro-kernel: a `4 × 16` tile, one depth per step.
+fn kernel_portable(kc: usize, a: &[u8], b: &[u8], tile: &mut [i32], accumulate: bool) {
+    const MR: usize = 4;
+    let mut acc = [[0i32; NR]; MR];
+    if accumulate {
+        for (r, row) in acc.iter_mut().enumerate() {
+            row.copy_from_slice(&tile[r * NR..(r + 1) * NR]);
+        }
+    }
+    for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for r in 0..MR {
+            let x = av[r] as i32;
+            for c in 0..NR {
+                acc[r][c] += x * (bv[c] as i8 as i32);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        tile[r * NR..(r + 1) * NR].copy_from_slice(row);
+    }
+}
+
+/// AVX2 `6 × 16` kernel on i16 operands: per depth pair, two B loads (8
+/// columns × 2 depths each), six broadcasts of an A pair, twelve
+/// `vpmaddwd` + `vpaddd`. Exact for any u8 A and i8 B (see the module
+/// docs).
+///
+/// # Safety
+/// The CPU must support AVX2; `a` holds `groups * 24` bytes, `b` `groups
+/// * 64`, `tile` 96 i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_madd16(
+    groups: usize,
+    a: *const u8,
+    b: *const u8,
+    tile: &mut [i32],
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    let t = tile.as_mut_ptr() as *mut __m256i;
+    let mut c0 = [_mm256_setzero_si256(); MR];
+    let mut c1 = [_mm256_setzero_si256(); MR];
+    if accumulate {
+        for r in 0..MR {
+            c0[r] = _mm256_loadu_si256(t.add(2 * r));
+            c1[r] = _mm256_loadu_si256(t.add(2 * r + 1));
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..groups {
+        let b0 = _mm256_loadu_si256(bp as *const __m256i);
+        let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+        for r in 0..MR {
+            let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
+            c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(x, b0));
+            c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(x, b1));
+        }
+        ap = ap.add(4 * MR);
+        bp = bp.add(64);
+    }
+    for r in 0..MR {
+        _mm256_storeu_si256(t.add(2 * r), c0[r]);
+        _mm256_storeu_si256(t.add(2 * r + 1), c1[r]);
+    }
+}
+
+/// AVX2 `6 × 16` kernel for 7-bit weights: per depth quad, two B loads (8
+/// columns × 4 depths each), six broadcasts of an A quad, twelve
+/// `vpmaddubsw` (u8 × s8 pairs into i16: cannot saturate as every weight
+/// is in [−64, 63], see the module docs), each widened and summed into i32
+/// by `vpmaddwd` with ones, then `vpaddd`.
+///
+/// # Safety
+/// The CPU must support AVX2; every packed weight must lie in [−64, 63];
+/// `a` holds `groups * 24` bytes, `b` `groups * 64`, `tile` 96 i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_maddubs(
+    groups: usize,
+    a: *const u8,
+    b: *const u8,
+    tile: &mut [i32],
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    let t = tile.as_mut_ptr() as *mut __m256i;
+    let ones = _mm256_set1_epi16(1);
+    let mut c0 = [_mm256_setzero_si256(); MR];
+    let mut c1 = [_mm256_setzero_si256(); MR];
+    if accumulate {
+        for r in 0..MR {
+            c0[r] = _mm256_loadu_si256(t.add(2 * r));
+            c1[r] = _mm256_loadu_si256(t.add(2 * r + 1));
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..groups {
+        let b0 = _mm256_loadu_si256(bp as *const __m256i);
+        let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+        for r in 0..MR {
+            let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones);
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones);
+            c0[r] = _mm256_add_epi32(c0[r], p0);
+            c1[r] = _mm256_add_epi32(c1[r], p1);
+        }
+        ap = ap.add(4 * MR);
+        bp = bp.add(64);
+    }
+    for r in 0..MR {
+        _mm256_storeu_si256(t.add(2 * r), c0[r]);
+        _mm256_storeu_si256(t.add(2 * r + 1), c1[r]);
+    }
+}
+
+/// ONNX DynamicQuantizeLinear's parameters of `x`: `(scale, zero_point)`
+/// for a u8 range covering `[min(0, min x), max(0, max x)]` (NaN ignored);
+/// `(1.0, 0)` when that range is empty.
+pub fn dynamic_params(x: &[f32]) -> (f32, u8) {
+    // `f32::min`/`max` return the other operand when one is NaN.
+    let lo = x.iter().fold(0.0f32, |m, &v| m.min(v));
+    let hi = x.iter().fold(0.0f32, |m, &v| m.max(v));
+    if hi == lo {
+        return (1.0, 0);
+    }
+    let scale = (hi - lo) / 255.0;
+    let zp = (0.0 - lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
+    (scale, zp)
+}
+
+/// Quantizes `x` into `out` (same length): `clamp(round_ties_even(x /
+/// scale) + zp, 0, 255) as u8`, NaN → 0, on the fastest kernel the CPU has
+/// (all kernels agree bit for bit).
+///
+/// # Panics
+/// When `out` and `x` differ in length.
+pub fn quantize_u8(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
+    quantize_u8_with(Features::detect(), x, scale, zp, out)
+}
+
+/// [`quantize_u8`] on the kernel `features` select.
+///
+/// # Panics
+/// When `out` and `x` differ in length.
+pub fn quantize_u8_with(features: Features, x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
+    assert_eq!(x.len(), out.len(), "quantize_u8: input and output lengths");
+    #[cfg(target_arch = "x86_64")]
+    if features.avx2_fma {
+        // SAFETY: the CPU has AVX2 (the features say so).
+        unsafe { quantize_avx2(x, scale, zp, out) };
+        return;
+    }
+    let _ = features;
+    let z = zp as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = quantize_one(v, scale, z);
+    }
+}
+
+/// AVX2 quantization, 32 values a step: `vdivps`, `vroundps` to nearest
+/// even, `vaddps` the zero point, `vmaxps` 0 (first, so NaN → 0) and
+/// `vminps` 255, then an exact conversion and packs to u8.
+///
+/// # Safety
+/// The CPU must support AVX2; `out` is as long as `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let (s, z) = (_mm256_set1_ps(scale), _mm256_set1_ps(zp as f32));
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let xp = x.as_ptr();
+    let op = out.as_mut_ptr();
+    macro_rules! q {
+        ($p:expr) => {{
+            let v = _mm256_div_ps(_mm256_loadu_ps($p), s);
+            let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            let v = _mm256_add_ps(v, z);
+            // vmaxps returns the second operand when the first is NaN.
+            let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+            _mm256_cvtps_epi32(v)
+        }};
+    }
+    let mut i = 0;
+    while i + 32 <= n {
+        let (a, b) = (q!(xp.add(i)), q!(xp.add(i + 8)));
+        let (c, d) = (q!(xp.add(i + 16)), q!(xp.add(i + 24)));
+        // packs work within 128-bit lanes: fix the order with a permute.
+        let ab = _mm256_packs_epi32(a, b);
+        let cd = _mm256_packs_epi32(c, d);
+        let v = _mm256_packus_epi16(ab, cd);
+        let v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(op.add(i) as *mut __m256i, v);
+        i += 32;
+    }
+    let z = zp as f32;
+    while i < n {
+        *op.add(i) = quantize_one(*xp.add(i), scale, z);
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::inputs::SplitMix64;
+
+    pub(crate) fn rand_u8(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = SplitMix64::new(seed);
+        (0..len).map(|_| rng.below(256) as u8).collect()
+    }
+
+    /// Weights in `[lo, hi]`.
+    pub(crate) fn rand_i8(len: usize, lo: i8, hi: i8, seed: u64) -> Vec<i8> {
+        let mut rng = SplitMix64::new(seed);
+        let span = (hi as i64 - lo as i64 + 1) as u64;
+        (0..len)
+            .map(|_| (lo as i64 + rng.below(span) as i64) as i8)
+            .collect()
+    }
+
+    pub(crate) fn rand_f32(len: usize, seed: u64, mag: f32) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..len)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * mag)
+            .collect()
+    }
+
+    /// Every feature set with its own kernels on this machine.
+    pub(crate) fn features() -> Vec<(&'static str, Features)> {
+        let mut v = vec![("portable", Features::portable())];
+        let avx2 = Features::avx2_only();
+        if avx2 != Features::portable() {
+            v.push(("avx2", avx2));
+        }
+        v
+    }
+
+    pub(crate) fn two_threads(f: Features) -> CpuCtx {
+        let mut cx = CpuCtx::new(2).expect("a 2-thread pool starts");
+        cx.features = f;
+        cx
+    }
+
+    /// One product: A `m × k` (stored transposed when `ta`), B `k × n`
+    /// (stored transposed when `tb`), with padded leading dimensions.
+    struct Prob {
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Vec<u8>,
+        lda: usize,
+        ta: bool,
+        za: u8,
+        b: Vec<i8>,
+        ldb: usize,
+        tb: bool,
+        ldc: usize,
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prob(
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        za: u8,
+        wrange: (i8, i8),
+        seed: u64,
+    ) -> Prob {
+        let (ar, ac) = if ta { (k, m) } else { (m, k) };
+        let (br, bc) = if tb { (n, k) } else { (k, n) };
+        let (lda, ldb, ldc) = (ac + 3, bc + 1, n + 2);
+        Prob {
+            m,
+            n,
+            k,
+            a: rand_u8(ar * lda, seed),
+            lda,
+            ta,
+            za,
+            b: rand_i8(br * ldb, wrange.0, wrange.1, seed + 1),
+            ldb,
+            tb,
+            ldc,
+        }
+    }
+
+    impl Prob {
+        fn a_at(&self, i: usize, p: usize) -> u8 {
+            if self.ta {
+                self.a[p * self.lda + i]
+            } else {
+                self.a[i * self.lda + p]
+            }
+        }
+        fn b_at(&self, p: usize, j: usize) -> i8 {
+            if self.tb {
+                self.b[j * self.ldb + p]
+            } else {
+                self.b[p * self.ldb + j]
+            }
+        }
+        /// The reference accumulators (i64 sums, checked to fit i32),
+        /// row-major `m × n`.
+        fn reference(&self) -> Vec<i32> {
+            let mut out = vec![0i32; self.m * self.n];
+            for i in 0..self.m {
+                for j in 0..self.n {
+                    let mut s = 0i64;
+                    for p in 0..self.k {
+                        s += (self.a_at(i, p) as i64 - self.za as i64) * self.b_at(p, j) as i64;
+                    }
+                    out[i * self.n + j] = i32::try_from(s).expect("the reference fits i32");
+                }
+            }
+            out
+        }
+        fn pack(&self, f: Features) -> QPackedB {
+            QPackedB::new(self.k, self.n, &self.b, self.ldb, self.tb, f).expect("k is within MAX_K")
+        }
+        fn qa(&self) -> QMatA<'_> {
+            QMatA {
+                data: &self.a,
+                ld: self.lda,
+                trans: self.ta,
+                zero_point: self.za,
+            }
+        }
+        /// Raw accumulators through `qgemm`, checking C's padding is left
+        /// alone.
+        fn run_i32(&self, pb: &QPackedB, cx: &CpuCtx) -> Vec<i32> {
+            let mut c = vec![i32::MIN + 7; self.m.max(1) * self.ldc];
+            qgemm(self.m, self.qa(), pb, QOut::I32(&mut c), self.ldc, cx);
+            let mut out = vec![0; self.m * self.n];
+            for i in 0..self.m {
+                for j in self.n..self.ldc {
+                    assert_eq!(c[i * self.ldc + j], i32::MIN + 7, "padding written");
+                }
+                out[i * self.n..(i + 1) * self.n]
+                    .copy_from_slice(&c[i * self.ldc..i * self.ldc + self.n]);
+            }
+            out
+        }
+    }
+
+    fn check_acc(p: &Prob, cx: &CpuCtx, what: &str) {
+        let pb = p.pack(cx.features);
+        let got = p.run_i32(&pb, cx);
+        let want = p.reference();
+        if let Some(x) = (0..got.len()).find(|&x| got[x] != want[x]) {
+            panic!(
+                "{what} {:?}: m{} n{} k{} ta{} tb{} za{} at ({}, {}): {} vs {}",
+                pb.kernel(),
+                p.m,
+                p.n,
+                p.k,
+                p.ta,
+                p.tb,
+                p.za,
+                x / p.n,
+                x % p.n,
+                got[x],
+                want[x]
+            );
+        }
+    }
+
+    #[test]
+    fn accumulators_match_reference() {
+        let mut seed = 1;
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            for &m in &[1usize, 2, 5, 6, 7, 13, 73] {
+                for &n in &[1usize, 15, 16, 17, 33] {
+                    for &k in &[1usize, 2, 3, 5, 13, 64, 97] {
+                        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)]
+                        {
+                            for wr in [(-128, 127), (-64, 63)] {
+                                seed += 2;
+                                let za = [0u8, 128, 255][seed as usize % 3];
+                                check_acc(&prob(m, n, k, ta, tb, za, wr, seed), &cx, name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn multi_block_shapes_match_reference() {
+        // Depths across KC (256 i16 / 512 u8 per block), rows across MC,
+        // columns across NC.
+        let mut seed = 500;
+        for (name, f) in features() {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for &(m, n, k) in &[
+                    (7, 19, 257),
+                    (150, 33, 513),
+                    (73, 300, 1030),
+                    (5, 600, 600),
+                    (200, 40, 9),
+                ] {
+                    for wr in [(-128, 127), (-64, 63)] {
+                        for za in [0u8, 128, 255] {
+                            seed += 2;
+                            let p = prob(m, n, k, seed % 4 == 1, seed % 3 == 0, za, wr, seed);
+                            check_acc(&p, &cx, name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs B given as one row of `k × n` values with all-255 (or `a`) A.
+    fn extreme(k: usize, n: usize, a: u8, za: u8, b: impl Fn(usize, usize) -> i8) -> Prob {
+        let m = 7;
+        let bv: Vec<i8> = (0..k * n).map(|x| b(x / n, x % n)).collect();
+        Prob {
+            m,
+            n,
+            k,
+            a: vec![a; m * k],
+            lda: k,
+            ta: false,
+            za,
+            b: bv,
+            ldb: n,
+            tb: false,
+            ldc: n,
+        }
+    }
+
+    type WeightFn = Box<dyn Fn(usize, usize) -> i8>;
+
+    #[test]
+    fn adversarial_extremes_are_bit_exact() {
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            for &k in &[1usize, 2, 3, 4, 255, 1024, 3001] {
+                for za in [0u8, 128, 255] {
+                    let cases: [(&str, WeightFn); 5] = [
+                        ("+127", Box::new(|_, _| 127)),
+                        ("-128", Box::new(|_, _| -128)),
+                        (
+                            "alt k",
+                            Box::new(|p, _| if p % 2 == 0 { 127 } else { -128 }),
+                        ),
+                        (
+                            "alt n",
+                            Box::new(|_, j| if j % 2 == 0 { -128 } else { 127 }),
+                        ),
+                        ("-64", Box::new(|_, _| -64)),
+                    ];
+                    for (what, b) in cases {
+                        let p = extreme(k, 19, 255, za, b);
+                        check_acc(&p, &cx, &format!("{name} {what}"));
+                    }
+                }
+                // The closed form for the worst case, not only the
+                // reference: 255 · (−128) · k.
+                let p = extreme(k, 3, 255, 0, |_, _| -128);
+                let got = p.run_i32(&p.pack(f), &cx);
+                assert!(
+                    got.iter().all(|&v| v as i64 == -32640 * k as i64),
+                    "{name} k{k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn largest_depth_is_exact_and_larger_is_refused() {
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            let p = extreme(MAX_K, 2, 255, 0, |_, _| -128);
+            let got = p.run_i32(&p.pack(f), &cx);
+            assert!(got.iter().all(|&v| v == -2_147_483_520), "{name}");
+            let p = extreme(MAX_K, 2, 0, 255, |_, _| 127);
+            let got = p.run_i32(&p.pack(f), &cx);
+            assert!(got.iter().all(|&v| v == -2_130_706_305), "{name}");
+            let b = vec![1i8; MAX_K + 1];
+            assert!(QPackedB::new(MAX_K + 1, 1, &b, 1, false, f).is_none());
+        }
+    }
+
+    #[test]
+    fn maddubs_kernel_only_for_7bit_weights() {
+        let avx2 = Features::avx2_only();
+        for (lo, hi, want_7bit) in [
+            (-64i8, 63i8, true),
+            (0, 0, true),
+            (-64, 64, false),
+            (-65, 63, false),
+            (-128, 127, false),
+            (-128, -128, false),
+            (127, 127, false),
+        ] {
+            let mut b = rand_i8(40 * 9, lo, hi, 3);
+            b[17] = lo;
+            b[100] = hi;
+            let pb = QPackedB::new(40, 9, &b, 9, false, avx2).expect("small k");
+            let want = if !avx2.avx2_fma {
+                QKernel::Portable
+            } else if want_7bit {
+                QKernel::Avx2Maddubs
+            } else {
+                QKernel::Avx2Madd16
+            };
+            assert_eq!(pb.kernel(), want, "weights in [{lo}, {hi}]");
+            let pp = QPackedB::new(40, 9, &b, 9, false, Features::portable()).expect("small k");
+            assert_eq!(pp.kernel(), QKernel::Portable);
+        }
+        // One weight out of the 7-bit range anywhere (here the last column
+        // of the last depth) is enough to take the exact path, and then the
+        // saturating case is exact.
+        let mut p = extreme(301, 19, 255, 0, |_, _| -64);
+        let last = p.b.len() - 1;
+        p.b[last] = -65;
+        let pb = p.pack(avx2);
+        if avx2.avx2_fma {
+            assert_eq!(pb.kernel(), QKernel::Avx2Madd16);
+        }
+        check_acc(&p, &CpuCtx::single(avx2), "one weight past 7 bits");
+    }
+
+    /// The reference dequantizing epilogue on reference accumulators
+    /// (row-major `m × n`; residual laid out with `ldc`), activation left
+    /// to the caller.
+    fn ref_dequant(acc: &[i32], m: usize, n: usize, ldc: usize, ep: &QEpilogue) -> Vec<f32> {
+        let mut y = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let sb = ep.b_scales[if ep.b_scales.len() == 1 { 0 } else { j }];
+                let mut v = acc[i * n + j] as f32 * (ep.a_scale * sb);
+                if let Some(b) = ep.bias {
+                    v += b[j];
+                }
+                if let Some(r) = ep.residual {
+                    v += r[i * ldc + j];
+                }
+                y[i * n + j] = v;
+            }
+        }
+        y
+    }
+
+    fn acts() -> Vec<Option<Activation>> {
+        vec![
+            None,
+            Some(Activation::Relu),
+            Some(Activation::Clip {
+                min: -0.5,
+                max: 2.0,
+            }),
+            Some(Activation::Gelu { tanh_approx: false }),
+        ]
+    }
+
+    #[test]
+    fn epilogues_match_reference() {
+        let mut seed = 900;
+        for (name, f) in features() {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for &(m, n, k) in &[(1, 1, 1), (7, 23, 37), (13, 40, 300), (150, 70, 130)] {
+                    for wr in [(-128i8, 127i8), (-64, 63)] {
+                        seed += 3;
+                        let p = prob(
+                            m,
+                            n,
+                            k,
+                            false,
+                            seed % 2 == 0,
+                            [0, 128, 255][seed as usize % 3],
+                            wr,
+                            seed,
+                        );
+                        let pb = p.pack(f);
+                        let acc = p.reference();
+                        let per_ch = rand_f32(n, seed + 5, 0.01)
+                            .iter()
+                            .map(|v| v.abs() + 1e-4)
+                            .collect::<Vec<_>>();
+                        let bias = rand_f32(n, seed + 6, 3.0);
+                        let res = rand_f32(m * p.ldc, seed + 7, 3.0);
+                        for act in acts() {
+                            for (bs, bi, re) in [
+                                (&[0.003f32][..], false, false),
+                                (&per_ch[..], true, false),
+                                (&per_ch[..], true, true),
+                                (&[0.0021f32][..], false, true),
+                            ] {
+                                let ep = QEpilogue {
+                                    a_scale: 0.05,
+                                    b_scales: bs,
+                                    bias: bi.then_some(&bias[..]),
+                                    residual: re.then_some(&res[..]),
+                                    act: act.as_ref(),
+                                };
+                                let pre = ref_dequant(&acc, m, n, p.ldc, &ep);
+                                let mut want = pre.clone();
+                                let exact_act = matches!(
+                                    act,
+                                    None | Some(Activation::Relu) | Some(Activation::Clip { .. })
+                                );
+                                if let Some(a) = &act {
+                                    crate::kernels::cpu::apply_activation_exact(a, &mut want);
+                                }
+                                let mut c = vec![f32::NAN; m * p.ldc];
+                                qgemm(m, p.qa(), &pb, QOut::F32(&mut c, ep), p.ldc, &cx);
+                                let rq = QRequant {
+                                    scale: 0.04,
+                                    zero_point: [0u8, 100, 255][seed as usize % 3],
+                                };
+                                let mut q = vec![7u8; m * p.ldc];
+                                qgemm(m, p.qa(), &pb, QOut::U8(&mut q, ep, rq), p.ldc, &cx);
+                                for i in 0..m {
+                                    for j in 0..n {
+                                        let (g, w) = (c[i * p.ldc + j], want[i * n + j]);
+                                        let ok = if exact_act {
+                                            g.to_bits() == w.to_bits()
+                                        } else {
+                                            (g - w).abs() <= 1e-5 * w.abs() + 1e-6
+                                        };
+                                        assert!(
+                                            ok,
+                                            "{name} {act:?} m{m} n{n} k{k} ({i},{j}): {g} vs {w}"
+                                        );
+                                        let wq = quantize_one(w, rq.scale, rq.zero_point as f32);
+                                        let gq = q[i * p.ldc + j];
+                                        let tol = if exact_act { 0 } else { 1 };
+                                        assert!(
+                                            (gq as i32 - wq as i32).abs() <= tol,
+                                            "{name} {act:?} u8 ({i},{j}): {gq} vs {wq}"
+                                        );
+                                    }
+                                    for j in n..p.ldc {
+                                        assert!(c[i * p.ldc + j].is_nan() && q[i * p.ldc + j] == 7);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn thread_count_does_not_change_results() {
+        let act = Activation::Gelu { tanh_approx: true };
+        for (name, f) in features() {
+            let (one, two) = (CpuCtx::single(f), two_threads(f));
+            for (x, &(m, n, k)) in [(257, 129, 300), (31, 700, 200), (600, 17, 150)]
+                .iter()
+                .enumerate()
+            {
+                let p = prob(m, n, k, x == 1, x == 2, 131, (-128, 127), 70 + x as u64);
+                let pb = p.pack(f);
+                let bias = rand_f32(n, 3, 1.0);
+                let ep = QEpilogue {
+                    a_scale: 0.02,
+                    b_scales: &[0.01],
+                    bias: Some(&bias),
+                    residual: None,
+                    act: Some(&act),
+                };
+                let mut c1 = vec![0.0f32; m * p.ldc];
+                let mut c2 = vec![0.0f32; m * p.ldc];
+                qgemm(m, p.qa(), &pb, QOut::F32(&mut c1, ep), p.ldc, &one);
+                qgemm(m, p.qa(), &pb, QOut::F32(&mut c2, ep), p.ldc, &two);
+                assert!(
+                    c1.iter().zip(&c2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name} m{m} n{n} k{k}: 1 and 2 threads differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dynamic_params_follow_onnx() {
+        assert_eq!(dynamic_params(&[]), (1.0, 0));
+        assert_eq!(dynamic_params(&[0.0, 0.0]), (1.0, 0));
+        assert_eq!(dynamic_params(&[f32::NAN]), (1.0, 0));
+        // ONNX DynamicQuantizeLinear's example: [0, 2, -3, -2.5, 1.34, 0.5].
+        let (s, z) = dynamic_params(&[0.0, 2.0, -3.0, -2.5, 1.34, 0.5]);
+        assert_eq!((s, z), (5.0 / 255.0, 153));
+        let (s, z) = dynamic_params(&[1.0, 2.55, f32::NAN]);
+        assert_eq!((s, z), (2.55 / 255.0, 0));
+        let (s, z) = dynamic_params(&[-1.0, -2.55]);
+        assert_eq!((s, z), (2.55 / 255.0, 255));
+        let mut q = [0u8; 6];
+        quantize_u8(&[0.0, 2.0, -3.0, -2.5, 1.34, 0.5], 5.0 / 255.0, 153, &mut q);
+        assert_eq!(q, [153, 255, 0, 26, 221, 179]);
+    }
+
+    #[test]
+    fn quantize_kernels_agree_bit_for_bit() {
+        let mut x = rand_f32(1000, 5, 10.0);
+        let scale = 0.037f32;
+        // Exact ties, specials, and values far out of range.
+        for (i, t) in (0..40).enumerate() {
+            x[i * 7] = (t as f32 - 20.0 + 0.5) * scale;
+        }
+        x[3] = f32::NAN;
+        x[4] = f32::INFINITY;
+        x[5] = f32::NEG_INFINITY;
+        x[6] = -0.0;
+        x[8] = 1e30;
+        x[9] = -1e30;
+        for zp in [0u8, 1, 128, 255] {
+            for len in [0usize, 1, 31, 32, 33, 999, 1000] {
+                let want: Vec<u8> = x[..len]
+                    .iter()
+                    .map(|&v| {
+                        let q = (v / scale).round_ties_even() + zp as f32;
+                        q.clamp(0.0, 255.0) as u8
+                    })
+                    .collect();
+                for (name, f) in features() {
+                    let mut got = vec![9u8; len];
+                    quantize_u8_with(f, &x[..len], scale, zp, &mut got);
+                    assert_eq!(got, want, "{name} zp{zp} len{len}");
+                }
+            }
+        }
+    }
+}
