@@ -4,6 +4,7 @@
 //! the reference interpreter ([`interp`]), the numerical oracle every later
 //! pass and kernel is checked against.
 
+pub mod compress;
 pub mod emit;
 pub mod error;
 pub mod fsutil;
@@ -15,6 +16,7 @@ pub mod ir;
 pub mod kernels;
 pub mod npy;
 pub mod probe;
+pub mod quant;
 pub mod runtime;
 pub mod transform;
 

@@ -139,6 +139,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compress a model: int8 post-training quantization (or int4/fp16
+    /// weights), with a size/latency/accuracy report written beside the output.
+    Compress(Box<CompressArgs>),
     /// Measure this machine: f32 FMA peak and memory read bandwidth, on one
     /// thread and on all threads.
     Probe {
@@ -231,6 +234,7 @@ fn main() -> ExitCode {
             verify,
             json,
         }),
+        Command::Compress(a) => cmd_compress(&a),
         Command::Probe { json, seconds } => cmd_probe(json, seconds),
     };
     match result {
@@ -428,6 +432,177 @@ struct CompileReport {
     bytes: u64,
     verified: bool,
     pass_log: Vec<runner::PassLogEntry>,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["int8", "int4", "fp16"])))]
+struct CompressArgs {
+    model: PathBuf,
+    /// Output file (.mlc bundle, or .onnx / --emit onnx for QDQ ONNX).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Int8: symmetric int8 weights, u8 activations (static with --calib,
+    /// else dynamic).
+    #[arg(long)]
+    int8: bool,
+    /// Int4 weights of matrix products (blocks of 32, f16 scales), weight-only.
+    #[arg(long)]
+    int4: bool,
+    /// Weights stored as f16.
+    #[arg(long)]
+    fp16: bool,
+    /// One weight scale per tensor instead of per output channel.
+    #[arg(long)]
+    per_tensor: bool,
+    /// Activation scales computed at run time (the default without --calib).
+    #[arg(long, conflicts_with = "calib")]
+    dynamic: bool,
+    /// Calibration inputs (.npz, one array per model input, first axis
+    /// indexing samples) for static activation scales.
+    #[arg(long, value_name = "DATA.npz")]
+    calib: Option<PathBuf>,
+    /// Calibration method: minmax, percentile[:P], entropy or mse.
+    #[arg(long, default_value = "minmax", requires = "calib")]
+    method: String,
+    /// Data to measure accuracy on (.npz: the inputs by name, and an integer
+    /// `labels` array for top-1 accuracy); default: the calibration set, else
+    /// seeded random inputs.
+    #[arg(long, value_name = "DATA.npz")]
+    eval: Option<PathBuf>,
+    /// Largest top-1 accuracy drop in points (with labels; top-1
+    /// disagreement for class-score outputs without) before layers go back
+    /// to f32.
+    #[arg(long, default_value_t = 1.0)]
+    max_accuracy_drop: f64,
+    /// Smallest mean cosine similarity with the f32 outputs before layers go
+    /// back to f32.
+    #[arg(long)]
+    min_cosine: Option<f64>,
+    /// Do not time layers (no layer stays f32 for speed).
+    #[arg(long)]
+    no_speed_check: bool,
+    /// Samples used to measure each layer's contribution to the error.
+    #[arg(long, default_value_t = 32)]
+    sensitivity_samples: usize,
+    /// Timed runs for the latency figures (0: none).
+    #[arg(long, default_value_t = 20)]
+    latency_runs: usize,
+    /// Threads (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Size of a symbolic dim other than the batch for random data, NAME=SIZE.
+    #[arg(long = "dim", value_name = "NAME=SIZE")]
+    dim: Vec<String>,
+    /// Calibration cache folder (default $MLC_CACHE_DIR, else ~/.cache/mlc).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the calibration cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// What to write: an mlc bundle or QDQ ONNX (default: from the output's
+    /// extension).
+    #[arg(long, value_enum)]
+    emit: Option<Emit>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
+    use mlc::compress::{self, quantize::Granularity, Activations, Mode, Options};
+    use std::io::IsTerminal;
+
+    let emit = a
+        .emit
+        .unwrap_or(match a.output.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => Emit::Onnx,
+            _ => Emit::Mlc,
+        });
+    mlc::fsutil::ensure_not_input(&a.output, &a.model)?;
+    if a.threads == Some(0) {
+        return Err(Error::Input {
+            name: "--threads".into(),
+            message: "at least one thread is needed".into(),
+        });
+    }
+    let mode = if a.int4 {
+        Mode::Int4
+    } else if a.fp16 {
+        Mode::Fp16
+    } else {
+        Mode::Int8
+    };
+    let activations = match &a.calib {
+        Some(p) => Activations::Static {
+            calib: p.clone(),
+            method: a.method.parse().map_err(|e| Error::Input {
+                name: "--method".into(),
+                message: format!("{e}"),
+            })?,
+        },
+        None => Activations::Dynamic,
+    };
+    let opts = Options {
+        mode,
+        granularity: if a.per_tensor {
+            Granularity::PerTensor
+        } else {
+            Granularity::PerChannel
+        },
+        activations,
+        eval: a.eval.clone(),
+        max_accuracy_drop: a.max_accuracy_drop,
+        min_cosine: a.min_cosine,
+        check_speed: !a.no_speed_check,
+        sensitivity_samples: a.sensitivity_samples,
+        latency_runs: a.latency_runs,
+        threads: a.threads.unwrap_or(0),
+        dims: parse_dims(&a.dim)?,
+        cache_dir: if a.no_cache {
+            None
+        } else {
+            a.cache_dir.clone().or_else(compress::default_cache_dir)
+        },
+        progress: std::io::stderr().is_terminal() && !a.json,
+    };
+    let source = std::fs::read(&a.model).map_err(|e| Error::io(&a.model, e))?;
+    let compress::Outcome { graph, mut report } = compress::compress(&a.model, &source, &opts)?;
+    let nodes = graph.node_count();
+    let format = match emit {
+        Emit::Mlc => {
+            let meta = compress::metadata(&graph, &a.model, &source, mode.name(), nodes);
+            bundle::write(&a.output, &graph, &meta)?;
+            "mlc bundle"
+        }
+        Emit::Onnx => {
+            mlc::emit::onnx::write(&a.output, &graph)?;
+            "QDQ ONNX"
+        }
+    };
+    let out_bytes = std::fs::metadata(&a.output)
+        .map_err(|e| Error::io(&a.output, e))?
+        .len();
+    report.output = a.output.display().to_string();
+    report.format = format.to_string();
+    report.size.output_bytes = out_bytes;
+    let base = match emit {
+        Emit::Mlc => report.size.f32_bundle_bytes,
+        Emit::Onnx => report.size.source_bytes,
+    };
+    report.size.ratio = out_bytes as f64 / base.max(1) as f64;
+    let stem = a.output.with_extension("");
+    let json_path = PathBuf::from(format!("{}.report.json", stem.display()));
+    let md_path = PathBuf::from(format!("{}.report.md", stem.display()));
+    let json = to_json(&report)?;
+    mlc::fsutil::write_bytes_atomic(&json_path, json.as_bytes())?;
+    mlc::fsutil::write_bytes_atomic(&md_path, report.markdown().as_bytes())?;
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{}", report.summary());
+        println!("report: {} and {}", json_path.display(), md_path.display());
+    }
+    Ok(())
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, Error> {

@@ -275,6 +275,25 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
             run_reference(step, env)?;
             Ok(true)
         }
+        Exec::Quant(q) => {
+            let (off, len) = output_range(step, env, 0)?;
+            // SAFETY: the output range is disjoint from every input range of
+            // this step (Plan::check_views); the views end with this block.
+            unsafe {
+                let x = f32_data(value(env.values, input(step, 0)?)?, env.inputs, env.arena)?;
+                let residual = match q.residual {
+                    Some(p) => Some(f32_data(
+                        value(env.values, input(step, p)?)?,
+                        env.inputs,
+                        env.arena,
+                    )?),
+                    None => None,
+                };
+                let out = env.arena.slice_mut(off, len);
+                q.run(x, residual, out, env.cx)?;
+            }
+            Ok(false)
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod executor;
 pub mod inplace;
 pub mod plan;
 pub mod profile;
+mod quant;
 
 pub use check::{compare, OutputCheck};
 pub use plan::{specialize, ExecKind, Plan, PlanStats, StepInfo};

@@ -30,6 +30,7 @@ use serde::Serialize;
 use super::arena::{self, Interval};
 use super::inplace::{self, ChainKernel};
 use super::profile::{self, Profiler};
+use super::quant::QuantStep;
 use crate::ir::{infer, DType, Graph, Op, Shape, SymbolBindings, Tensor, ValueId};
 use crate::kernels::cpu::{CpuCtx, Prepacked, View};
 use crate::transform::recipe::Recipe;
@@ -74,6 +75,8 @@ pub(crate) enum Exec {
     Alias,
     /// An elementwise chain overwriting its dying input `kernel.inplace`.
     InPlace(ChainKernel),
+    /// QConv / QMatMul on the int8 kernels.
+    Quant(Arc<QuantStep>),
 }
 
 /// How a step runs, as [`Plan::steps`] reports it.
@@ -85,6 +88,7 @@ pub enum ExecKind {
     Copy,
     Alias,
     InPlace,
+    Int8,
 }
 
 /// One node of the schedule.
@@ -199,8 +203,45 @@ pub fn specialize(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Graph> {
     }
     infer::infer_graph(&mut s)?;
     runner::run(&mut s, &Recipe::resolve("O1")?, &RunOptions::default())?;
+    fold_stored_weights(&mut s)?;
     infer::infer_graph(&mut s)?;
     Ok(s)
+}
+
+/// Turns weights stored compressed (DequantizeLinear or Cast of constants:
+/// int8/int4/f16 storage) into f32 constants once, whatever their size
+/// (O1's constant folding stops at a size limit), so no run repeats it.
+fn fold_stored_weights(g: &mut Graph) -> Result<()> {
+    for nid in g.topo_order()? {
+        let Some(node) = g.node(nid) else { continue };
+        if !matches!(node.op, Op::DequantizeLinear { .. } | Op::Cast { .. })
+            || node.outputs.len() != 1
+            || g.is_output(node.outputs[0])
+        {
+            continue;
+        }
+        let Some(ins) = node
+            .inputs
+            .iter()
+            .map(|v| {
+                v.map(|v| g.const_value(v))
+                    .map_or(Some(None), |t| t.map(Some))
+            })
+            .collect::<Option<Vec<Option<&Tensor>>>>()
+        else {
+            continue;
+        };
+        let out = crate::kernels::reference::eval(&node.op, &ins, 1)
+            .map_err(|e| e.at_node(&node.name, node.op.onnx_type()))?
+            .pop()
+            .ok_or_else(|| Error::Internal(format!("node '{}' gave no output", node.name)))?;
+        let (old, name) = (node.outputs[0], node.name.clone());
+        let c = g.add_const(format!("{name}.folded"), out);
+        g.replace_uses(old, c);
+        g.remove_node(nid);
+    }
+    crate::compress::quantize::drop_unused_consts(g);
+    Ok(())
 }
 
 impl Plan {
@@ -352,6 +393,19 @@ impl Plan {
                             .collect();
                         let k = ChainKernel::new(steps_, &shapes, out_shape, p).map_err(at)?;
                         exec = Exec::InPlace(k);
+                    }
+                }
+            }
+            if matches!(node.op, Op::QConv { .. } | Op::QMatMul { .. })
+                && node.input(0).is_some_and(is_f32)
+                && node.outputs.len() == 1
+                && in_arena(node.outputs[0])
+            {
+                let x = node.input(0).map_or(&[][..], shape_of);
+                if let Some(q) = QuantStep::new(&g, node, x, shape_of(node.outputs[0]), &cx) {
+                    let residual_ok = q.residual.is_none_or(|p| node.input(p).is_some_and(is_f32));
+                    if residual_ok {
+                        exec = Exec::Quant(Arc::new(q));
                     }
                 }
             }
@@ -644,6 +698,7 @@ impl Plan {
                     Exec::Copy => ExecKind::Copy,
                     Exec::Alias => ExecKind::Alias,
                     Exec::InPlace(_) => ExecKind::InPlace,
+                    Exec::Quant(_) => ExecKind::Int8,
                 },
                 inputs: s.inputs.clone(),
                 outputs: s.outputs.clone(),

@@ -1,0 +1,681 @@
+//! `mlc compress`: post-training quantization with measurements.
+//!
+//! The model is compiled with `O2` (so BatchNorm is folded and epilogues are
+//! fused), then:
+//! 1. **int8** ([`Mode::Int8`]): every convolution and matrix product with a
+//!    constant weight ([`quantize::find_layers`]) becomes QConv / QMatMul:
+//!    symmetric int8 weights (per output channel by default), u8 activations
+//!    quantized per run (dynamic) or with ranges from a calibration set
+//!    (static; [`crate::quant::calib`] histograms, streamed sample by
+//!    sample, cached by a hash of model, data and method).
+//!    Mixed precision is decided by measurement: each layer's int8 kernel is
+//!    timed against its f32 kernel on this machine (slower: it stays f32),
+//!    each layer's contribution to the output error is measured by
+//!    quantizing it alone, and while the whole model breaks the accuracy
+//!    budget the most sensitive int8 layer goes back to f32.
+//!    Other large constants (embedding tables) are stored int8 per row.
+//! 2. **int4** ([`Mode::Int4`]): weights of matrix products as blockwise
+//!    int4 with f16 scales, weight-only.
+//! 3. **fp16** ([`Mode::Fp16`]): large constants stored as f16.
+//!
+//! The [`report::Report`] gives size, latency and accuracy before and after.
+
+pub mod data;
+pub mod quantize;
+pub mod report;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::emit::bundle;
+use crate::ir::{infer, ActQuant, Graph, Node, NodeId, ValueId};
+use crate::kernels::cpu::CpuCtx;
+use crate::quant::calib::{quant_params, CalibMethod, Observer};
+use crate::runtime::{plan, Plan};
+use crate::transform::recipe::Recipe;
+use crate::transform::runner::{self, RunOptions};
+use crate::{Error, Result, Tensor};
+use data::{Agreement, Dataset};
+use quantize::{Granularity, Layer};
+use report::{
+    AccuracyReport, CalibrationReport, LatencyReport, LayerReport, Precision, Report, SizeReport,
+};
+
+/// What the weights become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Int8,
+    Int4,
+    Fp16,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Int8 => "int8",
+            Mode::Int4 => "int4",
+            Mode::Fp16 => "fp16",
+        }
+    }
+}
+
+/// How int8 activations get their quantization parameters.
+#[derive(Clone, Debug)]
+pub enum Activations {
+    Dynamic,
+    Static { calib: PathBuf, method: CalibMethod },
+}
+
+/// Everything `mlc compress` can be told.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub mode: Mode,
+    pub granularity: Granularity,
+    pub activations: Activations,
+    /// Inputs (and optional `labels`) to measure accuracy on.
+    pub eval: Option<PathBuf>,
+    /// Largest allowed top-1 accuracy drop in points (labels), or top-1
+    /// disagreement in points (class-score outputs without labels).
+    pub max_accuracy_drop: f64,
+    /// Smallest allowed mean cosine similarity with the f32 outputs.
+    pub min_cosine: Option<f64>,
+    /// Keep a layer f32 when its int8 kernel is slower here.
+    pub check_speed: bool,
+    /// Samples used to measure each layer's sensitivity.
+    pub sensitivity_samples: usize,
+    /// Timed runs of each model for the latency figures.
+    pub latency_runs: usize,
+    pub threads: usize,
+    /// Sizes of symbolic dims other than the batch (e.g. `seq`).
+    pub dims: BTreeMap<String, usize>,
+    /// Calibration cache folder (None: no caching).
+    pub cache_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// What [`compress`] produced.
+pub struct Outcome {
+    pub graph: Graph,
+    pub report: Report,
+}
+
+/// The default calibration cache: `$MLC_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/mlc`, else `~/.cache/mlc`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("MLC_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("mlc"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("mlc"))
+}
+
+/// Compresses the model at `model_path` (ONNX or bundle) as `opts` say.
+/// `source` is the model file's bytes (for the size figures and cache keys).
+pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outcome> {
+    let mut g = crate::import::load(model_path)?;
+    runner::run(&mut g, &Recipe::resolve("O2")?, &RunOptions::default())?;
+    let f32_graph = g.clone();
+    let cx = CpuCtx::new(opts.threads)?;
+    let float_model = data::float_inputs(&g);
+
+    // Data: evaluation set, calibration set, else random inputs.
+    let calib = match &opts.activations {
+        Activations::Static { calib, .. } => Some(Dataset::load(calib, &g)?),
+        Activations::Dynamic => None,
+    };
+    let eval = match &opts.eval {
+        Some(p) => Dataset::load(p, &g)?,
+        None => match &calib {
+            Some(c) => c.clone(),
+            None => Dataset::random(&g, 16, &opts.dims)?,
+        },
+    };
+    let pb = data::progress(opts.progress, eval.samples, "f32 reference");
+    let reference = data::run_all(&f32_graph, &eval, &cx, &pb)?;
+    pb.finish_and_clear();
+
+    let layers = quantize::find_layers(&g);
+    let mut layer_reports: Vec<LayerReport> =
+        layers.iter().map(|l| LayerReport::new(l, &g)).collect();
+    let mut calibration = None;
+    let mut kept_f32: HashSet<NodeId> = HashSet::new();
+    let mut act_of: HashMap<NodeId, ActQuant> = HashMap::new();
+
+    match opts.mode {
+        Mode::Int8 => {
+            // Activation quantization of each layer.
+            match (&opts.activations, &calib) {
+                (
+                    Activations::Static {
+                        calib: path,
+                        method,
+                    },
+                    Some(c),
+                ) => {
+                    let (ranges, cached, key) =
+                        calibrate(&g, &layers, c, *method, source, opts, &cx)?;
+                    for l in &layers {
+                        let r = ranges
+                            .get(&g.value(l.input).name)
+                            .copied()
+                            .unwrap_or((0.0, 0.0));
+                        let (scale, zero_point) =
+                            quant_params(crate::quant::calib::Range { lo: r.0, hi: r.1 });
+                        act_of.insert(l.node, ActQuant::Static { scale, zero_point });
+                    }
+                    calibration = Some(CalibrationReport {
+                        method: method.to_string(),
+                        data: path.display().to_string(),
+                        samples: c.samples,
+                        cached,
+                        cache_key: key,
+                    });
+                }
+                _ => {
+                    for l in &layers {
+                        act_of.insert(l.node, ActQuant::Dynamic);
+                    }
+                }
+            }
+
+            // Speed: keep f32 where the int8 kernel is slower here.
+            if opts.check_speed {
+                let sample = eval.sample(0)?;
+                let spec = plan::specialize(&g, &shapes_of(&sample))?;
+                let pb = data::progress(opts.progress, layers.len(), "layer timing");
+                for (l, rep) in layers.iter().zip(&mut layer_reports) {
+                    let (f, q) = time_layer(&spec, l, act_of[&l.node], opts.granularity, &cx)?;
+                    rep.f32_ms = Some(f);
+                    rep.int8_ms = Some(q);
+                    if q > f {
+                        kept_f32.insert(l.node);
+                        rep.reason = Some(format!(
+                            "speed: the int8 kernel takes {q:.3} ms, the f32 one {f:.3} ms on this machine"
+                        ));
+                    }
+                    pb.inc(1);
+                }
+                pb.finish_and_clear();
+            }
+
+            // Each layer's contribution to the output error, alone.
+            let mut sens_data = eval.clone();
+            sens_data.truncate(opts.sensitivity_samples.max(1));
+            let sens_ref = &reference[..sens_data.samples];
+            let pb = data::progress(opts.progress, layers.len(), "sensitivity");
+            for (l, rep) in layers.iter().zip(&mut layer_reports) {
+                let mut one = f32_graph.clone();
+                quantize::quantize_layer(&mut one, l, act_of[&l.node], opts.granularity)?;
+                let out = data::run_all(&one, &sens_data, &cx, &indicatif::ProgressBar::hidden())?;
+                let a = data::agreement(sens_ref, &out);
+                rep.error_alone = Some(1.0 - a.cosine_similarity);
+                if let Some(labels) = &sens_data.labels {
+                    let base = data::accuracy(sens_ref, labels);
+                    rep.top1_drop_alone = Some(100.0 * (base - data::accuracy(&out, labels)));
+                }
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+
+            // Accuracy budget: revert the most sensitive layers until it holds.
+            let mut order: Vec<usize> = (0..layers.len()).collect();
+            order.sort_by(|&a, &b| {
+                let s = |i: usize| layer_reports[i].error_alone.unwrap_or(0.0);
+                s(b).total_cmp(&s(a))
+            });
+            let base_acc = eval.labels.as_ref().map(|l| data::accuracy(&reference, l));
+            let classifier = reference
+                .first()
+                .and_then(|o| o.first())
+                .is_some_and(|t| t.rank() == 2);
+            loop {
+                let candidate = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
+                let out = data::run_all(&candidate, &eval, &cx, &indicatif::ProgressBar::hidden())?;
+                let a = data::agreement(&reference, &out);
+                let drop = match (&eval.labels, base_acc) {
+                    (Some(l), Some(b)) => Some(100.0 * (b - data::accuracy(&out, l))),
+                    _ if classifier => Some(100.0 * (1.0 - a.top1_agreement)),
+                    _ => None,
+                };
+                let breaks_drop = drop.is_some_and(|d| d > opts.max_accuracy_drop);
+                let breaks_cos = opts.min_cosine.is_some_and(|m| a.cosine_similarity < m);
+                let next = order
+                    .iter()
+                    .copied()
+                    .find(|&i| !kept_f32.contains(&layers[i].node));
+                match next {
+                    Some(i) if breaks_drop || breaks_cos => {
+                        kept_f32.insert(layers[i].node);
+                        layer_reports[i].reason = Some(format!(
+                            "accuracy: the most sensitive int8 layer left (output error {:.2e} alone) while the model {}",
+                            layer_reports[i].error_alone.unwrap_or(0.0),
+                            if breaks_drop {
+                                format!(
+                                    "dropped {:.2} points (budget {:.2})",
+                                    drop.unwrap_or(0.0),
+                                    opts.max_accuracy_drop
+                                )
+                            } else {
+                                format!(
+                                    "had cosine similarity {:.5} (minimum {:.5})",
+                                    a.cosine_similarity,
+                                    opts.min_cosine.unwrap_or(0.0)
+                                )
+                            }
+                        ));
+                    }
+                    _ => break,
+                }
+            }
+            g = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
+        }
+        Mode::Int4 => {
+            quantize::int4_weights(&mut g)?;
+        }
+        Mode::Fp16 => {
+            quantize::fp16_weights(&mut g)?;
+        }
+    }
+    infer::infer_graph(&mut g)?;
+
+    // Per-layer precision and bytes after.
+    for (l, rep) in layers.iter().zip(&mut layer_reports) {
+        rep.precision = match opts.mode {
+            Mode::Int8 if kept_f32.contains(&l.node) => Precision::F32,
+            Mode::Int8 => Precision::Int8,
+            Mode::Int4 if l.kind == quantize::LayerKind::MatMul => Precision::Int4,
+            Mode::Int4 => Precision::Int8WeightOnly,
+            Mode::Fp16 => Precision::Fp16,
+        };
+        let (before, after) = layer_bytes(&g, l.node, &f32_graph, l.weight);
+        rep.f32_bytes = before;
+        rep.stored_bytes = after;
+    }
+
+    // Accuracy of the final model.
+    let pb = data::progress(opts.progress, eval.samples, "evaluation");
+    let outputs = data::run_all(&g, &eval, &cx, &pb)?;
+    pb.finish_and_clear();
+    let agreement: Agreement = data::agreement(&reference, &outputs);
+    let (top1_f32, top1_compressed) = match &eval.labels {
+        Some(l) => (
+            Some(data::accuracy(&reference, l)),
+            Some(data::accuracy(&outputs, l)),
+        ),
+        None => (None, None),
+    };
+    let accuracy = AccuracyReport {
+        data: eval.source.clone(),
+        samples: eval.samples,
+        labeled: eval.labels.is_some(),
+        top1_f32,
+        top1_compressed,
+        drop_points: top1_f32.zip(top1_compressed).map(|(a, b)| 100.0 * (a - b)),
+        agreement,
+    };
+
+    // Latency, f32 and compressed alternating, batch 1.
+    let sample = eval.sample(0)?;
+    let latency = measure_latency(&f32_graph, &g, &sample, opts, &cx)?;
+
+    let f32_bundle = bundle_bytes(&f32_graph, model_path, source)?;
+    let size = SizeReport {
+        source_bytes: source.len() as u64,
+        f32_bundle_bytes: f32_bundle,
+        output_bytes: 0,
+        ratio: 0.0,
+        weights_f32_bytes: quantize::weight_bytes(&f32_graph) as u64,
+        weights_bytes: quantize::weight_bytes(&g) as u64,
+    };
+    let report = Report {
+        model: model_path.display().to_string(),
+        output: String::new(),
+        format: String::new(),
+        mode: opts.mode.name().to_string(),
+        activations: match (opts.mode, &opts.activations) {
+            (Mode::Int8, Activations::Dynamic) => "dynamic (u8, per run)".into(),
+            (Mode::Int8, Activations::Static { method, .. }) => {
+                format!("static (u8, calibrated: {method})")
+            }
+            _ => "f32 (weight-only)".into(),
+        },
+        granularity: match opts.granularity {
+            Granularity::PerChannel => "per-channel".into(),
+            Granularity::PerTensor => "per-tensor".into(),
+        },
+        float_inputs: float_model,
+        size,
+        layers: layer_reports,
+        latency,
+        accuracy,
+        calibration,
+        max_accuracy_drop: opts.max_accuracy_drop,
+        min_cosine: opts.min_cosine,
+    };
+    Ok(Outcome { graph: g, report })
+}
+
+fn shapes_of(inputs: &[Tensor]) -> Vec<Vec<usize>> {
+    inputs.iter().map(|t| t.shape().to_vec()).collect()
+}
+
+/// `f32_graph` with every layer not in `kept_f32` quantized, and the other
+/// large constants (embedding tables, ...) stored int8 per row; the weights
+/// of f32-kept layers stay f32.
+fn build_int8(
+    f32_graph: &Graph,
+    layers: &[Layer],
+    kept_f32: &HashSet<NodeId>,
+    act_of: &HashMap<NodeId, ActQuant>,
+    opts: &Options,
+) -> Result<Graph> {
+    let mut g = f32_graph.clone();
+    for l in layers.iter().filter(|l| !kept_f32.contains(&l.node)) {
+        quantize::quantize_layer(&mut g, l, act_of[&l.node], opts.granularity)?;
+    }
+    let keep: HashSet<ValueId> = layers
+        .iter()
+        .filter(|l| kept_f32.contains(&l.node))
+        .map(|l| l.weight)
+        .collect();
+    quantize::drop_unused_consts(&mut g);
+    quantize::weight_only_except(&mut g, &keep)?;
+    infer::infer_graph(&mut g)?;
+    Ok(g)
+}
+
+/// Bytes of a layer's weight before (f32) and after compression: the
+/// constants the node reads directly or through a DequantizeLinear/Cast.
+fn layer_bytes(g: &Graph, node: NodeId, f32_graph: &Graph, weight: ValueId) -> (u64, u64) {
+    let before = f32_graph
+        .const_value(weight)
+        .map_or(0, |t| t.size_bytes() as u64);
+    let Some(n) = g.node(node) else {
+        return (before, 0);
+    };
+    let mut after = 0u64;
+    // The weight, and its scale for the int8 ops.
+    let weight_inputs = match n.op {
+        crate::ir::Op::QConv { .. } | crate::ir::Op::QMatMul { .. } => 1..3,
+        _ => 1..2,
+    };
+    for v in n.inputs
+        [weight_inputs.start.min(n.inputs.len())..weight_inputs.end.min(n.inputs.len())]
+        .iter()
+        .flatten()
+    {
+        if let Some(t) = g.consts.get(v) {
+            after += quantize::stored_bytes(t) as u64;
+        } else if let Some(p) = g.producer(*v).and_then(|p| g.node(p)) {
+            // Weight-only forms: DequantizeLinear (+ Cast) of constants.
+            let mut stack = vec![p.clone()];
+            while let Some(p) = stack.pop() {
+                if !matches!(
+                    p.op,
+                    crate::ir::Op::DequantizeLinear { .. } | crate::ir::Op::Cast { .. }
+                ) {
+                    continue;
+                }
+                for i in p.inputs.iter().flatten() {
+                    if let Some(t) = g.consts.get(i) {
+                        after += quantize::stored_bytes(t) as u64;
+                    } else if let Some(q) = g.producer(*i).and_then(|q| g.node(q)) {
+                        stack.push(q.clone());
+                    }
+                }
+            }
+        }
+    }
+    (before, after)
+}
+
+/// Size of the f32 model as a bundle.
+fn bundle_bytes(g: &Graph, model_path: &Path, source: &[u8]) -> Result<u64> {
+    let meta = metadata(g, model_path, source, "O2", g.node_count());
+    Ok(bundle::to_bytes(g, &meta)?.len() as u64)
+}
+
+/// Bundle metadata for a compressed graph.
+pub fn metadata(
+    g: &Graph,
+    model_path: &Path,
+    source: &[u8],
+    pipeline: &str,
+    nodes_before: usize,
+) -> bundle::Metadata {
+    let file_name = model_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    bundle::Metadata::new(
+        bundle::SourceInfo::from_bytes(file_name, source),
+        bundle::PipelineInfo {
+            name: pipeline.to_string(),
+            summary: format!("O2, then mlc compress --{pipeline}"),
+        },
+        Vec::new(),
+        bundle::NodeCounts {
+            before: nodes_before,
+            after: g.node_count(),
+        },
+    )
+}
+
+/// Streams the calibration set through the f32 model and returns each
+/// observed tensor's range by name, whether it came from the cache, and the
+/// cache key.
+fn calibrate(
+    g: &Graph,
+    layers: &[Layer],
+    data: &Dataset,
+    method: CalibMethod,
+    source: &[u8],
+    opts: &Options,
+    cx: &CpuCtx,
+) -> Result<(BTreeMap<String, (f32, f32)>, bool, String)> {
+    let mut observed: Vec<ValueId> = layers.iter().map(|l| l.input).collect();
+    observed.sort();
+    observed.dedup();
+    let names: Vec<String> = observed.iter().map(|&v| g.value(v).name.clone()).collect();
+
+    let mut key_bytes = Vec::new();
+    key_bytes.extend(bundle::sha256_hex(source).bytes());
+    key_bytes.extend(bundle::sha256_hex(&data.fingerprint_bytes()).bytes());
+    key_bytes.extend(format!("{method}|{}", names.join(",")).bytes());
+    key_bytes.extend(env!("CARGO_PKG_VERSION").bytes());
+    let key = bundle::sha256_hex(&key_bytes);
+    let cache_file = opts
+        .cache_dir
+        .as_ref()
+        .map(|d| d.join("calib").join(format!("{key}.json")));
+    if let Some(f) = &cache_file {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            if let Ok(ranges) = serde_json::from_str::<BTreeMap<String, (f32, f32)>>(&text) {
+                if names.iter().all(|n| ranges.contains_key(n)) {
+                    return Ok((ranges, true, key));
+                }
+            }
+        }
+    }
+
+    // The observed values become extra outputs of a copy of the model.
+    let mut probe = g.clone();
+    let n_out = probe.outputs.len();
+    probe.outputs.extend(observed.iter().copied());
+    let mut observers: Vec<Observer> = observed.iter().map(|_| Observer::new()).collect();
+    let first = data.sample(0)?;
+    let mut plan = Plan::new(&probe, &shapes_of(&first), cx.clone())?;
+    let pb = data::progress(opts.progress, data.samples, "calibration");
+    for i in 0..data.samples {
+        let outs = plan.run(&data.sample(i)?)?;
+        for (obs, t) in observers.iter_mut().zip(&outs[n_out..]) {
+            if let Some(v) = t.as_f32() {
+                obs.observe(v);
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let ranges: BTreeMap<String, (f32, f32)> = names
+        .iter()
+        .zip(&observers)
+        .map(|(n, o)| {
+            let r = o.range(method);
+            (n.clone(), (r.lo, r.hi))
+        })
+        .collect();
+    if let Some(f) = &cache_file {
+        // A cache that cannot be written only costs the next run time.
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(text) = serde_json::to_string(&ranges) {
+            let _ = crate::fsutil::write_bytes_atomic(f, text.as_bytes());
+        }
+    }
+    Ok((ranges, false, key))
+}
+
+/// A graph holding only `node` of `spec` (a specialized graph): its
+/// non-constant inputs become graph inputs.
+fn layer_graph(spec: &Graph, node: &Node) -> Result<Graph> {
+    let mut m = Graph::new(node.name.clone(), spec.opset);
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut inputs = Vec::new();
+    for v in node.inputs.iter() {
+        let Some(v) = *v else {
+            inputs.push(None);
+            continue;
+        };
+        let id = match map.get(&v) {
+            Some(&id) => id,
+            None => {
+                let val = spec.value(v);
+                let id = match spec.consts.get(&v) {
+                    Some(t) => m.add_const(val.name.clone(), t.clone()),
+                    None => m.add_input(val.name.clone(), val.ty.clone()),
+                };
+                map.insert(v, id);
+                id
+            }
+        };
+        inputs.push(Some(id));
+    }
+    let outs: Vec<ValueId> = node
+        .outputs
+        .iter()
+        .map(|&o| m.add_value(spec.value(o).name.clone(), spec.ty(o).clone()))
+        .collect();
+    m.outputs = outs.clone();
+    m.add_node(Node {
+        name: node.name.clone(),
+        op: node.op.clone(),
+        inputs,
+        outputs: outs,
+    });
+    infer::infer_graph(&mut m)?;
+    Ok(m)
+}
+
+/// Median milliseconds of the layer's f32 node and of its int8 form, run
+/// alternately on seeded random inputs.
+fn time_layer(
+    spec: &Graph,
+    layer: &Layer,
+    act: ActQuant,
+    granularity: Granularity,
+    cx: &CpuCtx,
+) -> Result<(f64, f64)> {
+    let node = spec
+        .node(layer.node)
+        .ok_or_else(|| Error::Internal(format!("layer '{}' vanished", layer.name)))?;
+    let f = layer_graph(spec, node)?;
+    let mut q = f.clone();
+    let ql = quantize::find_layers(&q)
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            Error::Internal(format!("layer '{}' is not quantizable alone", layer.name))
+        })?;
+    quantize::quantize_layer(&mut q, &ql, act, granularity)?;
+    infer::infer_graph(&mut q)?;
+    let feed = crate::inputs::random_inputs(&f, 1, &BTreeMap::new())?;
+    let shapes = shapes_of(&feed);
+    let mut pf = Plan::new(&f, &shapes, cx.clone())?;
+    let mut pq = Plan::new(&q, &shapes, cx.clone())?;
+    let (tf, tq) = alternate(&mut pf, &mut pq, &feed, &feed, 2, 9)?;
+    Ok((median(&tf), median(&tq)))
+}
+
+/// Runs `a` and `b` alternately (`warmup` untimed rounds, then `runs`
+/// timed), returning each one's milliseconds.
+fn alternate(
+    a: &mut Plan,
+    b: &mut Plan,
+    ia: &[Tensor],
+    ib: &[Tensor],
+    warmup: usize,
+    runs: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    for _ in 0..warmup {
+        a.run(ia)?;
+        b.run(ib)?;
+    }
+    let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let t = Instant::now();
+        a.run(ia)?;
+        ta.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        b.run(ib)?;
+        tb.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((ta, tb))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Latency of the f32 and compressed models on one sample, alternating.
+fn measure_latency(
+    f32_graph: &Graph,
+    g: &Graph,
+    sample: &[Tensor],
+    opts: &Options,
+    cx: &CpuCtx,
+) -> Result<Option<LatencyReport>> {
+    if opts.latency_runs == 0 {
+        return Ok(None);
+    }
+    let shapes = shapes_of(sample);
+    let mut pf = Plan::new(f32_graph, &shapes, cx.clone())?;
+    let mut pq = Plan::new(g, &shapes, cx.clone())?;
+    let (tf, tq) = alternate(&mut pf, &mut pq, sample, sample, 3, opts.latency_runs)?;
+    let span = |v: &[f64]| {
+        (
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    let (f, q) = (median(&tf), median(&tq));
+    Ok(Some(LatencyReport {
+        threads: cx.threads,
+        inputs: shapes,
+        runs: opts.latency_runs,
+        f32_ms: f,
+        f32_ms_range: span(&tf),
+        compressed_ms: q,
+        compressed_ms_range: span(&tq),
+        speedup: if q > 0.0 { f / q } else { 0.0 },
+    }))
+}

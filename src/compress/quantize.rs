@@ -1,0 +1,544 @@
+//! Graph rewrites that store weights in fewer bits.
+//!
+//! - [`find_layers`] lists the products that can run in int8: convolutions
+//!   and matrix products whose weight is a constant f32 tensor.
+//! - [`quantize_layer`] turns one of them into [`Op::QConv`] / [`Op::QMatMul`]
+//!   with a symmetric int8 weight (per output channel or per tensor).
+//! - [`weight_only_except`] stores the remaining large f32 constants (embedding
+//!   tables, ...) as int8 behind a DequantizeLinear, per row.
+//! - [`int4_weights`] stores the weights of matrix products as int4 in blocks
+//!   of 32 along the reduction axis with f16 scales (DequantizeLinear with
+//!   `block_size`), weight-only.
+//! - [`fp16_weights`] stores every large f32 constant as f16 behind a Cast.
+//!
+//! The runtime folds the DequantizeLinear and Cast of constants once per
+//! plan, so weight-only forms cost nothing per run; they only make the
+//! artifact smaller.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use half::f16;
+use serde::Serialize;
+
+use crate::ir::{
+    ActQuant, DType, Graph, Node, NodeId, Op, Shape, Tensor, TensorData, TensorType, ValueId,
+};
+use crate::{Error, Result};
+
+/// Constants smaller than this stay f32 in the weight-only forms (biases,
+/// norms: not worth a DequantizeLinear).
+pub const MIN_WEIGHT_ONLY_ELEMENTS: usize = 1024;
+
+/// Block size of int4 weights along the reduction axis.
+pub const INT4_BLOCK: usize = 32;
+
+/// Scales of a symmetric int8 weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    PerChannel,
+    PerTensor,
+}
+
+/// What kind of product a layer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerKind {
+    Conv,
+    MatMul,
+}
+
+/// A product that can run in int8.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub node: NodeId,
+    /// The node's name.
+    pub name: String,
+    pub kind: LayerKind,
+    /// The f32 activation input (quantized at run time).
+    pub input: ValueId,
+    /// The constant f32 weight.
+    pub weight: ValueId,
+    /// Elements of the weight.
+    pub weight_elements: usize,
+}
+
+/// The constant f32 tensor behind `v`, if any.
+fn const_f32(g: &Graph, v: Option<ValueId>) -> Option<(ValueId, &Tensor)> {
+    let v = v?;
+    let t = g.const_value(v)?;
+    (t.dtype() == DType::F32).then_some((v, t))
+}
+
+/// Every product of `g` that [`quantize_layer`] can rewrite, in node order.
+pub fn find_layers(g: &Graph) -> Vec<Layer> {
+    let mut out = Vec::new();
+    for (id, node) in g.nodes() {
+        let kind = match &node.op {
+            Op::Conv(_) | Op::FusedConv { .. } => LayerKind::Conv,
+            Op::MatMul => LayerKind::MatMul,
+            Op::FusedMatMul { trans_a: false, .. } => LayerKind::MatMul,
+            Op::Gemm { trans_a: false, .. } => {
+                // C must be a constant (it becomes the bias) or absent.
+                if node.input(2).is_some_and(|c| !g.is_const(c)) {
+                    continue;
+                }
+                LayerKind::MatMul
+            }
+            _ => continue,
+        };
+        let Some(input) = node.input(0) else { continue };
+        if g.ty(input).dtype != DType::F32 || g.is_const(input) {
+            continue;
+        }
+        let Some((weight, w)) = const_f32(g, node.input(1)) else {
+            continue;
+        };
+        if kind == LayerKind::MatMul && w.rank() != 2 {
+            continue;
+        }
+        out.push(Layer {
+            node: id,
+            name: node.name.clone(),
+            kind,
+            input,
+            weight,
+            weight_elements: w.numel(),
+        });
+    }
+    out
+}
+
+/// Symmetric int8 values and scales of `w` whose output channel of element
+/// `i` is `channel(i)` (`channels` of them): `scale = max|w| / 127` (1 for an
+/// all-zero channel), `q = clamp(round_half_even(w / scale), -127, 127)`.
+pub fn symmetric_i8(
+    w: &[f32],
+    channels: usize,
+    channel: impl Fn(usize) -> usize,
+    granularity: Granularity,
+) -> (Vec<i8>, Vec<f32>) {
+    let n_scales = match granularity {
+        Granularity::PerChannel => channels,
+        Granularity::PerTensor => 1,
+    };
+    let slot = |i: usize| match granularity {
+        Granularity::PerChannel => channel(i),
+        Granularity::PerTensor => 0,
+    };
+    let mut amax = vec![0f32; n_scales];
+    for (i, &x) in w.iter().enumerate() {
+        if x.is_finite() {
+            let s = &mut amax[slot(i)];
+            *s = s.max(x.abs());
+        }
+    }
+    let scales: Vec<f32> = amax
+        .iter()
+        .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
+        .collect();
+    let q = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x / scales[slot(i)]).round_ties_even().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (q, scales)
+}
+
+fn tensor(shape: Vec<usize>, data: TensorData) -> Result<Tensor> {
+    Tensor::new(shape, data).map_err(|e| Error::Internal(format!("quantized weight: {e}")))
+}
+
+/// Removes constants no node reads any more.
+pub fn drop_unused_consts(g: &mut Graph) {
+    let unused: Vec<ValueId> = g
+        .consts
+        .keys()
+        .copied()
+        .filter(|&c| g.use_count(c) == 0 && !g.is_output(c))
+        .collect();
+    for c in unused {
+        g.consts.remove(&c);
+    }
+}
+
+/// Rewrites `layer` into QConv / QMatMul with its activation quantized by
+/// `act` and its weight stored as symmetric int8.
+pub fn quantize_layer(
+    g: &mut Graph,
+    layer: &Layer,
+    act: ActQuant,
+    granularity: Granularity,
+) -> Result<()> {
+    let node = g
+        .node(layer.node)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("layer '{}' is gone", layer.name)))?;
+    let w = g
+        .const_value(layer.weight)
+        .ok_or_else(|| Error::Internal(format!("the weight of '{}' is not constant", layer.name)))?
+        .clone();
+    let wdata = w
+        .as_f32()
+        .ok_or_else(|| Error::Internal(format!("the weight of '{}' is not f32", layer.name)))?;
+    let wname = g.value(layer.weight).name.clone();
+    let (op, inputs, qshape, q, mut scales) = match &node.op {
+        Op::Conv(conv) | Op::FusedConv { conv, .. } => {
+            let act_fn = match &node.op {
+                Op::FusedConv { act, .. } => act.clone(),
+                _ => None,
+            };
+            let m = w.shape()[0];
+            let inner = w.numel() / m.max(1);
+            let (q, s) = symmetric_i8(wdata, m, |i| i / inner.max(1), granularity);
+            let op = Op::QConv {
+                conv: conv.clone(),
+                x_quant: act,
+                act: act_fn,
+            };
+            // X, W, B?, R? -> X, Wq, scale, B?, R?
+            let tail: Vec<Option<ValueId>> = node.inputs.iter().skip(2).copied().collect();
+            (op, tail, w.shape().to_vec(), q, s)
+        }
+        Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => {
+            let (trans_b, alpha, act_fn) = match &node.op {
+                Op::FusedMatMul {
+                    trans_b,
+                    alpha,
+                    act,
+                    ..
+                } => (*trans_b, *alpha, act.clone()),
+                Op::Gemm { trans_b, alpha, .. } => (*trans_b, *alpha, None),
+                _ => (false, 1.0, None),
+            };
+            // B as [K, N].
+            let (k, n) = if trans_b {
+                (w.shape()[1], w.shape()[0])
+            } else {
+                (w.shape()[0], w.shape()[1])
+            };
+            let b: Vec<f32> = if trans_b {
+                (0..k * n).map(|i| wdata[(i % n) * k + i / n]).collect()
+            } else {
+                wdata.to_vec()
+            };
+            let (q, mut s) = symmetric_i8(&b, n, |i| i % n, granularity);
+            for x in &mut s {
+                *x *= alpha;
+            }
+            let bias = match &node.op {
+                Op::Gemm { beta, .. } => match node.input(2) {
+                    Some(c) if *beta != 1.0 => {
+                        let ct = g.const_value(c).ok_or_else(|| {
+                            Error::Internal(format!("the C of '{}' is not constant", layer.name))
+                        })?;
+                        let scaled: Vec<f32> = ct.to_f32_vec().iter().map(|x| x * beta).collect();
+                        let t = Tensor::from_f32(ct.shape().to_vec(), scaled)
+                            .map_err(|e| Error::Internal(e.to_string()))?;
+                        Some(g.add_const(format!("{}.bias", layer.name), t))
+                    }
+                    c => c,
+                },
+                _ => node.input(2),
+            };
+            let op = Op::QMatMul {
+                a_quant: act,
+                act: act_fn,
+            };
+            (op, vec![bias], vec![k, n], q, s)
+        }
+        other => {
+            return Err(Error::op(
+                other.onnx_type(),
+                format!("node '{}' is not a quantizable product", layer.name),
+            ))
+        }
+    };
+    if scales.is_empty() {
+        scales.push(1.0);
+    }
+    let n_scales = scales.len();
+    let wq = g.add_const(format!("{wname}.int8"), tensor(qshape, TensorData::I8(q))?);
+    let sc = g.add_const(
+        format!("{wname}.scale"),
+        tensor(vec![n_scales], TensorData::F32(scales))?,
+    );
+    let mut ins = vec![Some(layer.input), Some(wq), Some(sc)];
+    ins.extend(inputs);
+    while ins.last() == Some(&None) {
+        ins.pop();
+    }
+    let n = g
+        .node_mut(layer.node)
+        .ok_or_else(|| Error::Internal(format!("layer '{}' is gone", layer.name)))?;
+    n.op = op;
+    n.inputs = ins;
+    Ok(())
+}
+
+/// Adds a node computing `op(inputs)` into a new f32 value shaped like
+/// `like`, and points every reader of `old` at it.
+fn replace_const_with_node(
+    g: &mut Graph,
+    old: ValueId,
+    name: String,
+    op: Op,
+    inputs: Vec<Option<ValueId>>,
+) {
+    let ty = g.ty(old).clone();
+    let out = g.add_value(format!("{name}.out"), ty);
+    g.replace_uses(old, out);
+    g.add_node(Node {
+        name,
+        op,
+        inputs,
+        outputs: vec![out],
+    });
+}
+
+/// The large f32 constants of `g` (at least [`MIN_WEIGHT_ONLY_ELEMENTS`]),
+/// excluding graph outputs and `keep`.
+fn large_f32_consts(g: &Graph, keep: &HashSet<ValueId>) -> Vec<ValueId> {
+    g.consts
+        .iter()
+        .filter(|(&id, t)| {
+            !keep.contains(&id)
+                && t.dtype() == DType::F32
+                && t.numel() >= MIN_WEIGHT_ONLY_ELEMENTS
+                && t.rank() >= 1
+                && !g.is_output(id)
+                && g.use_count(id) > 0
+        })
+        .map(|(&id, _)| id)
+        .collect()
+}
+
+/// Stores every large f32 constant but those in `keep` as int8 with one
+/// f32 scale per row (axis 0) behind a DequantizeLinear. Returns how many
+/// it rewrote.
+pub fn weight_only_except(g: &mut Graph, keep: &HashSet<ValueId>) -> Result<usize> {
+    let consts = large_f32_consts(g, keep);
+    for &c in &consts {
+        let t = g.consts[&c].clone();
+        let data = t.as_f32().unwrap_or(&[]);
+        let rows = t.shape()[0].max(1);
+        let inner = t.numel() / rows;
+        let (q, scales) = symmetric_i8(data, rows, |i| i / inner.max(1), Granularity::PerChannel);
+        let name = g.value(c).name.clone();
+        let wq = g.add_const(
+            format!("{name}.int8"),
+            tensor(t.shape().to_vec(), TensorData::I8(q))?,
+        );
+        let sc = g.add_const(
+            format!("{name}.scale"),
+            tensor(vec![rows], TensorData::F32(scales))?,
+        );
+        replace_const_with_node(
+            g,
+            c,
+            format!("{name}.dequantize"),
+            Op::DequantizeLinear {
+                axis: 0,
+                block_size: 0,
+            },
+            vec![Some(wq), Some(sc)],
+        );
+    }
+    drop_unused_consts(g);
+    Ok(consts.len())
+}
+
+/// Blockwise symmetric int4 of `w` (shape `[rows, cols]`, blocks of
+/// [`INT4_BLOCK`] along `axis`): f16 scales `max|w| / 7` per block (the q
+/// values use the f16-rounded scale), `q = clamp(round(w / s), -8, 7)`.
+/// None when a scale does not fit f16.
+pub fn blockwise_i4(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    axis: usize,
+) -> Option<(Vec<i8>, Vec<f16>, Vec<usize>)> {
+    let (nb_r, nb_c) = if axis == 0 {
+        (rows.div_ceil(INT4_BLOCK), cols)
+    } else {
+        (rows, cols.div_ceil(INT4_BLOCK))
+    };
+    let block = |r: usize, c: usize| {
+        if axis == 0 {
+            (r / INT4_BLOCK) * nb_c + c
+        } else {
+            r * nb_c + c / INT4_BLOCK
+        }
+    };
+    let mut amax = vec![0f32; nb_r * nb_c];
+    for r in 0..rows {
+        for c in 0..cols {
+            let x = w[r * cols + c];
+            if x.is_finite() {
+                let m = &mut amax[block(r, c)];
+                *m = m.max(x.abs());
+            }
+        }
+    }
+    let mut scales = Vec::with_capacity(amax.len());
+    for &m in &amax {
+        let s = if m > 0.0 {
+            f16::from_f32(m / 7.0)
+        } else {
+            f16::ONE
+        };
+        if !s.is_finite() || s.to_f32() == 0.0 {
+            return None;
+        }
+        scales.push(s);
+    }
+    let q = (0..rows * cols)
+        .map(|i| {
+            let s = scales[block(i / cols, i % cols)].to_f32();
+            (w[i] / s).round_ties_even().clamp(-8.0, 7.0) as i8
+        })
+        .collect();
+    Some((q, scales, vec![nb_r, nb_c]))
+}
+
+/// Stores the constant weights of matrix products (MatMul, FusedMatMul,
+/// Gemm) as blockwise int4 behind a DequantizeLinear, and the remaining
+/// large constants as int8 ([`weight_only_except`]). Returns the number of int4
+/// weights.
+pub fn int4_weights(g: &mut Graph) -> Result<usize> {
+    let mut done = 0;
+    let products: Vec<(ValueId, bool)> = g
+        .nodes()
+        .filter_map(|(_, n)| {
+            let trans_b = match &n.op {
+                Op::MatMul => false,
+                Op::FusedMatMul { trans_b, .. } | Op::Gemm { trans_b, .. } => *trans_b,
+                _ => return None,
+            };
+            let (w, t) = const_f32(g, n.input(1))?;
+            (t.rank() == 2 && t.numel() >= MIN_WEIGHT_ONLY_ELEMENTS).then_some((w, trans_b))
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for (c, trans_b) in products {
+        if !seen.insert(c) {
+            continue;
+        }
+        let t = g.consts[&c].clone();
+        let (rows, cols) = (t.shape()[0], t.shape()[1]);
+        // The reduction axis: K is rows of [K, N], columns of a transposed [N, K].
+        let axis = usize::from(trans_b);
+        let Some((q, scales, sshape)) = blockwise_i4(t.as_f32().unwrap_or(&[]), rows, cols, axis)
+        else {
+            continue;
+        };
+        let name = g.value(c).name.clone();
+        let wq = g.add_const(
+            format!("{name}.int4"),
+            tensor(vec![rows, cols], TensorData::I4(q))?,
+        );
+        let sc = g.add_const(
+            format!("{name}.scale"),
+            tensor(sshape, TensorData::F16(scales))?,
+        );
+        // DequantizeLinear gives the scale's type (f16); cast back to f32.
+        let mid_ty = TensorType::new(DType::F16, Shape::known(&[rows, cols]));
+        let mid = g.add_value(format!("{name}.f16"), mid_ty);
+        g.add_node(Node {
+            name: format!("{name}.dequantize"),
+            op: Op::DequantizeLinear {
+                axis: axis as i64,
+                block_size: INT4_BLOCK,
+            },
+            inputs: vec![Some(wq), Some(sc)],
+            outputs: vec![mid],
+        });
+        replace_const_with_node(
+            g,
+            c,
+            format!("{name}.to_f32"),
+            cast_to_f32(),
+            vec![Some(mid)],
+        );
+        done += 1;
+    }
+    weight_only_except(g, &HashSet::new())?;
+    Ok(done)
+}
+
+fn cast_to_f32() -> Op {
+    Op::Cast {
+        to: DType::F32,
+        saturate: true,
+        round_mode: Default::default(),
+    }
+}
+
+/// Stores every large f32 constant as f16 behind a Cast. Returns how many.
+pub fn fp16_weights(g: &mut Graph) -> Result<usize> {
+    let consts = large_f32_consts(g, &HashSet::new());
+    for &c in &consts {
+        let t = g.consts[&c].clone();
+        let h: Vec<f16> = t.to_f32_vec().into_iter().map(f16::from_f32).collect();
+        let name = g.value(c).name.clone();
+        let hc = g.add_const(
+            format!("{name}.f16"),
+            tensor(t.shape().to_vec(), TensorData::F16(h))?,
+        );
+        replace_const_with_node(
+            g,
+            c,
+            format!("{name}.to_f32"),
+            cast_to_f32(),
+            vec![Some(hc)],
+        );
+    }
+    drop_unused_consts(g);
+    Ok(consts.len())
+}
+
+/// Bytes the constants of `g` take, by dtype.
+pub fn weight_bytes(g: &Graph) -> usize {
+    g.consts.values().map(|t| stored_bytes(t)).sum()
+}
+
+/// Bytes a constant takes in a bundle (sub-byte types packed).
+pub fn stored_bytes(t: &Arc<Tensor>) -> usize {
+    let bits = t.dtype().bits();
+    (t.numel() * bits).div_ceil(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symmetric_i8_per_channel_and_tensor() {
+        // Two channels (rows) of a [2, 3] weight.
+        let w = [1.0, -2.0, 0.5, 0.0, 0.0, 0.0];
+        let (q, s) = symmetric_i8(&w, 2, |i| i / 3, Granularity::PerChannel);
+        assert_eq!(s, vec![2.0 / 127.0, 1.0]);
+        assert_eq!(q, vec![64, -127, 32, 0, 0, 0]);
+        let (q, s) = symmetric_i8(&[4.0, -1.0], 2, |i| i, Granularity::PerTensor);
+        assert_eq!(s, vec![4.0 / 127.0]);
+        assert_eq!(q, vec![127, -32]);
+    }
+
+    #[test]
+    fn blockwise_i4_blocks_along_the_reduction_axis() {
+        // [K=40, N=1]: two blocks along axis 0, the second 8 long.
+        let w: Vec<f32> = (0..40).map(|i| if i < 32 { 7.0 } else { -0.7 }).collect();
+        let (q, s, shape) = blockwise_i4(&w, 40, 1, 0).unwrap();
+        assert_eq!(shape, vec![2, 1]);
+        assert_eq!(s[0].to_f32(), 1.0);
+        assert!((s[1].to_f32() - 0.1).abs() < 1e-3);
+        assert!(q[..32].iter().all(|&v| v == 7));
+        assert!(q[32..].iter().all(|&v| v == -7));
+        // The same weight transposed, blocks along axis 1.
+        let (qt, st, shape) = blockwise_i4(&w, 1, 40, 1).unwrap();
+        assert_eq!(shape, vec![1, 2]);
+        assert_eq!(qt, q);
+        assert_eq!(st, s);
+    }
+}

@@ -1,0 +1,324 @@
+//! The compression report: size, latency and accuracy before and after,
+//! and what happened to each layer, as JSON and Markdown.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::data::Agreement;
+use super::quantize::{Layer, LayerKind};
+use crate::inspect::human_bytes;
+use crate::ir::Graph;
+
+/// How a layer's weight is stored and computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    F32,
+    Int8,
+    Int8WeightOnly,
+    Int4,
+    Fp16,
+}
+
+impl Precision {
+    fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+            Precision::Int8WeightOnly => "int8 weights",
+            Precision::Int4 => "int4 weights",
+            Precision::Fp16 => "fp16 weights",
+        }
+    }
+}
+
+/// One convolution or matrix product.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub kind: LayerKind,
+    pub precision: Precision,
+    /// Why the layer stayed f32 (int8 mode).
+    pub reason: Option<String>,
+    pub weight_shape: Vec<usize>,
+    /// Weight bytes in f32 and as stored now (scales included).
+    pub f32_bytes: u64,
+    pub stored_bytes: u64,
+    /// Output error (1 - cosine similarity with the f32 model) with only
+    /// this layer in int8.
+    pub error_alone: Option<f64>,
+    /// Top-1 accuracy drop (points) with only this layer in int8.
+    pub top1_drop_alone: Option<f64>,
+    /// Median time of the layer's f32 and int8 kernels on this machine.
+    pub f32_ms: Option<f64>,
+    pub int8_ms: Option<f64>,
+}
+
+impl LayerReport {
+    pub fn new(l: &Layer, g: &Graph) -> LayerReport {
+        LayerReport {
+            name: l.name.clone(),
+            kind: l.kind,
+            precision: Precision::F32,
+            reason: None,
+            weight_shape: g
+                .const_value(l.weight)
+                .map(|t| t.shape().to_vec())
+                .unwrap_or_default(),
+            f32_bytes: 0,
+            stored_bytes: 0,
+            error_alone: None,
+            top1_drop_alone: None,
+            f32_ms: None,
+            int8_ms: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeReport {
+    /// The model file given.
+    pub source_bytes: u64,
+    /// The f32 model compiled with O2 as a bundle.
+    pub f32_bundle_bytes: u64,
+    /// The file written.
+    pub output_bytes: u64,
+    /// `output_bytes / f32_bundle_bytes` for a bundle, `/ source_bytes`
+    /// for ONNX.
+    pub ratio: f64,
+    /// All constants, f32 and as stored.
+    pub weights_f32_bytes: u64,
+    pub weights_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyReport {
+    pub threads: usize,
+    pub inputs: Vec<Vec<usize>>,
+    pub runs: usize,
+    /// Medians, with (min, max).
+    pub f32_ms: f64,
+    pub f32_ms_range: (f64, f64),
+    pub compressed_ms: f64,
+    pub compressed_ms_range: (f64, f64),
+    /// `f32_ms / compressed_ms`.
+    pub speedup: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AccuracyReport {
+    pub data: String,
+    pub samples: usize,
+    pub labeled: bool,
+    pub top1_f32: Option<f64>,
+    pub top1_compressed: Option<f64>,
+    pub drop_points: Option<f64>,
+    /// The compressed model's outputs against the f32 model's.
+    pub agreement: Agreement,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationReport {
+    pub method: String,
+    pub data: String,
+    pub samples: usize,
+    /// Ranges read from the calibration cache.
+    pub cached: bool,
+    pub cache_key: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub output: String,
+    pub format: String,
+    pub mode: String,
+    pub activations: String,
+    pub granularity: String,
+    pub float_inputs: bool,
+    pub size: SizeReport,
+    pub layers: Vec<LayerReport>,
+    pub latency: Option<LatencyReport>,
+    pub accuracy: AccuracyReport,
+    pub calibration: Option<CalibrationReport>,
+    pub max_accuracy_drop: f64,
+    pub min_cosine: Option<f64>,
+}
+
+impl Report {
+    /// Layers by precision.
+    pub fn count(&self, p: Precision) -> usize {
+        self.layers.iter().filter(|l| l.precision == p).count()
+    }
+
+    /// The short summary printed by the CLI.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let z = &self.size;
+        let _ = writeln!(
+            s,
+            "{} -> {} ({}, {}): {} -> {} ({:.3}x); weights {} -> {}",
+            self.model,
+            self.output,
+            self.format,
+            self.mode,
+            human_bytes(z.f32_bundle_bytes),
+            human_bytes(z.output_bytes),
+            z.ratio,
+            human_bytes(z.weights_f32_bytes),
+            human_bytes(z.weights_bytes)
+        );
+        if self.mode == "int8" {
+            let _ = writeln!(
+                s,
+                "layers: {} int8, {} kept f32 ({}); activations {}",
+                self.count(Precision::Int8),
+                self.count(Precision::F32),
+                self.layers
+                    .iter()
+                    .filter(|l| l.precision == Precision::F32)
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.activations
+            );
+        }
+        if let Some(l) = &self.latency {
+            let _ = writeln!(
+                s,
+                "latency ({} thread{}, median of {}): f32 {:.3} ms, {} {:.3} ms ({:.2}x)",
+                l.threads,
+                if l.threads == 1 { "" } else { "s" },
+                l.runs,
+                l.f32_ms,
+                self.mode,
+                l.compressed_ms,
+                l.speedup
+            );
+        }
+        let a = &self.accuracy;
+        if let (Some(f), Some(c)) = (a.top1_f32, a.top1_compressed) {
+            let _ = writeln!(
+                s,
+                "top-1 accuracy on {} samples: f32 {:.2}%, {} {:.2}% ({:+.2} points)",
+                a.samples,
+                100.0 * f,
+                self.mode,
+                100.0 * c,
+                100.0 * (c - f)
+            );
+        }
+        let g = &a.agreement;
+        let _ = writeln!(
+            s,
+            "agreement with f32 on {} ({} samples): top-1 {:.2}%, cosine {:.5} (min {:.5}), max |error| {:.3e}",
+            a.data,
+            a.samples,
+            100.0 * g.top1_agreement,
+            g.cosine_similarity,
+            g.min_cosine_similarity,
+            g.max_abs_error
+        );
+        s
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Compression report: {}\n", self.model);
+        let _ = writeln!(
+            s,
+            "- output: `{}` ({})\n- mode: {}, weights {}, activations {}",
+            self.output, self.format, self.mode, self.granularity, self.activations
+        );
+        if let Some(c) = &self.calibration {
+            let _ = writeln!(
+                s,
+                "- calibration: {} over {} samples of `{}`{}",
+                c.method,
+                c.samples,
+                c.data,
+                if c.cached { " (from the cache)" } else { "" }
+            );
+        }
+        let z = &self.size;
+        let _ = writeln!(s, "\n## Size\n");
+        let _ = writeln!(s, "| | bytes |\n|---|---|");
+        let _ = writeln!(s, "| source model | {} |", z.source_bytes);
+        let _ = writeln!(s, "| f32 bundle (O2) | {} |", z.f32_bundle_bytes);
+        let _ = writeln!(s, "| output | {} ({:.3}x) |", z.output_bytes, z.ratio);
+        let _ = writeln!(
+            s,
+            "| weights | {} -> {} ({:.3}x) |",
+            z.weights_f32_bytes,
+            z.weights_bytes,
+            z.weights_bytes as f64 / z.weights_f32_bytes.max(1) as f64
+        );
+        if let Some(l) = &self.latency {
+            let _ = writeln!(s, "\n## Latency (this machine)\n");
+            let _ = writeln!(
+                s,
+                "{} thread(s), inputs {:?}, median of {} alternating runs (min-max):\n",
+                l.threads, l.inputs, l.runs
+            );
+            let _ = writeln!(s, "| model | ms |\n|---|---|");
+            let _ = writeln!(
+                s,
+                "| f32 | {:.3} ({:.3}-{:.3}) |",
+                l.f32_ms, l.f32_ms_range.0, l.f32_ms_range.1
+            );
+            let _ = writeln!(
+                s,
+                "| {} | {:.3} ({:.3}-{:.3}) |",
+                self.mode, l.compressed_ms, l.compressed_ms_range.0, l.compressed_ms_range.1
+            );
+            let _ = writeln!(s, "\nspeedup {:.2}x", l.speedup);
+        }
+        let a = &self.accuracy;
+        let _ = writeln!(s, "\n## Accuracy ({} samples of {})\n", a.samples, a.data);
+        if let (Some(f), Some(c)) = (a.top1_f32, a.top1_compressed) {
+            let _ = writeln!(
+                s,
+                "- top-1: f32 {:.2}%, {} {:.2}% ({:+.2} points)",
+                100.0 * f,
+                self.mode,
+                100.0 * c,
+                100.0 * (c - f)
+            );
+        }
+        let g = &a.agreement;
+        let _ = writeln!(
+            s,
+            "- agreement with f32: top-1 {:.2}%, cosine similarity {:.5} (min {:.5}), max |error| {:.3e}, relative MSE {:.3e}",
+            100.0 * g.top1_agreement,
+            g.cosine_similarity,
+            g.min_cosine_similarity,
+            g.max_abs_error,
+            g.relative_mse
+        );
+        let _ = writeln!(s, "\n## Layers\n");
+        let _ = writeln!(
+            s,
+            "| layer | kind | precision | weight | f32 bytes | bytes | error alone | f32 ms | int8 ms | why f32 |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+        for l in &self.layers {
+            let _ = writeln!(
+                s,
+                "| {} | {:?} | {} | {:?} | {} | {} | {} | {} | {} | {} |",
+                l.name,
+                l.kind,
+                l.precision.name(),
+                l.weight_shape,
+                l.f32_bytes,
+                l.stored_bytes,
+                l.error_alone.map_or("-".into(), |e| format!("{e:.2e}")),
+                opt(l.f32_ms, 3),
+                opt(l.int8_ms, 3),
+                l.reason.as_deref().unwrap_or("")
+            );
+        }
+        s
+    }
+}

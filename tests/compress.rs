@@ -1,0 +1,266 @@
+//! `mlc compress` end to end, through the real binary: int8 accuracy on the
+//! trained digits fixtures, the report files, the calibration cache, mixed
+//! precision forced by a budget, QDQ ONNX in ONNX Runtime, int4/fp16 sizes,
+//! and bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(p: &str) -> PathBuf {
+    repo().join("fixtures").join(p)
+}
+
+/// A fresh, empty directory for one test.
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mlc-compress-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mlc(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .env("MLC_CACHE_DIR", cache)
+        .output()
+        .expect("mlc runs")
+}
+
+/// Runs `mlc compress ... -o OUT --json` (plus `args`) and returns the report.
+fn compress(model: &Path, out: &Path, args: &[&str], cache: &Path) -> Value {
+    let mut all = vec![
+        "compress",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let o = mlc(&all, cache);
+    assert!(
+        o.status.success(),
+        "mlc {all:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("the report is JSON")
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[p];
+    }
+    x.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
+}
+
+#[test]
+fn int8_digits_keep_their_accuracy() {
+    let dir = scratch("digits");
+    for (model, method) in [("cnn", "entropy"), ("mlp", "percentile"), ("cnn", "mse")] {
+        let out = dir.join(format!("{model}-{method}.mlc"));
+        let calib = fixture(&format!("digits/calib_{model}.npz"));
+        let eval = fixture(&format!("digits/eval_{model}.npz"));
+        let r = compress(
+            &fixture(&format!("digits/{model}.onnx")),
+            &out,
+            &[
+                "--int8",
+                "--calib",
+                calib.to_str().unwrap(),
+                "--method",
+                method,
+                "--eval",
+                eval.to_str().unwrap(),
+                "--latency-runs",
+                "2",
+            ],
+            &dir,
+        );
+        let before = f(&r, &["accuracy", "top1_f32"]);
+        let after = f(&r, &["accuracy", "top1_compressed"]);
+        assert!(before > 0.95, "{model}: f32 accuracy {before}");
+        assert!(
+            before - after <= 0.01,
+            "{model} ({method}): int8 top-1 {after} vs f32 {before}"
+        );
+        assert_eq!(r["calibration"]["method"].as_str().unwrap(), method);
+        // The report files sit beside the output.
+        let stem = out.with_extension("");
+        for ext in ["report.json", "report.md"] {
+            let p = PathBuf::from(format!("{}.{ext}", stem.display()));
+            assert!(p.is_file(), "{} missing", p.display());
+        }
+        // The bundle runs.
+        let o = mlc(
+            &["run", out.to_str().unwrap(), "--random", "1", "--json"],
+            &dir,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn calibration_is_cached_by_model_data_and_method() {
+    let dir = scratch("cache");
+    let model = fixture("digits/mlp.onnx");
+    let calib = fixture("digits/calib_mlp.npz");
+    let args = [
+        "--int8",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--no-speed-check",
+        "--latency-runs",
+        "0",
+    ];
+    let a = compress(&model, &dir.join("a.mlc"), &args, &dir);
+    let b = compress(&model, &dir.join("b.mlc"), &args, &dir);
+    assert_eq!(a["calibration"]["cached"], false);
+    assert_eq!(b["calibration"]["cached"], true);
+    assert_eq!(a["calibration"]["cache_key"], b["calibration"]["cache_key"]);
+    // Same ranges, same bytes.
+    assert_eq!(
+        std::fs::read(dir.join("a.mlc")).unwrap(),
+        std::fs::read(dir.join("b.mlc")).unwrap()
+    );
+    let mut other = args.to_vec();
+    other.extend_from_slice(&["--method", "entropy"]);
+    let c = compress(&model, &dir.join("c.mlc"), &other, &dir);
+    assert_eq!(c["calibration"]["cached"], false);
+    assert_ne!(a["calibration"]["cache_key"], c["calibration"]["cache_key"]);
+}
+
+#[test]
+fn a_budget_that_int8_cannot_meet_keeps_layers_f32_with_the_reason() {
+    let dir = scratch("budget");
+    let eval = fixture("digits/eval_mlp.npz");
+    let r = compress(
+        &fixture("digits/mlp.onnx"),
+        &dir.join("m.mlc"),
+        &[
+            "--int8",
+            "--eval",
+            eval.to_str().unwrap(),
+            "--min-cosine",
+            "1.0",
+            "--no-speed-check",
+            "--latency-runs",
+            "0",
+        ],
+        &dir,
+    );
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for l in layers {
+        assert_eq!(l["precision"], "f32", "{l}");
+        assert!(l["reason"].as_str().unwrap().starts_with("accuracy"), "{l}");
+        assert!(l["error_alone"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(f(&r, &["accuracy", "agreement", "cosine_similarity"]), 1.0);
+}
+
+#[test]
+fn sizes_of_int8_int4_and_fp16() {
+    let dir = scratch("sizes");
+    let model = fixture("transformer/model.onnx");
+    let common = ["--dim", "seq=8", "--latency-runs", "0"];
+    let ratio = |mode: &str| {
+        let mut args = vec![mode, "--no-speed-check"];
+        args.extend_from_slice(&common);
+        let r = compress(&model, &dir.join(format!("t{mode}.mlc")), &args, &dir);
+        f(&r, &["size", "weights_bytes"]) / f(&r, &["size", "weights_f32_bytes"])
+    };
+    let (i8r, i4r, h) = (ratio("--int8"), ratio("--int4"), ratio("--fp16"));
+    assert!(i8r < 0.29, "int8 weights {i8r}");
+    assert!(i4r < 0.2, "int4 weights {i4r}");
+    assert!((0.49..0.52).contains(&h), "fp16 weights {h}");
+}
+
+#[test]
+fn qdq_onnx_runs_in_onnx_runtime_within_the_reported_accuracy() {
+    let Some(py) = common::venv_python("the QDQ export check") else {
+        return;
+    };
+    let dir = scratch("qdq");
+    for model in ["cnn", "mlp"] {
+        let out = dir.join(format!("{model}.onnx"));
+        let calib = fixture(&format!("digits/calib_{model}.npz"));
+        let eval = fixture(&format!("digits/eval_{model}.npz"));
+        let r = compress(
+            &fixture(&format!("digits/{model}.onnx")),
+            &out,
+            &[
+                "--int8",
+                "--calib",
+                calib.to_str().unwrap(),
+                "--eval",
+                eval.to_str().unwrap(),
+                "--no-speed-check",
+                "--latency-runs",
+                "0",
+            ],
+            &dir,
+        );
+        let o = Command::new(&py)
+            .arg(repo().join("tests/python/qdq_accuracy.py"))
+            .arg(&out)
+            .arg(&eval)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ort: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let reported = f(&r, &["accuracy", "top1_compressed"]);
+        let got = f(&ort, &["top1"]);
+        assert!(
+            (got - reported).abs() <= 0.01,
+            "{model}: ONNX Runtime {got}, mlc reported {reported}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_one_error_and_no_output() {
+    let dir = scratch("bad");
+    let out = dir.join("x.mlc");
+    let model = fixture("digits/mlp.onnx");
+    // Calibration data for another model (wrong input shape).
+    let wrong = fixture("digits/calib_cnn.npz");
+    for args in [
+        vec!["--int8", "--calib", wrong.to_str().unwrap()],
+        vec![
+            "--int8",
+            "--calib",
+            fixture("digits/calib_mlp.npz").to_str().unwrap(),
+            "--method",
+            "magic",
+        ],
+        vec!["--int8", "--eval", model.to_str().unwrap()],
+        vec![],
+    ] {
+        let mut all = vec![
+            "compress",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        all.extend_from_slice(&args);
+        let o = mlc(&all, &dir);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{args:?} left an output file");
+    }
+}
