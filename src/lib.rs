@@ -15,6 +15,7 @@ pub mod ir;
 pub mod kernels;
 pub mod npy;
 pub mod probe;
+pub mod quant;
 pub mod runtime;
 pub mod transform;
 
