@@ -261,16 +261,20 @@ fn truncated_and_flipped_bundles_are_malformed() {
     longer.push(0);
     expect_malformed(&longer, "trailing byte");
     assert!(expect_malformed(b"PK\x03\x04", "zip").contains("not an mlc bundle"));
-    let mut v2 = bytes.clone();
-    v2[4] = 2;
-    assert!(expect_malformed(&v2, "version 2").contains("version 2 is not supported"));
+    let mut v3 = bytes.clone();
+    v3[4] = 3;
+    assert!(expect_malformed(&v3, "version 3").contains("version 3 is not supported"));
 }
 
 /// Builds a bundle from raw section payloads with a valid checksum, to reach
 /// the checks behind it.
 fn seal(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    seal_version(bundle::FORMAT_VERSION, sections)
+}
+
+fn seal_version(version: u32, sections: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = b"MLCB".to_vec();
-    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     for (name, payload) in sections {
         out.push(name.len() as u8);
         out.extend_from_slice(name.as_bytes());
@@ -379,7 +383,7 @@ fn structural_problems_behind_a_valid_checksum() {
             "bad weights section",
         ),
         (
-            with_section(&bytes, "meta", b"{\"format_version\": 1"),
+            with_section(&bytes, "meta", b"{\"format_version\": 2"),
             "bad metadata",
         ),
         (with_section(&bytes, "meta", b"[]"), "bad metadata"),
@@ -389,7 +393,7 @@ fn structural_problems_behind_a_valid_checksum() {
                 "meta",
                 String::from_utf8(secs[2].1.clone())
                     .unwrap()
-                    .replacen("\"format_version\": 1", "\"format_version\": 7", 1)
+                    .replacen("\"format_version\": 2", "\"format_version\": 7", 1)
                     .as_bytes(),
             ),
             "format version 7",
@@ -443,6 +447,125 @@ fn structural_problems_behind_a_valid_checksum() {
             }
         }
     }
+}
+
+/// A graph whose only weights are an int4 matrix, the shape of a
+/// quantized layer, with an odd element count.
+fn int4_graph(rows: usize, cols: usize) -> Graph {
+    let mut g = Graph::new("int4", 21);
+    let x = g.add_input("x", TensorType::new(DType::F32, Shape::known(&[2])));
+    let v: Vec<f64> = (0..rows * cols).map(|k| (k % 16) as f64 - 8.0).collect();
+    let t = Tensor::new(vec![rows, cols], TensorData::from_f64(DType::I4, &v)).unwrap();
+    let w = g.add_const("w", Arc::new(t));
+    let u = Tensor::new(
+        vec![cols],
+        TensorData::from_f64(DType::U2, &vec![1.0; cols]),
+    )
+    .unwrap();
+    let u = g.add_const("u", Arc::new(u));
+    g.outputs = vec![x, w, u];
+    g
+}
+
+fn empty_meta() -> Metadata {
+    Metadata::new(
+        SourceInfo::from_bytes("x.onnx", b""),
+        PipelineInfo {
+            name: "none".into(),
+            summary: String::new(),
+        },
+        Vec::new(),
+        NodeCounts {
+            before: 0,
+            after: 0,
+        },
+    )
+}
+
+/// 4-bit weights take half a byte each and 2-bit a quarter in the bundle
+/// (an int4 model must come out near 1/8 of its f32 size).
+#[test]
+fn sub_byte_weights_are_stored_densely() {
+    let (rows, cols) = (63, 65);
+    let g = int4_graph(rows, cols);
+    let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+    let secs = unseal(&bytes);
+    let weights = &secs.iter().find(|(n, _)| n == "weights").unwrap().1;
+    let hlen = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let data = weights.len() - 8 - hlen;
+    assert_eq!(data, (rows * cols).div_ceil(2) + cols.div_ceil(4));
+    let f32_bytes = rows * cols * 4;
+    assert!(
+        (data as f64) <= 0.16 * f32_bytes as f64,
+        "{data} vs {f32_bytes}"
+    );
+    let (back, meta) = bundle::from_bytes(&bytes, Path::new("mem.mlc")).unwrap();
+    assert_eq!(meta.format_version, bundle::FORMAT_VERSION);
+    for (&id, t) in &g.consts {
+        assert!(same_bits(back.const_value(id).unwrap(), t));
+    }
+    // Reading and writing again reproduces the file.
+    assert!(bundle::to_bytes(&back, &meta).unwrap() == bytes);
+}
+
+/// A version 1 bundle (sub-byte weights one byte per element) still reads,
+/// into the same graph; its sub-byte layout is refused under version 2 and
+/// the packed layout under version 1.
+#[test]
+fn version_1_bundles_still_read() {
+    let g = int4_graph(3, 5);
+    let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+    let secs = unseal(&bytes);
+    let canon = text::canonicalize(&g);
+    let tensors: Vec<(String, &Tensor)> = canon
+        .consts
+        .iter()
+        .map(|(id, t)| (id.0.to_string(), t.as_ref()))
+        .collect();
+    let old_weights = safetensors::encode_with(&tensors, safetensors::SubByte::Bytewise);
+    let old_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
+        "\"format_version\": 2",
+        "\"format_version\": 1",
+        1,
+    );
+    let v1 = seal_version(
+        1,
+        &[
+            ("graph", &secs[0].1),
+            ("weights", &old_weights),
+            ("meta", old_meta.as_bytes()),
+        ],
+    );
+    let (back, meta) = bundle::from_bytes(&v1, Path::new("old.mlc")).unwrap();
+    assert_eq!(meta.format_version, 1);
+    for (&id, t) in &g.consts {
+        assert!(same_bits(back.const_value(id).unwrap(), t));
+    }
+    // Written again, it becomes a current bundle.
+    assert!(bundle::to_bytes(&back, &meta).unwrap() == bytes);
+
+    // Mixed layouts are refused.
+    let v1_packed = seal_version(
+        1,
+        &[
+            ("graph", &secs[0].1),
+            ("weights", &secs[1].1),
+            ("meta", old_meta.as_bytes()),
+        ],
+    );
+    assert!(expect_malformed(&v1_packed, "v1 packed").contains("version 1 records no shapes"));
+    let v2_bytewise = with_section(&bytes, "weights", &old_weights);
+    assert!(expect_malformed(&v2_bytewise, "v2 bytewise").contains("mlc.shape"));
+    // Header and metadata versions must agree.
+    let mismatch = seal_version(
+        1,
+        &[
+            ("graph", &secs[0].1),
+            ("weights", &old_weights),
+            ("meta", &secs[2].1),
+        ],
+    );
+    assert!(expect_malformed(&mismatch, "mismatch").contains("file header says 1"));
 }
 
 #[test]
@@ -560,7 +683,7 @@ fn cli_runs_and_inspects_bundles() {
 
     let out = mlc(&["inspect", p]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("mlc bundle (format 1"), "{text}");
+    assert!(text.contains("mlc bundle (format 2"), "{text}");
     assert!(text.contains("pipeline  test"), "{text}");
 
     let out = mlc(&["inspect", p, "--ir"]);

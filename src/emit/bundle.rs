@@ -5,7 +5,7 @@
 //! safetensors blob and a JSON record of how it was made:
 //!
 //! ```text
-//! "MLCB"  u32 format version (1)            little-endian throughout
+//! "MLCB"  u32 format version (2; 1 is read) little-endian throughout
 //! section*: u8 name length, name (ASCII), u64 payload length, payload
 //!   graph    UTF-8 IR text of the canonical graph, every constant printed
 //!            without values (`%N` is the constant's value number)
@@ -25,10 +25,13 @@
 //! metadata holds no time stamps and no hash-map iteration. The safetensors
 //! blob follows the public format (a `u64` header length, a JSON header padded
 //! with spaces to a multiple of 8, then the data) so other tools can read the
-//! weights; the low-precision types safetensors has no dtype for (float8,
-//! float4, 4- and 2-bit integers) are stored as `U8`, one byte per element as
-//! mlc holds them in memory, with the real dtype recorded in `__metadata__`
-//! under `mlc.dtype.<name>`.
+//! weights; the low-precision types safetensors has no dtype for are stored as
+//! `U8` with the real dtype recorded in `__metadata__` under
+//! `mlc.dtype.<name>`: float8 one byte per element, the 4- and 2-bit types
+//! (float4 e2m1, int4/uint4, int2/uint2) packed two or four to a byte as ONNX
+//! packs them (first element in the low bits), as a 1-D `U8` tensor of
+//! `ceil(numel * bits / 8)` bytes whose real shape is in `mlc.shape.<name>`.
+//! Format version 1 stored those one byte per element; it is still read.
 //!
 //! Reading trusts nothing: every length, offset, shape, dtype and element
 //! value is checked, and any problem is one [`Error::Malformed`] naming the
@@ -42,14 +45,17 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ir::text::{self, PrintOptions};
-use crate::ir::{checked_numel, verify, DType, Graph, Tensor, TensorData};
+use crate::ir::{checked_numel, lowp, verify, DType, Graph, Tensor, TensorData};
 use crate::transform::runner::PassLogEntry;
 use crate::{Error, Result};
 
 /// First four bytes of every bundle.
 pub const MAGIC: &[u8; 4] = b"MLCB";
-/// The bundle format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The bundle format this build writes. Version 2 packs the 4- and 2-bit
+/// types densely; version 1 (one byte per element) is still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest bundle format this build reads.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// File extension of bundles.
 pub const EXTENSION: &str = "mlc";
 
@@ -60,7 +66,8 @@ const SECTIONS: [&str; 3] = ["graph", "weights", "meta"];
 /// How a bundle was made, stored as its `meta` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
-    /// Always [`FORMAT_VERSION`] when written.
+    /// Always [`FORMAT_VERSION`] when written; when read, the version of the
+    /// file (it must match the container header).
     pub format_version: u32,
     /// Version of the mlc that wrote the bundle.
     pub mlc_version: String,
@@ -227,15 +234,20 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
     let sections = container::decode(bytes).map_err(&malformed)?;
     let meta: Metadata = serde_json::from_slice(sections.meta)
         .map_err(|e| malformed(format!("bad metadata (meta section): {e}")))?;
-    if meta.format_version != FORMAT_VERSION {
+    if meta.format_version != sections.version {
         return Err(malformed(format!(
-            "the metadata says format version {} but the file header says {FORMAT_VERSION}",
-            meta.format_version
+            "the metadata says format version {} but the file header says {}",
+            meta.format_version, sections.version
         )));
     }
     let graph_text = std::str::from_utf8(sections.graph)
         .map_err(|e| malformed(format!("the graph section is not UTF-8: {e}")))?;
-    let mut weights = safetensors::decode(sections.weights)
+    let layout = if sections.version == 1 {
+        safetensors::SubByte::Bytewise
+    } else {
+        safetensors::SubByte::Packed
+    };
+    let mut weights = safetensors::decode_with(sections.weights, layout)
         .map_err(|m| malformed(format!("bad weights section: {m}")))?;
 
     // The first missing weight, reported as such rather than as whatever the
@@ -275,8 +287,9 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
 mod container {
     use super::*;
 
-    /// The payloads of a bundle's sections.
+    /// The format version and the payloads of a bundle's sections.
     pub struct Sections<'a> {
+        pub version: u32,
         pub graph: &'a [u8],
         pub weights: &'a [u8],
         pub meta: &'a [u8],
@@ -308,9 +321,9 @@ mod container {
         };
         // get(4..8) returned exactly four bytes.
         let version = u32::from_le_bytes([version[0], version[1], version[2], version[3]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "bundle format version {version} is not supported (this mlc reads version {FORMAT_VERSION}); rebuild the bundle with this mlc"
+                "bundle format version {version} is not supported (this mlc reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}); rebuild the bundle with this mlc"
             ));
         }
         if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
@@ -359,6 +372,7 @@ mod container {
         let get =
             |i: usize| found[i].ok_or_else(|| format!("the '{}' section is missing", SECTIONS[i]));
         Ok(Sections {
+            version,
             graph: get(0)?,
             weights: get(1)?,
             meta: get(2)?,
@@ -376,6 +390,7 @@ pub mod safetensors {
 
     const META_KEY: &str = "__metadata__";
     const DTYPE_PREFIX: &str = "mlc.dtype.";
+    const SHAPE_PREFIX: &str = "mlc.shape.";
 
     /// The safetensors dtype an mlc dtype is stored as; `U8` for the
     /// low-precision types safetensors lacks.
@@ -521,35 +536,108 @@ pub mod safetensors {
         })
     }
 
-    /// Encodes named tensors, in the order given, as a safetensors blob.
+    /// How the 4- and 2-bit types (float4 e2m1, int4/uint4, int2/uint2) are
+    /// laid out in the blob.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SubByte {
+        /// Format version 2: packed as ONNX packs them, first element in the
+        /// least significant bits, unused high bits of the last byte zero;
+        /// stored as `U8[ceil(numel * bits / 8)]` with the real shape in
+        /// `__metadata__` under `mlc.shape.<name>`.
+        Packed,
+        /// Format version 1: one byte per element as mlc holds them in
+        /// memory, stored as `U8` with the tensor's own shape.
+        Bytewise,
+    }
+
+    /// The bits per element of `dtype` when `layout` packs it, `None` when
+    /// it is stored whole bytes per element.
+    fn packed_bits(dtype: DType, layout: SubByte) -> Option<usize> {
+        match layout {
+            SubByte::Packed if dtype.bits() < 8 => Some(dtype.bits()),
+            _ => None,
+        }
+    }
+
+    /// The 4- or 2-bit codes of a sub-byte tensor packed densely (`None` for
+    /// the other types).
+    fn packed_data(t: &Tensor) -> Option<Vec<u8>> {
+        let signed = |v: &[i8]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+        Some(match t.data() {
+            TensorData::F4E2M1(v) | TensorData::U4(v) => lowp::pack(4, v),
+            TensorData::U2(v) => lowp::pack(2, v),
+            TensorData::I4(v) => lowp::pack(4, &signed(v)),
+            TensorData::I2(v) => lowp::pack(2, &signed(v)),
+            _ => return None,
+        })
+    }
+
+    /// Rebuilds a sub-byte tensor's elements from its unpacked codes.
+    fn data_from_codes(dtype: DType, codes: Vec<u8>) -> std::result::Result<TensorData, String> {
+        let signed = |bits: usize| codes.iter().map(|&c| lowp::sign_extend(c, bits)).collect();
+        Ok(match dtype {
+            DType::F4E2M1 => TensorData::F4E2M1(codes),
+            DType::U4 => TensorData::U4(codes),
+            DType::U2 => TensorData::U2(codes),
+            DType::I4 => TensorData::I4(signed(4)),
+            DType::I2 => TensorData::I2(signed(2)),
+            d => return Err(format!("{d} is not a packed type")),
+        })
+    }
+
+    /// Encodes named tensors, in the order given, as a safetensors blob in
+    /// the current format (sub-byte types packed).
     pub fn encode(tensors: &[(String, &Tensor)]) -> Vec<u8> {
+        encode_with(tensors, SubByte::Packed)
+    }
+
+    /// Encodes named tensors with the given sub-byte layout;
+    /// [`SubByte::Bytewise`] writes format version 1's weights (kept so
+    /// that reading old bundles can be tested).
+    pub fn encode_with(tensors: &[(String, &Tensor)], layout: SubByte) -> Vec<u8> {
         let js = |s: &str| Value::String(s.to_string()).to_string();
+        let dims = |shape: &[usize]| {
+            let v: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("[{}]", v.join(","))
+        };
         let mut entries: Vec<String> = Vec::new();
-        let lowp: Vec<String> = tensors
-            .iter()
-            .filter(|(_, t)| t.dtype().is_storage_only())
-            .map(|(n, t)| {
-                format!(
+        let mut lowp_meta: Vec<String> = Vec::new();
+        for (n, t) in tensors {
+            if !t.dtype().is_storage_only() {
+                continue;
+            }
+            lowp_meta.push(format!(
+                "{}:{}",
+                js(&format!("{DTYPE_PREFIX}{n}")),
+                js(t.dtype().name())
+            ));
+            if packed_bits(t.dtype(), layout).is_some() {
+                lowp_meta.push(format!(
                     "{}:{}",
-                    js(&format!("{DTYPE_PREFIX}{n}")),
-                    js(t.dtype().name())
-                )
-            })
-            .collect();
-        if !lowp.is_empty() {
-            entries.push(format!("{}:{{{}}}", js(META_KEY), lowp.join(",")));
+                    js(&format!("{SHAPE_PREFIX}{n}")),
+                    js(&dims(t.shape()))
+                ));
+            }
+        }
+        if !lowp_meta.is_empty() {
+            entries.push(format!("{}:{{{}}}", js(META_KEY), lowp_meta.join(",")));
         }
         let mut data = Vec::new();
         for (name, t) in tensors {
-            let bytes = tensor_bytes(t);
+            let (bytes, shape) = match packed_bits(t.dtype(), layout).and(packed_data(t)) {
+                Some(b) => {
+                    let len = b.len();
+                    (b, vec![len])
+                }
+                None => (tensor_bytes(t), t.shape().to_vec()),
+            };
             let begin = data.len();
             data.extend_from_slice(&bytes);
-            let shape: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
             entries.push(format!(
-                "{}:{{\"dtype\":{},\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+                "{}:{{\"dtype\":{},\"shape\":{},\"data_offsets\":[{},{}]}}",
                 js(name),
                 js(st_dtype(t.dtype())),
-                shape.join(","),
+                dims(&shape),
                 begin,
                 data.len()
             ));
@@ -574,9 +662,19 @@ pub mod safetensors {
         data_offsets: [usize; 2],
     }
 
-    /// Decodes a safetensors blob into named tensors. The tensors must cover
-    /// the data exactly, without gaps or overlaps.
+    /// Decodes a safetensors blob in the current format into named tensors.
     pub fn decode(blob: &[u8]) -> std::result::Result<BTreeMap<String, Tensor>, String> {
+        decode_with(blob, SubByte::Packed)
+    }
+
+    /// Decodes a safetensors blob whose sub-byte types are laid out as
+    /// `layout` says. The tensors must cover the data exactly, without gaps
+    /// or overlaps, and every `mlc.` metadata entry must name a tensor it
+    /// applies to.
+    pub fn decode_with(
+        blob: &[u8],
+        layout: SubByte,
+    ) -> std::result::Result<BTreeMap<String, Tensor>, String> {
         let Some(len) = blob.get(..8) else {
             return Err("too short to hold the header length".into());
         };
@@ -595,6 +693,7 @@ pub mod safetensors {
         let data = &blob[data_start..];
 
         let mut real_dtypes: BTreeMap<String, DType> = BTreeMap::new();
+        let mut real_shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         if let Some(meta) = header.get(META_KEY) {
             let meta = meta
                 .as_object()
@@ -608,6 +707,18 @@ pub mod safetensors {
                         .filter(|d| d.is_storage_only())
                         .ok_or_else(|| format!("tensor '{name}' has unknown dtype '{v}'"))?;
                     real_dtypes.insert(name.to_string(), d);
+                } else if let Some(name) = k.strip_prefix(SHAPE_PREFIX) {
+                    if layout == SubByte::Bytewise {
+                        return Err(format!(
+                            "{META_KEY} entry '{k}': format version 1 records no shapes"
+                        ));
+                    }
+                    let shape: Vec<usize> = serde_json::from_str(v).map_err(|e| {
+                        format!("tensor '{name}' has a bad shape '{v}' in {META_KEY}: {e}")
+                    })?;
+                    real_shapes.insert(name.to_string(), shape);
+                } else if k.starts_with("mlc.") {
+                    return Err(format!("unknown {META_KEY} entry '{k}'"));
                 }
             }
         }
@@ -639,25 +750,77 @@ pub mod safetensors {
                     data.len()
                 ));
             }
-            let numel = checked_numel(&e.shape)
-                .ok_or_else(|| format!("tensor '{name}' shape {:?} is too large", e.shape))?;
-            let want = numel.checked_mul(dtype.size());
-            if want != Some(end - begin) {
-                return Err(format!(
-                    "tensor '{name}' is {dtype}{:?} but holds {} bytes",
-                    e.shape,
-                    end - begin
-                ));
-            }
-            let td = data_from_bytes(dtype, &data[begin..end])
-                .map_err(|m| format!("tensor '{name}': {m}"))?;
-            let t = Tensor::new(e.shape, td).map_err(|m| format!("tensor '{name}': {m}"))?;
+            let bytes = &data[begin..end];
+            let (shape, td) = match (packed_bits(dtype, layout), real_shapes.remove(name)) {
+                (Some(bits), Some(shape)) => {
+                    let numel = checked_numel(&shape)
+                        .ok_or_else(|| format!("tensor '{name}' shape {shape:?} is too large"))?;
+                    let per_byte = 8 / bits;
+                    let nbytes = numel.div_ceil(per_byte);
+                    if e.shape != [nbytes] {
+                        return Err(format!(
+                            "tensor '{name}' is {dtype}{shape:?}, {nbytes} bytes packed, but is stored as {}{:?}",
+                            e.dtype, e.shape
+                        ));
+                    }
+                    if bytes.len() != nbytes {
+                        return Err(format!(
+                            "tensor '{name}' is {dtype}{shape:?} ({nbytes} bytes packed) but holds {} bytes",
+                            bytes.len()
+                        ));
+                    }
+                    let used = numel % per_byte;
+                    if let (true, Some(&last)) = (used != 0, bytes.last()) {
+                        if last >> (used * bits) != 0 {
+                            return Err(format!(
+                                "tensor '{name}': the unused high bits of its last byte ({last:#04x}) are not zero"
+                            ));
+                        }
+                    }
+                    let codes = lowp::unpack(bits, bytes, numel);
+                    let td = data_from_codes(dtype, codes)
+                        .map_err(|m| format!("tensor '{name}': {m}"))?;
+                    (shape, td)
+                }
+                (Some(_), None) => {
+                    return Err(format!(
+                        "tensor '{name}' is {dtype}, packed, but {META_KEY} has no '{SHAPE_PREFIX}{name}' giving its shape"
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "{META_KEY} gives a shape for tensor '{name}', which is {dtype}, not a packed 4- or 2-bit type"
+                    ))
+                }
+                (None, None) => {
+                    let numel = checked_numel(&e.shape).ok_or_else(|| {
+                        format!("tensor '{name}' shape {:?} is too large", e.shape)
+                    })?;
+                    let want = numel.checked_mul(dtype.size());
+                    if want != Some(bytes.len()) {
+                        return Err(format!(
+                            "tensor '{name}' is {dtype}{:?} but holds {} bytes",
+                            e.shape,
+                            bytes.len()
+                        ));
+                    }
+                    let td = data_from_bytes(dtype, bytes)
+                        .map_err(|m| format!("tensor '{name}': {m}"))?;
+                    (e.shape, td)
+                }
+            };
+            let t = Tensor::new(shape, td).map_err(|m| format!("tensor '{name}': {m}"))?;
             spans.push((begin, end, name.clone()));
             out.insert(name.clone(), t);
         }
         if let Some(name) = real_dtypes.keys().next() {
             return Err(format!(
                 "{META_KEY} names a dtype for tensor '{name}', which does not exist"
+            ));
+        }
+        if let Some(name) = real_shapes.keys().next() {
+            return Err(format!(
+                "{META_KEY} gives a shape for tensor '{name}', which does not exist"
             ));
         }
         spans.sort();
@@ -734,10 +897,157 @@ mod tests {
         let header = std::str::from_utf8(&blob[8..8 + hlen]).unwrap().trim_end();
         assert_eq!(
             header,
-            r#"{"__metadata__":{"mlc.dtype.10":"i4"},"3":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"10":{"dtype":"U8","shape":[3],"data_offsets":[8,11]}}"#
+            r#"{"__metadata__":{"mlc.dtype.10":"i4","mlc.shape.10":"[3]"},"3":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"10":{"dtype":"U8","shape":[2],"data_offsets":[8,10]}}"#
         );
         assert_eq!(&blob[8 + hlen..8 + hlen + 4], &1.0f32.to_le_bytes());
-        assert_eq!(&blob[8 + hlen + 8..], &[0xf8, 7, 0]);
+        // -8 = 0x8 in the low nibble, 7 in the high one; then 0 and padding.
+        assert_eq!(&blob[8 + hlen + 8..], &[0x78, 0x00]);
+        // Format version 1 stored one byte per element with the real shape.
+        let old = safetensors::encode_with(&[("10".into(), &b)], safetensors::SubByte::Bytewise);
+        let hlen = u64::from_le_bytes(old[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&old[8..8 + hlen]).unwrap().trim_end();
+        assert_eq!(
+            header,
+            r#"{"__metadata__":{"mlc.dtype.10":"i4"},"10":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}"#
+        );
+        assert_eq!(&old[8 + hlen..], &[0xf8, 7, 0]);
+    }
+
+    /// Tensors of every 4- and 2-bit type with element counts that leave the
+    /// last byte partly used, and every code value.
+    fn sub_byte_tensors() -> Vec<(DType, Tensor)> {
+        let mut out = Vec::new();
+        for d in [DType::F4E2M1, DType::I4, DType::U4, DType::I2, DType::U2] {
+            let levels = 1usize << d.bits();
+            for n in [1usize, 3, 33] {
+                let codes: Vec<u8> = (0..n).map(|i| ((i * 7 + 3) % levels) as u8).collect();
+                let data = match d {
+                    DType::F4E2M1 => TensorData::F4E2M1(codes),
+                    DType::U4 => TensorData::U4(codes),
+                    DType::U2 => TensorData::U2(codes),
+                    _ => TensorData::from_f64(
+                        d,
+                        &codes
+                            .iter()
+                            .map(|&c| lowp::sign_extend(c, d.bits()) as f64)
+                            .collect::<Vec<_>>(),
+                    ),
+                };
+                let shape = if n == 33 { vec![3, 11] } else { vec![n] };
+                out.push((d, t(shape, data)));
+            }
+        }
+        out.push((DType::I4, t(vec![], TensorData::I4(vec![-8]))));
+        out.push((DType::U2, t(vec![2, 0], TensorData::U2(vec![]))));
+        out
+    }
+
+    #[test]
+    fn sub_byte_types_round_trip_packed() {
+        for (d, x) in sub_byte_tensors() {
+            let numel = x.numel();
+            let blob = safetensors::encode(&[("w".into(), &x)]);
+            let hlen = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+            let data = &blob[8 + hlen..];
+            // Two (4-bit) or four (2-bit) elements a byte.
+            let per_byte = 8 / d.bits();
+            assert_eq!(data.len(), numel.div_ceil(per_byte), "{d}{:?}", x.shape());
+            let header = std::str::from_utf8(&blob[8..8 + hlen]).unwrap();
+            assert!(
+                header.contains(&format!("\"shape\":[{}]", data.len())),
+                "{header}"
+            );
+            // ONNX order: element i in bits (i % per_byte) * bits of byte i / per_byte.
+            let mem = safetensors::tensor_bytes(&x);
+            let mask = (1u8 << d.bits()) - 1;
+            for (i, &m) in mem.iter().enumerate() {
+                let code = (data[i / per_byte] >> ((i % per_byte) * d.bits())) & mask;
+                assert_eq!(code, m & mask, "{d} element {i}");
+            }
+            let back = safetensors::decode(&blob).unwrap();
+            assert!(back["w"] == x, "{d}: {:?} vs {x:?}", back["w"]);
+            assert_eq!(back["w"].dtype(), d);
+            assert_eq!(back["w"].shape(), x.shape());
+            // The old layout still reads, into the same tensor.
+            let old = safetensors::encode_with(&[("w".into(), &x)], safetensors::SubByte::Bytewise);
+            let back = safetensors::decode_with(&old, safetensors::SubByte::Bytewise).unwrap();
+            assert!(back["w"] == x, "{d} (version 1)");
+        }
+        // float8 is unaffected: one byte per element, no shape entry.
+        let f8 = t(vec![3], TensorData::F8E4M3FN(vec![1, 2, 3]));
+        let blob = safetensors::encode(&[("f".into(), &f8)]);
+        assert!(!std::str::from_utf8(&blob)
+            .unwrap_or("")
+            .contains("mlc.shape"));
+        assert!(safetensors::decode(&blob).unwrap()["f"] == f8);
+    }
+
+    #[test]
+    fn packed_sub_byte_tensors_refuse_hostile_variants() {
+        let i4 = |extra: &str, stored: &str| {
+            format!(
+                r#"{{"__metadata__":{{"mlc.dtype.a":"i4"{extra}}},"a":{{"dtype":"U8","shape":{stored},"data_offsets":[0,2]}}}}"#
+            )
+        };
+        let cases: Vec<(String, &[u8], &str)> = vec![
+            // Padding nibble of the last byte set (3 elements in 2 bytes).
+            (i4(r#","mlc.shape.a":"[3]""#, "[2]"), &[0x21, 0x10], "not zero"),
+            // Shape that does not match the byte count.
+            (i4(r#","mlc.shape.a":"[5]""#, "[2]"), &[0; 2], "3 bytes packed"),
+            (i4(r#","mlc.shape.a":"[2]""#, "[2]"), &[0; 2], "1 bytes packed"),
+            // Stored shape other than [bytes].
+            (i4(r#","mlc.shape.a":"[4]""#, "[1,2]"), &[0; 2], "stored as U8[1, 2]"),
+            (i4(r#","mlc.shape.a":"[4]""#, "[3]"), &[0; 2], "stored as U8[3]"),
+            // Shape missing, malformed, too large or for the wrong tensor.
+            (i4("", "[2]"), &[0; 2], "no 'mlc.shape.a'"),
+            (i4(r#","mlc.shape.a":"[-4]""#, "[2]"), &[0; 2], "bad shape"),
+            (i4(r#","mlc.shape.a":"4""#, "[2]"), &[0; 2], "bad shape"),
+            (i4(r#","mlc.shape.a":[4]"#, "[2]"), &[0; 2], "not a string"),
+            (
+                i4(
+                    r#","mlc.shape.a":"[4294967296,4294967296,4294967296]""#,
+                    "[2]",
+                ),
+                &[0; 2],
+                "too large",
+            ),
+            (
+                i4(r#","mlc.shape.a":"[4]","mlc.shape.b":"[1]""#, "[2]"),
+                &[0; 2],
+                "'b', which does not exist",
+            ),
+            (i4(r#","mlc.shape.a":"[4]","mlc.bits.a":"4""#, "[2]"), &[0; 2], "unknown"),
+            // A shape on a type that is not packed.
+            (
+                r#"{"__metadata__":{"mlc.dtype.a":"f8e4m3fn","mlc.shape.a":"[2]"},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#.into(),
+                &[0; 2],
+                "not a packed",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.shape.a":"[2]"},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#.into(),
+                &[0; 2],
+                "not a packed",
+            ),
+        ];
+        for (header, data, want) in &cases {
+            let err = safetensors::decode(&st_blob(header, data)).unwrap_err();
+            assert!(err.contains(want), "{header}: {err}");
+        }
+        // 2-bit padding: 3 elements use 6 bits of the byte.
+        let u2 = r#"{"__metadata__":{"mlc.dtype.a":"u2","mlc.shape.a":"[3]"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+        assert!(safetensors::decode(&st_blob(u2, &[0x3f])).is_ok());
+        let err = safetensors::decode(&st_blob(u2, &[0x40])).unwrap_err();
+        assert!(err.contains("not zero"), "{err}");
+        // Version 1 has no shape entries, and a value out of range there is
+        // still refused.
+        let v1 = r#"{"__metadata__":{"mlc.dtype.a":"u2","mlc.shape.a":"[1]"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+        let err = safetensors::decode_with(&st_blob(v1, &[0]), safetensors::SubByte::Bytewise)
+            .unwrap_err();
+        assert!(err.contains("version 1"), "{err}");
+        let v1 = r#"{"__metadata__":{"mlc.dtype.a":"u2"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+        let err = safetensors::decode_with(&st_blob(v1, &[4]), safetensors::SubByte::Bytewise)
+            .unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
     }
 
     fn st_blob(header: &str, data: &[u8]) -> Vec<u8> {
@@ -793,7 +1103,7 @@ mod tests {
             (
                 r#"{"__metadata__":{"mlc.dtype.a":"i4"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
                 &[8],
-                "out of range",
+                "no 'mlc.shape.a'",
             ),
             (
                 r#"{"__metadata__":{"mlc.dtype.a":"i4"},"a":{"dtype":"I8","shape":[1],"data_offsets":[0,1]}}"#,
@@ -848,7 +1158,7 @@ mod tests {
     fn container_round_trips_and_checks() {
         let bytes = container::encode(&[("graph", b"g"), ("weights", b"ww"), ("meta", b"{}")]);
         assert_eq!(&bytes[..4], b"MLCB");
-        assert_eq!(&bytes[4..8], &1u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &FORMAT_VERSION.to_le_bytes());
         let s = container::decode(&bytes).unwrap();
         assert_eq!(
             (s.graph, s.weights, s.meta),
@@ -859,7 +1169,8 @@ mod tests {
         assert!(err(b"ONNX....").contains("not an mlc bundle"));
         assert!(err(b"ML").contains("not an mlc bundle"));
         assert!(err(b"MLCB\x01").contains("header"));
-        assert!(err(b"MLCB\x02\0\0\0").contains("version 2"));
+        assert!(err(b"MLCB\x03\0\0\0").contains("version 3"));
+        assert!(err(b"MLCB\0\0\0\0").contains("version 0"));
         let mut b = bytes.clone();
         b[12] ^= 1;
         assert!(err(&b).contains("checksum"));
@@ -918,7 +1229,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&back).unwrap(), a);
         assert!(a.contains(r#""rewrites":{"a":1,"b":2}"#), "{a}");
         assert!(
-            a.starts_with(r#"{"format_version":1,"mlc_version":""#),
+            a.starts_with(r#"{"format_version":2,"mlc_version":""#),
             "{a}"
         );
     }

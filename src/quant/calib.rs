@@ -1008,7 +1008,8 @@ mod tests {
 
     /// The KL search picks the same threshold as a direct Python
     /// transcription of the reference loop (TensorRT / MXNet
-    /// `_get_optimal_threshold`, one-sided) on these histograms, 8 levels.
+    /// `_get_optimal_threshold`, one-sided) on these histograms, 8 levels
+    /// (`tests/python/calib_kl_reference.py` prints them).
     #[test]
     fn kl_threshold_matches_the_reference_loop() {
         let cases: [(&[u64], usize); 3] = [
