@@ -454,6 +454,10 @@ struct CompressArgs {
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     per_tensor: bool,
+    /// 7-bit int8 weights ([-63, 63]): on AVX2 machines without VNNI the
+    /// faster vpmaddubsw kernel can then run exactly.
+    #[arg(long)]
+    reduce_range: bool,
     /// Activation scales computed at run time (the default without --calib).
     #[arg(long, conflicts_with = "calib")]
     dynamic: bool,
@@ -509,7 +513,11 @@ struct CompressArgs {
 }
 
 fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
-    use mlc::compress::{self, quantize::Granularity, Activations, Mode, Options};
+    use mlc::compress::{
+        self,
+        quantize::{Granularity, WeightFormat},
+        Activations, Mode, Options,
+    };
     use std::io::IsTerminal;
 
     let emit = a
@@ -544,10 +552,13 @@ fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
     };
     let opts = Options {
         mode,
-        granularity: if a.per_tensor {
-            Granularity::PerTensor
-        } else {
-            Granularity::PerChannel
+        weights: WeightFormat {
+            granularity: if a.per_tensor {
+                Granularity::PerTensor
+            } else {
+                Granularity::PerChannel
+            },
+            reduce_range: a.reduce_range,
         },
         activations,
         eval: a.eval.clone(),

@@ -37,7 +37,7 @@ use crate::transform::recipe::Recipe;
 use crate::transform::runner::{self, RunOptions};
 use crate::{Error, Result, Tensor};
 use data::{Agreement, Dataset};
-use quantize::{Granularity, Layer};
+use quantize::{Granularity, Layer, WeightFormat};
 use report::{
     AccuracyReport, CalibrationReport, LatencyReport, LayerReport, Precision, Report, SizeReport,
 };
@@ -71,7 +71,7 @@ pub enum Activations {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub mode: Mode,
-    pub granularity: Granularity,
+    pub weights: WeightFormat,
     pub activations: Activations,
     /// Inputs (and optional `labels`) to measure accuracy on.
     pub eval: Option<PathBuf>,
@@ -187,7 +187,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 let spec = plan::specialize(&g, &shapes_of(&sample))?;
                 let pb = data::progress(opts.progress, layers.len(), "layer timing");
                 for (l, rep) in layers.iter().zip(&mut layer_reports) {
-                    let (f, q) = time_layer(&spec, l, act_of[&l.node], opts.granularity, &cx)?;
+                    let (f, q) = time_layer(&spec, l, act_of[&l.node], opts.weights, &cx)?;
                     rep.f32_ms = Some(f);
                     rep.int8_ms = Some(q);
                     if q > f {
@@ -208,7 +208,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             let pb = data::progress(opts.progress, layers.len(), "sensitivity");
             for (l, rep) in layers.iter().zip(&mut layer_reports) {
                 let mut one = f32_graph.clone();
-                quantize::quantize_layer(&mut one, l, act_of[&l.node], opts.granularity)?;
+                quantize::quantize_layer(&mut one, l, act_of[&l.node], opts.weights)?;
                 let out = data::run_all(&one, &sens_data, &cx, &indicatif::ProgressBar::hidden())?;
                 let a = data::agreement(sens_ref, &out);
                 rep.error_alone = Some(1.0 - a.cosine_similarity);
@@ -342,10 +342,18 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             }
             _ => "f32 (weight-only)".into(),
         },
-        granularity: match opts.granularity {
-            Granularity::PerChannel => "per-channel".into(),
-            Granularity::PerTensor => "per-tensor".into(),
-        },
+        granularity: format!(
+            "{}{}",
+            match opts.weights.granularity {
+                Granularity::PerChannel => "per-channel",
+                Granularity::PerTensor => "per-tensor",
+            },
+            if opts.weights.reduce_range && opts.mode == Mode::Int8 {
+                ", 7-bit (reduce range)"
+            } else {
+                ""
+            }
+        ),
         float_inputs: float_model,
         size,
         layers: layer_reports,
@@ -374,7 +382,7 @@ fn build_int8(
 ) -> Result<Graph> {
     let mut g = f32_graph.clone();
     for l in layers.iter().filter(|l| !kept_f32.contains(&l.node)) {
-        quantize::quantize_layer(&mut g, l, act_of[&l.node], opts.granularity)?;
+        quantize::quantize_layer(&mut g, l, act_of[&l.node], opts.weights)?;
     }
     let keep: HashSet<ValueId> = layers
         .iter()
@@ -586,7 +594,7 @@ fn time_layer(
     spec: &Graph,
     layer: &Layer,
     act: ActQuant,
-    granularity: Granularity,
+    format: WeightFormat,
     cx: &CpuCtx,
 ) -> Result<(f64, f64)> {
     let node = spec
@@ -600,7 +608,7 @@ fn time_layer(
         .ok_or_else(|| {
             Error::Internal(format!("layer '{}' is not quantizable alone", layer.name))
         })?;
-    quantize::quantize_layer(&mut q, &ql, act, granularity)?;
+    quantize::quantize_layer(&mut q, &ql, act, format)?;
     infer::infer_graph(&mut q)?;
     let feed = crate::inputs::random_inputs(&f, 1, &BTreeMap::new())?;
     let shapes = shapes_of(&feed);

@@ -41,6 +41,26 @@ pub enum Granularity {
     PerTensor,
 }
 
+/// How int8 weights are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightFormat {
+    pub granularity: Granularity,
+    /// 7-bit weights (`[-63, 63]`): lets the AVX2 `vpmaddubsw` kernel run
+    /// (it cannot saturate on them) at some cost in precision.
+    pub reduce_range: bool,
+}
+
+impl WeightFormat {
+    /// The largest quantized magnitude.
+    pub fn qmax(self) -> f32 {
+        if self.reduce_range {
+            63.0
+        } else {
+            127.0
+        }
+    }
+}
+
 /// What kind of product a layer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -111,13 +131,15 @@ pub fn find_layers(g: &Graph) -> Vec<Layer> {
 }
 
 /// Symmetric int8 values and scales of `w` whose output channel of element
-/// `i` is `channel(i)` (`channels` of them): `scale = max|w| / 127` (1 for an
-/// all-zero channel), `q = clamp(round_half_even(w / scale), -127, 127)`.
+/// `i` is `channel(i)` (`channels` of them): `scale = max|w| / qmax` (1 for
+/// an all-zero channel), `q = clamp(round_half_even(w / scale), -qmax,
+/// qmax)`.
 pub fn symmetric_i8(
     w: &[f32],
     channels: usize,
     channel: impl Fn(usize) -> usize,
     granularity: Granularity,
+    qmax: f32,
 ) -> (Vec<i8>, Vec<f32>) {
     let n_scales = match granularity {
         Granularity::PerChannel => channels,
@@ -136,12 +158,12 @@ pub fn symmetric_i8(
     }
     let scales: Vec<f32> = amax
         .iter()
-        .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
+        .map(|&m| if m > 0.0 { m / qmax } else { 1.0 })
         .collect();
     let q = w
         .iter()
         .enumerate()
-        .map(|(i, &x)| (x / scales[slot(i)]).round_ties_even().clamp(-127.0, 127.0) as i8)
+        .map(|(i, &x)| (x / scales[slot(i)]).round_ties_even().clamp(-qmax, qmax) as i8)
         .collect();
     (q, scales)
 }
@@ -169,8 +191,9 @@ pub fn quantize_layer(
     g: &mut Graph,
     layer: &Layer,
     act: ActQuant,
-    granularity: Granularity,
+    format: WeightFormat,
 ) -> Result<()> {
+    let (granularity, qmax) = (format.granularity, format.qmax());
     let node = g
         .node(layer.node)
         .cloned()
@@ -191,7 +214,7 @@ pub fn quantize_layer(
             };
             let m = w.shape()[0];
             let inner = w.numel() / m.max(1);
-            let (q, s) = symmetric_i8(wdata, m, |i| i / inner.max(1), granularity);
+            let (q, s) = symmetric_i8(wdata, m, |i| i / inner.max(1), granularity, qmax);
             let op = Op::QConv {
                 conv: conv.clone(),
                 x_quant: act,
@@ -223,7 +246,7 @@ pub fn quantize_layer(
             } else {
                 wdata.to_vec()
             };
-            let (q, mut s) = symmetric_i8(&b, n, |i| i % n, granularity);
+            let (q, mut s) = symmetric_i8(&b, n, |i| i % n, granularity, qmax);
             for x in &mut s {
                 *x *= alpha;
             }
@@ -324,7 +347,13 @@ pub fn weight_only_except(g: &mut Graph, keep: &HashSet<ValueId>) -> Result<usiz
         let data = t.as_f32().unwrap_or(&[]);
         let rows = t.shape()[0].max(1);
         let inner = t.numel() / rows;
-        let (q, scales) = symmetric_i8(data, rows, |i| i / inner.max(1), Granularity::PerChannel);
+        let (q, scales) = symmetric_i8(
+            data,
+            rows,
+            |i| i / inner.max(1),
+            Granularity::PerChannel,
+            127.0,
+        );
         let name = g.value(c).name.clone();
         let wq = g.add_const(
             format!("{name}.int8"),
@@ -517,10 +546,10 @@ mod tests {
     fn symmetric_i8_per_channel_and_tensor() {
         // Two channels (rows) of a [2, 3] weight.
         let w = [1.0, -2.0, 0.5, 0.0, 0.0, 0.0];
-        let (q, s) = symmetric_i8(&w, 2, |i| i / 3, Granularity::PerChannel);
+        let (q, s) = symmetric_i8(&w, 2, |i| i / 3, Granularity::PerChannel, 127.0);
         assert_eq!(s, vec![2.0 / 127.0, 1.0]);
         assert_eq!(q, vec![64, -127, 32, 0, 0, 0]);
-        let (q, s) = symmetric_i8(&[4.0, -1.0], 2, |i| i, Granularity::PerTensor);
+        let (q, s) = symmetric_i8(&[4.0, -1.0], 2, |i| i, Granularity::PerTensor, 127.0);
         assert_eq!(s, vec![4.0 / 127.0]);
         assert_eq!(q, vec![127, -32]);
     }
