@@ -3010,7 +3010,8 @@ fn quantize_ops(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
     }
     let zp = opt_ty(cx, node, 2);
     if let Some(z) = zp {
-        if z.shape != scale.shape {
+        let one = |t: &TensorType| t.shape.dims().iter().all(Dim::is_one);
+        if z.shape != scale.shape && !(one(z) && one(scale)) {
             return Err(Error::op(
                 name,
                 format!(
@@ -3024,6 +3025,7 @@ fn quantize_ops(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
     let per_tensor = scale.shape.rank() == 0
         || (scale.shape.rank() == 1 && scale.shape.dims()[0].is_one() && block_size == 0);
     if per_tensor {
+        // One scale for every element.
     } else if scale.shape.rank() == 1 && block_size == 0 {
         let a = norm_axis(name, axis, rank)?;
         unify(
