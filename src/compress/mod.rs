@@ -155,8 +155,11 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                     },
                     Some(c),
                 ) => {
-                    let (ranges, cached, key) =
-                        calibrate(&g, &layers, c, *method, source, opts, &cx)?;
+                    let Calibrated {
+                        ranges,
+                        cached,
+                        cache_key,
+                    } = calibrate(&g, &layers, c, *method, source, opts, &cx)?;
                     for l in &layers {
                         let r = ranges
                             .get(&g.value(l.input).name)
@@ -171,7 +174,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                         data: path.display().to_string(),
                         samples: c.samples,
                         cached,
-                        cache_key: key,
+                        cache_key,
                     });
                 }
                 _ => {
@@ -472,9 +475,17 @@ pub fn metadata(
     )
 }
 
-/// Streams the calibration set through the f32 model and returns each
-/// observed tensor's range by name, whether it came from the cache, and the
-/// cache key.
+/// What calibration found.
+struct Calibrated {
+    /// Each observed tensor's `(lo, hi)` range, by value name.
+    ranges: BTreeMap<String, (f32, f32)>,
+    /// Whether the ranges came from the cache.
+    cached: bool,
+    cache_key: String,
+}
+
+/// Streams the calibration set through the f32 model and measures the
+/// range of every layer's activation input (or reads them from the cache).
 fn calibrate(
     g: &Graph,
     layers: &[Layer],
@@ -483,7 +494,7 @@ fn calibrate(
     source: &[u8],
     opts: &Options,
     cx: &CpuCtx,
-) -> Result<(BTreeMap<String, (f32, f32)>, bool, String)> {
+) -> Result<Calibrated> {
     let mut observed: Vec<ValueId> = layers.iter().map(|l| l.input).collect();
     observed.sort();
     observed.dedup();
@@ -503,7 +514,11 @@ fn calibrate(
         if let Ok(text) = std::fs::read_to_string(f) {
             if let Ok(ranges) = serde_json::from_str::<BTreeMap<String, (f32, f32)>>(&text) {
                 if names.iter().all(|n| ranges.contains_key(n)) {
-                    return Ok((ranges, true, key));
+                    return Ok(Calibrated {
+                        ranges,
+                        cached: true,
+                        cache_key: key,
+                    });
                 }
             }
         }
@@ -544,7 +559,11 @@ fn calibrate(
             let _ = crate::fsutil::write_bytes_atomic(f, text.as_bytes());
         }
     }
-    Ok((ranges, false, key))
+    Ok(Calibrated {
+        ranges,
+        cached: false,
+        cache_key: key,
+    })
 }
 
 /// A graph holding only `node` of `spec` (a specialized graph): its

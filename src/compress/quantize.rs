@@ -529,7 +529,7 @@ pub fn fp16_weights(g: &mut Graph) -> Result<usize> {
 
 /// Bytes the constants of `g` take, by dtype.
 pub fn weight_bytes(g: &Graph) -> usize {
-    g.consts.values().map(|t| stored_bytes(t)).sum()
+    g.consts.values().map(stored_bytes).sum()
 }
 
 /// Bytes a constant takes in a bundle (sub-byte types packed).
