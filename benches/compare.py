@@ -472,8 +472,13 @@ def check_mlc_compress(binary):
     return True, None
 
 
-def mlc_compress_cmd(binary, model, out, mode, calib):
-    cmd = [binary, "compress", model, "--int8", "-o", out]
+def mlc_compress_cmd(binary, model, out, mode, calib, sym_dims=None):
+    """The compress command line. Non-batch symbolic dims (seq) are passed on,
+    so that compress times its layers and measures latency at the shapes the
+    model is benchmarked at; its decisions are made on one thread."""
+    cmd = [binary, "compress", model, "--int8", "-o", out, "--threads", "1"]
+    for k, v in sorted((sym_dims or {}).items()):
+        cmd += ["--dim", f"{k}={v}"]
     if mode == "dynamic":
         cmd.append("--dynamic")
     elif calib:
@@ -481,10 +486,10 @@ def mlc_compress_cmd(binary, model, out, mode, calib):
     return cmd
 
 
-def mlc_compress(binary, model, out, mode, calib):
+def mlc_compress(binary, model, out, mode, calib, sym_dims=None):
     """Runs `mlc compress MODEL --int8 -o OUT` (--dynamic, or --calib NPZ);
     returns (OUT, None) or (None, why it failed)."""
-    cmd = mlc_compress_cmd(binary, model, out, mode, calib)
+    cmd = mlc_compress_cmd(binary, model, out, mode, calib, sym_dims)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0 or not os.path.isfile(out):
         tail = (r.stderr or r.stdout).strip()[-300:] or "no output"
@@ -664,7 +669,7 @@ def run_compare(a, out=sys.stdout):
                     i8["mlc_model"], i8["mlc_note"] = None, compress_why
                     if compress_ok:
                         i8["mlc_model"], i8["mlc_note"] = mlc_compress(
-                            a.mlc, path, os.path.join(work, f"{name}.int8.mlc"), i8["mode"], i8["calib"])
+                            a.mlc, path, os.path.join(work, f"{name}.int8.mlc"), i8["mode"], i8["calib"], a.dim)
                     if not quiet:
                         print(f"  {name} int8: {INT8_METHODS[i8['mode']]}; mlc "
                               + (f"compress --int8 -> {i8['mlc_model']}" if i8["mlc_model"] else f"not timed: {i8['mlc_note']}"),
@@ -1051,8 +1056,9 @@ def self_test_int8(d, fake_bench):
     with open(log) as fh:
         calls = fh.read().splitlines()
     kept = ns.int8_dir
-    assert calls == [f"compress {static} --int8 -o {kept}/static.int8.mlc --calib {kept}/static.calib.npz",
-                     f"compress {dynamic} --int8 -o {kept}/dynamic.int8.mlc --dynamic"], calls
+    assert calls == [f"compress {static} --int8 -o {kept}/static.int8.mlc --threads 1 --dim seq=5"
+                     f" --calib {kept}/static.calib.npz",
+                     f"compress {dynamic} --int8 -o {kept}/dynamic.int8.mlc --threads 1 --dim seq=5 --dynamic"], calls
     with np.load(os.path.join(kept, "static.calib.npz")) as z:
         assert z.files == ["x"] and z["x"].shape == (4, 3, 8, 8)
     ns.ort_only, ns.models = True, [static]
