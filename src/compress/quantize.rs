@@ -6,9 +6,10 @@
 //!   with a symmetric int8 weight (per output channel or per tensor).
 //! - [`weight_only_except`] stores the remaining large f32 constants (embedding
 //!   tables, ...) as int8 behind a DequantizeLinear, per row.
-//! - [`int4_weights`] stores the weights of matrix products as int4 in blocks
-//!   of 32 along the reduction axis with f16 scales (DequantizeLinear with
-//!   `block_size`), weight-only.
+//! - [`int4_weights`] stores the weights of matrix products (and embedding
+//!   tables) as int4 in blocks of 32 along the reduction axis (a table's
+//!   rows) with f16 scales (DequantizeLinear with `block_size`),
+//!   weight-only.
 //! - [`fp16_weights`] stores every large f32 constant as f16 behind a Cast.
 //!
 //! The runtime folds the DequantizeLinear and Cast of constants once per
@@ -432,32 +433,37 @@ pub fn blockwise_i4(
 }
 
 /// Stores the constant weights of matrix products (MatMul, FusedMatMul,
-/// Gemm) as blockwise int4 behind a DequantizeLinear, and the remaining
-/// large constants as int8 ([`weight_only_except`]). Returns the number of int4
+/// Gemm) and embedding tables (Gather on axis 0) as blockwise int4 behind a
+/// DequantizeLinear, and the remaining large constants as int8
+/// ([`weight_only_except`]). Returns the number of int4
 /// weights.
 pub fn int4_weights(g: &mut Graph) -> Result<usize> {
     let mut done = 0;
-    let products: Vec<(ValueId, bool)> = g
+    // Each 2-D weight with the axis its blocks run along: the reduction axis
+    // of a product (rows of B [K, N], columns of a transposed [N, K]), and
+    // the row of an embedding table read by Gather.
+    let weights: Vec<(ValueId, usize)> = g
         .nodes()
         .filter_map(|(_, n)| {
-            let trans_b = match &n.op {
-                Op::MatMul => false,
-                Op::FusedMatMul { trans_b, .. } | Op::Gemm { trans_b, .. } => *trans_b,
+            let (input, axis) = match &n.op {
+                Op::MatMul => (1, 0),
+                Op::FusedMatMul { trans_b, .. } | Op::Gemm { trans_b, .. } => {
+                    (1, usize::from(*trans_b))
+                }
+                Op::Gather { axis: 0 } => (0, 1),
                 _ => return None,
             };
-            let (w, t) = const_f32(g, n.input(1))?;
-            (t.rank() == 2 && t.numel() >= MIN_WEIGHT_ONLY_ELEMENTS).then_some((w, trans_b))
+            let (w, t) = const_f32(g, n.input(input))?;
+            (t.rank() == 2 && t.numel() >= MIN_WEIGHT_ONLY_ELEMENTS).then_some((w, axis))
         })
         .collect();
     let mut seen = HashSet::new();
-    for (c, trans_b) in products {
+    for (c, axis) in weights {
         if !seen.insert(c) {
             continue;
         }
         let t = g.consts[&c].clone();
         let (rows, cols) = (t.shape()[0], t.shape()[1]);
-        // The reduction axis: K is rows of [K, N], columns of a transposed [N, K].
-        let axis = usize::from(trans_b);
         let Some((q, scales, sshape)) = blockwise_i4(t.as_f32().unwrap_or(&[]), rows, cols, axis)
         else {
             continue;
