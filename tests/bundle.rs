@@ -262,8 +262,8 @@ fn truncated_and_flipped_bundles_are_malformed() {
     expect_malformed(&longer, "trailing byte");
     assert!(expect_malformed(b"PK\x03\x04", "zip").contains("not an mlc bundle"));
     let mut v3 = bytes.clone();
-    v3[4] = 3;
-    assert!(expect_malformed(&v3, "version 3").contains("version 3 is not supported"));
+    v3[4] = 4;
+    assert!(expect_malformed(&v3, "version 4").contains("version 4 is not supported"));
 }
 
 /// Builds a bundle from raw section payloads with a valid checksum, to reach
@@ -272,9 +272,36 @@ fn seal(sections: &[(&str, &[u8])]) -> Vec<u8> {
     seal_version(bundle::FORMAT_VERSION, sections)
 }
 
+/// Seals sections as a bundle of `version`; from version 3 the graph
+/// section is deflated here, so tests write and read it as plain text.
 fn seal_version(version: u32, sections: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = b"MLCB".to_vec();
     out.extend_from_slice(&version.to_le_bytes());
+    for (name, payload) in sections {
+        let deflated;
+        let payload: &[u8] = if *name == "graph" && version >= 3 {
+            let mut e =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut e, payload).unwrap();
+            deflated = e.finish().unwrap();
+            &deflated
+        } else {
+            payload
+        };
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+/// Seals sections as they are (no deflate), with a valid checksum.
+fn seal_raw(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = b"MLCB".to_vec();
+    out.extend_from_slice(&bundle::FORMAT_VERSION.to_le_bytes());
     for (name, payload) in sections {
         out.push(name.len() as u8);
         out.extend_from_slice(name.as_bytes());
@@ -286,8 +313,35 @@ fn seal_version(version: u32, sections: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-/// The sections of a bundle (written graph, weights, meta in that order).
+#[test]
+fn graph_sections_that_do_not_inflate_are_malformed() {
+    let bytes = small_bundle();
+    let secs = unseal(&bytes);
+    let plain = seal_raw(&[
+        ("graph", &secs[0].1),
+        ("weights", &secs[1].1),
+        ("meta", &secs[2].1),
+    ]);
+    assert!(expect_malformed(&plain, "plain text").contains("not valid deflate data"));
+    // A deflate bomb: 300 MiB of zeros in a few hundred KiB.
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![b'\n'; 1 << 20];
+    for _ in 0..300 {
+        std::io::Write::write_all(&mut e, &zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    let b = seal_raw(&[
+        ("graph", &bomb),
+        ("weights", &secs[1].1),
+        ("meta", &secs[2].1),
+    ]);
+    assert!(expect_malformed(&b, "bomb").contains("inflates to more than"));
+}
+
+/// The sections of a bundle (written graph, weights, meta in that order),
+/// the graph inflated from version 3 on.
 fn unseal(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let version = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
     let body = &bytes[8..bytes.len() - 32];
     let mut pos = 0;
     let mut out = Vec::new();
@@ -295,7 +349,17 @@ fn unseal(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         let n = body[pos] as usize;
         let name = String::from_utf8(body[pos + 1..pos + 1 + n].to_vec()).unwrap();
         let len = u64::from_le_bytes(body[pos + 1 + n..pos + 9 + n].try_into().unwrap()) as usize;
-        out.push((name, body[pos + 9 + n..pos + 9 + n + len].to_vec()));
+        let mut payload = body[pos + 9 + n..pos + 9 + n + len].to_vec();
+        if name == "graph" && version >= 3 {
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::DeflateDecoder::new(&payload[..]),
+                &mut plain,
+            )
+            .unwrap();
+            payload = plain;
+        }
+        out.push((name, payload));
         pos += 9 + n + len;
     }
     out
@@ -383,7 +447,7 @@ fn structural_problems_behind_a_valid_checksum() {
             "bad weights section",
         ),
         (
-            with_section(&bytes, "meta", b"{\"format_version\": 2"),
+            with_section(&bytes, "meta", b"{\"format_version\": 3"),
             "bad metadata",
         ),
         (with_section(&bytes, "meta", b"[]"), "bad metadata"),
@@ -393,7 +457,7 @@ fn structural_problems_behind_a_valid_checksum() {
                 "meta",
                 String::from_utf8(secs[2].1.clone())
                     .unwrap()
-                    .replacen("\"format_version\": 2", "\"format_version\": 7", 1)
+                    .replacen("\"format_version\": 3", "\"format_version\": 7", 1)
                     .as_bytes(),
             ),
             "format version 7",
@@ -524,7 +588,7 @@ fn version_1_bundles_still_read() {
         .collect();
     let old_weights = safetensors::encode_with(&tensors, safetensors::SubByte::Bytewise);
     let old_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
-        "\"format_version\": 2",
+        "\"format_version\": 3",
         "\"format_version\": 1",
         1,
     );
@@ -538,6 +602,23 @@ fn version_1_bundles_still_read() {
     );
     let (back, meta) = bundle::from_bytes(&v1, Path::new("old.mlc")).unwrap();
     assert_eq!(meta.format_version, 1);
+    // Version 2: packed weights, the graph section plain text.
+    let v2_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
+        "\"format_version\": 3",
+        "\"format_version\": 2",
+        1,
+    );
+    let v2 = seal_version(
+        2,
+        &[
+            ("graph", &secs[0].1),
+            ("weights", &secs[1].1),
+            ("meta", v2_meta.as_bytes()),
+        ],
+    );
+    let (back2, meta2) = bundle::from_bytes(&v2, Path::new("v2.mlc")).unwrap();
+    assert_eq!(meta2.format_version, 2);
+    assert_eq!(back2.consts.len(), g.consts.len());
     for (&id, t) in &g.consts {
         assert!(same_bits(back.const_value(id).unwrap(), t));
     }
@@ -683,7 +764,7 @@ fn cli_runs_and_inspects_bundles() {
 
     let out = mlc(&["inspect", p]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("mlc bundle (format 2"), "{text}");
+    assert!(text.contains("mlc bundle (format 3"), "{text}");
     assert!(text.contains("pipeline  test"), "{text}");
 
     let out = mlc(&["inspect", p, "--ir"]);

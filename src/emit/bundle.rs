@@ -51,9 +51,13 @@ use crate::{Error, Result};
 
 /// First four bytes of every bundle.
 pub const MAGIC: &[u8; 4] = b"MLCB";
-/// The bundle format this build writes. Version 2 packs the 4- and 2-bit
-/// types densely; version 1 (one byte per element) is still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// The bundle format this build writes. Version 3 deflates the graph
+/// section; version 2 packs the 4- and 2-bit types densely; versions 1
+/// (one byte per element) and 2 (plain graph text) are still read.
+pub const FORMAT_VERSION: u32 = 3;
+/// Largest graph text a bundle may inflate to (a guard against deflate
+/// bombs; real graphs are a few MiB at most).
+const MAX_GRAPH_TEXT: u64 = 1 << 28;
 /// The oldest bundle format this build reads.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// File extension of bundles.
@@ -202,11 +206,37 @@ pub fn to_bytes(g: &Graph, meta: &Metadata) -> Result<Vec<u8>> {
     };
     let meta_json = serde_json::to_vec_pretty(&meta)
         .map_err(|e| Error::Internal(format!("encoding the bundle metadata: {e}")))?;
+    let graph = deflate(graph_text.as_bytes())?;
     Ok(container::encode(&[
-        ("graph", graph_text.as_bytes()),
+        ("graph", &graph),
         ("weights", &weights),
         ("meta", &meta_json),
     ]))
+}
+
+/// Raw deflate of `bytes` (deterministic for a given input).
+fn deflate(bytes: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes)
+        .and_then(|()| enc.finish())
+        .map_err(|e| Error::Internal(format!("compressing the graph section: {e}")))
+}
+
+/// Inflates a graph section, refusing more than [`MAX_GRAPH_TEXT`] bytes.
+fn inflate(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .take(MAX_GRAPH_TEXT + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("the graph section is not valid deflate data: {e}"))?;
+    if out.len() as u64 > MAX_GRAPH_TEXT {
+        return Err(format!(
+            "the graph section inflates to more than {MAX_GRAPH_TEXT} bytes"
+        ));
+    }
+    Ok(out)
 }
 
 /// Writes a bundle atomically: a temporary file beside `path`, renamed over
@@ -240,7 +270,14 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
             meta.format_version, sections.version
         )));
     }
-    let graph_text = std::str::from_utf8(sections.graph)
+    let inflated;
+    let graph_bytes = if sections.version >= 3 {
+        inflated = inflate(sections.graph).map_err(&malformed)?;
+        &inflated[..]
+    } else {
+        sections.graph
+    };
+    let graph_text = std::str::from_utf8(graph_bytes)
         .map_err(|e| malformed(format!("the graph section is not UTF-8: {e}")))?;
     let layout = if sections.version == 1 {
         safetensors::SubByte::Bytewise
