@@ -1206,7 +1206,7 @@ mod tests {
         assert!(err(b"ONNX....").contains("not an mlc bundle"));
         assert!(err(b"ML").contains("not an mlc bundle"));
         assert!(err(b"MLCB\x01").contains("header"));
-        assert!(err(b"MLCB\x03\0\0\0").contains("version 3"));
+        assert!(err(b"MLCB\x04\0\0\0").contains("version 4"));
         assert!(err(b"MLCB\0\0\0\0").contains("version 0"));
         let mut b = bytes.clone();
         b[12] ^= 1;
@@ -1266,7 +1266,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&back).unwrap(), a);
         assert!(a.contains(r#""rewrites":{"a":1,"b":2}"#), "{a}");
         assert!(
-            a.starts_with(r#"{"format_version":2,"mlc_version":""#),
+            a.starts_with(r#"{"format_version":3,"mlc_version":""#),
             "{a}"
         );
     }
