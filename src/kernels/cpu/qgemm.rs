@@ -46,8 +46,9 @@
 //! multiply-free widening of `vpmaddubsw`'s pairs (xor + shift, which needs
 //! twice the accumulators and so a 2x16 tile) measured ~10% slower.
 //!
-//! [`dynamic_params`] and [`quantize_u8`] implement ONNX
-//! DynamicQuantizeLinear's parameters and the quantization that feeds A.
+//! [`quantize_u8`] is the quantization that feeds A (its dynamic
+//! parameters are `reference::quant::dynamic_params`, one definition for
+//! both paths).
 
 use std::cell::RefCell;
 
@@ -900,21 +901,6 @@ unsafe fn kernel_maddubs(
     }
 }
 
-/// ONNX DynamicQuantizeLinear's parameters of `x`: `(scale, zero_point)`
-/// for a u8 range covering `[min(0, min x), max(0, max x)]` (NaN ignored);
-/// `(1.0, 0)` when that range is empty.
-pub fn dynamic_params(x: &[f32]) -> (f32, u8) {
-    // `f32::min`/`max` return the other operand when one is NaN.
-    let lo = x.iter().fold(0.0f32, |m, &v| m.min(v));
-    let hi = x.iter().fold(0.0f32, |m, &v| m.max(v));
-    if hi == lo {
-        return (1.0, 0);
-    }
-    let scale = (hi - lo) / 255.0;
-    let zp = (0.0 - lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
-    (scale, zp)
-}
-
 /// Quantizes `x` into `out` (same length): `clamp(round_ties_even(x /
 /// scale) + zp, 0, 255) as u8`, NaN → 0, on the fastest kernel the CPU has
 /// (all kernels agree bit for bit).
@@ -1469,17 +1455,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn dynamic_params_follow_onnx() {
-        assert_eq!(dynamic_params(&[]), (1.0, 0));
-        assert_eq!(dynamic_params(&[0.0, 0.0]), (1.0, 0));
-        assert_eq!(dynamic_params(&[f32::NAN]), (1.0, 0));
-        // ONNX DynamicQuantizeLinear's example: [0, 2, -3, -2.5, 1.34, 0.5].
-        let (s, z) = dynamic_params(&[0.0, 2.0, -3.0, -2.5, 1.34, 0.5]);
-        assert_eq!((s, z), (5.0 / 255.0, 153));
-        let (s, z) = dynamic_params(&[1.0, 2.55, f32::NAN]);
-        assert_eq!((s, z), (2.55 / 255.0, 0));
-        let (s, z) = dynamic_params(&[-1.0, -2.55]);
-        assert_eq!((s, z), (2.55 / 255.0, 255));
+    fn quantize_follows_onnx() {
+        // ONNX DynamicQuantizeLinear's example, with its parameters (the
+        // parameters themselves: `reference::quant::dynamic_params`).
         let mut q = [0u8; 6];
         quantize_u8(&[0.0, 2.0, -3.0, -2.5, 1.34, 0.5], 5.0 / 255.0, 153, &mut q);
         assert_eq!(q, [153, 255, 0, 26, 221, 179]);
