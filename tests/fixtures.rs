@@ -160,6 +160,13 @@ fn fixture_transformer() {
     run_one("transformer");
 }
 
+/// The trained digits models against their ONNX Runtime outputs.
+#[test]
+fn fixture_digits() {
+    run_one("digits/ref_cnn");
+    run_one("digits/ref_mlp");
+}
+
 /// Every fixture folder is covered by a test above, and its files are
 /// readable by mlc's npy reader (independent of the importer).
 #[test]
