@@ -392,7 +392,7 @@ fn build_int8(
         .filter(|l| kept_f32.contains(&l.node))
         .map(|l| l.weight)
         .collect();
-    quantize::drop_unused_consts(&mut g);
+    crate::transform::dce::remove_dead(&mut g)?;
     quantize::weight_only_except(&mut g, &keep)?;
     infer::infer_graph(&mut g)?;
     Ok(g)

@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::ir::{
     ActQuant, DType, Graph, Node, NodeId, Op, Shape, Tensor, TensorData, TensorType, ValueId,
 };
+use crate::transform::dce::remove_dead;
 use crate::{Error, Result};
 
 /// Constants smaller than this stay f32 in the weight-only forms (biases,
@@ -171,19 +172,6 @@ pub fn symmetric_i8(
 
 fn tensor(shape: Vec<usize>, data: TensorData) -> Result<Tensor> {
     Tensor::new(shape, data).map_err(|e| Error::Internal(format!("quantized weight: {e}")))
-}
-
-/// Removes constants no node reads any more.
-pub fn drop_unused_consts(g: &mut Graph) {
-    let unused: Vec<ValueId> = g
-        .consts
-        .keys()
-        .copied()
-        .filter(|&c| g.use_count(c) == 0 && !g.is_output(c))
-        .collect();
-    for c in unused {
-        g.consts.remove(&c);
-    }
 }
 
 /// Rewrites `layer` into QConv / QMatMul with its activation quantized by
@@ -375,7 +363,7 @@ pub fn weight_only_except(g: &mut Graph, keep: &HashSet<ValueId>) -> Result<usiz
             vec![Some(wq), Some(sc)],
         );
     }
-    drop_unused_consts(g);
+    remove_dead(g)?;
     Ok(consts.len())
 }
 
@@ -529,7 +517,7 @@ pub fn fp16_weights(g: &mut Graph) -> Result<usize> {
             vec![Some(hc)],
         );
     }
-    drop_unused_consts(g);
+    remove_dead(g)?;
     Ok(consts.len())
 }
 

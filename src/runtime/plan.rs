@@ -240,8 +240,7 @@ fn fold_stored_weights(g: &mut Graph) -> Result<()> {
         g.replace_uses(old, c);
         g.remove_node(nid);
     }
-    crate::compress::quantize::drop_unused_consts(g);
-    Ok(())
+    crate::transform::dce::remove_dead(g)
 }
 
 impl Plan {

@@ -74,6 +74,12 @@ impl Pass for Dce {
     }
 }
 
+/// Removes dead nodes and constants outside a pipeline (after a rewrite
+/// that left weights unused).
+pub fn remove_dead(g: &mut Graph) -> Result<()> {
+    Dce.run(g, &mut PassCx::default()).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
