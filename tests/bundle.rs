@@ -275,33 +275,32 @@ fn seal(sections: &[(&str, &[u8])]) -> Vec<u8> {
 /// Seals sections as a bundle of `version`; from version 3 the graph
 /// section is deflated here, so tests write and read it as plain text.
 fn seal_version(version: u32, sections: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = b"MLCB".to_vec();
-    out.extend_from_slice(&version.to_le_bytes());
-    for (name, payload) in sections {
-        let deflated;
-        let payload: &[u8] = if *name == "graph" && version >= 3 {
-            let mut e =
-                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-            std::io::Write::write_all(&mut e, payload).unwrap();
-            deflated = e.finish().unwrap();
-            &deflated
-        } else {
-            payload
-        };
-        out.push(name.len() as u8);
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(payload);
-    }
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
-    out
+    let payloads: Vec<(&str, Vec<u8>)> = sections
+        .iter()
+        .map(|&(name, payload)| {
+            if name == "graph" && version >= 3 {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+                std::io::Write::write_all(&mut e, payload).unwrap();
+                (name, e.finish().unwrap())
+            } else {
+                (name, payload.to_vec())
+            }
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = payloads.iter().map(|(n, p)| (*n, p.as_slice())).collect();
+    seal_exactly(version, &refs)
 }
 
-/// Seals sections as they are (no deflate), with a valid checksum.
+/// Seals sections of the current version as they are (no deflate).
 fn seal_raw(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    seal_exactly(bundle::FORMAT_VERSION, sections)
+}
+
+/// The container around `sections`, byte for byte, with a valid checksum.
+fn seal_exactly(version: u32, sections: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = b"MLCB".to_vec();
-    out.extend_from_slice(&bundle::FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     for (name, payload) in sections {
         out.push(name.len() as u8);
         out.extend_from_slice(name.as_bytes());
