@@ -577,11 +577,18 @@ fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
         progress: std::io::stderr().is_terminal() && !a.json,
     };
     let source = std::fs::read(&a.model).map_err(|e| Error::io(&a.model, e))?;
-    let compress::Outcome { graph, mut report } = compress::compress(&a.model, &source, &opts)?;
-    let nodes = graph.node_count();
+    let compress::Outcome {
+        graph,
+        mut report,
+        nodes_before,
+    } = compress::compress(&a.model, &source, &opts)?;
     let format = match emit {
         Emit::Mlc => {
-            let meta = compress::metadata(&graph, &a.model, &source, mode.name(), nodes);
+            let pipeline = bundle::PipelineInfo {
+                name: mode.name().to_string(),
+                summary: format!("O2, then mlc compress --{}", mode.name()),
+            };
+            let meta = compress::metadata(&graph, &a.model, &source, pipeline, nodes_before);
             bundle::write(&a.output, &graph, &meta)?;
             "mlc bundle"
         }

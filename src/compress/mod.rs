@@ -98,6 +98,8 @@ pub struct Options {
 pub struct Outcome {
     pub graph: Graph,
     pub report: Report,
+    /// Nodes of the model as imported.
+    pub nodes_before: usize,
 }
 
 /// The default calibration cache: `$MLC_CACHE_DIR`, else
@@ -116,7 +118,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// `source` is the model file's bytes (for the size figures and cache keys).
 pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outcome> {
     let mut g = crate::import::load(model_path)?;
-    runner::run(&mut g, &Recipe::resolve("O2")?, &RunOptions::default())?;
+    let nodes_before = g.node_count();
+    let o2 = Recipe::resolve("O2")?;
+    runner::run(&mut g, &o2, &RunOptions::default())?;
     let f32_graph = g.clone();
     let cx = CpuCtx::new(opts.threads)?;
     let float_model = data::float_inputs(&g);
@@ -324,7 +328,12 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
     let sample = eval.sample(0)?;
     let latency = measure_latency(&f32_graph, &g, &sample, opts, &cx)?;
 
-    let f32_bundle = bundle_bytes(&f32_graph, model_path, source)?;
+    let f32_pipeline = bundle::PipelineInfo {
+        name: o2.name.clone(),
+        summary: o2.summary(),
+    };
+    let f32_meta = metadata(&f32_graph, model_path, source, f32_pipeline, nodes_before);
+    let f32_bundle = bundle::to_bytes(&f32_graph, &f32_meta)?.len() as u64;
     let size = SizeReport {
         source_bytes: source.len() as u64,
         f32_bundle_bytes: f32_bundle,
@@ -366,7 +375,11 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
         max_accuracy_drop: opts.max_accuracy_drop,
         min_cosine: opts.min_cosine,
     };
-    Ok(Outcome { graph: g, report })
+    Ok(Outcome {
+        graph: g,
+        report,
+        nodes_before,
+    })
 }
 
 fn shapes_of(inputs: &[Tensor]) -> Vec<Vec<usize>> {
@@ -443,18 +456,13 @@ fn layer_bytes(g: &Graph, node: NodeId, f32_graph: &Graph, weight: ValueId) -> (
     (before, after)
 }
 
-/// Size of the f32 model as a bundle.
-fn bundle_bytes(g: &Graph, model_path: &Path, source: &[u8]) -> Result<u64> {
-    let meta = metadata(g, model_path, source, "O2", g.node_count());
-    Ok(bundle::to_bytes(g, &meta)?.len() as u64)
-}
-
-/// Bundle metadata for a compressed graph.
+/// Bundle metadata for `g` made from the model at `model_path` (whose bytes
+/// are `source`) by `pipeline`.
 pub fn metadata(
     g: &Graph,
     model_path: &Path,
     source: &[u8],
-    pipeline: &str,
+    pipeline: bundle::PipelineInfo,
     nodes_before: usize,
 ) -> bundle::Metadata {
     let file_name = model_path
@@ -463,10 +471,7 @@ pub fn metadata(
         .unwrap_or_default();
     bundle::Metadata::new(
         bundle::SourceInfo::from_bytes(file_name, source),
-        bundle::PipelineInfo {
-            name: pipeline.to_string(),
-            summary: format!("O2, then mlc compress --{pipeline}"),
-        },
+        pipeline,
         Vec::new(),
         bundle::NodeCounts {
             before: nodes_before,
