@@ -53,6 +53,22 @@ fn compress(model: &Path, out: &Path, args: &[&str], cache: &Path) -> Value {
     serde_json::from_slice(&o.stdout).expect("the report is JSON")
 }
 
+/// `mlc compress` of a digits model to int8, calibrated on its calibration
+/// split and evaluated on its held-out split, plus `args`.
+fn compress_digits(model: &str, out: &Path, args: &[&str], cache: &Path) -> Value {
+    let calib = fixture(&format!("digits/calib_{model}.npz"));
+    let eval = fixture(&format!("digits/eval_{model}.npz"));
+    let mut all = vec![
+        "--int8",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--eval",
+        eval.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    compress(&fixture(&format!("digits/{model}.onnx")), out, &all, cache)
+}
+
 fn f(v: &Value, path: &[&str]) -> f64 {
     let mut x = v;
     for p in path {
@@ -67,22 +83,10 @@ fn int8_digits_keep_their_accuracy() {
     let dir = scratch("digits");
     for (model, method) in [("cnn", "entropy"), ("mlp", "percentile"), ("cnn", "mse")] {
         let out = dir.join(format!("{model}-{method}.mlc"));
-        let calib = fixture(&format!("digits/calib_{model}.npz"));
-        let eval = fixture(&format!("digits/eval_{model}.npz"));
-        let r = compress(
-            &fixture(&format!("digits/{model}.onnx")),
+        let r = compress_digits(
+            model,
             &out,
-            &[
-                "--int8",
-                "--calib",
-                calib.to_str().unwrap(),
-                "--method",
-                method,
-                "--eval",
-                eval.to_str().unwrap(),
-                "--latency-runs",
-                "2",
-            ],
+            &["--method", method, "--latency-runs", "2"],
             &dir,
         );
         let before = f(&r, &["accuracy", "top1_f32"]);
@@ -192,21 +196,11 @@ fn qdq_onnx_runs_in_onnx_runtime_within_the_reported_accuracy() {
     let dir = scratch("qdq");
     for model in ["cnn", "mlp"] {
         let out = dir.join(format!("{model}.onnx"));
-        let calib = fixture(&format!("digits/calib_{model}.npz"));
         let eval = fixture(&format!("digits/eval_{model}.npz"));
-        let r = compress(
-            &fixture(&format!("digits/{model}.onnx")),
+        let r = compress_digits(
+            model,
             &out,
-            &[
-                "--int8",
-                "--calib",
-                calib.to_str().unwrap(),
-                "--eval",
-                eval.to_str().unwrap(),
-                "--no-speed-check",
-                "--latency-runs",
-                "0",
-            ],
+            &["--no-speed-check", "--latency-runs", "0"],
             &dir,
         );
         let o = Command::new(&py)
