@@ -73,7 +73,7 @@ impl QuantStep {
             _ => return None,
         };
         let scales = const_f32(g, node, 2)?;
-        let (product, act_quant, act, bias_pos, residual, channels) = match &node.op {
+        let (product, act_quant, act, residual, channels) = match &node.op {
             Op::QConv { conv, x_quant, act } => {
                 if conv.auto_pad != AutoPad::NotSet
                     || conv.kernel_shape.len() != 2
@@ -106,7 +106,7 @@ impl QuantStep {
                     x_shape: [x_shape[0], x_shape[1], x_shape[2], x_shape[3]],
                     w: packed,
                 };
-                (product, *x_quant, act.clone(), 3, residual, ws[0])
+                (product, *x_quant, act.clone(), residual, ws[0])
             }
             Op::QMatMul { a_quant, act } => {
                 if w.rank() != 2 || x_shape.is_empty() {
@@ -118,21 +118,15 @@ impl QuantStep {
                 }
                 let m = x_shape.iter().product::<usize>() / k.max(1);
                 let b = QPackedB::new(k, n, wq, n, false, cx.features)?;
-                (
-                    Product::MatMul { m, k, b },
-                    *a_quant,
-                    act.clone(),
-                    3,
-                    None,
-                    n,
-                )
+                (Product::MatMul { m, k, b }, *a_quant, act.clone(), None, n)
             }
             _ => return None,
         };
         if scales.len() != 1 && scales.len() != channels {
             return None;
         }
-        let bias = match node.input(bias_pos) {
+        // Both ops take the bias at input 3.
+        let bias = match node.input(3) {
             None => None,
             Some(b) => {
                 let t = g.const_value(b)?;
