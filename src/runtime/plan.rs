@@ -33,8 +33,10 @@ use super::profile::{self, Profiler};
 use super::quant::QuantStep;
 use crate::ir::{infer, DType, Graph, Op, Shape, SymbolBindings, Tensor, ValueId};
 use crate::kernels::cpu::{CpuCtx, Prepacked, View};
+use crate::transform::fold_constants::{FoldConstants, DEFAULT_MAX_ELEMENTS};
 use crate::transform::recipe::Recipe;
 use crate::transform::runner::{self, RunOptions};
+use crate::transform::{Pass, PassCx};
 use crate::{Error, Result};
 
 /// Largest arena, in f32 elements (16 GiB): a bigger plan is surely a
@@ -203,44 +205,16 @@ pub fn specialize(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Graph> {
     }
     infer::infer_graph(&mut s)?;
     runner::run(&mut s, &Recipe::resolve("O1")?, &RunOptions::default())?;
-    fold_stored_weights(&mut s)?;
+    // Weights stored compressed (int8 tables, int4, f16) are decoded once
+    // here, however large, so that no run repeats it.
+    let mut decode = FoldConstants {
+        max_elements: DEFAULT_MAX_ELEMENTS,
+        decode_weights_at_any_size: true,
+    };
+    decode.run(&mut s, &mut PassCx::default())?;
+    crate::transform::dce::remove_dead(&mut s)?;
     infer::infer_graph(&mut s)?;
     Ok(s)
-}
-
-/// Turns weights stored compressed (DequantizeLinear or Cast of constants:
-/// int8/int4/f16 storage) into f32 constants once, whatever their size
-/// (O1's constant folding stops at a size limit), so no run repeats it.
-fn fold_stored_weights(g: &mut Graph) -> Result<()> {
-    for nid in g.topo_order()? {
-        let Some(node) = g.node(nid) else { continue };
-        if !matches!(node.op, Op::DequantizeLinear { .. } | Op::Cast { .. })
-            || node.outputs.len() != 1
-            || g.is_output(node.outputs[0])
-        {
-            continue;
-        }
-        let Some(ins) = node
-            .inputs
-            .iter()
-            .map(|v| {
-                v.map(|v| g.const_value(v))
-                    .map_or(Some(None), |t| t.map(Some))
-            })
-            .collect::<Option<Vec<Option<&Tensor>>>>()
-        else {
-            continue;
-        };
-        let out = crate::kernels::reference::eval(&node.op, &ins, 1)
-            .map_err(|e| e.at_node(&node.name, node.op.onnx_type()))?
-            .pop()
-            .ok_or_else(|| Error::Internal(format!("node '{}' gave no output", node.name)))?;
-        let (old, name) = (node.outputs[0], node.name.clone());
-        let c = g.add_const(format!("{name}.folded"), out);
-        g.replace_uses(old, c);
-        g.remove_node(nid);
-    }
-    crate::transform::dce::remove_dead(g)
 }
 
 impl Plan {

@@ -25,13 +25,17 @@ use crate::ir::{checked_numel, infer, Graph, Node, NodeId, Op, Tensor, ValueId};
 use crate::kernels::reference;
 use crate::{Error, Result};
 
+/// The default `max_elements`.
+pub const DEFAULT_MAX_ELEMENTS: usize = 1 << 22;
+
 fn default_max_elements() -> ParamValue {
-    ParamValue::Int(1 << 22)
+    ParamValue::Int(DEFAULT_MAX_ELEMENTS as i64)
 }
 
 fn make(p: &Params) -> Box<dyn Pass> {
     Box::new(FoldConstants {
         max_elements: usize::try_from(p.int("max_elements")).unwrap_or(0),
+        decode_weights_at_any_size: false,
     })
 }
 
@@ -52,6 +56,10 @@ pub const INFO: PassInfo = PassInfo {
 pub struct FoldConstants {
     /// Outputs with more elements than this are left to run time.
     pub max_elements: usize,
+    /// Fold DequantizeLinear and Cast of constants (weights stored as
+    /// int8/int4/f16) whatever their size: the runtime's plan wants them
+    /// decoded once, while a compiled artifact must keep them compressed.
+    pub decode_weights_at_any_size: bool,
 }
 
 /// One decided fold: the node and the tensors of all its outputs.
@@ -140,6 +148,13 @@ impl FoldConstants {
         if let Some(t) = shape_fold(g, node) {
             return Ok((t.numel() <= self.max_elements).then(|| vec![t]));
         }
+        let max_elements = if self.decode_weights_at_any_size
+            && matches!(node.op, Op::DequantizeLinear { .. } | Op::Cast { .. })
+        {
+            usize::MAX
+        } else {
+            self.max_elements
+        };
         let lookup = |v: ValueId| known.get(&v).or_else(|| g.consts.get(&v));
         if node.inputs.iter().all(Option::is_none) {
             return Ok(None);
@@ -159,7 +174,7 @@ impl FoldConstants {
             g.ty(o)
                 .shape
                 .concrete()
-                .is_some_and(|d| checked_numel(&d).is_none_or(|n| n > self.max_elements))
+                .is_some_and(|d| checked_numel(&d).is_none_or(|n| n > max_elements))
         });
         if too_big {
             return Ok(None);
@@ -173,7 +188,7 @@ impl FoldConstants {
             )));
         }
         outs.truncate(node.outputs.len());
-        if outs.iter().any(|t| t.numel() > self.max_elements) {
+        if outs.iter().any(|t| t.numel() > max_elements) {
             return Ok(None);
         }
         Ok(Some(outs))
@@ -508,7 +523,10 @@ mod tests {
         g.outputs.push(y);
         // Corrupt the index after inference: out of range at run time.
         g.consts.insert(idx, Arc::new(Tensor::scalar_i64(7)));
-        let mut pass = FoldConstants { max_elements: 100 };
+        let mut pass = FoldConstants {
+            max_elements: 100,
+            decode_weights_at_any_size: false,
+        };
         let e = pass.run(&mut g, &mut PassCx::default()).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("n0") && msg.contains("Gather"), "{msg}");
