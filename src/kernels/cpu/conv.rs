@@ -36,8 +36,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{
-    gemm, gemm_direct, pack_a, pack_b, ASrc, BSrc, DirectPiece, DirectSeg, Epilogue, PackB,
-    PackedA, PackedB, DIRECT_PIECES,
+    direct_lanes, gemm, gemm_direct, pack_a, pack_b, ASrc, BSrc, DirectPiece, DirectSeg, Epilogue,
+    PackB, PackedA, PackedB, DIRECT_PIECES,
 };
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{ops, CpuCtx, Prepacked, View, ViewMut};
@@ -1018,14 +1018,13 @@ const DIRECT_MIN_OW: usize = 14;
 /// Fewer output channels per group than this stay on the im2col path.
 const DIRECT_MIN_MG: usize = 16;
 
-/// Whether a convolution runs direct ([`via_direct`]): on the AVX-512
-/// kernel, with a real window (a plain pointwise convolution reads its
-/// input in place already), output rows wide enough to fill 16-pixel
-/// vectors and enough output channels to share each B row.
+/// Whether a convolution runs direct ([`via_direct`]): on a kernel that
+/// has a direct product (AVX-512 or AVX2), with a real window (a plain
+/// pointwise convolution reads its input in place already), output rows
+/// wide enough to fill the vectors and enough output channels to share
+/// each B row.
 fn direct(g: &ConvGeom, cx: &CpuCtx) -> bool {
-    let f = cx.features;
-    f.avx512f
-        && f.avx2_fma
+    direct_lanes(cx.features).is_some()
         && !g.win.pointwise()
         && g.win.ow >= DIRECT_MIN_OW
         && g.mg >= DIRECT_MIN_MG
@@ -1072,7 +1071,8 @@ fn via_direct(
                         let (c, tap) = (p / taps, p % taps);
                         cols.tap_base(c, tap / win.kw, tap % win.kw)
                     }));
-                    segs = direct_segments(win.oh, win.ow, win.sh * cols.row);
+                    let lanes = direct_lanes(cx.features).expect("direct() checked the kernel");
+                    segs = direct_segments(win.oh, win.ow, win.sh * cols.row, lanes);
                 }
                 let y0 = (ni * g.m + gi * g.mg) * out_plane;
                 let ylen = g.mg * out_plane;
@@ -1096,13 +1096,12 @@ fn via_direct(
 }
 
 /// The segments of a direct convolution with `oh × ow` outputs, where
-/// output (oh, ow) reads at `oh * step + ow` from where its taps start: 32
-/// consecutive floats at a time along the padded input, each output row
+/// output (oh, ow) reads at `oh * step + ow` from where its taps start:
+/// `lanes` consecutive floats at a time along the padded input, each output row
 /// met a piece, so that with stride-1 rows a segment runs on into the next
 /// output row (just the padding columns between them wasted) instead of
 /// leaving the rest of its vectors empty.
-fn direct_segments(oh: usize, ow: usize, step: usize) -> Vec<DirectSeg> {
-    const LANES: usize = 32;
+fn direct_segments(oh: usize, ow: usize, step: usize, lanes: usize) -> Vec<DirectSeg> {
     let mut segs = Vec::new();
     let empty = DirectSeg {
         b_off: 0,
@@ -1114,7 +1113,7 @@ fn direct_segments(oh: usize, ow: usize, step: usize) -> Vec<DirectSeg> {
     for h in 0..oh {
         let (mut q, mut col, mut left) = (h * step, h * ow, ow);
         while left > 0 {
-            if cur.n > 0 && (q - cur.b_off >= LANES || cur.n == DIRECT_PIECES) {
+            if cur.n > 0 && (q - cur.b_off >= lanes || cur.n == DIRECT_PIECES) {
                 segs.push(cur);
                 cur = empty;
             }
@@ -1122,7 +1121,7 @@ fn direct_segments(oh: usize, ow: usize, step: usize) -> Vec<DirectSeg> {
                 cur.b_off = q;
             }
             let lo = q - cur.b_off;
-            let take = left.min(LANES - lo);
+            let take = left.min(lanes - lo);
             cur.pieces[cur.n] = DirectPiece {
                 lo,
                 hi: lo + take,
@@ -1564,8 +1563,7 @@ mod tests {
 
     #[test]
     fn direct_convolutions() {
-        let f = Features::detect();
-        let avx512 = f.avx512f && f.avx2_fma;
+        let has_direct = direct_lanes(Features::detect()).is_some();
         let mut cases = Vec::new();
         // Rows of 40 pixels (a 32-wide and an 8-wide segment), bias,
         // residual and a fused Relu, big enough for two threads.
@@ -1627,30 +1625,37 @@ mod tests {
         c.residual = true;
         cases.push(c);
         for (i, c) in cases.iter().enumerate() {
-            assert_eq!(takes_direct(c), avx512, "{c:?}");
+            assert_eq!(takes_direct(c), has_direct, "{c:?}");
             check(c, 300 + i as u64);
         }
         // Too narrow or too few channels: the im2col path.
         assert!(!takes_direct(&case(&[1, 8, 13, 13], 32, &[3, 3])));
         assert!(!takes_direct(&case(&[1, 8, 30, 15], 32, &[3, 3])));
-        assert!(takes_direct(&case(&[1, 8, 16, 16], 32, &[3, 3])) || !avx512);
+        assert!(takes_direct(&case(&[1, 8, 16, 16], 32, &[3, 3])) || !has_direct);
         assert!(!takes_direct(&case(&[1, 8, 30, 30], 8, &[3, 3])));
         assert!(!takes_direct(&case(&[1, 8, 30, 30], 32, &[1, 1])));
     }
 
     #[test]
     fn direct_segments_cover_each_output_once() {
-        for (oh, ow, step) in [
-            (56, 56, 58),
-            (28, 28, 116),
-            (5, 26, 28),
-            (3, 7, 9),
-            (1, 40, 42),
+        for (oh, ow, step, lanes) in [
+            (56, 56, 58, 32),
+            (28, 28, 116, 32),
+            (5, 26, 28, 32),
+            (3, 7, 9, 32),
+            (1, 40, 42, 32),
+            (56, 56, 58, 16),
+            (5, 26, 28, 16),
+            (3, 7, 9, 16),
+            (4, 5, 6, 16),
         ] {
-            let segs = direct_segments(oh, ow, step);
+            let segs = direct_segments(oh, ow, step, lanes);
             let mut next = 0;
             for s in &segs {
-                assert!(s.width <= 32 && (1..=DIRECT_PIECES).contains(&s.n), "{s:?}");
+                assert!(
+                    s.width <= lanes && (1..=DIRECT_PIECES).contains(&s.n),
+                    "{s:?}"
+                );
                 for pc in &s.pieces[..s.n] {
                     // Lane l reads at b_off + l: output (h, w) reads h*step + w.
                     assert_eq!(pc.col, next, "{s:?}");
@@ -1663,8 +1668,12 @@ mod tests {
             assert_eq!(next, oh * ow);
         }
         // Stride-1 rows share segments: 56 wide rows, 2 padding columns.
-        let n = direct_segments(56, 56, 58).len();
-        assert!(n <= (55 * 58 + 56usize).div_ceil(32) && n >= (56 * 56usize).div_ceil(32));
+        for lanes in [16, 32] {
+            let n = direct_segments(56, 56, 58, lanes).len();
+            assert!(
+                n <= (55 * 58 + 56usize).div_ceil(lanes) && n >= (56 * 56usize).div_ceil(lanes)
+            );
+        }
     }
 
     /// Direct vs im2col on ResNet-18's shapes, one thread:

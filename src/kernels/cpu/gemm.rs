@@ -272,6 +272,14 @@ pub fn sgemm_packed(
     gemm(m, b.n, b.k, alpha, a, BSrc::Packed(b), c, ldc, ep, cx);
 }
 
+/// The widest segment [`gemm_direct`] takes with the kernel `features`
+/// select (its register tile's columns); `None` when it runs no direct
+/// product (the portable kernel).
+pub fn direct_lanes(features: Features) -> Option<usize> {
+    let kern = Kernel::select(features);
+    (kern != Kernel::Portable).then(|| kern.nr())
+}
+
 /// Most pieces a [`DirectSeg`] has.
 pub const DIRECT_PIECES: usize = 3;
 
@@ -284,7 +292,7 @@ pub struct DirectPiece {
     pub col: usize,
 }
 
-/// Up to 32 consecutive columns ("lanes") of a B read in place through a
+/// Up to [`direct_lanes`] consecutive columns ("lanes") of a B read in place through a
 /// depth offset table (see [`gemm_direct`]): B row p of the segment is the
 /// `width` floats at `offs[p] + b_off`. Its lanes land in C as up to
 /// [`DIRECT_PIECES`] runs (`pieces[..n]`); lanes in no piece are computed
@@ -304,13 +312,14 @@ pub struct DirectSeg {
 /// `data` the padded input, `offs` where each tap reads and segments
 /// running along the padded rows, their pieces the output pixels. Columns
 /// of C outside the segments are not touched; the epilogue's `bias_col`
-/// is not supported (a convolution's bias is by row). AVX-512 only: returns `false` (touching nothing) when
-/// `cx.features` select another kernel or A was packed for one, or when
-/// the depth is 0.
+/// is not supported (a convolution's bias is by row). AVX-512 and AVX2
+/// kernels only (segments at most [`direct_lanes`] wide): returns `false`
+/// (touching nothing) when `cx.features` select the portable kernel or A
+/// was packed for another one, or when the depth is 0.
 ///
 /// # Panics
-/// When `offs` does not have A's depth, a segment reads (32 floats per
-/// row, whatever its width) or writes out of bounds, the pieces of the
+/// When `offs` does not have A's depth, a segment is too wide, reads (the
+/// kernel's lanes per row, whatever its width) or writes out of bounds, the pieces of the
 /// segments do not come in increasing, disjoint column order (which makes
 /// the segments' columns disjoint) or `bias_col` is given (caller bugs).
 #[allow(clippy::too_many_arguments)]
@@ -326,9 +335,11 @@ pub fn gemm_direct(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if Kernel::select(cx.features) != Kernel::Avx512 || a.mr != MR_AVX512 {
+        let kern = Kernel::select(cx.features);
+        if kern == Kernel::Portable || a.mr != kern.mr() {
             return false;
         }
+        let (mr, nr) = (kern.mr(), kern.nr());
         let (m, k) = (a.m, a.k);
         assert_eq!(offs.len(), k, "gemm_direct: one offset per depth step");
         if k == 0 {
@@ -343,7 +354,7 @@ pub fn gemm_direct(
         let mut end = 0;
         for s in segs {
             assert!(
-                (1..=NR_AVX512).contains(&s.width) && (1..=DIRECT_PIECES).contains(&s.n),
+                (1..=nr).contains(&s.width) && (1..=DIRECT_PIECES).contains(&s.n),
                 "gemm_direct: segment {s:?} has no lanes, too many or no pieces"
             );
             for pc in &s.pieces[..s.n] {
@@ -355,7 +366,7 @@ pub fn gemm_direct(
                 assert!(end <= ldc, "gemm_direct: segment {s:?} past ldc {ldc}");
             }
             assert!(
-                k == 0 || max_off + s.b_off + NR_AVX512 <= data.len(),
+                k == 0 || max_off + s.b_off + nr <= data.len(),
                 "gemm_direct: segment {s:?} reads past the {} floats of B",
                 data.len()
             );
@@ -376,19 +387,34 @@ pub fn gemm_direct(
         let cp = CPtr(c.as_mut_ptr());
         // Segments go in blocks whose C columns (all of A's rows) stay in
         // L2 while every depth block of A streams through them.
-        let block = (DIRECT_C_BLOCK / (m * NR_AVX512)).max(1);
-        let panels = m.div_ceil(MR_AVX512);
+        let block = (DIRECT_C_BLOCK / (m * nr)).max(1);
+        let panels = m.div_ceil(mr);
         // Segments `chunk` on A panels `p0..p1`.
         let run = |chunk: &[DirectSeg], p0: usize, p1: usize| {
             for blk in chunk.chunks(block) {
-                // SAFETY: AVX-512F is present (the kernel was selected); the
-                // segments' reads and C's rectangle were checked above, and
-                // each (segment, panel) tile belongs to one task only.
-                unsafe { direct_block(a, data, offs, blk, p0..p1, cp, ldc, ep, clamp, late_act) }
+                // SAFETY: the kernel's features are present (it was
+                // selected); the segments' reads and C's rectangle were
+                // checked above, and each (segment, panel) tile belongs to
+                // one task only.
+                unsafe {
+                    direct_block(
+                        kern,
+                        a,
+                        data,
+                        offs,
+                        blk,
+                        p0..p1,
+                        cp,
+                        ldc,
+                        ep,
+                        clamp,
+                        late_act,
+                    )
+                }
             }
         };
         let (t, n_seg) = (cx.threads, segs.len());
-        let macs = m * k * n_seg * NR_AVX512;
+        let macs = m * k * n_seg * nr;
         if t > 1 && macs >= PARALLEL_MIN_MACS && (n_seg > 1 || panels > 1) {
             if n_seg >= 8 * t || panels < t {
                 // Even ranges of segments, a few per thread.
@@ -434,12 +460,13 @@ const DIRECT_KC: usize = 384;
 /// segments).
 ///
 /// # Safety
-/// AVX-512F is present; each segment's B rows (32 floats at `offs[p] +
-/// b_off`) lie in `data`, and its C columns (all of A's rows) lie in C and
-/// belong to the caller alone.
+/// `kern` is AVX-512 or AVX2 and its features are present; each segment's
+/// B rows (the kernel's NR floats at `offs[p] + b_off`) lie in `data`, and
+/// its C columns (all of A's rows) lie in C and belong to the caller alone.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn direct_block(
+    kern: Kernel,
     a: &PackedA,
     data: &[f32],
     offs: &[usize],
@@ -451,7 +478,7 @@ unsafe fn direct_block(
     clamp: Option<(f32, f32)>,
     late_act: Option<&Activation>,
 ) {
-    let (m, k, mr) = (a.m, a.k, MR_AVX512);
+    let (m, k, mr) = (a.m, a.k, kern.mr());
     let ad = a.data();
     for pc in (0..k).step_by(DIRECT_KC) {
         let kc = DIRECT_KC.min(k - pc);
@@ -464,33 +491,43 @@ unsafe fn direct_block(
             let i = t * mr;
             let rows = mr.min(m - i);
             let ap = ad[t * k * mr + pc * mr..].as_ptr();
+            // A segment that is one run of C from its lane 0 is stored as
+            // a plain tile at that run (no per-piece masks).
+            let (col0, pieces) = match s.pieces[..s.n] {
+                [p] if p.lo == 0 => (p.col, &[][..]),
+                _ => (0, &s.pieces[..s.n]),
+            };
             let tep = if last {
                 TileEp {
                     bias_col: std::ptr::null(),
                     bias_row: ep.bias_row.map_or(std::ptr::null(), |b| b[i..].as_ptr()),
                     residual: ep
                         .residual
-                        .map_or(std::ptr::null(), |r| r[i * ldc..].as_ptr()),
+                        .map_or(std::ptr::null(), |r| r[i * ldc + col0..].as_ptr()),
                     clamp,
                 }
             } else {
                 TileEp::NONE
             };
             let tile = Tile {
-                c: c.0.add(i * ldc),
+                c: c.0.add(i * ldc + col0),
                 ldc,
                 rows,
                 cols: s.width,
                 alpha: 1.0,
                 accumulate: !first,
                 ep: tep,
-                pieces: &s.pieces[..s.n],
+                pieces,
             };
             let b = Offsets {
                 base,
                 offs: offs[pc..].as_ptr(),
             };
-            kernel_avx512_rows(kc, ap, b, &tile);
+            match kern {
+                Kernel::Avx512 => kernel_avx512_rows(kc, ap, b, &tile),
+                Kernel::Avx2 => kernel_avx2_rows(kc, ap, b, &tile),
+                Kernel::Portable => unreachable!("gemm_direct declines the portable kernel"),
+            }
             if let (true, Some(act)) = (last, late_act) {
                 for r in i..i + rows {
                     for pc in &s.pieces[..s.n] {
@@ -520,6 +557,10 @@ enum Kernel {
 const MR_AVX512: usize = 12;
 /// Columns of the AVX-512 register tile (two zmm vectors).
 const NR_AVX512: usize = 32;
+/// Rows of the AVX2 register tile.
+const MR_AVX2: usize = 6;
+/// Columns of the AVX2 register tile (two ymm vectors).
+const NR_AVX2: usize = 16;
 
 impl Kernel {
     fn select(f: Features) -> Kernel {
@@ -542,7 +583,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => MR_AVX512,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => 6,
+            Kernel::Avx2 => MR_AVX2,
             Kernel::Portable => 4,
         }
     }
@@ -550,11 +591,7 @@ impl Kernel {
     /// Whether the kernel can read B's panels in place (depth steps any
     /// stride apart) rather than packed.
     fn reads_b_in_place(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self == Kernel::Avx512 {
-            return true;
-        }
-        false
+        self != Kernel::Portable
     }
 
     /// Columns of the register tile (and of a packed B panel).
@@ -563,7 +600,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => NR_AVX512,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => 16,
+            Kernel::Avx2 => NR_AVX2,
             Kernel::Portable => 16,
         }
     }
@@ -952,8 +989,8 @@ impl Gemm<'_> {
                     Kernel::Avx512 => unsafe { kernel_avx512(kc, ap, bp, bstep, &tile) },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: Avx2 is only selected when the CPU has AVX2
-                    // and FMA; `ap`/`bp` hold kc*6 and kc*16 floats.
-                    Kernel::Avx2 => unsafe { kernel_avx2(kc, ap, bp, &tile) },
+                    // and FMA; `ap` holds kc*6 floats, `bp` kc rows of 16.
+                    Kernel::Avx2 => unsafe { kernel_avx2(kc, ap, bp, bstep, &tile) },
                     // SAFETY: `ap`/`bp` hold kc*4 and kc*16 floats.
                     Kernel::Portable => unsafe { kernel_portable(kc, ap, bp, &tile) },
                 }
@@ -1255,41 +1292,105 @@ unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
     }
 }
 
-/// AVX2/FMA micro-kernel: a `6 × 16` tile in 12 ymm accumulators; per depth
-/// step two loads of B, six broadcasts of A, twelve FMAs.
+/// AVX2/FMA micro-kernel for a tile of any size up to `6 × 16`: picks the
+/// instance of [`tile_avx2`] that computes just the tile's rows and column
+/// vectors.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `a` holds `kc*6` floats, `b` `kc*16`,
-/// and the tile lies inside C with no other live reference to it.
+/// The CPU must support AVX2 and FMA; `a` holds `kc*6` floats, `b` `kc`
+/// rows of 16 floats `bstep` apart, and the tile lies inside C with no
+/// other live reference to it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
+unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], bstep: usize, t: &Tile) {
+    debug_assert!(a.len() >= kc * MR_AVX2 && b.len() >= (kc - 1) * bstep + NR_AVX2);
+    let b = Strided {
+        p: b.as_ptr(),
+        step: bstep,
+    };
+    kernel_avx2_rows(kc, a.as_ptr(), b, t)
+}
+
+/// [`kernel_avx2`] with B's rows given by a cursor.
+///
+/// # Safety
+/// As [`kernel_avx2`]: `a` points at `kc*6` floats and `b` yields `kc`
+/// rows of 16 readable floats (8 when the tile has at most 8 columns).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2_rows<B: BRows>(kc: usize, a: *const f32, b: B, t: &Tile) {
+    debug_assert!(t.rows >= 1 && t.rows <= MR_AVX2 && t.cols >= 1 && t.cols <= NR_AVX2);
+    macro_rules! by_rows {
+        ($($r:literal)*) => {
+            match (t.rows, t.cols > 8) {
+                $(
+                    ($r, true) => tile_avx2::<$r, 2, B>(kc, a, b, t),
+                    ($r, false) => tile_avx2::<$r, 1, B>(kc, a, b, t),
+                )*
+                _ => unreachable!("a tile has 1 to {MR_AVX2} rows"),
+            }
+        };
+    }
+    by_rows!(1 2 3 4 5 6)
+}
+
+/// The AVX2 lane mask (all bits set in lane i) of the lanes whose bit is
+/// set in `bits`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lane_mask_avx2(bits: u32) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    const MR: usize = 6;
-    const NR: usize = 16;
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-    // C is read (accumulate) or written at the end: start fetching its
-    // lines now so the store does not wait on L3 or memory.
-    for r in 0..t.rows {
+    let lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(bits as i32), lane_bits),
+        lane_bits,
+    )
+}
+
+/// AVX2 micro-kernel body: rows `0..R` of a `6 × 16` panel pair, `NV` (1 or
+/// 2) vectors of 8 columns, in `R·NV` ymm accumulators (12 for a full tile:
+/// enough independent FMA chains for two FMA pipes of latency 4 or 5, with
+/// registers left for two B vectors and a broadcast). Per depth step: `NV`
+/// loads of B, `R` broadcasts of A, `R·NV` FMAs. The store scales by alpha,
+/// applies the fused epilogue and masks the columns past the tile.
+///
+/// # Safety
+/// As [`kernel_avx2_rows`], with `R` the tile's rows and `NV` covering its
+/// columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize, const NV: usize, B: BRows>(
+    kc: usize,
+    a: *const f32,
+    mut b: B,
+    t: &Tile,
+) {
+    use std::arch::x86_64::*;
+    // Start fetching C's lines (read when accumulating, written at the end).
+    for r in 0..R {
         let cp = t.c.add(r * t.ldc) as *const i8;
         _mm_prefetch::<_MM_HINT_T0>(cp);
         _mm_prefetch::<_MM_HINT_T0>(cp.add((t.cols - 1) * 4));
     }
-    let mut ap = a.as_ptr();
-    let mut bp = b.as_ptr();
-    let mut c0 = [_mm256_setzero_ps(); MR];
-    let mut c1 = [_mm256_setzero_ps(); MR];
+    let mut acc = [[_mm256_setzero_ps(); NV]; R];
+    let mut ap = a;
     macro_rules! step {
         () => {{
+            let bp = b.next_row();
             let b0 = _mm256_loadu_ps(bp);
-            let b1 = _mm256_loadu_ps(bp.add(8));
-            for r in 0..MR {
+            let b1 = if NV == 2 {
+                _mm256_loadu_ps(bp.add(8))
+            } else {
+                b0
+            };
+            for r in 0..R {
                 let x = _mm256_broadcast_ss(&*ap.add(r));
-                c0[r] = _mm256_fmadd_ps(x, b0, c0[r]);
-                c1[r] = _mm256_fmadd_ps(x, b1, c1[r]);
+                acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+                if NV == 2 {
+                    acc[r][NV - 1] = _mm256_fmadd_ps(x, b1, acc[r][NV - 1]);
+                }
             }
-            ap = ap.add(MR);
-            bp = bp.add(NR);
+            ap = ap.add(MR_AVX2);
         }};
     }
     let mut p = 0;
@@ -1304,61 +1405,131 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], t: &Tile) {
         step!();
         p += 1;
     }
+    if !t.pieces.is_empty() {
+        store_pieces_avx2::<R, NV>(&acc, t);
+        return;
+    }
     let alpha = _mm256_set1_ps(t.alpha);
     let ep = t.ep;
-    if t.rows == MR && t.cols == NR {
-        let (lo, hi) = ep.clamp.unwrap_or((0.0, 0.0));
-        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-        for r in 0..MR {
-            let cp = t.c.add(r * t.ldc);
-            let (mut v0, mut v1) = (c0[r], c1[r]);
-            if t.accumulate {
-                v0 = _mm256_fmadd_ps(v0, alpha, _mm256_loadu_ps(cp));
-                v1 = _mm256_fmadd_ps(v1, alpha, _mm256_loadu_ps(cp.add(8)));
-            } else {
-                v0 = _mm256_mul_ps(v0, alpha);
-                v1 = _mm256_mul_ps(v1, alpha);
+    let (lo, hi) = ep.clamp.unwrap_or((0.0, 0.0));
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    // Per vector: its columns in the tile, and their lane mask.
+    let widths: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(v * 8).min(8));
+    let masks: [__m256i; NV] = std::array::from_fn(|v| lane_mask_avx2((1u32 << widths[v]) - 1));
+    for (r, acc_r) in acc.iter().enumerate() {
+        let cp = t.c.add(r * t.ldc);
+        for (v, &acc_v) in acc_r.iter().enumerate() {
+            let (off, m, full) = (v * 8, masks[v], widths[v] == 8);
+            macro_rules! load {
+                ($p:expr) => {
+                    if full {
+                        _mm256_loadu_ps($p)
+                    } else {
+                        _mm256_maskload_ps($p, m)
+                    }
+                };
             }
+            let mut x = if t.accumulate {
+                _mm256_fmadd_ps(acc_v, alpha, load!(cp.add(off)))
+            } else {
+                _mm256_mul_ps(acc_v, alpha)
+            };
             if !ep.bias_col.is_null() {
-                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ep.bias_col));
-                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ep.bias_col.add(8)));
+                x = _mm256_add_ps(x, load!(ep.bias_col.add(off)));
             }
             if !ep.bias_row.is_null() {
-                let br = _mm256_set1_ps(*ep.bias_row.add(r));
-                v0 = _mm256_add_ps(v0, br);
-                v1 = _mm256_add_ps(v1, br);
+                x = _mm256_add_ps(x, _mm256_set1_ps(*ep.bias_row.add(r)));
             }
             if !ep.residual.is_null() {
-                let rp = ep.residual.add(r * t.ldc);
-                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rp));
-                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8)));
+                x = _mm256_add_ps(x, load!(ep.residual.add(r * t.ldc + off)));
             }
             if ep.clamp.is_some() {
                 // max first, then min: NaN becomes lo like f32::max.
-                v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
-                v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
+                x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
             }
-            _mm256_storeu_ps(cp, v0);
-            _mm256_storeu_ps(cp.add(8), v1);
+            if full {
+                _mm256_storeu_ps(cp.add(off), x);
+            } else {
+                _mm256_maskstore_ps(cp.add(off), m, x);
+            }
         }
-    } else {
-        let mut buf = [0.0f32; MR * NR];
-        for r in 0..MR {
-            _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR), c0[r]);
-            _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR + 8), c1[r]);
+    }
+}
+
+/// The store of [`tile_avx2`] for a tile stored by pieces
+/// ([`Tile::pieces`]), as [`store_pieces`] does for AVX-512: each vector is
+/// read (when accumulating, and the residual) and written with one masked
+/// access per piece it overlaps, at the piece's own offset.
+///
+/// # Safety
+/// As [`tile_avx2`]; the pieces' columns lie in C (and the residual) on
+/// every row of the tile, and `bias_col` is null.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_pieces_avx2<const R: usize, const NV: usize>(
+    acc: &[[std::arch::x86_64::__m256; NV]; R],
+    t: &Tile,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(t.ep.bias_col.is_null());
+    let alpha = _mm256_set1_ps(t.alpha);
+    let ep = t.ep;
+    let (lo, hi) = ep.clamp.unwrap_or((0.0, 0.0));
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    // Per piece and vector: whether it has lanes there, their mask, and
+    // where lane 0 of the vector would land (only masked lanes are ever
+    // accessed).
+    // A vector that one piece covers whole is accessed unmasked (masked
+    // stores are slow on some CPUs).
+    let mut parts = [[(0u32, _mm256_setzero_si256(), 0isize); NV]; DIRECT_PIECES];
+    for (pc, part) in t.pieces.iter().zip(parts.iter_mut()) {
+        let lanes = (1u32 << pc.hi) - (1u32 << pc.lo);
+        for (v, pv) in part.iter_mut().enumerate() {
+            let bits = (lanes >> (8 * v)) & 0xFF;
+            let off = pc.col as isize - pc.lo as isize + 8 * v as isize;
+            *pv = (bits, lane_mask_avx2(bits), off);
         }
-        for r in 0..t.rows {
-            let cp = t.c.add(r * t.ldc);
-            for c in 0..t.cols {
-                let v = buf[r * NR + c];
-                let o = &mut *cp.add(c);
-                // Same rounding as the full-tile path (one fused op).
-                let x = if t.accumulate {
-                    v.mul_add(t.alpha, *o)
-                } else {
-                    v * t.alpha
-                };
-                *o = ep_scalar(t, r, c, x);
+    }
+    let parts = &parts[..t.pieces.len()];
+    // Disjoint pieces: OR-ing their masked (zero elsewhere) loads is exact.
+    macro_rules! gather {
+        ($p:expr, $v:expr) => {{
+            let mut x = _mm256_setzero_ps();
+            for part in parts {
+                let (bits, m, off) = part[$v];
+                if bits == 0xFF {
+                    x = _mm256_loadu_ps($p.wrapping_offset(off));
+                } else if bits != 0 {
+                    x = _mm256_or_ps(x, _mm256_maskload_ps($p.wrapping_offset(off), m));
+                }
+            }
+            x
+        }};
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let cp = t.c.add(r * t.ldc);
+        for (v, &acc_v) in acc_r.iter().enumerate() {
+            let mut x = if t.accumulate {
+                _mm256_fmadd_ps(acc_v, alpha, gather!(cp as *const f32, v))
+            } else {
+                _mm256_mul_ps(acc_v, alpha)
+            };
+            if !ep.bias_row.is_null() {
+                x = _mm256_add_ps(x, _mm256_set1_ps(*ep.bias_row.add(r)));
+            }
+            if !ep.residual.is_null() {
+                x = _mm256_add_ps(x, gather!(ep.residual.add(r * t.ldc), v));
+            }
+            if ep.clamp.is_some() {
+                x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+            }
+            for part in parts {
+                let (bits, m, off) = part[v];
+                if bits == 0xFF {
+                    _mm256_storeu_ps(cp.wrapping_offset(off), x);
+                } else if bits != 0 {
+                    _mm256_maskstore_ps(cp.wrapping_offset(off), m, x);
+                }
             }
         }
     }
