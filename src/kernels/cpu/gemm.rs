@@ -20,8 +20,9 @@
 //! convolutions). Transposed operands are handled by the packing routines,
 //! `alpha` when the tile is stored. On the last depth block the kernels
 //! apply the epilogue's adds (bias by column or row, residual) and a Relu or
-//! Clip on the registers before the store; other activations run on the
-//! stored tile right after, while it is still in L1.
+//! Clip on the registers before the store; other activations run on each
+//! finished block of C (rows of up to `NC`: called per tile, their
+//! overhead cost more than the block's trip to L2).
 //!
 //! Either operand can also come ready-made ([`ASrc`], [`BSrc`]): packed
 //! once for the whole model ([`pack_a`], [`pack_b`]: constant weights are
@@ -483,10 +484,15 @@ unsafe fn direct_block(
     for pc in (0..k).step_by(DIRECT_KC) {
         let kc = DIRECT_KC.min(k - pc);
         let (first, last) = (pc == 0, pc + kc == k);
-        for (s, t) in segs
-            .iter()
-            .flat_map(|s| panels.clone().map(move |t| (s, t)))
-        {
+        // Shallow: each A panel along the segments, as in
+        // `Gemm::macro_kernel`.
+        let (np, ns) = (panels.len(), segs.len());
+        for idx in 0..np * ns {
+            let (s, t) = if kc <= SHALLOW_KC {
+                (&segs[idx % ns], panels.start + idx / ns)
+            } else {
+                (&segs[idx / np], panels.start + idx % np)
+            };
             let base = data.as_ptr().add(s.b_off);
             let i = t * mr;
             let rows = mr.min(m - i);
@@ -726,6 +732,9 @@ pub fn gemm(
     });
 }
 
+/// Depth blocks at most this deep run along C's rows ([`Gemm::macro_kernel`]).
+const SHALLOW_KC: usize = 64;
+
 /// Multiply-adds that packing one float costs about as much time as (a
 /// strided read and a write against ~100 FMAs a nanosecond).
 const PACK_COST_MACS: usize = 16;
@@ -929,6 +938,11 @@ impl Gemm<'_> {
                         tail,
                     };
                     self.macro_kernel(&blocks, ic, mc, jc, nc, kc, first, last);
+                    if let (true, Some(act)) = (last, self.late_act) {
+                        // Once per block, on rows of nc: per tile, the call
+                        // overhead cost more than the block's trip to L2/L3.
+                        self.activate_tile(ic, mc, jc, nc, act);
+                    }
                 }
             }
         }
@@ -936,7 +950,7 @@ impl Gemm<'_> {
 
     /// Multiplies a packed A block by a packed B block into C; on the last
     /// depth block the kernels also apply the epilogue's adds and clamp as
-    /// they store, and any other activation follows on the stored tile.
+    /// they store (the caller applies any other activation).
     #[allow(clippy::too_many_arguments)]
     fn macro_kernel(
         &self,
@@ -950,7 +964,18 @@ impl Gemm<'_> {
         last: bool,
     ) {
         let (mr, nr) = (self.kern.mr(), self.kern.nr());
-        for q in 0..nc.div_ceil(nr) {
+        let (nq, nt) = (nc.div_ceil(nr), mc.div_ceil(mr));
+        // A shallow product (a 1x1 convolution over few channels) is bound
+        // by C's stores: each A panel sweeps along C's rows (a few
+        // sequential streams) instead of each B panel down C's columns (a
+        // line in every row at once).
+        let along_rows = kc <= SHALLOW_KC;
+        for idx in 0..nq * nt {
+            let (q, t) = if along_rows {
+                (idx % nq, idx / nq)
+            } else {
+                (idx / nt, idx % nt)
+            };
             let j = jc + q * nr;
             let cols = nr.min(nc - q * nr);
             let (bp, bstep) = match blk.tail {
@@ -960,7 +985,7 @@ impl Gemm<'_> {
                     (&blk.b[s..s + (kc - 1) * blk.bstep + nr], blk.bstep)
                 }
             };
-            for t in 0..mc.div_ceil(mr) {
+            {
                 let i = ic + t * mr;
                 let rows = mr.min(mc - t * mr);
                 let ap = &blk.a[t * blk.astride..t * blk.astride + kc * mr];
@@ -994,10 +1019,6 @@ impl Gemm<'_> {
                     // SAFETY: `ap`/`bp` hold kc*4 and kc*16 floats.
                     Kernel::Portable => unsafe { kernel_portable(kc, ap, bp, &tile) },
                 }
-                if let (true, Some(act)) = (last, self.late_act) {
-                    // The tile is still in L1: finish it now.
-                    self.activate_tile(i, rows, j, cols, act);
-                }
             }
         }
     }
@@ -1016,7 +1037,7 @@ impl Gemm<'_> {
     }
 
     /// Applies an activation that is not fused into the kernels to a stored
-    /// tile.
+    /// rectangle of C.
     fn activate_tile(&self, i: usize, rows: usize, j: usize, cols: usize, act: &Activation) {
         for r in i..i + rows {
             // SAFETY: row r, columns j..j+cols of C belong to this task's
