@@ -415,6 +415,47 @@ fn non_f32_values_and_graph_inputs_as_outputs() {
 }
 
 #[test]
+fn gather_of_f32_data_copies_rows_for_i64_and_i32_indices() {
+    // Embedding-style lookups: i64 indices from a graph input (negative
+    // ones too) along axis 1, i32 constant indices along the last axis.
+    let mut g = Graph::new("gather", 17);
+    let x = g.add_input("x", f32_ty(&[4, 5, 3]));
+    let idx = g.add_input("idx", TensorType::new(DType::I64, Shape::known(&[2, 3])));
+    let i32_idx = g.add_const(
+        "cols",
+        Tensor::new(vec![2], mlc::ir::TensorData::I32(vec![2, -3])).unwrap(),
+    );
+    let rows = node(
+        &mut g,
+        "rows",
+        Op::Gather { axis: 1 },
+        &[x, idx],
+        &[4, 2, 3, 3],
+    );
+    let cols = node(
+        &mut g,
+        "cols",
+        Op::Gather { axis: -1 },
+        &[x, i32_idx],
+        &[4, 5, 2],
+    );
+    g.outputs.extend([rows, cols]);
+    let mut ins = random_inputs(&g, 5, &BTreeMap::new()).unwrap();
+    ins[1] = Tensor::from_i64(vec![2, 3], vec![0, 4, -1, 2, -5, 3]).unwrap();
+    let plan = check_against_interp("gather", &g, &ins, single());
+    assert_eq!(step(&plan, "rows").exec, ExecKind::Fast);
+    assert_eq!(step(&plan, "cols").exec, ExecKind::Fast);
+    // An index out of range is an error naming the node, not a panic.
+    let mut plan = Plan::new(&g, &[vec![4, 5, 3], vec![2, 3]], single()).unwrap();
+    ins[1] = Tensor::from_i64(vec![2, 3], vec![0, 1, 2, 3, 4, 5]).unwrap();
+    let e = plan.run(&ins).unwrap_err().to_string();
+    assert!(
+        e.contains("rows") && e.contains("index 5 is out of range"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_inputs_are_errors() {
     let g = fixture("mlp");
     let mut plan = Plan::new(&g, &[vec![2, 64]], single()).unwrap();

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use super::plan::{Exec, Loc, Plan, Step, ValueInfo};
-use crate::ir::{Tensor, ValueId};
+use crate::ir::{DType, Tensor, ValueId};
 use crate::kernels::cpu::{self, CpuCtx, View, ViewMut};
 use crate::kernels::reference;
 use crate::{Error, Result};
@@ -75,6 +75,26 @@ unsafe fn f32_data<'a>(
         // SAFETY: forwarded to the caller.
         Loc::Arena { offset, len } => Ok(unsafe { arena.slice(*offset, *len) }),
         Loc::Boxed(_) => Err(missing()),
+    }
+}
+
+/// A value held as a tensor (a graph input, a constant or a boxed value);
+/// an arena value is an error.
+fn held_tensor<'a>(env: &'a Env, v: ValueId) -> Result<&'a Tensor> {
+    match &value(env.values, v)?.loc {
+        Loc::Input(i) => env
+            .inputs
+            .get(*i)
+            .ok_or_else(|| Error::Internal("missing graph input".into())),
+        Loc::Const(t) => Ok(t.as_ref()),
+        Loc::Boxed(s) => env
+            .boxed
+            .get(*s)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::Internal(format!("value {v} is read after it was freed"))),
+        Loc::Arena { .. } => Err(Error::Internal(format!(
+            "value {v} is in the arena, not held as a tensor"
+        ))),
     }
 }
 
@@ -275,6 +295,33 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
             run_reference(step, env)?;
             Ok(true)
         }
+        Exec::Gather { axis } => {
+            let (off, len) = output_range(step, env, 0)?;
+            let x_info = value(env.values, input(step, 0)?)?;
+            let ind = held_tensor(env, input(step, 1)?)?;
+            let widened;
+            let indices = match (ind.dtype(), ind.as_i64()) {
+                (_, Some(i)) => i,
+                (DType::I32, None) => {
+                    widened = reference::util::i64_values("Gather", "indices", ind)?;
+                    &widened
+                }
+                (other, None) => {
+                    return Err(Error::op(
+                        "Gather",
+                        format!("indices must be i32 or i64, got {other}"),
+                    ))
+                }
+            };
+            // SAFETY: the output range is disjoint from the data's
+            // (Plan::check_views); the views end with this block.
+            unsafe {
+                let x = f32_data(x_info, env.inputs, env.arena)?;
+                let out = env.arena.slice_mut(off, len);
+                crate::kernels::cpu::ops::gather_f32(&x_info.shape, x, *axis, indices, out)?;
+            }
+            Ok(false)
+        }
         Exec::Quant(q) => {
             let (off, len) = output_range(step, env, 0)?;
             // SAFETY: the output range is disjoint from every input range of
@@ -401,19 +448,7 @@ fn run_reference(step: &Step, env: &mut Env) -> Result<()> {
             let r = match (v, own) {
                 (None, _) => None,
                 (Some(_), Some(t)) => Some(t),
-                (Some(v), None) => Some(match &value(env.values, *v)?.loc {
-                    Loc::Input(i) => env
-                        .inputs
-                        .get(*i)
-                        .ok_or_else(|| Error::Internal("missing graph input".into()))?,
-                    Loc::Const(t) => t.as_ref(),
-                    Loc::Boxed(s) => {
-                        env.boxed.get(*s).and_then(Option::as_ref).ok_or_else(|| {
-                            Error::Internal(format!("value {v} is read after it was freed"))
-                        })?
-                    }
-                    Loc::Arena { .. } => unreachable!("arena inputs are copied above"),
-                }),
+                (Some(v), None) => Some(held_tensor(env, *v)?),
             };
             refs.push(r);
         }

@@ -79,6 +79,10 @@ pub(crate) enum Exec {
     InPlace(ChainKernel),
     /// QConv / QMatMul on the int8 kernels.
     Quant(Arc<QuantStep>),
+    /// Gather of f32 data by integer indices along `axis` (normalized), as
+    /// row copies: its indices are not f32, which would send it to the
+    /// reference kernel.
+    Gather { axis: usize },
 }
 
 /// How a step runs, as [`Plan::steps`] reports it.
@@ -382,6 +386,21 @@ impl Plan {
                     }
                 }
             }
+            if let (Op::Gather { axis }, Some(x), Some(_)) =
+                (&node.op, node.input(0), node.input(1))
+            {
+                let rank = shape_of(x).len() as i64;
+                if is_f32(x)
+                    && node.outputs.len() == 1
+                    && is_f32(node.outputs[0])
+                    && in_arena(node.outputs[0])
+                    && (-rank..rank).contains(axis)
+                {
+                    exec = Exec::Gather {
+                        axis: axis.rem_euclid(rank) as usize,
+                    };
+                }
+            }
             let in_shapes: Vec<Option<&[usize]>> =
                 node.inputs.iter().map(|v| v.map(shape_of)).collect();
             let out_shapes: Vec<&[usize]> = node.outputs.iter().map(|&o| shape_of(o)).collect();
@@ -507,7 +526,7 @@ impl Plan {
                 (unshared * 4) as f64 / arena_bytes as f64
             },
             live_peak_bytes: arena::lower_bound(&groups) * 4,
-            fast_nodes: count(|e| matches!(e, Exec::Fast)),
+            fast_nodes: count(|e| matches!(e, Exec::Fast | Exec::Gather { .. })),
             reference_nodes: count(|e| matches!(e, Exec::Reference)),
             copy_nodes: count(|e| matches!(e, Exec::Copy)),
             aliased_nodes: count(|e| matches!(e, Exec::Alias)),
@@ -666,7 +685,7 @@ impl Plan {
                 node: s.name.clone(),
                 op: s.op_type,
                 exec: match s.exec {
-                    Exec::Fast => ExecKind::Fast,
+                    Exec::Fast | Exec::Gather { .. } => ExecKind::Fast,
                     Exec::Reference => ExecKind::Reference,
                     Exec::Copy => ExecKind::Copy,
                     Exec::Alias => ExecKind::Alias,

@@ -425,6 +425,48 @@ fn clip_impl(src: &[f32], dst: &mut [f32], lo: f32, hi: f32) {
 
 multiversion!(fn clip_slice(src: &[f32], dst: &mut [f32], lo: f32, hi: f32) => clip_impl);
 
+/// Gather of f32 data (shape `x_shape`) along `axis` by `indices`
+/// (negative ones count from the end) into `out`: one contiguous copy per
+/// (outer index, picked index), as an embedding lookup needs.
+///
+/// # Errors
+/// An index out of range for the gathered dim, or an `out` that does not
+/// hold the gathered shape.
+pub fn gather_f32(
+    x_shape: &[usize],
+    x: &[f32],
+    axis: usize,
+    indices: &[i64],
+    out: &mut [f32],
+) -> Result<()> {
+    let dim = x_shape.get(axis).copied().unwrap_or(0);
+    let outer: usize = x_shape[..axis.min(x_shape.len())].iter().product();
+    let inner: usize = x_shape.iter().skip(axis + 1).product();
+    if x.len() != outer * dim * inner || out.len() != outer * indices.len() * inner {
+        return Err(crate::Error::Internal(
+            "Gather: data or output of another size than its shape".into(),
+        ));
+    }
+    if inner == 0 || out.is_empty() {
+        return Ok(());
+    }
+    for (o, block) in out.chunks_exact_mut(indices.len() * inner).enumerate() {
+        let src = &x[o * dim * inner..(o + 1) * dim * inner];
+        for (&i, dst) in indices.iter().zip(block.chunks_exact_mut(inner)) {
+            let j = if i < 0 { i + dim as i64 } else { i };
+            if !(0..dim as i64).contains(&j) {
+                return Err(crate::Error::op(
+                    "Gather",
+                    format!("index {i} is out of range for a dim of {dim}"),
+                ));
+            }
+            let j = j as usize;
+            dst.copy_from_slice(&src[j * inner..(j + 1) * inner]);
+        }
+    }
+    Ok(())
+}
+
 /// Applies a fused-epilogue activation in place with the fast math.
 pub(crate) fn activation(act: &Activation, d: &mut [f32], avx: bool) {
     let u = match act {
