@@ -487,12 +487,24 @@ unsafe fn direct_block(
         // Shallow: each A panel along the segments, as in
         // `Gemm::macro_kernel`.
         let (np, ns) = (panels.len(), segs.len());
+        let shallow = kc <= SHALLOW_KC;
         for idx in 0..np * ns {
-            let (s, t) = if kc <= SHALLOW_KC {
-                (&segs[idx % ns], panels.start + idx / ns)
+            let (si, t) = if shallow {
+                (idx % ns, panels.start + idx / ns)
             } else {
-                (&segs[idx / np], panels.start + idx % np)
+                (idx / np, panels.start + idx % np)
             };
+            let s = &segs[si];
+            if !shallow && si + 1 < ns {
+                // The next segment's B rows: a share with each panel (see
+                // `Gemm::macro_kernel`).
+                let per = kc.div_ceil(np);
+                let p0 = (t - panels.start) * per;
+                let next = data.as_ptr().wrapping_add(segs[si + 1].b_off);
+                for &off in offs[pc..pc + kc].iter().skip(p0).take(per) {
+                    prefetch_rows(next.wrapping_add(off), 0..1, 0, kern.nr());
+                }
+            }
             let base = data.as_ptr().add(s.b_off);
             let i = t * mr;
             let rows = mr.min(m - i);
@@ -985,6 +997,15 @@ impl Gemm<'_> {
                     (&blk.b[s..s + (kc - 1) * blk.bstep + nr], blk.bstep)
                 }
             };
+            if !along_rows && q + 1 < nq {
+                // B's next panel comes from memory (weights streamed once
+                // per run, or an input read in place): fetch a share of its
+                // rows into L2 with each tile of this one.
+                let per = kc.div_ceil(nt);
+                let rows = (t * per).min(kc)..((t + 1) * per).min(kc);
+                let next = blk.b.as_ptr().wrapping_add((q + 1) * blk.bstride);
+                prefetch_rows(next, rows, blk.bstep, nr);
+            }
             {
                 let i = ic + t * mr;
                 let rows = mr.min(mc - t * mr);
@@ -1047,6 +1068,25 @@ impl Gemm<'_> {
             super::apply_activation(act, row);
         }
     }
+}
+
+/// Hints the CPU to fetch rows `rows` (each `width` floats, `step` apart)
+/// of the block at `p` into L2. Only a hint: the addresses need not be
+/// valid.
+#[inline(always)]
+fn prefetch_rows(p: *const f32, rows: std::ops::Range<usize>, step: usize, width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for r in rows {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let row = p.wrapping_add(r * step);
+        // SAFETY: a prefetch never faults and reads nothing architecturally.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T1>(row as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(width - 1) as *const i8);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, rows, step, width);
 }
 
 /// How the epilogue's activation runs: as a clamp fused into the kernels'
