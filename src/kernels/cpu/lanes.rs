@@ -166,6 +166,9 @@ pub(super) trait Lanes: Copy {
     unsafe fn load_n(p: *const f32, n: usize) -> Self;
     /// (even lanes, odd lanes) of the 16 lanes `a, b`.
     unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
+    /// Transposes the 8x8 matrix whose rows are `r` (lane j of `r[i]`
+    /// becomes lane i of `r[j]`).
+    unsafe fn transpose8(r: &mut [Self; LANES]);
     /// `a * b + c` (fused on AVX2/FMA).
     unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;
@@ -275,6 +278,11 @@ impl Lanes for P8 {
     #[inline(always)]
     unsafe fn load_n(p: *const f32, n: usize) -> Self {
         P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
+    }
+    #[inline(always)]
+    unsafe fn transpose8(r: &mut [Self; LANES]) {
+        let m: [[f32; LANES]; LANES] = std::array::from_fn(|i| r[i].0);
+        *r = std::array::from_fn(|j| P8(std::array::from_fn(|i| m[i][j])));
     }
     #[inline(always)]
     unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
@@ -390,6 +398,36 @@ mod avx {
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
             A8(_mm256_maskload_ps(p, first(n)))
+        }
+        #[inline(always)]
+        unsafe fn transpose8(r: &mut [Self; LANES]) {
+            // Pairs interleaved, then 64-bit pairs, then 128-bit halves.
+            let u: [__m256; 8] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1 & 6].0, r[(i & 6) + 1].0);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(a, b)
+                } else {
+                    _mm256_unpackhi_ps(a, b)
+                }
+            });
+            let s: [__m256; 8] = std::array::from_fn(|i| {
+                // i = 4h + 2q + k: pair q of rows (4h..4h+4), k picks low/high.
+                let (h, q, k) = (i / 4, (i / 2) % 2, i % 2);
+                let (a, b) = (u[4 * h + q], u[4 * h + 2 + q]);
+                if k == 0 {
+                    _mm256_shuffle_ps::<0x44>(a, b)
+                } else {
+                    _mm256_shuffle_ps::<0xEE>(a, b)
+                }
+            });
+            *r = std::array::from_fn(|j| {
+                let (a, b) = (s[j % 4], s[4 + j % 4]);
+                A8(if j < 4 {
+                    _mm256_permute2f128_ps::<0x20>(a, b)
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(a, b)
+                })
+            });
         }
         #[inline(always)]
         unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self) {
