@@ -164,6 +164,16 @@ pub fn run_packed(
     }
     if g.group == g.c && g.m == g.c {
         depthwise(&g, x.data, w.data, &fused, out.data, cx);
+    } else if g.win.kh == 1 && g.win.kw == 1 && !g.win.pointwise() && !fused_transposed(packed) {
+        via_subsampled(
+            &g,
+            x.data,
+            w.data,
+            conv_packs(packed, &g),
+            &fused,
+            out.data,
+            cx,
+        );
     } else {
         let k = g.cg * g.win.kh * g.win.kw;
         match packed {
@@ -361,7 +371,7 @@ fn count_taps(
 }
 
 /// Checked shapes of one convolution.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct ConvGeom {
     n: usize,
     c: usize,
@@ -1121,6 +1131,90 @@ fn axpy_strided(a: f32, src: &[f32], stride: usize, dst: &mut [f32]) {
     }
 }
 
+/// Whether the weights were packed for the transposed product.
+fn fused_transposed(packed: Option<&Prepacked>) -> bool {
+    matches!(packed, Some(Prepacked::ConvWeightsT(_)))
+}
+
+/// The prepacked A operands when they fit this convolution.
+fn conv_packs<'a>(packed: Option<&'a Prepacked>, g: &ConvGeom) -> Option<&'a [PackedA]> {
+    let k = g.cg * g.win.kh * g.win.kw;
+    match packed {
+        Some(Prepacked::ConvWeights(p))
+            if p.len() == g.group && p.iter().all(|a| a.m() == g.mg && a.k() == k) =>
+        {
+            Some(p)
+        }
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// The subsampled input of [`via_subsampled`], reused.
+    static SUBSAMPLED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A 1x1 convolution with strides (or padding): the pixels it reads are
+/// gathered into planes of the output's size (zero where it reads
+/// padding), which then go through the pointwise GEMM. The padded,
+/// de-interleaved copy of the whole input that the general paths make
+/// would move 4x the data at stride 2.
+fn via_subsampled(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    packed: Option<&[PackedA]>,
+    f: &Fused,
+    y: &mut [f32],
+    cx: &CpuCtx,
+) {
+    let win = &g.win;
+    let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
+    let pw = Window2d {
+        h: win.oh,
+        w: win.ow,
+        kh: 1,
+        kw: 1,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        pad_top: 0,
+        pad_left: 0,
+        pad_bottom: 0,
+        pad_right: 0,
+        oh: win.oh,
+        ow: win.ow,
+    };
+    let g2 = ConvGeom { win: pw, ..*g };
+    SUBSAMPLED.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let xs = match guard.as_deref_mut() {
+            Ok(v) => v,
+            Err(_) => &mut fresh,
+        };
+        xs.resize(g.n * g.c * out_plane, 0.0);
+        for (src, dst) in x.chunks_exact(in_plane).zip(xs.chunks_exact_mut(out_plane)) {
+            for (oh, row) in dst.chunks_exact_mut(win.ow).enumerate() {
+                let Some(ih) = win.in_row(oh, 0) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let srow = &src[ih * win.w..(ih + 1) * win.w];
+                for (ow, v) in row.iter_mut().enumerate() {
+                    *v = (ow * win.sw)
+                        .checked_sub(win.pad_left)
+                        .and_then(|iw| srow.get(iw))
+                        .copied()
+                        .unwrap_or(0.0);
+                }
+            }
+        }
+        via_gemm(&g2, xs, w, packed, f, y, cx);
+    });
+}
+
 /// Pointwise and general convolution through GEMM, per batch item and
 /// group: `Y[M/G, OH*OW] = W[M/G, C/G*kh*kw] · cols`, where `cols` is the
 /// input itself for a pointwise convolution and otherwise its im2col
@@ -1317,13 +1411,13 @@ const DIRECT_MIN_OW: usize = 14;
 const DIRECT_MIN_MG: usize = 16;
 
 /// Whether a convolution runs direct ([`via_direct`]): on a kernel that
-/// has a direct product (AVX-512 or AVX2), with a real window (a plain
-/// pointwise convolution reads its input in place already), output rows
+/// has a direct product (AVX-512 or AVX2), with a real window (a 1x1
+/// convolution reads its input, or its subsampled pixels, in place), output rows
 /// wide enough to fill the vectors and enough output channels to share
 /// each B row.
 fn direct(g: &ConvGeom, cx: &CpuCtx) -> bool {
     direct_lanes(cx.features).is_some()
-        && !g.win.pointwise()
+        && g.win.kh * g.win.kw > 1
         && g.win.ow >= DIRECT_MIN_OW
         && g.mg >= DIRECT_MIN_MG
 }
@@ -1917,11 +2011,6 @@ mod tests {
         c.pads = vec![1; 4];
         c.bias = true;
         cases.push(c);
-        // A strided 1x1 (not a plain pointwise convolution).
-        let mut c = case(&[1, 24, 50, 50], 48, &[1, 1]);
-        c.strides = vec![2, 2];
-        c.residual = true;
-        cases.push(c);
         for (i, c) in cases.iter().enumerate() {
             assert_eq!(takes_direct(c), has_direct, "{c:?}");
             check(c, 300 + i as u64);
@@ -1932,6 +2021,38 @@ mod tests {
         assert!(takes_direct(&case(&[1, 8, 16, 16], 32, &[3, 3])) || !has_direct);
         assert!(!takes_direct(&case(&[1, 8, 30, 30], 8, &[3, 3])));
         assert!(!takes_direct(&case(&[1, 8, 30, 30], 32, &[1, 1])));
+    }
+
+    #[test]
+    fn strided_and_padded_one_by_one_convolutions_subsample_first() {
+        // ResNet's downsampling shortcut, odd sizes, stride 3, padding
+        // (zero pixels), groups, two batch items, residual and activation;
+        // small planes take the transposed product instead.
+        let mut cases = Vec::new();
+        let mut c = case(&[1, 24, 50, 50], 48, &[1, 1]);
+        c.strides = vec![2, 2];
+        c.residual = true;
+        cases.push(c);
+        let mut c = case(&[2, 6, 13, 17], 20, &[1, 1]);
+        c.strides = vec![3, 2];
+        c.pads = vec![1, 0, 2, 1];
+        c.bias = true;
+        c.act = Some(Activation::Sigmoid);
+        cases.push(c);
+        let mut c = case(&[1, 8, 9, 9], 6, &[1, 1]);
+        c.pads = vec![1; 4];
+        c.group = 2;
+        c.residual = true;
+        c.act = Some(Activation::Relu);
+        cases.push(c);
+        let mut c = case(&[1, 64, 14, 14], 128, &[1, 1]);
+        c.strides = vec![2, 2];
+        c.bias = true;
+        cases.push(c);
+        for (i, c) in cases.iter().enumerate() {
+            assert!(!takes_direct(c), "{c:?}");
+            check(c, 700 + i as u64);
+        }
     }
 
     #[test]
