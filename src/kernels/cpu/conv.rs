@@ -19,6 +19,10 @@
 //!   the GEMM asks for it block by block ([`PackB`]) and it is packed
 //!   straight from a zero-padded, stride-de-interleaved copy of the input,
 //!   where every run of a panel row is one contiguous copy;
+//! * **Winograd** F(2x2, 3x3) for 3x3 stride-1 convolutions over large
+//!   planes (see [`super::winograd`]), weights transformed at prepack;
+//! * **subsampled** (1x1 with strides or padding): the pixels read are
+//!   gathered into output-sized planes for the pointwise GEMM;
 //! * **transposed** (small output planes, more channels than pixels, as in
 //!   the last stages of CNNs): `Yᵀ = colsᵀ · Wᵀ`, so the few pixels become
 //!   register-tile rows (12 at a time) instead of filling a fraction of a
@@ -40,7 +44,7 @@ use super::gemm::{
     PackB, PackedA, PackedB, DIRECT_PIECES,
 };
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
-use super::{ops, CpuCtx, Prepacked, View, ViewMut};
+use super::{ops, winograd, CpuCtx, Prepacked, View, ViewMut};
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::kernels::reference::conv::{window_axes, Axis};
 use crate::Result;
@@ -81,6 +85,15 @@ pub fn prepack(
     }
     let (mg, k) = (m / group, w.data.len() / m);
     let out_plane: usize = out_shape.iter().skip(2).product();
+    let ones = |v: &[usize]| v.iter().all(|&s| s == 1);
+    if w.shape[2..] == [3, 3]
+        && ones(&attrs.strides)
+        && ones(&attrs.dilations)
+        && winograd::applies(group, w.shape[1], m, out_plane)
+    {
+        let u = winograd::prepack(w.data, m, w.shape[1], cx.features);
+        return Some(Prepacked::ConvWinograd(u));
+    }
     if out_shape.len() == w.shape.len() && transposed_product(mg, out_plane) {
         let packs = (0..group)
             .map(|gi| {
@@ -164,6 +177,9 @@ pub fn run_packed(
     }
     if g.group == g.c && g.m == g.c {
         depthwise(&g, x.data, w.data, &fused, out.data, cx);
+    } else if let Some(Prepacked::ConvWinograd(u)) = packed.filter(|_| winograd_fits(&g)) {
+        let (bias, res) = (fused.bias, fused.residual);
+        winograd::run(&g.win, g.n, g.c, u, x.data, bias, res, act, out.data, cx);
     } else if g.win.kh == 1 && g.win.kw == 1 && !g.win.pointwise() && !fused_transposed(packed) {
         via_subsampled(
             &g,
@@ -1129,6 +1145,14 @@ fn axpy_strided(a: f32, src: &[f32], stride: usize, dst: &mut [f32]) {
             *d += a * s;
         }
     }
+}
+
+/// Whether a convolution with weights packed for Winograd runs through it
+/// (they were packed from the weights' and the output's shapes alone).
+fn winograd_fits(g: &ConvGeom) -> bool {
+    let w = &g.win;
+    (w.kh, w.kw, w.sh, w.sw, w.dh, w.dw) == (3, 3, 1, 1, 1, 1)
+        && winograd::applies(g.group, g.c, g.m, w.out_plane())
 }
 
 /// Whether the weights were packed for the transposed product.

@@ -16,6 +16,7 @@ pub mod linalg;
 pub mod ops;
 pub mod qconv;
 pub mod qgemm;
+mod winograd;
 
 use crate::ir::Op;
 use crate::Result;
@@ -175,6 +176,9 @@ pub enum Prepacked {
     /// A convolution's weights transposed, one packed B operand per group,
     /// for convolutions with small output planes (computed transposed).
     ConvWeightsT(Vec<gemm::PackedB>),
+    /// A 3x3 convolution's weights transformed for Winograd F(2x2, 3x3):
+    /// 16 packed A operands `[M, C]`.
+    ConvWinograd(Vec<gemm::PackedA>),
 }
 
 /// Packs the constant operands of `op` for the kernels `cx` selects.
