@@ -40,8 +40,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{
-    direct_lanes, gemm, gemm_direct, pack_a, pack_b, ASrc, BSrc, DirectPiece, DirectSeg, Epilogue,
-    PackB, PackedA, PackedB, DIRECT_PIECES,
+    direct_lanes, gemm, gemm_direct, pack_a, pack_b, with_buf, ASrc, BSrc, DirectPiece, DirectSeg,
+    Epilogue, PackB, PackedA, PackedB, DIRECT_PIECES,
 };
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{ops, winograd, CpuCtx, Prepacked, View, ViewMut};
@@ -1211,13 +1211,7 @@ fn via_subsampled(
         ow: win.ow,
     };
     let g2 = ConvGeom { win: pw, ..*g };
-    SUBSAMPLED.with(|cell| {
-        let mut fresh = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let xs = match guard.as_deref_mut() {
-            Ok(v) => v,
-            Err(_) => &mut fresh,
-        };
+    with_buf(&SUBSAMPLED, |xs| {
         xs.resize(g.n * g.c * out_plane, 0.0);
         for (src, dst) in x.chunks_exact(in_plane).zip(xs.chunks_exact_mut(out_plane)) {
             for (oh, row) in dst.chunks_exact_mut(win.ow).enumerate() {

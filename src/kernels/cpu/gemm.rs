@@ -829,7 +829,7 @@ thread_local! {
 
 /// Runs `f` with this thread's reusable buffer (a fresh one if it is in use,
 /// say by an outer product on the same thread).
-fn with_buf<R>(
+pub(super) fn with_buf<R>(
     key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
     f: impl FnOnce(&mut Vec<f32>) -> R,
 ) -> R {

@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, pack_a, ASrc, BSrc, Epilogue, PackedA};
+use super::gemm::{gemm, pack_a, with_buf, ASrc, BSrc, Epilogue, PackedA};
 use super::ops;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
@@ -131,13 +131,7 @@ pub(crate) fn run(
                 t,
             };
             let transform_in = |ch: usize| {
-                SPLIT.with(|s| {
-                    let mut fresh = Vec::new();
-                    let mut g = s.try_borrow_mut();
-                    let split = match g.as_deref_mut() {
-                        Ok(b) => b,
-                        Err(_) => &mut fresh,
-                    };
+                with_buf(&SPLIT, |split| {
                     let xc = &xn[ch * in_plane..(ch + 1) * in_plane];
                     // SAFETY: each channel writes only its own rows of V.
                     unsafe { input_tiles(avx, win, xc, split, vout, ch) };
