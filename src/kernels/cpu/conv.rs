@@ -177,7 +177,7 @@ pub fn run_packed(
     }
     if g.group == g.c && g.m == g.c {
         depthwise(&g, x.data, w.data, &fused, out.data, cx);
-    } else if let Some(Prepacked::ConvWinograd(u)) = packed.filter(|_| winograd_fits(&g)) {
+    } else if let Some(Prepacked::ConvWinograd(u)) = packed.filter(|p| winograd_fits(&g, p)) {
         let (bias, res) = (fused.bias, fused.residual);
         winograd::run(&g.win, g.n, g.c, u, x.data, bias, res, act, out.data, cx);
     } else if g.win.kh == 1 && g.win.kw == 1 && !g.win.pointwise() && !fused_transposed(packed) {
@@ -1147,11 +1147,18 @@ fn axpy_strided(a: f32, src: &[f32], stride: usize, dst: &mut [f32]) {
     }
 }
 
-/// Whether a convolution with weights packed for Winograd runs through it
-/// (they were packed from the weights' and the output's shapes alone).
-fn winograd_fits(g: &ConvGeom) -> bool {
+/// Whether weights packed for Winograd fit this convolution and it runs
+/// through it (they were packed from the weights' and the output's shapes
+/// alone).
+fn winograd_fits(g: &ConvGeom, packed: &Prepacked) -> bool {
     let w = &g.win;
-    (w.kh, w.kw, w.sh, w.sw, w.dh, w.dw) == (3, 3, 1, 1, 1, 1)
+    let fits = match packed {
+        Prepacked::ConvWinograd(u) => {
+            u.len() == 16 && u.iter().all(|uk| uk.m() == g.m && uk.k() == g.c)
+        }
+        _ => false,
+    };
+    fits && (w.kh, w.kw, w.sh, w.sw, w.dh, w.dw) == (3, 3, 1, 1, 1, 1)
         && winograd::applies(g.group, g.c, g.m, w.out_plane())
 }
 

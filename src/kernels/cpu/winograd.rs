@@ -642,6 +642,32 @@ mod tests {
         for (g, w) in got.iter().zip(want.as_f32().unwrap()) {
             assert!((g - w).abs() <= 1e-4, "{g} vs {w}");
         }
+        // Weights packed for another shape (16 input channels here) are
+        // ignored, not trusted: the result is still the convolution.
+        let x16 = random(&[1, 16, 28, 28], 7, 1.0);
+        let w16 = random(&[8, 16, 3, 3], 8, 1.0);
+        let want16 = crate::kernels::reference::eval(&op, &[Some(&x16), Some(&w16)], 1)
+            .unwrap()
+            .remove(0);
+        let views16 = [
+            Some(View {
+                shape: x16.shape(),
+                data: x16.as_f32().unwrap(),
+            }),
+            Some(View {
+                shape: w16.shape(),
+                data: w16.as_f32().unwrap(),
+            }),
+        ];
+        let mut got16 = vec![f32::NAN; want16.numel()];
+        let mut outs = [ViewMut {
+            shape: want16.shape(),
+            data: &mut got16,
+        }];
+        assert!(conv::run_packed(&op, &views16, &mut outs, Some(&packed), &cx).unwrap());
+        for (g, w) in got16.iter().zip(want16.as_f32().unwrap()) {
+            assert!((g - w).abs() <= 1e-4, "{g} vs {w}");
+        }
         let strided = Op::Conv(ConvAttrs {
             strides: vec![2, 2],
             ..attrs
