@@ -40,8 +40,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{
-    direct_lanes, gemm, gemm_direct, pack_a, pack_b, with_buf, ASrc, BSrc, DirectPiece, DirectSeg,
-    Epilogue, PackB, PackedA, PackedB, DIRECT_PIECES,
+    direct_lanes, gemm, gemm_direct, pack_a, pack_b, split_act, with_buf, ASrc, BSrc, DirectPiece,
+    DirectSeg, Epilogue, PackB, PackedA, PackedB, DIRECT_PIECES,
 };
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{ops, winograd, CpuCtx, Prepacked, View, ViewMut};
@@ -296,6 +296,18 @@ impl Window2d {
             && self.ow == self.w
     }
 
+    /// Rows and columns of the zero-padded plane that holds the input and
+    /// everything any output reads.
+    pub fn padded_extent(&self) -> (usize, usize) {
+        let extent = |o: usize, s: usize, k: usize, d: usize, pad: usize, n: usize| {
+            (pad + n).max((o - 1) * s + (k - 1) * d + 1)
+        };
+        (
+            extent(self.oh, self.sh, self.kh, self.dh, self.pad_top, self.h),
+            extent(self.ow, self.sw, self.kw, self.dw, self.pad_left, self.w),
+        )
+    }
+
     pub fn in_plane(&self) -> usize {
         self.h * self.w
     }
@@ -480,11 +492,7 @@ fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &
     let avx = cx.features.avx2_fma && ops::has_avx2_fma();
     // Relu and Clip are applied in registers; other activations on the
     // finished plane while it is still in cache.
-    let clamp = match f.act {
-        Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
-        Some(Activation::Clip { min, max }) => Some((*min, *max)),
-        _ => None,
-    };
+    let (clamp, _) = split_act(f.act);
     let plan = DwPlan::new(win, clamp);
     let ranges: Vec<(usize, usize, usize)> = match plan {
         Some(_) => Vec::new(),
@@ -610,9 +618,7 @@ impl<'a> C8Plan<'a> {
         if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 {
             return None;
         }
-        // Everything any output reads, and the whole input.
-        let hp = (win.pad_top + win.h).max((win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1);
-        let wp = (win.pad_left + win.w).max((win.ow - 1) * win.sw + (win.kw - 1) * win.dw + 1);
+        let (hp, wp) = win.padded_extent();
         let taps = (0..win.kh * win.kw)
             .map(|t| ((t / win.kw) * win.dh * wp + (t % win.kw) * win.dw) * LANES)
             .collect();
@@ -1587,12 +1593,7 @@ impl<'a> Im2col<'a> {
         buf: &'a mut Vec<f32>,
         cx: &CpuCtx,
     ) -> Im2col<'a> {
-        // Padded extent along one axis: everything any output reads.
-        let extent = |o: usize, s: usize, k: usize, d: usize, pad: usize, n: usize| {
-            (pad + n).max((o - 1) * s + (k - 1) * d + 1)
-        };
-        let hp = extent(win.oh, win.sh, win.kh, win.dh, win.pad_top, win.h);
-        let wp = extent(win.ow, win.sw, win.kw, win.dw, win.pad_left, win.w);
+        let (hp, wp) = win.padded_extent();
         let phase = wp.div_ceil(win.sw);
         let row = phase * win.sw;
         let plane = hp * row;

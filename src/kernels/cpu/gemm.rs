@@ -1091,7 +1091,7 @@ fn prefetch_rows(p: *const f32, rows: std::ops::Range<usize>, step: usize, width
 
 /// How the epilogue's activation runs: as a clamp fused into the kernels'
 /// store (Relu, Clip), or afterwards on the stored tile (the others).
-fn split_act(act: Option<&Activation>) -> (Option<(f32, f32)>, Option<&Activation>) {
+pub(super) fn split_act(act: Option<&Activation>) -> (Option<(f32, f32)>, Option<&Activation>) {
     match act {
         Some(Activation::Relu) => (Some((0.0, f32::INFINITY)), None),
         Some(Activation::Clip { min, max }) => (Some((*min, *max)), None),

@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, pack_a, with_buf, ASrc, BSrc, Epilogue, PackedA};
+use super::gemm::{gemm, pack_a, split_act, with_buf, ASrc, BSrc, Epilogue, PackedA};
 use super::ops;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
@@ -164,19 +164,13 @@ pub(crate) fn run(
             }
             let yn = &mut y[ni * m * out_plane..(ni + 1) * m * out_plane];
             let rn = residual.map(|r| &r[ni * m * out_plane..(ni + 1) * m * out_plane]);
-            let clamp = match act {
-                Some(Activation::Relu) => Some((0.0, f32::INFINITY)),
-                Some(Activation::Clip { min, max }) => Some((*min, *max)),
-                _ => None,
-            };
+            let (clamp, late_act) = split_act(act);
             let transform_out = |mi: usize, plane: &mut [f32]| {
                 let res = rn.map(|r| &r[mi * out_plane..(mi + 1) * out_plane]);
                 let b = bias.map_or(0.0, |b| b[mi]);
                 output_tiles(avx, win, prod, m * t, mi * t, b, res, clamp, plane);
-                if clamp.is_none() {
-                    if let Some(a) = act {
-                        ops::activation(a, plane, avx);
-                    }
+                if let Some(a) = late_act {
+                    ops::activation(a, plane, avx);
                 }
             };
             if par {
