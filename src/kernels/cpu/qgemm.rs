@@ -18,12 +18,13 @@
 //!
 //! Three micro-kernels, chosen when B is packed:
 //!
-//! * **AVX2 `vpmaddubsw`** (`6 × 16`, 4 depths per instruction) when every
+//! * **AVX2 `vpmaddubsw`** (`6 × 16`, 2 depths per instruction) when every
 //!   weight is in `[−64, 63]`. `vpmaddubsw` adds two u8 × s8 products into
 //!   an i16 with saturation; with `|b| ≤ 64` a pair is at most
 //!   `255 · 64 · 2 = 32640 ≤ 32767` in magnitude, so it never saturates.
-//!   The pair sums are then widened and added by `vpmaddwd` with ones
-//!   (i16 × 1 pairs into i32: exact).
+//!   Each i16 lane is one column; the pair sums are widened into i32 without
+//!   a second multiply (a bit flip, a shift and two adds: see
+//!   [`kernel_maddubs`]).
 //! * **AVX2 `vpmaddwd`** (`6 × 16`, 2 depths per instruction) for any i8
 //!   weights: A is zero-extended to i16 and B sign-extended to i16 at
 //!   packing, and `vpmaddwd` adds two i16 × i16 products into an i32.
@@ -38,13 +39,14 @@
 //! exactly one task, with the same operations as single-threaded).
 //!
 //! Speed on AVX2 without VNNI: Zen 2 issues every vector integer multiply
-//! (`vpmaddwd`, `vpmaddubsw`) on one pipe, so `vpmaddwd` does 16
-//! multiply-adds a cycle, as many as two f32 FMA pipes, and the 7-bit
-//! kernel's `vpmaddubsw` + `vpmaddwd` does 32 per two multiplies: the same
-//! rate, gaining only loads and broadcasts (measured: the 6x16 kernels run
-//! at about the f32 kernel's speed, the 7-bit one ~5% faster). A
-//! multiply-free widening of `vpmaddubsw`'s pairs (xor + shift, which needs
-//! twice the accumulators and so a 2x16 tile) measured ~10% slower.
+//! (`vpmaddwd`, `vpmaddubsw`) on one pipe, one a cycle, and its two f32 FMA
+//! pipes do 16 multiply-adds a cycle. `vpmaddwd` also does 16, so the
+//! 8-bit kernel runs at about the f32 kernel's rate. The 7-bit kernel's one
+//! `vpmaddubsw` does 32, and its widening runs on the other pipes (the
+//! shift on the shuffle pipe, flip and adds on any): measured in L1 it does
+//! ~16–19 multiply-adds a cycle against the 8-bit kernel's ~13.6, limited
+//! by the five vector instructions per 32 multiply-adds; in a product, where
+//! the f32 GEMM loses more to memory, it runs ~1.2–1.4× the f32 GEMM.
 //!
 //! [`quantize_u8`] is the quantization that feeds A (its dynamic
 //! parameters are `reference::quant::dynamic_params`, one definition for
@@ -118,8 +120,7 @@ impl QKernel {
     fn group(self) -> usize {
         match self {
             QKernel::Portable => 1,
-            QKernel::Avx2Madd16 => 2,
-            QKernel::Avx2Maddubs => 4,
+            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => 2,
         }
     }
 
@@ -129,6 +130,15 @@ impl QKernel {
             QKernel::Avx2Madd16 => 2,
             QKernel::Portable | QKernel::Avx2Maddubs => 1,
         }
+    }
+
+    /// Bytes of one row's group in a packed A panel: the group's elements,
+    /// twice over for the `vpmaddubsw` kernel (its A pair is broadcast as a
+    /// 4-byte word: a plain load, where a 2-byte broadcast needs the
+    /// shuffle pipe its shifts also use).
+    fn a_group_bytes(self) -> usize {
+        let copies = if self == QKernel::Avx2Maddubs { 2 } else { 1 };
+        self.group() * self.elem() * copies
     }
 
     /// Depths per block (a multiple of the group).
@@ -489,8 +499,9 @@ impl QGemm<'_> {
     ) {
         let kern = self.b.kern;
         let (mr, g, e, kc_max) = (kern.mr(), kern.group(), kern.elem(), kern.kc());
+        let ag = kern.a_group_bytes();
         let k = self.b.k;
-        let a_len = MC * kc_max * e;
+        let a_len = MC * kc_max.div_ceil(g) * ag;
         let a_off = aligned(abuf, a_len);
         let acc_off = aligned(accbuf, MC * NC);
         let bdata = self.b.data();
@@ -507,15 +518,15 @@ impl QGemm<'_> {
                 for pc in (0..k).step_by(kc_max) {
                     let kc = kc_max.min(k - pc);
                     let groups = kc.div_ceil(g);
-                    let ablock = &mut abuf[a_off..a_off + tiles * mr * groups * g * e];
+                    let a_panel = mr * groups * ag;
+                    let ablock = &mut abuf[a_off..a_off + tiles * a_panel];
                     pack_a(ablock, kern, &self.a, self.m, ic, mc, pc, kc);
                     let first = pc == 0;
                     for q in 0..panels {
                         let boff = ((jc / NR) + q) * self.b.panel_bytes + (pc / g) * NR * g * e;
                         let bp = &bdata[boff..boff + groups * NR * g * e];
                         for t in 0..tiles {
-                            let ap =
-                                &ablock[t * mr * groups * g * e..(t + 1) * mr * groups * g * e];
+                            let ap = &ablock[t * a_panel..(t + 1) * a_panel];
                             let tile = &mut acc[(q * (MC / mr) + t) * mr * NR..][..mr * NR];
                             run_kernel(kern, groups, ap, bp, tile, !first);
                         }
@@ -691,13 +702,13 @@ fn pack_a(
     kc: usize,
 ) {
     match kern {
-        QKernel::Portable => pack_a_impl::<4, 1, 1>(dst, a, m, i0, mc, p0, kc),
-        QKernel::Avx2Madd16 => pack_a_impl::<6, 2, 2>(dst, a, m, i0, mc, p0, kc),
-        QKernel::Avx2Maddubs => pack_a_impl::<6, 4, 1>(dst, a, m, i0, mc, p0, kc),
+        QKernel::Portable => pack_a_impl::<4, 1, 1, 1>(dst, a, m, i0, mc, p0, kc),
+        QKernel::Avx2Madd16 => pack_a_impl::<6, 2, 2, 1>(dst, a, m, i0, mc, p0, kc),
+        QKernel::Avx2Maddubs => pack_a_impl::<6, 2, 1, 2>(dst, a, m, i0, mc, p0, kc),
     }
 }
 
-fn pack_a_impl<const MR: usize, const G: usize, const E: usize>(
+fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: usize>(
     dst: &mut [u8],
     a: &QMatA,
     m: usize,
@@ -707,7 +718,9 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize>(
     kc: usize,
 ) {
     let groups = kc.div_ceil(G);
-    let step = MR * G * E;
+    // One row's group: its G elements of E bytes, COPIES times over.
+    let (grp_bytes, row_bytes) = (G * E, G * E * COPIES);
+    let step = MR * row_bytes;
     debug_assert!(i0 + mc <= m);
     let _ = m;
     for (t, panel) in dst.chunks_exact_mut(groups * step).enumerate() {
@@ -723,7 +736,9 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize>(
                 let src = &a.data[s..s + rows];
                 let o = (p / G) * step + (p % G) * E;
                 for (r, &v) in src.iter().enumerate() {
-                    panel[o + r * G * E] = v;
+                    for x in 0..COPIES {
+                        panel[o + r * row_bytes + x * grp_bytes] = v;
+                    }
                 }
             }
         } else {
@@ -732,15 +747,19 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize>(
                 let src = &a.data[s..s + kc];
                 let mut full = src.chunks_exact(G);
                 for (gi, grp) in full.by_ref().enumerate() {
-                    let o = gi * step + r * G * E;
-                    for (x, &v) in grp.iter().enumerate() {
-                        panel[o + x * E] = v;
+                    let o = gi * step + r * row_bytes;
+                    for c in 0..COPIES {
+                        for (x, &v) in grp.iter().enumerate() {
+                            panel[o + c * grp_bytes + x * E] = v;
+                        }
                     }
                 }
                 let rem = full.remainder();
-                let o = (kc / G) * step + r * G * E;
-                for (x, &v) in rem.iter().enumerate() {
-                    panel[o + x * E] = v;
+                let o = (kc / G) * step + r * row_bytes;
+                for c in 0..COPIES {
+                    for (x, &v) in rem.iter().enumerate() {
+                        panel[o + c * grp_bytes + x * E] = v;
+                    }
                 }
             }
         }
@@ -761,7 +780,9 @@ fn run_kernel(
     let mr = kern.mr();
     let (g, e) = (kern.group(), kern.elem());
     assert!(
-        a.len() >= groups * mr * g * e && b.len() >= groups * NR * g * e && tile.len() >= mr * NR,
+        a.len() >= groups * mr * kern.a_group_bytes()
+            && b.len() >= groups * NR * g * e
+            && tile.len() >= mr * NR,
         "qgemm: micro-panel shorter than its depth"
     );
     match kern {
@@ -851,15 +872,21 @@ unsafe fn kernel_madd16(
     }
 }
 
-/// AVX2 `6 × 16` kernel for 7-bit weights: per depth quad, two B loads (8
-/// columns × 4 depths each), six broadcasts of an A quad, twelve
-/// `vpmaddubsw` (u8 × s8 pairs into i16: cannot saturate as every weight
-/// is in [−64, 63], see the module docs), each widened and summed into i32
-/// by `vpmaddwd` with ones, then `vpaddd`.
+/// AVX2 `6 × 16` kernel for 7-bit weights, one multiply per 32
+/// multiply-adds: per depth pair, one B load (16 columns × 2 depths), six
+/// broadcasts of an A pair and six `vpmaddubsw` (u8 × s8 pairs into i16
+/// lane c = column c: cannot saturate as every weight is in [−64, 63], see
+/// the module docs). The i16 pair sums are widened without a second
+/// multiply: with bit 15 flipped, each i32 lane holding columns (2i, 2i+1)
+/// reads as `odd · 65536 + even + 32768`, summed into `all`, while an
+/// arithmetic shift sums `odd` alone; at the end `even = all − odd · 65536
+/// − 32768 · steps` in wrapping i32 arithmetic, exact because the true sum
+/// fits i32.
 ///
 /// # Safety
 /// The CPU must support AVX2; every packed weight must lie in [−64, 63];
-/// `a` holds `groups * 24` bytes, `b` `groups * 64`, `tile` 96 i32.
+/// `a` holds `groups * 24` bytes (each A pair twice), `b` `groups * 32`,
+/// `tile` 96 i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_maddubs(
@@ -872,32 +899,40 @@ unsafe fn kernel_maddubs(
     use std::arch::x86_64::*;
     const MR: usize = 6;
     let t = tile.as_mut_ptr() as *mut __m256i;
-    let ones = _mm256_set1_epi16(1);
-    let mut c0 = [_mm256_setzero_si256(); MR];
-    let mut c1 = [_mm256_setzero_si256(); MR];
-    if accumulate {
-        for r in 0..MR {
-            c0[r] = _mm256_loadu_si256(t.add(2 * r));
-            c1[r] = _mm256_loadu_si256(t.add(2 * r + 1));
-        }
-    }
+    let flip = _mm256_set1_epi32(0x8000);
+    let mut all = [_mm256_setzero_si256(); MR];
+    let mut odd = [_mm256_setzero_si256(); MR];
     let (mut ap, mut bp) = (a, b);
     for _ in 0..groups {
-        let b0 = _mm256_loadu_si256(bp as *const __m256i);
-        let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+        let bv = _mm256_loadu_si256(bp as *const __m256i);
         for r in 0..MR {
             let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
-            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones);
-            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones);
-            c0[r] = _mm256_add_epi32(c0[r], p0);
-            c1[r] = _mm256_add_epi32(c1[r], p1);
+            let p = _mm256_xor_si256(_mm256_maddubs_epi16(x, bv), flip);
+            all[r] = _mm256_add_epi32(all[r], p);
+            odd[r] = _mm256_add_epi32(odd[r], _mm256_srai_epi32::<16>(p));
         }
         ap = ap.add(4 * MR);
-        bp = bp.add(64);
+        bp = bp.add(32);
     }
+    // 32768 per step, modulo 2^32 like the sums it corrects.
+    let bias = _mm256_set1_epi32((groups as u32).wrapping_mul(0x8000) as i32);
     for r in 0..MR {
-        _mm256_storeu_si256(t.add(2 * r), c0[r]);
-        _mm256_storeu_si256(t.add(2 * r + 1), c1[r]);
+        let even = _mm256_sub_epi32(
+            _mm256_sub_epi32(all[r], _mm256_slli_epi32::<16>(odd[r])),
+            bias,
+        );
+        // Lanes (e0 o0 e1 o1 | e4 o4 e5 o5) and (e2 o2 e3 o3 | e6 o6 e7 o7)
+        // into columns 0..8 and 8..16.
+        let lo = _mm256_unpacklo_epi32(even, odd[r]);
+        let hi = _mm256_unpackhi_epi32(even, odd[r]);
+        let mut c0 = _mm256_permute2x128_si256::<0x20>(lo, hi);
+        let mut c1 = _mm256_permute2x128_si256::<0x31>(lo, hi);
+        if accumulate {
+            c0 = _mm256_add_epi32(c0, _mm256_loadu_si256(t.add(2 * r)));
+            c1 = _mm256_add_epi32(c1, _mm256_loadu_si256(t.add(2 * r + 1)));
+        }
+        _mm256_storeu_si256(t.add(2 * r), c0);
+        _mm256_storeu_si256(t.add(2 * r + 1), c1);
     }
 }
 
@@ -1492,6 +1527,85 @@ pub(crate) mod tests {
                     assert_eq!(got, want, "{name} zp{zp} len{len}");
                 }
             }
+        }
+    }
+
+    /// Single-thread GOP/s of the int8 product, 8-bit and 7-bit weights
+    /// (run in release: `cargo test --release --lib qgemm_speed -- --ignored
+    /// --nocapture`; `GEMM_SHAPES="m,n,k;..."` as for `gemm_speed`).
+    #[test]
+    #[ignore]
+    fn qgemm_speed() {
+        let cx = CpuCtx::single(Features::detect());
+        let shapes: Vec<(usize, usize, usize)> = match std::env::var("GEMM_SHAPES") {
+            Ok(s) => s
+                .split(';')
+                .filter_map(|t| {
+                    let v: Vec<usize> =
+                        t.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+                    (v.len() == 3).then(|| (v[0], v[1], v[2]))
+                })
+                .collect(),
+            Err(_) => vec![(128, 3072, 768), (128, 768, 3072), (1024, 1024, 1024)],
+        };
+        for &(m, n, k) in &shapes {
+            for wrange in [(-128i8, 127i8), (-64, 63)] {
+                let p = prob(m, n, k, false, false, 128, wrange, 9);
+                let pb = p.pack(cx.features);
+                let scales = rand_f32(n, 4, 0.01);
+                let ep = QEpilogue {
+                    a_scale: 0.02,
+                    b_scales: &scales,
+                    bias: None,
+                    residual: None,
+                    act: None,
+                };
+                let mut c = vec![0.0f32; m * p.ldc];
+                let reps = (2e10 / (2.0 * (m * n * k) as f64)).clamp(3.0, 200.0) as usize;
+                let mut best = f64::MAX;
+                for _ in 0..reps {
+                    let t = std::time::Instant::now();
+                    qgemm(m, p.qa(), &pb, QOut::F32(&mut c, ep), p.ldc, &cx);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let gops = 2.0 * (m * n * k) as f64 / best / 1e9;
+                println!(
+                    "qgemm {m}x{n}x{k} {:?}: {:.3} ms, {gops:.1} GOP/s",
+                    pb.kernel(),
+                    best * 1e3
+                );
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod kernel_bench {
+    use super::*;
+
+    /// Micro-kernels alone on L1-resident panels.
+    #[test]
+    #[ignore]
+    fn qkernel_speed() {
+        if !Features::detect().avx2_fma {
+            return;
+        }
+        let groups = 256;
+        let a = vec![1u8; groups * 24];
+        let b = vec![1u8; groups * 64];
+        let mut tile = vec![0i32; 96];
+        for kern in [QKernel::Avx2Madd16, QKernel::Avx2Maddubs] {
+            let macs_per_call = 6 * 16 * groups * kern.group();
+            let mut best = f64::MAX;
+            for _ in 0..20 {
+                let t = std::time::Instant::now();
+                for _ in 0..2000 {
+                    run_kernel(kern, groups, &a, &b, &mut tile, true);
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let gmacs = (macs_per_call * 2000) as f64 / best / 1e9;
+            println!("{kern:?}: {gmacs:.1} GMAC/s ({:.1} GOP/s)", 2.0 * gmacs);
         }
     }
 }
