@@ -13,9 +13,10 @@ use std::cell::RefCell;
 
 use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op};
 use crate::kernels::cpu::qconv::{pack_conv, qconv2d, QConvGeom, QPackedConv};
-use crate::kernels::cpu::qgemm::{qgemm, quantize_u8_with, QEpilogue, QMatA, QOut, QPackedB};
+use crate::kernels::cpu::qgemm::{
+    dynamic_params_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QOut, QPackedB,
+};
 use crate::kernels::cpu::CpuCtx;
-use crate::kernels::reference::quant::dynamic_params;
 use crate::{Error, Result};
 
 thread_local! {
@@ -160,7 +161,7 @@ impl QuantStep {
         cx: &CpuCtx,
     ) -> Result<()> {
         let (scale, zp) = match self.act_quant {
-            ActQuant::Dynamic => dynamic_params(x),
+            ActQuant::Dynamic => dynamic_params_with(cx.features, x),
             ActQuant::Static { scale, zero_point } => (scale, zero_point),
         };
         QUANTIZED.with(|buf| -> Result<()> {

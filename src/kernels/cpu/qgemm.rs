@@ -501,34 +501,40 @@ impl QGemm<'_> {
         let (mr, g, e, kc_max) = (kern.mr(), kern.group(), kern.elem(), kern.kc());
         let ag = kern.a_group_bytes();
         let k = self.b.k;
-        let a_len = MC * kc_max.div_ceil(g) * ag;
-        let a_off = aligned(abuf, a_len);
+        // A's rows are packed once per row block for all depths (block
+        // after depth block) and reused by every column block.
+        let block_bytes = MC * (kc_max / g) * ag;
+        let a_off = aligned(abuf, k.div_ceil(kc_max).max(1) * block_bytes);
         let acc_off = aligned(accbuf, MC * NC);
         let bdata = self.b.data();
-        for jc in (j0..j1).step_by(NC) {
-            let nc = NC.min(j1 - jc);
-            let panels = nc.div_ceil(NR);
-            for ic in (i0..i1).step_by(MC) {
-                let mc = MC.min(i1 - ic);
-                let tiles = mc.div_ceil(mr);
+        for ic in (i0..i1).step_by(MC) {
+            let mc = MC.min(i1 - ic);
+            let tiles = mc.div_ceil(mr);
+            for (x, pc) in (0..k).step_by(kc_max).enumerate() {
+                let kc = kc_max.min(k - pc);
+                let a_panel = mr * kc.div_ceil(g) * ag;
+                let ablock = &mut abuf[a_off + x * block_bytes..][..tiles * a_panel];
+                pack_a(ablock, kern, &self.a, self.m, ic, mc, pc, kc);
+            }
+            for jc in (j0..j1).step_by(NC) {
+                let nc = NC.min(j1 - jc);
+                let panels = nc.div_ceil(NR);
                 let acc = &mut accbuf[acc_off..acc_off + MC * NC];
                 if k == 0 {
                     acc.fill(0);
                 }
-                for pc in (0..k).step_by(kc_max) {
+                for (x, pc) in (0..k).step_by(kc_max).enumerate() {
                     let kc = kc_max.min(k - pc);
                     let groups = kc.div_ceil(g);
                     let a_panel = mr * groups * ag;
-                    let ablock = &mut abuf[a_off..a_off + tiles * a_panel];
-                    pack_a(ablock, kern, &self.a, self.m, ic, mc, pc, kc);
-                    let first = pc == 0;
+                    let ablock = &abuf[a_off + x * block_bytes..][..tiles * a_panel];
                     for q in 0..panels {
                         let boff = ((jc / NR) + q) * self.b.panel_bytes + (pc / g) * NR * g * e;
                         let bp = &bdata[boff..boff + groups * NR * g * e];
                         for t in 0..tiles {
                             let ap = &ablock[t * a_panel..(t + 1) * a_panel];
                             let tile = &mut acc[(q * (MC / mr) + t) * mr * NR..][..mr * NR];
-                            run_kernel(kern, groups, ap, bp, tile, !first);
+                            run_kernel(kern, groups, ap, bp, tile, pc > 0);
                         }
                     }
                 }
@@ -587,10 +593,11 @@ fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, co
     let sums: &[i32; NR] = g.b.col_sums[j..j + NR]
         .try_into()
         .expect("col_sums is padded to whole panels");
+    let zs: [i32; NR] = std::array::from_fn(|c| za.wrapping_mul(sums[c]));
     let mut accs = [[0i32; NR]; MR_MAX];
-    for (r, row) in accs.iter_mut().enumerate().take(rows) {
+    for (row, t) in accs.iter_mut().zip(tile.chunks_exact(NR)).take(rows) {
         for c in 0..NR {
-            row[c] = tile[r * NR + c].wrapping_sub(za.wrapping_mul(sums[c]));
+            row[c] = t[c].wrapping_sub(zs[c]);
         }
     }
     let (rs, cs) = g.strides;
@@ -598,12 +605,10 @@ fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, co
     let ep = match (g.dst, &g.ep) {
         (Dst::I32(p), _) => {
             for (r, row) in accs.iter().enumerate().take(rows) {
-                for (c, &v) in row.iter().enumerate().take(cols) {
-                    // SAFETY: (i + r, j + c) lies inside C (checked against
-                    // its length in `qgemm_strided`) and inside this task's
-                    // rectangle, which no other task touches.
-                    unsafe { *p.add(base + r * rs + c * cs) = v };
-                }
+                // SAFETY: (i + r, j + c) lies inside C (checked against its
+                // length in `qgemm_strided`) and inside this task's
+                // rectangle, which no other task touches.
+                unsafe { store_row(p, base + r * rs, cs, row, cols) };
             }
             return;
         }
@@ -612,35 +617,35 @@ fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, co
     };
     let mut scale = [0.0f32; NR];
     let mut bias = [0.0f32; NR];
-    for c in 0..cols {
-        let sb = if ep.b_scales.len() == 1 {
-            ep.b_scales[0]
-        } else {
-            ep.b_scales[j + c]
-        };
-        scale[c] = ep.a_scale * sb;
-        if let Some(bv) = ep.bias {
-            bias[c] = bv[j + c];
+    match ep.b_scales {
+        [sb] => scale[..cols].fill(ep.a_scale * sb),
+        sbs => {
+            for (s, &sb) in scale.iter_mut().zip(&sbs[j..j + cols]) {
+                *s = ep.a_scale * sb;
+            }
         }
     }
+    if let Some(bv) = ep.bias {
+        bias[..cols].copy_from_slice(&bv[j..j + cols]);
+    }
     let mut y = [[0.0f32; NR]; MR_MAX];
-    for r in 0..rows {
+    for (r, (yr, ar)) in y.iter_mut().zip(&accs).enumerate().take(rows) {
         for c in 0..NR {
-            y[r][c] = accs[r][c] as f32 * scale[c];
+            yr[c] = ar[c] as f32 * scale[c];
         }
         if ep.bias.is_some() {
             for c in 0..NR {
-                y[r][c] += bias[c];
+                yr[c] += bias[c];
             }
         }
         if let Some(res) = ep.residual {
             let s = base + r * rs;
             if cs == 1 {
-                for (v, &x) in y[r].iter_mut().zip(&res[s..s + cols]) {
+                for (v, &x) in yr.iter_mut().zip(&res[s..s + cols]) {
                     *v += x;
                 }
             } else {
-                for (c, v) in y[r].iter_mut().enumerate().take(cols) {
+                for (c, v) in yr.iter_mut().enumerate().take(cols) {
                     *v += res[s + c * cs];
                 }
             }
@@ -652,10 +657,8 @@ fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, co
     match g.dst {
         Dst::F32(p) => {
             for (r, row) in y.iter().enumerate().take(rows) {
-                for (c, &v) in row.iter().enumerate().take(cols) {
-                    // SAFETY: as for the i32 store above.
-                    unsafe { *p.add(base + r * rs + c * cs) = v };
-                }
+                // SAFETY: as for the i32 store above.
+                unsafe { store_row(p, base + r * rs, cs, row, cols) };
             }
         }
         Dst::U8(p, rq) => {
@@ -665,13 +668,27 @@ fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, co
                 for c in 0..NR {
                     q[c] = quantize_one(row[c], rq.scale, zp);
                 }
-                for (c, &v) in q.iter().enumerate().take(cols) {
-                    // SAFETY: as for the i32 store above.
-                    unsafe { *p.add(base + r * rs + c * cs) = v };
-                }
+                // SAFETY: as for the i32 store above.
+                unsafe { store_row(p, base + r * rs, cs, &q, cols) };
             }
         }
         Dst::I32(_) => unreachable!("handled above"),
+    }
+}
+
+/// Stores the first `cols` values of a tile row at `p[at + c * cs]`: one
+/// unaligned 16-value store for a whole contiguous row.
+///
+/// # Safety
+/// Every `p[at + c * cs]`, `c < cols`, must be writable and not in use.
+#[inline(always)]
+unsafe fn store_row<T: Copy>(p: *mut T, at: usize, cs: usize, row: &[T; NR], cols: usize) {
+    if cs == 1 && cols == NR {
+        (p.add(at) as *mut [T; NR]).write_unaligned(*row);
+    } else {
+        for (c, &v) in row.iter().enumerate().take(cols) {
+            *p.add(at + c * cs) = v;
+        }
     }
 }
 
@@ -718,27 +735,31 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: us
     kc: usize,
 ) {
     let groups = kc.div_ceil(G);
-    // One row's group: its G elements of E bytes, COPIES times over.
-    let (grp_bytes, row_bytes) = (G * E, G * E * COPIES);
+    let row_bytes = G * E * COPIES;
     let step = MR * row_bytes;
     debug_assert!(i0 + mc <= m);
     let _ = m;
     for (t, panel) in dst.chunks_exact_mut(groups * step).enumerate() {
         let ib = i0 + t * MR;
         let rows = MR.min(i0 + mc - ib);
-        if rows < MR || !kc.is_multiple_of(G) || E == 2 {
+        if rows < MR {
             panel.fill(0);
         }
         if a.trans {
             // Depth p of the block is the `rows` bytes at (p0+p)*ld + ib.
-            for p in 0..kc {
-                let s = (p0 + p) * a.ld + ib;
-                let src = &a.data[s..s + rows];
-                let o = (p / G) * step + (p % G) * E;
-                for (r, &v) in src.iter().enumerate() {
-                    for x in 0..COPIES {
-                        panel[o + r * row_bytes + x * grp_bytes] = v;
+            for gi in 0..groups {
+                let depths = G.min(kc - gi * G);
+                let mut src: [&[u8]; G] = [&[]; G];
+                for (x, s) in src.iter_mut().enumerate().take(depths) {
+                    let at = (p0 + gi * G + x) * a.ld + ib;
+                    *s = &a.data[at..at + rows];
+                }
+                for r in 0..rows {
+                    let mut vals = [0u8; G];
+                    for x in 0..depths {
+                        vals[x] = src[x][r];
                     }
+                    put_group::<G, E, COPIES>(panel, gi * step + r * row_bytes, vals);
                 }
             }
         } else {
@@ -747,23 +768,42 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: us
                 let src = &a.data[s..s + kc];
                 let mut full = src.chunks_exact(G);
                 for (gi, grp) in full.by_ref().enumerate() {
-                    let o = gi * step + r * row_bytes;
-                    for c in 0..COPIES {
-                        for (x, &v) in grp.iter().enumerate() {
-                            panel[o + c * grp_bytes + x * E] = v;
-                        }
-                    }
+                    let vals = grp.try_into().expect("chunks of G");
+                    put_group::<G, E, COPIES>(panel, gi * step + r * row_bytes, vals);
                 }
                 let rem = full.remainder();
-                let o = (kc / G) * step + r * row_bytes;
-                for c in 0..COPIES {
-                    for (x, &v) in rem.iter().enumerate() {
-                        panel[o + c * grp_bytes + x * E] = v;
+                if !rem.is_empty() {
+                    let mut vals = [0u8; G];
+                    for (v, &x) in vals.iter_mut().zip(rem) {
+                        *v = x;
                     }
+                    put_group::<G, E, COPIES>(panel, (kc / G) * step + r * row_bytes, vals);
                 }
             }
         }
     }
+}
+
+/// Stores one row's group of a packed A panel at `panel[o..]`: its `G`
+/// values (zero past the block's depth), each zero-extended to `E` bytes,
+/// `COPIES` times over, as one store of at most 8 bytes.
+#[inline(always)]
+fn put_group<const G: usize, const E: usize, const COPIES: usize>(
+    panel: &mut [u8],
+    o: usize,
+    vals: [u8; G],
+) {
+    let len = const {
+        assert!(G * E * COPIES <= 8);
+        G * E * COPIES
+    };
+    let mut w = [0u8; 8];
+    for c in 0..COPIES {
+        for (x, &v) in vals.iter().enumerate() {
+            w[(c * G + x) * E] = v;
+        }
+    }
+    panel[o..o + len].copy_from_slice(&w[..len]);
 }
 
 /// Runs one micro-kernel over `groups` depth groups: `a` is an A panel,
@@ -963,6 +1003,26 @@ pub fn quantize_u8_with(features: Features, x: &[f32], scale: f32, zp: u8, out: 
     for (o, &v) in out.iter_mut().zip(x) {
         *o = quantize_one(v, scale, z);
     }
+}
+
+/// ONNX DynamicQuantizeLinear's scale and zero point of `x`
+/// ([`dynamic_params`](crate::kernels::reference::quant::dynamic_params)),
+/// its range found with AVX2 where the CPU has it (same values).
+pub fn dynamic_params_with(features: Features, x: &[f32]) -> (f32, u8) {
+    use crate::kernels::reference::quant::{finite_range, range_params};
+    #[cfg(target_arch = "x86_64")]
+    if features.avx2_fma {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn range_avx2(x: &[f32]) -> (f32, f32) {
+            finite_range(x)
+        }
+        // SAFETY: the CPU has AVX2 (the features say so).
+        let (lo, hi) = unsafe { range_avx2(x) };
+        return range_params(lo, hi);
+    }
+    let _ = features;
+    let (lo, hi) = finite_range(x);
+    range_params(lo, hi)
 }
 
 /// AVX2 quantization, 32 values a step: `vdivps`, `vroundps` to nearest
@@ -1485,6 +1545,30 @@ pub(crate) mod tests {
                     c1.iter().zip(&c2).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{name} m{m} n{n} k{k}: 1 and 2 threads differ"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn dynamic_range_matches_a_plain_loop() {
+        let mut x = rand_f32(203, 8, 3.0);
+        x[5] = f32::NAN;
+        x[77] = f32::INFINITY;
+        x[150] = f32::NEG_INFINITY;
+        x[200] = -7.5;
+        let shifted: Vec<f32> = x.iter().map(|v| v + 10.0).collect();
+        for data in [&x[..], &shifted[..]] {
+            for len in [0, 1, 7, 8, 9, 16, 77, 151, 201, 203] {
+                let v = &data[..len];
+                let (mut lo, mut hi) = (0f32, 0f32);
+                for &e in v.iter().filter(|e| e.is_finite()) {
+                    lo = lo.min(e);
+                    hi = hi.max(e);
+                }
+                let want = crate::kernels::reference::quant::range_params(lo, hi);
+                for (name, f) in features() {
+                    assert_eq!(dynamic_params_with(f, v), want, "{name} len {len}");
+                }
             }
         }
     }
