@@ -756,8 +756,8 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: us
                 }
                 for r in 0..rows {
                     let mut vals = [0u8; G];
-                    for x in 0..depths {
-                        vals[x] = src[x][r];
+                    for (v, row) in vals.iter_mut().zip(&src).take(depths) {
+                        *v = row[r];
                     }
                     put_group::<G, E, COPIES>(panel, gi * step + r * row_bytes, vals);
                 }
