@@ -3,11 +3,12 @@
 //! [`super::qgemm`]: raw i32, dequantized f32 (scale, bias per output
 //! channel, NCHW residual, activation) or requantized u8.
 //!
-//! Each (batch item, group) is one int8 GEMM computed transposed: the
-//! pixels are the rows, `Yᵀ[P, M/G] = colsᵀ[P, K] · Wᵀ[K, M/G]` with
-//! `K = C/G · kh · kw`, so the constant weights are the packed B operand
-//! ([`QPackedB`] built from `[M/G, K]` rows, i.e. transposed) and the
-//! output is stored channel-major straight from the tiles. The im2col
+//! Each (batch item, group) is one int8 GEMM with the weights on the left:
+//! `Y[M/G, P] = W[M/G, K] · cols[K, P]` with `K = C/G · kh · kw`
+//! ([`qgemm_wx`]): the constant weights are packed once ([`QPackedA`]),
+//! the pixels are the micro-kernel's vector lanes (the im2col rows pack
+//! into its panels by interleaving contiguous bytes), and the output
+//! planes are stored row by row straight from the tiles. The im2col
 //! columns (`[K, P]` u8) are padded with the activations' **zero point**,
 //! so a padding tap contributes `(za − za) · w = 0` exactly; a 1x1,
 //! stride-1, unpadded convolution reads the input in place. Convolutions
@@ -19,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::qgemm::{qgemm_strided, QEpilogue, QMatA, QOut, QPackedB, QRequant};
+use super::qgemm::{qgemm_wx, QEpilogue, QMatX, QOut, QPackedA, QRequant};
 use super::{CpuCtx, Features};
 
 /// Output elements below which planes are not spread over threads.
@@ -70,8 +71,8 @@ pub struct QPackedConv {
 enum Kind {
     /// One input channel per group: the weights as they are, `[M, kh·kw]`.
     Direct(Vec<i8>),
-    /// One packed B (`Wᵀ`, `K × M/G`) per group.
-    Gemm(Vec<QPackedB>),
+    /// One packed left operand (`W`, `M/G × K`) per group.
+    Gemm(Vec<QPackedA>),
 }
 
 impl QPackedConv {
@@ -83,8 +84,8 @@ impl QPackedConv {
     pub fn is_direct(&self) -> bool {
         matches!(self.kind, Kind::Direct(_))
     }
-    /// The packed B operand of each group (empty for the direct loop).
-    pub fn packs(&self) -> &[QPackedB] {
+    /// The packed weights of each group (empty for the direct loop).
+    pub fn packs(&self) -> &[QPackedA] {
         match &self.kind {
             Kind::Gemm(v) => v,
             Kind::Direct(_) => &[],
@@ -119,7 +120,7 @@ pub fn pack_conv(
     } else {
         let mg = m / group;
         let packs = (0..group)
-            .map(|g| QPackedB::new(k, mg, &w[g * mg * k..(g + 1) * mg * k], k, true, features))
+            .map(|g| QPackedA::new(mg, k, &w[g * mg * k..(g + 1) * mg * k], features))
             .collect::<Option<Vec<_>>>()?;
         Kind::Gemm(packs)
     };
@@ -234,13 +235,12 @@ pub fn qconv2d(
                     im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), cols, cx);
                     &cols[..]
                 };
-                let qa = QMatA {
+                let qx = QMatX {
                     data: a,
                     ld: p,
-                    trans: true,
                     zero_point: x_zp,
                 };
-                qgemm_strided(p, qa, &packs[g], o, (1, p), cx);
+                qgemm_wx(&packs[g], qx, p, o, p, cx);
             };
             if by_task {
                 cx.install(|| {

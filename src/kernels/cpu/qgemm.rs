@@ -407,9 +407,14 @@ pub(crate) fn qgemm_strided(
         a,
         b,
         m,
-        dst,
-        strides,
-        ep,
+        fin: Finish {
+            za: a.zero_point as i32,
+            sums: &b.col_sums,
+            by_row: false,
+            dst,
+            strides,
+            ep,
+        },
     };
     let kern = b.kern;
     let (mr, tiles_m, tiles_n) = (kern.mr(), m.div_ceil(kern.mr()), n.div_ceil(NR));
@@ -459,6 +464,18 @@ struct QGemm<'a> {
     a: QMatA<'a>,
     b: &'a QPackedB,
     m: usize,
+    fin: Finish<'a>,
+}
+
+/// What turns a tile of raw products into C: the zero point correction
+/// `za · sums`, and the output with its epilogue. The constant operand's
+/// sums, scales and bias run along C's columns (u8 activations on the
+/// left, [`qgemm`]) or its rows (i8 weights on the left, [`qgemm_wx`]).
+struct Finish<'a> {
+    za: i32,
+    /// The constant operand's sums over the depth, padded to whole panels.
+    sums: &'a [i32],
+    by_row: bool,
     dst: Dst,
     strides: (usize, usize),
     ep: Option<QEpilogue<'a>>,
@@ -514,7 +531,7 @@ impl QGemm<'_> {
                 let kc = kc_max.min(k - pc);
                 let a_panel = mr * kc.div_ceil(g) * ag;
                 let ablock = &mut abuf[a_off + x * block_bytes..][..tiles * a_panel];
-                pack_a(ablock, kern, &self.a, self.m, ic, mc, pc, kc);
+                pack_a(ablock, kern, false, &self.a, self.m, ic, mc, pc, kc);
             }
             for jc in (j0..j1).step_by(NC) {
                 let nc = NC.min(j1 - jc);
@@ -534,7 +551,7 @@ impl QGemm<'_> {
                         for t in 0..tiles {
                             let ap = &ablock[t * a_panel..(t + 1) * a_panel];
                             let tile = &mut acc[(q * (MC / mr) + t) * mr * NR..][..mr * NR];
-                            run_kernel(kern, groups, ap, bp, tile, pc > 0);
+                            run_kernel(kern, false, groups, ap, bp, tile, pc > 0);
                         }
                     }
                 }
@@ -544,33 +561,347 @@ impl QGemm<'_> {
                         let (i, j) = (ic + t * mr, jc + q * NR);
                         let rows = mr.min(i1 - i);
                         let cols = NR.min(j1 - j);
-                        self.finish_tile(kern, tile, i, rows, j, cols);
+                        self.fin.tile(kern, tile, i, rows, j, cols);
                     }
                 }
             }
         }
     }
+}
 
+impl Finish<'_> {
     /// The epilogue of one tile of accumulators (`rows × cols` of an
     /// `mr × NR` tile at row `i`, column `j` of C).
-    fn finish_tile(
-        &self,
-        kern: QKernel,
-        tile: &[i32],
-        i: usize,
-        rows: usize,
-        j: usize,
-        cols: usize,
-    ) {
+    fn tile(&self, kern: QKernel, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
         #[cfg(target_arch = "x86_64")]
         if kern != QKernel::Portable {
             // SAFETY: AVX2 kernels are only packed for CPUs that have AVX2
-            // (`runs_on` is checked in `qgemm_strided`).
+            // (`runs_on` is checked before any product runs).
             unsafe { finish_tile_avx2(self, tile, i, rows, j, cols) };
             return;
         }
         let _ = kern;
         finish_tile_impl(self, tile, i, rows, j, cols);
+    }
+}
+
+/// Constant i8 weights `W[m×k]` (row-major) packed once as the left
+/// operand of [`qgemm_wx`]: panels of the kernel's MR rows over all of k,
+/// laid out as the micro-kernels read A, plus each row's sum (to fold the
+/// activations' zero point out of the product). A convolution's weights
+/// are this operand: the pixels are then C's columns, the vector lanes.
+#[derive(Clone, Debug)]
+pub struct QPackedA {
+    m: usize,
+    k: usize,
+    kern: QKernel,
+    /// Bytes of one panel: `k.div_ceil(group) * mr * a_group_bytes`.
+    panel_bytes: usize,
+    buf: Vec<u8>,
+    /// Offset of the 64-byte aligned start in `buf`.
+    off: usize,
+    /// `Σ_k w[i, k]` for each row, zero past m up to a whole panel.
+    row_sums: Vec<i32>,
+}
+
+impl QPackedA {
+    /// Packs `W[m×k]` (row-major) for the kernel `features` and the
+    /// weights' range select (as [`QPackedB::new`]). None when `k >`
+    /// [`MAX_K`].
+    ///
+    /// # Panics
+    /// When `w` is shorter than `m · k`.
+    pub fn new(m: usize, k: usize, w: &[i8], features: Features) -> Option<QPackedA> {
+        if k > MAX_K {
+            return None;
+        }
+        let w = &w[..m * k];
+        let (lo, hi) = w
+            .iter()
+            .fold((0i8, 0i8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let kern = QKernel::select(features, lo, hi);
+        let mr = kern.mr();
+        let panel_bytes = k.div_ceil(kern.group()) * mr * kern.a_group_bytes();
+        let len = m.div_ceil(mr) * panel_bytes;
+        let mut buf = Vec::new();
+        let off = aligned(&mut buf, len);
+        if m > 0 && k > 0 {
+            let bytes: Vec<u8> = w.iter().map(|&v| v as u8).collect();
+            let a = QMatA {
+                data: &bytes,
+                ld: k,
+                trans: false,
+                zero_point: 0,
+            };
+            pack_a(&mut buf[off..off + len], kern, true, &a, m, 0, m, 0, k);
+        }
+        let mut row_sums = vec![0i32; m.div_ceil(mr) * mr];
+        for (s, row) in row_sums.iter_mut().zip(w.chunks_exact(k.max(1))) {
+            *s = row.iter().map(|&v| v as i32).sum();
+        }
+        Some(QPackedA {
+            m,
+            k,
+            kern,
+            panel_bytes,
+            buf,
+            off,
+            row_sums,
+        })
+    }
+
+    /// Rows of W (C's rows).
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    /// Columns of W (the depth).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// The micro-kernel the pack is laid out for.
+    pub fn kernel(&self) -> QKernel {
+        self.kern
+    }
+}
+
+/// The u8 right operand of [`qgemm_wx`]: `X[k×n]` row-major with leading
+/// dimension `ld` (a convolution's im2col rows, or its input planes), and
+/// its quantization zero point.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatX<'a> {
+    pub data: &'a [u8],
+    pub ld: usize,
+    pub zero_point: u8,
+}
+
+/// `C[m×n] = W · (X − za)` through `out`'s epilogue, the constant i8
+/// weights on the left: the same exact accumulators and epilogue steps as
+/// [`qgemm`], but the scales and bias index C's **rows** (W's rows). C
+/// (row-major, leading dimension `ldc`, residual likewise) is overwritten,
+/// columns past n are not touched.
+///
+/// # Panics
+/// When a slice is too short for its dimensions, the scales are neither 1
+/// nor m long, or W was packed for a kernel `cx.features` cannot run.
+pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &CpuCtx) {
+    let (m, k) = (w.m, w.k);
+    assert!(
+        w.kern.runs_on(cx.features),
+        "qgemm_wx: W packed for {:?}, which {:?} cannot run",
+        w.kern,
+        cx.features
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n, "qgemm_wx: ldc {ldc} < n = {n}");
+    if k > 0 {
+        assert!(
+            x.ld >= n && x.data.len() >= (k - 1) * x.ld + n,
+            "qgemm_wx: X ({k}x{n}, ld {}) does not fit in {} elements",
+            x.ld,
+            x.data.len()
+        );
+    }
+    let span = (m - 1) * ldc + n;
+    let (dst, ep) = match out {
+        QOut::I32(c) => {
+            assert!(c.len() >= span, "qgemm_wx: C shorter than {span}");
+            (Dst::I32(c.as_mut_ptr()), None)
+        }
+        QOut::F32(c, ep) => {
+            assert!(c.len() >= span, "qgemm_wx: C shorter than {span}");
+            (Dst::F32(c.as_mut_ptr()), Some(ep))
+        }
+        QOut::U8(c, ep, rq) => {
+            assert!(c.len() >= span, "qgemm_wx: C shorter than {span}");
+            (Dst::U8(c.as_mut_ptr(), rq), Some(ep))
+        }
+    };
+    if let Some(ep) = &ep {
+        assert!(
+            ep.b_scales.len() == 1 || ep.b_scales.len() == m,
+            "qgemm_wx: {} W scales for {m} rows",
+            ep.b_scales.len()
+        );
+        assert!(
+            ep.bias.is_none_or(|b| b.len() >= m),
+            "qgemm_wx: bias shorter than m = {m}"
+        );
+        assert!(
+            ep.residual.is_none_or(|r| r.len() >= span),
+            "qgemm_wx: residual shorter than C"
+        );
+    }
+    let g = QGemmWx {
+        w,
+        x,
+        fin: Finish {
+            za: x.zero_point as i32,
+            sums: &w.row_sums,
+            by_row: true,
+            dst,
+            strides: (ldc, 1),
+            ep,
+        },
+    };
+    let mr = w.kern.mr();
+    let (tiles_m, tiles_n) = (m.div_ceil(mr), n.div_ceil(NR));
+    let threads = if m * n * k >= PARALLEL_MIN_MACS {
+        cx.threads
+    } else {
+        1
+    };
+    if threads <= 1 || tiles_m * tiles_n < 2 {
+        g.region((0..m, 0..n));
+        return;
+    }
+    // Split columns when there are enough (each task packs only its own
+    // columns of X); otherwise rows (each task packs all of X). Chunks are
+    // whole tiles, so every element's arithmetic is that of one thread.
+    let (tm, tn) = if tiles_n >= 2 * threads || tiles_n >= tiles_m {
+        (1, threads.min(tiles_n))
+    } else {
+        (threads.min(tiles_m), 1)
+    };
+    let rows = tiles_m.div_ceil(tm) * mr;
+    let cols = tiles_n.div_ceil(tn) * NR;
+    let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
+    cx.install(|| {
+        (0..tm * tn).into_par_iter().for_each(|t| {
+            let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
+            g.region((i0..(i0 + rows).min(m), j0..(j0 + cols).min(n)));
+        })
+    });
+}
+
+/// One weights-left product, ready to compute any rectangle of C.
+struct QGemmWx<'a> {
+    w: &'a QPackedA,
+    x: QMatX<'a>,
+    fin: Finish<'a>,
+}
+
+impl QGemmWx<'_> {
+    /// Computes rows `i0..i1` (`i0` a multiple of MR), columns `j0..j1`
+    /// (`j0` a multiple of NR) of C.
+    fn region(&self, (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)) {
+        with_buf(&BUF_A, |xbuf| {
+            with_buf(&BUF_ACC, |acc| self.region_in(xbuf, acc, rows, cols))
+        })
+    }
+
+    fn region_in(
+        &self,
+        xbuf: &mut Vec<u8>,
+        accbuf: &mut Vec<i32>,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let kern = self.w.kern;
+        let (mr, g, e, kc_max) = (kern.mr(), kern.group(), kern.elem(), kern.kc());
+        let ag = kern.a_group_bytes();
+        let k = self.w.k;
+        // X's columns are packed once per column block for all depths (NR
+        // columns over all of k per panel) and reused by every row block.
+        let x_panel = k.div_ceil(g) * NR * g * e;
+        let x_off = aligned(xbuf, (NC / NR) * x_panel.max(1));
+        let acc_off = aligned(accbuf, MC * NC);
+        let wdata = &self.w.buf[self.w.off..];
+        for jc in cols.clone().step_by(NC) {
+            let nc = NC.min(cols.end - jc);
+            let panels = nc.div_ceil(NR);
+            let xblock = &mut xbuf[x_off..x_off + panels * x_panel];
+            pack_x(xblock, kern, &self.x, k, jc, nc);
+            let xblock = &xbuf[x_off..x_off + panels * x_panel];
+            for ic in rows.clone().step_by(MC) {
+                let mc = MC.min(rows.end - ic);
+                let tiles = mc.div_ceil(mr);
+                let acc = &mut accbuf[acc_off..acc_off + MC * NC];
+                if k == 0 {
+                    acc.fill(0);
+                }
+                for pc in (0..k).step_by(kc_max) {
+                    let groups = kc_max.min(k - pc).div_ceil(g);
+                    for q in 0..panels {
+                        let xp =
+                            &xblock[q * x_panel + (pc / g) * NR * g * e..][..groups * NR * g * e];
+                        for t in 0..tiles {
+                            let wp = &wdata
+                                [(ic / mr + t) * self.w.panel_bytes + (pc / g) * mr * ag..]
+                                [..groups * mr * ag];
+                            let tile = &mut acc[(q * (MC / mr) + t) * mr * NR..][..mr * NR];
+                            run_kernel(kern, true, groups, wp, xp, tile, pc > 0);
+                        }
+                    }
+                }
+                for q in 0..panels {
+                    for t in 0..tiles {
+                        let tile = &acc[(q * (MC / mr) + t) * mr * NR..][..mr * NR];
+                        let (i, j) = (ic + t * mr, jc + q * NR);
+                        let r = mr.min(rows.end - i);
+                        let c = NR.min(cols.end - j);
+                        self.fin.tile(kern, tile, i, r, j, c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs columns `j0..j0+nc` of X (all k depths) into NR-column panels as
+/// the micro-kernels read B: depths in groups of the kernel's width, each
+/// u8 zero-extended to its element size, zero past k and past nc.
+fn pack_x(dst: &mut [u8], kern: QKernel, x: &QMatX, k: usize, j0: usize, nc: usize) {
+    match kern {
+        QKernel::Portable => pack_x_impl::<1, 1>(dst, x, k, j0, nc),
+        QKernel::Avx2Madd16 => pack_x_impl::<2, 2>(dst, x, k, j0, nc),
+        QKernel::Avx2Maddubs => pack_x_impl::<2, 1>(dst, x, k, j0, nc),
+    }
+}
+
+fn pack_x_impl<const G: usize, const E: usize>(
+    dst: &mut [u8],
+    x: &QMatX,
+    k: usize,
+    j0: usize,
+    nc: usize,
+) {
+    let step = NR * G * E;
+    let panel = k.div_ceil(G) * step;
+    if panel == 0 {
+        return;
+    }
+    for (q, pd) in dst.chunks_exact_mut(panel).enumerate() {
+        let c0 = j0 + q * NR;
+        let cols = NR.min(j0 + nc - c0);
+        for (gi, out) in pd.chunks_exact_mut(step).enumerate() {
+            let whole = cols == NR && (gi + 1) * G <= k;
+            if whole {
+                // G rows of NR bytes interleaved (and widened): the loops
+                // have constant bounds and vectorize.
+                let src: [&[u8; NR]; G] = std::array::from_fn(|d| {
+                    let at = (gi * G + d) * x.ld + c0;
+                    x.data[at..at + NR].try_into().expect("NR bytes")
+                });
+                for c in 0..NR {
+                    for (d, row) in src.iter().enumerate() {
+                        out[(c * G + d) * E] = row[c];
+                        if E == 2 {
+                            out[(c * G + d) * E + 1] = 0;
+                        }
+                    }
+                }
+            } else {
+                out.fill(0);
+                for d in 0..G.min(k - gi * G) {
+                    let at = (gi * G + d) * x.ld + c0;
+                    for (c, &v) in x.data[at..at + cols].iter().enumerate() {
+                        out[(c * G + d) * E] = v;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -581,23 +912,34 @@ impl QGemm<'_> {
 /// contracts a multiply and an add).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn finish_tile_avx2(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
+unsafe fn finish_tile_avx2(g: &Finish, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
     finish_tile_impl(g, tile, i, rows, j, cols)
 }
 
-/// Corrects a tile for A's zero point, then stores it through the output's
+/// Corrects a tile for the zero point, then stores it through the output's
 /// epilogue. Element (r, c) of the tile is `tile[r * NR + c]`.
 #[inline(always)]
-fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
-    let za = g.a.zero_point as i32;
-    let sums: &[i32; NR] = g.b.col_sums[j..j + NR]
-        .try_into()
-        .expect("col_sums is padded to whole panels");
-    let zs: [i32; NR] = std::array::from_fn(|c| za.wrapping_mul(sums[c]));
+fn finish_tile_impl(g: &Finish, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
+    let za = g.za;
     let mut accs = [[0i32; NR]; MR_MAX];
-    for (row, t) in accs.iter_mut().zip(tile.chunks_exact(NR)).take(rows) {
-        for c in 0..NR {
-            row[c] = t[c].wrapping_sub(zs[c]);
+    if g.by_row {
+        for (r, (row, t)) in accs.iter_mut().zip(tile.chunks_exact(NR)).enumerate() {
+            if r < rows {
+                let z = za.wrapping_mul(g.sums[i + r]);
+                for c in 0..NR {
+                    row[c] = t[c].wrapping_sub(z);
+                }
+            }
+        }
+    } else {
+        let sums: &[i32; NR] = g.sums[j..j + NR]
+            .try_into()
+            .expect("sums are padded to whole panels");
+        let zs: [i32; NR] = std::array::from_fn(|c| za.wrapping_mul(sums[c]));
+        for (row, t) in accs.iter_mut().zip(tile.chunks_exact(NR)).take(rows) {
+            for c in 0..NR {
+                row[c] = t[c].wrapping_sub(zs[c]);
+            }
         }
     }
     let (rs, cs) = g.strides;
@@ -615,27 +957,40 @@ fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, co
         (_, Some(ep)) => ep,
         (_, None) => unreachable!("f32 and u8 outputs carry an epilogue"),
     };
+    // Scales and bias of C's columns, or of its rows.
+    let (at, len) = if g.by_row { (i, rows) } else { (j, cols) };
     let mut scale = [0.0f32; NR];
     let mut bias = [0.0f32; NR];
     match ep.b_scales {
-        [sb] => scale[..cols].fill(ep.a_scale * sb),
+        [sb] => scale[..len].fill(ep.a_scale * sb),
         sbs => {
-            for (s, &sb) in scale.iter_mut().zip(&sbs[j..j + cols]) {
+            for (s, &sb) in scale.iter_mut().zip(&sbs[at..at + len]) {
                 *s = ep.a_scale * sb;
             }
         }
     }
     if let Some(bv) = ep.bias {
-        bias[..cols].copy_from_slice(&bv[j..j + cols]);
+        bias[..len].copy_from_slice(&bv[at..at + len]);
     }
     let mut y = [[0.0f32; NR]; MR_MAX];
     for (r, (yr, ar)) in y.iter_mut().zip(&accs).enumerate().take(rows) {
-        for c in 0..NR {
-            yr[c] = ar[c] as f32 * scale[c];
-        }
-        if ep.bias.is_some() {
+        if g.by_row {
+            for (v, &a) in yr.iter_mut().zip(ar) {
+                *v = a as f32 * scale[r];
+            }
+            if ep.bias.is_some() {
+                for v in yr.iter_mut() {
+                    *v += bias[r];
+                }
+            }
+        } else {
             for c in 0..NR {
-                yr[c] += bias[c];
+                yr[c] = ar[c] as f32 * scale[c];
+            }
+            if ep.bias.is_some() {
+                for c in 0..NR {
+                    yr[c] += bias[c];
+                }
             }
         }
         if let Some(res) = ep.residual {
@@ -651,7 +1006,17 @@ fn finish_tile_impl(g: &QGemm, tile: &[i32], i: usize, rows: usize, j: usize, co
             }
         }
     }
-    if let Some(act) = ep.act {
+    // Relu and Clip as an inline clamp; the others through the activation
+    // kernel.
+    let (clamp, rest) = super::gemm::split_act(ep.act);
+    if let Some((lo, hi)) = clamp {
+        for yr in y.iter_mut().take(rows) {
+            for v in yr.iter_mut() {
+                *v = v.max(lo).min(hi);
+            }
+        }
+    }
+    if let Some(act) = rest {
         super::apply_activation(act, &mut y.as_flattened_mut()[..rows * NR]);
     }
     match g.dst {
@@ -707,10 +1072,14 @@ fn quantize_one(x: f32, scale: f32, zp: f32) -> u8 {
 /// of panel t at byte `t*mr*groups*G*E + ((p/G)*mr + r)*G*E + (p%G)*E`
 /// (u8 zero-extended to two bytes when E = 2), zero-padded to whole
 /// panels and groups.
+///
+/// A's bytes are u8 activations, or i8 weights (their bytes) when
+/// `signed`, which only matters where E = 2 widens them.
 #[allow(clippy::too_many_arguments)]
 fn pack_a(
     dst: &mut [u8],
     kern: QKernel,
+    signed: bool,
     a: &QMatA,
     m: usize,
     i0: usize,
@@ -718,14 +1087,21 @@ fn pack_a(
     p0: usize,
     kc: usize,
 ) {
-    match kern {
-        QKernel::Portable => pack_a_impl::<4, 1, 1, 1>(dst, a, m, i0, mc, p0, kc),
-        QKernel::Avx2Madd16 => pack_a_impl::<6, 2, 2, 1>(dst, a, m, i0, mc, p0, kc),
-        QKernel::Avx2Maddubs => pack_a_impl::<6, 2, 1, 2>(dst, a, m, i0, mc, p0, kc),
+    match (kern, signed) {
+        (QKernel::Portable, _) => pack_a_impl::<4, 1, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
+        (QKernel::Avx2Madd16, false) => pack_a_impl::<6, 2, 2, 1, false>(dst, a, m, i0, mc, p0, kc),
+        (QKernel::Avx2Madd16, true) => pack_a_impl::<6, 2, 2, 1, true>(dst, a, m, i0, mc, p0, kc),
+        (QKernel::Avx2Maddubs, _) => pack_a_impl::<6, 2, 1, 2, false>(dst, a, m, i0, mc, p0, kc),
     }
 }
 
-fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: usize>(
+fn pack_a_impl<
+    const MR: usize,
+    const G: usize,
+    const E: usize,
+    const COPIES: usize,
+    const SIGNED: bool,
+>(
     dst: &mut [u8],
     a: &QMatA,
     m: usize,
@@ -747,19 +1123,22 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: us
         }
         if a.trans {
             // Depth p of the block is the `rows` bytes at (p0+p)*ld + ib.
+            // Depths past kc read a row of zeros.
+            let zeros = [0u8; MR];
             for gi in 0..groups {
-                let depths = G.min(kc - gi * G);
-                let mut src: [&[u8]; G] = [&[]; G];
-                for (x, s) in src.iter_mut().enumerate().take(depths) {
-                    let at = (p0 + gi * G + x) * a.ld + ib;
-                    *s = &a.data[at..at + rows];
-                }
-                for r in 0..rows {
-                    let mut vals = [0u8; G];
-                    for (v, row) in vals.iter_mut().zip(&src).take(depths) {
-                        *v = row[r];
+                let src: [&[u8]; G] = std::array::from_fn(|x| {
+                    let p = gi * G + x;
+                    if p < kc {
+                        let at = (p0 + p) * a.ld + ib;
+                        &a.data[at..at + rows]
+                    } else {
+                        &zeros[..rows]
                     }
-                    put_group::<G, E, COPIES>(panel, gi * step + r * row_bytes, vals);
+                });
+                #[allow(clippy::needless_range_loop)] // r indexes all G rows
+                for r in 0..rows {
+                    let vals = std::array::from_fn(|x| src[x][r]);
+                    put_group::<G, E, COPIES, SIGNED>(panel, gi * step + r * row_bytes, vals);
                 }
             }
         } else {
@@ -769,7 +1148,7 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: us
                 let mut full = src.chunks_exact(G);
                 for (gi, grp) in full.by_ref().enumerate() {
                     let vals = grp.try_into().expect("chunks of G");
-                    put_group::<G, E, COPIES>(panel, gi * step + r * row_bytes, vals);
+                    put_group::<G, E, COPIES, SIGNED>(panel, gi * step + r * row_bytes, vals);
                 }
                 let rem = full.remainder();
                 if !rem.is_empty() {
@@ -777,7 +1156,7 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: us
                     for (v, &x) in vals.iter_mut().zip(rem) {
                         *v = x;
                     }
-                    put_group::<G, E, COPIES>(panel, (kc / G) * step + r * row_bytes, vals);
+                    put_group::<G, E, COPIES, SIGNED>(panel, (kc / G) * step + r * row_bytes, vals);
                 }
             }
         }
@@ -785,10 +1164,11 @@ fn pack_a_impl<const MR: usize, const G: usize, const E: usize, const COPIES: us
 }
 
 /// Stores one row's group of a packed A panel at `panel[o..]`: its `G`
-/// values (zero past the block's depth), each zero-extended to `E` bytes,
+/// values (zero past the block's depth), each zero- (or, `SIGNED`,
+/// sign-) extended to `E` bytes,
 /// `COPIES` times over, as one store of at most 8 bytes.
 #[inline(always)]
-fn put_group<const G: usize, const E: usize, const COPIES: usize>(
+fn put_group<const G: usize, const E: usize, const COPIES: usize, const SIGNED: bool>(
     panel: &mut [u8],
     o: usize,
     vals: [u8; G],
@@ -797,20 +1177,31 @@ fn put_group<const G: usize, const E: usize, const COPIES: usize>(
         assert!(G * E * COPIES <= 8);
         G * E * COPIES
     };
-    let mut w = [0u8; 8];
+    // Built in a register: byte stores into a stack array read back as one
+    // word would stall store-to-load forwarding.
+    let mut w = 0u64;
     for c in 0..COPIES {
         for (x, &v) in vals.iter().enumerate() {
-            w[(c * G + x) * E] = v;
+            // Sign-extended only when there is room (E = 2).
+            let v = if SIGNED && E == 2 {
+                v as i8 as i16 as u16 as u64
+            } else {
+                v as u64
+            };
+            w |= v << (8 * (c * G + x) * E);
         }
     }
-    panel[o..o + len].copy_from_slice(&w[..len]);
+    panel[o..o + len].copy_from_slice(&w.to_le_bytes()[..len]);
 }
 
 /// Runs one micro-kernel over `groups` depth groups: `a` is an A panel,
 /// `b` a B panel (both at the block's first group), `tile` the `mr × NR`
-/// i32 tile, added to when `accumulate`, else overwritten.
+/// i32 tile, added to when `accumulate`, else overwritten. A holds the u8
+/// operand and B the i8 one, or the other way round when `wx` (weights
+/// on the left, [`qgemm_wx`]).
 fn run_kernel(
     kern: QKernel,
+    wx: bool,
     groups: usize,
     a: &[u8],
     b: &[u8],
@@ -826,7 +1217,8 @@ fn run_kernel(
         "qgemm: micro-panel shorter than its depth"
     );
     match kern {
-        QKernel::Portable => kernel_portable(groups, a, b, tile, accumulate),
+        QKernel::Portable if wx => kernel_portable::<true>(groups, a, b, tile, accumulate),
+        QKernel::Portable => kernel_portable::<false>(groups, a, b, tile, accumulate),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 packs are only run when the CPU has AVX2 (checked in
         // `qgemm_strided`); the panels and tile have the lengths checked
@@ -836,16 +1228,28 @@ fn run_kernel(
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
+        QKernel::Avx2Maddubs if wx => unsafe {
+            kernel_maddubs::<true>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         QKernel::Avx2Maddubs => unsafe {
-            kernel_maddubs(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+            kernel_maddubs::<false>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
         },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("AVX2 kernels are only selected on x86_64"),
     }
 }
 
-/// Portable micro-kernel: a `4 × 16` tile, one depth per step.
-fn kernel_portable(kc: usize, a: &[u8], b: &[u8], tile: &mut [i32], accumulate: bool) {
+/// Portable micro-kernel: a `4 × 16` tile, one depth per step; A is u8 and
+/// B i8, or A i8 and B u8 when `WX`.
+fn kernel_portable<const WX: bool>(
+    kc: usize,
+    a: &[u8],
+    b: &[u8],
+    tile: &mut [i32],
+    accumulate: bool,
+) {
     const MR: usize = 4;
     let mut acc = [[0i32; NR]; MR];
     if accumulate {
@@ -855,9 +1259,16 @@ fn kernel_portable(kc: usize, a: &[u8], b: &[u8], tile: &mut [i32], accumulate: 
     }
     for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
         for r in 0..MR {
-            let x = av[r] as i32;
-            for c in 0..NR {
-                acc[r][c] += x * (bv[c] as i8 as i32);
+            if WX {
+                let x = av[r] as i8 as i32;
+                for c in 0..NR {
+                    acc[r][c] += x * bv[c] as i32;
+                }
+            } else {
+                let x = av[r] as i32;
+                for c in 0..NR {
+                    acc[r][c] += x * (bv[c] as i8 as i32);
+                }
             }
         }
     }
@@ -921,7 +1332,8 @@ unsafe fn kernel_madd16(
 /// reads as `odd · 65536 + even + 32768`, summed into `all`, while an
 /// arithmetic shift sums `odd` alone; at the end `even = all − odd · 65536
 /// − 32768 · steps` in wrapping i32 arithmetic, exact because the true sum
-/// fits i32.
+/// fits i32. With `WX` the broadcast A pair is the i8 weights' and B the u8
+/// activations (`vpmaddubsw`'s unsigned operand is then B).
 ///
 /// # Safety
 /// The CPU must support AVX2; every packed weight must lie in [−64, 63];
@@ -929,7 +1341,7 @@ unsafe fn kernel_madd16(
 /// `tile` 96 i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_maddubs(
+unsafe fn kernel_maddubs<const WX: bool>(
     groups: usize,
     a: *const u8,
     b: *const u8,
@@ -947,7 +1359,12 @@ unsafe fn kernel_maddubs(
         let bv = _mm256_loadu_si256(bp as *const __m256i);
         for r in 0..MR {
             let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
-            let p = _mm256_xor_si256(_mm256_maddubs_epi16(x, bv), flip);
+            let prod = if WX {
+                _mm256_maddubs_epi16(bv, x)
+            } else {
+                _mm256_maddubs_epi16(x, bv)
+            };
+            let p = _mm256_xor_si256(prod, flip);
             all[r] = _mm256_add_epi32(all[r], p);
             odd[r] = _mm256_add_epi32(odd[r], _mm256_srai_epi32::<16>(p));
         }
@@ -1549,6 +1966,158 @@ pub(crate) mod tests {
         }
     }
 
+    /// Weights-left products: `W[m×k]` i8 (weights in `wrange`, or all
+    /// `w_fill`) times `X[k×n]` u8 (random, or all `x_fill`) against i64
+    /// sums, C's padding untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn check_wx(
+        (m, n, k): (usize, usize, usize),
+        za: u8,
+        wrange: (i8, i8),
+        fills: (Option<i8>, Option<u8>),
+        seed: u64,
+        cx: &CpuCtx,
+        what: &str,
+    ) {
+        let w = match fills.0 {
+            Some(v) => vec![v; m * k],
+            None => rand_i8(m * k, wrange.0, wrange.1, seed),
+        };
+        let ld = n + 5;
+        let x = match fills.1 {
+            Some(v) => vec![v; k * ld],
+            None => rand_u8(k * ld, seed + 1),
+        };
+        let pa = QPackedA::new(m, k, &w, cx.features).expect("k within MAX_K");
+        let ldc = n + 2;
+        let mut c = vec![i32::MIN + 7; m.max(1) * ldc];
+        let qx = QMatX {
+            data: &x,
+            ld,
+            zero_point: za,
+        };
+        qgemm_wx(&pa, qx, n, QOut::I32(&mut c), ldc, cx);
+        for i in 0..m {
+            for j in 0..ldc {
+                let got = c[i * ldc + j];
+                if j >= n {
+                    assert_eq!(got, i32::MIN + 7, "{what}: padding written");
+                    continue;
+                }
+                let want: i64 = (0..k)
+                    .map(|p| w[i * k + p] as i64 * (x[p * ld + j] as i64 - za as i64))
+                    .sum();
+                assert_eq!(
+                    got as i64,
+                    want,
+                    "{what} {:?}: m{m} n{n} k{k} za{za} at ({i}, {j})",
+                    pa.kernel()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weights_left_accumulators_match_reference() {
+        for (name, f) in features() {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for (x, &(m, n, k)) in [
+                    (1, 1, 1),
+                    (7, 17, 3),
+                    (64, 300, 27),
+                    (13, 40, 1201),
+                    (80, 33, 9),
+                    (6, 16, 512),
+                    (100, 700, 64),
+                ]
+                .iter()
+                .enumerate()
+                {
+                    for wrange in [(-128, 127), (-64, 63)] {
+                        let what = format!("{name} {} threads", cx.threads);
+                        check_wx(
+                            (m, n, k),
+                            3 * x as u8 + 1,
+                            wrange,
+                            (None, None),
+                            x as u64,
+                            &cx,
+                            &what,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weights_left_extremes_are_bit_exact() {
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            // All-255 activations against the weights' extremes, with and
+            // without a zero point: a saturating vpmaddubsw would be off.
+            for (w, xv, za) in [
+                (-128i8, 255u8, 0u8),
+                (127, 255, 0),
+                (-128, 255, 255),
+                (-64, 255, 0),
+                (63, 255, 0),
+                (-64, 0, 255),
+            ] {
+                let what = format!("{name} w{w} x{xv} za{za}");
+                check_wx(
+                    (13, 37, 1025),
+                    za,
+                    (0, 0),
+                    (Some(w), Some(xv)),
+                    1,
+                    &cx,
+                    &what,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weights_left_epilogue_runs_by_row() {
+        let (m, n, k) = (20, 45, 70);
+        let w = rand_i8(m * k, -128, 127, 5);
+        let x = rand_u8(k * n, 6);
+        let scales = rand_f32(m, 7, 0.02);
+        let bias = rand_f32(m, 8, 1.0);
+        let res = rand_f32(m * n, 9, 1.0);
+        let ep = QEpilogue {
+            a_scale: 0.03,
+            b_scales: &scales,
+            bias: Some(&bias),
+            residual: Some(&res),
+            act: Some(&Activation::Relu),
+        };
+        let qx = QMatX {
+            data: &x,
+            ld: n,
+            zero_point: 17,
+        };
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            let pa = QPackedA::new(m, k, &w, f).expect("small k");
+            let mut acc = vec![0i32; m * n];
+            qgemm_wx(&pa, qx, n, QOut::I32(&mut acc), n, &cx);
+            let mut y = vec![0f32; m * n];
+            qgemm_wx(&pa, qx, n, QOut::F32(&mut y, ep), n, &cx);
+            for i in 0..m {
+                for j in 0..n {
+                    let v = acc[i * n + j] as f32 * (0.03 * scales[i]) + bias[i] + res[i * n + j];
+                    assert_eq!(
+                        y[i * n + j].to_bits(),
+                        v.max(0.0).to_bits(),
+                        "{name} ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn dynamic_range_matches_a_plain_loop() {
         let mut x = rand_f32(203, 8, 3.0);
@@ -1684,7 +2253,7 @@ mod kernel_bench {
             for _ in 0..20 {
                 let t = std::time::Instant::now();
                 for _ in 0..2000 {
-                    run_kernel(kern, groups, &a, &b, &mut tile, true);
+                    run_kernel(kern, false, groups, &a, &b, &mut tile, true);
                 }
                 best = best.min(t.elapsed().as_secs_f64());
             }
