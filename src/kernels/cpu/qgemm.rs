@@ -133,11 +133,16 @@ impl QKernel {
     }
 
     /// Bytes of one row's group in a packed A panel: the group's elements,
-    /// twice over for the `vpmaddubsw` kernel (its A pair is broadcast as a
-    /// 4-byte word: a plain load, where a 2-byte broadcast needs the
-    /// shuffle pipe its shifts also use).
-    fn a_group_bytes(self) -> usize {
-        let copies = if self == QKernel::Avx2Maddubs { 2 } else { 1 };
+    /// twice over for the `vpmaddubsw` kernel's u8 activations (their pair
+    /// is broadcast as a 4-byte word, a plain load, where a 2-byte
+    /// broadcast also takes a shuffle). Its i8 weights on the left (`wx`)
+    /// are stored once: they are streamed from memory, activations are not.
+    fn a_group_bytes(self, wx: bool) -> usize {
+        let copies = if self == QKernel::Avx2Maddubs && !wx {
+            2
+        } else {
+            1
+        };
         self.group() * self.elem() * copies
     }
 
@@ -516,7 +521,7 @@ impl QGemm<'_> {
     ) {
         let kern = self.b.kern;
         let (mr, g, e, kc_max) = (kern.mr(), kern.group(), kern.elem(), kern.kc());
-        let ag = kern.a_group_bytes();
+        let ag = kern.a_group_bytes(false);
         let k = self.b.k;
         // A's rows are packed once per row block for all depths (block
         // after depth block) and reused by every column block.
@@ -621,7 +626,7 @@ impl QPackedA {
             .fold((0i8, 0i8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let kern = QKernel::select(features, lo, hi);
         let mr = kern.mr();
-        let panel_bytes = k.div_ceil(kern.group()) * mr * kern.a_group_bytes();
+        let panel_bytes = k.div_ceil(kern.group()) * mr * kern.a_group_bytes(true);
         let len = m.div_ceil(mr) * panel_bytes;
         let mut buf = Vec::new();
         let off = aligned(&mut buf, len);
@@ -800,7 +805,7 @@ impl QGemmWx<'_> {
     ) {
         let kern = self.w.kern;
         let (mr, g, e, kc_max) = (kern.mr(), kern.group(), kern.elem(), kern.kc());
-        let ag = kern.a_group_bytes();
+        let ag = kern.a_group_bytes(true);
         let k = self.w.k;
         // X's columns are packed once per column block for all depths (NR
         // columns over all of k per panel) and reused by every row block.
@@ -1091,7 +1096,10 @@ fn pack_a(
         (QKernel::Portable, _) => pack_a_impl::<4, 1, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
         (QKernel::Avx2Madd16, false) => pack_a_impl::<6, 2, 2, 1, false>(dst, a, m, i0, mc, p0, kc),
         (QKernel::Avx2Madd16, true) => pack_a_impl::<6, 2, 2, 1, true>(dst, a, m, i0, mc, p0, kc),
-        (QKernel::Avx2Maddubs, _) => pack_a_impl::<6, 2, 1, 2, false>(dst, a, m, i0, mc, p0, kc),
+        (QKernel::Avx2Maddubs, false) => {
+            pack_a_impl::<6, 2, 1, 2, false>(dst, a, m, i0, mc, p0, kc)
+        }
+        (QKernel::Avx2Maddubs, true) => pack_a_impl::<6, 2, 1, 1, true>(dst, a, m, i0, mc, p0, kc),
     }
 }
 
@@ -1211,7 +1219,7 @@ fn run_kernel(
     let mr = kern.mr();
     let (g, e) = (kern.group(), kern.elem());
     assert!(
-        a.len() >= groups * mr * kern.a_group_bytes()
+        a.len() >= groups * mr * kern.a_group_bytes(wx)
             && b.len() >= groups * NR * g * e
             && tile.len() >= mr * NR,
         "qgemm: micro-panel shorter than its depth"
@@ -1337,7 +1345,8 @@ unsafe fn kernel_madd16(
 ///
 /// # Safety
 /// The CPU must support AVX2; every packed weight must lie in [−64, 63];
-/// `a` holds `groups * 24` bytes (each A pair twice), `b` `groups * 32`,
+/// `a` holds `groups * 24` bytes (each A pair twice; `groups * 12`, once,
+/// when `WX`), `b` `groups * 32`,
 /// `tile` 96 i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -1358,7 +1367,11 @@ unsafe fn kernel_maddubs<const WX: bool>(
     for _ in 0..groups {
         let bv = _mm256_loadu_si256(bp as *const __m256i);
         for r in 0..MR {
-            let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
+            let x = if WX {
+                _mm256_set1_epi16((ap.add(2 * r) as *const i16).read_unaligned())
+            } else {
+                _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned())
+            };
             let prod = if WX {
                 _mm256_maddubs_epi16(bv, x)
             } else {
@@ -1368,7 +1381,7 @@ unsafe fn kernel_maddubs<const WX: bool>(
             all[r] = _mm256_add_epi32(all[r], p);
             odd[r] = _mm256_add_epi32(odd[r], _mm256_srai_epi32::<16>(p));
         }
-        ap = ap.add(4 * MR);
+        ap = ap.add(if WX { 2 * MR } else { 4 * MR });
         bp = bp.add(32);
     }
     // 32768 per step, modulo 2^32 like the sums it corrects.
