@@ -454,10 +454,13 @@ struct CompressArgs {
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     per_tensor: bool,
-    /// 7-bit int8 weights ([-63, 63]): on AVX2 machines without VNNI the
-    /// faster vpmaddubsw kernel can then run exactly.
+    /// Full 8-bit int8 weights ([-127, 127]) instead of the default 7-bit
+    /// ([-63, 63]). 7-bit weights let the AVX2 vpmaddubsw kernel run
+    /// exactly (it cannot saturate on them), about 1.2x faster than the
+    /// 8-bit kernel on AVX2 machines without VNNI; the mixed-precision
+    /// check still keeps layers whose accuracy suffers in f32.
     #[arg(long)]
-    reduce_range: bool,
+    full_range: bool,
     /// Activation scales computed at run time (the default without --calib).
     #[arg(long, conflicts_with = "calib")]
     dynamic: bool,
@@ -558,7 +561,7 @@ fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
             } else {
                 Granularity::PerChannel
             },
-            reduce_range: a.reduce_range,
+            reduce_range: !a.full_range,
         },
         activations,
         eval: a.eval.clone(),

@@ -363,7 +363,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 Granularity::PerTensor => "per-tensor",
             },
             if opts.weights.reduce_range && opts.mode == Mode::Int8 {
-                ", 7-bit (reduce range)"
+                ", 7-bit"
             } else {
                 ""
             }
