@@ -1857,7 +1857,7 @@ unsafe fn store_pieces<const R: usize, const NV: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::inputs::SplitMix64;
 
@@ -2294,6 +2294,21 @@ mod tests {
         assert_eq!(grid(512, 512, 384, (12, 32), (384, 0), 2), (2, 1));
     }
 
+    /// The speed tests' shapes: `GEMM_SHAPES="m,n,k;..."`, else `default`.
+    pub(crate) fn shapes_from_env(default: &[(usize, usize, usize)]) -> Vec<(usize, usize, usize)> {
+        match std::env::var("GEMM_SHAPES") {
+            Ok(s) => s
+                .split(';')
+                .filter_map(|t| {
+                    let v: Vec<usize> =
+                        t.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+                    (v.len() == 3).then(|| (v[0], v[1], v[2]))
+                })
+                .collect(),
+            Err(_) => default.to_vec(),
+        }
+    }
+
     /// Single-thread GFLOP/s at 1024³ (run in release:
     /// `cargo test --release --lib gemm_speed -- --ignored --nocapture`).
     #[test]
@@ -2304,17 +2319,7 @@ mod tests {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1);
         let cx = CpuCtx::new(threads).expect("pool");
-        let shapes: Vec<(usize, usize, usize)> = match std::env::var("GEMM_SHAPES") {
-            Ok(s) => s
-                .split(';')
-                .filter_map(|t| {
-                    let v: Vec<usize> =
-                        t.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-                    (v.len() == 3).then(|| (v[0], v[1], v[2]))
-                })
-                .collect(),
-            Err(_) => vec![(1024, 1024, 1024), (128, 384, 384), (256, 256, 256)],
-        };
+        let shapes = shapes_from_env(&[(1024, 1024, 1024), (128, 384, 384), (256, 256, 256)]);
         for &(m, n, k) in &shapes {
             let a = rand_vec(m * k, 1);
             let b = rand_vec(k * n, 2);

@@ -381,33 +381,7 @@ pub(crate) fn qgemm_strided(
         );
     }
     let span = (m - 1) * strides.0 + (n - 1) * strides.1 + 1;
-    let (dst, ep) = match out {
-        QOut::I32(c) => {
-            assert!(c.len() >= span, "qgemm: C shorter than {span}");
-            (Dst::I32(c.as_mut_ptr()), None)
-        }
-        QOut::F32(c, ep) => {
-            assert!(c.len() >= span, "qgemm: C shorter than {span}");
-            (Dst::F32(c.as_mut_ptr()), Some(ep))
-        }
-        QOut::U8(c, ep, rq) => {
-            assert!(c.len() >= span, "qgemm: C shorter than {span}");
-            (Dst::U8(c.as_mut_ptr(), rq), Some(ep))
-        }
-    };
-    if let Some(ep) = &ep {
-        assert!(
-            ep.b_scales.len() == 1 || ep.b_scales.len() == n,
-            "qgemm: {} B scales for {n} columns",
-            ep.b_scales.len()
-        );
-        if let Some(bias) = ep.bias {
-            assert!(bias.len() >= n, "qgemm: bias shorter than n = {n}");
-        }
-        if let Some(r) = ep.residual {
-            assert!(r.len() >= span, "qgemm: residual shorter than C");
-        }
-    }
+    let (dst, ep) = checked_out(out, span, n);
     let g = QGemm {
         a,
         b,
@@ -449,6 +423,37 @@ pub(crate) fn qgemm_strided(
             g.region(i0, (i0 + rows).min(m), j0, (j0 + cols).min(n));
         })
     });
+}
+
+/// C's pointer and epilogue from `out`, checked to cover `span` elements,
+/// with `channels` scales (or one) and bias values, and a residual as long
+/// as C.
+///
+/// # Panics
+/// When a slice is too short or the scales have another length.
+fn checked_out(out: QOut<'_>, span: usize, channels: usize) -> (Dst, Option<QEpilogue<'_>>) {
+    let (dst, len, ep) = match out {
+        QOut::I32(c) => (Dst::I32(c.as_mut_ptr()), c.len(), None),
+        QOut::F32(c, ep) => (Dst::F32(c.as_mut_ptr()), c.len(), Some(ep)),
+        QOut::U8(c, ep, rq) => (Dst::U8(c.as_mut_ptr(), rq), c.len(), Some(ep)),
+    };
+    assert!(len >= span, "qgemm: C shorter than {span}");
+    if let Some(ep) = &ep {
+        assert!(
+            ep.b_scales.len() == 1 || ep.b_scales.len() == channels,
+            "qgemm: {} weight scales for {channels} channels",
+            ep.b_scales.len()
+        );
+        assert!(
+            ep.bias.is_none_or(|b| b.len() >= channels),
+            "qgemm: bias shorter than {channels}"
+        );
+        assert!(
+            ep.residual.is_none_or(|r| r.len() >= span),
+            "qgemm: residual shorter than C"
+        );
+    }
+    (dst, ep)
 }
 
 /// C's base pointer and element type.
@@ -709,35 +714,7 @@ pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &Cp
         );
     }
     let span = (m - 1) * ldc + n;
-    let (dst, ep) = match out {
-        QOut::I32(c) => {
-            assert!(c.len() >= span, "qgemm_wx: C shorter than {span}");
-            (Dst::I32(c.as_mut_ptr()), None)
-        }
-        QOut::F32(c, ep) => {
-            assert!(c.len() >= span, "qgemm_wx: C shorter than {span}");
-            (Dst::F32(c.as_mut_ptr()), Some(ep))
-        }
-        QOut::U8(c, ep, rq) => {
-            assert!(c.len() >= span, "qgemm_wx: C shorter than {span}");
-            (Dst::U8(c.as_mut_ptr(), rq), Some(ep))
-        }
-    };
-    if let Some(ep) = &ep {
-        assert!(
-            ep.b_scales.len() == 1 || ep.b_scales.len() == m,
-            "qgemm_wx: {} W scales for {m} rows",
-            ep.b_scales.len()
-        );
-        assert!(
-            ep.bias.is_none_or(|b| b.len() >= m),
-            "qgemm_wx: bias shorter than m = {m}"
-        );
-        assert!(
-            ep.residual.is_none_or(|r| r.len() >= span),
-            "qgemm_wx: residual shorter than C"
-        );
-    }
+    let (dst, ep) = checked_out(out, span, m);
     let g = QGemmWx {
         w,
         x,
@@ -2203,17 +2180,11 @@ pub(crate) mod tests {
     #[ignore]
     fn qgemm_speed() {
         let cx = CpuCtx::single(Features::detect());
-        let shapes: Vec<(usize, usize, usize)> = match std::env::var("GEMM_SHAPES") {
-            Ok(s) => s
-                .split(';')
-                .filter_map(|t| {
-                    let v: Vec<usize> =
-                        t.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-                    (v.len() == 3).then(|| (v[0], v[1], v[2]))
-                })
-                .collect(),
-            Err(_) => vec![(128, 3072, 768), (128, 768, 3072), (1024, 1024, 1024)],
-        };
+        let shapes = crate::kernels::cpu::gemm::tests::shapes_from_env(&[
+            (128, 3072, 768),
+            (128, 768, 3072),
+            (1024, 1024, 1024),
+        ]);
         for &(m, n, k) in &shapes {
             for wrange in [(-128i8, 127i8), (-64, 63)] {
                 let p = prob(m, n, k, false, false, 128, wrange, 9);
