@@ -353,6 +353,19 @@ fn im2col(
         let (x0, x1) = valid_range(ow, sw, kj * dw, pl, w);
         d[..y0 * ow].fill(za);
         d[y1 * ow..].fill(za);
+        if sw == 1 && sh == 1 && ow == w && y1 > y0 && x1 > x0 {
+            // Output rows as wide as input rows ("same" padding at stride
+            // 1): the valid rows are one contiguous shifted copy of the
+            // plane, then the few columns whose tap reads padding get za.
+            let (t0, t1) = (y0 * w + x0, (y1 - 1) * w + x1);
+            let s0 = (y0 * sh + ki * dh - pt) * w + x0 + kj * dw - pl;
+            d[t0..t1].copy_from_slice(&plane[s0..s0 + (t1 - t0)]);
+            for row in d[y0 * w..y1 * w].chunks_exact_mut(w) {
+                row[..x0].fill(za);
+                row[x1..].fill(za);
+            }
+            return;
+        }
         for oy in y0..y1 {
             let iy = oy * sh + ki * dh - pt;
             let src = &plane[iy * w..(iy + 1) * w];
@@ -567,6 +580,17 @@ mod tests {
         let mut dw = case([1, 3, 9, 10], 3, [3, 2], 1, 1, 3);
         dw.geom.strides = [2, 1];
         v.push(("dw s2x1", dw));
+        // Output rows as wide as the input at stride 1 (the contiguous
+        // im2col copy): dilated, padded on one side only, uneven kernels.
+        let mut same = case([1, 6, 9, 10], 8, [3, 3], 1, 2, 1);
+        same.geom.dilations = [2, 2];
+        v.push(("same dilated", same));
+        let mut same = case([2, 5, 8, 7], 6, [3, 3], 1, 0, 1);
+        same.geom.pads = [0, 0, 2, 2];
+        v.push(("same bottom-right", same));
+        let mut same = case([1, 4, 6, 9], 5, [2, 3], 1, 0, 1);
+        same.geom.pads = [1, 2, 0, 0];
+        v.push(("same top-left 2x3", same));
         v
     }
 
