@@ -346,48 +346,65 @@ fn im2col(
     let [dh, dw] = geom.dilations;
     let [pt, pl, _, _] = geom.pads;
     let p = oh * ow;
-    let fill_row = |row: usize, d: &mut [u8]| {
-        let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        let (y0, y1) = valid_range(oh, sh, ki * dh, pt, h);
-        let (x0, x1) = valid_range(ow, sw, kj * dw, pl, w);
-        d[..y0 * ow].fill(za);
-        d[y1 * ow..].fill(za);
-        if sw == 1 && sh == 1 && ow == w && y1 > y0 && x1 > x0 {
-            // Output rows as wide as input rows ("same" padding at stride
-            // 1): the valid rows are one contiguous shifted copy of the
-            // plane, then the few columns whose tap reads padding get za.
-            let (t0, t1) = (y0 * w + x0, (y1 - 1) * w + x1);
-            let s0 = (y0 * sh + ki * dh - pt) * w + x0 + kj * dw - pl;
-            d[t0..t1].copy_from_slice(&plane[s0..s0 + (t1 - t0)]);
-            for row in d[y0 * w..y1 * w].chunks_exact_mut(w) {
-                row[..x0].fill(za);
-                row[x1..].fill(za);
-            }
-            return;
-        }
-        for oy in y0..y1 {
-            let iy = oy * sh + ki * dh - pt;
-            let src = &plane[iy * w..(iy + 1) * w];
-            let out = &mut d[oy * ow..(oy + 1) * ow];
-            out[..x0].fill(za);
-            out[x1..].fill(za);
-            if x1 > x0 {
-                let ix0 = x0 * sw + kj * dw - pl;
-                if sw == 1 {
-                    out[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
-                } else if sw == 2 && ix0 + 2 * (x1 - x0) <= w {
-                    // Even bytes of whole pairs: a loop that vectorizes.
-                    let pairs = src[ix0..ix0 + 2 * (x1 - x0)].chunks_exact(2);
-                    for (o, pair) in out[x0..x1].iter_mut().zip(pairs) {
-                        *o = pair[0];
-                    }
-                } else {
-                    for (o, v) in out[x0..x1].iter_mut().zip(src[ix0..].iter().step_by(sw)) {
-                        *o = *v;
+    // At stride 2 (no dilation) each tap reads one of the four phase planes
+    // (even/odd rows × even/odd columns) at stride 1: split them out once,
+    // so the rows are shifted stride-1 copies (contiguous when the output
+    // is as wide as a phase plane, as in a "same"-padded convolution).
+    let phased = sh == 2 && sw == 2 && dh == 1 && dw == 1;
+    let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+    let mut phases = Vec::new();
+    if phased {
+        phases.resize(cg * 4 * h2 * w2, za);
+        for (ci, planes) in phases.chunks_exact_mut(4 * h2 * w2).enumerate() {
+            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            for (ph, dst) in planes.chunks_exact_mut(h2 * w2).enumerate() {
+                let (py, px) = (ph / 2, ph % 2);
+                for (y, out) in dst.chunks_exact_mut(w2).enumerate() {
+                    let iy = 2 * y + py;
+                    if iy < h {
+                        let src = plane[iy * w + px..(iy + 1) * w].iter().step_by(2);
+                        for (o, &v) in out.iter_mut().zip(src) {
+                            *o = v;
+                        }
                     }
                 }
             }
+        }
+    }
+    let fill_row = |row: usize, d: &mut [u8]| {
+        let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        if phased {
+            // Input row 2·oy + ki − pt = 2·(oy + dy) + py.
+            let phase = |k: usize, pad: usize| {
+                let a = k as isize - pad as isize;
+                let par = a.rem_euclid(2);
+                let shift = (a - par) / 2;
+                (
+                    par as usize,
+                    shift.max(0) as usize,
+                    (-shift).max(0) as usize,
+                )
+            };
+            let (py, oy_off, oy_pad) = phase(ki, pt);
+            let (px, ox_off, ox_pad) = phase(kj, pl);
+            let at = ((ci * 2 + py) * 2 + px) * h2 * w2;
+            let plane = Plane {
+                data: &phases[at..at + h2 * w2],
+                pitch: w2,
+                rows: (h - py).div_ceil(2),
+                cols: (w - px).div_ceil(2),
+            };
+            let taps = ((1, oy_off, oy_pad), (1, ox_off, ox_pad));
+            shifted_copy(d, (oh, ow), &plane, taps, za);
+        } else {
+            let plane = Plane {
+                data: &x[ci * h * w..(ci + 1) * h * w],
+                pitch: w,
+                rows: h,
+                cols: w,
+            };
+            let taps = ((sh, ki * dh, pt), (sw, kj * dw, pl));
+            shifted_copy(d, (oh, ow), &plane, taps, za);
         }
     };
     let rows = cg * kh * kw;
@@ -402,6 +419,68 @@ fn im2col(
         d.chunks_mut(p)
             .enumerate()
             .for_each(|(r, d)| fill_row(r, d));
+    }
+}
+
+/// A u8 plane: `rows × cols` valid values, rows `pitch` bytes apart.
+struct Plane<'a> {
+    data: &'a [u8],
+    pitch: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// One im2col row: `d[oy · ow + ox] = plane[oy·sy + offy − pady][ox·sx +
+/// offx − padx]`, or `za` where that falls outside the plane; `taps` is
+/// `((sy, offy, pady), (sx, offx, padx))`.
+#[allow(clippy::type_complexity)]
+fn shifted_copy(
+    d: &mut [u8],
+    (oh, ow): (usize, usize),
+    plane: &Plane,
+    ((sy, offy, pady), (sx, offx, padx)): ((usize, usize, usize), (usize, usize, usize)),
+    za: u8,
+) {
+    let pitch = plane.pitch;
+    let (y0, y1) = valid_range(oh, sy, offy, pady, plane.rows);
+    let (x0, x1) = valid_range(ow, sx, offx, padx, plane.cols);
+    d[..y0 * ow].fill(za);
+    d[y1 * ow..oh * ow].fill(za);
+    if sx == 1 && sy == 1 && ow == pitch && y1 > y0 && x1 > x0 {
+        // Output rows as wide as the plane's pitch: the valid rows are one
+        // contiguous shifted copy, then the few columns whose tap reads
+        // padding (or the pitch's slack) get za.
+        let (t0, t1) = (y0 * ow + x0, (y1 - 1) * ow + x1);
+        let s0 = (y0 + offy - pady) * pitch + x0 + offx - padx;
+        d[t0..t1].copy_from_slice(&plane.data[s0..s0 + (t1 - t0)]);
+        // Usually one column on a side: stores, not memset calls.
+        let edge = |cells: &mut [u8]| match cells {
+            [] => {}
+            [c] => *c = za,
+            more => more.fill(za),
+        };
+        for row in d[y0 * ow..y1 * ow].chunks_exact_mut(ow) {
+            edge(&mut row[..x0]);
+            edge(&mut row[x1..]);
+        }
+        return;
+    }
+    for oy in y0..y1 {
+        let iy = oy * sy + offy - pady;
+        let src = &plane.data[iy * pitch..iy * pitch + plane.cols];
+        let out = &mut d[oy * ow..(oy + 1) * ow];
+        out[..x0].fill(za);
+        out[x1..].fill(za);
+        if x1 > x0 {
+            let ix0 = x0 * sx + offx - padx;
+            if sx == 1 {
+                out[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+            } else {
+                for (o, v) in out[x0..x1].iter_mut().zip(src[ix0..].iter().step_by(sx)) {
+                    *o = *v;
+                }
+            }
+        }
     }
 }
 
@@ -591,6 +670,11 @@ mod tests {
         let mut same = case([1, 4, 6, 9], 5, [2, 3], 1, 0, 1);
         same.geom.pads = [1, 2, 0, 0];
         v.push(("same top-left 2x3", same));
+        // Stride 2 through the phase planes: uneven pads, even and odd
+        // sizes, a kernel wider than the pads.
+        let mut s2 = case([1, 3, 12, 9], 7, [4, 5], 2, 0, 1);
+        s2.geom.pads = [0, 3, 2, 1];
+        v.push(("s2 asym 4x5", s2));
         v
     }
 
