@@ -10,8 +10,11 @@
 //! into its panels by interleaving contiguous bytes), and the output
 //! planes are stored row by row straight from the tiles. The im2col
 //! columns (`[K, P]` u8) are padded with the activations' **zero point**,
-//! so a padding tap contributes `(za − za) · w = 0` exactly; a 1x1,
-//! stride-1, unpadded convolution reads the input in place. Convolutions
+//! so a padding tap contributes `(za − za) · w = 0` exactly; each row is a
+//! shifted copy of an input plane (at stride 2, of one of its four phase
+//! planes, split once), one contiguous copy when the output rows are as
+//! wide as the plane's. A 1x1, stride-1, unpadded convolution reads the
+//! input in place. Convolutions
 //! with one input channel per group (depthwise) run a direct loop instead:
 //! per output plane, `Σ_taps (x − za) · w` in i32 over a plane padded with
 //! zeros after the zero point is subtracted. Both are exact, so every path
