@@ -472,11 +472,14 @@ def check_mlc_compress(binary):
     return True, None
 
 
-def mlc_compress_cmd(binary, model, out, mode, calib, sym_dims=None):
+def mlc_compress_cmd(binary, model, out, mode, calib, sym_dims=None, all_int8=False):
     """The compress command line. Non-batch symbolic dims (seq) are passed on,
     so that compress times its layers and measures latency at the shapes the
-    model is benchmarked at; its decisions are made on one thread."""
+    model is benchmarked at; its decisions are made on one thread. With
+    `all_int8`, no layer stays f32 for speed (--no-speed-check)."""
     cmd = [binary, "compress", model, "--int8", "-o", out, "--threads", "1"]
+    if all_int8:
+        cmd.append("--no-speed-check")
     for k, v in sorted((sym_dims or {}).items()):
         cmd += ["--dim", f"{k}={v}"]
     if mode == "dynamic":
@@ -486,10 +489,10 @@ def mlc_compress_cmd(binary, model, out, mode, calib, sym_dims=None):
     return cmd
 
 
-def mlc_compress(binary, model, out, mode, calib, sym_dims=None):
+def mlc_compress(binary, model, out, mode, calib, sym_dims=None, all_int8=False):
     """Runs `mlc compress MODEL --int8 -o OUT` (--dynamic, or --calib NPZ);
     returns (OUT, None) or (None, why it failed)."""
-    cmd = mlc_compress_cmd(binary, model, out, mode, calib, sym_dims)
+    cmd = mlc_compress_cmd(binary, model, out, mode, calib, sym_dims, all_int8)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0 or not os.path.isfile(out):
         tail = (r.stderr or r.stdout).strip()[-300:] or "no output"
@@ -669,7 +672,8 @@ def run_compare(a, out=sys.stdout):
                     i8["mlc_model"], i8["mlc_note"] = None, compress_why
                     if compress_ok:
                         i8["mlc_model"], i8["mlc_note"] = mlc_compress(
-                            a.mlc, path, os.path.join(work, f"{name}.int8.mlc"), i8["mode"], i8["calib"], a.dim)
+                            a.mlc, path, os.path.join(work, f"{name}.int8.mlc"), i8["mode"], i8["calib"], a.dim,
+                            getattr(a, "int8_all", False))
                     if not quiet:
                         print(f"  {name} int8: {INT8_METHODS[i8['mode']]}; mlc "
                               + (f"compress --int8 -> {i8['mlc_model']}" if i8["mlc_model"] else f"not timed: {i8['mlc_note']}"),
@@ -750,6 +754,9 @@ def main(argv=None):
     p.add_argument("--int8-dir", metavar="DIR",
                    help="keep the int8 models and calibration npz files in DIR and reuse ORT's when the "
                         "source and settings match (default: a temporary folder)")
+    p.add_argument("--int8-all", action="store_true",
+                   help="mlc's int8 model with every layer int8 (mlc compress --no-speed-check: no layer "
+                        "kept f32 for speed)")
     p.add_argument("--calib-samples", type=int, default=CALIB_SAMPLES,
                    help="seeded calibration inputs for static int8 (default: %(default)s)")
     p.add_argument("--calib-seed", type=int, default=CALIB_SEED,
@@ -1035,6 +1042,8 @@ def self_test_int8(d, fake_bench):
     assert check_mlc_compress(new) == (True, None)
     assert mlc_compress_cmd("m", "a.onnx", "o.mlc", "static", "c.npz")[-2:] == ["--calib", "c.npz"]
     assert mlc_compress_cmd("m", "a.onnx", "o.mlc", "dynamic", None)[-1] == "--dynamic"
+    assert "--no-speed-check" in mlc_compress_cmd("m", "a.onnx", "o.mlc", "dynamic", None, None, True)
+    assert "--no-speed-check" not in mlc_compress_cmd("m", "a.onnx", "o.mlc", "dynamic", None)
 
     # Full runs: without compress (ORT int8 still timed, mlc int8 not
     # available), then with it.
