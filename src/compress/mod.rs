@@ -10,7 +10,8 @@
 //!    sample, cached by a hash of model, data and method).
 //!    Mixed precision is decided by measurement: each layer's int8 kernel is
 //!    timed against its f32 kernel on this machine (slower by more than
-//!    [`SPEED_TIE_MS`]: it stays f32),
+//!    [`SPEED_TIE_MS`]: it stays f32, unless the whole model with those
+//!    layers int8 again times as fast as with them f32),
 //!    each layer's contribution to the output error is measured by
 //!    quantizing it alone, and while the whole model breaks the accuracy
 //!    budget the most sensitive int8 layer goes back to f32.
@@ -191,16 +192,18 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             }
 
             // Speed: keep f32 where the int8 kernel is slower here.
+            let mut for_speed: Vec<usize> = Vec::new();
             if opts.check_speed {
                 let sample = eval.sample(0)?;
                 let spec = plan::specialize(&g, &shapes_of(&sample))?;
                 let pb = data::progress(opts.progress, layers.len(), "layer timing");
-                for (l, rep) in layers.iter().zip(&mut layer_reports) {
+                for (i, (l, rep)) in layers.iter().zip(&mut layer_reports).enumerate() {
                     let (f, q) = time_layer(&spec, l, act_of[&l.node], opts.weights, &cx)?;
                     rep.f32_ms = Some(f);
                     rep.int8_ms = Some(q);
                     if q > f + SPEED_TIE_MS {
                         kept_f32.insert(l.node);
+                        for_speed.push(i);
                         rep.reason = Some(format!(
                             "speed: the int8 kernel takes {q:.3} ms, the f32 one {f:.3} ms on this machine"
                         ));
@@ -240,9 +243,10 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 .first()
                 .and_then(|o| o.first())
                 .is_some_and(|t| t.rank() == 2);
-            loop {
-                let candidate = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
-                let out = data::run_all(&candidate, &eval, &cx, &indicatif::ProgressBar::hidden())?;
+            // A candidate's accuracy drop (points) and agreement, and
+            // whether they break the budget (drop, cosine).
+            let judge = |candidate: &Graph| -> Result<(Option<f64>, Agreement, bool, bool)> {
+                let out = data::run_all(candidate, &eval, &cx, &indicatif::ProgressBar::hidden())?;
                 let a = data::agreement(&reference, &out);
                 let drop = match (&eval.labels, base_acc) {
                     (Some(l), Some(b)) => Some(100.0 * (b - data::accuracy(&out, l))),
@@ -251,6 +255,11 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 };
                 let breaks_drop = drop.is_some_and(|d| d > opts.max_accuracy_drop);
                 let breaks_cos = opts.min_cosine.is_some_and(|m| a.cosine_similarity < m);
+                Ok((drop, a, breaks_drop, breaks_cos))
+            };
+            loop {
+                let candidate = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
+                let (drop, a, breaks_drop, breaks_cos) = judge(&candidate)?;
                 let next = order
                     .iter()
                     .copied()
@@ -277,6 +286,37 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                         ));
                     }
                     _ => break,
+                }
+            }
+            // Whole model: near-ties in the per-layer timings can keep
+            // layers f32 that the whole model runs as fast in int8. Time
+            // the model with them int8 against the mixed one, alternating,
+            // and take it when it is not slower and within the budget.
+            if !for_speed.is_empty() {
+                let mut fewer = kept_f32.clone();
+                for &i in &for_speed {
+                    fewer.remove(&layers[i].node);
+                }
+                let all = build_int8(&f32_graph, &layers, &fewer, &act_of, opts)?;
+                let (_, _, breaks_drop, breaks_cos) = judge(&all)?;
+                if !breaks_drop && !breaks_cos {
+                    let mixed = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
+                    let sample = eval.sample(0)?;
+                    let shapes = shapes_of(&sample);
+                    let mut pa = Plan::new(&all, &shapes, cx.clone())?;
+                    let mut pm = Plan::new(&mixed, &shapes, cx.clone())?;
+                    let (ta, tm) =
+                        alternate(&mut pa, &mut pm, &sample, &sample, 2, MODEL_SPEED_RUNS)?;
+                    let (ta, tm) = (median(&ta), median(&tm));
+                    for &i in &for_speed {
+                        let r = layer_reports[i].reason.take().unwrap_or_default();
+                        layer_reports[i].reason = (ta > tm).then(|| {
+                            format!("{r}; the whole model with these layers int8 takes {ta:.3} ms, {tm:.3} ms with them f32")
+                        });
+                    }
+                    if ta <= tm {
+                        kept_f32 = fewer;
+                    }
                 }
             }
             g = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
@@ -613,6 +653,10 @@ fn layer_graph(spec: &Graph, node: &Node) -> Result<Graph> {
     infer::infer_graph(&mut m)?;
     Ok(m)
 }
+
+/// Alternating timed runs of the whole model with the layers kept f32 for
+/// speed made int8 again, against the mixed model.
+const MODEL_SPEED_RUNS: usize = 10;
 
 /// How much slower than f32 (in ms) an int8 layer may time and still be
 /// taken: within the timing noise of a microsecond-scale layer, the layer
