@@ -357,11 +357,16 @@ fn im2col(
     let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
     let mut phases = Vec::new();
     if phased {
+        // The row (column) parities the taps read: one for a 1x1 kernel.
+        let parity = |k: usize, pad: usize, p: usize| (0..k).any(|t| (t + 2 - pad % 2) % 2 == p);
         phases.resize(cg * 4 * h2 * w2, za);
         for (ci, planes) in phases.chunks_exact_mut(4 * h2 * w2).enumerate() {
             let plane = &x[ci * h * w..(ci + 1) * h * w];
             for (ph, dst) in planes.chunks_exact_mut(h2 * w2).enumerate() {
                 let (py, px) = (ph / 2, ph % 2);
+                if !parity(kh, pt, py) || !parity(kw, pl, px) {
+                    continue;
+                }
                 for (y, out) in dst.chunks_exact_mut(w2).enumerate() {
                     let iy = 2 * y + py;
                     if iy < h {
