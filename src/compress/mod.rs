@@ -291,7 +291,8 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             // Whole model: near-ties in the per-layer timings can keep
             // layers f32 that the whole model runs as fast in int8. Time
             // the model with them int8 against the mixed one, alternating,
-            // and take it when it is not slower and within the budget.
+            // and take it when it is not slower (within [`MODEL_SPEED_TIE`])
+            // and within the accuracy budget.
             if !for_speed.is_empty() {
                 let mut fewer = kept_f32.clone();
                 for &i in &for_speed {
@@ -308,7 +309,6 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                     let (ta, tm) =
                         alternate(&mut pa, &mut pm, &sample, &sample, 2, MODEL_SPEED_RUNS)?;
                     let (ta, tm) = (median(&ta), median(&tm));
-                    // Within 1% (noise) the smaller model wins.
                     let int8_wins = ta <= tm * (1.0 + MODEL_SPEED_TIE);
                     for &i in &for_speed {
                         let r = layer_reports[i].reason.take().unwrap_or_default();
