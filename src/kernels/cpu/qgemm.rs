@@ -53,6 +53,7 @@
 //! both paths).
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -395,34 +396,66 @@ pub(crate) fn qgemm_strided(
             ep,
         },
     };
-    let kern = b.kern;
-    let (mr, tiles_m, tiles_n) = (kern.mr(), m.div_ceil(kern.mr()), n.div_ceil(NR));
-    let threads = if m * n * k >= PARALLEL_MIN_MACS {
-        cx.threads
-    } else {
-        1
+    // Each task packs only its own rows of A: split rows first.
+    let split = Split {
+        mr: b.kern.mr(),
+        macs: m * n * k,
+        rows_first: true,
     };
-    if threads <= 1 || tiles_m * tiles_n < 2 {
-        g.region(0, m, 0, n);
-        return;
+    split.run(m, n, cx, |rows, cols| g.region(rows, cols));
+}
+
+/// How a product's C is cut into tasks: whole `mr × NR` tiles, so every
+/// element's arithmetic is that of one thread.
+struct Split {
+    mr: usize,
+    macs: usize,
+    /// Split rows when there are enough row tiles (else columns); columns
+    /// first otherwise. The side split is the operand each task packs only
+    /// its own part of.
+    rows_first: bool,
+}
+
+impl Split {
+    /// Runs `region(rows, cols)` over C's `m × n`: whole on one thread for
+    /// a small product, else in one rectangle per thread.
+    fn run(
+        &self,
+        m: usize,
+        n: usize,
+        cx: &CpuCtx,
+        region: impl Fn(Range<usize>, Range<usize>) + Sync,
+    ) {
+        let (tiles_m, tiles_n) = (m.div_ceil(self.mr), n.div_ceil(NR));
+        let threads = if self.macs >= PARALLEL_MIN_MACS {
+            cx.threads
+        } else {
+            1
+        };
+        if threads <= 1 || tiles_m * tiles_n < 2 {
+            region(0..m, 0..n);
+            return;
+        }
+        let (first, other) = if self.rows_first {
+            (tiles_m, tiles_n)
+        } else {
+            (tiles_n, tiles_m)
+        };
+        let split_first = first >= 2 * threads || first >= other;
+        let (tm, tn) = match (split_first, self.rows_first) {
+            (true, true) | (false, false) => (threads.min(tiles_m), 1),
+            _ => (1, threads.min(tiles_n)),
+        };
+        let rows = tiles_m.div_ceil(tm) * self.mr;
+        let cols = tiles_n.div_ceil(tn) * NR;
+        let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
+        cx.install(|| {
+            (0..tm * tn).into_par_iter().for_each(|t| {
+                let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
+                region(i0..(i0 + rows).min(m), j0..(j0 + cols).min(n));
+            })
+        });
     }
-    // Split rows when there are enough row tiles (each task packs only its
-    // own rows of A); otherwise columns (each task packs all of A). Chunks
-    // are whole tiles, so every element's arithmetic is that of one thread.
-    let (tm, tn) = if tiles_m >= 2 * threads || tiles_m >= tiles_n {
-        (threads.min(tiles_m), 1)
-    } else {
-        (1, threads.min(tiles_n))
-    };
-    let rows = tiles_m.div_ceil(tm) * mr;
-    let cols = tiles_n.div_ceil(tn) * NR;
-    let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
-    cx.install(|| {
-        (0..tm * tn).into_par_iter().for_each(|t| {
-            let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
-            g.region(i0, (i0 + rows).min(m), j0, (j0 + cols).min(n));
-        })
-    });
 }
 
 /// C's pointer and epilogue from `out`, checked to cover `span` elements,
@@ -509,9 +542,11 @@ fn with_buf<T: 'static, R>(
 
 impl QGemm<'_> {
     /// Computes rows `i0..i1`, columns `j0..j1` of C (`j0` a multiple of NR).
-    fn region(&self, i0: usize, i1: usize, j0: usize, j1: usize) {
+    fn region(&self, rows: Range<usize>, cols: Range<usize>) {
         with_buf(&BUF_A, |abuf| {
-            with_buf(&BUF_ACC, |acc| self.region_in(abuf, acc, i0, i1, j0, j1))
+            with_buf(&BUF_ACC, |acc| {
+                self.region_in(abuf, acc, rows.start, rows.end, cols.start, cols.end)
+            })
         })
     }
 
@@ -727,34 +762,13 @@ pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &Cp
             ep,
         },
     };
-    let mr = w.kern.mr();
-    let (tiles_m, tiles_n) = (m.div_ceil(mr), n.div_ceil(NR));
-    let threads = if m * n * k >= PARALLEL_MIN_MACS {
-        cx.threads
-    } else {
-        1
+    // Each task packs only its own columns of X: split columns first.
+    let split = Split {
+        mr: w.kern.mr(),
+        macs: m * n * k,
+        rows_first: false,
     };
-    if threads <= 1 || tiles_m * tiles_n < 2 {
-        g.region((0..m, 0..n));
-        return;
-    }
-    // Split columns when there are enough (each task packs only its own
-    // columns of X); otherwise rows (each task packs all of X). Chunks are
-    // whole tiles, so every element's arithmetic is that of one thread.
-    let (tm, tn) = if tiles_n >= 2 * threads || tiles_n >= tiles_m {
-        (1, threads.min(tiles_n))
-    } else {
-        (threads.min(tiles_m), 1)
-    };
-    let rows = tiles_m.div_ceil(tm) * mr;
-    let cols = tiles_n.div_ceil(tn) * NR;
-    let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
-    cx.install(|| {
-        (0..tm * tn).into_par_iter().for_each(|t| {
-            let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
-            g.region((i0..(i0 + rows).min(m), j0..(j0 + cols).min(n)));
-        })
-    });
+    split.run(m, n, cx, |rows, cols| g.region(rows, cols));
 }
 
 /// One weights-left product, ready to compute any rectangle of C.
@@ -767,7 +781,7 @@ struct QGemmWx<'a> {
 impl QGemmWx<'_> {
     /// Computes rows `i0..i1` (`i0` a multiple of MR), columns `j0..j1`
     /// (`j0` a multiple of NR) of C.
-    fn region(&self, (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)) {
+    fn region(&self, rows: Range<usize>, cols: Range<usize>) {
         with_buf(&BUF_A, |xbuf| {
             with_buf(&BUF_ACC, |acc| self.region_in(xbuf, acc, rows, cols))
         })
@@ -777,8 +791,8 @@ impl QGemmWx<'_> {
         &self,
         xbuf: &mut Vec<u8>,
         accbuf: &mut Vec<i32>,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
+        rows: Range<usize>,
+        cols: Range<usize>,
     ) {
         let kern = self.w.kern;
         let (mr, g, e, kc_max) = (kern.mr(), kern.group(), kern.elem(), kern.kc());
