@@ -829,9 +829,9 @@ thread_local! {
 
 /// Runs `f` with this thread's reusable buffer (a fresh one if it is in use,
 /// say by an outer product on the same thread).
-pub(super) fn with_buf<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
-    f: impl FnOnce(&mut Vec<f32>) -> R,
+pub(super) fn with_buf<T: 'static, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => f(&mut v),

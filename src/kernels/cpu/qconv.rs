@@ -23,8 +23,18 @@
 
 use rayon::prelude::*;
 
+use std::cell::RefCell;
+
+use super::gemm::with_buf;
 use super::qgemm::{qgemm_wx, QEpilogue, QMatX, QOut, QPackedA, QRequant};
 use super::{CpuCtx, Features};
+
+thread_local! {
+    /// The im2col columns of the product running on this thread.
+    static COLS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The phase planes of a stride-2 im2col running on this thread.
+    static PHASES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Output elements below which planes are not spread over threads.
 const PAR_MIN_WORK: usize = 1 << 14;
@@ -228,34 +238,41 @@ pub fn qconv2d(
             // Small groups run side by side, one thread each; a large
             // product uses all threads itself.
             let by_task = cx.threads > 1 && tasks.len() > 1 && p * mg * k < (1 << 20);
-            let run = |(t, o): (usize, QOut), cx: &CpuCtx, cols: &mut Vec<u8>| {
+            let run = |(t, o): (usize, QOut), cx: &CpuCtx| {
                 let (b, g) = (t / g_n, t % g_n);
                 let xs = &x[(b * c + g * cg) * plane_in..(b * c + (g + 1) * cg) * plane_in];
-                let a = if in_place {
-                    xs
+                let product = |a: &[u8]| {
+                    let qx = QMatX {
+                        data: a,
+                        ld: p,
+                        zero_point: x_zp,
+                    };
+                    qgemm_wx(&packs[g], qx, p, o, p, cx);
+                };
+                if in_place {
+                    product(xs);
                 } else {
-                    cols.resize(k * p, 0);
-                    im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), cols, cx);
-                    &cols[..]
-                };
-                let qx = QMatX {
-                    data: a,
-                    ld: p,
-                    zero_point: x_zp,
-                };
-                qgemm_wx(&packs[g], qx, p, o, p, cx);
+                    // Every column is written by im2col: a reused buffer
+                    // only grows.
+                    with_buf(&COLS, |cols| {
+                        if cols.len() < k * p {
+                            cols.resize(k * p, 0);
+                        }
+                        im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), cols, cx);
+                        product(&cols[..k * p]);
+                    });
+                }
             };
             if by_task {
                 cx.install(|| {
                     tasks
                         .into_par_iter()
                         .enumerate()
-                        .for_each_init(Vec::new, |cols, to| run(to, &one, cols))
+                        .for_each(|to| run(to, &one))
                 });
             } else {
-                let mut cols = Vec::new();
                 for to in tasks.into_iter().enumerate() {
-                    run(to, cx, &mut cols);
+                    run(to, cx);
                 }
             }
         }
@@ -355,79 +372,86 @@ fn im2col(
     // is as wide as a phase plane, as in a "same"-padded convolution).
     let phased = sh == 2 && sw == 2 && dh == 1 && dw == 1;
     let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
-    let mut phases = Vec::new();
-    if phased {
-        // The row (column) parities the taps read: one for a 1x1 kernel.
-        let parity = |k: usize, pad: usize, p: usize| (0..k).any(|t| (t + 2 - pad % 2) % 2 == p);
-        phases.resize(cg * 4 * h2 * w2, za);
-        for (ci, planes) in phases.chunks_exact_mut(4 * h2 * w2).enumerate() {
-            let plane = &x[ci * h * w..(ci + 1) * h * w];
-            for (ph, dst) in planes.chunks_exact_mut(h2 * w2).enumerate() {
-                let (py, px) = (ph / 2, ph % 2);
-                if !parity(kh, pt, py) || !parity(kw, pl, px) {
-                    continue;
-                }
-                for (y, out) in dst.chunks_exact_mut(w2).enumerate() {
-                    let iy = 2 * y + py;
-                    if iy < h {
-                        let src = plane[iy * w + px..(iy + 1) * w].iter().step_by(2);
-                        for (o, &v) in out.iter_mut().zip(src) {
-                            *o = v;
+    with_buf(&PHASES, |phases| {
+        if phased {
+            // The row (column) parities the taps read: one for a 1x1 kernel.
+            let parity =
+                |k: usize, pad: usize, p: usize| (0..k).any(|t| (t + 2 - pad % 2) % 2 == p);
+            // A reused buffer only grows: the slack of odd sizes is never read
+            // as a value (the rows' valid ranges exclude it).
+            if phases.len() < cg * 4 * h2 * w2 {
+                phases.resize(cg * 4 * h2 * w2, za);
+            }
+            let used = &mut phases[..cg * 4 * h2 * w2];
+            for (ci, planes) in used.chunks_exact_mut(4 * h2 * w2).enumerate() {
+                let plane = &x[ci * h * w..(ci + 1) * h * w];
+                for (ph, dst) in planes.chunks_exact_mut(h2 * w2).enumerate() {
+                    let (py, px) = (ph / 2, ph % 2);
+                    if !parity(kh, pt, py) || !parity(kw, pl, px) {
+                        continue;
+                    }
+                    for (y, out) in dst.chunks_exact_mut(w2).enumerate() {
+                        let iy = 2 * y + py;
+                        if iy < h {
+                            let src = plane[iy * w + px..(iy + 1) * w].iter().step_by(2);
+                            for (o, &v) in out.iter_mut().zip(src) {
+                                *o = v;
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    let fill_row = |row: usize, d: &mut [u8]| {
-        let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
-        if phased {
-            // Input row 2·oy + ki − pt = 2·(oy + dy) + py.
-            let phase = |k: usize, pad: usize| {
-                let a = k as isize - pad as isize;
-                let par = a.rem_euclid(2);
-                let shift = (a - par) / 2;
-                (
-                    par as usize,
-                    shift.max(0) as usize,
-                    (-shift).max(0) as usize,
-                )
-            };
-            let (py, oy_off, oy_pad) = phase(ki, pt);
-            let (px, ox_off, ox_pad) = phase(kj, pl);
-            let at = ((ci * 2 + py) * 2 + px) * h2 * w2;
-            let plane = Plane {
-                data: &phases[at..at + h2 * w2],
-                pitch: w2,
-                rows: (h - py).div_ceil(2),
-                cols: (w - px).div_ceil(2),
-            };
-            let taps = ((1, oy_off, oy_pad), (1, ox_off, ox_pad));
-            shifted_copy(d, (oh, ow), &plane, taps, za);
+        let fill_row = |row: usize, d: &mut [u8]| {
+            let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
+            if phased {
+                // Input row 2·oy + ki − pt = 2·(oy + dy) + py.
+                let phase = |k: usize, pad: usize| {
+                    let a = k as isize - pad as isize;
+                    let par = a.rem_euclid(2);
+                    let shift = (a - par) / 2;
+                    (
+                        par as usize,
+                        shift.max(0) as usize,
+                        (-shift).max(0) as usize,
+                    )
+                };
+                let (py, oy_off, oy_pad) = phase(ki, pt);
+                let (px, ox_off, ox_pad) = phase(kj, pl);
+                let at = ((ci * 2 + py) * 2 + px) * h2 * w2;
+                let plane = Plane {
+                    data: &phases[at..at + h2 * w2],
+                    pitch: w2,
+                    rows: (h - py).div_ceil(2),
+                    cols: (w - px).div_ceil(2),
+                };
+                let taps = ((1, oy_off, oy_pad), (1, ox_off, ox_pad));
+                shifted_copy(d, (oh, ow), &plane, taps, za);
+            } else {
+                let plane = Plane {
+                    data: &x[ci * h * w..(ci + 1) * h * w],
+                    pitch: w,
+                    rows: h,
+                    cols: w,
+                };
+                let taps = ((sh, ki * dh, pt), (sw, kj * dw, pl));
+                shifted_copy(d, (oh, ow), &plane, taps, za);
+            }
+        };
+        let rows = cg * kh * kw;
+        let d = &mut dst[..rows * p];
+        if cx.threads > 1 && rows * p >= 1 << 16 {
+            cx.install(|| {
+                d.par_chunks_mut(p)
+                    .enumerate()
+                    .for_each(|(r, d)| fill_row(r, d))
+            });
         } else {
-            let plane = Plane {
-                data: &x[ci * h * w..(ci + 1) * h * w],
-                pitch: w,
-                rows: h,
-                cols: w,
-            };
-            let taps = ((sh, ki * dh, pt), (sw, kj * dw, pl));
-            shifted_copy(d, (oh, ow), &plane, taps, za);
-        }
-    };
-    let rows = cg * kh * kw;
-    let d = &mut dst[..rows * p];
-    if cx.threads > 1 && rows * p >= 1 << 16 {
-        cx.install(|| {
-            d.par_chunks_mut(p)
+            d.chunks_mut(p)
                 .enumerate()
-                .for_each(|(r, d)| fill_row(r, d))
-        });
-    } else {
-        d.chunks_mut(p)
-            .enumerate()
-            .for_each(|(r, d)| fill_row(r, d));
-    }
+                .for_each(|(r, d)| fill_row(r, d));
+        }
+    })
 }
 
 /// A u8 plane: `rows × cols` valid values, rows `pitch` bytes apart.

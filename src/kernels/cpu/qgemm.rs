@@ -57,6 +57,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::gemm::with_buf;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
 
@@ -527,17 +528,6 @@ struct Finish<'a> {
 thread_local! {
     static BUF_A: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BUF_ACC: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's reusable buffer (a fresh one if it is in use).
-fn with_buf<T: 'static, R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
-    f: impl FnOnce(&mut Vec<T>) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => f(&mut v),
-        Err(_) => f(&mut Vec::new()),
-    })
 }
 
 impl QGemm<'_> {
