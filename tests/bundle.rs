@@ -261,9 +261,10 @@ fn truncated_and_flipped_bundles_are_malformed() {
     longer.push(0);
     expect_malformed(&longer, "trailing byte");
     assert!(expect_malformed(b"PK\x03\x04", "zip").contains("not an mlc bundle"));
-    let mut v3 = bytes.clone();
-    v3[4] = 4;
-    assert!(expect_malformed(&v3, "version 4").contains("version 4 is not supported"));
+    let mut next = bytes.clone();
+    next[4] = bundle::FORMAT_VERSION as u8 + 1;
+    let want = format!("version {} is not supported", bundle::FORMAT_VERSION + 1);
+    assert!(expect_malformed(&next, "next version").contains(&want));
 }
 
 /// Builds a bundle from raw section payloads with a valid checksum, to reach
@@ -338,9 +339,27 @@ fn graph_sections_that_do_not_inflate_are_malformed() {
 }
 
 /// The sections of a bundle (written graph, weights, meta in that order),
-/// the graph inflated from version 3 on.
+/// the graph inflated from version 3 on and a `weights.deflate` section
+/// inflated and named `weights` (which a bundle may also hold).
 fn unseal(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
     let version = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+    raw_sections(bytes)
+        .into_iter()
+        .map(|(name, payload)| match name.as_str() {
+            "graph" if version >= 3 => (name, inflate(&payload)),
+            "weights.deflate" => {
+                let plain = inflate(&payload[8..]);
+                let declared = u64::from_le_bytes(payload[..8].try_into().unwrap());
+                assert_eq!(plain.len() as u64, declared);
+                ("weights".to_string(), plain)
+            }
+            _ => (name, payload),
+        })
+        .collect()
+}
+
+/// The sections of a bundle as stored.
+fn raw_sections(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
     let body = &bytes[8..bytes.len() - 32];
     let mut pos = 0;
     let mut out = Vec::new();
@@ -348,20 +367,16 @@ fn unseal(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         let n = body[pos] as usize;
         let name = String::from_utf8(body[pos + 1..pos + 1 + n].to_vec()).unwrap();
         let len = u64::from_le_bytes(body[pos + 1 + n..pos + 9 + n].try_into().unwrap()) as usize;
-        let mut payload = body[pos + 9 + n..pos + 9 + n + len].to_vec();
-        if name == "graph" && version >= 3 {
-            let mut plain = Vec::new();
-            std::io::Read::read_to_end(
-                &mut flate2::read::DeflateDecoder::new(&payload[..]),
-                &mut plain,
-            )
-            .unwrap();
-            payload = plain;
-        }
-        out.push((name, payload));
+        out.push((name, body[pos + 9 + n..pos + 9 + n + len].to_vec()));
         pos += 9 + n + len;
     }
     out
+}
+
+fn inflate(stream: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(stream), &mut plain).unwrap();
+    plain
 }
 
 fn with_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
@@ -446,7 +461,7 @@ fn structural_problems_behind_a_valid_checksum() {
             "bad weights section",
         ),
         (
-            with_section(&bytes, "meta", b"{\"format_version\": 3"),
+            with_section(&bytes, "meta", b"{\"format_version\": 4"),
             "bad metadata",
         ),
         (with_section(&bytes, "meta", b"[]"), "bad metadata"),
@@ -456,7 +471,7 @@ fn structural_problems_behind_a_valid_checksum() {
                 "meta",
                 String::from_utf8(secs[2].1.clone())
                     .unwrap()
-                    .replacen("\"format_version\": 3", "\"format_version\": 7", 1)
+                    .replacen("\"format_version\": 4", "\"format_version\": 7", 1)
                     .as_bytes(),
             ),
             "format version 7",
@@ -571,6 +586,138 @@ fn sub_byte_weights_are_stored_densely() {
     assert!(bundle::to_bytes(&back, &meta).unwrap() == bytes);
 }
 
+/// Weights that are mostly integer codes are stored deflated
+/// (`weights.deflate`: inflated length, then the stream) and read back bit
+/// for bit; float weights stay plain. Every claim of a deflated section is
+/// checked.
+#[test]
+fn quantized_weights_are_deflated_and_checked() {
+    let g = int4_graph(63, 65);
+    let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+    let secs = raw_sections(&bytes);
+    let names: Vec<&str> = secs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["graph", "weights.deflate", "meta"]);
+    let plain = unseal(&bytes)[1].1.clone();
+    assert!(
+        secs[1].1.len() < plain.len() / 2,
+        "{} vs {}",
+        secs[1].1.len(),
+        plain.len()
+    );
+    let (back, meta) = bundle::from_bytes(&bytes, Path::new("q.mlc")).unwrap();
+    for (&id, t) in &g.consts {
+        assert!(same_bits(back.const_value(id).unwrap(), t));
+    }
+    assert!(bundle::to_bytes(&back, &meta).unwrap() == bytes);
+    // f32 weights are not deflated.
+    let f = raw_sections(&small_bundle());
+    assert_eq!(f[1].0, "weights");
+
+    let (graph, deflated, meta) = (unseal(&bytes)[0].1.clone(), &secs[1].1, &secs[2].1);
+    let declared = u64::from_le_bytes(deflated[..8].try_into().unwrap());
+    let with_len = |len: u64| {
+        let mut p = len.to_le_bytes().to_vec();
+        p.extend_from_slice(&deflated[8..]);
+        p
+    };
+    let sealed = |w: &[u8]| seal(&[("graph", &graph), ("weights.deflate", w), ("meta", meta)]);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (sealed(&with_len(declared + 1)), "not the"),
+        (sealed(&with_len(declared - 1)), "inflates to more than"),
+        (sealed(&with_len(u64::MAX)), "more than deflate can hold"),
+        (sealed(&deflated[..5]), "too short to hold its length"),
+        (
+            sealed(
+                &with_len(16)
+                    .into_iter()
+                    .take(8)
+                    .chain([0xff; 8])
+                    .collect::<Vec<u8>>(),
+            ),
+            "not valid deflate data",
+        ),
+        (
+            seal(&[
+                ("graph", &graph),
+                ("weights.deflate", deflated),
+                ("weights", &plain),
+                ("meta", meta),
+            ]),
+            "appears twice",
+        ),
+        (
+            seal(&[
+                ("graph", &graph),
+                ("weights", &plain),
+                ("weights.deflate", deflated),
+                ("meta", meta),
+            ]),
+            "repeats the weights section",
+        ),
+        (
+            seal_version(
+                3,
+                &[
+                    ("graph", &graph),
+                    ("weights.deflate", deflated),
+                    ("meta", meta),
+                ],
+            ),
+            "unknown section 'weights.deflate'",
+        ),
+    ];
+    for (b, want) in cases {
+        let m = expect_malformed(&b, want);
+        assert!(m.contains(want), "{want}: {m}");
+    }
+    // The same weights plain are also read.
+    assert!(bundle::from_bytes(&sealed_plain(&graph, &plain, meta), Path::new("p.mlc")).is_ok());
+}
+
+fn sealed_plain(graph: &[u8], weights: &[u8], meta: &[u8]) -> Vec<u8> {
+    seal(&[("graph", graph), ("weights", weights), ("meta", meta)])
+}
+
+/// f32 constants whose every value is an f16 value are stored in two bytes
+/// an element and read back bit for bit (-0, infinities and NaN included).
+#[test]
+fn f16_exact_f32_weights_are_stored_narrow() {
+    let mut g = Graph::new("narrow", 21);
+    let x = g.add_input("x", TensorType::new(DType::F32, Shape::known(&[2])));
+    let exact = vec![
+        1.0,
+        -0.0,
+        0.5,
+        f32::INFINITY,
+        -65504.0,
+        2f32.powi(-24),
+        f32::NAN,
+    ];
+    let n = exact.len();
+    let a = g.add_const(
+        "a",
+        Arc::new(Tensor::from_f32(vec![n], exact.clone()).unwrap()),
+    );
+    let b = g.add_const(
+        "b",
+        Arc::new(Tensor::from_f32(vec![2], vec![1.0, 0.1]).unwrap()),
+    );
+    g.outputs = vec![x, a, b];
+    let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+    let weights = unseal(&bytes)[1].1.clone();
+    let back = safetensors::decode(&weights).unwrap();
+    let stored = String::from_utf8_lossy(&weights);
+    assert!(stored.contains(r#""mlc.dtype.1":"f32""#), "{stored}");
+    assert_eq!(
+        weights.len() - 8 - u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize,
+        2 * n + 8
+    );
+    let (g2, _) = bundle::from_bytes(&bytes, Path::new("n.mlc")).unwrap();
+    assert!(same_bits(g2.const_value(a).unwrap(), &g.consts[&a]));
+    assert!(same_bits(g2.const_value(b).unwrap(), &g.consts[&b]));
+    assert_eq!(back.len(), 2);
+}
+
 /// A version 1 bundle (sub-byte weights one byte per element) still reads,
 /// into the same graph; its sub-byte layout is refused under version 2 and
 /// the packed layout under version 1.
@@ -587,7 +734,7 @@ fn version_1_bundles_still_read() {
         .collect();
     let old_weights = safetensors::encode_with(&tensors, safetensors::SubByte::Bytewise);
     let old_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
-        "\"format_version\": 3",
+        "\"format_version\": 4",
         "\"format_version\": 1",
         1,
     );
@@ -603,7 +750,7 @@ fn version_1_bundles_still_read() {
     assert_eq!(meta.format_version, 1);
     // Version 2: packed weights, the graph section plain text.
     let v2_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
-        "\"format_version\": 3",
+        "\"format_version\": 4",
         "\"format_version\": 2",
         1,
     );
@@ -763,7 +910,7 @@ fn cli_runs_and_inspects_bundles() {
 
     let out = mlc(&["inspect", p]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("mlc bundle (format 3"), "{text}");
+    assert!(text.contains("mlc bundle (format 4"), "{text}");
     assert!(text.contains("pipeline  test"), "{text}");
 
     let out = mlc(&["inspect", p, "--ir"]);

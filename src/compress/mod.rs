@@ -149,6 +149,8 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
         layers.iter().map(|l| LayerReport::new(l, &g)).collect();
     let mut calibration = None;
     let mut kept_f32: HashSet<NodeId> = HashSet::new();
+    // f32 parameters int4 rounds to f16 values.
+    let mut params_f16 = 0;
     let mut act_of: HashMap<NodeId, ActQuant> = HashMap::new();
 
     match opts.mode {
@@ -325,6 +327,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
         }
         Mode::Int4 => {
             quantize::int4_weights(&mut g)?;
+            params_f16 = quantize::round_params_to_f16(&mut g)?;
         }
         Mode::Fp16 => {
             quantize::fp16_weights(&mut g)?;
@@ -418,6 +421,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
         calibration,
         max_accuracy_drop: opts.max_accuracy_drop,
         min_cosine: opts.min_cosine,
+        params_f16,
     };
     Ok(Outcome {
         graph: g,

@@ -133,9 +133,9 @@ pub fn find_layers(g: &Graph) -> Vec<Layer> {
 }
 
 /// Symmetric int8 values and scales of `w` whose output channel of element
-/// `i` is `channel(i)` (`channels` of them): `scale = max|w| / qmax` (1 for
-/// an all-zero channel), `q = clamp(round_half_even(w / scale), -qmax,
-/// qmax)`.
+/// `i` is `channel(i)` (`channels` of them): `scale = max|w| / qmax` rounded
+/// up to an f16 value ([`f16_scale`]; 1 for an all-zero channel), `q =
+/// clamp(round_half_even(w / scale), -qmax, qmax)`.
 pub fn symmetric_i8(
     w: &[f32],
     channels: usize,
@@ -160,7 +160,7 @@ pub fn symmetric_i8(
     }
     let scales: Vec<f32> = amax
         .iter()
-        .map(|&m| if m > 0.0 { m / qmax } else { 1.0 })
+        .map(|&m| if m > 0.0 { f16_scale(m / qmax) } else { 1.0 })
         .collect();
     let q = w
         .iter()
@@ -168,6 +168,25 @@ pub fn symmetric_i8(
         .map(|(i, &x)| (x / scales[slot(i)]).round_ties_even().clamp(-qmax, qmax) as i8)
         .collect();
     (q, scales)
+}
+
+/// `s` (> 0) rounded up to the nearest f16 value when that is a normal f16,
+/// so the bundle stores the scale in two bytes, bit for bit (see
+/// `bundle::safetensors::f16_exact`); `s` itself outside f16's normal range.
+/// Rounding up moves a scale by less than 2^-10 of itself and keeps every
+/// `w / scale` within the range the unrounded scale gave.
+pub fn f16_scale(s: f32) -> f32 {
+    let h = f16::from_f32(s);
+    let up = if h.to_f32() < s {
+        f16::from_bits(h.to_bits() + 1)
+    } else {
+        h
+    };
+    if up.is_normal() {
+        up.to_f32()
+    } else {
+        s
+    }
 }
 
 fn tensor(shape: Vec<usize>, data: TensorData) -> Result<Tensor> {
@@ -490,6 +509,41 @@ pub fn int4_weights(g: &mut Graph) -> Result<usize> {
     Ok(done)
 }
 
+/// Rounds the f32 constants of rank 1 and up that int4 leaves (biases,
+/// normalization scales and shifts, small tables) to f16 values, keeping
+/// them f32 in the graph: the bundle then stores each in two bytes an
+/// element, bit for bit ([`stored_bytes`]). The aggressive size mode
+/// treats them as int4 checkpoints do (f16 besides the int4 matrices);
+/// their rounding error, under 2^-11 of each value, is far below int4's.
+/// Scalars (epsilons, scale factors) stay exact, and a tensor is left as it
+/// is when f16 cannot hold it: a value past f16's range, not finite, or
+/// moved by more than 2^-11 of the tensor's largest magnitude (tiny values
+/// beside large ones). Returns how many tensors were rounded.
+pub fn round_params_to_f16(g: &mut Graph) -> Result<usize> {
+    let mut rounded = Vec::new();
+    for (&id, t) in &g.consts {
+        let Some(v) = t.as_f32() else { continue };
+        if t.rank() == 0 || crate::emit::bundle::safetensors::f16_exact(v) {
+            continue;
+        }
+        let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let r: Vec<f32> = v.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        let fits = amax.is_finite()
+            && amax <= f16::MAX.to_f32()
+            && v.iter()
+                .zip(&r)
+                .all(|(x, y)| (x - y).abs() <= amax / 2048.0);
+        if fits {
+            rounded.push((id, tensor(t.shape().to_vec(), TensorData::F32(r))?));
+        }
+    }
+    let n = rounded.len();
+    for (id, t) in rounded {
+        g.consts.insert(id, Arc::new(t));
+    }
+    Ok(n)
+}
+
 fn cast_to_f32() -> Op {
     Op::Cast {
         to: DType::F32,
@@ -526,10 +580,10 @@ pub fn weight_bytes(g: &Graph) -> usize {
     g.consts.values().map(stored_bytes).sum()
 }
 
-/// Bytes a constant takes in a bundle (sub-byte types packed).
+/// Bytes a constant's elements take in a bundle before the weights section
+/// is deflated (sub-byte types packed, f16-exact f32 tensors narrowed).
 pub fn stored_bytes(t: &Arc<Tensor>) -> usize {
-    let bits = t.dtype().bits();
-    (t.numel() * bits).div_ceil(8)
+    crate::emit::bundle::safetensors::stored_len(t)
 }
 
 #[cfg(test)]
@@ -541,11 +595,59 @@ mod tests {
         // Two channels (rows) of a [2, 3] weight.
         let w = [1.0, -2.0, 0.5, 0.0, 0.0, 0.0];
         let (q, s) = symmetric_i8(&w, 2, |i| i / 3, Granularity::PerChannel, 127.0);
-        assert_eq!(s, vec![2.0 / 127.0, 1.0]);
-        assert_eq!(q, vec![64, -127, 32, 0, 0, 0]);
+        assert_eq!(s, vec![f16_scale(2.0 / 127.0), 1.0]);
+        // 1 / scale is just under 63.5 with the scale rounded up to f16.
+        assert_eq!(q, vec![63, -127, 32, 0, 0, 0]);
         let (q, s) = symmetric_i8(&[4.0, -1.0], 2, |i| i, Granularity::PerTensor, 127.0);
-        assert_eq!(s, vec![4.0 / 127.0]);
+        assert_eq!(s, vec![f16_scale(4.0 / 127.0)]);
         assert_eq!(q, vec![127, -32]);
+    }
+
+    #[test]
+    fn scales_round_up_to_f16_values() {
+        for s in [2.0f32 / 127.0, 1.0 / 63.0, 0.1, 3.0e-4, 1234.5, 1.0] {
+            let r = f16_scale(s);
+            assert!(r >= s && (r - s) / s < 1.0 / 1024.0, "{s} -> {r}");
+            assert_eq!(
+                f16::from_f32(r).to_f32(),
+                r,
+                "{s} -> {r} is not an f16 value"
+            );
+        }
+        // Exact f16 values stay; outside f16's normal range nothing changes.
+        assert_eq!(f16_scale(0.5), 0.5);
+        for s in [1.0e-6f32, 1.0e5, f32::MIN_POSITIVE] {
+            assert_eq!(f16_scale(s), s);
+        }
+        // The largest weight still maps to +-qmax, never past it.
+        let w = [0.3f32, -0.7, 0.11];
+        let (q, s) = symmetric_i8(&w, 1, |_| 0, Granularity::PerTensor, 63.0);
+        assert!(s[0] > 0.7 / 63.0);
+        assert_eq!(q, vec![27, -63, 10]);
+    }
+
+    #[test]
+    fn int4_rounds_the_remaining_parameters_to_f16_values() {
+        let mut g = Graph::default();
+        let mut add = |name: &str, shape: Vec<usize>, v: Vec<f32>| {
+            let t = Tensor::from_f32(shape, v).unwrap();
+            g.add_const(name.to_string(), t)
+        };
+        let bias = add("bias", vec![3], vec![0.1, -1.0 / 3.0, 7.25]);
+        let scalar = add("eps", vec![], vec![0.1]);
+        let huge = add("huge", vec![2], vec![0.1, 1.0e5]);
+        let tiny = add("tiny", vec![2], vec![1.0e-7, 2.0e-7]);
+        let small_beside_large = add("ok", vec![2], vec![1.0e-7, 1.0]);
+        assert_eq!(round_params_to_f16(&mut g).unwrap(), 2);
+        let f32s = |id| g.consts[&id].as_f32().unwrap().to_vec();
+        let b = f32s(bias);
+        assert_eq!(b[2], 7.25);
+        assert!(b.iter().all(|&x| f16::from_f32(x).to_f32() == x));
+        assert!((b[0] - 0.1).abs() < 1e-4 && (b[1] + 1.0 / 3.0).abs() < 2e-4);
+        assert_eq!(f32s(scalar), vec![0.1]);
+        assert_eq!(f32s(huge), vec![0.1, 1.0e5]);
+        assert_eq!(f32s(tiny), vec![1.0e-7, 2.0e-7]);
+        assert_eq!(f32s(small_beside_large)[1], 1.0);
     }
 
     #[test]

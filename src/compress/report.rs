@@ -87,7 +87,8 @@ pub struct SizeReport {
     /// `output_bytes / f32_bundle_bytes` for a bundle, `/ source_bytes`
     /// for ONNX.
     pub ratio: f64,
-    /// All constants, f32 and as stored.
+    /// All constants, f32 and as stored (sub-byte types packed, f16-exact
+    /// tensors two bytes an element), before the bundle deflates them.
     pub weights_f32_bytes: u64,
     pub weights_bytes: u64,
 }
@@ -144,6 +145,9 @@ pub struct Report {
     pub calibration: Option<CalibrationReport>,
     pub max_accuracy_drop: f64,
     pub min_cosine: Option<f64>,
+    /// f32 parameter tensors (biases, norms) rounded to f16 values, stored
+    /// in two bytes an element (int4).
+    pub params_f16: usize,
 }
 
 impl Report {
@@ -182,7 +186,7 @@ impl Report {
         let z = &self.size;
         let _ = writeln!(
             s,
-            "{} -> {} ({}, {}): {} -> {} ({:.3}x); weights {} -> {}",
+            "{} -> {} ({}, {}): {} -> {} ({:.3}x); weights {} -> {} before deflate",
             self.model,
             self.output,
             self.format,
@@ -206,6 +210,13 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(", "),
                 self.activations
+            );
+        }
+        if self.params_f16 > 0 {
+            let _ = writeln!(
+                s,
+                "other parameters: {} f32 tensors (biases, norms) rounded to f16 values",
+                self.params_f16
             );
         }
         if let Some(l) = &self.latency {
@@ -262,11 +273,18 @@ impl Report {
         let _ = writeln!(s, "| output | {} ({:.3}x) |", z.output_bytes, z.ratio);
         let _ = writeln!(
             s,
-            "| weights | {} -> {} ({:.3}x) |",
+            "| weights, before the bundle's deflate | {} -> {} ({:.3}x) |",
             z.weights_f32_bytes,
             z.weights_bytes,
             z.weights_bytes as f64 / z.weights_f32_bytes.max(1) as f64
         );
+        if self.params_f16 > 0 {
+            let _ = writeln!(
+                s,
+                "\n{} f32 parameter tensors (biases, norms) were rounded to f16 values.",
+                self.params_f16
+            );
+        }
         if let Some(l) = &self.latency {
             let _ = writeln!(s, "\n## Latency (this machine)\n");
             let _ = writeln!(

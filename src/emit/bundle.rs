@@ -8,8 +8,13 @@
 //! "MLCB"  u32 format version (2; 1 is read) little-endian throughout
 //! section*: u8 name length, name (ASCII), u64 payload length, payload
 //!   graph    UTF-8 IR text of the canonical graph, every constant printed
-//!            without values (`%N` is the constant's value number)
+//!            without values (`%N` is the constant's value number); raw
+//!            deflate from version 3 on
 //!   weights  safetensors: one tensor per constant, named by its value number
+//!     or weights.deflate (version 4 on): u64 length of that safetensors
+//!            blob, then the blob raw-deflated; written when at least half
+//!            the blob is integer codes (quantized weights) and deflate
+//!            saves at least 1/32 of it
 //!   meta     JSON [`Metadata`]
 //! 32 bytes: SHA-256 of every byte before it
 //! ```
@@ -32,6 +37,9 @@
 //! packs them (first element in the low bits), as a 1-D `U8` tensor of
 //! `ceil(numel * bits / 8)` bytes whose real shape is in `mlc.shape.<name>`.
 //! Format version 1 stored those one byte per element; it is still read.
+//! An f32 tensor whose every element is exactly an f16 value (the scales
+//! `mlc compress` rounds to f16) is stored as `F16` with `mlc.dtype.<name>`
+//! `f32`, and widened back bit for bit on read.
 //!
 //! Reading trusts nothing: every length, offset, shape, dtype and element
 //! value is checked, and any problem is one [`Error::Malformed`] naming the
@@ -51,13 +59,23 @@ use crate::{Error, Result};
 
 /// First four bytes of every bundle.
 pub const MAGIC: &[u8; 4] = b"MLCB";
-/// The bundle format this build writes. Version 3 deflates the graph
-/// section; version 2 packs the 4- and 2-bit types densely; versions 1
-/// (one byte per element) and 2 (plain graph text) are still read.
-pub const FORMAT_VERSION: u32 = 3;
+/// The bundle format this build writes. Version 4 may deflate the weights
+/// section and store f16-exact f32 tensors in half the bytes; version 3
+/// deflates the graph section; version 2 packs the 4- and 2-bit types
+/// densely; versions 1 (one byte per element) to 3 are still read.
+pub const FORMAT_VERSION: u32 = 4;
 /// Largest graph text a bundle may inflate to (a guard against deflate
 /// bombs; real graphs are a few MiB at most).
 const MAX_GRAPH_TEXT: u64 = 1 << 28;
+/// Deflate cannot expand data more than 1032:1 (a 258-byte match per
+/// 2-bit code, at best); a weights section claiming more is a lie.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+/// Quantized weights are stored deflated when that saves at least this
+/// fraction of them (1/32); below it, inflating on every load is not worth
+/// the bytes.
+const MIN_DEFLATE_SAVING: usize = 32;
+/// Name of the deflated weights section (format version 4 on).
+const WEIGHTS_DEFLATE: &str = "weights.deflate";
 /// The oldest bundle format this build reads.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// File extension of bundles.
@@ -200,40 +218,90 @@ pub fn to_bytes(g: &Graph, meta: &Metadata) -> Result<Vec<u8>> {
         .map(|(id, t)| (id.0.to_string(), t.as_ref()))
         .collect();
     let weights = safetensors::encode(&tensors);
+    // Integer codes entropy-code well (7-bit weights in 8-bit bytes, peaked
+    // distributions); float weights save only on their exponent bits (under
+    // a tenth) and are left raw, so f32 bundles load without inflating.
+    let code_bytes: usize = tensors
+        .iter()
+        .filter(|(_, t)| t.dtype().is_int())
+        .map(|(_, t)| safetensors::stored_len(t))
+        .sum();
     let meta = Metadata {
         format_version: FORMAT_VERSION,
         ..meta.clone()
     };
     let meta_json = serde_json::to_vec_pretty(&meta)
         .map_err(|e| Error::Internal(format!("encoding the bundle metadata: {e}")))?;
-    let graph = deflate(graph_text.as_bytes())?;
+    let graph = deflate(graph_text.as_bytes(), "graph")?;
+    let packed = if 2 * code_bytes >= weights.len() {
+        Some(deflate(&weights, "weights")?)
+    } else {
+        None
+    };
+    let weights_section = if let Some(packed) =
+        packed.filter(|p| p.len() + 8 + weights.len() / MIN_DEFLATE_SAVING <= weights.len())
+    {
+        let mut section = Vec::with_capacity(8 + packed.len());
+        section.extend_from_slice(&(weights.len() as u64).to_le_bytes());
+        section.extend_from_slice(&packed);
+        (WEIGHTS_DEFLATE, section)
+    } else {
+        ("weights", weights)
+    };
     Ok(container::encode(&[
         ("graph", &graph),
-        ("weights", &weights),
+        (weights_section.0, &weights_section.1),
         ("meta", &meta_json),
     ]))
 }
 
-/// Raw deflate of `bytes` (deterministic for a given input).
-fn deflate(bytes: &[u8]) -> Result<Vec<u8>> {
+/// Raw deflate of `bytes` (deterministic for a given input); `section`
+/// names them in errors.
+fn deflate(bytes: &[u8], section: &str) -> Result<Vec<u8>> {
     use std::io::Write;
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut enc = flate2::write::DeflateEncoder::new(
+        Vec::with_capacity(bytes.len() / 2),
+        flate2::Compression::default(),
+    );
     enc.write_all(bytes)
         .and_then(|()| enc.finish())
-        .map_err(|e| Error::Internal(format!("compressing the graph section: {e}")))
+        .map_err(|e| Error::Internal(format!("compressing the {section} section: {e}")))
 }
 
-/// Inflates a graph section, refusing more than [`MAX_GRAPH_TEXT`] bytes.
-fn inflate(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+/// Inflates a deflated section, refusing more than `limit` bytes.
+fn inflate(bytes: &[u8], section: &str, limit: u64) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
     let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(bytes)
-        .take(MAX_GRAPH_TEXT + 1)
+        .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| format!("the graph section is not valid deflate data: {e}"))?;
-    if out.len() as u64 > MAX_GRAPH_TEXT {
+        .map_err(|e| format!("the {section} section is not valid deflate data: {e}"))?;
+    if out.len() as u64 > limit {
         return Err(format!(
-            "the graph section inflates to more than {MAX_GRAPH_TEXT} bytes"
+            "the {section} section inflates to more than {limit} bytes"
+        ));
+    }
+    Ok(out)
+}
+
+/// The safetensors blob of a `weights.deflate` section: its declared length,
+/// then the deflate stream, which must inflate to exactly that length.
+fn inflate_weights(section: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let (len, stream) = section
+        .split_first_chunk::<8>()
+        .ok_or("the weights.deflate section is too short to hold its length")?;
+    let len = u64::from_le_bytes(*len);
+    if len > (stream.len() as u64).saturating_mul(MAX_DEFLATE_RATIO) {
+        return Err(format!(
+            "the weights.deflate section claims {len} bytes from a {}-byte stream, more than deflate can hold",
+            stream.len()
+        ));
+    }
+    let out = inflate(stream, WEIGHTS_DEFLATE, len)?;
+    if out.len() as u64 != len {
+        return Err(format!(
+            "the weights.deflate section inflates to {} bytes, not the {len} it declares",
+            out.len()
         ));
     }
     Ok(out)
@@ -272,10 +340,17 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
     }
     let inflated;
     let graph_bytes = if sections.version >= 3 {
-        inflated = inflate(sections.graph).map_err(&malformed)?;
+        inflated = inflate(sections.graph, "graph", MAX_GRAPH_TEXT).map_err(&malformed)?;
         &inflated[..]
     } else {
         sections.graph
+    };
+    let weights_inflated;
+    let weights_blob = if sections.weights_deflated {
+        weights_inflated = inflate_weights(sections.weights).map_err(&malformed)?;
+        &weights_inflated[..]
+    } else {
+        sections.weights
     };
     let graph_text = std::str::from_utf8(graph_bytes)
         .map_err(|e| malformed(format!("the graph section is not UTF-8: {e}")))?;
@@ -284,7 +359,7 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
     } else {
         safetensors::SubByte::Packed
     };
-    let mut weights = safetensors::decode_with(sections.weights, layout)
+    let mut weights = safetensors::decode_with(weights_blob, layout)
         .map_err(|m| malformed(format!("bad weights section: {m}")))?;
 
     // The first missing weight, reported as such rather than as whatever the
@@ -328,7 +403,10 @@ mod container {
     pub struct Sections<'a> {
         pub version: u32,
         pub graph: &'a [u8],
+        /// The `weights` or `weights.deflate` payload, as stored.
         pub weights: &'a [u8],
+        /// Whether the weights came as `weights.deflate`.
+        pub weights_deflated: bool,
         pub meta: &'a [u8],
     }
 
@@ -371,6 +449,7 @@ mod container {
             return Err("checksum mismatch: the bundle is truncated or corrupted".into());
         }
         let mut found: [Option<&[u8]>; 3] = [None; 3];
+        let mut weights_deflated = false;
         let mut pos = HEADER_LEN;
         while pos < body.len() {
             let name_len = body[pos] as usize;
@@ -396,14 +475,20 @@ mod container {
                         u64::from_le_bytes(len8)
                     )
                 })?;
+            let deflated = name == WEIGHTS_DEFLATE && version >= 4;
             let slot = SECTIONS
                 .iter()
-                .position(|&s| s == name)
+                .position(|&s| s == name || (deflated && s == "weights"))
                 .ok_or_else(|| format!("unknown section '{name}'"))?;
             if found[slot].is_some() {
-                return Err(format!("section '{name}' appears twice"));
+                return Err(if deflated {
+                    format!("section '{name}' repeats the weights section")
+                } else {
+                    format!("section '{name}' appears twice")
+                });
             }
             found[slot] = Some(&body[start..end]);
+            weights_deflated |= deflated;
             pos = end;
         }
         let get =
@@ -412,6 +497,7 @@ mod container {
             version,
             graph: get(0)?,
             weights: get(1)?,
+            weights_deflated,
             meta: get(2)?,
         })
     }
@@ -622,25 +708,70 @@ pub mod safetensors {
         })
     }
 
+    /// How one tensor's elements are laid out in the blob.
+    enum Stored {
+        /// Its own dtype's little-endian bytes.
+        Plain,
+        /// A 4- or 2-bit type packed densely (the bytes).
+        Packed(Vec<u8>),
+        /// An f32 tensor every element of which is exactly an f16 value,
+        /// stored as those f16 values (the bytes).
+        Narrowed(Vec<u8>),
+    }
+
+    impl Stored {
+        fn of(t: &Tensor, layout: SubByte) -> Stored {
+            if let Some(b) = packed_bits(t.dtype(), layout).and(packed_data(t)) {
+                return Stored::Packed(b);
+            }
+            match (t.data(), layout) {
+                (TensorData::F32(v), SubByte::Packed) if f16_exact(v) => Stored::Narrowed(
+                    v.iter()
+                        .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes())
+                        .collect(),
+                ),
+                _ => Stored::Plain,
+            }
+        }
+    }
+
+    /// Whether every element of `v` comes back bit for bit from f16, so the
+    /// tensor can be stored in half the bytes.
+    pub fn f16_exact(v: &[f32]) -> bool {
+        v.iter()
+            .all(|&x| f16::from_f32(x).to_f32().to_bits() == x.to_bits())
+    }
+
+    /// Bytes a tensor's elements take in the blob: sub-byte types packed,
+    /// f16-exact f32 tensors two bytes an element.
+    pub fn stored_len(t: &Tensor) -> usize {
+        match t.data() {
+            TensorData::F32(v) if f16_exact(v) => 2 * v.len(),
+            _ => (t.numel() * t.dtype().bits()).div_ceil(8),
+        }
+    }
+
     /// Encodes named tensors, in the order given, as a safetensors blob in
-    /// the current format (sub-byte types packed).
+    /// the current format (sub-byte types packed, f16-exact f32 tensors
+    /// narrowed).
     pub fn encode(tensors: &[(String, &Tensor)]) -> Vec<u8> {
         encode_with(tensors, SubByte::Packed)
     }
 
     /// Encodes named tensors with the given sub-byte layout;
     /// [`SubByte::Bytewise`] writes format version 1's weights (kept so
-    /// that reading old bundles can be tested).
+    /// that reading old bundles can be tested: no packing, no narrowing).
     pub fn encode_with(tensors: &[(String, &Tensor)], layout: SubByte) -> Vec<u8> {
         let js = |s: &str| Value::String(s.to_string()).to_string();
         let dims = |shape: &[usize]| {
             let v: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
             format!("[{}]", v.join(","))
         };
+        let forms: Vec<Stored> = tensors.iter().map(|(_, t)| Stored::of(t, layout)).collect();
         let mut entries: Vec<String> = Vec::new();
         let mut lowp_meta: Vec<String> = Vec::new();
-        for (n, t) in tensors {
-            if !t.dtype().is_storage_only() {
+        for ((n, t), form) in tensors.iter().zip(&forms) {
+            if !t.dtype().is_storage_only() && !matches!(form, Stored::Narrowed(_)) {
                 continue;
             }
             lowp_meta.push(format!(
@@ -648,7 +779,7 @@ pub mod safetensors {
                 js(&format!("{DTYPE_PREFIX}{n}")),
                 js(t.dtype().name())
             ));
-            if packed_bits(t.dtype(), layout).is_some() {
+            if let Stored::Packed(_) = form {
                 lowp_meta.push(format!(
                     "{}:{}",
                     js(&format!("{SHAPE_PREFIX}{n}")),
@@ -660,20 +791,21 @@ pub mod safetensors {
             entries.push(format!("{}:{{{}}}", js(META_KEY), lowp_meta.join(",")));
         }
         let mut data = Vec::new();
-        for (name, t) in tensors {
-            let (bytes, shape) = match packed_bits(t.dtype(), layout).and(packed_data(t)) {
-                Some(b) => {
+        for ((name, t), form) in tensors.iter().zip(forms) {
+            let (st, bytes, shape) = match form {
+                Stored::Packed(b) => {
                     let len = b.len();
-                    (b, vec![len])
+                    ("U8", b, vec![len])
                 }
-                None => (tensor_bytes(t), t.shape().to_vec()),
+                Stored::Narrowed(b) => ("F16", b, t.shape().to_vec()),
+                Stored::Plain => (st_dtype(t.dtype()), tensor_bytes(t), t.shape().to_vec()),
             };
             let begin = data.len();
             data.extend_from_slice(&bytes);
             entries.push(format!(
                 "{}:{{\"dtype\":{},\"shape\":{},\"data_offsets\":[{},{}]}}",
                 js(name),
-                js(st_dtype(t.dtype())),
+                js(st),
                 dims(&shape),
                 begin,
                 data.len()
@@ -741,7 +873,7 @@ pub mod safetensors {
                     .ok_or_else(|| format!("{META_KEY} entry '{k}' is not a string"))?;
                 if let Some(name) = k.strip_prefix(DTYPE_PREFIX) {
                     let d = DType::from_name(v)
-                        .filter(|d| d.is_storage_only())
+                        .filter(|&d| d.is_storage_only() || d == DType::F32)
                         .ok_or_else(|| format!("tensor '{name}' has unknown dtype '{v}'"))?;
                     real_dtypes.insert(name.to_string(), d);
                 } else if let Some(name) = k.strip_prefix(SHAPE_PREFIX) {
@@ -770,15 +902,23 @@ pub mod safetensors {
                 .map_err(|err| format!("tensor '{name}': {err}"))?;
             let st = from_st_dtype(&e.dtype)
                 .ok_or_else(|| format!("tensor '{name}' has unsupported dtype '{}'", e.dtype))?;
-            let dtype = match real_dtypes.remove(name) {
-                Some(d) if st == DType::U8 => d,
+            // `widen`: an f32 tensor stored as its exact f16 values.
+            let (dtype, widen) = match real_dtypes.remove(name) {
+                Some(DType::F32) if st == DType::F16 => (DType::F16, true),
+                Some(DType::F32) => {
+                    return Err(format!(
+                        "tensor '{name}' is marked f32 but stored as {}, not F16",
+                        e.dtype
+                    ))
+                }
+                Some(d) if st == DType::U8 => (d, false),
                 Some(d) => {
                     return Err(format!(
                         "tensor '{name}' is marked {d} but stored as {}, not U8",
                         e.dtype
                     ))
                 }
-                None => st,
+                None => (st, false),
             };
             let [begin, end] = e.data_offsets;
             if begin > end || end > data.len() {
@@ -843,6 +983,12 @@ pub mod safetensors {
                     }
                     let td = data_from_bytes(dtype, bytes)
                         .map_err(|m| format!("tensor '{name}': {m}"))?;
+                    let td = match td {
+                        TensorData::F16(h) if widen => {
+                            TensorData::F32(h.iter().map(|x| x.to_f32()).collect())
+                        }
+                        td => td,
+                    };
                     (e.shape, td)
                 }
             };
@@ -927,18 +1073,25 @@ mod tests {
 
     #[test]
     fn safetensors_header_is_the_documented_format() {
-        let a = t(vec![2], TensorData::F32(vec![1.0, 2.0]));
+        let a = t(vec![2], TensorData::F32(vec![1.0, 0.1]));
         let b = t(vec![3], TensorData::I4(vec![-8, 7, 0]));
-        let blob = safetensors::encode(&[("3".into(), &a), ("10".into(), &b)]);
+        let c = t(vec![2], TensorData::F32(vec![1.0, -0.25]));
+        let blob = safetensors::encode(&[("3".into(), &a), ("10".into(), &b), ("11".into(), &c)]);
         let hlen = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
         let header = std::str::from_utf8(&blob[8..8 + hlen]).unwrap().trim_end();
         assert_eq!(
             header,
-            r#"{"__metadata__":{"mlc.dtype.10":"i4","mlc.shape.10":"[3]"},"3":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"10":{"dtype":"U8","shape":[2],"data_offsets":[8,10]}}"#
+            r#"{"__metadata__":{"mlc.dtype.10":"i4","mlc.shape.10":"[3]","mlc.dtype.11":"f32"},"3":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"10":{"dtype":"U8","shape":[2],"data_offsets":[8,10]},"11":{"dtype":"F16","shape":[2],"data_offsets":[10,14]}}"#
         );
-        assert_eq!(&blob[8 + hlen..8 + hlen + 4], &1.0f32.to_le_bytes());
+        let data = &blob[8 + hlen..];
+        assert_eq!(&data[..4], &1.0f32.to_le_bytes());
         // -8 = 0x8 in the low nibble, 7 in the high one; then 0 and padding.
-        assert_eq!(&blob[8 + hlen + 8..], &[0x78, 0x00]);
+        assert_eq!(&data[8..10], &[0x78, 0x00]);
+        // An f32 tensor of exact f16 values is stored as those f16 values.
+        assert_eq!(&data[10..], &[0x00, 0x3c, 0x00, 0xb4]);
+        let back = safetensors::decode(&blob).unwrap();
+        assert_eq!(back["11"].as_f32().unwrap(), [1.0, -0.25]);
+        assert_eq!(back["3"].as_f32().unwrap(), [1.0, 0.1]);
         // Format version 1 stored one byte per element with the real shape.
         let old = safetensors::encode_with(&[("10".into(), &b)], safetensors::SubByte::Bytewise);
         let hlen = u64::from_le_bytes(old[..8].try_into().unwrap()) as usize;
@@ -1150,7 +1303,17 @@ mod tests {
             (
                 r#"{"__metadata__":{"mlc.dtype.a":"f32"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
                 &[1],
+                "marked f32 but stored as U8, not F16",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.dtype.a":"i64"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                &[1],
                 "unknown dtype",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.dtype.a":"f32"},"a":{"dtype":"F16","shape":[2],"data_offsets":[0,2]}}"#,
+                &[0, 0],
+                "is f16[2] but holds 2 bytes",
             ),
             (
                 r#"{"__metadata__":{"mlc.dtype.b":"i4"}}"#,
@@ -1206,7 +1369,7 @@ mod tests {
         assert!(err(b"ONNX....").contains("not an mlc bundle"));
         assert!(err(b"ML").contains("not an mlc bundle"));
         assert!(err(b"MLCB\x01").contains("header"));
-        assert!(err(b"MLCB\x04\0\0\0").contains("version 4"));
+        assert!(err(b"MLCB\x05\0\0\0").contains("version 5"));
         assert!(err(b"MLCB\0\0\0\0").contains("version 0"));
         let mut b = bytes.clone();
         b[12] ^= 1;
@@ -1266,7 +1429,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&back).unwrap(), a);
         assert!(a.contains(r#""rewrites":{"a":1,"b":2}"#), "{a}");
         assert!(
-            a.starts_with(r#"{"format_version":3,"mlc_version":""#),
+            a.starts_with(r#"{"format_version":4,"mlc_version":""#),
             "{a}"
         );
     }
