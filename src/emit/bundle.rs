@@ -5,7 +5,7 @@
 //! safetensors blob and a JSON record of how it was made:
 //!
 //! ```text
-//! "MLCB"  u32 format version (2; 1 is read) little-endian throughout
+//! "MLCB"  u32 format version (4; 1 to 3 are read) little-endian throughout
 //! section*: u8 name length, name (ASCII), u64 payload length, payload
 //!   graph    UTF-8 IR text of the canonical graph, every constant printed
 //!            without values (`%N` is the constant's value number); raw
