@@ -259,7 +259,9 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 let breaks_cos = opts.min_cosine.is_some_and(|m| a.cosine_similarity < m);
                 Ok((drop, a, breaks_drop, breaks_cos))
             };
-            loop {
+            // The last candidate is the model unless the whole-model check
+            // below takes the one with fewer layers f32.
+            let mut chosen = loop {
                 let candidate = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
                 let (drop, a, breaks_drop, breaks_cos) = judge(&candidate)?;
                 let next = order
@@ -287,9 +289,9 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                             }
                         ));
                     }
-                    _ => break,
+                    _ => break candidate,
                 }
-            }
+            };
             // Whole model: near-ties in the per-layer timings can keep
             // layers f32 that the whole model runs as fast in int8. Time
             // the model with them int8 against the mixed one, alternating,
@@ -303,11 +305,10 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 let all = build_int8(&f32_graph, &layers, &fewer, &act_of, opts)?;
                 let (_, _, breaks_drop, breaks_cos) = judge(&all)?;
                 if !breaks_drop && !breaks_cos {
-                    let mixed = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
                     let sample = eval.sample(0)?;
                     let shapes = shapes_of(&sample);
                     let mut pa = Plan::new(&all, &shapes, cx.clone())?;
-                    let mut pm = Plan::new(&mixed, &shapes, cx.clone())?;
+                    let mut pm = Plan::new(&chosen, &shapes, cx.clone())?;
                     let (ta, tm) =
                         alternate(&mut pa, &mut pm, &sample, &sample, 2, MODEL_SPEED_RUNS)?;
                     let (ta, tm) = (median(&ta), median(&tm));
@@ -320,10 +321,11 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                     }
                     if int8_wins {
                         kept_f32 = fewer;
+                        chosen = all;
                     }
                 }
             }
-            g = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
+            g = chosen;
         }
         Mode::Int4 => {
             quantize::int4_weights(&mut g)?;

@@ -186,21 +186,7 @@ pub fn qconv2d(
         return;
     }
     match &out {
-        QOut::F32(_, ep) | QOut::U8(_, ep, _) => {
-            assert!(
-                ep.b_scales.len() == 1 || ep.b_scales.len() == m,
-                "qconv2d: {} weight scales for {m} channels",
-                ep.b_scales.len()
-            );
-            assert!(
-                ep.bias.is_none_or(|b| b.len() >= m),
-                "qconv2d: bias shorter than {m}"
-            );
-            assert!(
-                ep.residual.is_none_or(|r| r.len() >= nb * m * p),
-                "qconv2d: residual shorter than the output"
-            );
-        }
+        QOut::F32(_, ep) | QOut::U8(_, ep, _) => ep.check(m, nb * m * p, "qconv2d"),
         QOut::I32(_) => {}
     }
     let plane_in = h * wd;

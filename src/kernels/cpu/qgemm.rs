@@ -318,6 +318,30 @@ pub struct QEpilogue<'a> {
     pub act: Option<&'a Activation>,
 }
 
+impl QEpilogue<'_> {
+    /// Checks the epilogue against an output of `channels` channels and
+    /// `len` elements: `channels` scales (or one), at least `channels` bias
+    /// values, a residual as long as the output. `who` names the caller.
+    ///
+    /// # Panics
+    /// When a slice is too short or the scales have another length.
+    pub(crate) fn check(&self, channels: usize, len: usize, who: &str) {
+        assert!(
+            self.b_scales.len() == 1 || self.b_scales.len() == channels,
+            "{who}: {} weight scales for {channels} channels",
+            self.b_scales.len()
+        );
+        assert!(
+            self.bias.is_none_or(|b| b.len() >= channels),
+            "{who}: bias shorter than {channels}"
+        );
+        assert!(
+            self.residual.is_none_or(|r| r.len() >= len),
+            "{who}: residual shorter than the output"
+        );
+    }
+}
+
 /// Requantization of the dequantized result to u8:
 /// `clamp(round_ties_even(y / scale) + zero_point, 0, 255)` (NaN → 0).
 #[derive(Clone, Copy, Debug)]
@@ -473,19 +497,7 @@ fn checked_out(out: QOut<'_>, span: usize, channels: usize) -> (Dst, Option<QEpi
     };
     assert!(len >= span, "qgemm: C shorter than {span}");
     if let Some(ep) = &ep {
-        assert!(
-            ep.b_scales.len() == 1 || ep.b_scales.len() == channels,
-            "qgemm: {} weight scales for {channels} channels",
-            ep.b_scales.len()
-        );
-        assert!(
-            ep.bias.is_none_or(|b| b.len() >= channels),
-            "qgemm: bias shorter than {channels}"
-        );
-        assert!(
-            ep.residual.is_none_or(|r| r.len() >= span),
-            "qgemm: residual shorter than C"
-        );
+        ep.check(channels, span, "qgemm");
     }
     (dst, ep)
 }
