@@ -37,9 +37,9 @@ use onnx_protobuf::{
 use protobuf::{EnumOrUnknown, MessageField};
 
 use crate::ir::{
-    lowp, ActQuant, Activation, AspectPolicy, AutoPad, ConvAttrs, CoordTransform, DType, Dim,
-    EwArg, EwStep, NearestMode, Node, Op, PadMode, PoolAttrs, ResizeMode, TensorData, TensorType,
-    UnaryOp, ValueDef, ValueId,
+    lowp, ActQuant, Activation, AspectPolicy, AutoPad, BinaryOp, ConvAttrs, CoordTransform, DType,
+    Dim, EwArg, EwStep, NearestMode, Node, Op, PadMode, PoolAttrs, ResizeMode, ScatterReduction,
+    TensorData, TensorType, UnaryOp, ValueDef, ValueId,
 };
 use crate::{Error, Graph, Result, Tensor};
 
@@ -716,7 +716,9 @@ impl<'g> Emitter<'g> {
         let t = node.op.onnx_type();
         let attrs = match &node.op {
             Op::Unary(u) => unary(u).1,
+            Op::Binary(BinaryOp::FMod) => vec![attr_i("fmod", 1)],
             Op::Binary(_)
+            | Op::IsNaN
             | Op::Variadic(_)
             | Op::Clip
             | Op::Where
@@ -795,7 +797,45 @@ impl<'g> Emitter<'g> {
                 }
             }
             Op::Transpose { perm } => vec![attr_usizes("perm", perm)],
-            Op::Concat { axis } | Op::Gather { axis } => vec![attr_i("axis", *axis)],
+            Op::Concat { axis } | Op::Gather { axis } | Op::GatherElements { axis } => {
+                vec![attr_i("axis", *axis)]
+            }
+            Op::IsInf {
+                detect_negative,
+                detect_positive,
+            } => vec![
+                attr_b("detect_negative", *detect_negative),
+                attr_b("detect_positive", *detect_positive),
+            ],
+            Op::CumSum { exclusive, reverse } => {
+                vec![attr_b("exclusive", *exclusive), attr_b("reverse", *reverse)]
+            }
+            Op::ScatterElements { axis, reduction } => {
+                let mut a = vec![attr_i("axis", *axis)];
+                if *reduction != ScatterReduction::None {
+                    a.push(attr_s("reduction", reduction.name()));
+                }
+                a
+            }
+            Op::ScatterND { reduction } => {
+                if *reduction != ScatterReduction::None {
+                    vec![attr_s("reduction", reduction.name())]
+                } else {
+                    vec![]
+                }
+            }
+            Op::GatherND { batch_dims } => vec![attr_i("batch_dims", *batch_dims as i64)],
+            Op::Lrn {
+                alpha,
+                beta,
+                bias,
+                size,
+            } => vec![
+                attr_f("alpha", *alpha),
+                attr_f("beta", *beta),
+                attr_f("bias", *bias),
+                attr_i("size", *size as i64),
+            ],
             Op::Split { axis, num_outputs } => {
                 let mut a = vec![attr_i("axis", *axis)];
                 if node.input(1).is_none() {
@@ -1265,7 +1305,7 @@ impl<'g> Emitter<'g> {
         let mut deps: Vec<BTreeSet<usize>> = Vec::with_capacity(steps.len());
         for (j, s) in steps.iter().enumerate() {
             if let EwStep::Binary(b, ..) = s {
-                if b.returns_bool() {
+                if !b.is_chain_arithmetic() {
                     return Err(Error::op(
                         t,
                         format!("step {j}: {b:?} is not an arithmetic op"),

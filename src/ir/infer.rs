@@ -893,7 +893,141 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
             single(tt(DType::I64, out))
         }
         Op::Resize(a) => resize(cx, node, a).map(|t| vec![t]),
+        Op::IsNaN | Op::IsInf { .. } => {
+            let x = in_ty(cx, node, 0)?;
+            if !x.dtype.is_float() {
+                return Err(Error::op(
+                    name,
+                    format!("input must be floating point, got {}", x.dtype),
+                ));
+            }
+            single(tt(DType::Bool, x.shape.0.clone()))
+        }
+        Op::CumSum { .. } => {
+            let x = in_ty(cx, node, 0)?;
+            let axis = in_ty(cx, node, 1)?;
+            if !matches!(axis.dtype, DType::I32 | DType::I64) || axis.shape.rank() > 1 {
+                return Err(Error::op(
+                    name,
+                    format!("axis must be an i32 or i64 scalar, got {axis}"),
+                ));
+            }
+            if let Some(&[a]) = cx.known_ints(node.input(1)).as_deref() {
+                norm_axis(name, a, x.shape.rank())?;
+            }
+            single(x.clone())
+        }
+        Op::GatherElements { axis } => {
+            let x = in_ty(cx, node, 0)?;
+            let i = index_input(cx, node, 1)?;
+            if i.shape.rank() != x.shape.rank() {
+                return Err(Error::op(
+                    name,
+                    format!("indices {i} must have the rank of data {x}"),
+                ));
+            }
+            norm_axis(name, *axis, x.shape.rank())?;
+            single(tt(x.dtype, i.shape.0.clone()))
+        }
+        Op::ScatterElements { axis, .. } => {
+            let x = in_ty(cx, node, 0)?;
+            let i = index_input(cx, node, 1)?;
+            let u = in_ty(cx, node, 2)?;
+            if i.shape.rank() != x.shape.rank() || u.shape.rank() != x.shape.rank() {
+                return Err(Error::op(
+                    name,
+                    format!("indices {i} and updates {u} must have the rank of data {x}"),
+                ));
+            }
+            if u.dtype != x.dtype {
+                return Err(Error::op(
+                    name,
+                    format!("updates {u} must have the dtype of data {x}"),
+                ));
+            }
+            norm_axis(name, *axis, x.shape.rank())?;
+            single(x.clone())
+        }
+        Op::GatherND { batch_dims } => gather_nd(cx, node, *batch_dims).map(|t| vec![t]),
+        Op::ScatterND { .. } => {
+            let x = in_ty(cx, node, 0)?;
+            let i = index_input(cx, node, 1)?;
+            let u = in_ty(cx, node, 2)?;
+            if u.dtype != x.dtype {
+                return Err(Error::op(
+                    name,
+                    format!("updates {u} must have the dtype of data {x}"),
+                ));
+            }
+            if let Some(Dim::Known(k)) = i.shape.dims().last() {
+                let want = i.shape.rank() - 1 + x.shape.rank().saturating_sub(*k);
+                if *k > x.shape.rank() || u.shape.rank() != want {
+                    return Err(Error::op(
+                        name,
+                        format!("indices {i} (tuples of {k}) do not fit data {x} with updates {u}"),
+                    ));
+                }
+            }
+            single(x.clone())
+        }
+        Op::Lrn { .. } => {
+            let x = in_ty(cx, node, 0)?;
+            if !x.dtype.is_float() || x.shape.rank() < 3 {
+                return Err(Error::op(
+                    name,
+                    format!("input must be a floating-point [N, C, D1, ..] tensor, got {x}"),
+                ));
+            }
+            single(x.clone())
+        }
     }
+}
+
+/// The type of an index input (i32 or i64, with at least one axis).
+fn index_input<'a>(cx: &Ctx<'a>, node: &Node, i: usize) -> Result<&'a TensorType> {
+    let t = in_ty(cx, node, i)?;
+    if !matches!(t.dtype, DType::I32 | DType::I64) || t.shape.rank() == 0 {
+        return Err(Error::op(
+            node.op.onnx_type(),
+            format!("indices must be an i32 or i64 tensor of rank >= 1, got {t}"),
+        ));
+    }
+    Ok(t)
+}
+
+/// GatherND: `indices.shape[..-1] ++ data.shape[batch_dims + k..]`, where `k`
+/// (the length of an index tuple, the last dim of indices) must be known.
+fn gather_nd(cx: &mut Ctx, node: &Node, batch_dims: usize) -> Result<TensorType> {
+    const NAME: &str = "GatherND";
+    let x = in_ty(cx, node, 0)?;
+    let i = index_input(cx, node, 1)?;
+    let (xr, ir) = (x.shape.rank(), i.shape.rank());
+    let k = match i.shape.dims().last() {
+        Some(Dim::Known(k)) => *k,
+        _ => {
+            return Err(Error::op(
+                NAME,
+                format!("the last dim of indices {i} (the index length) must be known"),
+            ))
+        }
+    };
+    if batch_dims >= ir || batch_dims >= xr || batch_dims + k > xr {
+        return Err(Error::op(
+            NAME,
+            format!("indices {i} with batch_dims {batch_dims} do not fit data {x}"),
+        ));
+    }
+    let mut out: Vec<Dim> = Vec::with_capacity(ir - 1 + xr - batch_dims - k);
+    for (a, (di, dx)) in i.shape.dims()[..batch_dims]
+        .iter()
+        .zip(x.shape.dims())
+        .enumerate()
+    {
+        out.push(unify(NAME, &format!("batch dim {a}"), di, dx)?);
+    }
+    out.extend(i.shape.dims()[batch_dims..ir - 1].iter().cloned());
+    out.extend(x.shape.dims()[batch_dims + k..].iter().cloned());
+    Ok(tt(x.dtype, out))
 }
 
 fn matmul(cx: &mut Ctx, node: &Node) -> Result<TensorType> {
@@ -1983,6 +2117,15 @@ fn arith(op: BinaryOp, a: &Option<SymInt>, b: &Option<SymInt>) -> Option<SymInt>
         (BinaryOp::Sub, K(x), K(y)) => x.checked_sub(*y).map(K),
         (BinaryOp::Mul, K(x), K(y)) => x.checked_mul(*y).map(K),
         (BinaryOp::Div, K(x), K(y)) => x.checked_div(*y).map(K),
+        (BinaryOp::Mod, K(x), K(y)) if *y != 0 => x.checked_rem(*y).map(|r| {
+            // The remainder takes the divisor's sign.
+            K(if r != 0 && (r < 0) != (*y < 0) {
+                r + y
+            } else {
+                r
+            })
+        }),
+        (BinaryOp::FMod, K(x), K(y)) => x.checked_rem(*y).map(K),
         (BinaryOp::Add | BinaryOp::Sub, s, K(0)) => Some(s.clone()),
         (BinaryOp::Add, K(0), s) => Some(s.clone()),
         (BinaryOp::Sub, x, y) if x == y => known(0),
@@ -3413,7 +3556,7 @@ fn ew_check_steps(name: &'static str, steps: &[super::EwStep], n_inputs: usize) 
                 ))
             }
             EwStep::Unary(_, a) | EwStep::Clip(a, _, _) => vec![a],
-            EwStep::Binary(b, _, _) if b.returns_bool() => {
+            EwStep::Binary(b, _, _) if !b.is_chain_arithmetic() => {
                 return Err(Error::op(
                     name,
                     format!("step {k}: {b:?} is not an arithmetic op"),

@@ -41,6 +41,23 @@ pub enum UnaryOp {
     Gelu {
         tanh_approx: bool,
     },
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    /// Round half to even.
+    Round,
+    /// `ln(1 + e^x)`.
+    Softplus,
+    /// `x / (1 + |x|)`.
+    Softsign,
 }
 
 /// Elementwise ops of two inputs with multidirectional broadcasting.
@@ -59,16 +76,72 @@ pub enum BinaryOp {
     And,
     Or,
     Xor,
+    /// ONNX Mod with `fmod = 0`: the remainder takes the divisor's sign
+    /// (Python's `%`).
+    Mod,
+    /// ONNX Mod with `fmod = 1`: the remainder takes the dividend's sign
+    /// (C's `fmod`).
+    FMod,
 }
 
 impl BinaryOp {
-    /// Comparisons and logic ops produce bool.
-    pub fn returns_bool(self) -> bool {
-        !matches!(
+    /// The f32 arithmetic that an [`EwStep`] and the fast binary kernel
+    /// compute (Mod is left to the reference kernel).
+    pub fn is_chain_arithmetic(self) -> bool {
+        matches!(
             self,
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Pow
         )
     }
+
+    /// Comparisons and logic ops produce bool.
+    pub fn returns_bool(self) -> bool {
+        !matches!(
+            self,
+            BinaryOp::Add
+                | BinaryOp::Sub
+                | BinaryOp::Mul
+                | BinaryOp::Div
+                | BinaryOp::Pow
+                | BinaryOp::Mod
+                | BinaryOp::FMod
+        )
+    }
+}
+
+/// How ScatterElements / ScatterND combine an update with the element it
+/// lands on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ScatterReduction {
+    /// The update replaces the element.
+    #[default]
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+impl ScatterReduction {
+    /// The ONNX attribute value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScatterReduction::None => "none",
+            ScatterReduction::Add => "add",
+            ScatterReduction::Mul => "mul",
+            ScatterReduction::Max => "max",
+            ScatterReduction::Min => "min",
+        }
+    }
+
+    /// Every reduction, for tables that map names to values.
+    pub const ALL: [ScatterReduction; 5] = [
+        ScatterReduction::None,
+        ScatterReduction::Add,
+        ScatterReduction::Mul,
+        ScatterReduction::Max,
+        ScatterReduction::Min,
+    ];
 }
 
 /// Elementwise ops over any number of broadcast inputs.
@@ -336,6 +409,49 @@ pub enum Op {
     },
     /// Inputs: X, roi?, scales?, sizes?.
     Resize(ResizeAttrs),
+    /// Bool output: which elements are NaN.
+    IsNaN,
+    /// Bool output: which elements are +inf (when `detect_positive`) or
+    /// -inf (when `detect_negative`).
+    IsInf {
+        detect_negative: bool,
+        detect_positive: bool,
+    },
+    /// Inputs: x, axis (a scalar). Running sums along the axis; `exclusive`
+    /// leaves out the element itself, `reverse` sums from the end.
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
+    /// Inputs: data, indices (same rank). `out[i][j][k] =
+    /// data[i][indices[i][j][k]][k]` for `axis = 1`.
+    GatherElements {
+        axis: i64,
+    },
+    /// Inputs: data, indices, updates (indices and updates of one shape):
+    /// the inverse of GatherElements, combining by `reduction`.
+    ScatterElements {
+        axis: i64,
+        reduction: ScatterReduction,
+    },
+    /// Inputs: data, indices. The last axis of `indices` holds index tuples
+    /// into `data` after its first `batch_dims` axes.
+    GatherND {
+        batch_dims: usize,
+    },
+    /// Inputs: data, indices, updates: the inverse of GatherND (no batch
+    /// dims), combining by `reduction`.
+    ScatterND {
+        reduction: ScatterReduction,
+    },
+    /// Local response normalization across channels (inputs: X, NCHW..):
+    /// `y = x / (bias + alpha / size * sum of x^2 over size channels)^beta`.
+    Lrn {
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+        size: usize,
+    },
     /// Inputs: x, y_scale, y_zero_point?. `y = saturate(round(x / scale) +
     /// zero_point)`, per tensor (scalar scale), per axis (1-D scale along
     /// `axis`) or per block (`block_size` > 0: the scale has x's shape with
@@ -457,7 +573,7 @@ pub enum EwArg {
 #[derive(Clone, Debug, PartialEq)]
 pub enum EwStep {
     Unary(UnaryOp, EwArg),
-    /// Arithmetic only (Add, Sub, Mul, Div, Pow).
+    /// Arithmetic only ([`BinaryOp::is_chain_arithmetic`]).
     Binary(BinaryOp, EwArg, EwArg),
     Clip(EwArg, f32, f32),
 }
@@ -486,6 +602,20 @@ impl Op {
                 UnaryOp::HardSigmoid { .. } => "HardSigmoid",
                 UnaryOp::HardSwish => "HardSwish",
                 UnaryOp::Gelu { .. } => "Gelu",
+                UnaryOp::Sin => "Sin",
+                UnaryOp::Cos => "Cos",
+                UnaryOp::Tan => "Tan",
+                UnaryOp::Asin => "Asin",
+                UnaryOp::Acos => "Acos",
+                UnaryOp::Atan => "Atan",
+                UnaryOp::Sinh => "Sinh",
+                UnaryOp::Cosh => "Cosh",
+                UnaryOp::Asinh => "Asinh",
+                UnaryOp::Acosh => "Acosh",
+                UnaryOp::Atanh => "Atanh",
+                UnaryOp::Round => "Round",
+                UnaryOp::Softplus => "Softplus",
+                UnaryOp::Softsign => "Softsign",
             },
             Op::Binary(b) => match b {
                 BinaryOp::Add => "Add",
@@ -501,6 +631,7 @@ impl Op {
                 BinaryOp::And => "And",
                 BinaryOp::Or => "Or",
                 BinaryOp::Xor => "Xor",
+                BinaryOp::Mod | BinaryOp::FMod => "Mod",
             },
             Op::Variadic(v) => match v {
                 VariadicOp::Sum => "Sum",
@@ -556,6 +687,14 @@ impl Op {
             Op::ArgMax { .. } => "ArgMax",
             Op::ArgMin { .. } => "ArgMin",
             Op::Resize(_) => "Resize",
+            Op::IsNaN => "IsNaN",
+            Op::IsInf { .. } => "IsInf",
+            Op::CumSum { .. } => "CumSum",
+            Op::GatherElements { .. } => "GatherElements",
+            Op::ScatterElements { .. } => "ScatterElements",
+            Op::GatherND { .. } => "GatherND",
+            Op::ScatterND { .. } => "ScatterND",
+            Op::Lrn { .. } => "LRN",
             Op::FusedConv { .. } => "FusedConv",
             Op::FusedMatMul { .. } => "FusedMatMul",
             Op::QConv { .. } => "QConv",

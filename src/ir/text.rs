@@ -47,8 +47,8 @@ use super::lowp::{self, Minifloat};
 use super::{
     infer, verify, ActQuant, Activation, AspectPolicy, AutoPad, BinaryOp, ConvAttrs,
     ConvTransposeAttrs, CoordTransform, DType, Dim, E8M0Round, EwArg, EwStep, Graph, NearestMode,
-    Node, NodeId, Op, PadMode, PoolAttrs, ReduceOp, ResizeAttrs, ResizeMode, Shape, Tensor,
-    TensorData, TensorType, UnaryOp, ValueDef, ValueId, VariadicOp,
+    Node, NodeId, Op, PadMode, PoolAttrs, ReduceOp, ResizeAttrs, ResizeMode, ScatterReduction,
+    Shape, Tensor, TensorData, TensorType, UnaryOp, ValueDef, ValueId, VariadicOp,
 };
 use crate::{Error, Result};
 
@@ -509,8 +509,38 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             a.push(("epsilon", f32_text(*epsilon)));
         }
         Op::MaxPool(p) | Op::AveragePool(p) => pool_attrs(p, &mut a),
-        Op::Flatten { axis } | Op::Concat { axis } | Op::Gather { axis } => {
-            a.push(("axis", axis.to_string()))
+        Op::Flatten { axis }
+        | Op::Concat { axis }
+        | Op::Gather { axis }
+        | Op::GatherElements { axis } => a.push(("axis", axis.to_string())),
+        Op::Binary(BinaryOp::FMod) => a.push(("fmod", "true".into())),
+        Op::IsInf {
+            detect_negative,
+            detect_positive,
+        } => {
+            a.push(("detect_negative", b(*detect_negative)));
+            a.push(("detect_positive", b(*detect_positive)));
+        }
+        Op::CumSum { exclusive, reverse } => {
+            a.push(("exclusive", b(*exclusive)));
+            a.push(("reverse", b(*reverse)));
+        }
+        Op::ScatterElements { axis, reduction } => {
+            a.push(("axis", axis.to_string()));
+            a.push(("reduction", reduction.name().into()));
+        }
+        Op::ScatterND { reduction } => a.push(("reduction", reduction.name().into())),
+        Op::GatherND { batch_dims } => a.push(("batch_dims", batch_dims.to_string())),
+        Op::Lrn {
+            alpha,
+            beta,
+            bias,
+            size,
+        } => {
+            a.push(("alpha", f32_text(*alpha)));
+            a.push(("beta", f32_text(*beta)));
+            a.push(("bias", f32_text(*bias)));
+            a.push(("size", size.to_string()));
         }
         Op::Reshape { allowzero } => {
             if *allowzero {
@@ -595,7 +625,8 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         | Op::Identity
         | Op::DynamicQuantizeLinear
         | Op::Dropout
-        | Op::Range => {}
+        | Op::Range
+        | Op::IsNaN => {}
     }
     a
 }
@@ -735,10 +766,24 @@ fn unary_step_name(u: &UnaryOp) -> &'static str {
         UnaryOp::HardSwish => "hard_swish",
         UnaryOp::Gelu { tanh_approx: false } => "gelu",
         UnaryOp::Gelu { tanh_approx: true } => "gelu_tanh",
+        UnaryOp::Sin => "sin",
+        UnaryOp::Cos => "cos",
+        UnaryOp::Tan => "tan",
+        UnaryOp::Asin => "asin",
+        UnaryOp::Acos => "acos",
+        UnaryOp::Atan => "atan",
+        UnaryOp::Sinh => "sinh",
+        UnaryOp::Cosh => "cosh",
+        UnaryOp::Asinh => "asinh",
+        UnaryOp::Acosh => "acosh",
+        UnaryOp::Atanh => "atanh",
+        UnaryOp::Round => "round",
+        UnaryOp::Softplus => "softplus",
+        UnaryOp::Softsign => "softsign",
     }
 }
 
-const BINARY_STEP_NAMES: [(BinaryOp, &str); 13] = [
+const BINARY_STEP_NAMES: [(BinaryOp, &str); 15] = [
     (BinaryOp::Add, "add"),
     (BinaryOp::Sub, "sub"),
     (BinaryOp::Mul, "mul"),
@@ -752,6 +797,8 @@ const BINARY_STEP_NAMES: [(BinaryOp, &str); 13] = [
     (BinaryOp::And, "and"),
     (BinaryOp::Or, "or"),
     (BinaryOp::Xor, "xor"),
+    (BinaryOp::Mod, "mod"),
+    (BinaryOp::FMod, "fmod"),
 ];
 
 fn binary_step_name(b: BinaryOp) -> &'static str {
@@ -1475,7 +1522,7 @@ impl Attrs {
     }
 }
 
-const UNARY_OPS: [(&str, UnaryOp); 14] = [
+const UNARY_OPS: [(&str, UnaryOp); 28] = [
     ("Sqrt", UnaryOp::Sqrt),
     ("Reciprocal", UnaryOp::Reciprocal),
     ("Neg", UnaryOp::Neg),
@@ -1490,9 +1537,24 @@ const UNARY_OPS: [(&str, UnaryOp); 14] = [
     ("Floor", UnaryOp::Floor),
     ("Ceil", UnaryOp::Ceil),
     ("Sign", UnaryOp::Sign),
+    ("Sin", UnaryOp::Sin),
+    ("Cos", UnaryOp::Cos),
+    ("Tan", UnaryOp::Tan),
+    ("Asin", UnaryOp::Asin),
+    ("Acos", UnaryOp::Acos),
+    ("Atan", UnaryOp::Atan),
+    ("Sinh", UnaryOp::Sinh),
+    ("Cosh", UnaryOp::Cosh),
+    ("Asinh", UnaryOp::Asinh),
+    ("Acosh", UnaryOp::Acosh),
+    ("Atanh", UnaryOp::Atanh),
+    ("Round", UnaryOp::Round),
+    ("Softplus", UnaryOp::Softplus),
+    ("Softsign", UnaryOp::Softsign),
 ];
 
-const BINARY_OPS: [(&str, BinaryOp); 13] = [
+/// Binary ops by text name; Mod with `fmod = true` is [`BinaryOp::FMod`].
+const BINARY_OPS: [(&str, BinaryOp); 14] = [
     ("Add", BinaryOp::Add),
     ("Sub", BinaryOp::Sub),
     ("Mul", BinaryOp::Mul),
@@ -1506,6 +1568,7 @@ const BINARY_OPS: [(&str, BinaryOp); 13] = [
     ("And", BinaryOp::And),
     ("Or", BinaryOp::Or),
     ("Xor", BinaryOp::Xor),
+    ("Mod", BinaryOp::Mod),
 ];
 
 const VARIADIC_OPS: [(&str, VariadicOp); 4] = [
@@ -1532,6 +1595,14 @@ const AUTO_PADS: [(&str, AutoPad); 4] = [
     ("same_upper", AutoPad::SameUpper),
     ("same_lower", AutoPad::SameLower),
     ("valid", AutoPad::Valid),
+];
+
+const SCATTER_REDUCTIONS: [(&str, ScatterReduction); 5] = [
+    ("none", ScatterReduction::None),
+    ("add", ScatterReduction::Add),
+    ("mul", ScatterReduction::Mul),
+    ("max", ScatterReduction::Max),
+    ("min", ScatterReduction::Min),
 ];
 
 fn find<T: Clone>(table: &[(&str, T)], name: &str) -> Option<T> {
@@ -1743,7 +1814,11 @@ fn build_op(name: &str, mut a: Attrs, n_out: usize) -> Msg<Op> {
     let op = if let Some(u) = find(&UNARY_OPS, name) {
         Op::Unary(u)
     } else if let Some(b) = find(&BINARY_OPS, name) {
-        Op::Binary(b)
+        if b == BinaryOp::Mod && a.bool_or("fmod", false)? {
+            Op::Binary(BinaryOp::FMod)
+        } else {
+            Op::Binary(b)
+        }
     } else if let Some(v) = find(&VARIADIC_OPS, name) {
         Op::Variadic(v)
     } else if let Some(op) = find(&REDUCE_OPS, name) {
@@ -1900,6 +1975,34 @@ fn build_op(name: &str, mut a: Attrs, n_out: usize) -> Msg<Op> {
                 )?,
             },
             "Range" => Op::Range,
+            "IsNaN" => Op::IsNaN,
+            "IsInf" => Op::IsInf {
+                detect_negative: a.bool_or("detect_negative", true)?,
+                detect_positive: a.bool_or("detect_positive", true)?,
+            },
+            "CumSum" => Op::CumSum {
+                exclusive: a.bool_or("exclusive", false)?,
+                reverse: a.bool_or("reverse", false)?,
+            },
+            "GatherElements" => Op::GatherElements {
+                axis: a.i64_or("axis", 0)?,
+            },
+            "ScatterElements" => Op::ScatterElements {
+                axis: a.i64_or("axis", 0)?,
+                reduction: a.word("reduction", ScatterReduction::None, &SCATTER_REDUCTIONS)?,
+            },
+            "GatherND" => Op::GatherND {
+                batch_dims: a.usize_or("batch_dims", 0)?,
+            },
+            "ScatterND" => Op::ScatterND {
+                reduction: a.word("reduction", ScatterReduction::None, &SCATTER_REDUCTIONS)?,
+            },
+            "LRN" => Op::Lrn {
+                alpha: a.f32_or("alpha", 1e-4)?,
+                beta: a.f32_or("beta", 0.75)?,
+                bias: a.f32_or("bias", 1.0)?,
+                size: a.usize_or("size", 1)?,
+            },
             "ArgMax" | "ArgMin" => {
                 let axis = a.i64_or("axis", 0)?;
                 let keepdims = a.bool_or("keepdims", true)?;
@@ -3052,6 +3155,30 @@ mod tests {
             Op::Identity,
             Op::Dropout,
             Op::Range,
+            Op::IsNaN,
+            Op::IsInf {
+                detect_negative: false,
+                detect_positive: true,
+            },
+            Op::CumSum {
+                exclusive: true,
+                reverse: false,
+            },
+            Op::GatherElements { axis: -1 },
+            Op::ScatterElements {
+                axis: 1,
+                reduction: ScatterReduction::Max,
+            },
+            Op::GatherND { batch_dims: 1 },
+            Op::ScatterND {
+                reduction: ScatterReduction::Add,
+            },
+            Op::Lrn {
+                alpha: 2e-4,
+                beta: 0.5,
+                bias: 2.0,
+                size: 5,
+            },
             Op::Softmax {
                 axis: 0,
                 legacy: true,
@@ -3131,6 +3258,7 @@ mod tests {
             },
             Op::Unary(UnaryOp::Gelu { tanh_approx: false }),
             Op::Unary(UnaryOp::HardSwish),
+            Op::Binary(BinaryOp::FMod),
         ];
         ops.extend(UNARY_OPS.iter().map(|(_, u)| Op::Unary(u.clone())));
         ops.extend(BINARY_OPS.iter().map(|(_, b)| Op::Binary(*b)));

@@ -48,7 +48,7 @@ pub fn chain_of(op: &Op, clip_bounds: Option<(f32, f32)>) -> Option<Vec<EwStep>>
     match op {
         Op::Unary(UnaryOp::Not) => None,
         Op::Unary(u) => Some(vec![EwStep::Unary(u.clone(), EwArg::Input(0))]),
-        Op::Binary(b) if !b.returns_bool() => {
+        Op::Binary(b) if b.is_chain_arithmetic() => {
             Some(vec![EwStep::Binary(*b, EwArg::Input(0), EwArg::Input(1))])
         }
         Op::Clip => clip_bounds.map(|(lo, hi)| vec![EwStep::Clip(EwArg::Input(0), lo, hi)]),
@@ -75,6 +75,8 @@ pub fn is_cheap(steps: &[EwStep]) -> bool {
                 | UnaryOp::Floor
                 | UnaryOp::Ceil
                 | UnaryOp::Sign
+                | UnaryOp::Round
+                | UnaryOp::Softsign
                 | UnaryOp::HardSigmoid { .. }
                 | UnaryOp::HardSwish
         ),
@@ -109,7 +111,7 @@ impl ChainKernel {
                     return Err(Error::op(NAME, format!("step {k}: Not is bool-only")))
                 }
                 EwStep::Unary(_, a) | EwStep::Clip(a, _, _) => &[a],
-                EwStep::Binary(b, _, _) if b.returns_bool() => {
+                EwStep::Binary(b, _, _) if !b.is_chain_arithmetic() => {
                     return Err(Error::op(
                         NAME,
                         format!("step {k}: {b:?} is not arithmetic"),

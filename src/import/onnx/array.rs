@@ -3,7 +3,7 @@
 use super::attrs::Problem;
 use super::ops::{scalar_of, Ctx, Imported, In};
 use super::tensor;
-use crate::ir::{Op, PadMode, Tensor, TensorType};
+use crate::ir::{Op, PadMode, ScatterReduction, Tensor, TensorType};
 
 /// https://onnx.ai/onnx/operators/onnx__Flatten.html
 pub fn flatten(c: &Ctx) -> Result<Imported, Problem> {
@@ -195,4 +195,48 @@ pub fn pad_v2(c: &Ctx) -> Result<Imported, Problem> {
 pub fn pad(c: &Ctx) -> Result<Imported, Problem> {
     let mode = pad_mode(c)?;
     c.simple(Op::Pad { mode })
+}
+
+/// `reduction` of ScatterElements (opset 16; 18 added max and min) and
+/// ScatterND.
+fn scatter_reduction(c: &Ctx) -> Result<ScatterReduction, Problem> {
+    let name = c.attrs.string("reduction", "none")?;
+    ScatterReduction::ALL
+        .into_iter()
+        .find(|r| r.name() == name)
+        .ok_or_else(|| {
+            format!("attribute 'reduction' must be none, add, mul, max or min, got {name:?}")
+        })
+}
+
+/// https://onnx.ai/onnx/operators/onnx__GatherElements.html (opset 11).
+pub fn gather_elements(c: &Ctx) -> Result<Imported, Problem> {
+    c.simple(Op::GatherElements {
+        axis: c.attrs.int("axis", 0)?,
+    })
+}
+
+/// https://onnx.ai/onnx/operators/onnx__ScatterElements.html (opset 11).
+pub fn scatter_elements(c: &Ctx) -> Result<Imported, Problem> {
+    c.simple(Op::ScatterElements {
+        axis: c.attrs.int("axis", 0)?,
+        reduction: scatter_reduction(c)?,
+    })
+}
+
+/// https://onnx.ai/onnx/operators/onnx__GatherND.html (opset 11; 12 added
+/// `batch_dims`).
+pub fn gather_nd(c: &Ctx) -> Result<Imported, Problem> {
+    let b = c.attrs.int("batch_dims", 0)?;
+    let batch_dims =
+        usize::try_from(b).map_err(|_| format!("attribute 'batch_dims' must be >= 0, got {b}"))?;
+    c.simple(Op::GatherND { batch_dims })
+}
+
+/// https://onnx.ai/onnx/operators/onnx__ScatterND.html (opset 11; 16 added
+/// `reduction`).
+pub fn scatter_nd(c: &Ctx) -> Result<Imported, Problem> {
+    c.simple(Op::ScatterND {
+        reduction: scatter_reduction(c)?,
+    })
 }

@@ -3,7 +3,7 @@
 use super::attrs::Problem;
 use super::ops::{scalar_of, Ctx, Imported, In};
 use super::tensor::dtype_of;
-use crate::ir::{E8M0Round, Op, ReduceOp, Tensor, UnaryOp};
+use crate::ir::{BinaryOp as B, E8M0Round, Op, ReduceOp, Tensor, UnaryOp};
 
 /// https://onnx.ai/onnx/operators/onnx__LeakyRelu.html
 pub fn leaky_relu(c: &Ctx) -> Result<Imported, Problem> {
@@ -158,4 +158,32 @@ pub fn arg_max_min(c: &Ctx) -> Result<Imported, Problem> {
         }
     };
     c.simple(op)
+}
+
+/// https://onnx.ai/onnx/operators/onnx__Mod.html (opset 10; 13 only widened
+/// the types): `fmod` picks C's remainder over Python's.
+pub fn modulo(c: &Ctx) -> Result<Imported, Problem> {
+    let op = if c.attrs.bool("fmod", false)? {
+        B::FMod
+    } else {
+        B::Mod
+    };
+    c.simple(Op::Binary(op))
+}
+
+/// https://onnx.ai/onnx/operators/onnx__IsInf.html (opset 10).
+pub fn is_inf(c: &Ctx) -> Result<Imported, Problem> {
+    c.simple(Op::IsInf {
+        detect_negative: c.attrs.bool("detect_negative", true)?,
+        detect_positive: c.attrs.bool("detect_positive", true)?,
+    })
+}
+
+/// https://onnx.ai/onnx/operators/onnx__CumSum.html (opset 11; 14 only
+/// widened the types). The axis stays an input (a scalar).
+pub fn cum_sum(c: &Ctx) -> Result<Imported, Problem> {
+    c.simple(Op::CumSum {
+        exclusive: c.attrs.bool("exclusive", false)?,
+        reverse: c.attrs.bool("reverse", false)?,
+    })
 }

@@ -490,3 +490,22 @@ pub fn resize(c: &Ctx) -> Result<Imported, Problem> {
         fixup: None,
     })
 }
+
+/// https://onnx.ai/onnx/operators/onnx__LRN.html (opset 1; 13 only widened
+/// the types).
+pub fn lrn(c: &Ctx) -> Result<Imported, Problem> {
+    let size = c
+        .attrs
+        .opt_int("size")?
+        .ok_or("attribute 'size' is required")?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&s| s >= 1)
+        .ok_or_else(|| format!("attribute 'size' must be at least 1, got {size}"))?;
+    c.simple(Op::Lrn {
+        alpha: c.attrs.float("alpha", 1e-4)?,
+        beta: c.attrs.float("beta", 0.75)?,
+        bias: c.attrs.float("bias", 1.0)?,
+        size,
+    })
+}

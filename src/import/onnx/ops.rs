@@ -221,6 +221,44 @@ pub static SPECS: &[OpSpec] = &[
     s("HardSwish", 14..=M, 1..=1, 1..=1, |c| {
         c.simple(Op::Unary(U::HardSwish))
     }),
+    s("Sin", 7..=M, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Sin))),
+    s("Cos", 7..=M, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Cos))),
+    s("Tan", 7..=M, 1..=1, 1..=1, |c| c.simple(Op::Unary(U::Tan))),
+    s("Asin", 7..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Asin))
+    }),
+    s("Acos", 7..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Acos))
+    }),
+    s("Atan", 7..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Atan))
+    }),
+    s("Sinh", 9..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Sinh))
+    }),
+    s("Cosh", 9..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Cosh))
+    }),
+    s("Asinh", 9..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Asinh))
+    }),
+    s("Acosh", 9..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Acosh))
+    }),
+    s("Atanh", 9..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Atanh))
+    }),
+    s("Round", 11..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Round))
+    }),
+    s("Softplus", 7..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Softplus))
+    }),
+    s("Softsign", 7..=M, 1..=1, 1..=1, |c| {
+        c.simple(Op::Unary(U::Softsign))
+    }),
+    s("IsNaN", 9..=M, 1..=1, 1..=1, |c| c.simple(Op::IsNaN)),
+    s("IsInf", 10..=M, 1..=1, 1..=1, math::is_inf),
     s("LeakyRelu", 7..=M, 1..=1, 1..=1, math::leaky_relu),
     s("Elu", 7..=M, 1..=1, 1..=1, math::elu),
     s("HardSigmoid", 7..=M, 1..=1, 1..=1, math::hard_sigmoid),
@@ -249,6 +287,7 @@ pub static SPECS: &[OpSpec] = &[
     s("And", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::And))),
     s("Or", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::Or))),
     s("Xor", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::Xor))),
+    s("Mod", 10..=M, 2..=2, 1..=1, math::modulo),
     // Variadic (opset 6/7 lacked broadcasting; the broadcasting form is a
     // superset).
     s("Sum", 7..=M, 1..=MANY, 1..=1, |c| {
@@ -347,6 +386,7 @@ pub static SPECS: &[OpSpec] = &[
     s("ReduceLogSumExp", 18..=M, 1..=2, 1..=1, |c| {
         math::reduce_v18(c, R::LogSumExp)
     }),
+    s("CumSum", 11..=M, 2..=2, 1..=1, math::cum_sum),
     s("ArgMax", 7..=M, 1..=1, 1..=1, math::arg_max_min),
     s("ArgMin", 7..=M, 1..=1, 1..=1, math::arg_max_min),
     // Neural network ops.
@@ -371,6 +411,7 @@ pub static SPECS: &[OpSpec] = &[
         1..=1,
         nn::instance_norm,
     ),
+    s("LRN", 7..=M, 1..=1, 1..=1, nn::lrn),
     s("Dropout", 7..=11, 1..=1, 1..=2, nn::dropout),
     s("Dropout", 12..=M, 1..=3, 1..=2, nn::dropout),
     s("Resize", 10..=10, 2..=2, 1..=1, nn::resize_v10),
@@ -394,6 +435,22 @@ pub static SPECS: &[OpSpec] = &[
     s("Slice", 7..=9, 1..=1, 1..=1, array::slice_v1),
     s("Slice", 10..=M, 3..=5, 1..=1, |c| c.simple(Op::Slice)),
     s("Gather", 7..=M, 2..=2, 1..=1, array::gather),
+    s(
+        "GatherElements",
+        11..=M,
+        2..=2,
+        1..=1,
+        array::gather_elements,
+    ),
+    s(
+        "ScatterElements",
+        11..=M,
+        3..=3,
+        1..=1,
+        array::scatter_elements,
+    ),
+    s("GatherND", 11..=M, 2..=2, 1..=1, array::gather_nd),
+    s("ScatterND", 11..=M, 3..=3, 1..=1, array::scatter_nd),
     s("Shape", 7..=14, 1..=1, 1..=1, |c| {
         c.simple(Op::Shape {
             start: 0,
@@ -557,6 +614,29 @@ mod tests {
             "ArgMax",
             "ArgMin",
             "Resize",
+            "Sin",
+            "Cos",
+            "Tan",
+            "Asin",
+            "Acos",
+            "Atan",
+            "Sinh",
+            "Cosh",
+            "Asinh",
+            "Acosh",
+            "Atanh",
+            "Round",
+            "Softplus",
+            "Softsign",
+            "Mod",
+            "IsNaN",
+            "IsInf",
+            "CumSum",
+            "GatherElements",
+            "ScatterElements",
+            "GatherND",
+            "ScatterND",
+            "LRN",
         ];
         for n in names {
             assert!(find(n, 21).is_ok(), "{n}");

@@ -392,6 +392,62 @@ macro_rules! with_unary {
                 let $f = |x: f32| x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0);
                 $body
             }
+            UnaryOp::Sin => {
+                let $f = f32::sin;
+                $body
+            }
+            UnaryOp::Cos => {
+                let $f = f32::cos;
+                $body
+            }
+            UnaryOp::Tan => {
+                let $f = f32::tan;
+                $body
+            }
+            UnaryOp::Asin => {
+                let $f = f32::asin;
+                $body
+            }
+            UnaryOp::Acos => {
+                let $f = f32::acos;
+                $body
+            }
+            UnaryOp::Atan => {
+                let $f = f32::atan;
+                $body
+            }
+            UnaryOp::Sinh => {
+                let $f = f32::sinh;
+                $body
+            }
+            UnaryOp::Cosh => {
+                let $f = f32::cosh;
+                $body
+            }
+            UnaryOp::Asinh => {
+                let $f = f32::asinh;
+                $body
+            }
+            UnaryOp::Acosh => {
+                let $f = f32::acosh;
+                $body
+            }
+            UnaryOp::Atanh => {
+                let $f = f32::atanh;
+                $body
+            }
+            UnaryOp::Round => {
+                let $f = f32::round_ties_even;
+                $body
+            }
+            UnaryOp::Softplus => {
+                let $f = |x: f32| x.max(0.0) + exp::<$fma>(-x.abs()).ln_1p();
+                $body
+            }
+            UnaryOp::Softsign => {
+                let $f = |x: f32| x / (1.0 + x.abs());
+                $body
+            }
             UnaryOp::Not => $none,
         }
     };
@@ -682,7 +738,7 @@ fn binary_impl(b: BinaryOp, x: Seg, y: Seg, d: &mut [f32]) {
 multiversion!(fn binary_seg(b: BinaryOp, x: Seg, y: Seg, d: &mut [f32]) => binary_impl);
 
 fn binary(b: BinaryOp, inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) -> bool {
-    if b.returns_bool() || inputs.len() != 2 {
+    if !b.is_chain_arithmetic() || inputs.len() != 2 {
         return false;
     }
     let (Some(Some(x)), Some(Some(y))) = (inputs.first(), inputs.get(1)) else {
@@ -795,7 +851,7 @@ fn chain(steps: &[EwStep], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuC
     for (k, step) in steps.iter().enumerate() {
         let (args, ok): ([Option<&EwArg>; 2], bool) = match step {
             EwStep::Unary(u, a) => ([Some(a), None], !matches!(u, UnaryOp::Not)),
-            EwStep::Binary(b, x, y) => ([Some(x), Some(y)], !b.returns_bool()),
+            EwStep::Binary(b, x, y) => ([Some(x), Some(y)], b.is_chain_arithmetic()),
             EwStep::Clip(a, _, _) => ([Some(a), None], true),
         };
         let args_ok = args.iter().flatten().all(|a| match **a {

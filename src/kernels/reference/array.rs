@@ -75,7 +75,7 @@ fn make(name: &'static str, shape: Vec<usize>, data: TensorData) -> Result<Tenso
 }
 
 /// Element count of an output shape, rejecting overflow and absurd sizes.
-fn out_numel(name: &'static str, shape: &[usize]) -> Result<usize> {
+pub(super) fn out_numel(name: &'static str, shape: &[usize]) -> Result<usize> {
     match checked_numel(shape) {
         Some(n) if n <= MAX_ELEMENTS => Ok(n),
         _ => Err(Error::op(
@@ -106,7 +106,7 @@ fn index_map(out_shape: &[usize], mut f: impl FnMut(&[usize]) -> usize) -> Vec<u
 /// Elements picked from several same-dtype tensors: `(part, flat index)`.
 /// The parts are laid end to end and the picks gathered from that, which
 /// serves every dtype with one code path.
-fn gather_multi(
+pub(super) fn gather_multi(
     name: &'static str,
     parts: &[&TensorData],
     picks: &[(usize, usize)],

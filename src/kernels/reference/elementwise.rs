@@ -43,6 +43,13 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             saturate,
             round_mode,
         } => cast(input(name, inputs, 0)?, *to, *saturate, *round_mode)?,
+        Op::IsNaN => classify(name, input(name, inputs, 0)?, f64::is_nan)?,
+        &Op::IsInf {
+            detect_negative,
+            detect_positive,
+        } => classify(name, input(name, inputs, 0)?, |x| {
+            (detect_positive && x == f64::INFINITY) || (detect_negative && x == f64::NEG_INFINITY)
+        })?,
         other => {
             return Err(Error::op(
                 other.onnx_type(),
@@ -342,6 +349,7 @@ macro_rules! with_num_type {
         }
     };
 }
+pub(super) use with_num_type;
 
 /// The typed elements of `t`, or an error naming the expected dtype.
 fn typed<'a, T: Elem>(op: &'static str, what: &str, t: &'a Tensor, want: DType) -> Result<&'a [T]> {
@@ -357,7 +365,7 @@ fn typed<'a, T: Elem>(op: &'static str, what: &str, t: &'a Tensor, want: DType) 
 }
 
 /// NaN-propagating maximum (numpy `maximum`).
-fn nan_max<T: Num>(a: T, b: T) -> T {
+pub(super) fn nan_max<T: Num>(a: T, b: T) -> T {
     if a.is_nan() {
         a
     } else if b.is_nan() || b > a {
@@ -368,7 +376,7 @@ fn nan_max<T: Num>(a: T, b: T) -> T {
 }
 
 /// NaN-propagating minimum (numpy `minimum`).
-fn nan_min<T: Num>(a: T, b: T) -> T {
+pub(super) fn nan_min<T: Num>(a: T, b: T) -> T {
     if a.is_nan() {
         a
     } else if b.is_nan() || b < a {
@@ -539,9 +547,36 @@ pub(crate) fn unary_float(u: &UnaryOp, x: f64) -> f64 {
             let c = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
         }
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tan => x.tan(),
+        UnaryOp::Asin => x.asin(),
+        UnaryOp::Acos => x.acos(),
+        UnaryOp::Atan => x.atan(),
+        UnaryOp::Sinh => x.sinh(),
+        UnaryOp::Cosh => x.cosh(),
+        UnaryOp::Asinh => x.asinh(),
+        UnaryOp::Acosh => x.acosh(),
+        UnaryOp::Atanh => x.atanh(),
+        UnaryOp::Round => x.round_ties_even(),
+        // Stable for large |x|: max(x, 0) + ln(1 + e^-|x|).
+        UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+        UnaryOp::Softsign => x / (1.0 + x.abs()),
         // Not is bool-only and rejected before getting here.
         UnaryOp::Not => f64::NAN,
     }
+}
+
+/// IsNaN / IsInf: a bool per element of a floating-point input.
+fn classify(op: &'static str, x: &Tensor, test: impl Fn(f64) -> bool) -> Result<Tensor> {
+    if !x.dtype().is_float() {
+        return Err(Error::op(
+            op,
+            format!("input must be floating point, got {}", x.dtype()),
+        ));
+    }
+    let v: Vec<bool> = x.to_f64_vec().into_iter().map(test).collect();
+    tensor(op, x.shape().to_vec(), TensorData::Bool(v))
 }
 
 fn unary(op: &'static str, u: &UnaryOp, x: &Tensor) -> Result<Tensor> {
@@ -670,11 +705,40 @@ fn arith<T: Num>(
         BinaryOp::Add => Ok(p.add(q)),
         BinaryOp::Sub => Ok(p.sub(q)),
         BinaryOp::Mul => Ok(p.mul(q)),
+        BinaryOp::Mod | BinaryOp::FMod => remainder(p, q, b == BinaryOp::Mod)
+            .ok_or_else(|| Error::op(op, "integer modulo by zero")),
         _ => p
             .div(q)
             .ok_or_else(|| Error::op(op, "integer division by zero")),
     })?;
     Ok((shape, T::wrap(out)))
+}
+
+/// `p mod q`: with the sign of `p` (C's fmod), or with the sign of `q` when
+/// `floored` (Python's `%`, ONNX Mod's default). `None` for an integer
+/// modulo by zero.
+fn remainder<T: Num>(p: T, q: T, floored: bool) -> Option<T> {
+    match (p.to_i128(), q.to_i128()) {
+        (Some(a), Some(b)) => {
+            let r = a.checked_rem(b)?;
+            let r = if floored && r != 0 && (r < 0) != (b < 0) {
+                r + b
+            } else {
+                r
+            };
+            Some(T::from_i128(r))
+        }
+        _ => {
+            let (a, b) = (p.to_f64(), q.to_f64());
+            let r = a % b;
+            let r = if floored && r != 0.0 && (r < 0.0) != (b < 0.0) {
+                r + b
+            } else {
+                r
+            };
+            Some(T::from_f64(r))
+        }
+    }
 }
 
 /// Exponent values of Pow: exact integers or floats.

@@ -112,7 +112,7 @@ fn check_steps(steps: &[EwStep], n_inputs: usize) -> Result<()> {
                 vec![a]
             }
             EwStep::Binary(b, x, y) => {
-                if b.returns_bool() {
+                if !b.is_chain_arithmetic() {
                     return Err(Error::op(
                         NAME,
                         format!("step {k}: {b:?} is not an arithmetic op"),

@@ -10,6 +10,7 @@ pub(crate) mod conv;
 pub(crate) mod elementwise;
 mod ew_chain;
 mod fused;
+mod index;
 mod linalg;
 mod norm;
 mod pool;
@@ -37,6 +38,8 @@ fn takes_storage_only_types(op: &Op) -> bool {
             | Op::Split { .. }
             | Op::Slice
             | Op::Gather { .. }
+            | Op::GatherElements { .. }
+            | Op::GatherND { .. }
             | Op::Shape { .. }
             | Op::Size
             | Op::ConstantOfShape { .. }
@@ -70,9 +73,19 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec
         | Op::QuantizeLinear { .. }
         | Op::DequantizeLinear { .. }
         | Op::DynamicQuantizeLinear => quant::eval(op, inputs),
-        Op::Unary(_) | Op::Binary(_) | Op::Variadic(_) | Op::Clip | Op::Where | Op::Cast { .. } => {
-            elementwise::eval(op, inputs)
-        }
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Variadic(_)
+        | Op::Clip
+        | Op::Where
+        | Op::Cast { .. }
+        | Op::IsNaN
+        | Op::IsInf { .. } => elementwise::eval(op, inputs),
+        Op::GatherElements { .. }
+        | Op::ScatterElements { .. }
+        | Op::GatherND { .. }
+        | Op::ScatterND { .. }
+        | Op::CumSum { .. } => index::eval(op, inputs),
         Op::Reduce { .. }
         | Op::ArgMax { .. }
         | Op::ArgMin { .. }
@@ -85,7 +98,8 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec
         }
         Op::BatchNormalization { .. }
         | Op::LayerNormalization { .. }
-        | Op::InstanceNormalization { .. } => norm::eval(op, inputs),
+        | Op::InstanceNormalization { .. }
+        | Op::Lrn { .. } => norm::eval(op, inputs),
         Op::Resize(_) => resize::eval(op, inputs),
         Op::Flatten { .. }
         | Op::Reshape { .. }

@@ -35,6 +35,12 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             return layer_norm(*axis, *epsilon as f64, inputs)
         }
         Op::InstanceNormalization { epsilon } => instance_norm(*epsilon as f64, inputs)?,
+        &Op::Lrn {
+            alpha,
+            beta,
+            bias,
+            size,
+        } => lrn(alpha as f64, beta as f64, bias as f64, size, inputs)?,
         other => {
             return Err(Error::op(
                 other.onnx_type(),
@@ -84,6 +90,45 @@ fn finish(op: &'static str, dtype: DType, shape: Vec<usize>, v: Vec<f64>) -> Res
     };
     Tensor::new(shape, data)
         .map_err(|e| Error::op(op, format!("internal: output does not fit its shape: {e}")))
+}
+
+/// Local response normalization: each element divided by `(bias + alpha /
+/// size * Σ x²)^beta`, the sum over the `size` channels around its own
+/// (`floor((size - 1) / 2)` before, `ceil((size - 1) / 2)` after, clipped to
+/// the channels there are).
+fn lrn(
+    alpha: f64,
+    beta: f64,
+    bias: f64,
+    size: usize,
+    inputs: &[Option<&Tensor>],
+) -> Result<Tensor> {
+    const OP: &str = "LRN";
+    let x = input(OP, inputs, 0)?;
+    let v = floats(OP, "X", x)?;
+    let sh = x.shape();
+    if sh.len() < 3 {
+        return Err(Error::op(
+            OP,
+            format!("X must be [N, C, D1, ..], got shape {sh:?}"),
+        ));
+    }
+    let (n, c) = (sh[0], sh[1]);
+    let plane: usize = sh[2..].iter().product();
+    let (before, after) = ((size - 1) / 2, size / 2);
+    let mut y = vec![0.0; v.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            let lo = ch.saturating_sub(before);
+            let hi = (ch + after).min(c - 1);
+            for p in 0..plane {
+                let at = |k: usize| (b * c + k) * plane + p;
+                let sq: f64 = (lo..=hi).map(|k| v[at(k)] * v[at(k)]).sum();
+                y[at(ch)] = v[at(ch)] / (bias + alpha / size as f64 * sq).powf(beta);
+            }
+        }
+    }
+    finish(OP, x.dtype(), sh.to_vec(), y)
 }
 
 /// Mean and population variance (two passes) of a slice.
