@@ -125,7 +125,9 @@ fn is_fusible(g: &Graph, node: &Node) -> bool {
     }
     match &node.op {
         Op::Unary(u) => !matches!(u, UnaryOp::Not) && node.inputs.len() == 1 && f32_at(0),
-        Op::Binary(b) => b.is_chain_arithmetic() && node.inputs.len() == 2 && f32_at(0) && f32_at(1),
+        Op::Binary(b) => {
+            b.is_chain_arithmetic() && node.inputs.len() == 2 && f32_at(0) && f32_at(1)
+        }
         Op::Clip => node.inputs.len() <= 3 && f32_at(0) && clip_bounds(g, node).is_some(),
         Op::Elementwise { .. } => (0..node.inputs.len()).all(f32_at),
         _ => false,

@@ -226,11 +226,7 @@ fn gather_nd(name: &'static str, data: &Tensor, ind: &Tensor, batch_dims: usize)
     let batches: usize = ds[..batch_dims].iter().product();
     let batch_stride: usize = ds[batch_dims..].iter().product();
     let slice: usize = ds[batch_dims + k..].iter().product();
-    let per_batch = if batches == 0 {
-        0
-    } else {
-        values.len() / k.max(1) / batches
-    };
+    let per_batch = (values.len() / k.max(1)).checked_div(batches).unwrap_or(0);
     let mut out_shape = is[..is.len() - 1].to_vec();
     out_shape.extend_from_slice(&ds[batch_dims + k..]);
     out_numel(name, &out_shape)?;
