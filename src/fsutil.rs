@@ -26,6 +26,7 @@ pub fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
                 io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
             )
         })?;
+    remove_stale_temps(&dir, &base);
     loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{base}.{}.{n}.tmp", std::process::id()));
@@ -67,27 +68,106 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
 
-/// Refuses an output path that is the input model itself (same canonical
-/// path, or on Unix the same file through another link).
-pub fn ensure_not_input(out: &Path, input: &Path) -> Result<()> {
-    let same = match (std::fs::canonicalize(out), std::fs::canonicalize(input)) {
+/// Whether two paths name one file (same canonical path, or on Unix the
+/// same file through another link). A path that does not exist yet is no
+/// other file.
+fn same_existing_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b || same_file(&a, &b),
-        // An output that does not exist yet cannot be the input.
         _ => false,
+    }
+}
+
+/// Whether two paths, existing or not, name one file: the same file on
+/// disk, or the same name in the same (canonical) folder.
+fn same_target(a: &Path, b: &Path) -> bool {
+    if same_existing_file(a, b) {
+        return true;
+    }
+    let place = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some((std::fs::canonicalize(dir).ok()?, p.file_name()?.to_owned()))
     };
-    if same {
-        return Err(Error::io(
+    matches!((place(a), place(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Refuses a command whose outputs would overwrite one of its inputs (or one
+/// another): every file a command writes is checked against every file it
+/// reads, before anything is written.
+pub fn ensure_outputs_apart(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
+    let refuse = |out: &Path, why: String| {
+        Err(Error::io(
             out,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        ))
+    };
+    for (i, out) in outputs.iter().enumerate() {
+        if let Some(input) = inputs.iter().find(|i| same_target(out, i)) {
+            return refuse(
+                out,
                 format!(
-                    "is the model being compiled ({}); refusing to overwrite it, choose another output path",
+                    "is the input {}; refusing to overwrite it, choose another output path",
                     input.display()
                 ),
-            ),
-        ));
+            );
+        }
+        if let Some(other) = outputs[..i].iter().find(|o| same_target(out, o)) {
+            return refuse(
+                out,
+                format!(
+                    "is also written as {}; choose another output path",
+                    other.display()
+                ),
+            );
+        }
     }
     Ok(())
+}
+
+/// Refuses an output path that is the input model itself.
+pub fn ensure_not_input(out: &Path, input: &Path) -> Result<()> {
+    ensure_outputs_apart(&[out], &[input])
+}
+
+/// Removes the temporaries that killed mlc processes left beside `path`
+/// (`.<name>.<pid>.<n>.tmp` whose process is gone). Best effort: a
+/// temporary that cannot be read or removed is left alone.
+fn remove_stale_temps(dir: &Path, base: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{base}.");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Without a cheap way to ask, every process counts as alive (nothing is
+/// removed).
+#[cfg(not(target_os = "linux"))]
+fn process_alive(_: u32) -> bool {
+    true
 }
 
 #[cfg(unix)]

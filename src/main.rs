@@ -529,7 +529,13 @@ fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
             Some("onnx") => Emit::Onnx,
             _ => Emit::Mlc,
         });
-    mlc::fsutil::ensure_not_input(&a.output, &a.model)?;
+    let stem = a.output.with_extension("");
+    let json_path = PathBuf::from(format!("{}.report.json", stem.display()));
+    let md_path = PathBuf::from(format!("{}.report.md", stem.display()));
+    let mut reads = vec![a.model.as_path()];
+    reads.extend(a.calib.as_deref());
+    reads.extend(a.eval.as_deref());
+    mlc::fsutil::ensure_outputs_apart(&[&a.output, &json_path, &md_path], &reads)?;
     if a.threads == Some(0) {
         return Err(Error::Input {
             name: "--threads".into(),
@@ -585,6 +591,14 @@ fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
         mut report,
         nodes_before,
     } = compress::compress(&a.model, &source, &opts)?;
+    // Reports of an earlier run go first, so that a run killed between the
+    // bundle and its reports never leaves a new bundle beside old reports.
+    for stale in [&json_path, &md_path] {
+        match std::fs::remove_file(stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(stale, e)),
+            _ => {}
+        }
+    }
     let format = match emit {
         Emit::Mlc => {
             let pipeline = bundle::PipelineInfo {
@@ -611,9 +625,6 @@ fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
         Emit::Onnx => report.size.source_bytes,
     };
     report.size.ratio = out_bytes as f64 / base.max(1) as f64;
-    let stem = a.output.with_extension("");
-    let json_path = PathBuf::from(format!("{}.report.json", stem.display()));
-    let md_path = PathBuf::from(format!("{}.report.md", stem.display()));
     let json = to_json(&report)?;
     mlc::fsutil::write_bytes_atomic(&json_path, json.as_bytes())?;
     mlc::fsutil::write_bytes_atomic(&md_path, report.markdown().as_bytes())?;
@@ -651,6 +662,14 @@ fn cmd_run(
     output: Option<&Path>,
     json: bool,
 ) -> Result<(), Error> {
+    if let Some(out) = output {
+        let mut reads = vec![model];
+        reads.extend(inputs_npz);
+        for arg in input_args {
+            reads.push(Path::new(split_assignment(arg, "--input")?.1));
+        }
+        mlc::fsutil::ensure_outputs_apart(&[out], &reads)?;
+    }
     let g = mlc::import::load(model)?;
 
     let mut given: HashMap<String, Tensor> = HashMap::new();

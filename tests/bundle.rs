@@ -178,6 +178,10 @@ fn every_dtype_round_trips() {
         let v: Vec<f64> = (0..6).map(|k| k as f64 * 0.75 - 2.0).collect();
         let t = Tensor::new(vec![3, 2], TensorData::from_f64(d, &v)).unwrap();
         outs.push(g.add_const(format!("c_{}", d.name()), Arc::new(t)));
+        // Zero-element constants (an empty Resize roi, an empty initializer)
+        // read back too.
+        let empty = Tensor::new(vec![0, 2], TensorData::from_f64(d, &[])).unwrap();
+        outs.push(g.add_const(format!("e_{}", d.name()), Arc::new(empty)));
     }
     g.outputs = outs;
     let meta = Metadata::new(
@@ -194,7 +198,7 @@ fn every_dtype_round_trips() {
     );
     let bytes = bundle::to_bytes(&g, &meta).unwrap();
     let (back, _) = bundle::from_bytes(&bytes, Path::new("mem.mlc")).unwrap();
-    assert_eq!(back.consts.len(), DType::ALL.len());
+    assert_eq!(back.consts.len(), 2 * DType::ALL.len());
     for (&id, t) in &g.consts {
         let b = back.const_value(id).unwrap();
         assert!(same_bits(b, t), "{}: {b:?} vs {t:?}", t.dtype());

@@ -263,3 +263,86 @@ fn missing_model_file() {
     let dir = scratch("missing");
     expect_clean_failure(&dir, &dir.join("nope.onnx"), &["nope.onnx"]);
 }
+
+/// Runs the mlc binary; returns (exit code, stderr).
+fn mlc_status(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// No file a command writes may be one it reads: `compress`'s reports
+/// against the model and data, `run -o` against its own inputs. The inputs
+/// come out byte for byte as they went in.
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let dir = scratch("clobber");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // A model named like the report of the output it is compressed to.
+    let victim = dir.join("victim.report.json");
+    std::fs::copy(repo.join("fixtures/mlp/model.onnx"), &victim).unwrap();
+    let before = std::fs::read(&victim).unwrap();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let (code, err) = mlc_status(&[
+        &os("compress"),
+        victim.as_os_str(),
+        &os("--int8"),
+        &os("-o"),
+        dir.join("victim.mlc").as_os_str(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), before);
+    assert!(!dir.join("victim.mlc").exists());
+
+    // run -o onto its own .npy input.
+    let x = dir.join("x.npy");
+    std::fs::copy(repo.join("fixtures/mlp/input_x.npy"), &x).unwrap();
+    let x_before = std::fs::read(&x).unwrap();
+    let model = repo.join("fixtures/mlp/model.onnx");
+    let input = std::ffi::OsString::from(format!("x={}", x.display()));
+    let (code, err) = mlc_status(&[
+        &os("run"),
+        model.as_os_str(),
+        &os("--input"),
+        &input,
+        &os("-o"),
+        x.as_os_str(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read(&x).unwrap(), x_before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A temporary left by a killed write (its process gone) is removed by the
+/// next write beside it; one of a live process is left alone.
+#[test]
+fn stale_temporaries_are_cleaned_up() {
+    let dir = scratch("stale-tmp");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Pid 2^31 - 1 does not run; our own pid does.
+    let stale = dir.join(".out.npz.2147483647.0.tmp");
+    let live = dir.join(format!(".out.npz.{}.7.tmp", std::process::id()));
+    std::fs::write(&stale, b"partial").unwrap();
+    std::fs::write(&live, b"in progress").unwrap();
+    let out = dir.join("out.npz");
+    let (code, err) = mlc_status(&[
+        std::ffi::OsStr::new("run"),
+        repo.join("fixtures/mlp/model.onnx").as_os_str(),
+        std::ffi::OsStr::new("--random"),
+        std::ffi::OsStr::new("0"),
+        std::ffi::OsStr::new("-o"),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.exists());
+    assert!(!stale.exists(), "the stale temporary is removed");
+    assert!(live.exists(), "a live process's temporary stays");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -212,9 +212,12 @@ pub fn to_bytes(g: &Graph, meta: &Metadata) -> Result<Vec<u8>> {
             inline_const_limit: 0,
         },
     );
+    // The text form writes a zero-element constant inline (`= []`): it has
+    // no data for the weights section.
     let tensors: Vec<(String, &Tensor)> = canon
         .consts
         .iter()
+        .filter(|(_, t)| t.numel() > 0)
         .map(|(id, t)| (id.0.to_string(), t.as_ref()))
         .collect();
     let weights = safetensors::encode(&tensors);
