@@ -140,3 +140,17 @@ impl Error {
         }
     }
 }
+
+/// At most `max` bytes of `text` (cut at a character boundary), with a note
+/// of how much was left out: errors quote what they were given (names,
+/// attribute values), and a hostile file can make that megabytes long.
+pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} ... ({} more bytes)", &text[..cut], text.len() - cut).into()
+}

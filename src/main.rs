@@ -171,6 +171,9 @@ fn default_sigpipe() {
     }
 }
 
+/// The longest error line the CLI prints, in bytes.
+const MAX_ERROR_LINE: usize = 1000;
+
 fn main() -> ExitCode {
     #[cfg(unix)]
     default_sigpipe();
@@ -240,7 +243,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line, of bounded length, whatever the input quoted.
+            let line = e.to_string().replace('\n', " ");
+            eprintln!("error: {}", mlc::error::excerpt(&line, MAX_ERROR_LINE));
             if e.is_user_error() {
                 ExitCode::from(2)
             } else {

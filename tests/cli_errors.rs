@@ -346,3 +346,22 @@ fn stale_temporaries_are_cleaned_up() {
     assert!(live.exists(), "a live process's temporary stays");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An error quoting a hostile attribute (a million ints) stays one short
+/// line.
+#[test]
+fn error_lines_quote_only_an_excerpt() {
+    let dir = scratch("long-error");
+    let mut n = node("Transpose", "t", &["x"], &["y"]);
+    n.attribute.push(onnx_protobuf::AttributeProto {
+        name: "perm".into(),
+        type_: onnx_protobuf::attribute_proto::AttributeType::INTS.into(),
+        ints: (0..1_000_000).collect(),
+        ..Default::default()
+    });
+    let m = model(vec![n], vec![], "y");
+    let path = write_model(&dir, &m);
+    let err = expect_clean_failure(&dir, &path, &["Transpose"]);
+    assert!(err.len() < 1200, "error line of {} bytes", err.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
