@@ -122,10 +122,13 @@ class Corpus:
         self.cases.append({"id": cid, "kind": kind, "attacks": attacks, "cmds": cmds})
         return d
 
-    def model(self, cid, kind, attacks, data, run_extra=(), name="model.onnx", **kw):
+    def model(self, cid, kind, attacks, data, run_extra=(), name="model.onnx", must_fail=False, **kw):
         if isinstance(data, onnx.ModelProto):
             data = data.SerializeToString()
-        return self.add(cid, kind, attacks, model_cmds(name, run_extra, **kw), {name: data})
+        d = self.add(cid, kind, attacks, model_cmds(name, run_extra, **kw), {name: data})
+        if must_fail:
+            self.cases[-1]["expect_error"] = [cm["name"] for cm in self.cases[-1]["cmds"]]
+        return d
 
 
 # ------------------------------------------------------------ bundle helpers
@@ -266,6 +269,24 @@ def nested_chain(depth, prefix_fn, core):
 
 # ====================================================================== kinds
 
+def protobuf_rejects(data):
+    """Whether the reference protobuf parser refuses the bytes as a ModelProto
+    (then mlc must refuse them too: a cut or flip that breaks the framing)."""
+    try:
+        onnx.ModelProto().ParseFromString(data)
+        return False
+    except Exception:
+        return True
+
+
+def must_fail(fname, data, whole):
+    """A changed bundle fails its SHA-256; a changed ONNX file must fail when
+    the protobuf framing is broken."""
+    if data == whole:
+        return False
+    return fname.endswith(".mlc") or protobuf_rejects(data)
+
+
 def gen_trunc_bitflip(c, bundles):
     files = [(n, os.path.join(REPO, p), "model.onnx") for n, p in FIXTURE_MODELS]
     files += [(n, p, "model.mlc") for n, p in bundles]
@@ -275,7 +296,8 @@ def gen_trunc_bitflip(c, bundles):
         lengths = sorted({0, 1, 4, 8, 64, 1000, n // 4, n // 2, n - 33, n - 32, n - 1})
         for ln in lengths:
             c.model(f"trunc-{name}-{ln}", "trunc",
-                    f"{fname} of {name} truncated to {ln} of {n} bytes", data[:ln], name=fname)
+                    f"{fname} of {name} truncated to {ln} of {n} bytes", data[:ln], name=fname,
+                    must_fail=must_fail(fname, data[:ln], data))
         rng = random.Random(f"bitflip-{name}")
         # Half the flips in the first 2 KiB (graph structure, headers, section
         # lengths), half anywhere (mostly weights), one in the last 64 bytes.
@@ -287,7 +309,7 @@ def gen_trunc_bitflip(c, bundles):
             b[bit // 8] ^= 1 << (bit % 8)
             c.model(f"bitflip-{name}-{bit // 8}.{bit % 8}", "bitflip",
                     f"{fname} of {name} with bit {bit % 8} of byte {bit // 8} flipped", bytes(b),
-                    name=fname)
+                    name=fname, must_fail=must_fail(fname, bytes(b), data))
     # Bit flips in bundles with the checksum recomputed, so the reader's checks
     # behind the checksum see them.
     for name, path in bundles:
@@ -1240,7 +1262,7 @@ def main():
     gen_npz(c)
     gen_dims(c)
     for case in c.cases:
-        if case["id"] in EXPECT_ERROR:
+        if case["id"] in EXPECT_ERROR and "expect_error" not in case:
             # `inspect` summarizes an ONNX model without reading external
             # data, so it may succeed there; every other read must refuse.
             case["expect_error"] = sorted({cm["name"] for cm in case["cmds"]
