@@ -16,7 +16,8 @@ outputs into W/out), and ends as one of
   success  exit 0; a written bundle must be read back by `mlc inspect` (exit 0)
            and `mlc run --random 0` must end in success or a clean error;
            commands listed in a case's "expect_error" (input invalid by the
-           format's own rules) must not succeed
+           format's own rules) must not succeed, and those in a control
+           case's "expect_success" (valid input) must succeed
   other    anything else: exit 1 (internal error), a signal, a timeout,
            "panicked" or an allocation failure on stderr, an oversized error
            line, a partial or stray output file, a changed input or a file
@@ -62,6 +63,8 @@ CI_ALWAYS = [
     "onnx-pb-nested-100000", "onnx-cycle-2", "onnx-attr-million-ints-transpose", "extdata-dotdot",
     "extdata-absolute", "extdata-symlink", "extdata-hardlink", "extdata-f32-2^32-sparse",
     "npz-zip-bomb-8GiB", "npz-dup-member", "npz-name-dotdot", "dims-mlp-batch-10000000000",
+    # the controls (valid inputs that must succeed)
+    "bundle-ok-rebuilt", "bundle-wdeflate-ok", "extdata-ok", "npy-ok", "npz-ok", "npz-ok-calib8",
 ]
 MEMORY_MARKERS = ["memory allocation of", "MemoryError", "Cannot allocate memory", "out of memory",
                   "capacity overflow", "failed to allocate"]
@@ -262,6 +265,8 @@ class Runner:
         outcome, reason = classify(rc, stderr, size, wall, self.timeout)
         if outcome == "success" and cmd["name"] in case.get("expect_error", ()):
             outcome, reason = "other", "accepted hostile input (exit 0; expected a clean error)"
+        if outcome == "clean" and cmd["name"] in case.get("expect_success", ()):
+            outcome, reason = "other", "control case refused (valid input; expected success)"
         res = {"id": case["id"], "kind": case["kind"], "cmd": cmd["name"], "args": cmd["args"],
                "rc": rc, "wall_s": round(wall, 3), "max_rss_mib": round(rss, 1),
                "first_line": first_line(stderr)}
