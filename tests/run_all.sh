@@ -11,6 +11,12 @@ MLC_REQUIRE_CONFORMANCE=1 MLC_REQUIRE_PYTHON=1 cargo test --release --all-target
 echo
 echo "ONNX node conformance (full report: target/tmp/onnx_conformance_report.txt):"
 grep -E "^(listed ops|onnx node conformance):" target/tmp/onnx_conformance_report.txt
+# Corpus of real architectures (fixtures/corpus/README.md): a fixed CI sample
+# through mlc run / O2 / int8; fails only when an id listed in
+# fixtures/corpus/expected_pass.txt fails (`--all` runs every model).
+echo
+py="$(bash tests/python/setup_venv.sh)"
+"$py" tests/python/corpus_run.py
 # Hostile input corpus (README.md, "Hostile input corpus"): a fixed sample of
 # malformed models, bundles and inputs through inspect/run/compile/compress;
 # fails only on an outcome not listed in tests/hostile_known.txt.

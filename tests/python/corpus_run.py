@@ -44,17 +44,35 @@ REPORT = os.path.join(cm.OUT, "report.json")
 # The default (CI) sample: both exporters, CNNs and transformers, chosen to
 # fit about 5 minutes on 2 cores (fixtures/corpus/README.md has the timings).
 CI_SAMPLE = [
-    "tv_resnet18.ts",
-    "tv_mobilenet_v3_small.dynamo",
-    "tv_efficientnet_b0.ts",
+    # CNNs and vision transformers (torchvision, timm), both exporters
+    "tv_resnet50.dynamo",
+    "tv_mobilenet_v2.ts",
+    "tv_mobilenet_v3_small.ts",
     "tv_squeezenet1_1.dynamo",
+    "tv_shufflenet_v2_x1_0.ts",
+    "tv_regnet_y_400mf.dynamo",
+    "tv_convnext_tiny.dynamo",
+    "tv_googlenet.ts",
     "tv_vit_small.ts",
-    "timm_ghostnet_100.ts",
-    "hf_bert_eager.ts",
-    "hf_bert_sdpa.dynamo",
-    "hf_distilbert.ts",
-    "hf_gpt2.ts",
-    "hf_wav2vec2.dynamo",
+    "tv_swin_t.dynamo",
+    "timm_efficientnet_lite0.dynamo",
+    "timm_mobilevit_xxs.ts",
+    "timm_ghostnet_100.dynamo",
+    "timm_levit_128s.ts",
+    "timm_deit_tiny.dynamo",
+    # transformers (small configs: a fraction of a second each), both exporters
+    "hf_bert_sdpa.ts", "hf_bert_sdpa.dynamo",
+    "hf_bert_eager.ts", "hf_bert_eager.dynamo",
+    "hf_distilbert.ts", "hf_distilbert.dynamo",
+    "hf_roberta.dynamo", "hf_albert.ts",
+    "hf_gpt2.ts", "hf_gpt2.dynamo",
+    "hf_llama.ts", "hf_llama.dynamo",
+    "hf_t5_encoder.ts",
+    "hf_clip_text.ts", "hf_clip_text.dynamo",
+    "hf_whisper_encoder.ts", "hf_whisper_encoder.dynamo",
+    "hf_wav2vec2.ts", "hf_wav2vec2.dynamo",
+    "hf_vit.ts", "hf_vit.dynamo",
+    # the real all-MiniLM-L6-v2 architecture (6 layers, hidden 384)
     "hf_all_minilm_l6_v2.ts",
 ]
 
