@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::ir::{checked_numel, DType, Dim, Graph, Op, Tensor, TensorData, ValueId};
+use crate::ir::{DType, Dim, Graph, Op, Tensor, TensorData, ValueId};
 use crate::{Error, Result};
 
 /// A small deterministic generator (SplitMix64): the same seed gives the same
@@ -77,12 +77,12 @@ pub fn random_inputs(g: &Graph, seed: u64, dims: &BTreeMap<String, usize>) -> Re
         .map(|&id| {
             let v = g.value(id);
             let shape = concrete_shape(g, id, dims);
-            let n = checked_numel(&shape)
-                .filter(|&n| n <= 1 << 31)
-                .ok_or_else(|| Error::Input {
-                    name: v.name.clone(),
-                    message: format!("shape {shape:?} is too large for random data"),
-                })?;
+            // Integer data is drawn as i64 first.
+            let n = crate::limits::check_shape(
+                || format!("random data of shape {shape:?} for input '{}'", v.name),
+                &shape,
+                8 + v.ty.dtype.size(),
+            )?;
             let bound = index_bound(g, id).unwrap_or(2);
             let mut ints = || {
                 (0..n)

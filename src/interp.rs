@@ -2,11 +2,14 @@
 //! kernels. It is the numerical oracle for every pass and optimized kernel, so
 //! it favours plain, checkable behaviour over speed: inputs are checked
 //! against the graph's declared types and symbolic dims, and every kernel
-//! output is checked against the inferred type of its value.
+//! output is checked against the inferred type of its value. What the live
+//! values take is kept within the memory budget ([`crate::limits`]): a node
+//! whose outputs' inferred sizes would pass it is refused before it runs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::ir::infer::eval_dim;
 use crate::ir::{Graph, SymbolBindings, Tensor, ValueDef};
 use crate::kernels::reference;
 use crate::{Error, Result};
@@ -62,7 +65,11 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
     }
 
     let mut env: Vec<Option<Arc<Tensor>>> = vec![None; g.values.len()];
+    // Bytes held by the inputs and the intermediate values alive now (the
+    // constants are the model's own and not counted).
+    let mut live: u64 = 0;
     for (&id, t) in g.inputs.iter().zip(inputs) {
+        live += t.size_bytes() as u64;
         env[id.0 as usize] = Some(Arc::new(t));
     }
     for (&id, t) in &g.consts {
@@ -87,8 +94,33 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
             })
             .collect::<Result<_>>()?;
         let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
+        // Outputs whose size inference knows in the inputs' dims are counted
+        // before the kernel allocates them (the kernels check the others).
+        let predicted: u64 = node
+            .outputs
+            .iter()
+            .filter_map(|&o| {
+                let ty = g.ty(o);
+                let n = ty.shape.dims().iter().try_fold(1usize, |acc, d| {
+                    eval_dim(d, &bindings).and_then(|v| acc.checked_mul(v))
+                })?;
+                (n as u64).checked_mul(ty.dtype.size() as u64)
+            })
+            .sum();
+        crate::limits::check(
+            || {
+                format!(
+                    "node '{}' ({op_name}) with the values alive before it",
+                    node.name
+                )
+            },
+            live.checked_add(predicted),
+        )?;
+        // The kernel's own checks count what is alive.
+        let held = crate::limits::Reserved::new(live);
         let outs = reference::eval(&node.op, &refs, node.outputs.len())
             .map_err(|e| e.at_node(&node.name, op_name))?;
+        drop(held);
         drop(args);
         if outs.len() < node.outputs.len() {
             return Err(Error::Internal(format!(
@@ -110,13 +142,25 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
                     ty
                 )));
             }
+            live += t.size_bytes() as u64;
             env[o.0 as usize] = Some(Arc::new(t));
         }
+        crate::limits::check(
+            || {
+                format!(
+                    "node '{}' ({op_name}) with the values alive before it",
+                    node.name
+                )
+            },
+            Some(live),
+        )?;
         for v in node.inputs.iter().flatten() {
             let u = &mut uses[v.0 as usize];
             *u -= 1;
             if *u == 0 && !matches!(g.value(*v).def, ValueDef::Const) {
-                env[v.0 as usize] = None;
+                if let Some(t) = env[v.0 as usize].take() {
+                    live = live.saturating_sub(t.size_bytes() as u64);
+                }
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod interp;
 pub mod ir;
 pub mod kernels;
+pub mod limits;
 pub mod npy;
 pub mod probe;
 pub mod quant;

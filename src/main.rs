@@ -21,6 +21,11 @@ use serde::Serialize;
     about = "Model compression and compilation toolchain"
 )]
 struct Cli {
+    /// Most memory a model or input file may make mlc allocate (e.g. 512MB,
+    /// 8GiB); beyond it a command stops with a clear error before
+    /// allocating. Default 4GiB.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = mlc::limits::parse_bytes)]
+    max_memory: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -178,6 +183,9 @@ fn main() -> ExitCode {
     #[cfg(unix)]
     default_sigpipe();
     let cli = Cli::parse();
+    if let Some(bytes) = cli.max_memory {
+        mlc::limits::set_max_memory(bytes);
+    }
     let result = match cli.command {
         Command::Inspect { model, json, ir } => cmd_inspect(&model, json, ir),
         Command::Passes { json } => cmd_passes(json),
@@ -785,18 +793,31 @@ struct OutputSummary {
 }
 
 impl OutputSummary {
+    /// Statistics over the finite elements, read a block at a time (an
+    /// output of gigabytes is not copied whole to f64 for a summary).
     fn new(name: &str, t: &Tensor) -> OutputSummary {
-        let v = t.to_f64_vec();
-        let finite = || v.iter().copied().filter(|x| x.is_finite());
-        let (min, max, mean) = if v.is_empty() {
-            (None, None, None)
-        } else {
-            let n = finite().count().max(1) as f64;
-            (
-                finite().reduce(f64::min),
-                finite().reduce(f64::max),
-                Some(finite().sum::<f64>() / n),
-            )
+        const BLOCK: usize = 1 << 16;
+        let (mut min, mut max, mut sum, mut finite) = (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0);
+        let mut head = Vec::new();
+        for start in (0..t.numel()).step_by(BLOCK) {
+            let idx: Vec<usize> = (start..(start + BLOCK).min(t.numel())).collect();
+            let block = Tensor::new(vec![idx.len()], t.data().gather(&idx))
+                .map(|b| b.to_f64_vec())
+                .unwrap_or_default();
+            if head.is_empty() {
+                head = block.iter().take(6).copied().collect();
+            }
+            for x in block.into_iter().filter(|x| x.is_finite()) {
+                min = min.min(x);
+                max = max.max(x);
+                sum += x;
+                finite += 1;
+            }
+        }
+        let (min, max, mean) = match (t.numel(), finite) {
+            (0, _) => (None, None, None),
+            (_, 0) => (None, None, Some(0.0)),
+            (_, n) => (Some(min), Some(max), Some(sum / n as f64)),
         };
         OutputSummary {
             name: name.to_string(),
@@ -805,7 +826,7 @@ impl OutputSummary {
             min,
             max,
             mean,
-            head: v.iter().take(6).copied().collect(),
+            head,
         }
     }
 }

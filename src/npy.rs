@@ -109,6 +109,9 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     };
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_err)?;
     let mut out = Vec::with_capacity(archive.len().min(1024));
+    let mut names = std::collections::HashSet::new();
+    // All members together stay within the memory budget.
+    let mut total: u64 = 0;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(zip_err)?;
         if entry.is_dir() {
@@ -120,8 +123,19 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
             .strip_suffix(".npy")
             .unwrap_or(&entry_name)
             .to_string();
+        if !names.insert(name.clone()) {
+            return Err(npy_err(
+                path,
+                format!("the archive holds array '{name}' twice"),
+            ));
+        }
         let declared = entry.size();
         let t = read_npy_from(&mut entry, &what, declared, false)?;
+        total += t.size_bytes() as u64;
+        crate::limits::check(
+            || format!("{}: the arrays read so far", path.display()),
+            Some(total),
+        )?;
         // Drain the member so the zip reader verifies its CRC.
         io::copy(&mut entry, &mut io::sink())
             .map_err(|e| npy_err(&what, format!("corrupt archive member: {e}")))?;
@@ -277,6 +291,28 @@ fn read_npy_from<R: Read>(r: &mut R, what: &Path, avail: u64, trusted: bool) -> 
             ),
         ));
     }
+    if data_bytes < left {
+        return Err(npy_err(
+            what,
+            format!(
+                "{} bytes follow the data of shape {:?} of {} (a truncated header or a damaged file)",
+                left - data_bytes,
+                h.shape,
+                h.dtype
+            ),
+        ));
+    }
+    crate::limits::check(
+        || {
+            format!(
+                "{}: an array of shape {:?} ({})",
+                what.display(),
+                h.shape,
+                h.dtype
+            )
+        },
+        Some(data_bytes),
+    )?;
     let reserve = if trusted {
         numel
     } else {
@@ -1008,9 +1044,11 @@ mod tests {
         let h = "{'descr': '=u2', 'fortran_order': False, 'shape': (2,)}";
         let t = read_npy_bytes(&raw(3, h, &ne), p()).unwrap();
         assert_eq!(t.to_i64_vec().unwrap(), vec![7, 9]);
-        // Trailing bytes after the data are ignored, as numpy does.
+        // Bytes after the data (numpy ignores them) mean a damaged file.
         let h = "{'descr': '|b1', 'fortran_order': False, 'shape': ()}";
-        let t = read_npy_bytes(&raw(1, h, &[2, 0, 0]), p()).unwrap();
+        let m = err_msg(read_npy_bytes(&raw(1, h, &[2, 0, 0]), p()));
+        assert!(m.contains("2 bytes follow the data"), "{m}");
+        let t = read_npy_bytes(&raw(1, h, &[2]), p()).unwrap();
         assert_eq!(t.as_bool().unwrap(), &[true]);
     }
 

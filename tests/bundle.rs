@@ -485,6 +485,34 @@ fn structural_problems_behind_a_valid_checksum() {
             "bad graph section",
         ),
         (with_section(&bytes, "graph", b"\xff\xfe"), "not UTF-8"),
+        (
+            with_section(
+                &bytes,
+                "graph",
+                SMALL
+                    .replace("MatMul(%0, %1)", "MatMul(%0, %1, %2)")
+                    .as_bytes(),
+            ),
+            "has 3 inputs; it takes 2 to 2",
+        ),
+        (
+            with_section(
+                &bytes,
+                "graph",
+                SMALL.replace("  output %6 r\n", "").as_bytes(),
+            ),
+            "no outputs",
+        ),
+        (
+            with_section(&bytes, "weights", &{
+                let h = r#"{"1":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},"1":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]}}"#;
+                let mut blob = (h.len() as u64).to_le_bytes().to_vec();
+                blob.extend_from_slice(h.as_bytes());
+                blob.extend_from_slice(&[0u8; 24]);
+                blob
+            }),
+            "key '1' appears twice",
+        ),
         (with_section(&bytes, "graph", b""), "bad graph section"),
         (
             seal(&[("graph", &secs[0].1), ("meta", &secs[2].1)]),
@@ -934,4 +962,40 @@ fn cli_runs_and_inspects_bundles() {
         assert!(err.contains("checksum mismatch"), "{err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Quantization scales that are zero, negative, NaN or infinite make a
+/// bundle malformed, whether they are the weights' (a constant) or the
+/// activations' (an attribute).
+#[test]
+fn bad_quantization_scales_are_refused() {
+    let graph = |act: &str| {
+        format!(
+            "graph \"q\" opset 21\n  input  %0 x: f32[2,3]\n  const  %1 w: i8[3,2] = [1, 2, 3, 4, 5, 6]\n  const  %2 s: f32[2] = [0.5, 0.25]\n  %3 y: f32[2,2] = QMatMul[a_quant={act}](%0, %1, %2)\n  output %3 y\n"
+        )
+    };
+    let good = text::parse(&graph("static(0.1, 3)")).unwrap();
+    let bytes = bundle::to_bytes(&good, &empty_meta()).unwrap();
+    bundle::from_bytes(&bytes, Path::new("q.mlc")).unwrap();
+    for act in [
+        "static(0, 3)",
+        "static(-0.1, 3)",
+        "static(nan, 3)",
+        "static(inf, 3)",
+    ] {
+        let b = with_section(&bytes, "graph", graph(act).as_bytes());
+        let m = expect_malformed(&b, "activation scale");
+        assert!(m.contains("not a positive finite number"), "{act}: {m}");
+    }
+    let w = Tensor::new(vec![3, 2], TensorData::I8(vec![1, 2, 3, 4, 5, 6])).unwrap();
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let s = Tensor::from_f32(vec![2], vec![0.5, bad]).unwrap();
+        let b = with_section(
+            &bytes,
+            "weights",
+            &weights_blob(&[("1", w.clone()), ("2", s)]),
+        );
+        let m = expect_malformed(&b, "weight scale");
+        assert!(m.contains("not a positive finite number"), "{bad}: {m}");
+    }
 }

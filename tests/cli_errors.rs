@@ -365,3 +365,51 @@ fn error_lines_quote_only_an_excerpt() {
     assert!(err.len() < 1200, "error line of {} bytes", err.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ops asked for more memory than the budget, alone (an Expand to 16 GiB)
+/// or by adding up (a Concat doubling chain), stop with a clean budget error
+/// before allocating it.
+#[test]
+fn memory_is_bounded_by_the_budget() {
+    let dir = scratch("budget");
+    let shape = TensorProto {
+        name: "shape".into(),
+        dims: vec![3],
+        data_type: 7,
+        int64_data: vec![1 << 31, 2, 3],
+        ..Default::default()
+    };
+    let m = model(
+        vec![node("Expand", "e", &["x", "shape"], &["y"])],
+        vec![shape],
+        "y",
+    );
+    let path = write_model(&dir, &m);
+    expect_clean_failure(&dir, &path, &["Expand", "over the memory budget"]);
+
+    let mut nodes = Vec::new();
+    let mut prev = "x".to_string();
+    for i in 0..24 {
+        let out = format!("c{i}");
+        let mut n = node("Concat", &out, &[&prev, &prev], &[&out]);
+        n.attribute.push(onnx_protobuf::AttributeProto {
+            name: "axis".into(),
+            type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
+            i: 0,
+            ..Default::default()
+        });
+        nodes.push(n);
+        prev = out;
+    }
+    let m = model(nodes, vec![], &prev);
+    let path = write_model(&dir, &m);
+    let out = Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(["run", "--random", "0", "--max-memory", "64MB"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("over the memory budget of 61.0 MiB"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -289,23 +289,32 @@ fn inflate(bytes: &[u8], section: &str, limit: u64) -> std::result::Result<Vec<u
 
 /// The safetensors blob of a `weights.deflate` section: its declared length,
 /// then the deflate stream, which must inflate to exactly that length.
-fn inflate_weights(section: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let (len, stream) = section
-        .split_first_chunk::<8>()
-        .ok_or("the weights.deflate section is too short to hold its length")?;
+fn inflate_weights(section: &[u8], what: &Path) -> Result<Vec<u8>> {
+    let malformed = |message: String| Error::Malformed {
+        path: what.to_path_buf(),
+        message,
+    };
+    let (len, stream) = section.split_first_chunk::<8>().ok_or_else(|| {
+        malformed("the weights.deflate section is too short to hold its length".into())
+    })?;
     let len = u64::from_le_bytes(*len);
     if len > (stream.len() as u64).saturating_mul(MAX_DEFLATE_RATIO) {
-        return Err(format!(
+        return Err(malformed(format!(
             "the weights.deflate section claims {len} bytes from a {}-byte stream, more than deflate can hold",
             stream.len()
-        ));
+        )));
     }
-    let out = inflate(stream, WEIGHTS_DEFLATE, len)?;
+    // The declared size, before inflating toward it.
+    crate::limits::check(
+        || format!("{}: the weights section", what.display()),
+        Some(len),
+    )?;
+    let out = inflate(stream, WEIGHTS_DEFLATE, len).map_err(malformed)?;
     if out.len() as u64 != len {
-        return Err(format!(
+        return Err(malformed(format!(
             "the weights.deflate section inflates to {} bytes, not the {len} it declares",
             out.len()
-        ));
+        )));
     }
     Ok(out)
 }
@@ -350,7 +359,8 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
     };
     let weights_inflated;
     let weights_blob = if sections.weights_deflated {
-        weights_inflated = inflate_weights(sections.weights).map_err(&malformed)?;
+        // The declared size, before inflating toward it.
+        weights_inflated = inflate_weights(sections.weights, what)?;
         &weights_inflated[..]
     } else {
         sections.weights
@@ -386,6 +396,9 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
         (_, Some(m)) => return Err(malformed(m)),
         (Err(e), None) => return Err(malformed(format!("bad graph section: {e}"))),
     };
+    if g.outputs.is_empty() {
+        return Err(malformed("the graph has no outputs".into()));
+    }
     if !weights.is_empty() {
         let extra: Vec<&str> = weights.keys().take(5).map(String::as_str).collect();
         return Err(malformed(format!(
@@ -843,6 +856,42 @@ pub mod safetensors {
     /// `layout` says. The tensors must cover the data exactly, without gaps
     /// or overlaps, and every `mlc.` metadata entry must name a tensor it
     /// applies to.
+    /// Parses a JSON object whose keys must be unique: serde_json keeps the
+    /// last of a repeated key without a word, and a header naming a tensor
+    /// twice is damaged.
+    fn unique_object(text: &str) -> std::result::Result<serde_json::Map<String, Value>, String> {
+        use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
+        struct Unique(serde_json::Map<String, Value>);
+        struct UniqueVisitor;
+        impl<'de> Visitor<'de> for UniqueVisitor {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Unique, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    if out.contains_key(&k) {
+                        return Err(A::Error::custom(format!("key '{k}' appears twice")));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(Unique(out))
+            }
+        }
+        impl<'de> Deserialize<'de> for Unique {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Unique, D::Error> {
+                d.deserialize_map(UniqueVisitor)
+            }
+        }
+        serde_json::from_str::<Unique>(text)
+            .map(|u| u.0)
+            .map_err(|e| e.to_string())
+    }
+
     pub fn decode_with(
         blob: &[u8],
         layout: SubByte,
@@ -860,8 +909,7 @@ pub mod safetensors {
             .ok_or_else(|| format!("the header claims {hlen} bytes, past the end"))?;
         let header = std::str::from_utf8(&blob[8..data_start])
             .map_err(|e| format!("the header is not UTF-8: {e}"))?;
-        let header: serde_json::Map<String, Value> =
-            serde_json::from_str(header).map_err(|e| format!("bad JSON header: {e}"))?;
+        let header = unique_object(header).map_err(|e| format!("bad JSON header: {e}"))?;
         let data = &blob[data_start..];
 
         let mut real_dtypes: BTreeMap<String, DType> = BTreeMap::new();

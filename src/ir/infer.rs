@@ -20,8 +20,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
-    AspectPolicy, AutoPad, BinaryOp, ConvAttrs, DType, Dim, Graph, Node, Op, PoolAttrs, ReduceOp,
-    Shape, SymbolBindings, TensorType, UnaryOp, ValueId, VariadicOp,
+    ActQuant, AspectPolicy, AutoPad, BinaryOp, ConvAttrs, DType, Dim, Graph, Node, Op, PoolAttrs,
+    ReduceOp, Shape, SymbolBindings, TensorType, UnaryOp, ValueId, VariadicOp,
 };
 use crate::{Error, Result};
 
@@ -3063,6 +3063,30 @@ fn quantized_linear(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
                 x.dtype, w.dtype, scale.dtype
             ),
         ));
+    }
+    // Scales are positive and finite: a zero, negative, NaN or infinite one
+    // (a damaged or hostile file) would make every output meaningless.
+    let bad_scale = |v: f32| !(v.is_finite() && v > 0.0);
+    if let Some(w_scale) = node.input(2).and_then(|v| cx.g.const_value(v)) {
+        if let Some(&v) = w_scale
+            .as_f32()
+            .and_then(|s| s.iter().find(|&&v| bad_scale(v)))
+        {
+            return Err(Error::op(
+                name,
+                format!("weight scale {v} is not a positive finite number"),
+            ));
+        }
+    }
+    if let Op::QConv { x_quant: q, .. } | Op::QMatMul { a_quant: q, .. } = &node.op {
+        if let ActQuant::Static { scale, .. } = q {
+            if bad_scale(*scale) {
+                return Err(Error::op(
+                    name,
+                    format!("activation scale {scale} is not a positive finite number"),
+                ));
+            }
+        }
     }
     let out = match &node.op {
         Op::QConv {

@@ -579,6 +579,59 @@ pub enum EwStep {
 }
 
 impl Op {
+    /// How many inputs a node of this op may have (optional inputs counted;
+    /// an absent optional input in the middle is a `None` slot).
+    pub fn input_count(&self) -> std::ops::RangeInclusive<usize> {
+        const MANY: usize = usize::MAX;
+        match self {
+            Op::Unary(_)
+            | Op::IsNaN
+            | Op::IsInf { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::MaxPool(_)
+            | Op::AveragePool(_)
+            | Op::GlobalAveragePool
+            | Op::GlobalMaxPool
+            | Op::Flatten { .. }
+            | Op::Transpose { .. }
+            | Op::Shape { .. }
+            | Op::Size
+            | Op::ConstantOfShape { .. }
+            | Op::Identity
+            | Op::ArgMax { .. }
+            | Op::ArgMin { .. }
+            | Op::DynamicQuantizeLinear
+            | Op::Lrn { .. }
+            | Op::Cast { .. } => 1..=1,
+            Op::Binary(_)
+            | Op::MatMul
+            | Op::Reshape { .. }
+            | Op::Unsqueeze
+            | Op::Gather { .. }
+            | Op::GatherElements { .. }
+            | Op::GatherND { .. }
+            | Op::Expand
+            | Op::Tile
+            | Op::CumSum { .. } => 2..=2,
+            Op::Squeeze | Op::Split { .. } | Op::Reduce { .. } => 1..=2,
+            Op::Where | Op::Range | Op::ScatterElements { .. } | Op::ScatterND { .. } => 3..=3,
+            Op::Clip | Op::Dropout => 1..=3,
+            Op::Gemm { .. } | Op::Conv(_) | Op::ConvTranspose(_) | Op::FusedMatMul { .. } => 2..=3,
+            Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => 2..=3,
+            Op::BatchNormalization { .. } => 5..=5,
+            Op::LayerNormalization { .. } => 2..=3,
+            Op::InstanceNormalization { .. } => 3..=3,
+            Op::Slice => 3..=5,
+            Op::Pad { .. } => 2..=4,
+            Op::Resize(_) => 1..=4,
+            Op::FusedConv { .. } => 2..=4,
+            Op::QConv { .. } => 3..=5,
+            Op::QMatMul { .. } => 3..=4,
+            Op::Variadic(_) | Op::Concat { .. } | Op::Elementwise { .. } => 1..=MANY,
+        }
+    }
+
     /// The ONNX operator type this op corresponds to.
     pub fn onnx_type(&self) -> &'static str {
         match self {

@@ -1,5 +1,6 @@
 //! The IR verifier: the invariants every stage may rely on.
 //!
+//! - every node has an input count its op takes;
 //! - every node input and graph output is defined, by a graph input, a
 //!   constant or a live node, and each value has exactly one definition;
 //! - the graph is acyclic;
@@ -45,6 +46,15 @@ pub fn verify(g: &Graph) -> Result<()> {
     let mut defined = HashSet::new();
     for (id, node) in g.nodes() {
         let who = format!("node '{}' ({})", node.name, node.op.onnx_type());
+        let takes = node.op.input_count();
+        if !takes.contains(&node.inputs.len()) {
+            return Err(Error::InvalidGraph(format!(
+                "{who} has {} inputs; it takes {} to {}",
+                node.inputs.len(),
+                takes.start(),
+                takes.end()
+            )));
+        }
         for v in node.inputs.iter().flatten() {
             check_defined(*v, &who)?;
         }

@@ -39,10 +39,6 @@ use crate::transform::runner::{self, RunOptions};
 use crate::transform::{Pass, PassCx};
 use crate::{Error, Result};
 
-/// Largest arena, in f32 elements (16 GiB): a bigger plan is surely a
-/// mistake in the input shapes.
-const MAX_ARENA: usize = 1 << 32;
-
 /// Where a value's data lives while a plan runs.
 #[derive(Clone, Debug)]
 pub(crate) enum Loc {
@@ -430,10 +426,16 @@ impl Plan {
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .and_then(arena::round_up)
-                .filter(|&n| n <= MAX_ARENA)
                 .ok_or_else(|| Error::Input {
                     name: g.value(v).name.clone(),
                     message: format!("shape {:?} is too large for the runtime's arena", i.shape),
+                })
+                .and_then(|n| {
+                    crate::limits::check_elements(
+                        || format!("value '{}' of shape {:?}", g.value(v).name, i.shape),
+                        Some(n),
+                        4,
+                    )
                 })
         };
         for (t, step) in steps.iter().enumerate() {
@@ -472,15 +474,7 @@ impl Plan {
         if cfg!(debug_assertions) {
             arena::check(&groups, &layout).map_err(Error::Internal)?;
         }
-        if layout.total > MAX_ARENA {
-            return Err(Error::Input {
-                name: "*".into(),
-                message: format!(
-                    "the plan needs {} bytes of activations, more than the runtime's limit",
-                    layout.total * 4
-                ),
-            });
-        }
+        crate::limits::check_elements(|| "the plan's activations".into(), Some(layout.total), 4)?;
         for (&v, &gi) in &group_of {
             if let Some(i) = values[v.0 as usize].as_mut() {
                 i.loc = Loc::Arena {

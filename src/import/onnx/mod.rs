@@ -311,6 +311,8 @@ impl<'a> Builder<'a> {
     }
 
     fn initializers(&mut self, graph: &GraphProto) {
+        // All initializers together stay within the memory budget.
+        let mut total: u64 = 0;
         for t in &graph.initializer {
             if t.name.is_empty() {
                 self.problem("", "initializer", "an initializer has no name");
@@ -326,6 +328,20 @@ impl<'a> Builder<'a> {
             }
             match tensor::decode(t, self.base_dir) {
                 Ok(x) => {
+                    total += x.size_bytes() as u64;
+                    if total > crate::limits::max_memory() {
+                        self.problem(
+                            &t.name,
+                            "initializer",
+                            format!(
+                                "the initializers up to '{}' need {}, over the memory budget of {} (raise it with --max-memory)",
+                                t.name,
+                                crate::limits::human_bytes(total),
+                                crate::limits::human_bytes(crate::limits::max_memory())
+                            ),
+                        );
+                        return;
+                    }
                     let id = self.g.add_const(t.name.clone(), x);
                     self.names.insert(t.name.clone(), id);
                 }

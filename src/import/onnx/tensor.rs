@@ -57,6 +57,15 @@ pub(crate) fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor,
     if t.segment.is_some() {
         return Err("is segmented, which is not supported".into());
     }
+    // Refused before anything is read or allocated.
+    let in_memory = (numel as u64).saturating_mul(dtype.size() as u64);
+    if in_memory > crate::limits::max_memory() {
+        return Err(format!(
+            "of shape {shape:?} ({dtype}) needs {}, over the memory budget of {} (raise it with --max-memory)",
+            crate::limits::human_bytes(in_memory),
+            crate::limits::human_bytes(crate::limits::max_memory())
+        ));
+    }
     let data = match t.data_location.enum_value() {
         Ok(DataLocation::EXTERNAL) => {
             let bytes = read_external(t, base_dir, nbytes, &shape, dtype)?;

@@ -15,10 +15,6 @@ use crate::ir::infer::{range_len_f64, range_len_i64, shape_range, slice_axis, sp
 use crate::ir::{checked_numel, DType, Op, PadMode, Tensor, TensorData};
 use crate::{Error, Result};
 
-/// The largest output, in elements, the reference kernels will build.
-/// Anything larger is almost certainly a hostile or broken shape.
-const MAX_ELEMENTS: usize = 1 << 31;
-
 /// Evaluates one data-movement op. `n_outputs` is the node's output count
 /// (Split and Dropout depend on it).
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec<Tensor>> {
@@ -74,15 +70,15 @@ fn make(name: &'static str, shape: Vec<usize>, data: TensorData) -> Result<Tenso
     Tensor::new(shape, data).map_err(|e| Error::op(name, e.to_string()))
 }
 
-/// Element count of an output shape, rejecting overflow and absurd sizes.
-pub(super) fn out_numel(name: &'static str, shape: &[usize]) -> Result<usize> {
-    match checked_numel(shape) {
-        Some(n) if n <= MAX_ELEMENTS => Ok(n),
-        _ => Err(Error::op(
-            name,
-            format!("the output shape {shape:?} is too large"),
-        )),
-    }
+/// Element count of an output shape of `elem_bytes`-byte elements, refused
+/// on overflow or beyond the memory budget. The kernels here build an index
+/// map beside the output, so each element costs a `usize` more.
+pub(super) fn out_numel(name: &'static str, shape: &[usize], elem_bytes: usize) -> Result<usize> {
+    crate::limits::check_shape(
+        || format!("{name} output of shape {shape:?}"),
+        shape,
+        elem_bytes + std::mem::size_of::<usize>(),
+    )
 }
 
 /// For every element of `out_shape` in row-major order, `f(multi_index)`.
@@ -357,7 +353,8 @@ fn concat(name: &'static str, inputs: &[Option<&Tensor>], axis: i64) -> Result<T
         }
         out_shape[ax] += p.shape()[ax];
     }
-    out_numel(name, &out_shape)?;
+    // The parts are copied end to end before the output is gathered.
+    out_numel(name, &out_shape, 2 * first.dtype().size())?;
     let outer: usize = out_shape[..ax].iter().product();
     let inner: usize = out_shape[ax + 1..].iter().product();
     let mut picks = Vec::new();
@@ -541,7 +538,7 @@ fn gather(name: &'static str, inputs: &[Option<&Tensor>], axis: i64) -> Result<T
     let mut out_shape = x.shape()[..ax].to_vec();
     out_shape.extend_from_slice(ind.shape());
     out_shape.extend_from_slice(&x.shape()[ax + 1..]);
-    out_numel(name, &out_shape)?;
+    out_numel(name, &out_shape, x.dtype().size())?;
     let st = strides(x.shape());
     let q = ind.rank();
     let ist = strides(ind.shape());
@@ -583,7 +580,7 @@ fn constant_of_shape(
             format!("value must hold one element, it holds {}", value.numel()),
         ));
     }
-    let n = out_numel(name, &shape)?;
+    let n = out_numel(name, &shape, value.dtype().size())?;
     make(name, shape, value.data().gather(&vec![0; n]))
 }
 
@@ -596,7 +593,7 @@ fn expand(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
             format!("cannot broadcast {:?} to {shape:?}", x.shape()),
         )
     })?;
-    out_numel(name, &out)?;
+    out_numel(name, &out, x.dtype().size())?;
     let map = broadcast_index_map(x.shape(), &out);
     make(name, out, x.data().gather(&map))
 }
@@ -617,7 +614,7 @@ fn tile(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
         .map(|(&d, &r)| d.checked_mul(r))
         .collect::<Option<_>>()
         .ok_or_else(|| Error::op(name, "the output shape overflows"))?;
-    out_numel(name, &out)?;
+    out_numel(name, &out, x.dtype().size())?;
     let st = strides(x.shape());
     let map = index_map(&out, |o| {
         o.iter()
@@ -702,7 +699,7 @@ fn pad(name: &'static str, inputs: &[Option<&Tensor>], mode: PadMode) -> Result<
             }
         }
     }
-    let n = out_numel(name, &out_shape)?;
+    let n = out_numel(name, &out_shape, x.dtype().size())?;
     let fill = match opt_input(inputs, 2) {
         Some(c) if c.numel() > 0 => {
             if c.dtype() != x.dtype() {
@@ -794,6 +791,7 @@ fn range(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
         DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
             let (a, b, c) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
             let n = range_len_f64(name, a, b, c)?;
+            out_numel(name, &[n], dt.size())?;
             // Like numpy's arange: computed in f64, then narrowed. f16 and
             // bf16 go through f32, Range's default `stash_type`.
             let f32s = || (0..n).map(|i| (a + i as f64 * c) as f32);
@@ -808,6 +806,7 @@ fn range(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
             let get = |t: &Tensor| i64_values(name, "range bound", t).map(|v| v[0]);
             let (a, b, c) = (get(s)?, get(l)?, get(d)?);
             let n = range_len_i64(name, a, b, c)?;
+            out_numel(name, &[n], dt.size())?;
             // Every element lies between start and limit, so it fits the dtype.
             let vals = (0..n as i64).map(move |i| a + i * c);
             match dt {

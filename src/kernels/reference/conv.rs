@@ -13,14 +13,8 @@
 //! type at the end.
 
 use super::util::{input, opt_input};
-use crate::ir::tensor::checked_numel;
 use crate::ir::{AutoPad, ConvAttrs, ConvTransposeAttrs, DType, Op, Tensor, TensorData};
 use crate::{Error, Result};
-
-/// Largest number of elements a reference kernel allocates for one output, so
-/// that hostile attributes (huge pads or output shapes) give an error instead
-/// of an abort on allocation failure.
-pub(super) const MAX_OUTPUT_ELEMENTS: usize = 1 << 32;
 
 /// Evaluates Conv or ConvTranspose.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
@@ -273,9 +267,8 @@ pub(super) fn float_values(op: &'static str, what: &str, t: &Tensor) -> Result<V
 
 /// Element count of an output shape, refusing overflow and absurd sizes.
 pub(super) fn output_len(op: &'static str, shape: &[usize]) -> Result<usize> {
-    checked_numel(shape)
-        .filter(|&n| n <= MAX_OUTPUT_ELEMENTS)
-        .ok_or_else(|| Error::op(op, format!("output shape {shape:?} is too large")))
+    // Computed in f64, then narrowed: 8 bytes and the output's own.
+    crate::limits::check_shape(|| format!("{op} output of shape {shape:?}"), shape, 12)
 }
 
 /// Builds the output tensor from f64 values.

@@ -15,14 +15,8 @@ use half::{bf16, f16};
 
 use super::util::{broadcast_shape, input, opt_input, storage_only};
 use crate::ir::lowp::{self, Minifloat};
-use crate::ir::{
-    checked_numel, BinaryOp, DType, E8M0Round, Op, Tensor, TensorData, UnaryOp, VariadicOp,
-};
+use crate::ir::{BinaryOp, DType, E8M0Round, Op, Tensor, TensorData, UnaryOp, VariadicOp};
 use crate::{Error, Result};
-
-/// Largest element count a kernel here will materialize; protects against
-/// broadcasts of hostile shapes exhausting memory.
-const MAX_ELEMENTS: usize = 1 << 31;
 
 /// Evaluates Unary, Binary, Variadic, Clip, Where and Cast.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
@@ -390,15 +384,15 @@ fn tensor(op: &'static str, shape: Vec<usize>, data: TensorData) -> Result<Tenso
     Tensor::new(shape, data).map_err(|e| Error::op(op, format!("internal shape error: {e}")))
 }
 
-/// Checks that a broadcast output shape is small enough to allocate.
+/// Checks that a broadcast output shape fits the memory budget: its
+/// elements (at most 8 bytes each) and the index maps the kernels build.
 fn check_size(op: &'static str, shape: &[usize]) -> Result<()> {
-    match checked_numel(shape) {
-        Some(n) if n <= MAX_ELEMENTS => Ok(()),
-        _ => Err(Error::op(
-            op,
-            format!("output shape {shape:?} is too large to materialize"),
-        )),
-    }
+    crate::limits::check_shape(
+        || format!("{op} output of shape {shape:?}"),
+        shape,
+        8 + 2 * std::mem::size_of::<usize>(),
+    )
+    .map(|_| ())
 }
 
 /// The broadcast of all `shapes`, with a clear error when incompatible.

@@ -10,11 +10,10 @@
 
 use super::elementwise::unary_float;
 use super::util::{broadcast_index_map, broadcast_shape};
-use crate::ir::{checked_numel, BinaryOp, EwArg, EwStep, Op, Tensor, UnaryOp};
+use crate::ir::{BinaryOp, EwArg, EwStep, Op, Tensor, UnaryOp};
 use crate::{Error, Result};
 
 /// Largest element count materialized (as in the elementwise kernels).
-const MAX_ELEMENTS: usize = 1 << 31;
 
 const NAME: &str = "Elementwise";
 
@@ -49,15 +48,12 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             )
         })?;
     }
-    let n = match checked_numel(&shape) {
-        Some(n) if n <= MAX_ELEMENTS => n,
-        _ => {
-            return Err(Error::op(
-                NAME,
-                format!("output shape {shape:?} is too large to materialize"),
-            ))
-        }
-    };
+    // The f32 output and an index map per input.
+    let n = crate::limits::check_shape(
+        || format!("{NAME} output of shape {shape:?}"),
+        &shape,
+        4 + inputs.len() * std::mem::size_of::<usize>(),
+    )?;
     // Index maps only for non-empty outputs (no stride products of shapes
     // like [0, 2^40, 2^40]).
     let maps: Vec<Vec<usize>> = if n == 0 {

@@ -229,7 +229,7 @@ fn gather_nd(name: &'static str, data: &Tensor, ind: &Tensor, batch_dims: usize)
     let per_batch = (values.len() / k.max(1)).checked_div(batches).unwrap_or(0);
     let mut out_shape = is[..is.len() - 1].to_vec();
     out_shape.extend_from_slice(&ds[batch_dims + k..]);
-    out_numel(name, &out_shape)?;
+    out_numel(name, &out_shape, data.dtype().size())?;
     let st = strides(ds);
     let mut picks = Vec::with_capacity(batches * per_batch * slice);
     for b in 0..batches {

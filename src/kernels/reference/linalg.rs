@@ -13,12 +13,8 @@
 use half::f16;
 
 use super::util::{broadcast_index_map, broadcast_shape, input, opt_input};
-use crate::ir::tensor::checked_numel;
 use crate::ir::{DType, Op, Tensor, TensorData};
 use crate::{Error, Result};
-
-/// Largest output a reference kernel allocates (guards hostile shapes).
-const MAX_OUTPUT_ELEMENTS: usize = 1 << 32;
 
 /// Evaluates MatMul or Gemm.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
@@ -102,9 +98,8 @@ fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 fn output_len(op: &'static str, shape: &[usize]) -> Result<usize> {
-    checked_numel(shape)
-        .filter(|&n| n <= MAX_OUTPUT_ELEMENTS)
-        .ok_or_else(|| Error::op(op, format!("output shape {shape:?} is too large")))
+    // Computed in f64, then narrowed: 8 bytes and the output's own.
+    crate::limits::check_shape(|| format!("{op} output of shape {shape:?}"), shape, 12)
 }
 
 /// A scalar type the matrix product accumulates in.

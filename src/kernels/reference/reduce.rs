@@ -13,11 +13,10 @@
 use half::f16;
 
 use super::util::{i64_values, input, normalize_axis, opt_input};
-use crate::ir::{checked_numel, DType, Op, ReduceOp, Tensor, TensorData};
+use crate::ir::{DType, Op, ReduceOp, Tensor, TensorData};
 use crate::{Error, Result};
 
 /// Largest output element count a reduction will materialize.
-const MAX_ELEMENTS: usize = 1 << 31;
 
 /// Evaluates Reduce*, ArgMax/ArgMin, Softmax and LogSoftmax.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
@@ -347,15 +346,11 @@ fn empty_reduction(
     dt: DType,
     out_shape: Vec<usize>,
 ) -> Result<Tensor> {
-    let n = match checked_numel(&out_shape) {
-        Some(n) if n <= MAX_ELEMENTS => n,
-        _ => {
-            return Err(Error::op(
-                op,
-                format!("output shape {out_shape:?} is too large"),
-            ))
-        }
-    };
+    let n = crate::limits::check_shape(
+        || format!("{op} output of shape {out_shape:?}"),
+        &out_shape,
+        dt.size(),
+    )?;
     let data = match dt {
         DType::Bool => match r {
             ReduceOp::Max => TensorData::Bool(vec![false; n]),

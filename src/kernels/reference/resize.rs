@@ -19,8 +19,8 @@ use half::f16;
 
 use super::util::{i64_values, input, normalize_axis, opt_input};
 use crate::ir::{
-    checked_numel, AspectPolicy, CoordTransform, DType, NearestMode, Op, ResizeAttrs, ResizeMode,
-    Tensor, TensorData,
+    AspectPolicy, CoordTransform, DType, NearestMode, Op, ResizeAttrs, ResizeMode, Tensor,
+    TensorData,
 };
 use crate::{Error, Result};
 
@@ -212,15 +212,12 @@ fn resize(
         }
         out_shape[a] = outs[i];
     }
-    match checked_numel(&out_shape) {
-        Some(c) if c <= MAX_ELEMENTS => {}
-        _ => {
-            return Err(Error::op(
-                OP,
-                format!("output shape {out_shape:?} is too large"),
-            ))
-        }
-    }
+    // Computed in f64 (8 bytes an element), then narrowed.
+    crate::limits::check_shape(
+        || format!("{OP} output of shape {out_shape:?}"),
+        &out_shape,
+        8 + dt.size(),
+    )?;
 
     let plans: Vec<AxisPlan> = axes
         .iter()
@@ -250,12 +247,12 @@ fn resize(
             continue;
         }
         let next = cur.iter().product::<usize>() / cur[p.axis] * p.out;
-        if next > MAX_ELEMENTS {
-            return Err(Error::op(
-                OP,
-                format!("intermediate result of {next} elements is too large"),
-            ));
-        }
+        // The intermediate and the result it is made from, both f64.
+        crate::limits::check_elements(
+            || format!("{OP} intermediate result of {next} elements"),
+            next.checked_add(data.len()),
+            8,
+        )?;
         let taps = axis_taps(attrs, cur[p.axis], p)?;
         data = apply_axis(&data, &cur, p.axis, &taps, attrs.extrapolation_value as f64);
         cur[p.axis] = p.out;
