@@ -7,7 +7,7 @@ and ONNX Runtime's outputs, under target/corpus/<id>/:
                  (std 0: the constant mean, so ones/zeros stay exact)
   inputs.npz     seeded inputs at batch 2 and the manifest's test sequence
                  lengths (differs from the export's example: dynamic axes)
-  expected.npz   ONNX Runtime (CPU) outputs on those inputs
+  expected.npz   ONNX Runtime (CPU, graph optimizations off) outputs
   info.json      stamp (hash of the committed file and this generator),
                  status ("ok" or why not), input and output names
 
@@ -29,7 +29,7 @@ from onnx import TensorProto, numpy_helper
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORPUS = os.path.join(REPO, "fixtures", "corpus")
 OUT = os.path.join(REPO, "target", "corpus")
-GEN_VERSION = "1"  # bump when the regeneration below changes
+GEN_VERSION = "2"  # bump when the regeneration below changes
 
 
 def load_manifest():
@@ -112,6 +112,9 @@ def run_ort(path, feeds):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
+    # No graph rewrites (as for fixtures/): ORT's fused kernels differ from
+    # its plain ones by up to ~5e-4 on the deep SiLU/SE nets here.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     outs = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})

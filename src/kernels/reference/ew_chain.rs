@@ -13,8 +13,6 @@ use super::util::{broadcast_index_map, broadcast_shape};
 use crate::ir::{BinaryOp, EwArg, EwStep, Op, Tensor, UnaryOp};
 use crate::{Error, Result};
 
-/// Largest element count materialized (as in the elementwise kernels).
-
 const NAME: &str = "Elementwise";
 
 /// Evaluates an Elementwise chain.

@@ -16,8 +16,6 @@ use super::util::{i64_values, input, normalize_axis, opt_input};
 use crate::ir::{DType, Op, ReduceOp, Tensor, TensorData};
 use crate::{Error, Result};
 
-/// Largest output element count a reduction will materialize.
-
 /// Evaluates Reduce*, ArgMax/ArgMin, Softmax and LogSoftmax.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     let name = op.onnx_type();
