@@ -135,7 +135,7 @@ def materialize(entry, mark, force=False):
         with open(info_path) as f:
             info = json.load(f)
         if info.get("stamp") == stamp and all(
-                os.path.exists(os.path.join(d, x)) for x in ("model.onnx", "inputs.npz")):
+                os.path.exists(os.path.join(d, x)) for x in ("model.onnx", "inputs.npz", "expected.npz")):
             return info
     os.makedirs(d, exist_ok=True)
     info = {"id": eid, "stamp": stamp}

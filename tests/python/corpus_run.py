@@ -282,14 +282,21 @@ def cell(s, key=None):
     return "FAIL"
 
 
-def table(results):
-    head = ["model", "exporter", "ops", "import", "run", "O2", "int8", "s"]
+HEAD = ["model", "exporter", "ops", "import", "run", "O2", "int8", "s"]
+
+
+def table_rows(results):
     rows = []
     for r in results:
         st = r["stages"]
         rows.append([r["model"], r["exporter"], str(r.get("ops") or ""), cell(st.get("import")),
                      cell(st.get("run"), "max_abs"), cell(st.get("O2"), "max_abs"),
                      cell(st.get("int8"), "cosine"), f"{r['seconds']:.0f}"])
+    return rows
+
+
+def table(results):
+    head, rows = HEAD, table_rows(results)
     w = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
     out = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head))]
     for row in rows:
@@ -350,13 +357,11 @@ def main():
     print()
     print(table(res))
     if a.markdown:
-        t = table(res).splitlines()
         print()
-        for i, line in enumerate(t):
-            cells = line.split()
-            print("| " + " | ".join(cells) + " |")
-            if i == 0:
-                print("|" + "---|" * len(cells))
+        print("| " + " | ".join(HEAD) + " |")
+        print("|" + "---|" * len(HEAD))
+        for row in table_rows(res):
+            print("| " + " | ".join(row) + " |")
     fails = [(r["id"], k, s["error"]) for r in res for k, s in r["stages"].items()
              if not s["ok"] and not (s.get("error") or "").startswith("not run")]
     if fails:
