@@ -215,31 +215,44 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 pb.finish_and_clear();
             }
 
-            // Each layer's contribution to the output error, alone.
-            let mut sens_data = eval.clone();
-            sens_data.truncate(opts.sensitivity_samples.max(1));
-            let sens_ref = &reference[..sens_data.samples];
-            let pb = data::progress(opts.progress, layers.len(), "sensitivity");
-            for (l, rep) in layers.iter().zip(&mut layer_reports) {
-                let mut one = f32_graph.clone();
-                quantize::quantize_layer(&mut one, l, act_of[&l.node], opts.weights)?;
-                let out = data::run_all(&one, &sens_data, &cx, &indicatif::ProgressBar::hidden())?;
-                let a = data::agreement(sens_ref, &out);
-                rep.error_alone = Some(1.0 - a.cosine_similarity);
-                if let Some(labels) = &sens_data.labels {
-                    let base = data::accuracy(sens_ref, labels);
-                    rep.top1_drop_alone = Some(100.0 * (base - data::accuracy(&out, labels)));
-                }
-                pb.inc(1);
-            }
-            pb.finish_and_clear();
+            // Each layer's contribution to the output error, alone: one
+            // model run per layer, so it is measured only when the model
+            // breaks the accuracy budget and layers must go back to f32.
+            let measure_sensitivity =
+                |layer_reports: &mut [report::LayerReport]| -> Result<Vec<usize>> {
+                    let mut sens_data = eval.clone();
+                    sens_data.truncate(opts.sensitivity_samples.max(1));
+                    let sens_ref = &reference[..sens_data.samples];
+                    let pb = data::progress(opts.progress, layers.len(), "sensitivity");
+                    for (l, rep) in layers.iter().zip(layer_reports.iter_mut()) {
+                        let mut one = f32_graph.clone();
+                        quantize::quantize_layer(&mut one, l, act_of[&l.node], opts.weights)?;
+                        let out = data::run_all(
+                            &one,
+                            &sens_data,
+                            &cx,
+                            &indicatif::ProgressBar::hidden(),
+                        )?;
+                        let a = data::agreement(sens_ref, &out);
+                        rep.error_alone = Some(1.0 - a.cosine_similarity);
+                        if let Some(labels) = &sens_data.labels {
+                            let base = data::accuracy(sens_ref, labels);
+                            rep.top1_drop_alone =
+                                Some(100.0 * (base - data::accuracy(&out, labels)));
+                        }
+                        pb.inc(1);
+                    }
+                    pb.finish_and_clear();
+                    // Most sensitive first.
+                    let mut order: Vec<usize> = (0..layers.len()).collect();
+                    order.sort_by(|&a, &b| {
+                        let s = |i: usize| layer_reports[i].error_alone.unwrap_or(0.0);
+                        s(b).total_cmp(&s(a))
+                    });
+                    Ok(order)
+                };
 
             // Accuracy budget: revert the most sensitive layers until it holds.
-            let mut order: Vec<usize> = (0..layers.len()).collect();
-            order.sort_by(|&a, &b| {
-                let s = |i: usize| layer_reports[i].error_alone.unwrap_or(0.0);
-                s(b).total_cmp(&s(a))
-            });
             let base_acc = eval.labels.as_ref().map(|l| data::accuracy(&reference, l));
             let classifier = reference
                 .first()
@@ -261,15 +274,23 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             };
             // The last candidate is the model unless the whole-model check
             // below takes the one with fewer layers f32.
+            let mut order: Option<Vec<usize>> = None;
             let mut chosen = loop {
                 let candidate = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
                 let (drop, a, breaks_drop, breaks_cos) = judge(&candidate)?;
+                if !(breaks_drop || breaks_cos) {
+                    break candidate;
+                }
+                if order.is_none() {
+                    order = Some(measure_sensitivity(&mut layer_reports)?);
+                }
                 let next = order
                     .iter()
+                    .flatten()
                     .copied()
                     .find(|&i| !kept_f32.contains(&layers[i].node));
                 match next {
-                    Some(i) if breaks_drop || breaks_cos => {
+                    Some(i) => {
                         kept_f32.insert(layers[i].node);
                         layer_reports[i].reason = Some(format!(
                             "accuracy: the most sensitive int8 layer left (output error {:.2e} alone) while the model {}",

@@ -46,7 +46,8 @@ pub struct LayerReport {
     pub f32_bytes: u64,
     pub stored_bytes: u64,
     /// Output error (1 - cosine similarity with the f32 model) with only
-    /// this layer in int8.
+    /// this layer in int8; measured only when the int8 model broke the
+    /// accuracy budget (it orders the layers that go back to f32).
     pub error_alone: Option<f64>,
     /// Top-1 accuracy drop (points) with only this layer in int8.
     pub top1_drop_alone: Option<f64>,

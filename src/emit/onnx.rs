@@ -23,7 +23,7 @@
 //! types packed). The output is deterministic: the same graph gives the same
 //! bytes.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use onnx_protobuf::attribute_proto::AttributeType;
@@ -369,9 +369,9 @@ struct Emitter<'g> {
     /// ONNX name of each value (`None`: not referenced by the export).
     names: Vec<Option<String>>,
     /// Every value name in use.
-    used: HashSet<String>,
+    used: Namer,
     /// Every node name in use.
-    used_nodes: HashSet<String>,
+    used_nodes: Namer,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     /// Name of the node being expanded (prefix of the names it makes).
@@ -379,14 +379,22 @@ struct Emitter<'g> {
 }
 
 /// `base`, or `base_<n>` with the first `n >= 1` not in `used`; marks it used.
-fn unique(used: &mut HashSet<String>, base: &str) -> String {
+/// Names handed out so far, and for each base the next suffix to try, so
+/// that the thousandth `base` costs as little as the first.
+#[derive(Default)]
+struct Namer {
+    used: HashSet<String>,
+    next: HashMap<String, usize>,
+}
+
+fn unique(namer: &mut Namer, base: &str) -> String {
     let mut name = base.to_string();
-    let mut k = 1;
-    while used.contains(&name) {
+    let k = namer.next.entry(base.to_string()).or_insert(1);
+    while namer.used.contains(&name) {
         name = format!("{base}_{k}");
-        k += 1;
+        *k += 1;
     }
-    used.insert(name.clone());
+    namer.used.insert(name.clone());
     name
 }
 
@@ -395,8 +403,8 @@ impl<'g> Emitter<'g> {
         let mut e = Emitter {
             g,
             names: vec![None; g.values.len()],
-            used: HashSet::new(),
-            used_nodes: HashSet::new(),
+            used: Namer::default(),
+            used_nodes: Namer::default(),
             nodes: Vec::new(),
             initializers: Vec::new(),
             cur: String::new(),

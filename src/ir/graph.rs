@@ -74,6 +74,12 @@ pub struct Graph {
     pub outputs: Vec<ValueId>,
     /// Weights and other constants, keyed by the value they define.
     pub consts: BTreeMap<ValueId, Arc<Tensor>>,
+    /// Who reads each value (`[value] -> (node, input position)` in node
+    /// order), built on the first [`Graph::users`] query and kept up to date
+    /// by the node edits that can (add, remove, replace uses); `node_mut`
+    /// drops it. Passes ask for users node after node, and a scan of the
+    /// whole graph per question made them quadratic.
+    users_index: std::sync::OnceLock<Vec<Vec<(NodeId, usize)>>>,
 }
 
 impl Graph {
@@ -132,6 +138,18 @@ impl Graph {
         for (i, &o) in node.outputs.iter().enumerate() {
             self.value_mut(o).def = ValueDef::Node(id, i);
         }
+        if let Some(index) = self.users_index.get_mut() {
+            // The newest node: its reads go last, keeping node order.
+            for (pos, v) in node.inputs.iter().enumerate() {
+                if let Some(v) = v {
+                    let k = v.0 as usize;
+                    if index.len() <= k {
+                        index.resize(k + 1, Vec::new());
+                    }
+                    index[k].push((id, pos));
+                }
+            }
+        }
         self.nodes.push(Some(node));
         id
     }
@@ -142,6 +160,13 @@ impl Graph {
         for &o in &node.outputs {
             self.value_mut(o).def = ValueDef::Undefined;
         }
+        if let Some(index) = self.users_index.get_mut() {
+            for v in node.inputs.iter().flatten() {
+                if let Some(users) = index.get_mut(v.0 as usize) {
+                    users.retain(|&(n, _)| n != id);
+                }
+            }
+        }
         Some(node)
     }
 
@@ -149,7 +174,10 @@ impl Graph {
         self.nodes.get(id.0 as usize).and_then(Option::as_ref)
     }
 
+    /// The node, to edit in place; the users index is rebuilt on the next
+    /// query, since the edit may change what the node reads.
     pub fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+        self.users_index.take();
         self.nodes.get_mut(id.0 as usize).and_then(Option::as_mut)
     }
 
@@ -246,15 +274,24 @@ impl Graph {
 
     /// Every (node, input position) that reads `v`, in node order.
     pub fn users(&self, v: ValueId) -> Vec<(NodeId, usize)> {
-        self.nodes()
-            .flat_map(|(id, n)| {
-                n.inputs
-                    .iter()
-                    .enumerate()
-                    .filter(move |(_, i)| **i == Some(v))
-                    .map(move |(pos, _)| (id, pos))
-            })
-            .collect()
+        self.users_index()
+            .get(v.0 as usize)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn users_index(&self) -> &Vec<Vec<(NodeId, usize)>> {
+        self.users_index.get_or_init(|| {
+            let mut index = vec![Vec::new(); self.values.len()];
+            for (id, n) in self.nodes() {
+                for (pos, v) in n.inputs.iter().enumerate() {
+                    if let Some(users) = v.and_then(|v| index.get_mut(v.0 as usize)) {
+                        users.push((id, pos));
+                    }
+                }
+            }
+            index
+        })
     }
 
     pub fn is_output(&self, v: ValueId) -> bool {
@@ -273,12 +310,27 @@ impl Graph {
         if old == new {
             return;
         }
-        for n in self.nodes.iter_mut().flatten() {
-            for i in n.inputs.iter_mut() {
-                if *i == Some(old) {
-                    *i = Some(new);
+        // Only the readers of `old` are touched, found through the index.
+        self.users_index();
+        if let Some(index) = self.users_index.get_mut() {
+            let moved = index
+                .get_mut(old.0 as usize)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            for &(n, pos) in &moved {
+                if let Some(slot) = self.nodes[n.0 as usize]
+                    .as_mut()
+                    .and_then(|node| node.inputs.get_mut(pos))
+                {
+                    *slot = Some(new);
                 }
             }
+            let k = new.0 as usize;
+            if index.len() <= k {
+                index.resize(k + 1, Vec::new());
+            }
+            index[k].extend(moved);
+            index[k].sort_unstable();
         }
         if self.outputs.contains(&old) {
             for o in self.outputs.iter_mut() {
