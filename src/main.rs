@@ -108,7 +108,7 @@ enum Command {
     Bench {
         model: PathBuf,
         /// Threads for the kernels (default: the machine's cores).
-        #[arg(long)]
+        #[arg(long, value_parser = thread_count)]
         threads: Option<usize>,
         /// Batch size: binds the first symbolic dim of each input (default 1).
         #[arg(long)]
@@ -117,10 +117,10 @@ enum Command {
         #[arg(long = "dim", value_name = "NAME=SIZE")]
         dim: Vec<String>,
         /// Untimed runs first.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = run_count)]
         warmup: usize,
         /// Timed runs.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = run_count)]
         runs: usize,
         /// Pipeline to compile with first: a built-in recipe or a recipe file
         /// (default O2, or none for an .mlc bundle; O0 skips compilation).
@@ -173,6 +173,28 @@ fn default_sigpipe() {
     // thread starts; `signal` has this C signature on every Unix.
     unsafe {
         signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+/// Most threads a command takes: far past any core count, short of the
+/// thread spawns that would exhaust the machine.
+const MAX_THREADS: usize = 1024;
+/// Most repetitions (runs, warm-ups, samples) a command takes.
+const MAX_RUNS: usize = 1_000_000;
+
+fn thread_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a thread count from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
+fn run_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_RUNS => Ok(n),
+        _ => Err(format!("'{s}' is not a count from 0 to {MAX_RUNS}")),
     }
 }
 
@@ -502,13 +524,13 @@ struct CompressArgs {
     #[arg(long)]
     no_speed_check: bool,
     /// Samples used to measure each layer's contribution to the error.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = run_count)]
     sensitivity_samples: usize,
     /// Timed runs for the latency figures (0: none).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = run_count)]
     latency_runs: usize,
     /// Threads (default: the machine's cores).
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
     /// Size of a symbolic dim other than the batch for random data, NAME=SIZE.
     #[arg(long = "dim", value_name = "NAME=SIZE")]

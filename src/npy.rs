@@ -108,6 +108,19 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
         e => npy_err(path, format!("not a readable npz (zip) archive: {e}")),
     };
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_err)?;
+    // The zip reader keys members by name, so a name listed twice hides one
+    // of them: the directory's own count tells.
+    if let Some(listed) = central_directory_count(path) {
+        if listed > archive.len() as u64 {
+            return Err(npy_err(
+                path,
+                format!(
+                    "the archive lists {listed} members but only {} distinct names: a member is named twice",
+                    archive.len()
+                ),
+            ));
+        }
+    }
     let mut out = Vec::with_capacity(archive.len().min(1024));
     let mut names = std::collections::HashSet::new();
     // All members together stay within the memory budget.
@@ -142,6 +155,39 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
         out.push((name, t));
     }
     Ok(out)
+}
+
+/// The member count an archive's end-of-central-directory record gives
+/// (the zip64 record's when the classic one is saturated); `None` when the
+/// record cannot be found (the zip reader then reports the damage).
+fn central_directory_count(path: &Path) -> Option<u64> {
+    use std::io::{Seek, SeekFrom};
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    const ZIP64_LOCATOR: [u8; 4] = [0x50, 0x4b, 0x06, 0x07];
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    // The record (22 bytes) ends the file, after a comment of < 64 KiB.
+    let tail_len = len.min(22 + 65_535 + 20);
+    f.seek(SeekFrom::Start(len - tail_len)).ok()?;
+    let mut tail = vec![0u8; tail_len as usize];
+    f.read_exact(&mut tail).ok()?;
+    let at = (0..tail.len().checked_sub(21)?)
+        .rev()
+        .find(|&i| tail[i..i + 4] == EOCD)?;
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let count = u16_at(&tail, at + 10);
+    if count != u16::MAX {
+        return Some(u64::from(count));
+    }
+    let loc = at.checked_sub(20)?;
+    if tail[loc..loc + 4] != ZIP64_LOCATOR {
+        return None;
+    }
+    let offset = u64::from_le_bytes(tail[loc + 8..loc + 16].try_into().ok()?);
+    f.seek(SeekFrom::Start(offset.checked_add(32)?)).ok()?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).ok()?;
+    Some(u64::from_le_bytes(n))
 }
 
 /// Writes named arrays as an uncompressed `.npz` archive (like `np.savez`),

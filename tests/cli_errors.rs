@@ -170,6 +170,23 @@ fn truncated_file() {
     let path = dir.join("model.onnx");
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     expect_clean_failure(&dir, &path, &["model.onnx"]);
+    // Cut at every length: never a partial model, whatever field boundary
+    // the cut falls on (the decoder alone accepts a graph cut between two
+    // of its fields).
+    for len in 1..bytes.len() {
+        std::fs::write(&path, &bytes[..len]).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mlc"))
+            .arg("inspect")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "cut at {len} of {}",
+            bytes.len()
+        );
+    }
 }
 
 #[test]

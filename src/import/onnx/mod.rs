@@ -105,10 +105,57 @@ fn import(bytes: &[u8], path: &Path, base_dir: Option<&Path>) -> Result<Graph> {
     }
     let model = ModelProto::parse_from_bytes(bytes)
         .map_err(|e| malformed(format!("not an ONNX model: {e}")))?;
+    // The decoder accepts a nested message cut short at one of its field
+    // boundaries, so a truncated file would read as a smaller model.
+    fields_fit(bytes).map_err(|m| malformed(format!("truncated or damaged: {m}")))?;
     let Some(graph) = model.graph.as_ref() else {
         return Err(malformed("not an ONNX model: it has no graph".into()));
     };
     Builder::new(base_dir).build(&model, graph)
+}
+
+/// Checks that every top-level field of a serialized message lies within
+/// the bytes: a nested message (the graph, and in it every node and
+/// initializer) that a truncation cut short declares more bytes than follow.
+fn fields_fit(bytes: &[u8]) -> std::result::Result<(), String> {
+    fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*pos)?;
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let n = bytes.len();
+    let mut pos = 0;
+    while pos < n {
+        let at = pos;
+        let tag =
+            varint(bytes, &mut pos).ok_or(format!("a field tag at byte {at} runs past the end"))?;
+        let field = tag >> 3;
+        let end = match tag & 7 {
+            0 => varint(bytes, &mut pos).map(|_| pos),
+            1 => pos.checked_add(8),
+            2 => varint(bytes, &mut pos)
+                .and_then(|len| usize::try_from(len).ok())
+                .and_then(|len| pos.checked_add(len)),
+            5 => pos.checked_add(4),
+            w => return Err(format!("field {field} at byte {at} has wire type {w}")),
+        };
+        match end {
+            Some(e) if e <= n => pos = e,
+            _ => {
+                return Err(format!(
+                    "field {field} at byte {at} runs past the end of the {n}-byte file"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The type graph inputs that nodes produce until inference runs.
