@@ -516,8 +516,8 @@ struct CompressArgs {
     /// to f32.
     #[arg(long, default_value_t = 1.0)]
     max_accuracy_drop: f64,
-    /// Smallest mean cosine similarity with the f32 outputs before layers go
-    /// back to f32.
+    /// Smallest cosine similarity with the f32 outputs that every sample
+    /// must keep; below it layers go back to f32.
     #[arg(long)]
     min_cosine: Option<f64>,
     /// Do not time layers (no layer stays f32 for speed).

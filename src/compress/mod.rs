@@ -80,7 +80,8 @@ pub struct Options {
     /// Largest allowed top-1 accuracy drop in points (labels), or top-1
     /// disagreement in points (class-score outputs without labels).
     pub max_accuracy_drop: f64,
-    /// Smallest allowed mean cosine similarity with the f32 outputs.
+    /// Smallest allowed cosine similarity with the f32 outputs, of every
+    /// sample (a budget holds in the worst case, not on average).
     pub min_cosine: Option<f64>,
     /// Keep a layer f32 when its int8 kernel is slower here (by more than
     /// [`SPEED_TIE_MS`]).
@@ -269,7 +270,9 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                     _ => None,
                 };
                 let breaks_drop = drop.is_some_and(|d| d > opts.max_accuracy_drop);
-                let breaks_cos = opts.min_cosine.is_some_and(|m| a.cosine_similarity < m);
+                let breaks_cos = opts
+                    .min_cosine
+                    .is_some_and(|m| a.min_cosine_similarity < m);
                 Ok((drop, a, breaks_drop, breaks_cos))
             };
             // The last candidate is the model unless the whole-model check
@@ -303,8 +306,8 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                                 )
                             } else {
                                 format!(
-                                    "had cosine similarity {:.5} (minimum {:.5})",
-                                    a.cosine_similarity,
+                                    "had a sample at cosine similarity {:.5} (minimum {:.5})",
+                                    a.min_cosine_similarity,
                                     opts.min_cosine.unwrap_or(0.0)
                                 )
                             }
