@@ -652,6 +652,7 @@ fn export_legacy_forms_and_storage_types() {
         Op::Softmax {
             axis: 1,
             legacy: true,
+            nan_to_zero: false,
         },
         vec![x],
         f32_ty(&[2, 3, 4]),

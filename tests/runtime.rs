@@ -556,6 +556,7 @@ fn random_graph(seed: u64) -> Graph {
                 Op::Softmax {
                     axis: -1,
                     legacy: false,
+                    nan_to_zero: false,
                 },
                 vec![a],
             ),

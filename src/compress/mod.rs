@@ -270,9 +270,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                     _ => None,
                 };
                 let breaks_drop = drop.is_some_and(|d| d > opts.max_accuracy_drop);
-                let breaks_cos = opts
-                    .min_cosine
-                    .is_some_and(|m| a.min_cosine_similarity < m);
+                let breaks_cos = opts.min_cosine.is_some_and(|m| a.min_cosine_similarity < m);
                 Ok((drop, a, breaks_drop, breaks_cos))
             };
             // The last candidate is the model unless the whole-model check

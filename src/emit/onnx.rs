@@ -756,7 +756,14 @@ impl<'g> Emitter<'g> {
                 }
                 a
             }
-            Op::Softmax { axis, legacy } | Op::LogSoftmax { axis, legacy } => {
+            Op::Softmax {
+                axis,
+                legacy,
+                nan_to_zero: true,
+            } => {
+                return self.nan_guarded_softmax(node, *axis, *legacy);
+            }
+            Op::Softmax { axis, legacy, .. } | Op::LogSoftmax { axis, legacy } => {
                 return self.softmax(node, *axis, *legacy);
             }
             Op::Gemm {
@@ -998,10 +1005,36 @@ impl<'g> Emitter<'g> {
     /// `axis` and normalizes over the whole trailing block: Flatten, the op
     /// over axis 1, Reshape back (the same as the opset-13 op when `axis` is
     /// the last one).
+    /// A Softmax with `nan_to_zero`: Softmax, then `Where(IsNaN(y), 0, y)`,
+    /// the form the PyTorch exporter wrote.
+    fn nan_guarded_softmax(&mut self, node: &Node, axis: i64, legacy: bool) -> Result<()> {
+        let (out, ty) = self.single_output(node)?;
+        let y = self.fresh("unguarded");
+        let plain = Node {
+            op: Op::Softmax {
+                axis,
+                legacy,
+                nan_to_zero: false,
+            },
+            ..node.clone()
+        };
+        self.softmax_to(&plain, axis, legacy, y.clone())?;
+        let is_nan = self.fresh("isnan");
+        self.push("IsNaN", vec![y.clone()], vec![is_nan.clone()], vec![]);
+        let zero = self.scalar("zero", ty.dtype, 0.0)?;
+        self.push("Where", vec![is_nan, zero, y], vec![out], vec![]);
+        Ok(())
+    }
+
     fn softmax(&mut self, node: &Node, axis: i64, legacy: bool) -> Result<()> {
+        let (out, _) = self.single_output(node)?;
+        self.softmax_to(node, axis, legacy, out)
+    }
+
+    /// Softmax or LogSoftmax of the node's input into the value `out`.
+    fn softmax_to(&mut self, node: &Node, axis: i64, legacy: bool, out: String) -> Result<()> {
         let t = node.op.onnx_type();
         let ins = self.input_names(node)?;
-        let (out, _) = self.single_output(node)?;
         let x = node
             .input(0)
             .ok_or_else(|| Error::op(t, "input 'input' is missing"))?;
@@ -1536,6 +1569,7 @@ mod tests {
             Op::Softmax {
                 axis: -1,
                 legacy: false,
+                nan_to_zero: false,
             },
             vec![r[0]],
             vec![f32_ty(&[1])],

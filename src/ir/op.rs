@@ -296,10 +296,16 @@ pub enum Op {
         round_mode: E8M0Round,
     },
     /// `legacy` is the opset < 13 form: the input is coerced to 2-D at `axis`
-    /// and the softmax runs over the whole trailing block.
+    /// and the softmax runs over the whole trailing block. With
+    /// `nan_to_zero` (made by `fold-nan-guard`, not by import) an output
+    /// that comes out NaN is 0: a row without a finite input, such as a
+    /// fully masked attention row, gives zeros, as PyTorch's
+    /// `scaled_dot_product_attention` export asks with `Where(IsNaN(s), 0,
+    /// s)`.
     Softmax {
         axis: i64,
         legacy: bool,
+        nan_to_zero: bool,
     },
     LogSoftmax {
         axis: i64,

@@ -469,7 +469,20 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
                 a.push(("round_mode", round_mode.name().into()));
             }
         }
-        Op::Softmax { axis, legacy } | Op::LogSoftmax { axis, legacy } => {
+        Op::Softmax {
+            axis,
+            legacy,
+            nan_to_zero,
+        } => {
+            a.push(("axis", axis.to_string()));
+            if *legacy {
+                a.push(("legacy", "true".into()));
+            }
+            if *nan_to_zero {
+                a.push(("nan_to_zero", "true".into()));
+            }
+        }
+        Op::LogSoftmax { axis, legacy } => {
             a.push(("axis", axis.to_string()));
             if *legacy {
                 a.push(("legacy", "true".into()));
@@ -1871,7 +1884,11 @@ fn build_op(name: &str, mut a: Attrs, n_out: usize) -> Msg<Op> {
                 let axis = a.i64_or("axis", -1)?;
                 let legacy = a.bool_or("legacy", false)?;
                 if name == "Softmax" {
-                    Op::Softmax { axis, legacy }
+                    Op::Softmax {
+                        axis,
+                        legacy,
+                        nan_to_zero: a.bool_or("nan_to_zero", false)?,
+                    }
                 } else {
                     Op::LogSoftmax { axis, legacy }
                 }
@@ -2924,7 +2941,8 @@ mod tests {
             *ops[2],
             Op::Softmax {
                 axis: -1,
-                legacy: false
+                legacy: false,
+                nan_to_zero: false,
             }
         );
         assert_eq!(*ops[3], Op::Unary(UnaryOp::LeakyRelu { alpha: 0.01 }));
@@ -3182,6 +3200,7 @@ mod tests {
             Op::Softmax {
                 axis: 0,
                 legacy: true,
+                nan_to_zero: false,
             },
             Op::LogSoftmax {
                 axis: -2,

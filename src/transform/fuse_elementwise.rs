@@ -634,6 +634,7 @@ graph "ew" opset 17
             Op::Softmax {
                 axis: 0,
                 legacy: false,
+                nan_to_zero: false,
             },
             &[Some(ew)],
         );

@@ -17,6 +17,7 @@ pub mod dce;
 pub mod epilogue;
 pub mod fold_batchnorm;
 pub mod fold_constants;
+pub mod fold_nan_guard;
 pub mod fuse_elementwise;
 pub mod fuse_gelu;
 pub mod fuse_layernorm;
@@ -213,6 +214,7 @@ pub fn registry() -> &'static [PassInfo] {
         fuse_layernorm::INFO,
         fuse_gelu::INFO,
         fuse_elementwise::INFO,
+        fold_nan_guard::INFO,
     ]
 }
 

@@ -85,7 +85,11 @@ pub fn softmax(c: &Ctx) -> Result<Imported, Problem> {
     let op = if c.node.op_type == "LogSoftmax" {
         Op::LogSoftmax { axis, legacy }
     } else {
-        Op::Softmax { axis, legacy }
+        Op::Softmax {
+            axis,
+            legacy,
+            nan_to_zero: false,
+        }
     };
     c.simple(op)
 }

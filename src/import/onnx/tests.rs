@@ -637,7 +637,8 @@ fn softmax_defaults_depend_on_opset() {
         only_node(&m.load().unwrap()).op,
         Op::Softmax {
             axis: 1,
-            legacy: true
+            legacy: true,
+            nan_to_zero: false,
         }
     );
     m.opset = 13;

@@ -124,8 +124,12 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
         Op::Binary(b) => binary(*b, inputs, out, cx),
         Op::Elementwise { steps } => chain(steps, inputs, out, cx),
         Op::Clip => clip(inputs, out, cx),
-        Op::Softmax { axis, legacy } => softmax(*axis, *legacy, false, inputs, out, cx),
-        Op::LogSoftmax { axis, legacy } => softmax(*axis, *legacy, true, inputs, out, cx),
+        Op::Softmax {
+            axis,
+            legacy,
+            nan_to_zero,
+        } => softmax(*axis, *legacy, false, *nan_to_zero, inputs, out, cx),
+        Op::LogSoftmax { axis, legacy } => softmax(*axis, *legacy, true, false, inputs, out, cx),
         Op::LayerNormalization { axis, epsilon } => layer_norm(*axis, *epsilon, inputs, out, cx),
         Op::MaxPool(a) => pool(a, false, inputs, out, cx),
         Op::AveragePool(a) => pool(a, true, inputs, out, cx),
@@ -929,7 +933,7 @@ fn max(v: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn softmax_impl<const F: bool>(x: &[f32], y: &mut [f32], len: usize, log: bool) {
+fn softmax_impl<const F: bool>(x: &[f32], y: &mut [f32], len: usize, log: bool, nan_to_zero: bool) {
     for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
         // A NaN in the row is skipped by max but makes the sum NaN, so the
         // whole row is NaN as in the reference.
@@ -941,6 +945,10 @@ fn softmax_impl<const F: bool>(x: &[f32], y: &mut [f32], len: usize, log: bool) 
         if log {
             let ls = (s as f64).ln() as f32;
             map(xr, yr, |v| (v - m) - ls);
+        } else if nan_to_zero && s.is_nan() {
+            // A row is NaN exactly when its sum is (no finite input, or a
+            // NaN or +inf one): zeros, as `Where(IsNaN(y), 0, y)` gives.
+            yr.fill(0.0);
         } else {
             let r = 1.0 / s;
             map_in_place(yr, |v| v * r);
@@ -948,12 +956,14 @@ fn softmax_impl<const F: bool>(x: &[f32], y: &mut [f32], len: usize, log: bool) 
     }
 }
 
-multiversion_fma!(fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, log: bool) => softmax_impl);
+multiversion_fma!(fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, log: bool, nan_to_zero: bool) => softmax_impl);
 
+#[allow(clippy::too_many_arguments)]
 fn softmax(
     axis: i64,
     legacy: bool,
     log: bool,
+    nan_to_zero: bool,
     inputs: &[Option<View>],
     out: &mut ViewMut,
     cx: &CpuCtx,
@@ -981,7 +991,7 @@ fn softmax(
     }
     let avx = cx.features.avx2_fma;
     split(cx, out.data, len, 4, |off, d| {
-        softmax_rows(avx, &xd[off..off + d.len()], d, len, log)
+        softmax_rows(avx, &xd[off..off + d.len()], d, len, log, nan_to_zero)
     });
     true
 }
@@ -2169,7 +2179,11 @@ mod tests {
                     if log {
                         Op::LogSoftmax { axis, legacy }
                     } else {
-                        Op::Softmax { axis, legacy }
+                        Op::Softmax {
+                            axis,
+                            legacy,
+                            nan_to_zero: false,
+                        }
                     }
                 };
                 check(&mk(-1, false), &[Some(&x)]);
@@ -2195,12 +2209,38 @@ mod tests {
                 }
             }
         }
+        // A row without a finite input (a fully masked attention row) is
+        // NaN, and zeros with `nan_to_zero`; so is a row with a NaN.
+        let x = Tensor::from_f32(
+            vec![3, 3],
+            vec![
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                1.0,
+                f32::NAN,
+                2.0,
+                0.5,
+                f32::NEG_INFINITY,
+                -1.0,
+            ],
+        )
+        .unwrap();
+        check(
+            &Op::Softmax {
+                axis: 1,
+                legacy: false,
+                nan_to_zero: true,
+            },
+            &[Some(&x)],
+        );
         // A row with a NaN is all NaN; a huge logit dominates.
         let x = Tensor::from_f32(vec![2, 3], vec![1.0, f32::NAN, 2.0, 1e30, 0.0, -1e30]).unwrap();
         check(
             &Op::Softmax {
                 axis: 1,
                 legacy: false,
+                nan_to_zero: false,
             },
             &[Some(&x)],
         );
@@ -2218,6 +2258,7 @@ mod tests {
             &Op::Softmax {
                 axis: 1,
                 legacy: false,
+                nan_to_zero: false,
             },
             &[Some(&x)],
             &[2, 3, 4],

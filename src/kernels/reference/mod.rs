@@ -163,6 +163,7 @@ mod tests {
             Op::Softmax {
                 axis: -1,
                 legacy: false,
+                nan_to_zero: false,
             },
             std::slice::from_ref(&x),
         );
@@ -206,6 +207,7 @@ mod tests {
             Op::Softmax {
                 axis: -1,
                 legacy: false,
+                nan_to_zero: false,
             },
             Op::Reduce {
                 op: ReduceOp::Sum,

@@ -16,6 +16,28 @@ use super::util::{i64_values, input, normalize_axis, opt_input};
 use crate::ir::{DType, Op, ReduceOp, Tensor, TensorData};
 use crate::{Error, Result};
 
+/// `y` with its NaN elements made 0 (Softmax's `nan_to_zero`).
+fn zero_nans(y: Tensor) -> Tensor {
+    match y.as_f32() {
+        Some(v) => {
+            let v = v
+                .iter()
+                .map(|&e| if e.is_nan() { 0.0 } else { e })
+                .collect();
+            Tensor::from_f32(y.shape().to_vec(), v).unwrap_or(y)
+        }
+        None => {
+            let v: Vec<f64> = y
+                .to_f64_vec()
+                .into_iter()
+                .map(|e| if e.is_nan() { 0.0 } else { e })
+                .collect();
+            let data = crate::ir::TensorData::from_f64(y.dtype(), &v);
+            Tensor::new(y.shape().to_vec(), data).unwrap_or(y)
+        }
+    }
+}
+
 /// Evaluates Reduce*, ArgMax/ArgMin, Softmax and LogSoftmax.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     let name = op.onnx_type();
@@ -43,7 +65,18 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             keepdims,
             select_last_index,
         } => arg_extreme(name, false, x, *axis, *keepdims, *select_last_index)?,
-        Op::Softmax { axis, legacy } => softmax(name, x, *axis, *legacy, false)?,
+        Op::Softmax {
+            axis,
+            legacy,
+            nan_to_zero,
+        } => {
+            let y = softmax(name, x, *axis, *legacy, false)?;
+            if *nan_to_zero {
+                zero_nans(y)
+            } else {
+                y
+            }
+        }
         Op::LogSoftmax { axis, legacy } => softmax(name, x, *axis, *legacy, true)?,
         other => {
             return Err(Error::op(
@@ -760,7 +793,11 @@ mod tests {
         let op = if log {
             Op::LogSoftmax { axis, legacy }
         } else {
-            Op::Softmax { axis, legacy }
+            Op::Softmax {
+                axis,
+                legacy,
+                nan_to_zero: false,
+            }
         };
         eval(&op, &[Some(x)]).map(|mut v| v.remove(0))
     }
