@@ -23,3 +23,7 @@ py="$(bash tests/python/setup_venv.sh)"
 echo
 py="$(bash tests/python/setup_venv.sh)"
 "$py" tests/python/hostile_run.py
+# A short, repeatable fuzz run of the readers of untrusted bytes (ONNX
+# loader, bundle reader, .npy/.npz readers); tests/fuzz/run.sh runs longer.
+echo
+FUZZ_SEED=1 bash tests/fuzz/run.sh --seconds 15
