@@ -504,6 +504,14 @@ fn structural_problems_behind_a_valid_checksum() {
             "no outputs",
         ),
         (
+            with_section(
+                &bytes,
+                "graph",
+                SMALL.replace("opset 17", "opset 0").as_bytes(),
+            ),
+            "opset 0 is not one mlc supports",
+        ),
+        (
             with_section(&bytes, "weights", &{
                 let h = r#"{"1":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},"1":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]}}"#;
                 let mut blob = (h.len() as u64).to_le_bytes().to_vec();

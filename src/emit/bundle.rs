@@ -399,6 +399,15 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
     if g.outputs.is_empty() {
         return Err(malformed("the graph has no outputs".into()));
     }
+    let opsets = crate::import::onnx::MIN_OPSET..=crate::import::onnx::MAX_OPSET;
+    if !opsets.contains(&g.opset) {
+        return Err(malformed(format!(
+            "the graph's opset {} is not one mlc supports ({}..{})",
+            g.opset,
+            opsets.start(),
+            opsets.end()
+        )));
+    }
     if !weights.is_empty() {
         let extra: Vec<&str> = weights.keys().take(5).map(String::as_str).collect();
         return Err(malformed(format!(
