@@ -25,6 +25,7 @@ pub mod merge_bias;
 pub mod noops;
 pub mod recipe;
 pub mod runner;
+pub mod scale_matmul;
 #[cfg(test)]
 pub mod testing;
 pub mod transpose_matmul;
@@ -215,6 +216,7 @@ pub fn registry() -> &'static [PassInfo] {
         fuse_gelu::INFO,
         fuse_elementwise::INFO,
         fold_nan_guard::INFO,
+        scale_matmul::INFO,
     ]
 }
 
