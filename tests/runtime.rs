@@ -1021,3 +1021,42 @@ fn steady_state_allocates_only_the_outputs() {
     // in-place, aliased and copied steps.
     assert!(allocs <= 16, "{allocs} allocations in one run");
 }
+
+/// Shapes as exporters write them: a dim that is a sum of symbols (`2*s`
+/// from a Concat, `s+1` from Shape arithmetic, which inference leaves as
+/// fresh symbols), a symbolic dim that is 1 at run time, and Squeeze and
+/// Unsqueeze on symbolic dims. The interpreter and the compiled plan agree
+/// at every binding, 1 included.
+#[test]
+fn symbolic_dims_as_exporters_write_them() {
+    let g = mlc::ir::text::parse(
+        r#"graph "sym" opset 17
+  input  %0 x: f32[b,s]
+  const  %1 one: i64[1] = [1]
+  const  %2 zero: i64[1] = [0]
+  %3 c: f32[b,unk_0] = Concat[axis=1](%0, %0)
+  %4 sh: i64[2] = Shape[start=0](%0)
+  %5 s1: i64[1] = Gather[axis=0](%4, %1)
+  %6 end: i64[1] = Add(%5, %1)
+  %7 sl: f32[b,unk_1] = Slice(%3, %2, %6, %1)
+  %8 r: f32[b,1] = ReduceSum[keepdims=true](%7, %1)
+  %9 q: f32[b] = Squeeze(%8, %1)
+  %10 u: f32[b,1] = Unsqueeze(%9, %1)
+  %11 y: f32[b,s] = Add(%0, %8)
+  output %10 u
+  output %11 y
+"#,
+    )
+    .unwrap();
+    let compiled = o2(&g);
+    for (b, s) in [(1, 1), (1, 5), (3, 1), (2, 4)] {
+        let inputs = random_inputs(&g, 7, &dims(&[("b", b), ("s", s)])).unwrap();
+        let want = mlc::interp::run(&g, inputs.clone()).unwrap();
+        // Slice to s+1 of the doubled row: the first s+1 elements.
+        let x = inputs[0].as_f32().unwrap();
+        let row0: f32 = (0..=s).map(|j| x[j % s]).sum();
+        assert!((want[0].as_f32().unwrap()[0] - row0).abs() <= 1e-5 * (1.0 + row0.abs()));
+        assert_eq!(want[0].shape(), [b, 1]);
+        check_against_interp(&format!("b={b} s={s}"), &compiled, &inputs, single());
+    }
+}
