@@ -430,3 +430,28 @@ fn memory_is_bounded_by_the_budget() {
     assert!(err.contains("over the memory budget of 61.0 MiB"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Protobuf groups nested a million deep (found by fuzzing: the decoder
+/// skips unknown groups by recursing once per level) are refused before
+/// the decoder sees them, inside a nested message too.
+#[test]
+fn deeply_nested_groups_are_refused_without_recursion() {
+    let dir = scratch("groups");
+    let path = dir.join("model.onnx");
+    // Field 6 (unknown) as START_GROUP, a million times.
+    std::fs::write(&path, vec![(6 << 3) | 3; 1_000_000]).unwrap();
+    expect_clean_failure(&dir, &path, &["wire type 3"]);
+    // The same inside the graph (field 7 of ModelProto, length-delimited).
+    let mut bytes = vec![(7 << 3) | 2];
+    let inner = vec![(6u8 << 3) | 3; 100_000];
+    let mut len = inner.len();
+    while len >= 0x80 {
+        bytes.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    bytes.push(len as u8);
+    bytes.extend(inner);
+    std::fs::write(&path, bytes).unwrap();
+    expect_clean_failure(&dir, &path, &["wire type 3"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

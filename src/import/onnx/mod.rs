@@ -103,21 +103,25 @@ fn import(bytes: &[u8], path: &Path, base_dir: Option<&Path>) -> Result<Graph> {
     if bytes.is_empty() {
         return Err(malformed("empty file".into()));
     }
+    // Before the decoder, whose skipping of unknown groups recurses without
+    // a limit.
+    check_structure(bytes).map_err(|m| malformed(format!("not an ONNX model: {m}")))?;
     let model = ModelProto::parse_from_bytes(bytes)
         .map_err(|e| malformed(format!("not an ONNX model: {e}")))?;
-    // The decoder accepts a nested message cut short at one of its field
-    // boundaries, so a truncated file would read as a smaller model.
-    fields_fit(bytes).map_err(|m| malformed(format!("truncated or damaged: {m}")))?;
     let Some(graph) = model.graph.as_ref() else {
         return Err(malformed("not an ONNX model: it has no graph".into()));
     };
     Builder::new(base_dir).build(&model, graph)
 }
 
-/// Checks that every top-level field of a serialized message lies within
-/// the bytes: a nested message (the graph, and in it every node and
-/// initializer) that a truncation cut short declares more bytes than follow.
-fn fields_fit(bytes: &[u8]) -> std::result::Result<(), String> {
+/// Walks the serialized model's structure with an explicit stack before the
+/// decoder sees it, so that hostile nesting cannot exhaust the stack:
+/// every field must lie within the message that holds it (the decoder
+/// accepts a nested message cut short at one of its field boundaries, so a
+/// truncated file would read as a smaller model), messages nest at most
+/// [`MAX_NESTING`] deep, and protobuf groups, which ONNX never uses (and
+/// which the decoder skips by recursing once per level), are refused.
+fn check_structure(bytes: &[u8]) -> std::result::Result<(), String> {
     fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -130,33 +134,128 @@ fn fields_fit(bytes: &[u8]) -> std::result::Result<(), String> {
         }
         None
     }
-    let n = bytes.len();
+    // (end of the message, its type) for every message being read.
+    let mut stack: Vec<(usize, Msg)> = vec![(bytes.len(), Msg::Model)];
     let mut pos = 0;
-    while pos < n {
+    while let Some(&(end, msg)) = stack.last() {
+        if pos == end {
+            stack.pop();
+            continue;
+        }
         let at = pos;
-        let tag =
-            varint(bytes, &mut pos).ok_or(format!("a field tag at byte {at} runs past the end"))?;
+        let tag = varint(bytes, &mut pos)
+            .filter(|_| pos <= end)
+            .ok_or(format!(
+                "a field tag at byte {at} runs past the end of its message"
+            ))?;
         let field = tag >> 3;
-        let end = match tag & 7 {
+        let next = match tag & 7 {
             0 => varint(bytes, &mut pos).map(|_| pos),
             1 => pos.checked_add(8),
-            2 => varint(bytes, &mut pos)
-                .and_then(|len| usize::try_from(len).ok())
-                .and_then(|len| pos.checked_add(len)),
             5 => pos.checked_add(4),
-            w => return Err(format!("field {field} at byte {at} has wire type {w}")),
+            2 => {
+                let len = varint(bytes, &mut pos).and_then(|l| usize::try_from(l).ok());
+                match (len.and_then(|l| pos.checked_add(l)), msg.field(field)) {
+                    (Some(e), Some(sub)) if e <= end => {
+                        if stack.len() >= MAX_NESTING {
+                            return Err(format!(
+                                "messages nest more than {MAX_NESTING} deep at byte {at}"
+                            ));
+                        }
+                        stack.push((e, sub));
+                        continue;
+                    }
+                    (e, _) => e,
+                }
+            }
+            w => {
+                return Err(format!(
+                    "field {field} at byte {at} has wire type {w} (protobuf groups and invalid types are not ONNX)"
+                ))
+            }
         };
-        match end {
-            Some(e) if e <= n => pos = e,
+        match next {
+            Some(e) if e <= end => pos = e,
             _ => {
                 return Err(format!(
-                    "field {field} at byte {at} runs past the end of the {n}-byte file"
+                    "field {field} at byte {at} runs past the end of its message"
                 ))
             }
         }
     }
     Ok(())
 }
+
+/// The ONNX message types (onnx.proto), for [`check_structure`]: which
+/// fields hold which messages.
+#[derive(Clone, Copy)]
+enum Msg {
+    Model,
+    Graph,
+    Node,
+    Attribute,
+    Tensor,
+    SparseTensor,
+    ValueInfo,
+    Type,
+    TypeTensor,
+    TypeElem,
+    TypeMap,
+    Shape,
+    Function,
+    TrainingInfo,
+    TensorAnnotation,
+    /// StringStringEntryProto, OperatorSetIdProto, Segment, Dimension.
+    Leaf,
+}
+
+impl Msg {
+    /// The message type field number `f` holds, when it holds one.
+    fn field(self, f: u64) -> Option<Msg> {
+        use Msg::*;
+        Some(match (self, f) {
+            (Model, 7) => Graph,
+            (Model, 20) => TrainingInfo,
+            (Model, 25) => Function,
+            (Model, 8 | 14) => Leaf,
+            (Graph, 1) => Node,
+            (Graph, 5) => Tensor,
+            (Graph, 15) => SparseTensor,
+            (Graph, 11..=13) => ValueInfo,
+            (Graph, 14) => TensorAnnotation,
+            (Graph, 16) => Leaf,
+            (Node, 5) => Attribute,
+            (Node, 9) => Leaf,
+            (Attribute, 5 | 10) => Tensor,
+            (Attribute, 6 | 11) => Graph,
+            (Attribute, 22 | 23) => SparseTensor,
+            (Attribute, 14 | 15) => Type,
+            (Tensor, 3 | 13 | 16) => Leaf,
+            (SparseTensor, 1 | 2) => Tensor,
+            (ValueInfo, 2) => Type,
+            (ValueInfo, 4) => Leaf,
+            (Type, 1 | 8) => TypeTensor,
+            (Type, 4 | 9) => TypeElem,
+            (Type, 5) => TypeMap,
+            (TypeTensor, 2) => Shape,
+            (TypeElem, 1) => Type,
+            (TypeMap, 2) => Type,
+            (Shape, 1) => Leaf,
+            (Function, 7) => Node,
+            (Function, 11) => Attribute,
+            (Function, 12) => ValueInfo,
+            (Function, 9 | 14) => Leaf,
+            (TrainingInfo, 1 | 2) => Graph,
+            (TrainingInfo, 3 | 4) => Leaf,
+            (TensorAnnotation, 2) => Leaf,
+            _ => return None,
+        })
+    }
+}
+
+/// Deepest nesting of messages a model may have (the protobuf decoder's own
+/// recursion limit).
+const MAX_NESTING: usize = 100;
 
 /// The type graph inputs that nodes produce until inference runs.
 fn placeholder() -> TensorType {
