@@ -96,26 +96,22 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
         // Outputs whose size inference knows in the inputs' dims are counted
         // before the kernel allocates them (the kernels check the others).
-        let predicted: u64 = node
-            .outputs
-            .iter()
-            .filter_map(|&o| {
-                let ty = g.ty(o);
-                let n = ty.shape.dims().iter().try_fold(1usize, |acc, d| {
-                    eval_dim(d, &bindings).and_then(|v| acc.checked_mul(v))
-                })?;
-                (n as u64).checked_mul(ty.dtype.size() as u64)
-            })
-            .sum();
-        crate::limits::check(
-            || {
-                format!(
-                    "node '{}' ({op_name}) with the values alive before it",
-                    node.name
-                )
-            },
-            live.checked_add(predicted),
-        )?;
+        // (A size past u64 counts as u64::MAX, which no budget admits.)
+        let predicted = node.outputs.iter().fold(0u64, |sum, &o| {
+            let ty = g.ty(o);
+            let n = ty.shape.dims().iter().try_fold(1u64, |acc, d| {
+                eval_dim(d, &bindings).map(|v| acc.saturating_mul(v as u64))
+            });
+            let bytes = n.map_or(0, |n| n.saturating_mul(ty.dtype.size() as u64));
+            sum.saturating_add(bytes)
+        });
+        let what = || {
+            format!(
+                "node '{}' ({op_name}) with the values alive before it",
+                node.name
+            )
+        };
+        crate::limits::check(&what, Some(live.saturating_add(predicted)))?;
         // The kernel's own checks count what is alive.
         let held = crate::limits::Reserved::new(live);
         let outs = reference::eval(&node.op, &refs, node.outputs.len())
@@ -145,15 +141,7 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
             live += t.size_bytes() as u64;
             env[o.0 as usize] = Some(Arc::new(t));
         }
-        crate::limits::check(
-            || {
-                format!(
-                    "node '{}' ({op_name}) with the values alive before it",
-                    node.name
-                )
-            },
-            Some(live),
-        )?;
+        crate::limits::check(&what, Some(live))?;
         for v in node.inputs.iter().flatten() {
             let u = &mut uses[v.0 as usize];
             *u -= 1;
