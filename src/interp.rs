@@ -111,7 +111,7 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
                 node.name
             )
         };
-        crate::limits::check(&what, Some(live.saturating_add(predicted)))?;
+        crate::limits::check(what, Some(live.saturating_add(predicted)))?;
         // The kernel's own checks count what is alive.
         let held = crate::limits::Reserved::new(live);
         let outs = reference::eval(&node.op, &refs, node.outputs.len())
@@ -141,7 +141,7 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
             live += t.size_bytes() as u64;
             env[o.0 as usize] = Some(Arc::new(t));
         }
-        crate::limits::check(&what, Some(live))?;
+        crate::limits::check(what, Some(live))?;
         for v in node.inputs.iter().flatten() {
             let u = &mut uses[v.0 as usize];
             *u -= 1;
