@@ -90,16 +90,16 @@ pub enum Error {
     #[error("pass '{pass}' changed the model's outputs: {message}")]
     Drift { pass: String, message: String },
 
-    /// A bug in mlc: an invariant that should hold did not.
     /// What a model or input asks for would take more memory than the
     /// budget ([`crate::limits`]) allows; refused before allocating.
-    #[error("{what} needs {}, over the memory budget of {} (raise it with --max-memory)", crate::limits::human_bytes(*bytes), crate::limits::human_bytes(*limit))]
+    #[error("{what} needs {}", crate::limits::over_budget(*bytes, *limit))]
     Budget {
         what: String,
         bytes: u64,
         limit: u64,
     },
 
+    /// A bug in mlc: an invariant that should hold did not.
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -135,6 +135,16 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// `"4.0 TiB, over the memory budget of 4.0 GiB (raise it with
+/// --max-memory)"`: the one wording of every budget refusal.
+pub fn over_budget(bytes: u64, limit: u64) -> String {
+    format!(
+        "{}, over the memory budget of {} (raise it with --max-memory)",
+        human_bytes(bytes),
+        human_bytes(limit)
+    )
+}
+
 /// A byte count for messages: `3.2 GiB`, `512 B`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -164,7 +164,7 @@ fn clip_bounds(g: &Graph, node: &Node) -> Option<(f32, f32)> {
 }
 
 /// One-element f32 constant values.
-fn scalar_f32(g: &Graph, v: ValueId) -> Option<f32> {
+pub(super) fn scalar_f32(g: &Graph, v: ValueId) -> Option<f32> {
     let t = g.const_value(v)?;
     if t.numel() != 1 {
         return None;

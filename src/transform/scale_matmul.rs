@@ -12,6 +12,7 @@
 //! unfolded graph rounds the scaled operands: the results agree within f32
 //! rounding, exactly when `c` is a power of two.
 
+use super::fuse_elementwise::scalar_f32;
 use super::merge_bias::{drop_dead_consts, plain_fused_matmul, sole_producer};
 use super::{Changed, Pass, PassCx, PassInfo};
 use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, ValueId};
@@ -73,7 +74,7 @@ fn plan(g: &Graph, id: NodeId, pos: usize) -> Option<(NodeId, ValueId, f32)> {
         return None;
     }
     let (a, b) = (m.input(0)?, m.input(1)?);
-    let (x, c) = match (scalar(g, a), scalar(g, b)) {
+    let (x, c) = match (scalar_f32(g, a), scalar_f32(g, b)) {
         (None, Some(c)) => (a, c),
         (Some(c), None) => (b, c),
         _ => return None,
@@ -86,15 +87,6 @@ fn plan(g: &Graph, id: NodeId, pos: usize) -> Option<(NodeId, ValueId, f32)> {
         .input(1 - pos)
         .is_some_and(|o| g.ty(o).shape.rank() >= 2);
     (keeps_shape && other_rank_ok && c.is_finite()).then_some((mul, x, c))
-}
-
-/// The value of a one-element f32 constant.
-fn scalar(g: &Graph, v: ValueId) -> Option<f32> {
-    let t = g.const_value(v)?;
-    if t.numel() != 1 {
-        return None;
-    }
-    t.as_f32()?.first().copied()
 }
 
 #[cfg(test)]

@@ -480,10 +480,9 @@ impl<'a> Builder<'a> {
                             &t.name,
                             "initializer",
                             format!(
-                                "the initializers up to '{}' need {}, over the memory budget of {} (raise it with --max-memory)",
+                                "the initializers up to '{}' need {}",
                                 t.name,
-                                crate::limits::human_bytes(total),
-                                crate::limits::human_bytes(crate::limits::max_memory())
+                                crate::limits::over_budget(total, crate::limits::max_memory())
                             ),
                         );
                         return;

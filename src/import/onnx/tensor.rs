@@ -61,9 +61,8 @@ pub(crate) fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor,
     let in_memory = (numel as u64).saturating_mul(dtype.size() as u64);
     if in_memory > crate::limits::max_memory() {
         return Err(format!(
-            "of shape {shape:?} ({dtype}) needs {}, over the memory budget of {} (raise it with --max-memory)",
-            crate::limits::human_bytes(in_memory),
-            crate::limits::human_bytes(crate::limits::max_memory())
+            "of shape {shape:?} ({dtype}) needs {}",
+            crate::limits::over_budget(in_memory, crate::limits::max_memory())
         ));
     }
     let data = match t.data_location.enum_value() {
