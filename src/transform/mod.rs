@@ -15,6 +15,7 @@
 pub mod cse;
 pub mod dce;
 pub mod epilogue;
+pub mod flat_transpose;
 pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod fold_nan_guard;
@@ -212,6 +213,7 @@ pub fn registry() -> &'static [PassInfo] {
         merge_bias::INFO,
         epilogue::INFO,
         transpose_matmul::INFO,
+        flat_transpose::INFO,
         fuse_layernorm::INFO,
         fuse_gelu::INFO,
         fuse_elementwise::INFO,

@@ -14,7 +14,8 @@ weights, inputs and ONNX Runtime outputs under target/corpus/<id>/):
           similarity of each float output with ONNX Runtime's f32 output,
           per sample, worst sample >= 0.99
 
-A model passes when all stages pass. Prints a table and a last line
+A model passes when all stages pass. Where both BERT exports of an exporter
+ran, the sdpa one must compile (O2) to no more nodes than the eager one. Prints a table and a last line
 `corpus: N/M`, writes target/corpus/report.json, and exits 1 only when an id
 listed in fixtures/corpus/expected_pass.txt fails (ids not listed that pass
 are printed as "newly passing"). Cases run over --jobs workers (default 2),
@@ -239,14 +240,20 @@ def run_case(mlc, entry, info, timeout):
     if unsupported:
         st["O2"] = {"ok": False, "error": "not run (import failed)"}
     else:
-        p, fail = c.cmd("O2", ["compile", "model.onnx", "--pipeline", "O2", "-o", "model.O2.mlc"])
+        p, fail = c.cmd("O2", ["compile", "model.onnx", "--pipeline", "O2", "-o", "model.O2.mlc",
+                               "--json"])
+        nodes = None
         if not fail:
+            try:
+                nodes = json.loads(p.stdout).get("nodes_after")
+            except ValueError:
+                pass
             p, fail = c.cmd("O2", ["run", "model.O2.mlc", "--inputs", "inputs.npz", "-o", "out.O2.npz"])
         if fail:
             st["O2"] = {"ok": False, "error": fail}
         else:
             ok, err, why = compare(os.path.join(c.dir, "out.O2.npz"), expected, names)
-            st["O2"] = {"ok": ok, "max_abs": err, "error": why}
+            st["O2"] = {"ok": ok, "max_abs": err, "error": why, "nodes": nodes}
     # int8
     if unsupported:
         st["int8"] = {"ok": False, "error": "not run (import failed)"}
@@ -381,6 +388,17 @@ def main():
         print("\nfirst error of each failing stage:")
         for i, k, e in fails:
             print(f"  {i} [{k}]: {e}")
+    lean_ok = True
+    for exp in ("ts", "dynamo"):
+        sdpa, eager = results.get(f"hf_bert_sdpa.{exp}"), results.get(f"hf_bert_eager.{exp}")
+        if not (sdpa and eager):
+            continue
+        n_sdpa = sdpa["stages"].get("O2", {}).get("nodes")
+        n_eager = eager["stages"].get("O2", {}).get("nodes")
+        lean = n_sdpa is not None and n_eager is not None and n_sdpa <= n_eager
+        lean_ok &= lean
+        print(f"\nattention after O2 ({exp}): BERT sdpa {n_sdpa} nodes, eager {n_eager}"
+              + ("" if lean else " -- FAILED: the sdpa export compiles to more nodes"))
     expected = read_expected()
     broken = [r["id"] for r in res if r["id"] in expected and not r["pass"]]
     newly = [r["id"] for r in res if r["id"] not in expected and r["pass"]]
@@ -398,7 +416,7 @@ def main():
     if broken:
         print(f"FAILED, listed in fixtures/corpus/expected_pass.txt: {' '.join(broken)}")
     print(f"corpus: {n}/{len(res)}")
-    return 1 if broken else 0
+    return 1 if broken or not lean_ok else 0
 
 
 if __name__ == "__main__":
