@@ -74,7 +74,7 @@ pub struct Summary {
     pub problems: Vec<Problem>,
     /// How a bundle was made (bundles only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bundle: Option<crate::emit::bundle::Metadata>,
+    pub bundle: Option<crate::formats::bundle::Metadata>,
 }
 
 /// Summarizes an ONNX model file. Fails only when the file cannot be read or
@@ -88,7 +88,7 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
             p
         }
     });
-    let imported = crate::import::onnx::load_bytes(&bytes, base_dir);
+    let imported = crate::formats::onnx::load_bytes(&bytes, base_dir);
     let problems = match &imported {
         Ok(_) => Vec::new(),
         Err(Error::Import { problems }) => problems.iter().map(Problem::from).collect(),
@@ -194,7 +194,7 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
 
 /// Summarizes an `.mlc` bundle. Fails when the bundle cannot be read.
 pub fn inspect_bundle(path: &Path) -> Result<Summary> {
-    let (g, meta) = crate::emit::bundle::read(path)?;
+    let (g, meta) = crate::formats::bundle::read(path)?;
     let mut op_histogram = BTreeMap::new();
     for (_, n) in g.nodes() {
         *op_histogram

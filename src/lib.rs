@@ -1,21 +1,19 @@
 //! mlc: a model compression and compilation toolchain.
 //!
-//! Models are imported ([`import`]) into mlc's own graph IR ([`ir`]) and run by
+//! Models are imported ([`formats`]) into mlc's own graph IR ([`ir`]) and run by
 //! the reference interpreter ([`interp`]), the numerical oracle every later
 //! pass and kernel is checked against.
 
 pub mod compress;
-pub mod emit;
 pub mod error;
+pub mod formats;
 pub mod fsutil;
-pub mod import;
 pub mod inputs;
 pub mod inspect;
 pub mod interp;
 pub mod ir;
 pub mod kernels;
 pub mod limits;
-pub mod npy;
 pub mod probe;
 pub mod quant;
 pub mod runtime;

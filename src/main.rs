@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlc::emit::bundle;
+use mlc::formats::bundle;
+use mlc::formats::npy;
 use mlc::ir::{text, Tensor};
 use mlc::transform::recipe::Recipe;
 use mlc::transform::runner::{self, DriftCheck, RunOptions};
-use mlc::{inputs, inspect, interp, npy, transform, Error};
+use mlc::{inputs, inspect, interp, transform, Error};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -287,11 +288,11 @@ fn main() -> ExitCode {
 
 fn cmd_inspect(model: &Path, json: bool, ir: bool) -> Result<(), Error> {
     if ir {
-        let g = mlc::import::load(model)?;
+        let g = mlc::formats::load(model)?;
         print!("{}", text::print(&g));
         return Ok(());
     }
-    let summary = if mlc::emit::bundle::looks_like_bundle(model) {
+    let summary = if mlc::formats::bundle::looks_like_bundle(model) {
         inspect::inspect_bundle(model)?
     } else {
         inspect::inspect_onnx(model)?
@@ -379,7 +380,7 @@ fn cmd_compile(
     });
     mlc::fsutil::ensure_not_input(output, model)?;
     let source = std::fs::read(model).map_err(|e| Error::io(model, e))?;
-    let mut g = mlc::import::load(model)?;
+    let mut g = mlc::formats::load(model)?;
     let nodes_before = g.node_count();
     let dims = parse_dims(dim_args)?;
     let opts = RunOptions {
@@ -413,7 +414,7 @@ fn cmd_compile(
             "mlc bundle"
         }
         Emit::Onnx => {
-            mlc::emit::onnx::write(output, &g)?;
+            mlc::formats::onnx::write(output, &g)?;
             "ONNX"
         }
     };
@@ -645,7 +646,7 @@ fn cmd_compress(a: &CompressArgs) -> Result<(), Error> {
             "mlc bundle"
         }
         Emit::Onnx => {
-            mlc::emit::onnx::write(&a.output, &graph)?;
+            mlc::formats::onnx::write(&a.output, &graph)?;
             "QDQ ONNX"
         }
     };
@@ -705,7 +706,7 @@ fn cmd_run(
         }
         mlc::fsutil::ensure_outputs_apart(&[out], &reads)?;
     }
-    let g = mlc::import::load(model)?;
+    let g = mlc::formats::load(model)?;
 
     let mut given: HashMap<String, Tensor> = HashMap::new();
     if let Some(p) = inputs_npz {
@@ -977,7 +978,7 @@ fn cmd_bench(a: &BenchArgs) -> Result<(), Error> {
             message: "at least one thread is needed".into(),
         });
     }
-    let mut g = mlc::import::load(&a.model)?;
+    let mut g = mlc::formats::load(&a.model)?;
     // The oracle for --verify: the model as loaded, before any pass.
     let original = a.verify.then(|| g.clone());
     let is_bundle = bundle::looks_like_bundle(&a.model);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use mlc::emit::bundle::{self, safetensors, Metadata, NodeCounts, PipelineInfo, SourceInfo};
+use mlc::formats::bundle::{self, safetensors, Metadata, NodeCounts, PipelineInfo, SourceInfo};
 use mlc::ir::{text, DType, Graph, Shape, TensorData, TensorType};
 use mlc::transform::runner::PassLogEntry;
 use mlc::{Error, Tensor};
@@ -89,7 +89,7 @@ fn fixture_inputs(dir: &Path, g: &Graph) -> Vec<Tensor> {
         .map(|&id| {
             let name = &g.value(id).name;
             let f = spec.inputs.iter().find(|i| &i.name == name).unwrap();
-            mlc::npy::read_npy(&dir.join(&f.file)).unwrap()
+            mlc::formats::npy::read_npy(&dir.join(&f.file)).unwrap()
         })
         .collect()
 }
@@ -103,7 +103,7 @@ fn every_fixture_round_trips_bit_for_bit() {
         let spec: IoSpec =
             serde_json::from_str(&std::fs::read_to_string(dir.join("io.json")).unwrap()).unwrap();
         let model = dir.join(&spec.model);
-        let g = mlc::import::load(&model).unwrap();
+        let g = mlc::formats::load(&model).unwrap();
         let inputs = fixture_inputs(&dir, &g);
         let want = mlc::interp::run(&g, inputs.clone()).unwrap();
 
@@ -123,7 +123,7 @@ fn every_fixture_round_trips_bit_for_bit() {
         // The generic loader recognizes the bundle, even under another name.
         let renamed = out_dir.join(format!("{name}.bin"));
         std::fs::copy(&path, &renamed).unwrap();
-        let via_load = mlc::import::load(&renamed).unwrap();
+        let via_load = mlc::formats::load(&renamed).unwrap();
         assert_eq!(text::print(&via_load), text::print(&g));
         // Writing what was read gives the same bytes again.
         assert_eq!(
@@ -151,13 +151,13 @@ fn every_fixture_round_trips_bit_for_bit() {
 #[test]
 fn output_is_byte_identical() {
     let model = repo().join("fixtures/transformer/model.onnx");
-    let g = mlc::import::load(&model).unwrap();
+    let g = mlc::formats::load(&model).unwrap();
     let meta = meta_for(&model, g.node_count());
     let a = bundle::to_bytes(&g, &meta).unwrap();
     let b = bundle::to_bytes(&g, &meta).unwrap();
     assert!(a == b);
     // A second import of the same model too.
-    let g2 = mlc::import::load(&model).unwrap();
+    let g2 = mlc::formats::load(&model).unwrap();
     assert!(bundle::to_bytes(&g2, &meta).unwrap() == a);
     let dir = scratch("twice");
     bundle::write(&dir.join("a.mlc"), &g, &meta).unwrap();
@@ -909,7 +909,7 @@ fn mlc(args: &[&str]) -> std::process::Output {
 fn cli_runs_and_inspects_bundles() {
     let dir = scratch("cli");
     let model = repo().join("fixtures/mlp/model.onnx");
-    let g = mlc::import::load(&model).unwrap();
+    let g = mlc::formats::load(&model).unwrap();
     let path = dir.join("mlp.mlc");
     bundle::write(&path, &g, &meta_for(&model, g.node_count())).unwrap();
     let p = path.to_str().unwrap();

@@ -58,11 +58,11 @@ fn run_writes_outputs_matching_onnx_runtime() {
             "-o",
             out_file.to_str().unwrap(),
         ]));
-        let got = mlc::npy::read_npz(&out_file).unwrap();
+        let got = mlc::formats::npy::read_npz(&out_file).unwrap();
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["hidden", "logits"]);
         for (name, t) in &got {
-            let want = mlc::npy::read_npy(&v.join(format!("expected_{name}.npy"))).unwrap();
+            let want = mlc::formats::npy::read_npy(&v.join(format!("expected_{name}.npy"))).unwrap();
             common::compare(t, &want, 1e-4, 1e-5)
                 .unwrap_or_else(|e| panic!("{variant}/{name}: {e}"));
         }
@@ -119,7 +119,7 @@ fn wrong_input_shape_is_a_clear_error() {
     let dir = scratch("wrong-shape");
     let bad = dir.join("x.npy");
     let t = mlc::Tensor::from_f32(vec![2, 5], vec![0.0; 10]).unwrap();
-    mlc::npy::write_npy(&bad, &t).unwrap();
+    mlc::formats::npy::write_npy(&bad, &t).unwrap();
     let model = repo().join("fixtures/cnn/model.onnx");
     let out = mlc(&[
         "run",

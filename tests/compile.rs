@@ -116,9 +116,9 @@ fn o2_bundles_match_the_original_models() {
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             ok(mlc(&args));
-            let got = mlc::npy::read_npz(&out_file).unwrap();
+            let got = mlc::formats::npy::read_npz(&out_file).unwrap();
             for (output, file) in &fx.outputs {
-                let want = mlc::npy::read_npy(&vdir.join(file)).unwrap();
+                let want = mlc::formats::npy::read_npy(&vdir.join(file)).unwrap();
                 let t = &got
                     .iter()
                     .find(|(n, _)| n == output)
@@ -135,7 +135,7 @@ fn o2_bundles_match_the_original_models() {
 fn o2_removes_batchnorm_from_the_cnn() {
     let dir = scratch("cnn-bn");
     let fx = fixture("cnn");
-    let before = mlc::import::load(&fx.dir.join("model.onnx")).unwrap();
+    let before = mlc::formats::load(&fx.dir.join("model.onnx")).unwrap();
     let bn = |g: &mlc::Graph| {
         g.nodes()
             .filter(|(_, n)| n.op.onnx_type() == "BatchNormalization")
@@ -144,7 +144,7 @@ fn o2_removes_batchnorm_from_the_cnn() {
     assert!(bn(&before) > 0);
     let bundle = dir.join("cnn.mlc");
     compile(&fx.dir.join("model.onnx"), &bundle, &[]);
-    let after = mlc::import::load(&bundle).unwrap();
+    let after = mlc::formats::load(&bundle).unwrap();
     assert_eq!(
         bn(&after),
         0,
@@ -207,7 +207,7 @@ fn bundle_metadata_records_pipeline_and_pass_log() {
     let dir = scratch("meta");
     let bundle = dir.join("mlp.mlc");
     compile(&fixture("mlp").dir.join("model.onnx"), &bundle, &[]);
-    let (_, meta) = mlc::emit::bundle::read(&bundle).unwrap();
+    let (_, meta) = mlc::formats::bundle::read(&bundle).unwrap();
     let meta = serde_json::to_value(&meta).unwrap();
     let text = meta.to_string();
     assert!(text.contains("O2"), "{text}");

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use mlc::npy::read_npy;
+use mlc::formats::npy::read_npy;
 use mlc::Tensor;
 use serde::Deserialize;
 
@@ -52,7 +52,7 @@ fn check_fixture(dir: &Path) -> Vec<String> {
         Ok(s) => s,
         Err(e) => return vec![format!("{name}: io.json: {e}")],
     };
-    let graph = match mlc::import::onnx::load(&dir.join(&spec.model)) {
+    let graph = match mlc::formats::onnx::load(&dir.join(&spec.model)) {
         Ok(g) => g,
         Err(e) => return vec![format!("{name}: import: {e}")],
     };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use mlc::ir::TensorData;
-use mlc::npy::{npy_bytes, read_npy, read_npz};
+use mlc::formats::npy::{npy_bytes, read_npy, read_npz};
 use mlc::{DType, Tensor};
 
 fn data(name: &str) -> PathBuf {

@@ -139,7 +139,7 @@ fn classify(step: &str, e: &Error) -> Outcome {
 }
 
 fn run_case(dir: &Path) -> Outcome {
-    let graph = match mlc::import::onnx::load(&dir.join("model.onnx")) {
+    let graph = match mlc::formats::onnx::load(&dir.join("model.onnx")) {
         Ok(g) => g,
         Err(e) => return classify("import", &e),
     };
@@ -168,7 +168,7 @@ fn run_case(dir: &Path) -> Outcome {
             files
                 .iter()
                 .map(|f| {
-                    mlc::import::onnx::read_tensor_pb(f)
+                    mlc::formats::onnx::read_tensor_pb(f)
                         .map(|(_, t)| t)
                         .map_err(|e| {
                             classify(

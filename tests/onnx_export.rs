@@ -1,5 +1,5 @@
 //! ONNX export checked against ONNX Runtime: models exported by
-//! `mlc::emit::onnx` are run by ORT (`tests/python/ort_check.py`, in the
+//! `mlc::formats::onnx` are run by ORT (`tests/python/ort_check.py`, in the
 //! repository's `.venv`) and compared with the expected outputs, and
 //! re-imported by mlc (round trip).
 //!
@@ -23,13 +23,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mlc::emit::onnx as export;
-use mlc::import::onnx::{load, read_tensor_pb};
+use mlc::formats::onnx as export;
+use mlc::formats::onnx::{load, read_tensor_pb};
 use mlc::ir::{
     infer, Activation, AutoPad, BinaryOp, ConvAttrs, DType, EwArg, EwStep, Node, Op, Shape,
     TensorType, UnaryOp, ValueId,
 };
-use mlc::npy::read_npy;
+use mlc::formats::npy::read_npy;
 use mlc::{Graph, Tensor};
 use onnx_protobuf::Message;
 use serde::Deserialize;

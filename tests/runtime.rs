@@ -27,7 +27,7 @@ fn fixture(name: &str) -> Graph {
         .join("fixtures")
         .join(name)
         .join("model.onnx");
-    mlc::import::load(&p).unwrap_or_else(|e| panic!("{name}: {e}"))
+    mlc::formats::load(&p).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn o2(g: &Graph) -> Graph {
@@ -172,8 +172,8 @@ fn fixture_inputs_give_the_recorded_outputs() {
     // The recorded ONNX Runtime outputs, through the plan.
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cnn");
     let g = fixture("cnn");
-    let x = mlc::npy::read_npy(&dir.join("input_x.npy")).unwrap();
-    let want = mlc::npy::read_npy(&dir.join("expected_logits.npy")).unwrap();
+    let x = mlc::formats::npy::read_npy(&dir.join("input_x.npy")).unwrap();
+    let want = mlc::formats::npy::read_npy(&dir.join("expected_logits.npy")).unwrap();
     let mut plan = Plan::new(&o2(&g), &[x.shape().to_vec()], single()).unwrap();
     let got = plan.run(&[x]).unwrap();
     common::compare(&got[0], &want, RTOL, ATOL).unwrap();

@@ -51,7 +51,7 @@ fn same_tensor(a: &Tensor, b: &Tensor) -> bool {
 
 /// 0: not imported, 1: round-tripped, 2: also ran identically.
 fn check(dir: &std::path::Path) -> Result<u8, String> {
-    let Ok(g) = mlc::import::onnx::load(&dir.join("model.onnx")) else {
+    let Ok(g) = mlc::formats::onnx::load(&dir.join("model.onnx")) else {
         return Ok(0); // not imported: not a text-form concern
     };
     let canon = text::canonicalize(&g);
@@ -78,7 +78,7 @@ fn check(dir: &std::path::Path) -> Result<u8, String> {
     let mut inputs = Vec::new();
     for i in 0..g.inputs.len() {
         let path = data.join(format!("input_{i}.pb"));
-        match mlc::import::onnx::read_tensor_pb(&path) {
+        match mlc::formats::onnx::read_tensor_pb(&path) {
             Ok((_, t)) => inputs.push(t),
             Err(_) => return Ok(1),
         }

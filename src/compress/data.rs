@@ -8,10 +8,11 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::formats::npy;
 use crate::ir::{DType, Graph, TensorData};
 use crate::kernels::cpu::CpuCtx;
 use crate::runtime::Plan;
-use crate::{inputs, npy, Error, Result, Tensor};
+use crate::{inputs, Error, Result, Tensor};
 
 /// Samples for every model input (first axis indexing samples), with
 /// optional integer labels.
@@ -190,7 +191,7 @@ impl Dataset {
         let mut out = Vec::new();
         for t in &self.arrays {
             out.extend(format!("{:?}{:?}", t.dtype(), t.shape()).bytes());
-            out.extend(crate::emit::bundle::safetensors::tensor_bytes(t));
+            out.extend(crate::formats::bundle::safetensors::tensor_bytes(t));
         }
         out
     }

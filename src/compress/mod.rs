@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::emit::bundle;
+use crate::formats::bundle;
 use crate::ir::{infer, ActQuant, Graph, Node, NodeId, ValueId};
 use crate::kernels::cpu::CpuCtx;
 use crate::quant::calib::{quant_params, CalibMethod, Observer};
@@ -121,7 +121,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// Compresses the model at `model_path` (ONNX or bundle) as `opts` say.
 /// `source` is the model file's bytes (for the size figures and cache keys).
 pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outcome> {
-    let mut g = crate::import::load(model_path)?;
+    let mut g = crate::formats::load(model_path)?;
     let nodes_before = g.node_count();
     let o2 = Recipe::resolve("O2")?;
     runner::run(&mut g, &o2, &RunOptions::default())?;

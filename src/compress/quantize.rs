@@ -523,7 +523,7 @@ pub fn round_params_to_f16(g: &mut Graph) -> Result<usize> {
     let mut rounded = Vec::new();
     for (&id, t) in &g.consts {
         let Some(v) = t.as_f32() else { continue };
-        if t.rank() == 0 || crate::emit::bundle::safetensors::f16_exact(v) {
+        if t.rank() == 0 || crate::formats::bundle::safetensors::f16_exact(v) {
             continue;
         }
         let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -583,7 +583,7 @@ pub fn weight_bytes(g: &Graph) -> usize {
 /// Bytes a constant's elements take in a bundle before the weights section
 /// is deflated (sub-byte types packed, f16-exact f32 tensors narrowed).
 pub fn stored_bytes(t: &Arc<Tensor>) -> usize {
-    crate::emit::bundle::safetensors::stored_len(t)
+    crate::formats::bundle::safetensors::stored_len(t)
 }
 
 #[cfg(test)]

@@ -2481,7 +2481,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
         for name in ["mlp", "cnn", "transformer"] {
             let dir = root.join(name);
-            let g = crate::import::onnx::load(&dir.join("model.onnx")).unwrap();
+            let g = crate::formats::onnx::load(&dir.join("model.onnx")).unwrap();
             let canon = canonicalize(&g);
             let text = print_with(
                 &g,
@@ -2528,7 +2528,9 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|i| crate::npy::read_npy(&dir.join(i["file"].as_str().unwrap())).unwrap())
+                .map(|i| {
+                    crate::formats::npy::read_npy(&dir.join(i["file"].as_str().unwrap())).unwrap()
+                })
                 .collect();
             let want = crate::interp::run(&g, inputs.clone()).unwrap();
             let got = crate::interp::run(&parsed, inputs).unwrap();

@@ -539,7 +539,7 @@ mod tests {
     #[test]
     fn cnn_fixture_fuses_and_matches_onnx_runtime() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cnn");
-        let g = crate::import::load(&dir.join("model.onnx")).expect("fixture loads");
+        let g = crate::formats::load(&dir.join("model.onnx")).expect("fixture loads");
         let mut after = g.clone();
         let mut log = std::collections::BTreeMap::new();
         for pass in ["fold-batchnorm", "merge-bias-add", "fuse-epilogue"] {
@@ -561,8 +561,8 @@ mod tests {
         assert_eq!(after.value(after.outputs[0]).name, "logits");
         for variant in [".", "batch2"] {
             let vdir = dir.join(variant);
-            let x = crate::npy::read_npy(&vdir.join("input_x.npy")).unwrap();
-            let want = crate::npy::read_npy(&vdir.join("expected_logits.npy")).unwrap();
+            let x = crate::formats::npy::read_npy(&vdir.join("input_x.npy")).unwrap();
+            let want = crate::formats::npy::read_npy(&vdir.join("expected_logits.npy")).unwrap();
             let got = crate::interp::run(&after, vec![x]).unwrap().remove(0);
             assert_eq!(got.shape(), want.shape());
             for (a, b) in got.to_f64_vec().iter().zip(want.to_f64_vec()) {

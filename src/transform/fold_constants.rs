@@ -288,10 +288,10 @@ pub(crate) mod testutil {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures")
             .join(name);
-        let g = crate::import::onnx::load(&dir.join("model.onnx")).expect("fixture loads");
+        let g = crate::formats::onnx::load(&dir.join("model.onnx")).expect("fixture loads");
         let read = |prefix: &str, v: ValueId| {
             let f = dir.join(format!("{prefix}_{}.npy", g.value(v).name));
-            crate::npy::read_npy(&f).expect("fixture data")
+            crate::formats::npy::read_npy(&f).expect("fixture data")
         };
         let inputs = g.inputs.iter().map(|&v| read("input", v)).collect();
         let expected = g.outputs.iter().map(|&v| read("expected", v)).collect();

@@ -472,10 +472,10 @@ graph "ew" opset 17
     #[test]
     fn transformer_fixture_pipeline() -> crate::Result<()> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/transformer");
-        let mut g = crate::import::load(&dir.join("model.onnx"))?;
+        let mut g = crate::formats::load(&dir.join("model.onnx"))?;
         let inputs = vec![
-            crate::npy::read_npy(&dir.join("input_input_ids.npy"))?,
-            crate::npy::read_npy(&dir.join("input_attention_mask.npy"))?,
+            crate::formats::npy::read_npy(&dir.join("input_input_ids.npy"))?,
+            crate::formats::npy::read_npy(&dir.join("input_attention_mask.npy"))?,
         ];
         let before = interp::run(&g, inputs.clone())?;
         let mut counts = Vec::new();

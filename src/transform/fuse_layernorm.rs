@@ -722,7 +722,7 @@ graph "ln" opset 14
     fn torch_export_collapses() -> std::result::Result<(), Error> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data/patterns/ln_gelu.onnx");
-        let mut g = crate::import::load(&path)?;
+        let mut g = crate::formats::load(&path)?;
         assert_eq!(g.node_count(), 30);
         let x = rand(&[4, 3, 8], 7);
         let before = interp::run(&g, vec![x.clone()])?;

@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     mlc::limits::set_max_memory(256 << 20);
-    let _ = mlc::emit::bundle::from_bytes(data, std::path::Path::new("fuzz.mlc"));
+    let _ = mlc::formats::bundle::from_bytes(data, std::path::Path::new("fuzz.mlc"));
 });

@@ -5,10 +5,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     mlc::limits::set_max_memory(256 << 20);
-    let _ = mlc::npy::read_npy_bytes(data, std::path::Path::new("fuzz.npy"));
+    let _ = mlc::formats::npy::read_npy_bytes(data, std::path::Path::new("fuzz.npy"));
     // The npz reader takes a file (it reads the zip directory from the end).
     let path = std::env::temp_dir().join(format!("mlc-fuzz-{}.npz", std::process::id()));
     if std::fs::write(&path, data).is_ok() {
-        let _ = mlc::npy::read_npz(&path);
+        let _ = mlc::formats::npy::read_npz(&path);
     }
 });

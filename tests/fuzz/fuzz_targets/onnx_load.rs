@@ -6,5 +6,5 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     mlc::limits::set_max_memory(256 << 20);
     // A graph that imports also runs through inference and the verifier.
-    let _ = mlc::import::onnx::load_bytes(data, None);
+    let _ = mlc::formats::onnx::load_bytes(data, None);
 });

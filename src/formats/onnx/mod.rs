@@ -17,6 +17,7 @@
 
 mod array;
 mod attrs;
+pub mod export;
 mod math;
 mod nn;
 pub mod ops;
@@ -38,6 +39,8 @@ use attrs::Attrs;
 use ops::{Ctx, Fixup, Imported, In};
 
 /// Oldest default-domain opset mlc imports.
+pub use export::{export_opset, ir_version_for, tensor_to_proto, to_bytes, to_model, write};
+
 pub const MIN_OPSET: i64 = 7;
 /// Newest default-domain opset mlc imports. Opsets 22..28 changed the ops mlc
 /// supports only by adding element types (bfloat16, float8, float4, 4- and

@@ -399,7 +399,7 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
     if g.outputs.is_empty() {
         return Err(malformed("the graph has no outputs".into()));
     }
-    let opsets = crate::import::onnx::MIN_OPSET..=crate::import::onnx::MAX_OPSET;
+    let opsets = crate::formats::onnx::MIN_OPSET..=crate::formats::onnx::MAX_OPSET;
     if !opsets.contains(&g.opset) {
         return Err(malformed(format!(
             "the graph's opset {} is not one mlc supports ({}..{})",

@@ -103,11 +103,11 @@ pub fn export_opset(g: &Graph) -> i64 {
 
 /// Converts the graph to an ONNX model.
 pub fn to_model(g: &Graph) -> Result<ModelProto> {
-    if g.opset > crate::import::onnx::MAX_OPSET {
+    if g.opset > crate::formats::onnx::MAX_OPSET {
         return Err(Error::InvalidGraph(format!(
             "the graph is at opset {}, newer than the newest opset mlc knows ({})",
             g.opset,
-            crate::import::onnx::MAX_OPSET
+            crate::formats::onnx::MAX_OPSET
         )));
     }
     let opset = export_opset(g);
@@ -1445,7 +1445,7 @@ fn step_args(s: &EwStep) -> Vec<&EwArg> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::import::onnx::{load_bytes, tensor_from_proto};
+    use crate::formats::onnx::{load_bytes, tensor_from_proto};
     use crate::ir::{infer, Shape, UnaryOp};
 
     fn f32_ty(dims: &[usize]) -> TensorType {

@@ -1,10 +1,12 @@
-//! Front ends: model formats into mlc's IR.
+//! Model and data formats, read and written: ONNX (import and export), the
+//! `.mlc` bundle, and NumPy `.npy`/`.npz`.
 
+pub mod bundle;
+pub mod npy;
 pub mod onnx;
 
 use std::path::Path;
 
-use crate::emit::bundle;
 use crate::{Graph, Result};
 
 /// Loads a model file into the IR: an `.mlc` bundle (recognized by its magic
