@@ -41,7 +41,8 @@ use crate::{Error, Result, Tensor};
 use data::{Agreement, Dataset};
 use quantize::{Granularity, Layer, WeightFormat};
 use report::{
-    AccuracyReport, CalibrationReport, LatencyReport, LayerReport, Precision, Report, SizeReport,
+    AccuracyReport, CalibrationReport, LatencyReport, LayerReport, MeasurementReport, Precision,
+    Report, SizeReport,
 };
 
 /// What the weights become.
@@ -121,6 +122,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// Compresses the model at `model_path` (ONNX or bundle) as `opts` say.
 /// `source` is the model file's bytes (for the size figures and cache keys).
 pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outcome> {
+    let started = (Instant::now(), crate::runtime::build_counters());
     let mut g = crate::formats::load(model_path)?;
     let nodes_before = g.node_count();
     let o2 = Recipe::resolve("O2")?;
@@ -446,6 +448,14 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
         max_accuracy_drop: opts.max_accuracy_drop,
         min_cosine: opts.min_cosine,
         params_f16,
+        measurement: {
+            let work = crate::runtime::build_counters() - started.1;
+            MeasurementReport {
+                plans_built: work.plans_built,
+                weights_packed: work.weights_packed,
+                seconds: started.0.elapsed().as_secs_f64(),
+            }
+        },
     };
     Ok(Outcome {
         graph: g,

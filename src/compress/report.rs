@@ -149,6 +149,17 @@ pub struct Report {
     /// f32 parameter tensors (biases, norms) rounded to f16 values, stored
     /// in two bytes an element (int4).
     pub params_f16: usize,
+    /// What measuring cost: execution plans built and weights packed for
+    /// them, and the wall time of the whole compression.
+    pub measurement: MeasurementReport,
+}
+
+/// See [`Report::measurement`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MeasurementReport {
+    pub plans_built: u64,
+    pub weights_packed: u64,
+    pub seconds: f64,
 }
 
 impl Report {
@@ -243,6 +254,12 @@ impl Report {
             a.data,
             a.samples,
             self.agreement_text("cosine")
+        );
+        let m = &self.measurement;
+        let _ = writeln!(
+            s,
+            "measured in {:.1} s: {} execution plans built, {} weights packed",
+            m.seconds, m.plans_built, m.weights_packed
         );
         s
     }

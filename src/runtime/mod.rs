@@ -21,5 +21,5 @@ pub mod profile;
 mod quant;
 
 pub use check::{compare, OutputCheck};
-pub use plan::{specialize, ExecKind, Plan, PlanStats, StepInfo};
+pub use plan::{build_counters, specialize, BuildCounters, ExecKind, Plan, PlanStats, StepInfo};
 pub use profile::{NodeProfile, OpProfile, Profile};

@@ -164,6 +164,37 @@ pub struct Plan {
     pub(crate) profiler: Option<Profiler>,
 }
 
+/// Work the runtime did to build plans, counted over the process: the
+/// measurement core reports it (how many plans a command built, how many
+/// weights it packed) to show what reusing plans and packed weights saves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BuildCounters {
+    pub plans_built: u64,
+    pub weights_packed: u64,
+}
+
+static PLANS_BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WEIGHTS_PACKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The counters so far (differences of two readings give one job's work).
+pub fn build_counters() -> BuildCounters {
+    use std::sync::atomic::Ordering::Relaxed;
+    BuildCounters {
+        plans_built: PLANS_BUILT.load(Relaxed),
+        weights_packed: WEIGHTS_PACKED.load(Relaxed),
+    }
+}
+
+impl std::ops::Sub for BuildCounters {
+    type Output = BuildCounters;
+    fn sub(self, earlier: BuildCounters) -> BuildCounters {
+        BuildCounters {
+            plans_built: self.plans_built.saturating_sub(earlier.plans_built),
+            weights_packed: self.weights_packed.saturating_sub(earlier.weights_packed),
+        }
+    }
+}
+
 /// Ops that only reinterpret their first input's shape.
 fn reshape_like(op: &Op) -> bool {
     matches!(
@@ -376,6 +407,7 @@ impl Plan {
             {
                 let x = node.input(0).map_or(&[][..], shape_of);
                 if let Some(q) = QuantStep::new(&g, node, x, shape_of(node.outputs[0]), &cx) {
+                    WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let residual_ok = q.residual.is_none_or(|p| node.input(p).is_some_and(is_f32));
                     if residual_ok {
                         exec = Exec::Quant(Arc::new(q));
@@ -554,6 +586,7 @@ impl Plan {
         };
         plan.check_views()?;
         plan.prepack();
+        PLANS_BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(plan)
     }
 
@@ -588,6 +621,9 @@ impl Plan {
                 .map_or(&[][..], |info| info.shape.as_slice());
             let packed =
                 crate::kernels::cpu::prepack(&step.op, &views, out_shape, &self.cx).map(Arc::new);
+            if packed.is_some() {
+                WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.steps[i].packed = packed;
         }
     }
