@@ -66,6 +66,10 @@ pub enum Error {
     #[error("input '{name}': {message}")]
     Input { name: String, message: String },
 
+    /// A size given for a symbolic dim that does not fit the model.
+    #[error("dim '{name}': {message}")]
+    Dim { name: String, message: String },
+
     /// A NumPy file that cannot be read or written.
     #[error("{}: {message}", path.display())]
     Npy { path: PathBuf, message: String },

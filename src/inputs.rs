@@ -1,12 +1,16 @@
-//! Seeded random inputs for smoke runs and benchmarks.
+//! Binding named tensors to a model's inputs ([`bind`]), and seeded random
+//! inputs for smoke runs and benchmarks ([`random_inputs`]).
 //!
-//! Values are valid for what each input feeds: an integer input used as
+//! Random values are valid for what each input feeds: an integer input used as
 //! Gather indices (token ids) stays within the gathered axis, other integer
 //! inputs are 0/1 (masks), floats are uniform in [-1, 1).
 
 use std::collections::BTreeMap;
 
-use crate::ir::{DType, Dim, Graph, Op, Tensor, TensorData, ValueId};
+use crate::ir::bind::{
+    check_dim_names, check_input, expected_inputs, missing_input, unknown_input,
+};
+use crate::ir::{DType, Dim, Graph, Op, SymbolBindings, Tensor, TensorData, ValueId};
 use crate::{Error, Result};
 
 /// A small deterministic generator (SplitMix64): the same seed gives the same
@@ -130,4 +134,104 @@ pub fn random_inputs(g: &Graph, seed: u64, dims: &BTreeMap<String, usize>) -> Re
             Tensor::new(shape, data).map_err(|e| Error::Internal(e.to_string()))
         })
         .collect()
+}
+
+/// How [`bind`] completes what was given.
+#[derive(Clone, Debug, Default)]
+pub struct Binding {
+    /// Sizes of symbolic dims, by name (every name must be a dim of some
+    /// input).
+    pub dims: BTreeMap<String, usize>,
+    /// The size of the first symbolic dim of every input that has one.
+    pub batch: Option<usize>,
+    /// Inputs not given are seeded random data (dims not bound are 1);
+    /// without a seed a missing input is an error.
+    pub random_seed: Option<u64>,
+}
+
+/// Binds named tensors to the inputs of `g` and completes them as
+/// `binding` says; returns the inputs in the order of `g.inputs`. Every
+/// mistake gets one error that lists what the model expects: a name that
+/// is not an input, a dim name no input has, a dtype or shape that does
+/// not fit, a dim given two sizes, an input neither given nor drawn.
+pub fn bind(g: &Graph, given: Vec<(String, Tensor)>, binding: &Binding) -> Result<Vec<Tensor>> {
+    check_dim_names(g, binding.dims.keys())?;
+    let mut by_input: Vec<Option<Tensor>> = vec![None; g.inputs.len()];
+    for (name, t) in given {
+        let Some(i) = g.inputs.iter().position(|&id| g.value(id).name == name) else {
+            return Err(unknown_input(g, &name));
+        };
+        if by_input[i].is_some() {
+            return Err(Error::Input {
+                name,
+                message: "given twice".into(),
+            });
+        }
+        by_input[i] = Some(t);
+    }
+
+    // Sizes: the given tensors', then --dim, then the batch size.
+    let mut bindings = SymbolBindings::default();
+    for (&id, t) in g.inputs.iter().zip(&by_input) {
+        if let Some(t) = t {
+            check_input(g, id, t.dtype(), t.shape(), &mut bindings)?;
+        }
+    }
+    let mut dims = bindings.0;
+    let mut fix = |name: &str, size: usize, what: String| -> Result<()> {
+        match dims.get(name) {
+            Some(&d) if d != size => Err(Error::Dim {
+                name: name.to_string(),
+                message: format!("{what} gives dim '{name}' size {size}, but it is {d} elsewhere"),
+            }),
+            _ => {
+                dims.insert(name.to_string(), size);
+                Ok(())
+            }
+        }
+    };
+    for (name, &size) in &binding.dims {
+        fix(name, size, "the dims given".into())?;
+    }
+    if let Some(b) = binding.batch {
+        let firsts: Vec<String> = g
+            .inputs
+            .iter()
+            .filter_map(|&id| {
+                g.ty(id).shape.dims().iter().find_map(|d| match d {
+                    Dim::Sym(s) => Some(s.clone()),
+                    Dim::Known(_) => None,
+                })
+            })
+            .collect();
+        if firsts.is_empty() {
+            return Err(Error::Input {
+                name: "*".into(),
+                message: format!(
+                    "a batch size was given but no input has a symbolic dim to take it (inputs: {})",
+                    expected_inputs(g)
+                ),
+            });
+        }
+        for s in &firsts {
+            fix(s, b, format!("the batch size {b}"))?;
+        }
+    }
+
+    let random = match binding.random_seed {
+        Some(seed) if by_input.iter().any(Option::is_none) => Some(random_inputs(g, seed, &dims)?),
+        _ => None,
+    };
+    let mut feed = Vec::with_capacity(g.inputs.len());
+    let mut bindings = SymbolBindings::default();
+    for (i, (&id, t)) in g.inputs.iter().zip(by_input).enumerate() {
+        let t = match (t, &random) {
+            (Some(t), _) => t,
+            (None, Some(r)) => r[i].clone(),
+            (None, None) => return Err(missing_input(g, id)),
+        };
+        check_input(g, id, t.dtype(), t.shape(), &mut bindings)?;
+        feed.push(t);
+    }
+    Ok(feed)
 }

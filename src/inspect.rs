@@ -332,10 +332,10 @@ pub fn render(s: &Summary) -> String {
         out,
         "parameters {} ({})",
         s.parameters,
-        human_bytes(s.weight_bytes.values().sum())
+        crate::limits::human_bytes(s.weight_bytes.values().sum())
     );
     for (d, b) in &s.weight_bytes {
-        let _ = writeln!(out, "  {d:<6} {}", human_bytes(*b));
+        let _ = writeln!(out, "  {d:<6} {}", crate::limits::human_bytes(*b));
     }
     let _ = writeln!(out, "nodes     {}", s.node_count);
     let mut hist: Vec<(&String, &usize)> = s.op_histogram.iter().collect();
@@ -356,20 +356,4 @@ pub fn render(s: &Summary) -> String {
         }
     }
     out
-}
-
-/// `1234567` -> `1.18 MiB`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
 }

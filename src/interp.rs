@@ -10,45 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ir::infer::eval_dim;
-use crate::ir::{Graph, SymbolBindings, Tensor, ValueDef};
+use crate::ir::{Graph, Tensor, ValueDef};
 use crate::kernels::reference;
 use crate::{Error, Result};
 
 /// Runs `g` on positional inputs (in the order of `g.inputs`) and returns the
 /// graph outputs in order.
 pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-    if inputs.len() != g.inputs.len() {
-        return Err(Error::Input {
-            name: "*".into(),
-            message: format!(
-                "the model takes {} inputs, {} were given",
-                g.inputs.len(),
-                inputs.len()
-            ),
-        });
-    }
-    let mut bindings = SymbolBindings::default();
-    for (&id, t) in g.inputs.iter().zip(&inputs) {
-        let v = g.value(id);
-        if t.dtype() != v.ty.dtype {
-            return Err(Error::Input {
-                name: v.name.clone(),
-                message: format!("expected {} data, got {}", v.ty.dtype, t.dtype()),
-            });
-        }
-        if !v.ty.shape.admits(t.shape()) {
-            return Err(Error::Input {
-                name: v.name.clone(),
-                message: format!("expected shape {}, got {:?}", v.ty.shape, t.shape()),
-            });
-        }
-        bindings
-            .bind(&v.ty.shape, t.shape())
-            .map_err(|(sym, a, b)| Error::Input {
-                name: v.name.clone(),
-                message: format!("dim '{sym}' is {b} here but {a} in an earlier input"),
-            })?;
-    }
+    let bindings = crate::ir::bind::check_inputs(g, inputs.iter().map(|t| (t.dtype(), t.shape())))?;
 
     let order = g.topo_order()?;
 

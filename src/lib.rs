@@ -4,6 +4,7 @@
 //! the reference interpreter ([`interp`]), the numerical oracle every later
 //! pass and kernel is checked against.
 
+pub mod api;
 pub mod compress;
 pub mod error;
 pub mod formats;
@@ -14,6 +15,7 @@ pub mod interp;
 pub mod ir;
 pub mod kernels;
 pub mod limits;
+pub mod measure;
 pub mod probe;
 pub mod quant;
 pub mod runtime;

@@ -50,7 +50,7 @@ fn single() -> CpuCtx {
 fn check_against_interp(what: &str, g: &Graph, inputs: &[Tensor], cx: CpuCtx) -> Plan {
     let want = mlc::interp::run(g, inputs.to_vec()).unwrap_or_else(|e| panic!("{what}: {e}"));
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-    let mut plan = Plan::new(g, &shapes, cx).unwrap_or_else(|e| panic!("{what}: plan: {e}"));
+    let mut plan = plan_for(g, &shapes, cx).unwrap_or_else(|e| panic!("{what}: plan: {e}"));
     for round in 0..2 {
         let got = plan
             .run(inputs)
@@ -174,7 +174,7 @@ fn fixture_inputs_give_the_recorded_outputs() {
     let g = fixture("cnn");
     let x = mlc::formats::npy::read_npy(&dir.join("input_x.npy")).unwrap();
     let want = mlc::formats::npy::read_npy(&dir.join("expected_logits.npy")).unwrap();
-    let mut plan = Plan::new(&o2(&g), &[x.shape().to_vec()], single()).unwrap();
+    let mut plan = plan_for(&o2(&g), &[x.shape().to_vec()], single()).unwrap();
     let got = plan.run(&[x]).unwrap();
     common::compare(&got[0], &want, RTOL, ATOL).unwrap();
 }
@@ -182,7 +182,7 @@ fn fixture_inputs_give_the_recorded_outputs() {
 #[test]
 fn transformer_arena_reuses_memory_and_plans_in_place_work() {
     let g = o2(&fixture("transformer"));
-    let plan = Plan::new(&g, &[vec![2, 16], vec![2, 16]], single()).unwrap();
+    let plan = plan_for(&g, &[vec![2, 16], vec![2, 16]], single()).unwrap();
     let s = plan.stats();
     assert!(
         s.arena_bytes < s.unshared_bytes,
@@ -204,8 +204,8 @@ fn thread_counts_agree() {
         let d = dims(&[("batch", 2), ("seq", 8)]);
         let ins = random_inputs(&g, 5, &d).unwrap();
         let shapes: Vec<Vec<usize>> = ins.iter().map(|t| t.shape().to_vec()).collect();
-        let mut one = Plan::new(&g, &shapes, CpuCtx::new(1).unwrap()).unwrap();
-        let mut two = Plan::new(&g, &shapes, CpuCtx::new(2).unwrap()).unwrap();
+        let mut one = plan_for(&g, &shapes, CpuCtx::new(1).unwrap()).unwrap();
+        let mut two = plan_for(&g, &shapes, CpuCtx::new(2).unwrap()).unwrap();
         assert_eq!(two.threads(), 2);
         let a = one.run(&ins).unwrap();
         let b = two.run(&ins).unwrap();
@@ -446,7 +446,7 @@ fn gather_of_f32_data_copies_rows_for_i64_and_i32_indices() {
     assert_eq!(step(&plan, "rows").exec, ExecKind::Fast);
     assert_eq!(step(&plan, "cols").exec, ExecKind::Fast);
     // An index out of range is an error naming the node, not a panic.
-    let mut plan = Plan::new(&g, &[vec![4, 5, 3], vec![2, 3]], single()).unwrap();
+    let mut plan = plan_for(&g, &[vec![4, 5, 3], vec![2, 3]], single()).unwrap();
     ins[1] = Tensor::from_i64(vec![2, 3], vec![0, 1, 2, 3, 4, 5]).unwrap();
     let e = plan.run(&ins).unwrap_err().to_string();
     assert!(
@@ -458,21 +458,21 @@ fn gather_of_f32_data_copies_rows_for_i64_and_i32_indices() {
 #[test]
 fn bad_inputs_are_errors() {
     let g = fixture("mlp");
-    let mut plan = Plan::new(&g, &[vec![2, 64]], single()).unwrap();
+    let mut plan = plan_for(&g, &[vec![2, 64]], single()).unwrap();
     let wrong_shape = Tensor::zeros(DType::F32, vec![3, 64]);
     let e = plan.run(&[wrong_shape]).unwrap_err().to_string();
-    assert!(e.contains("built for shape [2, 64]"), "{e}");
+    assert!(e.contains("expects f32[2,64], got f32[3, 64]"), "{e}");
     let wrong_type = Tensor::zeros(DType::F64, vec![2, 64]);
     assert!(plan.run(&[wrong_type]).is_err());
     assert!(plan.run(&[]).is_err());
     // Shapes the model does not admit fail at plan time.
-    let e = Plan::new(&g, &[vec![2, 65]], single())
+    let e = plan_for(&g, &[vec![2, 65]], single())
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("input 'x'"), "{e}");
-    assert!(Plan::new(&g, &[vec![2, 64, 1]], single()).is_err());
-    assert!(Plan::new(&g, &[], single()).is_err());
+    assert!(plan_for(&g, &[vec![2, 64, 1]], single()).is_err());
+    assert!(plan_for(&g, &[], single()).is_err());
 }
 
 // ---------------------------------------------------------------------------
@@ -626,7 +626,7 @@ fn random_graphs_match_interpreter() {
 #[test]
 fn profile_counts_every_node() {
     let g = o2(&fixture("cnn"));
-    let mut plan = Plan::new(&g, &[vec![1, 3, 32, 32]], single()).unwrap();
+    let mut plan = plan_for(&g, &[vec![1, 3, 32, 32]], single()).unwrap();
     assert!(plan.profile().is_none());
     plan.set_profiling(true);
     let ins = random_inputs(&g, 1, &BTreeMap::new()).unwrap();
@@ -897,7 +897,7 @@ fn shapes_that_depend_on_input_data_are_errors() {
     });
     g.outputs.push(r);
     mlc::ir::infer::infer_graph(&mut g).unwrap();
-    let e = Plan::new(&g, &[vec![6], vec![2]], single())
+    let e = plan_for(&g, &[vec![6], vec![2]], single())
         .err()
         .expect("a data-dependent shape must not plan")
         .to_string();
@@ -1059,4 +1059,9 @@ fn symbolic_dims_as_exporters_write_them() {
         assert_eq!(want[0].shape(), [b, 1]);
         check_against_interp(&format!("b={b} s={s}"), &compiled, &inputs, single());
     }
+}
+
+/// A plan of `g` for inputs of `shapes`: specialized, then planned.
+fn plan_for(g: &Graph, shapes: &[Vec<usize>], cx: CpuCtx) -> mlc::Result<Plan> {
+    Plan::new(mlc::transform::specialize::specialize(g, shapes)?, cx)
 }

@@ -9,8 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::formats::npy;
+use crate::ir::bind;
 use crate::ir::{DType, Graph, TensorData};
-use crate::kernels::cpu::CpuCtx;
+
 use crate::runtime::Plan;
 use crate::{inputs, Error, Result, Tensor};
 
@@ -54,23 +55,17 @@ impl Dataset {
         let mut picked = Vec::with_capacity(g.inputs.len());
         let mut extra_axis = None;
         let mut samples = None;
+        if let Some(name) = arrays
+            .keys()
+            .find(|n| !g.inputs.iter().any(|&id| g.value(id).name == **n))
+        {
+            return Err(bind::unknown_input(g, name));
+        }
         for &id in &g.inputs {
             let v = g.value(id);
-            let t = arrays.remove(&v.name).ok_or_else(|| {
-                bad(format!(
-                    "no array for model input '{}' (the file has: {})",
-                    v.name,
-                    arrays.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            })?;
-            if t.dtype() != v.ty.dtype {
-                return Err(bad(format!(
-                    "input '{}' is {} but the array is {}",
-                    v.name,
-                    v.ty.dtype,
-                    t.dtype()
-                )));
-            }
+            let t = arrays
+                .remove(&v.name)
+                .ok_or_else(|| bind::missing_input(g, id))?;
             let rank = v.ty.shape.rank();
             let extra = if t.rank() == rank + 1 {
                 true
@@ -110,13 +105,17 @@ impl Dataset {
                 return Err(bad(format!("{} labels for {samples} samples", l.len())));
             }
         }
-        Ok(Dataset {
+        let data = Dataset {
             arrays: picked,
             extra_axis: extra_axis.unwrap_or(false),
             samples,
             labels,
             source: path.display().to_string(),
-        })
+        };
+        // Each sample must fit the inputs (same check, same words as a run).
+        let first = data.sample(0)?;
+        bind::check_inputs(g, first.iter().map(|t| (t.dtype(), t.shape())))?;
+        Ok(data)
     }
 
     /// `n` seeded random samples (batch 1, other symbolic dims from `dims`
@@ -212,17 +211,9 @@ pub fn progress(show: bool, len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Runs `g` on every sample of `data` (one plan, batch 1 per sample) and
-/// returns each sample's outputs.
-pub fn run_all(
-    g: &Graph,
-    data: &Dataset,
-    cx: &CpuCtx,
-    pb: &ProgressBar,
-) -> Result<Vec<Vec<Tensor>>> {
-    let first = data.sample(0)?;
-    let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape().to_vec()).collect();
-    let mut plan = Plan::new(g, &shapes, cx.clone())?;
+/// Runs `plan` (built for one sample's shapes) on every sample of `data`
+/// and returns each sample's outputs.
+pub fn run_plan(plan: &mut Plan, data: &Dataset, pb: &ProgressBar) -> Result<Vec<Vec<Tensor>>> {
     let mut out = Vec::with_capacity(data.samples);
     for i in 0..data.samples {
         out.push(plan.run(&data.sample(i)?)?);

@@ -31,13 +31,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::formats::bundle;
-use crate::ir::{infer, ActQuant, Graph, Node, NodeId, ValueId};
+use crate::ir::{infer, ActQuant, Graph, NodeId, ValueId};
 use crate::kernels::cpu::CpuCtx;
+use crate::measure::{self, Measurer};
 use crate::quant::calib::{quant_params, CalibMethod, Observer};
-use crate::runtime::{plan, Plan};
+use crate::runtime::Plan;
 use crate::transform::recipe::Recipe;
 use crate::transform::runner::{self, RunOptions};
-use crate::{Error, Result, Tensor};
+use crate::{Result, Tensor};
 use data::{Agreement, Dataset};
 use quantize::{Granularity, Layer, WeightFormat};
 use report::{
@@ -119,16 +120,23 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("mlc"))
 }
 
-/// Compresses the model at `model_path` (ONNX or bundle) as `opts` say.
-/// `source` is the model file's bytes (for the size figures and cache keys).
-pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outcome> {
-    let started = (Instant::now(), crate::runtime::build_counters());
-    let mut g = crate::formats::load(model_path)?;
+/// Compresses `imported` (a model as loaded, before any pass) as `opts`
+/// say. `model_path` names it in the report and `source` is its file's
+/// bytes (for the size figures and the calibration cache key).
+pub fn compress(
+    imported: Graph,
+    model_path: &Path,
+    source: &[u8],
+    opts: &Options,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    crate::ir::bind::check_dim_names(&imported, opts.dims.keys())?;
+    let mut g = imported;
     let nodes_before = g.node_count();
     let o2 = Recipe::resolve("O2")?;
     runner::run(&mut g, &o2, &RunOptions::default())?;
     let f32_graph = g.clone();
-    let cx = CpuCtx::new(opts.threads)?;
+    let meas = Measurer::new(CpuCtx::new(opts.threads)?);
     let float_model = data::float_inputs(&g);
 
     // Data: evaluation set, calibration set, else random inputs.
@@ -143,8 +151,12 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             None => Dataset::random(&g, 16, &opts.dims)?,
         },
     };
+    // Every measurement runs one sample at a time: one plan per graph.
+    let sample = eval.sample(0)?;
+    let shapes = shapes_of(&sample);
+    let mut f32_plan = meas.plan(&f32_graph, &shapes)?;
     let pb = data::progress(opts.progress, eval.samples, "f32 reference");
-    let reference = data::run_all(&f32_graph, &eval, &cx, &pb)?;
+    let reference = data::run_plan(&mut f32_plan, &eval, &pb)?;
     pb.finish_and_clear();
 
     let layers = quantize::find_layers(&g);
@@ -156,6 +168,8 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
     let mut params_f16 = 0;
     let mut act_of: HashMap<NodeId, ActQuant> = HashMap::new();
 
+    // The compressed model with its plan (int8: the candidate chosen).
+    let mut compressed: Option<Candidate> = None;
     match opts.mode {
         Mode::Int8 => {
             // Activation quantization of each layer.
@@ -171,7 +185,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                         ranges,
                         cached,
                         cache_key,
-                    } = calibrate(&g, &layers, c, *method, source, opts, &cx)?;
+                    } = calibrate(&g, &layers, c, *method, source, opts, &meas)?;
                     for l in &layers {
                         let r = ranges
                             .get(&g.value(l.input).name)
@@ -196,26 +210,49 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 }
             }
 
-            // Speed: keep f32 where the int8 kernel is slower here.
+            // Speed: keep f32 where the int8 kernel is slower here, each
+            // layer timed where it runs, in the f32 model and in the model
+            // with every layer int8, run alternately.
             let mut for_speed: Vec<usize> = Vec::new();
+            let mut all_int8 = None;
             if opts.check_speed {
-                let sample = eval.sample(0)?;
-                let spec = plan::specialize(&g, &shapes_of(&sample))?;
-                let pb = data::progress(opts.progress, layers.len(), "layer timing");
+                let mut c = Candidate::new(
+                    &f32_graph,
+                    &layers,
+                    &HashSet::new(),
+                    &act_of,
+                    opts,
+                    &meas,
+                    &shapes,
+                )?;
+                let pb = data::progress(opts.progress, 1, "layer timing");
+                let t = Instant::now();
+                f32_plan.run(&sample)?;
+                let model_ms = t.elapsed().as_secs_f64() * 1e3;
+                // About 40 ms of f32 time per layer, as when layers were
+                // timed alone, within 9..=101 rounds.
+                let budget_ms = (40.0 * layers.len() as f64).max(1000.0);
+                let runs = ((budget_ms / model_ms.max(1e-3)) as usize).clamp(9, 101);
+                let (tf, tq) =
+                    measure::alternate_nodes(&mut f32_plan, &mut c.plan, &sample, 2, runs)?;
                 for (i, (l, rep)) in layers.iter().zip(&mut layer_reports).enumerate() {
-                    let (f, q) = time_layer(&spec, l, act_of[&l.node], opts.weights, &cx)?;
-                    rep.f32_ms = Some(f);
-                    rep.int8_ms = Some(q);
-                    if q > f + SPEED_TIE_MS {
+                    let name = &l.name;
+                    let (Some(f), Some(q)) = (tf.get(name), tq.get(name)) else {
+                        continue;
+                    };
+                    rep.f32_ms = Some(f.median_ms);
+                    rep.int8_ms = Some(q.median_ms);
+                    if q.slower_than(f, SPEED_TIE_MS) {
                         kept_f32.insert(l.node);
                         for_speed.push(i);
                         rep.reason = Some(format!(
-                            "speed: the int8 kernel takes {q:.3} ms, the f32 one {f:.3} ms on this machine"
+                            "speed: the int8 kernel takes {:.3} ms (p10-p90 {:.3}-{:.3}), the f32 one {:.3} ms ({:.3}-{:.3}) on this machine",
+                            q.median_ms, q.p10_ms, q.p90_ms, f.median_ms, f.p10_ms, f.p90_ms
                         ));
                     }
-                    pb.inc(1);
                 }
                 pb.finish_and_clear();
+                all_int8 = Some(c);
             }
 
             // Each layer's contribution to the output error, alone: one
@@ -230,10 +267,10 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                     for (l, rep) in layers.iter().zip(layer_reports.iter_mut()) {
                         let mut one = f32_graph.clone();
                         quantize::quantize_layer(&mut one, l, act_of[&l.node], opts.weights)?;
-                        let out = data::run_all(
-                            &one,
+                        let mut plan = meas.plan(&one, &shapes)?;
+                        let out = data::run_plan(
+                            &mut plan,
                             &sens_data,
-                            &cx,
                             &indicatif::ProgressBar::hidden(),
                         )?;
                         let a = data::agreement(sens_ref, &out);
@@ -263,11 +300,11 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 .is_some_and(|t| t.rank() == 2);
             // A candidate's accuracy drop (points) and agreement, and
             // whether they break the budget (drop, cosine).
-            let judge = |candidate: &Graph| -> Result<(Option<f64>, Agreement, bool, bool)> {
-                let out = data::run_all(candidate, &eval, &cx, &indicatif::ProgressBar::hidden())?;
-                let a = data::agreement(&reference, &out);
+            let judge = |c: &mut Candidate| -> Result<(Option<f64>, Agreement, bool, bool)> {
+                let out = c.outputs(&eval)?;
+                let a = data::agreement(&reference, out);
                 let drop = match (&eval.labels, base_acc) {
-                    (Some(l), Some(b)) => Some(100.0 * (b - data::accuracy(&out, l))),
+                    (Some(l), Some(b)) => Some(100.0 * (b - data::accuracy(out, l))),
                     _ if classifier => Some(100.0 * (1.0 - a.top1_agreement)),
                     _ => None,
                 };
@@ -279,8 +316,16 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             // below takes the one with fewer layers f32.
             let mut order: Option<Vec<usize>> = None;
             let mut chosen = loop {
-                let candidate = build_int8(&f32_graph, &layers, &kept_f32, &act_of, opts)?;
-                let (drop, a, breaks_drop, breaks_cos) = judge(&candidate)?;
+                let mut candidate = match all_int8.take() {
+                    Some(c) if c.kept == kept_f32 => c,
+                    other => {
+                        all_int8 = other;
+                        Candidate::new(
+                            &f32_graph, &layers, &kept_f32, &act_of, opts, &meas, &shapes,
+                        )?
+                    }
+                };
+                let (drop, a, breaks_drop, breaks_cos) = judge(&mut candidate)?;
                 if !(breaks_drop || breaks_cos) {
                     break candidate;
                 }
@@ -326,16 +371,23 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                 for &i in &for_speed {
                     fewer.remove(&layers[i].node);
                 }
-                let all = build_int8(&f32_graph, &layers, &fewer, &act_of, opts)?;
-                let (_, _, breaks_drop, breaks_cos) = judge(&all)?;
+                let mut all = match all_int8.take() {
+                    Some(c) if c.kept == fewer => c,
+                    _ => {
+                        Candidate::new(&f32_graph, &layers, &fewer, &act_of, opts, &meas, &shapes)?
+                    }
+                };
+                let (_, _, breaks_drop, breaks_cos) = judge(&mut all)?;
                 if !breaks_drop && !breaks_cos {
-                    let sample = eval.sample(0)?;
-                    let shapes = shapes_of(&sample);
-                    let mut pa = Plan::new(&all, &shapes, cx.clone())?;
-                    let mut pm = Plan::new(&chosen, &shapes, cx.clone())?;
-                    let (ta, tm) =
-                        alternate(&mut pa, &mut pm, &sample, &sample, 2, MODEL_SPEED_RUNS)?;
-                    let (ta, tm) = (median(&ta), median(&tm));
+                    let (ta, tm) = measure::alternate(
+                        &mut all.plan,
+                        &mut chosen.plan,
+                        &sample,
+                        &sample,
+                        2,
+                        MODEL_SPEED_RUNS,
+                    )?;
+                    let (ta, tm) = (ta.median_ms, tm.median_ms);
                     let int8_wins = ta <= tm * (1.0 + MODEL_SPEED_TIE);
                     for &i in &for_speed {
                         let r = layer_reports[i].reason.take().unwrap_or_default();
@@ -349,7 +401,7 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
                     }
                 }
             }
-            g = chosen;
+            compressed = Some(chosen);
         }
         Mode::Int4 => {
             quantize::int4_weights(&mut g)?;
@@ -359,7 +411,14 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
             quantize::fp16_weights(&mut g)?;
         }
     }
-    infer::infer_graph(&mut g)?;
+    let mut compressed = match compressed {
+        Some(c) => c,
+        None => {
+            infer::infer_graph(&mut g)?;
+            Candidate::from_graph(g, HashSet::new(), &meas, &shapes)?
+        }
+    };
+    let g = compressed.graph.clone();
 
     // Per-layer precision and bytes after.
     for (l, rep) in layers.iter().zip(&mut layer_reports) {
@@ -375,15 +434,13 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
         rep.stored_bytes = after;
     }
 
-    // Accuracy of the final model.
-    let pb = data::progress(opts.progress, eval.samples, "evaluation");
-    let outputs = data::run_all(&g, &eval, &cx, &pb)?;
-    pb.finish_and_clear();
-    let agreement: Agreement = data::agreement(&reference, &outputs);
+    // Accuracy of the final model (the outputs its last judgement ran).
+    let outputs = compressed.outputs(&eval)?;
+    let agreement: Agreement = data::agreement(&reference, outputs);
     let (top1_f32, top1_compressed) = match &eval.labels {
         Some(l) => (
             Some(data::accuracy(&reference, l)),
-            Some(data::accuracy(&outputs, l)),
+            Some(data::accuracy(outputs, l)),
         ),
         None => (None, None),
     };
@@ -398,8 +455,13 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
     };
 
     // Latency, f32 and compressed alternating, batch 1.
-    let sample = eval.sample(0)?;
-    let latency = measure_latency(&f32_graph, &g, &sample, opts, &cx)?;
+    let latency = measure_latency(
+        &mut f32_plan,
+        &mut compressed.plan,
+        &sample,
+        opts,
+        meas.cx(),
+    )?;
 
     let f32_pipeline = bundle::PipelineInfo {
         name: o2.name.clone(),
@@ -449,11 +511,11 @@ pub fn compress(model_path: &Path, source: &[u8], opts: &Options) -> Result<Outc
         min_cosine: opts.min_cosine,
         params_f16,
         measurement: {
-            let work = crate::runtime::build_counters() - started.1;
+            let work = meas.work();
             MeasurementReport {
                 plans_built: work.plans_built,
                 weights_packed: work.weights_packed,
-                seconds: started.0.elapsed().as_secs_f64(),
+                seconds: started.elapsed().as_secs_f64(),
             }
         },
     };
@@ -471,26 +533,65 @@ fn shapes_of(inputs: &[Tensor]) -> Vec<Vec<usize>> {
 /// `f32_graph` with every layer not in `kept_f32` quantized, and the other
 /// large constants (embedding tables, ...) stored int8 per row; the weights
 /// of f32-kept layers stay f32.
-fn build_int8(
-    f32_graph: &Graph,
-    layers: &[Layer],
-    kept_f32: &HashSet<NodeId>,
-    act_of: &HashMap<NodeId, ActQuant>,
-    opts: &Options,
-) -> Result<Graph> {
-    let mut g = f32_graph.clone();
-    for l in layers.iter().filter(|l| !kept_f32.contains(&l.node)) {
-        quantize::quantize_layer(&mut g, l, act_of[&l.node], opts.weights)?;
+/// A compressed model being measured: its graph, its plan (built once)
+/// and, once evaluated, its outputs on the evaluation set.
+struct Candidate {
+    /// Layers left f32.
+    kept: HashSet<NodeId>,
+    graph: Graph,
+    plan: Plan,
+    outputs: Option<Vec<Vec<Tensor>>>,
+}
+
+impl Candidate {
+    /// The f32 model with every layer but those in `kept_f32` int8.
+    fn new(
+        f32_graph: &Graph,
+        layers: &[Layer],
+        kept_f32: &HashSet<NodeId>,
+        act_of: &HashMap<NodeId, ActQuant>,
+        opts: &Options,
+        meas: &Measurer,
+        shapes: &[Vec<usize>],
+    ) -> Result<Candidate> {
+        let mut g = f32_graph.clone();
+        for l in layers.iter().filter(|l| !kept_f32.contains(&l.node)) {
+            quantize::quantize_layer(&mut g, l, act_of[&l.node], opts.weights)?;
+        }
+        let keep: HashSet<ValueId> = layers
+            .iter()
+            .filter(|l| kept_f32.contains(&l.node))
+            .map(|l| l.weight)
+            .collect();
+        crate::transform::dce::remove_dead(&mut g)?;
+        quantize::weight_only_except(&mut g, &keep)?;
+        infer::infer_graph(&mut g)?;
+        Candidate::from_graph(g, kept_f32.clone(), meas, shapes)
     }
-    let keep: HashSet<ValueId> = layers
-        .iter()
-        .filter(|l| kept_f32.contains(&l.node))
-        .map(|l| l.weight)
-        .collect();
-    crate::transform::dce::remove_dead(&mut g)?;
-    quantize::weight_only_except(&mut g, &keep)?;
-    infer::infer_graph(&mut g)?;
-    Ok(g)
+
+    fn from_graph(
+        graph: Graph,
+        kept: HashSet<NodeId>,
+        meas: &Measurer,
+        shapes: &[Vec<usize>],
+    ) -> Result<Candidate> {
+        let plan = meas.plan(&graph, shapes)?;
+        Ok(Candidate {
+            kept,
+            graph,
+            plan,
+            outputs: None,
+        })
+    }
+
+    /// The outputs on every sample of `eval`, run once.
+    fn outputs(&mut self, eval: &Dataset) -> Result<&Vec<Vec<Tensor>>> {
+        if self.outputs.is_none() {
+            let out = data::run_plan(&mut self.plan, eval, &indicatif::ProgressBar::hidden())?;
+            self.outputs = Some(out);
+        }
+        Ok(self.outputs.get_or_insert_with(Vec::new))
+    }
 }
 
 /// Bytes of a layer's weight before (f32) and after compression: the
@@ -580,7 +681,7 @@ fn calibrate(
     method: CalibMethod,
     source: &[u8],
     opts: &Options,
-    cx: &CpuCtx,
+    meas: &Measurer,
 ) -> Result<Calibrated> {
     let mut observed: Vec<ValueId> = layers.iter().map(|l| l.input).collect();
     observed.sort();
@@ -617,7 +718,7 @@ fn calibrate(
     probe.outputs.extend(observed.iter().copied());
     let mut observers: Vec<Observer> = observed.iter().map(|_| Observer::new()).collect();
     let first = data.sample(0)?;
-    let mut plan = Plan::new(&probe, &shapes_of(&first), cx.clone())?;
+    let mut plan = meas.plan(&probe, &shapes_of(&first))?;
     let pb = data::progress(opts.progress, data.samples, "calibration");
     for i in 0..data.samples {
         let outs = plan.run(&data.sample(i)?)?;
@@ -653,47 +754,6 @@ fn calibrate(
     })
 }
 
-/// A graph holding only `node` of `spec` (a specialized graph): its
-/// non-constant inputs become graph inputs.
-fn layer_graph(spec: &Graph, node: &Node) -> Result<Graph> {
-    let mut m = Graph::new(node.name.clone(), spec.opset);
-    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-    let mut inputs = Vec::new();
-    for v in node.inputs.iter() {
-        let Some(v) = *v else {
-            inputs.push(None);
-            continue;
-        };
-        let id = match map.get(&v) {
-            Some(&id) => id,
-            None => {
-                let val = spec.value(v);
-                let id = match spec.consts.get(&v) {
-                    Some(t) => m.add_const(val.name.clone(), t.clone()),
-                    None => m.add_input(val.name.clone(), val.ty.clone()),
-                };
-                map.insert(v, id);
-                id
-            }
-        };
-        inputs.push(Some(id));
-    }
-    let outs: Vec<ValueId> = node
-        .outputs
-        .iter()
-        .map(|&o| m.add_value(spec.value(o).name.clone(), spec.ty(o).clone()))
-        .collect();
-    m.outputs = outs.clone();
-    m.add_node(Node {
-        name: node.name.clone(),
-        op: node.op.clone(),
-        inputs,
-        outputs: outs,
-    });
-    infer::infer_graph(&mut m)?;
-    Ok(m)
-}
-
 /// Alternating timed runs of the whole model with the layers kept f32 for
 /// speed made int8 again, against the mixed model.
 const MODEL_SPEED_RUNS: usize = 10;
@@ -710,80 +770,10 @@ const MODEL_SPEED_TIE: f64 = 0.01;
 /// int8 model slower than f32).
 pub const SPEED_TIE_MS: f64 = 0.005;
 
-/// Median milliseconds of the layer's f32 node and of its int8 form, run
-/// alternately on seeded random inputs.
-fn time_layer(
-    spec: &Graph,
-    layer: &Layer,
-    act: ActQuant,
-    format: WeightFormat,
-    cx: &CpuCtx,
-) -> Result<(f64, f64)> {
-    let node = spec
-        .node(layer.node)
-        .ok_or_else(|| Error::Internal(format!("layer '{}' vanished", layer.name)))?;
-    let f = layer_graph(spec, node)?;
-    let mut q = f.clone();
-    let ql = quantize::find_layers(&q)
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            Error::Internal(format!("layer '{}' is not quantizable alone", layer.name))
-        })?;
-    quantize::quantize_layer(&mut q, &ql, act, format)?;
-    infer::infer_graph(&mut q)?;
-    let feed = crate::inputs::random_inputs(&f, 1, &BTreeMap::new())?;
-    let shapes = shapes_of(&feed);
-    let mut pf = Plan::new(&f, &shapes, cx.clone())?;
-    let mut pq = Plan::new(&q, &shapes, cx.clone())?;
-    // Small layers get more runs (about 40 ms of f32 time in all, at most
-    // 101), so that a decision near 1x does not hang on a few noisy runs.
-    let (probe, _) = alternate(&mut pf, &mut pq, &feed, &feed, 2, 1)?;
-    let runs = ((40.0 / probe[0].max(1e-3)) as usize).clamp(9, 101);
-    let (tf, tq) = alternate(&mut pf, &mut pq, &feed, &feed, 0, runs)?;
-    Ok((median(&tf), median(&tq)))
-}
-
-/// Runs `a` and `b` alternately (`warmup` untimed rounds, then `runs`
-/// timed), returning each one's milliseconds.
-fn alternate(
-    a: &mut Plan,
-    b: &mut Plan,
-    ia: &[Tensor],
-    ib: &[Tensor],
-    warmup: usize,
-    runs: usize,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    for _ in 0..warmup {
-        a.run(ia)?;
-        b.run(ib)?;
-    }
-    let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    for _ in 0..runs {
-        let t = Instant::now();
-        a.run(ia)?;
-        ta.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        b.run(ib)?;
-        tb.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok((ta, tb))
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => s[n / 2],
-        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
-    }
-}
-
 /// Latency of the f32 and compressed models on one sample, alternating.
 fn measure_latency(
-    f32_graph: &Graph,
-    g: &Graph,
+    f32_plan: &mut Plan,
+    plan: &mut Plan,
     sample: &[Tensor],
     opts: &Options,
     cx: &CpuCtx,
@@ -791,25 +781,16 @@ fn measure_latency(
     if opts.latency_runs == 0 {
         return Ok(None);
     }
-    let shapes = shapes_of(sample);
-    let mut pf = Plan::new(f32_graph, &shapes, cx.clone())?;
-    let mut pq = Plan::new(g, &shapes, cx.clone())?;
-    let (tf, tq) = alternate(&mut pf, &mut pq, sample, sample, 3, opts.latency_runs)?;
-    let span = |v: &[f64]| {
-        (
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(0.0, f64::max),
-        )
-    };
-    let (f, q) = (median(&tf), median(&tq));
+    let (tf, tq) = measure::alternate(f32_plan, plan, sample, sample, 3, opts.latency_runs)?;
+    let (f, q) = (tf.median_ms, tq.median_ms);
     Ok(Some(LatencyReport {
         threads: cx.threads,
-        inputs: shapes,
+        inputs: shapes_of(sample),
         runs: opts.latency_runs,
         f32_ms: f,
-        f32_ms_range: span(&tf),
+        f32_ms_range: (tf.p10_ms, tf.p90_ms),
         compressed_ms: q,
-        compressed_ms_range: span(&tq),
+        compressed_ms_range: (tq.p10_ms, tq.p90_ms),
         speedup: if q > 0.0 { f / q } else { 0.0 },
     }))
 }

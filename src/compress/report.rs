@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::data::Agreement;
 use super::quantize::{Layer, LayerKind};
-use crate::inspect::human_bytes;
 use crate::ir::Graph;
+use crate::limits::human_bytes;
 
 /// How a layer's weight is stored and computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

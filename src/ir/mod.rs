@@ -2,6 +2,7 @@
 //! constant store, shape/type inference, a verifier and a deterministic text
 //! form.
 
+pub mod bind;
 pub mod dtype;
 pub mod graph;
 pub mod infer;

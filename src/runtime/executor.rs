@@ -126,36 +126,10 @@ impl Plan {
         self.collect_outputs(inputs)
     }
 
+    /// The plan's graph is specialized: its inputs have the planned shapes.
     fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
-        if inputs.len() != self.inputs.len() {
-            return Err(Error::Input {
-                name: "*".into(),
-                message: format!(
-                    "the model takes {} inputs, {} were given",
-                    self.inputs.len(),
-                    inputs.len()
-                ),
-            });
-        }
-        for ((id, shape, dtype), t) in self.inputs.iter().zip(inputs) {
-            let name = || self.graph.value(*id).name.clone();
-            if t.dtype() != *dtype {
-                return Err(Error::Input {
-                    name: name(),
-                    message: format!("expected {dtype} data, got {}", t.dtype()),
-                });
-            }
-            if t.shape() != shape.as_slice() {
-                return Err(Error::Input {
-                    name: name(),
-                    message: format!(
-                        "the plan was built for shape {shape:?}, got {:?}",
-                        t.shape()
-                    ),
-                });
-            }
-        }
-        Ok(())
+        crate::ir::bind::check_inputs(&self.graph, inputs.iter().map(|t| (t.dtype(), t.shape())))
+            .map(|_| ())
     }
 
     fn run_steps(&mut self, inputs: &[Tensor]) -> Result<()> {

@@ -1,7 +1,8 @@
 //! The CPU runtime: runs a graph fast on f32 data with a precomputed plan.
 //!
-//! A [`Plan`] is built once per set of input shapes: the graph is
-//! specialized to those shapes (every value gets a concrete shape), nodes
+//! A [`Plan`] is built once per set of input shapes from the graph
+//! specialized to those shapes ([`crate::transform::specialize`]: every
+//! value has a concrete shape); nodes
 //! are scheduled in topological order, and every f32 intermediate gets a
 //! range of one arena, allocated once, with buffers reused as soon as their
 //! values die ([`arena`]) and elementwise nodes writing over a dying input
@@ -16,10 +17,12 @@ pub mod arena;
 pub mod check;
 mod executor;
 pub mod inplace;
+mod packs;
 pub mod plan;
 pub mod profile;
 mod quant;
 
 pub use check::{compare, OutputCheck};
-pub use plan::{build_counters, specialize, BuildCounters, ExecKind, Plan, PlanStats, StepInfo};
+pub use packs::PackCache;
+pub use plan::{build_counters, BuildCounters, ExecKind, Plan, PlanStats, StepInfo};
 pub use profile::{NodeProfile, OpProfile, Profile};

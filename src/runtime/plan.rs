@@ -1,10 +1,9 @@
 //! Building an execution plan: the graph specialized to concrete input
 //! shapes, a schedule, where every value lives, and how each node runs.
 //!
-//! [`Plan::new`] binds the input shapes, re-infers every type and folds the
-//! shape arithmetic with the `O1` recipe, so that Reshape targets and the
-//! like become constants and every value has a concrete shape (a shape that
-//! still depends on input *data* is an error). The schedule is the
+//! [`Plan::new`] takes a graph specialized to concrete input shapes
+//! ([`crate::transform::specialize`]: every value has a concrete shape; a
+//! shape that still depends on input *data* is an error here). The schedule is the
 //! topological order. Each f32 value a node produces gets a range of one
 //! arena, planned by liveness ([`super::arena`]) so buffers whose lifetimes
 //! do not overlap share memory; graph inputs are read from the caller's
@@ -29,14 +28,11 @@ use serde::Serialize;
 
 use super::arena::{self, Interval};
 use super::inplace::{self, ChainKernel};
+use super::packs::{PackCache, PackKey};
 use super::profile::{self, Profiler};
 use super::quant::QuantStep;
-use crate::ir::{infer, DType, Graph, Op, Shape, SymbolBindings, Tensor, ValueId};
+use crate::ir::{DType, Graph, Op, Tensor, ValueId};
 use crate::kernels::cpu::{CpuCtx, Prepacked, View};
-use crate::transform::fold_constants::{FoldConstants, DEFAULT_MAX_ELEMENTS};
-use crate::transform::recipe::Recipe;
-use crate::transform::runner::{self, RunOptions};
-use crate::transform::{Pass, PassCx};
 use crate::{Error, Result};
 
 /// Where a value's data lives while a plan runs.
@@ -195,6 +191,14 @@ impl std::ops::Sub for BuildCounters {
     }
 }
 
+/// The constant tensors among `inputs` (None for the others).
+fn const_inputs(g: &Graph, inputs: &[Option<ValueId>]) -> Vec<Option<Arc<Tensor>>> {
+    inputs
+        .iter()
+        .map(|v| v.and_then(|v| g.consts.get(&v).cloned()))
+        .collect()
+}
+
 /// Ops that only reinterpret their first input's shape.
 fn reshape_like(op: &Op) -> bool {
     matches!(
@@ -203,56 +207,19 @@ fn reshape_like(op: &Op) -> bool {
     )
 }
 
-/// Copies `g` with the inputs bound to `input_shapes`, re-inferred and with
-/// shape arithmetic folded (`O1`). Every value then has a concrete shape.
-pub fn specialize(g: &Graph, input_shapes: &[Vec<usize>]) -> Result<Graph> {
-    if input_shapes.len() != g.inputs.len() {
-        return Err(Error::Input {
-            name: "*".into(),
-            message: format!(
-                "the model takes {} inputs, {} shapes were given",
-                g.inputs.len(),
-                input_shapes.len()
-            ),
-        });
-    }
-    let mut s = g.clone();
-    let mut bindings = SymbolBindings::default();
-    for (&id, shape) in g.inputs.iter().zip(input_shapes) {
-        let v = g.value(id);
-        if !v.ty.shape.admits(shape) {
-            return Err(Error::Input {
-                name: v.name.clone(),
-                message: format!("expected shape {}, got {shape:?}", v.ty.shape),
-            });
-        }
-        bindings
-            .bind(&v.ty.shape, shape)
-            .map_err(|(sym, a, b)| Error::Input {
-                name: v.name.clone(),
-                message: format!("dim '{sym}' is {b} here but {a} in an earlier input"),
-            })?;
-        s.value_mut(id).ty.shape = Shape::known(shape);
-    }
-    infer::infer_graph(&mut s)?;
-    runner::run(&mut s, &Recipe::resolve("O1")?, &RunOptions::default())?;
-    // Weights stored compressed (int8 tables, int4, f16) are decoded once
-    // here, however large, so that no run repeats it.
-    let mut decode = FoldConstants {
-        max_elements: DEFAULT_MAX_ELEMENTS,
-        decode_weights_at_any_size: true,
-    };
-    decode.run(&mut s, &mut PassCx::default())?;
-    crate::transform::dce::remove_dead(&mut s)?;
-    infer::infer_graph(&mut s)?;
-    Ok(s)
-}
-
 impl Plan {
-    /// Plans `g` for inputs of `input_shapes` (in the order of `g.inputs`),
-    /// running kernels with `cx`. The arena is allocated here, once.
-    pub fn new(g: &Graph, input_shapes: &[Vec<usize>], cx: CpuCtx) -> Result<Plan> {
-        let g = specialize(g, input_shapes)?;
+    /// Plans `g`, a graph specialized to concrete input shapes
+    /// ([`crate::transform::specialize`]), running kernels with `cx`. The
+    /// arena is allocated here, once.
+    pub fn new(g: Graph, cx: CpuCtx) -> Result<Plan> {
+        Plan::with_packs(g, cx, &PackCache::default())
+    }
+
+    /// [`Plan::new`], taking packed weights from `packs` where it holds
+    /// them (the same weight tensor, for the same op and shapes) and adding
+    /// those it packs: plans of graphs that share most weights (candidates
+    /// differing in a layer) pack each weight once.
+    pub fn with_packs(g: Graph, cx: CpuCtx, packs: &PackCache) -> Result<Plan> {
         let order = g.topo_order()?;
         let n_steps = order.len();
 
@@ -406,11 +373,17 @@ impl Plan {
                 && in_arena(node.outputs[0])
             {
                 let x = node.input(0).map_or(&[][..], shape_of);
-                if let Some(q) = QuantStep::new(&g, node, x, shape_of(node.outputs[0]), &cx) {
+                let out = shape_of(node.outputs[0]);
+                let key = PackKey::new(&node.op, &[x, out], const_inputs(&g, &node.inputs));
+                let (step, packed_now) =
+                    packs.get_or_pack(key, || QuantStep::new(&g, node, x, out, &cx));
+                if packed_now {
                     WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let Some(q) = step {
                     let residual_ok = q.residual.is_none_or(|p| node.input(p).is_some_and(is_f32));
                     if residual_ok {
-                        exec = Exec::Quant(Arc::new(q));
+                        exec = Exec::Quant(q);
                     }
                 }
             }
@@ -464,7 +437,15 @@ impl Plan {
                 })
                 .and_then(|n| {
                     crate::limits::check_elements(
-                        || format!("value '{}' of shape {:?}", g.value(v).name, i.shape),
+                        || {
+                            let by = match g.producer(v).and_then(|p| g.node(p)) {
+                                Some(n) => {
+                                    format!(" (output of node '{}', {})", n.name, n.op.onnx_type())
+                                }
+                                None => String::new(),
+                            };
+                            format!("value '{}' of shape {:?}{by}", g.value(v).name, i.shape)
+                        },
                         Some(n),
                         4,
                     )
@@ -585,7 +566,7 @@ impl Plan {
             profiler: None,
         };
         plan.check_views()?;
-        plan.prepack();
+        plan.prepack(packs);
         PLANS_BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(plan)
     }
@@ -594,7 +575,7 @@ impl Plan {
     /// once, in the layout their kernels consume, so that no run repacks
     /// them. The packed copies live beside the constants (which the
     /// reference fallback still reads).
-    fn prepack(&mut self) {
+    fn prepack(&mut self, packs: &PackCache) {
         for i in 0..self.steps.len() {
             let step = &self.steps[i];
             if !matches!(step.exec, Exec::Fast) {
@@ -619,9 +600,23 @@ impl Plan {
                 .first()
                 .and_then(|o| self.values.get(o.0 as usize)?.as_ref())
                 .map_or(&[][..], |info| info.shape.as_slice());
-            let packed =
-                crate::kernels::cpu::prepack(&step.op, &views, out_shape, &self.cx).map(Arc::new);
-            if packed.is_some() {
+            if views.iter().all(Option::is_none) {
+                continue;
+            }
+            let shapes: Vec<&[usize]> = step
+                .inputs
+                .iter()
+                .chain(step.outputs.first().map(|o| Some(*o)).iter())
+                .map(|v| {
+                    v.and_then(|v| self.values.get(v.0 as usize)?.as_ref())
+                        .map_or(&[][..], |info| info.shape.as_slice())
+                })
+                .collect();
+            let key = PackKey::new(&step.op, &shapes, const_inputs(&self.graph, &step.inputs));
+            let (packed, packed_now) = packs.get_or_pack(key, || {
+                crate::kernels::cpu::prepack(&step.op, &views, out_shape, &self.cx)
+            });
+            if packed_now {
                 WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.steps[i].packed = packed;
@@ -753,6 +748,20 @@ impl Plan {
         let ops: Vec<&'static str> = self.steps.iter().map(|s| s.op_type).collect();
         let flops: Vec<Option<u64>> = self.steps.iter().map(|s| s.flops).collect();
         Some(profile::Profile::build(p, &names, &ops, &flops))
+    }
+
+    /// Each step's node name and the time profiling has summed for it so
+    /// far (None while profiling is off): the difference of two readings
+    /// around one run is that run's time per node.
+    pub fn step_times(&self) -> Option<Vec<(&str, std::time::Duration)>> {
+        let p = self.profiler.as_ref()?;
+        Some(
+            self.steps
+                .iter()
+                .zip(&p.time)
+                .map(|(s, &t)| (s.name.as_str(), t))
+                .collect(),
+        )
     }
 }
 

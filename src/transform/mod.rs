@@ -27,6 +27,7 @@ pub mod noops;
 pub mod recipe;
 pub mod runner;
 pub mod scale_matmul;
+pub mod specialize;
 #[cfg(test)]
 pub mod testing;
 pub mod transpose_matmul;

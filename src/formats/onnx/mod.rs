@@ -52,11 +52,17 @@ pub const MAX_OPSET: i64 = 28;
 /// model's directory.
 pub fn load(path: &Path) -> Result<Graph> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_file_bytes(&bytes, path)
+}
+
+/// Imports the bytes read from the model file `path` (named in errors;
+/// external data is resolved against its directory).
+pub fn from_file_bytes(bytes: &[u8], path: &Path) -> Result<Graph> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    import(&bytes, path, Some(dir))
+    import(bytes, path, Some(dir))
 }
 
 /// Imports an ONNX model from memory. External data is resolved against

@@ -1,0 +1,395 @@
+//! The library API: everything the `mlc` command line does, as calls.
+//!
+//! A [`Model`] is loaded once (ONNX or an `.mlc` bundle) and keeps its
+//! source (bytes and hash) and the log of the passes run on it. It compiles
+//! with a recipe ([`Model::compile`]), compresses ([`Model::compress`]),
+//! writes a bundle or ONNX ([`Model::write`]), and opens a [`Session`]: the
+//! fast CPU runtime with one plan per set of input shapes, run on named
+//! tensors as often as needed, and benchmarked ([`Session::bench`]).
+//! [`inspect`] summarizes a model file; [`npy`] reads and writes NumPy
+//! arrays.
+//!
+//! ```
+//! use mlc::api::{Model, SessionOptions};
+//! use mlc::Tensor;
+//!
+//! # fn main() -> mlc::Result<()> {
+//! let mut model = Model::load("fixtures/mlp/model.onnx")?;
+//! model.compile("O2")?;
+//! let mut session = model.session(&SessionOptions { threads: 1 })?;
+//! let x = Tensor::from_f32(vec![2, 4], vec![0.5; 8]).expect("8 values fill [2, 4]");
+//! let outputs = session.run(vec![("x".to_string(), x)])?;
+//! for (name, y) in &outputs {
+//!     println!("{name}: {:?}", y.shape());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod bench;
+mod jobs;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use crate::compress::report::Report as CompressReport;
+pub use crate::compress::{Activations, Mode as CompressMode, Options as CompressOptions};
+pub use crate::formats::npy;
+pub use crate::inputs::Binding;
+pub use crate::inspect::Summary as InspectSummary;
+pub use crate::transform::runner::PassLogEntry;
+pub use bench::{BenchOptions, BenchReport, VerifyReport};
+pub use jobs::{
+    bench_file, compile_file, compress_file, run_file, CompileReport, CompressOutcome, InputFiles,
+};
+pub use session::{OutputSummary, RunReport, Session, SessionOptions};
+
+use crate::formats::{self, bundle};
+use crate::ir::{Graph, Tensor, TensorType};
+use crate::transform::recipe::Recipe;
+use crate::transform::runner::{self, DriftCheck, RunOptions};
+use crate::{Error, Result};
+
+/// The file a model was loaded from.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    /// The file's bytes (for size figures and cache keys).
+    pub bytes: Arc<[u8]>,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// A model in mlc's IR with where it came from and what was done to it.
+#[derive(Clone, Debug)]
+pub struct Model {
+    graph: Graph,
+    source: Option<Source>,
+    /// Nodes of the graph as imported.
+    nodes_imported: usize,
+    /// The recipe(s) run on it, and every pass run, in order.
+    pipeline: Option<bundle::PipelineInfo>,
+    pass_log: Vec<PassLogEntry>,
+}
+
+/// What writing a model produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// An `.mlc` bundle.
+    Bundle,
+    /// Standard ONNX (fused ops expanded; int8 layers as QDQ).
+    Onnx,
+}
+
+impl Format {
+    /// The format a path's extension names: `.onnx` is ONNX, anything else
+    /// a bundle.
+    pub fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => Format::Onnx,
+            _ => Format::Bundle,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Bundle => "mlc bundle",
+            Format::Onnx => "ONNX",
+        }
+    }
+}
+
+/// How [`Model::compile_with`] runs.
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// After every pass, run the reference interpreter on seeded inputs and
+    /// stop at the first pass whose outputs drift.
+    pub verify: bool,
+    /// Sizes of symbolic dims for the verification inputs.
+    pub binding: Binding,
+}
+
+/// What [`Model::compile_with`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CompileSummary {
+    pub pipeline: String,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub verified: bool,
+    pub pass_log: Vec<PassLogEntry>,
+}
+
+/// A compressed model and its report.
+pub struct Compressed {
+    pub model: Model,
+    pub report: CompressReport,
+}
+
+impl Model {
+    /// Loads an ONNX model or an `.mlc` bundle (by its magic bytes or
+    /// extension).
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let bytes: Arc<[u8]> = std::fs::read(path).map_err(|e| Error::io(path, e))?.into();
+        let source = Source {
+            path: path.to_path_buf(),
+            sha256: bundle::sha256_hex(&bytes),
+            bytes,
+        };
+        if bundle::looks_like_bundle(path) {
+            let (graph, meta) = bundle::from_bytes(&source.bytes, path)?;
+            return Ok(Model {
+                graph,
+                source: Some(source),
+                nodes_imported: meta.nodes.before,
+                pipeline: Some(meta.pipeline),
+                pass_log: meta.pass_log,
+            });
+        }
+        let graph = formats::onnx::from_file_bytes(&source.bytes, path)?;
+        Ok(Model::with_source(graph, Some(source)))
+    }
+
+    /// A model built in code (no source file).
+    pub fn from_graph(graph: Graph) -> Model {
+        Model::with_source(graph, None)
+    }
+
+    fn with_source(graph: Graph, source: Option<Source>) -> Model {
+        Model {
+            nodes_imported: graph.node_count(),
+            graph,
+            source,
+            pipeline: None,
+            pass_log: Vec::new(),
+        }
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn source(&self) -> Option<&Source> {
+        self.source.as_ref()
+    }
+
+    /// Every pass run on the model so far (from the bundle it was loaded
+    /// from, then from [`Model::compile`]).
+    pub fn pass_log(&self) -> &[PassLogEntry] {
+        &self.pass_log
+    }
+
+    /// The model's inputs: name and declared type.
+    pub fn inputs(&self) -> Vec<(String, TensorType)> {
+        let g = &self.graph;
+        g.inputs
+            .iter()
+            .map(|&id| (g.value(id).name.clone(), g.ty(id).clone()))
+            .collect()
+    }
+
+    /// The model's outputs: name and inferred type.
+    pub fn outputs(&self) -> Vec<(String, TensorType)> {
+        let g = &self.graph;
+        g.outputs
+            .iter()
+            .map(|&id| (g.value(id).name.clone(), g.ty(id).clone()))
+            .collect()
+    }
+
+    /// Runs a pipeline: a built-in recipe name (`O0`, `O1`, `O2`) or a
+    /// recipe file.
+    pub fn compile(&mut self, pipeline: &str) -> Result<CompileSummary> {
+        self.compile_with(&Recipe::resolve(pipeline)?, &CompileOptions::default())
+    }
+
+    /// Runs `recipe` as `opts` say.
+    pub fn compile_with(
+        &mut self,
+        recipe: &Recipe,
+        opts: &CompileOptions,
+    ) -> Result<CompileSummary> {
+        let nodes_before = self.graph.node_count();
+        let run_opts = RunOptions {
+            drift: if opts.verify {
+                let sample = crate::inputs::bind(
+                    &self.graph,
+                    Vec::new(),
+                    &Binding {
+                        random_seed: Some(0),
+                        ..opts.binding.clone()
+                    },
+                )?;
+                Some(DriftCheck::new(&self.graph, sample, 1e-4, 1e-5)?)
+            } else {
+                None
+            },
+        };
+        let log = runner::run(&mut self.graph, recipe, &run_opts)?;
+        self.pass_log.extend(log.iter().cloned());
+        self.pipeline = Some(match self.pipeline.take() {
+            None => bundle::PipelineInfo {
+                name: recipe.name.clone(),
+                summary: recipe.summary(),
+            },
+            Some(p) => bundle::PipelineInfo {
+                name: format!("{} + {}", p.name, recipe.name),
+                summary: format!("{} -> {}", p.summary, recipe.summary()),
+            },
+        });
+        Ok(CompileSummary {
+            pipeline: recipe.name.clone(),
+            nodes_before,
+            nodes_after: self.graph.node_count(),
+            verified: opts.verify,
+            pass_log: log,
+        })
+    }
+
+    /// Compresses the model (int8, int4 or fp16 as `opts` say) with
+    /// measurements: the model is compiled with `O2` first.
+    pub fn compress(&self, opts: &CompressOptions) -> Result<Compressed> {
+        let (path, bytes) = match &self.source {
+            Some(s) => (s.path.clone(), s.bytes.clone()),
+            None => (PathBuf::from(&self.graph.name), Arc::from(&[][..])),
+        };
+        let out = crate::compress::compress(self.graph.clone(), &path, &bytes, opts)?;
+        let pipeline = bundle::PipelineInfo {
+            name: opts.mode.name().to_string(),
+            summary: format!("O2, then mlc compress --{}", opts.mode.name()),
+        };
+        Ok(Compressed {
+            model: Model {
+                graph: out.graph,
+                source: self.source.clone(),
+                nodes_imported: out.nodes_before,
+                pipeline: Some(pipeline),
+                pass_log: Vec::new(),
+            },
+            report: out.report,
+        })
+    }
+
+    /// Opens a session on the fast CPU runtime.
+    pub fn session(&self, opts: &SessionOptions) -> Result<Session> {
+        Session::new(self.graph.clone(), opts)
+    }
+
+    /// Writes the model as `format` to `path` (atomically) and returns the
+    /// file's size in bytes.
+    pub fn write(&self, path: &Path, format: Format) -> Result<u64> {
+        match format {
+            Format::Bundle => bundle::write(path, &self.graph, &self.metadata())?,
+            Format::Onnx => formats::onnx::write(path, &self.graph)?,
+        }
+        Ok(std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len())
+    }
+
+    /// The bundle metadata of the model as it is now.
+    pub fn metadata(&self) -> bundle::Metadata {
+        let source = match &self.source {
+            Some(s) => bundle::SourceInfo {
+                file_name: s
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256: s.sha256.clone(),
+            },
+            None => bundle::SourceInfo::from_bytes(self.graph.name.clone(), &[]),
+        };
+        bundle::Metadata::new(
+            source,
+            self.pipeline.clone().unwrap_or(bundle::PipelineInfo {
+                name: "none".into(),
+                summary: "no passes".into(),
+            }),
+            self.pass_log.clone(),
+            bundle::NodeCounts {
+                before: self.nodes_imported,
+                after: self.graph.node_count(),
+            },
+        )
+    }
+}
+
+/// Summarizes a model file (ONNX or bundle): inputs, outputs, op
+/// histogram, parameters, and what mlc cannot import, without failing on it.
+pub fn inspect(path: &Path) -> Result<InspectSummary> {
+    if bundle::looks_like_bundle(path) {
+        crate::inspect::inspect_bundle(path)
+    } else {
+        crate::inspect::inspect_onnx(path)
+    }
+}
+
+/// Writes named tensors to `path`: a `.npz` holding them all, or a `.npy`
+/// holding the only one.
+pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npz") => npy::write_npz(path, named),
+        Some("npy") if named.len() == 1 => npy::write_npy(path, &named[0].1),
+        Some("npy") => Err(Error::Input {
+            name: path.display().to_string(),
+            message: format!(
+                "{} tensors do not fit one .npy; write them to a .npz",
+                named.len()
+            ),
+        }),
+        _ => Err(Error::Input {
+            name: path.display().to_string(),
+            message: "the file must end in .npz or .npy".into(),
+        }),
+    }
+}
+
+/// A registered pass, as `mlc passes` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PassListing {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub params: Vec<ParamListing>,
+}
+
+/// One parameter of a pass, with its default.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ParamListing {
+    pub name: &'static str,
+    pub default: String,
+    pub help: &'static str,
+}
+
+/// Every registered pass with its summary and parameters.
+pub fn passes() -> Vec<PassListing> {
+    crate::transform::registry()
+        .iter()
+        .map(|p| PassListing {
+            name: p.name,
+            summary: p.summary,
+            params: p
+                .params
+                .iter()
+                .map(|q| ParamListing {
+                    name: q.name,
+                    default: (q.default)().to_string(),
+                    help: q.help,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The pass list as text.
+pub fn render_passes(list: &[PassListing]) -> String {
+    let mut s = String::new();
+    for p in list {
+        s += &format!("{:<24} {}\n", p.name, p.summary);
+        for q in &p.params {
+            s += &format!("{:<26} {} = {}  {}\n", "", q.name, q.default, q.help);
+        }
+    }
+    s
+}

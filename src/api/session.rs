@@ -1,0 +1,200 @@
+//! [`Session`]: a model on the fast CPU runtime, run many times.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::inputs::Binding;
+use crate::ir::{Graph, Tensor};
+use crate::kernels::cpu::CpuCtx;
+use crate::runtime::{PackCache, Plan};
+use crate::transform::specialize::specialize;
+use crate::{Error, Result};
+
+/// How a [`Session`] runs.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Threads (0: the machine's cores).
+    pub threads: usize,
+}
+
+/// A model on the fast CPU runtime: one plan per set of input shapes, built
+/// on the first run with those shapes and reused (packed weights are shared
+/// between the plans), one thread pool.
+pub struct Session {
+    graph: Graph,
+    cx: CpuCtx,
+    packs: PackCache,
+    plans: HashMap<Vec<Vec<usize>>, Plan>,
+}
+
+impl Session {
+    pub(super) fn new(graph: Graph, opts: &SessionOptions) -> Result<Session> {
+        Ok(Session {
+            graph,
+            cx: CpuCtx::new(opts.threads)?,
+            packs: PackCache::default(),
+            plans: HashMap::new(),
+        })
+    }
+
+    /// The graph the session runs.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Threads the runtime uses.
+    pub fn threads(&self) -> usize {
+        self.cx.threads
+    }
+
+    /// Runs the model on named inputs (every input given) and returns the
+    /// named outputs.
+    pub fn run(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        self.run_bound(inputs, &Binding::default())
+    }
+
+    /// Runs the model on named inputs completed as `binding` says (sizes of
+    /// symbolic dims, seeded random data for inputs not given).
+    pub fn run_bound(
+        &mut self,
+        inputs: Vec<(String, Tensor)>,
+        binding: &Binding,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let feed = self.bind(inputs, binding)?;
+        let out = self.run_positional(&feed)?;
+        Ok(self.name_outputs(out))
+    }
+
+    /// Binds named inputs to the model's inputs, in order (see
+    /// [`crate::inputs::bind`]).
+    pub fn bind(&self, inputs: Vec<(String, Tensor)>, binding: &Binding) -> Result<Vec<Tensor>> {
+        crate::inputs::bind(&self.graph, inputs, binding)
+    }
+
+    /// Runs the model on inputs in the order of the graph's inputs.
+    pub fn run_positional(&mut self, feed: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.plan(feed)?.run(feed)
+    }
+
+    /// Runs the reference interpreter (the oracle) on the same graph.
+    pub fn run_reference(&self, feed: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        crate::interp::run(&self.graph, feed)
+    }
+
+    /// Names outputs in the order of the graph's outputs.
+    pub fn name_outputs(&self, out: Vec<Tensor>) -> Vec<(String, Tensor)> {
+        self.graph
+            .outputs
+            .iter()
+            .map(|&o| self.graph.value(o).name.clone())
+            .zip(out)
+            .collect()
+    }
+
+    /// The plan for the shapes of `feed`, built on first use.
+    pub fn plan(&mut self, feed: &[Tensor]) -> Result<&mut Plan> {
+        crate::ir::bind::check_inputs(&self.graph, feed.iter().map(|t| (t.dtype(), t.shape())))?;
+        let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+        if !self.plans.contains_key(&shapes) {
+            let spec = specialize(&self.graph, &shapes)?;
+            let plan = Plan::with_packs(spec, self.cx.clone(), &self.packs)?;
+            self.plans.insert(shapes.clone(), plan);
+        }
+        self.plans
+            .get_mut(&shapes)
+            .ok_or_else(|| Error::Internal("a plan just built is missing".into()))
+    }
+}
+
+/// What `mlc run` reports: which engine ran and a summary of each output.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub model: String,
+    /// `runtime` or `reference`.
+    pub engine: String,
+    pub outputs: Vec<OutputSummary>,
+    pub output_file: Option<String>,
+}
+
+impl RunReport {
+    /// One line per output, then the file written.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for o in &self.outputs {
+            let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.6}"));
+            let head: Vec<String> = o.head.iter().map(|x| format!("{x:.6}")).collect();
+            s += &format!(
+                "{}: {}{:?}  min {}  max {}  mean {}  [{}{}]\n",
+                o.name,
+                o.dtype,
+                o.shape,
+                fmt(o.min),
+                fmt(o.max),
+                fmt(o.mean),
+                head.join(", "),
+                if o.shape.iter().product::<usize>() > head.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(f) = &self.output_file {
+            s += &format!("wrote {f}\n");
+        }
+        s
+    }
+}
+
+/// Statistics of one output over its finite elements.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputSummary {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+    /// The first few values, for a quick look.
+    pub head: Vec<f64>,
+}
+
+impl OutputSummary {
+    /// Statistics over the finite elements, read a block at a time (an
+    /// output of gigabytes is not copied whole to f64 for a summary).
+    pub fn new(name: &str, t: &Tensor) -> OutputSummary {
+        const BLOCK: usize = 1 << 16;
+        let (mut min, mut max, mut sum, mut finite) = (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0);
+        let mut head = Vec::new();
+        for start in (0..t.numel()).step_by(BLOCK) {
+            let idx: Vec<usize> = (start..(start + BLOCK).min(t.numel())).collect();
+            let block = Tensor::new(vec![idx.len()], t.data().gather(&idx))
+                .map(|b| b.to_f64_vec())
+                .unwrap_or_default();
+            if head.is_empty() {
+                head = block.iter().take(6).copied().collect();
+            }
+            for x in block.into_iter().filter(|x| x.is_finite()) {
+                min = min.min(x);
+                max = max.max(x);
+                sum += x;
+                finite += 1;
+            }
+        }
+        let (min, max, mean) = match (t.numel(), finite) {
+            (0, _) => (None, None, None),
+            (_, 0) => (None, None, Some(0.0)),
+            (_, n) => (Some(min), Some(max), Some(sum / n as f64)),
+        };
+        OutputSummary {
+            name: name.to_string(),
+            dtype: t.dtype().to_string(),
+            shape: t.shape().to_vec(),
+            min,
+            max,
+            mean,
+            head,
+        }
+    }
+}

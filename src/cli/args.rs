@@ -1,0 +1,255 @@
+//! The command line's arguments (clap definitions and value checks); `main.rs`
+//! turns them into library calls.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mlc",
+    version,
+    about = "Model compression and compilation toolchain"
+)]
+pub(crate) struct Cli {
+    /// Most memory a model or input file may make mlc allocate (e.g. 512MB,
+    /// 8GiB); beyond it a command stops with a clear error before
+    /// allocating. Default 4GiB.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = mlc::limits::parse_bytes)]
+    pub(crate) max_memory: Option<u64>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Emit {
+    Mlc,
+    Onnx,
+}
+
+/// Where a run's inputs come from, and the sizes of symbolic dims.
+#[derive(clap::Args)]
+pub(crate) struct InputArgs {
+    /// Input as NAME=FILE.npy; repeat for several inputs.
+    #[arg(long = "input", value_name = "NAME=FILE.npy")]
+    pub(crate) input: Vec<String>,
+    /// Inputs from one .npz, keyed by input name.
+    #[arg(long, value_name = "FILE.npz")]
+    pub(crate) inputs: Option<PathBuf>,
+    /// Size of a symbolic dim for random inputs, as NAME=SIZE (default 1).
+    #[arg(long = "dim", value_name = "NAME=SIZE")]
+    pub(crate) dim: Vec<String>,
+    /// Batch size: binds the first symbolic dim of each input.
+    #[arg(long)]
+    pub(crate) batch: Option<usize>,
+    /// Threads for the kernels (default: the machine's cores).
+    #[arg(long, value_parser = thread_count)]
+    pub(crate) threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Summarize a model: inputs/outputs, op histogram, parameters, unsupported ops.
+    Inspect {
+        model: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Print the imported graph in mlc's IR text form.
+        #[arg(long, conflicts_with = "json")]
+        ir: bool,
+    },
+    /// List every registered pass with its summary and parameters.
+    Passes {
+        /// Print one JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Optimize a model with a pass pipeline and write a .mlc bundle or ONNX.
+    Compile {
+        model: PathBuf,
+        /// Output file (.mlc bundle, or .onnx with --emit onnx).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Pipeline: a built-in recipe name (O0, O1, O2) or a recipe file.
+        #[arg(long, default_value = "O2")]
+        pipeline: String,
+        /// What to write (default: from the output's extension, else mlc).
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+        /// After every pass, run the reference interpreter on seeded sample
+        /// inputs and stop at the first pass whose outputs drift.
+        #[arg(long)]
+        verify: bool,
+        /// Size of a symbolic dim for --verify's sample inputs, as NAME=SIZE.
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dim: Vec<String>,
+        /// Print what each pass changed.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model on the fast CPU runtime (or the reference interpreter).
+    Run {
+        model: PathBuf,
+        #[command(flatten)]
+        inputs: InputArgs,
+        /// Feed seeded random inputs to every input not given otherwise.
+        #[arg(long, value_name = "SEED")]
+        random: Option<u64>,
+        /// Run the reference interpreter, the numerical oracle, instead.
+        #[arg(long)]
+        reference: bool,
+        /// Write the outputs to this .npz (or .npy when the model has one output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time a model on the CPU runtime: latency percentiles, throughput,
+    /// peak memory, and per-op time with --profile.
+    Bench {
+        model: PathBuf,
+        #[command(flatten)]
+        inputs: InputArgs,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 5, value_parser = run_count)]
+        warmup: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 50, value_parser = run_count)]
+        runs: usize,
+        /// Pipeline to compile with first: a built-in recipe or a recipe file
+        /// (default O2, or none for an .mlc bundle; O0 skips compilation).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Seed of the random inputs (inputs not given as files).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Time every node and report time, share and GFLOP/s per op type.
+        #[arg(long)]
+        profile: bool,
+        /// Also run the reference interpreter on the original model with the
+        /// same inputs and check the outputs agree (rtol 1e-3, atol 1e-5);
+        /// exit 1 when they do not.
+        #[arg(long)]
+        verify: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compress a model: int8 post-training quantization (or int4/fp16
+    /// weights), with a size/latency/accuracy report written beside the output.
+    Compress(Box<CompressArgs>),
+    /// Measure this machine: f32 FMA peak and memory read bandwidth, on one
+    /// thread and on all threads.
+    Probe {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Rough time budget for the whole probe, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["int8", "int4", "fp16"])))]
+pub(crate) struct CompressArgs {
+    pub(crate) model: PathBuf,
+    /// Output file (.mlc bundle, or .onnx / --emit onnx for QDQ ONNX).
+    #[arg(long, short)]
+    pub(crate) output: PathBuf,
+    /// Int8: symmetric int8 weights, u8 activations (static with --calib,
+    /// else dynamic).
+    #[arg(long)]
+    pub(crate) int8: bool,
+    /// Int4 weights of matrix products (blocks of 32, f16 scales), weight-only.
+    #[arg(long)]
+    pub(crate) int4: bool,
+    /// Weights stored as f16.
+    #[arg(long)]
+    pub(crate) fp16: bool,
+    /// One weight scale per tensor instead of per output channel.
+    #[arg(long)]
+    pub(crate) per_tensor: bool,
+    /// Full 8-bit int8 weights ([-127, 127]) instead of the default 7-bit
+    /// ([-63, 63]), which lets the AVX2 kernel without VNNI run exactly.
+    #[arg(long)]
+    pub(crate) full_range: bool,
+    /// Activation scales computed at run time (the default without --calib).
+    #[arg(long, conflicts_with = "calib")]
+    pub(crate) dynamic: bool,
+    /// Calibration inputs (.npz, one array per model input, first axis
+    /// indexing samples) for static activation scales.
+    #[arg(long, value_name = "DATA.npz")]
+    pub(crate) calib: Option<PathBuf>,
+    /// Calibration method: minmax, percentile[:P], entropy or mse.
+    #[arg(long, default_value = "minmax", requires = "calib")]
+    pub(crate) method: String,
+    /// Data to measure accuracy on (.npz: the inputs by name, and an integer
+    /// `labels` array for top-1 accuracy); default: the calibration set, else
+    /// seeded random inputs.
+    #[arg(long, value_name = "DATA.npz")]
+    pub(crate) eval: Option<PathBuf>,
+    /// Largest top-1 accuracy drop in points (with labels; top-1
+    /// disagreement for class-score outputs without) before layers go back
+    /// to f32.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) max_accuracy_drop: f64,
+    /// Smallest cosine similarity with the f32 outputs that every sample
+    /// must keep; below it layers go back to f32.
+    #[arg(long)]
+    pub(crate) min_cosine: Option<f64>,
+    /// Do not time layers (no layer stays f32 for speed).
+    #[arg(long)]
+    pub(crate) no_speed_check: bool,
+    /// Samples used to measure each layer's contribution to the error.
+    #[arg(long, default_value_t = 32, value_parser = run_count)]
+    pub(crate) sensitivity_samples: usize,
+    /// Timed runs for the latency figures (0: none).
+    #[arg(long, default_value_t = 20, value_parser = run_count)]
+    pub(crate) latency_runs: usize,
+    /// Threads (default: the machine's cores).
+    #[arg(long, value_parser = thread_count)]
+    pub(crate) threads: Option<usize>,
+    /// Size of a symbolic dim other than the batch for random data, NAME=SIZE.
+    #[arg(long = "dim", value_name = "NAME=SIZE")]
+    pub(crate) dim: Vec<String>,
+    /// Calibration cache folder (default $MLC_CACHE_DIR, else ~/.cache/mlc).
+    #[arg(long)]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Do not read or write the calibration cache.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+    /// What to write (default: from the output's extension).
+    #[arg(long, value_enum)]
+    pub(crate) emit: Option<Emit>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Most threads a command takes: far past any core count, short of the
+/// thread spawns that would exhaust the machine.
+pub(crate) const MAX_THREADS: usize = 1024;
+/// Most repetitions (runs, warm-ups, samples) a command takes.
+pub(crate) const MAX_RUNS: usize = 1_000_000;
+
+pub(crate) fn thread_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a thread count from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
+pub(crate) fn run_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_RUNS => Ok(n),
+        _ => Err(format!("'{s}' is not a count from 0 to {MAX_RUNS}")),
+    }
+}
