@@ -84,6 +84,26 @@ impl Session {
     /// [`Session::bind`]). With `oracle` (the model before any pass, or the
     /// same graph), the runtime's outputs are also checked against the
     /// reference interpreter running it.
+    ///
+    /// ```
+    /// use mlc::api::{BenchOptions, Binding, Model, SessionOptions};
+    ///
+    /// # fn main() -> mlc::Result<()> {
+    /// let mut model = Model::load("fixtures/cnn/model.onnx")?;
+    /// let original = model.graph().clone();
+    /// model.compile("O2")?;
+    /// let mut session = model.session(&SessionOptions { threads: 1 })?;
+    /// // Seeded random data for every input, batch 4.
+    /// let binding = Binding { batch: Some(4), random_seed: Some(0), ..Binding::default() };
+    /// let feed = session.bind(Vec::new(), &binding)?;
+    /// let opts = BenchOptions { warmup: 1, runs: 5, ..BenchOptions::default() };
+    /// let report = session.bench(&feed, &opts, Some(&original))?;
+    /// report.verdict()?; // the runtime agrees with the reference interpreter
+    /// assert_eq!((report.batch, report.runs), (4, 5));
+    /// print!("{}", report.render());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn bench(
         &mut self,
         feed: &[Tensor],

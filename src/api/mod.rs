@@ -17,11 +17,15 @@
 //! let mut model = Model::load("fixtures/mlp/model.onnx")?;
 //! model.compile("O2")?;
 //! let mut session = model.session(&SessionOptions { threads: 1 })?;
-//! let x = Tensor::from_f32(vec![2, 4], vec![0.5; 8]).expect("8 values fill [2, 4]");
+//! let x = Tensor::from_f32(vec![2, 64], vec![0.5; 128]).expect("128 values fill [2, 64]");
 //! let outputs = session.run(vec![("x".to_string(), x)])?;
-//! for (name, y) in &outputs {
-//!     println!("{name}: {:?}", y.shape());
-//! }
+//! assert_eq!(outputs[0].0, "y");
+//! assert_eq!(outputs[0].1.shape(), &[2, 10]);
+//!
+//! // A mistake gets one error that lists what the model expects.
+//! let wrong = Tensor::from_f32(vec![2, 3], vec![0.0; 6]).expect("6 values fill [2, 3]");
+//! let err = session.run(vec![("x".to_string(), wrong)]).unwrap_err();
+//! assert_eq!(err.to_string(), "input 'x': expects f32[batch,64], got f32[2, 3]");
 //! # Ok(())
 //! # }
 //! ```
@@ -249,6 +253,29 @@ impl Model {
 
     /// Compresses the model (int8, int4 or fp16 as `opts` say) with
     /// measurements: the model is compiled with `O2` first.
+    ///
+    /// ```
+    /// use mlc::api::{CompressMode, CompressOptions, Format, Model};
+    ///
+    /// # fn main() -> mlc::Result<()> {
+    /// let model = Model::load("fixtures/mlp/model.onnx")?;
+    /// let mut opts = CompressOptions::new(CompressMode::Int8);
+    /// opts.latency_runs = 0; // no latency figures in a doc test
+    /// let small = model.compress(&opts)?;
+    /// println!("{}", small.report.summary());
+    /// assert!(small.report.size.weights_bytes < small.report.size.weights_f32_bytes / 3);
+    /// let dir = std::env::temp_dir().join(format!("mlc-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).expect("a temp folder");
+    /// let bytes = small.model.write(&dir.join("mlp.int8.mlc"), Format::Bundle)?;
+    /// let onnx = small.model.write(&dir.join("mlp.int8.onnx"), Format::Onnx)?;
+    /// assert!(bytes > 0 && onnx > 0);
+    /// // A bundle mlc writes is one it reads back.
+    /// let back = Model::load(dir.join("mlp.int8.mlc"))?;
+    /// assert_eq!(back.graph().node_count(), small.model.graph().node_count());
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn compress(&self, opts: &CompressOptions) -> Result<Compressed> {
         let (path, bytes) = match &self.source {
             Some(s) => (s.path.clone(), s.bytes.clone()),
@@ -318,6 +345,15 @@ impl Model {
 
 /// Summarizes a model file (ONNX or bundle): inputs, outputs, op
 /// histogram, parameters, and what mlc cannot import, without failing on it.
+///
+/// ```
+/// # fn main() -> mlc::Result<()> {
+/// let summary = mlc::api::inspect(std::path::Path::new("fixtures/cnn/model.onnx"))?;
+/// assert!(summary.supported);
+/// print!("{}", mlc::inspect::render(&summary));
+/// # Ok(())
+/// # }
+/// ```
 pub fn inspect(path: &Path) -> Result<InspectSummary> {
     if bundle::looks_like_bundle(path) {
         crate::inspect::inspect_bundle(path)
@@ -327,7 +363,22 @@ pub fn inspect(path: &Path) -> Result<InspectSummary> {
 }
 
 /// Writes named tensors to `path`: a `.npz` holding them all, or a `.npy`
-/// holding the only one.
+/// holding the only one. [`npy`] reads them back.
+///
+/// ```
+/// use mlc::api::{npy, write_tensors};
+/// use mlc::Tensor;
+///
+/// # fn main() -> mlc::Result<()> {
+/// let path = std::env::temp_dir().join(format!("mlc-doc-{}.npz", std::process::id()));
+/// let t = Tensor::from_f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).expect("4 values");
+/// write_tensors(&path, &[("a".to_string(), t.clone())])?;
+/// let back = npy::read_npz(&path)?;
+/// assert_eq!(back, vec![("a".to_string(), t)]);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("npz") => npy::write_npz(path, named),

@@ -108,6 +108,33 @@ pub struct Outcome {
     pub nodes_before: usize,
 }
 
+impl Options {
+    /// The command line's defaults for `mode`: per-channel 7-bit int8
+    /// weights, dynamic activations, seeded random evaluation data, a
+    /// 1-point accuracy budget, layers timed for speed, 20 latency runs on
+    /// all cores, no calibration cache, no progress bars.
+    pub fn new(mode: Mode) -> Options {
+        Options {
+            mode,
+            weights: WeightFormat {
+                granularity: Granularity::PerChannel,
+                reduce_range: true,
+            },
+            activations: Activations::Dynamic,
+            eval: None,
+            max_accuracy_drop: 1.0,
+            min_cosine: None,
+            check_speed: true,
+            sensitivity_samples: 32,
+            latency_runs: 20,
+            threads: 0,
+            dims: BTreeMap::new(),
+            cache_dir: None,
+            progress: false,
+        }
+    }
+}
+
 /// The default calibration cache: `$MLC_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/mlc`, else `~/.cache/mlc`.
 pub fn default_cache_dir() -> Option<PathBuf> {

@@ -5,7 +5,7 @@
 //! one element per byte: float8 and float4 as their bit patterns (float4 in
 //! the low nibble), the 4- and 2-bit integers as `i8`/`u8` values that stay in
 //! their type's range (`-8..=7`, `0..=15`, `-2..=1`, `0..=3`), so generic data
-//! movement ([`with_data!`], [`map_data!`], [`TensorData::gather`]) works for
+//! movement (`with_data!`, `map_data!`, [`TensorData::gather`]) works for
 //! them unchanged. Packing into half or quarter bytes only happens when data
 //! is (de)serialized ([`crate::ir::lowp::pack`]).
 
@@ -86,7 +86,7 @@ macro_rules! with_data {
     };
 }
 
-/// Like [`with_data!`], but the body also builds a `TensorData` of the same
+/// Like `with_data!`, but the body also builds a `TensorData` of the same
 /// variant from its result (`$wrap` names the constructor inside `$body`).
 #[macro_export]
 macro_rules! map_data {

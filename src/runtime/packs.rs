@@ -74,7 +74,7 @@ type Packed = Arc<dyn std::any::Any + Send + Sync>;
 /// Entries by fingerprint; a fingerprint may hold several keys.
 type Entries = HashMap<u64, Vec<(PackKey, Packed)>>;
 
-/// Packed weights by [`PackKey`], shared by the plans built with it (see
+/// Packed weights by `PackKey`, shared by the plans built with it (see
 /// the module docs). Cheap to clone: clones share the entries.
 #[derive(Clone, Default)]
 pub struct PackCache {

@@ -17,7 +17,7 @@
 //! element type.
 //!
 //! This file also holds the small graph helpers the fusion passes share
-//! ([`Rewrite`], [`sole_producer`], [`absorb`], ...).
+//! (`Rewrite`, `sole_producer`, `absorb`, ...).
 
 use super::{Changed, Pass, PassCx, PassInfo};
 use crate::ir::{

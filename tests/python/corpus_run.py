@@ -5,7 +5,7 @@ For each entry (after tests/python/corpus_materialize.py regenerated its
 weights, inputs and ONNX Runtime outputs under target/corpus/<id>/):
 
   import  `mlc inspect model.onnx --json`: every op supported
-  run     `mlc run model.onnx --inputs inputs.npz` (reference interpreter)
+  run     `mlc run model.onnx --inputs inputs.npz` (the fast runtime)
           vs ONNX Runtime: |a - b| <= atol + rtol * |b| (rtol 1e-3, atol 1e-4)
   O2      `mlc compile --pipeline O2`, then `mlc run` the bundle; same check
   int8    `mlc compress --int8 --calib inputs.npz --min-cosine 0.99` (static
@@ -227,7 +227,7 @@ def run_case(mlc, entry, info, timeout):
                             "error": "; ".join(map(str, probs))[:300] or None}
         except ValueError:
             st["import"] = {"ok": False, "error": "inspect --json printed no JSON"}
-    # run (reference interpreter)
+    # run (the fast runtime)
     p, fail = c.cmd("run", ["run", "model.onnx", "--inputs", "inputs.npz", "-o", "out.run.npz"])
     if fail:
         st["run"] = {"ok": False, "error": fail}

@@ -1,4 +1,4 @@
-//! Fast MatMul, Gemm and FusedMatMul on f32 views, all through [`sgemm`].
+//! Fast MatMul, Gemm and FusedMatMul on f32 views, all through `sgemm`.
 //!
 //! MatMul and FusedMatMul follow numpy `matmul`: a 1-D left operand is a
 //! row vector and a 1-D right operand a column vector (their unit dim is

@@ -24,7 +24,7 @@
 //!   `255 · 64 · 2 = 32640 ≤ 32767` in magnitude, so it never saturates.
 //!   Each i16 lane is one column; the pair sums are widened into i32 without
 //!   a second multiply (a bit flip, a shift and two adds: see
-//!   [`kernel_maddubs`]).
+//!   `kernel_maddubs`).
 //! * **AVX2 `vpmaddwd`** (`6 × 16`, 2 depths per instruction) for any i8
 //!   weights: A is zero-extended to i16 and B sign-extended to i16 at
 //!   packing, and `vpmaddwd` adds two i16 × i16 products into an i32.
