@@ -6,7 +6,6 @@
 //! values take is kept within the memory budget ([`crate::limits`]): a node
 //! whose outputs' inferred sizes would pass it is refused before it runs.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ir::infer::eval_dim;
@@ -135,23 +134,3 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// Runs `g` on inputs given by name. Every graph input must be given.
-pub fn run_named(g: &Graph, mut inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
-    let mut ordered = Vec::with_capacity(g.inputs.len());
-    for &id in &g.inputs {
-        let name = &g.value(id).name;
-        let t = inputs.remove(name).ok_or_else(|| Error::Input {
-            name: name.clone(),
-            message: "no value given for this model input".into(),
-        })?;
-        ordered.push(t);
-    }
-    if let Some(extra) = inputs.keys().next() {
-        let known: Vec<&str> = g.inputs.iter().map(|&i| g.value(i).name.as_str()).collect();
-        return Err(Error::Input {
-            name: extra.clone(),
-            message: format!("the model has no such input (inputs: {})", known.join(", ")),
-        });
-    }
-    run(g, ordered)
-}

@@ -84,29 +84,6 @@ fn resolve_threads(threads: usize) -> usize {
     }
 }
 
-/// f32 FMA peak in GFLOP/s with `threads` threads (0 = all), measured for
-/// about a quarter of a second.
-pub fn fma_peak_gflops(threads: usize) -> f64 {
-    measure_fma(threads, Features::detect(), Duration::from_millis(250))
-}
-
-/// f32 FMA peak in GFLOP/s with 512-bit AVX-512F FMAs and `threads` threads
-/// (0 = all); `None` when the CPU lacks AVX-512F.
-pub fn fma512_peak_gflops(threads: usize) -> Option<f64> {
-    has_avx512f().then(|| measure_fma_with(threads, FmaLoop::Avx512, Duration::from_millis(250)))
-}
-
-/// Memory read bandwidth in GB/s with `threads` threads (0 = all), summing a
-/// 256 MiB buffer for about half a second.
-pub fn mem_read_gbps(threads: usize) -> f64 {
-    let buf = filled_buffer(DEFAULT_MEM_BYTES);
-    measure_mem_read(
-        &buf,
-        threads,
-        Features::detect(),
-        Duration::from_millis(500),
-    )
-}
 
 /// Runs the whole probe in roughly `seconds` (at least one repetition of each
 /// measurement runs whatever the budget).
