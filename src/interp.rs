@@ -133,4 +133,3 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         })
         .collect()
 }
-

@@ -23,3 +23,8 @@ pub mod transform;
 
 pub use error::{Error, Result};
 pub use ir::{DType, Graph, Tensor};
+
+/// The README's library example, run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

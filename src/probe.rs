@@ -84,7 +84,6 @@ fn resolve_threads(threads: usize) -> usize {
     }
 }
 
-
 /// Runs the whole probe in roughly `seconds` (at least one repetition of each
 /// measurement runs whatever the budget).
 pub fn run(seconds: f64) -> ProbeReport {
