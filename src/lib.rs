@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod limits;
 pub mod probe;
 pub mod quant;
+pub mod rng;
 pub mod runtime;
 pub mod transform;
 
