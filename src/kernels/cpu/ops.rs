@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::Window2d;
+use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{CpuCtx, View, ViewMut};
 use crate::ir::{Activation, BinaryOp, EwArg, EwStep, Op, PoolAttrs, UnaryOp};
