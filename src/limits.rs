@@ -92,13 +92,18 @@ pub fn check_elements(
     Ok(count.unwrap_or(0))
 }
 
+/// Product of dims, `None` on overflow (hostile shapes).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
 /// [`check_elements`] for a tensor of `shape`.
 pub fn check_shape(
     what: impl FnOnce() -> String,
     shape: &[usize],
     elem_bytes: usize,
 ) -> Result<usize> {
-    check_elements(what, crate::ir::checked_numel(shape), elem_bytes)
+    check_elements(what, checked_numel(shape), elem_bytes)
 }
 
 /// Parses a size such as `512MB`, `8GiB`, `4g` or `1000000` (bytes).
