@@ -1191,12 +1191,27 @@ fn read_sources(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
     }
 }
 
-#[test]
-fn layers_point_one_way() {
+/// The report on this crate's `src/`.
+fn report_on_src() -> Report {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut sources = Vec::new();
     read_sources(root, &root.join("src"), &mut sources);
-    let report = check(&sources, LAYERS);
+    check(&sources, LAYERS)
+}
+
+#[test]
+fn no_cycles_between_files() {
+    let report = report_on_src();
+    assert!(
+        report.cycles.is_empty() && report.problems.is_empty(),
+        "\n{}",
+        report.render()
+    );
+}
+
+#[test]
+fn layers_point_one_way() {
+    let report = report_on_src();
     assert!(report.ok(), "\n{}", report.render());
     println!(
         "layers: {} files, {} edges, no cycles, no upward imports",
