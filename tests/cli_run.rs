@@ -62,7 +62,8 @@ fn run_writes_outputs_matching_onnx_runtime() {
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["hidden", "logits"]);
         for (name, t) in &got {
-            let want = mlc::formats::npy::read_npy(&v.join(format!("expected_{name}.npy"))).unwrap();
+            let want =
+                mlc::formats::npy::read_npy(&v.join(format!("expected_{name}.npy"))).unwrap();
             common::compare(t, &want, 1e-4, 1e-5)
                 .unwrap_or_else(|e| panic!("{variant}/{name}: {e}"));
         }

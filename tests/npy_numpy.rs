@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use mlc::ir::TensorData;
 use mlc::formats::npy::{npy_bytes, read_npy, read_npz};
+use mlc::ir::TensorData;
 use mlc::{DType, Tensor};
 
 fn data(name: &str) -> PathBuf {

@@ -23,13 +23,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use mlc::formats::npy::read_npy;
 use mlc::formats::onnx as export;
 use mlc::formats::onnx::{load, read_tensor_pb};
 use mlc::ir::{
     infer, Activation, AutoPad, BinaryOp, ConvAttrs, DType, EwArg, EwStep, Node, Op, Shape,
     TensorType, UnaryOp, ValueId,
 };
-use mlc::formats::npy::read_npy;
 use mlc::{Graph, Tensor};
 use onnx_protobuf::Message;
 use serde::Deserialize;
