@@ -625,8 +625,23 @@ impl Crate {
                         && is_punct(attr.get(1), '(')
                         && cfg_implies_test(&attr[2..attr.len() - 1]);
                     if test_only && inner {
-                        // #![cfg(test)]: the whole file (or module) is test code.
-                        return declared;
+                        // #![cfg(test)]: the whole file, or the inline module
+                        // it opens, is test code.
+                        if scopes.is_empty() {
+                            return declared;
+                        }
+                        let mut depth = 0usize;
+                        i = end;
+                        while i < toks.len() {
+                            match toks[i].tok {
+                                Tok::Punct('{') => depth += 1,
+                                Tok::Punct('}') if depth == 0 => break,
+                                Tok::Punct('}') => depth -= 1,
+                                _ => {}
+                            }
+                            i += 1;
+                        }
+                        continue; // at the module's `}`
                     }
                     if test_only {
                         let stop = skip_item(toks, end);
@@ -1273,7 +1288,14 @@ fn resolver_follows_groups_super_self_and_bodies() {
                  fn t() { crate::b::deep::D; }\n\
              }\n\
              #[cfg(all(test, feature = \"x\"))]\n\
-             use crate::c::make;\n",
+             use crate::c::make;\n\
+             mod inline_tests {\n\
+                 #![cfg(test)]\n\
+                 use crate::c::make;\n\
+             }\n\
+             pub fn h() { crate::c::make() }\n\
+             #[error(\"{}\", crate::c::make())]\n\
+             pub struct E;\n",
         ),
         ("src/a/y.rs", "pub struct Y;\n"),
         ("src/b/mod.rs", "pub mod deep;\n"),
@@ -1303,6 +1325,10 @@ fn resolver_follows_groups_super_self_and_bodies() {
             "a/x.rs -> a/mod.rs @10",
             // A path in a function body.
             "a/x.rs -> c.rs @11",
+            // After a module that is test code inside (`#![cfg(test)]`).
+            "a/x.rs -> c.rs @26",
+            // A path in an attribute (thiserror's message arguments).
+            "a/x.rs -> c.rs @27",
         ]
     );
 }
