@@ -80,7 +80,7 @@ _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
 class SplitMix64:
-    """SplitMix64 as in src/inputs.rs, vectorized: draw(n) returns the next n
+    """SplitMix64 as in src/rng.rs, vectorized: draw(n) returns the next n
     outputs as uint64."""
 
     def __init__(self, seed):

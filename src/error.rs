@@ -96,7 +96,7 @@ pub enum Error {
 
     /// What a model or input asks for would take more memory than the
     /// budget ([`crate::limits`]) allows; refused before allocating.
-    #[error("{what} needs {}", crate::limits::over_budget(*bytes, *limit))]
+    #[error("{what} needs {}", over_budget(*bytes, *limit))]
     Budget {
         what: String,
         bytes: u64,
@@ -166,4 +166,35 @@ pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
         cut -= 1;
     }
     format!("{} ... ({} more bytes)", &text[..cut], text.len() - cut).into()
+}
+
+/// `"4.0 TiB, over the memory budget of 4.0 GiB (raise it with
+/// --max-memory)"`: the one wording of every budget refusal.
+pub fn over_budget(bytes: u64, limit: u64) -> String {
+    format!(
+        "{}, over the memory budget of {} (raise it with --max-memory)",
+        human_bytes(bytes),
+        human_bytes(limit)
+    )
+}
+
+/// A byte count for messages: `3.2 GiB`, `512 B`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if b == u64::MAX {
+        return "more than 16 EiB".into();
+    }
+    format!("{v:.1} {unit}")
 }

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod measure;
 pub mod probe;
 pub mod quant;
+pub mod rng;
 pub mod runtime;
 pub mod transform;
 

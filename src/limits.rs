@@ -16,6 +16,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::error::{human_bytes, over_budget};
 use crate::{Error, Result};
 
 /// The budget unless set otherwise: 4 GiB, which any model mlc is meant for
@@ -91,13 +92,18 @@ pub fn check_elements(
     Ok(count.unwrap_or(0))
 }
 
+/// Product of dims, `None` on overflow (hostile shapes).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
 /// [`check_elements`] for a tensor of `shape`.
 pub fn check_shape(
     what: impl FnOnce() -> String,
     shape: &[usize],
     elem_bytes: usize,
 ) -> Result<usize> {
-    check_elements(what, crate::ir::checked_numel(shape), elem_bytes)
+    check_elements(what, checked_numel(shape), elem_bytes)
 }
 
 /// Parses a size such as `512MB`, `8GiB`, `4g` or `1000000` (bytes).
@@ -133,37 +139,6 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
         return Err(format!("'{text}' is not a usable size"));
     }
     Ok(bytes as u64)
-}
-
-/// `"4.0 TiB, over the memory budget of 4.0 GiB (raise it with
-/// --max-memory)"`: the one wording of every budget refusal.
-pub fn over_budget(bytes: u64, limit: u64) -> String {
-    format!(
-        "{}, over the memory budget of {} (raise it with --max-memory)",
-        human_bytes(bytes),
-        human_bytes(limit)
-    )
-}
-
-/// A byte count for messages: `3.2 GiB`, `512 B`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if b < 1024 {
-        return format!("{b} B");
-    }
-    let mut v = b as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    if b == u64::MAX {
-        return "more than 16 EiB".into();
-    }
-    format!("{v:.1} {unit}")
 }
 
 #[cfg(test)]

@@ -7,17 +7,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mlc::api::{self, Binding, Format, InputFiles};
-use mlc::compress::quantize::{Granularity, WeightFormat};
-use mlc::compress::{Activations, Mode, Options as CompressOptions};
+use mlc::api::{Activations, CompressMode as Mode, CompressOptions, Granularity, WeightFormat};
 use mlc::Error;
 use serde::Serialize;
 
 /// The longest error line the CLI prints, in bytes.
 const MAX_ERROR_LINE: usize = 1000;
 
-#[path = "cli/args.rs"]
-mod args;
-use args::{Cli, Command, CompressArgs, Emit, InputArgs};
+mod cli;
+use cli::{Cli, Command, CompressArgs, Emit, InputArgs};
 
 /// Splits `NAME=VALUE`; neither side may be empty.
 fn split_assignment<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str), Error> {
@@ -113,10 +111,7 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
         dims: parse_dims(&a.dim)?,
         cache_dir: match a.no_cache {
             true => None,
-            false => a
-                .cache_dir
-                .clone()
-                .or_else(mlc::compress::default_cache_dir),
+            false => a.cache_dir.clone().or_else(api::default_cache_dir),
         },
         progress: std::io::stderr().is_terminal() && !a.json,
     })
@@ -126,12 +121,9 @@ fn run(command: Command) -> Result<(), Error> {
     use std::io::IsTerminal;
     match command {
         Command::Inspect { model, json, ir } => match (ir, json) {
-            (true, _) => print!(
-                "{}",
-                mlc::ir::text::print(api::Model::load(&model)?.graph())
-            ),
+            (true, _) => print!("{}", api::Model::load(&model)?.ir_text()),
             (false, true) => print_json(&api::inspect(&model)?)?,
-            (false, false) => print!("{}", mlc::inspect::render(&api::inspect(&model)?)),
+            (false, false) => print!("{}", api::render_inspect(&api::inspect(&model)?)),
         },
         Command::Passes { json } => match json {
             true => print_json(&api::passes())?,
@@ -239,10 +231,10 @@ fn run(command: Command) -> Result<(), Error> {
                     message: format!("{seconds} is not a time between 0 and 600 seconds"),
                 });
             }
-            let report = mlc::probe::run(seconds);
+            let report = api::probe(seconds);
             match json {
                 true => print_json(&report)?,
-                false => print!("{}", mlc::probe::render(&report)),
+                false => print!("{}", api::render_probe(&report)),
             }
         }
     }
@@ -271,14 +263,14 @@ fn main() -> ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
     if let Some(bytes) = cli.max_memory {
-        mlc::limits::set_max_memory(bytes);
+        api::set_max_memory(bytes);
     }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, of bounded length, whatever the input quoted.
             let line = e.to_string().replace('\n', " ");
-            eprintln!("error: {}", mlc::error::excerpt(&line, MAX_ERROR_LINE));
+            eprintln!("error: {}", api::excerpt(&line, MAX_ERROR_LINE));
             ExitCode::from(if e.is_user_error() { 2 } else { 1 })
         }
     }

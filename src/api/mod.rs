@@ -37,11 +37,18 @@ mod session;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::compress::quantize::{Granularity, WeightFormat};
 pub use crate::compress::report::Report as CompressReport;
-pub use crate::compress::{Activations, Mode as CompressMode, Options as CompressOptions};
+pub use crate::compress::{
+    default_cache_dir, Activations, Mode as CompressMode, Options as CompressOptions,
+};
+pub use crate::error::excerpt;
 pub use crate::formats::npy;
 pub use crate::inputs::Binding;
+pub use crate::inspect::render as render_inspect;
 pub use crate::inspect::Summary as InspectSummary;
+pub use crate::limits::{parse_bytes, set_max_memory};
+pub use crate::probe::{render as render_probe, run as probe, ProbeReport};
 pub use crate::transform::runner::PassLogEntry;
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
 pub use jobs::{
@@ -182,6 +189,11 @@ impl Model {
     /// from, then from [`Model::compile`]).
     pub fn pass_log(&self) -> &[PassLogEntry] {
         &self.pass_log
+    }
+
+    /// The graph in mlc's IR text form.
+    pub fn ir_text(&self) -> String {
+        crate::ir::text::print(&self.graph)
     }
 
     /// The model's inputs: name and declared type.

@@ -14,6 +14,7 @@ use std::fmt;
 
 use super::lowp::{self, Minifloat};
 use super::DType;
+pub use crate::limits::checked_numel;
 
 /// Typed element storage, row-major.
 #[derive(Clone, PartialEq)]
@@ -454,11 +455,6 @@ impl Tensor {
             _ => None,
         }
     }
-}
-
-/// Product of dims, `None` on overflow (hostile shapes).
-pub fn checked_numel(shape: &[usize]) -> Option<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
 impl fmt::Debug for Tensor {

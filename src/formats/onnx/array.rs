@@ -1,7 +1,7 @@
 //! Importers of shape and data movement ops.
 
 use super::attrs::Problem;
-use super::ops::{scalar_of, Ctx, Imported, In};
+use super::ctx::{scalar_of, Ctx, Imported, In};
 use super::tensor;
 use crate::ir::{Op, PadMode, ScatterReduction, Tensor, TensorType};
 

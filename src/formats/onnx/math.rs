@@ -1,7 +1,7 @@
 //! Importers of elementwise, reduction, softmax and matrix ops.
 
 use super::attrs::Problem;
-use super::ops::{scalar_of, Ctx, Imported, In};
+use super::ctx::{scalar_of, Ctx, Imported, In};
 use super::tensor::dtype_of;
 use crate::ir::{BinaryOp as B, E8M0Round, Op, ReduceOp, Tensor, UnaryOp};
 

@@ -17,6 +17,7 @@
 
 mod array;
 mod attrs;
+mod ctx;
 pub mod export;
 mod math;
 mod nn;
@@ -36,7 +37,7 @@ use crate::ir::{infer, verify, DType, Dim, Node, NodeId, Shape, TensorType, Valu
 use crate::{Error, Graph, Result, Tensor};
 
 use attrs::Attrs;
-use ops::{Ctx, Fixup, Imported, In};
+use ctx::{Ctx, Fixup, Imported, In};
 
 /// Oldest default-domain opset mlc imports.
 pub use export::{export_opset, ir_version_for, tensor_to_proto, to_bytes, to_model, write};
@@ -734,7 +735,7 @@ impl<'a> Builder<'a> {
 
     /// A `Constant` node's output name and value.
     fn constant(&self, n: &NodeProto, name: &str) -> std::result::Result<(String, Tensor), String> {
-        if ops::trimmed_len(&n.input) != 0 {
+        if ctx::trimmed_len(&n.input) != 0 {
             return Err("a Constant node takes no inputs".into());
         }
         if n.output.len() != 1 || n.output[0].is_empty() {

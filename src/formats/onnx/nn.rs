@@ -7,7 +7,7 @@
 //! inference has typed the weight.
 
 use super::attrs::Problem;
-use super::ops::{Ctx, Fixup, Imported, In};
+use super::ctx::{Ctx, Fixup, Imported, In};
 use crate::ir::{
     AspectPolicy, AutoPad, ConvAttrs, ConvTransposeAttrs, CoordTransform, Dim, NearestMode, Op,
     PoolAttrs, ResizeAttrs, ResizeMode, Tensor, TensorType,

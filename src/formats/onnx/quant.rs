@@ -3,7 +3,7 @@
 //! axis, blocked). Float8 quantization is not supported.
 
 use super::attrs::Problem;
-use super::ops::{Ctx, Imported};
+use super::ctx::{Ctx, Imported};
 use super::tensor::dtype_of;
 use crate::ir::Op;
 

@@ -1859,7 +1859,7 @@ unsafe fn store_pieces<const R: usize, const NV: usize>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::inputs::SplitMix64;
+    use crate::rng::SplitMix64;
 
     fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = SplitMix64::new(seed);

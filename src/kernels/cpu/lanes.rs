@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use super::conv::Window2d;
+use super::geometry::Window2d;
 
 /// Width of the vectors.
 pub(super) const LANES: usize = 8;

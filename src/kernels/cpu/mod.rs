@@ -11,6 +11,7 @@
 
 pub mod conv;
 pub mod gemm;
+mod geometry;
 mod lanes;
 pub mod linalg;
 pub mod ops;

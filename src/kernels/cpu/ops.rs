@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::Window2d;
+use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{CpuCtx, View, ViewMut};
 use crate::ir::{Activation, BinaryOp, EwArg, EwStep, Op, PoolAttrs, UnaryOp};
@@ -2321,7 +2321,7 @@ mod tests {
     #[test]
     fn transpose_vs_reference() {
         let sizes = [1usize, 2, 3, 5, 7, 8, 9, 16, 17];
-        let mut rng = crate::inputs::SplitMix64::new(42);
+        let mut rng = crate::rng::SplitMix64::new(42);
         let mut pick = |n: usize| (rng.next_f64() * n as f64) as usize % n;
         for rank in 1..=6usize {
             let perms = permutations(rank);

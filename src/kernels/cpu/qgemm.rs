@@ -1495,7 +1495,7 @@ unsafe fn quantize_avx2(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::inputs::SplitMix64;
+    use crate::rng::SplitMix64;
 
     pub(crate) fn rand_u8(len: usize, seed: u64) -> Vec<u8> {
         let mut rng = SplitMix64::new(seed);

@@ -27,11 +27,10 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, pack_a, split_act, with_buf, ASrc, BSrc, Epilogue, PackedA};
+use super::geometry::Window2d;
 use super::ops;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
-
-use super::conv::Window2d;
 
 /// Values per tile transform (4x4).
 const K16: usize = 16;

@@ -169,7 +169,7 @@ pub(crate) mod testing {
 
     /// Seeded pseudo-random f32 values, uniform in [-half_range, half_range).
     pub fn random(shape: &[usize], seed: u64, half_range: f32) -> Tensor {
-        let mut rng = crate::inputs::SplitMix64::new(seed);
+        let mut rng = crate::rng::SplitMix64::new(seed);
         let n: usize = shape.iter().product();
         let v = (0..n)
             .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * half_range)

@@ -15,7 +15,7 @@ pub(crate) struct Cli {
     /// Most memory a model or input file may make mlc allocate (e.g. 512MB,
     /// 8GiB); beyond it a command stops with a clear error before
     /// allocating. Default 4GiB.
-    #[arg(long, global = true, value_name = "SIZE", value_parser = mlc::limits::parse_bytes)]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = mlc::api::parse_bytes)]
     pub(crate) max_memory: Option<u64>,
     #[command(subcommand)]
     pub(crate) command: Command,
