@@ -750,6 +750,7 @@ impl<'g> Emitter<'g> {
             | Op::Cast { .. }
             | Op::IsNaN
             | Op::IsInf { .. }
+            | Op::Shrink { .. }
             | Op::MatMul
             | Op::Gemm { .. }
             | Op::Conv(_)

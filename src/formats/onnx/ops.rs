@@ -15,7 +15,7 @@ use std::path::Path;
 use onnx_protobuf::NodeProto;
 
 use super::attrs::{Attrs, Problem};
-use super::{array, math, nn, quant};
+use super::{array, math, nn, quant, schema};
 use crate::ir::{DType, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
 
 /// One input of an imported node.
@@ -263,6 +263,7 @@ pub static SPECS: &[OpSpec] = &[
     s("Elu", 7..=M, 1..=1, 1..=1, math::elu),
     s("HardSigmoid", 7..=M, 1..=1, 1..=1, math::hard_sigmoid),
     s("Gelu", 20..=M, 1..=1, 1..=1, math::gelu),
+    s("Shrink", 9..=M, 1..=1, 1..=1, schema::from_schema),
     // Elementwise, two inputs with numpy broadcasting (from opset 7).
     s("Add", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::Add))),
     s("Sub", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::Sub))),
@@ -637,6 +638,7 @@ mod tests {
             "GatherND",
             "ScatterND",
             "LRN",
+            "Shrink",
         ];
         for n in names {
             assert!(find(n, 21).is_ok(), "{n}");

@@ -1,5 +1,5 @@
 //! Schemas of the elementwise math ops: unary (activations included),
-//! binary, variadic, Clip, Where, Cast, IsNaN, IsInf.
+//! binary, variadic, Clip, Where, Cast, IsNaN, IsInf, Shrink.
 
 use super::{std, word_attr, Msg, Rule, Visitor};
 use crate::ir::{BinaryOp, DType, E8M0Round, Op, UnaryOp, VariadicOp};
@@ -113,6 +113,10 @@ pub(super) fn prototypes() -> Vec<Op> {
             saturate: true,
             round_mode: E8M0Round::Up,
         },
+        Op::Shrink {
+            lambd: 0.5,
+            bias: 0.0,
+        },
     ]);
     ops
 }
@@ -217,4 +221,10 @@ pub(super) fn cast<V: Visitor>(
         round_mode,
         Rule::UnlessDefault(E8M0Round::Up),
     )
+}
+
+/// https://onnx.ai/onnx/operators/onnx__Shrink.html
+pub(super) fn shrink<V: Visitor>(lambd: &mut f32, bias: &mut f32, v: &mut V) -> Msg<()> {
+    v.attr(std("lambd"), lambd, Rule::Always(0.5))?;
+    v.attr(std("bias"), bias, Rule::Always(0.0))
 }

@@ -365,6 +365,7 @@ pub fn visit<V: Visitor>(op: &mut Op, v: &mut V) -> Msg<()> {
             saturate,
             round_mode,
         } => math::cast(to, saturate, round_mode, v),
+        Op::Shrink { lambd, bias } => math::shrink(lambd, bias, v),
         Op::MatMul => Ok(()),
         Op::Gemm {
             alpha,
