@@ -1212,3 +1212,26 @@ fn schema_driven_import_text_and_export() {
         "{p:?}"
     );
 }
+
+/// Every op kind of the IR that ONNX has (all but the ops mlc's passes
+/// make) has a row in the import table at the export opset, so a new op's
+/// missing row fails here.
+#[test]
+fn every_standard_op_of_the_schema_imports() {
+    let mlc_only = [
+        "FusedConv",
+        "FusedMatMul",
+        "Elementwise",
+        "QConv",
+        "QMatMul",
+    ];
+    for p in crate::ir::schema::prototypes() {
+        let t = p.onnx_type();
+        if !mlc_only.contains(&t) {
+            assert!(
+                ops::find(t, export::BASE_OPSET).is_ok(),
+                "{t} has no importer"
+            );
+        }
+    }
+}
