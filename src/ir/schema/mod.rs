@@ -9,9 +9,10 @@
 //! required, always shown with a default for parsing, or shown only when it
 //! differs from its default. The same walk serves both directions: reading
 //! an op ([`attrs`]: what the text form prints and the ONNX exporter writes)
-//! and building one from named values ([`build`]: what the text parser
-//! calls), so a name or a default is written once. [`visit`] matches every op
-//! without a catch-all, so a new op that has no schema does not compile.
+//! and building one from named values ([`build`]: what the text parser and
+//! the generic ONNX importer call), so a name or a default is written once.
+//! [`visit`] matches every op without a catch-all, so a new op that has no
+//! schema does not compile. `docs/adding-an-op.md` has the recipe.
 //!
 //! Values travel as [`AttrValue`]s; how a value is spelled is the format's
 //! business (`ir::text` for the text form, `formats::onnx::export` for ONNX
