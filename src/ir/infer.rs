@@ -970,6 +970,13 @@ fn infer_op(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
             }
             single(x.clone())
         }
+        Op::Shrink { .. } => {
+            let x = in_ty(cx, node, 0)?;
+            if x.dtype == DType::Bool {
+                return Err(Error::op(name, "input must be numeric, got bool"));
+            }
+            single(x.clone())
+        }
         Op::Lrn { .. } => {
             let x = in_ty(cx, node, 0)?;
             if !x.dtype.is_float() || x.shape.rank() < 3 {

@@ -423,6 +423,12 @@ pub enum Op {
         detect_negative: bool,
         detect_positive: bool,
     },
+    /// `y = x + bias` where `x < -lambd`, `x - bias` where `x > lambd`, else
+    /// 0 (any numeric type; integers go through f64 and back).
+    Shrink {
+        lambd: f32,
+        bias: f32,
+    },
     /// Inputs: x, axis (a scalar). Running sums along the axis; `exclusive`
     /// leaves out the element itself, `reverse` sums from the end.
     CumSum {
@@ -593,6 +599,7 @@ impl Op {
             Op::Unary(_)
             | Op::IsNaN
             | Op::IsInf { .. }
+            | Op::Shrink { .. }
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::MaxPool(_)
@@ -748,6 +755,7 @@ impl Op {
             Op::Resize(_) => "Resize",
             Op::IsNaN => "IsNaN",
             Op::IsInf { .. } => "IsInf",
+            Op::Shrink { .. } => "Shrink",
             Op::CumSum { .. } => "CumSum",
             Op::GatherElements { .. } => "GatherElements",
             Op::ScatterElements { .. } => "ScatterElements",

@@ -44,11 +44,10 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use super::lowp::{self, Minifloat};
+use super::schema::{self, AttrValue, Kind};
 use super::{
-    infer, verify, ActQuant, Activation, AspectPolicy, AutoPad, BinaryOp, ConvAttrs,
-    ConvTransposeAttrs, CoordTransform, DType, Dim, E8M0Round, EwArg, EwStep, Graph, NearestMode,
-    Node, NodeId, Op, PadMode, PoolAttrs, ReduceOp, ResizeAttrs, ResizeMode, ScatterReduction,
-    Shape, Tensor, TensorData, TensorType, UnaryOp, ValueDef, ValueId, VariadicOp,
+    infer, verify, ActQuant, Activation, BinaryOp, DType, Dim, E8M0Round, EwArg, EwStep, Graph,
+    Node, NodeId, Op, Shape, Tensor, TensorData, TensorType, UnaryOp, ValueDef, ValueId,
 };
 use crate::{Error, Result};
 
@@ -378,355 +377,29 @@ pub fn attrs_text(op: &Op) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-fn same_f32(a: f32, b: f32) -> bool {
-    a.to_bits() == b.to_bits()
-}
-
+/// The attributes the op's schema shows, spelled for the text form.
 fn attrs(op: &Op) -> Vec<(&'static str, String)> {
-    let mut a = Vec::new();
-    let b = |x: bool| x.to_string();
-    match op {
-        Op::FusedConv { conv, act } => {
-            conv_attrs(conv, &mut a);
-            if let Some(act) = act {
-                a.push(("act", activation_text(act)));
-            }
-        }
-        Op::FusedMatMul {
-            trans_a,
-            trans_b,
-            alpha,
-            act,
-        } => {
-            a.push(("trans_a", b(*trans_a)));
-            a.push(("trans_b", b(*trans_b)));
-            a.push(("alpha", f32_text(*alpha)));
-            if let Some(act) = act {
-                a.push(("act", activation_text(act)));
-            }
-        }
-        Op::QConv { conv, x_quant, act } => {
-            conv_attrs(conv, &mut a);
-            a.push(("x_quant", act_quant_text(x_quant)));
-            if let Some(act) = act {
-                a.push(("act", activation_text(act)));
-            }
-        }
-        Op::QMatMul { a_quant, act } => {
-            a.push(("a_quant", act_quant_text(a_quant)));
-            if let Some(act) = act {
-                a.push(("act", activation_text(act)));
-            }
-        }
-        Op::QuantizeLinear {
-            axis,
-            block_size,
-            saturate,
-            output_dtype,
-        } => {
-            a.push(("axis", axis.to_string()));
-            if *block_size > 0 {
-                a.push(("block_size", block_size.to_string()));
-            }
-            if !*saturate {
-                a.push(("saturate", "false".into()));
-            }
-            if let Some(d) = output_dtype {
-                a.push(("output_dtype", d.to_string()));
-            }
-        }
-        Op::DequantizeLinear { axis, block_size } => {
-            a.push(("axis", axis.to_string()));
-            if *block_size > 0 {
-                a.push(("block_size", block_size.to_string()));
-            }
-        }
-        Op::Elementwise { steps } => {
+    schema::attrs(op)
+        .into_iter()
+        .map(|a| (a.def.name, value_text(&a.value)))
+        .collect()
+}
+
+fn value_text(v: &AttrValue) -> String {
+    match v {
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::Float(x) => f32_text(*x),
+        AttrValue::Bool(b) => b.to_string(),
+        AttrValue::Ints(v) => list(v),
+        AttrValue::Word(w) => (*w).to_string(),
+        AttrValue::DType(d) => d.to_string(),
+        AttrValue::Tensor(t) => tensor_text(t),
+        AttrValue::Activation(a) => activation_text(a),
+        AttrValue::ActQuant(q) => act_quant_text(q),
+        AttrValue::Steps(steps) => {
             let s: Vec<String> = steps.iter().map(step_text).collect();
-            a.push(("steps", format!("[{}]", s.join(", "))));
+            format!("[{}]", s.join(", "))
         }
-        Op::Unary(u) => match u {
-            UnaryOp::LeakyRelu { alpha } | UnaryOp::Elu { alpha } => {
-                a.push(("alpha", f32_text(*alpha)))
-            }
-            UnaryOp::HardSigmoid { alpha, beta } => {
-                a.push(("alpha", f32_text(*alpha)));
-                a.push(("beta", f32_text(*beta)));
-            }
-            UnaryOp::Gelu { tanh_approx: true } => a.push(("approximate", "tanh".into())),
-            _ => {}
-        },
-        Op::Cast {
-            to,
-            saturate,
-            round_mode,
-        } => {
-            a.push(("to", to.to_string()));
-            if !*saturate {
-                a.push(("saturate", "false".into()));
-            }
-            if *round_mode != E8M0Round::Up {
-                a.push(("round_mode", round_mode.name().into()));
-            }
-        }
-        Op::Softmax {
-            axis,
-            legacy,
-            nan_to_zero,
-        } => {
-            a.push(("axis", axis.to_string()));
-            if *legacy {
-                a.push(("legacy", "true".into()));
-            }
-            if *nan_to_zero {
-                a.push(("nan_to_zero", "true".into()));
-            }
-        }
-        Op::LogSoftmax { axis, legacy } => {
-            a.push(("axis", axis.to_string()));
-            if *legacy {
-                a.push(("legacy", "true".into()));
-            }
-        }
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-        } => {
-            a.push(("alpha", f32_text(*alpha)));
-            a.push(("beta", f32_text(*beta)));
-            a.push(("trans_a", b(*trans_a)));
-            a.push(("trans_b", b(*trans_b)));
-        }
-        Op::Conv(c) => conv_attrs(c, &mut a),
-        Op::ConvTranspose(c) => {
-            conv_attrs(&c.conv, &mut a);
-            a.push(("output_padding", list(&c.output_padding)));
-            if let Some(s) = &c.output_shape {
-                a.push(("output_shape", list(s)));
-            }
-        }
-        Op::BatchNormalization {
-            epsilon,
-            training_momentum,
-        } => {
-            a.push(("epsilon", f32_text(*epsilon)));
-            if let Some(m) = training_momentum {
-                a.push(("training_momentum", f32_text(*m)));
-            }
-        }
-        Op::InstanceNormalization { epsilon } => a.push(("epsilon", f32_text(*epsilon))),
-        Op::LayerNormalization { axis, epsilon } => {
-            a.push(("axis", axis.to_string()));
-            a.push(("epsilon", f32_text(*epsilon)));
-        }
-        Op::MaxPool(p) | Op::AveragePool(p) => pool_attrs(p, &mut a),
-        Op::Flatten { axis }
-        | Op::Concat { axis }
-        | Op::Gather { axis }
-        | Op::GatherElements { axis } => a.push(("axis", axis.to_string())),
-        Op::Binary(BinaryOp::FMod) => a.push(("fmod", "true".into())),
-        Op::IsInf {
-            detect_negative,
-            detect_positive,
-        } => {
-            a.push(("detect_negative", b(*detect_negative)));
-            a.push(("detect_positive", b(*detect_positive)));
-        }
-        Op::CumSum { exclusive, reverse } => {
-            a.push(("exclusive", b(*exclusive)));
-            a.push(("reverse", b(*reverse)));
-        }
-        Op::ScatterElements { axis, reduction } => {
-            a.push(("axis", axis.to_string()));
-            a.push(("reduction", reduction.name().into()));
-        }
-        Op::ScatterND { reduction } => a.push(("reduction", reduction.name().into())),
-        Op::GatherND { batch_dims } => a.push(("batch_dims", batch_dims.to_string())),
-        Op::Lrn {
-            alpha,
-            beta,
-            bias,
-            size,
-        } => {
-            a.push(("alpha", f32_text(*alpha)));
-            a.push(("beta", f32_text(*beta)));
-            a.push(("bias", f32_text(*bias)));
-            a.push(("size", size.to_string()));
-        }
-        Op::Reshape { allowzero } => {
-            if *allowzero {
-                a.push(("allowzero", "true".into()))
-            }
-        }
-        Op::Transpose { perm } => a.push(("perm", list(perm))),
-        Op::Split { axis, num_outputs } => {
-            a.push(("axis", axis.to_string()));
-            a.push(("num_outputs", num_outputs.to_string()));
-        }
-        Op::Shape { start, end } => {
-            a.push(("start", start.to_string()));
-            if let Some(e) = end {
-                a.push(("end", e.to_string()));
-            }
-        }
-        Op::ConstantOfShape { value } => a.push(("value", tensor_text(value))),
-        Op::Pad { mode } => a.push(("mode", pad_mode_name(*mode).into())),
-        Op::Reduce {
-            keepdims,
-            noop_with_empty_axes,
-            ..
-        } => {
-            a.push(("keepdims", b(*keepdims)));
-            if *noop_with_empty_axes {
-                a.push(("noop_with_empty_axes", "true".into()));
-            }
-        }
-        Op::ArgMax {
-            axis,
-            keepdims,
-            select_last_index,
-        }
-        | Op::ArgMin {
-            axis,
-            keepdims,
-            select_last_index,
-        } => {
-            a.push(("axis", axis.to_string()));
-            a.push(("keepdims", b(*keepdims)));
-            if *select_last_index {
-                a.push(("select_last_index", "true".into()));
-            }
-        }
-        Op::Resize(r) => {
-            a.push(("mode", resize_mode_name(r.mode).into()));
-            a.push(("coord", coord_name(r.coord).into()));
-            a.push(("nearest", nearest_name(r.nearest).into()));
-            if r.exclude_outside {
-                a.push(("exclude_outside", "true".into()));
-            }
-            if r.antialias {
-                a.push(("antialias", "true".into()));
-            }
-            if r.mode == ResizeMode::Cubic || !same_f32(r.cubic_coeff_a, -0.75) {
-                a.push(("cubic_coeff_a", f32_text(r.cubic_coeff_a)));
-            }
-            if !same_f32(r.extrapolation_value, 0.0) {
-                a.push(("extrapolation_value", f32_text(r.extrapolation_value)));
-            }
-            if r.aspect != AspectPolicy::Stretch {
-                a.push(("aspect", aspect_name(r.aspect).into()));
-            }
-            if let Some(ax) = &r.axes {
-                a.push(("axes", list(ax)));
-            }
-        }
-        Op::Binary(_)
-        | Op::Variadic(_)
-        | Op::Clip
-        | Op::Where
-        | Op::MatMul
-        | Op::GlobalAveragePool
-        | Op::GlobalMaxPool
-        | Op::Squeeze
-        | Op::Unsqueeze
-        | Op::Slice
-        | Op::Size
-        | Op::Expand
-        | Op::Tile
-        | Op::Identity
-        | Op::DynamicQuantizeLinear
-        | Op::Dropout
-        | Op::Range
-        | Op::IsNaN => {}
-    }
-    a
-}
-
-fn auto_pad_name(p: AutoPad) -> &'static str {
-    match p {
-        AutoPad::NotSet => "notset",
-        AutoPad::SameUpper => "same_upper",
-        AutoPad::SameLower => "same_lower",
-        AutoPad::Valid => "valid",
-    }
-}
-
-fn pad_mode_name(m: PadMode) -> &'static str {
-    match m {
-        PadMode::Constant => "constant",
-        PadMode::Reflect => "reflect",
-        PadMode::Edge => "edge",
-        PadMode::Wrap => "wrap",
-    }
-}
-
-fn resize_mode_name(m: ResizeMode) -> &'static str {
-    match m {
-        ResizeMode::Nearest => "nearest",
-        ResizeMode::Linear => "linear",
-        ResizeMode::Cubic => "cubic",
-    }
-}
-
-fn coord_name(c: CoordTransform) -> &'static str {
-    match c {
-        CoordTransform::HalfPixel => "half_pixel",
-        CoordTransform::HalfPixelSymmetric => "half_pixel_symmetric",
-        CoordTransform::PytorchHalfPixel => "pytorch_half_pixel",
-        CoordTransform::AlignCorners => "align_corners",
-        CoordTransform::Asymmetric => "asymmetric",
-        CoordTransform::TfCropAndResize => "tf_crop_and_resize",
-    }
-}
-
-fn nearest_name(n: NearestMode) -> &'static str {
-    match n {
-        NearestMode::RoundPreferFloor => "round_prefer_floor",
-        NearestMode::RoundPreferCeil => "round_prefer_ceil",
-        NearestMode::Floor => "floor",
-        NearestMode::Ceil => "ceil",
-    }
-}
-
-fn aspect_name(a: AspectPolicy) -> &'static str {
-    match a {
-        AspectPolicy::Stretch => "stretch",
-        AspectPolicy::NotLarger => "not_larger",
-        AspectPolicy::NotSmaller => "not_smaller",
-    }
-}
-
-fn conv_attrs(c: &ConvAttrs, a: &mut Vec<(&'static str, String)>) {
-    a.push(("kernel", list(&c.kernel_shape)));
-    a.push(("strides", list(&c.strides)));
-    a.push(("dilations", list(&c.dilations)));
-    a.push(("pads", list(&c.pads)));
-    if c.auto_pad != AutoPad::NotSet {
-        a.push(("auto_pad", auto_pad_name(c.auto_pad).into()));
-    }
-    if c.group != 1 {
-        a.push(("group", c.group.to_string()));
-    }
-}
-
-fn pool_attrs(p: &PoolAttrs, a: &mut Vec<(&'static str, String)>) {
-    a.push(("kernel", list(&p.kernel_shape)));
-    a.push(("strides", list(&p.strides)));
-    a.push(("dilations", list(&p.dilations)));
-    a.push(("pads", list(&p.pads)));
-    if p.auto_pad != AutoPad::NotSet {
-        a.push(("auto_pad", auto_pad_name(p.auto_pad).into()));
-    }
-    if p.ceil_mode {
-        a.push(("ceil_mode", "true".into()));
-    }
-    if p.count_include_pad {
-        a.push(("count_include_pad", "true".into()));
-    }
-    if p.column_major {
-        a.push(("storage_order", "1".into()));
     }
 }
 
@@ -1440,225 +1113,12 @@ impl Attrs {
         format!("attribute '{k}' expects {what}")
     }
 
-    fn f32_or(&mut self, k: &str, default: f32) -> Msg<f32> {
-        match self.take(k) {
-            None => Ok(default),
-            Some(v) => av_f32(&v).ok_or_else(|| Self::expects(k, "a number")),
-        }
-    }
-
-    fn f32_opt(&mut self, k: &str) -> Msg<Option<f32>> {
-        match self.take(k) {
-            None => Ok(None),
-            Some(v) => av_f32(&v)
-                .map(Some)
-                .ok_or_else(|| Self::expects(k, "a number")),
-        }
-    }
-
-    fn i64_opt(&mut self, k: &str) -> Msg<Option<i64>> {
-        match self.take(k) {
-            None => Ok(None),
-            Some(v) => av_int(&v)
-                .map(Some)
-                .ok_or_else(|| Self::expects(k, "an integer")),
-        }
-    }
-
-    fn i64_or(&mut self, k: &str, default: i64) -> Msg<i64> {
-        Ok(self.i64_opt(k)?.unwrap_or(default))
-    }
-
-    fn i64_req(&mut self, k: &str) -> Msg<i64> {
-        self.i64_opt(k)?
-            .ok_or_else(|| format!("missing attribute '{k}'"))
-    }
-
-    fn usize_or(&mut self, k: &str, default: usize) -> Msg<usize> {
-        match self.take(k) {
-            None => Ok(default),
-            Some(v) => av_int(&v).ok_or_else(|| Self::expects(k, "a non-negative integer")),
-        }
-    }
-
-    fn bool_or(&mut self, k: &str, default: bool) -> Msg<bool> {
-        match self.take(k) {
-            None => Ok(default),
-            Some(v) => av_bool(&v).ok_or_else(|| Self::expects(k, "true or false")),
-        }
-    }
-
-    fn list_opt<T: std::str::FromStr>(&mut self, k: &str, what: &str) -> Msg<Option<Vec<T>>> {
-        match self.take(k) {
-            None => Ok(None),
-            Some(AV::List(items)) => items
-                .iter()
-                .map(av_int::<T>)
-                .collect::<Option<Vec<T>>>()
-                .map(Some)
-                .ok_or_else(|| Self::expects(k, &format!("a list of {what}"))),
-            Some(_) => Err(Self::expects(k, "a list")),
-        }
-    }
-
-    fn usizes(&mut self, k: &str) -> Msg<Option<Vec<usize>>> {
-        self.list_opt(k, "non-negative integers")
-    }
-
-    /// An enum attribute given as a lowercase identifier (or a string).
-    fn word<T: Copy>(&mut self, k: &str, default: T, table: &[(&str, T)]) -> Msg<T> {
-        let Some(v) = self.take(k) else {
-            return Ok(default);
-        };
-        let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
-        let w = v
-            .word()
-            .map(str::to_ascii_lowercase)
-            .ok_or_else(|| Self::expects(k, &format!("one of {}", names.join(", "))))?;
-        table
-            .iter()
-            .find(|(n, _)| *n == w)
-            .map(|(_, t)| *t)
-            .ok_or_else(|| {
-                format!(
-                    "attribute '{k}': unknown value '{w}' (expected one of {})",
-                    names.join(", ")
-                )
-            })
-    }
-
     fn finish(self, op: &str) -> Msg<()> {
         match self.items.first() {
             None => Ok(()),
             Some((k, _)) => Err(format!("{op} has no attribute '{k}'")),
         }
     }
-}
-
-const UNARY_OPS: [(&str, UnaryOp); 28] = [
-    ("Sqrt", UnaryOp::Sqrt),
-    ("Reciprocal", UnaryOp::Reciprocal),
-    ("Neg", UnaryOp::Neg),
-    ("Abs", UnaryOp::Abs),
-    ("Exp", UnaryOp::Exp),
-    ("Log", UnaryOp::Log),
-    ("Erf", UnaryOp::Erf),
-    ("Tanh", UnaryOp::Tanh),
-    ("Sigmoid", UnaryOp::Sigmoid),
-    ("Relu", UnaryOp::Relu),
-    ("Not", UnaryOp::Not),
-    ("Floor", UnaryOp::Floor),
-    ("Ceil", UnaryOp::Ceil),
-    ("Sign", UnaryOp::Sign),
-    ("Sin", UnaryOp::Sin),
-    ("Cos", UnaryOp::Cos),
-    ("Tan", UnaryOp::Tan),
-    ("Asin", UnaryOp::Asin),
-    ("Acos", UnaryOp::Acos),
-    ("Atan", UnaryOp::Atan),
-    ("Sinh", UnaryOp::Sinh),
-    ("Cosh", UnaryOp::Cosh),
-    ("Asinh", UnaryOp::Asinh),
-    ("Acosh", UnaryOp::Acosh),
-    ("Atanh", UnaryOp::Atanh),
-    ("Round", UnaryOp::Round),
-    ("Softplus", UnaryOp::Softplus),
-    ("Softsign", UnaryOp::Softsign),
-];
-
-/// Binary ops by text name; Mod with `fmod = true` is [`BinaryOp::FMod`].
-const BINARY_OPS: [(&str, BinaryOp); 14] = [
-    ("Add", BinaryOp::Add),
-    ("Sub", BinaryOp::Sub),
-    ("Mul", BinaryOp::Mul),
-    ("Div", BinaryOp::Div),
-    ("Pow", BinaryOp::Pow),
-    ("Equal", BinaryOp::Equal),
-    ("Greater", BinaryOp::Greater),
-    ("Less", BinaryOp::Less),
-    ("GreaterOrEqual", BinaryOp::GreaterOrEqual),
-    ("LessOrEqual", BinaryOp::LessOrEqual),
-    ("And", BinaryOp::And),
-    ("Or", BinaryOp::Or),
-    ("Xor", BinaryOp::Xor),
-    ("Mod", BinaryOp::Mod),
-];
-
-const VARIADIC_OPS: [(&str, VariadicOp); 4] = [
-    ("Sum", VariadicOp::Sum),
-    ("Mean", VariadicOp::Mean),
-    ("Min", VariadicOp::Min),
-    ("Max", VariadicOp::Max),
-];
-
-const REDUCE_OPS: [(&str, ReduceOp); 9] = [
-    ("ReduceMean", ReduceOp::Mean),
-    ("ReduceSum", ReduceOp::Sum),
-    ("ReduceMax", ReduceOp::Max),
-    ("ReduceMin", ReduceOp::Min),
-    ("ReduceProd", ReduceOp::Prod),
-    ("ReduceL1", ReduceOp::L1),
-    ("ReduceL2", ReduceOp::L2),
-    ("ReduceSumSquare", ReduceOp::SumSquare),
-    ("ReduceLogSumExp", ReduceOp::LogSumExp),
-];
-
-const AUTO_PADS: [(&str, AutoPad); 4] = [
-    ("notset", AutoPad::NotSet),
-    ("same_upper", AutoPad::SameUpper),
-    ("same_lower", AutoPad::SameLower),
-    ("valid", AutoPad::Valid),
-];
-
-const SCATTER_REDUCTIONS: [(&str, ScatterReduction); 5] = [
-    ("none", ScatterReduction::None),
-    ("add", ScatterReduction::Add),
-    ("mul", ScatterReduction::Mul),
-    ("max", ScatterReduction::Max),
-    ("min", ScatterReduction::Min),
-];
-
-fn find<T: Clone>(table: &[(&str, T)], name: &str) -> Option<T> {
-    table
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, t)| t.clone())
-}
-
-fn conv_from(a: &mut Attrs) -> Msg<ConvAttrs> {
-    let kernel_shape = a
-        .usizes("kernel")?
-        .ok_or("missing attribute 'kernel' (the kernel shape)")?;
-    let n = kernel_shape.len();
-    Ok(ConvAttrs {
-        strides: a.usizes("strides")?.unwrap_or_else(|| vec![1; n]),
-        dilations: a.usizes("dilations")?.unwrap_or_else(|| vec![1; n]),
-        pads: a.usizes("pads")?.unwrap_or_else(|| vec![0; 2 * n]),
-        auto_pad: a.word("auto_pad", AutoPad::NotSet, &AUTO_PADS)?,
-        group: a.usize_or("group", 1)?,
-        kernel_shape,
-    })
-}
-
-fn pool_from(a: &mut Attrs) -> Msg<PoolAttrs> {
-    let kernel_shape = a
-        .usizes("kernel")?
-        .ok_or("missing attribute 'kernel' (the kernel shape)")?;
-    let n = kernel_shape.len();
-    Ok(PoolAttrs {
-        strides: a.usizes("strides")?.unwrap_or_else(|| vec![1; n]),
-        dilations: a.usizes("dilations")?.unwrap_or_else(|| vec![1; n]),
-        pads: a.usizes("pads")?.unwrap_or_else(|| vec![0; 2 * n]),
-        auto_pad: a.word("auto_pad", AutoPad::NotSet, &AUTO_PADS)?,
-        ceil_mode: a.bool_or("ceil_mode", false)?,
-        count_include_pad: a.bool_or("count_include_pad", false)?,
-        column_major: match a.i64_or("storage_order", 0)? {
-            0 => false,
-            1 => true,
-            _ => return Err("attribute 'storage_order' must be 0 or 1".into()),
-        },
-        kernel_shape,
-    })
 }
 
 /// Call arguments as f32s, exactly `n` of them.
@@ -1674,24 +1134,19 @@ fn f32_args(name: &str, args: &[AV], n: usize) -> Msg<Vec<f32>> {
         .collect()
 }
 
-fn act_quant_from(a: &mut Attrs, key: &str) -> Msg<ActQuant> {
-    let bad = || Attrs::expects(key, "dynamic or static(scale, zero_point)");
-    match a.take(key) {
-        None => Err(format!("missing attribute '{key}'")),
-        Some(v) if v.word() == Some("dynamic") => Ok(ActQuant::Dynamic),
-        Some(AV::Ident {
+fn act_quant_from(v: &AV) -> Option<ActQuant> {
+    match v {
+        v if v.word() == Some("dynamic") => Some(ActQuant::Dynamic),
+        AV::Ident {
             name,
             shape: None,
             args: Some(args),
-        }) if name == "static" && args.len() == 2 => {
-            let scale = av_f32(&args[0]).ok_or_else(bad)?;
-            let zero_point = args[1]
-                .num_text()
-                .and_then(|t| t.parse::<u8>().ok())
-                .ok_or_else(bad)?;
-            Ok(ActQuant::Static { scale, zero_point })
+        } if name == "static" && args.len() == 2 => {
+            let scale = av_f32(&args[0])?;
+            let zero_point = args[1].num_text()?.parse::<u8>().ok()?;
+            Some(ActQuant::Static { scale, zero_point })
         }
-        Some(_) => Err(bad()),
+        _ => None,
     }
 }
 
@@ -1771,7 +1226,7 @@ fn step_from(v: &AV) -> Msg<EwStep> {
     let num = |i: usize| {
         av_f32(&args[i]).ok_or_else(|| format!("step '{name}': operand {i} must be a number"))
     };
-    if let Some(b) = find(&BINARY_STEP_NAMES.map(|(op, n)| (n, op)), name.as_str()) {
+    if let Some(&(b, _)) = BINARY_STEP_NAMES.iter().find(|(_, n)| *n == name) {
         count(2)?;
         return Ok(EwStep::Binary(
             b,
@@ -1783,11 +1238,17 @@ fn step_from(v: &AV) -> Msg<EwStep> {
         count(3)?;
         return Ok(EwStep::Clip(ew_arg_from(&args[0])?, num(1)?, num(2)?));
     }
-    let simple = UNARY_OPS.iter().find(|(_, u)| unary_step_name(u) == name);
+    // Unary ops without attributes are steps of one argument.
+    let simple = schema::prototypes().into_iter().find_map(|p| match &p {
+        Op::Unary(u) if unary_step_name(u) == name && schema::attrs(&p).is_empty() => {
+            Some(u.clone())
+        }
+        _ => None,
+    });
     let u = match (simple, name.as_str()) {
-        (Some((_, u)), _) => {
+        (Some(u), _) => {
             count(1)?;
-            u.clone()
+            u
         }
         (None, "hard_swish") => {
             count(1)?;
@@ -1821,326 +1282,85 @@ fn step_from(v: &AV) -> Msg<EwStep> {
     Ok(EwStep::Unary(u, ew_arg_from(&args[0])?))
 }
 
-/// The op `name` with its attributes; `n_out` is the node's output count.
+/// The op `name` with its attributes (read as its schema asks); `n_out` is
+/// the node's output count.
 fn build_op(name: &str, mut a: Attrs, n_out: usize) -> Msg<Op> {
-    let a = &mut a;
-    let op = if let Some(u) = find(&UNARY_OPS, name) {
-        Op::Unary(u)
-    } else if let Some(b) = find(&BINARY_OPS, name) {
-        if b == BinaryOp::Mod && a.bool_or("fmod", false)? {
-            Op::Binary(BinaryOp::FMod)
-        } else {
-            Op::Binary(b)
-        }
-    } else if let Some(v) = find(&VARIADIC_OPS, name) {
-        Op::Variadic(v)
-    } else if let Some(op) = find(&REDUCE_OPS, name) {
-        Op::Reduce {
-            op,
-            keepdims: a.bool_or("keepdims", true)?,
-            noop_with_empty_axes: a.bool_or("noop_with_empty_axes", false)?,
-        }
-    } else {
-        match name {
-            "LeakyRelu" => Op::Unary(UnaryOp::LeakyRelu {
-                alpha: a.f32_or("alpha", 0.01)?,
-            }),
-            "Elu" => Op::Unary(UnaryOp::Elu {
-                alpha: a.f32_or("alpha", 1.0)?,
-            }),
-            "HardSigmoid" => Op::Unary(UnaryOp::HardSigmoid {
-                alpha: a.f32_or("alpha", 0.2)?,
-                beta: a.f32_or("beta", 0.5)?,
-            }),
-            "HardSwish" => Op::Unary(UnaryOp::HardSwish),
-            "Gelu" => Op::Unary(UnaryOp::Gelu {
-                tanh_approx: a.word("approximate", false, &[("none", false), ("tanh", true)])?,
-            }),
-            "Clip" => Op::Clip,
-            "Where" => Op::Where,
-            "Cast" => {
-                let to = match a.take("to") {
-                    None => return Err("missing attribute 'to'".into()),
-                    Some(v) => v
-                        .word()
-                        .and_then(DType::from_name)
-                        .ok_or_else(|| Attrs::expects("to", "a dtype such as f32"))?,
-                };
-                Op::Cast {
-                    to,
-                    saturate: a.bool_or("saturate", true)?,
-                    round_mode: a.word(
-                        "round_mode",
-                        E8M0Round::Up,
-                        &[
-                            ("up", E8M0Round::Up),
-                            ("down", E8M0Round::Down),
-                            ("nearest", E8M0Round::Nearest),
-                        ],
-                    )?,
-                }
-            }
-            "Softmax" | "LogSoftmax" => {
-                let axis = a.i64_or("axis", -1)?;
-                let legacy = a.bool_or("legacy", false)?;
-                if name == "Softmax" {
-                    Op::Softmax {
-                        axis,
-                        legacy,
-                        nan_to_zero: a.bool_or("nan_to_zero", false)?,
-                    }
-                } else {
-                    Op::LogSoftmax { axis, legacy }
-                }
-            }
-            "MatMul" => Op::MatMul,
-            "Gemm" => Op::Gemm {
-                alpha: a.f32_or("alpha", 1.0)?,
-                beta: a.f32_or("beta", 1.0)?,
-                trans_a: a.bool_or("trans_a", false)?,
-                trans_b: a.bool_or("trans_b", false)?,
-            },
-            "Conv" => Op::Conv(conv_from(a)?),
-            "ConvTranspose" => {
-                let conv = conv_from(a)?;
-                let n = conv.kernel_shape.len();
-                Op::ConvTranspose(ConvTransposeAttrs {
-                    output_padding: a.usizes("output_padding")?.unwrap_or_else(|| vec![0; n]),
-                    output_shape: a.usizes("output_shape")?,
-                    conv,
-                })
-            }
-            "BatchNormalization" => Op::BatchNormalization {
-                epsilon: a.f32_or("epsilon", 1e-5)?,
-                training_momentum: a.f32_opt("training_momentum")?,
-            },
-            "LayerNormalization" => Op::LayerNormalization {
-                axis: a.i64_or("axis", -1)?,
-                epsilon: a.f32_or("epsilon", 1e-5)?,
-            },
-            "InstanceNormalization" => Op::InstanceNormalization {
-                epsilon: a.f32_or("epsilon", 1e-5)?,
-            },
-            "MaxPool" => Op::MaxPool(pool_from(a)?),
-            "AveragePool" => Op::AveragePool(pool_from(a)?),
-            "GlobalAveragePool" => Op::GlobalAveragePool,
-            "GlobalMaxPool" => Op::GlobalMaxPool,
-            "Flatten" => Op::Flatten {
-                axis: a.i64_or("axis", 1)?,
-            },
-            "Reshape" => Op::Reshape {
-                allowzero: a.bool_or("allowzero", false)?,
-            },
-            "Transpose" => Op::Transpose {
-                perm: a.usizes("perm")?.ok_or("missing attribute 'perm'")?,
-            },
-            "Squeeze" => Op::Squeeze,
-            "Unsqueeze" => Op::Unsqueeze,
-            "Concat" => Op::Concat {
-                axis: a.i64_req("axis")?,
-            },
-            "Split" => Op::Split {
-                axis: a.i64_or("axis", 0)?,
-                num_outputs: a.usize_or("num_outputs", n_out)?,
-            },
-            "Slice" => Op::Slice,
-            "Gather" => Op::Gather {
-                axis: a.i64_or("axis", 0)?,
-            },
-            "Shape" => Op::Shape {
-                start: a.i64_or("start", 0)?,
-                end: a.i64_opt("end")?,
-            },
-            "Size" => Op::Size,
-            "ConstantOfShape" => {
-                let value = match a.take("value") {
-                    None => Tensor::new(vec![1], TensorData::F32(vec![0.0]))
-                        .map_err(|e| e.to_string())?,
-                    Some(AV::Ident {
-                        name,
-                        shape: Some(shape),
-                        args: Some(vals),
-                    }) => {
-                        let dtype = DType::from_name(&name)
-                            .ok_or_else(|| format!("attribute 'value': unknown dtype '{name}'"))?;
-                        let shape = shape
-                            .iter()
-                            .map(av_int::<usize>)
-                            .collect::<Option<Vec<_>>>()
-                            .ok_or("attribute 'value': bad shape")?;
-                        tensor_from_values(dtype, shape, &vals)
-                            .map_err(|m| format!("attribute 'value': {m}"))?
-                    }
-                    Some(_) => return Err(Attrs::expects("value", "a tensor such as f32[1](0)")),
-                };
-                Op::ConstantOfShape { value }
-            }
-            "Expand" => Op::Expand,
-            "Tile" => Op::Tile,
-            "Identity" => Op::Identity,
-            "Dropout" => Op::Dropout,
-            "Pad" => Op::Pad {
-                mode: a.word(
-                    "mode",
-                    PadMode::Constant,
-                    &[
-                        ("constant", PadMode::Constant),
-                        ("reflect", PadMode::Reflect),
-                        ("edge", PadMode::Edge),
-                        ("wrap", PadMode::Wrap),
-                    ],
-                )?,
-            },
-            "Range" => Op::Range,
-            "IsNaN" => Op::IsNaN,
-            "IsInf" => Op::IsInf {
-                detect_negative: a.bool_or("detect_negative", true)?,
-                detect_positive: a.bool_or("detect_positive", true)?,
-            },
-            "CumSum" => Op::CumSum {
-                exclusive: a.bool_or("exclusive", false)?,
-                reverse: a.bool_or("reverse", false)?,
-            },
-            "GatherElements" => Op::GatherElements {
-                axis: a.i64_or("axis", 0)?,
-            },
-            "ScatterElements" => Op::ScatterElements {
-                axis: a.i64_or("axis", 0)?,
-                reduction: a.word("reduction", ScatterReduction::None, &SCATTER_REDUCTIONS)?,
-            },
-            "GatherND" => Op::GatherND {
-                batch_dims: a.usize_or("batch_dims", 0)?,
-            },
-            "ScatterND" => Op::ScatterND {
-                reduction: a.word("reduction", ScatterReduction::None, &SCATTER_REDUCTIONS)?,
-            },
-            "LRN" => Op::Lrn {
-                alpha: a.f32_or("alpha", 1e-4)?,
-                beta: a.f32_or("beta", 0.75)?,
-                bias: a.f32_or("bias", 1.0)?,
-                size: a.usize_or("size", 1)?,
-            },
-            "ArgMax" | "ArgMin" => {
-                let axis = a.i64_or("axis", 0)?;
-                let keepdims = a.bool_or("keepdims", true)?;
-                let select_last_index = a.bool_or("select_last_index", false)?;
-                if name == "ArgMax" {
-                    Op::ArgMax {
-                        axis,
-                        keepdims,
-                        select_last_index,
-                    }
-                } else {
-                    Op::ArgMin {
-                        axis,
-                        keepdims,
-                        select_last_index,
-                    }
-                }
-            }
-            "Resize" => {
-                use CoordTransform as C;
-                use NearestMode as N;
-                let mode = a.word(
-                    "mode",
-                    ResizeMode::Nearest,
-                    &[
-                        ("nearest", ResizeMode::Nearest),
-                        ("linear", ResizeMode::Linear),
-                        ("cubic", ResizeMode::Cubic),
-                    ],
-                )?;
-                Op::Resize(ResizeAttrs {
-                    mode,
-                    coord: a.word(
-                        "coord",
-                        C::HalfPixel,
-                        &[
-                            ("half_pixel", C::HalfPixel),
-                            ("half_pixel_symmetric", C::HalfPixelSymmetric),
-                            ("pytorch_half_pixel", C::PytorchHalfPixel),
-                            ("align_corners", C::AlignCorners),
-                            ("asymmetric", C::Asymmetric),
-                            ("tf_crop_and_resize", C::TfCropAndResize),
-                        ],
-                    )?,
-                    nearest: a.word(
-                        "nearest",
-                        N::RoundPreferFloor,
-                        &[
-                            ("round_prefer_floor", N::RoundPreferFloor),
-                            ("round_prefer_ceil", N::RoundPreferCeil),
-                            ("floor", N::Floor),
-                            ("ceil", N::Ceil),
-                        ],
-                    )?,
-                    exclude_outside: a.bool_or("exclude_outside", false)?,
-                    antialias: a.bool_or("antialias", false)?,
-                    cubic_coeff_a: a.f32_or("cubic_coeff_a", -0.75)?,
-                    extrapolation_value: a.f32_or("extrapolation_value", 0.0)?,
-                    aspect: a.word(
-                        "aspect",
-                        AspectPolicy::Stretch,
-                        &[
-                            ("stretch", AspectPolicy::Stretch),
-                            ("not_larger", AspectPolicy::NotLarger),
-                            ("not_smaller", AspectPolicy::NotSmaller),
-                        ],
-                    )?,
-                    axes: a.list_opt("axes", "integers")?,
-                })
-            }
-            "FusedConv" => {
-                let conv = conv_from(a)?;
-                let act = a.take("act").map(|v| activation_from(&v)).transpose()?;
-                Op::FusedConv { conv, act }
-            }
-            "FusedMatMul" => Op::FusedMatMul {
-                trans_a: a.bool_or("trans_a", false)?,
-                trans_b: a.bool_or("trans_b", false)?,
-                alpha: a.f32_or("alpha", 1.0)?,
-                act: a.take("act").map(|v| activation_from(&v)).transpose()?,
-            },
-            "QConv" => Op::QConv {
-                conv: conv_from(a)?,
-                x_quant: act_quant_from(a, "x_quant")?,
-                act: a.take("act").map(|v| activation_from(&v)).transpose()?,
-            },
-            "QMatMul" => Op::QMatMul {
-                a_quant: act_quant_from(a, "a_quant")?,
-                act: a.take("act").map(|v| activation_from(&v)).transpose()?,
-            },
-            "QuantizeLinear" => Op::QuantizeLinear {
-                axis: a.i64_or("axis", 1)?,
-                block_size: a.usize_or("block_size", 0)?,
-                saturate: a.bool_or("saturate", true)?,
-                output_dtype: match a.take("output_dtype") {
-                    None => None,
-                    Some(v) => Some(
-                        v.word()
-                            .and_then(DType::from_name)
-                            .ok_or_else(|| Attrs::expects("output_dtype", "a dtype such as i8"))?,
-                    ),
-                },
-            },
-            "DequantizeLinear" => Op::DequantizeLinear {
-                axis: a.i64_or("axis", 1)?,
-                block_size: a.usize_or("block_size", 0)?,
-            },
-            "DynamicQuantizeLinear" => Op::DynamicQuantizeLinear,
-            "Elementwise" => {
-                let steps = match a.take("steps") {
-                    Some(AV::List(items)) => items.iter().map(step_from).collect::<Msg<_>>()?,
-                    Some(_) => return Err(Attrs::expects("steps", "a list")),
-                    None => return Err("missing attribute 'steps'".into()),
-                };
-                Op::Elementwise { steps }
-            }
-            other => return Err(format!("unknown op '{other}'")),
-        }
-    };
-    std::mem::take(a).finish(name)?;
+    let op = schema::build(name, n_out, |def, kind| match a.take(def.name) {
+        None => Ok(None),
+        Some(v) => value_from(def.name, &v, kind).map(Some),
+    })?
+    .ok_or_else(|| format!("unknown op '{name}'"))?;
+    a.finish(name)?;
     Ok(op)
+}
+
+/// The value of attribute `k` as `kind` asks.
+fn value_from(k: &str, v: &AV, kind: Kind) -> Msg<AttrValue> {
+    let expects = || Attrs::expects(k, &kind.what());
+    let ints = || match v {
+        AV::List(items) => items
+            .iter()
+            .map(av_int::<i64>)
+            .collect::<Option<Vec<i64>>>()
+            .map(AttrValue::Ints)
+            .ok_or_else(expects),
+        _ => Err(Attrs::expects(k, "a list")),
+    };
+    match kind {
+        Kind::Int | Kind::UInt => av_int(v).map(AttrValue::Int).ok_or_else(expects),
+        Kind::Float => av_f32(v).map(AttrValue::Float).ok_or_else(expects),
+        Kind::Bool => av_bool(v).map(AttrValue::Bool).ok_or_else(expects),
+        Kind::Ints | Kind::UInts => ints(),
+        Kind::Word(names) => {
+            let w = v.word().map(str::to_ascii_lowercase).ok_or_else(expects)?;
+            names
+                .iter()
+                .find(|n| **n == w)
+                .map(|n| AttrValue::Word(n))
+                .ok_or_else(|| {
+                    format!(
+                        "attribute '{k}': unknown value '{w}' (expected one of {})",
+                        names.join(", ")
+                    )
+                })
+        }
+        Kind::DType => v
+            .word()
+            .and_then(DType::from_name)
+            .map(AttrValue::DType)
+            .ok_or_else(expects),
+        Kind::Tensor => match v {
+            AV::Ident {
+                name,
+                shape: Some(shape),
+                args: Some(vals),
+            } => {
+                let dtype = DType::from_name(name)
+                    .ok_or_else(|| format!("attribute '{k}': unknown dtype '{name}'"))?;
+                let shape = shape
+                    .iter()
+                    .map(av_int::<usize>)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| format!("attribute '{k}': bad shape"))?;
+                tensor_from_values(dtype, shape, vals)
+                    .map(AttrValue::Tensor)
+                    .map_err(|m| format!("attribute '{k}': {m}"))
+            }
+            _ => Err(expects()),
+        },
+        Kind::Activation => activation_from(v).map(AttrValue::Activation),
+        Kind::ActQuant => act_quant_from(v)
+            .map(AttrValue::ActQuant)
+            .ok_or_else(expects),
+        Kind::Steps => match v {
+            AV::List(items) => items
+                .iter()
+                .map(step_from)
+                .collect::<Msg<_>>()
+                .map(AttrValue::Steps),
+            _ => Err(Attrs::expects(k, "a list")),
+        },
+    }
 }
 
 /// A cursor over one line.
@@ -2428,6 +1648,10 @@ impl<'a> Cur<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::{
+        AspectPolicy, AutoPad, ConvAttrs, ConvTransposeAttrs, CoordTransform, NearestMode, PadMode,
+        PoolAttrs, ResizeAttrs, ResizeMode, ScatterReduction,
+    };
     use std::path::Path;
 
     /// Parses, checks that printing gives the text back, returns the graph.
@@ -3281,16 +2505,19 @@ mod tests {
             Op::Unary(UnaryOp::HardSwish),
             Op::Binary(BinaryOp::FMod),
         ];
-        ops.extend(UNARY_OPS.iter().map(|(_, u)| Op::Unary(u.clone())));
-        ops.extend(BINARY_OPS.iter().map(|(_, b)| Op::Binary(*b)));
-        ops.extend(VARIADIC_OPS.iter().map(|(_, v)| Op::Variadic(*v)));
-        for (_, op) in REDUCE_OPS {
-            for (keepdims, noop) in [(true, false), (false, true)] {
-                ops.push(Op::Reduce {
-                    op,
-                    keepdims,
-                    noop_with_empty_axes: noop,
-                });
+        // Every op kind, with its schema's placeholder attributes.
+        for p in schema::prototypes() {
+            match p {
+                Op::Reduce { op, .. } => {
+                    for (keepdims, noop) in [(true, false), (false, true)] {
+                        ops.push(Op::Reduce {
+                            op,
+                            keepdims,
+                            noop_with_empty_axes: noop,
+                        });
+                    }
+                }
+                p => ops.push(p),
             }
         }
         for mode in [

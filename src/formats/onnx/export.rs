@@ -36,10 +36,10 @@ use onnx_protobuf::{
 };
 use protobuf::{EnumOrUnknown, MessageField};
 
+use crate::ir::schema::{self, AttrValue};
 use crate::ir::{
-    lowp, ActQuant, Activation, AspectPolicy, AutoPad, BinaryOp, ConvAttrs, CoordTransform, DType,
-    Dim, EwArg, EwStep, NearestMode, Node, Op, PadMode, PoolAttrs, ResizeMode, ScatterReduction,
-    TensorData, TensorType, UnaryOp, ValueDef, ValueId,
+    lowp, ActQuant, Activation, ConvAttrs, DType, Dim, EwArg, EwStep, Node, Op, TensorData,
+    TensorType, UnaryOp, ValueDef, ValueId,
 };
 use crate::{Error, Graph, Result, Tensor};
 
@@ -257,10 +257,6 @@ fn attr_ints(name: &str, v: impl IntoIterator<Item = i64>) -> AttributeProto {
     }
 }
 
-fn attr_usizes(name: &str, v: &[usize]) -> AttributeProto {
-    attr_ints(name, v.iter().map(|&x| x as i64))
-}
-
 fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto {
         t: MessageField::some(t),
@@ -268,81 +264,100 @@ fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
     }
 }
 
-fn auto_pad_name(a: AutoPad) -> &'static str {
-    match a {
-        AutoPad::NotSet => "NOTSET",
-        AutoPad::SameUpper => "SAME_UPPER",
-        AutoPad::SameLower => "SAME_LOWER",
-        AutoPad::Valid => "VALID",
+/// The ONNX attributes of a standard op: those of its schema
+/// (`ir::schema`) that have an ONNX name, as ONNX encodes them (bools and
+/// dtypes as integers, enum words as strings), then the ONNX-only rules the
+/// schema does not state (see [`onnx_adapt`]).
+fn schema_attrs(op: &Op) -> Result<Vec<AttributeProto>> {
+    let t = op.onnx_type();
+    let mut out = Vec::new();
+    for a in schema::attrs(op) {
+        let Some(name) = a.def.onnx_name() else {
+            continue;
+        };
+        out.push(match a.value {
+            AttrValue::Int(i) => attr_i(name, i),
+            AttrValue::Float(x) => attr_f(name, x),
+            AttrValue::Bool(b) => attr_b(name, b),
+            AttrValue::Ints(v) => attr_ints(name, v),
+            AttrValue::Word(w) => attr_s(name, w),
+            AttrValue::DType(d) => attr_i(name, d.onnx_code() as i64),
+            AttrValue::Tensor(v) => {
+                // ConstantOfShape: the spec asks for a one-element 1-D tensor.
+                let v = v
+                    .reshape(vec![1])
+                    .map_err(|e| Error::op(t, format!("attribute '{name}': {e}")))?;
+                attr_t(name, tensor_to_proto(name, &v))
+            }
+            AttrValue::Activation(_) | AttrValue::ActQuant(_) | AttrValue::Steps(_) => {
+                return Err(Error::op(t, format!("attribute '{name}' has no ONNX form")))
+            }
+        });
     }
+    Ok(out)
 }
 
-/// Spatial attributes shared by Conv, ConvTranspose and the pools. Pads are
-/// written only without `auto_pad` (the two exclude each other) and when
-/// some pad is non-zero.
-fn spatial_attrs(
-    kernel: &[usize],
-    strides: &[usize],
-    dilations: &[usize],
-    pads: &[usize],
-    auto_pad: AutoPad,
-) -> Vec<AttributeProto> {
-    let mut a = vec![
-        attr_usizes("kernel_shape", kernel),
-        attr_usizes("strides", strides),
-        attr_usizes("dilations", dilations),
-    ];
-    if auto_pad == AutoPad::NotSet {
-        if pads.iter().any(|&p| p != 0) {
-            a.push(attr_usizes("pads", pads));
+/// The ONNX-only adapter: what ONNX spells differently from the schema, or
+/// asks to leave out beside an input.
+/// - `auto_pad` is upper case; `pads` is written only without `auto_pad`
+///   (the two exclude each other) and when some pad is non-zero;
+/// - Split's `num_outputs` and QuantizeLinear's `output_dtype` are left out
+///   when the node has the input they would contradict (`split`, the zero
+///   point);
+/// - BatchNormalization's training form is `momentum` + `training_mode`.
+///
+/// `has_input(i)` says whether the node has its input `i`.
+fn onnx_adapt(op: &Op, has_input: impl Fn(usize) -> bool, a: &mut Vec<AttributeProto>) {
+    let drop = |a: &mut Vec<AttributeProto>, name: &str| a.retain(|x| x.name != name);
+    match op {
+        Op::Conv(_) | Op::ConvTranspose(_) | Op::MaxPool(_) | Op::AveragePool(_) => {
+            let auto_pad = a.iter_mut().find(|x| x.name == "auto_pad");
+            let padded = match auto_pad {
+                Some(x) => {
+                    x.s = x.s.to_ascii_uppercase();
+                    false
+                }
+                None => a
+                    .iter()
+                    .any(|x| x.name == "pads" && x.ints.iter().any(|&p| p != 0)),
+            };
+            if !padded {
+                drop(a, "pads");
+            }
         }
-    } else {
-        a.push(attr_s("auto_pad", auto_pad_name(auto_pad)));
+        Op::Split { .. } if has_input(1) => drop(a, "num_outputs"),
+        Op::QuantizeLinear { .. } if has_input(2) => drop(a, "output_dtype"),
+        Op::BatchNormalization {
+            training_momentum: Some(m),
+            ..
+        } => {
+            a.push(attr_f("momentum", *m));
+            a.push(attr_i("training_mode", 1));
+        }
+        // Every other op is written as its schema says.
+        _ => {}
     }
-    a
 }
 
-fn conv_attrs(c: &ConvAttrs) -> Vec<AttributeProto> {
-    let mut a = spatial_attrs(
-        &c.kernel_shape,
-        &c.strides,
-        &c.dilations,
-        &c.pads,
-        c.auto_pad,
-    );
-    a.push(attr_i("group", c.group as i64));
-    a
+/// The ONNX attributes of a node of a standard op.
+fn onnx_attrs(node: &Node) -> Result<Vec<AttributeProto>> {
+    let mut a = schema_attrs(&node.op)?;
+    onnx_adapt(&node.op, |i| node.input(i).is_some(), &mut a);
+    Ok(a)
 }
 
-fn pool_attrs(p: &PoolAttrs, average: bool) -> Vec<AttributeProto> {
-    let mut a = spatial_attrs(
-        &p.kernel_shape,
-        &p.strides,
-        &p.dilations,
-        &p.pads,
-        p.auto_pad,
-    );
-    a.push(attr_b("ceil_mode", p.ceil_mode));
-    if average {
-        a.push(attr_b("count_include_pad", p.count_include_pad));
-    } else if p.column_major {
-        a.push(attr_i("storage_order", 1));
-    }
-    a
+/// The ONNX attributes of Conv (the expansions of FusedConv and QConv).
+fn conv_attrs(c: &ConvAttrs) -> Result<Vec<AttributeProto>> {
+    let op = Op::Conv(c.clone());
+    let mut a = schema_attrs(&op)?;
+    onnx_adapt(&op, |_| false, &mut a);
+    Ok(a)
 }
 
 /// Op type and attributes of a unary op.
-fn unary(u: &UnaryOp) -> (&'static str, Vec<AttributeProto>) {
-    let name = Op::Unary(u.clone()).onnx_type();
-    let attrs = match u {
-        UnaryOp::LeakyRelu { alpha } | UnaryOp::Elu { alpha } => vec![attr_f("alpha", *alpha)],
-        UnaryOp::HardSigmoid { alpha, beta } => {
-            vec![attr_f("alpha", *alpha), attr_f("beta", *beta)]
-        }
-        UnaryOp::Gelu { tanh_approx: true } => vec![attr_s("approximate", "tanh")],
-        _ => vec![],
-    };
-    (name, attrs)
+fn unary(u: &UnaryOp) -> Result<(&'static str, Vec<AttributeProto>)> {
+    let op = Op::Unary(u.clone());
+    Ok((op.onnx_type(), schema_attrs(&op)?))
 }
 
 /// One op applied to the running result of an expansion: the result is its
@@ -596,19 +611,22 @@ impl<'g> Emitter<'g> {
             }
             Activation::Sigmoid => Stage::new("Sigmoid", vec![], vec![]),
             Activation::Tanh => Stage::new("Tanh", vec![], vec![]),
-            Activation::HardSigmoid { alpha, beta } => Stage::new(
-                "HardSigmoid",
-                vec![],
-                vec![attr_f("alpha", *alpha), attr_f("beta", *beta)],
-            ),
+            Activation::HardSigmoid { alpha, beta } => {
+                let (t, a) = unary(&UnaryOp::HardSigmoid {
+                    alpha: *alpha,
+                    beta: *beta,
+                })?;
+                Stage::new(t, vec![], a)
+            }
             Activation::HardSwish => Stage::new("HardSwish", vec![], vec![]),
             Activation::LeakyRelu { alpha } => {
-                Stage::new("LeakyRelu", vec![], vec![attr_f("alpha", *alpha)])
+                let (t, a) = unary(&UnaryOp::LeakyRelu { alpha: *alpha })?;
+                Stage::new(t, vec![], a)
             }
             Activation::Gelu { tanh_approx } => {
                 let (t, a) = unary(&UnaryOp::Gelu {
                     tanh_approx: *tanh_approx,
-                });
+                })?;
                 Stage::new(t, vec![], a)
             }
         })
@@ -723,39 +741,59 @@ impl<'g> Emitter<'g> {
         let outs = self.output_names(node)?;
         let t = node.op.onnx_type();
         let attrs = match &node.op {
-            Op::Unary(u) => unary(u).1,
-            Op::Binary(BinaryOp::FMod) => vec![attr_i("fmod", 1)],
-            Op::Binary(_)
-            | Op::IsNaN
+            // Standard ops: one ONNX node with the schema's attributes.
+            Op::Unary(_)
+            | Op::Binary(_)
             | Op::Variadic(_)
             | Op::Clip
             | Op::Where
+            | Op::Cast { .. }
+            | Op::IsNaN
+            | Op::IsInf { .. }
+            | Op::Shrink { .. }
             | Op::MatMul
+            | Op::Gemm { .. }
+            | Op::Conv(_)
+            | Op::ConvTranspose(_)
+            | Op::BatchNormalization { .. }
+            | Op::LayerNormalization { .. }
+            | Op::InstanceNormalization { .. }
+            | Op::Lrn { .. }
+            | Op::MaxPool(_)
+            | Op::AveragePool(_)
             | Op::GlobalAveragePool
             | Op::GlobalMaxPool
+            | Op::Resize(_)
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
             | Op::Squeeze
             | Op::Unsqueeze
+            | Op::Concat { .. }
+            | Op::Split { .. }
             | Op::Slice
+            | Op::Shape { .. }
             | Op::Size
+            | Op::ConstantOfShape { .. }
             | Op::Expand
             | Op::Tile
             | Op::Identity
             | Op::Dropout
-            | Op::Range => vec![],
-            Op::Cast {
-                to,
-                saturate,
-                round_mode,
-            } => {
-                let mut a = vec![attr_i("to", to.onnx_code() as i64)];
-                if !saturate {
-                    a.push(attr_b("saturate", false));
-                }
-                if *round_mode != crate::ir::E8M0Round::default() {
-                    a.push(attr_s("round_mode", round_mode.name()));
-                }
-                a
-            }
+            | Op::Pad { .. }
+            | Op::Range
+            | Op::Reduce { .. }
+            | Op::ArgMax { .. }
+            | Op::ArgMin { .. }
+            | Op::CumSum { .. }
+            | Op::Gather { .. }
+            | Op::GatherElements { .. }
+            | Op::ScatterElements { .. }
+            | Op::GatherND { .. }
+            | Op::ScatterND { .. }
+            | Op::QuantizeLinear { .. }
+            | Op::DequantizeLinear { .. }
+            | Op::DynamicQuantizeLinear => onnx_attrs(node)?,
+            // Forms ONNX lacks: expanded into standard ops.
             Op::Softmax {
                 axis,
                 legacy,
@@ -765,198 +803,6 @@ impl<'g> Emitter<'g> {
             }
             Op::Softmax { axis, legacy, .. } | Op::LogSoftmax { axis, legacy } => {
                 return self.softmax(node, *axis, *legacy);
-            }
-            Op::Gemm {
-                alpha,
-                beta,
-                trans_a,
-                trans_b,
-            } => vec![
-                attr_f("alpha", *alpha),
-                attr_f("beta", *beta),
-                attr_b("transA", *trans_a),
-                attr_b("transB", *trans_b),
-            ],
-            Op::Conv(c) => conv_attrs(c),
-            Op::ConvTranspose(c) => {
-                let mut a = conv_attrs(&c.conv);
-                a.push(attr_usizes("output_padding", &c.output_padding));
-                if let Some(s) = &c.output_shape {
-                    a.push(attr_usizes("output_shape", s));
-                }
-                a
-            }
-            Op::BatchNormalization {
-                epsilon,
-                training_momentum,
-            } => {
-                let mut a = vec![attr_f("epsilon", *epsilon)];
-                if let Some(m) = training_momentum {
-                    a.push(attr_f("momentum", *m));
-                    a.push(attr_i("training_mode", 1));
-                }
-                a
-            }
-            Op::LayerNormalization { axis, epsilon } => {
-                vec![attr_i("axis", *axis), attr_f("epsilon", *epsilon)]
-            }
-            Op::InstanceNormalization { epsilon } => vec![attr_f("epsilon", *epsilon)],
-            Op::MaxPool(p) => pool_attrs(p, false),
-            Op::AveragePool(p) => pool_attrs(p, true),
-            Op::Flatten { axis } => vec![attr_i("axis", *axis)],
-            Op::Reshape { allowzero } => {
-                if *allowzero {
-                    vec![attr_i("allowzero", 1)]
-                } else {
-                    vec![]
-                }
-            }
-            Op::Transpose { perm } => vec![attr_usizes("perm", perm)],
-            Op::Concat { axis } | Op::Gather { axis } | Op::GatherElements { axis } => {
-                vec![attr_i("axis", *axis)]
-            }
-            Op::IsInf {
-                detect_negative,
-                detect_positive,
-            } => vec![
-                attr_b("detect_negative", *detect_negative),
-                attr_b("detect_positive", *detect_positive),
-            ],
-            Op::CumSum { exclusive, reverse } => {
-                vec![attr_b("exclusive", *exclusive), attr_b("reverse", *reverse)]
-            }
-            Op::ScatterElements { axis, reduction } => {
-                let mut a = vec![attr_i("axis", *axis)];
-                if *reduction != ScatterReduction::None {
-                    a.push(attr_s("reduction", reduction.name()));
-                }
-                a
-            }
-            Op::ScatterND { reduction } => {
-                if *reduction != ScatterReduction::None {
-                    vec![attr_s("reduction", reduction.name())]
-                } else {
-                    vec![]
-                }
-            }
-            Op::GatherND { batch_dims } => vec![attr_i("batch_dims", *batch_dims as i64)],
-            Op::Lrn {
-                alpha,
-                beta,
-                bias,
-                size,
-            } => vec![
-                attr_f("alpha", *alpha),
-                attr_f("beta", *beta),
-                attr_f("bias", *bias),
-                attr_i("size", *size as i64),
-            ],
-            Op::Split { axis, num_outputs } => {
-                let mut a = vec![attr_i("axis", *axis)];
-                if node.input(1).is_none() {
-                    a.push(attr_i("num_outputs", *num_outputs as i64));
-                }
-                a
-            }
-            Op::Shape { start, end } => {
-                let mut a = vec![];
-                if *start != 0 {
-                    a.push(attr_i("start", *start));
-                }
-                if let Some(e) = end {
-                    a.push(attr_i("end", *e));
-                }
-                a
-            }
-            Op::ConstantOfShape { value } => {
-                // The spec asks for a one-element 1-D tensor.
-                let v = value
-                    .clone()
-                    .reshape(vec![1])
-                    .map_err(|e| Error::op(t, format!("attribute 'value': {e}")))?;
-                vec![attr_t("value", tensor_to_proto("value", &v))]
-            }
-            Op::Pad { mode } => vec![attr_s(
-                "mode",
-                match mode {
-                    PadMode::Constant => "constant",
-                    PadMode::Reflect => "reflect",
-                    PadMode::Edge => "edge",
-                    PadMode::Wrap => "wrap",
-                },
-            )],
-            Op::Reduce {
-                keepdims,
-                noop_with_empty_axes,
-                ..
-            } => {
-                let mut a = vec![attr_b("keepdims", *keepdims)];
-                if *noop_with_empty_axes {
-                    a.push(attr_i("noop_with_empty_axes", 1));
-                }
-                a
-            }
-            Op::ArgMax {
-                axis,
-                keepdims,
-                select_last_index,
-            }
-            | Op::ArgMin {
-                axis,
-                keepdims,
-                select_last_index,
-            } => vec![
-                attr_i("axis", *axis),
-                attr_b("keepdims", *keepdims),
-                attr_b("select_last_index", *select_last_index),
-            ],
-            Op::Resize(r) => {
-                let mut a = vec![
-                    attr_s(
-                        "mode",
-                        match r.mode {
-                            ResizeMode::Nearest => "nearest",
-                            ResizeMode::Linear => "linear",
-                            ResizeMode::Cubic => "cubic",
-                        },
-                    ),
-                    attr_s(
-                        "coordinate_transformation_mode",
-                        match r.coord {
-                            CoordTransform::HalfPixel => "half_pixel",
-                            CoordTransform::HalfPixelSymmetric => "half_pixel_symmetric",
-                            CoordTransform::PytorchHalfPixel => "pytorch_half_pixel",
-                            CoordTransform::AlignCorners => "align_corners",
-                            CoordTransform::Asymmetric => "asymmetric",
-                            CoordTransform::TfCropAndResize => "tf_crop_and_resize",
-                        },
-                    ),
-                    attr_s(
-                        "nearest_mode",
-                        match r.nearest {
-                            NearestMode::RoundPreferFloor => "round_prefer_floor",
-                            NearestMode::RoundPreferCeil => "round_prefer_ceil",
-                            NearestMode::Floor => "floor",
-                            NearestMode::Ceil => "ceil",
-                        },
-                    ),
-                    attr_s(
-                        "keep_aspect_ratio_policy",
-                        match r.aspect {
-                            AspectPolicy::Stretch => "stretch",
-                            AspectPolicy::NotLarger => "not_larger",
-                            AspectPolicy::NotSmaller => "not_smaller",
-                        },
-                    ),
-                    attr_b("exclude_outside", r.exclude_outside),
-                    attr_f("extrapolation_value", r.extrapolation_value),
-                    attr_b("antialias", r.antialias),
-                    attr_f("cubic_coeff_a", r.cubic_coeff_a),
-                ];
-                if let Some(axes) = &r.axes {
-                    a.push(attr_ints("axes", axes.iter().copied()));
-                }
-                a
             }
             Op::FusedConv { conv, act } => return self.fused_conv(node, conv, act.as_ref()),
             Op::FusedMatMul {
@@ -970,32 +816,6 @@ impl<'g> Emitter<'g> {
                 return self.qconv(node, conv, *x_quant, act.as_ref())
             }
             Op::QMatMul { a_quant, act } => return self.qmatmul(node, *a_quant, act.as_ref()),
-            Op::QuantizeLinear {
-                axis,
-                block_size,
-                saturate,
-                output_dtype,
-            } => {
-                let mut a = vec![attr_i("axis", *axis)];
-                if *block_size > 0 {
-                    a.push(attr_i("block_size", *block_size as i64));
-                }
-                if !saturate {
-                    a.push(attr_b("saturate", false));
-                }
-                if let (Some(d), None) = (output_dtype, node.input(2)) {
-                    a.push(attr_i("output_dtype", d.onnx_code() as i64));
-                }
-                a
-            }
-            Op::DequantizeLinear { axis, block_size } => {
-                let mut a = vec![attr_i("axis", *axis)];
-                if *block_size > 0 {
-                    a.push(attr_i("block_size", *block_size as i64));
-                }
-                a
-            }
-            Op::DynamicQuantizeLinear => vec![],
         };
         self.push(t, ins, outs, attrs);
         Ok(())
@@ -1106,7 +926,7 @@ impl<'g> Emitter<'g> {
         dtype: DType,
         out: String,
     ) -> Result<()> {
-        let mut stages = vec![Stage::new("Conv", vec![], conv_attrs(conv))];
+        let mut stages = vec![Stage::new("Conv", vec![], conv_attrs(conv)?)];
         if let Some(r) = residual {
             stages.push(Stage::new("Add", vec![r], vec![]));
         }
@@ -1395,7 +1215,7 @@ impl<'g> Emitter<'g> {
             let (op_type, inputs, attrs) = match step {
                 EwStep::Unary(u, a) => {
                     let x = arg(self, a, "x")?;
-                    let (ty, attrs) = unary(u);
+                    let (ty, attrs) = unary(u)?;
                     (ty, vec![x], attrs)
                 }
                 EwStep::Binary(b, x, y) => {
@@ -1446,7 +1266,7 @@ fn step_args(s: &EwStep) -> Vec<&EwArg> {
 mod tests {
     use super::*;
     use crate::formats::onnx::{load_bytes, tensor_from_proto};
-    use crate::ir::{infer, Shape, UnaryOp};
+    use crate::ir::{infer, AutoPad, PoolAttrs, Shape, UnaryOp};
 
     fn f32_ty(dims: &[usize]) -> TensorType {
         TensorType::new(DType::F32, Shape::known(dims))

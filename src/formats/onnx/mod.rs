@@ -23,6 +23,7 @@ mod math;
 mod nn;
 pub mod ops;
 mod quant;
+mod schema;
 mod tensor;
 
 use std::collections::{HashMap, HashSet};

@@ -15,7 +15,7 @@ use std::ops::RangeInclusive;
 
 use super::attrs::Problem;
 pub use super::ctx::{scalar_of, Ctx, Fixup, Imported, In};
-use super::{array, math, nn, quant};
+use super::{array, math, nn, quant, schema};
 use crate::ir::Op;
 
 /// An importer of one operator form.
@@ -143,6 +143,7 @@ pub static SPECS: &[OpSpec] = &[
     s("Elu", 7..=M, 1..=1, 1..=1, math::elu),
     s("HardSigmoid", 7..=M, 1..=1, 1..=1, math::hard_sigmoid),
     s("Gelu", 20..=M, 1..=1, 1..=1, math::gelu),
+    s("Shrink", 9..=M, 1..=1, 1..=1, schema::from_schema),
     // Elementwise, two inputs with numpy broadcasting (from opset 7).
     s("Add", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::Add))),
     s("Sub", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::Binary(B::Sub))),
@@ -517,6 +518,7 @@ mod tests {
             "GatherND",
             "ScatterND",
             "LRN",
+            "Shrink",
         ];
         for n in names {
             assert!(find(n, 21).is_ok(), "{n}");

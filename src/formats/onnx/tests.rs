@@ -1174,3 +1174,64 @@ fn fuzz_model_files() {
     }
     println!("fuzzed {files} files");
 }
+
+/// Shrink goes through the generic importer: its attributes by its schema
+/// (defaults included), the same schema printing the text form and writing
+/// the export; a wrong attribute type is a problem that names it.
+#[test]
+fn schema_driven_import_text_and_export() {
+    let mut m = M::new(21);
+    m.inputs = vec![vi("x", DType::F32, &[3])];
+    m.outputs = vec!["y"];
+    m.nodes = vec![node("Shrink", &["x"], &["y"], vec![a_float("lambd", 1.5)])];
+    let g = m.load().unwrap();
+    assert_eq!(
+        only_node(&g).op,
+        Op::Shrink {
+            lambd: 1.5,
+            bias: 0.0
+        }
+    );
+    let text = crate::ir::text::print(&g);
+    assert!(text.contains("= Shrink[lambd=1.5, bias=0](%0)"), "{text}");
+    assert_eq!(
+        crate::ir::text::print(&crate::ir::text::parse(&text).unwrap()),
+        text
+    );
+    let back = export::to_model(&g).unwrap();
+    let n = &back.graph.node[0];
+    let attrs: Vec<(&str, f32)> = n.attribute.iter().map(|a| (a.name.as_str(), a.f)).collect();
+    assert_eq!(
+        (n.op_type.as_str(), attrs),
+        ("Shrink", vec![("lambd", 1.5), ("bias", 0.0)])
+    );
+    m.nodes = vec![node("Shrink", &["x"], &["y"], vec![a_int("bias", 1)])];
+    let p = problems(m.load());
+    assert!(
+        p[0].to_string().contains("attribute 'bias' must be FLOAT"),
+        "{p:?}"
+    );
+}
+
+/// Every op kind of the IR that ONNX has (all but the ops mlc's passes
+/// make) has a row in the import table at the export opset, so a new op's
+/// missing row fails here.
+#[test]
+fn every_standard_op_of_the_schema_imports() {
+    let mlc_only = [
+        "FusedConv",
+        "FusedMatMul",
+        "Elementwise",
+        "QConv",
+        "QMatMul",
+    ];
+    for p in crate::ir::schema::prototypes() {
+        let t = p.onnx_type();
+        if !mlc_only.contains(&t) {
+            assert!(
+                ops::find(t, export::BASE_OPSET).is_ok(),
+                "{t} has no importer"
+            );
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Elementwise kernels: unary math, binary arithmetic / comparison / logic with
-//! numpy broadcasting, the variadic Sum/Mean/Min/Max, Clip, Where and Cast.
+//! numpy broadcasting, the variadic Sum/Mean/Min/Max, Clip, Where, Cast and
+//! Shrink.
 //!
 //! The kernels are generic over the element type through two small local
 //! traits: [`Elem`] (every dtype, bool included: how to view a `TensorData` as
@@ -18,7 +19,8 @@ use crate::ir::lowp::{self, Minifloat};
 use crate::ir::{BinaryOp, DType, E8M0Round, Op, Tensor, TensorData, UnaryOp, VariadicOp};
 use crate::{Error, Result};
 
-/// Evaluates Unary, Binary, Variadic, Clip, Where and Cast.
+/// Evaluates Unary, Binary, Variadic, Clip, Where, Cast, IsNaN, IsInf and
+/// Shrink.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     let name = op.onnx_type();
     let out = match op {
@@ -44,6 +46,7 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         } => classify(name, input(name, inputs, 0)?, |x| {
             (detect_positive && x == f64::INFINITY) || (detect_negative && x == f64::NEG_INFINITY)
         })?,
+        &Op::Shrink { lambd, bias } => shrink(name, input(name, inputs, 0)?, lambd, bias)?,
         other => {
             return Err(Error::op(
                 other.onnx_type(),
@@ -591,6 +594,27 @@ fn unary(op: &'static str, u: &UnaryOp, x: &Tensor) -> Result<Tensor> {
         }
     }, bool => return Err(Error::op(op, "bool input is not supported")));
     tensor(op, shape, data)
+}
+
+/// Shrink, in f64 (exact for every f32 and small integer) rounded back to
+/// the input's type, as ONNX's reference computes it.
+fn shrink(op: &'static str, x: &Tensor, lambd: f32, bias: f32) -> Result<Tensor> {
+    let dt = x.dtype();
+    let (lambd, bias) = (lambd as f64, bias as f64);
+    let data = with_num_type!(op, dt, T => {
+        let v = typed::<T>(op, "input", x, dt)?;
+        T::wrap(v.iter().map(|&e| {
+            let x = e.to_f64();
+            T::from_f64(if x < -lambd {
+                x + bias
+            } else if x > lambd {
+                x - bias
+            } else {
+                0.0
+            })
+        }).collect())
+    }, bool => return Err(Error::op(op, "bool input is not supported")));
+    tensor(op, x.shape().to_vec(), data)
 }
 
 fn unary_int<T: Num>(op: &'static str, u: &UnaryOp, v: &[T], dt: DType) -> Result<TensorData> {

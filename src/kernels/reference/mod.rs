@@ -80,7 +80,8 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> Result<Vec
         | Op::Where
         | Op::Cast { .. }
         | Op::IsNaN
-        | Op::IsInf { .. } => elementwise::eval(op, inputs),
+        | Op::IsInf { .. }
+        | Op::Shrink { .. } => elementwise::eval(op, inputs),
         Op::GatherElements { .. }
         | Op::ScatterElements { .. }
         | Op::GatherND { .. }
