@@ -1,7 +1,7 @@
 //! Fast f32 convolution (`Conv` and `FusedConv`, 1-D and 2-D).
 //!
 //! The window geometry (output size, begin/end padding from explicit pads or
-//! `auto_pad`) comes from the reference's [`window_axes`], so both paths
+//! `auto_pad`) comes from the reference's `window_axes`, so both paths
 //! agree on every shape; a 1-D convolution is run as a 2-D one of height 1.
 //! Three paths, tried in order:
 //!
@@ -20,7 +20,7 @@
 //!   straight from a zero-padded, stride-de-interleaved copy of the input,
 //!   where every run of a panel row is one contiguous copy;
 //! * **Winograd** F(2x2, 3x3) for 3x3 stride-1 convolutions over large
-//!   planes (see [`super::winograd`]), weights transformed at prepack;
+//!   planes (see `winograd`), weights transformed at prepack;
 //! * **subsampled** (1x1 with strides or padding): the pixels read are
 //!   gathered into output-sized planes for the pointwise GEMM;
 //! * **transposed** (small output planes, more channels than pixels, as in
@@ -61,7 +61,7 @@ pub fn run(op: &Op, inputs: &[Option<View>], outputs: &mut [ViewMut], cx: &CpuCt
 /// Packs a constant weight of a convolution that runs through GEMM, one
 /// packed operand per group (see [`super::prepack`]): A `[M/G, C/G * kh *
 /// kw]` as a rule, or B = Wᵀ for the transposed product when the output
-/// planes are small (see [`transposed_product`]). Depthwise weights are used
+/// planes are small (see `transposed_product`). Depthwise weights are used
 /// as they are.
 pub fn prepack(
     op: &Op,
