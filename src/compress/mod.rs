@@ -8,8 +8,10 @@
 //!    quantized per run (dynamic) or with ranges from a calibration set
 //!    (static; [`crate::quant::calib`] histograms, streamed sample by
 //!    sample, cached by a hash of model, data and method).
-//!    Mixed precision is decided by measurement: each layer's int8 kernel is
-//!    timed against its f32 kernel on this machine (slower by more than
+//!    Mixed precision is decided by measurement ([`crate::measure`]: every
+//!    graph is planned once, candidates share packed weights): each layer's
+//!    int8 node is timed against its f32 node where it runs, inside the
+//!    all-int8 and the f32 model run alternately (slower by more than
 //!    [`SPEED_TIE_MS`]: it stays f32, unless the whole model with those
 //!    layers int8 again times as fast as with them f32),
 //!    each layer's contribution to the output error is measured by
