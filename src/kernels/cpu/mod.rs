@@ -42,6 +42,10 @@ pub struct Features {
     pub avx2_fma: bool,
     /// AVX-512 F (implies `avx2_fma` when set by [`Features::detect`]).
     pub avx512f: bool,
+    /// AVX512-VNNI `vpdpbusd` on 512-bit registers (implies `avx512f`).
+    pub avx512vnni: bool,
+    /// AVX-VNNI: the VEX-encoded 256-bit `vpdpbusd` (implies `avx2_fma`).
+    pub avxvnni: bool,
 }
 
 impl Features {
@@ -49,9 +53,12 @@ impl Features {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx512f = avx2_fma && is_x86_feature_detected!("avx512f");
             Features {
                 avx2_fma,
-                avx512f: avx2_fma && is_x86_feature_detected!("avx512f"),
+                avx512f,
+                avx512vnni: avx512f && is_x86_feature_detected!("avx512vnni"),
+                avxvnni: avx2_fma && is_x86_feature_detected!("avxvnni"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -65,16 +72,31 @@ impl Features {
         Features {
             avx2_fma: false,
             avx512f: false,
+            avx512vnni: false,
+            avxvnni: false,
         }
     }
 
-    /// AVX2 and FMA but no AVX-512, when the CPU has them (to test the AVX2
-    /// kernels on an AVX-512 machine); portable otherwise.
+    /// AVX2 and FMA but no AVX-512 and no VNNI, when the CPU has them (to
+    /// test the AVX2 kernels on a newer machine); portable otherwise.
     pub fn avx2_only() -> Features {
         Features {
             avx512f: false,
+            avx512vnni: false,
+            avxvnni: false,
             ..Features::detect()
         }
+    }
+
+    /// AVX2 with AVX-VNNI but no AVX-512, when the CPU has AVX-VNNI (to test
+    /// the 256-bit VNNI kernels on an AVX-512 machine); None otherwise.
+    pub fn avxvnni_only() -> Option<Features> {
+        let f = Features::detect();
+        f.avxvnni.then_some(Features {
+            avx512f: false,
+            avx512vnni: false,
+            ..f
+        })
     }
 }
 

@@ -92,11 +92,25 @@ pub enum QKernel {
     /// AVX2 `vpmaddubsw` + `vpmaddwd`, `6 × 16`: only for weights in
     /// `[−64, 63]` (7-bit), where it cannot saturate.
     Avx2Maddubs,
+    /// AVX512-VNNI `vpdpbusd` on 512-bit registers, `6 × 16`, 4 depths per
+    /// instruction: exact for any i8 weights (no i16 intermediate).
+    Vnni512,
+    /// AVX-VNNI `vpdpbusd` on 256-bit registers, `6 × 16` (two registers a
+    /// row), 4 depths per instruction: exact for any i8 weights.
+    Vnni256,
 }
 
 impl QKernel {
     /// The kernel for weights whose values all lie in `[lo, hi]`.
     fn select(f: Features, lo: i8, hi: i8) -> QKernel {
+        #[cfg(target_arch = "x86_64")]
+        if f.avx512vnni {
+            return QKernel::Vnni512;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if f.avxvnni {
+            return QKernel::Vnni256;
+        }
         #[cfg(target_arch = "x86_64")]
         if f.avx2_fma {
             return if lo >= -64 && hi <= 63 {
@@ -113,7 +127,7 @@ impl QKernel {
     fn mr(self) -> usize {
         match self {
             QKernel::Portable => 4,
-            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => 6,
+            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni512 | QKernel::Vnni256 => 6,
         }
     }
 
@@ -123,6 +137,7 @@ impl QKernel {
         match self {
             QKernel::Portable => 1,
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => 2,
+            QKernel::Vnni512 | QKernel::Vnni256 => 4,
         }
     }
 
@@ -130,7 +145,7 @@ impl QKernel {
     fn elem(self) -> usize {
         match self {
             QKernel::Avx2Madd16 => 2,
-            QKernel::Portable | QKernel::Avx2Maddubs => 1,
+            QKernel::Portable | QKernel::Avx2Maddubs | QKernel::Vnni512 | QKernel::Vnni256 => 1,
         }
     }
 
@@ -158,6 +173,8 @@ impl QKernel {
         match self {
             QKernel::Portable => true,
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => f.avx2_fma,
+            QKernel::Vnni512 => f.avx512vnni,
+            QKernel::Vnni256 => f.avxvnni && f.avx2_fma,
         }
     }
 }
@@ -855,6 +872,7 @@ fn pack_x(dst: &mut [u8], kern: QKernel, x: &QMatX, k: usize, j0: usize, nc: usi
         QKernel::Portable => pack_x_impl::<1, 1>(dst, x, k, j0, nc),
         QKernel::Avx2Madd16 => pack_x_impl::<2, 2>(dst, x, k, j0, nc),
         QKernel::Avx2Maddubs => pack_x_impl::<2, 1>(dst, x, k, j0, nc),
+        QKernel::Vnni512 | QKernel::Vnni256 => pack_x_impl::<4, 1>(dst, x, k, j0, nc),
     }
 }
 
@@ -1093,6 +1111,10 @@ fn pack_a(
             pack_a_impl::<6, 2, 1, 2, false>(dst, a, m, i0, mc, p0, kc)
         }
         (QKernel::Avx2Maddubs, true) => pack_a_impl::<6, 2, 1, 1, true>(dst, a, m, i0, mc, p0, kc),
+        // Four u8 (or i8) depths side by side: one broadcast 32-bit word.
+        (QKernel::Vnni512 | QKernel::Vnni256, _) => {
+            pack_a_impl::<6, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc)
+        }
     }
 }
 
@@ -1237,8 +1259,27 @@ fn run_kernel(
         QKernel::Avx2Maddubs => unsafe {
             kernel_maddubs::<false>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: VNNI packs are only run when the CPU has AVX512-VNNI
+        // (`runs_on`, checked before any product); lengths as above.
+        QKernel::Vnni512 => unsafe {
+            if wx {
+                kernel_vnni512::<true>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+            } else {
+                kernel_vnni512::<false>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX-VNNI.
+        QKernel::Vnni256 => unsafe {
+            if wx {
+                kernel_vnni256::<true>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+            } else {
+                kernel_vnni256::<false>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+            }
+        },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("AVX2 kernels are only selected on x86_64"),
+        _ => unreachable!("AVX2 and VNNI kernels are only selected on x86_64"),
     }
 }
 
@@ -1399,6 +1440,102 @@ unsafe fn kernel_maddubs<const WX: bool>(
     }
 }
 
+/// AVX512-VNNI `6 × 16` kernel: per group of 4 depths, one B load (16
+/// columns × 4 depths: one lane a column), six broadcasts of an A row's 4
+/// depths as one 32-bit word and six `vpdpbusd`, each adding four u8 × s8
+/// products into every i32 lane. No intermediate narrower than i32, so it
+/// is exact for any weights. `vpdpbusd`'s unsigned operand is the first:
+/// the broadcast A word, or B (the u8 activations) when `WX`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and AVX512-VNNI; `a` holds `groups * 24`
+/// bytes, `b` `groups * 64`, `tile` 96 i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn kernel_vnni512<const WX: bool>(
+    groups: usize,
+    a: *const u8,
+    b: *const u8,
+    tile: &mut [i32],
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    let t = tile.as_mut_ptr() as *mut __m512i;
+    let mut c = [_mm512_setzero_si512(); MR];
+    if accumulate {
+        for (r, cr) in c.iter_mut().enumerate() {
+            *cr = _mm512_loadu_si512(t.add(r));
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..groups {
+        let bv = _mm512_loadu_si512(bp as *const __m512i);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let x = _mm512_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
+            *cr = if WX {
+                _mm512_dpbusd_epi32(*cr, bv, x)
+            } else {
+                _mm512_dpbusd_epi32(*cr, x, bv)
+            };
+        }
+        ap = ap.add(4 * MR);
+        bp = bp.add(64);
+    }
+    for (r, cr) in c.iter().enumerate() {
+        _mm512_storeu_si512(t.add(r), *cr);
+    }
+}
+
+/// AVX-VNNI `6 × 16` kernel: [`kernel_vnni512`] on 256-bit registers, two a
+/// row (columns 0..8 and 8..16 of the group's 64-byte B row).
+///
+/// # Safety
+/// The CPU must support AVX2 and AVX-VNNI; `a` holds `groups * 24` bytes,
+/// `b` `groups * 64`, `tile` 96 i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn kernel_vnni256<const WX: bool>(
+    groups: usize,
+    a: *const u8,
+    b: *const u8,
+    tile: &mut [i32],
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    let t = tile.as_mut_ptr() as *mut __m256i;
+    let mut c0 = [_mm256_setzero_si256(); MR];
+    let mut c1 = [_mm256_setzero_si256(); MR];
+    if accumulate {
+        for r in 0..MR {
+            c0[r] = _mm256_loadu_si256(t.add(2 * r));
+            c1[r] = _mm256_loadu_si256(t.add(2 * r + 1));
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..groups {
+        let b0 = _mm256_loadu_si256(bp as *const __m256i);
+        let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+        for r in 0..MR {
+            let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
+            if WX {
+                c0[r] = _mm256_dpbusd_avx_epi32(c0[r], b0, x);
+                c1[r] = _mm256_dpbusd_avx_epi32(c1[r], b1, x);
+            } else {
+                c0[r] = _mm256_dpbusd_avx_epi32(c0[r], x, b0);
+                c1[r] = _mm256_dpbusd_avx_epi32(c1[r], x, b1);
+            }
+        }
+        ap = ap.add(4 * MR);
+        bp = bp.add(64);
+    }
+    for r in 0..MR {
+        _mm256_storeu_si256(t.add(2 * r), c0[r]);
+        _mm256_storeu_si256(t.add(2 * r + 1), c1[r]);
+    }
+}
+
 /// Quantizes `x` into `out` (same length): `clamp(round_ties_even(x /
 /// scale) + zp, 0, 255) as u8`, NaN → 0, on the fastest kernel the CPU has
 /// (all kernels agree bit for bit).
@@ -1518,12 +1655,25 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// Every feature set with its own kernels on this machine.
+    /// Every feature set with its own int8 kernels on this machine; the
+    /// ones it lacks are printed as skipped.
     pub(crate) fn features() -> Vec<(&'static str, Features)> {
         let mut v = vec![("portable", Features::portable())];
         let avx2 = Features::avx2_only();
         if avx2 != Features::portable() {
             v.push(("avx2", avx2));
+        } else {
+            println!("skipped: CPU lacks AVX2 (the AVX2 int8 kernels)");
+        }
+        match Features::avxvnni_only() {
+            Some(f) => v.push(("avx-vnni", f)),
+            None => println!("skipped: CPU lacks AVX-VNNI (the 256-bit vpdpbusd kernel)"),
+        }
+        let all = Features::detect();
+        if all.avx512vnni {
+            v.push(("avx512-vnni", all));
+        } else {
+            println!("skipped: CPU lacks AVX512-VNNI (the 512-bit vpdpbusd kernel)");
         }
         v
     }
@@ -1817,6 +1967,25 @@ pub(crate) mod tests {
             assert_eq!(pb.kernel(), QKernel::Avx2Madd16);
         }
         check_acc(&p, &CpuCtx::single(avx2), "one weight past 7 bits");
+    }
+
+    /// On a VNNI machine every weight range takes the VNNI kernel (it has
+    /// no 7-bit restriction), the 512-bit one where AVX512-VNNI is there.
+    #[test]
+    fn vnni_kernels_take_any_weights() {
+        let b = rand_i8(40 * 9, -128, 127, 5);
+        let kernel = |f: Features| QPackedB::new(40, 9, &b, 9, false, f).unwrap().kernel();
+        if let Some(f) = Features::avxvnni_only() {
+            assert_eq!(kernel(f), QKernel::Vnni256);
+        }
+        let d = Features::detect();
+        if d.avx512vnni {
+            assert_eq!(kernel(d), QKernel::Vnni512);
+            let w = QPackedA::new(9, 40, &b, d).unwrap();
+            assert_eq!(w.kernel(), QKernel::Vnni512);
+        } else {
+            println!("skipped: CPU lacks AVX512-VNNI");
+        }
     }
 
     /// The reference dequantizing epilogue on reference accumulators
@@ -2247,7 +2416,13 @@ mod kernel_bench {
         let a = vec![1u8; groups * 24];
         let b = vec![1u8; groups * 64];
         let mut tile = vec![0i32; 96];
-        for kern in [QKernel::Avx2Madd16, QKernel::Avx2Maddubs] {
+        let all = [
+            QKernel::Avx2Madd16,
+            QKernel::Avx2Maddubs,
+            QKernel::Vnni256,
+            QKernel::Vnni512,
+        ];
+        for kern in all.into_iter().filter(|k| k.runs_on(Features::detect())) {
             let macs_per_call = 6 * 16 * groups * kern.group();
             let mut best = f64::MAX;
             for _ in 0..20 {
