@@ -77,7 +77,7 @@ const KC_BYTES: usize = 512;
 /// Columns of every micro-kernel's tile and of a packed B panel.
 const NR: usize = 16;
 /// The tallest tile (MR) of any kernel.
-const MR_MAX: usize = 6;
+const MR_MAX: usize = 12;
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
@@ -127,7 +127,9 @@ impl QKernel {
     fn mr(self) -> usize {
         match self {
             QKernel::Portable => 4,
-            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni512 | QKernel::Vnni256 => 6,
+            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni256 => 6,
+            // 12 accumulators (of 32 registers) hide vpdpbusd's latency.
+            QKernel::Vnni512 => 12,
         }
     }
 
@@ -1112,9 +1114,8 @@ fn pack_a(
         }
         (QKernel::Avx2Maddubs, true) => pack_a_impl::<6, 2, 1, 1, true>(dst, a, m, i0, mc, p0, kc),
         // Four u8 (or i8) depths side by side: one broadcast 32-bit word.
-        (QKernel::Vnni512 | QKernel::Vnni256, _) => {
-            pack_a_impl::<6, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc)
-        }
+        (QKernel::Vnni512, _) => pack_a_impl::<12, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
+        (QKernel::Vnni256, _) => pack_a_impl::<6, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
     }
 }
 
@@ -1440,16 +1441,16 @@ unsafe fn kernel_maddubs<const WX: bool>(
     }
 }
 
-/// AVX512-VNNI `6 × 16` kernel: per group of 4 depths, one B load (16
-/// columns × 4 depths: one lane a column), six broadcasts of an A row's 4
-/// depths as one 32-bit word and six `vpdpbusd`, each adding four u8 × s8
-/// products into every i32 lane. No intermediate narrower than i32, so it
-/// is exact for any weights. `vpdpbusd`'s unsigned operand is the first:
+/// AVX512-VNNI `12 × 16` kernel: per group of 4 depths, one B load (16
+/// columns × 4 depths: one lane a column), twelve broadcasts of an A row's 4
+/// depths as one 32-bit word and twelve `vpdpbusd`, each adding four u8 ×
+/// s8 products into every i32 lane. No intermediate narrower than i32, so
+/// it is exact for any weights. `vpdpbusd`'s unsigned operand is the first:
 /// the broadcast A word, or B (the u8 activations) when `WX`.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F and AVX512-VNNI; `a` holds `groups * 24`
-/// bytes, `b` `groups * 64`, `tile` 96 i32.
+/// The CPU must support AVX-512 F and AVX512-VNNI; `a` holds `groups * 48`
+/// bytes, `b` `groups * 64`, `tile` 192 i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn kernel_vnni512<const WX: bool>(
@@ -1460,7 +1461,7 @@ unsafe fn kernel_vnni512<const WX: bool>(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    const MR: usize = 6;
+    const MR: usize = 12;
     let t = tile.as_mut_ptr() as *mut __m512i;
     let mut c = [_mm512_setzero_si512(); MR];
     if accumulate {
@@ -2413,9 +2414,9 @@ mod kernel_bench {
             return;
         }
         let groups = 256;
-        let a = vec![1u8; groups * 24];
+        let a = vec![1u8; groups * 4 * MR_MAX];
         let b = vec![1u8; groups * 64];
-        let mut tile = vec![0i32; 96];
+        let mut tile = vec![0i32; MR_MAX * NR];
         let all = [
             QKernel::Avx2Madd16,
             QKernel::Avx2Maddubs,
@@ -2423,7 +2424,7 @@ mod kernel_bench {
             QKernel::Vnni512,
         ];
         for kern in all.into_iter().filter(|k| k.runs_on(Features::detect())) {
-            let macs_per_call = 6 * 16 * groups * kern.group();
+            let macs_per_call = kern.mr() * NR * groups * kern.group();
             let mut best = f64::MAX;
             for _ in 0..20 {
                 let t = std::time::Instant::now();
