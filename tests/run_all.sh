@@ -11,6 +11,8 @@ MLC_REQUIRE_CONFORMANCE=1 MLC_REQUIRE_PYTHON=1 cargo test --release --all-target
 echo
 echo "ONNX node conformance (full report: target/tmp/onnx_conformance_report.txt):"
 grep -E "^(listed ops|onnx node conformance):" target/tmp/onnx_conformance_report.txt
+# Which int8 kernel paths (AVX2, AVX-VNNI, AVX512-VNNI) ran natively here.
+cat target/tmp/int8_kernels.txt
 # Corpus of real architectures (fixtures/corpus/README.md): a fixed CI sample
 # through mlc run / O2 / int8; fails only when an id listed in
 # fixtures/corpus/expected_pass.txt fails (`--all` runs every model).

@@ -1970,6 +1970,35 @@ pub(crate) mod tests {
         check_acc(&p, &CpuCtx::single(avx2), "one weight past 7 bits");
     }
 
+    /// Which int8 kernel paths the tests ran on this CPU, for the suite's
+    /// summary (`tests/run_all.sh` prints the file): a path the CPU lacks is
+    /// said to be skipped, never passed silently.
+    #[test]
+    fn int8_kernel_paths_on_this_cpu_are_reported() {
+        let ran: Vec<&str> = features().iter().map(|(n, _)| *n).collect();
+        let lacks: Vec<&str> = [
+            ("avx2", "AVX2"),
+            ("avx-vnni", "AVX-VNNI"),
+            ("avx512-vnni", "AVX512-VNNI"),
+        ]
+        .iter()
+        .filter(|(name, _)| !ran.contains(name))
+        .map(|(_, flag)| *flag)
+        .collect();
+        let line = format!(
+            "int8 kernels tested natively: {}; {}\n",
+            ran.join(", "),
+            if lacks.is_empty() {
+                "none skipped".to_string()
+            } else {
+                format!("skipped: CPU lacks {}", lacks.join(", "))
+            }
+        );
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+        std::fs::create_dir_all(&dir).expect("target/tmp");
+        std::fs::write(dir.join("int8_kernels.txt"), line).expect("the summary file");
+    }
+
     /// On a VNNI machine every weight range takes the VNNI kernel (it has
     /// no 7-bit restriction), the 512-bit one where AVX512-VNNI is there.
     #[test]
