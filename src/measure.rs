@@ -127,8 +127,8 @@ pub fn alternate(
 
 /// Per-node timings of two plans run alternately on the same inputs, by
 /// node name: each node timed where it runs, inside its model (its inputs
-/// come from the node before it, as in deployment). Also returns the first
-/// plan's whole-run timing.
+/// come from the node before it, as in deployment). Profiling is off again
+/// afterwards.
 pub fn alternate_nodes(
     a: &mut Plan,
     b: &mut Plan,
