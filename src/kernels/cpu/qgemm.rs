@@ -639,15 +639,22 @@ impl Finish<'_> {
     /// The epilogue of one tile of accumulators (`rows × cols` of an
     /// `mr × NR` tile at row `i`, column `j` of C).
     fn tile(&self, kern: QKernel, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
+        // The tile's height as a constant: the epilogue's row arrays are no
+        // taller than the kernel's tile.
         #[cfg(target_arch = "x86_64")]
         if kern != QKernel::Portable {
-            // SAFETY: AVX2 kernels are only packed for CPUs that have AVX2
-            // (`runs_on` is checked before any product runs).
-            unsafe { finish_tile_avx2(self, tile, i, rows, j, cols) };
+            // SAFETY: AVX2 (and VNNI) kernels are only packed for CPUs that
+            // have AVX2 (`runs_on` is checked before any product runs).
+            unsafe {
+                match kern.mr() {
+                    6 => finish_tile_avx2::<6>(self, tile, i, rows, j, cols),
+                    _ => finish_tile_avx2::<MR_MAX>(self, tile, i, rows, j, cols),
+                }
+            }
             return;
         }
         let _ = kern;
-        finish_tile_impl(self, tile, i, rows, j, cols);
+        finish_tile_impl::<4>(self, tile, i, rows, j, cols);
     }
 }
 
@@ -930,16 +937,31 @@ fn pack_x_impl<const G: usize, const E: usize>(
 /// contracts a multiply and an add).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn finish_tile_avx2(g: &Finish, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
-    finish_tile_impl(g, tile, i, rows, j, cols)
+unsafe fn finish_tile_avx2<const MR: usize>(
+    g: &Finish,
+    tile: &[i32],
+    i: usize,
+    rows: usize,
+    j: usize,
+    cols: usize,
+) {
+    finish_tile_impl::<MR>(g, tile, i, rows, j, cols)
 }
 
 /// Corrects a tile for the zero point, then stores it through the output's
 /// epilogue. Element (r, c) of the tile is `tile[r * NR + c]`.
 #[inline(always)]
-fn finish_tile_impl(g: &Finish, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
+fn finish_tile_impl<const MR: usize>(
+    g: &Finish,
+    tile: &[i32],
+    i: usize,
+    rows: usize,
+    j: usize,
+    cols: usize,
+) {
+    debug_assert!(rows <= MR);
     let za = g.za;
-    let mut accs = [[0i32; NR]; MR_MAX];
+    let mut accs = [[0i32; NR]; MR];
     if g.by_row {
         for (r, (row, t)) in accs.iter_mut().zip(tile.chunks_exact(NR)).enumerate() {
             if r < rows {
@@ -990,7 +1012,7 @@ fn finish_tile_impl(g: &Finish, tile: &[i32], i: usize, rows: usize, j: usize, c
     if let Some(bv) = ep.bias {
         bias[..len].copy_from_slice(&bv[at..at + len]);
     }
-    let mut y = [[0.0f32; NR]; MR_MAX];
+    let mut y = [[0.0f32; NR]; MR];
     for (r, (yr, ar)) in y.iter_mut().zip(&accs).enumerate().take(rows) {
         if g.by_row {
             for (v, &a) in yr.iter_mut().zip(ar) {
