@@ -909,6 +909,13 @@ fn pack_x_impl<const G: usize, const E: usize>(
                     let at = (gi * G + d) * x.ld + c0;
                     x.data[at..at + NR].try_into().expect("NR bytes")
                 });
+                #[cfg(target_arch = "x86_64")]
+                if G == 4 && E == 1 {
+                    // The VNNI layout: four rows' bytes side by side, by
+                    // unpacking (the loop below compiles to byte inserts).
+                    interleave4(&src[..], out);
+                    continue;
+                }
                 for c in 0..NR {
                     for (d, row) in src.iter().enumerate() {
                         out[(c * G + d) * E] = row[c];
@@ -927,6 +934,33 @@ fn pack_x_impl<const G: usize, const E: usize>(
                 }
             }
         }
+    }
+}
+
+/// Interleaves four rows of 16 bytes into 64: `out[4c + d] = rows[d][c]`,
+/// with SSE2 unpacks (part of every x86_64 CPU).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    assert!(
+        rows.len() == 4 && out.len() >= 64,
+        "four rows into 64 bytes"
+    );
+    // SAFETY: SSE2 is part of x86_64; the loads read 16 bytes from each
+    // 16-byte row and the stores write the 64 bytes checked above.
+    unsafe {
+        let r: [__m128i; 4] =
+            std::array::from_fn(|d| _mm_loadu_si128(rows[d].as_ptr() as *const __m128i));
+        let t01lo = _mm_unpacklo_epi8(r[0], r[1]);
+        let t01hi = _mm_unpackhi_epi8(r[0], r[1]);
+        let t23lo = _mm_unpacklo_epi8(r[2], r[3]);
+        let t23hi = _mm_unpackhi_epi8(r[2], r[3]);
+        let o = out.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(o, _mm_unpacklo_epi16(t01lo, t23lo));
+        _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(t01lo, t23lo));
+        _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(t01hi, t23hi));
+        _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(t01hi, t23hi));
     }
 }
 
