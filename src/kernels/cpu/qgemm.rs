@@ -642,6 +642,13 @@ impl Finish<'_> {
         // The tile's height as a constant: the epilogue's row arrays are no
         // taller than the kernel's tile.
         #[cfg(target_arch = "x86_64")]
+        if kern == QKernel::Vnni512 {
+            // SAFETY: AVX512-VNNI packs run only on CPUs with AVX-512F.
+            if unsafe { finish_rows_f32_avx512(self, tile, i, rows, j, cols) } {
+                return;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
         if kern != QKernel::Portable {
             // SAFETY: AVX2 (and VNNI) kernels are only packed for CPUs that
             // have AVX2 (`runs_on` is checked before any product runs).
@@ -962,6 +969,61 @@ fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
         _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(t01hi, t23hi));
         _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(t01hi, t23hi));
     }
+}
+
+/// The common epilogue of weights-left products (convolutions), in
+/// AVX-512 registers, one tile row at a time: f32 output, a scale and an
+/// optional bias per row, Relu/Clip or no activation, no residual, whole
+/// contiguous rows. The same operations in the same order as
+/// [`finish_tile_impl`] (`(acc − z) as f32 · scale + bias`, then
+/// `max(lo)`, `min(hi)`), so the results are the same bit for bit. Returns
+/// false, doing nothing, for any other case.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_rows_f32_avx512(
+    g: &Finish,
+    tile: &[i32],
+    i: usize,
+    rows: usize,
+    j: usize,
+    cols: usize,
+) -> bool {
+    use std::arch::x86_64::*;
+    let (Dst::F32(p), Some(ep)) = (g.dst, &g.ep) else {
+        return false;
+    };
+    let (rs, cs) = g.strides;
+    let (clamp, rest) = super::gemm::split_act(ep.act);
+    if !g.by_row || ep.residual.is_some() || rest.is_some() || cs != 1 || cols != NR {
+        return false;
+    }
+    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    for (r, t) in tile.chunks_exact(NR).enumerate().take(rows) {
+        let z = g.za.wrapping_mul(g.sums[i + r]);
+        let sb = match ep.b_scales {
+            [sb] => *sb,
+            sbs => sbs[i + r],
+        };
+        let acc = _mm512_sub_epi32(
+            _mm512_loadu_si512(t.as_ptr() as *const __m512i),
+            _mm512_set1_epi32(z),
+        );
+        let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(ep.a_scale * sb));
+        if let Some(bv) = ep.bias {
+            y = _mm512_add_ps(y, _mm512_set1_ps(bv[i + r]));
+        }
+        if clamp.is_some() {
+            y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
+        }
+        // SAFETY: row i + r, columns j..j + NR lie inside C and in this
+        // task's rectangle (as for `store_row`).
+        _mm512_storeu_ps(p.add((i + r) * rs + j), y);
+    }
+    true
 }
 
 /// [`finish_tile_impl`] compiled for AVX2 (vector rounding and conversions).
