@@ -1456,7 +1456,37 @@ unsafe fn kernel_madd16(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
+    kernel_2x256(groups, a, b, tile, accumulate, |c, x, bv| {
+        _mm256_add_epi32(c, _mm256_madd_epi16(x, bv))
+    })
+}
+
+/// The `6 × 16` scaffold of the 256-bit kernels that read a group as one
+/// 32-bit A word per row and 64 bytes of B (two registers, columns 0..8 and
+/// 8..16): `mac(acc, broadcast A word, B register)` is the kernel's
+/// multiply-accumulate. Inlined into each kernel, so it compiles with the
+/// kernel's target features.
+///
+/// # Safety
+/// As for the kernel that calls it: `a` holds `groups * 24` bytes, `b`
+/// `groups * 64`, `tile` 96 i32, and the CPU runs `mac`'s instructions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn kernel_2x256(
+    groups: usize,
+    a: *const u8,
+    b: *const u8,
+    tile: &mut [i32],
+    accumulate: bool,
+    mac: impl Fn(
+        std::arch::x86_64::__m256i,
+        std::arch::x86_64::__m256i,
+        std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
     const MR: usize = 6;
+    assert!(tile.len() >= MR * 16, "a 6x16 tile");
     let t = tile.as_mut_ptr() as *mut __m256i;
     let mut c0 = [_mm256_setzero_si256(); MR];
     let mut c1 = [_mm256_setzero_si256(); MR];
@@ -1472,8 +1502,8 @@ unsafe fn kernel_madd16(
         let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
         for r in 0..MR {
             let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
-            c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(x, b0));
-            c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(x, b1));
+            c0[r] = mac(c0[r], x, b0);
+            c1[r] = mac(c1[r], x, b1);
         }
         ap = ap.add(4 * MR);
         bp = bp.add(64);
@@ -1622,37 +1652,13 @@ unsafe fn kernel_vnni256<const WX: bool>(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    const MR: usize = 6;
-    let t = tile.as_mut_ptr() as *mut __m256i;
-    let mut c0 = [_mm256_setzero_si256(); MR];
-    let mut c1 = [_mm256_setzero_si256(); MR];
-    if accumulate {
-        for r in 0..MR {
-            c0[r] = _mm256_loadu_si256(t.add(2 * r));
-            c1[r] = _mm256_loadu_si256(t.add(2 * r + 1));
+    kernel_2x256(groups, a, b, tile, accumulate, |c, x, bv| {
+        if WX {
+            _mm256_dpbusd_avx_epi32(c, bv, x)
+        } else {
+            _mm256_dpbusd_avx_epi32(c, x, bv)
         }
-    }
-    let (mut ap, mut bp) = (a, b);
-    for _ in 0..groups {
-        let b0 = _mm256_loadu_si256(bp as *const __m256i);
-        let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
-        for r in 0..MR {
-            let x = _mm256_set1_epi32((ap.add(4 * r) as *const i32).read_unaligned());
-            if WX {
-                c0[r] = _mm256_dpbusd_avx_epi32(c0[r], b0, x);
-                c1[r] = _mm256_dpbusd_avx_epi32(c1[r], b1, x);
-            } else {
-                c0[r] = _mm256_dpbusd_avx_epi32(c0[r], x, b0);
-                c1[r] = _mm256_dpbusd_avx_epi32(c1[r], x, b1);
-            }
-        }
-        ap = ap.add(4 * MR);
-        bp = bp.add(64);
-    }
-    for r in 0..MR {
-        _mm256_storeu_si256(t.add(2 * r), c0[r]);
-        _mm256_storeu_si256(t.add(2 * r + 1), c1[r]);
-    }
+    })
 }
 
 /// Quantizes `x` into `out` (same length): `clamp(round_ties_even(x /
