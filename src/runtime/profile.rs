@@ -106,6 +106,9 @@ pub struct Profile {
     pub ops: Vec<OpProfile>,
     /// The [`Profile::TOP_NODES`] nodes that take the most time.
     pub top_nodes: Vec<NodeProfile>,
+    /// Every node, in execution order (for comparing two profiles node by
+    /// node, such as 1 against 2 threads).
+    pub nodes: Vec<NodeProfile>,
 }
 
 impl Profile {
@@ -186,6 +189,7 @@ impl Profile {
                 }
             })
             .collect();
+        let in_order = nodes.clone();
         nodes.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
         nodes.truncate(Profile::TOP_NODES);
         Profile {
@@ -193,6 +197,7 @@ impl Profile {
             total_ms_per_run: total / runs * 1e3,
             ops: lines,
             top_nodes: nodes,
+            nodes: in_order,
         }
     }
 

@@ -37,8 +37,6 @@
 //! that broadcasts) returns `Ok(false)` and runs on the reference kernel,
 //! which also produces the error messages for invalid nodes.
 
-use rayon::prelude::*;
-
 use super::gemm::{
     direct_lanes, gemm, gemm_direct, pack_a, pack_b, split_act, with_buf, ASrc, BSrc, DirectPiece,
     DirectSeg, Epilogue, PackB, PackedA, PackedB, DIRECT_PIECES,
@@ -398,11 +396,7 @@ fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &
         if c8.is_some() {
             per_task = per_task.div_ceil(LANES) * LANES;
         }
-        cx.install(|| {
-            y.par_chunks_mut(per_task * out_plane)
-                .enumerate()
-                .for_each(|(t, ys)| planes(t * per_task, ys))
-        });
+        cx.for_each_chunk_mut(y, per_task * out_plane, |t, ys| planes(t * per_task, ys));
     } else {
         planes(0, y);
     }
@@ -1052,26 +1046,46 @@ fn via_subsampled(
         ow: win.ow,
     };
     let g2 = ConvGeom { win: pw, ..*g };
+    let single = CpuCtx::single(cx.features);
+    let gather = |src: &[f32], dst: &mut [f32]| gather_plane(win, src, dst);
     with_buf(&SUBSAMPLED, |xs| {
         xs.resize(g.n * g.c * out_plane, 0.0);
-        for (src, dst) in x.chunks_exact(in_plane).zip(xs.chunks_exact_mut(out_plane)) {
-            for (oh, row) in dst.chunks_exact_mut(win.ow).enumerate() {
-                let Some(ih) = win.in_row(oh, 0) else {
-                    row.fill(0.0);
-                    continue;
-                };
-                let srow = &src[ih * win.w..(ih + 1) * win.w];
-                for (ow, v) in row.iter_mut().enumerate() {
-                    *v = (ow * win.sw)
-                        .checked_sub(win.pad_left)
-                        .and_then(|iw| srow.get(iw))
-                        .copied()
-                        .unwrap_or(0.0);
-                }
+        // Planes gathered in parallel, many per task (they are small).
+        let per = (PAR_MIN_WORK / out_plane.max(1)).max(1);
+        let par = if xs.len() >= PAR_MIN_WORK {
+            cx
+        } else {
+            &single
+        };
+        par.for_each_chunk_mut(xs, per * out_plane, |t, dsts| {
+            for (d, dst) in dsts.chunks_exact_mut(out_plane).enumerate() {
+                let i = t * per + d;
+                let src = &x[i * in_plane..(i + 1) * in_plane];
+                gather(src, dst);
             }
-        }
+        });
         via_gemm(&g2, xs, w, packed, f, y, cx);
     });
+}
+
+/// The pixels of a 1x1 strided or padded convolution's input plane `src`
+/// that it reads, as a plane of the output's size (zero where it reads
+/// padding).
+fn gather_plane(win: &Window2d, src: &[f32], dst: &mut [f32]) {
+    for (oh, row) in dst.chunks_exact_mut(win.ow).enumerate() {
+        let Some(ih) = win.in_row(oh, 0) else {
+            row.fill(0.0);
+            continue;
+        };
+        let srow = &src[ih * win.w..(ih + 1) * win.w];
+        for (ow, v) in row.iter_mut().enumerate() {
+            *v = (ow * win.sw)
+                .checked_sub(win.pad_left)
+                .and_then(|iw| srow.get(iw))
+                .copied()
+                .unwrap_or(0.0);
+        }
+    }
 }
 
 /// Pointwise and general convolution through GEMM, per batch item and
@@ -1091,21 +1105,10 @@ fn via_gemm(
     let win = &g.win;
     let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
     let k = g.cg * win.kh * win.kw;
-    let pointwise = win.pointwise();
-    let product = |ni: usize, gi: usize, y: &mut [f32], padded: &mut Vec<f32>| {
+    for_each_product(g, y, cx, |t, c, cx| {
+        let (ni, gi) = (t / g.group, t % g.group);
         let x0 = (ni * g.c + gi * g.cg) * in_plane;
         let xg = &x[x0..x0 + g.cg * in_plane];
-        let cols;
-        let b = if pointwise {
-            BSrc::Raw {
-                b: xg,
-                ldb: out_plane,
-                trans: false,
-            }
-        } else {
-            cols = Im2col::new(win, g.cg, xg, padded, cx);
-            BSrc::Gen(&cols)
-        };
         let a = match packed {
             Some(p) => ASrc::Packed(&p[gi]),
             None => ASrc::Raw {
@@ -1114,32 +1117,58 @@ fn via_gemm(
                 trans: false,
             },
         };
-        let y0 = (ni * g.m + gi * g.mg) * out_plane;
-        let ylen = g.mg * out_plane;
+        let y0 = t * g.mg * out_plane;
         let ep = Epilogue {
             bias_col: None,
             bias_row: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
-            residual: f.residual.map(|r| &r[y0..y0 + ylen]),
+            residual: f.residual.map(|r| &r[y0..y0 + c.len()]),
             act: f.act,
         };
-        let c = &mut y[y0..y0 + ylen];
-        gemm(g.mg, out_plane, k, 1.0, a, b, c, out_plane, &ep, cx);
-    };
-    PADDED.with(|cell| {
-        // A fresh buffer if this thread's is in use (never, in practice:
-        // convolutions do not nest).
-        let mut fresh = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let padded = match guard.as_deref_mut() {
-            Ok(v) => v,
-            Err(_) => &mut fresh,
-        };
-        for ni in 0..g.n {
-            for gi in 0..g.group {
-                product(ni, gi, y, padded);
-            }
+        if win.pointwise() {
+            let b = BSrc::Raw {
+                b: xg,
+                ldb: out_plane,
+                trans: false,
+            };
+            gemm(g.mg, out_plane, k, 1.0, a, b, c, out_plane, &ep, cx);
+        } else {
+            with_buf(&PADDED, |padded| {
+                let cols = Im2col::new(win, g.cg, xg, padded, cx);
+                let b = BSrc::Gen(&cols);
+                gemm(g.mg, out_plane, k, 1.0, a, b, c, out_plane, &ep, cx);
+            });
         }
     });
+}
+
+/// Runs `f(t, y_t, cx)` for each (batch item, group) product `t = item *
+/// groups + group`, whose outputs `y_t` are the `M/G` planes it writes:
+/// side by side, one single-threaded product per task, when the products
+/// spread evenly over the threads (a batch, or many groups); otherwise one
+/// after another, each split over all threads. Every element gets the
+/// same arithmetic either way (the products' tiles do not depend on how
+/// many threads share them).
+fn for_each_product(
+    g: &ConvGeom,
+    y: &mut [f32],
+    cx: &CpuCtx,
+    f: impl Fn(usize, &mut [f32], &CpuCtx) + Sync,
+) {
+    let products = g.n * g.group;
+    let len = g.mg * g.win.out_plane();
+    let y = &mut y[..products * len];
+    if len == 0 {
+        return;
+    }
+    let t = cx.threads;
+    if t > 1 && products > 1 && (products.is_multiple_of(t) || products >= 4 * t) {
+        let single = CpuCtx::single(cx.features);
+        cx.for_each_chunk_mut(y, len, |i, yi| f(i, yi, &single));
+    } else {
+        for (i, yi) in y.chunks_mut(len).enumerate() {
+            f(i, yi, cx);
+        }
+    }
 }
 
 thread_local! {
@@ -1147,9 +1176,8 @@ thread_local! {
     /// that steady-state runs do not allocate.
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The im2col matrix and the transposed output of
-    /// [`via_transposed_gemm`], reused likewise.
-    static TRANSPOSED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// [`via_transposed_gemm`], one after the other, reused likewise.
+    static TRANSPOSED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Output planes below this many pixels may take the transposed product.
@@ -1181,82 +1209,63 @@ fn via_transposed_gemm(
     let win = &g.win;
     let (in_plane, p) = (win.in_plane(), win.out_plane());
     let k = g.cg * win.kh * win.kw;
-    PADDED.with(|pad_cell| {
-        TRANSPOSED.with(|cell| {
-            let (mut fresh_pad, mut fresh) = (Vec::new(), (Vec::new(), Vec::new()));
-            let mut pad_guard = pad_cell.try_borrow_mut();
-            let padded = match pad_guard.as_deref_mut() {
-                Ok(v) => v,
-                Err(_) => &mut fresh_pad,
-            };
-            let mut guard = cell.try_borrow_mut();
-            let (cols, ct) = match guard.as_deref_mut() {
-                Ok(v) => v,
-                Err(_) => &mut fresh,
-            };
-            // Room for the im2col rows plus one copy's overrun.
-            if cols.len() < k * p + PAD_SLACK {
-                cols.resize(k * p + PAD_SLACK, 0.0);
-            }
-            if ct.len() < p * g.mg {
-                ct.resize(p * g.mg, 0.0);
-            }
-            for ni in 0..g.n {
-                for gi in 0..g.group {
-                    let x0 = (ni * g.c + gi * g.cg) * in_plane;
-                    let xg = &x[x0..x0 + g.cg * in_plane];
-                    let cols: &[f32] = if win.pointwise() {
-                        // The input is its own im2col matrix.
-                        xg
-                    } else {
-                        // One panel of P columns is the row-major matrix.
-                        let m = &mut cols[..k * p];
-                        Im2col::new(win, g.cg, xg, padded, cx).pack(m, p, 0, k, 0, p);
-                        m
-                    };
-                    let a = ASrc::Raw {
-                        a: cols,
-                        lda: p,
-                        trans: true,
-                    };
-                    // Without a residual the activation commutes with the
-                    // transposition: fuse it into the product.
-                    let ep = Epilogue {
-                        bias_col: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
-                        act: f.act.filter(|_| f.residual.is_none()),
-                        ..Default::default()
-                    };
-                    let c = &mut ct[..p * g.mg];
-                    gemm(p, g.mg, k, 1.0, a, BSrc::Packed(&wt[gi]), c, g.mg, &ep, cx);
-                    // Cᵀ into the group's output planes, channels split
-                    // across the threads.
-                    let c: &[f32] = c;
-                    let first = ni * g.m + gi * g.mg;
-                    let planes = &mut y[first * p..(first + g.mg) * p];
-                    let channels = |ch0: usize, out: &mut [f32]| {
-                        for (d, plane) in out.chunks_exact_mut(p).enumerate() {
-                            let ch = ch0 + d;
-                            for (j, v) in plane.iter_mut().enumerate() {
-                                *v = c[j * g.mg + ch];
-                            }
-                            if f.residual.is_some() {
-                                finish_plane(f, first + ch, p, plane, cx);
-                            }
-                        }
-                    };
-                    if cx.threads > 1 && planes.len() >= PAR_MIN_WORK {
-                        let per = g.mg.div_ceil(4 * cx.threads);
-                        cx.install(|| {
-                            planes
-                                .par_chunks_mut(per * p)
-                                .enumerate()
-                                .for_each(|(t, out)| channels(t * per, out))
-                        });
-                    } else {
-                        channels(0, planes);
-                    }
+    for_each_product(g, y, cx, |t, planes, cx| {
+        let (ni, gi) = (t / g.group, t % g.group);
+        with_buf(&PADDED, |padded| {
+            with_buf(&TRANSPOSED, |buf| {
+                // The im2col rows plus one copy's overrun, then Cᵀ.
+                let cols_len = k * p + PAD_SLACK;
+                if buf.len() < cols_len + p * g.mg {
+                    buf.resize(cols_len + p * g.mg, 0.0);
                 }
-            }
+                let (cols, ct) = buf.split_at_mut(cols_len);
+                let x0 = (ni * g.c + gi * g.cg) * in_plane;
+                let xg = &x[x0..x0 + g.cg * in_plane];
+                let cols: &[f32] = if win.pointwise() {
+                    // The input is its own im2col matrix.
+                    xg
+                } else {
+                    // One panel of P columns is the row-major matrix.
+                    let m = &mut cols[..k * p];
+                    Im2col::new(win, g.cg, xg, padded, cx).pack(m, p, 0, k, 0, p);
+                    m
+                };
+                let a = ASrc::Raw {
+                    a: cols,
+                    lda: p,
+                    trans: true,
+                };
+                // Without a residual the activation commutes with the
+                // transposition: fuse it into the product.
+                let ep = Epilogue {
+                    bias_col: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
+                    act: f.act.filter(|_| f.residual.is_none()),
+                    ..Default::default()
+                };
+                let c = &mut ct[..p * g.mg];
+                gemm(p, g.mg, k, 1.0, a, BSrc::Packed(&wt[gi]), c, g.mg, &ep, cx);
+                // Cᵀ into the product's output planes, channels split
+                // across the threads.
+                let c: &[f32] = c;
+                let first = t * g.mg;
+                let channels = |ch0: usize, out: &mut [f32]| {
+                    for (d, plane) in out.chunks_exact_mut(p).enumerate() {
+                        let ch = ch0 + d;
+                        for (j, v) in plane.iter_mut().enumerate() {
+                            *v = c[j * g.mg + ch];
+                        }
+                        if f.residual.is_some() {
+                            finish_plane(f, first + ch, p, plane, cx);
+                        }
+                    }
+                };
+                if cx.threads > 1 && planes.len() >= PAR_MIN_WORK {
+                    let per = g.mg.div_ceil(4 * cx.threads);
+                    cx.for_each_chunk_mut(planes, per * p, |t, out| channels(t * per, out));
+                } else {
+                    channels(0, planes);
+                }
+            })
         })
     });
 }
@@ -1302,48 +1311,41 @@ fn via_direct(
     let win = &g.win;
     let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
     let (taps, k) = (win.kh * win.kw, g.cg * win.kh * win.kw);
-    PADDED.with(|cell| {
-        let mut fresh = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let padded = match guard.as_deref_mut() {
-            Ok(v) => v,
-            Err(_) => &mut fresh,
-        };
-        let mut offs = Vec::with_capacity(k);
-        let mut segs = Vec::new();
-        for ni in 0..g.n {
-            for gi in 0..g.group {
-                let x0 = (ni * g.c + gi * g.cg) * in_plane;
-                let xg = &x[x0..x0 + g.cg * in_plane];
-                let cols = Im2col::new(win, g.cg, xg, padded, cx);
-                if offs.is_empty() {
-                    // The same table and segments for every (batch, group).
-                    offs.extend((0..k).map(|p| {
-                        let (c, tap) = (p / taps, p % taps);
-                        cols.tap_base(c, tap / win.kw, tap % win.kw)
-                    }));
-                    let lanes = direct_lanes(cx.features).expect("direct() checked the kernel");
-                    segs = direct_segments(win.oh, win.ow, win.sh * cols.row, lanes);
-                }
-                let y0 = (ni * g.m + gi * g.mg) * out_plane;
-                let ylen = g.mg * out_plane;
-                let ep = Epilogue {
-                    bias_col: None,
-                    bias_row: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
-                    residual: f.residual.map(|r| &r[y0..y0 + ylen]),
-                    act: f.act,
-                };
-                let c = &mut y[y0..y0 + ylen];
-                if !gemm_direct(&packs[gi], cols.xp, &offs, &segs, c, out_plane, &ep, cx) {
-                    // Every call takes the same decision: only the first
-                    // can decline, before anything is written.
-                    debug_assert!(ni == 0 && gi == 0);
-                    return false;
-                }
+    let Some(lanes) = direct_lanes(cx.features) else {
+        return false;
+    };
+    let declined = std::sync::atomic::AtomicBool::new(false);
+    for_each_product(g, y, cx, |t, c, cx| {
+        let (ni, gi) = (t / g.group, t % g.group);
+        with_buf(&PADDED, |padded| {
+            let x0 = (ni * g.c + gi * g.cg) * in_plane;
+            let xg = &x[x0..x0 + g.cg * in_plane];
+            let cols = Im2col::new(win, g.cg, xg, padded, cx);
+            // The same table and segments for every (batch, group): cheap
+            // next to the product (k offsets, a few segments per row).
+            let offs: Vec<usize> = (0..k)
+                .map(|p| {
+                    let (ch, tap) = (p / taps, p % taps);
+                    cols.tap_base(ch, tap / win.kw, tap % win.kw)
+                })
+                .collect();
+            let segs = direct_segments(win.oh, win.ow, win.sh * cols.row, lanes);
+            let y0 = t * g.mg * out_plane;
+            let ep = Epilogue {
+                bias_col: None,
+                bias_row: f.bias.map(|bv| &bv[gi * g.mg..(gi + 1) * g.mg]),
+                residual: f.residual.map(|r| &r[y0..y0 + c.len()]),
+                act: f.act,
+            };
+            if !gemm_direct(&packs[gi], cols.xp, &offs, &segs, c, out_plane, &ep, cx) {
+                // Every product takes the same decision (it depends on the
+                // kernel and how the weights were packed), before anything
+                // is written.
+                declined.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-        }
-        true
-    })
+        })
+    });
+    !declined.into_inner()
 }
 
 /// The segments of a direct convolution with `oh × ow` outputs, where
@@ -1468,12 +1470,7 @@ impl<'a> Im2col<'a> {
         let (planes, slack) = dst.split_at_mut(channels * plane);
         slack.fill(0.0);
         if cx.threads > 1 && planes.len() >= PAR_MIN_WORK && channels > 1 {
-            cx.install(|| {
-                planes
-                    .par_chunks_mut(plane)
-                    .enumerate()
-                    .for_each(|(c, p)| fill(c, p))
-            });
+            cx.for_each_chunk_mut(planes, plane, fill);
         } else {
             planes
                 .chunks_exact_mut(plane)

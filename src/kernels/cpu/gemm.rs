@@ -40,8 +40,6 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
 
@@ -420,19 +418,13 @@ pub fn gemm_direct(
             if n_seg >= 8 * t || panels < t {
                 // Even ranges of segments, a few per thread.
                 let tasks = n_seg.min(16 * t);
-                cx.install(|| {
-                    (0..tasks).into_par_iter().for_each(|i| {
-                        run(&segs[i * n_seg / tasks..(i + 1) * n_seg / tasks], 0, panels)
-                    })
+                cx.for_each(tasks, |i| {
+                    run(&segs[i * n_seg / tasks..(i + 1) * n_seg / tasks], 0, panels)
                 });
             } else {
                 // Few segments (small planes): the threads split A's panels
                 // instead, each running every segment.
-                cx.install(|| {
-                    (0..t)
-                        .into_par_iter()
-                        .for_each(|i| run(segs, i * panels / t, (i + 1) * panels / t))
-                });
+                cx.for_each(t, |i| run(segs, i * panels / t, (i + 1) * panels / t));
             }
         } else {
             run(segs, 0, panels);
@@ -736,11 +728,9 @@ pub fn gemm(
     let rows = m.div_ceil(mr).div_ceil(tm) * mr;
     let cols = n.div_ceil(nr).div_ceil(tn) * nr;
     let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
-    cx.install(|| {
-        (0..tm * tn).into_par_iter().for_each(|t| {
-            let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
-            g.region(i0, (i0 + rows).min(m), j0, (j0 + cols).min(n));
-        })
+    cx.for_each(tm * tn, |t| {
+        let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
+        g.region(i0, (i0 + rows).min(m), j0, (j0 + cols).min(n));
     });
 }
 

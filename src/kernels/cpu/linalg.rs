@@ -15,8 +15,6 @@
 //! not match the preallocated output) return `Ok(false)`, so the reference
 //! kernel reports the error.
 
-use rayon::prelude::*;
-
 use super::gemm::{gemm as gemm_product, pack_b, ASrc, BSrc, Epilogue, PackedB, PARALLEL_MIN_MACS};
 use super::Prepacked;
 use super::{CpuCtx, View, ViewMut};
@@ -351,11 +349,8 @@ fn matmul(
         // Many small products (attention heads): one batch per task, each
         // single-threaded, so every element is still computed the same way.
         let single = CpuCtx::single(cx.features);
-        cx.install(|| {
-            out.data
-                .par_chunks_mut(c_blk)
-                .enumerate()
-                .for_each_init(Vec::new, |row, (bi, c)| one(bi, c, row, &single))
+        cx.for_each_chunk_mut(out.data, c_blk, |bi, c| {
+            one(bi, c, &mut Vec::new(), &single)
         });
     } else {
         let mut scalar_row = Vec::new();

@@ -15,6 +15,7 @@ mod geometry;
 mod lanes;
 pub mod linalg;
 pub mod ops;
+pub mod pool;
 pub mod qconv;
 pub mod qgemm;
 mod winograd;
@@ -106,7 +107,7 @@ impl Features {
 pub struct CpuCtx {
     /// Threads to use (1 = run on the calling thread).
     pub threads: usize,
-    pub pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    pub pool: Option<std::sync::Arc<pool::Pool>>,
     pub features: Features,
 }
 
@@ -119,12 +120,9 @@ impl CpuCtx {
             threads
         };
         let pool = if threads > 1 {
-            let p = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(|e| {
-                    crate::Error::Internal(format!("cannot start {threads} threads: {e}"))
-                })?;
+            let p = pool::Pool::new(threads).map_err(|e| {
+                crate::Error::Internal(format!("cannot start {threads} threads: {e}"))
+            })?;
             Some(std::sync::Arc::new(p))
         } else {
             None
@@ -145,13 +143,44 @@ impl CpuCtx {
         }
     }
 
-    /// Runs `f` inside the pool (so rayon's parallel iterators use it), or
-    /// directly when single-threaded.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    /// Runs `f(i)` for every `i` in `0..n` on the pool's threads (the
+    /// caller's included), or in order on the caller's when
+    /// single-threaded; returns when all have finished.
+    pub fn for_each(&self, n: usize, f: impl Fn(usize) + Sync) {
         match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
+            Some(p) => p.for_each(n, &f),
+            None => (0..n).for_each(f),
         }
+    }
+
+    /// Runs `f(i, item)` for each of `items` (moved into its task), as
+    /// [`CpuCtx::for_each`] does.
+    pub fn for_each_item<T: Send>(&self, items: Vec<T>, f: impl Fn(usize, T) + Sync) {
+        let slots: Vec<std::sync::Mutex<Option<T>>> = items
+            .into_iter()
+            .map(|t| std::sync::Mutex::new(Some(t)))
+            .collect();
+        self.for_each(slots.len(), |i| {
+            // Task i alone takes slot i: the lock is never contended.
+            let item = slots[i].lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(t) = item {
+                f(i, t);
+            }
+        });
+    }
+
+    /// Runs `f(i, chunk)` for each `chunk`-long piece of `data` (the last
+    /// may be shorter), as [`CpuCtx::for_each`] does.
+    pub fn for_each_chunk_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let chunks = pool::Chunks::new(data, chunk);
+        // SAFETY: task i alone takes chunk i, and `data` stays borrowed
+        // until every task has ended.
+        self.for_each(chunks.count(), |i| f(i, unsafe { chunks.get(i) }));
     }
 }
 

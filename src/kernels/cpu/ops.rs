@@ -21,8 +21,6 @@
 //! `Ok(false)`: the runtime then runs the reference kernel, which also
 //! reports invalid nodes.
 
-use rayon::prelude::*;
-
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{CpuCtx, View, ViewMut};
@@ -171,11 +169,7 @@ fn split(
         .div_ceil(cx.threads * 4)
         .max((PAR_MIN / 4).div_ceil(unit.saturating_mul(cost)));
     let chunk = per * unit;
-    cx.install(|| {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i * chunk, c))
-    });
+    cx.for_each_chunk_mut(out, chunk, |i, c| f(i * chunk, c));
 }
 
 /// A view's data if it is present and its data fits its shape.

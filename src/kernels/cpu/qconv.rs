@@ -21,8 +21,6 @@
 //! and thread count gives the same accumulators, and the same epilogue
 //! code order as the GEMM.
 
-use rayon::prelude::*;
-
 use std::cell::RefCell;
 
 use super::gemm::with_buf;
@@ -210,7 +208,7 @@ pub fn qconv2d(
                 direct_plane(xs, (h, wd), x_zp, geom, (oh, ow), wc, o);
             };
             if cx.threads > 1 && nb * m * p * geom.kernel[0] * geom.kernel[1] >= PAR_MIN_WORK {
-                cx.install(|| tasks.into_par_iter().enumerate().for_each(run));
+                cx.for_each_item(tasks, |t, o| run((t, o)));
             } else {
                 tasks.into_iter().enumerate().for_each(run);
             }
@@ -250,12 +248,7 @@ pub fn qconv2d(
                 }
             };
             if by_task {
-                cx.install(|| {
-                    tasks
-                        .into_par_iter()
-                        .enumerate()
-                        .for_each(|to| run(to, &one))
-                });
+                cx.for_each_item(tasks, |t, o| run((t, o), &one));
             } else {
                 for to in tasks.into_iter().enumerate() {
                     run(to, cx);
@@ -427,11 +420,7 @@ fn im2col(
         let rows = cg * kh * kw;
         let d = &mut dst[..rows * p];
         if cx.threads > 1 && rows * p >= 1 << 16 {
-            cx.install(|| {
-                d.par_chunks_mut(p)
-                    .enumerate()
-                    .for_each(|(r, d)| fill_row(r, d))
-            });
+            cx.for_each_chunk_mut(d, p, fill_row);
         } else {
             d.chunks_mut(p)
                 .enumerate()

@@ -55,8 +55,6 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::gemm::with_buf;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
@@ -493,11 +491,9 @@ impl Split {
         let rows = tiles_m.div_ceil(tm) * self.mr;
         let cols = tiles_n.div_ceil(tn) * NR;
         let (tm, tn) = (m.div_ceil(rows), n.div_ceil(cols));
-        cx.install(|| {
-            (0..tm * tn).into_par_iter().for_each(|t| {
-                let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
-                region(i0..(i0 + rows).min(m), j0..(j0 + cols).min(n));
-            })
+        cx.for_each(tm * tn, |t| {
+            let (i0, j0) = ((t / tn) * rows, (t % tn) * cols);
+            region(i0..(i0 + rows).min(m), j0..(j0 + cols).min(n));
         });
     }
 }

@@ -24,8 +24,6 @@
 //! stage, which the first cut left out), not the 7x7 one, where 16 tiles
 //! per plane and weights 16/9 as large (streamed from memory) gain 1-3%.
 
-use rayon::prelude::*;
-
 use super::gemm::{gemm, pack_a, split_act, with_buf, ASrc, BSrc, Epilogue, PackedA};
 use super::geometry::Window2d;
 use super::ops;
@@ -78,21 +76,35 @@ pub(crate) fn prepack(w: &[f32], m: usize, c: usize, features: Features) -> Vec<
 }
 
 /// Tile counts of an output plane.
-fn tiles(win: &Window2d) -> (usize, usize) {
+fn tiles_of(win: &Window2d) -> (usize, usize) {
     (win.oh.div_ceil(2), win.ow.div_ceil(2))
 }
 
 thread_local! {
-    /// The transformed input `[C, 16, T]` and products `[M, 16, T]`, reused.
+    /// One part's transformed input `[16, C, Tp]` and products `[16, M, Tp]`,
+    /// reused.
     static BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// One channel's even/odd split copy, reused per thread.
     static SPLIT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Most bytes of one part's transformed input and products (`(C + M) × 16`
+/// floats a tile), so that the 16 products read and write them in L2.
+const PART_BYTES: usize = 4 << 20;
+
 /// The convolution of batch item planes `x` (`[C, H, W]` each, `n` items)
 /// into `y` (`[M, OH, OW]` each) with the transformed weights `u`, then
 /// `+ bias[m] + residual`, then `act`.
+///
+/// Each item's tiles go in parts of consecutive tiles (row-major), each
+/// part start to finish on one thread: input transform, the 16 products
+/// (single-threaded), output transform. Parts are sized to stay in L2
+/// ([`PART_BYTES`]) and, on several threads, numbered so that every thread
+/// gets as many: one fork and join per convolution, where splitting each of
+/// the 16 products and both transforms over the threads cost 18 per batch
+/// item and kept V and the products (6.4 MB for ResNet's 56x56 stage) out
+/// of cache.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     win: &Window2d,
@@ -106,130 +118,223 @@ pub(crate) fn run(
     y: &mut [f32],
     cx: &CpuCtx,
 ) {
+    run_parts(win, n, c, u, x, bias, residual, act, y, cx, PART_BYTES)
+}
+
+/// [`run`] with parts of at most `part_bytes` (tests use small ones).
+#[allow(clippy::too_many_arguments)]
+fn run_parts(
+    win: &Window2d,
+    n: usize,
+    c: usize,
+    u: &[PackedA],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Option<&Activation>,
+    y: &mut [f32],
+    cx: &CpuCtx,
+    part_bytes: usize,
+) {
     let m = u.first().map_or(0, PackedA::m);
-    let (ty, tx) = tiles(win);
+    let (ty, tx) = tiles_of(win);
     let t = ty * tx;
     let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
-    let avx = cx.features.avx2_fma;
-    let par = cx.threads > 1;
-    BUFS.with(|cell| {
-        let mut fresh = (Vec::new(), Vec::new());
-        let mut guard = cell.try_borrow_mut();
-        let (v, prod) = match guard.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => &mut fresh,
+    assert!(
+        u.len() == K16
+            && u.iter().all(|uk| uk.m() == m && uk.k() == c)
+            && x.len() >= n * c * in_plane
+            && y.len() >= n * m * out_plane
+            && bias.is_none_or(|b| b.len() >= m)
+            && residual.is_none_or(|r| r.len() >= n * m * out_plane),
+        "winograd: operands do not fit {n} items of {c} -> {m} channels"
+    );
+    if n == 0 || m == 0 || t == 0 {
+        return;
+    }
+    let parts = parts_per_item(n, (c + m) * K16 * 4, t, cx.threads, part_bytes);
+    let single = CpuCtx::single(cx.features);
+    let (clamp, late_act) = split_act(act);
+    let out = OutPtr(y.as_mut_ptr());
+    let one = |w: usize| {
+        let (ni, p) = (w / parts, w % parts);
+        let part = Part {
+            win,
+            c,
+            m,
+            tiles: p * t / parts..(p + 1) * t / parts,
+            avx: cx.features.avx2_fma,
         };
-        v.resize(c * K16 * t, 0.0);
-        prod.resize(m * K16 * t, 0.0);
-        for ni in 0..n {
-            let xn = &x[ni * c * in_plane..(ni + 1) * c * in_plane];
-            let vout = VOut {
-                ptr: v.as_mut_ptr(),
-                len: v.len(),
-                c,
-                t,
+        let xn = &x[ni * c * in_plane..(ni + 1) * c * in_plane];
+        let rn = residual.map(|r| &r[ni * m * out_plane..(ni + 1) * m * out_plane]);
+        let ep = PartEpilogue {
+            bias,
+            residual: rn,
+            clamp,
+            late_act,
+        };
+        // SAFETY: `y` holds item ni's planes (asserted above) and stays
+        // borrowed until every part has ended; parts write only the outputs
+        // of their own tiles, and tiles do not share outputs.
+        unsafe { part.run(u, xn, &ep, out.at(ni * m * out_plane), &single) };
+    };
+    let work = n * parts;
+    cx.for_each(work, one);
+}
+
+/// Parts per batch item of `t` tiles at `tile_bytes` each: enough to stay
+/// within `part_bytes` each; on several threads at least one per thread,
+/// and a number that gives every thread as many (where the tiles allow).
+fn parts_per_item(
+    n: usize,
+    tile_bytes: usize,
+    t: usize,
+    threads: usize,
+    part_bytes: usize,
+) -> usize {
+    let mut p = (tile_bytes * t).div_ceil(part_bytes.max(1)).max(1);
+    if threads > 1 {
+        p = p.max(threads.div_ceil(n));
+        while (n * p) % threads != 0 && p < t {
+            p += 1;
+        }
+    }
+    p.min(t)
+}
+
+/// The batch item's output planes, shared by the parts of one convolution.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the parts write disjoint outputs of a buffer that outlives them
+// (`run_parts` holds it until they end).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The address `offset` floats in (the caller keeps it inside the
+    /// buffer).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// What the output transform adds to the products: bias, residual (the
+/// batch item's planes), then clamp and any other activation.
+struct PartEpilogue<'a> {
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+    clamp: Option<(f32, f32)>,
+    late_act: Option<&'a Activation>,
+}
+
+/// A run of consecutive tiles of one batch item's planes.
+struct Part<'a> {
+    win: &'a Window2d,
+    c: usize,
+    m: usize,
+    tiles: std::ops::Range<usize>,
+    avx: bool,
+}
+
+impl Part<'_> {
+    /// Transforms the part's input tiles of every channel of `x`, multiplies
+    /// by `u` and writes the part's outputs of every output plane at `y`.
+    ///
+    /// # Safety
+    /// `y` is valid for writes of `M` output planes, and no one else
+    /// accesses this part's outputs while it runs.
+    unsafe fn run(
+        &self,
+        u: &[PackedA],
+        x: &[f32],
+        ep: &PartEpilogue,
+        y: *mut f32,
+        single: &CpuCtx,
+    ) {
+        let (c, m, tp) = (self.c, self.m, self.tiles.len());
+        let (in_plane, out_plane) = (self.win.in_plane(), self.win.out_plane());
+        BUFS.with(|cell| {
+            let mut fresh = (Vec::new(), Vec::new());
+            let mut guard = cell.try_borrow_mut();
+            let (v, prod) = match guard.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut fresh,
             };
-            let transform_in = |ch: usize| {
-                with_buf(&SPLIT, |split| {
-                    let xc = &xn[ch * in_plane..(ch + 1) * in_plane];
-                    // SAFETY: each channel writes only its own rows of V.
-                    unsafe { input_tiles(avx, win, xc, split, vout, ch) };
-                })
-            };
-            if par {
-                cx.install(|| (0..c).into_par_iter().for_each(transform_in));
-            } else {
-                (0..c).for_each(transform_in);
-            }
+            v.resize(c * K16 * tp, 0.0);
+            prod.resize(m * K16 * tp, 0.0);
+            with_buf(&SPLIT, |split| {
+                for ch in 0..c {
+                    let xc = &x[ch * in_plane..(ch + 1) * in_plane];
+                    let rows = Rows {
+                        stride: c * tp,
+                        first: ch * tp,
+                    };
+                    input_tiles(self.avx, self.win, xc, split, v, rows, self.tiles.clone());
+                }
+            });
             for (k, uk) in u.iter().enumerate() {
                 let b = BSrc::Raw {
-                    b: &v[k * c * t..(k + 1) * c * t],
-                    ldb: t,
+                    b: &v[k * c * tp..(k + 1) * c * tp],
+                    ldb: tp,
                     trans: false,
                 };
-                let ep = Epilogue::default();
+                let pk = &mut prod[k * m * tp..(k + 1) * m * tp];
                 gemm(
                     m,
-                    t,
+                    tp,
                     c,
                     1.0,
                     ASrc::Packed(uk),
                     b,
-                    &mut prod[k * m * t..(k + 1) * m * t],
-                    t,
-                    &ep,
-                    cx,
+                    pk,
+                    tp,
+                    &Epilogue::default(),
+                    single,
                 );
             }
-            let yn = &mut y[ni * m * out_plane..(ni + 1) * m * out_plane];
-            let rn = residual.map(|r| &r[ni * m * out_plane..(ni + 1) * m * out_plane]);
-            let (clamp, late_act) = split_act(act);
-            let transform_out = |mi: usize, plane: &mut [f32]| {
-                let res = rn.map(|r| &r[mi * out_plane..(mi + 1) * out_plane]);
-                let b = bias.map_or(0.0, |b| b[mi]);
-                output_tiles(avx, win, prod, m * t, mi * t, b, res, clamp, plane);
-                if let Some(a) = late_act {
-                    ops::activation(a, plane, avx);
-                }
-            };
-            if par {
-                cx.install(|| {
-                    yn.par_chunks_mut(out_plane)
-                        .enumerate()
-                        .for_each(|(mi, p)| transform_out(mi, p))
-                });
-            } else {
-                yn.chunks_mut(out_plane)
-                    .enumerate()
-                    .for_each(|(mi, p)| transform_out(mi, p));
+            for mi in 0..m {
+                let rows = Rows {
+                    stride: m * tp,
+                    first: mi * tp,
+                };
+                let plane = OutPlane {
+                    // SAFETY: plane mi of the M the caller vouches for.
+                    y: unsafe { y.add(mi * out_plane) },
+                    bias: ep.bias.map_or(0.0, |b| b[mi]),
+                    residual: ep
+                        .residual
+                        .map(|r| &r[mi * out_plane..(mi + 1) * out_plane]),
+                    clamp: ep.clamp,
+                    late_act: ep.late_act,
+                };
+                // SAFETY: the caller's contract, for this plane.
+                unsafe { output_tiles(self.avx, self.win, prod, rows, &plane, self.tiles.clone()) };
             }
-        }
-    });
+        })
+    }
 }
 
-/// Where the input transform writes: V as `[16, C, T]`, shared by the
-/// tasks of one convolution, each writing its own channels' rows.
+/// Where one channel's 16 rows (one per transform element) lie in a `[16,
+/// C, Tp]` buffer: row k at `k * stride + first`.
 #[derive(Clone, Copy)]
-struct VOut {
-    ptr: *mut f32,
-    len: usize,
-    c: usize,
-    t: usize,
-}
-// SAFETY: the tasks write disjoint rows (one channel each) of a buffer that
-// outlives them (`run` holds it until they end).
-unsafe impl Send for VOut {}
-unsafe impl Sync for VOut {}
-
-/// `V = Bᵀ d B` for every tile of channel `ch`'s plane `x` into its rows
-/// of `v`, through `split` (the plane's rows split into even and odd
-/// columns, zero outside the input).
-///
-/// # Safety
-/// `v` is valid for `16 * C * T` floats and no one else accesses channel
-/// `ch`'s rows while this runs.
-unsafe fn input_tiles(
-    avx: bool,
-    win: &Window2d,
-    x: &[f32],
-    split: &mut Vec<f32>,
-    v: VOut,
-    ch: usize,
-) {
-    debug_assert!(v.len == K16 * v.c * v.t && ch < v.c);
-    // Row k of the channel: 16 disjoint slices of T floats.
-    let rows: [&mut [f32]; K16] = std::array::from_fn(|k| {
-        // SAFETY: inside the buffer (the caller's contract), disjoint
-        // from every other channel's rows and from each other.
-        unsafe { std::slice::from_raw_parts_mut(v.ptr.add((k * v.c + ch) * v.t), v.t) }
-    });
-    input_tiles_rows(avx, win, x, split, rows)
+struct Rows {
+    stride: usize,
+    first: usize,
 }
 
 ops::multiversion!(
-    /// [`input_tiles`] into the channel's 16 rows of V.
-    fn input_tiles_rows(win: &Window2d, x: &[f32], split: &mut Vec<f32>, v: [&mut [f32]; K16])
-        => input_tiles_impl
+    /// `V = Bᵀ d B` for tiles `tiles` of channel plane `x` into the
+    /// channel's rows of `v` (at `rows`, tile `tiles.start` first), through
+    /// `split` (the plane's rows split into even and odd columns, zero
+    /// outside the input).
+    fn input_tiles(
+        win: &Window2d,
+        x: &[f32],
+        split: &mut Vec<f32>,
+        v: &mut [f32],
+        rows: Rows,
+        tiles: std::ops::Range<usize>,
+    ) => input_tiles_impl
 );
 
 /// Lane-wise `a + b` and `a - b` on 8 tiles (plain arrays and loops:
@@ -281,19 +386,34 @@ fn load8(s: &[f32], at: usize) -> [f32; V8] {
 
 #[inline(always)]
 #[allow(clippy::manual_memcpy)]
-fn input_tiles_impl(win: &Window2d, x: &[f32], split: &mut Vec<f32>, v: [&mut [f32]; K16]) {
-    let (ty, tx) = tiles(win);
-    // Padded rows 0..2ty+2 (input row r - pad_top); per row the even and
-    // the odd padded columns, `half` each (room for a last full vector).
-    let rows = 2 * ty + 2;
-    let half = tx.div_ceil(V8) * V8 + 1;
+fn input_tiles_impl(
+    win: &Window2d,
+    x: &[f32],
+    split: &mut Vec<f32>,
+    v: &mut [f32],
+    rows: Rows,
+    tiles: std::ops::Range<usize>,
+) {
+    let tx = tiles_of(win).1;
+    if tiles.is_empty() {
+        return;
+    }
+    // Tile rows ya..=yb read padded rows 2ya..2yb+4 (input row r - pad_top);
+    // per row the even and the odd padded columns, `half` each (room for a
+    // last full vector from any start).
+    let (ya, yb) = (tiles.start / tx, (tiles.end - 1) / tx);
+    let n_rows = 2 * (yb - ya) + 4;
+    let half = tx + V8 + 1;
     split.clear();
-    split.resize(rows * 2 * half, 0.0);
+    split.resize(n_rows * 2 * half, 0.0);
     // Input column iw is padded column iw + pad_left: with an even pad the
     // even input columns are the even padded ones.
     let (pl, shift) = (win.pad_left, win.pad_left % 2);
-    for r in 0..rows {
-        let Some(ih) = r.checked_sub(win.pad_top).filter(|&ih| ih < win.h) else {
+    for r in 0..n_rows {
+        let Some(ih) = (2 * ya + r)
+            .checked_sub(win.pad_top)
+            .filter(|&ih| ih < win.h)
+        else {
             continue;
         };
         let src = &x[ih * win.w..(ih + 1) * win.w];
@@ -321,12 +441,18 @@ fn input_tiles_impl(win: &Window2d, x: &[f32], split: &mut Vec<f32>, v: [&mut [f
             to_a[pairs] = src[2 * pairs];
         }
     }
-    for y in 0..ty {
-        for x0 in (0..tx).step_by(V8) {
+    for y in ya..=yb {
+        let xs = if y == ya { tiles.start % tx } else { 0 };
+        let xe = if y == yb {
+            (tiles.end - 1) % tx + 1
+        } else {
+            tx
+        };
+        for x0 in (xs..xe).step_by(V8) {
             // d[i][j] for 8 tiles: padded row 2y + i, columns 2x + j.
             let mut d = [[[0.0f32; V8]; 4]; 4];
             for (i, di) in d.iter_mut().enumerate() {
-                let r = (2 * y + i) * 2 * half;
+                let r = (2 * (y - ya) + i) * 2 * half;
                 *di = [
                     load8(split, r + x0),
                     load8(split, r + half + x0),
@@ -339,20 +465,20 @@ fn input_tiles_impl(win: &Window2d, x: &[f32], split: &mut Vec<f32>, v: [&mut [f
             for (j, cj) in cols.iter_mut().enumerate() {
                 *cj = bt([d[0][j], d[1][j], d[2][j], d[3][j]]);
             }
-            let n = (tx - x0).min(V8);
-            let at = y * tx + x0;
+            let n = (xe - x0).min(V8);
+            let at = rows.first + y * tx + x0 - tiles.start;
             for i in 0..4 {
                 let vi = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
                 for (j, vals) in vi.iter().enumerate() {
-                    let row = &mut *v[i * 4 + j];
+                    let o = (i * 4 + j) * rows.stride + at;
                     if n == V8 {
                         // A fixed-size copy: one vector store, not a call.
-                        let dst = &mut row[at..at + V8];
+                        let dst = &mut v[o..o + V8];
                         for l in 0..V8 {
                             dst[l] = vals[l];
                         }
                     } else {
-                        row[at..at + n].copy_from_slice(&vals[..n]);
+                        v[o..o + n].copy_from_slice(&vals[..n]);
                     }
                 }
             }
@@ -360,43 +486,86 @@ fn input_tiles_impl(win: &Window2d, x: &[f32], split: &mut Vec<f32>, v: [&mut [f
     }
 }
 
-ops::multiversion!(
-    /// `Aᵀ M A + bias + residual`, clamped, for every tile of one output
-    /// channel: its 16 products are `pm[k * kstride + first..][..T]`, `y`
-    /// the plane.
-    fn output_tiles(
-        win: &Window2d,
-        pm: &[f32],
-        kstride: usize,
-        first: usize,
-        bias: f32,
-        res: Option<&[f32]>,
-        clamp: Option<(f32, f32)>,
-        y: &mut [f32],
-    ) => output_tiles_impl
-);
+/// One output plane and what its outputs get added and applied.
+struct OutPlane<'a> {
+    y: *mut f32,
+    bias: f32,
+    residual: Option<&'a [f32]>,
+    clamp: Option<(f32, f32)>,
+    late_act: Option<&'a Activation>,
+}
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::manual_memcpy)]
-fn output_tiles_impl(
+/// `Aᵀ M A + bias + residual`, clamped and activated, for tiles `tiles` of
+/// one output plane: the tiles' 16 products are the rows of `pm` at
+/// `rows`, tile `tiles.start` first.
+///
+/// # Safety
+/// `plane.y` is valid for writes of the plane's `OH × OW` floats, and no
+/// one else accesses the outputs of `tiles` while this runs.
+unsafe fn output_tiles(
+    avx: bool,
     win: &Window2d,
     pm: &[f32],
-    kstride: usize,
-    first: usize,
-    bias: f32,
-    res: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    y: &mut [f32],
+    rows: Rows,
+    plane: &OutPlane,
+    tiles: std::ops::Range<usize>,
 ) {
-    let (ty, tx) = tiles(win);
-    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    for ty0 in 0..ty {
-        for x0 in (0..tx).step_by(V8) {
-            let n = (tx - x0).min(V8);
-            let at = ty0 * tx + x0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fast(
+            win: &Window2d,
+            pm: &[f32],
+            rows: Rows,
+            plane: &OutPlane,
+            tiles: std::ops::Range<usize>,
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe { output_tiles_impl(win, pm, rows, plane, tiles, true) }
+        }
+        if avx && ops::has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above);
+            // the rest is the caller's contract.
+            return unsafe { fast(win, pm, rows, plane, tiles) };
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { output_tiles_impl(win, pm, rows, plane, tiles, false) }
+}
+
+/// [`output_tiles`], inlined into each build.
+///
+/// # Safety
+/// As [`output_tiles`].
+#[inline(always)]
+#[allow(clippy::manual_memcpy)]
+unsafe fn output_tiles_impl(
+    win: &Window2d,
+    pm: &[f32],
+    rows: Rows,
+    plane: &OutPlane,
+    tiles: std::ops::Range<usize>,
+    avx: bool,
+) {
+    let tx = tiles_of(win).1;
+    if tiles.is_empty() {
+        return;
+    }
+    let (lo, hi) = plane.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (ya, yb) = (tiles.start / tx, (tiles.end - 1) / tx);
+    for ty0 in ya..=yb {
+        let xs = if ty0 == ya { tiles.start % tx } else { 0 };
+        let xe = if ty0 == yb {
+            (tiles.end - 1) % tx + 1
+        } else {
+            tx
+        };
+        for x0 in (xs..xe).step_by(V8) {
+            let n = (xe - x0).min(V8);
+            let at = rows.first + ty0 * tx + x0 - tiles.start;
             let mut mk = [[0.0f32; V8]; K16];
             for (k, row) in mk.iter_mut().enumerate() {
-                let o = k * kstride + first + at;
+                let o = k * rows.stride + at;
                 if n == V8 {
                     *row = load8(pm, o);
                 } else {
@@ -429,9 +598,9 @@ fn output_tiles_impl(
                 // a whole run of 16 outputs.
                 let full = cnt == 2 * V8;
                 for val in vals.iter_mut() {
-                    *val += bias;
+                    *val += plane.bias;
                 }
-                if let Some(res) = res {
+                if let Some(res) = plane.residual {
                     if full {
                         let r = &res[base..base + 2 * V8];
                         for l in 0..2 * V8 {
@@ -443,19 +612,44 @@ fn output_tiles_impl(
                         }
                     }
                 }
-                if clamp.is_some() {
+                if plane.clamp.is_some() {
                     for val in vals.iter_mut() {
                         *val = val.max(lo).min(hi);
                     }
                 }
+                debug_assert!(base + cnt <= win.out_plane());
+                // SAFETY: outputs base..base + cnt of the plane (inside it:
+                // row oh < OH, columns c0..c0 + cnt <= OW) belong to these
+                // tiles, which the caller gives to this call alone.
+                let out = unsafe { std::slice::from_raw_parts_mut(plane.y.add(base), cnt) };
                 if full {
-                    let out = &mut y[base..base + 2 * V8];
                     for l in 0..2 * V8 {
                         out[l] = vals[l];
                     }
                 } else {
-                    y[base..base + cnt].copy_from_slice(&vals[..cnt]);
+                    out.copy_from_slice(&vals[..cnt]);
                 }
+            }
+        }
+    }
+    // Any other activation over the finished outputs, one output row piece
+    // at a time (out of the loop above, which keeps its values in vector
+    // registers).
+    if let Some(a) = plane.late_act {
+        for ty0 in ya..=yb {
+            let xs = if ty0 == ya { tiles.start % tx } else { 0 };
+            let xe = if ty0 == yb {
+                (tiles.end - 1) % tx + 1
+            } else {
+                tx
+            };
+            let (c0, c1) = (2 * xs, (2 * xe).min(win.ow));
+            for oh in (2 * ty0..2 * ty0 + 2).take_while(|&oh| oh < win.oh) {
+                // SAFETY: as above, the outputs of these tiles.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(plane.y.add(oh * win.ow + c0), c1 - c0)
+                };
+                ops::activation(a, out, avx);
             }
         }
     }
@@ -500,6 +694,7 @@ mod tests {
         residual: bool,
         act: Option<Activation>,
         cx: &CpuCtx,
+        part_bytes: usize,
     ) -> Vec<f32> {
         use crate::ir::{ConvAttrs, Op, Tensor};
         use crate::kernels::reference::eval;
@@ -536,7 +731,7 @@ mod tests {
         let mut got = vec![f32::NAN; want.numel()];
         let res = residual.then(|| r.as_f32().unwrap());
         let bias = Some(b.as_f32().unwrap());
-        run(
+        run_parts(
             &win,
             n,
             c,
@@ -547,6 +742,7 @@ mod tests {
             act.as_ref(),
             &mut got,
             cx,
+            part_bytes,
         );
         let (want, bound) = (want.as_f32().unwrap(), bound.as_f32().unwrap());
         for (i, ((&g, &w), &bd)) in got.iter().zip(want).zip(bound).enumerate() {
@@ -584,11 +780,33 @@ mod tests {
                 // No padding, a 3x3 input: one output.
                 (1, 4, 4, [3, 3], [0, 0, 0, 0], false, None),
             ] {
-                let a = check(n, c, m, hw, pads, residual, act.clone(), &one);
-                let b = check(n, c, m, hw, pads, residual, act, &two);
+                let a = check(n, c, m, hw, pads, residual, act.clone(), &one, PART_BYTES);
+                let b = check(n, c, m, hw, pads, residual, act.clone(), &two, PART_BYTES);
                 assert_eq!(a, b, "{name}: 1 vs 2 threads");
+                // Parts of a few tiles each, starting and ending inside
+                // tile rows and inside runs of 8 tiles.
+                for part_bytes in [1, 5 * (c + m) * K16 * 4] {
+                    let p = check(n, c, m, hw, pads, residual, act.clone(), &two, part_bytes);
+                    assert_eq!(a, p, "{name}: whole planes vs parts of {part_bytes} bytes");
+                }
             }
         }
+    }
+
+    #[test]
+    fn parts_cover_every_tile_once_and_spread_evenly() {
+        // 56x56 outputs (784 tiles) of 64 -> 64 channels: 6.4 MB in 4 MB
+        // parts; on 2 threads a number that splits evenly; never more
+        // parts than tiles.
+        let tile = 128 * K16 * 4;
+        assert_eq!(parts_per_item(1, tile, 784, 1, PART_BYTES), 2);
+        assert_eq!(parts_per_item(1, tile, 196, 1, PART_BYTES), 1);
+        assert_eq!(parts_per_item(1, tile, 196, 2, PART_BYTES), 2);
+        assert_eq!(parts_per_item(8, tile, 196, 2, PART_BYTES), 1);
+        assert_eq!(parts_per_item(3, tile, 196, 2, PART_BYTES), 2);
+        assert_eq!(parts_per_item(3, tile, 4, 2, PART_BYTES), 2);
+        assert_eq!(parts_per_item(1, tile, 1, 2, PART_BYTES), 1);
+        assert_eq!(parts_per_item(1, tile, 49, 4, 1 << 30), 4);
     }
 
     #[test]
@@ -684,7 +902,7 @@ mod tests {
             let x = random(&[c, hw, hw], 1, 1.0).to_f32_vec();
             let w = random(&[c, c, 3, 3], 2, 1.0).to_f32_vec();
             let u = prepack(&w, c, c, cx.features);
-            let (ty, tx) = tiles(&win);
+            let (ty, tx) = tiles_of(&win);
             let t = ty * tx;
             let mut v = vec![0.0; c * K16 * t];
             let mut prod = vec![0.0; c * K16 * t];
@@ -700,17 +918,14 @@ mod tests {
                     .fold(f64::INFINITY, f64::min)
             };
             let plane = win.in_plane();
-            let vout = VOut {
-                ptr: v.as_mut_ptr(),
-                len: v.len(),
-                c,
-                t,
-            };
             let ti = best(&mut || {
                 for ch in 0..c {
                     let xc = &x[ch * plane..(ch + 1) * plane];
-                    // SAFETY: one channel at a time, inside V.
-                    unsafe { input_tiles(avx, &win, xc, &mut split, vout, ch) };
+                    let rows = Rows {
+                        stride: c * t,
+                        first: ch * t,
+                    };
+                    input_tiles(avx, &win, xc, &mut split, &mut v, rows, 0..t);
                 }
             });
             let tg = best(&mut || {
@@ -728,10 +943,29 @@ mod tests {
             let out_plane = win.out_plane();
             let to = best(&mut || {
                 for (mi, p) in y.chunks_mut(out_plane).enumerate() {
-                    output_tiles(avx, &win, &prod, c * t, mi * t, 0.0, None, None, p);
+                    let rows = Rows {
+                        stride: c * t,
+                        first: mi * t,
+                    };
+                    let plane = OutPlane {
+                        y: p.as_mut_ptr(),
+                        bias: 0.0,
+                        residual: None,
+                        clamp: None,
+                        late_act: None,
+                    };
+                    // SAFETY: one whole plane at a time, borrowed mutably.
+                    unsafe { output_tiles(avx, &win, &prod, rows, &plane, 0..t) };
                 }
             });
-            println!("{c}x{hw}x{hw}: input {ti:.3} ms, 16 GEMMs {tg:.3} ms, output {to:.3} ms");
+            let whole = best(&mut || {
+                let mut out = vec![0.0; c * out_plane];
+                run(&win, 1, c, &u, &x, None, None, None, &mut out, &cx);
+            });
+            println!(
+                "{c}x{hw}x{hw}: input {ti:.3} ms, 16 GEMMs {tg:.3} ms, output {to:.3} ms \
+                 (whole planes); run in parts {whole:.3} ms"
+            );
         }
     }
 }
