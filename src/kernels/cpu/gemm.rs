@@ -2300,7 +2300,9 @@ pub(crate) mod tests {
     }
 
     /// Single-thread GFLOP/s at 1024³ (run in release:
-    /// `cargo test --release --lib gemm_speed -- --ignored --nocapture`).
+    /// `cargo test --release --lib gemm_speed -- --ignored --nocapture`;
+    /// `GEMM_ISA=avx2` runs the AVX2 kernel on an AVX-512 machine, to set
+    /// both paths against their own peaks from `mlc probe`).
     #[test]
     #[ignore]
     fn gemm_speed() {
@@ -2308,7 +2310,11 @@ pub(crate) mod tests {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(1);
-        let cx = CpuCtx::new(threads).expect("pool");
+        let mut cx = CpuCtx::new(threads).expect("pool");
+        if std::env::var("GEMM_ISA").as_deref() == Ok("avx2") {
+            cx.features = Features::avx2_only();
+        }
+        println!("gemm_speed: kernel {:?}", Kernel::select(cx.features));
         let shapes = shapes_from_env(&[(1024, 1024, 1024), (128, 384, 384), (256, 256, 256)]);
         for &(m, n, k) in &shapes {
             let a = rand_vec(m * k, 1);
