@@ -8,6 +8,7 @@ pub mod graph;
 pub mod infer;
 pub mod lowp;
 pub mod op;
+pub mod ops;
 pub mod schema;
 pub mod shape;
 pub mod tensor;

@@ -1225,7 +1225,7 @@ fn every_standard_op_of_the_schema_imports() {
         "QConv",
         "QMatMul",
     ];
-    for p in crate::ir::schema::prototypes() {
+    for p in crate::ir::ops::prototypes() {
         let t = p.onnx_type();
         if !mlc_only.contains(&t) {
             assert!(
