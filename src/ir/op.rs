@@ -311,6 +311,13 @@ pub enum Op {
         axis: i64,
         legacy: bool,
     },
+    /// 1 where an element is the first maximum along `axis` (NaN counts
+    /// as the maximum, as in ArgMax), 0 elsewhere; the input's shape and
+    /// (floating-point) type. The opset-13 form (older opsets coerce to
+    /// 2-D, which mlc does not import).
+    Hardmax {
+        axis: i64,
+    },
     MatMul,
     /// Inputs: A, B, C?.
     Gemm {

@@ -209,6 +209,7 @@ pub static SPECS: &[OpSpec] = &[
     }),
     s("Softmax", 7..=M, 1..=1, 1..=1, math::softmax),
     s("LogSoftmax", 7..=M, 1..=1, 1..=1, math::softmax),
+    s("Hardmax", 13..=M, 1..=1, 1..=1, schema::from_schema),
     s("MatMul", 7..=M, 2..=2, 1..=1, |c| c.simple(Op::MatMul)),
     s("Gemm", 7..=10, 3..=3, 1..=1, math::gemm),
     s("Gemm", 11..=M, 2..=3, 1..=1, math::gemm),

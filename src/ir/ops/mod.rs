@@ -113,7 +113,8 @@ impl Op {
             | Op::ArgMax { .. }
             | Op::ArgMin { .. }
             | Op::Softmax { .. }
-            | Op::LogSoftmax { .. } => Family::Reduce,
+            | Op::LogSoftmax { .. }
+            | Op::Hardmax { .. } => Family::Reduce,
             Op::GatherElements { .. }
             | Op::ScatterElements { .. }
             | Op::GatherND { .. }

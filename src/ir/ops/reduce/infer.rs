@@ -16,6 +16,17 @@ pub(crate) fn infer(cx: &mut Ctx, node: &Node) -> Result<Vec<TensorType>> {
             norm_axis(name, *axis, x.shape.rank())?;
             single(x.clone())
         }
+        Op::Hardmax { axis } => {
+            let x = in_ty(cx, node, 0)?;
+            if !x.dtype.is_float() {
+                return Err(Error::op(
+                    name,
+                    format!("input must be floating point, got {}", x.dtype),
+                ));
+            }
+            norm_axis(name, *axis, x.shape.rank())?;
+            single(x.clone())
+        }
         Op::Reduce {
             keepdims,
             noop_with_empty_axes,

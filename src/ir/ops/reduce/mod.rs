@@ -1,5 +1,5 @@
 //! The reductions: ReduceMean and its kin (axes as an input), ArgMax,
-//! ArgMin, and Softmax and LogSoftmax (which reduce along an axis).
+//! ArgMin, and Softmax, LogSoftmax and Hardmax (which reduce along an axis).
 
 pub(crate) mod infer;
 pub(crate) mod reference;

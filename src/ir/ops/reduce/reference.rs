@@ -1,5 +1,5 @@
 //! Reductions: ReduceMean/Sum/Max/Min/Prod/L1/L2/SumSquare/LogSumExp,
-//! ArgMax/ArgMin and Softmax/LogSoftmax.
+//! ArgMax/ArgMin, Softmax/LogSoftmax and Hardmax.
 //!
 //! Values are lifted into an exact wide domain first: floats (f16, f32, f64)
 //! to f64, integers to i128, bools stay bools. Every input element is mapped
@@ -38,7 +38,7 @@ fn zero_nans(y: Tensor) -> Tensor {
     }
 }
 
-/// Evaluates Reduce*, ArgMax/ArgMin, Softmax and LogSoftmax.
+/// Evaluates Reduce*, ArgMax/ArgMin, Softmax, LogSoftmax and Hardmax.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     let name = op.onnx_type();
     let x = input(name, inputs, 0)?;
@@ -78,6 +78,7 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             }
         }
         Op::LogSoftmax { axis, legacy } => softmax(name, x, *axis, *legacy, true)?,
+        Op::Hardmax { axis } => hardmax(name, x, *axis)?,
         other => return Err(Error::Internal(not_held("reduce", other))),
     };
     Ok(vec![out])
@@ -564,6 +565,36 @@ fn softmax(op: &'static str, x: &Tensor, axis: i64, legacy: bool, log: bool) -> 
     tensor(op, shape.to_vec(), lower_f64(dt, out))
 }
 
+/// Hardmax: the one-hot of ArgMax along `axis` (the first maximum; NaN
+/// counts as the maximum), in the input's type.
+fn hardmax(op: &'static str, x: &Tensor, axis: i64) -> Result<Tensor> {
+    let dt = x.dtype();
+    if !dt.is_float() {
+        return Err(Error::op(
+            op,
+            format!("input must be floating point, got {dt}"),
+        ));
+    }
+    let shape = x.shape();
+    let a = normalize_axis(op, axis, shape.len())?;
+    if x.numel() == 0 {
+        return Ok(x.clone());
+    }
+    let first_max = arg_extreme(op, true, x, axis, true, false)?;
+    let Some(at) = first_max.to_i64_vec() else {
+        return Err(Error::Internal(format!("{op}: ArgMax gave no indices")));
+    };
+    let (outer, len, inner) = split_at_axis(shape, a);
+    let mut out = vec![0.0f64; x.numel()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let k = at[o * inner + i] as usize;
+            out[(o * len + k) * inner + i] = 1.0;
+        }
+    }
+    tensor(op, shape.to_vec(), lower_f64(dt, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -847,5 +878,16 @@ mod tests {
         assert!(sm(&x, 2, false, false).is_err());
         let e = t_f32(&[0, 3], &[]);
         assert_eq!(sm(&e, 1, false, false).unwrap().shape(), &[0, 3]);
+    }
+
+    #[test]
+    fn hardmax_is_the_one_hot_of_the_first_maximum() {
+        let x = t_f32(&[2, 3], &[1., 3., 3., f32::NAN, 2., 5.]);
+        let hm = |axis| eval(&Op::Hardmax { axis }, &[Some(&x)]).unwrap().remove(0);
+        // Rows: the first of two equal maxima; NaN counts as the maximum.
+        assert_eq!(hm(-1).as_f32().unwrap(), &[0., 1., 0., 1., 0., 0.]);
+        assert_eq!(hm(0).as_f32().unwrap(), &[0., 1., 0., 1., 0., 1.]);
+        let i = Tensor::from_i64(vec![2], vec![1, 2]).unwrap();
+        assert!(eval(&Op::Hardmax { axis: 0 }, &[Some(&i)]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Schemas of the reductions: ReduceMean and its kin (axes as an input),
-//! ArgMax, ArgMin, Softmax, LogSoftmax.
+//! ArgMax, ArgMin, Softmax, LogSoftmax, Hardmax.
 
 use crate::ir::ops::util::not_held;
 use crate::ir::schema::{mlc, std, Msg, OpDef, Rule, Visitor};
@@ -44,6 +44,7 @@ pub(crate) fn prototypes() -> Vec<Op> {
             axis: -1,
             legacy: false,
         },
+        Op::Hardmax { axis: -1 },
     ]);
     ops
 }
@@ -69,6 +70,7 @@ pub(crate) fn def(op: &Op) -> Option<OpDef> {
         Op::ArgMin { .. } => OpDef::onnx("ArgMin", 1..=1),
         Op::Softmax { .. } => OpDef::onnx("Softmax", 1..=1),
         Op::LogSoftmax { .. } => OpDef::onnx("LogSoftmax", 1..=1),
+        Op::Hardmax { .. } => OpDef::onnx("Hardmax", 1..=1),
         _ => return None,
     })
 }
@@ -97,6 +99,7 @@ pub(crate) fn visit<V: Visitor>(op: &mut Op, v: &mut V) -> Msg<()> {
             nan_to_zero,
         } => softmax(axis, legacy, Some(nan_to_zero), v),
         Op::LogSoftmax { axis, legacy } => softmax(axis, legacy, None, v),
+        Op::Hardmax { axis } => hardmax(axis, v),
         _ => Err(not_held("reduce", op)),
     }
 }
@@ -140,4 +143,9 @@ fn softmax<V: Visitor>(
         Some(z) => v.attr(mlc("nan_to_zero"), z, Rule::UnlessDefault(false)),
         None => Ok(()),
     }
+}
+
+/// https://onnx.ai/onnx/operators/onnx__Hardmax.html (opset 13)
+fn hardmax<V: Visitor>(axis: &mut i64, v: &mut V) -> Msg<()> {
+    v.attr(std("axis"), axis, Rule::Always(-1))
 }
