@@ -9,7 +9,7 @@
 //! over every op (no catch-all), so a new variant fails to build until it
 //! names its family; the family's own `def`, `visit`, `infer` and `eval`
 //! then match the ops they hold, and an op routed to a family that lacks
-//! it is an internal error ([`util::not_held`]; the routing test walks
+//! it is an internal error (`util::not_held`; the routing test walks
 //! every prototype through all four). `docs/adding-an-op.md` has the recipe.
 
 pub(crate) mod array;
@@ -18,7 +18,7 @@ pub(crate) mod index;
 pub(crate) mod math;
 pub(crate) mod nn;
 pub(crate) mod norm;
-pub(crate) mod quant;
+pub mod quant;
 pub(crate) mod reduce;
 pub(crate) mod util;
 

@@ -4,5 +4,5 @@
 //! match bit for bit.
 
 pub(crate) mod infer;
-pub(crate) mod reference;
+pub mod reference;
 pub(crate) mod schema;
