@@ -1,6 +1,7 @@
-//! mlc's graph IR: typed values with symbolic shapes, a closed op enum, a
-//! constant store, shape/type inference, a verifier and a deterministic text
-//! form.
+//! mlc's graph IR: typed values with symbolic shapes, a closed op enum
+//! whose ops live by family in [`ops`] (schema, inference, reference
+//! kernel), a constant store, shape/type inference, a verifier and a
+//! deterministic text form.
 
 pub mod bind;
 pub mod dtype;

@@ -278,6 +278,9 @@ pub struct ResizeAttrs {
 }
 
 /// An operator with its attributes. Input and output counts follow ONNX.
+/// Each variant belongs to one family of [`ops`](super::ops) ([`Op::family`]),
+/// whose folder holds its name and input count, its attribute schema, its
+/// inference and its reference kernel.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     Unary(UnaryOp),
