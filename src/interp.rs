@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use crate::ir::infer::eval_dim;
+use crate::ir::ops;
 use crate::ir::{Graph, Tensor, ValueDef};
-use crate::kernels::reference;
 use crate::{Error, Result};
 
 /// Runs `g` on positional inputs (in the order of `g.inputs`) and returns the
@@ -82,7 +82,7 @@ pub fn run(g: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         crate::limits::check(what, Some(live.saturating_add(predicted)))?;
         // The kernel's own checks count what is alive.
         let held = crate::limits::Reserved::new(live);
-        let outs = reference::eval(&node.op, &refs, node.outputs.len())
+        let outs = ops::eval(&node.op, &refs, node.outputs.len())
             .map_err(|e| e.at_node(&node.name, op_name))?;
         drop(held);
         drop(args);

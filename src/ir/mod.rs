@@ -1,6 +1,7 @@
-//! mlc's graph IR: typed values with symbolic shapes, a closed op enum, a
-//! constant store, shape/type inference, a verifier and a deterministic text
-//! form.
+//! mlc's graph IR: typed values with symbolic shapes, a closed op enum
+//! whose ops live by family in [`ops`] (schema, inference, reference
+//! kernel), a constant store, shape/type inference, a verifier and a
+//! deterministic text form.
 
 pub mod bind;
 pub mod dtype;
@@ -8,6 +9,7 @@ pub mod graph;
 pub mod infer;
 pub mod lowp;
 pub mod op;
+pub mod ops;
 pub mod schema;
 pub mod shape;
 pub mod tensor;

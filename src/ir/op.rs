@@ -278,6 +278,9 @@ pub struct ResizeAttrs {
 }
 
 /// An operator with its attributes. Input and output counts follow ONNX.
+/// Each variant belongs to one family of [`ops`](super::ops) ([`Op::family`]),
+/// whose folder holds its name and input count, its attribute schema, its
+/// inference and its reference kernel.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     Unary(UnaryOp),
@@ -310,6 +313,13 @@ pub enum Op {
     LogSoftmax {
         axis: i64,
         legacy: bool,
+    },
+    /// 1 where an element is the first maximum along `axis` (NaN counts
+    /// as the maximum, as in ArgMax), 0 elsewhere; the input's shape and
+    /// (floating-point) type. The opset-13 form (older opsets coerce to
+    /// 2-D, which mlc does not import).
+    Hardmax {
+        axis: i64,
     },
     MatMul,
     /// Inputs: A, B, C?.
@@ -588,188 +598,4 @@ pub enum EwStep {
     /// Arithmetic only ([`BinaryOp::is_chain_arithmetic`]).
     Binary(BinaryOp, EwArg, EwArg),
     Clip(EwArg, f32, f32),
-}
-
-impl Op {
-    /// How many inputs a node of this op may have (optional inputs counted;
-    /// an absent optional input in the middle is a `None` slot).
-    pub fn input_count(&self) -> std::ops::RangeInclusive<usize> {
-        const MANY: usize = usize::MAX;
-        match self {
-            Op::Unary(_)
-            | Op::IsNaN
-            | Op::IsInf { .. }
-            | Op::Shrink { .. }
-            | Op::Softmax { .. }
-            | Op::LogSoftmax { .. }
-            | Op::MaxPool(_)
-            | Op::AveragePool(_)
-            | Op::GlobalAveragePool
-            | Op::GlobalMaxPool
-            | Op::Flatten { .. }
-            | Op::Transpose { .. }
-            | Op::Shape { .. }
-            | Op::Size
-            | Op::ConstantOfShape { .. }
-            | Op::Identity
-            | Op::ArgMax { .. }
-            | Op::ArgMin { .. }
-            | Op::DynamicQuantizeLinear
-            | Op::Lrn { .. }
-            | Op::Cast { .. } => 1..=1,
-            Op::Binary(_)
-            | Op::MatMul
-            | Op::Reshape { .. }
-            | Op::Unsqueeze
-            | Op::Gather { .. }
-            | Op::GatherElements { .. }
-            | Op::GatherND { .. }
-            | Op::Expand
-            | Op::Tile
-            | Op::CumSum { .. } => 2..=2,
-            Op::Squeeze | Op::Split { .. } | Op::Reduce { .. } => 1..=2,
-            Op::Where | Op::Range | Op::ScatterElements { .. } | Op::ScatterND { .. } => 3..=3,
-            Op::Clip | Op::Dropout => 1..=3,
-            Op::Gemm { .. } | Op::Conv(_) | Op::ConvTranspose(_) | Op::FusedMatMul { .. } => 2..=3,
-            Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => 2..=3,
-            Op::BatchNormalization { .. } => 5..=5,
-            Op::LayerNormalization { .. } => 2..=3,
-            Op::InstanceNormalization { .. } => 3..=3,
-            Op::Slice => 3..=5,
-            Op::Pad { .. } => 2..=4,
-            Op::Resize(_) => 1..=4,
-            Op::FusedConv { .. } => 2..=4,
-            Op::QConv { .. } => 3..=5,
-            Op::QMatMul { .. } => 3..=4,
-            Op::Variadic(_) | Op::Concat { .. } | Op::Elementwise { .. } => 1..=MANY,
-        }
-    }
-
-    /// The ONNX operator type this op corresponds to.
-    pub fn onnx_type(&self) -> &'static str {
-        match self {
-            Op::Unary(u) => match u {
-                UnaryOp::Sqrt => "Sqrt",
-                UnaryOp::Reciprocal => "Reciprocal",
-                UnaryOp::Neg => "Neg",
-                UnaryOp::Abs => "Abs",
-                UnaryOp::Exp => "Exp",
-                UnaryOp::Log => "Log",
-                UnaryOp::Erf => "Erf",
-                UnaryOp::Tanh => "Tanh",
-                UnaryOp::Sigmoid => "Sigmoid",
-                UnaryOp::Relu => "Relu",
-                UnaryOp::Not => "Not",
-                UnaryOp::Floor => "Floor",
-                UnaryOp::Ceil => "Ceil",
-                UnaryOp::Sign => "Sign",
-                UnaryOp::LeakyRelu { .. } => "LeakyRelu",
-                UnaryOp::Elu { .. } => "Elu",
-                UnaryOp::HardSigmoid { .. } => "HardSigmoid",
-                UnaryOp::HardSwish => "HardSwish",
-                UnaryOp::Gelu { .. } => "Gelu",
-                UnaryOp::Sin => "Sin",
-                UnaryOp::Cos => "Cos",
-                UnaryOp::Tan => "Tan",
-                UnaryOp::Asin => "Asin",
-                UnaryOp::Acos => "Acos",
-                UnaryOp::Atan => "Atan",
-                UnaryOp::Sinh => "Sinh",
-                UnaryOp::Cosh => "Cosh",
-                UnaryOp::Asinh => "Asinh",
-                UnaryOp::Acosh => "Acosh",
-                UnaryOp::Atanh => "Atanh",
-                UnaryOp::Round => "Round",
-                UnaryOp::Softplus => "Softplus",
-                UnaryOp::Softsign => "Softsign",
-            },
-            Op::Binary(b) => match b {
-                BinaryOp::Add => "Add",
-                BinaryOp::Sub => "Sub",
-                BinaryOp::Mul => "Mul",
-                BinaryOp::Div => "Div",
-                BinaryOp::Pow => "Pow",
-                BinaryOp::Equal => "Equal",
-                BinaryOp::Greater => "Greater",
-                BinaryOp::Less => "Less",
-                BinaryOp::GreaterOrEqual => "GreaterOrEqual",
-                BinaryOp::LessOrEqual => "LessOrEqual",
-                BinaryOp::And => "And",
-                BinaryOp::Or => "Or",
-                BinaryOp::Xor => "Xor",
-                BinaryOp::Mod | BinaryOp::FMod => "Mod",
-            },
-            Op::Variadic(v) => match v {
-                VariadicOp::Sum => "Sum",
-                VariadicOp::Mean => "Mean",
-                VariadicOp::Min => "Min",
-                VariadicOp::Max => "Max",
-            },
-            Op::Reduce { op, .. } => match op {
-                ReduceOp::Mean => "ReduceMean",
-                ReduceOp::Sum => "ReduceSum",
-                ReduceOp::Max => "ReduceMax",
-                ReduceOp::Min => "ReduceMin",
-                ReduceOp::Prod => "ReduceProd",
-                ReduceOp::L1 => "ReduceL1",
-                ReduceOp::L2 => "ReduceL2",
-                ReduceOp::SumSquare => "ReduceSumSquare",
-                ReduceOp::LogSumExp => "ReduceLogSumExp",
-            },
-            Op::Clip => "Clip",
-            Op::Where => "Where",
-            Op::Cast { .. } => "Cast",
-            Op::Softmax { .. } => "Softmax",
-            Op::LogSoftmax { .. } => "LogSoftmax",
-            Op::MatMul => "MatMul",
-            Op::Gemm { .. } => "Gemm",
-            Op::Conv(_) => "Conv",
-            Op::ConvTranspose(_) => "ConvTranspose",
-            Op::BatchNormalization { .. } => "BatchNormalization",
-            Op::LayerNormalization { .. } => "LayerNormalization",
-            Op::InstanceNormalization { .. } => "InstanceNormalization",
-            Op::MaxPool(_) => "MaxPool",
-            Op::AveragePool(_) => "AveragePool",
-            Op::GlobalAveragePool => "GlobalAveragePool",
-            Op::GlobalMaxPool => "GlobalMaxPool",
-            Op::Flatten { .. } => "Flatten",
-            Op::Reshape { .. } => "Reshape",
-            Op::Transpose { .. } => "Transpose",
-            Op::Squeeze => "Squeeze",
-            Op::Unsqueeze => "Unsqueeze",
-            Op::Concat { .. } => "Concat",
-            Op::Split { .. } => "Split",
-            Op::Slice => "Slice",
-            Op::Gather { .. } => "Gather",
-            Op::Shape { .. } => "Shape",
-            Op::Size => "Size",
-            Op::ConstantOfShape { .. } => "ConstantOfShape",
-            Op::Expand => "Expand",
-            Op::Tile => "Tile",
-            Op::Identity => "Identity",
-            Op::Dropout => "Dropout",
-            Op::Pad { .. } => "Pad",
-            Op::Range => "Range",
-            Op::ArgMax { .. } => "ArgMax",
-            Op::ArgMin { .. } => "ArgMin",
-            Op::Resize(_) => "Resize",
-            Op::IsNaN => "IsNaN",
-            Op::IsInf { .. } => "IsInf",
-            Op::Shrink { .. } => "Shrink",
-            Op::CumSum { .. } => "CumSum",
-            Op::GatherElements { .. } => "GatherElements",
-            Op::ScatterElements { .. } => "ScatterElements",
-            Op::GatherND { .. } => "GatherND",
-            Op::ScatterND { .. } => "ScatterND",
-            Op::Lrn { .. } => "LRN",
-            Op::FusedConv { .. } => "FusedConv",
-            Op::FusedMatMul { .. } => "FusedMatMul",
-            Op::QConv { .. } => "QConv",
-            Op::QMatMul { .. } => "QMatMul",
-            Op::QuantizeLinear { .. } => "QuantizeLinear",
-            Op::DequantizeLinear { .. } => "DequantizeLinear",
-            Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
-            Op::Elementwise { .. } => "Elementwise",
-        }
-    }
 }

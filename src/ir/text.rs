@@ -1239,12 +1239,14 @@ fn step_from(v: &AV) -> Msg<EwStep> {
         return Ok(EwStep::Clip(ew_arg_from(&args[0])?, num(1)?, num(2)?));
     }
     // Unary ops without attributes are steps of one argument.
-    let simple = schema::prototypes().into_iter().find_map(|p| match &p {
-        Op::Unary(u) if unary_step_name(u) == name && schema::attrs(&p).is_empty() => {
-            Some(u.clone())
-        }
-        _ => None,
-    });
+    let simple = crate::ir::ops::prototypes()
+        .into_iter()
+        .find_map(|p| match &p {
+            Op::Unary(u) if unary_step_name(u) == name && schema::attrs(&p).is_empty() => {
+                Some(u.clone())
+            }
+            _ => None,
+        });
     let u = match (simple, name.as_str()) {
         (Some(u), _) => {
             count(1)?;
@@ -2506,7 +2508,7 @@ mod tests {
             Op::Binary(BinaryOp::FMod),
         ];
         // Every op kind, with its schema's placeholder attributes.
-        for p in schema::prototypes() {
+        for p in crate::ir::ops::prototypes() {
             match p {
                 Op::Reduce { op, .. } => {
                     for (keepdims, noop) in [(true, false), (false, true)] {

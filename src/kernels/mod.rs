@@ -1,5 +1,5 @@
-//! Kernels. `reference` holds the plain, obviously correct loops that serve as
-//! the oracle for every optimized kernel and pass.
+//! Fast kernels. Each is held to its op's reference kernel, which lives
+//! with the op in `ir::ops` (the oracle for every optimized kernel and
+//! pass).
 
 pub mod cpu;
-pub mod reference;

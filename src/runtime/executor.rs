@@ -13,9 +13,9 @@
 use std::time::Instant;
 
 use super::plan::{Exec, Loc, Plan, Step, ValueInfo};
+use crate::ir::ops as reference;
 use crate::ir::{DType, Tensor, ValueId};
 use crate::kernels::cpu::{self, CpuCtx, View, ViewMut};
-use crate::kernels::reference;
 use crate::{Error, Result};
 
 /// Inputs and outputs held on the stack for one fast step; more spill to a

@@ -19,8 +19,8 @@
 //! arithmetic steps. Nothing is allocated while running: the scratch comes
 //! from the plan.
 
+use crate::ir::ops::math::reference::unary_float;
 use crate::ir::{BinaryOp, EwArg, EwStep, Op, UnaryOp};
-use crate::kernels::reference::elementwise::unary_float;
 use crate::{Error, Result};
 
 /// Elements per chunk of a row (a few KiB of scratch per step, in L1).
@@ -386,11 +386,11 @@ fn clip(x: f32, lo: f32, hi: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::ops as reference;
     use crate::ir::Tensor;
-    use crate::kernels::reference;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        crate::kernels::reference::util::testing::random(shape, seed, 3.0)
+        crate::ir::ops::util::testing::random(shape, seed, 3.0)
     }
 
     /// Runs `op` in place over input `inplace` and compares with the

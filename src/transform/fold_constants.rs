@@ -21,8 +21,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Changed, ParamSpec, ParamValue, Params, Pass, PassCx, PassInfo};
+use crate::ir::ops;
 use crate::ir::{checked_numel, infer, Graph, Node, NodeId, Op, Tensor, ValueId};
-use crate::kernels::reference;
 use crate::{Error, Result};
 
 /// The default `max_elements`.
@@ -179,7 +179,7 @@ impl FoldConstants {
         if too_big {
             return Ok(None);
         }
-        let mut outs = reference::eval(&node.op, &args, node.outputs.len())?;
+        let mut outs = ops::eval(&node.op, &args, node.outputs.len())?;
         if outs.len() < node.outputs.len() {
             return Err(Error::Internal(format!(
                 "the kernel gave {} outputs, the node has {}",

@@ -273,7 +273,7 @@ fn param(g: &Graph, c: ValueId, dtype: DType, dims: &[usize]) -> Option<Param> {
         return Some(Param::Value(c));
     }
     // Materialize the broadcast (exact: every float type round-trips f64).
-    let map = crate::kernels::reference::util::broadcast_index_map(t.shape(), dims);
+    let map = crate::ir::ops::util::broadcast_index_map(t.shape(), dims);
     let v = t.to_f64_vec();
     let data: Vec<f64> = map.iter().map(|&i| v[i]).collect();
     Tensor::new(dims.to_vec(), TensorData::from_f64(dtype, &data))
@@ -497,7 +497,7 @@ mod tests {
 
     /// Pseudo-random values in [-2, 2).
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        crate::kernels::reference::util::testing::random(shape, seed, 2.0)
+        crate::ir::ops::util::testing::random(shape, seed, 2.0)
     }
 
     fn run_pass(g: &mut Graph, info: &PassInfo) -> PassCx {

@@ -20,10 +20,10 @@
 //! (`Rewrite`, `sole_producer`, `absorb`, ...).
 
 use super::{Changed, Pass, PassCx, PassInfo};
+use crate::ir::ops::util::{broadcast_index_map, broadcast_shape};
 use crate::ir::{
     BinaryOp, DType, Dim, Graph, NodeId, Op, Shape, Tensor, TensorData, ValueDef, ValueId,
 };
-use crate::kernels::reference::util::{broadcast_index_map, broadcast_shape};
 use crate::Result;
 
 /// The pass's registry entry.
@@ -373,7 +373,7 @@ pub(super) mod testkit {
 
     /// Deterministic pseudo-random f32 values in [-1, 1).
     pub fn rand(shape: &[usize], seed: u64) -> Tensor {
-        crate::kernels::reference::util::testing::random(shape, seed, 1.0)
+        crate::ir::ops::util::testing::random(shape, seed, 1.0)
     }
 
     /// Positive values in [0.5, 1.5) (BatchNormalization variances, scales).

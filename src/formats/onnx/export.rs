@@ -36,6 +36,7 @@ use onnx_protobuf::{
 };
 use protobuf::{EnumOrUnknown, MessageField};
 
+use crate::ir::ops;
 use crate::ir::schema::{self, AttrValue};
 use crate::ir::{
     lowp, ActQuant, Activation, ConvAttrs, DType, Dim, EwArg, EwStep, Node, Op, TensorData,
@@ -741,58 +742,6 @@ impl<'g> Emitter<'g> {
         let outs = self.output_names(node)?;
         let t = node.op.onnx_type();
         let attrs = match &node.op {
-            // Standard ops: one ONNX node with the schema's attributes.
-            Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Variadic(_)
-            | Op::Clip
-            | Op::Where
-            | Op::Cast { .. }
-            | Op::IsNaN
-            | Op::IsInf { .. }
-            | Op::Shrink { .. }
-            | Op::MatMul
-            | Op::Gemm { .. }
-            | Op::Conv(_)
-            | Op::ConvTranspose(_)
-            | Op::BatchNormalization { .. }
-            | Op::LayerNormalization { .. }
-            | Op::InstanceNormalization { .. }
-            | Op::Lrn { .. }
-            | Op::MaxPool(_)
-            | Op::AveragePool(_)
-            | Op::GlobalAveragePool
-            | Op::GlobalMaxPool
-            | Op::Resize(_)
-            | Op::Flatten { .. }
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::Squeeze
-            | Op::Unsqueeze
-            | Op::Concat { .. }
-            | Op::Split { .. }
-            | Op::Slice
-            | Op::Shape { .. }
-            | Op::Size
-            | Op::ConstantOfShape { .. }
-            | Op::Expand
-            | Op::Tile
-            | Op::Identity
-            | Op::Dropout
-            | Op::Pad { .. }
-            | Op::Range
-            | Op::Reduce { .. }
-            | Op::ArgMax { .. }
-            | Op::ArgMin { .. }
-            | Op::CumSum { .. }
-            | Op::Gather { .. }
-            | Op::GatherElements { .. }
-            | Op::ScatterElements { .. }
-            | Op::GatherND { .. }
-            | Op::ScatterND { .. }
-            | Op::QuantizeLinear { .. }
-            | Op::DequantizeLinear { .. }
-            | Op::DynamicQuantizeLinear => onnx_attrs(node)?,
             // Forms ONNX lacks: expanded into standard ops.
             Op::Softmax {
                 axis,
@@ -816,6 +765,15 @@ impl<'g> Emitter<'g> {
                 return self.qconv(node, conv, *x_quant, act.as_ref())
             }
             Op::QMatMul { a_quant, act } => return self.qmatmul(node, *a_quant, act.as_ref()),
+            // Standard ops (by their schema): one ONNX node with the
+            // schema's attributes.
+            op if ops::def(op).standard => onnx_attrs(node)?,
+            op => {
+                return Err(Error::Internal(format!(
+                    "{} is not a standard ONNX op and has no expansion",
+                    op.onnx_type()
+                )))
+            }
         };
         self.push(t, ins, outs, attrs);
         Ok(())

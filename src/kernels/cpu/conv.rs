@@ -44,8 +44,8 @@ use super::gemm::{
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{ops, winograd, CpuCtx, Prepacked, View, ViewMut};
+use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, ConvAttrs, Op};
-use crate::kernels::reference::conv::window_axes;
 use crate::Result;
 
 /// Elements of output below which a kernel stays on one thread.
@@ -1571,8 +1571,8 @@ fn copy_run(out: &mut [f32], src: &[f32], len: usize) {
 mod tests {
     use super::super::Features;
     use super::*;
+    use crate::ir::ops::util::testing::random;
     use crate::ir::{AutoPad, Tensor};
-    use crate::kernels::reference::util::testing::random;
 
     /// What a test convolution looks like.
     #[derive(Clone, Debug)]
@@ -1641,7 +1641,7 @@ mod tests {
         let w = random(&ws, seed + 1, 1.0);
         let b = random(&[c.m], seed + 2, 1.0);
         let plain_op = Op::Conv(attrs.clone());
-        let plain = crate::kernels::reference::eval(&plain_op, &[Some(&x), Some(&w)], 1)
+        let plain = crate::ir::ops::eval(&plain_op, &[Some(&x), Some(&w)], 1)
             .unwrap()
             .remove(0);
         let r = random(plain.shape(), seed + 3, 1.0);
@@ -1660,9 +1660,7 @@ mod tests {
         if c.residual {
             ins.push(Some(&r));
         }
-        let want = crate::kernels::reference::eval(&op, &ins, 1)
-            .unwrap()
-            .remove(0);
+        let want = crate::ir::ops::eval(&op, &ins, 1).unwrap().remove(0);
         let views: Vec<Option<View>> = ins
             .iter()
             .map(|t| {
@@ -1698,7 +1696,7 @@ mod tests {
                     Tensor::from_f32(t.shape().to_vec(), v).unwrap()
                 };
                 let (xa, wa) = (abs(&x), abs(&w));
-                let bound = crate::kernels::reference::eval(&plain_op, &[Some(&xa), Some(&wa)], 1)
+                let bound = crate::ir::ops::eval(&plain_op, &[Some(&xa), Some(&wa)], 1)
                     .unwrap()
                     .remove(0);
                 let slack = 1.0 + b.as_f32().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -1814,10 +1812,9 @@ mod tests {
         let mut ws = vec![c.m, c.x[1] / c.group];
         ws.extend(&c.k);
         let w = random(&ws, 0, 1.0);
-        let out =
-            crate::kernels::reference::eval(&Op::Conv(attrs.clone()), &[Some(&x), Some(&w)], 1)
-                .unwrap()
-                .remove(0);
+        let out = crate::ir::ops::eval(&Op::Conv(attrs.clone()), &[Some(&x), Some(&w)], 1)
+            .unwrap()
+            .remove(0);
         fn view(t: &Tensor) -> View<'_> {
             View {
                 shape: t.shape(),
@@ -2351,12 +2348,11 @@ mod tests {
                 data: t.as_f32().unwrap(),
             }
         }
-        let oshape =
-            crate::kernels::reference::eval(&Op::Conv(attrs.clone()), &[Some(&x), Some(&w)], 1)
-                .unwrap()
-                .remove(0)
-                .shape()
-                .to_vec();
+        let oshape = crate::ir::ops::eval(&Op::Conv(attrs.clone()), &[Some(&x), Some(&w)], 1)
+            .unwrap()
+            .remove(0)
+            .shape()
+            .to_vec();
         let r = random(&oshape, 4, 1.0);
         let g = ConvGeom::new(&attrs, &view(&x), &view(&w), &oshape).unwrap();
         let clamp = Some((-0.5, 0.5));

@@ -3,7 +3,7 @@
 //! Winograd ([`super::winograd`]) and the stride-phase scratch layout
 //! ([`super::lanes`]).
 
-use crate::kernels::reference::conv::Axis;
+use crate::ir::ops::nn::conv::Axis;
 
 /// Geometry of one 2-D sliding window over an `[H, W]` plane (a 1-D window
 /// has `h == kh == oh == 1`). Shared with pooling.

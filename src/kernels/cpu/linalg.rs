@@ -18,8 +18,8 @@
 use super::gemm::{gemm as gemm_product, pack_b, ASrc, BSrc, Epilogue, PackedB, PARALLEL_MIN_MACS};
 use super::Prepacked;
 use super::{CpuCtx, View, ViewMut};
+use crate::ir::ops::util::broadcast_shape;
 use crate::ir::{Activation, Op};
-use crate::kernels::reference::util::broadcast_shape;
 use crate::{Error, Result};
 
 /// Fast path for MatMul, Gemm and FusedMatMul; `Ok(false)` for any other op
@@ -474,9 +474,9 @@ fn gemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::ops::util::testing::random;
     use crate::ir::Tensor;
     use crate::kernels::cpu::Features;
-    use crate::kernels::reference::util::testing::random;
 
     fn ctxs() -> Vec<CpuCtx> {
         let mut two = CpuCtx::new(2).expect("a 2-thread pool starts");
@@ -536,7 +536,7 @@ mod tests {
 
     /// The fast path agrees with the reference within rtol 1e-4.
     fn agree(op: &Op, ins: &[Option<&Tensor>]) {
-        let want = crate::kernels::reference::eval(op, ins, 1)
+        let want = crate::ir::ops::eval(op, ins, 1)
             .expect("reference runs")
             .remove(0);
         let w = want.to_f32_vec();

@@ -260,8 +260,8 @@ pub fn apply_activation(act: &crate::ir::Activation, data: &mut [f32]) {
 /// (f64 math, exact to f32 rounding): the oracle the fast path is tested
 /// against.
 pub fn apply_activation_exact(act: &crate::ir::Activation, data: &mut [f32]) {
+    use crate::ir::ops::math::reference::unary_float;
     use crate::ir::{Activation as A, UnaryOp};
-    use crate::kernels::reference::elementwise::unary_float;
     match act {
         A::Relu => data.iter_mut().for_each(|x| *x = x.max(0.0)),
         A::Clip { min, max } => data.iter_mut().for_each(|x| *x = x.max(*min).min(*max)),

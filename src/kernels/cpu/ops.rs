@@ -24,8 +24,8 @@
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
 use super::{CpuCtx, View, ViewMut};
+use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, BinaryOp, EwArg, EwStep, Op, PoolAttrs, UnaryOp};
-use crate::kernels::reference::conv::window_axes;
 use crate::Result;
 
 /// Output elements below which a kernel stays on the calling thread.
@@ -747,7 +747,7 @@ fn binary(b: BinaryOp, inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuCtx) 
         return false;
     };
     // The output must be the broadcast of the two (not larger).
-    let bshape = crate::kernels::reference::util::broadcast_shape(x.shape, y.shape);
+    let bshape = crate::ir::ops::util::broadcast_shape(x.shape, y.shape);
     if bshape.as_deref() != Some(shape) {
         return false;
     }
@@ -836,7 +836,7 @@ fn chain(steps: &[EwStep], inputs: &[Option<View>], out: &mut ViewMut, cx: &CpuC
     // The output must be the broadcast of the inputs (not larger).
     let mut bshape: Vec<usize> = Vec::new();
     for v in inputs.iter().flatten() {
-        match crate::kernels::reference::util::broadcast_shape(&bshape, v.shape) {
+        match crate::ir::ops::util::broadcast_shape(&bshape, v.shape) {
             Some(s) => bshape = s,
             None => return false,
         }
@@ -1824,9 +1824,9 @@ fn transpose(perm: &[usize], inputs: &[Option<View>], out: &mut ViewMut, cx: &Cp
 mod tests {
     use super::super::Features;
     use super::*;
+    use crate::ir::ops::math::reference::unary_float;
+    use crate::ir::ops::util::testing::random;
     use crate::ir::{AutoPad, Tensor};
-    use crate::kernels::reference::elementwise::unary_float;
-    use crate::kernels::reference::util::testing::random;
 
     fn close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
@@ -1862,9 +1862,7 @@ mod tests {
     /// Fast path vs the reference (portable and detected features, one and
     /// two threads; the thread counts must agree exactly).
     fn check(op: &Op, ins: &[Option<&Tensor>]) {
-        let want = crate::kernels::reference::eval(op, ins, 1)
-            .unwrap()
-            .remove(0);
+        let want = crate::ir::ops::eval(op, ins, 1).unwrap().remove(0);
         let w = want.as_f32().unwrap();
         let what = format!(
             "{op:?} on {:?}",
@@ -2293,9 +2291,7 @@ mod tests {
         let op = Op::Transpose {
             perm: perm.to_vec(),
         };
-        let want = crate::kernels::reference::eval(&op, &[Some(&x)], 1)
-            .unwrap()
-            .remove(0);
+        let want = crate::ir::ops::eval(&op, &[Some(&x)], 1).unwrap().remove(0);
         let w = want.as_f32().unwrap();
         for cx in [
             CpuCtx::single(Features::detect()),

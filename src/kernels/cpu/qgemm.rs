@@ -1687,10 +1687,10 @@ pub fn quantize_u8_with(features: Features, x: &[f32], scale: f32, zp: u8, out: 
 }
 
 /// ONNX DynamicQuantizeLinear's scale and zero point of `x`
-/// ([`dynamic_params`](crate::kernels::reference::quant::dynamic_params)),
+/// ([`dynamic_params`](crate::ir::ops::quant::reference::dynamic_params)),
 /// its range found with AVX2 where the CPU has it (same values).
 pub fn dynamic_params_with(features: Features, x: &[f32]) -> (f32, u8) {
-    use crate::kernels::reference::quant::{finite_range, range_params};
+    use crate::ir::ops::quant::reference::{finite_range, range_params};
     #[cfg(target_arch = "x86_64")]
     if features.avx2_fma {
         #[target_feature(enable = "avx2,fma")]
@@ -2459,7 +2459,7 @@ pub(crate) mod tests {
                     lo = lo.min(e);
                     hi = hi.max(e);
                 }
-                let want = crate::kernels::reference::quant::range_params(lo, hi);
+                let want = crate::ir::ops::quant::reference::range_params(lo, hi);
                 for (name, f) in features() {
                     assert_eq!(dynamic_params_with(f, v), want, "{name} len {len}");
                 }

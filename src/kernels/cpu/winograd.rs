@@ -658,7 +658,7 @@ unsafe fn output_tiles_impl(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::reference::util::testing::random;
+    use crate::ir::ops::util::testing::random;
 
     fn window(h: usize, w: usize, pads: [usize; 4]) -> Window2d {
         let [pt, pl, pb, pr] = pads;
@@ -696,8 +696,8 @@ mod tests {
         cx: &CpuCtx,
         part_bytes: usize,
     ) -> Vec<f32> {
+        use crate::ir::ops::eval;
         use crate::ir::{ConvAttrs, Op, Tensor};
-        use crate::kernels::reference::eval;
         let win = window(hw[0], hw[1], pads);
         let seed = (n * 1000 + c * 100 + m * 10 + hw[0]) as u64;
         let x = random(&[n, c, hw[0], hw[1]], seed, 1.0);
@@ -828,7 +828,7 @@ mod tests {
         let op = Op::Conv(attrs.clone());
         let x = random(&[1, 8, 28, 28], 5, 1.0);
         let w = random(&[8, 8, 3, 3], 6, 1.0);
-        let want = crate::kernels::reference::eval(&op, &[Some(&x), Some(&w)], 1)
+        let want = crate::ir::ops::eval(&op, &[Some(&x), Some(&w)], 1)
             .unwrap()
             .remove(0);
         let cx = CpuCtx::single(Features::detect());
@@ -857,7 +857,7 @@ mod tests {
         // ignored, not trusted: the result is still the convolution.
         let x16 = random(&[1, 16, 28, 28], 7, 1.0);
         let w16 = random(&[8, 16, 3, 3], 8, 1.0);
-        let want16 = crate::kernels::reference::eval(&op, &[Some(&x16), Some(&w16)], 1)
+        let want16 = crate::ir::ops::eval(&op, &[Some(&x16), Some(&w16)], 1)
             .unwrap()
             .remove(0);
         let views16 = [
