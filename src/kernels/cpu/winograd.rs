@@ -195,7 +195,7 @@ fn parts_per_item(
     let mut p = (tile_bytes * t).div_ceil(part_bytes.max(1)).max(1);
     if threads > 1 {
         p = p.max(threads.div_ceil(n));
-        while (n * p) % threads != 0 && p < t {
+        while !(n * p).is_multiple_of(threads) && p < t {
             p += 1;
         }
     }
@@ -467,8 +467,9 @@ fn input_tiles_impl(
             }
             let n = (xe - x0).min(V8);
             let at = rows.first + y * tx + x0 - tiles.start;
-            for i in 0..4 {
-                let vi = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+            // Row i of (Bᵀ d) B: element i of each column's combination.
+            let col_i = |i: usize| bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+            for (i, vi) in (0..4).map(col_i).enumerate() {
                 for (j, vals) in vi.iter().enumerate() {
                     let o = (i * 4 + j) * rows.stride + at;
                     if n == V8 {
