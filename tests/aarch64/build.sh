@@ -2,9 +2,13 @@
 # Builds mlc for aarch64-unknown-linux-gnu on an x86_64 Debian machine from
 # Debian packages alone, and (with --tests) the aarch64 test binaries.
 #
-#   tests/aarch64/build.sh            # installs what is missing, builds target/aarch64-unknown-linux-gnu/release/mlc
+#   tests/aarch64/build.sh            # installs what is missing, builds the aarch64 mlc
 #   tests/aarch64/build.sh --tests    # also the kernel unit tests (cargo test --no-run)
-#   tests/aarch64/build.sh --env      # prints the environment lines (RUSTC, linker, runner) and exits
+#   tests/aarch64/build.sh --env      # prints the environment lines (RUSTC, linker, runner, the
+#                                     # emulator line as MLC_QEMU_AARCH64) and exits
+#
+# CARGO_TARGET_DIR (default target/cross-aarch64) is where the build goes:
+# $CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/mlc.
 #
 # Packages (installed only when missing; needs root or sudo): Debian's
 # rustc-web toolchain (/usr/bin/rustc, used through RUSTC=), its arm64
@@ -24,6 +28,7 @@ PKGS=(rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-
 
 env_lines() {
     cat <<EOT
+export MLC_QEMU_AARCH64="$QEMU"
 export RUSTC=/usr/bin/rustc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$QEMU"
@@ -59,7 +64,9 @@ fi
 
 eval "$(env_lines)"
 echo "aarch64: $($RUSTC --version), building with cargo $(cargo --version | cut -d' ' -f2)" >&2
-CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+# Apart from the native build: host artifacts (build scripts) come from
+# another rustc here.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cross-aarch64}"
 export CARGO_TARGET_DIR
 cargo build --release --locked --target "$TARGET" --bin mlc
 if [ "$tests" = 1 ]; then

@@ -1,5 +1,6 @@
 //! Fast CPU kernels for f32 inference: packed, cache-blocked GEMM with an
-//! AVX2/FMA micro-kernel chosen at run time (portable fallback everywhere),
+//! AVX-512, AVX2/FMA or (aarch64) NEON micro-kernel chosen at run time
+//! (portable fallback everywhere),
 //! convolution through im2col + GEMM with direct depthwise and 1x1 paths, and
 //! vectorizable elementwise, pooling and normalization loops.
 //!

@@ -191,13 +191,13 @@ unsafe fn store_pieces<const R: usize, const NV: usize>(acc: &[[float32x4_t; NV]
             vst1q_f32(vals.as_mut_ptr().add(4 * v), acc_v);
         }
         for pc in t.pieces {
-            for l in pc.lo..pc.hi {
+            for (l, &v) in vals.iter().enumerate().take(pc.hi).skip(pc.lo) {
                 let c = pc.col + l - pc.lo;
                 let p = t.c.add(r * t.ldc + c);
                 let x = if t.accumulate {
-                    vals[l].mul_add(t.alpha, *p)
+                    v.mul_add(t.alpha, *p)
                 } else {
-                    vals[l] * t.alpha
+                    v * t.alpha
                 };
                 *p = ep_scalar(t, r, c, x);
             }
