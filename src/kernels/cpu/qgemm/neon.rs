@@ -196,3 +196,133 @@ pub(super) unsafe fn kernel_mlal<const WX: bool>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::features;
+    use super::super::{qgemm, qgemm_wx, QMatA, QMatX, QOut, QPackedA, QPackedB, MAX_K};
+    use crate::kernels::cpu::CpuCtx;
+
+    /// `Σ_k (a[i, k] − za) · w[k, j]` in i64, A `m × k`, W `k × n`.
+    fn reference(a: &[u8], za: u8, w: &[i8], m: usize, k: usize, n: usize) -> Vec<i64> {
+        let mut c = vec![0i64; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                let x = a[i * k + p] as i64 - za as i64;
+                for j in 0..n {
+                    c[i * n + j] += x * w[p * n + j] as i64;
+                }
+            }
+        }
+        c
+    }
+
+    /// The product both ways, activations on the left ([`qgemm`]) and
+    /// weights on the left ([`qgemm_wx`], computing the transpose), against
+    /// [`reference`], bit for bit.
+    fn check(
+        a: &[u8],
+        za: u8,
+        w: &[i8],
+        (m, k, n): (usize, usize, usize),
+        cx: &CpuCtx,
+        what: &str,
+    ) {
+        let want = reference(a, za, w, m, k, n);
+        let pb = QPackedB::new(k, n, w, n, false, cx.features).expect("k within MAX_K");
+        let qa = QMatA {
+            data: a,
+            ld: k,
+            trans: false,
+            zero_point: za,
+        };
+        let mut c = vec![0i32; m * n];
+        qgemm(m, qa, &pb, QOut::I32(&mut c), n, cx);
+        for (x, (&g, &r)) in c.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g as i64,
+                r,
+                "{what} m{m} k{k} n{n} za{za}: ({}, {})",
+                x / n,
+                x % n
+            );
+        }
+        // Weights left: W' = Wᵀ (n × k), X' = Aᵀ (k × m), C' = Cᵀ.
+        let wt: Vec<i8> = (0..n * k).map(|x| w[(x % k) * n + x / k]).collect();
+        let at: Vec<u8> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+        let pw = QPackedA::new(n, k, &wt, cx.features).expect("k within MAX_K");
+        let qx = QMatX {
+            data: &at,
+            ld: m,
+            zero_point: za,
+        };
+        let mut ct = vec![0i32; n * m];
+        qgemm_wx(&pw, qx, m, QOut::I32(&mut ct), m, cx);
+        for j in 0..n {
+            for i in 0..m {
+                let (g, r) = (ct[j * m + i] as i64, want[i * n + j]);
+                assert_eq!(
+                    g, r,
+                    "{what} (weights left) m{m} k{k} n{n} za{za}: ({i}, {j})"
+                );
+            }
+        }
+    }
+
+    /// The extremes of `SDOT`'s shifted activations: `a = 0` becomes −128
+    /// (so `(−128)·(−128)` products), `a = 255` becomes 127, every zero point
+    /// around the shift, depths around the 4-depth group and the plain
+    /// kernel's 2-depth step; on every aarch64 feature set.
+    #[test]
+    fn shifted_activation_extremes_are_bit_exact() {
+        let (m, n) = (7, 19);
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            for k in [1usize, 2, 3, 4, 5, 8, 255] {
+                for za in [0u8, 1, 127, 128, 129, 255] {
+                    for av in [0u8, 127, 128, 255] {
+                        for wv in [-128i8, -1, 127] {
+                            let a = vec![av; m * k];
+                            let w = vec![wv; k * n];
+                            check(&a, za, &w, (m, k, n), &cx, &format!("{name} a{av} w{wv}"));
+                        }
+                    }
+                }
+            }
+            // Alternating signs along the depth, the rows and the columns.
+            for k in [4usize, 7, 3001] {
+                for za in [0u8, 128, 255] {
+                    let a: Vec<u8> = (0..m * k)
+                        .map(|x| if (x / k + x) % 2 == 0 { 0 } else { 255 })
+                        .collect();
+                    let w: Vec<i8> = (0..k * n)
+                        .map(|x| if (x / n + x % n) % 3 == 0 { -128 } else { 127 })
+                        .collect();
+                    check(&a, za, &w, (m, k, n), &cx, &format!("{name} alternating"));
+                }
+            }
+        }
+    }
+
+    /// At the largest depth, `(0 − 255) · (−128)` summed `MAX_K` times is
+    /// the largest accumulator there is, 2_147_483_520; `SDOT`'s raw sum
+    /// `(−128)·(−128)·MAX_K` and its correction wrap and come back to it.
+    #[test]
+    fn largest_accumulator_through_the_shift() {
+        let (m, n, k) = (2, 3, MAX_K);
+        for (name, f) in features() {
+            let cx = CpuCtx::single(f);
+            let pb = QPackedB::new(k, n, &vec![-128i8; k * n], n, false, f).expect("MAX_K");
+            let a = vec![0u8; m * k];
+            let qa = QMatA {
+                data: &a,
+                ld: k,
+                trans: false,
+                zero_point: 255,
+            };
+            let mut c = vec![0i32; m * n];
+            qgemm(m, qa, &pb, QOut::I32(&mut c), n, &cx);
+            assert!(c.iter().all(|&v| v == 2_147_483_520), "{name}: {c:?}");
+        }
+    }
+}
