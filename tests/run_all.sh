@@ -11,7 +11,9 @@ MLC_REQUIRE_CONFORMANCE=1 MLC_REQUIRE_PYTHON=1 cargo test --release --all-target
 echo
 echo "ONNX node conformance (full report: target/tmp/onnx_conformance_report.txt):"
 grep -E "^(listed ops|onnx node conformance):" target/tmp/onnx_conformance_report.txt
-# Which int8 kernel paths (AVX2, AVX-VNNI, AVX512-VNNI) ran natively here.
+# Which f32 GEMM (AVX2, AVX-512) and int8 kernel paths (AVX2, AVX-VNNI,
+# AVX512-VNNI) ran natively here, and which this CPU lacks.
+cat target/tmp/f32_kernels.txt
 cat target/tmp/int8_kernels.txt
 # Corpus of real architectures (fixtures/corpus/README.md): a fixed CI sample
 # through mlc run / O2 / int8; fails only when an id listed in
@@ -29,3 +31,12 @@ py="$(bash tests/python/setup_venv.sh)"
 # loader, bundle reader, .npy/.npz readers); tests/fuzz/run.sh runs longer.
 echo
 FUZZ_SEED=1 bash tests/fuzz/run.sh --seconds 15
+# aarch64 under qemu (tests/aarch64/run.sh): cross build from Debian
+# packages (installed when missing), the kernel tests on NEON and
+# NEON + dotprod, every fixture and the int8 digits bundles against x86.
+echo
+if [ "${MLC_SKIP_AARCH64:-0}" = 1 ]; then
+    echo "aarch64 under qemu: skipped (MLC_SKIP_AARCH64=1)"
+else
+    bash tests/aarch64/run.sh
+fi

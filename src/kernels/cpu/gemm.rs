@@ -7,9 +7,10 @@
 //! (`kc × MR`), which stay in L2. The micro-kernel multiplies one A
 //! micro-panel by one B micro-panel into an `MR × NR` register tile, the B
 //! micro-panel staying in L1 while the kernel walks down the A block.
-//! Three micro-kernels, picked at run time through [`Features`]:
-//! AVX-512F `12 × 32` (24 zmm accumulators: two FMA pipes of latency 4 need
-//! at least 8 independent chains, and 2 B loads + 12 broadcasts per 24 FMAs
+//! Four micro-kernels, picked at run time through [`Features`]: on
+//! aarch64 NEON `6 × 16` (`gemm/neon.rs`), on x86_64 AVX-512F `12 × 32`
+//! (24 zmm accumulators: two FMA pipes of latency 4 need at least 8
+//! independent chains, and 2 B loads + 12 broadcasts per 24 FMAs
 //! leave the load ports idle half the time), AVX2/FMA `6 × 16`, and a
 //! portable `4 × 16` in plain Rust that the compiler vectorizes for whatever
 //! the target offers. The AVX-512 kernel has an instance per tile height and
@@ -42,6 +43,11 @@ use std::cell::RefCell;
 
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "aarch64")]
+use neon::{kernel_neon, kernel_neon_rows, MR_NEON, NR_NEON};
 
 /// Columns of a packed B micro-panel for the AVX2 and portable kernels (the
 /// AVX-512 kernel's are `NR_AVX512` wide; a [`PackedB`] records its own).
@@ -332,7 +338,7 @@ pub fn gemm_direct(
     ep: &Epilogue,
     cx: &CpuCtx,
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         let kern = Kernel::select(cx.features);
         if kern == Kernel::Portable || a.mr != kern.mr() {
@@ -431,7 +437,7 @@ pub fn gemm_direct(
         }
         true
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (a, data, offs, segs, c, ldc, ep, cx);
         false
@@ -456,7 +462,7 @@ const DIRECT_KC: usize = 384;
 /// `kern` is AVX-512 or AVX2 and its features are present; each segment's
 /// B rows (the kernel's NR floats at `offs[p] + b_off`) lie in `data`, and
 /// its C columns (all of A's rows) lie in C and belong to the caller alone.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn direct_block(
     kern: Kernel,
@@ -534,8 +540,12 @@ unsafe fn direct_block(
                 offs: offs[pc..].as_ptr(),
             };
             match kern {
+                #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512 => kernel_avx512_rows(kc, ap, b, &tile),
+                #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => kernel_avx2_rows(kc, ap, b, &tile),
+                #[cfg(target_arch = "aarch64")]
+                Kernel::Neon => kernel_neon_rows(kc, ap, b, &tile),
                 Kernel::Portable => unreachable!("gemm_direct declines the portable kernel"),
             }
             if let (true, Some(act)) = (last, late_act) {
@@ -560,6 +570,8 @@ enum Kernel {
     Avx512,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
     Portable,
 }
 
@@ -568,8 +580,10 @@ const MR_AVX512: usize = 12;
 /// Columns of the AVX-512 register tile (two zmm vectors).
 const NR_AVX512: usize = 32;
 /// Rows of the AVX2 register tile.
+#[cfg(target_arch = "x86_64")]
 const MR_AVX2: usize = 6;
 /// Columns of the AVX2 register tile (two ymm vectors).
+#[cfg(target_arch = "x86_64")]
 const NR_AVX2: usize = 16;
 
 impl Kernel {
@@ -583,6 +597,10 @@ impl Kernel {
                 return Kernel::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if f.neon {
+            return Kernel::Neon;
+        }
         let _ = f;
         Kernel::Portable
     }
@@ -594,6 +612,8 @@ impl Kernel {
             Kernel::Avx512 => MR_AVX512,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => MR_AVX2,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => MR_NEON,
             Kernel::Portable => 4,
         }
     }
@@ -611,6 +631,8 @@ impl Kernel {
             Kernel::Avx512 => NR_AVX512,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => NR_AVX2,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => NR_NEON,
             Kernel::Portable => 16,
         }
     }
@@ -1027,6 +1049,10 @@ impl Gemm<'_> {
                     // SAFETY: Avx2 is only selected when the CPU has AVX2
                     // and FMA; `ap` holds kc*6 floats, `bp` kc rows of 16.
                     Kernel::Avx2 => unsafe { kernel_avx2(kc, ap, bp, bstep, &tile) },
+                    #[cfg(target_arch = "aarch64")]
+                    // SAFETY: NEON is only selected when the CPU has it;
+                    // `ap` holds kc*6 floats, `bp` kc rows of 16.
+                    Kernel::Neon => unsafe { kernel_neon(kc, ap, bp, bstep, &tile) },
                     // SAFETY: `ap`/`bp` hold kc*4 and kc*16 floats.
                     Kernel::Portable => unsafe { kernel_portable(kc, ap, bp, &tile) },
                 }
@@ -1975,18 +2001,71 @@ pub(crate) mod tests {
     }
 
     /// Every feature set with its own kernel on this machine: portable,
-    /// AVX2 (when present), AVX-512 (when present).
-    fn features() -> Vec<(&'static str, Features)> {
+    /// AVX2 (when present), AVX-512 (when present); on aarch64 NEON. The
+    /// ones the CPU lacks are printed as skipped.
+    pub(crate) fn features() -> Vec<(&'static str, Features)> {
         let mut v = vec![("portable", Features::portable())];
-        let avx2 = Features::avx2_only();
-        if avx2 != Features::portable() {
-            v.push(("avx2", avx2));
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = Features::avx2_only();
+            if avx2 != Features::portable() {
+                v.push(("avx2", avx2));
+            } else {
+                println!("skipped: CPU lacks AVX2/FMA (the AVX2 f32 kernel)");
+            }
+            let det = Features::detect();
+            if det.avx512f {
+                v.push(("avx512", det));
+            } else {
+                println!("skipped: CPU lacks AVX-512F (the AVX-512 f32 kernel)");
+            }
         }
-        let det = Features::detect();
-        if det != avx2 {
-            v.push(("avx512", det));
+        #[cfg(target_arch = "aarch64")]
+        match Features::neon_only() {
+            Some(f) => v.push(("neon", f)),
+            None => println!("skipped: CPU lacks NEON (the NEON f32 kernel)"),
         }
         v
+    }
+
+    /// Which f32 GEMM kernel paths the tests ran on this CPU, for the
+    /// suite's summary (`tests/run_all.sh` prints the file; under qemu the
+    /// aarch64 build writes a file of its own): a path the CPU lacks is
+    /// said to be skipped, never passed silently.
+    #[test]
+    fn f32_kernel_paths_on_this_cpu_are_reported() {
+        let ran: Vec<&str> = features().iter().map(|(n, _)| *n).collect();
+        #[cfg(target_arch = "x86_64")]
+        let (paths, file) = (
+            [("avx2", "AVX2/FMA"), ("avx512", "AVX-512F")].as_slice(),
+            "f32_kernels.txt",
+        );
+        #[cfg(target_arch = "aarch64")]
+        let (paths, file) = ([("neon", "NEON")].as_slice(), "f32_kernels.aarch64.txt");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let (paths, file) = ([].as_slice(), "f32_kernels.other.txt");
+        let lacks: Vec<&str> = paths
+            .iter()
+            .filter(|(name, _)| !ran.contains(name))
+            .map(|(_, flag)| *flag)
+            .collect();
+        let what = if cfg!(target_arch = "aarch64") {
+            "aarch64 f32 GEMM kernels tested"
+        } else {
+            "f32 GEMM kernels tested natively"
+        };
+        let line = format!(
+            "{what}: {}; {}\n",
+            ran.join(", "),
+            if lacks.is_empty() {
+                "none skipped".to_string()
+            } else {
+                format!("skipped: CPU lacks {}", lacks.join(", "))
+            }
+        );
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+        std::fs::create_dir_all(&dir).expect("target/tmp");
+        std::fs::write(dir.join(file), line).expect("the summary file");
     }
 
     fn ctxs() -> Vec<(&'static str, CpuCtx)> {

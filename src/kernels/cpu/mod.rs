@@ -1,5 +1,6 @@
 //! Fast CPU kernels for f32 inference: packed, cache-blocked GEMM with an
-//! AVX2/FMA micro-kernel chosen at run time (portable fallback everywhere),
+//! AVX-512, AVX2/FMA or (aarch64) NEON micro-kernel chosen at run time
+//! (portable fallback everywhere),
 //! convolution through im2col + GEMM with direct depthwise and 1x1 paths, and
 //! vectorizable elementwise, pooling and normalization loops.
 //!
@@ -47,6 +48,11 @@ pub struct Features {
     pub avx512vnni: bool,
     /// AVX-VNNI: the VEX-encoded 256-bit `vpdpbusd` (implies `avx2_fma`).
     pub avxvnni: bool,
+    /// aarch64 Advanced SIMD (NEON): part of every aarch64 CPU.
+    pub neon: bool,
+    /// aarch64 `SDOT`/`UDOT` (the dotprod extension, Armv8.2; implies
+    /// `neon`).
+    pub dotprod: bool,
 }
 
 impl Features {
@@ -60,9 +66,20 @@ impl Features {
                 avx512f,
                 avx512vnni: avx512f && is_x86_feature_detected!("avx512vnni"),
                 avxvnni: avx2_fma && is_x86_feature_detected!("avxvnni"),
+                neon: false,
+                dotprod: false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            let neon = std::arch::is_aarch64_feature_detected!("neon");
+            Features {
+                neon,
+                dotprod: neon && std::arch::is_aarch64_feature_detected!("dotprod"),
+                ..Features::portable()
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             Features::portable()
         }
@@ -75,6 +92,8 @@ impl Features {
             avx512f: false,
             avx512vnni: false,
             avxvnni: false,
+            neon: false,
+            dotprod: false,
         }
     }
 
@@ -85,8 +104,20 @@ impl Features {
             avx512f: false,
             avx512vnni: false,
             avxvnni: false,
+            neon: false,
+            dotprod: false,
             ..Features::detect()
         }
+    }
+
+    /// NEON without dotprod, when the CPU has NEON (to test the plain NEON
+    /// int8 kernel on a CPU with `SDOT`); None otherwise.
+    pub fn neon_only() -> Option<Features> {
+        let f = Features::detect();
+        f.neon.then_some(Features {
+            dotprod: false,
+            ..f
+        })
     }
 
     /// AVX2 with AVX-VNNI but no AVX-512, when the CPU has AVX-VNNI (to test

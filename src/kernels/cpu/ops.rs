@@ -73,7 +73,8 @@ pub(crate) use multiversion;
 
 /// Like [`multiversion!`] for an `imp::<const FMA: bool>`: the AVX2 build
 /// gets `FMA = true` (fused multiply-adds in the transcendental
-/// polynomials, see [`fmadd`]), the portable one `FMA = false`.
+/// polynomials, see [`fmadd`]), the portable one `FMA = false`. On aarch64,
+/// where every CPU has a fused multiply-add, always `FMA = true`.
 macro_rules! multiversion_fma {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:ident) => {
         $(#[$m])*
@@ -92,7 +93,7 @@ macro_rules! multiversion_fma {
                 }
             }
             let _ = avx;
-            $imp::<false>($($arg),*)
+            $imp::<{ cfg!(target_arch = "aarch64") }>($($arg),*)
         }
     };
 }
@@ -100,8 +101,8 @@ macro_rules! multiversion_fma {
 /// `a * b + c`, fused (one rounding) when `FMA`: only for the polynomial
 /// approximations, never for ops whose f32 arithmetic must match the
 /// reference. Call it with `FMA = true` only where FMA is enabled (in a
-/// [`multiversion_fma!`] fast body); elsewhere `mul_add` is a slow libm
-/// call.
+/// [`multiversion_fma!`] fast body, or on aarch64); elsewhere `mul_add` is
+/// a slow libm call.
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {

@@ -59,6 +59,9 @@ use super::gemm::with_buf;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
 /// Largest depth for which no i32 accumulator can overflow: every product
 /// is at most `255 · 128 = 32640` in magnitude, and `65793 · 32640 =
 /// 2_147_483_520 < 2^31`.
@@ -75,6 +78,7 @@ const KC_BYTES: usize = 512;
 /// Columns of every micro-kernel's tile and of a packed B panel.
 const NR: usize = 16;
 /// The tallest tile (MR) of any kernel.
+#[cfg(target_arch = "x86_64")]
 const MR_MAX: usize = 12;
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
@@ -96,6 +100,13 @@ pub enum QKernel {
     /// AVX-VNNI `vpdpbusd` on 256-bit registers, `6 × 16` (two registers a
     /// row), 4 depths per instruction: exact for any i8 weights.
     Vnni256,
+    /// aarch64 NEON `SMLAL` on i16-widened operands, `4 × 16`, the portable
+    /// kernel's packing: exact for any i8 weights (`qgemm/neon.rs`).
+    NeonMlal,
+    /// aarch64 `SDOT` (dotprod), `6 × 16`, 4 depths per instruction, the
+    /// VNNI packing with activations shifted to i8: exact for any i8
+    /// weights (`qgemm/neon.rs`).
+    NeonSdot,
 }
 
 impl QKernel {
@@ -117,15 +128,33 @@ impl QKernel {
                 QKernel::Avx2Madd16
             };
         }
+        #[cfg(target_arch = "aarch64")]
+        if f.dotprod {
+            return QKernel::NeonSdot;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if f.neon {
+            return QKernel::NeonMlal;
+        }
         let _ = (f, lo, hi);
         QKernel::Portable
+    }
+
+    /// What the packing subtracts from each u8 activation (the `SDOT`
+    /// kernel's shift to i8); the zero point correction subtracts it too.
+    fn act_offset(self) -> i32 {
+        match self {
+            #[cfg(target_arch = "aarch64")]
+            QKernel::NeonSdot => neon::SDOT_ACT_OFFSET,
+            _ => 0,
+        }
     }
 
     /// Rows of the register tile.
     fn mr(self) -> usize {
         match self {
-            QKernel::Portable => 4,
-            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni256 => 6,
+            QKernel::Portable | QKernel::NeonMlal => 4,
+            QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni256 | QKernel::NeonSdot => 6,
             // 12 accumulators (of 32 registers) hide vpdpbusd's latency.
             QKernel::Vnni512 => 12,
         }
@@ -135,9 +164,9 @@ impl QKernel {
     /// depths of each lane side by side.
     fn group(self) -> usize {
         match self {
-            QKernel::Portable => 1,
+            QKernel::Portable | QKernel::NeonMlal => 1,
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => 2,
-            QKernel::Vnni512 | QKernel::Vnni256 => 4,
+            QKernel::Vnni512 | QKernel::Vnni256 | QKernel::NeonSdot => 4,
         }
     }
 
@@ -145,7 +174,12 @@ impl QKernel {
     fn elem(self) -> usize {
         match self {
             QKernel::Avx2Madd16 => 2,
-            QKernel::Portable | QKernel::Avx2Maddubs | QKernel::Vnni512 | QKernel::Vnni256 => 1,
+            QKernel::Portable
+            | QKernel::Avx2Maddubs
+            | QKernel::Vnni512
+            | QKernel::Vnni256
+            | QKernel::NeonMlal
+            | QKernel::NeonSdot => 1,
         }
     }
 
@@ -175,6 +209,8 @@ impl QKernel {
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => f.avx2_fma,
             QKernel::Vnni512 => f.avx512vnni,
             QKernel::Vnni256 => f.avxvnni && f.avx2_fma,
+            QKernel::NeonMlal => f.neon,
+            QKernel::NeonSdot => f.neon && f.dotprod,
         }
     }
 }
@@ -430,7 +466,7 @@ pub(crate) fn qgemm_strided(
         b,
         m,
         fin: Finish {
-            za: a.zero_point as i32,
+            za: a.zero_point as i32 - b.kern.act_offset(),
             sums: &b.col_sums,
             by_row: false,
             dst,
@@ -656,6 +692,11 @@ impl Finish<'_> {
             }
             return;
         }
+        #[cfg(target_arch = "aarch64")]
+        if kern.mr() == neon::MR_SDOT {
+            finish_tile_impl::<{ neon::MR_SDOT }>(self, tile, i, rows, j, cols);
+            return;
+        }
         let _ = kern;
         finish_tile_impl::<4>(self, tile, i, rows, j, cols);
     }
@@ -785,7 +826,7 @@ pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &Cp
         w,
         x,
         fin: Finish {
-            za: x.zero_point as i32,
+            za: x.zero_point as i32 - w.kern.act_offset(),
             sums: &w.row_sums,
             by_row: true,
             dst,
@@ -881,10 +922,15 @@ impl QGemmWx<'_> {
 /// u8 zero-extended to its element size, zero past k and past nc.
 fn pack_x(dst: &mut [u8], kern: QKernel, x: &QMatX, k: usize, j0: usize, nc: usize) {
     match kern {
-        QKernel::Portable => pack_x_impl::<1, 1>(dst, x, k, j0, nc),
+        QKernel::Portable | QKernel::NeonMlal => pack_x_impl::<1, 1>(dst, x, k, j0, nc),
         QKernel::Avx2Madd16 => pack_x_impl::<2, 2>(dst, x, k, j0, nc),
         QKernel::Avx2Maddubs => pack_x_impl::<2, 1>(dst, x, k, j0, nc),
         QKernel::Vnni512 | QKernel::Vnni256 => pack_x_impl::<4, 1>(dst, x, k, j0, nc),
+        QKernel::NeonSdot => {
+            pack_x_impl::<4, 1>(dst, x, k, j0, nc);
+            #[cfg(target_arch = "aarch64")]
+            neon::flip_signs(dst);
+        }
     }
 }
 
@@ -1230,6 +1276,16 @@ fn pack_a(
         // Four u8 (or i8) depths side by side: one broadcast 32-bit word.
         (QKernel::Vnni512, _) => pack_a_impl::<12, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
         (QKernel::Vnni256, _) => pack_a_impl::<6, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
+        (QKernel::NeonMlal, _) => pack_a_impl::<4, 1, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
+        // The VNNI layout; u8 activations shifted to i8 for `SDOT`.
+        (QKernel::NeonSdot, signed) => {
+            pack_a_impl::<6, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc);
+            #[cfg(target_arch = "aarch64")]
+            if !signed {
+                neon::flip_signs(dst);
+            }
+            let _ = signed;
+        }
     }
 }
 
@@ -1393,8 +1449,30 @@ fn run_kernel(
                 kernel_vnni256::<false>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
             }
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON packs are only run when the CPU has NEON (and
+        // dotprod for SDOT; `runs_on`, checked before any product);
+        // lengths as above.
+        QKernel::NeonMlal => unsafe {
+            if wx {
+                neon::kernel_mlal::<true>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+            } else {
+                neon::kernel_mlal::<false>(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+            }
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        QKernel::NeonSdot => unsafe {
+            neon::kernel_sdot(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
+        },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("AVX2 and VNNI kernels are only selected on x86_64"),
+        QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni512 | QKernel::Vnni256 => {
+            unreachable!("AVX2 and VNNI kernels are only selected on x86_64")
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        QKernel::NeonMlal | QKernel::NeonSdot => {
+            unreachable!("NEON kernels are only selected on aarch64")
+        }
     }
 }
 
@@ -1780,21 +1858,37 @@ pub(crate) mod tests {
     /// ones it lacks are printed as skipped.
     pub(crate) fn features() -> Vec<(&'static str, Features)> {
         let mut v = vec![("portable", Features::portable())];
-        let avx2 = Features::avx2_only();
-        if avx2 != Features::portable() {
-            v.push(("avx2", avx2));
-        } else {
-            println!("skipped: CPU lacks AVX2 (the AVX2 int8 kernels)");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = Features::avx2_only();
+            if avx2 != Features::portable() {
+                v.push(("avx2", avx2));
+            } else {
+                println!("skipped: CPU lacks AVX2 (the AVX2 int8 kernels)");
+            }
+            match Features::avxvnni_only() {
+                Some(f) => v.push(("avx-vnni", f)),
+                None => println!("skipped: CPU lacks AVX-VNNI (the 256-bit vpdpbusd kernel)"),
+            }
+            let all = Features::detect();
+            if all.avx512vnni {
+                v.push(("avx512-vnni", all));
+            } else {
+                println!("skipped: CPU lacks AVX512-VNNI (the 512-bit vpdpbusd kernel)");
+            }
         }
-        match Features::avxvnni_only() {
-            Some(f) => v.push(("avx-vnni", f)),
-            None => println!("skipped: CPU lacks AVX-VNNI (the 256-bit vpdpbusd kernel)"),
-        }
-        let all = Features::detect();
-        if all.avx512vnni {
-            v.push(("avx512-vnni", all));
-        } else {
-            println!("skipped: CPU lacks AVX512-VNNI (the 512-bit vpdpbusd kernel)");
+        #[cfg(target_arch = "aarch64")]
+        {
+            match Features::neon_only() {
+                Some(f) => v.push(("neon", f)),
+                None => println!("skipped: CPU lacks NEON (the SMLAL int8 kernel)"),
+            }
+            let all = Features::detect();
+            if all.dotprod {
+                v.push(("neon+dotprod", all));
+            } else {
+                println!("skipped: CPU lacks dotprod (the SDOT int8 kernel)");
+            }
         }
         v
     }
@@ -2096,17 +2190,37 @@ pub(crate) mod tests {
     #[test]
     fn int8_kernel_paths_on_this_cpu_are_reported() {
         let ran: Vec<&str> = features().iter().map(|(n, _)| *n).collect();
-        let lacks: Vec<&str> = [
-            ("avx2", "AVX2"),
-            ("avx-vnni", "AVX-VNNI"),
-            ("avx512-vnni", "AVX512-VNNI"),
-        ]
-        .iter()
-        .filter(|(name, _)| !ran.contains(name))
-        .map(|(_, flag)| *flag)
-        .collect();
+        #[cfg(target_arch = "x86_64")]
+        let (paths, file) = (
+            [
+                ("avx2", "AVX2"),
+                ("avx-vnni", "AVX-VNNI"),
+                ("avx512-vnni", "AVX512-VNNI"),
+            ]
+            .as_slice(),
+            "int8_kernels.txt",
+        );
+        // Under qemu the test binary runs from the same tree: a file of
+        // its own, for the aarch64 summary.
+        #[cfg(target_arch = "aarch64")]
+        let (paths, file) = (
+            [("neon", "NEON"), ("neon+dotprod", "dotprod")].as_slice(),
+            "int8_kernels.aarch64.txt",
+        );
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let (paths, file) = ([].as_slice(), "int8_kernels.other.txt");
+        let lacks: Vec<&str> = paths
+            .iter()
+            .filter(|(name, _)| !ran.contains(name))
+            .map(|(_, flag)| *flag)
+            .collect();
+        let what = if cfg!(target_arch = "aarch64") {
+            "aarch64 int8 kernels tested"
+        } else {
+            "int8 kernels tested natively"
+        };
         let line = format!(
-            "int8 kernels tested natively: {}; {}\n",
+            "{what}: {}; {}\n",
             ran.join(", "),
             if lacks.is_empty() {
                 "none skipped".to_string()
@@ -2116,7 +2230,7 @@ pub(crate) mod tests {
         );
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
         std::fs::create_dir_all(&dir).expect("target/tmp");
-        std::fs::write(dir.join("int8_kernels.txt"), line).expect("the summary file");
+        std::fs::write(dir.join(file), line).expect("the summary file");
     }
 
     /// On a VNNI machine every weight range takes the VNNI kernel (it has
