@@ -135,10 +135,11 @@ def main():
             x = z["x"][:64]
         xin = work / f"digits_{m}_x.npy"
         np.save(xin, x)
+        calib = ["--calib", str(REPO / f"fixtures/digits/calib_{m}.npz")]
         for kind, extra in [
-            ("static", ["--calib", str(REPO / f"fixtures/digits/calib_{m}.npz")]),
+            ("static", calib),
             ("dynamic", []),
-            ("static-full-range", ["--calib", str(REPO / f"fixtures/digits/calib_{m}.npz"), "--full-range"]),
+            ("static-full-range", calib + ["--full-range"]),
         ]:
             name = f"digits {m} int8 {kind}"
             bundle = work / f"digits_{m}_{kind}.mlc"
