@@ -316,3 +316,40 @@ pub fn apply_activation_exact(act: &crate::ir::Activation, data: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Writes `target/tmp/<file>` for the suite's summary (`tests/run_all.sh`
+    /// prints it): the `kind` kernel paths the tests `ran` on this CPU, and
+    /// those of `paths` (name, CPU feature) it lacks, said to be skipped
+    /// rather than passed silently.
+    pub(crate) fn report_kernel_paths(
+        kind: &str,
+        ran: &[&str],
+        paths: &[(&str, &str)],
+        file: &str,
+    ) {
+        let lacks: Vec<&str> = paths
+            .iter()
+            .filter(|(name, _)| !ran.contains(name))
+            .map(|(_, flag)| *flag)
+            .collect();
+        let what = if cfg!(target_arch = "aarch64") {
+            format!("aarch64 {kind} kernels tested")
+        } else {
+            format!("{kind} kernels tested natively")
+        };
+        let line = format!(
+            "{what}: {}; {}\n",
+            ran.join(", "),
+            if lacks.is_empty() {
+                "none skipped".to_string()
+            } else {
+                format!("skipped: CPU lacks {}", lacks.join(", "))
+            }
+        );
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+        std::fs::create_dir_all(&dir).expect("target/tmp");
+        std::fs::write(dir.join(file), line).expect("the summary file");
+    }
+}

@@ -2209,28 +2209,7 @@ pub(crate) mod tests {
         );
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let (paths, file) = ([].as_slice(), "int8_kernels.other.txt");
-        let lacks: Vec<&str> = paths
-            .iter()
-            .filter(|(name, _)| !ran.contains(name))
-            .map(|(_, flag)| *flag)
-            .collect();
-        let what = if cfg!(target_arch = "aarch64") {
-            "aarch64 int8 kernels tested"
-        } else {
-            "int8 kernels tested natively"
-        };
-        let line = format!(
-            "{what}: {}; {}\n",
-            ran.join(", "),
-            if lacks.is_empty() {
-                "none skipped".to_string()
-            } else {
-                format!("skipped: CPU lacks {}", lacks.join(", "))
-            }
-        );
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
-        std::fs::create_dir_all(&dir).expect("target/tmp");
-        std::fs::write(dir.join(file), line).expect("the summary file");
+        crate::kernels::cpu::testing::report_kernel_paths("int8", &ran, paths, file);
     }
 
     /// On a VNNI machine every weight range takes the VNNI kernel (it has
