@@ -530,8 +530,9 @@ unsafe fn output_tiles(
             return unsafe { fast(win, pm, rows, plane, tiles) };
         }
     }
-    // SAFETY: the caller's contract.
-    unsafe { output_tiles_impl(win, pm, rows, plane, tiles, false) }
+    // SAFETY: the caller's contract. (`avx` is false here unless the CPU
+    // lacks what the features claimed; the activation checks again.)
+    unsafe { output_tiles_impl(win, pm, rows, plane, tiles, avx) }
 }
 
 /// [`output_tiles`], inlined into each build.
