@@ -48,6 +48,9 @@ pub struct Features {
     pub avx512vnni: bool,
     /// AVX-VNNI: the VEX-encoded 256-bit `vpdpbusd` (implies `avx2_fma`).
     pub avxvnni: bool,
+    /// AMX-INT8 tile multiplies (`tdpbusd`), with the OS's permission to
+    /// use the tile state granted to this process (implies `avx512vnni`).
+    pub amx_int8: bool,
     /// aarch64 Advanced SIMD (NEON): part of every aarch64 CPU.
     pub neon: bool,
     /// aarch64 `SDOT`/`UDOT` (the dotprod extension, Armv8.2; implies
@@ -55,17 +58,42 @@ pub struct Features {
     pub dotprod: bool,
 }
 
+/// The environment variable that turns detected features off, for
+/// comparing kernel paths on one machine (as oneDNN's `ONEDNN_MAX_CPU_ISA`):
+/// a comma-separated list of `amx`, `avx512vnni`, `avxvnni`, `avx512`,
+/// `avx2`, `dotprod`. Turning a feature off turns off the ones that
+/// imply it (`avx512` takes AVX512-VNNI and AMX with it).
+pub const DISABLE_ENV: &str = "MLC_CPU_DISABLE";
+
 impl Features {
+    /// What this CPU has, less what [`DISABLE_ENV`] turns off.
     pub fn detect() -> Features {
+        let off = std::env::var(DISABLE_ENV).unwrap_or_default();
+        let off: Vec<&str> = off.split(',').map(str::trim).collect();
+        let mut f = Features::detect_all();
+        let on = |name: &str| !off.contains(&name);
+        f.avx2_fma &= on("avx2");
+        f.avx512f &= f.avx2_fma && on("avx512");
+        f.avx512vnni &= f.avx512f && on("avx512vnni");
+        f.avxvnni &= f.avx2_fma && on("avxvnni");
+        f.amx_int8 &= f.avx512vnni && on("amx");
+        f.dotprod &= on("dotprod");
+        f
+    }
+
+    /// Everything this CPU has.
+    fn detect_all() -> Features {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             let avx512f = avx2_fma && is_x86_feature_detected!("avx512f");
+            let avx512vnni = avx512f && is_x86_feature_detected!("avx512vnni");
             Features {
                 avx2_fma,
                 avx512f,
-                avx512vnni: avx512f && is_x86_feature_detected!("avx512vnni"),
+                avx512vnni,
                 avxvnni: avx2_fma && is_x86_feature_detected!("avxvnni"),
+                amx_int8: avx512vnni && qgemm::amx::available(),
                 neon: false,
                 dotprod: false,
             }
@@ -92,6 +120,7 @@ impl Features {
             avx512f: false,
             avx512vnni: false,
             avxvnni: false,
+            amx_int8: false,
             neon: false,
             dotprod: false,
         }
@@ -104,6 +133,7 @@ impl Features {
             avx512f: false,
             avx512vnni: false,
             avxvnni: false,
+            amx_int8: false,
             neon: false,
             dotprod: false,
             ..Features::detect()
@@ -127,6 +157,18 @@ impl Features {
         f.avxvnni.then_some(Features {
             avx512f: false,
             avx512vnni: false,
+            amx_int8: false,
+            ..f
+        })
+    }
+
+    /// Everything the CPU has but AMX, when it has AMX (to test the
+    /// AVX512-VNNI kernels on a machine whose int8 products take AMX);
+    /// None otherwise.
+    pub fn without_amx() -> Option<Features> {
+        let f = Features::detect();
+        f.amx_int8.then_some(Features {
+            amx_int8: false,
             ..f
         })
     }

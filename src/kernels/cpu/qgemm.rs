@@ -59,6 +59,8 @@ use super::gemm::with_buf;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
@@ -79,7 +81,7 @@ const KC_BYTES: usize = 512;
 const NR: usize = 16;
 /// The tallest tile (MR) of any kernel.
 #[cfg(target_arch = "x86_64")]
-const MR_MAX: usize = 12;
+const MR_MAX: usize = 16;
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
@@ -100,6 +102,9 @@ pub enum QKernel {
     /// AVX-VNNI `vpdpbusd` on 256-bit registers, `6 × 16` (two registers a
     /// row), 4 depths per instruction: exact for any i8 weights.
     Vnni256,
+    /// AMX-INT8 tiles (`tdpbusd`/`tdpbsud`), `16 × 16` tiles two by two, 64
+    /// depths per instruction, the VNNI arithmetic (`qgemm/amx.rs`).
+    Amx,
     /// aarch64 NEON `SMLAL` on i16-widened operands, `4 × 16`, the portable
     /// kernel's packing: exact for any i8 weights (`qgemm/neon.rs`).
     NeonMlal,
@@ -112,6 +117,10 @@ pub enum QKernel {
 impl QKernel {
     /// The kernel for weights whose values all lie in `[lo, hi]`.
     fn select(f: Features, lo: i8, hi: i8) -> QKernel {
+        #[cfg(target_arch = "x86_64")]
+        if f.amx_int8 {
+            return QKernel::Amx;
+        }
         #[cfg(target_arch = "x86_64")]
         if f.avx512vnni {
             return QKernel::Vnni512;
@@ -157,6 +166,7 @@ impl QKernel {
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni256 | QKernel::NeonSdot => 6,
             // 12 accumulators (of 32 registers) hide vpdpbusd's latency.
             QKernel::Vnni512 => 12,
+            QKernel::Amx => 16,
         }
     }
 
@@ -166,7 +176,17 @@ impl QKernel {
         match self {
             QKernel::Portable | QKernel::NeonMlal => 1,
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => 2,
-            QKernel::Vnni512 | QKernel::Vnni256 | QKernel::NeonSdot => 4,
+            QKernel::Vnni512 | QKernel::Vnni256 | QKernel::NeonSdot | QKernel::Amx => 4,
+        }
+    }
+
+    /// Depths a packed panel is padded to: whole groups, or for AMX whole
+    /// tile rows.
+    fn depth_pad(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            QKernel::Amx => amx::CHUNK,
+            _ => self.group(),
         }
     }
 
@@ -178,6 +198,7 @@ impl QKernel {
             | QKernel::Avx2Maddubs
             | QKernel::Vnni512
             | QKernel::Vnni256
+            | QKernel::Amx
             | QKernel::NeonMlal
             | QKernel::NeonSdot => 1,
         }
@@ -209,6 +230,7 @@ impl QKernel {
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => f.avx2_fma,
             QKernel::Vnni512 => f.avx512vnni,
             QKernel::Vnni256 => f.avxvnni && f.avx2_fma,
+            QKernel::Amx => f.amx_int8,
             QKernel::NeonMlal => f.neon,
             QKernel::NeonSdot => f.neon && f.dotprod,
         }
@@ -279,8 +301,8 @@ impl QPackedB {
             }
         }
         let kern = QKernel::select(features, lo, hi);
-        let (g, e) = (kern.group(), kern.elem());
-        let panel_bytes = k.div_ceil(g) * g * NR * e;
+        let (g, e, pad) = (kern.group(), kern.elem(), kern.depth_pad());
+        let panel_bytes = k.div_ceil(pad) * pad * NR * e;
         let len = n.div_ceil(NR) * panel_bytes;
         let mut buf = Vec::new();
         let off = aligned(&mut buf, len);
@@ -596,6 +618,10 @@ thread_local! {
 impl QGemm<'_> {
     /// Computes rows `i0..i1`, columns `j0..j1` of C (`j0` a multiple of NR).
     fn region(&self, rows: Range<usize>, cols: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        if self.b.kern == QKernel::Amx {
+            return with_buf(&BUF_A, |abuf| self.region_amx(abuf, rows, cols));
+        }
         with_buf(&BUF_A, |abuf| {
             with_buf(&BUF_ACC, |acc| {
                 self.region_in(abuf, acc, rows.start, rows.end, cols.start, cols.end)
@@ -674,8 +700,9 @@ impl Finish<'_> {
         // The tile's height as a constant: the epilogue's row arrays are no
         // taller than the kernel's tile.
         #[cfg(target_arch = "x86_64")]
-        if kern == QKernel::Vnni512 {
-            // SAFETY: AVX512-VNNI packs run only on CPUs with AVX-512F.
+        if kern == QKernel::Vnni512 || kern == QKernel::Amx {
+            // SAFETY: AVX512-VNNI and AMX packs run only on CPUs with
+            // AVX-512F.
             if unsafe { finish_rows_f32_avx512(self, tile, i, rows, j, cols) } {
                 return;
             }
@@ -687,6 +714,7 @@ impl Finish<'_> {
             unsafe {
                 match kern.mr() {
                     6 => finish_tile_avx2::<6>(self, tile, i, rows, j, cols),
+                    12 => finish_tile_avx2::<12>(self, tile, i, rows, j, cols),
                     _ => finish_tile_avx2::<MR_MAX>(self, tile, i, rows, j, cols),
                 }
             }
@@ -738,11 +766,17 @@ impl QPackedA {
             .fold((0i8, 0i8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let kern = QKernel::select(features, lo, hi);
         let mr = kern.mr();
-        let panel_bytes = k.div_ceil(kern.group()) * mr * kern.a_group_bytes(true);
+        let pad = kern.depth_pad();
+        let panel_bytes = k.div_ceil(pad) * pad / kern.group() * mr * kern.a_group_bytes(true);
         let len = m.div_ceil(mr) * panel_bytes;
         let mut buf = Vec::new();
         let off = aligned(&mut buf, len);
-        if m > 0 && k > 0 {
+        #[cfg(target_arch = "x86_64")]
+        if kern == QKernel::Amx && m > 0 && k > 0 {
+            let bytes: Vec<u8> = w.iter().map(|&v| v as u8).collect();
+            amx::pack_left(&mut buf[off..off + len], &bytes, k, k, 0..m);
+        }
+        if m > 0 && k > 0 && kern != QKernel::Amx {
             let bytes: Vec<u8> = w.iter().map(|&v| v as u8).collect();
             let a = QMatA {
                 data: &bytes,
@@ -854,6 +888,10 @@ impl QGemmWx<'_> {
     /// Computes rows `i0..i1` (`i0` a multiple of MR), columns `j0..j1`
     /// (`j0` a multiple of NR) of C.
     fn region(&self, rows: Range<usize>, cols: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        if self.w.kern == QKernel::Amx {
+            return with_buf(&BUF_A, |xbuf| self.region_amx(xbuf, rows, cols));
+        }
         with_buf(&BUF_A, |xbuf| {
             with_buf(&BUF_ACC, |acc| self.region_in(xbuf, acc, rows, cols))
         })
@@ -921,28 +959,34 @@ impl QGemmWx<'_> {
 /// the micro-kernels read B: depths in groups of the kernel's width, each
 /// u8 zero-extended to its element size, zero past k and past nc.
 fn pack_x(dst: &mut [u8], kern: QKernel, x: &QMatX, k: usize, j0: usize, nc: usize) {
+    let kp = k.div_ceil(kern.depth_pad()) * kern.depth_pad();
     match kern {
-        QKernel::Portable | QKernel::NeonMlal => pack_x_impl::<1, 1>(dst, x, k, j0, nc),
-        QKernel::Avx2Madd16 => pack_x_impl::<2, 2>(dst, x, k, j0, nc),
-        QKernel::Avx2Maddubs => pack_x_impl::<2, 1>(dst, x, k, j0, nc),
-        QKernel::Vnni512 | QKernel::Vnni256 => pack_x_impl::<4, 1>(dst, x, k, j0, nc),
+        QKernel::Portable | QKernel::NeonMlal => pack_x_impl::<1, 1>(dst, x, k, kp, j0, nc),
+        QKernel::Avx2Madd16 => pack_x_impl::<2, 2>(dst, x, k, kp, j0, nc),
+        QKernel::Avx2Maddubs => pack_x_impl::<2, 1>(dst, x, k, kp, j0, nc),
+        QKernel::Vnni512 | QKernel::Vnni256 | QKernel::Amx => {
+            pack_x_impl::<4, 1>(dst, x, k, kp, j0, nc)
+        }
         QKernel::NeonSdot => {
-            pack_x_impl::<4, 1>(dst, x, k, j0, nc);
+            pack_x_impl::<4, 1>(dst, x, k, kp, j0, nc);
             #[cfg(target_arch = "aarch64")]
             neon::flip_signs(dst);
         }
     }
 }
 
+/// Panels are `kp` depths long (k rounded up to the kernel's
+/// [`QKernel::depth_pad`]).
 fn pack_x_impl<const G: usize, const E: usize>(
     dst: &mut [u8],
     x: &QMatX,
     k: usize,
+    kp: usize,
     j0: usize,
     nc: usize,
 ) {
     let step = NR * G * E;
-    let panel = k.div_ceil(G) * step;
+    let panel = kp.div_ceil(G) * step;
     if panel == 0 {
         return;
     }
@@ -975,7 +1019,7 @@ fn pack_x_impl<const G: usize, const E: usize>(
                 }
             } else {
                 out.fill(0);
-                for d in 0..G.min(k - gi * G) {
+                for d in 0..G.min(k.saturating_sub(gi * G)) {
                     let at = (gi * G + d) * x.ld + c0;
                     for (c, &v) in x.data[at..at + cols].iter().enumerate() {
                         out[(c * G + d) * E] = v;
@@ -1276,6 +1320,7 @@ fn pack_a(
         // Four u8 (or i8) depths side by side: one broadcast 32-bit word.
         (QKernel::Vnni512, _) => pack_a_impl::<12, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
         (QKernel::Vnni256, _) => pack_a_impl::<6, 4, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
+        (QKernel::Amx, _) => unreachable!("AMX packs its own tile panels (qgemm/amx.rs)"),
         (QKernel::NeonMlal, _) => pack_a_impl::<4, 1, 1, 1, false>(dst, a, m, i0, mc, p0, kc),
         // The VNNI layout; u8 activations shifted to i8 for `SDOT`.
         (QKernel::NeonSdot, signed) => {
@@ -1465,6 +1510,7 @@ fn run_kernel(
         QKernel::NeonSdot => unsafe {
             neon::kernel_sdot(groups, a.as_ptr(), b.as_ptr(), tile, accumulate)
         },
+        QKernel::Amx => unreachable!("AMX products run their own tile kernels (qgemm/amx.rs)"),
         #[cfg(not(target_arch = "x86_64"))]
         QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni512 | QKernel::Vnni256 => {
             unreachable!("AVX2 and VNNI kernels are only selected on x86_64")
@@ -1871,10 +1917,15 @@ pub(crate) mod tests {
                 None => println!("skipped: CPU lacks AVX-VNNI (the 256-bit vpdpbusd kernel)"),
             }
             let all = Features::detect();
-            if all.avx512vnni {
-                v.push(("avx512-vnni", all));
+            match Features::without_amx() {
+                Some(f) => v.push(("avx512-vnni", f)),
+                None if all.avx512vnni => v.push(("avx512-vnni", all)),
+                None => println!("skipped: CPU lacks AVX512-VNNI (the 512-bit vpdpbusd kernel)"),
+            }
+            if all.amx_int8 {
+                v.push(("amx", all));
             } else {
-                println!("skipped: CPU lacks AVX512-VNNI (the 512-bit vpdpbusd kernel)");
+                println!("skipped: CPU lacks AMX-INT8 (or the OS did not grant tile data; the tile kernels)");
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -2196,6 +2247,7 @@ pub(crate) mod tests {
                 ("avx2", "AVX2"),
                 ("avx-vnni", "AVX-VNNI"),
                 ("avx512-vnni", "AVX512-VNNI"),
+                ("amx", "AMX-INT8"),
             ]
             .as_slice(),
             "int8_kernels.txt",
@@ -2221,13 +2273,50 @@ pub(crate) mod tests {
         if let Some(f) = Features::avxvnni_only() {
             assert_eq!(kernel(f), QKernel::Vnni256);
         }
-        let d = Features::detect();
+        let d = Features::without_amx().unwrap_or_else(Features::detect);
         if d.avx512vnni {
             assert_eq!(kernel(d), QKernel::Vnni512);
             let w = QPackedA::new(9, 40, &b, d).unwrap();
             assert_eq!(w.kernel(), QKernel::Vnni512);
         } else {
             println!("skipped: CPU lacks AVX512-VNNI");
+        }
+        let d = Features::detect();
+        if d.amx_int8 {
+            assert_eq!(kernel(d), QKernel::Amx);
+            let w = QPackedA::new(9, 40, &b, d).unwrap();
+            assert_eq!(w.kernel(), QKernel::Amx);
+        } else {
+            println!("skipped: CPU lacks AMX-INT8");
+        }
+    }
+
+    /// Shapes at the AMX kernel's edges: tiles of 16 rows and columns taken
+    /// two by two (one left over), chunks of 64 depths, the 64-row A
+    /// blocks and 256-column blocks; on every path, both orientations.
+    #[test]
+    fn tile_edges_match_reference() {
+        let mut seed = 7000;
+        for (name, f) in features() {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for &(m, n, k) in &[
+                    (16, 16, 64),
+                    (17, 33, 65),
+                    (31, 47, 63),
+                    (32, 32, 128),
+                    (48, 16, 1),
+                    (65, 257, 129),
+                    (130, 20, 200),
+                    (3, 290, 70),
+                ] {
+                    seed += 1;
+                    let za = [0u8, 37, 255][seed as usize % 3];
+                    let p = prob(m, n, k, seed % 2 == 0, false, za, (-128, 127), seed);
+                    check_acc(&p, &cx, name);
+                    let what = format!("{name} weights left {m}x{n}x{k}");
+                    check_wx((m, n, k), za, (-128, 127), (None, None), seed, &cx, &what);
+                }
+            }
         }
     }
 
