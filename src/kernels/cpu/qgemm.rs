@@ -703,7 +703,7 @@ impl Finish<'_> {
         if kern == QKernel::Vnni512 || kern == QKernel::Amx {
             // SAFETY: AVX512-VNNI and AMX packs run only on CPUs with
             // AVX-512F.
-            if unsafe { finish_rows_f32_avx512(self, tile, i, rows, j, cols) } {
+            if unsafe { finish_rows_avx512(self, tile, i, rows, j, cols) } {
                 return;
             }
         }
@@ -961,14 +961,21 @@ impl QGemmWx<'_> {
 fn pack_x(dst: &mut [u8], kern: QKernel, x: &QMatX, k: usize, j0: usize, nc: usize) {
     let kp = k.div_ceil(kern.depth_pad()) * kern.depth_pad();
     match kern {
-        QKernel::Portable | QKernel::NeonMlal => pack_x_impl::<1, 1>(dst, x, k, kp, j0, nc),
-        QKernel::Avx2Madd16 => pack_x_impl::<2, 2>(dst, x, k, kp, j0, nc),
-        QKernel::Avx2Maddubs => pack_x_impl::<2, 1>(dst, x, k, kp, j0, nc),
-        QKernel::Vnni512 | QKernel::Vnni256 | QKernel::Amx => {
-            pack_x_impl::<4, 1>(dst, x, k, kp, j0, nc)
+        QKernel::Portable | QKernel::NeonMlal => pack_x_impl::<1, 1>(dst, x, k, kp, j0, nc, 0),
+        QKernel::Avx2Madd16 => pack_x_impl::<2, 2>(dst, x, k, kp, j0, nc, 0),
+        QKernel::Avx2Maddubs => pack_x_impl::<2, 1>(dst, x, k, kp, j0, nc, 0),
+        #[cfg(target_arch = "x86_64")]
+        QKernel::Vnni512 | QKernel::Amx => {
+            // SAFETY: these packs are made only for CPUs with AVX-512F
+            // (AVX512-VNNI, which AMX implies in `Features`).
+            let done = unsafe { pack_x4_avx512(dst, x, k, kp, j0, nc) };
+            pack_x_impl::<4, 1>(dst, x, k, kp, j0, nc, done)
         }
+        QKernel::Vnni256 => pack_x_impl::<4, 1>(dst, x, k, kp, j0, nc, 0),
+        #[cfg(not(target_arch = "x86_64"))]
+        QKernel::Vnni512 | QKernel::Amx => unreachable!("x86 kernels are only selected on x86_64"),
         QKernel::NeonSdot => {
-            pack_x_impl::<4, 1>(dst, x, k, kp, j0, nc);
+            pack_x_impl::<4, 1>(dst, x, k, kp, j0, nc, 0);
             #[cfg(target_arch = "aarch64")]
             neon::flip_signs(dst);
         }
@@ -976,7 +983,8 @@ fn pack_x(dst: &mut [u8], kern: QKernel, x: &QMatX, k: usize, j0: usize, nc: usi
 }
 
 /// Panels are `kp` depths long (k rounded up to the kernel's
-/// [`QKernel::depth_pad`]).
+/// [`QKernel::depth_pad`]). The first `done` panels already hold their
+/// whole groups of depths (all but the last partial one and the padding).
 fn pack_x_impl<const G: usize, const E: usize>(
     dst: &mut [u8],
     x: &QMatX,
@@ -984,6 +992,7 @@ fn pack_x_impl<const G: usize, const E: usize>(
     kp: usize,
     j0: usize,
     nc: usize,
+    done: usize,
 ) {
     let step = NR * G * E;
     let panel = kp.div_ceil(G) * step;
@@ -995,6 +1004,9 @@ fn pack_x_impl<const G: usize, const E: usize>(
         let cols = NR.min(j0 + nc - c0);
         for (gi, out) in pd.chunks_exact_mut(step).enumerate() {
             let whole = cols == NR && (gi + 1) * G <= k;
+            if whole && q < done {
+                continue;
+            }
             if whole {
                 // G rows of NR bytes interleaved (and widened): the loops
                 // have constant bounds and vectorize.
@@ -1030,6 +1042,71 @@ fn pack_x_impl<const G: usize, const E: usize>(
     }
 }
 
+/// The VNNI packing of [`pack_x_impl`] (`G = 4`, `E = 1`) for whole groups
+/// of four depths and whole runs of 64 columns: each step loads four rows'
+/// 64 bytes and stores one 64-byte group row into each of four panels (the
+/// 128-bit lanes of the byte interleave are the panels' quarters, put in
+/// place by a 4 × 4 lane transpose). Returns how many leading panels it
+/// filled (a multiple of 4).
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_x4_avx512(
+    dst: &mut [u8],
+    x: &QMatX,
+    k: usize,
+    kp: usize,
+    j0: usize,
+    nc: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let panel = kp.div_ceil(4) * 4 * NR;
+    let (runs, groups) = (nc / 64, k / 4);
+    if panel == 0 || runs == 0 || groups == 0 {
+        return 0;
+    }
+    assert!(
+        dst.len() >= runs * 4 * panel && x.data.len() >= (groups * 4 - 1) * x.ld + j0 + runs * 64,
+        "pack_x4_avx512: buffers shorter than the block"
+    );
+    for run in 0..runs {
+        let c0 = j0 + run * 64;
+        let out = dst.as_mut_ptr().add(run * 4 * panel);
+        for gi in 0..groups {
+            // SAFETY: the four rows' 64 bytes at column c0 lie in X and the
+            // four 64-byte stores in the run's panels (both checked above).
+            let r: [__m512i; 4] = std::array::from_fn(|d| {
+                _mm512_loadu_si512(x.data.as_ptr().add((gi * 4 + d) * x.ld + c0) as *const __m512i)
+            });
+            let t01lo = _mm512_unpacklo_epi8(r[0], r[1]);
+            let t01hi = _mm512_unpackhi_epi8(r[0], r[1]);
+            let t23lo = _mm512_unpacklo_epi8(r[2], r[3]);
+            let t23hi = _mm512_unpackhi_epi8(r[2], r[3]);
+            // Lane L of o_q holds columns 16L + 4q .. 16L + 4q + 3.
+            let o0 = _mm512_unpacklo_epi16(t01lo, t23lo);
+            let o1 = _mm512_unpackhi_epi16(t01lo, t23lo);
+            let o2 = _mm512_unpacklo_epi16(t01hi, t23hi);
+            let o3 = _mm512_unpackhi_epi16(t01hi, t23hi);
+            let a = _mm512_shuffle_i64x2::<0x44>(o0, o1);
+            let b = _mm512_shuffle_i64x2::<0x44>(o2, o3);
+            let c = _mm512_shuffle_i64x2::<0xEE>(o0, o1);
+            let d = _mm512_shuffle_i64x2::<0xEE>(o2, o3);
+            let p = [
+                _mm512_shuffle_i64x2::<0x88>(a, b),
+                _mm512_shuffle_i64x2::<0xDD>(a, b),
+                _mm512_shuffle_i64x2::<0x88>(c, d),
+                _mm512_shuffle_i64x2::<0xDD>(c, d),
+            ];
+            for (l, v) in p.into_iter().enumerate() {
+                _mm512_storeu_si512(out.add(l * panel + gi * 64) as *mut __m512i, v);
+            }
+        }
+    }
+    runs * 4
+}
+
 /// Interleaves four rows of 16 bytes into 64: `out[4c + d] = rows[d][c]`,
 /// with SSE2 unpacks (part of every x86_64 CPU).
 #[cfg(target_arch = "x86_64")]
@@ -1057,19 +1134,21 @@ fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
     }
 }
 
-/// The common epilogue of weights-left products (convolutions), in
-/// AVX-512 registers, one tile row at a time: f32 output, a scale and an
-/// optional bias per row, Relu/Clip or no activation, no residual, whole
-/// contiguous rows. The same operations in the same order as
-/// [`finish_tile_impl`] (`(acc − z) as f32 · scale + bias`, then
-/// `max(lo)`, `min(hi)`), so the results are the same bit for bit. Returns
-/// false, doing nothing, for any other case.
+/// The epilogue in AVX-512 registers, one tile row at a time, for f32 and
+/// requantized u8 outputs: scales and bias per row (weights left) or per
+/// column, a residual when C's rows are contiguous, Relu/Clip or no
+/// activation, a partial last panel through masked loads and stores. The
+/// same operations in the same order as [`finish_tile_impl`] (`(acc − z)
+/// as f32 · scale`, `+ bias`, `+ residual`, `max(lo)`, `min(hi)`, then
+/// `round_ties_even(y / scale) + zp` clamped to `[0, 255]` with NaN → 0),
+/// so the results are the same bit for bit. Returns false, doing nothing,
+/// for raw i32 outputs, other activations, or columns not contiguous.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn finish_rows_f32_avx512(
+unsafe fn finish_rows_avx512(
     g: &Finish,
     tile: &[i32],
     i: usize,
@@ -1078,36 +1157,87 @@ unsafe fn finish_rows_f32_avx512(
     cols: usize,
 ) -> bool {
     use std::arch::x86_64::*;
-    let (Dst::F32(p), Some(ep)) = (g.dst, &g.ep) else {
+    let Some(ep) = &g.ep else {
         return false;
     };
     let (rs, cs) = g.strides;
     let (clamp, rest) = super::gemm::split_act(ep.act);
-    if !g.by_row || ep.residual.is_some() || rest.is_some() || cs != 1 || cols != NR {
+    if matches!(g.dst, Dst::I32(_)) || rest.is_some() || cs != 1 {
         return false;
     }
+    let mask: __mmask16 = if cols >= NR {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
     let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    for (r, t) in tile.chunks_exact(NR).enumerate().take(rows) {
-        let z = g.za.wrapping_mul(g.sums[i + r]);
-        let sb = match ep.b_scales {
-            [sb] => *sb,
-            sbs => sbs[i + r],
+    // Per-column scales, zero point corrections and bias (activations on
+    // the left), read once for the tile.
+    let (mut col_scale, mut col_z, mut col_bias) = (
+        _mm512_setzero_ps(),
+        _mm512_setzero_si512(),
+        _mm512_setzero_ps(),
+    );
+    if !g.by_row {
+        let sums = _mm512_loadu_si512(g.sums[j..j + NR].as_ptr() as *const __m512i);
+        col_z = _mm512_mullo_epi32(sums, _mm512_set1_epi32(g.za));
+        col_scale = match ep.b_scales {
+            [sb] => _mm512_set1_ps(ep.a_scale * sb),
+            sbs => _mm512_mul_ps(
+                _mm512_set1_ps(ep.a_scale),
+                _mm512_maskz_loadu_ps(mask, sbs[j..].as_ptr()),
+            ),
         };
-        let acc = _mm512_sub_epi32(
-            _mm512_loadu_si512(t.as_ptr() as *const __m512i),
-            _mm512_set1_epi32(z),
-        );
-        let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(ep.a_scale * sb));
         if let Some(bv) = ep.bias {
-            y = _mm512_add_ps(y, _mm512_set1_ps(bv[i + r]));
+            col_bias = _mm512_maskz_loadu_ps(mask, bv[j..].as_ptr());
+        }
+    }
+    for (r, t) in tile.chunks_exact(NR).enumerate().take(rows) {
+        let at = (i + r) * rs + j;
+        let acc = _mm512_loadu_si512(t.as_ptr() as *const __m512i);
+        let mut y = if g.by_row {
+            let z = g.za.wrapping_mul(g.sums[i + r]);
+            let sb = match ep.b_scales {
+                [sb] => *sb,
+                sbs => sbs[i + r],
+            };
+            let acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(z));
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(ep.a_scale * sb));
+            if let Some(bv) = ep.bias {
+                y = _mm512_add_ps(y, _mm512_set1_ps(bv[i + r]));
+            }
+            y
+        } else {
+            let acc = _mm512_sub_epi32(acc, col_z);
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), col_scale);
+            if ep.bias.is_some() {
+                y = _mm512_add_ps(y, col_bias);
+            }
+            y
+        };
+        if let Some(res) = ep.residual {
+            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, res[at..].as_ptr()));
         }
         if clamp.is_some() {
             y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
         }
-        // SAFETY: row i + r, columns j..j + NR lie inside C and in this
-        // task's rectangle (as for `store_row`).
-        _mm512_storeu_ps(p.add((i + r) * rs + j), y);
+        // SAFETY (both stores): row i + r, columns j..j + cols lie inside C
+        // (checked against its length in `qgemm_strided`/`qgemm_wx`) and in
+        // this task's rectangle, which no other task touches.
+        match g.dst {
+            Dst::F32(p) => _mm512_mask_storeu_ps(p.add(at), mask, y),
+            Dst::U8(p, rq) => {
+                let q = _mm512_div_ps(y, _mm512_set1_ps(rq.scale));
+                let q =
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
+                let q = _mm512_add_ps(q, _mm512_set1_ps(rq.zero_point as f32));
+                // vmaxps returns the second operand when the first is NaN.
+                let q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+                _mm512_mask_cvtepi32_storeu_epi8(p.add(at) as *mut i8, mask, _mm512_cvtps_epi32(q));
+            }
+            Dst::I32(_) => unreachable!("raw outputs return above"),
+        }
     }
     true
 }

@@ -31,7 +31,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::{aligned, pack_x_impl, Finish, QGemm, QGemmWx, QKernel, NR};
+use super::{aligned, pack_x, Finish, QGemm, QGemmWx, QKernel, NR};
 
 /// Depths of one tile row (bytes of u8/i8).
 pub(super) const CHUNK: usize = 64;
@@ -413,7 +413,7 @@ impl QGemmWx<'_> {
         for jc in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - jc);
             let xblock = &mut xbuf[x_off..x_off + nc.div_ceil(NR) * pb];
-            pack_x_impl::<4, 1>(xblock, &self.x, k, chunks * CHUNK, jc, nc);
+            pack_x(xblock, QKernel::Amx, &self.x, k, jc, nc);
             let xblock = &xbuf[x_off..x_off + nc.div_ceil(NR) * pb];
             run_block(
                 &self.fin,
