@@ -16,8 +16,15 @@
 //! (`(acc as f32) · (sa · sb[n])`, `+ bias[n]`, `+ residual`, activation,
 //! each step rounded on its own), or requantized u8.
 //!
-//! Three micro-kernels, chosen when B is packed:
+//! The micro-kernel is chosen when the constant operand is packed, the
+//! fastest the CPU has:
 //!
+//! * **AMX-INT8** (`qgemm/amx.rs`): `16 × 16` i32 tiles two by two, 64
+//!   depths per `tdpbusd`/`tdpbsud`, when the CPU has AMX and Linux grants
+//!   the tile state.
+//! * **AVX512-VNNI / AVX-VNNI `vpdpbusd`** (`12 × 16` on 512-bit registers,
+//!   `6 × 16` on 256-bit ones): four u8 × s8 products into an i32 per lane,
+//!   exact for any i8 weights.
 //! * **AVX2 `vpmaddubsw`** (`6 × 16`, 2 depths per instruction) when every
 //!   weight is in `[−64, 63]`. `vpmaddubsw` adds two u8 × s8 products into
 //!   an i16 with saturation; with `|b| ≤ 64` a pair is at most
@@ -30,11 +37,13 @@
 //!   packing, and `vpmaddwd` adds two i16 × i16 products into an i32.
 //!   Its only overflow is `(−32768)² · 2`; here each product is at most
 //!   `255 · 128` in magnitude, so the pair is exact.
+//! * **NEON** `SDOT` / `SMLAL` on aarch64 (`qgemm/neon.rs`).
 //! * **portable** (`4 × 16`): plain i32 multiply-adds the compiler
 //!   vectorizes for the target.
 //!
-//! All three give the same i32 accumulators bit for bit, and the epilogue
-//! is the same scalar-order code on every path, so results depend neither
+//! All give the same i32 accumulators bit for bit, and the epilogue
+//! performs the same operations in the same order on every path (scalar,
+//! or AVX-512 registers), so results depend neither
 //! on the kernel nor on the thread count (each element of C is computed by
 //! exactly one task, with the same operations as single-threaded).
 //!
