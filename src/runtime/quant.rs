@@ -166,9 +166,13 @@ impl QuantStep {
         };
         QUANTIZED.with(|buf| -> Result<()> {
             let mut q = buf.borrow_mut();
-            q.clear();
-            q.resize(x.len(), 0);
-            quantize_u8_with(cx.features, x, scale, zp, &mut q);
+            // Every byte is written by the quantization: the buffer only
+            // grows (no fill of the whole input on every run).
+            if q.len() < x.len() {
+                q.resize(x.len(), 0);
+            }
+            let q = &mut q[..x.len()];
+            quantize_u8_with(cx.features, x, scale, zp, q);
             let ep = QEpilogue {
                 a_scale: scale,
                 b_scales: &self.scales,
@@ -182,7 +186,7 @@ impl QuantStep {
                         return Err(Error::Internal("QMatMul: planned sizes differ".into()));
                     }
                     let a = QMatA {
-                        data: &q,
+                        data: q,
                         ld: *k,
                         trans: false,
                         zero_point: zp,
@@ -193,7 +197,7 @@ impl QuantStep {
                     if x.len() != x_shape.iter().product::<usize>() {
                         return Err(Error::Internal("QConv: planned sizes differ".into()));
                     }
-                    qconv2d(&q, *x_shape, zp, geom, w, QOut::F32(out, ep), cx);
+                    qconv2d(q, *x_shape, zp, geom, w, QOut::F32(out, ep), cx);
                 }
             }
             Ok(())

@@ -15,16 +15,22 @@
 //! planes, split once), one contiguous copy when the output rows are as
 //! wide as the plane's. A 1x1, stride-1, unpadded convolution reads the
 //! input in place. Convolutions
-//! with one input channel per group (depthwise) run a direct loop instead:
-//! per output plane, `Σ_taps (x − za) · w` in i32 over a plane padded with
-//! zeros after the zero point is subtracted. Both are exact, so every path
-//! and thread count gives the same accumulators, and the same epilogue
+//! with one input channel per group (depthwise) run a direct kernel
+//! instead (`qconv/dw.rs`): per output plane, each input row is expanded once into
+//! 4-tap words of u8 inputs (padding read as the zero point), and a kernel
+//! row's contribution to 16 (AVX512-VNNI) or 8 (AVX-VNNI, AVX2
+//! `vpmaddwd`) outputs is one multiply-add of such words by the four
+//! weights, the zero point folded into the start value `−za · Σ w`; the
+//! planes go to threads a few channels per task. Both are exact, so every
+//! path and thread count gives the same accumulators, and the same epilogue
 //! code order as the GEMM.
 
 use std::cell::RefCell;
 
+mod dw;
+
 use super::gemm::with_buf;
-use super::qgemm::{qgemm_wx, QEpilogue, QMatX, QOut, QPackedA, QRequant};
+use super::qgemm::{qgemm_wx, QEpilogue, QMatX, QOut, QPackedA};
 use super::{CpuCtx, Features};
 
 thread_local! {
@@ -190,27 +196,30 @@ pub fn qconv2d(
     let plane_in = h * wd;
     match &w.kind {
         Kind::Direct(wt) => {
-            // One task per output plane (batch item, channel).
-            let tasks = split_out(out, nb * m * p, 1, m, p);
-            let mg = m / w.group;
-            let run = |(t, o): (usize, QOut)| {
-                let (b, ch) = (t / m, t % m);
-                let ci = ch / mg;
-                let xs = &x[(b * c + ci) * plane_in..(b * c + ci + 1) * plane_in];
-                let taps = geom.kernel[0] * geom.kernel[1];
-                let wc = &wt[ch * taps..(ch + 1) * taps];
-                #[cfg(target_arch = "x86_64")]
-                if cx.features.avx2_fma {
-                    // SAFETY: the CPU has AVX2 (the features say so).
-                    unsafe { direct_plane_avx2(xs, (h, wd), x_zp, geom, (oh, ow), wc, o) };
-                    return;
-                }
-                direct_plane(xs, (h, wd), x_zp, geom, (oh, ow), wc, o);
-            };
-            if cx.threads > 1 && nb * m * p * geom.kernel[0] * geom.kernel[1] >= PAR_MIN_WORK {
-                cx.for_each_item(tasks, |t, o| run((t, o)));
+            // Tasks of `cpc` output channels of one batch item (a divisor
+            // of M), each a run of planes.
+            let threads = if nb * m * p * geom.kernel[0] * geom.kernel[1] >= PAR_MIN_WORK {
+                cx.threads
             } else {
-                tasks.into_iter().enumerate().for_each(run);
+                1
+            };
+            let cpc = dw::channels_per_task(m, p, nb, threads);
+            let tasks = split_out(out, nb * m * p, cpc, m, p);
+            let (mg, taps) = (m / w.group, geom.kernel[0] * geom.kernel[1]);
+            let run = |t: usize, o: QOut| {
+                let (b, ch0) = (t * cpc / m, t * cpc % m);
+                for (j, o) in split_out(o, cpc * p, 1, cpc, p).into_iter().enumerate() {
+                    let ch = ch0 + j;
+                    let ci = ch / mg;
+                    let xs = &x[(b * c + ci) * plane_in..(b * c + ci + 1) * plane_in];
+                    let wc = &wt[ch * taps..(ch + 1) * taps];
+                    dw::plane(cx.features, xs, (h, wd), x_zp, geom, (oh, ow), wc, o);
+                }
+            };
+            if threads > 1 && tasks.len() > 1 {
+                cx.for_each_item(tasks, run);
+            } else {
+                tasks.into_iter().enumerate().for_each(|(t, o)| run(t, o));
             }
         }
         Kind::Gemm(packs) => {
@@ -491,133 +500,12 @@ fn shifted_copy(
     }
 }
 
-/// [`direct_plane`] compiled for AVX2 (the loops vectorize 8 lanes wide).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA (no FMA is emitted: Rust never
-/// contracts a multiply and an add).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn direct_plane_avx2(
-    x: &[u8],
-    hw: (usize, usize),
-    za: u8,
-    geom: &QConvGeom,
-    ohw: (usize, usize),
-    wt: &[i8],
-    out: QOut,
-) {
-    direct_plane(x, hw, za, geom, ohw, wt, out)
-}
-
-/// One output plane of a convolution with one input channel per group:
-/// `acc = Σ_taps (x − za) · w` (exact i32: at most `kh·kw · 255 · 128`,
-/// bounded by `MAX_K` at packing), then the epilogue of `out` (one
-/// channel: its piece of the epilogue has one scale and one bias).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn direct_plane(
-    x: &[u8],
-    (h, w): (usize, usize),
-    za: u8,
-    geom: &QConvGeom,
-    (oh, ow): (usize, usize),
-    wt: &[i8],
-    out: QOut,
-) {
-    let [kh, kw] = geom.kernel;
-    let [sh, sw] = geom.strides;
-    let [dh, dw] = geom.dilations;
-    let [pt, pl, pb, pr] = geom.pads;
-    let (ph, pw) = (h + pt + pb, w + pl + pr);
-    // The plane minus the zero point, in i16, padded with exact zeros.
-    let mut xp = vec![0i16; ph * pw];
-    for iy in 0..h {
-        let d = &mut xp[(iy + pt) * pw + pl..(iy + pt) * pw + pl + w];
-        for (o, &v) in d.iter_mut().zip(&x[iy * w..(iy + 1) * w]) {
-            *o = v as i16 - za as i16;
-        }
-    }
-    let mut acc = vec![0i32; oh * ow];
-    if sw == 1 {
-        // Stride 1 along rows: accumulate over an `oh × pw` grid, output
-        // (oy, ox) at `oy * pw + ox`, so each tap is one long contiguous
-        // loop over the padded plane; the columns past `ow` are dropped.
-        let len = (oh - 1) * pw + ow;
-        let mut grid = vec![0i32; len];
-        for ki in 0..kh {
-            for kj in 0..kw {
-                let wv = wt[ki * kw + kj] as i32;
-                let src = &xp[ki * dh * pw + kj * dw..];
-                if sh == 1 {
-                    for (a, &v) in grid.iter_mut().zip(&src[..len]) {
-                        *a += wv * v as i32;
-                    }
-                } else {
-                    for oy in 0..oh {
-                        let (g, x) = (oy * pw, oy * sh * pw);
-                        for (a, &v) in grid[g..g + ow].iter_mut().zip(&src[x..x + ow]) {
-                            *a += wv * v as i32;
-                        }
-                    }
-                }
-            }
-        }
-        for (oy, arow) in acc.chunks_exact_mut(ow).enumerate() {
-            arow.copy_from_slice(&grid[oy * pw..oy * pw + ow]);
-        }
-    } else {
-        for (oy, arow) in acc.chunks_exact_mut(ow).enumerate() {
-            for ki in 0..kh {
-                let base = (oy * sh + ki * dh) * pw;
-                for kj in 0..kw {
-                    let wv = wt[ki * kw + kj] as i32;
-                    let src = &xp[base + kj * dw..];
-                    for (a, &v) in arow.iter_mut().zip(src.iter().step_by(sw)) {
-                        *a += wv * v as i32;
-                    }
-                }
-            }
-        }
-    }
-    finish_plane(&acc, out);
-}
-
-/// The epilogue of one output channel's plane of accumulators, in the
-/// order of the GEMM's: `(acc as f32) · (sa · sb)`, `+ bias`, `+ residual`,
-/// activation, then the store or requantization.
-#[inline(always)]
-fn finish_plane(acc: &[i32], out: QOut) {
-    let dequant = |ep: &QEpilogue| {
-        let s = ep.a_scale * ep.b_scales[0];
-        let mut y: Vec<f32> = acc.iter().map(|&v| v as f32 * s).collect();
-        if let Some(b) = ep.bias {
-            let b = b[0];
-            y.iter_mut().for_each(|v| *v += b);
-        }
-        if let Some(r) = ep.residual {
-            y.iter_mut().zip(r).for_each(|(v, &x)| *v += x);
-        }
-        if let Some(act) = ep.act {
-            super::apply_activation(act, &mut y);
-        }
-        y
-    };
-    match out {
-        QOut::I32(c) => c.copy_from_slice(acc),
-        QOut::F32(c, ep) => c.copy_from_slice(&dequant(&ep)),
-        QOut::U8(c, ep, QRequant { scale, zero_point }) => {
-            super::qgemm::quantize_u8(&dequant(&ep), scale, zero_point, c)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ir::Activation;
     use crate::kernels::cpu::qgemm::tests::{features, rand_f32, rand_i8, rand_u8, two_threads};
+    use crate::kernels::cpu::qgemm::QRequant;
 
     /// One convolution problem.
     struct Case {
@@ -838,6 +726,90 @@ mod tests {
                     let mut got = vec![0i32; want.len()];
                     qconv2d(&x, c.x, za, &c.geom, &pk, QOut::I32(&mut got), &cx);
                     assert_eq!(got, want, "{name} w {wname} za {za}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adversarial_depthwise_is_exact() {
+        // The depthwise quad kernels: extreme weights and activations, zero
+        // points 0 and 255, every stride/pad/dilation edge (strides and
+        // dilations past the shuffle's reach take the byte-by-byte quads),
+        // kernels wider than one 4-tap group, odd widths with tails that
+        // fill no vector, 4-vector blocks, and tiny planes.
+        let mut geoms = Vec::new();
+        for (hw, k, s, d, pads) in [
+            ([1, 1], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            ([1, 1], [1, 1], [1, 1], [1, 1], [0, 0, 0, 0]),
+            ([2, 3], [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
+            ([2, 3], [2, 3], [1, 1], [1, 1], [0, 2, 1, 0]),
+            ([5, 17], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            ([6, 33], [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
+            ([4, 70], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            ([5, 131], [3, 3], [2, 2], [1, 1], [0, 1, 1, 0]),
+            ([7, 71], [3, 3], [1, 1], [2, 2], [2, 2, 2, 2]),
+            ([9, 41], [5, 5], [1, 1], [1, 1], [2, 2, 2, 2]),
+            ([9, 40], [7, 7], [2, 2], [1, 1], [3, 3, 3, 3]),
+            ([8, 29], [3, 6], [1, 3], [1, 1], [0, 3, 2, 0]),
+            ([11, 38], [3, 3], [3, 4], [2, 2], [3, 0, 0, 3]),
+            ([7, 23], [3, 2], [2, 1], [3, 5], [0, 5, 4, 1]),
+            ([3, 9], [3, 3], [1, 1], [1, 1], [3, 3, 3, 3]),
+        ] {
+            let g = QConvGeom {
+                kernel: k,
+                strides: s,
+                dilations: d,
+                pads,
+                group: 3,
+            };
+            if g.out_hw(hw[0], hw[1]).is_some() {
+                geoms.push((hw, g));
+            }
+        }
+        let mut seed = 77u64;
+        for (name, f) in features() {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for &(hw, geom) in &geoms {
+                    let c = Case {
+                        x: [2, 3, hw[0], hw[1]],
+                        m: 6,
+                        geom,
+                    };
+                    let n = 2 * 3 * hw[0] * hw[1];
+                    let taps = geom.kernel[0] * geom.kernel[1];
+                    for (xname, x) in [
+                        ("255", vec![255u8; n]),
+                        ("0", vec![0u8; n]),
+                        ("rand", rand_u8(n, seed)),
+                    ] {
+                        for (wname, w) in [
+                            ("-128", vec![-128i8; 6 * taps]),
+                            ("+127", vec![127i8; 6 * taps]),
+                            (
+                                "alt",
+                                (0..6 * taps)
+                                    .map(|i| if i % 3 == 0 { 127 } else { -128 })
+                                    .collect(),
+                            ),
+                            ("rand", rand_i8(6 * taps, -128, 127, seed + 1)),
+                        ] {
+                            seed += 2;
+                            for za in [0u8, 255, 128] {
+                                let pk =
+                                    pack_conv(&w, [6, 1, geom.kernel[0], geom.kernel[1]], 3, f)
+                                        .expect("packs");
+                                assert!(pk.is_direct());
+                                let want = reference(&c, &x, za, &w);
+                                let mut got = vec![0i32; want.len()];
+                                qconv2d(&x, c.x, za, &geom, &pk, QOut::I32(&mut got), &cx);
+                                assert_eq!(
+                                    got, want,
+                                    "{name} {hw:?} {geom:?} x {xname} w {wname} za {za}"
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }

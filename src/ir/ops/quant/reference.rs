@@ -44,17 +44,20 @@ pub fn dynamic_params(x: &[f32]) -> (f32, u8) {
 }
 
 /// The smallest and largest finite values of `x`, widened to hold 0.
-/// Minimum and maximum are exact whatever the order, so the eight running
-/// lanes (which let the compiler vectorize; the runtime compiles this for
-/// AVX2 too) give a plain loop's values.
+/// Minimum and maximum are exact whatever the order (a zero never
+/// replaces the starting `+0`, so the sign of zero cannot depend on it),
+/// so the 32 running lanes (four independent vectors, no single long
+/// chain of dependent min/max; the runtime compiles this for AVX2 too)
+/// give a plain loop's values.
 #[inline(always)]
 pub fn finite_range(x: &[f32]) -> (f32, f32) {
     // A non-finite value counts as 0, which the range holds anyway.
     let finite = |v: f32| if v.is_finite() { v } else { 0.0 };
-    let (mut lo, mut hi) = ([0f32; 8], [0f32; 8]);
-    let mut chunks = x.chunks_exact(8);
+    const L: usize = 32;
+    let (mut lo, mut hi) = ([0f32; L], [0f32; L]);
+    let mut chunks = x.chunks_exact(L);
     for c in &mut chunks {
-        for i in 0..8 {
+        for i in 0..L {
             let v = finite(c[i]);
             lo[i] = if v < lo[i] { v } else { lo[i] };
             hi[i] = if v > hi[i] { v } else { hi[i] };
@@ -65,7 +68,7 @@ pub fn finite_range(x: &[f32]) -> (f32, f32) {
         l = l.min(finite(v));
         h = h.max(finite(v));
     }
-    for i in 0..8 {
+    for i in 0..L {
         l = l.min(lo[i]);
         h = h.max(hi[i]);
     }

@@ -1,0 +1,584 @@
+//! The int8 depthwise plane kernel: one output plane of a convolution with
+//! one input channel per group, `acc = Σ_taps (x − za) · w` exactly in i32,
+//! then the epilogue.
+//!
+//! Each input row is expanded once per plane into **quads**: for output
+//! column `ox` and tap group `g` (taps `4g..4g+4` of a kernel row), one
+//! 32-bit word holding the four u8 inputs those taps read
+//! (`row[ox·sw + (4g + j)·dw − pl]`, the zero point `za` where that is
+//! padding; the bytes of taps past `kw` have weight 0 and may hold
+//! anything). A kernel row's contribution to 16 (or 8) outputs is then one
+//! load and one `vpdpbusd` (u8 × s8, four products summed into each i32,
+//! wrapping) with the four weights broadcast; rows above and below the
+//! input read a row of `za` quads. The zero point is folded into the start
+//! value, `−za · Σ w`: padding reads `za`, so every tap contributes
+//! `x · w`, and `Σ x·w − za·Σ w = Σ (x − za)·w` holds in wrapping i32
+//! arithmetic, exact because the true sum fits (`kh·kw ≤ MAX_K`).
+//!
+//! Kernels, chosen by the CPU's features (all give the same i32 bit for
+//! bit): AVX512-VNNI (16 outputs a vector), AVX-VNNI (8), AVX2 `vpmaddwd`
+//! (8; each quad split into its even and odd bytes as i16 pairs, two
+//! multiplies per quad, exact for any i8 weight), and a portable loop. On
+//! x86 with AVX2 a quad row is built with one `vpshufb` per 8 outputs when
+//! every byte of 4 neighbouring quads lies in 16 bytes (`3·(sw + dw) ≤
+//! 15`: strides and dilations up to 2 and more), otherwise byte by byte.
+//!
+//! The epilogue is the GEMM's, element by element in the same order:
+//! `(acc as f32) · (sa · sb)`, `+ bias`, `+ residual`, activation (on the
+//! whole plane), then the store or the requantization ([`quantize_u8`]).
+
+use std::cell::RefCell;
+
+use super::super::qgemm::{quantize_u8, QEpilogue, QOut, QRequant};
+use super::super::Features;
+use super::QConvGeom;
+
+/// Output columns of a quad row are padded to a multiple of this (the
+/// widest vector's i32 lanes).
+const PAD: usize = 16;
+
+/// A thread's buffers for [`plane`]: they only grow.
+struct Scratch {
+    /// The quad rows of the input plane, then one row of `za` quads.
+    quads: Vec<u32>,
+    /// The input plane, each row with `za` padding on both sides.
+    row: Vec<u8>,
+    /// The plane's accumulators (plus a vector of slack).
+    acc: Vec<i32>,
+    /// The dequantized plane before requantization.
+    yf: Vec<f32>,
+    /// The weights of each (kernel row, tap group), four bytes a word.
+    wq: Vec<u32>,
+}
+
+impl Scratch {
+    const fn new() -> Scratch {
+        Scratch {
+            quads: Vec::new(),
+            row: Vec::new(),
+            acc: Vec::new(),
+            yf: Vec::new(),
+            wq: Vec::new(),
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
+}
+
+/// Grows `v` to at least `len` elements.
+fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// The shape of one plane's work.
+#[derive(Clone, Copy)]
+struct Shape {
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    /// `ow` rounded up to [`PAD`]: the pitch of a quad row's group.
+    owp: usize,
+    /// Tap groups per kernel row (`⌈kw / 4⌉`).
+    groups: usize,
+    /// Bytes of a padded input row.
+    row_len: usize,
+}
+
+/// Output channels per task: a divisor of `m` (so a task's channels share
+/// one batch item and one slice of the epilogue), about 4096 outputs a
+/// task but enough tasks to balance `threads`.
+pub(super) fn channels_per_task(m: usize, p: usize, nb: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return m;
+    }
+    let want = (4096 / p.max(1)).min((nb * m).div_ceil(4 * threads)).max(1);
+    (1..=want.min(m))
+        .rev()
+        .find(|&d| m.is_multiple_of(d))
+        .unwrap_or(1)
+}
+
+/// One output plane: `x` the input plane (`h × w` u8, zero point `za`),
+/// `wt` the channel's `kh · kw` weights, `out` the plane's output with a
+/// one-channel epilogue.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plane(
+    features: Features,
+    x: &[u8],
+    (h, w): (usize, usize),
+    za: u8,
+    geom: &QConvGeom,
+    (oh, ow): (usize, usize),
+    wt: &[i8],
+    out: QOut,
+) {
+    let kw = geom.kernel[1];
+    let [sw, dw] = [geom.strides[1], geom.dilations[1]];
+    let groups = kw.div_ceil(4);
+    let owp = ow.div_ceil(PAD) * PAD;
+    let pl = geom.pads[1];
+    // Every byte a quad (scalar or shuffled) reads: see `build_row_*`.
+    let row_len = pl + w + owp * sw + 4 * groups * dw + 32;
+    let s = Shape {
+        h,
+        w,
+        oh,
+        ow,
+        owp,
+        groups,
+        row_len,
+    };
+    SCRATCH.with(|c| match c.try_borrow_mut() {
+        Ok(mut buf) => one(features, x, za, geom, &s, wt, &mut buf, out),
+        Err(_) => one(features, x, za, geom, &s, wt, &mut Scratch::new(), out),
+    })
+}
+
+/// [`plane`] with the thread's buffers.
+#[allow(clippy::too_many_arguments)]
+fn one(
+    features: Features,
+    x: &[u8],
+    za: u8,
+    geom: &QConvGeom,
+    s: &Shape,
+    wt: &[i8],
+    buf: &mut Scratch,
+    out: QOut,
+) {
+    let [kh, kw] = geom.kernel;
+    // The weights of each (kernel row, group) as four bytes, and the start
+    // value that folds the zero point in.
+    let mut sum = 0i32;
+    buf.wq.clear();
+    for t in 0..kh * s.groups {
+        let (ki, g) = (t / s.groups, t % s.groups);
+        let b: [u8; 4] = std::array::from_fn(|j| {
+            let kj = 4 * g + j;
+            if kj < kw {
+                sum += wt[ki * kw + kj] as i32;
+                wt[ki * kw + kj] as u8
+            } else {
+                0
+            }
+        });
+        buf.wq.push(u32::from_le_bytes(b));
+    }
+    let init = sum.wrapping_mul(-(za as i32));
+    grow(&mut buf.quads, (s.h + 1) * s.groups * s.owp);
+    grow(&mut buf.row, s.h * s.row_len);
+    grow(&mut buf.acc, s.oh * s.ow + PAD);
+    run(features, x, za, geom, s, init, buf, out);
+}
+
+/// Builds the quads, accumulates and finishes, on the kernel `features`
+/// select.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    features: Features,
+    x: &[u8],
+    za: u8,
+    geom: &QConvGeom,
+    s: &Shape,
+    init: i32,
+    buf: &mut Scratch,
+    out: QOut,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use x86::*;
+        if features.avx512vnni {
+            // SAFETY: the CPU has AVX-512 F/BW/VL and AVX512-VNNI (the
+            // features say so); the buffers were sized by `plane`.
+            unsafe { run_vnni512(x, za, geom, s, init, buf, out) };
+            return;
+        }
+        if features.avxvnni {
+            // SAFETY: the CPU has AVX2 and AVX-VNNI; buffers as above.
+            unsafe { run_vnni256(x, za, geom, s, init, buf, out) };
+            return;
+        }
+        if features.avx2_fma {
+            // SAFETY: the CPU has AVX2; buffers as above.
+            unsafe { run_avx2(x, za, geom, s, init, buf, out) };
+            return;
+        }
+    }
+    let _ = features;
+    build(x, za, geom, s, buf, false);
+    accumulate_portable(geom, s, init, buf);
+    finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, features.avx2_fma);
+}
+
+/// Writes the quad rows of the plane (rows `0..h`, then the `za` row) into
+/// `buf.quads`; `shuffle` (AVX2 only) builds a row with `vpshufb` where
+/// the geometry allows.
+#[inline(always)]
+fn build(x: &[u8], za: u8, geom: &QConvGeom, s: &Shape, buf: &mut Scratch, shuffle: bool) {
+    let (sw, dw, pl) = (geom.strides[1], geom.dilations[1], geom.pads[1]);
+    let Scratch { quads, row, .. } = buf;
+    // The whole plane padded first, then the quads: a quad row's loads
+    // never wait on the stores of its row's copy (a 16-byte load over
+    // several recent smaller stores cannot be forwarded from them).
+    let rl = s.row_len;
+    let padded = &mut row[..s.h * rl];
+    for (iy, r) in padded.chunks_exact_mut(rl).enumerate() {
+        r[..pl].fill(za);
+        r[pl..pl + s.w].copy_from_slice(&x[iy * s.w..(iy + 1) * s.w]);
+        r[pl + s.w..].fill(za);
+    }
+    let pitch = s.groups * s.owp;
+    let quads = &mut quads[..(s.h + 1) * pitch];
+    let (rows, pad) = quads.split_at_mut(s.h * pitch);
+    pad.fill(u32::from_le_bytes([za; 4]));
+    let shuffled = shuffle && 3 * (sw + dw) <= 15;
+    for (q, row) in rows.chunks_exact_mut(pitch).zip(padded.chunks_exact(rl)) {
+        #[cfg(target_arch = "x86_64")]
+        if shuffled {
+            // SAFETY: `shuffle` is only set on CPUs with AVX2; the row holds
+            // every byte read (`row_len`), `q` a whole quad row.
+            unsafe { x86::build_row_shuffle(row, sw, dw, s.groups, s.owp, q) };
+            continue;
+        }
+        let _ = shuffled;
+        for g in 0..s.groups {
+            for (ox, d) in q[g * s.owp..(g + 1) * s.owp].iter_mut().enumerate() {
+                let at = ox * sw + 4 * g * dw;
+                *d = u32::from_le_bytes(std::array::from_fn(|j| row[at + j * dw]));
+            }
+        }
+    }
+}
+
+/// The quad row read by kernel row `ki` of output row `oy`: an input row,
+/// or the `za` row (index `h`) where the tap reads padding.
+#[inline(always)]
+fn src_row(geom: &QConvGeom, s: &Shape, oy: usize, ki: usize) -> usize {
+    let r = oy * geom.strides[0] + ki * geom.dilations[0];
+    match r.checked_sub(geom.pads[0]) {
+        Some(iy) if iy < s.h => iy,
+        _ => s.h,
+    }
+}
+
+/// The accumulators of the plane, `acc[oy · ow + ox]`, in plain Rust.
+fn accumulate_portable(geom: &QConvGeom, s: &Shape, init: i32, buf: &mut Scratch) {
+    let pitch = s.groups * s.owp;
+    let kh = geom.kernel[0];
+    for (oy, a) in buf.acc[..s.oh * s.ow].chunks_exact_mut(s.ow).enumerate() {
+        a.fill(init);
+        for ki in 0..kh {
+            let r = src_row(geom, s, oy, ki) * pitch;
+            for g in 0..s.groups {
+                let wb = buf.wq[ki * s.groups + g]
+                    .to_le_bytes()
+                    .map(|b| b as i8 as i32);
+                let q = &buf.quads[r + g * s.owp..r + g * s.owp + s.ow];
+                for (a, &q) in a.iter_mut().zip(q) {
+                    let xb = q.to_le_bytes();
+                    let d = (0..4).map(|j| xb[j] as i32 * wb[j]).sum::<i32>();
+                    *a = a.wrapping_add(d);
+                }
+            }
+        }
+    }
+}
+
+/// The epilogue of one output channel's plane of accumulators, in the
+/// order of the GEMM's: `(acc as f32) · (sa · sb)`, `+ bias`, `+ residual`,
+/// activation, then the store or requantization (through `yf`).
+#[inline(always)]
+fn finish(acc: &[i32], yf: &mut Vec<f32>, out: QOut, avx: bool) {
+    fn dequant(acc: &[i32], ep: &QEpilogue, y: &mut [f32], avx: bool) {
+        let s = ep.a_scale * ep.b_scales[0];
+        let y = &mut y[..acc.len()];
+        // One pass, each step rounded on its own (no contraction in Rust).
+        match (ep.bias.map(|b| b[0]), ep.residual) {
+            (None, None) => y.iter_mut().zip(acc).for_each(|(y, &a)| *y = a as f32 * s),
+            (Some(b), None) => y.iter_mut().zip(acc).for_each(|(y, &a)| {
+                let v = a as f32 * s;
+                *y = v + b
+            }),
+            (None, Some(r)) => y.iter_mut().zip(acc).zip(r).for_each(|((y, &a), &r)| {
+                let v = a as f32 * s;
+                *y = v + r
+            }),
+            (Some(b), Some(r)) => y.iter_mut().zip(acc).zip(r).for_each(|((y, &a), &r)| {
+                let v = a as f32 * s;
+                let v = v + b;
+                *y = v + r
+            }),
+        }
+        if let Some(act) = ep.act {
+            super::super::ops::activation(act, y, avx);
+        }
+    }
+    match out {
+        QOut::I32(c) => c[..acc.len()].copy_from_slice(acc),
+        QOut::F32(c, ep) => dequant(acc, &ep, c, avx),
+        QOut::U8(c, ep, QRequant { scale, zero_point }) => {
+            grow(yf, acc.len());
+            dequant(acc, &ep, yf, avx);
+            quantize_u8(&yf[..acc.len()], scale, zero_point, &mut c[..acc.len()]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// A vector of i32 accumulators and its multiply-add of quads.
+    pub(super) trait DwVec: Copy {
+        /// i32 lanes.
+        const N: usize;
+        /// The broadcast weights of one group.
+        type W: Copy;
+        unsafe fn splat(v: i32) -> Self;
+        unsafe fn weights(w: u32) -> Self::W;
+        unsafe fn load(p: *const u32) -> Self;
+        /// `self + Σ_j quad byte j (u8) · weight byte j (i8)`, wrapping.
+        unsafe fn dp(self, q: Self, w: Self::W) -> Self;
+        unsafe fn store(self, p: *mut i32);
+    }
+
+    /// 16 lanes, AVX512-VNNI `vpdpbusd`.
+    #[derive(Clone, Copy)]
+    pub(super) struct Z(__m512i);
+    /// 8 lanes, AVX-VNNI `vpdpbusd`.
+    #[derive(Clone, Copy)]
+    pub(super) struct Y(__m256i);
+    /// 8 lanes, AVX2 `vpmaddwd` on the even and odd bytes.
+    #[derive(Clone, Copy)]
+    pub(super) struct M(__m256i);
+
+    impl DwVec for Z {
+        const N: usize = 16;
+        type W = __m512i;
+        #[inline(always)]
+        unsafe fn splat(v: i32) -> Self {
+            Z(_mm512_set1_epi32(v))
+        }
+        #[inline(always)]
+        unsafe fn weights(w: u32) -> __m512i {
+            _mm512_set1_epi32(w as i32)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u32) -> Self {
+            Z(_mm512_loadu_si512(p as *const _))
+        }
+        #[inline(always)]
+        unsafe fn dp(self, q: Self, w: __m512i) -> Self {
+            Z(_mm512_dpbusd_epi32(self.0, q.0, w))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut i32) {
+            _mm512_storeu_si512(p as *mut _, self.0)
+        }
+    }
+
+    impl DwVec for Y {
+        const N: usize = 8;
+        type W = __m256i;
+        #[inline(always)]
+        unsafe fn splat(v: i32) -> Self {
+            Y(_mm256_set1_epi32(v))
+        }
+        #[inline(always)]
+        unsafe fn weights(w: u32) -> __m256i {
+            _mm256_set1_epi32(w as i32)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u32) -> Self {
+            Y(_mm256_loadu_si256(p as *const _))
+        }
+        #[inline(always)]
+        unsafe fn dp(self, q: Self, w: __m256i) -> Self {
+            Y(_mm256_dpbusd_avx_epi32(self.0, q.0, w))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut i32) {
+            _mm256_storeu_si256(p as *mut _, self.0)
+        }
+    }
+
+    impl DwVec for M {
+        const N: usize = 8;
+        /// Weights of bytes (0, 2) and (1, 3) as i16 pairs.
+        type W = (__m256i, __m256i);
+        #[inline(always)]
+        unsafe fn splat(v: i32) -> Self {
+            M(_mm256_set1_epi32(v))
+        }
+        #[inline(always)]
+        unsafe fn weights(w: u32) -> (__m256i, __m256i) {
+            let b = w.to_le_bytes().map(|b| b as i8 as i16 as u16 as u32);
+            (
+                _mm256_set1_epi32((b[0] | b[2] << 16) as i32),
+                _mm256_set1_epi32((b[1] | b[3] << 16) as i32),
+            )
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u32) -> Self {
+            M(_mm256_loadu_si256(p as *const _))
+        }
+        #[inline(always)]
+        unsafe fn dp(self, q: Self, w: (__m256i, __m256i)) -> Self {
+            // Bytes 0 and 2 zero-extended to i16, then bytes 1 and 3: each
+            // vpmaddwd pair is at most 2 · 255 · 128 in magnitude (exact).
+            let even = _mm256_and_si256(q.0, _mm256_set1_epi32(0x00FF_00FF));
+            let odd = _mm256_srli_epi16::<8>(q.0);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(even, w.0), _mm256_madd_epi16(odd, w.1));
+            M(_mm256_add_epi32(self.0, s))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut i32) {
+            _mm256_storeu_si256(p as *mut _, self.0)
+        }
+    }
+
+    /// The accumulators of the plane, `acc[oy · ow + ox]`, `V::N` outputs a
+    /// vector and up to 4 vectors at once; the vectors past `ow` spill into
+    /// the next row (rewritten after) or the slack.
+    ///
+    /// # Safety
+    /// The CPU supports `V`'s instructions; the buffers were sized by
+    /// [`plane`] and the quads built.
+    #[inline(always)]
+    unsafe fn accumulate<V: DwVec>(geom: &QConvGeom, s: &Shape, init: i32, buf: &mut Scratch) {
+        let wq = buf.wq.as_ptr();
+        let pitch = s.groups * s.owp;
+        let kh = geom.kernel[0];
+        let q = buf.quads.as_ptr();
+        let acc = buf.acc.as_mut_ptr();
+        let n = V::N;
+        let vinit = V::splat(init);
+        for oy in 0..s.oh {
+            let dst = acc.add(oy * s.ow);
+            let mut ox = 0;
+            macro_rules! block {
+                ($u:literal) => {{
+                    let mut a = [vinit; $u];
+                    for ki in 0..kh {
+                        let r = q.add(src_row(geom, s, oy, ki) * pitch + ox);
+                        for g in 0..s.groups {
+                            let w = V::weights(*wq.add(ki * s.groups + g));
+                            let src = r.add(g * s.owp);
+                            for (u, a) in a.iter_mut().enumerate() {
+                                *a = a.dp(V::load(src.add(u * n)), w);
+                            }
+                        }
+                    }
+                    for (u, a) in a.iter().enumerate() {
+                        a.store(dst.add(ox + u * n));
+                    }
+                    ox += $u * n;
+                }};
+            }
+            while ox + 3 * n < s.ow {
+                block!(4);
+            }
+            while ox < s.ow {
+                block!(1);
+            }
+        }
+    }
+
+    /// One quad row from a padded input row with `vpshufb`: 8 quads from
+    /// two 16-byte loads, `4·sw` bytes apart (quad `i` of a half reads
+    /// bytes `i·sw + j·dw`, all below 16 when `3·(sw + dw) ≤ 15`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `row` holds every byte read (`(owp − 8)·sw +
+    /// 4·(groups − 1)·dw + 4·sw + 16` at most), `q` `groups · owp` quads,
+    /// `owp` a multiple of 8.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn build_row_shuffle(
+        row: &[u8],
+        sw: usize,
+        dw: usize,
+        groups: usize,
+        owp: usize,
+        q: &mut [u32],
+    ) {
+        let pat: [u8; 16] = std::array::from_fn(|b| ((b / 4) * sw + (b % 4) * dw) as u8);
+        let pat = _mm256_broadcastsi128_si256(_mm_loadu_si128(pat.as_ptr() as *const _));
+        let (rp, qp) = (row.as_ptr(), q.as_mut_ptr());
+        for g in 0..groups {
+            let base = rp.add(4 * g * dw);
+            let d = qp.add(g * owp);
+            for ox in (0..owp).step_by(8) {
+                let at = base.add(ox * sw);
+                let v = _mm256_loadu2_m128i(at.add(4 * sw) as *const _, at as *const _);
+                _mm256_storeu_si256(d.add(ox) as *mut _, _mm256_shuffle_epi8(v, pat));
+            }
+        }
+    }
+
+    /// The whole plane on AVX512-VNNI.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL, AVX512-VNNI and AVX2; buffers sized by
+    /// [`plane`].
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn run_vnni512(
+        x: &[u8],
+        za: u8,
+        geom: &QConvGeom,
+        s: &Shape,
+        init: i32,
+        buf: &mut Scratch,
+        out: QOut,
+    ) {
+        build(x, za, geom, s, buf, true);
+        accumulate::<Z>(geom, s, init, buf);
+        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, true);
+    }
+
+    /// The whole plane on AVX-VNNI.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and AVX-VNNI; buffers sized by [`plane`].
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn run_vnni256(
+        x: &[u8],
+        za: u8,
+        geom: &QConvGeom,
+        s: &Shape,
+        init: i32,
+        buf: &mut Scratch,
+        out: QOut,
+    ) {
+        build(x, za, geom, s, buf, true);
+        accumulate::<Y>(geom, s, init, buf);
+        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, true);
+    }
+
+    /// The whole plane on AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; buffers sized by [`plane`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn run_avx2(
+        x: &[u8],
+        za: u8,
+        geom: &QConvGeom,
+        s: &Shape,
+        init: i32,
+        buf: &mut Scratch,
+        out: QOut,
+    ) {
+        build(x, za, geom, s, buf, true);
+        accumulate::<M>(geom, s, init, buf);
+        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, true);
+    }
+}
