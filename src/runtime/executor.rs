@@ -13,6 +13,7 @@
 use std::time::Instant;
 
 use super::plan::{Exec, Loc, Plan, Step, ValueInfo};
+use super::quant::{QDst, QIn};
 use crate::ir::ops as reference;
 use crate::ir::{DType, Tensor, ValueId};
 use crate::kernels::cpu::{self, CpuCtx, View, ViewMut};
@@ -295,12 +296,19 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
             }
             Ok(false)
         }
-        Exec::Quant(q) => {
+        Exec::Quant { step: q, io } => {
             let (off, len) = output_range(step, env, 0)?;
             // SAFETY: the output range is disjoint from every input range of
             // this step (Plan::check_views); the views end with this block.
+            // A u8 edge's bytes are the first `numel` bytes of its f32 slot
+            // (`numel` f32s long), written by its producer (`QuantIo`).
             unsafe {
                 let x = f32_data(value(env.values, input(step, 0)?)?, env.inputs, env.arena)?;
+                let x = if io.in_u8 {
+                    QIn::U8(std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()))
+                } else {
+                    QIn::F32(x)
+                };
                 let residual = match q.residual {
                     Some(p) => Some(f32_data(
                         value(env.values, input(step, p)?)?,
@@ -310,6 +318,13 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
                     None => None,
                 };
                 let out = env.arena.slice_mut(off, len);
+                let out = match io.out_u8 {
+                    Some(rq) => QDst::U8(
+                        std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len()),
+                        rq,
+                    ),
+                    None => QDst::F32(out),
+                };
                 q.run(x, residual, out, env.cx)?;
             }
             Ok(false)

@@ -20,7 +20,7 @@
 //! the input's buffer and [`super::inplace`] computes over it. (Chains with
 //! transcendental steps stay out of place on the vectorized kernels.)
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -32,6 +32,7 @@ use super::packs::{PackCache, PackKey};
 use super::profile::{self, Profiler};
 use super::quant::QuantStep;
 use crate::ir::{DType, Graph, Op, Tensor, ValueId};
+use crate::kernels::cpu::qgemm::QRequant;
 use crate::kernels::cpu::{CpuCtx, Prepacked, View};
 use crate::{Error, Result};
 
@@ -69,12 +70,30 @@ pub(crate) enum Exec {
     Alias,
     /// An elementwise chain overwriting its dying input `kernel.inplace`.
     InPlace(ChainKernel),
-    /// QConv / QMatMul on the int8 kernels.
-    Quant(Arc<QuantStep>),
+    /// QConv / QMatMul on the int8 kernels; `io` says whether its input
+    /// arrives and its output leaves as u8 (see [`QuantIo`]).
+    Quant { step: Arc<QuantStep>, io: QuantIo },
     /// Gather of f32 data by integer indices along `axis` (normalized), as
     /// row copies: its indices are not f32, which would send it to the
     /// reference kernel.
     Gather { axis: usize },
+}
+
+/// Whether an int8 step's activation edges carry u8 instead of f32. An
+/// edge between two int8 steps is u8 when every reader of the value is an
+/// int8 step taking it as its activation with one and the same static
+/// quantization, and it is not a graph output: the producer then
+/// requantizes in its epilogue, with the very operations the readers would
+/// have quantized its f32 output with (so the results are the same bit
+/// for bit), and the value holds `numel` bytes at the start of its arena
+/// slot. The model's activations then stay 8-bit between layers, as ONNX
+/// Runtime's QLinearConv chains do, instead of a round trip through f32.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct QuantIo {
+    /// The activation (input 0) holds u8 bytes.
+    pub in_u8: bool,
+    /// The output is requantized to u8 with these parameters.
+    pub out_u8: Option<QRequant>,
 }
 
 /// How a step runs, as [`Plan::steps`] reports it.
@@ -383,7 +402,10 @@ impl Plan {
                 if let Some(q) = step {
                     let residual_ok = q.residual.is_none_or(|p| node.input(p).is_some_and(is_f32));
                     if residual_ok {
-                        exec = Exec::Quant(q);
+                        exec = Exec::Quant {
+                            step: q,
+                            io: QuantIo::default(),
+                        };
                     }
                 }
             }
@@ -417,6 +439,8 @@ impl Plan {
                 packed: None,
             });
         }
+
+        u8_edges(&mut steps, &outputs);
 
         // Buffers: one per arena value, except that an in-place or aliased
         // output joins its input's buffer (the union lives from the input's
@@ -715,7 +739,7 @@ impl Plan {
                     Exec::Copy => ExecKind::Copy,
                     Exec::Alias => ExecKind::Alias,
                     Exec::InPlace(_) => ExecKind::InPlace,
-                    Exec::Quant(_) => ExecKind::Int8,
+                    Exec::Quant { .. } => ExecKind::Int8,
                 },
                 inputs: s.inputs.clone(),
                 outputs: s.outputs.clone(),
@@ -784,4 +808,50 @@ fn clip_bounds(g: &Graph, node: &crate::ir::Node) -> Option<(f32, f32)> {
         }
     };
     Some((bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?))
+}
+
+/// Marks the u8 edges between int8 steps (see [`QuantIo`]).
+fn u8_edges(steps: &mut [Step], graph_outputs: &HashSet<ValueId>) {
+    let mut readers: HashMap<ValueId, Vec<(usize, usize)>> = HashMap::new();
+    for (t, step) in steps.iter().enumerate() {
+        for (pos, v) in step.inputs.iter().enumerate() {
+            if let Some(v) = v {
+                readers.entry(*v).or_default().push((t, pos));
+            }
+        }
+    }
+    for p in 0..steps.len() {
+        let Exec::Quant { .. } = steps[p].exec else {
+            continue;
+        };
+        let v = steps[p].outputs[0];
+        let Some(rs) = readers.get(&v) else { continue };
+        if graph_outputs.contains(&v) {
+            continue;
+        }
+        // Every reader an int8 step with v as its activation only, all with
+        // the same static input quantization.
+        let mut quant = None;
+        let ok = rs.iter().all(|&(t, pos)| match &steps[t].exec {
+            Exec::Quant { step, .. } if pos == 0 => match step.static_input_quant() {
+                Some(q) if quant.is_none_or(|seen| seen == q) => {
+                    quant = Some(q);
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        });
+        let Some((scale, zero_point)) = quant.filter(|_| ok) else {
+            continue;
+        };
+        if let Exec::Quant { io, .. } = &mut steps[p].exec {
+            io.out_u8 = Some(QRequant { scale, zero_point });
+        }
+        for &(t, _) in rs {
+            if let Exec::Quant { io, .. } = &mut steps[t].exec {
+                io.in_u8 = true;
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op};
 use crate::kernels::cpu::qconv::{pack_conv, qconv2d, QConvGeom, QPackedConv};
 use crate::kernels::cpu::qgemm::{
-    dynamic_params_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QOut, QPackedB,
+    dynamic_params_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QOut, QPackedB, QRequant,
 };
 use crate::kernels::cpu::CpuCtx;
 use crate::{Error, Result};
@@ -22,6 +22,18 @@ use crate::{Error, Result};
 thread_local! {
     /// The quantized activation of the step running on this thread.
     static QUANTIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A step's activation: f32, or u8 quantized by its producer.
+pub(crate) enum QIn<'a> {
+    F32(&'a [f32]),
+    U8(&'a [u8]),
+}
+
+/// A step's output: f32, or u8 requantized for its consumers.
+pub(crate) enum QDst<'a> {
+    F32(&'a mut [f32]),
+    U8(&'a mut [u8], QRequant),
 }
 
 #[derive(Debug)]
@@ -151,56 +163,97 @@ impl QuantStep {
         })
     }
 
-    /// Computes the step: `x` the f32 activation, `residual` QConv's R,
-    /// `out` the output.
+    /// The input's static quantization `(scale, zero point)`, when it has
+    /// one (a producer may then hand it over already quantized).
+    pub fn static_input_quant(&self) -> Option<(f32, u8)> {
+        match self.act_quant {
+            ActQuant::Static { scale, zero_point } => Some((scale, zero_point)),
+            ActQuant::Dynamic => None,
+        }
+    }
+
+    /// Computes the step: `x` the activation (f32, or already quantized
+    /// with [`QuantStep::static_input_quant`]), `residual` QConv's R, `out`
+    /// the output (f32, or requantized for a consumer that takes u8).
     pub fn run(
         &self,
-        x: &[f32],
+        x: QIn,
         residual: Option<&[f32]>,
-        out: &mut [f32],
+        out: QDst,
         cx: &CpuCtx,
     ) -> Result<()> {
-        let (scale, zp) = match self.act_quant {
-            ActQuant::Dynamic => dynamic_params_with(cx.features, x),
-            ActQuant::Static { scale, zero_point } => (scale, zero_point),
+        match x {
+            QIn::U8(q) => {
+                let (scale, zp) = self.static_input_quant().ok_or_else(|| {
+                    Error::Internal("a u8 input for a dynamically quantized step".into())
+                })?;
+                self.product(q, scale, zp, residual, out, cx)
+            }
+            QIn::F32(x) => {
+                let (scale, zp) = match self.act_quant {
+                    ActQuant::Dynamic => dynamic_params_with(cx.features, x),
+                    ActQuant::Static { scale, zero_point } => (scale, zero_point),
+                };
+                QUANTIZED.with(|buf| -> Result<()> {
+                    let mut q = buf.borrow_mut();
+                    // Every byte is written by the quantization: the buffer
+                    // only grows (no fill of the whole input on every run).
+                    if q.len() < x.len() {
+                        q.resize(x.len(), 0);
+                    }
+                    let q = &mut q[..x.len()];
+                    quantize_u8_with(cx.features, x, scale, zp, q);
+                    self.product(q, scale, zp, residual, out, cx)
+                })
+            }
+        }
+    }
+
+    /// The int8 product of the quantized activation `q`.
+    fn product(
+        &self,
+        q: &[u8],
+        scale: f32,
+        zp: u8,
+        residual: Option<&[f32]>,
+        out: QDst,
+        cx: &CpuCtx,
+    ) -> Result<()> {
+        let ep = QEpilogue {
+            a_scale: scale,
+            b_scales: &self.scales,
+            bias: self.bias.as_deref(),
+            residual,
+            act: self.act.as_ref(),
         };
-        QUANTIZED.with(|buf| -> Result<()> {
-            let mut q = buf.borrow_mut();
-            // Every byte is written by the quantization: the buffer only
-            // grows (no fill of the whole input on every run).
-            if q.len() < x.len() {
-                q.resize(x.len(), 0);
-            }
-            let q = &mut q[..x.len()];
-            quantize_u8_with(cx.features, x, scale, zp, q);
-            let ep = QEpilogue {
-                a_scale: scale,
-                b_scales: &self.scales,
-                bias: self.bias.as_deref(),
-                residual,
-                act: self.act.as_ref(),
-            };
-            match &self.product {
-                Product::MatMul { m, k, b } => {
-                    if x.len() != m * k || out.len() != m * b.n() {
-                        return Err(Error::Internal("QMatMul: planned sizes differ".into()));
-                    }
-                    let a = QMatA {
-                        data: q,
-                        ld: *k,
-                        trans: false,
-                        zero_point: zp,
-                    };
-                    qgemm(*m, a, b, QOut::F32(out, ep), b.n(), cx);
+        let out_len = match &out {
+            QDst::F32(o) => o.len(),
+            QDst::U8(o, _) => o.len(),
+        };
+        let out = match out {
+            QDst::F32(o) => QOut::F32(o, ep),
+            QDst::U8(o, rq) => QOut::U8(o, ep, rq),
+        };
+        match &self.product {
+            Product::MatMul { m, k, b } => {
+                if q.len() != m * k || out_len != m * b.n() {
+                    return Err(Error::Internal("QMatMul: planned sizes differ".into()));
                 }
-                Product::Conv { geom, x_shape, w } => {
-                    if x.len() != x_shape.iter().product::<usize>() {
-                        return Err(Error::Internal("QConv: planned sizes differ".into()));
-                    }
-                    qconv2d(q, *x_shape, zp, geom, w, QOut::F32(out, ep), cx);
-                }
+                let a = QMatA {
+                    data: q,
+                    ld: *k,
+                    trans: false,
+                    zero_point: zp,
+                };
+                qgemm(*m, a, b, out, b.n(), cx);
             }
-            Ok(())
-        })
+            Product::Conv { geom, x_shape, w } => {
+                if q.len() != x_shape.iter().product::<usize>() {
+                    return Err(Error::Internal("QConv: planned sizes differ".into()));
+                }
+                qconv2d(q, *x_shape, zp, geom, w, out, cx);
+            }
+        }
+        Ok(())
     }
 }

@@ -66,8 +66,14 @@ pub struct Features {
 pub const DISABLE_ENV: &str = "MLC_CPU_DISABLE";
 
 impl Features {
-    /// What this CPU has, less what [`DISABLE_ENV`] turns off.
+    /// What this CPU has, less what [`DISABLE_ENV`] turns off (read once
+    /// per process: kernels ask often).
     pub fn detect() -> Features {
+        static DETECTED: std::sync::OnceLock<Features> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(Features::detect_enabled)
+    }
+
+    fn detect_enabled() -> Features {
         let off = std::env::var(DISABLE_ENV).unwrap_or_default();
         let off: Vec<&str> = off.split(',').map(str::trim).collect();
         let mut f = Features::detect_all();

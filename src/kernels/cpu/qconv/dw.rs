@@ -539,7 +539,88 @@ mod x86 {
     ) {
         build(x, za, geom, s, buf, true);
         accumulate::<Z>(geom, s, init, buf);
-        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, true);
+        let acc = &buf.acc[..s.oh * s.ow];
+        match finish_avx512(acc, out) {
+            None => {}
+            Some(out) => finish(acc, &mut buf.yf, out, true),
+        }
+    }
+
+    /// [`finish`] in AVX-512 registers, one pass over the plane, for f32
+    /// and u8 outputs with Relu, Clip or no activation: the same steps in
+    /// the same order (`acc as f32 · (sa·sb)`, `+ bias`, `+ residual`,
+    /// `y < lo → lo`, `y > hi → hi` keeping NaN as the scalar comparisons
+    /// do, then the requantization of [`quantize_u8`]), so bit for bit the
+    /// same. Gives `out` back, untouched, for anything else.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_avx512<'a>(acc: &[i32], out: QOut<'a>) -> Option<QOut<'a>> {
+        use crate::kernels::cpu::qgemm::{round_div_avx512, Reciprocal};
+        let (ep, rq) = match &out {
+            QOut::F32(_, ep) => (*ep, None),
+            QOut::U8(_, ep, rq) => (*ep, Some(*rq)),
+            QOut::I32(_) => return Some(out),
+        };
+        let (lo, hi) = match ep.act {
+            None => (f32::NEG_INFINITY, f32::INFINITY),
+            Some(crate::ir::Activation::Relu) => (0.0, f32::INFINITY),
+            Some(crate::ir::Activation::Clip { min, max }) => (*min, *max),
+            Some(_) => return Some(out),
+        };
+        let clamp = ep.act.is_some();
+        let n = acc.len();
+        let s = _mm512_set1_ps(ep.a_scale * ep.b_scales[0]);
+        let bias = ep.bias.map(|b| _mm512_set1_ps(b[0]));
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let rcp = Reciprocal::new(rq.map_or(1.0, |r| r.scale));
+        // The output's first byte and element size: written through raw
+        // pointers, lanes masked past n.
+        let (f32_out, u8_out) = match out {
+            QOut::F32(c, _) => {
+                assert!(c.len() >= n, "depthwise: output shorter than the plane");
+                (Some(c.as_mut_ptr()), None)
+            }
+            QOut::U8(c, _, _) => {
+                assert!(c.len() >= n, "depthwise: output shorter than the plane");
+                (None, Some(c.as_mut_ptr()))
+            }
+            QOut::I32(_) => unreachable!("returned above"),
+        };
+        if let Some(r) = ep.residual {
+            assert!(r.len() >= n, "depthwise: residual shorter than the plane");
+        }
+        for i in (0..n).step_by(16) {
+            let live = 16.min(n - i);
+            let mask: __mmask16 = if live == 16 { 0xffff } else { (1u16 << live) - 1 };
+            // SAFETY: lanes past `live` are masked off in every load and
+            // store; the rest lie in `acc`, the residual and the output
+            // (each at least n long).
+            let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), s);
+            if let Some(b) = bias {
+                y = _mm512_add_ps(y, b);
+            }
+            if let Some(r) = ep.residual {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(i)));
+            }
+            if clamp {
+                // vmaxps/vminps return the second operand on NaN: y.
+                y = _mm512_min_ps(vhi, _mm512_max_ps(vlo, y));
+            }
+            if let Some(c) = f32_out {
+                _mm512_mask_storeu_ps(c.add(i), mask, y);
+            }
+            if let (Some(c), Some(rq)) = (u8_out, rq) {
+                let q = round_div_avx512(y, rq.scale, rcp);
+                let q = _mm512_add_ps(q, _mm512_set1_ps(rq.zero_point as f32));
+                // vmaxps returns the second operand (0) on NaN.
+                let q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+                _mm512_mask_cvtepi32_storeu_epi8(c.add(i) as *mut i8, mask, _mm512_cvtps_epi32(q));
+            }
+        }
+        None
     }
 
     /// The whole plane on AVX-VNNI.
