@@ -175,13 +175,7 @@ impl QuantStep {
     /// Computes the step: `x` the activation (f32, or already quantized
     /// with [`QuantStep::static_input_quant`]), `residual` QConv's R, `out`
     /// the output (f32, or requantized for a consumer that takes u8).
-    pub fn run(
-        &self,
-        x: QIn,
-        residual: Option<&[f32]>,
-        out: QDst,
-        cx: &CpuCtx,
-    ) -> Result<()> {
+    pub fn run(&self, x: QIn, residual: Option<&[f32]>, out: QDst, cx: &CpuCtx) -> Result<()> {
         match x {
             QIn::U8(q) => {
                 let (scale, zp) = self.static_input_quant().ok_or_else(|| {

@@ -1278,9 +1278,7 @@ pub(super) unsafe fn round_div_avx512(
         let r = _mm512_mul_ps(y, _mm512_set1_ps(rcp.inv));
         let k = _mm512_roundscale_ps::<NEAREST>(r);
         let frac = _mm512_abs_ps(_mm512_sub_ps(r, k));
-        let off = _mm512_abs_ps(_mm512_sub_ps(frac, _mm512_set1_ps(0.5)));
-        let near = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(off, _mm512_set1_ps(FAST_QUANT_EPS))
-            & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(r), _mm512_set1_ps(512.0));
+        let near = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(frac, _mm512_set1_ps(0.5 - FAST_QUANT_EPS));
         if near == 0 {
             return k;
         }
@@ -1463,9 +1461,10 @@ unsafe fn store_row<T: Copy>(p: *mut T, at: usize, cs: usize, row: &[T; NR], col
 /// rounding each for the reciprocal, the product and the quotient), below
 /// [`FAST_QUANT_EPS`] while `|r| < 512`. So when `r` is farther than that
 /// from every half-integer, `round_ties_even(r) = round_ties_even(q)`; when
-/// `|r| ≥ 512` both clamp the same way (`zp ≤ 255`). A vector with a lane
-/// near a half-integer is divided instead (on random data, about one
-/// vector in 70 with 16 lanes). NaN stays NaN on both paths.
+/// `|r| ≥ 512` both clamp the same way (`zp ≤ 255`), so larger values need
+/// no check. A vector with a lane near a half-integer (`|r − round(r)| >
+/// 0.5 − eps`) is divided instead (on random data, about one vector in 70
+/// with 16 lanes). NaN stays NaN on both paths.
 #[derive(Clone, Copy)]
 pub(super) struct Reciprocal {
     inv: f32,
@@ -2052,11 +2051,9 @@ unsafe fn quantize_avx2(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
     let (s, z) = (_mm256_set1_ps(scale), _mm256_set1_ps(zp as f32));
     let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
     let rcp = Reciprocal::new(scale);
-    let (inv, half, eps, big) = (
+    let (inv, near_tie) = (
         _mm256_set1_ps(rcp.inv),
-        _mm256_set1_ps(0.5),
-        _mm256_set1_ps(FAST_QUANT_EPS),
-        _mm256_set1_ps(512.0),
+        _mm256_set1_ps(0.5 - FAST_QUANT_EPS),
     );
     let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
     let xp = x.as_ptr();
@@ -2071,11 +2068,7 @@ unsafe fn quantize_avx2(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
                 let r = _mm256_mul_ps(x, inv);
                 let k = _mm256_round_ps::<NEAREST>(r);
                 let frac = _mm256_and_ps(_mm256_sub_ps(r, k), abs);
-                let off = _mm256_and_ps(_mm256_sub_ps(frac, half), abs);
-                let near = _mm256_and_ps(
-                    _mm256_cmp_ps::<_CMP_LT_OQ>(off, eps),
-                    _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(r, abs), big),
-                );
+                let near = _mm256_cmp_ps::<_CMP_GT_OQ>(frac, near_tie);
                 if _mm256_movemask_ps(near) == 0 {
                     k
                 } else {
@@ -2950,7 +2943,14 @@ pub(crate) mod tests {
                 }
             }
             x.extend((0..4000).map(|_| (rng.next_f64() as f32 - 0.5) * 700.0 * s));
-            x.extend([f32::NAN, f32::INFINITY, -f32::INFINITY, 0.0, -0.0, f32::MIN_POSITIVE]);
+            x.extend([
+                f32::NAN,
+                f32::INFINITY,
+                -f32::INFINITY,
+                0.0,
+                -0.0,
+                f32::MIN_POSITIVE,
+            ]);
             for zp in [0u8, 128, 255] {
                 let want: Vec<u8> = x.iter().map(|&v| quantize_one(v, s, zp as f32)).collect();
                 for (name, f) in features() {
@@ -2975,7 +2975,10 @@ pub(crate) mod tests {
                         for (g, &v) in got.iter().zip(c) {
                             let g = (g + zp).max(0.0).min(255.0);
                             let w = quantize_one(v, s, zp) as f32;
-                            assert!(g == w || (g.is_nan() && w == 0.0), "avx512 {v:e} / {s:e} + {zp}: {g} vs {w}");
+                            assert!(
+                                g == w || (g.is_nan() && w == 0.0),
+                                "avx512 {v:e} / {s:e} + {zp}: {g} vs {w}"
+                            );
                         }
                     }
                 }

@@ -593,7 +593,11 @@ mod x86 {
         }
         for i in (0..n).step_by(16) {
             let live = 16.min(n - i);
-            let mask: __mmask16 = if live == 16 { 0xffff } else { (1u16 << live) - 1 };
+            let mask: __mmask16 = if live == 16 {
+                0xffff
+            } else {
+                (1u16 << live) - 1
+            };
             // SAFETY: lanes past `live` are masked off in every load and
             // store; the rest lie in `acc`, the residual and the output
             // (each at least n long).
