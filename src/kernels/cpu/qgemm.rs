@@ -1465,6 +1465,7 @@ unsafe fn store_row<T: Copy>(p: *mut T, at: usize, cs: usize, row: &[T; NR], col
 /// no check. A vector with a lane near a half-integer (`|r − round(r)| >
 /// 0.5 − eps`) is divided instead (on random data, about one vector in 70
 /// with 16 lanes). NaN stays NaN on both paths.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct Reciprocal {
     inv: f32,
@@ -1474,8 +1475,10 @@ pub(super) struct Reciprocal {
 
 /// Distance to a half-integer below which the multiply's rounding could
 /// differ from the division's: `3u · 513 ≈ 9.2e-5`, with margin.
+#[cfg(target_arch = "x86_64")]
 const FAST_QUANT_EPS: f32 = 2.5e-4;
 
+#[cfg(target_arch = "x86_64")]
 impl Reciprocal {
     pub(super) fn new(scale: f32) -> Reciprocal {
         let inv = 1.0 / scale;
@@ -2973,6 +2976,8 @@ pub(crate) mod tests {
                     // Equal once clamped (beyond ±512 they may round apart).
                     for zp in [0.0f32, 128.0, 255.0] {
                         for (g, &v) in got.iter().zip(c) {
+                            // max/min as the kernels do: NaN becomes 0.
+                            #[allow(clippy::manual_clamp)]
                             let g = (g + zp).max(0.0).min(255.0);
                             let w = quantize_one(v, s, zp) as f32;
                             assert!(

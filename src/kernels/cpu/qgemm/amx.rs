@@ -309,7 +309,7 @@ pub(super) fn pack_left(dst: &mut [u8], src: &[u8], ld: usize, k: usize, rows: R
         .enumerate()
     {
         let live = ROWS.min(n_rows - t * ROWS);
-        if live < ROWS || k % CHUNK != 0 {
+        if live < ROWS || !k.is_multiple_of(CHUNK) {
             panel.fill(0);
         }
         for r in 0..live {
