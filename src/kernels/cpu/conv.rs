@@ -402,6 +402,35 @@ fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &
     }
 }
 
+/// A depthwise convolution (one channel per group, multiplier 1) of `c`
+/// planes of one batch item, no bias, residual or activation, on the
+/// kernels above with `cx`'s threads: the int8 depthwise runs it on exact
+/// integers (`qconv/dw.rs`).
+pub(crate) fn depthwise_plain(
+    win: &Window2d,
+    c: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    cx: &CpuCtx,
+) {
+    let g = ConvGeom {
+        n: 1,
+        c,
+        m: c,
+        group: c,
+        cg: 1,
+        mg: 1,
+        win: win.clone(),
+    };
+    let none = Fused {
+        bias: None,
+        residual: None,
+        act: None,
+    };
+    depthwise(&g, x, w, &none, y, cx);
+}
+
 /// Output elements a parallel depthwise task aims at.
 const DW_TASK_WORK: usize = 4096;
 

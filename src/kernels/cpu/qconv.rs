@@ -86,8 +86,9 @@ pub struct QPackedConv {
 
 #[derive(Clone, Debug)]
 enum Kind {
-    /// One input channel per group: the weights as they are, `[M, kh·kw]`.
-    Direct(Vec<i8>),
+    /// One input channel per group: the weights as they are, `[M, kh·kw]`,
+    /// and as f32 for the exact f32 path (`dw::planes_via_f32`).
+    Direct(Vec<i8>, Vec<f32>),
     /// One packed left operand (`W`, `M/G × K`) per group.
     Gemm(Vec<QPackedA>),
 }
@@ -99,13 +100,13 @@ impl QPackedConv {
     }
     /// Whether the direct (depthwise) loop runs this convolution.
     pub fn is_direct(&self) -> bool {
-        matches!(self.kind, Kind::Direct(_))
+        matches!(self.kind, Kind::Direct(..))
     }
     /// The packed weights of each group (empty for the direct loop).
     pub fn packs(&self) -> &[QPackedA] {
         match &self.kind {
             Kind::Gemm(v) => v,
-            Kind::Direct(_) => &[],
+            Kind::Direct(..) => &[],
         }
     }
 }
@@ -133,7 +134,7 @@ pub fn pack_conv(
         return None;
     }
     let kind = if cg == 1 {
-        Kind::Direct(w.to_vec())
+        Kind::Direct(w.to_vec(), w.iter().map(|&v| v as f32).collect())
     } else {
         let mg = m / group;
         let packs = (0..group)
@@ -195,7 +196,7 @@ pub fn qconv2d(
     }
     let plane_in = h * wd;
     match &w.kind {
-        Kind::Direct(wt) => {
+        Kind::Direct(wt, wf) => {
             // Tasks of `cpc` output channels of one batch item (a divisor
             // of M), each a run of planes.
             let threads = if nb * m * p * geom.kernel[0] * geom.kernel[1] >= PAR_MIN_WORK {
@@ -206,8 +207,15 @@ pub fn qconv2d(
             let cpc = dw::channels_per_task(m, p, nb, threads);
             let tasks = split_out(out, nb * m * p, cpc, m, p);
             let (mg, taps) = (m / w.group, geom.kernel[0] * geom.kernel[1]);
+            let via_f32 = dw::exact_in_f32(cx.features, m, c, geom, p);
             let run = |t: usize, o: QOut| {
                 let (b, ch0) = (t * cpc / m, t * cpc % m);
+                if via_f32 {
+                    let xs = &x[(b * c + ch0) * plane_in..(b * c + ch0 + cpc) * plane_in];
+                    let ws = &wf[ch0 * taps..(ch0 + cpc) * taps];
+                    dw::planes_via_f32(cx.features, xs, cpc, (h, wd), x_zp, geom, (oh, ow), ws, o);
+                    return;
+                }
                 for (j, o) in split_out(o, cpc * p, 1, cpc, p).into_iter().enumerate() {
                     let ch = ch0 + j;
                     let ci = ch / mg;
@@ -733,11 +741,14 @@ mod tests {
 
     #[test]
     fn adversarial_depthwise_is_exact() {
-        // The depthwise quad kernels: extreme weights and activations, zero
-        // points 0 and 255, every stride/pad/dilation edge (strides and
-        // dilations past the shuffle's reach take the byte-by-byte quads),
-        // kernels wider than one 4-tap group, odd widths with tails that
-        // fill no vector, 4-vector blocks, and tiny planes.
+        // Both depthwise paths (exact f32 sums where the CPU has AVX2, the
+        // quad kernels elsewhere and past 512 taps): extreme weights and
+        // activations, zero points 0 and 255, every stride/pad/dilation
+        // edge (strides and dilations past the shuffle's reach take the
+        // byte-by-byte quads), kernels wider than one 4-tap group, odd
+        // widths with tails that fill no vector, 4-vector blocks, tiny
+        // planes, and a 23x23 kernel (529 taps: the largest sums pass 2^24,
+        // so it takes the quads).
         let mut geoms = Vec::new();
         for (hw, k, s, d, pads) in [
             ([1, 1], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
@@ -755,6 +766,7 @@ mod tests {
             ([11, 38], [3, 3], [3, 4], [2, 2], [3, 0, 0, 3]),
             ([7, 23], [3, 2], [2, 1], [3, 5], [0, 5, 4, 1]),
             ([3, 9], [3, 3], [1, 1], [1, 1], [3, 3, 3, 3]),
+            ([24, 25], [23, 23], [1, 1], [1, 1], [11, 11, 11, 11]),
         ] {
             let g = QConvGeom {
                 kernel: k,
