@@ -29,6 +29,7 @@
 
 use std::cell::RefCell;
 
+use super::super::gemm::with_buf;
 use super::super::qgemm::{quantize_u8, QEpilogue, QOut, QRequant};
 use super::super::Features;
 use super::QConvGeom;
@@ -128,8 +129,10 @@ pub(super) fn exact_in_f32(
 }
 
 thread_local! {
-    /// The f32 input and accumulator planes of [`planes_via_f32`].
-    static F32_PLANES: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The f32 input planes of [`planes_via_f32`].
+    static F32_IN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Its f32 accumulator planes.
+    static F32_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `cpc` output planes of one batch item through the f32 depthwise kernel
@@ -177,36 +180,26 @@ pub(super) fn planes_via_f32(
     }
     let outs = super::split_out(out, cpc * p, 1, cpc, p);
     let mut outs = outs.into_iter();
-    F32_PLANES.with(|c| {
-        let mut guard = c.try_borrow_mut();
-        let mut own = (Vec::new(), Vec::new());
-        let (xf, yf) = match guard.as_deref_mut() {
-            Ok((a, b)) => (a, b),
-            Err(_) => (&mut own.0, &mut own.1),
-        };
-        grow(xf, sub * hw);
-        grow(yf, sub * p);
-        SCRATCH.with(|s| {
-            let mut guard = s.try_borrow_mut();
-            let mut own = Scratch::new();
-            let buf = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => &mut own,
-            };
-            grow(&mut buf.acc, p);
-            for c0 in (0..cpc).step_by(sub) {
-                let n = sub.min(cpc - c0);
-                let (xb, yb) = (&mut xf[..n * hw], &mut yf[..n * p]);
-                to_f32_minus(&x[c0 * hw..(c0 + n) * hw], za, xb);
-                let wb = &wf[c0 * win.kh * win.kw..(c0 + n) * win.kh * win.kw];
-                crate::kernels::cpu::conv::depthwise_plain(&win, n, xb, wb, yb, &one);
-                for (o, yp) in outs.by_ref().take(n).zip(yb.chunks_exact(p)) {
-                    to_i32_exact(yp, &mut buf.acc[..p]);
-                    finish_any(features, &buf.acc[..p], &mut buf.yf, o);
+    with_buf(&F32_IN, |xf| {
+        with_buf(&F32_OUT, |yf| {
+            grow(xf, sub * hw);
+            grow(yf, sub * p);
+            with_scratch(|buf| {
+                grow(&mut buf.acc, p);
+                for c0 in (0..cpc).step_by(sub) {
+                    let n = sub.min(cpc - c0);
+                    let (xb, yb) = (&mut xf[..n * hw], &mut yf[..n * p]);
+                    to_f32_minus(&x[c0 * hw..(c0 + n) * hw], za, xb);
+                    let wb = &wf[c0 * win.kh * win.kw..(c0 + n) * win.kh * win.kw];
+                    crate::kernels::cpu::conv::depthwise_plain(&win, n, xb, wb, yb, &one);
+                    for (o, yp) in outs.by_ref().take(n).zip(yb.chunks_exact(p)) {
+                        to_i32_exact(yp, &mut buf.acc[..p]);
+                        finish_any(features, &buf.acc[..p], &mut buf.yf, o);
+                    }
                 }
-            }
-        });
-    });
+            })
+        })
+    })
 }
 
 /// f32 values (input and output planes) [`planes_via_f32`] keeps in flight.
@@ -341,9 +334,14 @@ pub(super) fn plane(
         groups,
         row_len,
     };
+    with_scratch(|buf| one(features, x, za, geom, &s, wt, buf, out))
+}
+
+/// Runs `f` with this thread's [`Scratch`] (a fresh one if it is in use).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|c| match c.try_borrow_mut() {
-        Ok(mut buf) => one(features, x, za, geom, &s, wt, &mut buf, out),
-        Err(_) => one(features, x, za, geom, &s, wt, &mut Scratch::new(), out),
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Scratch::new()),
     })
 }
 
