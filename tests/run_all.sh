@@ -4,9 +4,20 @@
 # much faster optimized).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Seconds each step took, printed at the end (the suite must stay well under
+# 20 minutes on CI's 2-core machine).
+suite_start=$SECONDS
+step_start=$SECONDS
+timings=()
+lap() {
+    timings+=("$(printf '%5d s  %s' $((SECONDS - step_start)) "$1")")
+    step_start=$SECONDS
+}
 bash tests/python/setup_venv.sh
 bash tests/python/gen_node_cases.sh
+lap "python venv and ONNX node cases"
 MLC_REQUIRE_CONFORMANCE=1 MLC_REQUIRE_PYTHON=1 cargo test --release --all-targets
+lap "cargo test --release (build and run)"
 # The conformance test's summary (its stdout is captured when it passes).
 echo
 echo "ONNX node conformance (full report: target/tmp/onnx_conformance_report.txt):"
@@ -21,16 +32,19 @@ cat target/tmp/int8_kernels.txt
 echo
 py="$(bash tests/python/setup_venv.sh)"
 "$py" tests/python/corpus_run.py
+lap "corpus sample"
 # Hostile input corpus (README.md, "Hostile input corpus"): a fixed sample of
 # malformed models, bundles and inputs through inspect/run/compile/compress;
 # fails only on an outcome not listed in tests/hostile_known.txt.
 echo
 py="$(bash tests/python/setup_venv.sh)"
 "$py" tests/python/hostile_run.py
+lap "hostile input sample"
 # A short, repeatable fuzz run of the readers of untrusted bytes (ONNX
 # loader, bundle reader, .npy/.npz readers); tests/fuzz/run.sh runs longer.
 echo
 FUZZ_SEED=1 bash tests/fuzz/run.sh --seconds 15
+lap "fuzz (build and 3 x 15 s)"
 # aarch64 under qemu (tests/aarch64/run.sh): cross build from Debian
 # packages (installed when missing), the kernel tests on NEON and
 # NEON + dotprod, every fixture and the int8 digits bundles against x86.
@@ -40,3 +54,8 @@ if [ "${MLC_SKIP_AARCH64:-0}" = 1 ]; then
 else
     bash tests/aarch64/run.sh
 fi
+lap "aarch64 under qemu"
+echo
+echo "suite steps:"
+printf '%s\n' "${timings[@]}"
+echo "suite total: $((SECONDS - suite_start)) s"
