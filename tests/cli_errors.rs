@@ -2,6 +2,8 @@
 //! backtrace or an output file. Each case builds its hostile model in a fresh
 //! temporary directory and runs the real `mlc` binary on it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,12 +13,9 @@ use onnx_protobuf::{
     TypeProto, ValueInfoProto,
 };
 
-/// A fresh, empty directory for one test case.
-fn scratch(case: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlc-cli-errors-{}-{case}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory for one test case, removed when it ends.
+fn scratch(case: &str) -> common::Scratch {
+    common::scratch("mlc-cli-errors", case)
 }
 
 fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
@@ -334,7 +333,6 @@ fn outputs_never_overwrite_inputs() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("refusing to overwrite"), "{err}");
     assert_eq!(std::fs::read(&x).unwrap(), x_before);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A temporary left by a killed write (its process gone) is removed by the
@@ -361,7 +359,6 @@ fn stale_temporaries_are_cleaned_up() {
     assert!(out.exists());
     assert!(!stale.exists(), "the stale temporary is removed");
     assert!(live.exists(), "a live process's temporary stays");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An error quoting a hostile attribute (a million ints) stays one short
@@ -380,7 +377,6 @@ fn error_lines_quote_only_an_excerpt() {
     let path = write_model(&dir, &m);
     let err = expect_clean_failure(&dir, &path, &["Transpose"]);
     assert!(err.len() < 1200, "error line of {} bytes", err.len());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Ops asked for more memory than the budget, alone (an Expand to 16 GiB)
@@ -428,7 +424,6 @@ fn memory_is_bounded_by_the_budget() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("over the memory budget of 61.0 MiB"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Protobuf groups nested a million deep (found by fuzzing: the decoder
@@ -453,5 +448,4 @@ fn deeply_nested_groups_are_refused_without_recursion() {
     bytes.extend(inner);
     std::fs::write(&path, bytes).unwrap();
     expect_clean_failure(&dir, &path, &["wire type 3"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,11 +18,9 @@ fn mlc(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn scratch(case: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlc-cli-run-{}-{case}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory for one test case, removed when it ends.
+fn scratch(case: &str) -> common::Scratch {
+    common::scratch("mlc-cli-run", case)
 }
 
 fn ok(out: &Output) -> String {

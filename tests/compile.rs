@@ -11,11 +11,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn scratch(case: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlc-compile-{}-{case}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory for one test case, removed when it ends.
+fn scratch(case: &str) -> common::Scratch {
+    common::scratch("mlc-compile", case)
 }
 
 fn mlc(args: &[&str]) -> Output {

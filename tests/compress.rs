@@ -18,12 +18,9 @@ fn fixture(p: &str) -> PathBuf {
     repo().join("fixtures").join(p)
 }
 
-/// A fresh, empty directory for one test.
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlc-compress-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory for one test case, removed when it ends.
+fn scratch(tag: &str) -> common::Scratch {
+    common::scratch("mlc-compress", tag)
 }
 
 fn mlc(args: &[&str], cache: &Path) -> Output {

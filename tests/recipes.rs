@@ -1,16 +1,16 @@
 //! Pipeline recipes: the built-in ones load, and a recipe naming an unknown
 //! pass or parameter is refused at load time with one line naming it.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use mlc::transform::recipe::{Recipe, Step, BUILTIN};
 
-fn scratch(case: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlc-recipes-{}-{case}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory for one test case, removed when it ends.
+fn scratch(case: &str) -> common::Scratch {
+    common::scratch("mlc-recipes", case)
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mlc::Tensor;
 
@@ -97,4 +97,43 @@ pub fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), 
 /// Short type description for messages, e.g. `f32[2, 3]`.
 pub fn describe(t: &Tensor) -> String {
     format!("{}{:?}", t.dtype(), t.shape())
+}
+
+/// A fresh, empty directory `<tmp>/<prefix>-<pid>-<case>` for one test case,
+/// removed when the case ends (kept, for a look, when it fails).
+pub fn scratch(prefix: &str, case: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{case}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir)
+}
+
+/// A test case's directory (see [`scratch`]).
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
