@@ -73,7 +73,8 @@ if [ "$tests" = 1 ]; then
     # and without cfg(test)). One cargo run builds both at once (`--bin mlc`
     # here builds the binary's test harness, which links the plain library),
     # keeping the second core busy where one crate's front end runs on a
-    # single thread: 1 to 2 minutes less on 2 cores than one after the other.
+    # single thread (2-vCPU Xeon, fresh clones: 212 s against 415 s one
+    # after the other, though the host's speed varied between those runs).
     cargo test --release --locked --target "$TARGET" --lib --bin mlc --no-run
 fi
 cargo build --release --locked --target "$TARGET" --bin mlc

@@ -7,8 +7,10 @@
 #
 #   bash tests/fuzz/run.sh [all|TARGET...] [--seconds N]   (default: all, 60 s each)
 #
-# FUZZ_SEED=N fixes libFuzzer's random seed (the test suite's short run uses
-# 1, so that it is repeatable); unset, every run explores anew.
+# FUZZ_SEED=N fixes libFuzzer's random seed, for a repeatable run; unset,
+# every run explores anew. (The test suite does not run this script: it runs
+# tests/mutations.rs, seeded mutants of the same seeds through the same
+# readers, within its own build.)
 # Installs cargo-fuzz when missing. Seed corpora are made under
 # target/fuzz-corpus/<target>/ (fixture models, bundles mlc writes from them,
 # fixture .npy/.npz files); what libFuzzer finds is added there. A crash
