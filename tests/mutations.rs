@@ -139,7 +139,11 @@ fn fuzz(target: &str, seeds: &[PathBuf], fix: impl Fn(&mut Vec<u8>), read: impl 
     }
     let start = Instant::now();
     let (per_seed, mut ran) = (mutants_per_seed(), 0usize);
-    let mut rng = SplitMix64::new(0x6d6c_6366_757a_7a00 ^ target.len() as u64);
+    // A sequence of its own per reader, the same on every run.
+    let rng_seed = target
+        .bytes()
+        .fold(0x6d6c_6366_757a_7a00u64, |h, b| h.rotate_left(8) ^ b as u64);
+    let mut rng = SplitMix64::new(rng_seed);
     'seeds: for (i, seed) in seed_bytes.iter().enumerate() {
         let other = &seed_bytes[(i + 1) % seed_bytes.len()];
         for n in 0..per_seed {
