@@ -42,8 +42,13 @@ pub struct ProbeReport {
     pub logical_cpus: usize,
     /// Physical cores, when /proc/cpuinfo says.
     pub physical_cores: Option<usize>,
-    /// SIMD features detected at run time.
+    /// SIMD features detected at run time, then the ones the int8 kernels
+    /// select on (`avx512vnni`, `avxvnni`, `amx-int8`, `dotprod`: as the
+    /// runtime sees them, so `MLC_CPU_DISABLE` shows here).
     pub features: Vec<&'static str>,
+    /// The caches of CPU 0 (Linux sysfs), e.g. `L1d 48 KiB`, `L2 2 MiB`;
+    /// empty when unknown.
+    pub caches: Vec<String>,
     /// Which FMA loop ran: "avx2+fma" or "portable".
     pub fma_kernel: &'static str,
     /// Threads used for the all-threads figures.
@@ -115,6 +120,7 @@ pub fn run(seconds: f64) -> ProbeReport {
         logical_cpus: threads,
         physical_cores,
         features: detected_features(),
+        caches: caches(),
         fma_kernel: if features.avx2_fma {
             "avx2+fma"
         } else {
@@ -144,6 +150,11 @@ pub fn render(r: &ProbeReport) -> String {
     } else {
         r.features.join(" ")
     };
+    let caches = if r.caches.is_empty() {
+        "unknown".to_string()
+    } else {
+        r.caches.join(", ")
+    };
     let warning = if r.debug_build {
         "warning: this is a debug build; its loops are unoptimized and the figures \
          are far below the machine's (use a release build)\n"
@@ -160,6 +171,7 @@ pub fn render(r: &ProbeReport) -> String {
     format!(
         "{warning}cpu:          {} ({cores})\n\
          features:     {features}\n\
+         caches:       {caches}\n\
          f32 FMA peak: {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads ({} loop)\n\
          {avx512}memory read:  {:.1} GB/s on 1 thread, {:.1} GB/s on {} threads ({} MiB buffer)\n\
          probe took {:.2} s\n",
@@ -191,6 +203,17 @@ pub fn detected_features() -> Vec<&'static str> {
         }
         check!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl");
     }
+    let f = Features::detect();
+    for (has, name) in [
+        (f.avx512vnni, "avx512vnni"),
+        (f.avxvnni, "avxvnni"),
+        (f.amx_int8, "amx-int8"),
+        (f.dotprod, "dotprod"),
+    ] {
+        if has {
+            out.push(name);
+        }
+    }
     #[cfg(target_arch = "aarch64")]
     {
         if std::arch::is_aarch64_feature_detected!("neon") {
@@ -198,6 +221,45 @@ pub fn detected_features() -> Vec<&'static str> {
         }
     }
     out
+}
+
+/// The caches of CPU 0 from Linux sysfs (`/sys/devices/system/cpu/cpu0/cache`),
+/// one `L<level><d|i> <size>` each (no letter for unified caches); empty
+/// elsewhere.
+pub fn caches() -> Vec<String> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let mut out = Vec::new();
+    for i in 0..16 {
+        let read = |f: &str| std::fs::read_to_string(dir.join(format!("index{i}/{f}")));
+        let (Ok(level), Ok(kind), Ok(size)) = (read("level"), read("type"), read("size")) else {
+            break;
+        };
+        if let Some(c) = cache_line(&level, &kind, &size) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One cache's description from its sysfs `level`, `type` and `size`
+/// (`"48K"`): `L1d 48 KiB`, `L2 2 MiB`.
+fn cache_line(level: &str, kind: &str, size: &str) -> Option<String> {
+    let letter = match kind.trim() {
+        "Data" => "d",
+        "Instruction" => "i",
+        _ => "",
+    };
+    let size = size.trim();
+    let kib: u64 = match size.strip_suffix('K') {
+        Some(k) => k.parse().ok()?,
+        None => size.parse::<u64>().ok()? / 1024,
+    };
+    let size = if kib >= 1024 && kib.is_multiple_of(1024) {
+        format!("{} MiB", kib / 1024)
+    } else {
+        format!("{kib} KiB")
+    };
+    Some(format!("L{}{letter} {size}", level.trim()))
 }
 
 /// CPU model name and physical core count from /proc/cpuinfo (Linux; `None`
@@ -588,6 +650,31 @@ mod tests {
     }
 
     #[test]
+    fn cache_lines() {
+        assert_eq!(
+            cache_line("1\n", "Data\n", "48K\n").as_deref(),
+            Some("L1d 48 KiB")
+        );
+        assert_eq!(
+            cache_line("1", "Instruction", "64K").as_deref(),
+            Some("L1i 64 KiB")
+        );
+        assert_eq!(
+            cache_line("2", "Unified", "2048K").as_deref(),
+            Some("L2 2 MiB")
+        );
+        assert_eq!(
+            cache_line("3", "Unified", "491520K").as_deref(),
+            Some("L3 480 MiB")
+        );
+        assert_eq!(
+            cache_line("3", "Unified", "1048576").as_deref(),
+            Some("L3 1 MiB")
+        );
+        assert_eq!(cache_line("2", "Unified", "big"), None);
+    }
+
+    #[test]
     fn cpuinfo_parsing() {
         let text =
             "processor\t: 0\nmodel name\t: AMD EPYC 9654\nphysical id\t: 0\ncore id\t: 0\n\n\
@@ -612,6 +699,7 @@ mod tests {
             logical_cpus: 4,
             physical_cores: Some(2),
             features: vec!["avx2", "fma"],
+            caches: vec!["L1d 48 KiB".into(), "L2 2 MiB".into()],
             fma_kernel: "avx2+fma",
             threads: 4,
             fma_gflops_1t: 100.0,
@@ -631,6 +719,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("256 MiB buffer"), "{s}");
+        assert!(s.contains("caches:       L1d 48 KiB, L2 2 MiB\n"), "{s}");
         assert!(!s.contains("debug build") && !s.contains("AVX-512"), "{s}");
         let wide = render(&ProbeReport {
             fma512_gflops_1t: Some(200.0),
