@@ -193,8 +193,7 @@ pub(super) fn planes_via_f32(
                     let wb = &wf[c0 * win.kh * win.kw..(c0 + n) * win.kh * win.kw];
                     crate::kernels::cpu::conv::depthwise_plain(&win, n, xb, wb, yb, &one);
                     for (o, yp) in outs.by_ref().take(n).zip(yb.chunks_exact(p)) {
-                        to_i32_exact(yp, &mut buf.acc[..p]);
-                        finish_any(features, &buf.acc[..p], &mut buf.yf, o);
+                        finish_f32_sums(features, yp, &mut buf.acc[..p], &mut buf.yf, o);
                     }
                 }
             })
@@ -239,11 +238,36 @@ fn finish_any(features: Features, acc: &[i32], yf: &mut Vec<f32>, out: QOut) {
     #[cfg(target_arch = "x86_64")]
     if features.avx512f {
         // SAFETY: the CPU has AVX-512 F (the features say so).
-        match unsafe { x86::finish_avx512(acc, out) } {
+        match unsafe { x86::finish_avx512(x86::Sums::I32(acc), out) } {
             None => return,
             Some(out) => return finish(acc, yf, out, features.avx2_fma),
         }
     }
+    finish(acc, yf, out, features.avx2_fma)
+}
+
+/// [`finish_any`] on the f32 path's sums (exact integers below 2²⁴): read
+/// as they are where the AVX-512 epilogue runs (the same values it would
+/// convert from i32), else converted into `acc` first.
+fn finish_f32_sums(
+    features: Features,
+    sums: &[f32],
+    acc: &mut [i32],
+    yf: &mut Vec<f32>,
+    out: QOut,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if features.avx512f {
+        // SAFETY: the CPU has AVX-512 F (the features say so).
+        match unsafe { x86::finish_avx512(x86::Sums::F32(sums), out) } {
+            None => return,
+            Some(out) => {
+                to_i32_exact(sums, acc);
+                return finish(acc, yf, out, features.avx2_fma);
+            }
+        }
+    }
+    to_i32_exact(sums, acc);
     finish(acc, yf, out, features.avx2_fma)
 }
 
@@ -746,9 +770,26 @@ mod x86 {
         build(x, za, geom, s, buf, true);
         accumulate::<Z>(geom, s, init, buf);
         let acc = &buf.acc[..s.oh * s.ow];
-        match finish_avx512(acc, out) {
+        match finish_avx512(Sums::I32(acc), out) {
             None => {}
             Some(out) => finish(acc, &mut buf.yf, out, true),
+        }
+    }
+
+    /// A plane's accumulators: i32, or the f32 path's sums, which are exact
+    /// integers below 2²⁴ (so the same values as converted from i32).
+    #[derive(Clone, Copy)]
+    pub(super) enum Sums<'a> {
+        I32(&'a [i32]),
+        F32(&'a [f32]),
+    }
+
+    impl Sums<'_> {
+        fn len(&self) -> usize {
+            match self {
+                Sums::I32(v) => v.len(),
+                Sums::F32(v) => v.len(),
+            }
         }
     }
 
@@ -762,7 +803,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512 F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn finish_avx512<'a>(acc: &[i32], out: QOut<'a>) -> Option<QOut<'a>> {
+    pub(super) unsafe fn finish_avx512<'a>(acc: Sums, out: QOut<'a>) -> Option<QOut<'a>> {
         use crate::kernels::cpu::qgemm::{round_div_avx512, Reciprocal};
         let (ep, rq) = match &out {
             QOut::F32(_, ep) => (*ep, None),
@@ -807,8 +848,13 @@ mod x86 {
             // SAFETY: lanes past `live` are masked off in every load and
             // store; the rest lie in `acc`, the residual and the output
             // (each at least n long).
-            let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
-            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), s);
+            let a = match acc {
+                Sums::I32(v) => {
+                    _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, v.as_ptr().add(i)))
+                }
+                Sums::F32(v) => _mm512_maskz_loadu_ps(mask, v.as_ptr().add(i)),
+            };
+            let mut y = _mm512_mul_ps(a, s);
             if let Some(b) = bias {
                 y = _mm512_add_ps(y, b);
             }
