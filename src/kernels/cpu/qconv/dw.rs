@@ -254,17 +254,14 @@ fn finish_f32_sums(
     sums: &[f32],
     acc: &mut [i32],
     yf: &mut Vec<f32>,
-    out: QOut,
+    #[allow(unused_mut)] mut out: QOut,
 ) {
     #[cfg(target_arch = "x86_64")]
     if features.avx512f {
         // SAFETY: the CPU has AVX-512 F (the features say so).
         match unsafe { x86::finish_avx512(x86::Sums::F32(sums), out) } {
             None => return,
-            Some(out) => {
-                to_i32_exact(sums, acc);
-                return finish(acc, yf, out, features.avx2_fma);
-            }
+            Some(back) => out = back,
         }
     }
     to_i32_exact(sums, acc);
