@@ -254,16 +254,18 @@ fn finish_f32_sums(
     sums: &[f32],
     acc: &mut [i32],
     yf: &mut Vec<f32>,
-    #[allow(unused_mut)] mut out: QOut,
+    out: QOut,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if features.avx512f {
+    let out = if features.avx512f {
         // SAFETY: the CPU has AVX-512 F (the features say so).
         match unsafe { x86::finish_avx512(x86::Sums::F32(sums), out) } {
             None => return,
-            Some(back) => out = back,
+            Some(back) => back,
         }
-    }
+    } else {
+        out
+    };
     to_i32_exact(sums, acc);
     finish(acc, yf, out, features.avx2_fma)
 }
