@@ -45,6 +45,10 @@ pub(crate) struct InputArgs {
     /// Threads for the kernels (default: the machine's cores).
     #[arg(long, value_parser = thread_count)]
     pub(crate) threads: Option<usize>,
+    /// Ignore the model's kernel choices (`mlc tune`): run every node's
+    /// default kernels.
+    #[arg(long)]
+    pub(crate) untuned: bool,
 }
 
 #[derive(Subcommand)]

@@ -161,14 +161,17 @@ fn run(command: Command) -> Result<(), Error> {
             json,
         } => {
             let binding = inputs.binding(random)?;
-            let threads = inputs.threads.unwrap_or(0);
+            let session = api::SessionOptions {
+                threads: inputs.threads.unwrap_or(0),
+                untuned: inputs.untuned,
+            };
             let report = api::run_file(
                 &model,
                 &inputs.files()?,
                 &binding,
                 output.as_deref(),
                 reference,
-                threads,
+                &session,
             )?;
             match json {
                 true => print_json(&report)?,
@@ -192,14 +195,17 @@ fn run(command: Command) -> Result<(), Error> {
                 profile,
                 progress: !json && std::io::stderr().is_terminal(),
             };
-            let threads = inputs.threads.unwrap_or(0);
+            let session = api::SessionOptions {
+                threads: inputs.threads.unwrap_or(0),
+                untuned: inputs.untuned,
+            };
             let binding = inputs.binding(Some(seed))?;
             let report = api::bench_file(
                 &model,
                 pipeline.as_deref(),
                 &inputs.files()?,
                 &binding,
-                threads,
+                &session,
                 &opts,
                 verify,
             )?;

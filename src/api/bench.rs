@@ -63,6 +63,9 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
     pub arena_bytes: usize,
     pub plan: crate::runtime::PlanStats,
+    /// Nodes running a kernel choice other than their default (`mlc
+    /// tune`); 0: untuned.
+    pub tuned_nodes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<crate::runtime::Profile>,
     /// Each output against the reference interpreter, when asked.
@@ -92,7 +95,7 @@ impl Session {
     /// let mut model = Model::load("fixtures/cnn/model.onnx")?;
     /// let original = model.graph().clone();
     /// model.compile("O2")?;
-    /// let mut session = model.session(&SessionOptions { threads: 1 })?;
+    /// let mut session = model.session(&SessionOptions { threads: 1, ..Default::default() })?;
     /// // Seeded random data for every input, batch 4.
     /// let binding = Binding { batch: Some(4), random_seed: Some(0), ..Binding::default() };
     /// let feed = session.bind(Vec::new(), &binding)?;
@@ -174,6 +177,11 @@ impl Session {
         };
         ms.sort_by(f64::total_cmp);
         let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        let tuned_nodes = plan
+            .steps()
+            .iter()
+            .filter(|s| !s.choice.is_default())
+            .count();
         Ok(BenchReport {
             model,
             pipeline: "none".into(),
@@ -195,6 +203,7 @@ impl Session {
             },
             peak_rss_bytes: peak_rss_bytes(),
             arena_bytes: plan.stats().arena_bytes,
+            tuned_nodes,
             plan: plan.stats().clone(),
             profile: plan.profile(),
             verify,
@@ -268,8 +277,12 @@ impl BenchReport {
             .iter()
             .map(|(n, s)| format!("{n}{s:?}"))
             .collect();
+        let tuned = match self.tuned_nodes {
+            0 => "untuned".to_string(),
+            n => format!("tuned: {n} nodes on chosen kernels"),
+        };
         s += &format!(
-            "{} (pipeline {}): threads {}, batch {}, inputs {}\n",
+            "{} (pipeline {}, {tuned}): threads {}, batch {}, inputs {}\n",
             self.model,
             self.pipeline,
             self.threads,

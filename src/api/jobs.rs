@@ -190,7 +190,7 @@ pub fn run_file(
     binding: &Binding,
     output: Option<&Path>,
     reference: bool,
-    threads: usize,
+    session: &SessionOptions,
 ) -> Result<RunReport> {
     if let Some(out) = output {
         let mut reads = vec![model];
@@ -198,7 +198,7 @@ pub fn run_file(
         crate::fsutil::ensure_outputs_apart(&[out], &reads)?;
     }
     let m = Model::load(model)?;
-    let mut session = m.session(&SessionOptions { threads })?;
+    let mut session = m.session(session)?;
     let feed = session.bind(inputs.read()?, binding)?;
     let out = if reference {
         session.run_reference(feed)?
@@ -229,7 +229,7 @@ pub fn bench_file(
     pipeline: Option<&str>,
     inputs: &InputFiles,
     binding: &Binding,
-    threads: usize,
+    session: &SessionOptions,
     opts: &BenchOptions,
     verify: bool,
 ) -> Result<BenchReport> {
@@ -244,7 +244,7 @@ pub fn bench_file(
         None | Some("O0") => "none".to_string(),
         Some(spec) => m.compile(spec)?.pipeline,
     };
-    let mut session = m.session(&SessionOptions { threads })?;
+    let mut session = m.session(session)?;
     let feed = session.bind(inputs.read()?, binding)?;
     let mut report = session.bench(&feed, opts, original.as_ref())?;
     report.model = model.display().to_string();

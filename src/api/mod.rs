@@ -16,7 +16,7 @@
 //! # fn main() -> mlc::Result<()> {
 //! let mut model = Model::load("fixtures/mlp/model.onnx")?;
 //! model.compile("O2")?;
-//! let mut session = model.session(&SessionOptions { threads: 1 })?;
+//! let mut session = model.session(&SessionOptions { threads: 1, ..Default::default() })?;
 //! let x = Tensor::from_f32(vec![2, 64], vec![0.5; 128]).expect("128 values fill [2, 64]");
 //! let outputs = session.run(vec![("x".to_string(), x)])?;
 //! assert_eq!(outputs[0].0, "y");
@@ -56,6 +56,7 @@ pub use jobs::{
 };
 pub use session::{OutputSummary, RunReport, Session, SessionOptions};
 
+use crate::runtime::Choices;
 use crate::formats::{self, bundle};
 use crate::ir::{Graph, Tensor, TensorType};
 use crate::transform::recipe::Recipe;
@@ -82,6 +83,9 @@ pub struct Model {
     /// The recipe(s) run on it, and every pass run, in order.
     pipeline: Option<bundle::PipelineInfo>,
     pass_log: Vec<PassLogEntry>,
+    /// Kernel choices by node name (`mlc tune`), and how they were made.
+    choices: Choices,
+    tuning: Option<bundle::TuningInfo>,
 }
 
 /// What writing a model produced.
@@ -156,6 +160,8 @@ impl Model {
                 nodes_imported: meta.nodes.before,
                 pipeline: Some(meta.pipeline),
                 pass_log: meta.pass_log,
+                choices: meta.kernel_choices,
+                tuning: meta.tuning,
             });
         }
         let graph = formats::onnx::from_file_bytes(&source.bytes, path)?;
@@ -174,6 +180,8 @@ impl Model {
             source,
             pipeline: None,
             pass_log: Vec::new(),
+            choices: Choices::new(),
+            tuning: None,
         }
     }
 
@@ -305,6 +313,8 @@ impl Model {
                 nodes_imported: out.nodes_before,
                 pipeline: Some(pipeline),
                 pass_log: Vec::new(),
+                choices: Choices::new(),
+                tuning: None,
             },
             report: out.report,
         })
@@ -312,7 +322,24 @@ impl Model {
 
     /// Opens a session on the fast CPU runtime.
     pub fn session(&self, opts: &SessionOptions) -> Result<Session> {
-        Session::new(self.graph.clone(), opts)
+        let choices = if opts.untuned {
+            Choices::new()
+        } else {
+            self.choices.clone()
+        };
+        Session::new(self.graph.clone(), choices, opts)
+    }
+
+    /// The kernel choices the model carries (by node name; empty when
+    /// untuned) and how they were made.
+    pub fn kernel_choices(&self) -> (&Choices, Option<&bundle::TuningInfo>) {
+        (&self.choices, self.tuning.as_ref())
+    }
+
+    /// Sets the kernel choices the model carries into its bundle.
+    pub fn set_kernel_choices(&mut self, choices: Choices, tuning: Option<bundle::TuningInfo>) {
+        self.choices = choices;
+        self.tuning = tuning;
     }
 
     /// Writes the model as `format` to `path` (atomically) and returns the
@@ -340,7 +367,7 @@ impl Model {
             },
             None => bundle::SourceInfo::from_bytes(self.graph.name.clone(), &[]),
         };
-        bundle::Metadata::new(
+        let mut meta = bundle::Metadata::new(
             source,
             self.pipeline.clone().unwrap_or(bundle::PipelineInfo {
                 name: "none".into(),
@@ -351,7 +378,13 @@ impl Model {
                 before: self.nodes_imported,
                 after: self.graph.node_count(),
             },
-        )
+        );
+        meta.kernel_choices = self.choices.clone();
+        meta.tuning = self.tuning.clone();
+        if let Some(t) = &self.tuning {
+            meta.target = t.target.clone();
+        }
+        meta
     }
 }
 

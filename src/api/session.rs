@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::inputs::Binding;
 use crate::ir::{Graph, Tensor};
 use crate::kernels::cpu::CpuCtx;
-use crate::runtime::{PackCache, Plan};
+use crate::runtime::{Choices, PackCache, Plan};
 use crate::transform::specialize::specialize;
 use crate::{Error, Result};
 
@@ -16,6 +16,8 @@ use crate::{Error, Result};
 pub struct SessionOptions {
     /// Threads (0: the machine's cores).
     pub threads: usize,
+    /// Ignore the model's kernel choices: every node runs its default.
+    pub untuned: bool,
 }
 
 /// A model on the fast CPU runtime: one plan per set of input shapes, built
@@ -26,16 +28,23 @@ pub struct Session {
     cx: CpuCtx,
     packs: PackCache,
     plans: HashMap<Vec<Vec<usize>>, Plan>,
+    choices: Choices,
 }
 
 impl Session {
-    pub(super) fn new(graph: Graph, opts: &SessionOptions) -> Result<Session> {
+    pub(super) fn new(graph: Graph, choices: Choices, opts: &SessionOptions) -> Result<Session> {
         Ok(Session {
             graph,
             cx: CpuCtx::new(opts.threads)?,
             packs: PackCache::default(),
             plans: HashMap::new(),
+            choices,
         })
+    }
+
+    /// Whether the session plans with kernel choices (a tuned model).
+    pub fn tuned(&self) -> bool {
+        !self.choices.is_empty()
     }
 
     /// The graph the session runs.
@@ -98,7 +107,7 @@ impl Session {
         let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
         if !self.plans.contains_key(&shapes) {
             let spec = specialize(&self.graph, &shapes)?;
-            let plan = Plan::with_packs(spec, self.cx.clone(), &self.packs)?;
+            let plan = Plan::with_choices(spec, self.cx.clone(), &self.packs, &self.choices)?;
             self.plans.insert(shapes.clone(), plan);
         }
         self.plans

@@ -54,6 +54,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ir::text::{self, PrintOptions};
 use crate::ir::{checked_numel, lowp, verify, DType, Graph, Tensor, TensorData};
+use crate::kernels::cpu::choice::Choice;
 use crate::transform::runner::PassLogEntry;
 use crate::{Error, Result};
 
@@ -101,6 +102,27 @@ pub struct Metadata {
     pub nodes: NodeCounts,
     /// Every pass run, in order.
     pub pass_log: Vec<PassLogEntry>,
+    /// Kernel choices by node name, made by `mlc tune` (absent: every node
+    /// runs its default); the runtime plans the bundle with them wherever
+    /// it is loaded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernel_choices: BTreeMap<String, Choice>,
+    /// How the kernel choices were made (absent: untuned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<TuningInfo>,
+}
+
+/// How a bundle's kernel choices were made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningInfo {
+    /// The target tuned for (`host`, or a target description's name).
+    pub target: String,
+    /// Its fingerprint (CPU model, features, cores).
+    pub fingerprint: String,
+    /// Threads the choices were measured (or estimated) with.
+    pub threads: usize,
+    /// Chosen by the cost model, not by measurement.
+    pub estimated: bool,
 }
 
 /// The model the bundle was compiled from.
@@ -143,6 +165,8 @@ impl Metadata {
             target: "host".to_string(),
             nodes,
             pass_log,
+            kernel_choices: BTreeMap::new(),
+            tuning: None,
         }
     }
 }
@@ -417,6 +441,15 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
         )));
     }
     verify::verify(&g).map_err(|e| malformed(format!("the graph is not valid: {e}")))?;
+    if let Some(name) = meta
+        .kernel_choices
+        .keys()
+        .find(|name| !g.nodes().any(|(_, n)| &n.name == *name))
+    {
+        return Err(malformed(format!(
+            "the metadata holds a kernel choice for node '{name}', which the graph does not have"
+        )));
+    }
     Ok((g, meta))
 }
 

@@ -24,5 +24,5 @@ mod quant;
 
 pub use check::{compare, OutputCheck};
 pub use packs::PackCache;
-pub use plan::{build_counters, BuildCounters, ExecKind, Plan, PlanStats, StepInfo};
+pub use plan::{build_counters, BuildCounters, Choices, ExecKind, Plan, PlanStats, StepInfo};
 pub use profile::{NodeProfile, OpProfile, Profile};

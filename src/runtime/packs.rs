@@ -15,6 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use crate::ir::{Op, Tensor, TensorData};
+use crate::kernels::cpu::choice::Choice;
 
 /// What identifies a packing: the op (with its attributes), the shapes the
 /// step runs at, and the constant inputs.
@@ -42,6 +43,16 @@ impl PackKey {
             fingerprint: h.finish(),
             consts,
         }
+    }
+
+    /// The key of the same operands packed for kernel choice `choice`.
+    pub(crate) fn for_choice(mut self, choice: Choice) -> PackKey {
+        if !choice.is_default() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (self.fingerprint, choice).hash(&mut h);
+            self.fingerprint = h.finish();
+        }
+        self
     }
 
     fn same_consts(&self, other: &[Option<Arc<Tensor>>]) -> bool {

@@ -33,7 +33,11 @@ use super::profile::{self, Profiler};
 use super::quant::QuantStep;
 use crate::ir::{DType, Graph, Op, Tensor, ValueId};
 use crate::kernels::cpu::qgemm::QRequant;
-use crate::kernels::cpu::{CpuCtx, Prepacked, View};
+use crate::kernels::cpu::choice::Choice;
+use crate::kernels::cpu::{conv, CpuCtx, Prepacked, View};
+
+/// Kernel choices by node name (see [`Plan::with_choices`]).
+pub type Choices = BTreeMap<String, Choice>;
 use crate::{Error, Result};
 
 /// Where a value's data lives while a plan runs.
@@ -124,6 +128,9 @@ pub(crate) struct Step {
     /// Constant operands packed for the fast kernel (weights of products
     /// and convolutions), made once by [`Plan::prepack`].
     pub packed: Option<Arc<Prepacked>>,
+    /// The kernel choice it was planned with (default when none was
+    /// asked, or the one asked did not apply).
+    pub choice: Choice,
 }
 
 /// A step as reported by [`Plan::steps`].
@@ -136,6 +143,11 @@ pub struct StepInfo {
     pub outputs: Vec<ValueId>,
     /// The input whose buffer the output takes over (in place or aliased).
     pub reuses: Option<ValueId>,
+    /// The kernel choice it runs with.
+    pub choice: Choice,
+    /// The kernel choices it could run with, the default first; fewer
+    /// than two: nothing to choose.
+    pub choices: Vec<Choice>,
 }
 
 /// Memory statistics of a plan.
@@ -239,6 +251,18 @@ impl Plan {
     /// those it packs: plans of graphs that share most weights (candidates
     /// differing in a layer) pack each weight once.
     pub fn with_packs(g: Graph, cx: CpuCtx, packs: &PackCache) -> Result<Plan> {
+        Plan::with_choices(g, cx, packs, &Choices::new())
+    }
+
+    /// [`Plan::with_packs`] with kernel choices by node name (a node not
+    /// named, or whose choice does not apply to its shapes, runs the
+    /// default).
+    pub fn with_choices(
+        g: Graph,
+        cx: CpuCtx,
+        packs: &PackCache,
+        choices: &Choices,
+    ) -> Result<Plan> {
         let order = g.topo_order()?;
         let n_steps = order.len();
 
@@ -347,6 +371,10 @@ impl Plan {
             let numel = |v: ValueId| shape_of(v).iter().product::<usize>();
 
             let mut exec = if all_f32 { Exec::Fast } else { Exec::Reference };
+            // A quantized step's choice is settled below; a fast step's
+            // when its weights are packed.
+            let asked = choices.get(&node.name).copied().unwrap_or_default();
+            let mut quant_choice = Choice::default();
             if reshape_like(&node.op)
                 && node.outputs.len() == 1
                 && node
@@ -393,13 +421,22 @@ impl Plan {
             {
                 let x = node.input(0).map_or(&[][..], shape_of);
                 let out = shape_of(node.outputs[0]);
-                let key = PackKey::new(&node.op, &[x, out], const_inputs(&g, &node.inputs));
-                let (step, packed_now) =
-                    packs.get_or_pack(key, || QuantStep::new(&g, node, x, out, &cx));
-                if packed_now {
-                    WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut step = None;
+                for choice in [asked, Choice::default()] {
+                    let key = PackKey::new(&node.op, &[x, out], const_inputs(&g, &node.inputs))
+                        .for_choice(choice);
+                    let (made, packed_now) =
+                        packs.get_or_pack(key, || QuantStep::new(&g, node, x, out, choice, &cx));
+                    if packed_now {
+                        WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if made.is_some() {
+                        step = made.map(|s| (s, choice));
+                        break;
+                    }
                 }
-                if let Some(q) = step {
+                if let Some((q, choice)) = step {
+                    quant_choice = choice;
                     let residual_ok = q.residual.is_none_or(|p| node.input(p).is_some_and(is_f32));
                     if residual_ok {
                         exec = Exec::Quant {
@@ -434,9 +471,13 @@ impl Plan {
                 inputs: node.inputs.clone(),
                 outputs: node.outputs.clone(),
                 flops: profile::flops(&node.op, &in_shapes, &out_shapes),
-                exec,
                 frees: Vec::new(),
                 packed: None,
+                choice: match exec {
+                    Exec::Quant { .. } => quant_choice,
+                    _ => asked,
+                },
+                exec,
             });
         }
 
@@ -603,6 +644,9 @@ impl Plan {
         for i in 0..self.steps.len() {
             let step = &self.steps[i];
             if !matches!(step.exec, Exec::Fast) {
+                if !matches!(step.exec, Exec::Quant { .. }) {
+                    self.steps[i].choice = Choice::default();
+                }
                 continue;
             }
             let views: Vec<Option<View>> = step
@@ -636,14 +680,26 @@ impl Plan {
                         .map_or(&[][..], |info| info.shape.as_slice())
                 })
                 .collect();
-            let key = PackKey::new(&step.op, &shapes, const_inputs(&self.graph, &step.inputs));
+            // Only a convolution's algorithm is a choice of a fast step.
+            let w_shape = shapes.get(1).copied().unwrap_or(&[]);
+            let legal = conv::algorithms(&step.op, w_shape, out_shape, self.cx.features);
+            let choice = match step.choice.conv {
+                Some(a) if legal.first() != Some(&a) && legal.contains(&a) => Choice {
+                    run: None,
+                    conv: Some(a),
+                },
+                _ => Choice::default(),
+            };
+            let key = PackKey::new(&step.op, &shapes, const_inputs(&self.graph, &step.inputs))
+                .for_choice(choice);
             let (packed, packed_now) = packs.get_or_pack(key, || {
-                crate::kernels::cpu::prepack(&step.op, &views, out_shape, &self.cx)
+                crate::kernels::cpu::prepack_with(&step.op, &views, out_shape, choice, &self.cx)
             });
             if packed_now {
                 WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.steps[i].packed = packed;
+            self.steps[i].choice = choice;
         }
     }
 
@@ -748,8 +804,33 @@ impl Plan {
                     Exec::InPlace(k) => s.inputs[k.inplace],
                     _ => None,
                 },
+                choice: s.choice,
+                choices: self.choices_of(s),
             })
             .collect()
+    }
+
+    /// The kernel choices step `s` could run with, the default first.
+    fn choices_of(&self, s: &Step) -> Vec<Choice> {
+        let shape = |v: Option<&ValueId>| -> &[usize] {
+            v.and_then(|v| self.values.get(v.0 as usize)?.as_ref())
+                .map_or(&[], |i| i.shape.as_slice())
+        };
+        match &s.exec {
+            Exec::Quant { step, .. } => step.choices(&s.op, &self.cx),
+            Exec::Fast => {
+                let (w, out) = (shape(s.inputs.get(1).and_then(Option::as_ref)), shape(s.outputs.first()));
+                conv::algorithms(&s.op, w, out, self.cx.features)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, a)| Choice {
+                        run: None,
+                        conv: (i > 0).then_some(a),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The arena range (in f32 elements) of an f32 value a node produces.

@@ -8,20 +8,31 @@
 //! into a per-thread u8 buffer (dynamic parameters computed by the
 //! reference's definition, so both paths agree bit for bit), then runs the
 //! int8 product with the dequantizing epilogue straight into the arena.
+//!
+//! Or, when the node's [`Choice`] says `run=f32` ([`QuantRun::F32`]): the
+//! weight is dequantized once at plan time and the f32 kernels run on the
+//! activation as quantization leaves it (quantized and dequantized, or the
+//! producer's u8 dequantized), so the layer stays int8 in storage and in
+//! arithmetic, up to the f32 rounding of its sums; on a CPU where the
+//! f32 kernels are faster that is the tuner's choice.
 
 use std::cell::RefCell;
 
-use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op};
+use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op, Tensor};
+use crate::kernels::cpu::choice::{Choice, ConvAlgo, QuantRun};
 use crate::kernels::cpu::qconv::{pack_conv, qconv2d, QConvGeom, QPackedConv};
 use crate::kernels::cpu::qgemm::{
     dynamic_params_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QOut, QPackedB, QRequant,
 };
-use crate::kernels::cpu::CpuCtx;
+use crate::kernels::cpu::{conv, prepack_with, run_node_packed, CpuCtx, Prepacked, View, ViewMut};
 use crate::{Error, Result};
 
 thread_local! {
     /// The quantized activation of the step running on this thread.
     static QUANTIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The dequantized activation and the f32 output of a step run on the
+    /// f32 kernels (before requantization).
+    static DEQUANTIZED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// A step's activation: f32, or u8 quantized by its producer.
@@ -48,6 +59,19 @@ enum Product {
         k: usize,
         b: QPackedB,
     },
+    /// The f32 kernels (`run=f32`).
+    F32(F32Product),
+}
+
+/// A quantized layer as the f32 op it computes (FusedConv, FusedMatMul)
+/// on its dequantized weight, packed for the f32 kernels.
+#[derive(Debug)]
+struct F32Product {
+    op: Op,
+    w: Tensor,
+    packed: Option<Prepacked>,
+    x_shape: Vec<usize>,
+    out_shape: Vec<usize>,
 }
 
 /// A QConv or QMatMul node ready to run on the int8 kernels.
@@ -60,6 +84,8 @@ pub(crate) struct QuantStep {
     act: Option<Activation>,
     /// Input position of the residual (QConv's R), when present.
     pub residual: Option<usize>,
+    w_shape: Vec<usize>,
+    out_shape: Vec<usize>,
 }
 
 /// The data of a constant f32 input, or None.
@@ -71,13 +97,15 @@ fn const_f32(g: &Graph, node: &Node, pos: usize) -> Option<Vec<f32>> {
 
 impl QuantStep {
     /// Prepares `node` (of the specialized graph `g`, `x_shape` its first
-    /// input's shape, `out_shape` its output's) for the int8 kernels; None
-    /// when they do not cover it.
+    /// input's shape, `out_shape` its output's) for the int8 kernels, or
+    /// for the f32 ones when `choice` says `run=f32` (its `conv` the f32
+    /// convolution's algorithm); None when they do not cover it.
     pub fn new(
         g: &Graph,
         node: &Node,
         x_shape: &[usize],
         out_shape: &[usize],
+        choice: Choice,
         cx: &CpuCtx,
     ) -> Option<QuantStep> {
         let w = g.const_value(node.input(1)?)?;
@@ -153,6 +181,13 @@ impl QuantStep {
                 Some(t.as_f32()?.to_vec())
             }
         };
+        let product = match choice.run {
+            Some(QuantRun::F32) => {
+                let f = F32Product::new(&node.op, w, &scales, x_shape, out_shape);
+                Product::F32(f?.packed_for(choice.conv, cx))
+            }
+            _ => product,
+        };
         Some(QuantStep {
             product,
             act_quant,
@@ -160,7 +195,33 @@ impl QuantStep {
             bias,
             act,
             residual,
+            w_shape: w.shape().to_vec(),
+            out_shape: out_shape.to_vec(),
         })
+    }
+
+    /// The kernel choices this step could take (its own among them), the
+    /// default first: the int8 kernels, then the f32 ones with each
+    /// algorithm they have for the layer.
+    pub fn choices(&self, op: &Op, cx: &CpuCtx) -> Vec<Choice> {
+        let f32_run = Choice {
+            run: Some(QuantRun::F32),
+            conv: None,
+        };
+        let mut out = vec![Choice::default(), f32_run];
+        let f32_op = match op {
+            Op::QConv { conv, act, .. } => Op::FusedConv {
+                conv: conv.clone(),
+                act: act.clone(),
+            },
+            _ => return out,
+        };
+        let algos = conv::algorithms(&f32_op, &self.w_shape, &self.out_shape, cx.features);
+        out.extend(algos.into_iter().skip(1).map(|a| Choice {
+            conv: Some(a),
+            ..f32_run
+        }));
+        out
     }
 
     /// The input's static quantization `(scale, zero point)`, when it has
@@ -176,6 +237,9 @@ impl QuantStep {
     /// with [`QuantStep::static_input_quant`]), `residual` QConv's R, `out`
     /// the output (f32, or requantized for a consumer that takes u8).
     pub fn run(&self, x: QIn, residual: Option<&[f32]>, out: QDst, cx: &CpuCtx) -> Result<()> {
+        if let Product::F32(f) = &self.product {
+            return self.run_f32(f, x, residual, out, cx);
+        }
         match x {
             QIn::U8(q) => {
                 let (scale, zp) = self.static_input_quant().ok_or_else(|| {
@@ -247,7 +311,189 @@ impl QuantStep {
                 }
                 qconv2d(q, *x_shape, zp, geom, w, out, cx);
             }
+            Product::F32(_) => {
+                return Err(Error::Internal("an f32 step reached the int8 product".into()))
+            }
         }
         Ok(())
+    }
+
+    /// The step on the f32 kernels: the activation as quantization leaves
+    /// it, `(q − zp) · scale`, through `f.op`, then requantized when the
+    /// output leaves as u8.
+    fn run_f32(
+        &self,
+        f: &F32Product,
+        x: QIn,
+        residual: Option<&[f32]>,
+        out: QDst,
+        cx: &CpuCtx,
+    ) -> Result<()> {
+        let n: usize = f.x_shape.iter().product();
+        let x_len = match &x {
+            QIn::F32(v) => v.len(),
+            QIn::U8(v) => v.len(),
+        };
+        if x_len != n {
+            return Err(Error::Internal("quantized step: planned sizes differ".into()));
+        }
+        DEQUANTIZED.with(|cell| -> Result<()> {
+            let (xf, yf) = &mut *cell.borrow_mut();
+            if xf.len() < n {
+                xf.resize(n, 0.0);
+            }
+            let xf = &mut xf[..n];
+            match x {
+                QIn::U8(q) => {
+                    let (scale, zp) = self.static_input_quant().ok_or_else(|| {
+                        Error::Internal("a u8 input for a dynamically quantized step".into())
+                    })?;
+                    dequantize(q, scale, zp, xf);
+                }
+                QIn::F32(x) => {
+                    let (scale, zp) = match self.act_quant {
+                        ActQuant::Dynamic => dynamic_params_with(cx.features, x),
+                        ActQuant::Static { scale, zero_point } => (scale, zero_point),
+                    };
+                    QUANTIZED.with(|buf| {
+                        let mut q = buf.borrow_mut();
+                        if q.len() < n {
+                            q.resize(n, 0);
+                        }
+                        quantize_u8_with(cx.features, x, scale, zp, &mut q[..n]);
+                        dequantize(&q[..n], scale, zp, xf);
+                    });
+                }
+            }
+            let bias_shape = [self.bias.as_ref().map_or(0, Vec::len)];
+            let bias = self.bias.as_deref().map(|data| View {
+                shape: &bias_shape,
+                data,
+            });
+            let w = f.w.as_f32().map(|data| View {
+                shape: f.w.shape(),
+                data,
+            });
+            let x = Some(View {
+                shape: &f.x_shape,
+                data: xf,
+            });
+            let mut inputs = vec![x, w];
+            if matches!(f.op, Op::FusedConv { .. }) {
+                let r = residual.map(|data| View {
+                    shape: &f.out_shape,
+                    data,
+                });
+                inputs.extend([bias, r]);
+            } else if bias.is_some() {
+                inputs.push(bias);
+            }
+            let run = |y: &mut [f32]| -> Result<()> {
+                let mut outs = [ViewMut {
+                    shape: &f.out_shape,
+                    data: y,
+                }];
+                if run_node_packed(&f.op, &inputs, &mut outs, f.packed.as_ref(), cx)? {
+                    Ok(())
+                } else {
+                    Err(Error::Internal(
+                        "the f32 kernels declined a quantized step they were planned for".into(),
+                    ))
+                }
+            };
+            match out {
+                QDst::F32(o) => run(o),
+                QDst::U8(o, rq) => {
+                    if yf.len() < o.len() {
+                        yf.resize(o.len(), 0.0);
+                    }
+                    let yf = &mut yf[..o.len()];
+                    run(yf)?;
+                    quantize_u8_with(cx.features, yf, rq.scale, rq.zero_point, o);
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
+/// `(q − zp) · scale`, as DequantizeLinear computes it.
+fn dequantize(q: &[u8], scale: f32, zp: u8, out: &mut [f32]) {
+    for (y, &v) in out.iter_mut().zip(q) {
+        *y = (v as f32 - zp as f32) * scale;
+    }
+}
+
+impl F32Product {
+    /// The f32 form of QConv / QMatMul `op` with int8 weight `w` and its
+    /// scales (per output channel or one), before packing.
+    fn new(
+        op: &Op,
+        w: &Tensor,
+        scales: &[f32],
+        x_shape: &[usize],
+        out_shape: &[usize],
+    ) -> Option<F32Product> {
+        let wq = match w.data() {
+            crate::ir::TensorData::I8(v) => v.as_slice(),
+            _ => return None,
+        };
+        let ws = w.shape();
+        let scale = |ch: usize| scales.get(ch).or(scales.first()).copied().unwrap_or(0.0);
+        let (f32_op, wf): (Op, Vec<f32>) = match op {
+            Op::QConv { conv, act, .. } => {
+                let per = wq.len() / ws[0].max(1);
+                let wf = wq
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| v as f32 * scale(i / per.max(1)))
+                    .collect();
+                let op = Op::FusedConv {
+                    conv: conv.clone(),
+                    act: act.clone(),
+                };
+                (op, wf)
+            }
+            Op::QMatMul { act, .. } => {
+                let n = ws[1].max(1);
+                let wf = wq
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| v as f32 * scale(i % n))
+                    .collect();
+                let op = Op::FusedMatMul {
+                    trans_a: false,
+                    trans_b: false,
+                    alpha: 1.0,
+                    act: act.clone(),
+                };
+                (op, wf)
+            }
+            _ => return None,
+        };
+        Some(F32Product {
+            op: f32_op,
+            w: Tensor::from_f32(ws.to_vec(), wf).ok()?,
+            packed: None,
+            x_shape: x_shape.to_vec(),
+            out_shape: out_shape.to_vec(),
+        })
+    }
+
+    /// Packs the weight for the f32 kernels (a convolution with `algo`).
+    fn packed_for(mut self, algo: Option<ConvAlgo>, cx: &CpuCtx) -> F32Product {
+        let consts = [
+            None,
+            self.w.as_f32().map(|data| View {
+                shape: self.w.shape(),
+                data,
+            }),
+        ];
+        let choice = Choice {
+            run: None,
+            conv: algo,
+        };
+        self.packed = prepack_with(&self.op, &consts, &self.out_shape, choice, cx);
+        self
     }
 }

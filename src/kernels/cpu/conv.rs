@@ -43,7 +43,8 @@ use super::gemm::{
 };
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
-use super::{ops, winograd, CpuCtx, Prepacked, View, ViewMut};
+use super::choice::ConvAlgo;
+use super::{ops, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
 use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::Result;
@@ -67,48 +68,177 @@ pub fn prepack(
     out_shape: &[usize],
     cx: &CpuCtx,
 ) -> Option<Prepacked> {
-    let attrs = match op {
-        Op::Conv(a) | Op::FusedConv { conv: a, .. } => a,
-        _ => return None,
-    };
+    prepack_with(op, inputs, out_shape, None, cx)
+}
+
+/// [`prepack`] for the algorithm `algo` (a [`ConvAlgo`] of
+/// [`algorithms`]; None or one that cannot run this convolution: the
+/// default). Depthwise weights are used as they are; their pack only
+/// records the algorithm.
+pub fn prepack_with(
+    op: &Op,
+    inputs: &[Option<View>],
+    out_shape: &[usize],
+    algo: Option<ConvAlgo>,
+    cx: &CpuCtx,
+) -> Option<Prepacked> {
     let w = inputs.get(1).copied().flatten()?;
-    let (m, group) = (*w.shape.first()?, attrs.group);
-    if w.shape.len() < 3 || group == 0 || m % group != 0 || m == 0 {
-        return None;
-    }
+    let s = ConvShape::new(op, w.shape, out_shape)?;
     if w.data.len() != w.shape.iter().product::<usize>() {
         return None;
     }
-    if w.shape[1] == 1 && group == m {
-        return None;
-    }
-    let (mg, k) = (m / group, w.data.len() / m);
-    let out_plane: usize = out_shape.iter().skip(2).product();
-    let ones = |v: &[usize]| v.iter().all(|&s| s == 1);
-    if w.shape[2..] == [3, 3]
-        && ones(&attrs.strides)
-        && ones(&attrs.dilations)
-        && winograd::applies(group, w.shape[1], m, out_plane)
-    {
-        let u = winograd::prepack(w.data, m, w.shape[1], cx.features);
-        return Some(Prepacked::ConvWinograd(u));
-    }
-    if out_shape.len() == w.shape.len() && transposed_product(mg, out_plane) {
-        let packs = (0..group)
+    let legal = s.algorithms(cx.features);
+    let algo = algo
+        .filter(|a| legal.contains(a))
+        .or(legal.first().copied())?;
+    let (mg, k) = (s.mg, w.data.len() / s.m);
+    let packs_a = || {
+        (0..s.group)
             .map(|gi| {
                 let wg = &w.data[gi * mg * k..(gi + 1) * mg * k];
-                pack_b(k, mg, wg, k, true, cx.features)
+                pack_a(mg, k, wg, k, false, cx.features)
             })
-            .collect();
-        return Some(Prepacked::ConvWeightsT(packs));
-    }
-    let packs = (0..group)
-        .map(|gi| {
-            let wg = &w.data[gi * mg * k..(gi + 1) * mg * k];
-            pack_a(mg, k, wg, k, false, cx.features)
+            .collect()
+    };
+    Some(match algo {
+        ConvAlgo::Winograd => {
+            Prepacked::ConvWinograd(winograd::prepack(w.data, s.m, w.shape[1], cx.features))
+        }
+        ConvAlgo::Transposed => Prepacked::ConvWeightsT(
+            (0..s.group)
+                .map(|gi| {
+                    let wg = &w.data[gi * mg * k..(gi + 1) * mg * k];
+                    pack_b(k, mg, wg, k, true, cx.features)
+                })
+                .collect(),
+        ),
+        ConvAlgo::Direct => Prepacked::ConvWeights {
+            packs: packs_a(),
+            direct: true,
+        },
+        ConvAlgo::Gemm => Prepacked::ConvWeights {
+            packs: packs_a(),
+            direct: false,
+        },
+        ConvAlgo::DwPlane | ConvAlgo::DwInterleaved => Prepacked::Depthwise {
+            interleaved: algo == ConvAlgo::DwInterleaved,
+        },
+    })
+}
+
+/// The algorithms that can run convolution `op` with weights of
+/// `w_shape` into an output of `out_shape` on a CPU with `features`, the
+/// default first (the choice [`prepack`] makes); empty when `op` is not a
+/// convolution the fast path takes.
+pub fn algorithms(
+    op: &Op,
+    w_shape: &[usize],
+    out_shape: &[usize],
+    features: Features,
+) -> Vec<ConvAlgo> {
+    ConvShape::new(op, w_shape, out_shape).map_or(Vec::new(), |s| s.algorithms(features))
+}
+
+/// What the choice of algorithm depends on: the weights' and the output's
+/// shapes and the attributes (not the input's spatial size).
+struct ConvShape {
+    /// Batch items.
+    n: usize,
+    /// Output channels, groups, output channels per group.
+    m: usize,
+    group: usize,
+    mg: usize,
+    /// Input channels per group.
+    cg: usize,
+    kernel: Vec<usize>,
+    /// Output width (last axis) and pixels of an output plane.
+    ow: usize,
+    out_plane: usize,
+    unit_strides: bool,
+    unit_dilations: bool,
+    /// 2-D (the transposed product and Winograd need it).
+    two_d: bool,
+}
+
+impl ConvShape {
+    fn new(op: &Op, w_shape: &[usize], out_shape: &[usize]) -> Option<ConvShape> {
+        let attrs = match op {
+            Op::Conv(a) | Op::FusedConv { conv: a, .. } => a,
+            _ => return None,
+        };
+        let (m, group) = (*w_shape.first()?, attrs.group);
+        if !(3..=4).contains(&w_shape.len()) || group == 0 || m % group != 0 || m == 0 {
+            return None;
+        }
+        if out_shape.len() != w_shape.len() || out_shape[1] != m {
+            return None;
+        }
+        let ones = |v: &[usize]| v.iter().all(|&s| s == 1);
+        Some(ConvShape {
+            n: out_shape[0],
+            m,
+            group,
+            mg: m / group,
+            cg: w_shape[1],
+            kernel: w_shape[2..].to_vec(),
+            ow: *out_shape.last()?,
+            out_plane: out_shape[2..].iter().product(),
+            unit_strides: ones(&attrs.strides),
+            unit_dilations: ones(&attrs.dilations),
+            two_d: w_shape.len() == 4,
         })
-        .collect();
-    Some(Prepacked::ConvWeights(packs))
+    }
+
+    fn depthwise(&self) -> bool {
+        self.cg == 1 && self.group == self.m
+    }
+
+    /// The legal algorithms, the default (today's thresholds) first.
+    fn algorithms(&self, features: Features) -> Vec<ConvAlgo> {
+        if self.depthwise() {
+            let nplanes = self.n * self.m;
+            let small = self.out_plane <= DW_C8_MAX_PLANE
+                || (!self.unit_strides && self.out_plane <= 4 * DW_C8_MAX_PLANE);
+            return match (nplanes >= LANES, small) {
+                (true, true) => vec![ConvAlgo::DwInterleaved, ConvAlgo::DwPlane],
+                (true, false) => vec![ConvAlgo::DwPlane, ConvAlgo::DwInterleaved],
+                (false, _) => vec![ConvAlgo::DwPlane],
+            };
+        }
+        if self.cg == 0 {
+            return vec![ConvAlgo::Gemm];
+        }
+        let taps: usize = self.kernel.iter().product();
+        let winograd = self.two_d
+            && self.kernel == [3, 3]
+            && self.unit_strides
+            && self.unit_dilations
+            && self.group == 1;
+        let transposed = self.two_d && self.out_plane <= TRANSPOSED_MAX_PLANE;
+        let direct = direct_lanes(features).is_some() && taps > 1;
+        let default = if winograd && winograd::applies(self.group, self.cg, self.m, self.out_plane)
+        {
+            ConvAlgo::Winograd
+        } else if self.two_d && transposed_product(self.mg, self.out_plane) {
+            ConvAlgo::Transposed
+        } else if direct && self.ow >= DIRECT_MIN_OW && self.mg >= DIRECT_MIN_MG {
+            ConvAlgo::Direct
+        } else {
+            ConvAlgo::Gemm
+        };
+        let mut out = vec![default];
+        for (legal, a) in [
+            (direct, ConvAlgo::Direct),
+            (true, ConvAlgo::Gemm),
+            (winograd, ConvAlgo::Winograd),
+            (transposed, ConvAlgo::Transposed),
+        ] {
+            if legal && a != default {
+                out.push(a);
+            }
+        }
+        out
+    }
 }
 
 /// [`run`] with the weights packed by [`prepack`] (ignored when they do
@@ -175,7 +305,11 @@ pub fn run_packed(
         return Ok(true);
     }
     if g.group == g.c && g.m == g.c {
-        depthwise(&g, x.data, w.data, &fused, out.data, cx);
+        let interleave = match packed {
+            Some(Prepacked::Depthwise { interleaved }) => Some(*interleaved),
+            _ => None,
+        };
+        depthwise(&g, x.data, w.data, &fused, interleave, out.data, cx);
     } else if let Some(Prepacked::ConvWinograd(u)) = packed.filter(|p| winograd_fits(&g, p)) {
         let (bias, res) = (fused.bias, fused.residual);
         winograd::run(&g.win, g.n, g.c, u, x.data, bias, res, act, out.data, cx);
@@ -197,10 +331,10 @@ pub fn run_packed(
             {
                 via_transposed_gemm(&g, x.data, p, &fused, out.data, cx)
             }
-            Some(Prepacked::ConvWeights(p))
+            Some(Prepacked::ConvWeights { packs: p, direct })
                 if p.len() == g.group && p.iter().all(|a| a.m() == g.mg && a.k() == k) =>
             {
-                if !(direct(&g, cx) && via_direct(&g, x.data, p, &fused, out.data, cx)) {
+                if !(*direct && via_direct(&g, x.data, p, &fused, out.data, cx)) {
                     via_gemm(&g, x.data, w.data, Some(p), &fused, out.data, cx)
                 }
             }
@@ -312,7 +446,18 @@ fn finish_plane(f: &Fused, i: usize, plane: usize, p: &mut [f32], cx: &CpuCtx) {
 /// register-blocked kernel ([`dw_kernel`]), or, when that scratch would be
 /// unreasonably large (huge pads or strides), through the plain per-tap
 /// loop ([`dw_plane`]).
-fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &CpuCtx) {
+///
+/// `interleave` forces the channel-interleaved kernel on or off (for 8
+/// planes or more); None: small planes take it.
+fn depthwise(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    f: &Fused,
+    interleave: Option<bool>,
+    y: &mut [f32],
+    cx: &CpuCtx,
+) {
     let win = &g.win;
     let (in_plane, out_plane, k) = (win.in_plane(), win.out_plane(), win.kh * win.kw);
     let avx = cx.features.avx2_fma && ops::has_avx2_fma();
@@ -350,7 +495,7 @@ fn depthwise(g: &ConvGeom, x: &[f32], w: &[f32], f: &Fused, y: &mut [f32], cx: &
     let nplanes = g.n * g.c;
     let small =
         out_plane <= DW_C8_MAX_PLANE || (win.sh * win.sw > 1 && out_plane <= 4 * DW_C8_MAX_PLANE);
-    let c8 = (small && nplanes >= LANES)
+    let c8 = (interleave.unwrap_or(small) && nplanes >= LANES)
         .then(|| C8Plan::new(win, g.c, w, f.bias, clamp))
         .flatten();
     // Planes `i0..` of the output chunk `ys`.
@@ -428,7 +573,7 @@ pub(crate) fn depthwise_plain(
         residual: None,
         act: None,
     };
-    depthwise(&g, x, w, &none, y, cx);
+    depthwise(&g, x, w, &none, None, y, cx);
 }
 
 /// Output elements a parallel depthwise task aims at.
@@ -1015,8 +1160,7 @@ fn winograd_fits(g: &ConvGeom, packed: &Prepacked) -> bool {
         }
         _ => false,
     };
-    fits && (w.kh, w.kw, w.sh, w.sw, w.dh, w.dw) == (3, 3, 1, 1, 1, 1)
-        && winograd::applies(g.group, g.c, g.m, w.out_plane())
+    fits && (w.kh, w.kw, w.sh, w.sw, w.dh, w.dw) == (3, 3, 1, 1, 1, 1) && g.group == 1
 }
 
 /// Whether the weights were packed for the transposed product.
@@ -1028,7 +1172,7 @@ fn fused_transposed(packed: Option<&Prepacked>) -> bool {
 fn conv_packs<'a>(packed: Option<&'a Prepacked>, g: &ConvGeom) -> Option<&'a [PackedA]> {
     let k = g.cg * g.win.kh * g.win.kw;
     match packed {
-        Some(Prepacked::ConvWeights(p))
+        Some(Prepacked::ConvWeights { packs: p, .. })
             if p.len() == g.group && p.iter().all(|a| a.m() == g.mg && a.k() == k) =>
         {
             Some(p)
@@ -1211,6 +1355,10 @@ thread_local! {
 
 /// Output planes below this many pixels may take the transposed product.
 const SMALL_PLANE: usize = 64;
+
+/// The largest output plane the transposed product may be asked for (it
+/// builds the whole im2col matrix of a batch item).
+const TRANSPOSED_MAX_PLANE: usize = 14 * 14;
 
 /// Whether a convolution with `mg` output channels per group and output
 /// planes of `out_plane` pixels runs as the transposed product `Yᵀ =
@@ -1754,6 +1902,37 @@ mod tests {
                 (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
                 "{c:?} at {i}: {g} vs {w}"
             );
+        }
+        // Every algorithm a tuner may choose, each within the reference's
+        // tolerance (Winograd's rounding is bounded above).
+        let algos = algorithms(&op, w.shape(), want.shape(), cx.features);
+        assert!(!algos.is_empty(), "{c:?}: no algorithm");
+        for algo in algos {
+            let packed = prepack_with(&op, &consts, want.shape(), Some(algo), cx).unwrap();
+            let taken = match &packed {
+                Prepacked::ConvWinograd(_) => ConvAlgo::Winograd,
+                Prepacked::ConvWeightsT(_) => ConvAlgo::Transposed,
+                Prepacked::ConvWeights { direct: true, .. } => ConvAlgo::Direct,
+                Prepacked::ConvWeights { direct: false, .. } => ConvAlgo::Gemm,
+                Prepacked::Depthwise { interleaved: true } => ConvAlgo::DwInterleaved,
+                Prepacked::Depthwise { interleaved: false } => ConvAlgo::DwPlane,
+                Prepacked::B(_) => unreachable!("a convolution packs no B"),
+            };
+            assert_eq!(taken, algo, "{c:?}");
+            let mut y = vec![f32::NAN; want.numel()];
+            let mut outs = [ViewMut {
+                shape: want.shape(),
+                data: &mut y,
+            }];
+            assert!(run_packed(&op, &views, &mut outs, Some(&packed), cx).unwrap());
+            let tol = if algo == ConvAlgo::Winograd { 1e-3 } else { 1e-4 };
+            for (i, (g, w)) in y.iter().zip(want.as_f32().unwrap()).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 + tol * w.abs(),
+                    "{c:?} ({}) at {i}: {g} vs {w}",
+                    algo.name()
+                );
+            }
         }
         got
     }

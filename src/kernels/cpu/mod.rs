@@ -10,6 +10,7 @@
 //! runs a node on the fast path or says it has none, in which case the runtime
 //! falls back to the reference kernel.
 
+pub mod choice;
 pub mod conv;
 pub mod gemm;
 mod geometry;
@@ -318,14 +319,20 @@ pub fn run_node_packed(
 pub enum Prepacked {
     /// The B operand of a MatMul, FusedMatMul or Gemm.
     B(gemm::PackedB),
-    /// A convolution's weights, one packed A operand per group.
-    ConvWeights(Vec<gemm::PackedA>),
+    /// A convolution's weights, one packed A operand per group, for the
+    /// direct convolution or the im2col GEMM.
+    ConvWeights {
+        packs: Vec<gemm::PackedA>,
+        direct: bool,
+    },
     /// A convolution's weights transposed, one packed B operand per group,
     /// for convolutions with small output planes (computed transposed).
     ConvWeightsT(Vec<gemm::PackedB>),
     /// A 3x3 convolution's weights transformed for Winograd F(2x2, 3x3):
     /// 16 packed A operands `[M, C]`.
     ConvWinograd(Vec<gemm::PackedA>),
+    /// A depthwise convolution (weights used as they are): which kernel.
+    Depthwise { interleaved: bool },
 }
 
 /// Packs the constant operands of `op` for the kernels `cx` selects.
@@ -342,6 +349,23 @@ pub fn prepack(
         Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => linalg::prepack(op, inputs, cx),
         Op::Conv(_) | Op::FusedConv { .. } => conv::prepack(op, inputs, out_shape, cx),
         _ => None,
+    }
+}
+
+/// [`prepack`] for the kernels `choice` names (a convolution's
+/// algorithm; a choice that does not apply to `op` is ignored).
+pub fn prepack_with(
+    op: &Op,
+    inputs: &[Option<View>],
+    out_shape: &[usize],
+    choice: choice::Choice,
+    cx: &CpuCtx,
+) -> Option<Prepacked> {
+    match op {
+        Op::Conv(_) | Op::FusedConv { .. } => {
+            conv::prepack_with(op, inputs, out_shape, choice.conv, cx)
+        }
+        _ => prepack(op, inputs, out_shape, cx),
     }
 }
 

@@ -1,0 +1,198 @@
+//! The kernel choices a node can be given: the knobs `mlc tune` measures.
+//!
+//! A node the runtime can run more than one way lists its legal choices
+//! (for a convolution, [`super::conv::algorithms`]); the first is the
+//! default, the one the hand-set thresholds pick when nothing else is
+//! asked ("untuned"). A [`Choice`] names one of them by its knobs; each
+//! knob left `None` takes its default. Choices only change speed: every
+//! one computes the node's result within the runtime's tolerance of the
+//! reference (and a tuner checks that before timing it).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// How an f32 convolution runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvAlgo {
+    /// The GEMM reading its B rows in place from the padded input through
+    /// a tap offset table (no im2col panel).
+    Direct,
+    /// The GEMM on im2col columns packed block by block (1x1: on the input
+    /// itself, or on its subsampled pixels).
+    Gemm,
+    /// Winograd F(2x2, 3x3) (3x3, stride 1, undilated, one group).
+    Winograd,
+    /// The transposed product `Yᵀ = colsᵀ · Wᵀ` (small output planes).
+    Transposed,
+    /// Depthwise, one plane at a time.
+    DwPlane,
+    /// Depthwise, 8 channels interleaved in a vector.
+    DwInterleaved,
+}
+
+impl ConvAlgo {
+    pub const ALL: [ConvAlgo; 6] = [
+        ConvAlgo::Direct,
+        ConvAlgo::Gemm,
+        ConvAlgo::Winograd,
+        ConvAlgo::Transposed,
+        ConvAlgo::DwPlane,
+        ConvAlgo::DwInterleaved,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Direct => "direct",
+            ConvAlgo::Gemm => "gemm",
+            ConvAlgo::Winograd => "winograd",
+            ConvAlgo::Transposed => "transposed",
+            ConvAlgo::DwPlane => "dw-plane",
+            ConvAlgo::DwInterleaved => "dw-interleaved",
+        }
+    }
+}
+
+/// Which kernels run a quantized layer (QConv, QMatMul): its int8 weights
+/// stay int8 in storage either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuantRun {
+    /// The exact int8 kernels.
+    Int8,
+    /// The f32 kernels on weights dequantized once at load and the
+    /// activation fake-quantized (quantized, then dequantized): the
+    /// layer's arithmetic up to f32 rounding of the sums.
+    F32,
+}
+
+impl QuantRun {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantRun::Int8 => "int8",
+            QuantRun::F32 => "f32",
+        }
+    }
+}
+
+/// One way to run a node: each knob `None` takes its default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Choice {
+    /// A quantized layer's kernels.
+    pub run: Option<QuantRun>,
+    /// A convolution's algorithm (for a quantized layer, of its f32 run).
+    pub conv: Option<ConvAlgo>,
+}
+
+impl Choice {
+    /// Every knob at its default.
+    pub fn is_default(&self) -> bool {
+        *self == Choice::default()
+    }
+}
+
+/// `default`, or the knobs set, as `run=f32,conv=winograd` (the form of
+/// the tuning database and reports; [`FromStr`] reads it back).
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(r) = self.run {
+            parts.push(format!("run={}", r.name()));
+        }
+        if let Some(c) = self.conv {
+            parts.push(format!("conv={}", c.name()));
+        }
+        if parts.is_empty() {
+            f.write_str("default")
+        } else {
+            f.write_str(&parts.join(","))
+        }
+    }
+}
+
+impl FromStr for Choice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Choice, String> {
+        let mut c = Choice::default();
+        if s == "default" {
+            return Ok(c);
+        }
+        for part in s.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("kernel choice '{s}': '{part}' is not KNOB=VALUE"))?;
+            match key {
+                "run" => {
+                    c.run = Some(match value {
+                        "int8" => QuantRun::Int8,
+                        "f32" => QuantRun::F32,
+                        _ => return Err(format!("kernel choice '{s}': run is int8 or f32")),
+                    })
+                }
+                "conv" => {
+                    c.conv = Some(
+                        ConvAlgo::ALL
+                            .into_iter()
+                            .find(|a| a.name() == value)
+                            .ok_or_else(|| {
+                                let names: Vec<_> = ConvAlgo::ALL.map(|a| a.name()).to_vec();
+                                format!("kernel choice '{s}': conv is one of {}", names.join(", "))
+                            })?,
+                    )
+                }
+                _ => return Err(format!("kernel choice '{s}': unknown knob '{key}'")),
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl Serialize for Choice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Choice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Choice, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_print_and_parse_back() {
+        let all = [
+            Choice::default(),
+            Choice {
+                run: Some(QuantRun::F32),
+                conv: Some(ConvAlgo::Winograd),
+            },
+            Choice {
+                run: Some(QuantRun::Int8),
+                conv: None,
+            },
+            Choice {
+                run: None,
+                conv: Some(ConvAlgo::DwInterleaved),
+            },
+        ];
+        for c in all {
+            let s = c.to_string();
+            assert_eq!(s.parse::<Choice>(), Ok(c), "{s}");
+            let j = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<Choice>(&j).unwrap(), c);
+        }
+        assert_eq!(Choice::default().to_string(), "default");
+        for bad in ["", "conv", "conv=fast", "run=int4", "tile=8"] {
+            assert!(bad.parse::<Choice>().is_err(), "{bad}");
+        }
+    }
+}
