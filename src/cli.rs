@@ -144,6 +144,33 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tune a model's kernel choices on this machine by measuring them per
+    /// node (checked against the reference first), and write a bundle that
+    /// carries them, with a tuning report (JSON and Markdown) beside it.
+    Tune {
+        model: PathBuf,
+        /// The tuned bundle (default: MODEL's name with `.tuned.mlc`).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        inputs: InputArgs,
+        /// The target: `host` (this machine, measured).
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Wall time for the per-node measurements, e.g. 30s, 2m, 1m30s.
+        #[arg(long, default_value = "1m", value_parser = crate::budget)]
+        budget: std::time::Duration,
+        /// The tuning database (JSON lines; default: tuning.jsonl in the
+        /// user's cache directory, or $MLC_TUNING_DB).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Pipeline to compile an ONNX model with first.
+        #[arg(long, default_value = "O2")]
+        pipeline: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compress a model: int8 post-training quantization (or int4/fp16
     /// weights), with a size/latency/accuracy report written beside the output.
     Compress(Box<CompressArgs>),

@@ -21,6 +21,7 @@ pub mod quant;
 pub mod rng;
 pub mod runtime;
 pub mod transform;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use ir::{DType, Graph, Tensor};

@@ -68,6 +68,11 @@ fn emit_format(e: Option<Emit>) -> Option<Format> {
     })
 }
 
+/// Parses a `--budget` (see [`api::parse_budget`]).
+fn budget(s: &str) -> Result<std::time::Duration, String> {
+    api::parse_budget(s)
+}
+
 fn print_json<T: Serialize>(v: &T) -> Result<(), Error> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Error::Internal(format!("JSON encoding failed: {e}")))?;
@@ -228,6 +233,35 @@ fn run(command: Command) -> Result<(), Error> {
                         out.md_path.display()
                     );
                 }
+            }
+        }
+        Command::Tune {
+            model,
+            output,
+            inputs,
+            target,
+            budget,
+            db,
+            pipeline,
+            json,
+        } => {
+            let output = output.unwrap_or_else(|| {
+                let stem = model.file_stem().map_or("model".into(), |s| s.to_string_lossy());
+                model.with_file_name(format!("{stem}.tuned.mlc"))
+            });
+            let opts = api::TuneFileOptions {
+                target,
+                threads: inputs.threads.unwrap_or(0),
+                budget,
+                db,
+                pipeline,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            let binding = inputs.binding(Some(0))?;
+            let report = api::tune_file(&model, &output, &inputs.files()?, &binding, &opts)?;
+            match json {
+                true => print_json(&report)?,
+                false => print!("{}", report.render()),
             }
         }
         Command::Probe { json, seconds } => {

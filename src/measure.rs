@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::ir::{Graph, Tensor};
 use crate::kernels::cpu::CpuCtx;
-use crate::runtime::{build_counters, BuildCounters, PackCache, Plan};
+use crate::runtime::{build_counters, BuildCounters, Choices, PackCache, Plan};
 use crate::transform::specialize::specialize;
 use crate::Result;
 
@@ -48,6 +48,12 @@ impl Measurer {
     /// sharing packed weights with every plan this measurer built.
     pub fn plan(&self, g: &Graph, shapes: &[Vec<usize>]) -> Result<Plan> {
         Plan::with_packs(specialize(g, shapes)?, self.cx.clone(), &self.packs)
+    }
+
+    /// A plan of the already specialized graph `spec` with kernel
+    /// `choices` (see [`Plan::with_choices`]), sharing packed weights.
+    pub fn plan_with(&self, spec: Graph, choices: &Choices) -> Result<Plan> {
+        Plan::with_choices(spec, self.cx.clone(), &self.packs, choices)
     }
 
     /// Plans built and weights packed since this measurer was made (by any
@@ -84,6 +90,26 @@ impl Timing {
     /// the tie, timing noise decides nothing.
     pub fn slower_than(&self, other: &Timing, tie_ms: f64) -> bool {
         self.median_ms > other.median_ms + tie_ms
+    }
+
+    /// Whether this is faster than `other` beyond the noise: its median
+    /// lower by more than half the wider of the two p10–p90 spreads, and
+    /// by at least [`MIN_GAIN`] of `other`'s (a gain smaller than that is
+    /// not worth a choice that differs from the default).
+    pub fn beats(&self, other: &Timing) -> bool {
+        let spread = (self.p90_ms - self.p10_ms).max(other.p90_ms - other.p10_ms);
+        let gap = other.median_ms - self.median_ms;
+        gap > spread / 2.0 && gap >= MIN_GAIN * other.median_ms
+    }
+}
+
+/// The smallest relative gain [`Timing::beats`] counts.
+pub const MIN_GAIN: f64 = 0.02;
+
+impl Timing {
+    /// Whether the two are told apart: one beats the other.
+    pub fn separated(&self, other: &Timing) -> bool {
+        self.beats(other) || other.beats(self)
     }
 }
 
@@ -136,6 +162,24 @@ pub fn alternate_nodes(
     warmup: usize,
     runs: usize,
 ) -> Result<(HashMap<String, Timing>, HashMap<String, Timing>)> {
+    let [sa, sb] = alternate_node_samples(a, b, feed, warmup, runs)?;
+    let summarize = |s: HashMap<String, Vec<f64>>| {
+        s.into_iter()
+            .map(|(k, v)| (k, Timing::from_samples(&v)))
+            .collect()
+    };
+    Ok((summarize(sa), summarize(sb)))
+}
+
+/// The samples behind [`alternate_nodes`]: each plan's milliseconds per
+/// node name, one sample a run.
+pub fn alternate_node_samples(
+    a: &mut Plan,
+    b: &mut Plan,
+    feed: &[Tensor],
+    warmup: usize,
+    runs: usize,
+) -> Result<[HashMap<String, Vec<f64>>; 2]> {
     for _ in 0..warmup {
         a.run(feed)?;
         b.run(feed)?;
@@ -154,13 +198,7 @@ pub fn alternate_nodes(
     }
     a.set_profiling(false);
     b.set_profiling(false);
-    let [sa, sb] = samples;
-    let summarize = |s: HashMap<String, Vec<f64>>| {
-        s.into_iter()
-            .map(|(k, v)| (k, Timing::from_samples(&v)))
-            .collect()
-    };
-    Ok((summarize(sa), summarize(sb)))
+    Ok(samples)
 }
 
 /// Each step's node name and profiled milliseconds so far (empty when
@@ -190,5 +228,18 @@ mod tests {
         assert_eq!((t.median_ms, t.runs), (3.0, 3));
         assert!(t.slower_than(&Timing::from_samples(&[2.0]), 0.5));
         assert!(!t.slower_than(&Timing::from_samples(&[2.9]), 0.5));
+        // Beyond the noise: the gap against half the wider spread.
+        let at = |m: f64, spread: f64| Timing {
+            median_ms: m,
+            p10_ms: m - spread / 2.0,
+            p90_ms: m + spread / 2.0,
+            runs: 10,
+        };
+        assert!(at(1.0, 0.1).beats(&at(1.2, 0.1)));
+        assert!(!at(1.0, 0.5).beats(&at(1.2, 0.1)));
+        assert!(!at(1.0, 0.0).beats(&at(1.01, 0.0)), "under 2%");
+        assert!(!at(1.2, 0.1).beats(&at(1.0, 0.1)));
+        assert!(at(1.2, 0.1).separated(&at(1.0, 0.1)));
+        assert!(!at(1.05, 0.4).separated(&at(1.0, 0.4)));
     }
 }

@@ -155,7 +155,7 @@ pub struct InputFiles {
 }
 
 impl InputFiles {
-    fn paths(&self) -> Vec<&Path> {
+    pub(crate) fn paths(&self) -> Vec<&Path> {
         self.npz
             .iter()
             .map(PathBuf::as_path)

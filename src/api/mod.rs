@@ -33,6 +33,7 @@
 mod bench;
 mod jobs;
 mod session;
+mod tune;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub use jobs::{
     bench_file, compile_file, compress_file, run_file, CompileReport, CompressOutcome, InputFiles,
 };
 pub use session::{OutputSummary, RunReport, Session, SessionOptions};
+pub use tune::{host_fingerprint, tune_file, TuneFileOptions, TuneReport};
+pub use crate::tune::parse_budget;
 
 use crate::runtime::Choices;
 use crate::formats::{self, bundle};

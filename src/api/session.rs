@@ -8,6 +8,8 @@ use crate::inputs::Binding;
 use crate::ir::{Graph, Tensor};
 use crate::kernels::cpu::CpuCtx;
 use crate::runtime::{Choices, PackCache, Plan};
+use crate::tune::db::Db;
+use crate::tune::workload;
 use crate::transform::specialize::specialize;
 use crate::{Error, Result};
 
@@ -16,7 +18,8 @@ use crate::{Error, Result};
 pub struct SessionOptions {
     /// Threads (0: the machine's cores).
     pub threads: usize,
-    /// Ignore the model's kernel choices: every node runs its default.
+    /// Ignore kernel choices (the model's own and the tuning database's):
+    /// every node runs its default.
     pub untuned: bool,
 }
 
@@ -28,23 +31,45 @@ pub struct Session {
     cx: CpuCtx,
     packs: PackCache,
     plans: HashMap<Vec<Vec<usize>>, Plan>,
+    /// The model's own kernel choices (a tuned bundle)...
     choices: Choices,
+    /// ... else the tuning database's records for this machine.
+    db: Option<Db>,
 }
 
 impl Session {
+    /// A session planning with `choices`; with none (and `opts.untuned`
+    /// unset) it takes the tuning database's choices for this machine
+    /// (the default file, when it exists).
     pub(super) fn new(graph: Graph, choices: Choices, opts: &SessionOptions) -> Result<Session> {
+        let db = match Db::default_path() {
+            Some(p) if choices.is_empty() && !opts.untuned && p.is_file() => Some(Db::open(&p)?),
+            _ => None,
+        };
         Ok(Session {
             graph,
             cx: CpuCtx::new(opts.threads)?,
             packs: PackCache::default(),
             plans: HashMap::new(),
             choices,
+            db,
         })
     }
 
-    /// Whether the session plans with kernel choices (a tuned model).
-    pub fn tuned(&self) -> bool {
-        !self.choices.is_empty()
+    /// The kernel choices for the specialized graph `spec`: the model's
+    /// own, else the database's records of its workloads on this machine
+    /// at this thread count.
+    fn choices_for(&self, spec: &Graph) -> Choices {
+        let Some(db) = self.db.as_ref().filter(|_| self.choices.is_empty()) else {
+            return self.choices.clone();
+        };
+        let target = super::host_fingerprint();
+        spec.nodes()
+            .filter_map(|(_, n)| {
+                let r = db.lookup(&workload(spec, n), &target, self.cx.threads)?;
+                (!r.choice.is_default()).then(|| (n.name.clone(), r.choice))
+            })
+            .collect()
     }
 
     /// The graph the session runs.
@@ -107,7 +132,8 @@ impl Session {
         let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
         if !self.plans.contains_key(&shapes) {
             let spec = specialize(&self.graph, &shapes)?;
-            let plan = Plan::with_choices(spec, self.cx.clone(), &self.packs, &self.choices)?;
+            let choices = self.choices_for(&spec);
+            let plan = Plan::with_choices(spec, self.cx.clone(), &self.packs, &choices)?;
             self.plans.insert(shapes.clone(), plan);
         }
         self.plans

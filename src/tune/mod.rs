@@ -1,0 +1,484 @@
+//! `mlc tune`: kernel choices measured per node, in place.
+//!
+//! Every node the runtime can run more than one way lists its legal
+//! choices (`StepInfo::choices`, the default first: today's hand-set
+//! thresholds). Each non-default choice is first checked against the
+//! reference interpreter on the node alone ([`check_choice`]); only the
+//! ones that agree are timed. Timing runs the whole model, so every node
+//! sees its real shapes, thread count and cache state: round `r` plans the
+//! model with every node on its `r`-th candidate and runs it alternately
+//! with the untuned plan, reading each node's time from the runtime's
+//! per-step clock. Rounds repeat until every node's candidates are told
+//! apart from its default ([`Timing::separated`]) or the budget is spent;
+//! a candidate replaces the default only when it beats it beyond the
+//! noise ([`Timing::beats`]). Finally the whole model runs tuned against
+//! untuned, alternately, and the tuned plan is kept only if it is faster.
+//!
+//! Measurements go to the tuning database ([`db`]); a node whose workload
+//! the database already holds for this target is not measured again.
+
+pub mod db;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::inputs::random_inputs;
+use crate::ir::{Graph, Node, Tensor};
+use crate::kernels::cpu::choice::Choice;
+use crate::kernels::cpu::CpuCtx;
+use crate::measure::{alternate, alternate_node_samples, Measurer, Timing};
+use crate::runtime::{Choices, PackCache, Plan};
+use crate::transform::specialize::specialize;
+use crate::Result;
+use db::{Db, Measured, Record, KERNELS};
+
+/// How [`tune`] measures.
+#[derive(Clone, Debug)]
+pub struct TuneOptions {
+    /// Wall time for the per-node rounds (the checks and the final
+    /// whole-model comparison come on top, a few seconds).
+    pub budget: Duration,
+    /// Timed runs of each plan per round.
+    pub runs_per_round: usize,
+    /// Most samples of one candidate before it counts as settled.
+    pub max_samples: usize,
+    /// Timed runs of the final tuned-against-untuned comparison.
+    pub final_runs: usize,
+    /// Seed of the inputs the candidates are checked on.
+    pub seed: u64,
+    /// The target's fingerprint, the database's key.
+    pub target: String,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One candidate of a node: its timing, or why it was not timed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    pub choice: Choice,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+/// What tuning decided for one node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeTuning {
+    pub node: String,
+    pub op: String,
+    pub workload: String,
+    /// The default first.
+    pub candidates: Vec<Candidate>,
+    pub choice: Choice,
+    /// The default's median over the choice's (1: the default kept).
+    pub gain: f64,
+    /// `measured`, or `database` when a record of the workload was used.
+    pub source: &'static str,
+}
+
+/// What [`tune`] found.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneOutcome {
+    pub target: String,
+    pub threads: usize,
+    pub nodes: Vec<NodeTuning>,
+    /// The choices kept (empty when the tuned plan did not win).
+    pub choices: Choices,
+    pub untuned: Timing,
+    pub tuned: Timing,
+    /// Whether the tuned plan won the final comparison.
+    pub kept: bool,
+    /// Rounds of per-node timing run.
+    pub rounds: usize,
+    pub elapsed_s: f64,
+}
+
+/// The key of a node's workload in the database: its op with every
+/// attribute, and its inputs' types and shapes (constants marked).
+pub fn workload(g: &Graph, node: &Node) -> String {
+    let inputs: Vec<String> = node
+        .inputs
+        .iter()
+        .map(|v| match v {
+            None => "_".to_string(),
+            Some(v) => {
+                let ty = g.ty(*v);
+                let kind = if g.is_const(*v) { "const " } else { "" };
+                format!("{kind}{}{}", ty.dtype, ty.shape)
+            }
+        })
+        .collect();
+    format!("{:?}({})", node.op, inputs.join(", "))
+}
+
+/// Runs node `node` of the specialized graph `g` alone with kernel
+/// `choice`, on seeded random inputs, against the reference interpreter;
+/// `Err` says how it failed (or that the choice does not apply).
+pub fn check_choice(
+    g: &Graph,
+    node: &Node,
+    choice: Choice,
+    cx: &CpuCtx,
+    seed: u64,
+) -> std::result::Result<(), String> {
+    let mut sub = Graph::new(format!("check {}", node.name), g.opset);
+    let mut inputs = Vec::with_capacity(node.inputs.len());
+    for v in &node.inputs {
+        inputs.push(v.map(|v| {
+            let name = g.value(v).name.clone();
+            match g.consts.get(&v) {
+                Some(t) => sub.add_const(name, t.clone()),
+                None => sub.add_input(name, g.ty(v).clone()),
+            }
+        }));
+    }
+    let outputs: Vec<_> = node
+        .outputs
+        .iter()
+        .map(|&o| sub.add_value(g.value(o).name.clone(), g.ty(o).clone()))
+        .collect();
+    sub.add_node(Node {
+        name: node.name.clone(),
+        op: node.op.clone(),
+        inputs,
+        outputs: outputs.clone(),
+    });
+    sub.outputs = outputs;
+    let feed = random_inputs(&sub, seed, &BTreeMap::new()).map_err(|e| e.to_string())?;
+    let want = crate::interp::run(&sub, feed.clone()).map_err(|e| format!("reference: {e}"))?;
+    let names: Vec<String> = sub
+        .outputs
+        .iter()
+        .map(|&o| sub.value(o).name.clone())
+        .collect();
+    let choices: Choices = [(node.name.clone(), choice)].into();
+    let mut plan = Plan::with_choices(sub, cx.clone(), &PackCache::default(), &choices)
+        .map_err(|e| e.to_string())?;
+    let taken = plan.steps().first().map(|s| s.choice);
+    if taken != Some(choice) {
+        return Err("does not apply to these shapes".into());
+    }
+    let got = plan.run(&feed).map_err(|e| e.to_string())?;
+    let checks = crate::runtime::compare(&names, &got, &want, CHECK_RTOL, CHECK_ATOL);
+    match checks.iter().find(|c| !c.ok()) {
+        None => Ok(()),
+        Some(c) => Err(format!("differs from the reference: {c:?}")),
+    }
+}
+
+/// Tolerance of [`check_choice`] (Winograd's rounding and the f32 sums of
+/// an int8 layer on the f32 kernels stay far inside it).
+const CHECK_RTOL: f64 = 1e-3;
+const CHECK_ATOL: f64 = 1e-4;
+
+/// Tunes the kernel choices of `g` (compiled, not yet specialized) for
+/// inputs `feed` on `cx`'s CPU and threads, consulting and filling `db`.
+pub fn tune(
+    g: &Graph,
+    feed: &[Tensor],
+    cx: CpuCtx,
+    db: &mut Db,
+    opts: &TuneOptions,
+) -> Result<TuneOutcome> {
+    let started = Instant::now();
+    let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+    let spec = specialize(g, &shapes)?;
+    let measurer = Measurer::new(cx.clone());
+    let mut base = measurer.plan_with(spec.clone(), &Choices::new())?;
+    let threads = cx.threads;
+    let by_name: HashMap<&str, &Node> = spec.nodes().map(|(_, n)| (n.name.as_str(), n)).collect();
+
+    // The nodes with a choice, their candidates checked (or taken from the
+    // database).
+    struct Work {
+        node: String,
+        op: String,
+        workload: String,
+        /// Candidates that passed the check, the default first.
+        valid: Vec<Choice>,
+        rejected: Vec<(Choice, String)>,
+        samples: Vec<Vec<f64>>,
+        from_db: Option<Record>,
+    }
+    let mut work: Vec<Work> = Vec::new();
+    for step in base.steps() {
+        if step.choices.len() < 2 {
+            continue;
+        }
+        let Some(node) = by_name.get(step.node.as_str()) else {
+            continue;
+        };
+        let wl = workload(&spec, node);
+        let from_db = db
+            .lookup(&wl, &opts.target, threads)
+            .filter(|r| step.choices.contains(&r.choice))
+            .cloned();
+        let (mut valid, mut rejected) = (vec![Choice::default()], Vec::new());
+        if from_db.is_none() {
+            for (i, &c) in step.choices.iter().enumerate().skip(1) {
+                match check_choice(&spec, node, c, &cx, opts.seed + i as u64) {
+                    Ok(()) => valid.push(c),
+                    Err(why) => rejected.push((c, why)),
+                }
+            }
+        }
+        work.push(Work {
+            node: step.node.clone(),
+            op: step.op.to_string(),
+            workload: wl,
+            samples: vec![Vec::new(); valid.len()],
+            valid,
+            rejected,
+            from_db,
+        });
+    }
+
+    // Rounds of in-place timing until each node is settled or the budget
+    // is spent.
+    let bar = progress_bar(opts.progress, opts.budget);
+    let timing = |s: &[f64]| Timing::from_samples(s);
+    let settled = |w: &Work| {
+        w.from_db.is_some()
+            || w.samples[1..].iter().all(|s| {
+                s.len() >= opts.max_samples
+                    || (!s.is_empty() && timing(s).separated(&timing(&w.samples[0])))
+            })
+    };
+    let budget_start = Instant::now();
+    let widest = work.iter().map(|w| w.valid.len()).max().unwrap_or(1);
+    let mut rounds = 0;
+    'rounds: while work.iter().any(|w| !settled(w)) {
+        for r in 1..widest {
+            if budget_start.elapsed() >= opts.budget {
+                break 'rounds;
+            }
+            let choices: Choices = work
+                .iter()
+                .filter(|w| r < w.valid.len() && !settled(w))
+                .map(|w| (w.node.clone(), w.valid[r]))
+                .collect();
+            if choices.is_empty() {
+                continue;
+            }
+            let mut cand = measurer.plan_with(spec.clone(), &choices)?;
+            let [base_ms, cand_ms] =
+                alternate_node_samples(&mut base, &mut cand, feed, 1, opts.runs_per_round)?;
+            for w in work.iter_mut().filter(|w| choices.contains_key(&w.node)) {
+                if let (Some(b), Some(c)) = (base_ms.get(&w.node), cand_ms.get(&w.node)) {
+                    w.samples[0].extend(b);
+                    w.samples[r].extend(c);
+                }
+            }
+            rounds += 1;
+            bar.set_position(budget_start.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "{} of {} nodes settled",
+                work.iter().filter(|w| settled(w)).count(),
+                work.len()
+            ));
+        }
+    }
+    bar.finish_and_clear();
+
+    // Decisions, records, and the report's rows.
+    let mut nodes = Vec::with_capacity(work.len());
+    let mut records = Vec::new();
+    let mut chosen = Choices::new();
+    for w in work {
+        if let Some(r) = w.from_db {
+            let t = |c: Choice| r.candidates.iter().find(|m| m.choice == c).map(Measured::timing);
+            let gain = match (t(Choice::default()), t(r.choice)) {
+                (Some(d), Some(c)) if c.median_ms > 0.0 => d.median_ms / c.median_ms,
+                _ => 1.0,
+            };
+            if !r.choice.is_default() {
+                chosen.insert(w.node.clone(), r.choice);
+            }
+            nodes.push(NodeTuning {
+                node: w.node,
+                op: w.op,
+                workload: w.workload,
+                candidates: r
+                    .candidates
+                    .iter()
+                    .map(|m| Candidate {
+                        choice: m.choice,
+                        timing: Some(m.timing()),
+                        rejected: None,
+                    })
+                    .collect(),
+                choice: r.choice,
+                gain,
+                source: "database",
+            });
+            continue;
+        }
+        let timings: Vec<Option<Timing>> = w
+            .samples
+            .iter()
+            .map(|s| (!s.is_empty()).then(|| timing(s)))
+            .collect();
+        let Some(default) = timings[0].clone() else {
+            // The budget ran out before this node was timed at all.
+            nodes.push(NodeTuning {
+                node: w.node,
+                op: w.op,
+                workload: w.workload,
+                candidates: candidates(&w.valid, &timings, &w.rejected),
+                choice: Choice::default(),
+                gain: 1.0,
+                source: "measured",
+            });
+            continue;
+        };
+        let best = (1..w.valid.len())
+            .filter_map(|i| Some((i, timings[i].as_ref()?)))
+            .filter(|(_, t)| t.beats(&default))
+            .min_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms));
+        let (choice, gain) = match best {
+            Some((i, t)) => (w.valid[i], default.median_ms / t.median_ms.max(1e-12)),
+            None => (Choice::default(), 1.0),
+        };
+        if !choice.is_default() {
+            chosen.insert(w.node.clone(), choice);
+        }
+        if timings.iter().all(Option::is_some) {
+            records.push(Record {
+                workload: w.workload.clone(),
+                target: opts.target.clone(),
+                threads,
+                kernels: KERNELS.to_string(),
+                candidates: w
+                    .valid
+                    .iter()
+                    .zip(&timings)
+                    .filter_map(|(&c, t)| Some(Measured::new(c, t.as_ref()?)))
+                    .collect(),
+                choice,
+            });
+        }
+        nodes.push(NodeTuning {
+            node: w.node,
+            op: w.op,
+            workload: w.workload,
+            candidates: candidates(&w.valid, &timings, &w.rejected),
+            choice,
+            gain,
+            source: "measured",
+        });
+    }
+
+    // The whole model, tuned against untuned.
+    let mut tuned_plan = measurer.plan_with(spec, &chosen)?;
+    let (untuned, tuned) = alternate(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
+    let measured_now = !records.is_empty();
+    // Choices that all come from the database stand as recorded (so the
+    // same records give the same bundle); new ones only if the model won.
+    let kept = !chosen.is_empty() && (!measured_now || tuned.median_ms < untuned.median_ms);
+    if !kept {
+        // Recorded as the default: in place they won, but not together.
+        for r in &mut records {
+            r.choice = Choice::default();
+        }
+        for n in nodes.iter_mut().filter(|n| n.source == "measured") {
+            n.choice = Choice::default();
+            n.gain = 1.0;
+        }
+    }
+    db.append(records)?;
+    Ok(TuneOutcome {
+        target: opts.target.clone(),
+        threads,
+        nodes,
+        choices: if kept { chosen } else { Choices::new() },
+        untuned,
+        tuned,
+        kept,
+        rounds,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The report rows of a node's candidates: the valid ones with their
+/// timings, then the rejected ones with the reason.
+fn candidates(valid: &[Choice], timings: &[Option<Timing>], rejected: &[(Choice, String)]) -> Vec<Candidate> {
+    valid
+        .iter()
+        .zip(timings)
+        .map(|(&choice, t)| Candidate {
+            choice,
+            timing: t.clone(),
+            rejected: None,
+        })
+        .chain(rejected.iter().map(|(choice, why)| Candidate {
+            choice: *choice,
+            timing: None,
+            rejected: Some(why.clone()),
+        }))
+        .collect()
+}
+
+/// A bar over the budget's milliseconds (hidden unless asked).
+fn progress_bar(show: bool, budget: Duration) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(budget.as_millis().max(1) as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} tune [{bar:30}] {msg} ({eta} left of the budget)",
+    ) {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b
+}
+
+/// A `--budget` value: `90s`, `2m`, `1m30s`, or plain seconds.
+pub fn parse_budget(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("budget '{s}': use seconds or minutes, e.g. 30s, 2m, 1m30s");
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut any = false;
+    for ch in s.trim().chars() {
+        match ch {
+            '0'..='9' | '.' => num.push(ch),
+            'm' | 's' | 'h' => {
+                let v: f64 = num.parse().map_err(|_| bad())?;
+                total += v * match ch {
+                    'h' => 3600.0,
+                    'm' => 60.0,
+                    _ => 1.0,
+                };
+                num.clear();
+                any = true;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    if !num.is_empty() {
+        total += num.parse::<f64>().map_err(|_| bad())?;
+        any = true;
+    }
+    if !any || !total.is_finite() || total <= 0.0 || total > 24.0 * 3600.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse() {
+        assert_eq!(parse_budget("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_budget("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_budget("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_budget("45").unwrap(), Duration::from_secs(45));
+        for bad in ["", "0", "-3s", "2x", "m", "1e99h"] {
+            assert!(parse_budget(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Kernel choices and `mlc tune`: every choice the runtime offers for a
+//! node agrees with the reference interpreter (f32 convolutions by every
+//! algorithm, int8 layers on the int8 and on the f32 kernels); tuned
+//! bundles carry their choices and are byte-identical given the same
+//! tuning database.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use mlc::compress::quantize::{find_layers, quantize_layer, Granularity, WeightFormat};
+use mlc::inputs::random_inputs;
+use mlc::ir::{ActQuant, Graph};
+use mlc::kernels::cpu::choice::{Choice, QuantRun};
+use mlc::kernels::cpu::{CpuCtx, Features};
+use mlc::runtime::{Choices, PackCache, Plan};
+use mlc::transform::recipe::Recipe;
+use mlc::transform::runner::{self, RunOptions};
+use mlc::transform::specialize::specialize;
+use mlc::tune::check_choice;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn o2(path: &str) -> Graph {
+    let mut g = mlc::formats::load(&repo().join(path)).unwrap();
+    runner::run(
+        &mut g,
+        &Recipe::resolve("O2").unwrap(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    g
+}
+
+/// `g` with every product quantized to int8: activations with `act`.
+fn quantized(g: &Graph, act: ActQuant) -> Graph {
+    let mut q = g.clone();
+    let format = WeightFormat {
+        granularity: Granularity::PerChannel,
+        reduce_range: false,
+    };
+    for layer in find_layers(g) {
+        quantize_layer(&mut q, &layer, act, format).unwrap();
+    }
+    q
+}
+
+/// Checks every choice of every node of `g` (specialized to batch
+/// `batch`) against the reference; returns how many were checked.
+fn check_all(what: &str, g: &Graph, batch: usize, cx: &CpuCtx) -> usize {
+    let dims: BTreeMap<String, usize> = [("batch".to_string(), batch)].into();
+    let feed = random_inputs(g, 1, &dims).unwrap();
+    let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+    let spec = specialize(g, &shapes).unwrap();
+    let plan = Plan::with_packs(spec.clone(), cx.clone(), &PackCache::default()).unwrap();
+    let mut checked = 0;
+    for step in plan.steps() {
+        let node = spec
+            .nodes()
+            .map(|(_, n)| n)
+            .find(|n| n.name == step.node)
+            .unwrap();
+        for &c in step.choices.iter().skip(1) {
+            if let Err(why) = check_choice(&spec, node, c, cx, 7) {
+                panic!("{what}: node '{}' with {c}: {why}", node.name);
+            }
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[test]
+fn every_choice_of_every_node_matches_the_reference() {
+    let cnn = o2("fixtures/digits/cnn.onnx");
+    let mlp = o2("fixtures/digits/mlp.onnx");
+    let statically = ActQuant::Static {
+        scale: 0.02,
+        zero_point: 128,
+    };
+    for features in [Features::detect(), Features::avx2_only(), Features::portable()] {
+        let cx = CpuCtx::single(features);
+        for batch in [1, 3] {
+            let n = check_all("cnn", &cnn, batch, &cx);
+            assert!(n >= 3, "cnn: only {n} choices");
+            for (label, act) in [("dynamic", ActQuant::Dynamic), ("static", statically)] {
+                let q = quantized(&cnn, act);
+                let n = check_all(&format!("int8 cnn ({label})"), &q, batch, &cx);
+                assert!(n >= 3, "int8 cnn: only {n} choices");
+                let q = quantized(&mlp, act);
+                let n = check_all(&format!("int8 mlp ({label})"), &q, batch, &cx);
+                assert!(n >= 1, "int8 mlp: only {n} choices");
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
+    // Every layer on the f32 kernels, with static activations so that
+    // consecutive layers hand each other u8: within rounding of the int8
+    // plan (a requantized value may land one step apart).
+    let cnn = o2("fixtures/digits/cnn.onnx");
+    let q = quantized(
+        &cnn,
+        ActQuant::Static {
+            scale: 0.05,
+            zero_point: 100,
+        },
+    );
+    let dims: BTreeMap<String, usize> = [("batch".to_string(), 4)].into();
+    let feed = random_inputs(&q, 3, &dims).unwrap();
+    let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+    let spec = specialize(&q, &shapes).unwrap();
+    let cx = CpuCtx::single(Features::detect());
+    let packs = PackCache::default();
+    let mut int8 = Plan::with_packs(spec.clone(), cx.clone(), &packs).unwrap();
+    let f32_run = Choice {
+        run: Some(QuantRun::F32),
+        conv: None,
+    };
+    let choices: Choices = int8
+        .steps()
+        .iter()
+        .filter(|s| s.choices.contains(&f32_run))
+        .map(|s| (s.node.clone(), f32_run))
+        .collect();
+    assert!(choices.len() >= 3, "{choices:?}");
+    let mut f32 = Plan::with_choices(spec, cx, &packs, &choices).unwrap();
+    for s in f32.steps() {
+        if choices.contains_key(&s.node) {
+            assert_eq!(s.choice, f32_run, "{}", s.node);
+        }
+    }
+    let (a, b) = (int8.run(&feed).unwrap(), f32.run(&feed).unwrap());
+    let (a, b) = (a[0].as_f32().unwrap(), b[0].as_f32().unwrap());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 0.05 * scale, "{x} vs {y} (max |y| {scale})");
+    }
+}
+
+fn mlc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .env_remove("MLC_TUNING_DB")
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join("mlc-tune-test-no-cache"))
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "mlc failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn tune_writes_a_bundle_with_its_choices_and_the_same_records_give_the_same_bytes() {
+    let dir = common::scratch("mlc-tune", "bundle");
+    let model = repo().join("fixtures/digits/cnn.onnx");
+    let db = dir.join("db.jsonl");
+    let (a, b) = (dir.join("a.mlc"), dir.join("b.mlc"));
+    let tune = |out: &PathBuf| {
+        let out = mlc(&[
+            "tune",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--budget",
+            "3s",
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&ok(&out)).unwrap()
+    };
+    let first = tune(&a);
+    let nodes = first["nodes"].as_array().unwrap();
+    assert!(nodes.len() >= 3, "{first}");
+    for n in nodes {
+        assert_eq!(n["source"], "measured", "{n}");
+        assert!(n["candidates"].as_array().unwrap().len() >= 2, "{n}");
+    }
+    for f in ["a.tune.json", "a.tune.md"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let records = std::fs::read_to_string(&db).unwrap();
+    assert_eq!(records.lines().count(), nodes.len(), "{records}");
+
+    // The second run measures nothing: every node from the database.
+    let second = tune(&b);
+    for n in second["nodes"].as_array().unwrap() {
+        assert_eq!(n["source"], "database", "{n}");
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // The bundle runs with its choices (bench says how many), and gives
+    // the untuned outputs.
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", a.to_str().unwrap(), "--runs", "2", "--json"];
+        args.extend(extra);
+        serde_json::from_str::<serde_json::Value>(&ok(&mlc(&args))).unwrap()
+    };
+    let kept = first["kept"].as_bool().unwrap();
+    let tuned_nodes = bench(&[])["tuned_nodes"].as_u64().unwrap();
+    let chosen = first["choices"].as_object().unwrap().len() as u64;
+    assert_eq!(tuned_nodes, chosen, "kept {kept}");
+    assert_eq!(bench(&["--untuned"])["tuned_nodes"], 0);
+    let verify = bench(&["--verify"]);
+    assert_eq!(verify["verify"]["ok"], true, "{verify}");
+
+    // Another target needs the cost model: a clear error.
+    let out = mlc(&[
+        "tune",
+        model.to_str().unwrap(),
+        "-o",
+        dir.join("c.mlc").to_str().unwrap(),
+        "--target",
+        "cortex-a76",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cost model"));
+    assert!(!dir.join("c.mlc").exists());
+}
