@@ -246,7 +246,9 @@ fn run(command: Command) -> Result<(), Error> {
             json,
         } => {
             let output = output.unwrap_or_else(|| {
-                let stem = model.file_stem().map_or("model".into(), |s| s.to_string_lossy());
+                let stem = model
+                    .file_stem()
+                    .map_or("model".into(), |s| s.to_string_lossy());
                 model.with_file_name(format!("{stem}.tuned.mlc"))
             });
             let opts = api::TuneFileOptions {

@@ -82,7 +82,11 @@ fn every_choice_of_every_node_matches_the_reference() {
         scale: 0.02,
         zero_point: 128,
     };
-    for features in [Features::detect(), Features::avx2_only(), Features::portable()] {
+    for features in [
+        Features::detect(),
+        Features::avx2_only(),
+        Features::portable(),
+    ] {
         let cx = CpuCtx::single(features);
         for batch in [1, 3] {
             let n = check_all("cnn", &cnn, batch, &cx);
@@ -121,7 +125,7 @@ fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
     let mut int8 = Plan::with_packs(spec.clone(), cx.clone(), &packs).unwrap();
     let f32_run = Choice {
         run: Some(QuantRun::F32),
-        conv: None,
+        ..Choice::default()
     };
     let choices: Choices = int8
         .steps()
@@ -140,7 +144,10 @@ fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
     let (a, b) = (a[0].as_f32().unwrap(), b[0].as_f32().unwrap());
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() <= 0.05 * scale, "{x} vs {y} (max |y| {scale})");
+        assert!(
+            (x - y).abs() <= 0.05 * scale,
+            "{x} vs {y} (max |y| {scale})"
+        );
     }
 }
 
@@ -148,7 +155,10 @@ fn mlc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mlc"))
         .args(args)
         .env_remove("MLC_TUNING_DB")
-        .env("XDG_CACHE_HOME", std::env::temp_dir().join("mlc-tune-test-no-cache"))
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("mlc-tune-test-no-cache"),
+        )
         .output()
         .unwrap()
 }

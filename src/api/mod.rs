@@ -51,17 +51,17 @@ pub use crate::inspect::Summary as InspectSummary;
 pub use crate::limits::{parse_bytes, set_max_memory};
 pub use crate::probe::{render as render_probe, run as probe, ProbeReport};
 pub use crate::transform::runner::PassLogEntry;
+pub use crate::tune::{host_fingerprint, parse_budget};
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
 pub use jobs::{
     bench_file, compile_file, compress_file, run_file, CompileReport, CompressOutcome, InputFiles,
 };
 pub use session::{OutputSummary, RunReport, Session, SessionOptions};
-pub use tune::{host_fingerprint, tune_file, TuneFileOptions, TuneReport};
-pub use crate::tune::parse_budget;
+pub use tune::{tune_file, TuneFileOptions, TuneReport};
 
-use crate::runtime::Choices;
 use crate::formats::{self, bundle};
 use crate::ir::{Graph, Tensor, TensorType};
+use crate::runtime::Choices;
 use crate::transform::recipe::Recipe;
 use crate::transform::runner::{self, DriftCheck, RunOptions};
 use crate::{Error, Result};

@@ -8,9 +8,9 @@ use crate::inputs::Binding;
 use crate::ir::{Graph, Tensor};
 use crate::kernels::cpu::CpuCtx;
 use crate::runtime::{Choices, PackCache, Plan};
+use crate::transform::specialize::specialize;
 use crate::tune::db::Db;
 use crate::tune::workload;
-use crate::transform::specialize::specialize;
 use crate::{Error, Result};
 
 /// How a [`Session`] runs.
@@ -63,7 +63,7 @@ impl Session {
         let Some(db) = self.db.as_ref().filter(|_| self.choices.is_empty()) else {
             return self.choices.clone();
         };
-        let target = super::host_fingerprint();
+        let target = crate::tune::host_fingerprint();
         spec.nodes()
             .filter_map(|(_, n)| {
                 let r = db.lookup(&workload(spec, n), &target, self.cx.threads)?;

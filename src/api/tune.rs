@@ -10,7 +10,7 @@ use crate::formats::bundle::{self, TuningInfo};
 use crate::inputs::Binding;
 use crate::kernels::cpu::CpuCtx;
 use crate::tune::db::Db;
-use crate::tune::{tune, TuneOptions, TuneOutcome};
+use crate::tune::{host_fingerprint, tune, TuneOptions, TuneOutcome};
 use crate::{Error, Result};
 
 /// How [`tune_file`] runs.
@@ -42,18 +42,6 @@ pub struct TuneReport {
     pub inputs: Vec<(String, Vec<usize>)>,
     #[serde(flatten)]
     pub outcome: TuneOutcome,
-}
-
-/// The target fingerprint of this machine: CPU model, the features the
-/// kernels select on, logical CPUs.
-pub fn host_fingerprint() -> String {
-    let (model, _) = crate::probe::cpuinfo();
-    format!(
-        "{} | {} | {} cpus",
-        model.unwrap_or_else(|| "unknown CPU".into()),
-        crate::probe::detected_features().join(","),
-        crate::probe::available_threads()
-    )
 }
 
 /// `mlc tune`: measures kernel choices for `model` (compiled with the
@@ -122,7 +110,10 @@ pub fn tune_file(
         schema_version: 1,
         model: model.display().to_string(),
         output: output.display().to_string(),
-        report_files: vec![json_path.display().to_string(), md_path.display().to_string()],
+        report_files: vec![
+            json_path.display().to_string(),
+            md_path.display().to_string(),
+        ],
         db: db_path.map(|p| p.display().to_string()),
         fingerprint,
         inputs: m
@@ -173,7 +164,11 @@ impl TuneReport {
                 "tuned plan not faster, defaults kept"
             }
         );
-        s += &format!("wrote {} (reports {})\n", self.output, self.report_files.join(", "));
+        s += &format!(
+            "wrote {} (reports {})\n",
+            self.output,
+            self.report_files.join(", ")
+        );
         s
     }
 

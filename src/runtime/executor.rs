@@ -325,7 +325,16 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
                     ),
                     None => QDst::F32(out),
                 };
-                q.run(x, residual, out, env.cx)?;
+                match step.features {
+                    Some(features) => {
+                        let cx = CpuCtx {
+                            features,
+                            ..env.cx.clone()
+                        };
+                        q.run(x, residual, out, &cx)?
+                    }
+                    None => q.run(x, residual, out, env.cx)?,
+                }
             }
             Ok(false)
         }
@@ -401,7 +410,16 @@ fn run_fast(step: &Step, env: &mut Env) -> Result<bool> {
             }
             &mut out_spill
         };
-        cpu::run_node_packed(&step.op, ins, outs, step.packed.as_deref(), env.cx)
+        match step.features {
+            Some(features) => {
+                let cx = CpuCtx {
+                    features,
+                    ..env.cx.clone()
+                };
+                cpu::run_node_packed(&step.op, ins, outs, step.packed.as_deref(), &cx)
+            }
+            None => cpu::run_node_packed(&step.op, ins, outs, step.packed.as_deref(), env.cx),
+        }
     }
 }
 

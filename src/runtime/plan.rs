@@ -32,12 +32,34 @@ use super::packs::{PackCache, PackKey};
 use super::profile::{self, Profiler};
 use super::quant::QuantStep;
 use crate::ir::{DType, Graph, Op, Tensor, ValueId};
+use crate::kernels::cpu::choice::{Choice, Isa};
 use crate::kernels::cpu::qgemm::QRequant;
-use crate::kernels::cpu::choice::Choice;
-use crate::kernels::cpu::{conv, CpuCtx, Prepacked, View};
+use crate::kernels::cpu::{conv, CpuCtx, Features, Prepacked, View};
 
 /// Kernel choices by node name (see [`Plan::with_choices`]).
 pub type Choices = BTreeMap<String, Choice>;
+
+/// Whether `op` is a product or convolution: the ops whose kernels an
+/// `isa=` choice narrows.
+fn is_product(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } | Op::Conv(_) | Op::FusedConv { .. }
+    )
+}
+
+/// `cx` with its features narrowed to `isa` (an int8 or f32 product's):
+/// `cx` itself when `isa` is None, None when the CPU lacks it.
+fn narrowed(cx: &CpuCtx, isa: Option<Isa>, int8: bool) -> Option<CpuCtx> {
+    match isa {
+        None => Some(cx.clone()),
+        Some(i) if cx.features.narrower(int8).contains(&i) => Some(CpuCtx {
+            features: cx.features.limited_to(i)?,
+            ..cx.clone()
+        }),
+        Some(_) => None,
+    }
+}
 use crate::{Error, Result};
 
 /// Where a value's data lives while a plan runs.
@@ -131,6 +153,9 @@ pub(crate) struct Step {
     /// The kernel choice it was planned with (default when none was
     /// asked, or the one asked did not apply).
     pub choice: Choice,
+    /// The features its kernels may use, when its choice narrows the
+    /// CPU's (`isa=`); None: all of them.
+    pub features: Option<Features>,
 }
 
 /// A step as reported by [`Plan::steps`].
@@ -423,10 +448,13 @@ impl Plan {
                 let out = shape_of(node.outputs[0]);
                 let mut step = None;
                 for choice in [asked, Choice::default()] {
+                    let Some(step_cx) = narrowed(&cx, choice.isa, true) else {
+                        continue;
+                    };
                     let key = PackKey::new(&node.op, &[x, out], const_inputs(&g, &node.inputs))
                         .for_choice(choice);
-                    let (made, packed_now) =
-                        packs.get_or_pack(key, || QuantStep::new(&g, node, x, out, choice, &cx));
+                    let (made, packed_now) = packs
+                        .get_or_pack(key, || QuantStep::new(&g, node, x, out, choice, &step_cx));
                     if packed_now {
                         WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -476,6 +504,12 @@ impl Plan {
                 choice: match exec {
                     Exec::Quant { .. } => quant_choice,
                     _ => asked,
+                },
+                features: match exec {
+                    Exec::Quant { .. } => narrowed(&cx, quant_choice.isa, true)
+                        .filter(|_| quant_choice.isa.is_some())
+                        .map(|c| c.features),
+                    _ => None,
                 },
                 exec,
             });
@@ -643,10 +677,14 @@ impl Plan {
     fn prepack(&mut self, packs: &PackCache) {
         for i in 0..self.steps.len() {
             let step = &self.steps[i];
+            if matches!(step.exec, Exec::Quant { .. }) {
+                continue;
+            }
+            // Settled below for a fast step with constant operands; every
+            // other step runs its default.
+            let asked = std::mem::take(&mut self.steps[i].choice);
+            let step = &self.steps[i];
             if !matches!(step.exec, Exec::Fast) {
-                if !matches!(step.exec, Exec::Quant { .. }) {
-                    self.steps[i].choice = Choice::default();
-                }
                 continue;
             }
             let views: Vec<Option<View>> = step
@@ -680,26 +718,33 @@ impl Plan {
                         .map_or(&[][..], |info| info.shape.as_slice())
                 })
                 .collect();
-            // Only a convolution's algorithm is a choice of a fast step.
+            // A fast step chooses a convolution's algorithm and a
+            // product's instruction set.
             let w_shape = shapes.get(1).copied().unwrap_or(&[]);
             let legal = conv::algorithms(&step.op, w_shape, out_shape, self.cx.features);
-            let choice = match step.choice.conv {
-                Some(a) if legal.first() != Some(&a) && legal.contains(&a) => Choice {
-                    run: None,
-                    conv: Some(a),
-                },
-                _ => Choice::default(),
+            let isa = asked
+                .isa
+                .filter(|i| is_product(&step.op) && self.cx.features.narrower(false).contains(i));
+            let conv = asked
+                .conv
+                .filter(|a| legal.first() != Some(a) && legal.contains(a));
+            let choice = Choice {
+                run: None,
+                conv,
+                isa,
             };
+            let cx = narrowed(&self.cx, isa, false).unwrap_or_else(|| self.cx.clone());
             let key = PackKey::new(&step.op, &shapes, const_inputs(&self.graph, &step.inputs))
                 .for_choice(choice);
             let (packed, packed_now) = packs.get_or_pack(key, || {
-                crate::kernels::cpu::prepack_with(&step.op, &views, out_shape, choice, &self.cx)
+                crate::kernels::cpu::prepack_with(&step.op, &views, out_shape, choice, &cx)
             });
             if packed_now {
                 WEIGHTS_PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.steps[i].packed = packed;
             self.steps[i].choice = choice;
+            self.steps[i].features = isa.map(|_| cx.features);
         }
     }
 
@@ -816,18 +861,36 @@ impl Plan {
             v.and_then(|v| self.values.get(v.0 as usize)?.as_ref())
                 .map_or(&[], |i| i.shape.as_slice())
         };
+        let isas = |int8: bool| {
+            self.cx.features.narrower(int8).into_iter().map(|i| Choice {
+                isa: Some(i),
+                ..Choice::default()
+            })
+        };
         match &s.exec {
-            Exec::Quant { step, .. } => step.choices(&s.op, &self.cx),
-            Exec::Fast => {
-                let (w, out) = (shape(s.inputs.get(1).and_then(Option::as_ref)), shape(s.outputs.first()));
-                conv::algorithms(&s.op, w, out, self.cx.features)
+            Exec::Quant { step, .. } => {
+                let mut out = step.choices(&s.op, &self.cx);
+                out.splice(1..1, isas(true));
+                out
+            }
+            Exec::Fast if is_product(&s.op) && s.packed.is_some() => {
+                let (w, out) = (
+                    shape(s.inputs.get(1).and_then(Option::as_ref)),
+                    shape(s.outputs.first()),
+                );
+                let mut out: Vec<Choice> = conv::algorithms(&s.op, w, out, self.cx.features)
                     .into_iter()
                     .enumerate()
                     .map(|(i, a)| Choice {
-                        run: None,
                         conv: (i > 0).then_some(a),
+                        ..Choice::default()
                     })
-                    .collect()
+                    .collect();
+                if out.is_empty() {
+                    out.push(Choice::default());
+                }
+                out.extend(isas(false));
+                out
             }
             _ => Vec::new(),
         }

@@ -206,7 +206,7 @@ impl QuantStep {
     pub fn choices(&self, op: &Op, cx: &CpuCtx) -> Vec<Choice> {
         let f32_run = Choice {
             run: Some(QuantRun::F32),
-            conv: None,
+            ..Choice::default()
         };
         let mut out = vec![Choice::default(), f32_run];
         let f32_op = match op {
@@ -312,7 +312,9 @@ impl QuantStep {
                 qconv2d(q, *x_shape, zp, geom, w, out, cx);
             }
             Product::F32(_) => {
-                return Err(Error::Internal("an f32 step reached the int8 product".into()))
+                return Err(Error::Internal(
+                    "an f32 step reached the int8 product".into(),
+                ))
             }
         }
         Ok(())
@@ -335,7 +337,9 @@ impl QuantStep {
             QIn::U8(v) => v.len(),
         };
         if x_len != n {
-            return Err(Error::Internal("quantized step: planned sizes differ".into()));
+            return Err(Error::Internal(
+                "quantized step: planned sizes differ".into(),
+            ));
         }
         DEQUANTIZED.with(|cell| -> Result<()> {
             let (xf, yf) = &mut *cell.borrow_mut();
@@ -490,8 +494,8 @@ impl F32Product {
             }),
         ];
         let choice = Choice {
-            run: None,
             conv: algo,
+            ..Choice::default()
         };
         self.packed = prepack_with(&self.op, &consts, &self.out_shape, choice, cx);
         self

@@ -104,7 +104,10 @@ impl Db {
                 continue;
             }
             if line.len() > MAX_LINE {
-                return Err(malformed(format!("line {} is over {MAX_LINE} bytes", i + 1)));
+                return Err(malformed(format!(
+                    "line {} is over {MAX_LINE} bytes",
+                    i + 1
+                )));
             }
             let r: Record = serde_json::from_slice(line)
                 .map_err(|e| malformed(format!("line {}: not a tuning record: {e}", i + 1)))?;
@@ -141,7 +144,10 @@ impl Db {
     /// measured with this kernel library.
     pub fn lookup(&self, workload: &str, target: &str, threads: usize) -> Option<&Record> {
         self.records.iter().rev().find(|r| {
-            r.workload == workload && r.target == target && r.threads == threads && r.kernels == KERNELS
+            r.workload == workload
+                && r.target == target
+                && r.threads == threads
+                && r.kernels == KERNELS
         })
     }
 
@@ -202,17 +208,26 @@ mod tests {
         let mut db = Db::open(&a).unwrap();
         assert!(db.records().is_empty());
         db.append(vec![record("conv", "cpu1", "default")]).unwrap();
-        db.append(vec![record("conv", "cpu1", "conv=gemm")]).unwrap();
+        db.append(vec![record("conv", "cpu1", "conv=gemm")])
+            .unwrap();
         let mut other = Db::open(&b).unwrap();
-        other.append(vec![record("conv", "cpu2", "conv=direct")]).unwrap();
+        other
+            .append(vec![record("conv", "cpu2", "conv=direct")])
+            .unwrap();
         // Merging files is concatenating them.
         let merged = dir.join("merged.jsonl");
         let text = [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()].concat();
         std::fs::write(&merged, text).unwrap();
         let db = Db::open(&merged).unwrap();
         assert_eq!(db.records().len(), 3);
-        assert_eq!(db.lookup("conv", "cpu1", 1).unwrap().choice.to_string(), "conv=gemm");
-        assert_eq!(db.lookup("conv", "cpu2", 1).unwrap().choice.to_string(), "conv=direct");
+        assert_eq!(
+            db.lookup("conv", "cpu1", 1).unwrap().choice.to_string(),
+            "conv=gemm"
+        );
+        assert_eq!(
+            db.lookup("conv", "cpu2", 1).unwrap().choice.to_string(),
+            "conv=direct"
+        );
         assert!(db.lookup("conv", "cpu2", 2).is_none());
         assert!(db.lookup("matmul", "cpu1", 1).is_none());
         std::fs::write(&merged, "{\"workload\": 1}\n").unwrap();

@@ -96,6 +96,18 @@ pub struct TuneOutcome {
     pub elapsed_s: f64,
 }
 
+/// The target fingerprint of this machine: CPU model, the features the
+/// kernels select on, logical CPUs.
+pub fn host_fingerprint() -> String {
+    let (model, _) = crate::probe::cpuinfo();
+    format!(
+        "{} | {} | {} cpus",
+        model.unwrap_or_else(|| "unknown CPU".into()),
+        crate::probe::detected_features().join(","),
+        crate::probe::available_threads()
+    )
+}
+
 /// The key of a node's workload in the database: its op with every
 /// attribute, and its inputs' types and shapes (constants marked).
 pub fn workload(g: &Graph, node: &Node) -> String {
@@ -289,7 +301,12 @@ pub fn tune(
     let mut chosen = Choices::new();
     for w in work {
         if let Some(r) = w.from_db {
-            let t = |c: Choice| r.candidates.iter().find(|m| m.choice == c).map(Measured::timing);
+            let t = |c: Choice| {
+                r.candidates
+                    .iter()
+                    .find(|m| m.choice == c)
+                    .map(Measured::timing)
+            };
             let gain = match (t(Choice::default()), t(r.choice)) {
                 (Some(d), Some(c)) if c.median_ms > 0.0 => d.median_ms / c.median_ms,
                 _ => 1.0,
@@ -404,7 +421,11 @@ pub fn tune(
 
 /// The report rows of a node's candidates: the valid ones with their
 /// timings, then the rejected ones with the reason.
-fn candidates(valid: &[Choice], timings: &[Option<Timing>], rejected: &[(Choice, String)]) -> Vec<Candidate> {
+fn candidates(
+    valid: &[Choice],
+    timings: &[Option<Timing>],
+    rejected: &[(Choice, String)],
+) -> Vec<Candidate> {
     valid
         .iter()
         .zip(timings)

@@ -77,6 +77,32 @@ impl QuantRun {
     }
 }
 
+/// The widest instruction set a node's kernels may use (default: all the
+/// CPU has): on a CPU where the narrower kernels are faster for a shape,
+/// or leave the wide units to the other core, the tuner picks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isa {
+    /// Everything but AMX (int8 products on AVX512-VNNI).
+    Avx512Vnni,
+    /// AVX2 with AVX-VNNI, no AVX-512 (int8 on 256-bit `vpdpbusd`).
+    AvxVnni,
+    /// AVX2 and FMA only.
+    Avx2,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::AvxVnni => "avxvnni",
+            Isa::Avx2 => "avx2",
+        }
+    }
+}
+
 /// One way to run a node: each knob `None` takes its default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Choice {
@@ -84,6 +110,8 @@ pub struct Choice {
     pub run: Option<QuantRun>,
     /// A convolution's algorithm (for a quantized layer, of its f32 run).
     pub conv: Option<ConvAlgo>,
+    /// The widest instruction set its kernels may use.
+    pub isa: Option<Isa>,
 }
 
 impl Choice {
@@ -103,6 +131,9 @@ impl fmt::Display for Choice {
         }
         if let Some(c) = self.conv {
             parts.push(format!("conv={}", c.name()));
+        }
+        if let Some(i) = self.isa {
+            parts.push(format!("isa={}", i.name()));
         }
         if parts.is_empty() {
             f.write_str("default")
@@ -143,6 +174,17 @@ impl FromStr for Choice {
                             })?,
                     )
                 }
+                "isa" => {
+                    c.isa = Some(
+                        Isa::ALL
+                            .into_iter()
+                            .find(|i| i.name() == value)
+                            .ok_or_else(|| {
+                                let names: Vec<_> = Isa::ALL.map(|i| i.name()).to_vec();
+                                format!("kernel choice '{s}': isa is one of {}", names.join(", "))
+                            })?,
+                    )
+                }
                 _ => return Err(format!("kernel choice '{s}': unknown knob '{key}'")),
             }
         }
@@ -174,14 +216,19 @@ mod tests {
             Choice {
                 run: Some(QuantRun::F32),
                 conv: Some(ConvAlgo::Winograd),
+                isa: Some(Isa::Avx2),
             },
             Choice {
                 run: Some(QuantRun::Int8),
-                conv: None,
+                ..Choice::default()
             },
             Choice {
-                run: None,
                 conv: Some(ConvAlgo::DwInterleaved),
+                ..Choice::default()
+            },
+            Choice {
+                isa: Some(Isa::AvxVnni),
+                ..Choice::default()
             },
         ];
         for c in all {
@@ -191,7 +238,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<Choice>(&j).unwrap(), c);
         }
         assert_eq!(Choice::default().to_string(), "default");
-        for bad in ["", "conv", "conv=fast", "run=int4", "tile=8"] {
+        for bad in ["", "conv", "conv=fast", "run=int4", "tile=8", "isa=sse"] {
             assert!(bad.parse::<Choice>().is_err(), "{bad}");
         }
     }

@@ -37,13 +37,13 @@
 //! that broadcasts) returns `Ok(false)` and runs on the reference kernel,
 //! which also produces the error messages for invalid nodes.
 
+use super::choice::ConvAlgo;
 use super::gemm::{
     direct_lanes, gemm, gemm_direct, pack_a, pack_b, split_act, with_buf, ASrc, BSrc, DirectPiece,
     DirectSeg, Epilogue, PackB, PackedA, PackedB, DIRECT_PIECES,
 };
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, LANES, P8};
-use super::choice::ConvAlgo;
 use super::{ops, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
 use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, ConvAttrs, Op};
@@ -1925,7 +1925,11 @@ mod tests {
                 data: &mut y,
             }];
             assert!(run_packed(&op, &views, &mut outs, Some(&packed), cx).unwrap());
-            let tol = if algo == ConvAlgo::Winograd { 1e-3 } else { 1e-4 };
+            let tol = if algo == ConvAlgo::Winograd {
+                1e-3
+            } else {
+                1e-4
+            };
             for (i, (g, w)) in y.iter().zip(want.as_f32().unwrap()).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-4 + tol * w.abs(),

@@ -169,6 +169,48 @@ impl Features {
         })
     }
 
+    /// These features less everything wider than `isa` (see
+    /// [`choice::Isa`]); None when they lack `isa` itself.
+    pub fn limited_to(self, isa: choice::Isa) -> Option<Features> {
+        use choice::Isa;
+        let has = match isa {
+            Isa::Avx512Vnni => self.avx512vnni,
+            Isa::AvxVnni => self.avxvnni,
+            Isa::Avx2 => self.avx2_fma,
+        };
+        has.then_some(Features {
+            amx_int8: false,
+            avx512f: self.avx512f && isa == Isa::Avx512Vnni,
+            avx512vnni: self.avx512vnni && isa == Isa::Avx512Vnni,
+            avxvnni: self.avxvnni && isa != Isa::Avx2,
+            ..self
+        })
+    }
+
+    /// The narrower instruction sets a node's kernels could be held to on
+    /// these features: for int8 products (`int8`) each int8 kernel family
+    /// below the widest, for f32 ones AVX2 below AVX-512.
+    pub fn narrower(self, int8: bool) -> Vec<choice::Isa> {
+        use choice::Isa;
+        if int8 {
+            let mut out = Vec::new();
+            if self.amx_int8 && self.avx512vnni {
+                out.push(Isa::Avx512Vnni);
+            }
+            if self.avxvnni && (self.avx512vnni || self.amx_int8) {
+                out.push(Isa::AvxVnni);
+            }
+            if self.avx2_fma && (self.avx512vnni || self.avxvnni || self.amx_int8) {
+                out.push(Isa::Avx2);
+            }
+            out
+        } else if self.avx512f && self.avx2_fma {
+            vec![Isa::Avx2]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Everything the CPU has but AMX, when it has AMX (to test the
     /// AVX512-VNNI kernels on a machine whose int8 products take AMX);
     /// None otherwise.
