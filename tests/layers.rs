@@ -31,7 +31,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (3, &["interp", "runtime", "inputs"]),
     (4, &["transform", "quant"]),
     (5, &["formats"]),
-    (6, &["compress", "inspect", "probe", "measure"]),
+    (6, &["compress", "inspect", "probe", "measure", "target"]),
     (7, &["api"]),
     (8, &["main", "lib"]),
 ];
