@@ -174,6 +174,13 @@ pub(crate) enum Command {
     /// Compress a model: int8 post-training quantization (or int4/fp16
     /// weights), with a size/latency/accuracy report written beside the output.
     Compress(Box<CompressArgs>),
+    /// List the target descriptions: this machine (probed), then the
+    /// built-in ones (targets/*.toml).
+    Targets {
+        /// Print one JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure this machine: f32 FMA peak and memory read bandwidth, on one
     /// thread and on all threads.
     Probe {

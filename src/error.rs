@@ -79,6 +79,17 @@ pub enum Error {
     #[error("recipe: {0}")]
     Recipe(String),
 
+    /// A target name that is neither a built-in target nor `host` nor a
+    /// file; lists the names there are.
+    #[error("unknown target '{name}' (known: {}; or the path of a target .toml file)", known.join(", "))]
+    UnknownTarget { name: String, known: Vec<String> },
+
+    /// A target description that cannot be used (bad TOML, an unknown
+    /// key or feature, a size that is not positive); `target` is its file
+    /// or name.
+    #[error("target {target}: {message}")]
+    Target { target: String, message: String },
+
     /// An error raised while running a pass, or the IR it left behind failing
     /// verification.
     #[error("pass '{pass}': {message}")]

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod quant;
 pub mod rng;
 pub mod runtime;
+pub mod target;
 pub mod transform;
 pub mod tune;
 

@@ -266,6 +266,13 @@ fn run(command: Command) -> Result<(), Error> {
                 false => print!("{}", report.render()),
             }
         }
+        Command::Targets { json } => {
+            let targets = api::targets();
+            match json {
+                true => print_json(&targets)?,
+                false => print!("{}", api::render_targets(&targets)),
+            }
+        }
         Command::Probe { json, seconds } => {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
                 return Err(Error::Input {

@@ -44,7 +44,8 @@ pub struct ProbeReport {
     pub physical_cores: Option<usize>,
     /// SIMD features detected at run time, then the ones the int8 kernels
     /// select on (`avx512vnni`, `avxvnni`, `amx-int8`, `dotprod`: as the
-    /// runtime sees them, so `MLC_CPU_DISABLE` shows here).
+    /// runtime sees them, so `MLC_CPU_DISABLE` shows here), then the
+    /// BF16/FP16 ones no kernel uses yet ([`informational_features`]).
     pub features: Vec<&'static str>,
     /// The caches of CPU 0 (Linux sysfs), e.g. `L1d 48 KiB`, `L2 2 MiB`;
     /// empty when unknown.
@@ -188,7 +189,8 @@ pub fn render(r: &ProbeReport) -> String {
     )
 }
 
-/// SIMD features this CPU has (as the runtime detects them).
+/// SIMD features this CPU has (as the runtime detects them), then the
+/// ones no kernel selects on yet ([`informational_features`]).
 pub fn detected_features() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut out = Vec::new();
@@ -220,13 +222,114 @@ pub fn detected_features() -> Vec<&'static str> {
             out.push("neon");
         }
     }
+    out.extend(informational_features());
     out
+}
+
+/// The BF16/FP16 (and aarch64 int8 matrix) features this CPU has, which no
+/// kernel selects on yet: `avx512bf16`, `avx512fp16` and `amx-bf16` (with
+/// the OS's permission to use the tile state) on x86_64; `i8mm`, `bf16`
+/// and `fp16` on aarch64. Detected in hardware: `MLC_CPU_DISABLE` does not
+/// name them.
+pub fn informational_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut out = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (has, name) in [
+            (is_x86_feature_detected!("avx512bf16"), "avx512bf16"),
+            (is_x86_feature_detected!("avx512fp16"), "avx512fp16"),
+            (
+                crate::kernels::cpu::qgemm::amx::bf16_available(),
+                "amx-bf16",
+            ),
+        ] {
+            if has {
+                out.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        for (has, name) in [
+            (has!("i8mm"), "i8mm"),
+            (has!("bf16"), "bf16"),
+            (has!("fp16"), "fp16"),
+        ] {
+            if has {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// What a cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    Data,
+    Instruction,
+    Unified,
+}
+
+/// One cache of CPU 0, as Linux sysfs describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CacheInfo {
+    /// 1 for L1, 2 for L2, ...
+    pub level: u32,
+    pub kind: CacheKind,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Logical CPUs that share it (sysfs `shared_cpu_list`), when known.
+    pub shared_cpus: Option<usize>,
+}
+
+impl CacheInfo {
+    /// `L1d 48 KiB`, `L1i 64 KiB`, `L2 2 MiB` (no letter for a unified
+    /// cache).
+    pub fn label(&self) -> String {
+        let letter = match self.kind {
+            CacheKind::Data => "d",
+            CacheKind::Instruction => "i",
+            CacheKind::Unified => "",
+        };
+        format!("L{}{letter} {}", self.level, size_label(self.bytes))
+    }
+}
+
+/// A cache size for people: `48 KiB`, `2 MiB`, `38.5 MiB`, `512 B`: sizes
+/// from 1 MiB that are a whole number of thousandths of a MiB are written
+/// in MiB, other sizes in KiB (rounded down).
+pub fn size_label(bytes: u64) -> String {
+    const MIB: u128 = 1 << 20;
+    let thousandths = u128::from(bytes) * 1000;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if u128::from(bytes) >= MIB && thousandths.is_multiple_of(MIB) {
+        let (whole, frac) = (thousandths / MIB / 1000, thousandths / MIB % 1000);
+        if frac == 0 {
+            format!("{whole} MiB")
+        } else {
+            let frac = format!("{frac:03}");
+            format!("{whole}.{} MiB", frac.trim_end_matches('0'))
+        }
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
 }
 
 /// The caches of CPU 0 from Linux sysfs (`/sys/devices/system/cpu/cpu0/cache`),
 /// one `L<level><d|i> <size>` each (no letter for unified caches); empty
 /// elsewhere.
 pub fn caches() -> Vec<String> {
+    cache_info().iter().map(CacheInfo::label).collect()
+}
+
+/// The caches of CPU 0 from Linux sysfs, in the order sysfs lists them
+/// (L1d, L1i, L2, L3 on the usual CPUs); empty elsewhere.
+pub fn cache_info() -> Vec<CacheInfo> {
     let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
     let mut out = Vec::new();
     for i in 0..16 {
@@ -234,32 +337,52 @@ pub fn caches() -> Vec<String> {
         let (Ok(level), Ok(kind), Ok(size)) = (read("level"), read("type"), read("size")) else {
             break;
         };
-        if let Some(c) = cache_line(&level, &kind, &size) {
+        let shared = read("shared_cpu_list").ok();
+        if let Some(c) = parse_cache(&level, &kind, &size, shared.as_deref()) {
             out.push(c);
         }
     }
     out
 }
 
-/// One cache's description from its sysfs `level`, `type` and `size`
-/// (`"48K"`): `L1d 48 KiB`, `L2 2 MiB`.
-fn cache_line(level: &str, kind: &str, size: &str) -> Option<String> {
-    let letter = match kind.trim() {
-        "Data" => "d",
-        "Instruction" => "i",
-        _ => "",
+/// One cache from its sysfs `level`, `type`, `size` (`"48K"`) and
+/// `shared_cpu_list` (`"0-1,4"`).
+fn parse_cache(level: &str, kind: &str, size: &str, shared: Option<&str>) -> Option<CacheInfo> {
+    let kind = match kind.trim() {
+        "Data" => CacheKind::Data,
+        "Instruction" => CacheKind::Instruction,
+        _ => CacheKind::Unified,
     };
     let size = size.trim();
-    let kib: u64 = match size.strip_suffix('K') {
-        Some(k) => k.parse().ok()?,
-        None => size.parse::<u64>().ok()? / 1024,
+    let bytes = match (size.strip_suffix('K'), size.strip_suffix('M')) {
+        (Some(k), _) => k.parse::<u64>().ok()?.checked_mul(1 << 10)?,
+        (_, Some(m)) => m.parse::<u64>().ok()?.checked_mul(1 << 20)?,
+        _ => size.parse().ok()?,
     };
-    let size = if kib >= 1024 && kib.is_multiple_of(1024) {
-        format!("{} MiB", kib / 1024)
-    } else {
-        format!("{kib} KiB")
-    };
-    Some(format!("L{}{letter} {size}", level.trim()))
+    Some(CacheInfo {
+        level: level.trim().parse().ok()?,
+        kind,
+        bytes,
+        shared_cpus: shared.and_then(cpu_list_len),
+    })
+}
+
+/// How many CPUs a Linux CPU list (`"0-3,8,10-11"`) names.
+fn cpu_list_len(list: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in list.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
+                b.checked_sub(a)? + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    (n > 0).then_some(n)
 }
 
 /// CPU model name and physical core count from /proc/cpuinfo (Linux; `None`
@@ -651,27 +774,82 @@ mod tests {
 
     #[test]
     fn cache_lines() {
+        let label = |level, kind, size| parse_cache(level, kind, size, None).map(|c| c.label());
         assert_eq!(
-            cache_line("1\n", "Data\n", "48K\n").as_deref(),
+            label("1\n", "Data\n", "48K\n").as_deref(),
             Some("L1d 48 KiB")
         );
         assert_eq!(
-            cache_line("1", "Instruction", "64K").as_deref(),
+            label("1", "Instruction", "64K").as_deref(),
             Some("L1i 64 KiB")
         );
+        assert_eq!(label("2", "Unified", "2048K").as_deref(), Some("L2 2 MiB"));
         assert_eq!(
-            cache_line("2", "Unified", "2048K").as_deref(),
-            Some("L2 2 MiB")
-        );
-        assert_eq!(
-            cache_line("3", "Unified", "491520K").as_deref(),
+            label("3", "Unified", "491520K").as_deref(),
             Some("L3 480 MiB")
         );
         assert_eq!(
-            cache_line("3", "Unified", "1048576").as_deref(),
+            label("3", "Unified", "1048576").as_deref(),
             Some("L3 1 MiB")
         );
-        assert_eq!(cache_line("2", "Unified", "big"), None);
+        assert_eq!(label("3", "Unified", "32M").as_deref(), Some("L3 32 MiB"));
+        assert_eq!(
+            label("2", "Unified", "1280K").as_deref(),
+            Some("L2 1.25 MiB")
+        );
+        assert_eq!(
+            label("3", "Unified", "39424K").as_deref(),
+            Some("L3 38.5 MiB")
+        );
+        assert_eq!(
+            label("2", "Unified", "1025K").as_deref(),
+            Some("L2 1025 KiB")
+        );
+        assert_eq!(label("1", "Data", "1000").as_deref(), Some("L1d 1000 B"));
+        assert_eq!(label("2", "Unified", "big"), None);
+        assert_eq!(label("x", "Unified", "1K"), None);
+        assert_eq!(
+            parse_cache("3", "Unified\n", "491520K\n", Some("0-1\n")),
+            Some(CacheInfo {
+                level: 3,
+                kind: CacheKind::Unified,
+                bytes: 480 << 20,
+                shared_cpus: Some(2),
+            })
+        );
+    }
+
+    #[test]
+    fn features_end_with_the_informational_ones() {
+        let all = detected_features();
+        let extra = informational_features();
+        assert!(all.ends_with(&extra), "{all:?} / {extra:?}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(
+                extra.contains(&"avx512bf16"),
+                is_x86_feature_detected!("avx512bf16")
+            );
+            assert_eq!(
+                extra.contains(&"avx512fp16"),
+                is_x86_feature_detected!("avx512fp16")
+            );
+            // Every CPU with AMX-INT8 so far has AMX-BF16 (Sapphire Rapids
+            // and later).
+            if crate::kernels::cpu::qgemm::amx::available() {
+                assert!(extra.contains(&"amx-bf16"), "{extra:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(cpu_list_len("0"), Some(1));
+        assert_eq!(cpu_list_len("0-1\n"), Some(2));
+        assert_eq!(cpu_list_len("0-3,8,10-11"), Some(7));
+        assert_eq!(cpu_list_len(""), None);
+        assert_eq!(cpu_list_len("3-1"), None);
+        assert_eq!(cpu_list_len("a"), None);
     }
 
     #[test]

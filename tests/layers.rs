@@ -31,7 +31,10 @@ const LAYERS: &[(u32, &[&str])] = &[
     (3, &["interp", "runtime", "inputs"]),
     (4, &["transform", "quant"]),
     (5, &["formats"]),
-    (6, &["compress", "inspect", "probe", "measure", "tune"]),
+    (
+        6,
+        &["compress", "inspect", "probe", "measure", "target", "tune"],
+    ),
     (7, &["api"]),
     (8, &["main", "lib"]),
 ];

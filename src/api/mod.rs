@@ -50,6 +50,7 @@ pub use crate::inspect::render as render_inspect;
 pub use crate::inspect::Summary as InspectSummary;
 pub use crate::limits::{parse_bytes, set_max_memory};
 pub use crate::probe::{render as render_probe, run as probe, ProbeReport};
+pub use crate::target::{render as render_targets, Arch, Caches, Feature, FmaUnits, Target};
 pub use crate::transform::runner::PassLogEntry;
 pub use crate::tune::{host_fingerprint, parse_budget};
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
@@ -443,6 +444,21 @@ pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
             message: "the file must end in .npz or .npy".into(),
         }),
     }
+}
+
+/// The targets `mlc targets` lists: `host` (this machine, probed), then the
+/// built-in ones (`targets/*.toml`).
+///
+/// ```
+/// let targets = mlc::api::targets();
+/// assert_eq!(targets[0].name, "host");
+/// assert!(targets.iter().any(|t| t.name == "cortex-a55"));
+/// print!("{}", mlc::api::render_targets(&targets));
+/// ```
+pub fn targets() -> Vec<Target> {
+    std::iter::once(Target::host())
+        .chain(Target::builtin())
+        .collect()
 }
 
 /// A registered pass, as `mlc passes` lists it.

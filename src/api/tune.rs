@@ -9,6 +9,7 @@ use super::{InputFiles, Model, SessionOptions};
 use crate::formats::bundle::{self, TuningInfo};
 use crate::inputs::Binding;
 use crate::kernels::cpu::CpuCtx;
+use crate::target::Target;
 use crate::tune::db::Db;
 use crate::tune::{host_fingerprint, tune, TuneOptions, TuneOutcome};
 use crate::{Error, Result};
@@ -55,12 +56,15 @@ pub fn tune_file(
     binding: &Binding,
     opts: &TuneFileOptions,
 ) -> Result<TuneReport> {
-    if opts.target != "host" {
+    // An unknown name is an error listing the known ones; a known target
+    // other than this machine needs the cost model.
+    let target = Target::by_name(&opts.target)?;
+    if target.name != crate::target::HOST {
         return Err(Error::Input {
             name: "--target".into(),
             message: format!(
                 "'{}': tuning for a machine other than this one needs the cost model, which mlc does not have yet; use --target host",
-                opts.target
+                target.name
             ),
         });
     }

@@ -30,6 +30,7 @@ use crate::kernels::cpu::choice::Choice;
 use crate::kernels::cpu::CpuCtx;
 use crate::measure::{alternate, alternate_node_samples, Measurer, Timing};
 use crate::runtime::{Choices, PackCache, Plan};
+use crate::target::Target;
 use crate::transform::specialize::specialize;
 use crate::Result;
 use db::{Db, Measured, Record, KERNELS};
@@ -96,16 +97,11 @@ pub struct TuneOutcome {
     pub elapsed_s: f64,
 }
 
-/// The target fingerprint of this machine: CPU model, the features the
-/// kernels select on, logical CPUs.
+/// The tuning database's key for this machine ([`Target::fingerprint`]
+/// of the probed host: CPU model, features as the kernels see them,
+/// cores).
 pub fn host_fingerprint() -> String {
-    let (model, _) = crate::probe::cpuinfo();
-    format!(
-        "{} | {} | {} cpus",
-        model.unwrap_or_else(|| "unknown CPU".into()),
-        crate::probe::detected_features().join(","),
-        crate::probe::available_threads()
-    )
+    Target::host().fingerprint()
 }
 
 /// The key of a node's workload in the database: its op with every

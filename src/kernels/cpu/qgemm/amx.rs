@@ -52,12 +52,22 @@ const MC: usize = 64;
 /// Whether this CPU has AMX-INT8 and the OS lets this process use the tile
 /// state (asked once per process).
 pub(crate) fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| cpu_has_amx_int8() && request_tile_data())
+    cpu_has_amx(AMX_INT8) && tile_data_granted()
 }
 
-/// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25).
-fn cpu_has_amx_int8() -> bool {
+/// Whether this CPU has AMX-BF16 and the OS lets this process use the tile
+/// state. No kernel uses it; `mlc probe` and the host target report it.
+pub(crate) fn bf16_available() -> bool {
+    cpu_has_amx(AMX_BF16) && tile_data_granted()
+}
+
+/// CPUID leaf 7 EDX bits: AMX-BF16, AMX-TILE, AMX-INT8.
+const AMX_BF16: u32 = 1 << 22;
+const AMX_TILE: u32 = 1 << 24;
+const AMX_INT8: u32 = 1 << 25;
+
+/// Whether CPUID leaf 7 says AMX-TILE and the `unit` bit.
+fn cpu_has_amx(unit: u32) -> bool {
     use std::arch::x86_64::__cpuid_count;
     // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is read only when
     // leaf 0 says it exists.
@@ -68,7 +78,14 @@ fn cpu_has_amx_int8() -> bool {
         }
         __cpuid_count(7, 0)
     };
-    leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << 25) != 0
+    leaf7.edx & AMX_TILE != 0 && leaf7.edx & unit != 0
+}
+
+/// Whether the OS granted this process the tile data state (asked once per
+/// process, and only on a CPU with AMX-TILE).
+fn tile_data_granted() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| cpu_has_amx(AMX_TILE) && request_tile_data())
 }
 
 /// Asks Linux for the AMX tile data state; true when granted.
