@@ -22,6 +22,12 @@ pub(crate) struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum GoalArg {
+    Size,
+    Latency,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Emit {
     Mlc,
     Onnx,
@@ -241,9 +247,14 @@ pub(crate) struct CompressArgs {
     /// must keep; below it layers go back to f32.
     #[arg(long)]
     pub(crate) min_cosine: Option<f64>,
-    /// Do not time layers (no layer stays f32 for speed).
+    /// Do not time layers' int8 and f32 kernels.
     #[arg(long)]
     pub(crate) no_speed_check: bool,
+    /// `size`: every layer the accuracy budget allows is stored int8, and
+    /// which kernels run it is `mlc tune`'s decision; `latency`: also keep
+    /// f32 the layers whose int8 kernel is slower on this machine.
+    #[arg(long, value_enum, default_value = "size")]
+    pub(crate) goal: GoalArg,
     /// Samples used to measure each layer's contribution to the error.
     #[arg(long, default_value_t = 32, value_parser = run_count)]
     pub(crate) sensitivity_samples: usize,

@@ -110,6 +110,10 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
         max_accuracy_drop: a.max_accuracy_drop,
         min_cosine: a.min_cosine,
         check_speed: !a.no_speed_check,
+        goal: match a.goal {
+            cli::GoalArg::Size => api::Goal::Size,
+            cli::GoalArg::Latency => api::Goal::Latency,
+        },
         sensitivity_samples: a.sensitivity_samples,
         latency_runs: a.latency_runs,
         threads: a.threads.unwrap_or(0),

@@ -27,6 +27,8 @@ fn mlc(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mlc"))
         .args(args)
         .env("MLC_CACHE_DIR", cache)
+        // No tuning database: the default kernels, whoever runs the tests.
+        .env("MLC_TUNING_DB", cache.join("no-tuning-db.jsonl"))
         .output()
         .expect("mlc runs")
 }
@@ -166,6 +168,55 @@ fn a_budget_that_int8_cannot_meet_keeps_layers_f32_with_the_reason() {
         assert!(l["error_alone"].as_f64().unwrap() > 0.0);
     }
     assert_eq!(f(&r, &["accuracy", "agreement", "cosine_similarity"]), 1.0);
+    let warnings = r["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("every one of the 3 layers stayed f32")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn int8_storage_does_not_depend_on_this_machines_timings() {
+    // Layers timed (the default), the goal size: every layer the accuracy
+    // budget allows is stored int8 whatever the timings said, so two runs
+    // give the same bytes; each layer says how it is stored and runs.
+    let dir = scratch("storage");
+    let args = ["--method", "entropy", "--latency-runs", "2"];
+    let (a, b) = (dir.join("a.mlc"), dir.join("b.mlc"));
+    let ra = compress_digits("cnn", &a, &args, &dir);
+    compress_digits("cnn", &b, &args, &dir);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ra["goal"], "size");
+    assert_eq!(ra["accuracy"]["synthetic"], false);
+    assert!(ra["warnings"].as_array().unwrap().is_empty(), "{ra}");
+    for l in ra["layers"].as_array().unwrap() {
+        assert_eq!(l["precision"], "int8", "{l}");
+        assert_eq!(l["runs_as"], "int8 kernels", "{l}");
+        assert!(l["int8_ms"].as_f64().is_some(), "{l}");
+        if let Some(reason) = l["reason"].as_str() {
+            panic!("an int8 layer with a reason to be f32: {reason}");
+        }
+    }
+    // Without data: said plainly.
+    let r = compress(
+        &fixture("digits/cnn.onnx"),
+        &dir.join("c.mlc"),
+        &["--int8", "--latency-runs", "0", "--goal", "latency"],
+        &dir,
+    );
+    assert_eq!(r["goal"], "latency");
+    assert_eq!(r["accuracy"]["synthetic"], true);
+    assert!(
+        r["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("seeded random inputs")),
+        "{r}"
+    );
 }
 
 #[test]

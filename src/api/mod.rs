@@ -41,7 +41,7 @@ use std::sync::Arc;
 pub use crate::compress::quantize::{Granularity, WeightFormat};
 pub use crate::compress::report::Report as CompressReport;
 pub use crate::compress::{
-    default_cache_dir, Activations, Mode as CompressMode, Options as CompressOptions,
+    default_cache_dir, Activations, Goal, Mode as CompressMode, Options as CompressOptions,
 };
 pub use crate::error::excerpt;
 pub use crate::formats::npy;

@@ -9,8 +9,8 @@ use crate::ir::{Graph, Tensor};
 use crate::kernels::cpu::CpuCtx;
 use crate::runtime::{Choices, PackCache, Plan};
 use crate::transform::specialize::specialize;
+use crate::tune::database_choices;
 use crate::tune::db::Db;
-use crate::tune::workload;
 use crate::{Error, Result};
 
 /// How a [`Session`] runs.
@@ -42,9 +42,9 @@ impl Session {
     /// unset) it takes the tuning database's choices for this machine
     /// (the default file, when it exists).
     pub(super) fn new(graph: Graph, choices: Choices, opts: &SessionOptions) -> Result<Session> {
-        let db = match Db::default_path() {
-            Some(p) if choices.is_empty() && !opts.untuned && p.is_file() => Some(Db::open(&p)?),
-            _ => None,
+        let db = match choices.is_empty() && !opts.untuned {
+            true => crate::tune::default_database()?,
+            false => None,
         };
         Ok(Session {
             graph,
@@ -60,16 +60,10 @@ impl Session {
     /// own, else the database's records of its workloads on this machine
     /// at this thread count.
     fn choices_for(&self, spec: &Graph) -> Choices {
-        let Some(db) = self.db.as_ref().filter(|_| self.choices.is_empty()) else {
-            return self.choices.clone();
-        };
-        let target = crate::tune::host_fingerprint();
-        spec.nodes()
-            .filter_map(|(_, n)| {
-                let r = db.lookup(&workload(spec, n), &target, self.cx.threads)?;
-                (!r.choice.is_default()).then(|| (n.name.clone(), r.choice))
-            })
-            .collect()
+        match self.db.as_ref().filter(|_| self.choices.is_empty()) {
+            Some(db) => database_choices(db, spec, self.cx.threads),
+            None => self.choices.clone(),
+        }
     }
 
     /// The graph the session runs.

@@ -29,6 +29,8 @@ pub struct Dataset {
     pub labels: Option<Vec<i64>>,
     /// Where the data came from (a file, or "random inputs").
     pub source: String,
+    /// Made up (seeded random inputs), not the user's data.
+    pub synthetic: bool,
 }
 
 impl Dataset {
@@ -111,6 +113,7 @@ impl Dataset {
             samples,
             labels,
             source: path.display().to_string(),
+            synthetic: false,
         };
         // Each sample must fit the inputs (same check, same words as a run).
         let first = data.sample(0)?;
@@ -141,7 +144,8 @@ impl Dataset {
             extra_axis: true,
             samples: n,
             labels: None,
-            source: format!("{n} seeded random inputs"),
+            source: format!("{n} seeded random inputs (uniform in [-1, 1))"),
+            synthetic: true,
         })
     }
 

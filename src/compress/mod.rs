@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use crate::formats::bundle;
 use crate::ir::{infer, ActQuant, Graph, NodeId, ValueId};
+use crate::kernels::cpu::choice::QuantRun;
 use crate::kernels::cpu::CpuCtx;
 use crate::measure::{self, Measurer};
 use crate::quant::calib::{quant_params, CalibMethod, Observer};
@@ -66,6 +67,27 @@ impl Mode {
     }
 }
 
+/// What a compression optimizes when storage and speed disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// Every layer the accuracy budget allows is stored int8; which
+    /// kernels run it is the tuner's decision (`mlc tune`), not storage's.
+    Size,
+    /// Also keep f32 in storage the layers whose int8 kernel is slower on
+    /// this machine (the model then depends on the machine and the noise
+    /// of its timings).
+    Latency,
+}
+
+impl Goal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Goal::Size => "size",
+            Goal::Latency => "latency",
+        }
+    }
+}
+
 /// How int8 activations get their quantization parameters.
 #[derive(Clone, Debug)]
 pub enum Activations {
@@ -87,9 +109,11 @@ pub struct Options {
     /// Smallest allowed cosine similarity with the f32 outputs, of every
     /// sample (a budget holds in the worst case, not on average).
     pub min_cosine: Option<f64>,
-    /// Keep a layer f32 when its int8 kernel is slower here (by more than
-    /// [`SPEED_TIE_MS`]).
+    /// Time each layer's int8 and f32 kernels here (reported; with
+    /// [`Goal::Latency`], a layer whose int8 kernel is slower by more than
+    /// [`SPEED_TIE_MS`] stays f32).
     pub check_speed: bool,
+    pub goal: Goal,
     /// Samples used to measure each layer's sensitivity.
     pub sensitivity_samples: usize,
     /// Timed runs of each model for the latency figures.
@@ -127,6 +151,7 @@ impl Options {
             max_accuracy_drop: 1.0,
             min_cosine: None,
             check_speed: true,
+            goal: Goal::Size,
             sensitivity_samples: 32,
             latency_runs: 20,
             threads: 0,
@@ -272,12 +297,19 @@ pub fn compress(
                     rep.f32_ms = Some(f.median_ms);
                     rep.int8_ms = Some(q.median_ms);
                     if q.slower_than(f, SPEED_TIE_MS) {
-                        kept_f32.insert(l.node);
-                        for_speed.push(i);
-                        rep.reason = Some(format!(
-                            "speed: the int8 kernel takes {:.3} ms (p10-p90 {:.3}-{:.3}), the f32 one {:.3} ms ({:.3}-{:.3}) on this machine",
+                        let timings = format!(
+                            "the int8 kernel takes {:.3} ms (p10-p90 {:.3}-{:.3}), the f32 one {:.3} ms ({:.3}-{:.3}) on this machine",
                             q.median_ms, q.p10_ms, q.p90_ms, f.median_ms, f.p10_ms, f.p90_ms
-                        ));
+                        );
+                        if opts.goal == Goal::Latency {
+                            kept_f32.insert(l.node);
+                            for_speed.push(i);
+                            rep.reason = Some(format!("speed (--goal latency): {timings}"));
+                        } else {
+                            rep.note = Some(format!(
+                                "{timings}: `mlc tune` can run it on the f32 kernels, its weights staying int8"
+                            ));
+                        }
                     }
                 }
                 pb.finish_and_clear();
@@ -448,6 +480,15 @@ pub fn compress(
         }
     };
     let g = compressed.graph.clone();
+    // Which kernels run each layer here: the tuning database's choices
+    // for this machine, else the defaults (int8 layers on the int8 ones).
+    let db_choices = match crate::tune::default_database()? {
+        Some(db) => crate::tune::database_choices(&db, compressed.plan.graph(), meas.cx().threads),
+        None => Default::default(),
+    };
+    if !db_choices.is_empty() {
+        compressed.plan = meas.plan_with(compressed.plan.graph().clone(), &db_choices)?;
+    }
 
     // Per-layer precision and bytes after.
     for (l, rep) in layers.iter().zip(&mut layer_reports) {
@@ -461,6 +502,31 @@ pub fn compress(
         let (before, after) = layer_bytes(&g, l.node, &f32_graph, l.weight);
         rep.f32_bytes = before;
         rep.stored_bytes = after;
+        let chosen = db_choices.get(&l.name).copied().unwrap_or_default();
+        rep.runs_as = match (rep.precision, chosen.run) {
+            (Precision::Int8, Some(QuantRun::F32)) => {
+                "f32 kernels, weights dequantized at load (tuning database)".into()
+            }
+            (Precision::Int8, _) => "int8 kernels".into(),
+            (Precision::F32, _) => "f32 kernels".into(),
+            _ => "f32 kernels, weights dequantized at load".into(),
+        };
+    }
+    let mut warnings = Vec::new();
+    if opts.mode == Mode::Int8
+        && !layers.is_empty()
+        && layer_reports.iter().all(|r| r.precision == Precision::F32)
+    {
+        warnings.push(format!(
+            "every one of the {} layers stayed f32: the output is no smaller than the f32 model (see each layer's reason)",
+            layers.len()
+        ));
+    }
+    if eval.synthetic {
+        warnings.push(format!(
+            "accuracy measured on {} (no --eval or --calib data): it says little about the model on real inputs",
+            eval.source
+        ));
     }
 
     // Accuracy of the final model (the outputs its last judgement ran).
@@ -477,6 +543,7 @@ pub fn compress(
         data: eval.source.clone(),
         samples: eval.samples,
         labeled: eval.labels.is_some(),
+        synthetic: eval.synthetic,
         top1_f32,
         top1_compressed,
         drop_points: top1_f32.zip(top1_compressed).map(|(a, b)| 100.0 * (a - b)),
@@ -536,6 +603,8 @@ pub fn compress(
         latency,
         accuracy,
         calibration,
+        goal: opts.goal.name().to_string(),
+        warnings,
         max_accuracy_drop: opts.max_accuracy_drop,
         min_cosine: opts.min_cosine,
         params_f16,

@@ -54,6 +54,11 @@ pub struct LayerReport {
     /// Median time of the layer's f32 and int8 kernels on this machine.
     pub f32_ms: Option<f64>,
     pub int8_ms: Option<f64>,
+    /// Which kernels run it on this machine (storage is `precision`).
+    pub runs_as: String,
+    /// What the timings suggest (an int8 layer whose kernel is slower
+    /// here than the f32 one).
+    pub note: Option<String>,
 }
 
 impl LayerReport {
@@ -71,6 +76,8 @@ impl LayerReport {
             stored_bytes: 0,
             error_alone: None,
             top1_drop_alone: None,
+            runs_as: String::new(),
+            note: None,
             f32_ms: None,
             int8_ms: None,
         }
@@ -113,6 +120,8 @@ pub struct AccuracyReport {
     pub data: String,
     pub samples: usize,
     pub labeled: bool,
+    /// The data was made up (seeded random inputs), not given.
+    pub synthetic: bool,
     pub top1_f32: Option<f64>,
     pub top1_compressed: Option<f64>,
     pub drop_points: Option<f64>,
@@ -146,6 +155,10 @@ pub struct Report {
     pub calibration: Option<CalibrationReport>,
     pub max_accuracy_drop: f64,
     pub min_cosine: Option<f64>,
+    /// `size` (storage int8 wherever accuracy allows) or `latency`.
+    pub goal: String,
+    /// What the user must not miss (every layer f32, synthetic data).
+    pub warnings: Vec<String>,
     /// f32 parameter tensors (biases, norms) rounded to f16 values, stored
     /// in two bytes an element (int4).
     pub params_f16: usize,
@@ -195,6 +208,9 @@ impl Report {
     /// The short summary printed by the CLI.
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
         let z = &self.size;
         let _ = writeln!(
             s,
@@ -210,10 +226,22 @@ impl Report {
             human_bytes(z.weights_bytes)
         );
         if self.mode == "int8" {
+            let on_f32 = self
+                .layers
+                .iter()
+                .filter(|l| l.precision == Precision::Int8 && l.runs_as.starts_with("f32"))
+                .count();
+            let slower = self
+                .layers
+                .iter()
+                .filter(|l| l.precision == Precision::Int8 && l.note.is_some())
+                .count();
             let _ = writeln!(
                 s,
-                "layers: {} int8, {} kept f32 ({}); activations {}",
+                "layers: {} stored int8 ({} run on the f32 kernels here; {} whose int8 kernel timed slower here: `mlc tune` decides), {} kept f32 ({}); activations {}",
                 self.count(Precision::Int8),
+                on_f32,
+                slower,
                 self.count(Precision::F32),
                 self.layers
                     .iter()
@@ -268,6 +296,9 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# Compression report: {}\n", self.model);
+        for w in &self.warnings {
+            let _ = writeln!(s, "> **Warning:** {w}\n");
+        }
         let _ = writeln!(
             s,
             "- output: `{}` ({})\n- mode: {}, weights {}, activations {}",
@@ -337,23 +368,24 @@ impl Report {
         let _ = writeln!(s, "\n## Layers\n");
         let _ = writeln!(
             s,
-            "| layer | kind | precision | weight | f32 bytes | bytes | error alone | f32 ms | int8 ms | why f32 |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| layer | kind | stored as | runs as | weight | f32 bytes | bytes | error alone | f32 ms | int8 ms | why |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
         for l in &self.layers {
             let _ = writeln!(
                 s,
-                "| {} | {:?} | {} | {:?} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:?} | {} | {} | {:?} | {} | {} | {} | {} | {} | {} |",
                 l.name,
                 l.kind,
                 l.precision.name(),
+                l.runs_as,
                 l.weight_shape,
                 l.f32_bytes,
                 l.stored_bytes,
                 l.error_alone.map_or("-".into(), |e| format!("{e:.2e}")),
                 opt(l.f32_ms, 3),
                 opt(l.int8_ms, 3),
-                l.reason.as_deref().unwrap_or("")
+                l.reason.as_deref().or(l.note.as_deref()).unwrap_or("")
             );
         }
         s

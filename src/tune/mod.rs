@@ -104,6 +104,28 @@ pub fn host_fingerprint() -> String {
     Target::host().fingerprint()
 }
 
+/// The kernel choices the tuning database at `db` holds for the nodes of
+/// the specialized graph `spec` on this machine at `threads` threads (the
+/// default ones left out).
+pub fn database_choices(db: &Db, spec: &Graph, threads: usize) -> Choices {
+    let target = host_fingerprint();
+    spec.nodes()
+        .filter_map(|(_, n)| {
+            let r = db.lookup(&workload(spec, n), &target, threads)?;
+            (!r.choice.is_default()).then(|| (n.name.clone(), r.choice))
+        })
+        .collect()
+}
+
+/// The default tuning database ([`Db::default_path`]) when its file
+/// exists; None otherwise.
+pub fn default_database() -> Result<Option<Db>> {
+    match Db::default_path() {
+        Some(p) if p.is_file() => Ok(Some(Db::open(&p)?)),
+        _ => Ok(None),
+    }
+}
+
 /// The key of a node's workload in the database: its op with every
 /// attribute, and its inputs' types and shapes (constants marked).
 pub fn workload(g: &Graph, node: &Node) -> String {
