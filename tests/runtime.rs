@@ -1065,3 +1065,52 @@ fn symbolic_dims_as_exporters_write_them() {
 fn plan_for(g: &Graph, shapes: &[Vec<usize>], cx: CpuCtx) -> mlc::Result<Plan> {
     Plan::new(mlc::transform::specialize::specialize(g, shapes)?, cx)
 }
+
+#[test]
+fn dynamic_int8_gives_a_sample_the_same_result_whatever_it_is_batched_with() {
+    use mlc::compress::quantize::{find_layers, quantize_layer, Granularity, WeightFormat};
+    let format = WeightFormat {
+        granularity: Granularity::PerChannel,
+        reduce_range: false,
+    };
+    for name in ["cnn", "mlp"] {
+        let g = o2(&fixture(name));
+        let mut q = g.clone();
+        for layer in find_layers(&g) {
+            quantize_layer(&mut q, &layer, mlc::ir::ActQuant::Dynamic, format).unwrap();
+        }
+        // Sample 0 of a batch of 3 whose other samples are much larger
+        // (a shared scale would quantize sample 0 coarsely).
+        let one = random_inputs(&q, 5, &dims(&[("batch", 1)])).unwrap();
+        let three = random_inputs(&q, 6, &dims(&[("batch", 3)])).unwrap();
+        let x1 = one[0].as_f32().unwrap();
+        let mut x3 = three[0].as_f32().unwrap().to_vec();
+        x3[..x1.len()].copy_from_slice(x1);
+        for v in &mut x3[x1.len()..] {
+            *v *= 50.0;
+        }
+        let batched = vec![Tensor::from_f32(three[0].shape().to_vec(), x3).unwrap()];
+        let want_one = mlc::interp::run(&q, one.clone()).unwrap();
+        let want_batched = mlc::interp::run(&q, batched.clone()).unwrap();
+        let n = want_one[0].numel();
+        assert_eq!(
+            want_one[0].as_f32().unwrap(),
+            &want_batched[0].as_f32().unwrap()[..n],
+            "{name}: the reference"
+        );
+        // The runtime agrees on every kernel path (its f32 ops round their
+        // own way; a scale shared over the batch would be 50x coarser).
+        for cx in [
+            single(),
+            CpuCtx::single(Features::avx2_only()),
+            CpuCtx::new(2).unwrap(),
+        ] {
+            let shapes: Vec<Vec<usize>> = batched.iter().map(|t| t.shape().to_vec()).collect();
+            let mut plan = plan_for(&q, &shapes, cx).unwrap();
+            let got = plan.run(&batched).unwrap();
+            if let Err(m) = common::compare(&got[0], &want_batched[0], RTOL, ATOL) {
+                panic!("{name}: {m}");
+            }
+        }
+    }
+}

@@ -540,10 +540,13 @@ pub enum Op {
 /// How a quantized product turns its f32 activation into u8 (asymmetric).
 ///
 /// The arithmetic every implementation follows, bit for bit:
-/// - dynamic parameters (ONNX DynamicQuantizeLinear): `lo = min(0, min x)`,
-///   `hi = max(0, max x)` over the finite values; when `hi == lo` the scale
-///   is 1 and the zero point 0, else `scale = (hi - lo) / 255` and
-///   `zp = clamp(round_half_even(-lo / scale), 0, 255)`;
+/// - dynamic parameters (ONNX DynamicQuantizeLinear's), computed for each
+///   item of the activation's first axis on its own (a sample of a batch,
+///   a row of a matrix; the whole of a 1-D one), so that a sample's result
+///   does not depend on what it is batched with: `lo = min(0, min x)`,
+///   `hi = max(0, max x)` over the item's finite values; when `hi == lo`
+///   the scale is 1 and the zero point 0, else `scale = (hi - lo) / 255`
+///   and `zp = clamp(round_half_even(-lo / scale), 0, 255)`;
 /// - `q = clamp(round_half_even(x / scale) + zp, 0, 255)` (a division, so
 ///   that vector and scalar code agree; NaN gives 0);
 /// - `acc = Σ (q - zp) * w`, exact in int32;
@@ -551,7 +554,8 @@ pub enum Op {
 ///   `+ residual`, each rounded to f32, then the activation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ActQuant {
-    /// Scale and zero point from each run's data.
+    /// Scale and zero point from each run's data, per item of the first
+    /// axis.
     Dynamic,
     /// Scale and zero point fixed by calibration.
     Static { scale: f32, zero_point: u8 },

@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 
+use crate::ir::ops::quant::reference::quant_items;
 use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, QuantRun};
 use crate::kernels::cpu::qconv::{pack_conv, qconv2d, QConvGeom, QPackedConv};
@@ -45,6 +46,30 @@ pub(crate) enum QIn<'a> {
 pub(crate) enum QDst<'a> {
     F32(&'a mut [f32]),
     U8(&'a mut [u8], QRequant),
+}
+
+impl<'a> QDst<'a> {
+    fn len(&self) -> usize {
+        match self {
+            QDst::F32(o) => o.len(),
+            QDst::U8(o, _) => o.len(),
+        }
+    }
+
+    /// The output cut into `n` equal parts (one per input item).
+    fn split(self, n: usize) -> Result<Vec<QDst<'a>>> {
+        if n == 0 || !self.len().is_multiple_of(n) {
+            return Err(Error::Internal(format!(
+                "an output of {} values does not split into {n} items",
+                self.len()
+            )));
+        }
+        let per = (self.len() / n).max(1);
+        Ok(match self {
+            QDst::F32(o) => o.chunks_mut(per).map(QDst::F32).collect(),
+            QDst::U8(o, rq) => o.chunks_mut(per).map(|c| QDst::U8(c, rq)).collect(),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -86,6 +111,9 @@ pub(crate) struct QuantStep {
     pub residual: Option<usize>,
     w_shape: Vec<usize>,
     out_shape: Vec<usize>,
+    /// Items of the input's first axis, each dynamically quantized on its
+    /// own ([`crate::ir::ops::quant::reference::quant_items`]).
+    items: usize,
 }
 
 /// The data of a constant f32 input, or None.
@@ -197,6 +225,7 @@ impl QuantStep {
             residual,
             w_shape: w.shape().to_vec(),
             out_shape: out_shape.to_vec(),
+            items: quant_items(x_shape),
         })
     }
 
@@ -245,34 +274,49 @@ impl QuantStep {
                 let (scale, zp) = self.static_input_quant().ok_or_else(|| {
                     Error::Internal("a u8 input for a dynamically quantized step".into())
                 })?;
-                self.product(q, scale, zp, residual, out, cx)
+                self.product(q, scale, zp, self.items, residual, out, cx)
             }
-            QIn::F32(x) => {
-                let (scale, zp) = match self.act_quant {
-                    ActQuant::Dynamic => dynamic_params_with(cx.features, x),
-                    ActQuant::Static { scale, zero_point } => (scale, zero_point),
-                };
-                QUANTIZED.with(|buf| -> Result<()> {
-                    let mut q = buf.borrow_mut();
-                    // Every byte is written by the quantization: the buffer
-                    // only grows (no fill of the whole input on every run).
-                    if q.len() < x.len() {
-                        q.resize(x.len(), 0);
+            QIn::F32(x) => QUANTIZED.with(|buf| -> Result<()> {
+                let mut q = buf.borrow_mut();
+                // Every byte is written by the quantization: the buffer
+                // only grows (no fill of the whole input on every run).
+                if q.len() < x.len() {
+                    q.resize(x.len(), 0);
+                }
+                let q = &mut q[..x.len()];
+                match self.act_quant {
+                    ActQuant::Static { scale, zero_point } => {
+                        quantize_u8_with(cx.features, x, scale, zero_point, q);
+                        self.product(q, scale, zero_point, self.items, residual, out, cx)
                     }
-                    let q = &mut q[..x.len()];
-                    quantize_u8_with(cx.features, x, scale, zp, q);
-                    self.product(q, scale, zp, residual, out, cx)
-                })
-            }
+                    // Each item with its own parameters, as its own product.
+                    ActQuant::Dynamic => {
+                        let items = self.items.max(1);
+                        let outs = out.split(items)?;
+                        let (per_x, per_out) = (x.len() / items, outs.first().map_or(0, QDst::len));
+                        for (i, o) in outs.into_iter().enumerate() {
+                            let (xs, qs) = (&x[i * per_x..][..per_x], &mut q[i * per_x..][..per_x]);
+                            let (scale, zp) = dynamic_params_with(cx.features, xs);
+                            quantize_u8_with(cx.features, xs, scale, zp, qs);
+                            let r = residual.map(|r| &r[i * per_out..][..per_out]);
+                            self.product(qs, scale, zp, 1, r, o, cx)?;
+                        }
+                        Ok(())
+                    }
+                }
+            }),
         }
     }
 
-    /// The int8 product of the quantized activation `q`.
+    /// The int8 product of the quantized activation `q`: `items` of the
+    /// planned input's first-axis items (all, or one).
+    #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
         q: &[u8],
         scale: f32,
         zp: u8,
+        items: usize,
         residual: Option<&[f32]>,
         out: QDst,
         cx: &CpuCtx,
@@ -294,6 +338,7 @@ impl QuantStep {
         };
         match &self.product {
             Product::MatMul { m, k, b } => {
+                let m = m * items / self.items.max(1);
                 if q.len() != m * k || out_len != m * b.n() {
                     return Err(Error::Internal("QMatMul: planned sizes differ".into()));
                 }
@@ -303,13 +348,14 @@ impl QuantStep {
                     trans: false,
                     zero_point: zp,
                 };
-                qgemm(*m, a, b, out, b.n(), cx);
+                qgemm(m, a, b, out, b.n(), cx);
             }
             Product::Conv { geom, x_shape, w } => {
+                let x_shape = [items, x_shape[1], x_shape[2], x_shape[3]];
                 if q.len() != x_shape.iter().product::<usize>() {
                     return Err(Error::Internal("QConv: planned sizes differ".into()));
                 }
-                qconv2d(q, *x_shape, zp, geom, w, out, cx);
+                qconv2d(q, x_shape, zp, geom, w, out, cx);
             }
             Product::F32(_) => {
                 return Err(Error::Internal(
@@ -354,20 +400,27 @@ impl QuantStep {
                     })?;
                     dequantize(q, scale, zp, xf);
                 }
-                QIn::F32(x) => {
-                    let (scale, zp) = match self.act_quant {
-                        ActQuant::Dynamic => dynamic_params_with(cx.features, x),
-                        ActQuant::Static { scale, zero_point } => (scale, zero_point),
+                QIn::F32(x) => QUANTIZED.with(|buf| {
+                    let mut q = buf.borrow_mut();
+                    if q.len() < n {
+                        q.resize(n, 0);
+                    }
+                    // Dynamic parameters per item, as the int8 path.
+                    let items = match self.act_quant {
+                        ActQuant::Dynamic => self.items.max(1),
+                        ActQuant::Static { .. } => 1,
                     };
-                    QUANTIZED.with(|buf| {
-                        let mut q = buf.borrow_mut();
-                        if q.len() < n {
-                            q.resize(n, 0);
-                        }
-                        quantize_u8_with(cx.features, x, scale, zp, &mut q[..n]);
-                        dequantize(&q[..n], scale, zp, xf);
-                    });
-                }
+                    let per = n / items;
+                    for i in 0..items {
+                        let r = i * per..(i + 1) * per;
+                        let (scale, zp) = match self.act_quant {
+                            ActQuant::Dynamic => dynamic_params_with(cx.features, &x[r.clone()]),
+                            ActQuant::Static { scale, zero_point } => (scale, zero_point),
+                        };
+                        quantize_u8_with(cx.features, &x[r.clone()], scale, zp, &mut q[r.clone()]);
+                        dequantize(&q[r.clone()], scale, zp, &mut xf[r]);
+                    }
+                }),
             }
             let bias_shape = [self.bias.as_ref().map_or(0, Vec::len)];
             let bias = self.bias.as_deref().map(|data| View {

@@ -895,12 +895,26 @@ impl<'g> Emitter<'g> {
         Ok(())
     }
 
-    /// The f32 activation `x` quantized to u8 and dequantized again (QDQ):
-    /// DynamicQuantizeLinear or QuantizeLinear with the calibrated
-    /// parameters, then DequantizeLinear. Returns the dequantized value.
-    fn qdq_activation(&mut self, x: String, q: ActQuant) -> Result<String> {
+    /// The f32 activation `x` (of rank `rank`) quantized to u8 and
+    /// dequantized again (QDQ): QuantizeLinear with the calibrated
+    /// parameters, or dynamic ones (DynamicQuantizeLinear for a 1-D `x`,
+    /// else per item of the first axis: [`Self::per_item_params`]), then
+    /// DequantizeLinear. Returns the dequantized value.
+    fn qdq_activation(&mut self, x: String, q: ActQuant, rank: usize) -> Result<String> {
         let xq = self.fresh("x_quantized");
+        let mut axis = Vec::new();
         let (scale, zp) = match q {
+            ActQuant::Dynamic if rank >= 2 => {
+                axis = vec![attr_i("axis", 0)];
+                let (s, z) = self.per_item_params(&x, rank)?;
+                self.push(
+                    "QuantizeLinear",
+                    vec![x, s.clone(), z.clone()],
+                    vec![xq.clone()],
+                    axis.clone(),
+                );
+                (s, z)
+            }
             ActQuant::Dynamic => {
                 let (s, z) = (self.fresh("x_scale"), self.fresh("x_zero_point"));
                 self.push(
@@ -928,9 +942,44 @@ impl<'g> Emitter<'g> {
             "DequantizeLinear",
             vec![xq, scale, zp],
             vec![xd.clone()],
-            vec![],
+            axis,
         );
         Ok(xd)
+    }
+
+    /// DynamicQuantizeLinear's scale and zero point computed for each item
+    /// of `x`'s first axis (mlc's dynamic quantization, see
+    /// [`ActQuant`]), as 1-D tensors for per-axis QuantizeLinear: `lo` and
+    /// `hi` the item's minimum and maximum widened to hold 0, scale 1 where
+    /// they meet. (Non-finite values count in ONNX's reductions where mlc
+    /// skips them.)
+    fn per_item_params(&mut self, x: &str, rank: usize) -> Result<(String, String)> {
+        let axes = self.i64s("item_axes", (1..rank as i64).collect());
+        let zero = self.scalar("zero", DType::F32, 0.0)?;
+        let one = self.scalar("one", DType::F32, 1.0)?;
+        let top = self.scalar("u8_max", DType::F32, 255.0)?;
+        let flat = self.i64s("flat", vec![-1]);
+        let op = |this: &mut Self, op: &str, ins: Vec<String>, attrs| {
+            let out = this.fresh(&format!("item_{}", op.to_ascii_lowercase()));
+            this.push(op, ins, vec![out.clone()], attrs);
+            out
+        };
+        let lo = op(self, "ReduceMin", vec![x.to_string(), axes.clone()], vec![]);
+        let hi = op(self, "ReduceMax", vec![x.to_string(), axes], vec![]);
+        let lo = op(self, "Min", vec![lo, zero.clone()], vec![]);
+        let hi = op(self, "Max", vec![hi, zero.clone()], vec![]);
+        let range = op(self, "Sub", vec![hi, lo.clone()], vec![]);
+        let raw = op(self, "Div", vec![range.clone(), top.clone()], vec![]);
+        let flat_range = op(self, "Equal", vec![range, zero.clone()], vec![]);
+        let scale = op(self, "Where", vec![flat_range, one, raw], vec![]);
+        let neg = op(self, "Neg", vec![lo], vec![]);
+        let zp = op(self, "Div", vec![neg, scale.clone()], vec![]);
+        let zp = op(self, "Round", vec![zp], vec![]);
+        let zp = op(self, "Clip", vec![zp, zero, top], vec![]);
+        let zp = op(self, "Cast", vec![zp], vec![attr_i("to", 2)]);
+        let scale = op(self, "Reshape", vec![scale, flat.clone()], vec![]);
+        let zp = op(self, "Reshape", vec![zp, flat], vec![]);
+        Ok((scale, zp))
     }
 
     /// A symmetric int8 weight dequantized along `axis` (per tensor when
@@ -956,10 +1005,10 @@ impl<'g> Emitter<'g> {
         act: Option<&Activation>,
     ) -> Result<()> {
         let (out, oty) = self.single_output(node)?;
-        let (x, _) = self.required(node, 0, "X")?;
+        let (x, xty) = self.required(node, 0, "X")?;
         let (w, _) = self.required(node, 1, "W")?;
         let (ws, _) = self.required(node, 2, "w_scale")?;
-        let xd = self.qdq_activation(x, x_quant)?;
+        let xd = self.qdq_activation(x, x_quant, xty.shape.rank())?;
         let wd = self.dequantized_weight(w, ws, 0);
         let mut first = vec![xd, wd];
         if let Some(b) = node.input(3) {
@@ -973,10 +1022,10 @@ impl<'g> Emitter<'g> {
     /// the activation.
     fn qmatmul(&mut self, node: &Node, a_quant: ActQuant, act: Option<&Activation>) -> Result<()> {
         let (out, oty) = self.single_output(node)?;
-        let (a, _) = self.required(node, 0, "A")?;
+        let (a, aty) = self.required(node, 0, "A")?;
         let (b, _) = self.required(node, 1, "B")?;
         let (bs, _) = self.required(node, 2, "b_scale")?;
-        let ad = self.qdq_activation(a, a_quant)?;
+        let ad = self.qdq_activation(a, a_quant, aty.shape.rank())?;
         let bd = self.dequantized_weight(b, bs, 1);
         let mut stages = vec![Stage::new("MatMul", vec![], vec![])];
         if let Some(bias) = node.input(3) {

@@ -104,9 +104,47 @@ pub fn quantize_activation(x: &[f32], q: ActQuant) -> (Vec<u8>, f32, u8) {
     )
 }
 
-/// `(q - zp)` as an f64 tensor of `shape` (exact integers).
-fn centered(q: &[u8], zp: u8, shape: &[usize]) -> Result<Tensor> {
-    let v: Vec<f64> = q.iter().map(|&x| x as f64 - zp as f64).collect();
+/// Items of an activation of `shape` that get their own dynamic
+/// quantization: the first axis (a batch's samples, a matrix's rows) of
+/// anything of rank 2 or more. Per item, a sample's result does not
+/// depend on what it is batched with, as a served model's must not.
+pub fn quant_items(shape: &[usize]) -> usize {
+    match shape {
+        [n, _, ..] => *n,
+        _ => 1,
+    }
+}
+
+/// [`quantize_activation`] of an activation of `shape`: dynamic
+/// parameters per item ([`quant_items`]). Returns the bytes and each
+/// item's `(scale, zero point)`.
+pub fn quantize_items(x: &[f32], shape: &[usize], q: ActQuant) -> (Vec<u8>, Vec<(f32, u8)>) {
+    let items = quant_items(shape).max(1);
+    let per = x.len() / items;
+    let mut bytes = Vec::with_capacity(x.len());
+    let mut params = Vec::with_capacity(items);
+    for i in 0..items {
+        let end = if i + 1 == items {
+            x.len()
+        } else {
+            (i + 1) * per
+        };
+        let (b, scale, zp) = quantize_activation(&x[i * per..end], q);
+        bytes.extend(b);
+        params.push((scale, zp));
+    }
+    (bytes, params)
+}
+
+/// `(q - zp)` as an f64 tensor of `shape` (exact integers), `zp` per item
+/// of the first axis.
+fn centered(q: &[u8], params: &[(f32, u8)], shape: &[usize]) -> Result<Tensor> {
+    let per = q.len() / params.len().max(1);
+    let v: Vec<f64> = q
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x as f64 - params[(i / per.max(1)).min(params.len() - 1)].1 as f64)
+        .collect();
     Tensor::new(shape.to_vec(), TensorData::F64(v)).map_err(|e| Error::Internal(e.to_string()))
 }
 
@@ -132,11 +170,13 @@ fn f32_input<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'a [f32
 }
 
 /// `acc * (a_scale * w_scale[c])` in f32 with `c` the channel of each
-/// element (`channel(i)`), `w_scale` of length 1 or the channel count.
+/// element (`channel(i)`), `w_scale` of length 1 or the channel count,
+/// `a_scale` the scale of the element's item (`a_scales` one per item of
+/// the first axis).
 fn dequantize_acc(
     op: &'static str,
     acc: &Tensor,
-    a_scale: f32,
+    a_scales: &[f32],
     w_scale: &[f32],
     channels: usize,
     channel: impl Fn(usize) -> usize,
@@ -150,12 +190,14 @@ fn dequantize_acc(
             ),
         ));
     }
+    let per = acc.numel() / a_scales.len().max(1);
     let y: Vec<f32> = acc
         .to_f64_vec()
         .iter()
         .enumerate()
         .map(|(i, &a)| {
             let s = w_scale[if w_scale.len() == 1 { 0 } else { channel(i) }];
+            let a_scale = a_scales[(i / per.max(1)).min(a_scales.len() - 1)];
             (a as f32) * (a_scale * s)
         })
         .collect();
@@ -173,8 +215,8 @@ fn qconv(
     let x = input(OP, inputs, 0)?;
     let w = input(OP, inputs, 1)?;
     let w_scale = f32_input(OP, "the weight scale", input(OP, inputs, 2)?)?;
-    let (q, a_scale, zp) = quantize_activation(f32_input(OP, "X", x)?, x_quant);
-    let xc = centered(&q, zp, x.shape())?;
+    let (q, params) = quantize_items(f32_input(OP, "X", x)?, x.shape(), x_quant);
+    let xc = centered(&q, &params, x.shape())?;
     let wf = weight_f64(OP, w)?;
     let acc = conv::eval(&Op::Conv(attrs.clone()), &[Some(&xc), Some(&wf), None])?
         .pop()
@@ -182,7 +224,8 @@ fn qconv(
     let shape = acc.shape();
     let m = shape.get(1).copied().unwrap_or(1);
     let plane: usize = shape.iter().skip(2).product();
-    let y = dequantize_acc(OP, &acc, a_scale, w_scale, m, |i| (i / plane.max(1)) % m)?;
+    let a_scales: Vec<f32> = params.iter().map(|p| p.0).collect();
+    let y = dequantize_acc(OP, &acc, &a_scales, w_scale, m, |i| (i / plane.max(1)) % m)?;
     epilogue(OP, y, opt_input(inputs, 3), opt_input(inputs, 4), act)
 }
 
@@ -202,14 +245,15 @@ fn qmatmul(
             format!("B must be 2-D, got shape {:?}", b.shape()),
         ));
     }
-    let (q, a_scale, zp) = quantize_activation(f32_input(OP, "A", a)?, a_quant);
-    let ac = centered(&q, zp, a.shape())?;
+    let (q, params) = quantize_items(f32_input(OP, "A", a)?, a.shape(), a_quant);
+    let ac = centered(&q, &params, a.shape())?;
     let bf = weight_f64(OP, b)?;
     let acc = linalg::eval(&Op::MatMul, &[Some(&ac), Some(&bf)])?
         .pop()
         .ok_or_else(|| Error::op(OP, "internal: the MatMul kernel gave no output"))?;
     let n = b.shape()[1];
-    let y = dequantize_acc(OP, &acc, a_scale, b_scale, n, |i| i % n)?;
+    let a_scales: Vec<f32> = params.iter().map(|p| p.0).collect();
+    let y = dequantize_acc(OP, &acc, &a_scales, b_scale, n, |i| i % n)?;
     epilogue(OP, y, opt_input(inputs, 3), None, act)
 }
 
