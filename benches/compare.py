@@ -297,9 +297,9 @@ def parse_mlc_json(text):
     return obj
 
 
-def mlc_round(binary, model, threads, batch, runs, warmup, sym_dims):
+def mlc_round(binary, model, threads, batch, runs, warmup, sym_dims, extra=()):
     cmd = [binary, "bench", model, "--threads", str(threads), "--batch", str(batch),
-           "--runs", str(runs), "--warmup", str(warmup), "--json"]
+           "--runs", str(runs), "--warmup", str(warmup), "--json", *extra]
     for k, v in sorted(sym_dims.items()):
         cmd += ["--dim", f"{k}={v}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -311,6 +311,19 @@ def mlc_round(binary, model, threads, batch, runs, warmup, sym_dims):
             f"mlc bench ran threads={obj['threads']} batch={obj['batch']}, asked {threads}/{batch}"
         )
     return obj
+
+
+def mlc_tune(binary, model, threads, batch, budget, db, out, sym_dims):
+    """`mlc tune` of `model` at `threads`/`batch` into the database `db`
+    (the tuned bundle goes to `out`); returns its JSON report."""
+    cmd = [binary, "tune", model, "-o", out, "--threads", str(threads), "--batch", str(batch),
+           "--budget", f"{budget}s", "--db", db, "--json"]
+    for k, v in sorted(sym_dims.items()):
+        cmd += ["--dim", f"{k}={v}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise CompareError(f"`{' '.join(cmd)}` exited {r.returncode}: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout)
 
 
 def mlc_verify(binary, model, threads, sym_dims):
@@ -688,7 +701,8 @@ def run_compare(a, out=sys.stdout):
                               file=sys.stderr, flush=True)
                     runners["ort_int8"] = OrtRunner(i8["ort_model"], a.dim, a.seed, feed_path=path)
                 # The engines of one round, in the order of even rounds.
-                engines = ["ort"] + ([] if a.ort_only else ["mlc"])
+                tune = getattr(a, "tune", None)
+                engines = ["ort"] + ([] if a.ort_only else ["mlc"] + (["mlc_untuned"] if tune else []))
                 if int8:
                     engines += ["ort_int8"] + (["mlc_int8"] if i8["mlc_model"] else [])
                 for threads in a.threads:
@@ -699,6 +713,15 @@ def run_compare(a, out=sys.stdout):
                         if int8:
                             row.update({"int8": dict(i8), "ort_int8_rounds": [], "mlc_int8_rounds": [],
                                         "ort_int8_rss": 0, "mlc_int8_rss": 0})
+                        if tune:
+                            # The database then holds this shape and thread
+                            # count; `mlc bench` consults it (mlc_untuned:
+                            # --untuned), alternating like the other engines.
+                            rep = mlc_tune(a.mlc, path, threads, batch, tune, os.environ["MLC_TUNING_DB"],
+                                           os.path.join(tempfile.gettempdir(), f"mlc-compare-{name}.tuned.mlc"),
+                                           own_dims(path, a.dim))
+                            row.update({"mlc_untuned_rounds": [], "mlc_untuned_rss": 0,
+                                        "tuned_nodes": len(rep["choices"]), "tune_kept": rep["kept"]})
                         for rnd in range(a.rounds):
                             # Alternate the order, so drift hits every engine alike.
                             for eng in (engines if rnd % 2 == 0 else engines[::-1]):
@@ -706,12 +729,15 @@ def run_compare(a, out=sys.stdout):
                                     times, rss = runners[eng].round(threads, batch, a.runs, a.warmup)
                                     row[f"{eng}_rounds"].append({"p50_ms": statistics.median(times), "runs_ms": times})
                                 else:
-                                    model = path if eng == "mlc" else i8["mlc_model"]
-                                    obj = mlc_round(a.mlc, model, threads, batch, a.runs, a.warmup, own_dims(path, a.dim))
+                                    model = i8["mlc_model"] if eng == "mlc_int8" else path
+                                    extra = ["--untuned"] if eng == "mlc_untuned" else []
+                                    obj = mlc_round(a.mlc, model, threads, batch, a.runs, a.warmup, own_dims(path, a.dim),
+                                                    extra)
                                     row[f"{eng}_rounds"].append(obj)
                                     rss = int(obj["peak_rss_bytes"])
                                 row[f"{eng}_rss"] = max(row[f"{eng}_rss"], rss)
-                        for eng in ("ort", "mlc") + (("ort_int8", "mlc_int8") if int8 else ()):
+                        for eng in ("ort", "mlc") + (("ort_int8", "mlc_int8") if int8 else ()) + (
+                                ("mlc_untuned",) if tune else ()):
                             row[eng] = summarize([r["p50_ms"] for r in row[f"{eng}_rounds"]])
                         row["ratio"] = ratio(row)
                         if int8:
@@ -726,6 +752,9 @@ def run_compare(a, out=sys.stdout):
                                 msg += f"; ORT int8 {_cell(row['ort_int8'])} ms"
                                 if row["mlc_int8"]:
                                     msg += f", mlc int8 {_cell(row['mlc_int8'])} ms"
+                            if tune:
+                                msg += (f"; untuned {_cell(row['mlc_untuned'])} ms, tuned/untuned "
+                                        f"{ratio(row, 'mlc', 'mlc_untuned') or 0:.3f} ({row['tuned_nodes']} nodes)")
                             print(msg, file=sys.stderr, flush=True)
             finally:
                 for r in runners.values():
@@ -734,7 +763,31 @@ def run_compare(a, out=sys.stdout):
         if work and not getattr(a, "int8_dir", None):
             shutil.rmtree(work, ignore_errors=True)
     print(render_table(rows), file=out)
+    if getattr(a, "tune", None):
+        print(render_tuned_table(rows), file=out)
     return rows
+
+
+def render_tuned_table(rows):
+    """Untuned, tuned (the tuning database's choices) and ORT side by side."""
+    lines = ["", f"{'tuned':<14}{'thr':>4}{'batch':>6}  {'ORT ms':>9}{'untuned ms':>12}{'tuned ms':>10}"
+                 f"{'untuned/ORT':>13}{'tuned/ORT':>11}{'tuned/untuned':>15}{'nodes':>7}",
+             "-" * 101]
+    for r in rows:
+        if "mlc_untuned" not in r or not r["mlc"] or not r["mlc_untuned"]:
+            continue
+        lines.append(f"{r['model']:<14}{r['threads']:>4}{r['batch']:>6}  {_ms(r['ort']['median']):>9}"
+                     f"{_ms(r['mlc_untuned']['median']):>12}{_ms(r['mlc']['median']):>10}"
+                     f"{ratio(r, 'mlc_untuned', 'ort') or 0:>13.3f}{ratio(r) or 0:>11.3f}"
+                     f"{ratio(r, 'mlc', 'mlc_untuned') or 0:>15.3f}{r['tuned_nodes']:>7}")
+    for t in sorted({r["threads"] for r in rows}):
+        sel = [r for r in rows if r["threads"] == t and "mlc_untuned" in r and r["mlc"] and r["mlc_untuned"]]
+        if sel:
+            lines.append(f"geo-mean at {t} thread(s) over {len(sel)} rows: untuned/ORT "
+                         f"{geomean([ratio(r, 'mlc_untuned', 'ort') for r in sel]):.3f}, tuned/ORT "
+                         f"{geomean([ratio(r) for r in sel]):.3f}, tuned/untuned "
+                         f"{geomean([ratio(r, 'mlc', 'mlc_untuned') for r in sel]):.3f}")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -769,6 +822,12 @@ def main(argv=None):
                    help="seeded calibration inputs for static int8 (default: %(default)s)")
     p.add_argument("--calib-seed", type=int, default=CALIB_SEED,
                    help="seed of the first calibration input; sample i uses seed+i (default: %(default)s)")
+    p.add_argument("--tune", type=float, metavar="SECONDS",
+                   help="first `mlc tune` each model, thread count and batch (SECONDS of budget each) into a "
+                        "tuning database, then time mlc tuned (the database's choices) and untuned "
+                        "(--untuned) alternating with ORT")
+    p.add_argument("--tune-db", metavar="FILE",
+                   help="the tuning database --tune fills (default: a temporary file)")
     p.add_argument("--json", metavar="FILE", help="also write every round's numbers to FILE")
     p.add_argument("--self-test", action="store_true", help="check this script's own logic and exit")
     a = p.parse_args(argv)
@@ -785,6 +844,11 @@ def main(argv=None):
     if a.calib_samples < 1:
         p.error("--calib-samples must be >= 1")
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
+    if a.tune is not None:
+        if a.tune <= 0 or a.ort_only:
+            p.error("--tune needs a positive budget and mlc (not --ort-only)")
+        os.environ["MLC_TUNING_DB"] = a.tune_db or os.path.join(
+            tempfile.mkdtemp(prefix="mlc-compare-tune-"), "tuning.jsonl")
     try:
         rows = run_compare(a)
     except CompareError as e:
