@@ -243,3 +243,100 @@ fn tune_writes_a_bundle_with_its_choices_and_the_same_records_give_the_same_byte
     assert!(String::from_utf8_lossy(&out.stderr).contains("cost model"));
     assert!(!dir.join("c.mlc").exists());
 }
+
+#[test]
+fn another_target_is_tuned_by_the_cost_model_and_marked_estimated() {
+    use mlc::measure::Timing;
+    use mlc::tune::cost::Features;
+    use mlc::tune::db::{Db, Measured, Record, KERNELS};
+    let dir = common::scratch("mlc-tune", "estimated");
+    let db_path = dir.join("db.jsonl");
+    // Measurements of this machine (made up, as if tuned here): the
+    // transposed product is the cheaper convolution per flop.
+    let t = |ms: f64| Timing {
+        median_ms: ms,
+        p10_ms: ms,
+        p90_ms: ms,
+        runs: 10,
+    };
+    let mut db = Db::open(&db_path).unwrap();
+    let records = (1..=30)
+        .map(|i| {
+            let flops = 1e6 * i as f64;
+            Record {
+                workload: format!("FusedConv {{ made up {i} }}(f32[1,8,8,8])"),
+                target: mlc::tune::host_fingerprint(),
+                threads: 1,
+                kernels: KERNELS.into(),
+                candidates: vec![
+                    Measured::new(Choice::default(), &t(2e-6 * flops)),
+                    Measured::new("conv=transposed".parse().unwrap(), &t(1e-6 * flops)),
+                    Measured::new("conv=gemm".parse().unwrap(), &t(3e-6 * flops)),
+                ],
+                choice: "conv=transposed".parse().unwrap(),
+                features: Some(Features { flops, bytes: 1e4 }),
+            }
+        })
+        .collect();
+    db.append(records).unwrap();
+    let model = repo().join("fixtures/digits/cnn.onnx");
+    let out = dir.join("a76.mlc");
+    let run = mlc(&[
+        "tune",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--target",
+        "cortex-a76",
+        "--db",
+        db_path.to_str().unwrap(),
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&ok(&run)).unwrap();
+    assert_eq!(r["estimated"], true);
+    assert_eq!(r["target"], "cortex-a76");
+    let acc = &r["cost_model"];
+    assert!(acc["rank_correlation"].as_f64().unwrap() > 0.9, "{acc}");
+    for n in r["nodes"].as_array().unwrap() {
+        assert_eq!(n["source"], "estimated", "{n}");
+    }
+    // The transposed product wherever the target's kernels offer it.
+    let choices = r["choices"].as_object().unwrap();
+    assert!(!choices.is_empty(), "{r}");
+    assert!(
+        choices.values().all(|c| c == "conv=transposed"),
+        "{choices:?}"
+    );
+    let md = std::fs::read_to_string(dir.join("a76.tune.md")).unwrap();
+    assert!(md.contains("**Estimated.**"), "{md}");
+    // The bundle says so, and runs with its choices.
+    let info = mlc(&["inspect", out.to_str().unwrap(), "--json"]);
+    ok(&info);
+    let bench = mlc(&[
+        "bench",
+        out.to_str().unwrap(),
+        "--runs",
+        "1",
+        "--verify",
+        "--json",
+    ]);
+    let b: serde_json::Value = serde_json::from_str(&ok(&bench)).unwrap();
+    assert_eq!(b["verify"]["ok"], true, "{b}");
+    // No records for the thread count asked: a clear error.
+    let none = mlc(&[
+        "tune",
+        model.to_str().unwrap(),
+        "-o",
+        dir.join("b.mlc").to_str().unwrap(),
+        "--threads",
+        "2",
+        "--target",
+        "cortex-a76",
+        "--db",
+        db_path.to_str().unwrap(),
+    ]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("cost model"));
+}

@@ -10,8 +10,14 @@ use crate::formats::bundle::{self, TuningInfo};
 use crate::inputs::Binding;
 use crate::kernels::cpu::CpuCtx;
 use crate::target::Target;
+use crate::tune::cost::CostModel;
 use crate::tune::db::Db;
-use crate::tune::{host_fingerprint, tune, TuneOptions, TuneOutcome};
+use crate::tune::db::Record;
+use crate::tune::{estimate, host_fingerprint, tune, Scale, TuneOptions, TuneOutcome};
+
+/// Measured records (with features) the cost model needs before it may
+/// choose for another target.
+const MIN_RECORDS: usize = 20;
 use crate::{Error, Result};
 
 /// How [`tune_file`] runs.
@@ -34,6 +40,12 @@ pub struct TuneFileOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct TuneReport {
     pub schema_version: u32,
+    /// The target's name; its fingerprint below.
+    pub target: String,
+    /// Chosen by the cost model, nothing measured (a target not at hand).
+    pub estimated: bool,
+    /// The target against this machine, for the cost model (estimated).
+    pub scale: Option<Scale>,
     pub model: String,
     pub output: String,
     pub report_files: Vec<String>,
@@ -56,18 +68,9 @@ pub fn tune_file(
     binding: &Binding,
     opts: &TuneFileOptions,
 ) -> Result<TuneReport> {
-    // An unknown name is an error listing the known ones; a known target
-    // other than this machine needs the cost model.
+    // An unknown name is an error listing the known ones.
     let target = Target::by_name(&opts.target)?;
-    if target.name != crate::target::HOST {
-        return Err(Error::Input {
-            name: "--target".into(),
-            message: format!(
-                "'{}': tuning for a machine other than this one needs the cost model, which mlc does not have yet; use --target host",
-                target.name
-            ),
-        });
-    }
+    let on_host = target.name == crate::target::HOST;
     let stem = output.with_extension("");
     let (json_path, md_path) = (
         PathBuf::from(format!("{}.tune.json", stem.display())),
@@ -90,28 +93,68 @@ pub fn tune_file(
         Some(p) => Db::open(p)?,
         None => Db::in_memory(),
     };
-    let fingerprint = host_fingerprint();
+    let host = host_fingerprint();
     let cx = CpuCtx::new(opts.threads)?;
-    let tune_opts = TuneOptions {
-        budget: opts.budget,
-        runs_per_round: 10,
-        max_samples: 60,
-        final_runs: 20,
-        seed: 0,
-        target: fingerprint.clone(),
-        progress: opts.progress,
+    let (outcome, scale) = if on_host {
+        let tune_opts = TuneOptions {
+            budget: opts.budget,
+            runs_per_round: 10,
+            max_samples: 60,
+            final_runs: 20,
+            seed: 0,
+            target: host.clone(),
+            progress: opts.progress,
+        };
+        (tune(m.graph(), &feed, cx, &mut db, &tune_opts)?, None)
+    } else {
+        // Another machine: the cost model of this machine's records,
+        // scaled by the two machines' peaks.
+        let records: Vec<Record> = db.of_target(&host, cx.threads).cloned().collect();
+        if records.iter().filter(|r| r.features.is_some()).count() < MIN_RECORDS {
+            return Err(Error::Input {
+                name: "--target".into(),
+                message: format!(
+                    "'{}': choosing kernels for a machine other than this one takes the cost model, fitted on this machine's measurements at {} thread(s), and the tuning database {} holds {} of them (at least {MIN_RECORDS} needed): run `mlc tune` on a few models here first",
+                    target.name,
+                    cx.threads,
+                    db_path.as_ref().map_or("(none)".to_string(), |p| p.display().to_string()),
+                    records.len()
+                ),
+            });
+        }
+        let model = CostModel::fit(&records);
+        let accuracy = CostModel::evaluate(&records);
+        let budget = std::time::Duration::from_millis(300);
+        let gflops = crate::probe::measure_fma(cx.threads, cx.features, budget);
+        let buf = crate::probe::filled_buffer(64 << 20);
+        let gbps = crate::probe::measure_mem_read(&buf, cx.threads, cx.features, budget);
+        let scale = Scale::of(&target, gflops, gbps, cx.threads);
+        let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+        let outcome = estimate(
+            m.graph(),
+            &shapes,
+            &target,
+            cx.threads,
+            &model,
+            scale,
+            Some(accuracy),
+        )?;
+        (outcome, Some(scale))
     };
-    let outcome = tune(m.graph(), &feed, cx, &mut db, &tune_opts)?;
+    let fingerprint = if on_host { host } else { target.fingerprint() };
     let info = (!outcome.choices.is_empty()).then(|| TuningInfo {
-        target: opts.target.clone(),
+        target: target.name.clone(),
         fingerprint: fingerprint.clone(),
         threads: outcome.threads,
-        estimated: false,
+        estimated: !on_host,
     });
     m.set_kernel_choices(outcome.choices.clone(), info);
     m.write(output, super::Format::Bundle)?;
     let report = TuneReport {
         schema_version: 1,
+        target: target.name.clone(),
+        estimated: !on_host,
+        scale,
         model: model.display().to_string(),
         output: output.display().to_string(),
         report_files: vec![
@@ -142,6 +185,28 @@ impl TuneReport {
         let o = &self.outcome;
         let changed = o.nodes.iter().filter(|n| !n.choice.is_default()).count();
         let from_db = o.nodes.iter().filter(|n| n.source == "database").count();
+        if self.estimated {
+            let scale = self.scale.map_or(String::new(), |sc| {
+                format!(
+                    " (its compute {:.2}x and memory {:.2}x this machine's time)",
+                    sc.compute, sc.memory
+                )
+            });
+            return format!(
+                "{} for target {} ({}): ESTIMATED by the cost model{scale}, nothing measured; {} nodes with a choice, {} changed; predicted untuned {:.3} ms, tuned {:.3} ms, {} threads\n{}wrote {} (reports {})\n",
+                self.model,
+                self.target,
+                self.fingerprint,
+                o.nodes.len(),
+                changed,
+                o.untuned.median_ms,
+                o.tuned.median_ms,
+                o.threads,
+                o.cost_model.as_ref().map_or(String::new(), |c| format!("{}\n", cost_line(c))),
+                self.output,
+                self.report_files.join(", ")
+            );
+        }
         let mut s = format!(
             "{}: {} nodes with a choice ({} from the database), {} changed; {} rounds in {:.1} s, {} threads\n",
             self.model,
@@ -168,6 +233,9 @@ impl TuneReport {
                 "tuned plan not faster, defaults kept"
             }
         );
+        if let Some(c) = &o.cost_model {
+            s += &format!("{}\n", cost_line(c));
+        }
         s += &format!(
             "wrote {} (reports {})\n",
             self.output,
@@ -181,8 +249,19 @@ impl TuneReport {
     pub fn markdown(&self) -> String {
         let o = &self.outcome;
         let mut s = format!("# Tuning report: {}\n\n", self.model);
+        if self.estimated {
+            s += &format!(
+                "> **Estimated.** Target {} is not this machine: every choice and time below is the cost model's prediction (fitted on this machine's records{}); nothing was measured.\n\n",
+                self.target,
+                self.scale.map_or(String::new(), |sc| format!(
+                    ", the target's compute taking {:.2}x and its memory traffic {:.2}x this machine's time",
+                    sc.compute, sc.memory
+                ))
+            );
+        }
         s += &format!(
-            "- target: host ({})\n- threads: {}\n- inputs: {}\n- database: {}\n- rounds: {}, {:.1} s\n",
+            "- target: {} ({})\n- threads: {}\n- inputs: {}\n- database: {}\n- rounds: {}, {:.1} s\n",
+            self.target,
             self.fingerprint,
             o.threads,
             self.inputs
@@ -194,8 +273,13 @@ impl TuneReport {
             o.rounds,
             o.elapsed_s
         );
+        let whole = if self.estimated {
+            "predicted"
+        } else {
+            "alternating runs, median [p10–p90]"
+        };
         s += &format!(
-            "- whole model (alternating runs, median [p10–p90]): untuned {:.3} ms [{:.3}–{:.3}], tuned {:.3} ms [{:.3}–{:.3}]; {}\n\n",
+            "- whole model ({whole}): untuned {:.3} ms [{:.3}–{:.3}], tuned {:.3} ms [{:.3}–{:.3}]; {}\n\n",
             o.untuned.median_ms,
             o.untuned.p10_ms,
             o.untuned.p90_ms,
@@ -204,6 +288,9 @@ impl TuneReport {
             o.tuned.p90_ms,
             if o.kept { "the tuned choices are kept" } else { "the defaults are kept" }
         );
+        if let Some(c) = &o.cost_model {
+            s += &format!("- {}\n\n", cost_line(c));
+        }
         s += "| node | op | candidates: median ms [p10–p90] | choice | gain | source |\n|---|---|---|---|---|---|\n";
         for n in &o.nodes {
             let cands: Vec<String> = n
@@ -230,4 +317,16 @@ impl TuneReport {
         }
         s
     }
+}
+
+/// The cost model's held-out accuracy in one line.
+fn cost_line(c: &crate::tune::cost::Accuracy) -> String {
+    format!(
+        "cost model on this target's records (held out 5 ways, {} workloads, {} predictions): rank correlation {:.3}, regret of its pick median {:.1}%, mean {:.1}%",
+        c.workloads,
+        c.predictions,
+        c.rank_correlation,
+        100.0 * c.median_regret,
+        100.0 * c.mean_regret
+    )
 }

@@ -38,7 +38,8 @@ pub fn flops(op: &Op, in_shapes: &[Option<&[usize]>], out_shapes: &[&[usize]]) -
                 a[1]
             }
         }
-        Op::Conv(_) | Op::FusedConv { .. } => {
+        Op::QMatMul { .. } => *a.last()?,
+        Op::Conv(_) | Op::FusedConv { .. } | Op::QConv { .. } => {
             // W is [Cout, Cin/group, k...]: each output element takes
             // Cin/group · prod(k) multiply-adds.
             let w = in_shapes.get(1).copied().flatten()?;

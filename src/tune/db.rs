@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::cost::Features;
 use crate::kernels::cpu::choice::Choice;
 use crate::measure::Timing;
 use crate::{Error, Result};
@@ -71,6 +72,9 @@ pub struct Record {
     pub candidates: Vec<Measured>,
     /// The one chosen (the default unless another won beyond the noise).
     pub choice: Choice,
+    /// What the cost model reads of the node (absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
 }
 
 /// A tuning database: the records of one file.
@@ -140,6 +144,18 @@ impl Db {
         &self.records
     }
 
+    /// The records of `target` at `threads` threads measured with this
+    /// kernel library (what a cost model for them is fitted on).
+    pub fn of_target<'a>(
+        &'a self,
+        target: &'a str,
+        threads: usize,
+    ) -> impl Iterator<Item = &'a Record> {
+        self.records
+            .iter()
+            .filter(move |r| r.target == target && r.threads == threads && r.kernels == KERNELS)
+    }
+
     /// The latest record of `workload` on `target` at `threads` threads
     /// measured with this kernel library.
     pub fn lookup(&self, workload: &str, target: &str, threads: usize) -> Option<&Record> {
@@ -197,6 +213,7 @@ mod tests {
             kernels: KERNELS.into(),
             candidates: vec![Measured::new(Choice::default(), &t)],
             choice: choice.parse().unwrap(),
+            features: None,
         }
     }
 

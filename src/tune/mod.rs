@@ -17,6 +17,7 @@
 //! Measurements go to the tuning database ([`db`]); a node whose workload
 //! the database already holds for this target is not measured again.
 
+pub mod cost;
 pub mod db;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::inputs::random_inputs;
-use crate::ir::{Graph, Node, Tensor};
+use crate::ir::{Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::Choice;
 use crate::kernels::cpu::CpuCtx;
 use crate::measure::{alternate, alternate_node_samples, Measurer, Timing};
@@ -33,6 +34,7 @@ use crate::runtime::{Choices, PackCache, Plan};
 use crate::target::Target;
 use crate::transform::specialize::specialize;
 use crate::Result;
+use cost::{Accuracy, CostModel, Features};
 use db::{Db, Measured, Record, KERNELS};
 
 /// How [`tune`] measures.
@@ -83,6 +85,8 @@ pub struct NodeTuning {
 /// What [`tune`] found.
 #[derive(Clone, Debug, Serialize)]
 pub struct TuneOutcome {
+    /// The target's fingerprint (the report gives it as `fingerprint`).
+    #[serde(skip)]
     pub target: String,
     pub threads: usize,
     pub nodes: Vec<NodeTuning>,
@@ -95,6 +99,9 @@ pub struct TuneOutcome {
     /// Rounds of per-node timing run.
     pub rounds: usize,
     pub elapsed_s: f64,
+    /// The cost model's accuracy on the database's records of this target
+    /// and thread count, held out five ways (None with too few).
+    pub cost_model: Option<Accuracy>,
 }
 
 /// The tuning database's key for this machine ([`Target::fingerprint`]
@@ -144,6 +151,27 @@ pub fn workload(g: &Graph, node: &Node) -> String {
     format!("{:?}({})", node.op, inputs.join(", "))
 }
 
+/// What the cost model reads of node `node` of the specialized graph `g`.
+pub fn features(g: &Graph, node: &Node) -> Features {
+    let shape = |v: crate::ir::ValueId| g.ty(v).shape.concrete();
+    let ins: Vec<Option<Vec<usize>>> = node.inputs.iter().map(|v| v.and_then(shape)).collect();
+    let outs: Vec<Vec<usize>> = node.outputs.iter().filter_map(|&o| shape(o)).collect();
+    let in_refs: Vec<Option<&[usize]>> = ins.iter().map(|s| s.as_deref()).collect();
+    let out_refs: Vec<&[usize]> = outs.iter().map(Vec::as_slice).collect();
+    let flops = crate::runtime::profile::flops(&node.op, &in_refs, &out_refs).unwrap_or(0);
+    let bytes: usize = node
+        .inputs
+        .iter()
+        .flatten()
+        .chain(&node.outputs)
+        .filter_map(|&v| Some(shape(v)?.iter().product::<usize>() * g.ty(v).dtype.size()))
+        .sum();
+    Features {
+        flops: flops as f64,
+        bytes: bytes as f64,
+    }
+}
+
 /// Runs node `node` of the specialized graph `g` alone with kernel
 /// `choice`, on seeded random inputs, against the reference interpreter;
 /// `Err` says how it failed (or that the choice does not apply).
@@ -155,20 +183,36 @@ pub fn check_choice(
     seed: u64,
 ) -> std::result::Result<(), String> {
     let mut sub = Graph::new(format!("check {}", node.name), g.opset);
+    // A convolution is checked on one image: its batch runs image by image
+    // on the same kernels, and the reference's time grows with it.
+    let one_image = matches!(
+        node.op,
+        Op::Conv(_) | Op::FusedConv { .. } | Op::QConv { .. }
+    );
+    let ty = |v: crate::ir::ValueId| {
+        let mut t = g.ty(v).clone();
+        if one_image && t.shape.rank() >= 3 {
+            if let Some(mut dims) = t.shape.concrete() {
+                dims[0] = 1;
+                t.shape = crate::ir::Shape::known(&dims);
+            }
+        }
+        t
+    };
     let mut inputs = Vec::with_capacity(node.inputs.len());
     for v in &node.inputs {
         inputs.push(v.map(|v| {
             let name = g.value(v).name.clone();
             match g.consts.get(&v) {
                 Some(t) => sub.add_const(name, t.clone()),
-                None => sub.add_input(name, g.ty(v).clone()),
+                None => sub.add_input(name, ty(v)),
             }
         }));
     }
     let outputs: Vec<_> = node
         .outputs
         .iter()
-        .map(|&o| sub.add_value(g.value(o).name.clone(), g.ty(o).clone()))
+        .map(|&o| sub.add_value(g.value(o).name.clone(), ty(o)))
         .collect();
     sub.add_node(Node {
         name: node.name.clone(),
@@ -232,7 +276,13 @@ pub fn tune(
         rejected: Vec<(Choice, String)>,
         samples: Vec<Vec<f64>>,
         from_db: Option<Record>,
+        features: Features,
     }
+    // The cost model of this target's records orders each node's
+    // candidates, the most promising timed first.
+    let model = CostModel::fit(db.of_target(&opts.target, threads));
+    // The budget covers the checks too: past it, candidates go unchecked.
+    let budget_start = Instant::now();
     let mut work: Vec<Work> = Vec::new();
     for step in base.steps() {
         if step.choices.len() < 2 {
@@ -247,9 +297,19 @@ pub fn tune(
             .filter(|r| step.choices.contains(&r.choice))
             .cloned();
         let (mut valid, mut rejected) = (vec![Choice::default()], Vec::new());
+        let feats = features(&spec, node);
+        let mut order: Vec<Choice> = step.choices[1..].to_vec();
+        if !model.is_empty() {
+            let guess = |c: &Choice| model.predict(&step.op, *c, feats).unwrap_or(f64::MAX);
+            order.sort_by(|a, b| guess(a).total_cmp(&guess(b)));
+        }
         if from_db.is_none() {
-            for (i, &c) in step.choices.iter().enumerate().skip(1) {
-                match check_choice(&spec, node, c, &cx, opts.seed + i as u64) {
+            for (i, &c) in order.iter().enumerate() {
+                if budget_start.elapsed() >= opts.budget {
+                    rejected.push((c, "not checked: the budget was spent".to_string()));
+                    continue;
+                }
+                match check_choice(&spec, node, c, &cx, opts.seed + 1 + i as u64) {
                     Ok(()) => valid.push(c),
                     Err(why) => rejected.push((c, why)),
                 }
@@ -263,6 +323,7 @@ pub fn tune(
             valid,
             rejected,
             from_db,
+            features: feats,
         });
     }
 
@@ -277,7 +338,6 @@ pub fn tune(
                     || (!s.is_empty() && timing(s).separated(&timing(&w.samples[0])))
             })
     };
-    let budget_start = Instant::now();
     let widest = work.iter().map(|w| w.valid.len()).max().unwrap_or(1);
     let mut rounds = 0;
     'rounds: while work.iter().any(|w| !settled(w)) {
@@ -393,6 +453,7 @@ pub fn tune(
                     .filter_map(|(&c, t)| Some(Measured::new(c, t.as_ref()?)))
                     .collect(),
                 choice,
+                features: Some(w.features),
             });
         }
         nodes.push(NodeTuning {
@@ -424,6 +485,8 @@ pub fn tune(
         }
     }
     db.append(records)?;
+    let mine: Vec<Record> = db.of_target(&opts.target, threads).cloned().collect();
+    let cost_model = (mine.len() >= 10).then(|| CostModel::evaluate(&mine));
     Ok(TuneOutcome {
         target: opts.target.clone(),
         threads,
@@ -434,6 +497,146 @@ pub fn tune(
         kept,
         rounds,
         elapsed_s: started.elapsed().as_secs_f64(),
+        cost_model,
+    })
+}
+
+/// How a target's speed relates to the host's, for the cost model: the
+/// compute terms (flops and fixed cost) scale by `compute`, the memory term
+/// by `memory` (a target twice as fast: 0.5).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Scale {
+    pub compute: f64,
+    pub memory: f64,
+}
+
+impl Scale {
+    /// `target` against the host, whose f32 peak (`host_gflops`, measured)
+    /// and read bandwidth (`host_gbps`) are given, at `threads` threads:
+    /// the target's peak is its FMA width and units at its boost (else
+    /// base) clock on `min(threads, cores)` cores. A figure the target
+    /// does not give leaves that term unscaled.
+    pub fn of(target: &Target, host_gflops: f64, host_gbps: f64, threads: usize) -> Scale {
+        let cores = (threads as f64).min(target.cores.max(1) as f64);
+        let clock = target.boost_ghz.or(target.base_ghz);
+        let peak = match (target.f32_flops_per_cycle(), clock) {
+            (Some(f), Some(ghz)) => Some(f as f64 * ghz * cores),
+            _ => None,
+        };
+        let compute = peak
+            .filter(|p| *p > 0.0 && host_gflops > 0.0)
+            .map_or(1.0, |p| host_gflops / p);
+        let memory = target
+            .mem_bandwidth_gbps
+            .filter(|b| *b > 0.0 && host_gbps > 0.0)
+            .map_or(compute, |b| host_gbps / b);
+        Scale { compute, memory }
+    }
+}
+
+/// Kernel choices for `target`, a machine not at hand, picked by the cost
+/// model fitted on this machine's records (`model`) with its terms scaled
+/// by `scale`: every candidate the target's kernels have for a node of `g`
+/// (specialized to `shapes`) is predicted, the fastest chosen. Nothing runs;
+/// every figure in the outcome is an estimate (runs 0).
+pub fn estimate(
+    g: &Graph,
+    shapes: &[Vec<usize>],
+    target: &Target,
+    threads: usize,
+    model: &CostModel,
+    scale: Scale,
+    accuracy: Option<Accuracy>,
+) -> Result<TuneOutcome> {
+    let started = Instant::now();
+    let spec = specialize(g, shapes)?;
+    let cx = CpuCtx {
+        threads: 1,
+        pool: None,
+        features: target.kernel_features(),
+    };
+    let plan = Plan::with_choices(spec.clone(), cx, &PackCache::default(), &Choices::new())?;
+    let by_name: HashMap<&str, &Node> = spec.nodes().map(|(_, n)| (n.name.as_str(), n)).collect();
+    let (mut nodes, mut chosen) = (Vec::new(), Choices::new());
+    let (mut untuned, mut tuned) = (0.0, 0.0);
+    for step in plan.steps() {
+        let Some(node) = by_name.get(step.node.as_str()) else {
+            continue;
+        };
+        let f = features(&spec, node);
+        let scaled = Features {
+            flops: f.flops * scale.compute,
+            bytes: f.bytes * scale.memory,
+        };
+        let predict = |c: Choice| {
+            let p = model.predict(step.op, c, scaled)?;
+            // The fixed cost scales with compute too.
+            let base = model.predict(step.op, c, Features::default())?;
+            Some(p + base * (scale.compute - 1.0))
+        };
+        if step.choices.len() < 2 {
+            continue;
+        }
+        let guesses: Vec<Option<f64>> = step.choices.iter().map(|&c| predict(c)).collect();
+        let Some(default) = guesses[0] else { continue };
+        let (best, best_ms) = step
+            .choices
+            .iter()
+            .zip(&guesses)
+            .filter_map(|(&c, g)| Some((c, (*g)?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((Choice::default(), default));
+        untuned += default;
+        tuned += best_ms;
+        if !best.is_default() {
+            chosen.insert(step.node.clone(), best);
+        }
+        let estimate = |ms: f64| Timing {
+            median_ms: ms,
+            p10_ms: ms,
+            p90_ms: ms,
+            runs: 0,
+        };
+        nodes.push(NodeTuning {
+            node: step.node.clone(),
+            op: step.op.to_string(),
+            workload: workload(&spec, node),
+            candidates: step
+                .choices
+                .iter()
+                .zip(&guesses)
+                .map(|(&choice, g)| Candidate {
+                    choice,
+                    timing: g.map(estimate),
+                    rejected: None,
+                })
+                .collect(),
+            choice: best,
+            gain: if best_ms > 0.0 {
+                default / best_ms
+            } else {
+                1.0
+            },
+            source: "estimated",
+        });
+    }
+    let total = |ms: f64| Timing {
+        median_ms: ms,
+        p10_ms: ms,
+        p90_ms: ms,
+        runs: 0,
+    };
+    Ok(TuneOutcome {
+        target: target.fingerprint(),
+        threads,
+        nodes,
+        kept: !chosen.is_empty(),
+        choices: chosen,
+        untuned: total(untuned),
+        tuned: total(tuned),
+        rounds: 0,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        cost_model: accuracy,
     })
 }
 
