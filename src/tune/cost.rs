@@ -14,20 +14,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use super::db::Features;
 use super::db::Record;
 use crate::kernels::cpu::choice::Choice;
-
-/// What the model reads of a node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Features {
-    /// Floating-point (or integer) operations of one run, a multiply-add
-    /// counting 2; 0 for ops without a product.
-    pub flops: f64,
-    /// Bytes of every input and output.
-    pub bytes: f64,
-}
 
 /// `time_ms = a · flops + b · bytes + c`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::cost::Features;
 use crate::kernels::cpu::choice::Choice;
 use crate::measure::Timing;
 use crate::{Error, Result};
@@ -25,6 +24,16 @@ pub const KERNELS: &str = concat!("mlc-", env!("CARGO_PKG_VERSION"), "-k1");
 
 /// Longest line read back (a record is a few KiB at most).
 const MAX_LINE: usize = 1 << 20;
+
+/// What the cost model reads of a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Features {
+    /// Floating-point (or integer) operations of one run, a multiply-add
+    /// counting 2; 0 for ops without a product.
+    pub flops: f64,
+    /// Bytes of every input and output.
+    pub bytes: f64,
+}
 
 /// One candidate's measurement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
