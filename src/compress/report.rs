@@ -238,17 +238,23 @@ impl Report {
                 .count();
             let _ = writeln!(
                 s,
-                "layers: {} stored int8 ({} run on the f32 kernels here; {} whose int8 kernel timed slower here: `mlc tune` decides), {} kept f32 ({}); activations {}",
+                "layers: {} stored int8 ({} run on the f32 kernels here; {} whose int8 kernel timed slower here: `mlc tune` decides), {} kept f32{}; activations {}",
                 self.count(Precision::Int8),
                 on_f32,
                 slower,
                 self.count(Precision::F32),
-                self.layers
-                    .iter()
-                    .filter(|l| l.precision == Precision::F32)
-                    .map(|l| l.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                match self.count(Precision::F32) {
+                    0 => String::new(),
+                    _ => format!(
+                        " ({})",
+                        self.layers
+                            .iter()
+                            .filter(|l| l.precision == Precision::F32)
+                            .map(|l| l.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
                 self.activations
             );
         }

@@ -300,7 +300,7 @@ pub fn tune(
         let feats = features(&spec, node);
         let mut order: Vec<Choice> = step.choices[1..].to_vec();
         if !model.is_empty() {
-            let guess = |c: &Choice| model.predict(&step.op, *c, feats).unwrap_or(f64::MAX);
+            let guess = |c: &Choice| model.predict(step.op, *c, feats).unwrap_or(f64::MAX);
             order.sort_by(|a, b| guess(a).total_cmp(&guess(b)));
         }
         if from_db.is_none() {
