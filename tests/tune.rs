@@ -82,12 +82,14 @@ fn every_choice_of_every_node_matches_the_reference() {
         scale: 0.02,
         zero_point: 128,
     };
-    for features in [
-        Features::detect(),
-        Features::avx2_only(),
-        Features::portable(),
-    ] {
-        let cx = CpuCtx::single(features);
+    let contexts = [
+        CpuCtx::single(Features::detect()),
+        CpuCtx::single(Features::avx2_only()),
+        CpuCtx::single(Features::portable()),
+        // Two threads: the threads=1 choice too.
+        CpuCtx::new(2).unwrap(),
+    ];
+    for cx in contexts {
         for batch in [1, 3] {
             let n = check_all("cnn", &cnn, batch, &cx);
             assert!(n >= 3, "cnn: only {n} choices");

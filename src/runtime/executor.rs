@@ -325,14 +325,8 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
                     ),
                     None => QDst::F32(out),
                 };
-                match step.features {
-                    Some(features) => {
-                        let cx = CpuCtx {
-                            features,
-                            ..env.cx.clone()
-                        };
-                        q.run(x, residual, out, &cx)?
-                    }
+                match step_cx(step, env.cx) {
+                    Some(cx) => q.run(x, residual, out, &cx)?,
                     None => q.run(x, residual, out, env.cx)?,
                 }
             }
@@ -410,17 +404,28 @@ fn run_fast(step: &Step, env: &mut Env) -> Result<bool> {
             }
             &mut out_spill
         };
-        match step.features {
-            Some(features) => {
-                let cx = CpuCtx {
-                    features,
-                    ..env.cx.clone()
-                };
-                cpu::run_node_packed(&step.op, ins, outs, step.packed.as_deref(), &cx)
-            }
+        match step_cx(step, env.cx) {
+            Some(cx) => cpu::run_node_packed(&step.op, ins, outs, step.packed.as_deref(), &cx),
             None => cpu::run_node_packed(&step.op, ins, outs, step.packed.as_deref(), env.cx),
         }
     }
+}
+
+/// The context a step's kernel choice asks for (narrowed features, one
+/// thread), when it differs from the plan's.
+fn step_cx(step: &Step, cx: &CpuCtx) -> Option<CpuCtx> {
+    if step.features.is_none() && !step.choice.single_thread {
+        return None;
+    }
+    let mut cx = CpuCtx {
+        features: step.features.unwrap_or(cx.features),
+        ..cx.clone()
+    };
+    if step.choice.single_thread {
+        cx.threads = 1;
+        cx.pool = None;
+    }
+    Some(cx)
 }
 
 /// Runs the step with the reference kernel on tensors.

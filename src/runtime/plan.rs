@@ -732,6 +732,7 @@ impl Plan {
                 run: None,
                 conv,
                 isa,
+                single_thread: asked.single_thread && self.cx.threads > 1,
             };
             let cx = narrowed(&self.cx, isa, false).unwrap_or_else(|| self.cx.clone());
             let key = PackKey::new(&step.op, &shapes, const_inputs(&self.graph, &step.inputs))
@@ -861,6 +862,10 @@ impl Plan {
             v.and_then(|v| self.values.get(v.0 as usize)?.as_ref())
                 .map_or(&[], |i| i.shape.as_slice())
         };
+        let single = (self.cx.threads > 1).then_some(Choice {
+            single_thread: true,
+            ..Choice::default()
+        });
         let isas = |int8: bool| {
             self.cx.features.narrower(int8).into_iter().map(|i| Choice {
                 isa: Some(i),
@@ -871,6 +876,7 @@ impl Plan {
             Exec::Quant { step, .. } => {
                 let mut out = step.choices(&s.op, &self.cx);
                 out.splice(1..1, isas(true));
+                out.extend(single);
                 out
             }
             Exec::Fast if is_product(&s.op) && s.packed.is_some() => {
@@ -890,6 +896,7 @@ impl Plan {
                     out.push(Choice::default());
                 }
                 out.extend(isas(false));
+                out.extend(single);
                 out
             }
             _ => Vec::new(),

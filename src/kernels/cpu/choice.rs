@@ -112,6 +112,10 @@ pub struct Choice {
     pub conv: Option<ConvAlgo>,
     /// The widest instruction set its kernels may use.
     pub isa: Option<Isa>,
+    /// Run on the calling thread alone (`threads=1`): for a small node the
+    /// fork-join and the second core's cache misses can cost more than
+    /// the split saves.
+    pub single_thread: bool,
 }
 
 impl Choice {
@@ -134,6 +138,9 @@ impl fmt::Display for Choice {
         }
         if let Some(i) = self.isa {
             parts.push(format!("isa={}", i.name()));
+        }
+        if self.single_thread {
+            parts.push("threads=1".to_string());
         }
         if parts.is_empty() {
             f.write_str("default")
@@ -185,6 +192,8 @@ impl FromStr for Choice {
                             })?,
                     )
                 }
+                "threads" if value == "1" => c.single_thread = true,
+                "threads" => return Err(format!("kernel choice '{s}': threads is 1 (or absent)")),
                 _ => return Err(format!("kernel choice '{s}': unknown knob '{key}'")),
             }
         }
@@ -217,6 +226,7 @@ mod tests {
                 run: Some(QuantRun::F32),
                 conv: Some(ConvAlgo::Winograd),
                 isa: Some(Isa::Avx2),
+                single_thread: true,
             },
             Choice {
                 run: Some(QuantRun::Int8),
@@ -230,6 +240,11 @@ mod tests {
                 isa: Some(Isa::AvxVnni),
                 ..Choice::default()
             },
+            Choice {
+                single_thread: true,
+                conv: Some(ConvAlgo::Gemm),
+                ..Choice::default()
+            },
         ];
         for c in all {
             let s = c.to_string();
@@ -238,7 +253,15 @@ mod tests {
             assert_eq!(serde_json::from_str::<Choice>(&j).unwrap(), c);
         }
         assert_eq!(Choice::default().to_string(), "default");
-        for bad in ["", "conv", "conv=fast", "run=int4", "tile=8", "isa=sse"] {
+        for bad in [
+            "",
+            "conv",
+            "conv=fast",
+            "run=int4",
+            "tile=8",
+            "isa=sse",
+            "threads=2",
+        ] {
             assert!(bad.parse::<Choice>().is_err(), "{bad}");
         }
     }
