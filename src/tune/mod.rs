@@ -340,11 +340,16 @@ pub fn tune(
     };
     let widest = work.iter().map(|w| w.valid.len()).max().unwrap_or(1);
     let mut rounds = 0;
+    // A round is not started when the last one's time would overrun the
+    // budget, which also keeps room for the final comparison (two plans,
+    // `final_runs` runs each: about a round's time).
+    let mut last_round = Duration::ZERO;
     'rounds: while work.iter().any(|w| !settled(w)) {
         for r in 1..widest {
-            if budget_start.elapsed() >= opts.budget {
+            if budget_start.elapsed() + 2 * last_round >= opts.budget {
                 break 'rounds;
             }
+            let round_start = Instant::now();
             let choices: Choices = work
                 .iter()
                 .filter(|w| r < w.valid.len() && !settled(w))
@@ -363,6 +368,7 @@ pub fn tune(
                 }
             }
             rounds += 1;
+            last_round = round_start.elapsed();
             bar.set_position(budget_start.elapsed().as_millis() as u64);
             bar.set_message(format!(
                 "{} of {} nodes settled",
