@@ -218,13 +218,9 @@ impl TuneReport {
             o.threads
         );
         s += &format!(
-            "whole model: untuned {:.3} ms [{:.3}-{:.3}], tuned {:.3} ms [{:.3}-{:.3}] (median [p10-p90], alternating): {}\n",
-            o.untuned.median_ms,
-            o.untuned.p10_ms,
-            o.untuned.p90_ms,
-            o.tuned.median_ms,
-            o.tuned.p10_ms,
-            o.tuned.p90_ms,
+            "whole model: untuned {}, tuned {} (median [p10-p90], alternating): {}\n",
+            span(&o.untuned),
+            span(&o.tuned),
             if o.kept {
                 "tuned choices kept"
             } else if changed == 0 {
@@ -279,14 +275,14 @@ impl TuneReport {
             "alternating runs, median [p10–p90]"
         };
         s += &format!(
-            "- whole model ({whole}): untuned {:.3} ms [{:.3}–{:.3}], tuned {:.3} ms [{:.3}–{:.3}]; {}\n\n",
-            o.untuned.median_ms,
-            o.untuned.p10_ms,
-            o.untuned.p90_ms,
-            o.tuned.median_ms,
-            o.tuned.p10_ms,
-            o.tuned.p90_ms,
-            if o.kept { "the tuned choices are kept" } else { "the defaults are kept" }
+            "- whole model ({whole}): untuned {}, tuned {}; {}\n\n",
+            span(&o.untuned),
+            span(&o.tuned),
+            if o.kept {
+                "the tuned choices are kept"
+            } else {
+                "the defaults are kept"
+            }
         );
         if let Some(c) = &o.cost_model {
             s += &format!("- {}\n\n", cost_line(c));
@@ -329,4 +325,9 @@ fn cost_line(c: &crate::tune::cost::Accuracy) -> String {
         100.0 * c.median_regret,
         100.0 * c.mean_regret
     )
+}
+
+/// `12.345 ms [12.000-13.000]`: a timing's median and p10-p90.
+fn span(t: &crate::measure::Timing) -> String {
+    format!("{:.3} ms [{:.3}-{:.3}]", t.median_ms, t.p10_ms, t.p90_ms)
 }
