@@ -69,6 +69,8 @@ pub enum QuantRun {
 }
 
 impl QuantRun {
+    pub const ALL: [QuantRun; 2] = [QuantRun::Int8, QuantRun::F32];
+
     pub fn name(self) -> &'static str {
         match self {
             QuantRun::Int8 => "int8",
@@ -162,36 +164,16 @@ impl FromStr for Choice {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("kernel choice '{s}': '{part}' is not KNOB=VALUE"))?;
+            // The value among `names`' (each knob's values by name).
+            let pick = |names: &[&'static str]| {
+                names.iter().position(|n| *n == value).ok_or_else(|| {
+                    format!("kernel choice '{s}': {key} is one of {}", names.join(", "))
+                })
+            };
             match key {
-                "run" => {
-                    c.run = Some(match value {
-                        "int8" => QuantRun::Int8,
-                        "f32" => QuantRun::F32,
-                        _ => return Err(format!("kernel choice '{s}': run is int8 or f32")),
-                    })
-                }
-                "conv" => {
-                    c.conv = Some(
-                        ConvAlgo::ALL
-                            .into_iter()
-                            .find(|a| a.name() == value)
-                            .ok_or_else(|| {
-                                let names: Vec<_> = ConvAlgo::ALL.map(|a| a.name()).to_vec();
-                                format!("kernel choice '{s}': conv is one of {}", names.join(", "))
-                            })?,
-                    )
-                }
-                "isa" => {
-                    c.isa = Some(
-                        Isa::ALL
-                            .into_iter()
-                            .find(|i| i.name() == value)
-                            .ok_or_else(|| {
-                                let names: Vec<_> = Isa::ALL.map(|i| i.name()).to_vec();
-                                format!("kernel choice '{s}': isa is one of {}", names.join(", "))
-                            })?,
-                    )
-                }
+                "run" => c.run = Some(QuantRun::ALL[pick(&QuantRun::ALL.map(QuantRun::name))?]),
+                "conv" => c.conv = Some(ConvAlgo::ALL[pick(&ConvAlgo::ALL.map(ConvAlgo::name))?]),
+                "isa" => c.isa = Some(Isa::ALL[pick(&Isa::ALL.map(Isa::name))?]),
                 "threads" if value == "1" => c.single_thread = true,
                 "threads" => return Err(format!("kernel choice '{s}': threads is 1 (or absent)")),
                 _ => return Err(format!("kernel choice '{s}': unknown knob '{key}'")),
