@@ -35,6 +35,7 @@ use crate::ir::{DType, Graph, Op, Tensor, ValueId};
 use crate::kernels::cpu::choice::{Choice, Isa};
 use crate::kernels::cpu::qgemm::QRequant;
 use crate::kernels::cpu::{conv, CpuCtx, Features, Prepacked, View};
+use crate::{Error, Result};
 
 /// Kernel choices by node name (see [`Plan::with_choices`]).
 pub type Choices = BTreeMap<String, Choice>;
@@ -60,7 +61,6 @@ fn narrowed(cx: &CpuCtx, isa: Option<Isa>, int8: bool) -> Option<CpuCtx> {
         Some(_) => None,
     }
 }
-use crate::{Error, Result};
 
 /// Where a value's data lives while a plan runs.
 #[derive(Clone, Debug)]
