@@ -18,6 +18,14 @@ under qemu, compared with the x86_64 mlc's outputs.
   x86 output is also checked to be bit for bit the reference interpreter's
   (the integer reference).
 
+* tuned for cortex-a76 by the cost model (`mlc tune --target cortex-a76`,
+  estimated on x86 from a tuning database of this machine's records: the
+  digits CNN's own, measured here, and synthetic ones in which the
+  transposed product is the cheaper convolution): the bundle must say it
+  is estimated and carry its choices, and the aarch64 mlc must run it with
+  them (`bench` counts the tuned nodes) to outputs within rtol 1e-4 of the
+  x86 run.
+
 Prints one summary line; exit status 1 when anything differs.
 """
 
@@ -175,15 +183,81 @@ def main():
                     failures.append(f"{name}: x86 vs the reference interpreter: {diff}")
             n_int8 += 1
 
+    # A bundle tuned for an aarch64 target by the cost model, on x86.
+    n_tuned = 0
+    try:
+        n_tuned = estimated_bundle(a, work, arm("max"))
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        failures.append(f"estimated tuning for cortex-a76: {e}")
+
     for f in failures:
         print(f"FAIL {f}")
     kernels = ", ".join(f"{k} on -cpu {c}" for c, k in CPUS)
     print(
         f"aarch64 under qemu: {n_f32} f32 fixture runs match x86 (rtol 1e-4), "
-        f"{n_int8} int8 digits bundles bit for bit ({kernels})"
+        f"{n_int8} int8 digits bundles bit for bit ({kernels}), "
+        f"a bundle tuned for cortex-a76 by the cost model runs its {n_tuned} chosen kernels"
         + (f"; {len(failures)} FAILED" if failures else "")
     )
     return 1 if failures else 0
+
+
+def estimated_bundle(a, work, arm_cmd):
+    """Tunes the digits CNN for cortex-a76 on x86 (estimated), runs it on
+    both; returns its tuned node count (raises on any difference)."""
+    cnn = REPO / "fixtures/digits/cnn.onnx"
+    db = work / "tuning.jsonl"
+    db.unlink(missing_ok=True)
+    # This machine's fingerprint (and a few real records): a short tune.
+    p = subprocess.run(
+        [a.x86, "tune", str(cnn), "-o", str(work / "cnn.host.mlc"), "--threads", "1",
+         "--budget", "2s", "--db", str(db), "--json"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"host tune: {p.stderr.strip()[-500:]}")
+    host = json.loads(p.stdout)
+    kernels = json.loads(db.read_text().splitlines()[0])["kernels"]
+    with db.open("a") as f:
+        for i in range(1, 31):
+            flops = 1e6 * i
+            cands = [("default", 2e-6), ("conv=transposed", 1e-6), ("conv=gemm", 3e-6)]
+            f.write(json.dumps({
+                "workload": f"FusedConv {{ synthetic {i} }}(f32[1,8,8,8])",
+                "target": host["fingerprint"], "threads": 1, "kernels": kernels,
+                "candidates": [{"choice": c, "median_ms": k * flops, "p10_ms": k * flops,
+                                "p90_ms": k * flops, "runs": 10} for c, k in cands],
+                "choice": "conv=transposed", "features": {"flops": flops, "bytes": 1e4},
+            }) + "\n")
+    bundle = work / "cnn.a76.mlc"
+    p = subprocess.run(
+        [a.x86, "tune", str(cnn), "-o", str(bundle), "--threads", "1", "--target", "cortex-a76",
+         "--db", str(db), "--json"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"estimated tune: {p.stderr.strip()[-500:]}")
+    rep = json.loads(p.stdout)
+    if not rep["estimated"] or not rep["choices"]:
+        raise RuntimeError(f"not an estimated bundle with choices: {p.stdout[:500]}")
+    with np.load(REPO / "fixtures/digits/eval_cnn.npz") as z:
+        xin = work / "a76_x.npy"
+        np.save(xin, z["x"][:16])
+    outs = {}
+    for who, cmd in [("x86", [a.x86]), ("arm", arm_cmd)]:
+        out = work / f"cnn.a76.{who}.npz"
+        run(cmd + ["run", str(bundle), "--input", f"x={xin}", "--threads", "1", "-o", str(out)],
+            f"estimated bundle ({who})")
+        outs[who] = load(out)
+    diff = close(outs["arm"], outs["x86"], 1e-4, 1e-5)
+    if diff:
+        raise RuntimeError(f"aarch64 vs x86: {diff}")
+    p = subprocess.run(arm_cmd + ["bench", str(bundle), "--runs", "1", "--warmup", "0", "--json"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"aarch64 bench: {p.stderr.strip()[-500:]}")
+    tuned = json.loads(p.stdout)["tuned_nodes"]
+    if tuned != len(rep["choices"]):
+        raise RuntimeError(f"aarch64 runs {tuned} tuned nodes, the bundle chose {len(rep['choices'])}")
+    return tuned
 
 
 if __name__ == "__main__":
