@@ -196,7 +196,7 @@ def main():
     print(
         f"aarch64 under qemu: {n_f32} f32 fixture runs match x86 (rtol 1e-4), "
         f"{n_int8} int8 digits bundles bit for bit ({kernels}), "
-        f"a bundle tuned for cortex-a76 by the cost model runs its {n_tuned} chosen kernels"
+        f"a bundle tuned for cortex-a76 by the cost model runs with its {n_tuned} chosen kernel choice(s)"
         + (f"; {len(failures)} FAILED" if failures else "")
     )
     return 1 if failures else 0
