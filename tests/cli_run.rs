@@ -24,13 +24,7 @@ fn scratch(case: &str) -> common::Scratch {
 }
 
 fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "mlc failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::stdout_of_success(out)
 }
 
 #[test]

@@ -24,13 +24,7 @@ fn mlc(args: &[&str]) -> Output {
 }
 
 fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "mlc failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::stdout_of_success(&out)
 }
 
 /// Input and output (name, file) pairs and variant folders of a fixture.

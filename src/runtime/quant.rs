@@ -290,8 +290,13 @@ impl QuantStep {
                         self.product(q, scale, zero_point, self.items, residual, out, cx)
                     }
                     // Each item with its own parameters, as its own product.
+                    ActQuant::Dynamic if self.items <= 1 => {
+                        let (scale, zp) = dynamic_params_with(cx.features, x);
+                        quantize_u8_with(cx.features, x, scale, zp, q);
+                        self.product(q, scale, zp, self.items, residual, out, cx)
+                    }
                     ActQuant::Dynamic => {
-                        let items = self.items.max(1);
+                        let items = self.items;
                         let outs = out.split(items)?;
                         let (per_x, per_out) = (x.len() / items, outs.first().map_or(0, QDst::len));
                         for (i, o) in outs.into_iter().enumerate() {
