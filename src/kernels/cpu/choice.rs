@@ -25,6 +25,9 @@ pub enum ConvAlgo {
     Gemm,
     /// Winograd F(2x2, 3x3) (3x3, stride 1, undilated, one group).
     Winograd,
+    /// Winograd F(4x4, 3x3): 2.25x fewer products than F(2x2) for larger
+    /// transforms and weights.
+    Winograd4,
     /// The transposed product `Yᵀ = colsᵀ · Wᵀ` (small output planes).
     Transposed,
     /// Depthwise, one plane at a time.
@@ -34,10 +37,11 @@ pub enum ConvAlgo {
 }
 
 impl ConvAlgo {
-    pub const ALL: [ConvAlgo; 6] = [
+    pub const ALL: [ConvAlgo; 7] = [
         ConvAlgo::Direct,
         ConvAlgo::Gemm,
         ConvAlgo::Winograd,
+        ConvAlgo::Winograd4,
         ConvAlgo::Transposed,
         ConvAlgo::DwPlane,
         ConvAlgo::DwInterleaved,
@@ -48,6 +52,7 @@ impl ConvAlgo {
             ConvAlgo::Direct => "direct",
             ConvAlgo::Gemm => "gemm",
             ConvAlgo::Winograd => "winograd",
+            ConvAlgo::Winograd4 => "winograd4",
             ConvAlgo::Transposed => "transposed",
             ConvAlgo::DwPlane => "dw-plane",
             ConvAlgo::DwInterleaved => "dw-interleaved",

@@ -20,7 +20,7 @@ pub mod ops;
 pub mod pool;
 pub mod qconv;
 pub mod qgemm;
-mod winograd;
+pub mod winograd;
 
 use crate::ir::Op;
 use crate::Result;
@@ -370,9 +370,9 @@ pub enum Prepacked {
     /// A convolution's weights transposed, one packed B operand per group,
     /// for convolutions with small output planes (computed transposed).
     ConvWeightsT(Vec<gemm::PackedB>),
-    /// A 3x3 convolution's weights transformed for Winograd F(2x2, 3x3):
-    /// 16 packed A operands `[M, C]`.
-    ConvWinograd(Vec<gemm::PackedA>),
+    /// A 3x3 convolution's weights transformed for Winograd F(2x2, 3x3)
+    /// or F(4x4, 3x3).
+    ConvWinograd(winograd::Weights),
     /// A depthwise convolution (weights used as they are): which kernel.
     Depthwise { interleaved: bool },
 }

@@ -1,28 +1,31 @@
-//! 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3).
+//! 3x3 stride-1 convolution by Winograd's minimal filtering F(m×m, 3×3),
+//! with output tiles of m = 2 or 4 ([`Tile`]).
 //!
-//! Each 2x2 block of outputs ("tile") of a channel is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ
-//! d B)] A`, where `g` is the 3x3 kernel and `d` the 4x4 input patch the
-//! tile reads: 16 multiplies per tile and channel pair instead of 36. Over
-//! all channels the 16 element-wise products become 16 GEMMs,
-//! `M_k[M, T] = U_k[M, C] · V_k[C, T]` (T tiles), which run on the packed
-//! GEMM:
+//! Each m×m block of outputs ("tile") of a channel is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ
+//! d B)] A`, where `g` is the 3x3 kernel and `d` the (m+2)² input patch the
+//! tile reads: (m+2)² multiplies per tile and channel pair instead of 9m²
+//! (F(2x2): 16 for 36, F(4x4): 36 for 144). Over all channels the
+//! element-wise products become (m+2)² GEMMs, `M_k[M, T] = U_k[M, C] ·
+//! V_k[C, T]` (T tiles), which run on the packed GEMM:
 //!
 //! * the weights are transformed once per plan (`U = G g Gᵀ` in f64,
-//!   rounded once) and packed as 16 A operands ([`prepack`]);
+//!   rounded once) and packed as (m+2)² A operands ([`prepack`]);
 //! * the input transform `V = Bᵀ d B` runs 8 tiles at a time along a tile
-//!   row, from a per-channel copy of the plane whose rows are split into
-//!   even and odd columns (so the 4 columns of 8 neighbouring tiles are 4
-//!   contiguous runs), zero outside the input;
+//!   row, from a per-channel copy of the plane whose rows are split into m
+//!   phases (column mod m), so that each of the m+2 columns of 8
+//!   neighbouring tiles is one contiguous run, zero outside the input;
 //! * the output transform `Aᵀ M A` adds the bias and residual and applies
 //!   the activation on each finished plane.
 //!
-//! The transforms only add and subtract (exact up to one rounding each);
-//! the result differs from direct convolution by the usual f32 rounding of
-//! a differently ordered sum, bounded in the tests relative to `Σ|x||w|`.
-//! It is used where it pays (see [`applies`]): ResNet-18's 56x56, 28x28
-//! and 14x14 stages (1 thread on Zen 2: 51 -> 46.6 ms with the 14x14
-//! stage, which the first cut left out), not the 7x7 one, where 16 tiles
-//! per plane and weights 16/9 as large (streamed from memory) gain 1-3%.
+//! F(2x2)'s transforms only add and subtract (exact up to one rounding
+//! each); F(4x4)'s scale by 2, 4, 5 and 8, and its weight transform by
+//! 1/6 and 1/24, so its rounding error is larger (bounded in the tests
+//! relative to `Σ|x||w|`, as F(2x2)'s). The default algorithm uses F(2x2)
+//! where it pays (see [`applies`]): ResNet-18's 56x56, 28x28 and 14x14
+//! stages (1 thread on Zen 2: 51 -> 46.6 ms with the 14x14 stage, which
+//! the first cut left out), not the 7x7 one, where 16 tiles per plane and
+//! weights 16/9 as large (streamed from memory) gain 1-3%. F(4x4) is a
+//! candidate the tuner measures (`conv=winograd4`).
 
 use super::gemm::{gemm, pack_a, split_act, with_buf, ASrc, BSrc, Epilogue, PackedA};
 use super::geometry::Window2d;
@@ -30,79 +33,134 @@ use super::ops;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
 
-/// Values per tile transform (4x4).
-const K16: usize = 16;
 /// Tiles transformed together (one vector of 8 lanes).
 const V8: usize = 8;
+/// Edge of the largest input patch (F(4x4)'s 6x6).
+const MAX_A: usize = 6;
 
 /// Output planes below this many pixels keep the direct paths.
 const MIN_PLANE: usize = 14 * 14;
 
+/// The output tile of a Winograd variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// F(2x2, 3x3): 16 products per 4 outputs.
+    F2,
+    /// F(4x4, 3x3): 36 products per 16 outputs.
+    F4,
+}
+
+impl Tile {
+    /// Outputs along a tile's edge.
+    pub const fn edge(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Transform elements ((edge + 2)²): the number of GEMMs.
+    pub const fn elems(self) -> usize {
+        (self.edge() + 2) * (self.edge() + 2)
+    }
+}
+
+/// A 3x3 convolution's weights transformed for one Winograd variant:
+/// [`Tile::elems`] packed A operands `[M, C]`.
+#[derive(Clone, Debug)]
+pub struct Weights {
+    pub tile: Tile,
+    pub u: Vec<PackedA>,
+}
+
+impl Weights {
+    /// Output and input channels.
+    pub fn channels(&self) -> (usize, usize) {
+        self.u.first().map_or((0, 0), |u| (u.m(), u.k()))
+    }
+}
+
 /// Whether a 3x3 stride-1 undilated convolution with `group` groups, `c`
 /// input and `m` output channels and output planes of `out_plane` pixels
-/// runs through Winograd F(2x2, 3x3).
+/// runs through Winograd F(2x2, 3x3) by default.
 pub(crate) fn applies(group: usize, c: usize, m: usize, out_plane: usize) -> bool {
     group == 1 && c >= 8 && m >= 8 && out_plane >= MIN_PLANE
 }
 
-/// The 16 transformed weight matrices `U_k[M, C]`, packed as GEMM A
+/// The transformed weight matrices `U_k[M, C]` of `tile`, packed as GEMM A
 /// operands, from weights `[M, C, 3, 3]`.
-pub(crate) fn prepack(w: &[f32], m: usize, c: usize, features: Features) -> Vec<PackedA> {
-    // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
-    const G: [[f64; 3]; 4] = [
+pub(crate) fn prepack(w: &[f32], m: usize, c: usize, tile: Tile, features: Features) -> Weights {
+    // G for F(2x2): [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]];
+    // for F(4x4) Lavin and Gray's, at the points 0, ±1, ±2 and infinity.
+    const G2: [[f64; 3]; 4] = [
         [1.0, 0.0, 0.0],
         [0.5, 0.5, 0.5],
         [0.5, -0.5, 0.5],
         [0.0, 0.0, 1.0],
     ];
-    let mut u = vec![0.0f32; K16 * m * c];
+    const G4: [[f64; 3]; 6] = [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    let g_rows: &[[f64; 3]] = match tile {
+        Tile::F2 => &G2,
+        Tile::F4 => &G4,
+    };
+    let (a, k) = (g_rows.len(), tile.elems());
+    let mut u = vec![0.0f32; k * m * c];
     for (mc, g) in w.chunks_exact(9).enumerate() {
         // G g Gᵀ, element (i, j).
-        for i in 0..4 {
-            for j in 0..4 {
+        for (i, gi) in g_rows.iter().enumerate() {
+            for (j, gj) in g_rows.iter().enumerate() {
                 let mut s = 0.0f64;
-                for a in 0..3 {
-                    for b in 0..3 {
-                        s += G[i][a] * g[a * 3 + b] as f64 * G[j][b];
+                for p in 0..3 {
+                    for q in 0..3 {
+                        s += gi[p] * g[p * 3 + q] as f64 * gj[q];
                     }
                 }
-                u[(i * 4 + j) * m * c + mc] = s as f32;
+                u[(i * a + j) * m * c + mc] = s as f32;
             }
         }
     }
-    u.chunks_exact(m * c)
+    let u = u
+        .chunks_exact(m * c)
         .map(|uk| pack_a(m, c, uk, c, false, features))
-        .collect()
+        .collect();
+    Weights { tile, u }
 }
 
-/// Tile counts of an output plane.
-fn tiles_of(win: &Window2d) -> (usize, usize) {
-    (win.oh.div_ceil(2), win.ow.div_ceil(2))
+/// Tile counts of an output plane for tiles of edge `t`.
+fn tiles_of(win: &Window2d, t: usize) -> (usize, usize) {
+    (win.oh.div_ceil(t), win.ow.div_ceil(t))
 }
 
 thread_local! {
-    /// One part's transformed input `[16, C, Tp]` and products `[16, M, Tp]`,
+    /// One part's transformed input `[K, C, Tp]` and products `[K, M, Tp]`,
     /// reused.
     static BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-    /// One channel's even/odd split copy, reused per thread.
+    /// One channel's phase-split copy, reused per thread.
     static SPLIT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Most bytes of one part's transformed input and products (`(C + M) × 16`
-/// floats a tile), so that the 16 products read and write them in L2.
+/// Most bytes of one part's transformed input and products (`(C + M) × K`
+/// floats a tile), so that the K products read and write them in L2.
 const PART_BYTES: usize = 4 << 20;
 
 /// The convolution of batch item planes `x` (`[C, H, W]` each, `n` items)
-/// into `y` (`[M, OH, OW]` each) with the transformed weights `u`, then
+/// into `y` (`[M, OH, OW]` each) with the transformed weights `w`, then
 /// `+ bias[m] + residual`, then `act`.
 ///
 /// Each item's tiles go in parts of consecutive tiles (row-major), each
-/// part start to finish on one thread: input transform, the 16 products
+/// part start to finish on one thread: input transform, the K products
 /// (single-threaded), output transform. Parts are sized to stay in L2
 /// ([`PART_BYTES`]) and, on several threads, numbered so that every thread
 /// gets as many: one fork and join per convolution, where splitting each of
-/// the 16 products and both transforms over the threads cost 18 per batch
+/// the products and both transforms over the threads cost 18 per batch
 /// item and kept V and the products (6.4 MB for ResNet's 56x56 stage) out
 /// of cache.
 #[allow(clippy::too_many_arguments)]
@@ -110,7 +168,7 @@ pub(crate) fn run(
     win: &Window2d,
     n: usize,
     c: usize,
-    u: &[PackedA],
+    w: &Weights,
     x: &[f32],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
@@ -118,7 +176,7 @@ pub(crate) fn run(
     y: &mut [f32],
     cx: &CpuCtx,
 ) {
-    run_parts(win, n, c, u, x, bias, residual, act, y, cx, PART_BYTES)
+    run_parts(win, n, c, w, x, bias, residual, act, y, cx, PART_BYTES)
 }
 
 /// [`run`] with parts of at most `part_bytes` (tests use small ones).
@@ -127,7 +185,7 @@ fn run_parts(
     win: &Window2d,
     n: usize,
     c: usize,
-    u: &[PackedA],
+    w: &Weights,
     x: &[f32],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
@@ -136,12 +194,13 @@ fn run_parts(
     cx: &CpuCtx,
     part_bytes: usize,
 ) {
-    let m = u.first().map_or(0, PackedA::m);
-    let (ty, tx) = tiles_of(win);
+    let (tile, u) = (w.tile, &w.u);
+    let m = w.channels().0;
+    let (ty, tx) = tiles_of(win, tile.edge());
     let t = ty * tx;
     let (in_plane, out_plane) = (win.in_plane(), win.out_plane());
     assert!(
-        u.len() == K16
+        u.len() == tile.elems()
             && u.iter().all(|uk| uk.m() == m && uk.k() == c)
             && x.len() >= n * c * in_plane
             && y.len() >= n * m * out_plane
@@ -152,16 +211,18 @@ fn run_parts(
     if n == 0 || m == 0 || t == 0 {
         return;
     }
-    let parts = parts_per_item(n, (c + m) * K16 * 4, t, cx.threads, part_bytes);
+    let tile_bytes = (c + m) * tile.elems() * 4;
+    let parts = parts_per_item(n, tile_bytes, t, cx.threads, part_bytes);
     let single = CpuCtx::single(cx.features);
     let (clamp, late_act) = split_act(act);
     let out = OutPtr(y.as_mut_ptr());
-    let one = |w: usize| {
-        let (ni, p) = (w / parts, w % parts);
+    let one = |wk: usize| {
+        let (ni, p) = (wk / parts, wk % parts);
         let part = Part {
             win,
             c,
             m,
+            tile,
             tiles: p * t / parts..(p + 1) * t / parts,
             avx: cx.features.avx2_fma,
         };
@@ -232,6 +293,7 @@ struct Part<'a> {
     win: &'a Window2d,
     c: usize,
     m: usize,
+    tile: Tile,
     tiles: std::ops::Range<usize>,
     avx: bool,
 }
@@ -252,6 +314,7 @@ impl Part<'_> {
         single: &CpuCtx,
     ) {
         let (c, m, tp) = (self.c, self.m, self.tiles.len());
+        let k_elems = self.tile.elems();
         let (in_plane, out_plane) = (self.win.in_plane(), self.win.out_plane());
         BUFS.with(|cell| {
             let mut fresh = (Vec::new(), Vec::new());
@@ -260,25 +323,30 @@ impl Part<'_> {
                 Ok(b) => b,
                 Err(_) => &mut fresh,
             };
-            v.resize(c * K16 * tp, 0.0);
-            prod.resize(m * K16 * tp, 0.0);
+            let (vs, ps) = (spaced(c * tp), spaced(m * tp));
+            v.resize(vs * k_elems, 0.0);
+            prod.resize(ps * k_elems, 0.0);
             with_buf(&SPLIT, |split| {
                 for ch in 0..c {
                     let xc = &x[ch * in_plane..(ch + 1) * in_plane];
                     let rows = Rows {
-                        stride: c * tp,
+                        stride: vs,
                         first: ch * tp,
                     };
-                    input_tiles(self.avx, self.win, xc, split, v, rows, self.tiles.clone());
+                    let tiles = self.tiles.clone();
+                    match self.tile {
+                        Tile::F2 => input_tiles_f2(self.avx, self.win, xc, split, v, rows, tiles),
+                        Tile::F4 => input_tiles_f4(self.avx, self.win, xc, split, v, rows, tiles),
+                    }
                 }
             });
             for (k, uk) in u.iter().enumerate() {
                 let b = BSrc::Raw {
-                    b: &v[k * c * tp..(k + 1) * c * tp],
+                    b: &v[k * vs..k * vs + c * tp],
                     ldb: tp,
                     trans: false,
                 };
-                let pk = &mut prod[k * m * tp..(k + 1) * m * tp];
+                let pk = &mut prod[k * ps..k * ps + m * tp];
                 gemm(
                     m,
                     tp,
@@ -294,7 +362,7 @@ impl Part<'_> {
             }
             for mi in 0..m {
                 let rows = Rows {
-                    stride: m * tp,
+                    stride: ps,
                     first: mi * tp,
                 };
                 let plane = OutPlane {
@@ -307,14 +375,24 @@ impl Part<'_> {
                     clamp: ep.clamp,
                     late_act: ep.late_act,
                 };
+                let tiles = self.tiles.clone();
                 // SAFETY: the caller's contract, for this plane.
-                unsafe { output_tiles(self.avx, self.win, prod, rows, &plane, self.tiles.clone()) };
+                unsafe { output_tiles(self.tile, self.avx, self.win, prod, rows, &plane, tiles) };
             }
         })
     }
 }
 
-/// Where one channel's 16 rows (one per transform element) lie in a `[16,
+/// Floats between the starts of consecutive transform matrices holding
+/// `len` floats each: rounded up to 4 KiB and one cache line more, so that
+/// the rows a tile's transform writes or reads at once fall in different
+/// L1 sets (at a multiple of 4 KiB they all share one, and the 64x56x56
+/// input transform ran at 60% of its speed on an Intel Xeon).
+fn spaced(len: usize) -> usize {
+    len.next_multiple_of(1024) + 16
+}
+
+/// Where one channel's K rows (one per transform element) lie in a `[K,
 /// C, Tp]` buffer: row k at `k * stride + first`.
 #[derive(Clone, Copy)]
 struct Rows {
@@ -323,25 +401,40 @@ struct Rows {
 }
 
 ops::multiversion!(
-    /// `V = Bᵀ d B` for tiles `tiles` of channel plane `x` into the
-    /// channel's rows of `v` (at `rows`, tile `tiles.start` first), through
-    /// `split` (the plane's rows split into even and odd columns, zero
-    /// outside the input).
-    fn input_tiles(
+    /// `V = Bᵀ d B` of F(2x2) for tiles `tiles` of channel plane `x` into
+    /// the channel's rows of `v` (at `rows`, tile `tiles.start` first),
+    /// through `split` (the plane's rows split into phases, zero outside
+    /// the input).
+    fn input_tiles_f2(
         win: &Window2d,
         x: &[f32],
         split: &mut Vec<f32>,
         v: &mut [f32],
         rows: Rows,
         tiles: std::ops::Range<usize>,
-    ) => input_tiles_impl
+    ) => input_tiles_impl::<2>
 );
+
+ops::multiversion!(
+    /// [`input_tiles_f2`] for F(4x4).
+    fn input_tiles_f4(
+        win: &Window2d,
+        x: &[f32],
+        split: &mut Vec<f32>,
+        v: &mut [f32],
+        rows: Rows,
+        tiles: std::ops::Range<usize>,
+    ) => input_tiles_impl::<4>
+);
+
+/// Eight lanes, one per tile.
+type Lanes = [f32; V8];
 
 /// Lane-wise `a + b` and `a - b` on 8 tiles (plain arrays and loops:
 /// vector ops once inlined into the AVX2 build; `array::from_fn` would
 /// stay an out-of-line call without AVX).
 #[inline(always)]
-fn add(a: [f32; V8], b: [f32; V8]) -> [f32; V8] {
+fn add(a: Lanes, b: Lanes) -> Lanes {
     let mut r = a;
     for l in 0..V8 {
         r[l] += b[l];
@@ -350,7 +443,7 @@ fn add(a: [f32; V8], b: [f32; V8]) -> [f32; V8] {
 }
 
 #[inline(always)]
-fn sub(a: [f32; V8], b: [f32; V8]) -> [f32; V8] {
+fn sub(a: Lanes, b: Lanes) -> Lanes {
     let mut r = a;
     for l in 0..V8 {
         r[l] -= b[l];
@@ -358,16 +451,67 @@ fn sub(a: [f32; V8], b: [f32; V8]) -> [f32; V8] {
     r
 }
 
-/// `x Bᵀ`-style combination of four values: `(x0 - x2, x1 + x2, x2 - x1,
-/// x1 - x3)`, lane-wise (rows of `Bᵀ d`, then columns of `(Bᵀ d) B`).
+/// Lane-wise `a + s·b`.
 #[inline(always)]
-fn bt(x: [[f32; V8]; 4]) -> [[f32; V8]; 4] {
-    [
-        sub(x[0], x[2]),
-        add(x[1], x[2]),
-        sub(x[2], x[1]),
-        sub(x[1], x[3]),
-    ]
+fn add_scaled(a: Lanes, s: f32, b: Lanes) -> Lanes {
+    let mut r = a;
+    for l in 0..V8 {
+        r[l] += s * b[l];
+    }
+    r
+}
+
+/// `Bᵀ x` for one column (or row) `x` of T + 2 values, lane-wise (rows of
+/// `Bᵀ d`, then columns of `(Bᵀ d) B`). F(2x2): `(x0 - x2, x1 + x2, x2 -
+/// x1, x1 - x3)`; F(4x4): Lavin and Gray's `Bᵀ` = [[4, 0, -5, 0, 1, 0],
+/// [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2,
+/// -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
+#[inline(always)]
+fn bt<const T: usize>(x: [Lanes; MAX_A]) -> [Lanes; MAX_A] {
+    let z = [0.0; V8];
+    if T == 2 {
+        [
+            sub(x[0], x[2]),
+            add(x[1], x[2]),
+            sub(x[2], x[1]),
+            sub(x[1], x[3]),
+            z,
+            z,
+        ]
+    } else {
+        let (s12, d12) = (add(x[1], x[2]), sub(x[1], x[2]));
+        let (s34, d34) = (add(x[3], x[4]), sub(x[4], x[3]));
+        let (d42, d31) = (sub(x[4], x[2]), sub(x[3], x[1]));
+        [
+            add_scaled(add_scaled(x[4], -5.0, x[2]), 4.0, x[0]),
+            add_scaled(s34, -4.0, s12),
+            add_scaled(d34, 4.0, d12),
+            add_scaled(d42, 2.0, d31),
+            add_scaled(d42, -2.0, d31),
+            add_scaled(add_scaled(x[5], -5.0, x[3]), 4.0, x[1]),
+        ]
+    }
+}
+
+/// `Aᵀ m` for one column (or row) `m` of T + 2 products, lane-wise: T
+/// values. F(2x2): `Aᵀ` = [[1, 1, 1, 0], [0, 1, -1, -1]]; F(4x4): [[1, 1,
+/// 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8,
+/// -8, 1]].
+#[inline(always)]
+fn at<const T: usize>(m: [Lanes; MAX_A]) -> [Lanes; 4] {
+    let z = [0.0; V8];
+    if T == 2 {
+        [add(add(m[0], m[1]), m[2]), sub(sub(m[1], m[2]), m[3]), z, z]
+    } else {
+        let (s12, d12) = (add(m[1], m[2]), sub(m[1], m[2]));
+        let (s34, d34) = (add(m[3], m[4]), sub(m[3], m[4]));
+        [
+            add(add(m[0], s12), s34),
+            add_scaled(d12, 2.0, d34),
+            add_scaled(s12, 4.0, s34),
+            add(add_scaled(d12, 8.0, d34), m[5]),
+        ]
+    }
 }
 
 /// 8 floats of `s` from `at`. (Element loops here and below: the
@@ -375,7 +519,7 @@ fn bt(x: [[f32; V8]; 4]) -> [[f32; V8]; 4] {
 /// `memcpy` call.)
 #[inline(always)]
 #[allow(clippy::manual_memcpy)]
-fn load8(s: &[f32], at: usize) -> [f32; V8] {
+fn load8(s: &[f32], at: usize) -> Lanes {
     let src = &s[at..at + V8];
     let mut r = [0.0; V8];
     for l in 0..V8 {
@@ -385,8 +529,8 @@ fn load8(s: &[f32], at: usize) -> [f32; V8] {
 }
 
 #[inline(always)]
-#[allow(clippy::manual_memcpy)]
-fn input_tiles_impl(
+#[allow(clippy::manual_memcpy, clippy::needless_range_loop)]
+fn input_tiles_impl<const T: usize>(
     win: &Window2d,
     x: &[f32],
     split: &mut Vec<f32>,
@@ -394,51 +538,51 @@ fn input_tiles_impl(
     rows: Rows,
     tiles: std::ops::Range<usize>,
 ) {
-    let tx = tiles_of(win).1;
+    let a = T + 2;
+    let tx = tiles_of(win, T).1;
     if tiles.is_empty() {
         return;
     }
-    // Tile rows ya..=yb read padded rows 2ya..2yb+4 (input row r - pad_top);
-    // per row the even and the odd padded columns, `half` each (room for a
-    // last full vector from any start).
+    // Tile rows ya..=yb read padded rows T·ya..T·yb + T + 2 (input row r -
+    // pad_top); per row T phases, padded column q at `(q % T) * phase + q
+    // / T`, `phase` floats each (room for a last full vector from any
+    // start).
     let (ya, yb) = (tiles.start / tx, (tiles.end - 1) / tx);
-    let n_rows = 2 * (yb - ya) + 4;
-    let half = tx + V8 + 1;
+    let n_rows = T * (yb - ya) + a;
+    let phase = tx + V8 + 1;
     split.clear();
-    split.resize(n_rows * 2 * half, 0.0);
-    // Input column iw is padded column iw + pad_left: with an even pad the
-    // even input columns are the even padded ones.
-    let (pl, shift) = (win.pad_left, win.pad_left % 2);
+    split.resize(n_rows * T * phase, 0.0);
+    let pl = win.pad_left;
+    // Input columns that land inside a phase (the last tile reads at most
+    // padded column T·tx + 1).
+    let w_in = win.w.min((T * phase).saturating_sub(pl));
     for r in 0..n_rows {
-        let Some(ih) = (2 * ya + r)
+        let Some(ih) = (T * ya + r)
             .checked_sub(win.pad_top)
             .filter(|&ih| ih < win.h)
         else {
             continue;
         };
-        let src = &x[ih * win.w..(ih + 1) * win.w];
-        let (even, odd) = split[r * 2 * half..(r + 1) * 2 * half].split_at_mut(half);
-        // Input columns 2i + a land in phase (a + pl) % 2 at (2i + a + pl) / 2.
-        let (to_a, to_b) = if shift == 0 { (even, odd) } else { (odd, even) };
-        let (n_a, n_b) = (win.w.div_ceil(2), win.w / 2);
-        let (a0, b0) = (pl / 2, pl.div_ceil(2));
-        let fit = |start: usize, n: usize| n.min(half.saturating_sub(start));
-        let (n_a, n_b) = (fit(a0, n_a), fit(b0, n_b));
-        let pairs = n_a.min(n_b);
-        let (to_a, to_b) = (&mut to_a[a0..a0 + n_a], &mut to_b[b0..b0 + n_b]);
-        // Pairs of columns in one pass (a vector de-interleave), then the
-        // odd one out.
-        for ((pair, a), b) in src
-            .chunks_exact(2)
-            .zip(&mut *to_a)
-            .zip(&mut *to_b)
-            .take(pairs)
-        {
-            *a = pair[0];
-            *b = pair[1];
+        let src = &x[ih * win.w..ih * win.w + w_in];
+        let dst = &mut split[r * T * phase..(r + 1) * T * phase];
+        // Up to the first padded column that starts a phase group, one by
+        // one; then T columns at a time, one to each phase (a vector
+        // de-interleave).
+        let lead = ((T - pl % T) % T).min(src.len());
+        for (iw, &val) in src[..lead].iter().enumerate() {
+            let q = iw + pl;
+            dst[(q % T) * phase + q / T] = val;
         }
-        if n_a > pairs {
-            to_a[pairs] = src[2 * pairs];
+        let g0 = (lead + pl) / T;
+        let body = &src[lead..];
+        let groups = body.len() / T;
+        for (gi, chunk) in body.chunks_exact(T).enumerate() {
+            for (p, &val) in chunk.iter().enumerate() {
+                dst[p * phase + g0 + gi] = val;
+            }
+        }
+        for (p, &val) in body[groups * T..].iter().enumerate() {
+            dst[p * phase + g0 + groups] = val;
         }
     }
     for y in ya..=yb {
@@ -449,29 +593,26 @@ fn input_tiles_impl(
             tx
         };
         for x0 in (xs..xe).step_by(V8) {
-            // d[i][j] for 8 tiles: padded row 2y + i, columns 2x + j.
-            let mut d = [[[0.0f32; V8]; 4]; 4];
-            for (i, di) in d.iter_mut().enumerate() {
-                let r = (2 * (y - ya) + i) * 2 * half;
-                *di = [
-                    load8(split, r + x0),
-                    load8(split, r + half + x0),
-                    load8(split, r + x0 + 1),
-                    load8(split, r + half + x0 + 1),
-                ];
+            // d[i][j] for 8 tiles: padded row T·y + i, columns T·x + j.
+            let mut d = [[[0.0f32; V8]; MAX_A]; MAX_A];
+            for (i, di) in d.iter_mut().enumerate().take(a) {
+                let r = (T * (y - ya) + i) * T * phase;
+                for (j, dij) in di.iter_mut().enumerate().take(a) {
+                    *dij = load8(split, r + (j % T) * phase + x0 + j / T);
+                }
             }
             // Bᵀ d by rows (for each column j), then (Bᵀ d) B by columns.
-            let mut cols = [[[0.0f32; V8]; 4]; 4];
-            for (j, cj) in cols.iter_mut().enumerate() {
-                *cj = bt([d[0][j], d[1][j], d[2][j], d[3][j]]);
+            let mut cols = [[[0.0f32; V8]; MAX_A]; MAX_A];
+            for (j, cj) in cols.iter_mut().enumerate().take(a) {
+                *cj = bt::<T>(std::array::from_fn(|i| d[i][j]));
             }
             let n = (xe - x0).min(V8);
             let at = rows.first + y * tx + x0 - tiles.start;
-            // Row i of (Bᵀ d) B: element i of each column's combination.
-            let col_i = |i: usize| bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
-            for (i, vi) in (0..4).map(col_i).enumerate() {
-                for (j, vals) in vi.iter().enumerate() {
-                    let o = (i * 4 + j) * rows.stride + at;
+            for i in 0..a {
+                // Row i of (Bᵀ d) B: element i of each column's combination.
+                let vi = bt::<T>(std::array::from_fn(|j| cols[j][i]));
+                for (j, vals) in vi.iter().enumerate().take(a) {
+                    let o = (i * a + j) * rows.stride + at;
                     if n == V8 {
                         // A fixed-size copy: one vector store, not a call.
                         let dst = &mut v[o..o + V8];
@@ -497,13 +638,14 @@ struct OutPlane<'a> {
 }
 
 /// `Aᵀ M A + bias + residual`, clamped and activated, for tiles `tiles` of
-/// one output plane: the tiles' 16 products are the rows of `pm` at
+/// one output plane: the tiles' K products are the rows of `pm` at
 /// `rows`, tile `tiles.start` first.
 ///
 /// # Safety
 /// `plane.y` is valid for writes of the plane's `OH × OW` floats, and no
 /// one else accesses the outputs of `tiles` while this runs.
 unsafe fn output_tiles(
+    tile: Tile,
     avx: bool,
     win: &Window2d,
     pm: &[f32],
@@ -511,10 +653,32 @@ unsafe fn output_tiles(
     plane: &OutPlane,
     tiles: std::ops::Range<usize>,
 ) {
+    /// One build of the output transform per variant and instruction set.
+    ///
+    /// # Safety
+    /// As [`output_tiles`].
+    unsafe fn portable(
+        tile: Tile,
+        win: &Window2d,
+        pm: &[f32],
+        rows: Rows,
+        plane: &OutPlane,
+        tiles: std::ops::Range<usize>,
+        avx: bool,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match tile {
+                Tile::F2 => output_tiles_impl::<2>(win, pm, rows, plane, tiles, avx),
+                Tile::F4 => output_tiles_impl::<4>(win, pm, rows, plane, tiles, avx),
+            }
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn fast(
+            tile: Tile,
             win: &Window2d,
             pm: &[f32],
             rows: Rows,
@@ -522,26 +686,31 @@ unsafe fn output_tiles(
             tiles: std::ops::Range<usize>,
         ) {
             // SAFETY: the caller's contract.
-            unsafe { output_tiles_impl(win, pm, rows, plane, tiles, true) }
+            unsafe {
+                match tile {
+                    Tile::F2 => output_tiles_impl::<2>(win, pm, rows, plane, tiles, true),
+                    Tile::F4 => output_tiles_impl::<4>(win, pm, rows, plane, tiles, true),
+                }
+            }
         }
         if avx && ops::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above);
             // the rest is the caller's contract.
-            return unsafe { fast(win, pm, rows, plane, tiles) };
+            return unsafe { fast(tile, win, pm, rows, plane, tiles) };
         }
     }
     // SAFETY: the caller's contract. (`avx` is false here unless the CPU
     // lacks what the features claimed; the activation checks again.)
-    unsafe { output_tiles_impl(win, pm, rows, plane, tiles, avx) }
+    unsafe { portable(tile, win, pm, rows, plane, tiles, avx) }
 }
 
-/// [`output_tiles`], inlined into each build.
+/// [`output_tiles`] for tiles of edge `T`, inlined into each build.
 ///
 /// # Safety
 /// As [`output_tiles`].
 #[inline(always)]
 #[allow(clippy::manual_memcpy)]
-unsafe fn output_tiles_impl(
+unsafe fn output_tiles_impl<const T: usize>(
     win: &Window2d,
     pm: &[f32],
     rows: Rows,
@@ -549,7 +718,8 @@ unsafe fn output_tiles_impl(
     tiles: std::ops::Range<usize>,
     avx: bool,
 ) {
-    let tx = tiles_of(win).1;
+    let a = T + 2;
+    let tx = tiles_of(win, T).1;
     if tiles.is_empty() {
         return;
     }
@@ -564,48 +734,53 @@ unsafe fn output_tiles_impl(
         };
         for x0 in (xs..xe).step_by(V8) {
             let n = (xe - x0).min(V8);
-            let at = rows.first + ty0 * tx + x0 - tiles.start;
-            let mut mk = [[0.0f32; V8]; K16];
-            for (k, row) in mk.iter_mut().enumerate() {
-                let o = k * rows.stride + at;
-                if n == V8 {
-                    *row = load8(pm, o);
-                } else {
-                    row[..n].copy_from_slice(&pm[o..o + n]);
+            let at_tile = rows.first + ty0 * tx + x0 - tiles.start;
+            let mut mk = [[[0.0f32; V8]; MAX_A]; MAX_A];
+            for (i, mi) in mk.iter_mut().enumerate().take(a) {
+                for (j, row) in mi.iter_mut().enumerate().take(a) {
+                    let o = (i * a + j) * rows.stride + at_tile;
+                    if n == V8 {
+                        *row = load8(pm, o);
+                    } else {
+                        row[..n].copy_from_slice(&pm[o..o + n]);
+                    }
                 }
             }
-            // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] on rows, then columns.
-            let mut u = [[[0.0f32; V8]; 4]; 2];
-            for j in 0..4 {
-                u[0][j] = add(add(mk[j], mk[4 + j]), mk[8 + j]);
-                u[1][j] = sub(sub(mk[4 + j], mk[8 + j]), mk[12 + j]);
+            // Aᵀ on rows (for each column j), then on columns.
+            let mut u = [[[0.0f32; V8]; MAX_A]; 4];
+            for j in 0..a {
+                let col = at::<T>(std::array::from_fn(|i| mk[i][j]));
+                for r in 0..T {
+                    u[r][j] = col[r];
+                }
             }
-            for (r, u) in u.iter().enumerate() {
-                let oh = 2 * ty0 + r;
+            for (r, ur) in u.iter().enumerate().take(T) {
+                let oh = T * ty0 + r;
                 if oh >= win.oh {
                     break;
                 }
-                let y0 = add(add(u[0], u[1]), u[2]);
-                let y1 = sub(sub(u[1], u[2]), u[3]);
-                // Columns 2x and 2x + 1 of the 8 tiles, interleaved.
-                let mut vals = [0.0f32; 2 * V8];
+                let yr = at::<T>(*ur);
+                // Columns T·x .. T·x + T of the 8 tiles, interleaved.
+                let mut vals = [0.0f32; 4 * V8];
                 for l in 0..V8 {
-                    vals[2 * l] = y0[l];
-                    vals[2 * l + 1] = y1[l];
+                    for (cix, ycol) in yr.iter().enumerate().take(T) {
+                        vals[T * l + cix] = ycol[l];
+                    }
                 }
-                let c0 = 2 * x0;
-                let cnt = (win.ow - c0).min(2 * n);
+                let c0 = T * x0;
+                let cnt = (win.ow - c0).min(T * n);
                 let base = oh * win.ow + c0;
                 // + bias + residual, clamp: fixed-size loops (vectors) for
-                // a whole run of 16 outputs.
-                let full = cnt == 2 * V8;
+                // a whole run of T·8 outputs.
+                let full = cnt == T * V8;
+                let vals = &mut vals[..T * V8];
                 for val in vals.iter_mut() {
                     *val += plane.bias;
                 }
                 if let Some(res) = plane.residual {
                     if full {
-                        let r = &res[base..base + 2 * V8];
-                        for l in 0..2 * V8 {
+                        let r = &res[base..base + T * V8];
+                        for l in 0..T * V8 {
                             vals[l] += r[l];
                         }
                     } else {
@@ -625,7 +800,7 @@ unsafe fn output_tiles_impl(
                 // tiles, which the caller gives to this call alone.
                 let out = unsafe { std::slice::from_raw_parts_mut(plane.y.add(base), cnt) };
                 if full {
-                    for l in 0..2 * V8 {
+                    for l in 0..T * V8 {
                         out[l] = vals[l];
                     }
                 } else {
@@ -637,7 +812,7 @@ unsafe fn output_tiles_impl(
     // Any other activation over the finished outputs, one output row piece
     // at a time (out of the loop above, which keeps its values in vector
     // registers).
-    if let Some(a) = plane.late_act {
+    if let Some(act) = plane.late_act {
         for ty0 in ya..=yb {
             let xs = if ty0 == ya { tiles.start % tx } else { 0 };
             let xe = if ty0 == yb {
@@ -645,13 +820,13 @@ unsafe fn output_tiles_impl(
             } else {
                 tx
             };
-            let (c0, c1) = (2 * xs, (2 * xe).min(win.ow));
-            for oh in (2 * ty0..2 * ty0 + 2).take_while(|&oh| oh < win.oh) {
+            let (c0, c1) = (T * xs, (T * xe).min(win.ow));
+            for oh in (T * ty0..T * ty0 + T).take_while(|&oh| oh < win.oh) {
                 // SAFETY: as above, the outputs of these tiles.
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(plane.y.add(oh * win.ow + c0), c1 - c0)
                 };
-                ops::activation(a, out, avx);
+                ops::activation(act, out, avx);
             }
         }
     }
@@ -688,6 +863,7 @@ mod tests {
     /// the outputs.
     #[allow(clippy::too_many_arguments)]
     fn check(
+        tile: Tile,
         n: usize,
         c: usize,
         m: usize,
@@ -729,7 +905,7 @@ mod tests {
         let bound = eval(&plain, &[Some(&xa), Some(&wa), Some(&ba)], 1)
             .unwrap()
             .remove(0);
-        let u = prepack(w.as_f32().unwrap(), m, c, cx.features);
+        let u = prepack(w.as_f32().unwrap(), m, c, tile, cx.features);
         let mut got = vec![f32::NAN; want.numel()];
         let res = residual.then(|| r.as_f32().unwrap());
         let bias = Some(b.as_f32().unwrap());
@@ -749,13 +925,23 @@ mod tests {
         let (want, bound) = (want.as_f32().unwrap(), bound.as_f32().unwrap());
         for (i, ((&g, &w), &bd)) in got.iter().zip(want).zip(bound).enumerate() {
             // Residual and activation add at most one more rounding.
-            let tol = 1e-5 * (bd + 1.0);
+            let tol = rel_bound(tile) * (bd + 1.0);
             assert!(
                 (g - w).abs() <= tol,
                 "{n}x{c}x{hw:?} -> {m}, pads {pads:?}, at {i}: {g} vs {w}"
             );
         }
         got
+    }
+
+    /// Error bound relative to `Σ|x||w| + 1`: F(4x4)'s transforms scale by
+    /// up to 8 (input) and 1/24 (weights), so its rounding grows by about
+    /// the products' sum of absolute transform coefficients.
+    fn rel_bound(tile: Tile) -> f32 {
+        match tile {
+            Tile::F2 => 1e-5,
+            Tile::F4 => 3e-5,
+        }
     }
 
     #[test]
@@ -781,15 +967,26 @@ mod tests {
                 (1, 16, 8, [12, 11], [2, 0, 0, 2], true, sig.clone()),
                 // No padding, a 3x3 input: one output.
                 (1, 4, 4, [3, 3], [0, 0, 0, 0], false, None),
+                // Pads of 2 and 3 on the left start the phases elsewhere.
+                (1, 5, 7, [9, 13], [1, 3, 2, 1], false, None),
             ] {
-                let a = check(n, c, m, hw, pads, residual, act.clone(), &one, PART_BYTES);
-                let b = check(n, c, m, hw, pads, residual, act.clone(), &two, PART_BYTES);
-                assert_eq!(a, b, "{name}: 1 vs 2 threads");
-                // Parts of a few tiles each, starting and ending inside
-                // tile rows and inside runs of 8 tiles.
-                for part_bytes in [1, 5 * (c + m) * K16 * 4] {
-                    let p = check(n, c, m, hw, pads, residual, act.clone(), &two, part_bytes);
-                    assert_eq!(a, p, "{name}: whole planes vs parts of {part_bytes} bytes");
+                for tile in [Tile::F2, Tile::F4] {
+                    let case = |cx: &CpuCtx, part_bytes: usize| {
+                        let act = act.clone();
+                        check(tile, n, c, m, hw, pads, residual, act, cx, part_bytes)
+                    };
+                    let a = case(&one, PART_BYTES);
+                    let b = case(&two, PART_BYTES);
+                    assert_eq!(a, b, "{name} {tile:?}: 1 vs 2 threads");
+                    // Parts of a few tiles each, starting and ending inside
+                    // tile rows and inside runs of 8 tiles.
+                    for part_bytes in [1, 5 * (c + m) * tile.elems() * 4] {
+                        let p = case(&two, part_bytes);
+                        assert_eq!(
+                            a, p,
+                            "{name} {tile:?}: whole vs parts of {part_bytes} bytes"
+                        );
+                    }
                 }
             }
         }
@@ -800,7 +997,7 @@ mod tests {
         // 56x56 outputs (784 tiles) of 64 -> 64 channels: 6.4 MB in 4 MB
         // parts; on 2 threads a number that splits evenly; never more
         // parts than tiles.
-        let tile = 128 * K16 * 4;
+        let tile = 128 * Tile::F2.elems() * 4;
         assert_eq!(parts_per_item(1, tile, 784, 1, PART_BYTES), 2);
         assert_eq!(parts_per_item(1, tile, 196, 1, PART_BYTES), 1);
         assert_eq!(parts_per_item(1, tile, 196, 2, PART_BYTES), 2);
@@ -892,22 +1089,26 @@ mod tests {
         ));
     }
 
-    /// Phases of ResNet's stages, one thread:
+    /// Phases of ResNet's stages, one thread, both variants:
     /// `cargo test --release --lib winograd_speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn winograd_speed() {
         let cx = CpuCtx::single(Features::detect());
         let avx = cx.features.avx2_fma;
-        for (c, hw) in [(64, 56), (128, 28), (256, 14)] {
+        for (c, hw, tile) in [56, 28, 14]
+            .into_iter()
+            .flat_map(|hw| [Tile::F2, Tile::F4].map(|t| (64 * 56 / hw, hw, t)))
+        {
             let win = window(hw, hw, [1; 4]);
             let x = random(&[c, hw, hw], 1, 1.0).to_f32_vec();
             let w = random(&[c, c, 3, 3], 2, 1.0).to_f32_vec();
-            let u = prepack(&w, c, c, cx.features);
-            let (ty, tx) = tiles_of(&win);
+            let wt = prepack(&w, c, c, tile, cx.features);
+            let (ty, tx) = tiles_of(&win, tile.edge());
             let t = ty * tx;
-            let mut v = vec![0.0; c * K16 * t];
-            let mut prod = vec![0.0; c * K16 * t];
+            let st = spaced(c * t);
+            let mut v = vec![0.0; st * tile.elems()];
+            let mut prod = vec![0.0; st * tile.elems()];
             let mut y = vec![0.0; c * win.out_plane()];
             let mut split = Vec::new();
             let best = |f: &mut dyn FnMut()| {
@@ -924,21 +1125,24 @@ mod tests {
                 for ch in 0..c {
                     let xc = &x[ch * plane..(ch + 1) * plane];
                     let rows = Rows {
-                        stride: c * t,
+                        stride: st,
                         first: ch * t,
                     };
-                    input_tiles(avx, &win, xc, &mut split, &mut v, rows, 0..t);
+                    match tile {
+                        Tile::F2 => input_tiles_f2(avx, &win, xc, &mut split, &mut v, rows, 0..t),
+                        Tile::F4 => input_tiles_f4(avx, &win, xc, &mut split, &mut v, rows, 0..t),
+                    }
                 }
             });
             let tg = best(&mut || {
-                for (k, uk) in u.iter().enumerate() {
+                for (k, uk) in wt.u.iter().enumerate() {
                     let b = BSrc::Raw {
-                        b: &v[k * c * t..(k + 1) * c * t],
+                        b: &v[k * st..k * st + c * t],
                         ldb: t,
                         trans: false,
                     };
                     let ep = Epilogue::default();
-                    let pk = &mut prod[k * c * t..(k + 1) * c * t];
+                    let pk = &mut prod[k * st..k * st + c * t];
                     gemm(c, t, c, 1.0, ASrc::Packed(uk), b, pk, t, &ep, &cx);
                 }
             });
@@ -946,7 +1150,7 @@ mod tests {
             let to = best(&mut || {
                 for (mi, p) in y.chunks_mut(out_plane).enumerate() {
                     let rows = Rows {
-                        stride: c * t,
+                        stride: st,
                         first: mi * t,
                     };
                     let plane = OutPlane {
@@ -957,16 +1161,17 @@ mod tests {
                         late_act: None,
                     };
                     // SAFETY: one whole plane at a time, borrowed mutably.
-                    unsafe { output_tiles(avx, &win, &prod, rows, &plane, 0..t) };
+                    unsafe { output_tiles(tile, avx, &win, &prod, rows, &plane, 0..t) };
                 }
             });
             let whole = best(&mut || {
                 let mut out = vec![0.0; c * out_plane];
-                run(&win, 1, c, &u, &x, None, None, None, &mut out, &cx);
+                run(&win, 1, c, &wt, &x, None, None, None, &mut out, &cx);
             });
             println!(
-                "{c}x{hw}x{hw}: input {ti:.3} ms, 16 GEMMs {tg:.3} ms, output {to:.3} ms \
-                 (whole planes); run in parts {whole:.3} ms"
+                "{c}x{hw}x{hw} {tile:?}: input {ti:.3} ms, {} GEMMs {tg:.3} ms, output \
+                 {to:.3} ms (whole planes); run in parts {whole:.3} ms",
+                tile.elems()
             );
         }
     }
