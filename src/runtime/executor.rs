@@ -16,6 +16,7 @@ use super::plan::{Exec, Loc, Plan, Step, ValueInfo};
 use super::quant::{QDst, QIn};
 use crate::ir::ops as reference;
 use crate::ir::{DType, Tensor, ValueId};
+use crate::kernels::cpu::choice::ProductKnobs;
 use crate::kernels::cpu::{self, CpuCtx, View, ViewMut};
 use crate::{Error, Result};
 
@@ -412,13 +413,15 @@ fn run_fast(step: &Step, env: &mut Env) -> Result<bool> {
 }
 
 /// The context a step's kernel choice asks for (narrowed features, one
-/// thread), when it differs from the plan's.
+/// thread, product knobs), when it differs from the plan's.
 fn step_cx(step: &Step, cx: &CpuCtx) -> Option<CpuCtx> {
-    if step.features.is_none() && !step.choice.single_thread {
+    let knobs = step.choice.product_knobs();
+    if step.features.is_none() && !step.choice.single_thread && knobs == ProductKnobs::default() {
         return None;
     }
     let mut cx = CpuCtx {
         features: step.features.unwrap_or(cx.features),
+        knobs,
         ..cx.clone()
     };
     if step.choice.single_thread {

@@ -47,6 +47,7 @@ impl PackKey {
 
     /// The key of the same operands packed for kernel choice `choice`.
     pub(crate) fn for_choice(mut self, choice: Choice) -> PackKey {
+        let choice = choice.packing();
         if !choice.is_default() {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (self.fingerprint, choice).hash(&mut h);

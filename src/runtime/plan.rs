@@ -32,7 +32,7 @@ use super::packs::{PackCache, PackKey};
 use super::profile::{self, Profiler};
 use super::quant::QuantStep;
 use crate::ir::{DType, Graph, Op, Tensor, ValueId};
-use crate::kernels::cpu::choice::{Choice, Isa};
+use crate::kernels::cpu::choice::{Choice, ConvAlgo, Isa, Split, KC_CHOICES};
 use crate::kernels::cpu::qgemm::QRequant;
 use crate::kernels::cpu::{conv, CpuCtx, Features, Prepacked, View};
 use crate::{Error, Result};
@@ -728,11 +728,14 @@ impl Plan {
             let conv = asked
                 .conv
                 .filter(|a| legal.first() != Some(a) && legal.contains(a));
+            let product = is_product(&step.op);
             let choice = Choice {
                 run: None,
                 conv,
                 isa,
                 single_thread: asked.single_thread && self.cx.threads > 1,
+                split: asked.split.filter(|_| product && self.cx.threads > 1),
+                kc: asked.kc.filter(|_| product),
             };
             let cx = narrowed(&self.cx, isa, false).unwrap_or_else(|| self.cx.clone());
             let key = PackKey::new(&step.op, &shapes, const_inputs(&self.graph, &step.inputs))
@@ -884,10 +887,11 @@ impl Plan {
                     shape(s.inputs.get(1).and_then(Option::as_ref)),
                     shape(s.outputs.first()),
                 );
-                let mut out: Vec<Choice> = conv::algorithms(&s.op, w, out, self.cx.features)
-                    .into_iter()
+                let algos = conv::algorithms(&s.op, w, out, self.cx.features);
+                let mut out: Vec<Choice> = algos
+                    .iter()
                     .enumerate()
-                    .map(|(i, a)| Choice {
+                    .map(|(i, &a)| Choice {
                         conv: (i > 0).then_some(a),
                         ..Choice::default()
                     })
@@ -897,6 +901,26 @@ impl Plan {
                 }
                 out.extend(isas(false));
                 out.extend(single);
+                // The product knobs, for the default algorithm's GEMM: not
+                // for a depthwise convolution (no GEMM) nor, for the split,
+                // Winograd (each part is one thread's).
+                let default = algos.first().copied();
+                let gemm = !matches!(default, Some(ConvAlgo::DwPlane | ConvAlgo::DwInterleaved));
+                let splits = gemm
+                    && self.cx.threads > 1
+                    && !matches!(default, Some(ConvAlgo::Winograd | ConvAlgo::Winograd4));
+                if splits {
+                    out.extend(Split::ALL.map(|sp| Choice {
+                        split: Some(sp),
+                        ..Choice::default()
+                    }));
+                }
+                if gemm {
+                    out.extend(KC_CHOICES.map(|kc| Choice {
+                        kc: Some(kc),
+                        ..Choice::default()
+                    }));
+                }
                 out
             }
             _ => Vec::new(),

@@ -556,11 +556,7 @@ pub fn estimate(
 ) -> Result<TuneOutcome> {
     let started = Instant::now();
     let spec = specialize(g, shapes)?;
-    let cx = CpuCtx {
-        threads: 1,
-        pool: None,
-        features: target.kernel_features(),
-    };
+    let cx = CpuCtx::single(target.kernel_features());
     let plan = Plan::with_choices(spec.clone(), cx, &PackCache::default(), &Choices::new())?;
     let by_name: HashMap<&str, &Node> = spec.nodes().map(|(_, n)| (n.name.as_str(), n)).collect();
     let (mut nodes, mut chosen) = (Vec::new(), Choices::new());

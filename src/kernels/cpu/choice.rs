@@ -110,6 +110,44 @@ impl Isa {
     }
 }
 
+/// How an f32 product's (or convolution's GEMM's) work is divided over
+/// the threads: by rows of C (output channels of a convolution, rows of a
+/// MatMul) or by its columns (pixels, output features). The default picks
+/// by a cost estimate of each task's share of the work, packing and reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    Rows,
+    Cols,
+}
+
+impl Split {
+    pub const ALL: [Split; 2] = [Split::Rows, Split::Cols];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Rows => "rows",
+            Split::Cols => "cols",
+        }
+    }
+}
+
+/// Depths of a product's blocks a tuner may pick ([`Choice::kc`]) besides
+/// the kernels' own (256 packed, 384 for the direct convolution).
+pub const KC_CHOICES: [u16; 2] = [128, 512];
+
+/// The knobs of an f32 product's kernels that a choice sets at run time
+/// (they change neither the packed weights nor the result beyond f32
+/// rounding of differently blocked sums): carried by the step's
+/// [`super::CpuCtx`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProductKnobs {
+    /// How the threads split the product (None: by cost estimate).
+    pub split: Option<Split>,
+    /// Depth of a block of the product (None: the kernel's own).
+    pub kc: Option<usize>,
+}
+
 /// One way to run a node: each knob `None` takes its default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Choice {
@@ -123,12 +161,37 @@ pub struct Choice {
     /// fork-join and the second core's cache misses can cost more than
     /// the split saves.
     pub single_thread: bool,
+    /// How an f32 product's threads split it (`split=rows|cols`).
+    pub split: Option<Split>,
+    /// Depth of an f32 product's blocks (`kc=128`): the GEMM's packed
+    /// blocks or the direct convolution's passes over C.
+    pub kc: Option<u16>,
 }
 
 impl Choice {
     /// Every knob at its default.
     pub fn is_default(&self) -> bool {
         *self == Choice::default()
+    }
+
+    /// The knobs that change how weights are packed (the algorithm, the
+    /// instruction set, int8 or f32): choices that agree on them share one
+    /// packed copy.
+    pub fn packing(&self) -> Choice {
+        Choice {
+            run: self.run,
+            conv: self.conv,
+            isa: self.isa,
+            ..Choice::default()
+        }
+    }
+
+    /// The product knobs this choice sets.
+    pub fn product_knobs(&self) -> ProductKnobs {
+        ProductKnobs {
+            split: self.split,
+            kc: self.kc.map(usize::from),
+        }
     }
 }
 
@@ -148,6 +211,12 @@ impl fmt::Display for Choice {
         }
         if self.single_thread {
             parts.push("threads=1".to_string());
+        }
+        if let Some(sp) = self.split {
+            parts.push(format!("split={}", sp.name()));
+        }
+        if let Some(kc) = self.kc {
+            parts.push(format!("kc={kc}"));
         }
         if parts.is_empty() {
             f.write_str("default")
@@ -180,6 +249,15 @@ impl FromStr for Choice {
                 "conv" => c.conv = Some(ConvAlgo::ALL[pick(&ConvAlgo::ALL.map(ConvAlgo::name))?]),
                 "isa" => c.isa = Some(Isa::ALL[pick(&Isa::ALL.map(Isa::name))?]),
                 "threads" if value == "1" => c.single_thread = true,
+                "split" => c.split = Some(Split::ALL[pick(&Split::ALL.map(Split::name))?]),
+                "kc" => {
+                    let names = KC_CHOICES.map(|k| k.to_string());
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let i = names.iter().position(|n| *n == value).ok_or_else(|| {
+                        format!("kernel choice '{s}': kc is one of {}", names.join(", "))
+                    })?;
+                    c.kc = Some(KC_CHOICES[i]);
+                }
                 "threads" => return Err(format!("kernel choice '{s}': threads is 1 (or absent)")),
                 _ => return Err(format!("kernel choice '{s}': unknown knob '{key}'")),
             }
@@ -214,6 +292,17 @@ mod tests {
                 conv: Some(ConvAlgo::Winograd),
                 isa: Some(Isa::Avx2),
                 single_thread: true,
+                split: Some(Split::Rows),
+                kc: Some(512),
+            },
+            Choice {
+                conv: Some(ConvAlgo::Winograd4),
+                split: Some(Split::Cols),
+                ..Choice::default()
+            },
+            Choice {
+                kc: Some(128),
+                ..Choice::default()
             },
             Choice {
                 run: Some(QuantRun::Int8),
@@ -248,6 +337,8 @@ mod tests {
             "tile=8",
             "isa=sse",
             "threads=2",
+            "split=diagonal",
+            "kc=100",
         ] {
             assert!(bad.parse::<Choice>().is_err(), "{bad}");
         }

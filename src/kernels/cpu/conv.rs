@@ -1765,6 +1765,7 @@ fn copy_run(out: &mut [f32], src: &[f32], len: usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::choice::{ProductKnobs, Split, KC_CHOICES};
     use super::super::Features;
     use super::*;
     use crate::ir::ops::util::testing::random;
@@ -1926,6 +1927,10 @@ mod tests {
         // tolerance (Winograd's rounding is bounded above).
         let algos = algorithms(&op, w.shape(), want.shape(), cx.features);
         assert!(!algos.is_empty(), "{c:?}: no algorithm");
+        let two = CpuCtx {
+            features: cx.features,
+            ..CpuCtx::new(2).unwrap()
+        };
         for algo in algos {
             let packed = prepack_with(&op, &consts, want.shape(), Some(algo), cx).unwrap();
             let taken = match &packed {
@@ -1939,23 +1944,42 @@ mod tests {
                 Prepacked::B(_) => unreachable!("a convolution packs no B"),
             };
             assert_eq!(taken, algo, "{c:?}");
-            let mut y = vec![f32::NAN; want.numel()];
-            let mut outs = [ViewMut {
-                shape: want.shape(),
-                data: &mut y,
-            }];
-            assert!(run_packed(&op, &views, &mut outs, Some(&packed), cx).unwrap());
             let tol = if matches!(algo, ConvAlgo::Winograd | ConvAlgo::Winograd4) {
                 1e-3
             } else {
                 1e-4
             };
-            for (i, (g, w)) in y.iter().zip(want.as_f32().unwrap()).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-4 + tol * w.abs(),
-                    "{c:?} ({}) at {i}: {g} vs {w}",
-                    algo.name()
-                );
+            // The algorithm as packed, then with each product knob a tuner
+            // may add (on two threads, so that the split applies).
+            let knobs = [Split::Rows, Split::Cols]
+                .map(|s| ProductKnobs {
+                    split: Some(s),
+                    kc: None,
+                })
+                .into_iter()
+                .chain(KC_CHOICES.map(|kc| ProductKnobs {
+                    split: None,
+                    kc: Some(usize::from(kc)),
+                }));
+            let tuned = knobs.map(|k| CpuCtx {
+                knobs: k,
+                ..two.clone()
+            });
+            for run_cx in std::iter::once(cx.clone()).chain(tuned) {
+                let mut y = vec![f32::NAN; want.numel()];
+                let mut outs = [ViewMut {
+                    shape: want.shape(),
+                    data: &mut y,
+                }];
+                assert!(run_packed(&op, &views, &mut outs, Some(&packed), &run_cx).unwrap());
+                for (i, (g, w)) in y.iter().zip(want.as_f32().unwrap()).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 + tol * w.abs(),
+                        "{c:?} ({}, {:?}) at {i}: {g} vs {w}",
+                        algo.name(),
+                        run_cx.knobs
+                    );
+                }
             }
         }
         got

@@ -41,6 +41,7 @@
 
 use std::cell::RefCell;
 
+use super::choice::Split;
 use super::{CpuCtx, Features};
 use crate::ir::Activation;
 
@@ -395,6 +396,7 @@ pub fn gemm_direct(
         let block = (DIRECT_C_BLOCK / (m * nr)).max(1);
         let panels = m.div_ceil(mr);
         // Segments `chunk` on A panels `p0..p1`.
+        let depth = cx.knobs.kc.unwrap_or(DIRECT_KC).max(1);
         let run = |chunk: &[DirectSeg], p0: usize, p1: usize| {
             for blk in chunk.chunks(block) {
                 // SAFETY: the kernel's features are present (it was
@@ -404,6 +406,7 @@ pub fn gemm_direct(
                 unsafe {
                     direct_block(
                         kern,
+                        depth,
                         a,
                         data,
                         offs,
@@ -421,7 +424,12 @@ pub fn gemm_direct(
         let (t, n_seg) = (cx.threads, segs.len());
         let macs = m * k * n_seg * nr;
         if t > 1 && macs >= PARALLEL_MIN_MACS && (n_seg > 1 || panels > 1) {
-            if n_seg >= 8 * t || panels < t {
+            let by_segments = match cx.knobs.split {
+                Some(Split::Cols) => true,
+                Some(Split::Rows) => false,
+                None => n_seg >= 8 * t || panels < t,
+            };
+            if by_segments {
                 // Even ranges of segments, a few per thread.
                 let tasks = n_seg.min(16 * t);
                 cx.for_each(tasks, |i| {
@@ -453,7 +461,7 @@ const DIRECT_C_BLOCK: usize = 1 << 16;
 /// convolutions, 384 runs 5-10% faster than 256 and as fast as 768.
 const DIRECT_KC: usize = 384;
 
-/// A block of segments of [`gemm_direct`]: depth blocks of `DIRECT_KC`, each
+/// A block of segments of [`gemm_direct`]: depth blocks of `depth`, each
 /// through every segment and, per segment, the A panels `panels` (the segment's B
 /// rows stay in L1 across the panels, the A depth block in L2 across the
 /// segments).
@@ -466,6 +474,7 @@ const DIRECT_KC: usize = 384;
 #[allow(clippy::too_many_arguments)]
 unsafe fn direct_block(
     kern: Kernel,
+    depth: usize,
     a: &PackedA,
     data: &[f32],
     offs: &[usize],
@@ -479,8 +488,8 @@ unsafe fn direct_block(
 ) {
     let (m, k, mr) = (a.m, a.k, kern.mr());
     let ad = a.data();
-    for pc in (0..k).step_by(DIRECT_KC) {
-        let kc = DIRECT_KC.min(k - pc);
+    for pc in (0..k).step_by(depth) {
+        let kc = depth.min(k - pc);
         let (first, last) = (pc == 0, pc + kc == k);
         // Shallow: each A panel along the segments, as in
         // `Gemm::macro_kernel`.
@@ -718,6 +727,7 @@ pub fn gemm(
     let g = Gemm {
         kern,
         k,
+        kc_block: cx.knobs.kc.unwrap_or(KC).max(1),
         alpha,
         a,
         b,
@@ -743,15 +753,19 @@ pub fn gemm(
             BSrc::Raw { trans: false, .. } if kern.reads_b_in_place() => MC,
             _ => 0,
         };
-        grid(
-            m,
-            n,
-            k,
-            (mr, nr),
-            (a_pack, b_pack),
-            b_in_place_rows,
-            cx.threads,
-        )
+        match cx.knobs.split {
+            Some(Split::Rows) => (cx.threads.min(m.div_ceil(mr)), 1),
+            Some(Split::Cols) => (1, cx.threads.min(n.div_ceil(nr))),
+            None => grid(
+                m,
+                n,
+                k,
+                (mr, nr),
+                (a_pack, b_pack),
+                b_in_place_rows,
+                cx.threads,
+            ),
+        }
     } else {
         (1, 1)
     };
@@ -850,6 +864,8 @@ unsafe impl Sync for CPtr {}
 struct Gemm<'a> {
     kern: Kernel,
     k: usize,
+    /// Depth of a packed block (`KC` unless a tuned choice sets it).
+    kc_block: usize,
     alpha: f32,
     a: ASrc<'a>,
     b: BSrc<'a>,
@@ -910,14 +926,14 @@ impl Gemm<'_> {
         j1: usize,
     ) {
         let (mr, nr) = (self.kern.mr(), self.kern.nr());
-        let k = self.k;
+        let (k, kcb) = (self.k, self.kc_block);
         let a_off = match self.a {
-            ASrc::Raw { .. } => aligned(abuf, MC.min((i1 - i0).div_ceil(mr) * mr) * KC.min(k)),
+            ASrc::Raw { .. } => aligned(abuf, MC.min((i1 - i0).div_ceil(mr) * mr) * kcb.min(k)),
             ASrc::Packed(_) => 0,
         };
         let b_off = match self.b {
             BSrc::Raw { .. } | BSrc::Gen(_) => {
-                aligned(bbuf, NC.min((j1 - j0).div_ceil(nr) * nr) * KC.min(k))
+                aligned(bbuf, NC.min((j1 - j0).div_ceil(nr) * nr) * kcb.min(k))
             }
             BSrc::Packed(_) => 0,
         };
@@ -926,8 +942,8 @@ impl Gemm<'_> {
         let direct = self.kern.reads_b_in_place() && i1 - i0 <= MC;
         for jc in (j0..j1).step_by(NC) {
             let nc = NC.min(j1 - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
+            for pc in (0..k).step_by(kcb) {
+                let kc = kcb.min(k - pc);
                 // Packed B block: micro-panel q starts at q * bstride.
                 let blen = nc.div_ceil(nr) * nr * kc;
                 // Whether B's panels come from memory (read in place or
@@ -2302,6 +2318,34 @@ pub(crate) mod tests {
                             assert!(x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits()));
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tuned_knobs_keep_the_result() {
+        use crate::kernels::cpu::choice::{ProductKnobs, KC_CHOICES};
+        // Every split and block depth a tuner may pick, on products large
+        // enough for two threads, crossing depth blocks and tiles.
+        for (name, f) in features() {
+            for &(m, n, k) in &[(37, 171, 300), (150, 40, 600), (5, 2000, 129)] {
+                let p = prob(m, n, k, false, false, 1.0, 7);
+                let ep = Epilogue::default();
+                let splits = [None, Some(Split::Rows), Some(Split::Cols)];
+                let kcs = std::iter::once(None).chain(KC_CHOICES.map(|kc| Some(usize::from(kc))));
+                for (split, kc) in kcs.flat_map(|kc| splits.map(|s| (s, kc))) {
+                    let cx = CpuCtx {
+                        knobs: ProductKnobs { split, kc },
+                        ..two_threads(f)
+                    };
+                    let got = run(&p, &ep, &cx);
+                    check(
+                        &p,
+                        &ep,
+                        &got,
+                        &format!("{name} {m}x{n}x{k} {split:?} kc {kc:?}"),
+                    );
                 }
             }
         }

@@ -235,6 +235,8 @@ pub struct CpuCtx {
     pub threads: usize,
     pub pool: Option<std::sync::Arc<pool::Pool>>,
     pub features: Features,
+    /// A tuned node's product knobs (default: the kernels' own thresholds).
+    pub knobs: choice::ProductKnobs,
 }
 
 impl CpuCtx {
@@ -257,6 +259,7 @@ impl CpuCtx {
             threads,
             pool,
             features: Features::detect(),
+            knobs: choice::ProductKnobs::default(),
         })
     }
 
@@ -266,6 +269,7 @@ impl CpuCtx {
             threads: 1,
             pool: None,
             features,
+            knobs: choice::ProductKnobs::default(),
         }
     }
 

@@ -213,7 +213,12 @@ fn run_parts(
     }
     let tile_bytes = (c + m) * tile.elems() * 4;
     let parts = parts_per_item(n, tile_bytes, t, cx.threads, part_bytes);
-    let single = CpuCtx::single(cx.features);
+    // The products run single-threaded (each part is one thread's), with
+    // the step's knobs (a tuned block depth).
+    let single = CpuCtx {
+        knobs: cx.knobs,
+        ..CpuCtx::single(cx.features)
+    };
     let (clamp, late_act) = split_act(act);
     let out = OutPtr(y.as_mut_ptr());
     let one = |wk: usize| {
