@@ -43,7 +43,7 @@ use super::gemm::{
     DirectSeg, Epilogue, PackB, PackedA, PackedB, DIRECT_PIECES,
 };
 use super::geometry::Window2d;
-use super::lanes::{self, Lanes, PhasePad, LANES, P8};
+use super::lanes::{self, Lanes, PhasePad, Row, LANES, P8};
 use super::{ops, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
 use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, ConvAttrs, Op};
@@ -472,6 +472,13 @@ fn depthwise(
     let win = &g.win;
     let (in_plane, out_plane, k) = (win.in_plane(), win.out_plane(), win.kh * win.kw);
     let avx = cx.features.avx2_fma && ops::has_avx2_fma();
+    let width = if avx && cx.features.avx512f && has_avx512f() {
+        DwWidth::Avx512
+    } else if avx {
+        DwWidth::Avx2
+    } else {
+        DwWidth::Portable
+    };
     // Relu and Clip are applied in registers; other activations on the
     // finished plane while it is still in cache.
     let (clamp, _) = split_act(f.act);
@@ -489,7 +496,7 @@ fn depthwise(
         match &plan {
             Some(plan) => {
                 let res = f.residual.map(|r| &r[i * out_plane..(i + 1) * out_plane]);
-                dw_padded(avx, plan, xp, scratch, wk, bias, res, p);
+                dw_padded(width, plan, xp, scratch, wk, bias, res, p);
                 if clamp.is_none() {
                     if let Some(act) = f.act {
                         ops::activation(act, p, avx);
@@ -889,7 +896,7 @@ impl<'a> DwPlan<'a> {
 /// the plan's clamp (or none; the caller applies the others).
 #[allow(clippy::too_many_arguments)]
 fn dw_padded(
-    avx: bool,
+    width: DwWidth,
     plan: &DwPlan,
     xp: &[f32],
     buf: &mut [f32],
@@ -911,23 +918,57 @@ fn dw_padded(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if avx && ops::has_avx2_fma() {
-        // SAFETY: AVX2 and FMA are present; the sizes were checked above.
-        unsafe { dw_avx(plan, xp, buf, wk, bias, res, p) };
-        return;
+    match width {
+        DwWidth::Avx512 if has_avx512f() && ops::has_avx2_fma() => {
+            // SAFETY: AVX-512F, AVX2 and FMA are present; the sizes were
+            // checked above.
+            unsafe { dw_avx512(plan, xp, buf, wk, bias, res, p) };
+            return;
+        }
+        DwWidth::Avx512 | DwWidth::Avx2 if ops::has_avx2_fma() => {
+            // SAFETY: AVX2 and FMA are present; the sizes were checked above.
+            unsafe { dw_avx(plan, xp, buf, wk, bias, res, p) };
+            return;
+        }
+        _ => {}
     }
-    let _ = avx;
+    let _ = width;
     // SAFETY: the sizes were checked above.
-    unsafe { dw_dispatch::<P8>(plan, xp, buf, wk, bias, res, p) }
+    unsafe { dw_dispatch::<P8, P8>(plan, xp, buf, wk, bias, res, p) }
 }
 
-/// Fills the scratch and picks the kernel instance (3x3 or any kernel).
+/// The vectors a depthwise plane runs on: the widest the features allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DwWidth {
+    Portable,
+    /// 8 lanes (AVX2 and FMA).
+    Avx2,
+    /// 16 lanes (AVX-512F): half the vectors per row of 14 to 112 outputs
+    /// (MobileNetV2's planes).
+    Avx512,
+}
+
+/// True when this CPU runs AVX-512F instructions.
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Fills the scratch on `F` (8-lane copies) and picks the kernel instance
+/// on `V` (3x3 or any kernel).
 ///
 /// # Safety
-/// The slices have the sizes [`dw_padded`] checks.
+/// The slices have the sizes [`dw_padded`] checks, and the CPU supports
+/// `F`'s and `V`'s instructions.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_dispatch<V: Lanes>(
+unsafe fn dw_dispatch<F: Lanes, V: Row>(
     plan: &DwPlan,
     xp: &[f32],
     buf: &mut [f32],
@@ -936,7 +977,7 @@ unsafe fn dw_dispatch<V: Lanes>(
     res: Option<&[f32]>,
     p: &mut [f32],
 ) {
-    dw_fill::<V>(plan.win, &plan.pad, xp, buf);
+    dw_fill::<F>(plan.win, &plan.pad, xp, buf);
     if plan.taps.len() == 9 && plan.win.kh == 3 {
         dw_kernel::<V, true>(plan, buf, wk, bias, res, p)
     } else {
@@ -972,8 +1013,8 @@ unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &PhasePad, xp: &[f32], buf: &mu
     }
 }
 
-/// The register-blocked depthwise kernel: for each output row, chunks of 8
-/// outputs accumulate every tap in a register (starting from the bias),
+/// The register-blocked depthwise kernel: for each output row, chunks of
+/// `V::WIDTH` outputs accumulate every tap in a register (starting from the bias),
 /// add the residual, clamp, and are stored once; the last partial chunk is
 /// computed in full (the scratch has the room) and stored masked. `K3`: a
 /// 3x3 kernel, its 9 weights and tap offsets kept in registers.
@@ -981,7 +1022,7 @@ unsafe fn dw_fill<V: Lanes>(win: &Window2d, pad: &PhasePad, xp: &[f32], buf: &mu
 /// # Safety
 /// As [`dw_dispatch`], with `buf` filled; `K3` implies 9 taps.
 #[inline(always)]
-unsafe fn dw_kernel<V: Lanes, const K3: bool>(
+unsafe fn dw_kernel<V: Row, const K3: bool>(
     plan: &DwPlan,
     buf: &[f32],
     wk: &[f32],
@@ -1011,11 +1052,11 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
     let (lo, hi) = plan.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (vlo, vhi) = (V::splat(lo), V::splat(hi));
     let clamp = plan.clamp.is_some();
-    // Sum of the taps for the 8 outputs whose first reads start at `x0`.
-    // (A function, not a closure, so that it inlines into the
+    // Sum of the taps for the `V::WIDTH` outputs whose first reads start
+    // at `x0`. (A function, not a closure, so that it inlines into the
     // `target_feature` caller and the intrinsics with it.)
     #[inline(always)]
-    unsafe fn chunk<V: Lanes, const K3: bool>(
+    unsafe fn chunk<V: Row, const K3: bool>(
         x0: *const f32,
         vb: V,
         w3: &[V; 9],
@@ -1039,7 +1080,8 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
         }
         acc
     }
-    let full = ow / LANES * LANES;
+    let lanes = V::WIDTH;
+    let full = ow / lanes * lanes;
     for oh in 0..win.oh {
         let xr = xs.add(oh * rows);
         let yr = out.add(oh * ow);
@@ -1054,13 +1096,13 @@ unsafe fn dw_kernel<V: Lanes, const K3: bool>(
                 acc = acc.clamp(vlo, vhi);
             }
             acc.store(yr.add(o));
-            o += LANES;
+            o += lanes;
         }
         if o < ow {
             let n = ow - o;
             // Lanes past the row land in the next rows, rewritten later: a
             // full store while inside the plane, a masked one at its end.
-            let whole = oh * ow + o + LANES <= p.len();
+            let whole = oh * ow + o + lanes <= p.len();
             let mut acc = chunk::<V, K3>(xr.add(o), vb, &w3, t3, wk, &plan.taps);
             if let Some(rr) = rr {
                 let r = if whole {
@@ -1100,7 +1142,28 @@ unsafe fn dw_avx(
     res: Option<&[f32]>,
     p: &mut [f32],
 ) {
-    dw_dispatch::<lanes::A8>(plan, xp, buf, wk, bias, res, p)
+    dw_dispatch::<lanes::A8, lanes::A8>(plan, xp, buf, wk, bias, res, p)
+}
+
+/// [`dw_dispatch`] on AVX-512 registers ([`lanes::A16`]; the scratch
+/// filled on AVX2's).
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA, and the arguments must
+/// satisfy [`dw_dispatch`]'s contract.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_avx512(
+    plan: &DwPlan,
+    xp: &[f32],
+    buf: &mut [f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: &mut [f32],
+) {
+    dw_dispatch::<lanes::A8, lanes::A16>(plan, xp, buf, wk, bias, res, p)
 }
 
 super::ops::multiversion!(
@@ -1990,6 +2053,10 @@ mod tests {
     fn check(c: &Case, seed: u64) {
         let one = check_with(c, seed, &CpuCtx::single(Features::detect()));
         check_with(c, seed, &CpuCtx::single(Features::portable()));
+        // The 8-lane kernels too where the CPU has wider ones.
+        if Features::detect().avx512f {
+            check_with(c, seed, &CpuCtx::single(Features::avx2_only()));
+        }
         let two = check_with(c, seed, &CpuCtx::new(2).unwrap());
         assert_eq!(one, two, "{c:?}: 1 vs 2 threads");
     }
@@ -2618,7 +2685,12 @@ mod tests {
             r.as_f32().unwrap(),
         );
         let plane = g.win.out_plane();
-        for avx in [false, true] {
+        // Every width of the plane kernel gives the interleaved one's bits.
+        for (avx, width) in [
+            (false, DwWidth::Portable),
+            (true, DwWidth::Avx2),
+            (true, DwWidth::Avx512),
+        ] {
             let c8 = C8Plan::new(&g.win, 8, wv, Some(bv), clamp).unwrap();
             let mut got = vec![f32::NAN; 8 * plane];
             with_c8_scratch(&c8, |buf| {
@@ -2631,7 +2703,7 @@ mod tests {
                 let xp = &x.as_f32().unwrap()[ch * g.win.in_plane()..][..g.win.in_plane()];
                 let res = &rv[ch * plane..][..plane];
                 dw_padded(
-                    avx,
+                    width,
                     &plan,
                     xp,
                     &mut buf,
@@ -2645,7 +2717,7 @@ mod tests {
                     got.iter()
                         .zip(&want)
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "avx {avx} channel {ch}: {got:?} vs {want:?}"
+                    "{width:?} channel {ch}: {got:?} vs {want:?}"
                 );
             }
         }
@@ -2698,15 +2770,16 @@ mod tests {
             ow: 7,
         };
         let p = PhasePad::new(&win).unwrap();
-        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (9, 1, 10, 7, 7));
+        // Rows of 7 outputs rounded up to one 16-lane vector, plus 2.
+        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (9, 1, 18, 7, 7));
         (win.h, win.w, win.sh, win.sw) = (14, 14, 2, 2);
         let p = PhasePad::new(&win).unwrap();
-        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (15, 2, 9, 14, 14));
+        assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (15, 2, 17, 14, 14));
         let plan = DwPlan::new(&win, None).unwrap();
-        // Taps: row step 15 * 2 * 9 / 15 = 18 floats; kj = 0, 1, 2 read
-        // phase 0 index 0, phase 1 index 0, phase 0 index 1.
-        assert_eq!(&plan.taps[..3], &[0, 9, 1]);
-        assert_eq!(plan.taps[3], 18);
+        // Taps: row step 2 * 17 = 34 floats; kj = 0, 1, 2 read phase 0
+        // index 0, phase 1 index 0, phase 0 index 1.
+        assert_eq!(&plan.taps[..3], &[0, 17, 1]);
+        assert_eq!(plan.taps[3], 34);
     }
 
     #[test]

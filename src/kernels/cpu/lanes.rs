@@ -24,6 +24,10 @@ use super::geometry::Window2d;
 /// Width of the vectors.
 pub(super) const LANES: usize = 8;
 
+/// Widest [`Row`] (AVX-512's 16 lanes): the scratch layout has room for
+/// full rows of it.
+pub(super) const MAX_ROW: usize = 16;
+
 /// Layout of the scratch plane of a window with column stride `s`: `ph`
 /// blocks of `s * l` floats, one per padded input row, each split into `s`
 /// phases of `l` floats, phase `q` holding the padded columns `q`, `q + s`,
@@ -32,8 +36,8 @@ pub(super) const LANES: usize = 8;
 /// an average, -inf for a max). Output column `ow`, kernel column `kj`
 /// reads padded column `ow * s + kj * dw`, that is phase `(kj * dw) % s`,
 /// index `ow + (kj * dw) / s`: consecutive outputs read consecutive floats
-/// at every stride. The layout covers all that full chunks of 8 outputs
-/// read (`ow` rounded up to 8) and every row a window reaches (also past
+/// at every stride. The layout covers all that full chunks of 16 outputs
+/// read (`ow` rounded up to [`MAX_ROW`]) and every row a window reaches (also past
 /// the bottom padding in ceil mode), so the kernels need no bounds tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct PhasePad {
@@ -55,7 +59,7 @@ impl PhasePad {
         if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
             return None;
         }
-        let ow8 = win.ow.div_ceil(LANES) * LANES;
+        let ow8 = win.ow.div_ceil(MAX_ROW) * MAX_ROW;
         let ph = (win.oh - 1)
             .checked_mul(win.sh)?
             .checked_add((win.kh - 1).checked_mul(win.dh)?)?
@@ -187,6 +191,68 @@ pub(super) trait Lanes: Copy {
     /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
     /// `p[0..8]` must be valid; cheaper than a masked store).
     unsafe fn blend_store(self, p: *mut f32, n: usize);
+}
+
+/// The vector operations of the register-blocked depthwise plane kernel,
+/// at any width: every [`Lanes`] type (8 lanes) and, on x86-64, [`A16`]
+/// (AVX-512, 16 lanes).
+///
+/// # Safety
+/// As [`Lanes`]: pointers must be valid for the lanes a method reads or
+/// writes, and a type's methods may only run on a CPU with its
+/// instructions.
+pub(super) trait Row: Copy {
+    /// Lanes per vector (at most [`MAX_ROW`]).
+    const WIDTH: usize;
+    unsafe fn splat(v: f32) -> Self;
+    /// `p[0..WIDTH]`.
+    unsafe fn load(p: *const f32) -> Self;
+    /// `p[0..n]`, zeros after (`n <= WIDTH`).
+    unsafe fn load_n(p: *const f32, n: usize) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// `a * b + c` (fused where the CPU has FMA).
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    /// As [`Lanes::clamp`].
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// Stores lanes `0..n` (`n <= WIDTH`).
+    unsafe fn store_n(self, p: *mut f32, n: usize);
+}
+
+impl<T: Lanes> Row for T {
+    const WIDTH: usize = LANES;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        <T as Lanes>::splat(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        <T as Lanes>::load(p)
+    }
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self {
+        <T as Lanes>::load_n(p, n)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        <T as Lanes>::add(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        <T as Lanes>::mul_add(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+        <T as Lanes>::clamp(self, lo, hi)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        <T as Lanes>::store(self, p)
+    }
+    #[inline(always)]
+    unsafe fn store_n(self, p: *mut f32, n: usize) {
+        <T as Lanes>::store_n(self, p, n)
+    }
 }
 
 /// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
@@ -353,12 +419,71 @@ impl Lanes for P8 {
     }
     #[inline(always)]
     unsafe fn blend_store(self, p: *mut f32, n: usize) {
-        self.store_n(p, n)
+        Lanes::store_n(self, p, n)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 pub(super) use avx::A8;
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx512::A16;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! AVX-512 rows, for the kernels' `#[target_feature(enable =
+    //! "avx512f")]` entry points (after run-time detection), into which
+    //! the methods and intrinsics inline. Lane for lane the same operations
+    //! as [`super::A8`], so results do not depend on the width.
+    use super::Row;
+    use std::arch::x86_64::*;
+
+    /// AVX-512 lanes: one `__m512` register.
+    #[derive(Clone, Copy)]
+    pub(in crate::kernels::cpu) struct A16(__m512);
+
+    /// Mask of the first `n` lanes.
+    #[inline(always)]
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    impl Row for A16 {
+        const WIDTH: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            A16(_mm512_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            A16(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            A16(_mm512_maskz_loadu_ps(first(n), p))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            A16(_mm512_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            A16(_mm512_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            // As A8: max_ps(a, b) / min_ps(a, b) return b when either is NaN.
+            A16(_mm512_min_ps(hi.0, _mm512_max_ps(lo.0, self.0)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            _mm512_mask_storeu_ps(p, first(n), self.0)
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
