@@ -49,6 +49,29 @@ fn is_product(op: &Op) -> bool {
     )
 }
 
+/// The depth (k) of the products a step with weights of shape `w` runs
+/// by algorithm `algo` (None: not a convolution), and the depth of the
+/// blocks its kernel takes by default.
+fn product_depth(op: &Op, w: &[usize], algo: Option<ConvAlgo>) -> (usize, usize) {
+    let depth = match (op, algo) {
+        (_, Some(ConvAlgo::Winograd | ConvAlgo::Winograd4)) => w.get(1).copied().unwrap_or(0),
+        (Op::Conv(_) | Op::FusedConv { .. }, _) => w.iter().skip(1).product(),
+        (Op::Gemm { trans_b: true, .. }, _) => w.get(1).copied().unwrap_or(0),
+        _ => w
+            .len()
+            .checked_sub(2)
+            .and_then(|i| w.get(i))
+            .copied()
+            .unwrap_or(0),
+    };
+    let own = if algo == Some(ConvAlgo::Direct) {
+        crate::kernels::cpu::gemm::DIRECT_KC
+    } else {
+        crate::kernels::cpu::gemm::KC
+    };
+    (depth, own)
+}
+
 /// `cx` with its features narrowed to `isa` (an int8 or f32 product's):
 /// `cx` itself when `isa` is None, None when the CPU lacks it.
 fn narrowed(cx: &CpuCtx, isa: Option<Isa>, int8: bool) -> Option<CpuCtx> {
@@ -916,10 +939,18 @@ impl Plan {
                     }));
                 }
                 if gemm {
-                    out.extend(KC_CHOICES.map(|kc| Choice {
-                        kc: Some(kc),
-                        ..Choice::default()
-                    }));
+                    // Only the depths that change the blocking of this
+                    // product's depth.
+                    let (depth, own) = product_depth(&s.op, w, default);
+                    out.extend(
+                        KC_CHOICES
+                            .iter()
+                            .filter(|&&kc| usize::from(kc).min(depth) != own.min(depth))
+                            .map(|&kc| Choice {
+                                kc: Some(kc),
+                                ..Choice::default()
+                            }),
+                    );
                 }
                 out
             }

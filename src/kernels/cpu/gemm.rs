@@ -55,7 +55,7 @@ use neon::{kernel_neon, kernel_neon_rows, MR_NEON, NR_NEON};
 pub const NR: usize = 16;
 /// Depth of a packed block: a `KC × 32` B micro-panel (32 KiB) stays in L1
 /// (48 KiB on Zen 5) next to the A micro-panel being streamed.
-const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 /// Rows of a packed A block (a multiple of every kernel's MR): `MC × KC`
 /// (144 KiB) stays in L2.
 const MC: usize = 144;
@@ -459,7 +459,7 @@ const DIRECT_C_BLOCK: usize = 1 << 16;
 /// Depth of a block of [`gemm_direct`]: there is no packing to amortize,
 /// so deeper than `KC` (fewer passes over C); measured on ResNet-18's 3x3
 /// convolutions, 384 runs 5-10% faster than 256 and as fast as 768.
-const DIRECT_KC: usize = 384;
+pub(crate) const DIRECT_KC: usize = 384;
 
 /// A block of segments of [`gemm_direct`]: depth blocks of `depth`, each
 /// through every segment and, per segment, the A panels `panels` (the segment's B
