@@ -203,8 +203,7 @@ impl ConvShape {
     fn algorithms(&self, features: Features) -> Vec<ConvAlgo> {
         if self.depthwise() {
             let nplanes = self.n * self.m;
-            let small = self.out_plane <= DW_C8_MAX_PLANE
-                || (!self.unit_strides && self.out_plane <= 4 * DW_C8_MAX_PLANE);
+            let small = dw_interleaved_by_default(self.out_plane, !self.unit_strides, features);
             return match (nplanes >= LANES, small) {
                 (true, true) => vec![ConvAlgo::DwInterleaved, ConvAlgo::DwPlane],
                 (true, false) => vec![ConvAlgo::DwPlane, ConvAlgo::DwInterleaved],
@@ -511,8 +510,7 @@ fn depthwise(
     };
     // Small planes go 8 at a time through the channel-interleaved kernel.
     let nplanes = g.n * g.c;
-    let small =
-        out_plane <= DW_C8_MAX_PLANE || (win.sh * win.sw > 1 && out_plane <= 4 * DW_C8_MAX_PLANE);
+    let small = dw_interleaved_by_default(out_plane, win.sh * win.sw > 1, cx.features);
     let c8 = (interleave.unwrap_or(small) && nplanes >= LANES)
         .then(|| C8Plan::new(win, g.c, w, f.bias, clamp))
         .flatten();
@@ -604,6 +602,25 @@ const DW_TASK_WORK: usize = 4096;
 /// planes 1.4-2.6x faster, 28x28 at stride 2 1.25x, 28x28 at stride 1 and
 /// larger planes the same or slower.)
 const DW_C8_MAX_PLANE: usize = 256;
+
+/// [`DW_C8_MAX_PLANE`] where the plane kernel runs on AVX-512's 16 lanes:
+/// a 14x14 plane is then one vector a row. On an Intel Xeon (AVX-512, 1
+/// and 2 threads) `mlc tune` picked the plane kernel for MobileNetV2's
+/// 14x14 planes (1.1-1.4x) and 28x28 stride-2 ones (1.3x), and kept the
+/// interleaved one for 7x7.
+const DW_C8_MAX_PLANE_WIDE: usize = 64;
+
+/// Whether a depthwise convolution with output planes of `out_plane`
+/// pixels runs channel-interleaved ([`dw_c8`]) unless a choice says
+/// otherwise: small planes, 4 times as large when `strided`.
+fn dw_interleaved_by_default(out_plane: usize, strided: bool, features: Features) -> bool {
+    let max = if features.avx512f && features.avx2_fma {
+        DW_C8_MAX_PLANE_WIDE
+    } else {
+        DW_C8_MAX_PLANE
+    };
+    out_plane <= max || (strided && out_plane <= 4 * max)
+}
 
 /// Everything the channel-interleaved depthwise kernel ([`dw_c8`]) needs
 /// besides the data: the interleaved scratch layout (`hp × wp` padded
