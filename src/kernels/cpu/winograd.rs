@@ -9,7 +9,7 @@
 //! V_k[C, T]` (T tiles), which run on the packed GEMM:
 //!
 //! * the weights are transformed once per plan (`U = G g Gᵀ` in f64,
-//!   rounded once) and packed as (m+2)² A operands ([`prepack`]);
+//!   rounded once) and packed as (m+2)² A operands (`prepack`);
 //! * the input transform `V = Bᵀ d B` runs 8 tiles at a time along a tile
 //!   row, from a per-channel copy of the plane whose rows are split into m
 //!   phases (column mod m), so that each of the m+2 columns of 8
@@ -21,7 +21,7 @@
 //! each); F(4x4)'s scale by 2, 4, 5 and 8, and its weight transform by
 //! 1/6 and 1/24, so its rounding error is larger (bounded in the tests
 //! relative to `Σ|x||w|`, as F(2x2)'s). The default algorithm uses F(2x2)
-//! where it pays (see [`applies`]): ResNet-18's 56x56, 28x28 and 14x14
+//! where it pays (see `applies`): ResNet-18's 56x56, 28x28 and 14x14
 //! stages (1 thread on Zen 2: 51 -> 46.6 ms with the 14x14 stage, which
 //! the first cut left out), not the 7x7 one, where 16 tiles per plane and
 //! weights 16/9 as large (streamed from memory) gain 1-3%. F(4x4) is a
