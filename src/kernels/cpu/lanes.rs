@@ -11,7 +11,9 @@
 //! twice: with [`P8`] (a plain array the compiler may vectorize) for any
 //! CPU, and with [`A8`] (an AVX2 register) inside a
 //! `#[target_feature(enable = "avx2,fma")]` entry point that is called only
-//! after run-time detection. Every method and helper here is
+//! after run-time detection. The depthwise plane kernel needs only the
+//! operations of [`Row`] (which [`Lanes`] extends), and also runs on
+//! [`A16`] (AVX-512's 16 lanes). Every method and helper here is
 //! `#[inline(always)]` and a plain function (no closures): it must inline
 //! into that entry point, intrinsics included, or the kernel loses most of
 //! its speed.
@@ -59,13 +61,13 @@ impl PhasePad {
         if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 || win.sw == 0 {
             return None;
         }
-        let ow8 = win.ow.div_ceil(MAX_ROW) * MAX_ROW;
+        let ow_full = win.ow.div_ceil(MAX_ROW) * MAX_ROW;
         let ph = (win.oh - 1)
             .checked_mul(win.sh)?
             .checked_add((win.kh - 1).checked_mul(win.dh)?)?
             .checked_add(1)?;
         let s = win.sw;
-        let l = ow8.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
+        let l = ow_full.checked_add((win.kw - 1).checked_mul(win.dw)? / s)?;
         let size = ph.checked_mul(s)?.checked_mul(l)?;
         // About the input plane for usual geometries; far more only with
         // strides or pads much larger than the kernel.
@@ -156,45 +158,31 @@ pub(super) fn with_scratch(
 }
 
 /// The vector operations the depthwise and pooling kernels need, on 8 f32
-/// lanes.
+/// lanes: [`Row`]'s and the 8-lane shuffles, reductions and stores.
 ///
 /// # Safety
 /// Every method is `unsafe`: pointers must be valid for the lanes they
 /// read or write (as each method says), and [`A8`]'s methods may only run
 /// on a CPU with AVX2 and FMA.
-pub(super) trait Lanes: Copy {
-    unsafe fn splat(v: f32) -> Self;
-    /// `p[0..8]`.
-    unsafe fn load(p: *const f32) -> Self;
-    /// `p[0..n]`, zeros after (`n <= 8`).
-    unsafe fn load_n(p: *const f32, n: usize) -> Self;
+pub(super) trait Lanes: Row {
     /// (even lanes, odd lanes) of the 16 lanes `a, b`.
     unsafe fn deinterleave(a: Self, b: Self) -> (Self, Self);
     /// Transposes the 8x8 matrix whose rows are `r` (lane j of `r[i]`
     /// becomes lane i of `r[j]`).
     unsafe fn transpose8(r: &mut [Self; LANES]);
-    /// `a * b + c` (fused on AVX2/FMA).
-    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn add(a: Self, b: Self) -> Self;
     unsafe fn mul(a: Self, b: Self) -> Self;
     unsafe fn div(a: Self, b: Self) -> Self;
     /// Per lane `if x > acc { x } else { acc }`: a NaN `x` is skipped.
     unsafe fn max(acc: Self, x: Self) -> Self;
-    /// Raises to `lo`, then lowers to `hi`, like Clip; NaN stays NaN.
-    unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Bit `l` set when lane `l` is -inf.
     unsafe fn neg_inf_mask(self) -> u32;
-    /// Stores `p[0..8]`.
-    unsafe fn store(self, p: *mut f32);
-    /// Stores lanes `0..n` (`n <= 8`).
-    unsafe fn store_n(self, p: *mut f32, n: usize);
     /// Stores lanes `0..n`, rewriting `p[n..8]` with what it holds (all of
     /// `p[0..8]` must be valid; cheaper than a masked store).
     unsafe fn blend_store(self, p: *mut f32, n: usize);
 }
 
 /// The vector operations of the register-blocked depthwise plane kernel,
-/// at any width: every [`Lanes`] type (8 lanes) and, on x86-64, [`A16`]
+/// at any width: the [`Lanes`] types (8 lanes) and, on x86-64, [`A16`]
 /// (AVX-512, 16 lanes).
 ///
 /// # Safety
@@ -217,42 +205,6 @@ pub(super) trait Row: Copy {
     unsafe fn store(self, p: *mut f32);
     /// Stores lanes `0..n` (`n <= WIDTH`).
     unsafe fn store_n(self, p: *mut f32, n: usize);
-}
-
-impl<T: Lanes> Row for T {
-    const WIDTH: usize = LANES;
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> Self {
-        <T as Lanes>::splat(v)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        <T as Lanes>::load(p)
-    }
-    #[inline(always)]
-    unsafe fn load_n(p: *const f32, n: usize) -> Self {
-        <T as Lanes>::load_n(p, n)
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self, b: Self) -> Self {
-        <T as Lanes>::add(a, b)
-    }
-    #[inline(always)]
-    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
-        <T as Lanes>::mul_add(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
-        <T as Lanes>::clamp(self, lo, hi)
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        <T as Lanes>::store(self, p)
-    }
-    #[inline(always)]
-    unsafe fn store_n(self, p: *mut f32, n: usize) {
-        <T as Lanes>::store_n(self, p, n)
-    }
 }
 
 /// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
@@ -332,7 +284,8 @@ pub(super) unsafe fn fill_phases<V: Lanes>(
 #[derive(Clone, Copy)]
 pub(super) struct P8([f32; LANES]);
 
-impl Lanes for P8 {
+impl Row for P8 {
+    const WIDTH: usize = LANES;
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         P8([v; LANES])
@@ -346,6 +299,42 @@ impl Lanes for P8 {
         P8(std::array::from_fn(|l| if l < n { *p.add(l) } else { 0.0 }))
     }
     #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        P8(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+        P8(std::array::from_fn(|l| {
+            let y = if self.0[l] < lo.0[l] {
+                lo.0[l]
+            } else {
+                self.0[l]
+            };
+            if y > hi.0[l] {
+                hi.0[l]
+            } else {
+                y
+            }
+        }))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; LANES], self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_n(self, p: *mut f32, n: usize) {
+        for l in 0..n.min(LANES) {
+            *p.add(l) = self.0[l];
+        }
+    }
+}
+
+impl Lanes for P8 {
+    #[inline(always)]
     unsafe fn transpose8(r: &mut [Self; LANES]) {
         let m: [[f32; LANES]; LANES] = std::array::from_fn(|i| r[i].0);
         *r = std::array::from_fn(|j| P8(std::array::from_fn(|i| m[i][j])));
@@ -357,14 +346,6 @@ impl Lanes for P8 {
             P8(std::array::from_fn(|l| at(2 * l))),
             P8(std::array::from_fn(|l| at(2 * l + 1))),
         )
-    }
-    #[inline(always)]
-    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
-        P8(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self, b: Self) -> Self {
-        P8(std::array::from_fn(|l| a.0[l] + b.0[l]))
     }
     #[inline(always)]
     unsafe fn mul(a: Self, b: Self) -> Self {
@@ -385,21 +366,6 @@ impl Lanes for P8 {
         }))
     }
     #[inline(always)]
-    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
-        P8(std::array::from_fn(|l| {
-            let y = if self.0[l] < lo.0[l] {
-                lo.0[l]
-            } else {
-                self.0[l]
-            };
-            if y > hi.0[l] {
-                hi.0[l]
-            } else {
-                y
-            }
-        }))
-    }
-    #[inline(always)]
     unsafe fn neg_inf_mask(self) -> u32 {
         let mut m = 0;
         for (l, &v) in self.0.iter().enumerate() {
@@ -408,18 +374,8 @@ impl Lanes for P8 {
         m
     }
     #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        std::ptr::write_unaligned(p as *mut [f32; LANES], self.0)
-    }
-    #[inline(always)]
-    unsafe fn store_n(self, p: *mut f32, n: usize) {
-        for l in 0..n.min(LANES) {
-            *p.add(l) = self.0[l];
-        }
-    }
-    #[inline(always)]
     unsafe fn blend_store(self, p: *mut f32, n: usize) {
-        Lanes::store_n(self, p, n)
+        self.store_n(p, n)
     }
 }
 
@@ -491,7 +447,7 @@ mod avx {
     //! from the kernels' `#[target_feature(enable = "avx2,fma")]` entry
     //! points (after run-time detection), into which they and the
     //! intrinsics inline.
-    use super::{Lanes, LANES};
+    use super::{Lanes, Row, LANES};
     use std::arch::x86_64::*;
 
     /// AVX2 lanes: one `__m256` register.
@@ -511,7 +467,8 @@ mod avx {
         _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)))
     }
 
-    impl Lanes for A8 {
+    impl Row for A8 {
+        const WIDTH: usize = LANES;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             A8(_mm256_set1_ps(v))
@@ -524,6 +481,30 @@ mod avx {
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
             A8(_mm256_maskload_ps(p, first(n)))
         }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            A8(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            A8(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            // max_ps(a, b) / min_ps(a, b) return b when either is NaN.
+            A8(_mm256_min_ps(hi.0, _mm256_max_ps(lo.0, self.0)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            _mm256_maskstore_ps(p, first(n), self.0)
+        }
+    }
+
+    impl Lanes for A8 {
         #[inline(always)]
         unsafe fn transpose8(r: &mut [Self; LANES]) {
             // Pairs interleaved, then 64-bit pairs, then 128-bit halves.
@@ -563,14 +544,6 @@ mod avx {
             (A8(fix(e)), A8(fix(o)))
         }
         #[inline(always)]
-        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
-            A8(_mm256_fmadd_ps(a.0, b.0, c.0))
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            A8(_mm256_add_ps(a.0, b.0))
-        }
-        #[inline(always)]
         unsafe fn mul(a: Self, b: Self) -> Self {
             A8(_mm256_mul_ps(a.0, b.0))
         }
@@ -584,22 +557,9 @@ mod avx {
             A8(_mm256_max_ps(x.0, acc.0))
         }
         #[inline(always)]
-        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
-            // max_ps(a, b) / min_ps(a, b) return b when either is NaN.
-            A8(_mm256_min_ps(hi.0, _mm256_max_ps(lo.0, self.0)))
-        }
-        #[inline(always)]
         unsafe fn neg_inf_mask(self) -> u32 {
             let e = _mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, _mm256_set1_ps(f32::NEG_INFINITY));
             _mm256_movemask_ps(e) as u32
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            _mm256_storeu_ps(p, self.0)
-        }
-        #[inline(always)]
-        unsafe fn store_n(self, p: *mut f32, n: usize) {
-            _mm256_maskstore_ps(p, first(n), self.0)
         }
         #[inline(always)]
         unsafe fn blend_store(self, p: *mut f32, n: usize) {
