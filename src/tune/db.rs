@@ -20,7 +20,7 @@ use crate::{Error, Result};
 
 /// The kernel library's revision, part of every record's key: bump it
 /// when a kernel changes speed, so old measurements stop counting.
-pub const KERNELS: &str = concat!("mlc-", env!("CARGO_PKG_VERSION"), "-k2");
+pub const KERNELS: &str = concat!("mlc-", env!("CARGO_PKG_VERSION"), "-k3");
 
 /// Longest line read back (a record is a few KiB at most).
 const MAX_LINE: usize = 1 << 20;

@@ -30,6 +30,9 @@ pub enum ConvAlgo {
     Winograd4,
     /// The transposed product `Yᵀ = colsᵀ · Wᵀ` (small output planes).
     Transposed,
+    /// Direct, output channels in the vector lanes and input pixels
+    /// broadcast (no packing of the input at any stride).
+    DirectOc,
     /// Depthwise, one plane at a time.
     DwPlane,
     /// Depthwise, 8 channels interleaved in a vector.
@@ -37,12 +40,13 @@ pub enum ConvAlgo {
 }
 
 impl ConvAlgo {
-    pub const ALL: [ConvAlgo; 7] = [
+    pub const ALL: [ConvAlgo; 8] = [
         ConvAlgo::Direct,
         ConvAlgo::Gemm,
         ConvAlgo::Winograd,
         ConvAlgo::Winograd4,
         ConvAlgo::Transposed,
+        ConvAlgo::DirectOc,
         ConvAlgo::DwPlane,
         ConvAlgo::DwInterleaved,
     ];
@@ -54,6 +58,7 @@ impl ConvAlgo {
             ConvAlgo::Winograd => "winograd",
             ConvAlgo::Winograd4 => "winograd4",
             ConvAlgo::Transposed => "transposed",
+            ConvAlgo::DirectOc => "direct-oc",
             ConvAlgo::DwPlane => "dw-plane",
             ConvAlgo::DwInterleaved => "dw-interleaved",
         }

@@ -12,6 +12,7 @@
 
 pub mod choice;
 pub mod conv;
+mod direct_oc;
 pub mod gemm;
 mod geometry;
 mod lanes;
@@ -377,6 +378,9 @@ pub enum Prepacked {
     /// A 3x3 convolution's weights transformed for Winograd F(2x2, 3x3)
     /// or F(4x4, 3x3).
     ConvWinograd(winograd::Weights),
+    /// A convolution's weights in blocks of output channels for the
+    /// channel-vectorized direct kernel.
+    ConvDirectOc(direct_oc::Weights),
     /// A depthwise convolution (weights used as they are): which kernel.
     Depthwise { interleaved: bool },
 }
