@@ -1096,10 +1096,10 @@ fn has_avx512f() -> bool {
 /// on `V` (3x3 or any kernel).
 ///
 /// # Safety
-/// The slices have the sizes [`dw_padded`] checks, and the CPU supports
+/// The slices have the sizes [`dw_padded_rows`] checks, `p` and `rows`
+/// are its contract, and the CPU supports
 /// `F`'s and `V`'s instructions.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_dispatch<F: Lanes, V: Row>(
     plan: &DwPlan,
