@@ -2461,12 +2461,17 @@ mod tests {
         }
     }
 
-    /// Direct vs im2col on ResNet-18's shapes, one thread:
-    /// `cargo test --release --lib conv_speed -- --ignored --nocapture`.
+    /// Every legal algorithm on ResNet-18's and MobileNetV2's shapes,
+    /// alternating, best of each:
+    /// `cargo test --release --lib conv_speed -- --ignored --nocapture`
+    /// (`CONV_THREADS=2`, `CONV_FILTER=96x112` for shapes whose
+    /// `CxH->MkKsSgG` contains it, `CONV_ROUNDS=100` for a profiler).
     #[test]
     #[ignore]
     fn conv_speed() {
         let threads: usize = std::env::var("CONV_THREADS").map_or(1, |t| t.parse().unwrap());
+        // More rounds for a profiler.
+        let rounds: usize = std::env::var("CONV_ROUNDS").map_or(6, |t| t.parse().unwrap());
         let cx = CpuCtx::new(threads).unwrap();
         // (N, C, H, M, k, stride, pad, group): ResNet-18's and
         // MobileNetV2's shapes at batch 1.
@@ -2549,7 +2554,7 @@ mod tests {
             };
             // Alternating, best of each: the machine is shared and noisy.
             let mut best = vec![f64::INFINITY; algos.len()];
-            for _ in 0..6 {
+            for _ in 0..rounds {
                 for (b, p) in best.iter_mut().zip(&packs) {
                     *b = b.min(time(p, &mut y));
                 }
