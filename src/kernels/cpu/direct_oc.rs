@@ -136,6 +136,9 @@ pub fn fits(w: &Weights, m: usize, group: usize, k: usize, features: Features) -
 /// L1 while the run's tiles read them.
 const PASS_STEPS: usize = 64;
 
+/// A padded copy at least this large is made by all the threads.
+const PAR_MIN_FLOATS: usize = 1 << 16;
+
 /// Output pixels per run of tiles: the run's partial sums between passes
 /// (240 x 64 channels x 4 bytes = 60 KiB) stay in L2.
 const RUN_PIXELS: usize = 240;
@@ -177,7 +180,7 @@ pub fn run(
     if padded {
         PADDED.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let input = pad(win, n * c, x, &mut buf);
+            let input = pad(win, n * c, x, &mut buf, cx);
             products(win, n, c, w, &input, bias, residual, act, y, cx);
         });
     } else {
@@ -191,23 +194,32 @@ pub fn run(
 }
 
 /// Copies the `planes` input planes of `x` into `buf` with the zero
-/// padding every window reads.
-fn pad<'a>(win: &Window2d, planes: usize, x: &[f32], buf: &'a mut Vec<f32>) -> Input<'a> {
-    let ph = (win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1;
-    let pw = (win.ow - 1) * win.sw + (win.kw - 1) * win.dw + 1;
+/// padding every window reads (planes split across the threads).
+fn pad<'a>(
+    win: &Window2d,
+    planes: usize,
+    x: &[f32],
+    buf: &'a mut Vec<f32>,
+    cx: &CpuCtx,
+) -> Input<'a> {
+    let (ph, pw) = win.padded_extent();
     let plane = ph * pw;
     buf.clear();
     buf.resize(planes * plane, 0.0);
-    let rows = win.h.min(ph.saturating_sub(win.pad_top));
-    let cols = win.w.min(pw.saturating_sub(win.pad_left));
-    for (dst, src) in buf
-        .chunks_exact_mut(plane)
-        .zip(x.chunks_exact(win.h * win.w))
-    {
-        for r in 0..rows {
+    let (h, w) = (win.h, win.w);
+    let fill = |i: usize, dst: &mut [f32]| {
+        let src = &x[i * h * w..(i + 1) * h * w];
+        for (r, row) in src.chunks_exact(w).enumerate() {
             let d = (r + win.pad_top) * pw + win.pad_left;
-            dst[d..d + cols].copy_from_slice(&src[r * win.w..r * win.w + cols]);
+            dst[d..d + w].copy_from_slice(row);
         }
+    };
+    if cx.threads > 1 && planes * plane >= PAR_MIN_FLOATS {
+        cx.for_each_chunk_mut(buf, plane, fill);
+    } else {
+        buf.chunks_exact_mut(plane)
+            .enumerate()
+            .for_each(|(i, d)| fill(i, d));
     }
     Input {
         data: buf,
