@@ -13,6 +13,7 @@ use crate::target::Target;
 use crate::tune::cost::CostModel;
 use crate::tune::db::Db;
 use crate::tune::db::Record;
+use crate::tune::Second;
 use crate::tune::{estimate, host_fingerprint, tune, Scale, TuneOptions, TuneOutcome};
 
 /// Measured records (with features) the cost model needs before it may
@@ -221,12 +222,19 @@ impl TuneReport {
             "whole model: untuned {}, tuned {} (median [p10-p90], alternating): {}\n",
             span(&o.untuned),
             span(&o.tuned),
-            if o.kept {
-                "tuned choices kept"
-            } else if changed == 0 {
-                "every default kept"
-            } else {
-                "tuned plan not faster, defaults kept"
+            match (o.kept, o.second) {
+                (true, Some(_)) => {
+                    "tuned choices kept (faster within the noise; a second comparison agreed)"
+                }
+                (true, None) => "tuned choices kept",
+                (false, Some(Second::NoBudget)) => {
+                    "tuned plan faster within the noise, no budget left to confirm it: defaults kept"
+                }
+                (false, Some(_)) => {
+                    "tuned plan faster within the noise, not in a second comparison: defaults kept"
+                }
+                (false, None) if changed == 0 => "every default kept",
+                (false, None) => "tuned plan not faster, defaults kept",
             }
         );
         if let Some(c) = &o.cost_model {
@@ -278,10 +286,18 @@ impl TuneReport {
             "- whole model ({whole}): untuned {}, tuned {}; {}\n\n",
             span(&o.untuned),
             span(&o.tuned),
-            if o.kept {
-                "the tuned choices are kept"
-            } else {
-                "the defaults are kept"
+            match (o.kept, o.second) {
+                (true, Some(_)) => {
+                    "the tuned choices are kept (a second comparison confirmed a win within the noise)"
+                }
+                (true, None) => "the tuned choices are kept",
+                (false, Some(Second::NoBudget)) => {
+                    "the defaults are kept (a win within the noise, and no budget left to confirm it)"
+                }
+                (false, Some(_)) => {
+                    "the defaults are kept (a win within the noise was not confirmed by a second comparison)"
+                }
+                (false, None) => "the defaults are kept",
             }
         );
         if let Some(c) = &o.cost_model {

@@ -12,7 +12,8 @@
 //! apart from its default ([`Timing::separated`]) or the budget is spent;
 //! a candidate replaces the default only when it beats it beyond the
 //! noise ([`Timing::beats`]). Finally the whole model runs tuned against
-//! untuned, alternately, and the tuned plan is kept only if it is faster.
+//! untuned, alternately, and the tuned plan is kept only if it is faster
+//! (faster by less than the noise: only if a second comparison agrees).
 //!
 //! Measurements go to the tuning database ([`db`]); a node whose workload
 //! the database already holds for this target is not measured again.
@@ -82,6 +83,19 @@ pub struct NodeTuning {
     pub source: &'static str,
 }
 
+/// The second whole-model comparison, run when the first found the tuned
+/// plan faster by less than the noise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Second {
+    /// Tuned faster again: kept.
+    Agreed,
+    /// Not faster this time: the defaults kept.
+    Disagreed,
+    /// No budget left to run it: the defaults kept.
+    NoBudget,
+}
+
 /// What [`tune`] found.
 #[derive(Clone, Debug, Serialize)]
 pub struct TuneOutcome {
@@ -96,6 +110,11 @@ pub struct TuneOutcome {
     pub tuned: Timing,
     /// Whether the tuned plan won the final comparison.
     pub kept: bool,
+    /// When the first final comparison found the tuned plan faster but
+    /// within the noise: what the second one (whose timings `untuned` and
+    /// `tuned` then are) said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second: Option<Second>,
     /// Rounds of per-node timing run.
     pub rounds: usize,
     pub elapsed_s: f64,
@@ -341,12 +360,12 @@ pub fn tune(
     let widest = work.iter().map(|w| w.valid.len()).max().unwrap_or(1);
     let mut rounds = 0;
     // A round is not started when the last one's time would overrun the
-    // budget, which also keeps room for the final comparison (two plans,
-    // `final_runs` runs each: about a round's time).
+    // budget, which also keeps room for two final comparisons (two plans,
+    // `final_runs` runs each: about a round's time each).
     let mut last_round = Duration::ZERO;
     'rounds: while work.iter().any(|w| !settled(w)) {
         for r in 1..widest {
-            if budget_start.elapsed() + 2 * last_round >= opts.budget {
+            if budget_start.elapsed() + 3 * last_round >= opts.budget {
                 break 'rounds;
             }
             let round_start = Instant::now();
@@ -475,11 +494,34 @@ pub fn tune(
 
     // The whole model, tuned against untuned.
     let mut tuned_plan = measurer.plan_with(spec, &chosen)?;
-    let (untuned, tuned) = alternate(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
+    let compared = Instant::now();
+    let (mut untuned, mut tuned) =
+        alternate(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
     let measured_now = !records.is_empty();
+    let mut second = None;
+    if measured_now && !chosen.is_empty() && win_within_noise(&untuned, &tuned) {
+        // Faster, but within the noise: a second comparison must agree, or
+        // noise alone keeps a plan half the time.
+        second = Some(
+            if budget_start.elapsed() + compared.elapsed() <= opts.budget {
+                (untuned, tuned) =
+                    alternate(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
+                if tuned.median_ms < untuned.median_ms {
+                    Second::Agreed
+                } else {
+                    Second::Disagreed
+                }
+            } else {
+                Second::NoBudget
+            },
+        );
+    }
     // Choices that all come from the database stand as recorded (so the
-    // same records give the same bundle); new ones only if the model won.
-    let kept = !chosen.is_empty() && (!measured_now || tuned.median_ms < untuned.median_ms);
+    // same records give the same bundle); new ones only if the model won
+    // (and, by less than the noise, won again).
+    let kept = !chosen.is_empty()
+        && (!measured_now
+            || (tuned.median_ms < untuned.median_ms && second != Some(Second::NoBudget)));
     if !kept {
         // Recorded as the default: in place they won, but not together.
         for r in &mut records {
@@ -501,6 +543,7 @@ pub fn tune(
         untuned,
         tuned,
         kept,
+        second,
         rounds,
         elapsed_s: started.elapsed().as_secs_f64(),
         cost_model,
@@ -633,6 +676,7 @@ pub fn estimate(
         threads,
         nodes,
         kept: !chosen.is_empty(),
+        second: None,
         choices: chosen,
         untuned: total(untuned),
         tuned: total(tuned),
@@ -663,6 +707,12 @@ fn candidates(
             rejected: Some(why.clone()),
         }))
         .collect()
+}
+
+/// Whether `tuned` ran faster than `untuned`, but by less than the noise
+/// ([`Timing::beats`]).
+fn win_within_noise(untuned: &Timing, tuned: &Timing) -> bool {
+    tuned.median_ms < untuned.median_ms && !tuned.beats(untuned)
 }
 
 /// A bar over the budget's milliseconds (hidden unless asked).
@@ -713,6 +763,24 @@ pub fn parse_budget(s: &str) -> std::result::Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_wins_within_the_noise_are_compared_again() {
+        let t = |median_ms: f64, spread: f64| crate::measure::Timing {
+            median_ms,
+            p10_ms: median_ms - spread / 2.0,
+            p90_ms: median_ms + spread / 2.0,
+            runs: 20,
+        };
+        // 10% faster with a 4% spread: a clear win.
+        assert!(!super::win_within_noise(&t(10.0, 0.4), &t(9.0, 0.4)));
+        // 1% faster (below the 2% floor), or 3% inside a 10% spread: noise.
+        assert!(super::win_within_noise(&t(10.0, 0.1), &t(9.9, 0.1)));
+        assert!(super::win_within_noise(&t(10.0, 1.0), &t(9.7, 1.0)));
+        // Slower or level: nothing to confirm.
+        assert!(!super::win_within_noise(&t(10.0, 0.1), &t(10.5, 0.1)));
+        assert!(!super::win_within_noise(&t(10.0, 0.1), &t(10.0, 0.1)));
+    }
+
     use super::*;
 
     #[test]
