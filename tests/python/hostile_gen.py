@@ -659,6 +659,9 @@ def gen_onnx(c):
     o("conv-pad-8GiB", "1x1 Conv of f32[1,1,1,1] with pads 23170 (8.6 GB output)", conv_pad(23170))
     o("conv-pad-17GB", "1x1 Conv of f32[1,1,1,1] with pads 32768 (17 GB output)", conv_pad(32768))
     o("conv-pad-overflow", "Conv with pads 2^62", conv_pad(2**62))
+    o("conv-pad-stride-tb", "3x3 Conv, 64 channels, pads and strides 10^5: a 3x3 output over a 4*10^10-float padded plane",
+      mk([node("Conv", ["x", "w"], ["y"], pads=[10**5] * 4, strides=[10**5] * 2)], [vi("x", F32, [1, 64, 10, 10])], y,
+         [const_f32("w", [0.01] * (64 * 64 * 9), [64, 64, 3, 3])]))
     o("pad-tb", "Pad f32[1] by 2^40 on one side",
       mk([node("Pad", ["x", "p"], ["y"])], x1, y, [const_i64("p", [0, 2**40])]))
     o("pad-negative-huge", "Pad f32[1] by -2^40",

@@ -63,6 +63,7 @@ CI_ALWAYS = [
     "onnx-pb-nested-100000", "onnx-cycle-2", "onnx-attr-million-ints-transpose", "extdata-dotdot",
     "extdata-absolute", "extdata-symlink", "extdata-hardlink", "extdata-f32-2^32-sparse",
     "npz-zip-bomb-8GiB", "npz-dup-member", "npz-name-dotdot", "dims-mlp-batch-10000000000",
+    "onnx-conv-pad-stride-tb",
     # the controls (valid inputs that must succeed)
     "bundle-ok-rebuilt", "bundle-wdeflate-ok", "extdata-ok", "npy-ok", "npz-ok", "npz-ok-calib8",
 ]

@@ -305,6 +305,11 @@ pub fn run_packed(
     let Some(g) = ConvGeom::new(attrs, x, w, out.shape) else {
         return Ok(false);
     };
+    if !g.win.padding_fits() {
+        // Pads far beyond the input (the paths below copy it padded): the
+        // reference kernel skips them instead.
+        return Ok(false);
+    }
     if let Some(b) = bias {
         if b.shape != [g.m] || b.data.len() != g.m {
             return Ok(false);
@@ -2565,6 +2570,46 @@ mod tests {
                 .map(|(a, t)| format!("{} {:.3} ms ({:.0})", a.name(), t * 1e3, flops / t / 1e9))
                 .collect();
             println!("{n}x{c}x{h}x{h} -> {m} k{k} s{s}: {}", line.join(", "));
+        }
+    }
+
+    #[test]
+    fn pads_far_beyond_the_input_go_to_the_reference() {
+        // A 3x3 output, but a padded plane of 4 * 10^10 floats: the fast
+        // paths would copy the input into it.
+        let p = 100_000;
+        let op = Op::Conv(ConvAttrs {
+            kernel_shape: vec![3, 3],
+            strides: vec![p, p],
+            dilations: vec![1, 1],
+            pads: vec![p; 4],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        });
+        let cx = CpuCtx::single(Features::detect());
+        let x = random(&[1, 64, 10, 10], 1, 1.0);
+        let w = random(&[64, 64, 3, 3], 2, 1.0);
+        let views = [
+            Some(View {
+                shape: x.shape(),
+                data: x.as_f32().unwrap(),
+            }),
+            Some(View {
+                shape: w.shape(),
+                data: w.as_f32().unwrap(),
+            }),
+        ];
+        let mut y = vec![0.0; 64 * 9];
+        let mut outs = [ViewMut {
+            shape: &[1, 64, 3, 3],
+            data: &mut y,
+        }];
+        for algo in ConvAlgo::ALL {
+            let packed = prepack_with(&op, &[None, views[1]], &[1, 64, 3, 3], Some(algo), &cx);
+            assert!(
+                !run_packed(&op, &views, &mut outs, packed.as_ref(), &cx).unwrap(),
+                "{algo:?}"
+            );
         }
     }
 

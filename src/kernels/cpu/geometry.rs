@@ -88,6 +88,19 @@ impl Window2d {
         )
     }
 
+    /// Whether the zero-padded plane ([`Window2d::padded_extent`]) is of
+    /// a size the fast kernels may copy the input into: about the input
+    /// and output planes for real models; only pads or strides far larger
+    /// than the window (a hostile model: pads of 10^5 with a stride as
+    /// large give a 3x3 output but a padded plane of terabytes) go past it.
+    pub fn padding_fits(&self) -> bool {
+        let (hp, wp) = self.padded_extent();
+        let budget = (self.in_plane() + self.out_plane())
+            .saturating_mul(2)
+            .saturating_add(4096);
+        hp.checked_mul(wp).is_some_and(|p| p <= budget)
+    }
+
     pub fn in_plane(&self) -> usize {
         self.h * self.w
     }
