@@ -305,9 +305,11 @@ pub fn run_packed(
     let Some(g) = ConvGeom::new(attrs, x, w, out.shape) else {
         return Ok(false);
     };
-    if !g.win.padding_fits() {
-        // Pads far beyond the input (the paths below copy it padded): the
-        // reference kernel skips them instead.
+    let is_depthwise = g.group == g.c && g.m == g.c;
+    if !is_depthwise && !g.win.padding_fits() {
+        // Pads far beyond the input (the paths below but depthwise, which
+        // has a loop without scratch, copy it padded): the reference kernel
+        // skips them instead.
         return Ok(false);
     }
     if let Some(b) = bias {
@@ -343,7 +345,7 @@ pub fn run_packed(
         }
         return Ok(true);
     }
-    if g.group == g.c && g.m == g.c {
+    if is_depthwise {
         let interleave = match packed {
             Some(Prepacked::Depthwise { interleaved }) => Some(*interleaved),
             _ => None,
