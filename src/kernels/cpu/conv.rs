@@ -2472,13 +2472,19 @@ mod tests {
     /// alternating, best of each:
     /// `cargo test --release --lib conv_speed -- --ignored --nocapture`
     /// (`CONV_THREADS=2`, `CONV_FILTER=96x112` for shapes whose
-    /// `CxH->MkKsSgG` contains it, `CONV_ROUNDS=100` for a profiler).
+    /// `CxH->MkKsSgG` contains it, `CONV_ROUNDS=100` for a profiler,
+    /// `CONV_COLD=1` to flush the caches before every run).
     #[test]
     #[ignore]
     fn conv_speed() {
         let threads: usize = std::env::var("CONV_THREADS").map_or(1, |t| t.parse().unwrap());
         // More rounds for a profiler.
         let rounds: usize = std::env::var("CONV_ROUNDS").map_or(6, |t| t.parse().unwrap());
+        // Caches flushed (64 MiB written) before each run.
+        let cold = std::env::var("CONV_COLD").is_ok();
+        thread_local! {
+            static EVICT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let cx = CpuCtx::new(threads).unwrap();
         // (N, C, H, M, k, stride, pad, group): ResNet-18's and
         // MobileNetV2's shapes at batch 1.
@@ -2549,6 +2555,15 @@ mod tests {
             let time = |p: &Prepacked, y: &mut [f32]| {
                 let mut best = f64::INFINITY;
                 for _ in 0..8 {
+                    if cold {
+                        // Evict the weights and the input, as a model's
+                        // other layers do between runs.
+                        EVICT.with(|e| {
+                            let mut e = e.borrow_mut();
+                            e.resize(1 << 24, 0.0);
+                            e.iter_mut().for_each(|v| *v += 1.0);
+                        });
+                    }
                     let t0 = std::time::Instant::now();
                     let mut outs = [ViewMut {
                         shape: &out_shape,
