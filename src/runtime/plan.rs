@@ -664,7 +664,7 @@ impl Plan {
 
         // One allocation for the whole run, with room to start on a
         // 64-byte boundary.
-        let arena = vec![0f32; layout.total + arena::ALIGN];
+        let arena = crate::kernels::cpu::zeros_huge(layout.total + arena::ALIGN);
         let misalign = (arena.as_ptr() as usize) % 64;
         let arena_base = if misalign == 0 {
             0

@@ -901,6 +901,7 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> usize {
     const ALIGN_F32: usize = 16;
     if v.len() < len + ALIGN_F32 {
         v.clear();
+        super::reserve_huge(v, len + ALIGN_F32);
         v.resize(len + ALIGN_F32, 0.0);
     }
     let addr = v.as_ptr() as usize;

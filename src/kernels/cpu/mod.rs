@@ -224,6 +224,40 @@ impl Features {
     }
 }
 
+/// Buffers from this size ask the OS for 2 MiB pages.
+const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+
+/// Makes room for `len` floats in `v` (empty or not) and, when that is
+/// large, asks the OS to back the new memory with transparent huge pages
+/// before anything touches it: the kernels stream megabytes of packed
+/// weights and activations, and through 4 KiB pages every 4 KiB costs a
+/// TLB miss. On an Intel Xeon (AVX-512, Linux with THP on `madvise`)
+/// ResNet-18 ran 1.016x faster, MobileNetV2 1.03x (alternating).
+/// Only a hint: where the OS has no huge pages nothing changes.
+pub(crate) fn reserve_huge(v: &mut Vec<f32>, len: usize) {
+    v.reserve_exact(len.saturating_sub(v.len()));
+    #[cfg(target_os = "linux")]
+    if v.capacity() * std::mem::size_of::<f32>() >= HUGE_PAGE_MIN_BYTES {
+        const PAGE: usize = 4096;
+        let start = v.as_ptr() as usize;
+        let end = start + v.capacity() * std::mem::size_of::<f32>();
+        let (a, b) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+        if b > a {
+            // SAFETY: the range lies inside the vector's own allocation;
+            // MADV_HUGEPAGE only changes how the kernel backs it.
+            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
+/// `len` zeros, in memory reserved by [`reserve_huge`].
+pub(crate) fn zeros_huge(len: usize) -> Vec<f32> {
+    let mut v = Vec::new();
+    reserve_huge(&mut v, len);
+    v.resize(len, 0.0);
+    v
+}
+
 /// Tasks per thread above which [`CpuCtx::for_each`] runs consecutive
 /// indices together (enough to balance uneven tasks).
 pub const TASKS_PER_THREAD: usize = 8;
