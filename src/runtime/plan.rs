@@ -229,7 +229,7 @@ pub struct Plan {
     pub(crate) inputs: Vec<(ValueId, Vec<usize>, DType)>,
     pub(crate) outputs: Vec<ValueId>,
     /// The arena; planned offsets start at `arena_base` (64-byte aligned).
-    pub(crate) arena: Vec<f32>,
+    pub(crate) arena: crate::kernels::cpu::Floats,
     pub(crate) arena_base: usize,
     pub(crate) arena_len: usize,
     pub(crate) boxed: Vec<Option<Tensor>>,
@@ -664,7 +664,7 @@ impl Plan {
 
         // One allocation for the whole run, with room to start on a
         // 64-byte boundary.
-        let arena = crate::kernels::cpu::zeros_huge(layout.total + arena::ALIGN);
+        let arena = crate::kernels::cpu::Floats::zeros(layout.total + arena::ALIGN);
         let misalign = (arena.as_ptr() as usize) % 64;
         let arena_base = if misalign == 0 {
             0

@@ -42,7 +42,7 @@ pub struct Weights {
     width: usize,
     /// The kernel the layout was made for.
     kernel: Kernel,
-    data: Vec<f32>,
+    data: super::Floats,
 }
 
 impl Weights {
@@ -107,7 +107,7 @@ pub fn prepack(w: &[f32], m: usize, group: usize, k: usize, features: Features) 
     let kernel = Kernel::for_cpu(features, mg);
     let width = kernel.width();
     let nb = mg.div_ceil(width);
-    let mut data = super::zeros_huge(group * nb * k * width);
+    let mut data = super::Floats::zeros(group * nb * k * width);
     for gi in 0..group {
         for o in 0..mg {
             let (bi, lane) = (o / width, o % width);

@@ -164,9 +164,7 @@ pub struct PackedB {
     n: usize,
     /// Columns per panel (the micro-kernel's NR).
     nr: usize,
-    buf: Vec<f32>,
-    /// Offset of the 64-byte aligned start in `buf`.
-    off: usize,
+    buf: super::Floats,
 }
 
 impl PackedB {
@@ -179,7 +177,7 @@ impl PackedB {
         self.n
     }
     fn data(&self) -> &[f32] {
-        &self.buf[self.off..]
+        &self.buf
     }
 }
 
@@ -191,8 +189,7 @@ pub struct PackedA {
     k: usize,
     /// Rows per panel (the micro-kernel's MR).
     mr: usize,
-    buf: Vec<f32>,
-    off: usize,
+    buf: super::Floats,
 }
 
 impl PackedA {
@@ -205,7 +202,7 @@ impl PackedA {
         self.k
     }
     fn data(&self) -> &[f32] {
-        &self.buf[self.off..]
+        &self.buf
     }
 }
 
@@ -224,11 +221,9 @@ pub fn pack_b(
 ) -> PackedB {
     check_operand("B", b, ldb, k, n, trans_b);
     let nr = Kernel::select(features).nr();
-    let len = n.div_ceil(nr) * nr * k;
-    let mut buf = Vec::new();
-    let off = aligned(&mut buf, len);
-    pack_b_panels(&mut buf[off..off + len], nr, b, ldb, trans_b, 0, k, 0, n);
-    PackedB { k, n, nr, buf, off }
+    let mut buf = super::Floats::zeros(n.div_ceil(nr) * nr * k);
+    pack_b_panels(&mut buf, nr, b, ldb, trans_b, 0, k, 0, n);
+    PackedB { k, n, nr, buf }
 }
 
 /// Packs op(A) (`m × k`; A stored `k × m` when `trans_a`) for the kernel
@@ -246,11 +241,9 @@ pub fn pack_a(
 ) -> PackedA {
     check_operand("A", a, lda, m, k, trans_a);
     let mr = Kernel::select(features).mr();
-    let len = m.div_ceil(mr) * mr * k;
-    let mut buf = Vec::new();
-    let off = aligned(&mut buf, len);
-    pack_a_panels(&mut buf[off..off + len], mr, a, lda, trans_a, 0, m, 0, k);
-    PackedA { m, k, mr, buf, off }
+    let mut buf = super::Floats::zeros(m.div_ceil(mr) * mr * k);
+    pack_a_panels(&mut buf, mr, a, lda, trans_a, 0, m, 0, k);
+    PackedA { m, k, mr, buf }
 }
 
 /// [`sgemm`] with B already packed by [`pack_b`] (n and k come from it).
@@ -901,7 +894,6 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> usize {
     const ALIGN_F32: usize = 16;
     if v.len() < len + ALIGN_F32 {
         v.clear();
-        super::reserve_huge(v, len + ALIGN_F32);
         v.resize(len + ALIGN_F32, 0.0);
     }
     let addr = v.as_ptr() as usize;

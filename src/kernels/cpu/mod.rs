@@ -224,38 +224,97 @@ impl Features {
     }
 }
 
-/// Buffers from this size ask the OS for 2 MiB pages.
-const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+/// Buffers from this size are 2 MiB aligned, rounded up to whole 2 MiB
+/// pages (at most 2x the memory, for a 1 MiB buffer) and ask for them.
+const HUGE_PAGE_MIN_BYTES: usize = 1 << 20;
 
-/// Makes room for `len` floats in `v` (empty or not) and, when that is
-/// large, asks the OS to back the new memory with transparent huge pages
-/// before anything touches it: the kernels stream megabytes of packed
-/// weights and activations, and through 4 KiB pages every 4 KiB costs a
-/// TLB miss. On an Intel Xeon (AVX-512, Linux with THP on `madvise`)
-/// ResNet-18 ran 1.016x faster, MobileNetV2 1.03x (alternating).
-/// Only a hint: where the OS has no huge pages nothing changes.
-pub(crate) fn reserve_huge(v: &mut Vec<f32>, len: usize) {
-    v.reserve_exact(len.saturating_sub(v.len()));
-    #[cfg(target_os = "linux")]
-    if v.capacity() * std::mem::size_of::<f32>() >= HUGE_PAGE_MIN_BYTES {
-        const PAGE: usize = 4096;
-        let start = v.as_ptr() as usize;
-        let end = start + v.capacity() * std::mem::size_of::<f32>();
-        let (a, b) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
-        if b > a {
-            // SAFETY: the range lies inside the vector's own allocation;
+/// A zeroed f32 buffer for large, long-lived data (packed weights, the
+/// runtime's arena): 64-byte aligned, and from 1 MiB on whole 2 MiB pages,
+/// transparent huge pages asked for before anything touches them. The
+/// kernels stream megabytes of weights and activations, and through 4 KiB
+/// pages every 4 KiB costs a TLB miss; a `Vec` cannot carry the alignment
+/// that lets the OS back all of it with 2 MiB pages. Where the OS has no
+/// huge pages this is a plain aligned buffer.
+pub struct Floats {
+    ptr: std::ptr::NonNull<f32>,
+    len: usize,
+}
+
+// SAFETY: `Floats` owns its memory like a `Vec<f32>`.
+unsafe impl Send for Floats {}
+// SAFETY: as above; shared access is read-only.
+unsafe impl Sync for Floats {}
+
+impl Floats {
+    const HUGE_PAGE: usize = 2 << 20;
+
+    fn layout(len: usize) -> std::alloc::Layout {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<f32>())
+            .expect("capacity overflow")
+            .max(1);
+        let (bytes, align) = if bytes >= HUGE_PAGE_MIN_BYTES {
+            (bytes.next_multiple_of(Self::HUGE_PAGE), Self::HUGE_PAGE)
+        } else {
+            (bytes, 64)
+        };
+        std::alloc::Layout::from_size_align(bytes, align).expect("capacity overflow")
+    }
+
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Floats {
+        let layout = Self::layout(len);
+        // SAFETY: the layout's size is not zero.
+        let p = unsafe { std::alloc::alloc(layout) }.cast::<f32>();
+        let Some(ptr) = std::ptr::NonNull::new(p) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        #[cfg(target_os = "linux")]
+        if layout.align() == Self::HUGE_PAGE {
+            // SAFETY: the range is the allocation just made, untouched;
             // MADV_HUGEPAGE only changes how the kernel backs it.
-            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE) };
+            unsafe { libc::madvise(p.cast(), layout.size(), libc::MADV_HUGEPAGE) };
         }
+        // SAFETY: the allocation holds `len` floats.
+        unsafe { std::ptr::write_bytes(p, 0, len) };
+        Floats { ptr, len }
     }
 }
 
-/// `len` zeros, in memory reserved by [`reserve_huge`].
-pub(crate) fn zeros_huge(len: usize) -> Vec<f32> {
-    let mut v = Vec::new();
-    reserve_huge(&mut v, len);
-    v.resize(len, 0.0);
-    v
+impl Drop for Floats {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeros` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), Self::layout(self.len)) }
+    }
+}
+
+impl std::ops::Deref for Floats {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `len` initialized floats, owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Floats {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as above, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Clone for Floats {
+    fn clone(&self) -> Floats {
+        let mut c = Floats::zeros(self.len);
+        c.copy_from_slice(self);
+        c
+    }
+}
+
+impl std::fmt::Debug for Floats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Floats({} floats)", self.len)
+    }
 }
 
 /// Tasks per thread above which [`CpuCtx::for_each`] runs consecutive
