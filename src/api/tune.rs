@@ -222,20 +222,7 @@ impl TuneReport {
             "whole model: untuned {}, tuned {} (median [p10-p90], alternating): {}\n",
             span(&o.untuned),
             span(&o.tuned),
-            match (o.kept, o.second) {
-                (true, Some(_)) => {
-                    "tuned choices kept (faster within the noise; a second comparison agreed)"
-                }
-                (true, None) => "tuned choices kept",
-                (false, Some(Second::NoBudget)) => {
-                    "tuned plan faster within the noise, no budget left to confirm it: defaults kept"
-                }
-                (false, Some(_)) => {
-                    "tuned plan faster within the noise, not in a second comparison: defaults kept"
-                }
-                (false, None) if changed == 0 => "every default kept",
-                (false, None) => "tuned plan not faster, defaults kept",
-            }
+            verdict(o)
         );
         if let Some(c) = &o.cost_model {
             s += &format!("{}\n", cost_line(c));
@@ -286,19 +273,7 @@ impl TuneReport {
             "- whole model ({whole}): untuned {}, tuned {}; {}\n\n",
             span(&o.untuned),
             span(&o.tuned),
-            match (o.kept, o.second) {
-                (true, Some(_)) => {
-                    "the tuned choices are kept (a second comparison confirmed a win within the noise)"
-                }
-                (true, None) => "the tuned choices are kept",
-                (false, Some(Second::NoBudget)) => {
-                    "the defaults are kept (a win within the noise, and no budget left to confirm it)"
-                }
-                (false, Some(_)) => {
-                    "the defaults are kept (a win within the noise was not confirmed by a second comparison)"
-                }
-                (false, None) => "the defaults are kept",
-            }
+            verdict(o)
         );
         if let Some(c) = &o.cost_model {
             s += &format!("- {}\n\n", cost_line(c));
@@ -346,4 +321,23 @@ fn cost_line(c: &crate::tune::cost::Accuracy) -> String {
 /// `12.345 ms [12.000-13.000]`: a timing's median and p10-p90.
 fn span(t: &crate::measure::Timing) -> String {
     format!("{:.3} ms [{:.3}-{:.3}]", t.median_ms, t.p10_ms, t.p90_ms)
+}
+
+/// What the final whole-model comparison decided, in words.
+fn verdict(o: &TuneOutcome) -> &'static str {
+    match (o.kept, o.second) {
+        (true, Some(_)) => {
+            "tuned choices kept (faster within the noise; a second comparison agreed)"
+        }
+        (true, None) => "tuned choices kept",
+        (false, Some(Second::NoBudget)) => {
+            "tuned plan faster within the noise, no budget left to confirm it: defaults kept"
+        }
+        (false, Some(_)) => {
+            "tuned plan faster within the noise, not in a second comparison: defaults kept"
+        }
+        // No node beat its default, or the tuned plan lost the model run
+        // (its choices are then recorded as defaults).
+        (false, None) => "every default kept",
+    }
 }
