@@ -212,14 +212,24 @@ fn pad<'a>(
 ) -> Input<'a> {
     let (ph, pw) = win.padded_extent();
     let plane = ph * pw;
-    buf.clear();
-    buf.resize(planes * plane, 0.0);
-    let (h, w) = (win.h, win.w);
+    // Every float is written below (the buffer is reused across
+    // convolutions of other shapes): no clearing first.
+    if buf.len() < planes * plane {
+        buf.resize(planes * plane, 0.0);
+    }
+    let buf = &mut buf[..planes * plane];
+    let (h, w, left) = (win.h, win.w, win.pad_left);
     let fill = |i: usize, dst: &mut [f32]| {
         let src = &x[i * h * w..(i + 1) * h * w];
-        for (r, row) in src.chunks_exact(w).enumerate() {
-            let d = (r + win.pad_top) * pw + win.pad_left;
-            dst[d..d + w].copy_from_slice(row);
+        for (r, prow) in dst.chunks_exact_mut(pw).enumerate() {
+            match r.checked_sub(win.pad_top).filter(|&ih| ih < h) {
+                Some(ih) => {
+                    prow[..left].fill(0.0);
+                    prow[left..left + w].copy_from_slice(&src[ih * w..(ih + 1) * w]);
+                    prow[left + w..].fill(0.0);
+                }
+                None => prow.fill(0.0),
+            }
         }
     };
     if cx.threads > 1 && planes * plane >= PAR_MIN_FLOATS {
