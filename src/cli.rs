@@ -200,7 +200,8 @@ pub(crate) enum Command {
 }
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["int8", "int4", "fp16"])))]
+#[command(group(clap::ArgGroup::new("mode").args(["int8", "int4", "fp16"])))]
+#[command(group(clap::ArgGroup::new("job").required(true).multiple(true).args(["int8", "int4", "fp16", "prune"])))]
 pub(crate) struct CompressArgs {
     pub(crate) model: PathBuf,
     /// Output file (.mlc bundle, or .onnx / --emit onnx for QDQ ONNX).
@@ -216,6 +217,26 @@ pub(crate) struct CompressArgs {
     /// Weights stored as f16.
     #[arg(long)]
     pub(crate) fp16: bool,
+    /// Prune convolution and matrix-product weights to this sparsity (a
+    /// share of zeros from 0 to 1, or a percentage like 80%), or `max`: the
+    /// highest the accuracy budget allows. Combines with --int8/--int4
+    /// (prune, then quantize what is left).
+    #[arg(long, value_name = "SPARSITY|max", value_parser = prune_target)]
+    pub(crate) prune: Option<PruneTarget>,
+    /// How the sparsity is shared among layers: by each layer's measured
+    /// effect on the output (sensitivity), the same share of each
+    /// (uniform), or one magnitude threshold over all (global).
+    #[arg(long, value_enum, default_value = "sensitivity", requires = "prune")]
+    pub(crate) prune_allocation: PruneAllocationArg,
+    /// Unit of pruning: single weights (1x1) or blocks of 4 output
+    /// channels at one input position (4x1; faster sparse kernels).
+    #[arg(long, value_enum, default_value = "1x1", requires = "prune")]
+    pub(crate) prune_block: PruneBlockArg,
+    /// What ranks weights: |w| (magnitude), or |w| times its input's norm
+    /// over the calibration data, within each output (activation, as
+    /// Wanda does; needs --calib).
+    #[arg(long, value_enum, default_value = "magnitude", requires = "prune")]
+    pub(crate) prune_importance: PruneImportanceArg,
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     pub(crate) per_tensor: bool,
@@ -279,6 +300,50 @@ pub(crate) struct CompressArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `--prune`'s value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PruneTarget {
+    Sparsity(f64),
+    Max,
+}
+
+pub(crate) fn prune_target(s: &str) -> Result<PruneTarget, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(PruneTarget::Max);
+    }
+    let (text, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 0.01),
+        None => (s, 1.0),
+    };
+    match text.trim().parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&(v * scale)) => Ok(PruneTarget::Sparsity(v * scale)),
+        _ => Err(format!(
+            "'{s}' is not a sparsity: give a share of zeros from 0 to below 1 (0.8), a percentage (80%) or max"
+        )),
+    }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum PruneAllocationArg {
+    Sensitivity,
+    Uniform,
+    Global,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum PruneBlockArg {
+    #[value(name = "1x1")]
+    Single,
+    #[value(name = "4x1")]
+    Rows4,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum PruneImportanceArg {
+    Magnitude,
+    Activation,
 }
 
 /// Most threads a command takes: far past any core count, short of the

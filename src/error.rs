@@ -117,6 +117,10 @@ pub enum Error {
     /// A bug in mlc: an invariant that should hold did not.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// Options that cannot be used together or need something not given.
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -93,11 +93,34 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
         None => Activations::Dynamic,
     };
     Ok(CompressOptions {
-        mode: match (a.int4, a.fp16) {
-            (true, _) => Mode::Int4,
-            (_, true) => Mode::Fp16,
-            _ => Mode::Int8,
+        mode: match (a.int8, a.int4, a.fp16) {
+            (_, true, _) => Mode::Int4,
+            (_, _, true) => Mode::Fp16,
+            (true, _, _) => Mode::Int8,
+            _ => Mode::F32,
         },
+        prune: a.prune.map(|t| {
+            use api::{PruneAllocation, PruneBlock, PruneImportance, PruneTarget};
+            api::PruneOptions {
+                target: match t {
+                    cli::PruneTarget::Sparsity(s) => PruneTarget::Sparsity(s),
+                    cli::PruneTarget::Max => PruneTarget::Max,
+                },
+                allocation: match a.prune_allocation {
+                    cli::PruneAllocationArg::Sensitivity => PruneAllocation::Sensitivity,
+                    cli::PruneAllocationArg::Uniform => PruneAllocation::Uniform,
+                    cli::PruneAllocationArg::Global => PruneAllocation::Global,
+                },
+                block: match a.prune_block {
+                    cli::PruneBlockArg::Single => PruneBlock::Single,
+                    cli::PruneBlockArg::Rows4 => PruneBlock::Rows4,
+                },
+                importance: match a.prune_importance {
+                    cli::PruneImportanceArg::Magnitude => PruneImportance::Magnitude,
+                    cli::PruneImportanceArg::Activation => PruneImportance::Activation,
+                },
+            }
+        }),
         weights: WeightFormat {
             granularity: match a.per_tensor {
                 true => Granularity::PerTensor,

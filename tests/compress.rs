@@ -286,6 +286,10 @@ fn bad_input_is_one_error_and_no_output() {
         ],
         vec!["--int8", "--eval", model.to_str().unwrap()],
         vec![],
+        // Not a sparsity; importance from activations without data.
+        vec!["--prune", "1.5"],
+        vec!["--prune", "lots"],
+        vec!["--prune", "0.5", "--prune-importance", "activation"],
     ] {
         let mut all = vec![
             "compress",
@@ -305,4 +309,126 @@ fn bad_input_is_one_error_and_no_output() {
         assert!(!err.contains("panicked"), "{err}");
         assert!(!out.exists(), "{args:?} left an output file");
     }
+}
+
+/// `mlc compress MODEL --prune ...` of a digits model evaluated on its
+/// held-out split, plus `args`.
+fn prune_digits(model: &str, out: &Path, args: &[&str], cache: &Path) -> Value {
+    let eval = fixture(&format!("digits/eval_{model}.npz"));
+    let mut all = vec!["--eval", eval.to_str().unwrap(), "--latency-runs", "2"];
+    all.extend_from_slice(args);
+    compress(&fixture(&format!("digits/{model}.onnx")), out, &all, cache)
+}
+
+/// The zero share of each pruned layer's weight in a written bundle.
+fn bundle_sparsities(path: &Path) -> Vec<(String, f64)> {
+    let (g, _) = mlc::formats::bundle::read(path).expect("the bundle reads back");
+    mlc::compress::quantize::find_layers(&g)
+        .iter()
+        .map(|l| {
+            let w = g.const_value(l.weight).unwrap();
+            (l.name.clone(), w.zero_count() as f64 / w.numel() as f64)
+        })
+        .collect()
+}
+
+#[test]
+fn pruning_digits_to_the_accuracy_budget() {
+    let dir = scratch("prune-max");
+    for model in ["cnn", "mlp"] {
+        let out = dir.join(format!("{model}.mlc"));
+        let r = prune_digits(model, &out, &["--prune", "max"], &dir);
+        let before = f(&r, &["accuracy", "top1_f32"]);
+        let after = f(&r, &["accuracy", "top1_compressed"]);
+        assert!(before - after <= 0.01, "{model}: {after} vs {before}");
+        // The trained digits models lose under a point at 60% and more.
+        let sparsity = f(&r, &["pruning", "sparsity"]);
+        assert!(sparsity > 0.6, "{model}: sparsity {sparsity}");
+        // The search judged a sparser model that broke the budget (or
+        // reached the most the ladder allows).
+        let search = r["pruning"]["search"].as_array().unwrap();
+        assert!(
+            search
+                .iter()
+                .any(|s| !s["holds"].as_bool().unwrap()
+                    && s["sparsity"].as_f64().unwrap() > sparsity)
+                || sparsity > 0.95,
+            "{search:?}"
+        );
+        // The bundle holds the zeros the report gives, layer by layer.
+        let layers = r["layers"].as_array().unwrap();
+        for (name, share) in bundle_sparsities(&out) {
+            let rep = layers.iter().find(|l| l["name"] == name.as_str()).unwrap();
+            assert!(
+                (rep["sparsity"].as_f64().unwrap() - share).abs() < 1e-9,
+                "{name}"
+            );
+        }
+        let nonzero = f(&r, &["pruning", "flops_nonzero"]);
+        assert!(nonzero < f(&r, &["pruning", "flops"]) * (1.0 - sparsity) * 1.5);
+    }
+}
+
+#[test]
+fn uniform_pruning_gives_every_layer_the_target() {
+    let dir = scratch("prune-uniform");
+    for block in ["1x1", "4x1"] {
+        let out = dir.join(format!("cnn-{block}.mlc"));
+        let args = [
+            "--prune",
+            "50%",
+            "--prune-allocation",
+            "uniform",
+            "--prune-block",
+            block,
+            "--max-accuracy-drop",
+            "100",
+        ];
+        let r = prune_digits("cnn", &out, &args, &dir);
+        assert!((f(&r, &["pruning", "sparsity"]) - 0.5).abs() < 0.01);
+        let (g, _) = mlc::formats::bundle::read(&out).unwrap();
+        for l in mlc::compress::quantize::find_layers(&g) {
+            let w = g.const_value(l.weight).unwrap();
+            let share = w.zero_count() as f64 / w.numel() as f64;
+            assert!((share - 0.5).abs() < 0.02, "{block} {}: {share}", l.name);
+            if block == "4x1" && l.kind == mlc::compress::quantize::LayerKind::Conv {
+                // Zeros come in whole blocks of 4 output channels.
+                let m = w.shape()[0];
+                let w = w.as_f32().unwrap();
+                let cols = w.len() / m;
+                for rb in (0..m).step_by(4) {
+                    for c in 0..cols {
+                        let zeros = (rb..(rb + 4).min(m))
+                            .filter(|&r| w[r * cols + c] == 0.0)
+                            .count();
+                        assert!(
+                            zeros == 0 || zeros == (rb + 4).min(m) - rb,
+                            "{}: block {rb},{c}",
+                            l.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pruning_then_int8_keeps_the_budget() {
+    let dir = scratch("prune-int8");
+    let out = dir.join("cnn.mlc");
+    let calib = fixture("digits/calib_cnn.npz");
+    let args = [
+        "--prune",
+        "max",
+        "--int8",
+        "--calib",
+        calib.to_str().unwrap(),
+    ];
+    let r = prune_digits("cnn", &out, &args, &dir);
+    let before = f(&r, &["accuracy", "top1_f32"]);
+    let after = f(&r, &["accuracy", "top1_compressed"]);
+    assert!(before - after <= 0.01, "{after} vs {before}");
+    assert!(f(&r, &["pruning", "sparsity"]) > 0.6);
+    assert_eq!(r["mode"], "int8");
 }

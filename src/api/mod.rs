@@ -38,6 +38,10 @@ mod tune;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::compress::prune::{
+    Allocation as PruneAllocation, Block as PruneBlock, Importance as PruneImportance,
+    PruneOptions, Target as PruneTarget,
+};
 pub use crate::compress::quantize::{Granularity, WeightFormat};
 pub use crate::compress::report::Report as CompressReport;
 pub use crate::compress::{

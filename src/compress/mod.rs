@@ -25,6 +25,7 @@
 //! The [`report::Report`] gives size, latency and accuracy before and after.
 
 pub mod data;
+pub mod prune;
 pub mod quantize;
 pub mod report;
 
@@ -55,6 +56,8 @@ pub enum Mode {
     Int8,
     Int4,
     Fp16,
+    /// Weights stay f32 (pruning alone).
+    F32,
 }
 
 impl Mode {
@@ -63,6 +66,7 @@ impl Mode {
             Mode::Int8 => "int8",
             Mode::Int4 => "int4",
             Mode::Fp16 => "fp16",
+            Mode::F32 => "f32",
         }
     }
 }
@@ -99,6 +103,8 @@ pub enum Activations {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub mode: Mode,
+    /// Prune the weights first (then quantize the survivors as `mode` says).
+    pub prune: Option<prune::PruneOptions>,
     pub weights: WeightFormat,
     pub activations: Activations,
     /// Inputs (and optional `labels`) to measure accuracy on.
@@ -142,6 +148,7 @@ impl Options {
     pub fn new(mode: Mode) -> Options {
         Options {
             mode,
+            prune: None,
             weights: WeightFormat {
                 granularity: Granularity::PerChannel,
                 reduce_range: true,
@@ -221,49 +228,85 @@ pub fn compress(
     // f32 parameters int4 rounds to f16 values.
     let mut params_f16 = 0;
     let mut act_of: HashMap<NodeId, ActQuant> = HashMap::new();
+    let budget = Budget::new(&eval, &reference, opts);
+
+    // Activation quantization of each int8 layer, calibrated on the f32
+    // model.
+    if opts.mode == Mode::Int8 {
+        match (&opts.activations, &calib) {
+            (
+                Activations::Static {
+                    calib: path,
+                    method,
+                },
+                Some(c),
+            ) => {
+                let Calibrated {
+                    ranges,
+                    cached,
+                    cache_key,
+                } = calibrate(&g, &layers, c, *method, source, opts, &meas)?;
+                for l in &layers {
+                    let r = ranges
+                        .get(&g.value(l.input).name)
+                        .copied()
+                        .unwrap_or((0.0, 0.0));
+                    let (scale, zero_point) =
+                        quant_params(crate::quant::calib::Range { lo: r.0, hi: r.1 });
+                    act_of.insert(l.node, ActQuant::Static { scale, zero_point });
+                }
+                calibration = Some(CalibrationReport {
+                    method: method.to_string(),
+                    data: path.display().to_string(),
+                    samples: c.samples,
+                    cached,
+                    cache_key,
+                });
+            }
+            _ => {
+                for l in &layers {
+                    act_of.insert(l.node, ActQuant::Dynamic);
+                }
+            }
+        }
+    }
+
+    // Pruning, judged on the model as it will be finished (quantized too
+    // with int8); what is left of each weight is quantized below.
+    let mut pruning = None;
+    if let Some(p) = &opts.prune {
+        let norms = match p.importance {
+            prune::Importance::Activation => {
+                let Some(c) = &calib else {
+                    return Err(crate::Error::Usage(
+                        "activation-aware pruning (--prune-importance activation) needs calibration data: give --calib".into(),
+                    ));
+                };
+                Some(prune::input_norms(&g, &layers, c, &meas, opts.progress)?)
+            }
+            prune::Importance::Magnitude => None,
+        };
+        let mut sens_data = eval.clone();
+        sens_data.truncate(opts.sensitivity_samples.max(1));
+        let mut judge = PruneJudge {
+            meas: &meas,
+            shapes: &shapes,
+            sens_ref: &reference[..sens_data.samples],
+            sens_data,
+            budget: &budget,
+            quantized: (opts.mode == Mode::Int8).then_some((layers.as_slice(), &act_of, opts)),
+        };
+        let pruned = prune::prune(&g, &layers, norms.as_ref(), p, &mut judge, opts.progress)?;
+        g = pruned.graph.clone();
+        pruning = Some(pruned);
+    }
+    // The model int8 quantizes: f32, pruned when asked.
+    let base = g.clone();
 
     // The compressed model with its plan (int8: the candidate chosen).
     let mut compressed: Option<Candidate> = None;
     match opts.mode {
         Mode::Int8 => {
-            // Activation quantization of each layer.
-            match (&opts.activations, &calib) {
-                (
-                    Activations::Static {
-                        calib: path,
-                        method,
-                    },
-                    Some(c),
-                ) => {
-                    let Calibrated {
-                        ranges,
-                        cached,
-                        cache_key,
-                    } = calibrate(&g, &layers, c, *method, source, opts, &meas)?;
-                    for l in &layers {
-                        let r = ranges
-                            .get(&g.value(l.input).name)
-                            .copied()
-                            .unwrap_or((0.0, 0.0));
-                        let (scale, zero_point) =
-                            quant_params(crate::quant::calib::Range { lo: r.0, hi: r.1 });
-                        act_of.insert(l.node, ActQuant::Static { scale, zero_point });
-                    }
-                    calibration = Some(CalibrationReport {
-                        method: method.to_string(),
-                        data: path.display().to_string(),
-                        samples: c.samples,
-                        cached,
-                        cache_key,
-                    });
-                }
-                _ => {
-                    for l in &layers {
-                        act_of.insert(l.node, ActQuant::Dynamic);
-                    }
-                }
-            }
-
             // Speed: keep f32 where the int8 kernel is slower here, each
             // layer timed where it runs, in the f32 model and in the model
             // with every layer int8, run alternately.
@@ -271,7 +314,7 @@ pub fn compress(
             let mut all_int8 = None;
             if opts.check_speed {
                 let mut c = Candidate::new(
-                    &f32_graph,
+                    &base,
                     &layers,
                     &HashSet::new(),
                     &act_of,
@@ -326,7 +369,7 @@ pub fn compress(
                     let sens_ref = &reference[..sens_data.samples];
                     let pb = data::progress(opts.progress, layers.len(), "sensitivity");
                     for (l, rep) in layers.iter().zip(layer_reports.iter_mut()) {
-                        let mut one = f32_graph.clone();
+                        let mut one = base.clone();
                         quantize::quantize_layer(&mut one, l, act_of[&l.node], opts.weights)?;
                         let mut plan = meas.plan(&one, &shapes)?;
                         let out = data::run_plan(
@@ -354,24 +397,9 @@ pub fn compress(
                 };
 
             // Accuracy budget: revert the most sensitive layers until it holds.
-            let base_acc = eval.labels.as_ref().map(|l| data::accuracy(&reference, l));
-            let classifier = reference
-                .first()
-                .and_then(|o| o.first())
-                .is_some_and(|t| t.rank() == 2);
-            // A candidate's accuracy drop (points) and agreement, and
-            // whether they break the budget (drop, cosine).
             let judge = |c: &mut Candidate| -> Result<(Option<f64>, Agreement, bool, bool)> {
-                let out = c.outputs(&eval)?;
-                let a = data::agreement(&reference, out);
-                let drop = match (&eval.labels, base_acc) {
-                    (Some(l), Some(b)) => Some(100.0 * (b - data::accuracy(out, l))),
-                    _ if classifier => Some(100.0 * (1.0 - a.top1_agreement)),
-                    _ => None,
-                };
-                let breaks_drop = drop.is_some_and(|d| d > opts.max_accuracy_drop);
-                let breaks_cos = opts.min_cosine.is_some_and(|m| a.min_cosine_similarity < m);
-                Ok((drop, a, breaks_drop, breaks_cos))
+                let j = budget.judge(c.outputs(&eval)?);
+                Ok((j.drop, j.agreement, j.breaks_drop, j.breaks_cos))
             };
             // The last candidate is the model unless the whole-model check
             // below takes the one with fewer layers f32.
@@ -381,9 +409,7 @@ pub fn compress(
                     Some(c) if c.kept == kept_f32 => c,
                     other => {
                         all_int8 = other;
-                        Candidate::new(
-                            &f32_graph, &layers, &kept_f32, &act_of, opts, &meas, &shapes,
-                        )?
+                        Candidate::new(&base, &layers, &kept_f32, &act_of, opts, &meas, &shapes)?
                     }
                 };
                 let (drop, a, breaks_drop, breaks_cos) = judge(&mut candidate)?;
@@ -434,9 +460,7 @@ pub fn compress(
                 }
                 let mut all = match all_int8.take() {
                     Some(c) if c.kept == fewer => c,
-                    _ => {
-                        Candidate::new(&f32_graph, &layers, &fewer, &act_of, opts, &meas, &shapes)?
-                    }
+                    _ => Candidate::new(&base, &layers, &fewer, &act_of, opts, &meas, &shapes)?,
                 };
                 let (_, _, breaks_drop, breaks_cos) = judge(&mut all)?;
                 if !breaks_drop && !breaks_cos {
@@ -471,6 +495,7 @@ pub fn compress(
         Mode::Fp16 => {
             quantize::fp16_weights(&mut g)?;
         }
+        Mode::F32 => {}
     }
     let mut compressed = match compressed {
         Some(c) => c,
@@ -498,6 +523,7 @@ pub fn compress(
             Mode::Int4 if l.kind == quantize::LayerKind::MatMul => Precision::Int4,
             Mode::Int4 => Precision::Int8WeightOnly,
             Mode::Fp16 => Precision::Fp16,
+            Mode::F32 => Precision::F32,
         };
         let (before, after) = layer_bytes(&g, l.node, &f32_graph, l.weight);
         rep.f32_bytes = before;
@@ -512,7 +538,70 @@ pub fn compress(
             _ => "f32 kernels, weights dequantized at load".into(),
         };
     }
+    // Sparsity and work of each layer, when pruning.
+    let pruning = match pruning {
+        Some(p) => {
+            let flops_of: HashMap<String, u64> = f32_plan
+                .steps()
+                .into_iter()
+                .filter_map(|s| Some((s.node, s.flops?)))
+                .collect();
+            let (mut flops, mut flops_nonzero) = (0u64, 0u64);
+            for (l, rep) in layers.iter().zip(&mut layer_reports) {
+                // The weight as stored (int8 codes can add zeros), else
+                // the pruned f32 one.
+                let w = g
+                    .node(l.node)
+                    .and_then(|n| n.input(1))
+                    .and_then(|v| g.const_value(v))
+                    .or_else(|| base.const_value(l.weight));
+                let Some(w) = w.filter(|w| w.numel() > 0) else {
+                    continue;
+                };
+                let share = w.zero_count() as f64 / w.numel() as f64;
+                rep.sparsity = Some(share);
+                if let Some(&f) = flops_of.get(&l.name) {
+                    rep.flops = Some(f);
+                    let nz = (f as f64 * (1.0 - share)).round() as u64;
+                    rep.flops_nonzero = Some(nz);
+                    flops += f;
+                    flops_nonzero += nz;
+                }
+                if let Some(lp) = p.layers.iter().find(|lp| lp.name == l.name) {
+                    rep.prune_sensitivity = lp.sensitivity.clone();
+                }
+            }
+            let spec = opts.prune;
+            Some(report::PruningReport {
+                requested: match p.requested {
+                    prune::Target::Sparsity(s) => format!("{s}"),
+                    prune::Target::Max => "max".into(),
+                },
+                allocation: spec.map_or(prune::Allocation::Sensitivity, |o| o.allocation),
+                block: spec.map_or(prune::Block::Single, |o| o.block),
+                importance: spec.map_or(prune::Importance::Magnitude, |o| o.importance),
+                sparsity: p.sparsity,
+                elements: p.layers.iter().map(|l| l.elements).sum(),
+                zeros: p.layers.iter().map(|l| l.zeros).sum(),
+                search: p.steps,
+                skipped: p.skipped,
+                flops,
+                flops_nonzero,
+            })
+        }
+        None => None,
+    };
     let mut warnings = Vec::new();
+    if let Some(p) = &pruning {
+        if let Some(prune::Target::Sparsity(asked)) = opts.prune.map(|o| o.target) {
+            if p.sparsity + 0.005 < asked {
+                warnings.push(format!(
+                    "pruned to sparsity {:.3}, not the {asked} asked: the accuracy budget broke above it (see the pruning search)",
+                    p.sparsity
+                ));
+            }
+        }
+    }
     if opts.mode == Mode::Int8
         && !layers.is_empty()
         && layer_reports.iter().all(|r| r.precision == Precision::F32)
@@ -603,6 +692,7 @@ pub fn compress(
         latency,
         accuracy,
         calibration,
+        pruning,
         goal: opts.goal.name().to_string(),
         warnings,
         max_accuracy_drop: opts.max_accuracy_drop,
@@ -622,6 +712,106 @@ pub fn compress(
         report,
         nodes_before,
     })
+}
+
+/// The accuracy budget, and the f32 model's outputs it is judged on.
+struct Budget<'a> {
+    eval: &'a Dataset,
+    reference: &'a [Vec<Tensor>],
+    /// The f32 model's top-1 accuracy (labeled data).
+    base_accuracy: Option<f64>,
+    /// The first output is class scores (rows of a 2-D tensor).
+    classifier: bool,
+    max_drop: f64,
+    min_cosine: Option<f64>,
+}
+
+/// A model's outputs judged against the budget.
+struct Judgement {
+    /// Top-1 accuracy drop (labels) or disagreement (class scores), points.
+    drop: Option<f64>,
+    agreement: Agreement,
+    breaks_drop: bool,
+    breaks_cos: bool,
+}
+
+impl<'a> Budget<'a> {
+    fn new(eval: &'a Dataset, reference: &'a [Vec<Tensor>], opts: &Options) -> Budget<'a> {
+        Budget {
+            eval,
+            reference,
+            base_accuracy: eval.labels.as_ref().map(|l| data::accuracy(reference, l)),
+            classifier: reference
+                .first()
+                .and_then(|o| o.first())
+                .is_some_and(|t| t.rank() == 2),
+            max_drop: opts.max_accuracy_drop,
+            min_cosine: opts.min_cosine,
+        }
+    }
+
+    fn judge(&self, out: &[Vec<Tensor>]) -> Judgement {
+        let agreement = data::agreement(self.reference, out);
+        let drop = match (&self.eval.labels, self.base_accuracy) {
+            (Some(l), Some(b)) => Some(100.0 * (b - data::accuracy(out, l))),
+            _ if self.classifier => Some(100.0 * (1.0 - agreement.top1_agreement)),
+            _ => None,
+        };
+        Judgement {
+            drop,
+            breaks_drop: drop.is_some_and(|d| d > self.max_drop),
+            breaks_cos: self
+                .min_cosine
+                .is_some_and(|m| agreement.min_cosine_similarity < m),
+            agreement,
+        }
+    }
+}
+
+/// Pruning's view of the compression: sensitivity on a few samples, the
+/// budget on the model as it will be finished (every layer int8 when
+/// `quantized`).
+struct PruneJudge<'a> {
+    meas: &'a Measurer,
+    shapes: &'a [Vec<usize>],
+    sens_data: Dataset,
+    sens_ref: &'a [Vec<Tensor>],
+    budget: &'a Budget<'a>,
+    #[allow(clippy::type_complexity)]
+    quantized: Option<(&'a [Layer], &'a HashMap<NodeId, ActQuant>, &'a Options)>,
+}
+
+impl prune::Evaluator for PruneJudge<'_> {
+    fn error(&mut self, g: &Graph) -> Result<f64> {
+        let mut plan = self.meas.plan(g, self.shapes)?;
+        let out = data::run_plan(
+            &mut plan,
+            &self.sens_data,
+            &indicatif::ProgressBar::hidden(),
+        )?;
+        Ok(1.0 - data::agreement(self.sens_ref, &out).cosine_similarity)
+    }
+
+    fn verdict(&mut self, g: &Graph) -> Result<prune::Verdict> {
+        let mut c = match self.quantized {
+            Some((layers, act_of, opts)) => Candidate::new(
+                g,
+                layers,
+                &HashSet::new(),
+                act_of,
+                opts,
+                self.meas,
+                self.shapes,
+            )?,
+            None => Candidate::from_graph(g.clone(), HashSet::new(), self.meas, self.shapes)?,
+        };
+        let j = self.budget.judge(c.outputs(self.budget.eval)?);
+        Ok(prune::Verdict {
+            holds: !(j.breaks_drop || j.breaks_cos),
+            drop_points: j.drop,
+            min_cosine_similarity: j.agreement.min_cosine_similarity,
+        })
+    }
 }
 
 fn shapes_of(inputs: &[Tensor]) -> Vec<Vec<usize>> {

@@ -59,6 +59,16 @@ pub struct LayerReport {
     /// What the timings suggest (an int8 layer whose kernel is slower
     /// here than the f32 one).
     pub note: Option<String>,
+    /// Share of the weight's elements that are zero (when pruning).
+    pub sparsity: Option<f64>,
+    /// Multiply-adds x 2 of one run at the measured input shapes: all of
+    /// them, and those on nonzero weights (when pruning).
+    pub flops: Option<u64>,
+    pub flops_nonzero: Option<u64>,
+    /// Output error (1 - cosine) with only this layer pruned, at each
+    /// sparsity measured (sensitivity allocation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prune_sensitivity: Vec<(f64, f64)>,
 }
 
 impl LayerReport {
@@ -80,8 +90,34 @@ impl LayerReport {
             note: None,
             f32_ms: None,
             int8_ms: None,
+            sparsity: None,
+            flops: None,
+            flops_nonzero: None,
+            prune_sensitivity: Vec::new(),
         }
     }
+}
+
+/// What pruning did (see [`super::prune`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct PruningReport {
+    /// The sparsity asked for (`0.8`), or `max`.
+    pub requested: String,
+    pub allocation: super::prune::Allocation,
+    pub block: super::prune::Block,
+    pub importance: super::prune::Importance,
+    /// Share of the pruned layers' weights that are zero.
+    pub sparsity: f64,
+    /// Weights of the layers pruning could take, and of those zero.
+    pub elements: usize,
+    pub zeros: usize,
+    /// Every model the search judged against the accuracy budget.
+    pub search: Vec<super::prune::SearchStep>,
+    /// Layers left whole, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// FLOPs of one run of every layer, and on nonzero weights only.
+    pub flops: u64,
+    pub flops_nonzero: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -153,6 +189,7 @@ pub struct Report {
     pub latency: Option<LatencyReport>,
     pub accuracy: AccuracyReport,
     pub calibration: Option<CalibrationReport>,
+    pub pruning: Option<PruningReport>,
     pub max_accuracy_drop: f64,
     pub min_cosine: Option<f64>,
     /// `size` (storage int8 wherever accuracy allows) or `latency`.
@@ -173,6 +210,23 @@ pub struct MeasurementReport {
     pub plans_built: u64,
     pub weights_packed: u64,
     pub seconds: f64,
+}
+
+impl PruningReport {
+    /// `pruned to 0.812 sparsity (asked max, sensitivity allocation, ...)`.
+    fn summary(&self) -> String {
+        format!(
+            "pruned to sparsity {:.3} of {} prunable weights (asked {}; {} allocation, {} blocks, {} importance); FLOPs {:.1}M -> {:.1}M on nonzero weights",
+            self.sparsity,
+            self.elements,
+            self.requested,
+            self.allocation.name(),
+            self.block.name(),
+            self.importance.name(),
+            self.flops as f64 / 1e6,
+            self.flops_nonzero as f64 / 1e6,
+        )
+    }
 }
 
 impl Report {
@@ -258,6 +312,9 @@ impl Report {
                 self.activations
             );
         }
+        if let Some(p) = &self.pruning {
+            let _ = writeln!(s, "{}", p.summary());
+        }
         if self.params_f16 > 0 {
             let _ = writeln!(
                 s,
@@ -320,6 +377,9 @@ impl Report {
                 if c.cached { " (from the cache)" } else { "" }
             );
         }
+        if let Some(p) = &self.pruning {
+            let _ = writeln!(s, "- pruning: {}", p.summary());
+        }
         let z = &self.size;
         let _ = writeln!(s, "\n## Size\n");
         let _ = writeln!(s, "| | bytes |\n|---|---|");
@@ -371,23 +431,48 @@ impl Report {
             self.agreement_text("cosine similarity"),
             a.agreement.relative_mse
         );
+        if let Some(p) = &self.pruning {
+            let _ = writeln!(s, "\n## Pruning search\n");
+            let _ = writeln!(s, "| sparsity | top-1 drop (points) | min cosine | holds the budget |\n|---|---|---|---|");
+            for st in &p.search {
+                let _ = writeln!(
+                    s,
+                    "| {:.4} | {} | {:.5} | {} |",
+                    st.sparsity,
+                    st.verdict
+                        .drop_points
+                        .map_or("-".into(), |d| format!("{d:.2}")),
+                    st.verdict.min_cosine_similarity,
+                    if st.verdict.holds { "yes" } else { "no" }
+                );
+            }
+            for (name, why) in &p.skipped {
+                let _ = writeln!(s, "\n- `{name}` not pruned: {why}");
+            }
+        }
         let _ = writeln!(s, "\n## Layers\n");
         let _ = writeln!(
             s,
-            "| layer | kind | stored as | runs as | weight | f32 bytes | bytes | error alone | f32 ms | int8 ms | why |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| layer | kind | stored as | runs as | weight | sparsity | f32 bytes | bytes | MFLOP (nonzero) | error alone | f32 ms | int8 ms | why |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
         for l in &self.layers {
             let _ = writeln!(
                 s,
-                "| {} | {:?} | {} | {} | {:?} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:?} | {} | {} | {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 l.name,
                 l.kind,
                 l.precision.name(),
                 l.runs_as,
                 l.weight_shape,
+                opt(l.sparsity, 3),
                 l.f32_bytes,
                 l.stored_bytes,
+                match (l.flops, l.flops_nonzero) {
+                    (Some(f), Some(n)) => format!("{:.2} ({:.2})", f as f64 / 1e6, n as f64 / 1e6),
+                    (Some(f), None) => format!("{:.2}", f as f64 / 1e6),
+                    _ => "-".into(),
+                },
                 l.error_alone.map_or("-".into(), |e| format!("{e:.2e}")),
                 opt(l.f32_ms, 3),
                 opt(l.int8_ms, 3),

@@ -390,6 +390,15 @@ impl Tensor {
         }
     }
 
+    /// Elements equal to zero (either sign of a float zero; pruned weights).
+    pub fn zero_count(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.iter().filter(|&&x| x == 0.0).count(),
+            TensorData::I8(v) => v.iter().filter(|&&x| x == 0).count(),
+            _ => self.to_f64_vec().iter().filter(|&&x| x == 0.0).count(),
+        }
+    }
+
     /// Every element widened or converted to f64 (bool as 0/1).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {

@@ -196,6 +196,8 @@ pub struct StepInfo {
     /// The kernel choices it could run with, the default first; fewer
     /// than two: nothing to choose.
     pub choices: Vec<Choice>,
+    /// Floating-point work of one run (products and convolutions).
+    pub flops: Option<u64>,
 }
 
 /// Memory statistics of a plan.
@@ -878,6 +880,7 @@ impl Plan {
                 },
                 choice: s.choice,
                 choices: self.choices_of(s),
+                flops: s.flops,
             })
             .collect()
     }
