@@ -233,8 +233,7 @@ pub(crate) struct CompressArgs {
     #[arg(long, value_enum, default_value = "1x1", requires = "prune")]
     pub(crate) prune_block: PruneBlockArg,
     /// What ranks weights: |w| (magnitude), or |w| times its input's norm
-    /// over the calibration data, within each output (activation, as
-    /// Wanda does; needs --calib).
+    /// over the calibration data (activation, Wanda's score; needs --calib).
     #[arg(long, value_enum, default_value = "magnitude", requires = "prune")]
     pub(crate) prune_importance: PruneImportanceArg,
     /// One weight scale per tensor instead of per output channel.

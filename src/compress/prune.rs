@@ -7,8 +7,7 @@
 //! kernel then loads each input row once for 4 outputs). A unit's
 //! importance is its magnitude (L2 norm of a block), times the L2 norm of
 //! the input channel it reads over the calibration data with
-//! [`Importance::Activation`] (Wanda, Sun et al. 2023: |w|·‖x‖, ranked
-//! within each output row).
+//! [`Importance::Activation`] (Wanda's score, Sun et al. 2023: |w|·‖x‖).
 //!
 //! How much of each layer goes ([`Allocation`]): the same share everywhere,
 //! one magnitude threshold over every layer, or by measured sensitivity:
@@ -95,8 +94,8 @@ impl Block {
 pub enum Importance {
     /// |w|, ranked over the whole layer.
     Magnitude,
-    /// |w| times the norm of its input channel over the calibration data,
-    /// ranked within each output row (Wanda).
+    /// |w| times the norm of its input channel over the calibration data
+    /// (Wanda's score).
     Activation,
 }
 
@@ -239,16 +238,13 @@ fn unit_scores(w: &[f32], m: &WeightMatrix, block: Block, norms: Option<&[f32]>)
         .collect()
 }
 
-/// Units in pruning order, least important first, in the groups that
-/// are pruned to the same share: the whole layer, or each row block with
-/// `per_row`. Ties break by index so that pruning is deterministic; NaN
-/// scores rank as the most important (never pruned silently).
-pub fn pruning_order(
-    m: &WeightMatrix,
-    block: Block,
-    scores: &[f32],
-    per_row: bool,
-) -> Vec<Vec<usize>> {
+/// Units in pruning order, least important first, ranked over the whole
+/// layer. Wanda ranks within each output row instead; on the digits
+/// models that pruned less within the same accuracy budget (CNN 0.78 vs
+/// 0.80 sparsity, MLP 0.56 vs 0.64). Ties break by index so that pruning
+/// is deterministic; NaN scores rank as the most important (never pruned
+/// silently).
+pub fn pruning_order(m: &WeightMatrix, block: Block, scores: &[f32]) -> Vec<usize> {
     let key = |u: usize| {
         if scores[u].is_nan() {
             f32::INFINITY
@@ -256,46 +252,31 @@ pub fn pruning_order(
             scores[u]
         }
     };
-    let mut groups: Vec<Vec<usize>> = if per_row {
-        (0..m.rows.div_ceil(block.rows()))
-            .map(|rb| (rb * m.cols..(rb + 1) * m.cols).collect())
-            .collect()
-    } else {
-        vec![(0..m.units(block)).collect()]
-    };
-    for g in &mut groups {
-        g.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
-    }
-    groups
+    let mut order: Vec<usize> = (0..m.units(block)).collect();
+    order.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
+    order
 }
 
-/// `w` (laid out as `m` says) with `fraction` (0 to 1) of the elements of
-/// each group of `order` set to zero, least important units first (a
-/// block of rows may take the count up to 3 past it).
+/// `w` (laid out as `m` says) with `fraction` (0 to 1) of its elements
+/// set to zero, least important units of `order` first (a block of rows
+/// may take the count up to 3 past it).
 pub fn prune_weight(
     w: &[f32],
     m: &WeightMatrix,
     block: Block,
-    order: &[Vec<usize>],
+    order: &[usize],
     fraction: f64,
 ) -> Vec<f32> {
-    let fraction = fraction.clamp(0.0, 1.0);
+    let want = (fraction.clamp(0.0, 1.0) * w.len() as f64).round() as usize;
     let mut out = w.to_vec();
-    for units in order {
-        let elements: usize = units
-            .iter()
-            .map(|&u| m.unit_elements(block, u).count())
-            .sum();
-        let want = (fraction * elements as f64).round() as usize;
-        let mut zeroed = 0;
-        for &u in units {
-            if zeroed >= want {
-                break;
-            }
-            for i in m.unit_elements(block, u) {
-                out[i] = 0.0;
-                zeroed += 1;
-            }
+    let mut zeroed = 0;
+    for &u in order {
+        if zeroed >= want {
+            break;
+        }
+        for i in m.unit_elements(block, u) {
+            out[i] = 0.0;
+            zeroed += 1;
         }
     }
     out
@@ -316,7 +297,7 @@ struct Prunable {
     weight: Vec<f32>,
     scores: Vec<f32>,
     /// Units least important first (see [`pruning_order`]).
-    order: Vec<Vec<usize>>,
+    order: Vec<usize>,
 }
 
 impl Prunable {
@@ -425,12 +406,11 @@ fn prunable(
         }
         let norms = norms.and_then(|n| n.get(&l.input)).map(|v| v.as_slice());
         let scores = unit_scores(data, &m, opts.block, norms);
-        let per_row = opts.importance == Importance::Activation;
         out.push(Prunable {
             layer: l.clone(),
             matrix: m,
             weight: data.to_vec(),
-            order: pruning_order(&m, opts.block, &scores, per_row),
+            order: pruning_order(&m, opts.block, &scores),
             scores,
         });
     }
@@ -761,7 +741,7 @@ mod tests {
             &w,
             &m,
             Block::Single,
-            &pruning_order(&m, Block::Single, &scores, false),
+            &pruning_order(&m, Block::Single, &scores),
             0.5,
         );
         assert_eq!(p, vec![0.5, 0.0, 0.3, -0.9, 0.0, 0.7, 0.0, 0.0]);
@@ -772,7 +752,7 @@ mod tests {
                 &w,
                 &m,
                 Block::Single,
-                &pruning_order(&m, Block::Single, &scores, false),
+                &pruning_order(&m, Block::Single, &scores),
                 0.0
             ),
             w
@@ -782,7 +762,7 @@ mod tests {
                 &w,
                 &m,
                 Block::Single,
-                &pruning_order(&m, Block::Single, &scores, false),
+                &pruning_order(&m, Block::Single, &scores),
                 1.0
             )),
             1.0
@@ -801,7 +781,7 @@ mod tests {
             &w,
             &m,
             Block::Rows4,
-            &pruning_order(&m, Block::Rows4, &scores, false),
+            &pruning_order(&m, Block::Rows4, &scores),
             0.5,
         );
         // Column 1 of rows 0-3 (norm 0.2) and column 0 of rows 4-5 (0.28).
@@ -812,9 +792,9 @@ mod tests {
     }
 
     #[test]
-    fn activation_importance_ranks_within_rows() {
+    fn activation_importance_scales_by_the_input_norm() {
         // MatMul [K=2, N=2]: input channel 1 is 100x louder, so its small
-        // weights outrank channel 0's large ones, in each output row.
+        // weights outrank channel 0's large ones.
         let w: Vec<f32> = vec![0.5, -0.6, 0.01, 0.02];
         let m = WeightMatrix::of(&Op::MatMul, &[2, 2]).unwrap();
         let scores = unit_scores(&w, &m, Block::Single, Some(&[1.0, 100.0]));
@@ -822,7 +802,7 @@ mod tests {
             &w,
             &m,
             Block::Single,
-            &pruning_order(&m, Block::Single, &scores, true),
+            &pruning_order(&m, Block::Single, &scores),
             0.5,
         );
         assert_eq!(p, vec![0.0, 0.0, 0.01, 0.02]);
@@ -837,7 +817,7 @@ mod tests {
             &w,
             &m,
             Block::Single,
-            &pruning_order(&m, Block::Single, &scores, false),
+            &pruning_order(&m, Block::Single, &scores),
             0.5,
         );
         assert_eq!(p, vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
@@ -848,7 +828,7 @@ mod tests {
             &w,
             &m,
             Block::Single,
-            &pruning_order(&m, Block::Single, &scores, false),
+            &pruning_order(&m, Block::Single, &scores),
             0.75,
         );
         assert!(p[0].is_nan());
