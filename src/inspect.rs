@@ -75,6 +75,28 @@ pub struct Summary {
     /// How a bundle was made (bundles only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle: Option<crate::formats::bundle::Metadata>,
+    /// Constants with at least [`SPARSE_MIN_SHARE`] of their elements zero
+    /// (pruned weights), largest first (bundles only).
+    pub sparse_weights: Vec<SparseWeight>,
+}
+
+/// Share of zeros from which `mlc inspect` lists a constant as sparse.
+pub const SPARSE_MIN_SHARE: f64 = 0.25;
+
+/// Constants smaller than this are not listed as sparse (biases, masks).
+const SPARSE_MIN_ELEMENTS: usize = 256;
+
+/// A constant with many zeros.
+#[derive(Debug, Clone, Serialize)]
+pub struct SparseWeight {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Share of its elements that are zero.
+    pub sparsity: f64,
+    /// Bytes as the bundle stores it, and dense.
+    pub stored_bytes: u64,
+    pub dense_bytes: u64,
 }
 
 /// Summarizes an ONNX model file. Fails only when the file cannot be read or
@@ -189,6 +211,7 @@ pub fn inspect_onnx(path: &Path) -> Result<Summary> {
         supported: imported.is_ok(),
         problems,
         bundle: None,
+        sparse_weights: Vec::new(),
     })
 }
 
@@ -203,7 +226,21 @@ pub fn inspect_bundle(path: &Path) -> Result<Summary> {
     }
     let mut parameters = 0u64;
     let mut weight_bytes = BTreeMap::new();
-    for t in g.consts.values() {
+    let mut sparse_weights = Vec::new();
+    for (v, t) in &g.consts {
+        if t.numel() >= SPARSE_MIN_ELEMENTS {
+            let sparsity = t.zero_count() as f64 / t.numel() as f64;
+            if sparsity >= SPARSE_MIN_SHARE {
+                sparse_weights.push(SparseWeight {
+                    name: g.value(*v).name.clone(),
+                    dtype: t.dtype().name().to_string(),
+                    shape: t.shape().to_vec(),
+                    sparsity,
+                    stored_bytes: crate::formats::bundle::safetensors::stored_len(t) as u64,
+                    dense_bytes: t.size_bytes() as u64,
+                });
+            }
+        }
         parameters = parameters.saturating_add(t.numel() as u64);
         let total = weight_bytes
             .entry(t.dtype().name().to_string())
@@ -225,6 +262,11 @@ pub fn inspect_bundle(path: &Path) -> Result<Summary> {
         supported: true,
         problems: Vec::new(),
         bundle: Some(meta),
+        sparse_weights: {
+            sparse_weights
+                .sort_by(|a, b| b.dense_bytes.cmp(&a.dense_bytes).then(a.name.cmp(&b.name)));
+            sparse_weights
+        },
     })
 }
 
@@ -336,6 +378,35 @@ pub fn render(s: &Summary) -> String {
     );
     for (d, b) in &s.weight_bytes {
         let _ = writeln!(out, "  {d:<6} {}", crate::limits::human_bytes(*b));
+    }
+    if !s.sparse_weights.is_empty() {
+        let (zeros, total) = s.sparse_weights.iter().fold((0.0, 0.0), |(z, t), w| {
+            let n = w.shape.iter().product::<usize>() as f64;
+            (z + w.sparsity * n, t + n)
+        });
+        let _ = writeln!(
+            out,
+            "sparse    {} weight(s) with {:.0}% or more zeros, {:.1}% zeros together",
+            s.sparse_weights.len(),
+            100.0 * SPARSE_MIN_SHARE,
+            100.0 * zeros / total.max(1.0)
+        );
+        for w in &s.sparse_weights {
+            let _ = writeln!(
+                out,
+                "  {:<32} {}[{}] {:.1}% zeros, stored {} (dense {})",
+                w.name,
+                w.dtype,
+                w.shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                100.0 * w.sparsity,
+                crate::limits::human_bytes(w.stored_bytes),
+                crate::limits::human_bytes(w.dense_bytes)
+            );
+        }
     }
     let _ = writeln!(out, "nodes     {}", s.node_count);
     let mut hist: Vec<(&String, &usize)> = s.op_histogram.iter().collect();
