@@ -42,7 +42,7 @@
 //! `f32`, and widened back bit for bit on read. From version 5 a tensor
 //! that is mostly exact zeros (a pruned weight) is stored sparse: its
 //! nonzero values, and a bitmask or a run of gaps saying where they go
-//! ([`safetensors`] has the layout).
+//! ([`safetensors::SparseForm`] has the layout).
 //!
 //! Reading trusts nothing: every length, offset, shape, dtype and element
 //! value is checked, and any problem is one [`Error::Malformed`] naming the

@@ -392,7 +392,7 @@ def gen_bundle(c, bundles):
       [section(*s) for s in ok], raw_tail=b"\x05graph\x01\x02")
     # Graph section.
     b("graph-not-deflate", "graph payload that is not a deflate stream", mlp_with(graph=b"\xff" * 64))
-    b("graph-plain-text", "graph stored as plain text (format 4 wants it deflated)",
+    b("graph-plain-text", "graph stored as plain text (format 3 on deflates it)",
       mlp_with(graph=graph_txt.encode()))
     b("graph-bomb-300MiB", "graph inflating to 300 MiB (limit 256 MiB)",
       mlp_with(graph=zero_bomb_stream(300 << 20)))
