@@ -475,7 +475,7 @@ fn structural_problems_behind_a_valid_checksum() {
                 "meta",
                 String::from_utf8(secs[2].1.clone())
                     .unwrap()
-                    .replacen("\"format_version\": 4", "\"format_version\": 7", 1)
+                    .replacen(&current_version(), "\"format_version\": 7", 1)
                     .as_bytes(),
             ),
             "format version 7",
@@ -714,6 +714,11 @@ fn quantized_weights_are_deflated_and_checked() {
     assert!(bundle::from_bytes(&sealed_plain(&graph, &plain, meta), Path::new("p.mlc")).is_ok());
 }
 
+/// How the metadata of a current bundle names its version.
+fn current_version() -> String {
+    format!("\"format_version\": {}", bundle::FORMAT_VERSION)
+}
+
 fn sealed_plain(graph: &[u8], weights: &[u8], meta: &[u8]) -> Vec<u8> {
     seal(&[("graph", graph), ("weights", weights), ("meta", meta)])
 }
@@ -772,9 +777,9 @@ fn version_1_bundles_still_read() {
         .iter()
         .map(|(id, t)| (id.0.to_string(), t.as_ref()))
         .collect();
-    let old_weights = safetensors::encode_with(&tensors, safetensors::SubByte::Bytewise);
+    let old_weights = safetensors::encode_with(&tensors, safetensors::Layout::Bytewise);
     let old_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
-        "\"format_version\": 4",
+        &current_version(),
         "\"format_version\": 1",
         1,
     );
@@ -790,7 +795,7 @@ fn version_1_bundles_still_read() {
     assert_eq!(meta.format_version, 1);
     // Version 2: packed weights, the graph section plain text.
     let v2_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
-        "\"format_version\": 4",
+        &current_version(),
         "\"format_version\": 2",
         1,
     );
@@ -950,7 +955,8 @@ fn cli_runs_and_inspects_bundles() {
 
     let out = mlc(&["inspect", p]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("mlc bundle (format 4"), "{text}");
+    let want = format!("mlc bundle (format {}", bundle::FORMAT_VERSION);
+    assert!(text.contains(&want), "{text}");
     assert!(text.contains("pipeline  test"), "{text}");
 
     let out = mlc(&["inspect", p, "--ir"]);
@@ -1005,5 +1011,229 @@ fn bad_quantization_scales_are_refused() {
         );
         let m = expect_malformed(&b, "weight scale");
         assert!(m.contains("not a positive finite number"), "{bad}: {m}");
+    }
+}
+
+/// `numel` elements of `dtype` of which about `sparsity` percent are exact
+/// zeros, the rest nonzero (-0.0 among them for floats).
+fn pruned_tensor(dtype: DType, shape: &[usize], sparsity: usize) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|i| {
+            if (i * 37 + 11) % 100 < sparsity {
+                0.0
+            } else if i % 97 == 0 && dtype.is_float() {
+                -0.0
+            } else {
+                let x = ((i * 7919) % 253) as f64 - 126.0;
+                let x = if x == 0.0 { 1.0 } else { x };
+                if dtype == DType::I8 {
+                    x
+                } else {
+                    x * 0.0137
+                }
+            }
+        })
+        .collect();
+    Tensor::new(shape.to_vec(), TensorData::from_f64(dtype, &v)).unwrap()
+}
+
+/// A graph whose outputs are its input and the given constants.
+fn consts_graph(consts: Vec<(&str, Tensor)>) -> Graph {
+    let mut g = Graph::new("pruned", 21);
+    let x = g.add_input("x", TensorType::new(DType::F32, Shape::known(&[2])));
+    let mut outs = vec![x];
+    for (name, t) in consts {
+        outs.push(g.add_const(name, Arc::new(t)));
+    }
+    g.outputs = outs;
+    g
+}
+
+/// The weights a layer-pruned model has: a 90%-sparse conv kernel, an
+/// 80%-sparse int8 matrix, a 95%-sparse f16-exact vector, a dense bias.
+fn pruned_graph() -> Graph {
+    let mut narrow = pruned_tensor(DType::F32, &[256], 95);
+    if let TensorData::F32(v) = narrow.data() {
+        let v: Vec<f32> = v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        narrow = Tensor::from_f32(vec![256], v).unwrap();
+    }
+    consts_graph(vec![
+        (
+            "conv.weight",
+            pruned_tensor(DType::F32, &[64, 16, 3, 3], 90),
+        ),
+        ("fc.weight", pruned_tensor(DType::I8, &[128, 96], 80)),
+        ("norm.scale", narrow),
+        ("fc.bias", pruned_tensor(DType::F32, &[96], 0)),
+    ])
+}
+
+/// The canonical constants of `g` as the writer names them.
+fn named_consts(g: &Graph) -> Vec<(String, Arc<Tensor>)> {
+    text::canonicalize(g)
+        .consts
+        .iter()
+        .filter(|(_, t)| t.numel() > 0)
+        .map(|(id, t)| (id.0.to_string(), t.clone()))
+        .collect()
+}
+
+/// Pruned weights are stored sparse (values and a bitmask or gaps), read
+/// back bit for bit, take the bytes `stored_len` says, and are written
+/// deterministically.
+#[test]
+fn pruned_weights_are_stored_sparse() {
+    let g = pruned_graph();
+    let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+    assert!(bundle::to_bytes(&g, &empty_meta()).unwrap() == bytes);
+    let (back, meta) = bundle::from_bytes(&bytes, Path::new("pruned.mlc")).unwrap();
+    assert_eq!(meta.format_version, 5);
+    for (&id, t) in &g.consts {
+        assert!(same_bits(back.const_value(id).unwrap(), t), "{id:?}");
+    }
+    assert!(bundle::to_bytes(&back, &meta).unwrap() == bytes);
+
+    let weights = unseal(&bytes)[1].1.clone();
+    let hlen = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&weights[8..8 + hlen]).unwrap();
+    let consts = named_consts(&g);
+    let stored: usize = consts.iter().map(|(_, t)| safetensors::stored_len(t)).sum();
+    assert_eq!(weights.len() - 8 - hlen, stored);
+    let mut forms = Vec::new();
+    for (n, t) in &consts {
+        let form = ["bitmask", "gaps"]
+            .into_iter()
+            .find(|f| header.contains(&format!("\"mlc.sparse.{n}\":\"{f}\"")));
+        forms.push((t.numel(), form));
+    }
+    forms.sort();
+    assert_eq!(
+        forms,
+        [
+            (96, None),
+            (256, Some("gaps")),
+            (9216, Some("gaps")),
+            (12288, Some("bitmask"))
+        ],
+        "{header}"
+    );
+    // Dense, the same weights take three times the bytes and more.
+    let refs: Vec<(String, &Tensor)> = consts.iter().map(|(n, t)| (n.clone(), &**t)).collect();
+    let dense = safetensors::encode_with(&refs, safetensors::Layout::Packed);
+    assert!(
+        3 * weights.len() < dense.len(),
+        "{} vs {}",
+        weights.len(),
+        dense.len()
+    );
+}
+
+/// A model with no zeros to speak of gets the same weights section as
+/// format version 4 wrote: only the version numbers differ.
+#[test]
+fn unpruned_weights_are_unchanged() {
+    for name in ["mlp", "cnn", "transformer"] {
+        let model = repo().join("fixtures").join(name).join("model.onnx");
+        let g = mlc::formats::load(&model).unwrap();
+        let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+        let secs = raw_sections(&bytes);
+        let consts = named_consts(&g);
+        let refs: Vec<(String, &Tensor)> = consts.iter().map(|(n, t)| (n.clone(), &**t)).collect();
+        let v4 = safetensors::encode_with(&refs, safetensors::Layout::Packed);
+        assert_eq!(secs[1].0, "weights", "{name}");
+        assert!(secs[1].1 == v4, "{name}: the weights changed");
+    }
+    let secs = unseal(&small_bundle());
+    assert!(!String::from_utf8_lossy(&secs[1].1).contains("mlc.sparse"));
+}
+
+/// A version 4 bundle of pruned weights (stored dense) still reads, into
+/// the same tensors, and is written again as version 5; sparse records
+/// under version 4 are refused.
+#[test]
+fn version_4_bundles_still_read() {
+    let g = pruned_graph();
+    let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+    let secs = unseal(&bytes);
+    let consts = named_consts(&g);
+    let refs: Vec<(String, &Tensor)> = consts.iter().map(|(n, t)| (n.clone(), &**t)).collect();
+    let v4_weights = safetensors::encode_with(&refs, safetensors::Layout::Packed);
+    assert!(!String::from_utf8_lossy(&v4_weights).contains("mlc.sparse"));
+    let v4_meta = String::from_utf8(secs[2].1.clone()).unwrap().replacen(
+        &current_version(),
+        "\"format_version\": 4",
+        1,
+    );
+    let v4 = seal_version(
+        4,
+        &[
+            ("graph", &secs[0].1),
+            ("weights", &v4_weights),
+            ("meta", v4_meta.as_bytes()),
+        ],
+    );
+    let (back, meta) = bundle::from_bytes(&v4, Path::new("v4.mlc")).unwrap();
+    assert_eq!(meta.format_version, 4);
+    for (&id, t) in &g.consts {
+        assert!(same_bits(back.const_value(id).unwrap(), t));
+    }
+    assert!(bundle::to_bytes(&back, &meta).unwrap() == bytes);
+    let sparse_as_v4 = seal_version(
+        4,
+        &[
+            ("graph", &secs[0].1),
+            ("weights", &secs[1].1),
+            ("meta", v4_meta.as_bytes()),
+        ],
+    );
+    let m = expect_malformed(&sparse_as_v4, "sparse under version 4");
+    assert!(m.contains("need format version 5"), "{m}");
+}
+
+/// The `weights.deflate` decision on top of sparse storage: deflated only
+/// when at least half the blob is integer codes and deflate saves 1/32.
+#[test]
+fn deflate_still_only_when_it_saves() {
+    let cases: Vec<(&str, Graph, bool)> = vec![
+        (
+            "int8 80% zeros",
+            consts_graph(vec![("w", pruned_tensor(DType::I8, &[128, 96], 80))]),
+            true,
+        ),
+        (
+            "int8 dense",
+            consts_graph(vec![("w", pruned_tensor(DType::I8, &[128, 96], 0))]),
+            true,
+        ),
+        (
+            "int8 99% zeros",
+            consts_graph(vec![("w", pruned_tensor(DType::I8, &[128, 96], 99))]),
+            true,
+        ),
+        ("f32 and int8", pruned_graph(), false),
+    ];
+    for (what, g, deflates) in cases {
+        let bytes = bundle::to_bytes(&g, &empty_meta()).unwrap();
+        let plain = unseal(&bytes)[1].1.clone();
+        let section = &raw_sections(&bytes)[1];
+        let codes: usize = named_consts(&g)
+            .iter()
+            .filter(|(_, t)| t.dtype().is_int())
+            .map(|(_, t)| safetensors::stored_len(t))
+            .sum();
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut e, &plain).unwrap();
+        let packed = e.finish().unwrap().len();
+        let saves = 2 * codes >= plain.len() && packed + 8 + plain.len() / 32 <= plain.len();
+        assert_eq!(section.0 == "weights.deflate", saves, "{what}");
+        assert_eq!(saves, deflates, "{what}: {packed} of {} bytes", plain.len());
+        if saves {
+            assert_eq!(section.1.len(), packed + 8, "{what}");
+        }
+        let (back, _) = bundle::from_bytes(&bytes, Path::new("d.mlc")).unwrap();
+        for (&id, t) in &g.consts {
+            assert!(same_bits(back.const_value(id).unwrap(), t), "{what}");
+        }
     }
 }

@@ -211,6 +211,63 @@ fn onnx_loader_survives_mutated_models() {
     );
 }
 
+/// A bundle of mostly-zero weights, small so that mutants read fast: an
+/// f32 matrix stored with gaps, an int8 one with a bitmask, an f16-exact
+/// f32 vector with gaps.
+fn pruned_bundle() -> Vec<u8> {
+    use mlc::formats::bundle::{self, Metadata, NodeCounts, PipelineInfo, SourceInfo};
+    use mlc::ir::{DType, Graph, Shape, TensorData, TensorType};
+    use std::sync::Arc;
+    let keep = |n: usize, sparsity: usize| -> Vec<bool> {
+        (0..n).map(|i| (i * 37 + 11) % 100 >= sparsity).collect()
+    };
+    let f32s: Vec<f32> = keep(24 * 16, 90)
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| if k { i as f32 * 0.013 - 2.0 } else { 0.0 })
+        .collect();
+    let i8s: Vec<i8> = keep(32 * 24, 60)
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| if k { (i % 127) as i8 + 1 } else { 0 })
+        .collect();
+    let halves: Vec<f32> = keep(200, 95)
+        .iter()
+        .map(|&k| if k { -0.5 } else { 0.0 })
+        .collect();
+    let mut g = Graph::new("pruned", 21);
+    let x = g.add_input("x", TensorType::new(DType::F32, Shape::known(&[2])));
+    let mut outs = vec![x];
+    for (name, shape, data) in [
+        ("w", vec![24, 16], TensorData::F32(f32s)),
+        ("q", vec![32, 24], TensorData::I8(i8s)),
+        ("s", vec![200], TensorData::F32(halves)),
+    ] {
+        let t = mlc::Tensor::new(shape, data).unwrap();
+        outs.push(g.add_const(name, Arc::new(t)));
+    }
+    g.outputs = outs;
+    let meta = Metadata::new(
+        SourceInfo::from_bytes("pruned.onnx", b""),
+        PipelineInfo {
+            name: "none".into(),
+            summary: String::new(),
+        },
+        Vec::new(),
+        NodeCounts {
+            before: 0,
+            after: 0,
+        },
+    );
+    let bytes = bundle::to_bytes(&g, &meta).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("\"mlc.sparse.2\":\"bitmask\"") && text.matches("\"gaps\"").count() == 2,
+        "the seed is not sparse"
+    );
+    bytes
+}
+
 #[test]
 fn bundle_reader_survives_mutated_bundles() {
     quiet_panics();
@@ -253,6 +310,11 @@ fn bundle_reader_survives_mutated_bundles() {
         );
         seeds.push(path);
     }
+    // A pruned model's bundle, so that the sparse weights (values, masks,
+    // gaps) are fuzzed too; written through the library.
+    let pruned = dir.join("pruned.mlc");
+    std::fs::write(&pruned, pruned_bundle()).unwrap();
+    seeds.push(pruned);
     // Half the mutants get a valid trailing SHA-256 again, so that they
     // reach the sections behind it (container, metadata, inflate, weights,
     // graph text) rather than all stopping at the checksum.

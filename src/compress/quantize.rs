@@ -581,7 +581,8 @@ pub fn weight_bytes(g: &Graph) -> usize {
 }
 
 /// Bytes a constant's elements take in a bundle before the weights section
-/// is deflated (sub-byte types packed, f16-exact f32 tensors narrowed).
+/// is deflated (sub-byte types packed, f16-exact f32 tensors narrowed,
+/// mostly-zero tensors sparse: their values and index).
 pub fn stored_bytes(t: &Arc<Tensor>) -> usize {
     crate::formats::bundle::safetensors::stored_len(t)
 }

@@ -5,7 +5,7 @@
 //! safetensors blob and a JSON record of how it was made:
 //!
 //! ```text
-//! "MLCB"  u32 format version (4; 1 to 3 are read) little-endian throughout
+//! "MLCB"  u32 format version (5; 1 to 4 are read) little-endian throughout
 //! section*: u8 name length, name (ASCII), u64 payload length, payload
 //!   graph    UTF-8 IR text of the canonical graph, every constant printed
 //!            without values (`%N` is the constant's value number); raw
@@ -39,7 +39,10 @@
 //! Format version 1 stored those one byte per element; it is still read.
 //! An f32 tensor whose every element is exactly an f16 value (the scales
 //! `mlc compress` rounds to f16) is stored as `F16` with `mlc.dtype.<name>`
-//! `f32`, and widened back bit for bit on read.
+//! `f32`, and widened back bit for bit on read. From version 5 a tensor
+//! that is mostly exact zeros (a pruned weight) is stored sparse: its
+//! nonzero values, and a bitmask or a run of gaps saying where they go
+//! ([`safetensors::SparseForm`] has the layout).
 //!
 //! Reading trusts nothing: every length, offset, shape, dtype and element
 //! value is checked, and any problem is one [`Error::Malformed`] naming the
@@ -60,11 +63,12 @@ use crate::{Error, Result};
 
 /// First four bytes of every bundle.
 pub const MAGIC: &[u8; 4] = b"MLCB";
-/// The bundle format this build writes. Version 4 may deflate the weights
-/// section and store f16-exact f32 tensors in half the bytes; version 3
-/// deflates the graph section; version 2 packs the 4- and 2-bit types
-/// densely; versions 1 (one byte per element) to 3 are still read.
-pub const FORMAT_VERSION: u32 = 4;
+/// The bundle format this build writes. Version 5 stores mostly-zero
+/// (pruned) tensors sparse; version 4 may deflate the weights section and
+/// store f16-exact f32 tensors in half the bytes; version 3 deflates the
+/// graph section; version 2 packs the 4- and 2-bit types densely; versions
+/// 1 (one byte per element) to 4 are still read.
+pub const FORMAT_VERSION: u32 = 5;
 /// Largest graph text a bundle may inflate to (a guard against deflate
 /// bombs; real graphs are a few MiB at most).
 const MAX_GRAPH_TEXT: u64 = 1 << 28;
@@ -391,10 +395,10 @@ pub fn from_bytes(bytes: &[u8], what: &Path) -> Result<(Graph, Metadata)> {
     };
     let graph_text = std::str::from_utf8(graph_bytes)
         .map_err(|e| malformed(format!("the graph section is not UTF-8: {e}")))?;
-    let layout = if sections.version == 1 {
-        safetensors::SubByte::Bytewise
-    } else {
-        safetensors::SubByte::Packed
+    let layout = match sections.version {
+        1 => safetensors::Layout::Bytewise,
+        2..=4 => safetensors::Layout::Packed,
+        _ => safetensors::Layout::Sparse,
     };
     let mut weights = safetensors::decode_with(weights_blob, layout)
         .map_err(|m| malformed(format!("bad weights section: {m}")))?;
@@ -572,6 +576,7 @@ pub mod safetensors {
     const META_KEY: &str = "__metadata__";
     const DTYPE_PREFIX: &str = "mlc.dtype.";
     const SHAPE_PREFIX: &str = "mlc.shape.";
+    const SPARSE_PREFIX: &str = "mlc.sparse.";
 
     /// The safetensors dtype an mlc dtype is stored as; `U8` for the
     /// low-precision types safetensors lacks.
@@ -717,25 +722,80 @@ pub mod safetensors {
         })
     }
 
-    /// How the 4- and 2-bit types (float4 e2m1, int4/uint4, int2/uint2) are
-    /// laid out in the blob.
+    /// How tensors are laid out in the blob, by bundle format version.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum SubByte {
-        /// Format version 2: packed as ONNX packs them, first element in the
-        /// least significant bits, unused high bits of the last byte zero;
-        /// stored as `U8[ceil(numel * bits / 8)]` with the real shape in
-        /// `__metadata__` under `mlc.shape.<name>`.
+    pub enum Layout {
+        /// Format version 5: as [`Layout::Packed`], and a tensor that is
+        /// mostly exact zeros is stored sparse (see [`SparseForm`]).
+        Sparse,
+        /// Format versions 2 to 4: the 4- and 2-bit types (float4 e2m1,
+        /// int4/uint4, int2/uint2) packed as ONNX packs them, first element
+        /// in the least significant bits, unused high bits of the last byte
+        /// zero, stored as `U8[ceil(numel * bits / 8)]` with the real shape
+        /// in `__metadata__` under `mlc.shape.<name>`; f16-exact f32 tensors
+        /// stored as `F16` (version 4 on).
         Packed,
-        /// Format version 1: one byte per element as mlc holds them in
-        /// memory, stored as `U8` with the tensor's own shape.
+        /// Format version 1: the 4- and 2-bit types one byte per element as
+        /// mlc holds them in memory, stored as `U8` with the tensor's own
+        /// shape; no narrowing.
         Bytewise,
     }
 
+    /// How a sparse tensor (format version 5) records where its nonzero
+    /// values go. An element is zero when all its stored bits are zero
+    /// (`-0.0` and NaN are values); the values are the nonzero elements in
+    /// order, in the tensor's stored dtype, as the entry `<name>` of shape
+    /// `[nnz]`, and the index is the `U8` entry `<name>.mask` or
+    /// `<name>.gaps`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SparseForm {
+        /// `ceil(numel / 8)` bytes, bit `i % 8` of byte `i / 8` set when
+        /// element `i` is nonzero, the unused high bits of the last byte
+        /// zero.
+        Bitmask,
+        /// `nnz + 1` unsigned LEB128 varints (7 bits a byte, low groups
+        /// first, high bit set on every byte but the last, shortest form):
+        /// the number of zeros before each nonzero value since the previous
+        /// one, then the number after the last. They add up to `numel -
+        /// nnz`.
+        Gaps,
+    }
+
+    impl SparseForm {
+        /// Its name in `mlc.sparse.<name>`.
+        pub fn name(self) -> &'static str {
+            match self {
+                SparseForm::Bitmask => "bitmask",
+                SparseForm::Gaps => "gaps",
+            }
+        }
+
+        fn from_name(s: &str) -> Option<SparseForm> {
+            [SparseForm::Bitmask, SparseForm::Gaps]
+                .into_iter()
+                .find(|f| f.name() == s)
+        }
+
+        /// What the index entry's name adds to the tensor's.
+        fn suffix(self) -> &'static str {
+            match self {
+                SparseForm::Bitmask => ".mask",
+                SparseForm::Gaps => ".gaps",
+            }
+        }
+    }
+
+    /// Header bytes a sparse tensor adds, about: its index entry and its
+    /// `mlc.shape` and `mlc.sparse` records. A tensor is stored sparse only
+    /// when that saves more data bytes than this, so small tensors (a zero
+    /// bias of four elements) stay dense.
+    pub const SPARSE_HEADER_COST: usize = 128;
+
     /// The bits per element of `dtype` when `layout` packs it, `None` when
     /// it is stored whole bytes per element.
-    fn packed_bits(dtype: DType, layout: SubByte) -> Option<usize> {
+    fn packed_bits(dtype: DType, layout: Layout) -> Option<usize> {
         match layout {
-            SubByte::Packed if dtype.bits() < 8 => Some(dtype.bits()),
+            Layout::Packed | Layout::Sparse if dtype.bits() < 8 => Some(dtype.bits()),
             _ => None,
         }
     }
@@ -766,30 +826,184 @@ pub mod safetensors {
         })
     }
 
-    /// How one tensor's elements are laid out in the blob.
-    enum Stored {
-        /// Its own dtype's little-endian bytes.
-        Plain,
-        /// A 4- or 2-bit type packed densely (the bytes).
-        Packed(Vec<u8>),
-        /// An f32 tensor every element of which is exactly an f16 value,
-        /// stored as those f16 values (the bytes).
-        Narrowed(Vec<u8>),
+    /// Appends `v` as an unsigned LEB128 varint.
+    pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Bytes `v` takes as a varint.
+    pub(super) fn varint_len(v: u64) -> usize {
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    }
+
+    /// Reads the varint at `*at` in `b`, moving `*at` past it; refuses one
+    /// cut short, longer than its shortest form or past 64 bits.
+    pub(super) fn get_varint(b: &[u8], at: &mut usize) -> std::result::Result<u64, &'static str> {
+        let mut v = 0u64;
+        for k in 0..10 {
+            let Some(&byte) = b.get(*at) else {
+                return Err("ends inside a varint");
+            };
+            *at += 1;
+            if k == 9 && byte > 1 {
+                return Err("holds a varint past 64 bits");
+            }
+            v |= u64::from(byte & 0x7f) << (7 * k);
+            if byte & 0x80 == 0 {
+                if byte == 0 && k > 0 {
+                    return Err("holds a varint longer than its shortest form");
+                }
+                return Ok(v);
+            }
+        }
+        Err("holds a varint past 64 bits")
+    }
+
+    /// Whether one stored element (its bytes) is zero.
+    fn is_zero(e: &[u8]) -> bool {
+        e.iter().all(|&b| b == 0)
+    }
+
+    /// Whether the writer stores tensors sparse where that is smaller, or
+    /// (tests) every tensor it may in one form.
+    #[derive(Clone, Copy)]
+    enum Policy {
+        Auto,
+        #[cfg(test)]
+        Force(SparseForm),
+    }
+
+    /// Which sparse form `bytes` (elements of `size` bytes each) is stored
+    /// in under `policy`, if any: the smaller of the two (the bitmask on a
+    /// tie) when it saves more than [`SPARSE_HEADER_COST`] bytes. Counts
+    /// before building anything.
+    fn sparse_choice(bytes: &[u8], size: usize, policy: Policy) -> Option<SparseForm> {
+        match policy {
+            Policy::Auto if bytes.len() <= SPARSE_HEADER_COST => return None,
+            Policy::Auto => {}
+            #[cfg(test)]
+            Policy::Force(form) => return Some(form),
+        }
+        let (mut nnz, mut gaps, mut run) = (0usize, 0usize, 0u64);
+        for e in bytes.chunks_exact(size) {
+            if is_zero(e) {
+                run += 1;
+            } else {
+                nnz += 1;
+                gaps += varint_len(run);
+                run = 0;
+            }
+        }
+        gaps += varint_len(run);
+        let mask = (bytes.len() / size).div_ceil(8);
+        let (form, index) = if gaps < mask {
+            (SparseForm::Gaps, gaps)
+        } else {
+            (SparseForm::Bitmask, mask)
+        };
+        (index + nnz * size + SPARSE_HEADER_COST < bytes.len()).then_some(form)
+    }
+
+    /// The index of `bytes` (elements of `size` bytes each) in `form`, and
+    /// its nonzero elements' bytes.
+    fn sparsify(bytes: &[u8], size: usize, form: SparseForm) -> (Vec<u8>, Vec<u8>) {
+        let numel = bytes.len() / size;
+        let mut index = match form {
+            SparseForm::Bitmask => vec![0u8; numel.div_ceil(8)],
+            SparseForm::Gaps => Vec::new(),
+        };
+        let mut values = Vec::new();
+        let mut run = 0u64;
+        for (i, e) in bytes.chunks_exact(size).enumerate() {
+            if is_zero(e) {
+                run += 1;
+                continue;
+            }
+            match form {
+                SparseForm::Bitmask => index[i / 8] |= 1 << (i % 8),
+                SparseForm::Gaps => put_varint(&mut index, run),
+            }
+            run = 0;
+            values.extend_from_slice(e);
+        }
+        if form == SparseForm::Gaps {
+            put_varint(&mut index, run);
+        }
+        (index, values)
+    }
+
+    /// How one tensor is laid out in the blob.
+    struct Stored {
+        /// The safetensors dtype of its entry.
+        st: &'static str,
+        /// The shape of its entry: its own, `[bytes]` packed, `[nnz]` sparse.
+        shape: Vec<usize>,
+        /// The data of its entry.
+        bytes: Vec<u8>,
+        /// It needs an `mlc.dtype` record (a type safetensors lacks, or an
+        /// f32 tensor stored as `F16`).
+        real_dtype: bool,
+        /// It needs an `mlc.shape` record (packed or sparse).
+        real_shape: bool,
+        /// Stored sparse: the form and the index entry's data.
+        sparse: Option<(SparseForm, Vec<u8>)>,
     }
 
     impl Stored {
-        fn of(t: &Tensor, layout: SubByte) -> Stored {
-            if let Some(b) = packed_bits(t.dtype(), layout).and(packed_data(t)) {
-                return Stored::Packed(b);
+        fn of(t: &Tensor, layout: Layout, policy: Policy) -> Stored {
+            if let Some(b) = packed_bits(t.dtype(), layout).and_then(|_| packed_data(t)) {
+                return Stored {
+                    st: "U8",
+                    shape: vec![b.len()],
+                    bytes: b,
+                    real_dtype: true,
+                    real_shape: true,
+                    sparse: None,
+                };
             }
-            match (t.data(), layout) {
-                (TensorData::F32(v), SubByte::Packed) if f16_exact(v) => Stored::Narrowed(
+            let (st, bytes, size, narrowed) = match (t.data(), layout) {
+                (TensorData::F32(v), Layout::Packed | Layout::Sparse) if f16_exact(v) => (
+                    "F16",
                     v.iter()
                         .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes())
                         .collect(),
+                    2,
+                    true,
                 ),
-                _ => Stored::Plain,
+                _ => (
+                    st_dtype(t.dtype()),
+                    tensor_bytes(t),
+                    t.dtype().size(),
+                    false,
+                ),
+            };
+            let mut s = Stored {
+                st,
+                shape: t.shape().to_vec(),
+                bytes,
+                real_dtype: narrowed || t.dtype().is_storage_only(),
+                real_shape: false,
+                sparse: None,
+            };
+            if layout == Layout::Sparse {
+                if let Some(form) = sparse_choice(&s.bytes, size, policy) {
+                    let (index, values) = sparsify(&s.bytes, size, form);
+                    s.shape = vec![values.len() / size];
+                    s.bytes = values;
+                    s.real_shape = true;
+                    s.sparse = Some((form, index));
+                }
             }
+            s
+        }
+
+        /// Data bytes: the entry's, and the index's when sparse.
+        fn len(&self) -> usize {
+            self.bytes.len() + self.sparse.as_ref().map_or(0, |(_, i)| i.len())
         }
     }
 
@@ -800,74 +1014,82 @@ pub mod safetensors {
             .all(|&x| f16::from_f32(x).to_f32().to_bits() == x.to_bits())
     }
 
-    /// Bytes a tensor's elements take in the blob: sub-byte types packed,
-    /// f16-exact f32 tensors two bytes an element.
+    /// Data bytes a tensor takes in a current blob: sub-byte types packed,
+    /// f16-exact f32 tensors two bytes an element, and a tensor the writer
+    /// stores sparse its values and index.
     pub fn stored_len(t: &Tensor) -> usize {
-        match t.data() {
-            TensorData::F32(v) if f16_exact(v) => 2 * v.len(),
-            _ => (t.numel() * t.dtype().bits()).div_ceil(8),
-        }
+        Stored::of(t, Layout::Sparse, Policy::Auto).len()
     }
 
     /// Encodes named tensors, in the order given, as a safetensors blob in
     /// the current format (sub-byte types packed, f16-exact f32 tensors
-    /// narrowed).
+    /// narrowed, mostly-zero tensors sparse).
     pub fn encode(tensors: &[(String, &Tensor)]) -> Vec<u8> {
-        encode_with(tensors, SubByte::Packed)
+        encode_with(tensors, Layout::Sparse)
     }
 
-    /// Encodes named tensors with the given sub-byte layout;
-    /// [`SubByte::Bytewise`] writes format version 1's weights (kept so
-    /// that reading old bundles can be tested: no packing, no narrowing).
-    pub fn encode_with(tensors: &[(String, &Tensor)], layout: SubByte) -> Vec<u8> {
+    /// Encodes named tensors in the given layout; [`Layout::Packed`]
+    /// writes format version 4's weights and [`Layout::Bytewise`] version
+    /// 1's (kept so that reading old bundles can be tested).
+    pub fn encode_with(tensors: &[(String, &Tensor)], layout: Layout) -> Vec<u8> {
+        encode_policy(tensors, layout, Policy::Auto)
+    }
+
+    /// Encodes every tensor that is not packed sparse in `form`, whatever
+    /// its size (tests of the reader).
+    #[cfg(test)]
+    pub(super) fn encode_forced(tensors: &[(String, &Tensor)], form: SparseForm) -> Vec<u8> {
+        encode_policy(tensors, Layout::Sparse, Policy::Force(form))
+    }
+
+    fn encode_policy(tensors: &[(String, &Tensor)], layout: Layout, policy: Policy) -> Vec<u8> {
         let js = |s: &str| Value::String(s.to_string()).to_string();
         let dims = |shape: &[usize]| {
             let v: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
             format!("[{}]", v.join(","))
         };
-        let forms: Vec<Stored> = tensors.iter().map(|(_, t)| Stored::of(t, layout)).collect();
+        let forms: Vec<Stored> = tensors
+            .iter()
+            .map(|(_, t)| Stored::of(t, layout, policy))
+            .collect();
         let mut entries: Vec<String> = Vec::new();
-        let mut lowp_meta: Vec<String> = Vec::new();
-        for ((n, t), form) in tensors.iter().zip(&forms) {
-            if !t.dtype().is_storage_only() && !matches!(form, Stored::Narrowed(_)) {
-                continue;
+        let mut records: Vec<String> = Vec::new();
+        let mut record = |prefix: &str, n: &str, v: &str| {
+            records.push(format!("{}:{}", js(&format!("{prefix}{n}")), js(v)));
+        };
+        for ((n, t), s) in tensors.iter().zip(&forms) {
+            if s.real_dtype {
+                record(DTYPE_PREFIX, n, t.dtype().name());
             }
-            lowp_meta.push(format!(
-                "{}:{}",
-                js(&format!("{DTYPE_PREFIX}{n}")),
-                js(t.dtype().name())
-            ));
-            if let Stored::Packed(_) = form {
-                lowp_meta.push(format!(
-                    "{}:{}",
-                    js(&format!("{SHAPE_PREFIX}{n}")),
-                    js(&dims(t.shape()))
-                ));
+            if s.real_shape {
+                record(SHAPE_PREFIX, n, &dims(t.shape()));
+            }
+            if let Some((form, _)) = &s.sparse {
+                record(SPARSE_PREFIX, n, form.name());
             }
         }
-        if !lowp_meta.is_empty() {
-            entries.push(format!("{}:{{{}}}", js(META_KEY), lowp_meta.join(",")));
+        if !records.is_empty() {
+            entries.push(format!("{}:{{{}}}", js(META_KEY), records.join(",")));
         }
         let mut data = Vec::new();
-        for ((name, t), form) in tensors.iter().zip(forms) {
-            let (st, bytes, shape) = match form {
-                Stored::Packed(b) => {
-                    let len = b.len();
-                    ("U8", b, vec![len])
-                }
-                Stored::Narrowed(b) => ("F16", b, t.shape().to_vec()),
-                Stored::Plain => (st_dtype(t.dtype()), tensor_bytes(t), t.shape().to_vec()),
-            };
+        let mut entry = |name: &str, st: &str, shape: &[usize], bytes: &[u8]| {
             let begin = data.len();
-            data.extend_from_slice(&bytes);
+            data.extend_from_slice(bytes);
             entries.push(format!(
                 "{}:{{\"dtype\":{},\"shape\":{},\"data_offsets\":[{},{}]}}",
                 js(name),
                 js(st),
-                dims(&shape),
+                dims(shape),
                 begin,
                 data.len()
             ));
+        };
+        for ((name, _), s) in tensors.iter().zip(&forms) {
+            entry(name, s.st, &s.shape, &s.bytes);
+            if let Some((form, index)) = &s.sparse {
+                let iname = format!("{name}{}", form.suffix());
+                entry(&iname, "U8", &[index.len()], index);
+            }
         }
         let mut header = format!("{{{}}}", entries.join(",")).into_bytes();
         // Pad so the data starts 8-byte aligned, as the reference writer does.
@@ -891,13 +1113,9 @@ pub mod safetensors {
 
     /// Decodes a safetensors blob in the current format into named tensors.
     pub fn decode(blob: &[u8]) -> std::result::Result<BTreeMap<String, Tensor>, String> {
-        decode_with(blob, SubByte::Packed)
+        decode_with(blob, Layout::Sparse)
     }
 
-    /// Decodes a safetensors blob whose sub-byte types are laid out as
-    /// `layout` says. The tensors must cover the data exactly, without gaps
-    /// or overlaps, and every `mlc.` metadata entry must name a tensor it
-    /// applies to.
     /// Parses a JSON object whose keys must be unique: serde_json keeps the
     /// last of a repeated key without a word, and a header naming a tensor
     /// twice is damaged.
@@ -934,9 +1152,100 @@ pub mod safetensors {
             .map_err(|e| e.to_string())
     }
 
+    /// The tensor an index entry belongs to and its form, when `name` ends
+    /// like one.
+    fn index_owner(name: &str) -> Option<(&str, SparseForm)> {
+        [SparseForm::Bitmask, SparseForm::Gaps]
+            .into_iter()
+            .find_map(|f| name.strip_suffix(f.suffix()).map(|owner| (owner, f)))
+    }
+
+    /// Where the `nnz` values of a sparse tensor of `numel` elements go,
+    /// from its index in `form`, every claim of the index checked.
+    fn positions(
+        form: SparseForm,
+        index: &[u8],
+        numel: usize,
+        nnz: usize,
+    ) -> std::result::Result<Vec<usize>, String> {
+        match form {
+            SparseForm::Bitmask => {
+                let want = numel.div_ceil(8);
+                if index.len() != want {
+                    return Err(format!(
+                        "its mask is {} bytes, but {numel} elements take {want}",
+                        index.len()
+                    ));
+                }
+                let used = numel % 8;
+                if let (true, Some(&last)) = (used != 0, index.last()) {
+                    if last >> used != 0 {
+                        return Err(format!(
+                            "the unused high bits of its mask's last byte ({last:#04x}) are not zero"
+                        ));
+                    }
+                }
+                let set: usize = index.iter().map(|b| b.count_ones() as usize).sum();
+                if set != nnz {
+                    return Err(format!(
+                        "its mask marks {set} nonzero elements but it holds {nnz} values"
+                    ));
+                }
+                let mut out = Vec::with_capacity(nnz);
+                for (i, &b) in index.iter().enumerate() {
+                    for bit in 0..8 {
+                        if b >> bit & 1 != 0 {
+                            out.push(i * 8 + bit);
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            SparseForm::Gaps => {
+                let mut out = Vec::with_capacity(nnz);
+                let (mut at, mut pos) = (0usize, 0usize);
+                for k in 0..=nnz {
+                    if at == index.len() {
+                        return Err(format!(
+                            "its gaps stop after {k} of {} (one before each of its {nnz} values, one after the last)",
+                            nnz + 1
+                        ));
+                    }
+                    let gap = get_varint(index, &mut at).map_err(|m| format!("its gaps {m}"))?;
+                    let end = usize::try_from(gap)
+                        .ok()
+                        .and_then(|g| pos.checked_add(g))
+                        .filter(|&e| e < numel || (k == nnz && e == numel))
+                        .ok_or_else(|| format!("gap {k} ({gap}) runs past its {numel} elements"))?;
+                    if k == nnz {
+                        if end != numel {
+                            return Err(format!("its gaps cover {end} of its {numel} elements"));
+                        }
+                    } else {
+                        out.push(end);
+                        pos = end + 1;
+                    }
+                }
+                if at != index.len() {
+                    return Err(format!(
+                        "its gaps have {} bytes after the last gap",
+                        index.len() - at
+                    ));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Decodes a safetensors blob whose tensors are laid out as `layout`
+    /// says. The tensors must cover the data exactly, without gaps or
+    /// overlaps, every `mlc.` metadata entry must name a tensor it applies
+    /// to, and every index entry a sparse tensor. The dense size of the
+    /// sparse tensors together is held to the memory budget
+    /// ([`crate::limits`]) before any is expanded.
     pub fn decode_with(
         blob: &[u8],
-        layout: SubByte,
+        layout: Layout,
     ) -> std::result::Result<BTreeMap<String, Tensor>, String> {
         let Some(len) = blob.get(..8) else {
             return Err("too short to hold the header length".into());
@@ -956,6 +1265,7 @@ pub mod safetensors {
 
         let mut real_dtypes: BTreeMap<String, DType> = BTreeMap::new();
         let mut real_shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut sparse_forms: BTreeMap<String, SparseForm> = BTreeMap::new();
         if let Some(meta) = header.get(META_KEY) {
             let meta = meta
                 .as_object()
@@ -970,7 +1280,7 @@ pub mod safetensors {
                         .ok_or_else(|| format!("tensor '{name}' has unknown dtype '{v}'"))?;
                     real_dtypes.insert(name.to_string(), d);
                 } else if let Some(name) = k.strip_prefix(SHAPE_PREFIX) {
-                    if layout == SubByte::Bytewise {
+                    if layout == Layout::Bytewise {
                         return Err(format!(
                             "{META_KEY} entry '{k}': format version 1 records no shapes"
                         ));
@@ -979,20 +1289,69 @@ pub mod safetensors {
                         format!("tensor '{name}' has a bad shape '{v}' in {META_KEY}: {e}")
                     })?;
                     real_shapes.insert(name.to_string(), shape);
+                } else if let Some(name) = k.strip_prefix(SPARSE_PREFIX) {
+                    if layout != Layout::Sparse {
+                        return Err(format!(
+                            "{META_KEY} entry '{k}': sparse tensors need format version 5"
+                        ));
+                    }
+                    let form = SparseForm::from_name(v).ok_or_else(|| {
+                        format!("tensor '{name}' has unknown sparse form '{v}' (bitmask or gaps)")
+                    })?;
+                    sparse_forms.insert(name.to_string(), form);
                 } else if k.starts_with("mlc.") {
                     return Err(format!("unknown {META_KEY} entry '{k}'"));
                 }
             }
         }
 
-        let mut spans: Vec<(usize, usize, String)> = Vec::new();
-        let mut out = BTreeMap::new();
-        for (name, v) in &header {
-            if name == META_KEY {
-                continue;
-            }
+        let entry = |name: &str, v: &Value| -> std::result::Result<(Entry, usize, usize), String> {
             let e: Entry = serde_json::from_value(v.clone())
                 .map_err(|err| format!("tensor '{name}': {err}"))?;
+            let [begin, end] = e.data_offsets;
+            if begin > end || end > data.len() {
+                return Err(format!(
+                    "tensor '{name}' data offsets [{begin}, {end}] are outside the {} data bytes",
+                    data.len()
+                ));
+            }
+            Ok((e, begin, end))
+        };
+        let mut spans: Vec<(usize, usize, String)> = Vec::new();
+
+        // The index entries, by the sparse tensor each belongs to.
+        let mut indexes: BTreeMap<String, &[u8]> = BTreeMap::new();
+        for (name, v) in &header {
+            let Some((owner, form)) = index_owner(name) else {
+                continue;
+            };
+            if sparse_forms.get(owner) != Some(&form) {
+                return Err(format!(
+                    "tensor '{name}' is a sparse index, but {META_KEY} has no '{SPARSE_PREFIX}{owner}': \"{}\" record",
+                    form.name()
+                ));
+            }
+            let (e, begin, end) = entry(name, v)?;
+            if e.dtype != "U8" || e.shape != [end - begin] {
+                return Err(format!(
+                    "tensor '{name}' is stored as {}{:?} in {} bytes; a sparse index is U8[bytes]",
+                    e.dtype,
+                    e.shape,
+                    end - begin
+                ));
+            }
+            spans.push((begin, end, name.clone()));
+            indexes.insert(owner.to_string(), &data[begin..end]);
+        }
+
+        // Dense bytes of the sparse tensors expanded so far.
+        let mut expanded = 0u64;
+        let mut out = BTreeMap::new();
+        for (name, v) in &header {
+            if name == META_KEY || index_owner(name).is_some() {
+                continue;
+            }
+            let (e, begin, end) = entry(name, v)?;
             let st = from_st_dtype(&e.dtype)
                 .ok_or_else(|| format!("tensor '{name}' has unsupported dtype '{}'", e.dtype))?;
             // `widen`: an f32 tensor stored as its exact f16 values.
@@ -1013,16 +1372,27 @@ pub mod safetensors {
                 }
                 None => (st, false),
             };
-            let [begin, end] = e.data_offsets;
-            if begin > end || end > data.len() {
-                return Err(format!(
-                    "tensor '{name}' data offsets [{begin}, {end}] are outside the {} data bytes",
-                    data.len()
-                ));
-            }
+            // Elements of `dtype` from their bytes, widened when narrowed.
+            let elements = |b: &[u8]| -> std::result::Result<TensorData, String> {
+                Ok(
+                    match data_from_bytes(dtype, b).map_err(|m| format!("tensor '{name}': {m}"))? {
+                        TensorData::F16(h) if widen => {
+                            TensorData::F32(h.iter().map(|x| x.to_f32()).collect())
+                        }
+                        td => td,
+                    },
+                )
+            };
             let bytes = &data[begin..end];
-            let (shape, td) = match (packed_bits(dtype, layout), real_shapes.remove(name)) {
-                (Some(bits), Some(shape)) => {
+            let sparse = sparse_forms.remove(name);
+            let (shape, td) = match (packed_bits(dtype, layout), real_shapes.remove(name), sparse)
+            {
+                (Some(_), _, Some(_)) => {
+                    return Err(format!(
+                        "tensor '{name}' is {dtype}, a packed 4- or 2-bit type, which is never stored sparse"
+                    ))
+                }
+                (Some(bits), Some(shape), None) => {
                     let numel = checked_numel(&shape)
                         .ok_or_else(|| format!("tensor '{name}' shape {shape:?} is too large"))?;
                     let per_byte = 8 / bits;
@@ -1052,17 +1422,71 @@ pub mod safetensors {
                         .map_err(|m| format!("tensor '{name}': {m}"))?;
                     (shape, td)
                 }
-                (Some(_), None) => {
+                (Some(_), None, None) => {
                     return Err(format!(
                         "tensor '{name}' is {dtype}, packed, but {META_KEY} has no '{SHAPE_PREFIX}{name}' giving its shape"
                     ))
                 }
-                (None, Some(_)) => {
+                (None, Some(shape), Some(form)) => {
+                    let index = indexes.remove(name).ok_or_else(|| {
+                        format!(
+                            "tensor '{name}' is sparse ({}) but has no '{name}{}' entry",
+                            form.name(),
+                            form.suffix()
+                        )
+                    })?;
+                    let size = dtype.size();
+                    let nnz = match e.shape[..] {
+                        [n] if n.checked_mul(size) == Some(bytes.len()) => n,
+                        _ => {
+                            return Err(format!(
+                                "tensor '{name}' is sparse, so its entry holds {dtype} values as [count], but it is {}{:?} in {} bytes",
+                                e.dtype,
+                                e.shape,
+                                bytes.len()
+                            ))
+                        }
+                    };
+                    if let Some(i) = bytes.chunks_exact(size).position(is_zero) {
+                        return Err(format!(
+                            "tensor '{name}': value {i} of the sparse tensor is zero (only nonzero values are stored)"
+                        ));
+                    }
+                    let numel = checked_numel(&shape)
+                        .ok_or_else(|| format!("tensor '{name}' shape {shape:?} is too large"))?;
+                    let at = positions(form, index, numel, nnz)
+                        .map_err(|m| format!("sparse tensor '{name}' {dtype}{shape:?}: {m}"))?;
+                    // The dense tensor, and every sparse one before it,
+                    // within the budget before allocating it.
+                    let dense = numel.checked_mul(size);
+                    let total = dense
+                        .and_then(|d| u64::try_from(d).ok())
+                        .map(|d| {
+                            expanded.saturating_add(if widen { d.saturating_mul(2) } else { d })
+                        });
+                    expanded = crate::limits::check(
+                        || format!("sparse tensor '{name}' {dtype}{shape:?} expanded"),
+                        total,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let mut dense = vec![0u8; numel * size];
+                    for (k, &i) in at.iter().enumerate() {
+                        dense[i * size..(i + 1) * size]
+                            .copy_from_slice(&bytes[k * size..(k + 1) * size]);
+                    }
+                    (shape, elements(&dense)?)
+                }
+                (None, None, Some(_)) => {
                     return Err(format!(
-                        "{META_KEY} gives a shape for tensor '{name}', which is {dtype}, not a packed 4- or 2-bit type"
+                        "tensor '{name}' is sparse, but {META_KEY} has no '{SHAPE_PREFIX}{name}' giving its shape"
                     ))
                 }
-                (None, None) => {
+                (None, Some(_), None) => {
+                    return Err(format!(
+                        "{META_KEY} gives a shape for tensor '{name}', which is {dtype}, not a packed 4- or 2-bit type nor sparse"
+                    ))
+                }
+                (None, None, None) => {
                     let numel = checked_numel(&e.shape).ok_or_else(|| {
                         format!("tensor '{name}' shape {:?} is too large", e.shape)
                     })?;
@@ -1074,15 +1498,7 @@ pub mod safetensors {
                             bytes.len()
                         ));
                     }
-                    let td = data_from_bytes(dtype, bytes)
-                        .map_err(|m| format!("tensor '{name}': {m}"))?;
-                    let td = match td {
-                        TensorData::F16(h) if widen => {
-                            TensorData::F32(h.iter().map(|x| x.to_f32()).collect())
-                        }
-                        td => td,
-                    };
-                    (e.shape, td)
+                    (e.shape, elements(bytes)?)
                 }
             };
             let t = Tensor::new(shape, td).map_err(|m| format!("tensor '{name}': {m}"))?;
@@ -1097,6 +1513,11 @@ pub mod safetensors {
         if let Some(name) = real_shapes.keys().next() {
             return Err(format!(
                 "{META_KEY} gives a shape for tensor '{name}', which does not exist"
+            ));
+        }
+        if let Some(name) = sparse_forms.keys().next() {
+            return Err(format!(
+                "{META_KEY} marks tensor '{name}' sparse, which does not exist"
             ));
         }
         spans.sort();
@@ -1186,7 +1607,7 @@ mod tests {
         assert_eq!(back["11"].as_f32().unwrap(), [1.0, -0.25]);
         assert_eq!(back["3"].as_f32().unwrap(), [1.0, 0.1]);
         // Format version 1 stored one byte per element with the real shape.
-        let old = safetensors::encode_with(&[("10".into(), &b)], safetensors::SubByte::Bytewise);
+        let old = safetensors::encode_with(&[("10".into(), &b)], safetensors::Layout::Bytewise);
         let hlen = u64::from_le_bytes(old[..8].try_into().unwrap()) as usize;
         let header = std::str::from_utf8(&old[8..8 + hlen]).unwrap().trim_end();
         assert_eq!(
@@ -1252,8 +1673,8 @@ mod tests {
             assert_eq!(back["w"].dtype(), d);
             assert_eq!(back["w"].shape(), x.shape());
             // The old layout still reads, into the same tensor.
-            let old = safetensors::encode_with(&[("w".into(), &x)], safetensors::SubByte::Bytewise);
-            let back = safetensors::decode_with(&old, safetensors::SubByte::Bytewise).unwrap();
+            let old = safetensors::encode_with(&[("w".into(), &x)], safetensors::Layout::Bytewise);
+            let back = safetensors::decode_with(&old, safetensors::Layout::Bytewise).unwrap();
             assert!(back["w"] == x, "{d} (version 1)");
         }
         // float8 is unaffected: one byte per element, no shape entry.
@@ -1324,11 +1745,11 @@ mod tests {
         // Version 1 has no shape entries, and a value out of range there is
         // still refused.
         let v1 = r#"{"__metadata__":{"mlc.dtype.a":"u2","mlc.shape.a":"[1]"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
-        let err = safetensors::decode_with(&st_blob(v1, &[0]), safetensors::SubByte::Bytewise)
+        let err = safetensors::decode_with(&st_blob(v1, &[0]), safetensors::Layout::Bytewise)
             .unwrap_err();
         assert!(err.contains("version 1"), "{err}");
         let v1 = r#"{"__metadata__":{"mlc.dtype.a":"u2"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
-        let err = safetensors::decode_with(&st_blob(v1, &[4]), safetensors::SubByte::Bytewise)
+        let err = safetensors::decode_with(&st_blob(v1, &[4]), safetensors::Layout::Bytewise)
             .unwrap_err();
         assert!(err.contains("out of range"), "{err}");
     }
@@ -1447,6 +1868,450 @@ mod tests {
         assert!(safetensors::decode(&bad).unwrap_err().contains("UTF-8"));
     }
 
+    /// Bit-level identity of two tensors (NaN payloads and -0 included).
+    fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+        a.dtype() == b.dtype()
+            && a.shape() == b.shape()
+            && safetensors::tensor_bytes(a) == safetensors::tensor_bytes(b)
+    }
+
+    /// A tensor of `dtype` and `shape` with about `sparsity` percent exact
+    /// zeros, its nonzero elements cycling through awkward values (-0.0,
+    /// NaN payloads, extremes); `narrow` keeps f32 values f16-exact.
+    fn pruned(dtype: DType, shape: &[usize], sparsity: usize, narrow: bool) -> Tensor {
+        let n: usize = shape.iter().product();
+        let keep: Vec<bool> = (0..n).map(|i| (i * 37 + 11) % 100 >= sparsity).collect();
+        fn fill<T: Copy>(keep: &[bool], zero: T, vals: &[T]) -> Vec<T> {
+            let mut k = 0;
+            keep.iter()
+                .map(|&on| {
+                    if !on {
+                        return zero;
+                    }
+                    k += 1;
+                    vals[(k - 1) % vals.len()]
+                })
+                .collect()
+        }
+        let b8 = |vals: &[u8]| fill(&keep, 0u8, vals);
+        let data = match dtype {
+            DType::F32 if narrow => TensorData::F32(fill(
+                &keep,
+                0.0,
+                &[
+                    -0.0,
+                    1.5,
+                    f32::from_bits(0x7fc0_0000),
+                    -65504.0,
+                    2f32.powi(-24),
+                ],
+            )),
+            DType::F32 => TensorData::F32(fill(
+                &keep,
+                0.0,
+                &[-0.0, 0.1, f32::from_bits(0x7fc0_1234), f32::INFINITY, -3.0],
+            )),
+            DType::F64 => TensorData::F64(fill(
+                &keep,
+                0.0,
+                &[-0.0, f64::from_bits(0x7ff8_0000_dead_beef), 1e300, -2.5],
+            )),
+            DType::F16 => TensorData::F16(fill(
+                &keep,
+                f16::ZERO,
+                &[0x8000, 0x7e01, 0x3c00, 0xfbff].map(f16::from_bits),
+            )),
+            DType::BF16 => TensorData::BF16(fill(
+                &keep,
+                bf16::ZERO,
+                &[0x8000, 0x7fc1, 0x3f80].map(bf16::from_bits),
+            )),
+            DType::I8 => TensorData::I8(fill(&keep, 0, &[-128, 127, 1, -1])),
+            DType::I16 => TensorData::I16(fill(&keep, 0, &[i16::MIN, 300, -1])),
+            DType::I32 => TensorData::I32(fill(&keep, 0, &[i32::MIN, 1 << 20, -1])),
+            DType::I64 => TensorData::I64(fill(&keep, 0, &[i64::MIN, 1 << 40, -1])),
+            DType::U8 => TensorData::U8(b8(&[255, 1, 128])),
+            DType::U16 => TensorData::U16(fill(&keep, 0, &[u16::MAX, 256])),
+            DType::U32 => TensorData::U32(fill(&keep, 0, &[u32::MAX, 1 << 16])),
+            DType::U64 => TensorData::U64(fill(&keep, 0, &[u64::MAX, 1 << 32])),
+            DType::Bool => TensorData::Bool(keep.clone()),
+            DType::F8E4M3FN => TensorData::F8E4M3FN(b8(&[0x80, 0x7f, 0x38])),
+            DType::F8E5M2 => TensorData::F8E5M2(b8(&[0x80, 0x7f, 0x3c])),
+            d => panic!("{d} is not stored whole bytes"),
+        };
+        t(shape.to_vec(), data)
+    }
+
+    /// The dtypes stored whole bytes per element (the ones that go sparse).
+    const SPARSE_DTYPES: [DType; 15] = [
+        DType::F32,
+        DType::F64,
+        DType::F16,
+        DType::BF16,
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::Bool,
+        DType::F8E4M3FN,
+        DType::F8E5M2,
+    ];
+
+    /// The data bytes of a blob.
+    fn data_of(blob: &[u8]) -> &[u8] {
+        let hlen = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+        &blob[8 + hlen..]
+    }
+
+    fn header_of(blob: &[u8]) -> &str {
+        let hlen = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+        std::str::from_utf8(&blob[8..8 + hlen]).unwrap()
+    }
+
+    #[test]
+    fn sparse_tensors_round_trip_bit_for_bit() {
+        let shapes: [&[usize]; 6] = [&[], &[1], &[7], &[9], &[3, 5, 7], &[64, 33]];
+        let mut sparse_written = 0;
+        for d in SPARSE_DTYPES {
+            for narrow in [false, true] {
+                if narrow && d != DType::F32 {
+                    continue;
+                }
+                for shape in shapes {
+                    for sparsity in [0, 50, 90, 99, 100] {
+                        let x = pruned(d, shape, sparsity, narrow);
+                        let what = format!("{d}{shape:?} {sparsity}% narrow={narrow}");
+                        let refs = [("w".to_string(), &x)];
+                        // As the writer chooses, and forced into each form.
+                        let blobs = [
+                            safetensors::encode(&refs),
+                            safetensors::encode_forced(&refs, safetensors::SparseForm::Bitmask),
+                            safetensors::encode_forced(&refs, safetensors::SparseForm::Gaps),
+                        ];
+                        for (k, blob) in blobs.iter().enumerate() {
+                            let back = safetensors::decode(blob)
+                                .unwrap_or_else(|e| panic!("{what} ({k}): {e}"));
+                            assert_eq!(back.len(), 1, "{what} ({k})");
+                            assert!(same_bits(&back["w"], &x), "{what} ({k}): {:?}", back["w"]);
+                            // A blob any safetensors reader opens: the
+                            // entries cover the data (checked by decode),
+                            // the header 8-byte aligned.
+                            assert_eq!(header_of(blob).len() % 8, 0);
+                        }
+                        let auto = &blobs[0];
+                        assert_eq!(data_of(auto).len(), safetensors::stored_len(&x), "{what}");
+                        let sparse = header_of(auto).contains("mlc.sparse.w");
+                        sparse_written += sparse as usize;
+                        if sparsity == 0 || x.numel() < 64 {
+                            assert!(!sparse, "{what}");
+                        }
+                        // Never larger than dense (plus the header cost).
+                        let dense = safetensors::encode_with(&refs, safetensors::Layout::Packed);
+                        assert!(data_of(auto).len() <= data_of(&dense).len(), "{what}");
+                        if !sparse {
+                            assert!(auto == &dense, "{what}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(sparse_written > 40, "{sparse_written}");
+    }
+
+    #[test]
+    fn sparse_writer_picks_the_smaller_form() {
+        let form = |blob: &[u8]| {
+            let h = header_of(blob);
+            ["bitmask", "gaps"]
+                .into_iter()
+                .find(|f| h.contains(&format!("\"mlc.sparse.w\":\"{f}\"")))
+        };
+        for d in [DType::F32, DType::I8, DType::F16] {
+            for sparsity in [50, 80, 87, 88, 90, 95, 99, 100] {
+                let x = pruned(d, &[64, 48], sparsity, false);
+                let refs = [("w".to_string(), &x)];
+                let auto = safetensors::encode(&refs);
+                let len = |f| data_of(&safetensors::encode_forced(&refs, f)).len();
+                let (mask, gaps) = (
+                    len(safetensors::SparseForm::Bitmask),
+                    len(safetensors::SparseForm::Gaps),
+                );
+                let dense = x.numel() * d.size();
+                let best = mask.min(gaps);
+                let what = format!("{d} {sparsity}%: mask {mask}, gaps {gaps}, dense {dense}");
+                if best + safetensors::SPARSE_HEADER_COST < dense {
+                    let want = if gaps < mask { "gaps" } else { "bitmask" };
+                    assert_eq!(form(&auto), Some(want), "{what}");
+                    assert_eq!(data_of(&auto).len(), best, "{what}");
+                } else {
+                    assert_eq!(form(&auto), None, "{what}");
+                }
+                // Deterministic.
+                assert!(safetensors::encode(&refs) == auto);
+            }
+        }
+        // Half zeros: the mask (1/8 byte an element) beats one gap byte a
+        // value; 95% zeros the other way round.
+        let half = pruned(DType::F32, &[64, 48], 50, false);
+        assert_eq!(
+            form(&safetensors::encode(&[("w".into(), &half)])),
+            Some("bitmask")
+        );
+        let most = pruned(DType::F32, &[64, 48], 95, false);
+        assert_eq!(
+            form(&safetensors::encode(&[("w".into(), &most)])),
+            Some("gaps")
+        );
+    }
+
+    /// The sizes the docs quote: a 90%-sparse [512, 512] layer, f32 and
+    /// int8, dense and sparse.
+    #[test]
+    fn sparse_sizes_of_a_pruned_layer() {
+        for (d, dense) in [(DType::F32, 1 << 20), (DType::I8, 1 << 18)] {
+            let x = pruned(d, &[512, 512], 90, false);
+            let refs = [("w".to_string(), &x)];
+            let len = |f| data_of(&safetensors::encode_forced(&refs, f)).len();
+            let (mask, gaps) = (
+                len(safetensors::SparseForm::Bitmask),
+                len(safetensors::SparseForm::Gaps),
+            );
+            let auto = safetensors::stored_len(&x);
+            println!(
+                "{d}[512,512] 90% zeros: dense {dense}, bitmask {mask}, gaps {gaps}, stored {auto}"
+            );
+            assert_eq!(auto, mask.min(gaps));
+            assert!(auto * 10 < dense * 4, "{auto} vs {dense}");
+        }
+    }
+
+    #[test]
+    fn sparse_layout_is_the_documented_format() {
+        // 20 elements, 4 nonzero (at 0, 3, 9 and 19): -0.0 is a value.
+        let mut v = vec![0f32; 200];
+        for (i, x) in [(0, 1.0), (3, -0.0), (9, 0.1), (199, 2.0)] {
+            v[i] = x;
+        }
+        let x = t(vec![10, 20], TensorData::F32(v));
+        let refs = [("7".to_string(), &x)];
+        let blob = safetensors::encode(&refs);
+        assert_eq!(
+            header_of(&blob).trim_end(),
+            r#"{"__metadata__":{"mlc.shape.7":"[10,20]","mlc.sparse.7":"gaps"},"7":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"7.gaps":{"dtype":"U8","shape":[6],"data_offsets":[16,22]}}"#
+        );
+        let data = data_of(&blob);
+        assert_eq!(&data[4..8], &(-0.0f32).to_le_bytes());
+        // Gaps 0, 2, 5, 189 (two varint bytes: 189 = 0x3d | 0x80, 1), 0.
+        assert_eq!(&data[16..], &[0, 2, 5, 0xbd, 0x01, 0]);
+        let mask = safetensors::encode_forced(&refs, safetensors::SparseForm::Bitmask);
+        assert!(header_of(&mask).contains(r#""7.mask":{"dtype":"U8","shape":[25]"#));
+        let m = &data_of(&mask)[16..];
+        assert_eq!(m.len(), 25);
+        assert_eq!((m[0], m[1], m[24]), (0b0000_1001, 0b0000_0010, 0b1000_0000));
+        // An f16-exact f32 tensor keeps its values as F16.
+        let mut h = vec![0f32; 300];
+        h[5] = 0.5;
+        let hx = t(vec![300], TensorData::F32(h));
+        let blob = safetensors::encode(&[("1".into(), &hx)]);
+        assert!(
+            header_of(&blob).starts_with(r#"{"__metadata__":{"mlc.dtype.1":"f32","mlc.shape.1":"[300]","mlc.sparse.1":"gaps"},"1":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}"#),
+            "{}",
+            header_of(&blob)
+        );
+        assert_eq!(&data_of(&blob)[..2], &[0x00, 0x38]);
+        assert!(same_bits(&safetensors::decode(&blob).unwrap()["1"], &hx));
+        // Sub-byte types stay packed, however many zeros.
+        let i4 = t(vec![400], TensorData::I4(vec![0; 400]));
+        let blob = safetensors::encode(&[("2".into(), &i4)]);
+        assert!(!header_of(&blob).contains("sparse"));
+        assert_eq!(data_of(&blob).len(), 200);
+        // Varints: shortest form, low groups first.
+        for v in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+            let mut b = Vec::new();
+            safetensors::put_varint(&mut b, v);
+            assert_eq!(b.len(), safetensors::varint_len(v), "{v}");
+            let mut at = 0;
+            assert_eq!(safetensors::get_varint(&b, &mut at), Ok(v));
+            assert_eq!(at, b.len());
+        }
+    }
+
+    #[test]
+    fn sparse_tensors_refuse_hostile_variants() {
+        // Values first, then the index; `shape` is the real shape.
+        let sp = |form: &str, shape: &str, vals: &str, nv: usize, ilen: usize| {
+            let suffix = if form == "gaps" { "gaps" } else { "mask" };
+            format!(
+                r#"{{"__metadata__":{{"mlc.shape.a":"{shape}","mlc.sparse.a":"{form}"}},"a":{{"dtype":"U8","shape":{vals},"data_offsets":[0,{nv}]}},"a.{suffix}":{{"dtype":"U8","shape":[{ilen}],"data_offsets":[{nv},{}]}}}}"#,
+                nv + ilen
+            )
+        };
+        // One gap of 2^42 zeros: a 4 TiB tensor in 7 bytes.
+        let mut big = Vec::new();
+        safetensors::put_varint(&mut big, 1 << 42);
+        let cases: Vec<(String, Vec<u8>, &str)> = vec![
+            // The mask shorter or longer than the shape needs.
+            (sp("bitmask", "[9]", "[2]", 2, 1), vec![1, 2, 3], "mask is 1 bytes, but 9 elements take 2"),
+            (sp("bitmask", "[3]", "[2]", 2, 2), vec![1, 2, 3, 0], "mask is 2 bytes, but 3 elements take 1"),
+            // Padding bits of the mask set.
+            (sp("bitmask", "[3]", "[3]", 3, 1), vec![1, 2, 3, 0x0b], "not zero"),
+            // Popcount other than the number of values.
+            (sp("bitmask", "[8]", "[2]", 2, 1), vec![1, 2, 0x07], "marks 3 nonzero elements but it holds 2"),
+            (sp("bitmask", "[8]", "[2]", 2, 1), vec![1, 2, 0x01], "marks 1 nonzero"),
+            // Gaps past the end, short of it, too few and too many.
+            (sp("gaps", "[4]", "[1]", 1, 2), vec![1, 5, 0], "gap 0 (5) runs past its 4 elements"),
+            (sp("gaps", "[4]", "[1]", 1, 2), vec![1, 0, 4], "gap 1 (4) runs past"),
+            (sp("gaps", "[4]", "[1]", 1, 2), vec![1, 0, 1], "cover 2 of its 4"),
+            (sp("gaps", "[4]", "[1]", 1, 1), vec![1, 0], "stop after 1 of 2"),
+            (sp("gaps", "[4]", "[1]", 1, 0), vec![1], "stop after 0 of 2"),
+            (sp("gaps", "[4]", "[1]", 1, 3), vec![1, 0, 3, 0], "1 bytes after the last gap"),
+            (sp("gaps", "[2]", "[3]", 3, 4), vec![1, 2, 3, 0, 0, 0, 0], "runs past its 2"),
+            // Varints cut short, overlong, past 64 bits, past usize.
+            (sp("gaps", "[4]", "[1]", 1, 2), vec![1, 0, 0x80], "ends inside a varint"),
+            (sp("gaps", "[4]", "[1]", 1, 3), vec![1, 0x80, 0x00, 3], "shortest form"),
+            (
+                sp("gaps", "[4]", "[1]", 1, 11),
+                [&[1u8][..], &[0xff; 9], &[0x02, 3]].concat(),
+                "past 64 bits",
+            ),
+            (
+                sp("gaps", "[4]", "[1]", 1, 11),
+                [&[1u8][..], &[0xff; 9], &[0x01, 3]].concat(),
+                "runs past its 4",
+            ),
+            // Shapes whose element count overflows, or that need more
+            // memory than the budget to expand (no values, one gap).
+            (
+                sp("gaps", "[4294967296,4294967296,4294967296]", "[0]", 0, 1),
+                vec![0],
+                "too large",
+            ),
+            (
+                sp("gaps", "[1099511627776,4]", "[0]", 0, big.len()),
+                big.clone(),
+                "sparse tensor 'a' u8[1099511627776, 4] expanded",
+            ),
+            // The values: a zero, more than one dimension, a byte count
+            // that does not fit, a type other than the marked one, a value
+            // its type cannot hold.
+            (sp("gaps", "[4]", "[1]", 1, 2), vec![0, 0, 3], "value 0 of the sparse tensor is zero"),
+            (sp("gaps", "[4]", "[1,1]", 1, 2), vec![1, 0, 3], "as [count]"),
+            (sp("gaps", "[4]", "[2]", 1, 2), vec![1, 0, 3], "as [count]"),
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#""mlc.shape.a""#, r#""mlc.dtype.a":"f32","mlc.shape.a""#),
+                vec![1, 0, 3],
+                "marked f32 but stored as U8, not F16",
+            ),
+            (
+                sp("gaps", "[4]", "[2]", 2, 3).replace(r#""dtype":"U8","shape":[2]"#, r#""dtype":"BOOL","shape":[2]"#),
+                vec![1, 2, 0, 0, 2],
+                "out of range",
+            ),
+            // An index that is not U8[bytes].
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#""dtype":"U8","shape":[2]"#, r#""dtype":"I8","shape":[2]"#),
+                vec![1, 0, 3],
+                "a sparse index is U8[bytes]",
+            ),
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#""shape":[2]"#, r#""shape":[3]"#),
+                vec![1, 0, 3],
+                "a sparse index is U8[bytes]",
+            ),
+            // Records and entries that do not match.
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#""mlc.sparse.a":"gaps""#, r#""mlc.sparse.a":"bitmask""#),
+                vec![1, 0, 3],
+                "no 'mlc.sparse.a': \"gaps\" record",
+            ),
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#","mlc.sparse.a":"gaps""#, ""),
+                vec![1, 0, 3],
+                "no 'mlc.sparse.a'",
+            ),
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#""mlc.sparse.a":"gaps""#, r#""mlc.sparse.a":"rle""#),
+                vec![1, 0, 3],
+                "unknown sparse form 'rle'",
+            ),
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#""mlc.shape.a":"[4]","#, ""),
+                vec![1, 0, 3],
+                "is sparse, but __metadata__ has no 'mlc.shape.a'",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.shape.a":"[4]","mlc.sparse.a":"gaps"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#.into(),
+                vec![1],
+                "has no 'a.gaps' entry",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.sparse.b":"gaps"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#.into(),
+                vec![1],
+                "marks tensor 'b' sparse, which does not exist",
+            ),
+            (
+                r#"{"__metadata__":{"mlc.sparse.b":"gaps"},"b.gaps":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#.into(),
+                vec![0],
+                "marks tensor 'b' sparse, which does not exist",
+            ),
+            // A packed sub-byte tensor is never sparse.
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace(r#""mlc.shape.a""#, r#""mlc.dtype.a":"i4","mlc.shape.a""#),
+                vec![1, 0, 3],
+                "never stored sparse",
+            ),
+            // The index overlapping the values.
+            (
+                sp("gaps", "[4]", "[1]", 1, 2).replace("[1,3]", "[0,2]"),
+                vec![1, 2],
+                "gap or overlap",
+            ),
+        ];
+        let mut refused = 0;
+        for (header, data, want) in &cases {
+            let err = safetensors::decode(&st_blob(header, data)).unwrap_err();
+            assert!(err.contains(want), "{header}: {err}");
+            refused += 1;
+        }
+        assert_eq!(refused, cases.len());
+        // The control: the same blob well formed reads.
+        let ok =
+            safetensors::decode(&st_blob(&sp("gaps", "[4]", "[1]", 1, 2), &[9, 1, 2])).unwrap();
+        assert!(ok["a"] == t(vec![4], TensorData::U8(vec![0, 9, 0, 0])));
+        let ok =
+            safetensors::decode(&st_blob(&sp("bitmask", "[3]", "[2]", 2, 1), &[9, 8, 5])).unwrap();
+        assert!(ok["a"] == t(vec![3], TensorData::U8(vec![9, 0, 8])));
+        // Format versions 2 to 4 have no sparse tensors.
+        let err = safetensors::decode_with(
+            &st_blob(&sp("gaps", "[4]", "[1]", 1, 2), &[9, 1, 2]),
+            safetensors::Layout::Packed,
+        )
+        .unwrap_err();
+        assert!(err.contains("need format version 5"), "{err}");
+        // Sparse tensors together within the budget: each fits, the two
+        // do not (this thread holds all but 1000 bytes of it).
+        let two = |n: usize| {
+            format!(
+                r#"{{"__metadata__":{{"mlc.shape.a":"[{n}]","mlc.sparse.a":"gaps","mlc.shape.b":"[{n}]","mlc.sparse.b":"gaps"}},"a":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}},"a.gaps":{{"dtype":"U8","shape":[2],"data_offsets":[0,2]}},"b":{{"dtype":"U8","shape":[0],"data_offsets":[2,2]}},"b.gaps":{{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}}}"#
+            )
+        };
+        let gap = |n: u64| {
+            let mut b = Vec::new();
+            safetensors::put_varint(&mut b, n);
+            b
+        };
+        let _held = crate::limits::Reserved::new(crate::limits::max_memory() - 1000);
+        let fits = [gap(400), gap(400)].concat();
+        assert!(safetensors::decode(&st_blob(&two(400), &fits)).is_ok());
+        let over = [gap(600), gap(600)].concat();
+        let err = safetensors::decode(&st_blob(&two(600), &over)).unwrap_err();
+        assert!(err.contains("sparse tensor 'b'"), "{err}");
+    }
+
     #[test]
     fn container_round_trips_and_checks() {
         let bytes = container::encode(&[("graph", b"g"), ("weights", b"ww"), ("meta", b"{}")]);
@@ -1462,7 +2327,7 @@ mod tests {
         assert!(err(b"ONNX....").contains("not an mlc bundle"));
         assert!(err(b"ML").contains("not an mlc bundle"));
         assert!(err(b"MLCB\x01").contains("header"));
-        assert!(err(b"MLCB\x05\0\0\0").contains("version 5"));
+        assert!(err(b"MLCB\x06\0\0\0").contains("version 6"));
         assert!(err(b"MLCB\0\0\0\0").contains("version 0"));
         let mut b = bytes.clone();
         b[12] ^= 1;
@@ -1522,7 +2387,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&back).unwrap(), a);
         assert!(a.contains(r#""rewrites":{"a":1,"b":2}"#), "{a}");
         assert!(
-            a.starts_with(r#"{"format_version":4,"mlc_version":""#),
+            a.starts_with(r#"{"format_version":5,"mlc_version":""#),
             "{a}"
         );
     }

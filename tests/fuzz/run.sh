@@ -47,6 +47,11 @@ if [[ ! -f "$corpus/bundle_read/mlp.O2.mlc" ]]; then
     cp "$tmp/mlp.int8.mlc" "$corpus/bundle_read/"
     rm -rf "$tmp"
 fi
+# A bundle of sparse (pruned) weights, which no CLI command writes yet:
+# tests/mutations.rs writes one with the library.
+pruned=target/tmp/mutation-seeds/pruned.mlc
+[[ -f "$pruned" ]] || cargo test --release --quiet --test mutations bundle_reader >/dev/null || true
+[[ -f "$pruned" ]] && cp "$pruned" "$corpus/bundle_read/"
 for f in fixtures/*/input_*.npy fixtures/digits/*.npz; do
     cp "$f" "$corpus/npy_read/$(echo "$f" | tr / _)"
 done

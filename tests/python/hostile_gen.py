@@ -344,7 +344,11 @@ def gen_bundle(c, bundles):
         wblob = inflate(S["weights.deflate"][8:])
     cblob = C["weights"] if "weights" in C else inflate(C["weights.deflate"][8:])
 
-    def b(cid, attacks, sections, version=4, **kw):
+    # The format version this mlc writes (and the meta records).
+    assert mlp_v == cnn_v, (mlp_v, cnn_v)
+    cur_version = b'"format_version": %d' % mlp_v
+
+    def b(cid, attacks, sections, version=mlp_v, **kw):
         c.model(f"bundle-{cid}", "bundle", attacks, bundle_build(version, sections, **kw),
                 name="model.mlc")
 
@@ -357,7 +361,7 @@ def gen_bundle(c, bundles):
     # Envelope.
     b("ok-rebuilt", "control: the mlp bundle taken apart and rebuilt byte for byte", ok)
     b("version0", "format version 0", ok, version=0)
-    b("version5", "format version 5 (newer than this mlc)", ok, version=5)
+    b("version-next", f"format version {mlp_v + 1} (newer than this mlc)", ok, version=mlp_v + 1)
     b("version-max", "format version 2^32-1", ok, version=0xFFFFFFFF)
     b("bad-magic", "wrong magic bytes in a file named .mlc", ok, magic=b"MLCX")
     b("no-sha", "checksum missing (file ends after the last section)", ok, sha=False)
@@ -388,7 +392,7 @@ def gen_bundle(c, bundles):
       [section(*s) for s in ok], raw_tail=b"\x05graph\x01\x02")
     # Graph section.
     b("graph-not-deflate", "graph payload that is not a deflate stream", mlp_with(graph=b"\xff" * 64))
-    b("graph-plain-text", "graph stored as plain text (format 4 wants it deflated)",
+    b("graph-plain-text", "graph stored as plain text (format 3 on deflates it)",
       mlp_with(graph=graph_txt.encode()))
     b("graph-bomb-300MiB", "graph inflating to 300 MiB (limit 256 MiB)",
       mlp_with(graph=zero_bomb_stream(300 << 20)))
@@ -534,9 +538,9 @@ def gen_bundle(c, bundles):
     b("meta-not-json", "meta that is not JSON", mlp_with(meta=b"{{{"))
     b("meta-deep", "meta nested 100000 deep", mlp_with(meta=b"[" * 100000 + b"]" * 100000))
     b("meta-huge-number", "meta with a 100000-digit number",
-      mlp_with(meta=S["meta"].replace(b'"format_version": 4', b'"format_version": ' + b"9" * 100000)))
+      mlp_with(meta=S["meta"].replace(cur_version, b'"format_version": ' + b"9" * 100000)))
     b("meta-wrong-version", "meta format_version disagrees with the header",
-      mlp_with(meta=S["meta"].replace(b'"format_version": 4', b'"format_version": 99')))
+      mlp_with(meta=S["meta"].replace(cur_version, b'"format_version": 99')))
     b("meta-not-utf8", "meta that is not UTF-8", mlp_with(meta=b'{"a": "\xff"}'))
 
 
