@@ -21,6 +21,7 @@ pub mod ops;
 pub mod pool;
 pub mod qconv;
 pub mod qgemm;
+pub mod sparse;
 pub mod winograd;
 
 use crate::ir::Op;
