@@ -953,4 +953,137 @@ mod tests {
         }];
         assert!(run(&Op::MatMul, &views, &mut outs, None, &cx).is_err());
     }
+
+    /// `t` with about `sparsity` of its values set to zero.
+    fn pruned(t: Tensor, sparsity: f64, seed: u64) -> Tensor {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let v = t
+            .to_f32_vec()
+            .into_iter()
+            .map(|v| if rng.next_f64() < sparsity { 0.0 } else { v })
+            .collect();
+        Tensor::from_f32(t.shape().to_vec(), v).unwrap()
+    }
+
+    /// The product with a constant B packed sparse (`sparse=1`) against
+    /// the reference, on every context; the pack is the sparse one, and
+    /// more threads give the same bits.
+    fn sparse_agrees(op: &Op, ins: &[Option<&Tensor>]) {
+        let want = crate::ir::ops::eval(op, ins, 1)
+            .expect("reference runs")
+            .remove(0);
+        let views: Vec<Option<View>> = ins
+            .iter()
+            .map(|t| {
+                t.map(|t| View {
+                    shape: t.shape(),
+                    data: t.as_f32().unwrap(),
+                })
+            })
+            .collect();
+        let consts: Vec<Option<View>> = (0..views.len())
+            .map(|i| if i == 1 { views[1] } else { None })
+            .collect();
+        let mut prev: Option<(Features, Vec<f32>)> = None;
+        for cx in ctxs() {
+            let packed = prepack_with(op, &consts, want.shape(), Some(true), &cx).unwrap();
+            assert!(matches!(packed, Prepacked::SparseB(_)));
+            let mut got = vec![f32::NAN; want.numel()];
+            let mut outs = [ViewMut {
+                shape: want.shape(),
+                data: &mut got,
+            }];
+            assert!(run(op, &views, &mut outs, Some(&packed), &cx).unwrap());
+            if let Some((f, p)) = &prev {
+                if *f == cx.features {
+                    assert_eq!(p, &got, "{op:?}: thread count changed the result");
+                }
+            }
+            for (i, (g, w)) in got.iter().zip(want.as_f32().unwrap()).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{op:?} {:?} {:?} at {i}: {g} vs {w}",
+                    shapes(ins),
+                    cx.features
+                );
+            }
+            prev = Some((cx.features, got));
+        }
+    }
+
+    #[test]
+    fn sparse_products_match_reference() {
+        let mut seed = 500;
+        for sparsity in [0.0, 0.5, 0.9, 1.0] {
+            // MatMul: plain, batched A (stacked rows), a vector A, enough
+            // rows for several chunks on the threads.
+            for (ash, bsh) in [
+                (&[7, 13][..], &[13, 20][..]),
+                (&[2, 3, 40], &[40, 33]),
+                (&[40], &[40, 9]),
+                (&[1100, 24], &[24, 17]),
+            ] {
+                seed += 3;
+                let a = r(ash, seed);
+                let b = pruned(r(bsh, seed + 1), sparsity, seed + 2);
+                sparse_agrees(&Op::MatMul, &[Some(&a), Some(&b)]);
+            }
+            // Gemm, B transposed or not, C of every kind (a row or a full
+            // block of C falls back to the dense product), alpha and beta.
+            let (m, k, n) = (19, 30, 21);
+            for tb in [false, true] {
+                for cs in [
+                    None,
+                    Some(&[n][..]),
+                    Some(&[1, 1]),
+                    Some(&[m, 1]),
+                    Some(&[m, n]),
+                ] {
+                    seed += 3;
+                    let a = r(&[m, k], seed);
+                    let b = pruned(
+                        r(&if tb { [n, k] } else { [k, n] }, seed + 1),
+                        sparsity,
+                        seed,
+                    );
+                    let c = cs.map(|s| r(s, seed + 2));
+                    let op = Op::Gemm {
+                        alpha: 0.5,
+                        beta: -2.0,
+                        trans_a: false,
+                        trans_b: tb,
+                    };
+                    sparse_agrees(&op, &[Some(&a), Some(&b), c.as_ref()]);
+                }
+            }
+            // FusedMatMul: alpha, bias, activations fused and late, a
+            // transposed A (the dense fallback).
+            for (i, act) in [
+                None,
+                Some(Activation::Relu),
+                Some(Activation::Gelu { tanh_approx: false }),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                for ta in [false, true] {
+                    seed += 3;
+                    let a = r(&if ta { [2, 30, 16] } else { [2, 16, 30] }, seed);
+                    let b = pruned(r(&[30, 12], seed + 1), sparsity, seed);
+                    let bias = r(&[12], seed + 2);
+                    let op = Op::FusedMatMul {
+                        trans_a: ta,
+                        trans_b: false,
+                        alpha: if i == 1 { 1.0 } else { -0.7 },
+                        act: act.clone(),
+                    };
+                    sparse_agrees(&op, &[Some(&a), Some(&b), Some(&bias)]);
+                }
+            }
+        }
+        // The default: pruned B and enough rows.
+        assert!(sparse_by_default(0.1, 128));
+        assert!(!sparse_by_default(0.1, 1));
+        assert!(!sparse_by_default(0.6, 128));
+    }
 }
