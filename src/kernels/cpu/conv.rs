@@ -160,12 +160,23 @@ pub fn algorithms(
 pub const SPARSE_MAX_DENSITY: f64 = 0.5;
 
 /// Weight density up to which a 1x1 stride-1 convolution runs sparse by
-/// default (see [`sparse_by_default`]).
-pub const SPARSE_DEFAULT_DENSITY_1X1: f64 = 0.3;
+/// default. `sparse_speed` (Xeon with AVX-512, 1 thread, other builds
+/// running), 256->256 at 28x28 against the dense GEMM: 0.79x at density
+/// 0.3, 1.2x at 0.2, 2.3x at 0.1, 4.3x at 0.05; break-even near 0.23.
+pub const SPARSE_DEFAULT_DENSITY_1X1: f64 = 0.2;
 
-/// Weight density up to which any other convolution (through im2col
-/// columns) runs sparse by default.
-pub const SPARSE_DEFAULT_DENSITY_IM2COL: f64 = 0.2;
+/// Weight density up to which a convolution through im2col columns runs
+/// sparse by default when Winograd is its dense default: 128->128 3x3 at
+/// 28x28 against Winograd F(4x4) ran 0.85x at density 0.1 and 1.3x at
+/// 0.05 (the sparse kernel did about 25 useful GFLOP/s).
+pub const SPARSE_DEFAULT_DENSITY_WINOGRAD: f64 = 0.08;
+
+/// As [`SPARSE_DEFAULT_DENSITY_WINOGRAD`] for the other im2col
+/// convolutions (strided, dilated, grouped, not 3x3), whose dense kernels
+/// do about 4x fewer useful products a second than Winograd F(4x4) (about
+/// the GEMM's 170 GFLOP/s against Winograd's 290 equivalent, and the
+/// sparse kernel's 25 useful): an estimate, not measured.
+pub const SPARSE_DEFAULT_DENSITY_IM2COL: f64 = 0.15;
 
 /// What the choice of algorithm depends on: the weights' and the output's
 /// shapes and the attributes (not the input's spatial size).
@@ -239,12 +250,15 @@ impl ConvShape {
             && ((taps > 1 && !self.unit_strides) || transposed_product(self.mg, self.out_plane))
     }
 
-    /// Whether weights of `density` run sparse by default.
-    fn sparse_by_default(&self, density: f64) -> bool {
+    /// Whether weights of `density` run sparse by default, `dense` being
+    /// the dense default.
+    fn sparse_by_default(&self, density: f64, dense: Option<ConvAlgo>) -> bool {
         let pointwise = self.kernel.iter().all(|&k| k == 1) && self.unit_strides;
         density
             <= if pointwise {
                 SPARSE_DEFAULT_DENSITY_1X1
+            } else if matches!(dense, Some(ConvAlgo::Winograd | ConvAlgo::Winograd4)) {
+                SPARSE_DEFAULT_DENSITY_WINOGRAD
             } else {
                 SPARSE_DEFAULT_DENSITY_IM2COL
             }
@@ -258,7 +272,9 @@ impl ConvShape {
             return out;
         }
         match density {
-            Some(d) if self.sparse_by_default(d) => out.insert(0, ConvAlgo::Sparse),
+            Some(d) if self.sparse_by_default(d, out.first().copied()) => {
+                out.insert(0, ConvAlgo::Sparse)
+            }
             Some(d) if d <= SPARSE_MAX_DENSITY => out.push(ConvAlgo::Sparse),
             _ => {}
         }
@@ -2846,6 +2862,138 @@ mod tests {
                 .map(|(a, t)| format!("{} {:.3} ms ({:.0})", a.name(), t * 1e3, flops / t / 1e9))
                 .collect();
             println!("{n}x{c}x{h}x{h} -> {m} k{k} s{s}: {}", line.join(", "));
+        }
+    }
+
+    /// The sparse kernels against the default dense ones on pruned
+    /// weights, for a 1x1 and a 3x3 convolution and a MatMul: `cargo test
+    /// --release --lib sparse_speed -- --ignored --nocapture`
+    /// (`SPARSE_THREADS`, default 1; `SPARSE_ROUNDS`, default 6). GFLOP/s
+    /// counts the useful work, 2 · nonzeros · pixels (or rows).
+    #[test]
+    #[ignore]
+    fn sparse_speed() {
+        use super::super::linalg;
+        let threads: usize = std::env::var("SPARSE_THREADS").map_or(1, |t| t.parse().unwrap());
+        let rounds: usize = std::env::var("SPARSE_ROUNDS").map_or(6, |t| t.parse().unwrap());
+        let cx = CpuCtx::new(threads).unwrap();
+        // Best of 4 runs of `f`.
+        let best = |f: &mut dyn FnMut()| {
+            let mut b = f64::INFINITY;
+            for _ in 0..4 {
+                let t0 = std::time::Instant::now();
+                f();
+                b = b.min(t0.elapsed().as_secs_f64());
+            }
+            b
+        };
+        println!("threads {threads}, {:?}", cx.features);
+        // (C, H, M, k, pad): 1x1 and 3x3 at 28x28.
+        for (c, h, m, k, pad) in [(256, 28, 256, 1, 0), (128, 28, 128, 3, 1)] {
+            let op = Op::Conv(ConvAttrs {
+                kernel_shape: vec![k, k],
+                strides: vec![1, 1],
+                dilations: vec![1, 1],
+                pads: vec![pad; 4],
+                auto_pad: AutoPad::NotSet,
+                group: 1,
+            });
+            let x = random(&[1, c, h, h], 1, 1.0);
+            let out_shape = [1, m, h, h];
+            for sparsity in [0.5, 0.7, 0.8, 0.9, 0.95] {
+                let w = prune(random(&[m, c, k, k], 2, 1.0), sparsity, 3);
+                let views = [
+                    Some(View {
+                        shape: x.shape(),
+                        data: x.as_f32().unwrap(),
+                    }),
+                    Some(View {
+                        shape: w.shape(),
+                        data: w.as_f32().unwrap(),
+                    }),
+                ];
+                let consts = [None, views[1]];
+                let dense = algorithms(&op, w.shape(), None, &out_shape, cx.features)[0];
+                let packs = [dense, ConvAlgo::Sparse]
+                    .map(|a| prepack_with(&op, &consts, &out_shape, Some(a), &cx).unwrap());
+                let mut y = vec![0.0; m * h * h];
+                let mut t = [f64::INFINITY; 2];
+                for _ in 0..rounds {
+                    for (t, p) in t.iter_mut().zip(&packs) {
+                        *t = t.min(best(&mut || {
+                            let mut outs = [ViewMut {
+                                shape: &out_shape,
+                                data: &mut y,
+                            }];
+                            assert!(run_packed(&op, &views, &mut outs, Some(p), &cx).unwrap());
+                        }));
+                    }
+                }
+                if !matches!(packs[1], Prepacked::ConvSparse(_)) {
+                    println!("conv {c}->{m} k{k}: density above {SPARSE_MAX_DENSITY}, no sparse");
+                    continue;
+                }
+                let nnz = sparse::nnz(w.as_f32().unwrap());
+                let useful = 2.0 * (nnz * h * h) as f64;
+                println!(
+                    "conv {c}->{m} k{k} {h}x{h} sparsity {:.0}%: {} {:.3} ms, sparse {:.3} ms \
+                     ({:.1} GFLOP/s useful), {:.2}x",
+                    sparsity * 100.0,
+                    dense.name(),
+                    t[0] * 1e3,
+                    t[1] * 1e3,
+                    useful / t[1] / 1e9,
+                    t[0] / t[1]
+                );
+            }
+        }
+        // MatMul [rows, K] x [K, N].
+        for (rows, kk, n) in [(128, 768, 768), (1, 768, 768)] {
+            let a = random(&[rows, kk], 4, 1.0);
+            for sparsity in [0.5, 0.7, 0.8, 0.9, 0.95] {
+                let b = prune(random(&[kk, n], 5, 1.0), sparsity, 6);
+                let views = [
+                    Some(View {
+                        shape: a.shape(),
+                        data: a.as_f32().unwrap(),
+                    }),
+                    Some(View {
+                        shape: b.shape(),
+                        data: b.as_f32().unwrap(),
+                    }),
+                ];
+                let consts = [None, views[1]];
+                let out_shape = [rows, n];
+                let packs = [false, true].map(|sp| {
+                    linalg::prepack_with(&Op::MatMul, &consts, &out_shape, Some(sp), &cx).unwrap()
+                });
+                let mut y = vec![0.0; rows * n];
+                let mut t = [f64::INFINITY; 2];
+                for _ in 0..rounds {
+                    for (t, p) in t.iter_mut().zip(&packs) {
+                        *t = t.min(best(&mut || {
+                            let mut outs = [ViewMut {
+                                shape: &out_shape,
+                                data: &mut y,
+                            }];
+                            assert!(
+                                linalg::run(&Op::MatMul, &views, &mut outs, Some(p), &cx).unwrap()
+                            );
+                        }));
+                    }
+                }
+                let nnz = sparse::nnz(b.as_f32().unwrap());
+                let useful = 2.0 * (nnz * rows) as f64;
+                println!(
+                    "matmul {rows}x{kk}x{n} sparsity {:.0}%: dense {:.3} ms, sparse {:.3} ms \
+                     ({:.1} GFLOP/s useful), {:.2}x",
+                    sparsity * 100.0,
+                    t[0] * 1e3,
+                    t[1] * 1e3,
+                    useful / t[1] / 1e9,
+                    t[0] / t[1]
+                );
+            }
         }
     }
 
