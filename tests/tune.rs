@@ -105,6 +105,68 @@ fn every_choice_of_every_node_matches_the_reference() {
     }
 }
 
+/// `g` with about 90% of every constant weight of 64 values or more set
+/// to zero (as a pruning pass leaves them).
+fn pruned(g: &Graph) -> Graph {
+    let mut p = g.clone();
+    let ids: Vec<_> = g
+        .nodes()
+        .flat_map(|(_, n)| n.inputs.iter().flatten().copied().collect::<Vec<_>>())
+        .filter(|&v| g.const_value(v).is_some_and(|t| t.numel() >= 64))
+        .collect();
+    for v in ids {
+        let t = g.const_value(v).unwrap();
+        let Some(data) = t.as_f32() else { continue };
+        let data = data
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if i % 10 == 0 { x } else { 0.0 })
+            .collect();
+        let t = mlc::ir::Tensor::from_f32(t.shape().to_vec(), data).unwrap();
+        let name = format!("{}_pruned", g.value(v).name);
+        let new = p.add_const(name, t);
+        p.replace_uses(v, new);
+    }
+    p
+}
+
+#[test]
+fn pruned_weights_offer_the_sparse_kernels_and_they_match_the_reference() {
+    let cnn = pruned(&o2("fixtures/digits/cnn.onnx"));
+    let mlp = pruned(&o2("fixtures/digits/mlp.onnx"));
+    for cx in [
+        CpuCtx::single(Features::detect()),
+        CpuCtx::single(Features::portable()),
+        CpuCtx::new(2).unwrap(),
+    ] {
+        for (what, g) in [("pruned cnn", &cnn), ("pruned mlp", &mlp)] {
+            let dims: BTreeMap<String, usize> = [("batch".to_string(), 3)].into();
+            let feed = random_inputs(g, 1, &dims).unwrap();
+            let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+            let spec = specialize(g, &shapes).unwrap();
+            let plan = Plan::with_packs(spec.clone(), cx.clone(), &PackCache::default()).unwrap();
+            // The defaults (sparse for these densities) too.
+            for step in plan.steps() {
+                let node = spec.nodes().map(|(_, n)| n).find(|n| n.name == step.node);
+                if let Err(why) = check_choice(&spec, node.unwrap(), Choice::default(), &cx, 7) {
+                    panic!("{what}: node '{}' by default: {why}", step.node);
+                }
+            }
+            // Density 0.1: the sparse kernels are the default or a
+            // candidate of every product with a constant weight.
+            let sparse = plan
+                .steps()
+                .iter()
+                .flat_map(|s| s.choices.clone())
+                .filter(|c| c.to_string().contains("sparse"))
+                .count();
+            let n = check_all(what, g, 3, &cx);
+            assert!(n >= 1, "{what}: only {n} choices");
+            assert!(sparse >= 1, "{what}: no sparse choice");
+        }
+    }
+}
+
 #[test]
 fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
     // Every layer on the f32 kernels, with static activations so that

@@ -34,7 +34,7 @@ use super::quant::QuantStep;
 use crate::ir::{DType, Graph, Op, Tensor, ValueId};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, Isa, Split, KC_CHOICES};
 use crate::kernels::cpu::qgemm::QRequant;
-use crate::kernels::cpu::{conv, CpuCtx, Features, Prepacked, View};
+use crate::kernels::cpu::{conv, linalg, sparse, CpuCtx, Features, Prepacked, View};
 use crate::{Error, Result};
 
 /// Kernel choices by node name (see [`Plan::with_choices`]).
@@ -42,6 +42,10 @@ pub type Choices = BTreeMap<String, Choice>;
 
 /// Whether `op` is a product or convolution: the ops whose kernels an
 /// `isa=` choice narrows.
+fn is_matmul(op: &Op) -> bool {
+    matches!(op, Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. })
+}
+
 fn is_product(op: &Op) -> bool {
     matches!(
         op,
@@ -746,7 +750,20 @@ impl Plan {
             // A fast step chooses a convolution's algorithm and a
             // product's instruction set.
             let w_shape = shapes.get(1).copied().unwrap_or(&[]);
-            let legal = conv::algorithms(&step.op, w_shape, out_shape, self.cx.features);
+            let density = views
+                .get(1)
+                .copied()
+                .flatten()
+                .map(|w| sparse::density(w.data));
+            let legal = conv::algorithms(&step.op, w_shape, density, out_shape, self.cx.features);
+            // A MatMul/Gemm's sparse B, when asked for and not the default.
+            let sparse = asked.sparse.filter(|&sp| {
+                let d = density.filter(|_| is_matmul(&step.op));
+                d.is_some_and(|d| {
+                    d <= linalg::SPARSE_MAX_DENSITY
+                        && sp != linalg::sparse_by_default(d, linalg::product_rows(out_shape))
+                })
+            });
             let isa = asked
                 .isa
                 .filter(|i| is_product(&step.op) && self.cx.features.narrower(false).contains(i));
@@ -761,6 +778,7 @@ impl Plan {
                 single_thread: asked.single_thread && self.cx.threads > 1,
                 split: asked.split.filter(|_| product && self.cx.threads > 1),
                 kc: asked.kc.filter(|_| product),
+                sparse,
             };
             let cx = narrowed(&self.cx, isa, false).unwrap_or_else(|| self.cx.clone());
             let key = PackKey::new(&step.op, &shapes, const_inputs(&self.graph, &step.inputs))
@@ -885,6 +903,14 @@ impl Plan {
             .collect()
     }
 
+    /// Share of nonzeros of value `v` when it is a constant f32 tensor.
+    fn const_density(&self, v: Option<ValueId>) -> Option<f64> {
+        match &self.values.get(v?.0 as usize)?.as_ref()?.loc {
+            Loc::Const(t) => Some(sparse::density(t.as_f32()?)),
+            _ => None,
+        }
+    }
+
     /// The kernel choices step `s` could run with, the default first.
     fn choices_of(&self, s: &Step) -> Vec<Choice> {
         let shape = |v: Option<&ValueId>| -> &[usize] {
@@ -913,7 +939,9 @@ impl Plan {
                     shape(s.inputs.get(1).and_then(Option::as_ref)),
                     shape(s.outputs.first()),
                 );
-                let algos = conv::algorithms(&s.op, w, out, self.cx.features);
+                let density = self.const_density(s.inputs.get(1).copied().flatten());
+                let rows = linalg::product_rows(out);
+                let algos = conv::algorithms(&s.op, w, density, out, self.cx.features);
                 let mut out: Vec<Choice> = algos
                     .iter()
                     .enumerate()
@@ -925,13 +953,29 @@ impl Plan {
                 if out.is_empty() {
                     out.push(Choice::default());
                 }
+                // A MatMul/Gemm with a pruned constant B: the other of
+                // sparse and dense.
+                let mut sparse_default = false;
+                if let Some(d) = density.filter(|_| is_matmul(&s.op)) {
+                    sparse_default = linalg::sparse_by_default(d, rows);
+                    if d <= linalg::SPARSE_MAX_DENSITY {
+                        out.push(Choice {
+                            sparse: Some(!sparse_default),
+                            ..Choice::default()
+                        });
+                    }
+                }
                 out.extend(isas(false));
                 out.extend(single);
                 // The product knobs, for the default algorithm's GEMM: not
-                // for a depthwise convolution (no GEMM) nor, for the split,
-                // Winograd (each part is one thread's).
+                // for a depthwise convolution or a sparse product (no GEMM)
+                // nor, for the split, Winograd (each part is one thread's).
                 let default = algos.first().copied();
-                let gemm = !matches!(default, Some(ConvAlgo::DwPlane | ConvAlgo::DwInterleaved));
+                let gemm = !sparse_default
+                    && !matches!(
+                        default,
+                        Some(ConvAlgo::DwPlane | ConvAlgo::DwInterleaved | ConvAlgo::Sparse)
+                    );
                 let splits = gemm
                     && self.cx.threads > 1
                     && !matches!(default, Some(ConvAlgo::Winograd | ConvAlgo::Winograd4));

@@ -245,7 +245,7 @@ impl QuantStep {
             },
             _ => return out,
         };
-        let algos = conv::algorithms(&f32_op, &self.w_shape, &self.out_shape, cx.features);
+        let algos = conv::algorithms(&f32_op, &self.w_shape, None, &self.out_shape, cx.features);
         out.extend(algos.into_iter().skip(1).map(|a| Choice {
             conv: Some(a),
             ..f32_run

@@ -37,10 +37,13 @@ pub enum ConvAlgo {
     DwPlane,
     /// Depthwise, 8 channels interleaved in a vector.
     DwInterleaved,
+    /// Pruned weights as a sparse matrix (nonzeros only) times the input
+    /// (1x1) or its im2col columns (see [`super::sparse`]).
+    Sparse,
 }
 
 impl ConvAlgo {
-    pub const ALL: [ConvAlgo; 8] = [
+    pub const ALL: [ConvAlgo; 9] = [
         ConvAlgo::Direct,
         ConvAlgo::Gemm,
         ConvAlgo::Winograd,
@@ -49,6 +52,7 @@ impl ConvAlgo {
         ConvAlgo::DirectOc,
         ConvAlgo::DwPlane,
         ConvAlgo::DwInterleaved,
+        ConvAlgo::Sparse,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +65,7 @@ impl ConvAlgo {
             ConvAlgo::DirectOc => "direct-oc",
             ConvAlgo::DwPlane => "dw-plane",
             ConvAlgo::DwInterleaved => "dw-interleaved",
+            ConvAlgo::Sparse => "sparse",
         }
     }
 }
@@ -171,6 +176,10 @@ pub struct Choice {
     /// Depth of an f32 product's blocks (`kc=128`): the GEMM's packed
     /// blocks or the direct convolution's passes over C.
     pub kc: Option<u16>,
+    /// A MatMul/Gemm with a constant B through the sparse kernel
+    /// (`sparse=1`) or the dense GEMM (`sparse=0`); None: by B's density
+    /// and the rows (see [`super::linalg::sparse_by_default`]).
+    pub sparse: Option<bool>,
 }
 
 impl Choice {
@@ -187,6 +196,7 @@ impl Choice {
             run: self.run,
             conv: self.conv,
             isa: self.isa,
+            sparse: self.sparse,
             ..Choice::default()
         }
     }
@@ -222,6 +232,9 @@ impl fmt::Display for Choice {
         }
         if let Some(kc) = self.kc {
             parts.push(format!("kc={kc}"));
+        }
+        if let Some(sp) = self.sparse {
+            parts.push(format!("sparse={}", u8::from(sp)));
         }
         if parts.is_empty() {
             f.write_str("default")
@@ -263,6 +276,7 @@ impl FromStr for Choice {
                     })?;
                     c.kc = Some(KC_CHOICES[i]);
                 }
+                "sparse" => c.sparse = Some(pick(&["0", "1"])? == 1),
                 "threads" => return Err(format!("kernel choice '{s}': threads is 1 (or absent)")),
                 _ => return Err(format!("kernel choice '{s}': unknown knob '{key}'")),
             }
@@ -299,6 +313,15 @@ mod tests {
                 single_thread: true,
                 split: Some(Split::Rows),
                 kc: Some(512),
+                sparse: Some(true),
+            },
+            Choice {
+                conv: Some(ConvAlgo::Sparse),
+                ..Choice::default()
+            },
+            Choice {
+                sparse: Some(false),
+                ..Choice::default()
             },
             Choice {
                 conv: Some(ConvAlgo::Winograd4),
@@ -344,6 +367,8 @@ mod tests {
             "threads=2",
             "split=diagonal",
             "kc=100",
+            "sparse=2",
+            "sparse=yes",
         ] {
             assert!(bad.parse::<Choice>().is_err(), "{bad}");
         }

@@ -44,7 +44,7 @@ use super::gemm::{
 };
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, Row, LANES, P8};
-use super::{direct_oc, ops, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
+use super::{direct_oc, ops, sparse, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
 use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::Result;
@@ -87,7 +87,7 @@ pub fn prepack_with(
     if w.data.len() != w.shape.iter().product::<usize>() {
         return None;
     }
-    let legal = s.algorithms(cx.features);
+    let legal = s.algorithms(cx.features, Some(sparse::density(w.data)));
     let algo = algo
         .filter(|a| legal.contains(a))
         .or(legal.first().copied())?;
@@ -132,21 +132,51 @@ pub fn prepack_with(
         ConvAlgo::DwPlane | ConvAlgo::DwInterleaved => Prepacked::Depthwise {
             interleaved: algo == ConvAlgo::DwInterleaved,
         },
+        ConvAlgo::Sparse => Prepacked::ConvSparse(
+            (0..s.group)
+                .map(|gi| sparse::prepack(&w.data[gi * mg * k..(gi + 1) * mg * k], mg, k))
+                .collect(),
+        ),
     })
 }
 
 /// The algorithms that can run convolution `op` with weights of
-/// `w_shape` into an output of `out_shape` on a CPU with `features`, the
+/// `w_shape` (constant, with `w_density` of them nonzero; None when not
+/// constant) into an output of `out_shape` on a CPU with `features`, the
 /// default first (the choice [`prepack`] makes); empty when `op` is not a
 /// convolution the fast path takes.
 pub fn algorithms(
     op: &Op,
     w_shape: &[usize],
+    w_density: Option<f64>,
     out_shape: &[usize],
     features: Features,
 ) -> Vec<ConvAlgo> {
-    ConvShape::new(op, w_shape, out_shape).map_or(Vec::new(), |s| s.algorithms(features))
+    ConvShape::new(op, w_shape, out_shape).map_or(Vec::new(), |s| s.algorithms(features, w_density))
 }
+
+/// Weight density up to which the sparse kernel is a candidate at all:
+/// denser (unpruned) weights never list it, so their tuning is unchanged.
+pub const SPARSE_MAX_DENSITY: f64 = 0.5;
+
+/// Weight density up to which a 1x1 stride-1 convolution runs sparse by
+/// default. `sparse_speed` (Xeon with AVX-512, 1 thread, other builds
+/// running), 256->256 at 28x28 against the dense GEMM: 0.79x at density
+/// 0.3, 1.2x at 0.2, 2.3x at 0.1, 4.3x at 0.05; break-even near 0.23.
+pub const SPARSE_DEFAULT_DENSITY_1X1: f64 = 0.2;
+
+/// Weight density up to which a convolution through im2col columns runs
+/// sparse by default when Winograd is its dense default: 128->128 3x3 at
+/// 28x28 against Winograd F(4x4) ran 0.85x at density 0.1 and 1.3x at
+/// 0.05 (the sparse kernel did about 25 useful GFLOP/s).
+pub const SPARSE_DEFAULT_DENSITY_WINOGRAD: f64 = 0.08;
+
+/// As [`SPARSE_DEFAULT_DENSITY_WINOGRAD`] for the other im2col
+/// convolutions (strided, dilated, grouped, not 3x3), whose dense kernels
+/// do about 4x fewer useful products a second than Winograd F(4x4) (about
+/// the GEMM's 170 GFLOP/s against Winograd's 290 equivalent, and the
+/// sparse kernel's 25 useful): an estimate, not measured.
+pub const SPARSE_DEFAULT_DENSITY_IM2COL: f64 = 0.15;
 
 /// What the choice of algorithm depends on: the weights' and the output's
 /// shapes and the attributes (not the input's spatial size).
@@ -220,8 +250,39 @@ impl ConvShape {
             && ((taps > 1 && !self.unit_strides) || transposed_product(self.mg, self.out_plane))
     }
 
-    /// The legal algorithms, the default (today's thresholds) first.
-    fn algorithms(&self, features: Features) -> Vec<ConvAlgo> {
+    /// Whether weights of `density` run sparse by default, `dense` being
+    /// the dense default.
+    fn sparse_by_default(&self, density: f64, dense: Option<ConvAlgo>) -> bool {
+        let pointwise = self.kernel.iter().all(|&k| k == 1) && self.unit_strides;
+        density
+            <= if pointwise {
+                SPARSE_DEFAULT_DENSITY_1X1
+            } else if matches!(dense, Some(ConvAlgo::Winograd | ConvAlgo::Winograd4)) {
+                SPARSE_DEFAULT_DENSITY_WINOGRAD
+            } else {
+                SPARSE_DEFAULT_DENSITY_IM2COL
+            }
+    }
+
+    /// The legal algorithms, the default first: a pruned weight's
+    /// ([`ConvShape::sparse_by_default`]), else today's thresholds'.
+    fn algorithms(&self, features: Features, density: Option<f64>) -> Vec<ConvAlgo> {
+        let mut out = self.dense_algorithms(features);
+        if self.depthwise() || self.cg == 0 {
+            return out;
+        }
+        match density {
+            Some(d) if self.sparse_by_default(d, out.first().copied()) => {
+                out.insert(0, ConvAlgo::Sparse)
+            }
+            Some(d) if d <= SPARSE_MAX_DENSITY => out.push(ConvAlgo::Sparse),
+            _ => {}
+        }
+        out
+    }
+
+    /// The legal dense algorithms, the default (today's thresholds) first.
+    fn dense_algorithms(&self, features: Features) -> Vec<ConvAlgo> {
         if self.depthwise() {
             let nplanes = self.n * self.m;
             let small = dw_interleaved_by_default(self.out_plane, !self.unit_strides, features);
@@ -357,6 +418,8 @@ pub fn run_packed(
     } else if let Some(Prepacked::ConvDirectOc(wo)) = packed.filter(|p| direct_oc_fits(&g, p, cx)) {
         let (bias, res) = (fused.bias, fused.residual);
         direct_oc::run(&g.win, g.n, g.c, wo, x.data, bias, res, act, out.data, cx);
+    } else if let Some(Prepacked::ConvSparse(ws)) = packed.filter(|p| sparse_fits(&g, p)) {
+        via_sparse(&g, x.data, ws, &fused, out.data, cx);
     } else if g.win.kh == 1 && g.win.kw == 1 && !g.win.pointwise() && !fused_transposed(packed) {
         via_subsampled(
             &g,
@@ -1402,6 +1465,135 @@ fn direct_oc_fits(g: &ConvGeom, packed: &Prepacked, cx: &CpuCtx) -> bool {
 }
 
 /// Whether the weights were packed for the transposed product.
+fn sparse_fits(g: &ConvGeom, packed: &Prepacked) -> bool {
+    let k = g.cg * g.win.kh * g.win.kw;
+    matches!(packed, Prepacked::ConvSparse(ws)
+        if ws.len() == g.group && ws.iter().all(|w| w.m() == g.mg && w.k() == k))
+}
+
+/// Floats of im2col columns the sparse path keeps at a time (1 MiB): the
+/// columns of a chunk of output pixels, so that a large plane's do not
+/// need a plane-sized copy of the input per tap.
+const SPARSE_COLS_FLOATS: usize = 1 << 18;
+
+thread_local! {
+    /// The sparse path's im2col columns, kept between runs.
+    static SPARSE_COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The convolution through the sparse kernel, per batch item and group:
+/// on the input planes themselves (1x1, stride 1, no padding), else on
+/// im2col columns `[cg * kh * kw][pixels]` built a chunk of output pixels
+/// at a time.
+fn via_sparse(
+    g: &ConvGeom,
+    x: &[f32],
+    ws: &[sparse::Csr],
+    f: &Fused,
+    out: &mut [f32],
+    cx: &CpuCtx,
+) {
+    let win = &g.win;
+    let (plane, in_plane) = (win.out_plane(), win.h * win.w);
+    let k = g.cg * win.kh * win.kw;
+    let pointwise = win.kh == 1 && win.kw == 1 && win.pointwise();
+    let chunk = if pointwise {
+        plane
+    } else {
+        (SPARSE_COLS_FLOATS / k.max(1) / 64 * 64).clamp(64, plane.max(64))
+    };
+    for item in 0..g.n {
+        for (gi, w) in ws.iter().enumerate() {
+            let at = (item * g.m + gi * g.mg) * plane;
+            let y = &mut out[at..at + g.mg * plane];
+            let bias = f.bias.map(|b| &b[gi * g.mg..(gi + 1) * g.mg]);
+            let res = f.residual.map(|r| &r[at..at + g.mg * plane]);
+            let xg = &x[(item * g.c + gi * g.cg) * in_plane..][..g.cg * in_plane];
+            if pointwise {
+                let ep = sparse::Epilogue {
+                    bias,
+                    residual: res,
+                    act: f.act,
+                };
+                sparse::spmm(w, xg, in_plane, plane, y, plane, &ep, cx);
+                continue;
+            }
+            SPARSE_COLS.with(|cols| {
+                let mut cols = cols.borrow_mut();
+                for q0 in (0..plane).step_by(chunk) {
+                    let len = chunk.min(plane - q0);
+                    if cols.len() < k * len {
+                        cols.resize(k * len, 0.0);
+                    }
+                    let cols = &mut cols[..k * len];
+                    let fill = |r: usize, dst: &mut [f32]| {
+                        let (c, tap) = (r / (win.kh * win.kw), r % (win.kh * win.kw));
+                        let src = &xg[c * in_plane..(c + 1) * in_plane];
+                        im2col_row(win, src, tap / win.kw, tap % win.kw, q0, dst);
+                    };
+                    if cx.threads > 1 && k * len >= PAR_MIN_WORK {
+                        cx.for_each_chunk_mut(cols, len, fill);
+                    } else {
+                        cols.chunks_exact_mut(len)
+                            .enumerate()
+                            .for_each(|(r, d)| fill(r, d));
+                    }
+                    let ep = sparse::Epilogue {
+                        bias,
+                        residual: res.map(|r| &r[q0..]),
+                        act: f.act,
+                    };
+                    sparse::spmm(w, cols, len, len, &mut y[q0..], plane, &ep, cx);
+                }
+            });
+        }
+    }
+}
+
+/// Row `(ki, kj)` of one input channel's im2col columns for output pixels
+/// `q0..q0 + dst.len()`: the input value each pixel's tap reads, 0 where
+/// it reads padding.
+fn im2col_row(win: &Window2d, src: &[f32], ki: usize, kj: usize, q0: usize, dst: &mut [f32]) {
+    let (mut q, mut i) = (q0, 0);
+    while i < dst.len() {
+        let (oh, ow0) = (q / win.ow, q % win.ow);
+        let seg = (win.ow - ow0).min(dst.len() - i);
+        let out = &mut dst[i..i + seg];
+        let ih = (oh * win.sh + ki * win.dh).checked_sub(win.pad_top);
+        match ih.filter(|&ih| ih < win.h) {
+            None => out.fill(0.0),
+            Some(ih) => {
+                let row = &src[ih * win.w..(ih + 1) * win.w];
+                // Input column of output column ow: ow * sw + off.
+                let off = (kj * win.dw) as isize - win.pad_left as isize;
+                if win.sw == 1 {
+                    // Valid for -off - ow0 <= j < w - off - ow0.
+                    let lo = (-off - ow0 as isize).clamp(0, seg as isize) as usize;
+                    let hi = (win.w as isize - off - ow0 as isize).clamp(lo as isize, seg as isize)
+                        as usize;
+                    out[..lo].fill(0.0);
+                    let from = (ow0 + lo) as isize + off;
+                    if hi > lo {
+                        out[lo..hi].copy_from_slice(&row[from as usize..from as usize + hi - lo]);
+                    }
+                    out[hi..].fill(0.0);
+                } else {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let iw = ((ow0 + j) * win.sw) as isize + off;
+                        *o = if iw >= 0 && (iw as usize) < win.w {
+                            row[iw as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+        i += seg;
+        q += seg;
+    }
+}
+
 fn fused_transposed(packed: Option<&Prepacked>) -> bool {
     matches!(packed, Some(Prepacked::ConvWeightsT(_)))
 }
@@ -2021,6 +2213,8 @@ mod tests {
         bias: bool,
         residual: bool,
         act: Option<Activation>,
+        /// Share of the weights set to zero (pruned).
+        sparsity: f64,
     }
 
     fn case(x: &[usize], m: usize, k: &[usize]) -> Case {
@@ -2037,6 +2231,7 @@ mod tests {
             bias: false,
             residual: false,
             act: None,
+            sparsity: 0.0,
         }
     }
 
@@ -2071,7 +2266,7 @@ mod tests {
         let x = random(&c.x, seed, 1.0);
         let mut ws = vec![c.m, c.x[1] / c.group];
         ws.extend(&c.k);
-        let w = random(&ws, seed + 1, 1.0);
+        let w = prune(random(&ws, seed + 1, 1.0), c.sparsity, seed);
         let b = random(&[c.m], seed + 2, 1.0);
         let plain_op = Op::Conv(attrs.clone());
         let plain = crate::ir::ops::eval(&plain_op, &[Some(&x), Some(&w)], 1)
@@ -2123,7 +2318,7 @@ mod tests {
             assert!(run_packed(&op, &views, &mut outs, Some(&packed), cx).unwrap());
             if matches!(
                 packed,
-                Prepacked::ConvWinograd(_) | Prepacked::ConvDirectOc(_)
+                Prepacked::ConvWinograd(_) | Prepacked::ConvDirectOc(_) | Prepacked::ConvSparse(_)
             ) {
                 // Another algorithm than the unpacked weights' (Winograd, or
                 // another order of the sums): within f32 rounding of the
@@ -2165,8 +2360,14 @@ mod tests {
         }
         // Every algorithm a tuner may choose, each within the reference's
         // tolerance (Winograd's rounding is bounded above).
-        let algos = algorithms(&op, w.shape(), want.shape(), cx.features);
+        let density = sparse::density(w.as_f32().unwrap());
+        let algos = algorithms(&op, w.shape(), Some(density), want.shape(), cx.features);
         assert!(!algos.is_empty(), "{c:?}: no algorithm");
+        assert_eq!(
+            algos.contains(&ConvAlgo::Sparse),
+            !(c.group == c.m && c.x[1] == c.group) && density <= SPARSE_MAX_DENSITY,
+            "{c:?}: sparse listed for density {density}"
+        );
         let two = CpuCtx {
             features: cx.features,
             ..CpuCtx::new(2).unwrap()
@@ -2182,7 +2383,10 @@ mod tests {
                 Prepacked::ConvWeights { direct: false, .. } => ConvAlgo::Gemm,
                 Prepacked::Depthwise { interleaved: true } => ConvAlgo::DwInterleaved,
                 Prepacked::Depthwise { interleaved: false } => ConvAlgo::DwPlane,
-                Prepacked::B(_) => unreachable!("a convolution packs no B"),
+                Prepacked::ConvSparse(_) => ConvAlgo::Sparse,
+                Prepacked::B(_) | Prepacked::SparseB(_) => {
+                    unreachable!("a convolution packs no B")
+                }
             };
             assert_eq!(taken, algo, "{c:?}");
             let tol = if matches!(algo, ConvAlgo::Winograd | ConvAlgo::Winograd4) {
@@ -2224,6 +2428,77 @@ mod tests {
             }
         }
         got
+    }
+
+    /// `w` with about `sparsity` of its values set to zero (the same ones
+    /// for a seed).
+    fn prune(w: Tensor, sparsity: f64, seed: u64) -> Tensor {
+        if sparsity == 0.0 {
+            return w;
+        }
+        let mut rng = crate::rng::SplitMix64::new(seed ^ 0x5eed);
+        let v = w
+            .as_f32()
+            .unwrap()
+            .iter()
+            .map(|&v| if rng.next_f64() < sparsity { 0.0 } else { v })
+            .collect();
+        Tensor::from_f32(w.shape().to_vec(), v).unwrap()
+    }
+
+    #[test]
+    fn sparse_convolutions() {
+        let acts = acts();
+        let mut i = 0;
+        for sparsity in [0.6, 0.85, 1.0] {
+            // 1x1 on the planes themselves; then im2col: 3x3 padded,
+            // strided, dilated, grouped, 1-D, and enough pixels and depth
+            // for several chunks of columns.
+            let mut cases = vec![
+                case(&[2, 8, 5, 7], 12, &[1, 1]),
+                case(&[1, 5, 9, 9], 9, &[3, 3]),
+                case(&[1, 6, 11, 10], 8, &[3, 3]),
+                case(&[1, 4, 12, 12], 5, &[3, 3]),
+                case(&[2, 6, 9, 7], 4, &[3, 2]),
+                case(&[1, 6, 20], 7, &[3]),
+                case(&[1, 16, 7, 7], 20, &[1, 1]),
+                case(&[1, 40, 31, 30], 10, &[3, 3]),
+            ];
+            cases[1].pads = vec![1; 4];
+            cases[2].strides = vec![2, 2];
+            cases[2].pads = vec![1, 0, 2, 1];
+            cases[3].dilations = vec![2, 2];
+            cases[3].pads = vec![2; 4];
+            cases[4].group = 2;
+            cases[5].pads = vec![1, 1];
+            cases[6].strides = vec![2, 2];
+            cases[7].pads = vec![1; 4];
+            for mut c in cases {
+                i += 1;
+                c.sparsity = sparsity;
+                c.bias = i % 2 == 0;
+                c.residual = i % 3 == 0;
+                c.act = (i % 4 != 0).then(|| acts[i % acts.len()].clone());
+                check(&c, 40 + i as u64);
+            }
+        }
+        // The default for pruned weights, a candidate for half-pruned
+        // ones, absent for dense ones.
+        let op = Op::Conv(ConvAttrs {
+            kernel_shape: vec![1, 1],
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pads: vec![0; 4],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        });
+        let f = Features::detect();
+        let (ws, os) = ([64, 64, 1, 1], [1, 64, 14, 14]);
+        assert_eq!(algorithms(&op, &ws, Some(0.1), &os, f)[0], ConvAlgo::Sparse);
+        let half = algorithms(&op, &ws, Some(0.45), &os, f);
+        assert!(half[0] != ConvAlgo::Sparse && half.contains(&ConvAlgo::Sparse));
+        assert!(!algorithms(&op, &ws, Some(0.9), &os, f).contains(&ConvAlgo::Sparse));
+        assert!(!algorithms(&op, &ws, None, &os, f).contains(&ConvAlgo::Sparse));
     }
 
     /// Checks the case single-threaded (portable and detected features) and
@@ -2545,7 +2820,7 @@ mod tests {
                 }),
             ];
             let consts = [None, views[1]];
-            let algos = algorithms(&op, w.shape(), &out_shape, cx.features);
+            let algos = algorithms(&op, w.shape(), None, &out_shape, cx.features);
             let packs: Vec<Prepacked> = algos
                 .iter()
                 .map(|&a| prepack_with(&op, &consts, &out_shape, Some(a), &cx).unwrap())
@@ -2587,6 +2862,138 @@ mod tests {
                 .map(|(a, t)| format!("{} {:.3} ms ({:.0})", a.name(), t * 1e3, flops / t / 1e9))
                 .collect();
             println!("{n}x{c}x{h}x{h} -> {m} k{k} s{s}: {}", line.join(", "));
+        }
+    }
+
+    /// The sparse kernels against the default dense ones on pruned
+    /// weights, for a 1x1 and a 3x3 convolution and a MatMul: `cargo test
+    /// --release --lib sparse_speed -- --ignored --nocapture`
+    /// (`SPARSE_THREADS`, default 1; `SPARSE_ROUNDS`, default 6). GFLOP/s
+    /// counts the useful work, 2 · nonzeros · pixels (or rows).
+    #[test]
+    #[ignore]
+    fn sparse_speed() {
+        use super::super::linalg;
+        let threads: usize = std::env::var("SPARSE_THREADS").map_or(1, |t| t.parse().unwrap());
+        let rounds: usize = std::env::var("SPARSE_ROUNDS").map_or(6, |t| t.parse().unwrap());
+        let cx = CpuCtx::new(threads).unwrap();
+        // Best of 4 runs of `f`.
+        let best = |f: &mut dyn FnMut()| {
+            let mut b = f64::INFINITY;
+            for _ in 0..4 {
+                let t0 = std::time::Instant::now();
+                f();
+                b = b.min(t0.elapsed().as_secs_f64());
+            }
+            b
+        };
+        println!("threads {threads}, {:?}", cx.features);
+        // (C, H, M, k, pad): 1x1 and 3x3 at 28x28.
+        for (c, h, m, k, pad) in [(256, 28, 256, 1, 0), (128, 28, 128, 3, 1)] {
+            let op = Op::Conv(ConvAttrs {
+                kernel_shape: vec![k, k],
+                strides: vec![1, 1],
+                dilations: vec![1, 1],
+                pads: vec![pad; 4],
+                auto_pad: AutoPad::NotSet,
+                group: 1,
+            });
+            let x = random(&[1, c, h, h], 1, 1.0);
+            let out_shape = [1, m, h, h];
+            for sparsity in [0.5, 0.7, 0.8, 0.9, 0.95] {
+                let w = prune(random(&[m, c, k, k], 2, 1.0), sparsity, 3);
+                let views = [
+                    Some(View {
+                        shape: x.shape(),
+                        data: x.as_f32().unwrap(),
+                    }),
+                    Some(View {
+                        shape: w.shape(),
+                        data: w.as_f32().unwrap(),
+                    }),
+                ];
+                let consts = [None, views[1]];
+                let dense = algorithms(&op, w.shape(), None, &out_shape, cx.features)[0];
+                let packs = [dense, ConvAlgo::Sparse]
+                    .map(|a| prepack_with(&op, &consts, &out_shape, Some(a), &cx).unwrap());
+                let mut y = vec![0.0; m * h * h];
+                let mut t = [f64::INFINITY; 2];
+                for _ in 0..rounds {
+                    for (t, p) in t.iter_mut().zip(&packs) {
+                        *t = t.min(best(&mut || {
+                            let mut outs = [ViewMut {
+                                shape: &out_shape,
+                                data: &mut y,
+                            }];
+                            assert!(run_packed(&op, &views, &mut outs, Some(p), &cx).unwrap());
+                        }));
+                    }
+                }
+                if !matches!(packs[1], Prepacked::ConvSparse(_)) {
+                    println!("conv {c}->{m} k{k}: density above {SPARSE_MAX_DENSITY}, no sparse");
+                    continue;
+                }
+                let nnz = sparse::nnz(w.as_f32().unwrap());
+                let useful = 2.0 * (nnz * h * h) as f64;
+                println!(
+                    "conv {c}->{m} k{k} {h}x{h} sparsity {:.0}%: {} {:.3} ms, sparse {:.3} ms \
+                     ({:.1} GFLOP/s useful), {:.2}x",
+                    sparsity * 100.0,
+                    dense.name(),
+                    t[0] * 1e3,
+                    t[1] * 1e3,
+                    useful / t[1] / 1e9,
+                    t[0] / t[1]
+                );
+            }
+        }
+        // MatMul [rows, K] x [K, N].
+        for (rows, kk, n) in [(128, 768, 768), (1, 768, 768)] {
+            let a = random(&[rows, kk], 4, 1.0);
+            for sparsity in [0.5, 0.7, 0.8, 0.9, 0.95] {
+                let b = prune(random(&[kk, n], 5, 1.0), sparsity, 6);
+                let views = [
+                    Some(View {
+                        shape: a.shape(),
+                        data: a.as_f32().unwrap(),
+                    }),
+                    Some(View {
+                        shape: b.shape(),
+                        data: b.as_f32().unwrap(),
+                    }),
+                ];
+                let consts = [None, views[1]];
+                let out_shape = [rows, n];
+                let packs = [false, true].map(|sp| {
+                    linalg::prepack_with(&Op::MatMul, &consts, &out_shape, Some(sp), &cx).unwrap()
+                });
+                let mut y = vec![0.0; rows * n];
+                let mut t = [f64::INFINITY; 2];
+                for _ in 0..rounds {
+                    for (t, p) in t.iter_mut().zip(&packs) {
+                        *t = t.min(best(&mut || {
+                            let mut outs = [ViewMut {
+                                shape: &out_shape,
+                                data: &mut y,
+                            }];
+                            assert!(
+                                linalg::run(&Op::MatMul, &views, &mut outs, Some(p), &cx).unwrap()
+                            );
+                        }));
+                    }
+                }
+                let nnz = sparse::nnz(b.as_f32().unwrap());
+                let useful = 2.0 * (nnz * rows) as f64;
+                println!(
+                    "matmul {rows}x{kk}x{n} sparsity {:.0}%: dense {:.3} ms, sparse {:.3} ms \
+                     ({:.1} GFLOP/s useful), {:.2}x",
+                    sparsity * 100.0,
+                    t[0] * 1e3,
+                    t[1] * 1e3,
+                    useful / t[1] / 1e9,
+                    t[0] / t[1]
+                );
+            }
         }
     }
 

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod pool;
 pub mod qconv;
 pub mod qgemm;
+pub mod sparse;
 pub mod winograd;
 
 use crate::ir::Op;
@@ -476,6 +477,11 @@ pub enum Prepacked {
     ConvDirectOc(direct_oc::Weights),
     /// A depthwise convolution (weights used as they are): which kernel.
     Depthwise { interleaved: bool },
+    /// A pruned convolution's weights, one sparse matrix per group.
+    ConvSparse(Vec<sparse::Csr>),
+    /// The B operand of a MatMul or Gemm, transposed into a sparse matrix
+    /// `[N][K]` (pruned weights).
+    SparseB(sparse::Csr),
 }
 
 /// Packs the constant operands of `op` for the kernels `cx` selects.
@@ -489,14 +495,17 @@ pub fn prepack(
     cx: &CpuCtx,
 ) -> Option<Prepacked> {
     match op {
-        Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => linalg::prepack(op, inputs, cx),
+        Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => {
+            linalg::prepack_with(op, inputs, out_shape, None, cx)
+        }
         Op::Conv(_) | Op::FusedConv { .. } => conv::prepack(op, inputs, out_shape, cx),
         _ => None,
     }
 }
 
 /// [`prepack`] for the kernels `choice` names (a convolution's
-/// algorithm; a choice that does not apply to `op` is ignored).
+/// algorithm, a product's sparse or dense B; a choice that does not apply
+/// to `op` is ignored).
 pub fn prepack_with(
     op: &Op,
     inputs: &[Option<View>],
@@ -507,6 +516,9 @@ pub fn prepack_with(
     match op {
         Op::Conv(_) | Op::FusedConv { .. } => {
             conv::prepack_with(op, inputs, out_shape, choice.conv, cx)
+        }
+        Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => {
+            linalg::prepack_with(op, inputs, out_shape, choice.sparse, cx)
         }
         _ => prepack(op, inputs, out_shape, cx),
     }
