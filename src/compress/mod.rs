@@ -516,6 +516,13 @@ pub fn compress(
     }
 
     // Per-layer precision and bytes after.
+    let sparse_steps: HashSet<String> = compressed
+        .plan
+        .steps()
+        .into_iter()
+        .filter(|s| s.sparse)
+        .map(|s| s.node)
+        .collect();
     for (l, rep) in layers.iter().zip(&mut layer_reports) {
         rep.precision = match opts.mode {
             Mode::Int8 if kept_f32.contains(&l.node) => Precision::F32,
@@ -537,6 +544,9 @@ pub fn compress(
             (Precision::F32, _) => "f32 kernels".into(),
             _ => "f32 kernels, weights dequantized at load".into(),
         };
+        if sparse_steps.contains(&l.name) {
+            rep.runs_as = rep.runs_as.replacen("f32 kernels", "f32 sparse kernel", 1);
+        }
     }
     // Sparsity and work of each layer, when pruning.
     let pruning = match pruning {

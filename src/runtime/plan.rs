@@ -34,7 +34,7 @@ use super::quant::QuantStep;
 use crate::ir::{DType, Graph, Op, Tensor, ValueId};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, Isa, Split, KC_CHOICES};
 use crate::kernels::cpu::qgemm::QRequant;
-use crate::kernels::cpu::{conv, linalg, sparse, CpuCtx, Features, Prepacked, View};
+use crate::kernels::cpu::{conv, linalg, CpuCtx, Features, Prepacked, View};
 use crate::{Error, Result};
 
 /// Kernel choices by node name (see [`Plan::with_choices`]).
@@ -202,6 +202,8 @@ pub struct StepInfo {
     pub choices: Vec<Choice>,
     /// Floating-point work of one run (products and convolutions).
     pub flops: Option<u64>,
+    /// Its weights run on the sparse kernel (pruned weights).
+    pub sparse: bool,
 }
 
 /// Memory statistics of a plan.
@@ -754,7 +756,7 @@ impl Plan {
                 .get(1)
                 .copied()
                 .flatten()
-                .map(|w| sparse::density(w.data));
+                .and_then(|w| crate::kernels::cpu::weight_work_density(&step.op, &w));
             let legal = conv::algorithms(&step.op, w_shape, density, out_shape, self.cx.features);
             // A MatMul/Gemm's sparse B, when asked for and not the default.
             let sparse = asked.sparse.filter(|&sp| {
@@ -899,14 +901,22 @@ impl Plan {
                 choice: s.choice,
                 choices: self.choices_of(s),
                 flops: s.flops,
+                sparse: s.packed.as_ref().is_some_and(|p| p.is_sparse()),
             })
             .collect()
     }
 
-    /// Share of nonzeros of value `v` when it is a constant f32 tensor.
-    fn const_density(&self, v: Option<ValueId>) -> Option<f64> {
+    /// The work density ([`crate::kernels::cpu::weight_work_density`])
+    /// of `op`'s weight `v` when it is a constant f32 tensor.
+    fn const_density(&self, op: &Op, v: Option<ValueId>) -> Option<f64> {
         match &self.values.get(v?.0 as usize)?.as_ref()?.loc {
-            Loc::Const(t) => Some(sparse::density(t.as_f32()?)),
+            Loc::Const(t) => crate::kernels::cpu::weight_work_density(
+                op,
+                &View {
+                    shape: t.shape(),
+                    data: t.as_f32()?,
+                },
+            ),
             _ => None,
         }
     }
@@ -939,7 +949,7 @@ impl Plan {
                     shape(s.inputs.get(1).and_then(Option::as_ref)),
                     shape(s.outputs.first()),
                 );
-                let density = self.const_density(s.inputs.get(1).copied().flatten());
+                let density = self.const_density(&s.op, s.inputs.get(1).copied().flatten());
                 let rows = linalg::product_rows(out);
                 let algos = conv::algorithms(&s.op, w, density, out, self.cx.features);
                 let mut out: Vec<Choice> = algos

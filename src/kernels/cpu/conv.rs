@@ -87,7 +87,7 @@ pub fn prepack_with(
     if w.data.len() != w.shape.iter().product::<usize>() {
         return None;
     }
-    let legal = s.algorithms(cx.features, Some(sparse::density(w.data)));
+    let legal = s.algorithms(cx.features, super::weight_work_density(op, &w));
     let algo = algo
         .filter(|a| legal.contains(a))
         .or(legal.first().copied())?;
@@ -159,16 +159,18 @@ pub fn algorithms(
 /// denser (unpruned) weights never list it, so their tuning is unchanged.
 pub const SPARSE_MAX_DENSITY: f64 = 0.5;
 
-/// Weight density up to which a 1x1 stride-1 convolution runs sparse by
-/// default. `sparse_speed` (Xeon with AVX-512, 1 thread, other builds
-/// running), 256->256 at 28x28 against the dense GEMM: 0.79x at density
-/// 0.3, 1.2x at 0.2, 2.3x at 0.1, 4.3x at 0.05; break-even near 0.23.
+/// Weight (work) density up to which a 1x1 stride-1 convolution runs
+/// sparse by default. `sparse_speed` on the Intel Xeon of 2026-12-06
+/// (AVX-512, 1 thread), 256->256 at 28x28 against the dense GEMM: 0.8x at
+/// density 0.3, 1.15-1.25x at 0.2, 2.2x at 0.1, 4x at 0.05; break-even
+/// near 0.23.
 pub const SPARSE_DEFAULT_DENSITY_1X1: f64 = 0.2;
 
-/// Weight density up to which a convolution through im2col columns runs
-/// sparse by default when Winograd is its dense default: 128->128 3x3 at
-/// 28x28 against Winograd F(4x4) ran 0.85x at density 0.1 and 1.3x at
-/// 0.05 (the sparse kernel did about 25 useful GFLOP/s).
+/// Weight (work) density up to which a convolution through im2col
+/// columns runs sparse by default when Winograd is its dense default:
+/// 128->128 3x3 at 28x28 against Winograd F(4x4) ran 0.8-0.9x at density
+/// 0.1 and 1.3x at 0.05 (the sparse kernel did about 25 useful GFLOP/s;
+/// in blocks of 4 rows 1.0-1.05x at density 0.2, 1.5x at 0.1).
 pub const SPARSE_DEFAULT_DENSITY_WINOGRAD: f64 = 0.08;
 
 /// As [`SPARSE_DEFAULT_DENSITY_WINOGRAD`] for the other im2col
@@ -2446,6 +2448,29 @@ mod tests {
         Tensor::from_f32(w.shape().to_vec(), v).unwrap()
     }
 
+    /// `w` with about `sparsity` of its blocks of 4 elements `stride`
+    /// apart (4 output channels at one position of a `[M, ...]` weight
+    /// with `stride` elements a channel; 4 output features of a `[K, N]`
+    /// MatMul weight with `stride` 1) set to zero, as `--prune-block 4x1`
+    /// prunes.
+    fn prune_blocks(w: Tensor, sparsity: f64, seed: u64, stride: usize) -> Tensor {
+        let mut rng = crate::rng::SplitMix64::new(seed ^ 0xb10c);
+        let mut v = w.as_f32().unwrap().to_vec();
+        let span = 4 * stride;
+        for base in (0..v.len()).step_by(span) {
+            for j in 0..stride {
+                if rng.next_f64() < sparsity {
+                    for r in 0..4 {
+                        if let Some(x) = v.get_mut(base + j + r * stride) {
+                            *x = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+        Tensor::from_f32(w.shape().to_vec(), v).unwrap()
+    }
+
     #[test]
     fn sparse_convolutions() {
         let acts = acts();
@@ -2873,6 +2898,7 @@ mod tests {
     #[test]
     #[ignore]
     fn sparse_speed() {
+        const SPARSITIES: [f64; 5] = [0.5, 0.7, 0.8, 0.9, 0.95];
         use super::super::linalg;
         let threads: usize = std::env::var("SPARSE_THREADS").map_or(1, |t| t.parse().unwrap());
         let rounds: usize = std::env::var("SPARSE_ROUNDS").map_or(6, |t| t.parse().unwrap());
@@ -2900,8 +2926,13 @@ mod tests {
             });
             let x = random(&[1, c, h, h], 1, 1.0);
             let out_shape = [1, m, h, h];
-            for sparsity in [0.5, 0.7, 0.8, 0.9, 0.95] {
-                let w = prune(random(&[m, c, k, k], 2, 1.0), sparsity, 3);
+            for (sparsity, blocked) in SPARSITIES.iter().flat_map(|&s| [(s, false), (s, true)]) {
+                let w = random(&[m, c, k, k], 2, 1.0);
+                let w = if blocked {
+                    prune_blocks(w, sparsity, 3, c * k * k)
+                } else {
+                    prune(w, sparsity, 3)
+                };
                 let views = [
                     Some(View {
                         shape: x.shape(),
@@ -2936,9 +2967,10 @@ mod tests {
                 let nnz = sparse::nnz(w.as_f32().unwrap());
                 let useful = 2.0 * (nnz * h * h) as f64;
                 println!(
-                    "conv {c}->{m} k{k} {h}x{h} sparsity {:.0}%: {} {:.3} ms, sparse {:.3} ms \
+                    "conv {c}->{m} k{k} {h}x{h} sparsity {:.0}% {}: {} {:.3} ms, sparse {:.3} ms \
                      ({:.1} GFLOP/s useful), {:.2}x",
                     sparsity * 100.0,
+                    if blocked { "4x1" } else { "1x1" },
                     dense.name(),
                     t[0] * 1e3,
                     t[1] * 1e3,
@@ -2950,8 +2982,13 @@ mod tests {
         // MatMul [rows, K] x [K, N].
         for (rows, kk, n) in [(128, 768, 768), (1, 768, 768)] {
             let a = random(&[rows, kk], 4, 1.0);
-            for sparsity in [0.5, 0.7, 0.8, 0.9, 0.95] {
-                let b = prune(random(&[kk, n], 5, 1.0), sparsity, 6);
+            for (sparsity, blocked) in SPARSITIES.iter().flat_map(|&s| [(s, false), (s, true)]) {
+                let b = random(&[kk, n], 5, 1.0);
+                let b = if blocked {
+                    prune_blocks(b, sparsity, 6, 1)
+                } else {
+                    prune(b, sparsity, 6)
+                };
                 let views = [
                     Some(View {
                         shape: a.shape(),
@@ -2985,9 +3022,10 @@ mod tests {
                 let nnz = sparse::nnz(b.as_f32().unwrap());
                 let useful = 2.0 * (nnz * rows) as f64;
                 println!(
-                    "matmul {rows}x{kk}x{n} sparsity {:.0}%: dense {:.3} ms, sparse {:.3} ms \
+                    "matmul {rows}x{kk}x{n} sparsity {:.0}% {}: dense {:.3} ms, sparse {:.3} ms \
                      ({:.1} GFLOP/s useful), {:.2}x",
                     sparsity * 100.0,
+                    if blocked { "4x1" } else { "1x1" },
                     t[0] * 1e3,
                     t[1] * 1e3,
                     useful / t[1] / 1e9,

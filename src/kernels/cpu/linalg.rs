@@ -106,23 +106,30 @@ pub fn prepack(op: &Op, inputs: &[Option<View>], cx: &CpuCtx) -> Option<Prepacke
 /// (unpruned) weights never list it, so their tuning is unchanged.
 pub const SPARSE_MAX_DENSITY: f64 = 0.5;
 
-/// B density up to which the sparse product is the default.
-/// `sparse_speed` (Xeon with AVX-512, 1 thread, other builds running),
-/// 768x768 B against the dense GEMM: at 128 rows 0.76x at density 0.2,
-/// 1.3x at 0.1, 1.9x at 0.05; at 1 row (one lane of each vector used, but
-/// the dense product is bound by reading B there) 0.63x, 1.3x, 2.8x.
-/// Break-even near 0.13 for both.
-pub const SPARSE_DEFAULT_DENSITY: f64 = 0.12;
+/// B (work) density up to which the sparse product is the default from
+/// [`SPARSE_MANY_ROWS`] rows on. `sparse_speed` on the Intel Xeon of
+/// 2026-12-06 (AVX-512, 1 thread), 768x768 B against the dense GEMM at
+/// 128 rows: 0.84x at density 0.3, 1.1-1.3x at 0.2, 1.7-1.9x at 0.1.
+pub const SPARSE_DEFAULT_DENSITY: f64 = 0.2;
 
-/// Rows of the product (all batches) from which the sparse product is the
-/// default: any known number (see [`SPARSE_DEFAULT_DENSITY`]: one row
-/// broke even at about the same density as 128).
-pub const SPARSE_MIN_ROWS: usize = 1;
+/// The same for products of fewer rows, where the sparse kernel fills
+/// few lanes of each vector (but the dense one is bound by reading B): at
+/// 1 row 0.6-0.8x at density 0.2, 1.3-1.4x at 0.1, 2.4-2.9x at 0.05.
+pub const SPARSE_DEFAULT_DENSITY_FEW_ROWS: f64 = 0.12;
 
-/// Whether a B of `density` runs sparse by default for a product of
-/// `rows` rows.
+/// Rows from which [`SPARSE_DEFAULT_DENSITY`] applies (a guess between
+/// the 1 and 128 measured).
+pub const SPARSE_MANY_ROWS: usize = 16;
+
+/// Whether a B of (work) `density` runs sparse by default for a product
+/// of `rows` rows (0: unknown, dense).
 pub fn sparse_by_default(density: f64, rows: usize) -> bool {
-    density <= SPARSE_DEFAULT_DENSITY && rows >= SPARSE_MIN_ROWS
+    let limit = if rows >= SPARSE_MANY_ROWS {
+        SPARSE_DEFAULT_DENSITY
+    } else {
+        SPARSE_DEFAULT_DENSITY_FEW_ROWS
+    };
+    rows > 0 && density <= limit
 }
 
 /// Rows of the product of `op` into an output of `out_shape` (all
@@ -135,7 +142,7 @@ pub fn product_rows(out_shape: &[usize]) -> usize {
 }
 
 /// [`prepack`] for the dense GEMM or (`sparse`, or by default a pruned B
-/// and at least [`SPARSE_MIN_ROWS`] rows in an output of `out_shape`) the
+/// for the rows of an output of `out_shape`, [`sparse_by_default`]) the
 /// sparse product, which packs `alpha · op(B)ᵀ` as a sparse `[N][K]`.
 pub fn prepack_with(
     op: &Op,
@@ -157,8 +164,10 @@ pub fn prepack_with(
         return None;
     }
     let (k, n) = if trans_b { (c, r) } else { (r, c) };
-    let use_sparse = sparse
-        .unwrap_or_else(|| sparse_by_default(sparse::density(b.data), product_rows(out_shape)));
+    let use_sparse = sparse.unwrap_or_else(|| {
+        let density = super::weight_work_density(op, &b).unwrap_or(1.0);
+        sparse_by_default(density, product_rows(out_shape))
+    });
     if use_sparse {
         let wt: Vec<f32> = if trans_b {
             b.data.iter().map(|&v| alpha * v).collect()

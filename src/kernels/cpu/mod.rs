@@ -484,6 +484,42 @@ pub enum Prepacked {
     SparseB(sparse::Csr),
 }
 
+/// The density of a product's or convolution's constant weight `w` as
+/// the sparse kernel's default thresholds weigh it
+/// ([`sparse::work_density`]: rows packed in blocks count less); None
+/// for other ops.
+pub fn weight_work_density(op: &Op, w: &View) -> Option<f64> {
+    let rows = *w.shape.first()?;
+    match op {
+        Op::Conv(_) | Op::FusedConv { .. } => Some(sparse::work_density(
+            w.data,
+            rows,
+            w.data.len() / rows.max(1),
+            false,
+        )),
+        Op::MatMul | Op::FusedMatMul { .. } | Op::Gemm { .. } => {
+            let trans_b = matches!(
+                op,
+                Op::FusedMatMul { trans_b: true, .. } | Op::Gemm { trans_b: true, .. }
+            );
+            let &[r, c] = w.shape else { return None };
+            Some(if trans_b {
+                sparse::work_density(w.data, r, c, false)
+            } else {
+                sparse::work_density(w.data, c, r, true)
+            })
+        }
+        _ => None,
+    }
+}
+
+impl Prepacked {
+    /// Whether the weights run on the sparse kernel.
+    pub fn is_sparse(&self) -> bool {
+        matches!(self, Prepacked::ConvSparse(_) | Prepacked::SparseB(_))
+    }
+}
+
 /// Packs the constant operands of `op` for the kernels `cx` selects.
 /// `inputs` holds the node's constant inputs (`None` for the others),
 /// `out_shape` is the shape of its first output. None when the node has
