@@ -114,8 +114,10 @@ pub const SPARSE_DEFAULT_DENSITY: f64 = 0.2;
 
 /// The same for products of fewer rows, where the sparse kernel fills
 /// few lanes of each vector (but the dense one is bound by reading B): at
-/// 1 row 0.6-0.8x at density 0.2, 1.3-1.4x at 0.1, 2.4-2.9x at 0.05.
-pub const SPARSE_DEFAULT_DENSITY_FEW_ROWS: f64 = 0.12;
+/// 1 row and 1 thread 0.6-0.8x at density 0.2, 1.3-1.4x at 0.1, 2.4-2.9x
+/// at 0.05; but at 2 threads ResNet-18's 512x1000 classifier at density
+/// 0.1 ran 1.74x slower sparse (`mlc tune`, same machine).
+pub const SPARSE_DEFAULT_DENSITY_FEW_ROWS: f64 = 0.06;
 
 /// Rows from which [`SPARSE_DEFAULT_DENSITY`] applies (a guess between
 /// the 1 and 128 measured).
