@@ -99,6 +99,7 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
             (true, _, _) => Mode::Int8,
             _ => Mode::F32,
         },
+        prune_channels: a.prune_channels,
         prune: a.prune.map(|t| {
             use api::{PruneAllocation, PruneBlock, PruneImportance, PruneTarget};
             api::PruneOptions {

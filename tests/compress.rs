@@ -436,3 +436,70 @@ fn pruning_then_int8_keeps_the_budget() {
     let ratio = f(&r, &["size", "ratio"]);
     assert!(ratio < 0.12, "pruned int8 bundle {ratio}x the f32 one");
 }
+
+#[test]
+fn channel_pruning_shrinks_the_graph_and_runs_like_the_reference() {
+    let dir = scratch("prune-channels");
+    // The CNN fixture: BatchNorm folded, a residual sum, max pooling,
+    // global average pooling and a classifier.
+    let out = dir.join("cnn.mlc");
+    let args = [
+        "--prune-channels",
+        "25%",
+        "--max-accuracy-drop",
+        "100",
+        "--latency-runs",
+        "2",
+    ];
+    let r = compress(&fixture("cnn/model.onnx"), &out, &args, &dir);
+    let c = &r["channel_pruning"];
+    assert_eq!(f(c, &["fraction"]), 0.25);
+    assert!(
+        f(c, &["params_after"]) < 0.7 * f(c, &["params_before"]),
+        "{c}"
+    );
+    assert!(
+        f(c, &["flops_after"]) < 0.7 * f(c, &["flops_before"]),
+        "{c}"
+    );
+    // The residual ties conv1's and conv2's channels: one space, pruned
+    // together; the classifier's outputs are the model's and stay.
+    let spaces = c["spaces"].as_array().unwrap();
+    let tied = spaces
+        .iter()
+        .find(|s| s["producers"].as_array().unwrap().len() == 2)
+        .expect("the residual space");
+    assert_eq!(tied["channels_after"].as_u64(), Some(6));
+    assert!(spaces.iter().any(|s| s["kept_because"] == "a graph output"));
+    // The pruned bundle runs the same on the fast runtime and on the
+    // reference interpreter.
+    let x = fixture("cnn/input_x.npy");
+    let input = format!("x={}", x.display());
+    let run = |extra: &[&str], npz: &Path| {
+        let mut a = vec!["run", out.to_str().unwrap(), "--input", &input, "-o"];
+        a.push(npz.to_str().unwrap());
+        a.extend_from_slice(extra);
+        let o = mlc(&a, &dir);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        mlc::formats::npy::read_npy(npz).expect("the output reads back")
+    };
+    let fast = run(&[], &dir.join("fast.npy"));
+    let reference = run(&["--reference"], &dir.join("ref.npy"));
+    assert_eq!(fast.shape(), [1, 10]);
+    common::compare(&fast, &reference, 1e-4, 1e-5).unwrap();
+}
+
+#[test]
+fn channel_pruning_backs_off_to_the_accuracy_budget() {
+    let dir = scratch("prune-channels-budget");
+    let out = dir.join("cnn.mlc");
+    // Half the channels cost the trained digits CNN about 30 points;
+    // within the default 1-point budget far fewer go.
+    let r = prune_digits("cnn", &out, &["--prune-channels", "0.5"], &dir);
+    let c = &r["channel_pruning"];
+    assert!(f(c, &["fraction"]) < 0.5, "{c}");
+    let search = c["search"].as_array().unwrap();
+    assert!(!search[0]["holds"].as_bool().unwrap(), "{search:?}");
+    let drop = f(&r, &["accuracy", "top1_f32"]) - f(&r, &["accuracy", "top1_compressed"]);
+    assert!(drop <= 0.01, "{drop}");
+}

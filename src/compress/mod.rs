@@ -24,6 +24,7 @@
 //!
 //! The [`report::Report`] gives size, latency and accuracy before and after.
 
+pub mod channels;
 pub mod data;
 pub mod prune;
 pub mod quantize;
@@ -105,6 +106,9 @@ pub struct Options {
     pub mode: Mode,
     /// Prune the weights first (then quantize the survivors as `mode` says).
     pub prune: Option<prune::PruneOptions>,
+    /// Remove this share of the channels of every convolution and product
+    /// whose channels can go (before anything else; see [`channels`]).
+    pub prune_channels: Option<f64>,
     pub weights: WeightFormat,
     pub activations: Activations,
     /// Inputs (and optional `labels`) to measure accuracy on.
@@ -149,6 +153,7 @@ impl Options {
         Options {
             mode,
             prune: None,
+            prune_channels: None,
             weights: WeightFormat {
                 granularity: Granularity::PerChannel,
                 reduce_range: true,
@@ -219,6 +224,83 @@ pub fn compress(
     let pb = data::progress(opts.progress, eval.samples, "f32 reference");
     let reference = data::run_plan(&mut f32_plan, &eval, &pb)?;
     pb.finish_and_clear();
+
+    // Structured pruning: the graph itself shrinks; the share of channels
+    // falls until the f32 model holds the accuracy budget.
+    let mut channel_pruning = None;
+    if let Some(fraction) = opts.prune_channels {
+        let data = calib.as_ref().unwrap_or(&eval);
+        let norms = prune::input_norms(&g, &quantize::find_layers(&g), data, &meas, opts.progress)?;
+        let budget = Budget::new(&eval, &reference, opts);
+        let judge = |f: f64| -> Result<(channels::Pruned, Judgement)> {
+            let pruned = channels::prune_channels(&g, f, &norms)?;
+            let mut c =
+                Candidate::from_graph(pruned.graph.clone(), HashSet::new(), &meas, &shapes)?;
+            let j = budget.judge(c.outputs(&eval)?);
+            Ok((pruned, j))
+        };
+        let pb = data::progress(opts.progress, prune::SEARCH_STEPS + 1, "channel search");
+        let mut search = Vec::new();
+        let (first, j) = judge(fraction)?;
+        pb.inc(1);
+        let holds = |j: &Judgement| !(j.breaks_drop || j.breaks_cos);
+        search.push((
+            fraction,
+            holds(&j),
+            j.drop,
+            j.agreement.min_cosine_similarity,
+        ));
+        let (mut best, mut best_fraction) = (None, 0.0);
+        if holds(&j) {
+            best = Some(first);
+            best_fraction = fraction;
+        } else {
+            let (mut lo, mut hi) = (0.0, fraction);
+            for _ in 0..prune::SEARCH_STEPS {
+                let mid = 0.5 * (lo + hi);
+                let (p, j) = judge(mid)?;
+                search.push((mid, holds(&j), j.drop, j.agreement.min_cosine_similarity));
+                if holds(&j) {
+                    lo = mid;
+                    best = Some(p);
+                    best_fraction = mid;
+                } else {
+                    hi = mid;
+                }
+                pb.inc(1);
+            }
+        }
+        pb.finish_and_clear();
+        let params_before = g.param_count();
+        let spaces = match best {
+            Some(p) => {
+                g = p.graph;
+                p.spaces
+            }
+            None => channels::prune_channels(&g, 0.0, &norms)?.spaces,
+        };
+        channel_pruning = Some(report::ChannelReport {
+            requested: fraction,
+            fraction: best_fraction,
+            params_before,
+            params_after: g.param_count(),
+            // Filled in once the final model is planned.
+            flops_before: 0,
+            flops_after: 0,
+            spaces,
+            search: search
+                .into_iter()
+                .map(
+                    |(fraction, holds, drop_points, min_cosine_similarity)| report::ChannelStep {
+                        fraction,
+                        holds,
+                        drop_points,
+                        min_cosine_similarity,
+                    },
+                )
+                .collect(),
+        });
+    }
 
     let layers = quantize::find_layers(&g);
     let mut layer_reports: Vec<LayerReport> =
@@ -515,6 +597,11 @@ pub fn compress(
         compressed.plan = meas.plan_with(compressed.plan.graph().clone(), &db_choices)?;
     }
 
+    if let Some(c) = &mut channel_pruning {
+        let flops = |p: &Plan| -> u64 { p.steps().iter().filter_map(|s| s.flops).sum() };
+        c.flops_before = flops(&f32_plan);
+        c.flops_after = flops(&compressed.plan);
+    }
     // Per-layer precision and bytes after.
     let sparse_steps: HashSet<String> = compressed
         .plan
@@ -703,6 +790,7 @@ pub fn compress(
         accuracy,
         calibration,
         pruning,
+        channel_pruning,
         goal: opts.goal.name().to_string(),
         warnings,
         max_accuracy_drop: opts.max_accuracy_drop,
@@ -989,7 +1077,8 @@ fn calibrate(
     let mut key_bytes = Vec::new();
     key_bytes.extend(bundle::sha256_hex(source).bytes());
     key_bytes.extend(bundle::sha256_hex(&data.fingerprint_bytes()).bytes());
-    key_bytes.extend(format!("{method}|{}", names.join(",")).bytes());
+    // The parameter count tells a model with channels removed apart.
+    key_bytes.extend(format!("{method}|{}|{}", names.join(","), g.param_count()).bytes());
     key_bytes.extend(env!("CARGO_PKG_VERSION").bytes());
     let key = bundle::sha256_hex(&key_bytes);
     let cache_file = opts

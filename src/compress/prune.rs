@@ -367,7 +367,7 @@ const MAX_LAYER_SPARSITY: f64 = 0.98;
 const LADDER_STOP_ERROR: f64 = 0.5;
 
 /// Bisection steps when the budget breaks (about 1/100 of the range).
-const SEARCH_STEPS: usize = 7;
+pub const SEARCH_STEPS: usize = 7;
 
 /// Layers of `layers` that pruning can take, and those it leaves (with
 /// the reason): depthwise convolutions (a few taps per channel, no sparse

@@ -98,6 +98,56 @@ impl LayerReport {
     }
 }
 
+/// What structured pruning did (see [`super::channels`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelReport {
+    /// The share of channels asked to go, and the share that went (less
+    /// when the accuracy budget broke).
+    pub requested: f64,
+    pub fraction: f64,
+    /// Parameters (constant elements) before and after.
+    pub params_before: usize,
+    pub params_after: usize,
+    /// FLOPs of one run (convolutions and products) before and after.
+    pub flops_before: u64,
+    pub flops_after: u64,
+    /// Every channel space: its producers and widths, or why it kept them.
+    pub spaces: Vec<super::channels::SpaceReport>,
+    pub search: Vec<ChannelStep>,
+}
+
+/// One share of channels judged against the accuracy budget.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelStep {
+    pub fraction: f64,
+    pub holds: bool,
+    pub drop_points: Option<f64>,
+    pub min_cosine_similarity: f64,
+}
+
+impl ChannelReport {
+    fn summary(&self) -> String {
+        let pruned = self
+            .spaces
+            .iter()
+            .filter(|s| s.kept_because.is_none())
+            .count();
+        format!(
+            "channels: {:.3} of the channels of {} of {} channel spaces removed (asked {}); parameters {} -> {} ({:.3}x), FLOPs {:.1}M -> {:.1}M ({:.3}x)",
+            self.fraction,
+            pruned,
+            self.spaces.len(),
+            self.requested,
+            self.params_before,
+            self.params_after,
+            self.params_after as f64 / self.params_before.max(1) as f64,
+            self.flops_before as f64 / 1e6,
+            self.flops_after as f64 / 1e6,
+            self.flops_after as f64 / self.flops_before.max(1) as f64
+        )
+    }
+}
+
 /// What pruning did (see [`super::prune`]).
 #[derive(Clone, Debug, Serialize)]
 pub struct PruningReport {
@@ -190,6 +240,7 @@ pub struct Report {
     pub accuracy: AccuracyReport,
     pub calibration: Option<CalibrationReport>,
     pub pruning: Option<PruningReport>,
+    pub channel_pruning: Option<ChannelReport>,
     pub max_accuracy_drop: f64,
     pub min_cosine: Option<f64>,
     /// `size` (storage int8 wherever accuracy allows) or `latency`.
@@ -312,6 +363,9 @@ impl Report {
                 self.activations
             );
         }
+        if let Some(c) = &self.channel_pruning {
+            let _ = writeln!(s, "{}", c.summary());
+        }
         if let Some(p) = &self.pruning {
             let _ = writeln!(s, "{}", p.summary());
         }
@@ -376,6 +430,9 @@ impl Report {
                 c.data,
                 if c.cached { " (from the cache)" } else { "" }
             );
+        }
+        if let Some(c) = &self.channel_pruning {
+            let _ = writeln!(s, "- structured pruning: {}", c.summary());
         }
         if let Some(p) = &self.pruning {
             let _ = writeln!(s, "- pruning: {}", p.summary());
@@ -448,6 +505,23 @@ impl Report {
             }
             for (name, why) in &p.skipped {
                 let _ = writeln!(s, "\n- `{name}` not pruned: {why}");
+            }
+        }
+        if let Some(c) = &self.channel_pruning {
+            let _ = writeln!(s, "\n## Channel spaces\n");
+            let _ = writeln!(
+                s,
+                "| produced by | channels | kept because |\n|---|---|---|"
+            );
+            for sp in &c.spaces {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} -> {} | {} |",
+                    sp.producers.join(", "),
+                    sp.channels_before,
+                    sp.channels_after,
+                    sp.kept_because.as_deref().unwrap_or("")
+                );
             }
         }
         let _ = writeln!(s, "\n## Layers\n");

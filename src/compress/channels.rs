@@ -1,0 +1,507 @@
+//! Structured pruning: whole output channels of convolutions and output
+//! features of matrix products removed, with the matching input channels
+//! of every consumer, so the graph itself gets smaller and runs on the
+//! dense kernels.
+//!
+//! Channels that must go together form a *channel space*: the output of a
+//! convolution or product with a constant weight opens one; ops that keep
+//! channel `j` in channel `j` carry it on (activations, pooling, a
+//! depthwise convolution, `Flatten` of 1x1 planes); a residual sum joins
+//! the spaces of its operands (both must lose the same channels). A
+//! convolution or product that reads the space reduces over it: its
+//! weight loses the matching input columns. Anything else reading a value
+//! of the space (a reshape, a concatenation, a norm, a graph output, a
+//! weight shared with another node) freezes the space: it keeps every
+//! channel.
+//!
+//! A channel's importance is what removing it would take from the
+//! consumers' outputs: the norm of the channel over the data times the
+//! norm of the consumer's weights that read it, summed over consumers
+//! (Wanda's score per input channel). Each space loses the same share of
+//! its channels, the least important ones.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::ir::{infer, BinaryOp, Graph, Op, Shape, Tensor, TensorType, UnaryOp, ValueId};
+use crate::{Error, Result};
+
+/// One space: which values carry it, which weights are sliced when a
+/// channel goes, which consumers read it.
+#[derive(Clone, Debug, Default)]
+struct Space {
+    channels: usize,
+    /// Nodes whose weights produce it (convolutions, products).
+    producers: Vec<String>,
+    /// Constants sliced along an axis when channels go: (constant, axis,
+    /// elements a channel takes along it).
+    slices: Vec<(ValueId, usize, usize)>,
+    /// Consumers: (node name, activation input value, weight, its axis
+    /// that reads the channel, elements a channel takes along it).
+    consumers: Vec<(String, ValueId, ValueId, usize, usize)>,
+    /// Depthwise convolutions whose group count is the channel count.
+    depthwise: Vec<crate::ir::NodeId>,
+    /// Why the space keeps every channel.
+    frozen: Option<String>,
+}
+
+/// What structured pruning did to one space.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpaceReport {
+    /// The convolutions and products that produce its channels.
+    pub producers: Vec<String>,
+    pub channels_before: usize,
+    pub channels_after: usize,
+    /// Why it kept every channel (frozen spaces).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_because: Option<String>,
+}
+
+/// The model with channels removed.
+pub struct Pruned {
+    pub graph: Graph,
+    pub spaces: Vec<SpaceReport>,
+}
+
+/// Union-find over values.
+struct Sets {
+    parent: HashMap<ValueId, ValueId>,
+}
+
+impl Sets {
+    fn find(&mut self, v: ValueId) -> Option<ValueId> {
+        let mut r = *self.parent.get(&v)?;
+        while let Some(&p) = self.parent.get(&r).filter(|&&p| p != r) {
+            r = p;
+        }
+        self.parent.insert(v, r);
+        Some(r)
+    }
+
+    fn add(&mut self, v: ValueId) {
+        self.parent.entry(v).or_insert(v);
+    }
+
+    /// Joins the sets of `a` and `b`; the root kept.
+    fn union(&mut self, a: ValueId, b: ValueId) -> Option<(ValueId, ValueId)> {
+        let (ra, rb) = (self.find(a)?, self.find(b)?);
+        if ra != rb {
+            self.parent.insert(rb, ra);
+        }
+        Some((ra, rb))
+    }
+}
+
+/// The channel spaces of `g` (an O2-compiled graph), by root value.
+fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
+    let mut sets = Sets {
+        parent: HashMap::new(),
+    };
+    let mut spaces: HashMap<ValueId, Space> = HashMap::new();
+    // Elements a channel takes along a member's channel axis (`Flatten` of
+    // planes: a plane's pixels); 1 when absent.
+    let mut block: HashMap<ValueId, usize> = HashMap::new();
+    let shape_of = |v: ValueId| -> Option<Vec<usize>> {
+        g.ty(v).shape.dims().iter().map(|d| d.known()).collect()
+    };
+    // The channel count of a space member: axis 1 of an image, the last
+    // axis of a product's rows.
+    let const_1d = |v: Option<ValueId>, n: usize| {
+        v.and_then(|v| g.const_value(v))
+            .is_some_and(|t| t.shape() == [n])
+    };
+    let freeze =
+        |sets: &mut Sets, spaces: &mut HashMap<ValueId, Space>, v: ValueId, why: String| {
+            if let Some(r) = sets.find(v) {
+                if let Some(s) = spaces.get_mut(&r) {
+                    s.frozen.get_or_insert(why);
+                }
+            }
+        };
+    let join = |sets: &mut Sets, spaces: &mut HashMap<ValueId, Space>, a: ValueId, b: ValueId| {
+        if let Some((ra, rb)) = sets.union(a, b) {
+            // A value new to the spaces (`b` just added) brings nothing.
+            if let Some(sb) = spaces.remove(&rb).filter(|_| ra != rb) {
+                let sa = spaces.entry(ra).or_default();
+                if sa.channels != sb.channels {
+                    sa.frozen
+                        .get_or_insert("joins spaces of different widths".into());
+                }
+                sa.producers.extend(sb.producers);
+                sa.slices.extend(sb.slices);
+                sa.consumers.extend(sb.consumers);
+                sa.depthwise.extend(sb.depthwise);
+                if sa.frozen.is_none() {
+                    sa.frozen = sb.frozen;
+                }
+            }
+        }
+    };
+    for id in g.topo_order()? {
+        let Some(node) = g.node(id) else { continue };
+        let x = node.input(0);
+        let out = node.outputs.first().copied();
+        let in_space = |sets: &mut Sets, v: Option<ValueId>| v.and_then(|v| sets.find(v)).is_some();
+        let weight = node.input(1).filter(|&w| g.is_const(w));
+        let w_shape = weight
+            .and_then(|w| g.const_value(w))
+            .map(|t| t.shape().to_vec());
+        let shared = weight.is_some_and(|w| g.use_count(w) > 1 || g.is_output(w));
+        let mut handled_inputs = vec![false; node.inputs.len()];
+        match (&node.op, &w_shape) {
+            (Op::Conv(a) | Op::FusedConv { conv: a, .. }, Some(ws)) if ws.len() >= 3 => {
+                let (m, cg) = (ws[0], ws[1]);
+                let c = x.and_then(shape_of).and_then(|s| s.get(1).copied());
+                let depthwise = a.group > 1 && cg == 1 && Some(a.group) == c && m == a.group;
+                if depthwise {
+                    // Channel j stays channel j: the output joins the input.
+                    if let (Some(x), Some(o), Some(w)) = (x, out, weight) {
+                        if in_space(&mut sets, Some(x)) && !shared {
+                            sets.add(o);
+                            join(&mut sets, &mut spaces, x, o);
+                            let r = sets.find(o).expect("just joined");
+                            let s = spaces.entry(r).or_default();
+                            s.slices.push((w, 0, 1));
+                            if let Some(b) = node.input(2).filter(|&b| const_1d(Some(b), m)) {
+                                s.slices.push((b, 0, 1));
+                            }
+                            s.depthwise.push(id);
+                            handled_inputs[0] = true;
+                        }
+                    }
+                } else if a.group == 1 {
+                    if let (Some(x), Some(w)) = (x, weight) {
+                        if in_space(&mut sets, Some(x)) && !shared {
+                            let r = sets.find(x).expect("in a space");
+                            if let Some(s) = spaces.get_mut(&r) {
+                                s.consumers.push((node.name.clone(), x, w, 1, 1));
+                                s.slices.push((w, 1, 1));
+                            }
+                            handled_inputs[0] = true;
+                        }
+                    }
+                    // Its output opens a space.
+                    if let (Some(o), Some(w)) = (out, weight) {
+                        sets.add(o);
+                        let s = spaces.entry(o).or_default();
+                        s.channels = m;
+                        s.producers.push(node.name.clone());
+                        s.slices.push((w, 0, 1));
+                        if shared {
+                            s.frozen = Some(format!("'{}' shares its weight", node.name));
+                        }
+                        match node.input(2) {
+                            Some(b) if const_1d(Some(b), m) => s.slices.push((b, 0, 1)),
+                            Some(_) => s.frozen = Some("a bias that is not a constant".into()),
+                            None => {}
+                        }
+                    }
+                }
+                handled_inputs[1] = true;
+                if let Some(h) = handled_inputs.get_mut(2) {
+                    *h = true;
+                }
+                // The residual of a FusedConv: the same channels as the output.
+                if let (Op::FusedConv { .. }, Some(r), Some(o)) = (&node.op, node.input(3), out) {
+                    if sets.find(o).is_some() && in_space(&mut sets, Some(r)) {
+                        join(&mut sets, &mut spaces, o, r);
+                    } else if let Some(o) = sets.find(o) {
+                        if let Some(s) = spaces.get_mut(&o) {
+                            s.frozen
+                                .get_or_insert("a residual from outside any space".into());
+                        }
+                    }
+                    if let Some(h) = handled_inputs.get_mut(3) {
+                        *h = true;
+                    }
+                }
+            }
+            (
+                Op::MatMul
+                | Op::FusedMatMul { trans_a: false, .. }
+                | Op::Gemm { trans_a: false, .. },
+                Some(ws),
+            ) if ws.len() == 2 => {
+                let trans_b = matches!(
+                    node.op,
+                    Op::FusedMatMul { trans_b: true, .. } | Op::Gemm { trans_b: true, .. }
+                );
+                let (k_axis, n_axis) = if trans_b { (1, 0) } else { (0, 1) };
+                let n = ws[n_axis];
+                if let (Some(x), Some(w)) = (x, weight) {
+                    if in_space(&mut sets, Some(x)) && !shared {
+                        let r = sets.find(x).expect("in a space");
+                        let b = block.get(&x).copied().unwrap_or(1);
+                        if let Some(s) = spaces.get_mut(&r) {
+                            s.consumers.push((node.name.clone(), x, w, k_axis, b));
+                            s.slices.push((w, k_axis, b));
+                        }
+                        handled_inputs[0] = true;
+                    }
+                }
+                if let (Some(o), Some(w)) = (out, weight) {
+                    sets.add(o);
+                    let s = spaces.entry(o).or_default();
+                    s.channels = n;
+                    s.producers.push(node.name.clone());
+                    s.slices.push((w, n_axis, 1));
+                    if shared {
+                        s.frozen = Some(format!("'{}' shares its weight", node.name));
+                    }
+                    match node.input(2) {
+                        Some(b) if const_1d(Some(b), n) => s.slices.push((b, 0, 1)),
+                        Some(b) if g.const_value(b).is_some_and(|t| t.numel() == 1) => {}
+                        Some(_) => s.frozen = Some("a bias that is not a vector".into()),
+                        None => {}
+                    }
+                }
+                handled_inputs[1] = true;
+                if let Some(h) = handled_inputs.get_mut(2) {
+                    *h = true;
+                }
+            }
+            (
+                Op::Unary(
+                    UnaryOp::Relu
+                    | UnaryOp::Sigmoid
+                    | UnaryOp::Tanh
+                    | UnaryOp::LeakyRelu { .. }
+                    | UnaryOp::HardSigmoid { .. }
+                    | UnaryOp::HardSwish
+                    | UnaryOp::Gelu { .. },
+                )
+                | Op::Clip
+                | Op::MaxPool(_)
+                | Op::AveragePool(_)
+                | Op::GlobalAveragePool
+                | Op::GlobalMaxPool,
+                _,
+            ) => {
+                // Channel j in, channel j out (Clip's bounds are scalars).
+                let scalars_only = node
+                    .inputs
+                    .iter()
+                    .skip(1)
+                    .flatten()
+                    .all(|&v| g.const_value(v).is_some_and(|t| t.numel() == 1));
+                if let (Some(x), Some(o), true) = (x, out, scalars_only) {
+                    if in_space(&mut sets, Some(x)) {
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, x, o);
+                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                    }
+                }
+            }
+            (Op::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul), _) => {
+                // A residual sum (both operands in spaces, same shape) joins
+                // them; a scalar constant operand leaves channels alone.
+                let (a, b) = (x, node.input(1));
+                let scalar = |v: Option<ValueId>| {
+                    v.and_then(|v| g.const_value(v))
+                        .is_some_and(|t| t.numel() == 1)
+                };
+                let same_shape = |a: ValueId, b: ValueId| g.ty(a).shape == g.ty(b).shape;
+                match (a, b, out) {
+                    (Some(a), Some(b), Some(o))
+                        if in_space(&mut sets, Some(a))
+                            && in_space(&mut sets, Some(b))
+                            && same_shape(a, b)
+                            && block.get(&a) == block.get(&b) =>
+                    {
+                        join(&mut sets, &mut spaces, a, b);
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, a, o);
+                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                    }
+                    (Some(a), b, Some(o)) if in_space(&mut sets, Some(a)) && scalar(b) => {
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, a, o);
+                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                    }
+                    (a, Some(b), Some(o)) if in_space(&mut sets, Some(b)) && scalar(a) => {
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, b, o);
+                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                    }
+                    _ => {}
+                }
+            }
+            (Op::Flatten { axis: 1 }, _) => {
+                // [N, C, H, W] -> [N, C·H·W]: channel j is the run of
+                // columns j·H·W .. (j + 1)·H·W (a consumer reading a value
+                // already in blocks cannot be flattened further).
+                let plane = g
+                    .ty(x.unwrap_or(ValueId(0)))
+                    .shape
+                    .dims()
+                    .get(2..)
+                    .and_then(|d| d.iter().map(|d| d.known()).product::<Option<usize>>());
+                let flat = x.is_some_and(|x| !block.contains_key(&x));
+                if let (Some(x), Some(o), Some(plane), true) = (x, out, plane, flat) {
+                    if in_space(&mut sets, Some(x)) {
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, x, o);
+                        if plane > 1 {
+                            block.insert(o, plane);
+                        }
+                        handled_inputs[0] = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (i, v) in node.inputs.iter().enumerate() {
+            if let (Some(v), false) = (v, handled_inputs[i]) {
+                freeze(
+                    &mut sets,
+                    &mut spaces,
+                    *v,
+                    format!("read by '{}' ({})", node.name, node.op.onnx_type()),
+                );
+            }
+        }
+    }
+    for &o in &g.outputs {
+        freeze(&mut sets, &mut spaces, o, "a graph output".into());
+    }
+    Ok(spaces.into_iter().collect())
+}
+
+/// `t` keeping only the channels `keep` (sorted) of `axis`, each `block`
+/// consecutive indices of it.
+fn slice(t: &Tensor, axis: usize, block: usize, keep: &[usize]) -> Result<Tensor> {
+    let shape = t.shape();
+    let data = t
+        .as_f32()
+        .ok_or_else(|| Error::Internal("channel pruning of a weight that is not f32".into()))?;
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product::<usize>() * block;
+    let n = shape[axis] / block.max(1);
+    let mut out = Vec::with_capacity(outer * keep.len() * inner);
+    for o in 0..outer {
+        for &k in keep {
+            let at = (o * n + k) * inner;
+            out.extend_from_slice(&data[at..at + inner]);
+        }
+    }
+    let mut new_shape = shape.to_vec();
+    new_shape[axis] = keep.len() * block;
+    Tensor::from_f32(new_shape, out).map_err(|e| Error::Internal(format!("sliced weight: {e}")))
+}
+
+/// Each channel's importance in `s`: over its consumers, the channel's
+/// norm over the data (`norms`, by activation value; 1 without) times the
+/// norm of the consumer's weights that read it.
+fn importance(g: &Graph, s: &Space, norms: &HashMap<ValueId, Vec<f32>>) -> Vec<f64> {
+    let mut score = vec![0.0f64; s.channels];
+    for (_, x, w, axis, block) in &s.consumers {
+        let Some(t) = g.const_value(*w) else { continue };
+        let Some(data) = t.as_f32() else { continue };
+        let shape = t.shape();
+        // Index `i` of the weight's axis is column `i` of the activation.
+        let n = shape[*axis];
+        if n != s.channels * block {
+            continue;
+        }
+        let inner: usize = shape[axis + 1..].iter().product();
+        let mut sq = vec![0.0f64; n];
+        for (i, &v) in data.iter().enumerate() {
+            sq[(i / inner) % n] += (v as f64) * (v as f64);
+        }
+        let xn = norms.get(x);
+        for (i, q) in sq.iter().enumerate() {
+            let a = xn.and_then(|v| v.get(i)).map_or(1.0, |&a| a as f64);
+            score[i / block] += a * q.sqrt();
+        }
+    }
+    score
+}
+
+/// `g` with `fraction` of the channels of every space that is not frozen
+/// removed (at least one kept), least important first by `norms` (each
+/// consumer's input channel norms over the data, by value).
+pub fn prune_channels(
+    g: &Graph,
+    fraction: f64,
+    norms: &HashMap<ValueId, Vec<f32>>,
+) -> Result<Pruned> {
+    let spaces = spaces(g)?;
+    let mut out = g.clone();
+    let mut reports = Vec::new();
+    for s in spaces.values() {
+        if s.producers.is_empty() {
+            continue;
+        }
+        let remove = match &s.frozen {
+            None if s.consumers.is_empty() => 0,
+            None => ((fraction * s.channels as f64).round() as usize).min(s.channels - 1),
+            Some(_) => 0,
+        };
+        let kept_because = match (&s.frozen, s.consumers.is_empty()) {
+            (Some(why), _) => Some(why.clone()),
+            (None, true) => Some("no convolution or product reads it".into()),
+            _ => None,
+        };
+        reports.push(SpaceReport {
+            producers: s.producers.clone(),
+            channels_before: s.channels,
+            channels_after: s.channels - remove,
+            kept_because,
+        });
+        if remove == 0 {
+            continue;
+        }
+        let score = importance(g, s, norms);
+        let mut order: Vec<usize> = (0..s.channels).collect();
+        order.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
+        let mut keep: Vec<usize> = order[remove..].to_vec();
+        keep.sort_unstable();
+        let mut seen = std::collections::HashSet::new();
+        for &(v, axis, block) in &s.slices {
+            if !seen.insert((v, axis)) {
+                continue;
+            }
+            let t = out
+                .const_value(v)
+                .ok_or_else(|| Error::Internal("a sliced weight is not constant".into()))?;
+            let sliced = slice(t, axis, block, &keep)?;
+            out.value_mut(v).ty = TensorType::new(sliced.dtype(), Shape::known(sliced.shape()));
+            out.consts.insert(v, sliced.into());
+        }
+        for &id in &s.depthwise {
+            if let Some(Op::Conv(a) | Op::FusedConv { conv: a, .. }) =
+                out.node_mut(id).map(|n| &mut n.op)
+            {
+                a.group = keep.len();
+            }
+        }
+    }
+    infer::infer_graph(&mut out)?;
+    Ok(Pruned {
+        graph: out,
+        spaces: reports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slicing_keeps_the_chosen_indices_of_an_axis() {
+        let t = Tensor::from_f32(vec![2, 3, 2], (0..12).map(|i| i as f32).collect()).unwrap();
+        let s = slice(&t, 1, 1, &[0, 2]).unwrap();
+        assert_eq!(s.shape(), [2, 2, 2]);
+        assert_eq!(
+            s.as_f32().unwrap(),
+            [0.0, 1.0, 4.0, 5.0, 6.0, 7.0, 10.0, 11.0]
+        );
+        let s = slice(&t, 0, 1, &[1]).unwrap();
+        assert_eq!(s.as_f32().unwrap(), [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        // Channels of 2 consecutive indices (a flattened 2-pixel plane).
+        let t = Tensor::from_f32(vec![6, 1], (0..6).map(|i| i as f32).collect()).unwrap();
+        let s = slice(&t, 0, 2, &[0, 2]).unwrap();
+        assert_eq!(s.as_f32().unwrap(), [0.0, 1.0, 4.0, 5.0]);
+    }
+}
