@@ -14,7 +14,7 @@
 //! FMAs. The columns are stored as deltas (in rows of X) from the previous
 //! nonzero's, so the inner loop only advances a pointer.
 //!
-//! The tile loops are written once over [`Row`] and instantiated for
+//! The tile loops are written once over `Row` and instantiated for
 //! AVX-512 (16 lanes), AVX2/FMA and the portable 8-lane arrays (which also
 //! serve aarch64). Bias, a residual and Relu/Clip are fused into the store
 //! of each tile; other activations run on each task's finished rows while
