@@ -110,6 +110,9 @@ pub(crate) struct QuantStep {
     /// Input position of the residual (QConv's R), when present.
     pub residual: Option<usize>,
     w_shape: Vec<usize>,
+    /// The (work) density of a QConv's weight, for its f32 algorithms
+    /// (pruned layers list the sparse kernel).
+    w_density: Option<f64>,
     out_shape: Vec<usize>,
     /// Items of the input's first axis, each dynamically quantized on its
     /// own ([`crate::ir::ops::quant::reference::quant_items`]).
@@ -224,6 +227,16 @@ impl QuantStep {
             act,
             residual,
             w_shape: w.shape().to_vec(),
+            w_density: match &node.op {
+                Op::QConv { conv, .. } => crate::kernels::cpu::weight_work_density(
+                    &Op::Conv(conv.clone()),
+                    &View {
+                        shape: w.shape(),
+                        data: &w.to_f32_vec(),
+                    },
+                ),
+                _ => None,
+            },
             out_shape: out_shape.to_vec(),
             items: quant_items(x_shape),
         })
@@ -245,7 +258,13 @@ impl QuantStep {
             },
             _ => return out,
         };
-        let algos = conv::algorithms(&f32_op, &self.w_shape, None, &self.out_shape, cx.features);
+        let algos = conv::algorithms(
+            &f32_op,
+            &self.w_shape,
+            self.w_density,
+            &self.out_shape,
+            cx.features,
+        );
         out.extend(algos.into_iter().skip(1).map(|a| Choice {
             conv: Some(a),
             ..f32_run

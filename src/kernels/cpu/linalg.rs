@@ -1097,10 +1097,11 @@ mod tests {
                 }
             }
         }
-        // The default: pruned B and enough rows.
-        assert!(sparse_by_default(0.1, 128));
-        assert!(sparse_by_default(0.1, 1));
-        assert!(!sparse_by_default(0.1, 0));
+        // The default: pruned B, more so for few rows.
+        assert!(sparse_by_default(0.2, 128));
+        assert!(!sparse_by_default(0.1, 1));
+        assert!(sparse_by_default(0.05, 1));
+        assert!(!sparse_by_default(0.05, 0));
         assert!(!sparse_by_default(0.3, 128));
     }
 }
