@@ -503,3 +503,59 @@ fn channel_pruning_backs_off_to_the_accuracy_budget() {
     let drop = f(&r, &["accuracy", "top1_f32"]) - f(&r, &["accuracy", "top1_compressed"]);
     assert!(drop <= 0.01, "{drop}");
 }
+
+#[test]
+fn channel_pruning_removes_whole_attention_heads() {
+    let dir = scratch("prune-heads");
+    let out = dir.join("transformer.mlc");
+    let model = fixture("transformer/model.onnx");
+    let args = [
+        "--prune-channels",
+        "0.25",
+        "--dim",
+        "seq=8",
+        "--max-accuracy-drop",
+        "100",
+        "--latency-runs",
+        "2",
+    ];
+    let r = compress(&model, &out, &args, &dir);
+    let spaces = r["channel_pruning"]["spaces"].as_array().unwrap();
+    // Each layer's q, k and v go together: 4 heads of 16 -> 3.
+    let heads: Vec<&Value> = spaces.iter().filter(|s| s["head_width"] == 16).collect();
+    assert_eq!(heads.len(), 2, "{spaces:?}");
+    for s in heads {
+        assert_eq!(s["producers"].as_array().unwrap().len(), 3, "{s}");
+        assert_eq!(s["channels_after"].as_u64(), Some(48));
+    }
+    // FFN neurons go too; the residual stream (LayerNorm) stays.
+    assert!(spaces.iter().any(|s| s["channels_after"] == 96));
+    // The pruned model runs the same on the fast runtime and on the
+    // reference interpreter.
+    let inputs: Vec<String> = ["input_ids", "attention_mask"]
+        .iter()
+        .map(|n| {
+            format!(
+                "{n}={}",
+                fixture(&format!("transformer/input_{n}.npy")).display()
+            )
+        })
+        .collect();
+    let run = |extra: &[&str], npz: &Path| {
+        let mut a = vec!["run", out.to_str().unwrap()];
+        for i in &inputs {
+            a.extend(["--input", i.as_str()]);
+        }
+        a.extend(["-o", npz.to_str().unwrap()]);
+        a.extend_from_slice(extra);
+        let o = mlc(&a, &dir);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        mlc::formats::npy::read_npz(npz).expect("the outputs read back")
+    };
+    let fast = run(&[], &dir.join("fast.npz"));
+    let reference = run(&["--reference"], &dir.join("ref.npz"));
+    assert_eq!(fast.len(), 2);
+    for ((name, f), (_, r)) in fast.iter().zip(&reference) {
+        common::compare(f, r, 1e-4, 1e-5).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

@@ -14,6 +14,14 @@
 //! weight shared with another node) freezes the space: it keeps every
 //! channel.
 //!
+//! Attention heads are channels too: a reshape that splits a space's
+//! channels into `[heads, width]` makes the head the unit that goes
+//! (a transpose moves the heads axis, the attention products of two such
+//! values tie their spaces, masks and softmax over another axis pass it
+//! on, and the reshape back joins the output projection's input); the
+//! reshapes' targets become constants first (`canonical_reshapes`) so the
+//! head count can change.
+//!
 //! A channel's importance is what removing it would take from the
 //! consumers' outputs: the norm of the channel over the data times the
 //! norm of the consumer's weights that read it, summed over consumers
@@ -42,6 +50,11 @@ struct Space {
     consumers: Vec<(String, ValueId, ValueId, usize, usize)>,
     /// Depthwise convolutions whose group count is the channel count.
     depthwise: Vec<crate::ir::NodeId>,
+    /// Channels that go together (an attention head's width), else 1.
+    unit: usize,
+    /// Reshape targets `[0, .., H, D]` that split the channels into heads:
+    /// (the constant, the index of H in it).
+    head_shapes: Vec<(ValueId, usize)>,
     /// Why the space keeps every channel.
     frozen: Option<String>,
 }
@@ -53,6 +66,10 @@ pub struct SpaceReport {
     pub producers: Vec<String>,
     pub channels_before: usize,
     pub channels_after: usize,
+    /// Channels of one attention head, when the space is split into heads
+    /// (they go whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_width: Option<usize>,
     /// Why it kept every channel (frozen spaces).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_because: Option<String>,
@@ -79,6 +96,15 @@ impl Sets {
         Some(r)
     }
 
+    /// The root of `v`'s set, without shortening paths.
+    fn root(&self, v: ValueId) -> Option<ValueId> {
+        let mut r = *self.parent.get(&v)?;
+        while let Some(&p) = self.parent.get(&r).filter(|&&p| p != r) {
+            r = p;
+        }
+        Some(r)
+    }
+
     fn add(&mut self, v: ValueId) {
         self.parent.entry(v).or_insert(v);
     }
@@ -102,6 +128,9 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
     // Elements a channel takes along a member's channel axis (`Flatten` of
     // planes: a plane's pixels); 1 when absent.
     let mut block: HashMap<ValueId, usize> = HashMap::new();
+    // The heads axis of values that hold a space's channels split into
+    // attention heads (`[.., H, D]` after a reshape, then transposed).
+    let mut head_axis: HashMap<ValueId, usize> = HashMap::new();
     let shape_of = |v: ValueId| -> Option<Vec<usize>> {
         g.ty(v).shape.dims().iter().map(|d| d.known()).collect()
     };
@@ -132,6 +161,16 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                 sa.slices.extend(sb.slices);
                 sa.consumers.extend(sb.consumers);
                 sa.depthwise.extend(sb.depthwise);
+                sa.head_shapes.extend(sb.head_shapes);
+                match (sa.unit.max(1), sb.unit.max(1)) {
+                    (a, b) if a == b => {}
+                    (1, b) => sa.unit = b,
+                    (_, 1) => {}
+                    _ => {
+                        sa.frozen
+                            .get_or_insert("joins heads of different widths".into());
+                    }
+                }
                 if sa.frozen.is_none() {
                     sa.frozen = sb.frozen;
                 }
@@ -143,6 +182,10 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
         let x = node.input(0);
         let out = node.outputs.first().copied();
         let in_space = |sets: &mut Sets, v: Option<ValueId>| v.and_then(|v| sets.find(v)).is_some();
+        // A member that holds channels (not split into heads).
+        let channels_in = |sets: &mut Sets, v: Option<ValueId>| {
+            v.is_some_and(|v| !head_axis.contains_key(&v)) && in_space(sets, v)
+        };
         let weight = node.input(1).filter(|&w| g.is_const(w));
         let w_shape = weight
             .and_then(|w| g.const_value(w))
@@ -157,7 +200,7 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                 if depthwise {
                     // Channel j stays channel j: the output joins the input.
                     if let (Some(x), Some(o), Some(w)) = (x, out, weight) {
-                        if in_space(&mut sets, Some(x)) && !shared {
+                        if channels_in(&mut sets, Some(x)) && !shared {
                             sets.add(o);
                             join(&mut sets, &mut spaces, x, o);
                             let r = sets.find(o).expect("just joined");
@@ -172,7 +215,7 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                     }
                 } else if a.group == 1 {
                     if let (Some(x), Some(w)) = (x, weight) {
-                        if in_space(&mut sets, Some(x)) && !shared {
+                        if channels_in(&mut sets, Some(x)) && !shared {
                             let r = sets.find(x).expect("in a space");
                             if let Some(s) = spaces.get_mut(&r) {
                                 s.consumers.push((node.name.clone(), x, w, 1, 1));
@@ -230,7 +273,7 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                 let (k_axis, n_axis) = if trans_b { (1, 0) } else { (0, 1) };
                 let n = ws[n_axis];
                 if let (Some(x), Some(w)) = (x, weight) {
-                    if in_space(&mut sets, Some(x)) && !shared {
+                    if channels_in(&mut sets, Some(x)) && !shared {
                         let r = sets.find(x).expect("in a space");
                         let b = block.get(&x).copied().unwrap_or(1);
                         if let Some(s) = spaces.get_mut(&r) {
@@ -285,10 +328,15 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                     .skip(1)
                     .flatten()
                     .all(|&v| g.const_value(v).is_some_and(|t| t.numel() == 1));
+                let pooling = !matches!(node.op, Op::Unary(_) | Op::Clip);
                 if let (Some(x), Some(o), true) = (x, out, scalars_only) {
-                    if in_space(&mut sets, Some(x)) {
+                    let heads = head_axis.get(&x).copied();
+                    if in_space(&mut sets, Some(x)) && !(pooling && heads.is_some()) {
                         sets.add(o);
                         join(&mut sets, &mut spaces, x, o);
+                        if let Some(h) = heads {
+                            head_axis.insert(o, h);
+                        }
                         handled_inputs.iter_mut().for_each(|h| *h = true);
                     }
                 }
@@ -325,6 +373,125 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                         handled_inputs.iter_mut().for_each(|h| *h = true);
                     }
                     _ => {}
+                }
+            }
+            (Op::Reshape { allowzero: false }, _) => {
+                // Into heads: [.., C] -> [.., H, D] by a constant target
+                // [0, .., H, D] (see `canonical_reshapes`); out of them:
+                // [.., H, D] -> [.., H·D] by [0, .., -1].
+                let target = node
+                    .input(1)
+                    .and_then(|t| g.const_value(t))
+                    .and_then(|t| t.as_i64().map(<[i64]>::to_vec));
+                let rank = x.map_or(0, |x| g.ty(x).shape.dims().len());
+                if let (Some(x), Some(o), Some(t)) = (x, out, target) {
+                    let zeros = |n: usize| t.len() >= n && t[..n].iter().all(|&d| d == 0);
+                    let root = sets.find(x);
+                    let channels = root.and_then(|r| spaces.get(&r)).map_or(0, |s| s.channels);
+                    let split = t.len() == rank + 1
+                        && rank >= 1
+                        && zeros(rank - 1)
+                        && !block.contains_key(&x)
+                        && !head_axis.contains_key(&x)
+                        && t[rank - 1] > 0
+                        && t[rank] > 0
+                        && (t[rank - 1] * t[rank]) as usize == channels;
+                    let merge = t.len() + 1 == rank
+                        && rank >= 2
+                        && zeros(rank - 2)
+                        && t[rank - 2] == -1
+                        && head_axis.get(&x) == Some(&(rank - 2));
+                    if root.is_some() && split {
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, x, o);
+                        head_axis.insert(o, rank - 1);
+                        let r = sets.find(o).expect("just joined");
+                        let sp = spaces.entry(r).or_default();
+                        let d = t[rank] as usize;
+                        if sp.unit > 1 && sp.unit != d {
+                            sp.frozen.get_or_insert("heads of different widths".into());
+                        }
+                        sp.unit = d;
+                        if let Some(c) = node.input(1) {
+                            sp.head_shapes.push((c, rank - 1));
+                        }
+                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                    } else if root.is_some() && merge {
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, x, o);
+                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                    }
+                }
+            }
+            (Op::Transpose { perm }, _) => {
+                // Heads move with the permutation.
+                if let (Some(x), Some(o)) = (x, out) {
+                    if let Some(&h) = head_axis.get(&x) {
+                        if let Some(to) = perm.iter().position(|&p| p == h) {
+                            sets.add(o);
+                            join(&mut sets, &mut spaces, x, o);
+                            head_axis.insert(o, to);
+                            handled_inputs[0] = true;
+                        }
+                    }
+                }
+            }
+            (Op::MatMul, None) => {
+                // Attention: head h of one operand meets head h of the
+                // other (the heads a batch axis of both).
+                let (a, b) = (x, node.input(1));
+                if let (Some(a), Some(b), Some(o)) = (a, b, out) {
+                    let (ha, hb) = (head_axis.get(&a).copied(), head_axis.get(&b).copied());
+                    let ranks = (g.ty(a).shape.dims().len(), g.ty(b).shape.dims().len());
+                    if let (Some(ha), Some(hb)) = (ha, hb) {
+                        if ha == hb && ranks.0 == ranks.1 && ha + 2 < ranks.0 {
+                            join(&mut sets, &mut spaces, a, b);
+                            sets.add(o);
+                            join(&mut sets, &mut spaces, a, o);
+                            head_axis.insert(o, ha);
+                            handled_inputs.iter_mut().for_each(|h| *h = true);
+                        }
+                    }
+                }
+            }
+            (Op::Elementwise { .. } | Op::Softmax { .. }, _) => {
+                // One operand split into heads, the others the same for
+                // every head (size 1 on that axis, or scalars); Softmax
+                // over another axis.
+                let heads: Vec<(usize, ValueId, usize)> = node
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| Some((i, (*v)?, *head_axis.get(&(*v)?)?)))
+                    .collect();
+                let softmax_ok = match &node.op {
+                    Op::Softmax { axis, .. } => heads.first().is_some_and(|&(_, v, h)| {
+                        let rank = g.ty(v).shape.dims().len() as i64;
+                        (if *axis < 0 { axis + rank } else { *axis }) != h as i64
+                    }),
+                    _ => true,
+                };
+                if let ([(i, v, h)], Some(o), true) = (heads.as_slice(), out, softmax_ok) {
+                    let rank = g.ty(*v).shape.dims().len();
+                    let broadcast_one = |w: ValueId| {
+                        let d = g.ty(w).shape.dims();
+                        // Aligned to the right: the head axis's counterpart.
+                        let lead = rank as isize - d.len() as isize;
+                        let at = *h as isize - lead;
+                        at < 0 || d[at as usize].known() == Some(1)
+                    };
+                    let others_ok = node
+                        .inputs
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| j != i)
+                        .all(|(_, w)| w.is_none_or(|w| sets.root(w).is_none() && broadcast_one(w)));
+                    if others_ok && g.ty(o).shape.dims().len() == rank {
+                        sets.add(o);
+                        join(&mut sets, &mut spaces, *v, o);
+                        head_axis.insert(o, *h);
+                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                    }
                 }
             }
             (Op::Flatten { axis: 1 }, _) => {
@@ -366,6 +533,82 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
         freeze(&mut sets, &mut spaces, o, "a graph output".into());
     }
     Ok(spaces.into_iter().collect())
+}
+
+/// Gives every Reshape that splits a last axis into two (`[.., C] ->
+/// [.., H, D]`) or merges the last two (`[.., H, D] -> [.., H·D]`) a
+/// constant target (`[0, .., H, D]`, `[0, .., -1]`: ONNX's 0 copies the
+/// input's size) in place of the computed one, and drops what computed
+/// it: the same shapes, but the head count is now a constant that channel
+/// pruning can change, and no `Shape` of the activation is left to freeze
+/// its space.
+fn canonical_reshapes(g: &mut Graph) -> Result<()> {
+    let mut targets: Vec<(crate::ir::NodeId, Vec<i64>)> = Vec::new();
+    for (id, node) in g.nodes() {
+        if !matches!(node.op, Op::Reshape { allowzero: false }) {
+            continue;
+        }
+        let (Some(x), Some(&o)) = (node.input(0), node.outputs.first()) else {
+            continue;
+        };
+        let (i, o) = (g.ty(x).shape.dims(), g.ty(o).shape.dims());
+        let known = |d: &crate::ir::Dim| d.known().map(|v| v as i64);
+        let target = if o.len() == i.len() + 1
+            && !i.is_empty()
+            && i[..i.len() - 1] == o[..i.len() - 1]
+        {
+            let (c, h, d) = (
+                known(&i[i.len() - 1]),
+                known(&o[i.len() - 1]),
+                known(&o[i.len()]),
+            );
+            match (c, h, d) {
+                (Some(c), Some(h), Some(d)) if h * d == c && h > 0 => {
+                    let mut t = vec![0i64; i.len() - 1];
+                    t.extend([h, d]);
+                    Some(t)
+                }
+                _ => None,
+            }
+        } else if i.len() == o.len() + 1 && !o.is_empty() && i[..o.len() - 1] == o[..o.len() - 1] {
+            let (h, d, c) = (
+                known(&i[o.len() - 1]),
+                known(&i[o.len()]),
+                known(&o[o.len() - 1]),
+            );
+            match (h, d, c) {
+                (Some(h), Some(d), Some(c)) if h * d == c => {
+                    let mut t = vec![0i64; o.len() - 1];
+                    t.push(-1);
+                    Some(t)
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(t) = target {
+            targets.push((id, t));
+        }
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+    for (id, t) in targets {
+        let name = match g.node(id) {
+            Some(n) => format!("{}.target", n.name),
+            None => continue,
+        };
+        let n = t.len();
+        let c = Tensor::new(vec![n], crate::ir::TensorData::I64(t))
+            .map_err(|e| Error::Internal(format!("reshape target: {e}")))?;
+        let c = g.add_const(name, c);
+        if let Some(node) = g.node_mut(id) {
+            node.inputs[1] = Some(c);
+        }
+    }
+    crate::transform::dce::remove_dead(g)?;
+    infer::infer_graph(g)
 }
 
 /// `t` keeping only the channels `keep` (sorted) of `axis`, each `block`
@@ -426,6 +669,9 @@ pub fn prune_channels(
     fraction: f64,
     norms: &HashMap<ValueId, Vec<f32>>,
 ) -> Result<Pruned> {
+    let mut g = g.clone();
+    canonical_reshapes(&mut g)?;
+    let g = &g;
     let spaces = spaces(g)?;
     let mut out = g.clone();
     let mut reports = Vec::new();
@@ -433,11 +679,15 @@ pub fn prune_channels(
         if s.producers.is_empty() {
             continue;
         }
-        let remove = match &s.frozen {
-            None if s.consumers.is_empty() => 0,
-            None => ((fraction * s.channels as f64).round() as usize).min(s.channels - 1),
+        // Whole units (heads) go.
+        let unit = s.unit.max(1);
+        let units = s.channels / unit;
+        let remove_units = match &s.frozen {
+            None if s.consumers.is_empty() || units * unit != s.channels => 0,
+            None => ((fraction * units as f64).round() as usize).min(units.saturating_sub(1)),
             Some(_) => 0,
         };
+        let remove = remove_units * unit;
         let kept_because = match (&s.frozen, s.consumers.is_empty()) {
             (Some(why), _) => Some(why.clone()),
             (None, true) => Some("no convolution or product reads it".into()),
@@ -447,16 +697,35 @@ pub fn prune_channels(
             producers: s.producers.clone(),
             channels_before: s.channels,
             channels_after: s.channels - remove,
+            head_width: (unit > 1).then_some(unit),
             kept_because,
         });
         if remove == 0 {
             continue;
         }
         let score = importance(g, s, norms);
-        let mut order: Vec<usize> = (0..s.channels).collect();
-        order.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
-        let mut keep: Vec<usize> = order[remove..].to_vec();
-        keep.sort_unstable();
+        let unit_score: Vec<f64> = score.chunks(unit).map(|c| c.iter().sum()).collect();
+        let mut order: Vec<usize> = (0..units).collect();
+        order.sort_by(|&a, &b| unit_score[a].total_cmp(&unit_score[b]).then(a.cmp(&b)));
+        let mut kept_units: Vec<usize> = order[remove_units..].to_vec();
+        kept_units.sort_unstable();
+        let keep: Vec<usize> = kept_units
+            .iter()
+            .flat_map(|&u| u * unit..(u + 1) * unit)
+            .collect();
+        for &(c, at) in &s.head_shapes {
+            let t = out
+                .const_value(c)
+                .and_then(|t| t.as_i64())
+                .map(<[i64]>::to_vec)
+                .ok_or_else(|| Error::Internal("a head reshape target is not constant".into()))?;
+            let mut t = t;
+            t[at] = kept_units.len() as i64;
+            let n = t.len();
+            let new = Tensor::new(vec![n], crate::ir::TensorData::I64(t))
+                .map_err(|e| Error::Internal(format!("reshape target: {e}")))?;
+            out.consts.insert(c, new.into());
+        }
         let mut seen = std::collections::HashSet::new();
         for &(v, axis, block) in &s.slices {
             if !seen.insert((v, axis)) {

@@ -514,9 +514,16 @@ impl Report {
                 "| produced by | channels | kept because |\n|---|---|---|"
             );
             for sp in &c.spaces {
+                let heads = sp.head_width.map_or(String::new(), |w| {
+                    format!(
+                        " ({} -> {} heads of {w})",
+                        sp.channels_before / w,
+                        sp.channels_after / w
+                    )
+                });
                 let _ = writeln!(
                     s,
-                    "| {} | {} -> {} | {} |",
+                    "| {} | {} -> {}{heads} | {} |",
                     sp.producers.join(", "),
                     sp.channels_before,
                     sp.channels_after,
