@@ -201,7 +201,7 @@ pub(crate) enum Command {
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("mode").args(["int8", "int4", "fp16"])))]
-#[command(group(clap::ArgGroup::new("job").required(true).multiple(true).args(["int8", "int4", "fp16", "prune", "prune_channels"])))]
+#[command(group(clap::ArgGroup::new("job").required(true).multiple(true).args(["int8", "int4", "fp16", "prune", "prune_channels", "prune_heads"])))]
 pub(crate) struct CompressArgs {
     pub(crate) model: PathBuf,
     /// Output file (.mlc bundle, or .onnx / --emit onnx for QDQ ONNX).
@@ -243,6 +243,11 @@ pub(crate) struct CompressArgs {
     /// breaks.
     #[arg(long, value_name = "FRACTION", value_parser = channel_fraction)]
     pub(crate) prune_channels: Option<f64>,
+    /// Remove this many attention heads from every attention block whose
+    /// heads can go (least important first; fewer when the accuracy
+    /// budget breaks).
+    #[arg(long, value_name = "N")]
+    pub(crate) prune_heads: Option<usize>,
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     pub(crate) per_tensor: bool,

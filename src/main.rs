@@ -100,6 +100,7 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
             _ => Mode::F32,
         },
         prune_channels: a.prune_channels,
+        prune_heads: a.prune_heads,
         prune: a.prune.map(|t| {
             use api::{PruneAllocation, PruneBlock, PruneImportance, PruneTarget};
             api::PruneOptions {

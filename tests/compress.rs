@@ -559,3 +559,31 @@ fn channel_pruning_removes_whole_attention_heads() {
         common::compare(f, r, 1e-4, 1e-5).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+#[test]
+fn a_number_of_heads_goes_from_every_attention_block() {
+    let dir = scratch("prune-heads-n");
+    let out = dir.join("t.mlc");
+    let args = [
+        "--prune-heads",
+        "1",
+        "--dim",
+        "seq=8",
+        "--max-accuracy-drop",
+        "100",
+        "--latency-runs",
+        "0",
+    ];
+    let r = compress(&fixture("transformer/model.onnx"), &out, &args, &dir);
+    let c = &r["channel_pruning"];
+    assert_eq!(c["heads"].as_u64(), Some(1));
+    for s in c["spaces"].as_array().unwrap() {
+        // 4 heads of 16 -> 3; nothing else shrinks.
+        let want = if s["head_width"] == 16 {
+            48
+        } else {
+            s["channels_before"].as_u64().unwrap()
+        };
+        assert_eq!(s["channels_after"].as_u64(), Some(want), "{s}");
+    }
+}

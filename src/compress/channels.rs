@@ -662,11 +662,13 @@ fn importance(g: &Graph, s: &Space, norms: &HashMap<ValueId, Vec<f32>>) -> Vec<f
 }
 
 /// `g` with `fraction` of the channels of every space that is not frozen
-/// removed (at least one kept), least important first by `norms` (each
+/// removed (at least one kept; whole heads from a space split into heads,
+/// `heads` of them when given), least important first by `norms` (each
 /// consumer's input channel norms over the data, by value).
 pub fn prune_channels(
     g: &Graph,
     fraction: f64,
+    heads: Option<usize>,
     norms: &HashMap<ValueId, Vec<f32>>,
 ) -> Result<Pruned> {
     let mut g = g.clone();
@@ -684,7 +686,11 @@ pub fn prune_channels(
         let units = s.channels / unit;
         let remove_units = match &s.frozen {
             None if s.consumers.is_empty() || units * unit != s.channels => 0,
-            None => ((fraction * units as f64).round() as usize).min(units.saturating_sub(1)),
+            None => match heads.filter(|_| unit > 1) {
+                Some(h) => h,
+                None => (fraction * units as f64).round() as usize,
+            }
+            .min(units.saturating_sub(1)),
             Some(_) => 0,
         };
         let remove = remove_units * unit;

@@ -109,6 +109,9 @@ pub struct Options {
     /// Remove this share of the channels of every convolution and product
     /// whose channels can go (before anything else; see [`channels`]).
     pub prune_channels: Option<f64>,
+    /// Remove this many heads from every attention block whose heads can
+    /// go (instead of `prune_channels`' share of them).
+    pub prune_heads: Option<usize>,
     pub weights: WeightFormat,
     pub activations: Activations,
     /// Inputs (and optional `labels`) to measure accuracy on.
@@ -154,6 +157,7 @@ impl Options {
             mode,
             prune: None,
             prune_channels: None,
+            prune_heads: None,
             weights: WeightFormat {
                 granularity: Granularity::PerChannel,
                 reduce_range: true,
@@ -225,81 +229,15 @@ pub fn compress(
     let reference = data::run_plan(&mut f32_plan, &eval, &pb)?;
     pb.finish_and_clear();
 
-    // Structured pruning: the graph itself shrinks; the share of channels
-    // falls until the f32 model holds the accuracy budget.
+    // Structured pruning: the graph itself shrinks.
     let mut channel_pruning = None;
-    if let Some(fraction) = opts.prune_channels {
+    if opts.prune_channels.is_some() || opts.prune_heads.is_some() {
         let data = calib.as_ref().unwrap_or(&eval);
         let norms = prune::input_norms(&g, &quantize::find_layers(&g), data, &meas, opts.progress)?;
         let budget = Budget::new(&eval, &reference, opts);
-        let judge = |f: f64| -> Result<(channels::Pruned, Judgement)> {
-            let pruned = channels::prune_channels(&g, f, &norms)?;
-            let mut c =
-                Candidate::from_graph(pruned.graph.clone(), HashSet::new(), &meas, &shapes)?;
-            let j = budget.judge(c.outputs(&eval)?);
-            Ok((pruned, j))
-        };
-        let pb = data::progress(opts.progress, prune::SEARCH_STEPS + 1, "channel search");
-        let mut search = Vec::new();
-        let (first, j) = judge(fraction)?;
-        pb.inc(1);
-        let holds = |j: &Judgement| !(j.breaks_drop || j.breaks_cos);
-        search.push((
-            fraction,
-            holds(&j),
-            j.drop,
-            j.agreement.min_cosine_similarity,
-        ));
-        let (mut best, mut best_fraction) = (None, 0.0);
-        if holds(&j) {
-            best = Some(first);
-            best_fraction = fraction;
-        } else {
-            let (mut lo, mut hi) = (0.0, fraction);
-            for _ in 0..prune::SEARCH_STEPS {
-                let mid = 0.5 * (lo + hi);
-                let (p, j) = judge(mid)?;
-                search.push((mid, holds(&j), j.drop, j.agreement.min_cosine_similarity));
-                if holds(&j) {
-                    lo = mid;
-                    best = Some(p);
-                    best_fraction = mid;
-                } else {
-                    hi = mid;
-                }
-                pb.inc(1);
-            }
-        }
-        pb.finish_and_clear();
-        let params_before = g.param_count();
-        let spaces = match best {
-            Some(p) => {
-                g = p.graph;
-                p.spaces
-            }
-            None => channels::prune_channels(&g, 0.0, &norms)?.spaces,
-        };
-        channel_pruning = Some(report::ChannelReport {
-            requested: fraction,
-            fraction: best_fraction,
-            params_before,
-            params_after: g.param_count(),
-            // Filled in once the final model is planned.
-            flops_before: 0,
-            flops_after: 0,
-            spaces,
-            search: search
-                .into_iter()
-                .map(
-                    |(fraction, holds, drop_points, min_cosine_similarity)| report::ChannelStep {
-                        fraction,
-                        holds,
-                        drop_points,
-                        min_cosine_similarity,
-                    },
-                )
-                .collect(),
-        });
+        let (pruned, rep) = prune_structure(&g, &norms, &budget, &meas, &shapes, opts)?;
+        g = pruned;
+        channel_pruning = Some(rep);
     }
 
     let layers = quantize::find_layers(&g);
@@ -910,6 +848,83 @@ impl prune::Evaluator for PruneJudge<'_> {
             min_cosine_similarity: j.agreement.min_cosine_similarity,
         })
     }
+}
+
+/// Structured pruning ([`channels`]) as `opts` ask (`prune_channels` of
+/// the channels of every space, `prune_heads` whole heads of every
+/// attention space), both scaled down by bisection until the f32 model
+/// holds the accuracy budget. `norms` are the layers' input channel norms.
+fn prune_structure(
+    g: &Graph,
+    norms: &HashMap<ValueId, Vec<f32>>,
+    budget: &Budget,
+    meas: &Measurer,
+    shapes: &[Vec<usize>],
+    opts: &Options,
+) -> Result<(Graph, report::ChannelReport)> {
+    let fraction = opts.prune_channels.unwrap_or(0.0);
+    let at = |scale: f64| -> (f64, Option<usize>) {
+        let heads = opts
+            .prune_heads
+            .map(|n| (n as f64 * scale).round() as usize);
+        (fraction * scale, heads)
+    };
+    let mut search = Vec::new();
+    let mut judge = |scale: f64| -> Result<(channels::Pruned, bool)> {
+        let (f, heads) = at(scale);
+        let pruned = channels::prune_channels(g, f, heads, norms)?;
+        let mut c = Candidate::from_graph(pruned.graph.clone(), HashSet::new(), meas, shapes)?;
+        let j = budget.judge(c.outputs(budget.eval)?);
+        let holds = !(j.breaks_drop || j.breaks_cos);
+        search.push(report::ChannelStep {
+            fraction: f,
+            heads,
+            holds,
+            drop_points: j.drop,
+            min_cosine_similarity: j.agreement.min_cosine_similarity,
+        });
+        Ok((pruned, holds))
+    };
+    let pb = data::progress(opts.progress, prune::SEARCH_STEPS + 1, "channel search");
+    let (first, holds) = judge(1.0)?;
+    pb.inc(1);
+    let (mut best, mut best_scale) = (None, 0.0);
+    if holds {
+        (best, best_scale) = (Some(first), 1.0);
+    } else {
+        let (mut lo, mut hi) = (0.0, 1.0);
+        for _ in 0..prune::SEARCH_STEPS {
+            let mid = 0.5 * (lo + hi);
+            let (p, holds) = judge(mid)?;
+            if holds {
+                lo = mid;
+                (best, best_scale) = (Some(p), mid);
+            } else {
+                hi = mid;
+            }
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let pruned = match best {
+        Some(p) => p,
+        None => channels::prune_channels(g, 0.0, Some(0), norms)?,
+    };
+    let (f, heads) = at(best_scale);
+    let rep = report::ChannelReport {
+        requested: fraction,
+        requested_heads: opts.prune_heads,
+        fraction: f,
+        heads,
+        params_before: g.param_count(),
+        params_after: pruned.graph.param_count(),
+        // Filled in once the final model is planned.
+        flops_before: 0,
+        flops_after: 0,
+        spaces: pruned.spaces,
+        search,
+    };
+    Ok((pruned.graph, rep))
 }
 
 fn shapes_of(inputs: &[Tensor]) -> Vec<Vec<usize>> {

@@ -105,6 +105,9 @@ pub struct ChannelReport {
     /// when the accuracy budget broke).
     pub requested: f64,
     pub fraction: f64,
+    /// Heads asked to go from every attention block, and that went.
+    pub requested_heads: Option<usize>,
+    pub heads: Option<usize>,
     /// Parameters (constant elements) before and after.
     pub params_before: usize,
     pub params_after: usize,
@@ -120,6 +123,7 @@ pub struct ChannelReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct ChannelStep {
     pub fraction: f64,
+    pub heads: Option<usize>,
     pub holds: bool,
     pub drop_points: Option<f64>,
     pub min_cosine_similarity: f64,
@@ -133,11 +137,15 @@ impl ChannelReport {
             .filter(|s| s.kept_because.is_none())
             .count();
         format!(
-            "channels: {:.3} of the channels of {} of {} channel spaces removed (asked {}); parameters {} -> {} ({:.3}x), FLOPs {:.1}M -> {:.1}M ({:.3}x)",
+            "channels: {:.3} of the channels{} removed in the {} of {} channel spaces that can shrink (asked {}{}); parameters {} -> {} ({:.3}x), FLOPs {:.1}M -> {:.1}M ({:.3}x)",
             self.fraction,
+            self.heads
+                .map_or(String::new(), |h| format!(" and {h} head(s) an attention block")),
             pruned,
             self.spaces.len(),
             self.requested,
+            self.requested_heads
+                .map_or(String::new(), |h| format!(", {h} head(s)")),
             self.params_before,
             self.params_after,
             self.params_after as f64 / self.params_before.max(1) as f64,
