@@ -131,11 +131,11 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
     // The heads axis of values that hold a space's channels split into
     // attention heads (`[.., H, D]` after a reshape, then transposed).
     let mut head_axis: HashMap<ValueId, usize> = HashMap::new();
-    let shape_of = |v: ValueId| -> Option<Vec<usize>> {
-        g.ty(v).shape.dims().iter().map(|d| d.known()).collect()
-    };
-    // The channel count of a space member: axis 1 of an image, the last
-    // axis of a product's rows.
+    // Members whose channels are axis 1 (images, from convolutions); the
+    // others' are the last axis (rows of products).
+    let mut image: std::collections::HashSet<ValueId> = std::collections::HashSet::new();
+    let rank = |v: ValueId| g.ty(v).shape.dims().len();
+    // A constant vector of `n` values (a bias).
     let const_1d = |v: Option<ValueId>, n: usize| {
         v.and_then(|v| g.const_value(v))
             .is_some_and(|t| t.shape() == [n])
@@ -149,9 +149,12 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
             }
         };
     let join = |sets: &mut Sets, spaces: &mut HashMap<ValueId, Space>, a: ValueId, b: ValueId| {
-        if let Some((ra, rb)) = sets.union(a, b) {
+        let Some((ra, rb)) = sets.union(a, b) else {
+            return;
+        };
+        if ra != rb {
             // A value new to the spaces (`b` just added) brings nothing.
-            if let Some(sb) = spaces.remove(&rb).filter(|_| ra != rb) {
+            if let Some(sb) = spaces.remove(&rb) {
                 let sa = spaces.entry(ra).or_default();
                 if sa.channels != sb.channels {
                     sa.frozen
@@ -195,13 +198,14 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
         match (&node.op, &w_shape) {
             (Op::Conv(a) | Op::FusedConv { conv: a, .. }, Some(ws)) if ws.len() >= 3 => {
                 let (m, cg) = (ws[0], ws[1]);
-                let c = x.and_then(shape_of).and_then(|s| s.get(1).copied());
+                let c = x.and_then(|x| g.ty(x).shape.dims().get(1)?.known());
                 let depthwise = a.group > 1 && cg == 1 && Some(a.group) == c && m == a.group;
                 if depthwise {
                     // Channel j stays channel j: the output joins the input.
                     if let (Some(x), Some(o), Some(w)) = (x, out, weight) {
-                        if channels_in(&mut sets, Some(x)) && !shared {
+                        if channels_in(&mut sets, Some(x)) && image.contains(&x) && !shared {
                             sets.add(o);
+                            image.insert(o);
                             join(&mut sets, &mut spaces, x, o);
                             let r = sets.find(o).expect("just joined");
                             let s = spaces.entry(r).or_default();
@@ -215,7 +219,7 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                     }
                 } else if a.group == 1 {
                     if let (Some(x), Some(w)) = (x, weight) {
-                        if channels_in(&mut sets, Some(x)) && !shared {
+                        if channels_in(&mut sets, Some(x)) && image.contains(&x) && !shared {
                             let r = sets.find(x).expect("in a space");
                             if let Some(s) = spaces.get_mut(&r) {
                                 s.consumers.push((node.name.clone(), x, w, 1, 1));
@@ -227,6 +231,7 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                     // Its output opens a space.
                     if let (Some(o), Some(w)) = (out, weight) {
                         sets.add(o);
+                        image.insert(o);
                         let s = spaces.entry(o).or_default();
                         s.channels = m;
                         s.producers.push(node.name.clone());
@@ -247,7 +252,8 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                 }
                 // The residual of a FusedConv: the same channels as the output.
                 if let (Op::FusedConv { .. }, Some(r), Some(o)) = (&node.op, node.input(3), out) {
-                    if sets.find(o).is_some() && in_space(&mut sets, Some(r)) {
+                    if sets.find(o).is_some() && in_space(&mut sets, Some(r)) && image.contains(&r)
+                    {
                         join(&mut sets, &mut spaces, o, r);
                     } else if let Some(o) = sets.find(o) {
                         if let Some(s) = spaces.get_mut(&o) {
@@ -273,7 +279,10 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                 let (k_axis, n_axis) = if trans_b { (1, 0) } else { (0, 1) };
                 let n = ws[n_axis];
                 if let (Some(x), Some(w)) = (x, weight) {
-                    if channels_in(&mut sets, Some(x)) && !shared {
+                    // It reduces over the last axis: the channels' only for
+                    // rows of products, or images flattened to [N, C].
+                    let last = !image.contains(&x) || rank(x) == 2;
+                    if channels_in(&mut sets, Some(x)) && last && !shared {
                         let r = sets.find(x).expect("in a space");
                         let b = block.get(&x).copied().unwrap_or(1);
                         if let Some(s) = spaces.get_mut(&r) {
@@ -331,11 +340,16 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                 let pooling = !matches!(node.op, Op::Unary(_) | Op::Clip);
                 if let (Some(x), Some(o), true) = (x, out, scalars_only) {
                     let heads = head_axis.get(&x).copied();
-                    if in_space(&mut sets, Some(x)) && !(pooling && heads.is_some()) {
+                    // Pooling keeps channels on axis 1 only: images.
+                    let fits = !pooling || (heads.is_none() && image.contains(&x));
+                    if in_space(&mut sets, Some(x)) && fits {
                         sets.add(o);
                         join(&mut sets, &mut spaces, x, o);
                         if let Some(h) = heads {
                             head_axis.insert(o, h);
+                        }
+                        if image.contains(&x) {
+                            image.insert(o);
                         }
                         handled_inputs.iter_mut().for_each(|h| *h = true);
                     }
@@ -350,29 +364,41 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                         .is_some_and(|t| t.numel() == 1)
                 };
                 let same_shape = |a: ValueId, b: ValueId| g.ty(a).shape == g.ty(b).shape;
-                match (a, b, out) {
+                // Channels on the same axis of both (and heads, blocks).
+                let alike = |a: ValueId, b: ValueId| {
+                    same_shape(a, b)
+                        && block.get(&a) == block.get(&b)
+                        && head_axis.get(&a) == head_axis.get(&b)
+                        && image.contains(&a) == image.contains(&b)
+                };
+                let kept = match (a, b, out) {
                     (Some(a), Some(b), Some(o))
                         if in_space(&mut sets, Some(a))
                             && in_space(&mut sets, Some(b))
-                            && same_shape(a, b)
-                            && block.get(&a) == block.get(&b) =>
+                            && alike(a, b) =>
                     {
                         join(&mut sets, &mut spaces, a, b);
-                        sets.add(o);
-                        join(&mut sets, &mut spaces, a, o);
-                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                        Some((a, o))
                     }
                     (Some(a), b, Some(o)) if in_space(&mut sets, Some(a)) && scalar(b) => {
-                        sets.add(o);
-                        join(&mut sets, &mut spaces, a, o);
-                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                        Some((a, o))
                     }
                     (a, Some(b), Some(o)) if in_space(&mut sets, Some(b)) && scalar(a) => {
-                        sets.add(o);
-                        join(&mut sets, &mut spaces, b, o);
-                        handled_inputs.iter_mut().for_each(|h| *h = true);
+                        Some((b, o))
                     }
-                    _ => {}
+                    _ => None,
+                };
+                // The output carries the operand's channels.
+                if let Some((v, o)) = kept {
+                    sets.add(o);
+                    join(&mut sets, &mut spaces, v, o);
+                    if let Some(&h) = head_axis.get(&v) {
+                        head_axis.insert(o, h);
+                    }
+                    if image.contains(&v) {
+                        image.insert(o);
+                    }
+                    handled_inputs.iter_mut().for_each(|h| *h = true);
                 }
             }
             (Op::Reshape { allowzero: false }, _) => {
@@ -393,6 +419,7 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                         && zeros(rank - 1)
                         && !block.contains_key(&x)
                         && !head_axis.contains_key(&x)
+                        && !image.contains(&x)
                         && t[rank - 1] > 0
                         && t[rank] > 0
                         && (t[rank - 1] * t[rank]) as usize == channels;
@@ -498,13 +525,16 @@ fn spaces(g: &Graph) -> Result<BTreeMap<ValueId, Space>> {
                 // [N, C, H, W] -> [N, C·H·W]: channel j is the run of
                 // columns j·H·W .. (j + 1)·H·W (a consumer reading a value
                 // already in blocks cannot be flattened further).
-                let plane = g
-                    .ty(x.unwrap_or(ValueId(0)))
-                    .shape
-                    .dims()
-                    .get(2..)
-                    .and_then(|d| d.iter().map(|d| d.known()).product::<Option<usize>>());
-                let flat = x.is_some_and(|x| !block.contains_key(&x));
+                let plane = x.and_then(|x| {
+                    let dims = g.ty(x).shape.dims().get(2..)?;
+                    dims.iter().map(|d| d.known()).product::<Option<usize>>()
+                });
+                // Channels on axis 1: an image, or rows already [N, C].
+                let flat = x.is_some_and(|x| {
+                    !block.contains_key(&x)
+                        && !head_axis.contains_key(&x)
+                        && (image.contains(&x) || rank(x) == 2)
+                });
                 if let (Some(x), Some(o), Some(plane), true) = (x, out, plane, flat) {
                     if in_space(&mut sets, Some(x)) {
                         sets.add(o);
