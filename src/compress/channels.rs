@@ -793,6 +793,92 @@ pub fn prune_channels(
 mod tests {
     use super::*;
 
+    /// x [batch, 4, 5, 5] -> 1x1 conv to 8 -> depthwise 3x3 -> 1x1 conv
+    /// to 4 (the output): an inverted residual block without the sum.
+    fn block() -> Graph {
+        use crate::ir::{ConvAttrs, DType, Dim, Node};
+        let mut g = Graph::new("block", 17);
+        let image = |c: usize| {
+            TensorType::new(
+                DType::F32,
+                Shape(vec![
+                    Dim::sym("batch"),
+                    Dim::Known(c),
+                    Dim::Known(5),
+                    Dim::Known(5),
+                ]),
+            )
+        };
+        let x = g.add_input("x", image(4));
+        let conv =
+            |g: &mut Graph, name: &str, input, m: usize, c: usize, k: usize, group: usize| {
+                let n = m * c * k * k;
+                let w = Tensor::from_f32(
+                    vec![m, c, k, k],
+                    (0..n).map(|i| (i % 7) as f32 - 3.0).collect(),
+                );
+                let w = g.add_const(format!("{name}.w"), w.unwrap());
+                let b = g.add_const(
+                    format!("{name}.b"),
+                    Tensor::from_f32(vec![m], vec![0.5; m]).unwrap(),
+                );
+                let o = g.add_value(format!("{name}.out"), image(m));
+                let attrs = ConvAttrs {
+                    kernel_shape: vec![k, k],
+                    strides: vec![1, 1],
+                    dilations: vec![1, 1],
+                    pads: vec![k / 2; 4],
+                    auto_pad: crate::ir::AutoPad::NotSet,
+                    group,
+                };
+                g.add_node(Node {
+                    name: name.into(),
+                    op: Op::Conv(attrs),
+                    inputs: vec![Some(input), Some(w), Some(b)],
+                    outputs: vec![o],
+                });
+                o
+            };
+        let a = conv(&mut g, "expand", x, 8, 4, 1, 1);
+        let d = conv(&mut g, "dw", a, 8, 1, 3, 8);
+        let y = conv(&mut g, "project", d, 4, 8, 1, 1);
+        g.outputs.push(y);
+        infer::infer_graph(&mut g).unwrap();
+        g
+    }
+
+    #[test]
+    fn depthwise_convolutions_carry_their_channels() {
+        let g = block();
+        let p = prune_channels(&g, 0.25, None, &HashMap::new()).unwrap();
+        let shape = |name: &str| {
+            let (v, _) = p
+                .graph
+                .consts
+                .iter()
+                .find(|(v, _)| p.graph.value(**v).name == name)
+                .unwrap();
+            p.graph.const_value(*v).unwrap().shape().to_vec()
+        };
+        // 8 -> 6 channels through the depthwise convolution; the output's
+        // 4 are the graph's and stay.
+        assert_eq!(shape("expand.w"), [6, 4, 1, 1]);
+        assert_eq!(shape("expand.b"), [6]);
+        assert_eq!(shape("dw.w"), [6, 1, 3, 3]);
+        assert_eq!(shape("project.w"), [4, 6, 1, 1]);
+        let dw = p.graph.nodes().find(|(_, n)| n.name == "dw").unwrap().1;
+        assert!(matches!(&dw.op, Op::Conv(a) if a.group == 6));
+        let spaces: Vec<(usize, usize)> = p
+            .spaces
+            .iter()
+            .map(|s| (s.channels_before, s.channels_after))
+            .collect();
+        assert_eq!(spaces, [(8, 6), (4, 4)]);
+        // The pruned block still runs in the reference interpreter.
+        let x = Tensor::from_f32(vec![1, 4, 5, 5], vec![0.1; 100]).unwrap();
+        crate::interp::run(&p.graph, vec![x]).unwrap();
+    }
+
     #[test]
     fn slicing_keeps_the_chosen_indices_of_an_axis() {
         let t = Tensor::from_f32(vec![2, 3, 2], (0..12).map(|i| i as f32).collect()).unwrap();
