@@ -229,12 +229,12 @@ pub fn compress(
     let reference = data::run_plan(&mut f32_plan, &eval, &pb)?;
     pb.finish_and_clear();
 
+    let budget = Budget::new(&eval, &reference, opts);
     // Structured pruning: the graph itself shrinks.
     let mut channel_pruning = None;
     if opts.prune_channels.is_some() || opts.prune_heads.is_some() {
         let data = calib.as_ref().unwrap_or(&eval);
         let norms = prune::input_norms(&g, &quantize::find_layers(&g), data, &meas, opts.progress)?;
-        let budget = Budget::new(&eval, &reference, opts);
         let (pruned, rep) = prune_structure(&g, &norms, &budget, &meas, &shapes, opts)?;
         g = pruned;
         channel_pruning = Some(rep);
@@ -248,7 +248,6 @@ pub fn compress(
     // f32 parameters int4 rounds to f16 values.
     let mut params_f16 = 0;
     let mut act_of: HashMap<NodeId, ActQuant> = HashMap::new();
-    let budget = Budget::new(&eval, &reference, opts);
 
     // Activation quantization of each int8 layer, calibrated on the f32
     // model.
