@@ -719,6 +719,17 @@ mod tests {
         assert_eq!(m.index(1, 0), 3);
     }
 
+    /// `w` pruned to `fraction` in the order `scores` give.
+    fn pruned(
+        w: &[f32],
+        m: &WeightMatrix,
+        block: Block,
+        scores: &[f32],
+        fraction: f64,
+    ) -> Vec<f32> {
+        prune_weight(w, m, block, &pruning_order(m, block, scores), fraction)
+    }
+
     #[test]
     fn magnitude_pruning_zeroes_the_smallest() {
         let w: Vec<f32> = vec![0.5, -0.1, 0.3, -0.9, 0.05, 0.7, -0.2, 0.0];
@@ -742,13 +753,7 @@ mod tests {
         let m = WeightMatrix::of(&conv_op(1), &[6, 1, 1, 2]).unwrap();
         assert_eq!(m.units(Block::Rows4), 4);
         let scores = unit_scores(&w, &m, Block::Rows4, None);
-        let p = prune_weight(
-            &w,
-            &m,
-            Block::Rows4,
-            &pruning_order(&m, Block::Rows4, &scores),
-            0.5,
-        );
+        let p = pruned(&w, &m, Block::Rows4, &scores, 0.5);
         // Column 1 of rows 0-3 (norm 0.2) and column 0 of rows 4-5 (0.28).
         assert_eq!(
             p,
@@ -763,13 +768,7 @@ mod tests {
         let w: Vec<f32> = vec![0.5, -0.6, 0.01, 0.02];
         let m = WeightMatrix::of(&Op::MatMul, &[2, 2]).unwrap();
         let scores = unit_scores(&w, &m, Block::Single, Some(&[1.0, 100.0]));
-        let p = prune_weight(
-            &w,
-            &m,
-            Block::Single,
-            &pruning_order(&m, Block::Single, &scores),
-            0.5,
-        );
+        let p = pruned(&w, &m, Block::Single, &scores, 0.5);
         assert_eq!(p, vec![0.0, 0.0, 0.01, 0.02]);
     }
 
@@ -778,24 +777,12 @@ mod tests {
         let w = vec![1.0f32; 8];
         let m = WeightMatrix::of(&Op::MatMul, &[8, 1]).unwrap();
         let scores = unit_scores(&w, &m, Block::Single, None);
-        let p = prune_weight(
-            &w,
-            &m,
-            Block::Single,
-            &pruning_order(&m, Block::Single, &scores),
-            0.5,
-        );
+        let p = pruned(&w, &m, Block::Single, &scores, 0.5);
         assert_eq!(p, vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
         let w = vec![f32::NAN, 0.1, 0.2, 0.3];
         let m = WeightMatrix::of(&Op::MatMul, &[4, 1]).unwrap();
         let scores = unit_scores(&w, &m, Block::Single, None);
-        let p = prune_weight(
-            &w,
-            &m,
-            Block::Single,
-            &pruning_order(&m, Block::Single, &scores),
-            0.75,
-        );
+        let p = pruned(&w, &m, Block::Single, &scores, 0.75);
         assert!(p[0].is_nan());
     }
 

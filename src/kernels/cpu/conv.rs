@@ -2903,15 +2903,20 @@ mod tests {
         let threads: usize = std::env::var("SPARSE_THREADS").map_or(1, |t| t.parse().unwrap());
         let rounds: usize = std::env::var("SPARSE_ROUNDS").map_or(6, |t| t.parse().unwrap());
         let cx = CpuCtx::new(threads).unwrap();
-        // Best of 4 runs of `f`.
-        let best = |f: &mut dyn FnMut()| {
-            let mut b = f64::INFINITY;
-            for _ in 0..4 {
-                let t0 = std::time::Instant::now();
-                f();
-                b = b.min(t0.elapsed().as_secs_f64());
+        // The dense and the sparse pack, each `rounds` times best of 4
+        // runs of `run`, alternating: their best times in seconds.
+        let alternate = |packs: &[Prepacked; 2], run: &mut dyn FnMut(&Prepacked)| {
+            let mut t = [f64::INFINITY; 2];
+            for _ in 0..rounds {
+                for (t, p) in t.iter_mut().zip(packs) {
+                    for _ in 0..4 {
+                        let t0 = std::time::Instant::now();
+                        run(p);
+                        *t = t.min(t0.elapsed().as_secs_f64());
+                    }
+                }
             }
-            b
+            t
         };
         println!("threads {threads}, {:?}", cx.features);
         // (C, H, M, k, pad): 1x1 and 3x3 at 28x28.
@@ -2948,18 +2953,13 @@ mod tests {
                 let packs = [dense, ConvAlgo::Sparse]
                     .map(|a| prepack_with(&op, &consts, &out_shape, Some(a), &cx).unwrap());
                 let mut y = vec![0.0; m * h * h];
-                let mut t = [f64::INFINITY; 2];
-                for _ in 0..rounds {
-                    for (t, p) in t.iter_mut().zip(&packs) {
-                        *t = t.min(best(&mut || {
-                            let mut outs = [ViewMut {
-                                shape: &out_shape,
-                                data: &mut y,
-                            }];
-                            assert!(run_packed(&op, &views, &mut outs, Some(p), &cx).unwrap());
-                        }));
-                    }
-                }
+                let t = alternate(&packs, &mut |p| {
+                    let mut outs = [ViewMut {
+                        shape: &out_shape,
+                        data: &mut y,
+                    }];
+                    assert!(run_packed(&op, &views, &mut outs, Some(p), &cx).unwrap());
+                });
                 if !matches!(packs[1], Prepacked::ConvSparse(_)) {
                     println!("conv {c}->{m} k{k}: density above {SPARSE_MAX_DENSITY}, no sparse");
                     continue;
@@ -3005,20 +3005,13 @@ mod tests {
                     linalg::prepack_with(&Op::MatMul, &consts, &out_shape, Some(sp), &cx).unwrap()
                 });
                 let mut y = vec![0.0; rows * n];
-                let mut t = [f64::INFINITY; 2];
-                for _ in 0..rounds {
-                    for (t, p) in t.iter_mut().zip(&packs) {
-                        *t = t.min(best(&mut || {
-                            let mut outs = [ViewMut {
-                                shape: &out_shape,
-                                data: &mut y,
-                            }];
-                            assert!(
-                                linalg::run(&Op::MatMul, &views, &mut outs, Some(p), &cx).unwrap()
-                            );
-                        }));
-                    }
-                }
+                let t = alternate(&packs, &mut |p| {
+                    let mut outs = [ViewMut {
+                        shape: &out_shape,
+                        data: &mut y,
+                    }];
+                    assert!(linalg::run(&Op::MatMul, &views, &mut outs, Some(p), &cx).unwrap());
+                });
                 let nnz = sparse::nnz(b.as_f32().unwrap());
                 let useful = 2.0 * (nnz * rows) as f64;
                 println!(
