@@ -236,6 +236,12 @@ pub(crate) struct CompressArgs {
     /// over the calibration data (activation, Wanda's score; needs --calib).
     #[arg(long, value_enum, default_value = "magnitude", requires = "prune")]
     pub(crate) prune_importance: PruneImportanceArg,
+    /// What happens to the weights pruning leaves: re-fit row by row to
+    /// the unpruned layer's outputs on the calibration data
+    /// (least-squares), or kept (none); auto: least-squares when --calib
+    /// is given.
+    #[arg(long, value_enum, default_value = "auto", requires = "prune")]
+    pub(crate) prune_update: PruneUpdateArg,
     /// Remove this share of the output channels of convolutions and
     /// products (and the matching inputs of their consumers) wherever the
     /// graph allows, least important first: the model gets smaller and
@@ -364,6 +370,13 @@ pub(crate) enum PruneBlockArg {
 pub(crate) enum PruneImportanceArg {
     Magnitude,
     Activation,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum PruneUpdateArg {
+    Auto,
+    LeastSquares,
+    None,
 }
 
 /// Most threads a command takes: far past any core count, short of the

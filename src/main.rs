@@ -102,7 +102,7 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
         prune_channels: a.prune_channels,
         prune_heads: a.prune_heads,
         prune: a.prune.map(|t| {
-            use api::{PruneAllocation, PruneBlock, PruneImportance, PruneTarget};
+            use api::{PruneAllocation, PruneBlock, PruneImportance, PruneTarget, PruneUpdate};
             api::PruneOptions {
                 target: match t {
                     cli::PruneTarget::Sparsity(s) => PruneTarget::Sparsity(s),
@@ -120,6 +120,11 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
                 importance: match a.prune_importance {
                     cli::PruneImportanceArg::Magnitude => PruneImportance::Magnitude,
                     cli::PruneImportanceArg::Activation => PruneImportance::Activation,
+                },
+                update: match a.prune_update {
+                    cli::PruneUpdateArg::Auto => PruneUpdate::Auto,
+                    cli::PruneUpdateArg::LeastSquares => PruneUpdate::LeastSquares,
+                    cli::PruneUpdateArg::None => PruneUpdate::None,
                 },
             }
         }),

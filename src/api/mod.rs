@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 pub use crate::compress::prune::{
     Allocation as PruneAllocation, Block as PruneBlock, Importance as PruneImportance,
-    PruneOptions, Target as PruneTarget,
+    PruneOptions, Target as PruneTarget, Update as PruneUpdate,
 };
 pub use crate::compress::quantize::{Granularity, WeightFormat};
 pub use crate::compress::report::Report as CompressReport;

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::formats::npy;
 use crate::ir::bind;
-use crate::ir::{DType, Graph, TensorData};
+use crate::ir::{DType, Graph, TensorData, ValueId};
+use crate::measure::Measurer;
 
 use crate::runtime::Plan;
 use crate::{inputs, Error, Result, Tensor};
@@ -224,6 +225,33 @@ pub fn run_plan(plan: &mut Plan, data: &Dataset, pb: &ProgressBar) -> Result<Vec
         pb.inc(1);
     }
     Ok(out)
+}
+
+/// Runs `g` on every sample of `data` and hands each of `values` (by its
+/// position in `values`) to `seen` as the sample computes it: the
+/// activations a calibration statistic is taken over.
+pub fn observe(
+    g: &Graph,
+    values: &[ValueId],
+    data: &Dataset,
+    meas: &Measurer,
+    pb: &ProgressBar,
+    mut seen: impl FnMut(usize, &Tensor),
+) -> Result<()> {
+    let mut probe = g.clone();
+    let n_out = probe.outputs.len();
+    probe.outputs.extend_from_slice(values);
+    let first = data.sample(0)?;
+    let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape().to_vec()).collect();
+    let mut plan = meas.plan(&probe, &shapes)?;
+    for i in 0..data.samples {
+        let outs = plan.run(&data.sample(i)?)?;
+        for (j, t) in outs[n_out..].iter().enumerate() {
+            seen(j, t);
+        }
+        pb.inc(1);
+    }
+    Ok(())
 }
 
 /// How the outputs of a compressed model compare with the f32 model's on

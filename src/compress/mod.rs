@@ -28,6 +28,7 @@ pub mod channels;
 pub mod data;
 pub mod prune;
 pub mod quantize;
+pub mod reconstruct;
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -294,17 +295,33 @@ pub fn compress(
     // with int8); what is left of each weight is quantized below.
     let mut pruning = None;
     if let Some(p) = &opts.prune {
-        let norms = match p.importance {
-            prune::Importance::Activation => {
-                let Some(c) = &calib else {
-                    return Err(crate::Error::Usage(
-                        "activation-aware pruning (--prune-importance activation) needs calibration data: give --calib".into(),
-                    ));
-                };
-                Some(prune::input_norms(&g, &layers, c, &meas, opts.progress)?)
-            }
-            prune::Importance::Magnitude => None,
+        let needs_calib = |what: &str| {
+            crate::Error::Usage(format!("{what} needs calibration data: give --calib"))
         };
+        let mut stats = prune::LayerStats::default();
+        if p.importance == prune::Importance::Activation {
+            let c = calib.as_ref().ok_or_else(|| {
+                needs_calib("activation-aware pruning (--prune-importance activation)")
+            })?;
+            stats.norms = Some(prune::input_norms(&g, &layers, c, &meas, opts.progress)?);
+        }
+        match (p.update, &calib) {
+            (prune::Update::LeastSquares | prune::Update::Auto, Some(c)) => {
+                stats.grams = Some(reconstruct::layer_grams(
+                    &g,
+                    &layers,
+                    c,
+                    &meas,
+                    opts.progress,
+                )?);
+            }
+            (prune::Update::LeastSquares, None) => {
+                return Err(needs_calib(
+                    "the least-squares update (--prune-update least-squares)",
+                ));
+            }
+            _ => {}
+        }
         let mut sens_data = eval.clone();
         sens_data.truncate(opts.sensitivity_samples.max(1));
         let mut judge = PruneJudge {
@@ -315,7 +332,7 @@ pub fn compress(
             budget: &budget,
             quantized: (opts.mode == Mode::Int8).then_some((layers.as_slice(), &act_of, opts)),
         };
-        let pruned = prune::prune(&g, &layers, norms.as_ref(), p, &mut judge, opts.progress)?;
+        let pruned = prune::prune(&g, &layers, stats, p, &mut judge, opts.progress)?;
         g = pruned.graph.clone();
         pruning = Some(pruned);
     }
@@ -614,6 +631,8 @@ pub fn compress(
                 allocation: spec.map_or(prune::Allocation::Sensitivity, |o| o.allocation),
                 block: spec.map_or(prune::Block::Single, |o| o.block),
                 importance: spec.map_or(prune::Importance::Magnitude, |o| o.importance),
+                update: p.update,
+                not_updated: p.not_updated,
                 sparsity: p.sparsity,
                 elements: p.layers.iter().map(|l| l.elements).sum(),
                 zeros: p.layers.iter().map(|l| l.zeros).sum(),

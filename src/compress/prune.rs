@@ -25,7 +25,8 @@ use serde::Serialize;
 
 use super::data::{self, Dataset};
 use super::quantize::Layer;
-use crate::ir::{Graph, Op, Tensor, ValueId};
+use super::reconstruct::{self, Gram};
+use crate::ir::{Graph, NodeId, Op, Tensor, ValueId};
 use crate::measure::Measurer;
 use crate::{Error, Result};
 
@@ -108,6 +109,30 @@ impl Importance {
     }
 }
 
+/// What happens to the weights pruning leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Update {
+    /// [`Update::LeastSquares`] when calibration data is given, else
+    /// [`Update::None`].
+    Auto,
+    /// Re-fit to the unpruned outputs on the calibration data
+    /// ([`super::reconstruct`]).
+    LeastSquares,
+    /// Kept as they were.
+    None,
+}
+
+impl Update {
+    pub fn name(self) -> &'static str {
+        match self {
+            Update::Auto => "auto",
+            Update::LeastSquares => "least-squares",
+            Update::None => "none",
+        }
+    }
+}
+
 /// Everything pruning can be told.
 #[derive(Clone, Copy, Debug)]
 pub struct PruneOptions {
@@ -115,6 +140,7 @@ pub struct PruneOptions {
     pub allocation: Allocation,
     pub block: Block,
     pub importance: Importance,
+    pub update: Update,
 }
 
 impl PruneOptions {
@@ -125,6 +151,7 @@ impl PruneOptions {
             allocation: Allocation::Sensitivity,
             block: Block::Single,
             importance: Importance::Magnitude,
+            update: Update::Auto,
         }
     }
 }
@@ -195,7 +222,8 @@ impl WeightMatrix {
         }
     }
 
-    fn index(&self, r: usize, c: usize) -> usize {
+    /// Flat index of row `r`, column `c` in the weight tensor.
+    pub fn index(&self, r: usize, c: usize) -> usize {
         r * self.row_stride + c * self.col_stride
     }
 
@@ -290,6 +318,8 @@ struct Prunable {
     scores: Vec<f32>,
     /// Units least important first (see [`pruning_order`]).
     order: Vec<usize>,
+    /// Its input vectors' Gram matrix, when the survivors are re-fit.
+    gram: Option<Gram>,
 }
 
 impl Prunable {
@@ -300,7 +330,11 @@ impl Prunable {
     }
 
     fn pruned(&self, block: Block, fraction: f64) -> Vec<f32> {
-        prune_weight(&self.weight, &self.matrix, block, &self.order, fraction)
+        let mut w = prune_weight(&self.weight, &self.matrix, block, &self.order, fraction);
+        if let Some(gram) = &self.gram {
+            reconstruct::update(&self.weight, &mut w, &self.matrix, gram);
+        }
+        w
     }
 }
 
@@ -342,6 +376,8 @@ pub struct LayerPruning {
     /// Output error with this layer alone pruned, at each measured
     /// sparsity (sensitivity allocation).
     pub sensitivity: Vec<(f64, f64)>,
+    /// Whether its surviving weights were re-fit (least-squares update).
+    pub updated: bool,
 }
 
 /// The pruned model and how it was reached.
@@ -354,6 +390,11 @@ pub struct Pruned {
     pub steps: Vec<SearchStep>,
     /// Layers left whole, and why (shared or depthwise weights).
     pub skipped: Vec<(String, String)>,
+    /// What happened to the surviving weights ([`Update::LeastSquares`]
+    /// or [`Update::None`]).
+    pub update: Update,
+    /// Layers pruned without the least-squares update, and why.
+    pub not_updated: Vec<(String, String)>,
 }
 
 /// Sparsities each layer is pruned to alone to measure its sensitivity.
@@ -376,7 +417,7 @@ fn prunable(
     g: &Graph,
     layers: &[Layer],
     opts: &PruneOptions,
-    norms: Option<&HashMap<ValueId, Vec<f32>>>,
+    stats: &mut LayerStats,
 ) -> (Vec<Prunable>, Vec<(String, String)>) {
     let (mut out, mut skipped) = (Vec::new(), Vec::new());
     for l in layers {
@@ -396,14 +437,15 @@ fn prunable(
             skipped.push((l.name.clone(), "weight shared with other nodes".into()));
             continue;
         }
-        let norms = norms.and_then(|n| n.get(&l.input)).map(|v| v.as_slice());
-        let scores = unit_scores(data, &m, opts.block, norms);
+        let norms = stats.norms.as_ref().and_then(|n| n.get(&l.input));
+        let scores = unit_scores(data, &m, opts.block, norms.map(|v| v.as_slice()));
         out.push(Prunable {
             layer: l.clone(),
             matrix: m,
             weight: data.to_vec(),
             order: pruning_order(&m, opts.block, &scores),
             scores,
+            gram: stats.grams.as_mut().and_then(|g| g.remove(&l.node)),
         });
     }
     (out, skipped)
@@ -483,23 +525,53 @@ fn sensitivity_fractions(layers: &[Prunable], curves: &[Vec<(f64, f64)>], target
     fractions
 }
 
+/// What pruning measured of the layers' inputs on calibration data.
+#[derive(Debug, Default)]
+pub struct LayerStats {
+    /// Each input channel's norm, by value ([`input_norms`]), for
+    /// [`Importance::Activation`].
+    pub norms: Option<HashMap<ValueId, Vec<f32>>>,
+    /// Each layer's input Gram matrix, by node
+    /// ([`reconstruct::layer_grams`]), for [`Update::LeastSquares`].
+    pub grams: Option<HashMap<NodeId, Gram>>,
+}
+
 /// Prunes the layers of `g` among `layers` as `opts` say, judged by
-/// `eval`; `norms` are the input channels' norms by value (for
-/// [`Importance::Activation`]).
+/// `eval`, with the calibration statistics `stats` that `opts` need.
 pub fn prune(
     g: &Graph,
     layers: &[Layer],
-    norms: Option<&HashMap<ValueId, Vec<f32>>>,
+    mut stats: LayerStats,
     opts: &PruneOptions,
     eval: &mut dyn Evaluator,
     progress: bool,
 ) -> Result<Pruned> {
-    if opts.importance == Importance::Activation && norms.is_none() {
+    if opts.importance == Importance::Activation && stats.norms.is_none() {
         return Err(Error::Usage(
             "activation-aware pruning needs calibration data (--calib)".into(),
         ));
     }
-    let (layers, skipped) = prunable(g, layers, opts, norms);
+    let updating = stats.grams.is_some();
+    let (layers, skipped) = prunable(g, layers, opts, &mut stats);
+    let not_updated = if updating {
+        layers
+            .iter()
+            .filter(|p| p.gram.is_none())
+            .map(|p| {
+                let why = if !reconstruct::fits(&p.matrix) {
+                    format!(
+                        "too large to re-fit at every step ({} rows of {} weights)",
+                        p.matrix.rows, p.matrix.cols
+                    )
+                } else {
+                    "a grouped, auto-padded or non-2-D convolution".into()
+                };
+                (p.layer.name.clone(), why)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let total: usize = layers.iter().map(|p| p.weight.len()).sum();
     // Each layer's output error pruned alone, up the ladder.
     let mut curves: Vec<Vec<(f64, f64)>> = vec![vec![(0.0, 0.0)]; layers.len()];
@@ -591,6 +663,7 @@ pub fn prune(
                 elements: p.weight.len(),
                 zeros,
                 sensitivity: sensitivity.into_iter().skip(1).collect(),
+                updated: p.gram.is_some(),
             }
         })
         .collect();
@@ -602,6 +675,12 @@ pub fn prune(
         requested: opts.target,
         steps,
         skipped,
+        update: if updating {
+            Update::LeastSquares
+        } else {
+            Update::None
+        },
+        not_updated,
     })
 }
 
@@ -633,40 +712,32 @@ pub fn input_norms(
         .collect();
     observed.sort();
     observed.dedup_by_key(|o| o.0);
-    let mut probe = g.clone();
-    let n_out = probe.outputs.len();
-    probe.outputs.extend(observed.iter().map(|o| o.0));
-    let first = data.sample(0)?;
-    let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape().to_vec()).collect();
-    let mut plan = meas.plan(&probe, &shapes)?;
+    let values: Vec<ValueId> = observed.iter().map(|o| o.0).collect();
     let mut sums: Vec<Vec<f64>> = vec![Vec::new(); observed.len()];
     let pb = data::progress(progress, data.samples, "input norms");
-    for i in 0..data.samples {
-        let outs = plan.run(&data.sample(i)?)?;
-        for ((&(_, conv), sum), t) in observed.iter().zip(&mut sums).zip(&outs[n_out..]) {
-            let (Some(v), shape) = (t.as_f32(), t.shape()) else {
-                continue;
-            };
-            let channels = if conv {
-                shape.get(1).copied().unwrap_or(1)
-            } else {
-                shape.last().copied().unwrap_or(1)
-            }
-            .max(1);
-            // Elements per channel run (conv: a plane; product: 1).
-            let inner = if conv {
-                shape.get(2..).map_or(1, |s| s.iter().product::<usize>())
-            } else {
-                1
-            }
-            .max(1);
-            sum.resize(channels, 0.0);
-            for (j, x) in v.iter().enumerate() {
-                sum[(j / inner) % channels] += (*x as f64) * (*x as f64);
-            }
+    data::observe(g, &values, data, meas, &pb, |j, t| {
+        let (conv, sum) = (observed[j].1, &mut sums[j]);
+        let (Some(v), shape) = (t.as_f32(), t.shape()) else {
+            return;
+        };
+        let channels = if conv {
+            shape.get(1).copied().unwrap_or(1)
+        } else {
+            shape.last().copied().unwrap_or(1)
         }
-        pb.inc(1);
-    }
+        .max(1);
+        // Elements per channel run (conv: a plane; product: 1).
+        let inner = if conv {
+            shape.get(2..).map_or(1, |s| s.iter().product::<usize>())
+        } else {
+            1
+        }
+        .max(1);
+        sum.resize(channels, 0.0);
+        for (j, x) in v.iter().enumerate() {
+            sum[(j / inner) % channels] += (*x as f64) * (*x as f64);
+        }
+    })?;
     pb.finish_and_clear();
     Ok(observed
         .iter()
@@ -805,6 +876,7 @@ mod tests {
                     order: Vec::new(),
                     scores: unit_scores(w, &m, Block::Single, None),
                     weight: w.clone(),
+                    gram: None,
                 }
             })
             .collect()

@@ -164,6 +164,11 @@ pub struct PruningReport {
     pub allocation: super::prune::Allocation,
     pub block: super::prune::Block,
     pub importance: super::prune::Importance,
+    /// What happened to the surviving weights (`least-squares`: re-fit
+    /// to the unpruned outputs on the calibration data).
+    pub update: super::prune::Update,
+    /// Layers whose survivors were not re-fit, with the reason.
+    pub not_updated: Vec<(String, String)>,
     /// Share of the pruned layers' weights that are zero.
     pub sparsity: f64,
     /// Weights of the layers pruning could take, and of those zero.
@@ -275,13 +280,14 @@ impl PruningReport {
     /// `pruned to 0.812 sparsity (asked max, sensitivity allocation, ...)`.
     fn summary(&self) -> String {
         format!(
-            "pruned to sparsity {:.3} of {} prunable weights (asked {}; {} allocation, {} blocks, {} importance); FLOPs {:.1}M -> {:.1}M on nonzero weights",
+            "pruned to sparsity {:.3} of {} prunable weights (asked {}; {} allocation, {} blocks, {} importance, {} update); FLOPs {:.1}M -> {:.1}M on nonzero weights",
             self.sparsity,
             self.elements,
             self.requested,
             self.allocation.name(),
             self.block.name(),
             self.importance.name(),
+            self.update.name(),
             self.flops as f64 / 1e6,
             self.flops_nonzero as f64 / 1e6,
         )
@@ -513,6 +519,12 @@ impl Report {
             }
             for (name, why) in &p.skipped {
                 let _ = writeln!(s, "\n- `{name}` not pruned: {why}");
+            }
+            for (name, why) in &p.not_updated {
+                let _ = writeln!(
+                    s,
+                    "\n- `{name}` pruned without the least-squares update: {why}"
+                );
             }
         }
         if let Some(c) = &self.channel_pruning {
