@@ -201,7 +201,7 @@ pub(crate) enum Command {
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("mode").args(["int8", "int4", "fp16"])))]
-#[command(group(clap::ArgGroup::new("job").required(true).multiple(true).args(["int8", "int4", "fp16", "prune", "prune_channels", "prune_heads"])))]
+#[command(group(clap::ArgGroup::new("job").required(true).multiple(true).args(["int8", "int4", "fp16", "prune", "prune_channels", "prune_heads", "low_rank", "low_rank_energy"])))]
 pub(crate) struct CompressArgs {
     pub(crate) model: PathBuf,
     /// Output file (.mlc bundle, or .onnx / --emit onnx for QDQ ONNX).
@@ -254,6 +254,18 @@ pub(crate) struct CompressArgs {
     /// budget breaks).
     #[arg(long, value_name = "N")]
     pub(crate) prune_heads: Option<usize>,
+    /// Factorize matrix products and 1x1 convolutions into pairs of
+    /// smaller ones keeping this share of their parameters (0.5 or 50% or
+    /// 2x: half), ranks allocated where they cost the least output error
+    /// on the calibration data (--calib; else the weights' own spectra);
+    /// more stays when the accuracy budget breaks, and a pair slower than
+    /// its layer is put back.
+    #[arg(long, value_name = "RATIO", value_parser = low_rank_ratio, conflicts_with = "low_rank_energy")]
+    pub(crate) low_rank: Option<f64>,
+    /// Low-rank factorization where each layer keeps the least rank that
+    /// holds this share of its output energy (0 to 1).
+    #[arg(long, value_name = "E", value_parser = unit_share)]
+    pub(crate) low_rank_energy: Option<f64>,
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     pub(crate) per_tensor: bool,
@@ -317,6 +329,39 @@ pub(crate) struct CompressArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `--low-rank`'s value: a share of parameters kept (`0.5`, `50%`) or a
+/// reduction factor (`2x`).
+pub(crate) fn low_rank_ratio(s: &str) -> Result<f64, String> {
+    if let Some(f) = s.strip_suffix('x') {
+        let f: f64 = f
+            .parse()
+            .map_err(|_| format!("'{s}' is not a reduction factor like 2x"))?;
+        if !(f > 1.0 && f.is_finite()) {
+            return Err(format!("a reduction factor must be above 1x, not '{s}'"));
+        }
+        return Ok(1.0 / f);
+    }
+    unit_share(s)
+}
+
+/// A share strictly between 0 and 1 (`0.5` or `50%`).
+pub(crate) fn unit_share(s: &str) -> Result<f64, String> {
+    let (num, scale) = match s.strip_suffix('%') {
+        Some(p) => (p, 0.01),
+        None => (s, 1.0),
+    };
+    let v = num
+        .parse::<f64>()
+        .map_err(|_| format!("'{s}' is not a share like 0.5 or 50%"))?
+        * scale;
+    if !(v > 0.0 && v < 1.0) {
+        return Err(format!(
+            "a share must lie strictly between 0 and 1, not '{s}'"
+        ));
+    }
+    Ok(v)
 }
 
 /// `--prune`'s value.

@@ -100,6 +100,11 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
             _ => Mode::F32,
         },
         prune_channels: a.prune_channels,
+        low_rank: match (a.low_rank, a.low_rank_energy) {
+            (Some(r), _) => Some(api::LowRankTarget::Params(r)),
+            (None, Some(e)) => Some(api::LowRankTarget::Energy(e)),
+            (None, None) => None,
+        },
         prune_heads: a.prune_heads,
         prune: a.prune.map(|t| {
             use api::{PruneAllocation, PruneBlock, PruneImportance, PruneTarget, PruneUpdate};

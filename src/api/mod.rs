@@ -38,6 +38,7 @@ mod tune;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::compress::lowrank::Target as LowRankTarget;
 pub use crate::compress::prune::{
     Allocation as PruneAllocation, Block as PruneBlock, Importance as PruneImportance,
     PruneOptions, Target as PruneTarget, Update as PruneUpdate,

@@ -26,6 +26,7 @@
 
 pub mod channels;
 pub mod data;
+pub mod lowrank;
 pub mod prune;
 pub mod quantize;
 pub mod reconstruct;
@@ -113,6 +114,10 @@ pub struct Options {
     /// Remove this many heads from every attention block whose heads can
     /// go (instead of `prune_channels`' share of them).
     pub prune_heads: Option<usize>,
+    /// Factorize products and 1x1 convolutions into pairs of smaller ones
+    /// (after structured pruning, before pruning and quantization; see
+    /// [`lowrank`]).
+    pub low_rank: Option<lowrank::Target>,
     pub weights: WeightFormat,
     pub activations: Activations,
     /// Inputs (and optional `labels`) to measure accuracy on.
@@ -159,6 +164,7 @@ impl Options {
             prune: None,
             prune_channels: None,
             prune_heads: None,
+            low_rank: None,
             weights: WeightFormat {
                 granularity: Granularity::PerChannel,
                 reduce_range: true,
@@ -241,6 +247,51 @@ pub fn compress(
         channel_pruning = Some(rep);
     }
 
+    // Low-rank factorization: two smaller products per layer.
+    let mut low_rank = None;
+    if let Some(target) = opts.low_rank {
+        let layers = quantize::find_layers(&g);
+        let grams = match &calib {
+            Some(c) => Some(reconstruct::layer_grams(
+                &g,
+                &layers,
+                c,
+                &meas,
+                |m| m.cols <= lowrank::MAX_GRAM_COLS,
+                opts.progress,
+            )?),
+            None => None,
+        };
+        let mut verdict = |cand: &Graph| -> Result<prune::Verdict> {
+            let mut c = Candidate::from_graph(cand.clone(), HashSet::new(), &meas, &shapes)?;
+            let j = budget.judge(c.outputs(budget.eval)?);
+            Ok(prune::Verdict {
+                holds: !(j.breaks_drop || j.breaks_cos),
+                drop_points: j.drop,
+                min_cosine_similarity: j.agreement.min_cosine_similarity,
+            })
+        };
+        let runs = if opts.check_speed {
+            speed_runs(&mut f32_plan, &sample, layers.len())?
+        } else {
+            0
+        };
+        let f = lowrank::factorize(
+            &g,
+            &layers,
+            grams.as_ref(),
+            target,
+            &mut verdict,
+            &meas,
+            &sample,
+            runs,
+            opts.goal == Goal::Latency,
+            opts.progress,
+        )?;
+        g = f.graph.clone();
+        low_rank = Some(f);
+    }
+
     let layers = quantize::find_layers(&g);
     let mut layer_reports: Vec<LayerReport> =
         layers.iter().map(|l| LayerReport::new(l, &g)).collect();
@@ -312,6 +363,7 @@ pub fn compress(
                     &layers,
                     c,
                     &meas,
+                    reconstruct::fits,
                     opts.progress,
                 )?);
             }
@@ -359,13 +411,7 @@ pub fn compress(
                     &shapes,
                 )?;
                 let pb = data::progress(opts.progress, 1, "layer timing");
-                let t = Instant::now();
-                f32_plan.run(&sample)?;
-                let model_ms = t.elapsed().as_secs_f64() * 1e3;
-                // About 40 ms of f32 time per layer, as when layers were
-                // timed alone, within 9..=101 rounds.
-                let budget_ms = (40.0 * layers.len() as f64).max(1000.0);
-                let runs = ((budget_ms / model_ms.max(1e-3)) as usize).clamp(9, 101);
+                let runs = speed_runs(&mut f32_plan, &sample, layers.len())?;
                 let (tf, tq) =
                     measure::alternate_nodes(&mut f32_plan, &mut c.plan, &sample, 2, runs)?;
                 for (i, (l, rep)) in layers.iter().zip(&mut layer_reports).enumerate() {
@@ -747,6 +793,20 @@ pub fn compress(
         calibration,
         pruning,
         channel_pruning,
+        low_rank: low_rank.map(|f| report::LowRankReport {
+            target: match f.requested {
+                lowrank::Target::Params(_) => "params",
+                lowrank::Target::Energy(_) => "energy",
+            },
+            requested: f.requested.value(),
+            reached: f.reached.value(),
+            activation_aware: f.whitened,
+            params_before: f.layers.iter().map(|l| l.params_before).sum(),
+            params_after: f.layers.iter().map(|l| l.params_after).sum(),
+            layers: f.layers,
+            skipped: f.skipped,
+            search: f.steps,
+        }),
         goal: opts.goal.name().to_string(),
         warnings,
         max_accuracy_drop: opts.max_accuracy_drop,
@@ -943,6 +1003,17 @@ fn prune_structure(
         search,
     };
     Ok((pruned.graph, rep))
+}
+
+/// Alternating runs that time each of `layers` layers of the model
+/// `plan` runs: about 40 ms of its time per layer (as when layers were
+/// timed alone), within 9..=101 runs.
+fn speed_runs(plan: &mut Plan, sample: &[Tensor], layers: usize) -> Result<usize> {
+    let t = Instant::now();
+    plan.run(sample)?;
+    let model_ms = t.elapsed().as_secs_f64() * 1e3;
+    let budget_ms = (40.0 * layers as f64).max(1000.0);
+    Ok(((budget_ms / model_ms.max(1e-3)) as usize).clamp(9, 101))
 }
 
 fn shapes_of(inputs: &[Tensor]) -> Vec<Vec<usize>> {

@@ -55,7 +55,13 @@ pub struct Gram {
     /// Row-major `n × n`.
     h: Vec<f64>,
     vectors: usize,
+    /// Vectors not yet added, row-major `pending × n`: they are added as
+    /// one product (faer's), far faster than one outer product each.
+    pending: Vec<f64>,
 }
+
+/// Vectors [`Gram::add`] gathers before adding them as one product.
+const GRAM_BATCH: usize = 256;
 
 impl Gram {
     fn new(n: usize) -> Gram {
@@ -63,32 +69,41 @@ impl Gram {
             n,
             h: vec![0.0; n * n],
             vectors: 0,
+            pending: Vec::new(),
         }
     }
 
-    /// Adds `x·xᵀ` (the upper triangle; [`Gram::finish`] mirrors it).
     fn add(&mut self, x: &[f64]) {
         debug_assert_eq!(x.len(), self.n);
-        for (i, &xi) in x.iter().enumerate() {
-            // Activations after a Relu are mostly zero.
-            if xi == 0.0 {
-                continue;
-            }
-            let row = &mut self.h[i * self.n..(i + 1) * self.n];
-            for (h, &xj) in row[i..].iter_mut().zip(&x[i..]) {
-                *h += xi * xj;
-            }
-        }
+        self.pending.extend_from_slice(x);
         self.vectors += 1;
+        if self.pending.len() >= GRAM_BATCH * self.n {
+            self.flush();
+        }
+    }
+
+    /// `H += Xᵀ·X` for the pending vectors `X`.
+    fn flush(&mut self) {
+        let (n, rows) = (self.n, self.pending.len() / self.n.max(1));
+        if rows == 0 {
+            return;
+        }
+        let x = faer::MatRef::from_row_major_slice(&self.pending, rows, n);
+        let mut h = faer::MatMut::from_row_major_slice_mut(&mut self.h, n, n);
+        faer::linalg::matmul::matmul(
+            h.as_mut(),
+            faer::Accum::Add,
+            x.transpose(),
+            x,
+            1.0,
+            faer::Par::Seq,
+        );
+        self.pending.clear();
     }
 
     fn finish(&mut self) {
-        let n = self.n;
-        for i in 0..n {
-            for j in 0..i {
-                self.h[i * n + j] = self.h[j * n + i];
-            }
-        }
+        self.flush();
+        self.pending = Vec::new();
     }
 
     /// Columns (the reduction length of the layer's rows).
@@ -99,6 +114,11 @@ impl Gram {
     /// Input vectors summed.
     pub fn vectors(&self) -> usize {
         self.vectors
+    }
+
+    /// Element `(i, j)`.
+    pub fn at(&self, i: usize, j: usize) -> f64 {
+        self.h[i * self.n + j]
     }
 }
 
@@ -209,12 +229,14 @@ impl Vectors {
 }
 
 /// The Gram matrix of each layer's input vectors over `data`, by node, for
-/// the layers the update covers (see [`Vectors::of`] and [`fits`]).
+/// the layers whose input [`Vectors::of`] can read and whose weight
+/// matrix `wanted` takes ([`fits`] for the least-squares update).
 pub fn layer_grams(
     g: &Graph,
     layers: &[Layer],
     data: &Dataset,
     meas: &Measurer,
+    wanted: impl Fn(&WeightMatrix) -> bool,
     progress: bool,
 ) -> Result<HashMap<NodeId, Gram>> {
     // (layer index, how it reads its input, columns).
@@ -228,7 +250,7 @@ pub fn layer_grams(
         else {
             continue;
         };
-        if fits(&m) {
+        if wanted(&m) {
             covered.push((i, vectors, m.cols));
         }
     }
@@ -353,6 +375,26 @@ fn conjugate_gradients(a: &[f64], b: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batched_sums_equal_outer_products() {
+        let n = 5;
+        let vs: Vec<Vec<f64>> = (0..GRAM_BATCH + 7)
+            .map(|k| {
+                (0..n)
+                    .map(|i| ((k * 13 + i * 7) % 17) as f64 - 8.0)
+                    .collect()
+            })
+            .collect();
+        let g = gram_of(&vs);
+        for i in 0..n {
+            for j in 0..n {
+                let want: f64 = vs.iter().map(|v| v[i] * v[j]).sum();
+                assert_eq!(g.at(i, j), want, "({i},{j})");
+            }
+        }
+        assert_eq!(g.vectors(), GRAM_BATCH + 7);
+    }
 
     fn gram_of(vectors: &[Vec<f64>]) -> Gram {
         let mut g = Gram::new(vectors[0].len());

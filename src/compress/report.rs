@@ -183,6 +183,44 @@ pub struct PruningReport {
     pub flops_nonzero: u64,
 }
 
+/// What low-rank factorization did (see [`super::lowrank`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct LowRankReport {
+    /// `params` (share of the factorable layers' parameters) or `energy`
+    /// (share of each layer's output energy), asked and reached (more
+    /// when the accuracy budget broke).
+    pub target: &'static str,
+    pub requested: f64,
+    pub reached: f64,
+    /// Ranks chosen on calibration activations (else on the weights).
+    pub activation_aware: bool,
+    pub params_before: usize,
+    pub params_after: usize,
+    pub layers: Vec<super::lowrank::LayerLowRank>,
+    pub skipped: Vec<(String, String)>,
+    /// Every share the search judged against the accuracy budget (its
+    /// `sparsity` field holds the share).
+    pub search: Vec<super::prune::SearchStep>,
+}
+
+impl LowRankReport {
+    /// `factorized 12 of 14 layers: parameters 1.2M -> 0.6M (...)`.
+    fn summary(&self) -> String {
+        let done = self.layers.iter().filter(|l| l.rank.is_some()).count();
+        format!(
+            "factorized {done} of {} layers ({} {:.3} asked, {:.3} reached, {}): their parameters {} -> {} ({:.3}x)",
+            self.layers.len(),
+            self.target,
+            self.requested,
+            self.reached,
+            if self.activation_aware { "activation-aware" } else { "weights only" },
+            self.params_before,
+            self.params_after,
+            self.params_after as f64 / self.params_before.max(1) as f64,
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct SizeReport {
     /// The model file given.
@@ -254,6 +292,7 @@ pub struct Report {
     pub calibration: Option<CalibrationReport>,
     pub pruning: Option<PruningReport>,
     pub channel_pruning: Option<ChannelReport>,
+    pub low_rank: Option<LowRankReport>,
     pub max_accuracy_drop: f64,
     pub min_cosine: Option<f64>,
     /// `size` (storage int8 wherever accuracy allows) or `latency`.
@@ -380,6 +419,9 @@ impl Report {
         if let Some(c) = &self.channel_pruning {
             let _ = writeln!(s, "{}", c.summary());
         }
+        if let Some(l) = &self.low_rank {
+            let _ = writeln!(s, "{}", l.summary());
+        }
         if let Some(p) = &self.pruning {
             let _ = writeln!(s, "{}", p.summary());
         }
@@ -447,6 +489,9 @@ impl Report {
         }
         if let Some(c) = &self.channel_pruning {
             let _ = writeln!(s, "- structured pruning: {}", c.summary());
+        }
+        if let Some(l) = &self.low_rank {
+            let _ = writeln!(s, "- low rank: {}", l.summary());
         }
         if let Some(p) = &self.pruning {
             let _ = writeln!(s, "- pruning: {}", p.summary());
