@@ -518,7 +518,9 @@ impl Job<'_> {
 
     /// Every block's rows at pixels `q..q1` of the packed window `xw`,
     /// tiles of `T4` registers for blocks of 4 rows and `T1` for single
-    /// rows.
+    /// rows. The accumulators of consecutive blocks are staged for up to
+    /// the epilogue kernel's MR rows, then finished in tiles of those rows
+    /// by [`NR`] pixels (one epilogue call per tile, not per block).
     ///
     /// # Safety
     /// The CPU must run `L`; `xw` holds the window's quads.
@@ -530,17 +532,46 @@ impl Job<'_> {
         q: usize,
         q1: usize,
     ) {
-        for b in blocks {
-            if b.rows as usize == BLOCK_ROWS {
-                self.tiles::<L, BLOCK_ROWS, T4>(b, xw, q, q1);
-            } else {
-                self.tiles::<L, 1, T1>(b, xw, q, q1);
+        let kern = self.w.path.finish();
+        let g = kern.mr().min(STAGE_ROWS);
+        let chunks = (q1 - q).div_ceil(NR);
+        debug_assert!(chunks <= STAGE_CHUNKS && g >= BLOCK_ROWS);
+        // Chunk c, row r of the run at `stage[(c * g + r) * NR..][..NR]`.
+        let mut stage = [0i32; STAGE_ROWS * STAGE_CHUNKS * NR];
+        let st = Stage {
+            ptr: stage.as_mut_ptr(),
+            g,
+        };
+        let flush = |r0: usize, rows: usize| {
+            for c in 0..chunks {
+                let j = q + c * NR;
+                // SAFETY: inside the stage (c < chunks, rows <= g), which
+                // no tile writes while it is read.
+                let tile = std::slice::from_raw_parts(st.ptr.add(c * g * NR), rows * NR);
+                self.fin.tile(kern, tile, r0, rows, j, NR.min(q1 - j));
             }
+        };
+        let (mut r0, mut rows) = (blocks.first().map_or(0, |b| b.row as usize), 0);
+        for b in blocks {
+            if rows + b.rows as usize > g {
+                flush(r0, rows);
+                (r0, rows) = (b.row as usize, 0);
+            }
+            if b.rows as usize == BLOCK_ROWS {
+                self.tiles::<L, BLOCK_ROWS, T4>(b, xw, q, q1, st, rows);
+            } else {
+                self.tiles::<L, 1, T1>(b, xw, q, q1, st, rows);
+            }
+            rows += b.rows as usize;
+        }
+        if rows > 0 {
+            flush(r0, rows);
         }
     }
 
     /// Block `b`'s rows at pixels `q..q1`: full tiles of `T` registers,
-    /// then the rest in one tile of as many registers as it needs.
+    /// then the rest in one tile of as many registers as it needs; into
+    /// rows `sr..` of the stage.
     #[inline(always)]
     unsafe fn tiles<L: QLanes, const R: usize, const T: usize>(
         &self,
@@ -548,37 +579,39 @@ impl Job<'_> {
         xw: Window,
         q: usize,
         q1: usize,
+        st: Stage,
+        sr: usize,
     ) {
         let full = T * L::WIDTH;
         let mut p = q;
         while p + full <= q1 {
-            self.tile::<L, R, T>(b, xw, p, full);
+            self.tile::<L, R, T>(b, xw, p, st, sr);
             p += full;
         }
-        let rest = q1 - p;
-        match rest.div_ceil(L::WIDTH) {
+        match (q1 - p).div_ceil(L::WIDTH) {
             0 => {}
-            1 => self.tile::<L, R, 1>(b, xw, p, rest),
-            2 => self.tile::<L, R, 2>(b, xw, p, rest),
-            _ => self.tile::<L, R, 3>(b, xw, p, rest),
+            1 => self.tile::<L, R, 1>(b, xw, p, st, sr),
+            2 => self.tile::<L, R, 2>(b, xw, p, st, sr),
+            _ => self.tile::<L, R, 3>(b, xw, p, st, sr),
         }
     }
 
-    /// One register tile: `T` registers of pixels from `p` (`pixels` of
-    /// them real), for the rows of block `b`; tiles of one row of one or
-    /// two registers spread the quads over 4 or 2 sets of accumulators.
+    /// One register tile: `T` registers of pixels from `p`, for the rows
+    /// of block `b`; tiles of one row of one or two registers spread the
+    /// quads over 4 or 2 sets of accumulators.
     #[inline(always)]
     unsafe fn tile<L: QLanes, const R: usize, const T: usize>(
         &self,
         b: &Block,
         xw: Window,
         p: usize,
-        pixels: usize,
+        st: Stage,
+        sr: usize,
     ) {
         match R * T {
-            1 => self.tile_sets::<L, R, T, 4>(b, xw, p, pixels),
-            2 => self.tile_sets::<L, R, T, 2>(b, xw, p, pixels),
-            _ => self.tile_sets::<L, R, T, 1>(b, xw, p, pixels),
+            1 => self.tile_sets::<L, R, T, 4>(b, xw, p, st, sr),
+            2 => self.tile_sets::<L, R, T, 2>(b, xw, p, st, sr),
+            _ => self.tile_sets::<L, R, T, 1>(b, xw, p, st, sr),
         }
     }
 
@@ -588,7 +621,8 @@ impl Job<'_> {
         b: &Block,
         xw: Window,
         p: usize,
-        pixels: usize,
+        st: Stage,
+        sr: usize,
     ) {
         let w = self.w;
         let deltas = &w.deltas[b.start as usize..][..b.len as usize];
@@ -615,26 +649,29 @@ impl Job<'_> {
                 }
             }
         }
-        // The tile's NR-pixel chunks through the epilogue.
-        let mut buf = [0i32; BLOCK_ROWS * NR];
-        let kern = w.path.finish();
-        for c in 0..(T * L::WIDTH).div_ceil(NR) {
-            let j = c * NR;
-            if j >= pixels {
-                break;
+        // SAFETY: the tile's pixels lie in the window's NR chunks (at most
+        // STAGE_CHUNKS), its rows in the stage's `g`.
+        let pw = p - xw.p0;
+        for (r, row) in sum.iter().enumerate() {
+            for (t, v) in row.iter().enumerate() {
+                let at = pw + t * L::WIDTH;
+                v.store(st.ptr.add(((at / NR) * st.g + sr + r) * NR + at % NR));
             }
-            for (r, row) in sum.iter().enumerate() {
-                for (t, v) in row.iter().enumerate() {
-                    if t * L::WIDTH / NR == c {
-                        v.store(buf.as_mut_ptr().add(r * NR + t * L::WIDTH % NR));
-                    }
-                }
-            }
-            let cols = NR.min(pixels - j);
-            self.fin
-                .tile(kern, &buf[..R * NR], b.row as usize, R, p + j, cols);
         }
     }
+}
+
+/// Rows of the staged accumulators (the tallest epilogue tile used).
+const STAGE_ROWS: usize = 12;
+/// [`NR`]-pixel chunks of the widest window.
+const STAGE_CHUNKS: usize = 64 / NR;
+
+/// A window's staged accumulators: chunk c, row r at `ptr + (c * g + r) *
+/// NR`.
+#[derive(Clone, Copy)]
+struct Stage {
+    ptr: *mut i32,
+    g: usize,
 }
 
 /// One stored quad into a set of accumulators: moves `px` `d` quad rows
