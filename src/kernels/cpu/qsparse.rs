@@ -473,7 +473,7 @@ impl Job<'_> {
                 if buf.len() < len {
                     buf.resize(len, 0);
                 }
-                pack_window(&self.x, self.w.k, q, q1 - q, stride, buf);
+                pack_window(&self.x, self.w.k, q, q1 - q, stride, buf, path == Path::Vnni512);
                 let xw = Window {
                     ptr: buf.as_ptr(),
                     stride,
@@ -597,8 +597,8 @@ impl Job<'_> {
     }
 
     /// One register tile: `T` registers of pixels from `p`, for the rows
-    /// of block `b`; tiles of one row of one or two registers spread the
-    /// quads over 4 or 2 sets of accumulators.
+    /// of block `b`; tiles of fewer than 8 registers spread the quads over
+    /// 2 to 8 sets of accumulators.
     #[inline(always)]
     unsafe fn tile<L: QLanes, const R: usize, const T: usize>(
         &self,
@@ -608,9 +608,11 @@ impl Job<'_> {
         st: Stage,
         sr: usize,
     ) {
+        // About 8 independent accumulator chains.
         match R * T {
-            1 => self.tile_sets::<L, R, T, 4>(b, xw, p, st, sr),
-            2 => self.tile_sets::<L, R, T, 2>(b, xw, p, st, sr),
+            1 => self.tile_sets::<L, R, T, 8>(b, xw, p, st, sr),
+            2 => self.tile_sets::<L, R, T, 4>(b, xw, p, st, sr),
+            3..=4 => self.tile_sets::<L, R, T, 2>(b, xw, p, st, sr),
             _ => self.tile_sets::<L, R, T, 1>(b, xw, p, st, sr),
         }
     }
@@ -704,13 +706,34 @@ unsafe fn quad_step<L: QLanes, const R: usize, const T: usize>(
 
 /// Interleaves pixels `p0..p0 + n` of X's rows into quads: `out[q *
 /// stride + 4p + d] = x[4q + d][p0 + p]`, 0 past k and past n (up to
-/// `stride / 4` pixels).
-fn pack_window(x: &QMatX, k: usize, p0: usize, n: usize, stride: usize, out: &mut [u8]) {
+/// `stride / 4` pixels); `wide512`: with AVX-512 BW, 64 pixels a step.
+#[allow(clippy::too_many_arguments)]
+fn pack_window(
+    x: &QMatX,
+    k: usize,
+    p0: usize,
+    n: usize,
+    stride: usize,
+    out: &mut [u8],
+    wide512: bool,
+) {
+    let _ = wide512;
     let kq = k.div_ceil(QUAD);
     let wide = stride / QUAD;
     for q in 0..kq {
         let row = &mut out[q * stride..(q + 1) * stride];
         let mut p = 0;
+        #[cfg(target_arch = "x86_64")]
+        if (q + 1) * QUAD <= k && wide512 {
+            while p + 64 <= n {
+                let at = q * QUAD * x.ld + p0 + p;
+                assert!(x.data.len() >= at + 3 * x.ld + 64, "X holds the run");
+                // SAFETY: AVX-512 BW (`wide512`); the four rows' 64 bytes
+                // from `at` (checked) and the 256 bytes of the row.
+                unsafe { x86::interleave4x64(x.data.as_ptr().add(at), x.ld, &mut row[p * QUAD..][..256]) };
+                p += 64;
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if (q + 1) * QUAD <= k {
             while p + NR <= n {
@@ -924,6 +947,44 @@ mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut i32) {
             _mm256_storeu_si256(p as *mut __m256i, self.0)
+        }
+    }
+
+    /// Interleaves 64 bytes of four rows `ld` apart from `src` into
+    /// `out[4c + d] = row d [c]` (the quads of 64 pixels): the byte and
+    /// word unpacks interleave within 128-bit lanes, and a 4 × 4 transpose
+    /// of the lanes puts them in order.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; each row's 64 bytes must be
+    /// readable; `out` holds 256 bytes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn interleave4x64(src: *const u8, ld: usize, out: &mut [u8]) {
+        assert!(out.len() >= 256, "256 bytes of quads");
+        let r: [__m512i; 4] =
+            std::array::from_fn(|d| _mm512_loadu_si512(src.add(d * ld) as *const __m512i));
+        let t01lo = _mm512_unpacklo_epi8(r[0], r[1]);
+        let t01hi = _mm512_unpackhi_epi8(r[0], r[1]);
+        let t23lo = _mm512_unpacklo_epi8(r[2], r[3]);
+        let t23hi = _mm512_unpackhi_epi8(r[2], r[3]);
+        // Lane L of o_i holds the quads of pixels 16L + 4i .. 16L + 4i + 3.
+        let o0 = _mm512_unpacklo_epi16(t01lo, t23lo);
+        let o1 = _mm512_unpackhi_epi16(t01lo, t23lo);
+        let o2 = _mm512_unpacklo_epi16(t01hi, t23hi);
+        let o3 = _mm512_unpackhi_epi16(t01hi, t23hi);
+        let a = _mm512_shuffle_i64x2::<0x44>(o0, o1);
+        let b = _mm512_shuffle_i64x2::<0x44>(o2, o3);
+        let c = _mm512_shuffle_i64x2::<0xEE>(o0, o1);
+        let d = _mm512_shuffle_i64x2::<0xEE>(o2, o3);
+        let p = [
+            _mm512_shuffle_i64x2::<0x88>(a, b),
+            _mm512_shuffle_i64x2::<0xDD>(a, b),
+            _mm512_shuffle_i64x2::<0x88>(c, d),
+            _mm512_shuffle_i64x2::<0xDD>(c, d),
+        ];
+        let o = out.as_mut_ptr() as *mut __m512i;
+        for (l, v) in p.into_iter().enumerate() {
+            _mm512_storeu_si512(o.add(l), v);
         }
     }
 
