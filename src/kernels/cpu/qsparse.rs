@@ -1,6 +1,6 @@
 //! Exact int8 sparse-weight × dense-activation products, for pruned int8
 //! layers whose i8 weights are mostly exact zeros: [`qspmm_wx`] computes
-//! the same accumulators and output as [`qgemm_wx`] bit for bit, with work
+//! the same accumulators and output as [`qgemm_wx`](super::qgemm::qgemm_wx) bit for bit, with work
 //! proportional to the stored weights.
 //!
 //! The layout follows the f32 sparse kernel ([`super::sparse`]): the
@@ -22,11 +22,11 @@
 //! per nonzero at every sparsity, and the dense kernel's instruction.
 //!
 //! The accumulator is `Σ w·x` over the stored quads (a padded depth meets
-//! a zero weight), then the zero point folds out as in [`qgemm_wx`]:
+//! a zero weight), then the zero point folds out as in [`qgemm_wx`](super::qgemm::qgemm_wx):
 //! `acc − za·Σ_k w[i][k]` in wrapping i32 arithmetic, exact because
 //! `k ≤` [`MAX_K`]. Tiles of accumulators go through the dense kernels'
-//! epilogue ([`Finish`]), so f32 and u8 outputs are the same bits as
-//! [`qgemm_wx`]'s.
+//! epilogue (`Finish`), so f32 and u8 outputs are the same bits as
+//! [`qgemm_wx`](super::qgemm::qgemm_wx)'s.
 //!
 //! Paths, all exact and giving the same i32 accumulators:
 //!
@@ -41,12 +41,23 @@
 //!   [`prepack`]): two exact multiplies per quad.
 //! * **portable** Rust on 8-lane i32 arrays (also aarch64).
 //!
-//! Tiles of one or two registers for one row (few pixels, as a MatMul of
-//! one row) spread the quads over 4 or 2 sets of accumulators, summed at
-//! the end, so `vpdpbusd`'s latency does not serialize them (integer sums:
-//! the same bits in any order). Work is split over blocks of rows
-//! (balanced by stored quads) and windows of pixels; each element of C is
-//! computed by one task, so results do not depend on the thread count.
+//! Tiles of fewer than 8 registers (few pixels, as a MatMul of one row)
+//! spread the quads over 2 to 8 sets of accumulators, summed at the end,
+//! so `vpdpbusd`'s latency does not serialize them (integer sums: the same
+//! bits in any order). The accumulators of consecutive blocks of a window
+//! are staged for up to the epilogue's MR rows (12 on AVX512-VNNI) and
+//! finished one `MR × 16` tile at a time: one epilogue call per block and
+//! 16 pixels cost more than the products at high sparsity. With AVX-512
+//! the window's quads are interleaved 64 pixels a step (byte and word
+//! unpacks, then a 128-bit lane transpose). Work is split over blocks of
+//! rows (balanced by stored quads) and windows of pixels; each element of
+//! C is computed by one task, so results do not depend on the thread
+//! count.
+//!
+//! Speed (`qsparse_speed`, see [`QSPARSE_DEFAULT_DENSITY`]): unstructured
+//! sparsity pays from about 85-90% (a quad of 4 random weights is rarely
+//! all zero), blocks of 4 rows from about 50-70%; a MatMul of one row
+//! gains least (the dense kernel also fills one lane of 16 there).
 
 use std::cell::RefCell;
 
@@ -208,19 +219,34 @@ fn quad_of(w: &[i8], k: usize, r: usize, q: usize) -> [i8; QUAD] {
 }
 
 /// How many times more useful work a second the kernel does on rows
-/// packed in blocks of 4 than on single rows, at the same share of
-/// stored quads (`qsparse_speed`, see [`QSPARSE_DEFAULT_DENSITY`]).
-pub const QBLOCK_GAIN: f64 = 2.0;
+/// packed in blocks of 4 than on single rows at the same share of stored
+/// quads (one X load feeds 4 rows, and 16 accumulators hide `vpdpbusd`'s
+/// latency). `qsparse_speed` on the Intel Xeon of 2026-12-06 (AVX512-VNNI,
+/// 1 thread), blocked speedup over unblocked at quad densities 0.6 / 0.35 /
+/// 0.19: 1.5 / 1.4 / 1.4x on the 1x1 convolution, 2.1 / 1.8 / 1.6x through
+/// im2col, 1.5 / 1.4 / 1.3x on a MatMul of 128 rows, 2.0 / 1.9 / 1.9x on
+/// one row.
+pub const QBLOCK_GAIN: f64 = 1.6;
 
 /// Work density (see [`work_density`]) up to which a weights-left int8
 /// product over many pixels (a convolution) runs sparse by default.
-/// `qsparse_speed` on the Intel Xeon of 2026-12-06 (AVX512-VNNI, 1 thread):
-/// to be measured.
-pub const QSPARSE_DEFAULT_DENSITY: f64 = 0.3;
+/// `qsparse_speed` on the Intel Xeon of 2026-12-06 (AVX512-VNNI, 1 thread,
+/// f32 output with per-row scales and bias) against `qgemm_wx`: the 1x1
+/// convolution 256->256 at 28x28 ran 0.98x at quad density 0.60, 1.35x at
+/// 0.35, 1.75x at 0.19 (4x1 blocks: 1.13x at 0.94, 1.47x at 0.60, 2.4x at
+/// 0.19); through im2col (128->128 3x3) 0.75x / 1.27x / 1.98x (blocks
+/// 1.13x / 1.59x / 3.15x). Break-even near work density 0.45-0.5 for
+/// single rows and above 0.55 for blocks. A MatMul of 128 rows (weights
+/// left, C transposed) breaks even near 0.35 (1.02x at 0.34, blocks 1.08x
+/// at work 0.37).
+pub const QSPARSE_DEFAULT_DENSITY: f64 = 0.4;
 
 /// As [`QSPARSE_DEFAULT_DENSITY`] for a product over a few pixels (a
-/// MatMul with 1 row, weights left).
-pub const QSPARSE_DEFAULT_DENSITY_FEW: f64 = 0.3;
+/// MatMul of 1 row, weights left, `n` = 1), where every register holds one
+/// useful lane for the dense kernel as for this one: 1x768x768 ran 0.76x
+/// at quad density 0.34 and 1.07x at 0.19 on single rows, 1.01x at 0.60,
+/// 1.46x at 0.35 and 2.05x at 0.19 in blocks (work 0.37, 0.22, 0.12).
+pub const QSPARSE_DEFAULT_DENSITY_FEW: f64 = 0.2;
 
 /// The share of the dense int8 kernel's work that [`qspmm_wx`] does on
 /// row-major `w[m][k]`: its stored quad slots over `m · k` (a quad is
@@ -335,7 +361,7 @@ pub fn prepack(w: &[i8], m: usize, k: usize, features: Features) -> Option<QCsr>
     Some(p)
 }
 
-/// `C[m×n] = W · (X − za)` through `out`'s epilogue, as [`qgemm_wx`]
+/// `C[m×n] = W · (X − za)` through `out`'s epilogue, as [`qgemm_wx`](super::qgemm::qgemm_wx)
 /// (the same i32 accumulators, the same epilogue, scales and bias by W's
 /// rows), with C element (i, j) at `i * strides.0 + j * strides.1` (the
 /// residual likewise): `(ldc, 1)` for row-major C, `(1, ldc)` for `Cᵀ`
@@ -473,7 +499,15 @@ impl Job<'_> {
                 if buf.len() < len {
                     buf.resize(len, 0);
                 }
-                pack_window(&self.x, self.w.k, q, q1 - q, stride, buf, path == Path::Vnni512);
+                pack_window(
+                    &self.x,
+                    self.w.k,
+                    q,
+                    q1 - q,
+                    stride,
+                    buf,
+                    path == Path::Vnni512,
+                );
                 let xw = Window {
                     ptr: buf.as_ptr(),
                     stride,
@@ -640,8 +674,9 @@ impl Job<'_> {
                 quad_step(&mut acc[s], &mut px, &mut wp, c[s], xw.stride);
             }
         }
-        for &d in chunks.remainder() {
-            quad_step(&mut acc[0], &mut px, &mut wp, d, xw.stride);
+        // The last quads (fewer than S) on sets of their own.
+        for (set, &d) in acc.iter_mut().zip(chunks.remainder()) {
+            quad_step(set, &mut px, &mut wp, d, xw.stride);
         }
         let mut sum = acc[0];
         for set in &acc[1..] {
@@ -730,7 +765,9 @@ fn pack_window(
                 assert!(x.data.len() >= at + 3 * x.ld + 64, "X holds the run");
                 // SAFETY: AVX-512 BW (`wide512`); the four rows' 64 bytes
                 // from `at` (checked) and the 256 bytes of the row.
-                unsafe { x86::interleave4x64(x.data.as_ptr().add(at), x.ld, &mut row[p * QUAD..][..256]) };
+                unsafe {
+                    x86::interleave4x64(x.data.as_ptr().add(at), x.ld, &mut row[p * QUAD..][..256])
+                };
                 p += 64;
             }
         }
