@@ -22,12 +22,13 @@ lap "cargo test --release (build and run)"
 echo
 echo "ONNX node conformance (full report: target/tmp/onnx_conformance_report.txt):"
 grep -E "^(listed ops|onnx node conformance):" target/tmp/onnx_conformance_report.txt
-# Which f32 GEMM (AVX2, AVX-512), int8 (AVX2, AVX-VNNI, AVX512-VNNI) and
-# sparse f32 (AVX2, AVX-512) kernel paths ran natively here, and which this
-# CPU lacks.
+# Which f32 GEMM (AVX2, AVX-512), int8 (AVX2, AVX-VNNI, AVX512-VNNI),
+# sparse f32 (AVX2, AVX-512) and sparse int8 (AVX2, AVX-VNNI, AVX512-VNNI)
+# kernel paths ran natively here, and which this CPU lacks.
 cat target/tmp/f32_kernels.txt
 cat target/tmp/int8_kernels.txt
 cat target/tmp/sparse_kernels.txt
+cat target/tmp/qsparse_kernels.txt
 # Corpus of real architectures (fixtures/corpus/README.md): a fixed CI sample
 # through mlc run / O2 / int8; fails only when an id listed in
 # fixtures/corpus/expected_pass.txt fails (`--all` runs every model).

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod pool;
 pub mod qconv;
 pub mod qgemm;
+pub mod qsparse;
 pub mod sparse;
 pub mod winograd;
 

@@ -87,7 +87,7 @@ const NC: usize = 256;
 /// a B micro-panel (`16 × KC_BYTES`, 8 KiB) stays in L1.
 const KC_BYTES: usize = 512;
 /// Columns of every micro-kernel's tile and of a packed B panel.
-const NR: usize = 16;
+pub(crate) const NR: usize = 16;
 /// The tallest tile (MR) of any kernel.
 #[cfg(target_arch = "x86_64")]
 const MR_MAX: usize = 16;
@@ -169,7 +169,7 @@ impl QKernel {
     }
 
     /// Rows of the register tile.
-    fn mr(self) -> usize {
+    pub(crate) fn mr(self) -> usize {
         match self {
             QKernel::Portable | QKernel::NeonMlal => 4,
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs | QKernel::Vnni256 | QKernel::NeonSdot => 6,
@@ -233,7 +233,7 @@ impl QKernel {
     }
 
     /// Whether `f` can run this kernel.
-    fn runs_on(self, f: Features) -> bool {
+    pub(crate) fn runs_on(self, f: Features) -> bool {
         match self {
             QKernel::Portable => true,
             QKernel::Avx2Madd16 | QKernel::Avx2Maddubs => f.avx2_fma,
@@ -572,7 +572,11 @@ impl Split {
 ///
 /// # Panics
 /// When a slice is too short or the scales have another length.
-fn checked_out(out: QOut<'_>, span: usize, channels: usize) -> (Dst, Option<QEpilogue<'_>>) {
+pub(crate) fn checked_out(
+    out: QOut<'_>,
+    span: usize,
+    channels: usize,
+) -> (Dst, Option<QEpilogue<'_>>) {
     let (dst, len, ep) = match out {
         QOut::I32(c) => (Dst::I32(c.as_mut_ptr()), c.len(), None),
         QOut::F32(c, ep) => (Dst::F32(c.as_mut_ptr()), c.len(), Some(ep)),
@@ -587,7 +591,7 @@ fn checked_out(out: QOut<'_>, span: usize, channels: usize) -> (Dst, Option<QEpi
 
 /// C's base pointer and element type.
 #[derive(Clone, Copy)]
-enum Dst {
+pub(crate) enum Dst {
     I32(*mut i32),
     F32(*mut f32),
     U8(*mut u8, QRequant),
@@ -610,14 +614,15 @@ struct QGemm<'a> {
 /// `za · sums`, and the output with its epilogue. The constant operand's
 /// sums, scales and bias run along C's columns (u8 activations on the
 /// left, [`qgemm`]) or its rows (i8 weights on the left, [`qgemm_wx`]).
-struct Finish<'a> {
-    za: i32,
-    /// The constant operand's sums over the depth, padded to whole panels.
-    sums: &'a [i32],
-    by_row: bool,
-    dst: Dst,
-    strides: (usize, usize),
-    ep: Option<QEpilogue<'a>>,
+pub(crate) struct Finish<'a> {
+    pub(crate) za: i32,
+    /// The constant operand's sums over the depth, padded to whole panels
+    /// (at least to the rows or columns of every tile finished).
+    pub(crate) sums: &'a [i32],
+    pub(crate) by_row: bool,
+    pub(crate) dst: Dst,
+    pub(crate) strides: (usize, usize),
+    pub(crate) ep: Option<QEpilogue<'a>>,
 }
 
 thread_local! {
@@ -706,7 +711,15 @@ impl QGemm<'_> {
 impl Finish<'_> {
     /// The epilogue of one tile of accumulators (`rows × cols` of an
     /// `mr × NR` tile at row `i`, column `j` of C).
-    fn tile(&self, kern: QKernel, tile: &[i32], i: usize, rows: usize, j: usize, cols: usize) {
+    pub(crate) fn tile(
+        &self,
+        kern: QKernel,
+        tile: &[i32],
+        i: usize,
+        rows: usize,
+        j: usize,
+        cols: usize,
+    ) {
         // The tile's height as a constant: the epilogue's row arrays are no
         // taller than the kernel's tile.
         #[cfg(target_arch = "x86_64")]
@@ -1125,7 +1138,7 @@ unsafe fn pack_x4_avx512(
 /// with SSE2 unpacks (part of every x86_64 CPU).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
+pub(crate) fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
     use std::arch::x86_64::*;
     assert!(
         rows.len() == 4 && out.len() >= 64,
