@@ -31,6 +31,7 @@ mod dw;
 
 use super::gemm::with_buf;
 use super::qgemm::{qgemm_wx, QEpilogue, QMatX, QOut, QPackedA};
+use super::qsparse::{qspmm_wx, QCsr};
 use super::{CpuCtx, Features};
 
 thread_local! {
@@ -91,6 +92,9 @@ enum Kind {
     Direct(Vec<i8>, Vec<f32>),
     /// One packed left operand (`W`, `M/G × K`) per group.
     Gemm(Vec<QPackedA>),
+    /// One sparse left operand per group ([`super::qsparse`]): pruned
+    /// weights, on the same im2col columns.
+    Sparse(Vec<QCsr>),
 }
 
 impl QPackedConv {
@@ -102,11 +106,16 @@ impl QPackedConv {
     pub fn is_direct(&self) -> bool {
         matches!(self.kind, Kind::Direct(..))
     }
-    /// The packed weights of each group (empty for the direct loop).
+    /// Whether the sparse kernel runs this convolution.
+    pub fn is_sparse(&self) -> bool {
+        matches!(self.kind, Kind::Sparse(..))
+    }
+    /// The packed weights of each group (empty for the direct loop and
+    /// the sparse kernel).
     pub fn packs(&self) -> &[QPackedA] {
         match &self.kind {
             Kind::Gemm(v) => v,
-            Kind::Direct(..) => &[],
+            Kind::Direct(..) | Kind::Sparse(..) => &[],
         }
     }
 }
@@ -148,6 +157,31 @@ pub fn pack_conv(
         kernel: [kh, kw],
         group,
         kind,
+    })
+}
+
+/// [`pack_conv`] for the sparse kernel ([`super::qsparse`]): pruned
+/// weights of a convolution with more than one input channel per group.
+/// None where [`pack_conv`] gives None, and for depthwise weights (the
+/// direct loop runs them).
+pub fn pack_conv_sparse(
+    w: &[i8],
+    w_shape: [usize; 4],
+    group: usize,
+    features: Features,
+) -> Option<QPackedConv> {
+    let dense = pack_conv(w, w_shape, group, features)?;
+    if dense.is_direct() {
+        return None;
+    }
+    let [m, cg, kh, kw] = w_shape;
+    let (mg, k) = (m / group, cg * kh * kw);
+    let packs = (0..group)
+        .map(|g| super::qsparse::prepack(&w[g * mg * k..(g + 1) * mg * k], mg, k, features))
+        .collect::<Option<Vec<_>>>()?;
+    Some(QPackedConv {
+        kind: Kind::Sparse(packs),
+        ..dense
     })
 }
 
@@ -230,7 +264,7 @@ pub fn qconv2d(
                 tasks.into_iter().enumerate().for_each(|(t, o)| run(t, o));
             }
         }
-        Kind::Gemm(packs) => {
+        Kind::Gemm(_) | Kind::Sparse(_) => {
             let (g_n, mg, cg) = (w.group, m / w.group, w.cg);
             let k = cg * geom.kernel[0] * geom.kernel[1];
             let tasks = split_out(out, nb * m * p, mg, m, p);
@@ -248,7 +282,11 @@ pub fn qconv2d(
                         ld: p,
                         zero_point: x_zp,
                     };
-                    qgemm_wx(&packs[g], qx, p, o, p, cx);
+                    match &w.kind {
+                        Kind::Sparse(packs) => qspmm_wx(&packs[g], qx, p, o, (p, 1), cx),
+                        Kind::Gemm(packs) => qgemm_wx(&packs[g], qx, p, o, p, cx),
+                        Kind::Direct(..) => unreachable!("the direct loop is the arm above"),
+                    }
                 };
                 if in_place {
                     product(xs);
@@ -622,6 +660,56 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn sparse_convolutions_match_the_reference() {
+        let mut seed = 91u64;
+        for (name, f) in features() {
+            for cx in [CpuCtx::single(f), two_threads(f)] {
+                for (what, c) in cases() {
+                    seed += 1;
+                    let za = [0u8, 128, 255, 17][seed as usize % 4];
+                    let [nb, ch, h, wd] = c.x;
+                    let [kh, kw] = c.geom.kernel;
+                    let cg = ch / c.geom.group;
+                    let x = rand_u8(nb * ch * h * wd, seed);
+                    // Pruned: about 80% zeros.
+                    let w: Vec<i8> = rand_i8(c.m * cg * kh * kw, -128, 127, seed + 1)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| if (i * 7 + seed as usize) % 5 == 0 { v } else { 0 })
+                        .collect();
+                    let shape = [c.m, cg, kh, kw];
+                    let Some(pk) = pack_conv_sparse(&w, shape, c.geom.group, f) else {
+                        assert_eq!(cg, 1, "{what}: only depthwise weights stay direct");
+                        continue;
+                    };
+                    assert!(pk.is_sparse());
+                    let want = reference(&c, &x, za, &w);
+                    let mut got = vec![0i32; want.len()];
+                    qconv2d(&x, c.x, za, &c.geom, &pk, QOut::I32(&mut got), &cx);
+                    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+                        panic!("{name} {what} za{za} at {i}: {} vs {}", got[i], want[i]);
+                    }
+                    // The dequantizing epilogue equals the dense kernel's.
+                    let dense = pack_conv(&w, shape, c.geom.group, f).expect("packs");
+                    let scales = rand_f32(c.m, seed + 2, 0.01);
+                    let bias = rand_f32(c.m, seed + 3, 2.0);
+                    let ep = QEpilogue {
+                        a_scale: 0.02,
+                        b_scales: &scales,
+                        bias: Some(&bias),
+                        residual: None,
+                        act: Some(&Activation::Relu),
+                    };
+                    let (mut ys, mut yd) = (vec![0.0f32; want.len()], vec![0.0f32; want.len()]);
+                    qconv2d(&x, c.x, za, &c.geom, &pk, QOut::F32(&mut ys, ep), &cx);
+                    qconv2d(&x, c.x, za, &c.geom, &dense, QOut::F32(&mut yd, ep), &cx);
+                    assert_eq!(ys, yd, "{name} {what}");
+                }
+            }
+        }
     }
 
     #[test]

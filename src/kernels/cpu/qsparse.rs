@@ -622,11 +622,14 @@ impl Job<'_> {
             self.tile::<L, R, T>(b, xw, p, st, sr);
             p += full;
         }
+        // The rest takes up to T registers (the window holds whole NR
+        // chunks, zero past q1, so a full tile may read past it).
         match (q1 - p).div_ceil(L::WIDTH) {
             0 => {}
             1 => self.tile::<L, R, 1>(b, xw, p, st, sr),
             2 => self.tile::<L, R, 2>(b, xw, p, st, sr),
-            _ => self.tile::<L, R, 3>(b, xw, p, st, sr),
+            3 => self.tile::<L, R, 3>(b, xw, p, st, sr),
+            _ => self.tile::<L, R, T>(b, xw, p, st, sr),
         }
     }
 
@@ -1204,7 +1207,8 @@ mod tests {
                                 w[4 * k..5 * k].fill(0);
                             }
                             let p = prepack(&w, m, k, f).unwrap();
-                            for n in [1, 15, 17, 100] {
+                            // 30 and 49: a rest of 4 registers (8 and 16 lanes).
+                            for n in [1, 15, 17, 30, 49, 100] {
                                 let za = [0, 128, 255, 7][(seed as usize + n) % 4];
                                 let ld = n + seed as usize % 3;
                                 let xs = rand_u8(k * ld, seed + n as u64);
