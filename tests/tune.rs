@@ -134,12 +134,25 @@ fn pruned(g: &Graph) -> Graph {
 fn pruned_weights_offer_the_sparse_kernels_and_they_match_the_reference() {
     let cnn = pruned(&o2("fixtures/digits/cnn.onnx"));
     let mlp = pruned(&o2("fixtures/digits/mlp.onnx"));
+    let statically = ActQuant::Static {
+        scale: 0.02,
+        zero_point: 128,
+    };
+    // Pruned, then int8: the int8 sparse kernel.
+    let cnn8 = quantized(&cnn, statically);
+    let mlp8 = quantized(&mlp, ActQuant::Dynamic);
     for cx in [
         CpuCtx::single(Features::detect()),
+        CpuCtx::single(Features::avx2_only()),
         CpuCtx::single(Features::portable()),
         CpuCtx::new(2).unwrap(),
     ] {
-        for (what, g) in [("pruned cnn", &cnn), ("pruned mlp", &mlp)] {
+        for (what, g) in [
+            ("pruned cnn", &cnn),
+            ("pruned mlp", &mlp),
+            ("pruned int8 cnn", &cnn8),
+            ("pruned int8 mlp", &mlp8),
+        ] {
             let dims: BTreeMap<String, usize> = [("batch".to_string(), 3)].into();
             let feed = random_inputs(g, 1, &dims).unwrap();
             let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
@@ -163,6 +176,22 @@ fn pruned_weights_offer_the_sparse_kernels_and_they_match_the_reference() {
             let n = check_all(what, g, 3, &cx);
             assert!(n >= 1, "{what}: only {n} choices");
             assert!(sparse >= 1, "{what}: no sparse choice");
+            if what.contains("int8") {
+                // The int8 layers (but the CNN's first, one input channel:
+                // the direct loop) offer the int8 sparse kernel or, where
+                // it is their default, the dense one; check_all ran both.
+                let offered = plan
+                    .steps()
+                    .iter()
+                    .filter(|s| s.exec == mlc::runtime::ExecKind::Int8)
+                    .filter(|s| {
+                        s.choices
+                            .iter()
+                            .any(|c| c.sparse.is_some() && c.run.is_none())
+                    })
+                    .count();
+                assert!(offered >= 2, "{what}: {offered} int8 steps offer sparse=");
+            }
         }
     }
 }

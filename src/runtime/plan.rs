@@ -901,7 +901,8 @@ impl Plan {
                 choice: s.choice,
                 choices: self.choices_of(s),
                 flops: s.flops,
-                sparse: s.packed.as_ref().is_some_and(|p| p.is_sparse()),
+                sparse: s.packed.as_ref().is_some_and(|p| p.is_sparse())
+                    || matches!(&s.exec, Exec::Quant { step, .. } if step.is_sparse()),
             })
             .collect()
     }

@@ -21,16 +21,20 @@ use std::cell::RefCell;
 use crate::ir::ops::quant::reference::quant_items;
 use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, QuantRun};
-use crate::kernels::cpu::qconv::{pack_conv, qconv2d, QConvGeom, QPackedConv};
+use crate::kernels::cpu::qconv::{pack_conv, pack_conv_sparse, qconv2d, QConvGeom, QPackedConv};
 use crate::kernels::cpu::qgemm::{
-    dynamic_params_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QOut, QPackedB, QRequant,
+    dynamic_params_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QMatX, QOut, QPackedB, QRequant,
 };
+use crate::kernels::cpu::qsparse::{self, qspmm_wx, QCsr};
+use crate::kernels::cpu::sparse;
 use crate::kernels::cpu::{conv, prepack_with, run_node_packed, CpuCtx, Prepacked, View, ViewMut};
 use crate::{Error, Result};
 
 thread_local! {
     /// The quantized activation of the step running on this thread.
     static QUANTIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The transposed quantized activation of a sparse QMatMul.
+    static TRANSPOSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The dequantized activation and the f32 output of a step run on the
     /// f32 kernels (before requantization).
     static DEQUANTIZED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -84,6 +88,14 @@ enum Product {
         k: usize,
         b: QPackedB,
     },
+    /// A MatMul on the sparse kernel: `Cᵀ = Bᵀ · Aᵀ`, B's columns the
+    /// weight rows.
+    SparseMatMul {
+        m: usize,
+        k: usize,
+        n: usize,
+        bt: QCsr,
+    },
     /// The f32 kernels (`run=f32`).
     F32(F32Product),
 }
@@ -113,6 +125,9 @@ pub(crate) struct QuantStep {
     /// The (work) density of a QConv's weight, for its f32 algorithms
     /// (pruned layers list the sparse kernel).
     w_density: Option<f64>,
+    /// Whether the int8 sparse kernel is this layer's default, when it can
+    /// run it (a pruned weight, not depthwise); None when it cannot.
+    sparse_default: Option<bool>,
     out_shape: Vec<usize>,
     /// Items of the input's first axis, each dynamically quantized on its
     /// own ([`crate::ir::ops::quant::reference::quant_items`]).
@@ -145,6 +160,7 @@ impl QuantStep {
             _ => return None,
         };
         let scales = const_f32(g, node, 2)?;
+        let sparse_default: Option<bool>;
         let (product, act_quant, act, residual, channels) = match &node.op {
             Op::QConv { conv, x_quant, act } => {
                 if conv.auto_pad != AutoPad::NotSet
@@ -162,8 +178,20 @@ impl QuantStep {
                     group: conv.group,
                 };
                 let ws = w.shape();
-                let packed = pack_conv(wq, [ws[0], ws[1], ws[2], ws[3]], conv.group, cx.features)?;
                 let (oh, ow) = geom.out_hw(x_shape[2], x_shape[3])?;
+                let shape = [ws[0], ws[1], ws[2], ws[3]];
+                let rows = ws[0];
+                let k = ws[1] * ws[2] * ws[3];
+                sparse_default =
+                    (ws[1] > 1 && sparse::density(&w.to_f32_vec()) <= 0.5).then(|| {
+                        qsparse::sparse_by_default(qsparse::work_density(wq, rows, k), oh * ow)
+                    });
+                let packed =
+                    if choice.run.is_none() && choice.sparse.or(sparse_default) == Some(true) {
+                        pack_conv_sparse(wq, shape, conv.group, cx.features)?
+                    } else {
+                        pack_conv(wq, shape, conv.group, cx.features)?
+                    };
                 if out_shape != [x_shape[0], ws[0], oh, ow] || x_shape[1] != ws[1] * conv.group {
                     return None;
                 }
@@ -189,8 +217,24 @@ impl QuantStep {
                     return None;
                 }
                 let m = x_shape.iter().product::<usize>() / k.max(1);
-                let b = QPackedB::new(k, n, wq, n, false, cx.features)?;
-                (Product::MatMul { m, k, b }, *a_quant, act.clone(), None, n)
+                let items = quant_items(x_shape).max(1);
+                // Bᵀ: the weight rows of the sparse kernel.
+                let bt: Vec<i8> = (0..n * k).map(|i| wq[(i % k) * n + i / k]).collect();
+                sparse_default = (sparse::density(&w.to_f32_vec()) <= 0.5).then(|| {
+                    qsparse::sparse_by_default(qsparse::work_density(&bt, n, k), m / items)
+                });
+                let product =
+                    if choice.run.is_none() && choice.sparse.or(sparse_default) == Some(true) {
+                        let bt = qsparse::prepack(&bt, n, k, cx.features)?;
+                        Product::SparseMatMul { m, k, n, bt }
+                    } else {
+                        Product::MatMul {
+                            m,
+                            k,
+                            b: QPackedB::new(k, n, wq, n, false, cx.features)?,
+                        }
+                    };
+                (product, *a_quant, act.clone(), None, n)
             }
             _ => return None,
         };
@@ -237,9 +281,21 @@ impl QuantStep {
                 ),
                 _ => None,
             },
+            sparse_default,
             out_shape: out_shape.to_vec(),
             items: quant_items(x_shape),
         })
+    }
+
+    /// Whether its weights run on a sparse kernel (int8, or f32 through
+    /// `run=f32`).
+    pub fn is_sparse(&self) -> bool {
+        match &self.product {
+            Product::Conv { w, .. } => w.is_sparse(),
+            Product::SparseMatMul { .. } => true,
+            Product::MatMul { .. } => false,
+            Product::F32(f) => f.packed.as_ref().is_some_and(Prepacked::is_sparse),
+        }
     }
 
     /// The kernel choices this step could take (its own among them), the
@@ -250,7 +306,15 @@ impl QuantStep {
             run: Some(QuantRun::F32),
             ..Choice::default()
         };
-        let mut out = vec![Choice::default(), f32_run];
+        let mut out = vec![Choice::default()];
+        // A pruned weight: the other of the int8 sparse and dense kernels.
+        if let Some(default) = self.sparse_default {
+            out.push(Choice {
+                sparse: Some(!default),
+                ..Choice::default()
+            });
+        }
+        out.push(f32_run);
         let f32_op = match op {
             Op::QConv { conv, act, .. } => Op::FusedConv {
                 conv: conv.clone(),
@@ -373,6 +437,30 @@ impl QuantStep {
                     zero_point: zp,
                 };
                 qgemm(m, a, b, out, b.n(), cx);
+            }
+            Product::SparseMatMul { m, k, n, bt } => {
+                let m = m * items / self.items.max(1);
+                if q.len() != m * k || out_len != m * n {
+                    return Err(Error::Internal("QMatMul: planned sizes differ".into()));
+                }
+                // Aᵀ, the pixels of the weights-left product.
+                TRANSPOSED.with(|buf| {
+                    let mut t = buf.borrow_mut();
+                    if t.len() < q.len() {
+                        t.resize(q.len(), 0);
+                    }
+                    for (r, row) in q.chunks_exact((*k).max(1)).enumerate() {
+                        for (c, &v) in row.iter().enumerate() {
+                            t[c * m + r] = v;
+                        }
+                    }
+                    let x = QMatX {
+                        data: &t[..q.len()],
+                        ld: m,
+                        zero_point: zp,
+                    };
+                    qspmm_wx(bt, x, m, out, (1, *n), cx);
+                });
             }
             Product::Conv { geom, x_shape, w } => {
                 let x_shape = [items, x_shape[1], x_shape[2], x_shape[3]];

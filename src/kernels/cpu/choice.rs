@@ -178,7 +178,9 @@ pub struct Choice {
     pub kc: Option<u16>,
     /// A MatMul/Gemm with a constant B through the sparse kernel
     /// (`sparse=1`) or the dense GEMM (`sparse=0`); None: by B's density
-    /// and the rows (see [`super::linalg::sparse_by_default`]).
+    /// and the rows (see [`super::linalg::sparse_by_default`]). For a
+    /// QConv/QMatMul on the int8 kernels, the int8 sparse kernel or the
+    /// dense one (see [`super::qsparse::sparse_by_default`]).
     pub sparse: Option<bool>,
 }
 

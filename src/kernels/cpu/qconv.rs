@@ -678,7 +678,13 @@ mod tests {
                     let w: Vec<i8> = rand_i8(c.m * cg * kh * kw, -128, 127, seed + 1)
                         .into_iter()
                         .enumerate()
-                        .map(|(i, v)| if (i * 7 + seed as usize) % 5 == 0 { v } else { 0 })
+                        .map(|(i, v)| {
+                            if (i * 7 + seed as usize) % 5 == 0 {
+                                v
+                            } else {
+                                0
+                            }
+                        })
                         .collect();
                     let shape = [c.m, cg, kh, kw];
                     let Some(pk) = pack_conv_sparse(&w, shape, c.geom.group, f) else {

@@ -248,6 +248,19 @@ pub const QSPARSE_DEFAULT_DENSITY: f64 = 0.4;
 /// 1.46x at 0.35 and 2.05x at 0.19 in blocks (work 0.37, 0.22, 0.12).
 pub const QSPARSE_DEFAULT_DENSITY_FEW: f64 = 0.2;
 
+/// Whether a product of work density `work` (see [`work_density`]) over
+/// `pixels` columns runs sparse by default: [`QSPARSE_DEFAULT_DENSITY`]
+/// from 256 pixels, [`QSPARSE_DEFAULT_DENSITY_FEW`] below 16, and between
+/// them 0.33 (a MatMul of 128 rows broke even near 0.35).
+pub fn sparse_by_default(work: f64, pixels: usize) -> bool {
+    let limit = match pixels {
+        256.. => QSPARSE_DEFAULT_DENSITY,
+        16..=255 => 0.33,
+        _ => QSPARSE_DEFAULT_DENSITY_FEW,
+    };
+    work <= limit
+}
+
 /// The share of the dense int8 kernel's work that [`qspmm_wx`] does on
 /// row-major `w[m][k]`: its stored quad slots over `m · k` (a quad is
 /// stored whole when any of its 4 weights is nonzero), divided by
