@@ -679,7 +679,7 @@ mod tests {
                         .into_iter()
                         .enumerate()
                         .map(|(i, v)| {
-                            if (i * 7 + seed as usize) % 5 == 0 {
+                            if (i * 7 + seed as usize).is_multiple_of(5) {
                                 v
                             } else {
                                 0
