@@ -631,6 +631,75 @@ mod tests {
     }
 
     #[test]
+    fn a_split_convolution_at_full_rank_computes_the_original() {
+        use crate::ir::{AutoPad, DType};
+        // x [1, 3, 7, 6] -> 3x3 conv, stride 2, pads (1, 0, 2, 1), 8
+        // outputs with bias and Relu; then a MatMul-free check of the
+        // pair at full rank (U·Uᵀ = I) and a truncated one's shape.
+        let mut g = Graph::new("conv", 17);
+        let x = g.add_input(
+            "x",
+            TensorType::new(DType::F32, Shape::known(&[1, 3, 7, 6])),
+        );
+        let w: Vec<f32> = (0..8 * 27)
+            .map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let w = g.add_const("w", Tensor::from_f32(vec![8, 3, 3, 3], w).unwrap());
+        let b = g.add_const("b", Tensor::from_f32(vec![8], vec![0.25; 8]).unwrap());
+        let y = g.add_value(
+            "y",
+            TensorType::new(DType::F32, Shape::known(&[1, 8, 4, 3])),
+        );
+        let conv = ConvAttrs {
+            kernel_shape: vec![3, 3],
+            strides: vec![2, 2],
+            dilations: vec![1, 1],
+            pads: vec![1, 0, 2, 1],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        let node = g.add_node(Node {
+            name: "c".into(),
+            op: Op::FusedConv {
+                conv,
+                act: Some(crate::ir::Activation::Relu),
+            },
+            inputs: vec![Some(x), Some(w), Some(b)],
+            outputs: vec![y],
+        });
+        g.outputs.push(y);
+        let layer = Layer {
+            node,
+            name: "c".into(),
+            kind: super::super::quantize::LayerKind::Conv,
+            input: x,
+            weight: w,
+            weight_elements: 8 * 27,
+        };
+        let (fs, skipped) = factorable(&g, &[layer], None, false).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let input: Vec<f32> = (0..3 * 42)
+            .map(|i| ((i * 11) % 13) as f32 / 6.0 - 1.0)
+            .collect();
+        let input = Tensor::from_f32(vec![1, 3, 7, 6], input).unwrap();
+        let want = crate::interp::run(&g, vec![input.clone()]).unwrap();
+        let full = apply(&g, &fs, &[8]).unwrap();
+        let got = crate::interp::run(&full, vec![input.clone()]).unwrap();
+        let (a, b) = (want[0].as_f32().unwrap(), got[0].as_f32().unwrap());
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() < 1e-4, "{i}: {x} vs {y}");
+        }
+        // Rank 2: a [2, 3, 3, 3] window into a 1x1 back to 8 channels.
+        let low = apply(&g, &fs, &[2]).unwrap();
+        let first = low.nodes().find(|(_, n)| n.name == "c.lowrank").unwrap().1;
+        let fw = low.const_value(first.input(1).unwrap()).unwrap();
+        assert_eq!(fw.shape(), &[2, 3, 3, 3]);
+        let out = crate::interp::run(&low, vec![input]).unwrap();
+        assert_eq!(out[0].shape(), &[1, 8, 4, 3]);
+    }
+
+    #[test]
     fn the_allocation_keeps_the_share_asked_and_cuts_the_cheapest_energy() {
         // Layer 0: one strong direction; layer 1: flat spectrum.
         let (rows, cols) = (8, 8);
