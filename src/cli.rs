@@ -31,6 +31,8 @@ pub(crate) enum GoalArg {
 pub(crate) enum Emit {
     Mlc,
     Onnx,
+    /// ONNX with pruned weights as sparse initializers.
+    OnnxSparse,
 }
 
 /// Where a run's inputs come from, and the sizes of symbolic dims.

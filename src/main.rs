@@ -65,6 +65,7 @@ fn emit_format(e: Option<Emit>) -> Option<Format> {
     e.map(|e| match e {
         Emit::Mlc => Format::Bundle,
         Emit::Onnx => Format::Onnx,
+        Emit::OnnxSparse => Format::OnnxSparse,
     })
 }
 

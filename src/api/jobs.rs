@@ -127,11 +127,12 @@ pub fn compress_file(
     report.format = match format {
         Format::Bundle => "mlc bundle".into(),
         Format::Onnx => "QDQ ONNX".into(),
+        Format::OnnxSparse => "QDQ ONNX, sparse initializers".into(),
     };
     report.size.output_bytes = out_bytes;
     let base = match format {
         Format::Bundle => report.size.f32_bundle_bytes,
-        Format::Onnx => report.size.source_bytes,
+        Format::Onnx | Format::OnnxSparse => report.size.source_bytes,
     };
     report.size.ratio = out_bytes as f64 / base.max(1) as f64;
     let json = serde_json::to_string_pretty(&report)

@@ -104,6 +104,9 @@ pub enum Format {
     Bundle,
     /// Standard ONNX (fused ops expanded; int8 layers as QDQ).
     Onnx,
+    /// ONNX as [`Format::Onnx`], with pruned (mostly zero) weights as
+    /// sparse initializers.
+    OnnxSparse,
 }
 
 impl Format {
@@ -120,6 +123,7 @@ impl Format {
         match self {
             Format::Bundle => "mlc bundle",
             Format::Onnx => "ONNX",
+            Format::OnnxSparse => "ONNX (sparse initializers)",
         }
     }
 }
@@ -357,6 +361,12 @@ impl Model {
         match format {
             Format::Bundle => bundle::write(path, &self.graph, &self.metadata())?,
             Format::Onnx => formats::onnx::write(path, &self.graph)?,
+            Format::OnnxSparse => {
+                let opts = formats::onnx::ExportOptions {
+                    sparse_initializers: true,
+                };
+                formats::onnx::write_with(path, &self.graph, opts)?
+            }
         }
         Ok(std::fs::metadata(path)
             .map_err(|e| Error::io(path, e))?

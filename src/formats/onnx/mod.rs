@@ -41,7 +41,10 @@ use attrs::Attrs;
 use ctx::{Ctx, Fixup, Imported, In};
 
 /// Oldest default-domain opset mlc imports.
-pub use export::{export_opset, ir_version_for, tensor_to_proto, to_bytes, to_model, write};
+pub use export::{
+    export_opset, ir_version_for, tensor_to_proto, to_bytes, to_bytes_with, to_model,
+    to_model_with, write, write_with, ExportOptions,
+};
 
 pub const MIN_OPSET: i64 = 7;
 /// Newest default-domain opset mlc imports. Opsets 22..28 changed the ops mlc
@@ -511,18 +514,51 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+        // Sparse initializers (named by their values) are held dense.
         for s in &graph.sparse_initializer {
             let name = s
                 .values
                 .as_ref()
                 .map(|v| v.name.clone())
                 .unwrap_or_default();
-            self.problem(
-                &name,
-                "initializer",
-                format!("sparse initializer '{name}' is not supported"),
-            );
-            self.failed.insert(name);
+            if name.is_empty() {
+                self.problem("", "initializer", "a sparse initializer has no name");
+                continue;
+            }
+            if self.names.contains_key(&name) || self.failed.contains(&name) {
+                self.problem(
+                    &name,
+                    "initializer",
+                    format!("initializer '{name}' is defined twice"),
+                );
+                continue;
+            }
+            match tensor::decode_sparse(s, self.base_dir) {
+                Ok(x) => {
+                    total += x.size_bytes() as u64;
+                    if total > crate::limits::max_memory() {
+                        self.problem(
+                            &name,
+                            "initializer",
+                            format!(
+                                "the initializers up to '{name}' need {}",
+                                crate::limits::over_budget(total, crate::limits::max_memory())
+                            ),
+                        );
+                        return;
+                    }
+                    let id = self.g.add_const(name.clone(), x);
+                    self.names.insert(name, id);
+                }
+                Err(m) => {
+                    self.problem(
+                        &name,
+                        "initializer",
+                        format!("sparse initializer '{name}' {m}"),
+                    );
+                    self.failed.insert(name);
+                }
+            }
         }
     }
 

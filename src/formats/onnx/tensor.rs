@@ -18,7 +18,7 @@ use std::path::{Component, Path};
 
 use half::{bf16, f16};
 use onnx_protobuf::tensor_proto::DataLocation;
-use onnx_protobuf::TensorProto;
+use onnx_protobuf::{SparseTensorProto, TensorProto};
 
 use crate::ir::{checked_numel, lowp, DType, Tensor, TensorData};
 
@@ -99,6 +99,111 @@ pub(crate) fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor,
 }
 
 /// Number of values in the typed field that carries `dtype`.
+/// The dense tensor a sparse initializer stands for: its `values` (`[NNZ]`)
+/// at its `indices` (`[NNZ]` linear, or `[NNZ, rank]` coordinates, int64),
+/// zero elsewhere, of shape `dims`. Indices out of range, repeated or of
+/// the wrong count are errors; the dense tensor is held to the memory
+/// budget before it is allocated.
+pub(crate) fn decode_sparse(
+    s: &SparseTensorProto,
+    base_dir: Option<&Path>,
+) -> Result<Tensor, String> {
+    let values = decode(s.values.as_ref().ok_or("has no values")?, base_dir)
+        .map_err(|e| format!("values {e}"))?;
+    let mut shape = Vec::with_capacity(s.dims.len());
+    for &d in &s.dims {
+        shape.push(
+            usize::try_from(d).map_err(|_| format!("has a negative dimension in {:?}", s.dims))?,
+        );
+    }
+    let numel =
+        checked_numel(&shape).ok_or_else(|| format!("shape {:?} has too many elements", s.dims))?;
+    let dtype = values.dtype();
+    let in_memory = (numel as u64).saturating_mul(dtype.size() as u64);
+    if in_memory > crate::limits::max_memory() {
+        return Err(format!(
+            "of shape {shape:?} ({dtype}) needs {}",
+            crate::limits::over_budget(in_memory, crate::limits::max_memory())
+        ));
+    }
+    let nnz = values.numel();
+    if values.rank() != 1 {
+        return Err(format!(
+            "values must be 1-D, not of shape {:?}",
+            values.shape()
+        ));
+    }
+    let linear: Vec<usize> = if nnz == 0 {
+        Vec::new()
+    } else {
+        let idx = decode(s.indices.as_ref().ok_or("has no indices")?, base_dir)
+            .map_err(|e| format!("indices {e}"))?;
+        let TensorData::I64(iv) = idx.data() else {
+            return Err(format!("indices must be int64, not {}", idx.dtype()));
+        };
+        let bad = |i: i64| format!("index {i} is out of range for shape {}", fmt_dims(&shape));
+        match idx.shape() {
+            [n] if *n == nnz => iv
+                .iter()
+                .map(|&i| {
+                    usize::try_from(i)
+                        .ok()
+                        .filter(|&u| u < numel)
+                        .ok_or_else(|| bad(i))
+                })
+                .collect::<Result<_, _>>()?,
+            [n, r] if *n == nnz && *r == shape.len() => iv
+                .chunks_exact(shape.len().max(1))
+                .map(|c| {
+                    c.iter().zip(&shape).try_fold(0usize, |acc, (&i, &d)| {
+                        usize::try_from(i)
+                            .ok()
+                            .filter(|&u| u < d)
+                            .map(|u| acc * d + u)
+                            .ok_or_else(|| bad(i))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            other => {
+                return Err(format!(
+                    "indices of shape {other:?} do not fit {nnz} values of a rank-{} tensor",
+                    shape.len()
+                ))
+            }
+        }
+    };
+    let mut seen = vec![false; if linear.is_empty() { 0 } else { numel }];
+    for &i in &linear {
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!("index {i} appears twice"));
+        }
+    }
+    fn scatter<T: Copy + Default>(v: &[T], at: &[usize], numel: usize) -> Vec<T> {
+        let mut out = vec![T::default(); numel];
+        for (&i, &x) in at.iter().zip(v) {
+            out[i] = x;
+        }
+        out
+    }
+    let data = match values.data() {
+        TensorData::F32(v) => TensorData::F32(scatter(v, &linear, numel)),
+        TensorData::F64(v) => TensorData::F64(scatter(v, &linear, numel)),
+        TensorData::F16(v) => TensorData::F16(scatter(v, &linear, numel)),
+        TensorData::BF16(v) => TensorData::BF16(scatter(v, &linear, numel)),
+        TensorData::I8(v) => TensorData::I8(scatter(v, &linear, numel)),
+        TensorData::U8(v) => TensorData::U8(scatter(v, &linear, numel)),
+        TensorData::I16(v) => TensorData::I16(scatter(v, &linear, numel)),
+        TensorData::U16(v) => TensorData::U16(scatter(v, &linear, numel)),
+        TensorData::I32(v) => TensorData::I32(scatter(v, &linear, numel)),
+        TensorData::U32(v) => TensorData::U32(scatter(v, &linear, numel)),
+        TensorData::I64(v) => TensorData::I64(scatter(v, &linear, numel)),
+        TensorData::U64(v) => TensorData::U64(scatter(v, &linear, numel)),
+        TensorData::Bool(v) => TensorData::Bool(scatter(v, &linear, numel)),
+        _ => return Err(format!("sparse values of type {dtype} are not supported")),
+    };
+    Tensor::new(shape, data).map_err(|e| format!("data does not fit: {e}"))
+}
+
 fn typed_len(t: &TensorProto, dtype: DType) -> usize {
     match dtype {
         DType::F32 => t.float_data.len(),
