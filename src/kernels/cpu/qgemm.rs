@@ -364,7 +364,7 @@ impl QPackedB {
 
 /// Grows `v` to hold `len` bytes from a 64-byte aligned start; returns the
 /// start's offset.
-fn aligned<T: Default + Clone>(v: &mut Vec<T>, len: usize) -> usize {
+pub(crate) fn aligned<T: Default + Clone>(v: &mut Vec<T>, len: usize) -> usize {
     let sz = std::mem::size_of::<T>();
     let extra = 64 / sz;
     if v.len() < len + extra {

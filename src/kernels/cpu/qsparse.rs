@@ -62,7 +62,7 @@
 use std::cell::RefCell;
 
 use super::gemm::with_buf;
-use super::qgemm::{checked_out, Finish, QKernel, QMatX, QOut, MAX_K, NR};
+use super::qgemm::{aligned, checked_out, Finish, QKernel, QMatX, QOut, MAX_K, NR};
 use super::sparse::BLOCK_ROWS;
 use super::{CpuCtx, Features};
 
@@ -540,16 +540,28 @@ impl Job<'_> {
             windows.push((total, stride));
             total += len.next_multiple_of(64);
         }
-        if buf.len() < total {
-            buf.resize(total, 0);
-        }
+        // 64-byte aligned: a register's load never splits a cache line
+        // (unaligned, ResNet-18's layers ran 8.8 or 12.7 ms by the luck of
+        // the allocation).
+        let base = aligned(buf, total);
         for (i, &(off, stride)) in windows.iter().enumerate() {
             let q = i * win;
             let pixels = (q + win).min(n) - q;
             let wide = self.w.path == Path::Vnni512;
-            pack_window(&self.x, self.w.k, q, pixels, stride, &mut buf[off..], wide);
+            pack_window(
+                &self.x,
+                self.w.k,
+                q,
+                pixels,
+                stride,
+                &mut buf[base + off..],
+                wide,
+            );
         }
-        Packed { buf, windows }
+        Packed {
+            buf: &buf[base..],
+            windows,
+        }
     }
 
     /// Rows of `blocks`, pixels `p0..p1`, a window at a time: packed here,
@@ -572,13 +584,12 @@ impl Job<'_> {
                     }
                     None => {
                         let (len, stride) = self.window_bytes(q1 - q);
-                        if buf.len() < len {
-                            buf.resize(len, 0);
-                        }
+                        let base = aligned(buf, len);
                         let wide = path == Path::Vnni512;
-                        pack_window(&self.x, self.w.k, q, q1 - q, stride, buf, wide);
+                        let out = &mut buf[base..];
+                        pack_window(&self.x, self.w.k, q, q1 - q, stride, out, wide);
                         Window {
-                            ptr: buf.as_ptr(),
+                            ptr: out.as_ptr(),
                             stride,
                             p0: q,
                         }
@@ -642,9 +653,9 @@ impl Job<'_> {
         let chunks = (q1 - q).div_ceil(NR);
         debug_assert!(chunks <= STAGE_CHUNKS && g >= BLOCK_ROWS);
         // Chunk c, row r of the run at `stage[(c * g + r) * NR..][..NR]`.
-        let mut stage = [0i32; STAGE_ROWS * STAGE_CHUNKS * NR];
+        let mut stage = StageBuf([0i32; STAGE_ROWS * STAGE_CHUNKS * NR]);
         let st = Stage {
-            ptr: stage.as_mut_ptr(),
+            ptr: stage.0.as_mut_ptr(),
             g,
         };
         let flush = |r0: usize, rows: usize| {
@@ -776,6 +787,11 @@ impl Job<'_> {
 const STAGE_ROWS: usize = 12;
 /// [`NR`]-pixel chunks of the widest window.
 const STAGE_CHUNKS: usize = 64 / NR;
+
+/// The staged accumulators' storage, 64-byte aligned (a tile's stores
+/// never split a cache line).
+#[repr(align(64))]
+struct StageBuf([i32; STAGE_ROWS * STAGE_CHUNKS * NR]);
 
 /// A window's staged accumulators: chunk c, row r at `ptr + (c * g + r) *
 /// NR`.
