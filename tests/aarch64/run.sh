@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The suite's aarch64 step (tests/run_all.sh), all under qemu-user:
 #   1. cross-builds mlc and the library's unit tests (tests/aarch64/build.sh);
-#   2. runs the kernel tests of the f32 GEMM, convolutions and sparse products and of the
+#   2. runs the kernel tests of the f32 GEMM, convolutions, sparse products
+#      (f32 and int8) and of the
 #      int8 GEMM and convolutions (each over every aarch64 feature set the
 #      emulated CPU has: portable, NEON, NEON + dotprod);
 #   3. runs every model fixture and the int8 digits bundles with the aarch64
@@ -31,7 +32,7 @@ test_log=target/tmp/aarch64_kernel_tests.log
 if ! cargo test --release --locked --target aarch64-unknown-linux-gnu --lib -- \
     kernels::cpu::gemm:: kernels::cpu::conv:: kernels::cpu::winograd:: \
     kernels::cpu::linalg:: kernels::cpu::qgemm:: kernels::cpu::qconv:: \
-    kernels::cpu::sparse:: \
+    kernels::cpu::sparse:: kernels::cpu::qsparse:: \
     >"$test_log" 2>&1 </dev/null; then
     grep -E "^test .* FAILED|panicked|^failures:" -A3 "$test_log" | head -60
     echo "aarch64: kernel tests failed under qemu (log: $test_log)" >&2
