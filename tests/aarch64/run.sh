@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The suite's aarch64 step (tests/run_all.sh), all under qemu-user:
 #   1. cross-builds mlc and the library's unit tests (tests/aarch64/build.sh);
-#   2. runs the kernel tests of the f32 GEMM, convolutions, sparse products
-#      (f32 and int8) and of the
-#      int8 GEMM and convolutions (each over every aarch64 feature set the
-#      emulated CPU has: portable, NEON, NEON + dotprod);
+#   2. runs the kernel tests of the f32 GEMM, convolutions and sparse
+#      products and of the int8 GEMM, convolutions and sparse products (each
+#      over every aarch64 feature set the emulated CPU has: portable, NEON,
+#      NEON + dotprod);
 #   3. runs every model fixture and the int8 digits bundles with the aarch64
 #      and the x86_64 mlc and compares them (tests/aarch64/fixtures.py);
 # then prints one summary line. Timings under emulation mean nothing: this
