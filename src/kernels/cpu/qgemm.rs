@@ -1077,6 +1077,41 @@ fn pack_x_impl<const G: usize, const E: usize>(
 /// filled (a multiple of 4).
 ///
 /// # Safety
+/// Four rows of 64 bytes (4 consecutive depths of 64 columns) interleaved
+/// into the columns' quads: vector `l` holds columns `16l .. 16l + 16`,
+/// each as its 4 bytes in depth order. The byte and word unpacks
+/// interleave within 128-bit lanes, and a 4 × 4 transpose of the lanes
+/// puts them in order.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn quads_of_64(
+    r: [std::arch::x86_64::__m512i; 4],
+) -> [std::arch::x86_64::__m512i; 4] {
+    use std::arch::x86_64::*;
+    let t01lo = _mm512_unpacklo_epi8(r[0], r[1]);
+    let t01hi = _mm512_unpackhi_epi8(r[0], r[1]);
+    let t23lo = _mm512_unpacklo_epi8(r[2], r[3]);
+    let t23hi = _mm512_unpackhi_epi8(r[2], r[3]);
+    // Lane L of o_q holds columns 16L + 4q .. 16L + 4q + 3.
+    let o0 = _mm512_unpacklo_epi16(t01lo, t23lo);
+    let o1 = _mm512_unpackhi_epi16(t01lo, t23lo);
+    let o2 = _mm512_unpacklo_epi16(t01hi, t23hi);
+    let o3 = _mm512_unpackhi_epi16(t01hi, t23hi);
+    let a = _mm512_shuffle_i64x2::<0x44>(o0, o1);
+    let b = _mm512_shuffle_i64x2::<0x44>(o2, o3);
+    let c = _mm512_shuffle_i64x2::<0xEE>(o0, o1);
+    let d = _mm512_shuffle_i64x2::<0xEE>(o2, o3);
+    [
+        _mm512_shuffle_i64x2::<0x88>(a, b),
+        _mm512_shuffle_i64x2::<0xDD>(a, b),
+        _mm512_shuffle_i64x2::<0x88>(c, d),
+        _mm512_shuffle_i64x2::<0xDD>(c, d),
+    ]
+}
+
 /// The CPU must support AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -1107,25 +1142,7 @@ unsafe fn pack_x4_avx512(
             let r: [__m512i; 4] = std::array::from_fn(|d| {
                 _mm512_loadu_si512(x.data.as_ptr().add((gi * 4 + d) * x.ld + c0) as *const __m512i)
             });
-            let t01lo = _mm512_unpacklo_epi8(r[0], r[1]);
-            let t01hi = _mm512_unpackhi_epi8(r[0], r[1]);
-            let t23lo = _mm512_unpacklo_epi8(r[2], r[3]);
-            let t23hi = _mm512_unpackhi_epi8(r[2], r[3]);
-            // Lane L of o_q holds columns 16L + 4q .. 16L + 4q + 3.
-            let o0 = _mm512_unpacklo_epi16(t01lo, t23lo);
-            let o1 = _mm512_unpackhi_epi16(t01lo, t23lo);
-            let o2 = _mm512_unpacklo_epi16(t01hi, t23hi);
-            let o3 = _mm512_unpackhi_epi16(t01hi, t23hi);
-            let a = _mm512_shuffle_i64x2::<0x44>(o0, o1);
-            let b = _mm512_shuffle_i64x2::<0x44>(o2, o3);
-            let c = _mm512_shuffle_i64x2::<0xEE>(o0, o1);
-            let d = _mm512_shuffle_i64x2::<0xEE>(o2, o3);
-            let p = [
-                _mm512_shuffle_i64x2::<0x88>(a, b),
-                _mm512_shuffle_i64x2::<0xDD>(a, b),
-                _mm512_shuffle_i64x2::<0x88>(c, d),
-                _mm512_shuffle_i64x2::<0xDD>(c, d),
-            ];
+            let p = quads_of_64(r);
             for (l, v) in p.into_iter().enumerate() {
                 _mm512_storeu_si512(out.add(l * panel + gi * 64) as *mut __m512i, v);
             }

@@ -1078,9 +1078,8 @@ mod x86 {
     }
 
     /// Interleaves 64 bytes of four rows `ld` apart from `src` into
-    /// `out[4c + d] = row d [c]` (the quads of 64 pixels): the byte and
-    /// word unpacks interleave within 128-bit lanes, and a 4 × 4 transpose
-    /// of the lanes puts them in order.
+    /// `out[4c + d] = row d [c]` (the quads of 64 pixels, as
+    /// [`quads_of_64`](super::super::qgemm::quads_of_64) orders them).
     ///
     /// # Safety
     /// The CPU must support AVX-512 F and BW; each row's 64 bytes must be
@@ -1090,25 +1089,7 @@ mod x86 {
         assert!(out.len() >= 256, "256 bytes of quads");
         let r: [__m512i; 4] =
             std::array::from_fn(|d| _mm512_loadu_si512(src.add(d * ld) as *const __m512i));
-        let t01lo = _mm512_unpacklo_epi8(r[0], r[1]);
-        let t01hi = _mm512_unpackhi_epi8(r[0], r[1]);
-        let t23lo = _mm512_unpacklo_epi8(r[2], r[3]);
-        let t23hi = _mm512_unpackhi_epi8(r[2], r[3]);
-        // Lane L of o_i holds the quads of pixels 16L + 4i .. 16L + 4i + 3.
-        let o0 = _mm512_unpacklo_epi16(t01lo, t23lo);
-        let o1 = _mm512_unpackhi_epi16(t01lo, t23lo);
-        let o2 = _mm512_unpacklo_epi16(t01hi, t23hi);
-        let o3 = _mm512_unpackhi_epi16(t01hi, t23hi);
-        let a = _mm512_shuffle_i64x2::<0x44>(o0, o1);
-        let b = _mm512_shuffle_i64x2::<0x44>(o2, o3);
-        let c = _mm512_shuffle_i64x2::<0xEE>(o0, o1);
-        let d = _mm512_shuffle_i64x2::<0xEE>(o2, o3);
-        let p = [
-            _mm512_shuffle_i64x2::<0x88>(a, b),
-            _mm512_shuffle_i64x2::<0xDD>(a, b),
-            _mm512_shuffle_i64x2::<0x88>(c, d),
-            _mm512_shuffle_i64x2::<0xDD>(c, d),
-        ];
+        let p = super::super::qgemm::quads_of_64(r);
         let o = out.as_mut_ptr() as *mut __m512i;
         for (l, v) in p.into_iter().enumerate() {
             _mm512_storeu_si512(o.add(l), v);
