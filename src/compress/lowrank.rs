@@ -35,7 +35,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::data;
-use super::prune::{SearchStep, Verdict, WeightMatrix};
+use super::matrix::WeightMatrix;
+use super::prune::{SearchStep, Verdict};
 use super::quantize::Layer;
 use super::reconstruct::Gram;
 use crate::ir::{ConvAttrs, Dim, Graph, Node, NodeId, Op, Shape, Tensor, TensorType};

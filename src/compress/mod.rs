@@ -27,6 +27,7 @@
 pub mod channels;
 pub mod data;
 pub mod lowrank;
+pub mod matrix;
 pub mod prune;
 pub mod quantize;
 pub mod reconstruct;

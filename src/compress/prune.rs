@@ -24,9 +24,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::data::{self, Dataset};
+pub use super::matrix::WeightMatrix;
 use super::quantize::Layer;
 use super::reconstruct::{self, Gram};
-use crate::ir::{Graph, NodeId, Op, Tensor, ValueId};
+use crate::ir::{Graph, NodeId, Tensor, ValueId};
 use crate::measure::Measurer;
 use crate::{Error, Result};
 
@@ -156,99 +157,10 @@ impl PruneOptions {
     }
 }
 
-/// A layer's weight as a matrix: `rows` outputs by `cols` reduction
-/// elements, wherever they sit in the tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WeightMatrix {
-    pub rows: usize,
-    pub cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-    /// Reduction columns per input channel (a convolution's taps).
-    taps: usize,
-    /// Output rows per group, and input channels per group.
-    rows_per_group: usize,
-    channels_per_group: usize,
-}
-
-impl WeightMatrix {
-    /// The matrix of `op`'s weight of shape `w_shape`: a convolution's
-    /// `[M, C/G, kh, kw]`, a MatMul's `[K, N]`, a transposed one's `[N, K]`.
-    pub fn of(op: &Op, w_shape: &[usize]) -> Option<WeightMatrix> {
-        let transposed = |rows: usize, cols: usize| WeightMatrix {
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-            taps: 1,
-            rows_per_group: rows,
-            channels_per_group: cols,
-        };
-        match op {
-            Op::Conv(a) | Op::FusedConv { conv: a, .. } | Op::QConv { conv: a, .. } => {
-                let m = *w_shape.first()?;
-                let cg = *w_shape.get(1)?;
-                let taps: usize = w_shape.get(2..)?.iter().product();
-                if a.group == 0 || m % a.group != 0 {
-                    return None;
-                }
-                Some(WeightMatrix {
-                    rows: m,
-                    cols: cg * taps,
-                    row_stride: cg * taps,
-                    col_stride: 1,
-                    taps,
-                    rows_per_group: m / a.group,
-                    channels_per_group: cg,
-                })
-            }
-            Op::Gemm { trans_b: true, .. } | Op::FusedMatMul { trans_b: true, .. } => {
-                let [n, k] = *w_shape else { return None };
-                Some(transposed(n, k))
-            }
-            Op::MatMul | Op::Gemm { .. } | Op::FusedMatMul { .. } | Op::QMatMul { .. } => {
-                let [k, n] = *w_shape else { return None };
-                Some(WeightMatrix {
-                    rows: n,
-                    cols: k,
-                    row_stride: 1,
-                    col_stride: n,
-                    taps: 1,
-                    rows_per_group: n,
-                    channels_per_group: k,
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// Flat index of row `r`, column `c` in the weight tensor.
-    pub fn index(&self, r: usize, c: usize) -> usize {
-        r * self.row_stride + c * self.col_stride
-    }
-
-    /// The input channel that column `c` of row `r` multiplies.
-    fn input_channel(&self, r: usize, c: usize) -> usize {
-        (r / self.rows_per_group) * self.channels_per_group + c / self.taps
-    }
-
-    /// Units (blocks of `block` rows at one column), row block major.
-    fn units(&self, block: Block) -> usize {
-        self.rows.div_ceil(block.rows()) * self.cols
-    }
-
-    /// The weights' flat indices of unit `u`.
-    fn unit_elements(&self, block: Block, u: usize) -> impl Iterator<Item = usize> + '_ {
-        let (rb, c) = (u / self.cols, u % self.cols);
-        let rows = rb * block.rows()..((rb + 1) * block.rows()).min(self.rows);
-        rows.map(move |r| self.index(r, c))
-    }
-}
-
 /// Each unit's importance: the L2 norm of its weights, each scaled by its
 /// input channel's norm when `norms` are given.
 fn unit_scores(w: &[f32], m: &WeightMatrix, block: Block, norms: Option<&[f32]>) -> Vec<f32> {
-    (0..m.units(block))
+    (0..m.units(block.rows()))
         .map(|u| {
             let (rb, c) = (u / m.cols, u % m.cols);
             let rows = rb * block.rows()..((rb + 1) * block.rows()).min(m.rows);
@@ -280,7 +192,7 @@ pub fn pruning_order(m: &WeightMatrix, block: Block, scores: &[f32]) -> Vec<usiz
             scores[u]
         }
     };
-    let mut order: Vec<usize> = (0..m.units(block)).collect();
+    let mut order: Vec<usize> = (0..m.units(block.rows())).collect();
     order.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
     order
 }
@@ -302,7 +214,7 @@ pub fn prune_weight(
         if zeroed >= want {
             break;
         }
-        for i in m.unit_elements(block, u) {
+        for i in m.unit_elements(block.rows(), u) {
             out[i] = 0.0;
             zeroed += 1;
         }
@@ -429,7 +341,7 @@ fn prunable(
             continue;
         };
         let Some(data) = w.as_f32() else { continue };
-        if m.channels_per_group == 1 && m.rows_per_group < m.rows {
+        if m.is_depthwise() {
             skipped.push((l.name.clone(), "depthwise".into()));
             continue;
         }
@@ -481,12 +393,12 @@ fn global_fractions(layers: &[Prunable], block: Block, target: f64) -> Vec<f64> 
             break;
         }
         counts[li] += 1;
-        removed += layers[li].matrix.unit_elements(block, u).count();
+        removed += layers[li].matrix.unit_elements(block.rows(), u).count();
     }
     layers
         .iter()
         .zip(counts)
-        .map(|(p, c)| c as f64 / p.matrix.units(block).max(1) as f64)
+        .map(|(p, c)| c as f64 / p.matrix.units(block.rows()).max(1) as f64)
         .collect()
 }
 
@@ -749,7 +661,7 @@ pub fn input_norms(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::ConvAttrs;
+    use crate::ir::{ConvAttrs, Op};
 
     fn conv_op(group: usize) -> Op {
         Op::Conv(ConvAttrs {
@@ -822,7 +734,7 @@ mod tests {
         // of the 2 columns.
         let w: Vec<f32> = vec![1.0, 0.1, 1.0, 0.1, 1.0, 0.1, 1.0, 0.1, 0.2, 3.0, 0.2, 3.0];
         let m = WeightMatrix::of(&conv_op(1), &[6, 1, 1, 2]).unwrap();
-        assert_eq!(m.units(Block::Rows4), 4);
+        assert_eq!(m.units(Block::Rows4.rows()), 4);
         let scores = unit_scores(&w, &m, Block::Rows4, None);
         let p = pruned(&w, &m, Block::Rows4, &scores, 0.5);
         // Column 1 of rows 0-3 (norm 0.2) and column 0 of rows 4-5 (0.28).

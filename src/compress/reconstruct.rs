@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use super::data::{self, Dataset};
-use super::prune::WeightMatrix;
+use super::matrix::WeightMatrix;
 use super::quantize::Layer;
 use crate::ir::{AutoPad, Graph, NodeId, Op, Tensor};
 use crate::measure::Measurer;
