@@ -221,10 +221,10 @@ pub(crate) struct DistillArgs {
     /// Output bundle (default: <student stem>.distilled.mlc beside it).
     #[arg(long, short)]
     pub(crate) output: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 30)]
     pub(crate) epochs: usize,
     /// Peak learning rate (AdamW, cosine schedule to 0).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub(crate) lr: f64,
     #[arg(long, default_value_t = 32)]
     pub(crate) batch: usize,

@@ -737,3 +737,126 @@ impl<'g> Lowered<'g> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{DType, Dim, Shape, TensorType};
+
+    fn seeded(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::rng::SplitMix64::new(seed);
+        (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect()
+    }
+
+    fn close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * scale, "element {i}: {a} vs {b}");
+        }
+    }
+
+    /// A grouped convolution with asymmetric pads and unequal strides, a
+    /// chain, a pooling and a softmax: candle's forward is the reference's.
+    #[test]
+    fn conv_and_chain_match_reference() {
+        let mut g = Graph::new("t", 17);
+        let ty = |d: Vec<Dim>| TensorType::new(DType::F32, Shape(d));
+        let x = g.add_input(
+            "x",
+            ty(vec![Dim::sym("batch"), Dim::Known(4), Dim::Known(9), Dim::Known(8)]),
+        );
+        let w = g.add_const("w", Tensor::from_f32(vec![6, 2, 3, 2], seeded(72, 1)).unwrap());
+        let b = g.add_const("b", Tensor::from_f32(vec![6], seeded(6, 2)).unwrap());
+        let y = g.add_value("y", ty(vec![]));
+        g.add_node(Node {
+            name: "conv".into(),
+            op: Op::FusedConv {
+                conv: ConvAttrs {
+                    kernel_shape: vec![3, 2],
+                    strides: vec![2, 1],
+                    dilations: vec![1, 1],
+                    pads: vec![1, 0, 0, 1],
+                    auto_pad: AutoPad::NotSet,
+                    group: 2,
+                },
+                act: Some(Activation::LeakyRelu { alpha: 0.1 }),
+            },
+            inputs: vec![Some(x), Some(w), Some(b)],
+            outputs: vec![y],
+        });
+        let z = g.add_value("z", ty(vec![]));
+        g.add_node(Node {
+            name: "chain".into(),
+            op: Op::Elementwise {
+                steps: vec![
+                    EwStep::Binary(BinaryOp::Mul, EwArg::Input(0), EwArg::Scalar(0.5)),
+                    EwStep::Binary(BinaryOp::Add, EwArg::Step(0), EwArg::Input(0)),
+                    EwStep::Clip(EwArg::Step(1), -0.5, 2.0),
+                ],
+            },
+            inputs: vec![Some(y)],
+            outputs: vec![z],
+        });
+        let p = g.add_value("p", ty(vec![]));
+        g.add_node(Node {
+            name: "pool".into(),
+            op: Op::GlobalAveragePool,
+            inputs: vec![Some(z)],
+            outputs: vec![p],
+        });
+        let f = g.add_value("f", ty(vec![]));
+        g.add_node(Node {
+            name: "flat".into(),
+            op: Op::Flatten { axis: 1 },
+            inputs: vec![Some(p)],
+            outputs: vec![f],
+        });
+        let s = g.add_value("s", ty(vec![]));
+        g.add_node(Node {
+            name: "softmax".into(),
+            op: Op::Softmax {
+                axis: -1,
+                legacy: false,
+                nan_to_zero: false,
+            },
+            inputs: vec![Some(f)],
+            outputs: vec![s],
+        });
+        g.outputs = vec![z, s];
+        crate::ir::infer::infer_graph(&mut g).unwrap();
+        let xin = Tensor::from_f32(vec![3, 4, 9, 8], seeded(3 * 4 * 72, 3)).unwrap();
+        let want = crate::interp::run(&g, vec![xin.clone()]).unwrap();
+        let net = Lowered::new(&g).unwrap();
+        assert_eq!(net.params.len(), 2);
+        let got = net.forward(&[to_candle(&xin).unwrap()]).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            let a = from_candle(a).unwrap();
+            assert_eq!(a.shape(), b.shape());
+            close(a.as_f32().unwrap(), b.as_f32().unwrap());
+        }
+    }
+
+    #[test]
+    fn unsupported_op_is_named() {
+        let mut g = Graph::new("t", 17);
+        let x = g.add_input(
+            "x",
+            TensorType::new(DType::F32, Shape(vec![Dim::sym("batch"), Dim::Known(4)])),
+        );
+        let y = g.add_value("y", TensorType::new(DType::F32, Shape(vec![])));
+        g.add_node(Node {
+            name: "the_sine".into(),
+            op: Op::Unary(UnaryOp::Sin),
+            inputs: vec![Some(x)],
+            outputs: vec![y],
+        });
+        g.outputs = vec![y];
+        crate::ir::infer::infer_graph(&mut g).unwrap();
+        let err = Lowered::new(&g).err().expect("Sin is not lowered").to_string();
+        assert_eq!(
+            err,
+            "distill: op Sin (node 'the_sine') is not supported by the training lowering"
+        );
+    }
+}

@@ -64,12 +64,12 @@ pub struct DistillOptions {
 }
 
 impl Default for DistillOptions {
-    /// 20 epochs at lr 1e-3 (AdamW, cosine), batches of 32, T = 4, no
+    /// 30 epochs at lr 3e-3 (AdamW, cosine), batches of 32, T = 4, no
     /// labels, seed 0, patience 5, weight decay 1e-4.
     fn default() -> DistillOptions {
         DistillOptions {
-            epochs: 20,
-            lr: 1e-3,
+            epochs: 30,
+            lr: 3e-3,
             batch: 32,
             temperature: 4.0,
             labels: false,
