@@ -85,7 +85,14 @@ fn lowering_matches_reference_on_digits() {
     let pruned = student(
         &dir,
         "cnn.onnx",
-        &["--prune", "0.9", "--prune-allocation", "uniform", "--prune-update", "none"],
+        &[
+            "--prune",
+            "0.9",
+            "--prune-allocation",
+            "uniform",
+            "--prune-update",
+            "none",
+        ],
         "cnn90.mlc",
     );
     lowering_matches(&pruned, "eval_cnn.npz");
@@ -115,7 +122,14 @@ fn pruned_cnn_regains_accuracy_keeps_zeros_and_is_deterministic() {
     let pruned = student(
         &dir,
         "cnn.onnx",
-        &["--prune", "0.9", "--prune-allocation", "uniform", "--prune-update", "none"],
+        &[
+            "--prune",
+            "0.9",
+            "--prune-allocation",
+            "uniform",
+            "--prune-update",
+            "none",
+        ],
         "cnn90.mlc",
     );
     let teacher = digits("cnn.onnx");
@@ -206,17 +220,47 @@ fn bad_input_exits_2_without_output() {
         "differ from the teacher's",
     );
     assert_usage_error(
-        &["distill", cnn, "--teacher", cnn, "--data", "/nonexistent/d.npz", "-o", o],
+        &[
+            "distill",
+            cnn,
+            "--teacher",
+            cnn,
+            "--data",
+            "/nonexistent/d.npz",
+            "-o",
+            o,
+        ],
         &out,
         "/nonexistent/d.npz",
     );
     assert_usage_error(
-        &["distill", cnn, "--teacher", cnn, "--data", calib, "--labels", "-o", o],
+        &[
+            "distill",
+            cnn,
+            "--teacher",
+            cnn,
+            "--data",
+            calib,
+            "--labels",
+            "-o",
+            o,
+        ],
         &out,
         "no 'labels'",
     );
     assert_usage_error(
-        &["distill", cnn, "--teacher", cnn, "--data", calib, "--lr", "0", "-o", o],
+        &[
+            "distill",
+            cnn,
+            "--teacher",
+            cnn,
+            "--data",
+            calib,
+            "--lr",
+            "0",
+            "-o",
+            o,
+        ],
         &out,
         "--lr",
     );

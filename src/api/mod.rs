@@ -61,7 +61,8 @@ pub use crate::transform::runner::PassLogEntry;
 pub use crate::tune::{host_fingerprint, parse_budget};
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
 pub use jobs::{
-    bench_file, compile_file, compress_file, distill_file, run_file, CompileReport, CompressOutcome, InputFiles,
+    bench_file, compile_file, compress_file, distill_file, run_file, CompileReport,
+    CompressOutcome, InputFiles,
 };
 pub use session::{OutputSummary, RunReport, Session, SessionOptions};
 pub use tune::{tune_file, TuneFileOptions, TuneReport};

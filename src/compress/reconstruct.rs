@@ -229,7 +229,7 @@ impl Vectors {
 }
 
 /// The Gram matrix of each layer's input vectors over `data`, by node, for
-/// the layers whose input [`Vectors::of`] can read and whose weight
+/// the layers whose input `Vectors::of` can read and whose weight
 /// matrix `wanted` takes ([`fits`] for the least-squares update).
 pub fn layer_grams(
     g: &Graph,

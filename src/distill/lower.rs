@@ -210,7 +210,9 @@ fn act(x: CTensor, a: &Option<Activation>) -> candle_core::Result<CTensor> {
         Activation::Clip { min, max } => x.clamp(*min, *max),
         Activation::Sigmoid => candle_nn::ops::sigmoid(&x),
         Activation::Tanh => x.tanh(),
-        Activation::HardSigmoid { alpha, beta } => x.affine(*alpha as f64, *beta as f64)?.clamp(0f32, 1f32),
+        Activation::HardSigmoid { alpha, beta } => {
+            x.affine(*alpha as f64, *beta as f64)?.clamp(0f32, 1f32)
+        }
         Activation::HardSwish => x.affine(1.0 / 6.0, 0.5)?.clamp(0f32, 1f32)?.mul(&x),
         Activation::LeakyRelu { alpha } => candle_nn::ops::leaky_relu(&x, *alpha as f64),
         Activation::Gelu { tanh_approx } => {
@@ -382,8 +384,16 @@ fn matmul(a: &CTensor, b: &CTensor, ta: bool, tb: bool) -> candle_core::Result<C
     if a.rank() < 2 || b.rank() < 2 {
         candle_core::bail!("matrix products of vectors are not lowered");
     }
-    let a = if ta { a.transpose(D::Minus2, D::Minus1)? } else { a.clone() };
-    let b = if tb { b.transpose(D::Minus2, D::Minus1)? } else { b.clone() };
+    let a = if ta {
+        a.transpose(D::Minus2, D::Minus1)?
+    } else {
+        a.clone()
+    };
+    let b = if tb {
+        b.transpose(D::Minus2, D::Minus1)?
+    } else {
+        b.clone()
+    };
     if a.rank() == 2 && b.rank() == 2 {
         a.matmul(&b)
     } else {
@@ -416,7 +426,10 @@ impl<'g> Lowered<'g> {
         }
         for &id in &order {
             let Some(node) = g.node(id) else { continue };
-            if node.outputs[1..].iter().any(|o| read_elsewhere[o.0 as usize]) {
+            if node.outputs[1..]
+                .iter()
+                .any(|o| read_elsewhere[o.0 as usize])
+            {
                 return Err(unsupported(node, Some("only its first output is lowered")));
             }
         }
@@ -444,9 +457,15 @@ impl<'g> Lowered<'g> {
                 }
                 let ct = to_candle(t)?;
                 if trainable_inputs(&node.op).contains(&pos) {
-                    let zeros = t.as_f32().map_or(0, |d| d.iter().filter(|&&x| x == 0.0).count());
+                    let zeros = t
+                        .as_f32()
+                        .map_or(0, |d| d.iter().filter(|&&x| x == 0.0).count());
                     let mask = if zeros > 0 {
-                        Some(ct.ne(0f32).and_then(|m| m.to_dtype(CDType::F32)).map_err(cerr)?)
+                        Some(
+                            ct.ne(0f32)
+                                .and_then(|m| m.to_dtype(CDType::F32))
+                                .map_err(cerr)?,
+                        )
                     } else {
                         None
                     };
@@ -512,7 +531,9 @@ impl<'g> Lowered<'g> {
             env.insert(*v, t.clone());
         }
         for &id in &self.order {
-            let Some(node) = self.g.node(id) else { continue };
+            let Some(node) = self.g.node(id) else {
+                continue;
+            };
             let y = self.node(node, &env).map_err(|e| Error::AtNode {
                 node: node.name.clone(),
                 op: node.op.onnx_type(),
@@ -525,7 +546,10 @@ impl<'g> Lowered<'g> {
             .iter()
             .map(|o| {
                 env.get(o).cloned().ok_or_else(|| {
-                    Error::Internal(format!("distill: output '{}' not computed", g.value(*o).name))
+                    Error::Internal(format!(
+                        "distill: output '{}' not computed",
+                        g.value(*o).name
+                    ))
                 })
             })
             .collect()
@@ -604,7 +628,11 @@ impl<'g> Lowered<'g> {
                 let lo = scalar_const(1).unwrap_or(f32::NEG_INFINITY);
                 let hi = scalar_const(2).unwrap_or(f32::INFINITY);
                 let x = req(0)?;
-                let x = if lo > f32::NEG_INFINITY { x.maximum(lo)? } else { x.clone() };
+                let x = if lo > f32::NEG_INFINITY {
+                    x.maximum(lo)?
+                } else {
+                    x.clone()
+                };
                 if hi < f32::INFINITY {
                     x.minimum(hi)?
                 } else {
@@ -764,9 +792,17 @@ mod tests {
         let ty = |d: Vec<Dim>| TensorType::new(DType::F32, Shape(d));
         let x = g.add_input(
             "x",
-            ty(vec![Dim::sym("batch"), Dim::Known(4), Dim::Known(9), Dim::Known(8)]),
+            ty(vec![
+                Dim::sym("batch"),
+                Dim::Known(4),
+                Dim::Known(9),
+                Dim::Known(8),
+            ]),
         );
-        let w = g.add_const("w", Tensor::from_f32(vec![6, 2, 3, 2], seeded(72, 1)).unwrap());
+        let w = g.add_const(
+            "w",
+            Tensor::from_f32(vec![6, 2, 3, 2], seeded(72, 1)).unwrap(),
+        );
         let b = g.add_const("b", Tensor::from_f32(vec![6], seeded(6, 2)).unwrap());
         let y = g.add_value("y", ty(vec![]));
         g.add_node(Node {
@@ -853,7 +889,10 @@ mod tests {
         });
         g.outputs = vec![y];
         crate::ir::infer::infer_graph(&mut g).unwrap();
-        let err = Lowered::new(&g).err().expect("Sin is not lowered").to_string();
+        let err = Lowered::new(&g)
+            .err()
+            .expect("Sin is not lowered")
+            .to_string();
         assert_eq!(
             err,
             "distill: op Sin (node 'the_sine') is not supported by the training lowering"

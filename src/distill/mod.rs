@@ -182,7 +182,11 @@ impl DistillReport {
             "trained {} weights; {} pruned zeros kept ({} zeros after)\n",
             self.trainable_params, self.masked_zeros, self.zeros_after
         );
-        let what = if self.held_out { "held-out" } else { "training (no held-out data)" };
+        let what = if self.held_out {
+            "held-out"
+        } else {
+            "training (no held-out data)"
+        };
         s += &format!(
             "on {} {} ({} samples): agreement with the teacher {} -> {}, cosine {:.5} -> {:.5}\n",
             what,
@@ -233,7 +237,10 @@ pub fn check_compatible(student: &Graph, teacher: &Graph) -> Result<()> {
             })
             .collect()
     };
-    let (si, ti) = (sig(student, &student.inputs, true), sig(teacher, &teacher.inputs, true));
+    let (si, ti) = (
+        sig(student, &student.inputs, true),
+        sig(teacher, &teacher.inputs, true),
+    );
     if si != ti {
         return Err(Error::Usage(format!(
             "distill: the student's inputs ({}) differ from the teacher's ({})",
@@ -241,7 +248,10 @@ pub fn check_compatible(student: &Graph, teacher: &Graph) -> Result<()> {
             ti.join(", ")
         )));
     }
-    let (so, to) = (sig(student, &student.outputs, false), sig(teacher, &teacher.outputs, false));
+    let (so, to) = (
+        sig(student, &student.outputs, false),
+        sig(teacher, &teacher.outputs, false),
+    );
     if so != to {
         return Err(Error::Usage(format!(
             "distill: the student's outputs ({}) differ from the teacher's ({})",
@@ -253,7 +263,12 @@ pub fn check_compatible(student: &Graph, teacher: &Graph) -> Result<()> {
 }
 
 /// Runs `g` on every sample of `data` on mlc's runtime.
-fn run_all(g: &Graph, data: &Dataset, threads: usize, pb: &ProgressBar) -> Result<Vec<Vec<Tensor>>> {
+fn run_all(
+    g: &Graph,
+    data: &Dataset,
+    threads: usize,
+    pb: &ProgressBar,
+) -> Result<Vec<Vec<Tensor>>> {
     let meas = Measurer::new(CpuCtx::new(threads)?);
     let first = data.sample(0)?;
     let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape().to_vec()).collect();
@@ -292,7 +307,10 @@ fn stack(per: &[&Tensor]) -> Result<CTensor> {
 
 fn argmax_rows(t: &CTensor) -> Result<Vec<u32>> {
     let c = t.dims().last().copied().unwrap_or(1).max(1);
-    let v = t.flatten_all().and_then(|f| f.to_vec1::<f32>()).map_err(cerr)?;
+    let v = t
+        .flatten_all()
+        .and_then(|f| f.to_vec1::<f32>())
+        .map_err(cerr)?;
     // The first maximum, as data::agreement takes it.
     Ok(v.chunks(c)
         .map(|row| {
@@ -314,7 +332,10 @@ impl Split {
             .iter()
             .map(|a| {
                 let v = a.as_f32().ok_or_else(|| {
-                    Error::Usage(format!("distill: {}: inputs must be f32 arrays", data.source))
+                    Error::Usage(format!(
+                        "distill: {}: inputs must be f32 arrays",
+                        data.source
+                    ))
                 })?;
                 CTensor::from_vec(v.to_vec(), a.shape().to_vec(), &Device::Cpu).map_err(cerr)
             })
@@ -387,8 +408,16 @@ impl Split {
 
     fn batch(&self, rows: &[u32]) -> Result<(Vec<CTensor>, Vec<CTensor>, Option<CTensor>)> {
         let idx = CTensor::from_vec(rows.to_vec(), rows.len(), &Device::Cpu).map_err(cerr)?;
-        let x = self.inputs.iter().map(|t| Split::take(t, &idx)).collect::<Result<_>>()?;
-        let y = self.targets.iter().map(|t| Split::take(t, &idx)).collect::<Result<_>>()?;
+        let x = self
+            .inputs
+            .iter()
+            .map(|t| Split::take(t, &idx))
+            .collect::<Result<_>>()?;
+        let y = self
+            .targets
+            .iter()
+            .map(|t| Split::take(t, &idx))
+            .collect::<Result<_>>()?;
         let l = match &self.labels {
             Some(l) => Some(l.index_select(&idx, 0).map_err(cerr)?),
             None => None,
@@ -454,7 +483,11 @@ fn evaluate(net: &Lowered, split: &Split, batch: usize, t: f64) -> Result<(f64, 
         }
     }
     Ok((
-        if rows == 0 { 1.0 } else { same as f64 / rows as f64 },
+        if rows == 0 {
+            1.0
+        } else {
+            same as f64 / rows as f64
+        },
         loss_sum / split.samples.max(1) as f64,
     ))
 }
@@ -524,7 +557,10 @@ pub fn distill(
         None => train_teacher.clone(),
     };
     pb_teacher.finish_and_clear();
-    let teacher_accuracy = eval.labels.as_deref().map(|l| data::accuracy(&eval_teacher, l));
+    let teacher_accuracy = eval
+        .labels
+        .as_deref()
+        .map(|l| data::accuracy(&eval_teacher, l));
 
     let before_out = run_all(student, eval, opts.threads, &ProgressBar::hidden())?;
     let before = quality(&eval_teacher, &before_out, eval.labels.as_deref());
@@ -540,10 +576,19 @@ pub fn distill(
     drop(train_teacher);
 
     // Batches only where every input's first axis is a batch axis.
-    let batchable = student.inputs.iter().all(|&i| {
-        matches!(student.ty(i).shape.dims().first(), Some(Dim::Sym(_)))
-    }) && train_split.inputs.iter().all(|t| t.dims().get(1) == Some(&1));
-    let batch = if batchable { opts.batch.min(train.samples) } else { 1 };
+    let batchable = student
+        .inputs
+        .iter()
+        .all(|&i| matches!(student.ty(i).shape.dims().first(), Some(Dim::Sym(_))))
+        && train_split
+            .inputs
+            .iter()
+            .all(|t| t.dims().get(1) == Some(&1));
+    let batch = if batchable {
+        opts.batch.min(train.samples)
+    } else {
+        1
+    };
     let per_epoch = train.samples.div_ceil(batch);
     let total_steps = (per_epoch * opts.epochs).max(1);
 
@@ -566,12 +611,16 @@ pub fn distill(
     let mut best = (agree0, loss0, 0usize, snapshot(&net)?);
     let pb = if progress {
         let pb = ProgressBar::new(total_steps as u64);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg:>48} [{bar:30}] {pos}/{len} {elapsed_precise}",
-        ) {
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>48} [{bar:30}] {pos}/{len} {elapsed_precise}")
+        {
             pb.set_style(style.progress_chars("=> "));
         }
-        pb.set_message(format!("epoch 0/{}: agreement {:.2}%", opts.epochs, 100.0 * agree0));
+        pb.set_message(format!(
+            "epoch 0/{}: agreement {:.2}%",
+            opts.epochs,
+            100.0 * agree0
+        ));
         pb
     } else {
         ProgressBar::hidden()
@@ -590,7 +639,9 @@ pub fn distill(
         }
         let mut sum = 0.0f64;
         for rows in order.chunks(batch) {
-            let lr = opts.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
+            let lr = opts.lr
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
             opt.set_learning_rate(lr);
             let (x, y, l) = train_split.batch(rows)?;
             let out = net.forward(&x)?;
@@ -635,7 +686,9 @@ pub fn distill(
     let mut zeros_after = 0usize;
     for (p, w) in net.params.iter_mut().zip(&best.3) {
         let t = from_candle(w)?;
-        zeros_after += t.as_f32().map_or(0, |d| d.iter().filter(|&&x| x == 0.0).count());
+        zeros_after += t
+            .as_f32()
+            .map_or(0, |d| d.iter().filter(|&&x| x == 0.0).count());
         graph.consts.insert(p.value, std::sync::Arc::new(t));
     }
     let after_out = run_all(&graph, eval, opts.threads, &ProgressBar::hidden())?;
