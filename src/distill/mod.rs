@@ -15,12 +15,13 @@
 //! loss); training stops after `patience` epochs without improvement and
 //! the best weights are written back into the graph's constants.
 //!
-//! Same seed, same data: same weights, bit for bit. Candle's CPU kernels
-//! split work across threads by output blocks only (each output element is
-//! reduced in one fixed order by one thread), gradients accumulate in the
-//! fixed order of the backward pass, and nothing here draws random numbers
-//! except the seeded shuffle; a test writes the bundle twice and compares
-//! the bytes.
+//! Same seed, same data, same machine and thread count: same weights, bit
+//! for bit. Nothing draws random numbers but the seeded shuffle; candle's
+//! CPU matrix products (the `gemm` crate, under its convolutions too) split
+//! the work over output tiles, so each element is summed in one order;
+//! gradients accumulate in the fixed order of the backward pass. A test
+//! writes the bundle twice and compares the bytes (on 2 threads here); the
+//! thread count candle uses can be pinned with `RAYON_NUM_THREADS`.
 
 pub mod lower;
 
@@ -520,6 +521,12 @@ pub fn distill(
     let start = Instant::now();
     opts.check()?;
     check_compatible(student, teacher)?;
+    if opts.labels && train.labels.is_none() {
+        return Err(Error::Usage(format!(
+            "distill: --labels asks for labels, but {} has no 'labels' array",
+            train.source
+        )));
+    }
     let mut net = Lowered::new(student)?;
     if net.params.is_empty() {
         return Err(Error::Usage(
@@ -566,12 +573,6 @@ pub fn distill(
     let before = quality(&eval_teacher, &before_out, eval.labels.as_deref());
 
     let train_split = Split::new(train, &train_teacher, opts.labels)?;
-    if opts.labels && train_split.labels.is_none() {
-        return Err(Error::Usage(format!(
-            "distill: --labels asks for labels, but {} has no 'labels' array",
-            train.source
-        )));
-    }
     let eval_split = Split::new(eval, &eval_teacher, false)?;
     drop(train_teacher);
 
