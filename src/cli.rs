@@ -182,6 +182,10 @@ pub(crate) enum Command {
     /// Compress a model: int8 post-training quantization (or int4/fp16
     /// weights), with a size/latency/accuracy report written beside the output.
     Compress(Box<CompressArgs>),
+    /// Distill a student (a compressed model) from its teacher on sample
+    /// data: KL on softened class scores (MSE for other outputs), AdamW with
+    /// a cosine schedule, pruned zeros kept, early stop on held-out agreement.
+    Distill(Box<DistillArgs>),
     /// List the target descriptions: this machine (probed), then the
     /// built-in ones (targets/*.toml).
     Targets {
@@ -199,6 +203,51 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DistillArgs {
+    /// The student (.onnx, compiled with O2 first, or .mlc).
+    pub(crate) student: PathBuf,
+    /// The teacher (.onnx or .mlc), run on mlc's runtime.
+    #[arg(long)]
+    pub(crate) teacher: PathBuf,
+    /// Training samples: a .npz keyed by input name (optional `labels`).
+    #[arg(long, value_name = "DATA.npz")]
+    pub(crate) data: PathBuf,
+    /// Held-out samples for early stopping and the before/after figures.
+    #[arg(long, value_name = "HELD_OUT.npz")]
+    pub(crate) eval: Option<PathBuf>,
+    /// Output bundle (default: <student stem>.distilled.mlc beside it).
+    #[arg(long, short)]
+    pub(crate) output: Option<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    pub(crate) epochs: usize,
+    /// Peak learning rate (AdamW, cosine schedule to 0).
+    #[arg(long, default_value_t = 3e-3)]
+    pub(crate) lr: f64,
+    #[arg(long, default_value_t = 32)]
+    pub(crate) batch: usize,
+    /// Softmax temperature of the KL term.
+    #[arg(long, default_value_t = 4.0)]
+    pub(crate) temperature: f64,
+    /// Add cross-entropy with the data's `labels`.
+    #[arg(long)]
+    pub(crate) labels: bool,
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Epochs without a better held-out score before stopping (0: never).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) patience: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    pub(crate) weight_decay: f64,
+    /// Threads for the teacher and the evaluation runs (default: all cores).
+    #[arg(long, value_parser = thread_count)]
+    pub(crate) threads: Option<usize>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Args)]

@@ -15,7 +15,7 @@ use serde::Serialize;
 const MAX_ERROR_LINE: usize = 1000;
 
 mod cli;
-use cli::{Cli, Command, CompressArgs, Emit, InputArgs};
+use cli::{Cli, Command, CompressArgs, DistillArgs, Emit, InputArgs};
 
 /// Splits `NAME=VALUE`; neither side may be empty.
 fn split_assignment<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str), Error> {
@@ -275,6 +275,7 @@ fn run(command: Command) -> Result<(), Error> {
                 }
             }
         }
+        Command::Distill(a) => distill(&a)?,
         Command::Tune {
             model,
             output,
@@ -326,6 +327,43 @@ fn run(command: Command) -> Result<(), Error> {
                 false => print!("{}", api::render_probe(&report)),
             }
         }
+    }
+    Ok(())
+}
+
+fn distill(a: &DistillArgs) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    let opts = api::DistillOptions {
+        epochs: a.epochs,
+        lr: a.lr,
+        batch: a.batch,
+        temperature: a.temperature,
+        labels: a.labels,
+        seed: a.seed,
+        patience: a.patience,
+        weight_decay: a.weight_decay,
+        threads: a.threads.unwrap_or(0),
+    };
+    let output = a.output.clone().unwrap_or_else(|| {
+        let stem = a
+            .student
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy());
+        a.student.with_file_name(format!("{stem}.distilled.mlc"))
+    });
+    let progress = std::io::stderr().is_terminal() && !a.json;
+    let report = api::distill_file(
+        &a.student,
+        &a.teacher,
+        &a.data,
+        a.eval.as_deref(),
+        &output,
+        &opts,
+        progress,
+    )?;
+    match a.json {
+        true => print_json(&report)?,
+        false => print!("{}", report.summary()),
     }
     Ok(())
 }

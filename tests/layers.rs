@@ -33,7 +33,9 @@ const LAYERS: &[(u32, &[&str])] = &[
     (5, &["formats"]),
     (
         6,
-        &["compress", "inspect", "probe", "measure", "target", "tune"],
+        &[
+            "compress", "distill", "inspect", "probe", "measure", "target", "tune",
+        ],
     ),
     (7, &["api"]),
     (8, &["main", "lib"]),

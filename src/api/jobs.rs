@@ -146,6 +146,31 @@ pub fn compress_file(
     })
 }
 
+/// `mlc distill`: distills `student` from `teacher` on `data` (scored on
+/// `held_out`) and writes the result to `output` as a bundle (atomically:
+/// nothing is written when anything fails).
+pub fn distill_file(
+    student: &Path,
+    teacher: &Path,
+    data: &Path,
+    held_out: Option<&Path>,
+    output: &Path,
+    opts: &super::DistillOptions,
+    progress: bool,
+) -> Result<super::DistillReport> {
+    let mut reads = vec![student, teacher, data];
+    reads.extend(held_out);
+    crate::fsutil::ensure_outputs_apart(&[output], &reads)?;
+    let s = Model::load(student)?;
+    let t = Model::load(teacher)?;
+    let out = s.distill(&t, data, held_out, opts, progress)?;
+    let bytes = out.model.write(output, Format::Bundle)?;
+    let mut report = out.report;
+    report.output = output.display().to_string();
+    report.bytes = bytes;
+    Ok(report)
+}
+
 /// Where `mlc run` and `mlc bench` take their inputs from.
 #[derive(Clone, Debug, Default)]
 pub struct InputFiles {

@@ -48,6 +48,7 @@ pub use crate::compress::report::Report as CompressReport;
 pub use crate::compress::{
     default_cache_dir, Activations, Goal, Mode as CompressMode, Options as CompressOptions,
 };
+pub use crate::distill::{DistillOptions, DistillReport};
 pub use crate::error::excerpt;
 pub use crate::formats::npy;
 pub use crate::inputs::Binding;
@@ -60,7 +61,8 @@ pub use crate::transform::runner::PassLogEntry;
 pub use crate::tune::{host_fingerprint, parse_budget};
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
 pub use jobs::{
-    bench_file, compile_file, compress_file, run_file, CompileReport, CompressOutcome, InputFiles,
+    bench_file, compile_file, compress_file, distill_file, run_file, CompileReport,
+    CompressOutcome, InputFiles,
 };
 pub use session::{OutputSummary, RunReport, Session, SessionOptions};
 pub use tune::{tune_file, TuneFileOptions, TuneReport};
@@ -146,6 +148,12 @@ pub struct CompileSummary {
     pub nodes_after: usize,
     pub verified: bool,
     pub pass_log: Vec<PassLogEntry>,
+}
+
+/// A distilled student and its report.
+pub struct Distilled {
+    pub model: Model,
+    pub report: DistillReport,
 }
 
 /// A compressed model and its report.
@@ -330,6 +338,90 @@ impl Model {
                 tuning: None,
             },
             report: out.report,
+        })
+    }
+
+    /// The model as distillation and compression see it: an ONNX model as
+    /// loaded is compiled with `O2` first; a bundle is used as it is.
+    fn compiled(&self) -> Result<Model> {
+        let mut m = self.clone();
+        if m.pipeline.is_none() {
+            m.compile("O2")?;
+        }
+        Ok(m)
+    }
+
+    /// Distills this model (the student, e.g. a pruned or low-rank
+    /// compression of the teacher) from `teacher` on the samples of
+    /// `train` (a `.npz` keyed by input name, optional `labels`), scoring
+    /// each epoch on `held_out` (see [`crate::distill`]). Both models must
+    /// have the same inputs and outputs; ONNX models are compiled with
+    /// `O2` first.
+    ///
+    /// ```
+    /// use mlc::api::{DistillOptions, Model};
+    /// use std::path::Path;
+    ///
+    /// # fn main() -> mlc::Result<()> {
+    /// let teacher = Model::load("fixtures/digits/mlp.onnx")?;
+    /// let opts = DistillOptions { epochs: 2, ..Default::default() };
+    /// let data = Path::new("fixtures/digits/calib_mlp.npz");
+    /// let held_out = Path::new("fixtures/digits/eval_mlp.npz");
+    /// // A student distilled from its own teacher stays where it is.
+    /// let out = teacher.distill(&teacher, data, Some(held_out), &opts, false)?;
+    /// assert!(out.report.after.top1_agreement > 0.99);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn distill(
+        &self,
+        teacher: &Model,
+        train: &Path,
+        held_out: Option<&Path>,
+        opts: &DistillOptions,
+        progress: bool,
+    ) -> Result<Distilled> {
+        let student = self.compiled()?;
+        let teacher = teacher.compiled()?;
+        crate::distill::check_compatible(student.graph(), teacher.graph())?;
+        let train = crate::compress::data::Dataset::load(train, student.graph())?;
+        let held_out = match held_out {
+            Some(p) => Some(crate::compress::data::Dataset::load(p, student.graph())?),
+            None => None,
+        };
+        let out = crate::distill::distill(
+            student.graph(),
+            teacher.graph(),
+            &train,
+            held_out.as_ref(),
+            opts,
+            progress,
+        )?;
+        let mut report = out.report;
+        let name = |m: &Model| {
+            m.source
+                .as_ref()
+                .map_or(m.graph.name.clone(), |s| s.path.display().to_string())
+        };
+        report.student = name(self);
+        report.teacher = name(&teacher);
+        let pipeline = student.pipeline.clone().map_or(
+            bundle::PipelineInfo {
+                name: "distill".into(),
+                summary: "mlc distill".into(),
+            },
+            |p| bundle::PipelineInfo {
+                name: format!("{} + distill", p.name),
+                summary: format!("{} -> mlc distill", p.summary),
+            },
+        );
+        Ok(Distilled {
+            model: Model {
+                graph: out.graph,
+                pipeline: Some(pipeline),
+                ..student
+            },
+            report,
         })
     }
 
