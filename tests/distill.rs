@@ -77,24 +77,26 @@ fn lowering_matches(model: &Path, eval: &str) {
     );
 }
 
+/// The digits CNN with 90% of every layer's weights pruned by magnitude
+/// (no re-fit), written into `dir`.
+fn pruned_cnn(dir: &Path) -> PathBuf {
+    let args = [
+        "--prune",
+        "0.9",
+        "--prune-allocation",
+        "uniform",
+        "--prune-update",
+        "none",
+    ];
+    student(dir, "cnn.onnx", &args, "cnn90.mlc")
+}
+
 #[test]
 fn lowering_matches_reference_on_digits() {
     let dir = temp_dir("lower");
     lowering_matches(&digits("cnn.onnx"), "eval_cnn.npz");
     lowering_matches(&digits("mlp.onnx"), "eval_mlp.npz");
-    let pruned = student(
-        &dir,
-        "cnn.onnx",
-        &[
-            "--prune",
-            "0.9",
-            "--prune-allocation",
-            "uniform",
-            "--prune-update",
-            "none",
-        ],
-        "cnn90.mlc",
-    );
+    let pruned = pruned_cnn(&dir);
     lowering_matches(&pruned, "eval_cnn.npz");
     let lr = student(&dir, "cnn.onnx", &["--low-rank", "0.3"], "cnnlr.mlc");
     lowering_matches(&lr, "eval_cnn.npz");
@@ -119,19 +121,7 @@ fn zero_positions(path: &Path) -> Vec<(String, Vec<usize>, usize)> {
 #[test]
 fn pruned_cnn_regains_accuracy_keeps_zeros_and_is_deterministic() {
     let dir = temp_dir("pruned");
-    let pruned = student(
-        &dir,
-        "cnn.onnx",
-        &[
-            "--prune",
-            "0.9",
-            "--prune-allocation",
-            "uniform",
-            "--prune-update",
-            "none",
-        ],
-        "cnn90.mlc",
-    );
+    let pruned = pruned_cnn(&dir);
     let teacher = digits("cnn.onnx");
     let (calib, eval) = (digits("calib_cnn.npz"), digits("eval_cnn.npz"));
     let run = |out: &Path| {
