@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod compress;
+#[cfg(feature = "distill")]
 pub mod distill;
 pub mod error;
 pub mod formats;

@@ -331,6 +331,7 @@ fn run(command: Command) -> Result<(), Error> {
     Ok(())
 }
 
+#[cfg(feature = "distill")]
 fn distill(a: &DistillArgs) -> Result<(), Error> {
     use std::io::IsTerminal;
     let opts = api::DistillOptions {
@@ -366,6 +367,13 @@ fn distill(a: &DistillArgs) -> Result<(), Error> {
         false => print!("{}", report.summary()),
     }
     Ok(())
+}
+
+#[cfg(not(feature = "distill"))]
+fn distill(_: &DistillArgs) -> Result<(), Error> {
+    Err(Error::Usage(
+        "this mlc was built without distillation (cargo feature `distill`, on by default)".into(),
+    ))
 }
 
 /// Lets a closed pipe end the process quietly (`mlc bench m.onnx | head`),

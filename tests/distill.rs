@@ -1,3 +1,4 @@
+#![cfg(feature = "distill")]
 //! `mlc distill`: the candle lowering against the reference interpreter on
 //! the digits models (dense, pruned, low-rank), a pruned student regaining
 //! accuracy with its zeros kept, determinism, and the errors.

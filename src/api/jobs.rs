@@ -149,6 +149,7 @@ pub fn compress_file(
 /// `mlc distill`: distills `student` from `teacher` on `data` (scored on
 /// `held_out`) and writes the result to `output` as a bundle (atomically:
 /// nothing is written when anything fails).
+#[cfg(feature = "distill")]
 pub fn distill_file(
     student: &Path,
     teacher: &Path,

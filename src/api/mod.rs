@@ -48,6 +48,7 @@ pub use crate::compress::report::Report as CompressReport;
 pub use crate::compress::{
     default_cache_dir, Activations, Goal, Mode as CompressMode, Options as CompressOptions,
 };
+#[cfg(feature = "distill")]
 pub use crate::distill::{DistillOptions, DistillReport};
 pub use crate::error::excerpt;
 pub use crate::formats::npy;
@@ -60,9 +61,10 @@ pub use crate::target::{render as render_targets, Arch, Caches, Feature, FmaUnit
 pub use crate::transform::runner::PassLogEntry;
 pub use crate::tune::{host_fingerprint, parse_budget};
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
+#[cfg(feature = "distill")]
+pub use jobs::distill_file;
 pub use jobs::{
-    bench_file, compile_file, compress_file, distill_file, run_file, CompileReport,
-    CompressOutcome, InputFiles,
+    bench_file, compile_file, compress_file, run_file, CompileReport, CompressOutcome, InputFiles,
 };
 pub use session::{OutputSummary, RunReport, Session, SessionOptions};
 pub use tune::{tune_file, TuneFileOptions, TuneReport};
@@ -151,6 +153,7 @@ pub struct CompileSummary {
 }
 
 /// A distilled student and its report.
+#[cfg(feature = "distill")]
 pub struct Distilled {
     pub model: Model,
     pub report: DistillReport,
@@ -343,6 +346,7 @@ impl Model {
 
     /// The model as distillation and compression see it: an ONNX model as
     /// loaded is compiled with `O2` first; a bundle is used as it is.
+    #[cfg(feature = "distill")]
     fn compiled(&self) -> Result<Model> {
         let mut m = self.clone();
         if m.pipeline.is_none() {
@@ -351,6 +355,7 @@ impl Model {
         Ok(m)
     }
 
+    #[cfg(feature = "distill")]
     /// Distills this model (the student, e.g. a pruned or low-rank
     /// compression of the teacher) from `teacher` on the samples of
     /// `train` (a `.npz` keyed by input name, optional `labels`), scoring

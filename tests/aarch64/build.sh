@@ -68,6 +68,8 @@ echo "aarch64: $($RUSTC --version), building with cargo $(cargo --version | cut 
 # another rustc here.
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cross-aarch64}"
 export CARGO_TARGET_DIR
+# Without default features: no candle (distillation), which would be most
+# of this build's time, and which the kernels under test do not use.
 if [ "$tests" = 1 ]; then
     # The unit tests and the mlc binary need the library built twice (with
     # and without cfg(test)). One cargo run builds both at once (`--bin mlc`
@@ -75,7 +77,7 @@ if [ "$tests" = 1 ]; then
     # keeping the second core busy where one crate's front end runs on a
     # single thread (2-vCPU Xeon, fresh clones: 212 s against 415 s one
     # after the other, though the host's speed varied between those runs).
-    cargo test --release --locked --target "$TARGET" --lib --bin mlc --no-run
+    cargo test --release --locked --no-default-features --target "$TARGET" --lib --bin mlc --no-run
 fi
-cargo build --release --locked --target "$TARGET" --bin mlc
+cargo build --release --locked --no-default-features --target "$TARGET" --bin mlc
 echo "aarch64: built $CARGO_TARGET_DIR/$TARGET/release/mlc; run it with $QEMU" >&2

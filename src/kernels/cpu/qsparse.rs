@@ -90,6 +90,7 @@ enum Path {
     /// AVX512-VNNI `vpdpbusd`, 16 pixels a register.
     Vnni512,
     /// AVX-VNNI `vpdpbusd`, 8 pixels a register.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Vnni256,
     /// AVX2 `vpmaddwd` on i16-split bytes, 8 pixels a register.
     Avx2,
@@ -847,6 +848,7 @@ fn pack_window(
     let wide = stride / QUAD;
     for q in 0..kq {
         let row = &mut out[q * stride..(q + 1) * stride];
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut p = 0;
         #[cfg(target_arch = "x86_64")]
         if (q + 1) * QUAD <= k && wide512 {
