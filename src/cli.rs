@@ -205,22 +205,10 @@ pub(crate) enum Command {
     },
 }
 
+/// How distillation trains (`mlc distill`, `mlc compress --distill`).
 #[derive(clap::Args)]
-pub(crate) struct DistillArgs {
-    /// The student (.onnx, compiled with O2 first, or .mlc).
-    pub(crate) student: PathBuf,
-    /// The teacher (.onnx or .mlc), run on mlc's runtime.
-    #[arg(long)]
-    pub(crate) teacher: PathBuf,
-    /// Training samples: a .npz keyed by input name (optional `labels`).
-    #[arg(long, value_name = "DATA.npz")]
-    pub(crate) data: PathBuf,
-    /// Held-out samples for early stopping and the before/after figures.
-    #[arg(long, value_name = "HELD_OUT.npz")]
-    pub(crate) eval: Option<PathBuf>,
-    /// Output bundle (default: <student stem>.distilled.mlc beside it).
-    #[arg(long, short)]
-    pub(crate) output: Option<PathBuf>,
+#[command(next_help_heading = "Training (distillation)")]
+pub(crate) struct TrainingArgs {
     #[arg(long, default_value_t = 30)]
     pub(crate) epochs: usize,
     /// Peak learning rate (AdamW, cosine schedule to 0).
@@ -242,6 +230,26 @@ pub(crate) struct DistillArgs {
     /// AdamW weight decay.
     #[arg(long, default_value_t = 1e-4)]
     pub(crate) weight_decay: f64,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DistillArgs {
+    /// The student (.onnx, compiled with O2 first, or .mlc).
+    pub(crate) student: PathBuf,
+    /// The teacher (.onnx or .mlc), run on mlc's runtime.
+    #[arg(long)]
+    pub(crate) teacher: PathBuf,
+    /// Training samples: a .npz keyed by input name (optional `labels`).
+    #[arg(long, value_name = "DATA.npz")]
+    pub(crate) data: PathBuf,
+    /// Held-out samples for early stopping and the before/after figures.
+    #[arg(long, value_name = "HELD_OUT.npz")]
+    pub(crate) eval: Option<PathBuf>,
+    /// Output bundle (default: <student stem>.distilled.mlc beside it).
+    #[arg(long, short)]
+    pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) training: TrainingArgs,
     /// Threads for the teacher and the evaluation runs (default: all cores).
     #[arg(long, value_parser = thread_count)]
     pub(crate) threads: Option<usize>,
@@ -320,6 +328,14 @@ pub(crate) struct CompressArgs {
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     pub(crate) per_tensor: bool,
+    /// Fine-tune the pruned / low-rank model against the original on these
+    /// training samples (.npz keyed by input name, optional `labels`)
+    /// before quantization; the accuracy budget then judges the
+    /// distilled model (early stopping scores --calib data when given).
+    #[arg(long, value_name = "DATA.npz")]
+    pub(crate) distill: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) training: TrainingArgs,
     /// Full 8-bit int8 weights ([-127, 127]) instead of the default 7-bit
     /// ([-63, 63]), which lets the AVX2 kernel without VNNI run exactly.
     #[arg(long)]

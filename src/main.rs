@@ -83,6 +83,10 @@ fn print_json<T: Serialize>(v: &T) -> Result<(), Error> {
 
 fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
     use std::io::IsTerminal;
+    #[cfg(not(feature = "distill"))]
+    if a.distill.is_some() {
+        return Err(no_distillation());
+    }
     let activations = match &a.calib {
         Some(p) => Activations::Static {
             calib: p.clone(),
@@ -107,6 +111,11 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
             (None, None) => None,
         },
         prune_heads: a.prune_heads,
+        #[cfg(feature = "distill")]
+        distill: a.distill.clone().map(|data| api::Distillation {
+            data,
+            options: distill_options(&a.training, a.threads),
+        }),
         prune: a.prune.map(|t| {
             use api::{PruneAllocation, PruneBlock, PruneImportance, PruneTarget, PruneUpdate};
             api::PruneOptions {
@@ -332,19 +341,24 @@ fn run(command: Command) -> Result<(), Error> {
 }
 
 #[cfg(feature = "distill")]
+fn distill_options(t: &cli::TrainingArgs, threads: Option<usize>) -> api::DistillOptions {
+    api::DistillOptions {
+        epochs: t.epochs,
+        lr: t.lr,
+        batch: t.batch,
+        temperature: t.temperature,
+        labels: t.labels,
+        seed: t.seed,
+        patience: t.patience,
+        weight_decay: t.weight_decay,
+        threads: threads.unwrap_or(0),
+    }
+}
+
+#[cfg(feature = "distill")]
 fn distill(a: &DistillArgs) -> Result<(), Error> {
     use std::io::IsTerminal;
-    let opts = api::DistillOptions {
-        epochs: a.epochs,
-        lr: a.lr,
-        batch: a.batch,
-        temperature: a.temperature,
-        labels: a.labels,
-        seed: a.seed,
-        patience: a.patience,
-        weight_decay: a.weight_decay,
-        threads: a.threads.unwrap_or(0),
-    };
+    let opts = distill_options(&a.training, a.threads);
     let output = a.output.clone().unwrap_or_else(|| {
         let stem = a
             .student
@@ -371,9 +385,14 @@ fn distill(a: &DistillArgs) -> Result<(), Error> {
 
 #[cfg(not(feature = "distill"))]
 fn distill(_: &DistillArgs) -> Result<(), Error> {
-    Err(Error::Usage(
+    Err(no_distillation())
+}
+
+#[cfg(not(feature = "distill"))]
+fn no_distillation() -> Error {
+    Error::Usage(
         "this mlc was built without distillation (cargo feature `distill`, on by default)".into(),
-    ))
+    )
 }
 
 /// Lets a closed pipe end the process quietly (`mlc bench m.onnx | head`),

@@ -110,6 +110,8 @@ pub fn compress_file(
         reads.push(calib);
     }
     reads.extend(opts.eval.as_deref());
+    #[cfg(feature = "distill")]
+    reads.extend(opts.distill.as_ref().map(|d| d.data.as_path()));
     crate::fsutil::ensure_outputs_apart(&[output, &json_path, &md_path], &reads)?;
     let m = Model::load(model)?;
     let compressed = m.compress(opts)?;

@@ -45,6 +45,8 @@ pub use crate::compress::prune::{
 };
 pub use crate::compress::quantize::{Granularity, WeightFormat};
 pub use crate::compress::report::Report as CompressReport;
+#[cfg(feature = "distill")]
+pub use crate::compress::Distillation;
 pub use crate::compress::{
     default_cache_dir, Activations, Goal, Mode as CompressMode, Options as CompressOptions,
 };

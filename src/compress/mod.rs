@@ -103,6 +103,22 @@ pub enum Activations {
     Static { calib: PathBuf, method: CalibMethod },
 }
 
+/// Fine-tuning of the compressed model against the original
+/// ([`crate::distill`]), run after structured pruning, low-rank
+/// factorization and pruning, before quantization. The accuracy budget
+/// then judges the model after distillation: the searches before it apply
+/// what was asked without backing off (so `--prune max`, a search without
+/// fine-tuning, is refused with it), and int8 keeps layers f32 as usual.
+/// Early stopping scores the calibration data when there is some (never
+/// the evaluation data the budget judges), else the training data.
+#[cfg(feature = "distill")]
+#[derive(Clone, Debug)]
+pub struct Distillation {
+    /// Training samples (`.npz` keyed by input name, optional `labels`).
+    pub data: PathBuf,
+    pub options: crate::distill::DistillOptions,
+}
+
 /// Everything `mlc compress` can be told.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -119,6 +135,10 @@ pub struct Options {
     /// (after structured pruning, before pruning and quantization; see
     /// [`lowrank`]).
     pub low_rank: Option<lowrank::Target>,
+    /// Distill the pruned / factorized model from the f32 one right after
+    /// pruning, before quantization (see [`Distillation`]).
+    #[cfg(feature = "distill")]
+    pub distill: Option<Distillation>,
     pub weights: WeightFormat,
     pub activations: Activations,
     /// Inputs (and optional `labels`) to measure accuracy on.
@@ -166,6 +186,8 @@ impl Options {
             prune_channels: None,
             prune_heads: None,
             low_rank: None,
+            #[cfg(feature = "distill")]
+            distill: None,
             weights: WeightFormat {
                 granularity: Granularity::PerChannel,
                 reduce_range: true,
@@ -209,6 +231,11 @@ pub fn compress(
 ) -> Result<Outcome> {
     let started = Instant::now();
     crate::ir::bind::check_dim_names(&imported, opts.dims.keys())?;
+    if distills(opts) && opts.prune.is_some_and(|p| p.target == prune::Target::Max) {
+        return Err(crate::Error::Usage(
+            "--prune max searches for the sparsity the model keeps without fine-tuning; with --distill give one (e.g. --prune 0.9)".into(),
+        ));
+    }
     let mut g = imported;
     let nodes_before = g.node_count();
     let o2 = Recipe::resolve("O2")?;
@@ -238,12 +265,18 @@ pub fn compress(
     pb.finish_and_clear();
 
     let budget = Budget::new(&eval, &reference, opts);
+    // With distillation the budget judges the distilled model; the
+    // searches before it apply what was asked.
+    let search_budget = match distills(opts) {
+        true => budget.unbounded(),
+        false => budget,
+    };
     // Structured pruning: the graph itself shrinks.
     let mut channel_pruning = None;
     if opts.prune_channels.is_some() || opts.prune_heads.is_some() {
         let data = calib.as_ref().unwrap_or(&eval);
         let norms = prune::input_norms(&g, &quantize::find_layers(&g), data, &meas, opts.progress)?;
-        let (pruned, rep) = prune_structure(&g, &norms, &budget, &meas, &shapes, opts)?;
+        let (pruned, rep) = prune_structure(&g, &norms, &search_budget, &meas, &shapes, opts)?;
         g = pruned;
         channel_pruning = Some(rep);
     }
@@ -265,7 +298,7 @@ pub fn compress(
         };
         let mut verdict = |cand: &Graph| -> Result<prune::Verdict> {
             let mut c = Candidate::from_graph(cand.clone(), HashSet::new(), &meas, &shapes)?;
-            let j = budget.judge(c.outputs(budget.eval)?);
+            let j = search_budget.judge(c.outputs(budget.eval)?);
             Ok(prune::Verdict {
                 holds: !(j.breaks_drop || j.breaks_cos),
                 drop_points: j.drop,
@@ -305,42 +338,7 @@ pub fn compress(
     // Activation quantization of each int8 layer, calibrated on the f32
     // model.
     if opts.mode == Mode::Int8 {
-        match (&opts.activations, &calib) {
-            (
-                Activations::Static {
-                    calib: path,
-                    method,
-                },
-                Some(c),
-            ) => {
-                let Calibrated {
-                    ranges,
-                    cached,
-                    cache_key,
-                } = calibrate(&g, &layers, c, *method, source, opts, &meas)?;
-                for l in &layers {
-                    let r = ranges
-                        .get(&g.value(l.input).name)
-                        .copied()
-                        .unwrap_or((0.0, 0.0));
-                    let (scale, zero_point) =
-                        quant_params(crate::quant::calib::Range { lo: r.0, hi: r.1 });
-                    act_of.insert(l.node, ActQuant::Static { scale, zero_point });
-                }
-                calibration = Some(CalibrationReport {
-                    method: method.to_string(),
-                    data: path.display().to_string(),
-                    samples: c.samples,
-                    cached,
-                    cache_key,
-                });
-            }
-            _ => {
-                for l in &layers {
-                    act_of.insert(l.node, ActQuant::Dynamic);
-                }
-            }
-        }
+        (act_of, calibration) = activation_quant(&g, &layers, calib.as_ref(), source, opts, &meas)?;
     }
 
     // Pruning, judged on the model as it will be finished (quantized too
@@ -382,15 +380,67 @@ pub fn compress(
             shapes: &shapes,
             sens_ref: &reference[..sens_data.samples],
             sens_data,
-            budget: &budget,
+            budget: &search_budget,
             quantized: (opts.mode == Mode::Int8).then_some((layers.as_slice(), &act_of, opts)),
         };
         let pruned = prune::prune(&g, &layers, stats, p, &mut judge, opts.progress)?;
         g = pruned.graph.clone();
         pruning = Some(pruned);
     }
-    // The model int8 quantizes: f32, pruned when asked.
+    #[cfg(feature = "distill")]
+    let distillation = match &opts.distill {
+        Some(d) => {
+            let before = {
+                let mut c = Candidate::from_graph(g.clone(), HashSet::new(), &meas, &shapes)?;
+                accuracy_report(&eval, &reference, c.outputs(&eval)?)
+            };
+            let train = Dataset::load(&d.data, &g)?;
+            let out = crate::distill::distill(
+                &g,
+                &f32_graph,
+                &train,
+                calib.as_ref(),
+                &d.options,
+                opts.progress,
+            )?;
+            g = out.graph;
+            let mut report = out.report;
+            report.student = "the compressed model".into();
+            report.teacher = model_path.display().to_string();
+            if opts.mode == Mode::Int8 {
+                // Ranges of the model as distilled; the calibration cache
+                // keys the source model, not these weights.
+                let fresh = Options {
+                    cache_dir: None,
+                    ..opts.clone()
+                };
+                (act_of, calibration) =
+                    activation_quant(&g, &layers, calib.as_ref(), source, &fresh, &meas)?;
+            }
+            Some(report::DistillationReport {
+                before,
+                training: report,
+            })
+        }
+        None => None,
+    };
+    // The model int8 quantizes: f32, pruned (and distilled) when asked.
     let base = g.clone();
+    // int8 is judged against the f32 model, unless distillation left a
+    // model that breaks the budget by itself: then against that model
+    // (keeping layers f32 cannot mend what distillation did not).
+    let distilled_outputs;
+    let mut quant_budget = budget;
+    let mut judged_against_distilled = false;
+    if distills(opts) && opts.mode == Mode::Int8 {
+        let mut c = Candidate::from_graph(base.clone(), HashSet::new(), &meas, &shapes)?;
+        distilled_outputs = c.outputs(&eval)?.clone();
+        let j = budget.judge(&distilled_outputs);
+        if j.breaks_drop || j.breaks_cos {
+            quant_budget = Budget::new(&eval, &distilled_outputs, opts);
+            judged_against_distilled = true;
+        }
+    }
 
     // The compressed model with its plan (int8: the candidate chosen).
     let mut compressed: Option<Candidate> = None;
@@ -481,7 +531,7 @@ pub fn compress(
 
             // Accuracy budget: revert the most sensitive layers until it holds.
             let judge = |c: &mut Candidate| -> Result<(Option<f64>, Agreement, bool, bool)> {
-                let j = budget.judge(c.outputs(&eval)?);
+                let j = quant_budget.judge(c.outputs(&eval)?);
                 Ok((j.drop, j.agreement, j.breaks_drop, j.breaks_cos))
             };
             // The last candidate is the model unless the whole-model check
@@ -720,24 +770,29 @@ pub fn compress(
 
     // Accuracy of the final model (the outputs its last judgement ran).
     let outputs = compressed.outputs(&eval)?;
-    let agreement: Agreement = data::agreement(&reference, outputs);
-    let (top1_f32, top1_compressed) = match &eval.labels {
-        Some(l) => (
-            Some(data::accuracy(&reference, l)),
-            Some(data::accuracy(outputs, l)),
-        ),
-        None => (None, None),
-    };
-    let accuracy = AccuracyReport {
-        data: eval.source.clone(),
-        samples: eval.samples,
-        labeled: eval.labels.is_some(),
-        synthetic: eval.synthetic,
-        top1_f32,
-        top1_compressed,
-        drop_points: top1_f32.zip(top1_compressed).map(|(a, b)| 100.0 * (a - b)),
-        agreement,
-    };
+    if distills(opts) {
+        let j = budget.judge(outputs);
+        if j.breaks_drop || j.breaks_cos {
+            warnings.push(match j.breaks_drop {
+                true => format!(
+                    "after distillation the model is {:.2} points below f32, beyond the {:.2}-point budget",
+                    j.drop.unwrap_or(0.0),
+                    opts.max_accuracy_drop
+                ),
+                false => format!(
+                    "after distillation a sample is at cosine similarity {:.5}, below the {:.5} budget",
+                    j.agreement.min_cosine_similarity,
+                    opts.min_cosine.unwrap_or(0.0)
+                ),
+            });
+        }
+    }
+    if judged_against_distilled {
+        warnings.push(
+            "the distilled f32 model breaks the accuracy budget by itself: int8 was held to the budget against it, not against the original".into(),
+        );
+    }
+    let accuracy = accuracy_report(&eval, &reference, outputs);
 
     // Latency, f32 and compressed alternating, batch 1.
     let latency = measure_latency(
@@ -808,6 +863,8 @@ pub fn compress(
             skipped: f.skipped,
             search: f.steps,
         }),
+        #[cfg(feature = "distill")]
+        distillation,
         goal: opts.goal.name().to_string(),
         warnings,
         max_accuracy_drop: opts.max_accuracy_drop,
@@ -829,7 +886,45 @@ pub fn compress(
     })
 }
 
+/// `outputs` judged against the f32 model's (`reference`) on `eval`.
+fn accuracy_report(
+    eval: &Dataset,
+    reference: &[Vec<Tensor>],
+    outputs: &[Vec<Tensor>],
+) -> AccuracyReport {
+    let (top1_f32, top1_compressed) = match &eval.labels {
+        Some(l) => (
+            Some(data::accuracy(reference, l)),
+            Some(data::accuracy(outputs, l)),
+        ),
+        None => (None, None),
+    };
+    AccuracyReport {
+        data: eval.source.clone(),
+        samples: eval.samples,
+        labeled: eval.labels.is_some(),
+        synthetic: eval.synthetic,
+        top1_f32,
+        top1_compressed,
+        drop_points: top1_f32.zip(top1_compressed).map(|(a, b)| 100.0 * (a - b)),
+        agreement: data::agreement(reference, outputs),
+    }
+}
+
+/// Whether `opts` distill the compressed model (a build without the
+/// `distill` feature never does).
+fn distills(opts: &Options) -> bool {
+    #[cfg(feature = "distill")]
+    return opts.distill.is_some();
+    #[cfg(not(feature = "distill"))]
+    {
+        let _ = opts;
+        false
+    }
+}
+
 /// The accuracy budget, and the f32 model's outputs it is judged on.
+#[derive(Clone, Copy)]
 struct Budget<'a> {
     eval: &'a Dataset,
     reference: &'a [Vec<Tensor>],
@@ -851,6 +946,15 @@ struct Judgement {
 }
 
 impl<'a> Budget<'a> {
+    /// The same judge with no limits: every judgement holds.
+    fn unbounded(&self) -> Budget<'a> {
+        Budget {
+            max_drop: f64::INFINITY,
+            min_cosine: None,
+            ..*self
+        }
+    }
+
     fn new(eval: &'a Dataset, reference: &'a [Vec<Tensor>], opts: &Options) -> Budget<'a> {
         Budget {
             eval,
@@ -1165,6 +1269,56 @@ struct Calibrated {
 
 /// Streams the calibration set through the f32 model and measures the
 /// range of every layer's activation input (or reads them from the cache).
+/// How each int8 layer of `g` quantizes its activation: calibrated static
+/// parameters when `opts` ask for them (with the calibration report), else
+/// dynamic ones.
+fn activation_quant(
+    g: &Graph,
+    layers: &[Layer],
+    calib: Option<&Dataset>,
+    source: &[u8],
+    opts: &Options,
+    meas: &Measurer,
+) -> Result<(HashMap<NodeId, ActQuant>, Option<CalibrationReport>)> {
+    let (
+        Activations::Static {
+            calib: path,
+            method,
+        },
+        Some(c),
+    ) = (&opts.activations, calib)
+    else {
+        return Ok((
+            layers.iter().map(|l| (l.node, ActQuant::Dynamic)).collect(),
+            None,
+        ));
+    };
+    let Calibrated {
+        ranges,
+        cached,
+        cache_key,
+    } = calibrate(g, layers, c, *method, source, opts, meas)?;
+    let act_of = layers
+        .iter()
+        .map(|l| {
+            let r = ranges
+                .get(&g.value(l.input).name)
+                .copied()
+                .unwrap_or((0.0, 0.0));
+            let (scale, zero_point) = quant_params(crate::quant::calib::Range { lo: r.0, hi: r.1 });
+            (l.node, ActQuant::Static { scale, zero_point })
+        })
+        .collect();
+    let report = CalibrationReport {
+        method: method.to_string(),
+        data: path.display().to_string(),
+        samples: c.samples,
+        cached,
+        cache_key,
+    };
+    Ok((act_of, Some(report)))
+}
+
 fn calibrate(
     g: &Graph,
     layers: &[Layer],

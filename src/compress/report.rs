@@ -293,6 +293,10 @@ pub struct Report {
     pub pruning: Option<PruningReport>,
     pub channel_pruning: Option<ChannelReport>,
     pub low_rank: Option<LowRankReport>,
+    /// Fine-tuning against the f32 model after pruning / low rank
+    /// (`--distill`).
+    #[cfg(feature = "distill")]
+    pub distillation: Option<DistillationReport>,
     pub max_accuracy_drop: f64,
     pub min_cosine: Option<f64>,
     /// `size` (storage int8 wherever accuracy allows) or `latency`.
@@ -313,6 +317,54 @@ pub struct MeasurementReport {
     pub plans_built: u64,
     pub weights_packed: u64,
     pub seconds: f64,
+}
+
+/// The distillation step of `mlc compress --distill`.
+#[cfg(feature = "distill")]
+#[derive(Clone, Debug, Serialize)]
+pub struct DistillationReport {
+    /// The model before distillation (pruned / factorized, f32) on the
+    /// evaluation data, against the f32 model.
+    pub before: AccuracyReport,
+    /// What training did (scored on its held-out data: the calibration
+    /// data, else the training data).
+    pub training: crate::distill::DistillReport,
+}
+
+/// `distilled on ... : 34 of 60 epochs (best 24), ...`: one line of the
+/// distillation step.
+#[cfg(feature = "distill")]
+fn distill_summary(r: &DistillationReport) -> String {
+    let d = &r.training;
+    let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+    let mut s = format!(
+        "distilled on {} ({} samples): {} of {} epochs (best {}{}), {:.1} s; on {} {}: agreement with f32 {} -> {}",
+        d.data,
+        d.train_samples,
+        d.epochs_run,
+        d.epochs_requested,
+        d.best_epoch,
+        if d.stopped_early { ", stopped early" } else { "" },
+        d.seconds,
+        if d.held_out { "held-out" } else { "training data" },
+        d.evaluated_on,
+        pct(d.before.top1_agreement),
+        pct(d.after.top1_agreement),
+    );
+    if let (Some(b), Some(a)) = (d.before.accuracy, d.after.accuracy) {
+        s += &format!(", top-1 {} -> {}", pct(b), pct(a));
+    }
+    let e = &r.before;
+    match e.top1_compressed {
+        Some(t) => s += &format!("; before it, top-1 on {} {}", e.data, pct(t)),
+        None => {
+            s += &format!(
+                "; before it, on {}: cosine {:.5} (min {:.5})",
+                e.data, e.agreement.cosine_similarity, e.agreement.min_cosine_similarity
+            )
+        }
+    }
+    s
 }
 
 impl PruningReport {
@@ -425,6 +477,10 @@ impl Report {
         if let Some(p) = &self.pruning {
             let _ = writeln!(s, "{}", p.summary());
         }
+        #[cfg(feature = "distill")]
+        if let Some(d) = &self.distillation {
+            let _ = writeln!(s, "{}", distill_summary(d));
+        }
         if self.params_f16 > 0 {
             let _ = writeln!(
                 s,
@@ -495,6 +551,10 @@ impl Report {
         }
         if let Some(p) = &self.pruning {
             let _ = writeln!(s, "- pruning: {}", p.summary());
+        }
+        #[cfg(feature = "distill")]
+        if let Some(d) = &self.distillation {
+            let _ = writeln!(s, "- {}", distill_summary(d));
         }
         let z = &self.size;
         let _ = writeln!(s, "\n## Size\n");
