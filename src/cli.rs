@@ -186,6 +186,11 @@ pub(crate) enum Command {
     /// data: KL on softened class scores (MSE for other outputs), AdamW with
     /// a cosine schedule, pruned zeros kept, early stop on held-out agreement.
     Distill(Box<DistillArgs>),
+    /// The CI gate: measure the budgets a model must hold (size, latency,
+    /// accuracy, agreement, regression against a baseline), one PASS/FAIL
+    /// line each; exit 0 when all hold, 3 when one fails (2: bad input,
+    /// 1: internal error).
+    Check(Box<CheckArgs>),
     /// List the target descriptions: this machine (probed), then the
     /// built-in ones (targets/*.toml).
     Targets {
@@ -203,6 +208,67 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct CheckArgs {
+    /// The model (.onnx or .mlc); optional with --budget (then every model
+    /// of the file, or only this one's entries).
+    pub(crate) model: Option<PathBuf>,
+    /// A budget file (TOML) with [[model]] entries.
+    #[arg(long, value_name = "FILE.toml")]
+    pub(crate) budget: Option<PathBuf>,
+    /// Largest file size (e.g. 5MB, 200KiB, 123456).
+    #[arg(long, value_name = "SIZE", value_parser = check_size)]
+    pub(crate) max_size: Option<u64>,
+    /// Largest median latency; fails only when beyond the noise.
+    #[arg(long, value_name = "MS")]
+    pub(crate) max_latency_ms: Option<f64>,
+    /// Smallest top-1 accuracy (0 to 1) on --eval.
+    #[arg(long, value_name = "SHARE")]
+    pub(crate) min_accuracy: Option<f64>,
+    /// Labeled data (.npz with `labels`) for --min-accuracy.
+    #[arg(long, value_name = "DATA.npz")]
+    pub(crate) eval: Option<PathBuf>,
+    /// Smallest per-sample cosine similarity with --reference on --data.
+    #[arg(long, value_name = "COS")]
+    pub(crate) min_cosine: Option<f64>,
+    /// The model to agree with (e.g. the original .onnx).
+    #[arg(long, value_name = "MODEL")]
+    pub(crate) reference: Option<PathBuf>,
+    /// Inputs (.npz keyed by input name) for --min-cosine.
+    #[arg(long, value_name = "DATA.npz")]
+    pub(crate) data: Option<PathBuf>,
+    /// Largest latency regression against --baseline (5% or 0.05); fails
+    /// only when beyond the noise.
+    #[arg(long, value_name = "SHARE", value_parser = check_share)]
+    pub(crate) max_regression: Option<f64>,
+    /// The model to compare latency with, run alternately.
+    #[arg(long, value_name = "MODEL")]
+    pub(crate) baseline: Option<PathBuf>,
+    /// Threads for the latency runs (default: the machine's cores).
+    #[arg(long, value_parser = thread_count)]
+    pub(crate) threads: Option<usize>,
+    /// Batch size of the latency runs' seeded random inputs.
+    #[arg(long)]
+    pub(crate) batch: Option<usize>,
+    /// Timed rounds of the latency budgets (at least 5).
+    #[arg(long)]
+    pub(crate) rounds: Option<usize>,
+    /// Also write the verdicts as JUnit XML.
+    #[arg(long, value_name = "FILE.xml")]
+    pub(crate) junit: Option<PathBuf>,
+    /// Print one JSON object instead of the lines.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn check_size(s: &str) -> Result<u64, String> {
+    mlc::api::check::parse_size(s)
+}
+
+fn check_share(s: &str) -> Result<f64, String> {
+    mlc::api::check::parse_share(s)
 }
 
 /// How distillation trains (`mlc distill`, `mlc compress --distill`).

@@ -114,6 +114,11 @@ pub enum Error {
         limit: u64,
     },
 
+    /// `mlc check`: a budget the model must hold does not (exit code
+    /// [`crate::api::EXIT_BUDGET_FAILED`]).
+    #[error("{failed} of {total} budgets failed")]
+    BudgetFailed { failed: usize, total: usize },
+
     /// A bug in mlc: an invariant that should hold did not.
     #[error("internal error: {0}")]
     Internal(String),
@@ -154,6 +159,16 @@ impl Error {
             op,
             message,
             internal,
+        }
+    }
+
+    /// The command line's exit code for this error: 2 for the user's
+    /// input, 3 for a broken budget (`mlc check`), 1 for a bug in mlc.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::BudgetFailed { .. } => 3,
+            e if e.is_user_error() => 2,
+            _ => 1,
         }
     }
 

@@ -285,6 +285,7 @@ fn run(command: Command) -> Result<(), Error> {
             }
         }
         Command::Distill(a) => distill(&a)?,
+        Command::Check(a) => check(&a)?,
         Command::Tune {
             model,
             output,
@@ -395,6 +396,101 @@ fn no_distillation() -> Error {
     )
 }
 
+fn check(a: &cli::CheckArgs) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    let defaults = api::CheckOptions {
+        progress: std::io::stderr().is_terminal() && !a.json,
+        ..Default::default()
+    };
+    let flags = api::CheckCase {
+        model: a.model.clone().unwrap_or_default(),
+        max_size: a.max_size,
+        max_latency_ms: a.max_latency_ms,
+        min_accuracy: a.min_accuracy,
+        eval: a.eval.clone(),
+        min_cosine: a.min_cosine,
+        reference: a.reference.clone(),
+        data: a.data.clone(),
+        max_regression: a.max_regression,
+        baseline: a.baseline.clone(),
+    };
+    let (mut cases, mut opts) = match &a.budget {
+        Some(file) => api::check::read_budget_file(file, &defaults)?,
+        None => (Vec::new(), defaults),
+    };
+    let has_flags = flags
+        != api::CheckCase {
+            model: flags.model.clone(),
+            ..Default::default()
+        };
+    match (&a.model, &a.budget) {
+        (None, None) => {
+            return Err(Error::Usage(
+                "check: give a MODEL with budgets, or --budget FILE.toml".into(),
+            ))
+        }
+        (None, Some(_)) if has_flags => {
+            return Err(Error::Usage(
+                "check: budget flags need a MODEL (the file's models have their own)".into(),
+            ))
+        }
+        (None, Some(_)) => {}
+        (Some(_), None) => cases.push(flags),
+        (Some(m), Some(file)) => {
+            // Only this model's entries, the flags added to them.
+            cases.retain(|c| same_file(&c.model, m));
+            if cases.is_empty() {
+                return Err(Error::Usage(format!(
+                    "check: {} has no entry for {}",
+                    file.display(),
+                    m.display()
+                )));
+            }
+            for c in &mut cases {
+                c.max_size = flags.max_size.or(c.max_size);
+                c.max_latency_ms = flags.max_latency_ms.or(c.max_latency_ms);
+                c.min_accuracy = flags.min_accuracy.or(c.min_accuracy);
+                c.eval = flags.eval.clone().or(c.eval.take());
+                c.min_cosine = flags.min_cosine.or(c.min_cosine);
+                c.reference = flags.reference.clone().or(c.reference.take());
+                c.data = flags.data.clone().or(c.data.take());
+                c.max_regression = flags.max_regression.or(c.max_regression);
+                c.baseline = flags.baseline.clone().or(c.baseline.take());
+            }
+        }
+    }
+    opts.threads = a.threads.unwrap_or(opts.threads);
+    opts.batch = a.batch.unwrap_or(opts.batch);
+    opts.rounds = a.rounds.unwrap_or(opts.rounds);
+    if let Some(path) = &a.junit {
+        api::check::ensure_apart(&cases, path)?;
+    }
+    let report = api::check(&cases, &opts)?;
+    if let Some(path) = &a.junit {
+        report.write_junit(path)?;
+    }
+    match a.json {
+        true => print_json(&report)?,
+        false => print!("{}", report.render()),
+    }
+    match report.ok() {
+        true => Ok(()),
+        false => Err(Error::BudgetFailed {
+            failed: report.failed,
+            total: report.results.len(),
+        }),
+    }
+}
+
+/// Whether two paths name the same file (as given, else canonical).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a == b
+        || matches!(
+            (a.canonicalize(), b.canonicalize()),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 /// Lets a closed pipe end the process quietly (`mlc bench m.onnx | head`),
 /// as it does for other command-line tools, instead of `println!`
 /// panicking on the write error.
@@ -425,7 +521,7 @@ fn main() -> ExitCode {
             // One line, of bounded length, whatever the input quoted.
             let line = e.to_string().replace('\n', " ");
             eprintln!("error: {}", api::excerpt(&line, MAX_ERROR_LINE));
-            ExitCode::from(if e.is_user_error() { 2 } else { 1 })
+            ExitCode::from(e.exit_code())
         }
     }
 }

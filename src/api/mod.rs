@@ -31,6 +31,7 @@
 //! ```
 
 mod bench;
+pub mod check;
 mod jobs;
 mod session;
 mod tune;
@@ -63,6 +64,7 @@ pub use crate::target::{render as render_targets, Arch, Caches, Feature, FmaUnit
 pub use crate::transform::runner::PassLogEntry;
 pub use crate::tune::{host_fingerprint, parse_budget};
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
+pub use check::{check, CheckCase, CheckOptions, CheckReport, EXIT_BUDGET_FAILED};
 #[cfg(feature = "distill")]
 pub use jobs::distill_file;
 pub use jobs::{
