@@ -51,6 +51,11 @@ lap "hostile input sample"
 echo
 cat target/tmp/mutations/{onnx_load,bundle_read,npy_read}.txt
 echo "libFuzzer (tests/fuzz/run.sh): skipped: not part of the suite (its own build of every crate); run it apart"
+# The CI gate example of docs/ci.md, its own script run as it is.
+echo
+echo "CI gate example (docs/examples/ci-gate.sh):"
+MLC=target/release/mlc bash docs/examples/ci-gate.sh
+lap "CI gate example"
 # aarch64 under qemu (tests/aarch64/run.sh): cross build from Debian
 # packages (installed when missing), the kernel tests on NEON and
 # NEON + dotprod, every fixture and the int8 digits bundles against x86.

@@ -299,7 +299,10 @@ pub fn read_budget_file(
         message: e.to_string().replace('\n', " "),
     })?;
     let dir = path.parent().unwrap_or(Path::new(""));
-    let at = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
+    let at = |p: PathBuf| match p.is_absolute() {
+        true => p,
+        false => lexically_normal(&dir.join(p)),
+    };
     let bad = |what: &str, message: String| Error::Malformed {
         path: path.to_path_buf(),
         message: format!("{what}: {message}"),
@@ -361,6 +364,26 @@ pub fn ensure_apart(cases: &[CheckCase], output: &Path) -> Result<()> {
         })
         .collect();
     crate::fsutil::ensure_outputs_apart(&[output], &reads)
+}
+
+/// `a/b/../c` as `a/c`, without touching the file system (the budget
+/// file's folder joined to its paths, as people read them).
+fn lexically_normal(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    match out.is_empty() {
+        true => PathBuf::from("."),
+        false => out.iter().collect(),
+    }
 }
 
 impl CheckCase {
@@ -727,6 +750,16 @@ mod tests {
         // n = 5: P(X = 0) = 3.1% > 2.5%: the interval is the range.
         let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
         assert_eq!(median_interval(&mut v), (3.0, 1.0, 5.0));
+    }
+
+    #[test]
+    fn budget_paths_read_as_written() {
+        assert_eq!(
+            lexically_normal(Path::new("docs/examples/../../gate/m.mlc")),
+            Path::new("gate/m.mlc")
+        );
+        assert_eq!(lexically_normal(Path::new("../a/./b")), Path::new("../a/b"));
+        assert_eq!(lexically_normal(Path::new("a/..")), Path::new("."));
     }
 
     #[test]
