@@ -300,7 +300,7 @@ fn outputs_never_overwrite_inputs() {
     let dir = scratch("clobber");
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // A model named like the report of the output it is compressed to.
-    let victim = dir.join("victim.report.json");
+    let victim = dir.join("victim.mlc.report.json");
     std::fs::copy(repo.join("fixtures/mlp/model.onnx"), &victim).unwrap();
     let before = std::fs::read(&victim).unwrap();
     let os = |s: &str| std::ffi::OsString::from(s);

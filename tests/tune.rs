@@ -289,7 +289,7 @@ fn tune_writes_a_bundle_with_its_choices_and_the_same_records_give_the_same_byte
         assert_eq!(n["source"], "measured", "{n}");
         assert!(n["candidates"].as_array().unwrap().len() >= 2, "{n}");
     }
-    for f in ["a.tune.json", "a.tune.md"] {
+    for f in ["a.mlc.tune.json", "a.mlc.tune.md"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let records = std::fs::read_to_string(&db).unwrap();
@@ -396,7 +396,7 @@ fn another_target_is_tuned_by_the_cost_model_and_marked_estimated() {
         choices.values().all(|c| c == "conv=transposed"),
         "{choices:?}"
     );
-    let md = std::fs::read_to_string(dir.join("a76.tune.md")).unwrap();
+    let md = std::fs::read_to_string(dir.join("a76.mlc.tune.md")).unwrap();
     assert!(md.contains("**Estimated.**"), "{md}");
     // The bundle says so, and runs with its choices.
     let info = mlc(&["inspect", out.to_str().unwrap(), "--json"]);

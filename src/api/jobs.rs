@@ -92,9 +92,21 @@ pub struct CompressOutcome {
     pub md_path: PathBuf,
 }
 
+/// The JSON and Markdown reports of `output`: `<output>.<kind>.json` and
+/// `.md` beside it.
+pub(crate) fn report_paths(output: &Path, kind: &str) -> (PathBuf, PathBuf) {
+    let named = |ext: &str| {
+        let mut name = output.as_os_str().to_owned();
+        name.push(format!(".{kind}.{ext}"));
+        PathBuf::from(name)
+    };
+    (named("json"), named("md"))
+}
+
 /// `mlc compress`: compresses `model` into `output` (as `format`, default
 /// from the extension) and writes the report beside it as
-/// `<stem>.report.json` and `<stem>.report.md`.
+/// `<output>.report.json` and `<output>.report.md` (named after the whole
+/// file name, so `x.onnx` and `x.mlc` keep reports of their own).
 pub fn compress_file(
     model: &Path,
     output: &Path,
@@ -102,9 +114,7 @@ pub fn compress_file(
     opts: &CompressOptions,
 ) -> Result<CompressOutcome> {
     let format = format.unwrap_or_else(|| Format::from_path(output));
-    let stem = output.with_extension("");
-    let json_path = PathBuf::from(format!("{}.report.json", stem.display()));
-    let md_path = PathBuf::from(format!("{}.report.md", stem.display()));
+    let (json_path, md_path) = report_paths(output, "report");
     let mut reads = vec![model];
     if let crate::compress::Activations::Static { calib, .. } = &opts.activations {
         reads.push(calib);

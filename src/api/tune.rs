@@ -61,7 +61,7 @@ pub struct TuneReport {
 /// `mlc tune`: measures kernel choices for `model` (compiled with the
 /// pipeline first when it is ONNX) on this machine and writes a bundle
 /// carrying them to `output`, with the tuning report beside it
-/// (`<output stem>.tune.json` and `.tune.md`).
+/// (`<output>.tune.json` and `.tune.md`).
 pub fn tune_file(
     model: &Path,
     output: &Path,
@@ -72,11 +72,7 @@ pub fn tune_file(
     // An unknown name is an error listing the known ones.
     let target = Target::by_name(&opts.target)?;
     let on_host = target.name == crate::target::HOST;
-    let stem = output.with_extension("");
-    let (json_path, md_path) = (
-        PathBuf::from(format!("{}.tune.json", stem.display())),
-        PathBuf::from(format!("{}.tune.md", stem.display())),
-    );
+    let (json_path, md_path) = super::jobs::report_paths(output, "tune");
     let mut reads = vec![model];
     reads.extend(inputs.paths());
     crate::fsutil::ensure_outputs_apart(&[output, &json_path, &md_path], &reads)?;

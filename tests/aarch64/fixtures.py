@@ -160,7 +160,7 @@ def main():
                     + extra,
                     f"{name}: compress",
                 )
-                report = json.loads(bundle.with_suffix(".report.json").read_text())
+                report = json.loads(bundle.with_name(bundle.name + ".report.json").read_text())
                 args = ["run", str(bundle), "--input", f"x={xin}"]
                 runs = {}
                 for who, cmd in [("x86", [a.x86]), ("ref", [a.x86])] + [
