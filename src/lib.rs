@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod limits;
 pub mod measure;
 pub mod probe;
+pub mod provenance;
 pub mod quant;
 pub mod rng;
 pub mod runtime;

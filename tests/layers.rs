@@ -34,7 +34,14 @@ const LAYERS: &[(u32, &[&str])] = &[
     (
         6,
         &[
-            "compress", "distill", "inspect", "probe", "measure", "target", "tune",
+            "compress",
+            "distill",
+            "inspect",
+            "probe",
+            "provenance",
+            "measure",
+            "target",
+            "tune",
         ],
     ),
     (7, &["api"]),
