@@ -344,6 +344,7 @@ fn distill(a: &DistillArgs) -> Result<(), Error> {
         patience: a.patience,
         weight_decay: a.weight_decay,
         threads: a.threads.unwrap_or(0),
+        qat: a.qat,
     };
     let output = a.output.clone().unwrap_or_else(|| {
         let stem = a

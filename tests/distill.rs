@@ -257,3 +257,125 @@ fn bad_input_exits_2_without_output() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// Quantization-aware training (`--qat`) of int8 students.
+
+/// The digits `model` (cnn or mlp) made int8 by `mlc compress --int8` with
+/// static scales calibrated on its calibration set (`extra`: more flags).
+fn int8_student(dir: &Path, model: &str, extra: &[&str], out: &str) -> PathBuf {
+    let calib = digits(&format!("calib_{model}.npz"));
+    let mut args = vec![
+        "--int8",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--no-speed-check",
+        "--latency-runs",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    student(dir, &format!("{model}.onnx"), &args, out)
+}
+
+/// Index of the first largest value of each row of `[rows, c]`.
+fn argmax_rows(v: &[f32], c: usize) -> Vec<usize> {
+    v.chunks(c)
+        .map(|r| (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b }))
+        .collect()
+}
+
+/// The QAT lowering's fake-quantized forward pass of the int8 student at
+/// `path`, on all 540 held-out digits, against mlc's runtime (its int8
+/// kernels): float emulation of the integer arithmetic, so at least 99% of
+/// the outputs must be within 1e-5 of the output's largest magnitude, and
+/// the top-1 classes agree on at least 99% of the samples. Returns (share
+/// of outputs within 1e-5, worst difference relative to that magnitude,
+/// top-1 agreement).
+fn qat_lowering_matches_runtime(path: &Path, eval: &str) -> (f64, f32, f64) {
+    let m = Model::load(path).unwrap();
+    let g = m.graph();
+    let int8 = g
+        .nodes()
+        .filter(|(_, n)| mlc::distill::qat::is_int8_layer(&n.op))
+        .count();
+    assert!(int8 > 0, "{} has no int8 layer", path.display());
+    let data = Dataset::load(&digits(eval), g).unwrap();
+    let x = data.arrays[0].clone();
+    let mut session = m
+        .session(&mlc::api::SessionOptions {
+            threads: 2,
+            untuned: true,
+        })
+        .unwrap();
+    let want = session.run_positional(std::slice::from_ref(&x)).unwrap();
+    let want = want[0].as_f32().unwrap();
+    let net = Lowered::with_qat(g, true).unwrap();
+    assert_eq!(net.int8_layers(), int8);
+    let xc = candle_core::Tensor::from_vec(
+        x.as_f32().unwrap().to_vec(),
+        x.shape().to_vec(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let got = net.forward(&[xc]).unwrap();
+    let got: Vec<f32> = got[0].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
+    let close = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| (*a - *b).abs() <= 1e-5 * scale)
+        .count() as f64
+        / want.len() as f64;
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() / scale)
+        .fold(0f32, f32::max);
+    let (ga, wa) = (argmax_rows(&got, 10), argmax_rows(want, 10));
+    let agree = ga.iter().zip(&wa).filter(|(a, b)| a == b).count() as f64 / wa.len() as f64;
+    println!(
+        "{}: {int8} int8 layers; {:.3}% of outputs within 1e-5 of the runtime's, worst {worst:.2e}, top-1 agreement {:.2}%",
+        path.display(),
+        100.0 * close,
+        100.0 * agree
+    );
+    assert!(close >= 0.99 && agree >= 0.99, "{close} {worst} {agree}");
+    // On the digits models the emulation is exact: the deepest reduction
+    // is 512 (the CNN's classifier), and 512 * 255 * 127 < 2^24, so every
+    // f32 sum of the integer products is the int32 accumulator.
+    assert_eq!(worst, 0.0, "{}", path.display());
+    (close, worst, agree)
+}
+
+#[test]
+fn qat_lowering_matches_the_int8_runtime_on_digits() {
+    let dir = temp_dir("qat-lower");
+    for model in ["cnn", "mlp"] {
+        let eval = format!("eval_{model}.npz");
+        let s = int8_student(&dir, model, &[], &format!("{model}8.mlc"));
+        qat_lowering_matches_runtime(&s, &eval);
+        // Full-range weights ([-127, 127]), one scale per tensor.
+        let s = int8_student(
+            &dir,
+            model,
+            &["--full-range", "--per-tensor"],
+            &format!("{model}8t.mlc"),
+        );
+        qat_lowering_matches_runtime(&s, &eval);
+        // Dynamic activation scales (per sample).
+        let s = student(
+            &dir,
+            &format!("{model}.onnx"),
+            &[
+                "--int8",
+                "--dynamic",
+                "--no-speed-check",
+                "--latency-runs",
+                "0",
+            ],
+            &format!("{model}8d.mlc"),
+        );
+        qat_lowering_matches_runtime(&s, &eval);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
