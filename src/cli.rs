@@ -246,11 +246,12 @@ pub(crate) struct DistillArgs {
     #[arg(long, value_parser = thread_count)]
     pub(crate) threads: Option<usize>,
     /// Quantization-aware training of an int8 student (from `mlc compress
-    /// --int8`): its QConv/QMatMul weights train in float, fake-quantized
-    /// to their int8 grids (fixed scales) and u8 activations in the forward
-    /// pass, straight-through gradients; the result is written back as
-    /// int8. An int8 student needs it; a student without int8 layers is
-    /// refused with it.
+    /// --int8`): its QConv/QMatMul weights train in float, quantized in the
+    /// forward pass as `mlc compress` quantizes them (scales recomputed
+    /// each step) with the layers' u8 activation quantization, and
+    /// straight-through gradients; the result is written back as int8. An
+    /// int8 student needs it; a student without int8 layers is refused
+    /// with it.
     #[arg(long)]
     pub(crate) qat: bool,
     /// Print the report as one JSON object.

@@ -312,13 +312,19 @@ fn qat_lowering_matches_runtime(path: &Path, eval: &str) -> (f64, f32, f64) {
     assert_eq!(net.int8_layers(), int8);
     // Untrained, the weights write back as they were: the same int8 values
     // and the same scales, bit for bit.
+    let mut scales = 0;
     for p in &net.params {
-        for (v, t) in net.stored(p, p.var.as_tensor()).unwrap() {
+        let (t, s) = net.stored(p, p.var.as_tensor()).unwrap();
+        let mut stored = vec![(p.value, t)];
+        scales += s.is_some() as usize;
+        stored.extend(s);
+        for (v, t) in stored {
             let was = &g.consts[&v];
             assert_eq!(t.dtype(), was.dtype(), "{}", g.value(v).name);
             assert_eq!(t.to_f64_vec(), was.to_f64_vec(), "{}", g.value(v).name);
         }
     }
+    assert_eq!(scales, int8);
     let xc = candle_core::Tensor::from_vec(
         x.as_f32().unwrap().to_vec(),
         x.shape().to_vec(),

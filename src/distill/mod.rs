@@ -720,12 +720,7 @@ pub fn distill(
     let mut graph = student.clone();
     let mut zeros_after = 0usize;
     for (p, w) in net.params.iter().zip(&best.3) {
-        for (value, t) in net.stored(p, w)? {
-            if value == p.value {
-                zeros_after += t.zero_count();
-            }
-            graph.consts.insert(value, std::sync::Arc::new(t));
-        }
+        zeros_after += net.write_back(&mut graph, p, w)?;
     }
     let after_out = run_all(&graph, eval, opts.threads, &ProgressBar::hidden())?;
     let after = quality(&eval_teacher, &after_out, eval.labels.as_deref());

@@ -100,7 +100,7 @@ use candle_core::{DType as CDType, Device, Tensor as CTensor, Var};
 use super::lower::{act, cerr, conv, matmul, to_candle, Lowered, Param};
 use crate::compress::quantize::f16_scale;
 use crate::ir::ops::quant::reference::{dynamic_params, quant_items, quantize_u8};
-use crate::ir::{ActQuant, Graph, Node, Op, Tensor, TensorData, ValueId};
+use crate::ir::{ActQuant, Graph, Node, NodeId, Op, Tensor, TensorData, ValueId};
 use crate::{Error, Result};
 
 /// Whether `op` is an int8 product ([`Op::QConv`], [`Op::QMatMul`]).
@@ -214,7 +214,7 @@ fn weight_of<'g>(g: &'g Graph, node: &Node) -> Result<(ValueId, &'g Tensor, QatW
 /// the mask of its zeros, and its grid, keyed by the weight's value.
 pub(super) fn weight_params(
     g: &Graph,
-    order: &[crate::ir::NodeId],
+    order: &[NodeId],
 ) -> Result<(Vec<Param>, HashMap<ValueId, QatWeight>)> {
     let mut params = Vec::new();
     let mut grids: HashMap<ValueId, QatWeight> = HashMap::new();
@@ -226,10 +226,10 @@ pub(super) fn weight_params(
         let (wv, w, grid) = weight_of(g, node)?;
         if let Some(seen) = grids.get(&wv) {
             // A weight shared by two products: one variable, if one grid.
-            if seen.scales != grid.scales || seen.channel_first != grid.channel_first {
+            if seen.scale_value != grid.scale_value || seen.channel_first != grid.channel_first {
                 return Err(refuse(
                     node,
-                    "its weight is shared with another int8 layer on another grid",
+                    "its weight is shared with another int8 layer with other scales",
                 ));
             }
             continue;
@@ -489,19 +489,58 @@ impl Lowered<'_> {
             .count()
     }
 
-    /// The constants the graph stores for trained values `value` of `p`:
-    /// f32 as trained, or an int8 weight requantized, with its scales.
-    pub fn stored(&self, p: &Param, value: &CTensor) -> Result<Vec<(ValueId, Tensor)>> {
+    /// The trained value `value` of `p` as the graph stores it: f32 as
+    /// trained, or an int8 weight requantized, with its scale constant and
+    /// new scales.
+    pub fn stored(
+        &self,
+        p: &Param,
+        value: &CTensor,
+    ) -> Result<(Tensor, Option<(ValueId, Tensor)>)> {
         match self.qat.get(&p.value) {
             Some(grid) => {
                 let (q, scales) = grid.requantize(value)?;
-                let n = scales.len();
-                let s = Tensor::from_f32(vec![n], scales)
+                let s = Tensor::from_f32(vec![scales.len()], scales)
                     .map_err(|e| Error::Internal(format!("distill: {e}")))?;
-                Ok(vec![(p.value, q), (grid.scale_value, s)])
+                Ok((q, Some((grid.scale_value, s))))
             }
-            None => Ok(vec![(p.value, super::lower::from_candle(value)?)]),
+            None => Ok((super::lower::from_candle(value)?, None)),
         }
+    }
+
+    /// Writes the trained value `value` of `p` into `graph` (a copy of the
+    /// lowered graph), an int8 weight with its scales; returns the zeros
+    /// of the stored weight. A scale constant that anything but the
+    /// layers of this weight reads is left as it is, and those layers get
+    /// a new one.
+    pub fn write_back(&self, graph: &mut Graph, p: &Param, value: &CTensor) -> Result<usize> {
+        let (t, scales) = self.stored(p, value)?;
+        let zeros = t.zero_count();
+        graph.consts.insert(p.value, std::sync::Arc::new(t));
+        let Some((sv, s)) = scales else {
+            return Ok(zeros);
+        };
+        let layers: Vec<NodeId> = graph
+            .nodes()
+            .filter(|(_, n)| is_int8_layer(&n.op) && n.input(1) == Some(p.value))
+            .map(|(id, _)| id)
+            .collect();
+        let own = layers
+            .iter()
+            .filter(|&&id| graph.node(id).is_some_and(|n| n.input(2) == Some(sv)))
+            .count();
+        if own == graph.use_count(sv) {
+            graph.consts.insert(sv, std::sync::Arc::new(s));
+        } else {
+            let name = format!("{}.qat", graph.value(sv).name);
+            let nv = graph.add_const(name, s);
+            for id in layers {
+                if let Some(slot) = graph.node_mut(id).and_then(|n| n.inputs.get_mut(2)) {
+                    *slot = Some(nv);
+                }
+            }
+        }
+        Ok(zeros)
     }
 
     /// The grid of the int8 weight `w`, when it is trained with QAT.
@@ -590,6 +629,63 @@ mod tests {
                 assert_eq!(s, want_s);
             }
         }
+    }
+
+    /// Two QMatMul layers reading one scale constant: each gets its own
+    /// scales back, and the written graph computes (on the reference
+    /// interpreter) what the trained forward pass computed.
+    #[test]
+    fn write_back_separates_a_shared_scale_and_matches_the_forward_pass() {
+        use crate::ir::{DType, Dim, Shape, TensorType};
+        let mut g = Graph::new("t", 17);
+        let ty = |d: Vec<Dim>| TensorType::new(DType::F32, Shape(d));
+        let x = g.add_input("x", ty(vec![Dim::sym("batch"), Dim::Known(2)]));
+        let i8w = |v: Vec<i8>| Tensor::new(vec![2, 2], TensorData::I8(v)).unwrap();
+        let w1 = g.add_const("w1", i8w(vec![63, -10, 5, 63]));
+        let w2 = g.add_const("w2", i8w(vec![-63, 20, 7, 63]));
+        let s = g.add_const("s", Tensor::from_f32(vec![1], vec![0.03125]).unwrap());
+        let mut prev = x;
+        for (i, w) in [w1, w2].into_iter().enumerate() {
+            let y = g.add_value(format!("y{i}"), ty(vec![]));
+            g.add_node(Node {
+                name: format!("mm{i}"),
+                op: Op::QMatMul {
+                    a_quant: ActQuant::Static {
+                        scale: 0.02,
+                        zero_point: 128,
+                    },
+                    act: None,
+                },
+                inputs: vec![Some(prev), Some(w), Some(s)],
+                outputs: vec![y],
+            });
+            prev = y;
+        }
+        g.outputs = vec![prev];
+        crate::ir::infer::infer_graph(&mut g).unwrap();
+        let net = Lowered::with_qat(&g, true).unwrap();
+        assert_eq!(net.int8_layers(), 2);
+        // "Train": the first weight grows, the second shrinks.
+        for (p, k) in net.params.iter().zip([3.0, 0.5]) {
+            let t = p.var.as_tensor().affine(k, 0.01).unwrap();
+            p.var.set(&t).unwrap();
+        }
+        let xin = Tensor::from_f32(vec![3, 2], vec![0.5, -1.0, 1.5, 0.25, -0.75, 2.0]).unwrap();
+        let want = net.forward(&[to_candle(&xin).unwrap()]).unwrap();
+        let want: Vec<f32> = want[0].flatten_all().unwrap().to_vec1().unwrap();
+        let mut out = g.clone();
+        for p in &net.params {
+            net.write_back(&mut out, p, p.var.as_tensor()).unwrap();
+        }
+        let scale_of = |name: &str| {
+            let n = out.nodes().find(|(_, n)| n.name == name).unwrap().1;
+            out.consts[&n.input(2).unwrap()].as_f32().unwrap().to_vec()
+        };
+        let (s1, s2) = (scale_of("mm0"), scale_of("mm1"));
+        assert_ne!(s1, s2);
+        assert!(s1[0] > 0.03125 && s2[0] < 0.03125, "{s1:?} {s2:?}");
+        let got = crate::interp::run(&out, vec![xin]).unwrap();
+        assert_eq!(got[0].as_f32().unwrap(), want.as_slice());
     }
 
     #[test]
