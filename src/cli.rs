@@ -319,6 +319,15 @@ pub(crate) struct DistillArgs {
     /// Threads for the teacher and the evaluation runs (default: all cores).
     #[arg(long, value_parser = thread_count)]
     pub(crate) threads: Option<usize>,
+    /// Quantization-aware training of an int8 student (from `mlc compress
+    /// --int8`): its QConv/QMatMul weights train in float, quantized in the
+    /// forward pass as `mlc compress` quantizes them (scales recomputed
+    /// each step) with the layers' u8 activation quantization, and
+    /// straight-through gradients; the result is written back as int8. An
+    /// int8 student needs it; a student without int8 layers is refused
+    /// with it.
+    #[arg(long)]
+    pub(crate) qat: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,

@@ -353,13 +353,17 @@ fn distill_options(t: &cli::TrainingArgs, threads: Option<usize>) -> api::Distil
         patience: t.patience,
         weight_decay: t.weight_decay,
         threads: threads.unwrap_or(0),
+        qat: false,
     }
 }
 
 #[cfg(feature = "distill")]
 fn distill(a: &DistillArgs) -> Result<(), Error> {
     use std::io::IsTerminal;
-    let opts = distill_options(&a.training, a.threads);
+    let opts = api::DistillOptions {
+        qat: a.qat,
+        ..distill_options(&a.training, a.threads)
+    };
     let output = a.output.clone().unwrap_or_else(|| {
         let stem = a
             .student

@@ -414,14 +414,15 @@ impl Model {
         };
         report.student = name(self);
         report.teacher = name(&teacher);
+        let step = if opts.qat { "distill --qat" } else { "distill" };
         let pipeline = student.pipeline.clone().map_or(
             bundle::PipelineInfo {
-                name: "distill".into(),
-                summary: "mlc distill".into(),
+                name: step.into(),
+                summary: format!("mlc {step}"),
             },
             |p| bundle::PipelineInfo {
-                name: format!("{} + distill", p.name),
-                summary: format!("{} -> mlc distill", p.summary),
+                name: format!("{} + {step}", p.name),
+                summary: format!("{} -> mlc {step}", p.summary),
             },
         );
         Ok(Distilled {

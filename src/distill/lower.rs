@@ -7,6 +7,10 @@
 //! reference kernel computes (the reference interpreter is the oracle the
 //! tests compare with). An op the lowering does not know is refused when the
 //! graph is lowered, naming the op and the node, before any training starts.
+//!
+//! The int8 products QConv and QMatMul are lowered only for
+//! quantization-aware training ([`Lowered::with_qat`], see [`super::qat`]):
+//! fake-quantized, their weights trained in float.
 
 use std::collections::HashMap;
 
@@ -17,6 +21,8 @@ use crate::ir::{
     UnaryOp, ValueId,
 };
 use crate::{Error, Result, Tensor};
+
+use super::qat::{self, QatWeight};
 
 /// A candle error, as an mlc error (candle's errors here are mlc's bugs:
 /// the lowering checked what it accepts).
@@ -54,10 +60,12 @@ pub struct Param {
 
 /// A graph lowered to candle: run [`Lowered::forward`] on batched inputs.
 pub struct Lowered<'g> {
-    g: &'g Graph,
+    pub(super) g: &'g Graph,
     order: Vec<NodeId>,
     consts: HashMap<ValueId, CTensor>,
     pub params: Vec<Param>,
+    /// The grids of the int8 weights trained with QAT, by weight value.
+    pub(super) qat: HashMap<ValueId, QatWeight>,
 }
 
 /// The inputs of `op` whose f32 constants are trained.
@@ -66,6 +74,8 @@ fn trainable_inputs(op: &Op) -> &'static [usize] {
         Op::Conv(_) | Op::FusedConv { .. } | Op::Gemm { .. } => &[1, 2],
         Op::MatMul => &[0, 1],
         Op::FusedMatMul { .. } => &[0, 1, 2],
+        // The i8 weight is a QAT parameter of its own (qat::weight_params).
+        Op::QConv { .. } | Op::QMatMul { .. } => &[3],
         Op::BatchNormalization { .. }
         | Op::LayerNormalization { .. }
         | Op::InstanceNormalization { .. } => &[1, 2],
@@ -203,7 +213,7 @@ enum Arg {
     S(f64),
 }
 
-fn act(x: CTensor, a: &Option<Activation>) -> candle_core::Result<CTensor> {
+pub(super) fn act(x: CTensor, a: &Option<Activation>) -> candle_core::Result<CTensor> {
     let Some(a) = a else { return Ok(x) };
     match a {
         Activation::Relu => x.relu(),
@@ -317,7 +327,7 @@ fn conv_pads(c: &ConvAttrs, spatial: &[usize]) -> Vec<usize> {
 }
 
 /// `conv(x, w) + b`, 1-D or 2-D, any pads, strides, dilations and groups.
-fn conv(
+pub(super) fn conv(
     x: &CTensor,
     w: &CTensor,
     b: Option<&CTensor>,
@@ -380,7 +390,7 @@ fn conv(
 
 /// `op(a) @ op(b)` with numpy batching, `op` transposing the last two dims
 /// when asked.
-fn matmul(a: &CTensor, b: &CTensor, ta: bool, tb: bool) -> candle_core::Result<CTensor> {
+pub(super) fn matmul(a: &CTensor, b: &CTensor, ta: bool, tb: bool) -> candle_core::Result<CTensor> {
     if a.rank() < 2 || b.rank() < 2 {
         candle_core::bail!("matrix products of vectors are not lowered");
     }
@@ -410,8 +420,16 @@ fn norm_axis(axis: i64, rank: usize) -> usize {
 }
 
 impl<'g> Lowered<'g> {
-    /// Lowers `g`; refuses an op it does not know (naming it and the node).
+    /// Lowers `g`; refuses an op it does not know (naming it and the node),
+    /// int8 products included.
     pub fn new(g: &'g Graph) -> Result<Lowered<'g>> {
+        Lowered::with_qat(g, false)
+    }
+
+    /// Lowers `g`, with its int8 products (QConv, QMatMul) fake-quantized
+    /// for quantization-aware training when `qat` is set ([`super::qat`]),
+    /// else refused.
+    pub fn with_qat(g: &'g Graph, qat: bool) -> Result<Lowered<'g>> {
         let order = g.topo_order()?;
         let mut read_elsewhere = vec![false; g.values.len()];
         for o in &g.outputs {
@@ -419,7 +437,11 @@ impl<'g> Lowered<'g> {
         }
         for &id in &order {
             let Some(node) = g.node(id) else { continue };
-            check_node(g, node)?;
+            if qat::is_int8_layer(&node.op) {
+                qat::check(g, node, qat)?;
+            } else {
+                check_node(g, node)?;
+            }
             for v in node.inputs.iter().flatten() {
                 read_elsewhere[v.0 as usize] = true;
             }
@@ -442,7 +464,7 @@ impl<'g> Lowered<'g> {
                 )));
             }
         }
-        let mut params: Vec<Param> = Vec::new();
+        let (mut params, grids) = qat::weight_params(g, &order)?;
         let mut consts = HashMap::new();
         for &id in &order {
             let Some(node) = g.node(id) else { continue };
@@ -485,6 +507,7 @@ impl<'g> Lowered<'g> {
             order,
             consts,
             params,
+            qat: grids,
         })
     }
 
@@ -575,6 +598,14 @@ impl<'g> Lowered<'g> {
                 .and_then(|t| t.as_f32().and_then(|d| d.first().copied()))
         };
         Ok(match &node.op {
+            Op::QConv { .. } | Op::QMatMul { .. } => {
+                let grid = self.grid(node.input(1)).ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "an int8 layer outside quantization-aware training".into(),
+                    )
+                })?;
+                qat::forward(node, grid, req(0)?, req(1)?, get(3)?, get(4)?)?
+            }
             Op::Conv(c) => conv(req(0)?, req(1)?, get(2)?, c)?,
             Op::FusedConv { conv: c, act: a } => {
                 let mut y = conv(req(0)?, req(1)?, get(2)?, c)?;

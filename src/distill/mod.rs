@@ -15,6 +15,13 @@
 //! loss); training stops after `patience` epochs without improvement and
 //! the best weights are written back into the graph's constants.
 //!
+//! An int8 student (QConv / QMatMul from `mlc compress --int8`) is refused
+//! unless [`DistillOptions::qat`] (`--qat`) asks for quantization-aware
+//! training: its products are then fake-quantized in the forward pass with
+//! straight-through gradients, and the trained weights are requantized
+//! into the same int8 nodes ([`qat`]). The before/after figures are always
+//! those of the written graph on mlc's runtime (its int8 kernels).
+//!
 //! Same seed, same data, same machine and thread count: same weights, bit
 //! for bit. Nothing draws random numbers but the seeded shuffle; candle's
 //! CPU matrix products (the `gemm` crate, under its convolutions too) split
@@ -24,6 +31,7 @@
 //! thread count candle uses can be pinned with `RAYON_NUM_THREADS`.
 
 pub mod lower;
+pub mod qat;
 
 use std::time::Instant;
 
@@ -38,7 +46,7 @@ use crate::kernels::cpu::CpuCtx;
 use crate::measure::Measurer;
 use crate::rng::SplitMix64;
 use crate::{Error, Result, Tensor};
-use lower::{cerr, from_candle, Lowered};
+use lower::{cerr, Lowered};
 
 /// How [`distill`] trains.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,11 +70,17 @@ pub struct DistillOptions {
     pub weight_decay: f64,
     /// Threads for the teacher and the evaluation runs (0: all cores).
     pub threads: usize,
+    /// Quantization-aware training of an int8 student: its QConv and
+    /// QMatMul layers train on float copies of their weights, fake-quantized
+    /// in the forward pass, and are written back as int8 ([`qat`]). Without
+    /// it an int8 student is refused; with it, a student without int8
+    /// layers is refused.
+    pub qat: bool,
 }
 
 impl Default for DistillOptions {
     /// 30 epochs at lr 3e-3 (AdamW, cosine), batches of 32, T = 4, no
-    /// labels, seed 0, patience 5, weight decay 1e-4.
+    /// labels, seed 0, patience 5, weight decay 1e-4, no QAT.
     fn default() -> DistillOptions {
         DistillOptions {
             epochs: 30,
@@ -78,6 +92,7 @@ impl Default for DistillOptions {
             patience: 5,
             weight_decay: 1e-4,
             threads: 0,
+            qat: false,
         }
     }
 }
@@ -140,6 +155,10 @@ pub struct DistillReport {
     pub temperature: f64,
     pub labels: bool,
     pub seed: u64,
+    /// Quantization-aware training (`--qat`).
+    pub qat: bool,
+    /// Int8 layers trained with fake quantization and written back as int8.
+    pub int8_layers: usize,
     /// Mean training loss of each epoch.
     pub train_loss: Vec<f64>,
     /// Distillation loss on the evaluation data after each epoch.
@@ -151,9 +170,11 @@ pub struct DistillReport {
     pub after: Quality,
     /// Elements of the trained weights and biases.
     pub trainable_params: usize,
-    /// Pruned (exactly zero) weights, kept zero.
+    /// Pruned (exactly zero) weights, kept zero (for an int8 weight, its
+    /// stored zeros).
     pub masked_zeros: usize,
-    /// Exact zeros of the trained weights in the result.
+    /// Exact zeros of the trained weights in the result (as stored: an int8
+    /// weight's zeros after requantization).
     pub zeros_after: usize,
     pub seconds: f64,
     /// The file written (filled in by the caller that writes it).
@@ -183,6 +204,12 @@ impl DistillReport {
             "trained {} weights; {} pruned zeros kept ({} zeros after)\n",
             self.trainable_params, self.masked_zeros, self.zeros_after
         );
+        if self.qat {
+            s += &format!(
+                "quantization-aware: {} int8 layers fake-quantized in training, written back as int8\n",
+                self.int8_layers
+            );
+        }
         let what = if self.held_out {
             "held-out"
         } else {
@@ -527,7 +554,13 @@ pub fn distill(
             train.source
         )));
     }
-    let mut net = Lowered::new(student)?;
+    let net = Lowered::with_qat(student, opts.qat)?;
+    let int8_layers = net.int8_layers();
+    if opts.qat && int8_layers == 0 {
+        return Err(Error::Usage(
+            "distill: --qat fine-tunes int8 layers (QConv, QMatMul: a student from `mlc compress --int8`), and this student has none; leave --qat out to distill an f32 student".into(),
+        ));
+    }
     if net.params.is_empty() {
         return Err(Error::Usage(
             "distill: the student has no f32 weights to train".into(),
@@ -682,15 +715,12 @@ pub fn distill(
     }
     pb.finish_and_clear();
 
-    // The best weights, back into the student's constants.
+    // The best weights, back into the student's constants (int8 weights
+    // requantized onto their grids).
     let mut graph = student.clone();
     let mut zeros_after = 0usize;
-    for (p, w) in net.params.iter_mut().zip(&best.3) {
-        let t = from_candle(w)?;
-        zeros_after += t
-            .as_f32()
-            .map_or(0, |d| d.iter().filter(|&&x| x == 0.0).count());
-        graph.consts.insert(p.value, std::sync::Arc::new(t));
+    for (p, w) in net.params.iter().zip(&best.3) {
+        zeros_after += net.write_back(&mut graph, p, w)?;
     }
     let after_out = run_all(&graph, eval, opts.threads, &ProgressBar::hidden())?;
     let after = quality(&eval_teacher, &after_out, eval.labels.as_deref());
@@ -714,6 +744,8 @@ pub fn distill(
         temperature: opts.temperature,
         labels: opts.labels,
         seed: opts.seed,
+        qat: opts.qat,
+        int8_layers,
         train_loss,
         eval_loss,
         eval_agreement,
