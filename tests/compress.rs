@@ -96,6 +96,22 @@ fn int8_digits_keep_their_accuracy() {
             "{model} ({method}): int8 top-1 {after} vs f32 {before}"
         );
         assert_eq!(r["calibration"]["method"].as_str().unwrap(), method);
+        // The header says what made the report, from which model, where.
+        let h = &r["header"];
+        assert_eq!(
+            (h["schema_version"].as_u64(), h["report"].as_str()),
+            (Some(1), Some("compress")),
+            "{h}"
+        );
+        let source = std::fs::read(fixture(&format!("digits/{model}.onnx"))).unwrap();
+        assert_eq!(
+            h["model_sha256"].as_str(),
+            Some(mlc::formats::bundle::sha256_hex(&source).as_str())
+        );
+        assert!(
+            h["cpu"].as_str().is_some_and(|c| !c.is_empty()) && h["threads"].as_u64().is_some(),
+            "{h}"
+        );
         // The report files sit beside the output.
         for ext in ["report.json", "report.md"] {
             let p = PathBuf::from(format!("{}.{ext}", out.display()));

@@ -43,6 +43,8 @@ pub const VERIFY_ATOL: f64 = 1e-5;
 /// What [`Session::bench`] measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
+    /// What made the report, where and when (schema version included).
+    pub header: crate::provenance::Header,
     pub model: String,
     /// The recipe the model was compiled with, or "none".
     pub pipeline: String,
@@ -183,6 +185,7 @@ impl Session {
             .filter(|s| !s.choice.is_default())
             .count();
         Ok(BenchReport {
+            header: crate::provenance::Header::new("bench", threads, None),
             model,
             pipeline: "none".into(),
             threads,

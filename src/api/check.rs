@@ -113,6 +113,8 @@ pub struct BudgetResult {
 /// Every budget of every model.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
+    /// What made the report, where and when (schema version included).
+    pub header: crate::provenance::Header,
     pub results: Vec<BudgetResult>,
     pub passed: usize,
     pub failed: usize,
@@ -129,7 +131,15 @@ impl CheckReport {
 
     /// One line per budget, then the count.
     pub fn render(&self) -> String {
-        let mut s = String::new();
+        let h = &self.header;
+        let mut s = format!(
+            "mlc check ({} on {}, {} thread{}, {})\n",
+            h.mlc_version,
+            h.cpu,
+            h.threads,
+            if h.threads == 1 { "" } else { "s" },
+            h.date
+        );
         let width = self
             .results
             .iter()
@@ -461,7 +471,10 @@ pub fn check(cases: &[CheckCase], opts: &CheckOptions) -> Result<CheckReport> {
         ..Default::default()
     };
     let mut results = Vec::new();
-    let mut threads = opts.threads;
+    let mut threads = match opts.threads {
+        0 => crate::probe::available_threads(),
+        n => n,
+    };
     for c in cases {
         let name = c.model.display().to_string();
         let result =
@@ -619,6 +632,7 @@ pub fn check(cases: &[CheckCase], opts: &CheckOptions) -> Result<CheckReport> {
     }
     let failed = results.iter().filter(|r| !r.pass).count();
     Ok(CheckReport {
+        header: crate::provenance::Header::new("check", threads, None),
         passed: results.len() - failed,
         failed,
         results,
@@ -783,6 +797,7 @@ mod tests {
             seconds: 0.5,
         };
         let rep = CheckReport {
+            header: crate::provenance::Header::new("check", 1, None),
             results: vec![r(true), r(false)],
             passed: 1,
             failed: 1,

@@ -286,6 +286,7 @@ pub fn bench_file(
     let mut session = m.session(session)?;
     let feed = session.bind(inputs.read()?, binding)?;
     let mut report = session.bench(&feed, opts, original.as_ref())?;
+    report.header = crate::provenance::Header::for_file("bench", report.threads, model);
     report.model = model.display().to_string();
     report.pipeline = pipeline_name;
     Ok(report)

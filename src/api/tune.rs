@@ -40,7 +40,8 @@ pub struct TuneFileOptions {
 /// What `mlc tune` did.
 #[derive(Clone, Debug, Serialize)]
 pub struct TuneReport {
-    pub schema_version: u32,
+    /// What made the report, where and when (schema version included).
+    pub header: crate::provenance::Header,
     /// The target's name; its fingerprint below.
     pub target: String,
     /// Chosen by the cost model, nothing measured (a target not at hand).
@@ -92,6 +93,7 @@ pub fn tune_file(
     };
     let host = host_fingerprint();
     let cx = CpuCtx::new(opts.threads)?;
+    let threads = cx.threads;
     let (outcome, scale) = if on_host {
         let tune_opts = TuneOptions {
             budget: opts.budget,
@@ -148,7 +150,7 @@ pub fn tune_file(
     m.set_kernel_choices(outcome.choices.clone(), info);
     m.write(output, super::Format::Bundle)?;
     let report = TuneReport {
-        schema_version: 1,
+        header: crate::provenance::Header::for_file("tune", threads, model),
         target: target.name.clone(),
         estimated: !on_host,
         scale,
@@ -236,6 +238,8 @@ impl TuneReport {
     pub fn markdown(&self) -> String {
         let o = &self.outcome;
         let mut s = format!("# Tuning report: {}\n\n", self.model);
+        s += &self.header.markdown();
+        s += "\n";
         if self.estimated {
             s += &format!(
                 "> **Estimated.** Target {} is not this machine: every choice and time below is the cost model's prediction (fitted on this machine's records{}); nothing was measured.\n\n",

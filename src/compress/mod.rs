@@ -818,6 +818,11 @@ pub fn compress(
         weights_bytes: quantize::weight_bytes(&g) as u64,
     };
     let report = Report {
+        header: crate::provenance::Header::new(
+            "compress",
+            meas.cx().threads,
+            Some((model_path, source)),
+        ),
         model: model_path.display().to_string(),
         output: String::new(),
         format: String::new(),

@@ -278,6 +278,8 @@ pub struct CalibrationReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// What made the report, where and when (schema version included).
+    pub header: crate::provenance::Header,
     pub model: String,
     pub output: String,
     pub format: String,
@@ -365,6 +367,27 @@ fn distill_summary(r: &DistillationReport) -> String {
         }
     }
     s
+}
+
+impl LayerReport {
+    /// The kind of reason this layer is as it is, shared by the layers the
+    /// same reason holds for (the sentence itself carries each layer's
+    /// figures).
+    fn why_label(&self) -> Option<&'static str> {
+        match (&self.reason, &self.note) {
+            (Some(r), _) if r.starts_with("accuracy") => {
+                Some("kept f32 for accuracy (the most sensitive int8 layers, reverted until the budget held)")
+            }
+            (Some(r), _) if r.starts_with("speed") => {
+                Some("kept f32 for speed (--goal latency: the int8 kernel timed slower here)")
+            }
+            (Some(_), _) => Some("kept f32"),
+            (None, Some(_)) => Some(
+                "stored int8 whose int8 kernel timed slower here than the f32 one (`mlc tune` can run them on the f32 kernels; storage stays int8)",
+            ),
+            (None, None) => None,
+        }
+    }
 }
 
 impl PruningReport {
@@ -525,6 +548,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# Compression report: {}\n", self.model);
+        let _ = writeln!(s, "{}", self.header.markdown());
         for w in &self.warnings {
             let _ = writeln!(s, "> **Warning:** {w}\n");
         }
@@ -656,6 +680,50 @@ impl Report {
                 );
             }
         }
+        // Each reason once, with the layers it holds for, instead of one
+        // sentence per layer row.
+        let mut groups: Vec<(&'static str, Vec<&LayerReport>)> = Vec::new();
+        for l in &self.layers {
+            if let Some(label) = l.why_label() {
+                match groups.iter_mut().find(|(g, _)| *g == label) {
+                    Some((_, ls)) => ls.push(l),
+                    None => groups.push((label, vec![l])),
+                }
+            }
+        }
+        if !groups.is_empty() {
+            let _ = writeln!(s, "\n## Why layers are as they are\n");
+        }
+        for (i, (label, ls)) in groups.iter().enumerate() {
+            let median = |v: Vec<f64>| {
+                let mut v = v;
+                v.sort_by(f64::total_cmp);
+                crate::measure::percentile(&v, 50.0)
+            };
+            let int8: Vec<f64> = ls.iter().filter_map(|l| l.int8_ms).collect();
+            let f32: Vec<f64> = ls.iter().filter_map(|l| l.f32_ms).collect();
+            let timings = match (int8.is_empty(), f32.is_empty()) {
+                (false, false) => format!(
+                    " (median over them: int8 {:.3} ms, f32 {:.3} ms)",
+                    median(int8),
+                    median(f32)
+                ),
+                _ => String::new(),
+            };
+            let mut names: Vec<String> =
+                ls.iter().take(8).map(|l| format!("`{}`", l.name)).collect();
+            if ls.len() > 8 {
+                names.push(format!("and {} more", ls.len() - 8));
+            }
+            let _ = writeln!(
+                s,
+                "- [{}] {} layer{} {label}{timings}: {} (each layer's own figures: the JSON report's `reason`/`note`)",
+                i + 1,
+                ls.len(),
+                if ls.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+        }
         let _ = writeln!(s, "\n## Layers\n");
         let _ = writeln!(
             s,
@@ -682,7 +750,9 @@ impl Report {
                 l.error_alone.map_or("-".into(), |e| format!("{e:.2e}")),
                 opt(l.f32_ms, 3),
                 opt(l.int8_ms, 3),
-                l.reason.as_deref().or(l.note.as_deref()).unwrap_or("")
+                l.why_label()
+                    .and_then(|w| groups.iter().position(|(g, _)| *g == w))
+                    .map_or(String::new(), |i| format!("[{}]", i + 1))
             );
         }
         s
