@@ -512,10 +512,40 @@ fn default_sigpipe() {
     }
 }
 
+/// The command that does what a command name from other tools asks for.
+fn command_tip(name: &str) -> Option<&'static str> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "prune" | "sparsify" => "pruning is `mlc compress MODEL --prune 0.5` (or --prune-channels, --prune-heads)",
+        "quantize" | "quantise" | "int8" | "ptq" => "quantization is `mlc compress MODEL --int8` (or --int4, --fp16)",
+        "lowrank" | "low-rank" | "factorize" | "svd" => "low-rank factorization is `mlc compress MODEL --low-rank 2x`",
+        "optimize" | "optimise" | "build" | "convert" => "`mlc compile MODEL -o OUT.mlc` runs the pass pipeline (`--emit onnx` for ONNX)",
+        "benchmark" | "perf" | "profile" => "`mlc bench MODEL` (`--profile` for per-op time)",
+        "autotune" | "tuning" => "`mlc tune MODEL -o OUT.mlc`",
+        "gate" | "verify" | "budget" => "`mlc check MODEL --max-size 5MB ...` is the CI gate",
+        "train" | "finetune" | "fine-tune" | "qat" => "fine-tuning is `mlc distill STUDENT --teacher MODEL --data DATA.npz` (`--qat` for int8 students)",
+        "info" | "show" | "summary" => "`mlc inspect MODEL`",
+        _ => return None,
+    })
+}
+
 fn main() -> ExitCode {
     #[cfg(unix)]
     default_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+                if let Some(tip) = std::env::args().nth(1).as_deref().and_then(command_tip) {
+                    eprintln!(
+                        "error: there is no `mlc {}`: {tip}",
+                        std::env::args().nth(1).unwrap_or_default()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+            e.exit()
+        }
+    };
     if let Some(bytes) = cli.max_memory {
         api::set_max_memory(bytes);
     }

@@ -449,3 +449,42 @@ fn deeply_nested_groups_are_refused_without_recursion() {
     std::fs::write(&path, bytes).unwrap();
     expect_clean_failure(&dir, &path, &["wire type 3"]);
 }
+
+/// Command names from other tools get the mlc command that does the job;
+/// built-in pipeline names are case-insensitive.
+#[test]
+fn misses_suggest_the_right_command() {
+    let os = |s: &str| std::ffi::OsString::from(s);
+    for (miss, want) in [
+        ("prune", "mlc compress MODEL --prune"),
+        ("quantize", "mlc compress MODEL --int8"),
+        ("Benchmark", "mlc bench MODEL"),
+        ("gate", "mlc check MODEL"),
+    ] {
+        let (code, err) = mlc_status(&[&os(miss), &os("model.onnx")]);
+        assert_eq!(code, Some(2), "{miss}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "{miss}: {err}"
+        );
+    }
+    // An unknown name without a tip is clap's own error (exit 2).
+    let (code, err) = mlc_status(&[&os("frobnicate")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unrecognized subcommand"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("mlc-pipeline-case-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("o.mlc");
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp/model.onnx");
+    let (code, err) = mlc_status(&[
+        &os("compile"),
+        model.as_os_str(),
+        &os("--pipeline"),
+        &os("o2"),
+        &os("-o"),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -138,7 +138,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
 impl Recipe {
     /// A built-in recipe by name (`O0`, `O1`, `O2`), or else a recipe file.
     pub fn resolve(spec: &str) -> Result<Recipe> {
-        match BUILTIN.iter().find(|(n, _)| *n == spec) {
+        // `o2` names O2 too, unless a file of that name is there.
+        let builtin = BUILTIN.iter().find(|(n, _)| *n == spec).or_else(|| {
+            BUILTIN
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(spec))
+                .filter(|_| !Path::new(spec).exists())
+        });
+        match builtin {
             Some((name, text)) => Recipe::parse(text, name),
             None => {
                 let path = Path::new(spec);
