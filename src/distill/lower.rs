@@ -9,7 +9,7 @@
 //! graph is lowered, naming the op and the node, before any training starts.
 //!
 //! The int8 products QConv and QMatMul are lowered only for
-//! quantization-aware training ([`Lowered::with_qat`], see [`super::qat`]):
+//! quantization-aware training ([`Lowered::with_qat`], see [`qat`]):
 //! fake-quantized, their weights trained in float.
 
 use std::collections::HashMap;
@@ -22,7 +22,9 @@ use crate::ir::{
 };
 use crate::{Error, Result, Tensor};
 
-use super::qat::{self, QatWeight};
+pub mod qat;
+
+use qat::QatWeight;
 
 /// A candle error, as an mlc error (candle's errors here are mlc's bugs:
 /// the lowering checked what it accepts).
@@ -427,7 +429,7 @@ impl<'g> Lowered<'g> {
     }
 
     /// Lowers `g`, with its int8 products (QConv, QMatMul) fake-quantized
-    /// for quantization-aware training when `qat` is set ([`super::qat`]),
+    /// for quantization-aware training when `qat` is set ([`qat`]),
     /// else refused.
     pub fn with_qat(g: &'g Graph, qat: bool) -> Result<Lowered<'g>> {
         let order = g.topo_order()?;

@@ -31,7 +31,7 @@
 //! thread count candle uses can be pinned with `RAYON_NUM_THREADS`.
 
 pub mod lower;
-pub mod qat;
+pub use lower::qat;
 
 use std::time::Instant;
 

@@ -98,7 +98,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType as CDType, Device, Tensor as CTensor, Var};
 
-use super::lower::{act, cerr, conv, matmul, to_candle, Lowered, Param};
+use super::{act, cerr, conv, matmul, to_candle, Lowered, Param};
 use crate::compress::quantize::f16_scale;
 use crate::ir::ops::quant::reference::{dynamic_params, quant_items, quantize_u8};
 use crate::ir::{ActQuant, Graph, Node, NodeId, Op, Tensor, TensorData, ValueId};
@@ -505,7 +505,7 @@ impl Lowered<'_> {
                     .map_err(|e| Error::Internal(format!("distill: {e}")))?;
                 Ok((q, Some((grid.scale_value, s))))
             }
-            None => Ok((super::lower::from_candle(value)?, None)),
+            None => Ok((super::from_candle(value)?, None)),
         }
     }
 
