@@ -27,6 +27,15 @@ pub(crate) enum GoalArg {
     Latency,
 }
 
+/// `mlc distill --objective`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ObjectiveArg {
+    Auto,
+    Kl,
+    Mse,
+    Cosine,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Emit {
     Mlc,
@@ -242,6 +251,11 @@ pub(crate) struct DistillArgs {
     /// AdamW weight decay.
     #[arg(long, default_value_t = 1e-4)]
     pub(crate) weight_decay: f64,
+    /// What the outputs are trained to match: auto (KL for class scores, 1 -
+    /// cosine for L2-normalized embeddings, MSE for other outputs), kl (KL
+    /// for every rank-2 output), mse, or cosine.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Auto)]
+    pub(crate) objective: ObjectiveArg,
     /// Threads for the teacher and the evaluation runs (default: all cores).
     #[arg(long, value_parser = thread_count)]
     pub(crate) threads: Option<usize>,

@@ -344,6 +344,12 @@ fn distill(a: &DistillArgs) -> Result<(), Error> {
         patience: a.patience,
         weight_decay: a.weight_decay,
         threads: a.threads.unwrap_or(0),
+        objective: match a.objective {
+            cli::ObjectiveArg::Auto => api::DistillObjective::Auto,
+            cli::ObjectiveArg::Kl => api::DistillObjective::Kl,
+            cli::ObjectiveArg::Mse => api::DistillObjective::Mse,
+            cli::ObjectiveArg::Cosine => api::DistillObjective::Cosine,
+        },
     };
     let output = a.output.clone().unwrap_or_else(|| {
         let stem = a
