@@ -302,9 +302,6 @@ fn check_node(g: &Graph, node: &Node, live: &[bool]) -> Result<()> {
         Op::LayerNormalization { .. } => {}
         _ => return Err(unsupported(node, None)),
     }
-    if node.outputs.len() != 1 {
-        return Err(unsupported(node, Some("only single-output nodes")));
-    }
     let shaping = shaping_inputs(&node.op);
     for (pos, v) in node.inputs.iter().enumerate() {
         let Some(v) = *v else { continue };
@@ -733,6 +730,9 @@ impl<'g> Lowered<'g> {
                 Kind::ShapeOf
             } else {
                 check_node(g, node, &live)?;
+                if node.outputs[1..].iter().any(|o| needed[o.0 as usize]) {
+                    return Err(unsupported(node, Some("only its first output is lowered")));
+                }
                 for o in &node.outputs {
                     live[o.0 as usize] = true;
                 }
