@@ -286,11 +286,10 @@ fn check_node(g: &Graph, node: &Node, live: &[bool]) -> Result<()> {
         Op::Dropout | Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze => {}
         Op::Expand | Op::Slice | Op::Gather { .. } | Op::Where => {}
         Op::Cast { to: DType::F32, .. } => {}
-        Op::Reduce { op, .. }
-            if matches!(
-                op,
-                ReduceOp::Sum | ReduceOp::Mean | ReduceOp::L1 | ReduceOp::L2 | ReduceOp::SumSquare
-            ) => {}
+        Op::Reduce {
+            op: ReduceOp::Sum | ReduceOp::Mean | ReduceOp::L1 | ReduceOp::L2 | ReduceOp::SumSquare,
+            ..
+        } => {}
         Op::Softmax { .. } | Op::LogSoftmax { .. } => {}
         Op::MaxPool(p) => pool_ok(p)?,
         Op::AveragePool(p) => pool_ok(p)?,
@@ -756,8 +755,8 @@ impl<'g> Lowered<'g> {
                     }
                 } else if kind == Kind::Live && !live[v.0 as usize] {
                     if let Some(t) = g.consts.get(&v) {
-                        if !consts.contains_key(&v) {
-                            consts.insert(v, to_candle(t)?);
+                        if let std::collections::hash_map::Entry::Vacant(e) = consts.entry(v) {
+                            e.insert(to_candle(t)?);
                         }
                     }
                 }
