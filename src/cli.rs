@@ -192,8 +192,10 @@ pub(crate) enum Command {
     /// weights), with a size/latency/accuracy report written beside the output.
     Compress(Box<CompressArgs>),
     /// Distill a student (a compressed model) from its teacher on sample
-    /// data: KL on softened class scores (MSE for other outputs), AdamW with
-    /// a cosine schedule, pruned zeros kept, early stop on held-out agreement.
+    /// data: KL on softened class scores, 1 - cosine for L2-normalized
+    /// embeddings (MSE for other outputs), AdamW with a cosine schedule,
+    /// pruned zeros kept, early stop on held-out agreement (mean cosine for
+    /// embeddings).
     Distill(Box<DistillArgs>),
     /// List the target descriptions: this machine (probed), then the
     /// built-in ones (targets/*.toml).
@@ -224,7 +226,8 @@ pub(crate) struct DistillArgs {
     /// Training samples: a .npz keyed by input name (optional `labels`).
     #[arg(long, value_name = "DATA.npz")]
     pub(crate) data: PathBuf,
-    /// Held-out samples for early stopping and the before/after figures.
+    /// Held-out samples for early stopping and the before/after figures
+    /// (top-1 agreement with the teacher, mean and lowest cosine).
     #[arg(long, value_name = "HELD_OUT.npz")]
     pub(crate) eval: Option<PathBuf>,
     /// Output bundle (default: <student stem>.distilled.mlc beside it).

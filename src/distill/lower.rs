@@ -549,6 +549,22 @@ fn matmul(a: &CTensor, b: &CTensor, ta: bool, tb: bool) -> candle_core::Result<C
     dense(a)?.broadcast_matmul(&dense(b)?)
 }
 
+/// `v`, a vector of `x`'s last dim, repeated over all rows of `x` (shaped
+/// like `x`) as the product of a column of ones with it: its gradient is
+/// then one matrix product, where candle would sum the gradient of a
+/// broadcast over the leading axes element by element (a division per
+/// element and axis: a sixth of a MiniLM training step). Other shapes
+/// broadcast as usual.
+fn over_rows(v: &CTensor, x: &CTensor) -> candle_core::Result<CTensor> {
+    let n = x.dims().last().copied().unwrap_or(0);
+    if x.rank() < 2 || v.elem_count() != n || v.dims().last() != Some(&n) || n == 0 {
+        return v.broadcast_as(x.shape());
+    }
+    let rows = x.elem_count() / n;
+    let ones = CTensor::ones((rows, 1), v.dtype(), v.device())?;
+    ones.matmul(&v.reshape((1, n))?)?.reshape(x.shape())
+}
+
 fn norm_axis(axis: i64, rank: usize) -> usize {
     if axis < 0 {
         (axis + rank as i64).max(0) as usize
@@ -993,7 +1009,7 @@ impl<'g> Lowered<'g> {
                     } else {
                         c.clone()
                     };
-                    y = y.broadcast_add(&c)?;
+                    y = y.add(&over_rows(&c, &y)?)?;
                 }
                 y
             }
@@ -1009,7 +1025,7 @@ impl<'g> Lowered<'g> {
                     y = y.affine(*alpha as f64, 0.0)?;
                 }
                 if let Some(b) = get(2)? {
-                    y = y.broadcast_add(b)?;
+                    y = y.add(&over_rows(b, &y)?)?;
                 }
                 act(y, a)?
             }
@@ -1243,9 +1259,10 @@ impl<'g> Lowered<'g> {
                 let xc = x.broadcast_sub(&mean)?;
                 let var = xc.sqr()?.mean_keepdim(dims)?;
                 let inv = var.affine(1.0, *epsilon as f64)?.sqrt()?.recip()?;
-                let mut y = xc.broadcast_mul(&inv)?.broadcast_mul(req(1)?)?;
+                let xn = xc.broadcast_mul(&inv)?;
+                let mut y = xn.mul(&over_rows(req(1)?, &xn)?)?;
                 if let Some(b) = get(2)? {
-                    y = y.broadcast_add(b)?;
+                    y = y.add(&over_rows(b, &y)?)?;
                 }
                 y
             }
