@@ -27,6 +27,15 @@ pub(crate) enum GoalArg {
     Latency,
 }
 
+/// `mlc distill --objective`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ObjectiveArg {
+    Auto,
+    Kl,
+    Mse,
+    Cosine,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Emit {
     Mlc,
@@ -183,8 +192,10 @@ pub(crate) enum Command {
     /// weights), with a size/latency/accuracy report written beside the output.
     Compress(Box<CompressArgs>),
     /// Distill a student (a compressed model) from its teacher on sample
-    /// data: KL on softened class scores (MSE for other outputs), AdamW with
-    /// a cosine schedule, pruned zeros kept, early stop on held-out agreement.
+    /// data: KL on softened class scores, 1 - cosine for L2-normalized
+    /// embeddings (MSE for other outputs), AdamW with a cosine schedule,
+    /// pruned zeros kept, early stop on held-out agreement (mean cosine for
+    /// embeddings).
     Distill(Box<DistillArgs>),
     /// The CI gate: measure the budgets a model must hold (size, latency,
     /// accuracy, agreement, regression against a baseline), one PASS/FAIL
@@ -296,6 +307,11 @@ pub(crate) struct TrainingArgs {
     /// AdamW weight decay.
     #[arg(long, default_value_t = 1e-4)]
     pub(crate) weight_decay: f64,
+    /// What the outputs are trained to match: auto (KL for class scores, 1 -
+    /// cosine for L2-normalized embeddings, MSE for other outputs), kl (KL
+    /// for every rank-2 output), mse, or cosine.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Auto)]
+    pub(crate) objective: ObjectiveArg,
 }
 
 #[derive(clap::Args)]
@@ -308,7 +324,8 @@ pub(crate) struct DistillArgs {
     /// Training samples: a .npz keyed by input name (optional `labels`).
     #[arg(long, value_name = "DATA.npz")]
     pub(crate) data: PathBuf,
-    /// Held-out samples for early stopping and the before/after figures.
+    /// Held-out samples for early stopping and the before/after figures
+    /// (top-1 agreement with the teacher, mean and lowest cosine).
     #[arg(long, value_name = "HELD_OUT.npz")]
     pub(crate) eval: Option<PathBuf>,
     /// Output bundle (default: <student stem>.distilled.mlc beside it).

@@ -353,6 +353,12 @@ fn distill_options(t: &cli::TrainingArgs, threads: Option<usize>) -> api::Distil
         patience: t.patience,
         weight_decay: t.weight_decay,
         threads: threads.unwrap_or(0),
+        objective: match t.objective {
+            cli::ObjectiveArg::Auto => api::DistillObjective::Auto,
+            cli::ObjectiveArg::Kl => api::DistillObjective::Kl,
+            cli::ObjectiveArg::Mse => api::DistillObjective::Mse,
+            cli::ObjectiveArg::Cosine => api::DistillObjective::Cosine,
+        },
         qat: false,
     }
 }

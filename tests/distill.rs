@@ -1,14 +1,21 @@
 #![cfg(feature = "distill")]
 //! `mlc distill`: the candle lowering against the reference interpreter on
-//! the digits models (dense, pruned, low-rank), a pruned student regaining
-//! accuracy with its zeros kept, determinism, and the errors.
+//! the digits models (dense, pruned, low-rank) and on transformers (token
+//! ids and a padding mask through the frozen path), gradients reaching the
+//! trained weights, a pruned student regaining accuracy with its zeros kept,
+//! an embedding student scored by cosine, determinism, and the errors.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use candle_core::Tensor as CTensor;
 use mlc::api::Model;
 use mlc::compress::data::Dataset;
-use mlc::distill::lower::Lowered;
+use mlc::distill::lower::{input_to_candle, Lowered};
+use mlc::ir::{
+    BinaryOp, DType, Dim, Graph, Node, Op, ReduceOp, Shape, TensorType, UnaryOp, ValueId,
+};
+use mlc::Tensor;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlc");
 
@@ -532,6 +539,444 @@ fn qat_errors_are_clear() {
         ],
         &out,
         "--qat fine-tunes int8 layers",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every output of `g` from the lowering equals the reference
+/// interpreter's within 1e-4 of the output's largest magnitude.
+fn forward_matches(g: &Graph, inputs: &[Tensor]) {
+    let want = mlc::interp::run(g, inputs.to_vec()).unwrap();
+    let net = Lowered::new(g).unwrap();
+    let xs: Vec<CTensor> = inputs.iter().map(|t| input_to_candle(t).unwrap()).collect();
+    let got = net.forward(&xs).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(a.dims(), b.shape(), "output {k}");
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b = b.as_f32().unwrap();
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "output {k}: max |candle - reference| = {worst} (scale {scale})"
+        );
+    }
+}
+
+fn transformer(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/transformer")
+        .join(name)
+}
+
+/// The transformer fixture (PyTorch export: token and position embeddings,
+/// Shape/Gather/Concat head reshapes, additive padding mask, 2 post-LN
+/// layers), compiled with O2: i64 token ids and a padding mask go through
+/// the frozen path, the rest through candle, and both outputs are the
+/// reference's, on batches with padded rows.
+#[test]
+fn transformer_lowering_matches_reference() {
+    let mut m = Model::load(transformer("model.onnx")).unwrap();
+    m.compile("O2").unwrap();
+    let g = m.graph();
+    let net = Lowered::new(g).unwrap();
+    let nodes = g.nodes().count();
+    let live = net.differentiable_nodes();
+    // Both parts are there: the embeddings and mask on the frozen side.
+    assert!(
+        live > 0 && live < nodes,
+        "{live} of {nodes} nodes differentiable"
+    );
+    // Padded rows in the first two; another sequence length in the last.
+    for (dir, padded) in [(".", true), ("batch3", true), ("seq5", false)] {
+        let ids = mlc::api::npy::read_npy(&transformer(dir).join("input_input_ids.npy")).unwrap();
+        let mask =
+            mlc::api::npy::read_npy(&transformer(dir).join("input_attention_mask.npy")).unwrap();
+        assert_eq!(ids.dtype(), DType::I64);
+        assert_eq!(mask.as_i64().unwrap().contains(&0), padded, "{dir}");
+        forward_matches(g, &[ids, mask]);
+    }
+}
+
+fn seeded(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Builds graphs node by node (types inferred at the end).
+struct Builder {
+    g: Graph,
+    n: usize,
+}
+
+impl Builder {
+    fn f32(&mut self, name: &str, shape: Vec<usize>, scale: f32) -> ValueId {
+        let n = shape.iter().product();
+        let t = Tensor::from_f32(shape, seeded(n, self.g.values.len() as u64 + 1, scale));
+        self.g.add_const(name, t.unwrap())
+    }
+    fn i64s(&mut self, name: &str, v: &[i64]) -> ValueId {
+        self.g.add_const(name, Tensor::vec_i64(v.to_vec()))
+    }
+    fn node(&mut self, op: Op, inputs: &[Option<ValueId>]) -> ValueId {
+        self.n += 1;
+        let name = format!("{}_{}", op.onnx_type(), self.n);
+        let y = self.g.add_value(
+            format!("{name}_out"),
+            TensorType::new(DType::F32, Shape(vec![])),
+        );
+        self.g.add_node(Node {
+            name,
+            op,
+            inputs: inputs.to_vec(),
+            outputs: vec![y],
+        });
+        y
+    }
+    fn op(&mut self, op: Op, inputs: &[ValueId]) -> ValueId {
+        let inputs: Vec<Option<ValueId>> = inputs.iter().map(|&v| Some(v)).collect();
+        self.node(op, &inputs)
+    }
+}
+
+/// A small encoder with a sentence-embedding head, built with the IR:
+/// token ids i64 and a padding mask i64 `[batch, 6]`; an embedding lookup
+/// and the mask arithmetic (frozen); LayerNorm, projections, attention
+/// scores between two activations, Where on the mask, softmax on two axes,
+/// Slice with a step, Gather of activations, Concat, Squeeze/Unsqueeze,
+/// ReduceMean, then masked mean pooling (Mul, ReduceSum, Clip, Div) and
+/// L2 normalization (ReduceL2, Clip, Shape, Expand, Div), as MiniLM's ONNX
+/// export does. Returns the graph and LayerNorm's scale and shift and the
+/// projection weight.
+fn embedding_graph() -> (Graph, [ValueId; 3]) {
+    let mut b = Builder {
+        g: Graph::new("encoder", 17),
+        n: 0,
+    };
+    let ty = |dt| TensorType::new(dt, Shape(vec![Dim::sym("batch"), Dim::Known(6)]));
+    let ids = b.g.add_input("input_ids", ty(DType::I64));
+    let mask = b.g.add_input("attention_mask", ty(DType::I64));
+    let table = b.f32("table", vec![10, 8], 1.0);
+    let gamma = b.f32("gamma", vec![8], 1.0);
+    let beta = b.f32("beta", vec![8], 0.5);
+    let w = b.f32("w", vec![8, 8], 0.5);
+    let bias = b.f32("bias", vec![8], 0.1);
+    let (ax0, ax1, ax2) = (
+        b.i64s("ax0", &[0]),
+        b.i64s("ax1", &[1]),
+        b.i64s("ax2", &[2]),
+    );
+    let neg = b.g.add_const("neg", Tensor::scalar_f32(-1e9));
+    let tiny = b.g.add_const("tiny", Tensor::scalar_f32(1e-9));
+    let lo = b.g.add_const("lo", Tensor::scalar_f32(1e-12));
+    let hi = b.g.add_const("hi", Tensor::scalar_f32(0.9));
+
+    let e = b.op(Op::Gather { axis: 0 }, &[table, ids]);
+    let h = b.op(
+        Op::LayerNormalization {
+            axis: -1,
+            epsilon: 1e-5,
+        },
+        &[e, gamma, beta],
+    );
+    let q = b.op(
+        Op::FusedMatMul {
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            act: Some(mlc::ir::Activation::Gelu { tanh_approx: false }),
+        },
+        &[h, w, bias],
+    );
+    let kt = b.op(
+        Op::Transpose {
+            perm: vec![0, 2, 1],
+        },
+        &[q],
+    );
+    let scores = b.op(Op::MatMul, &[q, kt]);
+    // Frozen: mask -> bool [batch, 1, 6] (Cast, Unsqueeze), -> f32 [batch, 6, 1].
+    let mb = b.op(
+        Op::Cast {
+            to: DType::Bool,
+            saturate: true,
+            round_mode: Default::default(),
+        },
+        &[mask],
+    );
+    let mb = b.op(Op::Unsqueeze, &[mb, ax1]);
+    let masked = b.op(Op::Where, &[mb, scores, neg]);
+    let p = b.op(
+        Op::Softmax {
+            axis: -1,
+            legacy: false,
+            nan_to_zero: false,
+        },
+        &[masked],
+    );
+    let ctx = b.op(Op::MatMul, &[p, h]);
+    let ctx = b.op(Op::Binary(BinaryOp::Add), &[ctx, h]);
+    let mf = b.op(Op::Unsqueeze, &[mask, ax2]);
+    let mf = b.op(
+        Op::Cast {
+            to: DType::F32,
+            saturate: true,
+            round_mode: Default::default(),
+        },
+        &[mf],
+    );
+    let weighted = b.op(Op::Binary(BinaryOp::Mul), &[ctx, mf]);
+    let summed = b.op(
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            keepdims: false,
+            noop_with_empty_axes: false,
+        },
+        &[weighted, ax1],
+    );
+    let count = b.op(
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            keepdims: false,
+            noop_with_empty_axes: false,
+        },
+        &[mf, ax1],
+    );
+    let count = b.node(Op::Clip, &[Some(count), Some(tiny), None]);
+    let pooled = b.op(Op::Binary(BinaryOp::Div), &[summed, count]);
+    let norm = b.op(
+        Op::Reduce {
+            op: ReduceOp::L2,
+            keepdims: true,
+            noop_with_empty_axes: false,
+        },
+        &[pooled, ax1],
+    );
+    let norm = b.node(Op::Clip, &[Some(norm), Some(lo), None]);
+    let shape = b.op(
+        Op::Shape {
+            start: 0,
+            end: None,
+        },
+        &[pooled],
+    );
+    let norm = b.op(Op::Expand, &[norm, shape]);
+    let embedding = b.op(Op::Binary(BinaryOp::Div), &[pooled, norm]);
+
+    // A second output through the other data-movement ops.
+    let (starts, ends, steps) = (b.i64s("s", &[1]), b.i64s("e", &[6]), b.i64s("st", &[2]));
+    let sl = b.op(Op::Slice, &[ctx, starts, ends, ax1, steps]); // [batch, 3, 8]
+    let pick = b.i64s("pick", &[0, -1]);
+    let ga = b.op(Op::Gather { axis: 1 }, &[ctx, pick]); // [batch, 2, 8]
+    let cat = b.op(Op::Concat { axis: 1 }, &[sl, ga]); // [batch, 5, 8]
+    let sm = b.op(
+        Op::Softmax {
+            axis: 1,
+            legacy: false,
+            nan_to_zero: true,
+        },
+        &[cat],
+    );
+    let un = b.op(Op::Unsqueeze, &[sm, ax0]); // [1, batch, 5, 8]
+    let sq = b.op(Op::Squeeze, &[un, ax0]);
+    let mean = b.op(
+        Op::Reduce {
+            op: ReduceOp::Mean,
+            keepdims: false,
+            noop_with_empty_axes: false,
+        },
+        &[sq, ax2],
+    );
+    let aux = b.node(Op::Clip, &[Some(mean), None, Some(hi)]);
+    let aux = b.op(Op::Unary(UnaryOp::Tanh), &[aux]);
+    b.g.outputs = vec![embedding, aux];
+    mlc::ir::infer::infer_graph(&mut b.g).unwrap();
+    (b.g, [gamma, beta, w])
+}
+
+fn token_batch() -> [Tensor; 2] {
+    let ids = vec![1, 4, 9, 2, 0, 0, 3, 3, 7, 5, 8, 6, 2, 9, 0, 0, 0, 0];
+    let mask = vec![1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0];
+    [
+        Tensor::from_i64(vec![3, 6], ids).unwrap(),
+        Tensor::from_i64(vec![3, 6], mask).unwrap(),
+    ]
+}
+
+/// The embedding head's forward is the reference interpreter's, the mask
+/// path frozen and the padded tokens left out of the pooling.
+#[test]
+fn embedding_head_matches_reference() {
+    let (g, _) = embedding_graph();
+    let net = Lowered::new(&g).unwrap();
+    // gamma, beta, w, bias.
+    assert_eq!(net.params.len(), 4);
+    forward_matches(&g, &token_batch());
+}
+
+/// A gradient of a loss on the embedding reaches LayerNorm's scale and
+/// shift and the projection weight (nonzero, finite), through attention,
+/// pooling and normalization.
+#[test]
+fn gradient_reaches_layernorm_and_matmul_weights() {
+    let (g, watched) = embedding_graph();
+    let net = Lowered::new(&g).unwrap();
+    let xs: Vec<CTensor> = token_batch()
+        .iter()
+        .map(|t| input_to_candle(t).unwrap())
+        .collect();
+    let out = net.forward(&xs).unwrap();
+    // A fixed random direction: the squared norm of a normalized embedding
+    // would have no gradient at all.
+    let dir = CTensor::from_vec(seeded(24, 99, 1.0), (3, 8), &candle_core::Device::Cpu).unwrap();
+    let loss = out[0].mul(&dir).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for v in watched {
+        let p = net.params.iter().find(|p| p.value == v).unwrap();
+        let gr = grads
+            .get(p.var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for '{}'", g.value(v).name));
+        let gv: Vec<f32> = gr.flatten_all().unwrap().to_vec1().unwrap();
+        let norm: f32 = gv.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            norm.is_finite() && norm > 1e-6,
+            "'{}': gradient norm {norm}",
+            g.value(v).name
+        );
+    }
+}
+
+/// An op the lowering does not cover, on the differentiable path, is one
+/// clear error naming the op and the node, from the library and from the
+/// command line (exit 2, one line, nothing written).
+#[test]
+fn uncovered_op_is_one_clear_error() {
+    let (mut g, _) = embedding_graph();
+    let emb = g.outputs[0];
+    let y = g.add_value("y", TensorType::new(DType::F32, Shape(vec![])));
+    g.add_node(Node {
+        name: "the_hardmax".into(),
+        op: Op::Hardmax { axis: -1 },
+        inputs: vec![Some(emb)],
+        outputs: vec![y],
+    });
+    g.outputs = vec![y];
+    mlc::ir::infer::infer_graph(&mut g).unwrap();
+    let want = "distill: op Hardmax (node 'the_hardmax') is not supported by the training lowering";
+    assert_eq!(Lowered::new(&g).err().unwrap().to_string(), want);
+
+    let dir = temp_dir("uncovered");
+    let (model, data, out) = (dir.join("m.mlc"), dir.join("d.npz"), dir.join("o.mlc"));
+    Model::from_graph(g)
+        .write(&model, mlc::api::Format::Bundle)
+        .unwrap();
+    let [ids, mask] = token_batch();
+    mlc::api::write_tensors(
+        &data,
+        &[("input_ids".into(), ids), ("attention_mask".into(), mask)],
+    )
+    .unwrap();
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    assert_usage_error(
+        &["distill", m, "--teacher", m, "--data", d, "-o", o],
+        &out,
+        "op Hardmax (node 'the_hardmax') is not supported",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `n` token-id samples `[n, 6]` (ids below 10) with padding masks of 2 to
+/// 6 tokens, written to `path`.
+fn token_data(path: &Path, n: usize, seed: u64) {
+    let r = seeded(2 * n * 6, seed, 1.0);
+    let mut ids = Vec::with_capacity(n * 6);
+    let mut mask = Vec::with_capacity(n * 6);
+    for i in 0..n {
+        let len = 2 + ((r[i].abs() * 5.0) as i64).min(4);
+        for j in 0..6 {
+            ids.push(((r[n * 6 + i * 6 + j].abs() * 10.0) as i64).min(9));
+            mask.push(i64::from((j as i64) < len));
+        }
+    }
+    mlc::api::write_tensors(
+        path,
+        &[
+            (
+                "input_ids".into(),
+                Tensor::from_i64(vec![n, 6], ids).unwrap(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_i64(vec![n, 6], mask).unwrap(),
+            ),
+        ],
+    )
+    .unwrap();
+}
+
+/// A student of the embedding encoder with a perturbed projection is
+/// trained on 1 - cosine (its output is L2-normalized), picked by mean
+/// cosine, and comes closer to the teacher on held-out token batches, mean
+/// and worst sample.
+#[test]
+fn embedding_student_is_trained_on_cosine() {
+    let dir = temp_dir("embedding");
+    let (mut g, [_, _, w]) = embedding_graph();
+    g.outputs.truncate(1);
+    let teacher = Model::from_graph(g.clone());
+    let t = g.consts[&w].as_f32().unwrap().to_vec();
+    let noise = seeded(t.len(), 5, 2.0);
+    let noisy: Vec<f32> = t.iter().zip(&noise).map(|(a, b)| a + b).collect();
+    g.consts.insert(
+        w,
+        std::sync::Arc::new(Tensor::from_f32(vec![8, 8], noisy).unwrap()),
+    );
+    let student = Model::from_graph(g);
+    let (train, eval) = (dir.join("train.npz"), dir.join("eval.npz"));
+    token_data(&train, 128, 11);
+    token_data(&eval, 64, 12);
+    let opts = mlc::api::DistillOptions {
+        epochs: 6,
+        lr: 1e-2,
+        batch: 16,
+        ..Default::default()
+    };
+    let r = student
+        .distill(&teacher, &train, Some(&eval), &opts, false)
+        .unwrap()
+        .report;
+    assert_eq!(r.losses, [mlc::distill::Loss::Cosine]);
+    assert_eq!(r.selected_by, "mean cosine");
+    assert_eq!(r.eval_cosine.len(), r.epochs_run);
+    let (b, a) = (&r.before, &r.after);
+    println!(
+        "embedding student: cosine mean {:.4} -> {:.4}, min {:.4} -> {:.4}",
+        b.cosine_similarity, a.cosine_similarity, b.min_cosine_similarity, a.min_cosine_similarity
+    );
+    assert!(b.cosine_similarity < 0.99, "{b:?}");
+    assert!(
+        a.cosine_similarity > b.cosine_similarity + 0.005,
+        "{b:?} -> {a:?}"
+    );
+    assert!(
+        a.min_cosine_similarity > b.min_cosine_similarity,
+        "{b:?} -> {a:?}"
     );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -15,11 +15,18 @@ Writes to DIR (default benches/models/out, not committed: 90 MB):
                        embedding, as sentence-transformers computes it)
     minilm_calib.npz   128 sentences (input_ids, attention_mask [128, seq])
     minilm_eval.npz    256 other sentences
+    minilm_train.npz   6000 more sentences (--train), disjoint from both, for
+                       `mlc distill --data` (128 are too few to train on)
 
 The sentences are real English prose that every Python installation carries:
 the docstrings of standard-library modules, split into sentences of 6 to 40
 words, deduplicated and shuffled with a fixed seed, so the data is the same on
-every machine with the same Python version. Exported with the TorchScript
+every machine with the same Python version. The training split takes the
+sentences left after calibration and evaluation, then (the modules above hold
+about 2,100) sentences from the docstrings of class methods and of every
+other standard-library module, shuffled with another seed (about 6,800 in
+all); calibration and evaluation data are the
+same as before the training split existed. Exported with the TorchScript
 exporter (dynamo=False, opset 17) and eager attention, then checked against
 torch in ONNX Runtime.
 """
@@ -52,21 +59,78 @@ MODULES = [
 ]
 
 
-def sentences(seed=0):
-    """Sentences from standard-library docstrings (module and members)."""
+# More modules for the training split only (the list above fixes the
+# calibration and evaluation sentences).
+EXTRA_MODULES = [
+    "builtins", "optparse", "getopt", "fnmatch", "filecmp", "fileinput", "stat",
+    "linecache", "tokenize", "token", "keyword", "pprint", "reprlib", "graphlib",
+    "zoneinfo", "mimetypes", "mailbox", "quopri", "smtplib", "poplib", "imaplib",
+    "ftplib", "ipaddress", "socketserver", "xmlrpc.client", "wsgiref.util",
+    "concurrent.futures", "contextvars", "sysconfig", "site", "code", "codeop",
+    "trace", "tracemalloc", "faulthandler", "cProfile", "pstats", "profile",
+    "unicodedata", "stringprep", "lzma", "bz2", "zlib", "tomllib", "json.decoder",
+    "json.encoder", "collections.abc", "asyncio.tasks", "asyncio.streams",
+    "email.message", "email.utils", "http.client", "http.server", "http.cookies",
+    "urllib.parse", "urllib.request", "xml.dom.minidom", "xml.etree.ElementTree",
+    "logging.handlers", "unittest.mock", "importlib.resources", "runpy", "shlex",
+    "cmd", "colorsys", "wave", "copyreg", "atexit", "ctypes", "venv",
+]
+
+
+# Never imported: side effects (a browser, a printed poem), GUIs, tests.
+SKIP = ("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3",
+        "pydoc_data", "test", "ensurepip", "venv", "__phello__")
+
+
+def all_stdlib_modules():
+    """Every public standard-library module and its public submodules."""
+    import contextlib
+    import importlib
+    import io
+    import pkgutil
+
+    names = sorted(n for n in sys.stdlib_module_names if not n.startswith("_") and n not in SKIP)
+    subs = []
+    for n in names:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                mod = importlib.import_module(n)
+        except Exception:
+            continue
+        for info in pkgutil.iter_modules(getattr(mod, "__path__", []), n + "."):
+            leaf = info.name.rsplit(".", 1)[-1]
+            if not leaf.startswith("_") and "test" not in info.name:
+                subs.append(info.name)
+    return names + subs
+
+
+def sentences(seed=0, modules=MODULES, methods=False):
+    """Sentences from standard-library docstrings (module and members, and
+    the members' own members with `methods`)."""
     import importlib
     import inspect
 
+    import contextlib
+    import io
+    import warnings
+
     texts = []
-    for name in MODULES:
+    for name in modules:
         try:
-            mod = importlib.import_module(name)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                mod = importlib.import_module(name)
         except Exception:
             continue
         texts.append(inspect.getdoc(mod) or "")
         for _, member in sorted(vars(mod).items()):
             if inspect.isfunction(member) or inspect.isclass(member):
                 texts.append(inspect.getdoc(member) or "")
+                if methods and inspect.isclass(member):
+                    for _, m in sorted(vars(member).items()):
+                        if inspect.isfunction(m):
+                            texts.append(inspect.getdoc(m) or "")
     out, seen = [], set()
     for t in texts:
         t = re.sub(r"\s+", " ", t)
@@ -103,6 +167,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(here, "out"))
     p.add_argument("--seq", type=int, default=32, help="tokens per sentence, padded (default 32)")
+    p.add_argument("--train", type=int, default=6000, help="sentences of the training split (default 6000)")
+    p.add_argument("--data-only", action="store_true", help="write the .npz files only (no ONNX export)")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
 
@@ -122,6 +188,24 @@ def main(argv=None):
     mask = enc["attention_mask"].astype(np.int64)
     np.savez_compressed(os.path.join(a.out, "minilm_calib.npz"), input_ids=ids[:128], attention_mask=mask[:128])
     np.savez_compressed(os.path.join(a.out, "minilm_eval.npz"), input_ids=ids[128:], attention_mask=mask[128:])
+
+    # The training split: what calibration and evaluation left, then
+    # sentences of more docstrings (another seed), none seen before.
+    seen = set(sents)
+    extra = MODULES + EXTRA_MODULES + all_stdlib_modules()
+    more = [s for s in sentences(seed=1, modules=extra, methods=True) if s not in seen]
+    train = (sents[384:] + more)[: a.train]
+    if len(train) < a.train:
+        sys.exit(f"only {len(train)} training sentences found; asked for {a.train}")
+    tr = tok(train, padding="max_length", truncation=True, max_length=a.seq, return_tensors="np")
+    np.savez_compressed(
+        os.path.join(a.out, "minilm_train.npz"),
+        input_ids=tr["input_ids"].astype(np.int64),
+        attention_mask=tr["attention_mask"].astype(np.int64),
+    )
+    print(f"{len(train)} training sentences ({len(sents) - 384} left by calib/eval, {len(more)} more found)")
+    if a.data_only:
+        return
 
     onnx_path = os.path.join(a.out, "minilm.onnx")
     example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))

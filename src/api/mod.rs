@@ -52,7 +52,7 @@ pub use crate::compress::{
     default_cache_dir, Activations, Goal, Mode as CompressMode, Options as CompressOptions,
 };
 #[cfg(feature = "distill")]
-pub use crate::distill::{DistillOptions, DistillReport};
+pub use crate::distill::{DistillOptions, DistillReport, Objective as DistillObjective};
 pub use crate::error::excerpt;
 pub use crate::formats::npy;
 pub use crate::inputs::Binding;

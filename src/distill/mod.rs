@@ -3,17 +3,27 @@
 //!
 //! The student (an mlc graph, after `O2` and any compression rewrites) is
 //! lowered to a candle forward pass ([`lower`]) whose layer weights and
-//! biases are variables. The teacher runs once per sample on mlc's own
-//! runtime and its outputs are cached (within the memory budget). Each
-//! mini-batch (a seeded shuffle) is scored by the KL divergence of the
-//! temperature-softened class scores × T² (rank-2 `[batch, classes]`
-//! outputs; mean squared error for other outputs), plus cross-entropy with
-//! the labels when asked; AdamW steps with a cosine learning-rate schedule.
-//! Weights that were exactly zero (pruned) are set back to zero after every
-//! step, so sparsity survives. After every epoch the student is scored on
-//! held-out data (top-1 agreement with the teacher, then the distillation
-//! loss); training stops after `patience` epochs without improvement and
-//! the best weights are written back into the graph's constants.
+//! biases are variables; what does not depend on them (a transformer's
+//! mask arithmetic and embedding lookups, from integer inputs) is computed
+//! per batch by mlc's reference kernels outside autograd. The teacher runs
+//! once per sample on mlc's own runtime and its outputs are cached (within
+//! the memory budget). Each mini-batch (a seeded shuffle) is scored per
+//! output ([`Objective`]): class scores (rank-2 `[batch, classes]`) by the
+//! KL divergence of the temperature-softened scores × T², plus
+//! cross-entropy with the labels when asked; an embedding (rank-2 rows of
+//! unit length with signed entries, as a sentence encoder's L2-normalized
+//! output) by 1 − its cosine similarity with the teacher's, averaged over
+//! the batch; other outputs by their mean squared error. AdamW steps with
+//! a cosine learning-rate schedule. Weights that were exactly zero (pruned)
+//! are set back to zero after every step, so sparsity survives. After every
+//! epoch the student is scored on held-out data: top-1 agreement with the
+//! teacher for class scores, the mean cosine similarity with the teacher's
+//! outputs otherwise (top-1 agreement means nothing for an embedding), then
+//! the distillation loss; training stops after `patience` epochs without
+//! improvement and the best weights are written back into the graph's
+//! constants. The memory a training step holds (values kept for the
+//! backward pass, gradients, AdamW's state) is checked against the budget
+//! before training starts.
 //!
 //! An int8 student (QConv / QMatMul from `mlc compress --int8`) is refused
 //! unless [`DistillOptions::qat`] (`--qat`) asks for quantization-aware
@@ -46,7 +56,89 @@ use crate::kernels::cpu::CpuCtx;
 use crate::measure::Measurer;
 use crate::rng::SplitMix64;
 use crate::{Error, Result, Tensor};
-use lower::{cerr, Lowered};
+use lower::{cerr, input_to_candle, Lowered};
+
+/// What the student's outputs are trained to match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Per output, from its rank and the teacher's values: KL for class
+    /// scores, 1 − cosine for embeddings (rank-2 rows of unit length with
+    /// signed entries), MSE for the rest.
+    #[default]
+    Auto,
+    /// KL on softened class scores for rank-2 outputs, MSE for others (what
+    /// `Auto` does when no output is an embedding).
+    Kl,
+    /// Mean squared error for every output.
+    Mse,
+    /// 1 − cosine similarity per sample for every output.
+    Cosine,
+}
+
+/// The loss one output is trained with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Loss {
+    /// KL of temperature-softened class scores × T².
+    Kl,
+    Mse,
+    /// 1 − cosine similarity, per sample.
+    Cosine,
+}
+
+impl Loss {
+    fn name(self) -> &'static str {
+        match self {
+            Loss::Kl => "KL",
+            Loss::Mse => "MSE",
+            Loss::Cosine => "1 - cosine",
+        }
+    }
+}
+
+/// Whether every row (last axis) of the teacher's outputs has unit L2 norm
+/// and some entry is negative: an L2-normalized embedding, not class scores
+/// (probabilities are never negative; logits are not normalized).
+fn normalized_embedding(outs: &[&Tensor]) -> bool {
+    let mut negative = false;
+    for t in outs {
+        let v = t.to_f64_vec();
+        let c = t.shape().last().copied().unwrap_or(0);
+        if c == 0 || v.is_empty() {
+            return false;
+        }
+        for row in v.chunks(c) {
+            let n = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if (n - 1.0).abs() > 1e-3 {
+                return false;
+            }
+            negative |= row.iter().any(|&x| x < 0.0);
+        }
+    }
+    negative
+}
+
+/// The loss of each output: `rank` is its rank in the graph, `teacher` its
+/// value on each training sample.
+fn losses(objective: Objective, outputs: &[(usize, Vec<&Tensor>)]) -> Vec<Loss> {
+    outputs
+        .iter()
+        .map(|(rank, teacher)| match objective {
+            Objective::Mse => Loss::Mse,
+            Objective::Cosine => Loss::Cosine,
+            Objective::Kl if *rank == 2 => Loss::Kl,
+            Objective::Auto if *rank == 2 => {
+                if normalized_embedding(teacher) {
+                    Loss::Cosine
+                } else {
+                    Loss::Kl
+                }
+            }
+            Objective::Kl | Objective::Auto => Loss::Mse,
+        })
+        .collect()
+}
 
 /// How [`distill`] trains.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,11 +168,14 @@ pub struct DistillOptions {
     /// it an int8 student is refused; with it, a student without int8
     /// layers is refused.
     pub qat: bool,
+    /// What the outputs are trained to match.
+    pub objective: Objective,
 }
 
 impl Default for DistillOptions {
     /// 30 epochs at lr 3e-3 (AdamW, cosine), batches of 32, T = 4, no
-    /// labels, seed 0, patience 5, weight decay 1e-4, no QAT.
+    /// labels, seed 0, patience 5, weight decay 1e-4, objective per output,
+    /// no QAT.
     fn default() -> DistillOptions {
         DistillOptions {
             epochs: 30,
@@ -93,6 +188,7 @@ impl Default for DistillOptions {
             weight_decay: 1e-4,
             threads: 0,
             qat: false,
+            objective: Objective::Auto,
         }
     }
 }
@@ -126,8 +222,11 @@ pub struct Quality {
     pub top1_agreement: f64,
     /// Top-1 accuracy against the labels (when the data has labels).
     pub accuracy: Option<f64>,
-    /// Cosine similarity with the teacher's outputs, averaged over samples.
+    /// Cosine similarity with the teacher's outputs (all outputs of a
+    /// sample flattened), averaged over samples.
     pub cosine_similarity: f64,
+    /// The lowest cosine similarity of a sample.
+    pub min_cosine_similarity: f64,
 }
 
 /// What [`distill`] did.
@@ -159,6 +258,11 @@ pub struct DistillReport {
     pub qat: bool,
     /// Int8 layers trained with fake quantization and written back as int8.
     pub int8_layers: usize,
+    /// The loss of each output.
+    pub losses: Vec<Loss>,
+    /// What picks the best epoch (and early stopping watches): "top-1
+    /// agreement" when the first output is class scores, else "mean cosine".
+    pub selected_by: String,
     /// Mean training loss of each epoch.
     pub train_loss: Vec<f64>,
     /// Distillation loss on the evaluation data after each epoch.
@@ -166,6 +270,11 @@ pub struct DistillReport {
     /// Top-1 agreement with the teacher on the evaluation data after each
     /// epoch.
     pub eval_agreement: Vec<f64>,
+    /// Mean cosine similarity with the teacher on the evaluation data after
+    /// each epoch.
+    pub eval_cosine: Vec<f64>,
+    /// Lowest per-sample cosine similarity after each epoch.
+    pub eval_min_cosine: Vec<f64>,
     pub before: Quality,
     pub after: Quality,
     /// Elements of the trained weights and biases.
@@ -200,9 +309,13 @@ impl DistillReport {
             self.steps,
             self.seconds
         );
+        let losses: Vec<&str> = self.losses.iter().map(|l| l.name()).collect();
         s += &format!(
-            "trained {} weights; {} pruned zeros kept ({} zeros after)\n",
-            self.trainable_params, self.masked_zeros, self.zeros_after
+            "trained {} weights on {}; {} pruned zeros kept ({} zeros after)\n",
+            self.trainable_params,
+            losses.join(", "),
+            self.masked_zeros,
+            self.zeros_after
         );
         if self.qat {
             s += &format!(
@@ -215,16 +328,29 @@ impl DistillReport {
         } else {
             "training (no held-out data)"
         };
-        s += &format!(
-            "on {} {} ({} samples): agreement with the teacher {} -> {}, cosine {:.5} -> {:.5}\n",
-            what,
-            self.evaluated_on,
-            self.eval_samples,
-            pct(self.before.top1_agreement),
-            pct(self.after.top1_agreement),
+        let cosine = format!(
+            "cosine mean {:.5} -> {:.5}, min {:.5} -> {:.5}",
             self.before.cosine_similarity,
-            self.after.cosine_similarity
+            self.after.cosine_similarity,
+            self.before.min_cosine_similarity,
+            self.after.min_cosine_similarity
         );
+        if self.losses.first() == Some(&Loss::Kl) {
+            s += &format!(
+                "on {} {} ({} samples): agreement with the teacher {} -> {}, {}\n",
+                what,
+                self.evaluated_on,
+                self.eval_samples,
+                pct(self.before.top1_agreement),
+                pct(self.after.top1_agreement),
+                cosine
+            );
+        } else {
+            s += &format!(
+                "on {} {} ({} samples): {} with the teacher\n",
+                what, self.evaluated_on, self.eval_samples, cosine
+            );
+        }
         if let (Some(b), Some(a)) = (self.before.accuracy, self.after.accuracy) {
             s += &format!(
                 "top-1 accuracy: {} -> {} ({:+.2} points; teacher {})\n",
@@ -358,15 +484,7 @@ impl Split {
         let inputs = data
             .arrays
             .iter()
-            .map(|a| {
-                let v = a.as_f32().ok_or_else(|| {
-                    Error::Usage(format!(
-                        "distill: {}: inputs must be f32 arrays",
-                        data.source
-                    ))
-                })?;
-                CTensor::from_vec(v.to_vec(), a.shape().to_vec(), &Device::Cpu).map_err(cerr)
-            })
+            .map(input_to_candle)
             .collect::<Result<Vec<_>>>()?;
         // Without a sample axis each sample is one row of the batch axis.
         let inputs = if data.extra_axis {
@@ -454,9 +572,22 @@ impl Split {
     }
 }
 
-/// The distillation loss of one batch: KL × T² for `[batch, classes]`
-/// outputs, MSE otherwise, plus cross-entropy on the first output.
+/// 1 − the cosine similarity of each sample's values (the first axis
+/// indexes samples), averaged.
+fn cosine_loss(s: &CTensor, q: &CTensor) -> candle_core::Result<CTensor> {
+    let rows = s.dims().first().copied().unwrap_or(1).max(1);
+    let (s, q) = (s.reshape((rows, ()))?, q.reshape((rows, ()))?);
+    let dot = s.mul(&q)?.sum(1)?;
+    // The floor keeps a zero output's gradient finite.
+    let ns = s.sqr()?.sum(1)?.sqrt()?.maximum(1e-12f32)?;
+    let nq = q.sqr()?.sum(1)?.sqrt()?.maximum(1e-12f32)?;
+    dot.div(&ns.mul(&nq)?)?.mean_all()?.affine(-1.0, 1.0)
+}
+
+/// The distillation loss of one batch: each output's [`Loss`], plus
+/// cross-entropy on the first output when it is class scores with labels.
 fn loss(
+    kinds: &[Loss],
     student: &[CTensor],
     teacher: &[CTensor],
     labels: Option<&CTensor>,
@@ -464,7 +595,10 @@ fn loss(
 ) -> candle_core::Result<CTensor> {
     let mut total: Option<CTensor> = None;
     for (k, (s, q)) in student.iter().zip(teacher).enumerate() {
-        let term = if s.rank() == 2 {
+        let kind = kinds.get(k).copied().unwrap_or(Loss::Mse);
+        let term = if kind == Loss::Cosine {
+            cosine_loss(s, q)?
+        } else if kind == Loss::Kl && s.rank() == 2 {
             let rows = s.dims()[0] as f64;
             let ls = candle_nn::ops::log_softmax(&s.affine(1.0 / t, 0.0)?, D::Minus1)?;
             let lt = candle_nn::ops::log_softmax(&q.affine(1.0 / t, 0.0)?, D::Minus1)?;
@@ -485,17 +619,88 @@ fn loss(
     total.ok_or_else(|| candle_core::Error::Msg("a graph without outputs".into()))
 }
 
-/// Held-out score: (top-1 agreement with the teacher, mean loss).
-fn evaluate(net: &Lowered, split: &Split, batch: usize, t: f64) -> Result<(f64, f64)> {
+/// The student's score on a split.
+#[derive(Clone, Copy, Debug)]
+struct Score {
+    /// Top-1 agreement with the teacher (first output).
+    agreement: f64,
+    /// Mean distillation loss.
+    loss: f64,
+    /// Mean and lowest per-sample cosine similarity with the teacher (all
+    /// outputs of a sample flattened).
+    cosine: f64,
+    min_cosine: f64,
+}
+
+impl Score {
+    /// Whether `self` beats `best`: on top-1 agreement for class scores, on
+    /// mean cosine otherwise, then on the loss.
+    fn beats(&self, best: &Score, by_agreement: bool) -> bool {
+        let (a, b) = if by_agreement {
+            (self.agreement, best.agreement)
+        } else {
+            (self.cosine, best.cosine)
+        };
+        a > b || (a == b && self.loss < best.loss)
+    }
+}
+
+/// Per-sample cosine similarity of `got` with `want` (`[samples * rows,
+/// ..]` each, `samples` samples), added to `dots` and the squared norms.
+fn cosine_parts(
+    got: &CTensor,
+    want: &CTensor,
+    samples: usize,
+    parts: &mut [(f64, f64, f64)],
+) -> Result<()> {
+    let flat = |t: &CTensor| {
+        t.flatten_all()
+            .and_then(|f| f.to_dtype(candle_core::DType::F32))
+            .and_then(|f| f.to_vec1::<f32>())
+            .map_err(cerr)
+    };
+    let (g, w) = (flat(got)?, flat(want)?);
+    let per = g.len() / samples.max(1);
+    for (j, p) in parts.iter_mut().enumerate().take(samples) {
+        let range = j * per..(j + 1) * per;
+        for (&x, &y) in g[range.clone()].iter().zip(&w[range]) {
+            let (x, y) = (x as f64, y as f64);
+            p.0 += x * y;
+            p.1 += x * x;
+            p.2 += y * y;
+        }
+    }
+    Ok(())
+}
+
+/// Held-out score of the lowered student.
+fn evaluate(net: &Lowered, split: &Split, kinds: &[Loss], batch: usize, t: f64) -> Result<Score> {
     let (mut same, mut rows, mut loss_sum) = (0usize, 0usize, 0.0f64);
+    let (mut cos_sum, mut cos_min) = (0.0f64, f64::INFINITY);
     let all: Vec<u32> = (0..split.samples as u32).collect();
     for chunk in all.chunks(batch.max(1)) {
         let (x, y, _) = split.batch(chunk)?;
         let out: Vec<CTensor> = net.forward(&x)?.into_iter().map(|o| o.detach()).collect();
-        let l = loss(&out, &y, None, t)
+        let l = loss(kinds, &out, &y, None, t)
             .and_then(|l| l.to_scalar::<f32>())
             .map_err(cerr)?;
         loss_sum += l as f64 * chunk.len() as f64;
+        // As data::agreement computes it from the runtime's outputs.
+        let mut parts = vec![(0.0, 0.0, 0.0); chunk.len()];
+        for (o, w) in out.iter().zip(&y) {
+            cosine_parts(o, w, chunk.len(), &mut parts)?;
+        }
+        for (dot, ng, nw) in parts {
+            let cos = if nw == 0.0 && ng == 0.0 {
+                1.0
+            } else if nw == 0.0 || ng == 0.0 {
+                0.0
+            } else {
+                dot / (nw.sqrt() * ng.sqrt())
+            };
+            cos_sum += cos;
+            cos_min = cos_min.min(cos);
+        }
         if let Some(o) = out.first() {
             let got = argmax_rows(o)?;
             let per = got.len() / chunk.len().max(1);
@@ -510,14 +715,17 @@ fn evaluate(net: &Lowered, split: &Split, batch: usize, t: f64) -> Result<(f64, 
             }
         }
     }
-    Ok((
-        if rows == 0 {
+    let n = split.samples.max(1) as f64;
+    Ok(Score {
+        agreement: if rows == 0 {
             1.0
         } else {
             same as f64 / rows as f64
         },
-        loss_sum / split.samples.max(1) as f64,
-    ))
+        loss: loss_sum / n,
+        cosine: cos_sum / n,
+        min_cosine: if cos_min.is_finite() { cos_min } else { 1.0 },
+    })
 }
 
 fn quality(teacher: &[Vec<Tensor>], got: &[Vec<Tensor>], labels: Option<&[i64]>) -> Quality {
@@ -526,6 +734,7 @@ fn quality(teacher: &[Vec<Tensor>], got: &[Vec<Tensor>], labels: Option<&[i64]>)
         top1_agreement: a.top1_agreement,
         accuracy: labels.map(|l| data::accuracy(got, l)),
         cosine_similarity: a.cosine_similarity,
+        min_cosine_similarity: a.min_cosine_similarity,
     }
 }
 
@@ -605,6 +814,28 @@ pub fn distill(
     let before_out = run_all(student, eval, opts.threads, &ProgressBar::hidden())?;
     let before = quality(&eval_teacher, &before_out, eval.labels.as_deref());
 
+    // Each output's loss, from its rank and the teacher's values.
+    let outputs: Vec<(usize, Vec<&Tensor>)> = student
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(k, &o)| {
+            let rank = student.ty(o).shape.rank();
+            (
+                rank,
+                train_teacher.iter().filter_map(|t| t.get(k)).collect(),
+            )
+        })
+        .collect();
+    let kinds = losses(opts.objective, &outputs);
+    drop(outputs);
+    let by_agreement = kinds.first() == Some(&Loss::Kl);
+    if opts.labels && !by_agreement {
+        return Err(Error::Usage(
+            "distill: --labels needs class scores as the first output (trained with KL)".into(),
+        ));
+    }
+
     let train_split = Split::new(train, &train_teacher, opts.labels)?;
     let eval_split = Split::new(eval, &eval_teacher, false)?;
     drop(train_teacher);
@@ -626,6 +857,25 @@ pub fn distill(
     let per_epoch = train.samples.div_ceil(batch);
     let total_steps = (per_epoch * opts.epochs).max(1);
 
+    // What one step holds, for the largest batch (training's or scoring's).
+    let rows = batch.max(32).min(train.samples.max(eval.samples));
+    let shapes: Vec<Vec<usize>> = train_split
+        .inputs
+        .iter()
+        .map(|t| {
+            let d = t.dims();
+            let mut s = vec![rows * d.get(1).copied().unwrap_or(1)];
+            s.extend_from_slice(d.get(2..).unwrap_or(&[]));
+            s
+        })
+        .collect();
+    crate::limits::check(
+        || {
+            format!("distill: a training step on a batch of {rows} (values kept for the backward pass, gradients, AdamW's state)")
+        },
+        net.step_bytes(&shapes),
+    )?;
+
     let mut opt = AdamW::new(
         net.vars(),
         ParamsAdamW {
@@ -641,8 +891,16 @@ pub fn distill(
             .map(|p| p.var.as_tensor().copy().map_err(cerr))
             .collect()
     };
-    let (agree0, loss0) = evaluate(&net, &eval_split, batch.max(32), opts.temperature)?;
-    let mut best = (agree0, loss0, 0usize, snapshot(&net)?);
+    let score = |net: &Lowered| evaluate(net, &eval_split, &kinds, batch.max(32), opts.temperature);
+    let describe = |s: &Score| {
+        if by_agreement {
+            format!("agreement {:.2}%", 100.0 * s.agreement)
+        } else {
+            format!("cosine {:.4} (min {:.4})", s.cosine, s.min_cosine)
+        }
+    };
+    let score0 = score(&net)?;
+    let mut best = (score0, 0usize, snapshot(&net)?);
     let pb = if progress {
         let pb = ProgressBar::new(total_steps as u64);
         if let Ok(style) =
@@ -650,11 +908,7 @@ pub fn distill(
         {
             pb.set_style(style.progress_chars("=> "));
         }
-        pb.set_message(format!(
-            "epoch 0/{}: agreement {:.2}%",
-            opts.epochs,
-            100.0 * agree0
-        ));
+        pb.set_message(format!("epoch 0/{}: {}", opts.epochs, describe(&score0)));
         pb
     } else {
         ProgressBar::hidden()
@@ -662,6 +916,7 @@ pub fn distill(
 
     let mut rng = SplitMix64::new(opts.seed);
     let (mut train_loss, mut eval_loss, mut eval_agreement) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut eval_cosine, mut eval_min_cosine) = (Vec::new(), Vec::new());
     let mut step = 0usize;
     let mut since_best = 0usize;
     let mut stopped_early = false;
@@ -679,7 +934,7 @@ pub fn distill(
             opt.set_learning_rate(lr);
             let (x, y, l) = train_split.batch(rows)?;
             let out = net.forward(&x)?;
-            let l = loss(&out, &y, l.as_ref(), opts.temperature).map_err(cerr)?;
+            let l = loss(&kinds, &out, &y, l.as_ref(), opts.temperature).map_err(cerr)?;
             let v = l.to_scalar::<f32>().map_err(cerr)?;
             if !v.is_finite() {
                 return Err(Error::Usage(format!(
@@ -693,17 +948,19 @@ pub fn distill(
             pb.inc(1);
         }
         train_loss.push(sum / train.samples as f64);
-        let (agree, el) = evaluate(&net, &eval_split, batch.max(32), opts.temperature)?;
-        eval_loss.push(el);
-        eval_agreement.push(agree);
+        let sc = score(&net)?;
+        eval_loss.push(sc.loss);
+        eval_agreement.push(sc.agreement);
+        eval_cosine.push(sc.cosine);
+        eval_min_cosine.push(sc.min_cosine);
         pb.set_message(format!(
-            "epoch {epoch}/{}: loss {:.4}, agreement {:.2}%",
+            "epoch {epoch}/{}: loss {:.4}, {}",
             opts.epochs,
             sum / train.samples as f64,
-            100.0 * agree
+            describe(&sc)
         ));
-        if agree > best.0 || (agree == best.0 && el < best.1) {
-            best = (agree, el, epoch, snapshot(&net)?);
+        if sc.beats(&best.0, by_agreement) {
+            best = (sc, epoch, snapshot(&net)?);
             since_best = 0;
         } else {
             since_best += 1;
@@ -719,7 +976,7 @@ pub fn distill(
     // requantized onto their grids).
     let mut graph = student.clone();
     let mut zeros_after = 0usize;
-    for (p, w) in net.params.iter().zip(&best.3) {
+    for (p, w) in net.params.iter().zip(&best.2) {
         zeros_after += net.write_back(&mut graph, p, w)?;
     }
     let after_out = run_all(&graph, eval, opts.threads, &ProgressBar::hidden())?;
@@ -736,7 +993,7 @@ pub fn distill(
         teacher_accuracy,
         epochs_requested: opts.epochs,
         epochs_run: train_loss.len(),
-        best_epoch: best.2,
+        best_epoch: best.1,
         stopped_early,
         batch,
         steps: step,
@@ -746,9 +1003,17 @@ pub fn distill(
         seed: opts.seed,
         qat: opts.qat,
         int8_layers,
+        losses: kinds,
+        selected_by: if by_agreement {
+            "top-1 agreement".into()
+        } else {
+            "mean cosine".into()
+        },
         train_loss,
         eval_loss,
         eval_agreement,
+        eval_cosine,
+        eval_min_cosine,
         before,
         after,
         trainable_params: net.param_count(),

@@ -96,7 +96,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType as CDType, Device, Tensor as CTensor, Var};
+use candle_core::{Device, Tensor as CTensor};
 
 use super::{act, cerr, conv, matmul, to_candle, Lowered, Param};
 use crate::compress::quantize::f16_scale;
@@ -248,21 +248,7 @@ pub(super) fn weight_params(
             &Tensor::from_f32(w.shape().to_vec(), deq)
                 .map_err(|e| Error::Internal(format!("distill: {e}")))?,
         )?;
-        let mask = if zeros > 0 {
-            Some(
-                ct.ne(0f32)
-                    .and_then(|m| m.to_dtype(CDType::F32))
-                    .map_err(cerr)?,
-            )
-        } else {
-            None
-        };
-        params.push(Param {
-            value: wv,
-            var: Var::from_tensor(&ct).map_err(cerr)?,
-            mask,
-            zeros,
-        });
+        params.push(Param::new(wv, ct, zeros)?);
         grids.insert(wv, grid);
     }
     Ok((params, grids))
@@ -553,6 +539,7 @@ impl Lowered<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Var;
 
     fn i8s(t: &Tensor) -> Vec<i8> {
         match t.data() {
