@@ -29,7 +29,7 @@ built=$((SECONDS - start))
 # 2. The kernel modules' unit tests, through the qemu runner.
 rm -f target/tmp/f32_kernels.aarch64.txt target/tmp/int8_kernels.aarch64.txt
 test_log=target/tmp/aarch64_kernel_tests.log
-if ! cargo test --release --locked --target aarch64-unknown-linux-gnu --lib -- \
+if ! cargo test --release --locked --no-default-features --target aarch64-unknown-linux-gnu --lib -- \
     kernels::cpu::gemm:: kernels::cpu::conv:: kernels::cpu::winograd:: \
     kernels::cpu::linalg:: kernels::cpu::qgemm:: kernels::cpu::qconv:: \
     kernels::cpu::sparse:: kernels::cpu::qsparse:: \
