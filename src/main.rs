@@ -277,9 +277,10 @@ fn run(command: Command) -> Result<(), Error> {
                 false => {
                     print!("{}", out.report.summary());
                     println!(
-                        "report: {} and {}",
+                        "report: {}, {} and {}",
                         out.json_path.display(),
-                        out.md_path.display()
+                        out.md_path.display(),
+                        out.html_path.display()
                     );
                 }
             }
