@@ -298,6 +298,9 @@ pub(crate) struct CheckArgs {
     /// Also write the verdicts as JUnit XML.
     #[arg(long, value_name = "FILE.xml")]
     pub(crate) junit: Option<PathBuf>,
+    /// Also write the report as one HTML page (verdicts and a plot).
+    #[arg(long, value_name = "FILE.html")]
+    pub(crate) html: Option<PathBuf>,
     /// Print one JSON object instead of the lines.
     #[arg(long)]
     pub(crate) json: bool,

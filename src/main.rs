@@ -533,12 +533,15 @@ fn check(a: &cli::CheckArgs) -> Result<(), Error> {
     opts.threads = a.threads.unwrap_or(opts.threads);
     opts.batch = a.batch.unwrap_or(opts.batch);
     opts.rounds = a.rounds.unwrap_or(opts.rounds);
-    if let Some(path) = &a.junit {
+    for path in a.junit.iter().chain(&a.html) {
         api::check::ensure_apart(&cases, path)?;
     }
     let report = api::check(&cases, &opts)?;
     if let Some(path) = &a.junit {
         report.write_junit(path)?;
+    }
+    if let Some(path) = &a.html {
+        report.write_html(path)?;
     }
     match a.json {
         true => print_json(&report)?,
