@@ -134,7 +134,10 @@ pub struct CompareReport {
 
 /// One engine running one model, timed a batch of runs at a time.
 enum Runner {
-    Mlc { session: Session, feed: Vec<Tensor> },
+    Mlc {
+        session: Box<Session>,
+        feed: Vec<Tensor>,
+    },
     Ort(OrtWorker),
 }
 
@@ -427,7 +430,10 @@ pub fn bench_compare(
             .iter()
             .filter(|st| !st.choice.is_default())
             .count();
-        let mut runner = Runner::Mlc { session: s, feed };
+        let mut runner = Runner::Mlc {
+            session: Box::new(s),
+            feed,
+        };
         runner.warmup(1)?;
         let memory = match (rss_before, proc_status_bytes("VmRSS")) {
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),

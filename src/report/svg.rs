@@ -48,15 +48,19 @@ fn px(v: f64) -> String {
     }
 }
 
-/// `text` cut to `max` characters with an ellipsis.
+/// `text` cut to `max` characters by an ellipsis in the middle (the end
+/// of a path or label, its file name or engine, tells rows apart).
 fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
-        s.push('…');
-        s
+    let n = text.chars().count();
+    if n <= max {
+        return text.to_string();
     }
+    let tail = max.saturating_sub(1) / 2;
+    let head = max.saturating_sub(1) - tail;
+    let mut s: String = text.chars().take(head).collect();
+    s.push('…');
+    s.extend(text.chars().skip(n - tail));
+    s
 }
 
 /// A number for a label: 4 significant digits, no exponent for ordinary
@@ -241,6 +245,9 @@ pub struct BarRow {
     pub bars: Vec<Bar>,
 }
 
+/// A bar as drawn: its label, finite segments and whisker.
+type DrawnBar<'a> = (&'a str, Vec<(usize, f64)>, Option<(f64, f64)>);
+
 /// Horizontal bars, one row per category (layer, op type, model).
 #[derive(Clone, Debug, Default)]
 pub struct Bars {
@@ -312,7 +319,7 @@ impl Bars {
     pub fn draw(&self) -> Plot {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
         let mut dropped = 0;
-        let mut rows: Vec<(&str, Vec<(&str, Vec<(usize, f64)>, Option<(f64, f64)>)>)> = Vec::new();
+        let mut rows: Vec<(&str, Vec<DrawnBar>)> = Vec::new();
         for r in &self.rows {
             let mut bars = Vec::new();
             for b in &r.bars {
@@ -920,6 +927,15 @@ mod tests {
         .draw();
         assert_eq!(s.marks, 2);
         attributes_finite(&s.html);
+    }
+
+    #[test]
+    fn long_labels_keep_both_ends() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(
+            clip("/very/long/path/model.onnx (mlc)", 15),
+            "/very/l…x (mlc)"
+        );
     }
 
     #[test]
