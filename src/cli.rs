@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,39 @@ pub(crate) struct InputArgs {
     /// default kernels.
     #[arg(long)]
     pub(crate) untuned: bool,
+}
+
+/// The flags of `mlc bench --compare`.
+#[derive(Args, Debug)]
+pub(crate) struct CompareArgs {
+    /// Compare the models given (every one on the first one's inputs) in
+    /// alternating rounds; prints a Markdown table (JSON with --json).
+    #[arg(long)]
+    pub(crate) compare: bool,
+    /// Also run every .onnx model on ONNX Runtime (needs a Python with
+    /// onnxruntime: --python).
+    #[arg(long, requires = "compare")]
+    pub(crate) ort: bool,
+    /// The Python for --ort (default: .venv/bin/python of the working
+    /// directory or of the repository mlc was built in, else python3).
+    #[arg(long, value_name = "PATH", requires = "ort")]
+    pub(crate) python: Option<PathBuf>,
+    /// Measure for this long (e.g. 30s, 2m) instead of --runs runs.
+    #[arg(long, value_parser = crate::budget, requires = "compare")]
+    pub(crate) duration: Option<std::time::Duration>,
+    /// Rounds the runs are spread over (who goes first changes every round).
+    #[arg(long, default_value_t = 10, value_parser = run_count, requires = "compare")]
+    pub(crate) rounds: usize,
+    /// Write the report to FILE too, in the format its extension names
+    /// (.json, .html, else Markdown); repeat for several.
+    #[arg(short, long = "output", value_name = "FILE", requires = "compare")]
+    pub(crate) output: Vec<PathBuf>,
+    /// Write the HTML report (with plots) to FILE.
+    #[arg(long, value_name = "FILE", requires = "compare")]
+    pub(crate) html: Option<PathBuf>,
+    /// Write every run's time (per model, with its round) to FILE as JSON.
+    #[arg(long, value_name = "FILE", requires = "compare")]
+    pub(crate) export_times: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -131,9 +164,14 @@ pub(crate) enum Command {
         json: bool,
     },
     /// Time a model on the CPU runtime: latency percentiles, throughput,
-    /// peak memory, and per-op time with --profile.
+    /// peak memory, and per-op time with --profile. With --compare, several
+    /// models (an .onnx and its .mlc variants) in alternating rounds on the
+    /// same inputs, and with --ort ONNX Runtime on the .onnx ones: one table
+    /// (median with min-max, ratio to the first, size, memory).
     Bench {
-        model: PathBuf,
+        /// The model; several with --compare.
+        #[arg(required = true, num_args = 1.., value_name = "MODEL")]
+        model: Vec<PathBuf>,
         #[command(flatten)]
         inputs: InputArgs,
         /// Untimed runs first.
@@ -160,6 +198,8 @@ pub(crate) enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        compare: CompareArgs,
     },
     /// Tune a model's kernel choices on this machine by measuring them per
     /// node (checked against the reference first), and write a bundle that
@@ -269,6 +309,9 @@ pub(crate) struct CheckArgs {
     /// Also write the verdicts as JUnit XML.
     #[arg(long, value_name = "FILE.xml")]
     pub(crate) junit: Option<PathBuf>,
+    /// Also write the report as one HTML page (verdicts and a plot).
+    #[arg(long, value_name = "FILE.html")]
+    pub(crate) html: Option<PathBuf>,
     /// Print one JSON object instead of the lines.
     #[arg(long)]
     pub(crate) json: bool,

@@ -21,6 +21,7 @@ pub mod measure;
 pub mod probe;
 pub mod provenance;
 pub mod quant;
+pub mod report;
 pub mod rng;
 pub mod runtime;
 pub mod target;

@@ -242,7 +242,19 @@ fn run(command: Command) -> Result<(), Error> {
             profile,
             verify,
             json,
+            compare,
         } => {
+            if compare.compare {
+                return bench_compare(
+                    &model, &inputs, warmup, runs, pipeline, seed, profile, verify, json, &compare,
+                );
+            }
+            let [model] = &model[..] else {
+                return Err(Error::Usage(format!(
+                    "bench: {} models given; add --compare to compare them",
+                    model.len()
+                )));
+            };
             let opts = api::BenchOptions {
                 warmup,
                 runs,
@@ -255,7 +267,7 @@ fn run(command: Command) -> Result<(), Error> {
             };
             let binding = inputs.binding(Some(seed))?;
             let report = api::bench_file(
-                &model,
+                model,
                 pipeline.as_deref(),
                 &inputs.files()?,
                 &binding,
@@ -277,9 +289,10 @@ fn run(command: Command) -> Result<(), Error> {
                 false => {
                     print!("{}", out.report.summary());
                     println!(
-                        "report: {} and {}",
+                        "report: {}, {} and {}",
                         out.json_path.display(),
-                        out.md_path.display()
+                        out.md_path.display(),
+                        out.html_path.display()
                     );
                 }
             }
@@ -337,6 +350,60 @@ fn run(command: Command) -> Result<(), Error> {
                 false => print!("{}", api::render_probe(&report)),
             }
         }
+    }
+    Ok(())
+}
+
+/// `mlc bench MODEL... --compare`.
+#[allow(clippy::too_many_arguments)]
+fn bench_compare(
+    models: &[PathBuf],
+    inputs: &InputArgs,
+    warmup: usize,
+    runs: usize,
+    pipeline: Option<String>,
+    seed: u64,
+    profile: bool,
+    verify: bool,
+    json: bool,
+    a: &cli::CompareArgs,
+) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    if verify {
+        return Err(Error::Usage(
+            "bench: --verify checks one model; leave it out of --compare".into(),
+        ));
+    }
+    let opts = api::CompareOptions {
+        pipeline,
+        warmup,
+        stop: match a.duration {
+            Some(d) => api::Stop::Duration(d),
+            None => api::Stop::Runs(runs),
+        },
+        rounds: a.rounds,
+        ort: a
+            .ort
+            .then(|| a.python.clone().unwrap_or_else(api::default_python)),
+        profile,
+        outputs: a.output.iter().chain(&a.html).cloned().collect(),
+        export_times: a.export_times.clone(),
+        progress: !json && std::io::stderr().is_terminal(),
+    };
+    let session = api::SessionOptions {
+        threads: inputs.threads.unwrap_or(0),
+        untuned: inputs.untuned,
+    };
+    let report = api::bench_compare(
+        models,
+        &inputs.files()?,
+        &inputs.binding(Some(seed))?,
+        &session,
+        &opts,
+    )?;
+    match json {
+        true => println!("{}", report.json()?),
+        false => print!("{}", report.markdown()),
     }
     Ok(())
 }
@@ -472,12 +539,15 @@ fn check(a: &cli::CheckArgs) -> Result<(), Error> {
     opts.threads = a.threads.unwrap_or(opts.threads);
     opts.batch = a.batch.unwrap_or(opts.batch);
     opts.rounds = a.rounds.unwrap_or(opts.rounds);
-    if let Some(path) = &a.junit {
+    for path in a.junit.iter().chain(&a.html) {
         api::check::ensure_apart(&cases, path)?;
     }
     let report = api::check(&cases, &opts)?;
     if let Some(path) = &a.junit {
         report.write_junit(path)?;
+    }
+    if let Some(path) = &a.html {
+        report.write_html(path)?;
     }
     match a.json {
         true => print_json(&report)?,

@@ -213,9 +213,18 @@ fn a_budget_file_with_several_models_and_junit_output() {
     let junit = dir.join("check.xml");
     let b = budget.display().to_string();
     let j = junit.display().to_string();
-    let (code, r, err) = check(&["--budget", &b, "--junit", &j], &dir);
+    let html = dir.join("check.html");
+    let h = html.display().to_string();
+    let (code, r, err) = check(&["--budget", &b, "--junit", &j, "--html", &h], &dir);
     assert_eq!(code, Some(3), "{err}");
     let r = r.unwrap();
+    // The HTML page: every verdict, and the plot of value over limit.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("2 of 3 budgets passed") && page.contains("FAIL"),
+        "{page}"
+    );
+    assert_eq!(page.matches("class=\"mark\"").count(), 3, "{page}");
     assert_eq!(
         verdicts(&r),
         vec![

@@ -113,10 +113,17 @@ fn int8_digits_keep_their_accuracy() {
             "{h}"
         );
         // The report files sit beside the output.
-        for ext in ["report.json", "report.md"] {
+        for ext in ["report.json", "report.md", "report.html"] {
             let p = PathBuf::from(format!("{}.{ext}", out.display()));
             assert!(p.is_file(), "{} missing", p.display());
         }
+        // The HTML page: self-contained, with the size-per-layer plot.
+        let page = std::fs::read_to_string(format!("{}.report.html", out.display())).unwrap();
+        assert!(page.starts_with("<!DOCTYPE html>") && !page.contains("<script"));
+        assert!(
+            page.contains("Weight size per layer") && page.contains("<svg"),
+            "{page}"
+        );
         // The bundle runs.
         let o = mlc(
             &["run", out.to_str().unwrap(), "--random", "1", "--json"],

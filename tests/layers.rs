@@ -39,6 +39,7 @@ const LAYERS: &[(u32, &[&str])] = &[
             "inspect",
             "probe",
             "provenance",
+            "report",
             "measure",
             "target",
             "tune",

@@ -56,6 +56,15 @@ echo
 echo "CI gate example (docs/examples/ci-gate.sh):"
 MLC=target/release/mlc bash docs/examples/ci-gate.sh
 lap "CI gate example"
+# The HTML reports (compress, tune, check, bench --compare) rendered in
+# headless Chromium (Debian's chromium, installed when missing; "skipped:
+# <reason>" where it cannot be): no console message, every plot drew.
+# Bounded: 90 s a Chromium run, 10 min the step.
+echo
+echo "HTML reports in headless Chromium (tests/python/html_render.py):"
+py="$(bash tests/python/setup_venv.sh)"
+timeout 600 "$py" tests/python/html_render.py --python "$py" --timeout 90
+lap "HTML reports in headless Chromium"
 # aarch64 under qemu (tests/aarch64/run.sh): cross build from Debian
 # packages (installed when missing), the kernel tests on NEON and
 # NEON + dotprod, every fixture and the int8 digits bundles against x86.

@@ -289,7 +289,7 @@ fn tune_writes_a_bundle_with_its_choices_and_the_same_records_give_the_same_byte
         assert_eq!(n["source"], "measured", "{n}");
         assert!(n["candidates"].as_array().unwrap().len() >= 2, "{n}");
     }
-    for f in ["a.mlc.tune.json", "a.mlc.tune.md"] {
+    for f in ["a.mlc.tune.json", "a.mlc.tune.md", "a.mlc.tune.html"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let records = std::fs::read_to_string(&db).unwrap();

@@ -204,7 +204,7 @@ impl Session {
             } else {
                 0.0
             },
-            peak_rss_bytes: peak_rss_bytes(),
+            peak_rss_bytes: proc_status_bytes("VmHWM"),
             arena_bytes: plan.stats().arena_bytes,
             tuned_nodes,
             plan: plan.stats().clone(),
@@ -233,12 +233,14 @@ fn batch_of(g: &Graph, feed: &[Tensor]) -> usize {
         .unwrap_or(1)
 }
 
-/// Peak resident set size of this process (Linux: VmHWM), if known.
-fn peak_rss_bytes() -> Option<u64> {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM`:
+/// peak resident; `VmRSS`: resident now), in bytes, where Linux gives it.
+pub(super) fn proc_status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line
-        .trim_start_matches("VmHWM:")
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    let kb: u64 = line[key.len() + 1..]
         .trim()
         .trim_end_matches("kB")
         .trim()

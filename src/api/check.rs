@@ -110,6 +110,18 @@ pub struct BudgetResult {
     pub seconds: f64,
 }
 
+impl BudgetResult {
+    /// The measured value over the limit; for `max-regression` (a
+    /// relative change, negative when faster) the time ratio over the
+    /// largest one allowed.
+    pub fn share_of_limit(&self) -> f64 {
+        match self.budget.as_str() {
+            "max-regression" => (1.0 + self.measured) / (1.0 + self.limit),
+            _ => self.measured / self.limit,
+        }
+    }
+}
+
 /// Every budget of every model.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
@@ -164,6 +176,73 @@ impl CheckReport {
             if self.ok() { "" } else { " (exit code 3)" }
         );
         s
+    }
+
+    /// The report as one self-contained HTML page: every budget's verdict,
+    /// and each measured value as a share of its limit.
+    pub fn html(&self) -> String {
+        use crate::report::svg::{Bar, BarRow, Bars};
+        use crate::report::{Page, Tone};
+        let mut p = Page::new(&format!(
+            "mlc check: {} of {} budgets passed",
+            self.passed,
+            self.results.len()
+        ));
+        p.header(&self.header);
+        p.paragraph(&format!(
+            "Latency measured on {} thread(s), batch {}.",
+            self.threads, self.batch
+        ));
+        let rows: Vec<Vec<(String, Tone)>> = self
+            .results
+            .iter()
+            .map(|r| {
+                vec![
+                    match r.pass {
+                        true => ("PASS".to_string(), Tone::Good),
+                        false => ("FAIL".to_string(), Tone::Bad),
+                    },
+                    (r.model.clone(), Tone::Plain),
+                    (r.budget.clone(), Tone::Plain),
+                    (crate::report::svg::number(r.measured), Tone::Plain),
+                    (crate::report::svg::number(r.limit), Tone::Plain),
+                    (r.detail.clone(), Tone::Plain),
+                ]
+            })
+            .collect();
+        p.table(
+            &["verdict", "model", "budget", "measured", "limit", "detail"],
+            &rows,
+            &[3, 4],
+        );
+        p.plot(
+            Bars {
+                title: "Measured value as a share of its limit".into(),
+                axis: "measured / limit".into(),
+                series: vec!["pass".into(), "fail".into()],
+                rows: self
+                    .results
+                    .iter()
+                    .map(|r| BarRow {
+                        label: format!("{} {}", r.model, r.budget),
+                        bars: vec![Bar {
+                            label: String::new(),
+                            segments: vec![(usize::from(!r.pass), r.share_of_limit())],
+                            range: None,
+                        }],
+                    })
+                    .collect(),
+                caption: "max-* budgets pass at or below 1, min-* budgets at or above 1 (a latency budget fails only beyond the noise: see its detail); max-regression as the time ratio over the largest one allowed.".into(),
+                reference: Some((1.0, "limit".into())),
+            }
+            .draw(),
+        );
+        p.finish()
+    }
+
+    /// Writes [`CheckReport::html`] to `path` (atomically).
+    pub fn write_html(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_bytes_atomic(path, self.html().as_bytes())
     }
 
     /// Writes [`CheckReport::junit`] to `path` (atomically: a reader never
@@ -360,8 +439,8 @@ pub fn read_budget_file(
     Ok((cases, opts))
 }
 
-/// Refuses an output file (`--junit`) that is one of the files `cases`
-/// read.
+/// Refuses an output file (`--junit`, `--html`) that is one of the files
+/// `cases` read.
 pub fn ensure_apart(cases: &[CheckCase], output: &Path) -> Result<()> {
     let reads: Vec<&Path> = cases
         .iter()

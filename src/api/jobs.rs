@@ -90,23 +90,25 @@ pub struct CompressOutcome {
     pub report: CompressReport,
     pub json_path: PathBuf,
     pub md_path: PathBuf,
+    pub html_path: PathBuf,
 }
 
-/// The JSON and Markdown reports of `output`: `<output>.<kind>.json` and
-/// `.md` beside it.
-pub(crate) fn report_paths(output: &Path, kind: &str) -> (PathBuf, PathBuf) {
+/// The JSON, Markdown and HTML reports of `output`: `<output>.<kind>.json`,
+/// `.md` and `.html` beside it.
+pub(crate) fn report_paths(output: &Path, kind: &str) -> [PathBuf; 3] {
     let named = |ext: &str| {
         let mut name = output.as_os_str().to_owned();
         name.push(format!(".{kind}.{ext}"));
         PathBuf::from(name)
     };
-    (named("json"), named("md"))
+    [named("json"), named("md"), named("html")]
 }
 
 /// `mlc compress`: compresses `model` into `output` (as `format`, default
 /// from the extension) and writes the report beside it as
-/// `<output>.report.json` and `<output>.report.md` (named after the whole
-/// file name, so `x.onnx` and `x.mlc` keep reports of their own).
+/// `<output>.report.json`, `.report.md` and `.report.html` (named after
+/// the whole file name, so `x.onnx` and `x.mlc` keep reports of their
+/// own).
 pub fn compress_file(
     model: &Path,
     output: &Path,
@@ -114,7 +116,7 @@ pub fn compress_file(
     opts: &CompressOptions,
 ) -> Result<CompressOutcome> {
     let format = format.unwrap_or_else(|| Format::from_path(output));
-    let (json_path, md_path) = report_paths(output, "report");
+    let [json_path, md_path, html_path] = report_paths(output, "report");
     let mut reads = vec![model];
     if let crate::compress::Activations::Static { calib, .. } = &opts.activations {
         reads.push(calib);
@@ -122,12 +124,12 @@ pub fn compress_file(
     reads.extend(opts.eval.as_deref());
     #[cfg(feature = "distill")]
     reads.extend(opts.distill.as_ref().map(|d| d.data.as_path()));
-    crate::fsutil::ensure_outputs_apart(&[output, &json_path, &md_path], &reads)?;
+    crate::fsutil::ensure_outputs_apart(&[output, &json_path, &md_path, &html_path], &reads)?;
     let m = Model::load(model)?;
     let compressed = m.compress(opts)?;
     // Reports of an earlier run go first, so that a run killed between the
     // bundle and its reports never leaves a new bundle beside old reports.
-    for stale in [&json_path, &md_path] {
+    for stale in [&json_path, &md_path, &html_path] {
         match std::fs::remove_file(stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(stale, e)),
             _ => {}
@@ -151,10 +153,12 @@ pub fn compress_file(
         .map_err(|e| Error::Internal(format!("JSON encoding failed: {e}")))?;
     crate::fsutil::write_bytes_atomic(&json_path, json.as_bytes())?;
     crate::fsutil::write_bytes_atomic(&md_path, report.markdown().as_bytes())?;
+    crate::fsutil::write_bytes_atomic(&html_path, report.html().as_bytes())?;
     Ok(CompressOutcome {
         report,
         json_path,
         md_path,
+        html_path,
     })
 }
 

@@ -32,6 +32,7 @@
 
 mod bench;
 pub mod check;
+mod compare;
 mod jobs;
 mod session;
 mod tune;
@@ -65,6 +66,9 @@ pub use crate::transform::runner::PassLogEntry;
 pub use crate::tune::{host_fingerprint, parse_budget};
 pub use bench::{BenchOptions, BenchReport, VerifyReport};
 pub use check::{check, CheckCase, CheckOptions, CheckReport, EXIT_BUDGET_FAILED};
+pub use compare::{
+    bench_compare, default_python, CompareEntry, CompareOptions, CompareReport, Stop,
+};
 #[cfg(feature = "distill")]
 pub use jobs::distill_file;
 pub use jobs::{

@@ -62,7 +62,7 @@ pub struct TuneReport {
 /// `mlc tune`: measures kernel choices for `model` (compiled with the
 /// pipeline first when it is ONNX) on this machine and writes a bundle
 /// carrying them to `output`, with the tuning report beside it
-/// (`<output>.tune.json` and `.tune.md`).
+/// (`<output>.tune.json`, `.tune.md` and `.tune.html`).
 pub fn tune_file(
     model: &Path,
     output: &Path,
@@ -73,10 +73,10 @@ pub fn tune_file(
     // An unknown name is an error listing the known ones.
     let target = Target::by_name(&opts.target)?;
     let on_host = target.name == crate::target::HOST;
-    let (json_path, md_path) = super::jobs::report_paths(output, "tune");
+    let [json_path, md_path, html_path] = super::jobs::report_paths(output, "tune");
     let mut reads = vec![model];
     reads.extend(inputs.paths());
-    crate::fsutil::ensure_outputs_apart(&[output, &json_path, &md_path], &reads)?;
+    crate::fsutil::ensure_outputs_apart(&[output, &json_path, &md_path, &html_path], &reads)?;
     let mut m = Model::load(model)?;
     if !bundle::looks_like_bundle(model) {
         m.compile(&opts.pipeline)?;
@@ -159,6 +159,7 @@ pub fn tune_file(
         report_files: vec![
             json_path.display().to_string(),
             md_path.display().to_string(),
+            html_path.display().to_string(),
         ],
         db: db_path.map(|p| p.display().to_string()),
         fingerprint,
@@ -175,6 +176,7 @@ pub fn tune_file(
         .map_err(|e| Error::Internal(format!("encoding the tuning report: {e}")))?;
     crate::fsutil::write_bytes_atomic(&json_path, &json)?;
     crate::fsutil::write_bytes_atomic(&md_path, report.markdown().as_bytes())?;
+    crate::fsutil::write_bytes_atomic(&html_path, report.html().as_bytes())?;
     Ok(report)
 }
 
@@ -303,6 +305,143 @@ impl TuneReport {
             );
         }
         s
+    }
+}
+
+impl TuneReport {
+    /// The report as one self-contained HTML page: the whole model untuned
+    /// against tuned, time per op type and per node with the default
+    /// kernel and the chosen one, and every candidate's timing.
+    pub fn html(&self) -> String {
+        use crate::report::svg::{Bar, BarRow, Bars};
+        use crate::report::{Page, Tone};
+        let o = &self.outcome;
+        let mut p = Page::new(&format!("Tuning report: {}", self.model));
+        p.header(&self.header);
+        if self.estimated {
+            p.warning(&format!(
+                "Estimated: target {} is not this machine; every time below is the cost model's prediction, nothing was measured.",
+                self.target
+            ));
+        }
+        p.pre(&self.render());
+        let what = if self.estimated {
+            "predicted"
+        } else {
+            "median, whiskers p10-p90, alternating runs"
+        };
+        p.plot(
+            Bars {
+                title: "Whole model".into(),
+                axis: format!("ms ({what})"),
+                rows: [("untuned", &o.untuned), ("tuned", &o.tuned)]
+                    .iter()
+                    .map(|(name, t)| BarRow {
+                        label: name.to_string(),
+                        bars: vec![Bar {
+                            label: String::new(),
+                            segments: vec![(0, t.median_ms)],
+                            range: Some((t.p10_ms, t.p90_ms)),
+                        }],
+                    })
+                    .collect(),
+                caption: verdict(o).to_string(),
+                ..Bars::default()
+            }
+            .draw(),
+        );
+        // Each node's default candidate (listed first) and its choice.
+        let timed: Vec<(&crate::tune::NodeTuning, f64, f64)> = o
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let default = n.candidates.first()?.timing.as_ref()?.median_ms;
+                let chosen = n
+                    .candidates
+                    .iter()
+                    .find(|c| c.choice == n.choice)
+                    .and_then(|c| c.timing.as_ref())
+                    .map_or(default, |t| t.median_ms);
+                Some((n, default, chosen))
+            })
+            .collect();
+        let series = ["default kernel", "chosen kernel"];
+        let mut ops: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+        for (n, d, c) in &timed {
+            match ops.iter_mut().find(|(op, _)| op == &n.op) {
+                Some((_, v)) => {
+                    v[0] = Some(v[0].unwrap_or(0.0) + d);
+                    v[1] = Some(v[1].unwrap_or(0.0) + c);
+                }
+                None => ops.push((n.op.clone(), vec![Some(*d), Some(*c)])),
+            }
+        }
+        p.heading("Time per op type and per node");
+        p.plot(
+            Bars {
+                caption: "Sum over the nodes of each op type of their median node times.".into(),
+                ..Bars::grouped("Node time per op type", "ms", &series, &ops)
+            }
+            .draw(),
+        );
+        let per_node: Vec<(String, Vec<Option<f64>>)> = timed
+            .iter()
+            .map(|(n, d, c)| (n.node.clone(), vec![Some(*d), Some(*c)]))
+            .collect();
+        p.plot(Bars::grouped("Node time per node", "ms (median)", &series, &per_node).draw());
+        p.paragraph(
+            "Every candidate computes the same outputs (each is checked against the reference first), so tuning trades nothing for speed: there is no accuracy trade-off to plot.",
+        );
+        p.heading("Candidates");
+        let rows: Vec<Vec<(String, Tone)>> = o
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.candidates.iter().map(move |c| {
+                    let chosen = c.choice == n.choice;
+                    vec![
+                        (n.node.clone(), Tone::Plain),
+                        (n.op.clone(), Tone::Plain),
+                        (
+                            c.choice.to_string(),
+                            if chosen { Tone::Good } else { Tone::Plain },
+                        ),
+                        (
+                            match (&c.timing, &c.rejected) {
+                                (Some(t), _) => {
+                                    format!("{:.4} [{:.4}-{:.4}]", t.median_ms, t.p10_ms, t.p90_ms)
+                                }
+                                (None, Some(why)) => format!("rejected: {why}"),
+                                (None, None) => "not timed (budget)".into(),
+                            },
+                            Tone::Plain,
+                        ),
+                        (
+                            if chosen {
+                                format!("chosen ({:.2}x)", n.gain)
+                            } else {
+                                String::new()
+                            },
+                            Tone::Plain,
+                        ),
+                        (n.source.to_string(), Tone::Plain),
+                    ]
+                })
+            })
+            .collect();
+        p.table(
+            &[
+                "node",
+                "op",
+                "candidate",
+                "median ms [p10-p90]",
+                "choice",
+                "source",
+            ],
+            &rows,
+            &[3],
+        );
+        p.finish()
     }
 }
 

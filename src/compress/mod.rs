@@ -331,6 +331,8 @@ pub fn compress(
         layers.iter().map(|l| LayerReport::new(l, &g)).collect();
     let mut calibration = None;
     let mut kept_f32: HashSet<NodeId> = HashSet::new();
+    // Every int8 model the accuracy budget judged (the trade-off plot).
+    let mut int8_search: Vec<report::Int8Step> = Vec::new();
     // f32 parameters int4 rounds to f16 values.
     let mut params_f16 = 0;
     let mut act_of: HashMap<NodeId, ActQuant> = HashMap::new();
@@ -546,6 +548,12 @@ pub fn compress(
                     }
                 };
                 let (drop, a, breaks_drop, breaks_cos) = judge(&mut candidate)?;
+                int8_search.push(report::Int8Step {
+                    int8_layers: layers.len() - candidate.kept.len(),
+                    holds: !(breaks_drop || breaks_cos),
+                    drop_points: drop,
+                    min_cosine_similarity: a.min_cosine_similarity,
+                });
                 if !(breaks_drop || breaks_cos) {
                     break candidate;
                 }
@@ -595,7 +603,13 @@ pub fn compress(
                     Some(c) if c.kept == fewer => c,
                     _ => Candidate::new(&base, &layers, &fewer, &act_of, opts, &meas, &shapes)?,
                 };
-                let (_, _, breaks_drop, breaks_cos) = judge(&mut all)?;
+                let (drop, a, breaks_drop, breaks_cos) = judge(&mut all)?;
+                int8_search.push(report::Int8Step {
+                    int8_layers: layers.len() - all.kept.len(),
+                    holds: !(breaks_drop || breaks_cos),
+                    drop_points: drop,
+                    min_cosine_similarity: a.min_cosine_similarity,
+                });
                 if !breaks_drop && !breaks_cos {
                     let (ta, tm) = measure::alternate(
                         &mut all.plan,
@@ -852,6 +866,7 @@ pub fn compress(
         latency,
         accuracy,
         calibration,
+        int8_search,
         pruning,
         channel_pruning,
         low_rank: low_rank.map(|f| report::LowRankReport {

@@ -156,6 +156,16 @@ impl ChannelReport {
     }
 }
 
+/// One int8 model the accuracy budget judged (see [`Report::int8_search`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct Int8Step {
+    /// Layers stored int8 in it (the rest f32).
+    pub int8_layers: usize,
+    pub holds: bool,
+    pub drop_points: Option<f64>,
+    pub min_cosine_similarity: f64,
+}
+
 /// What pruning did (see [`super::prune`]).
 #[derive(Clone, Debug, Serialize)]
 pub struct PruningReport {
@@ -292,6 +302,10 @@ pub struct Report {
     pub latency: Option<LatencyReport>,
     pub accuracy: AccuracyReport,
     pub calibration: Option<CalibrationReport>,
+    /// Every int8 model judged against the accuracy budget: all layers
+    /// int8 first, then one more sensitive layer back in f32 each step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub int8_search: Vec<Int8Step>,
     pub pruning: Option<PruningReport>,
     pub channel_pruning: Option<ChannelReport>,
     pub low_rank: Option<LowRankReport>,
@@ -757,4 +771,365 @@ impl Report {
         }
         s
     }
+
+    /// The report as one self-contained HTML page with plots: size per
+    /// layer by storage type, latency, accuracy, and the trade-off of every
+    /// search that judged candidates against the accuracy budget.
+    pub fn html(&self) -> String {
+        use crate::report::svg::{Bar, BarRow, Bars, Point, Scatter, Series};
+        use crate::report::{Page, Tone};
+        let mut p = Page::new(&format!("Compression report: {}", self.model));
+        p.header(&self.header);
+        for w in &self.warnings {
+            p.warning(&format!("Warning: {w}"));
+        }
+        p.pre(&self.summary());
+
+        let z = &self.size;
+        p.heading("Size");
+        let kib = |b: u64| b as f64 / 1024.0;
+        p.plot(
+            Bars {
+                axis: "KiB".into(),
+                ..Bars::simple(
+                    "Model size",
+                    "KiB",
+                    &[
+                        ("source model".into(), kib(z.source_bytes)),
+                        ("f32 bundle (O2)".into(), kib(z.f32_bundle_bytes)),
+                        (format!("output ({:.3}x)", z.ratio), kib(z.output_bytes)),
+                    ],
+                )
+            }
+            .draw(),
+        );
+        // One colour per storage type; each layer's f32 weight against its
+        // weight as stored.
+        const STORED: [Precision; 5] = [
+            Precision::F32,
+            Precision::Int8,
+            Precision::Int8WeightOnly,
+            Precision::Int4,
+            Precision::Fp16,
+        ];
+        let series_of = |pr: Precision| STORED.iter().position(|&q| q == pr).unwrap_or(0);
+        p.plot(
+            Bars {
+                title: "Weight size per layer, before (f32) and after (as stored)".into(),
+                axis: "KiB".into(),
+                series: STORED.iter().map(|q| q.name().to_string()).collect(),
+                rows: self
+                    .layers
+                    .iter()
+                    .map(|l| BarRow {
+                        label: l.name.clone(),
+                        bars: vec![
+                            Bar {
+                                label: "before".into(),
+                                segments: vec![(0, kib(l.f32_bytes))],
+                                range: None,
+                            },
+                            Bar {
+                                label: "after".into(),
+                                segments: vec![(series_of(l.precision), kib(l.stored_bytes))],
+                                range: None,
+                            },
+                        ],
+                    })
+                    .collect(),
+                caption: "Weights with their scales, before the bundle deflates them; colour: how the layer is stored.".into(),
+                reference: None,
+            }
+            .draw(),
+        );
+
+        p.heading("Latency (this machine)");
+        match &self.latency {
+            Some(l) => p.plot(
+                Bars {
+                    title: "Whole model, alternating runs".into(),
+                    axis: "ms (median, whiskers min-max)".into(),
+                    rows: [
+                        ("f32", l.f32_ms, l.f32_ms_range),
+                        (self.mode.as_str(), l.compressed_ms, l.compressed_ms_range),
+                    ]
+                    .iter()
+                    .map(|(name, ms, range)| BarRow {
+                        label: name.to_string(),
+                        bars: vec![Bar {
+                            label: String::new(),
+                            segments: vec![(0, *ms)],
+                            range: Some(*range),
+                        }],
+                    })
+                    .collect(),
+                    caption: format!(
+                        "{} thread(s), inputs {:?}, {} runs each; speedup {:.2}x.",
+                        l.threads, l.inputs, l.runs, l.speedup
+                    ),
+                    ..Bars::default()
+                }
+                .draw(),
+            ),
+            None => p.paragraph("Latency was not measured (--no-speed-check)."),
+        }
+        let timed: Vec<&LayerReport> = self
+            .layers
+            .iter()
+            .filter(|l| l.f32_ms.is_some() || l.int8_ms.is_some())
+            .collect();
+        if !timed.is_empty() {
+            let mut kinds: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+            for l in &timed {
+                let kind = format!("{:?}", l.kind);
+                let i = match kinds.iter().position(|(k, _)| *k == kind) {
+                    Some(i) => i,
+                    None => {
+                        kinds.push((kind, vec![None, None]));
+                        kinds.len() - 1
+                    }
+                };
+                for (slot, v) in kinds[i].1.iter_mut().zip([l.f32_ms, l.int8_ms]) {
+                    if let Some(v) = v {
+                        *slot = Some(slot.unwrap_or(0.0) + v);
+                    }
+                }
+            }
+            p.plot(
+                Bars {
+                    caption: "Sum over the layers of each kind of their median times, timed inside the whole models, run alternately.".into(),
+                    ..Bars::grouped("Layer time per op type", "ms", &["f32 kernel", "int8 kernel"], &kinds)
+                }
+                .draw(),
+            );
+            let rows: Vec<(String, Vec<Option<f64>>)> = timed
+                .iter()
+                .map(|l| (l.name.clone(), vec![l.f32_ms, l.int8_ms]))
+                .collect();
+            p.plot(
+                Bars::grouped(
+                    "Layer time per layer",
+                    "ms (median)",
+                    &["f32 kernel", "int8 kernel"],
+                    &rows,
+                )
+                .draw(),
+            );
+        }
+
+        let a = &self.accuracy;
+        p.heading(&format!("Accuracy ({} samples of {})", a.samples, a.data));
+        let g = &a.agreement;
+        let mut metrics: Vec<(String, f64)> = Vec::new();
+        if let (Some(f), Some(c)) = (a.top1_f32, a.top1_compressed) {
+            metrics.push(("top-1 accuracy, f32".into(), f));
+            metrics.push((format!("top-1 accuracy, {}", self.mode), c));
+        }
+        metrics.push(("top-1 agreement with f32".into(), g.top1_agreement));
+        metrics.push(("cosine similarity (mean)".into(), g.cosine_similarity));
+        metrics.push((
+            "cosine similarity (lowest sample)".into(),
+            g.min_cosine_similarity,
+        ));
+        p.plot(
+            Bars {
+                caption: format!(
+                    "Max |error| {:.3e}, relative MSE {:.3e}{}.",
+                    g.max_abs_error,
+                    g.relative_mse,
+                    if a.synthetic {
+                        "; on synthetic (seeded random) inputs"
+                    } else {
+                        ""
+                    }
+                ),
+                ..Bars::simple(
+                    "Accuracy and agreement with the f32 model",
+                    "share (1 = all)",
+                    &metrics,
+                )
+            }
+            .draw(),
+        );
+        let sensitive: Vec<(String, f64)> = self
+            .layers
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.error_alone?)))
+            .collect();
+        if !sensitive.is_empty() {
+            p.plot(
+                Bars::simple(
+                    "Output error with only this layer int8 (1 - cosine)",
+                    "1 - cosine similarity",
+                    &sensitive,
+                )
+                .draw(),
+            );
+        }
+
+        // Trade-offs: every candidate a search judged.
+        let budget_line = self.min_cosine.map(|c| (c, format!("--min-cosine {c}")));
+        let tradeoff = |title: &str, x_axis: &str, steps: Vec<(f64, bool, f64, String)>| {
+            let (holds, breaks): (Vec<_>, Vec<_>) = steps.into_iter().partition(|s| s.1);
+            let series = |name: &str, pts: Vec<(f64, bool, f64, String)>, hollow: bool| Series {
+                name: name.into(),
+                points: pts
+                    .into_iter()
+                    .map(|(x, _, y, label)| Point {
+                        x,
+                        y,
+                        label,
+                        hollow,
+                    })
+                    .collect(),
+                line: false,
+            };
+            Scatter {
+                title: title.into(),
+                x_axis: x_axis.into(),
+                y_axis: "lowest cosine similarity with f32".into(),
+                series: vec![
+                    series("holds the accuracy budget", holds, false),
+                    series("breaks it", breaks, true),
+                ],
+                caption: "Each point a model judged against the accuracy budget.".into(),
+                y_reference: budget_line.clone(),
+            }
+            .draw()
+        };
+        let mut searched = false;
+        if !self.int8_search.is_empty() {
+            searched = true;
+            p.heading("Int8 layers against accuracy");
+            p.plot(tradeoff(
+                "Layers stored int8 against accuracy",
+                "layers stored int8 (more: smaller)",
+                self.int8_search
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.int8_layers as f64,
+                            s.holds,
+                            s.min_cosine_similarity,
+                            drop_label(s.drop_points),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        if let Some(pr) = &self.pruning {
+            searched = true;
+            p.heading("Pruning search");
+            p.plot(tradeoff(
+                "Sparsity against accuracy",
+                "share of prunable weights zero (more: smaller)",
+                pr.search
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.sparsity,
+                            s.verdict.holds,
+                            s.verdict.min_cosine_similarity,
+                            drop_label(s.verdict.drop_points),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        if let Some(lr) = &self.low_rank {
+            searched = true;
+            p.heading("Low-rank search");
+            p.plot(tradeoff(
+                &format!("Low-rank target ({}) against accuracy", lr.target),
+                &format!("{} share kept (less: smaller)", lr.target),
+                lr.search
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.sparsity,
+                            s.verdict.holds,
+                            s.verdict.min_cosine_similarity,
+                            drop_label(s.verdict.drop_points),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        if let Some(c) = &self.channel_pruning {
+            searched = true;
+            p.heading("Structured pruning search");
+            p.plot(tradeoff(
+                "Channels removed against accuracy",
+                "share of channels removed (more: smaller)",
+                c.search
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.fraction,
+                            s.holds,
+                            s.min_cosine_similarity,
+                            drop_label(s.drop_points),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        if !searched {
+            p.paragraph(
+                "No search judged candidates against the accuracy budget (nothing to trade off).",
+            );
+        }
+
+        p.heading("Layers");
+        let opt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
+        let rows: Vec<Vec<(String, Tone)>> = self
+            .layers
+            .iter()
+            .map(|l| {
+                let plain = |t: String| (t, Tone::Plain);
+                vec![
+                    plain(l.name.clone()),
+                    plain(format!("{:?}", l.kind)),
+                    plain(l.precision.name().to_string()),
+                    plain(l.runs_as.clone()),
+                    plain(format!("{:?}", l.weight_shape)),
+                    plain(opt(l.sparsity, 3)),
+                    plain(l.f32_bytes.to_string()),
+                    plain(l.stored_bytes.to_string()),
+                    plain(opt(l.f32_ms, 3)),
+                    plain(opt(l.int8_ms, 3)),
+                    plain(
+                        [l.reason.as_deref(), l.note.as_deref()]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                ]
+            })
+            .collect();
+        p.table(
+            &[
+                "layer",
+                "kind",
+                "stored as",
+                "runs as",
+                "weight",
+                "sparsity",
+                "f32 bytes",
+                "bytes",
+                "f32 ms",
+                "int8 ms",
+                "why",
+            ],
+            &rows,
+            &[5, 6, 7, 8, 9],
+        );
+        p.finish()
+    }
+}
+
+/// A candidate's tooltip: its top-1 drop, when there were labels.
+fn drop_label(drop: Option<f64>) -> String {
+    drop.map_or(String::new(), |d| format!("top-1 drop {d:.2} points"))
 }
