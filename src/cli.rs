@@ -17,6 +17,14 @@ pub(crate) struct Cli {
     /// allocating. Default 4GiB.
     #[arg(long, global = true, value_name = "SIZE", value_parser = mlc::api::parse_bytes)]
     pub(crate) max_memory: Option<u64>,
+    /// Print only errors and what the command is asked to produce (data,
+    /// --json): no progress bars, no summaries of files written.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// Print more: every pass's changes (compile), the whole report
+    /// (compress, tune, check, bench --compare), each epoch (distill).
+    #[arg(short, long, global = true)]
+    pub(crate) verbose: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -138,9 +146,6 @@ pub(crate) enum Command {
         /// Size of a symbolic dim for --verify's sample inputs, as NAME=SIZE.
         #[arg(long = "dim", value_name = "NAME=SIZE")]
         dim: Vec<String>,
-        /// Print what each pass changed.
-        #[arg(long, short)]
-        verbose: bool,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,

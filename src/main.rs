@@ -15,6 +15,7 @@ use serde::Serialize;
 const MAX_ERROR_LINE: usize = 1000;
 
 mod cli;
+mod stdio;
 use cli::{Cli, Command, CompressArgs, DistillArgs, Emit, InputArgs};
 
 /// Splits `NAME=VALUE`; neither side may be empty.
@@ -74,6 +75,29 @@ fn budget(s: &str) -> Result<std::time::Duration, String> {
     api::parse_budget(s)
 }
 
+/// How much a command prints (`-q`, `-v`).
+#[derive(Clone, Copy)]
+struct Ui {
+    quiet: bool,
+    verbose: bool,
+}
+
+impl Ui {
+    /// Whether to draw progress bars: on a terminal, without --json or -q.
+    fn progress(self, json: bool) -> bool {
+        use std::io::IsTerminal;
+        !json && !self.quiet && std::io::stderr().is_terminal()
+    }
+
+    /// Prints what is said about work done (a summary of files written),
+    /// unless -q.
+    fn say(self, text: &str) {
+        if !self.quiet {
+            print!("{text}");
+        }
+    }
+}
+
 fn print_json<T: Serialize>(v: &T) -> Result<(), Error> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Error::Internal(format!("JSON encoding failed: {e}")))?;
@@ -81,8 +105,7 @@ fn print_json<T: Serialize>(v: &T) -> Result<(), Error> {
     Ok(())
 }
 
-fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
-    use std::io::IsTerminal;
+fn compress_options(a: &CompressArgs, ui: Ui) -> Result<CompressOptions, Error> {
     #[cfg(not(feature = "distill"))]
     if a.distill.is_some() {
         return Err(no_distillation());
@@ -167,12 +190,29 @@ fn compress_options(a: &CompressArgs) -> Result<CompressOptions, Error> {
             true => None,
             false => a.cache_dir.clone().or_else(api::default_cache_dir),
         },
-        progress: std::io::stderr().is_terminal() && !a.json,
+        progress: ui.progress(a.json),
     })
 }
 
-fn run(command: Command) -> Result<(), Error> {
-    use std::io::IsTerminal;
+/// Runs `command`, with `-` standing for stdin or stdout where a file is
+/// named (the summaries of work done are then left out: stdout carries the
+/// file).
+fn run(command: Command, ui: Ui) -> Result<(), Error> {
+    let mut io = stdio::Stdio::default();
+    let mut command = command;
+    let to_stdout = io.redirect(&mut command)?;
+    let ui = Ui {
+        quiet: ui.quiet || to_stdout,
+        ..ui
+    };
+    // A file written before a failure (JUnit of a failed budget) still
+    // goes out.
+    let done = dispatch(command, ui);
+    let flushed = io.flush();
+    done.and(flushed)
+}
+
+fn dispatch(command: Command, ui: Ui) -> Result<(), Error> {
     match command {
         Command::Inspect { model, json, ir } => match (ir, json) {
             (true, _) => print!("{}", api::Model::load(&model)?.ir_text()),
@@ -190,7 +230,6 @@ fn run(command: Command) -> Result<(), Error> {
             emit,
             verify,
             dim,
-            verbose,
             json,
         } => {
             let opts = api::CompileOptions {
@@ -203,7 +242,7 @@ fn run(command: Command) -> Result<(), Error> {
             let report = api::compile_file(&model, &output, &pipeline, emit_format(emit), &opts)?;
             match json {
                 true => print_json(&report)?,
-                false => print!("{}", report.render(verbose)),
+                false => ui.say(&report.render(ui.verbose)),
             }
         }
         Command::Run {
@@ -229,6 +268,8 @@ fn run(command: Command) -> Result<(), Error> {
             )?;
             match json {
                 true => print_json(&report)?,
+                // The outputs' summary is what `run` prints without -o.
+                false if output.is_some() => ui.say(&report.render()),
                 false => print!("{}", report.render()),
             }
         }
@@ -247,6 +288,7 @@ fn run(command: Command) -> Result<(), Error> {
             if compare.compare {
                 return bench_compare(
                     &model, &inputs, warmup, runs, pipeline, seed, profile, verify, json, &compare,
+                    ui,
                 );
             }
             let [model] = &model[..] else {
@@ -259,7 +301,7 @@ fn run(command: Command) -> Result<(), Error> {
                 warmup,
                 runs,
                 profile,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: ui.progress(json),
             };
             let session = api::SessionOptions {
                 threads: inputs.threads.unwrap_or(0),
@@ -282,23 +324,26 @@ fn run(command: Command) -> Result<(), Error> {
             report.verdict()?;
         }
         Command::Compress(a) => {
-            let opts = compress_options(&a)?;
+            let opts = compress_options(&a, ui)?;
             let out = api::compress_file(&a.model, &a.output, emit_format(a.emit), &opts)?;
             match a.json {
                 true => print_json(&out.report)?,
                 false => {
-                    print!("{}", out.report.summary());
-                    println!(
-                        "report: {}, {} and {}",
+                    if ui.verbose {
+                        ui.say(&out.report.markdown());
+                    }
+                    ui.say(&out.report.summary());
+                    ui.say(&format!(
+                        "report: {}, {} and {}\n",
                         out.json_path.display(),
                         out.md_path.display(),
                         out.html_path.display()
-                    );
+                    ));
                 }
             }
         }
-        Command::Distill(a) => distill(&a)?,
-        Command::Check(a) => check(&a)?,
+        Command::Distill(a) => distill(&a, ui)?,
+        Command::Check(a) => check(&a, ui)?,
         Command::Tune {
             model,
             output,
@@ -321,13 +366,18 @@ fn run(command: Command) -> Result<(), Error> {
                 budget,
                 db,
                 pipeline,
-                progress: !json && std::io::stderr().is_terminal(),
+                progress: ui.progress(json),
             };
             let binding = inputs.binding(Some(0))?;
             let report = api::tune_file(&model, &output, &inputs.files()?, &binding, &opts)?;
             match json {
                 true => print_json(&report)?,
-                false => print!("{}", report.render()),
+                false => {
+                    if ui.verbose {
+                        ui.say(&report.markdown());
+                    }
+                    ui.say(&report.render());
+                }
             }
         }
         Command::Targets { json } => {
@@ -367,8 +417,8 @@ fn bench_compare(
     verify: bool,
     json: bool,
     a: &cli::CompareArgs,
+    ui: Ui,
 ) -> Result<(), Error> {
-    use std::io::IsTerminal;
     if verify {
         return Err(Error::Usage(
             "bench: --verify checks one model; leave it out of --compare".into(),
@@ -388,7 +438,7 @@ fn bench_compare(
         profile,
         outputs: a.output.iter().chain(&a.html).cloned().collect(),
         export_times: a.export_times.clone(),
-        progress: !json && std::io::stderr().is_terminal(),
+        progress: ui.progress(json),
     };
     let session = api::SessionOptions {
         threads: inputs.threads.unwrap_or(0),
@@ -431,8 +481,7 @@ fn distill_options(t: &cli::TrainingArgs, threads: Option<usize>) -> api::Distil
 }
 
 #[cfg(feature = "distill")]
-fn distill(a: &DistillArgs) -> Result<(), Error> {
-    use std::io::IsTerminal;
+fn distill(a: &DistillArgs, ui: Ui) -> Result<(), Error> {
     let opts = api::DistillOptions {
         qat: a.qat,
         ..distill_options(&a.training, a.threads)
@@ -444,7 +493,7 @@ fn distill(a: &DistillArgs) -> Result<(), Error> {
             .map_or("model".into(), |s| s.to_string_lossy());
         a.student.with_file_name(format!("{stem}.distilled.mlc"))
     });
-    let progress = std::io::stderr().is_terminal() && !a.json;
+    let progress = ui.progress(a.json);
     let report = api::distill_file(
         &a.student,
         &a.teacher,
@@ -456,13 +505,18 @@ fn distill(a: &DistillArgs) -> Result<(), Error> {
     )?;
     match a.json {
         true => print_json(&report)?,
-        false => print!("{}", report.summary()),
+        false => {
+            if ui.verbose {
+                ui.say(&report.epochs());
+            }
+            ui.say(&report.summary());
+        }
     }
     Ok(())
 }
 
 #[cfg(not(feature = "distill"))]
-fn distill(_: &DistillArgs) -> Result<(), Error> {
+fn distill(_: &DistillArgs, _: Ui) -> Result<(), Error> {
     Err(no_distillation())
 }
 
@@ -473,10 +527,9 @@ fn no_distillation() -> Error {
     )
 }
 
-fn check(a: &cli::CheckArgs) -> Result<(), Error> {
-    use std::io::IsTerminal;
+fn check(a: &cli::CheckArgs, ui: Ui) -> Result<(), Error> {
     let defaults = api::CheckOptions {
-        progress: std::io::stderr().is_terminal() && !a.json,
+        progress: ui.progress(a.json),
         ..Default::default()
     };
     let flags = api::CheckCase {
@@ -551,7 +604,7 @@ fn check(a: &cli::CheckArgs) -> Result<(), Error> {
     }
     match a.json {
         true => print_json(&report)?,
-        false => print!("{}", report.render()),
+        false => ui.say(&report.render()),
     }
     match report.ok() {
         true => Ok(()),
@@ -625,7 +678,11 @@ fn main() -> ExitCode {
     if let Some(bytes) = cli.max_memory {
         api::set_max_memory(bytes);
     }
-    match run(cli.command) {
+    let ui = Ui {
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    match run(cli.command, ui) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, of bounded length, whatever the input quoted.

@@ -47,6 +47,9 @@ pub struct ProbeReport {
     /// runtime sees them, so `MLC_CPU_DISABLE` shows here), then the
     /// BF16/FP16 ones no kernel uses yet ([`informational_features`]).
     pub features: Vec<&'static str>,
+    /// The features of [`known_features`] this CPU lacks (or that
+    /// `MLC_CPU_DISABLE` turned off): the kernels that need them do not run.
+    pub lacks: Vec<&'static str>,
     /// The caches of CPU 0 (Linux sysfs), e.g. `L1d 48 KiB`, `L2 2 MiB`;
     /// empty when unknown.
     pub caches: Vec<String>,
@@ -121,6 +124,14 @@ pub fn run(seconds: f64) -> ProbeReport {
         logical_cpus: threads,
         physical_cores,
         features: detected_features(),
+        lacks: {
+            let have = detected_features();
+            known_features()
+                .iter()
+                .copied()
+                .filter(|f| !have.contains(f))
+                .collect()
+        },
         caches: caches(),
         fma_kernel: if features.avx2_fma {
             "avx2+fma"
@@ -151,6 +162,11 @@ pub fn render(r: &ProbeReport) -> String {
     } else {
         r.features.join(" ")
     };
+    let lacks = if r.lacks.is_empty() {
+        String::new()
+    } else {
+        format!("lacks:        {}\n", r.lacks.join(" "))
+    };
     let caches = if r.caches.is_empty() {
         "unknown".to_string()
     } else {
@@ -172,7 +188,7 @@ pub fn render(r: &ProbeReport) -> String {
     format!(
         "{warning}cpu:          {} ({cores})\n\
          features:     {features}\n\
-         caches:       {caches}\n\
+         {lacks}caches:       {caches}\n\
          f32 FMA peak: {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads ({} loop)\n\
          {avx512}memory read:  {:.1} GB/s on 1 thread, {:.1} GB/s on {} threads ({} MiB buffer)\n\
          probe took {:.2} s\n",
@@ -187,6 +203,32 @@ pub fn render(r: &ProbeReport) -> String {
         r.mem_buffer_bytes >> 20,
         r.elapsed_s,
     )
+}
+
+/// Every feature [`detected_features`] can name on this architecture: the
+/// ones mlc's kernels select on, then the informational ones.
+pub fn known_features() -> &'static [&'static str] {
+    #[cfg(target_arch = "x86_64")]
+    return &[
+        "sse4.2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512vnni",
+        "avxvnni",
+        "amx-int8",
+        "avx512bf16",
+        "avx512fp16",
+        "amx-bf16",
+    ];
+    #[cfg(target_arch = "aarch64")]
+    return &["dotprod", "neon", "i8mm", "bf16", "fp16"];
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return &[];
 }
 
 /// SIMD features this CPU has (as the runtime detects them), then the
@@ -711,6 +753,22 @@ unsafe fn sum_avx2(x: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_detected_feature_is_known_and_the_rest_are_lacking() {
+        let have = detected_features();
+        for f in &have {
+            assert!(
+                known_features().contains(f),
+                "{f} is detected but not in known_features"
+            );
+        }
+        let r = run(0.01);
+        assert_eq!(r.features.len() + r.lacks.len(), known_features().len());
+        if !r.lacks.is_empty() {
+            assert!(render(&r).contains(&format!("lacks:        {}", r.lacks.join(" "))));
+        }
+    }
     use super::*;
 
     fn positive_finite(x: f64) -> bool {
@@ -877,6 +935,7 @@ mod tests {
             logical_cpus: 4,
             physical_cores: Some(2),
             features: vec!["avx2", "fma"],
+            lacks: vec!["amx-int8"],
             caches: vec!["L1d 48 KiB".into(), "L2 2 MiB".into()],
             fma_kernel: "avx2+fma",
             threads: 4,

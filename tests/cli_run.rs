@@ -126,3 +126,113 @@ fn wrong_input_shape_is_a_clear_error() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!Path::new(&dir.join("out.npz")).exists());
 }
+
+/// `mlc` with stdin fed from `input`.
+fn mlc_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn dash_reads_stdin_and_writes_stdout() {
+    let dir = scratch("stdio");
+    let model = repo().join("fixtures/cnn/model.onnx");
+    let onnx = std::fs::read(&model).unwrap();
+    // compile - -o -: a bundle on stdout, nothing else there.
+    let out = mlc_stdin(&["compile", "-", "-o", "-"], &onnx);
+    let bundle = common::stdout_bytes_of_success(&out);
+    assert!(mlc::api::is_bundle(&bundle), "stdout is not a bundle");
+    // run on the bundle from stdin, outputs as .npz on stdout: the same
+    // values as run on the file, written to a file.
+    let x = repo().join("fixtures/cnn/input_x.npy");
+    let x = format!("x={}", x.display());
+    let npz = common::stdout_bytes_of_success(&mlc_stdin(
+        &["run", "-", "--input", &x, "-o", "-"],
+        &bundle,
+    ));
+    let piped = dir.join("piped.npz");
+    std::fs::write(&piped, &npz).unwrap();
+    let file = dir.join("file.npz");
+    ok(&mlc(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        &x,
+        "-o",
+        file.to_str().unwrap(),
+    ]));
+    let (a, b) = (
+        mlc::formats::npy::read_npz(&piped).unwrap(),
+        mlc::formats::npy::read_npz(&file).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        common::compare(ta, tb, 1e-5, 1e-6).unwrap();
+    }
+    // Two files from stdin, and compress -o - (reports go beside the
+    // output): one clear error each, exit 2.
+    for (args, msg) in [
+        (
+            vec!["run", "-", "--inputs", "-"],
+            "only one file can be read from stdin",
+        ),
+        (
+            vec!["compress", "-", "--int8", "-o", "-"],
+            "give a file name instead of -",
+        ),
+    ] {
+        let out = mlc_stdin(&args, &onnx);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn quiet_prints_only_what_was_asked_and_verbose_more() {
+    let dir = scratch("quiet");
+    let model = repo().join("fixtures/cnn/model.onnx");
+    let model = model.to_str().unwrap();
+    let bundle = dir.join("m.mlc");
+    let bundle = bundle.to_str().unwrap();
+    // -q: a command that writes a file prints nothing.
+    assert_eq!(ok(&mlc(&["-q", "compile", model, "-o", bundle])), "");
+    assert_eq!(ok(&mlc(&["compile", model, "-o", bundle, "-q"])), "");
+    let npz = dir.join("o.npz");
+    assert_eq!(
+        ok(&mlc(&[
+            "run",
+            bundle,
+            "--random",
+            "1",
+            "-o",
+            npz.to_str().unwrap(),
+            "-q"
+        ])),
+        ""
+    );
+    // ... but what the command is for still comes out.
+    let shown = ok(&mlc(&["-q", "run", bundle, "--random", "1"]));
+    assert!(shown.contains("logits"), "{shown}");
+    let json = ok(&mlc(&["-q", "inspect", bundle, "--json"]));
+    assert!(json.trim_start().starts_with('{'), "{json}");
+    // -v: every pass's changes; the default: a short summary.
+    let verbose = ok(&mlc(&["-v", "compile", model, "-o", bundle]));
+    let plain = ok(&mlc(&["compile", model, "-o", bundle]));
+    assert!(verbose.contains("fold-constants"), "{verbose}");
+    assert!(verbose.lines().count() > plain.lines().count());
+    // Both at once: a usage error.
+    assert_eq!(mlc(&["-q", "-v", "passes"]).status.code(), Some(2));
+}

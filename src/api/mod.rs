@@ -54,12 +54,13 @@ pub use crate::compress::{
 };
 #[cfg(feature = "distill")]
 pub use crate::distill::{DistillOptions, DistillReport, Objective as DistillObjective};
-pub use crate::error::excerpt;
+pub use crate::error::{excerpt, human_bytes};
+pub use crate::formats::bundle::has_magic as is_bundle;
 pub use crate::formats::npy;
 pub use crate::inputs::Binding;
 pub use crate::inspect::render as render_inspect;
 pub use crate::inspect::Summary as InspectSummary;
-pub use crate::limits::{parse_bytes, set_max_memory};
+pub use crate::limits::{max_memory, parse_bytes, set_max_memory};
 pub use crate::probe::{render as render_probe, run as probe, ProbeReport};
 pub use crate::target::{render as render_targets, Arch, Caches, Feature, FmaUnits, Target};
 pub use crate::transform::runner::PassLogEntry;

@@ -151,8 +151,9 @@ impl RunReport {
     pub fn render(&self) -> String {
         let mut s = String::new();
         for o in &self.outputs {
-            let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.6}"));
-            let head: Vec<String> = o.head.iter().map(|x| format!("{x:.6}")).collect();
+            let integer = o.dtype.starts_with('i') || o.dtype.starts_with('u') || o.dtype == "bool";
+            let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| number(x, integer));
+            let head: Vec<String> = o.head.iter().map(|&x| number(x, integer)).collect();
             s += &format!(
                 "{}: {}{:?}  min {}  max {}  mean {}  [{}{}]\n",
                 o.name,
@@ -173,6 +174,21 @@ impl RunReport {
             s += &format!("wrote {f}\n");
         }
         s
+    }
+}
+
+/// A value as `mlc run` prints it: integers as integers, floats with six
+/// decimals from 0.001 to a million, in scientific notation outside that
+/// range (1e-7 is not "0.000000").
+pub fn number(x: f64, integer: bool) -> String {
+    if integer && x.is_finite() {
+        return format!("{}", x as i64);
+    }
+    let a = x.abs();
+    if x == 0.0 || !x.is_finite() || (1e-3..1e6).contains(&a) {
+        format!("{x:.6}")
+    } else {
+        format!("{x:.4e}")
     }
 }
 
@@ -225,5 +241,24 @@ impl OutputSummary {
             mean,
             head,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number;
+
+    #[test]
+    fn small_and_large_values_print_in_scientific_notation() {
+        assert_eq!(number(0.5, false), "0.500000");
+        assert_eq!(number(-1234.5, false), "-1234.500000");
+        assert_eq!(number(0.0, false), "0.000000");
+        assert_eq!(number(1.234567e-7, false), "1.2346e-7");
+        assert_eq!(number(-2.5e-4, false), "-2.5000e-4");
+        assert_eq!(number(3.0e9, false), "3.0000e9");
+        assert_eq!(number(f64::NAN, false), "NaN");
+        assert_eq!(number(f64::NEG_INFINITY, false), "-inf");
+        assert_eq!(number(42.0, true), "42");
+        assert_eq!(number(-7.0, true), "-7");
     }
 }

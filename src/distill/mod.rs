@@ -292,6 +292,31 @@ pub struct DistillReport {
 }
 
 impl DistillReport {
+    /// One line per epoch: training loss, then the loss, top-1 agreement
+    /// and cosine with the teacher on the evaluation data (`mlc distill -v`).
+    pub fn epochs(&self) -> String {
+        let mut s =
+            String::from("epoch  train loss  eval loss  agreement  cosine mean  cosine min\n");
+        for (i, loss) in self.train_loss.iter().enumerate() {
+            let at = |v: &[f64]| v.get(i).copied().unwrap_or(f64::NAN);
+            s += &format!(
+                "{:>5}  {:>10.5}  {:>9.5}  {:>8.2}%  {:>11.5}  {:>10.5}{}\n",
+                i + 1,
+                loss,
+                at(&self.eval_loss),
+                100.0 * at(&self.eval_agreement),
+                at(&self.eval_cosine),
+                at(&self.eval_min_cosine),
+                if i + 1 == self.best_epoch {
+                    "  (kept)"
+                } else {
+                    ""
+                }
+            );
+        }
+        s
+    }
+
     /// A few lines for people.
     pub fn summary(&self) -> String {
         let pct = |x: f64| format!("{:.2}%", 100.0 * x);
@@ -763,6 +788,13 @@ pub fn distill(
             train.source
         )));
     }
+    let constant_scales;
+    let student = if opts.qat {
+        constant_scales = lower::qat::with_constant_scales(student)?;
+        &constant_scales
+    } else {
+        student
+    };
     let net = Lowered::with_qat(student, opts.qat)?;
     let int8_layers = net.int8_layers();
     if opts.qat && int8_layers == 0 {

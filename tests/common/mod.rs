@@ -150,3 +150,14 @@ pub fn stdout_of_success(out: &Output) -> String {
     );
     stdout
 }
+
+/// The raw stdout of an `mlc` run that must have succeeded (a file written
+/// to `-`); a failure panics with its stderr.
+pub fn stdout_bytes_of_success(out: &Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "mlc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.clone()
+}

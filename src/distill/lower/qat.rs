@@ -134,6 +134,61 @@ fn refuse(node: &Node, why: &str) -> Error {
     ))
 }
 
+/// `g` with every int8 layer's weight scale a constant: a scale `mlc
+/// compress` stored compressed (a DequantizeLinear of constants, for a long
+/// scale vector) is evaluated once, so that training can rewrite it. The
+/// nodes that computed them go when nothing else reads them.
+pub fn with_constant_scales(g: &Graph) -> Result<Graph> {
+    let mut out = g.clone();
+    let mut folded: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut producers = Vec::new();
+    for (id, node) in g.nodes() {
+        let Some(s) = node.input(2).filter(|_| is_int8_layer(&node.op)) else {
+            continue;
+        };
+        if g.consts.contains_key(&s) {
+            continue;
+        }
+        let c = match folded.get(&s) {
+            Some(&c) => c,
+            None => {
+                // Only a node of constants is folded; anything else stays
+                // for `check` to refuse by name.
+                let Some((pid, p)) = g.producer(s).and_then(|p| Some((p, g.node(p)?))) else {
+                    continue;
+                };
+                let ins: Option<Vec<Option<&Tensor>>> = p
+                    .inputs
+                    .iter()
+                    .map(|i| match i {
+                        None => Some(None),
+                        Some(v) => g.consts.get(v).map(|t| Some(t.as_ref())),
+                    })
+                    .collect();
+                let Some(ins) = ins else { continue };
+                let t = crate::ir::ops::eval(&p.op, &ins, p.outputs.len())
+                    .map_err(|e| e.at_node(&p.name, p.op.onnx_type()))?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::Internal(format!("node '{}' gave no output", p.name)))?;
+                let c = out.add_const(format!("{}.folded", g.value(s).name), t);
+                folded.insert(s, c);
+                producers.push((pid, s));
+                c
+            }
+        };
+        if let Some(slot) = out.node_mut(id).and_then(|n| n.inputs.get_mut(2)) {
+            *slot = Some(c);
+        }
+    }
+    for (pid, s) in producers {
+        if out.use_count(s) == 0 && !out.outputs.contains(&s) {
+            out.remove_node(pid);
+        }
+    }
+    Ok(out)
+}
+
 /// Checks an int8 product for the lowering: refused without `qat` (with a
 /// hint), else its weight must be an i8 constant with f32 scales, one per
 /// output channel or one.
