@@ -731,6 +731,75 @@ mod tests {
         assert_eq!(got[0].as_f32().unwrap(), want.as_slice());
     }
 
+    /// A weight scale stored compressed (DequantizeLinear of constants, as
+    /// `mlc compress` stores long f32 vectors) becomes one constant, shared
+    /// by the layers that read it; the node that computed it goes, and the
+    /// graph computes the same.
+    #[test]
+    fn a_computed_weight_scale_is_folded_into_one_constant() {
+        use crate::ir::{DType, Dim, Shape, TensorType};
+        let mut g = Graph::new("t", 17);
+        let ty = |d: Vec<Dim>| TensorType::new(DType::F32, Shape(d));
+        let x = g.add_input("x", ty(vec![Dim::sym("batch"), Dim::Known(2)]));
+        let w = g.add_const(
+            "w",
+            Tensor::new(vec![2, 2], TensorData::I8(vec![63, -10, 5, 63])).unwrap(),
+        );
+        let sq = g.add_const(
+            "s.int8",
+            Tensor::new(vec![2], TensorData::I8(vec![127, 64])).unwrap(),
+        );
+        let ss = g.add_const("s.scale", Tensor::from_f32(vec![], vec![0.001]).unwrap());
+        let s = g.add_value("s", ty(vec![]));
+        g.add_node(Node {
+            name: "s.dequantize".into(),
+            op: Op::DequantizeLinear {
+                axis: 0,
+                block_size: 0,
+            },
+            inputs: vec![Some(sq), Some(ss)],
+            outputs: vec![s],
+        });
+        let mut prev = x;
+        for i in 0..2 {
+            let y = g.add_value(format!("y{i}"), ty(vec![]));
+            g.add_node(Node {
+                name: format!("mm{i}"),
+                op: Op::QMatMul {
+                    a_quant: ActQuant::Static {
+                        scale: 0.02,
+                        zero_point: 128,
+                    },
+                    act: None,
+                },
+                inputs: vec![Some(prev), Some(w), Some(s)],
+                outputs: vec![y],
+            });
+            prev = y;
+        }
+        g.outputs = vec![prev];
+        crate::ir::infer::infer_graph(&mut g).unwrap();
+        assert!(
+            Lowered::with_qat(&g, true).is_err(),
+            "a computed scale is refused"
+        );
+        let f = with_constant_scales(&g).unwrap();
+        assert!(f.nodes().all(|(_, n)| n.name != "s.dequantize"));
+        let scales: Vec<ValueId> = f.nodes().filter_map(|(_, n)| n.input(2)).collect();
+        assert_eq!(scales.len(), 2);
+        assert_eq!(scales[0], scales[1]);
+        assert_eq!(
+            f.consts[&scales[0]].as_f32().unwrap(),
+            &[0.127f32, 0.064][..]
+        );
+        let net = Lowered::with_qat(&f, true).unwrap();
+        assert_eq!(net.int8_layers(), 2);
+        let xin = Tensor::from_f32(vec![3, 2], vec![0.5, -1.0, 1.5, 0.25, -0.75, 2.0]).unwrap();
+        let a = crate::interp::run(&g, vec![xin.clone()]).unwrap();
+        let b = crate::interp::run(&f, vec![xin]).unwrap();
+        assert_eq!(a[0].as_f32().unwrap(), b[0].as_f32().unwrap());
+    }
+
     #[test]
     fn activations_use_static_or_per_item_dynamic_parameters() {
         let x = Var::from_vec(
