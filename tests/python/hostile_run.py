@@ -280,7 +280,7 @@ class Runner:
             for i, a in enumerate(argv):
                 if a in ("-o", "--output") and i + 1 < len(argv):
                     o = os.path.relpath(argv[i + 1], out)
-                    allowed |= {o, o + ".report.json", o + ".report.md"}
+                    allowed |= {o, o + ".report.json", o + ".report.md", o + ".report.html"}
         stray = [f for f in written if f not in allowed]
         if stray:
             problems.append(("partial output left: " if rc != 0 else "stray output: ")
