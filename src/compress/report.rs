@@ -1025,14 +1025,7 @@ impl Report {
                 "share of prunable weights zero (more: smaller)",
                 pr.search
                     .iter()
-                    .map(|s| {
-                        (
-                            s.sparsity,
-                            s.verdict.holds,
-                            s.verdict.min_cosine_similarity,
-                            drop_label(s.verdict.drop_points),
-                        )
-                    })
+                    .map(|s| search_point(s.sparsity, &s.verdict))
                     .collect(),
             ));
         }
@@ -1044,14 +1037,7 @@ impl Report {
                 &format!("{} share kept (less: smaller)", lr.target),
                 lr.search
                     .iter()
-                    .map(|s| {
-                        (
-                            s.sparsity,
-                            s.verdict.holds,
-                            s.verdict.min_cosine_similarity,
-                            drop_label(s.verdict.drop_points),
-                        )
-                    })
+                    .map(|s| search_point(s.sparsity, &s.verdict))
                     .collect(),
             ));
         }
@@ -1130,6 +1116,17 @@ impl Report {
 }
 
 /// A candidate's tooltip: its top-1 drop, when there were labels.
+/// A candidate of a pruning or low-rank search as a trade-off point: its
+/// size knob, whether it held the budget, its lowest cosine, its drop.
+fn search_point(x: f64, v: &super::prune::Verdict) -> (f64, bool, f64, String) {
+    (
+        x,
+        v.holds,
+        v.min_cosine_similarity,
+        drop_label(v.drop_points),
+    )
+}
+
 fn drop_label(drop: Option<f64>) -> String {
     drop.map_or(String::new(), |d| format!("top-1 drop {d:.2} points"))
 }
