@@ -322,13 +322,7 @@ pub fn agreement(want: &[Vec<Tensor>], got: &[Vec<Tensor>]) -> Agreement {
                 max_abs = max_abs.max((x - y).abs());
             }
         }
-        let cos = if nw == 0.0 && ng == 0.0 {
-            1.0
-        } else if nw == 0.0 || ng == 0.0 {
-            0.0
-        } else {
-            dot / (nw.sqrt() * ng.sqrt())
-        };
+        let cos = cosine_from_sums(dot, ng, nw);
         cos_sum += cos;
         cos_min = cos_min.min(cos);
         rel += if nw > 0.0 { err / nw } else { err };
@@ -365,6 +359,19 @@ pub fn accuracy(outputs: &[Vec<Tensor>], labels: &[i64]) -> f64 {
 /// Whether a model's inputs are all f32 (image-like) or take integer data.
 pub fn float_inputs(g: &Graph) -> bool {
     g.inputs.iter().all(|&i| g.ty(i).dtype == DType::F32)
+}
+
+/// Cosine similarity from the sums a pass over two vectors gathers: their
+/// dot product and squared norms. Two zero vectors agree (1); a zero
+/// vector against another does not (0).
+pub(crate) fn cosine_from_sums(dot: f64, norm2_a: f64, norm2_b: f64) -> f64 {
+    if norm2_a == 0.0 && norm2_b == 0.0 {
+        1.0
+    } else if norm2_a == 0.0 || norm2_b == 0.0 {
+        0.0
+    } else {
+        dot / (norm2_a.sqrt() * norm2_b.sqrt())
+    }
 }
 
 #[cfg(test)]

@@ -1156,17 +1156,10 @@ impl<'g> Lowered<'g> {
                     .ok_or_else(|| candle_core::Error::Msg("no axes".into()))?;
                 let out_rank = x.rank() + axes.len();
                 let axes = checked_axes(&axes, out_rank)?;
-                let mut dims = x.dims().iter();
-                let out: Vec<usize> = (0..out_rank)
-                    .map(|i| {
-                        if axes.contains(&i) {
-                            1
-                        } else {
-                            dims.next().copied().unwrap_or(1)
-                        }
-                    })
-                    .collect();
-                x.reshape(out)?
+                x.reshape(crate::ir::ops::array::reference::unsqueezed(
+                    x.dims(),
+                    &axes,
+                ))?
             }
             Op::Expand => {
                 let x = req(0)?;

@@ -716,13 +716,7 @@ fn evaluate(net: &Lowered, split: &Split, kinds: &[Loss], batch: usize, t: f64) 
             cosine_parts(o, w, chunk.len(), &mut parts)?;
         }
         for (dot, ng, nw) in parts {
-            let cos = if nw == 0.0 && ng == 0.0 {
-                1.0
-            } else if nw == 0.0 || ng == 0.0 {
-                0.0
-            } else {
-                dot / (nw.sqrt() * ng.sqrt())
-            };
+            let cos = crate::compress::data::cosine_from_sums(dot, ng, nw);
             cos_sum += cos;
             cos_min = cos_min.min(cos);
         }

@@ -674,22 +674,13 @@ mod tests {
         }
     }
 
-    /// Two QMatMul layers reading one scale constant: each gets its own
-    /// scales back, and the written graph computes (on the reference
-    /// interpreter) what the trained forward pass computed.
-    #[test]
-    fn write_back_separates_a_shared_scale_and_matches_the_forward_pass() {
-        use crate::ir::{DType, Dim, Shape, TensorType};
-        let mut g = Graph::new("t", 17);
-        let ty = |d: Vec<Dim>| TensorType::new(DType::F32, Shape(d));
-        let x = g.add_input("x", ty(vec![Dim::sym("batch"), Dim::Known(2)]));
-        let i8w = |v: Vec<i8>| Tensor::new(vec![2, 2], TensorData::I8(v)).unwrap();
-        let w1 = g.add_const("w1", i8w(vec![63, -10, 5, 63]));
-        let w2 = g.add_const("w2", i8w(vec![-63, 20, 7, 63]));
-        let s = g.add_const("s", Tensor::from_f32(vec![1], vec![0.03125]).unwrap());
+    /// QMatMul layers `mm0`, `mm1`, ... one after the other from `x`, with
+    /// the weights `ws` and the scale `s`; returns the last output.
+    fn qmatmul_chain(g: &mut Graph, x: ValueId, ws: &[ValueId], s: ValueId) -> ValueId {
+        use crate::ir::{DType, Shape, TensorType};
         let mut prev = x;
-        for (i, w) in [w1, w2].into_iter().enumerate() {
-            let y = g.add_value(format!("y{i}"), ty(vec![]));
+        for (i, &w) in ws.iter().enumerate() {
+            let y = g.add_value(format!("y{i}"), TensorType::new(DType::F32, Shape(vec![])));
             g.add_node(Node {
                 name: format!("mm{i}"),
                 op: Op::QMatMul {
@@ -704,7 +695,23 @@ mod tests {
             });
             prev = y;
         }
-        g.outputs = vec![prev];
+        prev
+    }
+
+    /// Two QMatMul layers reading one scale constant: each gets its own
+    /// scales back, and the written graph computes (on the reference
+    /// interpreter) what the trained forward pass computed.
+    #[test]
+    fn write_back_separates_a_shared_scale_and_matches_the_forward_pass() {
+        use crate::ir::{DType, Dim, Shape, TensorType};
+        let mut g = Graph::new("t", 17);
+        let ty = |d: Vec<Dim>| TensorType::new(DType::F32, Shape(d));
+        let x = g.add_input("x", ty(vec![Dim::sym("batch"), Dim::Known(2)]));
+        let i8w = |v: Vec<i8>| Tensor::new(vec![2, 2], TensorData::I8(v)).unwrap();
+        let w1 = g.add_const("w1", i8w(vec![63, -10, 5, 63]));
+        let w2 = g.add_const("w2", i8w(vec![-63, 20, 7, 63]));
+        let s = g.add_const("s", Tensor::from_f32(vec![1], vec![0.03125]).unwrap());
+        g.outputs = vec![qmatmul_chain(&mut g, x, &[w1, w2], s)];
         crate::ir::infer::infer_graph(&mut g).unwrap();
         let net = Lowered::with_qat(&g, true).unwrap();
         assert_eq!(net.int8_layers(), 2);
@@ -760,24 +767,7 @@ mod tests {
             inputs: vec![Some(sq), Some(ss)],
             outputs: vec![s],
         });
-        let mut prev = x;
-        for i in 0..2 {
-            let y = g.add_value(format!("y{i}"), ty(vec![]));
-            g.add_node(Node {
-                name: format!("mm{i}"),
-                op: Op::QMatMul {
-                    a_quant: ActQuant::Static {
-                        scale: 0.02,
-                        zero_point: 128,
-                    },
-                    act: None,
-                },
-                inputs: vec![Some(prev), Some(w), Some(s)],
-                outputs: vec![y],
-            });
-            prev = y;
-        }
-        g.outputs = vec![prev];
+        g.outputs = vec![qmatmul_chain(&mut g, x, &[w, w], s)];
         crate::ir::infer::infer_graph(&mut g).unwrap();
         assert!(
             Lowered::with_qat(&g, true).is_err(),

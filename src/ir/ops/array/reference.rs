@@ -298,8 +298,14 @@ fn unsqueeze(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
     let axes = i64_values(name, "axes", input(name, inputs, 1)?)?;
     let out_rank = x.rank() + axes.len();
     let axes = unique_axes(name, &axes, out_rank)?;
-    let mut dims = x.shape().iter();
-    let out: Vec<usize> = (0..out_rank)
+    make(name, unsqueezed(x.shape(), &axes), x.data().clone())
+}
+
+/// The shape of Unsqueeze: `dims` with a 1 inserted at each of `axes`
+/// (checked axes of the output, whose rank is `dims.len() + axes.len()`).
+pub(crate) fn unsqueezed(dims: &[usize], axes: &[usize]) -> Vec<usize> {
+    let mut dims = dims.iter();
+    (0..dims.len() + axes.len())
         .map(|i| {
             if axes.contains(&i) {
                 1
@@ -308,8 +314,7 @@ fn unsqueeze(name: &'static str, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
                 dims.next().copied().unwrap_or(1)
             }
         })
-        .collect();
-    make(name, out, x.data().clone())
+        .collect()
 }
 
 fn concat(name: &'static str, inputs: &[Option<&Tensor>], axis: i64) -> Result<Tensor> {
