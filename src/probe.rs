@@ -119,19 +119,17 @@ pub fn run(seconds: f64) -> ProbeReport {
     let mem_read_gbps_1t = measure_mem_read(&buf, 1, features, share(0.25));
     let mem_read_gbps_all = measure_mem_read(&buf, threads, features, share(0.25));
     let (cpu_model, physical_cores) = cpuinfo();
+    let have = detected_features();
     ProbeReport {
         cpu_model,
         logical_cpus: threads,
         physical_cores,
-        features: detected_features(),
-        lacks: {
-            let have = detected_features();
-            known_features()
-                .iter()
-                .copied()
-                .filter(|f| !have.contains(f))
-                .collect()
-        },
+        lacks: known_features()
+            .iter()
+            .copied()
+            .filter(|f| !have.contains(f))
+            .collect(),
+        features: have,
         caches: caches(),
         fma_kernel: if features.avx2_fma {
             "avx2+fma"
