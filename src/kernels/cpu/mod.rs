@@ -46,7 +46,9 @@ pub struct ViewMut<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
     pub avx2_fma: bool,
-    /// AVX-512 F (implies `avx2_fma` when set by [`Features::detect`]).
+    /// AVX-512 F and BW (every AVX-512 CPU but the Xeon Phi has both; the
+    /// byte shuffles of the int8 packing need BW). Implies `avx2_fma` when
+    /// set by [`Features::detect`].
     pub avx512f: bool,
     /// AVX512-VNNI `vpdpbusd` on 512-bit registers (implies `avx512f`).
     pub avx512vnni: bool,
@@ -96,7 +98,9 @@ impl Features {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            let avx512f = avx2_fma && is_x86_feature_detected!("avx512f");
+            let avx512f = avx2_fma
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw");
             let avx512vnni = avx512f && is_x86_feature_detected!("avx512vnni");
             Features {
                 avx2_fma,

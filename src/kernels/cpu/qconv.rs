@@ -30,13 +30,17 @@ use std::cell::RefCell;
 mod dw;
 
 use super::gemm::with_buf;
-use super::qgemm::{qgemm_wx, QEpilogue, QMatX, QOut, QPackedA};
+use super::qgemm::{
+    aligned, qgemm_wx, qgemm_wx_panels, reads_panels, QEpilogue, QMatX, QMatXPanels, QOut, QPackedA,
+};
 use super::qsparse::{qspmm_wx, QCsr};
 use super::{CpuCtx, Features};
 
 thread_local! {
     /// The im2col columns of the product running on this thread.
     static COLS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Four im2col rows on their way into panels ([`Cols::Panels`]).
+    static FOUR_ROWS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The phase planes of a stride-2 im2col running on this thread.
     static PHASES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -269,6 +273,7 @@ pub fn qconv2d(
             let k = cg * geom.kernel[0] * geom.kernel[1];
             let tasks = split_out(out, nb * m * p, mg, m, p);
             let in_place = geom.kernel == [1, 1] && geom.strides == [1, 1] && geom.pads == [0; 4];
+            let panels = matches!(&w.kind, Kind::Gemm(packs) if packs.iter().all(reads_panels));
             let one = CpuCtx::single(cx.features);
             // Small groups run side by side, one thread each; a large
             // product uses all threads itself.
@@ -276,31 +281,50 @@ pub fn qconv2d(
             let run = |(t, o): (usize, QOut), cx: &CpuCtx| {
                 let (b, g) = (t / g_n, t % g_n);
                 let xs = &x[(b * c + g * cg) * plane_in..(b * c + (g + 1) * cg) * plane_in];
-                let product = |a: &[u8]| {
-                    let qx = QMatX {
-                        data: a,
+                // The product on im2col columns `a` (`layout`).
+                let product = |a: &[u8], layout: Cols| {
+                    let rows = |data| QMatX {
+                        data,
                         ld: p,
                         zero_point: x_zp,
                     };
-                    match &w.kind {
-                        Kind::Sparse(packs) => qspmm_wx(&packs[g], qx, p, o, (p, 1), cx),
-                        Kind::Gemm(packs) => qgemm_wx(&packs[g], qx, p, o, p, cx),
-                        Kind::Direct(..) => unreachable!("the direct loop is the arm above"),
+                    match (&w.kind, layout) {
+                        (Kind::Gemm(packs), Cols::Panels(ld)) => {
+                            let qx = QMatXPanels {
+                                data: a,
+                                ld,
+                                zero_point: x_zp,
+                            };
+                            qgemm_wx_panels(&packs[g], qx, p, o, p, cx)
+                        }
+                        (Kind::Sparse(packs), _) => qspmm_wx(&packs[g], rows(a), p, o, (p, 1), cx),
+                        (Kind::Gemm(packs), _) => qgemm_wx(&packs[g], rows(a), p, o, p, cx),
+                        (Kind::Direct(..), _) => unreachable!("the direct loop is the arm above"),
                     }
                 };
                 if in_place {
-                    product(xs);
-                } else {
-                    // Every column is written by im2col: a reused buffer
-                    // only grows.
-                    with_buf(&COLS, |cols| {
-                        if cols.len() < k * p {
-                            cols.resize(k * p, 0);
-                        }
-                        im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), cols, cx);
-                        product(&cols[..k * p]);
-                    });
+                    return product(xs, Cols::Rows);
                 }
+                // The AVX512-VNNI kernel reads the columns as im2col writes
+                // them, in its panels; the others pack rows.
+                let layout = if panels {
+                    Cols::Panels(p.div_ceil(64) * 64)
+                } else {
+                    Cols::Rows
+                };
+                let len = match layout {
+                    Cols::Panels(ld) => QMatXPanels::len(k, ld),
+                    Cols::Rows => k * p,
+                };
+                // Every column is written by im2col (a reused buffer only
+                // grows), from a 64-byte boundary (whole-line vector loads
+                // and stores).
+                with_buf(&COLS, |cols| {
+                    let at = aligned(cols, len);
+                    let cols = &mut cols[at..at + len];
+                    im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), layout, cols, cx);
+                    product(cols, layout);
+                });
             };
             if by_task {
                 cx.for_each_item(tasks, |t, o| run((t, o), &one));
@@ -380,8 +404,20 @@ fn valid_range(n_out: usize, s: usize, off: usize, pad: usize, len: usize) -> (u
     (lo.min(n_out), hi.min(n_out).max(lo.min(n_out)))
 }
 
+/// How [`im2col`] lays out its `K = cg · kh · kw` rows of `oh · ow` columns.
+#[derive(Clone, Copy)]
+enum Cols {
+    /// Row after row (`[K, oh · ow]`), as [`QMatX`] reads them.
+    Rows,
+    /// In the AVX512-VNNI kernel's panels ([`QMatXPanels`]) of `ld`
+    /// columns (a multiple of 64, at least `oh · ow`; the slack holds
+    /// `za`): the rows are written four at a time into a per-thread
+    /// buffer, then interleaved into the panels.
+    Panels(usize),
+}
+
 /// Writes the im2col columns of one group's `cg` input planes into `dst`
-/// (`[cg · kh · kw, oh · ow]`, row `(ci · kh + ki) · kw + kj`), with `za`
+/// (row `(ci · kh + ki) · kw + kj` laid out as `layout` says), with `za`
 /// wherever a tap reads padding. Rows are filled in parallel on `cx`'s
 /// threads when there are many.
 #[allow(clippy::too_many_arguments)]
@@ -392,6 +428,7 @@ fn im2col(
     za: u8,
     geom: &QConvGeom,
     (oh, ow): (usize, usize),
+    layout: Cols,
     dst: &mut [u8],
     cx: &CpuCtx,
 ) {
@@ -436,7 +473,8 @@ fn im2col(
                 }
             }
         }
-        let fill_row = |row: usize, d: &mut [u8]| {
+        // The plane and taps im2col row `row` copies.
+        let source = |row: usize| {
             let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
             if phased {
                 // Input row 2·oy + ki − pt = 2·(oy + dy) + py.
@@ -459,8 +497,7 @@ fn im2col(
                     rows: (h - py).div_ceil(2),
                     cols: (w - px).div_ceil(2),
                 };
-                let taps = ((1, oy_off, oy_pad), (1, ox_off, ox_pad));
-                shifted_copy(d, (oh, ow), &plane, taps, za);
+                (plane, ((1, oy_off, oy_pad), (1, ox_off, ox_pad)))
             } else {
                 let plane = Plane {
                     data: &x[ci * h * w..(ci + 1) * h * w],
@@ -468,20 +505,212 @@ fn im2col(
                     rows: h,
                     cols: w,
                 };
-                let taps = ((sh, ki * dh, pt), (sw, kj * dw, pl));
-                shifted_copy(d, (oh, ow), &plane, taps, za);
+                (plane, ((sh, ki * dh, pt), (sw, kj * dw, pl)))
             }
         };
+        let fill_row = |row: usize, d: &mut [u8]| {
+            let (plane, taps) = source(row);
+            shifted_copy(d, (oh, ow), &plane, taps, za);
+        };
         let rows = cg * kh * kw;
-        let d = &mut dst[..rows * p];
-        if cx.threads > 1 && rows * p >= 1 << 16 {
-            cx.for_each_chunk_mut(d, p, fill_row);
-        } else {
-            d.chunks_mut(p)
-                .enumerate()
-                .for_each(|(r, d)| fill_row(r, d));
+        let parallel = cx.threads > 1 && rows * p >= 1 << 16;
+        match layout {
+            Cols::Rows => {
+                let d = &mut dst[..rows * p];
+                if parallel {
+                    cx.for_each_chunk_mut(d, p, fill_row);
+                } else {
+                    d.chunks_mut(p)
+                        .enumerate()
+                        .for_each(|(r, d)| fill_row(r, d));
+                }
+            }
+            Cols::Panels(ld) => {
+                let groups = rows.div_ceil(4);
+                let d = &mut dst[..QMatXPanels::len(rows, ld)];
+                let out = PanelsOut(d.as_mut_ptr(), groups * 64);
+                // Output columns, repeated along the 64-column runs (for
+                // the vector path's masks).
+                #[cfg(target_arch = "x86_64")]
+                let ox: Vec<u8> = (0..ld).map(|j| (j % ow) as u8).collect();
+                let fill_group = |g: usize| {
+                    #[cfg(target_arch = "x86_64")]
+                    if cx.features.avx512f && ow < 256 && 4 * g + 4 <= rows {
+                        let shifts: [_; 4] =
+                            std::array::from_fn(|d| Shift::of(source(4 * g + d), (oh, ow)));
+                        if let [Some(a), Some(b), Some(c), Some(d)] = shifts {
+                            // SAFETY: AVX-512 F and BW (`avx512f`); `ox` has
+                            // ld bytes; `out` as below.
+                            unsafe { put_shifted_avx512(&out, g, &[a, b, c, d], &ox, za) };
+                            return;
+                        }
+                    }
+                    with_buf(&FOUR_ROWS, |four| {
+                        if four.len() < 4 * ld {
+                            four.resize(4 * ld, 0);
+                        }
+                        for (r, row) in four[..4 * ld].chunks_exact_mut(ld).enumerate() {
+                            if 4 * g + r < rows {
+                                fill_row(4 * g + r, &mut row[..p]);
+                                row[p..].fill(za);
+                            } else {
+                                row.fill(za);
+                            }
+                        }
+                        // SAFETY: `out` covers `ld / 16` panels of `groups`
+                        // 64-byte groups (`d` is that long), and group g's
+                        // slots are written by this call alone.
+                        unsafe { out.put_group(cx.features, g, &four[..4 * ld]) };
+                    })
+                };
+                if parallel {
+                    cx.for_each(groups, fill_group);
+                } else {
+                    (0..groups).for_each(fill_group);
+                }
+            }
         }
     })
+}
+
+/// An im2col row that is its plane shifted: `row[j] = data[j + off]` for
+/// the columns j in `lo..hi` whose output column `j % ow` lies in
+/// `x0..x1`, `za` elsewhere (stride 1 and output rows as wide as the
+/// plane's pitch: [`shifted_copy`]'s contiguous case).
+#[cfg(target_arch = "x86_64")]
+struct Shift<'a> {
+    data: &'a [u8],
+    off: isize,
+    lo: usize,
+    hi: usize,
+    x0: u8,
+    x1: u8,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> Shift<'a> {
+    /// The shift of a row's plane and taps, None when the row is not one.
+    #[allow(clippy::type_complexity)]
+    fn of(
+        (plane, ((sy, offy, pady), (sx, offx, padx))): (
+            Plane<'a>,
+            ((usize, usize, usize), (usize, usize, usize)),
+        ),
+        (oh, ow): (usize, usize),
+    ) -> Option<Shift<'a>> {
+        if sy != 1 || sx != 1 || ow != plane.pitch || ow >= 256 {
+            return None;
+        }
+        let (y0, y1) = valid_range(oh, 1, offy, pady, plane.rows);
+        let (x0, x1) = valid_range(ow, 1, offx, padx, plane.cols);
+        let off =
+            (offy as isize - pady as isize) * plane.pitch as isize + offx as isize - padx as isize;
+        Some(Shift {
+            data: plane.data,
+            off,
+            lo: y0 * ow,
+            hi: y1 * ow,
+            x0: x0 as u8,
+            x1: x1 as u8,
+        })
+    }
+}
+
+/// Writes depth group `g` of every panel from four shifted rows, 64
+/// columns at a time: masked loads straight from the planes (`za` where
+/// a tap reads padding), interleaved into the quads of four panels.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `ox` holds the output column
+/// of each of the panels' columns; `out` as [`PanelsOut::put_group`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn put_shifted_avx512(out: &PanelsOut, g: usize, rows: &[Shift; 4], ox: &[u8], za: u8) {
+    use std::arch::x86_64::*;
+    let zav = _mm512_set1_epi8(za as i8);
+    // Lanes at or past `n` of a run: all below 0, none past 64.
+    let below = |n: usize, j: usize| -> u64 {
+        match n.saturating_sub(j) {
+            0 => 0,
+            d if d >= 64 => !0,
+            d => (1u64 << d) - 1,
+        }
+    };
+    for j in (0..ox.len()).step_by(64) {
+        let cols = _mm512_loadu_si512(ox.as_ptr().add(j) as *const __m512i);
+        let v: [__m512i; 4] = std::array::from_fn(|r| {
+            let s = &rows[r];
+            let in_x = _mm512_cmpge_epu8_mask(cols, _mm512_set1_epi8(s.x0 as i8))
+                & _mm512_cmplt_epu8_mask(cols, _mm512_set1_epi8(s.x1 as i8));
+            let mask = in_x & below(s.hi, j) & !below(s.lo, j);
+            // Masked-off lanes are not read: the address may lie outside
+            // the plane there (`wrapping_offset`), never where a lane is on
+            // (lo..hi are the columns whose source lies in the plane).
+            let p = s.data.as_ptr().wrapping_offset(j as isize + s.off);
+            _mm512_mask_loadu_epi8(zav, mask, p as *const i8)
+        });
+        for (l, q) in super::qgemm::quads_of_64(v).into_iter().enumerate() {
+            _mm512_storeu_si512(out.at(g, j + 16 * l) as *mut __m512i, q);
+        }
+    }
+}
+
+/// The start of [`Cols::Panels`] columns and the bytes of one panel.
+struct PanelsOut(*mut u8, usize);
+// SAFETY: the tasks of one im2col write disjoint depth groups.
+unsafe impl Sync for PanelsOut {}
+
+impl PanelsOut {
+    /// Where column j's four bytes of depth group g go.
+    fn at(&self, g: usize, j: usize) -> *mut u8 {
+        self.0
+            .wrapping_add((j / 16) * self.1 + g * 64 + 4 * (j % 16))
+    }
+
+    /// Writes depth group `g` of every panel from four rows of `ld`
+    /// columns (`four`, row after row, `ld` a multiple of 64): column j's
+    /// four bytes go to panel j / 16, group g, at `4 · (j % 16)`.
+    ///
+    /// # Safety
+    /// The panels must hold `ld / 16` panels of at least `g + 1` groups,
+    /// not in use elsewhere at group g.
+    unsafe fn put_group(&self, f: Features, g: usize, four: &[u8]) {
+        let ld = four.len() / 4;
+        assert!(ld.is_multiple_of(64), "im2col panels: {ld} columns");
+        let at = |j: usize| self.at(g, j);
+        #[cfg(target_arch = "x86_64")]
+        if f.avx512f {
+            // SAFETY: AVX-512 F and BW are present (`avx512f`); the loads
+            // lie in `four`, the stores in the panels (the caller's word).
+            return put_group_avx512(four, ld, at);
+        }
+        let _ = f;
+        for j in 0..ld {
+            for r in 0..4 {
+                *at(j).add(r) = four[r * ld + j];
+            }
+        }
+    }
+}
+
+/// [`PanelsOut::put_group`] 64 columns at a time: four rows' 64 bytes
+/// interleaved into the quads of four panels.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `at(j)` must be writable for
+/// the 64 bytes of each panel's group, j a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn put_group_avx512(four: &[u8], ld: usize, at: impl Fn(usize) -> *mut u8) {
+    use std::arch::x86_64::*;
+    let src = four.as_ptr();
+    for j in (0..ld).step_by(64) {
+        let r: [__m512i; 4] =
+            std::array::from_fn(|d| _mm512_loadu_si512(src.add(d * ld + j) as *const __m512i));
+        for (l, v) in super::qgemm::quads_of_64(r).into_iter().enumerate() {
+            _mm512_storeu_si512(at(j + 16 * l) as *mut __m512i, v);
+        }
+    }
 }
 
 /// A u8 plane: `rows × cols` valid values, rows `pitch` bytes apart.
@@ -616,6 +845,10 @@ mod tests {
         let mut s2 = case([1, 3, 12, 9], 7, [4, 5], 2, 0, 1);
         s2.geom.pads = [0, 3, 2, 1];
         v.push(("s2 asym 4x5", s2));
+        // Many 64-column runs whose rows end inside a run (ResNet's 56-wide
+        // planes), and rows too wide for the AVX-512 im2col's byte masks.
+        v.push(("56 wide", case([1, 9, 7, 56], 13, [3, 3], 1, 1, 1)));
+        v.push(("260 wide", case([1, 4, 3, 260], 6, [3, 3], 1, 1, 1)));
         v
     }
 

@@ -72,6 +72,8 @@ use crate::ir::Activation;
 pub(crate) mod amx;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 /// Largest depth for which no i32 accumulator can overflow: every product
 /// is at most `255 · 128 = 32640` in magnitude, and `65793 · 32640 =
@@ -709,6 +711,36 @@ impl QGemm<'_> {
 }
 
 impl Finish<'_> {
+    /// The epilogue of the AVX512-VNNI kernels' wide tiles
+    /// (`qgemm/wide.rs`): `tile` holds `cols.div_ceil(16)` panels of
+    /// `tile_rows × 16` accumulators, of which `rows × cols` at row i,
+    /// column j of C are kept. Per-row constants are computed once for
+    /// all the panels.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn wide_tile(
+        &self,
+        tile: &[i32],
+        tile_rows: usize,
+        i: usize,
+        rows: usize,
+        j: usize,
+        cols: usize,
+    ) {
+        // SAFETY: wide tiles come from AVX512-VNNI packs, made only for
+        // CPUs with AVX-512F.
+        if unsafe { finish_rows_avx512(self, tile, tile_rows, i, rows, j, cols) } {
+            return;
+        }
+        for (q, panel) in tile
+            .chunks_exact(tile_rows * NR)
+            .take(cols.div_ceil(NR))
+            .enumerate()
+        {
+            let c = NR.min(cols - q * NR);
+            self.tile(QKernel::Vnni512, panel, i, rows, j + q * NR, c);
+        }
+    }
+
     /// The epilogue of one tile of accumulators (`rows × cols` of an
     /// `mr × NR` tile at row `i`, column `j` of C).
     pub(crate) fn tile(
@@ -726,7 +758,7 @@ impl Finish<'_> {
         if kern == QKernel::Vnni512 || kern == QKernel::Amx {
             // SAFETY: AVX512-VNNI and AMX packs run only on CPUs with
             // AVX-512F.
-            if unsafe { finish_rows_avx512(self, tile, i, rows, j, cols) } {
+            if unsafe { finish_rows_avx512(self, tile, tile.len() / NR, i, rows, j, cols) } {
                 return;
             }
         }
@@ -858,6 +890,85 @@ pub struct QMatX<'a> {
 /// When a slice is too short for its dimensions, the scales are neither 1
 /// nor m long, or W was packed for a kernel `cx.features` cannot run.
 pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &CpuCtx) {
+    if w.k > 0 && w.m > 0 && n > 0 {
+        assert!(
+            x.ld >= n && x.data.len() >= (w.k - 1) * x.ld + n,
+            "qgemm_wx: X ({}x{n}, ld {}) does not fit in {} elements",
+            w.k,
+            x.ld,
+            x.data.len()
+        );
+    }
+    wx_product(w, x, false, n, out, ldc, cx);
+}
+
+/// The u8 right operand of [`qgemm_wx_panels`], `X[k×n]` stored as the
+/// AVX512-VNNI kernel reads it: panels of 16 columns, each all of the
+/// depth in groups of four, a group 64 bytes (four bytes a column),
+/// `data[(j / 16) · panel + g · 64 + 4 · (j % 16) + d] = X[4g + d, j]`
+/// with `panel = ⌈k/4⌉ · 64`; `ld` columns (n rounded up to a whole
+/// panel, or more). A convolution's im2col columns are written so
+/// ([`super::qconv`]). Depths past k in the last group may hold any value
+/// (the weights there are 0).
+#[derive(Clone, Copy, Debug)]
+pub struct QMatXPanels<'a> {
+    pub data: &'a [u8],
+    pub ld: usize,
+    pub zero_point: u8,
+}
+
+impl QMatXPanels<'_> {
+    /// Bytes a `k`-deep operand of `ld` columns takes.
+    pub fn len(k: usize, ld: usize) -> usize {
+        k.div_ceil(4) * ld * 4
+    }
+}
+
+/// Whether [`qgemm_wx_panels`] can run `w` (its kernel reads X in the
+/// panels of [`QMatXPanels`]: AVX512-VNNI).
+pub fn reads_panels(w: &QPackedA) -> bool {
+    w.kern == QKernel::Vnni512
+}
+
+/// [`qgemm_wx`] on an X already laid out in the kernel's panels
+/// ([`QMatXPanels`]): no packing, the kernel reads X in place.
+///
+/// # Panics
+/// As [`qgemm_wx`], and when W's kernel does not read panels
+/// ([`reads_panels`]).
+pub fn qgemm_wx_panels(w: &QPackedA, x: QMatXPanels, n: usize, out: QOut, ldc: usize, cx: &CpuCtx) {
+    assert!(
+        reads_panels(w),
+        "qgemm_wx_panels: W packed for {:?}",
+        w.kern
+    );
+    if w.k > 0 && w.m > 0 && n > 0 {
+        assert!(
+            x.ld.is_multiple_of(NR) && x.ld >= n && x.data.len() >= QMatXPanels::len(w.k, x.ld),
+            "qgemm_wx_panels: X ({}x{n} in panels, ld {}) does not fit in {} bytes",
+            w.k,
+            x.ld,
+            x.data.len()
+        );
+    }
+    let x = QMatX {
+        data: x.data,
+        ld: x.ld,
+        zero_point: x.zero_point,
+    };
+    wx_product(w, x, true, n, out, ldc, cx);
+}
+
+/// The body of [`qgemm_wx`] and [`qgemm_wx_panels`] (X's size checked).
+fn wx_product(
+    w: &QPackedA,
+    x: QMatX,
+    x_panels: bool,
+    n: usize,
+    out: QOut,
+    ldc: usize,
+    cx: &CpuCtx,
+) {
     let (m, k) = (w.m, w.k);
     assert!(
         w.kern.runs_on(cx.features),
@@ -869,19 +980,12 @@ pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &Cp
         return;
     }
     assert!(ldc >= n, "qgemm_wx: ldc {ldc} < n = {n}");
-    if k > 0 {
-        assert!(
-            x.ld >= n && x.data.len() >= (k - 1) * x.ld + n,
-            "qgemm_wx: X ({k}x{n}, ld {}) does not fit in {} elements",
-            x.ld,
-            x.data.len()
-        );
-    }
     let span = (m - 1) * ldc + n;
     let (dst, ep) = checked_out(out, span, m);
     let g = QGemmWx {
         w,
         x,
+        x_panels,
         fin: Finish {
             za: x.zero_point as i32 - w.kern.act_offset(),
             sums: &w.row_sums,
@@ -907,7 +1011,10 @@ pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &Cp
 /// One weights-left product, ready to compute any rectangle of C.
 struct QGemmWx<'a> {
     w: &'a QPackedA,
+    /// X by rows, or in the kernel's panels ([`QMatXPanels`]) when
+    /// `x_panels`.
     x: QMatX<'a>,
+    x_panels: bool,
     fin: Finish<'a>,
 }
 
@@ -915,6 +1022,18 @@ impl QGemmWx<'_> {
     /// Computes rows `i0..i1` (`i0` a multiple of MR), columns `j0..j1`
     /// (`j0` a multiple of NR) of C.
     fn region(&self, rows: Range<usize>, cols: Range<usize>) {
+        #[cfg(not(target_arch = "x86_64"))]
+        debug_assert!(!self.x_panels, "only x86 kernels read X in panels");
+        #[cfg(target_arch = "x86_64")]
+        if self.x_panels && self.w.k > 0 {
+            let panel = self.w.k.div_ceil(4) * 64;
+            let x = wide::XQuads {
+                data: &self.x.data[(cols.start / NR) * panel..],
+                panel,
+                group: 64,
+            };
+            return self.region_wide(x, rows, cols.start, cols.len());
+        }
         #[cfg(target_arch = "x86_64")]
         if self.w.kern == QKernel::Amx {
             return with_buf(&BUF_A, |xbuf| self.region_amx(xbuf, rows, cols));
@@ -947,6 +1066,16 @@ impl QGemmWx<'_> {
             let xblock = &mut xbuf[x_off..x_off + panels * x_panel];
             pack_x(xblock, kern, &self.x, k, jc, nc);
             let xblock = &xbuf[x_off..x_off + panels * x_panel];
+            #[cfg(target_arch = "x86_64")]
+            if kern == QKernel::Vnni512 && k > 0 {
+                let x = wide::XQuads {
+                    data: xblock,
+                    panel: x_panel,
+                    group: 64,
+                };
+                self.region_wide(x, rows.clone(), jc, nc);
+                continue;
+            }
             for ic in rows.clone().step_by(MC) {
                 let mc = MC.min(rows.end - ic);
                 let tiles = mc.div_ceil(mr);
@@ -1178,10 +1307,13 @@ pub(crate) fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
     }
 }
 
-/// The epilogue in AVX-512 registers, one tile row at a time, for f32 and
-/// requantized u8 outputs: scales and bias per row (weights left) or per
-/// column, a residual when C's rows are contiguous, Relu/Clip or no
-/// activation, a partial last panel through masked loads and stores. The
+/// The epilogue in AVX-512 registers, one 16-column tile row at a time,
+/// for f32 and requantized u8 outputs of `tile`: `cols.div_ceil(16)`
+/// panels of `tile_rows × 16` accumulators (one panel, or a wide tile's
+/// several), `rows × cols` of them kept at row i, column j of C. Scales
+/// and bias per row (weights left) or per column, a residual when C's rows
+/// are contiguous, Relu/Clip or no activation, a partial last panel
+/// through masked loads and stores. The
 /// same operations in the same order as [`finish_tile_impl`] (`(acc − z)
 /// as f32 · scale`, `+ bias`, `+ residual`, `max(lo)`, `min(hi)`, then
 /// `round_ties_even(y / scale) + zp` clamped to `[0, 255]` with NaN → 0),
@@ -1195,6 +1327,7 @@ pub(crate) fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
 unsafe fn finish_rows_avx512(
     g: &Finish,
     tile: &[i32],
+    tile_rows: usize,
     i: usize,
     rows: usize,
     j: usize,
@@ -1209,80 +1342,104 @@ unsafe fn finish_rows_avx512(
     if matches!(g.dst, Dst::I32(_)) || rest.is_some() || cs != 1 {
         return false;
     }
-    let mask: __mmask16 = if cols >= NR {
-        0xffff
-    } else {
-        (1u16 << cols) - 1
-    };
+    debug_assert!(rows <= tile_rows && tile_rows <= MR_MAX);
     let rcp = match g.dst {
         Dst::U8(_, rq) => Reciprocal::new(rq.scale),
         _ => Reciprocal::new(1.0),
     };
     let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    // Per-column scales, zero point corrections and bias (activations on
-    // the left), read once for the tile.
-    let (mut col_scale, mut col_z, mut col_bias) = (
-        _mm512_setzero_ps(),
-        _mm512_setzero_si512(),
-        _mm512_setzero_ps(),
-    );
-    if !g.by_row {
-        let sums = _mm512_loadu_si512(g.sums[j..j + NR].as_ptr() as *const __m512i);
-        col_z = _mm512_mullo_epi32(sums, _mm512_set1_epi32(g.za));
-        col_scale = match ep.b_scales {
-            [sb] => _mm512_set1_ps(ep.a_scale * sb),
-            sbs => _mm512_mul_ps(
-                _mm512_set1_ps(ep.a_scale),
-                _mm512_maskz_loadu_ps(mask, sbs[j..].as_ptr()),
-            ),
-        };
-        if let Some(bv) = ep.bias {
-            col_bias = _mm512_maskz_loadu_ps(mask, bv[j..].as_ptr());
+    // Per-row zero point corrections, scales and bias (weights on the
+    // left), once for every panel of the tile.
+    let (mut row_z, mut row_scale, mut row_bias) = ([0i32; MR_MAX], [0f32; MR_MAX], [0f32; MR_MAX]);
+    if g.by_row {
+        for r in 0..rows {
+            row_z[r] = g.za.wrapping_mul(g.sums[i + r]);
+            row_scale[r] = ep.a_scale
+                * match ep.b_scales {
+                    [sb] => *sb,
+                    sbs => sbs[i + r],
+                };
+            if let Some(bv) = ep.bias {
+                row_bias[r] = bv[i + r];
+            }
         }
     }
-    for (r, t) in tile.chunks_exact(NR).enumerate().take(rows) {
-        let at = (i + r) * rs + j;
-        let acc = _mm512_loadu_si512(t.as_ptr() as *const __m512i);
-        let mut y = if g.by_row {
-            let z = g.za.wrapping_mul(g.sums[i + r]);
-            let sb = match ep.b_scales {
-                [sb] => *sb,
-                sbs => sbs[i + r],
-            };
-            let acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(z));
-            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(ep.a_scale * sb));
-            if let Some(bv) = ep.bias {
-                y = _mm512_add_ps(y, _mm512_set1_ps(bv[i + r]));
-            }
-            y
-        } else {
-            let acc = _mm512_sub_epi32(acc, col_z);
-            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), col_scale);
-            if ep.bias.is_some() {
-                y = _mm512_add_ps(y, col_bias);
-            }
-            y
+    for (q, panel) in tile
+        .chunks_exact(tile_rows * NR)
+        .take(cols.div_ceil(NR))
+        .enumerate()
+    {
+        let jq = j + q * NR;
+        let mask: __mmask16 = match cols - q * NR {
+            c if c >= NR => 0xffff,
+            c => (1u16 << c) - 1,
         };
-        if let Some(res) = ep.residual {
-            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, res[at..].as_ptr()));
-        }
-        if clamp.is_some() {
-            y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
-        }
-        // SAFETY (both stores): row i + r, columns j..j + cols lie inside C
-        // (checked against its length in `qgemm_strided`/`qgemm_wx`) and in
-        // this task's rectangle, which no other task touches.
-        match g.dst {
-            Dst::F32(p) => _mm512_mask_storeu_ps(p.add(at), mask, y),
-            Dst::U8(p, rq) => {
-                let q = round_div_avx512(y, rq.scale, rcp);
-                let q = _mm512_add_ps(q, _mm512_set1_ps(rq.zero_point as f32));
-                // vmaxps returns the second operand when the first is NaN.
-                let q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
-                _mm512_mask_cvtepi32_storeu_epi8(p.add(at) as *mut i8, mask, _mm512_cvtps_epi32(q));
+        // Per-column scales, zero point corrections and bias (activations
+        // on the left), read once for the panel.
+        let (mut col_scale, mut col_z, mut col_bias) = (
+            _mm512_setzero_ps(),
+            _mm512_setzero_si512(),
+            _mm512_setzero_ps(),
+        );
+        if !g.by_row {
+            let sums = _mm512_loadu_si512(g.sums[jq..jq + NR].as_ptr() as *const __m512i);
+            col_z = _mm512_mullo_epi32(sums, _mm512_set1_epi32(g.za));
+            col_scale = match ep.b_scales {
+                [sb] => _mm512_set1_ps(ep.a_scale * sb),
+                sbs => _mm512_mul_ps(
+                    _mm512_set1_ps(ep.a_scale),
+                    _mm512_maskz_loadu_ps(mask, sbs[jq..].as_ptr()),
+                ),
+            };
+            if let Some(bv) = ep.bias {
+                col_bias = _mm512_maskz_loadu_ps(mask, bv[jq..].as_ptr());
             }
-            Dst::I32(_) => unreachable!("raw outputs return above"),
+        }
+        for (r, t) in panel.chunks_exact(NR).enumerate().take(rows) {
+            let at = (i + r) * rs + jq;
+            let acc = _mm512_loadu_si512(t.as_ptr() as *const __m512i);
+            let mut y = if g.by_row {
+                let acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(row_z[r]));
+                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(row_scale[r]));
+                if ep.bias.is_some() {
+                    y = _mm512_add_ps(y, _mm512_set1_ps(row_bias[r]));
+                }
+                y
+            } else {
+                let acc = _mm512_sub_epi32(acc, col_z);
+                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), col_scale);
+                if ep.bias.is_some() {
+                    y = _mm512_add_ps(y, col_bias);
+                }
+                y
+            };
+            if let Some(res) = ep.residual {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, res[at..].as_ptr()));
+            }
+            if clamp.is_some() {
+                y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
+            }
+            // SAFETY (both stores): row i + r, columns jq..jq + 16 (masked)
+            // lie inside C (checked against its length in
+            // `qgemm_strided`/`qgemm_wx`) and in this task's rectangle,
+            // which no other task touches.
+            match g.dst {
+                Dst::F32(p) => _mm512_mask_storeu_ps(p.add(at), mask, y),
+                Dst::U8(p, rq) => {
+                    let q = round_div_avx512(y, rq.scale, rcp);
+                    let q = _mm512_add_ps(q, _mm512_set1_ps(rq.zero_point as f32));
+                    // vmaxps returns the second operand when the first is NaN.
+                    let q =
+                        _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+                    _mm512_mask_cvtepi32_storeu_epi8(
+                        p.add(at) as *mut i8,
+                        mask,
+                        _mm512_cvtps_epi32(q),
+                    );
+                }
+                Dst::I32(_) => unreachable!("raw outputs return above"),
+            }
         }
     }
     true
