@@ -454,20 +454,22 @@ fn im2col(
                 phases.resize(cg * 4 * h2 * w2, za);
             }
             let used = &mut phases[..cg * 4 * h2 * w2];
+            let columns = parity(kw, pl, 0) || parity(kw, pl, 1);
             for (ci, planes) in used.chunks_exact_mut(4 * h2 * w2).enumerate() {
                 let plane = &x[ci * h * w..(ci + 1) * h * w];
-                for (ph, dst) in planes.chunks_exact_mut(h2 * w2).enumerate() {
-                    let (py, px) = (ph / 2, ph % 2);
-                    if !parity(kh, pt, py) || !parity(kw, pl, px) {
+                // Phase planes (py, 0) and (py, 1) from the rows of parity
+                // py, split in one pass (a phase no tap reads is filled
+                // all the same: it costs nothing more).
+                for (py, pair) in planes.chunks_exact_mut(2 * h2 * w2).enumerate() {
+                    if !parity(kh, pt, py) || !columns {
                         continue;
                     }
-                    for (y, out) in dst.chunks_exact_mut(w2).enumerate() {
+                    let (even, odd) = pair.split_at_mut(h2 * w2);
+                    let rows = even.chunks_exact_mut(w2).zip(odd.chunks_exact_mut(w2));
+                    for (y, (e, o)) in rows.enumerate() {
                         let iy = 2 * y + py;
                         if iy < h {
-                            let src = plane[iy * w + px..(iy + 1) * w].iter().step_by(2);
-                            for (o, &v) in out.iter_mut().zip(src) {
-                                *o = v;
-                            }
+                            split_even_odd(cx.features, &plane[iy * w..(iy + 1) * w], e, o);
                         }
                     }
                 }
@@ -571,6 +573,56 @@ fn im2col(
             }
         }
     })
+}
+
+/// Splits `row` into its even-indexed bytes (`even`, `row.len().div_ceil(2)`
+/// of them) and its odd-indexed ones (`odd`, `row.len() / 2`), with the
+/// vector narrowing `f` allows.
+fn split_even_odd(f: Features, row: &[u8], even: &mut [u8], odd: &mut [u8]) {
+    assert!(
+        even.len() >= row.len().div_ceil(2) && odd.len() >= row.len() / 2,
+        "split_even_odd: halves shorter than the row"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if f.avx512f {
+        // SAFETY: AVX-512 F and BW (`avx512f`); the lengths are asserted
+        // above.
+        done = unsafe { split_even_odd_avx512(row, even, odd) };
+    }
+    let _ = f;
+    for (i, &v) in row.iter().enumerate().skip(done) {
+        if i % 2 == 0 {
+            even[i / 2] = v;
+        } else {
+            odd[i / 2] = v;
+        }
+    }
+}
+
+/// [`split_even_odd`] 64 bytes at a time (pairs narrowed to their low and
+/// high bytes), the last piece through masked loads and stores; returns
+/// how many bytes of `row` it split (all).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `even` holds at least
+/// `row.len().div_ceil(2)` bytes, `odd` `row.len() / 2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn split_even_odd_avx512(row: &[u8], even: &mut [u8], odd: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    // Bits below `k` of a mask.
+    let low = |k: usize| if k >= 64 { !0u64 } else { (1u64 << k) - 1 };
+    for i in (0..n).step_by(64) {
+        let left = n - i;
+        let v = _mm512_maskz_loadu_epi8(low(left), row.as_ptr().add(i) as *const i8);
+        let hi = _mm512_srli_epi16::<8>(v);
+        let (e, o) = (even.as_mut_ptr().add(i / 2), odd.as_mut_ptr().add(i / 2));
+        _mm512_mask_cvtepi16_storeu_epi8(e as *mut i8, low(left.div_ceil(2)) as u32, v);
+        _mm512_mask_cvtepi16_storeu_epi8(o as *mut i8, low(left / 2) as u32, hi);
+    }
+    n
 }
 
 /// An im2col row that is its plane shifted: `row[j] = data[j + off]` for
