@@ -26,12 +26,13 @@
 //! code order as the GEMM.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 mod dw;
 
 use super::gemm::with_buf;
 use super::qgemm::{
-    aligned, qgemm_wx, qgemm_wx_panels, reads_panels, QEpilogue, QMatX, QMatXPanels, QOut, QPackedA,
+    aligned, qgemm_wx, qgemm_wx_filled, reads_panels, QEpilogue, QMatX, QOut, QPackedA,
 };
 use super::qsparse::{qspmm_wx, QCsr};
 use super::{CpuCtx, Features};
@@ -39,7 +40,7 @@ use super::{CpuCtx, Features};
 thread_local! {
     /// The im2col columns of the product running on this thread.
     static COLS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// Four im2col rows on their way into panels ([`Cols::Panels`]).
+    /// Four im2col rows on their way into panels ([`Im2col::panels`]).
     static FOUR_ROWS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The phase planes of a stride-2 im2col running on this thread.
     static PHASES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -281,50 +282,41 @@ pub fn qconv2d(
             let run = |(t, o): (usize, QOut), cx: &CpuCtx| {
                 let (b, g) = (t / g_n, t % g_n);
                 let xs = &x[(b * c + g * cg) * plane_in..(b * c + (g + 1) * cg) * plane_in];
-                // The product on im2col columns `a` (`layout`).
-                let product = |a: &[u8], layout: Cols| {
-                    let rows = |data| QMatX {
-                        data,
+                // The product on im2col rows `a`.
+                let product = |a: &[u8], o: QOut| {
+                    let qx = QMatX {
+                        data: a,
                         ld: p,
                         zero_point: x_zp,
                     };
-                    match (&w.kind, layout) {
-                        (Kind::Gemm(packs), Cols::Panels(ld)) => {
-                            let qx = QMatXPanels {
-                                data: a,
-                                ld,
-                                zero_point: x_zp,
-                            };
-                            qgemm_wx_panels(&packs[g], qx, p, o, p, cx)
-                        }
-                        (Kind::Sparse(packs), _) => qspmm_wx(&packs[g], rows(a), p, o, (p, 1), cx),
-                        (Kind::Gemm(packs), _) => qgemm_wx(&packs[g], rows(a), p, o, p, cx),
-                        (Kind::Direct(..), _) => unreachable!("the direct loop is the arm above"),
+                    match &w.kind {
+                        Kind::Sparse(packs) => qspmm_wx(&packs[g], qx, p, o, (p, 1), cx),
+                        Kind::Gemm(packs) => qgemm_wx(&packs[g], qx, p, o, p, cx),
+                        Kind::Direct(..) => unreachable!("the direct loop is the arm above"),
                     }
                 };
                 if in_place {
-                    return product(xs, Cols::Rows);
+                    return product(xs, o);
                 }
-                // The AVX512-VNNI kernel reads the columns as im2col writes
-                // them, in its panels; the others pack rows.
-                let layout = if panels {
-                    Cols::Panels(p.div_ceil(64) * 64)
-                } else {
-                    Cols::Rows
-                };
-                let len = match layout {
-                    Cols::Panels(ld) => QMatXPanels::len(k, ld),
-                    Cols::Rows => k * p,
-                };
-                // Every column is written by im2col (a reused buffer only
-                // grows), from a 64-byte boundary (whole-line vector loads
-                // and stores).
-                with_buf(&COLS, |cols| {
-                    let at = aligned(cols, len);
-                    let cols = &mut cols[at..at + len];
-                    im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), layout, cols, cx);
-                    product(cols, layout);
-                });
+                with_im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), cx.features, |ic| {
+                    match &w.kind {
+                        // The AVX512-VNNI kernel reads the columns as
+                        // im2col writes them, in its panels, each task its
+                        // own columns.
+                        Kind::Gemm(packs) if panels => {
+                            let fill = |cols: Range<usize>, dst: &mut [u8]| ic.panels(k, cols, dst);
+                            qgemm_wx_filled(&packs[g], &fill, x_zp, p, o, p, cx)
+                        }
+                        // Every column is written by im2col (a reused
+                        // buffer only grows).
+                        _ => with_buf(&COLS, |cols| {
+                            let at = aligned(cols, k * p);
+                            let cols = &mut cols[at..at + k * p];
+                            ic.rows(k, cols, cx);
+                            product(cols, o)
+                        }),
+                    }
+                })
             };
             if by_task {
                 cx.for_each_item(tasks, |t, o| run((t, o), &one));
@@ -404,175 +396,207 @@ fn valid_range(n_out: usize, s: usize, off: usize, pad: usize, len: usize) -> (u
     (lo.min(n_out), hi.min(n_out).max(lo.min(n_out)))
 }
 
-/// How [`im2col`] lays out its `K = cg · kh · kw` rows of `oh · ow` columns.
-#[derive(Clone, Copy)]
-enum Cols {
-    /// Row after row (`[K, oh · ow]`), as [`QMatX`] reads them.
-    Rows,
-    /// In the AVX512-VNNI kernel's panels ([`QMatXPanels`]) of `ld`
-    /// columns (a multiple of 64, at least `oh · ow`; the slack holds
-    /// `za`): the rows are written four at a time into a per-thread
-    /// buffer, then interleaved into the panels.
-    Panels(usize),
+/// The im2col of one group's `cg` input planes: `K = cg · kh · kw` rows
+/// (row `(ci · kh + ki) · kw + kj`) of `oh · ow` columns, `za` wherever a
+/// tap reads padding, ready to write whole rows ([`Im2col::rows`]) or
+/// the AVX512-VNNI kernel's panels of any columns ([`Im2col::panels`]).
+struct Im2col<'a> {
+    x: &'a [u8],
+    h_w: (usize, usize),
+    za: u8,
+    geom: &'a QConvGeom,
+    oh_ow: (usize, usize),
+    /// At stride 2 (no dilation) each tap reads one of the four phase
+    /// planes (even/odd rows × even/odd columns) at stride 1: they are
+    /// split out once, so the rows are shifted stride-1 copies
+    /// (contiguous when the output is as wide as a phase plane, as in a
+    /// "same"-padded convolution). `cg · 4` planes of `⌈h/2⌉ × ⌈w/2⌉`.
+    phases: Option<&'a [u8]>,
+    features: Features,
 }
 
-/// Writes the im2col columns of one group's `cg` input planes into `dst`
-/// (row `(ci · kh + ki) · kw + kj` laid out as `layout` says), with `za`
-/// wherever a tap reads padding. Rows are filled in parallel on `cx`'s
-/// threads when there are many.
+/// Runs `body` on the im2col of `x` (`cg` planes of `h × w`), its phase
+/// planes (when it has them) split into this thread's buffer.
 #[allow(clippy::too_many_arguments)]
-fn im2col(
+fn with_im2col<R>(
     x: &[u8],
     cg: usize,
     (h, w): (usize, usize),
     za: u8,
     geom: &QConvGeom,
     (oh, ow): (usize, usize),
-    layout: Cols,
-    dst: &mut [u8],
-    cx: &CpuCtx,
-) {
+    features: Features,
+    body: impl FnOnce(&Im2col) -> R,
+) -> R {
     let [kh, kw] = geom.kernel;
-    let [sh, sw] = geom.strides;
-    let [dh, dw] = geom.dilations;
-    let [pt, pl, _, _] = geom.pads;
-    let p = oh * ow;
-    // At stride 2 (no dilation) each tap reads one of the four phase planes
-    // (even/odd rows × even/odd columns) at stride 1: split them out once,
-    // so the rows are shifted stride-1 copies (contiguous when the output
-    // is as wide as a phase plane, as in a "same"-padded convolution).
-    let phased = sh == 2 && sw == 2 && dh == 1 && dw == 1;
+    let phased = geom.strides == [2, 2] && geom.dilations == [1, 1];
     let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+    let plain = Im2col {
+        x,
+        h_w: (h, w),
+        za,
+        geom,
+        oh_ow: (oh, ow),
+        phases: None,
+        features,
+    };
+    if !phased {
+        return body(&plain);
+    }
     with_buf(&PHASES, |phases| {
-        if phased {
-            // The row (column) parities the taps read: one for a 1x1 kernel.
-            let parity =
-                |k: usize, pad: usize, p: usize| (0..k).any(|t| (t + 2 - pad % 2) % 2 == p);
-            // A reused buffer only grows: the slack of odd sizes is never read
-            // as a value (the rows' valid ranges exclude it).
-            if phases.len() < cg * 4 * h2 * w2 {
-                phases.resize(cg * 4 * h2 * w2, za);
-            }
-            let used = &mut phases[..cg * 4 * h2 * w2];
-            let columns = parity(kw, pl, 0) || parity(kw, pl, 1);
-            for (ci, planes) in used.chunks_exact_mut(4 * h2 * w2).enumerate() {
-                let plane = &x[ci * h * w..(ci + 1) * h * w];
-                // Phase planes (py, 0) and (py, 1) from the rows of parity
-                // py, split in one pass (a phase no tap reads is filled
-                // all the same: it costs nothing more).
-                for (py, pair) in planes.chunks_exact_mut(2 * h2 * w2).enumerate() {
-                    if !parity(kh, pt, py) || !columns {
-                        continue;
-                    }
-                    let (even, odd) = pair.split_at_mut(h2 * w2);
-                    let rows = even.chunks_exact_mut(w2).zip(odd.chunks_exact_mut(w2));
-                    for (y, (e, o)) in rows.enumerate() {
-                        let iy = 2 * y + py;
-                        if iy < h {
-                            split_even_odd(cx.features, &plane[iy * w..(iy + 1) * w], e, o);
-                        }
+        let [pt, pl, _, _] = geom.pads;
+        // The row (column) parities the taps read: one for a 1x1 kernel.
+        let parity = |k: usize, pad: usize, p: usize| (0..k).any(|t| (t + 2 - pad % 2) % 2 == p);
+        // A reused buffer only grows: the slack of odd sizes is never read
+        // as a value (the rows' valid ranges exclude it).
+        if phases.len() < cg * 4 * h2 * w2 {
+            phases.resize(cg * 4 * h2 * w2, za);
+        }
+        let used = &mut phases[..cg * 4 * h2 * w2];
+        let columns = parity(kw, pl, 0) || parity(kw, pl, 1);
+        for (ci, planes) in used.chunks_exact_mut(4 * h2 * w2).enumerate() {
+            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            // Phase planes (py, 0) and (py, 1) from the rows of parity py,
+            // split in one pass (a phase no tap reads is filled all the
+            // same: it costs nothing more).
+            for (py, pair) in planes.chunks_exact_mut(2 * h2 * w2).enumerate() {
+                if !parity(kh, pt, py) || !columns {
+                    continue;
+                }
+                let (even, odd) = pair.split_at_mut(h2 * w2);
+                let rows = even.chunks_exact_mut(w2).zip(odd.chunks_exact_mut(w2));
+                for (y, (e, o)) in rows.enumerate() {
+                    let iy = 2 * y + py;
+                    if iy < h {
+                        split_even_odd(features, &plane[iy * w..(iy + 1) * w], e, o);
                     }
                 }
             }
         }
-        // The plane and taps im2col row `row` copies.
-        let source = |row: usize| {
-            let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
-            if phased {
-                // Input row 2·oy + ki − pt = 2·(oy + dy) + py.
-                let phase = |k: usize, pad: usize| {
-                    let a = k as isize - pad as isize;
-                    let par = a.rem_euclid(2);
-                    let shift = (a - par) / 2;
-                    (
-                        par as usize,
-                        shift.max(0) as usize,
-                        (-shift).max(0) as usize,
-                    )
-                };
-                let (py, oy_off, oy_pad) = phase(ki, pt);
-                let (px, ox_off, ox_pad) = phase(kj, pl);
-                let at = ((ci * 2 + py) * 2 + px) * h2 * w2;
-                let plane = Plane {
-                    data: &phases[at..at + h2 * w2],
-                    pitch: w2,
-                    rows: (h - py).div_ceil(2),
-                    cols: (w - px).div_ceil(2),
-                };
-                (plane, ((1, oy_off, oy_pad), (1, ox_off, ox_pad)))
-            } else {
-                let plane = Plane {
-                    data: &x[ci * h * w..(ci + 1) * h * w],
-                    pitch: w,
-                    rows: h,
-                    cols: w,
-                };
-                (plane, ((sh, ki * dh, pt), (sw, kj * dw, pl)))
-            }
-        };
-        let fill_row = |row: usize, d: &mut [u8]| {
-            let (plane, taps) = source(row);
-            shifted_copy(d, (oh, ow), &plane, taps, za);
-        };
-        let rows = cg * kh * kw;
-        let parallel = cx.threads > 1 && rows * p >= 1 << 16;
-        match layout {
-            Cols::Rows => {
-                let d = &mut dst[..rows * p];
-                if parallel {
-                    cx.for_each_chunk_mut(d, p, fill_row);
-                } else {
-                    d.chunks_mut(p)
-                        .enumerate()
-                        .for_each(|(r, d)| fill_row(r, d));
-                }
-            }
-            Cols::Panels(ld) => {
-                let groups = rows.div_ceil(4);
-                let d = &mut dst[..QMatXPanels::len(rows, ld)];
-                let out = PanelsOut(d.as_mut_ptr(), groups * 64);
-                // Output columns, repeated along the 64-column runs (for
-                // the vector path's masks).
-                #[cfg(target_arch = "x86_64")]
-                let ox: Vec<u8> = (0..ld).map(|j| (j % ow) as u8).collect();
-                let fill_group = |g: usize| {
-                    #[cfg(target_arch = "x86_64")]
-                    if cx.features.avx512f && ow < 256 && 4 * g + 4 <= rows {
-                        let shifts: [_; 4] =
-                            std::array::from_fn(|d| Shift::of(source(4 * g + d), (oh, ow)));
-                        if let [Some(a), Some(b), Some(c), Some(d)] = shifts {
-                            // SAFETY: AVX-512 F and BW (`avx512f`); `ox` has
-                            // ld bytes; `out` as below.
-                            unsafe { put_shifted_avx512(&out, g, &[a, b, c, d], &ox, za) };
-                            return;
-                        }
-                    }
-                    with_buf(&FOUR_ROWS, |four| {
-                        if four.len() < 4 * ld {
-                            four.resize(4 * ld, 0);
-                        }
-                        for (r, row) in four[..4 * ld].chunks_exact_mut(ld).enumerate() {
-                            if 4 * g + r < rows {
-                                fill_row(4 * g + r, &mut row[..p]);
-                                row[p..].fill(za);
-                            } else {
-                                row.fill(za);
-                            }
-                        }
-                        // SAFETY: `out` covers `ld / 16` panels of `groups`
-                        // 64-byte groups (`d` is that long), and group g's
-                        // slots are written by this call alone.
-                        unsafe { out.put_group(cx.features, g, &four[..4 * ld]) };
-                    })
-                };
-                if parallel {
-                    cx.for_each(groups, fill_group);
-                } else {
-                    (0..groups).for_each(fill_group);
-                }
-            }
-        }
+        body(&Im2col {
+            phases: Some(&phases[..cg * 4 * h2 * w2]),
+            ..plain
+        })
     })
+}
+
+/// The taps of one im2col row: `((sy, offy, pady), (sx, offx, padx))`.
+type Taps = ((usize, usize, usize), (usize, usize, usize));
+
+impl<'a> Im2col<'a> {
+    /// The plane and taps im2col row `row` copies.
+    fn source(&self, row: usize) -> (Plane<'a>, Taps) {
+        let [kh, kw] = self.geom.kernel;
+        let [sh, sw] = self.geom.strides;
+        let [dh, dw] = self.geom.dilations;
+        let [pt, pl, _, _] = self.geom.pads;
+        let (h, w) = self.h_w;
+        let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        if let Some(phases) = self.phases {
+            // Input row 2·oy + ki − pt = 2·(oy + dy) + py.
+            let phase = |k: usize, pad: usize| {
+                let a = k as isize - pad as isize;
+                let par = a.rem_euclid(2);
+                let shift = (a - par) / 2;
+                (
+                    par as usize,
+                    shift.max(0) as usize,
+                    (-shift).max(0) as usize,
+                )
+            };
+            let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+            let (py, oy_off, oy_pad) = phase(ki, pt);
+            let (px, ox_off, ox_pad) = phase(kj, pl);
+            let at = ((ci * 2 + py) * 2 + px) * h2 * w2;
+            let plane = Plane {
+                data: &phases[at..at + h2 * w2],
+                pitch: w2,
+                rows: (h - py).div_ceil(2),
+                cols: (w - px).div_ceil(2),
+            };
+            (plane, ((1, oy_off, oy_pad), (1, ox_off, ox_pad)))
+        } else {
+            let plane = Plane {
+                data: &self.x[ci * h * w..(ci + 1) * h * w],
+                pitch: w,
+                rows: h,
+                cols: w,
+            };
+            (plane, ((sh, ki * dh, pt), (sw, kj * dw, pl)))
+        }
+    }
+
+    /// Writes row `row` (`oh · ow` bytes) into `d`.
+    fn row(&self, row: usize, d: &mut [u8]) {
+        let (plane, taps) = self.source(row);
+        shifted_copy(d, self.oh_ow, &plane, taps, self.za);
+    }
+
+    /// Writes all `k` rows into `dst` (`[k, oh · ow]`), in parallel on
+    /// `cx`'s threads when there are many.
+    fn rows(&self, k: usize, dst: &mut [u8], cx: &CpuCtx) {
+        let p = self.oh_ow.0 * self.oh_ow.1;
+        let d = &mut dst[..k * p];
+        if cx.threads > 1 && k * p >= 1 << 16 {
+            cx.for_each_chunk_mut(d, p, |r, d| self.row(r, d));
+        } else {
+            d.chunks_mut(p)
+                .enumerate()
+                .for_each(|(r, d)| self.row(r, d));
+        }
+    }
+
+    /// Writes columns `cols` of all `k` rows into `dst` in the panels of
+    /// [`super::qgemm::FillPanels`]: four rows at a time, by masked loads
+    /// straight from the planes where the four are shifted planes, else
+    /// through a per-thread buffer of four whole rows.
+    fn panels(&self, k: usize, cols: Range<usize>, dst: &mut [u8]) {
+        let p = self.oh_ow.0 * self.oh_ow.1;
+        let groups = k.div_ceil(4);
+        // Whole runs of 64 columns: the panels' slack columns get `za`.
+        let width = cols.len().div_ceil(64) * 64;
+        assert!(
+            cols.start.is_multiple_of(16) && cols.end <= p && dst.len() >= groups * width * 4,
+            "im2col panels: columns {cols:?} of {p}, {} bytes",
+            dst.len()
+        );
+        let out = PanelsOut(dst.as_mut_ptr(), groups * 64, cols.start);
+        // The output column of each of the first run's columns.
+        let ow = self.oh_ow.1;
+        let lanes: [u8; 64] = std::array::from_fn(|l| ((cols.start + l) % ow) as u8);
+        for g in 0..groups {
+            #[cfg(target_arch = "x86_64")]
+            if self.features.avx512f && 4 * g + 4 <= k {
+                let shifts: [_; 4] =
+                    std::array::from_fn(|d| Shift::of(self.source(4 * g + d), self.oh_ow));
+                if let [Some(a), Some(b), Some(c), Some(d)] = shifts {
+                    // SAFETY: AVX-512 F and BW (`avx512f`); `out` holds
+                    // the panels of `width` columns from cols.start
+                    // (asserted above).
+                    let run = (cols.start, width);
+                    unsafe { put_shifted_avx512(&out, g, &[a, b, c, d], run, &lanes, self) };
+                    continue;
+                }
+            }
+            with_buf(&FOUR_ROWS, |four| {
+                let ld = (cols.start + width).max(p);
+                if four.len() < 4 * ld {
+                    four.resize(4 * ld, 0);
+                }
+                for (r, row) in four[..4 * ld].chunks_exact_mut(ld).enumerate() {
+                    if 4 * g + r < k {
+                        self.row(4 * g + r, &mut row[..p]);
+                        row[p.min(ld)..].fill(self.za);
+                    } else {
+                        row.fill(self.za);
+                    }
+                }
+                // SAFETY: as above; the rows hold `ld` columns.
+                let runs = cols.start..cols.start + width;
+                unsafe { out.put_group(self.features, g, &four[..4 * ld], runs) };
+            })
+        }
+    }
 }
 
 /// Splits `row` into its even-indexed bytes (`even`, `row.len().div_ceil(2)`
@@ -641,16 +665,13 @@ struct Shift<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl<'a> Shift<'a> {
-    /// The shift of a row's plane and taps, None when the row is not one.
-    #[allow(clippy::type_complexity)]
+    /// The shift of a row's plane and taps, None when the row is not one
+    /// (or its output rows are too wide for byte lanes).
     fn of(
-        (plane, ((sy, offy, pady), (sx, offx, padx))): (
-            Plane<'a>,
-            ((usize, usize, usize), (usize, usize, usize)),
-        ),
+        (plane, ((sy, offy, pady), (sx, offx, padx))): (Plane<'a>, Taps),
         (oh, ow): (usize, usize),
     ) -> Option<Shift<'a>> {
-        if sy != 1 || sx != 1 || ow != plane.pitch || ow >= 256 {
+        if sy != 1 || sx != 1 || ow != plane.pitch || ow > 128 {
             return None;
         }
         let (y0, y1) = valid_range(oh, 1, offy, pady, plane.rows);
@@ -668,18 +689,28 @@ impl<'a> Shift<'a> {
     }
 }
 
-/// Writes depth group `g` of every panel from four shifted rows, 64
-/// columns at a time: masked loads straight from the planes (`za` where
-/// a tap reads padding), interleaved into the quads of four panels.
+/// Writes depth group `g` of the panels of columns `j0..j0 + width` (a
+/// multiple of 64) from four shifted rows, 64 columns at a time: masked
+/// loads straight from the planes (`za` where a tap reads padding),
+/// interleaved into the quads of four panels.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F and BW; `ox` holds the output column
-/// of each of the panels' columns; `out` as [`PanelsOut::put_group`].
+/// The CPU must support AVX-512 F and BW; `out` as
+/// [`PanelsOut::put_group`] for those columns; `ic`'s output rows at most
+/// 128 wide ([`Shift::of`]); `lanes` the output columns of `j0..j0 + 64`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn put_shifted_avx512(out: &PanelsOut, g: usize, rows: &[Shift; 4], ox: &[u8], za: u8) {
+unsafe fn put_shifted_avx512(
+    out: &PanelsOut,
+    g: usize,
+    rows: &[Shift; 4],
+    (j0, width): (usize, usize),
+    lanes: &[u8; 64],
+    ic: &Im2col,
+) {
     use std::arch::x86_64::*;
-    let zav = _mm512_set1_epi8(za as i8);
+    let ow = ic.oh_ow.1;
+    let zav = _mm512_set1_epi8(ic.za as i8);
     // Lanes at or past `n` of a run: all below 0, none past 64.
     let below = |n: usize, j: usize| -> u64 {
         match n.saturating_sub(j) {
@@ -688,8 +719,14 @@ unsafe fn put_shifted_avx512(out: &PanelsOut, g: usize, rows: &[Shift; 4], ox: &
             d => (1u64 << d) - 1,
         }
     };
-    for j in (0..ox.len()).step_by(64) {
-        let cols = _mm512_loadu_si512(ox.as_ptr().add(j) as *const __m512i);
+    // Each lane's output column, `(j + lane) % ow`, stepped by 64 a run
+    // (`ow <= 128`, so a sum stays below 256 and one wrap suffices).
+    let mut cols = _mm512_loadu_si512(lanes.as_ptr() as *const __m512i);
+    let (step, vow) = (
+        _mm512_set1_epi8((64 % ow) as i8),
+        _mm512_set1_epi8(ow as i8),
+    );
+    for j in (j0..j0 + width).step_by(64) {
         let v: [__m512i; 4] = std::array::from_fn(|r| {
             let s = &rows[r];
             let in_x = _mm512_cmpge_epu8_mask(cols, _mm512_set1_epi8(s.x0 as i8))
@@ -704,40 +741,45 @@ unsafe fn put_shifted_avx512(out: &PanelsOut, g: usize, rows: &[Shift; 4], ox: &
         for (l, q) in super::qgemm::quads_of_64(v).into_iter().enumerate() {
             _mm512_storeu_si512(out.at(g, j + 16 * l) as *mut __m512i, q);
         }
+        let next = _mm512_add_epi8(cols, step);
+        cols = _mm512_mask_sub_epi8(next, _mm512_cmpge_epu8_mask(next, vow), next, vow);
     }
 }
 
-/// The start of [`Cols::Panels`] columns and the bytes of one panel.
-struct PanelsOut(*mut u8, usize);
-// SAFETY: the tasks of one im2col write disjoint depth groups.
-unsafe impl Sync for PanelsOut {}
+/// Panels being written ([`Im2col::panels`]): their start, the bytes of
+/// one panel, and the column of panel 0.
+struct PanelsOut(*mut u8, usize, usize);
 
 impl PanelsOut {
     /// Where column j's four bytes of depth group g go.
     fn at(&self, g: usize, j: usize) -> *mut u8 {
+        let j = j - self.2;
         self.0
             .wrapping_add((j / 16) * self.1 + g * 64 + 4 * (j % 16))
     }
 
-    /// Writes depth group `g` of every panel from four rows of `ld`
-    /// columns (`four`, row after row, `ld` a multiple of 64): column j's
-    /// four bytes go to panel j / 16, group g, at `4 · (j % 16)`.
+    /// Writes depth group `g` of the panels of columns `runs` (a multiple
+    /// of 64 long) from four rows of `ld` columns (`four`, row after row,
+    /// `runs.end <= ld`): column j's four bytes go to its panel, group g,
+    /// at `4 · (j % 16)`.
     ///
     /// # Safety
-    /// The panels must hold `ld / 16` panels of at least `g + 1` groups,
-    /// not in use elsewhere at group g.
-    unsafe fn put_group(&self, f: Features, g: usize, four: &[u8]) {
+    /// The panels must hold columns `runs` at group g.
+    unsafe fn put_group(&self, f: Features, g: usize, four: &[u8], runs: Range<usize>) {
         let ld = four.len() / 4;
-        assert!(ld.is_multiple_of(64), "im2col panels: {ld} columns");
+        assert!(
+            runs.len().is_multiple_of(64) && runs.end <= ld,
+            "im2col panels: columns {runs:?} of {ld}"
+        );
         let at = |j: usize| self.at(g, j);
         #[cfg(target_arch = "x86_64")]
         if f.avx512f {
             // SAFETY: AVX-512 F and BW are present (`avx512f`); the loads
             // lie in `four`, the stores in the panels (the caller's word).
-            return put_group_avx512(four, ld, at);
+            return put_group_avx512(four, ld, runs, at);
         }
         let _ = f;
-        for j in 0..ld {
+        for j in runs {
             for r in 0..4 {
                 *at(j).add(r) = four[r * ld + j];
             }
@@ -750,13 +792,19 @@ impl PanelsOut {
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW; `at(j)` must be writable for
-/// the 64 bytes of each panel's group, j a multiple of 16.
+/// the 64 bytes of each panel's group, j in `runs`, a multiple of 16 from
+/// its start; `four` holds four rows of `ld >= runs.end` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn put_group_avx512(four: &[u8], ld: usize, at: impl Fn(usize) -> *mut u8) {
+unsafe fn put_group_avx512(
+    four: &[u8],
+    ld: usize,
+    runs: Range<usize>,
+    at: impl Fn(usize) -> *mut u8,
+) {
     use std::arch::x86_64::*;
     let src = four.as_ptr();
-    for j in (0..ld).step_by(64) {
+    for j in runs.step_by(64) {
         let r: [__m512i; 4] =
             std::array::from_fn(|d| _mm512_loadu_si512(src.add(d * ld + j) as *const __m512i));
         for (l, v) in super::qgemm::quads_of_64(r).into_iter().enumerate() {
@@ -776,12 +824,11 @@ struct Plane<'a> {
 /// One im2col row: `d[oy · ow + ox] = plane[oy·sy + offy − pady][ox·sx +
 /// offx − padx]`, or `za` where that falls outside the plane; `taps` is
 /// `((sy, offy, pady), (sx, offx, padx))`.
-#[allow(clippy::type_complexity)]
 fn shifted_copy(
     d: &mut [u8],
     (oh, ow): (usize, usize),
     plane: &Plane,
-    ((sy, offy, pady), (sx, offx, padx)): ((usize, usize, usize), (usize, usize, usize)),
+    ((sy, offy, pady), (sx, offx, padx)): Taps,
     za: u8,
 ) {
     let pitch = plane.pitch;
@@ -901,6 +948,10 @@ mod tests {
         // planes), and rows too wide for the AVX-512 im2col's byte masks.
         v.push(("56 wide", case([1, 9, 7, 56], 13, [3, 3], 1, 1, 1)));
         v.push(("260 wide", case([1, 4, 3, 260], 6, [3, 3], 1, 1, 1)));
+        // More output channels than pixels: two threads split the channels
+        // (each writes the whole im2col), where the cases above split the
+        // pixels.
+        v.push(("deep 3x3", case([1, 64, 6, 6], 160, [3, 3], 1, 1, 1)));
         v
     }
 

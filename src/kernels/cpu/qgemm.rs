@@ -899,76 +899,68 @@ pub fn qgemm_wx(w: &QPackedA, x: QMatX, n: usize, out: QOut, ldc: usize, cx: &Cp
             x.data.len()
         );
     }
-    wx_product(w, x, false, n, out, ldc, cx);
+    wx_product(w, XSource::Rows(x), x.zero_point, n, out, ldc, cx);
 }
 
-/// The u8 right operand of [`qgemm_wx_panels`], `X[k×n]` stored as the
-/// AVX512-VNNI kernel reads it: panels of 16 columns, each all of the
-/// depth in groups of four, a group 64 bytes (four bytes a column),
-/// `data[(j / 16) · panel + g · 64 + 4 · (j % 16) + d] = X[4g + d, j]`
-/// with `panel = ⌈k/4⌉ · 64`; `ld` columns (n rounded up to a whole
-/// panel, or more). A convolution's im2col columns are written so
-/// ([`super::qconv`]). Depths past k in the last group may hold any value
-/// (the weights there are 0).
-#[derive(Clone, Copy, Debug)]
-pub struct QMatXPanels<'a> {
-    pub data: &'a [u8],
-    pub ld: usize,
-    pub zero_point: u8,
+/// Writes X's columns `cols` (`cols.start` a multiple of 16), all of its
+/// depth, into `dst` as the AVX512-VNNI kernel reads them: panels of 16
+/// columns, each all of the depth in groups of four, a group 64 bytes
+/// (four bytes a column): `dst[(j / 16) · panel + g · 64 + 4 · (j % 16) +
+/// d] = X[4g + d, cols.start + j]` with `panel = ⌈k/4⌉ · 64`, for
+/// `⌈cols.len() / 64⌉ · 4` panels (`dst` is that long; columns past the
+/// end and depths past k may hold any value: their weights are 0 or their
+/// results are not kept). A convolution's im2col writes them so
+/// ([`super::qconv`]).
+pub type FillPanels<'a> = &'a (dyn Fn(Range<usize>, &mut [u8]) + Sync);
+
+/// Bytes [`FillPanels`] writes for `cols` columns of a `k`-deep X.
+pub fn panels_len(k: usize, cols: usize) -> usize {
+    k.div_ceil(4) * 64 * cols.div_ceil(64) * 4
 }
 
-impl QMatXPanels<'_> {
-    /// Bytes a `k`-deep operand of `ld` columns takes.
-    pub fn len(k: usize, ld: usize) -> usize {
-        k.div_ceil(4) * ld * 4
-    }
-}
-
-/// Whether [`qgemm_wx_panels`] can run `w` (its kernel reads X in the
-/// panels of [`QMatXPanels`]: AVX512-VNNI).
+/// Whether [`qgemm_wx_filled`] can run `w` (its kernel reads X in the
+/// panels [`FillPanels`] writes: AVX512-VNNI).
 pub fn reads_panels(w: &QPackedA) -> bool {
     w.kern == QKernel::Vnni512
 }
 
-/// [`qgemm_wx`] on an X already laid out in the kernel's panels
-/// ([`QMatXPanels`]): no packing, the kernel reads X in place.
+/// [`qgemm_wx`] with X (`k × n`, zero point `za`) written by `fill` in the
+/// kernel's panels, for each task's columns where the task runs: no
+/// packing, and the X a thread computes with is the X it wrote (a
+/// convolution's im2col stays in that core's cache).
 ///
 /// # Panics
 /// As [`qgemm_wx`], and when W's kernel does not read panels
 /// ([`reads_panels`]).
-pub fn qgemm_wx_panels(w: &QPackedA, x: QMatXPanels, n: usize, out: QOut, ldc: usize, cx: &CpuCtx) {
-    assert!(
-        reads_panels(w),
-        "qgemm_wx_panels: W packed for {:?}",
-        w.kern
-    );
-    if w.k > 0 && w.m > 0 && n > 0 {
-        assert!(
-            x.ld.is_multiple_of(NR) && x.ld >= n && x.data.len() >= QMatXPanels::len(w.k, x.ld),
-            "qgemm_wx_panels: X ({}x{n} in panels, ld {}) does not fit in {} bytes",
-            w.k,
-            x.ld,
-            x.data.len()
-        );
-    }
-    let x = QMatX {
-        data: x.data,
-        ld: x.ld,
-        zero_point: x.zero_point,
-    };
-    wx_product(w, x, true, n, out, ldc, cx);
-}
-
-/// The body of [`qgemm_wx`] and [`qgemm_wx_panels`] (X's size checked).
-fn wx_product(
+pub fn qgemm_wx_filled(
     w: &QPackedA,
-    x: QMatX,
-    x_panels: bool,
+    fill: FillPanels,
+    za: u8,
     n: usize,
     out: QOut,
     ldc: usize,
     cx: &CpuCtx,
 ) {
+    assert!(
+        reads_panels(w),
+        "qgemm_wx_filled: W packed for {:?}",
+        w.kern
+    );
+    let x = XSource::Filled(fill);
+    wx_product(w, x, za, n, out, ldc, cx);
+}
+
+/// Where a weights-left product reads X.
+#[derive(Clone, Copy)]
+enum XSource<'a> {
+    /// Rows in memory, packed per column block.
+    Rows(QMatX<'a>),
+    /// Panels written per task ([`qgemm_wx_filled`]).
+    Filled(FillPanels<'a>),
+}
+
+/// The body of [`qgemm_wx`] and [`qgemm_wx_filled`] (X's size checked).
+fn wx_product(w: &QPackedA, x: XSource, za: u8, n: usize, out: QOut, ldc: usize, cx: &CpuCtx) {
     let (m, k) = (w.m, w.k);
     assert!(
         w.kern.runs_on(cx.features),
@@ -985,9 +977,8 @@ fn wx_product(
     let g = QGemmWx {
         w,
         x,
-        x_panels,
         fin: Finish {
-            za: x.zero_point as i32 - w.kern.act_offset(),
+            za: za as i32 - w.kern.act_offset(),
             sums: &w.row_sums,
             by_row: true,
             dst,
@@ -1011,10 +1002,7 @@ fn wx_product(
 /// One weights-left product, ready to compute any rectangle of C.
 struct QGemmWx<'a> {
     w: &'a QPackedA,
-    /// X by rows, or in the kernel's panels ([`QMatXPanels`]) when
-    /// `x_panels`.
-    x: QMatX<'a>,
-    x_panels: bool,
+    x: XSource<'a>,
     fin: Finish<'a>,
 }
 
@@ -1022,29 +1010,53 @@ impl QGemmWx<'_> {
     /// Computes rows `i0..i1` (`i0` a multiple of MR), columns `j0..j1`
     /// (`j0` a multiple of NR) of C.
     fn region(&self, rows: Range<usize>, cols: Range<usize>) {
-        #[cfg(not(target_arch = "x86_64"))]
-        debug_assert!(!self.x_panels, "only x86 kernels read X in panels");
+        let x = match self.x {
+            XSource::Rows(x) => x,
+            XSource::Filled(fill) => {
+                return with_buf(&BUF_A, |xbuf| {
+                    let len = panels_len(self.w.k, cols.len());
+                    let at = aligned(xbuf, len);
+                    fill(cols.clone(), &mut xbuf[at..at + len]);
+                    self.region_filled(&xbuf[at..at + len], rows, cols)
+                });
+            }
+        };
         #[cfg(target_arch = "x86_64")]
-        if self.x_panels && self.w.k > 0 {
-            let panel = self.w.k.div_ceil(4) * 64;
+        if self.w.kern == QKernel::Amx {
+            return with_buf(&BUF_A, |xbuf| self.region_amx(x, xbuf, rows, cols));
+        }
+        with_buf(&BUF_A, |xbuf| {
+            with_buf(&BUF_ACC, |acc| self.region_in(x, xbuf, acc, rows, cols))
+        })
+    }
+
+    /// Rows `rows`, columns `cols` of C from X's panels for those columns.
+    fn region_filled(&self, panels: &[u8], rows: Range<usize>, cols: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        if self.w.k > 0 {
             let x = wide::XQuads {
-                data: &self.x.data[(cols.start / NR) * panel..],
-                panel,
+                data: panels,
+                panel: self.w.k.div_ceil(4) * 64,
                 group: 64,
             };
             return self.region_wide(x, rows, cols.start, cols.len());
         }
-        #[cfg(target_arch = "x86_64")]
-        if self.w.kern == QKernel::Amx {
-            return with_buf(&BUF_A, |xbuf| self.region_amx(xbuf, rows, cols));
-        }
+        // No depth (or no wide kernel, which `reads_panels` rules out):
+        // every accumulator is 0, as the packed path computes it.
+        let zeros = QMatX {
+            data: &[],
+            ld: cols.end,
+            zero_point: 0,
+        };
+        let _ = panels;
         with_buf(&BUF_A, |xbuf| {
-            with_buf(&BUF_ACC, |acc| self.region_in(xbuf, acc, rows, cols))
+            with_buf(&BUF_ACC, |acc| self.region_in(zeros, xbuf, acc, rows, cols))
         })
     }
 
     fn region_in(
         &self,
+        x: QMatX,
         xbuf: &mut Vec<u8>,
         accbuf: &mut Vec<i32>,
         rows: Range<usize>,
@@ -1064,7 +1076,7 @@ impl QGemmWx<'_> {
             let nc = NC.min(cols.end - jc);
             let panels = nc.div_ceil(NR);
             let xblock = &mut xbuf[x_off..x_off + panels * x_panel];
-            pack_x(xblock, kern, &self.x, k, jc, nc);
+            pack_x(xblock, kern, &x, k, jc, nc);
             let xblock = &xbuf[x_off..x_off + panels * x_panel];
             #[cfg(target_arch = "x86_64")]
             if kern == QKernel::Vnni512 && k > 0 {

@@ -34,7 +34,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::{aligned, pack_x, Finish, QGemm, QGemmWx, QKernel, NR};
+use super::{aligned, pack_x, Finish, QGemm, QGemmWx, QKernel, QMatX, NR};
 
 /// Depths of one tile row (bytes of u8/i8).
 pub(super) const CHUNK: usize = 64;
@@ -422,7 +422,13 @@ fn run_block(
 impl QGemmWx<'_> {
     /// [`QGemmWx::region`] on AMX: X's columns are packed a block at a time
     /// and every row pair of W runs over them.
-    pub(super) fn region_amx(&self, xbuf: &mut Vec<u8>, rows: Range<usize>, cols: Range<usize>) {
+    pub(super) fn region_amx(
+        &self,
+        x: QMatX,
+        xbuf: &mut Vec<u8>,
+        rows: Range<usize>,
+        cols: Range<usize>,
+    ) {
         let k = self.w.k;
         let (chunks, pb) = (k.div_ceil(CHUNK), panel_bytes(k));
         let x_off = aligned(xbuf, (NC / NR) * pb.max(1));
@@ -433,7 +439,7 @@ impl QGemmWx<'_> {
         for jc in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - jc);
             let xblock = &mut xbuf[x_off..x_off + nc.div_ceil(NR) * pb];
-            pack_x(xblock, QKernel::Amx, &self.x, k, jc, nc);
+            pack_x(xblock, QKernel::Amx, &x, k, jc, nc);
             let xblock = &xbuf[x_off..x_off + nc.div_ceil(NR) * pb];
             run_block(
                 &self.fin,
