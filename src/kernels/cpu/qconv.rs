@@ -571,11 +571,28 @@ impl<'a> Im2col<'a> {
         // The output column of each of the first run's columns.
         let ow = self.oh_ow.1;
         let lanes: [u8; 64] = std::array::from_fn(|l| ((cols.start + l) % ow) as u8);
+        // The shift of each tap of input channel 0; channel ci's is the same
+        // `ci` planes further on.
+        #[cfg(target_arch = "x86_64")]
+        let (taps, plane_stride) = {
+            let [kh, kw] = self.geom.kernel;
+            let (h, w) = self.h_w;
+            let stride = match self.phases {
+                Some(_) => 4 * h.div_ceil(2) * w.div_ceil(2),
+                None => h * w,
+            };
+            let taps: Vec<Option<Shift>> = (0..(kh * kw).min(k))
+                .map(|t| Shift::of(self.source(t), self.oh_ow))
+                .collect();
+            (taps, stride)
+        };
         for g in 0..groups {
             #[cfg(target_arch = "x86_64")]
             if self.features.avx512f && 4 * g + 4 <= k {
-                let shifts: [_; 4] =
-                    std::array::from_fn(|d| Shift::of(self.source(4 * g + d), self.oh_ow));
+                let shifts: [_; 4] = std::array::from_fn(|d| {
+                    let row = 4 * g + d;
+                    taps[row % taps.len()].map(|s| s.channel(row / taps.len(), plane_stride))
+                });
                 if let [Some(a), Some(b), Some(c), Some(d)] = shifts {
                     // SAFETY: AVX-512 F and BW (`avx512f`); `out` holds
                     // the panels of `width` columns from cols.start
@@ -661,6 +678,7 @@ unsafe fn split_even_odd_avx512(row: &[u8], even: &mut [u8], odd: &mut [u8]) -> 
 /// `x0..x1`, `za` elsewhere (stride 1 and output rows as wide as the
 /// plane's pitch: [`shifted_copy`]'s contiguous case).
 #[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
 struct Shift<'a> {
     data: &'a [u8],
     off: isize,
@@ -693,6 +711,16 @@ impl<'a> Shift<'a> {
             x0: x0 as u8,
             x1: x1 as u8,
         })
+    }
+
+    /// The same tap of the plane `ci · stride` bytes further on (input
+    /// channel ci's, for a shift of channel 0's plane at the start of
+    /// `data`, which holds all of them).
+    fn channel(self, ci: usize, stride: usize) -> Shift<'a> {
+        Shift {
+            off: self.off + (ci * stride) as isize,
+            ..self
+        }
     }
 }
 
