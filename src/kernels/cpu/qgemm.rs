@@ -93,6 +93,9 @@ pub(crate) const NR: usize = 16;
 /// The tallest tile (MR) of any kernel.
 #[cfg(target_arch = "x86_64")]
 const MR_MAX: usize = 16;
+/// Bytes of X's panels a weights-left product on filled panels
+/// ([`qgemm_wx_filled`]) writes and then reads at a time.
+const FILL_BLOCK_BYTES: usize = 256 << 10;
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
@@ -1013,11 +1016,19 @@ impl QGemmWx<'_> {
         let x = match self.x {
             XSource::Rows(x) => x,
             XSource::Filled(fill) => {
+                // Column blocks whose panels stay in L2 from the fill to
+                // the product (whole runs of 64 columns).
+                let per_column = self.w.k.div_ceil(4) * 4;
+                let block = (FILL_BLOCK_BYTES / per_column.max(1) / 64).max(1) * 64;
                 return with_buf(&BUF_A, |xbuf| {
-                    let len = panels_len(self.w.k, cols.len());
+                    let len = panels_len(self.w.k, block.min(cols.len()));
                     let at = aligned(xbuf, len);
-                    fill(cols.clone(), &mut xbuf[at..at + len]);
-                    self.region_filled(&xbuf[at..at + len], rows, cols)
+                    for j in cols.clone().step_by(block) {
+                        let part = j..(j + block).min(cols.end);
+                        let len = panels_len(self.w.k, part.len());
+                        fill(part.clone(), &mut xbuf[at..at + len]);
+                        self.region_filled(&xbuf[at..at + len], rows.clone(), part);
+                    }
                 });
             }
         };
