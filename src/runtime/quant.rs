@@ -23,7 +23,8 @@ use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, QuantRun};
 use crate::kernels::cpu::qconv::{pack_conv, pack_conv_sparse, qconv2d, QConvGeom, QPackedConv};
 use crate::kernels::cpu::qgemm::{
-    dynamic_params_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QMatX, QOut, QPackedB, QRequant,
+    dynamic_params_with, finite_range_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QMatX, QOut,
+    QPackedB, QRequant,
 };
 use crate::kernels::cpu::qsparse::{self, qspmm_wx, QCsr};
 use crate::kernels::cpu::sparse;
@@ -369,13 +370,13 @@ impl QuantStep {
                 let q = &mut q[..x.len()];
                 match self.act_quant {
                     ActQuant::Static { scale, zero_point } => {
-                        quantize_u8_with(cx.features, x, scale, zero_point, q);
+                        quantize_on(cx, x, scale, zero_point, q);
                         self.product(q, scale, zero_point, self.items, residual, out, cx)
                     }
                     // Each item with its own parameters, as its own product.
                     ActQuant::Dynamic if self.items <= 1 => {
-                        let (scale, zp) = dynamic_params_with(cx.features, x);
-                        quantize_u8_with(cx.features, x, scale, zp, q);
+                        let (scale, zp) = dynamic_params_on(cx, x);
+                        quantize_on(cx, x, scale, zp, q);
                         self.product(q, scale, zp, self.items, residual, out, cx)
                     }
                     ActQuant::Dynamic => {
@@ -384,8 +385,8 @@ impl QuantStep {
                         let (per_x, per_out) = (x.len() / items, outs.first().map_or(0, QDst::len));
                         for (i, o) in outs.into_iter().enumerate() {
                             let (xs, qs) = (&x[i * per_x..][..per_x], &mut q[i * per_x..][..per_x]);
-                            let (scale, zp) = dynamic_params_with(cx.features, xs);
-                            quantize_u8_with(cx.features, xs, scale, zp, qs);
+                            let (scale, zp) = dynamic_params_on(cx, xs);
+                            quantize_on(cx, xs, scale, zp, qs);
                             let r = residual.map(|r| &r[i * per_out..][..per_out]);
                             self.product(qs, scale, zp, 1, r, o, cx)?;
                         }
@@ -586,6 +587,44 @@ impl QuantStep {
     }
 }
 
+/// Values from which an activation is quantized on all threads (each
+/// value's result does not depend on the split).
+const PARALLEL_QUANT_MIN: usize = 1 << 16;
+
+/// The pieces a parallel quantization cuts `len` values into: a few per
+/// thread, whole cache lines of u8.
+fn quant_chunk(len: usize, cx: &CpuCtx) -> usize {
+    len.div_ceil(4 * cx.threads).next_multiple_of(64)
+}
+
+/// [`quantize_u8_with`] on `cx`'s threads when `x` is large.
+fn quantize_on(cx: &CpuCtx, x: &[f32], scale: f32, zp: u8, q: &mut [u8]) {
+    if cx.threads <= 1 || x.len() < PARALLEL_QUANT_MIN {
+        return quantize_u8_with(cx.features, x, scale, zp, q);
+    }
+    let chunk = quant_chunk(x.len(), cx);
+    cx.for_each_chunk_mut(&mut q[..x.len()], chunk, |i, qc| {
+        quantize_u8_with(cx.features, &x[i * chunk..][..qc.len()], scale, zp, qc)
+    });
+}
+
+/// [`dynamic_params_with`] on `cx`'s threads when `x` is large: the range
+/// of each piece, then of the ranges (min and max are exact in any order).
+fn dynamic_params_on(cx: &CpuCtx, x: &[f32]) -> (f32, u8) {
+    if cx.threads <= 1 || x.len() < PARALLEL_QUANT_MIN {
+        return dynamic_params_with(cx.features, x);
+    }
+    let chunk = quant_chunk(x.len(), cx);
+    let mut ranges = vec![(0.0f32, 0.0f32); x.len().div_ceil(chunk)];
+    cx.for_each_chunk_mut(&mut ranges, 1, |i, r| {
+        r[0] = finite_range_with(cx.features, &x[i * chunk..((i + 1) * chunk).min(x.len())])
+    });
+    let (lo, hi) = ranges
+        .iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &(l, h)| (lo.min(l), hi.max(h)));
+    crate::ir::ops::quant::reference::range_params(lo, hi)
+}
+
 /// `(q − zp) · scale`, as DequantizeLinear computes it.
 fn dequantize(q: &[u8], scale: f32, zp: u8, out: &mut [f32]) {
     for (y, &v) in out.iter_mut().zip(q) {
@@ -664,5 +703,33 @@ impl F32Product {
         };
         self.packed = prepack_with(&self.op, &consts, &self.out_shape, choice, cx);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cpu::qgemm::tests::{features, rand_f32, two_threads};
+
+    /// Quantizing on two threads gives one thread's bytes and dynamic
+    /// parameters, special values and signed zeros included.
+    #[test]
+    fn threaded_quantization_matches_one_thread() {
+        let mut x = rand_f32(3 * PARALLEL_QUANT_MIN + 77, 5, 4.0);
+        for (i, v) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e30]
+            .into_iter()
+            .enumerate()
+        {
+            x[i * 40_000 + 3] = v;
+        }
+        for (name, f) in features() {
+            let cx = two_threads(f);
+            let params = dynamic_params_with(f, &x);
+            assert_eq!(dynamic_params_on(&cx, &x), params, "{name}");
+            let (mut one, mut two) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+            quantize_u8_with(f, &x, params.0, params.1, &mut one);
+            quantize_on(&cx, &x, params.0, params.1, &mut two);
+            assert_eq!(one, two, "{name}");
+        }
     }
 }

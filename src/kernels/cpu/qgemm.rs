@@ -2234,7 +2234,15 @@ pub fn quantize_u8_with(features: Features, x: &[f32], scale: f32, zp: u8, out: 
 /// ([`dynamic_params`](crate::ir::ops::quant::reference::dynamic_params)),
 /// its range found with AVX2 where the CPU has it (same values).
 pub fn dynamic_params_with(features: Features, x: &[f32]) -> (f32, u8) {
-    use crate::ir::ops::quant::reference::{finite_range, range_params};
+    let (lo, hi) = finite_range_with(features, x);
+    crate::ir::ops::quant::reference::range_params(lo, hi)
+}
+
+/// The reference's `finite_range` (the smallest and largest finite values,
+/// widened to hold 0) compiled for the features: the same values on every
+/// path, and the range of a whole is the min and max of its parts' ranges.
+pub fn finite_range_with(features: Features, x: &[f32]) -> (f32, f32) {
+    use crate::ir::ops::quant::reference::finite_range;
     #[cfg(target_arch = "x86_64")]
     if features.avx2_fma {
         #[target_feature(enable = "avx2,fma")]
@@ -2242,12 +2250,10 @@ pub fn dynamic_params_with(features: Features, x: &[f32]) -> (f32, u8) {
             finite_range(x)
         }
         // SAFETY: the CPU has AVX2 (the features say so).
-        let (lo, hi) = unsafe { range_avx2(x) };
-        return range_params(lo, hi);
+        return unsafe { range_avx2(x) };
     }
     let _ = features;
-    let (lo, hi) = finite_range(x);
-    range_params(lo, hi)
+    finite_range(x)
 }
 
 /// AVX2 quantization, 32 values a step: `vdivps`, `vroundps` to nearest
