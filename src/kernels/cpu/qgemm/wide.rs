@@ -31,9 +31,9 @@ const PANELS: usize = 4;
 
 /// Where the wide kernel reads X: the 64 bytes of column panel `q`
 /// (16 columns, four depths each), depth group `g`, at `data[q · panel +
-/// g · group..]`: packed column blocks ([`super::pack_x`]) and
-/// [`super::QMatXPanels`] have `group` = 64 and `panel` the bytes of all
-/// the depth groups.
+/// g · group..]`: packed column blocks ([`super::pack_x`]) and filled
+/// panels ([`super::FillPanels`]) have `group` = 64 and `panel` the bytes
+/// of all the depth groups.
 #[derive(Clone, Copy)]
 pub(super) struct XQuads<'a> {
     pub(super) data: &'a [u8],
