@@ -569,8 +569,8 @@ impl<'a> Im2col<'a> {
         );
         let out = PanelsOut(dst.as_mut_ptr(), groups * 64, cols.start);
         // The output column of each of the first run's columns.
-        let ow = self.oh_ow.1;
-        let lanes: [u8; 64] = std::array::from_fn(|l| ((cols.start + l) % ow) as u8);
+        #[cfg(target_arch = "x86_64")]
+        let lanes: [u8; 64] = std::array::from_fn(|l| ((cols.start + l) % self.oh_ow.1) as u8);
         // The shift of each tap of input channel 0; channel ci's is the same
         // `ci` planes further on.
         #[cfg(target_arch = "x86_64")]
@@ -631,15 +631,14 @@ fn split_even_odd(f: Features, row: &[u8], even: &mut [u8], odd: &mut [u8]) {
         even.len() >= row.len().div_ceil(2) && odd.len() >= row.len() / 2,
         "split_even_odd: halves shorter than the row"
     );
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if f.avx512f {
         // SAFETY: AVX-512 F and BW (`avx512f`); the lengths are asserted
         // above.
-        done = unsafe { split_even_odd_avx512(row, even, odd) };
+        return unsafe { split_even_odd_avx512(row, even, odd) };
     }
     let _ = f;
-    for (i, &v) in row.iter().enumerate().skip(done) {
+    for (i, &v) in row.iter().enumerate() {
         if i % 2 == 0 {
             even[i / 2] = v;
         } else {
@@ -649,15 +648,14 @@ fn split_even_odd(f: Features, row: &[u8], even: &mut [u8], odd: &mut [u8]) {
 }
 
 /// [`split_even_odd`] 64 bytes at a time (pairs narrowed to their low and
-/// high bytes), the last piece through masked loads and stores; returns
-/// how many bytes of `row` it split (all).
+/// high bytes), the last piece through masked loads and stores.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW; `even` holds at least
 /// `row.len().div_ceil(2)` bytes, `odd` `row.len() / 2`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn split_even_odd_avx512(row: &[u8], even: &mut [u8], odd: &mut [u8]) -> usize {
+unsafe fn split_even_odd_avx512(row: &[u8], even: &mut [u8], odd: &mut [u8]) {
     use std::arch::x86_64::*;
     let n = row.len();
     // Bits below `k` of a mask.
@@ -670,7 +668,6 @@ unsafe fn split_even_odd_avx512(row: &[u8], even: &mut [u8], odd: &mut [u8]) -> 
         _mm512_mask_cvtepi16_storeu_epi8(e as *mut i8, low(left.div_ceil(2)) as u32, v);
         _mm512_mask_cvtepi16_storeu_epi8(o as *mut i8, low(left / 2) as u32, hi);
     }
-    n
 }
 
 /// An im2col row that is its plane shifted: `row[j] = data[j + off]` for
