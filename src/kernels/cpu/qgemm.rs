@@ -949,7 +949,15 @@ pub fn qgemm_wx_filled(
         "qgemm_wx_filled: W packed for {:?}",
         w.kern
     );
-    let x = XSource::Filled(fill);
+    // No depth: no X to write, every accumulator 0 (the rows path).
+    let x = match w.k {
+        0 => XSource::Rows(QMatX {
+            data: &[],
+            ld: n,
+            zero_point: za,
+        }),
+        _ => XSource::Filled(fill),
+    };
     wx_product(w, x, za, n, out, ldc, cx);
 }
 
@@ -1044,25 +1052,21 @@ impl QGemmWx<'_> {
     /// Rows `rows`, columns `cols` of C from X's panels for those columns.
     fn region_filled(&self, panels: &[u8], rows: Range<usize>, cols: Range<usize>) {
         #[cfg(target_arch = "x86_64")]
-        if self.w.k > 0 {
+        {
             let x = wide::XQuads {
                 data: panels,
                 panel: self.w.k.div_ceil(4) * 64,
                 group: 64,
             };
-            return self.region_wide(x, rows, cols.start, cols.len());
+            self.region_wide(x, rows, cols.start, cols.len())
         }
-        // No depth (or no wide kernel, which `reads_panels` rules out):
-        // every accumulator is 0, as the packed path computes it.
-        let zeros = QMatX {
-            data: &[],
-            ld: cols.end,
-            zero_point: 0,
-        };
-        let _ = panels;
-        with_buf(&BUF_A, |xbuf| {
-            with_buf(&BUF_ACC, |acc| self.region_in(zeros, xbuf, acc, rows, cols))
-        })
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!(
+            "filled panels are read by the AVX512-VNNI kernel only ({} rows, {:?}, {} bytes)",
+            rows.len(),
+            cols,
+            panels.len()
+        )
     }
 
     fn region_in(
