@@ -274,7 +274,6 @@ pub fn qconv2d(
             let k = cg * geom.kernel[0] * geom.kernel[1];
             let tasks = split_out(out, nb * m * p, mg, m, p);
             let in_place = geom.kernel == [1, 1] && geom.strides == [1, 1] && geom.pads == [0; 4];
-            let panels = matches!(&w.kind, Kind::Gemm(packs) if packs.iter().all(reads_panels));
             let one = CpuCtx::single(cx.features);
             // Small groups run side by side, one thread each, and so do
             // the items of a batch that share out evenly over them: each
@@ -310,7 +309,7 @@ pub fn qconv2d(
                         // The AVX512-VNNI kernel reads the columns as
                         // im2col writes them, in its panels, each task its
                         // own columns.
-                        Kind::Gemm(packs) if panels => {
+                        Kind::Gemm(packs) if reads_panels(&packs[g]) => {
                             let fill = |cols: Range<usize>, dst: &mut [u8]| ic.panels(k, cols, dst);
                             qgemm_wx_filled(&packs[g], &fill, x_zp, p, o, p, cx)
                         }
