@@ -16,7 +16,10 @@
 //! wide as the plane's. A 1x1, stride-1, unpadded convolution reads the
 //! input in place. Convolutions
 //! with one input channel per group (depthwise) run a direct kernel
-//! instead (`qconv/dw.rs`): per output plane, each input row is expanded once into
+//! instead: on AVX512-VNNI with channels in the vector lanes
+//! (`qconv/dw_lanes.rs`: sixteen channels interleaved, one `vpdpbusd` per
+//! kernel row and four taps), elsewhere plane by plane (`qconv/dw.rs`,
+//! or exact f32 sums where AVX2 makes them faster): each input row is expanded once into
 //! 4-tap words of u8 inputs (padding read as the zero point), and a kernel
 //! row's contribution to 16 (AVX512-VNNI) or 8 (AVX-VNNI, AVX2
 //! `vpmaddwd`) outputs is one multiply-add of such words by the four
@@ -29,6 +32,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 mod dw;
+mod dw_lanes;
 
 use super::gemm::with_buf;
 use super::qgemm::{
@@ -243,12 +247,21 @@ pub fn qconv2d(
             } else {
                 1
             };
-            let cpc = dw::channels_per_task(m, p, nb, threads);
+            let lanes = dw_lanes::Plan::new(cx.features, geom, (h, wd), (oh, ow), (m, c));
+            let cpc = match lanes {
+                Some(_) => dw_lanes::channels_per_task(m, nb, threads),
+                None => dw::channels_per_task(m, p, nb, threads),
+            };
             let tasks = split_out(out, nb * m * p, cpc, m, p);
             let (mg, taps) = (m / w.group, geom.kernel[0] * geom.kernel[1]);
             let via_f32 = dw::exact_in_f32(cx.features, m, c, geom, p);
             let run = |t: usize, o: QOut| {
                 let (b, ch0) = (t * cpc / m, t * cpc % m);
+                if let Some(plan) = &lanes {
+                    let xs = &x[b * c * plane_in..(b + 1) * c * plane_in];
+                    dw_lanes::planes(plan, cx.features, xs, x_zp, wt, ch0, cpc, o);
+                    return;
+                }
                 if via_f32 {
                     let xs = &x[(b * c + ch0) * plane_in..(b * c + ch0 + cpc) * plane_in];
                     let ws = &wf[ch0 * taps..(ch0 + cpc) * taps];
@@ -983,6 +996,11 @@ mod tests {
         // (each writes the whole im2col), where the cases above split the
         // pixels.
         v.push(("deep 3x3", case([1, 64, 6, 6], 160, [3, 3], 1, 1, 1)));
+        // Depthwise with channels in the lanes: whole and partial groups of
+        // 16 over tasks, rows ending inside a 16-pixel block, two 4-tap
+        // groups a kernel row, stride 2 over a batch.
+        v.push(("dw 48 5x5", case([1, 48, 12, 21], 48, [5, 5], 1, 2, 48)));
+        v.push(("dw 40 s2", case([2, 40, 9, 37], 40, [3, 3], 2, 1, 40)));
         v
     }
 
@@ -1122,6 +1140,8 @@ mod tests {
                             None,
                             Some(Activation::Relu),
                             Some(Activation::Clip { min: 0.0, max: 6.0 }),
+                            // A low bound that requantizes above 0.
+                            Some(Activation::Clip { min: 0.5, max: 4.0 }),
                         ] {
                             let ep = QEpilogue {
                                 a_scale: 0.03,

@@ -1344,13 +1344,15 @@ pub(crate) fn interleave4(rows: &[&[u8; NR]], out: &mut [u8]) {
 /// same operations in the same order as [`finish_tile_impl`] (`(acc − z)
 /// as f32 · scale`, `+ bias`, `+ residual`, `max(lo)`, `min(hi)`, then
 /// `round_ties_even(y / scale) + zp` clamped to `[0, 255]` with NaN → 0),
-/// so the results are the same bit for bit. Returns false, doing nothing,
-/// for raw i32 outputs, other activations, or columns not contiguous.
+/// so the results are the same bit for bit; a u8 output folds the clamp
+/// into the requantization ([`RequantZ`], the same values) and stores
+/// four panels of a row at once. Returns false, doing nothing, for raw
+/// i32 outputs, other activations, or columns not contiguous.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F.
+/// The CPU must support AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn finish_rows_avx512(
     g: &Finish,
     tile: &[i32],
@@ -1392,58 +1394,110 @@ unsafe fn finish_rows_avx512(
             }
         }
     }
-    for (q, panel) in tile
-        .chunks_exact(tile_rows * NR)
-        .take(cols.div_ceil(NR))
-        .enumerate()
-    {
-        let jq = j + q * NR;
-        let mask: __mmask16 = match cols - q * NR {
-            c if c >= NR => 0xffff,
-            c => (1u16 << c) - 1,
-        };
-        // Per-column scales, zero point corrections and bias (activations
-        // on the left), read once for the panel.
-        let (mut col_scale, mut col_z, mut col_bias) = (
-            _mm512_setzero_ps(),
-            _mm512_setzero_si512(),
-            _mm512_setzero_ps(),
-        );
-        if !g.by_row {
-            let sums = _mm512_loadu_si512(g.sums[jq..jq + NR].as_ptr() as *const __m512i);
-            col_z = _mm512_mullo_epi32(sums, _mm512_set1_epi32(g.za));
-            col_scale = match ep.b_scales {
-                [sb] => _mm512_set1_ps(ep.a_scale * sb),
-                sbs => _mm512_mul_ps(
-                    _mm512_set1_ps(ep.a_scale),
-                    _mm512_maskz_loadu_ps(mask, sbs[jq..].as_ptr()),
-                ),
-            };
-            if let Some(bv) = ep.bias {
-                col_bias = _mm512_maskz_loadu_ps(mask, bv[jq..].as_ptr());
-            }
+    // Per-column scales, zero point corrections and bias of panel q
+    // (activations on the left).
+    let col_consts = |q: usize| -> (__m512, __m512i, __m512) {
+        if g.by_row {
+            return (
+                _mm512_setzero_ps(),
+                _mm512_setzero_si512(),
+                _mm512_setzero_ps(),
+            );
         }
-        for (r, t) in panel.chunks_exact(NR).enumerate().take(rows) {
-            let at = (i + r) * rs + jq;
-            let acc = _mm512_loadu_si512(t.as_ptr() as *const __m512i);
-            let mut y = if g.by_row {
-                let acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(row_z[r]));
-                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(row_scale[r]));
-                if ep.bias.is_some() {
-                    y = _mm512_add_ps(y, _mm512_set1_ps(row_bias[r]));
-                }
-                y
-            } else {
-                let acc = _mm512_sub_epi32(acc, col_z);
-                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), col_scale);
-                if ep.bias.is_some() {
-                    y = _mm512_add_ps(y, col_bias);
-                }
-                y
-            };
-            if let Some(res) = ep.residual {
-                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, res[at..].as_ptr()));
+        let jq = j + q * NR;
+        let mask = panel_mask(cols - q * NR);
+        let sums = _mm512_loadu_si512(g.sums[jq..jq + NR].as_ptr() as *const __m512i);
+        let scale = match ep.b_scales {
+            [sb] => _mm512_set1_ps(ep.a_scale * sb),
+            sbs => _mm512_mul_ps(
+                _mm512_set1_ps(ep.a_scale),
+                _mm512_maskz_loadu_ps(mask, sbs[jq..].as_ptr()),
+            ),
+        };
+        let bias = match ep.bias {
+            Some(bv) => _mm512_maskz_loadu_ps(mask, bv[jq..].as_ptr()),
+            None => _mm512_setzero_ps(),
+        };
+        (
+            scale,
+            _mm512_mullo_epi32(sums, _mm512_set1_epi32(g.za)),
+            bias,
+        )
+    };
+    // Row r, panel q of the tile dequantized, with bias and residual (no
+    // activation yet).
+    let dequant = |r: usize, q: usize, (col_scale, col_z, col_bias): (__m512, __m512i, __m512)| {
+        let jq = j + q * NR;
+        let mask = panel_mask(cols - q * NR);
+        let t = &tile[q * tile_rows * NR + r * NR..][..NR];
+        let acc = _mm512_loadu_si512(t.as_ptr() as *const __m512i);
+        let mut y = if g.by_row {
+            let acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(row_z[r]));
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(row_scale[r]));
+            if ep.bias.is_some() {
+                y = _mm512_add_ps(y, _mm512_set1_ps(row_bias[r]));
             }
+            y
+        } else {
+            let acc = _mm512_sub_epi32(acc, col_z);
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), col_scale);
+            if ep.bias.is_some() {
+                y = _mm512_add_ps(y, col_bias);
+            }
+            y
+        };
+        if let Some(res) = ep.residual {
+            y = _mm512_add_ps(
+                y,
+                _mm512_maskz_loadu_ps(mask, res[(i + r) * rs + jq..].as_ptr()),
+            );
+        }
+        y
+    };
+    let panels = cols.div_ceil(NR);
+    if let Dst::U8(p, rq) = g.dst {
+        if let Some(req) = RequantZ::new(rq, clamp) {
+            // Row by row, four panels (64 bytes of C) at a time: the clamp
+            // folded into the requantization, saturating packs, one store.
+            for q0 in (0..panels).step_by(4) {
+                let four = panels.min(q0 + 4) - q0;
+                let consts: [_; 4] = std::array::from_fn(|u| {
+                    if u < four {
+                        col_consts(q0 + u)
+                    } else {
+                        col_consts(q0)
+                    }
+                });
+                let bytes = (cols - q0 * NR).min(4 * NR);
+                for r in 0..rows {
+                    let v: [__m512i; 4] = std::array::from_fn(|u| {
+                        if u < four {
+                            req.lanes(dequant(r, q0 + u, consts[u]))
+                        } else {
+                            _mm512_setzero_si512()
+                        }
+                    });
+                    // SAFETY: row i + r, columns j + 16·q0 .. + bytes lie
+                    // inside C (checked against its length in
+                    // `qgemm_strided`/`qgemm_wx`) and in this task's
+                    // rectangle, which no other task touches.
+                    _mm512_mask_storeu_epi8(
+                        p.add((i + r) * rs + j + q0 * NR) as *mut i8,
+                        byte_mask(bytes),
+                        pack_u8x64(v),
+                    );
+                }
+            }
+            return true;
+        }
+    }
+    for q in 0..panels {
+        let jq = j + q * NR;
+        let mask = panel_mask(cols - q * NR);
+        let consts = col_consts(q);
+        for r in 0..rows {
+            let at = (i + r) * rs + jq;
+            let mut y = dequant(r, q, consts);
             if clamp.is_some() {
                 y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
             }
@@ -1470,6 +1524,108 @@ unsafe fn finish_rows_avx512(
         }
     }
     true
+}
+
+/// The lanes of a 16-lane panel that hold one of its `live` columns.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn panel_mask(live: usize) -> u16 {
+    if live >= NR {
+        0xffff
+    } else {
+        (1u16 << live) - 1
+    }
+}
+
+/// The lanes of a 64-byte vector that hold one of its first `bytes`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn byte_mask(bytes: usize) -> u64 {
+    if bytes >= 64 {
+        !0
+    } else {
+        (1u64 << bytes) - 1
+    }
+}
+
+/// Requantization to u8 in AVX-512 registers with the activation's clamp
+/// folded into the output's: `g(y) = round_ties_even(y / scale) + zp` is
+/// monotone in `y` for a positive scale, so clamping `y` to `[lo, hi]`
+/// first and clamping `g(y)` to `[g(lo), g(hi)]` after give the same value;
+/// with the output's `[0, 255]` that leaves one `max` (only where `g(lo) >
+/// 0`) and one `min`, and saturating packs do the rest. NaN goes to `g(lo)`
+/// where the activation has a bound above 0 (the reference's `max(lo)`
+/// returns `lo` on NaN), else to 0 (as a NaN quantizes).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct RequantZ {
+    scale: f32,
+    rcp: Reciprocal,
+    zero_point: std::arch::x86_64::__m512,
+    lo: Option<std::arch::x86_64::__m512>,
+    hi: std::arch::x86_64::__m512,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RequantZ {
+    /// The requantization to `rq` after the activation's clamp `clamp`;
+    /// None where the fold does not hold (a scale not positive and finite,
+    /// a NaN bound).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn new(rq: QRequant, clamp: Option<(f32, f32)>) -> Option<RequantZ> {
+        use std::arch::x86_64::*;
+        let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        if !(rq.scale > 0.0 && rq.scale.is_finite()) || lo.is_nan() || hi.is_nan() {
+            return None;
+        }
+        let zp = rq.zero_point as f32;
+        let g = |v: f32| (v / rq.scale).round_ties_even() + zp;
+        Some(RequantZ {
+            scale: rq.scale,
+            rcp: Reciprocal::new(rq.scale),
+            zero_point: _mm512_set1_ps(zp),
+            lo: (g(lo) > 0.0).then(|| _mm512_set1_ps(g(lo))),
+            hi: _mm512_set1_ps(g(hi).min(255.0)),
+        })
+    }
+
+    /// `y` requantized, as i32 lanes at most 255 (NaN as `i32::MIN`): the
+    /// saturating packs of [`pack_u8x64`] finish the clamp.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[inline(always)]
+    pub(super) unsafe fn lanes(&self, y: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let mut q = _mm512_add_ps(round_div_avx512(y, self.scale, self.rcp), self.zero_point);
+        if let Some(lo) = self.lo {
+            // vmaxps returns the second operand (lo) on NaN.
+            q = _mm512_max_ps(q, lo);
+        }
+        // ... and vminps the second (NaN), which converts to i32::MIN.
+        _mm512_cvtps_epi32(_mm512_min_ps(self.hi, q))
+    }
+}
+
+/// Four vectors of [`RequantZ::lanes`] as 64 bytes in order, saturated to
+/// `[0, 255]` (negative lanes and `i32::MIN` to 0).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn pack_u8x64(v: [std::arch::x86_64::__m512i; 4]) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let ab = _mm512_packus_epi32(v[0], v[1]);
+    let cd = _mm512_packus_epi32(v[2], v[3]);
+    // 128-bit lane L now holds the L-th four bytes of each vector in turn:
+    // a 4x4 dword transpose puts each vector's sixteen back together.
+    let bytes = _mm512_packus_epi16(ab, cd);
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_epi32(idx, bytes)
 }
 
 /// `round_ties_even(y / scale)` in AVX-512 registers, by a multiply with

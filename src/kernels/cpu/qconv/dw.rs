@@ -234,7 +234,7 @@ fn to_i32_exact(y: &[f32], out: &mut [i32]) {
 
 /// The epilogue of one plane's accumulators on the best path `features`
 /// allow.
-fn finish_any(features: Features, acc: &[i32], yf: &mut Vec<f32>, out: QOut) {
+pub(super) fn finish_any(features: Features, acc: &[i32], yf: &mut Vec<f32>, out: QOut) {
     #[cfg(target_arch = "x86_64")]
     if features.avx512f {
         // SAFETY: the CPU has AVX-512 F (the features say so).
