@@ -14,7 +14,11 @@
 //! shifted copy of an input plane (at stride 2, of one of its four phase
 //! planes, split once), one contiguous copy when the output rows are as
 //! wide as the plane's. A 1x1, stride-1, unpadded convolution reads the
-//! input in place. Convolutions
+//! input in place. With a multiple of 4 input channels a group, the depth
+//! runs in channel quads (four channels of one tap side by side, the
+//! weights reordered at packing), and at stride 1 the AVX512-VNNI
+//! panels are copied from the input interleaved four channels a pixel
+//! once, one 64-byte read per sixteen pixels and tap. Convolutions
 //! with one input channel per group (depthwise) run a direct kernel
 //! instead: on AVX512-VNNI with channels in the vector lanes
 //! (`qconv/dw_lanes.rs`: sixteen channels interleaved, one `vpdpbusd` per
@@ -48,6 +52,9 @@ thread_local! {
     static FOUR_ROWS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The phase planes of a stride-2 im2col running on this thread.
     static PHASES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The quad planes of an im2col running on this thread
+    /// ([`Im2col::quad_planes`]).
+    static QUAD_PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Output elements below which planes are not spread over threads.
@@ -91,7 +98,22 @@ pub struct QPackedConv {
     cg: usize,
     kernel: [usize; 2],
     group: usize,
+    /// The depth runs in channel quads ([`channel_quads`]): `k = ((c / 4 ·
+    /// kh + ki) · kw + kj) · 4 + c % 4`, four channels of one tap side by
+    /// side; else `k = (c · kh + ki) · kw + kj`.
+    quads: bool,
     kind: Kind,
+}
+
+/// Whether a dense pack orders its depth in channel quads: `cg` a
+/// multiple of 4 and a kernel wider than 1x1. Then one depth group of
+/// the AVX512-VNNI kernel (four depths) is four channels at one tap, and
+/// with the input interleaved four channels a pixel ([`Im2col`]'s quad
+/// planes) a group of sixteen output pixels is one 64-byte read (two or
+/// more across output rows), where the plain order needs four shifted
+/// rows and a byte interleave.
+fn channel_quads(cg: usize, kernel: [usize; 2]) -> bool {
+    cg.is_multiple_of(4) && kernel[0] * kernel[1] > 1
 }
 
 #[derive(Clone, Debug)]
@@ -151,12 +173,33 @@ pub fn pack_conv(
     if k > super::qgemm::MAX_K {
         return None;
     }
+    let quads = cg > 1 && channel_quads(cg, [kh, kw]);
     let kind = if cg == 1 {
         Kind::Direct(w.to_vec(), w.iter().map(|&v| v as f32).collect())
     } else {
         let mg = m / group;
+        let taps = kh * kw;
+        // The weights in channel quads: depth (c, t) of a row goes to
+        // `(c / 4 · taps + t) · 4 + c % 4`.
+        let reorder = |wg: &[i8]| -> Vec<i8> {
+            let mut out = vec![0i8; wg.len()];
+            for (row, dst) in wg.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+                for (i, &v) in row.iter().enumerate() {
+                    let (c, t) = (i / taps, i % taps);
+                    dst[((c / 4) * taps + t) * 4 + c % 4] = v;
+                }
+            }
+            out
+        };
         let packs = (0..group)
-            .map(|g| QPackedA::new(mg, k, &w[g * mg * k..(g + 1) * mg * k], features))
+            .map(|g| {
+                let wg = &w[g * mg * k..(g + 1) * mg * k];
+                if quads {
+                    QPackedA::new(mg, k, &reorder(wg), features)
+                } else {
+                    QPackedA::new(mg, k, wg, features)
+                }
+            })
             .collect::<Option<Vec<_>>>()?;
         Kind::Gemm(packs)
     };
@@ -165,6 +208,7 @@ pub fn pack_conv(
         cg,
         kernel: [kh, kw],
         group,
+        quads,
         kind,
     })
 }
@@ -190,6 +234,7 @@ pub fn pack_conv_sparse(
         .collect::<Option<Vec<_>>>()?;
     Some(QPackedConv {
         kind: Kind::Sparse(packs),
+        quads: false,
         ..dense
     })
 }
@@ -317,7 +362,8 @@ pub fn qconv2d(
                 if in_place {
                     return product(xs, o);
                 }
-                with_im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), cx.features, |ic| {
+                let order = (w.quads, cx.features);
+                with_im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), order, |ic| {
                     match &w.kind {
                         // The AVX512-VNNI kernel reads the columns as
                         // im2col writes them, in its panels, each task its
@@ -416,10 +462,20 @@ fn valid_range(n_out: usize, s: usize, off: usize, pad: usize, len: usize) -> (u
 }
 
 /// The im2col of one group's `cg` input planes: `K = cg · kh · kw` rows
-/// (row `(ci · kh + ki) · kw + kj`) of `oh · ow` columns, `za` wherever a
-/// tap reads padding, ready to write whole rows ([`Im2col::rows`]) or
-/// the AVX512-VNNI kernel's panels of any columns ([`Im2col::panels`]).
+/// (row `(ci · kh + ki) · kw + kj`, or in channel quads, see
+/// [`QPackedConv`]) of `oh · ow` columns, `za` wherever a tap reads
+/// padding, ready to write whole rows ([`Im2col::rows`]) or the
+/// AVX512-VNNI kernel's panels of any columns ([`Im2col::panels`]).
 struct Im2col<'a> {
+    /// Rows in channel quads.
+    quads: bool,
+    /// In channel quads at stride 1 without dilation (on AVX-512): the
+    /// input padded as the windows read it (`za` around) and interleaved
+    /// four channels a pixel: `cg / 4` planes of `hp × wp` 4-byte pixels,
+    /// `hp = oh + kh − 1`, `wp = ow + kw − 1`; output pixel (oy, ox) reads
+    /// tap (ki, kj) at padded (oy + ki, ox + kj).
+    #[cfg(target_arch = "x86_64")]
+    quad_planes: Option<QuadPlanes<'a>>,
     x: &'a [u8],
     h_w: (usize, usize),
     za: u8,
@@ -434,8 +490,18 @@ struct Im2col<'a> {
     features: Features,
 }
 
-/// Runs `body` on the im2col of `x` (`cg` planes of `h × w`), its phase
-/// planes (when it has them) split into this thread's buffer.
+/// See [`Im2col::quad_planes`].
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct QuadPlanes<'a> {
+    data: &'a [u8],
+    hp: usize,
+    wp: usize,
+}
+
+/// Runs `body` on the im2col of `x` (`cg` planes of `h × w`), rows in
+/// channel quads when `quads`, its phase planes or quad planes (when it
+/// has them) made in this thread's buffer.
 #[allow(clippy::too_many_arguments)]
 fn with_im2col<R>(
     x: &[u8],
@@ -444,7 +510,7 @@ fn with_im2col<R>(
     za: u8,
     geom: &QConvGeom,
     (oh, ow): (usize, usize),
-    features: Features,
+    (quads, features): (bool, Features),
     body: impl FnOnce(&Im2col) -> R,
 ) -> R {
     let [kh, kw] = geom.kernel;
@@ -456,9 +522,36 @@ fn with_im2col<R>(
         za,
         geom,
         oh_ow: (oh, ow),
+        quads,
+        #[cfg(target_arch = "x86_64")]
+        quad_planes: None,
         phases: None,
         features,
     };
+    // Output rows of at least 12 pixels: a 16-pixel group then spans at
+    // most two, and making the planes is no more than the panels' copies
+    // cost (ResNet-18's 7x7 layers ran 3-5% slower on the planes, its
+    // 56x56 to 14x14 ones 2-5% faster).
+    #[cfg(target_arch = "x86_64")]
+    if quads && geom.strides == [1, 1] && geom.dilations == [1, 1] && ow >= 12 && features.avx512f {
+        let (hp, wp) = (oh + kh - 1, ow + kw - 1);
+        return with_buf(&QUAD_PLANES, |buf| {
+            let len = cg * hp * wp;
+            if buf.len() < len + 64 {
+                buf.resize(len + 64, 0);
+            }
+            // SAFETY: AVX-512 F and BW (`avx512f`); `buf` holds the planes.
+            unsafe { quad_planes_avx512(x, cg, (h, w), za, geom, (hp, wp), &mut buf[..len]) };
+            body(&Im2col {
+                quad_planes: Some(QuadPlanes {
+                    data: &buf[..len + 64],
+                    hp,
+                    wp,
+                }),
+                ..plain
+            })
+        });
+    }
     if !phased {
         return body(&plain);
     }
@@ -503,14 +596,31 @@ fn with_im2col<R>(
 type Taps = ((usize, usize, usize), (usize, usize, usize));
 
 impl<'a> Im2col<'a> {
+    /// The input channel and tap (`ki · kw + kj`) of im2col row `row`.
+    fn channel_tap(&self, row: usize) -> (usize, usize) {
+        let taps = self.geom.kernel[0] * self.geom.kernel[1];
+        if self.quads {
+            let (quad, at) = (row / 4, row % 4);
+            (quad / taps * 4 + at, quad % taps)
+        } else {
+            (row / taps, row % taps)
+        }
+    }
+
     /// The plane and taps im2col row `row` copies.
     fn source(&self, row: usize) -> (Plane<'a>, Taps) {
-        let [kh, kw] = self.geom.kernel;
+        let (ci, t) = self.channel_tap(row);
+        self.source_at(ci, t)
+    }
+
+    /// The plane and taps of input channel `ci`, tap `t`.
+    fn source_at(&self, ci: usize, t: usize) -> (Plane<'a>, Taps) {
+        let kw = self.geom.kernel[1];
         let [sh, sw] = self.geom.strides;
         let [dh, dw] = self.geom.dilations;
         let [pt, pl, _, _] = self.geom.pads;
         let (h, w) = self.h_w;
-        let (ci, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        let (ki, kj) = (t / kw, t % kw);
         if let Some(phases) = self.phases {
             // Input row 2·oy + ki − pt = 2·(oy + dy) + py.
             let phase = |k: usize, pad: usize| {
@@ -580,6 +690,14 @@ impl<'a> Im2col<'a> {
             dst.len()
         );
         let out = PanelsOut(dst.as_mut_ptr(), groups * 64, cols.start);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(qp) = &self.quad_planes {
+            // SAFETY: quad planes are made only on AVX-512 F and BW
+            // (`with_im2col`); `out` holds the panels of `width` columns
+            // from cols.start (asserted above).
+            unsafe { quad_panels_avx512(qp, self, groups, (cols.start, width), &out) };
+            return;
+        }
         // The output column of each of the first run's columns.
         #[cfg(target_arch = "x86_64")]
         let lanes: [u8; 64] = std::array::from_fn(|l| ((cols.start + l) % self.oh_ow.1) as u8);
@@ -593,8 +711,8 @@ impl<'a> Im2col<'a> {
                 Some(_) => 4 * h.div_ceil(2) * w.div_ceil(2),
                 None => h * w,
             };
-            let taps: Vec<Option<Shift>> = (0..(kh * kw).min(k))
-                .map(|t| Shift::of(self.source(t), self.oh_ow))
+            let taps: Vec<Option<Shift>> = (0..kh * kw)
+                .map(|t| Shift::of(self.source_at(0, t), self.oh_ow))
                 .collect();
             (taps, stride)
         };
@@ -602,8 +720,8 @@ impl<'a> Im2col<'a> {
             #[cfg(target_arch = "x86_64")]
             if self.features.avx512f && 4 * g + 4 <= k {
                 let shifts: [_; 4] = std::array::from_fn(|d| {
-                    let row = 4 * g + d;
-                    taps[row % taps.len()].map(|s| s.channel(row / taps.len(), plane_stride))
+                    let (ci, t) = self.channel_tap(4 * g + d);
+                    taps[t].map(|s| s.channel(ci, plane_stride))
                 });
                 if let [Some(a), Some(b), Some(c), Some(d)] = shifts {
                     // SAFETY: AVX-512 F and BW (`avx512f`); `out` holds
@@ -631,6 +749,129 @@ impl<'a> Im2col<'a> {
                 let runs = cols.start..cols.start + width;
                 unsafe { out.put_group(self.features, g, &four[..4 * ld], runs) };
             })
+        }
+    }
+}
+
+/// Makes the quad planes of [`Im2col::quad_planes`] in `dst` (`cg · hp ·
+/// wp` bytes) from `x`, `cg` planes of `h × w`: each padded row four
+/// channel rows interleaved 64 pixels at a time, `za` where the windows
+/// read padding.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quad_planes_avx512(
+    x: &[u8],
+    cg: usize,
+    (h, w): (usize, usize),
+    za: u8,
+    geom: &QConvGeom,
+    (hp, wp): (usize, usize),
+    dst: &mut [u8],
+) {
+    use super::qgemm::byte_mask;
+    use std::arch::x86_64::*;
+    assert!(
+        x.len() >= cg * h * w && dst.len() >= cg * hp * wp && cg.is_multiple_of(4),
+        "quad planes: {cg} planes of {h}x{w} into {hp}x{wp}"
+    );
+    let [pt, pl, _, _] = geom.pads;
+    let zav = _mm512_set1_epi8(za as i8);
+    let fill = |p: *mut u8, bytes: usize| {
+        for i in (0..bytes).step_by(64) {
+            _mm512_mask_storeu_epi8(p.add(i) as *mut i8, byte_mask(bytes - i), zav);
+        }
+    };
+    // Padded columns c0..c1 hold input columns 0.. (c = ix + pl).
+    let (c0, c1) = (pl.min(wp), (pl + w).min(wp));
+    for cq in 0..cg / 4 {
+        for r in 0..hp {
+            let row = dst.as_mut_ptr().add((cq * hp + r) * wp * 4);
+            let iy = r.wrapping_sub(pt);
+            if iy >= h || c1 <= c0 {
+                fill(row, wp * 4);
+                continue;
+            }
+            fill(row, c0 * 4);
+            fill(row.add(c1 * 4), (wp - c1) * 4);
+            let src: [*const u8; 4] =
+                std::array::from_fn(|d| x.as_ptr().add(((4 * cq + d) * h + iy) * w));
+            for ix in (0..c1 - c0).step_by(64) {
+                let live = (c1 - c0 - ix).min(64);
+                let v =
+                    src.map(|s| _mm512_maskz_loadu_epi8(byte_mask(live), s.add(ix) as *const i8));
+                let at = row.add((c0 + ix) * 4);
+                for (l, q) in super::qgemm::quads_of_64(v).into_iter().enumerate() {
+                    let bytes = (4 * live).saturating_sub(64 * l);
+                    if bytes > 0 {
+                        _mm512_mask_storeu_epi8(at.add(64 * l) as *mut i8, byte_mask(bytes), q);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes the panels of columns `j0..j0 + width` (a multiple of 64), all
+/// `groups` depth groups in channel quads, from the quad planes: group `(c
+/// / 4, tap)` of sixteen output pixels is their 4-byte pixels at that tap
+/// in quad plane `c / 4`, one masked load per output row the sixteen
+/// span.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `out` as [`PanelsOut::put_group`] for
+/// those columns; `qp` made for `ic`'s geometry.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quad_panels_avx512(
+    qp: &QuadPlanes,
+    ic: &Im2col,
+    groups: usize,
+    (j0, width): (usize, usize),
+    out: &PanelsOut,
+) {
+    use std::arch::x86_64::*;
+    let (oh, ow) = ic.oh_ow;
+    let p = oh * ow;
+    let [kh, kw] = ic.geom.kernel;
+    let taps = kh * kw;
+    assert!(
+        groups.is_multiple_of(taps) && qp.data.len() >= groups / taps * 4 * qp.hp * qp.wp,
+        "quad panels: {groups} groups of {kh}x{kw} taps"
+    );
+    // Where each group's pixel (0, 0) lies in the planes.
+    let at: Vec<isize> = (0..groups)
+        .map(|g| {
+            let (cq, t) = (g / taps, g % taps);
+            (((cq * qp.hp + t / kw) * qp.wp + t % kw) * 4) as isize
+        })
+        .collect();
+    let base = qp.data.as_ptr();
+    for j in (j0..j0 + width).step_by(16) {
+        // The panel's lanes by output row: each run's lanes and where its
+        // lane 0 would lie, relative to a group's pixel (0, 0).
+        let mut runs = [(0u16, 0isize); 16];
+        let (mut n, mut l) = (0, 0);
+        while l < 16 && j + l < p {
+            let (oy, ox) = ((j + l) / ow, (j + l) % ow);
+            let len = (ow - ox).min(16 - l).min(p - j - l);
+            let lanes = (((1u32 << len) - 1) << l) as u16;
+            runs[n] = (lanes, ((oy * qp.wp + ox) * 4) as isize - 4 * l as isize);
+            n += 1;
+            l += len;
+        }
+        for (g, &off) in at.iter().enumerate() {
+            let mut v = _mm512_setzero_si512();
+            for &(lanes, run) in &runs[..n] {
+                // Lanes outside the run are not read (their addresses may
+                // lie outside the planes: `wrapping_offset`); those in it
+                // read padded (oy + ki, ox + kj), inside its plane.
+                let src = base.wrapping_offset(off + run) as *const i32;
+                v = _mm512_mask_loadu_epi32(v, lanes, src);
+            }
+            _mm512_storeu_si512(out.at(g, j) as *mut __m512i, v);
         }
     }
 }
@@ -996,6 +1237,12 @@ mod tests {
         // (each writes the whole im2col), where the cases above split the
         // pixels.
         v.push(("deep 3x3", case([1, 64, 6, 6], 160, [3, 3], 1, 1, 1)));
+        // Depth in channel quads read from the quad planes: uneven pads and
+        // kernel, and two groups.
+        let mut quads = case([1, 8, 7, 14], 10, [2, 3], 1, 0, 1);
+        quads.geom.pads = [1, 2, 0, 1];
+        v.push(("quads asym 2x3", quads));
+        v.push(("quads grouped", case([1, 16, 6, 13], 8, [3, 3], 1, 1, 2)));
         // Depthwise with channels in the lanes: whole and partial groups of
         // 16 over tasks, rows ending inside a 16-pixel block, two 4-tap
         // groups a kernel row, stride 2 over a batch.
