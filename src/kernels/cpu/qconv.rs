@@ -73,6 +73,31 @@ pub struct QConvGeom {
 }
 
 impl QConvGeom {
+    /// The window of this geometry over an `h × w` input with an `oh × ow`
+    /// output (from [`QConvGeom::out_hw`]).
+    fn window(
+        &self,
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> super::geometry::Window2d {
+        super::geometry::Window2d {
+            h,
+            w,
+            kh: self.kernel[0],
+            kw: self.kernel[1],
+            sh: self.strides[0],
+            sw: self.strides[1],
+            dh: self.dilations[0],
+            dw: self.dilations[1],
+            pad_top: self.pads[0],
+            pad_left: self.pads[1],
+            pad_bottom: self.pads[2],
+            pad_right: self.pads[3],
+            oh,
+            ow,
+        }
+    }
+
     /// Output height and width for an `h × w` input; None when the
     /// (dilated) kernel does not fit in the padded input or a stride or
     /// dilation is 0.

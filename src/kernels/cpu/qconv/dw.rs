@@ -154,22 +154,7 @@ pub(super) fn planes_via_f32(
     wf: &[f32],
     out: QOut,
 ) {
-    let win = crate::kernels::cpu::geometry::Window2d {
-        h,
-        w,
-        kh: geom.kernel[0],
-        kw: geom.kernel[1],
-        sh: geom.strides[0],
-        sw: geom.strides[1],
-        dh: geom.dilations[0],
-        dw: geom.dilations[1],
-        pad_top: geom.pads[0],
-        pad_left: geom.pads[1],
-        pad_bottom: geom.pads[2],
-        pad_right: geom.pads[3],
-        oh,
-        ow,
-    };
+    let win = geom.window((h, w), (oh, ow));
     let (p, hw) = (oh * ow, h * w);
     let one = crate::kernels::cpu::CpuCtx::single(features);
     // Channels converted, convolved and finished together: their f32

@@ -29,6 +29,7 @@
 //! 224x224 image on one thread, 2-3x per layer (the plane kernels run
 //! 7x7 to 28x28 planes mostly on empty lanes and set up per plane).
 
+use super::super::geometry::Window2d;
 use super::super::qgemm::QOut;
 use super::super::Features;
 use super::QConvGeom;
@@ -41,21 +42,11 @@ pub(super) const LANES: usize = 16;
 const MAX_INTERLEAVED: usize = 1 << 26;
 
 /// The geometry of one group's work, checked once per convolution.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 // Off x86-64 no plan is made (`Plan::new`), so no field is read.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct Plan {
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    pad_top: usize,
-    pad_left: usize,
+    win: Window2d,
     /// Groups of four taps per kernel row.
     quads: usize,
     /// Rows and columns of the interleaved input: every row and column a
@@ -98,17 +89,7 @@ impl Plan {
             .checked_add(4 * quads)?;
         let bytes = hp.checked_mul(wp)?.checked_mul(LANES)?;
         (bytes <= MAX_INTERLEAVED).then_some(Plan {
-            h,
-            w,
-            oh,
-            ow,
-            kh,
-            kw,
-            sh: geom.strides[0],
-            sw: geom.strides[1],
-            dh: geom.dilations[0],
-            pad_top: geom.pads[0],
-            pad_left: geom.pads[1],
+            win: geom.window((h, w), (oh, ow)),
             quads,
             hp,
             wp,
@@ -257,9 +238,9 @@ mod x86 {
         cpc: usize,
         mut out: QOut,
     ) {
-        let p = plan.oh * plan.ow;
-        let taps = plan.kh * plan.kw;
-        let plane_in = plan.h * plan.w;
+        let p = plan.win.oh * plan.win.ow;
+        let taps = plan.win.kh * plan.win.kw;
+        let plane_in = plan.win.h * plan.win.w;
         assert!(
             x.len() >= (ch0 + cpc).div_ceil(plan.mult) * plane_in,
             "depthwise: input shorter than its channels"
@@ -321,11 +302,11 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn interleave(plan: &Plan, x: &[u8], za: u8, first: usize, n: usize, buf: &mut [u8]) {
         let row_bytes = plan.wp * LANES;
-        let plane_in = plan.h * plan.w;
+        let plane_in = plan.win.h * plan.win.w;
         // The columns that hold input: `pad_left ..`, as far as the
         // window reads.
-        let c0 = plan.pad_left.min(plan.wp);
-        let c1 = (plan.pad_left + plan.w).min(plan.wp);
+        let c0 = plan.win.pad_left.min(plan.wp);
+        let c1 = (plan.win.pad_left + plan.win.w).min(plan.wp);
         let zv = _mm512_set1_epi8(za as i8);
         let fill = |dst: *mut u8, bytes: usize| {
             let mut i = 0;
@@ -337,8 +318,8 @@ mod x86 {
         };
         for br in 0..plan.hp {
             let row = buf.as_mut_ptr().add(br * row_bytes);
-            let iy = br.wrapping_sub(plan.pad_top);
-            if iy >= plan.h || c1 <= c0 {
+            let iy = br.wrapping_sub(plan.win.pad_top);
+            if iy >= plan.win.h || c1 <= c0 {
                 fill(row, row_bytes);
                 continue;
             }
@@ -348,7 +329,7 @@ mod x86 {
             // channel `(first + l) / mult`.
             let src: [*const u8; LANES] = std::array::from_fn(|l| {
                 let ci = (first + l.min(n - 1)) / plan.mult;
-                x.as_ptr().add(ci * plane_in + iy * plan.w)
+                x.as_ptr().add(ci * plane_in + iy * plan.win.w)
             });
             let cols = c1 - c0;
             for ix in (0..cols).step_by(16) {
@@ -420,7 +401,7 @@ mod x86 {
     /// past the kernel's width and for lanes past `n`.
     #[target_feature(enable = "avx512f")]
     unsafe fn weights(plan: &Plan, za: u8, wt: &[i8], n: usize) -> (__m512i, Vec<__m512i>) {
-        let (kh, kw, quads) = (plan.kh, plan.kw, plan.quads);
+        let (kh, kw, quads) = (plan.win.kh, plan.win.kw, plan.quads);
         let mut init = [0i32; LANES];
         let mut words = vec![[0u32; LANES]; kh * quads];
         for c in 0..n {
@@ -473,14 +454,14 @@ mod x86 {
             let v = _mm512_loadu_si512(p as *const __m512i);
             _mm512_shuffle_epi8(_mm512_permutexvar_epi32(perm, v), shuf)
         };
-        let step = plan.sw * LANES;
-        for oy in 0..plan.oh {
-            let base = buf.as_ptr().add(oy * plan.sh * row_bytes);
+        let step = plan.win.sw * LANES;
+        for oy in 0..plan.win.oh {
+            let base = buf.as_ptr().add(oy * plan.win.sh * row_bytes);
             let mut ox = 0;
-            while ox + 4 <= plan.ow {
+            while ox + 4 <= plan.win.ow {
                 let mut acc = [init; 4];
-                for ki in 0..plan.kh {
-                    let row = base.add(ki * plan.dh * row_bytes + ox * step);
+                for ki in 0..plan.win.kh {
+                    let row = base.add(ki * plan.win.dh * row_bytes + ox * step);
                     for g in 0..plan.quads {
                         let wv = w[ki * plan.quads + g];
                         let at = row.add(4 * g * LANES);
@@ -489,13 +470,13 @@ mod x86 {
                         }
                     }
                 }
-                emit(oy * plan.ow + ox, &acc);
+                emit(oy * plan.win.ow + ox, &acc);
                 ox += 4;
             }
-            while ox < plan.ow {
+            while ox < plan.win.ow {
                 let mut acc = init;
-                for ki in 0..plan.kh {
-                    let row = base.add(ki * plan.dh * row_bytes + ox * step);
+                for ki in 0..plan.win.kh {
+                    let row = base.add(ki * plan.win.dh * row_bytes + ox * step);
                     for g in 0..plan.quads {
                         acc = _mm512_dpbusd_epi32(
                             acc,
@@ -504,7 +485,7 @@ mod x86 {
                         );
                     }
                 }
-                emit(oy * plan.ow + ox, &[acc]);
+                emit(oy * plan.win.ow + ox, &[acc]);
                 ox += 1;
             }
         }
