@@ -387,13 +387,13 @@ pub fn qconv2d(
                 if in_place {
                     return product(xs, o);
                 }
-                let order = (w.quads, cx.features);
+                // The AVX512-VNNI kernel reads the columns as im2col writes
+                // them, in its panels, each task its own columns.
+                let panels = matches!(&w.kind, Kind::Gemm(packs) if reads_panels(&packs[g]));
+                let order = (w.quads, panels, cx.features);
                 with_im2col(xs, cg, (h, wd), x_zp, geom, (oh, ow), order, |ic| {
                     match &w.kind {
-                        // The AVX512-VNNI kernel reads the columns as
-                        // im2col writes them, in its panels, each task its
-                        // own columns.
-                        Kind::Gemm(packs) if reads_panels(&packs[g]) => {
+                        Kind::Gemm(packs) if panels => {
                             let fill = |cols: Range<usize>, dst: &mut [u8]| ic.panels(k, cols, dst);
                             qgemm_wx_filled(&packs[g], &fill, x_zp, p, o, p, cx)
                         }
@@ -525,8 +525,9 @@ struct QuadPlanes<'a> {
 }
 
 /// Runs `body` on the im2col of `x` (`cg` planes of `h × w`), rows in
-/// channel quads when `quads`, its phase planes or quad planes (when it
-/// has them) made in this thread's buffer.
+/// channel quads when `quads`, its phase planes or (for a product that
+/// reads `panels`) quad planes, when it has them, made in this thread's
+/// buffer.
 #[allow(clippy::too_many_arguments)]
 fn with_im2col<R>(
     x: &[u8],
@@ -535,7 +536,7 @@ fn with_im2col<R>(
     za: u8,
     geom: &QConvGeom,
     (oh, ow): (usize, usize),
-    (quads, features): (bool, Features),
+    (quads, panels, features): (bool, bool, Features),
     body: impl FnOnce(&Im2col) -> R,
 ) -> R {
     let [kh, kw] = geom.kernel;
@@ -557,8 +558,17 @@ fn with_im2col<R>(
     // most two, and making the planes is no more than the panels' copies
     // cost (ResNet-18's 7x7 layers ran 3-5% slower on the planes, its
     // 56x56 to 14x14 ones 2-5% faster).
+    // Quad planes feed the AVX-512 panels only.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = panels;
     #[cfg(target_arch = "x86_64")]
-    if quads && geom.strides == [1, 1] && geom.dilations == [1, 1] && ow >= 12 && features.avx512f {
+    if quads
+        && panels
+        && geom.strides == [1, 1]
+        && geom.dilations == [1, 1]
+        && ow >= 12
+        && features.avx512f
+    {
         let (hp, wp) = (oh + kh - 1, ow + kw - 1);
         return with_buf(&QUAD_PLANES, |buf| {
             let len = cg * hp * wp;
@@ -803,24 +813,20 @@ unsafe fn quad_planes_avx512(
         "quad planes: {cg} planes of {h}x{w} into {hp}x{wp}"
     );
     let [pt, pl, _, _] = geom.pads;
-    let zav = _mm512_set1_epi8(za as i8);
-    let fill = |p: *mut u8, bytes: usize| {
-        for i in (0..bytes).step_by(64) {
-            _mm512_mask_storeu_epi8(p.add(i) as *mut i8, byte_mask(bytes - i), zav);
-        }
-    };
     // Padded columns c0..c1 hold input columns 0.. (c = ix + pl).
     let (c0, c1) = (pl.min(wp), (pl + w).min(wp));
     for cq in 0..cg / 4 {
         for r in 0..hp {
-            let row = dst.as_mut_ptr().add((cq * hp + r) * wp * 4);
+            let at = (cq * hp + r) * wp * 4;
+            let bytes = &mut dst[at..at + wp * 4];
             let iy = r.wrapping_sub(pt);
             if iy >= h || c1 <= c0 {
-                fill(row, wp * 4);
+                bytes.fill(za);
                 continue;
             }
-            fill(row, c0 * 4);
-            fill(row.add(c1 * 4), (wp - c1) * 4);
+            bytes[..c0 * 4].fill(za);
+            bytes[c1 * 4..].fill(za);
+            let row = bytes.as_mut_ptr();
             let src: [*const u8; 4] =
                 std::array::from_fn(|d| x.as_ptr().add(((4 * cq + d) * h + iy) * w));
             for ix in (0..c1 - c0).step_by(64) {

@@ -1529,7 +1529,7 @@ unsafe fn finish_rows_avx512(
 /// The lanes of a 16-lane panel that hold one of its `live` columns.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn panel_mask(live: usize) -> u16 {
+pub(super) fn panel_mask(live: usize) -> u16 {
     if live >= NR {
         0xffff
     } else {

@@ -69,7 +69,7 @@ thread_local! {
 }
 
 /// Grows `v` to at least `len` elements.
-fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+pub(super) fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
         v.resize(len, T::default());
     }

@@ -146,9 +146,12 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::super::super::gemm::with_buf;
-    use super::super::super::qgemm::{byte_mask, pack_u8x64, QEpilogue, QOut, RequantZ};
+    use super::super::super::qgemm::{
+        byte_mask, pack_u8x64, panel_mask, QEpilogue, QOut, RequantZ,
+    };
     use super::super::super::Features;
-    use super::super::{dw, split_out};
+    use super::super::dw::{self, grow};
+    use super::super::split_out;
     use super::{Plan, LANES};
 
     thread_local! {
@@ -290,12 +293,6 @@ mod x86 {
         })
     }
 
-    fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
-        if v.len() < len {
-            v.resize(len, T::default());
-        }
-    }
-
     /// Interleaves the input planes of output channels `first .. first +
     /// n` into `buf` (`[hp][wp][16]`), `za` wherever a window reads
     /// padding; lanes past `n` hold anything finite (their weights are 0).
@@ -307,24 +304,16 @@ mod x86 {
         // window reads.
         let c0 = plan.win.pad_left.min(plan.wp);
         let c1 = (plan.win.pad_left + plan.win.w).min(plan.wp);
-        let zv = _mm512_set1_epi8(za as i8);
-        let fill = |dst: *mut u8, bytes: usize| {
-            let mut i = 0;
-            while i < bytes {
-                let mask = mask64(bytes - i);
-                _mm512_mask_storeu_epi8(dst.add(i) as *mut i8, mask, zv);
-                i += 64;
-            }
-        };
         for br in 0..plan.hp {
-            let row = buf.as_mut_ptr().add(br * row_bytes);
+            let bytes = &mut buf[br * row_bytes..(br + 1) * row_bytes];
             let iy = br.wrapping_sub(plan.win.pad_top);
             if iy >= plan.win.h || c1 <= c0 {
-                fill(row, row_bytes);
+                bytes.fill(za);
                 continue;
             }
-            fill(row, c0 * LANES);
-            fill(row.add(c1 * LANES), (plan.wp - c1) * LANES);
+            bytes[..c0 * LANES].fill(za);
+            bytes[c1 * LANES..].fill(za);
+            let row = bytes.as_mut_ptr();
             // The lanes' source rows: channel `first + l` reads input
             // channel `(first + l) / mult`.
             let src: [*const u8; LANES] = std::array::from_fn(|l| {
@@ -334,7 +323,7 @@ mod x86 {
             let cols = c1 - c0;
             for ix in (0..cols).step_by(16) {
                 let live = 16.min(cols - ix);
-                let m16: __mmask16 = if live == 16 { 0xffff } else { (1 << live) - 1 };
+                let m16 = panel_mask(live);
                 let z: [__m512i; 4] = std::array::from_fn(|r| {
                     let lane =
                         |l: usize| _mm_maskz_loadu_epi8(m16, src[4 * l + r].add(ix) as *const i8);
@@ -348,19 +337,10 @@ mod x86 {
                 for (k, v) in t.iter().enumerate() {
                     let bytes = (live * LANES).saturating_sub(64 * k);
                     if bytes > 0 {
-                        _mm512_mask_storeu_epi8(dst.add(64 * k) as *mut i8, mask64(bytes), *v);
+                        _mm512_mask_storeu_epi8(dst.add(64 * k) as *mut i8, byte_mask(bytes), *v);
                     }
                 }
             }
-        }
-    }
-
-    /// The store mask of the first `bytes` (at most 64 taken) of a vector.
-    fn mask64(bytes: usize) -> __mmask64 {
-        if bytes >= 64 {
-            !0
-        } else {
-            (1u64 << bytes) - 1
         }
     }
 
@@ -518,7 +498,7 @@ mod x86 {
         let src = lanes.as_ptr();
         for q0 in (0..p).step_by(16) {
             let live = 16.min(p - q0);
-            let m16: __mmask16 = if live == 16 { 0xffff } else { (1 << live) - 1 };
+            let m16 = panel_mask(live);
             // Rows are pixels here: vector r's lane L is pixel 4L + r.
             let z: [__m512i; 4] = std::array::from_fn(|r| {
                 let px =
