@@ -45,6 +45,15 @@ use super::gemm::{
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, Row, LANES, P8};
 use super::{direct_oc, ops, sparse, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
+
+#[cfg(target_arch = "x86_64")]
+mod dw_c16;
+/// Lane count of the AVX-512 interleaved depthwise kernel, named here for
+/// targets without it (where it is never chosen).
+#[cfg(not(target_arch = "x86_64"))]
+mod dw_c16 {
+    pub(super) const LANES: usize = 16;
+}
 use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::Result;
@@ -610,21 +619,26 @@ fn depthwise(
     // Small planes go 8 at a time through the channel-interleaved kernel.
     let nplanes = g.n * g.c;
     let small = dw_interleaved_by_default(out_plane, win.sh * win.sw > 1, cx.features);
-    let c8 = (interleave.unwrap_or(small) && nplanes >= LANES)
-        .then(|| C8Plan::new(win, g.c, w, f.bias, clamp))
+    // 16 channels a vector on AVX-512 where there are 16 planes.
+    let lanes = match width {
+        DwWidth::Avx512 if nplanes >= dw_c16::LANES => dw_c16::LANES,
+        _ => LANES,
+    };
+    let c8 = (interleave.unwrap_or(small) && nplanes >= lanes)
+        .then(|| InterleavedPlan::new(win, g.c, w, f.bias, clamp, lanes))
         .flatten();
     // Planes `i0..` of the output chunk `ys`.
     let planes = |i0: usize, ys: &mut [f32]| {
         let mut done = 0;
         if let Some(c8) = &c8 {
-            let group = LANES * out_plane;
+            let group = lanes * out_plane;
             let xs = &x[i0 * in_plane..];
-            with_c8_scratch(c8, |buf| {
+            with_interleaved_scratch(c8, |buf| {
                 for (q, yg) in ys.chunks_exact_mut(group).enumerate() {
-                    let first = i0 + q * LANES;
-                    let xg = &xs[q * LANES * in_plane..(q + 1) * LANES * in_plane];
+                    let first = i0 + q * lanes;
+                    let xg = &xs[q * lanes * in_plane..(q + 1) * lanes * in_plane];
                     let res = f.residual.map(|r| &r[first * out_plane..][..group]);
-                    dw_c8(avx, c8, first, xg, res, buf, yg);
+                    dw_interleaved(avx, c8, first, xg, res, buf, yg);
                     if clamp.is_none() {
                         if let Some(act) = f.act {
                             ops::activation(act, yg, avx);
@@ -632,7 +646,7 @@ fn depthwise(
                     }
                 }
             });
-            done = ys.len() / group * LANES;
+            done = ys.len() / group * lanes;
         }
         let ys = &mut ys[done * out_plane..];
         let i0 = i0 + done;
@@ -681,13 +695,13 @@ fn depthwise(
         });
     } else if cx.threads > 1 && y.len() >= PAR_MIN_WORK && nplanes > 1 {
         // Several small planes per task (7x7 planes are ~50 outputs), but
-        // enough tasks to balance the threads; whole groups of 8 for the
-        // interleaved kernel.
+        // enough tasks to balance the threads; whole groups of 8 or 16 for
+        // the interleaved kernel.
         let mut per_task = (DW_TASK_WORK / out_plane)
             .min(nplanes.div_ceil(4 * cx.threads))
             .max(1);
         if c8.is_some() {
-            per_task = per_task.div_ceil(LANES) * LANES;
+            per_task = per_task.div_ceil(lanes) * lanes;
         }
         cx.for_each_chunk_mut(y, per_task * out_plane, |t, ys| planes(t * per_task, ys));
     } else {
@@ -744,7 +758,7 @@ const DW_BANDS_MIN_IN_PLANE: usize = 112 * 112;
 const DW_TASK_WORK: usize = 4096;
 
 /// Depthwise output planes up to this many pixels (4 times as many when
-/// strided) run 8 channels at a time through [`dw_c8`]: a plane-by-plane
+/// strided) run 8 channels at a time through [`dw_interleaved`]: a plane-by-plane
 /// kernel spends more on each small plane's set-up, stride-phase split and
 /// partial vectors than on its taps. (MobileNetV2 on Zen 2: 7x7 and 14x14
 /// planes 1.4-2.6x faster, 28x28 at stride 2 1.25x, 28x28 at stride 1 and
@@ -759,7 +773,7 @@ const DW_C8_MAX_PLANE: usize = 256;
 const DW_C8_MAX_PLANE_WIDE: usize = 64;
 
 /// Whether a depthwise convolution with output planes of `out_plane`
-/// pixels runs channel-interleaved ([`dw_c8`]) unless a choice says
+/// pixels runs channel-interleaved ([`dw_interleaved`]) unless a choice says
 /// otherwise: small planes, 4 times as large when `strided`.
 fn dw_interleaved_by_default(out_plane: usize, strided: bool, features: Features) -> bool {
     let max = if features.avx512f && features.avx2_fma {
@@ -770,12 +784,14 @@ fn dw_interleaved_by_default(out_plane: usize, strided: bool, features: Features
     out_plane <= max || (strided && out_plane <= 4 * max)
 }
 
-/// Everything the channel-interleaved depthwise kernel ([`dw_c8`]) needs
-/// besides the data: the interleaved scratch layout (`hp × wp` padded
-/// positions of 8 channels, the input at `(top, left)`), each tap's offset
-/// in it from an output's first read, and the clamp.
-struct C8Plan<'a> {
+/// Everything the channel-interleaved depthwise kernel ([`dw_interleaved`])
+/// needs besides the data: the channels a vector holds (`lanes`, 8 or
+/// 16), the interleaved scratch layout (`hp × wp` padded positions of
+/// `lanes` channels, the input at `(top, left)`), each tap's offset in it
+/// from an output's first read, and the clamp.
+struct InterleavedPlan<'a> {
     win: &'a Window2d,
+    lanes: usize,
     c: usize,
     w: &'a [f32],
     bias: Option<&'a [f32]>,
@@ -785,7 +801,7 @@ struct C8Plan<'a> {
     clamp: Option<(f32, f32)>,
 }
 
-impl<'a> C8Plan<'a> {
+impl<'a> InterleavedPlan<'a> {
     /// `None` for a degenerate window.
     fn new(
         win: &'a Window2d,
@@ -793,16 +809,18 @@ impl<'a> C8Plan<'a> {
         w: &'a [f32],
         bias: Option<&'a [f32]>,
         clamp: Option<(f32, f32)>,
-    ) -> Option<C8Plan<'a>> {
+        lanes: usize,
+    ) -> Option<InterleavedPlan<'a>> {
         if win.oh == 0 || win.ow == 0 || win.kh == 0 || win.kw == 0 {
             return None;
         }
         let (hp, wp) = win.padded_extent();
         let taps = (0..win.kh * win.kw)
-            .map(|t| ((t / win.kw) * win.dh * wp + (t % win.kw) * win.dw) * LANES)
+            .map(|t| ((t / win.kw) * win.dh * wp + (t % win.kw) * win.dw) * lanes)
             .collect();
-        Some(C8Plan {
+        Some(InterleavedPlan {
             win,
+            lanes,
             c,
             w,
             bias,
@@ -816,26 +834,32 @@ impl<'a> C8Plan<'a> {
     /// Floats of scratch: the interleaved input, the interleaved output,
     /// the taps' weights and the biases of one group.
     fn scratch_len(&self) -> usize {
-        (self.hp * self.wp + self.win.out_plane() + self.taps.len() + 1) * LANES
+        (self.hp * self.wp + self.win.out_plane() + self.taps.len() + 1) * self.lanes
     }
 }
 
-/// The `(hp, wp, top, left)` a [`dw_c8`] scratch's zero padding was laid
-/// out for.
-type C8Key = (usize, usize, usize, usize);
+/// The `(lanes, hp, wp, top, left)` a [`dw_interleaved`] scratch's zero
+/// padding was laid out for.
+type InterleavedKey = (usize, usize, usize, usize, usize);
 
 thread_local! {
-    /// [`dw_c8`]'s scratch and its layout.
-    static C8_SCRATCH: std::cell::RefCell<(Vec<f32>, C8Key)> =
-        const { std::cell::RefCell::new((Vec::new(), (0, 0, 0, 0))) };
+    /// [`dw_interleaved`]'s scratch and its layout.
+    static INTERLEAVED_SCRATCH: std::cell::RefCell<(Vec<f32>, InterleavedKey)> =
+        const { std::cell::RefCell::new((Vec::new(), (0, 0, 0, 0, 0))) };
 }
 
-/// Runs `f` on this thread's [`dw_c8`] scratch for `plan` (its padding
-/// zero; a fresh one if the thread's is in use).
-fn with_c8_scratch(plan: &C8Plan, f: impl FnOnce(&mut [f32])) {
-    let key = (plan.hp, plan.wp, plan.win.pad_top, plan.win.pad_left);
+/// Runs `f` on this thread's [`dw_interleaved`] scratch for `plan` (its
+/// padding zero; a fresh one if the thread's is in use).
+fn with_interleaved_scratch(plan: &InterleavedPlan, f: impl FnOnce(&mut [f32])) {
+    let key = (
+        plan.lanes,
+        plan.hp,
+        plan.wp,
+        plan.win.pad_top,
+        plan.win.pad_left,
+    );
     let len = plan.scratch_len();
-    C8_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    INTERLEAVED_SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut s) => {
             let (buf, k) = &mut *s;
             if *k != key || buf.len() != len {
@@ -849,34 +873,43 @@ fn with_c8_scratch(plan: &C8Plan, f: impl FnOnce(&mut [f32])) {
     })
 }
 
-/// Depthwise convolution of the 8 planes `first..first + 8` (flat batch *
-/// C + channel; `x` their input planes, `y` their output planes, `res`
-/// their residual), 8 channels per vector: the planes are transposed into
-/// an interleaved padded scratch (a position's 8 channels side by side),
-/// each output's taps accumulate in one register from the bias in the
-/// order of the plane kernel, and the results are transposed back, with
-/// the residual and clamp, into the planes. Every output sees the same
-/// arithmetic as in [`dw_padded`].
+/// Depthwise convolution of the `lanes` planes `first..first + lanes`
+/// (flat batch * C + channel; `x` their input planes, `y` their output
+/// planes, `res` their residual), `lanes` channels per vector (8, or 16 on
+/// AVX-512: [`dw_c16`]): the planes are transposed into an interleaved
+/// padded scratch (a position's channels side by side), each output's taps
+/// accumulate in one register from the bias in the order of the plane
+/// kernel, and the results are transposed back, with the residual and
+/// clamp, into the planes. Every output sees the same arithmetic as in
+/// [`dw_padded`].
 #[allow(clippy::too_many_arguments)]
-fn dw_c8(
+fn dw_interleaved(
     avx: bool,
-    plan: &C8Plan,
+    plan: &InterleavedPlan,
     first: usize,
     x: &[f32],
     res: Option<&[f32]>,
     buf: &mut [f32],
     y: &mut [f32],
 ) {
-    let win = plan.win;
-    let ok = x.len() == LANES * win.in_plane()
-        && y.len() == LANES * win.out_plane()
+    let (win, lanes) = (plan.win, plan.lanes);
+    let ok = x.len() == lanes * win.in_plane()
+        && y.len() == lanes * win.out_plane()
         && res.is_none_or(|r| r.len() == y.len())
         && buf.len() == plan.scratch_len()
-        && plan.w.len() == plan.c * plan.taps.len();
+        && plan.w.len() == plan.c * plan.taps.len()
+        && (lanes == LANES || (lanes == dw_c16::LANES && has_avx512f()));
     if !ok {
         // Unreachable from `depthwise`, which sizes everything from the
-        // same window; kept so the unsafe kernels never see a bad call.
-        debug_assert!(false, "dw_c8: inconsistent arguments");
+        // same window and picks 16 lanes only on AVX-512; kept so the
+        // unsafe kernels never see a bad call.
+        debug_assert!(false, "dw_interleaved: inconsistent arguments");
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if lanes == dw_c16::LANES {
+        // SAFETY: AVX-512F is present and the sizes match (checked above).
+        unsafe { dw_c16::dw_c16(plan, first, x, res, buf, y) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -893,11 +926,12 @@ fn dw_c8(
 /// [`dw_c8_impl`] on AVX2/FMA registers.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; the sizes are [`dw_c8`]'s.
+/// The CPU must support AVX2 and FMA; the sizes are [`dw_interleaved`]'s
+/// for 8 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dw_c8_avx(
-    plan: &C8Plan,
+    plan: &InterleavedPlan,
     first: usize,
     x: &[f32],
     res: Option<&[f32]>,
@@ -907,13 +941,14 @@ unsafe fn dw_c8_avx(
     dw_c8_impl::<lanes::A8>(plan, first, x, res, buf, y)
 }
 
-/// The body of [`dw_c8`].
+/// The body of [`dw_interleaved`] for 8 lanes.
 ///
 /// # Safety
-/// The sizes are [`dw_c8`]'s, and the CPU supports `V`'s instructions.
+/// The sizes are [`dw_interleaved`]'s for 8 lanes, and the CPU supports
+/// `V`'s instructions.
 #[inline(always)]
 unsafe fn dw_c8_impl<V: Lanes>(
-    plan: &C8Plan,
+    plan: &InterleavedPlan,
     first: usize,
     x: &[f32],
     res: Option<&[f32]>,
@@ -1183,7 +1218,52 @@ unsafe fn dw_dispatch<F: Lanes, V: Row>(
     p: *mut f32,
     rows: std::ops::Range<usize>,
 ) {
-    dw_fill::<F>(plan.win, &plan.pad, xp, buf, rows.clone());
+    let (win, pad) = (plan.win, &plan.pad);
+    if rows.is_empty() {
+        return;
+    }
+    // The input rows (unpadded, clipped to those inside the scratch) the
+    // windows of output rows `..end` reach.
+    let reach = |end: usize| {
+        ((end - 1) * win.sh + (win.kh - 1) * win.dh + 1)
+            .saturating_sub(pad.top)
+            .min(pad.nrows)
+    };
+    let mut filled = (rows.start * win.sh).saturating_sub(pad.top).min(pad.nrows);
+    if pad.size() * std::mem::size_of::<f32>() <= DW_BAND_SCRATCH_BYTES {
+        dw_fill::<F>(win, pad, xp, buf, filled..reach(rows.end));
+        return dw_rows::<V>(plan, buf, wk, bias, res, p, rows);
+    }
+    // A scratch larger than L1 is filled and computed in bands of output
+    // rows, each after copying the input rows it newly reaches: the rows
+    // the kernel reads are then still in L1, and the copy's loads (the
+    // plane comes from L3 or memory) overlap the previous band's
+    // arithmetic. (MobileNetV2's 112x112 stride-2 layer on an Intel Xeon:
+    // 1.2x faster; on 56x56 planes and smaller, bands only added each
+    // call's set-up: 1.1-1.3x slower.)
+    for b0 in rows.clone().step_by(DW_BAND_ROWS) {
+        let band = b0..(b0 + DW_BAND_ROWS).min(rows.end);
+        let upto = reach(band.end).max(filled);
+        dw_fill::<F>(win, pad, xp, buf, filled..upto);
+        filled = upto;
+        dw_rows::<V>(plan, buf, wk, bias, res, p, band);
+    }
+}
+
+/// [`dw_kernel`] for output rows `rows`, its 3x3 instance where it fits.
+///
+/// # Safety
+/// As [`dw_kernel`].
+#[inline(always)]
+unsafe fn dw_rows<V: Row>(
+    plan: &DwPlan,
+    buf: &[f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: *mut f32,
+    rows: std::ops::Range<usize>,
+) {
     if plan.taps.len() == 9 && plan.win.kh == 3 {
         dw_kernel::<V, true>(plan, buf, wk, bias, res, p, rows)
     } else {
@@ -1191,28 +1271,30 @@ unsafe fn dw_dispatch<F: Lanes, V: Row>(
     }
 }
 
-/// Copies input plane `xp` into the scratch positions of [`PhasePad`] (the
-/// padding is already zero): a vector copy per row at stride 1, else
-/// [`lanes::fill_phases`].
+/// Output rows of a depthwise plane computed per copy of the input rows
+/// they read, for scratch planes over [`DW_BAND_SCRATCH_BYTES`] (see
+/// [`dw_dispatch`]).
+const DW_BAND_ROWS: usize = 4;
+
+/// Scratch planes above this size (about L1) are filled in bands.
+const DW_BAND_SCRATCH_BYTES: usize = 32 << 10;
+
+/// Copies input rows `in_rows` of plane `xp` into the scratch positions of
+/// [`PhasePad`] (the padding is already zero): a vector copy per row at
+/// stride 1, else [`lanes::fill_phases`].
 ///
 /// # Safety
-/// As [`dw_dispatch`].
+/// As [`dw_dispatch`]; `in_rows` lie within the scratch's rows.
 #[inline(always)]
 unsafe fn dw_fill<V: Lanes>(
     win: &Window2d,
     pad: &PhasePad,
     xp: &[f32],
     buf: &mut [f32],
-    rows: std::ops::Range<usize>,
+    in_rows: std::ops::Range<usize>,
 ) {
     let (s, l, n, left) = (pad.s, pad.l, pad.ncols, pad.left);
-    if rows.is_empty() {
-        return;
-    }
-    // The input rows the windows of output rows `rows` reach.
-    let first = (rows.start * win.sh).saturating_sub(pad.top);
-    let last = ((rows.end - 1) * win.sh + (win.kh - 1) * win.dh + 1).saturating_sub(pad.top);
-    for ih in first..last.min(pad.nrows) {
+    for ih in in_rows {
         let src = &xp[ih * win.w..ih * win.w + n];
         let dst = &mut buf[(ih + pad.top) * pad.row()..(ih + pad.top + 1) * pad.row()];
         if s == 1 {
@@ -3366,76 +3448,110 @@ mod tests {
 
     #[test]
     fn interleaved_depthwise_matches_the_plane_kernel_bit_for_bit() {
-        // The same arithmetic per output: planes from dw_c8 equal those of
-        // dw_padded run plane by plane, to the bit.
-        let mut c = dw_case(&[1, 8, 11, 10], &[3, 3]);
-        c.pads = vec![1, 0, 2, 1];
-        c.strides = vec![2, 1];
-        let attrs = ConvAttrs {
-            kernel_shape: c.k.clone(),
-            strides: c.strides.clone(),
-            dilations: c.dilations.clone(),
-            pads: c.pads.clone(),
-            auto_pad: c.auto_pad,
-            group: c.group,
-        };
-        let x = random(&c.x, 1, 1.0);
-        let w = random(&[8, 1, 3, 3], 2, 1.0);
-        let b = random(&[8], 3, 1.0);
-        fn view(t: &Tensor) -> View<'_> {
-            View {
-                shape: t.shape(),
-                data: t.as_f32().unwrap(),
-            }
+        // The same arithmetic per output: planes from dw_interleaved (8
+        // lanes, and 16 on AVX-512) equal those of dw_padded run plane by
+        // plane, to the bit. Shapes: 24 consecutive channels (16-lane
+        // weights transposed), 2 x 12 planes (a group wrapping into the
+        // next batch item), a 5x5 kernel (taps past one transpose).
+        // (FMA, lanes): the portable kernels round products apart from
+        // their sums, the AVX ones fuse them, so each is held to its kind.
+        let mut kernels = vec![(false, 8), (true, 8)];
+        if has_avx512f() && ops::has_avx2_fma() {
+            kernels.push((true, dw_c16::LANES));
+        } else {
+            eprintln!("skipped: 16-lane depthwise (CPU lacks AVX-512F)");
         }
-        let oshape = crate::ir::ops::eval(&Op::Conv(attrs.clone()), &[Some(&x), Some(&w)], 1)
-            .unwrap()
-            .remove(0)
-            .shape()
-            .to_vec();
-        let r = random(&oshape, 4, 1.0);
-        let g = ConvGeom::new(&attrs, &view(&x), &view(&w), &oshape).unwrap();
-        let clamp = Some((-0.5, 0.5));
-        let (wv, bv, rv) = (
-            w.as_f32().unwrap(),
-            b.as_f32().unwrap(),
-            r.as_f32().unwrap(),
-        );
-        let plane = g.win.out_plane();
-        // Every width of the plane kernel gives the interleaved one's bits.
-        for (avx, width) in [
-            (false, DwWidth::Portable),
-            (true, DwWidth::Avx2),
-            (true, DwWidth::Avx512),
+        for (shape, k) in [
+            ([1, 24, 11, 10], 3),
+            ([2, 12, 11, 10], 3),
+            ([1, 16, 9, 13], 5),
         ] {
-            let c8 = C8Plan::new(&g.win, 8, wv, Some(bv), clamp).unwrap();
-            let mut got = vec![f32::NAN; 8 * plane];
-            with_c8_scratch(&c8, |buf| {
-                dw_c8(avx, &c8, 0, x.as_f32().unwrap(), Some(rv), buf, &mut got)
-            });
-            let plan = DwPlan::new(&g.win, clamp).unwrap();
-            let mut buf = vec![0.0; plan.pad.size()];
-            for ch in 0..8 {
-                let mut want = vec![f32::NAN; plane];
-                let xp = &x.as_f32().unwrap()[ch * g.win.in_plane()..][..g.win.in_plane()];
-                let res = &rv[ch * plane..][..plane];
-                dw_padded(
-                    width,
-                    &plan,
-                    xp,
-                    &mut buf,
-                    &wv[ch * 9..][..9],
-                    bv[ch],
-                    Some(res),
-                    &mut want,
-                );
-                let got = &got[ch * plane..][..plane];
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{width:?} channel {ch}: {got:?} vs {want:?}"
-                );
+            let c = shape[1];
+            let mut case = dw_case(&shape, &[k, k]);
+            case.pads = vec![1, 0, 2, 1];
+            case.strides = vec![2, 1];
+            let attrs = ConvAttrs {
+                kernel_shape: case.k.clone(),
+                strides: case.strides.clone(),
+                dilations: case.dilations.clone(),
+                pads: case.pads.clone(),
+                auto_pad: case.auto_pad,
+                group: case.group,
+            };
+            let x = random(&case.x, 1, 1.0);
+            let w = random(&[c, 1, k, k], 2, 1.0);
+            let b = random(&[c], 3, 1.0);
+            fn view(t: &Tensor) -> View<'_> {
+                View {
+                    shape: t.shape(),
+                    data: t.as_f32().unwrap(),
+                }
+            }
+            let oshape = crate::ir::ops::eval(&Op::Conv(attrs.clone()), &[Some(&x), Some(&w)], 1)
+                .unwrap()
+                .remove(0)
+                .shape()
+                .to_vec();
+            let r = random(&oshape, 4, 1.0);
+            let g = ConvGeom::new(&attrs, &view(&x), &view(&w), &oshape).unwrap();
+            let clamp = Some((-0.5, 0.5));
+            let (xv, wv, bv, rv) = (
+                x.as_f32().unwrap(),
+                w.as_f32().unwrap(),
+                b.as_f32().unwrap(),
+                r.as_f32().unwrap(),
+            );
+            let (plane, in_plane, taps) = (g.win.out_plane(), g.win.in_plane(), k * k);
+            let nplanes = shape[0] * c;
+            for &(fma, lanes) in &kernels {
+                let il = InterleavedPlan::new(&g.win, c, wv, Some(bv), clamp, lanes).unwrap();
+                let mut got = vec![f32::NAN; nplanes * plane];
+                for first in (0..nplanes - lanes + 1).step_by(lanes) {
+                    with_interleaved_scratch(&il, |buf| {
+                        dw_interleaved(
+                            fma,
+                            &il,
+                            first,
+                            &xv[first * in_plane..][..lanes * in_plane],
+                            Some(&rv[first * plane..][..lanes * plane]),
+                            buf,
+                            &mut got[first * plane..][..lanes * plane],
+                        )
+                    });
+                }
+                let done = nplanes / lanes * lanes;
+                // Every width of the plane kernel of the same kind gives
+                // the interleaved one's bits.
+                let widths = match fma {
+                    true => [DwWidth::Avx2, DwWidth::Avx512],
+                    false => [DwWidth::Portable; 2],
+                };
+                for width in widths {
+                    let plan = DwPlan::new(&g.win, clamp).unwrap();
+                    let mut buf = vec![0.0; plan.pad.size()];
+                    for i in 0..done {
+                        let ch = i % c;
+                        let mut want = vec![f32::NAN; plane];
+                        dw_padded(
+                            width,
+                            &plan,
+                            &xv[i * in_plane..][..in_plane],
+                            &mut buf,
+                            &wv[ch * taps..][..taps],
+                            bv[ch],
+                            Some(&rv[i * plane..][..plane]),
+                            &mut want,
+                        );
+                        let got = &got[i * plane..][..plane];
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{shape:?} {k}x{k}, {lanes} lanes vs {width:?}, plane {i}: \
+                             {got:?} vs {want:?}"
+                        );
+                    }
+                }
             }
         }
     }
