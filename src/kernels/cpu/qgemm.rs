@@ -1455,6 +1455,30 @@ unsafe fn finish_rows_avx512(
         y
     };
     let panels = cols.div_ceil(NR);
+    if let (Dst::U8(p, rq), true, None, true) = (g.dst, g.by_row, ep.residual, rcp.usable) {
+        if let Some(req) = RequantZ::new(rq, clamp) {
+            // The per-row constants and the output's options fixed for the
+            // whole tile: a loop without branches but the rounding check.
+            let rows_u8 = RowsU8 {
+                tile,
+                tile_rows,
+                z: &row_z[..rows],
+                scale: &row_scale[..rows],
+                bias: &row_bias[..rows],
+                req,
+                dst: p.add(i * rs + j),
+                rs,
+                cols,
+            };
+            match (ep.bias.is_some(), req.lo.is_some()) {
+                (true, true) => rows_u8.run::<true, true>(),
+                (true, false) => rows_u8.run::<true, false>(),
+                (false, true) => rows_u8.run::<false, true>(),
+                (false, false) => rows_u8.run::<false, false>(),
+            }
+            return true;
+        }
+    }
     if let Dst::U8(p, rq) = g.dst {
         if let Some(req) = RequantZ::new(rq, clamp) {
             // Row by row, four panels (64 bytes of C) at a time: the clamp
@@ -1524,6 +1548,74 @@ unsafe fn finish_rows_avx512(
         }
     }
     true
+}
+
+/// A wide tile's u8 rows with per-row constants (weights on the left), no
+/// residual and a usable reciprocal: [`finish_rows_avx512`]'s operations
+/// in its order, specialized on the bias and the low bound so that the
+/// loop over a row's four panels has no branch but one rounding check for
+/// all four.
+#[cfg(target_arch = "x86_64")]
+struct RowsU8<'a> {
+    tile: &'a [i32],
+    tile_rows: usize,
+    /// Per row: the zero point correction, the scale, the bias.
+    z: &'a [i32],
+    scale: &'a [f32],
+    bias: &'a [f32],
+    req: RequantZ,
+    /// Row 0, column 0 of the tile in C; rows `rs` bytes apart.
+    dst: *mut u8,
+    rs: usize,
+    cols: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsU8<'_> {
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `dst` and `rs` address the
+    /// tile's `z.len() × cols` bytes of C, this task's alone; the tile
+    /// holds `cols.div_ceil(16)` panels of `tile_rows × 16` accumulators.
+    #[inline(always)]
+    unsafe fn run<const BIAS: bool, const LO: bool>(&self) {
+        use std::arch::x86_64::*;
+        let req = &self.req;
+        let lo = req.lo.unwrap_or(_mm512_setzero_ps());
+        let panels = self.cols.div_ceil(NR);
+        let t = self.tile.as_ptr();
+        for q0 in (0..panels).step_by(4) {
+            let four = panels.min(q0 + 4) - q0;
+            let mask = byte_mask((self.cols - q0 * NR).min(4 * NR));
+            for (r, ((&z, &s), &b)) in self.z.iter().zip(self.scale).zip(self.bias).enumerate() {
+                let (vz, vs, vb) = (_mm512_set1_epi32(z), _mm512_set1_ps(s), _mm512_set1_ps(b));
+                let mut y = [_mm512_setzero_ps(); 4];
+                for (u, yu) in y.iter_mut().enumerate().take(four) {
+                    let acc = _mm512_loadu_si512(
+                        t.add((q0 + u) * self.tile_rows * NR + r * NR) as *const __m512i
+                    );
+                    *yu = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, vz)), vs);
+                    if BIAS {
+                        *yu = _mm512_add_ps(*yu, vb);
+                    }
+                }
+                let k = round_div_avx512_n(y, req.scale, req.rcp);
+                let mut v = [_mm512_setzero_si512(); 4];
+                for (vu, &ku) in v.iter_mut().zip(&k) {
+                    let mut q = _mm512_add_ps(ku, req.zero_point);
+                    if LO {
+                        // vmaxps returns the second operand (lo) on NaN.
+                        q = _mm512_max_ps(q, lo);
+                    }
+                    *vu = _mm512_cvtps_epi32(_mm512_min_ps(req.hi, q));
+                }
+                _mm512_mask_storeu_epi8(
+                    self.dst.add(r * self.rs + q0 * NR) as *mut i8,
+                    mask,
+                    pack_u8x64(v),
+                );
+            }
+        }
+    }
 }
 
 /// The lanes of a 16-lane panel that hold one of its `live` columns.
@@ -1600,7 +1692,10 @@ impl RequantZ {
     #[inline(always)]
     pub(super) unsafe fn lanes(&self, y: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
         use std::arch::x86_64::*;
-        let mut q = _mm512_add_ps(round_div_avx512(y, self.scale, self.rcp), self.zero_point);
+        let mut q = _mm512_add_ps(
+            round_div_avx512_n([y], self.scale, self.rcp)[0],
+            self.zero_point,
+        );
         if let Some(lo) = self.lo {
             // vmaxps returns the second operand (lo) on NaN.
             q = _mm512_max_ps(q, lo);
@@ -1628,9 +1723,50 @@ pub(super) unsafe fn pack_u8x64(v: [std::arch::x86_64::__m512i; 4]) -> std::arch
     _mm512_permutexvar_epi32(idx, bytes)
 }
 
-/// `round_ties_even(y / scale)` in AVX-512 registers, by a multiply with
-/// `rcp` (the scale's [`Reciprocal`]) where that gives the division's
-/// result, else by the division.
+/// `round_ties_even(y / scale)` in AVX-512 registers for `N` vectors at
+/// once, by a multiply with `rcp` (the scale's [`Reciprocal`]) where that
+/// gives the division's result for every lane of the `N`, else by the
+/// division (one check and one branch for all of them).
+///
+/// # Safety
+/// The CPU must support AVX-512 F (the caller's `target_feature`, into
+/// which this inlines).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn round_div_avx512_n<const N: usize>(
+    y: [std::arch::x86_64::__m512; N],
+    scale: f32,
+    rcp: Reciprocal,
+) -> [std::arch::x86_64::__m512; N] {
+    use std::arch::x86_64::*;
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let mut k = [_mm512_setzero_ps(); N];
+    if rcp.usable {
+        let (inv, half) = (
+            _mm512_set1_ps(rcp.inv),
+            _mm512_set1_ps(0.5 - FAST_QUANT_EPS),
+        );
+        let mut near = 0u16;
+        // Plain loops: closures would not inline into the caller's
+        // target_feature.
+        for (ku, &yu) in k.iter_mut().zip(&y) {
+            let r = _mm512_mul_ps(yu, inv);
+            *ku = _mm512_roundscale_ps::<NEAREST>(r);
+            let frac = _mm512_abs_ps(_mm512_sub_ps(r, *ku));
+            near |= _mm512_cmp_ps_mask::<_CMP_GT_OQ>(frac, half);
+        }
+        if near == 0 {
+            return k;
+        }
+    }
+    let vs = _mm512_set1_ps(scale);
+    for (ku, &yu) in k.iter_mut().zip(&y) {
+        *ku = _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(yu, vs));
+    }
+    k
+}
+
+/// [`round_div_avx512_n`] for one vector.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F.
@@ -1642,18 +1778,7 @@ pub(super) unsafe fn round_div_avx512(
     scale: f32,
     rcp: Reciprocal,
 ) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    if rcp.usable {
-        let r = _mm512_mul_ps(y, _mm512_set1_ps(rcp.inv));
-        let k = _mm512_roundscale_ps::<NEAREST>(r);
-        let frac = _mm512_abs_ps(_mm512_sub_ps(r, k));
-        let near = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(frac, _mm512_set1_ps(0.5 - FAST_QUANT_EPS));
-        if near == 0 {
-            return k;
-        }
-    }
-    _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(y, _mm512_set1_ps(scale)))
+    round_div_avx512_n([y], scale, rcp)[0]
 }
 
 /// [`finish_tile_impl`] compiled for AVX2 (vector rounding and conversions).
@@ -3342,12 +3467,30 @@ pub(crate) mod tests {
             if Features::detect().avx512f {
                 use std::arch::x86_64::*;
                 let rcp = Reciprocal::new(s);
-                for c in x.chunks_exact(16) {
-                    let mut got = [0f32; 16];
-                    // SAFETY: the CPU has AVX-512 F (checked above).
+                // One vector, and four with one check (a near lane in any
+                // of them sends all four to the division).
+                #[target_feature(enable = "avx512f")]
+                unsafe fn four(c: &[f32], s: f32, rcp: Reciprocal, got: &mut [f32]) {
+                    let mut y = [_mm512_setzero_ps(); 4];
+                    for (u, yu) in y.iter_mut().enumerate() {
+                        *yu = _mm512_loadu_ps(c[16 * u..].as_ptr());
+                    }
+                    for (u, v) in round_div_avx512_n(y, s, rcp).into_iter().enumerate() {
+                        _mm512_storeu_ps(got[16 * u..].as_mut_ptr(), v);
+                    }
+                }
+                let ones = x.len() / 16;
+                for (n, c) in x.chunks_exact(16).chain(x.chunks_exact(64)).enumerate() {
+                    let mut got = [0f32; 64];
+                    // SAFETY: the CPU has AVX-512 F (checked above); `c`
+                    // and `got` hold the vectors read and written.
                     unsafe {
-                        let v = round_div_avx512(_mm512_loadu_ps(c.as_ptr()), s, rcp);
-                        _mm512_storeu_ps(got.as_mut_ptr(), v);
+                        if n < ones {
+                            let v = round_div_avx512(_mm512_loadu_ps(c.as_ptr()), s, rcp);
+                            _mm512_storeu_ps(got.as_mut_ptr(), v);
+                        } else {
+                            four(c, s, rcp, &mut got);
+                        }
                     }
                     // Equal once clamped (beyond ±512 they may round apart).
                     for zp in [0.0f32, 128.0, 255.0] {
