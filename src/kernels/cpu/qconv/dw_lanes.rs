@@ -260,12 +260,15 @@ mod x86 {
                 // whole sixteen-pixel blocks.
                 grow(buf, in_len + 64);
                 grow(lane_out, p.next_multiple_of(LANES) * LANES);
+                // A group's weight vectors, made again for each group
+                // into the same room.
+                let mut w = Vec::with_capacity(plan.win.kh * plan.quads);
                 for g0 in (0..cpc).step_by(LANES) {
                     let n = LANES.min(cpc - g0);
                     let first = ch0 + g0;
                     let go = group_out(&mut out, g0, n, p);
                     interleave(plan, x, za, first, n, buf);
-                    let (init, w) = weights(plan, za, &wt[first * taps..(first + n) * taps], n);
+                    let init = weights(plan, za, &wt[first * taps..(first + n) * taps], n, &mut w);
                     match lane_epilogue(&go, n) {
                         Some(ep) => {
                             accumulate(plan, buf, init, &w, |i, accs| {
@@ -376,37 +379,34 @@ mod x86 {
         _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
     }
 
-    /// The start value (`−za · Σ w` per channel) and the weights of each
-    /// (kernel row, tap group): channel `c`'s four taps in dword `c`, 0
-    /// past the kernel's width and for lanes past `n`.
+    /// The start value (`−za · Σ w` per channel), returned, and the
+    /// weights of each (kernel row, tap group) into `w`: channel `c`'s four
+    /// taps in dword `c`, 0 past the kernel's width and for lanes past `n`.
+    /// (No allocation: on 7x7 planes a group's arithmetic is short, and
+    /// two vectors allocated per group cost a third of it.)
     #[target_feature(enable = "avx512f")]
-    unsafe fn weights(plan: &Plan, za: u8, wt: &[i8], n: usize) -> (__m512i, Vec<__m512i>) {
+    unsafe fn weights(plan: &Plan, za: u8, wt: &[i8], n: usize, w: &mut Vec<__m512i>) -> __m512i {
         let (kh, kw, quads) = (plan.win.kh, plan.win.kw, plan.quads);
+        let taps = kh * kw;
         let mut init = [0i32; LANES];
-        let mut words = vec![[0u32; LANES]; kh * quads];
-        for c in 0..n {
-            let w = &wt[c * kh * kw..(c + 1) * kh * kw];
-            let sum: i32 = w.iter().map(|&v| v as i32).sum();
-            init[c] = sum.wrapping_mul(-(za as i32));
-            for ki in 0..kh {
-                for g in 0..quads {
-                    let b: [u8; 4] = std::array::from_fn(|j| {
-                        let kj = 4 * g + j;
-                        if kj < kw {
-                            w[ki * kw + kj] as u8
-                        } else {
-                            0
-                        }
-                    });
-                    words[ki * quads + g][c] = u32::from_le_bytes(b);
+        for (c, v) in init.iter_mut().enumerate().take(n) {
+            let sum: i32 = wt[c * taps..(c + 1) * taps].iter().map(|&v| v as i32).sum();
+            *v = sum.wrapping_mul(-(za as i32));
+        }
+        w.clear();
+        for ki in 0..kh {
+            for g in 0..quads {
+                let mut words = [0u32; LANES];
+                for (c, word) in words.iter_mut().enumerate().take(n) {
+                    let row = &wt[c * taps + ki * kw..][..kw];
+                    let b: [u8; 4] =
+                        std::array::from_fn(|j| row.get(4 * g + j).map_or(0, |&v| v as u8));
+                    *word = u32::from_le_bytes(b);
                 }
+                w.push(_mm512_loadu_si512(words.as_ptr() as *const __m512i));
             }
         }
-        let vecs = words
-            .iter()
-            .map(|w| _mm512_loadu_si512(w.as_ptr() as *const __m512i))
-            .collect();
-        (_mm512_loadu_si512(init.as_ptr() as *const __m512i), vecs)
+        _mm512_loadu_si512(init.as_ptr() as *const __m512i)
     }
 
     /// Every output pixel's accumulators (sixteen channels), handed to
