@@ -1691,17 +1691,31 @@ impl RequantZ {
     /// The CPU must support AVX-512 F.
     #[inline(always)]
     pub(super) unsafe fn lanes(&self, y: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+        self.lanes_n([y])[0]
+    }
+
+    /// [`RequantZ::lanes`] for `N` vectors, one rounding check for all.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[inline(always)]
+    pub(super) unsafe fn lanes_n<const N: usize>(
+        &self,
+        y: [std::arch::x86_64::__m512; N],
+    ) -> [std::arch::x86_64::__m512i; N] {
         use std::arch::x86_64::*;
-        let mut q = _mm512_add_ps(
-            round_div_avx512_n([y], self.scale, self.rcp)[0],
-            self.zero_point,
-        );
-        if let Some(lo) = self.lo {
-            // vmaxps returns the second operand (lo) on NaN.
-            q = _mm512_max_ps(q, lo);
+        let k = round_div_avx512_n(y, self.scale, self.rcp);
+        let mut v = [_mm512_setzero_si512(); N];
+        for (vu, &ku) in v.iter_mut().zip(&k) {
+            let mut q = _mm512_add_ps(ku, self.zero_point);
+            if let Some(lo) = self.lo {
+                // vmaxps returns the second operand (lo) on NaN.
+                q = _mm512_max_ps(q, lo);
+            }
+            // ... and vminps the second (NaN), which converts to i32::MIN.
+            *vu = _mm512_cvtps_epi32(_mm512_min_ps(self.hi, q));
         }
-        // ... and vminps the second (NaN), which converts to i32::MIN.
-        _mm512_cvtps_epi32(_mm512_min_ps(self.hi, q))
+        v
     }
 }
 
@@ -2503,6 +2517,13 @@ pub fn quantize_u8(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
 pub fn quantize_u8_with(features: Features, x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
     assert_eq!(x.len(), out.len(), "quantize_u8: input and output lengths");
     #[cfg(target_arch = "x86_64")]
+    if features.avx512f && std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512 F (the features say so) and BW.
+        if unsafe { quantize_avx512(x, scale, zp, out) } {
+            return;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if features.avx2_fma {
         // SAFETY: the CPU has AVX2 (the features say so).
         unsafe { quantize_avx2(x, scale, zp, out) };
@@ -2604,6 +2625,36 @@ unsafe fn quantize_avx2(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
         *op.add(i) = quantize_one(*xp.add(i), scale, z);
         i += 1;
     }
+}
+
+/// [`quantize_u8_with`] on AVX-512, 64 values a step: the requantization
+/// of the epilogues ([`RequantZ`] without a clamp, the rounding checked
+/// once for four vectors), saturating packs, one store. Returns false,
+/// doing nothing, for a scale that is not positive and finite (the AVX2 or
+/// scalar path takes it).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `out` is as long as `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_avx512(x: &[f32], scale: f32, zero_point: u8, out: &mut [u8]) -> bool {
+    use std::arch::x86_64::*;
+    let Some(req) = RequantZ::new(QRequant { scale, zero_point }, None) else {
+        return false;
+    };
+    for (xs, os) in x.chunks(64).zip(out.chunks_mut(64)) {
+        let n = xs.len();
+        let mut y = [_mm512_setzero_ps(); 4];
+        for (u, yu) in y.iter_mut().enumerate() {
+            let live = n.saturating_sub(16 * u).min(16);
+            if live > 0 {
+                *yu = _mm512_maskz_loadu_ps(panel_mask(live), xs.as_ptr().add(16 * u));
+            }
+        }
+        let v = req.lanes_n(y);
+        _mm512_mask_storeu_epi8(os.as_mut_ptr() as *mut i8, byte_mask(n), pack_u8x64(v));
+    }
+    true
 }
 
 #[cfg(test)]
