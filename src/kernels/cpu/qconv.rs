@@ -144,8 +144,9 @@ fn channel_quads(cg: usize, kernel: [usize; 2]) -> bool {
 #[derive(Clone, Debug)]
 enum Kind {
     /// One input channel per group: the weights as they are, `[M, kh·kw]`,
-    /// and as f32 for the exact f32 path (`dw::planes_via_f32`).
-    Direct(Vec<i8>, Vec<f32>),
+    /// as f32 for the exact f32 path (`dw::planes_via_f32`), and as the
+    /// lane kernel's vectors (`dw_lanes`).
+    Direct(Vec<i8>, Vec<f32>, dw_lanes::LaneWeights),
     /// One packed left operand (`W`, `M/G × K`) per group.
     Gemm(Vec<QPackedA>),
     /// One sparse left operand per group ([`super::qsparse`]): pruned
@@ -200,7 +201,11 @@ pub fn pack_conv(
     }
     let quads = cg > 1 && channel_quads(cg, [kh, kw]);
     let kind = if cg == 1 {
-        Kind::Direct(w.to_vec(), w.iter().map(|&v| v as f32).collect())
+        Kind::Direct(
+            w.to_vec(),
+            w.iter().map(|&v| v as f32).collect(),
+            dw_lanes::LaneWeights::new(w, m, [kh, kw]),
+        )
     } else {
         let mg = m / group;
         let taps = kh * kw;
@@ -309,7 +314,7 @@ pub fn qconv2d(
     }
     let plane_in = h * wd;
     match &w.kind {
-        Kind::Direct(wt, wf) => {
+        Kind::Direct(wt, wf, lw) => {
             // Tasks of `cpc` output channels of one batch item (a divisor
             // of M), each a run of planes.
             let threads = if nb * m * p * geom.kernel[0] * geom.kernel[1] >= PAR_MIN_WORK {
@@ -329,7 +334,7 @@ pub fn qconv2d(
                 let (b, ch0) = (t * cpc / m, t * cpc % m);
                 if let Some(plan) = &lanes {
                     let xs = &x[b * c * plane_in..(b + 1) * c * plane_in];
-                    dw_lanes::planes(plan, cx.features, xs, x_zp, wt, ch0, cpc, o);
+                    dw_lanes::planes(plan, cx.features, xs, x_zp, lw, ch0, cpc, o);
                     return;
                 }
                 if via_f32 {

@@ -98,6 +98,51 @@ impl Plan {
     }
 }
 
+/// The weights as the lane kernel reads them, made when the convolution is
+/// packed: per group of sixteen output channels and per (kernel row, group
+/// of four taps), one vector whose dword `l` holds channel `16q + l`'s four
+/// taps (0 past the kernel's width and past `m`); and each channel's sum
+/// of weights (the start value is `−za` times it).
+#[derive(Clone, Debug)]
+// Read by the x86-64 kernel only (made everywhere: packs are plain data).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) struct LaneWeights {
+    /// `(kh · quads)` vectors of sixteen dwords per group.
+    words: Vec<u32>,
+    /// Per channel, padded with zeros to whole groups.
+    sums: Vec<i32>,
+    /// Vectors per group.
+    per_group: usize,
+}
+
+impl LaneWeights {
+    /// From the `[m, kh · kw]` weights of a depthwise convolution.
+    pub(super) fn new(w: &[i8], m: usize, [kh, kw]: [usize; 2]) -> LaneWeights {
+        let (taps, quads) = (kh * kw, kw.div_ceil(4));
+        let groups = m.div_ceil(LANES);
+        let per_group = kh * quads;
+        let mut words = vec![0u32; groups * per_group * LANES];
+        let mut sums = vec![0i32; groups * LANES];
+        for (ch, wc) in w.chunks_exact(taps).take(m).enumerate() {
+            sums[ch] = wc.iter().map(|&v| v as i32).sum();
+            let (q, l) = (ch / LANES, ch % LANES);
+            for ki in 0..kh {
+                let row = &wc[ki * kw..(ki + 1) * kw];
+                for g in 0..quads {
+                    let b: [u8; 4] =
+                        std::array::from_fn(|j| row.get(4 * g + j).map_or(0, |&v| v as u8));
+                    words[((q * per_group) + ki * quads + g) * LANES + l] = u32::from_le_bytes(b);
+                }
+            }
+        }
+        LaneWeights {
+            words,
+            sums,
+            per_group,
+        }
+    }
+}
+
 /// Output channels per task: a divisor of `m` that is a whole number of
 /// vectors where one exists (so no task but the last of an item has a
 /// partial group), about a quarter of the work a thread gets.
@@ -112,16 +157,17 @@ pub(super) fn channels_per_task(m: usize, nb: usize, threads: usize) -> usize {
         .unwrap_or(m)
 }
 
-/// Output channels `ch0 .. ch0 + out's channels` of one batch item: `x`
-/// the item's input planes, `wt` every output channel's `kh · kw` weights,
-/// `out` these channels' planes (`cpc · oh · ow`) with their epilogue.
+/// Output channels `ch0 .. ch0 + out's channels` of one batch item (`ch0`
+/// a multiple of sixteen, as [`channels_per_task`] makes them): `x` the
+/// item's input planes, `lw` the weights, `out` these channels' planes
+/// (`cpc · oh · ow`) with their epilogue.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn planes(
     plan: &Plan,
     features: Features,
     x: &[u8],
     za: u8,
-    wt: &[i8],
+    lw: &LaneWeights,
     ch0: usize,
     cpc: usize,
     out: QOut,
@@ -131,11 +177,11 @@ pub(super) fn planes(
         debug_assert!(features.avx512vnni, "Plan::new checks the CPU");
         // SAFETY: a plan exists only where the CPU has AVX512-VNNI (and
         // with it AVX-512 F and BW; VL comes with BW on every such CPU).
-        unsafe { x86::planes(plan, features, x, za, wt, ch0, cpc, out) }
+        unsafe { x86::planes(plan, features, x, za, lw, ch0, cpc, out) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (plan, features, x, za, wt, ch0, cpc, out);
+        let _ = (plan, features, x, za, lw, ch0, cpc, out);
         unreachable!("Plan::new gives no plan off x86-64");
     }
 }
@@ -152,7 +198,7 @@ mod x86 {
     use super::super::super::Features;
     use super::super::dw::{self, grow};
     use super::super::split_out;
-    use super::{Plan, LANES};
+    use super::{LaneWeights, Plan, LANES};
 
     thread_local! {
         /// One group's interleaved input planes.
@@ -236,21 +282,22 @@ mod x86 {
         features: Features,
         x: &[u8],
         za: u8,
-        wt: &[i8],
+        lw: &LaneWeights,
         ch0: usize,
         cpc: usize,
         mut out: QOut,
     ) {
         let p = plan.win.oh * plan.win.ow;
-        let taps = plan.win.kh * plan.win.kw;
         let plane_in = plan.win.h * plan.win.w;
         assert!(
             x.len() >= (ch0 + cpc).div_ceil(plan.mult) * plane_in,
             "depthwise: input shorter than its channels"
         );
         assert!(
-            wt.len() >= (ch0 + cpc) * taps,
-            "depthwise: weights too short"
+            ch0.is_multiple_of(LANES)
+                && lw.per_group == plan.win.kh * plan.quads
+                && lw.sums.len() >= (ch0 + cpc).next_multiple_of(LANES),
+            "depthwise: weights packed for another kernel or channels"
         );
         with_buf(&INTERLEAVED, |buf| {
             with_buf(&LANE_OUT, |lane_out| {
@@ -260,15 +307,14 @@ mod x86 {
                 // whole sixteen-pixel blocks.
                 grow(buf, in_len + 64);
                 grow(lane_out, p.next_multiple_of(LANES) * LANES);
-                // A group's weight vectors, made again for each group
-                // into the same room.
-                let mut w = Vec::with_capacity(plan.win.kh * plan.quads);
+                // A group's weight vectors, loaded into the same room.
+                let mut w = Vec::with_capacity(lw.per_group);
                 for g0 in (0..cpc).step_by(LANES) {
                     let n = LANES.min(cpc - g0);
                     let first = ch0 + g0;
                     let go = group_out(&mut out, g0, n, p);
                     interleave(plan, x, za, first, n, buf);
-                    let init = weights(plan, za, &wt[first * taps..(first + n) * taps], n, &mut w);
+                    let init = weights(lw, za, first / LANES, &mut w);
                     match lane_epilogue(&go, n) {
                         Some(ep) => {
                             accumulate(plan, buf, init, &w, |i, accs| {
@@ -381,34 +427,17 @@ mod x86 {
         _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
     }
 
-    /// The start value (`−za · Σ w` per channel), returned, and the
-    /// weights of each (kernel row, tap group) into `w`: channel `c`'s four
-    /// taps in dword `c`, 0 past the kernel's width and for lanes past `n`.
-    /// (No allocation: on 7x7 planes a group's arithmetic is short, and
-    /// two vectors allocated per group cost a third of it.)
+    /// Group `q`'s start value (`−za · Σ w` per channel), returned, and
+    /// its weight vectors, into `w`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn weights(plan: &Plan, za: u8, wt: &[i8], n: usize, w: &mut Vec<__m512i>) -> __m512i {
-        let (kh, kw, quads) = (plan.win.kh, plan.win.kw, plan.quads);
-        let taps = kh * kw;
-        let mut init = [0i32; LANES];
-        for (c, v) in init.iter_mut().enumerate().take(n) {
-            let sum: i32 = wt[c * taps..(c + 1) * taps].iter().map(|&v| v as i32).sum();
-            *v = sum.wrapping_mul(-(za as i32));
-        }
+    unsafe fn weights(lw: &LaneWeights, za: u8, q: usize, w: &mut Vec<__m512i>) -> __m512i {
+        let words = &lw.words[q * lw.per_group * LANES..(q + 1) * lw.per_group * LANES];
         w.clear();
-        for ki in 0..kh {
-            for g in 0..quads {
-                let mut words = [0u32; LANES];
-                for (c, word) in words.iter_mut().enumerate().take(n) {
-                    let row = &wt[c * taps + ki * kw..][..kw];
-                    let b: [u8; 4] =
-                        std::array::from_fn(|j| row.get(4 * g + j).map_or(0, |&v| v as u8));
-                    *word = u32::from_le_bytes(b);
-                }
-                w.push(_mm512_loadu_si512(words.as_ptr() as *const __m512i));
-            }
+        for v in words.chunks_exact(LANES) {
+            w.push(_mm512_loadu_si512(v.as_ptr() as *const __m512i));
         }
-        _mm512_loadu_si512(init.as_ptr() as *const __m512i)
+        let sums = _mm512_loadu_si512(lw.sums[q * LANES..].as_ptr() as *const __m512i);
+        _mm512_mullo_epi32(sums, _mm512_set1_epi32(-(za as i32)))
     }
 
     /// Every output pixel's accumulators (sixteen channels), handed to
