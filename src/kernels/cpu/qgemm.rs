@@ -1470,11 +1470,9 @@ unsafe fn finish_rows_avx512(
                 rs,
                 cols,
             };
-            match (ep.bias.is_some(), req.lo.is_some()) {
-                (true, true) => rows_u8.run::<true, true>(),
-                (true, false) => rows_u8.run::<true, false>(),
-                (false, true) => rows_u8.run::<false, true>(),
-                (false, false) => rows_u8.run::<false, false>(),
+            match ep.bias.is_some() {
+                true => rows_u8.run::<true>(),
+                false => rows_u8.run::<false>(),
             }
             return true;
         }
@@ -1552,9 +1550,8 @@ unsafe fn finish_rows_avx512(
 
 /// A wide tile's u8 rows with per-row constants (weights on the left), no
 /// residual and a usable reciprocal: [`finish_rows_avx512`]'s operations
-/// in its order, specialized on the bias and the low bound so that the
-/// loop over a row's four panels has no branch but one rounding check for
-/// all four.
+/// in its order, specialized on the bias so that the loop over a row's
+/// four panels has no branch but one rounding check for all four.
 #[cfg(target_arch = "x86_64")]
 struct RowsU8<'a> {
     tile: &'a [i32],
@@ -1577,10 +1574,8 @@ impl RowsU8<'_> {
     /// tile's `z.len() × cols` bytes of C, this task's alone; the tile
     /// holds `cols.div_ceil(16)` panels of `tile_rows × 16` accumulators.
     #[inline(always)]
-    unsafe fn run<const BIAS: bool, const LO: bool>(&self) {
+    unsafe fn run<const BIAS: bool>(&self) {
         use std::arch::x86_64::*;
-        let req = &self.req;
-        let lo = req.lo.unwrap_or(_mm512_setzero_ps());
         let panels = self.cols.div_ceil(NR);
         let t = self.tile.as_ptr();
         for q0 in (0..panels).step_by(4) {
@@ -1598,20 +1593,10 @@ impl RowsU8<'_> {
                         *yu = _mm512_add_ps(*yu, vb);
                     }
                 }
-                let k = round_div_avx512_n(y, req.scale, req.rcp);
-                let mut v = [_mm512_setzero_si512(); 4];
-                for (vu, &ku) in v.iter_mut().zip(&k) {
-                    let mut q = _mm512_add_ps(ku, req.zero_point);
-                    if LO {
-                        // vmaxps returns the second operand (lo) on NaN.
-                        q = _mm512_max_ps(q, lo);
-                    }
-                    *vu = _mm512_cvtps_epi32(_mm512_min_ps(req.hi, q));
-                }
                 _mm512_mask_storeu_epi8(
                     self.dst.add(r * self.rs + q0 * NR) as *mut i8,
                     mask,
-                    pack_u8x64(v),
+                    pack_u8x64(self.req.lanes_n(y)),
                 );
             }
         }
