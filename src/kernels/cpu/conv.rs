@@ -43,17 +43,12 @@ use super::gemm::{
     DirectSeg, Epilogue, PackB, PackedA, PackedB, DIRECT_PIECES,
 };
 use super::geometry::Window2d;
-use super::lanes::{self, Lanes, PhasePad, Row, LANES, P8};
+use super::lanes::{self, Lanes, PhasePad, Row, Square, LANES, P8};
 use super::{direct_oc, ops, sparse, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
 
-#[cfg(target_arch = "x86_64")]
-mod dw_c16;
-/// Lane count of the AVX-512 interleaved depthwise kernel, named here for
-/// targets without it (where it is never chosen).
-#[cfg(not(target_arch = "x86_64"))]
-mod dw_c16 {
-    pub(super) const LANES: usize = 16;
-}
+/// Channels a vector holds in the AVX-512 channel-interleaved depthwise
+/// kernel ([`dw_c16_avx512`]; 8 elsewhere).
+const WIDE_LANES: usize = 16;
 use crate::ir::ops::nn::conv::window_axes;
 use crate::ir::{Activation, ConvAttrs, Op};
 use crate::Result;
@@ -621,7 +616,7 @@ fn depthwise(
     let small = dw_interleaved_by_default(out_plane, win.sh * win.sw > 1, cx.features);
     // 16 channels a vector on AVX-512 where there are 16 planes.
     let lanes = match width {
-        DwWidth::Avx512 if nplanes >= dw_c16::LANES => dw_c16::LANES,
+        DwWidth::Avx512 if nplanes >= WIDE_LANES => WIDE_LANES,
         _ => LANES,
     };
     let c8 = (interleave.unwrap_or(small) && nplanes >= lanes)
@@ -876,7 +871,7 @@ fn with_interleaved_scratch(plan: &InterleavedPlan, f: impl FnOnce(&mut [f32])) 
 /// Depthwise convolution of the `lanes` planes `first..first + lanes`
 /// (flat batch * C + channel; `x` their input planes, `y` their output
 /// planes, `res` their residual), `lanes` channels per vector (8, or 16 on
-/// AVX-512: [`dw_c16`]): the planes are transposed into an interleaved
+/// AVX-512: [`dw_c16_avx512`]): the planes are transposed into an interleaved
 /// padded scratch (a position's channels side by side), each output's taps
 /// accumulate in one register from the bias in the order of the plane
 /// kernel, and the results are transposed back, with the residual and
@@ -898,7 +893,7 @@ fn dw_interleaved(
         && res.is_none_or(|r| r.len() == y.len())
         && buf.len() == plan.scratch_len()
         && plan.w.len() == plan.c * plan.taps.len()
-        && (lanes == LANES || (lanes == dw_c16::LANES && has_avx512f()));
+        && (lanes == LANES || (lanes == WIDE_LANES && has_avx512f()));
     if !ok {
         // Unreachable from `depthwise`, which sizes everything from the
         // same window and picks 16 lanes only on AVX-512; kept so the
@@ -907,9 +902,9 @@ fn dw_interleaved(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if lanes == dw_c16::LANES {
+    if lanes == WIDE_LANES {
         // SAFETY: AVX-512F is present and the sizes match (checked above).
-        unsafe { dw_c16::dw_c16(plan, first, x, res, buf, y) };
+        unsafe { dw_c16_avx512(plan, first, x, res, buf, y) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -920,10 +915,10 @@ fn dw_interleaved(
     }
     let _ = avx;
     // SAFETY: the sizes were checked above.
-    unsafe { dw_c8_impl::<P8>(plan, first, x, res, buf, y) }
+    unsafe { dw_interleaved_impl::<P8, LANES>(plan, first, x, res, buf, y) }
 }
 
-/// [`dw_c8_impl`] on AVX2/FMA registers.
+/// [`dw_interleaved_impl`] on AVX2/FMA registers, 8 lanes.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; the sizes are [`dw_interleaved`]'s
@@ -938,16 +933,36 @@ unsafe fn dw_c8_avx(
     buf: &mut [f32],
     y: &mut [f32],
 ) {
-    dw_c8_impl::<lanes::A8>(plan, first, x, res, buf, y)
+    dw_interleaved_impl::<lanes::A8, LANES>(plan, first, x, res, buf, y)
 }
 
-/// The body of [`dw_interleaved`] for 8 lanes.
+/// [`dw_interleaved_impl`] on AVX-512 registers, 16 lanes.
 ///
 /// # Safety
-/// The sizes are [`dw_interleaved`]'s for 8 lanes, and the CPU supports
+/// The CPU must support AVX-512F, AVX2 and FMA; the sizes are
+/// [`dw_interleaved`]'s for 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dw_c16_avx512(
+    plan: &InterleavedPlan,
+    first: usize,
+    x: &[f32],
+    res: Option<&[f32]>,
+    buf: &mut [f32],
+    y: &mut [f32],
+) {
+    dw_interleaved_impl::<lanes::A16, WIDE_LANES>(plan, first, x, res, buf, y)
+}
+
+/// The body of [`dw_interleaved`], `L` channels a vector. (Arrays are
+/// filled by plain loops: closures would not inline into the
+/// `target_feature` entry points on every width.)
+///
+/// # Safety
+/// The sizes are [`dw_interleaved`]'s for `L` lanes, and the CPU supports
 /// `V`'s instructions.
 #[inline(always)]
-unsafe fn dw_c8_impl<V: Lanes>(
+unsafe fn dw_interleaved_impl<V: Square<L>, const L: usize>(
     plan: &InterleavedPlan,
     first: usize,
     x: &[f32],
@@ -957,85 +972,73 @@ unsafe fn dw_c8_impl<V: Lanes>(
 ) {
     let win = plan.win;
     let (in_plane, out_plane, ntaps) = (win.in_plane(), win.out_plane(), plan.taps.len());
-    let (xi, rest) = buf.split_at_mut(plan.hp * plan.wp * LANES);
-    let (o8, rest) = rest.split_at_mut(out_plane * LANES);
-    let (w8, b8) = rest.split_at_mut(ntaps * LANES);
-    // The group's weights by tap and its biases, a lane per channel.
-    for l in 0..LANES {
-        let ch = (first + l) % plan.c;
-        for t in 0..ntaps {
-            w8[t * LANES + l] = plan.w[ch * ntaps + t];
-        }
-        b8[l] = plan.bias.map_or(0.0, |b| b[ch]);
-    }
-    // Input rows, 8 columns at a time, transposed into the scratch.
+    let (xi, rest) = buf.split_at_mut(plan.hp * plan.wp * L);
+    let (ol, rest) = rest.split_at_mut(out_plane * L);
+    let (wl, bl) = rest.split_at_mut(ntaps * L);
+    weights_by_tap::<V, L>(plan, first, wl, bl);
+    // Input rows, L columns at a time, transposed into the scratch.
     let xp = x.as_ptr();
     for ih in 0..win.h {
         let dst = xi
             .as_mut_ptr()
-            .add(((ih + win.pad_top) * plan.wp + win.pad_left) * LANES);
-        for iw in (0..win.w).step_by(LANES) {
-            let n = (win.w - iw).min(LANES);
-            let mut r: [V; LANES] = std::array::from_fn(|c| {
+            .add(((ih + win.pad_top) * plan.wp + win.pad_left) * L);
+        for iw in (0..win.w).step_by(L) {
+            let n = (win.w - iw).min(L);
+            let mut r = [V::splat(0.0); L];
+            for (c, v) in r.iter_mut().enumerate() {
                 let p = xp.add(c * in_plane + ih * win.w + iw);
-                if n == LANES {
-                    V::load(p)
-                } else {
-                    V::load_n(p, n)
-                }
-            });
-            V::transpose8(&mut r);
+                *v = if n == L { V::load(p) } else { V::load_n(p, n) };
+            }
+            let r = V::transpose(r);
             for (j, v) in r.iter().enumerate().take(n) {
-                v.store(dst.add((iw + j) * LANES));
+                v.store(dst.add((iw + j) * L));
             }
         }
     }
     // Each output: bias, then the taps in order (as the plane kernel).
-    let vb = V::load(b8.as_ptr());
-    let (xs, ws, os) = (xi.as_ptr(), w8.as_ptr(), o8.as_mut_ptr());
+    let vb = V::load(bl.as_ptr());
+    let (xs, ws, os) = (xi.as_ptr(), wl.as_ptr(), ol.as_mut_ptr());
+    let step = win.sw * L;
     for oh in 0..win.oh {
-        let row = xs.add(oh * win.sh * plan.wp * LANES);
-        let out = os.add(oh * win.ow * LANES);
+        let row = xs.add(oh * win.sh * plan.wp * L);
+        let out = os.add(oh * win.ow * L);
         let mut ow = 0;
         // Four outputs at once: four independent FMA chains.
         while ow + 4 <= win.ow {
-            let x0: [*const f32; 4] = std::array::from_fn(|u| row.add((ow + u) * win.sw * LANES));
+            let x0 = row.add(ow * step);
             let mut acc = [vb; 4];
             for (t, &off) in plan.taps.iter().enumerate() {
-                let wv = V::load(ws.add(t * LANES));
-                for u in 0..4 {
-                    acc[u] = V::mul_add(wv, V::load(x0[u].add(off)), acc[u]);
+                let wv = V::load(ws.add(t * L));
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = V::mul_add(wv, V::load(x0.add(u * step + off)), *a);
                 }
             }
             for (u, a) in acc.iter().enumerate() {
-                a.store(out.add((ow + u) * LANES));
+                a.store(out.add((ow + u) * L));
             }
             ow += 4;
         }
         while ow < win.ow {
-            let x0 = row.add(ow * win.sw * LANES);
+            let x0 = row.add(ow * step);
             let mut acc = vb;
             for (t, &off) in plan.taps.iter().enumerate() {
-                acc = V::mul_add(V::load(ws.add(t * LANES)), V::load(x0.add(off)), acc);
+                acc = V::mul_add(V::load(ws.add(t * L)), V::load(x0.add(off)), acc);
             }
-            acc.store(out.add(ow * LANES));
+            acc.store(out.add(ow * L));
             ow += 1;
         }
     }
-    // Back to the planes, 8 positions at a time: residual, clamp, store.
+    // Back to the planes, L positions at a time: residual, clamp, store.
     let (lo, hi) = plan.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (vlo, vhi) = (V::splat(lo), V::splat(hi));
     let yp = y.as_mut_ptr();
-    for p0 in (0..out_plane).step_by(LANES) {
-        let n = (out_plane - p0).min(LANES);
-        let mut r: [V; LANES] = std::array::from_fn(|j| {
-            if j < n {
-                V::load(os.add((p0 + j) * LANES))
-            } else {
-                V::splat(0.0)
-            }
-        });
-        V::transpose8(&mut r);
+    for p0 in (0..out_plane).step_by(L) {
+        let n = (out_plane - p0).min(L);
+        let mut r = [V::splat(0.0); L];
+        for (j, v) in r.iter_mut().enumerate().take(n) {
+            *v = V::load(os.add((p0 + j) * L));
+        }
+        let r = V::transpose(r);
         for (c, &v) in r.iter().enumerate() {
             let at = c * out_plane + p0;
             let mut v = v;
@@ -1043,7 +1046,7 @@ unsafe fn dw_c8_impl<V: Lanes>(
                 let rp = res.as_ptr().add(at);
                 v = V::add(
                     v,
-                    if n == LANES {
+                    if n == L {
                         V::load(rp)
                     } else {
                         V::load_n(rp, n)
@@ -1053,11 +1056,53 @@ unsafe fn dw_c8_impl<V: Lanes>(
             if plan.clamp.is_some() {
                 v = v.clamp(vlo, vhi);
             }
-            if n == LANES {
+            if n == L {
                 v.store(yp.add(at));
             } else {
                 v.store_n(yp.add(at), n);
             }
+        }
+    }
+}
+
+/// The weights of the `L` planes from `first`, by tap (`wl[t · L + l]`:
+/// tap `t` of the channel of plane `first + l`), and their biases. `L`
+/// consecutive channels have their taps transposed, `L` at a time; a group
+/// that wraps into the next batch item's channels is gathered one by one.
+///
+/// # Safety
+/// The CPU supports `V`'s instructions; `wl` holds `taps · L` floats, `bl`
+/// `L`, and the plan's weights `c · taps`.
+#[inline(always)]
+unsafe fn weights_by_tap<V: Square<L>, const L: usize>(
+    plan: &InterleavedPlan,
+    first: usize,
+    wl: &mut [f32],
+    bl: &mut [f32],
+) {
+    let ntaps = plan.taps.len();
+    let ch0 = first % plan.c;
+    for (l, b) in bl.iter_mut().enumerate().take(L) {
+        *b = plan.bias.map_or(0.0, |bv| bv[(ch0 + l) % plan.c]);
+    }
+    if ch0 + L > plan.c {
+        for l in 0..L {
+            let ch = (ch0 + l) % plan.c;
+            for t in 0..ntaps {
+                wl[t * L + l] = plan.w[ch * ntaps + t];
+            }
+        }
+        return;
+    }
+    let wp = plan.w.as_ptr().add(ch0 * ntaps);
+    for t0 in (0..ntaps).step_by(L) {
+        let n = (ntaps - t0).min(L);
+        let mut r = [V::splat(0.0); L];
+        for (l, v) in r.iter_mut().enumerate() {
+            *v = V::load_n(wp.add(l * ntaps + t0), n);
+        }
+        for (j, v) in V::transpose(r).iter().enumerate().take(n) {
+            v.store(wl.as_mut_ptr().add((t0 + j) * L));
         }
     }
 }
@@ -3461,7 +3506,7 @@ mod tests {
         // their sums, the AVX ones fuse them, so each is held to its kind.
         let mut kernels = vec![(false, 8), (true, 8)];
         if has_avx512f() && ops::has_avx2_fma() {
-            kernels.push((true, dw_c16::LANES));
+            kernels.push((true, WIDE_LANES));
         } else {
             eprintln!("skipped: 16-lane depthwise (CPU lacks AVX-512F)");
         }

@@ -207,6 +207,22 @@ pub(super) trait Row: Copy {
     unsafe fn store_n(self, p: *mut f32, n: usize);
 }
 
+/// A [`Row`] of `L` lanes that transposes `L` of itself: what the
+/// channel-interleaved depthwise kernel needs (8 lanes portable or AVX2,
+/// 16 on AVX-512).
+pub(super) trait Square<const L: usize>: Row {
+    /// Lane j of `r[i]` becomes lane i of `r[j]`.
+    unsafe fn transpose(r: [Self; L]) -> [Self; L];
+}
+
+impl Square<LANES> for P8 {
+    #[inline(always)]
+    unsafe fn transpose(mut r: [Self; LANES]) -> [Self; LANES] {
+        Lanes::transpose8(&mut r);
+        r
+    }
+}
+
 /// Stores the first `k` lanes of `v` at `dst[at..]`, which holds them.
 ///
 /// # Safety
@@ -390,7 +406,7 @@ mod avx512 {
     //! "avx512f")]` entry points (after run-time detection), into which
     //! the methods and intrinsics inline. Lane for lane the same operations
     //! as [`super::A8`], so results do not depend on the width.
-    use super::Row;
+    use super::{Row, Square};
     use std::arch::x86_64::*;
 
     /// AVX-512 lanes: one `__m512` register.
@@ -401,6 +417,50 @@ mod avx512 {
     #[inline(always)]
     fn first(n: usize) -> __mmask16 {
         ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    impl Square<16> for A16 {
+        /// Pairs interleaved, then quads, then 128-bit lanes twice: 64
+        /// shuffles. (Plain loops: closures would not inline into the
+        /// kernels' `target_feature` entry points.)
+        #[inline(always)]
+        unsafe fn transpose(r: [Self; 16]) -> [Self; 16] {
+            let mut t = [_mm512_setzero_ps(); 16];
+            // t[2p], t[2p+1]: rows 2p and 2p+1 interleaved (low and high
+            // pairs of each 128-bit lane).
+            for p in 0..8 {
+                t[2 * p] = _mm512_unpacklo_ps(r[2 * p].0, r[2 * p + 1].0);
+                t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p].0, r[2 * p + 1].0);
+            }
+            // u[4q + k]: lane L holds column 4L + k of rows 4q .. 4q + 4.
+            let mut u = [_mm512_setzero_ps(); 16];
+            for q in 0..4 {
+                for h in 0..2 {
+                    let (a, b) = (t[4 * q + h], t[4 * q + 2 + h]);
+                    u[4 * q + 2 * h] = _mm512_shuffle_ps::<0x44>(a, b);
+                    u[4 * q + 2 * h + 1] = _mm512_shuffle_ps::<0xEE>(a, b);
+                }
+            }
+            // v[k] (k < 4): lanes 0, 2 of rows 0-3 and 4-7 (columns k,
+            // 8 + k); v[4 + k]: lanes 1, 3 (columns 4 + k, 12 + k); v[8 +
+            // ..]: rows 8-15.
+            let mut v = [_mm512_setzero_ps(); 16];
+            for h in 0..2 {
+                for k in 0..4 {
+                    let (a, b) = (u[8 * h + k], u[8 * h + 4 + k]);
+                    v[8 * h + k] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                    v[8 * h + 4 + k] = _mm512_shuffle_f32x4::<0xDD>(a, b);
+                }
+            }
+            // Column j = 8m + 4o + k: v[4o + k] and v[8 + 4o + k], their
+            // even (m = 0) or odd (m = 1) lanes.
+            let mut out = [A16(_mm512_setzero_ps()); 16];
+            for ok in 0..8 {
+                out[ok] = A16(_mm512_shuffle_f32x4::<0x88>(v[ok], v[8 + ok]));
+                out[8 + ok] = A16(_mm512_shuffle_f32x4::<0xDD>(v[ok], v[8 + ok]));
+            }
+            out
+        }
     }
 
     impl Row for A16 {
@@ -447,7 +507,7 @@ mod avx {
     //! from the kernels' `#[target_feature(enable = "avx2,fma")]` entry
     //! points (after run-time detection), into which they and the
     //! intrinsics inline.
-    use super::{Lanes, Row, LANES};
+    use super::{Lanes, Row, Square, LANES};
     use std::arch::x86_64::*;
 
     /// AVX2 lanes: one `__m256` register.
@@ -501,6 +561,14 @@ mod avx {
         #[inline(always)]
         unsafe fn store_n(self, p: *mut f32, n: usize) {
             _mm256_maskstore_ps(p, first(n), self.0)
+        }
+    }
+
+    impl Square<LANES> for A8 {
+        #[inline(always)]
+        unsafe fn transpose(mut r: [Self; LANES]) -> [Self; LANES] {
+            Lanes::transpose8(&mut r);
+            r
         }
     }
 
