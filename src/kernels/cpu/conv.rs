@@ -619,21 +619,21 @@ fn depthwise(
         DwWidth::Avx512 if nplanes >= WIDE_LANES => WIDE_LANES,
         _ => LANES,
     };
-    let c8 = (interleave.unwrap_or(small) && nplanes >= lanes)
+    let il = (interleave.unwrap_or(small) && nplanes >= lanes)
         .then(|| InterleavedPlan::new(win, g.c, w, f.bias, clamp, lanes))
         .flatten();
     // Planes `i0..` of the output chunk `ys`.
     let planes = |i0: usize, ys: &mut [f32]| {
         let mut done = 0;
-        if let Some(c8) = &c8 {
+        if let Some(il) = &il {
             let group = lanes * out_plane;
             let xs = &x[i0 * in_plane..];
-            with_interleaved_scratch(c8, |buf| {
+            with_interleaved_scratch(il, |buf| {
                 for (q, yg) in ys.chunks_exact_mut(group).enumerate() {
                     let first = i0 + q * lanes;
                     let xg = &xs[q * lanes * in_plane..(q + 1) * lanes * in_plane];
                     let res = f.residual.map(|r| &r[first * out_plane..][..group]);
-                    dw_interleaved(avx, c8, first, xg, res, buf, yg);
+                    dw_interleaved(avx, il, first, xg, res, buf, yg);
                     if clamp.is_none() {
                         if let Some(act) = f.act {
                             ops::activation(act, yg, avx);
@@ -660,7 +660,7 @@ fn depthwise(
         && y.len() >= PAR_MIN_WORK
         && in_plane >= DW_BANDS_MIN_IN_PLANE
         && win.oh >= 2 * cx.threads;
-    if let (true, None, Some(plan)) = (bands, &c8, &plan) {
+    if let (true, None, Some(plan)) = (bands, &il, &plan) {
         // Each thread takes a band of rows of every plane.
         let parts = cx.threads;
         let yp = PlanesPtr(y.as_mut_ptr());
@@ -695,7 +695,7 @@ fn depthwise(
         let mut per_task = (DW_TASK_WORK / out_plane)
             .min(nplanes.div_ceil(4 * cx.threads))
             .max(1);
-        if c8.is_some() {
+        if il.is_some() {
             per_task = per_task.div_ceil(lanes) * lanes;
         }
         cx.for_each_chunk_mut(y, per_task * out_plane, |t, ys| planes(t * per_task, ys));
