@@ -1629,19 +1629,45 @@ pub(super) fn byte_mask(bytes: usize) -> u64 {
 /// folded into the output's: `g(y) = round_ties_even(y / scale) + zp` is
 /// monotone in `y` for a positive scale, so clamping `y` to `[lo, hi]`
 /// first and clamping `g(y)` to `[g(lo), g(hi)]` after give the same value;
-/// with the output's `[0, 255]` that leaves one `max` (only where `g(lo) >
-/// 0`) and one `min`, and saturating packs do the rest. NaN goes to `g(lo)`
-/// where the activation has a bound above 0 (the reference's `max(lo)`
-/// returns `lo` on NaN), else to 0 (as a NaN quantizes).
+/// with the output's `[0, 255]` the bounds are `qlo = g(lo)` and `qhi =
+/// g(hi)`, each clamped to `[0, 255]`. NaN goes to `qlo`: `g(lo)` where the activation
+/// has a bound above 0 (the reference's `max(lo)` returns `lo` on NaN),
+/// else 0 (as a NaN quantizes).
+///
+/// The quotient is `r = y · RN(1/scale)` ([`Reciprocal`]), clamped to the
+/// integers `[qlo − zp, qhi − zp]` (rounding commutes with a clamp to
+/// integer bounds) and rounded by one add: `t = r + 3072` lies in `[2048,
+/// 4096)`, where floats are `2⁻¹²` apart, so `t`'s bits minus 3072's are
+/// `n = RN(4096 · r)`, and `x = n + 2050 + 4096 · zp` (one integer
+/// subtraction) has `round(r) + zp` in its bits above the twelfth (`x >>
+/// 12`). When `x`'s low twelve bits are not 0–3 (`x & 0xFFC ≠ 0`), `r` is at
+/// least `1.5 / 4096 ≈ 3.7e-4` from every half-integer, farther than the
+/// multiply's error (below `9.2e-5` for `|r| < 512`; larger `|r|` clamp the
+/// same way on both paths), so `round(r)` is the division's rounding;
+/// otherwise all `N` vectors are divided instead. That is five vector
+/// operations and a mask test for the rounding, the check, the conversion
+/// and the zero point, where `vrndscaleps`, a subtraction, an `abs`, a
+/// compare, an add and `vcvtps2dq` were seven.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct RequantZ {
     scale: f32,
     rcp: Reciprocal,
     zero_point: std::arch::x86_64::__m512,
-    lo: Option<std::arch::x86_64::__m512>,
-    hi: std::arch::x86_64::__m512,
+    /// `qlo` and `qhi` (the division's path) ...
+    qlo: std::arch::x86_64::__m512,
+    qhi: std::arch::x86_64::__m512,
+    /// ... and less the zero point (the multiply's).
+    rlo: std::arch::x86_64::__m512,
+    rhi: std::arch::x86_64::__m512,
+    /// `bits(3072) − 2050 − 4096 · zp`.
+    offset: std::arch::x86_64::__m512i,
 }
+
+/// The float whose bits, less the integer added to it, are `4096 · r`
+/// rounded (see [`RequantZ`]).
+#[cfg(target_arch = "x86_64")]
+const ROUNDING_MAGIC: f32 = 3072.0;
 
 #[cfg(target_arch = "x86_64")]
 impl RequantZ {
@@ -1660,17 +1686,23 @@ impl RequantZ {
         }
         let zp = rq.zero_point as f32;
         let g = |v: f32| (v / rq.scale).round_ties_even() + zp;
+        // Both bounds in [0, 255] keep `r` near 0 (see above); with `lo >
+        // hi` every value becomes `qhi`, as the reference's max then min.
+        let (qlo, qhi) = (g(lo).clamp(0.0, 255.0), g(hi).clamp(0.0, 255.0));
+        let offset = ROUNDING_MAGIC.to_bits() as i32 - 2050 - 4096 * rq.zero_point as i32;
         Some(RequantZ {
             scale: rq.scale,
             rcp: Reciprocal::new(rq.scale),
             zero_point: _mm512_set1_ps(zp),
-            lo: (g(lo) > 0.0).then(|| _mm512_set1_ps(g(lo))),
-            hi: _mm512_set1_ps(g(hi).min(255.0)),
+            qlo: _mm512_set1_ps(qlo),
+            qhi: _mm512_set1_ps(qhi),
+            rlo: _mm512_set1_ps(qlo - zp),
+            rhi: _mm512_set1_ps(qhi - zp),
+            offset: _mm512_set1_epi32(offset),
         })
     }
 
-    /// `y` requantized, as i32 lanes at most 255 (NaN as `i32::MIN`): the
-    /// saturating packs of [`pack_u8x64`] finish the clamp.
+    /// `y` requantized, as i32 lanes in `[0, 255]`.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F.
@@ -1689,16 +1721,32 @@ impl RequantZ {
         y: [std::arch::x86_64::__m512; N],
     ) -> [std::arch::x86_64::__m512i; N] {
         use std::arch::x86_64::*;
-        let k = round_div_avx512_n(y, self.scale, self.rcp);
         let mut v = [_mm512_setzero_si512(); N];
-        for (vu, &ku) in v.iter_mut().zip(&k) {
-            let mut q = _mm512_add_ps(ku, self.zero_point);
-            if let Some(lo) = self.lo {
-                // vmaxps returns the second operand (lo) on NaN.
-                q = _mm512_max_ps(q, lo);
+        if self.rcp.usable {
+            let (inv, magic, low) = (
+                _mm512_set1_ps(self.rcp.inv),
+                _mm512_set1_ps(ROUNDING_MAGIC),
+                _mm512_set1_epi32(0xFFC),
+            );
+            let mut near = 0u16;
+            // Plain loops: closures would not inline into the caller's
+            // target_feature.
+            for (vu, &yu) in v.iter_mut().zip(&y) {
+                // vmaxps returns the second operand (rlo) on NaN.
+                let r = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(yu, inv), self.rlo), self.rhi);
+                let x = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(r, magic)), self.offset);
+                near |= _mm512_testn_epi32_mask(x, low);
+                *vu = _mm512_srai_epi32::<12>(x);
             }
-            // ... and vminps the second (NaN), which converts to i32::MIN.
-            *vu = _mm512_cvtps_epi32(_mm512_min_ps(self.hi, q));
+            if near == 0 {
+                return v;
+            }
+        }
+        let k = round_div_avx512_n(y, self.scale, Reciprocal::DIVIDE);
+        for (vu, &ku) in v.iter_mut().zip(&k) {
+            // vmaxps returns the second operand (qlo) on NaN.
+            let q = _mm512_max_ps(_mm512_add_ps(ku, self.zero_point), self.qlo);
+            *vu = _mm512_cvtps_epi32(_mm512_min_ps(q, self.qhi));
         }
         v
     }
@@ -1974,6 +2022,12 @@ const FAST_QUANT_EPS: f32 = 2.5e-4;
 
 #[cfg(target_arch = "x86_64")]
 impl Reciprocal {
+    /// No reciprocal: always divide.
+    const DIVIDE: Reciprocal = Reciprocal {
+        inv: 0.0,
+        usable: false,
+    };
+
     pub(super) fn new(scale: f32) -> Reciprocal {
         let inv = 1.0 / scale;
         Reciprocal {
@@ -3539,6 +3593,85 @@ pub(crate) mod tests {
                                 g == w || (g.is_nan() && w == 0.0),
                                 "avx512 {v:e} / {s:e} + {zp}: {g} vs {w}"
                             );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 requantization with a folded clamp ([`RequantZ`]: the
+    /// rounding by one add, its check on the low bits) equals the scalar
+    /// reference `quantize(min(max(y, lo), hi))` bit for bit, one vector and
+    /// four at a time: values a few ulps around every half-integer quotient
+    /// (mostly near ties, so most groups of four take the division), random
+    /// values (mostly the add), infinities and NaN, for clamps that are
+    /// absent, one-sided, inside and outside the u8 range, and reversed.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn requantization_with_a_clamp_equals_the_reference() {
+        use std::arch::x86_64::*;
+        if !Features::detect().avx512f {
+            eprintln!("skipped: CPU lacks AVX-512");
+            return;
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run(req: &RequantZ, c: &[f32], got: &mut [i32; 64]) {
+            let mut y = [_mm512_setzero_ps(); 4];
+            for (u, yu) in y.iter_mut().enumerate() {
+                *yu = _mm512_loadu_ps(c[16 * u..].as_ptr());
+            }
+            let (one, four) = (req.lanes(y[0]), req.lanes_n(y));
+            _mm512_storeu_si512(got.as_mut_ptr() as *mut _, one);
+            for (u, v) in four.into_iter().enumerate().skip(1) {
+                _mm512_storeu_si512(got[16 * u..].as_mut_ptr() as *mut _, v);
+            }
+            // Lanes 0..16 came from `lanes`; they must also equal `lanes_n`'s.
+            let mut first = [0i32; 16];
+            _mm512_storeu_si512(first.as_mut_ptr() as *mut _, four[0]);
+            assert_eq!(first[..], got[..16]);
+        }
+        let mut rng = SplitMix64::new(5);
+        let inf = f32::INFINITY;
+        for s in [1.0f32, 0.0371, 3.0, 1e-6, 250.0, 1.0 / 3.0] {
+            let mut x = Vec::new();
+            for h in -300..300 {
+                let tie = (h as f32 + 0.5) * s;
+                let (mut up, mut down) = (tie, tie);
+                x.push(tie);
+                for _ in 0..3 {
+                    up = up.next_up();
+                    down = down.next_down();
+                    x.extend([up, down]);
+                }
+            }
+            x.extend((0..4096).map(|_| (rng.next_f64() as f32 - 0.5) * 600.0 * s));
+            x.extend([f32::NAN, inf, -inf, 0.0, -0.0, 1e30, -1e30]);
+            x.resize(x.len().next_multiple_of(64), f32::NAN);
+            for zp in [0u8, 7, 128, 255] {
+                for clamp in [
+                    None,
+                    Some((0.0, inf)),
+                    Some((0.0, 6.0 * s)),
+                    Some((-20.3 * s, 17.5 * s)),
+                    Some((-inf, -3.0 * s)),
+                    Some((400.0 * s, inf)),
+                    Some((5.0 * s, 2.0 * s)),
+                ] {
+                    let rq = QRequant {
+                        scale: s,
+                        zero_point: zp,
+                    };
+                    // SAFETY: the CPU has AVX-512 F (checked above).
+                    let req = unsafe { RequantZ::new(rq, clamp) }.expect("a positive scale");
+                    let (lo, hi) = clamp.unwrap_or((-inf, inf));
+                    for c in x.chunks_exact(64) {
+                        let mut got = [0i32; 64];
+                        // SAFETY: as above; `c` holds four vectors.
+                        unsafe { run(&req, c, &mut got) };
+                        for (&g, &v) in got.iter().zip(c) {
+                            let w = quantize_one(v.max(lo).min(hi), s, zp as f32) as i32;
+                            assert_eq!(g, w, "{v:e} / {s:e} + {zp}, clamp {clamp:?}");
                         }
                     }
                 }
