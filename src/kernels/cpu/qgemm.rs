@@ -1636,18 +1636,19 @@ pub(super) fn byte_mask(bytes: usize) -> u64 {
 ///
 /// The quotient is `r = y · RN(1/scale)` ([`Reciprocal`]), clamped to the
 /// integers `[qlo − zp, qhi − zp]` (rounding commutes with a clamp to
-/// integer bounds) and rounded by one add: `t = r + 3072` lies in `[2048,
-/// 4096)`, where floats are `2⁻¹²` apart, so `t`'s bits minus 3072's are
-/// `n = RN(4096 · r)`, and `x = n + 2050 + 4096 · zp` (one integer
-/// subtraction) has `round(r) + zp` in its bits above the twelfth (`x >>
-/// 12`). When `x`'s low twelve bits are not 0–3 (`x & 0xFFC ≠ 0`), `r` is at
-/// least `1.5 / 4096 ≈ 3.7e-4` from every half-integer, farther than the
-/// multiply's error (below `9.2e-5` for `|r| < 512`; larger `|r|` clamp the
-/// same way on both paths), so `round(r)` is the division's rounding;
-/// otherwise all `N` vectors are divided instead. That is five vector
-/// operations and a mask test for the rounding, the check, the conversion
-/// and the zero point, where `vrndscaleps`, a subtraction, an `abs`, a
-/// compare, an add and `vcvtps2dq` were seven.
+/// integer bounds) and rounded by one add: `t = r + 768` lies in `[512,
+/// 1024)`, where floats are `2⁻¹⁴` apart, so `t`'s bits minus 768's are
+/// `n = RN(2¹⁴ · r)`, and `x = n + 2¹³ + 2 + 2¹⁴ · zp` (one integer
+/// subtraction) has `round(r) + zp` above its fourteenth bit (`x >> 14`).
+/// When `x`'s low fourteen bits are not 0–3 (`x & 0x3FFC ≠ 0`), `r` is at
+/// least `1.5 · 2⁻¹⁴ ≈ 9.2e-5` from every half-integer, farther than the
+/// multiply's error from the division (`3u · 256 ≈ 4.6e-5` for `|r| ≤
+/// 256`; a larger `|r|` clamps the same way on both paths), so `round(r)`
+/// is the division's rounding; otherwise (a lane in 4096 on random data)
+/// all `N` vectors are divided instead. That is five vector operations and
+/// a mask test for the rounding, the check, the conversion and the zero
+/// point, where `vrndscaleps`, a subtraction, an `abs`, a compare, an add
+/// and `vcvtps2dq` were seven.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct RequantZ {
@@ -1660,14 +1661,14 @@ pub(super) struct RequantZ {
     /// ... and less the zero point (the multiply's).
     rlo: std::arch::x86_64::__m512,
     rhi: std::arch::x86_64::__m512,
-    /// `bits(3072) − 2050 − 4096 · zp`.
+    /// `bits(768) − 2¹³ − 2 − 2¹⁴ · zp`.
     offset: std::arch::x86_64::__m512i,
 }
 
-/// The float whose bits, less the integer added to it, are `4096 · r`
-/// rounded (see [`RequantZ`]).
+/// The float `r` is added to so that the sum's bits, less its own, are
+/// `2¹⁴ · r` rounded (see [`RequantZ`]).
 #[cfg(target_arch = "x86_64")]
-const ROUNDING_MAGIC: f32 = 3072.0;
+const ROUNDING_MAGIC: f32 = 768.0;
 
 #[cfg(target_arch = "x86_64")]
 impl RequantZ {
@@ -1689,7 +1690,8 @@ impl RequantZ {
         // Both bounds in [0, 255] keep `r` near 0 (see above); with `lo >
         // hi` every value becomes `qhi`, as the reference's max then min.
         let (qlo, qhi) = (g(lo).clamp(0.0, 255.0), g(hi).clamp(0.0, 255.0));
-        let offset = ROUNDING_MAGIC.to_bits() as i32 - 2050 - 4096 * rq.zero_point as i32;
+        let offset =
+            ROUNDING_MAGIC.to_bits() as i32 - (1 << 13) - 2 - (rq.zero_point as i32) * (1 << 14);
         Some(RequantZ {
             scale: rq.scale,
             rcp: Reciprocal::new(rq.scale),
@@ -1726,7 +1728,7 @@ impl RequantZ {
             let (inv, magic, low) = (
                 _mm512_set1_ps(self.rcp.inv),
                 _mm512_set1_ps(ROUNDING_MAGIC),
-                _mm512_set1_epi32(0xFFC),
+                _mm512_set1_epi32(0x3FFC),
             );
             let mut near = 0u16;
             // Plain loops: closures would not inline into the caller's
@@ -1736,7 +1738,7 @@ impl RequantZ {
                 let r = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(yu, inv), self.rlo), self.rhi);
                 let x = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(r, magic)), self.offset);
                 near |= _mm512_testn_epi32_mask(x, low);
-                *vu = _mm512_srai_epi32::<12>(x);
+                *vu = _mm512_srai_epi32::<14>(x);
             }
             if near == 0 {
                 return v;
