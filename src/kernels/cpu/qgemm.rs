@@ -501,14 +501,14 @@ pub(crate) fn qgemm_strided(
         a,
         b,
         m,
-        fin: Finish {
-            za: a.zero_point as i32 - b.kern.act_offset(),
-            sums: &b.col_sums,
-            by_row: false,
+        fin: Finish::new(
+            a.zero_point as i32 - b.kern.act_offset(),
+            &b.col_sums,
+            false,
             dst,
             strides,
             ep,
-        },
+        ),
     };
     // Each task reads all of the operand along the side it does not
     // split: split the side of the larger operand (A: m × k, B: n × k).
@@ -628,6 +628,40 @@ pub(crate) struct Finish<'a> {
     pub(crate) dst: Dst,
     pub(crate) strides: (usize, usize),
     pub(crate) ep: Option<QEpilogue<'a>>,
+    /// A u8 output's requantization with the activation's clamp, when
+    /// they fold ([`RequantConsts::new`]).
+    #[cfg(target_arch = "x86_64")]
+    requant: Option<RequantConsts>,
+}
+
+impl<'a> Finish<'a> {
+    pub(crate) fn new(
+        za: i32,
+        sums: &'a [i32],
+        by_row: bool,
+        dst: Dst,
+        strides: (usize, usize),
+        ep: Option<QEpilogue<'a>>,
+    ) -> Finish<'a> {
+        #[cfg(target_arch = "x86_64")]
+        let requant = match (dst, &ep) {
+            (Dst::U8(_, rq), Some(ep)) => match super::gemm::split_act(ep.act) {
+                (clamp, None) => RequantConsts::new(rq, clamp),
+                _ => None,
+            },
+            _ => None,
+        };
+        Finish {
+            za,
+            sums,
+            by_row,
+            dst,
+            strides,
+            ep,
+            #[cfg(target_arch = "x86_64")]
+            requant,
+        }
+    }
 }
 
 thread_local! {
@@ -988,14 +1022,14 @@ fn wx_product(w: &QPackedA, x: XSource, za: u8, n: usize, out: QOut, ldc: usize,
     let g = QGemmWx {
         w,
         x,
-        fin: Finish {
-            za: za as i32 - w.kern.act_offset(),
-            sums: &w.row_sums,
-            by_row: true,
+        fin: Finish::new(
+            za as i32 - w.kern.act_offset(),
+            &w.row_sums,
+            true,
             dst,
-            strides: (ldc, 1),
+            (ldc, 1),
             ep,
-        },
+        ),
     };
     // Each task reads (and packs) all of the operand along the side it
     // does not split: split the side of the larger operand (W: m × k, X:
@@ -1372,10 +1406,6 @@ unsafe fn finish_rows_avx512(
         return false;
     }
     debug_assert!(rows <= tile_rows && tile_rows <= MR_MAX);
-    let rcp = match g.dst {
-        Dst::U8(_, rq) => Reciprocal::new(rq.scale),
-        _ => Reciprocal::new(1.0),
-    };
     let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     // Per-row zero point corrections, scales and bias (weights on the
@@ -1455,8 +1485,9 @@ unsafe fn finish_rows_avx512(
         y
     };
     let panels = cols.div_ceil(NR);
-    if let (Dst::U8(p, rq), true, None, true) = (g.dst, g.by_row, ep.residual, rcp.usable) {
-        if let Some(req) = RequantZ::new(rq, clamp) {
+    if let (Dst::U8(p, _), true, None, Some(req)) = (g.dst, g.by_row, ep.residual, &g.requant) {
+        if req.rcp.usable {
+            let req = RequantZ::of(req);
             // The per-row constants and the output's options fixed for the
             // whole tile: a loop without branches but the rounding check.
             let rows_u8 = RowsU8 {
@@ -1477,42 +1508,47 @@ unsafe fn finish_rows_avx512(
             return true;
         }
     }
-    if let Dst::U8(p, rq) = g.dst {
-        if let Some(req) = RequantZ::new(rq, clamp) {
-            // Row by row, four panels (64 bytes of C) at a time: the clamp
-            // folded into the requantization, saturating packs, one store.
-            for q0 in (0..panels).step_by(4) {
-                let four = panels.min(q0 + 4) - q0;
-                let consts: [_; 4] = std::array::from_fn(|u| {
+    if let (Dst::U8(p, _), Some(req)) = (g.dst, &g.requant) {
+        let req = RequantZ::of(req);
+        // Row by row, four panels (64 bytes of C) at a time: the clamp
+        // folded into the requantization, saturating packs, one store.
+        for q0 in (0..panels).step_by(4) {
+            let four = panels.min(q0 + 4) - q0;
+            let consts: [_; 4] = std::array::from_fn(|u| {
+                if u < four {
+                    col_consts(q0 + u)
+                } else {
+                    col_consts(q0)
+                }
+            });
+            let bytes = (cols - q0 * NR).min(4 * NR);
+            for r in 0..rows {
+                let v: [__m512i; 4] = std::array::from_fn(|u| {
                     if u < four {
-                        col_consts(q0 + u)
+                        req.lanes(dequant(r, q0 + u, consts[u]))
                     } else {
-                        col_consts(q0)
+                        _mm512_setzero_si512()
                     }
                 });
-                let bytes = (cols - q0 * NR).min(4 * NR);
-                for r in 0..rows {
-                    let v: [__m512i; 4] = std::array::from_fn(|u| {
-                        if u < four {
-                            req.lanes(dequant(r, q0 + u, consts[u]))
-                        } else {
-                            _mm512_setzero_si512()
-                        }
-                    });
-                    // SAFETY: row i + r, columns j + 16·q0 .. + bytes lie
-                    // inside C (checked against its length in
-                    // `qgemm_strided`/`qgemm_wx`) and in this task's
-                    // rectangle, which no other task touches.
-                    _mm512_mask_storeu_epi8(
-                        p.add((i + r) * rs + j + q0 * NR) as *mut i8,
-                        byte_mask(bytes),
-                        pack_u8x64(v),
-                    );
-                }
+                // SAFETY: row i + r, columns j + 16·q0 .. + bytes lie
+                // inside C (checked against its length in
+                // `qgemm_strided`/`qgemm_wx`) and in this task's
+                // rectangle, which no other task touches.
+                _mm512_mask_storeu_epi8(
+                    p.add((i + r) * rs + j + q0 * NR) as *mut i8,
+                    byte_mask(bytes),
+                    pack_u8x64(v),
+                );
             }
-            return true;
         }
+        return true;
     }
+    // The rare outputs whose requantization does not fold (a scale not
+    // positive and finite, a NaN bound): vector by vector.
+    let rcp = match g.dst {
+        Dst::U8(_, rq) => Reciprocal::new(rq.scale),
+        _ => Reciprocal::DIVIDE,
+    };
     for q in 0..panels {
         let jq = j + q * NR;
         let mask = panel_mask(cols - q * NR);
@@ -1670,38 +1706,73 @@ pub(super) struct RequantZ {
 #[cfg(target_arch = "x86_64")]
 const ROUNDING_MAGIC: f32 = 768.0;
 
+/// [`RequantZ`]'s constants as scalars, worked out once for a product (a
+/// tile of a small product has only a few dozen vectors to finish, and
+/// three divisions there took a third of the epilogue's time).
 #[cfg(target_arch = "x86_64")]
-impl RequantZ {
+#[derive(Clone, Copy)]
+pub(crate) struct RequantConsts {
+    scale: f32,
+    rcp: Reciprocal,
+    zero_point: u8,
+    qlo: f32,
+    qhi: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RequantConsts {
     /// The requantization to `rq` after the activation's clamp `clamp`;
     /// None where the fold does not hold (a scale not positive and finite,
     /// a NaN bound).
+    pub(crate) fn new(rq: QRequant, clamp: Option<(f32, f32)>) -> Option<RequantConsts> {
+        let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        if !(rq.scale > 0.0 && rq.scale.is_finite()) || lo.is_nan() || hi.is_nan() {
+            return None;
+        }
+        let g = |v: f32| (v / rq.scale).round_ties_even() + rq.zero_point as f32;
+        // Both bounds in [0, 255] keep `r` near 0 (see above); with `lo >
+        // hi` every value becomes `qhi`, as the reference's max then min.
+        Some(RequantConsts {
+            scale: rq.scale,
+            rcp: Reciprocal::new(rq.scale),
+            zero_point: rq.zero_point,
+            qlo: g(lo).clamp(0.0, 255.0),
+            qhi: g(hi).clamp(0.0, 255.0),
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RequantZ {
+    /// [`RequantConsts::new`] in registers.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn new(rq: QRequant, clamp: Option<(f32, f32)>) -> Option<RequantZ> {
+        RequantConsts::new(rq, clamp).map(|c| RequantZ::of(&c))
+    }
+
+    /// The constants `c` in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[inline(always)]
+    pub(super) unsafe fn of(c: &RequantConsts) -> RequantZ {
         use std::arch::x86_64::*;
-        let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        if !(rq.scale > 0.0 && rq.scale.is_finite()) || lo.is_nan() || hi.is_nan() {
-            return None;
-        }
-        let zp = rq.zero_point as f32;
-        let g = |v: f32| (v / rq.scale).round_ties_even() + zp;
-        // Both bounds in [0, 255] keep `r` near 0 (see above); with `lo >
-        // hi` every value becomes `qhi`, as the reference's max then min.
-        let (qlo, qhi) = (g(lo).clamp(0.0, 255.0), g(hi).clamp(0.0, 255.0));
+        let zp = c.zero_point as f32;
         let offset =
-            ROUNDING_MAGIC.to_bits() as i32 - (1 << 13) - 2 - (rq.zero_point as i32) * (1 << 14);
-        Some(RequantZ {
-            scale: rq.scale,
-            rcp: Reciprocal::new(rq.scale),
+            ROUNDING_MAGIC.to_bits() as i32 - (1 << 13) - 2 - (c.zero_point as i32) * (1 << 14);
+        RequantZ {
+            scale: c.scale,
+            rcp: c.rcp,
             zero_point: _mm512_set1_ps(zp),
-            qlo: _mm512_set1_ps(qlo),
-            qhi: _mm512_set1_ps(qhi),
-            rlo: _mm512_set1_ps(qlo - zp),
-            rhi: _mm512_set1_ps(qhi - zp),
+            qlo: _mm512_set1_ps(c.qlo),
+            qhi: _mm512_set1_ps(c.qhi),
+            rlo: _mm512_set1_ps(c.qlo - zp),
+            rhi: _mm512_set1_ps(c.qhi - zp),
             offset: _mm512_set1_epi32(offset),
-        })
+        }
     }
 
     /// `y` requantized, as i32 lanes in `[0, 255]`.
@@ -2025,7 +2096,7 @@ const FAST_QUANT_EPS: f32 = 2.5e-4;
 #[cfg(target_arch = "x86_64")]
 impl Reciprocal {
     /// No reciprocal: always divide.
-    const DIVIDE: Reciprocal = Reciprocal {
+    pub(super) const DIVIDE: Reciprocal = Reciprocal {
         inv: 0.0,
         usable: false,
     };

@@ -420,14 +420,7 @@ pub fn qspmm_wx(w: &QCsr, x: QMatX, n: usize, out: QOut, strides: (usize, usize)
     let job = Job {
         w,
         x,
-        fin: Finish {
-            za: x.zero_point as i32,
-            sums: &w.row_sums,
-            by_row: true,
-            dst,
-            strides,
-            ep,
-        },
+        fin: Finish::new(x.zero_point as i32, &w.row_sums, true, dst, strides, ep),
     };
     let win = w.path.window();
     let windows = n.div_ceil(win);
