@@ -21,7 +21,9 @@ use std::cell::RefCell;
 use crate::ir::ops::quant::reference::quant_items;
 use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, QuantRun};
-use crate::kernels::cpu::qconv::{pack_conv, pack_conv_sparse, qconv2d, QConvGeom, QPackedConv};
+use crate::kernels::cpu::qconv::{
+    pack_conv, pack_conv_indirect, pack_conv_sparse, qconv2d, QConvGeom, QPackedConv,
+};
 use crate::kernels::cpu::qgemm::{
     dynamic_params_with, finite_range_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QMatX, QOut,
     QPackedB, QRequant,
@@ -129,6 +131,10 @@ pub(crate) struct QuantStep {
     /// Whether the int8 sparse kernel is this layer's default, when it can
     /// run it (a pruned weight, not depthwise); None when it cannot.
     sparse_default: Option<bool>,
+    /// Whether the indirect int8 convolution (output channels in the
+    /// lanes, `conv=direct-oc`) is this layer's default; the im2col GEMM
+    /// (`conv=gemm`) is then its alternative.
+    indirect_default: bool,
     out_shape: Vec<usize>,
     /// Items of the input's first axis, each dynamically quantized on its
     /// own ([`crate::ir::ops::quant::reference::quant_items`]).
@@ -162,6 +168,8 @@ impl QuantStep {
         };
         let scales = const_f32(g, node, 2)?;
         let sparse_default: Option<bool>;
+        // Whether the indirect int8 kernel applies (None: not asked).
+        let mut indirect = None;
         let (product, act_quant, act, residual, channels) = match &node.op {
             Op::QConv { conv, x_quant, act } => {
                 if conv.auto_pad != AutoPad::NotSet
@@ -187,12 +195,16 @@ impl QuantStep {
                     (ws[1] > 1 && sparse::density(&w.to_f32_vec()) <= 0.5).then(|| {
                         qsparse::sparse_by_default(qsparse::work_density(wq, rows, k), oh * ow)
                     });
-                let packed =
-                    if choice.run.is_none() && choice.sparse.or(sparse_default) == Some(true) {
-                        pack_conv_sparse(wq, shape, conv.group, cx.features)?
-                    } else {
-                        pack_conv(wq, shape, conv.group, cx.features)?
-                    };
+                let int8 = choice.run.is_none();
+                indirect =
+                    int8.then(|| pack_conv_indirect(wq, shape, &geom, cx.features).is_some());
+                let packed = if int8 && choice.sparse.or(sparse_default) == Some(true) {
+                    pack_conv_sparse(wq, shape, conv.group, cx.features)?
+                } else if int8 && indirect == Some(true) && choice.conv != Some(ConvAlgo::Gemm) {
+                    pack_conv_indirect(wq, shape, &geom, cx.features)?
+                } else {
+                    pack_conv(wq, shape, conv.group, cx.features)?
+                };
                 if out_shape != [x_shape[0], ws[0], oh, ow] || x_shape[1] != ws[1] * conv.group {
                     return None;
                 }
@@ -282,6 +294,7 @@ impl QuantStep {
                 ),
                 _ => None,
             },
+            indirect_default: indirect == Some(true) && sparse_default != Some(true),
             sparse_default,
             out_shape: out_shape.to_vec(),
             items: quant_items(x_shape),
@@ -312,6 +325,12 @@ impl QuantStep {
         if let Some(default) = self.sparse_default {
             out.push(Choice {
                 sparse: Some(!default),
+                ..Choice::default()
+            });
+        }
+        if self.indirect_default {
+            out.push(Choice {
+                conv: Some(ConvAlgo::Gemm),
                 ..Choice::default()
             });
         }

@@ -163,7 +163,10 @@ pub struct ProductKnobs {
 pub struct Choice {
     /// A quantized layer's kernels.
     pub run: Option<QuantRun>,
-    /// A convolution's algorithm (for a quantized layer, of its f32 run).
+    /// A convolution's algorithm. For a quantized layer on the f32 kernels
+    /// (`run=f32`), of its f32 run; on the int8 kernels, `gemm` for the
+    /// im2col GEMM where the indirect kernel (`direct-oc`, output channels
+    /// in the lanes) is the default.
     pub conv: Option<ConvAlgo>,
     /// The widest instruction set its kernels may use.
     pub isa: Option<Isa>,

@@ -18,7 +18,12 @@
 //! runs in channel quads (four channels of one tap side by side, the
 //! weights reordered at packing), and at stride 1 the AVX512-VNNI
 //! panels are copied from the input interleaved four channels a pixel
-//! once, one 64-byte read per sixteen pixels and tap. Convolutions
+//! once, one 64-byte read per sixteen pixels and tap. On AVX512-VNNI a
+//! convolution of one group with a multiple of 4 input channels and a
+//! kernel wider than 1x1 runs instead with the output channels in the
+//! vector lanes and the input read in place ([`pack_conv_indirect`],
+//! `qconv/indirect.rs`: no im2col, no lanes wasted on small planes); the
+//! tuner's `conv=gemm` keeps the GEMM. Convolutions
 //! with one input channel per group (depthwise) run a direct kernel
 //! instead: on AVX512-VNNI with channels in the vector lanes
 //! (`qconv/dw_lanes.rs`: sixteen channels interleaved, one `vpdpbusd` per
@@ -37,10 +42,12 @@ use std::ops::Range;
 
 mod dw;
 mod dw_lanes;
+mod indirect;
 
 use super::gemm::with_buf;
 use super::qgemm::{
-    aligned, qgemm_wx, qgemm_wx_filled, reads_panels, QEpilogue, QMatX, QOut, QPackedA,
+    aligned, checked_out, qgemm_wx, qgemm_wx_filled, reads_panels, Finish, QEpilogue, QMatX, QOut,
+    QPackedA,
 };
 use super::qsparse::{qspmm_wx, QCsr};
 use super::{CpuCtx, Features};
@@ -152,6 +159,10 @@ enum Kind {
     /// One sparse left operand per group ([`super::qsparse`]): pruned
     /// weights, on the same im2col columns.
     Sparse(Vec<QCsr>),
+    /// Output channels in the vector lanes, the input read in place
+    /// (`qconv/indirect.rs`): one group, AVX512-VNNI.
+    #[cfg(target_arch = "x86_64")]
+    Indirect(indirect::LaneWeights),
 }
 
 impl QPackedConv {
@@ -167,12 +178,21 @@ impl QPackedConv {
     pub fn is_sparse(&self) -> bool {
         matches!(self.kind, Kind::Sparse(..))
     }
-    /// The packed weights of each group (empty for the direct loop and
-    /// the sparse kernel).
+    /// Whether the output-channel-lanes kernel on the input in place runs
+    /// this convolution ([`pack_conv_indirect`]).
+    pub fn is_indirect(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.kind, Kind::Indirect(..)) {
+            return true;
+        }
+        false
+    }
+    /// The packed weights of each group (empty for the direct loop, the
+    /// sparse and the indirect kernels).
     pub fn packs(&self) -> &[QPackedA] {
         match &self.kind {
             Kind::Gemm(v) => v,
-            Kind::Direct(..) | Kind::Sparse(..) => &[],
+            _ => &[],
         }
     }
 }
@@ -208,24 +228,11 @@ pub fn pack_conv(
         )
     } else {
         let mg = m / group;
-        let taps = kh * kw;
-        // The weights in channel quads: depth (c, t) of a row goes to
-        // `(c / 4 · taps + t) · 4 + c % 4`.
-        let reorder = |wg: &[i8]| -> Vec<i8> {
-            let mut out = vec![0i8; wg.len()];
-            for (row, dst) in wg.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
-                for (i, &v) in row.iter().enumerate() {
-                    let (c, t) = (i / taps, i % taps);
-                    dst[((c / 4) * taps + t) * 4 + c % 4] = v;
-                }
-            }
-            out
-        };
         let packs = (0..group)
             .map(|g| {
                 let wg = &w[g * mg * k..(g + 1) * mg * k];
                 if quads {
-                    QPackedA::new(mg, k, &reorder(wg), features)
+                    QPackedA::new(mg, k, &in_channel_quads(wg, k, kh * kw), features)
                 } else {
                     QPackedA::new(mg, k, wg, features)
                 }
@@ -241,6 +248,59 @@ pub fn pack_conv(
         quads,
         kind,
     })
+}
+
+/// Rows of `k = C · taps` weights (depth `c · taps + t`) in channel-quad
+/// depth order: depth (c, t) goes to `(c / 4 · taps + t) · 4 + c % 4`.
+fn in_channel_quads(w: &[i8], k: usize, taps: usize) -> Vec<i8> {
+    let mut out = vec![0i8; w.len()];
+    for (row, dst) in w.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+        for (i, &v) in row.iter().enumerate() {
+            let (c, t) = (i / taps, i % taps);
+            dst[((c / 4) * taps + t) * 4 + c % 4] = v;
+        }
+    }
+    out
+}
+
+/// [`pack_conv`] for the indirect kernel (`qconv/indirect.rs`: output
+/// channels in the vector lanes, the input read in place through padded
+/// quad planes, nothing packed per run): one group, a multiple of 4 input
+/// channels, a kernel wider than 1x1, on AVX512-VNNI. None where it does
+/// not apply (or [`pack_conv`] gives None).
+pub fn pack_conv_indirect(
+    w: &[i8],
+    w_shape: [usize; 4],
+    geom: &QConvGeom,
+    features: Features,
+) -> Option<QPackedConv> {
+    let [m, cg, kh, kw] = w_shape;
+    let applies = features.avx512vnni
+        && geom.group == 1
+        && cg > 1
+        && channel_quads(cg, [kh, kw])
+        && geom.kernel == [kh, kw];
+    if !cfg!(target_arch = "x86_64") || !applies {
+        return None;
+    }
+    let k = cg * kh * kw;
+    if w.len() != m * k || m == 0 || k > super::qgemm::MAX_K {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let lw = indirect::LaneWeights::new(&in_channel_quads(w, k, kh * kw), m, k);
+        Some(QPackedConv {
+            m,
+            cg,
+            kernel: [kh, kw],
+            group: 1,
+            quads: true,
+            kind: Kind::Indirect(lw),
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// [`pack_conv`] for the sparse kernel ([`super::qsparse`]): pruned
@@ -357,6 +417,56 @@ pub fn qconv2d(
                 tasks.into_iter().enumerate().for_each(|(t, o)| run(t, o));
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        Kind::Indirect(lw) => {
+            assert!(
+                geom.group == 1,
+                "qconv2d: an indirect pack runs one group, not {geom:?}"
+            );
+            let ([kh, kw], [sh, sw], [dh, dw]) = (geom.kernel, geom.strides, geom.dilations);
+            let (hp, wp) = (
+                (oh - 1) * sh + (kh - 1) * dh + 1,
+                (ow - 1) * sw + (kw - 1) * dw + 1,
+            );
+            let offs = indirect::offsets(c / 4, geom.kernel, geom.dilations, (hp, wp));
+            let tasks = split_out(out, nb * m * p, m, m, p);
+            let run = |b: usize, o: QOut, cx: &CpuCtx| {
+                let xs = &x[b * c * plane_in..(b + 1) * c * plane_in];
+                with_buf(&QUAD_PLANES, |buf| {
+                    let len = c * hp * wp;
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    let planes = &mut buf[..len];
+                    // SAFETY: AVX512-VNNI packs are made only for CPUs with
+                    // it (and AVX-512 F and BW); `planes` holds them.
+                    unsafe { quad_planes_avx512(xs, c, (h, wd), x_zp, geom, (hp, wp), planes) };
+                    let (dst, ep) = checked_out(o, m * p, m);
+                    let fin = Finish::new(x_zp as i32, &lw.sums, true, dst, (p, 1), ep);
+                    let src = indirect::Source {
+                        planes,
+                        wp,
+                        ow,
+                        p,
+                        strides: geom.strides,
+                        offs: &offs,
+                    };
+                    // SAFETY: as above; the planes and offsets are this
+                    // geometry's, the weights its pack, `fin` its output.
+                    unsafe { indirect::conv(&src, lw, &fin, cx) };
+                })
+            };
+            // Items that share out evenly over the threads run side by
+            // side, one thread each (as the GEMM's below).
+            let one = CpuCtx::single(cx.features);
+            if cx.threads > 1 && nb > 1 && (nb % cx.threads == 0 || nb >= 4 * cx.threads) {
+                cx.for_each_item(tasks, |b, o| run(b, o, &one));
+            } else {
+                for (b, o) in tasks.into_iter().enumerate() {
+                    run(b, o, cx);
+                }
+            }
+        }
         Kind::Gemm(_) | Kind::Sparse(_) => {
             let (g_n, mg, cg) = (w.group, m / w.group, w.cg);
             let k = cg * geom.kernel[0] * geom.kernel[1];
@@ -386,7 +496,7 @@ pub fn qconv2d(
                     match &w.kind {
                         Kind::Sparse(packs) => qspmm_wx(&packs[g], qx, p, o, (p, 1), cx),
                         Kind::Gemm(packs) => qgemm_wx(&packs[g], qx, p, o, p, cx),
-                        Kind::Direct(..) => unreachable!("the direct loop is the arm above"),
+                        _ => unreachable!("the direct and indirect loops are the arms above"),
                     }
                 };
                 if in_place {
@@ -1284,6 +1394,20 @@ mod tests {
         // groups a kernel row, stride 2 over a batch.
         v.push(("dw 48 5x5", case([1, 48, 12, 21], 48, [5, 5], 1, 2, 48)));
         v.push(("dw 40 s2", case([2, 40, 9, 37], 40, [3, 3], 2, 1, 40)));
+        // The indirect kernel (channels in the lanes): 80 channels (a
+        // 64-channel block and a 16-channel one) over a batch, pixels
+        // ending inside a 6-pixel tile and a 64-pixel block; a 5x5 kernel
+        // with asymmetric pads and 20 channels.
+        v.push(("indirect 80", case([2, 12, 11, 13], 80, [3, 3], 1, 1, 1)));
+        let mut five = case([1, 8, 9, 7], 20, [5, 5], 1, 2, 1);
+        five.geom.pads = [2, 1, 0, 3];
+        v.push(("indirect 5x5 asym", five));
+        // ... and at strides 2 and 2x1, dilated, padded unevenly.
+        let mut s2 = case([1, 12, 13, 11], 24, [3, 3], 2, 1, 1);
+        s2.geom.strides = [2, 1];
+        s2.geom.dilations = [2, 1];
+        s2.geom.pads = [2, 0, 1, 3];
+        v.push(("indirect s2x1 dilated", s2));
         v
     }
 
@@ -1399,76 +1523,82 @@ mod tests {
                         let [kh, kw] = c.geom.kernel;
                         let x = rand_u8(nb * ch * h * wd, seed);
                         let w = rand_i8(c.m * (ch / c.geom.group) * kh * kw, wr.0, wr.1, seed + 1);
-                        let pk = pack_conv(&w, [c.m, ch / c.geom.group, kh, kw], c.geom.group, f)
-                            .expect("packs");
+                        let shape = [c.m, ch / c.geom.group, kh, kw];
+                        let pk = pack_conv(&w, shape, c.geom.group, f).expect("packs");
                         let want = reference(&c, &x, za, &w);
-                        let mut got = vec![0i32; want.len()];
-                        qconv2d(&x, c.x, za, &c.geom, &pk, QOut::I32(&mut got), &cx);
-                        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-                            panic!(
-                                "{name} {what} za{za} {wr:?} at {i}: {} vs {}",
-                                got[i], want[i]
-                            );
-                        }
-                        // Epilogues: per-channel scales, bias, NCHW residual.
-                        let (oh, ow) = c.geom.out_hw(h, wd).expect("fits");
-                        let p = oh * ow;
-                        let scales: Vec<f32> = rand_f32(c.m, seed + 2, 0.01)
-                            .iter()
-                            .map(|v| v.abs() + 1e-4)
-                            .collect();
-                        let bias = rand_f32(c.m, seed + 3, 2.0);
-                        let res = rand_f32(want.len(), seed + 4, 2.0);
-                        for act in [
-                            None,
-                            Some(Activation::Relu),
-                            Some(Activation::Clip { min: 0.0, max: 6.0 }),
-                            // A low bound that requantizes above 0.
-                            Some(Activation::Clip { min: 0.5, max: 4.0 }),
-                        ] {
-                            let ep = QEpilogue {
-                                a_scale: 0.03,
-                                b_scales: &scales,
-                                bias: Some(&bias),
-                                residual: seed.is_multiple_of(2).then_some(&res[..]),
-                                act: act.as_ref(),
-                            };
-                            let mut y = vec![f32::NAN; want.len()];
-                            qconv2d(&x, c.x, za, &c.geom, &pk, QOut::F32(&mut y, ep), &cx);
-                            let rq = QRequant {
-                                scale: 0.05,
-                                zero_point: 3,
-                            };
-                            let mut q = vec![0u8; want.len()];
-                            qconv2d(&x, c.x, za, &c.geom, &pk, QOut::U8(&mut q, ep, rq), &cx);
-                            for (i, (&acc, (&g, &gq))) in
-                                want.iter().zip(y.iter().zip(&q)).enumerate()
-                            {
-                                let o = (i / p) % c.m;
-                                let mut v = acc as f32 * (0.03 * scales[o]);
-                                v += bias[o];
-                                if let Some(r) = ep.residual {
-                                    v += r[i];
-                                }
-                                if let Some(a) = &act {
-                                    let mut t = [v];
-                                    crate::kernels::cpu::apply_activation_exact(a, &mut t);
-                                    v = t[0];
-                                }
-                                assert_eq!(
-                                    g.to_bits(),
-                                    v.to_bits(),
-                                    "{name} {what} {act:?} f32 at {i}"
+                        // Each pack that applies: the GEMM's and the
+                        // indirect kernel's.
+                        let indirect = pack_conv_indirect(&w, shape, &c.geom, f);
+                        for pk in std::iter::once(pk).chain(indirect) {
+                            let what = if pk.is_indirect() { "indirect" } else { what };
+                            let mut got = vec![0i32; want.len()];
+                            qconv2d(&x, c.x, za, &c.geom, &pk, QOut::I32(&mut got), &cx);
+                            if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+                                panic!(
+                                    "{name} {what} za{za} {wr:?} at {i}: {} vs {}",
+                                    got[i], want[i]
                                 );
-                                let mut wq = [0u8];
-                                crate::kernels::cpu::qgemm::quantize_u8_with(
-                                    Features::portable(),
-                                    &[v],
-                                    0.05,
-                                    3,
-                                    &mut wq,
-                                );
-                                assert_eq!(gq, wq[0], "{name} {what} {act:?} u8 at {i}");
+                            }
+                            // Epilogues: per-channel scales, bias, NCHW residual.
+                            let (oh, ow) = c.geom.out_hw(h, wd).expect("fits");
+                            let p = oh * ow;
+                            let scales: Vec<f32> = rand_f32(c.m, seed + 2, 0.01)
+                                .iter()
+                                .map(|v| v.abs() + 1e-4)
+                                .collect();
+                            let bias = rand_f32(c.m, seed + 3, 2.0);
+                            let res = rand_f32(want.len(), seed + 4, 2.0);
+                            for act in [
+                                None,
+                                Some(Activation::Relu),
+                                Some(Activation::Clip { min: 0.0, max: 6.0 }),
+                                // A low bound that requantizes above 0.
+                                Some(Activation::Clip { min: 0.5, max: 4.0 }),
+                            ] {
+                                let ep = QEpilogue {
+                                    a_scale: 0.03,
+                                    b_scales: &scales,
+                                    bias: Some(&bias),
+                                    residual: seed.is_multiple_of(2).then_some(&res[..]),
+                                    act: act.as_ref(),
+                                };
+                                let mut y = vec![f32::NAN; want.len()];
+                                qconv2d(&x, c.x, za, &c.geom, &pk, QOut::F32(&mut y, ep), &cx);
+                                let rq = QRequant {
+                                    scale: 0.05,
+                                    zero_point: 3,
+                                };
+                                let mut q = vec![0u8; want.len()];
+                                qconv2d(&x, c.x, za, &c.geom, &pk, QOut::U8(&mut q, ep, rq), &cx);
+                                for (i, (&acc, (&g, &gq))) in
+                                    want.iter().zip(y.iter().zip(&q)).enumerate()
+                                {
+                                    let o = (i / p) % c.m;
+                                    let mut v = acc as f32 * (0.03 * scales[o]);
+                                    v += bias[o];
+                                    if let Some(r) = ep.residual {
+                                        v += r[i];
+                                    }
+                                    if let Some(a) = &act {
+                                        let mut t = [v];
+                                        crate::kernels::cpu::apply_activation_exact(a, &mut t);
+                                        v = t[0];
+                                    }
+                                    assert_eq!(
+                                        g.to_bits(),
+                                        v.to_bits(),
+                                        "{name} {what} {act:?} f32 at {i}"
+                                    );
+                                    let mut wq = [0u8];
+                                    crate::kernels::cpu::qgemm::quantize_u8_with(
+                                        Features::portable(),
+                                        &[v],
+                                        0.05,
+                                        3,
+                                        &mut wq,
+                                    );
+                                    assert_eq!(gq, wq[0], "{name} {what} {act:?} u8 at {i}");
+                                }
                             }
                         }
                     }

@@ -774,7 +774,9 @@ impl Finish<'_> {
             .enumerate()
         {
             let c = NR.min(cols - q * NR);
-            self.tile(QKernel::Vnni512, panel, i, rows, j + q * NR, c);
+            // SAFETY: as above (AVX-512 implies AVX2 and FMA); a tile has at
+            // most MR_MAX rows.
+            unsafe { finish_tile_avx2::<MR_MAX>(self, panel, i, rows, j + q * NR, c) };
         }
     }
 
