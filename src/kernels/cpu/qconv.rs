@@ -438,9 +438,25 @@ pub fn qconv2d(
                         buf.resize(len, 0);
                     }
                     let planes = &mut buf[..len];
-                    // SAFETY: AVX512-VNNI packs are made only for CPUs with
-                    // it (and AVX-512 F and BW); `planes` holds them.
-                    unsafe { quad_planes_avx512(xs, c, (h, wd), x_zp, geom, (hp, wp), planes) };
+                    // The planes quad by quad, spread over the threads (a
+                    // serial part of the product otherwise).
+                    let quad = 4 * hp * wp;
+                    let chunk = (c / 4).div_ceil(cx.threads) * quad;
+                    let parts: Vec<&mut [u8]> = planes.chunks_mut(chunk).collect();
+                    let make = |i: usize, dst: &mut [u8]| {
+                        let (c0, cn) = (i * chunk / quad * 4, dst.len() / quad * 4);
+                        let xq = &xs[c0 * plane_in..(c0 + cn) * plane_in];
+                        // SAFETY: AVX512-VNNI packs are made only for CPUs
+                        // with it (and AVX-512 F and BW); `dst` holds the
+                        // planes of channels c0..c0 + cn.
+                        unsafe { quad_planes_avx512(xq, cn, (h, wd), x_zp, geom, (hp, wp), dst) };
+                    };
+                    if parts.len() > 1 {
+                        cx.for_each_item(parts, make);
+                    } else {
+                        parts.into_iter().for_each(|d| make(0, d));
+                    }
+                    let planes = &buf[..len];
                     let (dst, ep) = checked_out(o, m * p, m);
                     let fin = Finish::new(x_zp as i32, &lw.sums, true, dst, (p, 1), ep);
                     let src = indirect::Source {
