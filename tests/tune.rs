@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use mlc::compress::quantize::{find_layers, quantize_layer, Granularity, WeightFormat};
 use mlc::inputs::random_inputs;
 use mlc::ir::{ActQuant, Graph};
-use mlc::kernels::cpu::choice::{Choice, QuantRun};
+use mlc::kernels::cpu::choice::{Choice, ConvAlgo, QuantRun};
 use mlc::kernels::cpu::{CpuCtx, Features};
 use mlc::runtime::{Choices, PackCache, Plan};
 use mlc::transform::recipe::Recipe;
@@ -241,6 +241,47 @@ fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
             (x - y).abs() <= 0.05 * scale,
             "{x} vs {y} (max |y| {scale})"
         );
+    }
+}
+
+#[test]
+fn int8_convolutions_offer_the_gemm_beside_the_indirect_kernel() {
+    // On AVX512-VNNI a 3x3 int8 convolution runs the indirect kernel
+    // (output channels in the lanes) by default and lists the im2col GEMM
+    // (`conv=gemm`) as its alternative: both give the same bits.
+    if !Features::detect().avx512vnni {
+        eprintln!("skipped: CPU lacks AVX512-VNNI");
+        return;
+    }
+    let cnn = o2("fixtures/digits/cnn.onnx");
+    let q = quantized(
+        &cnn,
+        ActQuant::Static {
+            scale: 0.05,
+            zero_point: 100,
+        },
+    );
+    let dims: BTreeMap<String, usize> = [("batch".to_string(), 3)].into();
+    let feed = random_inputs(&q, 5, &dims).unwrap();
+    let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
+    let spec = specialize(&q, &shapes).unwrap();
+    let gemm = Choice {
+        conv: Some(ConvAlgo::Gemm),
+        ..Choice::default()
+    };
+    for cx in [CpuCtx::single(Features::detect()), CpuCtx::new(2).unwrap()] {
+        let packs = PackCache::default();
+        let mut indirect = Plan::with_packs(spec.clone(), cx.clone(), &packs).unwrap();
+        let choices: Choices = indirect
+            .steps()
+            .iter()
+            .filter(|s| s.choices.contains(&gemm))
+            .map(|s| (s.node.clone(), gemm))
+            .collect();
+        assert!(!choices.is_empty(), "no int8 convolution offers conv=gemm");
+        let mut im2col = Plan::with_choices(spec.clone(), cx, &packs, &choices).unwrap();
+        let (a, b) = (indirect.run(&feed).unwrap(), im2col.run(&feed).unwrap());
+        assert_eq!(a[0].as_f32().unwrap(), b[0].as_f32().unwrap());
     }
 }
 
