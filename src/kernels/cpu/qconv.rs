@@ -46,9 +46,10 @@ mod indirect;
 
 use super::gemm::with_buf;
 use super::qgemm::{
-    aligned, checked_out, qgemm_wx, qgemm_wx_filled, reads_panels, Finish, QEpilogue, QMatX, QOut,
-    QPackedA,
+    aligned, qgemm_wx, qgemm_wx_filled, reads_panels, QEpilogue, QMatX, QOut, QPackedA,
 };
+#[cfg(target_arch = "x86_64")]
+use super::qgemm::{checked_out, Finish};
 use super::qsparse::{qspmm_wx, QCsr};
 use super::{CpuCtx, Features};
 
