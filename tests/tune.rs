@@ -196,11 +196,10 @@ fn pruned_weights_offer_the_sparse_kernels_and_they_match_the_reference() {
     }
 }
 
-#[test]
-fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
-    // Every layer on the f32 kernels, with static activations so that
-    // consecutive layers hand each other u8: within rounding of the int8
-    // plan (a requantized value may land one step apart).
+/// The digits CNN quantized to int8 with static activations (so that
+/// consecutive layers hand each other u8), specialized to `batch`, and
+/// seeded inputs for it.
+fn static_int8_digits(batch: usize, seed: u64) -> (Graph, Vec<mlc::ir::Tensor>) {
     let cnn = o2("fixtures/digits/cnn.onnx");
     let q = quantized(
         &cnn,
@@ -209,10 +208,18 @@ fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
             zero_point: 100,
         },
     );
-    let dims: BTreeMap<String, usize> = [("batch".to_string(), 4)].into();
-    let feed = random_inputs(&q, 3, &dims).unwrap();
+    let dims: BTreeMap<String, usize> = [("batch".to_string(), batch)].into();
+    let feed = random_inputs(&q, seed, &dims).unwrap();
     let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
-    let spec = specialize(&q, &shapes).unwrap();
+    (specialize(&q, &shapes).unwrap(), feed)
+}
+
+#[test]
+fn int8_layers_on_the_f32_kernels_keep_their_u8_edges_and_outputs() {
+    // Every layer on the f32 kernels, with static activations so that
+    // consecutive layers hand each other u8: within rounding of the int8
+    // plan (a requantized value may land one step apart).
+    let (spec, feed) = static_int8_digits(4, 3);
     let cx = CpuCtx::single(Features::detect());
     let packs = PackCache::default();
     let mut int8 = Plan::with_packs(spec.clone(), cx.clone(), &packs).unwrap();
@@ -253,18 +260,7 @@ fn int8_convolutions_offer_the_gemm_beside_the_indirect_kernel() {
         eprintln!("skipped: CPU lacks AVX512-VNNI");
         return;
     }
-    let cnn = o2("fixtures/digits/cnn.onnx");
-    let q = quantized(
-        &cnn,
-        ActQuant::Static {
-            scale: 0.05,
-            zero_point: 100,
-        },
-    );
-    let dims: BTreeMap<String, usize> = [("batch".to_string(), 3)].into();
-    let feed = random_inputs(&q, 5, &dims).unwrap();
-    let shapes: Vec<Vec<usize>> = feed.iter().map(|t| t.shape().to_vec()).collect();
-    let spec = specialize(&q, &shapes).unwrap();
+    let (spec, feed) = static_int8_digits(3, 5);
     let gemm = Choice {
         conv: Some(ConvAlgo::Gemm),
         ..Choice::default()

@@ -196,12 +196,13 @@ impl QuantStep {
                         qsparse::sparse_by_default(qsparse::work_density(wq, rows, k), oh * ow)
                     });
                 let int8 = choice.run.is_none();
+                let hw = (x_shape[2], x_shape[3]);
                 indirect =
-                    int8.then(|| pack_conv_indirect(wq, shape, &geom, cx.features).is_some());
+                    int8.then(|| pack_conv_indirect(wq, shape, &geom, hw, cx.features).is_some());
                 let packed = if int8 && choice.sparse.or(sparse_default) == Some(true) {
                     pack_conv_sparse(wq, shape, conv.group, cx.features)?
                 } else if int8 && indirect == Some(true) && choice.conv != Some(ConvAlgo::Gemm) {
-                    pack_conv_indirect(wq, shape, &geom, cx.features)?
+                    pack_conv_indirect(wq, shape, &geom, hw, cx.features)?
                 } else {
                     pack_conv(wq, shape, conv.group, cx.features)?
                 };

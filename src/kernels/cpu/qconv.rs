@@ -264,15 +264,29 @@ fn in_channel_quads(w: &[i8], k: usize, taps: usize) -> Vec<i8> {
     out
 }
 
+/// The padded planes' `(hp, wp)` an `oh × ow` output of the indirect
+/// kernel reads: `(oh − 1) · sh + (kh − 1) · dh + 1` rows, and columns
+/// alike (at most the padded input's).
+fn indirect_planes(geom: &QConvGeom, (oh, ow): (usize, usize)) -> (usize, usize) {
+    let ([kh, kw], [sh, sw], [dh, dw]) = (geom.kernel, geom.strides, geom.dilations);
+    (
+        (oh - 1) * sh + (kh - 1) * dh + 1,
+        (ow - 1) * sw + (kw - 1) * dw + 1,
+    )
+}
+
 /// [`pack_conv`] for the indirect kernel (`qconv/indirect.rs`: output
 /// channels in the vector lanes, the input read in place through padded
-/// quad planes, nothing packed per run): one group, a multiple of 4 input
-/// channels, a kernel wider than 1x1, on AVX512-VNNI. None where it does
-/// not apply (or [`pack_conv`] gives None).
+/// quad planes, nothing packed per run) on `h × w` inputs: one group, a
+/// multiple of 4 input channels, a kernel wider than 1x1, on AVX512-VNNI,
+/// and padded planes no larger than 4x the input or the im2col the GEMM
+/// would make (huge pads keep the GEMM). None where it does not apply (or
+/// [`pack_conv`] gives None).
 pub fn pack_conv_indirect(
     w: &[i8],
     w_shape: [usize; 4],
     geom: &QConvGeom,
+    (h, wd): (usize, usize),
     features: Features,
 ) -> Option<QPackedConv> {
     let [m, cg, kh, kw] = w_shape;
@@ -282,6 +296,13 @@ pub fn pack_conv_indirect(
         && channel_quads(cg, [kh, kw])
         && geom.kernel == [kh, kw];
     if !cfg!(target_arch = "x86_64") || !applies {
+        return None;
+    }
+    let (oh, ow) = geom.out_hw(h, wd).filter(|&(oh, ow)| oh > 0 && ow > 0)?;
+    let (hp, wp) = indirect_planes(geom, (oh, ow));
+    let planes = cg.checked_mul(hp)?.checked_mul(wp)?.checked_mul(4)?;
+    let bound = 4 * (cg * h * wd).max(cg * kh * kw * oh * ow);
+    if planes > bound.min(u32::MAX as usize) {
         return None;
     }
     let k = cg * kh * kw;
@@ -424,10 +445,10 @@ pub fn qconv2d(
                 geom.group == 1,
                 "qconv2d: an indirect pack runs one group, not {geom:?}"
             );
-            let ([kh, kw], [sh, sw], [dh, dw]) = (geom.kernel, geom.strides, geom.dilations);
-            let (hp, wp) = (
-                (oh - 1) * sh + (kh - 1) * dh + 1,
-                (ow - 1) * sw + (kw - 1) * dw + 1,
+            let (hp, wp) = indirect_planes(geom, (oh, ow));
+            assert!(
+                4 * c * hp * wp <= u32::MAX as usize,
+                "qconv2d: an indirect pack made for another input than {x_shape:?}"
             );
             let offs = indirect::offsets(c / 4, geom.kernel, geom.dilations, (hp, wp));
             let tasks = split_out(out, nb * m * p, m, m, p);
@@ -1545,7 +1566,7 @@ mod tests {
                         let want = reference(&c, &x, za, &w);
                         // Each pack that applies: the GEMM's and the
                         // indirect kernel's.
-                        let indirect = pack_conv_indirect(&w, shape, &c.geom, f);
+                        let indirect = pack_conv_indirect(&w, shape, &c.geom, (h, wd), f);
                         for pk in std::iter::once(pk).chain(indirect) {
                             let what = if pk.is_indirect() { "indirect" } else { what };
                             let mut got = vec![0i32; want.len()];
@@ -1748,5 +1769,20 @@ mod tests {
         assert!(pack_conv(&big, [1, 7400, 3, 3], 1, f).is_none());
         assert!(pack_conv(&[1; 8], [2, 1, 2, 2], 2, f).is_some_and(|p| p.is_direct()));
         assert!(pack_conv(&[1; 8], [1, 2, 2, 2], 1, f).is_some_and(|p| !p.is_direct()));
+        // The indirect kernel's padded planes stay near the input's size:
+        // huge pads (a hostile model's) keep the GEMM.
+        let mut geom = QConvGeom {
+            kernel: [3, 3],
+            strides: [1, 1],
+            dilations: [1, 1],
+            pads: [1; 4],
+            group: 1,
+        };
+        let w = [1i8; 2 * 4 * 9];
+        let fits = pack_conv_indirect(&w, [2, 4, 3, 3], &geom, (8, 8), f);
+        assert_eq!(fits.is_some(), f.avx512vnni);
+        geom.pads = [1 << 20; 4];
+        geom.strides = [1 << 19, 1 << 19];
+        assert!(pack_conv_indirect(&w, [2, 4, 3, 3], &geom, (8, 8), f).is_none());
     }
 }
