@@ -22,7 +22,8 @@ use crate::ir::ops::quant::reference::quant_items;
 use crate::ir::{ActQuant, Activation, AutoPad, Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, QuantRun};
 use crate::kernels::cpu::qconv::{
-    pack_conv, pack_conv_indirect, pack_conv_sparse, qconv2d, QConvGeom, QPackedConv,
+    indirect_applies, pack_conv, pack_conv_indirect, pack_conv_sparse, qconv2d, QConvGeom,
+    QPackedConv,
 };
 use crate::kernels::cpu::qgemm::{
     dynamic_params_with, finite_range_with, qgemm, quantize_u8_with, QEpilogue, QMatA, QMatX, QOut,
@@ -168,8 +169,9 @@ impl QuantStep {
         };
         let scales = const_f32(g, node, 2)?;
         let sparse_default: Option<bool>;
-        // Whether the indirect int8 kernel applies (None: not asked).
-        let mut indirect = None;
+        // Whether the indirect int8 kernel applies (not asked on the f32
+        // kernels).
+        let mut indirect = false;
         let (product, act_quant, act, residual, channels) = match &node.op {
             Op::QConv { conv, x_quant, act } => {
                 if conv.auto_pad != AutoPad::NotSet
@@ -197,11 +199,10 @@ impl QuantStep {
                     });
                 let int8 = choice.run.is_none();
                 let hw = (x_shape[2], x_shape[3]);
-                indirect =
-                    int8.then(|| pack_conv_indirect(wq, shape, &geom, hw, cx.features).is_some());
+                indirect = int8 && indirect_applies(shape, &geom, hw, cx.features);
                 let packed = if int8 && choice.sparse.or(sparse_default) == Some(true) {
                     pack_conv_sparse(wq, shape, conv.group, cx.features)?
-                } else if int8 && indirect == Some(true) && choice.conv != Some(ConvAlgo::Gemm) {
+                } else if indirect && choice.conv != Some(ConvAlgo::Gemm) {
                     pack_conv_indirect(wq, shape, &geom, hw, cx.features)?
                 } else {
                     pack_conv(wq, shape, conv.group, cx.features)?
@@ -295,7 +296,7 @@ impl QuantStep {
                 ),
                 _ => None,
             },
-            indirect_default: indirect == Some(true) && sparse_default != Some(true),
+            indirect_default: indirect && sparse_default != Some(true),
             sparse_default,
             out_shape: out_shape.to_vec(),
             items: quant_items(x_shape),

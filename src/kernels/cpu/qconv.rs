@@ -163,7 +163,7 @@ enum Kind {
     /// Output channels in the vector lanes, the input read in place
     /// (`qconv/indirect.rs`): one group, AVX512-VNNI.
     #[cfg(target_arch = "x86_64")]
-    Indirect(indirect::LaneWeights),
+    Indirect(indirect::IndirectWeights),
 }
 
 impl QPackedConv {
@@ -275,50 +275,60 @@ fn indirect_planes(geom: &QConvGeom, (oh, ow): (usize, usize)) -> (usize, usize)
     )
 }
 
-/// [`pack_conv`] for the indirect kernel (`qconv/indirect.rs`: output
-/// channels in the vector lanes, the input read in place through padded
-/// quad planes, nothing packed per run) on `h × w` inputs: one group, a
-/// multiple of 4 input channels, a kernel wider than 1x1, on AVX512-VNNI,
-/// and padded planes no larger than 4x the input or the im2col the GEMM
-/// would make (huge pads keep the GEMM). None where it does not apply (or
-/// [`pack_conv`] gives None).
-pub fn pack_conv_indirect(
-    w: &[i8],
+/// Whether the indirect kernel (`qconv/indirect.rs`: output channels in
+/// the vector lanes, the input read in place through padded quad planes,
+/// nothing packed per run) runs weights of `w_shape` on `h × w` inputs:
+/// one group, a multiple of 4 input channels, a kernel wider than 1x1, on
+/// AVX512-VNNI, and padded planes no larger than 4x the input or the
+/// im2col the GEMM would make (huge pads keep the GEMM).
+pub fn indirect_applies(
     w_shape: [usize; 4],
     geom: &QConvGeom,
     (h, wd): (usize, usize),
     features: Features,
+) -> bool {
+    let [m, cg, kh, kw] = w_shape;
+    let fits = || {
+        let (oh, ow) = geom.out_hw(h, wd).filter(|&(oh, ow)| oh > 0 && ow > 0)?;
+        let (hp, wp) = indirect_planes(geom, (oh, ow));
+        let planes = cg.checked_mul(hp)?.checked_mul(wp)?;
+        let bound = 4 * (cg * h * wd).max(cg * kh * kw * oh * ow);
+        Some(planes <= bound.min(u32::MAX as usize))
+    };
+    cfg!(target_arch = "x86_64")
+        && features.avx512vnni
+        && geom.group == 1
+        && channel_quads(cg, [kh, kw])
+        && geom.kernel == [kh, kw]
+        && m > 0
+        && cg * kh * kw <= super::qgemm::MAX_K
+        && fits() == Some(true)
+}
+
+/// [`pack_conv`] for the indirect kernel; None where it does not apply
+/// ([`indirect_applies`]) or the weights do not have `w_shape`.
+pub fn pack_conv_indirect(
+    w: &[i8],
+    w_shape: [usize; 4],
+    geom: &QConvGeom,
+    hw: (usize, usize),
+    features: Features,
 ) -> Option<QPackedConv> {
     let [m, cg, kh, kw] = w_shape;
-    let applies = features.avx512vnni
-        && geom.group == 1
-        && cg > 1
-        && channel_quads(cg, [kh, kw])
-        && geom.kernel == [kh, kw];
-    if !cfg!(target_arch = "x86_64") || !applies {
-        return None;
-    }
-    let (oh, ow) = geom.out_hw(h, wd).filter(|&(oh, ow)| oh > 0 && ow > 0)?;
-    let (hp, wp) = indirect_planes(geom, (oh, ow));
-    let planes = cg.checked_mul(hp)?.checked_mul(wp)?.checked_mul(4)?;
-    let bound = 4 * (cg * h * wd).max(cg * kh * kw * oh * ow);
-    if planes > bound.min(u32::MAX as usize) {
-        return None;
-    }
     let k = cg * kh * kw;
-    if w.len() != m * k || m == 0 || k > super::qgemm::MAX_K {
+    if !indirect_applies(w_shape, geom, hw, features) || w.len() != m * k {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let lw = indirect::LaneWeights::new(&in_channel_quads(w, k, kh * kw), m, k);
+        let iw = indirect::IndirectWeights::new(&in_channel_quads(w, k, kh * kw), m, k);
         Some(QPackedConv {
             m,
             cg,
             kernel: [kh, kw],
             group: 1,
             quads: true,
-            kind: Kind::Indirect(lw),
+            kind: Kind::Indirect(iw),
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -440,14 +450,14 @@ pub fn qconv2d(
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Kind::Indirect(lw) => {
+        Kind::Indirect(iw) => {
             assert!(
                 geom.group == 1,
                 "qconv2d: an indirect pack runs one group, not {geom:?}"
             );
             let (hp, wp) = indirect_planes(geom, (oh, ow));
             assert!(
-                4 * c * hp * wp <= u32::MAX as usize,
+                c * hp * wp <= u32::MAX as usize,
                 "qconv2d: an indirect pack made for another input than {x_shape:?}"
             );
             let offs = indirect::offsets(c / 4, geom.kernel, geom.dilations, (hp, wp));
@@ -480,7 +490,7 @@ pub fn qconv2d(
                     }
                     let planes = &buf[..len];
                     let (dst, ep) = checked_out(o, m * p, m);
-                    let fin = Finish::new(x_zp as i32, &lw.sums, true, dst, (p, 1), ep);
+                    let fin = Finish::new(x_zp as i32, &iw.sums, true, dst, (p, 1), ep);
                     let src = indirect::Source {
                         planes,
                         wp,
@@ -491,7 +501,7 @@ pub fn qconv2d(
                     };
                     // SAFETY: as above; the planes and offsets are this
                     // geometry's, the weights its pack, `fin` its output.
-                    unsafe { indirect::conv(&src, lw, &fin, cx) };
+                    unsafe { indirect::conv(&src, iw, &fin, cx) };
                 })
             };
             // Items that share out evenly over the threads run side by

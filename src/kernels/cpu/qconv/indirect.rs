@@ -34,7 +34,7 @@ mod x86 {
 
     use super::super::super::gemm::with_buf;
     use super::super::super::lanes::{Row, Square, A16};
-    use super::super::super::qgemm::Finish;
+    use super::super::super::qgemm::{aligned, Finish};
     use super::super::super::CpuCtx;
 
     thread_local! {
@@ -47,9 +47,9 @@ mod x86 {
     const BLOCK_SIDE: usize = 64;
 
     /// Output pixels a tile covers.
-    pub(in super::super) const ROWS: usize = 6;
+    const ROWS: usize = 6;
     /// Vectors of sixteen output channels a tile covers.
-    pub(in super::super) const VECS: usize = 4;
+    const VECS: usize = 4;
     /// Channels of one weight panel (one vector).
     const LANES: usize = 16;
 
@@ -59,9 +59,9 @@ mod x86 {
     /// 64 bytes: channel `c`'s four weights at `4c`. With each channel's
     /// weight sum (`za · Σ w` folds the zero point out).
     #[derive(Clone, Debug)]
-    pub(crate) struct LaneWeights {
-        pub(in super::super) m: usize,
-        pub(in super::super) groups: usize,
+    pub(crate) struct IndirectWeights {
+        m: usize,
+        groups: usize,
         /// Panels, from a 64-byte aligned start.
         data: Vec<u8>,
         off: usize,
@@ -69,17 +69,17 @@ mod x86 {
         pub(in super::super) sums: Vec<i32>,
     }
 
-    impl LaneWeights {
+    impl IndirectWeights {
         /// From `M` rows of `k` weights in channel-quad depth order (`k =
         /// ((c / 4 · taps + t) · 4 + c % 4`, a multiple of 4).
-        pub(in super::super) fn new(wq: &[i8], m: usize, k: usize) -> LaneWeights {
+        pub(in super::super) fn new(wq: &[i8], m: usize, k: usize) -> IndirectWeights {
             assert!(
                 k.is_multiple_of(4) && wq.len() >= m * k,
-                "LaneWeights: {m}x{k}"
+                "IndirectWeights: {m}x{k}"
             );
             let (groups, panels) = (k / 4, m.div_ceil(LANES));
-            let mut data = vec![0u8; panels * groups * 64 + 64];
-            let off = data.as_ptr().align_offset(64);
+            let mut data = Vec::new();
+            let off = aligned(&mut data, panels * groups * 64);
             let mut sums = vec![0i32; panels * LANES];
             for (c, row) in wq.chunks_exact(k).take(m).enumerate() {
                 let (q, l) = (c / LANES, c % LANES);
@@ -91,7 +91,7 @@ mod x86 {
                 }
                 sums[c] = row.iter().map(|&v| v as i32).sum();
             }
-            LaneWeights {
+            IndirectWeights {
                 m,
                 groups,
                 data,
@@ -101,12 +101,12 @@ mod x86 {
         }
 
         /// Bytes of one panel.
-        pub(in super::super) fn panel_bytes(&self) -> usize {
+        fn panel_bytes(&self) -> usize {
             self.groups * 64
         }
 
         /// Panel `q` onwards.
-        pub(in super::super) fn panels_from(&self, q: usize) -> &[u8] {
+        fn panels_from(&self, q: usize) -> &[u8] {
             &self.data[self.off + q * self.panel_bytes()..]
         }
     }
@@ -119,7 +119,7 @@ mod x86 {
     /// offs[g]` must be readable for 4 bytes, `w` hold `V` panels
     /// `panel_bytes` apart of `offs.len()` groups, `out` the tile.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(in super::super) unsafe fn tile<const R: usize, const V: usize>(
+    unsafe fn tile<const R: usize, const V: usize>(
         bases: &[*const u8; ROWS],
         offs: &[u32],
         w: &[u8],
@@ -205,7 +205,12 @@ mod x86 {
     /// the planes and offsets its geometry says (every pixel's word at
     /// every offset readable), `w` weights of `src.offs.len()` groups, and
     /// `fin` an output of `w.m × src.p` with `w.sums` as its sums.
-    pub(in super::super) unsafe fn conv(src: &Source, w: &LaneWeights, fin: &Finish, cx: &CpuCtx) {
+    pub(in super::super) unsafe fn conv(
+        src: &Source,
+        w: &IndirectWeights,
+        fin: &Finish,
+        cx: &CpuCtx,
+    ) {
         debug_assert_eq!(src.offs.len(), w.groups);
         let (cbs, pbs) = (w.m.div_ceil(BLOCK_SIDE), src.p.div_ceil(BLOCK_SIDE));
         let block = |t: usize| {
@@ -221,7 +226,7 @@ mod x86 {
 
     /// Channel block `cb`, pixel block `pb`: its tiles, then the epilogue.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn conv_block(src: &Source, w: &LaneWeights, fin: &Finish, cb: usize, pb: usize) {
+    unsafe fn conv_block(src: &Source, w: &IndirectWeights, fin: &Finish, cb: usize, pb: usize) {
         let (c0, p0) = (cb * BLOCK_SIDE, pb * BLOCK_SIDE);
         let (cn, pn) = (BLOCK_SIDE.min(w.m - c0), BLOCK_SIDE.min(src.p - p0));
         let v = cn.div_ceil(LANES);
