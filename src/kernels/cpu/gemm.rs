@@ -1364,7 +1364,10 @@ mod x86_pack {
         kc: usize,
         panel: &mut [f32],
     ) {
-        assert!(W.is_multiple_of(4) && panel.len() >= kc * W, "panel holds kc lanes of W");
+        assert!(
+            W.is_multiple_of(4) && panel.len() >= kc * W,
+            "panel holds kc lanes of W"
+        );
         let out = panel.as_mut_ptr();
         let full = kc / 16 * 16;
         for p in (0..full).step_by(16) {
@@ -1417,7 +1420,10 @@ mod x86_pack {
         kc: usize,
         panel: &mut [f32],
     ) {
-        assert!(W.is_multiple_of(16) && panel.len() >= kc * W, "panel holds kc rows of W");
+        assert!(
+            W.is_multiple_of(16) && panel.len() >= kc * W,
+            "panel holds kc rows of W"
+        );
         let out = panel.as_mut_ptr();
         for p in 0..kc {
             let row = src.add(p * ld);
