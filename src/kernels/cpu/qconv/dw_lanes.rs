@@ -450,8 +450,43 @@ mod x86 {
         buf: &[u8],
         init: __m512i,
         w: &[__m512i],
+        emit: impl FnMut(usize, &[__m512i]),
+    ) {
+        // The 3x3 kernels (one quad of taps a row) with the kernel's shape
+        // known to the compiler: their loops unrolled and the three weight
+        // vectors in registers (the general loop kept its counters and
+        // weights on the stack: 1.3x slower per layer on a Zen 5).
+        if plan.win.kh == 3 && plan.quads == 1 {
+            accumulate_k::<3, 1>(plan, buf, init, w, emit)
+        } else {
+            accumulate_k::<0, 0>(plan, buf, init, w, emit)
+        }
+    }
+
+    /// [`accumulate`] for `KH` kernel rows of `Q` quads of taps, or the
+    /// plan's own when they are 0.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn accumulate_k<const KH: usize, const Q: usize>(
+        plan: &Plan,
+        buf: &[u8],
+        init: __m512i,
+        w: &[__m512i],
         mut emit: impl FnMut(usize, &[__m512i]),
     ) {
+        let kh = if KH == 0 { plan.win.kh } else { KH };
+        let quads = if Q == 0 { plan.quads } else { Q };
+        debug_assert!(kh == plan.win.kh && quads == plan.quads && w.len() >= kh * quads);
+        // A known shape's weights, loaded once (`emit` stores through a
+        // raw pointer, so the compiler would reload them per pixel).
+        let fixed: [__m512i; 3] = std::array::from_fn(|i| {
+            if KH * Q > i {
+                w[i]
+            } else {
+                _mm512_setzero_si512()
+            }
+        });
+        let weight = |i: usize| if KH * Q > 0 { fixed[i] } else { w[i] };
         let row_bytes = plan.wp * LANES;
         // Opaque to the compiler: it would otherwise merge the two shuffles
         // below into nine narrower ones.
@@ -466,15 +501,16 @@ mod x86 {
             _mm512_shuffle_epi8(_mm512_permutexvar_epi32(perm, v), shuf)
         };
         let step = plan.win.sw * LANES;
+        let dh_bytes = plan.win.dh * row_bytes;
         for oy in 0..plan.win.oh {
             let base = buf.as_ptr().add(oy * plan.win.sh * row_bytes);
             let mut ox = 0;
             while ox + 4 <= plan.win.ow {
                 let mut acc = [init; 4];
-                for ki in 0..plan.win.kh {
-                    let row = base.add(ki * plan.win.dh * row_bytes + ox * step);
-                    for g in 0..plan.quads {
-                        let wv = w[ki * plan.quads + g];
+                for ki in 0..kh {
+                    let row = base.add(ki * dh_bytes + ox * step);
+                    for g in 0..quads {
+                        let wv = weight(ki * quads + g);
                         let at = row.add(4 * g * LANES);
                         for (u, a) in acc.iter_mut().enumerate() {
                             *a = _mm512_dpbusd_epi32(*a, quad(at.add(u * step)), wv);
@@ -486,14 +522,11 @@ mod x86 {
             }
             while ox < plan.win.ow {
                 let mut acc = init;
-                for ki in 0..plan.win.kh {
-                    let row = base.add(ki * plan.win.dh * row_bytes + ox * step);
-                    for g in 0..plan.quads {
-                        acc = _mm512_dpbusd_epi32(
-                            acc,
-                            quad(row.add(4 * g * LANES)),
-                            w[ki * plan.quads + g],
-                        );
+                for ki in 0..kh {
+                    let row = base.add(ki * dh_bytes + ox * step);
+                    for g in 0..quads {
+                        let wv = weight(ki * quads + g);
+                        acc = _mm512_dpbusd_epi32(acc, quad(row.add(4 * g * LANES)), wv);
                     }
                 }
                 emit(oy * plan.win.ow + ox, &[acc]);
