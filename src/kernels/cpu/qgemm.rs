@@ -676,6 +676,10 @@ impl QGemm<'_> {
         if self.b.kern == QKernel::Amx {
             return with_buf(&BUF_A, |abuf| self.region_amx(abuf, rows, cols));
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.b.kern == QKernel::Vnni512 && self.b.k > 0 {
+            return with_buf(&BUF_A, |abuf| self.region_wide(abuf, rows, cols));
+        }
         with_buf(&BUF_A, |abuf| {
             with_buf(&BUF_ACC, |acc| {
                 self.region_in(abuf, acc, rows.start, rows.end, cols.start, cols.end)
@@ -1089,7 +1093,7 @@ impl QGemmWx<'_> {
     fn region_filled(&self, panels: &[u8], rows: Range<usize>, cols: Range<usize>) {
         #[cfg(target_arch = "x86_64")]
         {
-            let x = wide::XQuads {
+            let x = wide::ColumnQuads {
                 data: panels,
                 panel: self.w.k.div_ceil(4) * 64,
                 group: 64,
@@ -1131,7 +1135,7 @@ impl QGemmWx<'_> {
             let xblock = &xbuf[x_off..x_off + panels * x_panel];
             #[cfg(target_arch = "x86_64")]
             if kern == QKernel::Vnni512 && k > 0 {
-                let x = wide::XQuads {
+                let x = wide::ColumnQuads {
                     data: xblock,
                     panel: x_panel,
                     group: 64,
