@@ -549,7 +549,7 @@ fn finish_plane(f: &Fused, i: usize, plane: usize, p: &mut [f32], cx: &CpuCtx) {
         }
     }
     if let Some(act) = f.act {
-        ops::activation(act, p, cx.features.avx2_fma);
+        ops::activation(act, p, cx.features);
     }
 }
 
@@ -601,7 +601,7 @@ fn depthwise(
                 dw_padded(width, plan, xp, scratch, wk, bias, res, p);
                 if clamp.is_none() {
                     if let Some(act) = f.act {
-                        ops::activation(act, p, avx);
+                        ops::activation(act, p, cx.features);
                     }
                 }
             }
@@ -636,7 +636,7 @@ fn depthwise(
                     dw_interleaved(avx, il, first, xg, res, buf, yg);
                     if clamp.is_none() {
                         if let Some(act) = f.act {
-                            ops::activation(act, yg, avx);
+                            ops::activation(act, yg, cx.features);
                         }
                     }
                 }
@@ -682,7 +682,11 @@ fn depthwise(
                         if let (None, Some(act)) = (clamp, f.act) {
                             let band = p.add(rows.start * win.ow);
                             let n = rows.len() * win.ow;
-                            ops::activation(act, std::slice::from_raw_parts_mut(band, n), avx);
+                            ops::activation(
+                                act,
+                                std::slice::from_raw_parts_mut(band, n),
+                                cx.features,
+                            );
                         }
                     }
                 }

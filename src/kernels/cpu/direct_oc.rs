@@ -324,7 +324,7 @@ fn products(
         job.block(block, first, last);
     });
     if let Some(act) = late {
-        ops::activation(act, y, cx.features.avx2_fma);
+        ops::activation(act, y, cx.features);
     }
 }
 

@@ -568,7 +568,7 @@ pub fn prepack_with(
 /// Applies a fused epilogue activation in place with the vectorized
 /// kernels of [`ops`] (within the runtime's tolerance of the reference).
 pub fn apply_activation(act: &crate::ir::Activation, data: &mut [f32]) {
-    ops::activation(act, data, Features::detect().avx2_fma);
+    ops::activation(act, data, Features::detect());
 }
 
 /// Applies an activation with the reference interpreter's scalar definition

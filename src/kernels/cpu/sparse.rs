@@ -344,7 +344,7 @@ pub fn spmm(
                 // positions of Y, inside the checked extent.
                 let seg =
                     unsafe { std::slice::from_raw_parts_mut(job.y.0.add(row * ldy + p0), p1 - p0) };
-                ops::activation(act, seg, cx.features.avx2_fma);
+                ops::activation(act, seg, cx.features);
             }
         }
     };

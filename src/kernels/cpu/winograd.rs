@@ -229,7 +229,7 @@ fn run_parts(
             m,
             tile,
             tiles: p * t / parts..(p + 1) * t / parts,
-            avx: cx.features.avx2_fma,
+            features: cx.features,
         };
         let xn = &x[ni * c * in_plane..(ni + 1) * c * in_plane];
         let rn = residual.map(|r| &r[ni * m * out_plane..(ni + 1) * m * out_plane]);
@@ -300,7 +300,7 @@ struct Part<'a> {
     m: usize,
     tile: Tile,
     tiles: std::ops::Range<usize>,
-    avx: bool,
+    features: Features,
 }
 
 impl Part<'_> {
@@ -340,8 +340,24 @@ impl Part<'_> {
                     };
                     let tiles = self.tiles.clone();
                     match self.tile {
-                        Tile::F2 => input_tiles_f2(self.avx, self.win, xc, split, v, rows, tiles),
-                        Tile::F4 => input_tiles_f4(self.avx, self.win, xc, split, v, rows, tiles),
+                        Tile::F2 => input_tiles_f2(
+                            self.features.avx2_fma,
+                            self.win,
+                            xc,
+                            split,
+                            v,
+                            rows,
+                            tiles,
+                        ),
+                        Tile::F4 => input_tiles_f4(
+                            self.features.avx2_fma,
+                            self.win,
+                            xc,
+                            split,
+                            v,
+                            rows,
+                            tiles,
+                        ),
                     }
                 }
             });
@@ -382,7 +398,17 @@ impl Part<'_> {
                 };
                 let tiles = self.tiles.clone();
                 // SAFETY: the caller's contract, for this plane.
-                unsafe { output_tiles(self.tile, self.avx, self.win, prod, rows, &plane, tiles) };
+                unsafe {
+                    output_tiles(
+                        self.tile,
+                        self.features,
+                        self.win,
+                        prod,
+                        rows,
+                        &plane,
+                        tiles,
+                    )
+                };
             }
         })
     }
@@ -655,7 +681,7 @@ struct OutPlane<'a> {
 /// one else accesses the outputs of `tiles` while this runs.
 unsafe fn output_tiles(
     tile: Tile,
-    avx: bool,
+    features: Features,
     win: &Window2d,
     pm: &[f32],
     rows: Rows,
@@ -673,13 +699,13 @@ unsafe fn output_tiles(
         rows: Rows,
         plane: &OutPlane,
         tiles: std::ops::Range<usize>,
-        avx: bool,
+        features: Features,
     ) {
         // SAFETY: the caller's contract.
         unsafe {
             match tile {
-                Tile::F2 => output_tiles_impl::<2>(win, pm, rows, plane, tiles, avx),
-                Tile::F4 => output_tiles_impl::<4>(win, pm, rows, plane, tiles, avx),
+                Tile::F2 => output_tiles_impl::<2>(win, pm, rows, plane, tiles, features),
+                Tile::F4 => output_tiles_impl::<4>(win, pm, rows, plane, tiles, features),
             }
         }
     }
@@ -693,24 +719,25 @@ unsafe fn output_tiles(
             rows: Rows,
             plane: &OutPlane,
             tiles: std::ops::Range<usize>,
+            features: Features,
         ) {
             // SAFETY: the caller's contract.
             unsafe {
                 match tile {
-                    Tile::F2 => output_tiles_impl::<2>(win, pm, rows, plane, tiles, true),
-                    Tile::F4 => output_tiles_impl::<4>(win, pm, rows, plane, tiles, true),
+                    Tile::F2 => output_tiles_impl::<2>(win, pm, rows, plane, tiles, features),
+                    Tile::F4 => output_tiles_impl::<4>(win, pm, rows, plane, tiles, features),
                 }
             }
         }
-        if avx && ops::has_avx2_fma() {
+        if features.avx2_fma && ops::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above);
             // the rest is the caller's contract.
-            return unsafe { fast(tile, win, pm, rows, plane, tiles) };
+            return unsafe { fast(tile, win, pm, rows, plane, tiles, features) };
         }
     }
-    // SAFETY: the caller's contract. (`avx` is false here unless the CPU
+    // SAFETY: the caller's contract. (AVX2 is off here unless the CPU
     // lacks what the features claimed; the activation checks again.)
-    unsafe { portable(tile, win, pm, rows, plane, tiles, avx) }
+    unsafe { portable(tile, win, pm, rows, plane, tiles, features) }
 }
 
 /// [`output_tiles`] for tiles of edge `T`, inlined into each build.
@@ -725,7 +752,7 @@ unsafe fn output_tiles_impl<const T: usize>(
     rows: Rows,
     plane: &OutPlane,
     tiles: std::ops::Range<usize>,
-    avx: bool,
+    features: Features,
 ) {
     let a = T + 2;
     let tx = tiles_of(win, T).1;
@@ -839,7 +866,7 @@ unsafe fn output_tiles_impl<const T: usize>(
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(plane.y.add(oh * win.ow + c0), c1 - c0)
                 };
-                ops::activation(act, out, avx);
+                ops::activation(act, out, features);
             }
         }
     }
@@ -1174,7 +1201,7 @@ mod tests {
                         late_act: None,
                     };
                     // SAFETY: one whole plane at a time, borrowed mutably.
-                    unsafe { output_tiles(tile, avx, &win, &prod, rows, &plane, 0..t) };
+                    unsafe { output_tiles(tile, cx.features, &win, &prod, rows, &plane, 0..t) };
                 }
             });
             let whole = best(&mut || {

@@ -225,10 +225,10 @@ pub(super) fn finish_any(features: Features, acc: &[i32], yf: &mut Vec<f32>, out
         // SAFETY: the CPU has AVX-512 F (the features say so).
         match unsafe { x86::finish_avx512(x86::Sums::I32(acc), out) } {
             None => return,
-            Some(out) => return finish(acc, yf, out, features.avx2_fma),
+            Some(out) => return finish(acc, yf, out, features),
         }
     }
-    finish(acc, yf, out, features.avx2_fma)
+    finish(acc, yf, out, features)
 }
 
 /// [`finish_any`] on the f32 path's sums (exact integers below 2²⁴): read
@@ -252,7 +252,7 @@ fn finish_f32_sums(
         out
     };
     to_i32_exact(sums, acc);
-    finish(acc, yf, out, features.avx2_fma)
+    finish(acc, yf, out, features)
 }
 
 /// Padded-row bytes of a plane above which [`plane`] takes the plain loop.
@@ -409,24 +409,24 @@ fn run(
         if features.avx512vnni {
             // SAFETY: the CPU has AVX-512 F/BW/VL and AVX512-VNNI (the
             // features say so); the buffers were sized by `plane`.
-            unsafe { run_vnni512(x, za, geom, s, init, buf, out) };
+            unsafe { run_vnni512(x, za, geom, s, init, buf, out, features) };
             return;
         }
         if features.avxvnni {
             // SAFETY: the CPU has AVX2 and AVX-VNNI; buffers as above.
-            unsafe { run_vnni256(x, za, geom, s, init, buf, out) };
+            unsafe { run_vnni256(x, za, geom, s, init, buf, out, features) };
             return;
         }
         if features.avx2_fma {
             // SAFETY: the CPU has AVX2; buffers as above.
-            unsafe { run_avx2(x, za, geom, s, init, buf, out) };
+            unsafe { run_avx2(x, za, geom, s, init, buf, out, features) };
             return;
         }
     }
     let _ = features;
     build(x, za, geom, s, buf, false);
     accumulate_portable(geom, s, init, buf);
-    finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, features.avx2_fma);
+    finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, features);
 }
 
 /// Writes the quad rows of the plane (rows `0..h`, then the `za` row) into
@@ -507,8 +507,8 @@ fn accumulate_portable(geom: &QConvGeom, s: &Shape, init: i32, buf: &mut Scratch
 /// order of the GEMM's: `(acc as f32) · (sa · sb)`, `+ bias`, `+ residual`,
 /// activation, then the store or requantization (through `yf`).
 #[inline(always)]
-fn finish(acc: &[i32], yf: &mut Vec<f32>, out: QOut, avx: bool) {
-    fn dequant(acc: &[i32], ep: &QEpilogue, y: &mut [f32], avx: bool) {
+fn finish(acc: &[i32], yf: &mut Vec<f32>, out: QOut, features: Features) {
+    fn dequant(acc: &[i32], ep: &QEpilogue, y: &mut [f32], features: Features) {
         let s = ep.a_scale * ep.b_scales[0];
         let y = &mut y[..acc.len()];
         // One pass, each step rounded on its own (no contraction in Rust).
@@ -529,15 +529,15 @@ fn finish(acc: &[i32], yf: &mut Vec<f32>, out: QOut, avx: bool) {
             }),
         }
         if let Some(act) = ep.act {
-            super::super::ops::activation(act, y, avx);
+            super::super::ops::activation(act, y, features);
         }
     }
     match out {
         QOut::I32(c) => c[..acc.len()].copy_from_slice(acc),
-        QOut::F32(c, ep) => dequant(acc, &ep, c, avx),
+        QOut::F32(c, ep) => dequant(acc, &ep, c, features),
         QOut::U8(c, ep, QRequant { scale, zero_point }) => {
             grow(yf, acc.len());
-            dequant(acc, &ep, yf, avx);
+            dequant(acc, &ep, yf, features);
             quantize_u8(&yf[..acc.len()], scale, zero_point, &mut c[..acc.len()]);
         }
     }
@@ -750,13 +750,14 @@ mod x86 {
         init: i32,
         buf: &mut Scratch,
         out: QOut,
+        features: Features,
     ) {
         build(x, za, geom, s, buf, true);
         accumulate::<Z>(geom, s, init, buf);
         let acc = &buf.acc[..s.oh * s.ow];
         match finish_avx512(Sums::I32(acc), out) {
             None => {}
-            Some(out) => finish(acc, &mut buf.yf, out, true),
+            Some(out) => finish(acc, &mut buf.yf, out, features),
         }
     }
 
@@ -918,10 +919,11 @@ mod x86 {
         init: i32,
         buf: &mut Scratch,
         out: QOut,
+        features: Features,
     ) {
         build(x, za, geom, s, buf, true);
         accumulate::<Y>(geom, s, init, buf);
-        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, true);
+        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, features);
     }
 
     /// The whole plane on AVX2.
@@ -938,10 +940,11 @@ mod x86 {
         init: i32,
         buf: &mut Scratch,
         out: QOut,
+        features: Features,
     ) {
         build(x, za, geom, s, buf, true);
         accumulate::<M>(geom, s, init, buf);
-        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, true);
+        finish(&buf.acc[..s.oh * s.ow], &mut buf.yf, out, features);
     }
 }
 
