@@ -1292,9 +1292,13 @@ fn pack_panels<const W: usize>(
                 });
                 #[cfg(target_arch = "x86_64")]
                 if W.is_multiple_of(4) && Features::detect().avx512f {
+                    assert!(panel.len() >= kc * W, "a panel holds kc lanes of W");
+                    let words = rows.map(|r| r.as_ptr() as *const u32);
                     // SAFETY: the CPU has AVX-512F; each row holds kc
                     // floats and the panel kc * W.
-                    unsafe { x86_pack::transpose_rows(&rows.map(<[f32]>::as_ptr), kc, panel) };
+                    unsafe {
+                        x86_pack::transpose_words(&words, kc, panel.as_mut_ptr() as *mut u32)
+                    };
                     continue;
                 }
                 for (p, out) in panel.chunks_exact_mut(W).enumerate() {
@@ -1344,65 +1348,63 @@ fn pack_panels<const W: usize>(
 /// were a tenth of a 1024^3 product on one Zen 5 core: one 4-byte store
 /// per element of A, and B's rows, 4 KiB apart, fetched one at a time.
 #[cfg(target_arch = "x86_64")]
-mod x86_pack {
+pub(super) mod x86_pack {
     use std::arch::x86_64::*;
 
     /// Rows of B (or 64-byte lines of an A row) fetched ahead of their
     /// copy: far enough to hide an L3 hit.
     const AHEAD: usize = 8;
 
-    /// `W` lanes (`rows[l]` holds `kc` depths) interleaved into `panel`
-    /// (`kc × W`, depth-major): sixteen depths of four lanes at a time,
-    /// a 4x4 transpose in each 128-bit lane of four vectors.
+    /// `W` lanes of 32-bit words (`rows[l]` holds `kc` depths) interleaved
+    /// at `out` (`kc × W` words, depth-major): sixteen depths of four lanes
+    /// at a time, a 4x4 transpose in each 128-bit lane of four vectors.
+    /// Words, not floats: the int8 kernels pack their A panels (four u8
+    /// depths a word) the same way ([`super::super::qgemm`]).
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; every `rows[l]` points at `kc` floats,
-    /// `W` is a multiple of 4 and `panel` holds `kc * W`.
+    /// The CPU must have AVX-512F; every `rows[l]` points at `kc` words and
+    /// `out` at room for `kc * W` (any alignment); `W` is a multiple of 4.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transpose_rows<const W: usize>(
-        rows: &[*const f32; W],
+    pub(in crate::kernels::cpu) unsafe fn transpose_words<const W: usize>(
+        rows: &[*const u32; W],
         kc: usize,
-        panel: &mut [f32],
+        out: *mut u32,
     ) {
-        assert!(
-            W.is_multiple_of(4) && panel.len() >= kc * W,
-            "panel holds kc lanes of W"
-        );
-        let out = panel.as_mut_ptr();
+        assert!(W.is_multiple_of(4), "lanes in fours");
         let full = kc / 16 * 16;
         for p in (0..full).step_by(16) {
             for g in (0..W).step_by(4) {
-                let r: [__m512; 4] = std::array::from_fn(|i| {
+                let r: [__m512i; 4] = std::array::from_fn(|i| {
                     let row = rows[g + i];
                     // A prefetch never faults, past the row's end too.
                     _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p + 16 * AHEAD) as *const i8);
-                    _mm512_loadu_ps(row.add(p))
+                    _mm512_loadu_si512(row.add(p) as *const __m512i)
                 });
                 // In each 128-bit lane d (depths p + 4d ..): t[j] holds
                 // depth 4d + j of lanes g .. g + 4.
-                let lo01 = _mm512_unpacklo_ps(r[0], r[1]);
-                let hi01 = _mm512_unpackhi_ps(r[0], r[1]);
-                let lo23 = _mm512_unpacklo_ps(r[2], r[3]);
-                let hi23 = _mm512_unpackhi_ps(r[2], r[3]);
-                let pd = _mm512_castps_pd;
+                let lo01 = _mm512_unpacklo_epi32(r[0], r[1]);
+                let hi01 = _mm512_unpackhi_epi32(r[0], r[1]);
+                let lo23 = _mm512_unpacklo_epi32(r[2], r[3]);
+                let hi23 = _mm512_unpackhi_epi32(r[2], r[3]);
                 let t = [
-                    _mm512_castpd_ps(_mm512_unpacklo_pd(pd(lo01), pd(lo23))),
-                    _mm512_castpd_ps(_mm512_unpackhi_pd(pd(lo01), pd(lo23))),
-                    _mm512_castpd_ps(_mm512_unpacklo_pd(pd(hi01), pd(hi23))),
-                    _mm512_castpd_ps(_mm512_unpackhi_pd(pd(hi01), pd(hi23))),
+                    _mm512_unpacklo_epi64(lo01, lo23),
+                    _mm512_unpackhi_epi64(lo01, lo23),
+                    _mm512_unpacklo_epi64(hi01, hi23),
+                    _mm512_unpackhi_epi64(hi01, hi23),
                 ];
                 for (j, &tj) in t.iter().enumerate() {
-                    let at = |d: usize| out.add((p + 4 * d + j) * W + g);
-                    _mm_storeu_ps(at(0), _mm512_castps512_ps128(tj));
-                    _mm_storeu_ps(at(1), _mm512_extractf32x4_ps::<1>(tj));
-                    _mm_storeu_ps(at(2), _mm512_extractf32x4_ps::<2>(tj));
-                    _mm_storeu_ps(at(3), _mm512_extractf32x4_ps::<3>(tj));
+                    let at = |d: usize| out.add((p + 4 * d + j) * W + g) as *mut __m128i;
+                    _mm_storeu_si128(at(0), _mm512_castsi512_si128(tj));
+                    _mm_storeu_si128(at(1), _mm512_extracti32x4_epi32::<1>(tj));
+                    _mm_storeu_si128(at(2), _mm512_extracti32x4_epi32::<2>(tj));
+                    _mm_storeu_si128(at(3), _mm512_extracti32x4_epi32::<3>(tj));
                 }
             }
         }
         for p in full..kc {
             for (l, row) in rows.iter().enumerate() {
-                *out.add(p * W + l) = *row.add(p);
+                out.add(p * W + l)
+                    .write_unaligned(row.add(p).read_unaligned());
             }
         }
     }
