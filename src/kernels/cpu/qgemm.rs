@@ -1408,7 +1408,11 @@ unsafe fn finish_rows_avx512(
     };
     let (rs, cs) = g.strides;
     let (clamp, rest) = super::gemm::split_act(ep.act);
-    if matches!(g.dst, Dst::I32(_)) || rest.is_some() || cs != 1 {
+    // An activation other than a clamp (GELU after a transformer's first
+    // feed-forward product) runs on the stored f32 rows; a u8 output would
+    // need them before its requantization.
+    let f32_out = matches!(g.dst, Dst::F32(_));
+    if matches!(g.dst, Dst::I32(_)) || (rest.is_some() && !f32_out) || cs != 1 {
         return false;
     }
     debug_assert!(rows <= tile_rows && tile_rows <= MR_MAX);
@@ -1585,6 +1589,14 @@ unsafe fn finish_rows_avx512(
                 }
                 Dst::I32(_) => unreachable!("raw outputs return above"),
             }
+        }
+    }
+    if let (Some(act), Dst::F32(p)) = (rest, g.dst) {
+        for r in 0..rows {
+            // SAFETY: row i + r, columns j .. j + cols were just stored
+            // above, inside C and this task's rectangle.
+            let row = std::slice::from_raw_parts_mut(p.add((i + r) * rs + j), cols);
+            super::apply_activation(act, row);
         }
     }
     true
