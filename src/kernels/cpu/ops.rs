@@ -46,15 +46,9 @@ pub(crate) fn has_avx2_fma() -> bool {
 
 /// Whether the CPU has AVX-512 F and BW (what [`Features::avx512f`]
 /// means), whatever a [`Features`] value claims.
+#[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
 }
 
 /// Defines `fn name(avx: bool, args..)` calling the `#[inline(always)]`
