@@ -254,7 +254,7 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
                     }
                 }
                 let out = env.arena.slice_mut(off, len);
-                k.run(ins, out, env.scratch)?;
+                k.run(ins, out, env.scratch, env.cx)?;
             }
             Ok(false)
         }
