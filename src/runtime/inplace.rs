@@ -343,6 +343,8 @@ impl ChainKernel {
     }
 
     /// Rows `first ..` of the output, `out` holding them (whole rows).
+    /// Its helpers (`unary`, `binary`, the maps) are `inline(always)`, so
+    /// that each build vectorizes them with its own instruction set.
     #[inline(always)]
     fn rows(&self, inputs: &[Option<&[f32]>], out: &mut [f32], first: usize, scratch: &mut [f32]) {
         let rank = self.dims.len();
@@ -414,6 +416,7 @@ enum Arg<'a> {
     V(f32),
 }
 
+#[inline(always)]
 fn map1(a: Arg, dst: &mut [f32], f: impl Fn(f32) -> f32) {
     match a {
         Arg::S(s) => dst.iter_mut().zip(s).for_each(|(d, &x)| *d = f(x)),
@@ -421,6 +424,7 @@ fn map1(a: Arg, dst: &mut [f32], f: impl Fn(f32) -> f32) {
     }
 }
 
+#[inline(always)]
 fn map2(x: Arg, y: Arg, dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
     match (x, y) {
         (Arg::S(a), Arg::S(b)) => dst
@@ -435,6 +439,7 @@ fn map2(x: Arg, y: Arg, dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
 
 /// Unary math as the reference kernel does it (f64, rounded), with the exact
 /// f32 shortcuts for Relu, Neg and Abs.
+#[inline(always)]
 fn unary(u: &UnaryOp, a: Arg, dst: &mut [f32]) {
     match u {
         UnaryOp::Relu => map1(a, dst, |x| if x < 0.0 { 0.0 } else { x }),
@@ -445,6 +450,7 @@ fn unary(u: &UnaryOp, a: Arg, dst: &mut [f32]) {
 }
 
 /// Arithmetic as the reference kernel does it: f32, Pow through f64.
+#[inline(always)]
 fn binary(b: BinaryOp, x: Arg, y: Arg, dst: &mut [f32]) {
     match b {
         BinaryOp::Add => map2(x, y, dst, |p, q| p + q),
@@ -458,6 +464,7 @@ fn binary(b: BinaryOp, x: Arg, y: Arg, dst: &mut [f32]) {
 }
 
 /// Clip like the reference: raise to `lo`, then lower to `hi`; NaN stays.
+#[inline(always)]
 fn clip(x: f32, lo: f32, hi: f32) -> f32 {
     let mut y = x;
     if y < lo {
