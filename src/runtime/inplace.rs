@@ -306,26 +306,23 @@ impl ChainKernel {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
-            unsafe fn avx512(
-                k: &ChainKernel,
-                inputs: &[Option<&[f32]>],
-                out: &mut [f32],
-                first: usize,
-                scratch: &mut [f32],
-            ) {
-                k.rows(inputs, out, first, scratch)
+            // `rows` compiled once per instruction set.
+            macro_rules! build {
+                ($name:ident, $features:literal) => {
+                    #[target_feature(enable = $features)]
+                    unsafe fn $name(
+                        k: &ChainKernel,
+                        inputs: &[Option<&[f32]>],
+                        out: &mut [f32],
+                        first: usize,
+                        scratch: &mut [f32],
+                    ) {
+                        k.rows(inputs, out, first, scratch)
+                    }
+                };
             }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2(
-                k: &ChainKernel,
-                inputs: &[Option<&[f32]>],
-                out: &mut [f32],
-                first: usize,
-                scratch: &mut [f32],
-            ) {
-                k.rows(inputs, out, first, scratch)
-            }
+            build!(avx512, "avx2,fma,avx512f,avx512bw");
+            build!(avx2, "avx2,fma");
             let has_avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             let has_avx512 =
                 is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");

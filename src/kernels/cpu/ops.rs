@@ -5,9 +5,9 @@
 //! Every kernel is a plain loop over slices (`zip`, `chunks_exact`, no index
 //! arithmetic in the hot loop) that the compiler vectorizes. The loops are
 //! compiled twice through `multiversion!`: once for the baseline target and
-//! once with AVX2 + FMA enabled, picked at run time from
-//! [`Features`](super::Features) (and a CPU check, so a wrong flag cannot
-//! run unsupported instructions). Transcendentals use branch-free f32
+//! once with AVX2 + FMA enabled (three times through `multiversion_fma!`,
+//! the third with AVX-512), picked at run time from [`Features`] (and a
+//! CPU check, so a wrong flag cannot run unsupported instructions). Transcendentals use branch-free f32
 //! approximations (`exp`, `tanh`, `erf`, built from Cephes / Eigen
 //! polynomials, within a few f32 ulp; see the tests for the measured bounds
 //! against the reference's f64 math); everything else does the reference's

@@ -339,26 +339,11 @@ impl Part<'_> {
                         first: ch * tp,
                     };
                     let tiles = self.tiles.clone();
-                    match self.tile {
-                        Tile::F2 => input_tiles_f2(
-                            self.features.avx2_fma,
-                            self.win,
-                            xc,
-                            split,
-                            v,
-                            rows,
-                            tiles,
-                        ),
-                        Tile::F4 => input_tiles_f4(
-                            self.features.avx2_fma,
-                            self.win,
-                            xc,
-                            split,
-                            v,
-                            rows,
-                            tiles,
-                        ),
-                    }
+                    let transform = match self.tile {
+                        Tile::F2 => input_tiles_f2,
+                        Tile::F4 => input_tiles_f4,
+                    };
+                    transform(self.features.avx2_fma, self.win, xc, split, v, rows, tiles)
                 }
             });
             for (k, uk) in u.iter().enumerate() {
