@@ -74,6 +74,11 @@ pub(crate) struct InputArgs {
     /// default kernels.
     #[arg(long)]
     pub(crate) untuned: bool,
+    /// Run a batch as one: do not split it into items where the model
+    /// computes each item on its own (by default such a batch runs item
+    /// by item, each thread its own items).
+    #[arg(long)]
+    pub(crate) whole_batch: bool,
 }
 
 /// The flags of `mlc bench --compare`.

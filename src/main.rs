@@ -257,6 +257,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<(), Error> {
             let session = api::SessionOptions {
                 threads: inputs.threads.unwrap_or(0),
                 untuned: inputs.untuned,
+                whole_batch: inputs.whole_batch,
             };
             let report = api::run_file(
                 &model,
@@ -306,6 +307,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<(), Error> {
             let session = api::SessionOptions {
                 threads: inputs.threads.unwrap_or(0),
                 untuned: inputs.untuned,
+                whole_batch: inputs.whole_batch,
             };
             let binding = inputs.binding(Some(seed))?;
             let report = api::bench_file(
@@ -443,6 +445,7 @@ fn bench_compare(
     let session = api::SessionOptions {
         threads: inputs.threads.unwrap_or(0),
         untuned: inputs.untuned,
+        whole_batch: inputs.whole_batch,
     };
     let report = api::bench_compare(
         models,

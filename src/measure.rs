@@ -207,7 +207,7 @@ fn step_ms(plan: &Plan) -> Vec<(String, f64)> {
     plan.step_times()
         .unwrap_or_default()
         .into_iter()
-        .map(|(n, t)| (n.to_string(), t.as_secs_f64() * 1e3))
+        .map(|(n, t)| (n, t.as_secs_f64() * 1e3))
         .collect()
 }
 

@@ -311,6 +311,7 @@ fn qat_lowering_matches_runtime(path: &Path, eval: &str) -> (f64, f32, f64) {
         .session(&mlc::api::SessionOptions {
             threads: 2,
             untuned: true,
+            ..Default::default()
         })
         .unwrap();
     let want = session.run_positional(std::slice::from_ref(&x)).unwrap();

@@ -68,6 +68,10 @@ pub struct BenchReport {
     /// Nodes running a kernel choice other than their default (`mlc
     /// tune`); 0: untuned.
     pub tuned_nodes: usize,
+    /// Steps that ran item by item (the first ones in schedule order),
+    /// the rest on the whole batch; 0 when the whole batch ran together
+    /// (see [`crate::runtime::Plan::by_items`]).
+    pub item_steps: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<crate::runtime::Profile>,
     /// Each output against the reference interpreter, when asked.
@@ -207,6 +211,7 @@ impl Session {
             peak_rss_bytes: proc_status_bytes("VmHWM"),
             arena_bytes: plan.stats().arena_bytes,
             tuned_nodes,
+            item_steps: plan.items().map_or(0, |(_, steps)| steps),
             plan: plan.stats().clone(),
             profile: plan.profile(),
             verify,
@@ -299,6 +304,12 @@ impl BenchReport {
             self.p50_ms, self.p90_ms, self.p99_ms, self.mean_ms, self.min_ms, self.max_ms, self.runs, self.warmup
         );
         s += &format!("throughput {:.2} items/s\n", self.throughput_per_s);
+        if self.item_steps > 0 {
+            s += &format!(
+                "batch run item by item for the first {} of {} steps (each thread its own items), the rest on the whole batch\n",
+                self.item_steps, self.plan.nodes
+            );
+        }
         let p = &self.plan;
         s += &format!(
             "peak RSS {}; arena {} ({} unshared, reuse {:.2}x); nodes {}: {} fast, {} in place, {} aliased, {} copies, {} reference\n",

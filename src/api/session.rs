@@ -21,6 +21,10 @@ pub struct SessionOptions {
     /// Ignore kernel choices (the model's own and the tuning database's):
     /// every node runs its default.
     pub untuned: bool,
+    /// Run a batch as one, even where the model computes each item on
+    /// its own (by default such a batch runs item by item:
+    /// [`Plan::by_items`]).
+    pub whole_batch: bool,
 }
 
 /// A model on the fast CPU runtime: one plan per set of input shapes, built
@@ -35,6 +39,7 @@ pub struct Session {
     choices: Choices,
     /// ... else the tuning database's records for this machine.
     db: Option<Db>,
+    whole_batch: bool,
 }
 
 impl Session {
@@ -53,6 +58,7 @@ impl Session {
             plans: HashMap::new(),
             choices,
             db,
+            whole_batch: opts.whole_batch,
         })
     }
 
@@ -127,7 +133,10 @@ impl Session {
         if !self.plans.contains_key(&shapes) {
             let spec = specialize(&self.graph, &shapes)?;
             let choices = self.choices_for(&spec);
-            let plan = Plan::with_choices(spec, self.cx.clone(), &self.packs, &choices)?;
+            let plan = match self.whole_batch {
+                true => Plan::with_choices(spec, self.cx.clone(), &self.packs, &choices)?,
+                false => Plan::by_items(spec, self.cx.clone(), &self.packs, &choices)?,
+            };
             self.plans.insert(shapes.clone(), plan);
         }
         self.plans

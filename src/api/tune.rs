@@ -84,6 +84,7 @@ pub fn tune_file(
     let session = m.session(&SessionOptions {
         threads: 1,
         untuned: true,
+        ..SessionOptions::default()
     })?;
     let feed = session.bind(inputs.read()?, binding)?;
     let db_path = opts.db.clone().or_else(Db::default_path);

@@ -248,6 +248,11 @@ impl TensorData {
         )
     }
 
+    /// The elements in `r` (in bounds), same dtype.
+    pub fn range(&self, r: std::ops::Range<usize>) -> TensorData {
+        map_data!(self, v => v[r].to_vec())
+    }
+
     /// Elements picked by `indices`, in that order, same dtype. Every index
     /// must be in bounds.
     pub fn gather(&self, indices: &[usize]) -> TensorData {

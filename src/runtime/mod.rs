@@ -17,6 +17,7 @@ pub mod arena;
 pub mod check;
 mod executor;
 pub mod inplace;
+mod items;
 mod packs;
 pub mod plan;
 pub mod profile;

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use super::arena::{self, Interval};
 use super::inplace::{self, ChainKernel};
+use super::items::{self, Items};
 use super::packs::{PackCache, PackKey};
 use super::profile::{self, Profiler};
 use super::quant::QuantStep;
@@ -245,6 +246,9 @@ pub struct Plan {
     pub(crate) cx: CpuCtx,
     pub(crate) stats: PlanStats,
     pub(crate) profiler: Option<Profiler>,
+    /// The one-item plans that run a batch item by item, when this plan
+    /// does so ([`Plan::by_items`]); the plan itself then has no steps.
+    pub(crate) items: Option<Box<Items>>,
 }
 
 /// Work the runtime did to build plans, counted over the process: the
@@ -308,6 +312,42 @@ impl Plan {
     /// differing in a layer) pack each weight once.
     pub fn with_packs(g: Graph, cx: CpuCtx, packs: &PackCache) -> Result<Plan> {
         Plan::with_choices(g, cx, packs, &Choices::new())
+    }
+
+    /// [`Plan::with_choices`], running a batch item by item when the graph
+    /// computes its items independently ([`super::items`]): every item is
+    /// then computed exactly as a one-item plan computes it. A plan of one
+    /// item, or of a graph that mixes its items, is [`Plan::with_choices`]'s.
+    pub fn by_items(g: Graph, cx: CpuCtx, packs: &PackCache, choices: &Choices) -> Result<Plan> {
+        let split = items::BatchSplit::of(&g, &items::Caches::host(cx.threads));
+        let Some(split) = split else {
+            return Plan::with_choices(g, cx, packs, choices);
+        };
+        let items = Items::new(split, &cx, packs, choices)?;
+        let inputs = g
+            .inputs
+            .iter()
+            .map(|&id| {
+                let shape = g.ty(id).shape.concrete().unwrap_or_default();
+                (id, shape, g.ty(id).dtype)
+            })
+            .collect();
+        Ok(Plan {
+            values: Vec::new(),
+            steps: Vec::new(),
+            inputs,
+            outputs: g.outputs.clone(),
+            graph: g,
+            arena: crate::kernels::cpu::Floats::zeros(0),
+            arena_base: 0,
+            arena_len: 0,
+            boxed: Vec::new(),
+            scratch: Vec::new(),
+            stats: items.stats(),
+            cx,
+            profiler: None,
+            items: Some(Box::new(items)),
+        })
     }
 
     /// [`Plan::with_packs`] with kernel choices by node name (a node not
@@ -694,6 +734,7 @@ impl Plan {
             cx,
             stats,
             profiler: None,
+            items: None,
         };
         plan.check_views()?;
         plan.prepack(packs);
@@ -866,6 +907,13 @@ impl Plan {
         &self.stats
     }
 
+    /// For a plan that runs a batch item by item ([`Plan::by_items`]): the
+    /// items, and the steps (in schedule order from the first) that run
+    /// on one item at a time; the rest run on the whole batch.
+    pub fn items(&self) -> Option<(usize, usize)> {
+        self.items.as_ref().map(|i| i.shape())
+    }
+
     /// Threads the kernels use.
     pub fn threads(&self) -> usize {
         self.cx.threads
@@ -876,8 +924,12 @@ impl Plan {
         self.inputs.iter().map(|(_, s, _)| s.clone()).collect()
     }
 
-    /// The schedule: every node with how it runs.
+    /// The schedule: every node with how it runs (for a batch run item by
+    /// item, as the one-item plan runs it).
     pub fn steps(&self) -> Vec<StepInfo> {
+        if let Some(items) = &self.items {
+            return items.steps();
+        }
         self.steps
             .iter()
             .map(|s| StepInfo {
@@ -1025,13 +1077,22 @@ impl Plan {
     }
 
     /// Turns per-node timing on (resetting what was collected) or off.
+    /// For a batch run item by item, the one-item plans time their steps
+    /// and a node's time is summed over the items (and so, with items on
+    /// several threads at once, over the threads: CPU time).
     pub fn set_profiling(&mut self, on: bool) {
         self.profiler = on.then(|| Profiler::new(self.steps.len()));
+        if let Some(items) = self.items.as_mut() {
+            items.plans().for_each(|p| p.set_profiling(on));
+        }
     }
 
     /// Timings collected since profiling was turned on.
     pub fn profile(&self) -> Option<profile::Profile> {
         let p = self.profiler.as_ref()?;
+        if let Some(items) = &self.items {
+            return items.profile(p.runs);
+        }
         let names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
         let ops: Vec<&'static str> = self.steps.iter().map(|s| s.op_type).collect();
         let flops: Vec<Option<u64>> = self.steps.iter().map(|s| s.flops).collect();
@@ -1041,13 +1102,16 @@ impl Plan {
     /// Each step's node name and the time profiling has summed for it so
     /// far (None while profiling is off): the difference of two readings
     /// around one run is that run's time per node.
-    pub fn step_times(&self) -> Option<Vec<(&str, std::time::Duration)>> {
+    pub fn step_times(&self) -> Option<Vec<(String, std::time::Duration)>> {
         let p = self.profiler.as_ref()?;
+        if let Some(items) = &self.items {
+            return items.step_times();
+        }
         Some(
             self.steps
                 .iter()
                 .zip(&p.time)
-                .map(|(s, &t)| (s.name.as_str(), t))
+                .map(|(s, &t)| (s.name.clone(), t))
                 .collect(),
         )
     }
