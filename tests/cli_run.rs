@@ -240,3 +240,43 @@ fn quiet_prints_only_what_was_asked_and_verbose_more() {
     // Both at once: a usage error.
     assert_eq!(mlc(&["-q", "-v", "passes"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_batch_gives_the_same_outputs_whole_or_item_by_item() {
+    let dir = scratch("items");
+    let model = repo().join("fixtures/cnn/model.onnx");
+    let run = |extra: &[&str], out: &str| {
+        let path = dir.join(out);
+        let mut args = vec![
+            "run",
+            model.to_str().unwrap(),
+            "--random",
+            "5",
+            "--batch",
+            "3",
+            "--threads",
+            "2",
+            "-o",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&mlc(&args));
+        mlc::formats::npy::read_npy(&path).unwrap()
+    };
+    let whole = run(&["--whole-batch"], "whole.npy");
+    let items = run(&[], "items.npy");
+    assert_eq!(whole.shape()[0], 3);
+    common::compare(&items, &whole, 1e-5, 1e-6).unwrap();
+    let out = ok(&mlc(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--batch",
+        "3",
+        "--runs",
+        "1",
+        "--whole-batch",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["item_steps"], 0, "{v}");
+}

@@ -326,6 +326,9 @@ impl BenchReport {
             p.reference_nodes
         );
         if let Some(prof) = &self.profile {
+            if self.item_steps > 0 && self.threads > 1 {
+                s += "(a step run item by item: its time summed over the items, and over the threads that ran them side by side)\n";
+            }
             s += &prof.render();
         }
         if let Some(v) = &self.verify {

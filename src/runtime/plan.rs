@@ -323,7 +323,12 @@ impl Plan {
         let Some(split) = split else {
             return Plan::with_choices(g, cx, packs, choices);
         };
-        let items = Items::new(split, &cx, packs, choices)?;
+        // The one-item plans are checked as the whole batch's is; should
+        // one still fail to build, the whole batch runs as one.
+        let items = match Items::new(split, &cx, packs, choices) {
+            Ok(items) => items,
+            Err(_) => return Plan::with_choices(g, cx, packs, choices),
+        };
         let inputs = g
             .inputs
             .iter()
