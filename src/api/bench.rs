@@ -304,7 +304,9 @@ impl BenchReport {
             self.p50_ms, self.p90_ms, self.p99_ms, self.mean_ms, self.min_ms, self.max_ms, self.runs, self.warmup
         );
         s += &format!("throughput {:.2} items/s\n", self.throughput_per_s);
-        if self.item_steps > 0 {
+        if self.item_steps >= self.plan.nodes && self.item_steps > 0 {
+            s += "batch run item by item (each thread its own items)\n";
+        } else if self.item_steps > 0 {
             s += &format!(
                 "batch run item by item for the first {} of {} steps (each thread its own items), the rest on the whole batch\n",
                 self.item_steps, self.plan.nodes

@@ -15,22 +15,23 @@
 //! first 17 of 24 steps by items): 0.79-0.89x the whole batch's time at
 //! 1 thread, 0.80-0.95x at 2.
 //!
-//! [`one_item_graph`] decides whether a specialized graph is separable this
-//! way, rule by rule per op (the leading axis must never be mixed: no
-//! reduction, softmax, concatenation or transposition over it, no weight
-//! with one entry per item, no dynamic quantization whose scale the whole
-//! batch shares), and makes the graph of one item, its shapes re-inferred
-//! and checked against the batch's. [`Items`] runs it: on one thread the
-//! items in turn, on more each thread its own one-item plan, items handed
-//! out as threads free up, and a last few items that cannot fill every
-//! thread on a plan that shares each of them over all threads. Each item's
-//! result is the one-item plan's, so a batch gives what its items give one
-//! at a time.
+//! [`BatchSplit::of`] decides how far from the start a specialized graph
+//! keeps its items apart, rule by rule per op (the leading axis must never
+//! be mixed: no reduction, softmax, concatenation or transposition over
+//! it, no weight with one entry per item; mlc's dynamic int8 scales are one
+//! per item already), picks the cut, and makes the graph of one item for
+//! the steps before it (its shapes re-inferred and checked against the
+//! batch's) and the graph of the rest. [`Items`] runs them: on one thread
+//! the items in turn, on more each thread its own one-item plan, items
+//! handed out as threads free up, and a last few items that cannot fill
+//! every thread on a plan that shares each of them over all threads; then
+//! the rest on the whole batch. Each item's result is the one-item plan's,
+//! so a batch gives what its items give one at a time.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::ir::{ActQuant, Dim, Graph, NodeId, Op, Tensor, ValueDef, ValueId};
+use crate::ir::{Dim, Graph, NodeId, Op, Tensor, ValueDef, ValueId};
 use crate::kernels::cpu::CpuCtx;
 use crate::{Error, Result};
 
@@ -464,9 +465,9 @@ impl NodeRule<'_> {
             Op::BatchNormalization {
                 training_momentum, ..
             } => training_momentum.is_none() && self.per_item_input(),
-            Op::QConv { x_quant, .. } => {
-                !matches!(x_quant, ActQuant::Dynamic) && self.per_item_input()
-            }
+            // A dynamic activation scale is one per item (the leading axis,
+            // `quant_items`), so an item is quantized alike alone.
+            Op::QConv { .. } => self.per_item_input(),
             Op::LayerNormalization { axis, .. } => self.axis(*axis)? != 0 && self.per_item_input(),
             Op::Softmax { axis, .. } | Op::LogSoftmax { axis, .. } | Op::Hardmax { axis } => {
                 self.axis(*axis)? != 0
@@ -478,9 +479,7 @@ impl NodeRule<'_> {
             Op::Transpose { perm } => perm.first() == Some(&0),
             Op::MatMul | Op::FusedMatMul { .. } => self.matmul(),
             Op::Gemm { trans_a, .. } => !trans_a && self.only_first_carries(),
-            Op::QMatMul { a_quant, .. } => {
-                !matches!(a_quant, ActQuant::Dynamic) && self.per_item_input() && rank >= 2
-            }
+            Op::QMatMul { .. } => self.per_item_input() && rank >= 2 && self.in_rank(0)? >= 2,
             Op::Gather { axis } => match (self.ins[0], self.ins[1]) {
                 (Some(Carry::Items), Some(Carry::Shared)) => self.axis(*axis)? != 0,
                 (Some(Carry::Shared), Some(Carry::Items)) => self.axis(*axis)? == 0,
@@ -934,7 +933,9 @@ fn append_item(acc: Tensor, item: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{ConvAttrs, DType, Node, PoolAttrs, Shape, TensorData, TensorType, UnaryOp};
+    use crate::ir::{
+        ActQuant, ConvAttrs, DType, Node, PoolAttrs, Shape, TensorData, TensorType, UnaryOp,
+    };
     use crate::rng::SplitMix64 as Rng;
 
     const BATCH: usize = 5;
@@ -1132,15 +1133,23 @@ mod tests {
     }
 
     #[test]
-    fn dynamic_quantization_shares_its_scale_over_the_items() {
+    fn dynamic_quantization_is_per_item_so_it_splits() {
         let mut g = model(false);
-        let first = g.topo_order().unwrap()[0];
-        if let Some(Op::QConv { x_quant, .. }) = g.node_mut(first).map(|n| &mut n.op) {
-            *x_quant = ActQuant::Dynamic;
+        for n in g.topo_order().unwrap() {
+            if let Some(Op::QConv { x_quant, .. }) = g.node_mut(n).map(|n| &mut n.op) {
+                *x_quant = ActQuant::Dynamic;
+            }
         }
         let sep = Separable::of(&g).unwrap();
-        assert_eq!(sep.separable, 0);
-        assert!(sep.best_cut(&g, &Caches::host(1)).is_none());
+        assert_eq!(sep.separable, sep.order.len());
+        let x = random(&mut Rng::new(4), &[BATCH, 4, 12, 12]);
+        let (packs, choices) = (PackCache::default(), Choices::new());
+        let mut whole = Plan::with_choices(g.clone(), ctx(1), &packs, &choices).unwrap();
+        let want = whole.run(std::slice::from_ref(&x)).unwrap();
+        let split = BatchSplit::at(&g, &sep, 3).unwrap();
+        let mut items = Items::new(split, &ctx(2), &packs, &choices).unwrap();
+        let got = items.run(std::slice::from_ref(&x)).unwrap();
+        assert_eq!(got[1], want[1], "each item's own scale, bit for bit");
     }
 
     #[test]
