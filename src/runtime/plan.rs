@@ -315,9 +315,12 @@ impl Plan {
     }
 
     /// [`Plan::with_choices`], running a batch item by item when the graph
-    /// computes its items independently ([`super::items`]): every item is
-    /// then computed exactly as a one-item plan computes it. A plan of one
-    /// item, or of a graph that mixes its items, is [`Plan::with_choices`]'s.
+    /// computes its items independently (`src/runtime/items.rs`): the first
+    /// steps, up to where this machine's caches make it pay, then run one
+    /// item at a time, each thread its own items, and the rest on the whole
+    /// batch; every item is computed exactly as a one-item plan computes
+    /// it. A plan of one item, or where a split does not pay, is
+    /// [`Plan::with_choices`]'s.
     pub fn by_items(g: Graph, cx: CpuCtx, packs: &PackCache, choices: &Choices) -> Result<Plan> {
         let split = items::BatchSplit::of(&g, &items::Caches::host(cx.threads));
         let Some(split) = split else {
