@@ -31,6 +31,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::ir::ops::Family;
 use crate::ir::{Dim, Graph, NodeId, Op, Tensor, ValueDef, ValueId};
 use crate::kernels::cpu::CpuCtx;
 use crate::{Error, Result};
@@ -433,18 +434,9 @@ impl NodeRule<'_> {
     fn carries(&self, item_shapes: &mut Vec<(NodeId, usize)>) -> Option<()> {
         let rank = self.out_rank()?;
         let ok = match &self.node.op {
-            Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Variadic(_)
-            | Op::Clip
-            | Op::Where
-            | Op::Cast { .. }
-            | Op::Identity
-            | Op::Dropout
-            | Op::IsNaN
-            | Op::IsInf { .. }
-            | Op::Shrink { .. }
-            | Op::Elementwise { .. } => self.broadcasts(),
+            // Elementwise, with broadcasting.
+            op if op.family() == Family::Math => self.broadcasts(),
+            Op::Identity | Op::Dropout | Op::Elementwise { .. } => self.broadcasts(),
             Op::QuantizeLinear {
                 axis, block_size, ..
             }
