@@ -70,7 +70,7 @@ pub struct BenchReport {
     pub tuned_nodes: usize,
     /// Steps that ran item by item (the first ones in schedule order),
     /// the rest on the whole batch; 0 when the whole batch ran together
-    /// (see [`crate::runtime::Plan::by_items`]).
+    /// (`src/runtime/items.rs`).
     pub item_steps: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<crate::runtime::Profile>,

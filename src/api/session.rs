@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::inputs::Binding;
 use crate::ir::{Graph, Tensor};
 use crate::kernels::cpu::CpuCtx;
-use crate::runtime::{Choices, PackCache, Plan};
+use crate::runtime::{Caches, Choices, PackCache, Plan};
 use crate::transform::specialize::specialize;
 use crate::tune::database_choices;
 use crate::tune::db::Db;
@@ -23,7 +23,7 @@ pub struct SessionOptions {
     pub untuned: bool,
     /// Run a batch as one, even where the model computes each item on
     /// its own (by default such a batch runs item by item:
-    /// [`Plan::by_items`]).
+    /// `src/runtime/items.rs`).
     pub whole_batch: bool,
 }
 
@@ -135,13 +135,38 @@ impl Session {
             let choices = self.choices_for(&spec);
             let plan = match self.whole_batch {
                 true => Plan::with_choices(spec, self.cx.clone(), &self.packs, &choices)?,
-                false => Plan::by_items(spec, self.cx.clone(), &self.packs, &choices)?,
+                false => {
+                    let caches = host_caches(self.cx.threads);
+                    Plan::by_items(spec, self.cx.clone(), &self.packs, &choices, &caches)?
+                }
             };
             self.plans.insert(shapes.clone(), plan);
         }
         self.plans
             .get_mut(&shapes)
             .ok_or_else(|| Error::Internal("a plan just built is missing".into()))
+    }
+}
+
+/// This machine's caches as a batch split judges them ([`Caches`]), for
+/// `threads` threads: half the last level is counted on (it is shared
+/// with the other cores, and on a virtual machine with other tenants).
+/// 1 MiB of level 2 where the sizes are unknown.
+fn host_caches(threads: usize) -> Caches {
+    static SIZES: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let (l2, l3) = *SIZES.get_or_init(|| {
+        let info = crate::probe::cache_info();
+        let size = |level: u32| {
+            info.iter()
+                .find(|c| c.level == level && c.kind != crate::probe::CacheKind::Instruction)
+                .map_or(0, |c| usize::try_from(c.bytes).unwrap_or(usize::MAX))
+        };
+        (size(2), size(3))
+    });
+    Caches {
+        l2: if l2 == 0 { 1 << 20 } else { l2 },
+        l3: l3 / 2,
+        threads: threads.max(1),
     }
 }
 

@@ -10,9 +10,11 @@
 //! whole model always runs. The outputs are copied out of the arena at the
 //! end.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
-use super::plan::{Exec, Loc, Plan, Step, ValueInfo};
+use super::items::Source;
+use super::plan::{Exec, Items, Loc, Plan, Step, ValueInfo};
 use super::quant::{QDst, QIn};
 use crate::ir::ops as reference;
 use crate::ir::{DType, Tensor, ValueId};
@@ -515,4 +517,114 @@ fn run_reference(step: &Step, env: &mut Env) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Items {
+    /// Runs the batch `inputs`: the prefix item by item, its outputs
+    /// joined along the leading axis, then the rest.
+    pub(crate) fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let prefix = self.run_prefix(inputs)?;
+        let rest = match self.suffix.as_mut() {
+            None => Vec::new(),
+            Some((plan, sources)) => {
+                let feed: Vec<Tensor> = sources
+                    .iter()
+                    .map(|s| pick(*s, inputs, &prefix, &[]))
+                    .collect::<Result<_>>()?;
+                plan.run(&feed)?
+            }
+        };
+        self.outputs
+            .iter()
+            .map(|s| pick(*s, inputs, &prefix, &rest))
+            .collect()
+    }
+
+    /// The prefix's outputs over the batch.
+    fn run_prefix(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let per_lanes = self.batch - self.batch % self.lanes.len();
+        let results: Vec<Mutex<Option<Result<Vec<Tensor>>>>> =
+            (0..self.batch).map(|_| Mutex::new(None)).collect();
+        let run_item = |plan: &mut Plan, i: usize| -> Result<Vec<Tensor>> {
+            let item: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| item_of(t, i, self.batch))
+                .collect::<Result<_>>()?;
+            plan.run(&item)
+        };
+        let store = |i: usize, r: Result<Vec<Tensor>>| {
+            *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        };
+        if self.lanes.len() == 1 {
+            let plan = self.lanes[0].get_mut().unwrap_or_else(|p| p.into_inner());
+            for i in 0..per_lanes {
+                store(i, run_item(plan, i));
+            }
+        } else {
+            let lanes = &self.lanes;
+            self.cx.for_each(per_lanes, |i| {
+                // At most as many items run at once as there are threads,
+                // and as many lanes: one is always free.
+                let lane = lanes.iter().find_map(|l| l.try_lock().ok());
+                let r = match lane {
+                    Some(mut plan) => run_item(&mut plan, i),
+                    None => Err(Error::Internal("no free one-item plan".into())),
+                };
+                store(i, r);
+            });
+        }
+        if let Some(tail) = self.tail.as_mut() {
+            for i in per_lanes..self.batch {
+                store(i, run_item(tail, i));
+            }
+        }
+        let mut joined: Option<Vec<Tensor>> = None;
+        for slot in results {
+            let outs = slot
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .ok_or_else(|| Error::Internal("an item was not run".into()))??;
+            joined = Some(match joined {
+                None => outs,
+                Some(acc) => acc
+                    .into_iter()
+                    .zip(outs)
+                    .map(|(a, b)| append_item(a, &b))
+                    .collect::<Result<_>>()?,
+            });
+        }
+        joined.ok_or_else(|| Error::Internal("an empty batch".into()))
+    }
+}
+
+/// The value `s` names among the caller's inputs and the two parts'
+/// outputs.
+fn pick(s: Source, inputs: &[Tensor], prefix: &[Tensor], rest: &[Tensor]) -> Result<Tensor> {
+    let t = match s {
+        Source::Caller(i) => inputs.get(i),
+        Source::Prefix(i) => prefix.get(i),
+        Source::Suffix(i) => rest.get(i),
+    };
+    t.cloned()
+        .ok_or_else(|| Error::Internal(format!("a split batch run lacks {s:?}")))
+}
+
+/// Item `i` of the `batch` items along `t`'s leading axis.
+fn item_of(t: &Tensor, i: usize, batch: usize) -> Result<Tensor> {
+    let per = t.numel() / batch;
+    let mut shape = t.shape().to_vec();
+    shape[0] = 1;
+    Tensor::new(shape, t.data().range(i * per..(i + 1) * per))
+        .map_err(|e| Error::Internal(format!("one item of a batch: {e}")))
+}
+
+/// `acc` with `item` appended along the leading axis.
+fn append_item(acc: Tensor, item: &Tensor) -> Result<Tensor> {
+    let mut shape = acc.shape().to_vec();
+    shape[0] += item.shape()[0];
+    let mut data = acc.into_data();
+    if !data.extend_from(item.data()) {
+        return Err(Error::Internal("items' outputs of different types".into()));
+    }
+    Tensor::new(shape, data).map_err(|e| Error::Internal(format!("joining items: {e}")))
 }

@@ -28,17 +28,8 @@
 //! the rest on the whole batch. Each item's result is the one-item plan's,
 //! so a batch gives what its items give one at a time.
 
-use std::sync::Mutex;
-use std::time::Duration;
-
 use crate::ir::ops::Family;
 use crate::ir::{Dim, Graph, NodeId, Op, Tensor, ValueDef, ValueId};
-use crate::kernels::cpu::CpuCtx;
-use crate::{Error, Result};
-
-use super::plan::{Choices, Plan, PlanStats, StepInfo};
-use super::profile::{Profile, Profiler};
-use super::PackCache;
 
 /// Whether a value carries the batch on its leading axis, or does not
 /// depend on the items at all.
@@ -51,20 +42,20 @@ enum Carry {
 /// How a batch splits: the graph of one item for the first `cut` steps
 /// (in topological order), the rest on the whole batch.
 pub(crate) struct BatchSplit {
-    batch: usize,
+    pub(crate) batch: usize,
     /// The first steps for one item; its outputs are the values the rest
     /// reads (or the graph's outputs it makes), all carrying the items.
-    prefix: Graph,
+    pub(crate) prefix: Graph,
     /// The rest, on the whole batch, and where each of its inputs comes
     /// from; None when the prefix is the whole graph.
-    suffix: Option<(Graph, Vec<Source>)>,
+    pub(crate) suffix: Option<(Graph, Vec<Source>)>,
     /// Where each of the graph's outputs comes from.
-    outputs: Vec<Source>,
+    pub(crate) outputs: Vec<Source>,
 }
 
 /// Where a value of a split run comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     /// The caller's input at this position.
     Caller(usize),
     /// The prefix's output at this position (joined over the items).
@@ -262,28 +253,6 @@ pub(crate) struct Caches {
 }
 
 impl Caches {
-    /// This machine's, for `threads` threads: half the last level is
-    /// counted on (it is shared with the other cores, and on a virtual
-    /// machine with other tenants). 1 MiB of level 2 where the sizes are
-    /// unknown.
-    pub(crate) fn host(threads: usize) -> Caches {
-        static SIZES: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
-        let (l2, l3) = *SIZES.get_or_init(|| {
-            let info = crate::probe::cache_info();
-            let size = |level: u32| {
-                info.iter()
-                    .find(|c| c.level == level && c.kind != crate::probe::CacheKind::Instruction)
-                    .map_or(0, |c| usize::try_from(c.bytes).unwrap_or(usize::MAX))
-            };
-            (size(2), size(3))
-        });
-        Caches {
-            l2: if l2 == 0 { 1 << 20 } else { l2 },
-            l3: l3 / 2,
-            threads: threads.max(1),
-        }
-    }
-
     /// What reading a byte costs from where `bytes` of data settle when
     /// `cores` caches share them: nothing from level 2, 1 from the last
     /// level, 3 from memory (about their bandwidths' ratio).
@@ -348,7 +317,6 @@ impl BatchSplit {
                 rest.inputs = reads.clone();
                 rest.outputs
                     .retain(|v| caller(*v).is_none() && from_prefix(*v).is_none());
-                crate::transform::dce::remove_dead(&mut rest).ok()?;
                 let sources = reads
                     .iter()
                     .map(|&v| caller(v).or_else(|| from_prefix(v)))
@@ -399,7 +367,6 @@ fn one_item_prefix(g: &Graph, sep: &Separable, cut: usize, crossing: &[ValueId])
     for &i in &g.inputs {
         one.value_mut(i).ty.shape.0[0] = Dim::Known(1);
     }
-    crate::transform::dce::remove_dead(&mut one).ok()?;
     crate::ir::infer::infer_graph(&mut one).ok()?;
     let live = sep.order[..cut]
         .iter()
@@ -628,307 +595,16 @@ impl NodeRule<'_> {
     }
 }
 
-/// A batch run as one-item runs, then the rest on the whole batch (see
-/// the module docs).
-pub(crate) struct Items {
-    batch: usize,
-    /// One-item plans of the prefix, one per thread, each running on its
-    /// own thread (one plan on the pool's threads when there is only one
-    /// thread).
-    lanes: Vec<Mutex<Plan>>,
-    /// The one-item plan on all threads, for the items past the last
-    /// multiple of the thread count.
-    tail: Option<Plan>,
-    /// The rest of the graph on the whole batch, and its inputs' sources.
-    suffix: Option<(Plan, Vec<Source>)>,
-    outputs: Vec<Source>,
-    cx: CpuCtx,
-}
-
-impl Items {
-    /// Plans `split` for `cx`'s threads.
-    pub(crate) fn new(
-        split: BatchSplit,
-        cx: &CpuCtx,
-        packs: &PackCache,
-        choices: &Choices,
-    ) -> Result<Items> {
-        let BatchSplit {
-            batch,
-            prefix,
-            suffix,
-            outputs,
-        } = split;
-        let threads = cx.threads.min(batch);
-        let lane_cx = match threads {
-            1 => cx.clone(),
-            _ => CpuCtx {
-                threads: 1,
-                pool: None,
-                ..cx.clone()
-            },
-        };
-        let mut lanes = Vec::with_capacity(threads);
-        for _ in 0..threads {
-            let plan = Plan::with_choices(prefix.clone(), lane_cx.clone(), packs, choices)?;
-            lanes.push(Mutex::new(plan));
-        }
-        let tail = match batch % threads {
-            0 => None,
-            _ => Some(Plan::with_choices(prefix, cx.clone(), packs, choices)?),
-        };
-        let suffix = match suffix {
-            Some((g, sources)) => {
-                Some((Plan::with_choices(g, cx.clone(), packs, choices)?, sources))
-            }
-            None => None,
-        };
-        Ok(Items {
-            batch,
-            lanes,
-            tail,
-            suffix,
-            outputs,
-            cx: cx.clone(),
-        })
-    }
-
-    /// The first one-item plan (every one has the same steps).
-    fn first(&self) -> std::sync::MutexGuard<'_, Plan> {
-        self.lanes[0].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The plans' memory statistics: the arenas of all of them, the steps
-    /// of the one-item plan and the rest.
-    pub(crate) fn stats(&self) -> PlanStats {
-        let mut stats = self.first().stats().clone();
-        let plans = self.lanes.len() + usize::from(self.tail.is_some());
-        stats.arena_bytes *= plans;
-        stats.unshared_bytes *= plans;
-        if let Some((rest, _)) = &self.suffix {
-            let r = rest.stats();
-            stats.nodes += r.nodes;
-            stats.arena_values += r.arena_values;
-            stats.arena_bytes += r.arena_bytes;
-            stats.unshared_bytes += r.unshared_bytes;
-            stats.live_peak_bytes = stats.live_peak_bytes.max(r.live_peak_bytes);
-            stats.fast_nodes += r.fast_nodes;
-            stats.reference_nodes += r.reference_nodes;
-            stats.copy_nodes += r.copy_nodes;
-            stats.aliased_nodes += r.aliased_nodes;
-            stats.in_place_nodes += r.in_place_nodes;
-        }
-        stats.reuse_ratio = match stats.arena_bytes {
-            0 => 1.0,
-            a => stats.unshared_bytes as f64 / a as f64,
-        };
-        stats
-    }
-
-    /// Items of the batch, and steps run item by item: what
-    /// [`Plan::items`] reports.
-    pub(crate) fn shape(&self) -> (usize, usize) {
-        (self.batch, self.first().steps.len())
-    }
-
-    pub(crate) fn steps(&self) -> Vec<StepInfo> {
-        let mut steps = self.first().steps();
-        if let Some((rest, _)) = &self.suffix {
-            steps.extend(rest.steps());
-        }
-        steps
-    }
-
-    /// Profiling merged: each one-item step's time summed over the
-    /// plans, then the rest's steps; per run of the batch (`runs`).
-    fn merged(&self, runs: u64) -> Option<Profiler> {
-        let mut sum: Option<Profiler> = None;
-        let mut add = |p: &Plan| {
-            let Some(q) = p.profiler.as_ref() else { return };
-            let s = sum.get_or_insert_with(|| Profiler::new(q.time.len()));
-            for (a, b) in s.time.iter_mut().zip(&q.time) {
-                *a += *b;
-            }
-            for (a, b) in s.reference_runs.iter_mut().zip(&q.reference_runs) {
-                *a += *b;
-            }
-        };
-        for lane in &self.lanes {
-            add(&lane.lock().unwrap_or_else(|p| p.into_inner()));
-        }
-        if let Some(t) = &self.tail {
-            add(t);
-        }
-        let mut sum = sum?;
-        if let Some(q) = self.suffix.as_ref().and_then(|(r, _)| r.profiler.as_ref()) {
-            sum.time.extend(&q.time);
-            sum.reference_runs.extend(&q.reference_runs);
-        }
-        sum.runs = runs;
-        Some(sum)
-    }
-
-    /// Names, op types and flops (over the batch) of [`Items::steps`].
-    fn step_table(&self) -> Vec<(String, &'static str, Option<u64>)> {
-        let first = self.first();
-        let items = first.steps.iter().map(|s| {
-            let flops = s.flops.map(|f| f * self.batch as u64);
-            (s.name.clone(), s.op_type, flops)
-        });
-        let rest = self
-            .suffix
-            .iter()
-            .flat_map(|(r, _)| r.steps.iter().map(|s| (s.name.clone(), s.op_type, s.flops)));
-        items.chain(rest).collect()
-    }
-
-    /// Timings per batch run, summed over the items.
-    pub(crate) fn profile(&self, runs: u64) -> Option<Profile> {
-        let p = self.merged(runs)?;
-        let table = self.step_table();
-        let names: Vec<&str> = table.iter().map(|s| s.0.as_str()).collect();
-        let ops: Vec<&'static str> = table.iter().map(|s| s.1).collect();
-        let flops: Vec<Option<u64>> = table.iter().map(|s| s.2).collect();
-        Some(Profile::build(&p, &names, &ops, &flops))
-    }
-
-    /// Each step's name and time so far, summed over the items.
-    pub(crate) fn step_times(&self) -> Option<Vec<(String, Duration)>> {
-        let p = self.merged(0)?;
-        Some(
-            self.step_table()
-                .into_iter()
-                .map(|s| s.0)
-                .zip(p.time)
-                .collect(),
-        )
-    }
-
-    /// Every plan.
-    pub(crate) fn plans(&mut self) -> impl Iterator<Item = &mut Plan> {
-        self.lanes
-            .iter_mut()
-            .map(|m| m.get_mut().unwrap_or_else(|p| p.into_inner()))
-            .chain(self.tail.as_mut())
-            .chain(self.suffix.as_mut().map(|s| &mut s.0))
-    }
-
-    /// Runs the batch `inputs`: the prefix item by item, its outputs
-    /// joined along the leading axis, then the rest.
-    pub(crate) fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let prefix = self.run_prefix(inputs)?;
-        let rest = match self.suffix.as_mut() {
-            None => Vec::new(),
-            Some((plan, sources)) => {
-                let feed: Vec<Tensor> = sources
-                    .iter()
-                    .map(|s| pick(*s, inputs, &prefix, &[]))
-                    .collect::<Result<_>>()?;
-                plan.run(&feed)?
-            }
-        };
-        self.outputs
-            .iter()
-            .map(|s| pick(*s, inputs, &prefix, &rest))
-            .collect()
-    }
-
-    /// The prefix's outputs over the batch.
-    fn run_prefix(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let per_lanes = self.batch - self.batch % self.lanes.len();
-        let results: Vec<Mutex<Option<Result<Vec<Tensor>>>>> =
-            (0..self.batch).map(|_| Mutex::new(None)).collect();
-        let run_item = |plan: &mut Plan, i: usize| -> Result<Vec<Tensor>> {
-            let item: Vec<Tensor> = inputs
-                .iter()
-                .map(|t| item_of(t, i, self.batch))
-                .collect::<Result<_>>()?;
-            plan.run(&item)
-        };
-        let store = |i: usize, r: Result<Vec<Tensor>>| {
-            *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-        };
-        if self.lanes.len() == 1 {
-            let plan = self.lanes[0].get_mut().unwrap_or_else(|p| p.into_inner());
-            for i in 0..per_lanes {
-                store(i, run_item(plan, i));
-            }
-        } else {
-            let lanes = &self.lanes;
-            self.cx.for_each(per_lanes, |i| {
-                // At most as many items run at once as there are threads,
-                // and as many lanes: one is always free.
-                let lane = lanes.iter().find_map(|l| l.try_lock().ok());
-                let r = match lane {
-                    Some(mut plan) => run_item(&mut plan, i),
-                    None => Err(Error::Internal("no free one-item plan".into())),
-                };
-                store(i, r);
-            });
-        }
-        if let Some(tail) = self.tail.as_mut() {
-            for i in per_lanes..self.batch {
-                store(i, run_item(tail, i));
-            }
-        }
-        let mut joined: Option<Vec<Tensor>> = None;
-        for slot in results {
-            let outs = slot
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .ok_or_else(|| Error::Internal("an item was not run".into()))??;
-            joined = Some(match joined {
-                None => outs,
-                Some(acc) => acc
-                    .into_iter()
-                    .zip(outs)
-                    .map(|(a, b)| append_item(a, &b))
-                    .collect::<Result<_>>()?,
-            });
-        }
-        joined.ok_or_else(|| Error::Internal("an empty batch".into()))
-    }
-}
-
-/// The value `s` names among the caller's inputs and the two parts'
-/// outputs.
-fn pick(s: Source, inputs: &[Tensor], prefix: &[Tensor], rest: &[Tensor]) -> Result<Tensor> {
-    let t = match s {
-        Source::Caller(i) => inputs.get(i),
-        Source::Prefix(i) => prefix.get(i),
-        Source::Suffix(i) => rest.get(i),
-    };
-    t.cloned()
-        .ok_or_else(|| Error::Internal(format!("a split batch run lacks {s:?}")))
-}
-
-/// Item `i` of the `batch` items along `t`'s leading axis.
-fn item_of(t: &Tensor, i: usize, batch: usize) -> Result<Tensor> {
-    let per = t.numel() / batch;
-    let mut shape = t.shape().to_vec();
-    shape[0] = 1;
-    Tensor::new(shape, t.data().range(i * per..(i + 1) * per))
-        .map_err(|e| Error::Internal(format!("one item of a batch: {e}")))
-}
-
-/// `acc` with `item` appended along the leading axis.
-fn append_item(acc: Tensor, item: &Tensor) -> Result<Tensor> {
-    let mut shape = acc.shape().to_vec();
-    shape[0] += item.shape()[0];
-    let mut data = acc.into_data();
-    if !data.extend_from(item.data()) {
-        return Err(Error::Internal("items' outputs of different types".into()));
-    }
-    Tensor::new(shape, data).map_err(|e| Error::Internal(format!("joining items: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ir::{
         ActQuant, ConvAttrs, DType, Node, PoolAttrs, Shape, TensorData, TensorType, UnaryOp,
     };
+    use crate::kernels::cpu::CpuCtx;
     use crate::rng::SplitMix64 as Rng;
+    use crate::runtime::plan::{Choices, Items, Plan};
+    use crate::runtime::PackCache;
 
     const BATCH: usize = 5;
 

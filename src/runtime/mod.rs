@@ -24,6 +24,7 @@ pub mod profile;
 mod quant;
 
 pub use check::{compare, OutputCheck};
+pub(crate) use items::Caches;
 pub use packs::PackCache;
 pub use plan::{build_counters, BuildCounters, Choices, ExecKind, Plan, PlanStats, StepInfo};
 pub use profile::{NodeProfile, OpProfile, Profile};

@@ -22,15 +22,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::arena::{self, Interval};
 use super::inplace::{self, ChainKernel};
-use super::items::{self, Items};
+use super::items::{BatchSplit, Caches, Source};
 use super::packs::{PackCache, PackKey};
-use super::profile::{self, Profiler};
+use super::profile::{self, Profile, Profiler};
 use super::quant::QuantStep;
 use crate::ir::{DType, Graph, Op, Tensor, ValueId};
 use crate::kernels::cpu::choice::{Choice, ConvAlgo, Isa, Split, KC_CHOICES};
@@ -321,8 +322,14 @@ impl Plan {
     /// batch; every item is computed exactly as a one-item plan computes
     /// it. A plan of one item, or where a split does not pay, is
     /// [`Plan::with_choices`]'s.
-    pub fn by_items(g: Graph, cx: CpuCtx, packs: &PackCache, choices: &Choices) -> Result<Plan> {
-        let split = items::BatchSplit::of(&g, &items::Caches::host(cx.threads));
+    pub(crate) fn by_items(
+        g: Graph,
+        cx: CpuCtx,
+        packs: &PackCache,
+        choices: &Choices,
+        caches: &Caches,
+    ) -> Result<Plan> {
+        let split = BatchSplit::of(&g, caches);
         let Some(split) = split else {
             return Plan::with_choices(g, cx, packs, choices);
         };
@@ -915,7 +922,7 @@ impl Plan {
         &self.stats
     }
 
-    /// For a plan that runs a batch item by item ([`Plan::by_items`]): the
+    /// For a plan that runs a batch item by item (`src/runtime/items.rs`): the
     /// items, and the steps (in schedule order from the first) that run
     /// on one item at a time; the rest run on the whole batch.
     pub fn items(&self) -> Option<(usize, usize)> {
@@ -1189,5 +1196,191 @@ fn u8_edges(steps: &mut [Step], graph_outputs: &HashSet<ValueId>) {
                 io.in_u8 = true;
             }
         }
+    }
+}
+
+/// A batch run as one-item runs, then the rest on the whole batch (see
+/// the module docs).
+pub(crate) struct Items {
+    pub(crate) batch: usize,
+    /// One-item plans of the prefix, one per thread, each running on its
+    /// own thread (one plan on the pool's threads when there is only one
+    /// thread).
+    pub(crate) lanes: Vec<Mutex<Plan>>,
+    /// The one-item plan on all threads, for the items past the last
+    /// multiple of the thread count.
+    pub(crate) tail: Option<Plan>,
+    /// The rest of the graph on the whole batch, and its inputs' sources.
+    pub(crate) suffix: Option<(Plan, Vec<Source>)>,
+    pub(crate) outputs: Vec<Source>,
+    pub(crate) cx: CpuCtx,
+}
+
+impl Items {
+    /// Plans `split` for `cx`'s threads.
+    pub(crate) fn new(
+        split: BatchSplit,
+        cx: &CpuCtx,
+        packs: &PackCache,
+        choices: &Choices,
+    ) -> Result<Items> {
+        let BatchSplit {
+            batch,
+            prefix,
+            suffix,
+            outputs,
+        } = split;
+        let threads = cx.threads.min(batch);
+        let lane_cx = match threads {
+            1 => cx.clone(),
+            _ => CpuCtx {
+                threads: 1,
+                pool: None,
+                ..cx.clone()
+            },
+        };
+        let mut lanes = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let plan = Plan::with_choices(prefix.clone(), lane_cx.clone(), packs, choices)?;
+            lanes.push(Mutex::new(plan));
+        }
+        let tail = match batch % threads {
+            0 => None,
+            _ => Some(Plan::with_choices(prefix, cx.clone(), packs, choices)?),
+        };
+        let suffix = match suffix {
+            Some((g, sources)) => {
+                Some((Plan::with_choices(g, cx.clone(), packs, choices)?, sources))
+            }
+            None => None,
+        };
+        Ok(Items {
+            batch,
+            lanes,
+            tail,
+            suffix,
+            outputs,
+            cx: cx.clone(),
+        })
+    }
+
+    /// The first one-item plan (every one has the same steps).
+    fn first(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.lanes[0].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The plans' memory statistics: the arenas of all of them, the steps
+    /// of the one-item plan and the rest.
+    pub(crate) fn stats(&self) -> PlanStats {
+        let mut stats = self.first().stats().clone();
+        let plans = self.lanes.len() + usize::from(self.tail.is_some());
+        stats.arena_bytes *= plans;
+        stats.unshared_bytes *= plans;
+        if let Some((rest, _)) = &self.suffix {
+            let r = rest.stats();
+            stats.nodes += r.nodes;
+            stats.arena_values += r.arena_values;
+            stats.arena_bytes += r.arena_bytes;
+            stats.unshared_bytes += r.unshared_bytes;
+            stats.live_peak_bytes = stats.live_peak_bytes.max(r.live_peak_bytes);
+            stats.fast_nodes += r.fast_nodes;
+            stats.reference_nodes += r.reference_nodes;
+            stats.copy_nodes += r.copy_nodes;
+            stats.aliased_nodes += r.aliased_nodes;
+            stats.in_place_nodes += r.in_place_nodes;
+        }
+        stats.reuse_ratio = match stats.arena_bytes {
+            0 => 1.0,
+            a => stats.unshared_bytes as f64 / a as f64,
+        };
+        stats
+    }
+
+    /// Items of the batch, and steps run item by item: what
+    /// [`Plan::items`] reports.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.batch, self.first().steps.len())
+    }
+
+    pub(crate) fn steps(&self) -> Vec<StepInfo> {
+        let mut steps = self.first().steps();
+        if let Some((rest, _)) = &self.suffix {
+            steps.extend(rest.steps());
+        }
+        steps
+    }
+
+    /// Profiling merged: each one-item step's time summed over the
+    /// plans, then the rest's steps; per run of the batch (`runs`).
+    fn merged(&self, runs: u64) -> Option<Profiler> {
+        let mut sum: Option<Profiler> = None;
+        let mut add = |p: &Plan| {
+            let Some(q) = p.profiler.as_ref() else { return };
+            let s = sum.get_or_insert_with(|| Profiler::new(q.time.len()));
+            for (a, b) in s.time.iter_mut().zip(&q.time) {
+                *a += *b;
+            }
+            for (a, b) in s.reference_runs.iter_mut().zip(&q.reference_runs) {
+                *a += *b;
+            }
+        };
+        for lane in &self.lanes {
+            add(&lane.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        if let Some(t) = &self.tail {
+            add(t);
+        }
+        let mut sum = sum?;
+        if let Some(q) = self.suffix.as_ref().and_then(|(r, _)| r.profiler.as_ref()) {
+            sum.time.extend(&q.time);
+            sum.reference_runs.extend(&q.reference_runs);
+        }
+        sum.runs = runs;
+        Some(sum)
+    }
+
+    /// Names, op types and flops (over the batch) of [`Items::steps`].
+    fn step_table(&self) -> Vec<(String, &'static str, Option<u64>)> {
+        let first = self.first();
+        let items = first.steps.iter().map(|s| {
+            let flops = s.flops.map(|f| f * self.batch as u64);
+            (s.name.clone(), s.op_type, flops)
+        });
+        let rest = self
+            .suffix
+            .iter()
+            .flat_map(|(r, _)| r.steps.iter().map(|s| (s.name.clone(), s.op_type, s.flops)));
+        items.chain(rest).collect()
+    }
+
+    /// Timings per batch run, summed over the items.
+    pub(crate) fn profile(&self, runs: u64) -> Option<Profile> {
+        let p = self.merged(runs)?;
+        let table = self.step_table();
+        let names: Vec<&str> = table.iter().map(|s| s.0.as_str()).collect();
+        let ops: Vec<&'static str> = table.iter().map(|s| s.1).collect();
+        let flops: Vec<Option<u64>> = table.iter().map(|s| s.2).collect();
+        Some(Profile::build(&p, &names, &ops, &flops))
+    }
+
+    /// Each step's name and time so far, summed over the items.
+    pub(crate) fn step_times(&self) -> Option<Vec<(String, Duration)>> {
+        let p = self.merged(0)?;
+        Some(
+            self.step_table()
+                .into_iter()
+                .map(|s| s.0)
+                .zip(p.time)
+                .collect(),
+        )
+    }
+
+    /// Every plan.
+    pub(crate) fn plans(&mut self) -> impl Iterator<Item = &mut Plan> {
+        self.lanes
+            .iter_mut()
+            .map(|m| m.get_mut().unwrap_or_else(|p| p.into_inner()))
+            .chain(self.tail.as_mut())
+            .chain(self.suffix.as_mut().map(|s| &mut s.0))
     }
 }
