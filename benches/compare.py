@@ -12,7 +12,9 @@ alternating rounds (ORT then mlc, then mlc then ORT, ...), each round being
 `--runs` timed runs after `--warmup` untimed ones, so slow drift of the
 machine (other load, frequency, temperature) hits both alike. Each round gives
 a median latency; the table shows, per engine, the median of the round medians
-with their min-max, and the ratio mlc/ORT of the medians. The last lines give
+with their min-max, and the ratio mlc/ORT of the medians, then of the fastest
+rounds (`by min`: on a noisy machine noise only slows a round, so the two
+fastest rounds are the steadier comparison). The last lines give
 the geometric mean of the ratios over the models at batch 1, per thread count
 (the acceptance figure: <= 1.2).
 
@@ -537,13 +539,17 @@ def geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
-def ratio(row, num="mlc", den="ort"):
-    """row[num] / row[den] of the medians (default mlc / ORT); None when
-    either is missing."""
+def ratio(row, num="mlc", den="ort", of="median"):
+    """row[num] / row[den] of the medians (default mlc / ORT; `of="min"`:
+    of the fastest rounds); None when either is missing."""
     d, n = row.get(den), row.get(num)
-    if not d or not n or d["median"] <= 0:
+    if not d or not n or d[of] <= 0:
         return None
-    return n["median"] / d["median"]
+    return n[of] / d[of]
+
+
+def _ratio_cell(q, width):
+    return f"{'-' if q is None else f'{q:.2f}':>{width}}"
 
 
 # The int8 ratios: (label, numerator, denominator).
@@ -571,13 +577,14 @@ def _mib(b):
 def render_table(rows):
     """rows: dicts with model, threads, batch, ort/mlc summaries (or None),
     ort_rss/mlc_rss bytes. Returns the table and geo-mean lines."""
-    head = f"{'model':<14}{'thr':>4}{'batch':>6}  {'ORT ms  median (min-max)':<28}{'mlc ms  median (min-max)':<28}{'mlc/ORT':>8}{'ORT MiB':>9}{'mlc MiB':>9}"
+    head = (f"{'model':<14}{'thr':>4}{'batch':>6}  {'ORT ms  median (min-max)':<28}{'mlc ms  median (min-max)':<28}"
+            f"{'mlc/ORT':>8}{'by min':>7}{'ORT MiB':>9}{'mlc MiB':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        q = ratio(r)
         lines.append(
             f"{r['model']:<14}{r['threads']:>4}{r['batch']:>6}  {_cell(r.get('ort')):<28}{_cell(r.get('mlc')):<28}"
-            f"{'-' if q is None else f'{q:.2f}':>8}{_mib(r.get('ort_rss')):>9}{_mib(r.get('mlc_rss')):>9}"
+            f"{_ratio_cell(ratio(r), 8)}{_ratio_cell(ratio(r, of='min'), 7)}"
+            f"{_mib(r.get('ort_rss')):>9}{_mib(r.get('mlc_rss')):>9}"
         )
     lines.append("")
     for t, (g, n) in geomeans(rows).items():
@@ -598,7 +605,7 @@ def render_int8_table(rows):
     at batch 1 per thread count. Notes say why a cell is empty."""
     head = (f"{'int8':<14}{'thr':>4}{'batch':>6}  {'method':<9}{'ORT int8 ms  median (min-max)':<31}"
             f"{'mlc int8 ms  median (min-max)':<31}{'ORT8/ORT':>9}{'mlc8/mlc':>9}{'mlc8/ORT8':>10}"
-            f"{'ORT8 MiB':>9}{'mlc8 MiB':>9}")
+            f"{'by min':>7}{'ORT8 MiB':>9}{'mlc8 MiB':>9}")
     lines = [head, "-" * len(head)]
     notes = {}
     for r in rows:
@@ -607,7 +614,8 @@ def render_int8_table(rows):
         lines.append(
             f"{r['model']:<14}{r['threads']:>4}{r['batch']:>6}  {i8.get('mode', '-'):<9}"
             f"{_cell(r.get('ort_int8')):<31}{_cell(r.get('mlc_int8')):<31}"
-            + "".join(f"{'-' if x is None else f'{x:.2f}':>{w}}" for x, w in zip(q, (9, 9, 10)))
+            + "".join(_ratio_cell(x, w) for x, w in zip(q, (9, 9, 10)))
+            + _ratio_cell(ratio(r, "mlc_int8", "ort_int8", of="min"), 7)
             + f"{_mib(r.get('ort_int8_rss')):>9}{_mib(r.get('mlc_int8_rss')):>9}"
         )
         if i8.get("mlc_note"):
@@ -962,6 +970,12 @@ def self_test():
         assert all(r["mlc"]["median"] == 2.0 and r["ort"]["median"] > 0 and r["mlc_rss"] == 1 << 20 for r in rows)
         assert all(r["ort_rss"] > 0 for r in rows)
         assert "geo-mean mlc/ORT, batch 1, 2 threads" in buf.getvalue(), buf.getvalue()
+        table = render_table(rows)
+        assert "by min" in table.splitlines()[0], table
+        fast = dict(rows[0], mlc={"median": 2.0, "min": 1.5, "max": 3.0},
+                    ort={"median": 4.0, "min": 1.0, "max": 4.0})
+        assert (ratio(fast), ratio(fast, of="min")) == (0.5, 1.5)
+        assert "0.50   1.50" in render_table([fast]).splitlines()[2], render_table([fast])
         for binary, msg in ((nobench, "no 'bench' subcommand"), (os.path.join(d, "missing"), "not found")):
             ns.mlc = binary
             try:
