@@ -183,10 +183,13 @@ impl Separable {
     /// bytes each step moves ([`Caches::gain`]); None when nowhere.
     fn best_cut(&self, g: &Graph, caches: &Caches) -> Option<usize> {
         let mut best: Option<(usize, f64)> = None;
-        let (mut total, mut weights) = (0.0, 0usize);
-        for (t, &nid) in self.order[..self.separable].iter().enumerate() {
-            let node = g.node(nid)?;
-            let moved = Moved::of(g, node, &self.carry);
+        let (mut total, mut weights, mut all_acts) = (0.0, 0usize, 0usize);
+        for (t, &nid) in self.order.iter().enumerate() {
+            let moved = Moved::of(g, g.node(nid)?, &self.carry);
+            all_acts += moved.acts;
+            if t >= self.separable {
+                continue;
+            }
             weights += moved.weights;
             total += caches.gain(&moved, self.batch, weights);
             let cut = t + 1;
@@ -197,13 +200,7 @@ impl Separable {
         // The byte costs are rough: a gain small against all the
         // activation bytes the graph moves (a transformer's, whose products
         // reuse their blocks from the caches anyway) is not trusted.
-        let all: usize = self
-            .order
-            .iter()
-            .filter_map(|&n| g.node(n))
-            .map(|n| Moved::of(g, n, &self.carry).acts)
-            .sum();
-        best.filter(|b| b.1 >= MIN_GAIN_SHARE * all as f64)
+        best.filter(|b| b.1 >= MIN_GAIN_SHARE * all_acts as f64)
             .map(|b| b.0)
     }
 }
