@@ -59,12 +59,27 @@ impl QGemmWx<'_> {
     /// Rows `rows` (`rows.start` a multiple of the packed panel height) and
     /// columns `j0..j0 + nc` of C, X's panel 0 being columns `j0..j0 + 16`.
     pub(super) fn region_wide(&self, x: ColumnQuads, rows: Range<usize>, j0: usize, nc: usize) {
+        // SAFETY: W is packed for AVX512-VNNI only on CPUs that have it
+        // (`runs_on`, asserted by the caller; the feature implies AVX-512
+        // F and BW in `Features`).
+        unsafe { self.region_wide_avx512(x, rows, j0, nc) }
+    }
+
+    /// [`Self::region_wide`], compiled for AVX512-VNNI so that the kernel
+    /// and the common u8 epilogue ([`super::RowsU8Out`], set up once here
+    /// instead of once a tile) inline into the tile loop.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW and AVX512-VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn region_wide_avx512(&self, x: ColumnQuads, rows: Range<usize>, j0: usize, nc: usize) {
         let mr = self.w.kern.mr();
         debug_assert!(self.w.kern == QKernel::Vnni512 && mr.is_multiple_of(ROWS));
         let groups = self.w.k.div_ceil(4);
         let wdata = &self.w.buf[self.w.off..];
         let panels = nc.div_ceil(NR);
         let mut tile = Tile([0; PANELS * ROWS * NR]);
+        let u8_out = self.fin.rows_u8();
         for q0 in (0..panels).step_by(PANELS) {
             let v = PANELS.min(panels - q0);
             let xs = ColumnQuads {
@@ -76,16 +91,20 @@ impl QGemmWx<'_> {
                 // of each group's `4 · mr` bytes.
                 let w = &wdata[(i / mr) * self.w.panel_bytes + 4 * (i % mr)..]
                     [..(groups - 1) * 4 * mr + 4 * ROWS];
-                // SAFETY: W is packed for AVX512-VNNI only on CPUs that
-                // have it (`runs_on`, asserted by the caller); `w` holds
+                // SAFETY: the CPU's features as this function's; `w` holds
                 // `groups` groups of `4 · mr` bytes from this row (the
                 // panel is zero-padded past m), `xs` `v` panels of `groups`
                 // groups (sliced above), `tile` `v` tiles of ROWS × NR.
-                unsafe { kernel_v::<true>(v, groups, w, mr, xs, &mut tile.0) };
+                kernel_v::<true>(v, groups, w, mr, xs, &mut tile.0);
                 let j = j0 + q0 * NR;
                 let (r, c) = (ROWS.min(rows.end - i), (v * NR).min(j0 + nc - j));
-                self.fin
-                    .wide_tile(&tile.0[..v * ROWS * NR], ROWS, i, r, j, c);
+                let t = &tile.0[..v * ROWS * NR];
+                match &u8_out {
+                    // SAFETY: rows i..i + r, columns j..j + c of C are this
+                    // task's rectangle (`rows`, `j0..j0 + nc`).
+                    Some(out) => self.fin.rows_u8_tile(out, t, ROWS, i..i + r, j..j + c),
+                    None => self.fin.wide_tile(t, ROWS, i, r, j, c),
+                }
             }
         }
     }
