@@ -309,12 +309,14 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
             let (off, len) = output_range(step, env, 0)?;
             // SAFETY: the output range is disjoint from every input range of
             // this step (Plan::check_views); the views end with this block.
-            // A u8 edge's bytes are the first `numel` bytes of its f32 slot
-            // (`numel` f32s long), written by its producer (`QuantIo`).
+            // A u8 edge's `numel` bytes fill its slot (`⌈numel / 4⌉`
+            // floats), written by its producer (`QuantIo`).
             unsafe {
-                let x = f32_data(value(env.values, input(step, 0)?)?, env.inputs, env.arena)?;
+                let x_info = value(env.values, input(step, 0)?)?;
+                let x = f32_data(x_info, env.inputs, env.arena)?;
                 let x = if io.in_u8 {
-                    QIn::U8(std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()))
+                    let n = u8_bytes(x_info, x.len())?;
+                    QIn::U8(std::slice::from_raw_parts(x.as_ptr() as *const u8, n))
                 } else {
                     QIn::F32(x)
                 };
@@ -328,10 +330,13 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
                 };
                 let out = env.arena.slice_mut(off, len);
                 let out = match io.out_u8 {
-                    Some(rq) => QDst::U8(
-                        std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len()),
-                        rq,
-                    ),
+                    Some(rq) => {
+                        let n = u8_bytes(value(env.values, step.outputs[0])?, len)?;
+                        QDst::U8(
+                            std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n),
+                            rq,
+                        )
+                    }
                     None => QDst::F32(out),
                 };
                 match step_cx(step, env.cx) {
@@ -342,6 +347,17 @@ fn run_step(step: &Step, env: &mut Env) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// The bytes of u8 edge `info`, whose slot is `floats` long.
+fn u8_bytes(info: &ValueInfo, floats: usize) -> Result<usize> {
+    let n: usize = info.shape.iter().product();
+    if n.div_ceil(4) > floats {
+        return Err(Error::Internal(format!(
+            "a u8 edge of {n} bytes in a slot of {floats} floats"
+        )));
+    }
+    Ok(n)
 }
 
 fn input(step: &Step, pos: usize) -> Result<ValueId> {

@@ -140,8 +140,8 @@ pub(crate) enum Exec {
 /// quantization, and it is not a graph output: the producer then
 /// requantizes in its epilogue, with the very operations the readers would
 /// have quantized its f32 output with (so the results are the same bit
-/// for bit), and the value holds `numel` bytes at the start of its arena
-/// slot. The model's activations then stay 8-bit between layers, as ONNX
+/// for bit), and the value's arena slot is `numel` bytes (`⌈numel / 4⌉`
+/// floats). The model's activations then stay 8-bit between layers, as ONNX
 /// Runtime's QLinearConv chains do, instead of a round trip through f32.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct QuantIo {
@@ -602,6 +602,18 @@ impl Plan {
         }
 
         u8_edges(&mut steps, &outputs);
+        // A u8 edge's slot holds its bytes: a quarter of the floats (the
+        // arena of MobileNetV2 int8 at batch 1 was 4x its bytes' size on
+        // those edges, and the wider spread cost cache).
+        let u8_values: HashSet<ValueId> = steps
+            .iter()
+            .filter(|s| matches!(&s.exec, Exec::Quant { io, .. } if io.out_u8.is_some()))
+            .map(|s| s.outputs[0])
+            .collect();
+        let slot_len = |v: ValueId, numel: usize| match u8_values.contains(&v) {
+            true => numel.div_ceil(4),
+            false => numel,
+        };
 
         // Buffers: one per arena value, except that an in-place or aliased
         // output joins its input's buffer (the union lives from the input's
@@ -615,6 +627,7 @@ impl Plan {
             i.shape
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .map(|n| slot_len(v, n))
                 .and_then(arena::round_up)
                 .ok_or_else(|| Error::Input {
                     name: g.value(v).name.clone(),
@@ -677,7 +690,7 @@ impl Plan {
             if let Some(i) = values[v.0 as usize].as_mut() {
                 i.loc = Loc::Arena {
                     offset: layout.offsets[gi],
-                    len: i.shape.iter().product(),
+                    len: slot_len(v, i.shape.iter().product()),
                 };
             }
         }
