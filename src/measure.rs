@@ -125,6 +125,115 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[lo] * (1.0 - w) + sorted[hi.min(sorted.len() - 1)] * w
 }
 
+/// The median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(v, 50.0)
+}
+
+/// The median of `v` (sorted in place) with a distribution-free 95%
+/// confidence interval: the order statistics `k` and `n + 1 - k` (1-based)
+/// with `k` the largest for which `P(Binomial(n, 1/2) < k) <= 2.5%`.
+pub fn median_interval(v: &mut [f64]) -> (f64, f64, f64) {
+    let n = v.len();
+    let m = median(v);
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let k = if n > 1000 {
+        // 2^-n underflows: the normal approximation, exact enough here.
+        ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0)
+            .floor()
+            .max(1.0) as usize
+    } else {
+        // [x_k, x_(n+1-k)] covers the median with probability
+        // 1 - 2 P(X <= k - 1): k - 1 is the last j with P(X <= j) <= 2.5%
+        // (k = 1, the whole range, when even P(X = 0) is above it).
+        let mut k = 1;
+        let mut cdf = 0.0;
+        let mut pmf = 0.5f64.powi(n as i32); // P(X = 0)
+        for j in 0..n {
+            cdf += pmf;
+            if cdf > 0.025 {
+                break;
+            }
+            k = j + 1;
+            pmf *= (n - j) as f64 / (j + 1) as f64;
+        }
+        k
+    };
+    let k = k.min(n.div_ceil(2));
+    (m, v[k - 1], v[n - k])
+}
+
+/// A candidate timed against a baseline run by run, alternately: each pair
+/// of runs saw the same moment of the machine, so their ratio cancels
+/// what slows both (another tenant's burst, a frequency step), which the
+/// two timings' own spreads cannot tell from a difference.
+#[derive(Clone, Debug, Default)]
+pub struct PairedRatios(Vec<f64>);
+
+/// Pairs below which [`PairedRatios`] decides nothing: the 95% interval of
+/// fewer is the whole range of ratios.
+pub const MIN_PAIRS: usize = 6;
+
+/// The median of candidate-to-baseline time ratios with its 95% interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RatioInterval {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    pub pairs: usize,
+}
+
+impl PairedRatios {
+    /// Adds one pair (milliseconds); a pair with a time not positive and
+    /// finite is left out.
+    pub fn push(&mut self, baseline_ms: f64, candidate_ms: f64) {
+        let ok = |t: f64| t > 0.0 && t.is_finite();
+        if ok(baseline_ms) && ok(candidate_ms) {
+            self.0.push(candidate_ms / baseline_ms);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The median ratio and its interval; None below [`MIN_PAIRS`].
+    pub fn interval(&self) -> Option<RatioInterval> {
+        if self.0.len() < MIN_PAIRS {
+            return None;
+        }
+        let mut v = self.0.clone();
+        let (median, low, high) = median_interval(&mut v);
+        Some(RatioInterval {
+            median,
+            low,
+            high,
+            pairs: v.len(),
+        })
+    }
+
+    /// Whether the candidate is faster beyond the noise: the whole interval
+    /// below `1 - MIN_GAIN` (a gain smaller than [`MIN_GAIN`] is not worth
+    /// a choice that differs from the default).
+    pub fn wins(&self) -> bool {
+        self.interval().is_some_and(|r| r.high < 1.0 - MIN_GAIN)
+    }
+
+    /// Whether more pairs would change nothing: the candidate wins, or the
+    /// whole interval is above `1 - MIN_GAIN` (it cannot win).
+    pub fn decided(&self) -> bool {
+        self.interval()
+            .is_some_and(|r| r.high < 1.0 - MIN_GAIN || r.low > 1.0 - MIN_GAIN)
+    }
+}
+
 /// Runs `a` on `ia` and `b` on `ib` alternately: `warmup` untimed rounds,
 /// then `runs` timed ones; each plan's timing.
 pub fn alternate(
@@ -214,6 +323,69 @@ fn step_ms(plan: &Plan) -> Vec<(String, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_interval_uses_the_binomial_order_statistics() {
+        // n = 15: P(X <= 3) = 1.76% and P(X <= 4) = 5.9%, so k = 4.
+        let mut v: Vec<f64> = (1..=15).map(f64::from).collect();
+        assert_eq!(median_interval(&mut v), (8.0, 4.0, 12.0));
+        // n = 5: P(X = 0) = 3.1% > 2.5%: the interval is the range.
+        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(median_interval(&mut v), (3.0, 1.0, 5.0));
+        // Past 2^-n's range the normal approximation: about ±0.98·√n
+        // ranks around the middle.
+        let mut v: Vec<f64> = (0..4000).map(f64::from).collect();
+        let (m, lo, hi) = median_interval(&mut v);
+        assert_eq!(m, 1999.5);
+        assert!(
+            (1935.0..1945.0).contains(&lo) && (2055.0..2065.0).contains(&hi),
+            "{lo} {hi}"
+        );
+    }
+
+    #[test]
+    fn paired_ratios_see_through_noise_both_timings_share() {
+        // A candidate 10% faster than the baseline, both slowed alike by
+        // bursts up to 2x: unpaired, the spreads hide the gain; paired, the
+        // ratios show it.
+        let mut rng = crate::rng::SplitMix64::new(7);
+        let (mut base, mut cand, mut pairs) = (Vec::new(), Vec::new(), PairedRatios::default());
+        for i in 0..40 {
+            let slow = 1.0 + rng.next_f64() * if i % 3 == 0 { 1.0 } else { 0.2 };
+            let (b, c) = (1.0 * slow, 0.9 * slow * (1.0 + 0.01 * rng.next_f64()));
+            base.push(b);
+            cand.push(c);
+            pairs.push(b, c);
+        }
+        assert!(!Timing::from_samples(&cand).beats(&Timing::from_samples(&base)));
+        let r = pairs.interval().expect("40 pairs");
+        assert!(r.high < 0.95 && r.low > 0.85, "{r:?}");
+        assert!(pairs.wins() && pairs.decided());
+        // The same noise with no difference: no win, and undecided while
+        // the interval straddles 0.98 (or decided against once above it).
+        let mut same = PairedRatios::default();
+        for _ in 0..40 {
+            let slow = 1.0 + rng.next_f64();
+            same.push(slow, slow * (0.99 + 0.02 * rng.next_f64()));
+        }
+        assert!(!same.wins());
+        // 3% slower: decided, not a win.
+        let mut slower = PairedRatios::default();
+        for _ in 0..20 {
+            let slow = 1.0 + rng.next_f64();
+            slower.push(slow, slow * (1.02 + 0.02 * rng.next_f64()));
+        }
+        assert!(slower.decided() && !slower.wins());
+        // Too few pairs decide nothing; bad times are left out.
+        let mut few = PairedRatios::default();
+        for _ in 0..MIN_PAIRS - 1 {
+            few.push(1.0, 0.5);
+        }
+        few.push(0.0, 0.5);
+        few.push(f64::NAN, 0.5);
+        assert_eq!(few.len(), MIN_PAIRS - 1);
+        assert!(few.interval().is_none() && !few.wins() && !few.decided());
+    }
 
     #[test]
     fn percentiles_interpolate() {

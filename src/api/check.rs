@@ -42,7 +42,7 @@ use super::{Model, Session, SessionOptions};
 use crate::compress::data::{self, Dataset};
 use crate::inputs::Binding;
 use crate::limits::human_bytes;
-use crate::measure::percentile;
+use crate::measure::{median, median_interval};
 use crate::{Error, Result, Tensor};
 
 /// Exit code of `mlc check` when a budget fails (1 is an internal error,
@@ -799,51 +799,9 @@ fn time_rounds(
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    percentile(v, 50.0)
-}
-
-/// The median of `v` with a distribution-free 95% confidence interval:
-/// the order statistics `k` and `n + 1 - k` (1-based) with `k` the
-/// largest for which `P(Binomial(n, 1/2) < k) <= 2.5%`.
-pub(crate) fn median_interval(v: &mut [f64]) -> (f64, f64, f64) {
-    let n = v.len();
-    let m = median(v);
-    if n == 0 {
-        return (0.0, 0.0, 0.0);
-    }
-    // [x_k, x_(n+1-k)] covers the median with probability
-    // 1 - 2 P(X <= k - 1): k - 1 is the last j with P(X <= j) <= 2.5%
-    // (k = 1, the whole range, when even P(X = 0) is above it).
-    let mut k = 1;
-    let mut cdf = 0.0;
-    let mut pmf = 0.5f64.powi(n as i32); // P(X = 0)
-    for j in 0..n {
-        cdf += pmf;
-        if cdf > 0.025 {
-            break;
-        }
-        k = j + 1;
-        pmf *= (n - j) as f64 / (j + 1) as f64;
-    }
-    let k = k.min(n.div_ceil(2));
-    (m, v[k - 1], v[n - k])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_interval_uses_the_binomial_order_statistics() {
-        // n = 15: P(X <= 3) = 1.76% and P(X <= 4) = 5.9%, so k = 4.
-        let mut v: Vec<f64> = (1..=15).map(f64::from).collect();
-        assert_eq!(median_interval(&mut v), (8.0, 4.0, 12.0));
-        // n = 5: P(X = 0) = 3.1% > 2.5%: the interval is the range.
-        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(median_interval(&mut v), (3.0, 1.0, 5.0));
-    }
 
     #[test]
     fn budget_paths_read_as_written() {

@@ -14,7 +14,7 @@ use crate::tune::cost::CostModel;
 use crate::tune::db::Db;
 use crate::tune::db::Record;
 use crate::tune::Second;
-use crate::tune::{estimate, host_fingerprint, tune, Scale, TuneOptions, TuneOutcome};
+use crate::tune::{estimate, host_fingerprint, tune, Candidate, Scale, TuneOptions, TuneOutcome};
 
 /// Measured records (with features) the cost model needs before it may
 /// choose for another target.
@@ -281,19 +281,12 @@ impl TuneReport {
         if let Some(c) = &o.cost_model {
             s += &format!("- {}\n\n", cost_line(c));
         }
-        s += "| node | op | candidates: median ms [p10–p90] | choice | gain | source |\n|---|---|---|---|---|---|\n";
+        s += "| node | op | candidates: median ms [p10–p90], time over the default's run by run (95% interval) | choice | gain | source |\n|---|---|---|---|---|---|\n";
         for n in &o.nodes {
             let cands: Vec<String> = n
                 .candidates
                 .iter()
-                .map(|c| match (&c.timing, &c.rejected) {
-                    (Some(t), _) => format!(
-                        "{} {:.4} [{:.4}–{:.4}]",
-                        c.choice, t.median_ms, t.p10_ms, t.p90_ms
-                    ),
-                    (None, Some(why)) => format!("{} rejected: {why}", c.choice),
-                    (None, None) => format!("{} not timed (budget)", c.choice),
-                })
+                .map(|c| format!("{} {}", c.choice, candidate_time(c)))
                 .collect();
             s += &format!(
                 "| {} | {} | {} | {} | {:.2}x | {} |\n",
@@ -407,16 +400,7 @@ impl TuneReport {
                             c.choice.to_string(),
                             if chosen { Tone::Good } else { Tone::Plain },
                         ),
-                        (
-                            match (&c.timing, &c.rejected) {
-                                (Some(t), _) => {
-                                    format!("{:.4} [{:.4}-{:.4}]", t.median_ms, t.p10_ms, t.p90_ms)
-                                }
-                                (None, Some(why)) => format!("rejected: {why}"),
-                                (None, None) => "not timed (budget)".into(),
-                            },
-                            Tone::Plain,
-                        ),
+                        (candidate_time(c), Tone::Plain),
                         (
                             if chosen {
                                 format!("chosen ({:.2}x)", n.gain)
@@ -435,7 +419,7 @@ impl TuneReport {
                 "node",
                 "op",
                 "candidate",
-                "median ms [p10-p90]",
+                "median ms [p10-p90], x default (95% interval)",
                 "choice",
                 "source",
             ],
@@ -479,5 +463,22 @@ fn verdict(o: &TuneOutcome) -> &'static str {
         // No node beat its default, or the tuned plan lost the model run
         // (its choices are then recorded as defaults).
         (false, None) => "every default kept",
+    }
+}
+
+/// A candidate's time for the reports: median [p10–p90] ms, and for a
+/// measured alternative its time over the default's, run by run, with the
+/// 95% interval the choice was made on.
+fn candidate_time(c: &Candidate) -> String {
+    match (&c.timing, &c.rejected) {
+        (Some(t), _) => {
+            let mut s = format!("{:.4} [{:.4}–{:.4}]", t.median_ms, t.p10_ms, t.p90_ms);
+            if let Some(r) = &c.vs_default {
+                s += &format!(" x{:.3} ({:.3}–{:.3})", r.median, r.low, r.high);
+            }
+            s
+        }
+        (None, Some(why)) => format!("rejected: {why}"),
+        (None, None) => "not timed (budget)".into(),
     }
 }

@@ -30,7 +30,9 @@ use crate::inputs::random_inputs;
 use crate::ir::{Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::Choice;
 use crate::kernels::cpu::CpuCtx;
-use crate::measure::{alternate, alternate_node_samples, Measurer, Timing};
+use crate::measure::{
+    alternate, alternate_node_samples, Measurer, PairedRatios, RatioInterval, Timing,
+};
 use crate::runtime::{Choices, PackCache, Plan};
 use crate::target::Target;
 use crate::transform::specialize::specialize;
@@ -64,6 +66,10 @@ pub struct Candidate {
     pub choice: Choice,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timing: Option<Timing>,
+    /// Its time over the default's, run by run in the same rounds (a
+    /// measured candidate other than the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_default: Option<RatioInterval>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
 }
@@ -294,6 +300,9 @@ pub fn tune(
         valid: Vec<Choice>,
         rejected: Vec<(Choice, String)>,
         samples: Vec<Vec<f64>>,
+        /// Per candidate, its runs against the default's in the same
+        /// rounds (index 0 unused).
+        pairs: Vec<PairedRatios>,
         from_db: Option<Record>,
         features: Features,
     }
@@ -339,6 +348,7 @@ pub fn tune(
             op: step.op.to_string(),
             workload: wl,
             samples: vec![Vec::new(); valid.len()],
+            pairs: vec![PairedRatios::default(); valid.len()],
             valid,
             rejected,
             from_db,
@@ -350,12 +360,14 @@ pub fn tune(
     // is spent.
     let bar = progress_bar(opts.progress, opts.budget);
     let timing = |s: &[f64]| Timing::from_samples(s);
+    // A candidate is settled when its runs against the default's decide
+    // (paired by run: see `PairedRatios`) or it has all its samples.
     let settled = |w: &Work| {
         w.from_db.is_some()
-            || w.samples[1..].iter().all(|s| {
-                s.len() >= opts.max_samples
-                    || (!s.is_empty() && timing(s).separated(&timing(&w.samples[0])))
-            })
+            || w.samples[1..]
+                .iter()
+                .zip(&w.pairs[1..])
+                .all(|(s, p)| s.len() >= opts.max_samples || p.decided())
     };
     let widest = work.iter().map(|w| w.valid.len()).max().unwrap_or(1);
     let mut rounds = 0;
@@ -384,6 +396,9 @@ pub fn tune(
                 if let (Some(b), Some(c)) = (base_ms.get(&w.node), cand_ms.get(&w.node)) {
                     w.samples[0].extend(b);
                     w.samples[r].extend(c);
+                    for (&tb, &tc) in b.iter().zip(c) {
+                        w.pairs[r].push(tb, tc);
+                    }
                 }
             }
             rounds += 1;
@@ -427,6 +442,7 @@ pub fn tune(
                     .map(|m| Candidate {
                         choice: m.choice,
                         timing: Some(m.timing()),
+                        vs_default: None,
                         rejected: None,
                     })
                     .collect(),
@@ -441,25 +457,27 @@ pub fn tune(
             .iter()
             .map(|s| (!s.is_empty()).then(|| timing(s)))
             .collect();
-        let Some(default) = timings[0].clone() else {
+        if timings[0].is_none() {
             // The budget ran out before this node was timed at all.
             nodes.push(NodeTuning {
                 node: w.node,
                 op: w.op,
                 workload: w.workload,
-                candidates: candidates(&w.valid, &timings, &w.rejected),
+                candidates: candidates(&w.valid, &timings, &w.pairs, &w.rejected),
                 choice: Choice::default(),
                 gain: 1.0,
                 source: "measured",
             });
             continue;
-        };
+        }
+        // The fastest of the candidates that beat the default beyond the
+        // noise, by their runs against it.
         let best = (1..w.valid.len())
-            .filter_map(|i| Some((i, timings[i].as_ref()?)))
-            .filter(|(_, t)| t.beats(&default))
-            .min_by(|a, b| a.1.median_ms.total_cmp(&b.1.median_ms));
+            .filter(|&i| w.pairs[i].wins())
+            .filter_map(|i| Some((i, w.pairs[i].interval()?.median)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
         let (choice, gain) = match best {
-            Some((i, t)) => (w.valid[i], default.median_ms / t.median_ms.max(1e-12)),
+            Some((i, ratio)) => (w.valid[i], 1.0 / ratio.max(1e-12)),
             None => (Choice::default(), 1.0),
         };
         if !choice.is_default() {
@@ -485,7 +503,7 @@ pub fn tune(
             node: w.node,
             op: w.op,
             workload: w.workload,
-            candidates: candidates(&w.valid, &timings, &w.rejected),
+            candidates: candidates(&w.valid, &timings, &w.pairs, &w.rejected),
             choice,
             gain,
             source: "measured",
@@ -653,6 +671,7 @@ pub fn estimate(
                 .map(|(&choice, g)| Candidate {
                     choice,
                     timing: g.map(estimate),
+                    vs_default: None,
                     rejected: None,
                 })
                 .collect(),
@@ -691,19 +710,23 @@ pub fn estimate(
 fn candidates(
     valid: &[Choice],
     timings: &[Option<Timing>],
+    pairs: &[PairedRatios],
     rejected: &[(Choice, String)],
 ) -> Vec<Candidate> {
     valid
         .iter()
         .zip(timings)
-        .map(|(&choice, t)| Candidate {
+        .zip(pairs)
+        .map(|((&choice, t), p)| Candidate {
             choice,
             timing: t.clone(),
+            vs_default: p.interval(),
             rejected: None,
         })
         .chain(rejected.iter().map(|(choice, why)| Candidate {
             choice: *choice,
             timing: None,
+            vs_default: None,
             rejected: Some(why.clone()),
         }))
         .collect()
