@@ -244,11 +244,24 @@ pub fn alternate(
     warmup: usize,
     runs: usize,
 ) -> Result<(Timing, Timing)> {
+    alternate_paired(a, b, ia, ib, warmup, runs).map(|(ta, tb, _)| (ta, tb))
+}
+
+/// [`alternate`], with `b`'s runs against `a`'s beside them.
+pub fn alternate_paired(
+    a: &mut Plan,
+    b: &mut Plan,
+    ia: &[Tensor],
+    ib: &[Tensor],
+    warmup: usize,
+    runs: usize,
+) -> Result<(Timing, Timing, PairedRatios)> {
     for _ in 0..warmup {
         a.run(ia)?;
         b.run(ib)?;
     }
     let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let mut pairs = PairedRatios::default();
     for _ in 0..runs {
         let t = Instant::now();
         a.run(ia)?;
@@ -256,8 +269,9 @@ pub fn alternate(
         let t = Instant::now();
         b.run(ib)?;
         tb.push(t.elapsed().as_secs_f64() * 1e3);
+        pairs.push(ta[ta.len() - 1], tb[tb.len() - 1]);
     }
-    Ok((Timing::from_samples(&ta), Timing::from_samples(&tb)))
+    Ok((Timing::from_samples(&ta), Timing::from_samples(&tb), pairs))
 }
 
 /// Per-node timings of two plans run alternately on the same inputs, by

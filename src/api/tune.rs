@@ -220,9 +220,10 @@ impl TuneReport {
             o.threads
         );
         s += &format!(
-            "whole model: untuned {}, tuned {} (median [p10-p90], alternating): {}\n",
+            "whole model: untuned {}, tuned {} (median [p10-p90], alternating){}: {}\n",
             span(&o.untuned),
             span(&o.tuned),
+            ratio_note(o),
             verdict(o)
         );
         if let Some(c) = &o.cost_model {
@@ -273,9 +274,10 @@ impl TuneReport {
             "alternating runs, median [p10–p90]"
         };
         s += &format!(
-            "- whole model ({whole}): untuned {}, tuned {}; {}\n\n",
+            "- whole model ({whole}): untuned {}, tuned {}{}; {}\n\n",
             span(&o.untuned),
             span(&o.tuned),
+            ratio_note(o),
             verdict(o)
         );
         if let Some(c) = &o.cost_model {
@@ -464,6 +466,17 @@ fn verdict(o: &TuneOutcome) -> &'static str {
         // (its choices are then recorded as defaults).
         (false, None) => "every default kept",
     }
+}
+
+/// The final comparison's tuned-to-untuned ratio, run by run, for the
+/// reports' whole-model line (empty when estimated).
+fn ratio_note(o: &TuneOutcome) -> String {
+    o.tuned_vs_untuned.map_or(String::new(), |r| {
+        format!(
+            ", tuned/untuned run by run x{:.3} (95% interval {:.3}–{:.3}, {} pairs)",
+            r.median, r.low, r.high, r.pairs
+        )
+    })
 }
 
 /// A candidate's time for the reports: median [p10–p90] ms, and for a

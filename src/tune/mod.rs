@@ -31,7 +31,7 @@ use crate::ir::{Graph, Node, Op, Tensor};
 use crate::kernels::cpu::choice::Choice;
 use crate::kernels::cpu::CpuCtx;
 use crate::measure::{
-    alternate, alternate_node_samples, Measurer, PairedRatios, RatioInterval, Timing,
+    alternate_node_samples, alternate_paired, Measurer, PairedRatios, RatioInterval, Timing,
 };
 use crate::runtime::{Choices, PackCache, Plan};
 use crate::target::Target;
@@ -114,6 +114,10 @@ pub struct TuneOutcome {
     pub choices: Choices,
     pub untuned: Timing,
     pub tuned: Timing,
+    /// The tuned plan's time over the untuned one's, run by run in the
+    /// (last) final comparison (None when estimated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuned_vs_untuned: Option<RatioInterval>,
     /// Whether the tuned plan won the final comparison.
     pub kept: bool,
     /// When the first final comparison found the tuned plan faster but
@@ -513,21 +517,23 @@ pub fn tune(
     // The whole model, tuned against untuned.
     let mut tuned_plan = measurer.plan_with(spec, &chosen)?;
     let compared = Instant::now();
-    let (mut untuned, mut tuned) =
-        alternate(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
+    let (mut untuned, mut tuned, mut pairs) =
+        alternate_paired(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
+    let mut verdict = Verdict::of(&untuned, &tuned, &pairs);
     let measured_now = !records.is_empty();
     let mut second = None;
-    if measured_now && !chosen.is_empty() && win_within_noise(&untuned, &tuned) {
+    if measured_now && !chosen.is_empty() && verdict == Verdict::WithinNoise {
         // Faster, but within the noise: a second comparison must agree, or
         // noise alone keeps a plan half the time.
         second = Some(
             if budget_start.elapsed() + compared.elapsed() <= opts.budget {
-                (untuned, tuned) =
-                    alternate(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
-                if tuned.median_ms < untuned.median_ms {
-                    Second::Agreed
-                } else {
+                (untuned, tuned, pairs) =
+                    alternate_paired(&mut base, &mut tuned_plan, feed, feed, 2, opts.final_runs)?;
+                verdict = Verdict::of(&untuned, &tuned, &pairs);
+                if verdict == Verdict::NotFaster {
                     Second::Disagreed
+                } else {
+                    Second::Agreed
                 }
             } else {
                 Second::NoBudget
@@ -538,8 +544,7 @@ pub fn tune(
     // same records give the same bundle); new ones only if the model won
     // (and, by less than the noise, won again).
     let kept = !chosen.is_empty()
-        && (!measured_now
-            || (tuned.median_ms < untuned.median_ms && second != Some(Second::NoBudget)));
+        && (!measured_now || (verdict != Verdict::NotFaster && second != Some(Second::NoBudget)));
     if !kept {
         // Recorded as the default: in place they won, but not together.
         for r in &mut records {
@@ -560,6 +565,7 @@ pub fn tune(
         choices: if kept { chosen } else { Choices::new() },
         untuned,
         tuned,
+        tuned_vs_untuned: pairs.interval(),
         kept,
         second,
         rounds,
@@ -699,6 +705,7 @@ pub fn estimate(
         choices: chosen,
         untuned: total(untuned),
         tuned: total(tuned),
+        tuned_vs_untuned: None,
         rounds: 0,
         elapsed_s: started.elapsed().as_secs_f64(),
         cost_model: accuracy,
@@ -732,10 +739,28 @@ fn candidates(
         .collect()
 }
 
-/// Whether `tuned` ran faster than `untuned`, but by less than the noise
-/// ([`Timing::beats`]).
-fn win_within_noise(untuned: &Timing, tuned: &Timing) -> bool {
-    tuned.median_ms < untuned.median_ms && !tuned.beats(untuned)
+/// The whole model tuned against untuned, run by run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Faster beyond the noise: the 95% interval of the tuned-to-untuned
+    /// ratios below 1.
+    Faster,
+    /// The median ratio below 1, its interval not.
+    WithinNoise,
+    NotFaster,
+}
+
+impl Verdict {
+    /// From the paired ratios; with too few pairs for an interval, from
+    /// the medians (always "within the noise").
+    fn of(untuned: &Timing, tuned: &Timing, pairs: &PairedRatios) -> Verdict {
+        match pairs.interval() {
+            Some(r) if r.high < 1.0 => Verdict::Faster,
+            Some(r) if r.median < 1.0 => Verdict::WithinNoise,
+            None if tuned.median_ms < untuned.median_ms => Verdict::WithinNoise,
+            _ => Verdict::NotFaster,
+        }
+    }
 }
 
 /// A bar over the budget's milliseconds (hidden unless asked).
@@ -788,20 +813,30 @@ pub fn parse_budget(s: &str) -> std::result::Result<Duration, String> {
 mod tests {
     #[test]
     fn only_wins_within_the_noise_are_compared_again() {
-        let t = |median_ms: f64, spread: f64| crate::measure::Timing {
-            median_ms,
-            p10_ms: median_ms - spread / 2.0,
-            p90_ms: median_ms + spread / 2.0,
-            runs: 20,
+        use crate::measure::{PairedRatios, Timing};
+        let t = |ms: f64| Timing::from_samples(&[ms]);
+        let pairs = |ratios: &[f64]| {
+            let mut p = PairedRatios::default();
+            for (i, &r) in ratios.iter().enumerate() {
+                let base = 10.0 + i as f64;
+                p.push(base, base * r);
+            }
+            p
         };
-        // 10% faster with a 4% spread: a clear win.
-        assert!(!super::win_within_noise(&t(10.0, 0.4), &t(9.0, 0.4)));
-        // 1% faster (below the 2% floor), or 3% inside a 10% spread: noise.
-        assert!(super::win_within_noise(&t(10.0, 0.1), &t(9.9, 0.1)));
-        assert!(super::win_within_noise(&t(10.0, 1.0), &t(9.7, 1.0)));
+        use super::Verdict;
+        // Every run faster: beyond the noise.
+        let clear = pairs(&[0.9, 0.92, 0.95, 0.91, 0.93, 0.9, 0.94, 0.96]);
+        assert_eq!(Verdict::of(&t(10.0), &t(9.0), &clear), Verdict::Faster);
+        // Faster by the median, with runs either side: within the noise.
+        let mixed = pairs(&[0.97, 1.02, 0.98, 0.96, 1.01, 0.99, 0.97, 1.03]);
+        assert_eq!(Verdict::of(&t(10.0), &t(9.9), &mixed), Verdict::WithinNoise);
         // Slower or level: nothing to confirm.
-        assert!(!super::win_within_noise(&t(10.0, 0.1), &t(10.5, 0.1)));
-        assert!(!super::win_within_noise(&t(10.0, 0.1), &t(10.0, 0.1)));
+        let slower = pairs(&[1.01, 1.03, 0.99, 1.05, 1.02, 1.0, 1.04, 1.02]);
+        assert_eq!(Verdict::of(&t(10.0), &t(10.2), &slower), Verdict::NotFaster);
+        // Too few pairs: the medians, at best within the noise.
+        let few = pairs(&[0.5, 0.5]);
+        assert_eq!(Verdict::of(&t(10.0), &t(5.0), &few), Verdict::WithinNoise);
+        assert_eq!(Verdict::of(&t(10.0), &t(10.0), &few), Verdict::NotFaster);
     }
 
     use super::*;
