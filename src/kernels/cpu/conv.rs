@@ -50,7 +50,7 @@ use super::{direct_oc, ops, sparse, winograd, CpuCtx, Features, Prepacked, View,
 /// kernel ([`dw_c16_avx512`]; 8 elsewhere).
 const WIDE_LANES: usize = 16;
 use crate::ir::ops::nn::conv::window_axes;
-use crate::ir::{Activation, ConvAttrs, Op};
+use crate::ir::{Activation, AutoPad, ConvAttrs, Op};
 use crate::Result;
 
 /// Elements of output below which a kernel stays on one thread.
@@ -203,6 +203,9 @@ struct ConvShape {
     unit_dilations: bool,
     /// 2-D (the transposed product and Winograd need it).
     two_d: bool,
+    /// 3x3 at stride 1, undilated, padded by 1 all round, rows at most
+    /// [`DW3X3_MAX_VECTORS`] vectors: [`dw3x3_row_vectors`]'s geometry.
+    same_3x3: bool,
 }
 
 impl ConvShape {
@@ -219,6 +222,17 @@ impl ConvShape {
             return None;
         }
         let ones = |v: &[usize]| v.iter().all(|&s| s == 1);
+        let ow = *out_shape.last()?;
+        let padded_by_one = match attrs.auto_pad {
+            AutoPad::NotSet => attrs.pads == [1, 1, 1, 1],
+            AutoPad::SameUpper | AutoPad::SameLower => true,
+            AutoPad::Valid => false,
+        };
+        let same_3x3 = w_shape[2..] == [3, 3]
+            && ones(&attrs.strides)
+            && ones(&attrs.dilations)
+            && padded_by_one
+            && ow <= 16 * DW3X3_MAX_VECTORS;
         Some(ConvShape {
             n: out_shape[0],
             m,
@@ -226,11 +240,12 @@ impl ConvShape {
             mg: m / group,
             cg: w_shape[1],
             kernel: w_shape[2..].to_vec(),
-            ow: *out_shape.last()?,
+            ow,
             out_plane: out_shape[2..].iter().product(),
             unit_strides: ones(&attrs.strides),
             unit_dilations: ones(&attrs.dilations),
             two_d: w_shape.len() == 4,
+            same_3x3,
         })
     }
 
@@ -291,7 +306,12 @@ impl ConvShape {
     fn dense_algorithms(&self, features: Features) -> Vec<ConvAlgo> {
         if self.depthwise() {
             let nplanes = self.n * self.m;
-            let small = dw_interleaved_by_default(self.out_plane, !self.unit_strides, features);
+            let small = dw_interleaved_by_default(
+                self.out_plane,
+                !self.unit_strides,
+                self.same_3x3,
+                features,
+            );
             return match (nplanes >= LANES, small) {
                 (true, true) => vec![ConvAlgo::DwInterleaved, ConvAlgo::DwPlane],
                 (true, false) => vec![ConvAlgo::DwPlane, ConvAlgo::DwInterleaved],
@@ -613,7 +633,12 @@ fn depthwise(
     };
     // Small planes go 8 at a time through the channel-interleaved kernel.
     let nplanes = g.n * g.c;
-    let small = dw_interleaved_by_default(out_plane, win.sh * win.sw > 1, cx.features);
+    let small = dw_interleaved_by_default(
+        out_plane,
+        win.sh * win.sw > 1,
+        dw3x3_row_vectors(win).is_some(),
+        cx.features,
+    );
     // 16 channels a vector on AVX-512 where there are 16 planes.
     let lanes = match width {
         DwWidth::Avx512 if nplanes >= WIDE_LANES => WIDE_LANES,
@@ -773,9 +798,23 @@ const DW_C8_MAX_PLANE_WIDE: usize = 64;
 
 /// Whether a depthwise convolution with output planes of `out_plane`
 /// pixels runs channel-interleaved ([`dw_interleaved`]) unless a choice says
-/// otherwise: small planes, 4 times as large when `strided`.
-fn dw_interleaved_by_default(out_plane: usize, strided: bool, features: Features) -> bool {
-    let max = if features.avx512f && features.avx2_fma {
+/// otherwise: small planes, 4 times as large when `strided`; on AVX-512
+/// never a `same_3x3` one ([`dw3x3_row_vectors`]'s geometry), whose planes
+/// [`dw3x3_avx512`] runs without a padded copy (on Zen 5, 1 thread,
+/// MobileNetV2's 7x7 stride-1 layers: 0.76-0.77x the interleaved kernel's
+/// time, run by run in `mlc tune`; its 14x14 to 112x112 ones 2-4x
+/// faster than the interleaved one).
+fn dw_interleaved_by_default(
+    out_plane: usize,
+    strided: bool,
+    same_3x3: bool,
+    features: Features,
+) -> bool {
+    let wide = features.avx512f && features.avx2_fma;
+    if wide && same_3x3 {
+        return false;
+    }
+    let max = if wide {
         DW_C8_MAX_PLANE_WIDE
     } else {
         DW_C8_MAX_PLANE
@@ -1210,7 +1249,12 @@ unsafe fn dw_padded_rows(
         DwWidth::Avx512 if has_avx512f() && ops::has_avx2_fma() => {
             // SAFETY: AVX-512F, AVX2 and FMA are present; the sizes were
             // checked above, `p` and `rows` are the caller's contract.
-            unsafe { dw_avx512(plan, xp, buf, wk, bias, res, p, rows) };
+            unsafe {
+                match dw3x3_row_vectors(win) {
+                    Some(nb) => dw3x3_avx512(nb, win, plan.clamp, xp, wk, bias, res, p, rows),
+                    None => dw_avx512(plan, xp, buf, wk, bias, res, p, rows),
+                }
+            }
             return;
         }
         DwWidth::Avx512 | DwWidth::Avx2 if ops::has_avx2_fma() => {
@@ -1521,6 +1565,157 @@ unsafe fn dw_avx512(
     rows: std::ops::Range<usize>,
 ) {
     dw_dispatch::<lanes::A8, lanes::A16>(plan, xp, buf, wk, bias, res, p, rows)
+}
+
+/// Rows up to this many vectors wide run [`dw3x3_avx512`].
+const DW3X3_MAX_VECTORS: usize = 8;
+
+/// The vectors of 16 a row of `win`'s output takes, when it is a 3x3
+/// window at stride 1, undilated, padded by 1 on every side (the output
+/// plane the input's size: MobileNetV2's stride-1 depthwise layers) and a
+/// row is at most [`DW3X3_MAX_VECTORS`] vectors: the geometry
+/// [`dw3x3_avx512`] computes.
+fn dw3x3_row_vectors(win: &Window2d) -> Option<usize> {
+    let fits = (win.kh, win.kw, win.sh, win.sw, win.dh, win.dw) == (3, 3, 1, 1, 1, 1)
+        && (win.pad_top, win.pad_left, win.pad_bottom, win.pad_right) == (1, 1, 1, 1)
+        && (win.oh, win.ow) == (win.h, win.w)
+        && win.w > 0;
+    let nb = win.w.div_ceil(16);
+    (fits && nb <= DW3X3_MAX_VECTORS).then_some(nb)
+}
+
+/// [`dw_padded_rows`] for [`dw3x3_row_vectors`]'s geometry on AVX-512,
+/// straight from the input plane: no padded copy. Each output row keeps
+/// its `nb` vectors in registers; each of the three input rows it reads is
+/// loaded once (masked past the row's end, so the right padding reads 0)
+/// and its left and right neighbours come from `valignd` with the vector
+/// beside it (0 past the ends). The taps, residual and clamp go in the
+/// padded kernel's order (the same results). On the small planes of
+/// MobileNetV2 the padded copy and the per-plane set-up were most of the
+/// kernel's time (perf on Zen 5: loop and spill code above the FMAs).
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA; `nb` is
+/// `dw3x3_row_vectors(win)`, `xp` holds the `h × w` input plane, `wk` 9
+/// weights, `res` (if any) an output plane; `p` is valid for writes of
+/// the output plane and no other thread accesses its rows `rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw3x3_avx512(
+    nb: usize,
+    win: &Window2d,
+    clamp: Option<(f32, f32)>,
+    xp: &[f32],
+    wk: &[f32],
+    bias: f32,
+    res: Option<&[f32]>,
+    p: *mut f32,
+    rows: std::ops::Range<usize>,
+) {
+    let args = Dw3x3 {
+        win,
+        clamp,
+        xp,
+        wk,
+        bias,
+        res,
+        p,
+    };
+    match nb {
+        1 => args.rows::<1>(rows),
+        2 => args.rows::<2>(rows),
+        3 => args.rows::<3>(rows),
+        4 => args.rows::<4>(rows),
+        5 => args.rows::<5>(rows),
+        6 => args.rows::<6>(rows),
+        7 => args.rows::<7>(rows),
+        _ => args.rows::<8>(rows),
+    }
+}
+
+/// [`dw3x3_avx512`]'s arguments.
+#[cfg(target_arch = "x86_64")]
+struct Dw3x3<'a> {
+    win: &'a Window2d,
+    clamp: Option<(f32, f32)>,
+    xp: &'a [f32],
+    wk: &'a [f32],
+    bias: f32,
+    res: Option<&'a [f32]>,
+    p: *mut f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Dw3x3<'_> {
+    /// Output rows `rows`, `NB` vectors a row.
+    ///
+    /// # Safety
+    /// As [`dw3x3_avx512`], with `NB` its `nb`.
+    #[inline(always)]
+    unsafe fn rows<const NB: usize>(&self, rows: std::ops::Range<usize>) {
+        use std::arch::x86_64::*;
+        let (h, w) = (self.win.h, self.win.w);
+        debug_assert!(
+            self.xp.len() == h * w
+                && self.wk.len() == 9
+                && w.div_ceil(16) == NB
+                && rows.end <= h
+                && self.res.is_none_or(|r| r.len() == h * w)
+        );
+        let last = w - 16 * (NB - 1);
+        let mask = |b: usize| -> u16 {
+            if b + 1 < NB || last == 16 {
+                0xffff
+            } else {
+                (1u16 << last) - 1
+            }
+        };
+        let wv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(self.wk[t]));
+        let vb = _mm512_set1_ps(self.bias);
+        let (lo, hi) = self.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let zero = _mm512_setzero_si512();
+        for oy in rows {
+            let mut acc = [vb; NB];
+            for ky in 0..3 {
+                // Input row oy + ky - 1; a padding row is zeros, its taps
+                // multiplied in as the padded kernel does (the same sums).
+                let mut v = [zero; NB];
+                if let Some(iy) = (oy + ky).checked_sub(1).filter(|&iy| iy < h) {
+                    let row = self.xp.as_ptr().add(iy * w);
+                    for (b, vb) in v.iter_mut().enumerate() {
+                        *vb = _mm512_castps_si512(_mm512_maskz_loadu_ps(mask(b), row.add(16 * b)));
+                    }
+                }
+                for b in 0..NB {
+                    let prev = if b > 0 { v[b - 1] } else { zero };
+                    let next = if b + 1 < NB { v[b + 1] } else { zero };
+                    // Lane i of `left` is column 16b + i - 1, of `right`
+                    // 16b + i + 1.
+                    let left = _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(v[b], prev));
+                    let right = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(next, v[b]));
+                    let mid = _mm512_castsi512_ps(v[b]);
+                    acc[b] = _mm512_fmadd_ps(wv[3 * ky], left, acc[b]);
+                    acc[b] = _mm512_fmadd_ps(wv[3 * ky + 1], mid, acc[b]);
+                    acc[b] = _mm512_fmadd_ps(wv[3 * ky + 2], right, acc[b]);
+                }
+            }
+            for (b, &a) in acc.iter().enumerate() {
+                let at = oy * w + 16 * b;
+                let mut y = a;
+                if let Some(r) = self.res {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask(b), r.as_ptr().add(at)));
+                }
+                if self.clamp.is_some() {
+                    // max_ps / min_ps return the second operand on NaN:
+                    // NaN stays NaN, as the padded kernel's clamp.
+                    y = _mm512_min_ps(vhi, _mm512_max_ps(vlo, y));
+                }
+                _mm512_mask_storeu_ps(self.p.add(at), mask(b), y);
+            }
+        }
+    }
 }
 
 super::ops::multiversion!(
@@ -3496,6 +3691,141 @@ mod tests {
                 check(&c, seed);
                 seed += 1;
             }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn depthwise_3x3_rows_in_registers_match_the_padded_kernel() {
+        // dw3x3_avx512 (no padded copy) against dw_avx512 (the padded
+        // kernel) on the same plane, bit for bit: row widths either side of
+        // each vector boundary up to the widest it takes, heights 1 to 5,
+        // bands of rows (the threads' split), residual and clamp, and
+        // NaN, infinities and -0 among the inputs.
+        if !(has_avx512f() && ops::has_avx2_fma()) {
+            eprintln!("skipped: 3x3 depthwise in registers (CPU lacks AVX-512F)");
+            return;
+        }
+        let mut seed = 900;
+        for w in [1, 2, 15, 16, 17, 31, 32, 33, 56, 100, 112, 127, 128] {
+            for h in [1, 2, 3, 5] {
+                let win = Window2d {
+                    h,
+                    w,
+                    kh: 3,
+                    kw: 3,
+                    sh: 1,
+                    sw: 1,
+                    dh: 1,
+                    dw: 1,
+                    pad_top: 1,
+                    pad_left: 1,
+                    pad_bottom: 1,
+                    pad_right: 1,
+                    oh: h,
+                    ow: w,
+                };
+                let nb = dw3x3_row_vectors(&win).expect("the geometry it takes");
+                let mut x = random(&[h * w], seed, 2.0).as_f32().unwrap().to_vec();
+                for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let n = x.len();
+                    if (seed as usize / 3 + i).is_multiple_of(2) && n > 4 * i {
+                        x[n - 1 - 4 * i] = special;
+                    }
+                }
+                let wk = random(&[9], seed + 1, 1.0).as_f32().unwrap().to_vec();
+                let res = random(&[h * w], seed + 2, 1.0).as_f32().unwrap().to_vec();
+                for (clamp, residual) in [
+                    (None, false),
+                    (Some((0.0, 6.0)), true),
+                    (Some((-0.5, 0.25)), false),
+                ] {
+                    let plan = DwPlan::new(&win, clamp).expect("a padded plan");
+                    let r = residual.then_some(&res[..]);
+                    let mut buf = vec![0.0; plan.pad.size()];
+                    let (mut want, mut got) = (vec![7.0f32; h * w], vec![7.0f32; h * w]);
+                    // Whole planes, and two bands of rows.
+                    let cut = h / 2;
+                    for rows in [0..h, 0..cut, cut..h] {
+                        buf.fill(0.0);
+                        // SAFETY: AVX-512F, AVX2 and FMA are present (checked
+                        // above); the plane, scratch and rows fit the window.
+                        unsafe {
+                            dw_avx512(
+                                &plan,
+                                &x,
+                                &mut buf,
+                                &wk,
+                                0.5,
+                                r,
+                                want.as_mut_ptr(),
+                                rows.clone(),
+                            );
+                            dw3x3_avx512(nb, &win, clamp, &x, &wk, 0.5, r, got.as_mut_ptr(), rows);
+                        }
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&want),
+                        bits(&got),
+                        "{h}x{w} clamp {clamp:?} residual {residual}"
+                    );
+                }
+                seed += 3;
+            }
+        }
+        // Past the widest row it takes, and other windows: not this kernel.
+        let wide = Window2d {
+            h: 4,
+            w: 129,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            pad_top: 1,
+            pad_left: 1,
+            pad_bottom: 1,
+            pad_right: 1,
+            oh: 4,
+            ow: 129,
+        };
+        assert_eq!(dw3x3_row_vectors(&wide), None);
+        assert_eq!(
+            dw3x3_row_vectors(&Window2d {
+                sw: 2,
+                ow: 65,
+                ..wide.clone()
+            }),
+            None
+        );
+        assert_eq!(
+            dw3x3_row_vectors(&Window2d {
+                pad_left: 0,
+                ow: 127,
+                w: 128,
+                ..wide.clone()
+            }),
+            None
+        );
+        // And through the whole convolution against the reference, with
+        // planes large enough for the plane kernel, at 1 and 2 threads.
+        for (x, act) in [
+            ([1, 5, 5, 15], Some(Activation::Relu)),
+            ([2, 3, 9, 33], Some(Activation::Clip { min: 0.0, max: 6.0 })),
+            ([1, 2, 112, 112], None),
+        ] {
+            let mut c = dw_case(&x, &[3, 3]);
+            c.pads = vec![1; 4];
+            c.bias = true;
+            c.residual = x[3] != 15;
+            c.act = act;
+            check(&c, seed);
+            seed += 1;
         }
     }
 
