@@ -3706,25 +3706,27 @@ mod tests {
             eprintln!("skipped: 3x3 depthwise in registers (CPU lacks AVX-512F)");
             return;
         }
+        // The 3x3 "same" window over an h x w plane.
+        let same = |h: usize, w: usize| Window2d {
+            h,
+            w,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            pad_top: 1,
+            pad_left: 1,
+            pad_bottom: 1,
+            pad_right: 1,
+            oh: h,
+            ow: w,
+        };
         let mut seed = 900;
         for w in [1, 2, 15, 16, 17, 31, 32, 33, 56, 100, 112, 127, 128] {
             for h in [1, 2, 3, 5] {
-                let win = Window2d {
-                    h,
-                    w,
-                    kh: 3,
-                    kw: 3,
-                    sh: 1,
-                    sw: 1,
-                    dh: 1,
-                    dw: 1,
-                    pad_top: 1,
-                    pad_left: 1,
-                    pad_bottom: 1,
-                    pad_right: 1,
-                    oh: h,
-                    ow: w,
-                };
+                let win = same(h, w);
                 let nb = dw3x3_row_vectors(&win).expect("the geometry it takes");
                 let mut x = random(&[h * w], seed, 2.0).as_f32().unwrap().to_vec();
                 for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0]
@@ -3778,22 +3780,7 @@ mod tests {
             }
         }
         // Past the widest row it takes, and other windows: not this kernel.
-        let wide = Window2d {
-            h: 4,
-            w: 129,
-            kh: 3,
-            kw: 3,
-            sh: 1,
-            sw: 1,
-            dh: 1,
-            dw: 1,
-            pad_top: 1,
-            pad_left: 1,
-            pad_bottom: 1,
-            pad_right: 1,
-            oh: 4,
-            ow: 129,
-        };
+        let wide = same(4, 129);
         assert_eq!(dw3x3_row_vectors(&wide), None);
         assert_eq!(
             dw3x3_row_vectors(&Window2d {
