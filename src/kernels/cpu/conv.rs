@@ -3706,23 +3706,7 @@ mod tests {
             eprintln!("skipped: 3x3 depthwise in registers (CPU lacks AVX-512F)");
             return;
         }
-        // The 3x3 "same" window over an h x w plane.
-        let same = |h: usize, w: usize| Window2d {
-            h,
-            w,
-            kh: 3,
-            kw: 3,
-            sh: 1,
-            sw: 1,
-            dh: 1,
-            dw: 1,
-            pad_top: 1,
-            pad_left: 1,
-            pad_bottom: 1,
-            pad_right: 1,
-            oh: h,
-            ow: w,
-        };
+        let same = same_3x3;
         let mut seed = 900;
         for w in [1, 2, 15, 16, 17, 31, 32, 33, 56, 100, 112, 127, 128] {
             for h in [1, 2, 3, 5] {
@@ -3953,12 +3937,11 @@ mod tests {
         check(&c, 600);
     }
 
-    #[test]
-    fn dw_pad_layout_is_small_and_covers_the_reads() {
-        // MobileNet 7x7 stride 1 and 14x14 stride 2, pad 1.
-        let mut win = Window2d {
-            h: 7,
-            w: 7,
+    /// The 3x3 window at stride 1 padded by 1 ("same") over an h x w plane.
+    fn same_3x3(h: usize, w: usize) -> Window2d {
+        Window2d {
+            h,
+            w,
             kh: 3,
             kw: 3,
             sh: 1,
@@ -3969,9 +3952,15 @@ mod tests {
             pad_left: 1,
             pad_bottom: 1,
             pad_right: 1,
-            oh: 7,
-            ow: 7,
-        };
+            oh: h,
+            ow: w,
+        }
+    }
+
+    #[test]
+    fn dw_pad_layout_is_small_and_covers_the_reads() {
+        // MobileNet 7x7 stride 1 and 14x14 stride 2, pad 1.
+        let mut win = same_3x3(7, 7);
         let p = PhasePad::new(&win).unwrap();
         // Rows of 7 outputs rounded up to one 16-lane vector, plus 2.
         assert_eq!((p.ph, p.s, p.l, p.nrows, p.ncols), (9, 1, 18, 7, 7));
