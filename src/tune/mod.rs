@@ -8,12 +8,14 @@
 //! sees its real shapes, thread count and cache state: round `r` plans the
 //! model with every node on its `r`-th candidate and runs it alternately
 //! with the untuned plan, reading each node's time from the runtime's
-//! per-step clock. Rounds repeat until every node's candidates are told
-//! apart from its default ([`Timing::separated`]) or the budget is spent;
-//! a candidate replaces the default only when it beats it beyond the
-//! noise ([`Timing::beats`]). Finally the whole model runs tuned against
-//! untuned, alternately, and the tuned plan is kept only if it is faster
-//! (faster by less than the noise: only if a second comparison agrees).
+//! per-step clock. Each candidate's runs are paired with the default's
+//! runs beside them ([`PairedRatios`]: the median ratio with its 95%
+//! interval). Rounds repeat until every node's candidates are decided
+//! (the interval either side of `1 - MIN_GAIN`) or the budget is spent; a
+//! candidate replaces the default only when its whole interval is below.
+//! Finally the whole model runs tuned against untuned, alternately, and
+//! the tuned plan is kept only if it is faster run by run (faster by less
+//! than the noise: only if a second comparison agrees).
 //!
 //! Measurements go to the tuning database ([`db`]); a node whose workload
 //! the database already holds for this target is not measured again.
