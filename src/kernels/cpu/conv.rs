@@ -1163,6 +1163,10 @@ struct DwPlan<'a> {
     /// [`PhasePad::taps`].
     taps: Vec<usize>,
     clamp: Option<(f32, f32)>,
+    /// [`dw3x3_row_vectors`] of the window, worked out once per
+    /// convolution rather than per plane (read by the AVX-512 path only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    row_vectors: Option<usize>,
 }
 
 impl<'a> DwPlan<'a> {
@@ -1174,6 +1178,7 @@ impl<'a> DwPlan<'a> {
             pad,
             taps,
             clamp,
+            row_vectors: dw3x3_row_vectors(win),
         })
     }
 }
@@ -1250,7 +1255,7 @@ unsafe fn dw_padded_rows(
             // SAFETY: AVX-512F, AVX2 and FMA are present; the sizes were
             // checked above, `p` and `rows` are the caller's contract.
             unsafe {
-                match dw3x3_row_vectors(win) {
+                match plan.row_vectors {
                     Some(nb) => dw3x3_avx512(nb, win, plan.clamp, xp, wk, bias, res, p, rows),
                     None => dw_avx512(plan, xp, buf, wk, bias, res, p, rows),
                 }
