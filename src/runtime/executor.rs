@@ -173,12 +173,18 @@ impl Plan {
         if let Some(p) = profiler.as_mut() {
             p.runs += 1;
         }
+        // The pool's jobs are timed while profiling (`set_profiling`).
+        let pool = profiler.as_ref().and(cx.pool.as_deref());
         for (i, step) in steps.iter().enumerate() {
             let start = profiler.is_some().then(Instant::now);
+            let jobs = pool.map(|p| p.timing());
             let used_reference =
                 run_step(step, &mut env).map_err(|e| e.at_node(&step.name, step.op_type))?;
             if let (Some(p), Some(t0)) = (profiler.as_mut(), start) {
                 p.time[i] += t0.elapsed();
+                if let (Some(pool), Some(before)) = (pool, jobs) {
+                    p.pool[i] += pool.timing() - before;
+                }
                 if used_reference {
                     p.reference_runs[i] += 1;
                 }

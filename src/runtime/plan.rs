@@ -1109,7 +1109,11 @@ impl Plan {
     /// and a node's time is summed over the items (and so, with items on
     /// several threads at once, over the threads: CPU time).
     pub fn set_profiling(&mut self, on: bool) {
-        self.profiler = on.then(|| Profiler::new(self.steps.len()));
+        let threads = self.cx.pool.as_ref().map_or(1, |p| p.threads());
+        self.profiler = on.then(|| Profiler::new(self.steps.len(), threads));
+        if let Some(pool) = &self.cx.pool {
+            pool.set_timing(on);
+        }
         if let Some(items) = self.items.as_mut() {
             items.plans().for_each(|p| p.set_profiling(on));
         }
@@ -1324,12 +1328,14 @@ impl Items {
     }
 
     /// Profiling merged: each one-item step's time summed over the
-    /// plans, then the rest's steps; per run of the batch (`runs`).
+    /// plans, then the rest's steps; per run of the batch (`runs`). The
+    /// items run side by side, a thread each: no step's idle threads are
+    /// told apart.
     fn merged(&self, runs: u64) -> Option<Profiler> {
         let mut sum: Option<Profiler> = None;
         let mut add = |p: &Plan| {
             let Some(q) = p.profiler.as_ref() else { return };
-            let s = sum.get_or_insert_with(|| Profiler::new(q.time.len()));
+            let s = sum.get_or_insert_with(|| Profiler::new(q.time.len(), 1));
             for (a, b) in s.time.iter_mut().zip(&q.time) {
                 *a += *b;
             }
@@ -1347,6 +1353,7 @@ impl Items {
         if let Some(q) = self.suffix.as_ref().and_then(|(r, _)| r.profiler.as_ref()) {
             sum.time.extend(&q.time);
             sum.reference_runs.extend(&q.reference_runs);
+            sum.pool.extend(&q.pool);
         }
         sum.runs = runs;
         Some(sum)

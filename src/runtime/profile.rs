@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ir::Op;
+use crate::kernels::cpu::pool::PoolTime;
 
 /// Floating-point operations of one run of `op`, from its input and output
 /// shapes; `None` for ops whose work is not counted.
@@ -57,15 +58,44 @@ pub struct Profiler {
     /// Per schedule step: total time and how often the reference kernels ran it.
     pub(crate) time: Vec<Duration>,
     pub(crate) reference_runs: Vec<u64>,
+    /// The thread pool's jobs per step, when the plan runs on a pool of
+    /// `threads` (`threads` is 1 without one).
+    pub(crate) pool: Vec<PoolTime>,
+    pub(crate) threads: usize,
 }
 
 impl Profiler {
-    pub(crate) fn new(steps: usize) -> Profiler {
+    pub(crate) fn new(steps: usize, threads: usize) -> Profiler {
         Profiler {
             runs: 0,
             time: vec![Duration::ZERO; steps],
             reference_runs: vec![0; steps],
+            pool: vec![PoolTime::default(); steps],
+            threads,
         }
+    }
+
+    /// How a step's thread time (its wall time × the threads) went idle:
+    /// `(serial, uneven)` shares, None on one thread. `serial`: the
+    /// other threads' time while the step ran outside the pool's jobs
+    /// (single-threaded work, or a kernel that chose one thread);
+    /// `uneven`: the threads' time inside jobs that no task used (waiting
+    /// for a worker to start, for a longer share to end, for the join).
+    fn idle(&self, step: usize) -> Option<(f64, f64)> {
+        let t = self.threads;
+        let wall = self.time.get(step)?.as_secs_f64();
+        let pool = self.pool.get(step)?;
+        if t < 2 || wall <= 0.0 {
+            return None;
+        }
+        // Clock readings around a step and inside its jobs differ by a
+        // little: keep the shares in range.
+        let span = pool.span.as_secs_f64().min(wall);
+        let busy = pool.busy.as_secs_f64().min(span * t as f64);
+        let capacity = wall * t as f64;
+        let serial = (wall - span) * (t - 1) as f64 / capacity;
+        let uneven = (span * t as f64 - busy) / capacity;
+        Some((serial, uneven))
     }
 }
 
@@ -85,6 +115,14 @@ pub struct OpProfile {
     pub flops_per_run: Option<u64>,
     /// Node runs that went to the reference kernels (no fast path).
     pub reference_runs: u64,
+    /// On several threads, the share of these nodes' thread time (wall
+    /// time × threads) that threads sat idle while the caller ran alone
+    /// outside the pool's jobs ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_share: Option<f64>,
+    /// ... and inside jobs, waiting for work or for the other threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uneven_share: Option<f64>,
 }
 
 /// One node's line of a profile.
@@ -95,6 +133,11 @@ pub struct NodeProfile {
     pub ms_per_run: f64,
     pub share: f64,
     pub gflops: Option<f64>,
+    /// As [`OpProfile::serial_share`] and [`OpProfile::uneven_share`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uneven_share: Option<f64>,
 }
 
 /// A profile: per-op-type lines and the most expensive nodes, most
@@ -129,6 +172,8 @@ impl Profile {
             time: Duration,
             flops: Option<u64>,
             reference_runs: u64,
+            /// Idle shares weighted by the nodes' times (seconds).
+            idle: Option<(f64, f64)>,
         }
         let mut by_op: BTreeMap<&'static str, Acc> = BTreeMap::new();
         for (i, &op) in ops.iter().enumerate() {
@@ -137,9 +182,16 @@ impl Profile {
                 time: Duration::ZERO,
                 flops: None,
                 reference_runs: 0,
+                idle: None,
             });
             a.nodes += 1;
-            a.time += p.time.get(i).copied().unwrap_or_default();
+            let t = p.time.get(i).copied().unwrap_or_default();
+            a.time += t;
+            if let Some((serial, uneven)) = p.idle(i) {
+                let (s0, u0) = a.idle.unwrap_or_default();
+                let w = t.as_secs_f64();
+                a.idle = Some((s0 + serial * w, u0 + uneven * w));
+            }
             a.reference_runs += p.reference_runs.get(i).copied().unwrap_or(0);
             if let Some(f) = flops.get(i).copied().flatten() {
                 a.flops = Some(a.flops.unwrap_or(0) + f);
@@ -166,6 +218,8 @@ impl Profile {
                         .map(|f| f as f64 / secs / 1e9),
                     flops_per_run: a.flops,
                     reference_runs: a.reference_runs,
+                    serial_share: a.idle.map(|(s, _)| s / a.time.as_secs_f64()),
+                    uneven_share: a.idle.map(|(_, u)| u / a.time.as_secs_f64()),
                 }
             })
             .collect();
@@ -187,6 +241,8 @@ impl Profile {
                         .flatten()
                         .filter(|_| secs > 0.0 && p.runs > 0)
                         .map(|f| f as f64 / secs / 1e9),
+                    serial_share: p.idle(i).map(|(s, _)| s),
+                    uneven_share: p.idle(i).map(|(_, u)| u),
                 }
             })
             .collect();
@@ -202,21 +258,34 @@ impl Profile {
         }
     }
 
-    /// The profile as an aligned text table.
+    /// The profile as an aligned text table; on several threads with two
+    /// more columns, the shares of the thread time spent idle ("serial":
+    /// while the node ran outside the pool's jobs; "uneven": inside them).
     pub fn render(&self) -> String {
+        let threaded = self.ops.iter().any(|l| l.serial_share.is_some());
+        let idle = |serial: Option<f64>, uneven: Option<f64>| match (threaded, serial, uneven) {
+            (false, ..) => String::new(),
+            (true, Some(s), Some(u)) => format!(" {:>6.1}% {:>6.1}%", s * 100.0, u * 100.0),
+            (true, ..) => format!(" {:>7} {:>7}", "-", "-"),
+        };
+        let idle_head = match threaded {
+            true => format!(" {:>7} {:>7}", "serial", "uneven"),
+            false => String::new(),
+        };
         let mut s = format!(
-            "{:<24} {:>6} {:>11} {:>7} {:>10} {:>10}\n",
+            "{:<24} {:>6} {:>11} {:>7} {:>10} {:>10}{idle_head}\n",
             "op", "nodes", "ms/run", "share", "GFLOP/s", "reference"
         );
         for l in &self.ops {
             s.push_str(&format!(
-                "{:<24} {:>6} {:>11.4} {:>6.1}% {:>10} {:>10}\n",
+                "{:<24} {:>6} {:>11.4} {:>6.1}% {:>10} {:>10}{}\n",
                 l.op,
                 l.nodes,
                 l.ms_per_run,
                 l.share * 100.0,
                 l.gflops.map_or("-".to_string(), |g| format!("{g:.2}")),
-                l.reference_runs
+                l.reference_runs,
+                idle(l.serial_share, l.uneven_share)
             ));
         }
         s.push_str(&format!(
@@ -228,17 +297,18 @@ impl Profile {
         ));
         if !self.top_nodes.is_empty() {
             s.push_str(&format!(
-                "\n{:<40} {:<16} {:>9} {:>7} {:>10}\n",
+                "\n{:<40} {:<16} {:>9} {:>7} {:>10}{idle_head}\n",
                 "slowest nodes", "op", "ms/run", "share", "GFLOP/s"
             ));
             for n in &self.top_nodes {
                 s.push_str(&format!(
-                    "{:<40} {:<16} {:>9.4} {:>6.1}% {:>10}\n",
+                    "{:<40} {:<16} {:>9.4} {:>6.1}% {:>10}{}\n",
                     n.node,
                     n.op,
                     n.ms_per_run,
                     n.share * 100.0,
-                    n.gflops.map_or("-".to_string(), |g| format!("{g:.2}"))
+                    n.gflops.map_or("-".to_string(), |g| format!("{g:.2}")),
+                    idle(n.serial_share, n.uneven_share)
                 ));
             }
         }
@@ -250,6 +320,39 @@ impl Profile {
 mod tests {
     use super::*;
     use crate::ir::{AutoPad, ConvAttrs};
+
+    #[test]
+    fn idle_thread_time_is_split_into_serial_and_uneven() {
+        let ms = Duration::from_millis;
+        let mut p = Profiler::new(2, 2);
+        p.runs = 1;
+        // Step 0: 10 ms, 6 of them in jobs whose tasks ran 10 ms over
+        // both threads: 4 ms alone (4 of 20 thread-ms idle), 2 idle in
+        // the jobs. Step 1: no job at all.
+        p.time = vec![ms(10), ms(5)];
+        p.pool[0] = PoolTime {
+            span: ms(6),
+            busy: ms(10),
+        };
+        let (serial, uneven) = p.idle(0).expect("two threads");
+        assert!((serial - 0.2).abs() < 1e-9 && (uneven - 0.1).abs() < 1e-9);
+        assert_eq!(p.idle(1), Some((0.5, 0.0)));
+        let prof = Profile::build(&p, &["a", "b"], &["Conv", "Conv"], &[None, None]);
+        let conv = &prof.ops[0];
+        // Weighted by time: (0.2 · 10 + 0.5 · 5) / 15 and 0.1 · 10 / 15.
+        assert!((conv.serial_share.unwrap() - 0.3).abs() < 1e-9);
+        assert!((conv.uneven_share.unwrap() - 1.0 / 15.0).abs() < 1e-9);
+        assert_eq!(prof.nodes[1].serial_share, Some(0.5));
+        assert!(prof.render().contains("uneven"));
+        // One thread: nothing to tell apart, no columns.
+        let one = Profiler {
+            threads: 1,
+            ..p.clone()
+        };
+        assert_eq!(one.idle(0), None);
+        let prof = Profile::build(&one, &["a", "b"], &["Conv", "Conv"], &[None, None]);
+        assert!(prof.ops[0].serial_share.is_none() && !prof.render().contains("uneven"));
+    }
 
     #[test]
     fn flops_of_products_and_convs() {
@@ -301,7 +404,7 @@ mod tests {
 
     #[test]
     fn aggregates_by_op() {
-        let mut p = Profiler::new(3);
+        let mut p = Profiler::new(3, 1);
         p.runs = 2;
         p.time = vec![
             Duration::from_millis(6),

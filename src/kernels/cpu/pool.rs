@@ -13,9 +13,15 @@
 //! One job at a time: a call made while the pool is busy (from inside a
 //! task, or from another thread sharing the pool) runs its tasks itself,
 //! serially, so nesting never deadlocks.
+//!
+//! While profiling, the pool also times its jobs ([`Pool::set_timing`]):
+//! each job's wall time and the time its tasks ran, summed over the
+//! threads, so that a profile can tell the thread time a node wastes
+//! waiting at forks and joins (uneven shares, late workers) from the time
+//! it runs outside any job (one thread working, the others idle).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,6 +35,50 @@ pub struct Pool {
     workers: Vec<JoinHandle<()>>,
     /// Held by the thread whose job is running.
     busy: Mutex<()>,
+    timing: Timing,
+}
+
+/// The jobs' times while [`Pool::set_timing`] is on, in nanoseconds.
+#[derive(Debug, Default)]
+struct Timing {
+    on: AtomicBool,
+    /// Wall time of the jobs, fork to join.
+    span: AtomicU64,
+    /// Time the jobs' tasks ran, summed over the threads.
+    busy: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What [`Pool::timing`] has summed since the pool was made: subtract two
+/// readings for the jobs between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolTime {
+    /// Wall time of the jobs the pool ran on its threads, fork to join.
+    pub span: Duration,
+    /// Time their tasks ran, summed over the threads: `span × threads`
+    /// less this is what the threads spent waiting for work or for the
+    /// others.
+    pub busy: Duration,
+}
+
+impl std::ops::AddAssign for PoolTime {
+    fn add_assign(&mut self, other: PoolTime) {
+        self.span += other.span;
+        self.busy += other.busy;
+    }
+}
+
+impl std::ops::Sub for PoolTime {
+    type Output = PoolTime;
+    fn sub(self, earlier: PoolTime) -> PoolTime {
+        PoolTime {
+            span: self.span.saturating_sub(earlier.span),
+            busy: self.busy.saturating_sub(earlier.busy),
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -43,6 +93,9 @@ struct Job<'a> {
     n: usize,
     next: AtomicUsize,
     done: AtomicUsize,
+    /// Whether the tasks are timed, and their time so far (ns).
+    timed: bool,
+    busy: AtomicU64,
     /// The first panic of a task, re-raised in the caller.
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
@@ -93,6 +146,7 @@ impl Pool {
                         shared,
                         workers,
                         busy: Mutex::new(()),
+                        timing: Timing::default(),
                     });
                     return Err(e);
                 }
@@ -102,7 +156,21 @@ impl Pool {
             shared,
             workers,
             busy: Mutex::new(()),
+            timing: Timing::default(),
         })
+    }
+
+    /// Turns the timing of jobs on or off (see the module docs).
+    pub fn set_timing(&self, on: bool) {
+        self.timing.on.store(on, SeqCst);
+    }
+
+    /// The jobs' times summed while timing was on.
+    pub fn timing(&self) -> PoolTime {
+        PoolTime {
+            span: Duration::from_nanos(self.timing.span.load(SeqCst)),
+            busy: Duration::from_nanos(self.timing.busy.load(SeqCst)),
+        }
     }
 
     /// Threads a job runs on, the caller's included.
@@ -130,11 +198,15 @@ impl Pool {
             // reset at the end of every job, so it is still sound.
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
+        let timed = self.timing.on.load(SeqCst);
+        let start = timed.then(Instant::now);
         let job = Job {
             f,
             n,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            timed,
+            busy: AtomicU64::new(0),
             panic: Mutex::new(None),
         };
         let s = &*self.shared;
@@ -155,6 +227,10 @@ impl Pool {
         s.job.store(std::ptr::null_mut(), SeqCst);
         while s.active.load(SeqCst) > 0 {
             std::hint::spin_loop();
+        }
+        if let Some(t0) = start {
+            self.timing.span.fetch_add(nanos(t0.elapsed()), SeqCst);
+            self.timing.busy.fetch_add(job.busy.load(SeqCst), SeqCst);
         }
         let panic = job.panic.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(p) = panic {
@@ -193,7 +269,11 @@ fn run_tasks(job: &Job) {
         if i >= job.n {
             break;
         }
+        let t0 = job.timed.then(Instant::now);
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.f)(i)));
+        if let Some(t0) = t0 {
+            job.busy.fetch_add(nanos(t0.elapsed()), SeqCst);
+        }
         if let Err(p) = ran {
             job.panic
                 .lock()
@@ -298,6 +378,42 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "n = {n}");
         }
+    }
+
+    #[test]
+    fn timed_jobs_count_the_threads_idle_inside_them() {
+        let pool = Pool::new(2).unwrap();
+        let long = Duration::from_millis(20);
+        let job = |i: usize| {
+            if i == 0 {
+                std::thread::sleep(long);
+            }
+        };
+        pool.for_each(2, &job);
+        assert_eq!(
+            pool.timing(),
+            PoolTime::default(),
+            "timing is off by default"
+        );
+        pool.set_timing(true);
+        let before = pool.timing();
+        pool.for_each(2, &job);
+        let t = pool.timing() - before;
+        // Whether the two tasks ran side by side or one after the other,
+        // the threads' time the job held (span × 2) less the tasks' time
+        // is at least the long task's less the short one's.
+        assert!(
+            t.span >= long && t.busy >= long && t.busy <= 2 * t.span,
+            "{t:?}"
+        );
+        assert!(
+            2 * t.span - t.busy >= long - Duration::from_millis(1),
+            "{t:?}"
+        );
+        pool.set_timing(false);
+        let off = pool.timing();
+        pool.for_each(2, &job);
+        assert_eq!(pool.timing(), off);
     }
 
     #[test]
