@@ -271,6 +271,23 @@ impl ConvShape {
             && ((taps > 1 && !self.unit_strides) || transposed_product(self.mg, self.out_plane))
     }
 
+    /// Whether a 3x3 convolution that Winograd would run as F(2x2) (planes
+    /// too small for F(4x4)) runs direct-oc by default instead: on AVX-512,
+    /// with as many output channels and as deep a reduction as direct-oc
+    /// asks for. F(2x2) saves 2.25x the multiplies but not its transforms,
+    /// and its 16 transformed weight matrices (4.2 MB for 256 channels)
+    /// are read whole by every thread's tiles. On a Zen 5 (2 threads),
+    /// `mlc tune` picked direct-oc for ResNet-18's 14x14 layers at 0.81-0.85
+    /// of F(2x2)'s time on one thread and 0.74-0.77 on two (where F(2x2)
+    /// ran 1.59x faster than on one thread, direct-oc 1.95x).
+    fn direct_oc_over_winograd2(&self, features: Features) -> bool {
+        let taps: usize = self.kernel.iter().product();
+        features.avx512f
+            && self.n * self.out_plane < WINOGRAD4_MIN_PIXELS
+            && self.mg >= DIRECT_OC_MIN_MG
+            && self.cg * taps >= DIRECT_OC_MIN_DEPTH
+    }
+
     /// Whether weights of `density` run sparse by default, `dense` being
     /// the dense default.
     fn sparse_by_default(&self, density: f64, dense: Option<ConvAlgo>) -> bool {
@@ -329,14 +346,16 @@ impl ConvShape {
             && self.group == 1;
         let transposed = self.two_d && self.out_plane <= TRANSPOSED_MAX_PLANE;
         let direct = direct_lanes(features).is_some() && taps > 1;
-        let default = if winograd && winograd::applies(self.group, self.cg, self.m, self.out_plane)
+        let default = if winograd
+            && winograd::applies(self.group, self.cg, self.m, self.out_plane)
+            && !self.direct_oc_over_winograd2(features)
         {
             if self.n * self.out_plane >= WINOGRAD4_MIN_PIXELS {
                 ConvAlgo::Winograd4
             } else {
                 ConvAlgo::Winograd
             }
-        } else if self.direct_oc_by_default(features) {
+        } else if self.direct_oc_by_default(features) || self.direct_oc_over_winograd2(features) {
             ConvAlgo::DirectOc
         } else if self.two_d && transposed_product(self.mg, self.out_plane) {
             ConvAlgo::Transposed
