@@ -2393,6 +2393,54 @@ struct Im2col<'a> {
 /// past its end.
 const PAD_SLACK: usize = 32;
 
+/// Copies `src[0], src[s], src[2s], ...` into `out` while both last;
+/// returns how many. At stride 2 on AVX-512, sixteen at a time from two
+/// vectors (a network's stem de-interleaves its whole input this way:
+/// element by element it was 7% of ResNet-18's 7x7 stem on a Zen 5).
+fn every_nth(src: &[f32], s: usize, out: &mut [f32], features: Features) -> usize {
+    let n = src.len().div_ceil(s.max(1)).min(out.len());
+    #[cfg(target_arch = "x86_64")]
+    let done = match s == 2 && features.avx512f && has_avx512f() {
+        // SAFETY: AVX-512 F is present (checked just above).
+        true => unsafe { every_other_avx512(src, &mut out[..n]) },
+        false => 0,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = features;
+        0
+    };
+    for (o, &v) in out[done..n]
+        .iter_mut()
+        .zip(src.iter().skip(done * s).step_by(s.max(1)))
+    {
+        *o = v;
+    }
+    n
+}
+
+/// [`every_nth`] at stride 2 for whole blocks of sixteen outputs whose
+/// 32 inputs lie in `src`; returns how many it wrote.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn every_other_avx512(src: &[f32], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let blocks = (out.len() / 16).min(src.len() / 32);
+    for b in 0..blocks {
+        let lo = _mm512_loadu_ps(src.as_ptr().add(32 * b));
+        let hi = _mm512_loadu_ps(src.as_ptr().add(32 * b + 16));
+        _mm512_storeu_ps(
+            out.as_mut_ptr().add(16 * b),
+            _mm512_permutex2var_ps(lo, even, hi),
+        );
+    }
+    16 * blocks
+}
+
 impl<'a> Im2col<'a> {
     /// Copies `x` (`channels` planes of `h × w`) into `buf` with the zero
     /// borders the window reads, each row de-interleaved by the stride.
@@ -2412,6 +2460,7 @@ impl<'a> Im2col<'a> {
             buf.resize(len, 0.0);
         }
         let dst = &mut buf[..len];
+        let features = cx.features;
         let fill = |c: usize, p: &mut [f32]| {
             let xc = &x[c * win.in_plane()..(c + 1) * win.in_plane()];
             for (r, prow) in p.chunks_exact_mut(row).enumerate() {
@@ -2433,14 +2482,14 @@ impl<'a> Im2col<'a> {
                             // Leading padding columns of this phase.
                             let skip = win.pad_left.saturating_sub(ph).div_ceil(win.sw);
                             let first = (skip * win.sw + ph).saturating_sub(win.pad_left);
-                            let vals = src.iter().skip(first).step_by(win.sw);
                             let (lead, rest) = out.split_at_mut(skip.min(phase));
                             lead.fill(0.0);
-                            let mut n = 0;
-                            for (o, &v) in rest.iter_mut().zip(vals) {
-                                *o = v;
-                                n += 1;
-                            }
+                            let n = every_nth(
+                                src.get(first..).unwrap_or_default(),
+                                win.sw,
+                                rest,
+                                features,
+                            );
                             rest[n..].fill(0.0);
                         }
                     }
@@ -2978,6 +3027,24 @@ mod tests {
         }
         let g = ConvGeom::new(&attrs, &view(&x), &view(&w), out.shape()).unwrap();
         direct(&g, &CpuCtx::single(Features::detect()))
+    }
+
+    #[test]
+    fn every_nth_matches_a_strided_copy() {
+        let f = Features::detect();
+        for s in 1..=4 {
+            for len in [0usize, 1, 2, 31, 32, 33, 63, 64, 65, 100, 224] {
+                let src: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
+                for room in [0usize, 5, 16, 17, 50, 200] {
+                    let mut out = vec![-1.0f32; room];
+                    let n = every_nth(&src, s, &mut out, f);
+                    let want: Vec<f32> = src.iter().step_by(s).take(room).copied().collect();
+                    assert_eq!(n, want.len(), "s{s} len{len} room{room}");
+                    assert_eq!(&out[..n], &want[..], "s{s} len{len} room{room}");
+                    assert!(out[n..].iter().all(|&v| v == -1.0), "wrote past n");
+                }
+            }
+        }
     }
 
     #[test]
