@@ -2393,29 +2393,6 @@ struct Im2col<'a> {
 /// past its end.
 const PAD_SLACK: usize = 32;
 
-/// Copies input row `src` into the zeroed padded row `dst` split into
-/// `s >= 2` stride phases of `l` floats ([`lanes::fill_phases`]: a vector
-/// even/odd split at stride 2), on AVX2 registers where the CPU has them.
-/// (Element by element, the split was 7% of ResNet-18's 7x7 stride-2 stem
-/// on a Zen 5.)
-fn split_phases(src: &[f32], dst: &mut [f32], s: usize, l: usize, left: usize, features: Features) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(src: &[f32], dst: &mut [f32], s: usize, l: usize, left: usize) {
-            // SAFETY: the caller checked AVX2; fill_phases checks positions.
-            unsafe { lanes::fill_phases::<lanes::A8>(src, dst, s, l, left) }
-        }
-        if features.avx2_fma && ops::has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { avx2(src, dst, s, l, left) };
-        }
-    }
-    let _ = features;
-    // SAFETY: the portable lanes need no CPU feature.
-    unsafe { lanes::fill_phases::<P8>(src, dst, s, l, left) }
-}
-
 impl<'a> Im2col<'a> {
     /// Copies `x` (`channels` planes of `h × w`) into `buf` with the zero
     /// borders the window reads, each row de-interleaved by the stride.
@@ -2452,7 +2429,7 @@ impl<'a> Im2col<'a> {
                     }
                     Some(src) => {
                         prow.fill(0.0);
-                        split_phases(src, prow, win.sw, phase, win.pad_left, features);
+                        lanes::split_phases(src, prow, win.sw, phase, win.pad_left, features);
                     }
                 }
             }
