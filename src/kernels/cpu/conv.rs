@@ -2393,6 +2393,26 @@ struct Im2col<'a> {
 /// past its end.
 const PAD_SLACK: usize = 32;
 
+/// [`lanes::fill_phases`] into a zeroed `dst`, on AVX2 registers where
+/// `features` allow them, else on the portable lanes.
+fn split_phases(src: &[f32], dst: &mut [f32], s: usize, l: usize, left: usize, features: Features) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(src: &[f32], dst: &mut [f32], s: usize, l: usize, left: usize) {
+            // SAFETY: the caller checked AVX2; fill_phases checks positions.
+            unsafe { lanes::fill_phases::<lanes::A8>(src, dst, s, l, left) }
+        }
+        if features.avx2_fma && ops::has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { avx2(src, dst, s, l, left) };
+        }
+    }
+    let _ = features;
+    // SAFETY: the portable lanes need no CPU feature.
+    unsafe { lanes::fill_phases::<P8>(src, dst, s, l, left) }
+}
+
 impl<'a> Im2col<'a> {
     /// Copies `x` (`channels` planes of `h × w`) into `buf` with the zero
     /// borders the window reads, each row de-interleaved by the stride.
@@ -2429,7 +2449,7 @@ impl<'a> Im2col<'a> {
                     }
                     Some(src) => {
                         prow.fill(0.0);
-                        lanes::split_phases(src, prow, win.sw, phase, win.pad_left, features);
+                        split_phases(src, prow, win.sw, phase, win.pad_left, features);
                     }
                 }
             }
@@ -2965,6 +2985,28 @@ mod tests {
         }
         let g = ConvGeom::new(&attrs, &view(&x), &view(&w), out.shape()).unwrap();
         direct(&g, &CpuCtx::single(Features::detect()))
+    }
+
+    #[test]
+    fn phase_splits_put_every_column_where_the_layout_says() {
+        for features in [Features::portable(), Features::detect()] {
+            for s in 2..=5 {
+                for n in [0usize, 1, 7, 16, 31, 32, 33, 64, 70, 131] {
+                    for left in 0..=s + 1 {
+                        let l = (n + left).div_ceil(s) + 1;
+                        let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+                        let mut want = vec![0.0f32; s * l];
+                        for (iw, &v) in src.iter().enumerate() {
+                            let q = iw + left;
+                            want[(q % s) * l + q / s] = v;
+                        }
+                        let mut got = vec![0.0f32; s * l];
+                        split_phases(&src, &mut got, s, l, left, features);
+                        assert_eq!(got, want, "s{s} n{n} left{left}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -296,33 +296,6 @@ pub(super) unsafe fn fill_phases<V: Lanes>(
     }
 }
 
-/// [`fill_phases`] into a zeroed `dst`, on AVX2 registers where
-/// `features` allow them, else on the portable lanes.
-pub(super) fn split_phases(
-    src: &[f32],
-    dst: &mut [f32],
-    s: usize,
-    l: usize,
-    left: usize,
-    features: super::Features,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(src: &[f32], dst: &mut [f32], s: usize, l: usize, left: usize) {
-            // SAFETY: the caller checked AVX2; fill_phases checks positions.
-            unsafe { fill_phases::<A8>(src, dst, s, l, left) }
-        }
-        if features.avx2_fma && super::ops::has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { avx2(src, dst, s, l, left) };
-        }
-    }
-    let _ = features;
-    // SAFETY: the portable lanes need no CPU feature.
-    unsafe { fill_phases::<P8>(src, dst, s, l, left) }
-}
-
 /// Portable lanes (plain arrays the compiler may vectorize).
 #[derive(Clone, Copy)]
 pub(super) struct P8([f32; LANES]);
@@ -661,34 +634,6 @@ mod avx {
             let old = _mm256_loadu_ps(p);
             let m = _mm256_castsi256_ps(first(n));
             _mm256_storeu_ps(p, _mm256_blendv_ps(old, self.0, m))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::cpu::Features;
-
-    #[test]
-    fn phase_splits_put_every_column_where_the_layout_says() {
-        for features in [Features::portable(), Features::detect()] {
-            for s in 2..=5 {
-                for n in [0usize, 1, 7, 16, 31, 32, 33, 64, 70, 131] {
-                    for left in 0..=s + 1 {
-                        let l = (n + left).div_ceil(s) + 1;
-                        let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
-                        let mut want = vec![0.0f32; s * l];
-                        for (iw, &v) in src.iter().enumerate() {
-                            let q = iw + left;
-                            want[(q % s) * l + q / s] = v;
-                        }
-                        let mut got = vec![0.0f32; s * l];
-                        split_phases(&src, &mut got, s, l, left, features);
-                        assert_eq!(got, want, "s{s} n{n} left{left}");
-                    }
-                }
-            }
         }
     }
 }
