@@ -230,6 +230,7 @@ impl Profile {
             .map(|(i, &op)| {
                 let t = p.time.get(i).copied().unwrap_or_default().as_secs_f64();
                 let secs = t / runs;
+                let idle = p.idle(i);
                 NodeProfile {
                     node: names.get(i).map_or(String::new(), |n| n.to_string()),
                     op: op.to_string(),
@@ -241,8 +242,8 @@ impl Profile {
                         .flatten()
                         .filter(|_| secs > 0.0 && p.runs > 0)
                         .map(|f| f as f64 / secs / 1e9),
-                    serial_share: p.idle(i).map(|(s, _)| s),
-                    uneven_share: p.idle(i).map(|(_, u)| u),
+                    serial_share: idle.map(|(s, _)| s),
+                    uneven_share: idle.map(|(_, u)| u),
                 }
             })
             .collect();
