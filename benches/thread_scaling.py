@@ -38,13 +38,14 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--mlc", default="target/release/mlc")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=int, help="batch size (models with a symbolic batch dim; default: the model's own)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--top", type=int, default=15, help="nodes listed (0: all)")
     ap.add_argument("rest", nargs="*", help="further mlc bench arguments (after --)")
     a = ap.parse_args()
-    extra = ["--batch", str(a.batch), "--runs", str(a.runs), "--warmup", "3"] + a.rest
+    batch = ["--batch", str(a.batch)] if a.batch else []
+    extra = batch + ["--runs", str(a.runs), "--warmup", "3"] + a.rest
     counts = [1, a.threads]
     lat = {t: [] for t in counts}
     node_ms = {t: {} for t in counts}
@@ -64,7 +65,7 @@ def main():
                     idle.setdefault(n["node"], []).append(shares)
     n = a.threads
     l1, ln = statistics.median(lat[1]), statistics.median(lat[n])
-    print(f"{a.model}: batch {a.batch}, p50 {l1:.2f} ms at 1 thread, {ln:.2f} ms at {n}: "
+    print(f"{a.model}: batch {a.batch or 'as exported'}, p50 {l1:.2f} ms at 1 thread, {ln:.2f} ms at {n}: "
           f"{l1 / ln:.2f}x ({a.rounds} alternating rounds of {a.runs} runs)")
     rows = []
     for name, op in order:

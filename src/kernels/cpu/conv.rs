@@ -203,9 +203,10 @@ struct ConvShape {
     unit_dilations: bool,
     /// 2-D (the transposed product and Winograd need it).
     two_d: bool,
-    /// 3x3 at stride 1, undilated, padded by 1 all round, rows at most
+    /// 3x3, undilated, at stride 1 padded by 1 all round or at stride 2
+    /// padded by at most 1 at the top and left, rows at most
     /// [`DW3X3_MAX_VECTORS`] vectors: [`dw3x3_row_vectors`]'s geometry.
-    same_3x3: bool,
+    direct_3x3: bool,
 }
 
 impl ConvShape {
@@ -228,10 +229,17 @@ impl ConvShape {
             AutoPad::SameUpper | AutoPad::SameLower => true,
             AutoPad::Valid => false,
         };
-        let same_3x3 = w_shape[2..] == [3, 3]
-            && ones(&attrs.strides)
+        // Stride 2 needs the leading pads at most 1 (the trailing ones only
+        // decide the output size; what lies past the input reads 0).
+        let leading_at_most_one = match attrs.auto_pad {
+            AutoPad::NotSet => attrs.pads.len() == 4 && attrs.pads[..2].iter().all(|&p| p <= 1),
+            AutoPad::SameUpper | AutoPad::SameLower => true,
+            AutoPad::Valid => true,
+        };
+        let direct_3x3 = w_shape[2..] == [3, 3]
             && ones(&attrs.dilations)
-            && padded_by_one
+            && ((ones(&attrs.strides) && padded_by_one)
+                || (attrs.strides == [2, 2] && leading_at_most_one))
             && ow <= 16 * DW3X3_MAX_VECTORS;
         Some(ConvShape {
             n: out_shape[0],
@@ -245,7 +253,7 @@ impl ConvShape {
             unit_strides: ones(&attrs.strides),
             unit_dilations: ones(&attrs.dilations),
             two_d: w_shape.len() == 4,
-            same_3x3,
+            direct_3x3,
         })
     }
 
@@ -326,7 +334,7 @@ impl ConvShape {
             let small = dw_interleaved_by_default(
                 self.out_plane,
                 !self.unit_strides,
-                self.same_3x3,
+                self.direct_3x3,
                 features,
             );
             return match (nplanes >= LANES, small) {
@@ -818,19 +826,25 @@ const DW_C8_MAX_PLANE_WIDE: usize = 64;
 /// Whether a depthwise convolution with output planes of `out_plane`
 /// pixels runs channel-interleaved ([`dw_interleaved`]) unless a choice says
 /// otherwise: small planes, 4 times as large when `strided`; on AVX-512
-/// never a `same_3x3` one ([`dw3x3_row_vectors`]'s geometry), whose planes
-/// [`dw3x3_avx512`] runs without a padded copy (on Zen 5, 1 thread,
-/// MobileNetV2's 7x7 stride-1 layers: 0.76-0.77x the interleaved kernel's
-/// time, run by run in `mlc tune`; its 14x14 to 112x112 ones 2-4x
-/// faster than the interleaved one).
+/// never a `direct_3x3` one ([`dw3x3_row_vectors`]'s geometry), whose planes
+/// [`dw3x3_avx512`] runs without a padded copy, except at stride 2 on
+/// output planes of at most [`DW_C8_MAX_PLANE_WIDE`] pixels (one vector a
+/// row, half of it empty). On Zen 5, 1 thread: MobileNetV2's 7x7 stride-1
+/// layers 0.76-0.77x the interleaved kernel's time, run by run in `mlc
+/// tune`, its 14x14 to 112x112 ones 2-4x faster than the interleaved one;
+/// stride 2, per-node minima of 4 alternating rounds against the padded
+/// and interleaved kernels it replaced: 112x112 -> 56x56 (96 channels)
+/// 0.25 -> 0.19 ms, 56 -> 28 (144) 0.095 -> 0.057, 28 -> 14 (192,
+/// interleaved before) 0.035 -> 0.017, and 14 -> 7 (576) 0.036 -> 0.042
+/// (slower: left interleaved).
 fn dw_interleaved_by_default(
     out_plane: usize,
     strided: bool,
-    same_3x3: bool,
+    direct_3x3: bool,
     features: Features,
 ) -> bool {
     let wide = features.avx512f && features.avx2_fma;
-    if wide && same_3x3 {
+    if wide && direct_3x3 && (!strided || out_plane > DW_C8_MAX_PLANE_WIDE) {
         return false;
     }
     let max = if wide {
@@ -1595,17 +1609,20 @@ unsafe fn dw_avx512(
 const DW3X3_MAX_VECTORS: usize = 8;
 
 /// The vectors of 16 a row of `win`'s output takes, when it is a 3x3
-/// window at stride 1, undilated, padded by 1 on every side (the output
-/// plane the input's size: MobileNetV2's stride-1 depthwise layers) and a
-/// row is at most [`DW3X3_MAX_VECTORS`] vectors: the geometry
+/// undilated window, a row is at most [`DW3X3_MAX_VECTORS`] vectors, and
+/// either at stride 1 padded by 1 on every side (the output plane the
+/// input's size: MobileNetV2's stride-1 depthwise layers) or at stride 2
+/// padded by at most 1 at the top and left (its stride-2 ones, and
+/// TensorFlow's SAME padding, which pads the end): the geometry
 /// [`dw3x3_avx512`] computes.
 fn dw3x3_row_vectors(win: &Window2d) -> Option<usize> {
-    let fits = (win.kh, win.kw, win.sh, win.sw, win.dh, win.dw) == (3, 3, 1, 1, 1, 1)
+    let k3 = (win.kh, win.kw, win.dh, win.dw) == (3, 3, 1, 1);
+    let same = (win.sh, win.sw) == (1, 1)
         && (win.pad_top, win.pad_left, win.pad_bottom, win.pad_right) == (1, 1, 1, 1)
-        && (win.oh, win.ow) == (win.h, win.w)
-        && win.w > 0;
-    let nb = win.w.div_ceil(16);
-    (fits && nb <= DW3X3_MAX_VECTORS).then_some(nb)
+        && (win.oh, win.ow) == (win.h, win.w);
+    let halved = (win.sh, win.sw) == (2, 2) && win.pad_top <= 1 && win.pad_left <= 1;
+    let nb = win.ow.div_ceil(16);
+    (k3 && (same || halved) && win.ow > 0 && nb <= DW3X3_MAX_VECTORS).then_some(nb)
 }
 
 /// [`dw_padded_rows`] for [`dw3x3_row_vectors`]'s geometry on AVX-512,
@@ -1617,12 +1634,15 @@ fn dw3x3_row_vectors(win: &Window2d) -> Option<usize> {
 /// padded kernel's order (the same results). On the small planes of
 /// MobileNetV2 the padded copy and the per-plane set-up were most of the
 /// kernel's time (perf on Zen 5: loop and spill code above the FMAs).
+/// At stride 2 each 32 input columns are split into their even and odd
+/// ones (`vpermt2ps`) where the padded kernel copies them into phases.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX2 and FMA; `nb` is
 /// `dw3x3_row_vectors(win)`, `xp` holds the `h × w` input plane, `wk` 9
 /// weights, `res` (if any) an output plane; `p` is valid for writes of
-/// the output plane and no other thread accesses its rows `rows`.
+/// the output plane and no other thread accesses its rows `rows`
+/// (`rows.end <= oh`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -1646,15 +1666,24 @@ unsafe fn dw3x3_avx512(
         res,
         p,
     };
-    match nb {
-        1 => args.rows::<1>(rows),
-        2 => args.rows::<2>(rows),
-        3 => args.rows::<3>(rows),
-        4 => args.rows::<4>(rows),
-        5 => args.rows::<5>(rows),
-        6 => args.rows::<6>(rows),
-        7 => args.rows::<7>(rows),
-        _ => args.rows::<8>(rows),
+    macro_rules! by_width {
+        ($rows:ident) => {
+            match nb {
+                1 => args.$rows::<1>(rows),
+                2 => args.$rows::<2>(rows),
+                3 => args.$rows::<3>(rows),
+                4 => args.$rows::<4>(rows),
+                5 => args.$rows::<5>(rows),
+                6 => args.$rows::<6>(rows),
+                7 => args.$rows::<7>(rows),
+                _ => args.$rows::<8>(rows),
+            }
+        };
+    }
+    if win.sw == 2 {
+        by_width!(rows_halved)
+    } else {
+        by_width!(rows)
     }
 }
 
@@ -1737,6 +1766,111 @@ impl Dw3x3<'_> {
                     y = _mm512_min_ps(vhi, _mm512_max_ps(vlo, y));
                 }
                 _mm512_mask_storeu_ps(self.p.add(at), mask(b), y);
+            }
+        }
+    }
+
+    /// Output rows `rows` at stride 2, `NB` vectors a row: output column
+    /// `o` reads input columns `2o - left + 0..3` of rows `2oy - top +
+    /// 0..3` (`left`, `top` the leading pads, 0 or 1), everything past the
+    /// input 0. Each input row's 32 columns under a vector of outputs are
+    /// loaded once (masked past the row's end) and split into even and odd
+    /// columns; the taps at `2o - 1` (left pad 1) or `2o + 2` (none) come
+    /// from `valignd` with the neighbouring vector. The taps, residual and
+    /// clamp go in the padded kernel's order (the same results).
+    ///
+    /// # Safety
+    /// As [`dw3x3_avx512`], with `NB` its `nb` and a stride-2 window.
+    #[inline(always)]
+    unsafe fn rows_halved<const NB: usize>(&self, rows: std::ops::Range<usize>) {
+        use std::arch::x86_64::*;
+        let win = self.win;
+        let (h, w, ow) = (win.h, win.w, win.ow);
+        debug_assert!(
+            self.xp.len() == h * w
+                && self.wk.len() == 9
+                && ow.div_ceil(16) == NB
+                && rows.end <= win.oh
+                && win.pad_top <= 1
+                && win.pad_left <= 1
+                && self.res.is_none_or(|r| r.len() == win.oh * ow)
+        );
+        let last = ow - 16 * (NB - 1);
+        let out_mask = |b: usize| -> u16 {
+            if b + 1 < NB || last == 16 {
+                0xffff
+            } else {
+                (1u16 << last) - 1
+            }
+        };
+        // The 16 input columns from `c` that lie in the row.
+        let in_mask = |c: usize| -> u16 {
+            match w.saturating_sub(c) {
+                0 => 0,
+                n if n >= 16 => 0xffff,
+                n => (1u16 << n) - 1,
+            }
+        };
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let wv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(self.wk[t]));
+        let vb = _mm512_set1_ps(self.bias);
+        let (lo, hi) = self.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let zero = _mm512_setzero_si512();
+        let left_pad = win.pad_left == 1;
+        for oy in rows {
+            let mut acc = [vb; NB];
+            for ky in 0..3 {
+                // Lane i of ev[b] / od[b] is input column 32b + 2i / + 1;
+                // `beyond` lane 0 is column 32 NB (the last right tap
+                // without a left pad). A padding row is zeros, its taps
+                // multiplied in as the padded kernel does.
+                let (mut ev, mut od, mut beyond) = ([zero; NB], [zero; NB], zero);
+                if let Some(iy) = (2 * oy + ky).checked_sub(win.pad_top).filter(|&iy| iy < h) {
+                    let row = self.xp.as_ptr().add(iy * w);
+                    for b in 0..NB {
+                        let c = 32 * b;
+                        // Masked-off lanes are never read: the addresses
+                        // may pass the plane's end.
+                        let v0 = _mm512_maskz_loadu_ps(in_mask(c), row.wrapping_add(c));
+                        let v1 = _mm512_maskz_loadu_ps(in_mask(c + 16), row.wrapping_add(c + 16));
+                        ev[b] = _mm512_castps_si512(_mm512_permutex2var_ps(v0, even, v1));
+                        od[b] = _mm512_castps_si512(_mm512_permutex2var_ps(v0, odd, v1));
+                    }
+                    if !left_pad {
+                        let c = 32 * NB;
+                        beyond = _mm512_castps_si512(_mm512_maskz_loadu_ps(
+                            in_mask(c) & 1,
+                            row.wrapping_add(c),
+                        ));
+                    }
+                }
+                for b in 0..NB {
+                    let (l, m, r) = if left_pad {
+                        // Columns 2o - 1, 2o, 2o + 1.
+                        let prev = if b > 0 { od[b - 1] } else { zero };
+                        (_mm512_alignr_epi32::<15>(od[b], prev), ev[b], od[b])
+                    } else {
+                        // Columns 2o, 2o + 1, 2o + 2.
+                        let next = if b + 1 < NB { ev[b + 1] } else { beyond };
+                        (ev[b], od[b], _mm512_alignr_epi32::<1>(next, ev[b]))
+                    };
+                    acc[b] = _mm512_fmadd_ps(wv[3 * ky], _mm512_castsi512_ps(l), acc[b]);
+                    acc[b] = _mm512_fmadd_ps(wv[3 * ky + 1], _mm512_castsi512_ps(m), acc[b]);
+                    acc[b] = _mm512_fmadd_ps(wv[3 * ky + 2], _mm512_castsi512_ps(r), acc[b]);
+                }
+            }
+            for (b, &a) in acc.iter().enumerate() {
+                let at = oy * ow + 16 * b;
+                let mut y = a;
+                if let Some(r) = self.res {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(out_mask(b), r.as_ptr().add(at)));
+                }
+                if self.clamp.is_some() {
+                    y = _mm512_min_ps(vhi, _mm512_max_ps(vlo, y));
+                }
+                _mm512_mask_storeu_ps(self.p.add(at), out_mask(b), y);
             }
         }
     }
@@ -3759,11 +3893,37 @@ mod tests {
             eprintln!("skipped: 3x3 depthwise in registers (CPU lacks AVX-512F)");
             return;
         }
-        let same = same_3x3;
         let mut seed = 900;
+        // Stride 1 padded by 1, and stride 2 with every leading and
+        // trailing pad of 0 or 1 (each input width either side of the
+        // vector boundaries of its outputs and of its own 32 columns).
+        let mut windows = Vec::new();
         for w in [1, 2, 15, 16, 17, 31, 32, 33, 56, 100, 112, 127, 128] {
             for h in [1, 2, 3, 5] {
-                let win = same(h, w);
+                windows.push(same_3x3(h, w));
+            }
+        }
+        for w in [
+            1, 2, 3, 7, 14, 31, 32, 33, 34, 56, 63, 64, 65, 112, 224, 255, 256, 257,
+        ] {
+            for h in [1, 2, 3, 6, 7] {
+                for pads in [
+                    (1, 1, 1, 1),
+                    (0, 0, 1, 1),
+                    (1, 0, 0, 1),
+                    (0, 1, 1, 0),
+                    (1, 1, 0, 0),
+                ] {
+                    let taken = |win: &Window2d| win.ow <= 16 * DW3X3_MAX_VECTORS;
+                    if let Some(win) = halved_3x3(h, w, pads).filter(taken) {
+                        windows.push(win);
+                    }
+                }
+            }
+        }
+        for win in windows {
+            {
+                let (h, w, oh, ow) = (win.h, win.w, win.oh, win.ow);
                 let nb = dw3x3_row_vectors(&win).expect("the geometry it takes");
                 let mut x = random(&[h * w], seed, 2.0).as_f32().unwrap().to_vec();
                 for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0]
@@ -3776,7 +3936,7 @@ mod tests {
                     }
                 }
                 let wk = random(&[9], seed + 1, 1.0).as_f32().unwrap().to_vec();
-                let res = random(&[h * w], seed + 2, 1.0).as_f32().unwrap().to_vec();
+                let res = random(&[oh * ow], seed + 2, 1.0).as_f32().unwrap().to_vec();
                 for (clamp, residual) in [
                     (None, false),
                     (Some((0.0, 6.0)), true),
@@ -3785,10 +3945,10 @@ mod tests {
                     let plan = DwPlan::new(&win, clamp).expect("a padded plan");
                     let r = residual.then_some(&res[..]);
                     let mut buf = vec![0.0; plan.pad.size()];
-                    let (mut want, mut got) = (vec![7.0f32; h * w], vec![7.0f32; h * w]);
+                    let (mut want, mut got) = (vec![7.0f32; oh * ow], vec![7.0f32; oh * ow]);
                     // Whole planes, and two bands of rows.
-                    let cut = h / 2;
-                    for rows in [0..h, 0..cut, cut..h] {
+                    let cut = oh / 2;
+                    for rows in [0..oh, 0..cut, cut..oh] {
                         buf.fill(0.0);
                         // SAFETY: AVX-512F, AVX2 and FMA are present (checked
                         // above); the plane, scratch and rows fit the window.
@@ -3810,14 +3970,16 @@ mod tests {
                     assert_eq!(
                         bits(&want),
                         bits(&got),
-                        "{h}x{w} clamp {clamp:?} residual {residual}"
+                        "{h}x{w} stride {} pads {:?} clamp {clamp:?} residual {residual}",
+                        win.sw,
+                        (win.pad_top, win.pad_left, win.pad_bottom, win.pad_right)
                     );
                 }
                 seed += 3;
             }
         }
         // Past the widest row it takes, and other windows: not this kernel.
-        let wide = same(4, 129);
+        let wide = same_3x3(4, 129);
         assert_eq!(dw3x3_row_vectors(&wide), None);
         assert_eq!(
             dw3x3_row_vectors(&Window2d {
@@ -3827,6 +3989,10 @@ mod tests {
             }),
             None
         );
+        let halved = halved_3x3(4, 258, (1, 1, 1, 1)).expect("a window");
+        assert_eq!((halved.ow, dw3x3_row_vectors(&halved)), (129, None));
+        let left2 = halved_3x3(4, 64, (1, 2, 1, 1)).expect("a window");
+        assert_eq!(dw3x3_row_vectors(&left2), None);
         assert_eq!(
             dw3x3_row_vectors(&Window2d {
                 pad_left: 0,
@@ -3991,6 +4157,29 @@ mod tests {
     }
 
     /// The 3x3 window at stride 1 padded by 1 ("same") over an h x w plane.
+    /// A 3x3 stride-2 window over `h x w` with pads (top, left, bottom,
+    /// right); None when it has no output.
+    fn halved_3x3(h: usize, w: usize, pads: (usize, usize, usize, usize)) -> Option<Window2d> {
+        let (t, l, b, r) = pads;
+        let out = |n: usize, p: usize| (n + p).checked_sub(3).map(|x| x / 2 + 1);
+        Some(Window2d {
+            h,
+            w,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 2,
+            dh: 1,
+            dw: 1,
+            pad_top: t,
+            pad_left: l,
+            pad_bottom: b,
+            pad_right: r,
+            oh: out(h, t + b)?,
+            ow: out(w, l + r)?,
+        })
+    }
+
     fn same_3x3(h: usize, w: usize) -> Window2d {
         Window2d {
             h,
