@@ -1620,9 +1620,8 @@ fn dw3x3_row_vectors(win: &Window2d) -> Option<usize> {
     let same = (win.sh, win.sw) == (1, 1)
         && (win.pad_top, win.pad_left, win.pad_bottom, win.pad_right) == (1, 1, 1, 1)
         && (win.oh, win.ow) == (win.h, win.w);
-    let halved = (win.sh, win.sw) == (2, 2) && win.pad_top <= 1 && win.pad_left <= 1;
     let nb = win.ow.div_ceil(16);
-    (k3 && (same || halved) && win.ow > 0 && nb <= DW3X3_MAX_VECTORS).then_some(nb)
+    (k3 && (same || win.halved_3x3()) && win.ow > 0 && nb <= DW3X3_MAX_VECTORS).then_some(nb)
 }
 
 /// [`dw_padded_rows`] for [`dw3x3_row_vectors`]'s geometry on AVX-512,
@@ -1770,14 +1769,11 @@ impl Dw3x3<'_> {
         }
     }
 
-    /// Output rows `rows` at stride 2, `NB` vectors a row: output column
-    /// `o` reads input columns `2o - left + 0..3` of rows `2oy - top +
-    /// 0..3` (`left`, `top` the leading pads, 0 or 1), everything past the
-    /// input 0. Each input row's 32 columns under a vector of outputs are
-    /// loaded once (masked past the row's end) and split into even and odd
-    /// columns; the taps at `2o - 1` (left pad 1) or `2o + 2` (none) come
-    /// from `valignd` with the neighbouring vector. The taps, residual and
-    /// clamp go in the padded kernel's order (the same results).
+    /// Output rows `rows` of a stride-2 window
+    /// ([`Window2d::halved_3x3`]), `NB` vectors a row, each input row's
+    /// taps from [`lanes::HalvedRow`] (everything past the input 0).
+    /// The taps, residual and clamp go in the padded kernel's order (the
+    /// same results).
     ///
     /// # Safety
     /// As [`dw3x3_avx512`], with `NB` its `nb` and a stride-2 window.
@@ -1791,8 +1787,7 @@ impl Dw3x3<'_> {
                 && self.wk.len() == 9
                 && ow.div_ceil(16) == NB
                 && rows.end <= win.oh
-                && win.pad_top <= 1
-                && win.pad_left <= 1
+                && win.halved_3x3()
                 && self.res.is_none_or(|r| r.len() == win.oh * ow)
         );
         let last = ow - 16 * (NB - 1);
@@ -1803,62 +1798,25 @@ impl Dw3x3<'_> {
                 (1u16 << last) - 1
             }
         };
-        // The 16 input columns from `c` that lie in the row.
-        let in_mask = |c: usize| -> u16 {
-            match w.saturating_sub(c) {
-                0 => 0,
-                n if n >= 16 => 0xffff,
-                n => (1u16 << n) - 1,
-            }
-        };
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let wv: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(self.wk[t]));
         let vb = _mm512_set1_ps(self.bias);
         let (lo, hi) = self.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        let zero = _mm512_setzero_si512();
-        let left_pad = win.pad_left == 1;
+        let zero = _mm512_setzero_ps();
+        let split = lanes::HalvedRow::<NB>::new(w, win.pad_left == 1, zero);
         for oy in rows {
             let mut acc = [vb; NB];
             for ky in 0..3 {
-                // Lane i of ev[b] / od[b] is input column 32b + 2i / + 1;
-                // `beyond` lane 0 is column 32 NB (the last right tap
-                // without a left pad). A padding row is zeros, its taps
-                // multiplied in as the padded kernel does.
-                let (mut ev, mut od, mut beyond) = ([zero; NB], [zero; NB], zero);
-                if let Some(iy) = (2 * oy + ky).checked_sub(win.pad_top).filter(|&iy| iy < h) {
-                    let row = self.xp.as_ptr().add(iy * w);
-                    for b in 0..NB {
-                        let c = 32 * b;
-                        // Masked-off lanes are never read: the addresses
-                        // may pass the plane's end.
-                        let v0 = _mm512_maskz_loadu_ps(in_mask(c), row.wrapping_add(c));
-                        let v1 = _mm512_maskz_loadu_ps(in_mask(c + 16), row.wrapping_add(c + 16));
-                        ev[b] = _mm512_castps_si512(_mm512_permutex2var_ps(v0, even, v1));
-                        od[b] = _mm512_castps_si512(_mm512_permutex2var_ps(v0, odd, v1));
+                // A padding row is zeros, its taps multiplied in as the
+                // padded kernel does (the same sums).
+                let row = match (2 * oy + ky).checked_sub(win.pad_top).filter(|&iy| iy < h) {
+                    Some(iy) => split.split(self.xp.as_ptr().add(iy * w)),
+                    None => split.padding(),
+                };
+                for (b, a) in acc.iter_mut().enumerate() {
+                    for (kx, x) in row.taps(b).into_iter().enumerate() {
+                        *a = _mm512_fmadd_ps(wv[3 * ky + kx], x, *a);
                     }
-                    if !left_pad {
-                        let c = 32 * NB;
-                        beyond = _mm512_castps_si512(_mm512_maskz_loadu_ps(
-                            in_mask(c) & 1,
-                            row.wrapping_add(c),
-                        ));
-                    }
-                }
-                for b in 0..NB {
-                    let (l, m, r) = if left_pad {
-                        // Columns 2o - 1, 2o, 2o + 1.
-                        let prev = if b > 0 { od[b - 1] } else { zero };
-                        (_mm512_alignr_epi32::<15>(od[b], prev), ev[b], od[b])
-                    } else {
-                        // Columns 2o, 2o + 1, 2o + 2.
-                        let next = if b + 1 < NB { ev[b + 1] } else { beyond };
-                        (ev[b], od[b], _mm512_alignr_epi32::<1>(next, ev[b]))
-                    };
-                    acc[b] = _mm512_fmadd_ps(wv[3 * ky], _mm512_castsi512_ps(l), acc[b]);
-                    acc[b] = _mm512_fmadd_ps(wv[3 * ky + 1], _mm512_castsi512_ps(m), acc[b]);
-                    acc[b] = _mm512_fmadd_ps(wv[3 * ky + 2], _mm512_castsi512_ps(r), acc[b]);
                 }
             }
             for (b, &a) in acc.iter().enumerate() {

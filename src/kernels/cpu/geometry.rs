@@ -101,6 +101,16 @@ impl Window2d {
         hp.checked_mul(wp).is_some_and(|p| p <= budget)
     }
 
+    /// A 3x3 undilated window at stride 2 with leading pads of at most 1
+    /// (PyTorch's padding 1, TensorFlow's SAME): output column `o` reads
+    /// input columns `2o - pad_left + 0..3`, row `oh` rows `2oh - pad_top
+    /// + 0..3`. The trailing pads only decide the output size.
+    pub fn halved_3x3(&self) -> bool {
+        (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) == (3, 3, 2, 2, 1, 1)
+            && self.pad_top <= 1
+            && self.pad_left <= 1
+    }
+
     pub fn in_plane(&self) -> usize {
         self.h * self.w
     }

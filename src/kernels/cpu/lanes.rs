@@ -398,7 +398,7 @@ impl Lanes for P8 {
 #[cfg(target_arch = "x86_64")]
 pub(super) use avx::A8;
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx512::A16;
+pub(super) use avx512::{HalvedRow, A16};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -460,6 +460,134 @@ mod avx512 {
                 out[8 + ok] = A16(_mm512_shuffle_f32x4::<0xDD>(v[ok], v[8 + ok]));
             }
             out
+        }
+    }
+
+    /// The three column taps of a 3x3 stride-2 window
+    /// ([`Window2d::halved_3x3`](super::super::geometry::Window2d::halved_3x3))
+    /// over input rows of `w` floats, for `NB` vectors of 16 outputs: lane
+    /// `i` of `split(row).taps(b)[kj]` is input column `2 (16 b + i) + kj - left`
+    /// (`left`: the leading pad, 0 or 1), or `fill` where that lies outside
+    /// the row. The 32 columns under each vector are loaded once (masked to
+    /// the row: the addresses may pass its end) and split into even and odd
+    /// lanes (`vpermt2ps`); the tap that crosses into the neighbouring
+    /// vector comes from `valignd`. Made once per plane: the masks are the
+    /// same for every row.
+    #[derive(Clone, Copy)]
+    pub(in crate::kernels::cpu) struct HalvedRow<const NB: usize> {
+        even: __m512i,
+        odd: __m512i,
+        /// Columns `32 b .. 32 b + 16` and `32 b + 16 .. 32 b + 32` inside
+        /// the row.
+        inside: [(__mmask16, __mmask16); NB],
+        /// Column `32 NB` inside the row (the last right tap without a left
+        /// pad).
+        beyond: __mmask16,
+        left: bool,
+        fill: __m512,
+    }
+
+    impl<const NB: usize> HalvedRow<NB> {
+        /// # Safety
+        /// AVX-512F.
+        #[inline(always)]
+        pub(in crate::kernels::cpu) unsafe fn new(w: usize, left: bool, fill: __m512) -> Self {
+            let mut inside = [(0, 0); NB];
+            for (b, m) in inside.iter_mut().enumerate() {
+                *m = (first_inside(w, 32 * b), first_inside(w, 32 * b + 16));
+            }
+            HalvedRow {
+                even: _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                odd: _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+                inside,
+                beyond: first_inside(w, 32 * NB) & 1,
+                left,
+                fill,
+            }
+        }
+
+        /// The row at `row`, split.
+        ///
+        /// # Safety
+        /// AVX-512F; `row` is a row of the width this was made for.
+        #[inline(always)]
+        pub(in crate::kernels::cpu) unsafe fn split(&self, row: *const f32) -> Halves<NB> {
+            let fill = self.fill;
+            let mut h = self.padding();
+            for b in 0..NB {
+                let (m0, m1) = self.inside[b];
+                let v0 = _mm512_mask_loadu_ps(fill, m0, row.wrapping_add(32 * b));
+                let v1 = _mm512_mask_loadu_ps(fill, m1, row.wrapping_add(32 * b + 16));
+                h.even[b] = _mm512_permutex2var_ps(v0, self.even, v1);
+                h.odd[b] = _mm512_permutex2var_ps(v0, self.odd, v1);
+            }
+            if !self.left {
+                h.edge = _mm512_mask_loadu_ps(fill, self.beyond, row.wrapping_add(32 * NB));
+            }
+            h
+        }
+
+        /// A padding row: `fill` everywhere.
+        #[inline(always)]
+        pub(in crate::kernels::cpu) fn padding(&self) -> Halves<NB> {
+            Halves {
+                even: [self.fill; NB],
+                odd: [self.fill; NB],
+                edge: self.fill,
+                left: self.left,
+            }
+        }
+    }
+
+    /// One input row split by [`HalvedRow`]: lane `i` of `even[b]` /
+    /// `odd[b]` is column `32 b + 2 i` / `+ 1`.
+    #[derive(Clone, Copy)]
+    pub(in crate::kernels::cpu) struct Halves<const NB: usize> {
+        even: [__m512; NB],
+        odd: [__m512; NB],
+        /// Without a left pad, lane 0 is column `32 NB` (the last vector's
+        /// right tap); with one, the fill (column -1, the first vector's
+        /// left tap).
+        edge: __m512,
+        left: bool,
+    }
+
+    impl<const NB: usize> Halves<NB> {
+        /// The three taps (kernel columns 0, 1, 2) of the outputs of vector
+        /// `b`. (Per vector, so that a kernel can use them as they come.)
+        ///
+        /// # Safety
+        /// AVX-512F; `b < NB`.
+        #[inline(always)]
+        pub(in crate::kernels::cpu) unsafe fn taps(&self, b: usize) -> [__m512; 3] {
+            let (ev, od) = (self.even[b], self.odd[b]);
+            if self.left {
+                // Columns 2o - 1, 2o, 2o + 1.
+                let prev = if b > 0 { self.odd[b - 1] } else { self.edge };
+                let l =
+                    _mm512_alignr_epi32::<15>(_mm512_castps_si512(od), _mm512_castps_si512(prev));
+                [_mm512_castsi512_ps(l), ev, od]
+            } else {
+                // Columns 2o, 2o + 1, 2o + 2.
+                let next = if b + 1 < NB {
+                    self.even[b + 1]
+                } else {
+                    self.edge
+                };
+                let r =
+                    _mm512_alignr_epi32::<1>(_mm512_castps_si512(next), _mm512_castps_si512(ev));
+                [ev, od, _mm512_castsi512_ps(r)]
+            }
+        }
+    }
+
+    /// Mask of the 16 columns from `c` that lie in a row of `w`.
+    #[inline(always)]
+    fn first_inside(w: usize, c: usize) -> __mmask16 {
+        match w.saturating_sub(c) {
+            0 => 0,
+            n if n >= 16 => 0xffff,
+            n => ((1u32 << n) - 1) as __mmask16,
         }
     }
 

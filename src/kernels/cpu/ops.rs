@@ -1369,6 +1369,98 @@ fn pool_max_at(win: &Window2d, xp: &[f32], oh: usize, ow: usize) -> f32 {
     }
 }
 
+/// Output rows of at most this many vectors of 16 take
+/// [`max3x3_halved_avx512`].
+const MAX_HALVED_VECTORS: usize = 8;
+
+/// The vectors of 16 an output row takes when a pooling of `win` runs
+/// [`max3x3_halved_avx512`]: a MaxPool over a stride-2 3x3 window
+/// ([`Window2d::halved_3x3`]) on AVX-512, rows of at most
+/// [`MAX_HALVED_VECTORS`] vectors.
+#[cfg(target_arch = "x86_64")]
+fn max_halved_vectors(win: &Window2d, average: bool, features: Features) -> Option<usize> {
+    let nb = win.ow.div_ceil(16);
+    (!average
+        && features.avx512f
+        && has_avx512()
+        && win.halved_3x3()
+        && (1..=MAX_HALVED_VECTORS).contains(&nb))
+    .then_some(nb)
+}
+
+/// MaxPool over a stride-2 3x3 window ([`Window2d::halved_3x3`]) on
+/// AVX-512, straight from the input plane `xp` into the output plane `p`
+/// (no scratch copy): each output row's input rows give their taps through
+/// [`lanes::HalvedRow`] (-inf past the input) and the maxima of 16
+/// outputs are taken in the padded kernel's tap order, so the results are
+/// the same to the bit (-0 and NaN included); a -inf maximum is recomputed
+/// by [`pool_max_at`] as there. ResNet-18's MaxPool (64 x 112x112 ->
+/// 56x56) copied and split every input row first.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `nb` is [`max_halved_vectors`] of
+/// `win`, `xp` its input plane and `p` its output plane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max3x3_halved_avx512(nb: usize, win: &Window2d, xp: &[f32], p: &mut [f32]) {
+    match nb {
+        1 => max3x3_halved_rows::<1>(win, xp, p),
+        2 => max3x3_halved_rows::<2>(win, xp, p),
+        3 => max3x3_halved_rows::<3>(win, xp, p),
+        4 => max3x3_halved_rows::<4>(win, xp, p),
+        5 => max3x3_halved_rows::<5>(win, xp, p),
+        6 => max3x3_halved_rows::<6>(win, xp, p),
+        7 => max3x3_halved_rows::<7>(win, xp, p),
+        _ => max3x3_halved_rows::<8>(win, xp, p),
+    }
+}
+
+/// [`max3x3_halved_avx512`] with `NB` its `nb`.
+///
+/// # Safety
+/// As [`max3x3_halved_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn max3x3_halved_rows<const NB: usize>(win: &Window2d, xp: &[f32], p: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (h, w, ow) = (win.h, win.w, win.ow);
+    if xp.len() != h * w || p.len() != win.oh * ow || ow.div_ceil(16) != NB || !win.halved_3x3() {
+        // Unreachable from `pool`, which sizes everything from the window.
+        debug_assert!(false, "max3x3_halved: inconsistent arguments");
+        return;
+    }
+    let last = ow - 16 * (NB - 1);
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let split = lanes::HalvedRow::<NB>::new(w, win.pad_left == 1, ninf);
+    for oy in 0..win.oh {
+        let mut acc = [ninf; NB];
+        for ky in 0..3 {
+            // A padding row's taps are -inf: they change no maximum.
+            let Some(iy) = (2 * oy + ky).checked_sub(win.pad_top).filter(|&iy| iy < h) else {
+                continue;
+            };
+            let row = split.split(xp.as_ptr().add(iy * w));
+            for (b, a) in acc.iter_mut().enumerate() {
+                for x in row.taps(b) {
+                    // `x > acc ? x : acc`, as the padded kernel's max.
+                    *a = _mm512_max_ps(x, *a);
+                }
+            }
+        }
+        let row = &mut p[oy * ow..(oy + 1) * ow];
+        for (b, &a) in acc.iter().enumerate() {
+            let n = if b + 1 < NB { 16 } else { last };
+            let m = ((1u32 << n) - 1) as __mmask16;
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(16 * b), m, a);
+            let inf = u32::from(_mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(m, a, ninf));
+            if inf != 0 {
+                pool_max_fix(win, xp, oy, 16 * b, inf & 0xff, row);
+                pool_max_fix(win, xp, oy, 16 * b + 8, inf >> 8, row);
+            }
+        }
+    }
+}
+
 /// [`pool_dispatch`] on AVX2 registers, into which the [`lanes::A8`]
 /// methods and their intrinsics inline.
 ///
@@ -1499,6 +1591,19 @@ fn pool(
     // Work per output: its taps, or the input it reads when that is more
     // (the copy into the scratch).
     let cost = (win.kh * win.kw).max(in_plane / out_plane.max(1));
+    #[cfg(target_arch = "x86_64")]
+    if let Some(nb) = max_halved_vectors(&win, average, cx.features) {
+        split(cx, out.data, out_plane, cost, |off, d| {
+            let p0 = off / out_plane;
+            for (j, p) in d.chunks_exact_mut(out_plane).enumerate() {
+                let xp = &xd[(p0 + j) * in_plane..(p0 + j + 1) * in_plane];
+                // SAFETY: `max_halved_vectors` checked AVX-512 and the
+                // window; the planes are the window's.
+                unsafe { max3x3_halved_avx512(nb, &win, xp, p) }
+            }
+        });
+        return true;
+    }
     if let Some(plan) = PoolPlan::new(&win, average, include_pad) {
         let fill = plan.fill();
         split(cx, out.data, out_plane, cost, |off, d| {
@@ -2509,6 +2614,87 @@ mod tests {
         run(&[1, 64, 28, 28], &pa(&[3, 3], &[2, 2], &[1, 1, 1, 1]));
         run(&[2, 40, 17, 9], &pa(&[3, 3], &[1, 1], &[1, 1, 1, 1]));
         run(&[1, 32, 33, 30], &pa(&[2, 2], &[2, 2], &[0, 0, 0, 0]));
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn halved_max_pool_matches_the_padded_kernel_bit_for_bit() {
+        // max3x3_halved_avx512 (no scratch) against the padded kernel on
+        // the same plane: stride-2 3x3 windows with leading pads 0 or 1 and
+        // trailing pads 0 to 2, widths either side of the vector edges of
+        // the outputs and of the 32 input columns under them; inputs with
+        // NaN, -inf, +0 and -0 (whose max depends on the tap order) and
+        // all-NaN or all -inf windows.
+        if !(has_avx512() && has_avx2_fma()) {
+            eprintln!("skipped: stride-2 max pool in registers (CPU lacks AVX-512)");
+            return;
+        }
+        let features = Features::detect();
+        let halved = |h: usize, w: usize, (t, l, b, r): (usize, usize, usize, usize)| {
+            let out = |n: usize, p: usize| (n + p).checked_sub(3).map(|x| x / 2 + 1);
+            Some(Window2d {
+                h,
+                w,
+                kh: 3,
+                kw: 3,
+                sh: 2,
+                sw: 2,
+                dh: 1,
+                dw: 1,
+                pad_top: t,
+                pad_left: l,
+                pad_bottom: b,
+                pad_right: r,
+                oh: out(h, t + b)?,
+                ow: out(w, l + r)?,
+            })
+        };
+        let mut seed = 40;
+        let mut cases = 0;
+        for w in [
+            1, 2, 3, 7, 14, 31, 32, 33, 34, 56, 63, 64, 65, 112, 255, 256,
+        ] {
+            for h in [1, 2, 3, 7] {
+                for (t, l, b, r) in [(1, 1, 1, 1), (0, 0, 1, 1), (1, 0, 0, 2), (0, 1, 2, 0)] {
+                    let Some(win) = halved(h, w, (t, l, b, r)) else {
+                        continue;
+                    };
+                    let (oh, ow) = (win.oh, win.ow);
+                    let nb = max_halved_vectors(&win, false, features).expect("its geometry");
+                    assert_eq!(max_halved_vectors(&win, true, features), None);
+                    let mut x = random(&[h * w], seed, 3.0).as_f32().unwrap().to_vec();
+                    for (i, v) in x.iter_mut().enumerate() {
+                        *v = match (i * 7 + seed as usize) % 13 {
+                            0 => f32::NAN,
+                            1 => f32::NEG_INFINITY,
+                            2 => 0.0,
+                            3 => -0.0,
+                            _ => *v,
+                        };
+                    }
+                    let plan = PoolPlan::new(&win, false, false).expect("a padded plan");
+                    for x in [x, vec![f32::NAN; h * w], vec![f32::NEG_INFINITY; h * w]] {
+                        let mut buf = vec![f32::NEG_INFINITY; plan.pad.size()];
+                        let (mut want, mut got) = (vec![7.0; oh * ow], vec![7.0; oh * ow]);
+                        pool_padded(true, &plan, &x, &mut buf, &mut want);
+                        // SAFETY: AVX-512 is present (checked above); `nb`
+                        // and the planes are the window's.
+                        unsafe { max3x3_halved_avx512(nb, &win, &x, &mut got) };
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&want), bits(&got), "{h}x{w} pads {:?}", (t, l, b, r));
+                        cases += 1;
+                    }
+                    seed += 1;
+                }
+            }
+        }
+        assert!(cases > 500);
+        // Rows past the widest it takes go to the padded kernel.
+        let wide = halved(4, 258, (1, 1, 1, 1)).expect("a window");
+        assert_eq!(
+            (wide.ow, max_halved_vectors(&wide, false, features)),
+            (129, None)
+        );
     }
 
     #[test]
