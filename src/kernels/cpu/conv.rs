@@ -44,7 +44,7 @@ use super::gemm::{
 };
 use super::geometry::Window2d;
 use super::lanes::{self, Lanes, PhasePad, Row, Square, LANES, P8};
-use super::{direct_oc, ops, sparse, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
+use super::{direct_oc, ops, sparse, stem, winograd, CpuCtx, Features, Prepacked, View, ViewMut};
 
 /// Channels a vector holds in the AVX-512 channel-interleaved depthwise
 /// kernel ([`dw_c16_avx512`]; 8 elsewhere).
@@ -494,9 +494,20 @@ pub fn run_packed(
             Some(Prepacked::ConvWeights { packs: p, direct })
                 if p.len() == g.group && p.iter().all(|a| a.m() == g.mg && a.k() == k) =>
             {
-                if !(*direct && via_direct(&g, x.data, p, &fused, out.data, cx)) {
+                if *direct && stem::applies(&g.win, g.cg, g.group, cx.features) {
+                    let (bias, res) = (fused.bias, fused.residual);
+                    stem::run(
+                        &g.win, g.n, g.c, g.m, x.data, w.data, bias, res, act, out.data, cx,
+                    );
+                } else if !(*direct && via_direct(&g, x.data, p, &fused, out.data, cx)) {
                     via_gemm(&g, x.data, w.data, Some(p), &fused, out.data, cx)
                 }
+            }
+            _ if direct(&g, cx) && stem::applies(&g.win, g.cg, g.group, cx.features) => {
+                let (bias, res) = (fused.bias, fused.residual);
+                stem::run(
+                    &g.win, g.n, g.c, g.m, x.data, w.data, bias, res, act, out.data, cx,
+                );
             }
             _ => {
                 let done = direct(&g, cx) && {
@@ -2990,6 +3001,80 @@ mod tests {
         }
         let two = check_with(c, seed, &CpuCtx::new(2).unwrap());
         assert_eq!(one, two, "{c:?}: 1 vs 2 threads");
+    }
+
+    #[test]
+    fn stems_of_few_channels_at_stride_2() {
+        // stem::run (AVX-512, 3x3 stride 2, 1-3 input channels, the direct
+        // path's geometry: 16 or more output channels, rows of 14 or more)
+        // against the reference: leading and trailing pads of 0-2, rows
+        // of 1 to 8 vectors either side of their edges, odd output
+        // channel counts, a batch, bias, residual, fused and late
+        // activations, at 1 and 2 threads (and where the CPU lacks AVX-512,
+        // the direct path it stands in for).
+        let window = |c: &Case| {
+            let (k, s, d) = (&c.k, &c.strides, &c.dilations);
+            let axes = window_axes("Conv", &c.x[2..], k, s, d, &c.pads, c.auto_pad, false);
+            Window2d::from_axes(&axes.unwrap()).unwrap()
+        };
+        let mut taken = 0;
+        let mut seed = 700;
+        for (x, m, pads, act, residual) in [
+            (
+                [1, 3, 224, 224],
+                32,
+                [1, 1, 1, 1],
+                Some(Activation::Clip { min: 0.0, max: 6.0 }),
+                false,
+            ),
+            ([2, 3, 29, 33], 17, [1, 1, 1, 1], None, true),
+            (
+                [1, 1, 28, 28],
+                16,
+                [0, 0, 1, 1],
+                Some(Activation::Relu),
+                false,
+            ),
+            (
+                [1, 2, 31, 64],
+                19,
+                [1, 0, 2, 1],
+                Some(Activation::Sigmoid),
+                true,
+            ),
+            ([1, 3, 9, 255], 24, [0, 1, 0, 2], None, false),
+            (
+                [1, 3, 5, 96],
+                16,
+                [1, 1, 0, 0],
+                Some(Activation::Relu),
+                true,
+            ),
+        ] {
+            let mut c = case(&x, m, &[3, 3]);
+            c.strides = vec![2, 2];
+            c.pads = pads.to_vec();
+            c.bias = true;
+            c.residual = residual;
+            c.act = act;
+            if stem::applies(&window(&c), x[1], 1, Features::detect()) {
+                taken += 1;
+            }
+            check(&c, seed);
+            seed += 4;
+        }
+        if !Features::detect().avx512f {
+            eprintln!("skipped: stem::run (CPU lacks AVX-512); the direct path ran instead");
+        } else {
+            assert_eq!(taken, 6);
+        }
+        // Not its geometry: 4 channels, stride 1, rows past 8 vectors.
+        let mut c = case(&[1, 4, 16, 16], 16, &[3, 3]);
+        c.strides = vec![2, 2];
+        c.pads = vec![1; 4];
+        assert!(!stem::applies(&window(&c), 4, 1, Features::detect()));
+        c.x = vec![1, 3, 16, 300];
+        assert!(!stem::applies(&window(&c), 3, 1, Features::detect()));
     }
 
     #[test]

@@ -398,7 +398,7 @@ impl Lanes for P8 {
 #[cfg(target_arch = "x86_64")]
 pub(super) use avx::A8;
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx512::{HalvedRow, A16};
+pub(super) use avx512::{HalvedRow, Halves, A16};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -23,6 +23,7 @@ pub mod qconv;
 pub mod qgemm;
 pub mod qsparse;
 pub mod sparse;
+mod stem;
 pub mod winograd;
 
 use crate::ir::Op;

@@ -47,7 +47,7 @@ pub(crate) fn has_avx2_fma() -> bool {
 /// Whether the CPU has AVX-512 F and BW (what [`Features::avx512f`]
 /// means), whatever a [`Features`] value claims.
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
 }
 
