@@ -4202,6 +4202,7 @@ mod tests {
     /// The 3x3 window at stride 1 padded by 1 ("same") over an h x w plane.
     /// A 3x3 stride-2 window over `h x w` with pads (top, left, bottom,
     /// right); None when it has no output.
+    #[cfg(target_arch = "x86_64")]
     fn halved_3x3(h: usize, w: usize, pads: (usize, usize, usize, usize)) -> Option<Window2d> {
         let (t, l, b, r) = pads;
         let out = |n: usize, p: usize| (n + p).checked_sub(3).map(|x| x / 2 + 1);

@@ -1371,6 +1371,7 @@ fn pool_max_at(win: &Window2d, xp: &[f32], oh: usize, ow: usize) -> f32 {
 
 /// Output rows of at most this many vectors of 16 take
 /// [`max3x3_halved_avx512`].
+#[cfg(target_arch = "x86_64")]
 const MAX_HALVED_VECTORS: usize = 8;
 
 /// The vectors of 16 an output row takes when a pooling of `win` runs

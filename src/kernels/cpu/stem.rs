@@ -98,6 +98,8 @@ pub(super) fn run(
         unsafe {
             item.rows_avx512(c, rows.clone())
         };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = item;
         if let Some(act) = late_act {
             for plane in 0..m {
                 let at = ni * m * out_plane + plane * out_plane;
