@@ -3941,8 +3941,10 @@ mod tests {
         // trailing pad of 0 or 1 (each input width either side of the
         // vector boundaries of its outputs and of its own 32 columns).
         let mut windows = Vec::new();
-        for w in [1, 2, 15, 16, 17, 31, 32, 33, 56, 100, 112, 127, 128] {
-            for h in [1, 2, 3, 5] {
+        for w in [
+            1, 2, 3, 5, 6, 7, 8, 15, 16, 17, 31, 32, 33, 56, 100, 112, 127, 128,
+        ] {
+            for h in [1, 2, 3, 5, 7] {
                 windows.push(same_3x3(h, w));
             }
         }
