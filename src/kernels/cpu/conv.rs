@@ -3960,7 +3960,7 @@ mod tests {
                     (1, 1, 0, 0),
                 ] {
                     let taken = |win: &Window2d| win.ow <= 16 * DW3X3_MAX_VECTORS;
-                    if let Some(win) = halved_3x3(h, w, pads).filter(taken) {
+                    if let Some(win) = Window2d::halved_3x3_over(h, w, pads).filter(taken) {
                         windows.push(win);
                     }
                 }
@@ -4034,9 +4034,9 @@ mod tests {
             }),
             None
         );
-        let halved = halved_3x3(4, 258, (1, 1, 1, 1)).expect("a window");
+        let halved = Window2d::halved_3x3_over(4, 258, (1, 1, 1, 1)).expect("a window");
         assert_eq!((halved.ow, dw3x3_row_vectors(&halved)), (129, None));
-        let left2 = halved_3x3(4, 64, (1, 2, 1, 1)).expect("a window");
+        let left2 = Window2d::halved_3x3_over(4, 64, (1, 2, 1, 1)).expect("a window");
         assert_eq!(dw3x3_row_vectors(&left2), None);
         assert_eq!(
             dw3x3_row_vectors(&Window2d {
@@ -4202,30 +4202,6 @@ mod tests {
     }
 
     /// The 3x3 window at stride 1 padded by 1 ("same") over an h x w plane.
-    /// A 3x3 stride-2 window over `h x w` with pads (top, left, bottom,
-    /// right); None when it has no output.
-    #[cfg(target_arch = "x86_64")]
-    fn halved_3x3(h: usize, w: usize, pads: (usize, usize, usize, usize)) -> Option<Window2d> {
-        let (t, l, b, r) = pads;
-        let out = |n: usize, p: usize| (n + p).checked_sub(3).map(|x| x / 2 + 1);
-        Some(Window2d {
-            h,
-            w,
-            kh: 3,
-            kw: 3,
-            sh: 2,
-            sw: 2,
-            dh: 1,
-            dw: 1,
-            pad_top: t,
-            pad_left: l,
-            pad_bottom: b,
-            pad_right: r,
-            oh: out(h, t + b)?,
-            ow: out(w, l + r)?,
-        })
-    }
-
     fn same_3x3(h: usize, w: usize) -> Window2d {
         Window2d {
             h,

@@ -177,6 +177,36 @@ impl Window2d {
     }
 }
 
+// Used by the AVX-512 kernels' tests.
+#[cfg(all(test, target_arch = "x86_64"))]
+impl Window2d {
+    /// A 3x3 stride-2 window over `h x w` with pads (top, left, bottom,
+    /// right); `None` when it has no output.
+    pub fn halved_3x3_over(
+        h: usize,
+        w: usize,
+        (t, l, b, r): (usize, usize, usize, usize),
+    ) -> Option<Window2d> {
+        let out = |n: usize, p: usize| (n + p).checked_sub(3).map(|x| x / 2 + 1);
+        Some(Window2d {
+            h,
+            w,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 2,
+            dh: 1,
+            dw: 1,
+            pad_top: t,
+            pad_left: l,
+            pad_bottom: b,
+            pad_right: r,
+            oh: out(h, t + b)?,
+            ow: out(w, l + r)?,
+        })
+    }
+}
+
 /// (taps inside the padded input, taps inside the input) of output `o` on
 /// one axis.
 fn count_taps(

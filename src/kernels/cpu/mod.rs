@@ -427,6 +427,23 @@ impl CpuCtx {
     }
 }
 
+/// An output buffer shared by the tasks of one kernel call (Winograd's
+/// parts, the stem's bands), each writing its own disjoint outputs.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint outputs of a buffer that outlives them
+// (the call that made the pointer holds the buffer until they end).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The address `offset` floats in (the caller keeps it inside the
+    /// buffer).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Runs `op` on the fast path: inputs are f32 views (`None` for an absent
 /// optional input), outputs are preallocated views with the inferred shapes.
 /// Returns `Ok(false)`, having written nothing, when there is no fast kernel

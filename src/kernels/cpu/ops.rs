@@ -2631,25 +2631,7 @@ mod tests {
             return;
         }
         let features = Features::detect();
-        let halved = |h: usize, w: usize, (t, l, b, r): (usize, usize, usize, usize)| {
-            let out = |n: usize, p: usize| (n + p).checked_sub(3).map(|x| x / 2 + 1);
-            Some(Window2d {
-                h,
-                w,
-                kh: 3,
-                kw: 3,
-                sh: 2,
-                sw: 2,
-                dh: 1,
-                dw: 1,
-                pad_top: t,
-                pad_left: l,
-                pad_bottom: b,
-                pad_right: r,
-                oh: out(h, t + b)?,
-                ow: out(w, l + r)?,
-            })
-        };
+        let halved = Window2d::halved_3x3_over;
         let mut seed = 40;
         let mut cases = 0;
         for w in [

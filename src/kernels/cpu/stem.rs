@@ -14,7 +14,7 @@
 //! the split.
 
 use super::geometry::Window2d;
-use super::{ops, CpuCtx, Features};
+use super::{ops, CpuCtx, Features, OutPtr};
 use crate::ir::Activation;
 
 /// Most input channels (per group of one) this path takes: `9 C` tap
@@ -115,21 +115,6 @@ pub(super) fn run(
             }
         }
     });
-}
-
-/// The output planes, shared by the bands of one convolution.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the bands write disjoint rows of a buffer that outlives them
-// (`run` holds it until they end).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The address `offset` floats in (the caller keeps it inside).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// One batch item's convolution.

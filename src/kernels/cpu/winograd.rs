@@ -30,7 +30,7 @@
 use super::gemm::{gemm, pack_a, split_act, with_buf, ASrc, BSrc, Epilogue, PackedA};
 use super::geometry::Window2d;
 use super::ops;
-use super::{CpuCtx, Features};
+use super::{CpuCtx, Features, OutPtr};
 use crate::ir::Activation;
 
 /// Tiles transformed together (one vector of 8 lanes).
@@ -266,22 +266,6 @@ fn parts_per_item(
         }
     }
     p.min(t)
-}
-
-/// The batch item's output planes, shared by the parts of one convolution.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the parts write disjoint outputs of a buffer that outlives them
-// (`run_parts` holds it until they end).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The address `offset` floats in (the caller keeps it inside the
-    /// buffer).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// What the output transform adds to the products: bias, residual (the
